@@ -1,0 +1,41 @@
+// Turns a wasm `Generation` (a synchronous `step()` per token) into an async iterator that
+// yields to the event loop between tokens, so pages stay responsive while a model generates.
+const yieldNow = () =>
+  globalThis.scheduler && typeof globalThis.scheduler.yield === "function"
+    ? globalThis.scheduler.yield()
+    : new Promise((resolve) => setTimeout(resolve, 0));
+
+export function toAsyncIterator(generation, signal) {
+  let done = false;
+  const finish = () => {
+    if (!done) {
+      done = true;
+      generation.free();
+    }
+    return { done: true, value: undefined };
+  };
+  return {
+    [Symbol.asyncIterator]() {
+      return this;
+    },
+    async next() {
+      if (done) return { done: true, value: undefined };
+      await yieldNow();
+      if (signal && signal.aborted) {
+        finish();
+        throw signal.reason ?? new DOMException("generation aborted", "AbortError");
+      }
+      let value;
+      try {
+        value = generation.step();
+      } catch (e) {
+        finish();
+        throw e;
+      }
+      return value === undefined ? finish() : { done: false, value };
+    },
+    async return() {
+      return finish();
+    },
+  };
+}

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# README command 2: every test. Native (cargo test), wasm in headless Chromium and in Node
+# (wasm-bindgen-test), then the built package from Node (node --test).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh
+
+echo "== native: cargo test"
+cargo test --features pack
+
+echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"
+CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
+  cargo test --target wasm32-unknown-unknown --tests
+
+echo "== package: wasm-pack build, then node --test on pkg/"
+scripts/build-pkg.sh
+node --test tests/js/

@@ -1,0 +1,46 @@
+//! One error type for the whole crate. `web/` maps each variant to a JS `Error` whose `name`
+//! is [`Error::name`], so apps can switch on it.
+
+/// Everything that can go wrong inside edge-llm, with the facts needed to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid model: {0}")]
+    InvalidModel(String),
+    #[error("unsupported operator `{op}` at node `{node}`")]
+    UnsupportedOp { op: String, node: String },
+    #[error("tokenizer error: {0}")]
+    Tokenizer(String),
+    #[error("chat template error: {0}")]
+    ChatTemplate(String),
+    #[error("invalid generation option `{option}`: {reason}")]
+    InvalidOption { option: &'static str, reason: String },
+    #[error("context length {needed} exceeds the model's maximum of {max}")]
+    ContextOverflow { needed: usize, max: usize },
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("shard `{shard}` failed its SHA-256 check: expected {expected}, got {actual}")]
+    ShardHashMismatch { shard: String, expected: String, actual: String },
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    /// Stable name for the JS side (`err.name`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Error::InvalidModel(_) | Error::UnsupportedOp { .. } => "IncompatibleModelError",
+            Error::Tokenizer(_) => "TokenizerError",
+            Error::ChatTemplate(_) => "ChatTemplateError",
+            Error::InvalidOption { .. } => "InvalidOptionError",
+            Error::ContextOverflow { .. } => "ContextOverflowError",
+            Error::Inference(_) => "InferenceError",
+            Error::ShardHashMismatch { .. } => "IntegrityError",
+            Error::InvalidManifest(_) => "InvalidManifestError",
+            Error::Io(_) => "IoError",
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

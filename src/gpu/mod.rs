@@ -1,0 +1,48 @@
+//! GPU backend foundation: adapter discovery through wgpu (WebGPU in browsers, Vulkan/Metal
+//! natively). Kernels and the on-GPU forward pass build on the adapter found here.
+
+use serde::Serialize;
+
+/// What the runtime learned about the GPU it would use.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GpuInfo {
+    pub name: String,
+    pub vendor: u32,
+    pub device: u32,
+    pub device_type: String,
+    pub driver: String,
+    pub driver_info: String,
+    pub backend: String,
+    pub features: Vec<String>,
+    pub max_storage_buffer_binding_size: u64,
+    pub max_compute_workgroup_size_x: u32,
+}
+
+/// Find a GPU adapter and describe it; `None` when the platform offers none.
+pub async fn probe() -> Option<GpuInfo> {
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::all();
+    let instance = wgpu::Instance::new(desc);
+    let adapter = instance
+        .request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            ..Default::default()
+        })
+        .await
+        .ok()?;
+    let info = adapter.get_info();
+    let limits = adapter.limits();
+    Some(GpuInfo {
+        name: info.name,
+        vendor: info.vendor,
+        device: info.device,
+        device_type: format!("{:?}", info.device_type),
+        driver: info.driver,
+        driver_info: info.driver_info,
+        backend: format!("{:?}", info.backend),
+        features: adapter.features().iter_names().map(|(n, _)| n.to_string()).collect(),
+        max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
+        max_compute_workgroup_size_x: limits.max_compute_workgroup_size_x,
+    })
+}

@@ -1,0 +1,22 @@
+//! edge-llm: quantized LLM inference for browsers and edge runtimes.
+//!
+//! Module map (a module may use those listed after it, never those before):
+//! `web` → `generate` → `cpu` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`.
+//! Only `web` touches browser APIs, so everything else builds and tests natively.
+
+pub mod cpu;
+pub mod error;
+pub mod generate;
+pub mod gpu;
+pub mod llama;
+pub mod model;
+pub mod onnx;
+pub mod quant;
+pub mod tiny;
+pub mod tokenizer;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
+
+pub use error::{Error, Result};
+pub use generate::{Engine, GenerateOptions, Generation, TokenEvent};
+pub use model::ModelConfig;

@@ -1,0 +1,323 @@
+//! Export a Llama decoder to ONNX in the HF/optimum KV-cache layout:
+//!
+//! inputs  `input_ids` i64 `[batch, seq]`, `attention_mask` i64 `[batch, past + seq]`,
+//!         `position_ids` i64 `[batch, seq]`, `past_key_values.{i}.key|value` f32
+//!         `[batch, kv_heads, past, head_dim]`
+//! outputs `logits` f32 `[batch, seq, vocab]`, `present.{i}.key|value` f32
+//!         `[batch, kv_heads, past + seq, head_dim]`
+//!
+//! Built from primitive ops the way optimum exports them (RMSNorm as Pow/ReduceMean/…,
+//! rotate-half RoPE, GQA by Expand), so runtimes see what users feed them. Linear layers are
+//! written in the precision asked for: fp32 `MatMul`, fp16 weights + `Cast`, int8
+//! `DynamicQuantizeLinear` + `MatMulInteger` (as onnxruntime's `quantize_dynamic` emits) or
+//! int4 `com.microsoft::MatMulNBits`.
+
+use super::{LlamaConfig, LlamaWeights};
+use crate::onnx::{attr_f, attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
+use crate::quant::{reference as qref, Precision};
+
+/// Metadata key under which the exporter stores the [`LlamaConfig`] as JSON.
+pub const CONFIG_METADATA_KEY: &str = "edge_llm.llama_config";
+
+/// How to store the weights.
+#[derive(Debug, Clone)]
+pub struct ExportOptions {
+    /// Precision of the decoder layers' linear weights.
+    pub linear: Precision,
+    /// Precision of the output projection (lm_head). When it differs from fp32 the head is
+    /// written untied, as its own quantized tensor.
+    pub lm_head: Precision,
+    /// Precision of the token embedding table: fp32, fp16 or int8 (per-row).
+    pub embedding: Precision,
+    /// Block size along K for int4.
+    pub block_size: usize,
+    /// Symmetric int4 (zero point 8) or asymmetric (per-block zero points).
+    pub symmetric: bool,
+}
+
+impl ExportOptions {
+    pub fn fp32() -> Self {
+        ExportOptions { linear: Precision::F32, lm_head: Precision::F32, embedding: Precision::F32, block_size: 32, symmetric: true }
+    }
+    pub fn fp16() -> Self {
+        ExportOptions { linear: Precision::F16, lm_head: Precision::F16, embedding: Precision::F16, ..Self::fp32() }
+    }
+    pub fn int8() -> Self {
+        ExportOptions { linear: Precision::Int8, lm_head: Precision::Int8, embedding: Precision::Int8, ..Self::fp32() }
+    }
+    pub fn int4(block_size: usize, symmetric: bool) -> Self {
+        ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int8, block_size, symmetric }
+    }
+}
+
+/// The graph plus the fp32 weights it effectively computes with (quantize-dequantize round
+/// trips applied), so the reference forward pass can check it exactly.
+pub struct Exported {
+    pub model: ModelProto,
+    pub effective: LlamaWeights,
+}
+
+struct Ctx<'a> {
+    g: GraphBuilder,
+    opts: &'a ExportOptions,
+    /// Names of the `axes` constants, made once.
+    axes_last: String,
+    axes_1: String,
+}
+
+impl Ctx<'_> {
+    /// `x @ w^T` with `w` given `[n][k]`; returns the output and the dequantized weight.
+    fn linear(&mut self, x: &str, name: &str, w: &[f32], n: usize, k: usize, p: Precision) -> (String, Vec<f32>) {
+        let g = &mut self.g;
+        let transposed = || -> Vec<f32> {
+            let mut t = vec![0f32; n * k];
+            for o in 0..n {
+                for i in 0..k {
+                    t[i * n + o] = w[o * k + i];
+                }
+            }
+            t
+        };
+        match p {
+            Precision::F32 => {
+                let wn = g.init_f32(&format!("{name}.weight"), &[k, n], &transposed());
+                (g.node("MatMul", &[x, &wn], vec![]), w.to_vec())
+            }
+            Precision::F16 => {
+                let wn = g.init_f16(&format!("{name}.weight"), &[k, n], &transposed());
+                let wf = g.node("Cast", &[&wn], vec![attr_i("to", OnnxType::Float as i64)]);
+                let eff = w.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+                (g.node("MatMul", &[x, &wf], vec![]), eff)
+            }
+            Precision::Int8 => {
+                let q = qref::quantize_q8(w, n, k);
+                let mut qt = vec![0i8; n * k];
+                for o in 0..n {
+                    for i in 0..k {
+                        qt[i * n + o] = q.q[o * k + i];
+                    }
+                }
+                let wq = g.init_i8(&format!("{name}.weight_quantized"), &[k, n], &qt);
+                let ws = g.init_f32(&format!("{name}.weight_scale"), &[n], &q.scales);
+                let dq = g.node_multi("", "DynamicQuantizeLinear", &[x], 3, vec![]);
+                let acc = g.node("MatMulInteger", &[&dq[0], &wq, &dq[2]], vec![]);
+                let accf = g.node("Cast", &[&acc], vec![attr_i("to", OnnxType::Float as i64)]);
+                let scale = g.node("Mul", &[&dq[1], &ws], vec![]);
+                (g.node("Mul", &[&accf, &scale], vec![]), qref::dequantize_q8(&q))
+            }
+            Precision::Int4 => {
+                let bs = self.opts.block_size;
+                let q = qref::quantize_q4(w, n, k, bs, self.opts.symmetric);
+                let nb = q.blocks_per_row();
+                let zp = q.packed_zero_points();
+                let eff = qref::dequantize_q4(&q);
+                let b = g.init_u8(&format!("{name}.weight_Q4"), &[n, nb, bs / 2], q.packed);
+                let s = g.init_f32(&format!("{name}.weight_scales"), &[n * nb], &q.scales);
+                let mut inputs = vec![x.to_string(), b, s];
+                if let Some(zp) = zp {
+                    let len = zp.len();
+                    inputs.push(g.init_u8(&format!("{name}.weight_zero_points"), &[len], zp));
+                }
+                let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
+                let attrs = vec![
+                    attr_i("K", k as i64),
+                    attr_i("N", n as i64),
+                    attr_i("bits", 4),
+                    attr_i("block_size", bs as i64),
+                ];
+                (g.node_multi(MS_DOMAIN, "MatMulNBits", &refs, 1, attrs).remove(0), eff)
+            }
+        }
+    }
+
+    fn rms_norm(&mut self, x: &str, name: &str, w: &[f32], eps: f32) -> String {
+        let two = self.g.const_f32(2.0);
+        let epsc = self.g.const_f32(eps);
+        let wn = self.g.init_f32(&format!("{name}.weight"), &[w.len()], w);
+        let sq = self.g.node("Pow", &[x, &two], vec![]);
+        let mean = self.g.node("ReduceMean", &[&sq], vec![attr_ints("axes", &[-1]), attr_i("keepdims", 1)]);
+        let var = self.g.node("Add", &[&mean, &epsc], vec![]);
+        let std = self.g.node("Sqrt", &[&var], vec![]);
+        let inv = self.g.node("Reciprocal", &[&std], vec![]);
+        let normed = self.g.node("Mul", &[x, &inv], vec![]);
+        self.g.node("Mul", &[&wn, &normed], vec![])
+    }
+
+    /// `[B, S, heads * hd]` -> `[B, heads, S, hd]`
+    fn split_heads(&mut self, x: &str, heads: usize, hd: usize) -> String {
+        let shape = self.g.const_ints(&[0, 0, heads as i64, hd as i64]);
+        let r = self.g.node("Reshape", &[x, &shape], vec![]);
+        self.g.node("Transpose", &[&r], vec![attr_ints("perm", &[0, 2, 1, 3])])
+    }
+
+    /// `x * cos + rotate_half(x) * sin` on `[B, H, S, hd]`.
+    fn rope(&mut self, x: &str, cos: &str, sin: &str, hd: usize) -> String {
+        let half = (hd / 2) as i64;
+        let axis = self.g.const_ints(&[-1]);
+        let (z, h, e) = (self.g.const_ints(&[0]), self.g.const_ints(&[half]), self.g.const_ints(&[hd as i64]));
+        let x1 = self.g.node("Slice", &[x, &z, &h, &axis], vec![]);
+        let x2 = self.g.node("Slice", &[x, &h, &e, &axis], vec![]);
+        let nx2 = self.g.node("Neg", &[&x2], vec![]);
+        let rot = self.g.node("Concat", &[&nx2, &x1], vec![attr_i("axis", -1)]);
+        let a = self.g.node("Mul", &[x, cos], vec![]);
+        let b = self.g.node("Mul", &[&rot, sin], vec![]);
+        self.g.node("Add", &[&a, &b], vec![])
+    }
+
+    /// `[B, kvh, T, hd]` -> `[B, kvh * group, T, hd]`
+    fn repeat_kv(&mut self, x: &str, group: usize, heads: usize, hd: usize) -> String {
+        if group == 1 {
+            return x.into();
+        }
+        let ax = self.g.const_ints(&[2]);
+        let u = self.g.node("Unsqueeze", &[x, &ax], vec![]);
+        let shape = self.g.const_ints(&[1, 1, group as i64, 1, 1]);
+        let e = self.g.node("Expand", &[&u, &shape], vec![]);
+        let to = self.g.const_ints(&[0, heads as i64, -1, hd as i64]);
+        self.g.node("Reshape", &[&e, &to], vec![])
+    }
+}
+
+/// Build the ONNX graph for `cfg` / `w` stored as `opts` asks.
+pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Exported {
+    let mut g = GraphBuilder::default();
+    let axes_last = g.const_ints(&[-1]);
+    let axes_1 = g.const_ints(&[1]);
+    let mut cx = Ctx { g, opts, axes_last, axes_1 };
+    let (h, hd, nh, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+    let (b, s, p, t) = (Dim::Named("batch_size"), Dim::Named("sequence_length"), Dim::Named("past_sequence_length"), Dim::Named("total_sequence_length"));
+
+    let ids = cx.g.input("input_ids", OnnxType::Int64, &[b.clone(), s.clone()]);
+    let mask_in = cx.g.input("attention_mask", OnnxType::Int64, &[b.clone(), t.clone()]);
+    let pos = cx.g.input("position_ids", OnnxType::Int64, &[b.clone(), s.clone()]);
+    let mut past = Vec::new();
+    for l in 0..cfg.num_layers {
+        let dims = [b.clone(), Dim::Fixed(kvh as i64), p.clone(), Dim::Fixed(hd as i64)];
+        let k = cx.g.input(&format!("past_key_values.{l}.key"), OnnxType::Float, &dims);
+        let v = cx.g.input(&format!("past_key_values.{l}.value"), OnnxType::Float, &dims);
+        past.push((k, v));
+    }
+
+    let mut eff = w.clone();
+    // Token embedding.
+    let mut x = match opts.embedding {
+        Precision::F32 => {
+            let e = cx.g.init_f32("model.embed_tokens.weight", &[cfg.vocab_size, h], &w.embed);
+            cx.g.node("Gather", &[&e, &ids], vec![attr_i("axis", 0)])
+        }
+        Precision::F16 => {
+            let e = cx.g.init_f16("model.embed_tokens.weight", &[cfg.vocab_size, h], &w.embed);
+            eff.embed = w.embed.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
+            let g = cx.g.node("Gather", &[&e, &ids], vec![attr_i("axis", 0)]);
+            cx.g.node("Cast", &[&g], vec![attr_i("to", OnnxType::Float as i64)])
+        }
+        Precision::Int8 | Precision::Int4 => {
+            // Int4 tables are not gathered block-wise yet: both store per-row int8.
+            let q = qref::quantize_q8(&w.embed, cfg.vocab_size, h);
+            eff.embed = qref::dequantize_q8(&q);
+            let e = cx.g.init_i8("model.embed_tokens.weight_quantized", &[cfg.vocab_size, h], &q.q);
+            let sc = cx.g.init_f32("model.embed_tokens.weight_scale", &[cfg.vocab_size], &q.scales);
+            let gq = cx.g.node("Gather", &[&e, &ids], vec![attr_i("axis", 0)]);
+            let gf = cx.g.node("Cast", &[&gq], vec![attr_i("to", OnnxType::Float as i64)]);
+            let gs = cx.g.node("Gather", &[&sc, &ids], vec![attr_i("axis", 0)]);
+            let al = cx.axes_last.clone();
+            let gs = cx.g.node("Unsqueeze", &[&gs, &al], vec![]);
+            cx.g.node("Mul", &[&gf, &gs], vec![])
+        }
+    };
+
+    // RoPE tables from position_ids: [B, 1, S, hd].
+    let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
+    let inv = cx.g.init_f32("rope.inv_freq", &[hd / 2], &inv_freq);
+    let posf = cx.g.node("Cast", &[&pos], vec![attr_i("to", OnnxType::Float as i64)]);
+    let al = cx.axes_last.clone();
+    let posu = cx.g.node("Unsqueeze", &[&posf, &al], vec![]);
+    let freqs = cx.g.node("Mul", &[&posu, &inv], vec![]);
+    let emb = cx.g.node("Concat", &[&freqs, &freqs], vec![attr_i("axis", -1)]);
+    let a1 = cx.axes_1.clone();
+    let cos = cx.g.node("Cos", &[&emb], vec![]);
+    let cos = cx.g.node("Unsqueeze", &[&cos, &a1], vec![]);
+    let sin = cx.g.node("Sin", &[&emb], vec![]);
+    let sin = cx.g.node("Unsqueeze", &[&sin, &a1], vec![]);
+
+    // Additive causal + padding mask: [B, 1, S, T].
+    let mshape = cx.g.node("Shape", &[&mask_in], vec![]);
+    let one_idx = cx.g.const_i64(&[1]);
+    let total = cx.g.node("Gather", &[&mshape, &one_idx], vec![attr_i("axis", 0)]);
+    let (zero, one) = (cx.g.const_i64(&[0]), cx.g.const_i64(&[1]));
+    let kpos = cx.g.node("Range", &[&zero, &total, &one], vec![]);
+    let qpos = cx.g.node("Unsqueeze", &[&pos, &al], vec![]);
+    let future = cx.g.node("Greater", &[&kpos, &qpos], vec![]);
+    let causal = cx.g.node("Not", &[&future], vec![]);
+    let am = cx.g.node("Cast", &[&mask_in], vec![attr_i("to", OnnxType::Bool as i64)]);
+    let am = cx.g.node("Unsqueeze", &[&am, &a1], vec![]);
+    let allowed = cx.g.node("And", &[&causal, &am], vec![]);
+    let (z, neg) = (cx.g.const_f32(0.0), cx.g.const_f32(f32::MIN));
+    let mask = cx.g.node("Where", &[&allowed, &z, &neg], vec![]);
+    let mask = cx.g.node("Unsqueeze", &[&mask, &a1], vec![]);
+
+    let scale = cx.g.const_f32(1.0 / (hd as f32).sqrt());
+    let group = nh / kvh;
+    let mut presents = Vec::new();
+    for (l, lw) in w.layers.iter().enumerate() {
+        let pre = format!("model.layers.{l}");
+        let p = opts.linear;
+        let xn = cx.rms_norm(&x, &format!("{pre}.input_layernorm"), &lw.attn_norm, cfg.rms_norm_eps);
+        let (q, eq) = cx.linear(&xn, &format!("{pre}.self_attn.q_proj"), &lw.wq, cfg.q_dim(), h, p);
+        let (k, ek) = cx.linear(&xn, &format!("{pre}.self_attn.k_proj"), &lw.wk, cfg.kv_dim(), h, p);
+        let (v, ev) = cx.linear(&xn, &format!("{pre}.self_attn.v_proj"), &lw.wv, cfg.kv_dim(), h, p);
+        let q = cx.split_heads(&q, nh, hd);
+        let k = cx.split_heads(&k, kvh, hd);
+        let v = cx.split_heads(&v, kvh, hd);
+        let q = cx.rope(&q, &cos, &sin, hd);
+        let k = cx.rope(&k, &cos, &sin, hd);
+        let k_all = cx.g.node("Concat", &[&past[l].0, &k], vec![attr_i("axis", 2)]);
+        let v_all = cx.g.node("Concat", &[&past[l].1, &v], vec![attr_i("axis", 2)]);
+        presents.push((k_all.clone(), v_all.clone()));
+        let kr = cx.repeat_kv(&k_all, group, nh, hd);
+        let vr = cx.repeat_kv(&v_all, group, nh, hd);
+        let kt = cx.g.node("Transpose", &[&kr], vec![attr_ints("perm", &[0, 1, 3, 2])]);
+        let scores = cx.g.node("MatMul", &[&q, &kt], vec![]);
+        let scores = cx.g.node("Mul", &[&scores, &scale], vec![]);
+        let scores = cx.g.node("Add", &[&scores, &mask], vec![]);
+        let probs = cx.g.node("Softmax", &[&scores], vec![attr_i("axis", -1)]);
+        let o = cx.g.node("MatMul", &[&probs, &vr], vec![]);
+        let o = cx.g.node("Transpose", &[&o], vec![attr_ints("perm", &[0, 2, 1, 3])]);
+        let flat = cx.g.const_ints(&[0, 0, cfg.q_dim() as i64]);
+        let o = cx.g.node("Reshape", &[&o, &flat], vec![]);
+        let (o, eo) = cx.linear(&o, &format!("{pre}.self_attn.o_proj"), &lw.wo, h, cfg.q_dim(), p);
+        x = cx.g.node("Add", &[&x, &o], vec![]);
+
+        let xn = cx.rms_norm(&x, &format!("{pre}.post_attention_layernorm"), &lw.ffn_norm, cfg.rms_norm_eps);
+        let i = cfg.intermediate_size;
+        let (gt, eg) = cx.linear(&xn, &format!("{pre}.mlp.gate_proj"), &lw.w_gate, i, h, p);
+        let (up, eu) = cx.linear(&xn, &format!("{pre}.mlp.up_proj"), &lw.w_up, i, h, p);
+        let sg = cx.g.node("Sigmoid", &[&gt], vec![]);
+        let silu = cx.g.node("Mul", &[&gt, &sg], vec![]);
+        let act = cx.g.node("Mul", &[&silu, &up], vec![]);
+        let (down, ed) = cx.linear(&act, &format!("{pre}.mlp.down_proj"), &lw.w_down, h, i, p);
+        x = cx.g.node("Add", &[&x, &down], vec![]);
+        let el = &mut eff.layers[l];
+        (el.wq, el.wk, el.wv, el.wo, el.w_gate, el.w_up, el.w_down) = (eq, ek, ev, eo, eg, eu, ed);
+    }
+
+    let xn = cx.rms_norm(&x, "model.norm", &w.final_norm, cfg.rms_norm_eps);
+    let tied_fp32 = cfg.tie_word_embeddings && opts.lm_head == Precision::F32 && opts.embedding == Precision::F32;
+    let logits = if tied_fp32 {
+        // As optimum exports a tied head: MatMul against the transposed embedding.
+        let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);
+        cx.g.node("MatMul", &[&xn, &et], vec![])
+    } else {
+        let (lg, eh) = cx.linear(&xn, "lm_head", w.lm_head(), cfg.vocab_size, h, opts.lm_head);
+        eff.lm_head = Some(eh);
+        lg
+    };
+    cx.g.output(&logits, "logits", OnnxType::Float, &[b.clone(), s.clone(), Dim::Fixed(cfg.vocab_size as i64)]);
+    for (l, (k, v)) in presents.iter().enumerate() {
+        let dims = [b.clone(), Dim::Fixed(kvh as i64), t.clone(), Dim::Fixed(hd as i64)];
+        cx.g.output(k, &format!("present.{l}.key"), OnnxType::Float, &dims);
+        cx.g.output(v, &format!("present.{l}.value"), OnnxType::Float, &dims);
+    }
+    let meta = [(CONFIG_METADATA_KEY, serde_json::to_string(cfg).expect("config serializes"))];
+    Exported { model: cx.g.finish("llama", &meta), effective: eff }
+}

@@ -1,0 +1,129 @@
+//! Plain-Rust forward pass of a Llama decoder: slow, sequential and obviously right.
+//! Every backend's logits are compared with it.
+
+use super::{LlamaConfig, LlamaWeights};
+
+/// Keys and values seen so far, per layer, laid out `[kv_head][position][head_dim]`.
+#[derive(Debug, Clone, Default)]
+pub struct RefKvCache {
+    keys: Vec<Vec<Vec<f32>>>,
+    values: Vec<Vec<Vec<f32>>>,
+    len: usize,
+}
+
+impl RefKvCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let inv = 1.0 / (ms + eps).sqrt();
+    x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
+}
+
+/// `y[n] = sum_k x[k] * w[n][k]`
+fn linear(x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+    let k = x.len();
+    (0..n).map(|o| w[o * k..(o + 1) * k].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
+}
+
+/// Rotate-half RoPE (HF / NeoX convention) on one head, in place.
+fn rope(x: &mut [f32], pos: usize, theta: f32) {
+    let half = x.len() / 2;
+    for i in 0..half {
+        let inv_freq = 1.0 / theta.powf((2 * i) as f32 / x.len() as f32);
+        let angle = pos as f32 * inv_freq;
+        let (s, c) = angle.sin_cos();
+        let (a, b) = (x[i], x[i + half]);
+        x[i] = a * c - b * s;
+        x[i + half] = b * c + a * s;
+    }
+}
+
+/// Run `tokens` through the model after what `cache` holds; returns `[tokens.len()][vocab]` logits.
+pub fn forward(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
+    let (h, hd) = (cfg.hidden_size, cfg.head_dim);
+    if cache.keys.is_empty() {
+        cache.keys = vec![vec![Vec::new(); cfg.num_kv_heads]; cfg.num_layers];
+        cache.values = vec![vec![Vec::new(); cfg.num_kv_heads]; cfg.num_layers];
+    }
+    let group = cfg.num_heads / cfg.num_kv_heads;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut out = Vec::with_capacity(tokens.len());
+    for &tok in tokens {
+        let pos = cache.len;
+        let t = tok as usize;
+        let mut x = w.embed[t * h..(t + 1) * h].to_vec();
+        for (l, lw) in w.layers.iter().enumerate() {
+            let xn = rms_norm(&x, &lw.attn_norm, cfg.rms_norm_eps);
+            let mut q = linear(&xn, &lw.wq, cfg.q_dim());
+            let mut k = linear(&xn, &lw.wk, cfg.kv_dim());
+            let v = linear(&xn, &lw.wv, cfg.kv_dim());
+            q.chunks_mut(hd).for_each(|head| rope(head, pos, cfg.rope_theta));
+            k.chunks_mut(hd).for_each(|head| rope(head, pos, cfg.rope_theta));
+            for kvh in 0..cfg.num_kv_heads {
+                cache.keys[l][kvh].push(k[kvh * hd..(kvh + 1) * hd].to_vec());
+                cache.values[l][kvh].push(v[kvh * hd..(kvh + 1) * hd].to_vec());
+            }
+            let mut attn = vec![0f32; cfg.q_dim()];
+            for head in 0..cfg.num_heads {
+                let kvh = head / group;
+                let qh = &q[head * hd..(head + 1) * hd];
+                let scores: Vec<f32> = cache.keys[l][kvh]
+                    .iter()
+                    .map(|kr| kr.iter().zip(qh).map(|(a, b)| a * b).sum::<f32>() * scale)
+                    .collect();
+                let max = scores.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                let o = &mut attn[head * hd..(head + 1) * hd];
+                for (p, e) in exps.iter().enumerate() {
+                    for (oi, vi) in o.iter_mut().zip(&cache.values[l][kvh][p]) {
+                        *oi += e / sum * vi;
+                    }
+                }
+            }
+            let proj = linear(&attn, &lw.wo, h);
+            x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
+            let xn = rms_norm(&x, &lw.ffn_norm, cfg.rms_norm_eps);
+            let gate = linear(&xn, &lw.w_gate, cfg.intermediate_size);
+            let up = linear(&xn, &lw.w_up, cfg.intermediate_size);
+            let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
+            let down = linear(&act, &lw.w_down, h);
+            x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
+        }
+        cache.len += 1;
+        let xn = rms_norm(&x, &w.final_norm, cfg.rms_norm_eps);
+        out.push(linear(&xn, w.lm_head(), cfg.vocab_size));
+    }
+    out
+}
+
+/// Greedy decoding with the reference forward pass: the token ids every backend must reproduce.
+pub fn greedy(cfg: &LlamaConfig, w: &LlamaWeights, prompt: &[u32], max_new: usize) -> Vec<u32> {
+    let mut cache = RefKvCache::default();
+    let mut logits = forward(cfg, w, prompt, &mut cache).pop().unwrap_or_default();
+    let mut out = Vec::with_capacity(max_new);
+    for _ in 0..max_new {
+        let next = argmax(&logits);
+        out.push(next);
+        logits = forward(cfg, w, &[next], &mut cache).pop().unwrap_or_default();
+    }
+    out
+}
+
+/// Index of the largest value; the lowest index wins ties.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,213 @@
+//! A small ONNX graph writer over tract's own protobuf types (`tract_onnx::pb`), used by the
+//! Llama exporter and the packer. Nodes get unique output names; initializers are raw
+//! little-endian bytes.
+
+use tract_onnx::pb::{
+    self, attribute_proto::AttributeType, tensor_proto::DataType, tensor_shape_proto::dimension,
+    type_proto,
+};
+
+pub use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
+
+/// Default-domain opset the writer targets.
+pub const OPSET: i64 = 17;
+/// Domain of onnxruntime's contrib ops (`MatMulNBits`, ...).
+pub const MS_DOMAIN: &str = "com.microsoft";
+
+/// A dimension of a graph input or output.
+#[derive(Debug, Clone)]
+pub enum Dim {
+    Fixed(i64),
+    Named(&'static str),
+}
+
+/// Attribute constructors.
+pub fn attr_i(name: &str, v: i64) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
+}
+pub fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+}
+pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
+}
+
+fn tensor(name: &str, dt: DataType, dims: &[usize], raw: Vec<u8>) -> TensorProto {
+    TensorProto {
+        name: name.into(),
+        data_type: dt as i32,
+        dims: dims.iter().map(|d| *d as i64).collect(),
+        raw_data: raw,
+        ..Default::default()
+    }
+}
+
+fn value_info(name: &str, dt: DataType, dims: &[Dim]) -> pb::ValueInfoProto {
+    let dim = dims
+        .iter()
+        .map(|d| pb::tensor_shape_proto::Dimension {
+            value: Some(match d {
+                Dim::Fixed(v) => dimension::Value::DimValue(*v),
+                Dim::Named(s) => dimension::Value::DimParam((*s).into()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: dt as i32,
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Builds one graph: inputs, outputs, initializers and nodes in topological order.
+#[derive(Default)]
+pub struct GraphBuilder {
+    graph: pb::GraphProto,
+    uses_ms_domain: bool,
+    counter: usize,
+}
+
+impl GraphBuilder {
+    pub fn input(&mut self, name: &str, dt: DataType, dims: &[Dim]) -> String {
+        self.graph.input.push(value_info(name, dt, dims));
+        name.into()
+    }
+
+    /// Declare `value` (already produced by a node) as graph output `name`.
+    pub fn output(&mut self, value: &str, name: &str, dt: DataType, dims: &[Dim]) {
+        self.node_named("Identity", &[value], vec![], name);
+        self.graph.output.push(value_info(name, dt, dims));
+    }
+
+    pub fn init_f32(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.graph.initializer.push(tensor(name, DataType::Float, dims, raw));
+        name.into()
+    }
+    pub fn init_f16(&mut self, name: &str, dims: &[usize], data: &[f32]) -> String {
+        let raw = data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect();
+        self.graph.initializer.push(tensor(name, DataType::Float16, dims, raw));
+        name.into()
+    }
+    pub fn init_i64(&mut self, name: &str, dims: &[usize], data: &[i64]) -> String {
+        let raw = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.graph.initializer.push(tensor(name, DataType::Int64, dims, raw));
+        name.into()
+    }
+    pub fn init_i8(&mut self, name: &str, dims: &[usize], data: &[i8]) -> String {
+        let raw = data.iter().map(|v| *v as u8).collect();
+        self.graph.initializer.push(tensor(name, DataType::Int8, dims, raw));
+        name.into()
+    }
+    pub fn init_u8(&mut self, name: &str, dims: &[usize], data: Vec<u8>) -> String {
+        self.graph.initializer.push(tensor(name, DataType::Uint8, dims, data));
+        name.into()
+    }
+
+    /// A scalar or 1-D i64 constant with a generated name.
+    pub fn const_i64(&mut self, data: &[i64]) -> String {
+        let name = self.fresh("const");
+        let dims: Vec<usize> = if data.len() == 1 { vec![] } else { vec![data.len()] };
+        self.init_i64(&name, &dims, data)
+    }
+    pub fn const_ints(&mut self, data: &[i64]) -> String {
+        let name = self.fresh("const");
+        self.init_i64(&name, &[data.len()], data)
+    }
+    pub fn const_f32(&mut self, v: f32) -> String {
+        let name = self.fresh("const");
+        self.init_f32(&name, &[], &[v])
+    }
+
+    fn fresh(&mut self, hint: &str) -> String {
+        self.counter += 1;
+        format!("/{hint}_{}", self.counter)
+    }
+
+    /// Add a default-domain node with one output; returns the output's name.
+    pub fn node(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>) -> String {
+        let out = self.fresh(op);
+        self.node_named(op, inputs, attrs, &out);
+        out
+    }
+
+    fn node_named(&mut self, op: &str, inputs: &[&str], attrs: Vec<pb::AttributeProto>, out: &str) {
+        let name = format!("{out}/{op}");
+        self.graph.node.push(NodeProto {
+            name,
+            op_type: op.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![out.into()],
+            attribute: attrs,
+            ..Default::default()
+        });
+    }
+
+    /// Add a node with several outputs and an explicit domain.
+    pub fn node_multi(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        outputs: usize,
+        attrs: Vec<pb::AttributeProto>,
+    ) -> Vec<String> {
+        if domain == MS_DOMAIN {
+            self.uses_ms_domain = true;
+        }
+        let base = self.fresh(op);
+        let outs: Vec<String> = (0..outputs).map(|i| format!("{base}:{i}")).collect();
+        self.graph.node.push(NodeProto {
+            name: base,
+            op_type: op.into(),
+            domain: domain.into(),
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: outs.clone(),
+            attribute: attrs,
+            ..Default::default()
+        });
+        outs
+    }
+
+    /// Finish into a model with `metadata` as string properties.
+    pub fn finish(self, graph_name: &str, metadata: &[(&str, String)]) -> ModelProto {
+        let mut graph = self.graph;
+        graph.name = graph_name.into();
+        let mut opset_import = vec![pb::OperatorSetIdProto { domain: String::new(), version: OPSET }];
+        if self.uses_ms_domain {
+            opset_import.push(pb::OperatorSetIdProto { domain: MS_DOMAIN.into(), version: 1 });
+        }
+        ModelProto {
+            ir_version: 8,
+            opset_import,
+            producer_name: "edge-llm".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            graph: Some(graph),
+            metadata_props: metadata
+                .iter()
+                .map(|(k, v)| pb::StringStringEntryProto { key: (*k).into(), value: v.clone() })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Serialize a model to ONNX protobuf bytes.
+pub fn encode(model: &ModelProto) -> Vec<u8> {
+    prost::Message::encode_to_vec(model)
+}
+
+/// Parse ONNX protobuf bytes.
+pub fn decode(bytes: &[u8]) -> crate::Result<ModelProto> {
+    <ModelProto as prost::Message>::decode(bytes)
+        .map_err(|e| crate::Error::InvalidModel(format!("not an ONNX protobuf: {e}")))
+}
+
+pub use tract_onnx::pb::tensor_proto::DataType as OnnxType;

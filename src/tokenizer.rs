@@ -1,0 +1,246 @@
+//! HF `tokenizers` (pure-Rust, fancy-regex build so native and wasm behave the same), chat
+//! templates rendered with minijinja, and a GPT-2 style byte-level BPE builder shared by the
+//! tiny test model and the GGUF importer.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::{AddedToken, OffsetReferential, OffsetType, PreTokenizedString, PreTokenizer, PreTokenizerWrapper};
+
+use crate::{Error, Result};
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+/// A loaded tokenizer.
+pub struct Tokenizer {
+    inner: tokenizers::Tokenizer,
+}
+
+impl Tokenizer {
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        Ok(Tokenizer { inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)? })
+    }
+
+    /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) are matched;
+    /// nothing is prepended: BOS, if a model wants one, comes from its chat template.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        self.inner.decode(ids, skip_special).map_err(tok_err)
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+}
+
+/// Emits text as tokens arrive, only ever whole UTF-8 characters: the deltas concatenate to
+/// the decode of all tokens. (The prefix/read-offset scheme of HF text-generation-inference.)
+#[derive(Debug, Default, Clone)]
+pub struct IncrementalDecoder {
+    ids: Vec<u32>,
+    prefix_offset: usize,
+    read_offset: usize,
+}
+
+impl IncrementalDecoder {
+    /// Push one token; returns the new text it completes, if any.
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String> {
+        self.ids.push(id);
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
+        if full.len() > prefix.len() && !full.ends_with('\u{fffd}') && full.is_char_boundary(prefix.len()) {
+            let delta = full[prefix.len()..].to_string();
+            self.prefix_offset = self.read_offset;
+            self.read_offset = self.ids.len();
+            Ok(delta)
+        } else {
+            Ok(String::new())
+        }
+    }
+
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+/// One chat turn.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+/// Render a HF-style Jinja chat template.
+pub fn render_chat_template(
+    template: &str,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String> {
+    let mut env = minijinja::Environment::new();
+    env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
+        Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat", template).map_err(|e| Error::ChatTemplate(e.to_string()))?;
+    let ctx = minijinja::context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    };
+    env.get_template("chat")
+        .and_then(|t| t.render(ctx))
+        .map_err(|e| Error::ChatTemplate(e.to_string()))
+}
+
+/// SmolLM2 / ChatML template (as the GGUF carries it).
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+fn gpt2_pre_tokenizer() -> Sequence {
+    Sequence::new(vec![
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    ])
+}
+
+/// A GPT-2 style byte-level BPE tokenizer: Digits + ByteLevel pre-tokenizer, ByteLevel decoder,
+/// nothing added on encode. `vocab[i]` is the token with id `i`; `specials` are matched whole.
+pub fn build_bpe_tokenizer(vocab: &[String], merges: Vec<(String, String)>, specials: &[&str]) -> Result<String> {
+    let map: HashMap<String, u32> = vocab.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    if map.len() != vocab.len() {
+        return Err(Error::Tokenizer("vocabulary has duplicate tokens".into()));
+    }
+    let bpe = BPE::builder().vocab_and_merges(map, merges).build().map_err(tok_err)?;
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(gpt2_pre_tokenizer()));
+    tk.with_decoder(Some(ByteLevelDecoder::default()));
+    let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
+    tk.add_special_tokens(&added);
+    tk.to_string(false).map_err(tok_err)
+}
+
+/// Learn `n_merges` BPE merges from `corpus`, deterministically (most frequent pair, ties to
+/// the smallest pair). Returns the vocabulary (`specials`, then the 256 byte symbols in byte
+/// order, then one token per merge) and the merges.
+pub fn train_bpe(corpus: &[&str], specials: &[&str], n_merges: usize) -> (Vec<String>, Vec<(String, String)>) {
+    let pre = gpt2_pre_tokenizer();
+    let mut words: BTreeMap<Vec<String>, usize> = BTreeMap::new();
+    for text in corpus {
+        let mut pts = PreTokenizedString::from(*text);
+        pre.pre_tokenize(&mut pts).expect("byte-level pre-tokenization cannot fail");
+        for (piece, _, _) in pts.get_splits(OffsetReferential::Original, OffsetType::Byte) {
+            *words.entry(piece.chars().map(String::from).collect()).or_default() += 1;
+        }
+    }
+    let mut vocab: Vec<String> = specials.iter().map(|s| s.to_string()).collect();
+    let mut alphabet: Vec<char> = ByteLevel::alphabet().into_iter().collect();
+    // ByteLevel maps bytes to chars monotonically within its ranges; sort by the byte they encode.
+    alphabet.sort_by_key(|c| byte_of_char(*c));
+    vocab.extend(alphabet.iter().map(|c| c.to_string()));
+    let mut merges = Vec::new();
+    for _ in 0..n_merges {
+        let mut pairs: BTreeMap<(String, String), usize> = BTreeMap::new();
+        for (w, n) in &words {
+            for p in w.windows(2) {
+                *pairs.entry((p[0].clone(), p[1].clone())).or_default() += n;
+            }
+        }
+        let Some(best) = pairs.iter().fold(None::<(&(String, String), usize)>, |acc, (p, n)| match acc {
+            Some((_, m)) if m >= *n => acc,
+            _ => Some((p, *n)),
+        }) else {
+            break;
+        };
+        if best.1 < 2 {
+            break;
+        }
+        let (a, b) = best.0.clone();
+        let joined = format!("{a}{b}");
+        words = words
+            .into_iter()
+            .map(|(w, n)| {
+                let mut out = Vec::with_capacity(w.len());
+                let mut i = 0;
+                while i < w.len() {
+                    if i + 1 < w.len() && w[i] == a && w[i + 1] == b {
+                        out.push(joined.clone());
+                        i += 2;
+                    } else {
+                        out.push(w[i].clone());
+                        i += 1;
+                    }
+                }
+                (out, n)
+            })
+            .fold(BTreeMap::new(), |mut m, (w, n)| {
+                *m.entry(w).or_default() += n;
+                m
+            });
+        vocab.push(joined);
+        merges.push((a, b));
+    }
+    (vocab, merges)
+}
+
+/// The byte a GPT-2 ByteLevel symbol stands for.
+pub fn byte_of_char(c: char) -> u8 {
+    let c = c as u32;
+    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    if printable(c) {
+        return c as u8;
+    }
+    // Non-printable bytes are numbered from 256 upwards in byte order.
+    let mut n = 256;
+    for b in 0u32..256 {
+        if !printable(b) {
+            if n == c {
+                return b as u8;
+            }
+            n += 1;
+        }
+    }
+    0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_alphabet_covers_every_byte_once() {
+        let mut seen: Vec<u8> = ByteLevel::alphabet().into_iter().map(byte_of_char).collect();
+        seen.sort();
+        assert_eq!(seen, (0..=255u8).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn chatml_template_renders() {
+        let msgs = vec![ChatMessage { role: "user".into(), content: "Hi".into() }];
+        let s = render_chat_template(CHATML_TEMPLATE, &msgs, true, "", "<|im_end|>").unwrap();
+        assert!(s.starts_with("<|im_start|>system\n"));
+        assert!(s.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+    }
+
+    #[test]
+    fn template_errors_are_named() {
+        let err = render_chat_template("{{ raise_exception('no') }}", &[], false, "", "").unwrap_err();
+        assert!(matches!(err, Error::ChatTemplate(_)), "{err}");
+        let err = render_chat_template("{% for %}", &[], false, "", "").unwrap_err();
+        assert!(matches!(err, Error::ChatTemplate(_)));
+    }
+}

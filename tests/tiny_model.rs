@@ -1,0 +1,156 @@
+//! The tiny generated models on the CPU backend, checked against the plain-Rust reference.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::sync::Arc;
+
+use edge_llm::cpu::CpuModel;
+use edge_llm::llama::onnx_export::{export, ExportOptions};
+use edge_llm::llama::reference::{self, RefKvCache};
+use edge_llm::tiny;
+use edge_llm::{Engine, Error, GenerateOptions};
+
+const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}; run `cargo run --features pack --bin edge-llm-pack -- gen-tiny`"))
+}
+
+#[test]
+fn committed_fixtures_match_the_generator_byte_for_byte() {
+    for (name, bytes) in tiny::files() {
+        let on_disk = fixture(&name);
+        assert!(on_disk == bytes, "{name} is stale: regenerate with `cargo run --features pack --bin edge-llm-pack -- gen-tiny`");
+        if name.ends_with(".onnx") {
+            assert!(bytes.len() < 1 << 20, "{name} is {} bytes, over 1 MB", bytes.len());
+        }
+    }
+}
+
+/// Logits of every prompt position from tract and from the reference.
+fn compare(opts: &ExportOptions) -> f32 {
+    let cfg = tiny::config();
+    let exported = export(&cfg, &tiny::weights(), opts);
+    let model = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&exported.model)).unwrap());
+    let got = model.session().forward_all(&PROMPT).unwrap();
+    let want: Vec<f32> = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+    max_abs_diff(&got, &want)
+}
+
+#[test]
+fn fp32_logits_match_reference() {
+    let d = compare(&ExportOptions::fp32());
+    assert!(d < 1e-4, "max |diff| = {d}");
+}
+
+#[test]
+fn int4_logits_match_reference_on_dequantized_weights() {
+    for sym in [true, false] {
+        let d = compare(&ExportOptions::int4(32, sym));
+        assert!(d < 1e-3, "symmetric={sym}: max |diff| = {d}");
+    }
+}
+
+#[test]
+fn int8_logits_stay_close_to_reference() {
+    // Activations are quantized to uint8 on the fly (DynamicQuantizeLinear), which the
+    // reference does not model: the bound is the documented int8 tolerance.
+    let d = compare(&ExportOptions::int8());
+    assert!(d < 0.25, "max |diff| = {d}");
+}
+
+#[test]
+fn kv_cache_decode_equals_full_recompute() {
+    let model = Arc::new(CpuModel::load(&fixture("model-fp32.onnx")).unwrap());
+    let mut inc = model.session();
+    let mut last = inc.forward(&PROMPT[..3]).unwrap();
+    for t in &PROMPT[3..] {
+        last = inc.forward(&[*t]).unwrap();
+    }
+    let full = model.session().forward(&PROMPT).unwrap();
+    let d = max_abs_diff(&last, &full);
+    assert!(d < 1e-4, "max |diff| = {d}");
+}
+
+fn engine(variant: &str) -> Engine {
+    Engine::load(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()).unwrap()
+}
+
+#[test]
+fn greedy_tokens_equal_reference_tokens() {
+    let e = engine("model-fp32.onnx");
+    let want = reference::greedy(&tiny::config(), &tiny::weights(), &PROMPT, 12);
+    let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 12, ..Default::default() }).unwrap();
+    while g.step().unwrap().is_some() {}
+    // EOS may end generation early; what was generated must be the reference's prefix.
+    assert!(!g.generated().is_empty());
+    assert_eq!(g.generated(), &want[..g.generated().len()]);
+}
+
+#[test]
+fn streamed_text_concatenates_to_the_full_decode() {
+    let e = engine("model-int4.onnx");
+    for seed in 0..4 {
+        let opts = GenerateOptions { max_tokens: 24, temperature: 1.0, seed, ..Default::default() };
+        let mut g = e.generate("Café 東京 🙂", &opts).unwrap();
+        let mut text = String::new();
+        while let Some(ev) = g.step().unwrap() {
+            text += &ev.text;
+        }
+        let full = e.tokenizer().decode(g.generated(), true).unwrap();
+        assert_eq!(text, full, "seed {seed}");
+    }
+}
+
+#[test]
+fn same_seed_same_tokens() {
+    let e = engine("model-int8.onnx");
+    let run = |seed| {
+        let opts = GenerateOptions { max_tokens: 10, temperature: 0.9, top_p: 0.95, seed, ..Default::default() };
+        let mut g = e.generate("The capital of France", &opts).unwrap();
+        while g.step().unwrap().is_some() {}
+        g.generated().to_vec()
+    };
+    assert_eq!(run(1), run(1));
+}
+
+#[test]
+fn unsupported_op_is_named_at_load() {
+    let mut m = export(&tiny::config(), &tiny::weights(), &ExportOptions::fp32()).model;
+    let node = &mut m.graph.as_mut().unwrap().node[3];
+    node.op_type = "FancyNewOp".into();
+    let name = node.name.clone();
+    match CpuModel::load(&edge_llm::onnx::encode(&m)) {
+        Err(Error::UnsupportedOp { op, node }) => {
+            assert_eq!(op, "FancyNewOp");
+            assert_eq!(node, name);
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("loaded a model with an unknown op"),
+    }
+}
+
+#[test]
+fn garbage_bytes_are_an_invalid_model_not_a_panic() {
+    for bytes in [&b"not a model"[..], &fixture("model-fp32.onnx")[..1000]] {
+        assert!(matches!(CpuModel::load(bytes), Err(Error::InvalidModel(_))));
+    }
+}
+
+#[test]
+fn tokenizer_round_trips_multibyte_text() {
+    let tok = edge_llm::tokenizer::Tokenizer::from_json(&fixture("tokenizer.json")).unwrap();
+    let text = "<|im_start|>user\nCafé 東京 🙂 1234<|im_end|>";
+    let ids = tok.encode(text).unwrap();
+    assert_eq!(ids[0], 1, "special token matched whole");
+    assert_eq!(*ids.last().unwrap(), 2);
+    assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    // Digits are split one by one.
+    let digits = tok.encode("1234").unwrap();
+    assert_eq!(digits.len(), 4);
+}

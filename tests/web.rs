@@ -1,0 +1,54 @@
+//! In headless Chromium (wasm-bindgen-test-runner + chromedriver, see webdriver.json).
+#![cfg(target_arch = "wasm32")]
+
+use std::sync::Arc;
+
+use edge_llm::cpu::CpuModel;
+use edge_llm::llama::reference::{self, RefKvCache};
+use edge_llm::{tiny, Engine, GenerateOptions};
+use wasm_bindgen_test::*;
+
+wasm_bindgen_test_configure!(run_in_browser);
+
+const FP32: &[u8] = include_bytes!("fixtures/tiny/model-fp32.onnx");
+const INT4: &[u8] = include_bytes!("fixtures/tiny/model-int4.onnx");
+const TOKENIZER: &[u8] = include_bytes!("fixtures/tiny/tokenizer.json");
+const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+#[wasm_bindgen_test]
+fn module_initialises() {
+    assert_eq!(edge_llm::web::version(), env!("CARGO_PKG_VERSION"));
+}
+
+#[wasm_bindgen_test]
+fn tract_fp32_logits_match_reference_in_browser() {
+    let cfg = tiny::config();
+    let model = Arc::new(CpuModel::load(FP32).expect("tiny model loads"));
+    let got = model.session().forward_all(&PROMPT).unwrap();
+    let want = reference::forward(&cfg, &tiny::weights(), &PROMPT, &mut RefKvCache::default()).concat();
+    assert_eq!(got.len(), want.len());
+    let d = max_abs_diff(&got, &want);
+    console_log!("fp32 logits: max |tract - reference| = {d:e} over {} values", got.len());
+    assert!(d < 1e-4, "max |diff| = {d}");
+}
+
+#[wasm_bindgen_test]
+fn int4_greedy_generation_matches_reference_tokens_in_browser() {
+    let e = Engine::load(INT4, TOKENIZER, tiny::model_config()).unwrap();
+    let eff = edge_llm::llama::onnx_export::export(&tiny::config(), &tiny::weights(), &edge_llm::llama::onnx_export::ExportOptions::int4(32, true)).effective;
+    let want = reference::greedy(&tiny::config(), &eff, &PROMPT, 8);
+    let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 8, ..Default::default() }).unwrap();
+    while g.step().unwrap().is_some() {}
+    assert_eq!(g.generated(), &want[..g.generated().len()]);
+}
+
+#[wasm_bindgen_test]
+async fn webgpu_adapter_is_found() {
+    let info = edge_llm::gpu::probe().await.expect("headless Chromium offers a WebGPU adapter (swiftshader)");
+    console_log!("WebGPU adapter: {info:?}");
+    assert!(!info.backend.is_empty());
+}

@@ -1,0 +1,37 @@
+// Measurement helpers for the benchmark page: percentiles and the benchmark run itself.
+// Standards (see README): >= 100 measured decode steps after 10 warm-ups, p50/p95/p99,
+// cold start reported apart from steady state, memory and model size alongside.
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+/** Time prefill and >= `measured` decode steps after `warmup` ones, token by token. */
+export function benchDecode(engine, prompt, { warmup = 10, measured = 100 } = {}) {
+  const gen = engine.startGeneration(prompt, { maxTokens: warmup + measured, ignoreEos: true });
+  const promptTokens = engine.tokenize(prompt).length;
+  let t = performance.now();
+  gen.step(); // prefill + first token
+  const prefillMs = performance.now() - t;
+  const steps = [];
+  for (let i = 1; i < warmup + measured; i++) {
+    t = performance.now();
+    if (gen.step() === undefined) break;
+    if (i >= warmup) steps.push(performance.now() - t);
+  }
+  gen.free();
+  const sorted = [...steps].sort((a, b) => a - b);
+  const total = steps.reduce((a, b) => a + b, 0);
+  return {
+    promptTokens,
+    prefillMs,
+    prefillTokPerS: (promptTokens / prefillMs) * 1000,
+    decodeSteps: steps.length,
+    decodeTokPerS: (steps.length / total) * 1000,
+    p50: percentile(sorted, 50),
+    p95: percentile(sorted, 95),
+    p99: percentile(sorted, 99),
+  };
+}

@@ -1,0 +1,119 @@
+// Demo + benchmark page. Query parameters: model=<folder under www/> (default models/default),
+// prompt=<text>, auto=1 (generate, then benchmark, without clicks; used by scripts/demo.mjs).
+import init, { Engine, gpuInfo, version, wasmMemoryBytes } from "../pkg/edge_llm.js";
+import { benchDecode } from "./bench.js";
+
+const params = new URLSearchParams(location.search);
+const modelDir = params.get("model") ?? "models/default";
+const $ = (id) => document.getElementById(id);
+$("prompt").value = params.get("prompt") ?? "What is the capital of France?";
+// The page reports to scripts/demo.mjs through console lines with these prefixes.
+const report = (kind, value) => console.log(`EDGE_LLM_${kind} ${JSON.stringify(value)}`);
+
+async function fetchBytes(url) {
+  const r = await fetch(url);
+  if (!r.ok) throw new Error(`${url}: HTTP ${r.status}`);
+  return new Uint8Array(await r.arrayBuffer());
+}
+
+let engine;
+let abort;
+const facts = {};
+
+async function load() {
+  const t0 = performance.now();
+  await init();
+  const tWasm = performance.now();
+  const [onnx, tok, cfg] = await Promise.all(
+    ["model.onnx", "tokenizer.json", "model_config.json"].map((f) => fetchBytes(`${modelDir}/${f}`)),
+  );
+  const tFetch = performance.now();
+  engine = Engine.fromBytes(onnx, tok, cfg);
+  const tReady = performance.now();
+  Object.assign(facts, {
+    edgeLlmVersion: version(),
+    model: modelDir,
+    modelBytes: onnx.length,
+    wasmInitMs: tWasm - t0,
+    fetchMs: tFetch - tWasm,
+    coldLoadMs: tReady - tFetch,
+    userAgent: navigator.userAgent,
+    hardwareConcurrency: navigator.hardwareConcurrency,
+    threads: 1,
+  });
+  const gpu = await gpuInfo().catch(() => undefined);
+  facts.webgpuAdapter = gpu ? `${gpu.name || "unnamed"} (${gpu.backend}, ${gpu.deviceType})` : "none";
+  $("status").textContent = `ready: ${modelDir}, ${(onnx.length / 1e6).toFixed(1)} MB, loaded in ${facts.coldLoadMs.toFixed(0)} ms`;
+  for (const b of ["run", "bench"]) $(b).disabled = false;
+}
+
+async function generate() {
+  $("out").textContent = "";
+  abort = new AbortController();
+  $("stop").disabled = false;
+  const t0 = performance.now();
+  let first;
+  let n = 0;
+  const messages = [{ role: "user", content: $("prompt").value }];
+  try {
+    for await (const tok of engine.chat(messages, { maxTokens: 96 }, abort.signal)) {
+      first ??= performance.now();
+      n++;
+      $("out").textContent += tok.text;
+      if (tok.text) report("TOKEN", tok.text);
+    }
+  } catch (e) {
+    if (e.name !== "AbortError") throw e;
+  } finally {
+    $("stop").disabled = true;
+  }
+  facts.timeToFirstTokenMs = first - t0;
+  facts.generatedTokens = n;
+  report("ANSWER", $("out").textContent);
+}
+
+function benchmark() {
+  const prompt = engine.applyChatTemplate([{ role: "user", content: $("prompt").value }]);
+  const r = benchDecode(engine, prompt);
+  const rows = {
+    ...facts,
+    promptTokens: r.promptTokens,
+    prefillTokPerS: r.prefillTokPerS,
+    decodeTokPerS: r.decodeTokPerS,
+    decodeStepsMeasured: r.decodeSteps,
+    tokenLatencyP50Ms: r.p50,
+    tokenLatencyP95Ms: r.p95,
+    tokenLatencyP99Ms: r.p99,
+    wasmMemoryPeakBytes: wasmMemoryBytes(),
+  };
+  const body = $("table").querySelector("tbody");
+  body.textContent = "";
+  for (const [k, v] of Object.entries(rows)) {
+    const tr = body.insertRow();
+    tr.insertCell().textContent = k;
+    tr.insertCell().textContent = typeof v === "number" ? (Number.isInteger(v) ? v : v.toFixed(2)) : v;
+  }
+  $("table").hidden = false;
+  report("BENCH", rows);
+}
+
+$("run").onclick = () => generate().catch(fail);
+$("stop").onclick = () => abort?.abort();
+$("bench").onclick = () => {
+  try { benchmark(); } catch (e) { fail(e); }
+};
+
+function fail(e) {
+  $("status").textContent = `error: ${e.name}: ${e.message}`;
+  report("ERROR", { name: e.name, message: e.message });
+}
+
+load()
+  .then(async () => {
+    if (params.get("auto")) {
+      await generate();
+      benchmark();
+      report("DONE", true);
+    }
+  })
+  .catch(fail);
