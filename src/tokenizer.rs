@@ -2,7 +2,7 @@
 //! templates rendered with minijinja, and a GPT-2 style byte-level BPE builder shared by the
 //! tiny test model and the GGUF importer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use serde::Serialize;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
@@ -121,7 +121,7 @@ fn gpt2_pre_tokenizer() -> Sequence {
 /// A GPT-2 style byte-level BPE tokenizer: Digits + ByteLevel pre-tokenizer, ByteLevel decoder,
 /// nothing added on encode. `vocab[i]` is the token with id `i`; `specials` are matched whole.
 pub fn build_bpe_tokenizer(vocab: &[String], merges: Vec<(String, String)>, specials: &[&str]) -> Result<String> {
-    let map: HashMap<String, u32> = vocab.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+    let map: tokenizers::models::bpe::Vocab = vocab.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
     if map.len() != vocab.len() {
         return Err(Error::Tokenizer("vocabulary has duplicate tokens".into()));
     }
@@ -130,7 +130,7 @@ pub fn build_bpe_tokenizer(vocab: &[String], merges: Vec<(String, String)>, spec
     tk.with_pre_tokenizer(Some(gpt2_pre_tokenizer()));
     tk.with_decoder(Some(ByteLevelDecoder::default()));
     let added: Vec<AddedToken> = specials.iter().map(|s| AddedToken::from(s.to_string(), true)).collect();
-    tk.add_special_tokens(&added);
+    tk.add_special_tokens(added).map_err(tok_err)?;
     tk.to_string(false).map_err(tok_err)
 }
 

@@ -4,10 +4,11 @@
 //! every decode step. The session keeps the `present.*` tensors of a step and feeds them back
 //! as `past_key_values.*` of the next, so the prompt is never recomputed.
 
-use std::io::Cursor;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::{Error, Result};
 

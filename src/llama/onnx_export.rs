@@ -13,7 +13,7 @@
 //! int4 `com.microsoft::MatMulNBits`.
 
 use super::{LlamaConfig, LlamaWeights};
-use crate::onnx::{attr_f, attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
+use crate::onnx::{attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
 use crate::quant::{reference as qref, Precision};
 
 /// Metadata key under which the exporter stores the [`LlamaConfig`] as JSON.

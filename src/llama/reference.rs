@@ -6,8 +6,8 @@ use super::{LlamaConfig, LlamaWeights};
 /// Keys and values seen so far, per layer, laid out `[kv_head][position][head_dim]`.
 #[derive(Debug, Clone, Default)]
 pub struct RefKvCache {
-    keys: Vec<Vec<Vec<f32>>>,
-    values: Vec<Vec<Vec<f32>>>,
+    keys: Vec<Vec<Vec<Vec<f32>>>>,
+    values: Vec<Vec<Vec<Vec<f32>>>>,
     len: usize,
 }
 
@@ -26,8 +26,28 @@ fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     x.iter().zip(w).map(|(v, g)| v * inv * g).collect()
 }
 
+/// ONNX `DynamicQuantizeLinear` followed by dequantization: what an int8 graph
+/// (`quantize_dynamic`) does to activations before `MatMulInteger`.
+pub fn dynamic_quantize_round_trip(x: &[f32]) -> Vec<f32> {
+    let lo = x.iter().fold(0f32, |m, v| m.min(*v));
+    let hi = x.iter().fold(0f32, |m, v| m.max(*v));
+    let scale = (hi - lo) / 255.0;
+    if scale == 0.0 {
+        return vec![0.0; x.len()];
+    }
+    let zp = (-lo / scale).round_ties_even().clamp(0.0, 255.0);
+    x.iter().map(|v| (((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) - zp) * scale).collect()
+}
+
 /// `y[n] = sum_k x[k] * w[n][k]`
-fn linear(x: &[f32], w: &[f32], n: usize) -> Vec<f32> {
+fn linear(x: &[f32], w: &[f32], n: usize, int8_act: bool) -> Vec<f32> {
+    let q;
+    let x = if int8_act {
+        q = dynamic_quantize_round_trip(x);
+        &q[..]
+    } else {
+        x
+    };
     let k = x.len();
     (0..n).map(|o| w[o * k..(o + 1) * k].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
 }
@@ -47,6 +67,16 @@ fn rope(x: &mut [f32], pos: usize, theta: f32) {
 
 /// Run `tokens` through the model after what `cache` holds; returns `[tokens.len()][vocab]` logits.
 pub fn forward(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
+    forward_impl(cfg, w, tokens, cache, false)
+}
+
+/// [`forward`] with every linear layer's input quantized per token as `DynamicQuantizeLinear`
+/// does: the exact computation of an int8 graph run one token at a time.
+pub fn forward_int8_activations(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
+    forward_impl(cfg, w, tokens, cache, true)
+}
+
+fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, int8: bool) -> Vec<Vec<f32>> {
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     if cache.keys.is_empty() {
         cache.keys = vec![vec![Vec::new(); cfg.num_kv_heads]; cfg.num_layers];
@@ -61,9 +91,9 @@ pub fn forward(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut 
         let mut x = w.embed[t * h..(t + 1) * h].to_vec();
         for (l, lw) in w.layers.iter().enumerate() {
             let xn = rms_norm(&x, &lw.attn_norm, cfg.rms_norm_eps);
-            let mut q = linear(&xn, &lw.wq, cfg.q_dim());
-            let mut k = linear(&xn, &lw.wk, cfg.kv_dim());
-            let v = linear(&xn, &lw.wv, cfg.kv_dim());
+            let mut q = linear(&xn, &lw.wq, cfg.q_dim(), int8);
+            let mut k = linear(&xn, &lw.wk, cfg.kv_dim(), int8);
+            let v = linear(&xn, &lw.wv, cfg.kv_dim(), int8);
             q.chunks_mut(hd).for_each(|head| rope(head, pos, cfg.rope_theta));
             k.chunks_mut(hd).for_each(|head| rope(head, pos, cfg.rope_theta));
             for kvh in 0..cfg.num_kv_heads {
@@ -88,18 +118,18 @@ pub fn forward(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut 
                     }
                 }
             }
-            let proj = linear(&attn, &lw.wo, h);
+            let proj = linear(&attn, &lw.wo, h, int8);
             x.iter_mut().zip(&proj).for_each(|(a, b)| *a += b);
             let xn = rms_norm(&x, &lw.ffn_norm, cfg.rms_norm_eps);
-            let gate = linear(&xn, &lw.w_gate, cfg.intermediate_size);
-            let up = linear(&xn, &lw.w_up, cfg.intermediate_size);
+            let gate = linear(&xn, &lw.w_gate, cfg.intermediate_size, int8);
+            let up = linear(&xn, &lw.w_up, cfg.intermediate_size, int8);
             let act: Vec<f32> = gate.iter().zip(&up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect();
-            let down = linear(&act, &lw.w_down, h);
+            let down = linear(&act, &lw.w_down, h, int8);
             x.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         }
         cache.len += 1;
         let xn = rms_norm(&x, &w.final_norm, cfg.rms_norm_eps);
-        out.push(linear(&xn, w.lm_head(), cfg.vocab_size));
+        out.push(linear(&xn, w.lm_head(), cfg.vocab_size, int8));
     }
     out
 }

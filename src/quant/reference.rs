@@ -37,17 +37,23 @@ pub fn quantize_q4(w: &[f32], n: usize, k: usize, block_size: usize, symmetric: 
             let start = b * block_size;
             let end = (start + block_size).min(k);
             let vals = &w[row * k + start..row * k + end];
-            let (scale, zp) = if symmetric {
+            let raw_scale = if symmetric {
                 let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-                (if amax == 0.0 { 1.0 } else { amax / 7.0 }, 8u8)
+                if amax == 0.0 { 1.0 } else { amax / 7.0 }
             } else {
                 let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
                 let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
-                let scale = if hi > lo { (hi - lo) / 15.0 } else { 1.0 };
-                (scale, (-lo / scale).round().clamp(0.0, 15.0) as u8)
+                if hi > lo { (hi - lo) / 15.0 } else { 1.0 }
             };
-            // tract's Q4_0 kernels keep scales in f16: store exactly what will be used.
-            let scale = half::f16::from_f32(scale).to_f32();
+            // tract's Q4_0 kernels keep scales in f16: store exactly what will be used, rounded
+            // up so the block's extremes still fit in 0..=15.
+            let scale = round_up_to_f16(raw_scale);
+            let zp = if symmetric {
+                8u8
+            } else {
+                let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
+                (-lo / scale).round().clamp(0.0, 15.0) as u8
+            };
             scales.push(scale);
             zps.push(zp);
             let base = (row * nb + b) * block_size / 2;
@@ -60,6 +66,12 @@ pub fn quantize_q4(w: &[f32], n: usize, k: usize, block_size: usize, symmetric: 
         }
     }
     Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
+}
+
+/// The smallest f16 value >= `v` (for positive, finite `v`), as f32.
+fn round_up_to_f16(v: f32) -> f32 {
+    let h = half::f16::from_f32(v);
+    if h.to_f32() >= v { h.to_f32() } else { half::f16::from_bits(h.to_bits() + 1).to_f32() }
 }
 
 pub fn dequantize_q4(w: &Q4Weight) -> Vec<f32> {
