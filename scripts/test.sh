@@ -10,7 +10,7 @@ cargo test --features pack
 
 echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
-  cargo test --target wasm32-unknown-unknown --tests
+  cargo test --target wasm32-unknown-unknown --tests -- --nocapture
 
 echo "== package: wasm-pack build, then node --test on pkg/"
 scripts/build-pkg.sh

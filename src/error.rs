@@ -22,6 +22,8 @@ pub enum Error {
     ShardHashMismatch { shard: String, expected: String, actual: String },
     #[error("invalid manifest: {0}")]
     InvalidManifest(String),
+    #[error("incompatible model: {0}")]
+    IncompatibleManifest(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -38,6 +40,7 @@ impl Error {
             Error::Inference(_) => "InferenceError",
             Error::ShardHashMismatch { .. } => "IntegrityError",
             Error::InvalidManifest(_) => "InvalidManifestError",
+            Error::IncompatibleManifest(_) => "IncompatibleModelError",
             Error::Io(_) => "IoError",
         }
     }

@@ -20,6 +20,44 @@ enum Cmd {
         #[arg(default_value = "tests/fixtures/tiny")]
         dir: PathBuf,
     },
+    /// Shard a model folder (model.onnx, tokenizer.json, model_config.json) into OUT with a
+    /// manifest.json listing every file's size and SHA-256.
+    Pack {
+        input: PathBuf,
+        out: PathBuf,
+        /// Largest shard, in bytes.
+        #[arg(long, default_value_t = edge_llm::manifest::DEFAULT_SHARD_BYTES)]
+        shard_bytes: u64,
+        #[arg(long, default_value = "1.0.0")]
+        model_version: String,
+    },
+    /// Recompute every checksum of a packed model and enforce a size budget.
+    Verify {
+        dir: PathBuf,
+        /// bundled: < 100 MB; on-demand: < 500 MB.
+        #[arg(long, value_enum, default_value_t = Budget::OnDemand)]
+        budget: Budget,
+    },
+    /// Measure a model folder (model.onnx, tokenizer.json, model_config.json) natively:
+    /// cold load, prefill, time to first token, decode tok/s and per-token latency percentiles.
+    Bench {
+        dir: PathBuf,
+        /// Prompt, rendered with the model's chat template.
+        #[arg(long, default_value = "What is the capital of France? Answer in one sentence, then explain why it became the capital.")]
+        prompt: String,
+        /// Decode steps discarded before measuring.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Decode steps measured.
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Budget {
+    Bundled,
+    OnDemand,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,6 +70,101 @@ fn main() -> anyhow::Result<()> {
                 println!("{:>9} bytes  {}", bytes.len(), path.display());
             }
         }
+        Cmd::Pack { input, out, shard_bytes, model_version } => {
+            let config = edge_llm::ModelConfig::from_json(&read(&input, "model_config.json")?)?;
+            let opts = edge_llm::pack::PackOptions { shard_bytes, model_version, ..Default::default() };
+            let (manifest, files) =
+                edge_llm::pack::pack(&read(&input, "model.onnx")?, &read(&input, "tokenizer.json")?, &config, &opts)?;
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for (name, bytes) in &files {
+                std::fs::write(out.join(name), bytes).with_context(|| format!("writing {name}"))?;
+                println!("{:>11} bytes  {name}", bytes.len());
+            }
+            std::fs::write(out.join("manifest.json"), manifest.to_json())?;
+            println!("{:>11} bytes  total; model sha256 {}", manifest.total_bytes, manifest.model_sha256);
+        }
+        Cmd::Verify { dir, budget } => {
+            let manifest = edge_llm::manifest::Manifest::from_json(&read(&dir, "manifest.json")?)?;
+            for f in &manifest.files {
+                manifest.verify_file(&f.path, &read(&dir, &f.path)?)?;
+                println!("ok  {:>11} bytes  {}  {}", f.bytes, f.sha256, f.path);
+            }
+            let (name, limit) = match budget {
+                Budget::Bundled => ("bundled", edge_llm::manifest::BUNDLED_BUDGET_BYTES),
+                Budget::OnDemand => ("on-demand", edge_llm::manifest::ON_DEMAND_BUDGET_BYTES),
+            };
+            anyhow::ensure!(
+                manifest.total_bytes < limit,
+                "model is {} bytes, over the {name} budget of {limit} bytes: quantize further (e.g. --precision int4) or choose a smaller model",
+                manifest.total_bytes
+            );
+            println!("verified: {} files, {} bytes, within the {name} budget of {limit} bytes", manifest.files.len(), manifest.total_bytes);
+        }
+        Cmd::Bench { dir, prompt, warmup, steps } => bench(&dir, &prompt, warmup, steps)?,
+    }
+    Ok(())
+}
+
+fn read(dir: &std::path::Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let p = dir.join(name);
+    std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+}
+
+/// Peak resident set size of this process, from /proc (Linux).
+fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[i.clamp(1, sorted.len()) - 1]
+}
+
+fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> anyhow::Result<()> {
+    use std::time::Instant;
+    use edge_llm::tokenizer::ChatMessage;
+    let onnx = read(dir, "model.onnx")?;
+    let t0 = Instant::now();
+    let config = edge_llm::ModelConfig::from_json(&read(dir, "model_config.json")?)?;
+    let engine = edge_llm::Engine::load(&onnx, &read(dir, "tokenizer.json")?, config)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let text = engine.apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt.into() }])?;
+    let opts = edge_llm::GenerateOptions { max_tokens: warmup + steps + 1, ignore_eos: true, ..Default::default() };
+    let mut g = engine.generate(&text, &opts)?;
+    let t = Instant::now();
+    g.step()?;
+    let ttft_ms = t.elapsed().as_secs_f64() * 1e3;
+    let prompt_tokens = g.stats().prompt_tokens;
+    let mut lat = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        g.step()?.context("generation ended early")?;
+        if i >= warmup {
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let total: f64 = lat.iter().sum();
+    lat.sort_by(f64::total_cmp);
+    let rows: Vec<(&str, String)> = vec![
+        ("model", dir.display().to_string()),
+        ("model bytes", onnx.len().to_string()),
+        ("threads", "1".into()),
+        ("cold load ms", format!("{load_ms:.1}")),
+        ("prompt tokens", prompt_tokens.to_string()),
+        ("time to first token ms", format!("{ttft_ms:.1}")),
+        ("prefill tok/s", format!("{:.1}", prompt_tokens as f64 / ttft_ms * 1e3)),
+        ("decode tok/s", format!("{:.1}", steps as f64 / total * 1e3)),
+        ("decode steps measured", format!("{steps} (after {warmup} warm-up)")),
+        ("token latency p50 ms", format!("{:.2}", percentile(&lat, 50.0))),
+        ("token latency p95 ms", format!("{:.2}", percentile(&lat, 95.0))),
+        ("token latency p99 ms", format!("{:.2}", percentile(&lat, 99.0))),
+        ("peak RSS bytes", peak_rss_bytes().map_or("n/a".into(), |b| b.to_string())),
+    ];
+    println!("native benchmark ({} {}):", std::env::consts::ARCH, std::env::consts::OS);
+    for (k, v) in rows {
+        println!("  {k:<24} {v}");
     }
     Ok(())
 }

@@ -61,7 +61,11 @@ pub struct CpuModel {
 impl CpuModel {
     /// Load an ONNX decoder from bytes and optimize it for batch 1.
     pub fn load(onnx: &[u8]) -> Result<Self> {
-        let proto = crate::onnx::decode(onnx)?;
+        Self::from_proto(crate::onnx::decode(onnx)?)
+    }
+
+    /// Load a decoded ONNX model whose weights are all in memory (see `manifest::assemble`).
+    pub fn from_proto(proto: tract_onnx::pb::ModelProto) -> Result<Self> {
         check_ops(&proto)?;
         let mut model = tract_onnx::onnx()
             .model_for_proto_model(&proto)

@@ -3,12 +3,14 @@
 
 mod sampler;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use sampler::{GenerateOptions, Sampler};
 use serde::Serialize;
 
 use crate::cpu::{CpuModel, CpuSession};
+use crate::manifest::{FileRole, Manifest};
 use crate::model::ModelConfig;
 use crate::tokenizer::{render_chat_template, ChatMessage, IncrementalDecoder, Tokenizer};
 use crate::{Error, Result};
@@ -40,8 +42,28 @@ pub enum FinishReason {
 
 impl Engine {
     pub fn load(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
+        Self::from_parts(CpuModel::load(onnx)?, tokenizer_json, config)
+    }
+
+    /// Load a packed model: `files` maps every manifest path to its bytes. Each file is checked
+    /// against its SHA-256 before use; the weight shards are consumed as they are assembled.
+    pub fn load_packed(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
+        for f in &manifest.files {
+            let bytes = files.get(&f.path).ok_or_else(|| Error::InvalidModel(format!("file `{}` was not provided", f.path)))?;
+            manifest.verify_file(&f.path, bytes)?;
+        }
+        let take = |files: &mut BTreeMap<String, Vec<u8>>, role| {
+            let path = &manifest.file(role).expect("validated manifest has this role").path;
+            files.remove(path).expect("checked above")
+        };
+        let graph = crate::onnx::decode(&take(&mut files, FileRole::Graph))?;
+        let tokenizer = take(&mut files, FileRole::Tokenizer);
+        let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?)?;
+        Self::from_parts(model, &tokenizer, manifest.config.clone())
+    }
+
+    fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
         let tokenizer = Tokenizer::from_json(tokenizer_json)?;
-        let model = CpuModel::load(onnx)?;
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::InvalidModel(format!(
                 "tokenizer has {} tokens but the model's logits cover {}",

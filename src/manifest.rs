@@ -1,0 +1,259 @@
+//! The packed model format: `manifest.json` plus files of at most `shard_size` bytes, each with
+//! its SHA-256. The ONNX graph keeps its weights as external data in `model.data.NNN` shards
+//! (no tensor straddles two shards); [`assemble`] puts them back in memory, verified, for the
+//! CPU engine.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::model::ModelConfig;
+use crate::onnx::ModelProto;
+use crate::{Error, Result};
+
+/// Version of the manifest schema this runtime reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+/// Default maximum shard size: 50 MB (the seed's incremental-download limit).
+pub const DEFAULT_SHARD_BYTES: u64 = 50_000_000;
+/// Size budgets (seed: "<100MB for bundled models, <500MB for on-demand downloads").
+pub const BUNDLED_BUDGET_BYTES: u64 = 100_000_000;
+pub const ON_DEMAND_BUDGET_BYTES: u64 = 500_000_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileRole {
+    /// The ONNX graph with weights as external data.
+    Graph,
+    /// A weight shard the graph points into.
+    Weights,
+    Tokenizer,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub path: String,
+    pub role: FileRole,
+    pub bytes: u64,
+    /// Lower-case hex SHA-256 of the file.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    pub name: String,
+    pub dtype: String,
+    /// Fixed sizes as numbers, symbolic ones as their names.
+    pub shape: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct QuantizationConfig {
+    /// e.g. "rtn-int4-blockwise", "rtn-int8-per-channel", "none".
+    pub method: String,
+    pub bits: u32,
+    pub block_size: Option<u32>,
+    pub symmetric: Option<bool>,
+    /// Storage precision of every weight tensor, by initializer name.
+    pub tensors: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerationDefaults {
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+}
+
+impl Default for GenerationDefaults {
+    fn default() -> Self {
+        GenerationDefaults { max_new_tokens: 256, temperature: 0.0, top_p: 1.0, repetition_penalty: 1.0 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub model_id: String,
+    pub model_version: String,
+    /// Oldest edge-llm version able to run this model (semver `MAJOR.MINOR.PATCH`).
+    pub min_runtime_version: String,
+    pub files: Vec<FileEntry>,
+    /// SHA-256 over the files' SHA-256 hex strings, in `files` order, each followed by `\n`.
+    pub model_sha256: String,
+    pub total_bytes: u64,
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    pub quantization: QuantizationConfig,
+    pub config: ModelConfig,
+    pub generation: GenerationDefaults,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The whole-model hash: binds every file's hash and their order.
+pub fn model_hash(files: &[FileEntry]) -> String {
+    let mut h = Sha256::new();
+    for f in files {
+        h.update(f.sha256.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
+    let mut it = v.split('.').map(|p| p.parse::<u64>().ok());
+    let out = (it.next()??, it.next()??, it.next()??);
+    it.next().is_none().then_some(out)
+}
+
+impl Manifest {
+    /// Parse and check a manifest: schema version, runtime version, file list and sizes.
+    pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("manifest serializes") + "\n"
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |s: String| Err(Error::InvalidManifest(s));
+        if self.format_version != FORMAT_VERSION {
+            return Err(Error::IncompatibleManifest(format!(
+                "format_version {} (this runtime reads {FORMAT_VERSION})",
+                self.format_version
+            )));
+        }
+        let Some(min) = parse_version(&self.min_runtime_version) else {
+            return bad(format!("min_runtime_version `{}` is not MAJOR.MINOR.PATCH", self.min_runtime_version));
+        };
+        let ours = parse_version(env!("CARGO_PKG_VERSION")).expect("crate version is semver");
+        if min > ours {
+            return Err(Error::IncompatibleManifest(format!(
+                "model needs edge-llm >= {}, this is {}",
+                self.min_runtime_version,
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for f in &self.files {
+            if f.path.is_empty() || f.path.contains("..") || f.path.starts_with('/') || f.path.contains('\\') {
+                return bad(format!("file path `{}` must be a plain relative name", f.path));
+            }
+            if !seen.insert(&f.path) {
+                return bad(format!("file `{}` listed twice", f.path));
+            }
+            if f.sha256.len() != 64 || !f.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                return bad(format!("file `{}` has a malformed sha256", f.path));
+            }
+        }
+        if self.files.iter().filter(|f| f.role == FileRole::Graph).count() != 1 {
+            return bad("exactly one file must have role `graph`".into());
+        }
+        if self.files.iter().filter(|f| f.role == FileRole::Tokenizer).count() != 1 {
+            return bad("exactly one file must have role `tokenizer`".into());
+        }
+        let total: u64 = self.files.iter().map(|f| f.bytes).sum();
+        if total != self.total_bytes {
+            return bad(format!("total_bytes {} != sum of file sizes {total}", self.total_bytes));
+        }
+        if model_hash(&self.files) != self.model_sha256 {
+            return bad("model_sha256 does not match the files' hashes".into());
+        }
+        Ok(())
+    }
+
+    pub fn file(&self, role: FileRole) -> Option<&FileEntry> {
+        self.files.iter().find(|f| f.role == role)
+    }
+
+    /// Check `bytes` against the entry for `path`.
+    pub fn verify_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        let f = self
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .ok_or_else(|| Error::InvalidManifest(format!("`{path}` is not in the manifest")))?;
+        let actual = sha256_hex(bytes);
+        if bytes.len() as u64 != f.bytes || actual != f.sha256 {
+            return Err(Error::ShardHashMismatch { shard: path.into(), expected: f.sha256.clone(), actual });
+        }
+        Ok(())
+    }
+}
+
+/// Split the initializers of `model` into external-data shards of at most `shard_bytes`.
+/// Returns the graph (weights now external) and the shards' `(name, bytes)`.
+pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Result<(ModelProto, Vec<(String, Vec<u8>)>)> {
+    use tract_onnx::pb::{tensor_proto::DataLocation, StringStringEntryProto};
+    let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+    let mut shards: Vec<(String, Vec<u8>)> = Vec::new();
+    for t in graph.initializer.iter_mut() {
+        // Small tensors (shape constants, norms) stay inline: they cost nothing to fetch twice.
+        if t.raw_data.len() < 1024 {
+            continue;
+        }
+        let len = t.raw_data.len() as u64;
+        if len > shard_bytes {
+            return Err(Error::InvalidModel(format!(
+                "tensor `{}` is {len} bytes, larger than the {shard_bytes}-byte shard limit",
+                t.name
+            )));
+        }
+        if shards.last().is_none_or(|(_, b)| b.len() as u64 + len > shard_bytes) {
+            shards.push((format!("{stem}.data.{:03}", shards.len()), Vec::new()));
+        }
+        let (name, buf) = shards.last_mut().expect("pushed above");
+        let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
+        t.external_data =
+            vec![entry("location", name.clone()), entry("offset", buf.len().to_string()), entry("length", len.to_string())];
+        t.data_location = Some(DataLocation::External as i32);
+        buf.extend_from_slice(&std::mem::take(&mut t.raw_data));
+    }
+    Ok((model, shards))
+}
+
+/// Put external data back into the graph from verified in-memory shards, consuming them, so
+/// the weights exist once (in the graph) rather than twice.
+pub fn assemble(mut model: ModelProto, mut shards: BTreeMap<String, Vec<u8>>) -> Result<ModelProto> {
+    let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
+    let mut refs = Vec::new();
+    for (i, t) in graph.initializer.iter().enumerate() {
+        if t.external_data.is_empty() {
+            continue;
+        }
+        let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone());
+        let loc = get("location").ok_or_else(|| Error::InvalidModel(format!("tensor `{}`: external data without location", t.name)))?;
+        let num = |k: &str| -> Result<usize> {
+            get(k).unwrap_or_else(|| "0".into()).parse().map_err(|_| Error::InvalidModel(format!("tensor `{}`: bad external {k}", t.name)))
+        };
+        let (offset, length) = (num("offset")?, num("length")?);
+        *remaining.entry(loc.clone()).or_default() += 1;
+        refs.push((i, loc, offset, length));
+    }
+    for (i, loc, offset, length) in refs {
+        let shard = shards
+            .get(&loc)
+            .ok_or_else(|| Error::InvalidModel(format!("shard `{loc}` is missing")))?;
+        let end = offset.checked_add(length).filter(|e| *e <= shard.len()).ok_or_else(|| {
+            Error::InvalidModel(format!("tensor `{}` reaches past the end of shard `{loc}`", graph.initializer[i].name))
+        })?;
+        let t = &mut graph.initializer[i];
+        t.raw_data = shard[offset..end].to_vec();
+        t.external_data.clear();
+        t.data_location = None;
+        let left = remaining.get_mut(&loc).expect("counted above");
+        *left -= 1;
+        if *left == 0 {
+            shards.remove(&loc);
+        }
+    }
+    Ok(model)
+}

@@ -1,0 +1,98 @@
+//! Packing the tiny model into shards + manifest, and loading it back verified.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::collections::BTreeMap;
+
+use edge_llm::manifest::{FileRole, Manifest};
+use edge_llm::pack::{pack, PackOptions};
+use edge_llm::{tiny, Engine, Error, GenerateOptions};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+
+fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{FIXTURES}/{name}")).unwrap()
+}
+
+fn packed(variant: &str, shard_bytes: u64) -> (Manifest, BTreeMap<String, Vec<u8>>) {
+    let opts = PackOptions { shard_bytes, ..Default::default() };
+    let (m, files) = pack(&fixture(variant), &fixture("tokenizer.json"), &tiny::model_config(), &opts).unwrap();
+    (m, files.into_iter().collect())
+}
+
+fn greedy(e: &Engine) -> Vec<u32> {
+    let mut g = e.generate("The capital of France", &GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() }).unwrap();
+    while g.step().unwrap().is_some() {}
+    g.generated().to_vec()
+}
+
+#[test]
+fn shards_respect_the_limit_and_load_back_to_the_same_tokens() {
+    let (m, files) = packed("model-fp32.onnx", 100_000);
+    let shards: Vec<_> = m.files.iter().filter(|f| f.role == FileRole::Weights).collect();
+    assert!(shards.len() >= 3, "expected several shards, got {}", shards.len());
+    assert!(m.files.iter().all(|f| f.bytes <= 100_000), "{:?}", m.files);
+    assert_eq!(m.total_bytes, files.values().map(|b| b.len() as u64).sum::<u64>());
+    assert_eq!(m.config.architecture, tiny::config());
+    assert!(m.inputs.iter().any(|i| i.name == "past_key_values.0.key"));
+    let direct = Engine::load(&fixture("model-fp32.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+    let from_pack = Engine::load_packed(&m, files).unwrap();
+    assert_eq!(greedy(&direct), greedy(&from_pack));
+}
+
+#[test]
+fn packing_is_deterministic_and_the_manifest_round_trips() {
+    let (a, fa) = packed("model-int4.onnx", 60_000);
+    let (b, fb) = packed("model-int4.onnx", 60_000);
+    assert_eq!(a.to_json(), b.to_json());
+    assert_eq!(fa, fb);
+    assert_eq!(Manifest::from_json(a.to_json().as_bytes()).unwrap(), a);
+    assert_eq!(a.quantization.method, "rtn-int4-blockwise");
+    assert_eq!(a.quantization.block_size, Some(32));
+    assert_eq!(packed("model-int8.onnx", 1 << 20).0.quantization.method, "rtn-int8-per-channel");
+}
+
+#[test]
+fn a_corrupted_shard_is_an_integrity_error_naming_it() {
+    let (m, mut files) = packed("model-fp32.onnx", 100_000);
+    let shard = m.files.iter().find(|f| f.role == FileRole::Weights).unwrap().path.clone();
+    files.get_mut(&shard).unwrap()[10] ^= 1;
+    match Engine::load_packed(&m, files) {
+        Err(Error::ShardHashMismatch { shard: s, expected, actual }) => {
+            assert_eq!(s, shard);
+            assert_ne!(expected, actual);
+        }
+        Err(e) => panic!("wrong error {e}"),
+        Ok(_) => panic!("loaded a corrupted shard"),
+    }
+}
+
+#[test]
+fn truncated_or_missing_files_are_named_errors() {
+    let (m, mut files) = packed("model-fp32.onnx", 100_000);
+    let shard = m.files.iter().find(|f| f.role == FileRole::Weights).unwrap().path.clone();
+    files.get_mut(&shard).unwrap().truncate(50);
+    assert!(matches!(Engine::load_packed(&m, files.clone()), Err(Error::ShardHashMismatch { .. })));
+    files.remove(&shard);
+    assert!(matches!(Engine::load_packed(&m, files), Err(Error::InvalidModel(e)) if e.contains(&shard)));
+}
+
+#[test]
+fn bad_manifests_are_rejected_with_reasons() {
+    let (m, _) = packed("model-int4.onnx", 1 << 20);
+    let json = m.to_json();
+    for cut in [0, 1, json.len() / 2, json.len() - 3] {
+        assert!(matches!(Manifest::from_json(&json.as_bytes()[..cut]), Err(Error::InvalidManifest(_))), "cut {cut}");
+    }
+    let mut newer = m.clone();
+    newer.min_runtime_version = "99.0.0".into();
+    assert!(matches!(Manifest::from_json(newer.to_json().as_bytes()), Err(Error::IncompatibleManifest(_))));
+    let mut future = m.clone();
+    future.format_version = 2;
+    assert!(matches!(future.validate(), Err(Error::IncompatibleManifest(_))));
+    let mut evil = m.clone();
+    evil.files[0].path = "../../etc/passwd".into();
+    assert!(matches!(evil.validate(), Err(Error::InvalidManifest(_))));
+    let mut tampered = m.clone();
+    tampered.files[0].sha256 = "0".repeat(64);
+    assert!(matches!(tampered.validate(), Err(Error::InvalidManifest(e)) if e.contains("model_sha256")));
+}
