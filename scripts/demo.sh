@@ -7,11 +7,15 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-pkg.sh
 
+pack() { cargo run -q --features pack --bin edge-llm-pack -- "$@"; }
 dest=www/models/default
-mkdir -p "$dest"
 # Default model: the project's tiny test model until the GGUF importer (issue #4) packs SmolLM2.
-cp tests/fixtures/tiny/model-int4.onnx "$dest/model.onnx"
-cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$dest/"
+src=target/models/tiny-int4
+mkdir -p "$src"
+cp tests/fixtures/tiny/model-int4.onnx "$src/model.onnx"
+cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$src/"
+pack pack "$src" "$dest"
+pack verify "$dest" --budget bundled
 
 if [ "${1:-}" = serve ]; then
   exec node scripts/serve.mjs

@@ -24,16 +24,19 @@ async function load() {
   const t0 = performance.now();
   await init();
   const tWasm = performance.now();
-  const [onnx, tok, cfg] = await Promise.all(
-    ["model.onnx", "tokenizer.json", "model_config.json"].map((f) => fetchBytes(`${modelDir}/${f}`)),
-  );
+  const manifestBytes = await fetchBytes(`${modelDir}/manifest.json`);
+  const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
+  const files = new Map();
+  await Promise.all(manifest.files.map(async (f) => files.set(f.path, await fetchBytes(`${modelDir}/${f.path}`))));
   const tFetch = performance.now();
-  engine = Engine.fromBytes(onnx, tok, cfg);
+  engine = Engine.fromPacked(manifestBytes, files); // verifies every file's SHA-256
   const tReady = performance.now();
   Object.assign(facts, {
     edgeLlmVersion: version(),
     model: modelDir,
-    modelBytes: onnx.length,
+    modelId: `${manifest.model_id} ${manifest.model_version}`,
+    quantization: manifest.quantization.method,
+    modelBytes: manifest.total_bytes,
     wasmInitMs: tWasm - t0,
     fetchMs: tFetch - tWasm,
     coldLoadMs: tReady - tFetch,
@@ -43,7 +46,7 @@ async function load() {
   });
   const gpu = await gpuInfo().catch(() => undefined);
   facts.webgpuAdapter = gpu ? `${gpu.name || "unnamed"} (${gpu.backend}, ${gpu.deviceType})` : "none";
-  $("status").textContent = `ready: ${modelDir}, ${(onnx.length / 1e6).toFixed(1)} MB, loaded in ${facts.coldLoadMs.toFixed(0)} ms`;
+  $("status").textContent = `ready: ${manifest.model_id}, ${(manifest.total_bytes / 1e6).toFixed(1)} MB, loaded in ${facts.coldLoadMs.toFixed(0)} ms`;
   for (const b of ["run", "bench"]) $(b).disabled = false;
 }
 

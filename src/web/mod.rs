@@ -111,6 +111,27 @@ impl Engine {
         Ok(Engine { inner })
     }
 
+    /// Load a packed model: `manifest.json` bytes and every file it lists, by path. Each file
+    /// is checked against its SHA-256 before use (`IntegrityError` names the one that fails).
+    #[wasm_bindgen(js_name = fromPacked)]
+    pub fn from_packed(
+        manifest_json: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "Map<string, Uint8Array>")] files: js_sys::Map,
+    ) -> Result<Engine, JsValue> {
+        let manifest = crate::manifest::Manifest::from_json(manifest_json).map_err(js_error)?;
+        let mut owned = std::collections::BTreeMap::new();
+        for f in &manifest.files {
+            let v = files.get(&JsValue::from_str(&f.path));
+            if let Some(arr) = v.dyn_ref::<js_sys::Uint8Array>() {
+                owned.insert(f.path.clone(), arr.to_vec());
+                // Drop the JS copy as soon as Rust has one: weights are never held twice.
+                files.delete(&JsValue::from_str(&f.path));
+            }
+        }
+        let inner = generate::Engine::load_packed(&manifest, owned).map_err(js_error)?;
+        Ok(Engine { inner })
+    }
+
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsValue> {
         self.inner.tokenizer().encode(text).map_err(js_error)
     }
