@@ -203,7 +203,9 @@ fn corrupted_files_never_panic() {
     let header = Gguf::parse(&bytes).unwrap().data_offset;
     let mut s = 0x6775_6666;
     let (mut ok, mut err) = (0, 0);
-    for i in 0..600 {
+    // EDGE_LLM_GGUF_FUZZ_ITERS raises the count for a longer local soak.
+    let iters = std::env::var("EDGE_LLM_GGUF_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    for i in 0..iters {
         let mut b = bytes.clone();
         // Mostly the header, where lengths and counts live; sometimes the data.
         let span = if i % 4 == 0 { b.len() } else { header };

@@ -175,7 +175,7 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
 /// `n` elements of type `ty` stored in `data` (which must be exactly their size) as f32.
 pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
     let (block, size) = ty.block_layout();
-    if n % block != 0 || data.len() != n / block * size {
+    if n % block != 0 || (n / block).checked_mul(size) != Some(data.len()) {
         return Err(err(format!("{ty:?}: {} bytes cannot hold {n} elements", data.len())));
     }
     if !ty.can_dequantize() {
@@ -437,6 +437,7 @@ mod tests {
         assert!(dequantize(GgmlType::Q4_0, &[0; 18], 31).is_err());
         assert!(dequantize(GgmlType::Q4_0, &[0; 17], 32).is_err());
         assert!(dequantize(GgmlType::IQ2_XXS, &[0; 66], 256).is_err());
+        assert!(dequantize(GgmlType::F32, &[0; 4], usize::MAX).is_err());
     }
 
     #[test]

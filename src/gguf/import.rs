@@ -90,6 +90,10 @@ pub fn llama_config(g: &Gguf) -> Result<LlamaConfig> {
     if head_dim == 0 || head_dim % 2 != 0 {
         return Err(err(format!("head dimension {head_dim} must be even and non-zero for RoPE")));
     }
+    // q_dim / kv_dim are computed from these everywhere downstream.
+    if num_heads.checked_mul(head_dim).is_none() {
+        return Err(err(format!("head_count {num_heads} x head dimension {head_dim} overflows")));
+    }
     if g.get("llama.attention.value_length").is_some() && g.get_usize("llama.attention.value_length")? != head_dim {
         return Err(err("attention.value_length differs from key_length (unsupported)"));
     }
@@ -273,7 +277,7 @@ pub fn tokenizer(g: &Gguf) -> Result<GgufTokenizer> {
         match g.get(key) {
             None => Ok(None),
             Some(v) => match v.as_u64() {
-                Some(i) if (i as usize) < vocab.len() => Ok(Some(i as u32)),
+                Some(i) if usize::try_from(i).is_ok_and(|i| i < vocab.len()) => Ok(Some(i as u32)),
                 _ => Err(err(format!("`{key}` = {v:?} is not a token id below {}", vocab.len()))),
             },
         }
