@@ -242,10 +242,8 @@ fn byte_level(text: &str) -> String {
     for c in (0u32..512).filter_map(char::from_u32) {
         let b = byte_of_char(c);
         // byte_of_char maps unknown chars to 0; only the real symbol for byte 0 is U+0100.
-        if b != 0 || c == '\u{100}' {
-            if table[b as usize] == '\0' {
-                table[b as usize] = c;
-            }
+        if (b != 0 || c == '\u{100}') && table[b as usize] == '\0' {
+            table[b as usize] = c;
         }
     }
     text.bytes().map(|b| table[b as usize]).collect()

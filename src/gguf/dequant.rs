@@ -415,6 +415,7 @@ pub fn quantize_q4_1(x: &[f32]) -> Vec<u8> {
 }
 
 #[cfg(test)]
+#[allow(clippy::needless_range_loop)] // tests index expected values by element number
 mod tests {
     use super::*;
 
@@ -630,7 +631,7 @@ mod tests {
     fn q3_k_element_order() {
         // 3-bit signed value (-4..=3) of element e: low 2 bits as Q2_K, high bit in hmask
         // (set means +4 not subtracted), bit (e / 32) of hmask[e % 32].
-        let v: Vec<i32> = (0..256).map(|e| (e * 3 % 8) as i32 - 4).collect();
+        let v: Vec<i32> = (0..256).map(|e: i32| e * 3 % 8 - 4).collect();
         let (mut qs, mut hmask) = ([0u8; 64], [0u8; 32]);
         for (e, x) in v.iter().enumerate() {
             let u = (x + 4) as u8;
