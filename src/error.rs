@@ -6,6 +6,9 @@
 pub enum Error {
     #[error("invalid model: {0}")]
     InvalidModel(String),
+    /// A GGUF file that is truncated, corrupted or uses something the importer cannot map.
+    #[error("invalid GGUF: {0}")]
+    InvalidGguf(String),
     #[error("unsupported operator `{op}` at node `{node}`")]
     UnsupportedOp { op: String, node: String },
     #[error("tokenizer error: {0}")]
@@ -32,7 +35,7 @@ impl Error {
     /// Stable name for the JS side (`err.name`).
     pub fn name(&self) -> &'static str {
         match self {
-            Error::InvalidModel(_) | Error::UnsupportedOp { .. } => "IncompatibleModelError",
+            Error::InvalidModel(_) | Error::InvalidGguf(_) | Error::UnsupportedOp { .. } => "IncompatibleModelError",
             Error::Tokenizer(_) => "TokenizerError",
             Error::ChatTemplate(_) => "ChatTemplateError",
             Error::InvalidOption { .. } => "InvalidOptionError",

@@ -1,12 +1,13 @@
 //! edge-llm: quantized LLM inference for browsers and edge runtimes.
 //!
 //! Module map (a module may use those listed after it, never those before):
-//! `web` → `generate` → `cpu` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`.
+//! `web` → `generate` → `cpu`, `gguf` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`.
 //! Only `web` touches browser APIs, so everything else builds and tests natively.
 
 pub mod cpu;
 pub mod error;
 pub mod generate;
+pub mod gguf;
 pub mod gpu;
 pub mod llama;
 pub mod manifest;

