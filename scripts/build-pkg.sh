@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Builds the npm package into pkg/ (wasm-pack --target web, release) and optimizes the .wasm
-# with the locally installed binaryen; wasm-pack's own wasm-opt download is disabled in Cargo.toml.
+# with binaryen from npm (package-lock.json); wasm-pack's own wasm-opt download is disabled in
+# Cargo.toml. Debian's binaryen 108 is too old: it rewrites wasm-bindgen's externref table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wasm-pack build --target web --release --out-name edge_llm --mode no-install "$@"
 wasm=pkg/edge_llm_bg.wasm
 raw=$(stat -c %s "$wasm")
-wasm-opt -O3 --all-features "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
+node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
 opt=$(stat -c %s "$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
 printf 'pkg/edge_llm_bg.wasm: %s bytes raw from cargo, %s after wasm-opt, %s gzipped\n' "$raw" "$opt" "$gz"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing edge-llm needs, idempotently, on Debian as root:
-# the wasm32 target, wasm-bindgen-cli pinned to Cargo.lock, wasm-pack, binaryen (wasm-opt),
+# the wasm32 target, wasm-bindgen-cli pinned to Cargo.lock, wasm-pack, binaryen (wasm-opt, from npm),
 # Chromium + ChromeDriver, Mesa's software Vulkan, Node.js and the npm packages in package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -8,7 +8,6 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
 command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
-command -v wasm-opt >/dev/null || need_apt+=(binaryen)
 command -v node >/dev/null || need_apt+=(nodejs npm)
 [ -e /usr/share/vulkan/icd.d/lvp_icd.x86_64.json ] || need_apt+=(mesa-vulkan-drivers)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -26,6 +25,6 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version
 fi
 command -v wasm-pack >/dev/null || { echo "setup: cargo install wasm-pack"; cargo install -q wasm-pack; }
 
-if [ ! -d node_modules/playwright-core ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/binaryen ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --silent --no-audit --no-fund
 fi

@@ -75,6 +75,19 @@ impl IncrementalDecoder {
     pub fn ids(&self) -> &[u32] {
         &self.ids
     }
+
+    /// At the end of generation: whatever is still held back (an incomplete UTF-8 sequence
+    /// decodes to U+FFFD), so the deltas add up to the full decode.
+    pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
+        let prefix = tok.decode(&self.ids[self.prefix_offset..self.read_offset], true)?;
+        let full = tok.decode(&self.ids[self.prefix_offset..], true)?;
+        self.prefix_offset = self.ids.len();
+        self.read_offset = self.ids.len();
+        Ok(match full.get(prefix.len()..) {
+            Some(rest) if full.starts_with(&prefix) => rest.to_string(),
+            _ => full,
+        })
+    }
 }
 
 /// One chat turn.

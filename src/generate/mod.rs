@@ -192,13 +192,14 @@ impl Generation {
         self.history.push(id);
         self.stats.generated_tokens += 1;
         if self.stop_ids.contains(&id) {
-            let text = std::mem::take(&mut self.pending);
+            let text = std::mem::take(&mut self.pending) + &self.detok.flush(&self.tokenizer)?;
             self.finished = Some(FinishReason::Eos);
             return Ok(Some(TokenEvent { token_id: id, text }));
         }
         self.pending += &self.detok.push(&self.tokenizer, id)?;
         let mut text = self.release_text();
         if self.finished.is_none() && self.stats.generated_tokens >= self.opts.max_tokens {
+            self.pending += &self.detok.flush(&self.tokenizer)?;
             text += &self.flush();
             self.finished = Some(FinishReason::MaxTokens);
         }

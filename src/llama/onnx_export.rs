@@ -13,7 +13,7 @@
 //! int4 `com.microsoft::MatMulNBits`.
 
 use super::{LlamaConfig, LlamaWeights};
-use crate::onnx::{attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
+use crate::onnx::{attr_i, attr_ints, attr_s, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
 use crate::quant::{reference as qref, Precision};
 
 /// Metadata key under which the exporter stores the [`LlamaConfig`] as JSON.
@@ -27,7 +27,8 @@ pub struct ExportOptions {
     /// Precision of the output projection (lm_head). When it differs from fp32 the head is
     /// written untied, as its own quantized tensor.
     pub lm_head: Precision,
-    /// Precision of the token embedding table: fp32, fp16 or int8 (per-row).
+    /// Precision of the token embedding table: fp32, fp16, int8 (per row) or int4 (blocks
+    /// along the hidden size). With a tied int4 head, embedding and head share one tensor.
     pub embedding: Precision,
     /// Block size along K for int4.
     pub block_size: usize,
@@ -46,7 +47,7 @@ impl ExportOptions {
         ExportOptions { linear: Precision::Int8, lm_head: Precision::Int8, embedding: Precision::Int8, ..Self::fp32() }
     }
     pub fn int4(block_size: usize, symmetric: bool) -> Self {
-        ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int8, block_size, symmetric }
+        ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric }
     }
 }
 
@@ -106,28 +107,92 @@ impl Ctx<'_> {
                 (g.node("Mul", &[&accf, &scale], vec![]), qref::dequantize_q8(&q))
             }
             Precision::Int4 => {
-                let bs = self.opts.block_size;
-                let q = qref::quantize_q4(w, n, k, bs, self.opts.symmetric);
-                let nb = q.blocks_per_row();
-                let zp = q.packed_zero_points();
-                let eff = qref::dequantize_q4(&q);
-                let b = g.init_u8(&format!("{name}.weight_Q4"), &[n, nb, bs / 2], q.packed);
-                let s = g.init_f32(&format!("{name}.weight_scales"), &[n * nb], &q.scales);
-                let mut inputs = vec![x.to_string(), b, s];
-                if let Some(zp) = zp {
-                    let len = zp.len();
-                    inputs.push(g.init_u8(&format!("{name}.weight_zero_points"), &[len], zp));
-                }
-                let refs: Vec<&str> = inputs.iter().map(|s| s.as_str()).collect();
-                let attrs = vec![
-                    attr_i("K", k as i64),
-                    attr_i("N", n as i64),
-                    attr_i("bits", 4),
-                    attr_i("block_size", bs as i64),
-                ];
-                (g.node_multi(MS_DOMAIN, "MatMulNBits", &refs, 1, attrs).remove(0), eff)
+                let q = qref::quantize_q4(w, n, k, self.opts.block_size, self.opts.symmetric);
+                let init = self.q4_initializers(name, &q);
+                (self.matmul_nbits(x, &init, n, k), qref::dequantize_q4(&q))
             }
         }
+    }
+
+    /// Store `q` as `MatMulNBits` initializers named after `name`: (B, scales, zero points).
+    fn q4_initializers(&mut self, name: &str, q: &crate::quant::Q4Weight) -> (String, String, Option<String>) {
+        let nb = q.blocks_per_row();
+        let zp = q.packed_zero_points().map(|zp| {
+            let len = zp.len();
+            self.g.init_u8(&format!("{name}.weight_zero_points"), &[len], zp)
+        });
+        let b = self.g.init_u8(&format!("{name}.weight_Q4"), &[q.n, nb, q.block_size / 2], q.packed.clone());
+        let s = self.g.init_f32(&format!("{name}.weight_scales"), &[q.n * nb], &q.scales);
+        (b, s, zp)
+    }
+
+    fn matmul_nbits(&mut self, x: &str, init: &(String, String, Option<String>), n: usize, k: usize) -> String {
+        let mut inputs = vec![x, init.0.as_str(), init.1.as_str()];
+        if let Some(zp) = &init.2 {
+            inputs.push(zp);
+        }
+        let attrs = vec![
+            attr_i("K", k as i64),
+            attr_i("N", n as i64),
+            attr_i("bits", 4),
+            attr_i("block_size", self.opts.block_size as i64),
+        ];
+        self.g.node_multi(MS_DOMAIN, "MatMulNBits", &inputs, 1, attrs).remove(0)
+    }
+
+    /// `[..., m]` packed nibbles (u8) -> `[..., 2m]` values as f32, low nibble first.
+    fn unpack_nibbles(&mut self, packed: &str, m: usize) -> String {
+        let (mask, four) = (self.g.const_u8(0x0f), self.g.const_u8(4));
+        let lo = self.g.node("BitwiseAnd", &[packed, &mask], vec![]);
+        let hi = self.g.node("BitShift", &[packed, &four], vec![attr_s("direction", "RIGHT")]);
+        let al = self.axes_last.clone();
+        let lo = self.g.node("Unsqueeze", &[&lo, &al], vec![]);
+        let hi = self.g.node("Unsqueeze", &[&hi, &al], vec![]);
+        let pair = self.g.node("Concat", &[&lo, &hi], vec![attr_i("axis", -1)]);
+        let f = self.g.node("Cast", &[&pair], vec![attr_i("to", OnnxType::Float as i64)]);
+        // [..., m, 2] -> [..., 2m]: keep every leading dim, merge the last two.
+        let shape = self.g.node("Shape", &[&f], vec![]);
+        let (z, two_back) = (self.g.const_ints(&[0]), self.g.const_ints(&[-2]));
+        let lead = self.g.node("Slice", &[&shape, &z, &two_back], vec![]);
+        let last = self.g.const_ints(&[2 * m as i64]);
+        let to = self.g.node("Concat", &[&lead, &last], vec![attr_i("axis", 0)]);
+        self.g.node("Reshape", &[&f, &to], vec![])
+    }
+
+    /// Embedding rows `ids` of an int4 table stored for `MatMulNBits`, dequantized in-graph.
+    fn gather_q4(&mut self, ids: &str, init: &(String, String, Option<String>), n: usize, k: usize) -> String {
+        let bs = self.opts.block_size;
+        let nb = k.div_ceil(bs);
+        let rows = self.g.node("Gather", &[&init.0, ids], vec![attr_i("axis", 0)]); // [b, s, nb, bs/2]
+        let q = self.unpack_nibbles(&rows, bs / 2); // [b, s, nb, bs]
+        let s2 = self.g.const_ints(&[n as i64, nb as i64]);
+        let scales = self.g.node("Reshape", &[&init.1, &s2], vec![]);
+        let sc = self.g.node("Gather", &[&scales, ids], vec![attr_i("axis", 0)]); // [b, s, nb]
+        let zero = match &init.2 {
+            None => self.g.const_f32(8.0),
+            Some(zp) => {
+                let zb = nb.div_ceil(2);
+                let z2 = self.g.const_ints(&[n as i64, zb as i64]);
+                let zps = self.g.node("Reshape", &[zp, &z2], vec![]);
+                let zr = self.g.node("Gather", &[&zps, ids], vec![attr_i("axis", 0)]); // [b, s, zb]
+                let z = self.unpack_nibbles(&zr, zb); // [b, s, 2 zb]
+                let (st, en, ax) = (self.g.const_ints(&[0]), self.g.const_ints(&[nb as i64]), self.g.const_ints(&[-1]));
+                let z = self.g.node("Slice", &[&z, &st, &en, &ax], vec![]);
+                let al = self.axes_last.clone();
+                self.g.node("Unsqueeze", &[&z, &al], vec![])
+            }
+        };
+        let al = self.axes_last.clone();
+        let sc = self.g.node("Unsqueeze", &[&sc, &al], vec![]);
+        let centered = self.g.node("Sub", &[&q, &zero], vec![]);
+        let deq = self.g.node("Mul", &[&centered, &sc], vec![]);
+        let flat = self.g.const_ints(&[0, 0, (nb * bs) as i64]);
+        let x = self.g.node("Reshape", &[&deq, &flat], vec![]);
+        if nb * bs == k {
+            return x;
+        }
+        let (st, en, ax) = (self.g.const_ints(&[0]), self.g.const_ints(&[k as i64]), self.g.const_ints(&[-1]));
+        self.g.node("Slice", &[&x, &st, &en, &ax], vec![])
     }
 
     fn rms_norm(&mut self, x: &str, name: &str, w: &[f32], eps: f32) -> String {
@@ -199,6 +264,8 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     }
 
     let mut eff = w.clone();
+    // The int4 embedding table, reused as the head when tied.
+    let mut shared_q4 = None;
     // Token embedding.
     let mut x = match opts.embedding {
         Precision::F32 => {
@@ -211,8 +278,15 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
             let g = cx.g.node("Gather", &[&e, &ids], vec![attr_i("axis", 0)]);
             cx.g.node("Cast", &[&g], vec![attr_i("to", OnnxType::Float as i64)])
         }
-        Precision::Int8 | Precision::Int4 => {
-            // Int4 tables are not gathered block-wise yet: both store per-row int8.
+        Precision::Int4 => {
+            let q = qref::quantize_q4(&w.embed, cfg.vocab_size, h, opts.block_size, opts.symmetric);
+            eff.embed = qref::dequantize_q4(&q);
+            let init = cx.q4_initializers("model.embed_tokens", &q);
+            let x = cx.gather_q4(&ids, &init, cfg.vocab_size, h);
+            shared_q4 = Some(init);
+            x
+        }
+        Precision::Int8 => {
             let q = qref::quantize_q8(&w.embed, cfg.vocab_size, h);
             eff.embed = qref::dequantize_q8(&q);
             let e = cx.g.init_i8("model.embed_tokens.weight_quantized", &[cfg.vocab_size, h], &q.q);
@@ -303,7 +377,12 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
 
     let xn = cx.rms_norm(&x, "model.norm", &w.final_norm, cfg.rms_norm_eps);
     let tied_fp32 = cfg.tie_word_embeddings && opts.lm_head == Precision::F32 && opts.embedding == Precision::F32;
-    let logits = if tied_fp32 {
+    let logits = if let (true, Precision::Int4, Some(init)) = (cfg.tie_word_embeddings, opts.lm_head, &shared_q4) {
+        // One int4 tensor serves both the embedding gather and the head matmul.
+        eff.lm_head = Some(eff.embed.clone());
+        let init = init.clone();
+        cx.matmul_nbits(&xn, &init, cfg.vocab_size, h)
+    } else if tied_fp32 {
         // As optimum exports a tied head: MatMul against the transposed embedding.
         let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);
         cx.g.node("MatMul", &[&xn, &et], vec![])

@@ -28,6 +28,9 @@ pub fn attr_i(name: &str, v: i64) -> pb::AttributeProto {
 pub fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
 }
+pub fn attr_s(name: &str, v: &str) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: v.as_bytes().to_vec(), ..Default::default() }
+}
 pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
 }
@@ -120,6 +123,10 @@ impl GraphBuilder {
     pub fn const_ints(&mut self, data: &[i64]) -> String {
         let name = self.fresh("const");
         self.init_i64(&name, &[data.len()], data)
+    }
+    pub fn const_u8(&mut self, v: u8) -> String {
+        let name = self.fresh("const");
+        self.init_u8(&name, &[], vec![v])
     }
     pub fn const_f32(&mut self, v: f32) -> String {
         let name = self.fresh("const");
