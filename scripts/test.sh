@@ -13,5 +13,5 @@ CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${
   cargo test --target wasm32-unknown-unknown --tests -- --nocapture
 
 echo "== package: wasm-pack build, then node --test on pkg/"
-scripts/build-pkg.sh
+WASM_OPT=0 scripts/build-pkg.sh
 node --test tests/js/
