@@ -168,3 +168,39 @@ fn tokenizer_round_trips_multibyte_text() {
     let digits = tok.encode("1234").unwrap();
     assert_eq!(digits.len(), 4);
 }
+
+#[test]
+fn folded_kv_cache_decode_matches_reference_for_every_format() {
+    use edge_llm::cpu::CpuOptions;
+    let cfg = tiny::config();
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false };
+    for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
+        let exported = export(&cfg, &tiny::weights(), &opts);
+        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
+        let mut session = model.session();
+        let mut cache = RefKvCache::default();
+        let mut got = session.forward_all(&PROMPT[..4]).unwrap();
+        let mut want = reference::forward(&cfg, &exported.effective, &PROMPT[..4], &mut cache).concat();
+        for t in &PROMPT[4..] {
+            got.extend(session.forward(&[*t]).unwrap());
+            want.extend(reference::forward(&cfg, &exported.effective, &[*t], &mut cache).concat());
+        }
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-3, "{:?}/{:?}: max |diff| = {d}", opts.linear, opts.symmetric);
+    }
+}
+
+#[test]
+fn edge_llm_q4_kernel_matches_reference() {
+    use edge_llm::cpu::CpuOptions;
+    let cfg = tiny::config();
+    for sym in [true, false] {
+        let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true };
+        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
+        let got = model.session().forward_all(&PROMPT).unwrap();
+        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-3, "symmetric={sym}: max |diff| = {d}");
+    }
+}

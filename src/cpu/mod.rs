@@ -12,6 +12,8 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::{Error, Result};
 
+pub mod q4_matmul;
+
 type Plan = Arc<TypedSimplePlan>;
 
 fn inference_err(e: impl std::fmt::Display) -> Error {
@@ -56,18 +58,44 @@ pub struct CpuModel {
     kv_shape: (usize, usize),
     num_layers: usize,
     vocab_size: usize,
+    /// The KV cache lives inside the plan's state (folded by tract-transformers).
+    stateful: bool,
+}
+
+/// How to build the CPU plan.
+#[derive(Debug, Clone)]
+pub struct CpuOptions {
+    /// Fold `past_key_values` / `present` into tract-transformers' in-graph KV cache and fuse
+    /// attention patterns. Off: the session carries `present.*` into the next step's inputs.
+    pub fold_kv_cache: bool,
+    /// Run 4-bit block-32 `MatMulNBits` with edge-llm's kernel ([`q4_matmul`]) instead of
+    /// tract's Q4_0 path. On by default on wasm32, where tract has no SIMD kernel for Q4_0.
+    pub q4_kernel: bool,
+}
+
+impl Default for CpuOptions {
+    fn default() -> Self {
+        CpuOptions {
+            fold_kv_cache: std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "1"),
+            q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
+        }
+    }
 }
 
 impl CpuModel {
     /// Load an ONNX decoder from bytes and optimize it for batch 1.
     pub fn load(onnx: &[u8]) -> Result<Self> {
-        Self::from_proto(crate::onnx::decode(onnx)?)
+        Self::from_proto(crate::onnx::decode(onnx)?, &CpuOptions::default())
     }
 
     /// Load a decoded ONNX model whose weights are all in memory (see `manifest::assemble`).
-    pub fn from_proto(proto: tract_onnx::pb::ModelProto) -> Result<Self> {
+    pub fn from_proto(proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
         check_ops(&proto)?;
-        let mut model = tract_onnx::onnx()
+        let mut onnx = tract_onnx::onnx();
+        if options.q4_kernel {
+            q4_matmul::register(&mut onnx);
+        }
+        let mut model = onnx
             .model_for_proto_model(&proto)
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);
@@ -75,6 +103,8 @@ impl CpuModel {
         let p = model.symbols.sym("P");
         let mut inputs = Vec::new();
         let mut kv_shape = None;
+        // Inputs are classified twice: here to set their facts, and after optimization, where
+        // folding the KV cache may have removed some.
         let mut num_layers = 0;
         for ix in 0..model.inputs.len() {
             let name = model.node(model.inputs[ix].node).name.clone();
@@ -112,31 +142,42 @@ impl CpuModel {
                 return Err(Error::InvalidModel(format!("model lacks the {needed:?} input")));
             }
         }
-        let mut outputs = Vec::new();
-        for o in model.outputs.clone() {
-            let name = model.node(o.node).name.clone();
-            let label = model.outlet_label(o).map(|s| s.to_string()).unwrap_or(name);
-            outputs.push(classify(&label).ok_or_else(|| Error::InvalidModel(format!("unexpected model output `{label}`")))?);
+        let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
+        let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(invalid)?;
+        if options.fold_kv_cache {
+            // tract-transformers: KV inputs/outputs become in-graph state, RoPE / softmax /
+            // attention patterns become fused ops.
+            let t = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")
+                .map_err(invalid)?
+                .ok_or_else(|| Error::Inference("tract-transformers is not linked in".into()))?;
+            t.transform(&mut typed).map_err(invalid)?;
         }
-        if !outputs.contains(&Port::Logits) {
-            return Err(Error::InvalidModel("model has no `logits` output".into()));
-        }
-        let typed = model.into_optimized().map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
-        let logits_ix = outputs.iter().position(|p| *p == Port::Logits).expect("checked above");
+        let typed = typed.into_optimized().map_err(invalid)?;
+        // Ports of the final graph: folding removes the KV inputs and outputs.
+        let port_of = |name: &str, what: &str| {
+            classify(name).ok_or_else(|| Error::InvalidModel(format!("unexpected model {what} `{name}`")))
+        };
+        let inputs = typed.inputs.iter().map(|i| port_of(&typed.node(i.node).name, "input")).collect::<Result<Vec<_>>>()?;
+        let outputs = typed
+            .outputs
+            .iter()
+            .map(|o| {
+                let label = typed.outlet_label(*o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone());
+                port_of(&label, "output")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let logits_ix = outputs
+            .iter()
+            .position(|p| *p == Port::Logits)
+            .ok_or_else(|| Error::InvalidModel("model has no `logits` output".into()))?;
         let vocab_size = typed
             .output_fact(logits_ix)
             .ok()
             .and_then(|f| f.shape.last().and_then(|d| d.to_usize().ok()))
             .ok_or_else(|| Error::InvalidModel("logits must have a fixed vocabulary dimension".into()))?;
+        let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
         let plan = typed.into_runnable().map_err(inference_err)?;
-        Ok(CpuModel {
-            plan,
-            inputs,
-            outputs,
-            kv_shape: kv_shape.unwrap_or((0, 0)),
-            num_layers,
-            vocab_size,
-        })
+        Ok(CpuModel { plan, inputs, outputs, kv_shape: kv_shape.unwrap_or((0, 0)), num_layers, vocab_size, stateful })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -145,7 +186,7 @@ impl CpuModel {
 
     /// A fresh conversation state.
     pub fn session(self: &Arc<Self>) -> CpuSession {
-        CpuSession { model: self.clone(), past: Vec::new(), len: 0 }
+        CpuSession { model: self.clone(), past: Vec::new(), len: 0, state: None }
     }
 }
 
@@ -168,6 +209,8 @@ pub struct CpuSession {
     /// `present.*` of the last step, indexed `2 * layer + is_value`.
     past: Vec<TValue>,
     len: usize,
+    /// The plan's state when the KV cache is folded into it.
+    state: Option<TypedSimpleState>,
 }
 
 impl CpuSession {
@@ -184,6 +227,7 @@ impl CpuSession {
     pub fn reset(&mut self) {
         self.past.clear();
         self.len = 0;
+        self.state = None;
     }
 
     /// Run `tokens` after the cached ones; returns the logits of every new position
@@ -227,7 +271,14 @@ impl CpuSession {
             };
             inputs.push(t);
         }
-        let outputs = m.plan.run(inputs).map_err(inference_err)?;
+        let outputs = if m.stateful {
+            if self.state.is_none() {
+                self.state = Some(m.plan.spawn().map_err(inference_err)?);
+            }
+            self.state.as_mut().expect("set above").run(inputs).map_err(inference_err)?
+        } else {
+            m.plan.run(inputs).map_err(inference_err)?
+        };
         let mut logits = None;
         let mut present = vec![None; 2 * m.num_layers];
         for (port, value) in m.outputs.iter().zip(outputs) {

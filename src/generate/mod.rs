@@ -58,7 +58,7 @@ impl Engine {
         };
         let graph = crate::onnx::decode(&take(&mut files, FileRole::Graph))?;
         let tokenizer = take(&mut files, FileRole::Tokenizer);
-        let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?)?;
+        let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?, &Default::default())?;
         Self::from_parts(model, &tokenizer, manifest.config.clone())
     }
 

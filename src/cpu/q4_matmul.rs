@@ -1,0 +1,322 @@
+//! `MatMulNBits` (4-bit, block 32) as a tract op with our own kernel.
+//!
+//! Why: tract 0.23.9 maps `MatMulNBits` onto its Q4_0 block-quant format, which has SIMD kernels
+//! on x86/ARM but only the generic scalar kernel on wasm32 (profiled: ~40 % of a wasm decode step
+//! in `tract_linalg::generic::mmm::kernel`). On wasm this op replaces it; natively tract's own
+//! AVX kernels stay in charge unless asked otherwise.
+//!
+//! Math: `y[m][n] = sum_b s[n][b] * sum_j q[n][b][j] * x[m][32b + j] - sum_b s[n][b] z[n][b] X[m][b]`
+//! with `X[m][b]` the block sums of `x`: the zero point leaves the inner loop. Exact in f32 up
+//! to summation order; the plain reference is `quant::reference::dequantize_q4` + a matmul.
+
+use std::sync::Arc;
+
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::NodeProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+
+/// The only block size the kernel handles; others fall back to tract's implementation.
+pub const BLOCK: usize = 32;
+
+/// Weights of one `MatMulNBits` node, kept in their ONNX byte layout (block of 16 bytes: byte
+/// `j` holds element `2j` low, `2j + 1` high).
+#[derive(Debug)]
+pub struct Q4Matrix {
+    pub n: usize,
+    pub k: usize,
+    /// `[n][k / 32][16]`
+    pub packed: Vec<u8>,
+    /// `[n][k / 32]`
+    pub scales: Vec<f32>,
+    /// `scale * zero_point` per block, `[n][k / 32]`.
+    pub scaled_zeros: Vec<f32>,
+}
+
+impl Q4Matrix {
+    /// From `MatMulNBits` tensors: `packed` `[n][nb][16]`, `scales` `[n * nb]`, zero points packed
+    /// two per byte per row (`None`: 8).
+    pub fn new(n: usize, k: usize, packed: Vec<u8>, scales: Vec<f32>, zero_points: Option<&[u8]>) -> TractResult<Self> {
+        ensure!(k % BLOCK == 0, "K={k} is not a multiple of {BLOCK}");
+        let nb = k / BLOCK;
+        ensure!(packed.len() == n * nb * BLOCK / 2, "B has {} bytes, expected {}", packed.len(), n * nb * BLOCK / 2);
+        ensure!(scales.len() == n * nb, "scales has {} values, expected {}", scales.len(), n * nb);
+        let zb = nb.div_ceil(2);
+        if let Some(z) = zero_points {
+            ensure!(z.len() == n * zb, "zero_points has {} bytes, expected {}", z.len(), n * zb);
+        }
+        let scaled_zeros = (0..n * nb)
+            .map(|i| {
+                let (row, b) = (i / nb, i % nb);
+                let zp = zero_points.map_or(8, |z| (z[row * zb + b / 2] >> (4 * (b % 2))) & 0x0f);
+                zp as f32 * scales[i]
+            })
+            .collect();
+        Ok(Q4Matrix { n, k, packed, scales, scaled_zeros })
+    }
+
+    /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        let (k, nb) = (self.k, self.k / BLOCK);
+        let m = x.len() / k;
+        // Per activation row: even/odd de-interleaved blocks (so the unpacked low and high
+        // nibbles line up with contiguous activations) and block sums.
+        let mut xd = vec![0f32; m * k];
+        let mut xs = vec![0f32; m * nb];
+        for r in 0..m {
+            for b in 0..nb {
+                let src = &x[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
+                let dst = &mut xd[r * k + b * BLOCK..r * k + (b + 1) * BLOCK];
+                for j in 0..BLOCK / 2 {
+                    dst[j] = src[2 * j];
+                    dst[BLOCK / 2 + j] = src[2 * j + 1];
+                }
+                xs[r * nb + b] = src.iter().sum();
+            }
+        }
+        for row in 0..self.n {
+            let w = &self.packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
+            let s = &self.scales[row * nb..(row + 1) * nb];
+            let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
+            for r in 0..m {
+                let xr = &xd[r * k..(r + 1) * k];
+                let xsr = &xs[r * nb..(r + 1) * nb];
+                let corr: f32 = z.iter().zip(xsr).map(|(a, b)| a * b).sum();
+                out[r * self.n + row] = kernel::dot_row(w, s, xr) - corr;
+            }
+        }
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+mod kernel {
+    use core::arch::wasm32::*;
+
+    use super::BLOCK;
+
+    /// `sum_b s[b] * sum_j q[b][j] * x[b][j]`, x de-interleaved per block.
+    pub fn dot_row(w: &[u8], s: &[f32], x: &[f32]) -> f32 {
+        let nb = s.len();
+        assert!(w.len() >= nb * BLOCK / 2 && x.len() >= nb * BLOCK);
+        let mask = u8x16_splat(0x0f);
+        let mut acc = f32x4_splat(0.0);
+        // SAFETY: every load reads inside `w` / `x`, whose lengths are asserted above.
+        unsafe {
+            let (wp, xp) = (w.as_ptr(), x.as_ptr());
+            for b in 0..nb {
+                let bytes = v128_load(wp.add(b * 16) as *const v128);
+                let lo = v128_and(bytes, mask);
+                let hi = u8x16_shr(bytes, 4);
+                let xb = xp.add(b * BLOCK);
+                let mut sum = f32x4_splat(0.0);
+                for (half, q) in [(0usize, lo), (16, hi)] {
+                    let a = u16x8_extend_low_u8x16(q);
+                    let c = u16x8_extend_high_u8x16(q);
+                    let parts = [
+                        u32x4_extend_low_u16x8(a),
+                        u32x4_extend_high_u16x8(a),
+                        u32x4_extend_low_u16x8(c),
+                        u32x4_extend_high_u16x8(c),
+                    ];
+                    for (i, p) in parts.into_iter().enumerate() {
+                        let xv = v128_load(xb.add(half + 4 * i) as *const v128);
+                        sum = f32x4_add(sum, f32x4_mul(f32x4_convert_u32x4(p), xv));
+                    }
+                }
+                acc = f32x4_add(acc, f32x4_mul(sum, f32x4_splat(*s.get_unchecked(b))));
+            }
+        }
+        f32x4_extract_lane::<0>(acc) + f32x4_extract_lane::<1>(acc) + f32x4_extract_lane::<2>(acc) + f32x4_extract_lane::<3>(acc)
+    }
+}
+
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+mod kernel {
+    use super::BLOCK;
+
+    /// Portable twin of the wasm SIMD kernel.
+    pub fn dot_row(w: &[u8], s: &[f32], x: &[f32]) -> f32 {
+        let mut total = 0f32;
+        for (b, scale) in s.iter().enumerate() {
+            let bytes = &w[b * 16..(b + 1) * 16];
+            let xb = &x[b * BLOCK..(b + 1) * BLOCK];
+            let mut sum = 0f32;
+            for (j, byte) in bytes.iter().enumerate() {
+                sum += (byte & 0x0f) as f32 * xb[j] + (byte >> 4) as f32 * xb[BLOCK / 2 + j];
+            }
+            total += sum * scale;
+        }
+        total
+    }
+}
+
+/// The typed op: `[.., K] f32 -> [.., N] f32`.
+#[derive(Debug, Clone)]
+pub struct Q4MatMul {
+    pub w: Arc<Q4Matrix>,
+}
+
+impl PartialEq for Q4MatMul {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.w, &other.w)
+    }
+}
+impl Eq for Q4MatMul {}
+
+impl Op for Q4MatMul {
+    fn name(&self) -> StaticName {
+        "EdgeLlmQ4MatMul".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("N={} K={} block={BLOCK}", self.w.n, self.w.k)])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Q4MatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let x = x.cast_to::<f32>()?;
+        let xs = x.to_plain_array_view::<f32>()?;
+        let mut shape: TVec<usize> = x.shape().into();
+        let last = shape.len() - 1;
+        ensure!(shape[last] == self.w.k, "input has {} features, the weight expects {}", shape[last], self.w.k);
+        shape[last] = self.w.n;
+        let flat: Vec<f32>;
+        let xv = match xs.as_slice() {
+            Some(s) => s,
+            None => {
+                flat = xs.iter().copied().collect();
+                &flat
+            }
+        };
+        let mut out = vec![0f32; shape.iter().product()];
+        self.w.matmul(xv, &mut out);
+        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for Q4MatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
+        let last = shape.len() - 1;
+        shape[last] = self.w.n.to_dim();
+        Ok(tvec!(f32::fact(&shape)))
+    }
+    as_op!();
+}
+
+/// ONNX-side expansion: reads the constant weights and wires [`Q4MatMul`].
+#[derive(Debug, Clone)]
+struct MatMulNBitsQ4 {
+    k: usize,
+    n: usize,
+    has_zp: bool,
+}
+
+impl Expansion for MatMulNBitsQ4 {
+    fn name(&self) -> StaticName {
+        "MatMulNBits(edge-llm)".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(
+        &'s self,
+        s: &mut Solver<'r>,
+        inputs: &'p [TensorProxy],
+        outputs: &'p [TensorProxy],
+    ) -> InferenceResult {
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        let n = self.n.to_dim();
+        s.given(&inputs[0].rank, move |s, rank| {
+            let rank = rank as usize;
+            s.equals(&outputs[0].rank, rank as i64)?;
+            for ax in 0..rank - 1 {
+                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
+            }
+            s.equals(&outputs[0].shape[rank - 1], n.clone())
+        })?;
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
+            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
+        };
+        let b = konst(1, "B")?;
+        let scales = konst(2, "scales")?.cast_to::<f32>()?.into_owned();
+        let zp = if self.has_zp { Some(konst(3, "zero_points")?) } else { None };
+        let zp_bytes = match &zp {
+            Some(t) => Some(t.to_plain_array_view::<u8>()?.iter().copied().collect::<Vec<u8>>()),
+            None => None,
+        };
+        let w = Q4Matrix::new(
+            self.n,
+            self.k,
+            b.to_plain_array_view::<u8>()?.iter().copied().collect(),
+            scales.to_plain_array_view::<f32>()?.iter().copied().collect(),
+            zp_bytes.as_deref(),
+        )?;
+        let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
+            inputs[0]
+        } else {
+            model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
+        };
+        model.wire_node(prefix, Q4MatMul { w: Arc::new(w) }, &[x])
+    }
+}
+
+type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// tract's own `MatMulNBits` builder, for the nodes the kernel does not cover.
+static FALLBACK: std::sync::OnceLock<Builder> = std::sync::OnceLock::new();
+
+fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let k: usize = node.get_attr("K")?;
+    let n: usize = node.get_attr("N")?;
+    let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
+    let block: usize = node.get_attr("block_size")?;
+    let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
+    if bits != 4 || block != BLOCK || k % BLOCK != 0 || present(4) || present(5) {
+        let fallback = FALLBACK.get().context("tract's MatMulNBits builder was not registered")?;
+        return fallback(ctx, node);
+    }
+    Ok((expand(MatMulNBitsQ4 { k, n, has_zp: present(3) }), vec![]))
+}
+
+/// Route 4-bit, block-32 `MatMulNBits` nodes to [`Q4MatMul`]; anything else (other bit widths
+/// or block sizes, g_idx, bias) keeps tract's own implementation.
+pub fn register(onnx: &mut tract_onnx::Onnx) {
+    if let Some(original) = onnx.op_register.0.get("MatMulNBits") {
+        FALLBACK.get_or_init(|| *original);
+        onnx.op_register.insert("MatMulNBits", build);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::reference::{dequantize_q4, quantize_q4};
+
+    #[test]
+    fn matches_dequantize_then_matmul() {
+        let (n, k, m) = (7, 96, 3);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        for sym in [true, false] {
+            let q = quantize_q4(&w, n, k, 32, sym);
+            let deq = dequantize_q4(&q);
+            let mat = Q4Matrix::new(n, k, q.packed.clone(), q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+            let mut out = vec![0f32; m * n];
+            mat.matmul(&x, &mut out);
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum();
+                    assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                }
+            }
+        }
+    }
+}
