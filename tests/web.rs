@@ -52,3 +52,21 @@ async fn webgpu_adapter_is_found() {
     console_log!("WebGPU adapter: {info:?}");
     assert!(!info.backend.is_empty());
 }
+
+#[wasm_bindgen_test]
+fn int4_simd_kernel_logits_match_reference_in_browser() {
+    use edge_llm::cpu::CpuOptions;
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    let cfg = tiny::config();
+    for sym in [true, false] {
+        let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true };
+        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
+        // 6 tokens: one 4-row tile and two single rows through the SIMD kernel.
+        let got = model.session().forward_all(&PROMPT).unwrap();
+        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+        let d = max_abs_diff(&got, &want);
+        console_log!("int4 (symmetric={sym}) wasm SIMD kernel: max |diff| = {d:e}");
+        assert!(d < 1e-3, "symmetric={sym}: max |diff| = {d}");
+    }
+}

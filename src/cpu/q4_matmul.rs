@@ -78,11 +78,21 @@ impl Q4Matrix {
             let w = &self.packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
             let s = &self.scales[row * nb..(row + 1) * nb];
             let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
-            for r in 0..m {
-                let xr = &xd[r * k..(r + 1) * k];
-                let xsr = &xs[r * nb..(r + 1) * nb];
-                let corr: f32 = z.iter().zip(xsr).map(|(a, b)| a * b).sum();
-                out[r * self.n + row] = kernel::dot_row(w, s, xr) - corr;
+            // Four activation rows share each unpacked weight block (prefill); the rest go alone.
+            let mut r = 0;
+            while r < m {
+                let dots = if r + 4 <= m {
+                    let rows = [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]);
+                    kernel::dot_rows4(w, s, rows).to_vec()
+                } else {
+                    vec![kernel::dot_row(w, s, &xd[r * k..(r + 1) * k])]
+                };
+                for (i, d) in dots.iter().enumerate() {
+                    let xsr = &xs[(r + i) * nb..(r + i + 1) * nb];
+                    let corr: f32 = z.iter().zip(xsr).map(|(a, b)| a * b).sum();
+                    out[(r + i) * self.n + row] = d - corr;
+                }
+                r += dots.len();
             }
         }
     }
@@ -126,7 +136,46 @@ mod kernel {
                 acc = f32x4_add(acc, f32x4_mul(sum, f32x4_splat(*s.get_unchecked(b))));
             }
         }
-        f32x4_extract_lane::<0>(acc) + f32x4_extract_lane::<1>(acc) + f32x4_extract_lane::<2>(acc) + f32x4_extract_lane::<3>(acc)
+        hsum(acc)
+    }
+
+    fn hsum(v: v128) -> f32 {
+        f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
+    }
+
+    /// [`dot_row`] for four activation rows at once: each weight block is unpacked once.
+    pub fn dot_rows4(w: &[u8], s: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+        let nb = s.len();
+        assert!(w.len() >= nb * BLOCK / 2 && x.iter().all(|r| r.len() >= nb * BLOCK));
+        let mask = u8x16_splat(0x0f);
+        let mut acc = [f32x4_splat(0.0); 4];
+        // SAFETY: every load reads inside `w` / `x[i]`, whose lengths are asserted above.
+        unsafe {
+            let wp = w.as_ptr();
+            let xp = x.map(|r| r.as_ptr());
+            for b in 0..nb {
+                let bytes = v128_load(wp.add(b * 16) as *const v128);
+                let mut q = [f32x4_splat(0.0); 8];
+                for (h, nib) in [v128_and(bytes, mask), u8x16_shr(bytes, 4)].into_iter().enumerate() {
+                    let a = u16x8_extend_low_u8x16(nib);
+                    let c = u16x8_extend_high_u8x16(nib);
+                    q[4 * h] = f32x4_convert_u32x4(u32x4_extend_low_u16x8(a));
+                    q[4 * h + 1] = f32x4_convert_u32x4(u32x4_extend_high_u16x8(a));
+                    q[4 * h + 2] = f32x4_convert_u32x4(u32x4_extend_low_u16x8(c));
+                    q[4 * h + 3] = f32x4_convert_u32x4(u32x4_extend_high_u16x8(c));
+                }
+                let scale = f32x4_splat(*s.get_unchecked(b));
+                for r in 0..4 {
+                    let xb = xp[r].add(b * BLOCK);
+                    let mut sum = f32x4_mul(q[0], v128_load(xb as *const v128));
+                    for (i, qi) in q.iter().enumerate().skip(1) {
+                        sum = f32x4_add(sum, f32x4_mul(*qi, v128_load(xb.add(4 * i) as *const v128)));
+                    }
+                    acc[r] = f32x4_add(acc[r], f32x4_mul(sum, scale));
+                }
+            }
+        }
+        acc.map(hsum)
     }
 }
 
@@ -147,6 +196,10 @@ mod kernel {
             total += sum * scale;
         }
         total
+    }
+
+    pub fn dot_rows4(w: &[u8], s: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+        x.map(|r| dot_row(w, s, r))
     }
 }
 
@@ -302,7 +355,7 @@ mod tests {
 
     #[test]
     fn matches_dequantize_then_matmul() {
-        let (n, k, m) = (7, 96, 3);
+        let (n, k, m) = (7, 96, 6);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
         for sym in [true, false] {
