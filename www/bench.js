@@ -10,8 +10,16 @@ export function percentile(sorted, p) {
 
 /** Time prefill and >= `measured` decode steps after `warmup` ones, token by token. */
 export function benchDecode(engine, prompt, { warmup = 10, measured = 100 } = {}) {
+  // Tokenizer cost on its own (the seed: it can add 50-100 ms per request on devices).
+  const tok = [];
+  let promptTokens = 0;
+  for (let i = 0; i < 20; i++) {
+    const t0 = performance.now();
+    promptTokens = engine.tokenize(prompt).length;
+    tok.push(performance.now() - t0);
+  }
+  tok.sort((a, b) => a - b);
   const gen = engine.startGeneration(prompt, { maxTokens: warmup + measured, ignoreEos: true });
-  const promptTokens = engine.tokenize(prompt).length;
   let t = performance.now();
   gen.step(); // prefill + first token
   const prefillMs = performance.now() - t;
@@ -26,6 +34,7 @@ export function benchDecode(engine, prompt, { warmup = 10, measured = 100 } = {}
   const total = steps.reduce((a, b) => a + b, 0);
   return {
     promptTokens,
+    tokenizeMsP50: percentile(tok, 50),
     prefillMs,
     prefillTokPerS: (promptTokens / prefillMs) * 1000,
     decodeSteps: steps.length,

@@ -81,6 +81,7 @@ function benchmark() {
   const rows = {
     ...facts,
     promptTokens: r.promptTokens,
+    tokenizeMsP50: r.tokenizeMsP50,
     prefillTokPerS: r.prefillTokPerS,
     decodeTokPerS: r.decodeTokPerS,
     decodeStepsMeasured: r.decodeSteps,

@@ -149,6 +149,14 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     let engine = edge_llm::Engine::load(&onnx, &read(dir, "tokenizer.json")?, config)?;
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let text = engine.apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt.into() }])?;
+    let mut tok_ms: Vec<f64> = (0..20)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = engine.tokenizer().encode(&text);
+            t.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    tok_ms.sort_by(f64::total_cmp);
     let opts = edge_llm::GenerateOptions { max_tokens: warmup + steps + 1, ignore_eos: true, ..Default::default() };
     let mut g = engine.generate(&text, &opts)?;
     let t = Instant::now();
@@ -171,6 +179,7 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
         ("threads", "1".into()),
         ("cold load ms", format!("{load_ms:.1}")),
         ("prompt tokens", prompt_tokens.to_string()),
+        ("tokenize ms (p50 of 20)", format!("{:.3}", percentile(&tok_ms, 50.0))),
         ("time to first token ms", format!("{ttft_ms:.1}")),
         ("prefill tok/s", format!("{:.1}", prompt_tokens as f64 / ttft_ms * 1e3)),
         ("decode tok/s", format!("{:.1}", steps as f64 / total * 1e3)),
