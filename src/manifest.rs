@@ -219,11 +219,12 @@ pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Res
     Ok((model, shards))
 }
 
-/// Put external data back into the graph from verified in-memory shards, consuming them, so
-/// the weights exist once (in the graph) rather than twice.
+/// Put external data back into the graph from verified in-memory shards, consuming them: each
+/// shard is cut from its end, tensor by tensor, and shrunk as it goes, so the weights are held
+/// about once (plus one tensor) rather than twice.
 pub fn assemble(mut model: ModelProto, mut shards: BTreeMap<String, Vec<u8>>) -> Result<ModelProto> {
     let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-    let mut remaining: BTreeMap<String, usize> = BTreeMap::new();
+    // (location, offset, length, initializer index)
     let mut refs = Vec::new();
     for (i, t) in graph.initializer.iter().enumerate() {
         if t.external_data.is_empty() {
@@ -234,26 +235,27 @@ pub fn assemble(mut model: ModelProto, mut shards: BTreeMap<String, Vec<u8>>) ->
         let num = |k: &str| -> Result<usize> {
             get(k).unwrap_or_else(|| "0".into()).parse().map_err(|_| Error::InvalidModel(format!("tensor `{}`: bad external {k}", t.name)))
         };
-        let (offset, length) = (num("offset")?, num("length")?);
-        *remaining.entry(loc.clone()).or_default() += 1;
-        refs.push((i, loc, offset, length));
+        refs.push((loc, num("offset")?, num("length")?, i));
     }
-    for (i, loc, offset, length) in refs {
-        let shard = shards
-            .get(&loc)
-            .ok_or_else(|| Error::InvalidModel(format!("shard `{loc}` is missing")))?;
-        let end = offset.checked_add(length).filter(|e| *e <= shard.len()).ok_or_else(|| {
-            Error::InvalidModel(format!("tensor `{}` reaches past the end of shard `{loc}`", graph.initializer[i].name))
-        })?;
-        let t = &mut graph.initializer[i];
-        t.raw_data = shard[offset..end].to_vec();
+    // Last tensor of each shard first.
+    refs.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    let mut floor: BTreeMap<&str, usize> = BTreeMap::new();
+    for (loc, offset, length, i) in &refs {
+        let name = &graph.initializer[*i].name;
+        let shard = shards.get_mut(loc).ok_or_else(|| Error::InvalidModel(format!("shard `{loc}` is missing")))?;
+        let end = offset.checked_add(*length).filter(|e| *e <= shard.len());
+        // Tensors of one shard must not overlap: each is cut off the end before the next.
+        let (Some(end), true) = (end, floor.get(loc.as_str()).is_none_or(|f| *offset < *f || *length == 0)) else {
+            return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
+        };
+        let mut data = shard.split_off(*offset);
+        data.truncate(end - offset);
+        shard.shrink_to_fit();
+        floor.insert(loc.as_str(), *offset);
+        let t = &mut graph.initializer[*i];
+        t.raw_data = data;
         t.external_data.clear();
         t.data_location = None;
-        let left = remaining.get_mut(&loc).expect("counted above");
-        *left -= 1;
-        if *left == 0 {
-            shards.remove(&loc);
-        }
     }
     Ok(model)
 }

@@ -204,3 +204,13 @@ fn edge_llm_q4_kernel_matches_reference() {
         assert!(d < 1e-3, "symmetric={sym}: max |diff| = {d}");
     }
 }
+
+#[test]
+fn fp16_and_int4_block128_agree_with_the_reference() {
+    // fp16 weights (+ Cast) within 1e-3; int4 with 128-wide blocks (a partial block at K=64,
+    // tract's dequantize-to-f32 fallback) within 1e-3 of the reference on its weights.
+    for opts in [ExportOptions::fp16(), ExportOptions::int4(128, true), ExportOptions::int4(128, false)] {
+        let d = compare(&opts);
+        assert!(d < 1e-3, "{:?} block {}: max |diff| = {d}", opts.linear, opts.block_size);
+    }
+}

@@ -81,6 +81,7 @@ function benchmark() {
   const rows = {
     ...facts,
     promptTokens: r.promptTokens,
+    tokenizeMsFirst: r.tokenizeMsFirst,
     tokenizeMsP50: r.tokenizeMsP50,
     prefillTokPerS: r.prefillTokPerS,
     decodeTokPerS: r.decodeTokPerS,

@@ -25,8 +25,9 @@ pub const BLOCK: usize = 32;
 pub struct Q4Matrix {
     pub n: usize,
     pub k: usize,
-    /// `[n][k / 32][16]`
-    pub packed: Vec<u8>,
+    /// `[n][k / 32][16]`: the graph's own constant, shared rather than copied (the tied
+    /// embedding gathers rows from the same tensor).
+    pub packed: Arc<Tensor>,
     /// `[n][k / 32]`
     pub scales: Vec<f32>,
     /// `scale * zero_point` per block, `[n][k / 32]`.
@@ -36,10 +37,12 @@ pub struct Q4Matrix {
 impl Q4Matrix {
     /// From `MatMulNBits` tensors: `packed` `[n][nb][16]`, `scales` `[n * nb]`, zero points packed
     /// two per byte per row (`None`: 8).
-    pub fn new(n: usize, k: usize, packed: Vec<u8>, scales: Vec<f32>, zero_points: Option<&[u8]>) -> TractResult<Self> {
+    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Vec<f32>, zero_points: Option<&[u8]>) -> TractResult<Self> {
         ensure!(k % BLOCK == 0, "K={k} is not a multiple of {BLOCK}");
+        ensure!(packed.datum_type() == u8::datum_type(), "B must be uint8, got {:?}", packed.datum_type());
         let nb = k / BLOCK;
         ensure!(packed.len() == n * nb * BLOCK / 2, "B has {} bytes, expected {}", packed.len(), n * nb * BLOCK / 2);
+        ensure!(packed.to_plain_array_view::<u8>()?.as_slice().is_some(), "B must be contiguous");
         ensure!(scales.len() == n * nb, "scales has {} values, expected {}", scales.len(), n * nb);
         let zb = nb.div_ceil(2);
         if let Some(z) = zero_points {
@@ -56,8 +59,10 @@ impl Q4Matrix {
     }
 
     /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
-    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
+        let view = self.packed.to_plain_array_view::<u8>()?;
+        let packed = view.as_slice().context("B must be contiguous")?;
         let m = x.len() / k;
         // Per activation row: even/odd de-interleaved blocks (so the unpacked low and high
         // nibbles line up with contiguous activations) and block sums.
@@ -75,7 +80,7 @@ impl Q4Matrix {
             }
         }
         for row in 0..self.n {
-            let w = &self.packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
+            let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
             let s = &self.scales[row * nb..(row + 1) * nb];
             let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
             // Four activation rows share each unpacked weight block (prefill); the rest go alone.
@@ -95,6 +100,7 @@ impl Q4Matrix {
                 r += dots.len();
             }
         }
+        Ok(())
     }
 }
 
@@ -246,7 +252,7 @@ impl EvalOp for Q4MatMul {
             }
         };
         let mut out = vec![0f32; shape.iter().product()];
-        self.w.matmul(xv, &mut out);
+        self.w.matmul(xv, &mut out)?;
         Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
     }
 }
@@ -308,7 +314,7 @@ impl Expansion for MatMulNBitsQ4 {
         let w = Q4Matrix::new(
             self.n,
             self.k,
-            b.to_plain_array_view::<u8>()?.iter().copied().collect(),
+            b,
             scales.to_plain_array_view::<f32>()?.iter().copied().collect(),
             zp_bytes.as_deref(),
         )?;
@@ -361,9 +367,10 @@ mod tests {
         for sym in [true, false] {
             let q = quantize_q4(&w, n, k, 32, sym);
             let deq = dequantize_q4(&q);
-            let mat = Q4Matrix::new(n, k, q.packed.clone(), q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+            let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+            let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
             let mut out = vec![0f32; m * n];
-            mat.matmul(&x, &mut out);
+            mat.matmul(&x, &mut out).unwrap();
             for r in 0..m {
                 for c in 0..n {
                     let want: f32 = (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum();
