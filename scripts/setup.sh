@@ -25,6 +25,9 @@ if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version
 fi
 command -v wasm-pack >/dev/null || { echo "setup: cargo install wasm-pack"; cargo install -q wasm-pack; }
 
+# onnxruntime: tests/ort_compat.rs checks that our graphs run unchanged in the ONNX reference runtime.
+python3 -c 'import onnxruntime, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnxruntime numpy
+
 if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/binaryen ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --silent --no-audit --no-fund
 fi

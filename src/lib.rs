@@ -15,6 +15,7 @@ pub mod model;
 pub mod onnx;
 pub mod pack;
 pub mod quant;
+pub mod quantize;
 pub mod tiny;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

@@ -96,3 +96,46 @@ fn bad_manifests_are_rejected_with_reasons() {
     tampered.files[0].sha256 = "0".repeat(64);
     assert!(matches!(tampered.validate(), Err(Error::InvalidManifest(e)) if e.contains("model_sha256")));
 }
+
+#[test]
+fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
+    use edge_llm::cpu::CpuModel;
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    use edge_llm::llama::reference::{self, RefKvCache};
+    use edge_llm::quant::Precision;
+    use edge_llm::quantize::{quantize, QuantizeOptions};
+    use std::sync::Arc;
+
+    let cfg = tiny::config();
+    let fp32 = export(&cfg, &tiny::weights(), &ExportOptions::fp32()).model;
+    let opts = QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, overrides: vec![] };
+    let (q, report) = quantize(fp32.clone(), &opts).unwrap();
+    // 7 per layer + the tied head (through its Transpose).
+    assert_eq!(report.rewritten.len(), 7 * cfg.num_layers + 1, "{report:?}");
+    assert_eq!(report.kept, 2 * cfg.num_layers, "attention's activation matmuls stay");
+    let bytes = edge_llm::onnx::encode(&q);
+    // The fp32 embedding (a Gather, not a matmul) stays: about a quarter of the tiny model.
+    let (qb, fb) = (bytes.len(), edge_llm::onnx::encode(&fp32).len());
+    assert!(qb * 2 < fb, "int4 graph is {qb} bytes, fp32 {fb}");
+    // Same quantization as the exporter's int4 linears with an fp32 embedding and int4 head.
+    let same = ExportOptions { embedding: Precision::F32, ..ExportOptions::int4(32, true) };
+    let eff = export(&cfg, &tiny::weights(), &same).effective;
+    let prompt = [3u32, 30, 60, 90];
+    let got = Arc::new(CpuModel::load(&bytes).unwrap()).session().forward_all(&prompt).unwrap();
+    let want = reference::forward(&cfg, &eff, &prompt, &mut RefKvCache::default()).concat();
+    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    assert!(d < 1e-3, "max |diff| = {d}");
+    // Deterministic.
+    assert_eq!(edge_llm::onnx::encode(&quantize(fp32.clone(), &opts).unwrap().0), bytes);
+
+    // Mixed precision: the head (tied to the embedding) at int8, layer 0 left fp32.
+    let mixed = QuantizeOptions {
+        overrides: vec![("embed_tokens".into(), Precision::Int8), ("layers.0.".into(), Precision::F32)],
+        ..opts
+    };
+    let (m, report) = quantize(fp32, &mixed).unwrap();
+    assert!(report.rewritten.contains(&("model.embed_tokens.weight".into(), Precision::Int8)));
+    assert!(report.rewritten.iter().all(|(n, _)| !n.contains("layers.0.")));
+    assert_eq!(report.rewritten.len(), 7 * (cfg.num_layers - 1) + 1);
+    assert!(CpuModel::load(&edge_llm::onnx::encode(&m)).is_ok());
+}

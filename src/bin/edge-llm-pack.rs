@@ -20,6 +20,22 @@ enum Cmd {
         #[arg(default_value = "tests/fixtures/tiny")]
         dir: PathBuf,
     },
+    /// Quantize the weight matmuls of an fp32/fp16 ONNX graph (ours or an optimum export).
+    Quantize {
+        input: PathBuf,
+        output: PathBuf,
+        #[arg(long, default_value = "int4")]
+        precision: edge_llm::quant::Precision,
+        #[arg(long, default_value_t = 32)]
+        block_size: usize,
+        /// Per-block zero points (int4).
+        #[arg(long)]
+        asymmetric: bool,
+        /// Mixed precision: `PATTERN=PRECISION`, matched against node and weight names, first
+        /// match wins (e.g. `--override lm_head=int8 --override layers.0.=fp32`).
+        #[arg(long = "override", value_parser = parse_override)]
+        overrides: Vec<(String, edge_llm::quant::Precision)>,
+    },
     /// Shard a model folder (model.onnx, tokenizer.json, model_config.json) into OUT with a
     /// manifest.json listing every file's size and SHA-256.
     Pack {
@@ -69,6 +85,11 @@ enum Cmd {
     },
 }
 
+fn parse_override(s: &str) -> Result<(String, edge_llm::quant::Precision), String> {
+    let (pat, p) = s.split_once('=').ok_or("expected PATTERN=PRECISION")?;
+    Ok((pat.to_string(), p.parse()?))
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum Budget {
     Bundled,
@@ -84,6 +105,17 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
                 println!("{:>9} bytes  {}", bytes.len(), path.display());
             }
+        }
+        Cmd::Quantize { input, output, precision, block_size, asymmetric, overrides } => {
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let opts = edge_llm::quantize::QuantizeOptions { precision, block_size, symmetric: !asymmetric, overrides };
+            let (model, report) = edge_llm::quantize::quantize(edge_llm::onnx::decode(&bytes)?, &opts)?;
+            let out = edge_llm::onnx::encode(&model);
+            std::fs::write(&output, &out).with_context(|| format!("writing {}", output.display()))?;
+            for (name, p) in &report.rewritten {
+                println!("{p:?}  {name}");
+            }
+            println!("{} matmuls quantized, {} kept; {} -> {} bytes", report.rewritten.len(), report.kept, bytes.len(), out.len());
         }
         Cmd::Pack { input, out, shard_bytes, model_version } => {
             let config = edge_llm::ModelConfig::from_json(&read(&input, "model_config.json")?)?;

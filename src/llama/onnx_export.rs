@@ -13,7 +13,7 @@
 //! int4 `com.microsoft::MatMulNBits`.
 
 use super::{LlamaConfig, LlamaWeights};
-use crate::onnx::{attr_i, attr_ints, attr_s, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
+use crate::onnx::{attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
 use crate::quant::{reference as qref, Precision};
 
 /// Metadata key under which the exporter stores the [`LlamaConfig`] as JSON.
@@ -58,17 +58,25 @@ pub struct Exported {
     pub effective: LlamaWeights,
 }
 
-struct Ctx<'a> {
-    g: GraphBuilder,
+/// Emits linear layers and embeddings in a chosen precision; shared by [`export`] and the
+/// packer's `quantize` (which rewrites an existing graph).
+pub(crate) struct Ctx<'a> {
+    pub(crate) g: GraphBuilder,
     opts: &'a ExportOptions,
     /// Names of the `axes` constants, made once.
     axes_last: String,
     axes_1: String,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    pub(crate) fn new(mut g: GraphBuilder, opts: &'a ExportOptions) -> Self {
+        let axes_last = g.const_ints(&[-1]);
+        let axes_1 = g.const_ints(&[1]);
+        Ctx { g, opts, axes_last, axes_1 }
+    }
+
     /// `x @ w^T` with `w` given `[n][k]`; returns the output and the dequantized weight.
-    fn linear(&mut self, x: &str, name: &str, w: &[f32], n: usize, k: usize, p: Precision) -> (String, Vec<f32>) {
+    pub(crate) fn linear(&mut self, x: &str, name: &str, w: &[f32], n: usize, k: usize, p: Precision) -> (String, Vec<f32>) {
         let g = &mut self.g;
         let transposed = || -> Vec<f32> {
             let mut t = vec![0f32; n * k];
@@ -141,10 +149,12 @@ impl Ctx<'_> {
     }
 
     /// `[..., m]` packed nibbles (u8) -> `[..., 2m]` values as f32, low nibble first.
+    /// Integer Mod/Div (opset 10) rather than BitwiseAnd (opset 18) so onnxruntime runs it too.
     fn unpack_nibbles(&mut self, packed: &str, m: usize) -> String {
-        let (mask, four) = (self.g.const_u8(0x0f), self.g.const_u8(4));
-        let lo = self.g.node("BitwiseAnd", &[packed, &mask], vec![]);
-        let hi = self.g.node("BitShift", &[packed, &four], vec![attr_s("direction", "RIGHT")]);
+        let wide = self.g.node("Cast", &[packed], vec![attr_i("to", OnnxType::Int32 as i64)]);
+        let sixteen = self.g.const_i32(16);
+        let lo = self.g.node("Mod", &[&wide, &sixteen], vec![]);
+        let hi = self.g.node("Div", &[&wide, &sixteen], vec![]);
         let al = self.axes_last.clone();
         let lo = self.g.node("Unsqueeze", &[&lo, &al], vec![]);
         let hi = self.g.node("Unsqueeze", &[&hi, &al], vec![]);
@@ -245,10 +255,7 @@ impl Ctx<'_> {
 
 /// Build the ONNX graph for `cfg` / `w` stored as `opts` asks.
 pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Exported {
-    let mut g = GraphBuilder::default();
-    let axes_last = g.const_ints(&[-1]);
-    let axes_1 = g.const_ints(&[1]);
-    let mut cx = Ctx { g, opts, axes_last, axes_1 };
+    let mut cx = Ctx::new(GraphBuilder::default(), opts);
     let (h, hd, nh, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
     let (b, s, p, t) = (Dim::Named("batch_size"), Dim::Named("sequence_length"), Dim::Named("past_sequence_length"), Dim::Named("total_sequence_length"));
 

@@ -124,9 +124,10 @@ impl GraphBuilder {
         let name = self.fresh("const");
         self.init_i64(&name, &[data.len()], data)
     }
-    pub fn const_u8(&mut self, v: u8) -> String {
+    pub fn const_i32(&mut self, v: i32) -> String {
         let name = self.fresh("const");
-        self.init_u8(&name, &[], vec![v])
+        self.graph.initializer.push(tensor(&name, DataType::Int32, &[], v.to_le_bytes().to_vec()));
+        name
     }
     pub fn const_f32(&mut self, v: f32) -> String {
         let name = self.fresh("const");
@@ -135,7 +136,7 @@ impl GraphBuilder {
 
     fn fresh(&mut self, hint: &str) -> String {
         self.counter += 1;
-        format!("/{hint}_{}", self.counter)
+        format!("/edge_llm/{hint}_{}", self.counter)
     }
 
     /// Add a default-domain node with one output; returns the output's name.
@@ -181,6 +182,29 @@ impl GraphBuilder {
             ..Default::default()
         });
         outs
+    }
+
+    /// Continue an existing graph: its inputs, outputs and initializers stay; its nodes are
+    /// taken out and returned so the caller can push them back (or replacements) in order.
+    pub fn from_graph(mut graph: pb::GraphProto) -> (Self, Vec<NodeProto>) {
+        let nodes = std::mem::take(&mut graph.node);
+        (GraphBuilder { graph, uses_ms_domain: false, counter: 0 }, nodes)
+    }
+
+    pub fn push_node(&mut self, node: NodeProto) {
+        if node.domain == MS_DOMAIN {
+            self.uses_ms_domain = true;
+        }
+        self.graph.node.push(node);
+    }
+
+    /// Make `value` available under `name` as well.
+    pub fn alias(&mut self, value: &str, name: &str) {
+        self.node_named("Identity", &[value], vec![], name);
+    }
+
+    pub fn into_graph(self) -> (pb::GraphProto, bool) {
+        (self.graph, self.uses_ms_domain)
     }
 
     /// Finish into a model with `metadata` as string properties.

@@ -1,0 +1,154 @@
+//! `quantize`: rewrite an fp32/fp16 ONNX graph (ours, or an optimum export) so its weight
+//! matmuls run in int8 (`DynamicQuantizeLinear` + `MatMulInteger`), int4 (`MatMulNBits`) or
+//! fp16, with per-tensor overrides for mixed precision.
+//!
+//! A `MatMul` is rewritten when its B is a 2-D float initializer `[K, N]`, or the transpose of
+//! one `[N, K]` (a tied lm_head exported as `MatMul(x, Transpose(embedding))`).
+
+use std::collections::{HashMap, HashSet};
+
+use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
+
+use crate::llama::onnx_export::{Ctx, ExportOptions};
+use crate::onnx::{GraphBuilder, ModelProto, MS_DOMAIN};
+use crate::quant::Precision;
+use crate::{Error, Result};
+
+#[derive(Debug, Clone)]
+pub struct QuantizeOptions {
+    /// Precision of every weight matmul not matched by an override.
+    pub precision: Precision,
+    pub block_size: usize,
+    pub symmetric: bool,
+    /// `(pattern, precision)`: the first pattern contained in a matmul's node or weight name
+    /// decides its precision (the seed's mixed precision: e.g. keep `lm_head` at int8).
+    pub overrides: Vec<(String, Precision)>,
+}
+
+/// What was rewritten, for the CLI and tests.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct QuantizeReport {
+    /// `(weight name, precision)` of every rewritten matmul.
+    pub rewritten: Vec<(String, Precision)>,
+    /// Matmuls left alone (B not a constant 2-D float tensor, or fp32 asked for).
+    pub kept: usize,
+}
+
+fn float_data(t: &TensorProto) -> Option<Vec<f32>> {
+    if t.data_location == Some(1) || !t.external_data.is_empty() {
+        return None;
+    }
+    match DataType::try_from(t.data_type).ok()? {
+        DataType::Float if !t.raw_data.is_empty() => {
+            Some(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
+        DataType::Float => Some(t.float_data.clone()),
+        DataType::Float16 if !t.raw_data.is_empty() => {
+            Some(t.raw_data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
+        }
+        DataType::Float16 => Some(t.int32_data.iter().map(|v| half::f16::from_bits(*v as u16).to_f32()).collect()),
+        _ => None,
+    }
+}
+
+/// The weight behind a MatMul's B as `([n][k] values, n, k, name)`.
+fn weight_of(
+    b: &str,
+    inits: &HashMap<String, usize>,
+    graph: &GraphProto,
+    producers: &HashMap<String, NodeProto>,
+) -> Option<(Vec<f32>, usize, usize, String)> {
+    let dims2 = |t: &TensorProto| (t.dims.len() == 2).then(|| (t.dims[0] as usize, t.dims[1] as usize));
+    if let Some(&i) = inits.get(b) {
+        let t = &graph.initializer[i];
+        let (k, n) = dims2(t)?;
+        let w = float_data(t)?;
+        let mut nk = vec![0f32; n * k];
+        for r in 0..k {
+            for c in 0..n {
+                nk[c * k + r] = w[r * n + c];
+            }
+        }
+        return Some((nk, n, k, t.name.clone()));
+    }
+    let tr = producers.get(b).filter(|p| p.op_type == "Transpose" && p.domain.is_empty())?;
+    let perm_ok = tr.attribute.iter().find(|a| a.name == "perm").is_none_or(|a| a.ints == [1, 0]);
+    let t = &graph.initializer[*inits.get(tr.input.first()?)?];
+    let (n, k) = dims2(t)?;
+    if !perm_ok {
+        return None;
+    }
+    Some((float_data(t)?, n, k, t.name.clone()))
+}
+
+/// Rewrite `model`'s weight matmuls. Deterministic: same input and options, same bytes.
+pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelProto, QuantizeReport)> {
+    if opts.precision == Precision::Int4 && !(opts.block_size >= 16 && opts.block_size.is_power_of_two()) {
+        return Err(Error::InvalidOption { option: "block_size", reason: "must be a power of two >= 16".into() });
+    }
+    let graph = model.graph.take().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+    let inits: HashMap<String, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let producers: HashMap<String, NodeProto> =
+        graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n.clone()))).collect();
+    let source = graph.clone();
+    let (g, nodes) = GraphBuilder::from_graph(graph);
+    let export_opts = ExportOptions {
+        linear: opts.precision,
+        lm_head: opts.precision,
+        embedding: Precision::F32,
+        block_size: opts.block_size,
+        symmetric: opts.symmetric,
+    };
+    let mut cx = Ctx::new(g, &export_opts);
+    let mut report = QuantizeReport::default();
+    for node in nodes {
+        let is_matmul = node.op_type == "MatMul" && node.domain.is_empty() && node.input.len() == 2;
+        let found = is_matmul.then(|| weight_of(&node.input[1], &inits, &source, &producers)).flatten();
+        let Some((w, n, k, wname)) = found else {
+            report.kept += is_matmul as usize;
+            cx.g.push_node(node);
+            continue;
+        };
+        let precision = opts
+            .overrides
+            .iter()
+            .find(|(pat, _)| node.name.contains(pat.as_str()) || wname.contains(pat.as_str()))
+            .map_or(opts.precision, |(_, p)| *p);
+        if precision == Precision::F32 {
+            report.kept += 1;
+            cx.g.push_node(node);
+            continue;
+        }
+        let base = wname.strip_suffix(".weight").unwrap_or(&wname).to_string();
+        let (out, _) = cx.linear(&node.input[0], &base, &w, n, k, precision);
+        cx.g.alias(&out, &node.output[0]);
+        report.rewritten.push((wname, precision));
+    }
+    let (mut graph, uses_ms) = cx.g.into_graph();
+    prune(&mut graph);
+    if uses_ms && !model.opset_import.iter().any(|o| o.domain == MS_DOMAIN) {
+        model.opset_import.push(OperatorSetIdProto { domain: MS_DOMAIN.into(), version: 1 });
+    }
+    model.graph = Some(graph);
+    Ok((model, report))
+}
+
+/// Drop nodes whose outputs nobody reads and initializers no node reads.
+fn prune(graph: &mut GraphProto) {
+    loop {
+        let used: HashSet<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(graph.output.iter().map(|o| o.name.as_str()))
+            .collect();
+        let keep: Vec<bool> = graph.node.iter().map(|n| n.output.iter().any(|o| used.contains(o.as_str()))).collect();
+        if keep.iter().all(|k| *k) {
+            let used: HashSet<String> = used.into_iter().map(str::to_string).collect();
+            graph.initializer.retain(|t| used.contains(&t.name));
+            return;
+        }
+        let mut it = keep.into_iter();
+        graph.node.retain(|_| it.next().unwrap_or(true));
+    }
+}

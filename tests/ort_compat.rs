@@ -1,0 +1,57 @@
+//! The tiny models run unchanged in onnxruntime too (the reference implementation of ONNX and of
+//! `MatMulNBits` / `MatMulInteger`), and agree with our reference forward pass. Skipped, with
+//! the reason printed, where `python3 -c 'import onnxruntime'` fails.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::process::Command;
+
+use edge_llm::llama::onnx_export::{export, ExportOptions};
+use edge_llm::llama::reference::{self, RefKvCache};
+use edge_llm::quant::Precision;
+use edge_llm::tiny;
+
+fn ort_logits(model: &[u8], name: &str, ids: &[u32]) -> Option<Vec<f32>> {
+    let dir = std::env::temp_dir().join(format!("edge-llm-ort-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, model).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/ort/run_logits.py");
+    let out = Command::new("python3").arg(script).arg(&path).args(ids.iter().map(|i| i.to_string())).output().ok()?;
+    assert!(out.status.success(), "onnxruntime failed on {name}: {}", String::from_utf8_lossy(&out.stderr));
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[test]
+fn onnxruntime_runs_every_tiny_variant_and_agrees_with_the_reference() {
+    let ok = Command::new("python3").args(["-c", "import onnxruntime"]).output().is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!("SKIPPED: onnxruntime is not importable by python3 (scripts/setup.sh installs it)");
+        return;
+    }
+    let cfg = tiny::config();
+    let ids = [5u32, 80, 17, 200];
+    let variants = [
+        ("fp32", ExportOptions::fp32(), 1e-4),
+        ("fp16", ExportOptions::fp16(), 1e-3),
+        ("int4-sym", ExportOptions::int4(32, true), 1e-3),
+        ("int4-asym", ExportOptions::int4(32, false), 1e-3),
+        ("int4-128", ExportOptions::int4(128, true), 1e-3),
+        ("int8-emb", ExportOptions { linear: Precision::F32, lm_head: Precision::F32, ..ExportOptions::int8() }, 1e-3),
+    ];
+    for (name, opts, tol) in variants {
+        let e = export(&cfg, &tiny::weights(), &opts);
+        let got = ort_logits(&edge_llm::onnx::encode(&e.model), &format!("{name}.onnx"), &ids).unwrap();
+        let want = reference::forward(&cfg, &e.effective, &ids, &mut RefKvCache::default()).concat();
+        let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("onnxruntime {name}: max |diff| vs reference = {d:e}");
+        assert!(d < tol, "{name}: max |diff| = {d}");
+    }
+    // int8 linears: onnxruntime quantizes each activation tensor as DynamicQuantizeLinear does;
+    // one token at a time the reference models it exactly.
+    let e = export(&cfg, &tiny::weights(), &ExportOptions::int8());
+    let got = ort_logits(&edge_llm::onnx::encode(&e.model), "int8.onnx", &ids[..1]).unwrap();
+    let want = reference::forward_int8_activations(&cfg, &e.effective, &ids[..1], &mut RefKvCache::default()).concat();
+    let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    eprintln!("onnxruntime int8: max |diff| vs reference = {d:e}");
+    assert!(d < 1e-3, "int8: max |diff| = {d}");
+}
