@@ -173,7 +173,7 @@ fn tokenizer_round_trips_multibyte_text() {
 fn folded_kv_cache_decode_matches_reference_for_every_format() {
     use edge_llm::cpu::CpuOptions;
     let cfg = tiny::config();
-    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false };
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false };
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
@@ -196,7 +196,7 @@ fn edge_llm_q4_kernel_matches_reference() {
     let cfg = tiny::config();
     for sym in [true, false] {
         let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
-        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true };
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: false };
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
         let got = model.session().forward_all(&PROMPT).unwrap();
         let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
@@ -212,5 +212,28 @@ fn fp16_and_int4_block128_agree_with_the_reference() {
     for opts in [ExportOptions::fp16(), ExportOptions::int4(128, true), ExportOptions::int4(128, false)] {
         let d = compare(&opts);
         assert!(d < 1e-3, "{:?} block {}: max |diff| = {d}", opts.linear, opts.block_size);
+    }
+}
+
+#[test]
+fn int8_activation_q4_kernel_matches_its_reference_and_stays_near_exact() {
+    use edge_llm::cpu::CpuOptions;
+    use edge_llm::llama::reference::ActivationQuant;
+    let cfg = tiny::config();
+    for sym in [true, false] {
+        let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: true };
+        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
+        let got = model.session().forward_all(&PROMPT).unwrap();
+        let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), ActivationQuant::Int8Block32).concat();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-3, "symmetric={sym}: max |diff| vs int8-activation reference = {d}");
+        let exact = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+        // Against exact activations: int8 rounding of every linear input, bounded relative to
+        // the logits' range (documented tolerance: 3 %).
+        let d = max_abs_diff(&got, &exact);
+        let range = exact.iter().fold(0f32, |a, v| a.max(v.abs()));
+        eprintln!("symmetric={sym}: int8 activations vs exact: max |diff| {d} of logit range {range}");
+        assert!(d < 0.03 * range, "symmetric={sym}: max |diff| vs exact activations = {d} (range {range})");
     }
 }

@@ -40,7 +40,9 @@ fn tract_fp32_logits_match_reference_in_browser() {
 fn int4_greedy_generation_matches_reference_tokens_in_browser() {
     let e = Engine::load(INT4, TOKENIZER, tiny::model_config()).unwrap();
     let eff = edge_llm::llama::onnx_export::export(&tiny::config(), &tiny::weights(), &edge_llm::llama::onnx_export::ExportOptions::int4(32, true)).effective;
-    let want = reference::greedy(&tiny::config(), &eff, &PROMPT, 8);
+    // The browser default runs int4 with int8 block activations: the reference models that.
+    let act = edge_llm::llama::reference::ActivationQuant::Int8Block32;
+    let want = reference::greedy_with(&tiny::config(), &eff, &PROMPT, 8, act);
     let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 8, ..Default::default() }).unwrap();
     while g.step().unwrap().is_some() {}
     assert_eq!(g.generated(), &want[..g.generated().len()]);
@@ -58,15 +60,17 @@ fn int4_simd_kernel_logits_match_reference_in_browser() {
     use edge_llm::cpu::CpuOptions;
     use edge_llm::llama::onnx_export::{export, ExportOptions};
     let cfg = tiny::config();
-    for sym in [true, false] {
+    use edge_llm::llama::reference::ActivationQuant;
+    for (sym, int8) in [(true, false), (false, false), (true, true), (false, true)] {
         let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
-        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true };
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8 };
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
         // 6 tokens: one 4-row tile and two single rows through the SIMD kernel.
         let got = model.session().forward_all(&PROMPT).unwrap();
-        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+        let act = if int8 { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
+        let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
         let d = max_abs_diff(&got, &want);
-        console_log!("int4 (symmetric={sym}) wasm SIMD kernel: max |diff| = {d:e}");
-        assert!(d < 1e-3, "symmetric={sym}: max |diff| = {d}");
+        console_log!("int4 (symmetric={sym}, int8 activations={int8}) wasm SIMD kernel: max |diff| = {d:e}");
+        assert!(d < 1e-3, "symmetric={sym} int8={int8}: max |diff| = {d}");
     }
 }

@@ -71,6 +71,9 @@ pub struct CpuOptions {
     /// Run 4-bit block-32 `MatMulNBits` with edge-llm's kernel ([`q4_matmul`]) instead of
     /// tract's Q4_0 path. On by default on wasm32, where tract has no SIMD kernel for Q4_0.
     pub q4_kernel: bool,
+    /// With `q4_kernel`: quantize activations to int8 per 32-block and use integer dot
+    /// products (~2x faster on wasm, activation rounding ~0.4 %). On by default on wasm32.
+    pub q4_int8_activations: bool,
 }
 
 impl Default for CpuOptions {
@@ -78,6 +81,7 @@ impl Default for CpuOptions {
         CpuOptions {
             fold_kv_cache: std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "1"),
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
+            q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -93,7 +97,7 @@ impl CpuModel {
         check_ops(&proto)?;
         let mut onnx = tract_onnx::onnx();
         if options.q4_kernel {
-            q4_matmul::register(&mut onnx);
+            q4_matmul::register(&mut onnx, options.q4_int8_activations);
         }
         let mut model = onnx
             .model_for_proto_model(&proto)

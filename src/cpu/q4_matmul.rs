@@ -104,6 +104,73 @@ impl Q4Matrix {
     }
 }
 
+/// Activations of `m` rows quantized per 32-block to int8 (`x ≈ q * scale`, scale = amax / 127),
+/// de-interleaved like the weights' nibbles, with `scale * sum(q)` per block.
+pub struct Q8Activations {
+    pub q: Vec<i8>,
+    pub scales: Vec<f32>,
+    pub scaled_sums: Vec<f32>,
+}
+
+/// Quantize activations as the int8-activation kernel sees them; `reference` uses the same
+/// function to model it.
+pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
+    let (m, nb) = (x.len() / k, k / BLOCK);
+    let mut out = Q8Activations { q: vec![0; m * k], scales: vec![0.0; m * nb], scaled_sums: vec![0.0; m * nb] };
+    for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
+        let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let dst = &mut out.q[blk * BLOCK..(blk + 1) * BLOCK];
+        let mut sum = 0i32;
+        for j in 0..BLOCK / 2 {
+            let (e, o) = ((src[2 * j] * inv).round() as i8, (src[2 * j + 1] * inv).round() as i8);
+            dst[j] = e;
+            dst[BLOCK / 2 + j] = o;
+            sum += e as i32 + o as i32;
+        }
+        out.scales[blk] = scale;
+        out.scaled_sums[blk] = scale * sum as f32;
+    }
+    out
+}
+
+impl Q4Matrix {
+    /// [`Q4Matrix::matmul`] with activations quantized to int8 per 32-block and integer dot
+    /// products (the llama.cpp q4_0 × q8_0 scheme): about twice the speed on wasm SIMD128, at
+    /// the cost of activation rounding (relative error ~0.4 % per element).
+    pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        let (k, nb) = (self.k, self.k / BLOCK);
+        let view = self.packed.to_plain_array_view::<u8>()?;
+        let packed = view.as_slice().context("B must be contiguous")?;
+        let m = x.len() / k;
+        let a = quantize_activations(x, k);
+        for row in 0..self.n {
+            let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
+            let s = &self.scales[row * nb..(row + 1) * nb];
+            let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
+            let mut r = 0;
+            while r < m {
+                let take = if r + 4 <= m { 4 } else { 1 };
+                let dots = if take == 4 {
+                    let q = [0, 1, 2, 3].map(|i| &a.q[(r + i) * k..(r + i + 1) * k]);
+                    let sx = [0, 1, 2, 3].map(|i| &a.scales[(r + i) * nb..(r + i + 1) * nb]);
+                    kernel::dot_rows4_q8(w, s, q, sx).to_vec()
+                } else {
+                    vec![kernel::dot_row_q8(w, s, &a.q[r * k..(r + 1) * k], &a.scales[r * nb..(r + 1) * nb])]
+                };
+                for (i, d) in dots.iter().enumerate() {
+                    let ss = &a.scaled_sums[(r + i) * nb..(r + i + 1) * nb];
+                    let corr: f32 = z.iter().zip(ss).map(|(a, b)| a * b).sum();
+                    out[(r + i) * self.n + row] = d - corr;
+                }
+                r += take;
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 mod kernel {
     use core::arch::wasm32::*;
@@ -147,6 +214,56 @@ mod kernel {
 
     fn hsum(v: v128) -> f32 {
         f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
+    }
+
+    /// One block's integer dot product `sum q * x` as i32x4 partial sums. Products are at most
+    /// 15 * 127, four summed per i16 lane before widening: no overflow.
+    #[inline(always)]
+    unsafe fn block_dot_q8(lo: v128, hi: v128, xp: *const i8) -> v128 {
+        let xe = v128_load(xp as *const v128);
+        let xo = v128_load(xp.add(16) as *const v128);
+        let a = i16x8_add(i16x8_extmul_low_i8x16(lo, xe), i16x8_extmul_high_i8x16(lo, xe));
+        let b = i16x8_add(i16x8_extmul_low_i8x16(hi, xo), i16x8_extmul_high_i8x16(hi, xo));
+        i32x4_extadd_pairwise_i16x8(i16x8_add(a, b))
+    }
+
+    /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]`.
+    pub fn dot_row_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
+        let nb = sw.len();
+        assert!(w.len() >= nb * BLOCK / 2 && xq.len() >= nb * BLOCK && sx.len() >= nb);
+        let mask = u8x16_splat(0x0f);
+        let mut acc = f32x4_splat(0.0);
+        // SAFETY: loads stay inside `w` and `xq`, whose lengths are asserted above.
+        unsafe {
+            for b in 0..nb {
+                let bytes = v128_load(w.as_ptr().add(b * 16) as *const v128);
+                let d = block_dot_q8(v128_and(bytes, mask), u8x16_shr(bytes, 4), xq.as_ptr().add(b * BLOCK));
+                let scale = f32x4_splat(*sw.get_unchecked(b) * *sx.get_unchecked(b));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(d), scale));
+            }
+        }
+        hsum(acc)
+    }
+
+    pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
+        let nb = sw.len();
+        assert!(w.len() >= nb * BLOCK / 2 && xq.iter().all(|r| r.len() >= nb * BLOCK) && sx.iter().all(|r| r.len() >= nb));
+        let mask = u8x16_splat(0x0f);
+        let mut acc = [f32x4_splat(0.0); 4];
+        // SAFETY: loads stay inside `w` and `xq[i]`, whose lengths are asserted above.
+        unsafe {
+            for b in 0..nb {
+                let bytes = v128_load(w.as_ptr().add(b * 16) as *const v128);
+                let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
+                let swb = *sw.get_unchecked(b);
+                for r in 0..4 {
+                    let d = block_dot_q8(lo, hi, xq[r].as_ptr().add(b * BLOCK));
+                    let scale = f32x4_splat(swb * *sx[r].get_unchecked(b));
+                    acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(d), scale));
+                }
+            }
+        }
+        acc.map(hsum)
     }
 
     /// [`dot_row`] for four activation rows at once: each weight block is unpacked once.
@@ -207,17 +324,38 @@ mod kernel {
     pub fn dot_rows4(w: &[u8], s: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
         x.map(|r| dot_row(w, s, r))
     }
+
+    pub fn dot_row_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
+        let mut total = 0f32;
+        for b in 0..sw.len() {
+            let bytes = &w[b * 16..(b + 1) * 16];
+            let xb = &xq[b * BLOCK..(b + 1) * BLOCK];
+            let d: i32 = bytes
+                .iter()
+                .enumerate()
+                .map(|(j, byte)| (byte & 0x0f) as i32 * xb[j] as i32 + (byte >> 4) as i32 * xb[BLOCK / 2 + j] as i32)
+                .sum();
+            total += d as f32 * (sw[b] * sx[b]);
+        }
+        total
+    }
+
+    pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
+        [0, 1, 2, 3].map(|r| dot_row_q8(w, sw, xq[r], sx[r]))
+    }
 }
 
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
 #[derive(Debug, Clone)]
 pub struct Q4MatMul {
     pub w: Arc<Q4Matrix>,
+    /// Quantize activations to int8 per block ([`Q4Matrix::matmul_q8`]).
+    pub int8_activations: bool,
 }
 
 impl PartialEq for Q4MatMul {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w)
+        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
     }
 }
 impl Eq for Q4MatMul {}
@@ -252,7 +390,11 @@ impl EvalOp for Q4MatMul {
             }
         };
         let mut out = vec![0f32; shape.iter().product()];
-        self.w.matmul(xv, &mut out)?;
+        if self.int8_activations {
+            self.w.matmul_q8(xv, &mut out)?;
+        } else {
+            self.w.matmul(xv, &mut out)?;
+        }
         Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
     }
 }
@@ -273,6 +415,7 @@ struct MatMulNBitsQ4 {
     k: usize,
     n: usize,
     has_zp: bool,
+    int8_activations: bool,
 }
 
 impl Expansion for MatMulNBitsQ4 {
@@ -323,7 +466,7 @@ impl Expansion for MatMulNBitsQ4 {
         } else {
             model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
         };
-        model.wire_node(prefix, Q4MatMul { w: Arc::new(w) }, &[x])
+        model.wire_node(prefix, Q4MatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
     }
 }
 
@@ -332,7 +475,15 @@ type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn Inference
 /// tract's own `MatMulNBits` builder, for the nodes the kernel does not cover.
 static FALLBACK: std::sync::OnceLock<Builder> = std::sync::OnceLock::new();
 
-fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn build_f32(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, false)
+}
+
+fn build_int8(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, true)
+}
+
+fn build(ctx: &ParsingContext, node: &NodeProto, int8_activations: bool) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let k: usize = node.get_attr("K")?;
     let n: usize = node.get_attr("N")?;
     let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
@@ -342,15 +493,15 @@ fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Inferen
         let fallback = FALLBACK.get().context("tract's MatMulNBits builder was not registered")?;
         return fallback(ctx, node);
     }
-    Ok((expand(MatMulNBitsQ4 { k, n, has_zp: present(3) }), vec![]))
+    Ok((expand(MatMulNBitsQ4 { k, n, has_zp: present(3), int8_activations }), vec![]))
 }
 
 /// Route 4-bit, block-32 `MatMulNBits` nodes to [`Q4MatMul`]; anything else (other bit widths
 /// or block sizes, g_idx, bias) keeps tract's own implementation.
-pub fn register(onnx: &mut tract_onnx::Onnx) {
+pub fn register(onnx: &mut tract_onnx::Onnx, int8_activations: bool) {
     if let Some(original) = onnx.op_register.0.get("MatMulNBits") {
         FALLBACK.get_or_init(|| *original);
-        onnx.op_register.insert("MatMulNBits", build);
+        onnx.op_register.insert("MatMulNBits", if int8_activations { build_int8 } else { build_f32 });
     }
 }
 
@@ -358,6 +509,30 @@ pub fn register(onnx: &mut tract_onnx::Onnx) {
 mod tests {
     use super::*;
     use crate::quant::reference::{dequantize_q4, quantize_q4};
+
+    #[test]
+    fn int8_activation_path_matches_its_reference() {
+        let (n, k, m) = (5, 64, 6);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        for sym in [true, false] {
+            let q = quantize_q4(&w, n, k, 32, sym);
+            let deq = dequantize_q4(&q);
+            let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+            let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+            let mut out = vec![0f32; m * n];
+            mat.matmul_q8(&x, &mut out).unwrap();
+            let xr = crate::quant::reference::q8_block_round_trip(&x, k);
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
+                    let exact: f32 = (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum();
+                    assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                    assert!((out[r * n + c] - exact).abs() < 0.05, "activation rounding too large");
+                }
+            }
+        }
+    }
 
     #[test]
     fn matches_dequantize_then_matmul() {

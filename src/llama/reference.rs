@@ -39,14 +39,29 @@ pub fn dynamic_quantize_round_trip(x: &[f32]) -> Vec<f32> {
     x.iter().map(|v| (((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) - zp) * scale).collect()
 }
 
+/// How a backend rounds the inputs of its linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ActivationQuant {
+    None,
+    /// Per tensor, uint8 with a zero point: ONNX `DynamicQuantizeLinear` (int8 graphs).
+    DynamicUint8,
+    /// Per block of 32, symmetric int8: edge-llm's int8-activation q4 kernel.
+    Int8Block32,
+}
+
 /// `y[n] = sum_k x[k] * w[n][k]`
-fn linear(x: &[f32], w: &[f32], n: usize, int8_act: bool) -> Vec<f32> {
+fn linear(x: &[f32], w: &[f32], n: usize, act: ActivationQuant) -> Vec<f32> {
     let q;
-    let x = if int8_act {
-        q = dynamic_quantize_round_trip(x);
-        &q[..]
-    } else {
-        x
+    let x = match act {
+        ActivationQuant::None => x,
+        ActivationQuant::DynamicUint8 => {
+            q = dynamic_quantize_round_trip(x);
+            &q[..]
+        }
+        ActivationQuant::Int8Block32 => {
+            q = crate::quant::reference::q8_block_round_trip(x, x.len());
+            &q[..]
+        }
     };
     let k = x.len();
     (0..n).map(|o| w[o * k..(o + 1) * k].iter().zip(x).map(|(a, b)| a * b).sum()).collect()
@@ -67,16 +82,21 @@ fn rope(x: &mut [f32], pos: usize, theta: f32) {
 
 /// Run `tokens` through the model after what `cache` holds; returns `[tokens.len()][vocab]` logits.
 pub fn forward(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
-    forward_impl(cfg, w, tokens, cache, false)
+    forward_impl(cfg, w, tokens, cache, ActivationQuant::None)
+}
+
+/// [`forward`] with every linear layer's input rounded as `act` says.
+pub fn forward_with(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, act: ActivationQuant) -> Vec<Vec<f32>> {
+    forward_impl(cfg, w, tokens, cache, act)
 }
 
 /// [`forward`] with every linear layer's input quantized per token as `DynamicQuantizeLinear`
 /// does: the exact computation of an int8 graph run one token at a time.
 pub fn forward_int8_activations(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
-    forward_impl(cfg, w, tokens, cache, true)
+    forward_impl(cfg, w, tokens, cache, ActivationQuant::DynamicUint8)
 }
 
-fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, int8: bool) -> Vec<Vec<f32>> {
+fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, int8: ActivationQuant) -> Vec<Vec<f32>> {
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     if cache.keys.is_empty() {
         cache.keys = vec![vec![Vec::new(); cfg.num_kv_heads]; cfg.num_layers];
@@ -136,13 +156,18 @@ fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut
 
 /// Greedy decoding with the reference forward pass: the token ids every backend must reproduce.
 pub fn greedy(cfg: &LlamaConfig, w: &LlamaWeights, prompt: &[u32], max_new: usize) -> Vec<u32> {
+    greedy_with(cfg, w, prompt, max_new, ActivationQuant::None)
+}
+
+/// [`greedy`] with linear inputs rounded as `act` says.
+pub fn greedy_with(cfg: &LlamaConfig, w: &LlamaWeights, prompt: &[u32], max_new: usize, act: ActivationQuant) -> Vec<u32> {
     let mut cache = RefKvCache::default();
-    let mut logits = forward(cfg, w, prompt, &mut cache).pop().unwrap_or_default();
+    let mut logits = forward_with(cfg, w, prompt, &mut cache, act).pop().unwrap_or_default();
     let mut out = Vec::with_capacity(max_new);
     for _ in 0..max_new {
         let next = argmax(&logits);
         out.push(next);
-        logits = forward(cfg, w, &[next], &mut cache).pop().unwrap_or_default();
+        logits = forward_with(cfg, w, &[next], &mut cache, act).pop().unwrap_or_default();
     }
     out
 }

@@ -68,6 +68,19 @@ pub fn quantize_q4(w: &[f32], n: usize, k: usize, block_size: usize, symmetric: 
     Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
 }
 
+/// Activations as the int8-activation q4 kernel sees them: per block of 32 along each row of
+/// length `k`, `round(x / s) * s` with `s = amax / 127`.
+pub fn q8_block_round_trip(x: &[f32], k: usize) -> Vec<f32> {
+    assert!(k % 32 == 0 && x.len() % k == 0, "rows of k = {k} in blocks of 32");
+    x.chunks_exact(32)
+        .flat_map(|b| {
+            let s = b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            b.iter().map(move |v| (v * inv).round() * s).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The smallest f16 value >= `v` (for positive, finite `v`), as f32.
 fn round_up_to_f16(v: f32) -> f32 {
     let h = half::f16::from_f32(v);
