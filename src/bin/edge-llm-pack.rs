@@ -24,13 +24,8 @@ enum Cmd {
     Quantize {
         input: PathBuf,
         output: PathBuf,
-        #[arg(long, default_value = "int4")]
-        precision: edge_llm::quant::Precision,
-        #[arg(long, default_value_t = 32)]
-        block_size: usize,
-        /// Per-block zero points (int4).
-        #[arg(long)]
-        asymmetric: bool,
+        #[command(flatten)]
+        quant: QuantArgs,
         /// Mixed precision: `PATTERN=PRECISION`, matched against node and weight names, first
         /// match wins (e.g. `--override lm_head=int8 --override layers.0.=fp32`).
         #[arg(long = "override", value_parser = parse_override)]
@@ -73,16 +68,23 @@ enum Cmd {
     ImportGguf {
         input: PathBuf,
         outdir: PathBuf,
-        /// Precision of the linear layers: fp32, fp16, int8 or int4.
-        #[arg(long, default_value = "int4")]
-        precision: edge_llm::quant::Precision,
-        /// int4 block size along K.
-        #[arg(long, default_value_t = 32)]
-        block_size: usize,
-        /// int4 with per-block zero points instead of symmetric.
-        #[arg(long)]
-        asymmetric: bool,
+        #[command(flatten)]
+        quant: QuantArgs,
     },
+}
+
+/// How weights are stored, shared by `import-gguf` and `quantize`.
+#[derive(clap::Args)]
+struct QuantArgs {
+    /// Precision of the linear layers: fp32, fp16, int8 or int4.
+    #[arg(long, default_value = "int4")]
+    precision: edge_llm::quant::Precision,
+    /// int4 block size along K.
+    #[arg(long, default_value_t = 32)]
+    block_size: usize,
+    /// int4 with per-block zero points instead of symmetric.
+    #[arg(long)]
+    asymmetric: bool,
 }
 
 fn parse_override(s: &str) -> Result<(String, edge_llm::quant::Precision), String> {
@@ -106,7 +108,7 @@ fn main() -> anyhow::Result<()> {
                 println!("{:>9} bytes  {}", bytes.len(), path.display());
             }
         }
-        Cmd::Quantize { input, output, precision, block_size, asymmetric, overrides } => {
+        Cmd::Quantize { input, output, quant: QuantArgs { precision, block_size, asymmetric }, overrides } => {
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
             let opts = edge_llm::quantize::QuantizeOptions { precision, block_size, symmetric: !asymmetric, overrides };
             let (model, report) = edge_llm::quantize::quantize(edge_llm::onnx::decode(&bytes)?, &opts)?;
@@ -148,7 +150,7 @@ fn main() -> anyhow::Result<()> {
             println!("verified: {} files, {} bytes, within the {name} budget of {limit} bytes", manifest.files.len(), manifest.total_bytes);
         }
         Cmd::Bench { dir, prompt, warmup, steps } => bench(&dir, &prompt, warmup, steps)?,
-        Cmd::ImportGguf { input, outdir, precision, block_size, asymmetric } => {
+        Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric } } => {
             import_gguf(&input, &outdir, precision, block_size, !asymmetric)?
         }
     }

@@ -510,23 +510,33 @@ mod tests {
     use super::*;
     use crate::quant::reference::{dequantize_q4, quantize_q4};
 
+    /// Deterministic weights `[n][k]` quantized to int4, their dequantization, the kernel's
+    /// matrix, and activations `[m][k]`.
+    fn fixture(n: usize, k: usize, m: usize, sym: bool) -> (Vec<f32>, Vec<f32>, Q4Matrix) {
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let q = quantize_q4(&w, n, k, 32, sym);
+        let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+        let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+        (x, dequantize_q4(&q), mat)
+    }
+
+    /// `x · w[c]` over row `r`.
+    fn dot(x: &[f32], deq: &[f32], k: usize, r: usize, c: usize) -> f32 {
+        (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum()
+    }
+
     #[test]
     fn int8_activation_path_matches_its_reference() {
         let (n, k, m) = (5, 64, 6);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
         for sym in [true, false] {
-            let q = quantize_q4(&w, n, k, 32, sym);
-            let deq = dequantize_q4(&q);
-            let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-            let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+            let (x, deq, mat) = fixture(n, k, m, sym);
             let mut out = vec![0f32; m * n];
             mat.matmul_q8(&x, &mut out).unwrap();
             let xr = crate::quant::reference::q8_block_round_trip(&x, k);
             for r in 0..m {
                 for c in 0..n {
-                    let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                    let exact: f32 = (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum();
+                    let (want, exact) = (dot(&xr, &deq, k, r, c), dot(&x, &deq, k, r, c));
                     assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
                     assert!((out[r * n + c] - exact).abs() < 0.05, "activation rounding too large");
                 }
@@ -537,18 +547,13 @@ mod tests {
     #[test]
     fn matches_dequantize_then_matmul() {
         let (n, k, m) = (7, 96, 6);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
         for sym in [true, false] {
-            let q = quantize_q4(&w, n, k, 32, sym);
-            let deq = dequantize_q4(&q);
-            let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-            let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+            let (x, deq, mat) = fixture(n, k, m, sym);
             let mut out = vec![0f32; m * n];
             mat.matmul(&x, &mut out).unwrap();
             for r in 0..m {
                 for c in 0..n {
-                    let want: f32 = (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum();
+                    let want = dot(&x, &deq, k, r, c);
                     assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
                 }
             }
