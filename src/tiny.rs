@@ -34,6 +34,27 @@ pub fn vocab_and_merges() -> (Vec<String>, Vec<(String, String)>) {
     train_bpe(CORPUS, &SPECIALS, MERGES)
 }
 
+/// The tiny tokenizer as GGUF metadata (control tokens = the specials).
+pub fn gguf_vocab() -> crate::gguf::writer::GgufVocab {
+    let (tokens, merges) = vocab_and_merges();
+    let token_types = (0..tokens.len()).map(|i| if i < SPECIALS.len() { 3 } else { 1 }).collect();
+    crate::gguf::writer::GgufVocab {
+        tokens,
+        merges,
+        token_types,
+        bos: Some(1),
+        eos: Some(2),
+        pad: Some(2),
+        unk: None,
+        chat_template: Some(CHATML_TEMPLATE.into()),
+    }
+}
+
+/// The tiny model as llama.cpp would write it, with `linear` weights (e.g. Q4_0).
+pub fn gguf(linear: crate::gguf::GgmlType) -> Vec<u8> {
+    crate::gguf::writer::write_llama_gguf(&config(), &weights(), &gguf_vocab(), linear).expect("tiny GGUF writes")
+}
+
 fn vocab_size() -> usize {
     let (vocab, _) = train_bpe(CORPUS, &SPECIALS, MERGES);
     vocab.len()
@@ -81,5 +102,7 @@ pub fn files() -> Vec<(String, Vec<u8>)> {
     out.push(("tokenizer.json".into(), tokenizer_json().into_bytes()));
     let mc = serde_json::to_string_pretty(&model_config()).expect("config serializes");
     out.push(("model_config.json".into(), mc.into_bytes()));
+    // Seed for the GGUF fuzzer and a ready input for `import-gguf`.
+    out.push(("tiny.Q4_0.gguf".into(), gguf(crate::gguf::GgmlType::Q4_0)));
     out
 }

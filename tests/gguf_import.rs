@@ -17,18 +17,7 @@ use edge_llm::{tiny, Engine, Error, GenerateOptions};
 const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
 
 fn tiny_vocab() -> GgufVocab {
-    let (tokens, merges) = tiny::vocab_and_merges();
-    let token_types = (0..tokens.len()).map(|i| if i < tiny::SPECIALS.len() { 3 } else { 1 }).collect();
-    GgufVocab {
-        tokens,
-        merges,
-        token_types,
-        bos: Some(1),
-        eos: Some(2),
-        pad: Some(2),
-        unk: None,
-        chat_template: Some(CHATML_TEMPLATE.into()),
-    }
+    tiny::gguf_vocab()
 }
 
 fn tiny_gguf(ty: GgmlType) -> Vec<u8> {
