@@ -61,8 +61,6 @@ impl Q4Matrix {
     /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
-        let view = self.packed.to_plain_array_view::<u8>()?;
-        let packed = view.as_slice().context("B must be contiguous")?;
         let m = x.len() / k;
         // Per activation row: even/odd de-interleaved blocks (so the unpacked low and high
         // nibbles line up with contiguous activations) and block sums.
@@ -79,25 +77,36 @@ impl Q4Matrix {
                 xs[r * nb + b] = src.iter().sum();
             }
         }
+        self.drive(m, &xs, out, |w, s, r, tile| {
+            if tile == 4 {
+                kernel::dot_rows4(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
+            } else {
+                [kernel::dot_row(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
+            }
+        })
+    }
+
+    /// The loop both variants share: every weight row against the activation rows, four at a
+    /// time while four remain (each unpacked weight block then serves four rows), minus the
+    /// zero-point term `sum_b scale * zp * sums[r][b]`. `dot(w_row, scales_row, r, tile)`
+    /// returns `tile` (4 or 1) dot products starting at activation row `r`.
+    fn drive(&self, m: usize, sums: &[f32], out: &mut [f32], dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4]) -> TractResult<()> {
+        let nb = self.k / BLOCK;
+        let view = self.packed.to_plain_array_view::<u8>()?;
+        let packed = view.as_slice().context("B must be contiguous")?;
         for row in 0..self.n {
             let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
             let s = &self.scales[row * nb..(row + 1) * nb];
             let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
-            // Four activation rows share each unpacked weight block (prefill); the rest go alone.
             let mut r = 0;
             while r < m {
-                let dots = if r + 4 <= m {
-                    let rows = [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]);
-                    kernel::dot_rows4(w, s, rows).to_vec()
-                } else {
-                    vec![kernel::dot_row(w, s, &xd[r * k..(r + 1) * k])]
-                };
-                for (i, d) in dots.iter().enumerate() {
-                    let xsr = &xs[(r + i) * nb..(r + i + 1) * nb];
-                    let corr: f32 = z.iter().zip(xsr).map(|(a, b)| a * b).sum();
+                let tile = if r + 4 <= m { 4 } else { 1 };
+                let dots = dot(w, s, r, tile);
+                for (i, d) in dots.iter().take(tile).enumerate() {
+                    let corr: f32 = z.iter().zip(&sums[(r + i) * nb..(r + i + 1) * nb]).map(|(a, b)| a * b).sum();
                     out[(r + i) * self.n + row] = d - corr;
                 }
-                r += dots.len();
+                r += tile;
             }
         }
         Ok(())
@@ -141,33 +150,17 @@ impl Q4Matrix {
     /// the cost of activation rounding (relative error ~0.4 % per element).
     pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
-        let view = self.packed.to_plain_array_view::<u8>()?;
-        let packed = view.as_slice().context("B must be contiguous")?;
         let m = x.len() / k;
         let a = quantize_activations(x, k);
-        for row in 0..self.n {
-            let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
-            let s = &self.scales[row * nb..(row + 1) * nb];
-            let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
-            let mut r = 0;
-            while r < m {
-                let take = if r + 4 <= m { 4 } else { 1 };
-                let dots = if take == 4 {
-                    let q = [0, 1, 2, 3].map(|i| &a.q[(r + i) * k..(r + i + 1) * k]);
-                    let sx = [0, 1, 2, 3].map(|i| &a.scales[(r + i) * nb..(r + i + 1) * nb]);
-                    kernel::dot_rows4_q8(w, s, q, sx).to_vec()
-                } else {
-                    vec![kernel::dot_row_q8(w, s, &a.q[r * k..(r + 1) * k], &a.scales[r * nb..(r + 1) * nb])]
-                };
-                for (i, d) in dots.iter().enumerate() {
-                    let ss = &a.scaled_sums[(r + i) * nb..(r + i + 1) * nb];
-                    let corr: f32 = z.iter().zip(ss).map(|(a, b)| a * b).sum();
-                    out[(r + i) * self.n + row] = d - corr;
-                }
-                r += take;
+        self.drive(m, &a.scaled_sums, out, |w, s, r, tile| {
+            let q = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
+            let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
+            if tile == 4 {
+                kernel::dot_rows4_q8(w, s, [0, 1, 2, 3].map(q), [0, 1, 2, 3].map(sx))
+            } else {
+                [kernel::dot_row_q8(w, s, q(0), sx(0)), 0.0, 0.0, 0.0]
             }
-        }
-        Ok(())
+        })
     }
 }
 
