@@ -3,7 +3,9 @@
 //! fp16, with per-tensor overrides for mixed precision.
 //!
 //! A `MatMul` is rewritten when its B is a 2-D float initializer `[K, N]`, or the transpose of
-//! one `[N, K]` (a tied lm_head exported as `MatMul(x, Transpose(embedding))`).
+//! one `[N, K]` (a tied lm_head exported as `MatMul(x, Transpose(embedding))`). With int4, a
+//! token embedding (`Gather` on a 2-D float table) becomes an int4 table gathered and
+//! dequantized in-graph, and a head tied to it uses that same tensor.
 
 use std::collections::{HashMap, HashSet};
 
@@ -81,6 +83,30 @@ fn weight_of(
     Some((float_data(t)?, n, k, t.name.clone()))
 }
 
+/// The precision a node's weight gets: the first override whose pattern is in the node's or
+/// the weight's name, else the default.
+fn pick(opts: &QuantizeOptions, node: &NodeProto, wname: &str) -> Precision {
+    opts.overrides
+        .iter()
+        .find(|(pat, _)| node.name.contains(pat.as_str()) || wname.contains(pat.as_str()))
+        .map_or(opts.precision, |(_, p)| *p)
+}
+
+/// A token-embedding lookup: `Gather(table [V, H] float initializer, ids, axis = 0)`.
+/// Returns `(ids, table values, V, H, table name)`.
+fn embedding_of(node: &NodeProto, inits: &HashMap<String, usize>, graph: &GraphProto) -> Option<(String, Vec<f32>, usize, usize, String)> {
+    if node.op_type != "Gather" || !node.domain.is_empty() || node.input.len() != 2 {
+        return None;
+    }
+    let axis = node.attribute.iter().find(|a| a.name == "axis").map_or(0, |a| a.i);
+    let t = &graph.initializer[*inits.get(&node.input[0])?];
+    if axis != 0 || t.dims.len() != 2 {
+        return None;
+    }
+    let (v, h) = (t.dims[0] as usize, t.dims[1] as usize);
+    Some((node.input[1].clone(), float_data(t)?, v, h, t.name.clone()))
+}
+
 /// Rewrite `model`'s weight matmuls. Deterministic: same input and options, same bytes.
 pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelProto, QuantizeReport)> {
     if opts.precision == Precision::Int4 && !(opts.block_size >= 16 && opts.block_size.is_power_of_two()) {
@@ -101,7 +127,21 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();
+    // int4 embedding tables by initializer name: a tied head reuses the same tensor.
+    let mut shared_q4: HashMap<String, (String, String, Option<String>)> = HashMap::new();
     for node in nodes {
+        if let Some((ids, w, v, h, wname)) = embedding_of(&node, &inits, &source) {
+            if opts.precision == Precision::Int4 && pick(opts, &node, &wname) == Precision::Int4 {
+                let q = crate::quant::reference::quantize_q4(&w, v, h, opts.block_size, opts.symmetric);
+                let base = wname.strip_suffix(".weight").unwrap_or(&wname).to_string();
+                let init = cx.q4_initializers(&base, &q);
+                let out = cx.gather_q4(&ids, &init, v, h);
+                cx.g.alias(&out, &node.output[0]);
+                shared_q4.insert(wname.clone(), init);
+                report.rewritten.push((wname, Precision::Int4));
+                continue;
+            }
+        }
         let is_matmul = node.op_type == "MatMul" && node.domain.is_empty() && node.input.len() == 2;
         let found = is_matmul.then(|| weight_of(&node.input[1], &inits, &source, &producers)).flatten();
         let Some((w, n, k, wname)) = found else {
@@ -109,11 +149,15 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
             cx.g.push_node(node);
             continue;
         };
-        let precision = opts
-            .overrides
-            .iter()
-            .find(|(pat, _)| node.name.contains(pat.as_str()) || wname.contains(pat.as_str()))
-            .map_or(opts.precision, |(_, p)| *p);
+        let precision = pick(opts, &node, &wname);
+        if let (Precision::Int4, Some(init)) = (precision, shared_q4.get(&wname)) {
+            // The head tied to an int4 embedding: same tensor, no second copy.
+            let init = init.clone();
+            let out = cx.matmul_nbits(&node.input[0], &init, n, k);
+            cx.g.alias(&out, &node.output[0]);
+            report.rewritten.push((wname, precision));
+            continue;
+        }
         if precision == Precision::F32 {
             report.kept += 1;
             cx.g.push_node(node);

@@ -110,16 +110,16 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
     let fp32 = export(&cfg, &tiny::weights(), &ExportOptions::fp32()).model;
     let opts = QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, overrides: vec![] };
     let (q, report) = quantize(fp32.clone(), &opts).unwrap();
-    // 7 per layer + the tied head (through its Transpose).
-    assert_eq!(report.rewritten.len(), 7 * cfg.num_layers + 1, "{report:?}");
+    // 7 per layer + the embedding + the tied head (through its Transpose), sharing one tensor.
+    assert_eq!(report.rewritten.len(), 7 * cfg.num_layers + 2, "{report:?}");
+    let q4_tensors = q.graph.as_ref().unwrap().initializer.iter().filter(|t| t.name.contains("embed_tokens.weight_Q4")).count();
+    assert_eq!(q4_tensors, 1, "embedding and head share one int4 tensor");
     assert_eq!(report.kept, 2 * cfg.num_layers, "attention's activation matmuls stay");
     let bytes = edge_llm::onnx::encode(&q);
-    // The fp32 embedding (a Gather, not a matmul) stays: about a quarter of the tiny model.
     let (qb, fb) = (bytes.len(), edge_llm::onnx::encode(&fp32).len());
-    assert!(qb * 2 < fb, "int4 graph is {qb} bytes, fp32 {fb}");
-    // Same quantization as the exporter's int4 linears with an fp32 embedding and int4 head.
-    let same = ExportOptions { embedding: Precision::F32, ..ExportOptions::int4(32, true) };
-    let eff = export(&cfg, &tiny::weights(), &same).effective;
+    assert!(qb * 4 < fb, "int4 graph is {qb} bytes, fp32 {fb}");
+    // Same quantization as the exporter's int4 export (shared int4 embedding and head).
+    let eff = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, true)).effective;
     let prompt = [3u32, 30, 60, 90];
     let got = Arc::new(CpuModel::load(&bytes).unwrap()).session().forward_all(&prompt).unwrap();
     let want = reference::forward(&cfg, &eff, &prompt, &mut RefKvCache::default()).concat();
@@ -134,6 +134,7 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
         ..opts
     };
     let (m, report) = quantize(fp32, &mixed).unwrap();
+    // The table itself stays fp32 (int8 gathers are not written by `quantize`); its head is int8.
     assert!(report.rewritten.contains(&("model.embed_tokens.weight".into(), Precision::Int8)));
     assert!(report.rewritten.iter().all(|(n, _)| !n.contains("layers.0.")));
     assert_eq!(report.rewritten.len(), 7 * (cfg.num_layers - 1) + 1);

@@ -123,7 +123,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Store `q` as `MatMulNBits` initializers named after `name`: (B, scales, zero points).
-    fn q4_initializers(&mut self, name: &str, q: &crate::quant::Q4Weight) -> (String, String, Option<String>) {
+    pub(crate) fn q4_initializers(&mut self, name: &str, q: &crate::quant::Q4Weight) -> (String, String, Option<String>) {
         let nb = q.blocks_per_row();
         let zp = q.packed_zero_points().map(|zp| {
             let len = zp.len();
@@ -134,7 +134,7 @@ impl<'a> Ctx<'a> {
         (b, s, zp)
     }
 
-    fn matmul_nbits(&mut self, x: &str, init: &(String, String, Option<String>), n: usize, k: usize) -> String {
+    pub(crate) fn matmul_nbits(&mut self, x: &str, init: &(String, String, Option<String>), n: usize, k: usize) -> String {
         let mut inputs = vec![x, init.0.as_str(), init.1.as_str()];
         if let Some(zp) = &init.2 {
             inputs.push(zp);
@@ -170,7 +170,7 @@ impl<'a> Ctx<'a> {
     }
 
     /// Embedding rows `ids` of an int4 table stored for `MatMulNBits`, dequantized in-graph.
-    fn gather_q4(&mut self, ids: &str, init: &(String, String, Option<String>), n: usize, k: usize) -> String {
+    pub(crate) fn gather_q4(&mut self, ids: &str, init: &(String, String, Option<String>), n: usize, k: usize) -> String {
         let bs = self.opts.block_size;
         let nb = k.div_ceil(bs);
         let rows = self.g.node("Gather", &[&init.0, ids], vec![attr_i("axis", 0)]); // [b, s, nb, bs/2]

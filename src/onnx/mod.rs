@@ -70,11 +70,18 @@ fn value_info(name: &str, dt: DataType, dims: &[Dim]) -> pb::ValueInfoProto {
 }
 
 /// Builds one graph: inputs, outputs, initializers and nodes in topological order.
-#[derive(Default)]
 pub struct GraphBuilder {
     graph: pb::GraphProto,
     uses_ms_domain: bool,
     counter: usize,
+    /// Prefix of generated names; made unique when continuing an existing graph.
+    prefix: String,
+}
+
+impl Default for GraphBuilder {
+    fn default() -> Self {
+        GraphBuilder { graph: Default::default(), uses_ms_domain: false, counter: 0, prefix: "/edge_llm/".into() }
+    }
 }
 
 impl GraphBuilder {
@@ -136,7 +143,7 @@ impl GraphBuilder {
 
     fn fresh(&mut self, hint: &str) -> String {
         self.counter += 1;
-        format!("/edge_llm/{hint}_{}", self.counter)
+        format!("{}{hint}_{}", self.prefix, self.counter)
     }
 
     /// Add a default-domain node with one output; returns the output's name.
@@ -188,7 +195,17 @@ impl GraphBuilder {
     /// taken out and returned so the caller can push them back (or replacements) in order.
     pub fn from_graph(mut graph: pb::GraphProto) -> (Self, Vec<NodeProto>) {
         let nodes = std::mem::take(&mut graph.node);
-        (GraphBuilder { graph, uses_ms_domain: false, counter: 0 }, nodes)
+        let names: Vec<&str> = nodes
+            .iter()
+            .flat_map(|n| n.output.iter().chain(std::iter::once(&n.name)))
+            .chain(graph.initializer.iter().map(|t| &t.name))
+            .map(String::as_str)
+            .collect();
+        let prefix = (0..)
+            .map(|i| format!("/edge_llm_{i}/"))
+            .find(|p| !names.iter().any(|n| n.starts_with(p.as_str())))
+            .expect("some prefix is free");
+        (GraphBuilder { graph, uses_ms_domain: false, counter: 0, prefix }, nodes)
     }
 
     pub fn push_node(&mut self, node: NodeProto) {
