@@ -14,7 +14,8 @@ use edge_llm::llama::{LlamaConfig, LlamaWeights};
 use edge_llm::tokenizer::{byte_of_char, ChatMessage, Tokenizer, CHATML_TEMPLATE};
 use edge_llm::{tiny, Engine, Error, GenerateOptions};
 
-const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
+mod common;
+use common::{max_abs_diff, PROMPT};
 
 fn tiny_vocab() -> GgufVocab {
     tiny::gguf_vocab()
@@ -22,11 +23,6 @@ fn tiny_vocab() -> GgufVocab {
 
 fn tiny_gguf(ty: GgmlType) -> Vec<u8> {
     write_llama_gguf(&tiny::config(), &tiny::weights(), &tiny_vocab(), ty).unwrap()
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 /// `(name, imported, original)` for every weight tensor.

@@ -9,13 +9,10 @@ use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::tiny;
 use edge_llm::{Engine, Error, GenerateOptions};
 
-const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
+mod common;
+use common::{max_abs_diff, PROMPT};
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/tiny");
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(format!("{FIXTURES}/{name}")).unwrap_or_else(|e| panic!("{name}: {e}; run `cargo run --features pack --bin edge-llm-pack -- gen-tiny`"))
@@ -202,24 +199,15 @@ fn fp16_and_int4_block128_agree_with_the_reference() {
 
 #[test]
 fn edge_llm_q4_kernels_match_their_references() {
-    use edge_llm::cpu::CpuOptions;
-    use edge_llm::llama::reference::ActivationQuant;
-    let cfg = tiny::config();
-    for (sym, int8) in [(true, false), (false, false), (true, true), (false, true)] {
-        let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
-        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8 };
-        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
-        let got = model.session().forward_all(&PROMPT).unwrap();
-        let act = if int8 { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
-        let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
-        let d = max_abs_diff(&got, &want);
+    for (sym, int8) in common::Q4_KERNEL_VARIANTS {
+        let run = common::run_q4_kernel(sym, int8);
+        let d = max_abs_diff(&run.got, &run.modelled);
         assert!(d < 1e-3, "symmetric={sym} int8={int8}: max |diff| vs its reference = {d}");
         if int8 {
             // Against exact activations: int8 rounding of every linear input, bounded relative
             // to the logits' range (documented tolerance: 3 %).
-            let exact = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
-            let d = max_abs_diff(&got, &exact);
-            let range = exact.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = max_abs_diff(&run.got, &run.exact);
+            let range = run.exact.iter().fold(0f32, |a, v| a.max(v.abs()));
             eprintln!("symmetric={sym}: int8 activations vs exact: max |diff| {d} of logit range {range}");
             assert!(d < 0.03 * range, "symmetric={sym}: max |diff| vs exact activations = {d} (range {range})");
         }

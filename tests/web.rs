@@ -13,11 +13,8 @@ wasm_bindgen_test_configure!(run_in_browser);
 const FP32: &[u8] = include_bytes!("fixtures/tiny/model-fp32.onnx");
 const INT4: &[u8] = include_bytes!("fixtures/tiny/model-int4.onnx");
 const TOKENIZER: &[u8] = include_bytes!("fixtures/tiny/tokenizer.json");
-const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
+mod common;
+use common::{max_abs_diff, PROMPT};
 
 #[wasm_bindgen_test]
 fn module_initialises() {
@@ -57,19 +54,9 @@ async fn webgpu_adapter_is_found() {
 
 #[wasm_bindgen_test]
 fn int4_simd_kernel_logits_match_reference_in_browser() {
-    use edge_llm::cpu::CpuOptions;
-    use edge_llm::llama::onnx_export::{export, ExportOptions};
-    let cfg = tiny::config();
-    use edge_llm::llama::reference::ActivationQuant;
-    for (sym, int8) in [(true, false), (false, false), (true, true), (false, true)] {
-        let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, sym));
-        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8 };
-        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
-        // 6 tokens: one 4-row tile and two single rows through the SIMD kernel.
-        let got = model.session().forward_all(&PROMPT).unwrap();
-        let act = if int8 { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
-        let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
-        let d = max_abs_diff(&got, &want);
+    for (sym, int8) in common::Q4_KERNEL_VARIANTS {
+        let run = common::run_q4_kernel(sym, int8);
+        let d = max_abs_diff(&run.got, &run.modelled);
         console_log!("int4 (symmetric={sym}, int8 activations={int8}) wasm SIMD kernel: max |diff| = {d:e}");
         assert!(d < 1e-3, "symmetric={sym} int8={int8}: max |diff| = {d}");
     }

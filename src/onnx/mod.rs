@@ -25,12 +25,6 @@ pub enum Dim {
 pub fn attr_i(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
 }
-pub fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
-}
-pub fn attr_s(name: &str, v: &str) -> pb::AttributeProto {
-    pb::AttributeProto { name: name.into(), r#type: AttributeType::String as i32, s: v.as_bytes().to_vec(), ..Default::default() }
-}
 pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
 }
