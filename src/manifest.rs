@@ -1,6 +1,6 @@
 //! The packed model format: `manifest.json` plus files of at most `shard_size` bytes, each with
 //! its SHA-256. The ONNX graph keeps its weights as external data in `model.data.NNN` shards
-//! (no tensor straddles two shards); [`assemble`] puts them back in memory, verified, for the
+//! (no tensor straddles two shards); [`consume_external`] hands them back, verified, for the
 //! CPU engine.
 
 use std::collections::BTreeMap;
@@ -219,13 +219,19 @@ pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Res
     Ok((model, shards))
 }
 
-/// Put external data back into the graph from verified in-memory shards, consuming them: each
-/// shard is cut from its end, tensor by tensor, and shrunk as it goes, so the weights are held
-/// about once (plus one tensor) rather than twice.
-pub fn assemble(mut model: ModelProto, mut shards: BTreeMap<String, Vec<u8>>) -> Result<ModelProto> {
-    let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-    // (location, offset, length, initializer index)
-    let mut refs = Vec::new();
+/// Hand every external initializer of `graph` to `take` as `(initializer index, its bytes)`.
+/// Shards are asked of `shard` one at a time, in name order, and dropped once their tensors
+/// are taken; within a shard the last tensor comes first and the shard is shrunk after each,
+/// so a caller that copies each tensor holds the weights about once (plus one tensor) at any
+/// time. Offsets and lengths are checked against the shard; tensors of one shard must not
+/// overlap.
+pub(crate) fn consume_external(
+    graph: &tract_onnx::pb::GraphProto,
+    mut shard: impl FnMut(&str) -> Result<Vec<u8>>,
+    mut take: impl FnMut(usize, &[u8]) -> Result<()>,
+) -> Result<()> {
+    // location -> (offset, length, initializer index)
+    let mut refs: BTreeMap<String, Vec<(usize, usize, usize)>> = BTreeMap::new();
     for (i, t) in graph.initializer.iter().enumerate() {
         if t.external_data.is_empty() {
             continue;
@@ -235,27 +241,25 @@ pub fn assemble(mut model: ModelProto, mut shards: BTreeMap<String, Vec<u8>>) ->
         let num = |k: &str| -> Result<usize> {
             get(k).unwrap_or_else(|| "0".into()).parse().map_err(|_| Error::InvalidModel(format!("tensor `{}`: bad external {k}", t.name)))
         };
-        refs.push((loc, num("offset")?, num("length")?, i));
+        refs.entry(loc).or_default().push((num("offset")?, num("length")?, i));
     }
-    // Last tensor of each shard first.
-    refs.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-    let mut floor: BTreeMap<&str, usize> = BTreeMap::new();
-    for (loc, offset, length, i) in &refs {
-        let name = &graph.initializer[*i].name;
-        let shard = shards.get_mut(loc).ok_or_else(|| Error::InvalidModel(format!("shard `{loc}` is missing")))?;
-        let end = offset.checked_add(*length).filter(|e| *e <= shard.len());
-        // Tensors of one shard must not overlap: each is cut off the end before the next.
-        let (Some(end), true) = (end, floor.get(loc.as_str()).is_none_or(|f| *offset < *f || *length == 0)) else {
-            return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
-        };
-        let mut data = shard.split_off(*offset);
-        data.truncate(end - offset);
-        shard.shrink_to_fit();
-        floor.insert(loc.as_str(), *offset);
-        let t = &mut graph.initializer[*i];
-        t.raw_data = data;
-        t.external_data.clear();
-        t.data_location = None;
+    for (loc, mut tensors) in refs {
+        let mut bytes = shard(&loc)?;
+        // Last tensor of the shard first.
+        tensors.sort_by(|a, b| b.0.cmp(&a.0));
+        let mut floor = None;
+        for (offset, length, i) in tensors {
+            let end = offset.checked_add(length).filter(|e| *e <= bytes.len());
+            // Tensors of one shard must not overlap: each is cut off the end before the next.
+            let (Some(end), true) = (end, floor.is_none_or(|f| offset < f || length == 0)) else {
+                let name = &graph.initializer[i].name;
+                return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
+            };
+            take(i, &bytes[offset..end])?;
+            bytes.truncate(offset);
+            bytes.shrink_to_fit();
+            floor = Some(offset);
+        }
     }
-    Ok(model)
+    Ok(())
 }

@@ -5,6 +5,45 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+/// The system allocator, counting live heap bytes and their high-water mark, so `bench` can
+/// report the peak heap of a load the way the browser reports wasm linear memory.
+struct PeakAlloc;
+static LIVE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+static PEAK: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+unsafe impl std::alloc::GlobalAlloc for PeakAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let p = unsafe { std::alloc::System.alloc(layout) };
+        if !p.is_null() {
+            PeakAlloc::grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { std::alloc::System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { std::alloc::System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), std::sync::atomic::Ordering::Relaxed);
+            PeakAlloc::grew(new_size);
+        }
+        p
+    }
+}
+
+impl PeakAlloc {
+    fn grew(size: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let live = LIVE.fetch_add(size, Relaxed) + size;
+        PEAK.fetch_max(live, Relaxed);
+    }
+}
+
+#[global_allocator]
+static GLOBAL: PeakAlloc = PeakAlloc;
+
 #[derive(Parser)]
 #[command(name = "edge-llm-pack", version, about = "Build, quantize, shard and verify edge-llm models")]
 struct Cli {
@@ -49,8 +88,9 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = Budget::OnDemand)]
         budget: Budget,
     },
-    /// Measure a model folder (model.onnx, tokenizer.json, model_config.json) natively:
-    /// cold load, prefill, time to first token, decode tok/s and per-token latency percentiles.
+    /// Measure a model natively: cold load, prefill, time to first token, decode tok/s,
+    /// per-token latency percentiles and peak heap. `dir` is a packed model (manifest.json, as
+    /// the browser loads it) or a folder with model.onnx, tokenizer.json and model_config.json.
     Bench {
         dir: PathBuf,
         /// Prompt, rendered with the model's chat template.
@@ -177,11 +217,48 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> anyhow::Result<()> {
     use std::time::Instant;
     use edge_llm::tokenizer::ChatMessage;
-    let onnx = read(dir, "model.onnx")?;
+    use std::sync::atomic::Ordering::Relaxed;
+    let packed = dir.join("manifest.json").exists();
+    // The tokenizer alone first (its cost is reported separately): load time, peak heap while
+    // parsing, heap it keeps.
+    let tokenizer_path = if packed {
+        let manifest = edge_llm::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?;
+        manifest.file(edge_llm::manifest::FileRole::Tokenizer).context("manifest lists no tokenizer")?.path.clone()
+    } else {
+        "tokenizer.json".into()
+    };
+    let tokenizer_json = read(dir, &tokenizer_path)?;
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
     let t0 = Instant::now();
-    let config = edge_llm::ModelConfig::from_json(&read(dir, "model_config.json")?)?;
-    let engine = edge_llm::Engine::load(&onnx, &read(dir, "tokenizer.json")?, config)?;
-    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let tokenizer = edge_llm::tokenizer::Tokenizer::from_json(&tokenizer_json)?;
+    let tokenizer_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let (tokenizer_peak, tokenizer_kept) = (PEAK.load(Relaxed) - before, LIVE.load(Relaxed) - before);
+    drop((tokenizer, tokenizer_json));
+    // Read every byte first (the browser has them in memory too), then time the load alone.
+    let (engine, model_bytes, load_ms, heap_before) = if packed {
+        // Files are read as the engine asks for them, as the browser hands over fetched shards.
+        let manifest = edge_llm::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?;
+        let heap_before = LIVE.load(Relaxed);
+        PEAK.store(heap_before, Relaxed);
+        let t0 = Instant::now();
+        let engine = edge_llm::Engine::load_packed_with(&manifest, |path| {
+            std::fs::read(dir.join(path)).map_err(|e| edge_llm::Error::InvalidModel(format!("reading {path}: {e}")))
+        })?;
+        (engine, manifest.total_bytes, t0.elapsed().as_secs_f64() * 1e3, heap_before)
+    } else {
+        let onnx = read(dir, "model.onnx")?;
+        let (tokenizer, config) = (read(dir, "tokenizer.json")?, read(dir, "model_config.json")?);
+        let heap_before = LIVE.load(Relaxed);
+        PEAK.store(heap_before, Relaxed);
+        let t0 = Instant::now();
+        let config = edge_llm::ModelConfig::from_json(&config)?;
+        let engine = edge_llm::Engine::load(&onnx, &tokenizer, config)?;
+        let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+        drop(onnx);
+        (engine, 0, load_ms, heap_before)
+    };
+    let load_peak = PEAK.load(Relaxed);
     let text = engine.apply_chat_template(&[ChatMessage { role: "user".into(), content: prompt.into() }])?;
     let mut tok_ms: Vec<f64> = (0..20)
         .map(|_| {
@@ -209,10 +286,13 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     lat.sort_by(f64::total_cmp);
     let rows: Vec<(&str, String)> = vec![
         ("model", dir.display().to_string()),
-        ("model bytes", onnx.len().to_string()),
+        ("packed model bytes", if packed { model_bytes.to_string() } else { "n/a (unpacked folder)".into() }),
         ("threads", "1".into()),
         ("cold load ms", format!("{load_ms:.1}")),
         ("prompt tokens", prompt_tokens.to_string()),
+        ("tokenizer load ms", format!("{tokenizer_ms:.1}")),
+        ("tokenizer load peak heap", tokenizer_peak.to_string()),
+        ("tokenizer heap kept", tokenizer_kept.to_string()),
         ("tokenize ms (p50 of 20)", format!("{:.3}", percentile(&tok_ms, 50.0))),
         ("time to first token ms", format!("{ttft_ms:.1}")),
         ("prefill tok/s", format!("{:.1}", prompt_tokens as f64 / ttft_ms * 1e3)),
@@ -221,6 +301,9 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
         ("token latency p50 ms", format!("{:.2}", percentile(&lat, 50.0))),
         ("token latency p95 ms", format!("{:.2}", percentile(&lat, 95.0))),
         ("token latency p99 ms", format!("{:.2}", percentile(&lat, 99.0))),
+        ("peak heap bytes (load)", load_peak.to_string()),
+        ("heap before load bytes", heap_before.to_string()),
+        ("peak heap bytes (all)", PEAK.load(Relaxed).to_string()),
         ("peak RSS bytes", peak_rss_bytes().map_or("n/a".into(), |b| b.to_string())),
     ];
     println!("native benchmark ({} {}):", std::env::consts::ARCH, std::env::consts::OS);

@@ -92,8 +92,31 @@ impl CpuModel {
         Self::from_proto(crate::onnx::decode(onnx)?, &CpuOptions::default())
     }
 
-    /// Load a decoded ONNX model whose weights are all in memory (see `manifest::assemble`).
-    pub fn from_proto(proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
+    /// Load a packed model: the graph (its weights as external data) and `shards`, which gives
+    /// each verified weight shard by name when it is needed; shards are consumed as their
+    /// weights become tensors (see [`detach_weights`]).
+    pub fn from_packed(
+        mut proto: tract_onnx::pb::ModelProto,
+        shards: impl FnMut(&str) -> Result<Vec<u8>>,
+        options: &CpuOptions,
+    ) -> Result<Self> {
+        let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+        let mut external = Vec::new();
+        crate::manifest::consume_external(graph, shards, |i, bytes| {
+            external.push((i, tensor_from_bytes(&graph.initializer[i], bytes)?));
+            Ok(())
+        })?;
+        let weights = detach_weights(&mut proto, external)?;
+        Self::build(proto, weights, options)
+    }
+
+    /// Load a decoded ONNX model whose weights are all in memory.
+    pub fn from_proto(mut proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
+        let weights = detach_weights(&mut proto, Vec::new())?;
+        Self::build(proto, weights, options)
+    }
+
+    fn build(proto: tract_onnx::pb::ModelProto, weights: Vec<(String, Arc<Tensor>)>, options: &CpuOptions) -> Result<Self> {
         check_ops(&proto)?;
         let mut onnx = tract_onnx::onnx();
         if options.q4_kernel {
@@ -103,6 +126,16 @@ impl CpuModel {
             .model_for_proto_model(&proto)
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);
+        // The detached weights were graph inputs for the parser; make them constants again.
+        for (name, tensor) in weights {
+            let id = model.node_id_by_name(&name).map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
+            let fact = TypedFact::try_from(tensor.clone()).map_err(inference_err)?;
+            let konst = tract_onnx::tract_hir::ops::konst::Const::new(tensor).map_err(inference_err)?;
+            let node = model.node_mut(id);
+            node.op = konst.into();
+            node.outputs[0].fact = fact.into();
+            model.inputs.retain(|o| o.node != id);
+        }
         let s = model.symbols.sym("S");
         let p = model.symbols.sym("P");
         let mut inputs = Vec::new();
@@ -194,6 +227,80 @@ impl CpuModel {
     }
 }
 
+/// Initializers at least this big are turned into tensors before tract parses the graph.
+const DETACH_BYTES: usize = 1024;
+
+/// A tract tensor from an initializer's declared type and shape and its raw little-endian bytes.
+fn tensor_from_bytes(t: &tract_onnx::pb::TensorProto, bytes: &[u8]) -> Result<Tensor> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let bad = |why: String| Error::InvalidModel(format!("initializer `{}`: {why}", t.name));
+    let dt = DataType::try_from(t.data_type).map_err(|_| bad(format!("unknown data type {}", t.data_type)))?;
+    let dt = DatumType::try_from(dt).map_err(|e| bad(format!("{e}")))?;
+    if !(dt.is_number() && dt != DatumType::Bool) {
+        return Err(bad(format!("{dt:?} weights cannot be stored as raw data here")));
+    }
+    let shape = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}")))).collect::<Result<Vec<_>>>()?;
+    // Safety: from_raw_dt checks that `bytes` is exactly shape × size_of(dt) long and copies it.
+    unsafe { Tensor::from_raw_dt(dt, &shape, bytes) }.map_err(|e| bad(format!("{e:#}")))
+}
+
+/// tract's ONNX parser turns every initializer into a tensor while the protobuf still holds
+/// its bytes, so at its peak a model is in memory twice. Instead, each large weight becomes a
+/// tract tensor here, one at a time (its protobuf bytes or shard slice released right after),
+/// and the graph declares it as a typed input until [`CpuModel::build`] puts it back as a
+/// constant. `external` holds the already-built tensors of external-data initializers, by index.
+fn detach_weights(
+    proto: &mut tract_onnx::pb::ModelProto,
+    external: Vec<(usize, Tensor)>,
+) -> Result<Vec<(String, Arc<Tensor>)>> {
+    use tract_onnx::pb::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    let graph = proto.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+    let mut tensors: Vec<Option<Tensor>> = (0..graph.initializer.len()).map(|_| None).collect();
+    for (i, t) in external {
+        tensors[i] = Some(t);
+    }
+    for (i, init) in graph.initializer.iter_mut().enumerate() {
+        let plain = tract_onnx::pb::tensor_proto::DataType::try_from(init.data_type)
+            .ok()
+            .and_then(|d| DatumType::try_from(d).ok())
+            .is_some_and(|dt| dt.is_number() && dt != DatumType::Bool);
+        if tensors[i].is_none() && init.raw_data.len() >= DETACH_BYTES && plain {
+            let raw = std::mem::take(&mut init.raw_data);
+            tensors[i] = Some(tensor_from_bytes(init, &raw)?);
+        }
+    }
+    let declared: std::collections::HashSet<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+    let mut weights = Vec::new();
+    let mut kept = Vec::new();
+    for (init, tensor) in std::mem::take(&mut graph.initializer).into_iter().zip(tensors) {
+        let Some(tensor) = tensor else {
+            kept.push(init);
+            continue;
+        };
+        if !declared.contains(&init.name) {
+            let dims = init
+                .dims
+                .iter()
+                .map(|&d| tensor_shape_proto::Dimension { value: Some(tensor_shape_proto::dimension::Value::DimValue(d)), ..Default::default() })
+                .collect();
+            graph.input.push(ValueInfoProto {
+                name: init.name.clone(),
+                r#type: Some(TypeProto {
+                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                        elem_type: init.data_type,
+                        shape: Some(TensorShapeProto { dim: dims }),
+                    })),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
+        }
+        weights.push((init.name, Arc::new(tensor)));
+    }
+    graph.initializer = kept;
+    Ok(weights)
+}
+
 /// Names of ONNX operators tract cannot load, checked before loading so the error can name
 /// the node instead of failing deep inside type inference.
 fn check_ops(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
@@ -206,6 +313,9 @@ fn check_ops(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
     }
     Ok(())
 }
+
+/// Most prompt tokens [`CpuSession::forward`] runs at once.
+pub const PREFILL_CHUNK: usize = 32;
 
 /// One conversation's KV cache over a shared [`CpuModel`].
 pub struct CpuSession {
@@ -242,9 +352,17 @@ impl CpuSession {
         Ok(view.iter().copied().collect())
     }
 
-    /// Run `tokens` after the cached ones; returns the logits of the last position.
+    /// Run `tokens` after the cached ones; returns the logits of the last position. Long
+    /// prompts run in chunks of [`PREFILL_CHUNK`] tokens: the graph computes logits for every
+    /// position it is given (`vocab × 4` bytes each, 196 KB for a 49k vocabulary), so a
+    /// 500-token prompt in one run would briefly need ~100 MB for logits no one reads.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.run(tokens)?;
+        let mut rest = tokens;
+        while rest.len() > PREFILL_CHUNK {
+            self.run(&rest[..PREFILL_CHUNK])?;
+            rest = &rest[PREFILL_CHUNK..];
+        }
+        let logits = self.run(rest)?;
         let v = self.model.vocab_size;
         let view = logits.to_plain_array_view::<f32>().map_err(inference_err)?;
         let flat = view.as_slice().ok_or_else(|| Error::Inference("logits not contiguous".into()))?;

@@ -28,34 +28,39 @@ pub struct Q4Matrix {
     /// `[n][k / 32][16]`: the graph's own constant, shared rather than copied (the tied
     /// embedding gathers rows from the same tensor).
     pub packed: Arc<Tensor>,
-    /// `[n][k / 32]`
-    pub scales: Vec<f32>,
-    /// `scale * zero_point` per block, `[n][k / 32]`.
-    pub scaled_zeros: Vec<f32>,
+    /// `[n][k / 32]` f32: the graph's constant too, shared (no copy) when it is already f32.
+    pub scales: Arc<Tensor>,
+    /// Zero points as ONNX packs them, two 4-bit values per byte, `[n][ceil(k / 64)]`;
+    /// `None`: 8 everywhere (symmetric).
+    pub zero_points: Option<Vec<u8>>,
 }
 
 impl Q4Matrix {
     /// From `MatMulNBits` tensors: `packed` `[n][nb][16]`, `scales` `[n * nb]`, zero points packed
     /// two per byte per row (`None`: 8).
-    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Vec<f32>, zero_points: Option<&[u8]>) -> TractResult<Self> {
+    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: Option<&[u8]>) -> TractResult<Self> {
         ensure!(k % BLOCK == 0, "K={k} is not a multiple of {BLOCK}");
         ensure!(packed.datum_type() == u8::datum_type(), "B must be uint8, got {:?}", packed.datum_type());
         let nb = k / BLOCK;
         ensure!(packed.len() == n * nb * BLOCK / 2, "B has {} bytes, expected {}", packed.len(), n * nb * BLOCK / 2);
         ensure!(packed.to_plain_array_view::<u8>()?.as_slice().is_some(), "B must be contiguous");
+        let scales = if scales.datum_type() == f32::datum_type() { scales } else { Arc::new(scales.cast_to::<f32>()?.into_owned()) };
         ensure!(scales.len() == n * nb, "scales has {} values, expected {}", scales.len(), n * nb);
+        ensure!(scales.to_plain_array_view::<f32>()?.as_slice().is_some(), "scales must be contiguous");
         let zb = nb.div_ceil(2);
         if let Some(z) = zero_points {
             ensure!(z.len() == n * zb, "zero_points has {} bytes, expected {}", z.len(), n * zb);
         }
-        let scaled_zeros = (0..n * nb)
-            .map(|i| {
-                let (row, b) = (i / nb, i % nb);
-                let zp = zero_points.map_or(8, |z| (z[row * zb + b / 2] >> (4 * (b % 2))) & 0x0f);
-                zp as f32 * scales[i]
-            })
-            .collect();
-        Ok(Q4Matrix { n, k, packed, scales, scaled_zeros })
+        Ok(Q4Matrix { n, k, packed, scales, zero_points: zero_points.map(<[u8]>::to_vec) })
+    }
+
+    /// `scale * zero_point` of each block of weight row `row` into `out` (`k / 32` values).
+    fn scaled_zeros(&self, row: usize, scales: &[f32], out: &mut [f32]) {
+        let zb = out.len().div_ceil(2);
+        for (b, (o, s)) in out.iter_mut().zip(scales).enumerate() {
+            let zp = self.zero_points.as_ref().map_or(8, |z| (z[row * zb + b / 2] >> (4 * (b % 2))) & 0x0f);
+            *o = zp as f32 * s;
+        }
     }
 
     /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
@@ -94,10 +99,13 @@ impl Q4Matrix {
         let nb = self.k / BLOCK;
         let view = self.packed.to_plain_array_view::<u8>()?;
         let packed = view.as_slice().context("B must be contiguous")?;
+        let scales_view = self.scales.to_plain_array_view::<f32>()?;
+        let scales = scales_view.as_slice().context("scales must be contiguous")?;
+        let mut z = vec![0f32; nb];
         for row in 0..self.n {
             let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
-            let s = &self.scales[row * nb..(row + 1) * nb];
-            let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
+            let s = &scales[row * nb..(row + 1) * nb];
+            self.scaled_zeros(row, s, &mut z);
             let mut r = 0;
             while r < m {
                 let tile = if r + 4 <= m { 4 } else { 1 };
@@ -441,19 +449,13 @@ impl Expansion for MatMulNBitsQ4 {
             model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
         };
         let b = konst(1, "B")?;
-        let scales = konst(2, "scales")?.cast_to::<f32>()?.into_owned();
+        let scales = konst(2, "scales")?;
         let zp = if self.has_zp { Some(konst(3, "zero_points")?) } else { None };
         let zp_bytes = match &zp {
             Some(t) => Some(t.to_plain_array_view::<u8>()?.iter().copied().collect::<Vec<u8>>()),
             None => None,
         };
-        let w = Q4Matrix::new(
-            self.n,
-            self.k,
-            b,
-            scales.to_plain_array_view::<f32>()?.iter().copied().collect(),
-            zp_bytes.as_deref(),
-        )?;
+        let w = Q4Matrix::new(self.n, self.k, b, scales, zp_bytes.as_deref())?;
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
             inputs[0]
         } else {
@@ -510,7 +512,7 @@ mod tests {
         let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
         let q = quantize_q4(&w, n, k, 32, sym);
         let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-        let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+        let mat = Q4Matrix::new(n, k, packed, Arc::new(tract_ndarray::arr1(&q.scales).into_tensor()), q.packed_zero_points().as_deref()).unwrap();
         (x, dequantize_q4(&q), mat)
     }
 

@@ -45,25 +45,38 @@ impl Engine {
         Self::from_parts(CpuModel::load(onnx)?, tokenizer_json, config)
     }
 
-    /// Load a packed model: `files` maps every manifest path to its bytes. Each file is checked
-    /// against its SHA-256 before use; the weight shards are consumed as they are assembled.
+    /// Load a packed model: `files` maps every manifest path to its bytes (see
+    /// [`Engine::load_packed_with`]); each is consumed as it is used.
     pub fn load_packed(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
-        for f in &manifest.files {
-            let bytes = files.get(&f.path).ok_or_else(|| Error::InvalidModel(format!("file `{}` was not provided", f.path)))?;
-            manifest.verify_file(&f.path, bytes)?;
-        }
-        let take = |files: &mut BTreeMap<String, Vec<u8>>, role| {
-            let path = &manifest.file(role).expect("validated manifest has this role").path;
-            files.remove(path).expect("checked above")
+        Self::load_packed_with(manifest, |path| {
+            files.remove(path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` was not provided")))
+        })
+    }
+
+    /// Load a packed model, asking `file` for each file's bytes when it is needed: the
+    /// tokenizer, the graph, then the weight shards one at a time. Each is checked against its
+    /// size and SHA-256 before use (`ShardHashMismatch` names the file), and each shard becomes
+    /// tensors before the next is asked for, so a caller handing over files as it gets them
+    /// (from JS, disk or the network) never has the weights in memory twice: the peak is the
+    /// weights plus one tensor, the tokenizer's parse coming first, while little else is held.
+    pub fn load_packed_with(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<Vec<u8>>) -> Result<Self> {
+        let mut get = |path: &str| -> Result<Vec<u8>> {
+            let bytes = file(path)?;
+            manifest.verify_file(path, &bytes)?;
+            Ok(bytes)
         };
-        let graph = crate::onnx::decode(&take(&mut files, FileRole::Graph))?;
-        let tokenizer = take(&mut files, FileRole::Tokenizer);
-        let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?, &Default::default())?;
-        Self::from_parts(model, &tokenizer, manifest.config.clone())
+        let path = |role| manifest.file(role).map(|f| f.path.clone()).expect("validated manifest has this role");
+        let tokenizer = Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?)?;
+        let graph = crate::onnx::decode(&get(&path(FileRole::Graph))?)?;
+        let model = CpuModel::from_packed(graph, &mut get, &Default::default())?;
+        Self::from_model(model, tokenizer, manifest.config.clone())
     }
 
     fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
-        let tokenizer = Tokenizer::from_json(tokenizer_json)?;
+        Self::from_model(model, Tokenizer::from_json(tokenizer_json)?, config)
+    }
+
+    fn from_model(model: CpuModel, tokenizer: Tokenizer, config: ModelConfig) -> Result<Self> {
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::InvalidModel(format!(
                 "tokenizer has {} tokens but the model's logits cover {}",

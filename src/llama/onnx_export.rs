@@ -175,9 +175,15 @@ impl<'a> Ctx<'a> {
         let nb = k.div_ceil(bs);
         let rows = self.g.node("Gather", &[&init.0, ids], vec![attr_i("axis", 0)]); // [b, s, nb, bs/2]
         let q = self.unpack_nibbles(&rows, bs / 2); // [b, s, nb, bs]
-        let s2 = self.g.const_ints(&[n as i64, nb as i64]);
-        let scales = self.g.node("Reshape", &[&init.1, &s2], vec![]);
-        let sc = self.g.node("Gather", &[&scales, ids], vec![attr_i("axis", 0)]); // [b, s, nb]
+        // Scales stay the flat `[n * nb]` tensor MatMulNBits reads: gather `id * nb + j`
+        // rather than reshaping the constant (tract would copy the whole table every step).
+        let nbc = self.g.const_ints(&[nb as i64]);
+        let base = self.g.node("Mul", &[ids, &nbc], vec![]);
+        let al = self.axes_last.clone();
+        let base = self.g.node("Unsqueeze", &[&base, &al], vec![]); // [b, s, 1]
+        let offs = self.g.const_ints(&(0..nb as i64).collect::<Vec<_>>());
+        let idx = self.g.node("Add", &[&base, &offs], vec![]); // [b, s, nb]
+        let sc = self.g.node("Gather", &[&init.1, &idx], vec![attr_i("axis", 0)]); // [b, s, nb]
         let zero = match &init.2 {
             None => self.g.const_f32(8.0),
             Some(zp) => {

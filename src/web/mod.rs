@@ -119,16 +119,19 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "Map<string, Uint8Array>")] files: js_sys::Map,
     ) -> Result<Engine, JsValue> {
         let manifest = crate::manifest::Manifest::from_json(manifest_json).map_err(js_error)?;
-        let mut owned = std::collections::BTreeMap::new();
-        for f in &manifest.files {
-            let v = files.get(&JsValue::from_str(&f.path));
-            if let Some(arr) = v.dyn_ref::<js_sys::Uint8Array>() {
-                owned.insert(f.path.clone(), arr.to_vec());
-                // Drop the JS copy as soon as Rust has one: weights are never held twice.
-                files.delete(&JsValue::from_str(&f.path));
-            }
-        }
-        let inner = generate::Engine::load_packed(&manifest, owned).map_err(js_error)?;
+        // Each file is copied into wasm memory only when the engine needs it, and its JS copy
+        // dropped from the map right away: the weights are never held twice on either side.
+        let inner = generate::Engine::load_packed_with(&manifest, |path| {
+            let key = JsValue::from_str(path);
+            let bytes = files
+                .get(&key)
+                .dyn_ref::<js_sys::Uint8Array>()
+                .map(js_sys::Uint8Array::to_vec)
+                .ok_or_else(|| crate::Error::InvalidModel(format!("file `{path}` was not provided")))?;
+            files.delete(&key);
+            Ok(bytes)
+        })
+        .map_err(js_error)?;
         Ok(Engine { inner })
     }
 
