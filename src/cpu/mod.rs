@@ -315,7 +315,7 @@ fn check_ops(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
 }
 
 /// Most prompt tokens [`CpuSession::forward`] runs at once.
-pub const PREFILL_CHUNK: usize = 32;
+pub const PREFILL_CHUNK: usize = 16;
 
 /// One conversation's KV cache over a shared [`CpuModel`].
 pub struct CpuSession {
