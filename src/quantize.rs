@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
 
-use crate::llama::onnx_export::{Ctx, ExportOptions};
+use crate::llama::onnx_export::{KvLayout, Ctx, ExportOptions};
 use crate::onnx::{GraphBuilder, ModelProto, MS_DOMAIN};
 use crate::quant::Precision;
 use crate::{Error, Result};
@@ -124,6 +124,7 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         embedding: Precision::F32,
         block_size: opts.block_size,
         symmetric: opts.symmetric,
+        layout: KvLayout::Optimum,
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();

@@ -37,6 +37,9 @@ fn onnxruntime_runs_every_tiny_variant_and_agrees_with_the_reference() {
         ("int4-asym", ExportOptions::int4(32, false), 1e-3),
         ("int4-128", ExportOptions::int4(128, true), 1e-3),
         ("int8-emb", ExportOptions { linear: Precision::F32, lm_head: Precision::F32, ..ExportOptions::int8() }, 1e-3),
+        // onnxruntime-genai's layout: GroupQueryAttention, (Skip)SimplifiedLayerNormalization.
+        ("genai-fp32", ExportOptions::fp32().genai(), 1e-4),
+        ("genai-int4", ExportOptions::int4(32, true).genai(), 1e-3),
     ];
     for (name, opts, tol) in variants {
         let e = export(&cfg, &tiny::weights(), &opts);

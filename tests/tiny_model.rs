@@ -213,3 +213,32 @@ fn edge_llm_q4_kernels_match_their_references() {
         }
     }
 }
+
+#[test]
+fn onnxruntime_genai_layout_runs_with_prefill_and_decode_plans() {
+    // GroupQueryAttention (rotary inside), SimplifiedLayerNormalization and
+    // SkipSimplifiedLayerNormalization, no position_ids: the prompt runs through the
+    // empty-cache plan, every later token through the one-token plan.
+    let cfg = tiny::config();
+    for opts in [ExportOptions::fp32().genai(), ExportOptions::int4(32, true).genai(), ExportOptions::int4(32, false).genai()] {
+        let exported = export(&cfg, &tiny::weights(), &opts);
+        let model = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&exported.model)).unwrap());
+        let mut session = model.session();
+        let mut cache = RefKvCache::default();
+        let mut got = session.forward_all(&PROMPT[..4]).unwrap();
+        let mut want = reference::forward(&cfg, &exported.effective, &PROMPT[..4], &mut cache).concat();
+        // Two tokens in one call after the prompt: fed one at a time.
+        got.extend(session.forward_all(&PROMPT[4..]).unwrap());
+        want.extend(reference::forward(&cfg, &exported.effective, &PROMPT[4..], &mut cache).concat());
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-3, "{:?}/{:?}: max |diff| = {d}", opts.linear, opts.symmetric);
+    }
+    // Greedy generation through the engine equals the reference's tokens.
+    let exported = export(&cfg, &tiny::weights(), &ExportOptions::fp32().genai());
+    let e = Engine::load(&edge_llm::onnx::encode(&exported.model), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+    let want = reference::greedy(&cfg, &tiny::weights(), &PROMPT, 12);
+    let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 12, ..Default::default() }).unwrap();
+    while g.step().unwrap().is_some() {}
+    assert!(!g.generated().is_empty());
+    assert_eq!(g.generated(), &want[..g.generated().len()]);
+}

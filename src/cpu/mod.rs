@@ -49,11 +49,50 @@ fn classify(name: &str) -> Option<Port> {
     }
 }
 
-/// A loaded, optimized model. Cheap to share; each [`CpuSession`] holds its own KV cache.
-pub struct CpuModel {
+/// One optimized plan and the meaning of its inputs and outputs.
+struct Variant {
     plan: Plan,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
+}
+
+impl Variant {
+    /// Optimize `model` (input facts set) into a runnable plan.
+    fn build(model: InferenceModel, fold_kv_cache: bool) -> Result<Self> {
+        let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
+        let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(invalid)?;
+        if fold_kv_cache {
+            // tract-transformers: KV inputs/outputs become in-graph state, RoPE / softmax /
+            // attention patterns become fused ops.
+            let t = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")
+                .map_err(invalid)?
+                .ok_or_else(|| Error::Inference("tract-transformers is not linked in".into()))?;
+            t.transform(&mut typed).map_err(invalid)?;
+        }
+        let typed = typed.into_optimized().map_err(invalid)?;
+        // Ports of the final graph: folding removes the KV inputs and outputs.
+        let port_of = |name: &str, what: &str| {
+            classify(name).ok_or_else(|| Error::InvalidModel(format!("unexpected model {what} `{name}`")))
+        };
+        let inputs = typed.inputs.iter().map(|i| port_of(&typed.node(i.node).name, "input")).collect::<Result<Vec<_>>>()?;
+        let outputs = typed
+            .outputs
+            .iter()
+            .map(|o| {
+                let label = typed.outlet_label(*o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone());
+                port_of(&label, "output")
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Variant { plan: typed.into_runnable().map_err(inference_err)?, inputs, outputs })
+    }
+}
+
+/// A loaded, optimized model. Cheap to share; each [`CpuSession`] holds its own KV cache.
+pub struct CpuModel {
+    /// Serves every step (HF/optimum layout), or only the first prompt (onnxruntime-genai).
+    main: Variant,
+    /// onnxruntime-genai layout: the one-token step against a non-empty cache.
+    decode: Option<Variant>,
     /// `(kv_heads, head_dim)` of each layer's cache, in layer order.
     kv_shape: (usize, usize),
     num_layers: usize,
@@ -140,81 +179,77 @@ impl CpuModel {
         let p = model.symbols.sym("P");
         let mut inputs = Vec::new();
         let mut kv_shape = None;
-        // Inputs are classified twice: here to set their facts, and after optimization, where
-        // folding the KV cache may have removed some.
         let mut num_layers = 0;
         for ix in 0..model.inputs.len() {
             let name = model.node(model.inputs[ix].node).name.clone();
             let port = classify(&name)
                 .filter(|p| *p != Port::Logits)
                 .ok_or_else(|| Error::InvalidModel(format!("unexpected model input `{name}`")))?;
-            let fact = match port {
-                Port::InputIds | Port::PositionIds => {
-                    InferenceFact::dt_shape(i64::datum_type(), tvec![1.to_dim(), s.to_dim()])
-                }
-                Port::AttentionMask => {
-                    InferenceFact::dt_shape(i64::datum_type(), tvec![1.to_dim(), p.to_dim() + s.to_dim()])
-                }
-                Port::Kv(layer, _) => {
-                    let declared = model.input_fact(ix).map_err(inference_err)?;
-                    let dims: Vec<Option<usize>> = (0..4)
-                        .map(|d| declared.shape.dim(d).and_then(|f| f.concretize()).and_then(|t| t.to_usize().ok()))
-                        .collect();
-                    let (Some(kvh), Some(hd)) = (dims[1], dims[3]) else {
-                        return Err(Error::InvalidModel(format!(
-                            "input `{name}` must declare fixed kv-head and head-dim sizes"
-                        )));
-                    };
-                    kv_shape = Some((kvh, hd));
-                    num_layers = num_layers.max(layer + 1);
-                    InferenceFact::dt_shape(f32::datum_type(), tvec![1.to_dim(), kvh.to_dim(), p.to_dim(), hd.to_dim()])
-                }
-                Port::Logits => unreachable!("filtered above"),
-            };
-            model.set_input_fact(ix, fact).map_err(inference_err)?;
+            if let Port::Kv(layer, _) = port {
+                let declared = model.input_fact(ix).map_err(inference_err)?;
+                let dims: Vec<Option<usize>> = (0..4)
+                    .map(|d| declared.shape.dim(d).and_then(|f| f.concretize()).and_then(|t| t.to_usize().ok()))
+                    .collect();
+                let (Some(kvh), Some(hd)) = (dims[1], dims[3]) else {
+                    return Err(Error::InvalidModel(format!("input `{name}` must declare fixed kv-head and head-dim sizes")));
+                };
+                kv_shape = Some((kvh, hd));
+                num_layers = num_layers.max(layer + 1);
+            }
             inputs.push(port);
         }
-        for needed in [Port::InputIds, Port::AttentionMask, Port::PositionIds] {
+        for needed in [Port::InputIds, Port::AttentionMask] {
             if !inputs.contains(&needed) {
                 return Err(Error::InvalidModel(format!("model lacks the {needed:?} input")));
             }
         }
-        let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
-        let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(invalid)?;
-        if options.fold_kv_cache {
-            // tract-transformers: KV inputs/outputs become in-graph state, RoPE / softmax /
-            // attention patterns become fused ops.
-            let t = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")
-                .map_err(invalid)?
-                .ok_or_else(|| Error::Inference("tract-transformers is not linked in".into()))?;
-            t.transform(&mut typed).map_err(invalid)?;
+        // onnxruntime-genai's layout: positions come from the attention mask inside
+        // GroupQueryAttention, whose tract implementation wants either an empty cache (a first
+        // prompt) or a single new token: one plan for each.
+        let genai = model.nodes().iter().any(|n| n.op.name() == "GroupQueryAttention");
+        if !genai && !inputs.contains(&Port::PositionIds) {
+            return Err(Error::InvalidModel("model lacks the PositionIds input (and has no GroupQueryAttention)".into()));
         }
-        let typed = typed.into_optimized().map_err(invalid)?;
-        // Ports of the final graph: folding removes the KV inputs and outputs.
-        let port_of = |name: &str, what: &str| {
-            classify(name).ok_or_else(|| Error::InvalidModel(format!("unexpected model {what} `{name}`")))
+        let kv = kv_shape.unwrap_or((0, 0));
+        let shapes = |seq: TDim, past: TDim| {
+            let model = &model;
+            let inputs = &inputs;
+            move || -> Result<InferenceModel> {
+                let mut m = model.clone();
+                for (ix, port) in inputs.iter().enumerate() {
+                    let fact = match port {
+                        Port::InputIds | Port::PositionIds => InferenceFact::dt_shape(i64::datum_type(), tvec![1.to_dim(), seq.clone()]),
+                        Port::AttentionMask => InferenceFact::dt_shape(i64::datum_type(), tvec![1.to_dim(), past.clone() + seq.clone()]),
+                        Port::Kv(..) => InferenceFact::dt_shape(f32::datum_type(), tvec![1.to_dim(), kv.0.to_dim(), past.clone(), kv.1.to_dim()]),
+                        Port::Logits => unreachable!("filtered above"),
+                    };
+                    m.set_input_fact(ix, fact).map_err(inference_err)?;
+                }
+                Ok(m)
+            }
         };
-        let inputs = typed.inputs.iter().map(|i| port_of(&typed.node(i.node).name, "input")).collect::<Result<Vec<_>>>()?;
-        let outputs = typed
+        let (main, decode) = if genai {
+            let prefill = shapes(s.to_dim(), 0.to_dim())()?;
+            let decode = shapes(1.to_dim(), p.to_dim())()?;
+            (Variant::build(prefill, false)?, Some(Variant::build(decode, false)?))
+        } else {
+            (Variant::build(shapes(s.to_dim(), p.to_dim())()?, options.fold_kv_cache)?, None)
+        };
+        drop(model);
+        let logits_ix = main
             .outputs
-            .iter()
-            .map(|o| {
-                let label = typed.outlet_label(*o).map(str::to_string).unwrap_or_else(|| typed.node(o.node).name.clone());
-                port_of(&label, "output")
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let logits_ix = outputs
             .iter()
             .position(|p| *p == Port::Logits)
             .ok_or_else(|| Error::InvalidModel("model has no `logits` output".into()))?;
-        let vocab_size = typed
+        let vocab_size = main
+            .plan
+            .model()
             .output_fact(logits_ix)
             .ok()
             .and_then(|f| f.shape.last().and_then(|d| d.to_usize().ok()))
             .ok_or_else(|| Error::InvalidModel("logits must have a fixed vocabulary dimension".into()))?;
-        let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
-        let plan = typed.into_runnable().map_err(inference_err)?;
-        Ok(CpuModel { plan, inputs, outputs, kv_shape: kv_shape.unwrap_or((0, 0)), num_layers, vocab_size, stateful })
+        let stateful = !main.inputs.iter().any(|p| matches!(p, Port::Kv(..)));
+        Ok(CpuModel { main, decode, kv_shape: kv, num_layers, vocab_size, stateful })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -347,9 +382,22 @@ impl CpuSession {
     /// Run `tokens` after the cached ones; returns the logits of every new position
     /// (`tokens.len() * vocab`, row-major).
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let logits = self.run(tokens)?;
-        let view = logits.to_plain_array_view::<f32>().map_err(inference_err)?;
-        Ok(view.iter().copied().collect())
+        let mut all = Vec::with_capacity(tokens.len() * self.model.vocab_size);
+        for part in self.steps(tokens) {
+            let logits = self.run(part)?;
+            all.extend(logits.to_plain_array_view::<f32>().map_err(inference_err)?.iter().copied());
+        }
+        Ok(all)
+    }
+
+    /// How `tokens` are fed, at most [`PREFILL_CHUNK`] per run; with the onnxruntime-genai
+    /// layout a prompt goes in whole into an empty cache, then one token per run.
+    fn steps<'t>(&self, tokens: &'t [u32]) -> Vec<&'t [u32]> {
+        match (&self.model.decode, self.len) {
+            (Some(_), 0) => vec![tokens],
+            (Some(_), _) => tokens.chunks(1).collect(),
+            (None, _) => tokens.chunks(PREFILL_CHUNK).collect(),
+        }
     }
 
     /// Run `tokens` after the cached ones; returns the logits of the last position. Long
@@ -357,12 +405,14 @@ impl CpuSession {
     /// position it is given (`vocab × 4` bytes each, 196 KB for a 49k vocabulary), so a
     /// 500-token prompt in one run would briefly need ~100 MB for logits no one reads.
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        let mut rest = tokens;
-        while rest.len() > PREFILL_CHUNK {
-            self.run(&rest[..PREFILL_CHUNK])?;
-            rest = &rest[PREFILL_CHUNK..];
+        let steps = self.steps(tokens);
+        let Some((last, before)) = steps.split_last() else {
+            return Err(Error::Inference("forward needs at least one token".into()));
+        };
+        for part in before {
+            self.run(part)?;
         }
-        let logits = self.run(rest)?;
+        let logits = self.run(last)?;
         let v = self.model.vocab_size;
         let view = logits.to_plain_array_view::<f32>().map_err(inference_err)?;
         let flat = view.as_slice().ok_or_else(|| Error::Inference("logits not contiguous".into()))?;
@@ -375,12 +425,16 @@ impl CpuSession {
         }
         let m = &self.model;
         let (n, past) = (tokens.len(), self.len);
+        let v = match &m.decode {
+            Some(decode) if past > 0 => decode,
+            _ => &m.main,
+        };
         let ids: Vec<i64> = tokens.iter().map(|t| *t as i64).collect();
         let pos: Vec<i64> = (past..past + n).map(|p| p as i64).collect();
         let mask = vec![1i64; past + n];
         let (kvh, hd) = m.kv_shape;
         let mut inputs: TVec<TValue> = tvec![];
-        for port in &m.inputs {
+        for port in &v.inputs {
             let t: TValue = match port {
                 Port::InputIds => Tensor::from_shape(&[1, n], &ids).map_err(inference_err)?.into(),
                 Port::PositionIds => Tensor::from_shape(&[1, n], &pos).map_err(inference_err)?.into(),
@@ -395,15 +449,15 @@ impl CpuSession {
         }
         let outputs = if m.stateful {
             if self.state.is_none() {
-                self.state = Some(m.plan.spawn().map_err(inference_err)?);
+                self.state = Some(v.plan.spawn().map_err(inference_err)?);
             }
             self.state.as_mut().expect("set above").run(inputs).map_err(inference_err)?
         } else {
-            m.plan.run(inputs).map_err(inference_err)?
+            v.plan.run(inputs).map_err(inference_err)?
         };
         let mut logits = None;
         let mut present = vec![None; 2 * m.num_layers];
-        for (port, value) in m.outputs.iter().zip(outputs) {
+        for (port, value) in v.outputs.iter().zip(outputs) {
             match port {
                 Port::Logits => logits = Some(value),
                 Port::Kv(layer, is_v) => present[2 * layer + *is_v as usize] = Some(value),

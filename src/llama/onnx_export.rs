@@ -13,7 +13,7 @@
 //! int4 `com.microsoft::MatMulNBits`.
 
 use super::{LlamaConfig, LlamaWeights};
-use crate::onnx::{attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
+use crate::onnx::{attr_f, attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
 use crate::quant::{reference as qref, Precision};
 
 /// Metadata key under which the exporter stores the [`LlamaConfig`] as JSON.
@@ -34,11 +34,36 @@ pub struct ExportOptions {
     pub block_size: usize,
     /// Symmetric int4 (zero point 8) or asymmetric (per-block zero points).
     pub symmetric: bool,
+    /// Which graph layout to write.
+    pub layout: KvLayout,
+}
+
+/// The two decoder layouts users bring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvLayout {
+    /// HF optimum: `position_ids` input, attention from plain ONNX ops, `past_key_values.*`
+    /// concatenated with the new keys/values into `present.*`.
+    Optimum,
+    /// onnxruntime-genai's model builder: no `position_ids`; `GroupQueryAttention` (rotary
+    /// inside, from cos/sin caches, positions from `seqlens_k`), `SimplifiedLayerNormalization`
+    /// and `SkipSimplifiedLayerNormalization` (com.microsoft).
+    Genai,
 }
 
 impl ExportOptions {
     pub fn fp32() -> Self {
-        ExportOptions { linear: Precision::F32, lm_head: Precision::F32, embedding: Precision::F32, block_size: 32, symmetric: true }
+        ExportOptions {
+            linear: Precision::F32,
+            lm_head: Precision::F32,
+            embedding: Precision::F32,
+            block_size: 32,
+            symmetric: true,
+            layout: KvLayout::Optimum,
+        }
+    }
+    /// The same weights in onnxruntime-genai's layout.
+    pub fn genai(self) -> Self {
+        ExportOptions { layout: KvLayout::Genai, ..self }
     }
     pub fn fp16() -> Self {
         ExportOptions { linear: Precision::F16, lm_head: Precision::F16, embedding: Precision::F16, ..Self::fp32() }
@@ -47,7 +72,7 @@ impl ExportOptions {
         ExportOptions { linear: Precision::Int8, lm_head: Precision::Int8, embedding: Precision::Int8, ..Self::fp32() }
     }
     pub fn int4(block_size: usize, symmetric: bool) -> Self {
-        ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric }
+        ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric, ..Self::fp32() }
     }
 }
 
@@ -262,12 +287,13 @@ impl<'a> Ctx<'a> {
 /// Build the ONNX graph for `cfg` / `w` stored as `opts` asks.
 pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Exported {
     let mut cx = Ctx::new(GraphBuilder::default(), opts);
-    let (h, hd, nh, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+    let (h, hd, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_kv_heads);
     let (b, s, p, t) = (Dim::Named("batch_size"), Dim::Named("sequence_length"), Dim::Named("past_sequence_length"), Dim::Named("total_sequence_length"));
 
     let ids = cx.g.input("input_ids", OnnxType::Int64, &[b.clone(), s.clone()]);
     let mask_in = cx.g.input("attention_mask", OnnxType::Int64, &[b.clone(), t.clone()]);
-    let pos = cx.g.input("position_ids", OnnxType::Int64, &[b.clone(), s.clone()]);
+    let genai = opts.layout == KvLayout::Genai;
+    let pos = (!genai).then(|| cx.g.input("position_ids", OnnxType::Int64, &[b.clone(), s.clone()]));
     let mut past = Vec::new();
     for l in 0..cfg.num_layers {
         let dims = [b.clone(), Dim::Fixed(kvh as i64), p.clone(), Dim::Fixed(hd as i64)];
@@ -280,7 +306,7 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     // The int4 embedding table, reused as the head when tied.
     let mut shared_q4 = None;
     // Token embedding.
-    let mut x = match opts.embedding {
+    let x = match opts.embedding {
         Precision::F32 => {
             let e = cx.g.init_f32("model.embed_tokens.weight", &[cfg.vocab_size, h], &w.embed);
             cx.g.node("Gather", &[&e, &ids], vec![attr_i("axis", 0)])
@@ -313,10 +339,56 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
         }
     };
 
+    let (mut presents, xn) = if let Some(pos) = pos {
+        optimum_layers(&mut cx, cfg, w, &mut eff, x, &pos, &mask_in, &past)
+    } else {
+        genai_layers(&mut cx, cfg, w, &mut eff, x, &mask_in, &past)
+    };
+    let tied_fp32 = cfg.tie_word_embeddings && opts.lm_head == Precision::F32 && opts.embedding == Precision::F32;
+    let logits = if let (true, Precision::Int4, Some(init)) = (cfg.tie_word_embeddings, opts.lm_head, &shared_q4) {
+        // One int4 tensor serves both the embedding gather and the head matmul.
+        eff.lm_head = Some(eff.embed.clone());
+        let init = init.clone();
+        cx.matmul_nbits(&xn, &init, cfg.vocab_size, h)
+    } else if tied_fp32 {
+        // As optimum exports a tied head: MatMul against the transposed embedding.
+        let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);
+        cx.g.node("MatMul", &[&xn, &et], vec![])
+    } else {
+        let (lg, eh) = cx.linear(&xn, "lm_head", w.lm_head(), cfg.vocab_size, h, opts.lm_head);
+        eff.lm_head = Some(eh);
+        lg
+    };
+    cx.g.output(&logits, "logits", OnnxType::Float, &[b.clone(), s.clone(), Dim::Fixed(cfg.vocab_size as i64)]);
+    for (l, (k, v)) in presents.drain(..).enumerate() {
+        let dims = [b.clone(), Dim::Fixed(kvh as i64), t.clone(), Dim::Fixed(hd as i64)];
+        cx.g.output(&k, &format!("present.{l}.key"), OnnxType::Float, &dims);
+        cx.g.output(&v, &format!("present.{l}.value"), OnnxType::Float, &dims);
+    }
+    let meta = [(CONFIG_METADATA_KEY, serde_json::to_string(cfg).expect("config serializes"))];
+    Exported { model: cx.g.finish("llama", &meta), effective: eff }
+}
+
+type Presents = Vec<(String, String)>;
+
+/// Decoder layers in the HF/optimum layout: RoPE from `position_ids`, attention from plain
+/// ONNX ops. Returns the `present.*` values and the final-normed hidden states.
+#[allow(clippy::too_many_arguments)]
+fn optimum_layers(
+    cx: &mut Ctx,
+    cfg: &LlamaConfig,
+    w: &LlamaWeights,
+    eff: &mut LlamaWeights,
+    mut x: String,
+    pos: &str,
+    mask_in: &str,
+    past: &[(String, String)],
+) -> (Presents, String) {
+    let (h, hd, nh, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
     // RoPE tables from position_ids: [B, 1, S, hd].
     let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect();
     let inv = cx.g.init_f32("rope.inv_freq", &[hd / 2], &inv_freq);
-    let posf = cx.g.node("Cast", &[&pos], vec![attr_i("to", OnnxType::Float as i64)]);
+    let posf = cx.g.node("Cast", &[pos], vec![attr_i("to", OnnxType::Float as i64)]);
     let al = cx.axes_last.clone();
     let posu = cx.g.node("Unsqueeze", &[&posf, &al], vec![]);
     let freqs = cx.g.node("Mul", &[&posu, &inv], vec![]);
@@ -328,15 +400,15 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     let sin = cx.g.node("Unsqueeze", &[&sin, &a1], vec![]);
 
     // Additive causal + padding mask: [B, 1, S, T].
-    let mshape = cx.g.node("Shape", &[&mask_in], vec![]);
+    let mshape = cx.g.node("Shape", &[mask_in], vec![]);
     let one_idx = cx.g.const_i64(&[1]);
     let total = cx.g.node("Gather", &[&mshape, &one_idx], vec![attr_i("axis", 0)]);
     let (zero, one) = (cx.g.const_i64(&[0]), cx.g.const_i64(&[1]));
     let kpos = cx.g.node("Range", &[&zero, &total, &one], vec![]);
-    let qpos = cx.g.node("Unsqueeze", &[&pos, &al], vec![]);
+    let qpos = cx.g.node("Unsqueeze", &[pos, &al], vec![]);
     let future = cx.g.node("Greater", &[&kpos, &qpos], vec![]);
     let causal = cx.g.node("Not", &[&future], vec![]);
-    let am = cx.g.node("Cast", &[&mask_in], vec![attr_i("to", OnnxType::Bool as i64)]);
+    let am = cx.g.node("Cast", &[mask_in], vec![attr_i("to", OnnxType::Bool as i64)]);
     let am = cx.g.node("Unsqueeze", &[&am, &a1], vec![]);
     let allowed = cx.g.node("And", &[&causal, &am], vec![]);
     let (z, neg) = (cx.g.const_f32(0.0), cx.g.const_f32(f32::MIN));
@@ -348,7 +420,7 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     let mut presents = Vec::new();
     for (l, lw) in w.layers.iter().enumerate() {
         let pre = format!("model.layers.{l}");
-        let p = opts.linear;
+        let p = cx.opts.linear;
         let xn = cx.rms_norm(&x, &format!("{pre}.input_layernorm"), &lw.attn_norm, cfg.rms_norm_eps);
         let (q, eq) = cx.linear(&xn, &format!("{pre}.self_attn.q_proj"), &lw.wq, cfg.q_dim(), h, p);
         let (k, ek) = cx.linear(&xn, &format!("{pre}.self_attn.k_proj"), &lw.wk, cfg.kv_dim(), h, p);
@@ -389,27 +461,89 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     }
 
     let xn = cx.rms_norm(&x, "model.norm", &w.final_norm, cfg.rms_norm_eps);
-    let tied_fp32 = cfg.tie_word_embeddings && opts.lm_head == Precision::F32 && opts.embedding == Precision::F32;
-    let logits = if let (true, Precision::Int4, Some(init)) = (cfg.tie_word_embeddings, opts.lm_head, &shared_q4) {
-        // One int4 tensor serves both the embedding gather and the head matmul.
-        eff.lm_head = Some(eff.embed.clone());
-        let init = init.clone();
-        cx.matmul_nbits(&xn, &init, cfg.vocab_size, h)
-    } else if tied_fp32 {
-        // As optimum exports a tied head: MatMul against the transposed embedding.
-        let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);
-        cx.g.node("MatMul", &[&xn, &et], vec![])
-    } else {
-        let (lg, eh) = cx.linear(&xn, "lm_head", w.lm_head(), cfg.vocab_size, h, opts.lm_head);
-        eff.lm_head = Some(eh);
-        lg
-    };
-    cx.g.output(&logits, "logits", OnnxType::Float, &[b.clone(), s.clone(), Dim::Fixed(cfg.vocab_size as i64)]);
-    for (l, (k, v)) in presents.iter().enumerate() {
-        let dims = [b.clone(), Dim::Fixed(kvh as i64), t.clone(), Dim::Fixed(hd as i64)];
-        cx.g.output(k, &format!("present.{l}.key"), OnnxType::Float, &dims);
-        cx.g.output(v, &format!("present.{l}.value"), OnnxType::Float, &dims);
+    (presents, xn)
+}
+
+/// Decoder layers as onnxruntime-genai's builder writes them: `GroupQueryAttention` with
+/// rotary inside (cos/sin caches indexed by position, positions from `seqlens_k`), RMS norms as
+/// `SimplifiedLayerNormalization` / `SkipSimplifiedLayerNormalization` carrying the residual.
+fn genai_layers(
+    cx: &mut Ctx,
+    cfg: &LlamaConfig,
+    w: &LlamaWeights,
+    eff: &mut LlamaWeights,
+    x: String,
+    mask_in: &str,
+    past: &[(String, String)],
+) -> (Presents, String) {
+    let (h, hd, nh, kvh) = (cfg.hidden_size, cfg.head_dim, cfg.num_heads, cfg.num_kv_heads);
+    let eps = vec![attr_f("epsilon", cfg.rms_norm_eps)];
+    // seqlens_k = sum(attention_mask) - 1 (int32 [B]); total_sequence_length (int32 scalar).
+    let a1 = cx.axes_1.clone();
+    let sum = cx.g.node("ReduceSum", &[mask_in, &a1], vec![attr_i("keepdims", 0)]);
+    let one = cx.g.const_i64(&[1]);
+    let last = cx.g.node("Sub", &[&sum, &one], vec![]);
+    let seqlens = cx.g.node("Cast", &[&last], vec![attr_i("to", OnnxType::Int32 as i64)]);
+    let shape = cx.g.node("Shape", &[mask_in], vec![]);
+    let one_scalar = cx.g.const_i64_scalar(1);
+    let total = cx.g.node("Gather", &[&shape, &one_scalar], vec![attr_i("axis", 0)]);
+    let total = cx.g.node("Cast", &[&total], vec![attr_i("to", OnnxType::Int32 as i64)]);
+    // cos/sin caches `[max_positions, hd / 2]`.
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for p in 0..cfg.max_position_embeddings {
+        for i in 0..hd / 2 {
+            let a = p as f32 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32);
+            cos.push(a.cos());
+            sin.push(a.sin());
+        }
     }
-    let meta = [(CONFIG_METADATA_KEY, serde_json::to_string(cfg).expect("config serializes"))];
-    Exported { model: cx.g.finish("llama", &meta), effective: eff }
+    let cos = cx.g.init_f32("cos_cache", &[cfg.max_position_embeddings, hd / 2], &cos);
+    let sin = cx.g.init_f32("sin_cache", &[cfg.max_position_embeddings, hd / 2], &sin);
+
+    let mut presents = Vec::new();
+    // The residual stream and the output of the last block not yet added to it.
+    let (mut residual, mut pending): (String, Option<String>) = (x, None);
+    let norm = |cx: &mut Ctx, residual: &mut String, pending: Option<String>, name: &str, wn: &[f32]| -> String {
+        let wn = cx.g.init_f32(&format!("{name}.weight"), &[wn.len()], wn);
+        match pending {
+            None => cx.g.node("SimplifiedLayerNormalization", &[residual.as_str(), &wn], [attr_i("axis", -1)].into_iter().chain(eps.clone()).collect()),
+            Some(block_out) => {
+                let outs = cx.g.node_multi_opt(MS_DOMAIN, "SkipSimplifiedLayerNormalization", &[&block_out, residual.as_str(), &wn], &[true, false, false, true], eps.clone());
+                *residual = outs[3].clone();
+                outs[0].clone()
+            }
+        }
+    };
+    for (l, lw) in w.layers.iter().enumerate() {
+        let pre = format!("model.layers.{l}");
+        let p = cx.opts.linear;
+        let xn = norm(cx, &mut residual, pending.take(), &format!("{pre}.input_layernorm"), &lw.attn_norm);
+        let (q, eq) = cx.linear(&xn, &format!("{pre}.self_attn.q_proj"), &lw.wq, cfg.q_dim(), h, p);
+        let (k, ek) = cx.linear(&xn, &format!("{pre}.self_attn.k_proj"), &lw.wk, cfg.kv_dim(), h, p);
+        let (v, ev) = cx.linear(&xn, &format!("{pre}.self_attn.v_proj"), &lw.wv, cfg.kv_dim(), h, p);
+        let attrs = vec![
+            attr_i("num_heads", nh as i64),
+            attr_i("kv_num_heads", kvh as i64),
+            attr_i("do_rotary", 1),
+            attr_i("rotary_interleaved", 0),
+            attr_i("local_window_size", -1),
+        ];
+        let ins = [q.as_str(), &k, &v, &past[l].0, &past[l].1, &seqlens, &total, &cos, &sin];
+        let outs = cx.g.node_multi(MS_DOMAIN, "GroupQueryAttention", &ins, 3, attrs);
+        presents.push((outs[1].clone(), outs[2].clone()));
+        let (o, eo) = cx.linear(&outs[0], &format!("{pre}.self_attn.o_proj"), &lw.wo, h, cfg.q_dim(), p);
+        let xn = norm(cx, &mut residual, Some(o), &format!("{pre}.post_attention_layernorm"), &lw.ffn_norm);
+        let i = cfg.intermediate_size;
+        let (gt, eg) = cx.linear(&xn, &format!("{pre}.mlp.gate_proj"), &lw.w_gate, i, h, p);
+        let (up, eu) = cx.linear(&xn, &format!("{pre}.mlp.up_proj"), &lw.w_up, i, h, p);
+        let sg = cx.g.node("Sigmoid", &[&gt], vec![]);
+        let silu = cx.g.node("Mul", &[&gt, &sg], vec![]);
+        let act = cx.g.node("Mul", &[&silu, &up], vec![]);
+        let (down, ed) = cx.linear(&act, &format!("{pre}.mlp.down_proj"), &lw.w_down, h, i, p);
+        pending = Some(down);
+        let el = &mut eff.layers[l];
+        (el.wq, el.wk, el.wv, el.wo, el.w_gate, el.w_up, el.w_down) = (eq, ek, ev, eo, eg, eu, ed);
+    }
+    let xn = norm(cx, &mut residual, pending.take(), "model.norm", &w.final_norm);
+    (presents, xn)
 }

@@ -25,6 +25,9 @@ pub enum Dim {
 pub fn attr_i(name: &str, v: i64) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Int as i32, i: v, ..Default::default() }
 }
+pub fn attr_f(name: &str, v: f32) -> pb::AttributeProto {
+    pb::AttributeProto { name: name.into(), r#type: AttributeType::Float as i32, f: v, ..Default::default() }
+}
 pub fn attr_ints(name: &str, v: &[i64]) -> pb::AttributeProto {
     pb::AttributeProto { name: name.into(), r#type: AttributeType::Ints as i32, ints: v.to_vec(), ..Default::default() }
 }
@@ -125,6 +128,11 @@ impl GraphBuilder {
         let name = self.fresh("const");
         self.init_i64(&name, &[data.len()], data)
     }
+    /// A 0-d int64 constant.
+    pub fn const_i64_scalar(&mut self, v: i64) -> String {
+        let name = self.fresh("const");
+        self.init_i64(&name, &[], &[v])
+    }
     pub fn const_i32(&mut self, v: i32) -> String {
         let name = self.fresh("const");
         self.graph.initializer.push(tensor(&name, DataType::Int32, &[], v.to_le_bytes().to_vec()));
@@ -182,6 +190,26 @@ impl GraphBuilder {
             attribute: attrs,
             ..Default::default()
         });
+        outs
+    }
+
+    /// [`GraphBuilder::node_multi`] with only some outputs wired: `present[i]` false leaves
+    /// output `i` unnamed (an omitted optional output); its slot in the result is empty.
+    pub fn node_multi_opt(
+        &mut self,
+        domain: &str,
+        op: &str,
+        inputs: &[&str],
+        present: &[bool],
+        attrs: Vec<pb::AttributeProto>,
+    ) -> Vec<String> {
+        let mut outs = self.node_multi(domain, op, inputs, present.len(), attrs);
+        for (o, keep) in outs.iter_mut().zip(present) {
+            if !keep {
+                o.clear();
+            }
+        }
+        self.graph.node.last_mut().expect("just pushed").output = outs.clone();
         outs
     }
 
