@@ -110,6 +110,10 @@ enum Cmd {
         outdir: PathBuf,
         #[command(flatten)]
         quant: QuantArgs,
+        /// Write onnxruntime-genai's layout (GroupQueryAttention, SkipSimplifiedLayerNormalization,
+        /// no position_ids) instead of HF optimum's.
+        #[arg(long)]
+        genai: bool,
     },
 }
 
@@ -190,8 +194,8 @@ fn main() -> anyhow::Result<()> {
             println!("verified: {} files, {} bytes, within the {name} budget of {limit} bytes", manifest.files.len(), manifest.total_bytes);
         }
         Cmd::Bench { dir, prompt, warmup, steps } => bench(&dir, &prompt, warmup, steps)?,
-        Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric } } => {
-            import_gguf(&input, &outdir, precision, block_size, !asymmetric)?
+        Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric }, genai } => {
+            import_gguf(&input, &outdir, precision, block_size, !asymmetric, genai)?
         }
     }
     Ok(())
@@ -319,6 +323,7 @@ fn import_gguf(
     precision: edge_llm::quant::Precision,
     block_size: usize,
     symmetric: bool,
+    genai: bool,
 ) -> anyhow::Result<()> {
     use edge_llm::llama::onnx_export::{export, ExportOptions};
     use edge_llm::quant::Precision;
@@ -347,6 +352,7 @@ fn import_gguf(
         Precision::Int8 => ExportOptions::int8(),
         Precision::Int4 => ExportOptions::int4(block_size, symmetric),
     };
+    let opts = if genai { opts.genai() } else { opts };
     let export_start = std::time::Instant::now();
     let onnx = edge_llm::onnx::encode(&export(cfg, &imported.weights, &opts).model);
     println!("exported {precision:?} in {:.2?}", export_start.elapsed());
