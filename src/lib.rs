@@ -10,12 +10,15 @@ pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod llama;
+pub mod loader;
 pub mod manifest;
 pub mod model;
 pub mod onnx;
+pub mod ota;
 pub mod pack;
 pub mod quant;
 pub mod quantize;
+pub mod store;
 pub mod tiny;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]
