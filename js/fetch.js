@@ -10,53 +10,77 @@ const abortError = () => {
 // Rejections carry `kind`: "aborted", "status" (with `status`) or "network".
 const failure = (kind, message, status) => Object.assign(new Error(message), { kind, status });
 
-/// GET `url` into one Uint8Array. `expected` (bytes, or undefined) sizes the buffer up front, so
-/// a shard is held once while it downloads; `onBytes(n)` reports the bytes received so far.
-export async function fetchBytes(url, expected, signal, onBytes) {
-  if (signal && signal.aborted) throw failure("aborted", "aborted");
-  let res;
-  try {
-    res = await fetch(url, { signal, cache: "no-store" });
-  } catch (e) {
-    throw signal && signal.aborted ? failure("aborted", "aborted") : failure("network", String(e && e.message ? e.message : e));
+/// One GET into one Uint8Array, pulled by the loader: `next()` resolves to the bytes received
+/// so far after each chunk and to -1 once the body is complete; `bytes()` is the result.
+/// `expected` (the manifest's size, or undefined) sizes the buffer up front, so a shard is held
+/// once while it downloads.
+export class Download {
+  constructor(url, expected, signal) {
+    this.url = url;
+    this.expected = expected;
+    this.signal = signal;
+    this.reader = null;
+    this.buf = null;
+    this.n = 0;
   }
-  if (!res.ok) {
-    try {
-      await res.body?.cancel();
-    } catch {
-      // ignore: the status is what matters
-    }
-    throw failure("status", `HTTP ${res.status}`, res.status);
+
+  fail(e) {
+    return this.signal && this.signal.aborted ? failure("aborted", "aborted") : failure("network", String(e && e.message ? e.message : e));
   }
-  try {
-    if (!res.body || expected === undefined) {
-      const buf = new Uint8Array(await res.arrayBuffer());
-      onBytes(buf.length);
-      return buf;
-    }
-    let buf = new Uint8Array(expected);
-    let n = 0;
-    const reader = res.body.getReader();
-    for (;;) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      if (n + value.length > buf.length) {
-        // More than the manifest says: keep it (the hash check rejects it) but stop growing at 2x.
-        if (n + value.length > 2 * expected + 65536) {
-          await reader.cancel();
-          break;
-        }
-        const bigger = new Uint8Array(Math.max(n + value.length, buf.length * 2));
-        bigger.set(buf.subarray(0, n));
-        buf = bigger;
+
+  async next() {
+    if (this.signal && this.signal.aborted) throw failure("aborted", "aborted");
+    if (!this.reader) {
+      let res;
+      try {
+        res = await fetch(this.url, { signal: this.signal, cache: "no-store" });
+      } catch (e) {
+        throw this.fail(e);
       }
-      buf.set(value, n);
-      n += value.length;
-      onBytes(n);
+      if (!res.ok) {
+        try {
+          await res.body?.cancel();
+        } catch {
+          // the status is what matters
+        }
+        throw failure("status", `HTTP ${res.status}`, res.status);
+      }
+      if (!res.body) {
+        this.buf = new Uint8Array(await res.arrayBuffer());
+        this.n = this.buf.length;
+        this.reader = { read: async () => ({ done: true }), cancel: async () => {} };
+        return this.n;
+      }
+      this.reader = res.body.getReader();
+      this.buf = new Uint8Array(this.expected ?? 1 << 16);
     }
-    return n === buf.length ? buf : buf.slice(0, n);
-  } catch (e) {
-    throw signal && signal.aborted ? failure("aborted", "aborted") : failure("network", String(e && e.message ? e.message : e));
+    let step;
+    try {
+      step = await this.reader.read();
+    } catch (e) {
+      throw this.fail(e);
+    }
+    if (step.done) return -1;
+    const value = step.value;
+    if (this.n + value.length > this.buf.length) {
+      if (this.expected !== undefined && this.n + value.length > 2 * this.expected + 65536) {
+        // Far more than the manifest says: stop here; the hash check rejects it.
+        await this.reader.cancel();
+        return -1;
+      }
+      const bigger = new Uint8Array(Math.max(this.n + value.length, this.buf.length * 2));
+      bigger.set(this.buf.subarray(0, this.n));
+      this.buf = bigger;
+    }
+    this.buf.set(value, this.n);
+    this.n += value.length;
+    return this.n;
+  }
+
+  bytes() {
+    const out = this.n === this.buf.length ? this.buf : this.buf.slice(0, this.n);
+    this.buf = null;
+    return out;
   }
 }
 
