@@ -35,13 +35,14 @@ export class IndexedDbStore {
       if (!db.objectStoreNames.contains(SHARDS)) db.createObjectStore(SHARDS);
       if (!db.objectStoreNames.contains(MODELS)) db.createObjectStore(MODELS, { keyPath: "key" });
     };
-    this.db = await request(r);
-    // Another tab upgrading the schema: let it, reopen on next use.
-    this.db.onversionchange = () => {
-      this.db.close();
-      this.db = null;
+    const db = await request(r);
+    // Another tab upgrading or deleting the database: let it, reopen on next use.
+    db.onversionchange = () => {
+      db.close();
+      if (this.db === db) this.db = null;
     };
-    return this.db;
+    this.db = db;
+    return db;
   }
 
   async tx(names, mode, fn) {

@@ -132,6 +132,19 @@ extern "C" {
     fn request_persist();
 }
 
+/// Typed optional arguments (`options?: LoadOptions` in the .d.ts).
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "LoadOptions")]
+    pub type LoadOptionsArg;
+    #[wasm_bindgen(typescript_type = "CacheOption")]
+    pub type CacheArg;
+}
+
+fn or_undefined<T: Into<JsValue>>(v: Option<T>) -> JsValue {
+    v.map(Into::into).unwrap_or(JsValue::UNDEFINED)
+}
+
 /// Any JS object with the `ShardStore` methods.
 #[wasm_bindgen]
 extern "C" {
@@ -518,10 +531,10 @@ impl Engine {
     /// then every file from the cache or the network, each verified against its SHA-256.
     pub async fn load(
         #[wasm_bindgen(unchecked_param_type = "string | URL | object | Uint8Array")] manifest: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "LoadOptions | undefined")] options: JsValue,
+        options: Option<LoadOptionsArg>,
     ) -> Result<Engine, JsValue> {
         let arg = manifest_arg(&manifest)?;
-        let o = parse_options(&options)?;
+        let o = parse_options(&or_undefined(options))?;
         let emit = progress_sink(o.on_progress.clone());
         apply_threads(o.threads, &emit);
         let v = load_version(arg, o.base_url.clone(), o.store.as_ref(), o.signal.clone(), &o.load, &emit).await?;
@@ -535,42 +548,42 @@ fn store_arg(cache: JsValue) -> Result<JsShardStore, JsValue> {
 }
 
 /// Cached model versions, newest first.
-#[wasm_bindgen(js_name = listCachedModels, unchecked_return_type = "Promise<CachedModel[]>")]
-pub async fn list_cached_models(#[wasm_bindgen(unchecked_param_type = "CacheOption | undefined")] cache: JsValue) -> Result<JsValue, JsValue> {
-    let store = store_arg(cache)?;
+#[wasm_bindgen(js_name = listCachedModels, unchecked_return_type = "CachedModel[]")]
+pub async fn list_cached_models(cache: Option<CacheArg>) -> Result<JsValue, JsValue> {
+    let store = store_arg(or_undefined(cache))?;
     let list = store::list_models(&store).await.map_err(|e| js_error(Error::Store(e.to_string())))?;
     Ok(to_js(&list))
 }
 
 /// Delete a cached model (one version, or all of them) and the shards no other version uses.
 /// Resolves to the number of versions deleted.
-#[wasm_bindgen(js_name = deleteCachedModel, unchecked_return_type = "Promise<number>")]
+#[wasm_bindgen(js_name = deleteCachedModel, unchecked_return_type = "number")]
 pub async fn delete_cached_model(
-    model_id: String,
-    #[wasm_bindgen(unchecked_param_type = "string | undefined")] model_version: JsValue,
-    #[wasm_bindgen(unchecked_param_type = "CacheOption | undefined")] cache: JsValue,
+    #[wasm_bindgen(js_name = modelId)] model_id: String,
+    #[wasm_bindgen(js_name = modelVersion)] model_version: Option<String>,
+    cache: Option<CacheArg>,
 ) -> Result<JsValue, JsValue> {
-    let store = store_arg(cache)?;
-    let n = store::delete_model(&store, &model_id, model_version.as_string().as_deref())
+    let store = store_arg(or_undefined(cache))?;
+    let n = store::delete_model(&store, &model_id, model_version.as_deref())
         .await
         .map_err(|e| js_error(Error::Store(e.to_string())))?;
     Ok(JsValue::from_f64(n as f64))
 }
 
 /// Keep the `keep` newest cached versions of `modelId` and delete older ones.
-#[wasm_bindgen(js_name = evictOldVersions, unchecked_return_type = "Promise<number>")]
+#[wasm_bindgen(js_name = evictOldVersions, unchecked_return_type = "number")]
 pub async fn evict_old_versions(
-    model_id: String,
+    #[wasm_bindgen(js_name = modelId)] model_id: String,
     keep: u32,
-    #[wasm_bindgen(unchecked_param_type = "CacheOption | undefined")] cache: JsValue,
+    cache: Option<CacheArg>,
 ) -> Result<JsValue, JsValue> {
-    let store = store_arg(cache)?;
+    let store = store_arg(or_undefined(cache))?;
     let n = store::evict_old_versions(&store, &model_id, keep as usize).await.map_err(|e| js_error(Error::Store(e.to_string())))?;
     Ok(JsValue::from_f64(n as f64))
 }
 
 /// `navigator.storage.estimate()` (`undefined` where the platform has none).
-#[wasm_bindgen(js_name = storageEstimate, unchecked_return_type = "Promise<StorageEstimate | undefined>")]
+#[wasm_bindgen(js_name = storageEstimate, unchecked_return_type = "StorageEstimate | undefined")]
 pub async fn storage_estimate() -> Result<JsValue, JsValue> {
     JsFuture::from(storage_estimate_js()).await
 }

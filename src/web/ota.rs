@@ -47,6 +47,12 @@ export type EngineEvent =
   | { type: "updateConfirmed"; version: string; errorRate: number; samples: number };
 "#;
 
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "UpdateOptions")]
+    pub type UpdateOptionsArg;
+}
+
 /// A loaded model version, enough to load it again.
 #[derive(Debug, Clone)]
 pub(crate) struct VersionInfo {
@@ -271,9 +277,10 @@ impl Engine {
     pub fn update(
         &self,
         #[wasm_bindgen(unchecked_param_type = "string | URL | object | Uint8Array")] manifest: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "UpdateOptions | undefined")] options: JsValue,
+        options: Option<UpdateOptionsArg>,
     ) -> Result<Promise, JsValue> {
         let arg = load::manifest_arg(&manifest)?;
+        let options = options.map(JsValue::from).unwrap_or(JsValue::UNDEFINED);
         Ok(wasm_bindgen_futures::future_to_promise(self.slot.clone().update(arg, options)))
     }
 
