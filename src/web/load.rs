@@ -484,6 +484,8 @@ fn quota_error(e: Error) -> JsValue {
 }
 
 /// Load a model version: manifest (fetched, or given), files (cache, then network), engine.
+/// `Ok(None)` when the manifest is the `unless` version (`(model_sha256, model_version)`):
+/// nothing else is loaded.
 pub(crate) async fn load_version(
     arg: ManifestArg,
     base_url: Option<String>,
@@ -491,7 +493,8 @@ pub(crate) async fn load_version(
     signal: JsValue,
     options: &LoadOptions,
     emit: &dyn Fn(LoadEvent),
-) -> Result<LoadedVersion, JsValue> {
+    unless: Option<(&str, &str)>,
+) -> Result<Option<LoadedVersion>, JsValue> {
     let fetcher = WebFetcher { signal };
     let loader = Loader { fetcher: &fetcher, store, options: options.clone(), on_event: emit };
     let (m, manifest_url) = match arg {
@@ -509,6 +512,9 @@ pub(crate) async fn load_version(
             (ManifestSource { manifest, json, source: Source::Network }, url)
         }
     };
+    if unless == Some((m.manifest.model_sha256.as_str(), m.manifest.model_version.as_str())) {
+        return Ok(None);
+    }
     let base = base_url.or_else(|| manifest_url.clone());
     let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(quota_error)?;
     let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
@@ -522,7 +528,7 @@ pub(crate) async fn load_version(
         manifest_url,
         base_url: base,
     };
-    Ok(LoadedVersion { engine, version })
+    Ok(Some(LoadedVersion { engine, version }))
 }
 
 #[wasm_bindgen]
@@ -537,7 +543,9 @@ impl Engine {
         let o = parse_options(&or_undefined(options))?;
         let emit = progress_sink(o.on_progress.clone());
         apply_threads(o.threads, &emit);
-        let v = load_version(arg, o.base_url.clone(), o.store.as_ref(), o.signal.clone(), &o.load, &emit).await?;
+        let v = load_version(arg, o.base_url.clone(), o.store.as_ref(), o.signal.clone(), &o.load, &emit, None)
+            .await?
+            .expect("loads unless it is the `unless` version, and there is none");
         let source = ota::Source { store: o.store, options: o.load };
         Ok(Engine { slot: Rc::new(ota::Slot::new(v.engine, Some((v.version, source)), o.on_event)) })
     }

@@ -188,10 +188,11 @@ impl Slot {
         };
         self.busy.set(true);
         let arg = ManifestArg::Json { bytes: prev.manifest_json.clone().into_bytes(), url: prev.manifest_url.clone() };
-        let r = load::load_version(arg, prev.base_url.clone(), source.store.as_ref(), JsValue::UNDEFINED, &source.options, &|_| {}).await;
+        let r = load::load_version(arg, prev.base_url.clone(), source.store.as_ref(), JsValue::UNDEFINED, &source.options, &|_| {}, None).await;
         self.busy.set(false);
         match r {
-            Ok(v) => {
+            Ok(None) => unreachable!("no `unless` version given"),
+            Ok(Some(v)) => {
                 let to = v.version.model_version.clone();
                 self.swap(v.engine, v.version);
                 self.previous.borrow_mut().take();
@@ -217,11 +218,14 @@ impl Slot {
             return Err(js_error(Error::InvalidOption { option: "update", reason: "an update or rollback is already running".into() }));
         }
         let emit = load::progress_sink(on_progress);
-        let r = load::load_version(arg, base_url, source.store.as_ref(), signal, &source.options, &emit).await;
+        let current = self.current.borrow().as_ref().map(|c| (c.model_sha256.clone(), c.model_version.clone()));
+        let unless = current.as_ref().map(|(sha, v)| (sha.as_str(), v.as_str()));
+        let r = load::load_version(arg, base_url, source.store.as_ref(), signal, &source.options, &emit, unless).await;
         self.busy.set(false);
         let from = self.version();
         let v = match r {
-            Ok(v) => v,
+            Ok(Some(v)) => v,
+            Ok(None) => return Ok(to_js(&serde_json::json!({ "updated": false, "from": from, "to": from }))),
             Err(e) => {
                 let (name, message) = name_message(&e);
                 self.emit(EngineEvent::UpdateFailed { from, name, message });
@@ -229,10 +233,6 @@ impl Slot {
             }
         };
         let to = v.version.model_version.clone();
-        let same = self.current.borrow().as_ref().is_some_and(|c| c.model_sha256 == v.version.model_sha256 && c.model_version == to);
-        if same {
-            return Ok(to_js(&serde_json::json!({ "updated": false, "from": from, "to": to })));
-        }
         let monitor = UpdateMonitor::new(policy, &self.window.borrow());
         let baseline = monitor.baseline();
         let old = self.swap(v.engine, v.version);

@@ -4,8 +4,7 @@
 // and an OTA rollback.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -230,6 +229,20 @@ async function openIn(c) {
   return p;
 }
 
+/// Processes (Linux /proc) whose command line has `arg`: here, the browser this test launched
+/// on its own temporary profile.
+function pidsWithArg(arg) {
+  const pids = [];
+  for (const pid of readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      if (readFileSync(`/proc/${pid}/cmdline`, "utf8").split("\0").includes(arg)) pids.push(pid);
+    } catch {
+      // exited meanwhile
+    }
+  }
+  return pids;
+}
+
 /// Start a 64 MiB shard write, SIGKILL this test's own browser (found by its unique profile
 /// directory) `delayMs` later, relaunch on the same profile: the entry is absent or whole.
 async function killMidWrite(delayMs) {
@@ -249,8 +262,7 @@ async function killMidWrite(delayMs) {
     });
     await new Promise((r) => setTimeout(r, delayMs));
     const doneBeforeKill = await p.evaluate(() => window.putDone).catch(() => "?");
-    const pids = execFileSync("pgrep", ["-f", "--", `--user-data-dir=${dir}`], { encoding: "utf8" }).split(/\s+/).filter(Boolean);
-    for (const pid of pids) {
+    for (const pid of pidsWithArg(`--user-data-dir=${dir}`)) {
       try {
         process.kill(Number(pid), "SIGKILL");
       } catch {

@@ -161,6 +161,9 @@ test("OTA: a bad update (NaN logits) is rolled back to the previous version from
   assert.equal(srv.shardRequests("v1"), v1Requests, "the previous version came from the store");
   assert.deepEqual(await greedy(engine), wantTokens);
   assert.deepEqual(events.map((e) => e.type), ["updated", "rollback"]);
+  const n = srv.log.length;
+  assert.deepEqual(await engine.update(srv.url("v1")), { updated: false, from: "1.0.0", to: "1.0.0" });
+  assert.deepEqual(srv.log.slice(n), ["v1/manifest.json"], "the same version: only its manifest is fetched");
 
   const ok = await engine.update(srv.url("v2"), { window: 10, probation: 5 });
   assert.equal(ok.to, "2.0.0");
