@@ -122,7 +122,3 @@ export function callProgress(cb, event) {
 export function hasIndexedDb() {
   return typeof globalThis.indexedDB !== "undefined";
 }
-
-export function isAbortSignal(v) {
-  return typeof AbortSignal !== "undefined" && v instanceof AbortSignal;
-}

@@ -230,6 +230,10 @@ struct State {
     from_network: Cell<usize>,
 }
 
+fn store_warning(e: &StoreError) -> LoadEvent {
+    LoadEvent::Warning { name: "StoreError".into(), message: e.to_string(), needed: None, available: None }
+}
+
 fn aborted() -> Error {
     Error::Aborted("model load aborted".into())
 }
@@ -336,7 +340,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
             };
             match store.put_model(&record).await {
                 Ok(()) => cached = true,
-                Err(e) => self.emit(LoadEvent::Warning { name: "StoreError".into(), message: e.to_string(), needed: None, available: None }),
+                Err(e) => self.emit(store_warning(&e)),
             }
         }
         Ok(Loaded { files: st.files.take(), from_cache: st.from_cache.get(), from_network: st.from_network.get(), cached, quota })
@@ -372,7 +376,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
                     }
                 }
                 Ok(None) => {}
-                Err(e) => self.emit(LoadEvent::Warning { name: "StoreError".into(), message: e.to_string(), needed: None, available: None }),
+                Err(e) => self.emit(store_warning(&e)),
             }
         }
         let Some(base) = base_url else {
@@ -437,7 +441,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
 
     fn store_failed(&self, st: &State, e: StoreError) {
         if !st.store_off.replace(true) {
-            self.emit(LoadEvent::Warning { name: "StoreError".into(), message: e.to_string(), needed: None, available: None });
+            self.emit(store_warning(&e));
         }
     }
 

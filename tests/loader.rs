@@ -223,7 +223,7 @@ fn first_load_fetches_verifies_and_caches_then_the_next_load_uses_only_the_cache
 
     // The engine built from what the loader returned generates like the unpacked model.
     let direct = Engine::load(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
-    assert_eq!(greedy(&Engine::load_packed(&m, loaded.files).unwrap()), greedy(&direct));
+    assert_eq!(greedy(&Engine::load_verified(&m, loaded.files).unwrap()), greedy(&direct));
 
     let again = ScriptedFetcher::new(&json, &files);
     let run = load(&again, Some(&store), fast());

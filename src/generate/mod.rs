@@ -47,17 +47,23 @@ impl Engine {
 
     /// Load a packed model: `files` maps every manifest path to its bytes. Each file is checked
     /// against its SHA-256 before use; the weight shards are consumed as they are assembled.
-    pub fn load_packed(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
+    pub fn load_packed(manifest: &Manifest, files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
         for f in &manifest.files {
             let bytes = files.get(&f.path).ok_or_else(|| Error::InvalidModel(format!("file `{}` was not provided", f.path)))?;
             manifest.verify_file(&f.path, bytes)?;
         }
+        Self::load_verified(manifest, files)
+    }
+
+    /// [`Engine::load_packed`] for files already checked against the manifest's SHA-256s (the
+    /// loader verifies each one as it arrives): skips hashing the whole model a second time.
+    pub fn load_verified(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
         let take = |files: &mut BTreeMap<String, Vec<u8>>, role| {
             let path = &manifest.file(role).expect("validated manifest has this role").path;
-            files.remove(path).expect("checked above")
+            files.remove(path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` was not provided")))
         };
-        let graph = crate::onnx::decode(&take(&mut files, FileRole::Graph))?;
-        let tokenizer = take(&mut files, FileRole::Tokenizer);
+        let graph = crate::onnx::decode(&take(&mut files, FileRole::Graph)?)?;
+        let tokenizer = take(&mut files, FileRole::Tokenizer)?;
         let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?, &Default::default())?;
         Self::from_parts(model, &tokenizer, manifest.config.clone())
     }

@@ -141,7 +141,7 @@ extern "C" {
     pub type CacheArg;
 }
 
-fn or_undefined<T: Into<JsValue>>(v: Option<T>) -> JsValue {
+pub(crate) fn or_undefined<T: Into<JsValue>>(v: Option<T>) -> JsValue {
     v.map(Into::into).unwrap_or(JsValue::UNDEFINED)
 }
 
@@ -177,7 +177,7 @@ impl Blob for Uint8Array {
     }
 }
 
-fn message(e: &JsValue) -> String {
+pub(crate) fn message(e: &JsValue) -> String {
     Reflect::get(e, &"message".into())
         .ok()
         .and_then(|m| m.as_string())
@@ -185,7 +185,7 @@ fn message(e: &JsValue) -> String {
         .unwrap_or_else(|| format!("{e:?}"))
 }
 
-fn js_name(e: &JsValue) -> String {
+pub(crate) fn js_name(e: &JsValue) -> String {
     Reflect::get(e, &"name".into()).ok().and_then(|m| m.as_string()).unwrap_or_default()
 }
 
@@ -518,7 +518,7 @@ pub(crate) async fn load_version(
     let base = base_url.or_else(|| manifest_url.clone());
     let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(quota_error)?;
     let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
-    let engine = generate::Engine::load_packed(&m.manifest, loaded.files).map_err(js_error)?;
+    let engine = generate::Engine::load_verified(&m.manifest, loaded.files).map_err(js_error)?;
     emit(LoadEvent::Ready { loaded: m.manifest.total_bytes, total: m.manifest.total_bytes, from_cache, from_network });
     let version = ota::VersionInfo {
         model_id: m.manifest.model_id.clone(),

@@ -4,7 +4,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-use js_sys::{Function, Promise, Reflect};
+use js_sys::{Function, Promise};
 use serde::Serialize;
 use wasm_bindgen::prelude::*;
 
@@ -109,8 +109,7 @@ impl Outcome {
 }
 
 fn name_message(e: &JsValue) -> (String, String) {
-    let get = |k: &str| Reflect::get(e, &k.into()).ok().and_then(|v| v.as_string()).unwrap_or_default();
-    (get("name"), get("message"))
+    (load::js_name(e), load::message(e))
 }
 
 impl Slot {
@@ -280,8 +279,7 @@ impl Engine {
         options: Option<UpdateOptionsArg>,
     ) -> Result<Promise, JsValue> {
         let arg = load::manifest_arg(&manifest)?;
-        let options = options.map(JsValue::from).unwrap_or(JsValue::UNDEFINED);
-        Ok(wasm_bindgen_futures::future_to_promise(self.slot.clone().update(arg, options)))
+        Ok(wasm_bindgen_futures::future_to_promise(self.slot.clone().update(arg, load::or_undefined(options))))
     }
 
     /// Receive engine events (`EngineEvent`); `undefined` removes the listener.
