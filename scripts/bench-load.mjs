@@ -1,6 +1,7 @@
 // Load benchmark in headless Chromium: Engine.load cold (network from localhost, verify, store in
 // IndexedDB, build) vs warm (IndexedDB, verify, build) vs the old fetch-everything + fromPacked,
-// plus memory after each. Usage: node scripts/bench-load.mjs [model dir under the repo] [runs]
+// plus memory after each (`files ready`: the last shard verified and handed to wasm, before the
+// engine is built). Usage: node scripts/bench-load.mjs [model dir under the repo] [runs]
 import { chromium } from "playwright-core";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -16,7 +17,7 @@ const profile = mkdtempSync(join(tmpdir(), "edge-llm-bench-"));
 const ctx = await chromium.launchPersistentContext(profile, {
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   headless: true,
-  args: ["--no-sandbox", "--disable-background-networking", "--no-first-run", "--disable-quic", "--js-flags=--expose-gc"],
+  args: ["--no-sandbox", "--disable-background-networking", "--no-first-run", "--disable-quic", "--js-flags=--expose-gc", "--enable-precise-memory-info"],
 });
 
 async function inFreshPage(fn, arg) {
@@ -40,6 +41,7 @@ const measure = async ({ url, how }) => {
     });
   }
   let ready;
+  let filesMs = 0;
   const t0 = performance.now();
   let engine;
   if (how === "fromPacked") {
@@ -47,14 +49,21 @@ const measure = async ({ url, how }) => {
     const m = JSON.parse(new TextDecoder().decode(bytes));
     const files = new Map();
     await Promise.all(m.files.map(async (f) => files.set(f.path, new Uint8Array(await (await fetch(new URL(f.path, url))).arrayBuffer()))));
+    filesMs = performance.now() - t0;
     engine = Engine.fromPacked(bytes, files);
   } else {
-    engine = await Engine.load(url, { cache: "indexeddb", onProgress: (e) => e.type === "ready" && (ready = e) });
+    const onProgress = (e) => {
+      if (e.type === "progress") filesMs = performance.now() - t0;
+      if (e.type === "ready") ready = e;
+    };
+    engine = await Engine.load(url, { cache: "indexeddb", onProgress });
   }
   const ms = performance.now() - t0;
-  window.gc?.();
-  await new Promise((r) => setTimeout(r, 100));
-  const out = { ms, wasm: wasmMemoryBytes(), jsHeap: performance.memory?.usedJSHeapSize ?? 0, fromCache: ready?.fromCache ?? 0 };
+  for (let i = 0; i < 3; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    window.gc?.();
+  }
+  const out = { ms, filesMs, wasm: wasmMemoryBytes(), jsHeap: performance.memory?.usedJSHeapSize ?? 0, fromCache: ready?.fromCache ?? 0 };
   engine.free();
   return out;
 };
@@ -78,7 +87,7 @@ console.log(`Engine.load benchmark, headless Chromium ${ctx.browser()?.version()
 const mb = (b) => (b / 1e6).toFixed(1);
 for (const [how, rs] of Object.entries(rows)) {
   console.log(
-    `  ${how.padEnd(10)}  ${median(rs.map((r) => r.ms)).toFixed(0).padStart(6)} ms   wasm memory ${mb(median(rs.map((r) => r.wasm)))} MB   JS heap after load ${mb(median(rs.map((r) => r.jsHeap)))} MB   files from cache ${rs[0].fromCache}`,
+    `  ${how.padEnd(10)}  ${median(rs.map((r) => r.ms)).toFixed(0).padStart(6)} ms (files ready at ${median(rs.map((r) => r.filesMs)).toFixed(0)} ms)   wasm memory ${mb(median(rs.map((r) => r.wasm)))} MB   JS heap after load ${mb(median(rs.map((r) => r.jsHeap)))} MB   files from cache ${rs[0].fromCache}`,
   );
 }
 console.log(`  WebCrypto SHA-256 over all files: ${h.ms.toFixed(0)} ms for ${mb(h.bytes)} MB (${(h.bytes / 1e6 / (h.ms / 1000)).toFixed(0)} MB/s)`);
