@@ -253,7 +253,7 @@ async function killMidWrite(delayMs) {
     const sha = await p.evaluate(async () => {
       const big = new Uint8Array(64 << 20);
       for (let i = 0; i < big.length; i += 4096) big[i] = (i >> 12) & 255;
-      const hex = [...new Uint8Array(await crypto.subtle.digest("SHA-256", big))].map((b) => b.toString(16).padStart(2, "0")).join("");
+      const hex = await sha256hex(big);
       const s = edge.indexedDbStore();
       await s.open();
       window.putDone = false;
@@ -277,8 +277,7 @@ async function killMidWrite(delayMs) {
       const v = await s.get(sha);
       const keys = await s.keys();
       if (!v) return { present: false, keys: keys.length };
-      const hex = [...new Uint8Array(await crypto.subtle.digest("SHA-256", v))].map((b) => b.toString(16).padStart(2, "0")).join("");
-      return { present: true, whole: hex === sha, bytes: v.length, keys: keys.length };
+      return { present: true, whole: (await sha256hex(v)) === sha, bytes: v.length, keys: keys.length };
     }, sha);
     await c2.close();
     assert.ok(!got.present || got.whole, `half entry: ${JSON.stringify(got)}`);

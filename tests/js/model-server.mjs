@@ -43,6 +43,7 @@ const TEST_PAGE = `<!doctype html><meta charset="utf-8"><title>edge-llm loader t
 import init, * as edge from "/pkg/edge_llm.js";
 await init();
 window.edge = edge;
+window.sha256hex = async (b) => [...new Uint8Array(await crypto.subtle.digest("SHA-256", b))].map((x) => x.toString(16).padStart(2, "0")).join("");
 window.edgeReady = true;
 </script>`;
 
