@@ -29,6 +29,18 @@ pub enum Error {
     IncompatibleManifest(String),
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// A file could not be downloaded (after the retries the loader allows).
+    #[error("network error fetching `{file}`: {reason}")]
+    Network { file: String, reason: String },
+    /// The cache is out of storage quota (only thrown with `strictQuota`; otherwise a warning).
+    #[error("storage quota exceeded: {needed} bytes needed, {available} available")]
+    Quota { needed: u64, available: u64 },
+    #[error("aborted: {0}")]
+    Aborted(String),
+    #[error("unsupported backend: {0}")]
+    UnsupportedBackend(String),
+    #[error("model store error: {0}")]
+    Store(String),
 }
 
 impl Error {
@@ -45,6 +57,11 @@ impl Error {
             Error::InvalidManifest(_) => "InvalidManifestError",
             Error::IncompatibleManifest(_) => "IncompatibleModelError",
             Error::Io(_) => "IoError",
+            Error::Network { .. } => "NetworkError",
+            Error::Quota { .. } => "QuotaError",
+            Error::Aborted(_) => "AbortError",
+            Error::UnsupportedBackend(_) => "UnsupportedBackendError",
+            Error::Store(_) => "StoreError",
         }
     }
 }

@@ -1,7 +1,8 @@
 //! edge-llm: quantized LLM inference for browsers and edge runtimes.
 //!
 //! Module map (a module may use those listed after it, never those before):
-//! `web` → `generate` → `cpu`, `gguf` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`.
+//! `web` → `generate` → `cpu`, `gguf` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`;
+//! `web` → `loader` → `store`, `manifest`; `web` → `ota` → `error`.
 //! Only `web` touches browser APIs, so everything else builds and tests natively.
 
 pub mod cpu;
@@ -10,12 +11,15 @@ pub mod generate;
 pub mod gguf;
 pub mod gpu;
 pub mod llama;
+pub mod loader;
 pub mod manifest;
 pub mod model;
 pub mod onnx;
+pub mod ota;
 pub mod pack;
 pub mod quant;
 pub mod quantize;
+pub mod store;
 pub mod tiny;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

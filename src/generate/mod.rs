@@ -59,10 +59,23 @@ impl Engine {
     /// tensors before the next is asked for, so a caller handing over files as it gets them
     /// (from JS, disk or the network) never has the weights in memory twice: the peak is the
     /// weights plus one tensor, the tokenizer's parse coming first, while little else is held.
-    pub fn load_packed_with(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<Vec<u8>>) -> Result<Self> {
+    pub fn load_packed_with(manifest: &Manifest, file: impl FnMut(&str) -> Result<Vec<u8>>) -> Result<Self> {
+        Self::load_files(manifest, file, true)
+    }
+
+    /// [`Engine::load_packed`] for files already checked against the manifest's SHA-256s (the
+    /// loader verifies each one as it arrives): skips hashing the whole model a second time.
+    pub fn load_verified(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
+        let file = |path: &str| files.remove(path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` was not provided")));
+        Self::load_files(manifest, file, false)
+    }
+
+    fn load_files(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<Vec<u8>>, verify: bool) -> Result<Self> {
         let mut get = |path: &str| -> Result<Vec<u8>> {
             let bytes = file(path)?;
-            manifest.verify_file(path, &bytes)?;
+            if verify {
+                manifest.verify_file(path, &bytes)?;
+            }
             Ok(bytes)
         };
         let path = |role| manifest.file(role).map(|f| f.path.clone()).expect("validated manifest has this role");

@@ -1,5 +1,10 @@
 //! The JS API (wasm-bindgen). The only module that touches browser / JS APIs.
 
+mod load;
+mod ota;
+
+use std::rc::Rc;
+
 use wasm_bindgen::prelude::*;
 
 use crate::generate::{self, GenerateOptions};
@@ -98,7 +103,19 @@ pub async fn gpu_info() -> JsValue {
 /// A loaded model.
 #[wasm_bindgen]
 pub struct Engine {
-    inner: generate::Engine,
+    /// Swappable by OTA updates and rollbacks (web/ota.rs); use [`Engine::inner`].
+    slot: Rc<ota::Slot>,
+}
+
+impl Engine {
+    fn new(inner: generate::Engine) -> Self {
+        Engine { slot: Rc::new(ota::Slot::new(inner, None, None)) }
+    }
+
+    /// The engine now in use (a running generation keeps the one it started on).
+    fn inner(&self) -> Rc<generate::Engine> {
+        self.slot.engine()
+    }
 }
 
 #[wasm_bindgen]
@@ -108,7 +125,7 @@ impl Engine {
     pub fn from_bytes(onnx: &[u8], tokenizer_json: &[u8], config_json: &[u8]) -> Result<Engine, JsValue> {
         let config = crate::ModelConfig::from_json(config_json).map_err(js_error)?;
         let inner = generate::Engine::load(onnx, tokenizer_json, config).map_err(js_error)?;
-        Ok(Engine { inner })
+        Ok(Engine::new(inner))
     }
 
     /// Load a packed model: `manifest.json` bytes and every file it lists, by path. Each file
@@ -132,15 +149,15 @@ impl Engine {
             Ok(bytes)
         })
         .map_err(js_error)?;
-        Ok(Engine { inner })
+        Ok(Engine::new(inner))
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        self.inner.tokenizer().encode(text).map_err(js_error)
+        self.inner().tokenizer().encode(text).map_err(js_error)
     }
 
     pub fn detokenize(&self, ids: &[u32]) -> Result<String, JsValue> {
-        self.inner.tokenizer().decode(ids, false).map_err(js_error)
+        self.inner().tokenizer().decode(ids, false).map_err(js_error)
     }
 
     /// Render chat messages with the model's template.
@@ -150,7 +167,7 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
     ) -> Result<String, JsValue> {
         let messages: Vec<ChatMessage> = from_js(messages, "messages")?;
-        self.inner.apply_chat_template(&messages).map_err(js_error)
+        self.inner().apply_chat_template(&messages).map_err(js_error)
     }
 
     /// Stream the continuation of `prompt` (raw text).
@@ -174,7 +191,7 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
     ) -> Result<JsValue, JsValue> {
         let messages: Vec<ChatMessage> = from_js(messages, "messages")?;
-        let prompt = self.inner.apply_chat_template(&messages).map_err(js_error)?;
+        let prompt = self.inner().apply_chat_template(&messages).map_err(js_error)?;
         let g = self.start(&prompt, opts)?;
         Ok(to_async_iterator(g, signal))
     }
@@ -187,8 +204,8 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
     ) -> Result<Generation, JsValue> {
         let opts: GenerateOptions = from_js(opts, "options")?;
-        let inner = self.inner.generate(prompt, &opts).map_err(js_error)?;
-        Ok(Generation { inner })
+        let inner = self.inner().generate(prompt, &opts).map_err(js_error)?;
+        Ok(Generation { inner, outcome: Some(self.slot.outcome()) })
     }
 }
 
@@ -196,6 +213,8 @@ impl Engine {
 #[wasm_bindgen]
 pub struct Generation {
     inner: generate::Generation,
+    /// Reported once, when the generation ends or fails (OTA error-rate accounting).
+    outcome: Option<ota::Outcome>,
 }
 
 #[wasm_bindgen]
@@ -203,7 +222,17 @@ impl Generation {
     /// The next token, or `undefined` when finished.
     #[wasm_bindgen(unchecked_return_type = "GeneratedToken | undefined")]
     pub fn step(&mut self) -> Result<JsValue, JsValue> {
-        match self.inner.step().map_err(js_error)? {
+        let step = self.inner.step();
+        let ok = match &step {
+            Err(e) if crate::ota::is_model_error(e) => Some(false),
+            Err(_) => None,
+            Ok(None) => Some(true),
+            Ok(Some(_)) => self.inner.finish_reason().map(|_| true),
+        };
+        if let Some(outcome) = ok.and_then(|_| self.outcome.take()) {
+            outcome.report(ok == Some(true));
+        }
+        match step.map_err(js_error)? {
             Some(ev) => Ok(to_js(&ev)),
             None => Ok(JsValue::UNDEFINED),
         }

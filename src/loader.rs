@@ -1,0 +1,470 @@
+//! The model loader: manifest, then every file from the cache or the network, verified.
+//!
+//! Plain Rust over two traits, so the policy is tested natively: [`Fetcher`] (network, hashing,
+//! timers: `fetch` + WebCrypto on the web) and [`ShardStore`] (the cache). Policy:
+//! - at most `concurrency` files in flight; each verified shard is moved into Rust memory
+//!   ([`Blob::into_vec`]) as soon as it is accepted, so a backend copy exists for in-flight
+//!   files only;
+//! - cache first: a hit is re-hashed before use (the store is not trusted); a mismatch evicts
+//!   the entry and falls through to the network;
+//! - network errors and retryable HTTP statuses (408, 425, 429, 5xx) are retried with
+//!   exponential backoff; a downloaded file that fails its SHA-256 is fetched once more, then
+//!   the load fails with `IntegrityError` naming it;
+//! - a verified download is stored before it counts as loaded, and the model record is written
+//!   last, so an interrupted load leaves only whole, verified shards (the next load resumes
+//!   from them) and never a record naming a missing shard;
+//! - when the store is out of quota the load goes on from memory: a `QuotaError` warning,
+//!   this model's partial entries dropped, nothing else written (or an error with
+//!   `strict_quota`).
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::Serialize;
+
+use crate::manifest::Manifest;
+use crate::store::{self, Blob, ModelRecord, ShardStore, StoreError};
+use crate::{Error, Result};
+
+/// Why a fetch failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FetchError {
+    Aborted,
+    /// The server answered with this HTTP status.
+    Status(u16),
+    /// No answer (offline, reset, DNS, a body cut short).
+    Network(String),
+}
+
+impl FetchError {
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            FetchError::Aborted => false,
+            FetchError::Status(s) => matches!(s, 408 | 425 | 429 | 500..=599),
+            FetchError::Network(_) => true,
+        }
+    }
+}
+
+impl std::fmt::Display for FetchError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FetchError::Aborted => write!(f, "aborted"),
+            FetchError::Status(s) => write!(f, "HTTP {s}"),
+            FetchError::Network(m) => write!(f, "{m}"),
+        }
+    }
+}
+
+/// What the loader needs from the platform besides the store.
+#[allow(async_fn_in_trait)]
+pub trait Fetcher {
+    type Blob: Blob;
+    /// GET `url`. `expected_bytes` is the manifest's size when known; `on_bytes` is told how
+    /// many bytes have arrived so far.
+    async fn fetch(&self, url: &str, expected_bytes: Option<u64>, on_bytes: &dyn Fn(u64)) -> Result<Self::Blob, FetchError>;
+    /// Lower-case hex SHA-256 of `blob`.
+    async fn sha256(&self, blob: &Self::Blob) -> String;
+    /// Wait `ms` milliseconds; `Err(Aborted)` if aborted meanwhile.
+    async fn sleep(&self, ms: u32) -> Result<(), FetchError>;
+    fn aborted(&self) -> bool;
+    /// Milliseconds since the epoch.
+    fn now_ms(&self) -> f64;
+}
+
+/// Exponential backoff: retry `n` (from 1) waits `base_delay_ms × 2^(n-1)`, at most `max_delay_ms`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    pub max_retries: u32,
+    pub base_delay_ms: u32,
+    pub max_delay_ms: u32,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy { max_retries: 4, base_delay_ms: 250, max_delay_ms: 4000 }
+    }
+}
+
+impl RetryPolicy {
+    pub fn delay_ms(&self, retry: u32) -> u32 {
+        let shift = retry.saturating_sub(1).min(16);
+        self.base_delay_ms.saturating_mul(1 << shift).min(self.max_delay_ms)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOptions {
+    /// Files in flight at once.
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    /// Fail with `QuotaError` instead of loading from memory when the cache is full.
+    pub strict_quota: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { concurrency: 4, retry: RetryPolicy::default(), strict_quota: false }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Source {
+    Cache,
+    Network,
+}
+
+/// Progress events (`onProgress` in JS), a tagged union on `type`. `loaded` never decreases,
+/// `total` never changes, a file's last byte counts only once it is verified and stored, and
+/// the sequence ends with `ready`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum LoadEvent {
+    Manifest { model_id: String, model_version: String, total: u64, files: usize, source: Source },
+    Progress { loaded: u64, total: u64, file: String, source: Source },
+    Retry { file: String, attempt: u32, delay_ms: u32, reason: String },
+    /// A cached entry failed its SHA-256 check and was deleted; the file is fetched again.
+    Evicted { file: String, sha256: String },
+    /// Something the app should know that did not stop the load (`QuotaError`, `StoreError`).
+    Warning { name: String, message: String, needed: Option<u64>, available: Option<u64> },
+    /// The engine is built (emitted by the caller after [`Loader::files`]).
+    Ready { loaded: u64, total: u64, from_cache: usize, from_network: usize },
+}
+
+/// Byte accounting behind [`LoadEvent::Progress`]: per file, the most bytes seen so far (capped
+/// one short of its size until it is committed), so retries never move `loaded` backwards.
+#[derive(Debug, Clone)]
+pub struct Progress {
+    sizes: Vec<u64>,
+    seen: Vec<u64>,
+    done: Vec<bool>,
+    loaded: u64,
+}
+
+impl Progress {
+    pub fn new(sizes: Vec<u64>) -> Self {
+        let n = sizes.len();
+        Progress { sizes, seen: vec![0; n], done: vec![false; n], loaded: 0 }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.sizes.iter().sum()
+    }
+
+    pub fn loaded(&self) -> u64 {
+        self.loaded
+    }
+
+    /// `bytes` of file `i` have arrived; the new `loaded` if it grew.
+    pub fn partial(&mut self, i: usize, bytes: u64) -> Option<u64> {
+        let b = bytes.min(self.sizes[i].saturating_sub(1));
+        if self.done[i] || b <= self.seen[i] {
+            return None;
+        }
+        self.loaded += b - self.seen[i];
+        self.seen[i] = b;
+        Some(self.loaded)
+    }
+
+    /// File `i` is verified and stored: all its bytes count.
+    pub fn commit(&mut self, i: usize) -> u64 {
+        if !self.done[i] {
+            self.loaded += self.sizes[i] - self.seen[i];
+            self.seen[i] = self.sizes[i];
+            self.done[i] = true;
+        }
+        self.loaded
+    }
+}
+
+/// `path` relative to the folder of `base` (a manifest URL); manifest paths are plain names.
+pub fn resolve_url(base: &str, path: &str) -> String {
+    let base = base.split(['?', '#']).next().unwrap_or(base);
+    match base.rfind('/') {
+        Some(i) => format!("{}{path}", &base[..=i]),
+        None => path.to_string(),
+    }
+}
+
+/// A manifest and where it came from.
+#[derive(Debug, Clone)]
+pub struct ManifestSource {
+    pub manifest: Manifest,
+    pub json: String,
+    pub source: Source,
+}
+
+/// What [`Loader::files`] hands back: every file's verified bytes, by path.
+#[derive(Debug)]
+pub struct Loaded {
+    pub files: BTreeMap<String, Vec<u8>>,
+    pub from_cache: usize,
+    pub from_network: usize,
+    /// The whole model is in the store and its record written.
+    pub cached: bool,
+    /// `(needed, available)` bytes when the store ran out of quota.
+    pub quota: Option<(u64, u64)>,
+}
+
+pub struct Loader<'a, F: Fetcher, S: ShardStore<Blob = F::Blob>> {
+    pub fetcher: &'a F,
+    /// `None`: no cache (`cache: 'none'`).
+    pub store: Option<&'a S>,
+    pub options: LoadOptions,
+    pub on_event: &'a dyn Fn(LoadEvent),
+}
+
+/// Shared by the workers of one [`Loader::files`] call. No borrow is held across an `await`.
+struct State {
+    queue: RefCell<VecDeque<usize>>,
+    error: RefCell<Option<Error>>,
+    progress: RefCell<Progress>,
+    files: RefCell<BTreeMap<String, Vec<u8>>>,
+    /// Bytes of this model known to be in the store.
+    stored_bytes: Cell<u64>,
+    /// Stop writing to the store (quota or a store failure).
+    store_off: Cell<bool>,
+    quota: Cell<Option<(u64, u64)>>,
+    from_cache: Cell<usize>,
+    from_network: Cell<usize>,
+}
+
+fn store_warning(e: &StoreError) -> LoadEvent {
+    LoadEvent::Warning { name: "StoreError".into(), message: e.to_string(), needed: None, available: None }
+}
+
+fn aborted() -> Error {
+    Error::Aborted("model load aborted".into())
+}
+
+impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
+    fn emit(&self, e: LoadEvent) {
+        (self.on_event)(e)
+    }
+
+    /// Fetch and check the manifest at `url`. When the network fails and the store holds a
+    /// complete model loaded from this URL before, that model's manifest is used (offline).
+    pub async fn manifest(&self, url: &str) -> Result<ManifestSource> {
+        let mut retries = 0;
+        let mut cached: Option<Option<ModelRecord>> = None;
+        loop {
+            if self.fetcher.aborted() {
+                return Err(aborted());
+            }
+            let err = match self.fetcher.fetch(url, None, &|_| {}).await {
+                Ok(blob) => {
+                    let bytes = blob.into_vec();
+                    let manifest = Manifest::from_json(&bytes)?;
+                    let json = String::from_utf8(bytes).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+                    return Ok(self.announce(ManifestSource { manifest, json, source: Source::Network }));
+                }
+                Err(FetchError::Aborted) => return Err(aborted()),
+                Err(e) => e,
+            };
+            if cached.is_none() {
+                cached = Some(self.cached_manifest(url).await);
+            }
+            if let Some(Some(rec)) = &cached {
+                let manifest = Manifest::from_json(rec.manifest_json.as_bytes())?;
+                return Ok(self.announce(ManifestSource { manifest, json: rec.manifest_json.clone(), source: Source::Cache }));
+            }
+            if !err.is_retryable() || retries >= self.options.retry.max_retries {
+                return Err(Error::Network { file: url.into(), reason: err.to_string() });
+            }
+            retries += 1;
+            let delay_ms = self.options.retry.delay_ms(retries);
+            self.emit(LoadEvent::Retry { file: url.into(), attempt: retries, delay_ms, reason: err.to_string() });
+            self.fetcher.sleep(delay_ms).await.map_err(|_| aborted())?;
+        }
+    }
+
+    fn announce(&self, m: ManifestSource) -> ManifestSource {
+        self.emit(LoadEvent::Manifest {
+            model_id: m.manifest.model_id.clone(),
+            model_version: m.manifest.model_version.clone(),
+            total: m.manifest.total_bytes,
+            files: m.manifest.files.len(),
+            source: m.source,
+        });
+        m
+    }
+
+    /// The newest complete cached model first loaded from `url`.
+    async fn cached_manifest(&self, url: &str) -> Option<ModelRecord> {
+        let store = self.store?;
+        let listed = store::list_models(store).await.ok()?;
+        let best = listed.into_iter().find(|m| m.complete && m.manifest_url.as_deref() == Some(url))?;
+        store.models().await.ok()?.into_iter().find(|r| r.key == best.key)
+    }
+
+    /// Every file of `manifest`, verified, from the store or from `base_url` (the manifest's URL;
+    /// `None` when the manifest was handed over as an object: then only the cache can serve).
+    pub async fn files(&self, manifest: &Manifest, manifest_json: &str, manifest_url: Option<&str>, base_url: Option<&str>) -> Result<Loaded> {
+        let st = State {
+            queue: RefCell::new((0..manifest.files.len()).collect()),
+            error: RefCell::new(None),
+            progress: RefCell::new(Progress::new(manifest.files.iter().map(|f| f.bytes).collect())),
+            files: RefCell::new(BTreeMap::new()),
+            stored_bytes: Cell::new(0),
+            store_off: Cell::new(self.store.is_none()),
+            quota: Cell::new(None),
+            from_cache: Cell::new(0),
+            from_network: Cell::new(0),
+        };
+        let workers = (0..self.options.concurrency.clamp(1, 64)).map(|_| self.worker(&st, manifest, base_url));
+        futures_util::future::join_all(workers).await;
+
+        let quota = st.quota.get();
+        if let (Some(store), Some(_)) = (self.store, quota) {
+            // Drop this model's partial entries: without its record they only take space.
+            let records = store.models().await.map_err(|e| Error::Store(e.to_string()))?;
+            let mine = manifest.files.iter().map(|f| f.sha256.clone()).collect();
+            store::drop_unreferenced(store, &records, mine).await.map_err(|e| Error::Store(e.to_string()))?;
+        }
+        if let Some(e) = st.error.take() {
+            return Err(e);
+        }
+        let mut cached = false;
+        if let (Some(store), false) = (self.store, st.store_off.get()) {
+            let record = ModelRecord {
+                key: store::record_key(&manifest.model_id, &manifest.model_version),
+                model_sha256: manifest.model_sha256.clone(),
+                model_id: manifest.model_id.clone(),
+                model_version: manifest.model_version.clone(),
+                manifest_url: manifest_url.map(Into::into),
+                manifest_json: manifest_json.into(),
+                shards: manifest.files.iter().map(|f| f.sha256.clone()).collect(),
+                total_bytes: manifest.total_bytes as f64,
+                stored_at: self.fetcher.now_ms(),
+            };
+            match store.put_model(&record).await {
+                Ok(()) => cached = true,
+                Err(e) => self.emit(store_warning(&e)),
+            }
+        }
+        Ok(Loaded { files: st.files.take(), from_cache: st.from_cache.get(), from_network: st.from_network.get(), cached, quota })
+    }
+
+    async fn worker(&self, st: &State, manifest: &Manifest, base_url: Option<&str>) {
+        loop {
+            if st.error.borrow().is_some() {
+                return;
+            }
+            let Some(i) = st.queue.borrow_mut().pop_front() else { return };
+            if let Err(e) = self.file(st, manifest, i, base_url).await {
+                st.error.borrow_mut().get_or_insert(e);
+                return;
+            }
+        }
+    }
+
+    async fn file(&self, st: &State, manifest: &Manifest, i: usize, base_url: Option<&str>) -> Result<()> {
+        let f = &manifest.files[i];
+        if let Some(store) = self.store {
+            match store.get(&f.sha256).await {
+                Ok(Some(blob)) => {
+                    if blob.len() == f.bytes && self.fetcher.sha256(&blob).await == f.sha256 {
+                        st.stored_bytes.set(st.stored_bytes.get() + f.bytes);
+                        st.from_cache.set(st.from_cache.get() + 1);
+                        return self.accept(st, manifest, i, blob, Source::Cache);
+                    }
+                    drop(blob);
+                    self.emit(LoadEvent::Evicted { file: f.path.clone(), sha256: f.sha256.clone() });
+                    if let Err(e) = store.delete(&f.sha256).await {
+                        self.store_failed(st, e);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => self.emit(store_warning(&e)),
+            }
+        }
+        let Some(base) = base_url else {
+            return Err(Error::Network { file: f.path.clone(), reason: "not in the cache, and no manifest URL to fetch it from".into() });
+        };
+        let url = resolve_url(base, &f.path);
+        let (mut retries, mut mismatches) = (0u32, 0u32);
+        let blob = loop {
+            if self.fetcher.aborted() {
+                return Err(aborted());
+            }
+            let on_bytes = |b: u64| {
+                let grown = st.progress.borrow_mut().partial(i, b);
+                if let Some(loaded) = grown {
+                    self.emit(LoadEvent::Progress { loaded, total: manifest.total_bytes, file: f.path.clone(), source: Source::Network });
+                }
+            };
+            match self.fetcher.fetch(&url, Some(f.bytes), &on_bytes).await {
+                Ok(blob) => {
+                    let actual = self.fetcher.sha256(&blob).await;
+                    if blob.len() == f.bytes && actual == f.sha256 {
+                        break blob;
+                    }
+                    mismatches += 1;
+                    if mismatches > 1 {
+                        return Err(Error::ShardHashMismatch { shard: f.path.clone(), expected: f.sha256.clone(), actual });
+                    }
+                    let reason = format!("SHA-256 mismatch ({} bytes, {actual})", blob.len());
+                    self.emit(LoadEvent::Retry { file: f.path.clone(), attempt: retries + mismatches, delay_ms: 0, reason });
+                }
+                Err(FetchError::Aborted) => return Err(aborted()),
+                Err(e) if e.is_retryable() && retries < self.options.retry.max_retries => {
+                    retries += 1;
+                    let delay_ms = self.options.retry.delay_ms(retries);
+                    self.emit(LoadEvent::Retry { file: f.path.clone(), attempt: retries + mismatches, delay_ms, reason: e.to_string() });
+                    self.fetcher.sleep(delay_ms).await.map_err(|_| aborted())?;
+                }
+                Err(e) => return Err(Error::Network { file: url, reason: e.to_string() }),
+            }
+        };
+        if let (Some(store), false) = (self.store, st.store_off.get()) {
+            match store.put(&f.sha256, &blob).await {
+                Ok(()) => st.stored_bytes.set(st.stored_bytes.get() + f.bytes),
+                Err(StoreError::Quota(msg)) => self.quota_exceeded(st, manifest, msg).await?,
+                Err(e) => self.store_failed(st, e),
+            }
+        }
+        if self.fetcher.aborted() {
+            return Err(aborted());
+        }
+        st.from_network.set(st.from_network.get() + 1);
+        self.accept(st, manifest, i, blob, Source::Network)
+    }
+
+    fn accept(&self, st: &State, manifest: &Manifest, i: usize, blob: F::Blob, source: Source) -> Result<()> {
+        let f = &manifest.files[i];
+        st.files.borrow_mut().insert(f.path.clone(), blob.into_vec());
+        let loaded = st.progress.borrow_mut().commit(i);
+        self.emit(LoadEvent::Progress { loaded, total: manifest.total_bytes, file: f.path.clone(), source });
+        Ok(())
+    }
+
+    fn store_failed(&self, st: &State, e: StoreError) {
+        if !st.store_off.replace(true) {
+            self.emit(store_warning(&e));
+        }
+    }
+
+    async fn quota_exceeded(&self, st: &State, manifest: &Manifest, msg: String) -> Result<()> {
+        if st.store_off.replace(true) {
+            return Ok(());
+        }
+        let needed = manifest.total_bytes.saturating_sub(st.stored_bytes.get());
+        let estimate = match self.store {
+            Some(s) => s.estimate().await,
+            None => None,
+        };
+        let available = estimate.map(|e| (e.quota - e.usage).max(0.0) as u64).unwrap_or(0);
+        st.quota.set(Some((needed, available)));
+        if self.options.strict_quota {
+            return Err(Error::Quota { needed, available });
+        }
+        self.emit(LoadEvent::Warning {
+            name: "QuotaError".into(),
+            message: format!("model cache is full ({msg}): loading from memory for this visit; {needed} bytes needed, {available} available"),
+            needed: Some(needed),
+            available: Some(available),
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,173 @@
+// Engine.load from Node (no DOM): the built package against the test model server, with the
+// memory and file-system stores. The IndexedDB paths run in Chromium (browser-loader.test.mjs).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { readFileSync, mkdtempSync, readdirSync, writeFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { startModelServer, tinyPacked, variant, root } from "./model-server.mjs";
+
+const pkg = await import(new URL("pkg/edge_llm.js", `file://${root}`));
+pkg.initSync({ module: readFileSync(join(root, "pkg/edge_llm_bg.wasm")) });
+const { Engine } = pkg;
+
+const tiny = tinyPacked();
+let srv;
+before(async () => {
+  srv = await startModelServer();
+  srv.addModel("v1", tiny);
+  srv.addModel("v2", variant(tiny, { version: "2.0.0" }));
+  srv.addModel("nan", variant(tiny, { version: "2.0.0-nan", nan: true }));
+  srv.addModel("future", variant(tiny, { edit: (m) => (m.min_runtime_version = "99.0.0") }));
+});
+after(() => srv.close());
+
+const quick = { retries: 2 };
+const greedy = async (engine) => {
+  const ids = [];
+  for await (const t of engine.generate("The capital of France", { maxTokens: 6, ignoreEos: true })) ids.push(t.tokenId);
+  return ids;
+};
+const wantTokens = await (async () => {
+  const fx = (f) => readFileSync(join(root, "tests/fixtures/tiny", f));
+  const e = Engine.fromBytes(fx("model-int4.onnx"), fx("tokenizer.json"), fx("model_config.json"));
+  const ids = await greedy(e);
+  e.free();
+  return ids;
+})();
+
+/// The progress contract: a tagged union, `loaded` never decreases, `total` never changes,
+/// ends with `ready` at the total.
+function checkProgress(events) {
+  const total = Number(JSON.parse(tiny["manifest.json"]).total_bytes);
+  let last = 0;
+  for (const e of events.filter((e) => e.type === "progress")) {
+    assert.equal(e.total, total);
+    assert.ok(e.loaded >= last, `loaded went back: ${last} -> ${e.loaded}`);
+    last = e.loaded;
+  }
+  assert.equal(events[0].type, "manifest");
+  const end = events.at(-1);
+  assert.equal(end.type, "ready");
+  assert.equal(end.loaded, total);
+  assert.equal(last, total);
+}
+
+test("Engine.load fetches, verifies and runs the packed model; progress keeps its contract", async () => {
+  const events = [];
+  const engine = await Engine.load(srv.url("v1"), { cache: "none", onProgress: (e) => events.push(e) });
+  checkProgress(events);
+  assert.equal(engine.modelVersion, "1.0.0");
+  assert.deepEqual(await greedy(engine), wantTokens, "same tokens as the unpacked model");
+  engine.free();
+});
+
+test("the fs store: cached shards are not fetched again, offline loads work, a corrupt entry is refetched", async () => {
+  const dir = mkdtempSync(join(tmpdir(), "edge-llm-fs-"));
+  try {
+    const before = srv.shardRequests("v1");
+    const e1 = await Engine.load(srv.url("v1"), { cache: "fs", cacheDir: dir });
+    const files = JSON.parse(tiny["manifest.json"]).files;
+    assert.equal(srv.shardRequests("v1") - before, files.length);
+    assert.equal(readdirSync(join(dir, "shards")).length, files.length);
+    e1.free();
+
+    srv.state.offline = true;
+    const events = [];
+    const e2 = await Engine.load(srv.url("v1"), { cache: "fs", cacheDir: dir, onProgress: (e) => events.push(e) }).finally(() => (srv.state.offline = false));
+    assert.equal(events[0].source, "cache", "manifest from the cache while offline");
+    assert.equal(events.at(-1).fromCache, files.length);
+    checkProgress(events);
+    assert.deepEqual(await greedy(e2), wantTokens);
+    e2.free();
+
+    const listed = await pkg.listCachedModels(pkg.fsStore(dir));
+    assert.equal(listed.length, 1);
+    assert.equal(listed[0].modelVersion, "1.0.0");
+    assert.equal(listed[0].complete, true);
+
+    const victim = files.find((f) => f.role === "weights");
+    writeFileSync(join(dir, "shards", victim.sha256), Buffer.from("not the shard"));
+    const ev = [];
+    const n = srv.requests("v1", victim.path);
+    const e3 = await Engine.load(srv.url("v1"), { cache: "fs", cacheDir: dir, onProgress: (e) => ev.push(e) });
+    assert.ok(ev.some((e) => e.type === "evicted" && e.file === victim.path));
+    assert.equal(srv.requests("v1", victim.path), n + 1, "refetched once");
+    assert.equal(readFileSync(join(dir, "shards", victim.sha256)).length, victim.bytes, "store repaired");
+    e3.free();
+
+    assert.equal(await pkg.deleteCachedModel(listed[0].modelId, undefined, pkg.fsStore(dir)), 1);
+    assert.deepEqual(readdirSync(join(dir, "shards")), []);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("named errors: 404, integrity, incompatible model, backend, options", async () => {
+  await assert.rejects(Engine.load(srv.url("missing"), { cache: "none", ...quick }), { name: "NetworkError", message: /HTTP 404/ });
+
+  const shard = JSON.parse(tiny["manifest.json"]).files.find((f) => f.role === "weights");
+  srv.fault("v1", shard.path, { mode: "corrupt" }, { mode: "corrupt" });
+  await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", ...quick }), (e) => {
+    assert.equal(e.name, "IntegrityError");
+    assert.ok(e.message.includes(shard.path) && e.message.includes(shard.sha256), e.message);
+    return true;
+  });
+  srv.fault("v1", shard.path, { mode: "drop" }, { mode: "status", status: 503 });
+  const retries = [];
+  const e = await Engine.load(srv.url("v1"), { cache: "none", onProgress: (p) => p.type === "retry" && retries.push(p) });
+  assert.equal(retries.length, 2, "a dropped connection and a 503 are retried");
+  e.free();
+
+  await assert.rejects(Engine.load(srv.url("future"), { cache: "none" }), { name: "IncompatibleModelError", message: /99\.0\.0/ });
+  await assert.rejects(Engine.load(srv.url("v1"), { backend: "webgpu" }), { name: "UnsupportedBackendError", message: /WebGPU/ });
+  await assert.rejects(Engine.load(srv.url("v1"), { threads: 0 }), { name: "InvalidOptionError", message: /threads/ });
+  await assert.rejects(Engine.load(srv.url("v1"), { cache: "indexeddb" }), { name: "InvalidOptionError", message: /IndexedDB/ });
+  const warnings = [];
+  const t = await Engine.load(srv.url("v1"), { cache: "memory", threads: 4, onProgress: (p) => p.type === "warning" && warnings.push(p) });
+  assert.equal(warnings[0].name, "ThreadsUnavailable");
+  t.free();
+});
+
+test("an AbortSignal stops a slow download with AbortError", async () => {
+  const files = JSON.parse(tiny["manifest.json"]).files;
+  for (const f of files) srv.fault("v2", f.path, { mode: "delay", ms: 200 });
+  const ctl = new AbortController();
+  const p = Engine.load(srv.url("v2"), { cache: "none", signal: ctl.signal, onProgress: (e) => e.type === "progress" && ctl.abort() });
+  await assert.rejects(p, { name: "AbortError" });
+  srv.clearFaults();
+});
+
+test("OTA: a bad update (NaN logits) is rolled back to the previous version from the store", async () => {
+  const engine = await Engine.load(srv.url("v1"), { cache: "memory" });
+  for (let i = 0; i < 3; i++) assert.deepEqual(await greedy(engine), wantTokens);
+  const events = [];
+  const rolledBack = new Promise((resolve) =>
+    engine.setEventListener((e) => {
+      events.push(e);
+      if (e.type === "rollback" || e.type === "rollbackFailed") resolve(e);
+    }),
+  );
+  const r = await engine.update(srv.url("nan"), { window: 10 });
+  assert.deepEqual(r, { updated: true, from: "1.0.0", to: "2.0.0-nan", baseline: 0 });
+  assert.equal(engine.modelVersion, "2.0.0-nan");
+  const v1Requests = srv.shardRequests("v1");
+  await assert.rejects(greedy(engine), { name: "InferenceError", message: /NaN/ });
+  const rb = await rolledBack;
+  assert.equal(rb.type, "rollback", JSON.stringify(rb));
+  assert.deepEqual([rb.from, rb.to, rb.errors, rb.samples], ["2.0.0-nan", "1.0.0", 1, 1]);
+  assert.ok(rb.errorRate > rb.baseline + 0.05);
+  assert.equal(engine.modelVersion, "1.0.0");
+  assert.equal(srv.shardRequests("v1"), v1Requests, "the previous version came from the store");
+  assert.deepEqual(await greedy(engine), wantTokens);
+  assert.deepEqual(events.map((e) => e.type), ["updated", "rollback"]);
+  const n = srv.log.length;
+  assert.deepEqual(await engine.update(srv.url("v1")), { updated: false, from: "1.0.0", to: "1.0.0" });
+  assert.deepEqual(srv.log.slice(n), ["v1/manifest.json"], "the same version: only its manifest is fetched");
+
+  const ok = await engine.update(srv.url("v2"), { window: 10, probation: 5 });
+  assert.equal(ok.to, "2.0.0");
+  for (let i = 0; i < 5; i++) await greedy(engine);
+  assert.deepEqual(events.map((e) => e.type), ["updated", "rollback", "updated", "updateConfirmed"]);
+  engine.free();
+});
