@@ -21,6 +21,13 @@ WASM_OPT=0 scripts/build-pkg.sh
   fi
   node_modules/.bin/vite build --logLevel warn
 )
+# The www/ demo's test runs on the tiny int4 model, packed like a real one.
+tiny_src=$(mktemp -d)
+cp tests/fixtures/tiny/model-int4.onnx "$tiny_src/model.onnx"
+cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$tiny_src/"
+rm -rf www/models/tiny-int4
+cargo run -q --features pack --bin edge-llm-pack -- pack "$tiny_src" www/models/tiny-int4 >/dev/null
+rm -rf "$tiny_src"
 node --test tests/js/
 
 echo "== Deno: the package and its Worker proxy (deno from npm)"

@@ -1,5 +1,6 @@
 // Demo + benchmark page. Query parameters: model=<folder under www/> (default models/default),
-// prompt=<text>, auto=1 (generate, then benchmark, without clicks; used by scripts/demo.mjs).
+// prompt=<text>, max=<tokens per reply> (default 96), auto=1 (generate, then benchmark, without
+// clicks; used by scripts/demo.mjs).
 // The conversation survives the page: its state (KV cache, tokens, an unfinished reply) is
 // saved to IndexedDB when the page is hidden or left, and restored when it loads again.
 import init, { Engine, gpuInfo, version, wasmMemoryBytes } from "../pkg/edge_llm.js";
@@ -8,6 +9,7 @@ import { loadConversation, saveConversation, clearConversation } from "./lifecyc
 
 const params = new URLSearchParams(location.search);
 const modelDir = params.get("model") ?? "models/default";
+const maxTokens = Number(params.get("max") ?? 96);
 const $ = (id) => document.getElementById(id);
 $("prompt").value = params.get("prompt") ?? "What is the capital of France?";
 // The page reports to scripts/demo.mjs through console lines with these prefixes.
@@ -102,11 +104,12 @@ async function generate() {
   reply = "";
   $("out").textContent = "";
   // The cached conversation prefix is reused: only the new turn is prefilled.
-  await stream((signal) => engine.chat(messages, { maxTokens: 96 }, signal));
+  await stream((signal) => engine.chat(messages, { maxTokens }, signal));
   const s = engine.stats();
   facts.timeToFirstTokenMs = s.timeToFirstTokenMs;
   facts.generatedTokens = s.generatedTokens;
   facts.reusedPromptTokens = s.reusedPromptTokens;
+  report("TURN", { promptTokens: s.promptTokens, reusedPromptTokens: s.reusedPromptTokens, contextTokens: s.contextTokens });
   report("ANSWER", $("out").textContent);
 }
 
