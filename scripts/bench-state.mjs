@@ -48,5 +48,33 @@ for (const total of sizes.length ? sizes : [64, 256, 512]) {
       `saveState ${median(saves).toFixed(1)} ms, restoreState ${median(restores).toFixed(1)} ms`,
   );
 }
+
+// A second chat turn after restoring: time to first token with the restored cache reused vs.
+// recomputing the whole conversation.
+a.clearState();
+const turn1 = [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }];
+let reply = "";
+for await (const t of a.chat(turn1, { maxTokens: 200, ignoreEos: true })) reply += t.text;
+const saved = a.saveState();
+const turn2 = [...turn1, { role: "assistant", content: reply }, { role: "user", content: "How does it end?" }];
+const ttft = async (reusePrefix) => {
+  const ms = [];
+  let s;
+  for (let i = 0; i < 5; i++) {
+    b.restoreState(saved);
+    const it = b.chat(turn2, { maxTokens: 1, reusePrefix });
+    await it.next();
+    await it.return();
+    s = b.stats();
+    ms.push(s.timeToFirstTokenMs);
+  }
+  return [median(ms), s];
+};
+const [withReuse, sr] = await ttft(true);
+const [without, sn] = await ttft(false);
+console.log(
+  `second turn (${sr.promptTokens} prompt tokens, ${sr.reusedPromptTokens} from the restored cache): ` +
+    `time to first token ${withReuse.toFixed(0)} ms reusing the cache vs ${without.toFixed(0)} ms recomputing ${sn.promptTokens}`,
+);
 a.dispose();
 b.dispose();

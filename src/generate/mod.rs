@@ -241,7 +241,7 @@ impl Engine {
     /// only with `reuse_prefix: Some(true)`.
     pub fn generate(&self, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
         let t0 = (self.clock)();
-        let ids = self.tokenizer.encode(prompt)?;
+        let ids = if opts.reuse_prefix == Some(true) { self.encode_continuing(prompt)? } else { self.tokenizer.encode(prompt)? };
         self.generate_ids_at(ids, opts, t0)
     }
 
@@ -250,9 +250,26 @@ impl Engine {
     pub fn chat(&self, messages: &[ChatMessage], opts: &GenerateOptions) -> Result<Generation> {
         let t0 = (self.clock)();
         let prompt = self.apply_chat_template(messages)?;
-        let ids = self.tokenizer.encode(&prompt)?;
         let opts = GenerateOptions { reuse_prefix: Some(opts.reuse_prefix.unwrap_or(true)), ..opts.clone() };
+        let ids = if opts.reuse_prefix == Some(true) { self.encode_continuing(&prompt)? } else { self.tokenizer.encode(&prompt)? };
         self.generate_ids_at(ids, &opts, t0)
+    }
+
+    /// Token ids of `prompt`. When it extends the text of the current conversation's cache, the
+    /// cached ids come first, as the model saw them, then the encoding of the rest: a reply the
+    /// model generated would often encode to other ids than it sampled (BPE has many spellings of
+    /// one text), and the cache could then only be reused up to the first difference.
+    fn encode_continuing(&self, prompt: &str) -> Result<Vec<u32>> {
+        let cached = self.shared.last.lock().expect("not poisoned").as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
+        if !cached.is_empty() {
+            let text = self.tokenizer.decode(&cached, false)?;
+            if let Some(rest) = prompt.strip_prefix(text.as_str()).filter(|r| !r.is_empty()) {
+                let mut ids = cached;
+                ids.extend(self.tokenizer.encode(rest)?);
+                return Ok(ids);
+            }
+        }
+        self.tokenizer.encode(prompt)
     }
 
     pub fn generate_ids(&self, prompt: Vec<u32>, opts: &GenerateOptions) -> Result<Generation> {
@@ -260,7 +277,6 @@ impl Engine {
     }
 
     fn generate_ids_at(&self, prompt: Vec<u32>, opts: &GenerateOptions, t0: f64) -> Result<Generation> {
-        self.check_alive()?;
         opts.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidOption { option: "prompt", reason: "encodes to no tokens".into() });
@@ -312,13 +328,6 @@ impl Engine {
             resumed: false,
             decode_steps: 0,
         }
-    }
-
-    fn check_alive(&self) -> Result<()> {
-        if self.shared.disposed.load(Ordering::Acquire) {
-            return Err(Error::Disposed);
-        }
-        Ok(())
     }
 }
 
