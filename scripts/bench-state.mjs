@@ -54,7 +54,7 @@ for (const total of sizes.length ? sizes : [64, 256, 512]) {
 a.clearState();
 const turn1 = [{ role: "user", content: "Tell me a long story about a lighthouse keeper." }];
 let reply = "";
-for await (const t of a.chat(turn1, { maxTokens: 200, ignoreEos: true })) reply += t.text;
+for await (const t of a.chat(turn1, { maxTokens: 200 })) reply += t.text;
 const saved = a.saveState();
 const turn2 = [...turn1, { role: "assistant", content: reply }, { role: "user", content: "How does it end?" }];
 const ttft = async (reusePrefix) => {

@@ -75,12 +75,12 @@ test("the main thread keeps running while the worker loads and works", async () 
         return { maxGap: Math.max(maxGap, performance.now() - last), ticks };
       };
     };
-    // The work: load, tokenize ~300 KB of made-up words (one long synchronous call: no word
+    // The work: load, tokenize ~750 KB of made-up words (one long synchronous call: no word
     // repeats, so the tokenizer's cache does not help), generate.
     let seed = 1;
     const rand = () => ((seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648);
     const words = [];
-    for (let i = 0; i < 40000; i++) {
+    for (let i = 0; i < 100000; i++) {
       let w = "";
       for (let j = 0, n = 3 + Math.floor(rand() * 8); j < n; j++) w += String.fromCharCode(97 + Math.floor(rand() * 26));
       words.push(w);
@@ -109,7 +109,7 @@ test("the main thread keeps running while the worker loads and works", async () 
     return { inWorker, onMain, workerMs, directMs, workerTimer, directTimer, textBytes: text.length };
   });
   console.log(
-    `main-thread timer during load + 300 KB tokenize + 64 tokens: worker: ${r.workerTimer.ticks} ticks, longest gap ${r.workerTimer.maxGap.toFixed(1)} ms ` +
+    `main-thread timer during load + 750 KB tokenize + 64 tokens: worker: ${r.workerTimer.ticks} ticks, longest gap ${r.workerTimer.maxGap.toFixed(1)} ms ` +
       `(${r.workerMs.toFixed(0)} ms of work); same work on the main thread: longest gap ${r.directTimer.maxGap.toFixed(1)} ms (${r.directMs.toFixed(0)} ms)`,
   );
   assert.deepEqual(r.inWorker, r.onMain);
