@@ -82,7 +82,10 @@ async function restore() {
   const tokens = engine.stats().contextTokens;
   $("status").textContent += ` — restored the conversation (${tokens} tokens, ${(saved.state.length / 1e6).toFixed(2)} MB) in ${ms.toFixed(1)} ms`;
   report("RESTORED", { tokens, bytes: saved.state.length, ms, turns: messages.length, unfinished: saved.unfinished });
-  if (saved.unfinished) await stream((signal) => engine.resume(signal));
+  if (saved.unfinished) {
+    await stream((signal) => engine.resume(signal));
+    report("RESUMED", { reply });
+  }
 }
 
 /** Save the conversation; called when the page is hidden or left (the last moment it may run). */
@@ -91,8 +94,10 @@ async function persist() {
   const t0 = performance.now();
   const state = engine.saveState();
   const ms = performance.now() - t0;
-  await saveConversation(stateKey, { state, messages, reply, unfinished: generating });
-  report("SAVED", { tokens: engine.stats().contextTokens, bytes: state.length, ms, unfinished: generating });
+  const record = { state, messages: [...messages], reply, unfinished: generating };
+  const tokens = engine.stats().contextTokens;
+  await saveConversation(stateKey, record);
+  report("SAVED", { tokens, bytes: state.length, ms, unfinished: record.unfinished });
 }
 document.addEventListener("visibilitychange", () => {
   if (document.visibilityState === "hidden") persist().catch(fail);
