@@ -39,3 +39,5 @@ export function toAsyncIterator(generation, signal) {
     },
   };
 }
+
+export const now = () => performance.now();

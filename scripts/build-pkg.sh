@@ -5,6 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wasm-pack build --target web --release --out-name edge_llm --mode no-install "$@"
+# The Worker proxy (`edge-llm/worker`) ships beside the wasm-pack output: wasm-pack only
+# packages the modules wasm-bindgen imports (pkg/snippets/).
+cp js/worker.js js/worker-entry.js js/worker.d.ts pkg/
+node scripts/pkg-json.mjs pkg/package.json
 wasm=pkg/edge_llm_bg.wasm
 raw=$(stat -c %s "$wasm")
 if [ "${WASM_OPT:-1}" = 0 ]; then

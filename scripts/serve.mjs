@@ -16,13 +16,14 @@ const types = {
   ".css": "text/css",
 };
 
-export function serve(port = 0, host = "127.0.0.1") {
+export function serve(port = 0, host = "127.0.0.1", dir = root) {
+  const base = resolve(dir);
   const server = createServer((req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
-    const file = join(root, path.endsWith("/") ? join(path, "index.html") : path);
+    const file = join(base, path.endsWith("/") ? join(path, "index.html") : path);
     let st;
     try {
-      st = file.startsWith(root) ? statSync(file) : null;
+      st = file.startsWith(base) ? statSync(file) : null;
     } catch {
       st = null;
     }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # README command 2: every test. Native (cargo test), wasm in headless Chromium and in Node
-# (wasm-bindgen-test), then the built package from Node (node --test).
+# (wasm-bindgen-test), then the built package from Node, Chromium (Worker proxy, Vite app) and Deno.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -12,6 +12,23 @@ echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Nod
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
   cargo test --target wasm32-unknown-unknown --tests -- --nocapture
 
-echo "== package: wasm-pack build, then node --test on pkg/"
+echo "== package: wasm-pack build; examples/vite-app built by Vite; node --test (Node, and headless Chromium for the Worker proxy and the Vite app)"
 WASM_OPT=0 scripts/build-pkg.sh
+(
+  cd examples/vite-app
+  if [ ! -e node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+    npm ci --silent --no-audit --no-fund
+  fi
+  node_modules/.bin/vite build --logLevel warn
+)
+# The www/ demo's test runs on the tiny int4 model, packed like a real one.
+tiny_src=$(mktemp -d)
+cp tests/fixtures/tiny/model-int4.onnx "$tiny_src/model.onnx"
+cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$tiny_src/"
+rm -rf www/models/tiny-int4
+cargo run -q --features pack --bin edge-llm-pack -- pack "$tiny_src" www/models/tiny-int4 >/dev/null
+rm -rf "$tiny_src"
 node --test tests/js/
+
+echo "== Deno: the package and its Worker proxy (deno from npm)"
+node_modules/.bin/deno test --allow-read tests/deno/

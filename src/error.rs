@@ -27,6 +27,12 @@ pub enum Error {
     InvalidManifest(String),
     #[error("incompatible model: {0}")]
     IncompatibleManifest(String),
+    /// Saved state that is truncated, corrupted, from another format version or another model.
+    #[error("invalid state: {0}")]
+    InvalidState(String),
+    /// The engine was disposed; nothing more can run on it.
+    #[error("the engine was disposed")]
+    Disposed,
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
     /// A file could not be downloaded (after the retries the loader allows).
@@ -56,6 +62,8 @@ impl Error {
             Error::ShardHashMismatch { .. } => "IntegrityError",
             Error::InvalidManifest(_) => "InvalidManifestError",
             Error::IncompatibleManifest(_) => "IncompatibleModelError",
+            Error::InvalidState(_) => "InvalidStateError",
+            Error::Disposed => "EngineDisposedError",
             Error::Io(_) => "IoError",
             Error::Network { .. } => "NetworkError",
             Error::Quota { .. } => "QuotaError",

@@ -49,7 +49,7 @@ impl Tokenizer {
 
 /// Emits text as tokens arrive, only ever whole UTF-8 characters: the deltas concatenate to
 /// the decode of all tokens. (The prefix/read-offset scheme of HF text-generation-inference.)
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize)]
 pub struct IncrementalDecoder {
     ids: Vec<u32>,
     prefix_offset: usize,

@@ -61,3 +61,12 @@ fn int4_simd_kernel_logits_match_reference_in_browser() {
         assert!(d < 1e-3, "symmetric={sym} int8={int8}: max |diff| = {d}");
     }
 }
+
+#[wasm_bindgen_test]
+fn restored_state_continues_bit_identically_in_browser() {
+    let load = || Engine::load(INT4, TOKENIZER, tiny::model_config()).unwrap();
+    let bytes = common::state::resume_is_bit_identical(&load, &common::state::greedy(), 5);
+    common::state::resume_is_bit_identical(&load, &common::state::seeded(), 5);
+    common::state::chat_after_restore_reuses_prefix(&load);
+    console_log!("tiny int4 state after 10 cached tokens: {bytes} bytes");
+}

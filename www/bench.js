@@ -20,7 +20,8 @@ export function benchDecode(engine, prompt, { warmup = 10, measured = 100 } = {}
   }
   const tokenizeMsFirst = tok[0]; // before the tokenizer's word cache is warm
   tok.sort((a, b) => a - b);
-  const gen = engine.startGeneration(prompt, { maxTokens: warmup + measured, ignoreEos: true });
+  // reusePrefix off: the prefill is measured over the whole prompt, whatever was cached.
+  const gen = engine.startGeneration(prompt, { maxTokens: warmup + measured, ignoreEos: true, reusePrefix: false });
   let t = performance.now();
   gen.step(); // prefill + first token
   const prefillMs = performance.now() - t;

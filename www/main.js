@@ -1,10 +1,15 @@
 // Demo + benchmark page. Query parameters: model=<folder under www/> (default models/default),
-// prompt=<text>, auto=1 (generate, then benchmark, without clicks; used by scripts/demo.mjs).
+// prompt=<text>, max=<tokens per reply> (default 96), auto=1 (generate, then benchmark, without
+// clicks; used by scripts/demo.mjs).
+// The conversation survives the page: its state (KV cache, tokens, an unfinished reply) is
+// saved to IndexedDB when the page is hidden or left, and restored when it loads again.
 import init, { Engine, gpuInfo, version, wasmMemoryBytes } from "../pkg/edge_llm.js";
 import { benchDecode } from "./bench.js";
+import { loadConversation, saveConversation, clearConversation } from "./lifecycle.js";
 
 const params = new URLSearchParams(location.search);
 const modelDir = params.get("model") ?? "models/default";
+const maxTokens = Number(params.get("max") ?? 96);
 const $ = (id) => document.getElementById(id);
 $("prompt").value = params.get("prompt") ?? "What is the capital of France?";
 // The page reports to scripts/demo.mjs through console lines with these prefixes.
@@ -19,6 +24,11 @@ async function fetchBytes(url) {
 let engine;
 let abort;
 const facts = {};
+let stateKey;
+// The chat so far; `reply` is the assistant text of the turn in progress.
+let messages = [];
+let reply = "";
+let generating = false;
 
 async function load() {
   const t0 = performance.now();
@@ -47,37 +57,97 @@ async function load() {
   const gpu = await gpuInfo().catch(() => undefined);
   facts.webgpuAdapter = gpu ? `${gpu.name || "unnamed"} (${gpu.backend}, ${gpu.deviceType})` : "none";
   $("status").textContent = `ready: ${manifest.model_id}, ${(manifest.total_bytes / 1e6).toFixed(1)} MB, loaded in ${facts.coldLoadMs.toFixed(0)} ms`;
-  for (const b of ["run", "bench"]) $(b).disabled = false;
+  for (const b of ["run", "bench", "reset"]) $(b).disabled = false;
+  stateKey = `${modelDir} ${manifest.model_sha256}`;
+  await restore();
 }
 
+/** Put back the conversation saved when the page was last hidden; finish its reply if cut. */
+async function restore() {
+  const saved = await loadConversation(stateKey).catch(() => undefined);
+  if (!saved) return;
+  const t0 = performance.now();
+  try {
+    engine.restoreState(saved.state);
+  } catch (e) {
+    // A state from another build of the model, or damaged: start afresh.
+    report("RESTORE_FAILED", { name: e.name, message: e.message });
+    await clearConversation(stateKey);
+    return;
+  }
+  const ms = performance.now() - t0;
+  messages = saved.messages;
+  reply = saved.reply;
+  $("out").textContent = reply;
+  const tokens = engine.stats().contextTokens;
+  $("status").textContent += ` — restored the conversation (${tokens} tokens, ${(saved.state.length / 1e6).toFixed(2)} MB) in ${ms.toFixed(1)} ms`;
+  report("RESTORED", { tokens, bytes: saved.state.length, ms, turns: messages.length, unfinished: saved.unfinished });
+  if (saved.unfinished) {
+    await stream((signal) => engine.resume(signal));
+    report("RESUMED", { reply });
+  }
+}
+
+/** Save the conversation; called when the page is hidden or left (the last moment it may run). */
+async function persist() {
+  if (!engine || !stateKey || (messages.length === 0 && !generating)) return;
+  const t0 = performance.now();
+  const state = engine.saveState();
+  const ms = performance.now() - t0;
+  const record = { state, messages: [...messages], reply, unfinished: generating };
+  const tokens = engine.stats().contextTokens;
+  await saveConversation(stateKey, record);
+  report("SAVED", { tokens, bytes: state.length, ms, unfinished: record.unfinished });
+}
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "hidden") persist().catch(fail);
+});
+window.addEventListener("pagehide", () => persist().catch(fail));
+
 async function generate() {
+  messages.push({ role: "user", content: $("prompt").value });
+  reply = "";
   $("out").textContent = "";
+  // The cached conversation prefix is reused: only the new turn is prefilled.
+  await stream((signal) => engine.chat(messages, { maxTokens }, signal));
+  const s = engine.stats();
+  facts.timeToFirstTokenMs = s.timeToFirstTokenMs;
+  facts.generatedTokens = s.generatedTokens;
+  facts.reusedPromptTokens = s.reusedPromptTokens;
+  report("TURN", { promptTokens: s.promptTokens, reusedPromptTokens: s.reusedPromptTokens, contextTokens: s.contextTokens });
+  report("ANSWER", $("out").textContent);
+}
+
+/** Stream a reply into the page; the assistant turn joins `messages` when it ends. */
+async function stream(start) {
   abort = new AbortController();
   $("stop").disabled = false;
-  const t0 = performance.now();
-  let first;
-  let n = 0;
-  const messages = [{ role: "user", content: $("prompt").value }];
+  generating = true;
   try {
-    for await (const tok of engine.chat(messages, { maxTokens: 96 }, abort.signal)) {
-      first ??= performance.now();
-      n++;
+    for await (const tok of start(abort.signal)) {
+      reply += tok.text;
       $("out").textContent += tok.text;
       if (tok.text) report("TOKEN", tok.text);
     }
   } catch (e) {
     if (e.name !== "AbortError") throw e;
   } finally {
+    generating = false;
     $("stop").disabled = true;
   }
-  facts.timeToFirstTokenMs = first - t0;
-  facts.generatedTokens = n;
-  report("ANSWER", $("out").textContent);
+  messages.push({ role: "assistant", content: reply });
 }
 
 function benchmark() {
   const prompt = engine.applyChatTemplate([{ role: "user", content: $("prompt").value }]);
+  // The benchmark's own generation must not replace the conversation: save it and put it back.
+  let t = performance.now();
+  const conversation = engine.saveState();
+  const saveStateMs = performance.now() - t;
   const r = benchDecode(engine, prompt);
+  t = performance.now();
+  engine.restoreState(conversation);
+  const restoreStateMs = performance.now() - t;
   const rows = {
     ...facts,
     promptTokens: r.promptTokens,
@@ -90,6 +160,10 @@ function benchmark() {
     tokenLatencyP95Ms: r.p95,
     tokenLatencyP99Ms: r.p99,
     wasmMemoryPeakBytes: wasmMemoryBytes(),
+    stateTokens: engine.stats().contextTokens,
+    stateBytes: conversation.length,
+    saveStateMs,
+    restoreStateMs,
   };
   const body = $("table").querySelector("tbody");
   body.textContent = "";
@@ -104,6 +178,13 @@ function benchmark() {
 
 $("run").onclick = () => generate().catch(fail);
 $("stop").onclick = () => abort?.abort();
+$("reset").onclick = () => {
+  messages = [];
+  reply = "";
+  $("out").textContent = "";
+  engine.clearState();
+  clearConversation(stateKey).catch(fail);
+};
 $("bench").onclick = () => {
   try { benchmark(); } catch (e) { fail(e); }
 };

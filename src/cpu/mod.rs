@@ -99,6 +99,8 @@ pub struct CpuModel {
     vocab_size: usize,
     /// The KV cache lives inside the plan's state (folded by tract-transformers).
     stateful: bool,
+    /// With a folded cache: the plan nodes whose op state holds a layer's key or value cache.
+    folded_kv: Vec<(usize, Port)>,
 }
 
 /// How to build the CPU plan.
@@ -249,7 +251,8 @@ impl CpuModel {
             .and_then(|f| f.shape.last().and_then(|d| d.to_usize().ok()))
             .ok_or_else(|| Error::InvalidModel("logits must have a fixed vocabulary dimension".into()))?;
         let stateful = !main.inputs.iter().any(|p| matches!(p, Port::Kv(..)));
-        Ok(CpuModel { main, decode, kv_shape: kv, num_layers, vocab_size, stateful })
+        let folded_kv = if stateful { folded_kv_nodes(&main.plan, num_layers)? } else { Vec::new() };
+        Ok(CpuModel { main, decode, kv_shape: kv, num_layers, vocab_size, stateful, folded_kv })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -259,6 +262,104 @@ impl CpuModel {
     /// A fresh conversation state.
     pub fn session(self: &Arc<Self>) -> CpuSession {
         CpuSession { model: self.clone(), past: Vec::new(), len: 0, state: None }
+    }
+
+    /// Whether the KV cache lives in the plan's state (see [`CpuOptions::fold_kv_cache`]).
+    pub fn kv_cache_folded(&self) -> bool {
+        self.stateful
+    }
+
+    /// `(layers, kv_heads, head_dim)` of the KV cache.
+    pub fn kv_layout(&self) -> (usize, usize, usize) {
+        (self.num_layers, self.kv_shape.0, self.kv_shape.1)
+    }
+
+    /// A session that continues from `snapshot` (taken from a session of a model with the
+    /// same KV layout), in either KV mode.
+    pub fn session_from(self: &Arc<Self>, snapshot: &KvSnapshot) -> Result<CpuSession> {
+        let (layers, kvh, hd) = self.kv_layout();
+        if snapshot.tensors.len() != 2 * layers
+            || snapshot.tensors.iter().any(|t| t.shape() != [1, kvh, snapshot.len, hd] || t.datum_type() != f32::datum_type())
+        {
+            return Err(Error::InvalidState("KV cache shape does not match this model".into()));
+        }
+        let mut session = self.session();
+        if snapshot.len == 0 {
+            return Ok(session);
+        }
+        if self.stateful {
+            let mut state = self.main.plan.spawn().map_err(inference_err)?;
+            for (node, port) in &self.folded_kv {
+                let Port::Kv(layer, is_v) = port else { unreachable!("only KV ports are recorded") };
+                let t = snapshot.tensors[2 * layer + *is_v as usize].clone();
+                let op_state = state.op_states[*node].as_mut().expect("recorded nodes have a state");
+                op_state.load_from(&mut state.turn_state, &mut std::iter::once(t)).map_err(inference_err)?;
+            }
+            session.state = Some(state);
+        } else {
+            session.past = snapshot.tensors.clone();
+        }
+        session.len = snapshot.len;
+        Ok(session)
+    }
+}
+
+/// The plan nodes of a folded-KV plan whose state is a layer's key or value cache.
+fn folded_kv_nodes(plan: &Plan, num_layers: usize) -> Result<Vec<(usize, Port)>> {
+    let state = plan.spawn().map_err(inference_err)?;
+    let mut found = Vec::new();
+    for (node, op_state) in state.op_states.iter().enumerate() {
+        let Some((name, _)) = op_state.as_ref().and_then(|s| s.init_tensor_fact()) else { continue };
+        match classify(&name) {
+            Some(port @ Port::Kv(..)) => found.push((node, port)),
+            _ => return Err(Error::InvalidModel(format!("unexpected state `{name}` in the folded plan"))),
+        }
+    }
+    if found.len() != 2 * num_layers {
+        return Err(Error::InvalidModel(format!("folded plan holds {} KV caches, expected {}", found.len(), 2 * num_layers)));
+    }
+    Ok(found)
+}
+
+/// A session's KV cache: for each layer, key then value, `[1, kv_heads, len, head_dim]` f32.
+/// Cloning shares the tensors.
+#[derive(Debug, Clone, Default)]
+pub struct KvSnapshot {
+    pub len: usize,
+    /// Indexed `2 * layer + is_value`.
+    pub tensors: Vec<TValue>,
+}
+
+impl KvSnapshot {
+    /// Build from raw f32 values in the layout above (`data[i]` is tensor `i`).
+    pub fn from_f32(len: usize, kv_heads: usize, head_dim: usize, data: Vec<Vec<f32>>) -> Result<Self> {
+        let tensors = data
+            .into_iter()
+            .map(|v| {
+                Tensor::from_shape(&[1, kv_heads, len, head_dim], &v)
+                    .map(TValue::from)
+                    .map_err(|e| Error::InvalidState(format!("KV tensor: {e:#}")))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvSnapshot { len, tensors })
+    }
+
+    /// The first `len` positions.
+    pub fn truncated(&self, len: usize) -> Result<Self> {
+        if len >= self.len {
+            return Ok(self.clone());
+        }
+        let tensors = self
+            .tensors
+            .iter()
+            .map(|t| t.slice(2, 0, len).map(TValue::from).map_err(inference_err))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(KvSnapshot { len, tensors })
+    }
+
+    /// Tensor `i`'s values, contiguous.
+    pub fn values(&self, i: usize) -> Result<&[f32]> {
+        self.tensors[i].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(inference_err)
     }
 }
 
@@ -370,6 +471,28 @@ impl CpuSession {
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// The KV cache as it is now (shares the tensors; no copy).
+    pub fn snapshot(&self) -> Result<KvSnapshot> {
+        if self.len == 0 {
+            let (layers, kvh, hd) = self.model.kv_layout();
+            let empty = Tensor::zero::<f32>(&[1, kvh, 0, hd]).map_err(inference_err)?;
+            return Ok(KvSnapshot { len: 0, tensors: vec![empty.into(); 2 * layers] });
+        }
+        if let Some(state) = &self.state {
+            let mut tensors = vec![None; 2 * self.model.num_layers];
+            for (node, port) in &self.model.folded_kv {
+                let Port::Kv(layer, is_v) = port else { unreachable!("only KV ports are recorded") };
+                let mut out = Vec::with_capacity(1);
+                let op_state = state.op_states[*node].as_ref().expect("recorded nodes have a state");
+                op_state.save_to(&mut out).map_err(inference_err)?;
+                tensors[2 * layer + *is_v as usize] = out.pop();
+            }
+            let tensors = tensors.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| Error::Inference("folded KV cache incomplete".into()))?;
+            return Ok(KvSnapshot { len: self.len, tensors });
+        }
+        Ok(KvSnapshot { len: self.len, tensors: self.past.clone() })
     }
 
     /// Forget the conversation.

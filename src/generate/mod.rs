@@ -1,25 +1,88 @@
 //! Text generation over a backend: prompt in, a stream of tokens and whole-character text out.
 //! No browser APIs here; `web/` drives [`Generation::step`] from an async iterator.
+//!
+//! Every generation publishes its conversation state to its engine after each token (sharing
+//! the cache tensors, no copy): [`Engine::save_state`] serialises it, [`Engine::restore_state`]
+//! puts one back, [`Engine::resume`] continues an unfinished generation bit-identically, and a
+//! new `chat` reuses the longest common token prefix of the cache instead of recomputing it.
 
 mod sampler;
+pub mod state;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 pub use sampler::{GenerateOptions, Sampler};
 use serde::Serialize;
+use sha2::{Digest, Sha256};
+pub use state::SessionState;
 
-use crate::cpu::{CpuModel, CpuSession};
+use crate::cpu::{CpuModel, CpuOptions, CpuSession};
 use crate::manifest::{FileRole, Manifest};
 use crate::model::ModelConfig;
 use crate::tokenizer::{render_chat_template, ChatMessage, IncrementalDecoder, Tokenizer};
 use crate::{Error, Result};
+
+/// A monotonic clock in milliseconds. `web/` installs `performance.now`.
+pub type Clock = fn() -> f64;
+
+#[cfg(not(target_arch = "wasm32"))]
+fn default_clock() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+}
+
+/// `std::time::Instant` panics on wasm32-unknown-unknown: no timings until `web/` sets a clock.
+#[cfg(target_arch = "wasm32")]
+fn default_clock() -> f64 {
+    0.0
+}
+
+/// SHA-256 identifying a graph for saved states: all of it up to 1 MiB, beyond that its length
+/// and 256 evenly spaced 4 KiB windows. Hashing all of SmolLM2's 86 MB would add about half a
+/// second to every `fromBytes` on wasm; two different models' weights differ in every window.
+/// (Packed models are identified by their manifest's `model_sha256` instead.)
+fn graph_sample(onnx: &[u8]) -> [u8; 32] {
+    const WINDOW: usize = 4096;
+    const WINDOWS: usize = 256;
+    if onnx.len() <= WINDOW * WINDOWS {
+        return Sha256::digest(onnx).into();
+    }
+    let mut h = Sha256::new();
+    h.update((onnx.len() as u64).to_le_bytes());
+    let stride = (onnx.len() - WINDOW) / (WINDOWS - 1);
+    for i in 0..WINDOWS {
+        h.update(&onnx[i * stride..i * stride + WINDOW]);
+    }
+    h.finalize().into()
+}
+
+/// What an engine shares with its generations.
+#[derive(Default)]
+struct Shared {
+    /// The conversation of the latest generation step (or of `restore_state`).
+    last: Mutex<Option<SessionState>>,
+    /// Statistics of the latest generation.
+    stats: Mutex<GenerationStats>,
+    disposed: AtomicBool,
+}
 
 /// A model ready to generate: graph, tokenizer and config.
 pub struct Engine {
     model: Arc<CpuModel>,
     tokenizer: Arc<Tokenizer>,
     config: ModelConfig,
+    /// Identifies the model a saved state belongs to.
+    fingerprint: [u8; 32],
+    shared: Arc<Shared>,
+    clock: Clock,
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.dispose();
+    }
 }
 
 /// One generated token and the text it completed (possibly empty while a multi-byte
@@ -42,7 +105,17 @@ pub enum FinishReason {
 
 impl Engine {
     pub fn load(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
-        Self::from_parts(CpuModel::load(onnx)?, tokenizer_json, config)
+        Self::load_with(onnx, tokenizer_json, config, &CpuOptions::default())
+    }
+
+    /// [`Engine::load`] with explicit CPU plan options (e.g. the folded KV cache).
+    pub fn load_with(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig, options: &CpuOptions) -> Result<Self> {
+        let model = CpuModel::from_proto(crate::onnx::decode(onnx)?, options)?;
+        let mut h = Sha256::new();
+        h.update(graph_sample(onnx));
+        h.update(Sha256::digest(tokenizer_json));
+        h.update(serde_json::to_vec(&config).map_err(|e| Error::InvalidModel(e.to_string()))?);
+        Self::from_parts(model, tokenizer_json, config, h.finalize().into())
     }
 
     /// Load a packed model: `files` maps every manifest path to its bytes (see
@@ -82,14 +155,16 @@ impl Engine {
         let tokenizer = Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?)?;
         let graph = crate::onnx::decode(&get(&path(FileRole::Graph))?)?;
         let model = CpuModel::from_packed(graph, &mut get, &Default::default())?;
-        Self::from_model(model, tokenizer, manifest.config.clone())
+        // Every file is covered by `model_sha256`, which the manifest parser checked.
+        let fingerprint = Sha256::digest(format!("edge-llm packed model {}", manifest.model_sha256)).into();
+        Self::from_model(model, tokenizer, manifest.config.clone(), fingerprint)
     }
 
-    fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
-        Self::from_model(model, Tokenizer::from_json(tokenizer_json)?, config)
+    fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {
+        Self::from_model(model, Tokenizer::from_json(tokenizer_json)?, config, fingerprint)
     }
 
-    fn from_model(model: CpuModel, tokenizer: Tokenizer, config: ModelConfig) -> Result<Self> {
+    fn from_model(model: CpuModel, tokenizer: Tokenizer, config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {
         if tokenizer.vocab_size() > model.vocab_size() {
             return Err(Error::InvalidModel(format!(
                 "tokenizer has {} tokens but the model's logits cover {}",
@@ -97,7 +172,94 @@ impl Engine {
                 model.vocab_size()
             )));
         }
-        Ok(Engine { model: Arc::new(model), tokenizer: Arc::new(tokenizer), config })
+        Ok(Engine {
+            model: Arc::new(model),
+            tokenizer: Arc::new(tokenizer),
+            config,
+            fingerprint,
+            shared: Arc::default(),
+            clock: default_clock,
+        })
+    }
+
+    /// Use `clock` (milliseconds) for generation statistics.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// SHA-256 identifying the model (graph, tokenizer, config); saved states carry it.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+
+    /// Whether the KV cache lives in the plan's state (tract-transformers) rather than in
+    /// explicit past/present tensors.
+    pub fn kv_cache_folded(&self) -> bool {
+        self.model.kv_cache_folded()
+    }
+
+    /// Statistics of the latest generation.
+    pub fn stats(&self) -> GenerationStats {
+        self.shared.stats.lock().expect("not poisoned").clone()
+    }
+
+    /// The conversation the next `chat` continues from (the latest generation's, or restored).
+    pub fn state(&self) -> Option<SessionState> {
+        self.shared.last.lock().expect("not poisoned").clone()
+    }
+
+    /// Serialise the current conversation: KV cache, its tokens and, when saved mid-generation,
+    /// the sampler and stream position needed to [`Engine::resume`] it. Versioned and
+    /// checksummed; see [`state`] for the layout.
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let s = self.state().unwrap_or_else(|| SessionState { kv: Default::default(), tokens: Vec::new(), resume: None });
+        let s = if s.kv.tensors.is_empty() { SessionState { kv: self.model.session().snapshot()?, ..s } } else { s };
+        state::encode(&s, &self.fingerprint, self.model.kv_layout())
+    }
+
+    /// Replace the current conversation with one saved by [`Engine::save_state`] (of this model).
+    /// Bad bytes give [`Error::InvalidState`] and leave the current conversation as it was.
+    pub fn restore_state(&self, bytes: &[u8]) -> Result<()> {
+        let s = state::decode(bytes, &self.fingerprint, self.model.kv_layout())?;
+        if let Some(t) = s.tokens.iter().chain(s.resume.as_ref().map(|r| &r.next_token)).find(|t| **t as usize >= self.model.vocab_size()) {
+            return Err(Error::InvalidState(format!("token {t} is outside the vocabulary")));
+        }
+        if s.tokens.len() > self.config.architecture.max_position_embeddings {
+            return Err(Error::InvalidState("more tokens than the model's context".into()));
+        }
+        *self.shared.last.lock().expect("not poisoned") = Some(s);
+        Ok(())
+    }
+
+    /// Forget the current conversation (the next `chat` starts from an empty cache).
+    pub fn clear_state(&self) {
+        *self.shared.last.lock().expect("not poisoned") = None;
+    }
+
+    /// Continue the unfinished generation of the current conversation (after
+    /// [`Engine::restore_state`], or one that was dropped mid-way): the tokens that follow are
+    /// those the uninterrupted generation would have produced.
+    pub fn resume(&self) -> Result<Generation> {
+        let s = self.state().ok_or_else(|| Error::InvalidState("there is no conversation to resume".into()))?;
+        let r = s.resume.clone().ok_or_else(|| Error::InvalidState("the conversation has no unfinished generation".into()))?;
+        let session = self.model.session_from(&s.kv)?;
+        let mut history = s.tokens.clone();
+        history.push(r.next_token);
+        let mut g = self.new_generation(session, Vec::new(), &r.options, (self.clock)());
+        g.sampler = Sampler::resume(&r.options, r.rng_state);
+        g.stop_ids = r.stop_ids;
+        g.history = history;
+        g.detok = r.detok;
+        g.pending = r.pending;
+        g.stats.prompt_tokens = r.prompt_tokens;
+        g.stats.generated_tokens = r.generated_tokens;
+        g.resumed = true;
+        Ok(g)
+    }
+
+    /// Generations still alive fail with `Error::Disposed` from now on (also on drop).
+    pub fn dispose(&self) {
+        self.shared.disposed.store(true, Ordering::Release);
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -123,19 +285,46 @@ impl Engine {
         render_chat_template(tpl, messages, true, &self.config.bos_token, &self.config.eos_token)
     }
 
-    /// Start generating after `prompt` (raw text, not templated).
+    /// Start generating after `prompt` (raw text, not templated). Reuses the cached prefix
+    /// only with `reuse_prefix: Some(true)`.
     pub fn generate(&self, prompt: &str, opts: &GenerateOptions) -> Result<Generation> {
-        let ids = self.tokenizer.encode(prompt)?;
-        self.generate_ids(ids, opts)
+        let t0 = (self.clock)();
+        let ids = if opts.reuse_prefix == Some(true) { self.encode_continuing(prompt)? } else { self.tokenizer.encode(prompt)? };
+        self.generate_ids_at(ids, opts, t0)
     }
 
-    /// Start generating after the chat `messages`.
+    /// Start generating after the chat `messages`. Reuses the cached prefix of the current
+    /// conversation unless `reuse_prefix: Some(false)`.
     pub fn chat(&self, messages: &[ChatMessage], opts: &GenerateOptions) -> Result<Generation> {
+        let t0 = (self.clock)();
         let prompt = self.apply_chat_template(messages)?;
-        self.generate(&prompt, opts)
+        let opts = GenerateOptions { reuse_prefix: Some(opts.reuse_prefix.unwrap_or(true)), ..opts.clone() };
+        let ids = if opts.reuse_prefix == Some(true) { self.encode_continuing(&prompt)? } else { self.tokenizer.encode(&prompt)? };
+        self.generate_ids_at(ids, &opts, t0)
+    }
+
+    /// Token ids of `prompt`. When it extends the text of the current conversation's cache, the
+    /// cached ids come first, as the model saw them, then the encoding of the rest: a reply the
+    /// model generated would often encode to other ids than it sampled (BPE has many spellings of
+    /// one text), and the cache could then only be reused up to the first difference.
+    fn encode_continuing(&self, prompt: &str) -> Result<Vec<u32>> {
+        let cached = self.shared.last.lock().expect("not poisoned").as_ref().map(|s| s.tokens.clone()).unwrap_or_default();
+        if !cached.is_empty() {
+            let text = self.tokenizer.decode(&cached, false)?;
+            if let Some(rest) = prompt.strip_prefix(text.as_str()).filter(|r| !r.is_empty()) {
+                let mut ids = cached;
+                ids.extend(self.tokenizer.encode(rest)?);
+                return Ok(ids);
+            }
+        }
+        self.tokenizer.encode(prompt)
     }
 
     pub fn generate_ids(&self, prompt: Vec<u32>, opts: &GenerateOptions) -> Result<Generation> {
+        self.generate_ids_at(prompt, opts, (self.clock)())
+    }
+
+    fn generate_ids_at(&self, prompt: Vec<u32>, opts: &GenerateOptions, t0: f64) -> Result<Generation> {
         opts.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidOption { option: "prompt", reason: "encodes to no tokens".into() });
@@ -144,31 +333,69 @@ impl Engine {
         if prompt.len() > max {
             return Err(Error::ContextOverflow { needed: prompt.len(), max });
         }
+        let (session, reused) = if opts.reuse_prefix == Some(true) { self.session_for(&prompt)? } else { (self.model.session(), 0) };
+        let mut g = self.new_generation(session, prompt, opts, t0);
+        g.stats.reused_prompt_tokens = reused;
+        Ok(g)
+    }
+
+    /// A session holding the longest prefix of `prompt` found in the current conversation's
+    /// cache (at most all but the last prompt token, whose logits the prefill must produce).
+    fn session_for(&self, prompt: &[u32]) -> Result<(CpuSession, usize)> {
+        let guard = self.shared.last.lock().expect("not poisoned");
+        if let Some(s) = guard.as_ref() {
+            let common = s.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+            if common > 0 {
+                let kv = s.kv.truncated(common)?;
+                drop(guard);
+                return Ok((self.model.session_from(&kv)?, common));
+            }
+        }
+        Ok((self.model.session(), 0))
+    }
+
+    fn new_generation(&self, session: CpuSession, prompt: Vec<u32>, opts: &GenerateOptions, t0: f64) -> Generation {
         let mut stop_ids = if opts.ignore_eos { Vec::new() } else { self.config.eos_token_ids.clone() };
         stop_ids.extend(&opts.stop_token_ids);
-        Ok(Generation {
-            session: self.model.session(),
+        Generation {
+            session,
             tokenizer: self.tokenizer.clone(),
             sampler: Sampler::new(opts),
             opts: opts.clone(),
             stop_ids,
-            max_context: max,
+            max_context: self.config.architecture.max_position_embeddings,
             prompt,
             history: Vec::new(),
             detok: IncrementalDecoder::default(),
             pending: String::new(),
             finished: None,
             stats: GenerationStats::default(),
-        })
+            shared: self.shared.clone(),
+            clock: self.clock,
+            started_at: t0,
+            resumed: false,
+            decode_steps: 0,
+        }
     }
 }
 
-/// Timings of one generation, in milliseconds, measured by the caller's clock.
+/// Counts and timings of one generation; times in milliseconds by the engine's clock.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GenerationStats {
+    /// Tokens of the prompt (all of them, reused or not).
     pub prompt_tokens: usize,
+    /// Prompt tokens taken from the cached conversation instead of being recomputed.
+    pub reused_prompt_tokens: usize,
     pub generated_tokens: usize,
+    /// From the call that started the generation (tokenization included) to the first token.
+    pub time_to_first_token_ms: f64,
+    /// The prefill forward pass (the prompt tokens not reused).
+    pub prefill_ms: f64,
+    /// Decode steps after the first token.
+    pub decode_ms: f64,
+    pub prefill_tokens_per_s: f64,
+    pub decode_tokens_per_s: f64,
 }
 
 /// An in-progress generation. Call [`Generation::step`] until it returns `None`.
@@ -187,20 +414,31 @@ pub struct Generation {
     pending: String,
     finished: Option<FinishReason>,
     stats: GenerationStats,
+    shared: Arc<Shared>,
+    clock: Clock,
+    started_at: f64,
+    /// Continues a saved generation: its first step is a decode step, not a prefill.
+    resumed: bool,
+    decode_steps: usize,
 }
 
 impl Generation {
     /// Produce the next token, or `None` once finished. The first call runs the prefill.
     pub fn step(&mut self) -> Result<Option<TokenEvent>> {
+        if self.shared.disposed.load(Ordering::Acquire) {
+            return Err(Error::Disposed);
+        }
         if self.finished.is_some() {
             return Ok(None);
         }
         if self.stats.generated_tokens >= self.opts.max_tokens {
             return Ok(self.finish(FinishReason::MaxTokens));
         }
-        let mut logits = if self.history.is_empty() {
+        let t0 = (self.clock)();
+        let prefill = self.history.is_empty();
+        let mut logits = if prefill {
             let prompt = std::mem::take(&mut self.prompt);
-            let l = self.session.forward(&prompt)?;
+            let l = self.session.forward(&prompt[self.session.len()..])?;
             self.stats.prompt_tokens = prompt.len();
             self.history = prompt;
             l
@@ -211,16 +449,36 @@ impl Generation {
             let last = *self.history.last().expect("history holds the prompt");
             self.session.forward(&[last])?
         };
+        let t1 = (self.clock)();
+        if prefill {
+            self.stats.prefill_ms = t1 - t0;
+            self.stats.time_to_first_token_ms = t1 - self.started_at;
+            let n = (self.stats.prompt_tokens - self.stats.reused_prompt_tokens) as f64;
+            self.stats.prefill_tokens_per_s = if t1 > t0 { n / (t1 - t0) * 1e3 } else { 0.0 };
+        } else {
+            if self.resumed && self.stats.decode_ms == 0.0 {
+                self.stats.time_to_first_token_ms = t1 - self.started_at;
+            }
+            self.stats.decode_ms += t1 - t0;
+            self.decode_steps += 1;
+        }
         if logits.iter().any(|l| !l.is_finite()) {
             return Err(Error::Inference("model produced NaN or infinite logits".into()));
         }
         let id = self.sampler.sample(&mut logits, &self.history);
         self.history.push(id);
         self.stats.generated_tokens += 1;
+        let event = self.emit(id)?;
+        self.publish()?;
+        Ok(Some(event))
+    }
+
+    /// Stop rules and text for the sampled token `id`.
+    fn emit(&mut self, id: u32) -> Result<TokenEvent> {
         if self.stop_ids.contains(&id) {
             let text = std::mem::take(&mut self.pending) + &self.detok.flush(&self.tokenizer)?;
             self.finished = Some(FinishReason::Eos);
-            return Ok(Some(TokenEvent { token_id: id, text }));
+            return Ok(TokenEvent { token_id: id, text });
         }
         self.pending += &self.detok.push(&self.tokenizer, id)?;
         let mut text = self.release_text();
@@ -229,7 +487,29 @@ impl Generation {
             text += &self.flush();
             self.finished = Some(FinishReason::MaxTokens);
         }
-        Ok(Some(TokenEvent { token_id: id, text }))
+        Ok(TokenEvent { token_id: id, text })
+    }
+
+    /// Hand the engine this generation's conversation (cache shared, not copied) and stats.
+    fn publish(&mut self) -> Result<()> {
+        let cached = self.session.len();
+        let resume = self.finished.is_none().then(|| state::Resume {
+            options: self.opts.clone(),
+            rng_state: self.sampler.rng_state(),
+            next_token: *self.history.last().expect("a token was sampled"),
+            prompt_tokens: self.stats.prompt_tokens,
+            generated_tokens: self.stats.generated_tokens,
+            stop_ids: self.stop_ids.clone(),
+            detok: self.detok.clone(),
+            pending: self.pending.clone(),
+        });
+        let state = SessionState { kv: self.session.snapshot()?, tokens: self.history[..cached].to_vec(), resume };
+        *self.shared.last.lock().expect("not poisoned") = Some(state);
+        if self.stats.decode_ms > 0.0 {
+            self.stats.decode_tokens_per_s = self.decode_steps as f64 / self.stats.decode_ms * 1e3;
+        }
+        *self.shared.stats.lock().expect("not poisoned") = self.stats.clone();
+        Ok(())
     }
 
     /// Move text out of `pending` unless it may begin a stop string; end on a full match.

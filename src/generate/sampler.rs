@@ -23,6 +23,10 @@ pub struct GenerateOptions {
     pub stop_strings: Vec<String>,
     /// Keep generating past EOS (benchmarks that need a fixed number of tokens).
     pub ignore_eos: bool,
+    /// Start from the longest common token prefix of the engine's current conversation
+    /// instead of recomputing it. `None`: yes for `chat`, no for raw `generate`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reuse_prefix: Option<bool>,
 }
 
 impl Default for GenerateOptions {
@@ -37,6 +41,7 @@ impl Default for GenerateOptions {
             stop_token_ids: Vec::new(),
             stop_strings: Vec::new(),
             ignore_eos: false,
+            reuse_prefix: None,
         }
     }
 }
@@ -88,6 +93,16 @@ pub struct Sampler {
 impl Sampler {
     pub fn new(opts: &GenerateOptions) -> Self {
         Sampler { opts: opts.clone(), rng: Rng::new(opts.seed) }
+    }
+
+    /// The random generator's state: with the options, all a sampler is.
+    pub fn rng_state(&self) -> u64 {
+        self.rng.0
+    }
+
+    /// A sampler that continues where one with `rng_state` left off.
+    pub fn resume(opts: &GenerateOptions, rng_state: u64) -> Self {
+        Sampler { opts: opts.clone(), rng: Rng(rng_state) }
     }
 
     /// Choose a token given `logits` and the ids seen so far (for the repetition penalty).

@@ -468,6 +468,8 @@ pub(crate) fn manifest_arg(v: &JsValue) -> Result<ManifestArg, JsValue> {
 pub(crate) struct LoadedVersion {
     pub engine: generate::Engine,
     pub version: ota::VersionInfo,
+    /// The manifest's total bytes.
+    pub bytes: u64,
 }
 
 fn quota_error(e: Error) -> JsValue {
@@ -518,7 +520,7 @@ pub(crate) async fn load_version(
     let base = base_url.or_else(|| manifest_url.clone());
     let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(quota_error)?;
     let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
-    let engine = generate::Engine::load_verified(&m.manifest, loaded.files).map_err(js_error)?;
+    let engine = super::with_clock(generate::Engine::load_verified(&m.manifest, loaded.files).map_err(js_error)?);
     emit(LoadEvent::Ready { loaded: m.manifest.total_bytes, total: m.manifest.total_bytes, from_cache, from_network });
     let version = ota::VersionInfo {
         model_id: m.manifest.model_id.clone(),
@@ -528,7 +530,7 @@ pub(crate) async fn load_version(
         manifest_url,
         base_url: base,
     };
-    Ok(Some(LoadedVersion { engine, version }))
+    Ok(Some(LoadedVersion { engine, version, bytes: m.manifest.total_bytes }))
 }
 
 #[wasm_bindgen]
@@ -539,6 +541,7 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "string | URL | object | Uint8Array")] manifest: JsValue,
         options: Option<LoadOptionsArg>,
     ) -> Result<Engine, JsValue> {
+        let t0 = super::now_ms();
         let arg = manifest_arg(&manifest)?;
         let o = parse_options(&or_undefined(options))?;
         let emit = progress_sink(o.on_progress.clone());
@@ -547,7 +550,8 @@ impl Engine {
             .await?
             .expect("loads unless it is the `unless` version, and there is none");
         let source = ota::Source { store: o.store, options: o.load };
-        Ok(Engine { slot: Rc::new(ota::Slot::new(v.engine, Some((v.version, source)), o.on_event)) })
+        let bytes = v.bytes as f64;
+        Ok(Engine::with_slot(Rc::new(ota::Slot::new(v.engine, Some((v.version, source)), o.on_event)), t0, bytes))
     }
 }
 

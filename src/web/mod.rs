@@ -25,6 +25,39 @@ export interface GenerateOptions {
   stopStrings?: string[];
   /** Keep generating past EOS (benchmarks). */
   ignoreEos?: boolean;
+  /**
+   * Start from the longest common token prefix of the engine's current conversation (see
+   * `saveState`) instead of recomputing it. Default: true for `chat`, false for `generate`.
+   */
+  reusePrefix?: boolean;
+}
+/** Counts and timings of the latest generation (milliseconds, `performance.now`). */
+export interface GenerationStats {
+  promptTokens: number;
+  /** Prompt tokens taken from the cached conversation instead of being recomputed. */
+  reusedPromptTokens: number;
+  generatedTokens: number;
+  /** From the `generate`/`chat` call (tokenization included) to the first token. */
+  timeToFirstTokenMs: number;
+  prefillMs: number;
+  decodeMs: number;
+  prefillTokensPerS: number;
+  decodeTokensPerS: number;
+}
+/** `Engine.stats()`: the engine and its latest generation. */
+export interface EngineStats extends GenerationStats {
+  /** Where inference runs, e.g. `"cpu-wasm-simd128"`. */
+  backend: string;
+  /** `"explicit"` (past/present tensors carried between steps) or `"folded"` (in the plan's state). */
+  kvCache: string;
+  /** Time to build the engine from bytes (verification, graph, plan, tokenizer). */
+  loadMs: number;
+  /** Bytes of model files the engine was built from. */
+  modelBytes: number;
+  /** Bytes of wasm linear memory (it only grows: also the peak). */
+  wasmMemoryBytes: number;
+  /** Tokens in the current conversation's KV cache. */
+  contextTokens: number;
 }
 /** One streamed token: `text` is whole UTF-8 characters (may be empty mid-character). */
 export interface GeneratedToken {
@@ -54,6 +87,19 @@ export interface GpuInfo {
 extern "C" {
     #[wasm_bindgen(js_name = toAsyncIterator)]
     fn to_async_iterator(generation: Generation, signal: JsValue) -> JsValue;
+    /// `performance.now()` (browsers, workers, Node, Deno).
+    #[wasm_bindgen(js_name = now)]
+    fn now_ms() -> f64;
+}
+
+fn clock() -> f64 {
+    now_ms()
+}
+
+/// `engine` timing its generations with the JS clock.
+pub(crate) fn with_clock(mut engine: generate::Engine) -> generate::Engine {
+    engine.set_clock(clock);
+    engine
 }
 
 #[wasm_bindgen(start)]
@@ -105,16 +151,36 @@ pub async fn gpu_info() -> JsValue {
 pub struct Engine {
     /// Swappable by OTA updates and rollbacks (web/ota.rs); use [`Engine::inner`].
     slot: Rc<ota::Slot>,
+    load_ms: f64,
+    model_bytes: f64,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EngineStats {
+    backend: &'static str,
+    kv_cache: &'static str,
+    load_ms: f64,
+    model_bytes: f64,
+    wasm_memory_bytes: f64,
+    context_tokens: usize,
+    #[serde(flatten)]
+    last: generate::GenerationStats,
 }
 
 impl Engine {
-    fn new(inner: generate::Engine) -> Self {
-        Engine { slot: Rc::new(ota::Slot::new(inner, None, None)) }
+    fn new(inner: generate::Engine, t0: f64, model_bytes: usize) -> Engine {
+        Engine::with_slot(Rc::new(ota::Slot::new(with_clock(inner), None, None)), t0, model_bytes as f64)
     }
 
-    /// The engine now in use (a running generation keeps the one it started on).
-    fn inner(&self) -> Rc<generate::Engine> {
-        self.slot.engine()
+    pub(crate) fn with_slot(slot: Rc<ota::Slot>, t0: f64, model_bytes: f64) -> Engine {
+        Engine { slot, load_ms: now_ms() - t0, model_bytes }
+    }
+
+    /// The engine now in use (a running generation keeps the one it started on), or
+    /// `EngineDisposedError`.
+    fn inner(&self) -> Result<Rc<generate::Engine>, JsValue> {
+        self.slot.engine().ok_or_else(|| js_error(crate::Error::Disposed))
     }
 }
 
@@ -123,9 +189,10 @@ impl Engine {
     /// Load from the ONNX graph, `tokenizer.json` and `model_config.json` bytes.
     #[wasm_bindgen(js_name = fromBytes)]
     pub fn from_bytes(onnx: &[u8], tokenizer_json: &[u8], config_json: &[u8]) -> Result<Engine, JsValue> {
+        let t0 = now_ms();
         let config = crate::ModelConfig::from_json(config_json).map_err(js_error)?;
         let inner = generate::Engine::load(onnx, tokenizer_json, config).map_err(js_error)?;
-        Ok(Engine::new(inner))
+        Ok(Engine::new(inner, t0, onnx.len() + tokenizer_json.len() + config_json.len()))
     }
 
     /// Load a packed model: `manifest.json` bytes and every file it lists, by path. Each file
@@ -135,6 +202,7 @@ impl Engine {
         manifest_json: &[u8],
         #[wasm_bindgen(unchecked_param_type = "Map<string, Uint8Array>")] files: js_sys::Map,
     ) -> Result<Engine, JsValue> {
+        let t0 = now_ms();
         let manifest = crate::manifest::Manifest::from_json(manifest_json).map_err(js_error)?;
         // Each file is copied into wasm memory only when the engine needs it, and its JS copy
         // dropped from the map right away: the weights are never held twice on either side.
@@ -149,15 +217,83 @@ impl Engine {
             Ok(bytes)
         })
         .map_err(js_error)?;
-        Ok(Engine::new(inner))
+        Ok(Engine::new(inner, t0, manifest.total_bytes as usize))
     }
 
     pub fn tokenize(&self, text: &str) -> Result<Vec<u32>, JsValue> {
-        self.inner().tokenizer().encode(text).map_err(js_error)
+        self.inner()?.tokenizer().encode(text).map_err(js_error)
     }
 
     pub fn detokenize(&self, ids: &[u32]) -> Result<String, JsValue> {
-        self.inner().tokenizer().decode(ids, false).map_err(js_error)
+        self.inner()?.tokenizer().decode(ids, false).map_err(js_error)
+    }
+
+    /// Serialise the current conversation (the latest generation's, even mid-way, or the
+    /// restored one): KV cache in its native dtype, the tokens in it and, mid-generation, the
+    /// sampler state `resume()` needs. Versioned and checksummed.
+    #[wasm_bindgen(js_name = saveState)]
+    pub fn save_state(&self) -> Result<Vec<u8>, JsValue> {
+        self.inner()?.save_state().map_err(js_error)
+    }
+
+    /// Make `bytes` (from `saveState` of the same model) the current conversation: the next
+    /// `chat` reuses its cache, `resume()` continues its unfinished generation. Truncated,
+    /// corrupt or foreign state throws `InvalidStateError` and changes nothing.
+    #[wasm_bindgen(js_name = restoreState)]
+    pub fn restore_state(&self, bytes: &[u8]) -> Result<(), JsValue> {
+        self.inner()?.restore_state(bytes).map_err(js_error)
+    }
+
+    /// Forget the current conversation.
+    #[wasm_bindgen(js_name = clearState)]
+    pub fn clear_state(&self) -> Result<(), JsValue> {
+        self.inner()?.clear_state();
+        Ok(())
+    }
+
+    /// Stream the rest of the current conversation's unfinished generation (saved mid-way):
+    /// the same tokens the uninterrupted generation would have produced.
+    #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<GeneratedToken>")]
+    pub fn resume(
+        &self,
+        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+    ) -> Result<JsValue, JsValue> {
+        Ok(to_async_iterator(self.resume_generation()?, signal))
+    }
+
+    /// `resume()` as a step-by-step `Generation`.
+    #[wasm_bindgen(js_name = resumeGeneration)]
+    pub fn resume_generation(&self) -> Result<Generation, JsValue> {
+        let engine = self.inner()?;
+        let inner = engine.resume().map_err(js_error)?;
+        Ok(Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine })
+    }
+
+    /// Load time, model and memory sizes, and the latest generation's counts and speeds.
+    #[wasm_bindgen(unchecked_return_type = "EngineStats")]
+    pub fn stats(&self) -> Result<JsValue, JsValue> {
+        let e = self.inner()?;
+        Ok(to_js(&EngineStats {
+            backend: "cpu-wasm-simd128",
+            kv_cache: if e.kv_cache_folded() { "folded" } else { "explicit" },
+            load_ms: self.load_ms,
+            model_bytes: self.model_bytes,
+            wasm_memory_bytes: wasm_memory_bytes(),
+            context_tokens: e.state().map_or(0, |s| s.tokens().len()),
+            last: e.stats(),
+        }))
+    }
+
+    /// Free the model now. Later calls on this engine, and on its generations, throw
+    /// `EngineDisposedError`. Calling it twice is harmless.
+    pub fn dispose(&mut self) {
+        self.slot.dispose();
+    }
+
+    /// Whether `dispose()` was called.
+    #[wasm_bindgen(getter)]
+    pub fn disposed(&self) -> bool {
+        self.slot.engine().is_none()
     }
 
     /// Render chat messages with the model's template.
@@ -167,7 +303,7 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
     ) -> Result<String, JsValue> {
         let messages: Vec<ChatMessage> = from_js(messages, "messages")?;
-        self.inner().apply_chat_template(&messages).map_err(js_error)
+        self.inner()?.apply_chat_template(&messages).map_err(js_error)
     }
 
     /// Stream the continuation of `prompt` (raw text).
@@ -183,6 +319,8 @@ impl Engine {
     }
 
     /// Stream the assistant's reply to `messages`, rendered with the model's chat template.
+    /// The longest common token prefix with the current conversation is reused, not recomputed
+    /// (`reusePrefix: false` turns that off).
     #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<GeneratedToken>")]
     pub fn chat(
         &self,
@@ -191,9 +329,10 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
     ) -> Result<JsValue, JsValue> {
         let messages: Vec<ChatMessage> = from_js(messages, "messages")?;
-        let prompt = self.inner().apply_chat_template(&messages).map_err(js_error)?;
-        let g = self.start(&prompt, opts)?;
-        Ok(to_async_iterator(g, signal))
+        let opts: GenerateOptions = from_js(opts, "options")?;
+        let engine = self.inner()?;
+        let inner = engine.chat(&messages, &opts).map_err(js_error)?;
+        Ok(to_async_iterator(Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine }, signal))
     }
 
     /// Step-by-step generation, for callers that drive the loop themselves.
@@ -204,8 +343,9 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
     ) -> Result<Generation, JsValue> {
         let opts: GenerateOptions = from_js(opts, "options")?;
-        let inner = self.inner().generate(prompt, &opts).map_err(js_error)?;
-        Ok(Generation { inner, outcome: Some(self.slot.outcome()) })
+        let engine = self.inner()?;
+        let inner = engine.generate(prompt, &opts).map_err(js_error)?;
+        Ok(Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine })
     }
 }
 
@@ -215,6 +355,8 @@ pub struct Generation {
     inner: generate::Generation,
     /// Reported once, when the generation ends or fails (OTA error-rate accounting).
     outcome: Option<ota::Outcome>,
+    /// The engine it started on: an OTA swap does not end it (`dispose()` does).
+    _engine: Rc<generate::Engine>,
 }
 
 #[wasm_bindgen]

@@ -82,7 +82,8 @@ enum EngineEvent {
 
 /// The engine behind a JS `Engine`, swappable while generations hold the old one.
 pub(crate) struct Slot {
-    engine: RefCell<Rc<generate::Engine>>,
+    /// `None` once the app called `dispose()`.
+    engine: RefCell<Option<Rc<generate::Engine>>>,
     current: RefCell<Option<VersionInfo>>,
     /// The version an update replaced: the rollback target, still in the store.
     previous: RefCell<Option<VersionInfo>>,
@@ -119,7 +120,7 @@ impl Slot {
             None => (None, None),
         };
         Slot {
-            engine: RefCell::new(Rc::new(engine)),
+            engine: RefCell::new(Some(Rc::new(engine))),
             current: RefCell::new(current),
             previous: RefCell::new(None),
             source,
@@ -131,8 +132,19 @@ impl Slot {
         }
     }
 
-    pub fn engine(&self) -> Rc<generate::Engine> {
+    /// The engine in use, `None` after [`Slot::dispose`].
+    pub fn engine(&self) -> Option<Rc<generate::Engine>> {
         self.engine.borrow().clone()
+    }
+
+    /// Let go of the model: its generations fail with `EngineDisposedError` from now on, and
+    /// its memory is freed once the last of them is gone.
+    pub fn dispose(&self) {
+        if let Some(e) = self.engine.borrow_mut().take() {
+            e.dispose();
+        }
+        self.previous.borrow_mut().take();
+        self.monitor.borrow_mut().take();
     }
 
     pub fn outcome(self: &Rc<Self>) -> Outcome {
@@ -151,7 +163,7 @@ impl Slot {
     }
 
     fn swap(&self, engine: generate::Engine, version: VersionInfo) -> Option<VersionInfo> {
-        *self.engine.borrow_mut() = Rc::new(engine);
+        *self.engine.borrow_mut() = Some(Rc::new(engine));
         self.epoch.set(self.epoch.get() + 1);
         *self.window.borrow_mut() = ErrorWindow::new(RollbackPolicy::default().window);
         self.current.borrow_mut().replace(version)

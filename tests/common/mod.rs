@@ -9,6 +9,8 @@ use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, ActivationQuant, RefKvCache};
 use edge_llm::tiny;
 
+pub mod state;
+
 /// Six tokens: through the q4 kernel, one 4-row tile and two single rows.
 pub const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
 

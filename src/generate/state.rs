@@ -1,0 +1,166 @@
+//! Saved conversation state: the KV cache, the tokens in it and, when saved mid-generation,
+//! what that generation needs to go on exactly as if it had never been interrupted.
+//!
+//! Byte layout (version 1, little-endian):
+//!
+//! | bytes | what |
+//! | --- | --- |
+//! | 8 | magic `EDGELLMS` |
+//! | 4 | format version (u32) |
+//! | 32 | model fingerprint ([`super::Engine::fingerprint`]) |
+//! | 4 | header length `h` (u32) |
+//! | h | header, JSON: KV layout, token count, dtype, the unfinished generation if any |
+//! | 4·n | the `n` tokens in the cache (u32) |
+//! | 4·2·L·H·n·D | the cache in its native dtype (f32): per layer key then value, `[H, n, D]` |
+//! | 32 | SHA-256 of everything before |
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::GenerateOptions;
+use crate::cpu::KvSnapshot;
+use crate::tokenizer::IncrementalDecoder;
+use crate::{Error, Result};
+
+pub const MAGIC: &[u8; 8] = b"EDGELLMS";
+pub const VERSION: u32 = 1;
+const FIXED: usize = 8 + 4 + 32 + 4;
+const HASH: usize = 32;
+
+/// A conversation that can continue: the cache and the tokens it holds. Cheap to clone (the
+/// cache tensors are shared).
+#[derive(Debug, Clone, Default)]
+pub struct SessionState {
+    pub(crate) kv: KvSnapshot,
+    /// Exactly the tokens in `kv`, in order.
+    pub(crate) tokens: Vec<u32>,
+    /// Set while a generation is unfinished.
+    pub(crate) resume: Option<Resume>,
+}
+
+impl SessionState {
+    /// Tokens in the cache.
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    /// Whether an unfinished generation can be resumed from this state.
+    pub fn can_resume(&self) -> bool {
+        self.resume.is_some()
+    }
+}
+
+/// An unfinished generation, beyond the cache: its options, sampler and stream position.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct Resume {
+    pub options: GenerateOptions,
+    pub rng_state: u64,
+    /// The last sampled token: returned to the caller, not yet run through the model.
+    pub next_token: u32,
+    pub prompt_tokens: usize,
+    pub generated_tokens: usize,
+    pub stop_ids: Vec<u32>,
+    pub detok: IncrementalDecoder,
+    /// Text held back as a possible stop-string prefix.
+    pub pending: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    layers: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    tokens: usize,
+    dtype: String,
+    resume: Option<Resume>,
+}
+
+fn bad(reason: impl Into<String>) -> Error {
+    Error::InvalidState(reason.into())
+}
+
+/// Serialise `state` for the model with `fingerprint` and KV layout `(layers, kv_heads, head_dim)`.
+pub fn encode(state: &SessionState, fingerprint: &[u8; 32], layout: (usize, usize, usize)) -> Result<Vec<u8>> {
+    let (layers, kv_heads, head_dim) = layout;
+    let n = state.tokens.len();
+    debug_assert_eq!(n, state.kv.len);
+    let header = Header { layers, kv_heads, head_dim, tokens: n, dtype: "f32".into(), resume: state.resume.clone() };
+    let header = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
+    let kv_values = 2 * layers * kv_heads * n * head_dim;
+    let mut out = Vec::with_capacity(FIXED + header.len() + 4 * n + 4 * kv_values + HASH);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(fingerprint);
+    out.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    for t in &state.tokens {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    if n > 0 {
+        for i in 0..2 * layers {
+            for v in state.kv.values(i)? {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+    }
+    let hash = Sha256::digest(&out);
+    out.extend_from_slice(&hash);
+    Ok(out)
+}
+
+/// Parse bytes written by [`encode`], checking format, checksum, model and layout.
+pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], layout: (usize, usize, usize)) -> Result<SessionState> {
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(bad("not an edge-llm state (bad magic)"));
+    }
+    if bytes.len() < FIXED + HASH {
+        return Err(bad(format!("truncated: {} bytes", bytes.len())));
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
+    if version != VERSION {
+        return Err(bad(format!("format version {version}; this runtime reads version {VERSION}")));
+    }
+    let (body, hash) = bytes.split_at(bytes.len() - HASH);
+    if Sha256::digest(body).as_slice() != hash {
+        return Err(bad("checksum mismatch: the state is corrupt or truncated"));
+    }
+    if body[12..44] != fingerprint[..] {
+        return Err(bad("the state was saved by a different model"));
+    }
+    let header_len = u32::from_le_bytes(body[44..48].try_into().expect("4 bytes")) as usize;
+    let header_bytes = body.get(FIXED..FIXED + header_len).ok_or_else(|| bad("header runs past the end"))?;
+    let header: Header = serde_json::from_slice(header_bytes).map_err(|e| bad(format!("header: {e}")))?;
+    let (layers, kv_heads, head_dim) = layout;
+    if (header.layers, header.kv_heads, header.head_dim) != layout {
+        return Err(bad(format!(
+            "KV layout {}x{}x{} does not match the model's {layers}x{kv_heads}x{head_dim}",
+            header.layers, header.kv_heads, header.head_dim
+        )));
+    }
+    if header.dtype != "f32" {
+        return Err(bad(format!("KV dtype `{}` is not supported", header.dtype)));
+    }
+    let n = header.tokens;
+    let per_tensor = kv_heads * n * head_dim;
+    let rest = &body[FIXED + header_len..];
+    if rest.len() as u128 != 4 * n as u128 + 4 * 2 * (layers * per_tensor) as u128 {
+        return Err(bad(format!("{} payload bytes do not hold {n} tokens of this model's cache", rest.len())));
+    }
+    let (tok_bytes, kv_bytes) = rest.split_at(4 * n);
+    let tokens: Vec<u32> = tok_bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    let data: Vec<Vec<f32>> = if n == 0 {
+        vec![Vec::new(); 2 * layers]
+    } else {
+        kv_bytes
+            .chunks_exact(4 * per_tensor)
+            .map(|t| t.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect())
+            .collect()
+    };
+    let kv = KvSnapshot::from_f32(n, kv_heads, head_dim, data)?;
+    if let Some(r) = &header.resume {
+        r.options.validate().map_err(|e| bad(format!("saved options: {e}")))?;
+    }
+    Ok(SessionState { kv, tokens, resume: header.resume })
+}
