@@ -213,3 +213,13 @@ fn edge_llm_q4_kernels_match_their_references() {
         }
     }
 }
+
+#[test]
+fn edge_llm_q4_matmul_matches_reference() {
+    for (n, k, m) in common::Q4_MATMUL_SHAPES {
+        for sym in [true, false] {
+            let d = common::q4_matmul_max_diff(n, k, m, sym);
+            assert!(d < 1e-3, "n={n} k={k} m={m} symmetric={sym}: max |diff| = {d}");
+        }
+    }
+}

@@ -61,3 +61,14 @@ fn int4_simd_kernel_logits_match_reference_in_browser() {
         assert!(d < 1e-3, "symmetric={sym} int8={int8}: max |diff| = {d}");
     }
 }
+
+#[wasm_bindgen_test]
+fn int4_simd_matmul_matches_reference_in_browser() {
+    for (n, k, m) in common::Q4_MATMUL_SHAPES {
+        for sym in [true, false] {
+            let d = common::q4_matmul_max_diff(n, k, m, sym);
+            console_log!("q4 matmul n={n} k={k} m={m} symmetric={sym}: max |diff| = {d:e}");
+            assert!(d < 1e-3, "n={n} k={k} m={m} symmetric={sym}: max |diff| = {d}");
+        }
+    }
+}

@@ -9,7 +9,7 @@ use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, ActivationQuant, RefKvCache};
 use edge_llm::tiny;
 
-/// Six tokens: through the q4 kernel, one 4-row tile and two single rows.
+/// Six tokens: through the q4 kernel's GEMM, one 4-row tile and one 2-row tile.
 pub const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -38,4 +38,40 @@ pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
     let modelled = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
     let exact = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
     Q4KernelRun { got, modelled, exact }
+}
+
+/// `(n, k, m)` of the q4 matmul problems: one row (the GEMV), every GEMM row-tile remainder, a
+/// partial last column group.
+pub const Q4_MATMUL_SHAPES: [(usize, usize, usize); 6] = [(9, 64, 1), (4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9), (64, 576, 40)];
+
+/// Max |diff| of edge-llm's int8-activation q4 matmul (all columns, then columns `1..n - 1`
+/// alone) against dequantize-then-matmul on the int8-rounded activations.
+pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 {
+    use edge_llm::cpu::q4_matmul::{quantize_rows, Q4Matrix};
+    use edge_llm::quant::reference::{dequantize_q4, q8_block_round_trip, quantize_q4};
+    use tract_onnx::prelude::Tensor;
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+    let q = quantize_q4(&w, n, k, 32, symmetric);
+    let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+    let mat = Q4Matrix::new(n, k, packed, q.scales.clone(), q.packed_zero_points().as_deref()).unwrap();
+    let (deq, xr) = (dequantize_q4(&q), q8_block_round_trip(&x, k));
+    let want = |r: usize, c: usize| -> f32 { (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum() };
+    let mut all = vec![0f32; m * n];
+    mat.matmul_q8(&x, &mut all).unwrap();
+    let mut d = 0f32;
+    for r in 0..m {
+        for c in 0..n {
+            d = d.max((all[r * n + c] - want(r, c)).abs());
+        }
+    }
+    let cols = 1..n - 1;
+    let mut part = vec![0f32; m * cols.len()];
+    mat.gemm_q8(&quantize_rows(&x, k), cols.clone(), &mut part, cols.len()).unwrap();
+    for r in 0..m {
+        for (j, c) in cols.clone().enumerate() {
+            d = d.max((part[r * cols.len() + j] - want(r, c)).abs());
+        }
+    }
+    d
 }
