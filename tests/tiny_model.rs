@@ -170,7 +170,7 @@ fn tokenizer_round_trips_multibyte_text() {
 fn folded_kv_cache_decode_matches_reference_for_every_format() {
     use edge_llm::cpu::CpuOptions;
     let cfg = tiny::config();
-    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false };
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false, last_logits_only: false };
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
@@ -221,5 +221,29 @@ fn edge_llm_q4_matmul_matches_reference() {
             let d = common::q4_matmul_max_diff(n, k, m, sym);
             assert!(d < 1e-3, "n={n} k={k} m={m} symmetric={sym}: max |diff| = {d}");
         }
+    }
+}
+
+#[test]
+fn last_position_logits_match_the_full_forward() {
+    use edge_llm::cpu::CpuOptions;
+    let cfg = tiny::config();
+    for (opts, q4_kernel) in [(ExportOptions::fp32(), false), (ExportOptions::int8(), false), (ExportOptions::int4(32, true), false), (ExportOptions::int4(32, false), true)] {
+        let exported = export(&cfg, &tiny::weights(), &opts);
+        let build = |last_logits_only| {
+            let o = CpuOptions { fold_kv_cache: false, q4_kernel, q4_int8_activations: q4_kernel, last_logits_only };
+            Arc::new(CpuModel::from_proto(exported.model.clone(), &o).unwrap())
+        };
+        let (full, last) = (build(false), build(true));
+        let (mut a, mut b) = (full.session(), last.session());
+        let all = a.forward_all(&PROMPT).unwrap();
+        let got = b.forward(&PROMPT).unwrap();
+        let v = full.vocab_size();
+        let d = max_abs_diff(&got, &all[all.len() - v..]);
+        assert!(d < 1e-5, "{:?} q4_kernel={q4_kernel}: prefill max |diff| = {d}", opts.linear);
+        // The sliced model's KV cache holds every position: decoding continues identically.
+        let d = max_abs_diff(&b.forward(&[7]).unwrap(), &a.forward(&[7]).unwrap());
+        assert!(d < 1e-5, "{:?} q4_kernel={q4_kernel}: decode max |diff| = {d}", opts.linear);
+        assert!(matches!(b.forward_all(&PROMPT), Err(Error::Inference(_))));
     }
 }

@@ -60,6 +60,8 @@ pub struct CpuModel {
     vocab_size: usize,
     /// The KV cache lives inside the plan's state (folded by tract-transformers).
     stateful: bool,
+    /// See [`CpuOptions::last_logits_only`].
+    last_logits_only: bool,
 }
 
 /// How to build the CPU plan.
@@ -74,6 +76,10 @@ pub struct CpuOptions {
     /// With `q4_kernel`: quantize activations to int8 per 32-block and use integer dot
     /// products (~2x faster on wasm, activation rounding ~0.4 %). On by default on wasm32.
     pub q4_int8_activations: bool,
+    /// Compute the logits of the last new position only (all a generator samples from): the
+    /// head, the final norm and as much of the last layer as depends on that row alone run on
+    /// one row instead of the whole prompt. [`CpuSession::forward_all`] then fails.
+    pub last_logits_only: bool,
 }
 
 impl Default for CpuOptions {
@@ -82,6 +88,7 @@ impl Default for CpuOptions {
             fold_kv_cache: std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "1"),
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
             q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
+            last_logits_only: false,
         }
     }
 }
@@ -147,7 +154,11 @@ impl CpuModel {
             }
         }
         let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
-        let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(invalid)?;
+        let mut typed = model.into_typed().map_err(invalid)?;
+        if options.last_logits_only {
+            slice_last_position(&mut typed).map_err(invalid)?;
+        }
+        let mut typed = typed.into_decluttered().map_err(invalid)?;
         if options.fold_kv_cache {
             // tract-transformers: KV inputs/outputs become in-graph state, RoPE / softmax /
             // attention patterns become fused ops.
@@ -181,7 +192,16 @@ impl CpuModel {
             .ok_or_else(|| Error::InvalidModel("logits must have a fixed vocabulary dimension".into()))?;
         let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
         let plan = typed.into_runnable().map_err(inference_err)?;
-        Ok(CpuModel { plan, inputs, outputs, kv_shape: kv_shape.unwrap_or((0, 0)), num_layers, vocab_size, stateful })
+        Ok(CpuModel {
+            plan,
+            inputs,
+            outputs,
+            kv_shape: kv_shape.unwrap_or((0, 0)),
+            num_layers,
+            vocab_size,
+            stateful,
+            last_logits_only: options.last_logits_only,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -192,6 +212,25 @@ impl CpuModel {
     pub fn session(self: &Arc<Self>) -> CpuSession {
         CpuSession { model: self.clone(), past: Vec::new(), len: 0, state: None }
     }
+}
+
+/// Make the `logits` output `[1, S, V]` its last position `[1, 1, V]`; decluttering pushes the
+/// slice up through every op that treats positions independently (tract's `PushSliceUp`).
+fn slice_last_position(model: &mut TypedModel) -> TractResult<()> {
+    for ix in 0..model.outputs.len() {
+        let outlet = model.outputs[ix];
+        let name = model.outlet_label(outlet).map(str::to_string).unwrap_or_else(|| model.node(outlet.node).name.clone());
+        if classify(&name) != Some(Port::Logits) {
+            continue;
+        }
+        let len = model.outlet_fact(outlet)?.shape[1].clone();
+        let slice = tract_onnx::tract_core::ops::array::Slice { axis: 1, start: len.clone() - 1, end: len };
+        let last = model.wire_node(format!("{name}.last_position"), slice, &[outlet])?[0];
+        model.outlet_labels.remove(&outlet);
+        model.set_outlet_label(last, name)?;
+        model.outputs[ix] = last;
+    }
+    Ok(())
 }
 
 /// Names of ONNX operators tract cannot load, checked before loading so the error can name
@@ -237,6 +276,9 @@ impl CpuSession {
     /// Run `tokens` after the cached ones; returns the logits of every new position
     /// (`tokens.len() * vocab`, row-major).
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if self.model.last_logits_only && tokens.len() > 1 {
+            return Err(Error::Inference("forward_all needs a model built without `last_logits_only`".into()));
+        }
         let logits = self.run(tokens)?;
         let view = logits.to_plain_array_view::<f32>().map_err(inference_err)?;
         Ok(view.iter().copied().collect())

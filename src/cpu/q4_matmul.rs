@@ -620,6 +620,36 @@ impl TypedOp for Q4MatMul {
         shape[last] = self.w.n.to_dim();
         Ok(tvec!(f32::fact(&shape)))
     }
+
+    /// Leading axes pass through (rows are independent); K in, N out.
+    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+        let mut mapping = AxesMapping::disconnected(inputs, outputs)?;
+        for (axis, repr) in (0..inputs[0].rank() - 1).zip('A'..) {
+            mapping = mapping.renaming((InOut::In(0), axis), repr)?.linking(repr, (InOut::Out(0), axis))?;
+        }
+        Ok(mapping)
+    }
+
+    /// A slice of the rows (e.g. only the last position's logits) slices the input instead:
+    /// tract's `PushSliceUp` then computes only the rows that are used.
+    #[allow(clippy::too_many_arguments)]
+    fn slice(
+        &self,
+        patch: &mut TypedModelPatch,
+        _model: &TypedModel,
+        node: &TypedNode,
+        _prefix: &str,
+        inputs: &[OutletId],
+        output_axis: usize,
+        _start: &TDim,
+        _end: &TDim,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        if output_axis + 1 >= node.outputs[0].fact.rank() {
+            return Ok(None);
+        }
+        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
+    }
+
     as_op!();
 }
 

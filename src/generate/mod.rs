@@ -9,7 +9,7 @@ use std::sync::Arc;
 pub use sampler::{GenerateOptions, Sampler};
 use serde::Serialize;
 
-use crate::cpu::{CpuModel, CpuSession};
+use crate::cpu::{CpuModel, CpuOptions, CpuSession};
 use crate::manifest::{FileRole, Manifest};
 use crate::model::ModelConfig;
 use crate::tokenizer::{render_chat_template, ChatMessage, IncrementalDecoder, Tokenizer};
@@ -42,7 +42,7 @@ pub enum FinishReason {
 
 impl Engine {
     pub fn load(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
-        Self::from_parts(CpuModel::load(onnx)?, tokenizer_json, config)
+        Self::from_parts(CpuModel::from_proto(crate::onnx::decode(onnx)?, &Self::cpu_options())?, tokenizer_json, config)
     }
 
     /// Load a packed model: `files` maps every manifest path to its bytes. Each file is checked
@@ -58,8 +58,13 @@ impl Engine {
         };
         let graph = crate::onnx::decode(&take(&mut files, FileRole::Graph))?;
         let tokenizer = take(&mut files, FileRole::Tokenizer);
-        let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?, &Default::default())?;
+        let model = CpuModel::from_proto(crate::manifest::assemble(graph, files)?, &Self::cpu_options())?;
         Self::from_parts(model, &tokenizer, manifest.config.clone())
+    }
+
+    /// The engine samples from the last position only.
+    fn cpu_options() -> CpuOptions {
+        CpuOptions { last_logits_only: true, ..Default::default() }
     }
 
     fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {

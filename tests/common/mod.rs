@@ -31,7 +31,7 @@ pub struct Q4KernelRun {
 pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
-    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations };
+    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false };
     let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
     let got = model.session().forward_all(&PROMPT).unwrap();
     let act = if int8_activations { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
