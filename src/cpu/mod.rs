@@ -13,6 +13,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::{Error, Result};
 
 pub mod q4_matmul;
+pub mod q8_matmul;
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -80,6 +81,9 @@ pub struct CpuOptions {
     /// head, the final norm and as much of the last layer as depends on that row alone run on
     /// one row instead of the whole prompt. [`CpuSession::forward_all`] then fails.
     pub last_logits_only: bool,
+    /// Run `MatMulInteger` with a constant weight through edge-llm's kernel ([`q8_matmul`]):
+    /// tract's quantized einsum has no SIMD i32 kernel on wasm. On by default on wasm32.
+    pub q8_kernel: bool,
 }
 
 impl Default for CpuOptions {
@@ -89,6 +93,7 @@ impl Default for CpuOptions {
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
             q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
             last_logits_only: false,
+            q8_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q8_KERNEL").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -105,6 +110,9 @@ impl CpuModel {
         let mut onnx = tract_onnx::onnx();
         if options.q4_kernel {
             q4_matmul::register(&mut onnx, options.q4_int8_activations);
+        }
+        if options.q8_kernel {
+            q8_matmul::register(&mut onnx);
         }
         let mut model = onnx
             .model_for_proto_model(&proto)

@@ -31,7 +31,7 @@ pub struct Q4KernelRun {
 pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
-    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false };
+    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false, q8_kernel: true };
     let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
     let got = model.session().forward_all(&PROMPT).unwrap();
     let act = if int8_activations { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
@@ -74,4 +74,35 @@ pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 
         }
     }
     d
+}
+
+/// `(m, k, n)` of the int8 `MatMulInteger` problems: one row, a 4-row tile plus remainder, a K
+/// that is not a multiple of 16.
+pub const Q8_MATMUL_SHAPES: [(usize, usize, usize); 3] = [(1, 64, 5), (6, 40, 3), (9, 576, 7)];
+
+/// edge-llm's `MatMulInteger` kernel against `sum_k (a - za)(b - zb)` computed the long way,
+/// for u8 weights with per-column zero points and i8 weights with a scalar one: must be equal.
+pub fn q8_matmul_matches(m: usize, k: usize, n: usize) -> bool {
+    use edge_llm::cpu::q8_matmul::Q8Matrix;
+    use tract_onnx::prelude::{tensor0, Tensor};
+    let a: Vec<i32> = (0..m * k).map(|i| (i * 37 % 256) as i32).collect();
+    let za = 131;
+    let x: Vec<i16> = a.iter().map(|v| (v - za) as i16).collect();
+    let bu: Vec<i32> = (0..k * n).map(|i| (i * 101 % 256) as i32).collect();
+    let zu: Vec<i32> = (0..n).map(|c| (c * 50 % 256) as i32).collect();
+    let bi: Vec<i32> = bu.iter().map(|v| v - 128).collect();
+    let u8s = |v: &[i32]| v.iter().map(|v| *v as u8).collect::<Vec<_>>();
+    let i8s = |v: &[i32]| v.iter().map(|v| *v as i8).collect::<Vec<_>>();
+    let cases = [
+        (Tensor::from_shape(&[k, n], &u8s(&bu)).unwrap(), Some(Tensor::from_shape(&[n], &u8s(&zu)).unwrap()), &bu, zu.clone()),
+        (Tensor::from_shape(&[k, n], &i8s(&bi)).unwrap(), Some(tensor0(-3i8)), &bi, vec![-3; n]),
+    ];
+    let exact = cases.into_iter().all(|(b, zb, bv, zv)| {
+        let w = Q8Matrix::new(&b, zb.as_ref()).unwrap();
+        let want: Vec<i32> = (0..m * n).map(|i| (0..k).map(|j| (a[i / n * k + j] - za) * (bv[j * n + i % n] - zv[i % n])).sum()).collect();
+        let mut got = vec![0i32; m * n];
+        w.matmul(&x, 0..n, &mut got, n).unwrap();
+        got == want
+    });
+    exact
 }
