@@ -60,13 +60,18 @@ fn int8_logits_match_reference_with_quantized_activations() {
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int8());
     let model = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&exported.model)).unwrap());
-    let mut session = model.session();
-    let mut cache = RefKvCache::default();
-    for t in PROMPT {
-        let got = session.forward(&[t]).unwrap();
-        let want = reference::forward_int8_activations(&cfg, &exported.effective, &[t], &mut cache).concat();
-        let d = max_abs_diff(&got, &want);
-        assert!(d < 1e-3, "token {t}: max |diff| = {d}");
+    // tract's MatMulInteger and edge-llm's kernel (the wasm default) compute the same integers.
+    for q8_kernel in [false, true] {
+        let opts = edge_llm::cpu::CpuOptions { q8_kernel, fold_kv_cache: false, ..Default::default() };
+        let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
+        let mut session = model.session();
+        let mut cache = RefKvCache::default();
+        for t in PROMPT {
+            let got = session.forward(&[t]).unwrap();
+            let want = reference::forward_int8_activations(&cfg, &exported.effective, &[t], &mut cache).concat();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < 1e-3, "q8_kernel={q8_kernel} token {t}: max |diff| = {d}");
+        }
     }
     // Against fp32 weights and activations, int8 stays within the documented tolerance.
     let fp32 = reference::forward(&cfg, &tiny::weights(), &PROMPT, &mut RefKvCache::default()).concat();
@@ -170,7 +175,7 @@ fn tokenizer_round_trips_multibyte_text() {
 fn folded_kv_cache_decode_matches_reference_for_every_format() {
     use edge_llm::cpu::CpuOptions;
     let cfg = tiny::config();
-    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false };
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false, last_logits_only: false, q8_kernel: true };
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
@@ -241,4 +246,45 @@ fn onnxruntime_genai_layout_runs_with_prefill_and_decode_plans() {
     while g.step().unwrap().is_some() {}
     assert!(!g.generated().is_empty());
     assert_eq!(g.generated(), &want[..g.generated().len()]);
+}
+
+#[test]
+fn edge_llm_q4_matmul_matches_reference() {
+    for (n, k, m) in common::Q4_MATMUL_SHAPES {
+        for sym in [true, false] {
+            let d = common::q4_matmul_max_diff(n, k, m, sym);
+            assert!(d < 1e-3, "n={n} k={k} m={m} symmetric={sym}: max |diff| = {d}");
+        }
+    }
+}
+
+#[test]
+fn last_position_logits_match_the_full_forward() {
+    use edge_llm::cpu::CpuOptions;
+    let cfg = tiny::config();
+    for (opts, q4_kernel) in [(ExportOptions::fp32(), false), (ExportOptions::int8(), false), (ExportOptions::int4(32, true), false), (ExportOptions::int4(32, false), true)] {
+        let exported = export(&cfg, &tiny::weights(), &opts);
+        let build = |last_logits_only| {
+            let o = CpuOptions { fold_kv_cache: false, q4_kernel, q4_int8_activations: q4_kernel, last_logits_only, q8_kernel: true };
+            Arc::new(CpuModel::from_proto(exported.model.clone(), &o).unwrap())
+        };
+        let (full, last) = (build(false), build(true));
+        let (mut a, mut b) = (full.session(), last.session());
+        let all = a.forward_all(&PROMPT).unwrap();
+        let got = b.forward(&PROMPT).unwrap();
+        let v = full.vocab_size();
+        let d = max_abs_diff(&got, &all[all.len() - v..]);
+        assert!(d < 1e-5, "{:?} q4_kernel={q4_kernel}: prefill max |diff| = {d}", opts.linear);
+        // The sliced model's KV cache holds every position: decoding continues identically.
+        let d = max_abs_diff(&b.forward(&[7]).unwrap(), &a.forward(&[7]).unwrap());
+        assert!(d < 1e-5, "{:?} q4_kernel={q4_kernel}: decode max |diff| = {d}", opts.linear);
+        assert!(matches!(b.forward_all(&PROMPT), Err(Error::Inference(_))));
+    }
+}
+
+#[test]
+fn edge_llm_matmul_integer_is_exact() {
+    for (m, k, n) in common::Q8_MATMUL_SHAPES {
+        assert!(common::q8_matmul_matches(m, k, n), "m={m} k={k} n={n}");
+    }
 }

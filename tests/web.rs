@@ -70,3 +70,40 @@ fn restored_state_continues_bit_identically_in_browser() {
     common::state::chat_after_restore_reuses_prefix(&load);
     console_log!("tiny int4 state after 10 cached tokens: {bytes} bytes");
 }
+
+#[wasm_bindgen_test]
+fn int4_simd_matmul_matches_reference_in_browser() {
+    for (n, k, m) in common::Q4_MATMUL_SHAPES {
+        for sym in [true, false] {
+            let d = common::q4_matmul_max_diff(n, k, m, sym);
+            console_log!("q4 matmul n={n} k={k} m={m} symmetric={sym}: max |diff| = {d:e}");
+            assert!(d < 1e-3, "n={n} k={k} m={m} symmetric={sym}: max |diff| = {d}");
+        }
+    }
+}
+
+#[wasm_bindgen_test]
+fn int8_simd_matmul_integer_is_exact_in_browser() {
+    for (m, k, n) in common::Q8_MATMUL_SHAPES {
+        assert!(common::q8_matmul_matches(m, k, n), "m={m} k={k} n={n}");
+    }
+}
+
+#[wasm_bindgen_test]
+fn int8_graph_logits_match_reference_in_browser() {
+    // The int8 graph (DynamicQuantizeLinear + MatMulInteger) through edge-llm's MatMulInteger
+    // kernel, against the reference that quantizes activations the same way.
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    let cfg = tiny::config();
+    let exported = export(&cfg, &tiny::weights(), &ExportOptions::int8());
+    let model = Arc::new(CpuModel::from_proto(exported.model, &Default::default()).unwrap());
+    // DynamicQuantizeLinear scales a whole input: compare token by token, as natively.
+    let (mut session, mut cache) = (model.session(), RefKvCache::default());
+    for t in PROMPT {
+        let got = session.forward(&[t]).unwrap();
+        let want = reference::forward_int8_activations(&cfg, &exported.effective, &[t], &mut cache).concat();
+        let d = max_abs_diff(&got, &want);
+        console_log!("int8 graph (wasm MatMulInteger kernel), token {t}: max |diff| = {d:e}");
+        assert!(d < 1e-3, "token {t}: max |diff| = {d}");
+    }
+}

@@ -13,6 +13,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::{Error, Result};
 
 pub mod q4_matmul;
+pub mod q8_matmul;
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -58,9 +59,13 @@ struct Variant {
 
 impl Variant {
     /// Optimize `model` (input facts set) into a runnable plan.
-    fn build(model: InferenceModel, fold_kv_cache: bool) -> Result<Self> {
+    fn build(model: InferenceModel, fold_kv_cache: bool, last_logits_only: bool) -> Result<Self> {
         let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
-        let mut typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(invalid)?;
+        let mut typed = model.into_typed().map_err(invalid)?;
+        if last_logits_only {
+            slice_last_position(&mut typed).map_err(invalid)?;
+        }
+        let mut typed = typed.into_decluttered().map_err(invalid)?;
         if fold_kv_cache {
             // tract-transformers: KV inputs/outputs become in-graph state, RoPE / softmax /
             // attention patterns become fused ops.
@@ -101,6 +106,8 @@ pub struct CpuModel {
     stateful: bool,
     /// With a folded cache: the plan nodes whose op state holds a layer's key or value cache.
     folded_kv: Vec<(usize, Port)>,
+    /// See [`CpuOptions::last_logits_only`].
+    last_logits_only: bool,
 }
 
 /// How to build the CPU plan.
@@ -115,6 +122,13 @@ pub struct CpuOptions {
     /// With `q4_kernel`: quantize activations to int8 per 32-block and use integer dot
     /// products (~2x faster on wasm, activation rounding ~0.4 %). On by default on wasm32.
     pub q4_int8_activations: bool,
+    /// Compute the logits of the last new position only (all a generator samples from): the
+    /// head, the final norm and as much of the last layer as depends on that row alone run on
+    /// one row instead of the whole prompt. [`CpuSession::forward_all`] then fails.
+    pub last_logits_only: bool,
+    /// Run `MatMulInteger` with a constant weight through edge-llm's kernel ([`q8_matmul`]):
+    /// tract's quantized einsum has no SIMD i32 kernel on wasm. On by default on wasm32.
+    pub q8_kernel: bool,
 }
 
 impl Default for CpuOptions {
@@ -123,6 +137,8 @@ impl Default for CpuOptions {
             fold_kv_cache: std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "1"),
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
             q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
+            last_logits_only: false,
+            q8_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q8_KERNEL").is_ok_and(|v| v == "1"),
         }
     }
 }
@@ -162,6 +178,9 @@ impl CpuModel {
         let mut onnx = tract_onnx::onnx();
         if options.q4_kernel {
             q4_matmul::register(&mut onnx, options.q4_int8_activations);
+        }
+        if options.q8_kernel {
+            q8_matmul::register(&mut onnx);
         }
         let mut model = onnx
             .model_for_proto_model(&proto)
@@ -233,9 +252,10 @@ impl CpuModel {
         let (main, decode) = if genai {
             let prefill = shapes(s.to_dim(), 0.to_dim())()?;
             let decode = shapes(1.to_dim(), p.to_dim())()?;
-            (Variant::build(prefill, false)?, Some(Variant::build(decode, false)?))
+            let last = options.last_logits_only;
+            (Variant::build(prefill, false, last)?, Some(Variant::build(decode, false, last)?))
         } else {
-            (Variant::build(shapes(s.to_dim(), p.to_dim())()?, options.fold_kv_cache)?, None)
+            (Variant::build(shapes(s.to_dim(), p.to_dim())()?, options.fold_kv_cache, options.last_logits_only)?, None)
         };
         drop(model);
         let logits_ix = main
@@ -252,7 +272,16 @@ impl CpuModel {
             .ok_or_else(|| Error::InvalidModel("logits must have a fixed vocabulary dimension".into()))?;
         let stateful = !main.inputs.iter().any(|p| matches!(p, Port::Kv(..)));
         let folded_kv = if stateful { folded_kv_nodes(&main.plan, num_layers)? } else { Vec::new() };
-        Ok(CpuModel { main, decode, kv_shape: kv, num_layers, vocab_size, stateful, folded_kv })
+        Ok(CpuModel {
+            main,
+            decode,
+            kv_shape: kv,
+            num_layers,
+            vocab_size,
+            stateful,
+            folded_kv,
+            last_logits_only: options.last_logits_only,
+        })
     }
 
     pub fn vocab_size(&self) -> usize {
@@ -437,6 +466,25 @@ fn detach_weights(
     Ok(weights)
 }
 
+/// Make the `logits` output `[1, S, V]` its last position `[1, 1, V]`; decluttering pushes the
+/// slice up through every op that treats positions independently (tract's `PushSliceUp`).
+fn slice_last_position(model: &mut TypedModel) -> TractResult<()> {
+    for ix in 0..model.outputs.len() {
+        let outlet = model.outputs[ix];
+        let name = model.outlet_label(outlet).map(str::to_string).unwrap_or_else(|| model.node(outlet.node).name.clone());
+        if classify(&name) != Some(Port::Logits) {
+            continue;
+        }
+        let len = model.outlet_fact(outlet)?.shape[1].clone();
+        let slice = tract_onnx::tract_core::ops::array::Slice { axis: 1, start: len.clone() - 1, end: len };
+        let last = model.wire_node(format!("{name}.last_position"), slice, &[outlet])?[0];
+        model.outlet_labels.remove(&outlet);
+        model.set_outlet_label(last, name)?;
+        model.outputs[ix] = last;
+    }
+    Ok(())
+}
+
 /// Names of ONNX operators tract cannot load, checked before loading so the error can name
 /// the node instead of failing deep inside type inference.
 fn check_ops(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
@@ -451,7 +499,7 @@ fn check_ops(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
 }
 
 /// Most prompt tokens [`CpuSession::forward`] runs at once.
-pub const PREFILL_CHUNK: usize = 16;
+pub const PREFILL_CHUNK: usize = 64;
 
 /// One conversation's KV cache over a shared [`CpuModel`].
 pub struct CpuSession {
@@ -505,6 +553,9 @@ impl CpuSession {
     /// Run `tokens` after the cached ones; returns the logits of every new position
     /// (`tokens.len() * vocab`, row-major).
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if self.model.last_logits_only && tokens.len() > 1 {
+            return Err(Error::Inference("forward_all needs a model built without `last_logits_only`".into()));
+        }
         let mut all = Vec::with_capacity(tokens.len() * self.model.vocab_size);
         for part in self.steps(tokens) {
             let logits = self.run(part)?;
@@ -524,9 +575,9 @@ impl CpuSession {
     }
 
     /// Run `tokens` after the cached ones; returns the logits of the last position. Long
-    /// prompts run in chunks of [`PREFILL_CHUNK`] tokens: the graph computes logits for every
-    /// position it is given (`vocab × 4` bytes each, 196 KB for a 49k vocabulary), so a
-    /// 500-token prompt in one run would briefly need ~100 MB for logits no one reads.
+    /// prompts run in chunks of [`PREFILL_CHUNK`] tokens, which bounds activation memory (and,
+    /// in a model built without `last_logits_only`, the logits of every position: `vocab × 4`
+    /// bytes each, ~100 MB for a 500-token prompt with a 49k vocabulary).
     pub fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         let steps = self.steps(tokens);
         let Some((last, before)) = steps.split_last() else {

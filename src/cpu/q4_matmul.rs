@@ -9,6 +9,7 @@
 //! with `X[m][b]` the block sums of `x`: the zero point leaves the inner loop. Exact in f32 up
 //! to summation order; the plain reference is `quant::reference::dequantize_q4` + a matmul.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::model::ParsingContext;
@@ -28,12 +29,19 @@ pub struct Q4Matrix {
     /// `[n][k / 32][16]`: the graph's own constant, shared rather than copied (the tied
     /// embedding gathers rows from the same tensor).
     pub packed: Arc<Tensor>,
-    /// `[n][k / 32]` f32: the graph's constant too, shared (no copy) when it is already f32.
+    /// `[n][k / 32]` f32: the graph's constant, shared (no copy) when it is already f32.
     pub scales: Arc<Tensor>,
-    /// Zero points as ONNX packs them, two 4-bit values per byte, `[n][ceil(k / 64)]`;
-    /// `None`: 8 everywhere (symmetric).
+    /// Zero point per block, `[n][k / 32]`; `None`: 8 everywhere (the `MatMulNBits` default).
     pub zero_points: Option<Vec<u8>>,
 }
+
+/// Activation rows from which [`Q4Matrix::matmul_q8`] runs the int8 GEMM ([`Q4Matrix::gemm_q8`]):
+/// fewer rows (decode's one) go through the GEMV, which unpacks each weight block in registers
+/// instead of into a panel that only one row would use.
+pub const GEMM_MIN_ROWS: usize = 2;
+
+/// Activation rows of one GEMM register tile.
+pub const GEMM_TILE_ROWS: usize = 6;
 
 impl Q4Matrix {
     /// From `MatMulNBits` tensors: `packed` `[n][nb][16]`, `scales` `[n * nb]`, zero points packed
@@ -51,16 +59,26 @@ impl Q4Matrix {
         if let Some(z) = zero_points {
             ensure!(z.len() == n * zb, "zero_points has {} bytes, expected {}", z.len(), n * zb);
         }
-        Ok(Q4Matrix { n, k, packed, scales, zero_points: zero_points.map(<[u8]>::to_vec) })
+        let zero_points: Option<Vec<u8>> =
+            zero_points.map(|z| (0..n * nb).map(|i| (z[(i / nb) * zb + (i % nb) / 2] >> (4 * (i % nb % 2))) & 0x0f).collect());
+        Ok(Q4Matrix { n, k, packed, scales, zero_points })
     }
 
-    /// `scale * zero_point` of each block of weight row `row` into `out` (`k / 32` values).
+    fn scales(&self) -> TractResult<&[f32]> {
+        self.scales.to_plain_array_view::<f32>()?.to_slice().context("scales must be contiguous")
+    }
+
+    /// `scale * zero_point` of each block of weight row `row` into `out` (`k / 32` values):
+    /// computed per row rather than stored (it would be as big as the scales).
     fn scaled_zeros(&self, row: usize, scales: &[f32], out: &mut [f32]) {
-        let zb = out.len().div_ceil(2);
+        let nb = out.len();
         for (b, (o, s)) in out.iter_mut().zip(scales).enumerate() {
-            let zp = self.zero_points.as_ref().map_or(8, |z| (z[row * zb + b / 2] >> (4 * (b % 2))) & 0x0f);
-            *o = zp as f32 * s;
+            *o = self.zero_points.as_ref().map_or(8, |z| z[row * nb + b]) as f32 * s;
         }
+    }
+
+    fn packed_bytes(&self) -> TractResult<&[u8]> {
+        self.packed.to_plain_array_view::<u8>()?.to_slice().context("B must be contiguous")
     }
 
     /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
@@ -82,7 +100,7 @@ impl Q4Matrix {
                 xs[r * nb + b] = src.iter().sum();
             }
         }
-        self.drive(m, &xs, out, |w, s, r, tile| {
+        self.drive(m, &xs, 0..self.n, out, self.n, |w, s, r, tile| {
             if tile == 4 {
                 kernel::dot_rows4(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
             } else {
@@ -91,18 +109,24 @@ impl Q4Matrix {
         })
     }
 
-    /// The loop both variants share: every weight row against the activation rows, four at a
-    /// time while four remain (each unpacked weight block then serves four rows), minus the
-    /// zero-point term `sum_b scale * zp * sums[r][b]`. `dot(w_row, scales_row, r, tile)`
-    /// returns `tile` (4 or 1) dot products starting at activation row `r`.
-    fn drive(&self, m: usize, sums: &[f32], out: &mut [f32], dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4]) -> TractResult<()> {
+    /// The GEMV loop: weight rows `cols` against the activation rows, four at a time while four
+    /// remain (each unpacked weight block then serves four rows), minus the zero-point term
+    /// `sum_b scale * zp * sums[r][b]`. `dot(w_row, scales_row, r, tile)` returns `tile` (4 or 1)
+    /// dot products starting at activation row `r`. Writes `out[r * ld + (col - cols.start)]`.
+    fn drive(
+        &self,
+        m: usize,
+        sums: &[f32],
+        cols: Range<usize>,
+        out: &mut [f32],
+        ld: usize,
+        dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4],
+    ) -> TractResult<()> {
         let nb = self.k / BLOCK;
-        let view = self.packed.to_plain_array_view::<u8>()?;
-        let packed = view.as_slice().context("B must be contiguous")?;
-        let scales_view = self.scales.to_plain_array_view::<f32>()?;
-        let scales = scales_view.as_slice().context("scales must be contiguous")?;
+        let packed = self.packed_bytes()?;
+        let scales = self.scales()?;
         let mut z = vec![0f32; nb];
-        for row in 0..self.n {
+        for row in cols.clone() {
             let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
             let s = &scales[row * nb..(row + 1) * nb];
             self.scaled_zeros(row, s, &mut z);
@@ -112,7 +136,7 @@ impl Q4Matrix {
                 let dots = dot(w, s, r, tile);
                 for (i, d) in dots.iter().take(tile).enumerate() {
                     let corr: f32 = z.iter().zip(&sums[(r + i) * nb..(r + i + 1) * nb]).map(|(a, b)| a * b).sum();
-                    out[(r + i) * self.n + row] = d - corr;
+                    out[(r + i) * ld + row - cols.start] = d - corr;
                 }
                 r += tile;
             }
@@ -122,22 +146,27 @@ impl Q4Matrix {
 }
 
 /// Activations of `m` rows quantized per 32-block to int8 (`x ≈ q * scale`, scale = amax / 127),
-/// de-interleaved like the weights' nibbles, with `scale * sum(q)` per block.
+/// de-interleaved like the weights' nibbles, with `scale * sum(q)` per block (the GEMV's form).
 pub struct Q8Activations {
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
     pub scaled_sums: Vec<f32>,
 }
 
-/// Quantize activations as the int8-activation kernel sees them; `reference` uses the same
-/// function to model it.
+/// One 32-block's int8 quantization: `(scale, 1 / scale)`, both 0 for an all-zero block.
+fn block_scale(src: &[f32]) -> (f32, f32) {
+    let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let scale = amax / 127.0;
+    (scale, if scale > 0.0 { 1.0 / scale } else { 0.0 })
+}
+
+/// Quantize activations as the int8-activation GEMV sees them; `reference` uses the same
+/// rounding (`quant::reference::q8_block_round_trip`) to model it.
 pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
     let (m, nb) = (x.len() / k, k / BLOCK);
     let mut out = Q8Activations { q: vec![0; m * k], scales: vec![0.0; m * nb], scaled_sums: vec![0.0; m * nb] };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
-        let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let scale = amax / 127.0;
-        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        let (scale, inv) = block_scale(src);
         let dst = &mut out.q[blk * BLOCK..(blk + 1) * BLOCK];
         let mut sum = 0i32;
         for j in 0..BLOCK / 2 {
@@ -152,15 +181,49 @@ pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
     out
 }
 
+/// Activation rows for the int8 GEMM: the same int8 values as [`quantize_activations`], in
+/// natural order and widened to i16 (the kernel multiplies i16 pairs), `[m][k]`; scales `[m][k / 32]`.
+pub struct Q8Rows {
+    pub q: Vec<i16>,
+    pub scales: Vec<f32>,
+}
+
+pub fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
+    let (m, nb) = (x.len() / k, k / BLOCK);
+    let mut out = Q8Rows { q: vec![0; m * k], scales: vec![0.0; m * nb] };
+    for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
+        let (scale, inv) = block_scale(src);
+        for (d, v) in out.q[blk * BLOCK..(blk + 1) * BLOCK].iter_mut().zip(src) {
+            *d = (v * inv).round() as i8 as i16;
+        }
+        out.scales[blk] = scale;
+    }
+    out
+}
+
 impl Q4Matrix {
     /// [`Q4Matrix::matmul`] with activations quantized to int8 per 32-block and integer dot
     /// products (the llama.cpp q4_0 × q8_0 scheme): about twice the speed on wasm SIMD128, at
-    /// the cost of activation rounding (relative error ~0.4 % per element).
+    /// the cost of activation rounding (relative error ~0.4 % per element). One row (decode)
+    /// takes the GEMV, several (prefill) the GEMM; both compute the same integers.
     pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        let k = self.k;
+        if x.len() / k >= GEMM_MIN_ROWS {
+            self.gemm_q8(&quantize_rows(x, k), 0..self.n, out, self.n)
+        } else {
+            self.gemv_q8(&quantize_activations(x, k), 0..self.n, out, self.n)
+        }
+    }
+
+    /// Output columns `cols` of the int8 GEMV (each weight block unpacked in registers for up
+    /// to four activation rows), written to `out[r * ld + (col - cols.start)]`.
+    pub fn gemv_q8(&self, a: &Q8Activations, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
-        let m = x.len() / k;
-        let a = quantize_activations(x, k);
-        self.drive(m, &a.scaled_sums, out, |w, s, r, tile| {
+        ensure!(a.q.len() % k == 0 && a.scales.len() * BLOCK == a.q.len(), "activations are not rows of K={k}");
+        ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
+        let m = a.q.len() / k;
+        ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
+        self.drive(m, &a.scaled_sums, cols, out, ld, |w, s, r, tile| {
             let q = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
             let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
             if tile == 4 {
@@ -169,6 +232,61 @@ impl Q4Matrix {
                 [kernel::dot_row_q8(w, s, q(0), sx(0)), 0.0, 0.0, 0.0]
             }
         })
+    }
+
+    /// Output columns `cols` of the int8 GEMM, written to `out[r * ld + (col - cols.start)]`.
+    ///
+    /// Four weight rows at a time are unpacked once into a panel of i16 (`q - zero_point`, so
+    /// the block's dot product is exact in integers) that stays in L1 while every activation
+    /// row runs through it, [`GEMM_TILE_ROWS`] rows per register tile. Panel layout: block `b`,
+    /// pair `p` (elements `2p`, `2p + 1`), column `i`: `panel[((16b + p) * 4 + i) * 2 + e]`, so one
+    /// `i32x4.dot_i16x8_s` of a panel vector with a broadcast activation pair gives the four
+    /// columns' partial sums in its four lanes.
+    pub fn gemm_q8(&self, a: &Q8Rows, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
+        let (k, nb) = (self.k, self.k / BLOCK);
+        ensure!(a.q.len() % k == 0 && a.scales.len() * BLOCK == a.q.len(), "activations are not rows of K={k}");
+        ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
+        let m = a.q.len() / k;
+        ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
+        let packed = self.packed_bytes()?;
+        let scales = self.scales()?;
+        let row_bytes = nb * BLOCK / 2;
+        let mut panel = vec![0i16; nb * BLOCK * 4];
+        let mut sw = vec![0f32; nb * 4];
+        for c in cols.clone().step_by(4) {
+            let width = (cols.end - c).min(4);
+            // A partial last group repeats its last column; only `width` lanes are stored.
+            let col = [0, 1, 2, 3].map(|i| c + i.min(width - 1));
+            let zps = self.zero_points.as_ref().map(|z| col.map(|j| &z[j * nb..(j + 1) * nb]));
+            kernel::unpack_panel(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), zps, &mut panel);
+            for b in 0..nb {
+                for (i, j) in col.iter().enumerate() {
+                    sw[b * 4 + i] = scales[j * nb + b];
+                }
+            }
+            let oc = c - cols.start;
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(GEMM_TILE_ROWS);
+                let mut store = |tile: &[[f32; 4]]| {
+                    for (i, t) in tile.iter().enumerate() {
+                        out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
+                    }
+                };
+                let x = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
+                let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
+                match rows {
+                    6 => store(&kernel::gemm_tile::<6>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
+                    5 => store(&kernel::gemm_tile::<5>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
+                    4 => store(&kernel::gemm_tile::<4>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
+                    3 => store(&kernel::gemm_tile::<3>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
+                    2 => store(&kernel::gemm_tile::<2>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
+                    _ => store(&kernel::gemm_tile::<1>(&panel, &sw, [x(0)], [sx(0)])),
+                }
+                r += rows;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -301,6 +419,85 @@ mod kernel {
         }
         acc.map(hsum)
     }
+
+    /// Four weight rows (`w[i]`: `nb` blocks of 16 bytes) into the GEMM panel (layout in
+    /// [`super::Q4Matrix::gemm_q8`]), zero points subtracted.
+    pub fn unpack_panel(w: [&[u8]; 4], zps: Option<[&[u8]; 4]>, panel: &mut [i16]) {
+        let nb = w[0].len() / 16;
+        assert!(w.iter().all(|r| r.len() >= nb * 16) && panel.len() >= nb * 128);
+        assert!(zps.is_none_or(|z| z.iter().all(|r| r.len() >= nb)));
+        let mask = u8x16_splat(0x0f);
+        // SAFETY: loads stay inside `w[i]` (asserted), stores inside `panel` (asserted).
+        unsafe {
+            let out = panel.as_mut_ptr() as *mut v128;
+            for b in 0..nb {
+                let z = match zps {
+                    None => i16x8_splat(8),
+                    Some(z) => {
+                        let [z0, z1, z2, z3] = [0, 1, 2, 3].map(|i| *z[i].get_unchecked(b) as i16);
+                        i16x8(z0, z0, z1, z1, z2, z2, z3, z3)
+                    }
+                };
+                // Per column: the block's 32 nibbles as bytes in element order, pairs 0..7 and 8..15.
+                let mut first = [u8x16_splat(0); 4];
+                let mut second = [u8x16_splat(0); 4];
+                for i in 0..4 {
+                    let bytes = v128_load(w[i].as_ptr().add(b * 16) as *const v128);
+                    let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
+                    first[i] = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi);
+                    second[i] = i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi);
+                }
+                for (h, e) in [first, second].into_iter().enumerate() {
+                    // 16-bit lanes are element pairs: interleave columns 0/1 and 2/3, then the two.
+                    let a = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(e[0], e[1]);
+                    let a2 = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(e[0], e[1]);
+                    let c = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(e[2], e[3]);
+                    let c2 = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(e[2], e[3]);
+                    let quads = [
+                        i32x4_shuffle::<0, 4, 1, 5>(a, c),
+                        i32x4_shuffle::<2, 6, 3, 7>(a, c),
+                        i32x4_shuffle::<0, 4, 1, 5>(a2, c2),
+                        i32x4_shuffle::<2, 6, 3, 7>(a2, c2),
+                    ];
+                    for (j, u) in quads.into_iter().enumerate() {
+                        let p = b * 16 + h * 8 + 2 * j;
+                        v128_store(out.add(p), i16x8_sub(u16x8_extend_low_u8x16(u), z));
+                        v128_store(out.add(p + 1), i16x8_sub(u16x8_extend_high_u8x16(u), z));
+                    }
+                }
+            }
+        }
+    }
+
+    /// `R` activation rows (i16, natural order) against a four-column panel:
+    /// `out[r][i] = sum_b sw[4b + i] * sx[r][b] * sum_j panel(b, j, i) * x[r][32b + j]`.
+    /// Products are at most 15 * 127 and a block sums 32: exact in i32.
+    #[inline(always)]
+    pub fn gemm_tile<const R: usize>(panel: &[i16], sw: &[f32], x: [&[i16]; R], sx: [&[f32]; R]) -> [[f32; 4]; R] {
+        let nb = sw.len() / 4;
+        assert!(panel.len() >= nb * 128 && x.iter().all(|r| r.len() >= nb * BLOCK) && sx.iter().all(|r| r.len() >= nb));
+        let mut acc = [f32x4_splat(0.0); R];
+        // SAFETY: loads stay inside `panel`, `sw`, `x[r]` and `sx[r]`, whose lengths are asserted above.
+        unsafe {
+            let pp = panel.as_ptr() as *const v128;
+            for b in 0..nb {
+                let mut d = [i32x4_splat(0); R];
+                for p in 0..BLOCK / 2 {
+                    let w = v128_load(pp.add(b * 16 + p));
+                    for r in 0..R {
+                        let pair = v128_load32_splat(x[r].as_ptr().add(b * BLOCK + 2 * p) as *const u32);
+                        d[r] = i32x4_add(d[r], i32x4_dot_i16x8(w, pair));
+                    }
+                }
+                let s = v128_load(sw.as_ptr().add(4 * b) as *const v128);
+                for r in 0..R {
+                    let scale = f32x4_mul(s, f32x4_splat(*sx[r].get_unchecked(b)));
+                    acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(d[r]), scale));
+                }
+            }
+        }
+        acc.map(|v| [f32x4_extract_lane::<0>(v), f32x4_extract_lane::<1>(v), f32x4_extract_lane::<2>(v), f32x4_extract_lane::<3>(v)])
+    }
 }
 
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
@@ -343,6 +540,37 @@ mod kernel {
 
     pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
         [0, 1, 2, 3].map(|r| dot_row_q8(w, sw, xq[r], sx[r]))
+    }
+
+    pub fn unpack_panel(w: [&[u8]; 4], zps: Option<[&[u8]; 4]>, panel: &mut [i16]) {
+        for (i, row) in w.iter().enumerate() {
+            for (b, bytes) in row.chunks_exact(16).enumerate() {
+                let z = zps.map_or(8, |z| z[i][b] as i16);
+                for (p, byte) in bytes.iter().enumerate() {
+                    panel[((b * 16 + p) * 4 + i) * 2] = (byte & 0x0f) as i16 - z;
+                    panel[((b * 16 + p) * 4 + i) * 2 + 1] = (byte >> 4) as i16 - z;
+                }
+            }
+        }
+    }
+
+    pub fn gemm_tile<const R: usize>(panel: &[i16], sw: &[f32], x: [&[i16]; R], sx: [&[f32]; R]) -> [[f32; 4]; R] {
+        let mut out = [[0f32; 4]; R];
+        for (b, blk) in panel.chunks_exact(128).take(sw.len() / 4).enumerate() {
+            for r in 0..R {
+                let xb = &x[r][b * BLOCK..(b + 1) * BLOCK];
+                let mut d = [0i32; 4];
+                for (j, w) in blk.iter().enumerate() {
+                    // j = (p * 4 + i) * 2 + e: column i, element 2p + e.
+                    let (p, i, e) = (j / 8, j / 2 % 4, j % 2);
+                    d[i] += *w as i32 * xb[2 * p + e] as i32;
+                }
+                for i in 0..4 {
+                    out[r][i] += d[i] as f32 * (sw[b * 4 + i] * sx[r][b]);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -407,6 +635,36 @@ impl TypedOp for Q4MatMul {
         shape[last] = self.w.n.to_dim();
         Ok(tvec!(f32::fact(&shape)))
     }
+
+    /// Leading axes pass through (rows are independent); K in, N out.
+    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+        let mut mapping = AxesMapping::disconnected(inputs, outputs)?;
+        for (axis, repr) in (0..inputs[0].rank() - 1).zip('A'..) {
+            mapping = mapping.renaming((InOut::In(0), axis), repr)?.linking(repr, (InOut::Out(0), axis))?;
+        }
+        Ok(mapping)
+    }
+
+    /// A slice of the rows (e.g. only the last position's logits) slices the input instead:
+    /// tract's `PushSliceUp` then computes only the rows that are used.
+    #[allow(clippy::too_many_arguments)]
+    fn slice(
+        &self,
+        patch: &mut TypedModelPatch,
+        _model: &TypedModel,
+        node: &TypedNode,
+        _prefix: &str,
+        inputs: &[OutletId],
+        output_axis: usize,
+        _start: &TDim,
+        _end: &TDim,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        if output_axis + 1 >= node.outputs[0].fact.rank() {
+            return Ok(None);
+        }
+        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
+    }
+
     as_op!();
 }
 
@@ -523,8 +781,9 @@ mod tests {
 
     #[test]
     fn int8_activation_path_matches_its_reference() {
-        let (n, k, m) = (5, 64, 6);
-        for sym in [true, false] {
+        // One row: the GEMV; six: the GEMM.
+        for (sym, m) in [(true, 1), (false, 1), (true, 6), (false, 6)] {
+            let (n, k) = (5, 64);
             let (x, deq, mat) = fixture(n, k, m, sym);
             let mut out = vec![0f32; m * n];
             mat.matmul_q8(&x, &mut out).unwrap();
@@ -534,6 +793,32 @@ mod tests {
                     let (want, exact) = (dot(&xr, &deq, k, r, c), dot(&x, &deq, k, r, c));
                     assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
                     assert!((out[r * n + c] - exact).abs() < 0.05, "activation rounding too large");
+                }
+            }
+        }
+    }
+
+    /// The GEMM over every row-tile remainder, a partial last column group and column ranges
+    /// that start mid-group, against the dequantized weights on the int8-rounded activations.
+    #[test]
+    fn int8_gemm_matches_its_reference_on_column_ranges() {
+        for (n, k, m) in [(4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9)] {
+            for sym in [true, false] {
+                let (x, deq, mat) = fixture(n, k, m, sym);
+                let xr = crate::quant::reference::q8_block_round_trip(&x, k);
+                let a = quantize_rows(&x, k);
+                for cols in [0..n, 1..n, 0..n - 1, 3..n.min(6)] {
+                    let ld = cols.len() + 2;
+                    let mut out = vec![f32::NAN; m * ld];
+                    mat.gemm_q8(&a, cols.clone(), &mut out, ld).unwrap();
+                    for r in 0..m {
+                        for (j, c) in cols.clone().enumerate() {
+                            let want = dot(&xr, &deq, k, r, c);
+                            let got = out[r * ld + j];
+                            assert!((got - want).abs() < 1e-4, "n={n} k={k} m={m} sym={sym} cols={cols:?} [{r}][{c}] {got} vs {want}");
+                        }
+                        assert!(out[r * ld + cols.len()..(r + 1) * ld].iter().all(|v| v.is_nan()), "wrote past the range");
+                    }
                 }
             }
         }

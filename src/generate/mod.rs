@@ -105,7 +105,7 @@ pub enum FinishReason {
 
 impl Engine {
     pub fn load(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
-        Self::load_with(onnx, tokenizer_json, config, &CpuOptions::default())
+        Self::load_with(onnx, tokenizer_json, config, &Self::cpu_options())
     }
 
     /// [`Engine::load`] with explicit CPU plan options (e.g. the folded KV cache).
@@ -154,10 +154,15 @@ impl Engine {
         let path = |role| manifest.file(role).map(|f| f.path.clone()).expect("validated manifest has this role");
         let tokenizer = Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?)?;
         let graph = crate::onnx::decode(&get(&path(FileRole::Graph))?)?;
-        let model = CpuModel::from_packed(graph, &mut get, &Default::default())?;
+        let model = CpuModel::from_packed(graph, &mut get, &Self::cpu_options())?;
         // Every file is covered by `model_sha256`, which the manifest parser checked.
         let fingerprint = Sha256::digest(format!("edge-llm packed model {}", manifest.model_sha256)).into();
         Self::from_model(model, tokenizer, manifest.config.clone(), fingerprint)
+    }
+
+    /// The engine samples from the last position only.
+    fn cpu_options() -> CpuOptions {
+        CpuOptions { last_logits_only: true, ..Default::default() }
     }
 
     fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {

@@ -11,7 +11,7 @@ use edge_llm::tiny;
 
 pub mod state;
 
-/// Six tokens: through the q4 kernel, one 4-row tile and two single rows.
+/// Six tokens: through the q4 kernel's GEMM, one 4-row tile and one 2-row tile.
 pub const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
 
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -33,11 +33,78 @@ pub struct Q4KernelRun {
 pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
-    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations };
+    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false, q8_kernel: true };
     let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
     let got = model.session().forward_all(&PROMPT).unwrap();
     let act = if int8_activations { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
     let modelled = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
     let exact = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
     Q4KernelRun { got, modelled, exact }
+}
+
+/// `(n, k, m)` of the q4 matmul problems: one row (the GEMV), every GEMM row-tile remainder, a
+/// partial last column group.
+pub const Q4_MATMUL_SHAPES: [(usize, usize, usize); 6] = [(9, 64, 1), (4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9), (64, 576, 40)];
+
+/// Max |diff| of edge-llm's int8-activation q4 matmul (all columns, then columns `1..n - 1`
+/// alone) against dequantize-then-matmul on the int8-rounded activations.
+pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 {
+    use edge_llm::cpu::q4_matmul::{quantize_rows, Q4Matrix};
+    use edge_llm::quant::reference::{dequantize_q4, q8_block_round_trip, quantize_q4};
+    use tract_onnx::prelude::Tensor;
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+    let q = quantize_q4(&w, n, k, 32, symmetric);
+    let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+    let mat = Q4Matrix::new(n, k, packed, Arc::new(tract_onnx::prelude::tract_ndarray::arr1(&q.scales).into_tensor()), q.packed_zero_points().as_deref()).unwrap();
+    let (deq, xr) = (dequantize_q4(&q), q8_block_round_trip(&x, k));
+    let want = |r: usize, c: usize| -> f32 { (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum() };
+    let mut all = vec![0f32; m * n];
+    mat.matmul_q8(&x, &mut all).unwrap();
+    let mut d = 0f32;
+    for r in 0..m {
+        for c in 0..n {
+            d = d.max((all[r * n + c] - want(r, c)).abs());
+        }
+    }
+    let cols = 1..n - 1;
+    let mut part = vec![0f32; m * cols.len()];
+    mat.gemm_q8(&quantize_rows(&x, k), cols.clone(), &mut part, cols.len()).unwrap();
+    for r in 0..m {
+        for (j, c) in cols.clone().enumerate() {
+            d = d.max((part[r * cols.len() + j] - want(r, c)).abs());
+        }
+    }
+    d
+}
+
+/// `(m, k, n)` of the int8 `MatMulInteger` problems: one row, a 4-row tile plus remainder, a K
+/// that is not a multiple of 16.
+pub const Q8_MATMUL_SHAPES: [(usize, usize, usize); 3] = [(1, 64, 5), (6, 40, 3), (9, 576, 7)];
+
+/// edge-llm's `MatMulInteger` kernel against `sum_k (a - za)(b - zb)` computed the long way,
+/// for u8 weights with per-column zero points and i8 weights with a scalar one: must be equal.
+pub fn q8_matmul_matches(m: usize, k: usize, n: usize) -> bool {
+    use edge_llm::cpu::q8_matmul::Q8Matrix;
+    use tract_onnx::prelude::{tensor0, Tensor};
+    let a: Vec<i32> = (0..m * k).map(|i| (i * 37 % 256) as i32).collect();
+    let za = 131;
+    let x: Vec<i16> = a.iter().map(|v| (v - za) as i16).collect();
+    let bu: Vec<i32> = (0..k * n).map(|i| (i * 101 % 256) as i32).collect();
+    let zu: Vec<i32> = (0..n).map(|c| (c * 50 % 256) as i32).collect();
+    let bi: Vec<i32> = bu.iter().map(|v| v - 128).collect();
+    let u8s = |v: &[i32]| v.iter().map(|v| *v as u8).collect::<Vec<_>>();
+    let i8s = |v: &[i32]| v.iter().map(|v| *v as i8).collect::<Vec<_>>();
+    let cases = [
+        (Tensor::from_shape(&[k, n], &u8s(&bu)).unwrap(), Some(Tensor::from_shape(&[n], &u8s(&zu)).unwrap()), &bu, zu.clone()),
+        (Tensor::from_shape(&[k, n], &i8s(&bi)).unwrap(), Some(tensor0(-3i8)), &bi, vec![-3; n]),
+    ];
+    let exact = cases.into_iter().all(|(b, zb, bv, zv)| {
+        let w = Q8Matrix::new(&b, zb.as_ref()).unwrap();
+        let want: Vec<i32> = (0..m * n).map(|i| (0..k).map(|j| (a[i / n * k + j] - za) * (bv[j * n + i % n] - zv[i % n])).sum()).collect();
+        let mut got = vec![0i32; m * n];
+        w.matmul(&x, 0..n, &mut got, n).unwrap();
+        got == want
+    });
+    exact
 }
