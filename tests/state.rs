@@ -14,7 +14,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn load(variant: &str, fold_kv_cache: bool) -> Engine {
-    let opts = CpuOptions { fold_kv_cache, q4_kernel: false, q4_int8_activations: false };
+    let opts = CpuOptions { fold_kv_cache, q4_kernel: false, q4_int8_activations: false, ..CpuOptions::default() };
     Engine::load_with(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config(), &opts).unwrap()
 }
 

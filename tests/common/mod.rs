@@ -56,7 +56,7 @@ pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
     let q = quantize_q4(&w, n, k, 32, symmetric);
     let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-    let mat = Q4Matrix::new(n, k, packed, Arc::new(tract_onnx::prelude::tract_ndarray::arr1(&q.scales).into_tensor()), q.packed_zero_points().as_deref()).unwrap();
+    let mat = Q4Matrix::new(n, k, packed, Arc::new(Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap()), q.packed_zero_points().as_deref()).unwrap();
     let (deq, xr) = (dequantize_q4(&q), q8_block_round_trip(&x, k));
     let want = |r: usize, c: usize| -> f32 { (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum() };
     let mut all = vec![0f32; m * n];
