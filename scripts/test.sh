@@ -32,4 +32,4 @@ node --test tests/js/
 
 echo "== Deno: the package and its Worker proxy (deno from npm)"
 # --no-check: the test is about runtime behaviour; type-checking pkg/*.d.ts would need @types/node.
-node_modules/.bin/deno test --no-check --allow-read tests/deno/
+node_modules/.bin/deno test --no-check --allow-read --allow-write tests/deno/

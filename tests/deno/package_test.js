@@ -1,5 +1,6 @@
 // The built package (pkg/) in Deno: load the tiny model, generate, save and restore, and run
-// the Worker proxy (Deno has module Workers). `deno test --allow-read tests/deno/`.
+// the Worker proxy (Deno has module Workers), Engine.load with the fs store.
+// `deno test --no-check --allow-read --allow-write tests/deno/`.
 import init, { Engine } from "../../pkg/edge_llm.js";
 import { WorkerEngine } from "../../pkg/worker.js";
 
@@ -51,4 +52,32 @@ Deno.test("the Worker proxy gives the same tokens", async () => {
   assertEquals(await collect(worker.generate("Once upon", opts)), await collect(direct.generate("Once upon", opts)), "worker tokens");
   await worker.dispose();
   direct.dispose();
+});
+
+Deno.test("Engine.load from file URLs with the fs store, directly and through the Worker proxy", async () => {
+  const manifest = new URL("tests/fixtures/tiny-packed/manifest.json", root).href;
+  const cacheDir = await Deno.makeTempDir({ prefix: "edge-llm-deno-" });
+  try {
+    const events = [];
+    const engine = await Engine.load(manifest, { cache: "fs", cacheDir, onProgress: (e) => events.push(e) });
+    assertEquals(events.at(-1).type, "ready", "last progress event");
+    const opts = { maxTokens: 8, ignoreEos: true };
+    const want = await collect(Engine.fromBytes(...(await files())).generate("Once upon", opts));
+    // The packed fixture is the int4 tiny model: same tokens as the unpacked one.
+    assertEquals(await collect(engine.generate("Once upon", opts)), want, "Engine.load tokens");
+    engine.dispose();
+    assertEquals(events.at(-1).fromCache, 0, "first load: nothing cached yet");
+    // Second load: every file from the fs store, none from the network.
+    const second = [];
+    const again = await Engine.load(manifest, { cache: "fs", cacheDir, onProgress: (e) => second.push(e) });
+    assertEquals([second.at(-1).fromNetwork > 0, second.at(-1).fromCache > 0], [false, true], "second load from the store");
+    again.dispose();
+    const seen = [];
+    const worker = await WorkerEngine.load(manifest, { cache: "fs", cacheDir, onProgress: (e) => seen.push(e.type) }, { wasm: new URL("pkg/edge_llm_bg.wasm", root) });
+    assertEquals(seen.at(-1), "ready", "worker progress");
+    assertEquals(await collect(worker.generate("Once upon", opts)), want, "worker Engine.load tokens");
+    await worker.dispose();
+  } finally {
+    await Deno.remove(cacheDir, { recursive: true });
+  }
 });
