@@ -12,7 +12,7 @@
 //! `DynamicQuantizeLinear` + `MatMulInteger` (as onnxruntime's `quantize_dynamic` emits) or
 //! int4 `com.microsoft::MatMulNBits`.
 
-use super::{LlamaConfig, LlamaWeights};
+use super::{LayerWeights, LlamaConfig, LlamaWeights};
 use crate::onnx::{attr_f, attr_i, attr_ints, Dim, GraphBuilder, ModelProto, OnnxType, MS_DOMAIN};
 use crate::quant::{reference as qref, Precision};
 
@@ -236,6 +236,19 @@ impl<'a> Ctx<'a> {
         self.g.node("Slice", &[&x, &st, &en, &ax], vec![])
     }
 
+    /// SwiGLU MLP of layer `pre` on `xn`: `down(silu(gate(xn)) * up(xn))`; returns the output
+    /// and the dequantized gate, up and down weights.
+    fn mlp(&mut self, xn: &str, pre: &str, lw: &LayerWeights, cfg: &LlamaConfig, p: Precision) -> (String, Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        let (gt, eg) = self.linear(xn, &format!("{pre}.mlp.gate_proj"), &lw.w_gate, i, h, p);
+        let (up, eu) = self.linear(xn, &format!("{pre}.mlp.up_proj"), &lw.w_up, i, h, p);
+        let sg = self.g.node("Sigmoid", &[&gt], vec![]);
+        let silu = self.g.node("Mul", &[&gt, &sg], vec![]);
+        let act = self.g.node("Mul", &[&silu, &up], vec![]);
+        let (down, ed) = self.linear(&act, &format!("{pre}.mlp.down_proj"), &lw.w_down, h, i, p);
+        (down, eg, eu, ed)
+    }
+
     fn rms_norm(&mut self, x: &str, name: &str, w: &[f32], eps: f32) -> String {
         let two = self.g.const_f32(2.0);
         let epsc = self.g.const_f32(eps);
@@ -448,13 +461,7 @@ fn optimum_layers(
         x = cx.g.node("Add", &[&x, &o], vec![]);
 
         let xn = cx.rms_norm(&x, &format!("{pre}.post_attention_layernorm"), &lw.ffn_norm, cfg.rms_norm_eps);
-        let i = cfg.intermediate_size;
-        let (gt, eg) = cx.linear(&xn, &format!("{pre}.mlp.gate_proj"), &lw.w_gate, i, h, p);
-        let (up, eu) = cx.linear(&xn, &format!("{pre}.mlp.up_proj"), &lw.w_up, i, h, p);
-        let sg = cx.g.node("Sigmoid", &[&gt], vec![]);
-        let silu = cx.g.node("Mul", &[&gt, &sg], vec![]);
-        let act = cx.g.node("Mul", &[&silu, &up], vec![]);
-        let (down, ed) = cx.linear(&act, &format!("{pre}.mlp.down_proj"), &lw.w_down, h, i, p);
+        let (down, eg, eu, ed) = cx.mlp(&xn, &pre, lw, cfg, p);
         x = cx.g.node("Add", &[&x, &down], vec![]);
         let el = &mut eff.layers[l];
         (el.wq, el.wk, el.wv, el.wo, el.w_gate, el.w_up, el.w_down) = (eq, ek, ev, eo, eg, eu, ed);
@@ -533,13 +540,7 @@ fn genai_layers(
         presents.push((outs[1].clone(), outs[2].clone()));
         let (o, eo) = cx.linear(&outs[0], &format!("{pre}.self_attn.o_proj"), &lw.wo, h, cfg.q_dim(), p);
         let xn = norm(cx, &mut residual, Some(o), &format!("{pre}.post_attention_layernorm"), &lw.ffn_norm);
-        let i = cfg.intermediate_size;
-        let (gt, eg) = cx.linear(&xn, &format!("{pre}.mlp.gate_proj"), &lw.w_gate, i, h, p);
-        let (up, eu) = cx.linear(&xn, &format!("{pre}.mlp.up_proj"), &lw.w_up, i, h, p);
-        let sg = cx.g.node("Sigmoid", &[&gt], vec![]);
-        let silu = cx.g.node("Mul", &[&gt, &sg], vec![]);
-        let act = cx.g.node("Mul", &[&silu, &up], vec![]);
-        let (down, ed) = cx.linear(&act, &format!("{pre}.mlp.down_proj"), &lw.w_down, h, i, p);
+        let (down, eg, eu, ed) = cx.mlp(&xn, &pre, lw, cfg, p);
         pending = Some(down);
         let el = &mut eff.layers[l];
         (el.wq, el.wk, el.wv, el.wo, el.w_gate, el.w_up, el.w_down) = (eq, ek, ev, eo, eg, eu, ed);
