@@ -34,6 +34,13 @@ unsafe impl std::alloc::GlobalAlloc for PeakAlloc {
 }
 
 impl PeakAlloc {
+    /// Start a new peak from the heap in use now; returns that.
+    fn reset_peak() -> usize {
+        let live = LIVE.load(std::sync::atomic::Ordering::Relaxed);
+        PEAK.store(live, std::sync::atomic::Ordering::Relaxed);
+        live
+    }
+
     fn grew(size: usize) {
         use std::sync::atomic::Ordering::Relaxed;
         let live = LIVE.fetch_add(size, Relaxed) + size;
@@ -222,39 +229,37 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     use std::time::Instant;
     use edge_llm::tokenizer::ChatMessage;
     use std::sync::atomic::Ordering::Relaxed;
-    let packed = dir.join("manifest.json").exists();
+    let manifest = match dir.join("manifest.json").exists() {
+        true => Some(edge_llm::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?),
+        false => None,
+    };
+    let packed = manifest.is_some();
     // The tokenizer alone first (its cost is reported separately): load time, peak heap while
     // parsing, heap it keeps.
-    let tokenizer_path = if packed {
-        let manifest = edge_llm::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?;
-        manifest.file(edge_llm::manifest::FileRole::Tokenizer).context("manifest lists no tokenizer")?.path.clone()
-    } else {
-        "tokenizer.json".into()
+    let tokenizer_path = match &manifest {
+        Some(m) => m.file(edge_llm::manifest::FileRole::Tokenizer).context("manifest lists no tokenizer")?.path.clone(),
+        None => "tokenizer.json".into(),
     };
     let tokenizer_json = read(dir, &tokenizer_path)?;
-    let before = LIVE.load(Relaxed);
-    PEAK.store(before, Relaxed);
+    let before = PeakAlloc::reset_peak();
     let t0 = Instant::now();
     let tokenizer = edge_llm::tokenizer::Tokenizer::from_json(&tokenizer_json)?;
     let tokenizer_ms = t0.elapsed().as_secs_f64() * 1e3;
     let (tokenizer_peak, tokenizer_kept) = (PEAK.load(Relaxed) - before, LIVE.load(Relaxed) - before);
     drop((tokenizer, tokenizer_json));
-    // Read every byte first (the browser has them in memory too), then time the load alone.
-    let (engine, model_bytes, load_ms, heap_before) = if packed {
+    let (engine, model_bytes, load_ms, heap_before) = if let Some(manifest) = &manifest {
         // Files are read as the engine asks for them, as the browser hands over fetched shards.
-        let manifest = edge_llm::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?;
-        let heap_before = LIVE.load(Relaxed);
-        PEAK.store(heap_before, Relaxed);
+        let heap_before = PeakAlloc::reset_peak();
         let t0 = Instant::now();
-        let engine = edge_llm::Engine::load_packed_with(&manifest, |path| {
+        let engine = edge_llm::Engine::load_packed_with(manifest, |path| {
             std::fs::read(dir.join(path)).map_err(|e| edge_llm::Error::InvalidModel(format!("reading {path}: {e}")))
         })?;
         (engine, manifest.total_bytes, t0.elapsed().as_secs_f64() * 1e3, heap_before)
     } else {
+        // Every byte is read first, then the load alone is timed.
         let onnx = read(dir, "model.onnx")?;
         let (tokenizer, config) = (read(dir, "tokenizer.json")?, read(dir, "model_config.json")?);
-        let heap_before = LIVE.load(Relaxed);
-        PEAK.store(heap_before, Relaxed);
+        let heap_before = PeakAlloc::reset_peak();
         let t0 = Instant::now();
         let config = edge_llm::ModelConfig::from_json(&config)?;
         let engine = edge_llm::Engine::load(&onnx, &tokenizer, config)?;

@@ -395,13 +395,19 @@ impl KvSnapshot {
 /// Initializers at least this big are turned into tensors before tract parses the graph.
 const DETACH_BYTES: usize = 1024;
 
+/// The numeric (non-bool) tract type of ONNX `data_type`, whose raw bytes are a tensor as is.
+fn raw_numeric(data_type: i32) -> Option<DatumType> {
+    let dt = DatumType::try_from(tract_onnx::pb::tensor_proto::DataType::try_from(data_type).ok()?).ok()?;
+    (dt.is_number() && dt != DatumType::Bool).then_some(dt)
+}
+
 /// A tract tensor from an initializer's declared type and shape and its raw little-endian bytes.
 fn tensor_from_bytes(t: &tract_onnx::pb::TensorProto, bytes: &[u8]) -> Result<Tensor> {
     use tract_onnx::pb::tensor_proto::DataType;
     let bad = |why: String| Error::InvalidModel(format!("initializer `{}`: {why}", t.name));
     let dt = DataType::try_from(t.data_type).map_err(|_| bad(format!("unknown data type {}", t.data_type)))?;
     let dt = DatumType::try_from(dt).map_err(|e| bad(format!("{e}")))?;
-    if !(dt.is_number() && dt != DatumType::Bool) {
+    if raw_numeric(t.data_type).is_none() {
         return Err(bad(format!("{dt:?} weights cannot be stored as raw data here")));
     }
     let shape = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}")))).collect::<Result<Vec<_>>>()?;
@@ -425,11 +431,7 @@ fn detach_weights(
         tensors[i] = Some(t);
     }
     for (i, init) in graph.initializer.iter_mut().enumerate() {
-        let plain = tract_onnx::pb::tensor_proto::DataType::try_from(init.data_type)
-            .ok()
-            .and_then(|d| DatumType::try_from(d).ok())
-            .is_some_and(|dt| dt.is_number() && dt != DatumType::Bool);
-        if tensors[i].is_none() && init.raw_data.len() >= DETACH_BYTES && plain {
+        if tensors[i].is_none() && init.raw_data.len() >= DETACH_BYTES && raw_numeric(init.data_type).is_some() {
             let raw = std::mem::take(&mut init.raw_data);
             tensors[i] = Some(tensor_from_bytes(init, &raw)?);
         }
@@ -483,6 +485,29 @@ fn slice_last_position(model: &mut TypedModel) -> TractResult<()> {
         model.outputs[ix] = last;
     }
     Ok(())
+}
+
+/// Output shape of the row-wise matmul ops ([`q4_matmul`], [`q8_matmul`]): input 0's
+/// `[.., K]` becomes `[.., n]`.
+fn rows_output_shape(input: &TypedFact, n: usize) -> TVec<TDim> {
+    let mut shape: TVec<TDim> = input.shape.to_tvec();
+    let last = shape.len() - 1;
+    shape[last] = n.to_dim();
+    shape
+}
+
+/// Axes of the row-wise matmul ops: input 0's leading axes pass through (rows are independent),
+/// K in, N out; other inputs are disconnected.
+fn rows_axes_mapping(
+    inputs: &[&TypedFact],
+    outputs: &[&TypedFact],
+) -> TractResult<tract_onnx::tract_hir::internal::AxesMapping> {
+    use tract_onnx::tract_hir::internal::{AxesMapping, InOut};
+    let mut mapping = AxesMapping::disconnected(inputs, outputs)?;
+    for (axis, repr) in (0..inputs[0].rank() - 1).zip('A'..) {
+        mapping = mapping.renaming((InOut::In(0), axis), repr)?.linking(repr, (InOut::Out(0), axis))?;
+    }
+    Ok(mapping)
 }
 
 /// Names of ONNX operators tract cannot load, checked before loading so the error can name

@@ -212,18 +212,11 @@ impl EvalOp for Q8MatMul {
 
 impl TypedOp for Q8MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let mut shape: TVec<TDim> = inputs[0].shape.to_tvec();
-        let last = shape.len() - 1;
-        shape[last] = self.w.n.to_dim();
-        Ok(tvec!(i32::fact(&shape)))
+        Ok(tvec!(i32::fact(super::rows_output_shape(inputs[0], self.w.n))))
     }
 
     fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        let mut mapping = AxesMapping::disconnected(inputs, outputs)?;
-        for (axis, repr) in (0..inputs[0].rank() - 1).zip('A'..) {
-            mapping = mapping.renaming((InOut::In(0), axis), repr)?.linking(repr, (InOut::Out(0), axis))?;
-        }
-        Ok(mapping)
+        super::rows_axes_mapping(inputs, outputs)
     }
 
     as_op!();

@@ -177,6 +177,11 @@ impl Engine {
         Engine { slot, load_ms: now_ms() - t0, model_bytes }
     }
 
+    /// `inner`, started on `engine`, reporting its outcome to this engine's OTA slot.
+    fn generation(&self, engine: Rc<generate::Engine>, inner: generate::Generation) -> Generation {
+        Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine }
+    }
+
     /// The engine now in use (a running generation keeps the one it started on), or
     /// `EngineDisposedError`.
     fn inner(&self) -> Result<Rc<generate::Engine>, JsValue> {
@@ -266,7 +271,7 @@ impl Engine {
     pub fn resume_generation(&self) -> Result<Generation, JsValue> {
         let engine = self.inner()?;
         let inner = engine.resume().map_err(js_error)?;
-        Ok(Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine })
+        Ok(self.generation(engine, inner))
     }
 
     /// Load time, model and memory sizes, and the latest generation's counts and speeds.
@@ -332,7 +337,7 @@ impl Engine {
         let opts: GenerateOptions = from_js(opts, "options")?;
         let engine = self.inner()?;
         let inner = engine.chat(&messages, &opts).map_err(js_error)?;
-        Ok(to_async_iterator(Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine }, signal))
+        Ok(to_async_iterator(self.generation(engine, inner), signal))
     }
 
     /// Step-by-step generation, for callers that drive the loop themselves.
@@ -345,7 +350,7 @@ impl Engine {
         let opts: GenerateOptions = from_js(opts, "options")?;
         let engine = self.inner()?;
         let inner = engine.generate(prompt, &opts).map_err(js_error)?;
-        Ok(Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine })
+        Ok(self.generation(engine, inner))
     }
 }
 
