@@ -179,6 +179,10 @@ fn folded_kv_cache_decode_matches_reference_for_every_format() {
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
+        // Every layer's attention runs on the in-place cache: no concatenating cache op is left.
+        let ops = model.plan_ops();
+        assert_eq!(ops.get("KvAttention"), Some(&cfg.num_layers), "{ops:?}");
+        assert!(!ops.contains_key("DynamicKeyValueCache"), "{ops:?}");
         let mut session = model.session();
         let mut cache = RefKvCache::default();
         let mut got = session.forward_all(&PROMPT[..4]).unwrap();
@@ -228,15 +232,21 @@ fn onnxruntime_genai_layout_runs_with_prefill_and_decode_plans() {
     for opts in [ExportOptions::fp32().genai(), ExportOptions::int4(32, true).genai(), ExportOptions::int4(32, false).genai()] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&exported.model)).unwrap());
+        // The cache lives in the plans' state and grows in place: no past/present tensors.
+        assert!(model.kv_cache_folded());
+        assert_eq!(model.plan_ops().get("KvAttention"), Some(&cfg.num_layers));
         let mut session = model.session();
         let mut cache = RefKvCache::default();
-        let mut got = session.forward_all(&PROMPT[..4]).unwrap();
-        let mut want = reference::forward(&cfg, &exported.effective, &PROMPT[..4], &mut cache).concat();
+        let mut got = session.forward_all(&PROMPT[..3]).unwrap();
+        let mut want = reference::forward(&cfg, &exported.effective, &PROMPT[..3], &mut cache).concat();
         // Two tokens in one call after the prompt: fed one at a time.
-        got.extend(session.forward_all(&PROMPT[4..]).unwrap());
-        want.extend(reference::forward(&cfg, &exported.effective, &PROMPT[4..], &mut cache).concat());
+        got.extend(session.forward_all(&PROMPT[3..5]).unwrap());
+        want.extend(reference::forward(&cfg, &exported.effective, &PROMPT[3..5], &mut cache).concat());
         let d = max_abs_diff(&got, &want);
         assert!(d < 1e-3, "{:?}/{:?}: max |diff| = {d}", opts.linear, opts.symmetric);
+        // A snapshot taken from the decode plan's state continues identically in a new session.
+        let mut resumed = model.session_from(&session.snapshot().unwrap()).unwrap();
+        assert_eq!(resumed.forward(&PROMPT[5..]).unwrap(), session.forward(&PROMPT[5..]).unwrap());
     }
     // Greedy generation through the engine equals the reference's tokens.
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::fp32().genai());

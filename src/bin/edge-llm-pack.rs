@@ -277,6 +277,9 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
         })
         .collect();
     tok_ms.sort_by(f64::total_cmp);
+    if std::env::var("EDGE_LLM_PLAN_OPS").is_ok_and(|v| v == "1") {
+        eprintln!("plan ops: {:?}", engine.plan_ops());
+    }
     let opts = edge_llm::GenerateOptions { max_tokens: warmup + steps + 1, ignore_eos: true, ..Default::default() };
     let mut g = engine.generate(&text, &opts)?;
     let t = Instant::now();

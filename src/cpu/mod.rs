@@ -12,6 +12,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::{Error, Result};
 
+pub mod attention;
 pub mod q4_matmul;
 pub mod q8_matmul;
 
@@ -55,24 +56,46 @@ struct Variant {
     plan: Plan,
     inputs: Vec<Port>,
     outputs: Vec<Port>,
+    /// With a folded cache: the plan nodes whose op state holds KV cache.
+    folded_kv: Vec<FoldedKv>,
+}
+
+/// How a plan's KV cache is folded into its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fold {
+    /// Explicit `past_key_values.*` inputs and `present.*` outputs.
+    None,
+    /// HF/optimum layout: tract-transformers' folding, then [`attention::fuse`].
+    Optimum,
+    /// onnxruntime-genai layout: [`attention::fuse_genai`].
+    Genai,
 }
 
 impl Variant {
     /// Optimize `model` (input facts set) into a runnable plan.
-    fn build(model: InferenceModel, fold_kv_cache: bool, last_logits_only: bool) -> Result<Self> {
+    fn build(model: InferenceModel, fold: Fold, last_logits_only: bool, num_layers: usize) -> Result<Self> {
         let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
         let mut typed = model.into_typed().map_err(invalid)?;
         if last_logits_only {
             slice_last_position(&mut typed).map_err(invalid)?;
         }
         let mut typed = typed.into_decluttered().map_err(invalid)?;
-        if fold_kv_cache {
+        // `EDGE_LLM_KV_CONCAT=1` (native A/B runs) keeps tract-transformers' concatenating cache.
+        let concat = std::env::var("EDGE_LLM_KV_CONCAT").is_ok_and(|v| v == "1");
+        if fold == Fold::Optimum {
             // tract-transformers: KV inputs/outputs become in-graph state, RoPE / softmax /
             // attention patterns become fused ops.
             let t = tract_onnx::tract_core::transform::get_transform("transformers_detect_all")
                 .map_err(invalid)?
                 .ok_or_else(|| Error::Inference("tract-transformers is not linked in".into()))?;
             t.transform(&mut typed).map_err(invalid)?;
+            // Its cache still concatenates each step; ours grows in place.
+            if !concat {
+                attention::fuse(&mut typed).map_err(invalid)?;
+            }
+        }
+        if fold == Fold::Genai {
+            attention::fuse_genai(&mut typed).map_err(invalid)?;
         }
         let typed = typed.into_optimized().map_err(invalid)?;
         // Ports of the final graph: folding removes the KV inputs and outputs.
@@ -88,7 +111,10 @@ impl Variant {
                 port_of(&label, "output")
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(Variant { plan: typed.into_runnable().map_err(inference_err)?, inputs, outputs })
+        let plan = typed.into_runnable().map_err(inference_err)?;
+        let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
+        let folded_kv = if stateful && num_layers > 0 { folded_kv_nodes(&plan, num_layers)? } else { Vec::new() };
+        Ok(Variant { plan, inputs, outputs, folded_kv })
     }
 }
 
@@ -104,8 +130,6 @@ pub struct CpuModel {
     vocab_size: usize,
     /// The KV cache lives inside the plan's state (folded by tract-transformers).
     stateful: bool,
-    /// With a folded cache: the plan nodes whose op state holds a layer's key or value cache.
-    folded_kv: Vec<(usize, Port)>,
     /// See [`CpuOptions::last_logits_only`].
     last_logits_only: bool,
 }
@@ -134,7 +158,7 @@ pub struct CpuOptions {
 impl Default for CpuOptions {
     fn default() -> Self {
         CpuOptions {
-            fold_kv_cache: std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "1"),
+            fold_kv_cache: !std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "0"),
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
             q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
             last_logits_only: false,
@@ -253,9 +277,16 @@ impl CpuModel {
             let prefill = shapes(s.to_dim(), 0.to_dim())()?;
             let decode = shapes(1.to_dim(), p.to_dim())()?;
             let last = options.last_logits_only;
-            (Variant::build(prefill, false, last)?, Some(Variant::build(decode, false, last)?))
+            let fold = if options.fold_kv_cache { Fold::Genai } else { Fold::None };
+            let main = Variant::build(prefill, fold, last, num_layers)?;
+            let decode = Variant::build(decode, fold, last, num_layers)?;
+            if main.folded_kv.is_empty() != decode.folded_kv.is_empty() {
+                return Err(Error::InvalidModel("the KV cache folds in one plan and not the other".into()));
+            }
+            (main, Some(decode))
         } else {
-            (Variant::build(shapes(s.to_dim(), p.to_dim())()?, options.fold_kv_cache, options.last_logits_only)?, None)
+            let fold = if options.fold_kv_cache { Fold::Optimum } else { Fold::None };
+            (Variant::build(shapes(s.to_dim(), p.to_dim())()?, fold, options.last_logits_only, num_layers)?, None)
         };
         drop(model);
         let logits_ix = main
@@ -271,7 +302,6 @@ impl CpuModel {
             .and_then(|f| f.shape.last().and_then(|d| d.to_usize().ok()))
             .ok_or_else(|| Error::InvalidModel("logits must have a fixed vocabulary dimension".into()))?;
         let stateful = !main.inputs.iter().any(|p| matches!(p, Port::Kv(..)));
-        let folded_kv = if stateful { folded_kv_nodes(&main.plan, num_layers)? } else { Vec::new() };
         Ok(CpuModel {
             main,
             decode,
@@ -279,13 +309,40 @@ impl CpuModel {
             num_layers,
             vocab_size,
             stateful,
-            folded_kv,
             last_logits_only: options.last_logits_only,
         })
     }
 
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// How many nodes of each op kind the main plan runs (diagnostics and tests).
+    pub fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut ops = std::collections::BTreeMap::new();
+        for node in self.main.plan.model().nodes() {
+            *ops.entry(node.op.name().to_string()).or_insert(0) += 1;
+        }
+        ops
+    }
+
+    /// The plan that runs a step of `new` tokens after `past` cached ones.
+    fn variant(&self, past: usize) -> &Variant {
+        match &self.decode {
+            Some(decode) if past > 0 => decode,
+            _ => &self.main,
+        }
+    }
+
+    /// A state of `variant`'s plan holding `snapshot`'s cache (folded plans only).
+    fn state_from(&self, variant: &Variant, snapshot: &KvSnapshot) -> Result<TypedSimpleState> {
+        let mut state = variant.plan.spawn().map_err(inference_err)?;
+        for kv in &variant.folded_kv {
+            let op_state = state.op_states[kv.node].as_mut().expect("recorded nodes have a state");
+            let mut tensors = snapshot.tensors[kv.slots()].iter().cloned();
+            op_state.load_from(&mut state.turn_state, &mut tensors).map_err(inference_err)?;
+        }
+        Ok(state)
     }
 
     /// A fresh conversation state.
@@ -317,14 +374,8 @@ impl CpuModel {
             return Ok(session);
         }
         if self.stateful {
-            let mut state = self.main.plan.spawn().map_err(inference_err)?;
-            for (node, port) in &self.folded_kv {
-                let Port::Kv(layer, is_v) = port else { unreachable!("only KV ports are recorded") };
-                let t = snapshot.tensors[2 * layer + *is_v as usize].clone();
-                let op_state = state.op_states[*node].as_mut().expect("recorded nodes have a state");
-                op_state.load_from(&mut state.turn_state, &mut std::iter::once(t)).map_err(inference_err)?;
-            }
-            session.state = Some(state);
+            let variant = self.variant(snapshot.len);
+            session.state = Some((self.state_from(variant, snapshot)?, snapshot.len > 0 && self.decode.is_some()));
         } else {
             session.past = snapshot.tensors.clone();
         }
@@ -333,19 +384,42 @@ impl CpuModel {
     }
 }
 
-/// The plan nodes of a folded-KV plan whose state is a layer's key or value cache.
-fn folded_kv_nodes(plan: &Plan, num_layers: usize) -> Result<Vec<(usize, Port)>> {
-    let state = plan.spawn().map_err(inference_err)?;
-    let mut found = Vec::new();
-    for (node, op_state) in state.op_states.iter().enumerate() {
-        let Some((name, _)) = op_state.as_ref().and_then(|s| s.init_tensor_fact()) else { continue };
-        match classify(&name) {
-            Some(port @ Port::Kv(..)) => found.push((node, port)),
-            _ => return Err(Error::InvalidModel(format!("unexpected state `{name}` in the folded plan"))),
+/// A plan node whose op state holds KV cache: one layer's key or value cache
+/// (tract-transformers' `DynKeyValueCache`), or both ([`attention::KvAttention`]).
+#[derive(Debug, Clone, Copy)]
+struct FoldedKv {
+    node: usize,
+    layer: usize,
+    /// `Some(is_value)` for a single cache, `None` for a key + value pair.
+    single: Option<bool>,
+}
+
+impl FoldedKv {
+    /// Indexes into [`KvSnapshot::tensors`] of the tensors this state saves, in order.
+    fn slots(&self) -> std::ops::Range<usize> {
+        match self.single {
+            Some(is_v) => 2 * self.layer + is_v as usize..2 * self.layer + is_v as usize + 1,
+            None => 2 * self.layer..2 * self.layer + 2,
         }
     }
-    if found.len() != 2 * num_layers {
-        return Err(Error::InvalidModel(format!("folded plan holds {} KV caches, expected {}", found.len(), 2 * num_layers)));
+}
+
+/// The plan nodes of a folded-KV plan whose state is KV cache.
+fn folded_kv_nodes(plan: &Plan, num_layers: usize) -> Result<Vec<FoldedKv>> {
+    let state = plan.spawn().map_err(inference_err)?;
+    let mut found = Vec::new();
+    let mut tensors = 0;
+    for (node, op_state) in state.op_states.iter().enumerate() {
+        let Some((name, _)) = op_state.as_ref().and_then(|s| s.init_tensor_fact()) else { continue };
+        let Some(Port::Kv(layer, is_v)) = classify(&name) else {
+            return Err(Error::InvalidModel(format!("unexpected state `{name}` in the folded plan")));
+        };
+        let pair = plan.model().node(node).op_is::<attention::KvAttention>();
+        found.push(FoldedKv { node, layer, single: (!pair).then_some(is_v) });
+        tensors += if pair { 2 } else { 1 };
+    }
+    if tensors != 2 * num_layers {
+        return Err(Error::InvalidModel(format!("folded plan holds {tensors} KV caches, expected {}", 2 * num_layers)));
     }
     Ok(found)
 }
@@ -532,8 +606,9 @@ pub struct CpuSession {
     /// `present.*` of the last step, indexed `2 * layer + is_value`.
     past: Vec<TValue>,
     len: usize,
-    /// The plan's state when the KV cache is folded into it.
-    state: Option<TypedSimpleState>,
+    /// The plan's state when the KV cache is folded into it, and whether it is the
+    /// onnxruntime-genai decode plan's.
+    state: Option<(TypedSimpleState, bool)>,
 }
 
 impl CpuSession {
@@ -553,14 +628,19 @@ impl CpuSession {
             let empty = Tensor::zero::<f32>(&[1, kvh, 0, hd]).map_err(inference_err)?;
             return Ok(KvSnapshot { len: 0, tensors: vec![empty.into(); 2 * layers] });
         }
-        if let Some(state) = &self.state {
+        if let Some((state, decode)) = &self.state {
+            let variant = if *decode { self.model.decode.as_ref().expect("decode state of a decode plan") } else { &self.model.main };
             let mut tensors = vec![None; 2 * self.model.num_layers];
-            for (node, port) in &self.model.folded_kv {
-                let Port::Kv(layer, is_v) = port else { unreachable!("only KV ports are recorded") };
-                let mut out = Vec::with_capacity(1);
-                let op_state = state.op_states[*node].as_ref().expect("recorded nodes have a state");
+            for kv in &variant.folded_kv {
+                let mut out = Vec::with_capacity(2);
+                let op_state = state.op_states[kv.node].as_ref().expect("recorded nodes have a state");
                 op_state.save_to(&mut out).map_err(inference_err)?;
-                tensors[2 * layer + *is_v as usize] = out.pop();
+                if out.len() != kv.slots().len() {
+                    return Err(Error::Inference("folded KV cache state has the wrong number of tensors".into()));
+                }
+                for (slot, t) in kv.slots().zip(out) {
+                    tensors[slot] = Some(t);
+                }
             }
             let tensors = tensors.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| Error::Inference("folded KV cache incomplete".into()))?;
             return Ok(KvSnapshot { len: self.len, tensors });
@@ -624,10 +704,7 @@ impl CpuSession {
         }
         let m = &self.model;
         let (n, past) = (tokens.len(), self.len);
-        let v = match &m.decode {
-            Some(decode) if past > 0 => decode,
-            _ => &m.main,
-        };
+        let v = m.variant(past);
         let ids: Vec<i64> = tokens.iter().map(|t| *t as i64).collect();
         let pos: Vec<i64> = (past..past + n).map(|p| p as i64).collect();
         let mask = vec![1i64; past + n];
@@ -647,10 +724,18 @@ impl CpuSession {
             inputs.push(t);
         }
         let outputs = if m.stateful {
-            if self.state.is_none() {
-                self.state = Some(v.plan.spawn().map_err(inference_err)?);
+            // onnxruntime-genai: the first decode step moves the cache from the prompt plan's
+            // state into the decode plan's (once per conversation).
+            let decode = m.decode.is_some() && past > 0;
+            match &self.state {
+                None => self.state = Some((v.plan.spawn().map_err(inference_err)?, decode)),
+                Some((_, d)) if *d != decode => {
+                    let snapshot = self.snapshot()?;
+                    self.state = Some((m.state_from(v, &snapshot)?, decode));
+                }
+                Some(_) => {}
             }
-            self.state.as_mut().expect("set above").run(inputs).map_err(inference_err)?
+            self.state.as_mut().expect("set above").0.run(inputs).map_err(inference_err)?
         } else {
             v.plan.run(inputs).map_err(inference_err)?
         };

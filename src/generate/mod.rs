@@ -212,6 +212,11 @@ impl Engine {
         self.model.kv_cache_folded()
     }
 
+    /// How many nodes of each op kind the CPU plan runs (see [`CpuModel::plan_ops`]).
+    pub fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
+        self.model.plan_ops()
+    }
+
     /// Statistics of the latest generation.
     pub fn stats(&self) -> GenerationStats {
         self.shared.stats.lock().expect("not poisoned").clone()
