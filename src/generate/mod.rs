@@ -232,7 +232,7 @@ impl Engine {
     /// checksummed; see [`state`] for the layout.
     pub fn save_state(&self) -> Result<Vec<u8>> {
         let s = self.state().unwrap_or_else(|| SessionState { kv: Default::default(), tokens: Vec::new(), resume: None });
-        let s = if s.kv.tensors.is_empty() { SessionState { kv: self.model.session().snapshot()?, ..s } } else { s };
+        let s = if s.tokens.is_empty() { SessionState { kv: state::KvSource::Saved(self.model.session().snapshot()?), ..s } } else { s };
         state::encode(&s, &self.fingerprint, self.model.kv_layout())
     }
 
@@ -261,7 +261,7 @@ impl Engine {
     pub fn resume(&self) -> Result<Generation> {
         let s = self.state().ok_or_else(|| Error::InvalidState("there is no conversation to resume".into()))?;
         let r = s.resume.clone().ok_or_else(|| Error::InvalidState("the conversation has no unfinished generation".into()))?;
-        let session = self.model.session_from(&s.kv)?;
+        let session = self.model.session_from(&s.kv.snapshot(s.tokens.len())?)?;
         let mut history = s.tokens.clone();
         history.push(r.next_token);
         let mut g = self.new_generation(session, Vec::new(), &r.options, (self.clock)());
@@ -365,7 +365,7 @@ impl Engine {
         if let Some(s) = guard.as_ref() {
             let common = s.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
             if common > 0 {
-                let kv = s.kv.truncated(common)?;
+                let kv = s.kv.snapshot(common)?;
                 drop(guard);
                 return Ok((self.model.session_from(&kv)?, common));
             }
@@ -377,7 +377,7 @@ impl Engine {
         let mut stop_ids = if opts.ignore_eos { Vec::new() } else { self.config.eos_token_ids.clone() };
         stop_ids.extend(&opts.stop_token_ids);
         Generation {
-            session,
+            session: Arc::new(Mutex::new(session)),
             tokenizer: self.tokenizer.clone(),
             sampler: Sampler::new(opts),
             opts: opts.clone(),
@@ -419,7 +419,8 @@ pub struct GenerationStats {
 
 /// An in-progress generation. Call [`Generation::step`] until it returns `None`.
 pub struct Generation {
-    session: CpuSession,
+    /// Shared with the engine's published state (see [`state::KvSource`]).
+    session: Arc<Mutex<CpuSession>>,
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
     opts: GenerateOptions,
@@ -457,16 +458,19 @@ impl Generation {
         let prefill = self.history.is_empty();
         let mut logits = if prefill {
             let prompt = std::mem::take(&mut self.prompt);
-            let l = self.session.forward(&prompt[self.session.len()..])?;
+            let mut session = self.session.lock().expect("not poisoned");
+            let cached = session.len();
+            let l = session.forward(&prompt[cached..])?;
             self.stats.prompt_tokens = prompt.len();
             self.history = prompt;
             l
         } else {
-            if self.session.len() >= self.max_context {
-                return Err(Error::ContextOverflow { needed: self.session.len() + 1, max: self.max_context });
+            let mut session = self.session.lock().expect("not poisoned");
+            if session.len() >= self.max_context {
+                return Err(Error::ContextOverflow { needed: session.len() + 1, max: self.max_context });
             }
             let last = *self.history.last().expect("history holds the prompt");
-            self.session.forward(&[last])?
+            session.forward(&[last])?
         };
         let t1 = (self.clock)();
         if prefill {
@@ -511,7 +515,7 @@ impl Generation {
 
     /// Hand the engine this generation's conversation (cache shared, not copied) and stats.
     fn publish(&mut self) -> Result<()> {
-        let cached = self.session.len();
+        let cached = self.session.lock().expect("not poisoned").len();
         let resume = self.finished.is_none().then(|| state::Resume {
             options: self.opts.clone(),
             rng_state: self.sampler.rng_state(),
@@ -522,7 +526,7 @@ impl Generation {
             detok: self.detok.clone(),
             pending: self.pending.clone(),
         });
-        let state = SessionState { kv: self.session.snapshot()?, tokens: self.history[..cached].to_vec(), resume };
+        let state = SessionState { kv: state::KvSource::Live(self.session.clone()), tokens: self.history[..cached].to_vec(), resume };
         *self.shared.last.lock().expect("not poisoned") = Some(state);
         if self.stats.decode_ms > 0.0 {
             self.stats.decode_tokens_per_s = self.decode_steps as f64 / self.stats.decode_ms * 1e3;

@@ -17,8 +17,10 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use std::sync::{Arc, Mutex};
+
 use super::GenerateOptions;
-use crate::cpu::KvSnapshot;
+use crate::cpu::{CpuSession, KvSnapshot};
 use crate::tokenizer::IncrementalDecoder;
 use crate::{Error, Result};
 
@@ -28,10 +30,10 @@ const FIXED: usize = 8 + 4 + 32 + 4;
 const HASH: usize = 32;
 
 /// A conversation that can continue: the cache and the tokens it holds. Cheap to clone (the
-/// cache tensors are shared).
+/// cache is shared, not copied).
 #[derive(Debug, Clone, Default)]
 pub struct SessionState {
-    pub(crate) kv: KvSnapshot,
+    pub(crate) kv: KvSource,
     /// Exactly the tokens in `kv`, in order.
     pub(crate) tokens: Vec<u32>,
     /// Set while a generation is unfinished.
@@ -47,6 +49,41 @@ impl SessionState {
     /// Whether an unfinished generation can be resumed from this state.
     pub fn can_resume(&self) -> bool {
         self.resume.is_some()
+    }
+}
+
+/// Where a conversation's KV cache is: a snapshot (restored, or resumed from), or the live
+/// session of the generation that made it. A generation publishes its state after every token;
+/// holding the session there instead of a snapshot keeps that free, and the cache is copied
+/// out only when asked for (a save, a chat turn that reuses it).
+#[derive(Clone)]
+pub(crate) enum KvSource {
+    Saved(KvSnapshot),
+    Live(Arc<Mutex<CpuSession>>),
+}
+
+impl Default for KvSource {
+    fn default() -> Self {
+        KvSource::Saved(KvSnapshot::default())
+    }
+}
+
+impl std::fmt::Debug for KvSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KvSource::Saved(s) => write!(f, "Saved({} positions)", s.len),
+            KvSource::Live(_) => write!(f, "Live"),
+        }
+    }
+}
+
+impl KvSource {
+    /// The first `len` positions of the cache, as tensors.
+    pub(crate) fn snapshot(&self, len: usize) -> Result<KvSnapshot> {
+        match self {
+            KvSource::Saved(s) => s.truncated(len),
+            KvSource::Live(session) => session.lock().expect("not poisoned").snapshot()?.truncated(len),
+        }
     }
 }
 
@@ -85,7 +122,10 @@ fn bad(reason: impl Into<String>) -> Error {
 pub fn encode(state: &SessionState, fingerprint: &[u8; 32], layout: (usize, usize, usize)) -> Result<Vec<u8>> {
     let (layers, kv_heads, head_dim) = layout;
     let n = state.tokens.len();
-    debug_assert_eq!(n, state.kv.len);
+    let kv = state.kv.snapshot(n)?;
+    if n > 0 && kv.len != n {
+        return Err(bad(format!("the cache holds {} positions, the state {n} tokens", kv.len)));
+    }
     let header = Header { layers, kv_heads, head_dim, tokens: n, dtype: "f32".into(), resume: state.resume.clone() };
     let header = serde_json::to_vec(&header).map_err(|e| bad(e.to_string()))?;
     let kv_values = 2 * layers * kv_heads * n * head_dim;
@@ -100,7 +140,7 @@ pub fn encode(state: &SessionState, fingerprint: &[u8; 32], layout: (usize, usiz
     }
     if n > 0 {
         for i in 0..2 * layers {
-            for v in state.kv.values(i)? {
+            for v in kv.values(i)? {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
@@ -162,5 +202,5 @@ pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], layout: (usize, usize, usize
     if let Some(r) = &header.resume {
         r.options.validate().map_err(|e| bad(format!("saved options: {e}")))?;
     }
-    Ok(SessionState { kv, tokens, resume: header.resume })
+    Ok(SessionState { kv: KvSource::Saved(kv), tokens, resume: header.resume })
 }
