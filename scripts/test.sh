@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: every test. Native (cargo test), wasm in headless Chromium and in Node
-# (wasm-bindgen-test), then the built package from Node (node --test).
+# (wasm-bindgen-test), then the built package from Node (node --test) and its threaded variant
+# in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,4 +15,6 @@ CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${
 
 echo "== package: wasm-pack build, then node --test on pkg/"
 WASM_OPT=0 scripts/build-pkg.sh
-node --test tests/js/
+echo "== package, threaded variant: nightly -Z build-std with atomics into pkg/threads/"
+PROFILE=native WASM_OPT=0 scripts/build-pkg-threads.sh
+EDGE_LLM_REQUIRE_THREADS=1 node --test tests/js/

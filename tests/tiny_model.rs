@@ -170,7 +170,7 @@ fn tokenizer_round_trips_multibyte_text() {
 fn folded_kv_cache_decode_matches_reference_for_every_format() {
     use edge_llm::cpu::CpuOptions;
     let cfg = tiny::config();
-    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false };
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false, threads: None };
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());

@@ -1,6 +1,8 @@
 // Demo + benchmark page. Query parameters: model=<folder under www/> (default models/default),
-// prompt=<text>, auto=1 (generate, then benchmark, without clicks; used by scripts/demo.mjs).
-import init, { Engine, gpuInfo, version, wasmMemoryBytes } from "../pkg/edge_llm.js";
+// prompt=<text>, auto=1 (generate, then benchmark, without clicks; used by scripts/demo.mjs),
+// threads=<n> (CPU threads; default cores - 1: the threaded build where cross-origin isolated),
+// build=auto|threads|single (which wasm build; see pkg/auto.js).
+import { loadEdgeLlm } from "../pkg/auto.js";
 import { benchDecode } from "./bench.js";
 
 const params = new URLSearchParams(location.search);
@@ -16,13 +18,18 @@ async function fetchBytes(url) {
   return new Uint8Array(await r.arrayBuffer());
 }
 
+let Engine, gpuInfo, version, wasmMemoryBytes, cpuSplitCalls;
 let engine;
 let abort;
 const facts = {};
 
 async function load() {
   const t0 = performance.now();
-  await init();
+  const loaded = await loadEdgeLlm({
+    threads: params.has("threads") ? Number(params.get("threads")) : undefined,
+    build: params.get("build") ?? "auto",
+  });
+  ({ Engine, gpuInfo, version, wasmMemoryBytes, cpuSplitCalls } = loaded.edge);
   const tWasm = performance.now();
   const manifestBytes = await fetchBytes(`${modelDir}/manifest.json`);
   const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
@@ -42,7 +49,8 @@ async function load() {
     coldLoadMs: tReady - tFetch,
     userAgent: navigator.userAgent,
     hardwareConcurrency: navigator.hardwareConcurrency,
-    threads: 1,
+    threads: loaded.threads,
+    wasmBuild: loaded.variant,
   });
   const gpu = await gpuInfo().catch(() => undefined);
   facts.webgpuAdapter = gpu ? `${gpu.name || "unnamed"} (${gpu.backend}, ${gpu.deviceType})` : "none";
@@ -90,6 +98,7 @@ function benchmark() {
     tokenLatencyP95Ms: r.p95,
     tokenLatencyP99Ms: r.p99,
     wasmMemoryPeakBytes: wasmMemoryBytes(),
+    matmulsSplitAcrossThreads: cpuSplitCalls(),
   };
   const body = $("table").querySelector("tbody");
   body.textContent = "";

@@ -62,6 +62,9 @@ enum Cmd {
         /// Decode steps measured.
         #[arg(long, default_value_t = 100)]
         steps: usize,
+        /// CPU threads, this one included (default: EDGE_LLM_THREADS, else cores - 1).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -149,7 +152,12 @@ fn main() -> anyhow::Result<()> {
             );
             println!("verified: {} files, {} bytes, within the {name} budget of {limit} bytes", manifest.files.len(), manifest.total_bytes);
         }
-        Cmd::Bench { dir, prompt, warmup, steps } => bench(&dir, &prompt, warmup, steps)?,
+        Cmd::Bench { dir, prompt, warmup, steps, threads } => {
+            if let Some(n) = threads {
+                edge_llm::cpu::threads::configure(n);
+            }
+            bench(&dir, &prompt, warmup, steps)?
+        }
         Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric } } => {
             import_gguf(&input, &outdir, precision, block_size, !asymmetric)?
         }
@@ -210,7 +218,7 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     let rows: Vec<(&str, String)> = vec![
         ("model", dir.display().to_string()),
         ("model bytes", onnx.len().to_string()),
-        ("threads", "1".into()),
+        ("threads", edge_llm::cpu::threads::threads().to_string()),
         ("cold load ms", format!("{load_ms:.1}")),
         ("prompt tokens", prompt_tokens.to_string()),
         ("tokenize ms (p50 of 20)", format!("{:.3}", percentile(&tok_ms, 50.0))),

@@ -13,6 +13,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::{Error, Result};
 
 pub mod q4_matmul;
+pub mod threads;
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -74,6 +75,10 @@ pub struct CpuOptions {
     /// With `q4_kernel`: quantize activations to int8 per 32-block and use integer dot
     /// products (~2x faster on wasm, activation rounding ~0.4 %). On by default on wasm32.
     pub q4_int8_activations: bool,
+    /// CPU threads (caller included) for the int4 kernel and tract's large matmuls; the pool
+    /// is process-wide ([`threads`]), so this sets it for every model. `None` keeps the
+    /// current count (default: `EDGE_LLM_THREADS`, else cores − 1, at least 1).
+    pub threads: Option<usize>,
 }
 
 impl Default for CpuOptions {
@@ -82,6 +87,7 @@ impl Default for CpuOptions {
             fold_kv_cache: std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "1"),
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
             q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
+            threads: None,
         }
     }
 }
@@ -95,6 +101,9 @@ impl CpuModel {
     /// Load a decoded ONNX model whose weights are all in memory (see `manifest::assemble`).
     pub fn from_proto(proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
         check_ops(&proto)?;
+        if let Some(n) = options.threads {
+            threads::configure(n);
+        }
         let mut onnx = tract_onnx::onnx();
         if options.q4_kernel {
             q4_matmul::register(&mut onnx, options.q4_int8_activations);

@@ -90,11 +90,44 @@ impl Q4Matrix {
     /// time while four remain (each unpacked weight block then serves four rows), minus the
     /// zero-point term `sum_b scale * zp * sums[r][b]`. `dot(w_row, scales_row, r, tile)`
     /// returns `tile` (4 or 1) dot products starting at activation row `r`.
-    fn drive(&self, m: usize, sums: &[f32], out: &mut [f32], dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4]) -> TractResult<()> {
-        let nb = self.k / BLOCK;
+    ///
+    /// Output columns (weight rows) are split across the CPU threads ([`super::threads`]), for
+    /// decode (m = 1) and prefill alike; each part fills its own `[m][cols]` block.
+    fn drive(&self, m: usize, sums: &[f32], out: &mut [f32], dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4] + Sync) -> TractResult<()> {
         let view = self.packed.to_plain_array_view::<u8>()?;
         let packed = view.as_slice().context("B must be contiguous")?;
-        for row in 0..self.n {
+        let n = self.n;
+        if super::threads::parts(n, m * self.k) == 1 {
+            self.drive_cols(packed, 0..n, m, sums, out, &dot);
+            return Ok(());
+        }
+        let parts = super::threads::map_ranges(n, m * self.k, |cols| {
+            let mut local = vec![0f32; m * cols.len()];
+            self.drive_cols(packed, cols, m, sums, &mut local, &dot);
+            local
+        });
+        for (cols, local) in parts {
+            let w = cols.len();
+            for r in 0..m {
+                out[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * w..(r + 1) * w]);
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::drive`] over weight rows `cols` into `out` (`[m][cols.len()]`).
+    fn drive_cols(
+        &self,
+        packed: &[u8],
+        cols: std::ops::Range<usize>,
+        m: usize,
+        sums: &[f32],
+        out: &mut [f32],
+        dot: &impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4],
+    ) {
+        let nb = self.k / BLOCK;
+        let width = cols.len();
+        for (c, row) in cols.enumerate() {
             let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
             let s = &self.scales[row * nb..(row + 1) * nb];
             let z = &self.scaled_zeros[row * nb..(row + 1) * nb];
@@ -104,12 +137,11 @@ impl Q4Matrix {
                 let dots = dot(w, s, r, tile);
                 for (i, d) in dots.iter().take(tile).enumerate() {
                     let corr: f32 = z.iter().zip(&sums[(r + i) * nb..(r + i + 1) * nb]).map(|(a, b)| a * b).sum();
-                    out[(r + i) * self.n + row] = d - corr;
+                    out[(r + i) * width + c] = d - corr;
                 }
                 r += tile;
             }
         }
-        Ok(())
     }
 }
 

@@ -1,0 +1,219 @@
+//! How many threads the CPU kernels use, and [`map_ranges`], which splits a range of output
+//! columns across them.
+//!
+//! One process-wide pool (feature `threads`): natively a rayon pool built here; on wasm32 the
+//! rayon global pool that `web::init_threads` starts in Web Workers (wasm-bindgen-rayon). A
+//! thread count `n` means the calling thread plus `n - 1` pool workers: the caller takes the
+//! first share itself and then waits for the others (on the browser's main thread that wait
+//! spins, as it may not block), so `n = 2` on two cores keeps both busy without a third.
+//! Without the feature, or with `n = 1`, everything runs on the calling thread. Each output
+//! column is computed exactly as on one thread, so results are bit-identical at any count.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Threads in use (caller included); 0 = not configured yet (see [`threads`]).
+static ACTIVE: AtomicUsize = AtomicUsize::new(0);
+
+/// The thread count when nothing was configured: `EDGE_LLM_THREADS` natively, else the
+/// available cores minus one (at least 1): the seed's rule never to pin every core.
+pub fn default_threads() -> usize {
+    if let Some(n) = std::env::var("EDGE_LLM_THREADS").ok().and_then(|v| v.trim().parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    if cfg!(target_arch = "wasm32") {
+        // The browser's count comes from JS (`navigator.hardwareConcurrency`).
+        return 1;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+}
+
+/// Threads the kernels currently use (caller included).
+pub fn threads() -> usize {
+    match ACTIVE.load(Ordering::Relaxed) {
+        0 => {
+            let n = configure(default_threads());
+            n.max(1)
+        }
+        n => n,
+    }
+}
+
+/// Use `n` threads (caller included, at least 1) from now on; returns the count in effect.
+/// Natively this (re)builds the pool with `n - 1` workers. On wasm32 the pool is the one
+/// `web::init_threads` started: `n` is capped at its workers + 1 (1 before it exists).
+pub fn configure(n: usize) -> usize {
+    let n = pool::resize(n.max(1));
+    ACTIVE.store(n, Ordering::Relaxed);
+    n
+}
+
+/// Splitting finer than this many multiply-accumulates per thread costs more in hand-off
+/// (waking a worker, waiting for it) than it saves: a decode step's small projections
+/// (576 × 576 in SmolLM2-135M) then stay on one thread.
+pub const MIN_MACS_PER_THREAD: usize = 1 << 18;
+
+static MIN_MACS: AtomicUsize = AtomicUsize::new(MIN_MACS_PER_THREAD);
+
+/// Change the smallest share worth a thread (default [`MIN_MACS_PER_THREAD`]); tests set 1
+/// to split even the tiny model's matmuls. Results do not depend on it: every output column
+/// is computed the same way whichever thread owns it.
+pub fn set_min_macs_per_thread(macs: usize) {
+    MIN_MACS.store(macs.max(1), Ordering::Relaxed);
+}
+
+/// How many parts [`map_ranges`] cuts `total` items into, when each item costs `macs_per_item`.
+pub fn parts(total: usize, macs_per_item: usize) -> usize {
+    let grain = MIN_MACS.load(Ordering::Relaxed).div_ceil(macs_per_item.max(1)).max(1);
+    threads().min(total / grain).max(1)
+}
+
+static SPLITS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many [`map_ranges`] calls were split across threads so far (tests, diagnostics).
+pub fn split_calls() -> usize {
+    SPLITS.load(Ordering::Relaxed)
+}
+
+/// `f` over `0..total` cut into [`parts`] contiguous ranges, run in parallel (the first on
+/// the calling thread); the results in range order.
+pub fn map_ranges<T: Send>(total: usize, macs_per_item: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<(Range<usize>, T)> {
+    let t = parts(total, macs_per_item);
+    let range = |i: usize| total * i / t..total * (i + 1) / t;
+    if t == 1 {
+        return vec![(0..total, f(0..total))];
+    }
+    SPLITS.fetch_add(1, Ordering::Relaxed);
+    let mut slots: Vec<Option<T>> = (0..t).map(|_| None).collect();
+    pool::in_place_scope(t, &mut slots, &|i| f(range(i)));
+    slots.into_iter().enumerate().map(|(i, v)| (range(i), v.expect("every part ran"))).collect()
+}
+
+#[cfg(feature = "threads")]
+mod pool {
+    /// Runs `f(i)` into `slots[i]`: slot 0 on the calling thread, the others on the pool.
+    fn scope_body<'a, T: Send>(s: &rayon::Scope<'a>, slots: &'a mut [Option<T>], f: &'a (dyn Fn(usize) -> T + Sync)) {
+        let (first, rest) = slots.split_first_mut().expect("at least one part");
+        for (i, slot) in rest.iter_mut().enumerate() {
+            s.spawn(move |_| *slot = Some(f(i + 1)));
+        }
+        *first = Some(f(0));
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod imp {
+        use std::sync::{Arc, Mutex};
+
+        static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
+
+        fn current() -> Option<Arc<rayon::ThreadPool>> {
+            POOL.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        }
+
+        /// Natively the pool gets `n` workers (not `n - 1`): tract's own matmuls run on it
+        /// while the caller sleeps (a blocked native thread costs nothing), and the int4
+        /// kernel uses `n - 1` of them beside the caller.
+        pub fn resize(n: usize) -> usize {
+            let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            let workers = if n > 1 { n } else { 0 };
+            if pool.as_ref().map_or(0, |p| p.current_num_threads()) != workers {
+                *pool = if workers == 0 {
+                    None
+                } else {
+                    rayon::ThreadPoolBuilder::new()
+                        .num_threads(workers)
+                        .thread_name(|i| format!("edge-llm-cpu-{i}"))
+                        .build()
+                        .ok()
+                        .map(Arc::new)
+                };
+            }
+            let executor = match pool.as_ref() {
+                Some(p) => tract_linalg::multithread::Executor::MultiThread(p.clone()),
+                None => tract_linalg::multithread::Executor::SingleThread,
+            };
+            tract_linalg::multithread::set_default_executor(executor);
+            pool.as_ref().map_or(1, |p| p.current_num_threads())
+        }
+
+        pub fn in_place_scope<T: Send>(t: usize, slots: &mut [Option<T>], f: &(dyn Fn(usize) -> T + Sync)) {
+            debug_assert_eq!(slots.len(), t);
+            match current() {
+                Some(pool) => pool.in_place_scope(|s| super::scope_body(s, slots, f)),
+                None => slots.iter_mut().enumerate().for_each(|(i, s)| *s = Some(f(i))),
+            }
+        }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    mod imp {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        /// Workers of the rayon global pool, once `web::init_threads` has started it.
+        static WORKERS: AtomicUsize = AtomicUsize::new(0);
+
+        /// Called by the web layer once the Web Worker pool runs. tract's own matmuls use the
+        /// pool only from two workers on: the main thread waits (spinning) while they run.
+        pub fn set_workers(n: usize) {
+            WORKERS.store(n, Ordering::Relaxed);
+            let executor = if n > 1 {
+                tract_linalg::multithread::Executor::RayonGlobal
+            } else {
+                tract_linalg::multithread::Executor::SingleThread
+            };
+            tract_linalg::multithread::set_default_executor(executor);
+        }
+
+        pub fn resize(n: usize) -> usize {
+            n.min(WORKERS.load(Ordering::Relaxed) + 1)
+        }
+
+        pub fn in_place_scope<T: Send>(t: usize, slots: &mut [Option<T>], f: &(dyn Fn(usize) -> T + Sync)) {
+            debug_assert_eq!(slots.len(), t);
+            if WORKERS.load(Ordering::Relaxed) == 0 {
+                slots.iter_mut().enumerate().for_each(|(i, s)| *s = Some(f(i)));
+            } else {
+                rayon::in_place_scope(|s| super::scope_body(s, slots, f));
+            }
+        }
+    }
+
+    pub use imp::*;
+}
+
+#[cfg(not(feature = "threads"))]
+mod pool {
+    pub fn resize(_n: usize) -> usize {
+        1
+    }
+
+    pub fn in_place_scope<T: Send>(_t: usize, slots: &mut [Option<T>], f: &(dyn Fn(usize) -> T + Sync)) {
+        slots.iter_mut().enumerate().for_each(|(i, s)| *s = Some(f(i)));
+    }
+}
+
+/// The web layer's hook: the Web Worker pool now has `workers` threads (caller not counted).
+#[cfg(all(feature = "threads", target_arch = "wasm32"))]
+pub fn set_pool_workers(workers: usize) {
+    pool::set_workers(workers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_in_order() {
+        configure(3);
+        for (total, macs) in [(1, 1), (7, MIN_MACS_PER_THREAD), (1000, MIN_MACS_PER_THREAD / 10), (49152, 576)] {
+            let parts = map_ranges(total, macs, |r| r.clone());
+            let mut next = 0;
+            for (r, v) in parts {
+                assert_eq!(r, v);
+                assert_eq!(r.start, next);
+                next = r.end;
+            }
+            assert_eq!(next, total);
+        }
+    }
+}
