@@ -11,11 +11,17 @@ cd "$(dirname "$0")/.."
 toolchain=$(cat scripts/nightly-toolchain)
 profile=${PROFILE:-release}
 target_dir=${CARGO_TARGET_DIR:-target}/threads
-# RUSTFLAGS replaces .cargo/config.toml's rustflags, so the getrandom cfg is repeated here.
-# Shared memory must declare a maximum: 2 GiB (rustc's default with atomics is 1 GiB).
+# RUSTFLAGS (every crate, std included) replaces .cargo/config.toml's rustflags, so the
+# getrandom cfg is repeated here. Shared memory must declare a maximum: 2 GiB.
 export RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 --cfg getrandom_backend=\"wasm_js\" -C link-arg=--max-memory=2147483648"
-cargo "+$toolchain" build --lib --target wasm32-unknown-unknown --profile "$profile" --features threads \
-  -Z build-std=panic_abort,std --target-dir "$target_dir"
+# The final link only: memory shared and imported (every Worker instantiates the module over
+# it), and the TLS symbols wasm-bindgen's thread setup calls exported.
+link=()
+for a in --shared-memory --import-memory --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+  link+=(-C "link-arg=$a")
+done
+cargo "+$toolchain" rustc --lib --crate-type cdylib --target wasm32-unknown-unknown --profile "$profile" --features threads \
+  -Z build-std=panic_abort,std --target-dir "$target_dir" -- "${link[@]}"
 rm -rf pkg/threads
 wasm-bindgen --target web --out-dir pkg/threads --out-name edge_llm "$target_dir/wasm32-unknown-unknown/$profile/edge_llm.wasm"
 wasm=pkg/threads/edge_llm_bg.wasm

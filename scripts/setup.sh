@@ -21,7 +21,8 @@ rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target
 # nightly with its sources.
 nightly=$(cat scripts/nightly-toolchain)
 rustup component list --toolchain "$nightly" --installed 2>/dev/null | grep -q '^rust-src' \
-  || rustup toolchain install "$nightly" --profile minimal -c rust-src
+  || rustup toolchain install "$nightly" --profile minimal -c rust-src \
+  || echo "setup: WARNING: could not install $nightly: the threaded wasm build (pkg/threads/) cannot be built" >&2
 
 wbg_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version" ]; then
