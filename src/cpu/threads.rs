@@ -75,29 +75,43 @@ pub fn split_calls() -> usize {
     SPLITS.load(Ordering::Relaxed)
 }
 
-/// `f` over `0..total` cut into [`parts`] contiguous ranges, run in parallel (the first on
-/// the calling thread); the results in range order.
-pub fn map_ranges<T: Send>(total: usize, macs_per_item: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<(Range<usize>, T)> {
+/// Chunks per thread: work is claimed chunk by chunk, so a thread that starts late (a worker
+/// still waking, or descheduled on a busy machine) leaves its share to the others instead of
+/// holding up the caller.
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// `f` over `0..total` cut into contiguous ranges, run on [`parts`] threads (the calling one
+/// included); the results in range order. Each thread claims the next unclaimed range until
+/// none is left, so the caller only ever waits for ranges already under way.
+pub fn map_ranges<T: Send + Sync>(total: usize, macs_per_item: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<(Range<usize>, T)> {
     let t = parts(total, macs_per_item);
-    let range = |i: usize| total * i / t..total * (i + 1) / t;
     if t == 1 {
         return vec![(0..total, f(0..total))];
     }
     SPLITS.fetch_add(1, Ordering::Relaxed);
-    let mut slots: Vec<Option<T>> = (0..t).map(|_| None).collect();
-    pool::in_place_scope(t, &mut slots, &|i| f(range(i)));
-    slots.into_iter().enumerate().map(|(i, v)| (range(i), v.expect("every part ran"))).collect()
+    let chunks = (t * CHUNKS_PER_THREAD).min(total);
+    let range = |i: usize| total * i / chunks..total * (i + 1) / chunks;
+    let slots: Vec<std::sync::OnceLock<T>> = (0..chunks).map(|_| std::sync::OnceLock::new()).collect();
+    let next = AtomicUsize::new(0);
+    let work = || loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= chunks {
+            break;
+        }
+        let _ = slots[i].set(f(range(i)));
+    };
+    pool::run_on(t, &work);
+    slots.into_iter().enumerate().map(|(i, v)| (range(i), v.into_inner().expect("every chunk ran"))).collect()
 }
 
 #[cfg(feature = "threads")]
 mod pool {
-    /// Runs `f(i)` into `slots[i]`: slot 0 on the calling thread, the others on the pool.
-    fn scope_body<'a, T: Send>(s: &rayon::Scope<'a>, slots: &'a mut [Option<T>], f: &'a (dyn Fn(usize) -> T + Sync)) {
-        let (first, rest) = slots.split_first_mut().expect("at least one part");
-        for (i, slot) in rest.iter_mut().enumerate() {
-            s.spawn(move |_| *slot = Some(f(i + 1)));
+    /// Runs `work` on `t - 1` pool workers and on the calling thread, returning when all are done.
+    fn scope_body<'a>(s: &rayon::Scope<'a>, t: usize, work: &'a (dyn Fn() + Sync)) {
+        for _ in 1..t {
+            s.spawn(move |_| work());
         }
-        *first = Some(f(0));
+        work();
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -136,11 +150,10 @@ mod pool {
             pool.as_ref().map_or(1, |p| p.current_num_threads())
         }
 
-        pub fn in_place_scope<T: Send>(t: usize, slots: &mut [Option<T>], f: &(dyn Fn(usize) -> T + Sync)) {
-            debug_assert_eq!(slots.len(), t);
+        pub fn run_on(t: usize, work: &(dyn Fn() + Sync)) {
             match current() {
-                Some(pool) => pool.in_place_scope(|s| super::scope_body(s, slots, f)),
-                None => slots.iter_mut().enumerate().for_each(|(i, s)| *s = Some(f(i))),
+                Some(pool) => pool.in_place_scope(|s| super::scope_body(s, t, work)),
+                None => work(),
             }
         }
     }
@@ -168,12 +181,11 @@ mod pool {
             n.min(WORKERS.load(Ordering::Relaxed) + 1)
         }
 
-        pub fn in_place_scope<T: Send>(t: usize, slots: &mut [Option<T>], f: &(dyn Fn(usize) -> T + Sync)) {
-            debug_assert_eq!(slots.len(), t);
+        pub fn run_on(t: usize, work: &(dyn Fn() + Sync)) {
             if WORKERS.load(Ordering::Relaxed) == 0 {
-                slots.iter_mut().enumerate().for_each(|(i, s)| *s = Some(f(i)));
+                work();
             } else {
-                rayon::in_place_scope(|s| super::scope_body(s, slots, f));
+                rayon::in_place_scope(|s| super::scope_body(s, t, work));
             }
         }
     }
@@ -187,8 +199,8 @@ mod pool {
         1
     }
 
-    pub fn in_place_scope<T: Send>(_t: usize, slots: &mut [Option<T>], f: &(dyn Fn(usize) -> T + Sync)) {
-        slots.iter_mut().enumerate().for_each(|(i, s)| *s = Some(f(i)));
+    pub fn run_on(_t: usize, work: &(dyn Fn() + Sync)) {
+        work();
     }
 }
 
