@@ -3,9 +3,10 @@
 //!
 //! One process-wide pool (feature `threads`): natively a rayon pool built here; on wasm32 the
 //! rayon global pool that `web::init_threads` starts in Web Workers (wasm-bindgen-rayon). A
-//! thread count `n` means the calling thread plus `n - 1` pool workers: the caller takes the
-//! first share itself and then waits for the others (on the browser's main thread that wait
-//! spins, as it may not block), so `n = 2` on two cores keeps both busy without a third.
+//! thread count `n` means the calling thread plus `n - 1` pool workers, all claiming chunks of
+//! the work; the caller then waits only for chunks already under way (on the browser's main
+//! thread that wait spins, as it may not block), so `n = 2` on two cores keeps both busy
+//! without a third.
 //! Without the feature, or with `n = 1`, everything runs on the calling thread. Each output
 //! column is computed exactly as on one thread, so results are bit-identical at any count.
 
@@ -40,7 +41,8 @@ pub fn threads() -> usize {
 }
 
 /// Use `n` threads (caller included, at least 1) from now on; returns the count in effect.
-/// Natively this (re)builds the pool with `n - 1` workers. On wasm32 the pool is the one
+/// Natively this (re)builds the pool (`n` workers: tract's matmuls run on it while the caller
+/// sleeps; the int4 kernel uses `n - 1` of them beside the caller). On wasm32 the pool is the one
 /// `web::init_threads` started: `n` is capped at its workers + 1 (1 before it exists).
 pub fn configure(n: usize) -> usize {
     let n = pool::resize(n.max(1));
