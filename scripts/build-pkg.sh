@@ -9,6 +9,11 @@ wasm-pack build --target web --release --out-name edge_llm --mode no-install "$@
 # packages the modules wasm-bindgen imports (pkg/snippets/).
 cp js/worker.js js/worker-entry.js js/worker.d.ts pkg/
 node scripts/pkg-json.mjs pkg/package.json
+# pkg/auto.js picks this build or the threaded one (pkg/threads/, scripts/build-pkg-threads.sh).
+cp js/auto.js js/auto.d.ts pkg/
+node -e 'const fs = require("fs"); const p = JSON.parse(fs.readFileSync("pkg/package.json"));
+  p.files = [...new Set([...(p.files ?? []), "auto.js", "auto.d.ts", "threads/"])];
+  fs.writeFileSync("pkg/package.json", JSON.stringify(p, null, 2) + "\n");'
 wasm=pkg/edge_llm_bg.wasm
 raw=$(stat -c %s "$wasm")
 if [ "${WASM_OPT:-1}" = 0 ]; then

@@ -9,7 +9,10 @@ import { serve } from "./serve.mjs";
 const model = process.argv[2] ?? "models/default";
 const prompt = process.argv[3] ?? "What is the capital of France?";
 const server = await serve();
-const url = `http://127.0.0.1:${server.address().port}/www/index.html?auto=1&model=${encodeURIComponent(model)}&prompt=${encodeURIComponent(prompt)}`;
+// THREADS=<n> and BUILD=auto|threads|single pick the CPU threads and wasm build (www/main.js).
+const threads = (process.env.THREADS ? `&threads=${encodeURIComponent(process.env.THREADS)}` : "") +
+  (process.env.BUILD ? `&build=${encodeURIComponent(process.env.BUILD)}` : "");
+const url = `http://127.0.0.1:${server.address().port}/www/index.html?auto=1&model=${encodeURIComponent(model)}&prompt=${encodeURIComponent(prompt)}${threads}`;
 
 const browser = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "edge-llm-")), {
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",

@@ -16,7 +16,9 @@ const types = {
   ".css": "text/css",
 };
 
-export function serve(port = 0, host = "127.0.0.1", dir = root) {
+// `dir`: the folder served (default the repo root); `isolated: false` leaves COOP/COEP out
+// (tests of pages that are not cross-origin isolated).
+export function serve(port = 0, host = "127.0.0.1", { dir = root, isolated = true } = {}) {
   const base = resolve(dir);
   const server = createServer((req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
@@ -31,11 +33,13 @@ export function serve(port = 0, host = "127.0.0.1", dir = root) {
       res.writeHead(404).end("not found");
       return;
     }
+    const isolation = isolated
+      ? { "cross-origin-opener-policy": "same-origin", "cross-origin-embedder-policy": "require-corp" }
+      : {};
     res.writeHead(200, {
       "content-type": types[extname(file)] ?? "application/octet-stream",
       "content-length": st.size,
-      "cross-origin-opener-policy": "same-origin",
-      "cross-origin-embedder-policy": "require-corp",
+      ...isolation,
       "cache-control": "no-store",
     });
     createReadStream(file).pipe(res);

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what building and testing edge-llm needs, idempotently, on Debian as root:
-# the wasm32 target, wasm-bindgen-cli pinned to Cargo.lock, wasm-pack, binaryen (wasm-opt, from npm),
+# the wasm32 target, a pinned nightly with rust-src (threaded build), wasm-bindgen-cli pinned to Cargo.lock, wasm-pack, binaryen (wasm-opt, from npm),
 # Chromium + ChromeDriver, Mesa's software Vulkan, Node.js and the npm packages in package-lock.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+# The threaded wasm build (scripts/build-pkg-threads.sh) rebuilds std with atomics: a pinned
+# nightly with its sources.
+nightly=$(cat scripts/nightly-toolchain)
+rustup component list --toolchain "$nightly" --installed 2>/dev/null | grep -q '^rust-src' \
+  || rustup toolchain install "$nightly" --profile minimal -c rust-src \
+  || echo "setup: WARNING: could not install $nightly: the threaded wasm build (pkg/threads/) cannot be built" >&2
 
 wbg_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version" ]; then

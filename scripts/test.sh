@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # README command 2: every test. Native (cargo test), wasm in headless Chromium and in Node
-# (wasm-bindgen-test), then the built package from Node, Chromium (Worker proxy, Vite app) and Deno.
+# (wasm-bindgen-test), then the built package from Node, Chromium (Worker proxy, Vite app), Deno,
+# and its threaded variant in headless Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -28,6 +29,14 @@ cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$ti
 rm -rf www/models/tiny-int4
 cargo run -q --features pack --bin edge-llm-pack -- pack "$tiny_src" www/models/tiny-int4 >/dev/null
 rm -rf "$tiny_src"
+if rustup component list --toolchain "$(cat scripts/nightly-toolchain)" --installed 2>/dev/null | grep -q '^rust-src'; then
+  echo "== package, threaded variant: nightly -Z build-std with atomics into pkg/threads/"
+  PROFILE=native WASM_OPT=0 scripts/build-pkg-threads.sh
+  export EDGE_LLM_REQUIRE_THREADS=1
+else
+  echo "== threaded variant NOT built: the nightly toolchain is missing (see scripts/setup.sh); its tests skip"
+  rm -rf pkg/threads
+fi
 node --test tests/js/
 
 echo "== Deno: the package and its Worker proxy (deno from npm)"

@@ -1,9 +1,10 @@
 // Demo + benchmark page. Query parameters: model=<folder under www/> (default models/default),
 // prompt=<text>, max=<tokens per reply> (default 96), auto=1 (generate, then benchmark, without
-// clicks; used by scripts/demo.mjs).
+// clicks; used by scripts/demo.mjs), threads=<n> (CPU threads; default cores - 1: the threaded
+// build where cross-origin isolated), build=auto|threads|single (which wasm build; see pkg/auto.js).
 // The conversation survives the page: its state (KV cache, tokens, an unfinished reply) is
 // saved to IndexedDB when the page is hidden or left, and restored when it loads again.
-import init, { Engine, gpuInfo, version, wasmMemoryBytes } from "../pkg/edge_llm.js";
+import { loadEdgeLlm } from "../pkg/auto.js";
 import { benchDecode } from "./bench.js";
 import { loadConversation, saveConversation, clearConversation } from "./lifecycle.js";
 
@@ -21,6 +22,7 @@ async function fetchBytes(url) {
   return new Uint8Array(await r.arrayBuffer());
 }
 
+let Engine, gpuInfo, version, wasmMemoryBytes, cpuSplitCalls;
 let engine;
 let abort;
 const facts = {};
@@ -32,7 +34,11 @@ let generating = false;
 
 async function load() {
   const t0 = performance.now();
-  await init();
+  const loaded = await loadEdgeLlm({
+    threads: params.has("threads") ? Number(params.get("threads")) : undefined,
+    build: params.get("build") ?? "auto",
+  });
+  ({ Engine, gpuInfo, version, wasmMemoryBytes, cpuSplitCalls } = loaded.edge);
   const tWasm = performance.now();
   const manifestBytes = await fetchBytes(`${modelDir}/manifest.json`);
   const manifest = JSON.parse(new TextDecoder().decode(manifestBytes));
@@ -52,7 +58,8 @@ async function load() {
     coldLoadMs: tReady - tFetch,
     userAgent: navigator.userAgent,
     hardwareConcurrency: navigator.hardwareConcurrency,
-    threads: 1,
+    threads: loaded.threads,
+    wasmBuild: loaded.variant,
   });
   const gpu = await gpuInfo().catch(() => undefined);
   facts.webgpuAdapter = gpu ? `${gpu.name || "unnamed"} (${gpu.backend}, ${gpu.deviceType})` : "none";
@@ -164,6 +171,7 @@ function benchmark() {
     stateBytes: conversation.length,
     saveStateMs,
     restoreStateMs,
+    matmulsSplitAcrossThreads: cpuSplitCalls(),
   };
   const body = $("table").querySelector("tbody");
   body.textContent = "";

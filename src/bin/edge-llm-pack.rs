@@ -109,6 +109,9 @@ enum Cmd {
         /// Decode steps measured.
         #[arg(long, default_value_t = 100)]
         steps: usize,
+        /// CPU threads, this one included (default: EDGE_LLM_THREADS, else cores - 1).
+        #[arg(long)]
+        threads: Option<usize>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -200,7 +203,12 @@ fn main() -> anyhow::Result<()> {
             );
             println!("verified: {} files, {} bytes, within the {name} budget of {limit} bytes", manifest.files.len(), manifest.total_bytes);
         }
-        Cmd::Bench { dir, prompt, warmup, steps } => bench(&dir, &prompt, warmup, steps)?,
+        Cmd::Bench { dir, prompt, warmup, steps, threads } => {
+            if let Some(n) = threads {
+                edge_llm::cpu::threads::configure(n);
+            }
+            bench(&dir, &prompt, warmup, steps)?
+        }
         Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric }, genai } => {
             import_gguf(&input, &outdir, precision, block_size, !asymmetric, genai)?
         }
@@ -299,7 +307,7 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     let rows: Vec<(&str, String)> = vec![
         ("model", dir.display().to_string()),
         ("packed model bytes", if packed { model_bytes.to_string() } else { "n/a (unpacked folder)".into() }),
-        ("threads", "1".into()),
+        ("threads", edge_llm::cpu::threads::threads().to_string()),
         ("cold load ms", format!("{load_ms:.1}")),
         ("prompt tokens", prompt_tokens.to_string()),
         ("tokenizer load ms", format!("{tokenizer_ms:.1}")),

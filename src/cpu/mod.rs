@@ -15,6 +15,7 @@ use crate::{Error, Result};
 pub mod attention;
 pub mod q4_matmul;
 pub mod q8_matmul;
+pub mod threads;
 
 type Plan = Arc<TypedSimplePlan>;
 
@@ -153,6 +154,10 @@ pub struct CpuOptions {
     /// Run `MatMulInteger` with a constant weight through edge-llm's kernel ([`q8_matmul`]):
     /// tract's quantized einsum has no SIMD i32 kernel on wasm. On by default on wasm32.
     pub q8_kernel: bool,
+    /// CPU threads (caller included) for the int4/int8 kernels and tract's large matmuls; the
+    /// pool is process-wide ([`threads`]), so this sets it for every model. `None` keeps the
+    /// current count (default: `EDGE_LLM_THREADS`, else cores − 1, at least 1).
+    pub threads: Option<usize>,
 }
 
 impl Default for CpuOptions {
@@ -163,6 +168,7 @@ impl Default for CpuOptions {
             q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
             last_logits_only: false,
             q8_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q8_KERNEL").is_ok_and(|v| v == "1"),
+            threads: None,
         }
     }
 }
@@ -199,6 +205,9 @@ impl CpuModel {
 
     fn build(proto: tract_onnx::pb::ModelProto, weights: Vec<(String, Arc<Tensor>)>, options: &CpuOptions) -> Result<Self> {
         check_ops(&proto)?;
+        if let Some(n) = options.threads {
+            threads::configure(n);
+        }
         let mut onnx = tract_onnx::onnx();
         if options.q4_kernel {
             q4_matmul::register(&mut onnx, options.q4_int8_activations);

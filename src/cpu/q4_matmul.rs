@@ -100,12 +100,14 @@ impl Q4Matrix {
                 xs[r * nb + b] = src.iter().sum();
             }
         }
-        self.drive(m, &xs, 0..self.n, out, self.n, |w, s, r, tile| {
-            if tile == 4 {
-                kernel::dot_rows4(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
-            } else {
-                [kernel::dot_row(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
-            }
+        super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
+            self.drive(m, &xs, cols, out, ld, |w, s, r, tile| {
+                if tile == 4 {
+                    kernel::dot_rows4(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
+                } else {
+                    [kernel::dot_row(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
+                }
+            })
         })
     }
 
@@ -207,11 +209,15 @@ impl Q4Matrix {
     /// the cost of activation rounding (relative error ~0.4 % per element). One row (decode)
     /// takes the GEMV, several (prefill) the GEMM; both compute the same integers.
     pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
-        let k = self.k;
-        if x.len() / k >= GEMM_MIN_ROWS {
-            self.gemm_q8(&quantize_rows(x, k), 0..self.n, out, self.n)
+        let (k, m) = (self.k, x.len() / self.k);
+        // Output columns are split across the CPU threads ([`super::threads`]); each column is
+        // computed the same whichever thread owns it.
+        if m >= GEMM_MIN_ROWS {
+            let rows = quantize_rows(x, k);
+            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| self.gemm_q8(&rows, cols, out, ld))
         } else {
-            self.gemv_q8(&quantize_activations(x, k), 0..self.n, out, self.n)
+            let acts = quantize_activations(x, k);
+            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| self.gemv_q8(&acts, cols, out, ld))
         }
     }
 

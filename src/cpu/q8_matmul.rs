@@ -205,7 +205,8 @@ impl EvalOp for Q8MatMul {
         shape[last] = self.w.n;
         let x = centered(&a, &za)?;
         let mut out = vec![0i32; shape.iter().product()];
-        self.w.matmul(&x, 0..self.w.n, &mut out, self.w.n)?;
+        let (n, m) = (self.w.n, x.len() / self.w.k);
+        super::threads::split_columns(n, m, m * self.w.k, &mut out, |cols, out, ld| self.w.matmul(&x, cols, out, ld))?;
         Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
     }
 }

@@ -427,13 +427,20 @@ pub(crate) fn progress_sink(cb: Option<Function>) -> impl Fn(LoadEvent) {
     }
 }
 
-/// THREADS: the single place the `threads` option takes effect. The wasm build is single-threaded
-/// until the threaded build (helper `thr`) lands; replace the body with its thread-count setter.
-fn apply_threads(threads: Option<u32>, emit: &dyn Fn(LoadEvent)) {
-    if let Some(n) = threads.filter(|n| *n > 1) {
+/// The `threads` option: start (or lower) the CPU threads ([`super::init_threads`]). A count
+/// this build cannot give (the single-thread build, or workers that failed to start) loads on
+/// fewer threads with a `ThreadsUnavailable` warning.
+async fn apply_threads(threads: Option<u32>, emit: &dyn Fn(LoadEvent)) {
+    let Some(n) = threads else { return };
+    let (got, why) = match super::init_threads(n as usize).await {
+        Ok(got) if !cfg!(feature = "threads") => (got, "this is the single-thread build (edge-llm/auto.js picks the threaded one on cross-origin isolated pages)".to_string()),
+        Ok(got) => (got, "the thread pool started with fewer workers".to_string()),
+        Err(e) => (crate::cpu::threads::threads(), format!("the thread pool did not start: {}", e.as_string().unwrap_or_else(|| format!("{e:?}")))),
+    };
+    if got < n as usize {
         emit(LoadEvent::Warning {
             name: "ThreadsUnavailable".into(),
-            message: format!("threads: {n} requested, but this build of edge-llm runs on 1 thread"),
+            message: format!("threads: {n} requested, running on {got}: {why}"),
             needed: None,
             available: None,
         });
@@ -545,7 +552,7 @@ impl Engine {
         let arg = manifest_arg(&manifest)?;
         let o = parse_options(&or_undefined(options))?;
         let emit = progress_sink(o.on_progress.clone());
-        apply_threads(o.threads, &emit);
+        apply_threads(o.threads, &emit).await;
         let v = load_version(arg, o.base_url.clone(), o.store.as_ref(), o.signal.clone(), &o.load, &emit, None)
             .await?
             .expect("loads unless it is the `unless` version, and there is none");

@@ -137,6 +137,55 @@ pub fn wasm_memory_bytes() -> f64 {
     (core::arch::wasm32::memory_size(0) * 65536) as f64
 }
 
+/// Start the CPU threads: `threads` in all, this thread included (the page's default is
+/// `navigator.hardwareConcurrency - 1`, at least 1; `pkg/auto.js` passes it). Resolves to the
+/// count in effect. The single-thread build always resolves to 1; the threaded build
+/// (`pkg/threads/`, cross-origin isolated pages only) starts `threads - 1` Web Workers once;
+/// later calls can lower the count in use but not raise it past the workers started.
+#[wasm_bindgen(js_name = initThreads)]
+pub async fn init_threads(threads: usize) -> Result<usize, JsValue> {
+    let threads = threads.max(1);
+    #[cfg(feature = "threads")]
+    {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static STARTED: AtomicBool = AtomicBool::new(false);
+        if threads > 1 && !STARTED.swap(true, Ordering::SeqCst) {
+            let workers = threads - 1;
+            if let Err(e) = wasm_bindgen_futures::JsFuture::from(wasm_bindgen_rayon::init_thread_pool(workers)).await {
+                STARTED.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+            crate::cpu::threads::set_pool_workers(workers);
+        }
+    }
+    Ok(crate::cpu::threads::configure(threads))
+}
+
+/// Threads the CPU kernels use now (this thread included).
+#[wasm_bindgen(js_name = cpuThreads)]
+pub fn cpu_threads() -> usize {
+    crate::cpu::threads::threads()
+}
+
+/// Smallest share of a matmul (multiply-accumulates) worth handing to another thread; default
+/// 262,144. Results do not depend on it (tests set 1 to split the tiny model's matmuls too).
+#[wasm_bindgen(js_name = setCpuSplitMinWork)]
+pub fn set_cpu_split_min_work(macs: usize) {
+    crate::cpu::threads::set_min_macs_per_thread(macs);
+}
+
+/// How many matmuls were split across threads so far (diagnostics, tests).
+#[wasm_bindgen(js_name = cpuSplitCalls)]
+pub fn cpu_split_calls() -> usize {
+    crate::cpu::threads::split_calls()
+}
+
+/// Whether this is the multi-threaded build (`pkg/threads/`).
+#[wasm_bindgen(js_name = threadedBuild)]
+pub fn threaded_build() -> bool {
+    cfg!(feature = "threads")
+}
+
 /// The WebGPU adapter this browser offers, or `undefined`.
 #[wasm_bindgen(js_name = gpuInfo, unchecked_return_type = "Promise<GpuInfo | undefined>")]
 pub async fn gpu_info() -> JsValue {

@@ -33,7 +33,7 @@ pub struct Q4KernelRun {
 pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
-    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false, q8_kernel: true };
+    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false, q8_kernel: true, threads: None };
     let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
     let got = model.session().forward_all(&PROMPT).unwrap();
     let act = if int8_activations { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
@@ -107,4 +107,28 @@ pub fn q8_matmul_matches(m: usize, k: usize, n: usize) -> bool {
         got == want
     });
     exact
+
+/// The tiny int4 model through edge-llm's q4 kernel (int8 activations when `int8_activations`)
+/// on `threads` CPU threads, its matmuls split however small: greedy tokens after [`PROMPT`]
+/// and the logits of every step, for comparing thread counts.
+pub fn q4_greedy_on_threads(symmetric: bool, int8_activations: bool, threads: usize, steps: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+    use edge_llm::cpu::threads as cpu_threads;
+    cpu_threads::set_min_macs_per_thread(1);
+    assert_eq!(cpu_threads::configure(threads), threads, "could not get {threads} CPU threads");
+    let cfg = tiny::config();
+    let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
+    let opts = CpuOptions { q4_kernel: true, q4_int8_activations: int8_activations, ..CpuOptions::default() };
+    let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
+    let mut session = model.session();
+    let vocab = model.vocab_size();
+    let all = session.forward_all(&PROMPT).unwrap();
+    let mut logits = vec![all[all.len() - vocab..].to_vec()];
+    let mut tokens = Vec::new();
+    for _ in 0..steps {
+        let last = logits.last().unwrap();
+        let next = (0..vocab).max_by(|a, b| last[*a].total_cmp(&last[*b]).then(b.cmp(a))).unwrap() as u32;
+        tokens.push(next);
+        logits.push(session.forward(&[next]).unwrap());
+    }
+    (tokens, logits)
 }

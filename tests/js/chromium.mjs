@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { serve } from "../../scripts/serve.mjs";
 
 export async function openBrowser(root) {
-  const server = await serve(0, "127.0.0.1", root);
+  const server = await serve(0, "127.0.0.1", { dir: root });
   const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "edge-llm-test-")), {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,

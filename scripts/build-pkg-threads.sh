@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Builds the multi-threaded variant of the package into pkg/threads/ (next to the single-thread
+# pkg/ that scripts/build-pkg.sh builds): wasm threads need `+atomics,+bulk-memory` and a std
+# rebuilt with them, i.e. the pinned nightly toolchain (scripts/setup.sh installs it) with
+# `-Z build-std`. The rayon pool runs in Web Workers over shared memory (wasm-bindgen-rayon),
+# so pages using it must be cross-origin isolated (COOP/COEP, see scripts/serve.mjs);
+# pkg/auto.js picks this build only there.
+# PROFILE=native gives a faster, non-LTO build (tests); WASM_OPT=0 skips wasm-opt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+toolchain=$(cat scripts/nightly-toolchain)
+profile=${PROFILE:-release}
+target_dir=${CARGO_TARGET_DIR:-target}/threads
+# RUSTFLAGS (every crate, std included) replaces .cargo/config.toml's rustflags, so the
+# getrandom cfg is repeated here. Shared memory must declare a maximum: 2 GiB.
+export RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals,+simd128 --cfg getrandom_backend=\"wasm_js\" -C link-arg=--max-memory=2147483648"
+# The final link only: memory shared and imported (every Worker instantiates the module over
+# it), and the TLS symbols wasm-bindgen's thread setup calls exported.
+link=()
+for a in --shared-memory --import-memory --export=__wasm_init_tls --export=__tls_size --export=__tls_align --export=__tls_base; do
+  link+=(-C "link-arg=$a")
+done
+cargo "+$toolchain" rustc --lib --crate-type cdylib --target wasm32-unknown-unknown --profile "$profile" --features threads \
+  -Z build-std=panic_abort,std --target-dir "$target_dir" -- "${link[@]}"
+rm -rf pkg/threads
+wasm-bindgen --target web --out-dir pkg/threads --out-name edge_llm "$target_dir/wasm32-unknown-unknown/$profile/edge_llm.wasm"
+wasm=pkg/threads/edge_llm_bg.wasm
+raw=$(stat -c %s "$wasm")
+if [ "${WASM_OPT:-1}" = 0 ]; then
+  printf '%s: %s bytes raw (wasm-opt skipped: WASM_OPT=0)\n' "$wasm" "$raw"
+  exit 0
+fi
+node_modules/.bin/wasm-opt -O3 --enable-threads --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
+opt=$(stat -c %s "$wasm")
+gz=$(gzip -9 -c "$wasm" | wc -c)
+printf '%s: %s bytes raw from cargo, %s after wasm-opt, %s gzipped\n' "$wasm" "$raw" "$opt" "$gz"
