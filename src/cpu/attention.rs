@@ -83,7 +83,7 @@ impl TypedOp for KvAttention {
 }
 
 /// Rows per [`KvCache`] page.
-pub const PAGE_ROWS: usize = 64;
+pub const PAGE_ROWS: usize = 32;
 
 /// One layer's keys and values in pages of [`PAGE_ROWS`] positions, `[kv_heads][PAGE_ROWS]
 /// [head_dim]` each. Appending fills the last page and adds pages; a row, once written, never
