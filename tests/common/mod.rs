@@ -107,6 +107,7 @@ pub fn q8_matmul_matches(m: usize, k: usize, n: usize) -> bool {
         got == want
     });
     exact
+}
 
 /// The tiny int4 model through edge-llm's q4 kernel (int8 activations when `int8_activations`)
 /// on `threads` CPU threads, its matmuls split however small: greedy tokens after [`PROMPT`]
