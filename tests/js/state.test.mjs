@@ -77,7 +77,7 @@ test("stats describe the engine and the last generation", async () => {
   await collect(e.generate("The capital of France", { maxTokens: 8, ignoreEos: true }));
   const s = e.stats();
   assert.equal(s.backend, "cpu-wasm-simd128");
-  assert.equal(s.kvCache, "explicit");
+  assert.equal(s.kvCache, "folded"); // the in-place cache (cpu::attention)
   assert.equal(s.generatedTokens, 8);
   assert.equal(s.promptTokens, e.tokenize("The capital of France").length);
   assert.equal(s.contextTokens, s.promptTokens + 7);
