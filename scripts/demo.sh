@@ -6,6 +6,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/build-pkg.sh
+# The threaded build (pkg/threads/): www/ picks it on cross-origin isolated pages when more
+# than one thread is wanted (default: cores - 1, so a phone with 4+ cores through `serve`).
+# Skipped, with the single-thread build still served, when the pinned nightly is missing.
+if rustup component list --toolchain "$(cat scripts/nightly-toolchain)" --installed 2>/dev/null | grep -q '^rust-src'; then
+  PROFILE=${THREADS_PROFILE:-native} scripts/build-pkg-threads.sh
+else
+  echo "demo: the pinned nightly is missing (scripts/setup.sh): serving the single-thread build only" >&2
+fi
 
 pack() { cargo run -q --profile native --features pack --bin edge-llm-pack -- "$@"; }
 # Default model: SmolLM2-135M-Instruct from its GGUF (PyPI wheel), imported to ONNX with int4
