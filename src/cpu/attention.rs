@@ -82,6 +82,9 @@ impl TypedOp for KvAttention {
     as_op!();
 }
 
+/// The kernels take head sizes that are a multiple of this (two f32x4 lanes per step).
+const HEAD_DIM_MULTIPLE: usize = 8;
+
 /// Rows per [`KvCache`] page.
 pub const PAGE_ROWS: usize = 32;
 
@@ -569,7 +572,7 @@ impl OpState for KvAttentionState {
         let (h, d) = (self.cache.kv_heads, self.cache.head_dim);
         let (group, s) = (q.shape()[2], q.shape()[3]);
         ensure!(q.shape() == [1, h, group, s, d], "KvAttention: q {:?}", q.shape());
-        ensure!(d % 8 == 0, "KvAttention: head size {d} is not a multiple of 8");
+        ensure!(d % HEAD_DIM_MULTIPLE == 0, "KvAttention: head size {d} is not a multiple of {HEAD_DIM_MULTIPLE}");
         ensure!(k_new.shape() == [1, h, s, d] && v_new.shape() == k_new.shape(), "KvAttention: new keys {:?}", k_new.shape());
         let f = |t: &TValue| -> TractResult<Tensor> { Ok(t.cast_to::<f32>()?.into_owned()) };
         let (q, k_new, v_new) = (f(&q)?, f(&k_new)?, f(&v_new)?);
@@ -645,6 +648,12 @@ fn at(axis: &Axis, input0: Option<usize>, input1: Option<usize>, output: Option<
         && pos(&axis.outputs[0]) == output
 }
 
+/// Whether a mask is `[.., rows, keys]` with every leading axis of size 1 (one mask for all
+/// heads), the form [`KvAttention`] reads.
+fn mask_is_per_row(fact: &TypedFact) -> bool {
+    fact.rank() >= 2 && fact.shape.iter().rev().skip(2).all(|d| *d == 1.to_dim())
+}
+
 /// Whether the axis appears at most once in each input and output.
 fn single_positions(axis: &Axis) -> bool {
     axis.inputs
@@ -676,15 +685,7 @@ fn match_block(model: &TypedModel, sms_id: usize) -> TractResult<Option<Block>> 
     }
     let scale = sms_op.scale.cast_to_scalar::<f32>()?;
     let mask = sms.inputs[1];
-    let mask_fact = model.outlet_fact(mask)?;
-    if mask_fact.rank() < 2
-        || mask_fact
-            .shape
-            .iter()
-            .rev()
-            .skip(2)
-            .any(|d| *d != 1.to_dim())
-    {
+    if !mask_is_per_row(model.outlet_fact(mask)?) {
         return Ok(None);
     }
     // Q·Kᵀ: canonical [1, kvh, g, s, d] · [1, kvh, t, d] -> [1, kvh, g, s, t].
@@ -705,7 +706,7 @@ fn match_block(model: &TypedModel, sms_id: usize) -> TractResult<Option<Block>> 
     }
     // Fixed kv-head count and a head size the kernels take (a multiple of 8).
     let past = &kc.past_sequence_fact.shape;
-    if past[1].to_usize().is_err() || past[3].to_usize().map_or(true, |d| d % 8 != 0) {
+    if past[1].to_usize().is_err() || past[3].to_usize().map_or(true, |d| d % HEAD_DIM_MULTIPLE != 0) {
         return Ok(None);
     }
     let q_rank = model.outlet_fact(qk.inputs[0])?.rank();
@@ -948,12 +949,11 @@ pub fn fuse_genai(model: &mut TypedModel) -> TractResult<usize> {
             return Ok(0);
         };
         let mask = node.inputs.get(3).copied();
-        if k.layer != v.layer || q_fact.rank() != 4 || heads % kv_heads != 0 || d % 8 != 0 || (mask.is_none() && !op.is_causal) {
+        if k.layer != v.layer || q_fact.rank() != 4 || heads % kv_heads != 0 || d % HEAD_DIM_MULTIPLE != 0 || (mask.is_none() && !op.is_causal) {
             return Ok(0);
         }
         if let Some(m) = mask {
-            let f = model.outlet_fact(m)?;
-            if f.rank() < 2 || f.shape.iter().rev().skip(2).any(|x| *x != 1.to_dim()) {
+            if !mask_is_per_row(model.outlet_fact(m)?) {
                 return Ok(0);
             }
         }

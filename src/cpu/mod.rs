@@ -138,8 +138,9 @@ pub struct CpuModel {
 /// How to build the CPU plan.
 #[derive(Debug, Clone)]
 pub struct CpuOptions {
-    /// Fold `past_key_values` / `present` into tract-transformers' in-graph KV cache and fuse
-    /// attention patterns. Off: the session carries `present.*` into the next step's inputs.
+    /// Keep the KV cache in the plan's state, growing in place ([`attention::KvAttention`];
+    /// on by default, `EDGE_LLM_FOLD_KV=0` turns it off natively). Off: the session carries
+    /// `present.*` into the next step's `past_key_values.*` inputs.
     pub fold_kv_cache: bool,
     /// Run 4-bit block-32 `MatMulNBits` with edge-llm's kernel ([`q4_matmul`]) instead of
     /// tract's Q4_0 path. On by default on wasm32, where tract has no SIMD kernel for Q4_0.
@@ -335,11 +336,12 @@ impl CpuModel {
         ops
     }
 
-    /// The plan that runs a step of `new` tokens after `past` cached ones.
-    fn variant(&self, past: usize) -> &Variant {
+    /// The plan that runs a step after `past` cached tokens, and whether it is the
+    /// onnxruntime-genai decode plan.
+    fn variant(&self, past: usize) -> (&Variant, bool) {
         match &self.decode {
-            Some(decode) if past > 0 => decode,
-            _ => &self.main,
+            Some(decode) if past > 0 => (decode, true),
+            _ => (&self.main, false),
         }
     }
 
@@ -383,8 +385,8 @@ impl CpuModel {
             return Ok(session);
         }
         if self.stateful {
-            let variant = self.variant(snapshot.len);
-            session.state = Some((self.state_from(variant, snapshot)?, snapshot.len > 0 && self.decode.is_some()));
+            let (variant, decode) = self.variant(snapshot.len);
+            session.state = Some((self.state_from(variant, snapshot)?, decode));
         } else {
             session.past = snapshot.tensors.clone();
         }
@@ -713,7 +715,7 @@ impl CpuSession {
         }
         let m = &self.model;
         let (n, past) = (tokens.len(), self.len);
-        let v = m.variant(past);
+        let (v, decode) = m.variant(past);
         let ids: Vec<i64> = tokens.iter().map(|t| *t as i64).collect();
         let pos: Vec<i64> = (past..past + n).map(|p| p as i64).collect();
         let mask = vec![1i64; past + n];
@@ -735,7 +737,6 @@ impl CpuSession {
         let outputs = if m.stateful {
             // onnxruntime-genai: the first decode step moves the cache from the prompt plan's
             // state into the decode plan's (once per conversation).
-            let decode = m.decode.is_some() && past > 0;
             match &self.state {
                 None => self.state = Some((v.plan.spawn().map_err(inference_err)?, decode)),
                 Some((_, d)) if *d != decode => {
