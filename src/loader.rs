@@ -2,9 +2,9 @@
 //!
 //! Plain Rust over two traits, so the policy is tested natively: [`Fetcher`] (network, hashing,
 //! timers: `fetch` + WebCrypto on the web) and [`ShardStore`] (the cache). Policy:
-//! - at most `concurrency` files in flight; each verified shard is moved into Rust memory
-//!   ([`Blob::into_vec`]) as soon as it is accepted, so a backend copy exists for in-flight
-//!   files only;
+//! - at most `concurrency` files in flight; each verified file is kept where the backend holds
+//!   it (a JS `Uint8Array` on the web) until the engine copies its tensors out of it, one shard
+//!   at a time, so the weights never sit whole in wasm memory beside the tensors cut from them;
 //! - cache first: a hit is re-hashed before use (the store is not trusted); a mismatch evicts
 //!   the entry and falls through to the network;
 //! - network errors and retryable HTTP statuses (408, 425, 429, 5xx) are retried with
@@ -197,8 +197,8 @@ pub struct ManifestSource {
 
 /// What [`Loader::files`] hands back: every file's verified bytes, by path.
 #[derive(Debug)]
-pub struct Loaded {
-    pub files: BTreeMap<String, Vec<u8>>,
+pub struct Loaded<B> {
+    pub files: BTreeMap<String, B>,
     pub from_cache: usize,
     pub from_network: usize,
     /// The whole model is in the store and its record written.
@@ -216,11 +216,11 @@ pub struct Loader<'a, F: Fetcher, S: ShardStore<Blob = F::Blob>> {
 }
 
 /// Shared by the workers of one [`Loader::files`] call. No borrow is held across an `await`.
-struct State {
+struct State<B> {
     queue: RefCell<VecDeque<usize>>,
     error: RefCell<Option<Error>>,
     progress: RefCell<Progress>,
-    files: RefCell<BTreeMap<String, Vec<u8>>>,
+    files: RefCell<BTreeMap<String, B>>,
     /// Bytes of this model known to be in the store.
     stored_bytes: Cell<u64>,
     /// Stop writing to the store (quota or a store failure).
@@ -300,7 +300,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
 
     /// Every file of `manifest`, verified, from the store or from `base_url` (the manifest's URL;
     /// `None` when the manifest was handed over as an object: then only the cache can serve).
-    pub async fn files(&self, manifest: &Manifest, manifest_json: &str, manifest_url: Option<&str>, base_url: Option<&str>) -> Result<Loaded> {
+    pub async fn files(&self, manifest: &Manifest, manifest_json: &str, manifest_url: Option<&str>, base_url: Option<&str>) -> Result<Loaded<F::Blob>> {
         let st = State {
             queue: RefCell::new((0..manifest.files.len()).collect()),
             error: RefCell::new(None),
@@ -346,7 +346,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         Ok(Loaded { files: st.files.take(), from_cache: st.from_cache.get(), from_network: st.from_network.get(), cached, quota })
     }
 
-    async fn worker(&self, st: &State, manifest: &Manifest, base_url: Option<&str>) {
+    async fn worker(&self, st: &State<F::Blob>, manifest: &Manifest, base_url: Option<&str>) {
         loop {
             if st.error.borrow().is_some() {
                 return;
@@ -359,7 +359,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         }
     }
 
-    async fn file(&self, st: &State, manifest: &Manifest, i: usize, base_url: Option<&str>) -> Result<()> {
+    async fn file(&self, st: &State<F::Blob>, manifest: &Manifest, i: usize, base_url: Option<&str>) -> Result<()> {
         let f = &manifest.files[i];
         if let Some(store) = self.store {
             match store.get(&f.sha256).await {
@@ -431,21 +431,21 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         self.accept(st, manifest, i, blob, Source::Network)
     }
 
-    fn accept(&self, st: &State, manifest: &Manifest, i: usize, blob: F::Blob, source: Source) -> Result<()> {
+    fn accept(&self, st: &State<F::Blob>, manifest: &Manifest, i: usize, blob: F::Blob, source: Source) -> Result<()> {
         let f = &manifest.files[i];
-        st.files.borrow_mut().insert(f.path.clone(), blob.into_vec());
+        st.files.borrow_mut().insert(f.path.clone(), blob);
         let loaded = st.progress.borrow_mut().commit(i);
         self.emit(LoadEvent::Progress { loaded, total: manifest.total_bytes, file: f.path.clone(), source });
         Ok(())
     }
 
-    fn store_failed(&self, st: &State, e: StoreError) {
+    fn store_failed(&self, st: &State<F::Blob>, e: StoreError) {
         if !st.store_off.replace(true) {
             self.emit(store_warning(&e));
         }
     }
 
-    async fn quota_exceeded(&self, st: &State, manifest: &Manifest, msg: String) -> Result<()> {
+    async fn quota_exceeded(&self, st: &State<F::Blob>, manifest: &Manifest, msg: String) -> Result<()> {
         if st.store_off.replace(true) {
             return Ok(());
         }

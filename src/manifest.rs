@@ -10,15 +10,18 @@ use sha2::{Digest, Sha256};
 
 use crate::model::ModelConfig;
 use crate::onnx::ModelProto;
+use crate::store::Blob;
 use crate::{Error, Result};
 
 /// Version of the manifest schema this runtime reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
-/// Default maximum shard size: 16 MiB, well under the seed's 50 MB incremental-download limit.
-/// The engine holds one shard beside the tensors already cut from earlier ones, and wasm memory
-/// never shrinks: SmolLM2-135M int4 peaks at 1.33x its bytes in wasm with 16 MiB shards, 1.46x
-/// with 50 MB ones. (A tensor bigger than the limit is refused by `pack`; raise `--shard-bytes`.)
+/// Default shard size: 16 MiB, well under the seed's 50 MB incremental-download limit: an
+/// interrupted download resumes from whole shards, and each cache write is one small
+/// transaction. (The engine copies tensors out of a shard one by one, so wasm memory does not
+/// depend on it.) A tensor bigger than this gets a shard of its own, up to [`MAX_SHARD_BYTES`].
 pub const DEFAULT_SHARD_BYTES: u64 = 16 << 20;
+/// The largest shard `pack` writes (the seed: shards of at most 50 MB).
+pub const MAX_SHARD_BYTES: u64 = 50_000_000;
 /// Size budgets (seed: "<100MB for bundled models, <500MB for on-demand downloads").
 pub const BUNDLED_BUDGET_BYTES: u64 = 100_000_000;
 pub const ON_DEMAND_BUDGET_BYTES: u64 = 500_000_000;
@@ -94,7 +97,12 @@ pub struct Manifest {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    hex(&Sha256::digest(bytes))
+}
+
+/// Lower-case hex of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The whole-model hash: binds every file's hash and their order.
@@ -178,21 +186,32 @@ impl Manifest {
 
     /// Check `bytes` against the entry for `path`.
     pub fn verify_file(&self, path: &str, bytes: &[u8]) -> Result<()> {
+        self.verify_with(path, bytes.len() as u64, || sha256_hex(bytes))
+    }
+
+    /// [`Manifest::verify_file`] for bytes wherever they are held (a JS `Uint8Array` is hashed
+    /// in pieces, never copied whole).
+    pub fn verify_blob(&self, path: &str, blob: &impl crate::store::Blob) -> Result<()> {
+        self.verify_with(path, blob.len(), || blob.sha256_hex())
+    }
+
+    fn verify_with(&self, path: &str, len: u64, hash: impl FnOnce() -> String) -> Result<()> {
         let f = self
             .files
             .iter()
             .find(|f| f.path == path)
             .ok_or_else(|| Error::InvalidManifest(format!("`{path}` is not in the manifest")))?;
-        let actual = sha256_hex(bytes);
-        if bytes.len() as u64 != f.bytes || actual != f.sha256 {
+        let actual = if len == f.bytes { hash() } else { format!("{len} bytes, expected {}", f.bytes) };
+        if actual != f.sha256 {
             return Err(Error::ShardHashMismatch { shard: path.into(), expected: f.sha256.clone(), actual });
         }
         Ok(())
     }
 }
 
-/// Split the initializers of `model` into external-data shards of at most `shard_bytes`.
-/// Returns the graph (weights now external) and the shards' `(name, bytes)`.
+/// Split the initializers of `model` into external-data shards of at most `shard_bytes`; a
+/// tensor bigger than that gets a shard of its own, and one over [`MAX_SHARD_BYTES`] is an
+/// error. Returns the graph (weights now external) and the shards' `(name, bytes)`.
 pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Result<(ModelProto, Vec<(String, Vec<u8>)>)> {
     use tract_onnx::pb::{tensor_proto::DataLocation, StringStringEntryProto};
     let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
@@ -203,9 +222,9 @@ pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Res
             continue;
         }
         let len = t.raw_data.len() as u64;
-        if len > shard_bytes {
+        if len > MAX_SHARD_BYTES {
             return Err(Error::InvalidModel(format!(
-                "tensor `{}` is {len} bytes, larger than the {shard_bytes}-byte shard limit",
+                "tensor `{}` is {len} bytes, more than the {MAX_SHARD_BYTES} bytes a shard may hold",
                 t.name
             )));
         }
@@ -222,19 +241,21 @@ pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Res
     Ok((model, shards))
 }
 
-/// Hand every external initializer of `graph` to `take` as `(initializer index, its bytes)`.
-/// Shards are asked of `shard` one at a time, in name order, and dropped once their tensors
-/// are taken; within a shard the last tensor comes first and the shard is shrunk after each,
-/// so a caller that copies each tensor holds the weights about once (plus one tensor) at any
-/// time. Offsets and lengths are checked against the shard; tensors of one shard must not
+/// Hand every external initializer of `graph` to `take` as `(initializer index, its shard,
+/// offset, length)`; `take` copies the range out ([`Blob::copy_range`]). Shards are asked of
+/// `shard` one at a time, in name order, and dropped once their tensors are taken. A shard
+/// held outside Rust memory (a JS `Uint8Array`) is never copied in whole, so Rust memory holds
+/// the weights once, as tensors; one in Rust memory is cut from its end, the last tensor first,
+/// and shrunk after each ([`Blob::release_from`]), so the weights are held about once plus one
+/// tensor. Offsets and lengths are checked against the shard; tensors of one shard must not
 /// overlap.
-pub(crate) fn consume_external(
+pub(crate) fn consume_external<B: Blob>(
     graph: &tract_onnx::pb::GraphProto,
-    mut shard: impl FnMut(&str) -> Result<Vec<u8>>,
-    mut take: impl FnMut(usize, &[u8]) -> Result<()>,
+    mut shard: impl FnMut(&str) -> Result<B>,
+    mut take: impl FnMut(usize, &B, u64, usize) -> Result<()>,
 ) -> Result<()> {
     // location -> (offset, length, initializer index)
-    let mut refs: BTreeMap<String, Vec<(usize, usize, usize)>> = BTreeMap::new();
+    let mut refs: BTreeMap<String, Vec<(u64, usize, usize)>> = BTreeMap::new();
     for (i, t) in graph.initializer.iter().enumerate() {
         if t.external_data.is_empty() {
             continue;
@@ -244,7 +265,7 @@ pub(crate) fn consume_external(
         let num = |k: &str| -> Result<usize> {
             get(k).unwrap_or_else(|| "0".into()).parse().map_err(|_| Error::InvalidModel(format!("tensor `{}`: bad external {k}", t.name)))
         };
-        refs.entry(loc).or_default().push((num("offset")?, num("length")?, i));
+        refs.entry(loc).or_default().push((num("offset")? as u64, num("length")?, i));
     }
     for (loc, mut tensors) in refs {
         let mut bytes = shard(&loc)?;
@@ -252,17 +273,17 @@ pub(crate) fn consume_external(
         tensors.sort_by(|a, b| b.0.cmp(&a.0));
         let mut floor = None;
         for (offset, length, i) in tensors {
-            let end = offset.checked_add(length).filter(|e| *e <= bytes.len());
+            let end = offset.checked_add(length as u64).filter(|e| *e <= bytes.len());
             // Tensors of one shard must not overlap: each is cut off the end before the next.
-            let (Some(end), true) = (end, floor.is_none_or(|f| offset < f || length == 0)) else {
+            let (Some(_), true) = (end, floor.is_none_or(|f| offset < f || length == 0)) else {
                 let name = &graph.initializer[i].name;
                 return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
             };
-            take(i, &bytes[offset..end])?;
-            bytes.truncate(offset);
-            bytes.shrink_to_fit();
+            take(i, &bytes, offset, length)?;
+            bytes.release_from(offset);
             floor = Some(offset);
         }
+
     }
     Ok(())
 }

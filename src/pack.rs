@@ -97,11 +97,11 @@ pub fn pack(onnx: &[u8], tokenizer_json: &[u8], config: &ModelConfig, opts: &Pac
     let quantization = quantization_of(&model);
     let (graph_proto, shards) = shard_weights(model, opts.shard_bytes, "model")?;
     let graph_bytes = crate::onnx::encode(&graph_proto);
-    if graph_bytes.len() as u64 > opts.shard_bytes {
+    if graph_bytes.len() as u64 > crate::manifest::MAX_SHARD_BYTES {
         return Err(Error::InvalidModel(format!(
-            "the graph alone is {} bytes, over the {}-byte shard limit",
+            "the graph alone is {} bytes, over the {} bytes a file may hold",
             graph_bytes.len(),
-            opts.shard_bytes
+            crate::manifest::MAX_SHARD_BYTES
         )));
     }
     let mut files: Vec<(String, FileRole, Vec<u8>)> = vec![("model.onnx".into(), FileRole::Graph, graph_bytes)];

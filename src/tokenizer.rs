@@ -24,8 +24,67 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
+    /// Parse a `tokenizer.json`. A BPE model (every GPT-2 / Llama-3 style tokenizer) is
+    /// deserialised straight from its slice of the file: `tokenizers`' own path buffers the
+    /// whole model twice more first (serde's untagged-enum `Content`, then a
+    /// `serde_json::Value`), a transient of 14× the file (21 MB on wasm for SmolLM2's 1.5 MB)
+    /// that leaves wasm's never-shrinking heap fragmented before the weights arrive. The rest
+    /// of the file is assembled as `tokenizers` does it; other models take its own path.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        match Self::from_json_bpe(bytes)? {
+            Some(inner) => Ok(Tokenizer { inner }),
+            None => Self::from_json_generic(bytes),
+        }
+    }
+
+    /// `tokenizers`' own parse (the reference for [`Tokenizer::from_json`]).
+    pub fn from_json_generic(bytes: &[u8]) -> Result<Self> {
         Ok(Tokenizer { inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)? })
+    }
+
+    fn from_json_bpe(bytes: &[u8]) -> Result<Option<tokenizers::Tokenizer>> {
+        use serde_json::value::RawValue;
+        use tokenizers::{DecoderWrapper, NormalizerWrapper, PaddingParams, PostProcessorWrapper, TokenizerBuilder, TruncationParams};
+        #[derive(serde::Deserialize)]
+        struct File<'a> {
+            version: Option<String>,
+            #[serde(borrow)]
+            model: Option<&'a RawValue>,
+            truncation: Option<TruncationParams>,
+            padding: Option<PaddingParams>,
+            #[serde(default)]
+            added_tokens: Vec<AddedToken>,
+            normalizer: Option<NormalizerWrapper>,
+            pre_tokenizer: Option<PreTokenizerWrapper>,
+            post_processor: Option<PostProcessorWrapper>,
+            decoder: Option<DecoderWrapper>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Tag {
+            #[serde(rename = "type")]
+            kind: Option<String>,
+        }
+        let f: File = serde_json::from_slice(bytes).map_err(tok_err)?;
+        let Some(model) = f.model else { return Ok(None) };
+        // The generic path also takes untagged legacy BPE files; only tagged ones come here.
+        let tag: Tag = serde_json::from_str(model.get()).map_err(tok_err)?;
+        if tag.kind.as_deref() != Some("BPE") || f.version.as_deref().is_some_and(|v| v != "1.0") {
+            return Ok(None);
+        }
+        let bpe: BPE = serde_json::from_str(model.get()).map_err(tok_err)?;
+        let mut inner: tokenizers::Tokenizer = TokenizerBuilder::new()
+            .with_model(tokenizers::ModelWrapper::from(bpe))
+            .with_normalizer(f.normalizer)
+            .with_pre_tokenizer(f.pre_tokenizer)
+            .with_post_processor(f.post_processor)
+            .with_decoder(f.decoder)
+            .with_truncation(f.truncation)
+            .with_padding(f.padding)
+            .build()
+            .map_err(tok_err)?
+            .into();
+        inner.add_tokens(f.added_tokens).map_err(tok_err)?;
+        Ok(Some(inner))
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) are matched;
@@ -247,6 +306,76 @@ mod tests {
         let s = render_chat_template(CHATML_TEMPLATE, &msgs, true, "", "<|im_end|>").unwrap();
         assert!(s.starts_with("<|im_start|>system\n"));
         assert!(s.ends_with("<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"));
+    }
+
+    /// Texts that exercise pre-tokenization, byte fallback, multi-byte characters and
+    /// special tokens written in the text.
+    const SAMPLES: &[&str] = &[
+        "Hello world, what is the capital of France?",
+        "<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n",
+        "Café naïve façade 東京は日本の首都です。 🙂🚀",
+        "  leading spaces, tabs\tand\nnewlines 2024-11-27 x=3.14159",
+        "",
+    ];
+
+    /// [`Tokenizer::from_json`] must build exactly what `tokenizers`' own parse builds.
+    fn assert_same_as_generic(json: &[u8]) {
+        let lean = Tokenizer::from_json(json).unwrap();
+        let generic = Tokenizer::from_json_generic(json).unwrap();
+        assert_eq!(lean.inner.get_vocab(true), generic.inner.get_vocab(true));
+        assert_eq!(lean.vocab_size(), generic.vocab_size());
+        assert_eq!(lean.inner.get_added_tokens_decoder(), generic.inner.get_added_tokens_decoder());
+        // The whole tokenizer, every option included, serialises to the same JSON.
+        assert_eq!(lean.inner.to_string(false).unwrap(), generic.inner.to_string(false).unwrap());
+        for text in SAMPLES {
+            let ids = generic.encode(text).unwrap();
+            assert_eq!(lean.encode(text).unwrap(), ids, "{text:?}");
+            for skip in [false, true] {
+                assert_eq!(lean.decode(&ids, skip).unwrap(), generic.decode(&ids, skip).unwrap());
+            }
+        }
+    }
+
+    #[test]
+    fn lean_bpe_parse_builds_the_same_tokenizer() {
+        // The project's tiny byte-level BPE (GPT-2 style, ChatML specials in the vocabulary).
+        assert_same_as_generic(include_bytes!("../tests/fixtures/tiny/tokenizer.json"));
+        // Added tokens outside the vocabulary, a normalizer, unk / byte fallback, legacy
+        // "a b" merges, truncation and padding.
+        let json = r#"{
+          "version": "1.0",
+          "truncation": {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0},
+          "padding": null,
+          "added_tokens": [
+            {"id": 7, "content": "<eos>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
+            {"id": 8, "content": "[NEW]", "single_word": true, "lstrip": true, "rstrip": false, "normalized": true, "special": false}
+          ],
+          "normalizer": {"type": "Lowercase"},
+          "pre_tokenizer": {"type": "Whitespace"},
+          "post_processor": null,
+          "decoder": {"type": "Fuse"},
+          "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                    "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": false, "ignore_merges": false,
+                    "vocab": {"<unk>": 0, "h": 1, "e": 2, "l": 3, "o": 4, "he": 5, "hel": 6, "<eos>": 7},
+                    "merges": ["h e", "he l"]}
+        }"#;
+        assert_same_as_generic(json.as_bytes());
+        let t = Tokenizer::from_json(json.as_bytes()).unwrap();
+        assert_eq!(t.token_to_id("[NEW]"), Some(8));
+        assert_eq!(t.encode("Hello<eos>").unwrap(), vec![6, 3, 4, 7]);
+    }
+
+    #[test]
+    fn other_models_take_the_generic_parse() {
+        let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+          "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+          "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "hi": 1, "there": 2}, "unk_token": "[UNK]"}}"#;
+        assert_same_as_generic(json.as_bytes());
+        assert_eq!(Tokenizer::from_json(json.as_bytes()).unwrap().encode("hi there you").unwrap(), vec![1, 2, 0]);
+        // Malformed files are named tokenizer errors on either path.
+        for bad in ["{", r#"{"model": {"type": "BPE", "vocab": 3, "merges": []}}"#, r#"{"version": "2.0"}"#] {
+            assert!(matches!(Tokenizer::from_json(bad.as_bytes()), Err(Error::Tokenizer(_))), "{bad}");
+        }
     }
 
     #[test]

@@ -260,6 +260,12 @@ fn smollm2_gguf_imports_and_answers() {
     assert!(a.tie_word_embeddings);
 
     let tok = Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
+    // The lean BPE parse builds what `tokenizers`' own parse builds.
+    let generic = Tokenizer::from_json_generic(im.tokenizer_json.as_bytes()).unwrap();
+    for text in ["<|im_start|>user\nWhat is the capital of France?<|im_end|>", "Café 東京 🙂 2024"] {
+        assert_eq!(tok.encode(text).unwrap(), generic.encode(text).unwrap(), "{text:?}");
+    }
+    assert_eq!(tok.vocab_size(), generic.vocab_size());
     let vocab = &gt.vocab;
     let id_of = |s: &str| vocab.iter().position(|t| t == s).map(|i| i as u32);
     for (text, token) in [("Paris", "Paris"), (" Paris", "ĠParis"), ("<|im_end|>", "<|im_end|>")] {

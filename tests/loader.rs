@@ -162,7 +162,7 @@ fn packed(version: &str) -> (Manifest, String, BTreeMap<String, Vec<u8>>) {
 type Store = MemoryStore<Vec<u8>>;
 
 struct Run {
-    result: edge_llm::Result<Loaded>,
+    result: edge_llm::Result<Loaded<Vec<u8>>>,
     events: Vec<LoadEvent>,
 }
 

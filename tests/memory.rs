@@ -13,12 +13,15 @@ use edge_llm::llama::{LlamaConfig, LlamaWeights};
 struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+/// The largest single allocation or reallocation since it was last reset.
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             PEAK.fetch_max(LIVE.fetch_add(layout.size(), Relaxed) + layout.size(), Relaxed);
+            LARGEST.fetch_max(layout.size(), Relaxed);
         }
         p
     }
@@ -31,6 +34,7 @@ unsafe impl GlobalAlloc for Counting {
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Relaxed);
             PEAK.fetch_max(LIVE.fetch_add(new_size, Relaxed) + new_size, Relaxed);
+            LARGEST.fetch_max(new_size, Relaxed);
         }
         p
     }
@@ -85,4 +89,77 @@ fn packed_int4_load_holds_the_weights_about_once() {
     let mut s = std::sync::Arc::new(model).session();
     let logits = s.forward(&[1, 2, 3]).unwrap();
     assert!(logits.iter().all(|l| l.is_finite()));
+}
+
+/// Bytes held outside the Rust heap, as a JS `Uint8Array` is on the web: allocated from the
+/// system allocator directly, so the counters above never see them.
+struct Outside {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Outside {
+    fn new(bytes: &[u8]) -> Self {
+        let layout = Layout::from_size_align(bytes.len().max(1), 1).unwrap();
+        let ptr = unsafe { System.alloc(layout) };
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), ptr, bytes.len()) };
+        Outside { ptr, len: bytes.len() }
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        unsafe { System.dealloc(self.ptr, Layout::from_size_align(self.len.max(1), 1).unwrap()) };
+    }
+}
+
+impl edge_llm::store::Blob for Outside {
+    fn len(&self) -> u64 {
+        self.len as u64
+    }
+    fn into_vec(self) -> Vec<u8> {
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }.to_vec()
+    }
+    fn copy_range(&self, offset: u64, dst: &mut [u8]) {
+        let src = unsafe { std::slice::from_raw_parts(self.ptr, self.len) };
+        dst.copy_from_slice(&src[offset as usize..offset as usize + dst.len()]);
+    }
+}
+
+#[test]
+fn shards_outside_the_heap_are_never_copied_in_whole() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (graph, shards) = packed_model();
+    let model_bytes: usize = shards.iter().map(|(_, b)| b.len()).sum();
+    let largest = shards.iter().map(|(_, b)| b.len()).max().unwrap();
+    let mut outside: Vec<(String, Outside)> = shards.iter().map(|(n, b)| (n.clone(), Outside::new(b))).collect();
+    drop(shards);
+    let opts = CpuOptions { q4_kernel: true, q4_int8_activations: true, ..CpuOptions::default() };
+
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    LARGEST.store(0, Relaxed);
+    let model = CpuModel::from_packed(
+        graph,
+        |loc| {
+            let i = outside.iter().position(|(n, _)| n == loc).expect("known shard");
+            Ok(outside.remove(i).1)
+        },
+        &opts,
+    )
+    .unwrap();
+    let peak = PEAK.load(Relaxed) - before;
+    let largest_alloc = LARGEST.load(Relaxed);
+    let largest_tensor = 8192 * 512 / 2; // the int4 embedding
+    println!(
+        "model {model_bytes} B, heap peak {peak} B ({:.2}x), largest shard {largest} B, largest allocation {largest_alloc} B",
+        peak as f64 / model_bytes as f64
+    );
+    assert!(outside.is_empty(), "every shard was consumed");
+    // Nothing the size of a shard was allocated: each tensor was copied out on its own.
+    assert!(largest_alloc <= largest_tensor && largest_tensor < largest, "an allocation of {largest_alloc} B");
+    // The weights once, as tensors, plus tract's graph.
+    assert!(peak as f64 <= 1.25 * model_bytes as f64, "heap peak {peak} B for {model_bytes} B of weights");
+    let mut s = std::sync::Arc::new(model).session();
+    assert!(s.forward(&[1, 2, 3]).unwrap().iter().all(|l| l.is_finite()));
 }

@@ -40,6 +40,40 @@ fn shards_respect_the_limit_and_load_back_to_the_same_tokens() {
 }
 
 #[test]
+fn a_tensor_bigger_than_the_shard_size_gets_a_shard_of_its_own() {
+    // The tiny int8 embedding and head are the largest tensors; with 20 kB shards every one
+    // over that limit must sit alone.
+    let (m, files) = packed("model-int8.onnx", 20_000);
+    let shards: Vec<_> = m.files.iter().filter(|f| f.role == FileRole::Weights).collect();
+    let oversized: Vec<_> = shards.iter().filter(|f| f.bytes > 20_000).collect();
+    assert!(!oversized.is_empty(), "the test wants tensors over the shard size: {shards:?}");
+    let graph = edge_llm::onnx::decode(&files["model.onnx"]).unwrap();
+    for f in &oversized {
+        let holders = graph
+            .graph
+            .as_ref()
+            .unwrap()
+            .initializer
+            .iter()
+            .filter(|t| t.external_data.iter().any(|e| e.key == "location" && e.value == f.path))
+            .count();
+        assert_eq!(holders, 1, "{} holds {holders} tensors", f.path);
+    }
+    let direct = Engine::load(&fixture("model-int8.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+    assert_eq!(greedy(&direct), greedy(&Engine::load_packed(&m, files).unwrap()));
+}
+
+#[test]
+fn a_tensor_over_50_mb_is_refused_by_name() {
+    use edge_llm::onnx::ModelProto;
+    use tract_onnx::pb::{GraphProto, TensorProto};
+    let big = TensorProto { name: "huge".into(), dims: vec![50_000_001], data_type: 2, raw_data: vec![0; 50_000_001], ..Default::default() };
+    let model = ModelProto { graph: Some(GraphProto { initializer: vec![big], ..Default::default() }), ..Default::default() };
+    let err = edge_llm::manifest::shard_weights(model, 16 << 20, "model").unwrap_err();
+    assert!(matches!(&err, Error::InvalidModel(e) if e.contains("`huge`") && e.contains("50000000")), "{err}");
+}
+
+#[test]
 fn packing_is_deterministic_and_the_manifest_round_trips() {
     let (a, fa) = packed("model-int4.onnx", 60_000);
     let (b, fb) = packed("model-int4.onnx", 60_000);

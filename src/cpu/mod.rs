@@ -77,10 +77,12 @@ impl Variant {
     fn build(model: InferenceModel, fold: Fold, last_logits_only: bool, num_layers: usize) -> Result<Self> {
         let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
         let mut typed = model.into_typed().map_err(invalid)?;
+
         if last_logits_only {
             slice_last_position(&mut typed).map_err(invalid)?;
         }
         let mut typed = typed.into_decluttered().map_err(invalid)?;
+
         // `EDGE_LLM_KV_CONCAT=1` (native A/B runs) keeps tract-transformers' concatenating cache.
         let concat = std::env::var("EDGE_LLM_KV_CONCAT").is_ok_and(|v| v == "1");
         if fold == Fold::Optimum {
@@ -98,7 +100,9 @@ impl Variant {
         if fold == Fold::Genai {
             attention::fuse_genai(&mut typed).map_err(invalid)?;
         }
+
         let typed = typed.into_optimized().map_err(invalid)?;
+
         // Ports of the final graph: folding removes the KV inputs and outputs.
         let port_of = |name: &str, what: &str| {
             classify(name).ok_or_else(|| Error::InvalidModel(format!("unexpected model {what} `{name}`")))
@@ -113,6 +117,7 @@ impl Variant {
             })
             .collect::<Result<Vec<_>>>()?;
         let plan = typed.into_runnable().map_err(inference_err)?;
+
         let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
         let folded_kv = if stateful && num_layers > 0 { folded_kv_nodes(&plan, num_layers)? } else { Vec::new() };
         Ok(Variant { plan, inputs, outputs, folded_kv })
@@ -183,18 +188,21 @@ impl CpuModel {
     /// Load a packed model: the graph (its weights as external data) and `shards`, which gives
     /// each verified weight shard by name when it is needed; shards are consumed as their
     /// weights become tensors (see [`detach_weights`]).
-    pub fn from_packed(
+    pub fn from_packed<B: crate::store::Blob>(
         mut proto: tract_onnx::pb::ModelProto,
-        shards: impl FnMut(&str) -> Result<Vec<u8>>,
+        shards: impl FnMut(&str) -> Result<B>,
         options: &CpuOptions,
     ) -> Result<Self> {
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
         let mut external = Vec::new();
-        crate::manifest::consume_external(graph, shards, |i, bytes| {
-            external.push((i, tensor_from_bytes(&graph.initializer[i], bytes)?));
+        crate::manifest::consume_external(graph, shards, |i, shard, offset, length| {
+            let mut t = empty_tensor(&graph.initializer[i], length)?;
+            shard.copy_range(offset, t.as_bytes_mut());
+            external.push((i, t));
             Ok(())
         })?;
         let weights = detach_weights(&mut proto, external)?;
+
         Self::build(proto, weights, options)
     }
 
@@ -220,6 +228,7 @@ impl CpuModel {
             .model_for_proto_model(&proto)
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);
+
         // The detached weights were graph inputs for the parser; make them constants again.
         for (name, tensor) in weights {
             let id = model.node_id_by_name(&name).map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
@@ -488,6 +497,13 @@ fn raw_numeric(data_type: i32) -> Option<DatumType> {
 
 /// A tract tensor from an initializer's declared type and shape and its raw little-endian bytes.
 fn tensor_from_bytes(t: &tract_onnx::pb::TensorProto, bytes: &[u8]) -> Result<Tensor> {
+    let mut tensor = empty_tensor(t, bytes.len())?;
+    tensor.as_bytes_mut().copy_from_slice(bytes);
+    Ok(tensor)
+}
+
+/// A zero-filled tensor of `t`'s type and shape, checked to take exactly `bytes` raw bytes.
+fn empty_tensor(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<Tensor> {
     use tract_onnx::pb::tensor_proto::DataType;
     let bad = |why: String| Error::InvalidModel(format!("initializer `{}`: {why}", t.name));
     let dt = DataType::try_from(t.data_type).map_err(|_| bad(format!("unknown data type {}", t.data_type)))?;
@@ -496,8 +512,11 @@ fn tensor_from_bytes(t: &tract_onnx::pb::TensorProto, bytes: &[u8]) -> Result<Te
         return Err(bad(format!("{dt:?} weights cannot be stored as raw data here")));
     }
     let shape = t.dims.iter().map(|&d| usize::try_from(d).map_err(|_| bad(format!("negative dimension {d}")))).collect::<Result<Vec<_>>>()?;
-    // Safety: from_raw_dt checks that `bytes` is exactly shape × size_of(dt) long and copies it.
-    unsafe { Tensor::from_raw_dt(dt, &shape, bytes) }.map_err(|e| bad(format!("{e:#}")))
+    let expected = shape.iter().try_fold(dt.size_of(), |n, &d| n.checked_mul(d));
+    if expected != Some(bytes) {
+        return Err(bad(format!("{bytes} bytes of data for shape {shape:?} of {dt:?}")));
+    }
+    Tensor::zero_dt(dt, &shape).map_err(|e| bad(format!("{e:#}")))
 }
 
 /// tract's ONNX parser turns every initializer into a tensor while the protobuf still holds

@@ -21,6 +21,7 @@ pub use state::SessionState;
 use crate::cpu::{CpuModel, CpuOptions, CpuSession};
 use crate::manifest::{FileRole, Manifest};
 use crate::model::ModelConfig;
+use crate::store::Blob;
 use crate::tokenizer::{render_chat_template, ChatMessage, IncrementalDecoder, Tokenizer};
 use crate::{Error, Result};
 
@@ -126,44 +127,38 @@ impl Engine {
         })
     }
 
-    /// Load a packed model, asking `file` for each file's bytes when it is needed: the
-    /// tokenizer, the graph, then the weight shards one at a time. Each is checked against its
-    /// size and SHA-256 before use (`ShardHashMismatch` names the file), and each shard becomes
-    /// tensors before the next is asked for, so a caller handing over files as it gets them
-    /// (from JS, disk or the network) never has the weights in memory twice: the peak is the
-    /// weights plus one tensor, the tokenizer's parse coming first, while little else is held.
-    pub fn load_packed_with(manifest: &Manifest, file: impl FnMut(&str) -> Result<Vec<u8>>) -> Result<Self> {
-        Self::load_files(manifest, file, true, true)
+    /// Load a packed model, asking `file` for each file's bytes when it is needed: the graph,
+    /// the weight shards one at a time, then the tokenizer. Each is checked against its
+    /// size and SHA-256 before use (`ShardHashMismatch` names the file). Each tensor is copied
+    /// straight out of its shard ([`Blob::copy_range`]) and each shard dropped before the next
+    /// is asked for, so the weights are never held twice: a shard outside Rust memory (a JS
+    /// `Uint8Array`) is never copied in whole, and one in Rust memory is shrunk as it is cut.
+    pub fn load_packed_with<B: Blob>(manifest: &Manifest, file: impl FnMut(&str) -> Result<B>) -> Result<Self> {
+        Self::load_files(manifest, file, true)
     }
 
     /// [`Engine::load_packed`] for files already checked against the manifest's SHA-256s (the
     /// loader verifies each one as it arrives): skips hashing the whole model a second time.
-    /// The tokenizer is parsed last here: with every shard already in memory, its parse's
-    /// transient (34 MB for SmolLM2) then reuses the space the consumed shards left.
-    pub fn load_verified(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
+    pub fn load_verified<B: Blob>(manifest: &Manifest, mut files: BTreeMap<String, B>) -> Result<Self> {
         let file = |path: &str| files.remove(path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` was not provided")));
-        Self::load_files(manifest, file, false, false)
+        Self::load_files(manifest, file, false)
     }
 
-    fn load_files(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<Vec<u8>>, verify: bool, tokenizer_first: bool) -> Result<Self> {
-        let mut get = |path: &str| -> Result<Vec<u8>> {
-            let bytes = file(path)?;
+    fn load_files<B: Blob>(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<B>, verify: bool) -> Result<Self> {
+        let mut get = |path: &str| -> Result<B> {
+            let blob = file(path)?;
             if verify {
-                manifest.verify_file(path, &bytes)?;
+                manifest.verify_blob(path, &blob)?;
             }
-            Ok(bytes)
+            Ok(blob)
         };
         let path = |role| manifest.file(role).map(|f| f.path.clone()).expect("validated manifest has this role");
-        let mut tokenizer = None;
-        if tokenizer_first {
-            tokenizer = Some(Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?)?);
-        }
-        let graph = crate::onnx::decode(&get(&path(FileRole::Graph))?)?;
+        // Weights first, while the heap is empty, so they lie packed with no holes between;
+        // the tokenizer last: its many small allocations (and its parse's transient) fit in
+        // the holes tract's graph rewriting leaves (wasm's heap never shrinks).
+        let graph = crate::onnx::decode(&get(&path(FileRole::Graph))?.into_vec())?;
         let model = CpuModel::from_packed(graph, &mut get, &Self::cpu_options())?;
-        let tokenizer = match tokenizer {
-            Some(t) => t,
-            None => Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?)?,
-        };
+        let tokenizer = Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?.into_vec())?;
         // Every file is covered by `model_sha256`, which the manifest parser checked.
         let fingerprint = Sha256::digest(format!("edge-llm packed model {}", manifest.model_sha256)).into();
         Self::from_model(model, tokenizer, manifest.config.clone(), fingerprint)

@@ -175,6 +175,9 @@ impl Blob for Uint8Array {
     fn into_vec(self) -> Vec<u8> {
         self.to_vec()
     }
+    fn copy_range(&self, offset: u64, dst: &mut [u8]) {
+        self.subarray(offset as u32, (offset + dst.len() as u64) as u32).copy_to(dst);
+    }
 }
 
 pub(crate) fn message(e: &JsValue) -> String {
@@ -222,8 +225,8 @@ impl Fetcher for WebFetcher {
     async fn sha256(&self, blob: &Uint8Array) -> String {
         match JsFuture::from(sha256_hex_js(blob)).await.ok().and_then(|h| h.as_string()) {
             Some(hex) => hex,
-            // No WebCrypto (an insecure context): hash a temporary copy in wasm.
-            None => crate::manifest::sha256_hex(&blob.to_vec()),
+            // No WebCrypto (an insecure context): hash it in wasm, 1 MiB at a time.
+            None => blob.sha256_hex(),
         }
     }
 

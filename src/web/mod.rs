@@ -258,15 +258,15 @@ impl Engine {
     ) -> Result<Engine, JsValue> {
         let t0 = now_ms();
         let manifest = crate::manifest::Manifest::from_json(manifest_json).map_err(js_error)?;
-        // Each file is copied into wasm memory only when the engine needs it, and its JS copy
-        // dropped from the map right away: the weights are never held twice on either side.
+        // Each file is taken out of the map when the engine needs it (hashed in pieces, its
+        // tensors copied straight into wasm memory) and dropped after: the weights are never
+        // held twice on either side.
         let inner = generate::Engine::load_packed_with(&manifest, |path| {
             let key = JsValue::from_str(path);
             let bytes = files
                 .get(&key)
-                .dyn_ref::<js_sys::Uint8Array>()
-                .map(js_sys::Uint8Array::to_vec)
-                .ok_or_else(|| crate::Error::InvalidModel(format!("file `{path}` was not provided")))?;
+                .dyn_into::<js_sys::Uint8Array>()
+                .map_err(|_| crate::Error::InvalidModel(format!("file `{path}` was not provided")))?;
             files.delete(&key);
             Ok(bytes)
         })
