@@ -64,6 +64,9 @@ fn int8_logits_match_reference_with_quantized_activations() {
     for q8_kernel in [false, true] {
         let opts = edge_llm::cpu::CpuOptions { q8_kernel, fold_kv_cache: false, ..Default::default() };
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &opts).unwrap());
+        // Every MatMulInteger (weights detached while the graph is parsed) is claimed.
+        let matmuls = exported.model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "MatMulInteger").count();
+        assert_eq!(model.plan_ops().get("EdgeLlmQ8MatMul").copied().unwrap_or(0), if q8_kernel { matmuls } else { 0 });
         let mut session = model.session();
         let mut cache = RefKvCache::default();
         for t in PROMPT {
@@ -73,6 +76,13 @@ fn int8_logits_match_reference_with_quantized_activations() {
             assert!(d < 1e-3, "q8_kernel={q8_kernel} token {t}: max |diff| = {d}");
         }
     }
+    // Packed (weights in external-data shards), the kernel claims them all too.
+    let (graph, shards) = edge_llm::manifest::shard_weights(exported.model.clone(), 64 << 10, "model").unwrap();
+    let opts = edge_llm::cpu::CpuOptions { q8_kernel: true, ..Default::default() };
+    let shard = |loc: &str| Ok(shards.iter().find(|(n, _)| n == loc).unwrap().1.clone());
+    let packed = CpuModel::from_packed(graph, shard, &opts).unwrap();
+    let matmuls = exported.model.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "MatMulInteger").count();
+    assert_eq!(packed.plan_ops().get("EdgeLlmQ8MatMul").copied(), Some(matmuls));
     // Against fp32 weights and activations, int8 stays within the documented tolerance.
     let fp32 = reference::forward(&cfg, &tiny::weights(), &PROMPT, &mut RefKvCache::default()).concat();
     let int8 = model.session().forward_all(&PROMPT).unwrap();

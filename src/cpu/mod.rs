@@ -194,21 +194,36 @@ impl CpuModel {
         options: &CpuOptions,
     ) -> Result<Self> {
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+        let transpose = if options.q8_kernel { q8_matmul::weights_to_transpose(graph) } else { Default::default() };
         let mut external = Vec::new();
         crate::manifest::consume_external(graph, shards, |i, shard, offset, length| {
-            let mut t = empty_tensor(&graph.initializer[i], length)?;
-            shard.copy_range(offset, t.as_bytes_mut());
+            let init = &graph.initializer[i];
+            let t = match transpose.get(&init.name) {
+                Some(&(k, n, is_u8)) => {
+                    raw_layout(init, length)?;
+                    q8_matmul::transposed_weight(k, n, is_u8, |kk, dst| shard.copy_range(offset + (kk * n) as u64, dst)).map_err(inference_err)?
+                }
+                None => {
+                    let mut t = empty_tensor(init, length)?;
+                    shard.copy_range(offset, t.as_bytes_mut());
+                    t
+                }
+            };
             external.push((i, t));
             Ok(())
         })?;
-        let weights = detach_weights(&mut proto, external)?;
+        let weights = detach_weights(&mut proto, external, &transpose)?;
 
         Self::build(proto, weights, options)
     }
 
     /// Load a decoded ONNX model whose weights are all in memory.
     pub fn from_proto(mut proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
-        let weights = detach_weights(&mut proto, Vec::new())?;
+        let transpose = match (&proto.graph, options.q8_kernel) {
+            (Some(g), true) => q8_matmul::weights_to_transpose(g),
+            _ => Default::default(),
+        };
+        let weights = detach_weights(&mut proto, Vec::new(), &transpose)?;
         Self::build(proto, weights, options)
     }
 
@@ -489,6 +504,24 @@ impl KvSnapshot {
 /// Initializers at least this big are turned into tensors before tract parses the graph.
 const DETACH_BYTES: usize = 1024;
 
+/// The `doc_string` of a graph input that is a detached weight ([`detach_weights`]): op
+/// builders that claim nodes with constant weights (`q8_matmul`) look for it, since such a
+/// weight is no longer among the graph's initializers while it is parsed.
+pub(crate) const DETACHED_WEIGHT: &str = "edge-llm: constant weight, detached for loading";
+
+/// The rank of `name` if it is a constant of the graph being parsed: an initializer, or a
+/// weight [`detach_weights`] turned into an input until the parse is done.
+pub(crate) fn constant_rank(graph: Option<&tract_onnx::pb::GraphProto>, name: &str) -> Option<usize> {
+    use tract_onnx::pb::type_proto;
+    let graph = graph?;
+    if let Some(t) = graph.initializer.iter().find(|t| t.name == name) {
+        return Some(t.dims.len());
+    }
+    let input = graph.input.iter().find(|i| i.name == name && i.doc_string.starts_with(DETACHED_WEIGHT))?;
+    let type_proto::Value::TensorType(t) = input.r#type.as_ref()?.value.as_ref()?;
+    Some(t.shape.as_ref()?.dim.len())
+}
+
 /// The numeric (non-bool) tract type of ONNX `data_type`, whose raw bytes are a tensor as is.
 fn raw_numeric(data_type: i32) -> Option<DatumType> {
     let dt = DatumType::try_from(tract_onnx::pb::tensor_proto::DataType::try_from(data_type).ok()?).ok()?;
@@ -504,6 +537,12 @@ fn tensor_from_bytes(t: &tract_onnx::pb::TensorProto, bytes: &[u8]) -> Result<Te
 
 /// A zero-filled tensor of `t`'s type and shape, checked to take exactly `bytes` raw bytes.
 fn empty_tensor(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<Tensor> {
+    let (dt, shape) = raw_layout(t, bytes)?;
+    Tensor::zero_dt(dt, &shape).map_err(|e| Error::InvalidModel(format!("initializer `{}`: {e:#}", t.name)))
+}
+
+/// `t`'s type and shape, checked to take exactly `bytes` raw bytes.
+fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumType, Vec<usize>)> {
     use tract_onnx::pb::tensor_proto::DataType;
     let bad = |why: String| Error::InvalidModel(format!("initializer `{}`: {why}", t.name));
     let dt = DataType::try_from(t.data_type).map_err(|_| bad(format!("unknown data type {}", t.data_type)))?;
@@ -516,7 +555,7 @@ fn empty_tensor(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<Tensor>
     if expected != Some(bytes) {
         return Err(bad(format!("{bytes} bytes of data for shape {shape:?} of {dt:?}")));
     }
-    Tensor::zero_dt(dt, &shape).map_err(|e| bad(format!("{e:#}")))
+    Ok((dt, shape))
 }
 
 /// tract's ONNX parser turns every initializer into a tensor while the protobuf still holds
@@ -524,9 +563,14 @@ fn empty_tensor(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<Tensor>
 /// tract tensor here, one at a time (its protobuf bytes or shard slice released right after),
 /// and the graph declares it as a typed input until [`CpuModel::build`] puts it back as a
 /// constant. `external` holds the already-built tensors of external-data initializers, by index.
+///
+/// The weights named in `transposed` ([`q8_matmul::weights_to_transpose`]) are stored as the
+/// int8 kernel's `[n][k]` matrix (those in `external` already are): their declared type and
+/// shape change with them, and their input's `doc_string` says so.
 fn detach_weights(
     proto: &mut tract_onnx::pb::ModelProto,
     external: Vec<(usize, Tensor)>,
+    transposed: &std::collections::HashMap<String, (usize, usize, bool)>,
 ) -> Result<Vec<(String, Arc<Tensor>)>> {
     use tract_onnx::pb::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
     let graph = proto.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
@@ -537,10 +581,28 @@ fn detach_weights(
     for (i, init) in graph.initializer.iter_mut().enumerate() {
         if tensors[i].is_none() && init.raw_data.len() >= DETACH_BYTES && raw_numeric(init.data_type).is_some() {
             let raw = std::mem::take(&mut init.raw_data);
-            tensors[i] = Some(tensor_from_bytes(init, &raw)?);
+            tensors[i] = Some(match transposed.get(&init.name) {
+                Some(&(k, n, is_u8)) => {
+                    raw_layout(init, raw.len())?;
+                    q8_matmul::transposed_weight(k, n, is_u8, |kk, dst| dst.copy_from_slice(&raw[kk * n..(kk + 1) * n])).map_err(inference_err)?
+                }
+                None => tensor_from_bytes(init, &raw)?,
+            });
         }
     }
-    let declared: std::collections::HashSet<String> = graph.input.iter().map(|i| i.name.clone()).collect();
+    // A transposed weight is declared as what it now is.
+    let mut docs = std::collections::HashMap::new();
+    for (init, t) in graph.initializer.iter_mut().zip(&tensors) {
+        if let (Some(&(k, n, is_u8)), Some(_)) = (transposed.get(&init.name), t) {
+            init.dims = vec![n as i64, k as i64];
+            init.data_type = tract_onnx::pb::tensor_proto::DataType::Int8 as i32;
+            docs.insert(init.name.clone(), if is_u8 { q8_matmul::TRANSPOSED_FROM_U8 } else { q8_matmul::TRANSPOSED_FROM_I8 });
+        }
+    }
+    // Detached weights are (re)declared as typed inputs, marked as weights.
+    let detached: std::collections::HashSet<String> =
+        graph.initializer.iter().zip(&tensors).filter(|(_, t)| t.is_some()).map(|(i, _)| i.name.clone()).collect();
+    graph.input.retain(|i| !detached.contains(&i.name));
     let mut weights = Vec::new();
     let mut kept = Vec::new();
     for (init, tensor) in std::mem::take(&mut graph.initializer).into_iter().zip(tensors) {
@@ -548,7 +610,7 @@ fn detach_weights(
             kept.push(init);
             continue;
         };
-        if !declared.contains(&init.name) {
+        {
             let dims = init
                 .dims
                 .iter()
@@ -556,6 +618,7 @@ fn detach_weights(
                 .collect();
             graph.input.push(ValueInfoProto {
                 name: init.name.clone(),
+                doc_string: docs.get(&init.name).copied().unwrap_or(DETACHED_WEIGHT).into(),
                 r#type: Some(TypeProto {
                     value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                         elem_type: init.data_type,

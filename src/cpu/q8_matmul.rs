@@ -23,45 +23,60 @@ use tract_onnx::tract_hir::internal::*;
 pub struct Q8Matrix {
     pub n: usize,
     pub k: usize,
-    /// `[n][k]`: `b[k][n] - offset`.
-    pub w: Vec<i8>,
+    /// `[n][k]` i8: `b[k][n] - offset`. Shared with the graph's constant when the weight was
+    /// stored transposed as it was loaded ([`transposed_weight`]), so never held twice.
+    w: Arc<Tensor>,
     /// `offset - zb[n]` per output column.
     pub correction: Vec<i32>,
 }
 
+/// `B` (`[k][n]`, read a row at a time by `row(kk, dst)`) as the `[n][k]` i8 matrix the kernel
+/// reads: `b - 128` for u8, `b` for i8. Nothing the size of `B` is allocated but the result.
+pub fn transposed_weight(k: usize, n: usize, is_u8: bool, mut row: impl FnMut(usize, &mut [u8])) -> TractResult<Tensor> {
+    let mut t = Tensor::zero::<i8>(&[n, k])?;
+    // SAFETY: `t` is an i8 tensor.
+    let w = unsafe { t.as_slice_mut_unchecked::<i8>() };
+    let mut buf = vec![0u8; n];
+    let flip = if is_u8 { 0x80 } else { 0 };
+    for kk in 0..k {
+        row(kk, &mut buf);
+        for (c, v) in buf.iter().enumerate() {
+            // u8 - 128 is the top bit flipped; i8 keeps its bits.
+            w[c * k + kk] = (*v ^ flip) as i8;
+        }
+    }
+    Ok(t)
+}
+
 impl Q8Matrix {
+    /// The kernel's `[n][k]` i8 weights.
+    pub fn w(&self) -> &[i8] {
+        // SAFETY: `from_transposed` checked that `w` is an i8 tensor.
+        unsafe { self.w.as_slice_unchecked::<i8>() }
+    }
+
+    /// From a weight already in the kernel's layout ([`transposed_weight`]; `offset` 128 if
+    /// it was u8, 0 if i8) and `B`'s zero point in `B`'s original type.
+    pub fn from_transposed(w: Arc<Tensor>, offset: i32, zero_point: Option<&Tensor>) -> TractResult<Self> {
+        ensure!(w.rank() == 2 && w.datum_type() == DatumType::I8, "a transposed weight must be 2-D i8, got {:?} {:?}", w.datum_type(), w.shape());
+        let (n, k) = (w.shape()[0], w.shape()[1]);
+        ensure!(k < 1 << 15, "K={k} too large for i32 accumulation");
+        let zb = zero_points(zero_point, if offset == 128 { DatumType::U8 } else { DatumType::I8 }, n)?;
+        Ok(Q8Matrix { n, k, w, correction: zb.iter().map(|z| offset - z).collect() })
+    }
+
     /// From `MatMulInteger`'s `B` (`[k][n]`, i8 or u8) and its zero point (scalar or `[n]`).
     pub fn new(b: &Tensor, zero_point: Option<&Tensor>) -> TractResult<Self> {
         ensure!(b.rank() == 2, "B must be 2-D, got {:?}", b.shape());
         let (k, n) = (b.shape()[0], b.shape()[1]);
-        ensure!(k < 1 << 15, "K={k} too large for i32 accumulation");
-        let (values, offset): (Vec<i32>, i32) = match b.datum_type() {
-            DatumType::I8 => (b.to_plain_array_view::<i8>()?.iter().map(|v| *v as i32).collect(), 0),
-            DatumType::U8 => (b.to_plain_array_view::<u8>()?.iter().map(|v| *v as i32).collect(), 128),
+        let offset = match b.datum_type() {
+            DatumType::I8 => 0,
+            DatumType::U8 => 128,
             dt => bail!("B must be int8 or uint8, got {dt:?}"),
         };
-        let zb: Vec<i32> = match zero_point {
-            None => vec![0; n],
-            Some(z) => {
-                ensure!(z.datum_type() == b.datum_type(), "B's zero point must have B's type");
-                let z: Vec<i32> = match z.datum_type() {
-                    DatumType::I8 => z.to_plain_array_view::<i8>()?.iter().map(|v| *v as i32).collect(),
-                    _ => z.to_plain_array_view::<u8>()?.iter().map(|v| *v as i32).collect(),
-                };
-                match z.len() {
-                    1 => vec![z[0]; n],
-                    len if len == n => z,
-                    len => bail!("B's zero point has {len} values, expected 1 or {n}"),
-                }
-            }
-        };
-        let mut w = vec![0i8; n * k];
-        for kk in 0..k {
-            for c in 0..n {
-                w[c * k + kk] = (values[kk * n + c] - offset) as i8;
-            }
-        }
-        Ok(Q8Matrix { n, k, w, correction: zb.iter().map(|z| offset - z).collect() })
+        let bytes = b.as_bytes();
+        let w = transposed_weight(k, n, offset == 128, |kk, dst| dst.copy_from_slice(&bytes[kk * n..(kk + 1) * n]))?;
+        Self::from_transposed(Arc::new(w), offset, zero_point)
     }
 
     /// `out[r * ld + (col - cols.start)] = y[r][col]` for `a` = `m` rows of `a - za` (`[m][k]`).
@@ -72,8 +87,9 @@ impl Q8Matrix {
         let m = if k == 0 { 0 } else { a.len() / k };
         ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
         let sums: Vec<i32> = a.chunks_exact(k.max(1)).map(|r| r.iter().map(|v| *v as i32).sum()).collect();
+        let weights = self.w();
         for col in cols.clone() {
-            let w = &self.w[col * k..(col + 1) * k];
+            let w = &weights[col * k..(col + 1) * k];
             let corr = self.correction[col];
             let mut r = 0;
             while r < m {
@@ -155,6 +171,54 @@ mod kernel {
     }
 }
 
+/// The `doc_string` of a detached weight ([`super::DETACHED_WEIGHT`]) stored transposed for
+/// this op ([`transposed_weight`]) from u8 / from i8.
+pub(crate) const TRANSPOSED_FROM_U8: &str = "edge-llm: constant weight, detached for loading; [n][k] i8, was [k][n] u8";
+pub(crate) const TRANSPOSED_FROM_I8: &str = "edge-llm: constant weight, detached for loading; [n][k] i8, was [k][n] i8";
+
+/// The `MatMulInteger` weights this op will claim, by initializer name: `(k, n, is_u8)`. Each
+/// is stored transposed as it is loaded ([`transposed_weight`]), so the graph's constant is the
+/// kernel's matrix: the weights are never held twice, not even while the graph is optimized.
+/// Only a 2-D u8/i8 initializer used by that one node alone, with a scalar or per-column zero
+/// point, qualifies.
+pub(crate) fn weights_to_transpose(graph: &tract_onnx::pb::GraphProto) -> std::collections::HashMap<String, (usize, usize, bool)> {
+    use std::collections::HashMap;
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    for name in graph.node.iter().flat_map(|n| n.input.iter()).chain(graph.output.iter().map(|o| &o.name)) {
+        *uses.entry(name.as_str()).or_default() += 1;
+    }
+    let init = |name: &str| graph.initializer.iter().find(|t| t.name == name);
+    let mut out = HashMap::new();
+    for node in graph.node.iter().filter(|n| n.op_type == "MatMulInteger" && (n.domain.is_empty() || n.domain == "ai.onnx")) {
+        let Some(b) = node.input.get(1).and_then(|b| init(b)) else { continue };
+        let is_u8 = match b.data_type {
+            2 => true,  // UINT8
+            3 => false, // INT8
+            _ => continue,
+        };
+        let zp_ok = node.input.get(3).filter(|z| !z.is_empty()).is_none_or(|z| init(z).is_some_and(|t| t.dims.len() <= 1));
+        if b.dims.len() == 2 && b.dims.iter().all(|d| *d > 0) && zp_ok && uses.get(b.name.as_str()) == Some(&1) {
+            out.insert(b.name.clone(), (b.dims[0] as usize, b.dims[1] as usize, is_u8));
+        }
+    }
+    out
+}
+
+/// `B`'s zero point (scalar or `[n]`, of type `dt`) as one value per column.
+fn zero_points(zero_point: Option<&Tensor>, dt: DatumType, n: usize) -> TractResult<Vec<i32>> {
+    let Some(z) = zero_point else { return Ok(vec![0; n]) };
+    ensure!(z.datum_type() == dt, "B's zero point must have B's type ({dt:?}), got {:?}", z.datum_type());
+    let z: Vec<i32> = match dt {
+        DatumType::I8 => z.to_plain_array_view::<i8>()?.iter().map(|v| *v as i32).collect(),
+        _ => z.to_plain_array_view::<u8>()?.iter().map(|v| *v as i32).collect(),
+    };
+    match z.len() {
+        1 => Ok(vec![z[0]; n]),
+        len if len == n => Ok(z),
+        len => bail!("B's zero point has {len} values, expected 1 or {n}"),
+    }
+}
+
 /// The typed op: `A [.., K]` (u8 or i8) and its scalar zero point → `[.., N]` i32.
 #[derive(Debug, Clone)]
 pub struct Q8MatMul {
@@ -228,6 +292,8 @@ impl TypedOp for Q8MatMul {
 struct MatMulIntegerConst {
     a_zero_point: Option<usize>,
     b_zero_point: Option<usize>,
+    /// `B` was stored transposed as it was loaded: `Some(offset)` (128 from u8, 0 from i8).
+    b_transposed: Option<i32>,
 }
 
 impl Expansion for MatMulIntegerConst {
@@ -243,13 +309,14 @@ impl Expansion for MatMulIntegerConst {
     ) -> InferenceResult {
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, i32::datum_type())?;
+        let n_axis = if self.b_transposed.is_some() { 0 } else { 1 };
         s.given_2(&inputs[0].rank, &inputs[1].shape, move |s, rank, b| {
             let rank = rank as usize;
             s.equals(&outputs[0].rank, rank as i64)?;
             for ax in 0..rank - 1 {
                 s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
             }
-            s.equals(&outputs[0].shape[rank - 1], b[1].clone())
+            s.equals(&outputs[0].shape[rank - 1], b[n_axis].clone())
         })?;
         Ok(())
     }
@@ -260,7 +327,10 @@ impl Expansion for MatMulIntegerConst {
         };
         let b = konst(1)?;
         let zb = self.b_zero_point.map(konst).transpose()?;
-        let w = Q8Matrix::new(&b, zb.as_deref())?;
+        let w = match self.b_transposed {
+            Some(offset) => Q8Matrix::from_transposed(b, offset, zb.as_deref())?,
+            None => Q8Matrix::new(&b, zb.as_deref())?,
+        };
         let za = match self.a_zero_point {
             Some(i) => inputs[i],
             None => model.add_const(format!("{prefix}.a_zero_point"), tensor0(0u8))?,
@@ -276,15 +346,26 @@ static FALLBACK: std::sync::OnceLock<Builder> = std::sync::OnceLock::new();
 
 fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let present = |i: usize| node.input.get(i).filter(|s| !s.is_empty());
-    // Claim the node only when B (and its zero point) are 2-D / small initializers of the graph.
-    let init = |name: &String| ctx.model.graph.as_ref().and_then(|g| g.initializer.iter().find(|t| &t.name == name));
-    let b_ok = present(1).and_then(init).is_some_and(|t| t.dims.len() == 2);
-    let zb_ok = present(3).is_none_or(|name| init(name).is_some_and(|t| t.dims.len() <= 1));
+    // Claim the node only when B (and its zero point) are 2-D / small constants of the graph
+    // (initializers, or weights detached while the graph is parsed).
+    let rank = |name: &String| super::constant_rank(ctx.model.graph.as_ref(), name);
+    let b_ok = present(1).and_then(rank) == Some(2);
+    let zb_ok = present(3).is_none_or(|name| rank(name).is_some_and(|r| r <= 1));
     if !(b_ok && zb_ok) {
         let fallback = FALLBACK.get().context("tract's MatMulInteger builder was not registered")?;
         return fallback(ctx, node);
     }
-    let op = MatMulIntegerConst { a_zero_point: present(2).map(|_| 2), b_zero_point: present(3).map(|_| if present(2).is_some() { 3 } else { 2 }) };
+    let doc = present(1).and_then(|b| ctx.model.graph.as_ref()?.input.iter().find(|i| &i.name == b)).map(|i| i.doc_string.as_str());
+    let b_transposed = match doc {
+        Some(TRANSPOSED_FROM_U8) => Some(128),
+        Some(TRANSPOSED_FROM_I8) => Some(0),
+        _ => None,
+    };
+    let op = MatMulIntegerConst {
+        a_zero_point: present(2).map(|_| 2),
+        b_zero_point: present(3).map(|_| if present(2).is_some() { 3 } else { 2 }),
+        b_transposed,
+    };
     Ok((expand(op), vec![]))
 }
 
