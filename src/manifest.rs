@@ -283,7 +283,6 @@ pub(crate) fn consume_external<B: Blob>(
             bytes.release_from(offset);
             floor = Some(offset);
         }
-
     }
     Ok(())
 }

@@ -77,12 +77,10 @@ impl Variant {
     fn build(model: InferenceModel, fold: Fold, last_logits_only: bool, num_layers: usize) -> Result<Self> {
         let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
         let mut typed = model.into_typed().map_err(invalid)?;
-
         if last_logits_only {
             slice_last_position(&mut typed).map_err(invalid)?;
         }
         let mut typed = typed.into_decluttered().map_err(invalid)?;
-
         // `EDGE_LLM_KV_CONCAT=1` (native A/B runs) keeps tract-transformers' concatenating cache.
         let concat = std::env::var("EDGE_LLM_KV_CONCAT").is_ok_and(|v| v == "1");
         if fold == Fold::Optimum {
@@ -100,9 +98,7 @@ impl Variant {
         if fold == Fold::Genai {
             attention::fuse_genai(&mut typed).map_err(invalid)?;
         }
-
         let typed = typed.into_optimized().map_err(invalid)?;
-
         // Ports of the final graph: folding removes the KV inputs and outputs.
         let port_of = |name: &str, what: &str| {
             classify(name).ok_or_else(|| Error::InvalidModel(format!("unexpected model {what} `{name}`")))
@@ -117,7 +113,6 @@ impl Variant {
             })
             .collect::<Result<Vec<_>>>()?;
         let plan = typed.into_runnable().map_err(inference_err)?;
-
         let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
         let folded_kv = if stateful && num_layers > 0 { folded_kv_nodes(&plan, num_layers)? } else { Vec::new() };
         Ok(Variant { plan, inputs, outputs, folded_kv })
@@ -213,7 +208,6 @@ impl CpuModel {
             Ok(())
         })?;
         let weights = detach_weights(&mut proto, external, &transpose)?;
-
         Self::build(proto, weights, options)
     }
 
@@ -243,7 +237,6 @@ impl CpuModel {
             .model_for_proto_model(&proto)
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);
-
         // The detached weights were graph inputs for the parser; make them constants again.
         for (name, tensor) in weights {
             let id = model.node_id_by_name(&name).map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
