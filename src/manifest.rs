@@ -112,7 +112,7 @@ pub fn model_hash(files: &[FileEntry]) -> String {
         h.update(f.sha256.as_bytes());
         h.update(b"\n");
     }
-    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hex(&h.finalize())
 }
 
 fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
@@ -273,12 +273,12 @@ pub(crate) fn consume_external<B: Blob>(
         tensors.sort_by(|a, b| b.0.cmp(&a.0));
         let mut floor = None;
         for (offset, length, i) in tensors {
-            let end = offset.checked_add(length as u64).filter(|e| *e <= bytes.len());
+            let inside = offset.checked_add(length as u64).is_some_and(|end| end <= bytes.len());
             // Tensors of one shard must not overlap: each is cut off the end before the next.
-            let (Some(_), true) = (end, floor.is_none_or(|f| offset < f || length == 0)) else {
+            if !inside || !floor.is_none_or(|f| offset < f || length == 0) {
                 let name = &graph.initializer[i].name;
                 return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
-            };
+            }
             take(i, &bytes, offset, length)?;
             bytes.release_from(offset);
             floor = Some(offset);

@@ -4,6 +4,7 @@
 //! every decode step. The session keeps the `present.*` tensors of a step and feeds them back
 //! as `past_key_values.*` of the next, so the prompt is never recomputed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -189,22 +190,12 @@ impl CpuModel {
         options: &CpuOptions,
     ) -> Result<Self> {
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-        let transpose = if options.q8_kernel { q8_matmul::weights_to_transpose(graph) } else { Default::default() };
+        let transpose = q8_transposes(Some(graph), options);
         let mut external = Vec::new();
         crate::manifest::consume_external(graph, shards, |i, shard, offset, length| {
             let init = &graph.initializer[i];
-            let t = match transpose.get(&init.name) {
-                Some(&(k, n, is_u8)) => {
-                    raw_layout(init, length)?;
-                    q8_matmul::transposed_weight(k, n, is_u8, |kk, dst| shard.copy_range(offset + (kk * n) as u64, dst)).map_err(inference_err)?
-                }
-                None => {
-                    let mut t = empty_tensor(init, length)?;
-                    shard.copy_range(offset, t.as_bytes_mut());
-                    t
-                }
-            };
-            external.push((i, t));
+            let read = |at: usize, dst: &mut [u8]| shard.copy_range(offset + at as u64, dst);
+            external.push((i, weight_tensor(init, length, transpose.get(&init.name), read)?));
             Ok(())
         })?;
         let weights = detach_weights(&mut proto, external, &transpose)?;
@@ -213,10 +204,7 @@ impl CpuModel {
 
     /// Load a decoded ONNX model whose weights are all in memory.
     pub fn from_proto(mut proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
-        let transpose = match (&proto.graph, options.q8_kernel) {
-            (Some(g), true) => q8_matmul::weights_to_transpose(g),
-            _ => Default::default(),
-        };
+        let transpose = q8_transposes(proto.graph.as_ref(), options);
         let weights = detach_weights(&mut proto, Vec::new(), &transpose)?;
         Self::build(proto, weights, options)
     }
@@ -521,17 +509,31 @@ fn raw_numeric(data_type: i32) -> Option<DatumType> {
     (dt.is_number() && dt != DatumType::Bool).then_some(dt)
 }
 
-/// A tract tensor from an initializer's declared type and shape and its raw little-endian bytes.
-fn tensor_from_bytes(t: &tract_onnx::pb::TensorProto, bytes: &[u8]) -> Result<Tensor> {
-    let mut tensor = empty_tensor(t, bytes.len())?;
-    tensor.as_bytes_mut().copy_from_slice(bytes);
-    Ok(tensor)
+/// The `MatMulInteger` weights to store as the int8 kernel's matrix as they load (none
+/// without the kernel): see [`q8_matmul::weights_to_transpose`].
+fn q8_transposes(graph: Option<&tract_onnx::pb::GraphProto>, options: &CpuOptions) -> HashMap<String, (usize, usize, bool)> {
+    match graph {
+        Some(g) if options.q8_kernel => q8_matmul::weights_to_transpose(g),
+        _ => HashMap::new(),
+    }
 }
 
-/// A zero-filled tensor of `t`'s type and shape, checked to take exactly `bytes` raw bytes.
-fn empty_tensor(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<Tensor> {
-    let (dt, shape) = raw_layout(t, bytes)?;
-    Tensor::zero_dt(dt, &shape).map_err(|e| Error::InvalidModel(format!("initializer `{}`: {e:#}", t.name)))
+/// A tract tensor of initializer `t`, whose `length` raw little-endian bytes `read(at, dst)`
+/// copies out from `at`: as declared, or, when `transposed` gives its `(k, n, is_u8)`, as the
+/// int8 kernel's `[n][k]` matrix ([`q8_matmul::transposed_weight`]).
+fn weight_tensor(
+    t: &tract_onnx::pb::TensorProto,
+    length: usize,
+    transposed: Option<&(usize, usize, bool)>,
+    mut read: impl FnMut(usize, &mut [u8]),
+) -> Result<Tensor> {
+    let (dt, shape) = raw_layout(t, length)?;
+    if let Some(&(k, n, is_u8)) = transposed {
+        return q8_matmul::transposed_weight(k, n, is_u8, |kk, dst| read(kk * n, dst)).map_err(inference_err);
+    }
+    let mut tensor = Tensor::zero_dt(dt, &shape).map_err(|e| Error::InvalidModel(format!("initializer `{}`: {e:#}", t.name)))?;
+    read(0, tensor.as_bytes_mut());
+    Ok(tensor)
 }
 
 /// `t`'s type and shape, checked to take exactly `bytes` raw bytes.
@@ -563,9 +565,9 @@ fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumTyp
 fn detach_weights(
     proto: &mut tract_onnx::pb::ModelProto,
     external: Vec<(usize, Tensor)>,
-    transposed: &std::collections::HashMap<String, (usize, usize, bool)>,
+    transposed: &HashMap<String, (usize, usize, bool)>,
 ) -> Result<Vec<(String, Arc<Tensor>)>> {
-    use tract_onnx::pb::{tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
+    use tract_onnx::pb::{tensor_proto::DataType, tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
     let graph = proto.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
     let mut tensors: Vec<Option<Tensor>> = (0..graph.initializer.len()).map(|_| None).collect();
     for (i, t) in external {
@@ -574,25 +576,12 @@ fn detach_weights(
     for (i, init) in graph.initializer.iter_mut().enumerate() {
         if tensors[i].is_none() && init.raw_data.len() >= DETACH_BYTES && raw_numeric(init.data_type).is_some() {
             let raw = std::mem::take(&mut init.raw_data);
-            tensors[i] = Some(match transposed.get(&init.name) {
-                Some(&(k, n, is_u8)) => {
-                    raw_layout(init, raw.len())?;
-                    q8_matmul::transposed_weight(k, n, is_u8, |kk, dst| dst.copy_from_slice(&raw[kk * n..(kk + 1) * n])).map_err(inference_err)?
-                }
-                None => tensor_from_bytes(init, &raw)?,
-            });
+            let read = |at: usize, dst: &mut [u8]| dst.copy_from_slice(&raw[at..at + dst.len()]);
+            tensors[i] = Some(weight_tensor(init, raw.len(), transposed.get(&init.name), read)?);
         }
     }
-    // A transposed weight is declared as what it now is.
-    let mut docs = std::collections::HashMap::new();
-    for (init, t) in graph.initializer.iter_mut().zip(&tensors) {
-        if let (Some(&(k, n, is_u8)), Some(_)) = (transposed.get(&init.name), t) {
-            init.dims = vec![n as i64, k as i64];
-            init.data_type = tract_onnx::pb::tensor_proto::DataType::Int8 as i32;
-            docs.insert(init.name.clone(), if is_u8 { q8_matmul::TRANSPOSED_FROM_U8 } else { q8_matmul::TRANSPOSED_FROM_I8 });
-        }
-    }
-    // Detached weights are (re)declared as typed inputs, marked as weights.
+    // Detached weights are (re)declared as typed inputs, as the tensors they now are (a
+    // transposed weight is `[n][k]` int8), marked as weights.
     let detached: std::collections::HashSet<String> =
         graph.initializer.iter().zip(&tensors).filter(|(_, t)| t.is_some()).map(|(i, _)| i.name.clone()).collect();
     graph.input.retain(|i| !detached.contains(&i.name));
@@ -603,25 +592,23 @@ fn detach_weights(
             kept.push(init);
             continue;
         };
-        {
-            let dims = init
-                .dims
-                .iter()
-                .map(|&d| tensor_shape_proto::Dimension { value: Some(tensor_shape_proto::dimension::Value::DimValue(d)), ..Default::default() })
-                .collect();
-            graph.input.push(ValueInfoProto {
-                name: init.name.clone(),
-                doc_string: docs.get(&init.name).copied().unwrap_or(DETACHED_WEIGHT).into(),
-                r#type: Some(TypeProto {
-                    value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                        elem_type: init.data_type,
-                        shape: Some(TensorShapeProto { dim: dims }),
-                    })),
-                    ..Default::default()
-                }),
+        let (elem_type, doc) = match transposed.get(&init.name) {
+            Some(&(_, _, is_u8)) => (DataType::Int8 as i32, if is_u8 { q8_matmul::TRANSPOSED_FROM_U8 } else { q8_matmul::TRANSPOSED_FROM_I8 }),
+            None => (init.data_type, DETACHED_WEIGHT),
+        };
+        let dims = tensor
+            .shape()
+            .iter()
+            .map(|&d| tensor_shape_proto::Dimension { value: Some(tensor_shape_proto::dimension::Value::DimValue(d as i64)), ..Default::default() })
+            .collect();
+        graph.input.push(ValueInfoProto {
+            name: init.name.clone(),
+            doc_string: doc.into(),
+            r#type: Some(TypeProto {
+                value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape: Some(TensorShapeProto { dim: dims }) })),
                 ..Default::default()
-            });
-        }
+            }),
+        });
         weights.push((init.name, Arc::new(tensor)));
     }
     graph.initializer = kept;
