@@ -498,9 +498,14 @@ pub(crate) fn constant_rank(graph: Option<&tract_onnx::pb::GraphProto>, name: &s
     if let Some(t) = graph.initializer.iter().find(|t| t.name == name) {
         return Some(t.dims.len());
     }
-    let input = graph.input.iter().find(|i| i.name == name && i.doc_string.starts_with(DETACHED_WEIGHT))?;
-    let type_proto::Value::TensorType(t) = input.r#type.as_ref()?.value.as_ref()?;
+    let type_proto::Value::TensorType(t) = detached_weight(Some(graph), name)?.r#type.as_ref()?.value.as_ref()?;
     Some(t.shape.as_ref()?.dim.len())
+}
+
+/// The graph input that stands for weight `name` while the graph is parsed ([`detach_weights`]);
+/// its `doc_string` starts with [`DETACHED_WEIGHT`].
+pub(crate) fn detached_weight<'g>(graph: Option<&'g tract_onnx::pb::GraphProto>, name: &str) -> Option<&'g tract_onnx::pb::ValueInfoProto> {
+    graph?.input.iter().find(|i| i.name == name && i.doc_string.starts_with(DETACHED_WEIGHT))
 }
 
 /// The numeric (non-bool) tract type of ONNX `data_type`, whose raw bytes are a tensor as is.

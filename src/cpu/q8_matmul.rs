@@ -355,7 +355,7 @@ fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Inferen
         let fallback = FALLBACK.get().context("tract's MatMulInteger builder was not registered")?;
         return fallback(ctx, node);
     }
-    let doc = present(1).and_then(|b| ctx.model.graph.as_ref()?.input.iter().find(|i| &i.name == b)).map(|i| i.doc_string.as_str());
+    let doc = present(1).and_then(|b| super::detached_weight(ctx.model.graph.as_ref(), b)).map(|i| i.doc_string.as_str());
     let b_transposed = match doc {
         Some(TRANSPOSED_FROM_U8) => Some(128),
         Some(TRANSPOSED_FROM_I8) => Some(0),
