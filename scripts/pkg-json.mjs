@@ -5,7 +5,7 @@
 // each relative import in the tarball resolves inside it.
 import { readFileSync, writeFileSync } from "node:fs";
 
-export const PACKAGE_NAME = "edge-llm-wasm";
+const PACKAGE_NAME = "edge-llm-wasm";
 
 const path = process.argv[2];
 const generated = JSON.parse(readFileSync(path, "utf8"));

@@ -93,8 +93,8 @@ impl Error {
     /// The option an `InvalidOptionError` is about (set as `error.option` in JS).
     pub fn option(&self) -> Option<&str> {
         match self {
-            Error::InvalidOption { option, .. } => Some(option),
-            Error::UnknownOption { option, .. } => Some(option),
+            Error::InvalidOption { option, .. } => Some(*option),
+            Error::UnknownOption { option, .. } => Some(option.as_str()),
             _ => None,
         }
     }
