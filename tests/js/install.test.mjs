@@ -36,6 +36,16 @@ const npm = (args, cwd) => run("npm", [...args, "--no-audit", "--no-fund", "--lo
 // The README's ```js blocks, in order.
 const readmeBlocks = (text) => [...text.matchAll(/```js\n([\s\S]*?)```/g)].map((m) => m[1]);
 
+// The tiny packed model, its manifest's generation defaults made short (max_new_tokens 32: the
+// quickstarts give no max_tokens, and the tiny model's context is 256 tokens).
+const MAX_NEW_TOKENS = 32;
+function writeModel(dir) {
+  cpSync(join(root, "tests/fixtures/tiny-packed"), dir, { recursive: true });
+  const m = JSON.parse(readFileSync(join(dir, "manifest.json"), "utf8"));
+  m.generation.max_new_tokens = MAX_NEW_TOKENS;
+  writeFileSync(join(dir, "manifest.json"), JSON.stringify(m, null, 2));
+}
+
 function project(name, pkg) {
   const dir = join(work, name);
   mkdirSync(dir, { recursive: true });
@@ -50,7 +60,7 @@ before(() => {
   packed = new Set(info.files.map((f) => f.path));
   // The Node quickstart's model, served like any static host would.
   const models = join(work, "site");
-  cpSync(join(root, "tests/fixtures/tiny-packed"), join(models, "model"), { recursive: true });
+  writeModel(join(models, "model"));
   return serve(0, "127.0.0.1", { dir: models }).then((s) => (modelServer = s));
 });
 
@@ -142,7 +152,8 @@ async function runApp(url) {
     const errors = [];
     page.on("pageerror", (e) => errors.push(e.message));
     await page.goto(url);
-    const r = await page.evaluate(() => window.edgeLlmResult, null, { timeout: 240_000 });
+    await page.waitForFunction(() => window.edgeLlmResult !== undefined, null, { timeout: 60_000 });
+    const r = await page.evaluate(() => window.edgeLlmResult);
     assert.deepEqual(errors, []);
     return r;
   } finally {
@@ -187,7 +198,7 @@ test("Vite: the example app from the installed tarball, dev server and build, in
   writeFileSync(join(dir, "package.json"), JSON.stringify({ name: "install-test-vite", private: true, type: "module", devDependencies }, null, 2));
   npm(["install", "--prefer-offline"], dir);
   npm(["install", tarball, "--prefer-offline"], dir);
-  cpSync(join(root, "tests/fixtures/tiny-packed"), join(dir, "public/model"), { recursive: true });
+  writeModel(join(dir, "public/model"));
   const vite = join(dir, "node_modules/.bin/vite");
 
   await t.test("dev server", async () => {

@@ -46,8 +46,9 @@ await check("unknown options are rejected by name in every API", async () => {
 });
 
 await check("the manifest's generation defaults apply when the caller gives none", async () => {
-  // The tiny packed model's manifest: max_new_tokens 256; ignoreEos makes it run to the limit.
+  // install.test.mjs serves the tiny model with max_new_tokens 32; ignoreEos runs to the limit.
   const manifest = await (await fetch(url)).json();
+  assert.equal(manifest.generation.max_new_tokens, 32);
   let n = 0;
   for await (const _ of engine.chat(messages, { ignoreEos: true })) n++;
   assert.equal(n, manifest.generation.max_new_tokens);
