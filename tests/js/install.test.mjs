@@ -124,7 +124,7 @@ test("TypeScript: tsc --noEmit passes on the typed usage file against the instal
   cpSync(join(root, "tests/js/typed-usage.ts"), join(dir, "usage.ts"));
   const tsc = join(root, "node_modules/.bin/tsc");
   assert.ok(existsSync(tsc), "typescript is not installed (npm ci at the repo root)");
-  const args = ["--noEmit", "--strict", "--exactOptionalPropertyTypes", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext", "--lib", "es2022,dom", "--types", "", "usage.ts"];
+  const args = ["--noEmit", "--strict", "--exactOptionalPropertyTypes", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext", "--lib", "es2022,dom,esnext.disposable", "usage.ts"];
   try {
     run(tsc, args, dir);
   } catch (e) {
