@@ -4,7 +4,14 @@
 # Cargo.toml. Debian's binaryen 108 is too old: it rewrites wasm-bindgen's externref table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wasm-pack build --target web --release --out-name edge_llm --mode no-install "$@"
+# PROFILE=dev builds with wasm-pack --dev (no LTO; dependencies still at opt-level 2): quicker
+# to build, for tests on a cold target directory.
+case "${PROFILE:-release}" in
+  release) profile=(--release) ;;
+  dev) profile=(--dev) ;;
+  *) profile=(--profile "$PROFILE") ;;
+esac
+wasm-pack build --target web "${profile[@]}" --out-name edge_llm --mode no-install "$@"
 # The modules wasm-bindgen does not import (the package entry, the OpenAI-style chat, errors,
 # the Worker proxy, the build picker) ship beside its output; package.json, the npm README and
 # the licenses are written over what wasm-pack put there.
