@@ -92,6 +92,15 @@ export interface GpuInfo {
 }
 "#;
 
+/// Typed optional arguments: `opts?: GenerateOptions | null`, `signal?: AbortSignal | null`.
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "GenerateOptions")]
+    pub type GenerateOptionsArg;
+    #[wasm_bindgen(typescript_type = "AbortSignal")]
+    pub type AbortSignalArg;
+}
+
 #[wasm_bindgen(module = "/js/stream.js")]
 extern "C" {
     #[wasm_bindgen(js_name = toAsyncIterator)]
@@ -352,9 +361,9 @@ impl Engine {
     #[wasm_bindgen(unchecked_return_type = "TokenStream")]
     pub fn resume(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+        signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
-        Ok(to_async_iterator(self.resume_generation()?, signal))
+        Ok(to_async_iterator(self.resume_generation()?, load::or_undefined(signal)))
     }
 
     /// `resume()` as a step-by-step `Generation`.
@@ -407,11 +416,11 @@ impl Engine {
     pub fn generate(
         &self,
         prompt: &str,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+        opts: Option<GenerateOptionsArg>,
+        signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
         let g = self.start(prompt, opts)?;
-        Ok(to_async_iterator(g, signal))
+        Ok(to_async_iterator(g, load::or_undefined(signal)))
     }
 
     /// Stream the assistant's reply to `messages`, rendered with the model's chat template.
@@ -422,14 +431,14 @@ impl Engine {
     pub fn chat(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+        opts: Option<GenerateOptionsArg>,
+        signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
         let messages: Vec<ChatMessage> = from_js(messages, "messages")?;
         let engine = self.inner()?;
-        let opts = generate_options(&engine, opts)?;
+        let opts = generate_options(&engine, load::or_undefined(opts))?;
         let inner = engine.chat(&messages, &opts).map_err(js_error)?;
-        Ok(to_async_iterator(self.generation(engine, inner), signal))
+        Ok(to_async_iterator(self.generation(engine, inner), load::or_undefined(signal)))
     }
 
     /// Step-by-step generation, for callers that drive the loop themselves.
@@ -437,10 +446,10 @@ impl Engine {
     pub fn start(
         &self,
         prompt: &str,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
+        opts: Option<GenerateOptionsArg>,
     ) -> Result<Generation, JsValue> {
         let engine = self.inner()?;
-        let opts = generate_options(&engine, opts)?;
+        let opts = generate_options(&engine, load::or_undefined(opts))?;
         let inner = engine.generate(prompt, &opts).map_err(js_error)?;
         Ok(self.generation(engine, inner))
     }
