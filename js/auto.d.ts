@@ -12,7 +12,7 @@ export interface LoadOptions {
   wasm?: RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 }
 export interface Loaded {
-  edge: typeof import("./edge_llm.js");
+  edge: typeof import("./index.js");
   /** CPU threads in effect. */
   threads: number;
   variant: "threads" | "single";

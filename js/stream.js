@@ -5,16 +5,22 @@ const yieldNow = () =>
     ? globalThis.scheduler.yield()
     : new Promise((resolve) => setTimeout(resolve, 0));
 
+// The iterator's `finishReason` is why the generation ended ("eos", "stopString",
+// "maxTokens"; js/chat.js maps it to OpenAI's finish_reason), undefined until then.
 export function toAsyncIterator(generation, signal) {
   let done = false;
+  const it = {
+    finishReason: undefined,
+  };
   const finish = () => {
     if (!done) {
       done = true;
+      it.finishReason = generation.finishReason();
       generation.free();
     }
     return { done: true, value: undefined };
   };
-  return {
+  return Object.assign(it, {
     [Symbol.asyncIterator]() {
       return this;
     },
@@ -37,7 +43,7 @@ export function toAsyncIterator(generation, signal) {
     async return() {
       return finish();
     },
-  };
+  });
 }
 
 export const now = () => performance.now();

@@ -1,18 +1,25 @@
-// `edge-llm/worker`: the Engine API on the main thread, with the model running in a dedicated
-// Worker, so loading and generation never block the page. Copied into pkg/ by
+// `edge-llm-wasm/worker`: the Engine API on the main thread, with the model running in a
+// dedicated Worker, so loading and generation never block the page. Copied into pkg/ by
 // scripts/build-pkg.sh (beside worker-entry.js, which runs inside the Worker).
 //
-//   import { WorkerEngine } from "edge-llm/worker";
-//   const engine = await WorkerEngine.fromPacked(manifestBytes, files);
+//   import { WorkerEngine } from "edge-llm-wasm/worker";
+//   const engine = await WorkerEngine.load("/models/smollm2/manifest.json");
 //   for await (const { text } of engine.chat(messages, { maxTokens: 64 }, signal)) ...
 //
-// Methods are those of `Engine`, returning promises (`await` works the same on both);
-// `generate` / `chat` / `resume` return async iterators as `Engine`'s do. Errors keep their
-// `name` across the boundary; an AbortSignal aborts the generation in the worker.
+// Every Engine method and event is here, returning promises (`await` works the same on both);
+// `generate` / `chat` / `resume` return async iterators as `Engine`'s do, and `chat` carries
+// the same `completions.create`. Errors keep their `name` (and `option`, `needed`, `available`)
+// across the boundary; an AbortSignal aborts the call in the worker. On a cross-origin isolated
+// page the worker runs the threaded build (js/auto.js picks it).
+import { completions } from "./chat.js";
 
-function remoteError({ name, message }) {
-  const e = new Error(message);
-  e.name = name;
+// The fields an error carries across the boundary besides name and message.
+const ERROR_FIELDS = ["option", "needed", "available"];
+
+function remoteError(error) {
+  const e = new Error(error.message);
+  e.name = error.name;
+  for (const k of ERROR_FIELDS) if (error[k] !== undefined) e[k] = error[k];
   return e;
 }
 
@@ -25,12 +32,22 @@ export class WorkerEngine {
   #calls = new Map(); // id -> { resolve, reject, onProgress }
   #nextId = 1;
   #closed = false;
+  #listener;
+  #info = { modelId: undefined, modelVersion: undefined };
+  #threads = 1;
+  #variant = "single";
+  #chat;
 
   /** @param {Worker} worker  a Worker running `worker-entry.js` */
   constructor(worker) {
     this.#worker = worker;
     worker.onmessage = (ev) => {
-      const { id, ok, value, error, progress } = ev.data;
+      const { id, ok, value, error, progress, event, info } = ev.data;
+      if (event !== undefined) {
+        this.#info = info;
+        this.#listener?.(event);
+        return;
+      }
       const call = this.#calls.get(id);
       if (!call) return;
       if (progress !== undefined) {
@@ -38,6 +55,7 @@ export class WorkerEngine {
         return;
       }
       this.#calls.delete(id);
+      if (info !== undefined) this.#info = info;
       if (ok) call.resolve(value);
       else call.reject(remoteError(error));
     };
@@ -49,15 +67,21 @@ export class WorkerEngine {
   }
 
   /**
-   * Start a worker and initialise the wasm module in it.
-   * @param {{ worker?: Worker, wasm?: string | URL }} [options]  `worker`: one you started on
-   *   `worker-entry.js` (e.g. with your bundler's worker syntax); `wasm`: where the .wasm is, when
-   *   not next to the module.
+   * Start a worker and initialise the wasm module in it: the threaded build where the page is
+   * cross-origin isolated and `threads` (default `navigator.hardwareConcurrency - 1`) > 1.
+   * @param {{ worker?: Worker, wasm?: string | URL, threads?: number, build?: "auto" | "threads" | "single" }} [options]
    */
   static async create(options = {}) {
+    for (const k of Object.keys(options)) {
+      if (!["worker", "wasm", "threads", "build"].includes(k)) throw remoteError({ name: "InvalidOptionError", message: `unknown worker option \`${k}\``, option: k });
+    }
     const worker = options.worker ?? new Worker(new URL("./worker-entry.js", import.meta.url), { type: "module" });
     const engine = new WorkerEngine(worker);
-    await engine.#call("init", [], { wasm: options.wasm === undefined ? undefined : String(options.wasm) });
+    const { threads, variant } = await engine.#call("init", [
+      { wasm: options.wasm === undefined ? undefined : String(options.wasm), threads: options.threads, build: options.build },
+    ]);
+    engine.#threads = threads;
+    engine.#variant = variant;
     return engine;
   }
 
@@ -76,19 +100,19 @@ export class WorkerEngine {
   }
 
   /**
-   * `Engine.load(urlOrManifest, opts)` in a new worker: `opts.onProgress` is called here with the
-   * worker's progress events, `opts.signal` aborts the load there. Needs a build with `Engine.load`
-   * (else `NotSupportedError`).
+   * `Engine.load(urlOrManifest, opts)` in a new worker: `opts.onProgress` and `opts.onEvent` are
+   * called here with the worker's progress and engine events, `opts.signal` aborts the load there.
    */
   static async load(source, opts = {}, options) {
-    const { onProgress, signal, ...rest } = opts;
+    const { onProgress, onEvent, signal, ...rest } = opts ?? {};
     const e = await WorkerEngine.create(options);
+    e.#listener = onEvent;
     signal?.throwIfAborted();
     await e.#call("load", [source instanceof URL ? String(source) : source, rest], { onProgress, signal });
     return e;
   }
 
-  #call(op, args, { onProgress, signal, wasm } = {}, transfer = []) {
+  #call(op, args, { onProgress, signal } = {}, transfer = []) {
     if (this.#closed) return Promise.reject(remoteError({ name: "EngineDisposedError", message: "the engine was disposed" }));
     const id = this.#nextId++;
     return new Promise((resolve, reject) => {
@@ -96,7 +120,7 @@ export class WorkerEngine {
       if (signal) {
         signal.addEventListener("abort", () => this.#worker.postMessage({ id: this.#nextId++, op: "abortCall", args: [id] }), { once: true });
       }
-      this.#worker.postMessage({ id, op, args, wasm, progress: onProgress !== undefined }, transfer);
+      this.#worker.postMessage({ id, op, args, progress: onProgress !== undefined }, transfer);
     });
   }
 
@@ -114,7 +138,9 @@ export class WorkerEngine {
       signal?.removeEventListener("abort", onAbort);
       if (streamId !== undefined) await this.#call("return", [streamId]).catch(() => {});
     };
-    return {
+    const it = {
+      /** Why the generation ended, once it has (as `Engine`'s streams). */
+      finishReason: undefined,
       [Symbol.asyncIterator]() {
         return this;
       },
@@ -123,12 +149,13 @@ export class WorkerEngine {
         try {
           streamId ??= await started;
           if (signal?.aborted) throw abortReason(signal);
-          const r = await this.#call("next", [streamId]);
-          if (r.done) {
+          const { done: last, value, finishReason } = await this.#call("next", [streamId]);
+          if (last) {
             done = true;
+            it.finishReason = finishReason;
             signal?.removeEventListener("abort", onAbort);
           }
-          return r;
+          return { done: last, value };
         } catch (e) {
           await finish();
           // The worker threw its own AbortError; the caller's reason wins, as with Engine.
@@ -140,6 +167,7 @@ export class WorkerEngine {
         return { done: true, value: undefined };
       },
     };
+    return it;
   }
 
   /** @returns {AsyncIterableIterator<import("./edge_llm.js").GeneratedToken>} */
@@ -147,14 +175,56 @@ export class WorkerEngine {
     return this.#stream("generate", [prompt, opts], signal);
   }
 
-  /** @returns {AsyncIterableIterator<import("./edge_llm.js").GeneratedToken>} */
-  chat(messages, opts, signal) {
-    return this.#stream("chat", [messages, opts], signal);
+  /** `chat(messages, opts, signal)` streams tokens; `chat.completions.create` is the OpenAI-style API. */
+  get chat() {
+    if (!this.#chat) {
+      this.#chat = (messages, opts, signal) => this.#stream("chat", [messages, opts], signal);
+      this.#chat.completions = completions(this, this.#chat);
+    }
+    return this.#chat;
   }
 
-  /** @returns {AsyncIterableIterator<import("./edge_llm.js").GeneratedToken>} */
   resume(signal) {
     return this.#stream("resume", [], signal);
+  }
+
+  /** `Engine.startGeneration`: a generation driven step by step (each step a round trip). */
+  async startGeneration(prompt, opts) {
+    return new WorkerGeneration((op) => this.#call(op[0], op.slice(1)), await this.#call("startGeneration", [prompt, opts]));
+  }
+
+  async resumeGeneration() {
+    return new WorkerGeneration((op) => this.#call(op[0], op.slice(1)), await this.#call("resumeGeneration", []));
+  }
+
+  /** `engine.update` in the worker: `opts.onProgress` is called here, `opts.signal` aborts there. */
+  update(source, opts = {}) {
+    const { onProgress, signal, ...rest } = opts ?? {};
+    return this.#call("update", [source instanceof URL ? String(source) : source, rest], { onProgress, signal });
+  }
+
+  /** Receive engine events (`EngineEvent`: OTA updates, rollbacks); `undefined` removes it. */
+  setEventListener(listener) {
+    this.#listener = listener ?? undefined;
+  }
+
+  /** The running model version (`undefined` for engines not made by `load`). */
+  get modelVersion() {
+    return this.#info.modelVersion;
+  }
+
+  get modelId() {
+    return this.#info.modelId;
+  }
+
+  /** CPU threads the worker's engine runs on. */
+  get threads() {
+    return this.#threads;
+  }
+
+  /** `"threads"` (the multi-threaded build) or `"single"`. */
+  get variant() {
+    return this.#variant;
   }
 
   tokenize(text) {
@@ -196,5 +266,27 @@ export class WorkerEngine {
 
   get disposed() {
     return this.#closed;
+  }
+}
+
+/** A generation in the worker, stepped from here: `Generation`'s methods, returning promises. */
+export class WorkerGeneration {
+  #call;
+  #id;
+  constructor(call, id) {
+    this.#call = call;
+    this.#id = id;
+  }
+  /** The next token, or `undefined` when finished. */
+  step() {
+    return this.#call(["generationStep", this.#id]);
+  }
+  /** Why the generation ended, or `undefined`. */
+  finishReason() {
+    return this.#call(["generationFinishReason", this.#id]);
+  }
+  /** Free it in the worker (a finished generation is freed by itself). */
+  free() {
+    return this.#call(["generationFree", this.#id]);
   }
 }

@@ -24,6 +24,10 @@ cargo "+$toolchain" rustc --lib --crate-type cdylib --target wasm32-unknown-unkn
   -Z build-std=panic_abort,std --target-dir "$target_dir" -- "${link[@]}"
 rm -rf pkg/threads
 wasm-bindgen --target web --out-dir pkg/threads --out-name edge_llm "$target_dir/wasm32-unknown-unknown/$profile/edge_llm.wasm"
+# Its package entry: js/index.js over this build's module, sharing pkg/chat.js and pkg/errors.js.
+for f in index.js index.d.ts; do
+  sed -e 's#"\./chat\.js"#"../chat.js"#' -e 's#"\./errors\.js"#"../errors.js"#' "js/$f" > "pkg/threads/$f"
+done
 wasm=pkg/threads/edge_llm_bg.wasm
 raw=$(stat -c %s "$wasm")
 if [ "${WASM_OPT:-1}" = 0 ]; then

@@ -4,16 +4,35 @@
 # Cargo.toml. Debian's binaryen 108 is too old: it rewrites wasm-bindgen's externref table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wasm-pack build --target web --release --out-name edge_llm --mode no-install "$@"
-# The Worker proxy (`edge-llm/worker`) ships beside the wasm-pack output: wasm-pack only
-# packages the modules wasm-bindgen imports (pkg/snippets/).
-cp js/worker.js js/worker-entry.js js/worker.d.ts pkg/
+# PROFILE=dev builds with wasm-pack --dev (no LTO; dependencies still at opt-level 2): quicker
+# to build, for tests on a cold target directory.
+case "${PROFILE:-release}" in
+  release) profile=(--release) ;;
+  dev) profile=(--dev) ;;
+  *) profile=(--profile "$PROFILE") ;;
+esac
+wasm-pack build --target web "${profile[@]}" --out-name edge_llm --mode no-install "$@"
+# The modules wasm-bindgen does not import (the package entry, the OpenAI-style chat, errors,
+# the Worker proxy, the build picker) ship beside its output; package.json, the npm README and
+# the licenses are written over what wasm-pack put there.
+cp js/index.js js/index.d.ts js/chat.js js/chat.d.ts js/errors.js js/errors.d.ts \
+  js/worker.js js/worker-entry.js js/worker.d.ts js/auto.js js/auto.d.ts pkg/
+cp js/npm-README.md pkg/README.md
+cp LICENSE-MIT LICENSE-APACHE pkg/
 node scripts/pkg-json.mjs pkg/package.json
-# pkg/auto.js picks this build or the threaded one (pkg/threads/, scripts/build-pkg-threads.sh).
-cp js/auto.js js/auto.d.ts pkg/
-node -e 'const fs = require("fs"); const p = JSON.parse(fs.readFileSync("pkg/package.json"));
-  p.files = [...new Set([...(p.files ?? []), "auto.js", "auto.d.ts", "threads/"])];
-  fs.writeFileSync("pkg/package.json", JSON.stringify(p, null, 2) + "\n");'
+# auto.js imports pkg/threads/index.js, which scripts/build-pkg-threads.sh builds (nightly). Until
+# it has, that module says so (auto.js and the Worker then run this single-thread build).
+if [ ! -e pkg/threads/edge_llm.js ]; then
+  mkdir -p pkg/threads
+  cat > pkg/threads/index.js <<'JS'
+// Written by scripts/build-pkg.sh: this package was built without its threaded variant
+// (scripts/build-pkg-threads.sh builds it); auto.js falls back to the single-thread build.
+const e = new Error("edge-llm-wasm was built without its threaded variant (scripts/build-pkg-threads.sh)");
+e.name = "NotSupportedError";
+throw e;
+JS
+  printf 'export {};\n' > pkg/threads/index.d.ts
+fi
 wasm=pkg/edge_llm_bg.wasm
 raw=$(stat -c %s "$wasm")
 if [ "${WASM_OPT:-1}" = 0 ]; then

@@ -1,15 +1,45 @@
-// Adds the Worker proxy to the package.json wasm-pack wrote: `files` and an `exports` map
-// (`edge-llm`, `edge-llm/worker`, and the .wasm for bundlers that resolve it by name).
+// Writes the npm package's package.json over the one wasm-pack generated in pkg/: the package
+// name (`edge-llm-wasm`: `edge-llm` on npm is an unrelated package), `files` covering every
+// module the entries import (wasm-pack leaves `snippets/` out: wasm-pack issue #1206) and an
+// `exports` map for every documented entry. tests/js/install.test.mjs packs pkg/ and checks that
+// each relative import in the tarball resolves inside it.
 import { readFileSync, writeFileSync } from "node:fs";
 
+const PACKAGE_NAME = "edge-llm-wasm";
+
 const path = process.argv[2];
-const pkg = JSON.parse(readFileSync(path, "utf8"));
-pkg.files = [...new Set([...(pkg.files ?? []), "worker.js", "worker-entry.js", "worker.d.ts"])];
-pkg.exports = {
-  ".": { types: "./edge_llm.d.ts", default: "./edge_llm.js" },
-  "./worker": { types: "./worker.d.ts", default: "./worker.js" },
-  "./worker-entry.js": "./worker-entry.js",
-  "./edge_llm_bg.wasm": "./edge_llm_bg.wasm",
-  "./package.json": "./package.json",
+const generated = JSON.parse(readFileSync(path, "utf8"));
+const entry = (name) => ({ types: `./${name}.d.ts`, default: `./${name}.js` });
+const pkg = {
+  name: PACKAGE_NAME,
+  type: "module",
+  version: generated.version,
+  description: "Run small quantized LLMs in the browser, in Web Workers and in Node/Deno: wasm SIMD (and threads), streaming, OpenAI-style chat, verified cached model shards.",
+  license: "MIT OR Apache-2.0",
+  keywords: ["llm", "wasm", "webassembly", "inference", "browser", "onnx", "chat", "openai", "worker"],
+  files: [
+    "index.js", "index.d.ts", "chat.js", "chat.d.ts", "errors.js", "errors.d.ts",
+    "edge_llm.js", "edge_llm.d.ts", "edge_llm_bg.wasm", "edge_llm_bg.wasm.d.ts", "snippets/",
+    "worker.js", "worker.d.ts", "worker-entry.js", "auto.js", "auto.d.ts", "threads/",
+    "LICENSE-MIT", "LICENSE-APACHE", "README.md",
+  ],
+  main: "./index.js",
+  module: "./index.js",
+  types: "./index.d.ts",
+  exports: {
+    ".": entry("index"),
+    "./worker": entry("worker"),
+    "./auto": entry("auto"),
+    "./threads": { types: "./threads/index.d.ts", default: "./threads/index.js" },
+    // Started by worker.js as `new URL("./worker-entry.js", import.meta.url)`; exported for apps
+    // that start the Worker themselves (`WorkerEngine.create({ worker })`).
+    "./worker-entry.js": "./worker-entry.js",
+    // For bundlers and servers that resolve the .wasm by name.
+    "./edge_llm_bg.wasm": "./edge_llm_bg.wasm",
+    "./threads/edge_llm_bg.wasm": "./threads/edge_llm_bg.wasm",
+    "./package.json": "./package.json",
+  },
+  // index.js installs `engine.chat.completions` on Engine: bundlers must not skip it.
+  sideEffects: ["./index.js", "./threads/index.js", "./snippets/*", "./threads/snippets/*"],
 };
 writeFileSync(path, JSON.stringify(pkg, null, 2) + "\n");

@@ -13,15 +13,9 @@ echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Nod
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
   cargo test --target wasm32-unknown-unknown --tests -- --nocapture
 
-echo "== package: wasm-pack build; examples/vite-app built by Vite; node --test (Node, and headless Chromium for the Worker proxy and the Vite app)"
+echo "== package: wasm-pack build; node --test (Node, headless Chromium for the Worker proxy, and"
+echo "   tests/js/install.test.mjs: npm pack, installed into temp projects: Node, tsc, examples/vite-app dev + build)"
 WASM_OPT=0 scripts/build-pkg.sh
-(
-  cd examples/vite-app
-  if [ ! -e node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-    npm ci --silent --no-audit --no-fund
-  fi
-  node_modules/.bin/vite build --logLevel warn
-)
 # The www/ demo's test runs on the tiny int4 model, packed like a real one.
 tiny_src=$(mktemp -d)
 cp tests/fixtures/tiny/model-int4.onnx "$tiny_src/model.onnx"

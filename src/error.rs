@@ -17,6 +17,10 @@ pub enum Error {
     ChatTemplate(String),
     #[error("invalid generation option `{option}`: {reason}")]
     InvalidOption { option: &'static str, reason: String },
+    /// An option name the API does not have (a typo, or another library's spelling):
+    /// rejected rather than silently ignored. See [`Error::unknown_option`].
+    #[error("unknown option `{option}`: {hint}")]
+    UnknownOption { option: String, hint: String },
     #[error("context length {needed} exceeds the model's maximum of {max}")]
     ContextOverflow { needed: usize, max: usize },
     #[error("inference failed: {0}")]
@@ -56,7 +60,7 @@ impl Error {
             Error::InvalidModel(_) | Error::InvalidGguf(_) | Error::UnsupportedOp { .. } => "IncompatibleModelError",
             Error::Tokenizer(_) => "TokenizerError",
             Error::ChatTemplate(_) => "ChatTemplateError",
-            Error::InvalidOption { .. } => "InvalidOptionError",
+            Error::InvalidOption { .. } | Error::UnknownOption { .. } => "InvalidOptionError",
             Error::ContextOverflow { .. } => "ContextOverflowError",
             Error::Inference(_) => "InferenceError",
             Error::ShardHashMismatch { .. } => "IntegrityError",
@@ -70,6 +74,28 @@ impl Error {
             Error::Aborted(_) => "AbortError",
             Error::UnsupportedBackend(_) => "UnsupportedBackendError",
             Error::Store(_) => "StoreError",
+        }
+    }
+}
+
+impl Error {
+    /// `option` is not one of `known`: names the closest known spelling (same letters, case and
+    /// `_`/`-` aside: `max_tokens` -> `maxTokens`), else lists them all.
+    pub fn unknown_option(option: &str, known: &[&str]) -> Error {
+        let fold = |s: &str| s.chars().filter(|c| *c != '_' && *c != '-').flat_map(char::to_lowercase).collect::<String>();
+        let hint = match known.iter().find(|k| fold(k) == fold(option)) {
+            Some(k) => format!("did you mean `{k}`?"),
+            None => format!("the options are {}", known.join(", ")),
+        };
+        Error::UnknownOption { option: option.to_string(), hint }
+    }
+
+    /// The option an `InvalidOptionError` is about (set as `error.option` in JS).
+    pub fn option(&self) -> Option<&str> {
+        match self {
+            Error::InvalidOption { option, .. } => Some(*option),
+            Error::UnknownOption { option, .. } => Some(option.as_str()),
+            _ => None,
         }
     }
 }

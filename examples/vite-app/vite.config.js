@@ -1,9 +1,14 @@
 import { defineConfig } from "vite";
 
+// Cross-origin isolation (SharedArrayBuffer, so the threaded build) for `vite` and `vite preview`.
+const isolation = { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" };
+
 export default defineConfig({
-  // The tiny test model is served from the app's root (copied into dist/ by the build).
-  publicDir: "../../tests/fixtures/tiny",
-  // edge-llm/worker starts `new Worker(new URL("./worker-entry.js", import.meta.url), { type: "module" })`.
+  // edge-llm-wasm finds its .wasm and its Worker with `new URL(..., import.meta.url)`: not from a
+  // pre-bundled copy.
+  optimizeDeps: { exclude: ["edge-llm-wasm"] },
   worker: { format: "es" },
+  server: { headers: isolation },
+  preview: { headers: isolation },
   build: { target: "es2022" },
 });

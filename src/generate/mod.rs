@@ -78,6 +78,8 @@ pub struct Engine {
     fingerprint: [u8; 32],
     shared: Arc<Shared>,
     clock: Clock,
+    /// What an app's options are applied over: a packed model's manifest `generation`.
+    defaults: GenerateOptions,
 }
 
 impl Drop for Engine {
@@ -161,7 +163,9 @@ impl Engine {
         let tokenizer = Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?.into_vec())?;
         // Every file is covered by `model_sha256`, which the manifest parser checked.
         let fingerprint = Sha256::digest(format!("edge-llm packed model {}", manifest.model_sha256)).into();
-        Self::from_model(model, tokenizer, manifest.config.clone(), fingerprint)
+        let mut engine = Self::from_model(model, tokenizer, manifest.config.clone(), fingerprint)?;
+        engine.defaults = GenerateOptions::with_defaults(&manifest.generation);
+        Ok(engine)
     }
 
     /// The engine samples from the last position only.
@@ -188,7 +192,15 @@ impl Engine {
             fingerprint,
             shared: Arc::default(),
             clock: default_clock,
+            defaults: GenerateOptions::default(),
         })
+    }
+
+    /// The options generation uses where an app gives none: a packed model's manifest
+    /// `generation` defaults, else [`GenerateOptions::default`]. Apps' options are applied over
+    /// them with [`GenerateOptions::overlay`].
+    pub fn default_options(&self) -> &GenerateOptions {
+        &self.defaults
     }
 
     /// Use `clock` (milliseconds) for generation statistics.

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::manifest::GenerationDefaults;
 use crate::{Error, Result};
 
 /// Sampling and stopping options. `temperature == 0` is greedy.
@@ -47,6 +48,48 @@ impl Default for GenerateOptions {
 }
 
 impl GenerateOptions {
+    /// Every option, named as apps spell it (the serde names); a test keeps it in step with the
+    /// struct.
+    pub const NAMES: &'static [&'static str] =
+        &["maxTokens", "temperature", "topK", "topP", "repetitionPenalty", "seed", "stopTokenIds", "stopStrings", "ignoreEos", "reusePrefix"];
+
+    /// The built-in options with a model's own defaults (its manifest's `generation`) over them.
+    pub fn with_defaults(d: &GenerationDefaults) -> Self {
+        GenerateOptions {
+            max_tokens: d.max_new_tokens,
+            temperature: d.temperature,
+            top_p: d.top_p,
+            repetition_penalty: d.repetition_penalty,
+            ..GenerateOptions::default()
+        }
+    }
+
+    /// These options with those an app gave (an object by option name) applied over them; a
+    /// `null` value counts as not given. An unknown name is [`Error::UnknownOption`], a value of
+    /// the wrong type [`Error::InvalidOption`] naming the option; ranges are [`Self::validate`]d.
+    pub fn overlay(&self, given: serde_json::Map<String, serde_json::Value>) -> Result<Self> {
+        let serde_json::Value::Object(mut merged) = serde_json::to_value(self).map_err(|e| Error::Inference(e.to_string()))? else {
+            unreachable!("a struct serializes to an object")
+        };
+        for (k, v) in given {
+            let Some(&name) = Self::NAMES.iter().find(|n| **n == k) else {
+                return Err(Error::unknown_option(&k, Self::NAMES));
+            };
+            if v.is_null() {
+                continue;
+            }
+            // One option at a time, so a type error names the option it is about.
+            let mut one = merged.clone();
+            one.insert(k.clone(), v.clone());
+            serde_json::from_value::<GenerateOptions>(serde_json::Value::Object(one))
+                .map_err(|e| Error::InvalidOption { option: name, reason: e.to_string() })?;
+            merged.insert(k, v);
+        }
+        let opts: GenerateOptions = serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| Error::InvalidOption { option: "options", reason: e.to_string() })?;
+        opts.validate()?;
+        Ok(opts)
+    }
+
     pub fn validate(&self) -> Result<()> {
         let bad = |option, reason: &str| Err(Error::InvalidOption { option, reason: reason.into() });
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
@@ -159,6 +202,44 @@ impl Sampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_are_the_serialized_fields() {
+        let all = GenerateOptions { reuse_prefix: Some(true), ..Default::default() };
+        let serde_json::Value::Object(m) = serde_json::to_value(all).unwrap() else { panic!("an object") };
+        let mut keys: Vec<&str> = m.keys().map(String::as_str).collect();
+        let mut names = GenerateOptions::NAMES.to_vec();
+        keys.sort_unstable();
+        names.sort_unstable();
+        assert_eq!(keys, names);
+    }
+
+    fn given(json: &str) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn overlay_applies_given_options_over_the_model_defaults() {
+        let d = GenerationDefaults { max_new_tokens: 40, temperature: 0.6, top_p: 0.9, repetition_penalty: 1.1 };
+        let base = GenerateOptions::with_defaults(&d);
+        assert_eq!(base.overlay(given("{}")).unwrap(), base);
+        let o = base.overlay(given(r#"{"maxTokens": 7, "topP": null, "stopStrings": ["
+"]}"#)).unwrap();
+        assert_eq!((o.max_tokens, o.temperature, o.top_p, o.repetition_penalty), (7, 0.6, 0.9, 1.1));
+        assert_eq!(o.stop_strings, vec!["\n".to_string()]);
+    }
+
+    #[test]
+    fn overlay_rejects_unknown_and_mistyped_options_by_name() {
+        let base = GenerateOptions::default();
+        let e = base.overlay(given(r#"{"max_tokens": 64}"#)).unwrap_err();
+        assert_eq!((e.name(), e.option()), ("InvalidOptionError", Some("max_tokens")));
+        assert!(e.to_string().contains("did you mean `maxTokens`"), "{e}");
+        let e = base.overlay(given(r#"{"maxTokens": "many"}"#)).unwrap_err();
+        assert_eq!((e.name(), e.option()), ("InvalidOptionError", Some("maxTokens")));
+        let e = base.overlay(given(r#"{"topP": 2}"#)).unwrap_err();
+        assert_eq!(e.option(), Some("topP"));
+    }
 
     fn logits() -> Vec<f32> {
         vec![0.1, 2.0, -1.0, 1.9, 0.5, 1.0]

@@ -373,10 +373,15 @@ pub(crate) struct Options {
     pub load: LoadOptions,
 }
 
+/// Every `LoadOptions` name (the TS interface above): any other is an `InvalidOptionError`.
+pub(crate) const LOAD_OPTIONS: &[&str] =
+    &["backend", "threads", "cache", "cacheDir", "baseUrl", "onProgress", "onEvent", "signal", "strictQuota", "concurrency", "retries"];
+
 pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
     if !(o.is_undefined() || o.is_null() || o.is_object()) {
         return Err(invalid("options", "must be an object"));
     }
+    super::check_option_names(o, LOAD_OPTIONS)?;
     let backend = get(o, "backend");
     match backend.as_string().as_deref() {
         None if backend.is_undefined() => {}

@@ -12,8 +12,11 @@ use crate::tokenizer::ChatMessage;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_TYPES: &'static str = r#"
-/** Options of `Engine.generate` / `Engine.chat`. Every field is optional. */
+/** Options of `Engine.generate` / `Engine.chat`. Every field is optional: a packed model's
+ *  manifest `generation` defaults (else the built-in ones) fill the rest. Any other name throws
+ *  `InvalidOptionError` with `error.option` set to it. */
 export interface GenerateOptions {
+  /** Default: the manifest's `generation.max_new_tokens`, else 128. */
   maxTokens?: number;
   /** 0 (default) is greedy. */
   temperature?: number;
@@ -59,6 +62,12 @@ export interface EngineStats extends GenerationStats {
   /** Tokens in the current conversation's KV cache. */
   contextTokens: number;
 }
+/** Why a generation ended. */
+export type FinishReason = "eos" | "stopString" | "maxTokens";
+/** What `generate` / `chat` / `resume` return: tokens as they come; `finishReason` once done. */
+export interface TokenStream extends AsyncIterableIterator<GeneratedToken> {
+  readonly finishReason: FinishReason | undefined;
+}
 /** One streamed token: `text` is whole UTF-8 characters (may be empty mid-character). */
 export interface GeneratedToken {
   tokenId: number;
@@ -82,6 +91,15 @@ export interface GpuInfo {
   maxComputeWorkgroupSizeX: number;
 }
 "#;
+
+/// Typed optional arguments: `opts?: GenerateOptions | null`, `signal?: AbortSignal | null`.
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(typescript_type = "GenerateOptions")]
+    pub type GenerateOptionsArg;
+    #[wasm_bindgen(typescript_type = "AbortSignal")]
+    pub type AbortSignalArg;
+}
 
 #[wasm_bindgen(module = "/js/stream.js")]
 extern "C" {
@@ -107,11 +125,42 @@ fn start() {
     console_error_panic_hook::set_once();
 }
 
-/// A JS `Error` whose `name` is the variant's stable name (`IntegrityError`, ...).
+/// A JS `Error` whose `name` is the variant's stable name (`IntegrityError`, ...); an
+/// `InvalidOptionError` also carries the option's name as `option`.
 fn js_error(e: crate::Error) -> JsValue {
     let err = js_sys::Error::new(&e.to_string());
     err.set_name(e.name());
+    if let Some(option) = e.option() {
+        let _ = js_sys::Reflect::set(&err, &"option".into(), &option.into());
+    }
     err.into()
+}
+
+/// The app's generation options (`undefined` or an object) over `engine`'s defaults (a packed
+/// model's manifest `generation`); an unknown option is an `InvalidOptionError` naming it.
+fn generate_options(engine: &generate::Engine, v: JsValue) -> Result<GenerateOptions, JsValue> {
+    if v.is_undefined() || v.is_null() {
+        return Ok(engine.default_options().clone());
+    }
+    if !v.is_object() || js_sys::Array::is_array(&v) {
+        return Err(js_error(crate::Error::InvalidOption { option: "options", reason: "must be an object".into() }));
+    }
+    let given = serde_wasm_bindgen::from_value(v).map_err(|e| js_error(crate::Error::InvalidOption { option: "options", reason: e.to_string() }))?;
+    engine.default_options().overlay(given).map_err(js_error)
+}
+
+/// Reject an options object's keys that are not in `known` (`InvalidOptionError` naming it).
+pub(crate) fn check_option_names(options: &JsValue, known: &[&str]) -> Result<(), JsValue> {
+    if !options.is_object() {
+        return Ok(());
+    }
+    for key in js_sys::Object::keys(options.unchecked_ref()).iter() {
+        let key = key.as_string().unwrap_or_default();
+        if !known.contains(&key.as_str()) {
+            return Err(js_error(crate::Error::unknown_option(&key, known)));
+        }
+    }
+    Ok(())
 }
 
 fn from_js<T: serde::de::DeserializeOwned + Default>(v: JsValue, what: &'static str) -> Result<T, JsValue> {
@@ -121,8 +170,10 @@ fn from_js<T: serde::de::DeserializeOwned + Default>(v: JsValue, what: &'static 
     serde_wasm_bindgen::from_value(v).map_err(|e| js_error(crate::Error::InvalidOption { option: what, reason: e.to_string() }))
 }
 
+/// Plain objects, and `undefined` (not `null`) for a `None`: what the `.d.ts`'s optional
+/// fields (`field?: T`) promise (tests/js/types.test.mjs checks values against them).
 fn to_js<T: serde::Serialize>(v: &T) -> JsValue {
-    v.serialize(&serde_wasm_bindgen::Serializer::json_compatible()).unwrap_or(JsValue::UNDEFINED)
+    v.serialize(&serde_wasm_bindgen::Serializer::new().serialize_maps_as_objects(true)).unwrap_or(JsValue::UNDEFINED)
 }
 
 /// The crate version.
@@ -307,12 +358,12 @@ impl Engine {
 
     /// Stream the rest of the current conversation's unfinished generation (saved mid-way):
     /// the same tokens the uninterrupted generation would have produced.
-    #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<GeneratedToken>")]
+    #[wasm_bindgen(unchecked_return_type = "TokenStream")]
     pub fn resume(
         &self,
-        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+        signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
-        Ok(to_async_iterator(self.resume_generation()?, signal))
+        Ok(to_async_iterator(self.resume_generation()?, load::or_undefined(signal)))
     }
 
     /// `resume()` as a step-by-step `Generation`.
@@ -361,32 +412,33 @@ impl Engine {
     }
 
     /// Stream the continuation of `prompt` (raw text).
-    #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<GeneratedToken>")]
+    #[wasm_bindgen(unchecked_return_type = "TokenStream")]
     pub fn generate(
         &self,
         prompt: &str,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+        opts: Option<GenerateOptionsArg>,
+        signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
         let g = self.start(prompt, opts)?;
-        Ok(to_async_iterator(g, signal))
+        Ok(to_async_iterator(g, load::or_undefined(signal)))
     }
 
     /// Stream the assistant's reply to `messages`, rendered with the model's chat template.
     /// The longest common token prefix with the current conversation is reused, not recomputed
-    /// (`reusePrefix: false` turns that off).
-    #[wasm_bindgen(unchecked_return_type = "AsyncIterableIterator<GeneratedToken>")]
+    /// (`reusePrefix: false` turns that off). Typed in js/index.d.ts: the package entry
+    /// (js/index.js) makes `engine.chat` also carry the OpenAI-style `chat.completions.create`.
+    #[wasm_bindgen(skip_typescript)]
     pub fn chat(
         &self,
         #[wasm_bindgen(unchecked_param_type = "ChatMessage[]")] messages: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
-        #[wasm_bindgen(unchecked_param_type = "AbortSignal | undefined")] signal: JsValue,
+        opts: Option<GenerateOptionsArg>,
+        signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
         let messages: Vec<ChatMessage> = from_js(messages, "messages")?;
-        let opts: GenerateOptions = from_js(opts, "options")?;
         let engine = self.inner()?;
+        let opts = generate_options(&engine, load::or_undefined(opts))?;
         let inner = engine.chat(&messages, &opts).map_err(js_error)?;
-        Ok(to_async_iterator(self.generation(engine, inner), signal))
+        Ok(to_async_iterator(self.generation(engine, inner), load::or_undefined(signal)))
     }
 
     /// Step-by-step generation, for callers that drive the loop themselves.
@@ -394,10 +446,10 @@ impl Engine {
     pub fn start(
         &self,
         prompt: &str,
-        #[wasm_bindgen(unchecked_param_type = "GenerateOptions | undefined")] opts: JsValue,
+        opts: Option<GenerateOptionsArg>,
     ) -> Result<Generation, JsValue> {
-        let opts: GenerateOptions = from_js(opts, "options")?;
         let engine = self.inner()?;
+        let opts = generate_options(&engine, load::or_undefined(opts))?;
         let inner = engine.generate(prompt, &opts).map_err(js_error)?;
         Ok(self.generation(engine, inner))
     }
@@ -435,7 +487,7 @@ impl Generation {
     }
 
     /// Why generation ended (`"eos"`, `"stopString"`, `"maxTokens"`), or `undefined`.
-    #[wasm_bindgen(js_name = finishReason, unchecked_return_type = "string | undefined")]
+    #[wasm_bindgen(js_name = finishReason, unchecked_return_type = "FinishReason | undefined")]
     pub fn finish_reason(&self) -> JsValue {
         self.inner.finish_reason().map(|r| to_js(&r)).unwrap_or(JsValue::UNDEFINED)
     }

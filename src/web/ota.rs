@@ -221,6 +221,7 @@ impl Slot {
         let Some(source) = self.source.as_ref() else {
             return Err(js_error(Error::InvalidOption { option: "update", reason: "only an engine made by Engine.load can update".into() }));
         };
+        super::check_option_names(&options, &["onProgress", "signal", "baseUrl", "window", "margin", "probation", "baseline"])?;
         let policy = parse_policy(&options)?;
         let on_progress = load::opt_function(&options, "onProgress")?;
         let signal = load::get(&options, "signal");

@@ -105,3 +105,23 @@ test("auto.js: threaded build on an isolated page, single-thread build elsewhere
   const plain = await withPage(false, pick);
   assert.deepEqual(plain, { available: false, variant: "single", threads: 1, built: false });
 });
+
+test("WorkerEngine runs the threaded build in its worker on an isolated page: the single build's tokens", { skip, timeout: 180_000 }, async () => {
+  const run = (page) =>
+    page.evaluate(async () => {
+      const bytes = async (f) => new Uint8Array(await (await fetch(`/tests/fixtures/tiny/${f}`)).arrayBuffer());
+      const files = async () => [await bytes("model-int4.onnx"), await bytes("tokenizer.json"), await bytes("model_config.json")];
+      const { WorkerEngine } = await import("/pkg/worker.js");
+      const engine = await WorkerEngine.fromBytes(...(await files()), { threads: 2 });
+      const ids = [];
+      for await (const t of engine.generate("The capital of France is", { maxTokens: 16, ignoreEos: true, temperature: 1, seed: 7 })) ids.push(t.tokenId);
+      const out = { variant: engine.variant, threads: engine.threads, ids };
+      await engine.dispose();
+      return out;
+    });
+  const isolated = await withPage(true, run);
+  const plain = await withPage(false, run);
+  assert.deepEqual([isolated.variant, isolated.threads], ["threads", 2]);
+  assert.deepEqual([plain.variant, plain.threads], ["single", 1]);
+  assert.deepEqual(isolated.ids, plain.ids);
+});

@@ -160,3 +160,48 @@ test("abort, named errors and saved state cross the boundary", async () => {
   assert.deepEqual(r.resumed[0], r.resumed[1]);
   assert.match(r.disposed, /^EngineDisposedError/);
 });
+
+test("WorkerEngine has every Engine method and getter; startGeneration steps in the worker", async () => {
+  const r = await page.evaluate(async () => {
+    const own = (proto) => Object.getOwnPropertyNames(proto).filter((k) => k !== "constructor");
+    const internal = ["free", "__destroy_into_raw"];
+    const missing = own(pkg.Engine.prototype).filter((k) => !internal.includes(k) && !(k in WorkerEngine.prototype));
+    const statics = Object.getOwnPropertyNames(pkg.Engine).filter((k) => typeof pkg.Engine[k] === "function" && !k.startsWith("__"));
+    const missingStatic = statics.filter((k) => typeof WorkerEngine[k] !== "function");
+
+    const direct = pkg.Engine.fromBytes(...(await files()));
+    const worker = await WorkerEngine.fromBytes(...(await files()));
+    const opts = { maxTokens: 6, ignoreEos: true };
+    const steps = async (g) => {
+      const ids = [];
+      for (let t = await g.step(); t !== undefined; t = await g.step()) ids.push(t.tokenId);
+      return { ids, finish: await g.finishReason?.() };
+    };
+    const g = direct.startGeneration("Once upon", opts);
+    const d = [];
+    for (let t = g.step(); t !== undefined; t = g.step()) d.push(t.tokenId);
+    const events = [];
+    worker.setEventListener((e) => events.push(e));
+    const out = {
+      missing,
+      missingStatic,
+      direct: d,
+      worker: await steps(await worker.startGeneration("Once upon", opts)),
+      modelVersion: worker.modelVersion,
+      // Only engines made by `load` can update: a named error, through the worker.
+      update: await worker.update("/none.json").then(() => "resolved", (e) => e.name),
+      variant: worker.variant,
+      threads: worker.threads,
+    };
+    direct.free();
+    await worker.dispose();
+    return out;
+  });
+  assert.deepEqual(r.missing, []);
+  assert.deepEqual(r.missingStatic, []);
+  assert.deepEqual(r.worker.ids, r.direct);
+  assert.equal(r.worker.finish, "maxTokens");
+  assert.equal(r.modelVersion, undefined);
+  assert.equal(r.update, "InvalidOptionError");
+  assert.ok(["single", "threads"].includes(r.variant) && r.threads >= 1);
+});
