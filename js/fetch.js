@@ -7,37 +7,105 @@ const abortError = () => {
   return e;
 };
 
-// Rejections carry `kind`: "aborted", "status" (with `status`) or "network".
+// Rejections carry `kind`: "aborted", "status" (with `status`), "network" (retried) or
+// "memory" (a buffer could not be allocated: not retried).
 const failure = (kind, message, status) => Object.assign(new Error(message), { kind, status });
+
+/// A body without a size from the manifest (the manifest itself) may be at most this long.
+const MAX_UNSIZED_BYTES = 8 << 20;
+
+/// One load's AbortSignal: aborted by the app's `signal`, by `cancel()` (the load failed, so
+/// downloads in flight are dropped) or once `deadlineMs` have passed (`timedOut` is then set).
+export class LoadSignal {
+  constructor(signal, deadlineMs) {
+    this.ctl = new AbortController();
+    this.signal = this.ctl.signal;
+    this.outer = signal;
+    this.timedOut = false;
+    this.onAbort = () => this.ctl.abort();
+    if (signal?.aborted) this.ctl.abort();
+    else signal?.addEventListener("abort", this.onAbort, { once: true });
+    if (deadlineMs) {
+      this.timer = setTimeout(() => {
+        this.timedOut = true;
+        this.ctl.abort();
+      }, deadlineMs);
+      // A finished load must not keep Node running until its deadline.
+      this.timer.unref?.();
+    }
+  }
+  cancel() {
+    this.ctl.abort();
+  }
+  dispose() {
+    clearTimeout(this.timer);
+    this.outer?.removeEventListener("abort", this.onAbort);
+  }
+}
 
 /// One GET into one Uint8Array, pulled by the loader: `next()` resolves to the bytes received
 /// so far after each chunk and to -1 once the body is complete; `bytes()` is the result.
 /// `expected` (the manifest's size, or undefined) sizes the buffer up front, so a shard is held
-/// once while it downloads.
+/// once while it downloads; the buffer never grows past it. A server that sends nothing for
+/// `idleMs` (headers or body) fails the attempt with a retryable "network" error.
 export class Download {
-  constructor(url, expected, signal) {
+  constructor(url, expected, signal, idleMs) {
     this.url = url;
     this.expected = expected;
     this.signal = signal;
+    this.idleMs = idleMs;
     this.reader = null;
     this.buf = null;
     this.n = 0;
+    // Aborts this request alone (a stall), or with the load.
+    this.ctl = new AbortController();
+    this.stalled = false;
+    this.onAbort = () => this.ctl.abort();
+    if (signal?.aborted) this.ctl.abort();
+    else signal?.addEventListener("abort", this.onAbort, { once: true });
+  }
+
+  done() {
+    this.signal?.removeEventListener("abort", this.onAbort);
   }
 
   fail(e) {
-    return this.signal && this.signal.aborted ? failure("aborted", "aborted") : failure("network", String(e && e.message ? e.message : e));
+    this.done();
+    if (this.signal && this.signal.aborted) return failure("aborted", "aborted");
+    if (this.stalled) return failure("network", `no data for ${this.idleMs} ms`);
+    if (e instanceof RangeError) return failure("memory", `cannot allocate the download buffer: ${e.message}`);
+    return failure("network", String(e && e.message ? e.message : e));
+  }
+
+  /// `p`, or a rejection once `idleMs` pass without it settling (the request is aborted).
+  async idle(p) {
+    if (!this.idleMs) return p;
+    let t;
+    const stall = new Promise((_, reject) => {
+      t = setTimeout(() => {
+        this.stalled = true;
+        this.ctl.abort();
+        reject(new Error("stalled"));
+      }, this.idleMs);
+    });
+    try {
+      return await Promise.race([p, stall]);
+    } finally {
+      clearTimeout(t);
+    }
   }
 
   async next() {
-    if (this.signal && this.signal.aborted) throw failure("aborted", "aborted");
+    if (this.signal && this.signal.aborted) throw this.fail();
     if (!this.reader) {
       let res;
       try {
-        res = await fetch(this.url, { signal: this.signal, cache: "no-store" });
+        res = await this.idle(fetch(this.url, { signal: this.ctl.signal, cache: "no-store" }));
       } catch (e) {
         throw this.fail(e);
       }
       if (!res.ok) {
+        this.done();
         try {
           await res.body?.cancel();
         } catch {
@@ -45,36 +113,58 @@ export class Download {
         }
         throw failure("status", `HTTP ${res.status}`, res.status);
       }
-      if (!res.body) {
-        this.buf = new Uint8Array(await res.arrayBuffer());
-        this.n = this.buf.length;
-        this.reader = { read: async () => ({ done: true }), cancel: async () => {} };
-        return this.n;
+      try {
+        if (!res.body) {
+          this.buf = new Uint8Array(await this.idle(res.arrayBuffer()));
+          this.n = this.buf.length;
+          this.reader = { read: async () => ({ done: true }), cancel: async () => {} };
+          return this.n;
+        }
+        this.reader = res.body.getReader();
+        this.buf = new Uint8Array(this.expected ?? 1 << 16);
+      } catch (e) {
+        throw this.fail(e);
       }
-      this.reader = res.body.getReader();
-      this.buf = new Uint8Array(this.expected ?? 1 << 16);
     }
     let step;
     try {
-      step = await this.reader.read();
+      step = await this.idle(this.reader.read());
     } catch (e) {
       throw this.fail(e);
     }
-    if (step.done) return -1;
+    if (step.done) {
+      this.done();
+      return -1;
+    }
     const value = step.value;
+    const cap = this.expected ?? MAX_UNSIZED_BYTES;
+    if (this.n + value.length > cap) {
+      // More than the manifest says (or than a manifest may be): keep what fits and stop;
+      // the size and hash checks reject it. The buffer never grows past `cap`.
+      const fits = value.subarray(0, Math.max(0, cap - this.n));
+      if (this.n + fits.length > this.buf.length) this.grow(this.n + fits.length);
+      this.buf.set(fits, this.n);
+      this.n += fits.length;
+      this.done();
+      await this.reader.cancel().catch(() => {});
+      return -1;
+    }
     if (this.n + value.length > this.buf.length) {
-      if (this.expected !== undefined && this.n + value.length > 2 * this.expected + 65536) {
-        // Far more than the manifest says: stop here; the hash check rejects it.
-        await this.reader.cancel();
-        return -1;
+      try {
+        this.grow(Math.min(cap, Math.max(this.n + value.length, this.buf.length * 2)));
+      } catch (e) {
+        throw this.fail(e);
       }
-      const bigger = new Uint8Array(Math.max(this.n + value.length, this.buf.length * 2));
-      bigger.set(this.buf.subarray(0, this.n));
-      this.buf = bigger;
     }
     this.buf.set(value, this.n);
     this.n += value.length;
     return this.n;
+  }
+
+  grow(size) {
+    const bigger = new Uint8Array(size);
+    bigger.set(this.buf.subarray(0, this.n));
+    this.buf = bigger;
   }
 
   bytes() {

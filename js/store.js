@@ -14,12 +14,28 @@ const request = (r) =>
     r.onerror = () => reject(r.error);
   });
 
+// A request that fails inside a transaction (a `put` over quota) fires `error` on the
+// transaction while `tx.error` is still null, then aborts it: keep the request's error, so a
+// `QuotaExceededError` reaches the loader by name.
 const committed = (tx) =>
   new Promise((resolve, reject) => {
+    let failed = null;
     tx.oncomplete = () => resolve();
-    tx.onerror = () => reject(tx.error);
-    tx.onabort = () => reject(tx.error ?? new DOMException("transaction aborted", "AbortError"));
+    tx.onerror = (ev) => {
+      failed ??= ev?.target?.error ?? tx.error;
+    };
+    tx.onabort = () => reject(tx.error ?? failed ?? new DOMException("transaction aborted", "AbortError"));
   });
+
+const HEX64 = /^[0-9a-f]{64}$/;
+/// Every store takes only SHA-256 hex as a shard name: one from a planted record or a bad
+/// caller never becomes a path or a key elsewhere.
+const shardName = (sha256) => {
+  if (typeof sha256 !== "string" || !HEX64.test(sha256)) {
+    throw Object.assign(new Error(`not a shard name (64 lower-case hex digits): ${String(sha256).slice(0, 80)}`), { name: "StoreError" });
+  }
+  return sha256;
+};
 
 export class IndexedDbStore {
   constructor(name = DB_NAME) {
@@ -66,18 +82,21 @@ export class IndexedDbStore {
   }
 
   async get(sha256) {
+    shardName(sha256);
     const v = await this.tx(SHARDS, "readonly", (tx) => request(tx.objectStore(SHARDS).get(sha256)));
     if (v === undefined) return undefined;
     return v instanceof Uint8Array ? v : new Uint8Array(v);
   }
 
-  put(sha256, bytes) {
+  async put(sha256, bytes) {
+    shardName(sha256);
     return this.tx(SHARDS, "readwrite", (tx) => {
       tx.objectStore(SHARDS).put(bytes, sha256);
     });
   }
 
-  delete(sha256) {
+  async delete(sha256) {
+    shardName(sha256);
     return this.tx(SHARDS, "readwrite", (tx) => {
       tx.objectStore(SHARDS).delete(sha256);
     });
@@ -121,13 +140,13 @@ export class MemoryStore {
     this.records = new Map();
   }
   async get(sha256) {
-    return this.shards.get(sha256);
+    return this.shards.get(shardName(sha256));
   }
   async put(sha256, bytes) {
-    this.shards.set(sha256, bytes);
+    this.shards.set(shardName(sha256), bytes);
   }
   async delete(sha256) {
-    this.shards.delete(sha256);
+    this.shards.delete(shardName(sha256));
   }
   async keys() {
     return [...this.shards.keys()];
@@ -149,7 +168,6 @@ export function sharedMemoryStore() {
   return sharedMemory;
 }
 
-const HEX64 = /^[0-9a-f]{64}$/;
 const fsQuota = (e) =>
   e && (e.code === "ENOSPC" || e.code === "EDQUOT") ? Object.assign(new Error(String(e.message)), { name: "QuotaExceededError" }) : e;
 
@@ -184,6 +202,7 @@ export class FsStore {
   }
 
   async get(sha256) {
+    shardName(sha256);
     const fs = await this.io();
     try {
       const b = await fs.readFile(`${this.dir}/shards/${sha256}`);
@@ -194,13 +213,28 @@ export class FsStore {
     }
   }
 
-  put(sha256, bytes) {
-    return this.write(`${this.dir}/shards/${sha256}`, bytes);
+  async put(sha256, bytes) {
+    return this.write(`${this.dir}/shards/${shardName(sha256)}`, bytes);
   }
 
   async delete(sha256) {
+    shardName(sha256);
     const fs = await this.io();
     await fs.rm(`${this.dir}/shards/${sha256}`, { force: true });
+  }
+
+  /// Remove the temporary files of writes that were killed (older than `maxAgeMs`, so a write
+  /// in progress in another process is left alone).
+  async sweep(maxAgeMs = 10 * 60 * 1000) {
+    const fs = await this.io();
+    for (const sub of ["shards", "models"]) {
+      for (const n of await fs.readdir(`${this.dir}/${sub}`)) {
+        if (!n.endsWith(".tmp")) continue;
+        const p = `${this.dir}/${sub}/${n}`;
+        const st = await fs.stat(p).catch(() => null);
+        if (st && Date.now() - st.mtimeMs > maxAgeMs) await fs.rm(p, { force: true });
+      }
+    }
   }
 
   async keys() {

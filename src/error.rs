@@ -51,6 +51,9 @@ pub enum Error {
     UnsupportedBackend(String),
     #[error("model store error: {0}")]
     Store(String),
+    /// The load's `timeoutMs` passed.
+    #[error("timed out: {0}")]
+    Timeout(String),
 }
 
 impl Error {
@@ -74,6 +77,7 @@ impl Error {
             Error::Aborted(_) => "AbortError",
             Error::UnsupportedBackend(_) => "UnsupportedBackendError",
             Error::Store(_) => "StoreError",
+            Error::Timeout(_) => "TimeoutError",
         }
     }
 }

@@ -22,7 +22,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::manifest::Manifest;
+use crate::manifest::{sha256_hex, Manifest, ManifestLimits};
 use crate::store::{self, Blob, ModelRecord, ShardStore, StoreError};
 use crate::{Error, Result};
 
@@ -32,8 +32,10 @@ pub enum FetchError {
     Aborted,
     /// The server answered with this HTTP status.
     Status(u16),
-    /// No answer (offline, reset, DNS, a body cut short).
+    /// No answer (offline, reset, DNS, a body cut short, a server gone silent).
     Network(String),
+    /// Retrying cannot help (the download buffer could not be allocated).
+    Fatal(String),
 }
 
 impl FetchError {
@@ -42,6 +44,7 @@ impl FetchError {
             FetchError::Aborted => false,
             FetchError::Status(s) => matches!(s, 408 | 425 | 429 | 500..=599),
             FetchError::Network(_) => true,
+            FetchError::Fatal(_) => false,
         }
     }
 }
@@ -51,7 +54,7 @@ impl std::fmt::Display for FetchError {
         match self {
             FetchError::Aborted => write!(f, "aborted"),
             FetchError::Status(s) => write!(f, "HTTP {s}"),
-            FetchError::Network(m) => write!(f, "{m}"),
+            FetchError::Network(m) | FetchError::Fatal(m) => write!(f, "{m}"),
         }
     }
 }
@@ -68,6 +71,9 @@ pub trait Fetcher {
     /// Wait `ms` milliseconds; `Err(Aborted)` if aborted meanwhile.
     async fn sleep(&self, ms: u32) -> Result<(), FetchError>;
     fn aborted(&self) -> bool;
+    /// Abort every fetch and sleep in flight (they end with `Err(Aborted)`): the load has
+    /// failed, and a download that would only be thrown away must not keep the load waiting.
+    fn cancel(&self);
     /// Milliseconds since the epoch.
     fn now_ms(&self) -> f64;
 }
@@ -100,12 +106,70 @@ pub struct LoadOptions {
     pub retry: RetryPolicy,
     /// Fail with `QuotaError` instead of loading from memory when the cache is full.
     pub strict_quota: bool,
+    /// The manifest's expected SHA-256 (lower-case hex; see [`parse_integrity`]): a manifest
+    /// with other bytes, fetched or cached, is refused (`IntegrityError`), like Subresource
+    /// Integrity. The manifest holds every file's hash, so this pins the whole model.
+    pub integrity: Option<String>,
+    /// Bounds the manifest must keep (file size, count, total).
+    pub limits: ManifestLimits,
+    /// A download that receives nothing for this long fails (and is retried); 0: no limit.
+    /// Applied by the platform's [`Fetcher`].
+    pub idle_timeout_ms: u32,
+    /// The whole load fails (`TimeoutError`) after this long; 0: no limit. Applied by the
+    /// platform's [`Fetcher`], which cancels what is in flight.
+    pub deadline_ms: u32,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { concurrency: 4, retry: RetryPolicy::default(), strict_quota: false }
+        LoadOptions {
+            concurrency: 4,
+            retry: RetryPolicy::default(),
+            strict_quota: false,
+            integrity: None,
+            limits: ManifestLimits::default(),
+            idle_timeout_ms: 30_000,
+            deadline_ms: 0,
+        }
     }
+}
+
+/// An `integrity` value: `sha256-<base64>` (as in Subresource Integrity) or 64 hex digits;
+/// returns lower-case hex.
+pub fn parse_integrity(s: &str) -> Result<String> {
+    let bad = || Error::InvalidOption { option: "integrity", reason: "must be `sha256-<base64>` or 64 hex digits".into() };
+    if let Some(b64) = s.strip_prefix("sha256-") {
+        let bytes = base64_decode(b64).filter(|b| b.len() == 32).ok_or_else(bad)?;
+        return Ok(crate::manifest::hex(&bytes));
+    }
+    if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(s.to_ascii_lowercase());
+    }
+    Err(bad())
+}
+
+/// Standard base64 with `=` padding (what SRI hashes use).
+fn base64_decode(s: &str) -> Option<Vec<u8>> {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let s = s.as_bytes();
+    if s.len() % 4 != 0 {
+        return None;
+    }
+    let pad = s.iter().rev().take_while(|&&c| c == b'=').count();
+    if pad > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(s.len() / 4 * 3);
+    for quad in s.chunks(4) {
+        let mut v = 0u32;
+        for &c in quad {
+            let d = if c == b'=' { 0 } else { ALPHABET.iter().position(|&a| a == c)? as u32 };
+            v = v << 6 | d;
+        }
+        out.extend_from_slice(&v.to_be_bytes()[1..]);
+    }
+    out.truncate(out.len() - pad);
+    Some(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -253,12 +317,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
                 return Err(aborted());
             }
             let err = match self.fetcher.fetch(url, None, &|_| {}).await {
-                Ok(blob) => {
-                    let bytes = blob.into_vec();
-                    let manifest = Manifest::from_json(&bytes)?;
-                    let json = String::from_utf8(bytes).map_err(|e| Error::InvalidManifest(e.to_string()))?;
-                    return Ok(self.announce(ManifestSource { manifest, json, source: Source::Network }));
-                }
+                Ok(blob) => return self.parse_manifest(blob.into_vec(), Source::Network).map(|m| self.announce(m)),
                 Err(FetchError::Aborted) => return Err(aborted()),
                 Err(e) => e,
             };
@@ -266,8 +325,8 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
                 cached = Some(self.cached_manifest(url).await);
             }
             if let Some(Some(rec)) = &cached {
-                let manifest = Manifest::from_json(rec.manifest_json.as_bytes())?;
-                return Ok(self.announce(ManifestSource { manifest, json: rec.manifest_json.clone(), source: Source::Cache }));
+                let m = self.parse_manifest(rec.manifest_json.clone().into_bytes(), Source::Cache)?;
+                return Ok(self.announce(m));
             }
             if !err.is_retryable() || retries >= self.options.retry.max_retries {
                 return Err(Error::Network { file: url.into(), reason: err.to_string() });
@@ -277,6 +336,20 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
             self.emit(LoadEvent::Retry { file: url.into(), attempt: retries, delay_ms, reason: err.to_string() });
             self.fetcher.sleep(delay_ms).await.map_err(|_| aborted())?;
         }
+    }
+
+    /// Check manifest bytes against the `integrity` option (before parsing a byte of them) and
+    /// the manifest limits. Used for a fetched, a cached and a handed-over manifest alike.
+    pub fn parse_manifest(&self, bytes: Vec<u8>, source: Source) -> Result<ManifestSource> {
+        if let Some(expected) = &self.options.integrity {
+            let actual = sha256_hex(&bytes);
+            if &actual != expected {
+                return Err(Error::ShardHashMismatch { shard: "manifest.json".into(), expected: expected.clone(), actual });
+            }
+        }
+        let manifest = Manifest::from_json_with(&bytes, &self.options.limits)?;
+        let json = String::from_utf8(bytes).map_err(|e| Error::InvalidManifest(e.to_string()))?;
+        Ok(ManifestSource { manifest, json, source })
     }
 
     fn announce(&self, m: ManifestSource) -> ManifestSource {
@@ -290,12 +363,17 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         m
     }
 
-    /// The newest complete cached model first loaded from `url`.
+    /// The newest complete cached model first loaded from `url` (with `integrity`, the newest
+    /// whose manifest has that hash).
     async fn cached_manifest(&self, url: &str) -> Option<ModelRecord> {
         let store = self.store?;
         let listed = store::list_models(store).await.ok()?;
-        let best = listed.into_iter().find(|m| m.complete && m.manifest_url.as_deref() == Some(url))?;
-        store.models().await.ok()?.into_iter().find(|r| r.key == best.key)
+        let records = store.models().await.ok()?;
+        let pinned = |r: &ModelRecord| self.options.integrity.as_ref().is_none_or(|h| sha256_hex(r.manifest_json.as_bytes()) == *h);
+        listed
+            .into_iter()
+            .filter(|m| m.complete && m.manifest_url.as_deref() == Some(url))
+            .find_map(|m| records.iter().find(|r| r.key == m.key && pinned(r)).cloned())
     }
 
     /// Every file of `manifest`, verified, from the store or from `base_url` (the manifest's URL;
@@ -337,10 +415,18 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
                 shards: manifest.files.iter().map(|f| f.sha256.clone()).collect(),
                 total_bytes: manifest.total_bytes as f64,
                 stored_at: self.fetcher.now_ms(),
+                rolled_back_at: None,
             };
             match store.put_model(&record).await {
                 Ok(()) => cached = true,
                 Err(e) => self.emit(store_warning(&e)),
+            }
+            // Every shard of this model is now named by its record: what no record names
+            // (aborted loads of other models) only takes space.
+            if cached {
+                if let Err(e) = store::collect_garbage(store).await {
+                    self.emit(store_warning(&e));
+                }
             }
         }
         Ok(Loaded { files: st.files.take(), from_cache: st.from_cache.get(), from_network: st.from_network.get(), cached, quota })
@@ -354,6 +440,8 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
             let Some(i) = st.queue.borrow_mut().pop_front() else { return };
             if let Err(e) = self.file(st, manifest, i, base_url).await {
                 st.error.borrow_mut().get_or_insert(e);
+                // The load has failed: the other files in flight are not waited for.
+                self.fetcher.cancel();
                 return;
             }
         }

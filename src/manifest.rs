@@ -13,8 +13,11 @@ use crate::onnx::ModelProto;
 use crate::store::Blob;
 use crate::{Error, Result};
 
-/// Version of the manifest schema this runtime reads and writes.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the manifest schema this runtime writes. Version 2 binds `config` and
+/// `generation` into `model_sha256`; version 1 (files only) is still read.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest manifest schema this runtime reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 /// Default shard size: 16 MiB, well under the seed's 50 MB incremental-download limit: an
 /// interrupted download resumes from whole shards, and each cache write is one small
 /// transaction. (The engine copies tensors out of a shard one by one, so wasm memory does not
@@ -25,6 +28,34 @@ pub const MAX_SHARD_BYTES: u64 = 50_000_000;
 /// Size budgets (seed: "<100MB for bundled models, <500MB for on-demand downloads").
 pub const BUNDLED_BUDGET_BYTES: u64 = 100_000_000;
 pub const ON_DEMAND_BUDGET_BYTES: u64 = 500_000_000;
+/// Most files a manifest may list: 500 MB in shards of 1 MB is 500; anything near this many is
+/// a forged manifest, not a model.
+pub const MAX_FILES: usize = 1024;
+
+/// Bounds a manifest must keep before anything is fetched or allocated for it: each file at
+/// most a shard's size (download buffers are sized by it), at most `max_files` of them, and
+/// `max_total_bytes` in all.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ManifestLimits {
+    pub max_file_bytes: u64,
+    pub max_files: usize,
+    pub max_total_bytes: u64,
+}
+
+impl Default for ManifestLimits {
+    /// What the loader accepts from the network: the seed's on-demand budget in all.
+    fn default() -> Self {
+        ManifestLimits { max_file_bytes: MAX_SHARD_BYTES, max_files: MAX_FILES, max_total_bytes: ON_DEMAND_BUDGET_BYTES }
+    }
+}
+
+impl ManifestLimits {
+    /// [`Manifest::validate`]'s bounds: any total (the packer packs bigger models, and
+    /// `fromPacked` gets bytes already in memory); the loader applies the budget.
+    pub fn any_total() -> Self {
+        ManifestLimits { max_total_bytes: u64::MAX, ..Default::default() }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,14 +136,41 @@ pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The whole-model hash: binds every file's hash and their order.
+/// The whole-model hash of format version 1: binds every file's hash and their order.
 pub fn model_hash(files: &[FileEntry]) -> String {
+    hex(&files_hasher(files).finalize())
+}
+
+fn files_hasher(files: &[FileEntry]) -> Sha256 {
     let mut h = Sha256::new();
     for f in files {
         h.update(f.sha256.as_bytes());
         h.update(b"\n");
     }
+    h
+}
+
+/// The whole-model hash of format version 2: [`model_hash`]'s input, then `config` and
+/// `generation` as JSON, so the chat template and architecture are as pinned as the weights.
+pub fn model_hash_v2(files: &[FileEntry], config: &ModelConfig, generation: &GenerationDefaults) -> String {
+    let mut h = files_hasher(files);
+    for (label, json) in [("config", serde_json::to_vec(config)), ("generation", serde_json::to_vec(generation))] {
+        h.update(label.as_bytes());
+        h.update(b" ");
+        h.update(json.expect("config serializes"));
+        h.update(b"\n");
+    }
     hex(&h.finalize())
+}
+
+/// A file path a manifest may name: `/`-separated segments of ASCII letters, digits, `.`, `_`
+/// and `-`, none empty, `.` or `..`. Nothing that a URL resolver, a file system or a cache key
+/// could read as another place (`%2e%2e/`, `C:/`, `\`, `/abs`, `a//b`).
+pub fn is_plain_path(path: &str) -> bool {
+    path.len() <= 255
+        && path.split('/').all(|seg| {
+            !seg.is_empty() && seg != "." && seg != ".." && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        })
 }
 
 fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
@@ -124,8 +182,13 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 impl Manifest {
     /// Parse and check a manifest: schema version, runtime version, file list and sizes.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
+        Self::from_json_with(bytes, &ManifestLimits::any_total())
+    }
+
+    /// [`Manifest::from_json`] with other bounds.
+    pub fn from_json_with(bytes: &[u8], limits: &ManifestLimits) -> Result<Self> {
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| Error::InvalidManifest(e.to_string()))?;
-        m.validate()?;
+        m.validate_with(limits)?;
         Ok(m)
     }
 
@@ -134,10 +197,14 @@ impl Manifest {
     }
 
     pub fn validate(&self) -> Result<()> {
+        self.validate_with(&ManifestLimits::any_total())
+    }
+
+    pub fn validate_with(&self, limits: &ManifestLimits) -> Result<()> {
         let bad = |s: String| Err(Error::InvalidManifest(s));
-        if self.format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(Error::IncompatibleManifest(format!(
-                "format_version {} (this runtime reads {FORMAT_VERSION})",
+                "format_version {} (this runtime reads {MIN_FORMAT_VERSION} to {FORMAT_VERSION})",
                 self.format_version
             )));
         }
@@ -152,10 +219,16 @@ impl Manifest {
                 env!("CARGO_PKG_VERSION")
             )));
         }
+        if self.files.len() > limits.max_files {
+            return bad(format!("{} files, more than the {} a manifest may list", self.files.len(), limits.max_files));
+        }
         let mut seen = std::collections::HashSet::new();
         for f in &self.files {
-            if f.path.is_empty() || f.path.contains("..") || f.path.starts_with('/') || f.path.contains('\\') {
+            if !is_plain_path(&f.path) {
                 return bad(format!("file path `{}` must be a plain relative name", f.path));
+            }
+            if f.bytes > limits.max_file_bytes {
+                return bad(format!("file `{}` is {} bytes, more than the {} a file may hold", f.path, f.bytes, limits.max_file_bytes));
             }
             if !seen.insert(&f.path) {
                 return bad(format!("file `{}` listed twice", f.path));
@@ -170,14 +243,27 @@ impl Manifest {
         if self.files.iter().filter(|f| f.role == FileRole::Tokenizer).count() != 1 {
             return bad("exactly one file must have role `tokenizer`".into());
         }
-        let total: u64 = self.files.iter().map(|f| f.bytes).sum();
-        if total != self.total_bytes {
-            return bad(format!("total_bytes {} != sum of file sizes {total}", self.total_bytes));
+        // Each file is at most `max_file_bytes` and there are at most `max_files`, but the
+        // limits are the caller's: the sum is still checked.
+        let total = self.files.iter().try_fold(0u64, |sum, f| sum.checked_add(f.bytes));
+        if total != Some(self.total_bytes) {
+            return bad(format!("total_bytes {} != sum of file sizes", self.total_bytes));
         }
-        if model_hash(&self.files) != self.model_sha256 {
+        if self.total_bytes > limits.max_total_bytes {
+            return bad(format!("the model is {} bytes, more than the {} allowed", self.total_bytes, limits.max_total_bytes));
+        }
+        if self.expected_model_hash() != self.model_sha256 {
             return bad("model_sha256 does not match the files' hashes".into());
         }
         Ok(())
+    }
+
+    /// `model_sha256` as this manifest's format version defines it.
+    pub fn expected_model_hash(&self) -> String {
+        match self.format_version {
+            1 => model_hash(&self.files),
+            _ => model_hash_v2(&self.files, &self.config, &self.generation),
+        }
     }
 
     pub fn file(&self, role: FileRole) -> Option<&FileEntry> {
@@ -269,20 +355,85 @@ pub(crate) fn consume_external<B: Blob>(
     }
     for (loc, mut tensors) in refs {
         let mut bytes = shard(&loc)?;
-        // Last tensor of the shard first.
-        tensors.sort_by(|a, b| b.0.cmp(&a.0));
-        let mut floor = None;
+        // Last tensor of the shard first (the longer of two at one offset first).
+        tensors.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+        // Tensors of one shard must not overlap: each ends at or before the start of the one
+        // after it. (Checked here, not left to `release_from`, which a JS buffer ignores.)
+        let mut floor = bytes.len();
         for (offset, length, i) in tensors {
-            let inside = offset.checked_add(length as u64).is_some_and(|end| end <= bytes.len());
-            // Tensors of one shard must not overlap: each is cut off the end before the next.
-            if !inside || !floor.is_none_or(|f| offset < f || length == 0) {
+            let inside = offset.checked_add(length as u64).is_some_and(|end| end <= floor && end <= bytes.len());
+            if !inside {
                 let name = &graph.initializer[i].name;
                 return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
             }
             take(i, &bytes, offset, length)?;
             bytes.release_from(offset);
-            floor = Some(offset);
+            floor = offset;
         }
     }
     Ok(())
+}
+
+/// [`consume_external`] over shards in memory, copying every tensor out: the fuzz target's way
+/// in (fuzz/fuzz_targets/consume_external.rs). Returns the bytes taken.
+#[doc(hidden)]
+pub fn consume_external_in_memory(graph: &tract_onnx::pb::GraphProto, shards: &BTreeMap<String, Vec<u8>>) -> Result<u64> {
+    let mut total = 0;
+    let shard = |loc: &str| shards.get(loc).cloned().ok_or_else(|| Error::InvalidModel(format!("no shard `{loc}`")));
+    consume_external(graph, shard, |_, blob, offset, length| {
+        let mut dst = vec![0; length];
+        blob.copy_range(offset, &mut dst);
+        total += length as u64;
+        Ok(())
+    })?;
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::pb::{GraphProto, StringStringEntryProto, TensorProto};
+
+    /// A blob that, like a JS `Uint8Array`, keeps its bytes when told to release them.
+    struct Held(Vec<u8>);
+    impl Blob for Held {
+        fn len(&self) -> u64 {
+            self.0.len() as u64
+        }
+        fn into_vec(self) -> Vec<u8> {
+            self.0
+        }
+        fn copy_range(&self, offset: u64, dst: &mut [u8]) {
+            dst.copy_from_slice(&self.0[offset as usize..offset as usize + dst.len()]);
+        }
+    }
+
+    fn external(name: &str, offset: u64, length: u64) -> TensorProto {
+        let e = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
+        TensorProto {
+            name: name.into(),
+            external_data: vec![e("location", "s".into()), e("offset", offset.to_string()), e("length", length.to_string())],
+            ..Default::default()
+        }
+    }
+
+    fn consume(ranges: &[(u64, u64)]) -> Result<Vec<usize>> {
+        let graph = GraphProto { initializer: ranges.iter().enumerate().map(|(i, &(o, l))| external(&format!("t{i}"), o, l)).collect(), ..Default::default() };
+        let mut taken = Vec::new();
+        consume_external(&graph, |_| Ok(Held(vec![0; 16])), |i, _, _, _| {
+            taken.push(i);
+            Ok(())
+        })?;
+        Ok(taken)
+    }
+
+    /// Overlapping tensor ranges are refused whatever the blob does with `release_from`.
+    #[test]
+    fn overlapping_tensors_are_refused_in_a_blob_that_keeps_its_bytes() {
+        assert_eq!(consume(&[(0, 8), (8, 8), (8, 0)]).unwrap().len(), 3);
+        for ranges in [&[(0, 8), (4, 8)][..], &[(0, 16), (4, 4)], &[(2, 4), (2, 8)], &[(0, 17)], &[(u64::MAX, 2)]] {
+            let e = consume(ranges).unwrap_err();
+            assert!(matches!(&e, Error::InvalidModel(m) if m.contains("overlaps")), "{ranges:?}: {e}");
+        }
+    }
 }

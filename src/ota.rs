@@ -6,6 +6,10 @@
 //! new version then runs under an [`UpdateMonitor`] for `probation` outcomes: as soon as the
 //! errors in its window make the window's rate exceed `baseline + margin` it asks for a
 //! rollback; after `probation` outcomes without that, the update is confirmed.
+//!
+//! Rates are judged over at least [`MIN_WINDOW`] outcomes: over fewer, one error is already
+//! 5 % or more, and the margin would mean nothing. An old version with fewer than that many
+//! outcomes has no measured rate; its baseline is then [`UNMEASURED_BASELINE`].
 
 use std::collections::VecDeque;
 
@@ -32,6 +36,13 @@ pub struct RollbackPolicy {
     /// Baseline error rate; `None`: the old version's measured rate.
     pub baseline: Option<f64>,
 }
+
+/// The fewest outcomes a rate is judged over (a smaller `window` is raised to this).
+pub const MIN_WINDOW: usize = 20;
+/// The baseline when the old version has too little history to measure one (fewer than
+/// [`MIN_WINDOW`] outcomes, e.g. an update right after the page loaded): a healthy model
+/// fails almost never, so this is the rate of a version nobody would call a regression.
+pub const UNMEASURED_BASELINE: f64 = 0.05;
 
 impl Default for RollbackPolicy {
     fn default() -> Self {
@@ -103,7 +114,9 @@ pub struct UpdateMonitor {
 impl UpdateMonitor {
     /// `previous`: the old version's window at the switch (its rate is the default baseline).
     pub fn new(policy: RollbackPolicy, previous: &ErrorWindow) -> Self {
-        let baseline = policy.baseline.unwrap_or_else(|| previous.rate());
+        let measured = (previous.len() >= MIN_WINDOW).then(|| previous.rate());
+        let baseline = policy.baseline.or(measured).unwrap_or(UNMEASURED_BASELINE);
+        let policy = RollbackPolicy { window: policy.window.max(MIN_WINDOW), ..policy };
         UpdateMonitor { policy, baseline, window: ErrorWindow::new(policy.window), seen: 0, decided: false }
     }
 
@@ -149,6 +162,37 @@ mod tests {
 
     fn monitor(baseline: Option<f64>) -> UpdateMonitor {
         UpdateMonitor::new(RollbackPolicy { window: 20, margin: 0.05, probation: 100, baseline }, &ErrorWindow::new(20))
+    }
+
+    fn healthy_history(n: usize) -> ErrorWindow {
+        let mut w = ErrorWindow::new(20);
+        for _ in 0..n {
+            w.record(true);
+        }
+        w
+    }
+
+    #[test]
+    fn a_small_window_does_not_roll_back_on_one_error() {
+        for window in [1, 5, 10, 19] {
+            let mut m = UpdateMonitor::new(RollbackPolicy { window, baseline: Some(0.0), ..Default::default() }, &healthy_history(20));
+            assert_eq!(m.record(false), Verdict::Keep, "window {window}: 1 error");
+            assert!(matches!(m.record(false), Verdict::Rollback { errors: 2, .. }), "window {window}: 2 errors in 20 are 10 %");
+        }
+    }
+
+    #[test]
+    fn an_old_version_without_history_has_an_unmeasured_baseline_not_zero() {
+        for n in [0, 1, 19] {
+            let m = UpdateMonitor::new(RollbackPolicy::default(), &healthy_history(n));
+            assert_eq!(m.baseline(), UNMEASURED_BASELINE, "{n} outcomes");
+        }
+        assert_eq!(UpdateMonitor::new(RollbackPolicy::default(), &healthy_history(20)).baseline(), 0.0, "measured");
+        let mut m = UpdateMonitor::new(RollbackPolicy::default(), &healthy_history(0));
+        // 2 errors in 20 (10 %) are within 5 % + 5 %; a third is not.
+        assert_eq!(m.record(false), Verdict::Keep);
+        assert_eq!(m.record(false), Verdict::Keep);
+        assert!(matches!(m.record(false), Verdict::Rollback { errors: 3, .. }));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
 
 use crate::manifest::{
-    model_hash, sha256_hex, shard_weights, FileEntry, FileRole, GenerationDefaults, Manifest, QuantizationConfig,
+    model_hash_v2, sha256_hex, shard_weights, FileEntry, FileRole, GenerationDefaults, Manifest, QuantizationConfig,
     TensorSpec, FORMAT_VERSION,
 };
 use crate::model::ModelConfig;
@@ -116,7 +116,7 @@ pub fn pack(onnx: &[u8], tokenizer_json: &[u8], config: &ModelConfig, opts: &Pac
         model_id: config.model_id.clone(),
         model_version: opts.model_version.clone(),
         min_runtime_version: "0.1.0".into(),
-        model_sha256: model_hash(&entries),
+        model_sha256: model_hash_v2(&entries, config, &opts.generation),
         total_bytes: entries.iter().map(|e| e.bytes).sum(),
         files: entries,
         inputs,

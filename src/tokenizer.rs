@@ -135,6 +135,20 @@ impl IncrementalDecoder {
         &self.ids
     }
 
+    /// `prefix_offset <= read_offset <= ids.len()`, which `push` and `flush` slice by: always
+    /// true of a decoder built here, to be checked on one deserialised from a saved state.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        if self.prefix_offset <= self.read_offset && self.read_offset <= self.ids.len() {
+            return Ok(());
+        }
+        Err(format!(
+            "detokenizer offsets {}..{} outside its {} ids",
+            self.prefix_offset,
+            self.read_offset,
+            self.ids.len()
+        ))
+    }
+
     /// At the end of generation: whatever is still held back (an incomplete UTF-8 sequence
     /// decodes to U+FFFD), so the deltas add up to the full decode.
     pub fn flush(&mut self, tok: &Tokenizer) -> Result<String> {
@@ -164,7 +178,12 @@ pub fn render_chat_template(
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String> {
+    if template.len() > MAX_TEMPLATE_BYTES {
+        return Err(Error::ChatTemplate(format!("the template is {} bytes, more than {MAX_TEMPLATE_BYTES}", template.len())));
+    }
     let mut env = minijinja::Environment::new();
+    // The template comes with the model, so it is input: bound its work and its output.
+    env.set_fuel(Some(TEMPLATE_FUEL));
     env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
         Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
     });
@@ -175,9 +194,33 @@ pub fn render_chat_template(
         bos_token => bos_token,
         eos_token => eos_token,
     };
-    env.get_template("chat")
-        .and_then(|t| t.render(ctx))
-        .map_err(|e| Error::ChatTemplate(e.to_string()))
+    let mut out = Capped(Vec::new());
+    env.get_template("chat").and_then(|t| t.render_captured_to(ctx, &mut out).map(drop)).map_err(|e| Error::ChatTemplate(e.to_string()))?;
+    String::from_utf8(out.0).map_err(|e| Error::ChatTemplate(e.to_string()))
+}
+
+/// Chat templates seen in the wild are a few kB (Llama 3.1 with tools: ~15 kB).
+const MAX_TEMPLATE_BYTES: usize = 256 << 10;
+/// minijinja instructions per render: a few dozen per message in real templates, so this is
+/// thousands of messages, and a loop of loops stops in milliseconds.
+const TEMPLATE_FUEL: u64 = 2_000_000;
+/// More text than any model's context holds.
+const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// A writer that fails past [`MAX_RENDERED_BYTES`].
+struct Capped(Vec<u8>);
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() + buf.len() > MAX_RENDERED_BYTES {
+            return Err(std::io::Error::other(format!("the rendered prompt is over {MAX_RENDERED_BYTES} bytes")));
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// SmolLM2 / ChatML template (as the GGUF carries it).
@@ -384,5 +427,21 @@ mod tests {
         assert!(matches!(err, Error::ChatTemplate(_)), "{err}");
         let err = render_chat_template("{% for %}", &[], false, "", "").unwrap_err();
         assert!(matches!(err, Error::ChatTemplate(_)));
+    }
+
+    /// A template is model input: one that loops for ever (10^10 iterations), writes 100 MB or
+    /// is itself huge fails by name, in bounded time and memory.
+    #[test]
+    fn hostile_templates_are_bounded() {
+        let forever = "{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}";
+        let huge_output = "{% for i in range(100) %}{{ 'x' * 1000000 }}{% endfor %}";
+        let huge_template = "x".repeat(MAX_TEMPLATE_BYTES + 1);
+        for (what, tpl) in [("loop", forever), ("output", huge_output), ("template", huge_template.as_str())] {
+            let err = render_chat_template(tpl, &[], false, "", "").unwrap_err();
+            assert!(matches!(err, Error::ChatTemplate(_)), "{what}: {err}");
+        }
+        // Real templates stay well inside: ChatML over 1,000 messages.
+        let msgs = vec![ChatMessage { role: "user".into(), content: "Hi".into() }; 1000];
+        render_chat_template(CHATML_TEMPLATE, &msgs, true, "", "<|im_end|>").unwrap();
     }
 }

@@ -48,6 +48,8 @@ enum Fault {
     Offline,
     Corrupt,
     Truncate,
+    /// Headers, then no byte ever: the fetch ends only when cancelled.
+    Stall,
 }
 
 #[derive(Default)]
@@ -101,6 +103,16 @@ impl Fetcher for ScriptedFetcher {
             return Err(FetchError::Network("offline".into()));
         }
         let fault = self.faults.borrow_mut().get_mut(url).and_then(VecDeque::pop_front);
+        if let Some(Fault::Stall) = fault {
+            // Busy-polled by block_on: a bound turns a load that never cancels it into a failure.
+            for _ in 0..1_000_000 {
+                if self.aborted.get() {
+                    return Err(FetchError::Aborted);
+                }
+                YieldOnce(false).await;
+            }
+            panic!("a stalled download was never cancelled");
+        }
         let mut bytes = self.files.get(url).cloned().ok_or(FetchError::Status(404))?;
         match fault {
             Some(Fault::Status(s)) => return Err(FetchError::Status(s)),
@@ -110,6 +122,7 @@ impl Fetcher for ScriptedFetcher {
                 bytes[mid] ^= 0x40
             }
             Some(Fault::Truncate) => bytes.truncate(bytes.len() / 2),
+            Some(Fault::Stall) => unreachable!("handled above"),
             None => {}
         }
         // Report progress in two halves, as a streamed body would.
@@ -139,6 +152,10 @@ impl Fetcher for ScriptedFetcher {
 
     fn aborted(&self) -> bool {
         self.aborted.get()
+    }
+
+    fn cancel(&self) {
+        self.aborted.set(true);
     }
 
     fn now_ms(&self) -> f64 {
@@ -178,7 +195,7 @@ fn load(fetcher: &ScriptedFetcher, store: Option<&Store>, options: LoadOptions) 
 }
 
 fn fast() -> LoadOptions {
-    LoadOptions { concurrency: 3, retry: RetryPolicy { max_retries: 3, base_delay_ms: 10, max_delay_ms: 25 }, strict_quota: false }
+    LoadOptions { concurrency: 3, retry: RetryPolicy { max_retries: 3, base_delay_ms: 10, max_delay_ms: 25 }, ..Default::default() }
 }
 
 /// The progress contract: `loaded` never decreases, `total` never changes, ends at total.
@@ -389,7 +406,7 @@ fn offline_after_a_cached_load_uses_the_cached_manifest_and_shards() {
 #[test]
 fn an_incompatible_manifest_is_refused_before_any_shard_is_fetched() {
     let (_, json, files) = packed("1.0.0");
-    for (from, to) in [("\"min_runtime_version\": \"0.1.0\"", "\"min_runtime_version\": \"99.0.0\""), ("\"format_version\": 1", "\"format_version\": 2")] {
+    for (from, to) in [("\"min_runtime_version\": \"0.1.0\"", "\"min_runtime_version\": \"99.0.0\""), ("\"format_version\": 2", "\"format_version\": 3")] {
         assert!(json.contains(from), "{from}");
         let net = ScriptedFetcher::new(&json.replace(from, to), &files);
         match load(&net, None::<&Store>, fast()).result {
@@ -471,4 +488,79 @@ fn the_committed_packed_fixture_is_up_to_date() {
     for f in &m.files {
         assert_eq!(std::fs::read(format!("{dir}/{}", f.path)).unwrap(), files[&f.path], "{}", f.path);
     }
+}
+
+#[test]
+fn a_fatal_error_cancels_the_downloads_in_flight() {
+    let (m, json, files) = packed("1.0.0");
+    let net = ScriptedFetcher::new(&json, &files);
+    // With 3 in flight: one stalls for ever, another fails for good (404 is not retried).
+    net.fault(&m.files[1].path, &[Fault::Stall]);
+    net.fault(&m.files[2].path, &[Fault::Status(404)]);
+    match load(&net, None::<&Store>, fast()).result {
+        Err(Error::Network { reason, .. }) => assert!(reason.contains("404"), "{reason}"),
+        other => panic!("expected the 404, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn integrity_pins_the_manifest_online_and_offline() {
+    use edge_llm::loader::parse_integrity;
+    // The SRI form and hex give the same hash (SHA-256 of no bytes).
+    let empty = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    assert_eq!(parse_integrity("sha256-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=").unwrap(), empty);
+    assert_eq!(parse_integrity(&empty.to_uppercase()).unwrap(), empty);
+    for bad in ["", "sha256-", "sha256-abc", "sha384-47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=", &empty[1..], "md5-x"] {
+        assert_eq!(parse_integrity(bad).unwrap_err().name(), "InvalidOptionError", "{bad}");
+    }
+
+    let (_, json, files) = packed("1.0.0");
+    let pinned = |h: &str| LoadOptions { integrity: Some(h.into()), ..fast() };
+    let good = sha256_hex(json.as_bytes());
+    let other = sha256_hex(b"another manifest");
+    let store = Store::new();
+    let net = ScriptedFetcher::new(&json, &files);
+    load(&net, Some(&store), pinned(&good)).result.unwrap();
+
+    let net = ScriptedFetcher::new(&json, &files);
+    let e = load(&net, Some(&store), pinned(&other)).result.unwrap_err();
+    assert_eq!(e.name(), "IntegrityError", "{e}");
+    assert_eq!(net.shard_requests(), 0, "refused before any shard");
+
+    // Offline: the cached manifest is used only if it is the pinned one. A record planted in
+    // the store (same URL, newer, its chat template changed) is passed over.
+    let mut rec = block_on(store.models()).unwrap().remove(0);
+    rec.manifest_json = json.replace("\"model_version\": \"1.0.0\"", "\"model_version\": \"1.0.1\"");
+    assert_ne!(rec.manifest_json, json);
+    rec.key = "planted".into();
+    rec.stored_at += 1e6;
+    block_on(store.put_model(&rec)).unwrap();
+    let net = ScriptedFetcher::new(&json, &files);
+    net.offline.set(true);
+    let run = load(&net, Some(&store), pinned(&good));
+    run.result.unwrap();
+    assert!(matches!(&run.events[0], LoadEvent::Manifest { source: Source::Cache, model_version, .. } if model_version == "1.0.0"));
+    let e = load(&net, Some(&store), pinned(&other)).result.unwrap_err();
+    assert_eq!(e.name(), "NetworkError", "offline, and no cached manifest has the pinned hash: {e}");
+}
+
+/// Shards no record names (an aborted load) are collected after the next cached load; names
+/// that are not SHA-256 hex (from a planted record) never reach the store.
+#[test]
+fn orphaned_shards_are_collected_and_planted_names_never_reach_the_store() {
+    let (m, json, files) = packed("1.0.0");
+    let store = Store::new();
+    let orphan = sha256_hex(b"an aborted load's shard");
+    block_on(store.put(&orphan, &b"an aborted load's shard".to_vec())).unwrap();
+    load(&ScriptedFetcher::new(&json, &files), Some(&store), fast()).result.unwrap();
+    assert!(!store.contains(&orphan), "collected after the load");
+    assert!(m.files.iter().all(|f| store.contains(&f.sha256)));
+
+    let planted = store::ModelRecord { key: "evil@1".into(), model_id: "evil".into(), shards: vec!["../../etc/passwd".into(), "".into()], ..block_on(store.models()).unwrap().remove(0) };
+    block_on(store.put_model(&planted)).unwrap();
+    block_on(store.put("../../etc/passwd", &vec![1])).unwrap();
+    assert_eq!(block_on(store::delete_model(&store, "evil", None)).unwrap(), 1);
+    assert!(store.contains("../../etc/passwd"), "a name that is not a SHA-256 is never deleted");
+    assert_eq!(block_on(store::collect_garbage(&store)).unwrap(), 0);
+    assert!(m.files.iter().all(|f| store.contains(&f.sha256)), "still named by 1.0.0's record");
 }

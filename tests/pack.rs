@@ -121,7 +121,7 @@ fn bad_manifests_are_rejected_with_reasons() {
     newer.min_runtime_version = "99.0.0".into();
     assert!(matches!(Manifest::from_json(newer.to_json().as_bytes()), Err(Error::IncompatibleManifest(_))));
     let mut future = m.clone();
-    future.format_version = 2;
+    future.format_version = 3;
     assert!(matches!(future.validate(), Err(Error::IncompatibleManifest(_))));
     let mut evil = m.clone();
     evil.files[0].path = "../../etc/passwd".into();
@@ -173,4 +173,66 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
     assert!(report.rewritten.iter().all(|(n, _)| !n.contains("layers.0.")));
     assert_eq!(report.rewritten.len(), 7 * (cfg.num_layers - 1) + 1);
     assert!(CpuModel::load(&edge_llm::onnx::encode(&m)).is_ok());
+}
+
+/// A manifest is input from the network: paths that could name another place, sizes past the
+/// caps (or whose sum overflows) are refused before anything is fetched or allocated.
+#[test]
+fn hostile_manifests_are_bounded() {
+    use edge_llm::manifest::{model_hash_v2, FileEntry, ManifestLimits, MAX_FILES, MAX_SHARD_BYTES};
+    let (m, _) = packed("model-int4.onnx", 1 << 20);
+    let rehash = |mut m: Manifest| {
+        m.total_bytes = m.files.iter().fold(0u64, |s, f| s.wrapping_add(f.bytes));
+        m.model_sha256 = model_hash_v2(&m.files, &m.config, &m.generation);
+        m
+    };
+    let invalid = |m: &Manifest, limits: &ManifestLimits, what: &str| match m.validate_with(limits) {
+        Err(Error::InvalidManifest(e)) => e,
+        other => panic!("{what}: expected InvalidManifest, got {other:?}"),
+    };
+    let limits = ManifestLimits::default();
+    for path in ["%2e%2e/x", "C:/x", "C:x", "a\\b", "/abs", "a//b", "./a", "a/..", "a/", "", "x?y", "x#y", "ü"] {
+        let mut evil = m.clone();
+        evil.files[0].path = path.into();
+        let e = invalid(&rehash(evil), &limits, path);
+        assert!(e.contains("plain relative name"), "{path}: {e}");
+    }
+    let mut big = m.clone();
+    big.files[0].bytes = MAX_SHARD_BYTES + 1;
+    assert!(invalid(&rehash(big), &limits, "big file").contains("a file may hold"));
+
+    let weights = m.files.iter().find(|f| f.role == FileRole::Weights).unwrap().clone();
+    let many = |n: usize, bytes: u64| {
+        let mut m = m.clone();
+        m.files.extend((0..n).map(|i| FileEntry { path: format!("extra.{i}"), bytes, ..weights.clone() }));
+        rehash(m)
+    };
+    assert!(invalid(&many(MAX_FILES, 1), &limits, "count").contains("files"));
+    assert!(invalid(&many(11, MAX_SHARD_BYTES), &limits, "total").contains("more than the"));
+    // An app may allow a bigger model; a sum past u64 is refused, not wrapped or panicked on.
+    let loose = ManifestLimits { max_file_bytes: u64::MAX, max_total_bytes: u64::MAX, ..limits };
+    many(11, MAX_SHARD_BYTES).validate_with(&loose).unwrap();
+    assert!(invalid(&many(2, u64::MAX / 2 + 1), &loose, "overflow").contains("total_bytes"));
+}
+
+/// The model hash (format 2) covers `config` (chat template included) and `generation`, so a
+/// manifest with another template is another model; format 1 manifests still load.
+#[test]
+fn the_model_hash_covers_the_config() {
+    use edge_llm::manifest::model_hash;
+    let (m, files) = packed("model-int4.onnx", 1 << 20);
+    assert_eq!(m.format_version, 2);
+    let mut templated = m.clone();
+    templated.config.chat_template = Some("{{ 'pwned' }}".into());
+    assert!(matches!(templated.validate(), Err(Error::InvalidManifest(e)) if e.contains("model_sha256")));
+    let mut hot = m.clone();
+    hot.generation.temperature = 2.0;
+    assert!(matches!(hot.validate(), Err(Error::InvalidManifest(e)) if e.contains("model_sha256")));
+
+    let mut v1 = m.clone();
+    v1.format_version = 1;
+    v1.model_sha256 = model_hash(&v1.files);
+    let v1 = Manifest::from_json(v1.to_json().as_bytes()).unwrap();
+    let engine = Engine::load_packed(&v1, files).unwrap();
+    assert!(!greedy(&engine).is_empty());
 }

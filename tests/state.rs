@@ -67,3 +67,8 @@ fn bad_states_are_refused_by_name() {
 fn generation_fails_by_name_after_its_engine_is_gone() {
     state::generation_after_drop_is_disposed(&|| load("model-fp32.onnx", false));
 }
+
+#[test]
+fn forged_states_are_refused_by_name() {
+    state::forged_states_are_refused(&|| load("model-fp32.onnx", false));
+}

@@ -246,13 +246,12 @@ impl Engine {
     /// Replace the current conversation with one saved by [`Engine::save_state`] (of this model).
     /// Bad bytes give [`Error::InvalidState`] and leave the current conversation as it was.
     pub fn restore_state(&self, bytes: &[u8]) -> Result<()> {
-        let s = state::decode(bytes, &self.fingerprint, self.model.kv_layout())?;
-        if let Some(t) = s.tokens.iter().chain(s.resume.as_ref().map(|r| &r.next_token)).find(|t| **t as usize >= self.model.vocab_size()) {
-            return Err(Error::InvalidState(format!("token {t} is outside the vocabulary")));
-        }
-        if s.tokens.len() > self.config.architecture.max_position_embeddings {
-            return Err(Error::InvalidState("more tokens than the model's context".into()));
-        }
+        let limits = state::Limits {
+            layout: self.model.kv_layout(),
+            context: self.config.architecture.max_position_embeddings,
+            vocab: self.model.vocab_size(),
+        };
+        let s = state::decode(bytes, &self.fingerprint, limits)?;
         *self.shared.last.lock().expect("not poisoned") = Some(s);
         Ok(())
     }

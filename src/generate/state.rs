@@ -150,8 +150,26 @@ pub fn encode(state: &SessionState, fingerprint: &[u8; 32], layout: (usize, usiz
     Ok(out)
 }
 
-/// Parse bytes written by [`encode`], checking format, checksum, model and layout.
-pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], layout: (usize, usize, usize)) -> Result<SessionState> {
+/// What a restored state must fit: the model's KV layout `(layers, kv_heads, head_dim)`, its
+/// context length and vocabulary size. The checksum has no key (anyone can recompute it), so
+/// every header field is checked against these before anything is allocated from it.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub layout: (usize, usize, usize),
+    pub context: usize,
+    pub vocab: usize,
+}
+
+/// `4·n` token bytes plus `4·2·L·H·n·D` cache bytes, in u64 and checked: on wasm32 a usize
+/// product of a forged `n` wraps to a small number that passes a length check.
+fn payload_bytes(n: u64, (layers, kv_heads, head_dim): (usize, usize, usize)) -> Option<u64> {
+    let per_token = 2u64.checked_mul(layers as u64)?.checked_mul(kv_heads as u64)?.checked_mul(head_dim as u64)?.checked_add(1)?;
+    n.checked_mul(per_token)?.checked_mul(4)
+}
+
+/// Parse bytes written by [`encode`], checking format, checksum, model, layout, context and
+/// vocabulary; a state that passes can be resumed without panicking.
+pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], limits: Limits) -> Result<SessionState> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(bad("not an edge-llm state (bad magic)"));
     }
@@ -170,8 +188,9 @@ pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], layout: (usize, usize, usize
         return Err(bad("the state was saved by a different model"));
     }
     let header_len = u32::from_le_bytes(body[44..48].try_into().expect("4 bytes")) as usize;
-    let header_bytes = body.get(FIXED..FIXED + header_len).ok_or_else(|| bad("header runs past the end"))?;
+    let header_bytes = FIXED.checked_add(header_len).and_then(|end| body.get(FIXED..end)).ok_or_else(|| bad("header runs past the end"))?;
     let header: Header = serde_json::from_slice(header_bytes).map_err(|e| bad(format!("header: {e}")))?;
+    let layout = limits.layout;
     let (layers, kv_heads, head_dim) = layout;
     if (header.layers, header.kv_heads, header.head_dim) != layout {
         return Err(bad(format!(
@@ -183,13 +202,23 @@ pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], layout: (usize, usize, usize
         return Err(bad(format!("KV dtype `{}` is not supported", header.dtype)));
     }
     let n = header.tokens;
-    let per_tensor = kv_heads * n * head_dim;
+    if n > limits.context {
+        return Err(bad(format!("{n} tokens do not fit the model's context of {}", limits.context)));
+    }
+    if let Some(r) = &header.resume {
+        check_resume(r, limits.vocab)?;
+    }
     let rest = &body[FIXED + header_len..];
-    if rest.len() as u128 != 4 * n as u128 + 4 * 2 * (layers * per_tensor) as u128 {
+    if payload_bytes(n as u64, layout) != Some(rest.len() as u64) {
         return Err(bad(format!("{} payload bytes do not hold {n} tokens of this model's cache", rest.len())));
     }
+    // Sizes are now known to fit in `rest`, so this arithmetic cannot overflow.
+    let per_tensor = kv_heads * n * head_dim;
     let (tok_bytes, kv_bytes) = rest.split_at(4 * n);
     let tokens: Vec<u32> = tok_bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+    if let Some(t) = tokens.iter().find(|t| **t as usize >= limits.vocab) {
+        return Err(bad(format!("token {t} is outside the vocabulary")));
+    }
     let data: Vec<Vec<f32>> = if n == 0 {
         vec![Vec::new(); 2 * layers]
     } else {
@@ -199,8 +228,16 @@ pub fn decode(bytes: &[u8], fingerprint: &[u8; 32], layout: (usize, usize, usize
             .collect()
     };
     let kv = KvSnapshot::from_f32(n, kv_heads, head_dim, data)?;
-    if let Some(r) = &header.resume {
-        r.options.validate().map_err(|e| bad(format!("saved options: {e}")))?;
-    }
     Ok(SessionState { kv: KvSource::Saved(kv), tokens, resume: header.resume })
+}
+
+/// The unfinished generation's fields: options valid, every token id in the vocabulary, the
+/// detokenizer's offsets inside its ids.
+fn check_resume(r: &Resume, vocab: usize) -> Result<()> {
+    r.options.validate().map_err(|e| bad(format!("saved options: {e}")))?;
+    let outside = |t: &u32| *t as usize >= vocab;
+    if outside(&r.next_token) || r.detok.ids().iter().any(outside) {
+        return Err(bad("a saved token id is outside the vocabulary"));
+    }
+    r.detok.check().map_err(bad)
 }

@@ -155,9 +155,24 @@ fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>> {
     g.tensor_f32(name)
 }
 
+/// Most f32 bytes an import may dequantize to: a 4-billion-parameter model. (Tensors cannot
+/// share bytes ([`Gguf::parse`]), so a file asks for at most ~12x its size; this bounds it
+/// before any tensor is dequantized.)
+pub const MAX_IMPORT_F32_BYTES: u64 = 16 << 30;
+
 /// All weights in f32, checked against `cfg`'s shapes.
 pub fn llama_weights(g: &Gguf, cfg: &LlamaConfig) -> Result<LlamaWeights> {
     let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let f32_bytes = || -> Option<u64> {
+        let (h, q, kv, i) = (h as u64, q as u64, kv as u64, i as u64);
+        let layer = h.checked_mul(q.checked_mul(2)?.checked_add(kv.checked_mul(2)?)?.checked_add(i.checked_mul(3)?)?)?.checked_add(2 * h)?;
+        let heads = (cfg.vocab_size as u64).checked_mul(h)?.checked_mul(if cfg.tie_word_embeddings { 1 } else { 2 })?;
+        layer.checked_mul(cfg.num_layers as u64)?.checked_add(heads)?.checked_add(h)?.checked_mul(4)
+    };
+    match f32_bytes() {
+        Some(n) if n <= MAX_IMPORT_F32_BYTES => {}
+        n => return Err(err(format!("the weights would take {} bytes as f32, over the {MAX_IMPORT_F32_BYTES} allowed", n.map_or("over 2^64".into(), |n| n.to_string())))),
+    }
     let mut layers = Vec::new();
     for l in 0..cfg.num_layers {
         let t = |s: &str| format!("blk.{l}.{s}.weight");

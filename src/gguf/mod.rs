@@ -402,6 +402,14 @@ impl<'a> Gguf<'a> {
             // Both fit in data_len, which is a usize.
             tensors.push(TensorInfo { name, dims, ty, offset, size: size as usize });
         }
+        // Tensors must not share bytes: each is dequantized on its own, so aliases would let a
+        // small file stand for any number of full-size tensors (terabytes of f32).
+        let mut ranges: Vec<(u64, u64, &str)> =
+            tensors.iter().filter(|t| t.size > 0).map(|t| (t.offset, t.offset + t.size as u64, t.name.as_str())).collect();
+        ranges.sort_unstable();
+        if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(err(format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2)));
+        }
         Ok(Gguf { version, metadata, tensors, alignment, data_offset, bytes, by_key, by_tensor })
     }
 
@@ -518,6 +526,25 @@ mod tests {
                 Ok(g) => assert!(g.tensors.iter().all(|t| g.data_offset + t.offset as usize + t.size <= cut)),
             }
         }
+    }
+
+    /// Two tensors over the same bytes: refused, so the f32 an import asks for is bounded by
+    /// the file's size.
+    #[test]
+    fn aliased_tensors_are_refused() {
+        let mut bytes = sample();
+        // Tensor info of `b`: name, 1 dimension of 5, type F32, then its offset (64).
+        let mut info = Vec::new();
+        info.extend(1u64.to_le_bytes());
+        info.push(b'b');
+        info.extend(1u32.to_le_bytes());
+        info.extend(5u64.to_le_bytes());
+        info.extend(0u32.to_le_bytes());
+        let at = bytes.windows(info.len()).position(|w| w == info).unwrap() + info.len();
+        assert_eq!(bytes[at..at + 8], 64u64.to_le_bytes());
+        bytes[at..at + 8].copy_from_slice(&0u64.to_le_bytes());
+        let e = Gguf::parse(&bytes).unwrap_err().to_string();
+        assert!(e.contains("overlap"), "{e}");
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct ModelRecord {
     pub total_bytes: f64,
     /// Milliseconds since the epoch when the record was written.
     pub stored_at: f64,
+    /// When an OTA rollback left this version (ms since the epoch): updates to it are skipped,
+    /// also after a reload. Loading it with `Engine.load` writes a new record without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rolled_back_at: Option<f64>,
 }
 
 /// A key-value store for shards and model records. Methods are async because every real
@@ -124,11 +128,49 @@ pub trait ShardStore {
     async fn estimate(&self) -> Option<StorageEstimate> {
         None
     }
+    /// Drop what interrupted writes left behind (the file store's temporary files).
+    async fn sweep(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+/// A shard name: 64 lower-case hex digits (a SHA-256). A name from a record or a backend that
+/// is not one is never passed to a store (a planted record naming `../../x` deletes nothing).
+pub fn is_shard_name(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Delete every shard that no model record names (left by loads that were aborted or ran out
+/// of quota) and what interrupted writes left. Returns how many shards were deleted. The
+/// loader runs this after each load it cached; a load running in another tab at that moment
+/// loses the shards it has stored so far (it goes on from memory, and a later load fetches
+/// them again).
+pub async fn collect_garbage<S: ShardStore>(store: &S) -> Result<usize, StoreError> {
+    store.sweep().await?;
+    let records = store.models().await?;
+    let before = store.keys().await?;
+    let n = before.len();
+    drop_unreferenced(store, &records, before).await?;
+    Ok(n.saturating_sub(store.keys().await?.len()))
 }
 
 /// The record key of a model version.
 pub fn record_key(model_id: &str, model_version: &str) -> String {
     format!("{model_id}@{model_version}")
+}
+
+/// Remember that the cached version `key` (with `model_sha256`) was rolled back. Returns whether
+/// its record was found.
+pub async fn mark_rolled_back<S: ShardStore>(store: &S, key: &str, model_sha256: &str, at: f64) -> Result<bool, StoreError> {
+    let Some(mut r) = store.models().await?.into_iter().find(|r| r.key == key && r.model_sha256 == model_sha256) else { return Ok(false) };
+    r.rolled_back_at = Some(at);
+    store.put_model(&r).await?;
+    Ok(true)
+}
+
+/// Whether the version `key` with `model_sha256` was rolled back (see [`mark_rolled_back`]).
+pub async fn was_rolled_back<S: ShardStore>(store: &S, key: &str, model_sha256: &str) -> Result<bool, StoreError> {
+    Ok(store.models().await?.iter().any(|r| r.key == key && r.model_sha256 == model_sha256 && r.rolled_back_at.is_some()))
 }
 
 /// A cached model as `listCachedModels()` reports it.
@@ -200,7 +242,7 @@ pub(crate) async fn drop_unreferenced<S: ShardStore>(store: &S, records: &[Model
     let used: HashSet<&String> = records.iter().flat_map(|r| r.shards.iter()).collect();
     let mut seen = HashSet::new();
     for sha in candidates {
-        if !used.contains(&sha) && seen.insert(sha.clone()) {
+        if is_shard_name(&sha) && !used.contains(&sha) && seen.insert(sha.clone()) {
             store.delete(&sha).await?;
         }
     }

@@ -10,7 +10,6 @@ use wasm_bindgen_futures::JsFuture;
 
 use super::{js_error, ota, to_js, Engine};
 use crate::loader::{FetchError, Fetcher, LoadEvent, LoadOptions, Loader, ManifestSource, RetryPolicy, Source};
-use crate::manifest::Manifest;
 use crate::store::{self, Blob, ModelRecord, ShardStore, StorageEstimate, StoreError};
 use crate::{generate, Error};
 
@@ -39,6 +38,16 @@ export interface LoadOptions {
   concurrency?: number;
   /** Retries of a failed download (default 4; backoff 250 ms doubling to 4 s). */
   retries?: number;
+  /** Expected SHA-256 of the manifest's bytes, `sha256-<base64>` (as in Subresource Integrity) or hex: any
+   *  other manifest, fetched or cached, fails with `IntegrityError`. It holds every file's hash, so this
+   *  pins the whole model. */
+  integrity?: string;
+  /** A download that receives nothing for this long (ms, default 30000) is retried. 0: no limit. */
+  idleTimeoutMs?: number;
+  /** The whole load fails with `TimeoutError` after this long (ms; default: no limit). */
+  timeoutMs?: number;
+  /** Largest model accepted, in bytes (default 500 MB, the on-demand budget). */
+  maxModelBytes?: number;
 }
 /** Progress of `Engine.load` / `engine.update`, a tagged union on `type`. `loaded` never decreases,
  *  `total` never changes, a file's last byte counts once it is verified and stored; it ends with `ready`. */
@@ -72,6 +81,8 @@ export interface ModelRecord {
   shards: string[];
   totalBytes: number;
   storedAt: number;
+  /** When an OTA rollback left this version: updates to it are skipped. */
+  rolledBackAt?: number;
 }
 /** A shard cache backend (`cache` option). Shards are keyed by SHA-256 (lower-case hex); each `put`
  *  must be atomic. Reject with an error named `QuotaExceededError` when out of space. Entries are
@@ -85,6 +96,8 @@ export interface ShardStore {
   putModel(record: ModelRecord): Promise<void>;
   deleteModel(key: string): Promise<void>;
   estimate?(): Promise<StorageEstimate | undefined>;
+  /** Remove what interrupted writes left (called by `collectGarbage`). */
+  sweep?(): Promise<void>;
 }
 export interface StorageEstimate {
   usage: number;
@@ -98,11 +111,23 @@ export type CacheOption = "indexeddb" | "fs" | "memory" | ShardStore;
 extern "C" {
     type Download;
     #[wasm_bindgen(constructor)]
-    fn new(url: &str, expected: JsValue, signal: &JsValue) -> Download;
+    fn new(url: &str, expected: JsValue, signal: &JsValue, idle_ms: u32) -> Download;
     #[wasm_bindgen(method)]
     fn next(this: &Download) -> Promise;
     #[wasm_bindgen(method)]
     fn bytes(this: &Download) -> Uint8Array;
+
+    type LoadSignal;
+    #[wasm_bindgen(constructor)]
+    fn new(signal: &JsValue, deadline_ms: u32) -> LoadSignal;
+    #[wasm_bindgen(method, getter)]
+    fn signal(this: &LoadSignal) -> JsValue;
+    #[wasm_bindgen(method, getter, js_name = timedOut)]
+    fn timed_out(this: &LoadSignal) -> bool;
+    #[wasm_bindgen(method)]
+    fn cancel(this: &LoadSignal);
+    #[wasm_bindgen(method)]
+    fn dispose(this: &LoadSignal);
 
     #[wasm_bindgen(js_name = sha256Hex)]
     fn sha256_hex_js(bytes: &Uint8Array) -> Promise;
@@ -196,9 +221,35 @@ async fn wait(p: Result<Promise, JsValue>) -> Result<JsValue, JsValue> {
     JsFuture::from(p?).await
 }
 
-/// fetch + WebCrypto + timers, bound to one load's AbortSignal.
+/// fetch + WebCrypto + timers, bound to one load: its AbortSignal (the app's, cancelled when
+/// the load fails, and at the deadline) and the idle timeout of each download.
 pub(crate) struct WebFetcher {
-    pub signal: JsValue,
+    load: LoadSignal,
+    signal: JsValue,
+    idle_ms: u32,
+    deadline_ms: u32,
+}
+
+impl WebFetcher {
+    pub fn new(app_signal: &JsValue, options: &LoadOptions) -> Self {
+        let load = LoadSignal::new(app_signal, options.deadline_ms);
+        WebFetcher { signal: load.signal(), load, idle_ms: options.idle_timeout_ms, deadline_ms: options.deadline_ms }
+    }
+
+    /// `e`, or a `TimeoutError` when the load was stopped by its deadline.
+    pub fn error(&self, e: Error) -> Error {
+        if self.load.timed_out() {
+            Error::Timeout(format!("the load did not finish within timeoutMs = {} ms", self.deadline_ms))
+        } else {
+            e
+        }
+    }
+}
+
+impl Drop for WebFetcher {
+    fn drop(&mut self) {
+        self.load.dispose();
+    }
 }
 
 impl Fetcher for WebFetcher {
@@ -206,12 +257,13 @@ impl Fetcher for WebFetcher {
 
     async fn fetch(&self, url: &str, expected: Option<u64>, on_bytes: &dyn Fn(u64)) -> Result<Uint8Array, FetchError> {
         let expected = expected.map(|b| JsValue::from_f64(b as f64)).unwrap_or(JsValue::UNDEFINED);
-        let dl = Download::new(url, expected, &self.signal);
+        let dl = Download::new(url, expected, &self.signal, self.idle_ms);
         loop {
             let n = JsFuture::from(dl.next()).await.map_err(|e| {
                 match Reflect::get(&e, &"kind".into()).ok().and_then(|k| k.as_string()).as_deref() {
                     Some("aborted") => FetchError::Aborted,
                     Some("status") => FetchError::Status(Reflect::get(&e, &"status".into()).ok().and_then(|s| s.as_f64()).unwrap_or(0.0) as u16),
+                    Some("memory") => FetchError::Fatal(message(&e)),
                     _ => FetchError::Network(message(&e)),
                 }
             })?;
@@ -235,7 +287,11 @@ impl Fetcher for WebFetcher {
     }
 
     fn aborted(&self) -> bool {
-        !self.signal.is_undefined() && Reflect::get(&self.signal, &"aborted".into()).ok().and_then(|a| a.as_bool()).unwrap_or(false)
+        Reflect::get(&self.signal, &"aborted".into()).ok().and_then(|a| a.as_bool()).unwrap_or(false)
+    }
+
+    fn cancel(&self) {
+        self.load.cancel();
     }
 
     fn now_ms(&self) -> f64 {
@@ -297,6 +353,13 @@ impl ShardStore for JsShardStore {
         let p = f.call0(self).ok()?.dyn_into::<Promise>().ok()?;
         let v = JsFuture::from(p).await.ok()?;
         serde_wasm_bindgen::from_value(v).ok()
+    }
+
+    /// The optional `sweep()` of a store (the fs store's temporary files).
+    async fn sweep(&self) -> Result<(), StoreError> {
+        let Some(f) = Reflect::get(self, &"sweep".into()).ok().and_then(|f| f.dyn_into::<Function>().ok()) else { return Ok(()) };
+        let p = f.call0(self).map_err(store_error)?;
+        JsFuture::from(Promise::resolve(&p)).await.map(|_| ()).map_err(store_error)
     }
 }
 
@@ -405,6 +468,24 @@ pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
     if let Some(r) = opt_count(o, "retries", 0.0, 20.0)? {
         load.retry = RetryPolicy { max_retries: r, ..RetryPolicy::default() };
     }
+    let integrity = get(o, "integrity");
+    if !(integrity.is_undefined() || integrity.is_null()) {
+        let s = integrity.as_string().ok_or_else(|| invalid("integrity", "must be a string"))?;
+        load.integrity = Some(crate::loader::parse_integrity(&s).map_err(js_error)?);
+    }
+    if let Some(ms) = opt_count(o, "idleTimeoutMs", 0.0, 3_600_000.0)? {
+        load.idle_timeout_ms = ms;
+    }
+    if let Some(ms) = opt_count(o, "timeoutMs", 1.0, 86_400_000.0)? {
+        load.deadline_ms = ms;
+    }
+    let max = get(o, "maxModelBytes");
+    if !(max.is_undefined() || max.is_null()) {
+        match max.as_f64() {
+            Some(n) if n.fract() == 0.0 && n >= 1.0 && n <= 2f64.powi(53) => load.limits.max_total_bytes = n as u64,
+            _ => return Err(invalid("maxModelBytes", "must be a positive integer")),
+        }
+    }
     Ok(Options {
         store: cache_store(&get(o, "cache"), &get(o, "cacheDir"))?,
         on_progress: opt_function(o, "onProgress")?,
@@ -500,9 +581,18 @@ fn quota_error(e: Error) -> JsValue {
     js
 }
 
+/// Why [`load_version`] loaded nothing.
+#[derive(Debug)]
+pub(crate) enum Skip {
+    /// The manifest is the `unless` version.
+    Same,
+    /// The manifest is a version an OTA rollback left (remembered in the store).
+    RolledBack(String),
+}
+
 /// Load a model version: manifest (fetched, or given), files (cache, then network), engine.
-/// `Ok(None)` when the manifest is the `unless` version (`(model_sha256, model_version)`):
-/// nothing else is loaded.
+/// With `unless` (`(model_sha256, model_version)`, an update): `Err(Skip)` when the manifest is
+/// that version, or one rolled back before; nothing else is loaded.
 pub(crate) async fn load_version(
     arg: ManifestArg,
     base_url: Option<String>,
@@ -511,14 +601,14 @@ pub(crate) async fn load_version(
     options: &LoadOptions,
     emit: &dyn Fn(LoadEvent),
     unless: Option<(&str, &str)>,
-) -> Result<Option<LoadedVersion>, JsValue> {
-    let fetcher = WebFetcher { signal };
+) -> Result<Result<LoadedVersion, Skip>, JsValue> {
+    let fetcher = WebFetcher::new(&signal, options);
     let loader = Loader { fetcher: &fetcher, store, options: options.clone(), on_event: emit };
     let (m, manifest_url) = match arg {
-        ManifestArg::Url(url) => (loader.manifest(&url).await.map_err(js_error)?, Some(url)),
+        ManifestArg::Url(url) => (loader.manifest(&url).await.map_err(|e| js_error(fetcher.error(e)))?, Some(url)),
         ManifestArg::Json { bytes, url } => {
-            let manifest = Manifest::from_json(&bytes).map_err(js_error)?;
-            let json = String::from_utf8(bytes).map_err(|e| js_error(Error::InvalidManifest(e.to_string())))?;
+            // A handed-over manifest is checked like a fetched one (integrity, limits).
+            let ManifestSource { manifest, json, .. } = loader.parse_manifest(bytes, Source::Network).map_err(js_error)?;
             emit(LoadEvent::Manifest {
                 model_id: manifest.model_id.clone(),
                 model_version: manifest.model_version.clone(),
@@ -530,10 +620,16 @@ pub(crate) async fn load_version(
         }
     };
     if unless == Some((m.manifest.model_sha256.as_str(), m.manifest.model_version.as_str())) {
-        return Ok(None);
+        return Ok(Err(Skip::Same));
+    }
+    if let (Some(_), Some(store)) = (unless, store) {
+        let key = store::record_key(&m.manifest.model_id, &m.manifest.model_version);
+        if store::was_rolled_back(store, &key, &m.manifest.model_sha256).await.unwrap_or(false) {
+            return Ok(Err(Skip::RolledBack(m.manifest.model_version.clone())));
+        }
     }
     let base = base_url.or_else(|| manifest_url.clone());
-    let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(quota_error)?;
+    let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(|e| quota_error(fetcher.error(e)))?;
     let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
     let engine = super::with_clock(generate::Engine::load_verified(&m.manifest, loaded.files).map_err(js_error)?);
     emit(LoadEvent::Ready { loaded: m.manifest.total_bytes, total: m.manifest.total_bytes, from_cache, from_network });
@@ -545,7 +641,7 @@ pub(crate) async fn load_version(
         manifest_url,
         base_url: base,
     };
-    Ok(Some(LoadedVersion { engine, version, bytes: m.manifest.total_bytes }))
+    Ok(Ok(LoadedVersion { engine, version, bytes: m.manifest.total_bytes }))
 }
 
 #[wasm_bindgen]
@@ -594,6 +690,16 @@ pub async fn delete_cached_model(
     let n = store::delete_model(&store, &model_id, model_version.as_deref())
         .await
         .map_err(|e| js_error(Error::Store(e.to_string())))?;
+    Ok(JsValue::from_f64(n as f64))
+}
+
+/// Delete the cached shards no model record names (left by aborted loads) and the temporary
+/// files of interrupted writes. `Engine.load` does this after each load it caches. Resolves to
+/// the number of shards deleted.
+#[wasm_bindgen(js_name = collectGarbage, unchecked_return_type = "number")]
+pub async fn collect_garbage(cache: Option<CacheArg>) -> Result<JsValue, JsValue> {
+    let store = store_arg(or_undefined(cache))?;
+    let n = store::collect_garbage(&store).await.map_err(|e| js_error(Error::Store(e.to_string())))?;
     Ok(JsValue::from_f64(n as f64))
 }
 

@@ -23,13 +23,15 @@ export interface UpdateOptions {
   signal?: AbortSignal;
   /** Base URL of the shards when the manifest is given as an object. */
   baseUrl?: string;
-  /** Inferences per error-rate window (default 20). */
+  /** Expected SHA-256 of the new manifest (as `LoadOptions.integrity`). */
+  integrity?: string;
+  /** Inferences per error-rate window (default 20; a smaller window is judged over 20). */
   window?: number;
   /** Allowed rise of the error rate over the baseline (default 0.05). */
   margin?: number;
   /** Inferences after which the update is confirmed (default 100). */
   probation?: number;
-  /** Baseline error rate (default: the old version's rate over its last 20 inferences). */
+  /** Baseline error rate (default: the old version's rate over its last 20 inferences; 0.05 when it has run fewer). */
   baseline?: number;
 }
 export interface UpdateResult {
@@ -37,6 +39,8 @@ export interface UpdateResult {
   from: string;
   to: string;
   baseline?: number;
+  /** Not updated: `to` was rolled back before (remembered in the cache). */
+  rolledBack?: boolean;
 }
 /** Engine events, a tagged union on `type`. */
 export type EngineEvent =
@@ -94,6 +98,8 @@ pub(crate) struct Slot {
     /// Bumped at every swap: outcomes of generations started before it are not counted.
     epoch: Cell<u64>,
     busy: Cell<bool>,
+    /// Set by `dispose()`: an update or rollback finishing later must not bring an engine back.
+    disposed: Cell<bool>,
     on_event: RefCell<Option<Function>>,
 }
 
@@ -128,6 +134,7 @@ impl Slot {
             monitor: RefCell::new(None),
             epoch: Cell::new(0),
             busy: Cell::new(false),
+            disposed: Cell::new(false),
             on_event: RefCell::new(on_event),
         }
     }
@@ -140,6 +147,7 @@ impl Slot {
     /// Let go of the model: its generations fail with `EngineDisposedError` from now on, and
     /// its memory is freed once the last of them is gone.
     pub fn dispose(&self) {
+        self.disposed.set(true);
         if let Some(e) = self.engine.borrow_mut().take() {
             e.dispose();
         }
@@ -199,13 +207,23 @@ impl Slot {
         };
         self.busy.set(true);
         let arg = ManifestArg::Json { bytes: prev.manifest_json.clone().into_bytes(), url: prev.manifest_url.clone() };
-        let r = load::load_version(arg, prev.base_url.clone(), source.store.as_ref(), JsValue::UNDEFINED, &source.options, &|_| {}, None).await;
+        // The manifest was verified when that version was loaded; `integrity` pinned the first one.
+        let options = LoadOptions { integrity: None, ..source.options.clone() };
+        let r = load::load_version(arg, prev.base_url.clone(), source.store.as_ref(), JsValue::UNDEFINED, &options, &|_| {}, None).await;
         self.busy.set(false);
+        if self.disposed.get() {
+            return;
+        }
         match r {
-            Ok(None) => unreachable!("no `unless` version given"),
-            Ok(Some(v)) => {
+            Ok(Err(_)) => unreachable!("no `unless` version given"),
+            Ok(Ok(v)) => {
                 let to = v.version.model_version.clone();
-                self.swap(v.engine, v.version);
+                let failed = self.swap(v.engine, v.version);
+                // Remembered in the store, so a reload does not try this version again.
+                if let (Some(failed), Some(store)) = (failed, source.store.as_ref()) {
+                    let key = crate::store::record_key(&failed.model_id, &failed.model_version);
+                    let _ = crate::store::mark_rolled_back(store, &key, &failed.model_sha256, js_sys::Date::now()).await;
+                }
                 self.previous.borrow_mut().take();
                 let Verdict::Rollback { error_rate, baseline, threshold, errors, samples } = verdict else { return };
                 self.emit(EngineEvent::Rollback { from, to, error_rate, baseline, threshold, errors, samples });
@@ -226,18 +244,30 @@ impl Slot {
         let on_progress = load::opt_function(&options, "onProgress")?;
         let signal = load::get(&options, "signal");
         let base_url = load::get(&options, "baseUrl").as_string();
+        // `integrity` of `Engine.load` pinned that manifest; an update may pin its own.
+        let integrity = match load::get(&options, "integrity").as_string() {
+            Some(s) => Some(crate::loader::parse_integrity(&s).map_err(js_error)?),
+            None => None,
+        };
+        let load_options = LoadOptions { integrity, ..source.options.clone() };
         if self.busy.replace(true) {
             return Err(js_error(Error::InvalidOption { option: "update", reason: "an update or rollback is already running".into() }));
         }
         let emit = load::progress_sink(on_progress);
         let current = self.current.borrow().as_ref().map(|c| (c.model_sha256.clone(), c.model_version.clone()));
         let unless = current.as_ref().map(|(sha, v)| (sha.as_str(), v.as_str()));
-        let r = load::load_version(arg, base_url, source.store.as_ref(), signal, &source.options, &emit, unless).await;
+        let r = load::load_version(arg, base_url, source.store.as_ref(), signal, &load_options, &emit, unless).await;
         self.busy.set(false);
+        if self.disposed.get() {
+            return Err(js_error(Error::Disposed));
+        }
         let from = self.version();
         let v = match r {
-            Ok(Some(v)) => v,
-            Ok(None) => return Ok(to_js(&serde_json::json!({ "updated": false, "from": from, "to": from }))),
+            Ok(Ok(v)) => v,
+            Ok(Err(load::Skip::Same)) => return Ok(to_js(&serde_json::json!({ "updated": false, "from": from, "to": from }))),
+            Ok(Err(load::Skip::RolledBack(to))) => {
+                return Ok(to_js(&serde_json::json!({ "updated": false, "from": from, "to": to, "rolledBack": true })))
+            }
             Err(e) => {
                 let (name, message) = name_message(&e);
                 self.emit(EngineEvent::UpdateFailed { from, name, message });

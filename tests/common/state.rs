@@ -153,3 +153,66 @@ pub fn generation_after_drop_is_disposed(load: &dyn Fn() -> Engine) {
         other => panic!("expected Disposed, got {other:?}"),
     }
 }
+
+/// `good` with its JSON header edited by `edit` and its checksum recomputed: what anyone can
+/// write, since the checksum has no key and the model fingerprint is public.
+fn forge(good: &[u8], edit: impl FnOnce(&mut serde_json::Value), header_len: Option<u32>) -> Vec<u8> {
+    use sha2::Digest;
+    let len = u32::from_le_bytes(good[44..48].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&good[48..48 + len]).unwrap();
+    edit(&mut header);
+    let header = serde_json::to_vec(&header).unwrap();
+    let mut out = good[..44].to_vec();
+    out.extend_from_slice(&header_len.unwrap_or(header.len() as u32).to_le_bytes());
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&good[48 + len..good.len() - 32]);
+    let hash = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&hash);
+    out
+}
+
+/// States whose checksum is right but whose header lies (detokenizer offsets, token ids,
+/// token counts that overflow the size arithmetic or the context) are refused by name before
+/// anything is allocated from them, and the engine keeps its conversation.
+pub fn forged_states_are_refused(load: &dyn Fn() -> Engine) {
+    let a = load();
+    let mut g = a.generate_ids(PROMPT.to_vec(), &greedy()).unwrap();
+    for _ in 0..3 {
+        g.step().unwrap();
+    }
+    drop(g);
+    let good = a.save_state().unwrap();
+    let b = load();
+    // The forging itself is faithful: an unedited forgery restores.
+    b.restore_state(&forge(&good, |_| {}, None)).unwrap();
+    let before = b.save_state().unwrap();
+
+    let context = b.config().architecture.max_position_embeddings;
+    let set = |path: &'static [&'static str], v: serde_json::Value| {
+        move |h: &mut serde_json::Value| {
+            let mut at = h;
+            for k in path {
+                at = &mut at[*k];
+            }
+            *at = v;
+        }
+    };
+    let detok = |prefix: u64, read: u64| set(&["resume", "detok"], serde_json::json!({ "ids": [1, 2], "prefix_offset": prefix, "read_offset": read }));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("detokenizer prefix after read offset", forge(&good, detok(2, 1), None), "offsets"),
+        ("detokenizer read offset past its ids", forge(&good, detok(0, 9), None), "offsets"),
+        ("detokenizer id outside the vocabulary", forge(&good, set(&["resume", "detok", "ids"], serde_json::json!([1u32 << 30])), None), "vocabulary"),
+        ("next token outside the vocabulary", forge(&good, set(&["resume", "nextToken"], serde_json::json!(u32::MAX)), None), "vocabulary"),
+        // 2^61 tokens: 4·2·L·H·n·D overflows 64 bits (on wasm32, 2^25 already wraps usize).
+        ("token count overflowing the size", forge(&good, set(&["tokens"], serde_json::json!(1u64 << 61)), None), "context"),
+        ("more tokens than the context", forge(&good, set(&["tokens"], serde_json::json!(context + 1)), None), "context"),
+        ("header length past the end", forge(&good, |_| {}, Some(u32::MAX)), "header"),
+        ("negative temperature", forge(&good, set(&["resume", "options", "temperature"], serde_json::json!(-1.0)), None), "options"),
+    ];
+    for (what, bytes, needle) in cases {
+        let msg = assert_invalid_state(b.restore_state(&bytes), what);
+        assert!(msg.contains(needle), "{what}: {msg}");
+        assert!(b.save_state().unwrap() == before, "{what}: a refused state changes nothing");
+    }
+    b.resume().unwrap().step().unwrap().unwrap();
+}

@@ -1,6 +1,6 @@
 // Test HTTP server for the loader tests (Node and Playwright): serves the repo (pkg/, a test
 // page) and packed models from memory under /models/<name>/, and can corrupt, truncate, delay,
-// drop or 404 any model file, or go offline. Every model request is logged.
+// stall, drop or 404 any model file, or go offline. Every model request is logged.
 import { createServer } from "node:http";
 import { createHash } from "node:crypto";
 import { readFileSync, readdirSync, statSync } from "node:fs";
@@ -31,6 +31,9 @@ export function variant(files, { version, nan = false, edit } = {}) {
     f.sha256 = sha256(b);
     f.bytes = b.length;
   }
+  // Format 1: its model hash covers the files only, which JS recomputes without matching
+  // serde_json's float formatting of `config` (format 2 hashes that too).
+  m.format_version = 1;
   m.model_sha256 = sha256(m.files.map((f) => f.sha256 + "\n").join(""));
   if (version) m.model_version = version;
   edit?.(m);
@@ -74,6 +77,12 @@ export async function startModelServer() {
         // Headers promise the whole file; the connection dies halfway.
         res.write(bytes.subarray(0, bytes.length >> 1));
         setTimeout(() => req.socket.destroy(), 20);
+        return;
+      }
+      if (fault?.mode === "stall") {
+        // Headers and `bytes` bytes (default: half the body), then silence: the connection
+        // stays open and nothing more is ever sent.
+        res.write(bytes.subarray(0, fault.bytes ?? bytes.length >> 1));
         return;
       }
       if (fault?.mode === "delay") {
