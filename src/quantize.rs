@@ -152,7 +152,8 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         if let Some((ids, w, v, h, wname)) = embedding_of(&node, &inits, &source) {
             if opts.precision == Precision::Int4 && pick(opts, &node, &wname) == Precision::Int4 {
                 let base = wname.strip_suffix(".weight").unwrap_or(&wname).to_string();
-                let (init, _) = cx.q4_store(&base, &w, v, h);
+                let q = cx.quantize_q4(&base, &w, v, h);
+                let init = cx.q4_initializers(&base, &q);
                 let out = cx.gather_q4(&ids, &init, v, h);
                 cx.g.alias(&out, &node.output[0]);
                 shared_q4.insert(wname.clone(), init);

@@ -41,8 +41,9 @@ pub struct ExportOptions {
     /// int4: choose each block's scale and zero point by error search
     /// ([`qref::quantize_q4_search`]) instead of round-to-nearest over the block's range.
     pub q4_search: bool,
-    /// int4 with float zero points ([`crate::quant::Q4MinWeight`], `q * scale + min` per block,
-    /// fit by least squares) instead of `symmetric` / integer zero points.
+    /// int4 linear layers with float zero points ([`crate::quant::Q4MinWeight`], `q * scale +
+    /// min` per block, fit by least squares) instead of `symmetric` / integer zero points. The
+    /// int4 token embedding (and a head tied to it) keeps `symmetric` / `q4_search`.
     pub q4_min: bool,
     /// With `q4_search` or `q4_min`: mean squared activation per input channel by linear name (see
     /// `calibrate`), weighting each block's error; a linear without an entry is unweighted.
@@ -313,12 +314,6 @@ impl<'a> Ctx<'a> {
         let sc = self.g.node("Gather", &[&init.1, &idx], vec![attr_i("axis", 0)]); // [b, s, nb]
         let zero = match &init.2 {
             None => self.g.const_f32(8.0),
-            Some(zp) if self.opts.q4_min => {
-                // Float zero points, flat `[n * nb]` like the scales.
-                let z = self.g.node("Gather", &[zp, &idx], vec![attr_i("axis", 0)]); // [b, s, nb]
-                let al = self.axes_last.clone();
-                self.g.node("Unsqueeze", &[&z, &al], vec![])
-            }
             Some(zp) => {
                 let zb = nb.div_ceil(2);
                 let z2 = self.g.const_ints(&[n as i64, zb as i64]);
@@ -441,8 +436,11 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
             cx.g.node("Cast", &[&g], vec![attr_i("to", OnnxType::Float as i64)])
         }
         Precision::Int4 => {
-            let (init, e) = cx.q4_store("model.embed_tokens", &w.embed, cfg.vocab_size, h);
-            eff.embed = e;
+            // Integer zero points even with `q4_min`: float ones would add 4 bytes per block of
+            // the 28 M-weight table (3.5 MB for SmolLM2, past the 100 MB bundle).
+            let q = cx.quantize_q4("model.embed_tokens", &w.embed, cfg.vocab_size, h);
+            eff.embed = qref::dequantize_q4(&q);
+            let init = cx.q4_initializers("model.embed_tokens", &q);
             let x = cx.gather_q4(&ids, &init, cfg.vocab_size, h);
             shared_q4 = Some(init);
             x
