@@ -308,6 +308,7 @@ fn eval_encoder(
         all += "\n\n";
     }
     let sents = sentences(&all, max_sentences);
+    anyhow::ensure!(!sents.is_empty(), "no sentences of 20 to 300 characters in {texts:?}");
     let tok = edge_llm::tokenizer::Tokenizer::from_json(&std::fs::read(&tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?)?;
     let (cls, sep) = (tok.token_to_id("[CLS]").context("tokenizer has no [CLS]")?, tok.token_to_id("[SEP]").context("tokenizer has no [SEP]")?);
     let reference_bytes = std::fs::read(&reference).with_context(|| format!("reading {}", reference.display()))?;
@@ -317,7 +318,7 @@ fn eval_encoder(
     for (label, path) in &variants {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let v = Encoder::load(&bytes, &cpu).with_context(|| format!("loading {}", path.display()))?;
-        let mut cos = encoder_cosines(&r, &v, &tok, &sents, |ids| [&[cls][..], ids, &[sep]].concat())?;
+        let mut cos = encoder_cosines(&r, &v, &tok, &sents, |ids| [&[cls][..], ids, &[sep][..]].concat())?;
         cos.sort_by(f32::total_cmp);
         let mean = cos.iter().map(|c| *c as f64).sum::<f64>() / cos.len().max(1) as f64;
         table += &format!("| {label} | {} | {mean:.5} | {:.5} | {:.5} |\n", bytes.len(), cos[0], cos[cos.len() / 20]);

@@ -151,7 +151,7 @@ fn search_block(vals: &[f32], imp: &[f32], symmetric: bool) -> (f32, u8) {
     let base = if symmetric { amax / 7.0 } else { (hi - lo) / 15.0 };
     let f16 = |s: f32| half::f16::from_f32(s).to_f32();
     let mut best = (f64::INFINITY, 1.0f32, 8u8);
-    let mut consider = |s: f32, zp: u8, best: &mut (f64, f32, u8)| {
+    let consider = |s: f32, zp: u8, best: &mut (f64, f32, u8)| {
         let s = f16(s);
         if s > 0.0 && s.is_finite() {
             let e = block_error(vals, imp, s, zp);
