@@ -1,12 +1,17 @@
 //! edge-llm: quantized LLM inference for browsers and edge runtimes.
 //!
 //! Module map (a module may use those listed after it, never those before):
+//! `eval`, `calibrate` (packer only) → `generate`, `cpu`, `onnx`;
 //! `web` → `generate` → `cpu`, `gguf` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`;
 //! `web` → `loader` → `store`, `manifest`; `web` → `ota` → `error`.
 //! Only `web` touches browser APIs, so everything else builds and tests natively.
 
+#[cfg(feature = "pack")]
+pub mod calibrate;
 pub mod cpu;
 pub mod error;
+#[cfg(feature = "pack")]
+pub mod eval;
 pub mod generate;
 pub mod gguf;
 pub mod gpu;

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, ValueInfoProto};
+use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, NodeProto, ValueInfoProto};
 
 use crate::manifest::{
     model_hash_v2, sha256_hex, shard_weights, FileEntry, FileRole, GenerationDefaults, Manifest, QuantizationConfig,
@@ -62,9 +62,10 @@ pub fn quantization_of(model: &ModelProto) -> QuantizationConfig {
     let graph = model.graph.as_ref();
     let nodes = graph.map(|g| g.node.as_slice()).unwrap_or_default();
     let mut tensors = BTreeMap::new();
+    let nbits = |n: &NodeProto| n.attribute.iter().find(|a| a.name == "bits").map_or(4, |a| a.i);
     for n in nodes.iter().filter(|n| n.op_type == "MatMulNBits") {
         if let Some(b) = n.input.get(1) {
-            tensors.insert(b.clone(), "int4".to_string());
+            tensors.insert(b.clone(), format!("int{}", nbits(n)));
         }
     }
     for t in graph.map(|g| g.initializer.as_slice()).unwrap_or_default() {
@@ -77,7 +78,9 @@ pub fn quantization_of(model: &ModelProto) -> QuantizationConfig {
     };
     if let Some(bs) = attr("MatMulNBits", "block_size") {
         let symmetric = !nodes.iter().any(|n| n.op_type == "MatMulNBits" && n.input.get(3).is_some_and(|z| !z.is_empty()));
-        QuantizationConfig { method: "rtn-int4-blockwise".into(), bits: 4, block_size: Some(bs as u32), symmetric: Some(symmetric), tensors }
+        // The fewest bits any weight has (mixed precision keeps some at 8).
+        let bits = nodes.iter().filter(|n| n.op_type == "MatMulNBits").map(nbits).min().unwrap_or(4) as u32;
+        QuantizationConfig { method: format!("rtn-int{bits}-blockwise"), bits, block_size: Some(bs as u32), symmetric: Some(symmetric), tensors }
     } else if nodes.iter().any(|n| n.op_type == "MatMulInteger") {
         QuantizationConfig { method: "rtn-int8-per-channel".into(), bits: 8, block_size: None, symmetric: Some(true), tensors }
     } else {

@@ -11,7 +11,7 @@ use std::collections::{HashMap, HashSet};
 
 use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
 
-use crate::llama::onnx_export::{KvLayout, Ctx, ExportOptions};
+use crate::llama::onnx_export::{Ctx, ExportOptions, Int8Format, KvLayout};
 use crate::onnx::{GraphBuilder, ModelProto, MS_DOMAIN};
 use crate::quant::Precision;
 use crate::{Error, Result};
@@ -22,9 +22,21 @@ pub struct QuantizeOptions {
     pub precision: Precision,
     pub block_size: usize,
     pub symmetric: bool,
+    pub int8_format: Int8Format,
+    /// int4 scales by error search instead of round-to-nearest.
+    pub q4_search: bool,
+    /// int4 with float zero points (see `ExportOptions::q4_min`).
+    pub q4_min: bool,
     /// `(pattern, precision)`: the first pattern contained in a matmul's node or weight name
     /// decides its precision (the seed's mixed precision: e.g. keep `lm_head` at int8).
     pub overrides: Vec<(String, Precision)>,
+}
+
+impl Default for QuantizeOptions {
+    /// int4, symmetric blocks of 32 by round-to-nearest, int8 in blocks of 32, no overrides.
+    fn default() -> Self {
+        QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, int8_format: Int8Format::Block32, q4_search: false, q4_min: false, overrides: vec![] }
+    }
 }
 
 /// What was rewritten, for the CLI and tests.
@@ -125,6 +137,12 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         block_size: opts.block_size,
         symmetric: opts.symmetric,
         layout: KvLayout::Optimum,
+        int8_format: opts.int8_format,
+        q4_search: opts.q4_search,
+        q4_min: opts.q4_min,
+        importance: None,
+        // `pick` applies the overrides here, by node and weight name.
+        overrides: Vec::new(),
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();
@@ -133,8 +151,8 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
     for node in nodes {
         if let Some((ids, w, v, h, wname)) = embedding_of(&node, &inits, &source) {
             if opts.precision == Precision::Int4 && pick(opts, &node, &wname) == Precision::Int4 {
-                let q = crate::quant::reference::quantize_q4(&w, v, h, opts.block_size, opts.symmetric);
                 let base = wname.strip_suffix(".weight").unwrap_or(&wname).to_string();
+                let q = cx.quantize_q4(&base, &w, v, h);
                 let init = cx.q4_initializers(&base, &q);
                 let out = cx.gather_q4(&ids, &init, v, h);
                 cx.g.alias(&out, &node.output[0]);

@@ -86,6 +86,7 @@ pub fn variants() -> Vec<(&'static str, ExportOptions)> {
     vec![
         ("model-fp32", ExportOptions::fp32()),
         ("model-int8", ExportOptions::int8()),
+        ("model-int8-block", ExportOptions::int8_block()),
         ("model-int4", ExportOptions::int4(32, true)),
         ("model-int4-asym", ExportOptions::int4(32, false)),
     ]

@@ -142,7 +142,7 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
 
     let cfg = tiny::config();
     let fp32 = export(&cfg, &tiny::weights(), &ExportOptions::fp32()).model;
-    let opts = QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, overrides: vec![] };
+    let opts = QuantizeOptions { precision: Precision::Int4, ..Default::default() };
     let (q, report) = quantize(fp32.clone(), &opts).unwrap();
     // 7 per layer + the embedding + the tied head (through its Transpose), sharing one tensor.
     assert_eq!(report.rewritten.len(), 7 * cfg.num_layers + 2, "{report:?}");

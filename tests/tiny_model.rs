@@ -90,6 +90,55 @@ fn int8_logits_match_reference_with_quantized_activations() {
     assert!(d < 0.5, "int8 vs fp32: max |diff| = {d}");
 }
 
+/// edge-llm's own formats — 8-bit `MatMulNBits` blocks (int8 activations, `accuracy_level`
+/// 4) and 4-bit with float zero points — are claimed by edge-llm's ops in every kernel mode, in
+/// memory and packed, and their logits match the reference on the dequantized weights with the
+/// activation rounding each mode applies.
+#[test]
+fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
+    use edge_llm::cpu::CpuOptions;
+    use edge_llm::llama::reference::ActivationQuant;
+    let cfg = tiny::config();
+    let variants = [
+        ("int8-block", ExportOptions::int8_block(), "EdgeLlmQ8BlockMatMul"),
+        ("int4-float-zp", ExportOptions { q4_min: true, ..ExportOptions::int4(32, false) }, "EdgeLlmQ4MinMatMul"),
+    ];
+    for (name, opts, op) in variants {
+        let exported = export(&cfg, &tiny::weights(), &opts);
+        let graph = exported.model.graph.as_ref().unwrap();
+        let float = |t: &str| graph.initializer.iter().any(|i| i.name == t && i.data_type == 1);
+        // The nodes in edge-llm's format: 8-bit ones, or 4-bit ones with float zero points (every
+        // linear; the tied embedding/head keeps integer zero points).
+        let ours = |n: &&edge_llm::onnx::NodeProto| {
+            n.op_type == "MatMulNBits" && (n.attribute.iter().any(|a| a.name == "bits" && a.i == 8) || n.input.get(3).is_some_and(|z| float(z)))
+        };
+        let nodes = graph.node.iter().filter(ours).count();
+        let expected = if name == "int8-block" { 7 * cfg.num_layers + 1 } else { 7 * cfg.num_layers };
+        assert_eq!(nodes, expected, "{name}: every linear (and the tied int8 head)");
+        for (q4_kernel, q4_int8_activations) in [(false, false), (true, false), (true, true)] {
+            let copts = CpuOptions { q4_kernel, q4_int8_activations, ..Default::default() };
+            let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &copts).unwrap());
+            assert_eq!(model.plan_ops().get(op).copied(), Some(nodes), "{name} q4_kernel={q4_kernel}");
+            // The int8 format rounds activations per block of 32 always; float zero points follow
+            // the q4 kernel's mode, their zero-point term on unrounded activations (hence the
+            // looser bound: the reference rounds all of x).
+            let (act, tol) = match (name, q4_int8_activations) {
+                ("int8-block", _) => (ActivationQuant::Int8Block32, 1e-3),
+                (_, false) => (ActivationQuant::None, 1e-3),
+                (_, true) => (ActivationQuant::Int8Block32, 3e-2),
+            };
+            let got = model.session().forward_all(&PROMPT).unwrap();
+            let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < tol, "{name} q4_kernel={q4_kernel} int8={q4_int8_activations}: max |diff| = {d}");
+        }
+        let (graph, shards) = edge_llm::manifest::shard_weights(exported.model.clone(), 64 << 10, "model").unwrap();
+        let shard = |loc: &str| Ok(shards.iter().find(|(n, _)| n == loc).unwrap().1.clone());
+        let packed = CpuModel::from_packed(graph, shard, &CpuOptions::default()).unwrap();
+        assert_eq!(packed.plan_ops().get(op).copied(), Some(nodes), "{name} packed");
+    }
+}
+
 #[test]
 fn kv_cache_decode_equals_full_recompute() {
     let model = Arc::new(CpuModel::load(&fixture("model-fp32.onnx")).unwrap());
@@ -299,6 +348,14 @@ fn last_position_logits_match_the_full_forward() {
         let d = max_abs_diff(&b.forward(&[7]).unwrap(), &a.forward(&[7]).unwrap());
         assert!(d < 1e-5, "{:?} q4_kernel={q4_kernel}: decode max |diff| = {d}", opts.linear);
         assert!(matches!(b.forward_all(&PROMPT), Err(Error::Inference(_))));
+    }
+}
+
+#[test]
+fn edge_llm_int8_block_matmul_matches_reference() {
+    for (n, k, m) in common::Q8_BLOCK_SHAPES {
+        let d = common::q8_block_matmul_max_diff(n, k, m);
+        assert!(d < 1e-3, "n={n} k={k} m={m}: max |diff| = {d}");
     }
 }
 

@@ -83,6 +83,15 @@ fn int4_simd_matmul_matches_reference_in_browser() {
 }
 
 #[wasm_bindgen_test]
+fn int8_block_simd_matmul_matches_reference_in_browser() {
+    for (n, k, m) in common::Q8_BLOCK_SHAPES {
+        let d = common::q8_block_matmul_max_diff(n, k, m);
+        console_log!("q8 block matmul n={n} k={k} m={m}: max |diff| = {d:e}");
+        assert!(d < 1e-3, "n={n} k={k} m={m}: max |diff| = {d}");
+    }
+}
+
+#[wasm_bindgen_test]
 fn int8_simd_matmul_integer_is_exact_in_browser() {
     for (m, k, n) in common::Q8_MATMUL_SHAPES {
         assert!(common::q8_matmul_matches(m, k, n), "m={m} k={k} n={n}");

@@ -113,6 +113,83 @@ enum Cmd {
         #[arg(long)]
         threads: Option<usize>,
     },
+    /// Measure quality loss against a reference model (e.g. FP32) through the engine: perplexity
+    /// per text, on rare tokens and on a long window, greedy top-1 agreement, mean KL, bundle
+    /// bytes, decode tok/s and a greedy reply; prints a markdown table and fails (exit 1) when a
+    /// variant loses more than its `--accept` allows (default: the seed's +2 % perplexity and 90 %
+    /// agreement).
+    Eval {
+        /// `LABEL=DIR` of the reference (packed or unpacked).
+        #[arg(long, value_parser = parse_labeled)]
+        reference: (String, PathBuf),
+        /// `LABEL=DIR` of each variant.
+        #[arg(value_parser = parse_labeled)]
+        variants: Vec<(String, PathBuf)>,
+        /// `NAME=FILE` texts scored in windows (default: tests/fixtures/eval/ prose, code,
+        /// multilingual; see scripts/eval-texts.py for their sources).
+        #[arg(long = "text", value_parser = parse_labeled)]
+        texts: Vec<(String, PathBuf)>,
+        /// Text for the long-context measure (default tests/fixtures/eval/long.txt).
+        #[arg(long)]
+        long_text: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        window: usize,
+        #[arg(long, default_value_t = 4)]
+        max_windows: usize,
+        #[arg(long, default_value_t = 1536)]
+        long_tokens: usize,
+        #[arg(long, default_value_t = 16384)]
+        rare_from: u32,
+        /// `LABEL=PPL_PCT:AGREE_PCT`: the most perplexity may rise over the reference and the
+        /// least top-1 agreement, in percent (e.g. `int8=1:95`).
+        #[arg(long = "accept", value_parser = parse_accept)]
+        accept: Vec<(String, edge_llm::eval::Acceptance)>,
+        /// Kernels: `browser` (edge-llm's int4/int8 kernels with int8 activations, as the wasm
+        /// build runs them; natively their portable twins) or `native` (tract's, the native
+        /// default).
+        #[arg(long, default_value = "browser")]
+        kernels: String,
+        /// Also write the table here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Sentence-embedding quality of quantized encoders (e.g. all-MiniLM-L6-v2, see
+    /// scripts/minilm-export.py): cosine similarity of each variant's mean-pooled, normalised
+    /// embedding to the reference's over sentences of a text; fails (exit 1) when a variant's
+    /// mean is under its `--accept LABEL=MIN_COSINE`.
+    EvalEncoder {
+        /// The reference ONNX (FP32).
+        #[arg(long)]
+        reference: PathBuf,
+        /// `LABEL=ONNX` of each variant.
+        #[arg(value_parser = parse_labeled)]
+        variants: Vec<(String, PathBuf)>,
+        /// The encoder's tokenizer.json ([CLS] ... [SEP] are added).
+        #[arg(long)]
+        tokenizer: PathBuf,
+        /// Texts to take sentences from (default tests/fixtures/eval/prose.txt and long.txt).
+        #[arg(long = "text")]
+        texts: Vec<PathBuf>,
+        #[arg(long, default_value_t = 300)]
+        max_sentences: usize,
+        #[arg(long = "accept", value_parser = parse_min)]
+        accept: Vec<(String, f64)>,
+        #[arg(long, default_value = "browser")]
+        kernels: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Per-linear sensitivity of a GGUF model to int4 (calibrated with `--calibrate`): relative
+    /// output error at int4 and int8 and the bytes each costs, most sensitive first; a
+    /// mixed-precision recipe is then `import-gguf --override NAME=int8 ...` for the top rows.
+    Sensitivity {
+        input: PathBuf,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Rows to print (all when 0).
+        #[arg(long, default_value_t = 40)]
+        top: usize,
+    },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
     ImportGguf {
@@ -124,6 +201,15 @@ enum Cmd {
         /// no position_ids) instead of HF optimum's.
         #[arg(long)]
         genai: bool,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// Mixed precision: `PATTERN=PRECISION`, matched against each linear's name, first
+        /// match wins (e.g. `--override layers.0.=int8 --override mlp.down_proj=int8`).
+        #[arg(long = "override", value_parser = parse_override)]
+        overrides: Vec<(String, edge_llm::quant::Precision)>,
+        /// Precision of the token embedding and the head tied to it (default: --precision).
+        #[arg(long)]
+        embedding: Option<edge_llm::quant::Precision>,
     },
 }
 
@@ -139,11 +225,186 @@ struct QuantArgs {
     /// int4 with per-block zero points instead of symmetric.
     #[arg(long)]
     asymmetric: bool,
+    /// int4 with float zero points: each block `q * scale + min` (llama.cpp Q4_1's form, fit by
+    /// least squares), `MatMulNBits` zero points of the activations' type.
+    #[arg(long)]
+    float_zero_points: bool,
+    /// int4 by plain round-to-nearest over each block's range, instead of searching each
+    /// block's scale (and zero point) for the least error.
+    #[arg(long)]
+    rtn: bool,
+    /// int8 storage: `block` (MatMulNBits 8-bit, scales per 32 for weights and activations) or
+    /// `dynamic` (onnxruntime quantize_dynamic's MatMulInteger, one scale per activation tensor).
+    #[arg(long, default_value = "block")]
+    int8_format: String,
+}
+
+/// Calibration of int4 (activation-weighted scale search).
+#[derive(clap::Args)]
+struct CalibArgs {
+    /// Text whose activations weight each int4 block's error (see `calibrate`); e.g. the
+    /// calibration text of scripts/eval-texts.py (disjoint from eval's texts).
+    #[arg(long)]
+    calibrate: Option<PathBuf>,
+    /// Calibration samples (token windows, each from an empty cache).
+    #[arg(long, default_value_t = 512)]
+    calibration_samples: usize,
+    /// Tokens per calibration sample.
+    #[arg(long, default_value_t = 32)]
+    calibration_tokens: usize,
+}
+
+impl QuantArgs {
+    fn int8_format(&self) -> anyhow::Result<edge_llm::llama::onnx_export::Int8Format> {
+        use edge_llm::llama::onnx_export::Int8Format;
+        match self.int8_format.as_str() {
+            "block" => Ok(Int8Format::Block32),
+            "dynamic" => Ok(Int8Format::DynamicPerTensor),
+            other => anyhow::bail!("--int8-format must be block or dynamic, got `{other}`"),
+        }
+    }
 }
 
 fn parse_override(s: &str) -> Result<(String, edge_llm::quant::Precision), String> {
     let (pat, p) = s.split_once('=').ok_or("expected PATTERN=PRECISION")?;
     Ok((pat.to_string(), p.parse()?))
+}
+
+fn parse_labeled(s: &str) -> Result<(String, PathBuf), String> {
+    let (label, path) = s.split_once('=').ok_or("expected LABEL=PATH")?;
+    Ok((label.to_string(), path.into()))
+}
+
+fn parse_min(s: &str) -> Result<(String, f64), String> {
+    let (label, v) = s.split_once('=').ok_or("expected LABEL=VALUE")?;
+    Ok((label.to_string(), v.parse::<f64>().map_err(|e| format!("`{v}`: {e}"))?))
+}
+
+fn cpu_options(kernels: &str) -> anyhow::Result<edge_llm::cpu::CpuOptions> {
+    match kernels {
+        "browser" => Ok(edge_llm::cpu::CpuOptions { q4_kernel: true, q4_int8_activations: true, q8_kernel: true, ..Default::default() }),
+        "native" => Ok(edge_llm::cpu::CpuOptions::default()),
+        other => anyhow::bail!("--kernels must be browser or native, got `{other}`"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn eval_encoder(
+    reference: PathBuf,
+    variants: Vec<(String, PathBuf)>,
+    tokenizer: PathBuf,
+    texts: Vec<PathBuf>,
+    max_sentences: usize,
+    accept: Vec<(String, f64)>,
+    kernels: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use edge_llm::eval::{encoder_cosines, sentences, Encoder};
+    let cpu = cpu_options(kernels)?;
+    let texts = if texts.is_empty() { vec!["tests/fixtures/eval/prose.txt".into(), "tests/fixtures/eval/long.txt".into()] } else { texts };
+    let mut all = String::new();
+    for t in &texts {
+        all += &std::fs::read_to_string(t).with_context(|| format!("reading {}", t.display()))?;
+        all += "\n\n";
+    }
+    let sents = sentences(&all, max_sentences);
+    anyhow::ensure!(!sents.is_empty(), "no sentences of 20 to 300 characters in {texts:?}");
+    let tok = edge_llm::tokenizer::Tokenizer::from_json(&std::fs::read(&tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?)?;
+    let (cls, sep) = (tok.token_to_id("[CLS]").context("tokenizer has no [CLS]")?, tok.token_to_id("[SEP]").context("tokenizer has no [SEP]")?);
+    let reference_bytes = std::fs::read(&reference).with_context(|| format!("reading {}", reference.display()))?;
+    let r = Encoder::load(&reference_bytes, &cpu)?;
+    let mut table = format!("| model | bytes | mean cosine | min cosine | p5 cosine |\n|---|---:|---:|---:|---:|\n| fp32 (reference) | {} | 1 | 1 | 1 |\n", reference_bytes.len());
+    let mut failed = Vec::new();
+    for (label, path) in &variants {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let v = Encoder::load(&bytes, &cpu).with_context(|| format!("loading {}", path.display()))?;
+        let mut cos = encoder_cosines(&r, &v, &tok, &sents, |ids| [&[cls][..], ids, &[sep][..]].concat())?;
+        cos.sort_by(f32::total_cmp);
+        let mean = cos.iter().map(|c| *c as f64).sum::<f64>() / cos.len().max(1) as f64;
+        table += &format!("| {label} | {} | {mean:.5} | {:.5} | {:.5} |\n", bytes.len(), cos[0], cos[cos.len() / 20]);
+        if let Some((_, min)) = accept.iter().find(|(l, _)| l == label) {
+            if mean < *min {
+                failed.push(format!("{label}: mean cosine {mean:.5} < {min}"));
+            }
+        }
+    }
+    table += &format!("\n{} sentences of {}; mean-pooled, L2-normalised; kernels: {kernels}.\n", sents.len(), texts.iter().map(|t| t.display().to_string()).collect::<Vec<_>>().join(", "));
+    println!("{table}");
+    if let Some(out) = out {
+        std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
+    }
+    anyhow::ensure!(failed.is_empty(), "{}", failed.join("; "));
+    Ok(())
+}
+
+fn parse_accept(s: &str) -> Result<(String, edge_llm::eval::Acceptance), String> {
+    let (label, v) = s.split_once('=').ok_or("expected LABEL=PPL_PCT:AGREE_PCT")?;
+    let (p, a) = v.split_once(':').ok_or("expected LABEL=PPL_PCT:AGREE_PCT")?;
+    let num = |x: &str| x.parse::<f64>().map_err(|e| format!("`{x}`: {e}"));
+    Ok((label.to_string(), edge_llm::eval::Acceptance { max_ppl_increase_pct: num(p)?, min_agreement_pct: num(a)? }))
+}
+
+/// The seed's acceptable loss for a variant without its own `--accept`.
+const DEFAULT_ACCEPT: edge_llm::eval::Acceptance = edge_llm::eval::Acceptance { max_ppl_increase_pct: 2.0, min_agreement_pct: 90.0 };
+
+#[allow(clippy::too_many_arguments)]
+fn eval(
+    reference: (String, PathBuf),
+    variants: Vec<(String, PathBuf)>,
+    texts: Vec<(String, PathBuf)>,
+    long_text: Option<PathBuf>,
+    opts: edge_llm::eval::EvalOptions,
+    accept: Vec<(String, edge_llm::eval::Acceptance)>,
+    kernels: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use edge_llm::eval::{check, evaluate, markdown, EvalText, Subject};
+    let cpu = cpu_options(kernels)?;
+    let fixtures = PathBuf::from("tests/fixtures/eval");
+    let texts = if texts.is_empty() {
+        ["prose", "code", "multilingual"].map(|n| (n.to_string(), fixtures.join(format!("{n}.txt")))).to_vec()
+    } else {
+        texts
+    };
+    let long = ("long".to_string(), long_text.unwrap_or(fixtures.join("long.txt")));
+    let mut all = Vec::new();
+    for ((name, path), long) in texts.into_iter().map(|t| (t, false)).chain([(long, true)]) {
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        all.push(EvalText { name, text, long });
+    }
+    let load = |(label, dir): &(String, PathBuf)| -> anyhow::Result<Subject> {
+        let t0 = std::time::Instant::now();
+        let s = Subject::load(label, dir, &cpu).with_context(|| format!("loading {}", dir.display()))?;
+        eprintln!("loaded {label} ({}) in {:.1?}", dir.display(), t0.elapsed());
+        Ok(s)
+    };
+    let reference = load(&reference)?;
+    let variants = variants.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
+    let t0 = std::time::Instant::now();
+    let reports = evaluate(&reference, &variants, &all, &opts, |m| eprintln!("[{:>6.1?}] {m}", t0.elapsed()))?;
+    let mut table = markdown(&reports, &all);
+    table += &format!(
+        "\nConditions: windows of {} tokens (at most {} per text), long window {} tokens (second half scored), rare = next-token id >= {}; kernels: {kernels}; {} {}, 1 decode thread measured by median token latency.\n",
+        opts.window, opts.max_windows, opts.long_tokens, opts.rare_from, std::env::consts::ARCH, std::env::consts::OS
+    );
+    let mut failed = Vec::new();
+    for r in &reports[1..] {
+        let a = accept.iter().find(|(l, _)| *l == r.label).map_or(DEFAULT_ACCEPT, |(_, a)| *a);
+        let verdict = match check(&reports[0], r, &a) {
+            Some(why) => {
+                failed.push(r.label.clone());
+                format!("FAIL ({why})")
+            }
+            None => "ok".into(),
+        };
+        table += &format!("- {}: accept <= +{} % perplexity, >= {} % agreement: {verdict}\n", r.label, a.max_ppl_increase_pct, a.min_agreement_pct);
+    }
+    println!("{table}");
+    if let Some(out) = out {
+        std::fs::write(&out, &table).with_context(|| format!("writing {}", out.display()))?;
+    }
+    anyhow::ensure!(failed.is_empty(), "over the acceptable loss: {}", failed.join(", "));
+    Ok(())
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -162,9 +423,17 @@ fn main() -> anyhow::Result<()> {
                 println!("{:>9} bytes  {}", bytes.len(), path.display());
             }
         }
-        Cmd::Quantize { input, output, quant: QuantArgs { precision, block_size, asymmetric }, overrides } => {
+        Cmd::Quantize { input, output, quant, overrides } => {
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
-            let opts = edge_llm::quantize::QuantizeOptions { precision, block_size, symmetric: !asymmetric, overrides };
+            let opts = edge_llm::quantize::QuantizeOptions {
+                precision: quant.precision,
+                block_size: quant.block_size,
+                symmetric: !quant.asymmetric,
+                int8_format: quant.int8_format()?,
+                q4_search: !quant.rtn,
+                q4_min: quant.float_zero_points,
+                overrides,
+            };
             let (model, report) = edge_llm::quantize::quantize(edge_llm::onnx::decode(&bytes)?, &opts)?;
             let out = edge_llm::onnx::encode(&model);
             std::fs::write(&output, &out).with_context(|| format!("writing {}", output.display()))?;
@@ -209,8 +478,30 @@ fn main() -> anyhow::Result<()> {
             }
             bench(&dir, &prompt, warmup, steps)?
         }
-        Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric }, genai } => {
-            import_gguf(&input, &outdir, precision, block_size, !asymmetric, genai)?
+        Cmd::Eval { reference, variants, texts, long_text, window, max_windows, long_tokens, rare_from, accept, kernels, out } => {
+            let opts = edge_llm::eval::EvalOptions { window, max_windows, long_tokens, rare_from, ..Default::default() };
+            eval(reference, variants, texts, long_text, opts, accept, &kernels, out)?
+        }
+        Cmd::EvalEncoder { reference, variants, tokenizer, texts, max_sentences, accept, kernels, out } => {
+            eval_encoder(reference, variants, tokenizer, texts, max_sentences, accept, &kernels, out)?
+        }
+        Cmd::ImportGguf { input, outdir, quant, genai, calib, overrides, embedding } => {
+            import_gguf(&input, &outdir, &quant, genai, &calib, overrides, embedding)?
+        }
+        Cmd::Sensitivity { input, calib, top } => {
+            let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let imported = edge_llm::gguf::import(&bytes).with_context(|| format!("importing {}", input.display()))?;
+            drop(bytes);
+            let cfg = &imported.config.architecture;
+            let imp = match &calib.calibrate {
+                Some(_) => importance(&imported, &calib)?,
+                None => Default::default(),
+            };
+            let mut rows = edge_llm::calibrate::sensitivity(&edge_llm::calibrate::linears(cfg, &imported.weights), &imp);
+            if top > 0 {
+                rows.truncate(top);
+            }
+            println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
     }
     Ok(())
@@ -333,16 +624,36 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     Ok(())
 }
 
+/// Activation statistics of `imported` (as fp32) over the calibration text of `calib`.
+fn importance(imported: &edge_llm::gguf::Imported, calib: &CalibArgs) -> anyhow::Result<edge_llm::calibrate::Importance> {
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    let path = calib.calibrate.as_ref().context("no --calibrate text")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let tokenizer = edge_llm::tokenizer::Tokenizer::from_json(imported.tokenizer_json.as_bytes())?;
+    let samples = edge_llm::calibrate::samples(&tokenizer.encode(&text)?, calib.calibration_samples, calib.calibration_tokens)?;
+    let fp32 = export(&imported.config.architecture, &imported.weights, &ExportOptions::fp32()).model;
+    let t0 = std::time::Instant::now();
+    let imp = edge_llm::calibrate::importance(&fp32, &samples, |i| {
+        if i % 64 == 0 {
+            eprintln!("calibration: {i}/{} samples", samples.len());
+        }
+    })?;
+    println!("calibrated on {} samples x {} tokens of {} in {:.1?}", samples.len(), calib.calibration_tokens, path.display(), t0.elapsed());
+    Ok(imp)
+}
+
 fn import_gguf(
     input: &std::path::Path,
     outdir: &std::path::Path,
-    precision: edge_llm::quant::Precision,
-    block_size: usize,
-    symmetric: bool,
+    quant: &QuantArgs,
     genai: bool,
+    calib: &CalibArgs,
+    overrides: Vec<(String, edge_llm::quant::Precision)>,
+    embedding: Option<edge_llm::quant::Precision>,
 ) -> anyhow::Result<()> {
     use edge_llm::llama::onnx_export::{export, ExportOptions};
     use edge_llm::quant::Precision;
+    let (precision, block_size, symmetric) = (quant.precision, quant.block_size, !quant.asymmetric);
 
     if precision == Precision::Int4 && (block_size < 16 || !block_size.is_power_of_two()) {
         anyhow::bail!("--block-size must be a power of two >= 16 (MatMulNBits), got {block_size}");
@@ -368,6 +679,14 @@ fn import_gguf(
         Precision::Int8 => ExportOptions::int8(),
         Precision::Int4 => ExportOptions::int4(block_size, symmetric),
     };
+    let mut opts = ExportOptions { int8_format: quant.int8_format()?, q4_search: !quant.rtn, q4_min: quant.float_zero_points, overrides, ..opts };
+    if let Some(e) = embedding {
+        (opts.embedding, opts.lm_head) = (e, e);
+    }
+    if calib.calibrate.is_some() {
+        anyhow::ensure!(!quant.rtn, "--calibrate weights the scale search, which --rtn turns off");
+        opts.importance = Some(std::sync::Arc::new(importance(&imported, calib)?));
+    }
     let opts = if genai { opts.genai() } else { opts };
     let export_start = std::time::Instant::now();
     let onnx = edge_llm::onnx::encode(&export(cfg, &imported.weights, &opts).model);

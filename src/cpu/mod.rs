@@ -15,6 +15,8 @@ use crate::{Error, Result};
 
 pub mod attention;
 pub mod q4_matmul;
+pub mod q4_min_matmul;
+pub mod q8_block_matmul;
 pub mod q8_matmul;
 pub mod threads;
 
@@ -120,6 +122,22 @@ impl Variant {
     }
 }
 
+/// tract's ONNX loader with edge-llm's kernels registered as `options` asks (the 8-bit
+/// `MatMulNBits` one always: tract has none).
+pub fn onnx_with_kernels(options: &CpuOptions) -> tract_onnx::Onnx {
+    let mut onnx = tract_onnx::onnx();
+    if options.q4_kernel {
+        q4_matmul::register(&mut onnx, options.q4_int8_activations);
+    }
+    // After the q4 kernel: it takes the formats no other builder has, then hands on the rest.
+    let mode = if !options.q4_kernel { 0 } else if options.q4_int8_activations { 2 } else { 1 };
+    q8_block_matmul::register(&mut onnx, mode);
+    if options.q8_kernel {
+        q8_matmul::register(&mut onnx);
+    }
+    onnx
+}
+
 /// A loaded, optimized model. Cheap to share; each [`CpuSession`] holds its own KV cache.
 pub struct CpuModel {
     /// Serves every step (HF/optimum layout), or only the first prompt (onnxruntime-genai).
@@ -214,14 +232,7 @@ impl CpuModel {
         if let Some(n) = options.threads {
             threads::configure(n);
         }
-        let mut onnx = tract_onnx::onnx();
-        if options.q4_kernel {
-            q4_matmul::register(&mut onnx, options.q4_int8_activations);
-        }
-        if options.q8_kernel {
-            q8_matmul::register(&mut onnx);
-        }
-        let mut model = onnx
+        let mut model = onnx_with_kernels(options)
             .model_for_proto_model(&proto)
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);

@@ -36,6 +36,33 @@ pub struct ExportOptions {
     pub symmetric: bool,
     /// Which graph layout to write.
     pub layout: KvLayout,
+    /// How int8 weights are stored and computed.
+    pub int8_format: Int8Format,
+    /// int4: choose each block's scale and zero point by error search
+    /// ([`qref::quantize_q4_search`]) instead of round-to-nearest over the block's range.
+    pub q4_search: bool,
+    /// int4 linear layers with float zero points ([`crate::quant::Q4MinWeight`], `q * scale +
+    /// min` per block, fit by least squares) instead of `symmetric` / integer zero points. The
+    /// int4 token embedding (and a head tied to it) keeps `symmetric` / `q4_search`.
+    pub q4_min: bool,
+    /// With `q4_search` or `q4_min`: mean squared activation per input channel by linear name (see
+    /// `calibrate`), weighting each block's error; a linear without an entry is unweighted.
+    pub importance: Option<std::sync::Arc<std::collections::BTreeMap<String, Vec<f32>>>>,
+    /// Mixed precision: `(pattern, precision)`; the first pattern contained in a linear's name
+    /// (e.g. `model.layers.0.`, `mlp.down_proj`) decides its precision instead of `linear`.
+    pub overrides: Vec<(String, Precision)>,
+}
+
+/// The two int8 formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Int8Format {
+    /// `com.microsoft::MatMulNBits` with `bits = 8`, block 32, `accuracy_level = 4`: int8
+    /// weights and activations, each with a scale per 32 (llama.cpp's q8_0 × q8_0); a tied
+    /// head shares the embedding's tensor. edge-llm's default.
+    Block32,
+    /// onnxruntime `quantize_dynamic`'s: per-channel int8 weights, `DynamicQuantizeLinear`
+    /// (one scale per activation tensor) + `MatMulInteger`. Loses much more on small models.
+    DynamicPerTensor,
 }
 
 /// The two decoder layouts users bring.
@@ -59,6 +86,11 @@ impl ExportOptions {
             block_size: 32,
             symmetric: true,
             layout: KvLayout::Optimum,
+            int8_format: Int8Format::Block32,
+            q4_search: false,
+            q4_min: false,
+            importance: None,
+            overrides: Vec::new(),
         }
     }
     /// The same weights in onnxruntime-genai's layout.
@@ -68,8 +100,13 @@ impl ExportOptions {
     pub fn fp16() -> Self {
         ExportOptions { linear: Precision::F16, lm_head: Precision::F16, embedding: Precision::F16, ..Self::fp32() }
     }
+    /// int8 as onnxruntime's `quantize_dynamic` writes it ([`Int8Format::DynamicPerTensor`]).
     pub fn int8() -> Self {
-        ExportOptions { linear: Precision::Int8, lm_head: Precision::Int8, embedding: Precision::Int8, ..Self::fp32() }
+        ExportOptions { linear: Precision::Int8, lm_head: Precision::Int8, embedding: Precision::Int8, int8_format: Int8Format::DynamicPerTensor, ..Self::fp32() }
+    }
+    /// int8 in blocks of 32 ([`Int8Format::Block32`]), edge-llm's format (the packer's default).
+    pub fn int8_block() -> Self {
+        ExportOptions { int8_format: Int8Format::Block32, ..Self::int8() }
     }
     pub fn int4(block_size: usize, symmetric: bool) -> Self {
         ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric, ..Self::fp32() }
@@ -102,6 +139,7 @@ impl<'a> Ctx<'a> {
 
     /// `x @ w^T` with `w` given `[n][k]`; returns the output and the dequantized weight.
     pub(crate) fn linear(&mut self, x: &str, name: &str, w: &[f32], n: usize, k: usize, p: Precision) -> (String, Vec<f32>) {
+        let p = self.opts.overrides.iter().find(|(pat, _)| name.contains(pat.as_str())).map_or(p, |(_, o)| *o);
         let g = &mut self.g;
         let transposed = || -> Vec<f32> {
             let mut t = vec![0f32; n * k];
@@ -123,6 +161,11 @@ impl<'a> Ctx<'a> {
                 let eff = w.iter().map(|v| half::f16::from_f32(*v).to_f32()).collect();
                 (g.node("MatMul", &[x, &wf], vec![]), eff)
             }
+            Precision::Int8 if self.opts.int8_format == Int8Format::Block32 && k % 32 == 0 => {
+                let q = qref::quantize_q8_block(w, n, k);
+                let init = self.q8_block_initializers(name, &q);
+                (self.matmul_nbits8(x, &init, n, k), qref::dequantize_q8_block(&q))
+            }
             Precision::Int8 => {
                 let q = qref::quantize_q8(w, n, k);
                 let mut qt = vec![0i8; n * k];
@@ -140,11 +183,71 @@ impl<'a> Ctx<'a> {
                 (g.node("Mul", &[&accf, &scale], vec![]), qref::dequantize_q8(&q))
             }
             Precision::Int4 => {
-                let q = qref::quantize_q4(w, n, k, self.opts.block_size, self.opts.symmetric);
-                let init = self.q4_initializers(name, &q);
-                (self.matmul_nbits(x, &init, n, k), qref::dequantize_q4(&q))
+                let (init, eff) = self.q4_store(name, w, n, k);
+                (self.matmul_nbits(x, &init, n, k), eff)
             }
         }
+    }
+
+    /// `w[n][k]` as int4 `MatMulNBits` initializers named after `name`, quantized as the options
+    /// ask; returns (B, scales, zero points) and the dequantized weights.
+    pub(crate) fn q4_store(&mut self, name: &str, w: &[f32], n: usize, k: usize) -> ((String, String, Option<String>), Vec<f32>) {
+        if !self.opts.q4_min {
+            let q = self.quantize_q4(name, w, n, k);
+            return (self.q4_initializers(name, &q), qref::dequantize_q4(&q));
+        }
+        let imp = self.opts.importance.as_ref().and_then(|m| m.get(name)).filter(|v| v.len() == k);
+        let q = qref::quantize_q4_min(w, n, k, self.opts.block_size, imp.map(|v| v.as_slice()));
+        let nb = q.k.div_ceil(q.block_size);
+        let zp = self.g.init_f32(&format!("{name}.weight_zero_points"), &[q.n * nb], &q.zero_points);
+        let b = self.g.init_u8(&format!("{name}.weight_Q4"), &[q.n, nb, q.block_size / 2], q.packed.clone());
+        let s = self.g.init_f32(&format!("{name}.weight_scales"), &[q.n * nb], &q.scales);
+        ((b, s, Some(zp)), qref::dequantize_q4_min(&q))
+    }
+
+    /// `w[n][k]` to int4 as the options ask (round-to-nearest or searched scales).
+    pub(crate) fn quantize_q4(&self, name: &str, w: &[f32], n: usize, k: usize) -> crate::quant::Q4Weight {
+        if self.opts.q4_search {
+            let imp = self.opts.importance.as_ref().and_then(|m| m.get(name)).filter(|v| v.len() == k);
+            qref::quantize_q4_search(w, n, k, self.opts.block_size, self.opts.symmetric, imp.map(|v| v.as_slice()))
+        } else {
+            qref::quantize_q4(w, n, k, self.opts.block_size, self.opts.symmetric)
+        }
+    }
+
+    /// Store `q` as 8-bit `MatMulNBits` initializers named after `name`: (B `[n][k/32][32]`, scales).
+    pub(crate) fn q8_block_initializers(&mut self, name: &str, q: &crate::quant::Q8BlockWeight) -> (String, String) {
+        let nb = q.k / q.block_size;
+        let b = self.g.init_u8(&format!("{name}.weight_Q8"), &[q.n, nb, q.block_size], q.q.clone());
+        let s = self.g.init_f32(&format!("{name}.weight_scales"), &[q.n * nb], &q.scales);
+        (b, s)
+    }
+
+    pub(crate) fn matmul_nbits8(&mut self, x: &str, init: &(String, String), n: usize, k: usize) -> String {
+        let attrs = vec![attr_i("K", k as i64), attr_i("N", n as i64), attr_i("bits", 8), attr_i("block_size", 32), attr_i("accuracy_level", 4)];
+        self.g.node_multi(MS_DOMAIN, "MatMulNBits", &[x, init.0.as_str(), init.1.as_str()], 1, attrs).remove(0)
+    }
+
+    /// Embedding rows `ids` of an 8-bit table stored for `MatMulNBits` (`[n][k/32][32]` u8),
+    /// dequantized in-graph: `(q - 128) * scale`.
+    pub(crate) fn gather_q8_block(&mut self, ids: &str, init: &(String, String), k: usize) -> String {
+        let nb = k / 32;
+        let rows = self.g.node("Gather", &[&init.0, ids], vec![attr_i("axis", 0)]); // [b, s, nb, 32]
+        let f = self.g.node("Cast", &[&rows], vec![attr_i("to", OnnxType::Float as i64)]);
+        let c128 = self.g.const_f32(128.0);
+        let centered = self.g.node("Sub", &[&f, &c128], vec![]);
+        // Scales: gather `id * nb + j` from the flat `[n * nb]` tensor (no reshaped copy).
+        let nbc = self.g.const_ints(&[nb as i64]);
+        let base = self.g.node("Mul", &[ids, &nbc], vec![]);
+        let al = self.axes_last.clone();
+        let base = self.g.node("Unsqueeze", &[&base, &al], vec![]);
+        let offs = self.g.const_ints(&(0..nb as i64).collect::<Vec<_>>());
+        let idx = self.g.node("Add", &[&base, &offs], vec![]);
+        let sc = self.g.node("Gather", &[&init.1, &idx], vec![attr_i("axis", 0)]); // [b, s, nb]
+        let sc = self.g.node("Unsqueeze", &[&sc, &al], vec![]);
+        let deq = self.g.node("Mul", &[&centered, &sc], vec![]);
+        let flat = self.g.const_ints(&[0, 0, k as i64]);
+        self.g.node("Reshape", &[&deq, &flat], vec![])
     }
 
     /// Store `q` as `MatMulNBits` initializers named after `name`: (B, scales, zero points).
@@ -318,6 +421,8 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     let mut eff = w.clone();
     // The int4 embedding table, reused as the head when tied.
     let mut shared_q4 = None;
+    // The same for an 8-bit block table.
+    let mut shared_q8 = None;
     // Token embedding.
     let x = match opts.embedding {
         Precision::F32 => {
@@ -331,11 +436,21 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
             cx.g.node("Cast", &[&g], vec![attr_i("to", OnnxType::Float as i64)])
         }
         Precision::Int4 => {
-            let q = qref::quantize_q4(&w.embed, cfg.vocab_size, h, opts.block_size, opts.symmetric);
+            // Integer zero points even with `q4_min`: float ones would add 4 bytes per block of
+            // the 28 M-weight table (3.5 MB for SmolLM2, past the 100 MB bundle).
+            let q = cx.quantize_q4("model.embed_tokens", &w.embed, cfg.vocab_size, h);
             eff.embed = qref::dequantize_q4(&q);
             let init = cx.q4_initializers("model.embed_tokens", &q);
             let x = cx.gather_q4(&ids, &init, cfg.vocab_size, h);
             shared_q4 = Some(init);
+            x
+        }
+        Precision::Int8 if opts.int8_format == Int8Format::Block32 && h % 32 == 0 => {
+            let q = qref::quantize_q8_block(&w.embed, cfg.vocab_size, h);
+            eff.embed = qref::dequantize_q8_block(&q);
+            let init = cx.q8_block_initializers("model.embed_tokens", &q);
+            let x = cx.gather_q8_block(&ids, &init, h);
+            shared_q8 = Some(init);
             x
         }
         Precision::Int8 => {
@@ -363,6 +478,10 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
         eff.lm_head = Some(eff.embed.clone());
         let init = init.clone();
         cx.matmul_nbits(&xn, &init, cfg.vocab_size, h)
+    } else if let (true, Precision::Int8, Some(init)) = (cfg.tie_word_embeddings, opts.lm_head, &shared_q8) {
+        eff.lm_head = Some(eff.embed.clone());
+        let init = init.clone();
+        cx.matmul_nbits8(&xn, &init, cfg.vocab_size, h)
     } else if tied_fp32 {
         // As optimum exports a tied head: MatMul against the transposed embedding.
         let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);

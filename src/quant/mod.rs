@@ -2,6 +2,8 @@
 //!
 //! Layouts are the ones the ONNX graph stores, so a quantized tensor round-trips unchanged:
 //! - [`Q8Weight`]: per-output-channel symmetric int8 (`MatMulInteger` with `b_zero_point` 0).
+//! - [`Q8BlockWeight`]: block-wise symmetric int8 (`MatMulNBits` with `bits = 8`).
+//! - [`Q4MinWeight`]: 4-bit blocks with float zero points (Q4_1's `q * scale + min`).
 //! - [`Q4Weight`]: block-wise 4-bit in the `com.microsoft::MatMulNBits` layout.
 
 pub mod reference;
@@ -36,6 +38,31 @@ pub struct Q8Weight {
     pub k: usize,
     pub q: Vec<i8>,
     pub scales: Vec<f32>,
+}
+
+/// Block-wise 8-bit weights in `MatMulNBits` (`bits = 8`) layout: `q[n][block][j]` u8,
+/// `w = (q - 128) * scales[n][block]` (symmetric: the default zero point of 8 bits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q8BlockWeight {
+    pub n: usize,
+    pub k: usize,
+    pub block_size: usize,
+    pub q: Vec<u8>,
+    pub scales: Vec<f32>,
+}
+
+/// Block-wise 4-bit weights with float zero points (`MatMulNBits` allows `zero_points` of A's
+/// type): `w = (q - zero_points) * scales = q * scale + min`, llama.cpp Q4_1's form, so a Q4_1
+/// block is stored exactly and the block's minimum need not be a whole number of steps.
+/// `packed` as in [`Q4Weight`]; `zero_points` one f32 per block, unpacked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Q4MinWeight {
+    pub n: usize,
+    pub k: usize,
+    pub block_size: usize,
+    pub packed: Vec<u8>,
+    pub scales: Vec<f32>,
+    pub zero_points: Vec<f32>,
 }
 
 /// Block-wise 4-bit weights in `MatMulNBits` layout.

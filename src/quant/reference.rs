@@ -1,6 +1,27 @@
 //! Slow, obviously-right quantizers and dequantizers. Fast paths are tested against these.
 
-use super::{Q4Weight, Q8Weight};
+use super::{Q4MinWeight, Q4Weight, Q8BlockWeight, Q8Weight};
+
+/// Quantize `w[n][k]` to symmetric int8 blocks of 32 along k (`MatMulNBits`, 8 bits):
+/// `scale = amax / 127`, `q = round(w / scale) + 128`. `k` must be a multiple of 32.
+pub fn quantize_q8_block(w: &[f32], n: usize, k: usize) -> Q8BlockWeight {
+    const BS: usize = 32;
+    assert_eq!(w.len(), n * k, "weight length must be n * k");
+    assert!(k % BS == 0, "k must be a multiple of {BS}");
+    let mut q = Vec::with_capacity(n * k);
+    let mut scales = Vec::with_capacity(n * k / BS);
+    for block in w.chunks_exact(BS) {
+        let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = if amax == 0.0 { 1.0 } else { amax / 127.0 };
+        scales.push(scale);
+        q.extend(block.iter().map(|v| ((v / scale).round().clamp(-127.0, 127.0) + 128.0) as u8));
+    }
+    Q8BlockWeight { n, k, block_size: BS, q, scales }
+}
+
+pub fn dequantize_q8_block(w: &Q8BlockWeight) -> Vec<f32> {
+    w.q.chunks_exact(w.block_size).zip(&w.scales).flat_map(|(b, s)| b.iter().map(move |q| (*q as f32 - 128.0) * s)).collect()
+}
 
 /// Quantize `w[n][k]` to per-row symmetric int8.
 pub fn quantize_q8(w: &[f32], n: usize, k: usize) -> Q8Weight {
@@ -66,6 +87,217 @@ pub fn quantize_q4(w: &[f32], n: usize, k: usize, block_size: usize, symmetric: 
         }
     }
     Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
+}
+
+/// [`quantize_q4`] with each block's scale (and zero point) chosen to minimise the block's
+/// squared error, weighted per input channel by `importance` (`[k]`, e.g. mean squared
+/// activations from calibration, AWQ's statistic; `None`: uniform). For every candidate scale
+/// on a grid around the range-based one, and the zero points next to the range-based one, the
+/// codes are rounded, the scale refit by weighted least squares to those codes, and the error
+/// of the f16-rounded result compared. A grid point of 1.0 reproduces round-to-nearest, so the
+/// result is never worse than it (under the same weighting).
+pub fn quantize_q4_search(w: &[f32], n: usize, k: usize, block_size: usize, symmetric: bool, importance: Option<&[f32]>) -> Q4Weight {
+    assert_eq!(w.len(), n * k, "weight length must be n * k");
+    assert!(block_size >= 16 && block_size.is_power_of_two(), "block size must be a power of two >= 16");
+    if let Some(imp) = importance {
+        assert_eq!(imp.len(), k, "importance must have k values");
+    }
+    let nb = k.div_ceil(block_size);
+    let mut packed = vec![0u8; n * nb * block_size / 2];
+    let mut scales = Vec::with_capacity(n * nb);
+    let mut zps = Vec::with_capacity(n * nb);
+    let ones = vec![1f32; block_size];
+    for row in 0..n {
+        for b in 0..nb {
+            let start = b * block_size;
+            let end = (start + block_size).min(k);
+            let vals = &w[row * k + start..row * k + end];
+            let imp = importance.map_or(&ones[..vals.len()], |i| &i[start..end]);
+            let (scale, zp) = search_block(vals, imp, symmetric);
+            scales.push(scale);
+            zps.push(zp);
+            let base = (row * nb + b) * block_size / 2;
+            for (i, v) in vals.iter().enumerate() {
+                let q = code(*v, scale, zp);
+                packed[base + i / 2] |= if i % 2 == 0 { q } else { q << 4 };
+            }
+        }
+    }
+    Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
+}
+
+fn code(v: f32, scale: f32, zp: u8) -> u8 {
+    if scale == 0.0 {
+        return zp;
+    }
+    ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8
+}
+
+fn block_error(vals: &[f32], imp: &[f32], scale: f32, zp: u8) -> f64 {
+    vals.iter().zip(imp).map(|(v, a)| {
+        let e = (*v - (code(*v, scale, zp) as f32 - zp as f32) * scale) as f64;
+        *a as f64 * e * e
+    }).sum()
+}
+
+/// Best `(scale, zero point)` of one block, the scale rounded to f16 (what tract's kernels use).
+fn search_block(vals: &[f32], imp: &[f32], symmetric: bool) -> (f32, u8) {
+    let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
+    let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
+    let amax = lo.abs().max(hi);
+    if amax == 0.0 {
+        return (1.0, if symmetric { 8 } else { 0 });
+    }
+    let base = if symmetric { amax / 7.0 } else { (hi - lo) / 15.0 };
+    let f16 = |s: f32| half::f16::from_f32(s).to_f32();
+    let mut best = (f64::INFINITY, 1.0f32, 8u8);
+    let consider = |s: f32, zp: u8, best: &mut (f64, f32, u8)| {
+        let s = f16(s);
+        if s > 0.0 && s.is_finite() {
+            let e = block_error(vals, imp, s, zp);
+            if e < best.0 {
+                *best = (e, s, zp);
+            }
+        }
+    };
+    // Round-to-nearest's own choice (see [`quantize_q4`]) is always a candidate.
+    let rtn = round_up_to_f16(base);
+    consider(rtn, if symmetric { 8 } else { (-lo / rtn).round().clamp(0.0, 15.0) as u8 }, &mut best);
+    for step in 0..=24 {
+        let t = 0.76 + 0.02 * step as f32;
+        let s = base * t;
+        let zs: Vec<u8> = if symmetric {
+            vec![8]
+        } else {
+            let z = -lo / s;
+            [z.floor(), z.round(), z.ceil()].iter().map(|z| z.clamp(0.0, 15.0) as u8).collect()
+        };
+        for zp in zs {
+            consider(s, zp, &mut best);
+            // Refit the scale to these codes: argmin_s sum a (v - s (q - zp))^2.
+            let (mut num, mut den) = (0f64, 0f64);
+            for (v, a) in vals.iter().zip(imp) {
+                let c = code(*v, s, zp) as f64 - zp as f64;
+                num += *a as f64 * *v as f64 * c;
+                den += *a as f64 * c * c;
+            }
+            if den > 0.0 {
+                consider((num / den) as f32, zp, &mut best);
+            }
+        }
+    }
+    (best.1, best.2)
+}
+
+/// Quantize `w[n][k]` to 4-bit blocks with float zero points ([`Q4MinWeight`]): per block,
+/// `w ≈ q * scale + min` with `(scale, min)` fit by weighted least squares to the block's codes,
+/// from several starting ranges (as llama.cpp's `make_qkx` quantizers do), keeping the least
+/// (importance-weighted) squared error. A block already on a 16-level grid (a Q4_1 block) is
+/// found exactly from the first start (its own min and max).
+pub fn quantize_q4_min(w: &[f32], n: usize, k: usize, block_size: usize, importance: Option<&[f32]>) -> Q4MinWeight {
+    assert_eq!(w.len(), n * k, "weight length must be n * k");
+    assert!(block_size >= 16 && block_size.is_power_of_two(), "block size must be a power of two >= 16");
+    let nb = k.div_ceil(block_size);
+    let mut packed = vec![0u8; n * nb * block_size / 2];
+    let mut scales = Vec::with_capacity(n * nb);
+    let mut zero_points = Vec::with_capacity(n * nb);
+    let ones = vec![1f32; block_size];
+    for row in 0..n {
+        for b in 0..nb {
+            let start = b * block_size;
+            let end = (start + block_size).min(k);
+            let vals = &w[row * k + start..row * k + end];
+            let imp = importance.map_or(&ones[..vals.len()], |i| &i[start..end]);
+            let (scale, min) = fit_min_block(vals, imp);
+            let zp = if scale > 0.0 { -min / scale } else { 0.0 };
+            scales.push(if scale > 0.0 { scale } else { 1.0 });
+            zero_points.push(if scale > 0.0 { zp } else { -min });
+            let base = (row * nb + b) * block_size / 2;
+            for (i, v) in vals.iter().enumerate() {
+                let q = min_code(*v, scale, min);
+                packed[base + i / 2] |= if i % 2 == 0 { q } else { q << 4 };
+            }
+        }
+    }
+    Q4MinWeight { n, k, block_size, packed, scales, zero_points }
+}
+
+fn min_code(v: f32, scale: f32, min: f32) -> u8 {
+    if scale <= 0.0 {
+        return 0;
+    }
+    ((v - min) / scale).round().clamp(0.0, 15.0) as u8
+}
+
+/// `(scale, min)` of one block; scale 0 for a constant block (then every value is `min`).
+fn fit_min_block(vals: &[f32], imp: &[f32]) -> (f32, f32) {
+    let lo = vals.iter().fold(f32::INFINITY, |m, v| m.min(*v));
+    let hi = vals.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    if hi <= lo {
+        return (0.0, lo);
+    }
+    let err = |s: f32, m: f32| -> f64 {
+        vals.iter().zip(imp).map(|(v, a)| {
+            let e = (*v - (min_code(*v, s, m) as f32 * s + m)) as f64;
+            *a as f64 * e * e
+        }).sum()
+    };
+    let mut best = ((hi - lo) / 15.0, lo);
+    let mut best_err = err(best.0, best.1);
+    // Starts: the full range, then ranges narrowed from either end.
+    for step in 0..12 {
+        for (a, b) in [(0.0f32, 0.02 * step as f32), (0.02 * step as f32, 0.0)] {
+            let (m0, s0) = (lo + a * (hi - lo), (hi - lo) * (1.0 - a - b) / 15.0);
+            if s0 <= 0.0 {
+                continue;
+            }
+            let (mut s, mut m) = (s0, m0);
+            for _ in 0..3 {
+                // Least squares of v ≈ s q + m over the codes of (s, m).
+                let (mut sa, mut sq, mut sqq, mut sv, mut sqv) = (0f64, 0f64, 0f64, 0f64, 0f64);
+                for (v, w) in vals.iter().zip(imp) {
+                    let (q, w, v) = (min_code(*v, s, m) as f64, *w as f64, *v as f64);
+                    sa += w;
+                    sq += w * q;
+                    sqq += w * q * q;
+                    sv += w * v;
+                    sqv += w * q * v;
+                }
+                let det = sa * sqq - sq * sq;
+                if det <= 0.0 {
+                    break;
+                }
+                let (ns, nm) = (((sa * sqv - sq * sv) / det) as f32, ((sqq * sv - sq * sqv) / det) as f32);
+                if !(ns > 0.0 && ns.is_finite() && nm.is_finite()) {
+                    break;
+                }
+                let e = err(ns, nm);
+                if e < best_err {
+                    (best, best_err) = ((ns, nm), e);
+                }
+                (s, m) = (ns, nm);
+            }
+            let e = err(s0, m0);
+            if e < best_err {
+                (best, best_err) = ((s0, m0), e);
+            }
+        }
+    }
+    best
+}
+
+pub fn dequantize_q4_min(w: &Q4MinWeight) -> Vec<f32> {
+    let nb = w.k.div_ceil(w.block_size);
+    let mut out = Vec::with_capacity(w.n * w.k);
+    for row in 0..w.n {
+        for i in 0..w.k {
+            let (b, j) = (i / w.block_size, i % w.block_size);
+            let byte = w.packed[(row * nb + b) * w.block_size / 2 + j / 2];
+            let q = if j % 2 == 0 { byte & 0x0f } else { byte >> 4 };
+            out.push((q as f32 - w.zero_points[row * nb + b]) * w.scales[row * nb + b]);
+        }
+    }
+    out
 }
 
 /// Activations as the int8-activation q4 kernel sees them: per block of 32 along each row of
@@ -134,6 +366,44 @@ mod tests {
                 let s = q.scales[i / 32];
                 assert!((x - y).abs() <= s * 0.5 + 1e-5, "sym={sym} i={i} {x} vs {y}");
             }
+        }
+    }
+
+    #[test]
+    fn q4_search_is_never_worse_than_round_to_nearest() {
+        let w: Vec<f32> = (0..4 * 128).map(|i| (((i * 7919) % 263) as f32 / 131.0 - 1.0).powi(3) + 0.3).collect();
+        for sym in [true, false] {
+            let err = |d: &[f32]| w.iter().zip(d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+            let rtn = err(&dequantize_q4(&quantize_q4(&w, 4, 128, 32, sym)));
+            let searched = err(&dequantize_q4(&quantize_q4_search(&w, 4, 128, 32, sym, None)));
+            assert!(searched <= rtn * 1.0001, "sym={sym}: {searched} > {rtn}");
+            assert!(searched < rtn * 0.95, "sym={sym}: the search found nothing better ({searched} vs {rtn})");
+        }
+    }
+
+    #[test]
+    fn q4_min_reproduces_a_q4_1_block_exactly() {
+        // Blocks on a Q4_1 grid (f16 scale and min, codes 0..=15, every code used).
+        let (d, m) = (half::f16::from_f32(0.0123).to_f32(), half::f16::from_f32(-0.0871).to_f32());
+        let w: Vec<f32> = (0..2 * 64).map(|i| ((i * 7) % 16) as f32 * d + m * (1 + i / 64) as f32).collect();
+        let q = quantize_q4_min(&w, 2, 64, 32, None);
+        for (a, b) in w.iter().zip(dequantize_q4_min(&q)) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+        }
+        // And on arbitrary weights it beats integer zero points.
+        let w: Vec<f32> = (0..4 * 128).map(|i| (((i * 7919) % 263) as f32 / 131.0 - 1.0).powi(3) + 0.3).collect();
+        let err = |d: &[f32]| w.iter().zip(d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        let int_zp = err(&dequantize_q4(&quantize_q4_search(&w, 4, 128, 32, false, None)));
+        assert!(err(&dequantize_q4_min(&quantize_q4_min(&w, 4, 128, 32, None))) < int_zp);
+    }
+
+    #[test]
+    fn q8_block_round_trips_within_half_a_step() {
+        let w = ramp(3, 64);
+        let q = quantize_q8_block(&w, 3, 64);
+        let d = dequantize_q8_block(&q);
+        for (i, (x, y)) in w.iter().zip(&d).enumerate() {
+            assert!((x - y).abs() <= q.scales[i / 32] * 0.5 + 1e-6);
         }
     }
 

@@ -78,6 +78,41 @@ pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 
     d
 }
 
+/// `(n, k, m)` of the 8-bit block `MatMulNBits` problems: one row, several, a long K.
+pub const Q8_BLOCK_SHAPES: [(usize, usize, usize); 3] = [(5, 32, 1), (9, 96, 6), (7, 576, 3)];
+
+/// Max |diff| of edge-llm's 8-bit block matmul (SIMD128 in a wasm SIMD build, portable
+/// otherwise), with f32 and with int8 activations, against dequantize-then-matmul on the
+/// activations rounded as the kernel rounds them; plus the SIMD-vs-portable difference of
+/// each block dot product where both exist.
+pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
+    use edge_llm::cpu::q8_block_matmul::{portable, quantize_blocks, Q8BlockMatrix};
+    use edge_llm::quant::reference::{dequantize_q8_block, q8_block_round_trip, quantize_q8_block};
+    use tract_onnx::prelude::Tensor;
+    let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+    let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+    let q = quantize_q8_block(&w, n, k);
+    let deq = dequantize_q8_block(&q);
+    let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
+    let mat = Q8BlockMatrix::new(n, k, packed, &Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap(), None).unwrap();
+    let mut d = 0f32;
+    for int8 in [false, true] {
+        let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
+        let mut out = vec![0f32; m * n];
+        mat.matmul(&x, &mut out, int8).unwrap();
+        for r in 0..m {
+            for c in 0..n {
+                let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
+                d = d.max((out[r * n + c] - want).abs());
+            }
+        }
+    }
+    let (xq, sx) = quantize_blocks(&x[..k]);
+    let (row, sw) = (&q.q[..k], &q.scales[..k / 32]);
+    d = d.max((edge_llm::cpu::q8_block_matmul::dot_q8(row, sw, &xq, &sx) - portable::dot_q8(row, sw, &xq, &sx)).abs());
+    d.max((edge_llm::cpu::q8_block_matmul::dot_f32(row, sw, &x[..k]) - portable::dot_f32(row, sw, &x[..k])).abs())
+}
+
 /// `(m, k, n)` of the int8 `MatMulInteger` problems: one row, a 4-row tile plus remainder, a K
 /// that is not a multiple of 16.
 pub const Q8_MATMUL_SHAPES: [(usize, usize, usize); 3] = [(1, 64, 5), (6, 40, 3), (9, 576, 7)];

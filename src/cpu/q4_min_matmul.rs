@@ -1,0 +1,213 @@
+//! 4-bit `MatMulNBits` with float zero points (`zero_points` of the activations' type, as
+//! onnxruntime allows): `w = (q - zf) * s = q * s + min`, llama.cpp Q4_1's form
+//! ([`crate::quant::Q4MinWeight`]). tract 0.23.9 reads only uint8 zero points.
+//!
+//! Computed as the symmetric int4 kernel ([`Q4Matrix`], zero point 8) plus a per-block term:
+//! `(q - zf) * s = (q - 8) * s + (8 - zf) * s`, so `y = y8 + sum_b c[n][b] * X[m][b]` with
+//! `c = (8 - zf) * s` and `X` the block sums of the (unrounded) activations. The packed nibbles
+//! stay the graph's tensor (shared with a tied embedding's `Gather`).
+
+use std::sync::Arc;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+
+use super::q4_matmul::{Q4Matrix, BLOCK};
+
+/// The weights: the nibbles as a symmetric [`Q4Matrix`] and the zero-point term per block.
+#[derive(Debug)]
+pub struct Q4MinMatrix {
+    pub q4: Q4Matrix,
+    /// `[n][k / 32]`: `(8 - zf) * s`.
+    pub correction: Vec<f32>,
+}
+
+impl Q4MinMatrix {
+    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: &Tensor) -> TractResult<Self> {
+        let zf = zero_points.cast_to::<f32>()?;
+        let zf: Vec<f32> = zf.to_plain_array_view::<f32>()?.iter().copied().collect();
+        let q4 = Q4Matrix::new(n, k, packed, scales, None)?;
+        let nb = k / BLOCK;
+        ensure!(zf.len() == n * nb, "zero_points has {} values, expected {}", zf.len(), n * nb);
+        let s = q4.scales.cast_to::<f32>()?;
+        let s = s.to_plain_array_view::<f32>()?;
+        let correction = zf.iter().zip(s.iter()).map(|(z, s)| (8.0 - z) * s).collect();
+        Ok(Q4MinMatrix { q4, correction })
+    }
+
+    pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        let (k, n, nb) = (self.q4.k, self.q4.n, self.q4.k / BLOCK);
+        if int8_activations {
+            self.q4.matmul_q8(x, out)?;
+        } else {
+            self.q4.matmul(x, out)?;
+        }
+        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+        for (r, row) in out.chunks_exact_mut(n).enumerate() {
+            let xs = &sums[r * nb..(r + 1) * nb];
+            for (y, c) in row.iter_mut().zip(self.correction.chunks_exact(nb)) {
+                *y += c.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+            }
+        }
+        debug_assert_eq!(x.len() % k, 0);
+        Ok(())
+    }
+}
+
+/// The typed op: `[.., K] f32 -> [.., N] f32`.
+#[derive(Debug, Clone)]
+pub struct Q4MinMatMul {
+    pub w: Arc<Q4MinMatrix>,
+    pub int8_activations: bool,
+}
+
+impl PartialEq for Q4MinMatMul {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+    }
+}
+impl Eq for Q4MinMatMul {}
+
+impl Op for Q4MinMatMul {
+    fn name(&self) -> StaticName {
+        "EdgeLlmQ4MinMatMul".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("N={} K={} block={BLOCK} float zero points, int8 activations: {}", self.w.q4.n, self.w.q4.k, self.int8_activations)])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Q4MinMatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let x = x.cast_to::<f32>()?;
+        let xs = x.to_plain_array_view::<f32>()?;
+        let mut shape: TVec<usize> = x.shape().into();
+        let last = shape.len() - 1;
+        ensure!(shape[last] == self.w.q4.k, "input has {} features, the weight expects {}", shape[last], self.w.q4.k);
+        shape[last] = self.w.q4.n;
+        let flat: Vec<f32>;
+        let xv = match xs.as_slice() {
+            Some(s) => s,
+            None => {
+                flat = xs.iter().copied().collect();
+                &flat
+            }
+        };
+        let mut out = vec![0f32; shape.iter().product()];
+        self.w.matmul(xv, &mut out, self.int8_activations)?;
+        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for Q4MinMatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(super::rows_output_shape(inputs[0], self.w.q4.n))))
+    }
+
+    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+        super::rows_axes_mapping(inputs, outputs)
+    }
+
+    /// A slice of the rows (the last position's logits) slices the input instead.
+    #[allow(clippy::too_many_arguments)]
+    fn slice(
+        &self,
+        patch: &mut TypedModelPatch,
+        _model: &TypedModel,
+        node: &TypedNode,
+        _prefix: &str,
+        inputs: &[OutletId],
+        output_axis: usize,
+        _start: &TDim,
+        _end: &TDim,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        if output_axis + 1 >= node.outputs[0].fact.rank() {
+            return Ok(None);
+        }
+        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
+    }
+
+    as_op!();
+}
+
+/// ONNX-side expansion: reads the constant weights and wires [`Q4MinMatMul`].
+#[derive(Debug, Clone)]
+pub(super) struct MatMulNBitsQ4Min {
+    pub k: usize,
+    pub n: usize,
+    pub int8_activations: bool,
+}
+
+impl Expansion for MatMulNBitsQ4Min {
+    fn name(&self) -> StaticName {
+        "MatMulNBits4FloatZp(edge-llm)".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        let n = self.n.to_dim();
+        s.given(&inputs[0].rank, move |s, rank| {
+            let rank = rank as usize;
+            s.equals(&outputs[0].rank, rank as i64)?;
+            for ax in 0..rank - 1 {
+                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
+            }
+            s.equals(&outputs[0].shape[rank - 1], n.clone())
+        })?;
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
+            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
+        };
+        let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &konst(3, "zero_points")?)?;
+        let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
+            inputs[0]
+        } else {
+            model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
+        };
+        model.wire_node(prefix, Q4MinMatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::reference::{dequantize_q4_min, q8_block_round_trip, quantize_q4_min};
+
+    #[test]
+    fn kernel_matches_dequantize_then_matmul() {
+        let (n, k, m) = (5, 96, 3);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 0.7).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let q = quantize_q4_min(&w, n, k, 32, None);
+        let deq = dequantize_q4_min(&q);
+        let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());
+        let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+        let mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
+        for int8 in [false, true] {
+            let mut out = vec![0f32; m * n];
+            mat.matmul(&x, &mut out, int8).unwrap();
+            // With int8 activations the nibble part sees rounded x, the zero-point term exact x.
+            let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = (0..k)
+                        .map(|i| {
+                            let (b, s) = (c * (k / 32) + i / 32, q.scales[c * (k / 32) + i / 32]);
+                            let nib = deq[c * k + i] + q.zero_points[b] * s - 8.0 * s; // (q - 8) * s
+                            xr[r * k + i] * nib + x[r * k + i] * (8.0 - q.zero_points[b]) * s
+                        })
+                        .sum();
+                    assert!((out[r * n + c] - want).abs() < 1e-3, "int8={int8} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                }
+            }
+        }
+    }
+}

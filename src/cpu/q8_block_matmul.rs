@@ -1,0 +1,451 @@
+//! `MatMulNBits` with `bits = 8`, block 32 (int8 weights, one f32 scale per 32 along K) as a
+//! tract op with our own kernel: edge-llm's int8 format.
+//!
+//! Why this format: per-tensor activation rounding (`DynamicQuantizeLinear` before
+//! `MatMulInteger`, onnxruntime's `quantize_dynamic`) costs SmolLM2-135M +66 % perplexity and
+//! its answer to the demo question; per-block scales on both sides (llama.cpp's q8_0 × q8_0)
+//! keep int8 within a fraction of a percent (`edge-llm-pack eval`). onnxruntime runs the same
+//! file (`MatMulNBits` 8-bit, contrib op), and tract 0.23.9 has no 8-bit `MatMulNBits`: this
+//! op is registered on every build, by the dispatcher at the end of this file (which also
+//! routes 4-bit nodes with float zero points to [`super::q4_min_matmul`]).
+//!
+//! Math: `y[m][n] = sum_b s[n][b] * sum_j (q[n][b][j] - zp[n][b]) * x[m][32b + j]`. Weights stay
+//! the graph's u8 tensor (shared with a tied embedding's `Gather`); `q - 128` is `q ^ 0x80` as
+//! i8, and `(128 - zp) * s * sum(x in block)` carries any zero point other than 128. With
+//! `accuracy_level = 4` (onnxruntime: int8 compute) activations are quantized per 32-block to
+//! int8 (`scale = amax / 127`) and blocks are integer dot products; otherwise activations stay
+//! f32. The plain reference is `quant::reference::dequantize_q8_block` + a matmul.
+
+use std::sync::Arc;
+
+use tract_onnx::model::ParsingContext;
+use tract_onnx::pb::NodeProto;
+use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::internal::*;
+
+/// The block size the kernel handles (and the exporter writes).
+pub const BLOCK: usize = 32;
+
+/// Weights of one 8-bit `MatMulNBits` node.
+#[derive(Debug)]
+pub struct Q8BlockMatrix {
+    pub n: usize,
+    pub k: usize,
+    /// `[n][k / 32][32]` u8, the graph's constant (shared, not copied).
+    pub packed: Arc<Tensor>,
+    /// `[n][k / 32]` f32.
+    pub scales: Vec<f32>,
+    /// `(128 - zp) * scale` per block, when some zero point is not 128.
+    pub zero_terms: Option<Vec<f32>>,
+}
+
+impl Q8BlockMatrix {
+    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: &Tensor, zero_points: Option<&[u8]>) -> TractResult<Self> {
+        ensure!(k % BLOCK == 0, "K={k} is not a multiple of {BLOCK}");
+        ensure!(packed.datum_type() == u8::datum_type(), "B must be uint8, got {:?}", packed.datum_type());
+        ensure!(packed.len() == n * k, "B has {} bytes, expected {}", packed.len(), n * k);
+        ensure!(packed.to_plain_array_view::<u8>()?.as_slice().is_some(), "B must be contiguous");
+        let nb = k / BLOCK;
+        let scales: Vec<f32> = scales.cast_to::<f32>()?.to_plain_array_view::<f32>()?.iter().copied().collect();
+        ensure!(scales.len() == n * nb, "scales has {} values, expected {}", scales.len(), n * nb);
+        let zero_terms = match zero_points {
+            Some(z) => {
+                ensure!(z.len() == n * nb, "zero_points has {} bytes, expected {}", z.len(), n * nb);
+                z.iter().any(|z| *z != 128).then(|| z.iter().zip(&scales).map(|(z, s)| (128.0 - *z as f32) * s).collect())
+            }
+            None => None,
+        };
+        Ok(Q8BlockMatrix { n, k, packed, scales, zero_terms })
+    }
+
+    fn bytes(&self) -> TractResult<&[u8]> {
+        self.packed.to_plain_array_view::<u8>()?.to_slice().context("B must be contiguous")
+    }
+
+    /// `out[m][n] = x[m] · w[n]` for the rows of `x` (`[m][k]`); `int8_activations` quantizes
+    /// `x` per 32-block first.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        let (k, nb) = (self.k, self.k / BLOCK);
+        let m = x.len() / k;
+        ensure!(x.len() == m * k && out.len() == m * self.n, "shapes: x {} values, out {} for K={k} N={}", x.len(), out.len(), self.n);
+        let w = self.bytes()?;
+        let acts = int8_activations.then(|| quantize_blocks(x));
+        // Block sums of x, for the zero-point term (of the rounded x when it is rounded).
+        let sums: Vec<f32> = match (&self.zero_terms, &acts) {
+            (None, _) => Vec::new(),
+            (Some(_), Some((q, s))) => q.chunks_exact(BLOCK).zip(s).map(|(b, s)| s * b.iter().map(|v| *v as i32).sum::<i32>() as f32).collect(),
+            (Some(_), None) => x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect(),
+        };
+        super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
+            for (c, col) in cols.clone().enumerate() {
+                let (wr, sw) = (&w[col * k..(col + 1) * k], &self.scales[col * nb..(col + 1) * nb]);
+                for r in 0..m {
+                    let mut y = match &acts {
+                        Some((q, s)) => dot_q8(wr, sw, &q[r * k..(r + 1) * k], &s[r * nb..(r + 1) * nb]),
+                        None => dot_f32(wr, sw, &x[r * k..(r + 1) * k]),
+                    };
+                    if let Some(z) = &self.zero_terms {
+                        y += z[col * nb..(col + 1) * nb].iter().zip(&sums[r * nb..(r + 1) * nb]).map(|(a, b)| a * b).sum::<f32>();
+                    }
+                    out[r * ld + c] = y;
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `x` quantized per 32-block: `(q, scales)` with `x ≈ q * scale`, `scale = amax / 127` (0 for
+/// an all-zero block). The same rounding as `quant::reference::q8_block_round_trip`.
+pub fn quantize_blocks(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
+    let mut q = vec![0i8; x.len()];
+    let mut scales = Vec::with_capacity(x.len() / BLOCK);
+    for (src, dst) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
+        let s = src.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        for (d, v) in dst.iter_mut().zip(src) {
+            *d = (v * inv).round() as i8;
+        }
+        scales.push(s);
+    }
+    (q, scales)
+}
+
+/// `sum_b sw[b] * sx[b] * sum_j (w[b][j] - 128) * xq[b][j]`: the SIMD128 kernel where the
+/// build has it, else the portable one.
+pub fn dot_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return simd::dot_q8(w, sw, xq, sx);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::dot_q8(w, sw, xq, sx)
+}
+
+/// `sum_b sw[b] * sum_j (w[b][j] - 128) * x[b][j]`.
+pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+    return simd::dot_f32(w, sw, x);
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+    portable::dot_f32(w, sw, x)
+}
+
+/// Plain loops (LLVM vectorizes them natively); compiled on every target so tests can compare
+/// them with the SIMD128 kernel in the same wasm build.
+pub mod portable {
+    use super::BLOCK;
+
+    pub fn dot_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
+        let mut acc = 0f32;
+        for (b, (s, t)) in sw.iter().zip(sx).enumerate() {
+            let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &xq[b * BLOCK..(b + 1) * BLOCK]);
+            let d: i32 = wb.iter().zip(xb).map(|(w, x)| ((*w ^ 0x80) as i8 as i32) * (*x as i32)).sum();
+            acc += d as f32 * (s * t);
+        }
+        acc
+    }
+
+    pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
+        let mut acc = 0f32;
+        for (b, s) in sw.iter().enumerate() {
+            let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &x[b * BLOCK..(b + 1) * BLOCK]);
+            let d: f32 = wb.iter().zip(xb).map(|(w, x)| ((*w ^ 0x80) as i8 as f32) * x).sum();
+            acc += d * s;
+        }
+        acc
+    }
+}
+
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+pub mod simd {
+    use core::arch::wasm32::*;
+
+    use super::BLOCK;
+
+    fn hsum(v: v128) -> f32 {
+        f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
+    }
+
+    pub fn dot_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
+        let nb = sw.len();
+        assert!(w.len() >= nb * BLOCK && xq.len() >= nb * BLOCK && sx.len() >= nb);
+        let flip = u8x16_splat(0x80);
+        let mut acc = f32x4_splat(0.0);
+        // SAFETY: every load reads inside `w` / `xq`, whose lengths are asserted above.
+        unsafe {
+            for b in 0..nb {
+                let mut d = i32x4_splat(0);
+                for h in [0, 16] {
+                    let wv = v128_xor(v128_load(w.as_ptr().add(b * BLOCK + h) as *const v128), flip);
+                    let xv = v128_load(xq.as_ptr().add(b * BLOCK + h) as *const v128);
+                    // |w * x| <= 128 * 127: each i16 product fits; pairs are summed in i32.
+                    d = i32x4_add(d, i32x4_extadd_pairwise_i16x8(i16x8_extmul_low_i8x16(wv, xv)));
+                    d = i32x4_add(d, i32x4_extadd_pairwise_i16x8(i16x8_extmul_high_i8x16(wv, xv)));
+                }
+                let s = f32x4_splat(*sw.get_unchecked(b) * *sx.get_unchecked(b));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(d), s));
+            }
+        }
+        hsum(acc)
+    }
+
+    pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
+        let nb = sw.len();
+        assert!(w.len() >= nb * BLOCK && x.len() >= nb * BLOCK);
+        let flip = u8x16_splat(0x80);
+        let mut acc = f32x4_splat(0.0);
+        // SAFETY: every load reads inside `w` / `x`, whose lengths are asserted above.
+        unsafe {
+            for b in 0..nb {
+                let mut sum = f32x4_splat(0.0);
+                for h in [0, 16] {
+                    let wv = v128_xor(v128_load(w.as_ptr().add(b * BLOCK + h) as *const v128), flip);
+                    let (lo, hi) = (i16x8_extend_low_i8x16(wv), i16x8_extend_high_i8x16(wv));
+                    let parts = [i32x4_extend_low_i16x8(lo), i32x4_extend_high_i16x8(lo), i32x4_extend_low_i16x8(hi), i32x4_extend_high_i16x8(hi)];
+                    for (i, p) in parts.into_iter().enumerate() {
+                        let xv = v128_load(x.as_ptr().add(b * BLOCK + h + 4 * i) as *const v128);
+                        sum = f32x4_add(sum, f32x4_mul(f32x4_convert_i32x4(p), xv));
+                    }
+                }
+                acc = f32x4_add(acc, f32x4_mul(sum, f32x4_splat(*sw.get_unchecked(b))));
+            }
+        }
+        hsum(acc)
+    }
+}
+
+/// The typed op: `[.., K] f32 -> [.., N] f32`.
+#[derive(Debug, Clone)]
+pub struct Q8BlockMatMul {
+    pub w: Arc<Q8BlockMatrix>,
+    pub int8_activations: bool,
+}
+
+impl PartialEq for Q8BlockMatMul {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+    }
+}
+impl Eq for Q8BlockMatMul {}
+
+impl Op for Q8BlockMatMul {
+    fn name(&self) -> StaticName {
+        "EdgeLlmQ8BlockMatMul".into()
+    }
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!("N={} K={} block={BLOCK} int8 activations: {}", self.w.n, self.w.k, self.int8_activations)])
+    }
+    op_as_typed_op!();
+}
+
+impl EvalOp for Q8BlockMatMul {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let x = x.cast_to::<f32>()?;
+        let xs = x.to_plain_array_view::<f32>()?;
+        let mut shape: TVec<usize> = x.shape().into();
+        let last = shape.len() - 1;
+        ensure!(shape[last] == self.w.k, "input has {} features, the weight expects {}", shape[last], self.w.k);
+        shape[last] = self.w.n;
+        let flat: Vec<f32>;
+        let xv = match xs.as_slice() {
+            Some(s) => s,
+            None => {
+                flat = xs.iter().copied().collect();
+                &flat
+            }
+        };
+        let mut out = vec![0f32; shape.iter().product()];
+        self.w.matmul(xv, &mut out, self.int8_activations)?;
+        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+    }
+}
+
+impl TypedOp for Q8BlockMatMul {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        Ok(tvec!(f32::fact(super::rows_output_shape(inputs[0], self.w.n))))
+    }
+
+    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
+        super::rows_axes_mapping(inputs, outputs)
+    }
+
+    /// A slice of the rows (the last position's logits) slices the input instead.
+    #[allow(clippy::too_many_arguments)]
+    fn slice(
+        &self,
+        patch: &mut TypedModelPatch,
+        _model: &TypedModel,
+        node: &TypedNode,
+        _prefix: &str,
+        inputs: &[OutletId],
+        output_axis: usize,
+        _start: &TDim,
+        _end: &TDim,
+    ) -> TractResult<Option<TVec<OutletId>>> {
+        if output_axis + 1 >= node.outputs[0].fact.rank() {
+            return Ok(None);
+        }
+        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
+    }
+
+    as_op!();
+}
+
+/// ONNX-side expansion: reads the constant weights and wires [`Q8BlockMatMul`].
+#[derive(Debug, Clone)]
+struct MatMulNBitsQ8 {
+    k: usize,
+    n: usize,
+    has_zp: bool,
+    int8_activations: bool,
+}
+
+impl Expansion for MatMulNBitsQ8 {
+    fn name(&self) -> StaticName {
+        "MatMulNBits8(edge-llm)".into()
+    }
+
+    fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
+        check_output_arity(outputs, 1)?;
+        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
+        let n = self.n.to_dim();
+        s.given(&inputs[0].rank, move |s, rank| {
+            let rank = rank as usize;
+            s.equals(&outputs[0].rank, rank as i64)?;
+            for ax in 0..rank - 1 {
+                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
+            }
+            s.equals(&outputs[0].shape[rank - 1], n.clone())
+        })?;
+        Ok(())
+    }
+
+    fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
+        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
+            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
+        };
+        let b = konst(1, "B")?;
+        let scales = konst(2, "scales")?;
+        let zp = if self.has_zp { Some(konst(3, "zero_points")?) } else { None };
+        ensure!(zp.as_ref().is_none_or(|z| z.datum_type() == u8::datum_type()), "MatMulNBits 8-bit: zero_points must be uint8");
+        let zp_bytes = zp.as_ref().map(|t| t.to_plain_array_view::<u8>().map(|v| v.iter().copied().collect::<Vec<u8>>())).transpose()?;
+        let w = Q8BlockMatrix::new(self.n, self.k, b, &scales, zp_bytes.as_deref())?;
+        let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
+            inputs[0]
+        } else {
+            model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
+        };
+        model.wire_node(prefix, Q8BlockMatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
+    }
+}
+
+type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
+
+/// The `MatMulNBits` builder each [`register`] found in place, by `activation mode` (0: tract's
+/// own; 1, 2: the q4 kernel's with f32 / int8 activations). A fn pointer carries no state, so
+/// there is one entry point per mode; each mode always finds the same builder before it.
+static NEXT: [std::sync::OnceLock<Builder>; 3] = [const { std::sync::OnceLock::new() }; 3];
+
+fn build_0(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, 0)
+}
+fn build_1(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, 1)
+}
+fn build_2(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, 2)
+}
+
+/// Element type of graph tensor `name` (an initializer, or a weight the loader declared as a
+/// typed input).
+fn elem_type(ctx: &ParsingContext, name: &str) -> Option<i32> {
+    let g = ctx.model.graph.as_ref()?;
+    if let Some(t) = g.initializer.iter().find(|t| t.name == name) {
+        return Some(t.data_type);
+    }
+    let vi = g.input.iter().find(|i| i.name == name)?;
+    match vi.r#type.as_ref()?.value.as_ref()? {
+        tract_onnx::pb::type_proto::Value::TensorType(t) => Some(t.elem_type),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
+    let k: usize = node.get_attr("K")?;
+    let n: usize = node.get_attr("N")?;
+    let block: usize = node.get_attr("block_size")?;
+    let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
+    let float_zp = present(3) && matches!(elem_type(ctx, &node.input[3]).and_then(|t| DataType::try_from(t).ok()), Some(DataType::Float | DataType::Float16));
+    if bits == 8 {
+        ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 8-bit: only block_size {BLOCK}, K a multiple of it, no g_idx or bias (got block_size {block}, K {k})");
+        // onnxruntime: accuracy_level 4 computes with int8 activations.
+        let int8_activations = node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == 4;
+        return Ok((expand(MatMulNBitsQ8 { k, n, has_zp: present(3), int8_activations }), vec![]));
+    }
+    if bits == 4 && float_zp {
+        ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 4-bit with float zero points: only block_size {BLOCK}, K a multiple of it, no g_idx or bias");
+        let int8_activations = mode == 2;
+        return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations }), vec![]));
+    }
+    let next = NEXT[mode].get().context("the previous MatMulNBits builder was not registered")?;
+    next(ctx, node)
+}
+
+/// Route 8-bit `MatMulNBits` nodes to [`Q8BlockMatMul`] and 4-bit ones with float zero points
+/// to [`super::q4_min_matmul::Q4MinMatMul`]; every other node goes to the builder registered
+/// before (tract's, or the q4 kernel's: call this after `q4_matmul::register`). `mode`: 0
+/// without the q4 kernel, 1 with it and f32 activations, 2 with int8 activations.
+pub fn register(onnx: &mut tract_onnx::Onnx, mode: usize) {
+    if let Some(previous) = onnx.op_register.0.get("MatMulNBits") {
+        NEXT[mode].get_or_init(|| *previous);
+        onnx.op_register.insert("MatMulNBits", [build_0, build_1, build_2][mode]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::reference::{dequantize_q8_block, q8_block_round_trip, quantize_q8_block};
+
+    #[test]
+    fn kernel_matches_dequantize_then_matmul() {
+        let (n, k, m) = (5, 96, 3);
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
+        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let q = quantize_q8_block(&w, n, k);
+        let deq = dequantize_q8_block(&q);
+        let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
+        let mat = Q8BlockMatrix::new(n, k, packed, &tract_ndarray::arr1(&q.scales).into_tensor(), None).unwrap();
+        for int8 in [false, true] {
+            let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
+            let mut out = vec![0f32; m * n];
+            mat.matmul(&x, &mut out, int8).unwrap();
+            for r in 0..m {
+                for c in 0..n {
+                    let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
+                    assert!((out[r * n + c] - want).abs() < 1e-3, "int8={int8} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zero_points_other_than_128_are_honoured() {
+        let (n, k) = (2, 64);
+        let q: Vec<u8> = (0..n * k).map(|i| (i * 37 % 256) as u8).collect();
+        let zp = [100u8, 128, 140, 7];
+        let scales = [0.5f32, 0.25, 0.125, 1.0];
+        let x: Vec<f32> = (0..k).map(|i| i as f32 / 10.0 - 3.0).collect();
+        let mat = Q8BlockMatrix::new(n, k, Arc::new(Tensor::from_shape(&[n * k], &q).unwrap()), &tract_ndarray::arr1(&scales).into_tensor(), Some(&zp)).unwrap();
+        let mut out = vec![0f32; n];
+        mat.matmul(&x, &mut out, false).unwrap();
+        for c in 0..n {
+            let want: f32 = (0..k).map(|i| (q[c * k + i] as f32 - zp[c * 2 + i / 32] as f32) * scales[c * 2 + i / 32] * x[i]).sum();
+            assert!((out[c] - want).abs() < 1e-3, "{} vs {want}", out[c]);
+        }
+    }
+}
