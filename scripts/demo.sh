@@ -22,7 +22,7 @@ pack() { cargo run -q --profile native --features pack --bin edge-llm-pack -- "$
 dest=www/models/default
 src=target/models/smollm2-int4
 scripts/fetch-smollm2.sh
-pack import-gguf target/models/SmolLM2-135M-Instruct.Q4_1.gguf "$src" --precision int4
+pack import-gguf "${EDGE_LLM_MODELS:-target/models}/SmolLM2-135M-Instruct.Q4_1.gguf" "$src" --precision int4
 rm -rf "$dest"
 pack pack "$src" "$dest"
 pack verify "$dest" --budget bundled

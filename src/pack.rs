@@ -99,6 +99,9 @@ pub fn pack(onnx: &[u8], tokenizer_json: &[u8], config: &ModelConfig, opts: &Pac
     let outputs = graph.output.iter().map(spec).collect();
     let quantization = quantization_of(&model);
     let (graph_proto, shards) = shard_weights(model, opts.shard_bytes, "model")?;
+    // Format 2 only where it is needed, so other packs stay readable by older runtimes.
+    // Version 2: the hash binds config and generation, and a tensor may span shards.
+    let format_version = FORMAT_VERSION;
     let graph_bytes = crate::onnx::encode(&graph_proto);
     if graph_bytes.len() as u64 > crate::manifest::MAX_SHARD_BYTES {
         return Err(Error::InvalidModel(format!(
@@ -115,7 +118,7 @@ pub fn pack(onnx: &[u8], tokenizer_json: &[u8], config: &ModelConfig, opts: &Pac
         .map(|(path, role, b)| FileEntry { path: path.clone(), role: role.clone(), bytes: b.len() as u64, sha256: sha256_hex(b) })
         .collect();
     let manifest = Manifest {
-        format_version: FORMAT_VERSION,
+        format_version,
         model_id: config.model_id.clone(),
         model_version: opts.model_version.clone(),
         min_runtime_version: "0.1.0".into(),

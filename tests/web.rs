@@ -16,9 +16,20 @@ const TOKENIZER: &[u8] = include_bytes!("fixtures/tiny/tokenizer.json");
 mod common;
 use common::{max_abs_diff, PROMPT};
 
+/// `version()` is the version manifests are checked against: a model that needs exactly it
+/// loads, one that needs the next patch release is refused by name.
 #[wasm_bindgen_test]
-fn module_initialises() {
-    assert_eq!(edge_llm::web::version(), env!("CARGO_PKG_VERSION"));
+fn version_gates_manifests() {
+    use edge_llm::manifest::Manifest;
+    let v = edge_llm::web::version();
+    let parts: Vec<u64> = v.split('.').map(|p| p.parse().expect("numeric semver")).collect();
+    assert_eq!(parts.len(), 3, "{v}");
+    let mut m = Manifest::from_json(include_bytes!("fixtures/tiny-packed/manifest.json")).unwrap();
+    m.min_runtime_version = v.clone();
+    m.validate().unwrap();
+    m.min_runtime_version = format!("{}.{}.{}", parts[0], parts[1], parts[2] + 1);
+    let e = m.validate().unwrap_err();
+    assert_eq!(e.name(), "IncompatibleModelError", "{e}");
 }
 
 #[wasm_bindgen_test]

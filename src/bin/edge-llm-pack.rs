@@ -82,7 +82,7 @@ enum Cmd {
     Pack {
         input: PathBuf,
         out: PathBuf,
-        /// Shard size in bytes; a bigger tensor gets a shard of its own (at most 50 MB).
+        /// Shard size in bytes (at most 50 MB); a bigger tensor continues across the next shards.
         #[arg(long, default_value_t = edge_llm::manifest::DEFAULT_SHARD_BYTES)]
         shard_bytes: u64,
         #[arg(long, default_value = "1.0.0")]

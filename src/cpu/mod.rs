@@ -210,9 +210,8 @@ impl CpuModel {
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
         let transpose = q8_transposes(Some(graph), options);
         let mut external = Vec::new();
-        crate::manifest::consume_external(graph, shards, |i, shard, offset, length| {
+        crate::manifest::consume_external(graph, shards, |i, length, read| {
             let init = &graph.initializer[i];
-            let read = |at: usize, dst: &mut [u8]| shard.copy_range(offset + at as u64, dst);
             external.push((i, weight_tensor(init, length, transpose.get(&init.name), read)?));
             Ok(())
         })?;

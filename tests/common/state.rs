@@ -34,6 +34,13 @@ fn run_all(g: &mut edge_llm::Generation) -> (Vec<u32>, String) {
 /// Generate `k` tokens, save, restore into a fresh engine, resume: the tokens (and text) that
 /// follow equal the uninterrupted run's. Returns the saved state's size.
 pub fn resume_is_bit_identical(load: &dyn Fn() -> Engine, opts: &GenerateOptions, k: usize) -> usize {
+    resume_elsewhere_is_bit_identical(load, load, opts, k)
+}
+
+/// [`resume_is_bit_identical`] with the state saved by an engine from `load` and restored into
+/// one from `restore` (e.g. the other KV-cache layout): the tokens equal `load`'s
+/// uninterrupted run.
+pub fn resume_elsewhere_is_bit_identical(load: &dyn Fn() -> Engine, restore: &dyn Fn() -> Engine, opts: &GenerateOptions, k: usize) -> usize {
     let (want_ids, want_text) = run_all(&mut load().generate_ids(PROMPT.to_vec(), opts).unwrap());
     assert_eq!(want_ids.len(), opts.max_tokens);
 
@@ -49,7 +56,7 @@ pub fn resume_is_bit_identical(load: &dyn Fn() -> Engine, opts: &GenerateOptions
     drop(g);
     drop(a);
 
-    let b = load();
+    let b = restore();
     b.restore_state(&bytes).unwrap();
     let (rest_ids, rest_text) = run_all(&mut b.resume().unwrap());
     ids.extend(rest_ids);

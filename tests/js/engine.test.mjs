@@ -19,12 +19,12 @@ test("streams whole characters that concatenate to the decode", async () => {
   const engine = load("model-int4.onnx");
   const ids = [];
   const deltas = [];
-  for await (const tok of engine.generate("Café 東京 🙂", { maxTokens: 20, temperature: 1, seed: 3 })) {
+  for await (const tok of engine.generate("Café 東京 🙂", { maxTokens: 20, temperature: 1, seed: 3, ignoreEos: true })) {
     assert.equal(typeof tok.tokenId, "number");
     ids.push(tok.tokenId);
     deltas.push(tok.text);
   }
-  assert.ok(ids.length > 0);
+  assert.equal(ids.length, 20);
   // Only the final flush may carry U+FFFD (bytes of a character the generation never finished).
   assert.ok(deltas.slice(0, -1).every((d) => !d.includes("\ufffd")), "a delta split a character");
   const text = deltas.join("");
@@ -77,4 +77,78 @@ test("chat template renders ChatML", () => {
   const s = engine.applyChatTemplate([{ role: "user", content: "Hi" }]);
   assert.match(s, /<\|im_start\|>user\nHi<\|im_end\|>\n<\|im_start\|>assistant\n$/);
   engine.free();
+});
+
+/// Drive a generation to its end: { ids, text, reason }.
+function drive(engine, prompt, opts) {
+  const g = engine.startGeneration(prompt, opts);
+  const out = { ids: [], text: "" };
+  for (let t; (t = g.step()); ) {
+    out.ids.push(t.tokenId);
+    out.text += t.text;
+  }
+  out.reason = g.finishReason();
+  g.free();
+  return out;
+}
+
+test("stopTokenIds ends on the first listed token (emitted last), stopStrings cut the text before the match", () => {
+  const engine = load("model-int4.onnx");
+  const base = { maxTokens: 24, ignoreEos: true };
+  const full = drive(engine, "The capital of France", base);
+  assert.equal(full.ids.length, 24);
+  assert.equal(full.reason, "maxTokens");
+  // A token that first appears a few tokens in.
+  const k = full.ids.findIndex((id, i) => i >= 3 && full.ids.indexOf(id) === i);
+  assert.ok(k >= 3, `no fresh token after the third: ${full.ids}`);
+  const byId = drive(engine, "The capital of France", { ...base, stopTokenIds: [full.ids[k]] });
+  assert.deepEqual(byId.ids, full.ids.slice(0, k + 1));
+  assert.equal(byId.reason, "eos");
+  // A stop string from the middle of the text: the text ends right before its first match.
+  const stop = full.text.slice(Math.floor(full.text.length / 2)).trim().slice(0, 3);
+  assert.ok(stop.length === 3, `text too short: ${JSON.stringify(full.text)}`);
+  const byString = drive(engine, "The capital of France", { ...base, stopStrings: ["\u0000never", stop] });
+  assert.equal(byString.reason, "stopString");
+  assert.equal(byString.text, full.text.slice(0, full.text.indexOf(stop)));
+  assert.ok(byString.ids.length < full.ids.length);
+  assert.deepEqual(byString.ids, full.ids.slice(0, byString.ids.length));
+  engine.free();
+});
+
+test("ContextOverflowError: a prompt over the context, and a generation that runs into its end", async () => {
+  const engine = load("model-int4.onnx");
+  const max = JSON.parse(fixture("model_config.json")).architecture.max_position_embeddings;
+  const words = (n) => Array.from({ length: n }, (_, i) => `w${i}`).join(" ");
+  let text = words(10);
+  while (engine.tokenize(text).length <= max) text += " " + words(10);
+  assert.throws(() => engine.startGeneration(text, {}), { name: "ContextOverflowError", message: new RegExp(`maximum of ${max}`) });
+  // A prompt that leaves room for a few tokens: exactly max - prompt + 1 come out, then the error.
+  let prompt = words(4);
+  while (engine.tokenize(prompt + " x").length < max - 5) prompt += " x";
+  const p = engine.tokenize(prompt).length;
+  const ids = [];
+  await assert.rejects(
+    (async () => {
+      for await (const t of engine.generate(prompt, { maxTokens: 50, ignoreEos: true })) ids.push(t.tokenId);
+    })(),
+    { name: "ContextOverflowError" },
+  );
+  assert.equal(ids.length, max - p + 1, `prompt ${p} tokens, context ${max}`);
+  engine.free();
+});
+
+test("StoreError: a custom cache store that fails is reported by name", async () => {
+  const failing = {
+    get: async () => undefined,
+    put: async () => {},
+    delete: async () => {},
+    keys: async () => [],
+    models: async () => {
+      throw new Error("disk is gone");
+    },
+    putModel: async () => {},
+    deleteModel: async () => {},
+  };
+  await assert.rejects(pkg.listCachedModels(failing), { name: "StoreError", message: /disk is gone/ });
+  await assert.rejects(pkg.deleteCachedModel("edge-llm/tiny-llama", undefined, failing), { name: "StoreError", message: /disk is gone/ });
 });

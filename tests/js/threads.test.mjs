@@ -13,7 +13,7 @@ import { serve } from "../../scripts/serve.mjs";
 
 const root = new URL("../../", import.meta.url);
 const built = existsSync(new URL("pkg/threads/edge_llm.js", root));
-const skip = !built && process.env.EDGE_LLM_REQUIRE_THREADS !== "1" ? "pkg/threads/ not built (scripts/build-pkg-threads.sh)" : false;
+const skip = !built && process.env.EDGE_LLM_REQUIRE_THREADS !== "1" && process.env.EDGE_LLM_NO_SKIP !== "1" ? "pkg/threads/ not built (scripts/build-pkg-threads.sh)" : false;
 
 async function withPage(isolated, body) {
   const server = await serve(0, "127.0.0.1", { isolated });

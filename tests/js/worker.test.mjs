@@ -133,7 +133,15 @@ test("abort, named errors and saved state cross the boundary", async () => {
     out.abortedAfter = n;
     out.badOption = await name(worker.generate("Hello", { topP: 2 }).next());
     out.badState = await name(worker.restoreState(new Uint8Array([1, 2, 3])));
-    out.load = await name(WorkerEngine.load("/tests/fixtures/tiny/manifest.json", { onProgress: () => {} }).then((e) => e.dispose()));
+    // Engine.load in the worker: the packed tiny model (its embedding split across shards)
+    // gives the unpacked model's tokens, with progress events up to `ready`.
+    const events = [];
+    const loaded = await WorkerEngine.load("/tests/fixtures/tiny-packed/manifest.json", { cache: "none", onProgress: (e) => events.push(e.type) });
+    const greedy = { maxTokens: 12, ignoreEos: true };
+    out.loadTokens = [await collect(loaded.generate("Once upon", greedy)), await collect(worker.generate("Once upon", greedy))];
+    out.loadEvents = [events[0], events.at(-1), events.filter((t) => t === "progress").length];
+    await loaded.dispose();
+    out.missing = await name(WorkerEngine.load("/tests/fixtures/no-such-model/manifest.json", { cache: "none", retries: 0 }));
 
     // Save in the worker mid-generation, restore on the main thread, resume: same tokens.
     const opts = { maxTokens: 12, temperature: 0.8, seed: 9, ignoreEos: true };
@@ -148,15 +156,18 @@ test("abort, named errors and saved state cross the boundary", async () => {
 
     await worker.dispose();
     out.disposed = await name(worker.tokenize("x"));
-    out.hasLoad = typeof pkg.Engine.load === "function";
     return out;
   });
   assert.match(r.abort, /^AbortError/);
   assert.equal(r.abortedAfter, 3);
   assert.match(r.badOption, /^InvalidOptionError: .*topP/);
   assert.match(r.badState, /^InvalidStateError/);
-  // `load` is forwarded; until the loader is in the package it reports NotSupportedError.
-  if (!r.hasLoad) assert.match(r.load, /^NotSupportedError/);
+  assert.equal(r.loadTokens[0].length, 12);
+  assert.deepEqual(r.loadTokens[0], r.loadTokens[1], "WorkerEngine.load: the packed model's tokens equal the unpacked one's");
+  assert.equal(r.loadEvents[0], "manifest");
+  assert.equal(r.loadEvents[1], "ready");
+  assert.ok(r.loadEvents[2] > 0, "progress events crossed the boundary");
+  assert.match(r.missing, /^NetworkError: .*404/);
   assert.deepEqual(r.resumed[0], r.resumed[1]);
   assert.match(r.disposed, /^EngineDisposedError/);
 });
