@@ -125,6 +125,7 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         block_size: opts.block_size,
         symmetric: opts.symmetric,
         layout: KvLayout::Optimum,
+        int8_activations: true,
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();

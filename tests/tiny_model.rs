@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use edge_llm::cpu::q4_matmul::Q4Activations;
 use edge_llm::cpu::CpuModel;
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
@@ -185,7 +186,7 @@ fn tokenizer_round_trips_multibyte_text() {
 fn folded_kv_cache_decode_matches_reference_for_every_format() {
     use edge_llm::cpu::CpuOptions;
     let cfg = tiny::config();
-    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false, last_logits_only: false, q8_kernel: true, threads: None };
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_activations: Q4Activations::Float, last_logits_only: false, q8_kernel: true, threads: None };
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
@@ -285,7 +286,7 @@ fn last_position_logits_match_the_full_forward() {
     for (opts, q4_kernel) in [(ExportOptions::fp32(), false), (ExportOptions::int8(), false), (ExportOptions::int4(32, true), false), (ExportOptions::int4(32, false), true)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let build = |last_logits_only| {
-            let o = CpuOptions { fold_kv_cache: false, q4_kernel, q4_int8_activations: q4_kernel, last_logits_only, q8_kernel: true, threads: None };
+            let o = CpuOptions { fold_kv_cache: false, q4_kernel, q4_activations: if q4_kernel { Q4Activations::Int8 } else { Q4Activations::Float }, last_logits_only, q8_kernel: true, threads: None };
             Arc::new(CpuModel::from_proto(exported.model.clone(), &o).unwrap())
         };
         let (full, last) = (build(false), build(true));

@@ -36,6 +36,10 @@ pub struct ExportOptions {
     pub symmetric: bool,
     /// Which graph layout to write.
     pub layout: KvLayout,
+    /// int4: mark each `MatMulNBits` `accuracy_level = 4`, i.e. compute with activations
+    /// rounded to int8 blocks (onnxruntime's int8 compute, edge-llm's fast wasm kernel). Off:
+    /// float activations, onnxruntime's default.
+    pub int8_activations: bool,
 }
 
 /// The two decoder layouts users bring.
@@ -59,6 +63,7 @@ impl ExportOptions {
             block_size: 32,
             symmetric: true,
             layout: KvLayout::Optimum,
+            int8_activations: true,
         }
     }
     /// The same weights in onnxruntime-genai's layout.
@@ -164,12 +169,15 @@ impl<'a> Ctx<'a> {
         if let Some(zp) = &init.2 {
             inputs.push(zp);
         }
-        let attrs = vec![
+        let mut attrs = vec![
             attr_i("K", k as i64),
             attr_i("N", n as i64),
             attr_i("bits", 4),
             attr_i("block_size", self.opts.block_size as i64),
         ];
+        if self.opts.int8_activations {
+            attrs.push(attr_i("accuracy_level", crate::onnx::ACCURACY_LEVEL_INT8));
+        }
         self.g.node_multi(MS_DOMAIN, "MatMulNBits", &inputs, 1, attrs).remove(0)
     }
 
