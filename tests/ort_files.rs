@@ -79,6 +79,7 @@ fn matmul_nbits_with_act_order_g_idx_is_refused() {
 /// every file in DIR on both backends against onnxruntime. Prints each file's agreement, then
 /// fails if any file did not load or departed from onnxruntime's tokens.
 /// `EDGE_LLM_ORT_SMOLLM2=DIR cargo test --release --features pack --test ort_files -- --ignored --nocapture`
+/// (`EDGE_LLM_ORT_ONLY=fp32,int8` picks files, `EDGE_LLM_ORT_BACKEND=Tract|Kernels` one backend).
 #[test]
 #[ignore = "needs EDGE_LLM_ORT_SMOLLM2 (a folder written by scripts/make-ort-references.py --smollm2)"]
 fn smollm2_files_give_onnxruntime_tokens() {
@@ -95,7 +96,9 @@ fn smollm2_files_give_onnxruntime_tokens() {
     for name in names.iter().filter(|n| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n.as_str()))) {
         let reference: ort_files::Reference = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
         let onnx = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
-        for backend in [Backend::Tract, Backend::Kernels] {
+        let backends = [Backend::Tract, Backend::Kernels];
+        let chosen = std::env::var("EDGE_LLM_ORT_BACKEND").ok();
+        for backend in backends.into_iter().filter(|b| chosen.as_ref().is_none_or(|c| format!("{b:?}") == *c)) {
             let start = std::time::Instant::now();
             match ort_files::compare(&onnx, &reference, backend) {
                 Ok(a) => {
