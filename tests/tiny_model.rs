@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use edge_llm::cpu::q4_matmul::Q4Activations;
 use edge_llm::cpu::CpuModel;
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
@@ -116,7 +117,8 @@ fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
         let expected = if name == "int8-block" { 7 * cfg.num_layers + 1 } else { 7 * cfg.num_layers };
         assert_eq!(nodes, expected, "{name}: every linear (and the tied int8 head)");
         for (q4_kernel, q4_int8_activations) in [(false, false), (true, false), (true, true)] {
-            let copts = CpuOptions { q4_kernel, q4_int8_activations, ..Default::default() };
+            let q4_activations = if q4_int8_activations { edge_llm::cpu::q4_matmul::Q4Activations::Int8 } else { edge_llm::cpu::q4_matmul::Q4Activations::Float };
+            let copts = CpuOptions { q4_kernel, q4_activations, ..Default::default() };
             let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &copts).unwrap());
             assert_eq!(model.plan_ops().get(op).copied(), Some(nodes), "{name} q4_kernel={q4_kernel}");
             // The int8 format rounds activations per block of 32 always; float zero points follow
@@ -232,7 +234,7 @@ fn tokenizer_round_trips_multibyte_text() {
 fn folded_kv_cache_decode_matches_reference_for_every_format() {
     use edge_llm::cpu::CpuOptions;
     let cfg = tiny::config();
-    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_int8_activations: false, last_logits_only: false, q8_kernel: true, threads: None };
+    let folded = CpuOptions { fold_kv_cache: true, q4_kernel: false, q4_activations: Q4Activations::Float, last_logits_only: false, q8_kernel: true, threads: None };
     for opts in [ExportOptions::fp32(), ExportOptions::int4(32, true), ExportOptions::int4(32, false)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &folded).unwrap());
@@ -331,7 +333,7 @@ fn last_position_logits_match_the_full_forward() {
     for (opts, q4_kernel) in [(ExportOptions::fp32(), false), (ExportOptions::int8(), false), (ExportOptions::int4(32, true), false), (ExportOptions::int4(32, false), true)] {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let build = |last_logits_only| {
-            let o = CpuOptions { fold_kv_cache: false, q4_kernel, q4_int8_activations: q4_kernel, last_logits_only, q8_kernel: true, threads: None };
+            let o = CpuOptions { fold_kv_cache: false, q4_kernel, q4_activations: if q4_kernel { Q4Activations::Int8 } else { Q4Activations::Float }, last_logits_only, q8_kernel: true, threads: None };
             Arc::new(CpuModel::from_proto(exported.model.clone(), &o).unwrap())
         };
         let (full, last) = (build(false), build(true));

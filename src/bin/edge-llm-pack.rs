@@ -282,7 +282,7 @@ fn parse_min(s: &str) -> Result<(String, f64), String> {
 
 fn cpu_options(kernels: &str) -> anyhow::Result<edge_llm::cpu::CpuOptions> {
     match kernels {
-        "browser" => Ok(edge_llm::cpu::CpuOptions { q4_kernel: true, q4_int8_activations: true, q8_kernel: true, ..Default::default() }),
+        "browser" => Ok(edge_llm::cpu::CpuOptions { q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::AsModel, q8_kernel: true, ..Default::default() }),
         "native" => Ok(edge_llm::cpu::CpuOptions::default()),
         other => anyhow::bail!("--kernels must be browser or native, got `{other}`"),
     }

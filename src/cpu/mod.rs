@@ -14,6 +14,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::{Error, Result};
 
 pub mod attention;
+mod import;
 pub mod q4_matmul;
 pub mod q4_min_matmul;
 pub mod q8_block_matmul;
@@ -124,13 +125,18 @@ impl Variant {
 
 /// tract's ONNX loader with edge-llm's kernels registered as `options` asks (the 8-bit
 /// `MatMulNBits` one always: tract has none).
-pub fn onnx_with_kernels(options: &CpuOptions) -> tract_onnx::Onnx {
+pub fn onnx_with_kernels(options: &CpuOptions, q4_kernel: bool) -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
-    if options.q4_kernel {
-        q4_matmul::register(&mut onnx, options.q4_int8_activations);
+    if q4_kernel {
+        q4_matmul::register(&mut onnx, options.q4_activations);
     }
     // After the q4 kernel: it takes the formats no other builder has, then hands on the rest.
-    let mode = if !options.q4_kernel { 0 } else if options.q4_int8_activations { 2 } else { 1 };
+    let mode = match (q4_kernel, options.q4_activations) {
+        (false, _) => 0,
+        (true, q4_matmul::Q4Activations::Float) => 1,
+        (true, q4_matmul::Q4Activations::Int8) => 2,
+        (true, q4_matmul::Q4Activations::AsModel) => 3,
+    };
     q8_block_matmul::register(&mut onnx, mode);
     if options.q8_kernel {
         q8_matmul::register(&mut onnx);
@@ -162,11 +168,14 @@ pub struct CpuOptions {
     /// `present.*` into the next step's `past_key_values.*` inputs.
     pub fold_kv_cache: bool,
     /// Run 4-bit block-32 `MatMulNBits` with edge-llm's kernel ([`q4_matmul`]) instead of
-    /// tract's Q4_0 path. On by default on wasm32, where tract has no SIMD kernel for Q4_0.
+    /// tract's Q4_0 path. On by default on wasm32, where tract has no SIMD kernel for Q4_0;
+    /// natively also whenever a node's scales are not exact in f16, which Q4_0 stores them in
+    /// ([`q4_matmul::scales_need_f32`]).
     pub q4_kernel: bool,
-    /// With `q4_kernel`: quantize activations to int8 per 32-block and use integer dot
-    /// products (~2x faster on wasm, activation rounding ~0.4 %). On by default on wasm32.
-    pub q4_int8_activations: bool,
+    /// With `q4_kernel`: which nodes quantize activations to int8 per 32-block and use integer
+    /// dot products (~2x faster on wasm, activation rounding ~0.4 %). Default: those whose
+    /// `accuracy_level` is 4, as onnxruntime does (`EDGE_LLM_Q4_INT8_ACT=1`: all of them).
+    pub q4_activations: q4_matmul::Q4Activations,
     /// Compute the logits of the last new position only (all a generator samples from): the
     /// head, the final norm and as much of the last layer as depends on that row alone run on
     /// one row instead of the whole prompt. [`CpuSession::forward_all`] then fails.
@@ -185,7 +194,11 @@ impl Default for CpuOptions {
         CpuOptions {
             fold_kv_cache: !std::env::var("EDGE_LLM_FOLD_KV").is_ok_and(|v| v == "0"),
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
-            q4_int8_activations: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1"),
+            q4_activations: if std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1") {
+                q4_matmul::Q4Activations::Int8
+            } else {
+                q4_matmul::Q4Activations::AsModel
+            },
             last_logits_only: false,
             q8_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q8_KERNEL").is_ok_and(|v| v == "1"),
             threads: None,
@@ -207,6 +220,7 @@ impl CpuModel {
         shards: impl FnMut(&str) -> Result<B>,
         options: &CpuOptions,
     ) -> Result<Self> {
+        import::prepare(&mut proto)?;
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
         let transpose = q8_transposes(Some(graph), options);
         let mut external = Vec::new();
@@ -221,6 +235,7 @@ impl CpuModel {
 
     /// Load a decoded ONNX model whose weights are all in memory.
     pub fn from_proto(mut proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
+        import::prepare(&mut proto)?;
         let transpose = q8_transposes(proto.graph.as_ref(), options);
         let weights = detach_weights(&mut proto, Vec::new(), &transpose)?;
         Self::build(proto, weights, options)
@@ -231,7 +246,8 @@ impl CpuModel {
         if let Some(n) = options.threads {
             threads::configure(n);
         }
-        let mut model = onnx_with_kernels(options)
+        let q4_kernel = options.q4_kernel || q4_matmul::scales_need_f32(&proto, &weights);
+        let mut model = onnx_with_kernels(options, q4_kernel)
             .model_for_proto_model(&proto)
             .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);

@@ -1,4 +1,4 @@
-//! `MatMulNBits` (4-bit, block 32) as a tract op with our own kernel.
+//! `MatMulNBits` (4-bit, blocks of 32 or a multiple of 32) as a tract op with our own kernel.
 //!
 //! Why: tract 0.23.9 maps `MatMulNBits` onto its Q4_0 block-quant format, which has SIMD kernels
 //! on x86/ARM but only the generic scalar kernel on wasm32 (profiled: ~40 % of a wasm decode step
@@ -8,6 +8,11 @@
 //! Math: `y[m][n] = sum_b s[n][b] * sum_j q[n][b][j] * x[m][32b + j] - sum_b s[n][b] z[n][b] X[m][b]`
 //! with `X[m][b]` the block sums of `x`: the zero point leaves the inner loop. Exact in f32 up
 //! to summation order; the plain reference is `quant::reference::dequantize_q4` + a matmul.
+//!
+//! Activations: float (what onnxruntime computes unless the node says otherwise), or rounded
+//! to int8 per 32-block (llama.cpp's q4_0 × q8_0, ~2x faster on wasm) where the node's
+//! `accuracy_level` is 4 — onnxruntime's "int8 compute" — or the user asks for it everywhere
+//! ([`Q4Activations`]).
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -62,6 +67,46 @@ impl Q4Matrix {
         let zero_points: Option<Vec<u8>> =
             zero_points.map(|z| (0..n * nb).map(|i| (z[(i / nb) * zb + (i % nb) / 2] >> (4 * (i % nb % 2))) & 0x0f).collect());
         Ok(Q4Matrix { n, k, packed, scales, zero_points })
+    }
+
+    /// [`Q4Matrix::new`] for `MatMulNBits` tensors of any block size that is a multiple of 32
+    /// (K a multiple of 32 too): larger blocks are cut into 32-blocks that repeat their scale
+    /// and zero point, the same values in the kernel's layout (a copy of B at load, exact).
+    pub fn from_blocks(n: usize, k: usize, block: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: Option<&[u8]>) -> TractResult<Self> {
+        if block == BLOCK {
+            return Self::new(n, k, packed, scales, zero_points);
+        }
+        ensure!(block % BLOCK == 0 && k % BLOCK == 0, "block {block} / K={k} are not multiples of {BLOCK}");
+        let (nb, nb32, per) = (k.div_ceil(block), k / BLOCK, block / BLOCK);
+        let src = packed.to_plain_array_view::<u8>()?;
+        let src = src.as_slice().context("B must be contiguous")?;
+        ensure!(src.len() == n * nb * block / 2, "B has {} bytes, expected {}", src.len(), n * nb * block / 2);
+        let sc = scales.cast_to::<f32>()?;
+        let sc = sc.to_plain_array_view::<f32>()?;
+        let sc = sc.as_slice().context("scales must be contiguous")?;
+        ensure!(sc.len() == n * nb, "scales has {} values, expected {}", sc.len(), n * nb);
+        let zb = nb.div_ceil(2);
+        if let Some(z) = zero_points {
+            ensure!(z.len() == n * zb, "zero_points has {} bytes, expected {}", z.len(), n * zb);
+        }
+        let mut b32 = Vec::with_capacity(n * k / 2);
+        let mut s32 = Vec::with_capacity(n * nb32);
+        let mut z32 = zero_points.map(|_| vec![0u8; n * nb32.div_ceil(2)]);
+        for row in 0..n {
+            for j in 0..nb32 {
+                let (b, o) = (j / per, j % per);
+                let at = (row * nb + b) * block / 2 + o * BLOCK / 2;
+                b32.extend_from_slice(&src[at..at + BLOCK / 2]);
+                s32.push(sc[row * nb + b]);
+                if let (Some(z), Some(out)) = (zero_points, z32.as_mut()) {
+                    let v = (z[row * zb + b / 2] >> (4 * (b % 2))) & 0x0f;
+                    out[row * nb32.div_ceil(2) + j / 2] |= v << (4 * (j % 2));
+                }
+            }
+        }
+        let packed = Arc::new(Tensor::from_shape(&[b32.len()], &b32)?);
+        let scales = Arc::new(Tensor::from_shape(&[s32.len()], &s32)?);
+        Self::new(n, k, packed, scales, z32.as_deref())
     }
 
     fn scales(&self) -> TractResult<&[f32]> {
@@ -666,12 +711,15 @@ impl TypedOp for Q4MatMul {
     as_op!();
 }
 
-/// ONNX-side expansion: reads the constant weights and wires [`Q4MatMul`].
+/// ONNX-side expansion: reads the constant weights and wires [`Q4MatMul`] (+ the bias).
 #[derive(Debug, Clone)]
 struct MatMulNBitsQ4 {
     k: usize,
     n: usize,
-    has_zp: bool,
+    block: usize,
+    /// Positions of the optional inputs among the node's non-empty ones.
+    zp_input: Option<usize>,
+    bias_input: Option<usize>,
     int8_activations: bool,
 }
 
@@ -706,18 +754,33 @@ impl Expansion for MatMulNBitsQ4 {
         };
         let b = konst(1, "B")?;
         let scales = konst(2, "scales")?;
-        let zp = if self.has_zp { Some(konst(3, "zero_points")?) } else { None };
+        let zp = match self.zp_input {
+            Some(i) => Some(konst(i, "zero_points")?),
+            None => None,
+        };
         let zp_bytes = match &zp {
             Some(t) => Some(t.to_plain_array_view::<u8>()?.iter().copied().collect::<Vec<u8>>()),
             None => None,
         };
-        let w = Q4Matrix::new(self.n, self.k, b, scales, zp_bytes.as_deref())?;
+        let w = Q4Matrix::from_blocks(self.n, self.k, self.block, b, scales, zp_bytes.as_deref())?;
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
             inputs[0]
         } else {
             model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
         };
-        model.wire_node(prefix, Q4MatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
+        let y = model.wire_node(prefix, Q4MatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])?;
+        match self.bias_input {
+            None => Ok(y),
+            Some(i) => {
+                let bias = model.wire_node(format!("{prefix}.bias_cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[i]])?;
+                tract_onnx::tract_hir::ops::logic::wire_with_rank_broadcast(
+                    format!("{prefix}.bias"),
+                    model,
+                    tract_onnx::tract_core::ops::math::add(),
+                    &[y[0], bias[0]],
+                )
+            }
+        }
     }
 }
 
@@ -725,6 +788,24 @@ type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn Inference
 
 /// tract's own `MatMulNBits` builder, for the nodes the kernel does not cover.
 static FALLBACK: std::sync::OnceLock<Builder> = std::sync::OnceLock::new();
+
+/// Which activations a `MatMulNBits` node runs on with the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Q4Activations {
+    /// As the node asks: int8 blocks where its `accuracy_level` is 4 (onnxruntime's int8
+    /// compute), float elsewhere — so a file gives the numbers onnxruntime gives for it.
+    #[default]
+    AsModel,
+    /// Int8 blocks on every node (faster; activation rounding ~0.4 %).
+    Int8,
+    /// Float on every node.
+    Float,
+}
+
+fn build_as_model(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    let level: i64 = node.get_attr_opt("accuracy_level")?.unwrap_or(0);
+    build(ctx, node, level == crate::onnx::ACCURACY_LEVEL_INT8)
+}
 
 fn build_f32(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     build(ctx, node, false)
@@ -740,19 +821,48 @@ fn build(ctx: &ParsingContext, node: &NodeProto, int8_activations: bool) -> Trac
     let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
     let block: usize = node.get_attr("block_size")?;
     let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
-    if bits != 4 || block != BLOCK || k % BLOCK != 0 || present(4) || present(5) {
+    // tract wires only the non-empty inputs: an optional input's position counts those before it.
+    let position = |i: usize| present(i).then(|| (0..i).filter(|&j| present(j)).count());
+    if bits != 4 || block % BLOCK != 0 || k % BLOCK != 0 || present(4) {
         let fallback = FALLBACK.get().context("tract's MatMulNBits builder was not registered")?;
         return fallback(ctx, node);
     }
-    Ok((expand(MatMulNBitsQ4 { k, n, has_zp: present(3), int8_activations }), vec![]))
+    let op = MatMulNBitsQ4 { k, n, block, zp_input: position(3), bias_input: position(5), int8_activations };
+    Ok((expand(op), vec![]))
 }
 
-/// Route 4-bit, block-32 `MatMulNBits` nodes to [`Q4MatMul`]; anything else (other bit widths
-/// or block sizes, g_idx, bias) keeps tract's own implementation.
-pub fn register(onnx: &mut tract_onnx::Onnx, int8_activations: bool) {
+/// Whether a block-32 `MatMulNBits` node of `proto` has scales that f16 cannot hold exactly.
+/// tract's Q4_0 path stores scales as f16, which changes such a file's numbers (onnxruntime's
+/// quantizers write f32 scales: logits moved by ~1e-2 and greedy tokens departed on the
+/// tiny asymmetric file); the kernel keeps f32. edge-llm's exporter rounds its scales to f16,
+/// so its files stay on tract's faster native path. `weights`: the detached initializers.
+pub fn scales_need_f32(proto: &tract_onnx::pb::ModelProto, weights: &[(String, Arc<Tensor>)]) -> bool {
+    let Some(graph) = proto.graph.as_ref() else { return false };
+    let inexact = |v: f32| half::f16::from_f32(v).to_f32() != v;
+    graph.node.iter().filter(|n| n.op_type == "MatMulNBits").any(|node| {
+        let block = node.attribute.iter().find(|a| a.name == "block_size").map(|a| a.i);
+        let Some(name) = node.input.get(2).filter(|_| block == Some(BLOCK as i64)) else { return false };
+        if let Some((_, t)) = weights.iter().find(|(n, _)| n == name) {
+            return t.to_plain_array_view::<f32>().is_ok_and(|s| s.iter().any(|&v| inexact(v)));
+        }
+        graph.initializer.iter().find(|t| &t.name == name).is_some_and(|t| {
+            let raw = t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            t.data_type == tract_onnx::pb::tensor_proto::DataType::Float as i32 && raw.chain(t.float_data.iter().copied()).any(inexact)
+        })
+    })
+}
+
+/// Route 4-bit `MatMulNBits` nodes whose blocks and K are multiples of 32 to [`Q4MatMul`];
+/// anything else (other bit widths, g_idx) keeps tract's own implementation.
+pub fn register(onnx: &mut tract_onnx::Onnx, activations: Q4Activations) {
     if let Some(original) = onnx.op_register.0.get("MatMulNBits") {
         FALLBACK.get_or_init(|| *original);
-        onnx.op_register.insert("MatMulNBits", if int8_activations { build_int8 } else { build_f32 });
+        let builder: Builder = match activations {
+            Q4Activations::AsModel => build_as_model,
+            Q4Activations::Int8 => build_int8,
+            Q4Activations::Float => build_f32,
+        };
+        onnx.op_register.insert("MatMulNBits", builder);
     }
 }
 

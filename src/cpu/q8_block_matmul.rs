@@ -343,9 +343,10 @@ impl Expansion for MatMulNBitsQ8 {
 type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
 /// The `MatMulNBits` builder each [`register`] found in place, by `activation mode` (0: tract's
-/// own; 1, 2: the q4 kernel's with f32 / int8 activations). A fn pointer carries no state, so
-/// there is one entry point per mode; each mode always finds the same builder before it.
-static NEXT: [std::sync::OnceLock<Builder>; 3] = [const { std::sync::OnceLock::new() }; 3];
+/// own; 1, 2, 3: the q4 kernel's with f32 / int8 / the node's `accuracy_level` activations). A fn
+/// pointer carries no state, so there is one entry point per mode; each mode always finds the
+/// same builder before it.
+static NEXT: [std::sync::OnceLock<Builder>; 4] = [const { std::sync::OnceLock::new() }; 4];
 
 fn build_0(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     build(ctx, node, 0)
@@ -355,6 +356,9 @@ fn build_1(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infer
 }
 fn build_2(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     build(ctx, node, 2)
+}
+fn build_3(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, 3)
 }
 
 /// Element type of graph tensor `name` (an initializer, or a weight the loader declared as a
@@ -383,12 +387,17 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
     if bits == 8 {
         ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 8-bit: only block_size {BLOCK}, K a multiple of it, no g_idx or bias (got block_size {block}, K {k})");
         // onnxruntime: accuracy_level 4 computes with int8 activations.
-        let int8_activations = node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == 4;
+        let int8_activations = node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == crate::onnx::ACCURACY_LEVEL_INT8;
         return Ok((expand(MatMulNBitsQ8 { k, n, has_zp: present(3), int8_activations }), vec![]));
     }
     if bits == 4 && float_zp {
         ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 4-bit with float zero points: only block_size {BLOCK}, K a multiple of it, no g_idx or bias");
-        let int8_activations = mode == 2;
+        // As the q4 kernel does: forced by mode 1 / 2, else onnxruntime's `accuracy_level` 4.
+        let int8_activations = match mode {
+            1 => false,
+            2 => true,
+            _ => node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == crate::onnx::ACCURACY_LEVEL_INT8,
+        };
         return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations }), vec![]));
     }
     let next = NEXT[mode].get().context("the previous MatMulNBits builder was not registered")?;
@@ -398,11 +407,12 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
 /// Route 8-bit `MatMulNBits` nodes to [`Q8BlockMatMul`] and 4-bit ones with float zero points
 /// to [`super::q4_min_matmul::Q4MinMatMul`]; every other node goes to the builder registered
 /// before (tract's, or the q4 kernel's: call this after `q4_matmul::register`). `mode`: 0
-/// without the q4 kernel, 1 with it and f32 activations, 2 with int8 activations.
+/// without the q4 kernel, 1 with it and f32 activations, 2 with int8 activations, 3 with the
+/// activations each node's `accuracy_level` asks for.
 pub fn register(onnx: &mut tract_onnx::Onnx, mode: usize) {
     if let Some(previous) = onnx.op_register.0.get("MatMulNBits") {
         NEXT[mode].get_or_init(|| *previous);
-        onnx.op_register.insert("MatMulNBits", [build_0, build_1, build_2][mode]);
+        onnx.op_register.insert("MatMulNBits", [build_0, build_1, build_2, build_3][mode]);
     }
 }
 

@@ -51,6 +51,10 @@ pub struct ExportOptions {
     /// Mixed precision: `(pattern, precision)`; the first pattern contained in a linear's name
     /// (e.g. `model.layers.0.`, `mlp.down_proj`) decides its precision instead of `linear`.
     pub overrides: Vec<(String, Precision)>,
+    /// int4: mark each `MatMulNBits` `accuracy_level = 4`, i.e. compute with activations
+    /// rounded to int8 blocks (onnxruntime's int8 compute, edge-llm's fast wasm kernel). Off:
+    /// float activations, onnxruntime's default.
+    pub int8_activations: bool,
 }
 
 /// The two int8 formats.
@@ -91,6 +95,7 @@ impl ExportOptions {
             q4_min: false,
             importance: None,
             overrides: Vec::new(),
+            int8_activations: true,
         }
     }
     /// The same weights in onnxruntime-genai's layout.
@@ -267,12 +272,15 @@ impl<'a> Ctx<'a> {
         if let Some(zp) = &init.2 {
             inputs.push(zp);
         }
-        let attrs = vec![
+        let mut attrs = vec![
             attr_i("K", k as i64),
             attr_i("N", n as i64),
             attr_i("bits", 4),
             attr_i("block_size", self.opts.block_size as i64),
         ];
+        if self.opts.int8_activations {
+            attrs.push(attr_i("accuracy_level", crate::onnx::ACCURACY_LEVEL_INT8));
+        }
         self.g.node_multi(MS_DOMAIN, "MatMulNBits", &inputs, 1, attrs).remove(0)
     }
 

@@ -13,6 +13,9 @@ pub use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 pub const OPSET: i64 = 17;
 /// Domain of onnxruntime's contrib ops (`MatMulNBits`, ...).
 pub const MS_DOMAIN: &str = "com.microsoft";
+/// `MatMulNBits`' `accuracy_level` at which onnxruntime computes with activations quantized
+/// to int8 blocks (lower levels and the default: float activations).
+pub const ACCURACY_LEVEL_INT8: i64 = 4;
 
 /// A dimension of a graph input or output.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use edge_llm::cpu::q4_matmul::Q4Activations;
 use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, ActivationQuant, RefKvCache};
@@ -17,6 +18,11 @@ pub const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+/// The kernel's activations as the tests name them: int8 blocks, or float.
+pub fn q4_activations(int8: bool) -> Q4Activations {
+    if int8 { Q4Activations::Int8 } else { Q4Activations::Float }
 }
 
 /// Every variant of edge-llm's q4 kernel: (symmetric weights, int8 activations).
@@ -33,7 +39,7 @@ pub struct Q4KernelRun {
 pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
-    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: int8_activations, last_logits_only: false, q8_kernel: true, threads: None };
+    let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_activations: q4_activations(int8_activations), last_logits_only: false, q8_kernel: true, threads: None };
     let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
     let got = model.session().forward_all(&PROMPT).unwrap();
     let act = if int8_activations { ActivationQuant::Int8Block32 } else { ActivationQuant::None };
@@ -158,7 +164,7 @@ pub fn q4_greedy_on_threads(symmetric: bool, int8_activations: bool, threads: us
     assert_eq!(cpu_threads::configure(threads), threads, "could not get {threads} CPU threads");
     let cfg = tiny::config();
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
-    let opts = CpuOptions { q4_kernel: true, q4_int8_activations: int8_activations, ..CpuOptions::default() };
+    let opts = CpuOptions { q4_kernel: true, q4_activations: q4_activations(int8_activations), ..CpuOptions::default() };
     let model = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap());
     let mut session = model.session();
     let vocab = model.vocab_size();

@@ -1,0 +1,277 @@
+#!/usr/bin/env python3
+"""Decoder files as users make them with third-party tools, and what onnxruntime computes on them.
+
+An independent check of edge-llm's loader (tests/ort_files.rs): nothing here uses edge-llm's
+exporter or reference. A small Llama (seeded, random weights, the tiny tokenizer's vocabulary)
+is built with Hugging Face transformers, exported with optimum (`text-generation-with-past`)
+and converted the ways users convert such files:
+
+  fp32           optimum's export as is
+  fp16           onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types)
+  fp16-io        ... with its defaults: fp16 logits, past_key_values and present too
+  int8           onnxruntime.quantization.quantize_dynamic (DynamicQuantizeLinear + MatMulInteger)
+  int4-b32-sym   MatMulNBitsQuantizer block 32, symmetric   (accuracy_level unset)
+  int4-b32-asym  ... block 32, asymmetric (zero points; 3 or 5 blocks per row: odd counts)
+  int4-b128-sym / int4-b128-asym   block 128 (K = 96 and 160: padded blocks)
+  int4-b32-acc4  block 32 symmetric, accuracy_level 4 (onnxruntime computes with int8 activations)
+  int4-qdq       MatMulNBitsQuantizer QDQ mode: DequantizeLinear of INT4 weights (opset 21)
+  int4-qdq-asym  ... asymmetric: UINT4 weights and zero points
+  int4-bias      int4-b32-asym with a bias input on every MatMulNBits (as some exporters write)
+  int4-gidx      int4-b32-sym with the trivial g_idx (k / block) on every MatMulNBits
+
+For each it writes tests/fixtures/ort/<name>.onnx and <name>.json: onnxruntime's greedy tokens
+for a few prompts (prefill, then one token per step through present -> past_key_values) and the
+logits of the last prompt position and of the last step.
+
+  /var/tmp/ortvenv/bin/python scripts/make-ort-references.py            # the fixtures
+  /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --smollm2 GGUF OUT/
+      # the same conversions of SmolLM2 from its GGUF, 6 prompts x 32 tokens (by hand; the
+      # files are ~100-500 MB): `cargo test --release --features pack --test ort_files -- --ignored`
+      # with EDGE_LLM_ORT_SMOLLM2=OUT compares them
+
+Pinned (printed, and recorded in every JSON): torch 2.15.0, transformers 4.57.6,
+optimum 2.1.0 + optimum-onnx 0.1.0, onnxruntime 1.32.0, onnx 1.23.2 (/var/tmp/ortvenv: the
+shared /var/tmp/refvenv plus transformers/optimum versions optimum-onnx accepts).
+"""
+import importlib.metadata
+import json
+import os
+import shutil
+import sys
+import tempfile
+
+# optimum's tied-weight handling iterates over sets: without a fixed hash seed the lm_head comes
+# out as its own initializer in some runs and as Transpose(embedding) in others.
+if os.environ.get("PYTHONHASHSEED") != "0":
+    os.execve(sys.executable, [sys.executable] + sys.argv, {**os.environ, "PYTHONHASHSEED": "0"})
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+import transformers
+from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+from onnxruntime.transformers.float16 import convert_float_to_float16
+from optimum.exporters.onnx import main_export
+
+PINNED = {
+    "torch": "2.15.0",
+    "transformers": "4.57.6",
+    "optimum": "2.1.0",
+    "optimum-onnx": "0.1.0",
+    "onnxruntime": "1.32.0",
+    "onnx": "1.23.2",
+}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SEED = 20261201
+
+
+def versions():
+    got = {
+        "torch": torch.__version__.split("+")[0],
+        "transformers": transformers.__version__,
+        "optimum": importlib.metadata.version("optimum"),
+        "optimum-onnx": importlib.metadata.version("optimum-onnx"),
+        "onnxruntime": ort.__version__,
+        "onnx": onnx.__version__,
+    }
+    for k, v in PINNED.items():
+        if got[k] != v:
+            sys.exit(f"{k} {got[k]} is not the pinned {v}")
+    return got
+
+
+def tiny_model(dir):
+    """A seeded Llama: hidden 96 (3 blocks of 32), MLP 160 (5 blocks), GQA 6:2, tied head."""
+    cfg = transformers.LlamaConfig(
+        vocab_size=332,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=True,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(SEED)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():
+        # Norm weights away from 1 so a wrong norm convention shows.
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+    model.save_pretrained(dir)
+    shutil.copy(os.path.join(ROOT, "tests/fixtures/tiny/tokenizer.json"), os.path.join(dir, "tokenizer.json"))
+
+
+def smollm2_model(gguf, dir):
+    model = transformers.AutoModelForCausalLM.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf), torch_dtype=torch.float32)
+    model.save_pretrained(dir)
+    tok = transformers.AutoTokenizer.from_pretrained(os.path.dirname(gguf), gguf_file=os.path.basename(gguf))
+    tok.save_pretrained(dir)
+    return tok
+
+
+def export(hf_dir, out_dir):
+    main_export(hf_dir, output=out_dir, task="text-generation-with-past", device="cpu", do_validation=False, no_post_process=False)
+    return os.path.join(out_dir, "model.onnx")
+
+
+def save(model, path):
+    # One file: the fixtures are small, and edge-llm loads a single protobuf.
+    large = model.ByteSize() > 1_900_000_000
+    onnx.save_model(model, path, save_as_external_data=large, location=os.path.basename(path) + "_data" if large else None)
+
+
+def nbits(fp32, path, block, sym, acc=None, qdq=False):
+    q = MatMulNBitsQuantizer(onnx.load(fp32), block_size=block, is_symmetric=sym, accuracy_level=acc, quant_format=QuantFormat.QDQ if qdq else QuantFormat.QOperator)
+    q.process()
+    save(q.model.model, path)
+
+
+def add_bias(src, path, seed):
+    """Every MatMulNBits gets a bias input (input 5), drawn from a seeded normal."""
+    m = onnx.load(src)
+    rng = np.random.default_rng(seed)
+    for node in m.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        n = next(a.i for a in node.attribute if a.name == "N")
+        bias = onnx.numpy_helper.from_array((0.1 * rng.standard_normal(n)).astype(np.float32), node.name + ".bias")
+        m.graph.initializer.append(bias)
+        while len(node.input) < 5:
+            node.input.append("")
+        node.input.append(bias.name)
+    save(m, path)
+
+
+def add_g_idx(src, path):
+    """Every MatMulNBits gets the trivial g_idx (row k in block k / block_size), int32 [K]."""
+    m = onnx.load(src)
+    for node in m.graph.node:
+        if node.op_type != "MatMulNBits":
+            continue
+        a = {x.name: x.i for x in node.attribute}
+        g = onnx.numpy_helper.from_array((np.arange(a["K"]) // a["block_size"]).astype(np.int32), node.name + ".g_idx")
+        m.graph.initializer.append(g)
+        while len(node.input) < 4:
+            node.input.append("")
+        node.input.append(g.name)
+    save(m, path)
+
+
+def make_variants(fp32, out, synthetic=True, prefix=""):
+    """The conversions users make of an fp32 export; returns {name: path}."""
+    files = {}
+
+    def p(name):
+        files[name] = os.path.join(out, f"{prefix}{name}.onnx")
+        return files[name]
+
+    shutil.copy(fp32, p("fp32"))
+    save(convert_float_to_float16(onnx.load(fp32), keep_io_types=True), p("fp16"))
+    save(convert_float_to_float16(onnx.load(fp32)), p("fp16-io"))
+    quantize_dynamic(fp32, p("int8"), weight_type=QuantType.QInt8)
+    nbits(fp32, p("int4-b32-sym"), 32, True)
+    nbits(fp32, p("int4-b32-asym"), 32, False)
+    nbits(fp32, p("int4-b128-sym"), 128, True)
+    nbits(fp32, p("int4-b128-asym"), 128, False)
+    nbits(fp32, p("int4-b32-acc4"), 32, True, acc=4)
+    nbits(fp32, p("int4-qdq"), 32, True, qdq=True)
+    nbits(fp32, p("int4-qdq-asym"), 32, False, qdq=True)
+    if synthetic:
+        add_bias(files["int4-b32-asym"], p("int4-bias"), SEED)
+        add_g_idx(files["int4-b32-sym"], p("int4-gidx"))
+    return files
+
+
+def np_dtype(ort_type):
+    return {"tensor(float)": np.float32, "tensor(float16)": np.float16}[ort_type]
+
+
+def greedy(path, prompt, steps):
+    """onnxruntime's greedy decode: the prompt in one run, then one token per run with the
+    previous run's present.* as past_key_values.*. Returns (tokens, logits of the last prompt
+    position, logits of the last step)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np_dtype(i.type)) for n, i in inputs.items() if n.startswith("past_key_values.")}
+    tokens, ids, done = [], list(prompt), 0
+    first = last = None
+    for step in range(steps):
+        n = len(ids)
+        feeds = dict(past)
+        feeds["input_ids"] = np.array([ids], dtype=np.int64)
+        feeds["attention_mask"] = np.ones((1, done + n), dtype=np.int64)
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(done, done + n, dtype=np.int64)[None, :]
+        res = dict(zip(outputs, sess.run(outputs, feeds)))
+        logits = res["logits"][0, -1].astype(np.float32)
+        if step == 0:
+            first = logits
+        last = logits
+        nxt = int(np.argmax(logits))
+        tokens.append(nxt)
+        past = {"past_key_values." + k[len("present."):]: v for k, v in res.items() if k.startswith("present.")}
+        done += n
+        ids = [nxt]
+    return tokens, first, last
+
+
+def references(files, prompts, steps, out, info):
+    for name, path in files.items():
+        runs = []
+        for prompt in prompts:
+            tokens, first, last = greedy(path, prompt, steps)
+            runs.append({"prompt": prompt, "tokens": tokens, "prefill_logits": [float(f"{v:.7g}") for v in first], "last_logits": [float(f"{v:.7g}") for v in last]})
+        ops = sorted({f"{n.domain + '::' if n.domain else ''}{n.op_type}" for n in onnx.load(path).graph.node})
+        doc = {"file": os.path.basename(path), "bytes": os.path.getsize(path), "ops": ops, "steps": steps, "runs": runs, **info}
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(doc, f, indent=0)
+        print(f"{name}: {os.path.getsize(path)} bytes, tokens {[r['tokens'][:8] for r in runs]}")
+
+
+def main():
+    info = {"versions": versions(), "generator": "scripts/make-ort-references.py"}
+    print("versions:", info["versions"])
+    with tempfile.TemporaryDirectory() as tmp:
+        if len(sys.argv) > 1 and sys.argv[1] == "--smollm2":
+            gguf, out = sys.argv[2], sys.argv[3]
+            os.makedirs(out, exist_ok=True)
+            tok = smollm2_model(gguf, os.path.join(tmp, "hf"))
+            fp32 = export(os.path.join(tmp, "hf"), os.path.join(tmp, "onnx"))
+            files = make_variants(fp32, out, synthetic=False)
+            shutil.copy(os.path.join(tmp, "hf", "tokenizer.json"), os.path.join(out, "tokenizer.json"))
+            questions = [
+                "What is the capital of France?",
+                "Write a haiku about the sea.",
+                "Explain photosynthesis in one sentence.",
+                "List three prime numbers.",
+                "Who wrote Romeo and Juliet?",
+                "Translate 'good morning' into Spanish.",
+            ]
+            prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True) for q in questions]
+            references(files, prompts, 32, out, info)
+        else:
+            out = os.path.join(ROOT, "tests/fixtures/ort")
+            os.makedirs(out, exist_ok=True)
+            tiny_model(os.path.join(tmp, "hf"))
+            fp32 = export(os.path.join(tmp, "hf"), os.path.join(tmp, "onnx"))
+            files = make_variants(fp32, out)
+            prompts = [[1, 80, 17, 200], [5], [1, 44, 97, 120, 33, 250, 7, 61, 300, 12], [1, 2, 3]]
+            references(files, prompts, 12, out, info)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+//! Files made by third-party tools (optimum's export; onnxruntime's `quantize_dynamic`,
+//! `MatMulNBitsQuantizer` and float16 converter; `scripts/make-ort-references.py`), loaded
+//! unchanged, against what onnxruntime 1.32 computes on the same files (`tests/fixtures/ort/*.json`).
+//! One body for every file × backend, run natively (`tests/ort_files.rs`) and in Chromium.
+
+use std::sync::Arc;
+
+use edge_llm::cpu::q4_matmul::Q4Activations;
+use edge_llm::cpu::{CpuModel, CpuOptions};
+
+/// One reference file: its ONNX bytes and onnxruntime's results.
+pub struct OrtFile {
+    pub name: &'static str,
+    pub onnx: &'static [u8],
+    pub reference: &'static str,
+}
+
+macro_rules! ort_file {
+    ($name:literal) => {
+        OrtFile {
+            name: $name,
+            onnx: include_bytes!(concat!("../fixtures/ort/", $name, ".onnx")),
+            reference: include_str!(concat!("../fixtures/ort/", $name, ".json")),
+        }
+    };
+}
+
+/// The file named `name` (see the generator's docstring for what each is).
+pub fn file(name: &str) -> OrtFile {
+    let all = [
+        ort_file!("fp32"),
+        ort_file!("fp16"),
+        ort_file!("fp16-io"),
+        ort_file!("int8"),
+        ort_file!("int4-b32-sym"),
+        ort_file!("int4-b32-asym"),
+        ort_file!("int4-b128-sym"),
+        ort_file!("int4-b128-asym"),
+        ort_file!("int4-b32-acc4"),
+        ort_file!("int4-qdq"),
+        ort_file!("int4-qdq-asym"),
+        ort_file!("int4-bias"),
+        ort_file!("int4-gidx"),
+    ];
+    all.into_iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no reference file `{name}`"))
+}
+
+#[derive(serde::Deserialize)]
+pub struct Reference {
+    pub runs: Vec<Run>,
+}
+
+/// onnxruntime on one prompt: greedy tokens (prompt in one run, then one token per run), the
+/// logits of the last prompt position and of the last step.
+#[derive(serde::Deserialize)]
+pub struct Run {
+    pub prompt: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub prefill_logits: Vec<f32>,
+    pub last_logits: Vec<f32>,
+}
+
+/// Which kernels run the file's matmuls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The native default: tract's own ops, except where they would not compute what the
+    /// file says (`MatMulNBits` scales that f16 cannot hold go to edge-llm's int4 kernel).
+    Tract,
+    /// edge-llm's int4 and int8 kernels (the wasm default), activations as each node asks.
+    Kernels,
+}
+
+impl Backend {
+    pub fn options(self) -> CpuOptions {
+        let kernels = self == Backend::Kernels;
+        CpuOptions { q4_kernel: kernels, q8_kernel: kernels, q4_activations: Q4Activations::AsModel, last_logits_only: true, ..CpuOptions::default() }
+    }
+}
+
+/// How closely a backend followed onnxruntime on a file.
+#[derive(Debug, Default)]
+pub struct Agreement {
+    /// Greedy tokens equal to onnxruntime's, free-running from the prompt, per prompt.
+    pub same_tokens: Vec<usize>,
+    pub tokens: usize,
+    /// Max |logit - onnxruntime's| at the last prompt position and at the last step (fed
+    /// onnxruntime's tokens, so both sides see the same inputs).
+    pub max_prefill_diff: f32,
+    pub max_last_diff: f32,
+}
+
+impl Agreement {
+    pub fn all_tokens_equal(&self) -> bool {
+        self.same_tokens.iter().sum::<usize>() == self.tokens
+    }
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> u32 {
+    v.iter().enumerate().fold((0, f32::MIN), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0 as u32
+}
+
+/// Load `onnx` unchanged with `backend` and run every prompt of `reference` against it.
+pub fn compare(onnx: &[u8], reference: &Reference, backend: Backend) -> edge_llm::Result<Agreement> {
+    let model = Arc::new(CpuModel::from_proto(edge_llm::onnx::decode(onnx)?, &backend.options())?);
+    let mut out = Agreement::default();
+    for run in &reference.runs {
+        // Free-running greedy decode: how many tokens before the first departure.
+        let mut s = model.session();
+        let mut logits = s.forward(&run.prompt)?;
+        out.max_prefill_diff = out.max_prefill_diff.max(max_abs_diff(&logits, &run.prefill_logits));
+        let mut same = 0;
+        let mut departed = false;
+        for (i, &want) in run.tokens.iter().enumerate() {
+            let got = argmax(&logits);
+            departed |= got != want;
+            same += usize::from(!departed);
+            if i + 1 < run.tokens.len() {
+                logits = s.forward(&[if departed { want } else { got }])?;
+            }
+        }
+        out.same_tokens.push(same);
+        out.tokens += run.tokens.len();
+        // With onnxruntime's tokens fed, the last step sees the same inputs as onnxruntime's.
+        out.max_last_diff = out.max_last_diff.max(max_abs_diff(&logits, &run.last_logits));
+    }
+    Ok(out)
+}
+
+/// The test body: `name` loads unchanged on `backend`, its greedy tokens are onnxruntime's and
+/// its logits within `tol` of onnxruntime's.
+pub fn check(name: &str, backend: Backend, tol: f32) -> Agreement {
+    let f = file(name);
+    let reference: Reference = serde_json::from_str(f.reference).expect("reference JSON parses");
+    let a = compare(f.onnx, &reference, backend).unwrap_or_else(|e| panic!("{name} on {backend:?} fails to load or run: {e}"));
+    let line = format!(
+        "{name} on {backend:?}: {}/{} greedy tokens as onnxruntime (per prompt {:?}), max |logit diff| prefill {:e}, last step {:e}",
+        a.same_tokens.iter().sum::<usize>(),
+        a.tokens,
+        a.same_tokens,
+        a.max_prefill_diff,
+        a.max_last_diff
+    );
+    report(&line);
+    assert!(a.all_tokens_equal(), "{line}");
+    assert!(a.max_prefill_diff < tol && a.max_last_diff < tol, "{line}: tolerance {tol:e}");
+    a
+}
+
+#[cfg(target_arch = "wasm32")]
+fn report(line: &str) {
+    wasm_bindgen_test::console_log!("{line}");
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn report(line: &str) {
+    eprintln!("{line}");
+}

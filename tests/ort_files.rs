@@ -1,0 +1,126 @@
+//! Third-party-made files (optimum, onnxruntime's quantizers and float16 converter) load
+//! unchanged and give onnxruntime's greedy tokens, logits within a per-format tolerance:
+//! every file × backend through one body (`common/ort_files.rs`). The files and onnxruntime's
+//! results are committed (`scripts/make-ort-references.py`), so this needs no Python.
+#![cfg(not(target_arch = "wasm32"))]
+
+#[path = "common/ort_files.rs"]
+mod ort_files;
+
+use ort_files::{check, Backend};
+
+/// `name: file, backend, tolerance` → one test. Tolerance: max |logit diff| against
+/// onnxruntime (logits of magnitude ~10). fp32, int8 and int4 (float or int8 activations)
+/// compute the same numbers in another summation order: measured ≤ 3e-5, bound 1e-4. fp16
+/// rounds intermediates to f16 on both sides, not always at the same ops: measured ≤ 2.3e-2.
+macro_rules! ort_tests {
+    ($($test:ident: $file:literal, $backend:ident, $tol:expr;)*) => {$(
+        #[test]
+        fn $test() {
+            check($file, Backend::$backend, $tol);
+        }
+    )*};
+}
+
+ort_tests! {
+    fp32_tract: "fp32", Tract, 1e-4;
+    fp32_kernels: "fp32", Kernels, 1e-4;
+    fp16_tract: "fp16", Tract, 3e-2;
+    fp16_kernels: "fp16", Kernels, 3e-2;
+    fp16_io_tract: "fp16-io", Tract, 3e-2;
+    fp16_io_kernels: "fp16-io", Kernels, 3e-2;
+    int8_tract: "int8", Tract, 1e-4;
+    int8_kernels: "int8", Kernels, 1e-4;
+    int4_b32_sym_tract: "int4-b32-sym", Tract, 1e-4;
+    int4_b32_sym_kernels: "int4-b32-sym", Kernels, 1e-4;
+    int4_b32_asym_tract: "int4-b32-asym", Tract, 1e-4;
+    int4_b32_asym_kernels: "int4-b32-asym", Kernels, 1e-4;
+    int4_b128_sym_tract: "int4-b128-sym", Tract, 1e-4;
+    int4_b128_sym_kernels: "int4-b128-sym", Kernels, 1e-4;
+    int4_b128_asym_tract: "int4-b128-asym", Tract, 1e-4;
+    int4_b128_asym_kernels: "int4-b128-asym", Kernels, 1e-4;
+    int4_acc4_tract: "int4-b32-acc4", Tract, 1e-4;
+    int4_acc4_kernels: "int4-b32-acc4", Kernels, 1e-4;
+    int4_qdq_tract: "int4-qdq", Tract, 1e-4;
+    int4_qdq_kernels: "int4-qdq", Kernels, 1e-4;
+    int4_qdq_asym_tract: "int4-qdq-asym", Tract, 1e-4;
+    int4_qdq_asym_kernels: "int4-qdq-asym", Kernels, 1e-4;
+    int4_bias_tract: "int4-bias", Tract, 1e-4;
+    int4_bias_kernels: "int4-bias", Kernels, 1e-4;
+    int4_gidx_tract: "int4-gidx", Tract, 1e-4;
+    int4_gidx_kernels: "int4-gidx", Kernels, 1e-4;
+}
+
+/// A `g_idx` that reorders rows across blocks (act-order GPTQ) is refused by name, not
+/// computed wrongly: the int4 kernels keep each block's rows contiguous.
+#[test]
+fn matmul_nbits_with_act_order_g_idx_is_refused() {
+    let mut proto = edge_llm::onnx::decode(ort_files::file("int4-gidx").onnx).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let g = graph.initializer.iter_mut().find(|t| t.name.ends_with(".g_idx")).expect("a g_idx initializer");
+    // Reverse the rows' block assignment: still one valid block index per row.
+    let mut idx: Vec<[u8; 4]> = g.raw_data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    idx.reverse();
+    g.raw_data = idx.concat();
+    for backend in [Backend::Tract, Backend::Kernels] {
+        match edge_llm::cpu::CpuModel::from_proto(proto.clone(), &backend.options()) {
+            Err(e @ edge_llm::Error::UnsupportedOp { .. }) => {
+                assert_eq!(e.name(), "IncompatibleModelError");
+                assert!(e.to_string().contains("g_idx"), "{e}");
+            }
+            Err(e) => panic!("wrong error on {backend:?}: {e}"),
+            Ok(_) => panic!("an act-order g_idx loaded on {backend:?}"),
+        }
+    }
+}
+
+/// The real-size check, by hand: SmolLM2-135M-Instruct exported and converted by
+/// `scripts/make-ort-references.py --smollm2 GGUF DIR` (6 chat prompts × 32 greedy tokens),
+/// every file in DIR on both backends against onnxruntime. Prints each file's agreement, then
+/// fails if any file did not load or departed from onnxruntime's tokens.
+/// `EDGE_LLM_ORT_SMOLLM2=DIR cargo test --release --features pack --test ort_files -- --ignored --nocapture`
+/// (`EDGE_LLM_ORT_ONLY=fp32,int8` picks files, `EDGE_LLM_ORT_BACKEND=Tract|Kernels` one backend).
+#[test]
+#[ignore = "needs EDGE_LLM_ORT_SMOLLM2 (a folder written by scripts/make-ort-references.py --smollm2)"]
+fn smollm2_files_give_onnxruntime_tokens() {
+    let dir = std::path::PathBuf::from(std::env::var("EDGE_LLM_ORT_SMOLLM2").expect("EDGE_LLM_ORT_SMOLLM2 names the folder"));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.unwrap().file_name().to_str()?.strip_suffix(".json").map(str::to_string))
+        .filter(|n| dir.join(format!("{n}.onnx")).exists())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no <name>.onnx + <name>.json pairs in {}", dir.display());
+    let only = std::env::var("EDGE_LLM_ORT_ONLY").ok();
+    let mut failures = Vec::new();
+    for name in names.iter().filter(|n| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n.as_str()))) {
+        let reference: ort_files::Reference = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
+        let onnx = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
+        let backends = [Backend::Tract, Backend::Kernels];
+        let chosen = std::env::var("EDGE_LLM_ORT_BACKEND").ok();
+        for backend in backends.into_iter().filter(|b| chosen.as_ref().is_none_or(|c| format!("{b:?}") == *c)) {
+            let start = std::time::Instant::now();
+            match ort_files::compare(&onnx, &reference, backend) {
+                Ok(a) => {
+                    eprintln!(
+                        "SmolLM2 {name} on {backend:?}: {}/{} tokens as onnxruntime, per prompt {:?}; max |logit diff| prefill {:.3e}, last step {:.3e} ({:.0} s)",
+                        a.same_tokens.iter().sum::<usize>(),
+                        a.tokens,
+                        a.same_tokens,
+                        a.max_prefill_diff,
+                        a.max_last_diff,
+                        start.elapsed().as_secs_f32()
+                    );
+                    if !a.all_tokens_equal() {
+                        failures.push(format!("{name} on {backend:?}: {:?}", a.same_tokens));
+                    }
+                }
+                Err(e) => {
+                    eprintln!("SmolLM2 {name} on {backend:?}: FAILED to load or run: {e}");
+                    failures.push(format!("{name} on {backend:?}: {e}"));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "departures or failures: {failures:#?}");
+}
