@@ -223,10 +223,9 @@ mod tests {
         let d = GenerationDefaults { max_new_tokens: 40, temperature: 0.6, top_p: 0.9, repetition_penalty: 1.1 };
         let base = GenerateOptions::with_defaults(&d);
         assert_eq!(base.overlay(given("{}")).unwrap(), base);
-        let o = base.overlay(given(r#"{"maxTokens": 7, "topP": null, "stopStrings": ["
-"]}"#)).unwrap();
+        let o = base.overlay(given(r#"{"maxTokens": 7, "topP": null, "stopStrings": ["END"]}"#)).unwrap();
         assert_eq!((o.max_tokens, o.temperature, o.top_p, o.repetition_penalty), (7, 0.6, 0.9, 1.1));
-        assert_eq!(o.stop_strings, vec!["\n".to_string()]);
+        assert_eq!(o.stop_strings, vec!["END".to_string()]);
     }
 
     #[test]

@@ -154,7 +154,8 @@ pub(crate) fn check_option_names(options: &JsValue, known: &[&str]) -> Result<()
     if !options.is_object() {
         return Ok(());
     }
-    for key in js_sys::Object::keys(options.unchecked_ref()).iter() {
+    let object: &js_sys::Object = options.unchecked_ref();
+    for key in js_sys::Object::keys(object).iter() {
         let key = key.as_string().unwrap_or_default();
         if !known.contains(&key.as_str()) {
             return Err(js_error(crate::Error::unknown_option(&key, known)));
