@@ -42,7 +42,7 @@ fn weight_matmuls(model: &ModelProto) -> Vec<(String, String)> {
         .filter(|n| n.op_type == "MatMul" && n.domain.is_empty() && n.input.len() == 2)
         .filter_map(|n| {
             let b = n.input[1].as_str();
-            let w = if inits.get(b) == Some(&2) { b } else { transposed.get(b)? };
+            let w = if inits.get(b) == Some(&2) { b } else { *transposed.get(b)? };
             Some((n.input[0].clone(), w.strip_suffix(".weight").unwrap_or(w).to_string()))
         })
         .collect()
