@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 
 echo "== native: cargo test"
+# setup.sh installed Mesa's Vulkan (llvmpipe): tests/gpu.rs must find an adapter here, not skip.
+export EDGE_LLM_REQUIRE_GPU=${EDGE_LLM_REQUIRE_GPU:-1}
 cargo test --features pack
 
 echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"
