@@ -401,68 +401,10 @@ fn import_gguf(
     Ok(())
 }
 
-/// `bench-gpu`: GEMV bandwidth per shape, then (with a GGUF) decode tok/s; medians and
-/// percentiles of `steps` passes after `warmup`.
+/// `bench-gpu`: see `edge_llm::gpu::bench::report`.
 fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> anyhow::Result<()> {
-    use edge_llm::gpu::{bench::GemvBench, context::block_on, GpuContext, GpuLlama, Q4Llama};
-    use std::time::Instant;
-    anyhow::ensure!(steps > 0, "--steps must be at least 1");
-    let ctx = block_on(GpuContext::new())?;
-    let info = ctx.adapter_info();
-    let kind = if ctx.is_software() { "SOFTWARE GPU (CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
-    println!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info);
-    let ms_stats = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
-    };
-    // SmolLM2-135M: q/o 576x576, k/v 192x576, gate/up 1536x576, down 576x1536, head 49152x576.
-    const REPS: usize = 10;
-    println!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:");
-    for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
-        let b = GemvBench::new(&ctx, n, k, 32, true, REPS)?;
-        for _ in 0..warmup {
-            block_on(b.run(&ctx))?;
-        }
-        let per_call: Vec<f64> = (0..steps)
-            .map(|_| {
-                let t = Instant::now();
-                block_on(b.run(&ctx)).map(|_| t.elapsed().as_secs_f64() * 1e3 / REPS as f64)
-            })
-            .collect::<Result<_, _>>()?;
-        let (p50, p95, p99) = ms_stats(per_call);
-        let gbs = b.bytes_per_call as f64 / (p50 * 1e-3) / 1e9;
-        println!("  n={n:6} k={k:5}: {:8} bytes/call  p50 {p50:.3} ms  p95 {p95:.3}  p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call);
+    for line in edge_llm::gpu::bench::report(gguf, warmup, steps)? {
+        println!("{line}");
     }
-    let Some(path) = gguf else { return Ok(()) };
-    let imported = edge_llm::gguf::import(&std::fs::read(path).with_context(|| format!("reading {}", path.display()))?)?;
-    let cfg = imported.config.architecture.clone();
-    let q = Q4Llama::quantize(&cfg, &imported.weights, 32, true);
-    drop(imported);
-    let t = Instant::now();
-    let max_ctx = cfg.max_position_embeddings.min(1024);
-    let mut model = GpuLlama::load(ctx, &q, max_ctx)?;
-    let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    // A fixed prompt of ids (the tokenizer is not what is measured).
-    let prompt: Vec<u32> = (0..16u32).map(|i| 100 + i * 37).collect();
-    let t = Instant::now();
-    for id in &prompt {
-        block_on(model.step(Some(*id)))?;
-    }
-    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
-    let mut lat = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
-        let t = Instant::now();
-        block_on(model.step(None))?;
-        if i >= warmup {
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let total: f64 = lat.iter().sum();
-    let (p50, p95, p99) = ms_stats(lat);
-    println!("decode {} ({} layers, int4 block 32), max context {max_ctx}:", path.display(), cfg.num_layers);
-    println!("  load (upload + pipelines) ms: {load_ms:.1}");
-    println!("  prefill {} tokens, one step each: {:.1} tok/s", prompt.len(), prompt.len() as f64 / prefill_ms * 1e3);
-    println!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3);
-    println!("  token latency ms p50 {p50:.2}  p95 {p95:.2}  p99 {p99:.2}");
     Ok(())
 }
