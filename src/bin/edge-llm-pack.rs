@@ -189,6 +189,19 @@ enum Cmd {
         /// Rows to print (all when 0).
         #[arg(long, default_value_t = 40)]
         top: usize,
+    /// The GPU backend through wgpu (natively Vulkan/Metal; Mesa llvmpipe is a software GPU,
+    /// so its numbers say nothing about real GPUs): int4 GEMV GB/s at SmolLM2-135M's shapes,
+    /// and with `--gguf` a greedy int4 decode's tok/s.
+    BenchGpu {
+        /// A Llama GGUF to decode, quantized to int4 (block 32, symmetric) as `import-gguf` does.
+        #[arg(long)]
+        gguf: Option<PathBuf>,
+        /// Passes discarded before measuring.
+        #[arg(long, default_value_t = 10)]
+        warmup: usize,
+        /// Passes measured (GEMV passes per shape; decode steps).
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -502,6 +515,9 @@ fn main() -> anyhow::Result<()> {
                 rows.truncate(top);
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
+        Cmd::BenchGpu { gguf, warmup, steps } => bench_gpu(gguf.as_deref(), warmup, steps)?,
+        Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric }, genai } => {
+            import_gguf(&input, &outdir, precision, block_size, !asymmetric, genai)?
         }
     }
     Ok(())
@@ -701,6 +717,14 @@ fn import_gguf(
         let path = outdir.join(name);
         std::fs::write(&path, data).with_context(|| format!("writing {}", path.display()))?;
         println!("{:>11} bytes  {}", data.len(), path.display());
+    }
+    Ok(())
+}
+
+/// `bench-gpu`: see `edge_llm::gpu::bench::report`.
+fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> anyhow::Result<()> {
+    for line in edge_llm::gpu::bench::report(gguf, warmup, steps)? {
+        println!("{line}");
     }
     Ok(())
 }

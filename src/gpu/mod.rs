@@ -1,5 +1,20 @@
-//! GPU backend foundation: adapter discovery through wgpu (WebGPU in browsers, Vulkan/Metal
-//! natively). Kernels and the on-GPU forward pass build on the adapter found here.
+//! GPU backend: the decoder forward pass in WGSL through wgpu (WebGPU in browsers,
+//! Vulkan/Metal natively).
+//!
+//! - [`context`]: device and queue from the adapter, with its limits; every object creation
+//!   and transfer goes through it and is counted.
+//! - [`kernels`]: one WGSL file per kernel (`kernels/*.wgsl`), a pipeline cache, bind-once
+//!   dispatch builders. Each kernel has a plain-Rust twin in [`twin`] that tests compare with.
+//! - [`decode`]: a Llama decode step with int4 weights resident on the GPU.
+
+pub mod bench;
+pub mod context;
+pub mod decode;
+pub mod kernels;
+pub mod twin;
+
+pub use context::{GpuContext, GpuCounters};
+pub use decode::{GpuLlama, Q4Llama};
 
 use serde::Serialize;
 

@@ -1,0 +1,124 @@
+//! The GPU benchmark behind `edge-llm-pack bench-gpu`: an int4 GEMV repeated in one submit
+//! (time per call excludes submit and readback), and a greedy decode's tok/s. Timing is
+//! native-only ([`report`]); [`GemvBench`] itself builds for wasm32 too.
+
+use super::context::GpuContext;
+use super::kernels::{self, Dispatch, GpuQ4, Pipelines};
+use crate::quant::reference as qref;
+use crate::Result;
+
+/// `reps` int4 GEMVs `y = W x` with `W` `[n][k]` recorded into one command buffer.
+pub struct GemvBench {
+    pipes: Pipelines,
+    dispatches: Vec<Dispatch>,
+    y: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    _w: GpuQ4,
+    _x: wgpu::Buffer,
+    /// Bytes one GEMV reads: packed nibbles, scales, zero points and x.
+    pub bytes_per_call: u64,
+    pub reps: usize,
+}
+
+impl GemvBench {
+    pub fn new(ctx: &GpuContext, n: usize, k: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
+        // Deterministic weights; their values do not change the time.
+        let w: Vec<f32> = (0..n * k).map(|i| ((i * 2_654_435_761) % 1000) as f32 / 500.0 - 1.0).collect();
+        let q = qref::quantize_q4(&w, n, k, block_size, symmetric);
+        let x: Vec<f32> = (0..k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let gw = GpuQ4::upload(ctx, "bench_w", &q)?;
+        let xb = ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?;
+        let y = ctx.storage("bench_y", (n * 4) as u64)?;
+        let mut pipes = Pipelines::default();
+        let dispatches = (0..reps).map(|_| gw.gemv(ctx, &mut pipes, &xb, &y, 1)).collect();
+        let zp_bytes = q.packed_zero_points().map_or(0, |z| z.len());
+        let bytes_per_call = (q.packed.len() + q.scales.len() * 4 + zp_bytes + k * 4) as u64;
+        let readback = ctx.readback("bench_y", 4);
+        Ok(GemvBench { pipes, dispatches, y, readback, _w: gw, _x: xb, bytes_per_call, reps })
+    }
+
+    /// Submit the `reps` GEMVs and wait until the GPU has finished them.
+    pub async fn run(&self, ctx: &GpuContext) -> Result<()> {
+        let mut enc = ctx.encoder();
+        self.pipes.record(&mut enc, &self.dispatches);
+        enc.copy_buffer_to_buffer(&self.y, 0, &self.readback, 0, 4);
+        ctx.submit(enc);
+        ctx.read(&self.readback, 4).await?;
+        Ok(())
+    }
+}
+
+/// Run the benchmark and return its report lines: GEMV bandwidth at SmolLM2-135M's shapes and,
+/// with a GGUF, a greedy int4 decode. Medians and percentiles of `steps` passes after `warmup`.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn report(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> Result<Vec<String>> {
+    use super::context::block_on;
+    use super::decode::{GpuLlama, Q4Llama};
+    use crate::Error;
+    use std::time::Instant;
+    if steps == 0 {
+        return Err(Error::InvalidOption { option: "steps", reason: "must be at least 1".into() });
+    }
+    let mut out = Vec::new();
+    let ctx = block_on(GpuContext::new())?;
+    let info = ctx.adapter_info();
+    let kind = if ctx.is_software() { "SOFTWARE GPU (a CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
+    out.push(format!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info));
+    let pct = |v: &[f64], p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    let stats = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (pct(&v, 50.0), pct(&v, 95.0), pct(&v, 99.0))
+    };
+    // SmolLM2-135M: q/o 576x576, gate/up 1536x576, down 576x1536, tied head 49152x576.
+    const REPS: usize = 10;
+    out.push(format!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:"));
+    for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+        let b = GemvBench::new(&ctx, n, k, 32, true, REPS)?;
+        for _ in 0..warmup {
+            block_on(b.run(&ctx))?;
+        }
+        let mut per_call = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let t = Instant::now();
+            block_on(b.run(&ctx))?;
+            per_call.push(t.elapsed().as_secs_f64() * 1e3 / REPS as f64);
+        }
+        let (p50, p95, p99) = stats(per_call);
+        let gbs = b.bytes_per_call as f64 / (p50 * 1e-3) / 1e9;
+        out.push(format!("  n={n:6} k={k:5}: {:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call));
+    }
+    let Some(path) = gguf else { return Ok(out) };
+    let bytes = std::fs::read(path)?;
+    let imported = crate::gguf::import(&bytes)?;
+    drop(bytes);
+    let cfg = imported.config.architecture.clone();
+    let q = Q4Llama::quantize(&cfg, &imported.weights, 32, true);
+    drop(imported);
+    let max_ctx = cfg.max_position_embeddings.min(1024);
+    let t = Instant::now();
+    let mut model = GpuLlama::load(ctx, &q, max_ctx)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    // A fixed prompt of ids: the tokenizer is not what is measured.
+    let prompt: Vec<u32> = (0..16u32).map(|i| 100 + i * 37).collect();
+    let t = Instant::now();
+    for id in &prompt {
+        block_on(model.step(Some(*id)))?;
+    }
+    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+    let mut lat = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        block_on(model.step(None))?;
+        if i >= warmup {
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let total: f64 = lat.iter().sum();
+    let (p50, p95, p99) = stats(lat);
+    out.push(format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", path.display(), cfg.num_layers));
+    out.push(format!("  load (upload, pipelines, bind groups) ms: {load_ms:.1}"));
+    out.push(format!("  prefill {} tokens, one decode step each: {:.1} tok/s", prompt.len(), prompt.len() as f64 / prefill_ms * 1e3));
+    out.push(format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
+    out.push(format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
+    Ok(out)
+}

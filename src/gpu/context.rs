@@ -1,0 +1,319 @@
+//! The wgpu device and queue, and every call that creates GPU objects or moves bytes.
+//!
+//! All creation goes through [`GpuContext`] so the per-step budget (habit 9: create once at
+//! load, reuse per token) is countable: [`GpuContext::counters`] is what the decode tests
+//! compare before and after a step.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use wgpu::util::DeviceExt;
+
+use crate::{Error, Result};
+
+/// How many GPU objects and transfers the context has made so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    pub buffers: u64,
+    pub bind_groups: u64,
+    pub pipelines: u64,
+    pub shader_modules: u64,
+    pub submits: u64,
+    /// `queue.write_buffer` calls and the bytes they carried.
+    pub writes: u64,
+    pub write_bytes: u64,
+    /// Buffer maps for reading and the bytes read back.
+    pub readbacks: u64,
+    pub readback_bytes: u64,
+}
+
+impl GpuCounters {
+    /// `self - before`, field by field.
+    pub fn since(&self, before: &GpuCounters) -> GpuCounters {
+        GpuCounters {
+            buffers: self.buffers - before.buffers,
+            bind_groups: self.bind_groups - before.bind_groups,
+            pipelines: self.pipelines - before.pipelines,
+            shader_modules: self.shader_modules - before.shader_modules,
+            submits: self.submits - before.submits,
+            writes: self.writes - before.writes,
+            write_bytes: self.write_bytes - before.write_bytes,
+            readbacks: self.readbacks - before.readbacks,
+            readback_bytes: self.readback_bytes - before.readback_bytes,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counters([AtomicU64; 9]);
+
+impl Counters {
+    fn add(&self, i: usize, v: u64) {
+        self.0[i].fetch_add(v, Ordering::Relaxed);
+    }
+    fn get(&self, i: usize) -> u64 {
+        self.0[i].load(Ordering::Relaxed)
+    }
+}
+
+const BUFFERS: usize = 0;
+const BIND_GROUPS: usize = 1;
+const PIPELINES: usize = 2;
+const SHADERS: usize = 3;
+const SUBMITS: usize = 4;
+const WRITES: usize = 5;
+const WRITE_BYTES: usize = 6;
+const READBACKS: usize = 7;
+const READBACK_BYTES: usize = 8;
+
+/// A device and queue from the adapter wgpu offers, with the adapter's own limits.
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    limits: wgpu::Limits,
+    info: wgpu::AdapterInfo,
+    counters: Counters,
+}
+
+impl GpuContext {
+    /// Open the best adapter (WebGPU in browsers, Vulkan/Metal natively). Errors with
+    /// [`Error::UnsupportedBackend`] when there is none or it refuses a device.
+    pub async fn new() -> Result<Self> {
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = wgpu::Backends::all();
+        let instance = wgpu::Instance::new(desc);
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::UnsupportedBackend(format!("webgpu: no GPU adapter ({e})")))?;
+        // Ask for what the adapter offers (the defaults cap storage bindings at 128 MiB, too
+        // small for a 1B model's head); kernels and loaders check sizes against these.
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("edge-llm"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::UnsupportedBackend(format!("webgpu: the adapter refused a device ({e})")))?;
+        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default() })
+    }
+
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// A software rasterizer (llvmpipe, SwiftShader): numbers from it say nothing about GPUs.
+    pub fn is_software(&self) -> bool {
+        self.info.device_type == wgpu::DeviceType::Cpu
+    }
+
+    pub fn counters(&self) -> GpuCounters {
+        let c = &self.counters;
+        GpuCounters {
+            buffers: c.get(BUFFERS),
+            bind_groups: c.get(BIND_GROUPS),
+            pipelines: c.get(PIPELINES),
+            shader_modules: c.get(SHADERS),
+            submits: c.get(SUBMITS),
+            writes: c.get(WRITES),
+            write_bytes: c.get(WRITE_BYTES),
+            readbacks: c.get(READBACKS),
+            readback_bytes: c.get(READBACK_BYTES),
+        }
+    }
+
+    /// Check a buffer size against the adapter's binding and buffer limits.
+    pub fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
+        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        if bytes > max {
+            // TODO(#15): split large weights over several bindings instead.
+            return Err(Error::UnsupportedBackend(format!(
+                "webgpu: `{what}` needs a {bytes}-byte storage binding, the adapter allows {max}"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A storage buffer holding `contents` (padded to a multiple of 4 bytes, never empty).
+    pub fn storage_init(&self, label: &str, contents: &[u8]) -> Result<wgpu::Buffer> {
+        self.check_size(label, contents.len() as u64)?;
+        let padded;
+        let bytes = if !contents.is_empty() && contents.len() % 4 == 0 {
+            contents
+        } else {
+            let mut v = contents.to_vec();
+            v.resize(contents.len().div_ceil(4).max(1) * 4, 0);
+            padded = v;
+            &padded[..]
+        };
+        self.counters.add(BUFFERS, 1);
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        let buf = self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytes, usage });
+        Ok(buf)
+    }
+
+    /// A zeroed storage buffer of `bytes` (rounded up to 4).
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        let bytes = bytes.div_ceil(4).max(1) * 4;
+        self.check_size(label, bytes)?;
+        self.counters.add(BUFFERS, 1);
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A uniform buffer of kernel parameters (u32 words; f32 ones as `to_bits`), padded to 16 bytes.
+    pub fn uniform(&self, label: &str, words: &[u32]) -> wgpu::Buffer {
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.resize(bytes.len().div_ceil(16).max(1) * 16, 0);
+        self.counters.add(BUFFERS, 1);
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::UNIFORM,
+        })
+    }
+
+    /// A buffer the CPU maps to read results from.
+    pub fn readback(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.counters.add(BUFFERS, 1);
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.div_ceil(4).max(1) * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Compile `source` and make a compute pipeline with the layout WGSL implies.
+    pub fn pipeline(&self, label: &str, source: &str) -> wgpu::ComputePipeline {
+        self.counters.add(SHADERS, 1);
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(label),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        self.counters.add(PIPELINES, 1);
+        self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(label),
+            layout: None,
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        })
+    }
+
+    /// Bind `buffers` to bindings 0, 1, … of group 0 of `pipeline`.
+    pub fn bind_group(&self, label: &str, pipeline: &wgpu::ComputePipeline, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        self.counters.add(BIND_GROUPS, 1);
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(label),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &entries,
+        })
+    }
+
+    pub fn write(&self, buffer: &wgpu::Buffer, offset: u64, bytes: &[u8]) {
+        self.counters.add(WRITES, 1);
+        self.counters.add(WRITE_BYTES, bytes.len() as u64);
+        self.queue.write_buffer(buffer, offset, bytes);
+    }
+
+    pub fn encoder(&self) -> wgpu::CommandEncoder {
+        self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None })
+    }
+
+    pub fn submit(&self, encoder: wgpu::CommandEncoder) {
+        self.counters.add(SUBMITS, 1);
+        self.queue.submit([encoder.finish()]);
+    }
+
+    /// Map `bytes` of a [`GpuContext::readback`] buffer once the GPU is done with it, copy
+    /// them out and unmap. Natively this blocks on the device; in browsers it awaits the map.
+    pub async fn read(&self, buffer: &wgpu::Buffer, bytes: u64) -> Result<Vec<u8>> {
+        let slot: Arc<Mutex<MapSlot>> = Arc::default();
+        let cb_slot = slot.clone();
+        let slice = buffer.slice(..bytes);
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let mut s = cb_slot.lock().unwrap_or_else(|e| e.into_inner());
+            s.done = Some(r.is_ok());
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+        });
+        // Natively this drives the map callback; on WebGPU it is a no-op and the browser does.
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| Error::Inference(format!("webgpu: waiting for the GPU failed ({e})")))?;
+        if !(MapFuture { slot }).await {
+            return Err(Error::Inference("webgpu: mapping a readback buffer failed".into()));
+        }
+        let out = slice
+            .get_mapped_range()
+            .map_err(|e| Error::Inference(format!("webgpu: mapped range: {e}")))?
+            .to_vec();
+        buffer.unmap();
+        self.counters.add(READBACKS, 1);
+        self.counters.add(READBACK_BYTES, bytes);
+        Ok(out)
+    }
+}
+
+#[derive(Default)]
+struct MapSlot {
+    done: Option<bool>,
+    waker: Option<Waker>,
+}
+
+struct MapFuture {
+    slot: Arc<Mutex<MapSlot>>,
+}
+
+impl Future for MapFuture {
+    type Output = bool;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut s = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        match s.done {
+            Some(ok) => Poll::Ready(ok),
+            None => {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+/// Run a future to completion on this thread (native tests and the CLI). wgpu's native
+/// futures are ready once the device has been polled, so this rarely waits.
+#[cfg(not(target_arch = "wasm32"))]
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    loop {
+        if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}

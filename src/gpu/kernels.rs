@@ -1,0 +1,233 @@
+//! The WGSL kernels (one file each under `kernels/`), a pipeline cache, and builders that
+//! bind a kernel to buffers once, giving a [`Dispatch`] to record on every step.
+
+use std::collections::HashMap;
+
+use super::context::GpuContext;
+use crate::quant::Q4Weight;
+use crate::{Error, Result};
+
+/// One compute kernel; its source is `kernels/<name>.wgsl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    GemvQ4,
+    GemmQ4,
+    EmbedQ4,
+    RmsNorm,
+    Rope,
+    KvAppend,
+    Attention,
+    SiluMul,
+    Add,
+    Argmax,
+}
+
+impl Kernel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::GemvQ4 => "gemv_q4",
+            Kernel::GemmQ4 => "gemm_q4",
+            Kernel::EmbedQ4 => "embed_q4",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::Rope => "rope",
+            Kernel::KvAppend => "kv_append",
+            Kernel::Attention => "attention",
+            Kernel::SiluMul => "silu_mul",
+            Kernel::Add => "add",
+            Kernel::Argmax => "argmax",
+        }
+    }
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Kernel::GemvQ4 => include_str!("kernels/gemv_q4.wgsl"),
+            Kernel::GemmQ4 => include_str!("kernels/gemm_q4.wgsl"),
+            Kernel::EmbedQ4 => include_str!("kernels/embed_q4.wgsl"),
+            Kernel::RmsNorm => include_str!("kernels/rms_norm.wgsl"),
+            Kernel::Rope => include_str!("kernels/rope.wgsl"),
+            Kernel::KvAppend => include_str!("kernels/kv_append.wgsl"),
+            Kernel::Attention => include_str!("kernels/attention.wgsl"),
+            Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
+            Kernel::Add => include_str!("kernels/add.wgsl"),
+            Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
+        }
+    }
+}
+
+/// Compiled pipelines, one per kernel, made on first use and shared by every dispatch.
+#[derive(Default)]
+pub struct Pipelines {
+    map: HashMap<Kernel, wgpu::ComputePipeline>,
+}
+
+impl Pipelines {
+    pub fn get(&mut self, ctx: &GpuContext, k: Kernel) -> &wgpu::ComputePipeline {
+        self.map.entry(k).or_insert_with(|| ctx.pipeline(k.name(), k.source()))
+    }
+
+    fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {
+        // Dispatches are only made through `Pipelines::bind`, which inserted the kernel.
+        &self.map[&k]
+    }
+
+    /// Bind `buffers` to `k`'s bindings 0.. and remember the workgroup grid.
+    pub fn bind(&mut self, ctx: &GpuContext, k: Kernel, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Dispatch {
+        let bind_group = ctx.bind_group(k.name(), self.get(ctx, k), buffers);
+        Dispatch { kernel: k, bind_group, groups }
+    }
+
+    /// Record `dispatches` in order into one compute pass (WebGPU orders their storage
+    /// accesses, so each sees the previous one's writes).
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, dispatches: &[Dispatch]) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        for d in dispatches {
+            pass.set_pipeline(self.pipeline(d.kernel));
+            pass.set_bind_group(0, &d.bind_group, &[]);
+            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+        }
+    }
+}
+
+/// A kernel bound to its buffers: recorded as is on every step.
+pub struct Dispatch {
+    kernel: Kernel,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+/// `count` workgroups as an `x × y` grid within the per-dimension limit (`x * y >= count`).
+pub fn grid(ctx: &GpuContext, count: u32) -> [u32; 2] {
+    let max = ctx.limits().max_compute_workgroups_per_dimension.max(1);
+    if count <= max {
+        [count.max(1), 1]
+    } else {
+        [max, count.div_ceil(max)]
+    }
+}
+
+pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+/// An int4 weight on the GPU in its MatMulNBits layout, byte for byte.
+pub struct GpuQ4 {
+    pub n: usize,
+    pub k: usize,
+    pub block_size: usize,
+    pub has_zp: bool,
+    pub packed: wgpu::Buffer,
+    pub scales: wgpu::Buffer,
+    /// Packed zero points, or a 4-byte placeholder when symmetric.
+    pub zps: wgpu::Buffer,
+    pub params: wgpu::Buffer,
+}
+
+impl GpuQ4 {
+    pub fn upload(ctx: &GpuContext, name: &str, w: &Q4Weight) -> Result<Self> {
+        if w.block_size % 8 != 0 || w.block_size < 16 {
+            return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has int4 block size {}, kernels need a multiple of 8 >= 16", w.block_size)));
+        }
+        let zps = w.packed_zero_points().unwrap_or_default();
+        Ok(GpuQ4 {
+            n: w.n,
+            k: w.k,
+            block_size: w.block_size,
+            has_zp: w.zero_points.is_some(),
+            packed: ctx.storage_init(name, &w.packed)?,
+            scales: ctx.storage_init(name, &f32_bytes(&w.scales))?,
+            zps: ctx.storage_init(name, &zps)?,
+            params: ctx.uniform(name, &[w.n as u32, w.k as u32, w.block_size as u32, w.zero_points.is_some() as u32]),
+        })
+    }
+
+    /// `y[r] = W x[r]` for `rows` rows of `x`.
+    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer, rows: u32) -> Dispatch {
+        let [gx, gy] = grid(ctx, self.n as u32);
+        pipes.bind(ctx, Kernel::GemvQ4, &[&self.params, x, &self.packed, &self.scales, &self.zps, y], [gx, gy, rows])
+    }
+
+    /// `y = x W^T` for `m` rows of `x` with the tiled GEMM (prefill).
+    pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer, m: u32) -> Dispatch {
+        let params = ctx.uniform("gemm", &[self.n as u32, self.k as u32, self.block_size as u32, self.has_zp as u32, m]);
+        let groups = [(self.n as u32).div_ceil(32), m.div_ceil(32), 1];
+        pipes.bind(ctx, Kernel::GemmQ4, &[&params, x, &self.packed, &self.scales, &self.zps, y], groups)
+    }
+
+    /// `out = row state.token` of this table.
+    pub fn embed(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
+        let params = ctx.uniform("embed", &[self.n as u32, self.k as u32, self.block_size as u32, self.has_zp as u32]);
+        pipes.bind(ctx, Kernel::EmbedQ4, &[&params, state, &self.packed, &self.scales, &self.zps, out], [(self.k as u32).div_ceil(64), 1, 1])
+    }
+}
+
+/// Workgroups of 64 covering `n` elements, as a 2-D grid when needed.
+fn elementwise(ctx: &GpuContext, n: usize) -> [u32; 3] {
+    let [x, y] = grid(ctx, (n as u32).div_ceil(64));
+    [x, y, 1]
+}
+
+pub fn rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, rows: u32, x: &wgpu::Buffer, g: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("rms_norm", &[n as u32, eps.to_bits()]);
+    pipes.bind(ctx, Kernel::RmsNorm, &[&params, x, g, y], [rows, 1, 1])
+}
+
+pub fn rope(ctx: &GpuContext, pipes: &mut Pipelines, heads: usize, head_dim: usize, state: &wgpu::Buffer, cos: &wgpu::Buffer, sin: &wgpu::Buffer, x: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("rope", &[heads as u32, head_dim as u32]);
+    pipes.bind(ctx, Kernel::Rope, &[&params, state, cos, sin, x], [((heads * head_dim / 2) as u32).div_ceil(64), 1, 1])
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn kv_append(ctx: &GpuContext, pipes: &mut Pipelines, kv_dim: usize, head_dim: usize, max_ctx: usize, state: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("kv_append", &[kv_dim as u32, head_dim as u32, max_ctx as u32]);
+    pipes.bind(ctx, Kernel::KvAppend, &[&params, state, k, v, kc, vc], [(kv_dim as u32).div_ceil(64), 1, 1])
+}
+
+/// Buffers of one decode attention: `scores` is `[heads][max_ctx]` f32 scratch.
+pub struct AttnBuffers<'a> {
+    pub state: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub kcache: &'a wgpu::Buffer,
+    pub vcache: &'a wgpu::Buffer,
+    pub scores: &'a wgpu::Buffer,
+    pub out: &'a wgpu::Buffer,
+}
+
+pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
+    let scale = 1.0 / (s.head_dim as f32).sqrt();
+    let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits()]);
+    pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scores, b.out], [s.heads as u32, 1, 1])
+}
+
+pub fn silu_mul(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("silu_mul", &[n as u32]);
+    pipes.bind(ctx, Kernel::SiluMul, &[&params, gate, up, out], elementwise(ctx, n))
+}
+
+pub fn add(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("add", &[n as u32]);
+    pipes.bind(ctx, Kernel::Add, &[&params, x, y], elementwise(ctx, n))
+}
+
+pub fn argmax(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, logits: &wgpu::Buffer, state: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("argmax", &[n as u32]);
+    pipes.bind(ctx, Kernel::Argmax, &[&params, logits, state], [1, 1, 1])
+}
+
+/// Copy `len` f32 values of a storage buffer back to the CPU (tests and logits on request;
+/// allocates a readback buffer, so never on the per-token path).
+pub async fn download_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -> Result<Vec<f32>> {
+    let bytes = (len * 4) as u64;
+    let rb = ctx.readback("download", bytes);
+    let mut enc = ctx.encoder();
+    enc.copy_buffer_to_buffer(buffer, 0, &rb, 0, bytes);
+    ctx.submit(enc);
+    let raw = ctx.read(&rb, bytes).await?;
+    Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+}
+
+/// Run `dispatches` in one submit (kernel tests).
+pub fn run(ctx: &GpuContext, pipes: &Pipelines, dispatches: &[Dispatch]) {
+    let mut enc = ctx.encoder();
+    pipes.record(&mut enc, dispatches);
+    ctx.submit(enc);
+}

