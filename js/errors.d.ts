@@ -16,6 +16,7 @@ export type ErrorName =
   | "NotSupportedError"
   | "QuotaError"
   | "StoreError"
+  | "TimeoutError"
   | "TokenizerError"
   | "UnsupportedBackendError"
   | "WorkerError";
@@ -48,6 +49,7 @@ export class QuotaError extends EdgeLlmError {
   available?: number;
 }
 export class StoreError extends EdgeLlmError { name: "StoreError" }
+export class TimeoutError extends EdgeLlmError { name: "TimeoutError" }
 export class TokenizerError extends EdgeLlmError { name: "TokenizerError" }
 export class UnsupportedBackendError extends EdgeLlmError { name: "UnsupportedBackendError" }
 export class WorkerError extends EdgeLlmError { name: "WorkerError" }

@@ -20,6 +20,7 @@ export const ERROR_NAMES = Object.freeze([
   "NotSupportedError",
   "QuotaError",
   "StoreError",
+  "TimeoutError",
   "TokenizerError",
   "UnsupportedBackendError",
   "WorkerError",
@@ -66,6 +67,7 @@ export const NetworkError = named("NetworkError");
 export const NotSupportedError = named("NotSupportedError");
 export const QuotaError = named("QuotaError");
 export const StoreError = named("StoreError");
+export const TimeoutError = named("TimeoutError");
 export const TokenizerError = named("TokenizerError");
 export const UnsupportedBackendError = named("UnsupportedBackendError");
 export const WorkerError = named("WorkerError");

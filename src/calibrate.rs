@@ -13,6 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use tract_onnx::pb::ValueInfoProto;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
+use tract_onnx::tract_hir::internal::DimLike;
 
 use crate::onnx::ModelProto;
 use crate::{Error, Result};

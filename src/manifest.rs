@@ -501,9 +501,9 @@ pub(crate) fn consume_external<B: Blob>(
 pub fn consume_external_in_memory(graph: &tract_onnx::pb::GraphProto, shards: &BTreeMap<String, Vec<u8>>) -> Result<u64> {
     let mut total = 0;
     let shard = |loc: &str| shards.get(loc).cloned().ok_or_else(|| Error::InvalidModel(format!("no shard `{loc}`")));
-    consume_external(graph, shard, |_, blob, offset, length| {
+    consume_external(graph, shard, |_, length, read| {
         let mut dst = vec![0; length];
-        blob.copy_range(offset, &mut dst);
+        read(0, &mut dst);
         total += length as u64;
         Ok(())
     })?;
@@ -541,7 +541,7 @@ mod tests {
     fn consume(ranges: &[(u64, u64)]) -> Result<Vec<usize>> {
         let graph = GraphProto { initializer: ranges.iter().enumerate().map(|(i, &(o, l))| external(&format!("t{i}"), o, l)).collect(), ..Default::default() };
         let mut taken = Vec::new();
-        consume_external(&graph, |_| Ok(Held(vec![0; 16])), |i, _, _, _| {
+        consume_external(&graph, |_| Ok(Held(vec![0; 16])), |i, _, _| {
             taken.push(i);
             Ok(())
         })?;

@@ -28,6 +28,7 @@ fn every_variant() -> Vec<Error> {
         Error::Aborted(s()),
         Error::UnsupportedBackend(s()),
         Error::Store(s()),
+        Error::Timeout(s()),
     ];
     // Exhaustive on purpose: a new variant must be added to the list above.
     for e in &all {
@@ -51,6 +52,7 @@ fn every_variant() -> Vec<Error> {
             | Error::Quota { .. }
             | Error::Aborted(_)
             | Error::UnsupportedBackend(_)
+            | Error::Timeout(_)
             | Error::Store(_) => {}
         }
     }

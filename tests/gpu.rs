@@ -271,7 +271,7 @@ fn tiny_decode_logits_match_reference_and_cpu() {
         let d = max_abs_diff(&got, &want);
         eprintln!("symmetric={symmetric}: GPU vs reference logits max |diff| = {d:e}");
         assert!(d < LOGITS_TOL, "symmetric={symmetric}: GPU vs reference max |diff| = {d}");
-        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_int8_activations: false, last_logits_only: false, q8_kernel: true, threads: None };
+        let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::Float, last_logits_only: false, q8_kernel: true, threads: None };
         let cpu = Arc::new(CpuModel::from_proto(exported.model, &opts).unwrap()).session().forward_all(&PROMPT).unwrap();
         let d = max_abs_diff(&got, &cpu);
         eprintln!("symmetric={symmetric}: GPU vs CPU backend logits max |diff| = {d:e}");

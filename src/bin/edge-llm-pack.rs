@@ -189,6 +189,7 @@ enum Cmd {
         /// Rows to print (all when 0).
         #[arg(long, default_value_t = 40)]
         top: usize,
+    },
     /// The GPU backend through wgpu (natively Vulkan/Metal; Mesa llvmpipe is a software GPU,
     /// so its numbers say nothing about real GPUs): int4 GEMV GB/s at SmolLM2-135M's shapes,
     /// and with `--gguf` a greedy int4 decode's tok/s.
@@ -515,10 +516,8 @@ fn main() -> anyhow::Result<()> {
                 rows.truncate(top);
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
-        Cmd::BenchGpu { gguf, warmup, steps } => bench_gpu(gguf.as_deref(), warmup, steps)?,
-        Cmd::ImportGguf { input, outdir, quant: QuantArgs { precision, block_size, asymmetric }, genai } => {
-            import_gguf(&input, &outdir, precision, block_size, !asymmetric, genai)?
         }
+        Cmd::BenchGpu { gguf, warmup, steps } => bench_gpu(gguf.as_deref(), warmup, steps)?,
     }
     Ok(())
 }

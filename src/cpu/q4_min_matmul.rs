@@ -166,7 +166,8 @@ impl Expansion for MatMulNBitsQ4Min {
         let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
             model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
         };
-        let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &konst(3, "zero_points")?)?;
+        let zero_points: Arc<Tensor> = konst(3, "zero_points")?;
+        let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &zero_points)?;
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
             inputs[0]
         } else {
