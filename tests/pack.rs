@@ -80,9 +80,9 @@ fn a_tensor_bigger_than_a_shard_spans_consecutive_shards_and_loads_back() {
         let tokens = greedy(&direct);
         assert_eq!(tokens.len(), 8);
         assert_eq!(tokens, greedy(&Engine::load_packed(&m, files).unwrap()), "{variant}");
-        // Shards that hold every tensor whole give the format-1 layout older runtimes read.
+        // Shards that hold every tensor whole: each tensor in one part.
         let (m1, files1) = packed(variant, largest_tensor(variant) as u64);
-        assert_eq!(m1.format_version, 1, "{variant}");
+        assert_eq!(m1.format_version, edge_llm::manifest::FORMAT_VERSION, "{variant}");
         assert!(parts(&edge_llm::onnx::decode(&files1["model.onnx"]).unwrap()).iter().all(|(_, l)| l.len() == 1));
         assert_eq!(tokens, greedy(&Engine::load_packed(&m1, files1).unwrap()), "{variant}");
     }
@@ -234,10 +234,11 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
     let count = |op: &str, layer0: bool| {
         nodes.iter().filter(|n| n.op_type == op && n.input.iter().any(|i| i.starts_with("model.layers.0.")) == layer0).count()
     };
-    assert_eq!(count("MatMulNBits", false), 7 * (cfg.num_layers - 1));
+    let bits8 = nodes.iter().filter(|n| n.op_type == "MatMulNBits" && n.attribute.iter().any(|a| a.name == "bits" && a.i == 8)).count();
+    assert_eq!(count("MatMulNBits", false), 7 * (cfg.num_layers - 1) + 1, "int4 linears and the int8 head");
+    assert_eq!(bits8, 1, "the head, int8 in blocks of 32 (the default int8 format)");
     assert_eq!((count("MatMulNBits", true), count("MatMulInteger", true)), (0, 0));
     assert_eq!(count("MatMul", true), 7, "layer 0's projections stay fp32 MatMuls");
-    assert_eq!(count("MatMulInteger", false), 1, "the head");
     // More precision where asked brings the logits closer to fp32 than all-int4 is.
     let fp32_logits = reference::forward(&cfg, &tiny::weights(), &prompt, &mut RefKvCache::default()).concat();
     let mixed_logits = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&m)).unwrap()).session().forward_all(&prompt).unwrap();
