@@ -393,11 +393,10 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
     if bits == 4 && float_zp {
         ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 4-bit with float zero points: only block_size {BLOCK}, K a multiple of it, no g_idx or bias");
         // As the q4 kernel does: forced by mode 1 / 2, else onnxruntime's `accuracy_level` 4.
-        let int8_activations = match mode {
-            1 => false,
-            2 => true,
-            _ => node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == crate::onnx::ACCURACY_LEVEL_INT8,
-        };
+        // Float activations always: the int8-activation variant of this kernel was off by 0.24
+        // on the tiny model (tests/tiny_model.rs), an open bug; `mode` is not consulted.
+        let _ = mode;
+        let int8_activations = false;
         return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations }), vec![]));
     }
     let next = NEXT[mode].get().context("the previous MatMulNBits builder was not registered")?;
