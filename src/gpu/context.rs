@@ -82,14 +82,7 @@ impl GpuContext {
     /// Open the best adapter (WebGPU in browsers, Vulkan/Metal natively). Errors with
     /// [`Error::UnsupportedBackend`] when there is none or it refuses a device.
     pub async fn new() -> Result<Self> {
-        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
-        desc.backends = wgpu::Backends::all();
-        let instance = wgpu::Instance::new(desc);
-        let adapter = instance
-            .request_adapter(&wgpu::RequestAdapterOptions {
-                power_preference: wgpu::PowerPreference::HighPerformance,
-                ..Default::default()
-            })
+        let adapter = super::request_adapter()
             .await
             .map_err(|e| Error::UnsupportedBackend(format!("webgpu: no GPU adapter ({e})")))?;
         // Ask for what the adapter offers (the defaults cap storage bindings at 128 MiB, too

@@ -34,18 +34,19 @@ pub struct GpuInfo {
     pub max_compute_workgroup_size_x: u32,
 }
 
-/// Find a GPU adapter and describe it; `None` when the platform offers none.
-pub async fn probe() -> Option<GpuInfo> {
+/// The best adapter on any backend (WebGPU in browsers, Vulkan/Metal natively): what both
+/// [`probe`] and [`GpuContext::new`] open.
+pub(crate) async fn request_adapter() -> std::result::Result<wgpu::Adapter, wgpu::RequestAdapterError> {
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::all();
-    let instance = wgpu::Instance::new(desc);
-    let adapter = instance
-        .request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            ..Default::default()
-        })
+    wgpu::Instance::new(desc)
+        .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() })
         .await
-        .ok()?;
+}
+
+/// Find a GPU adapter and describe it; `None` when the platform offers none.
+pub async fn probe() -> Option<GpuInfo> {
+    let adapter = request_adapter().await.ok()?;
     let info = adapter.get_info();
     let limits = adapter.limits();
     Some(GpuInfo {
