@@ -887,7 +887,8 @@ mod tests {
         (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum()
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn int8_activation_path_matches_its_reference() {
         // One row: the GEMV; six: the GEMM.
         for (sym, m) in [(true, 1), (false, 1), (true, 6), (false, 6)] {
@@ -908,7 +909,8 @@ mod tests {
 
     /// The GEMM over every row-tile remainder, a partial last column group and column ranges
     /// that start mid-group, against the dequantized weights on the int8-rounded activations.
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn int8_gemm_matches_its_reference_on_column_ranges() {
         for (n, k, m) in [(4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9)] {
             for sym in [true, false] {
@@ -932,7 +934,8 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn matches_dequantize_then_matmul() {
         let (n, k, m) = (7, 96, 6);
         for sym in [true, false] {

@@ -132,8 +132,14 @@ pub fn compare(onnx: &[u8], reference: &Reference, backend: Backend) -> edge_llm
 }
 
 /// The test body: `name` loads unchanged on `backend`, its greedy tokens are onnxruntime's and
-/// its logits within `tol` of onnxruntime's.
-pub fn check(name: &str, backend: Backend, tol: f32) -> Agreement {
+/// its logits within `tol` of onnxruntime's (at the last step within `last_tol` where given).
+///
+/// `last_tol` is for files that compute with int8 activations (`accuracy_level` 4): rounding
+/// an activation to int8 is a step function, so a last-bit difference upstream (another
+/// summation order in attention) can move one value to the neighbouring int8 step, and the
+/// logits by up to ~0.1 on the tiny model (measured in Chromium: 1 of 4 prompts, after 11
+/// decode steps). The prefill logits (the first forward pass) keep the strict `tol`.
+pub fn check(name: &str, backend: Backend, tol: f32, last_tol: Option<f32>) -> Agreement {
     let f = file(name);
     let reference: Reference = serde_json::from_str(f.reference).expect("reference JSON parses");
     let a = compare(f.onnx, &reference, backend).unwrap_or_else(|e| panic!("{name} on {backend:?} fails to load or run: {e}"));
@@ -147,7 +153,8 @@ pub fn check(name: &str, backend: Backend, tol: f32) -> Agreement {
     );
     report(&line);
     assert!(a.all_tokens_equal(), "{line}");
-    assert!(a.max_prefill_diff < tol && a.max_last_diff < tol, "{line}: tolerance {tol:e}");
+    let last_tol = last_tol.unwrap_or(tol);
+    assert!(a.max_prefill_diff < tol && a.max_last_diff < last_tol, "{line}: tolerance {tol:e}, last step {last_tol:e}");
     a
 }
 
