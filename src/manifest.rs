@@ -114,6 +114,41 @@ impl Default for GenerationDefaults {
     }
 }
 
+impl GenerationDefaults {
+    /// From a Hugging Face `generation_config.json` (what model folders ship beside the
+    /// weights): `max_new_tokens`, `temperature`, `top_p`, `repetition_penalty` where present,
+    /// the rest defaulted; `do_sample: false` means greedy (temperature 0). Other keys (token
+    /// ids, `max_length`, …) are not generation defaults of the manifest and are ignored.
+    pub fn from_generation_config(json: &[u8]) -> Result<Self> {
+        let bad = |why: String| Error::InvalidModel(format!("generation_config.json: {why}"));
+        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| bad(e.to_string()))?;
+        let obj = v.as_object().ok_or_else(|| bad("not a JSON object".into()))?;
+        let num = |key: &str| -> Result<Option<f64>> {
+            match obj.get(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(x) => x.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(Some).ok_or_else(|| bad(format!("`{key}` is {x}, not a non-negative number"))),
+            }
+        };
+        let mut g = GenerationDefaults::default();
+        if let Some(n) = num("max_new_tokens")? {
+            g.max_new_tokens = if n.fract() == 0.0 && n >= 1.0 { n as usize } else { return Err(bad(format!("`max_new_tokens` is {n}, not a positive integer"))) };
+        }
+        if let Some(t) = num("temperature")? {
+            g.temperature = t as f32;
+        }
+        if let Some(p) = num("top_p")? {
+            g.top_p = if p > 0.0 && p <= 1.0 { p as f32 } else { return Err(bad(format!("`top_p` is {p}, not in (0, 1]"))) };
+        }
+        if let Some(r) = num("repetition_penalty")? {
+            g.repetition_penalty = if r > 0.0 { r as f32 } else { return Err(bad("`repetition_penalty` is 0".into())) };
+        }
+        if obj.get("do_sample") == Some(&serde_json::Value::Bool(false)) {
+            g.temperature = 0.0;
+        }
+        Ok(g)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u32,
@@ -514,6 +549,19 @@ pub fn consume_external_in_memory(graph: &tract_onnx::pb::GraphProto, shards: &B
 mod tests {
     use super::*;
     use tract_onnx::pb::{GraphProto, StringStringEntryProto, TensorProto};
+
+    #[test]
+    fn generation_defaults_come_from_a_hugging_face_generation_config() {
+        let g = GenerationDefaults::from_generation_config(br#"{"max_new_tokens": 32, "top_p": 0.9, "temperature": 0.7, "do_sample": true, "eos_token_id": 2}"#).unwrap();
+        assert_eq!(g, GenerationDefaults { max_new_tokens: 32, temperature: 0.7, top_p: 0.9, repetition_penalty: 1.0 });
+        let greedy = GenerationDefaults::from_generation_config(br#"{"temperature": 0.7, "do_sample": false}"#).unwrap();
+        assert_eq!(greedy, GenerationDefaults::default());
+        for bad in [&br#"{"max_new_tokens": 0}"#[..], br#"{"max_new_tokens": 1.5}"#, br#"{"top_p": 2}"#, br#"{"temperature": -1}"#, br#"[1]"#, b"{"] {
+            let e = GenerationDefaults::from_generation_config(bad).unwrap_err();
+            assert!(matches!(e, Error::InvalidModel(_)), "{e}");
+            assert!(e.to_string().contains("generation_config.json"), "{e}");
+        }
+    }
 
     /// A blob that, like a JS `Uint8Array`, keeps its bytes when told to release them.
     struct Held(Vec<u8>);

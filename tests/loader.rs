@@ -10,7 +10,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use edge_llm::loader::{resolve_url, FetchError, Fetcher, LoadEvent, LoadOptions, Loaded, Loader, Progress, RetryPolicy, Source};
-use edge_llm::manifest::{sha256_hex, FileRole, Manifest};
+use edge_llm::manifest::{sha256_hex, FileRole, GenerationDefaults, Manifest};
 use edge_llm::store::{self, MemoryStore, ShardStore};
 use edge_llm::{tiny, Engine, Error};
 
@@ -172,7 +172,10 @@ fn fixture(name: &str) -> Vec<u8> {
 /// 5 kB shards, so its 10.6 kB embedding spans three and every runtime's loader (native here,
 /// Node, Chromium and Deno through the fixture) reassembles a split tensor.
 fn packed(version: &str) -> (Manifest, String, BTreeMap<String, Vec<u8>>) {
-    let opts = edge_llm::pack::PackOptions { shard_bytes: 5_000, model_version: version.into(), ..Default::default() };
+    // The tiny model's generation_config.json (max_new_tokens 32: its context is 256 tokens), as
+    // `edge-llm-pack pack` reads it.
+    let generation = GenerationDefaults::from_generation_config(&fixture("generation_config.json")).unwrap();
+    let opts = edge_llm::pack::PackOptions { shard_bytes: 5_000, model_version: version.into(), generation, ..Default::default() };
     let (m, files) = edge_llm::pack::pack(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), &tiny::model_config(), &opts).unwrap();
     let json = m.to_json();
     (m, json, files.into_iter().collect())

@@ -77,8 +77,9 @@ enum Cmd {
         #[arg(long = "override", value_parser = parse_override)]
         overrides: Vec<(String, edge_llm::quant::Precision)>,
     },
-    /// Shard a model folder (model.onnx, tokenizer.json, model_config.json) into OUT with a
-    /// manifest.json listing every file's size and SHA-256.
+    /// Shard a model folder (model.onnx, tokenizer.json, model_config.json; optional
+    /// generation_config.json for the generation defaults) into OUT with a manifest.json listing
+    /// every file's size and SHA-256.
     Pack {
         input: PathBuf,
         out: PathBuf,
@@ -458,7 +459,14 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Pack { input, out, shard_bytes, model_version } => {
             let config = edge_llm::ModelConfig::from_json(&read(&input, "model_config.json")?)?;
-            let opts = edge_llm::pack::PackOptions { shard_bytes, model_version, ..Default::default() };
+            // The folder's generation_config.json (Hugging Face's), if any, gives the manifest's
+            // generation defaults.
+            let generation = match std::fs::read(input.join("generation_config.json")) {
+                Ok(json) => edge_llm::manifest::GenerationDefaults::from_generation_config(&json)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(e) => return Err(e).context("reading generation_config.json"),
+            };
+            let opts = edge_llm::pack::PackOptions { shard_bytes, model_version, generation, ..Default::default() };
             let (manifest, files) =
                 edge_llm::pack::pack(&read(&input, "model.onnx")?, &read(&input, "tokenizer.json")?, &config, &opts)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
