@@ -75,12 +75,18 @@ await check("OpenAI-style streaming: deltas, then finish_reason and usage", asyn
 });
 
 await check("OpenAI-style non-streaming: a chat.completion object; max_tokens gives finish_reason length", async () => {
-  const c = await engine.chat.completions.create({ messages, max_tokens: 3, stop: ["\n\n\n"], seed: 1, temperature: 0, top_p: 1 });
+  // A stop string the reply never holds (the tiny model's greedy reply is "\n\n\n…"): the
+  // generation ends at max_tokens.
+  const c = await engine.chat.completions.create({ messages, max_tokens: 3, stop: ["<never>"], seed: 1, temperature: 0, top_p: 1 });
   assert.equal(c.object, "chat.completion");
   assert.equal(c.choices[0].message.role, "assistant");
   assert.equal(typeof c.choices[0].message.content, "string");
   assert.equal(c.usage.completion_tokens, engine.stats().generatedTokens);
-  if (c.usage.completion_tokens === 3) assert.equal(c.choices[0].finish_reason, "length");
+  assert.equal(c.usage.completion_tokens, 3);
+  assert.equal(c.choices[0].finish_reason, "length");
+  const stopped = await engine.chat.completions.create({ messages, max_tokens: 8, stop: ["\n\n"], temperature: 0 });
+  assert.equal(stopped.choices[0].finish_reason, "stop");
+  assert.ok(!stopped.choices[0].message.content.includes("\n\n"), "the stop string is not in the reply");
   const ac = new AbortController();
   ac.abort(new Error("stop now"));
   await assert.rejects(engine.chat.completions.create({ messages }, { signal: ac.signal }), /stop now/);
