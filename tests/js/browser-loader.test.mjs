@@ -214,9 +214,9 @@ test("a full quota: the load succeeds from memory with a QuotaError warning, par
 test("a real quota (CDP Storage.overrideQuotaForOrigin): IndexedDB's error inside a transaction is a QuotaError", async () => {
   const p = await page();
   const cdp = await ctx.newCDPSession(p);
-  // Room for the graph, not for the graph and the first weight shard.
-  const graph = manifest.files.find((f) => f.role === "graph");
-  await cdp.send("Storage.overrideQuotaForOrigin", { origin: srv.base, quotaSize: graph.bytes + shard.bytes / 2 });
+  // Less room than the first file. (Room for the graph but not the next 5 kB shard did not
+  // fail in Chromium 156: at a few kB its usage accounting is not byte-exact.)
+  await cdp.send("Storage.overrideQuotaForOrigin", { origin: srv.base, quotaSize: 1000 });
   try {
     const r = await load(p, srv.url("v1"), { cache: "indexeddb", concurrency: 1 });
     assert.ok(r.ok, r.message);
