@@ -556,3 +556,10 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         Ok(())
     }
 }
+
+/// Every option name of the JS `Engine.load` (`LoadOptions` in src/web/load.rs's TypeScript;
+/// tests/ts_types.rs keeps the two equal): any other is an `InvalidOptionError`.
+pub const LOAD_OPTION_NAMES: &[&str] = &[
+    "backend", "threads", "cache", "cacheDir", "baseUrl", "onProgress", "onEvent", "signal", "strictQuota", "concurrency", "retries", "timeoutMs",
+    "idleTimeoutMs", "integrity", "maxModelBytes",
+];

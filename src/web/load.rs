@@ -437,8 +437,7 @@ pub(crate) struct Options {
 }
 
 /// Every `LoadOptions` name (the TS interface above): any other is an `InvalidOptionError`.
-pub(crate) const LOAD_OPTIONS: &[&str] =
-    &["backend", "threads", "cache", "cacheDir", "baseUrl", "onProgress", "onEvent", "signal", "strictQuota", "concurrency", "retries", "timeoutMs", "idleTimeoutMs", "integrity", "maxModelBytes"];
+pub(crate) const LOAD_OPTIONS: &[&str] = crate::loader::LOAD_OPTION_NAMES;
 
 pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
     if !(o.is_undefined() || o.is_null() || o.is_object()) {
