@@ -55,7 +55,7 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   });
   try {
     const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });
-    for (const k of ["minutes", "threads", "build", "backend", "label", "measured"]) if (o[k] !== undefined) q.set(k, o[k]);
+    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat"]) if (o[k] !== undefined) q.set(k, o[k]);
     if (o.calibrate) q.set("calibrate", "1");
     const page = ctx.pages()[0] ?? (await ctx.newPage());
     const done = new Promise((ok, fail) => {
@@ -115,9 +115,15 @@ export async function benchNode(o) {
     t.firstToken = performance.now() - t1;
     g.free();
     const stats = engine.stats();
-    const cal = o.calibrate ? [core.calibrate()] : [];
-    const { ids, ...quick } = await core.quickRun(engine, { prompt, measured: Number(o.measured ?? 100) });
-    if (cal.length) cal.push(core.calibrate());
+    const cal = o.calibrate ? core.calibration() : undefined;
+    // --repeat N: N quick runs on the loaded engine (the gate takes their median); the last is kept.
+    const repeats = [];
+    let run;
+    for (let i = 0; i < Number(o.repeat ?? 1); i++) {
+      run = await core.quickRun(engine, { prompt, measured: Number(o.measured ?? 100), calibration: cal });
+      repeats.push({ latency: run.latency, decodeTokPerS: run.decodeTokPerS, calibration: run.calibration });
+    }
+    const { ids, calibration: calibrationSummary, ...quick } = run;
     const tokenizer = await core.tokenizerTimes(engine, prompt, ids, { noop: () => pkg.version() });
     const after = engine.stats();
     const r = {
@@ -143,7 +149,8 @@ export async function benchNode(o) {
       device: { cpu: `${cpus()[0]?.model ?? "?"} × ${cpus().length}`, memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`, os: `${process.platform} ${release()}` },
       battery: { note: "not read in Node" },
     };
-    if (cal.length) r.calibration = { ...cal[0], p50: (cal[0].p50 + cal[1].p50) / 2, runs: cal.map((c) => c.p50) };
+    if (cal) r.calibration = calibrationSummary;
+    r.repeats = repeats;
     engine.free();
     return r;
   } finally {

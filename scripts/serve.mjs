@@ -85,7 +85,7 @@ export function certificate(dir = join(root, "target/certs")) {
       "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "365",
       "-keyout", key, "-out", cert, "-subj", "/CN=edge-llm local dev",
       "-addext", `subjectAltName=${san}`, "-addext", "basicConstraints=critical,CA:TRUE",
-    ], { stdio: ["ignore", "ignore", "inherit"] });
+    ], { stdio: "pipe" });
     writeFileSync(names, want);
   }
   return { key: readFileSync(key), cert: readFileSync(cert), certPath: cert, ips };

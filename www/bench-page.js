@@ -4,12 +4,13 @@
 //   model=<manifest URL or folder>  (default models/default/manifest.json: `scripts/demo.sh` packs SmolLM2 int4 there)
 //   backend=auto|wasm|webgpu  threads=<n>  build=auto|threads|single  measured=<steps, >= 100>
 //   minutes=<sustained run>  label=<text>  prompt=<text>  calibrate=1 (time the CI gate's yardstick)
+//   repeat=<n> (quick runs with auto)
 //   auto=quick|sustained|all (load and run without clicks; scripts/bench.mjs)
 // The page reports to scripts/bench.mjs through `EDGE_LLM_BENCH_<KIND> <json>` console lines and
 // leaves the whole result in `window.benchResult`.
 import { WorkerEngine } from "../pkg/worker.js";
 import { defaultThreads, threadsAvailable } from "../pkg/auto.js";
-import { SCHEMA, quickRun, sustainedRun, tokenizerTimes, coldStartParts, metricRows, toCSV, fmt, calibrate } from "./bench-core.js";
+import { SCHEMA, quickRun, sustainedRun, tokenizerTimes, coldStartParts, metricRows, toCSV, fmt, calibration } from "./bench-core.js";
 import { linePlot, histogram } from "./bench-plot.js";
 import { deviceFacts, battery, memory, watchResponsiveness } from "./bench-device.js";
 
@@ -31,6 +32,7 @@ let engine;
 let abort;
 let result; // the current result (the exported JSON)
 let maxContext = 256;
+let calib; // the calibration workload (calibrate=1), made once: see bench-core.js
 
 function manifestUrl(v) {
   const s = v.trim();
@@ -189,24 +191,24 @@ function scheduleDraw(f) {
   });
 }
 
-async function runQuick() {
+async function runQuick({ last = true } = {}) {
   busy(true);
   const stopWatch = watchResponsiveness();
   try {
     const measured = Math.max(100, Number($("measured").value) || 100);
     const prompt = await engine.applyChatTemplate([{ role: "user", content: PROMPT }]);
-    const calib = params.get("calibrate") === "1" ? [calibrate()] : [];
+    if (params.get("calibrate") === "1") calib ??= calibration();
     // No DOM work while steps are timed: a redraw on this thread delays the worker's answers
     // and would show up as token latency. The plots are drawn when the run ends.
     status(`quick run: 10 warm-up + ${measured} measured steps …`);
-    const q = await quickRun(engine, { prompt, warmup: 10, measured });
-    if (calib.length) calib.push(calibrate());
+    const q = await quickRun(engine, { prompt, warmup: 10, measured, calibration: calib });
     const tk = await tokenizerTimes(engine, prompt, q.ids);
-    const { ids, ...quick } = q;
+    const { ids, calibration: cal, ...quick } = q;
     result.quick = quick;
     result.tokenizer = tk;
-    if (calib.length) result.calibration = { ...calib[0], p50: (calib[0].p50 + calib[1].p50) / 2, runs: calib.map((c) => c.p50) };
-    await finishRun(stopWatch);
+    if (cal) result.calibration = cal;
+    (result.repeats ??= []).push({ latency: quick.latency, decodeTokPerS: quick.decodeTokPerS, calibration: result.calibration });
+    await finishRun(stopWatch, { last });
     status(`quick run done: ${fmt(q.decodeTokPerS)} tok/s decode, p50 / p95 / p99 ${fmt(q.latency.p50)} / ${fmt(q.latency.p95)} / ${fmt(q.latency.p99)} ms`);
     report("QUICK", { decodeTokPerS: q.decodeTokPerS, latency: q.latency, ttftMs: q.ttftMs });
   } catch (e) {
@@ -250,12 +252,13 @@ async function runSustained() {
   }
 }
 
-async function finishRun(stopWatch) {
+async function finishRun(stopWatch, { last = true } = {}) {
   result.responsiveness = stopWatch();
   result.startedAt = new Date().toISOString();
   result.label = $("label").value || undefined;
   const stats = await engine.stats();
-  result.memory = await memory(stats.wasmMemoryBytes);
+  // Memory after the last of repeated runs only: the UA-specific measurement can take seconds.
+  if (last) result.memory = await memory(stats.wasmMemoryBytes);
   result.battery = await showBattery();
   window.benchResult = result;
   render();
@@ -405,7 +408,9 @@ const auto = params.get("auto");
 if (auto) {
   (async () => {
     if (!(await load())) return;
-    if (auto === "quick" || auto === "all") await runQuick();
+    // repeat=<n>: n quick runs on the loaded engine (the CI gate takes their median).
+    const repeat = Math.max(1, Number(params.get("repeat") ?? 1));
+    if (auto === "quick" || auto === "all") for (let i = 0; i < repeat; i++) await runQuick({ last: i === repeat - 1 });
     if (auto === "sustained" || auto === "all") await runSustained();
     window.benchResult = result;
     report("DONE", true);

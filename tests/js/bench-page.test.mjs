@@ -12,6 +12,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { serve } from "../../scripts/serve.mjs";
+import { judge } from "../../scripts/bench-gate.mjs";
+import { summarize, sustainedRun } from "../../www/bench-core.js";
 
 const model = "models/tiny-int4";
 const manifestPath = new URL(`../../www/${model}/manifest.json`, import.meta.url);
@@ -187,4 +189,41 @@ test("on a server without COOP/COEP the service-worker shim makes the page cross
     await page.close();
     plain.close();
   }
+});
+
+test("the latency gate fails above +10 % and warns after 3 runs each above +5 %", () => {
+  const h = (...changes) => changes.map((change) => ({ change }));
+  assert.deepEqual(judge(h(0.101)), { fail: true, warn: false });
+  assert.deepEqual(judge(h(0.099)), { fail: false, warn: false });
+  assert.deepEqual(judge(h(0.06, 0.07)), { fail: false, warn: false }, "two runs are not a trend");
+  assert.deepEqual(judge(h(0.0, 0.06, 0.07, 0.08)), { fail: false, warn: true });
+  assert.deepEqual(judge(h(0.06, 0.04, 0.07, 0.08)), { fail: false, warn: false });
+  assert.deepEqual(judge(h(0.06, 0.07, 0.2)), { fail: true, warn: true });
+});
+
+test("percentiles are nearest-rank; the sustained run's burst and sustained rates come from its windows", async () => {
+  const s = summarize(Array.from({ length: 100 }, (_, i) => 100 - i));
+  assert.deepEqual([s.p50, s.p95, s.p99, s.min, s.max], [50, 95, 99, 1, 100]);
+  // A fake engine on a virtual clock whose steps slow down from 1 ms to 3 ms over the run
+  // (throttling): each step advances the clock.
+  let clock = 0;
+  const engine = {
+    tokenize: async () => new Uint32Array(8),
+    startGeneration: async () => ({
+      step: async () => {
+        clock += 1 + 2 * Math.min(1, clock / 1500);
+        return { tokenId: 1, text: "x" };
+      },
+      free: async () => {},
+    }),
+  };
+  const r = await sustainedRun(engine, { prompt: "p", minutes: 2 / 60, windowS: 0.2, maxContext: 64, clock: () => clock });
+  assert.ok(r.windows.length >= 9 && r.windows.length <= 10, `${r.windows.length} windows`);
+  // Burst: the first window (0-200 ms, steps ~1.1 ms); sustained: the last 30 % (3 ms steps).
+  assert.ok(Math.abs(r.burstTokPerS - 1000 / 1.14) < 30, `burst ${r.burstTokPerS}`);
+  assert.ok(Math.abs(r.sustainedTokPerS - 1000 / 3) < 15, `sustained ${r.sustainedTokPerS}`);
+  assert.ok(Math.abs(r.sustainedOverBurst - r.sustainedTokPerS / r.burstTokPerS) < 1e-12);
+  assert.equal(r.tokens, r.windows.reduce((a, w) => a + w.tokens, 0));
+  // Each generation's first step is its prefill: not a decode latency.
+  assert.equal(r.latency.n, r.tokens - r.generations);
 });
