@@ -106,17 +106,21 @@ export async function quickRun(engine, { prompt, warmup = 10, measured = 100, on
 }
 
 /**
- * Sustained run: back-to-back generations for `minutes`, generated tokens per second of wall
- * time (prefill included) in windows of `windowS`. Burst = the first 10 % of the run (at least
+ * Sustained run: after a `warmup`-token generation (discarded), back-to-back generations for
+ * `minutes`, generated tokens per second of wall time (prefill included) in windows of `windowS`. Burst = the first 10 % of the run (at least
  * one window), sustained = the last 30 %; their ratio shows thermal throttling (30-50 % on
  * phones). `onWindow(w)` sees each window as it closes; `signal` stops early; `clock` (ms) is
  * `performance.now` unless a test passes its own.
  */
-export async function sustainedRun(engine, { prompt, minutes = 5, windowS, maxContext = 2048, onWindow, signal, clock = now } = {}) {
+export async function sustainedRun(engine, { prompt, minutes = 5, windowS, maxContext = 2048, warmup = 10, onWindow, signal, clock = now } = {}) {
   const totalMs = minutes * 60_000;
   windowS ??= Math.max(2, Math.min(30, (minutes * 60) / 30));
   const promptTokens = (await engine.tokenize(prompt)).length;
   const perGen = Math.max(16, Math.min(256, maxContext - promptTokens - 8));
+  // Warm-up (discarded, as in the quick run): the first steps after load run colder code paths.
+  const warm = await engine.startGeneration(prompt, { maxTokens: warmup, ignoreEos: true, reusePrefix: false });
+  for (let i = 0; i < warmup && (await warm.step()) !== undefined; i++);
+  await warm.free();
   const windows = [];
   const latencies = [];
   let tokens = 0;
@@ -289,6 +293,7 @@ export function metricRows(r) {
     const x = r.responsiveness;
     add("main thread", "timer ticks during runs", x.ticks, "", `every ${x.intervalMs} ms asked`);
     add("main thread", "longest gap", x.maxGapMs, "ms", "a frozen page shows seconds");
+    if (x.hiddenMs !== undefined) add("main thread", "page hidden during the run", x.hiddenMs, "ms", x.hiddenMs > 0 ? "backgrounded: throttled, run again in front" : "");
   }
   if (r.calibration) add("calibration", `${r.calibration.workload} p50 / p95`, `${fmt(r.calibration.p50)} / ${fmt(r.calibration.p95)}`, "ms", "the CI gate's yardstick");
   const dv = r.device ?? {};

@@ -44,7 +44,8 @@ export async function battery() {
 /**
  * Memory after a run. `wasmBytes` is the worker engine's linear memory (peak: it only grows).
  * The JS heap is the page's (`performance.memory`, Chromium; the worker's heap is not in it);
- * `measureUserAgentSpecificMemory` (cross-origin isolated Chromium) covers page + workers.
+ * `measureUserAgentSpecificMemory` (cross-origin isolated Chromium) is Chromium's own account
+ * (in headless Chromium 156 it left the worker's wasm memory out: read the wasm row for that).
  */
 export async function memory(wasmBytes) {
   const m = { wasmBytes };
@@ -59,7 +60,7 @@ export async function memory(wasmBytes) {
     const r = await Promise.race([performance.measureUserAgentSpecificMemory().catch(() => undefined), new Promise((ok) => setTimeout(ok, 5000))]);
     if (r) {
       m.uaBytes = r.bytes;
-      m.uaNote = "page + workers (measureUserAgentSpecificMemory)";
+      m.uaNote = "measureUserAgentSpecificMemory: what Chromium attributes to this page";
     } else m.uaNote = "measureUserAgentSpecificMemory gave no answer within 5 s";
   } else {
     m.uaNote = globalThis.crossOriginIsolated ? "not exposed by this browser" : "needs a cross-origin isolated page";
@@ -70,12 +71,24 @@ export async function memory(wasmBytes) {
 
 /**
  * Main-thread cadence while a run is in progress: a `intervalMs` timer's longest gap. With the
- * engine in its Worker a run never blocks the page; a gap of seconds would mean it does.
+ * engine in its Worker a run never blocks the page; a gap of seconds would mean it does. Also
+ * how long the page was hidden meanwhile: phones throttle background tabs, so such a run's
+ * numbers are not the device's.
  */
 export function watchResponsiveness(intervalMs = 20) {
   let last = performance.now();
   let maxGapMs = 0;
   let ticks = 0;
+  let hiddenMs = 0;
+  let hiddenAt = document.visibilityState === "hidden" ? performance.now() : undefined;
+  const onVisibility = () => {
+    if (document.visibilityState === "hidden") hiddenAt ??= performance.now();
+    else if (hiddenAt !== undefined) {
+      hiddenMs += performance.now() - hiddenAt;
+      hiddenAt = undefined;
+    }
+  };
+  document.addEventListener("visibilitychange", onVisibility);
   const id = setInterval(() => {
     const t = performance.now();
     maxGapMs = Math.max(maxGapMs, t - last);
@@ -84,7 +97,10 @@ export function watchResponsiveness(intervalMs = 20) {
   }, intervalMs);
   return () => {
     clearInterval(id);
-    maxGapMs = Math.max(maxGapMs, performance.now() - last);
-    return { intervalMs, ticks, maxGapMs };
+    document.removeEventListener("visibilitychange", onVisibility);
+    const t = performance.now();
+    if (hiddenAt !== undefined) hiddenMs += t - hiddenAt;
+    maxGapMs = Math.max(maxGapMs, t - last);
+    return { intervalMs, ticks, maxGapMs, hiddenMs };
   };
 }

@@ -109,6 +109,7 @@ test("a quick and a short sustained run complete with consistent numbers, the pa
   const expected = (s.runS * 1000) / x.intervalMs;
   assert.ok(x.ticks >= expected * 0.5, `${x.ticks} ticks, ~${expected.toFixed(0)} expected`);
   assert.ok(x.maxGapMs < 500, `longest main-thread gap ${x.maxGapMs} ms`);
+  assert.equal(x.hiddenMs, 0);
 
   // The table shows the numbers; the plots are drawn.
   assert.match(await page.textContent("#results"), /token latency p95/);
