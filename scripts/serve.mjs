@@ -97,8 +97,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const http = await serve(port, "0.0.0.0");
   console.log(`serving ${root}`);
   console.log(`  http://localhost:${http.address().port}/www/  (this machine: localhost is a secure context)`);
-  if (process.env.HTTPS !== "0") {
-    const tls = certificate();
+  let tls;
+  try {
+    tls = process.env.HTTPS === "0" ? undefined : certificate();
+  } catch (e) {
+    console.log(`  no HTTPS: making the certificate with openssl failed (${e.message.split("\n")[0]})`);
+  }
+  if (tls) {
     const https = await serve(httpsPort, "0.0.0.0", { tls });
     for (const ip of tls.ips.slice(1)) {
       console.log(`  https://${ip}:${https.address().port}/www/bench.html  (phone on the LAN: accept the self-signed certificate once)`);

@@ -149,7 +149,7 @@ test("a quick and a short sustained run complete with consistent numbers, the pa
   await page.close();
 });
 
-test("a second visit reads every file from the IndexedDB cache: no shard requests", { skip, timeout: 300_000 }, async () => {
+test("a second visit reads every file from the IndexedDB cache (no shard requests); Clear model cache makes the next load cold", { skip, timeout: 300_000 }, async () => {
   // The first test's visit stored the files (same browser profile).
   requests = [];
   const { page } = await run({ model, auto: "quick" });
@@ -159,6 +159,21 @@ test("a second visit reads every file from the IndexedDB cache: no shard request
   assert.equal(r.load.fromNetwork, 0);
   assert.match(r.coldStart.find((x) => x.name.startsWith("files:")).name, /cache read/);
   assert.ok(r.quick.latency.p95 > 0);
+
+  // "Clear model cache", then "Load model": a cold load again, every file from the network.
+  const reports = [];
+  page.on("console", (msg) => {
+    const m = /^EDGE_LLM_BENCH_(\w+) (.*)$/s.exec(msg.text());
+    if (m) reports.push({ kind: m[1], value: JSON.parse(m[2]) });
+  });
+  await page.click("#clear:not([disabled])");
+  await page.waitForFunction(() => document.getElementById("status").textContent.startsWith("model cache cleared"));
+  requests = [];
+  await page.click("#load:not([disabled])");
+  await page.waitForSelector("#quick:not([disabled])", { timeout: 120_000 });
+  const loaded = reports.find((x) => x.kind === "LOADED").value;
+  assert.equal(loaded.fromNetwork, shardFiles().length);
+  assert.equal(shardRequests().length, shardFiles().length);
   await page.close();
 });
 
