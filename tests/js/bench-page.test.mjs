@@ -11,7 +11,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
-import { serve } from "../../scripts/serve.mjs";
+import { serve, certificate } from "../../scripts/serve.mjs";
 import { judge } from "../../scripts/bench-gate.mjs";
 import { summarize, sustainedRun } from "../../www/bench-core.js";
 
@@ -242,4 +242,21 @@ test("percentiles are nearest-rank; the sustained run's burst and sustained rate
   assert.equal(r.tokens, r.windows.reduce((a, w) => a + w.tokens, 0));
   // Each generation's first step is its prefill: not a decode latency.
   assert.equal(r.latency.n, r.tokens - r.generations);
+});
+
+test("served over HTTPS with the self-signed certificate (a phone past the warning), the page is a secure, isolated context", { skip, timeout: 120_000 }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "edge-llm-cert-"));
+  const tls = certificate(dir);
+  const https = await serve(0, "127.0.0.1", { tls });
+  const browser = await chromium.launch({ executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium", headless: true, args: ["--no-sandbox"] });
+  try {
+    // ignoreHTTPSErrors: what tapping through the browser's certificate warning does.
+    const page = await (await browser.newContext({ ignoreHTTPSErrors: true })).newPage();
+    await page.goto(`https://127.0.0.1:${https.address().port}/www/bench.html?coi=0`);
+    assert.deepEqual(await page.evaluate(() => [isSecureContext, crossOriginIsolated, typeof SharedArrayBuffer]), [true, true, "function"]);
+  } finally {
+    await browser.close();
+    https.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
 });
