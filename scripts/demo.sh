@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # README command 1: build the package, put the default model in www/models/default, run it
-# in headless Chromium (streamed answer + benchmark table). `scripts/demo.sh serve` serves the
-# page on 0.0.0.0:${PORT:-8080} instead, for a phone on the same network.
+# in headless Chromium (streamed answer), then the benchmark page's quick run on it in headless
+# Chromium and in Node (scripts/bench.mjs: table + JSON). `scripts/demo.sh serve` serves the
+# pages instead: HTTP on ${PORT:-8080}, HTTPS on ${HTTPS_PORT:-8443} with a self-signed
+# certificate (a phone on the LAN gets a secure context, so threads).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -30,4 +32,5 @@ pack verify "$dest" --budget bundled
 if [ "${1:-}" = serve ]; then
   exec node scripts/serve.mjs
 fi
-exec node scripts/demo.mjs models/default "${PROMPT:-What is the capital of France?}"
+node scripts/demo.mjs models/default "${PROMPT:-What is the capital of France?}"
+exec node scripts/bench.mjs --model www/models/default

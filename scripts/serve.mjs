@@ -1,7 +1,12 @@
 // Static file server for the repo root (www/ and pkg/), with the cross-origin isolation
-// headers wasm threads need and the right MIME type for .wasm.
+// headers wasm threads need and the right MIME type for .wasm. Run directly it serves HTTP on
+// ${PORT:-8080} and HTTPS on ${HTTPS_PORT:-8443} (a self-signed certificate made with openssl
+// on first use, see `certificate`), so a phone on the LAN gets a secure context and threads.
 import { createServer } from "node:http";
-import { createReadStream, statSync } from "node:fs";
+import { createServer as createHttpsServer } from "node:https";
+import { execFileSync } from "node:child_process";
+import { createReadStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { networkInterfaces } from "node:os";
 import { extname, join, normalize, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -17,15 +22,21 @@ const types = {
 };
 
 // `dir`: the folder served (default the repo root); `isolated: false` leaves COOP/COEP out
-// (tests of pages that are not cross-origin isolated).
-export function serve(port = 0, host = "127.0.0.1", { dir = root, isolated = true } = {}) {
+// (tests of pages that are not cross-origin isolated); `mounts`: { "/url-prefix/": "/a/dir" }
+// served besides it (a packed model outside the repo); `onRequest(path)` sees every request
+// path (tests count shard downloads); `tls`: { key, cert } serves HTTPS.
+export function serve(port = 0, host = "127.0.0.1", { dir = root, isolated = true, mounts = {}, onRequest, tls } = {}) {
   const base = resolve(dir);
-  const server = createServer((req, res) => {
+  const handler = (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
-    const file = join(base, path.endsWith("/") ? join(path, "index.html") : path);
+    onRequest?.(path);
+    const mount = Object.keys(mounts).find((p) => path.startsWith(p));
+    const from = mount ? resolve(mounts[mount]) : base;
+    const rel = mount ? path.slice(mount.length) : path;
+    const file = join(from, rel.endsWith("/") || rel === "" ? join(rel, "index.html") : rel);
     let st;
     try {
-      st = file.startsWith(base) ? statSync(file) : null;
+      st = file.startsWith(from) ? statSync(file) : null;
     } catch {
       st = null;
     }
@@ -43,12 +54,60 @@ export function serve(port = 0, host = "127.0.0.1", { dir = root, isolated = tru
       "cache-control": "no-store",
     });
     createReadStream(file).pipe(res);
-  });
+  };
+  const server = tls ? createHttpsServer(tls, handler) : createServer(handler);
   return new Promise((ok) => server.listen(port, host, () => ok(server)));
+}
+
+/** This machine's IPv4 LAN addresses. */
+export function lanAddresses() {
+  return Object.values(networkInterfaces())
+    .flat()
+    .filter((a) => a && a.family === "IPv4" && !a.internal)
+    .map((a) => a.address);
+}
+
+/**
+ * A self-signed certificate for localhost and this machine's LAN addresses, made with openssl
+ * into `dir` (default target/certs, not committed) and made again when the addresses change.
+ * It is its own CA (basicConstraints CA:TRUE), so a phone can also install it as trusted.
+ */
+export function certificate(dir = join(root, "target/certs")) {
+  const ips = ["127.0.0.1", ...lanAddresses()];
+  const key = join(dir, "key.pem");
+  const cert = join(dir, "cert.pem");
+  const names = join(dir, "names.json");
+  const want = JSON.stringify(ips);
+  if (!existsSync(cert) || !existsSync(names) || readFileSync(names, "utf8") !== want) {
+    mkdirSync(dir, { recursive: true });
+    const san = ["DNS:localhost", ...ips.map((ip) => `IP:${ip}`)].join(",");
+    execFileSync("openssl", [
+      "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-sha256", "-days", "365",
+      "-keyout", key, "-out", cert, "-subj", "/CN=edge-llm local dev",
+      "-addext", `subjectAltName=${san}`, "-addext", "basicConstraints=critical,CA:TRUE",
+    ], { stdio: "pipe" });
+    writeFileSync(names, want);
+  }
+  return { key: readFileSync(key), cert: readFileSync(cert), certPath: cert, ips };
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const port = Number(process.env.PORT ?? 8080);
-  const server = await serve(port, "0.0.0.0");
-  console.log(`serving ${root} on http://0.0.0.0:${server.address().port}/www/  (open it on your phone via this machine's LAN address)`);
+  const httpsPort = Number(process.env.HTTPS_PORT ?? 8443);
+  const http = await serve(port, "0.0.0.0");
+  console.log(`serving ${root}`);
+  console.log(`  http://localhost:${http.address().port}/www/  (this machine: localhost is a secure context)`);
+  let tls;
+  try {
+    tls = process.env.HTTPS === "0" ? undefined : certificate();
+  } catch (e) {
+    console.log(`  no HTTPS: making the certificate with openssl failed (${e.message.split("\n")[0]})`);
+  }
+  if (tls) {
+    const https = await serve(httpsPort, "0.0.0.0", { tls });
+    for (const ip of tls.ips.slice(1)) {
+      console.log(`  https://${ip}:${https.address().port}/www/bench.html  (phone on the LAN: accept the self-signed certificate once)`);
+    }
+    console.log(`  certificate: ${tls.certPath} (install it on the phone as trusted to skip the warning)`);
+  }
 }

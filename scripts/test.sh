@@ -56,6 +56,13 @@ else
 fi
 node --test tests/js/
 
+echo "== gates: SmolLM2 int4 size budget (bundled, < 100 MB); p95 decode latency vs scripts/bench-baseline.json"
+pack verify "$smollm2_work/packed" --budget bundled
+# Fails above +10 % (p95 over a calibration workload timed in the same page); warns when the last
+# 3 recorded runs were each > 5 % slower. The history stays in the target dir, not the repo.
+node scripts/bench-gate.mjs --model "$smollm2_work/packed" --baseline scripts/bench-baseline.json \
+  --history "${CARGO_TARGET_DIR:-target}/bench/gate-history.jsonl"
+
 echo "== Deno: the package and its Worker proxy (deno from npm)"
 # --no-check: the test is about runtime behaviour; type-checking pkg/*.d.ts would need @types/node.
 node_modules/.bin/deno test --no-check --allow-read --allow-write tests/deno/

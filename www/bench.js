@@ -1,12 +1,8 @@
-// Measurement helpers for the benchmark page: percentiles and the benchmark run itself.
+// The chat demo's in-page benchmark (www/main.js); the benchmark page is www/bench.html.
 // Standards (see README): >= 100 measured decode steps after 10 warm-ups, p50/p95/p99,
 // cold start reported apart from steady state, memory and model size alongside.
 
-export function percentile(sorted, p) {
-  if (sorted.length === 0) return NaN;
-  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
-  return sorted[i];
-}
+import { percentile } from "./bench-core.js";
 
 /** Time prefill and >= `measured` decode steps after `warmup` ones, token by token. */
 export function benchDecode(engine, prompt, { warmup = 10, measured = 100 } = {}) {

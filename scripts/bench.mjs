@@ -1,0 +1,194 @@
+// The benchmark from a terminal: www/bench.html in headless Chromium (the page phones open:
+// Engine.load with the IndexedDB cache, the engine in its Worker) and the same measurements on
+// the package in Node (www/bench-core.js on an in-process Engine). Prints each result's table
+// and writes its JSON.
+//
+//   node scripts/bench.mjs [--model DIR|URL] [--runtime chromium|node|both] [--run quick|sustained|all]
+//        [--minutes N] [--threads N] [--build auto|threads|single] [--backend auto|wasm|webgpu]
+//        [--label TEXT] [--out DIR] [--calibrate]
+//
+// --model: a packed model folder on disk (served under /bench-model/) or a URL / folder under
+// www/ (default www/models/default, where scripts/demo.sh packs SmolLM2 int4). The JSON files go
+// to --out (default $CARGO_TARGET_DIR/bench or target/bench); the page's "Compare" loads them.
+// The CI latency gate (scripts/bench-gate.mjs) runs through `benchChromium` below.
+import { chromium } from "playwright-core";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { cpus, release, tmpdir, totalmem } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { serve } from "./serve.mjs";
+import * as core from "../www/bench-core.js";
+
+const root = resolve(fileURLToPath(import.meta.url), "../..");
+
+export function parseArgs(argv) {
+  const o = { runtime: "both", run: "quick", model: "models/default" };
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i];
+    if (!a.startsWith("--")) throw new Error(`unexpected argument ${a}`);
+    const k = a.slice(2);
+    if (k === "calibrate") o.calibrate = true;
+    else o[k] = argv[++i];
+  }
+  return o;
+}
+
+/** Where the model is: a folder on disk is mounted into the server; anything else is a URL under www/. */
+function modelSource(model) {
+  const onDisk = resolve(model);
+  if (existsSync(onDisk) && statSync(onDisk).isDirectory() && existsSync(join(onDisk, "manifest.json")) && !onDisk.startsWith(join(root, "www") + "/")) {
+    return { mounts: { "/bench-model/": onDisk }, pagePath: "/bench-model/manifest.json" };
+  }
+  if (existsSync(onDisk) && onDisk.startsWith(join(root, "www") + "/")) return { mounts: {}, pagePath: onDisk.slice(join(root, "www").length + 1) };
+  return { mounts: {}, pagePath: model };
+}
+
+/** One page run in headless Chromium; resolves to the page's result. `profile` keeps its cache between calls. */
+export async function benchChromium(o, { profile, log = (s) => console.log(s), onRequest } = {}) {
+  const { mounts, pagePath } = modelSource(o.model);
+  const server = await serve(0, "127.0.0.1", { mounts, onRequest });
+  const dir = profile ?? mkdtempSync(join(tmpdir(), "edge-llm-bench-"));
+  const ctx = await chromium.launchPersistentContext(dir, {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info"],
+  });
+  try {
+    const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });
+    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat"]) if (o[k] !== undefined) q.set(k, o[k]);
+    if (o.calibrate) q.set("calibrate", "1");
+    const page = ctx.pages()[0] ?? (await ctx.newPage());
+    const done = new Promise((ok, fail) => {
+      page.on("pageerror", (e) => fail(new Error(`page error: ${e.message}`)));
+      page.on("console", (msg) => {
+        const m = /^EDGE_LLM_BENCH_(\w+) (.*)$/s.exec(msg.text());
+        if (!m) return;
+        const v = JSON.parse(m[2]);
+        if (m[1] === "ERROR") fail(Object.assign(new Error(`${v.name}: ${v.message}`), { name: v.name }));
+        else if (m[1] === "DONE") ok();
+        else if (m[1] === "LOADED") log(`  loaded: ${v.fromCache} file(s) from cache, ${v.fromNetwork} from network`);
+        else if (m[1] === "QUICK") log(`  quick run: ${core.fmt(v.decodeTokPerS)} tok/s`);
+        else if (m[1] === "SUSTAINED") log(`  sustained run: ${core.fmt(v.tokPerS)} tok/s, sustained/burst ${core.fmt(v.sustainedOverBurst)}`);
+      });
+    });
+    await page.goto(`http://127.0.0.1:${server.address().port}/www/bench.html?${q}`);
+    await done;
+    const r = await page.evaluate(() => window.benchResult);
+    r.runtime = `headless Chromium ${ctx.browser()?.version() ?? ""}, engine in a Worker`.replace("  ", " ");
+    return r;
+  } finally {
+    await ctx.close();
+    server.close();
+    if (!profile) rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** The wasm backend in Node: the package's Engine in this process, the same measurements. */
+export async function benchNode(o) {
+  const { mounts, pagePath } = modelSource(o.model);
+  const server = await serve(0, "127.0.0.1", { mounts });
+  try {
+    const url = new URL(pagePath, `http://127.0.0.1:${server.address().port}/www/`).href;
+    const manifestUrl = /\.json$/.test(url) ? url : url.replace(/\/?$/, "/manifest.json");
+    const t = {};
+    const t0 = performance.now();
+    const pkg = await import(pathToFileURL(join(root, "pkg/index.js")).href);
+    await pkg.default();
+    t.init = performance.now() - t0;
+    let ready = { fromCache: 0, fromNetwork: 0 };
+    let manifestSource = "network";
+    const engine = await pkg.Engine.load(manifestUrl, {
+      cache: "none",
+      backend: o.backend ?? "auto",
+      onProgress: (e) => {
+        const ms = performance.now() - t0;
+        if (e.type === "manifest") (t.manifest = ms), (manifestSource = e.source);
+        if (e.type === "progress") t.filesDone = ms;
+        if (e.type === "ready") (t.ready = ms), (ready = e);
+      },
+    });
+    t.loaded = performance.now() - t0;
+    const prompt = engine.applyChatTemplate([{ role: "user", content: "What is the capital of France? Answer in one sentence." }]);
+    const t1 = performance.now();
+    const g = engine.startGeneration(prompt, { maxTokens: 1, ignoreEos: true, reusePrefix: false });
+    g.step();
+    t.firstToken = performance.now() - t1;
+    g.free();
+    const stats = engine.stats();
+    const cal = o.calibrate ? core.calibration() : undefined;
+    // --repeat N: N quick runs on the loaded engine (the gate takes their median); the last is kept.
+    const repeats = [];
+    let run;
+    for (let i = 0; i < Number(o.repeat ?? 1); i++) {
+      run = await core.quickRun(engine, { prompt, measured: Number(o.measured ?? 100), calibration: cal });
+      repeats.push({ latency: run.latency, decodeTokPerS: run.decodeTokPerS, calibration: run.calibration });
+    }
+    const { ids, calibration: calibrationSummary, ...quick } = run;
+    const tokenizer = await core.tokenizerTimes(engine, prompt, ids, { noop: () => pkg.version() });
+    const after = engine.stats();
+    const r = {
+      schema: core.SCHEMA,
+      label: o.label,
+      startedAt: new Date().toISOString(),
+      runtime: `Node ${process.versions.node}, in-process Engine (no Worker: latencies have no messaging)`,
+      config: { model: manifestUrl, backend: o.backend ?? "auto", threads: 1, build: "single", prompt },
+      engine: { backend: stats.backend, variant: pkg.threadedBuild() ? "threads" : "single", threads: pkg.cpuThreads(), modelId: engine.modelId, modelVersion: engine.modelVersion, modelBytes: stats.modelBytes, kvCache: stats.kvCache, version: pkg.version() },
+      load: { manifestSource, fromCache: ready.fromCache, fromNetwork: ready.fromNetwork, timeline: t },
+      coldStart: core.coldStartParts(t, { manifestSource, fromCache: ready.fromCache, fromNetwork: ready.fromNetwork, engineLoadMs: stats.loadMs }),
+      quick,
+      tokenizer,
+      memory: {
+        wasmBytes: after.wasmMemoryBytes,
+        jsHeapBytes: process.memoryUsage().heapUsed,
+        jsHeapNote: "Node heap used",
+        uaNote: "not applicable in Node",
+        peakRssBytes: process.resourceUsage().maxRSS * 1024,
+        peakRssNote: "whole Node process (wasm memory included)",
+        gpuNote: "no GPU buffers: the wasm backend ran",
+      },
+      device: { cpu: `${cpus()[0]?.model ?? "?"} × ${cpus().length}`, memory: `${(totalmem() / 2 ** 30).toFixed(1)} GiB`, os: `${process.platform} ${release()}` },
+      battery: { note: "not read in Node" },
+    };
+    if (cal) r.calibration = calibrationSummary;
+    r.repeats = repeats;
+    engine.free();
+    return r;
+  } finally {
+    server.close();
+  }
+}
+
+export function outDir(o) {
+  const dir = o.out ?? join(process.env.CARGO_TARGET_DIR ?? join(root, "target"), "bench");
+  mkdirSync(dir, { recursive: true });
+  return dir;
+}
+
+export function writeResult(dir, name, r) {
+  const file = join(dir, `${name}-${r.startedAt.replace(/[:.]/g, "-")}.json`);
+  writeFileSync(file, JSON.stringify(r, null, 1));
+  return file;
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const o = parseArgs(process.argv.slice(2));
+  const dir = outDir(o);
+  const runtimes = o.runtime === "both" ? ["chromium", "node"] : [o.runtime];
+  let failed = false;
+  for (const rt of runtimes) {
+    if (rt === "node" && o.run !== "quick") {
+      console.log("node: only the quick run (--run quick) is offered in Node");
+      continue;
+    }
+    console.log(`== ${rt}: ${o.model}, ${o.run} run`);
+    try {
+      const r = rt === "chromium" ? await benchChromium(o) : await benchNode(o);
+      console.log(core.textTable(r));
+      console.log(`  JSON: ${writeResult(dir, rt, r)}\n`);
+    } catch (e) {
+      console.error(`${rt}: ${e.name}: ${e.message}`);
+      failed = true;
+    }
+  }
+  process.exit(failed ? 1 : 0);
+}
