@@ -145,10 +145,12 @@ fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
 
 /// The real-size check, by hand: SmolLM2-135M-Instruct exported and converted by
 /// `scripts/make-ort-references.py --smollm2 GGUF DIR` (6 chat prompts × 32 greedy tokens),
-/// every file in DIR on both backends against onnxruntime. Prints each file's agreement, then
-/// fails if any file did not load or departed from onnxruntime's tokens.
+/// every file in DIR on both backends and packed (DIR also needs the model's
+/// `model_config.json`) against onnxruntime. Prints each file's agreement, then fails if any
+/// file did not load or departed from onnxruntime's tokens.
 /// `EDGE_LLM_ORT_SMOLLM2=DIR cargo test --release --features pack --test ort_files -- --ignored --nocapture`
-/// (`EDGE_LLM_ORT_ONLY=fp32,int8` picks files, `EDGE_LLM_ORT_BACKEND=Tract|Kernels` one backend).
+/// (`EDGE_LLM_ORT_ONLY=fp32,int8` picks files, `EDGE_LLM_ORT_BACKEND=Tract|Kernels|Packed` one backend).
+#[cfg(feature = "pack")]
 #[test]
 #[ignore = "needs EDGE_LLM_ORT_SMOLLM2 (a folder written by scripts/make-ort-references.py --smollm2)"]
 fn smollm2_files_give_onnxruntime_tokens() {
@@ -160,16 +162,24 @@ fn smollm2_files_give_onnxruntime_tokens() {
         .collect();
     names.sort();
     assert!(!names.is_empty(), "no <name>.onnx + <name>.json pairs in {}", dir.display());
+    // Packed as a user would: the folder's tokenizer, and its model_config.json (e.g. the one
+    // `edge-llm-pack import-gguf` writes for the same GGUF); the CLI's default shard size.
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e} (the Packed backend needs it)", dir.join(name).display()));
+    let pack = ort_files::PackInputs {
+        tokenizer: read("tokenizer.json"),
+        config: edge_llm::ModelConfig::from_json(&read("model_config.json")).unwrap(),
+        shard_bytes: edge_llm::manifest::DEFAULT_SHARD_BYTES,
+    };
     let only = std::env::var("EDGE_LLM_ORT_ONLY").ok();
     let mut failures = Vec::new();
     for name in names.iter().filter(|n| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n.as_str()))) {
         let reference: ort_files::Reference = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
         let onnx = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
-        let backends = [Backend::Tract, Backend::Kernels];
+        let backends = [Backend::Tract, Backend::Kernels, Backend::Packed];
         let chosen = std::env::var("EDGE_LLM_ORT_BACKEND").ok();
         for backend in backends.into_iter().filter(|b| chosen.as_ref().is_none_or(|c| format!("{b:?}") == *c)) {
             let start = std::time::Instant::now();
-            match ort_files::compare(&onnx, &reference, backend) {
+            match ort_files::compare_with(&onnx, &reference, backend, &pack) {
                 Ok(a) => {
                     eprintln!(
                         "SmolLM2 {name} on {backend:?}: {}/{} tokens as onnxruntime, per prompt {:?}; max |logit diff| prefill {:.3e}, last step {:.3e} ({:.0} s)",

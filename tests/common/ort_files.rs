@@ -127,15 +127,29 @@ enum Loaded {
     Engine(edge_llm::Engine),
 }
 
+/// What `edge-llm-pack pack` needs beside the ONNX file, and the shard size to cut at.
+#[cfg(feature = "pack")]
+pub struct PackInputs {
+    pub tokenizer: Vec<u8>,
+    pub config: edge_llm::ModelConfig,
+    pub shard_bytes: u64,
+}
+
+#[cfg(feature = "pack")]
+impl PackInputs {
+    /// The tiny files' inputs; 64 KiB shards, so their embeddings and weights span shards.
+    pub fn tiny() -> Self {
+        PackInputs { tokenizer: include_bytes!("../fixtures/tiny/tokenizer.json").to_vec(), config: model_config(), shard_bytes: 1 << 16 }
+    }
+}
+
 impl Loaded {
-    fn new(onnx: &[u8], backend: Backend) -> edge_llm::Result<Self> {
+    fn new(onnx: &[u8], backend: Backend, #[cfg(feature = "pack")] pack: &PackInputs) -> edge_llm::Result<Self> {
         #[cfg(feature = "pack")]
         if backend == Backend::Packed {
-            // 64 KiB shards: the tiny files' embeddings and int4 weights span two or more.
-            let opts = edge_llm::pack::PackOptions { shard_bytes: 1 << 16, ..Default::default() };
-            let tokenizer = include_bytes!("../fixtures/tiny/tokenizer.json");
-            let (manifest, files) = edge_llm::pack::pack(onnx, tokenizer, &model_config(), &opts)?;
-            assert!(files.len() > 3 || onnx.len() < 1 << 16, "a packed file has several weight shards");
+            let opts = edge_llm::pack::PackOptions { shard_bytes: pack.shard_bytes, ..Default::default() };
+            let (manifest, files) = edge_llm::pack::pack(onnx, &pack.tokenizer, &pack.config, &opts)?;
+            assert!(files.len() > 3, "a packed file has several weight shards");
             // Through its JSON, as the loader reads it.
             let manifest = edge_llm::manifest::Manifest::from_json(&serde_json::to_vec(&manifest).expect("manifest serializes"))?;
             return Ok(Loaded::Engine(edge_llm::Engine::load_packed(&manifest, files.into_iter().collect())?));
@@ -154,6 +168,22 @@ impl Loaded {
 
 /// Load `onnx` unchanged with `backend` and run every prompt of `reference` against it.
 pub fn compare(onnx: &[u8], reference: &Reference, backend: Backend) -> edge_llm::Result<Agreement> {
+    #[cfg(feature = "pack")]
+    return compare_with(onnx, reference, backend, &PackInputs::tiny());
+    #[cfg(not(feature = "pack"))]
+    compare_with(onnx, reference, backend)
+}
+
+/// [`compare`], packing with `pack` for [`Backend::Packed`].
+pub fn compare_with(
+    onnx: &[u8],
+    reference: &Reference,
+    backend: Backend,
+    #[cfg(feature = "pack")] pack: &PackInputs,
+) -> edge_llm::Result<Agreement> {
+    #[cfg(feature = "pack")]
+    let model = Loaded::new(onnx, backend, pack)?;
+    #[cfg(not(feature = "pack"))]
     let model = Loaded::new(onnx, backend)?;
     let mut out = Agreement::default();
     for run in &reference.runs {
