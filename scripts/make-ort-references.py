@@ -24,6 +24,8 @@ for a few prompts (prefill, then one token per step through present -> past_key_
 logits of the last prompt position and of the last step.
 
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py            # the fixtures
+  /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --dynamic-quantize
+      # only dynamic-quantize.onnx/.json: DynamicQuantizeLinear + MatMulInteger on rounding cases
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --smollm2 GGUF OUT/
       # the same conversions of SmolLM2 from its GGUF, 6 prompts x 32 tokens (by hand; the
       # files are ~100-500 MB): `cargo test --release --features pack --test ort_files -- --ignored`
@@ -242,11 +244,84 @@ def references(files, prompts, steps, out, info):
         print(f"{name}: {os.path.getsize(path)} bytes, tokens {[r['tokens'][:8] for r in runs]}")
 
 
+def dynamic_quantize_cases(out):
+    """`DynamicQuantizeLinear` -> `MatMulInteger` (uint8 activations x int8 weights), the pair
+    `quantize_dynamic` writes before every MatMul, and what onnxruntime computes on inputs
+    chosen to hit its rounding rules: x / scale and the zero point exactly halfway between two
+    integers (ties go to even), ranges on one side of zero (zero point clamped to 0 or 255),
+    all zeros (scale 1 by onnxruntime's rule), and seeded random values. Writes
+    dynamic-quantize.onnx and dynamic-quantize.json (tests/ort_files.rs pins these bit for bit)."""
+    k, n = 32, 8
+    rng = np.random.default_rng(SEED)
+    w = rng.integers(-128, 128, size=(k, n), dtype=np.int8)
+    h, T = onnx.helper, onnx.TensorProto
+    graph = h.make_graph(
+        [
+            h.make_node("DynamicQuantizeLinear", ["x"], ["y", "y_scale", "y_zero_point"]),
+            h.make_node("MatMulInteger", ["y", "w", "y_zero_point", "w_zero_point"], ["acc"]),
+        ],
+        "dynamic_quantize",
+        [h.make_tensor_value_info("x", T.FLOAT, ["m", k])],
+        [
+            h.make_tensor_value_info("y", T.UINT8, ["m", k]),
+            h.make_tensor_value_info("y_scale", T.FLOAT, []),
+            h.make_tensor_value_info("y_zero_point", T.UINT8, []),
+            h.make_tensor_value_info("acc", T.INT32, ["m", n]),
+        ],
+        [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(np.array(0, np.int8), "w_zero_point")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 13)], ir_version=8)
+    onnx.checker.check_model(model)
+    path = os.path.join(out, "dynamic-quantize.onnx")
+    onnx.save_model(model, path)
+    # scale = (max - min) / 255 is exactly 1/16 when max - min = 255/16: x = j/16 + 1/32 sits
+    # halfway between two steps.
+    step = 1 / 16
+    ties = np.arange(-128, 127) * step + step / 2
+    halfway_x = np.concatenate([[-8.0, 7.9375], ties, -ties])[: 4 * k]
+    # min = -2.5 steps: the zero point itself is 2.5.
+    halfway_zp = np.concatenate([[-2.5 * step, 252.5 * step], rng.uniform(-2.5 * step, 252.5 * step, k - 2)])
+    cases = {
+        "x_halfway": halfway_x.reshape(4, k),
+        "zero_point_halfway": halfway_zp.reshape(1, k),
+        "all_positive": rng.uniform(0.5, 3.0, (2, k)),
+        "all_negative": -rng.uniform(0.5, 3.0, (2, k)),
+        "all_zero": np.zeros((1, k)),
+        "normal": rng.standard_normal((3, k)),
+        "outlier": np.concatenate([rng.standard_normal(k - 1), [900.0]]).reshape(1, k),
+        "wide": 50 * rng.standard_normal((6, k)),
+    }
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    doc = {"k": k, "n": n, "cases": []}
+    for name, x in cases.items():
+        x = x.astype(np.float32)
+        y, scale, zp, acc = sess.run(["y", "y_scale", "y_zero_point", "acc"], {"x": x})
+        doc["cases"].append({
+            "name": name,
+            "shape": list(x.shape),
+            # f32 values as their bit patterns: exact, whatever prints them.
+            "x_bits": x.view(np.uint32).ravel().tolist(),
+            "y": y.ravel().tolist(),
+            "scale_bits": int(np.array(scale, np.float32).view(np.uint32)),
+            "zero_point": int(zp),
+            "acc": acc.ravel().tolist(),
+        })
+    doc["versions"] = versions()
+    doc["generator"] = "scripts/make-ort-references.py --dynamic-quantize"
+    with open(os.path.join(out, "dynamic-quantize.json"), "w") as f:
+        json.dump(doc, f, indent=0)
+    print("dynamic-quantize:", {c["name"]: (c["zero_point"], float(np.array(c["scale_bits"], np.uint32).view(np.float32))) for c in doc["cases"]})
+
+
 def main():
     info = {"versions": versions(), "generator": "scripts/make-ort-references.py"}
     print("versions:", info["versions"])
     with tempfile.TemporaryDirectory() as tmp:
-        if len(sys.argv) > 1 and sys.argv[1] == "--smollm2":
+        if len(sys.argv) > 1 and sys.argv[1] == "--dynamic-quantize":
+            dynamic_quantize_cases(os.path.join(ROOT, "tests/fixtures/ort"))
+        elif len(sys.argv) > 1 and sys.argv[1] == "--smollm2":
             gguf, out = sys.argv[2], sys.argv[3]
             os.makedirs(out, exist_ok=True)
             tok = smollm2_model(gguf, os.path.join(tmp, "hf"))
@@ -271,6 +346,7 @@ def main():
             files = make_variants(fp32, out)
             prompts = [[1, 80, 17, 200], [5], [1, 44, 97, 120, 33, 250, 7, 61, 300, 12], [1, 2, 3]]
             references(files, prompts, 12, out, info)
+            dynamic_quantize_cases(out)
 
 
 if __name__ == "__main__":

@@ -93,7 +93,12 @@ pub fn quantization_of(model: &ModelProto) -> QuantizationConfig {
 /// (graph, weight shards, tokenizer) to write beside it.
 pub fn pack(onnx: &[u8], tokenizer_json: &[u8], config: &ModelConfig, opts: &PackOptions) -> Result<(Manifest, Vec<(String, Vec<u8>)>)> {
     crate::tokenizer::Tokenizer::from_json(tokenizer_json)?;
-    let model = crate::onnx::decode(onnx)?;
+    let mut model = crate::onnx::decode(onnx)?;
+    // The loader's import fixes, applied here while the weights are still inline: the int4
+    // rewrite reads 4-bit initializers' bytes, which a packed graph only has in its shards.
+    // Each fix is exact and a no-op on its own output, so the loader running them again on
+    // the packed graph changes nothing.
+    crate::cpu::import::prepare(&mut model)?;
     let graph = model.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
     let inputs = graph.input.iter().map(spec).collect();
     let outputs = graph.output.iter().map(spec).collect();

@@ -54,6 +54,24 @@ ort_tests! {
     int4_gidx_kernels: "int4-gidx", Kernels, 1e-4;
 }
 
+// Every file packed by `edge-llm-pack` and loaded from its shards as `Engine.load` does.
+#[cfg(feature = "pack")]
+ort_tests! {
+    fp32_packed: "fp32", Packed, 1e-4;
+    fp16_packed: "fp16", Packed, 3e-2;
+    fp16_io_packed: "fp16-io", Packed, 3e-2;
+    int8_packed: "int8", Packed, 1e-4;
+    int4_b32_sym_packed: "int4-b32-sym", Packed, 1e-4;
+    int4_b32_asym_packed: "int4-b32-asym", Packed, 1e-4;
+    int4_b128_sym_packed: "int4-b128-sym", Packed, 1e-4;
+    int4_b128_asym_packed: "int4-b128-asym", Packed, 1e-4;
+    int4_acc4_packed: "int4-b32-acc4", Packed, 1e-4, INT8_ACT_LAST;
+    int4_qdq_packed: "int4-qdq", Packed, 1e-4, INT8_ACT_LAST;
+    int4_qdq_asym_packed: "int4-qdq-asym", Packed, 1e-4, INT8_ACT_LAST;
+    int4_bias_packed: "int4-bias", Packed, 1e-4;
+    int4_gidx_packed: "int4-gidx", Packed, 1e-4;
+}
+
 /// A `g_idx` that reorders rows across blocks (act-order GPTQ) is refused by name, not
 /// computed wrongly: the int4 kernels keep each block's rows contiguous.
 #[test]
@@ -77,12 +95,62 @@ fn matmul_nbits_with_act_order_g_idx_is_refused() {
     }
 }
 
+/// `DynamicQuantizeLinear` → `MatMulInteger` (uint8 × int8, the pair `quantize_dynamic` puts
+/// before every MatMul) computes onnxruntime's numbers bit for bit on both backends: ties of
+/// `x / scale` and of the zero point to even, zero points clamped to 0 / 255, scale 1 for an
+/// all-zero input (`tests/fixtures/ort/dynamic-quantize.*`, from
+/// `scripts/make-ort-references.py --dynamic-quantize`).
+#[test]
+fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
+    use tract_onnx::prelude::*;
+    #[derive(serde::Deserialize)]
+    struct Case {
+        name: String,
+        shape: [usize; 2],
+        x_bits: Vec<u32>,
+        y: Vec<u8>,
+        scale_bits: u32,
+        zero_point: u8,
+        acc: Vec<i32>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Cases {
+        cases: Vec<Case>,
+    }
+    let onnx = include_bytes!("fixtures/ort/dynamic-quantize.onnx");
+    let cases: Cases = serde_json::from_str(include_str!("fixtures/ort/dynamic-quantize.json")).unwrap();
+    for backend in [Backend::Tract, Backend::Kernels] {
+        let proto = edge_llm::onnx::decode(onnx).unwrap();
+        for c in &cases.cases {
+            let model = edge_llm::cpu::onnx_with_kernels(&backend.options(), false)
+                .model_for_proto_model(&proto)
+                .unwrap()
+                .with_input_fact(0, f32::fact(c.shape).into())
+                .unwrap()
+                .into_optimized()
+                .unwrap()
+                .into_runnable()
+                .unwrap();
+            let x: Vec<f32> = c.x_bits.iter().map(|&b| f32::from_bits(b)).collect();
+            let out = model.run(tvec!(tract_ndarray::Array2::from_shape_vec(c.shape, x).unwrap().into_tensor().into())).unwrap();
+            let what = format!("{} on {backend:?}", c.name);
+            let view = |i: usize| out[i].try_as_plain_ram().unwrap();
+            assert_eq!(view(0).as_slice::<u8>().unwrap(), c.y.as_slice(), "{what}: y");
+            assert_eq!(view(1).to_scalar::<f32>().unwrap().to_bits(), c.scale_bits, "{what}: y_scale {}", f32::from_bits(c.scale_bits));
+            assert_eq!(*view(2).to_scalar::<u8>().unwrap(), c.zero_point, "{what}: y_zero_point");
+            assert_eq!(view(3).as_slice::<i32>().unwrap(), c.acc.as_slice(), "{what}: MatMulInteger");
+        }
+    }
+}
+
 /// The real-size check, by hand: SmolLM2-135M-Instruct exported and converted by
 /// `scripts/make-ort-references.py --smollm2 GGUF DIR` (6 chat prompts × 32 greedy tokens),
-/// every file in DIR on both backends against onnxruntime. Prints each file's agreement, then
-/// fails if any file did not load or departed from onnxruntime's tokens.
+/// every file in DIR on both backends and packed (DIR also needs the model's
+/// `model_config.json`) against onnxruntime. Prints each file's agreement, then fails if any
+/// file did not load or departed from onnxruntime's tokens.
 /// `EDGE_LLM_ORT_SMOLLM2=DIR cargo test --release --features pack --test ort_files -- --ignored --nocapture`
-/// (`EDGE_LLM_ORT_ONLY=fp32,int8` picks files, `EDGE_LLM_ORT_BACKEND=Tract|Kernels` one backend).
+/// (`EDGE_LLM_ORT_ONLY=fp32,int8` picks files, `EDGE_LLM_ORT_BACKEND=Tract|Kernels|Packed` one backend).
+#[cfg(feature = "pack")]
 #[test]
 #[ignore = "needs EDGE_LLM_ORT_SMOLLM2 (a folder written by scripts/make-ort-references.py --smollm2)"]
 fn smollm2_files_give_onnxruntime_tokens() {
@@ -94,16 +162,24 @@ fn smollm2_files_give_onnxruntime_tokens() {
         .collect();
     names.sort();
     assert!(!names.is_empty(), "no <name>.onnx + <name>.json pairs in {}", dir.display());
+    // Packed as a user would: the folder's tokenizer, and its model_config.json (e.g. the one
+    // `edge-llm-pack import-gguf` writes for the same GGUF); the CLI's default shard size.
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("{}: {e} (the Packed backend needs it)", dir.join(name).display()));
+    let pack = ort_files::PackInputs {
+        tokenizer: read("tokenizer.json"),
+        config: edge_llm::ModelConfig::from_json(&read("model_config.json")).unwrap(),
+        shard_bytes: edge_llm::manifest::DEFAULT_SHARD_BYTES,
+    };
     let only = std::env::var("EDGE_LLM_ORT_ONLY").ok();
     let mut failures = Vec::new();
     for name in names.iter().filter(|n| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n.as_str()))) {
         let reference: ort_files::Reference = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
         let onnx = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
-        let backends = [Backend::Tract, Backend::Kernels];
+        let backends = [Backend::Tract, Backend::Kernels, Backend::Packed];
         let chosen = std::env::var("EDGE_LLM_ORT_BACKEND").ok();
         for backend in backends.into_iter().filter(|b| chosen.as_ref().is_none_or(|c| format!("{b:?}") == *c)) {
             let start = std::time::Instant::now();
-            match ort_files::compare(&onnx, &reference, backend) {
+            match ort_files::compare_with(&onnx, &reference, backend, &pack) {
                 Ok(a) => {
                     eprintln!(
                         "SmolLM2 {name} on {backend:?}: {}/{} tokens as onnxruntime, per prompt {:?}; max |logit diff| prefill {:.3e}, last step {:.3e} ({:.0} s)",

@@ -14,7 +14,8 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::{Error, Result};
 
 pub mod attention;
-mod import;
+pub mod dynamic_quantize;
+pub(crate) mod import;
 pub mod q4_matmul;
 pub mod q4_min_matmul;
 pub mod q8_block_matmul;
@@ -127,6 +128,7 @@ impl Variant {
 /// `MatMulNBits` one always: tract has none).
 pub fn onnx_with_kernels(options: &CpuOptions, q4_kernel: bool) -> tract_onnx::Onnx {
     let mut onnx = tract_onnx::onnx();
+    dynamic_quantize::register(&mut onnx);
     if q4_kernel {
         q4_matmul::register(&mut onnx, options.q4_activations);
     }

@@ -68,6 +68,10 @@ pub enum Backend {
     Tract,
     /// edge-llm's int4 and int8 kernels (the wasm default), activations as each node asks.
     Kernels,
+    /// Packed by `edge-llm-pack pack` (small shards, so tensors span shards) and loaded from
+    /// the packed files the way `Engine.load` does ([`Engine::load_packed`], default options).
+    #[cfg(feature = "pack")]
+    Packed,
 }
 
 impl Backend {
@@ -104,9 +108,83 @@ fn argmax(v: &[f32]) -> u32 {
     v.iter().enumerate().fold((0, f32::MIN), |best, (i, &x)| if x > best.1 { (i, x) } else { best }).0 as u32
 }
 
+/// The tiny files' model config, as a user packing them writes it (`model_config.json`): the
+/// tiny tokenizer's special tokens, the architecture `scripts/make-ort-references.py` builds.
+#[cfg(feature = "pack")]
+pub fn model_config() -> edge_llm::ModelConfig {
+    let mut config = edge_llm::tiny::model_config();
+    config.model_id = "edge-llm/ort-tiny-llama".into();
+    let a = &mut config.architecture;
+    (a.hidden_size, a.intermediate_size, a.num_layers, a.num_heads, a.num_kv_heads, a.head_dim) = (96, 160, 2, 6, 2, 16);
+    (a.vocab_size, a.max_position_embeddings, a.rope_theta, a.rms_norm_eps, a.tie_word_embeddings) = (332, 256, 10000.0, 1e-5, true);
+    config
+}
+
+/// A file loaded for `backend`, handing out fresh sessions.
+enum Loaded {
+    Model(Arc<CpuModel>),
+    #[cfg(feature = "pack")]
+    Engine(edge_llm::Engine),
+}
+
+/// What `edge-llm-pack pack` needs beside the ONNX file, and the shard size to cut at.
+#[cfg(feature = "pack")]
+pub struct PackInputs {
+    pub tokenizer: Vec<u8>,
+    pub config: edge_llm::ModelConfig,
+    pub shard_bytes: u64,
+}
+
+#[cfg(feature = "pack")]
+impl PackInputs {
+    /// The tiny files' inputs; 64 KiB shards, so their embeddings and weights span shards.
+    pub fn tiny() -> Self {
+        PackInputs { tokenizer: include_bytes!("../fixtures/tiny/tokenizer.json").to_vec(), config: model_config(), shard_bytes: 1 << 16 }
+    }
+}
+
+impl Loaded {
+    fn new(onnx: &[u8], backend: Backend, #[cfg(feature = "pack")] pack: &PackInputs) -> edge_llm::Result<Self> {
+        #[cfg(feature = "pack")]
+        if backend == Backend::Packed {
+            let opts = edge_llm::pack::PackOptions { shard_bytes: pack.shard_bytes, ..Default::default() };
+            let (manifest, files) = edge_llm::pack::pack(onnx, &pack.tokenizer, &pack.config, &opts)?;
+            assert!(files.len() > 3, "a packed file has several weight shards");
+            // Through its JSON, as the loader reads it.
+            let manifest = edge_llm::manifest::Manifest::from_json(&serde_json::to_vec(&manifest).expect("manifest serializes"))?;
+            return Ok(Loaded::Engine(edge_llm::Engine::load_packed(&manifest, files.into_iter().collect())?));
+        }
+        Ok(Loaded::Model(Arc::new(CpuModel::from_proto(edge_llm::onnx::decode(onnx)?, &backend.options())?)))
+    }
+
+    fn session(&self) -> edge_llm::cpu::CpuSession {
+        match self {
+            Loaded::Model(m) => m.session(),
+            #[cfg(feature = "pack")]
+            Loaded::Engine(e) => e.session(),
+        }
+    }
+}
+
 /// Load `onnx` unchanged with `backend` and run every prompt of `reference` against it.
 pub fn compare(onnx: &[u8], reference: &Reference, backend: Backend) -> edge_llm::Result<Agreement> {
-    let model = Arc::new(CpuModel::from_proto(edge_llm::onnx::decode(onnx)?, &backend.options())?);
+    #[cfg(feature = "pack")]
+    return compare_with(onnx, reference, backend, &PackInputs::tiny());
+    #[cfg(not(feature = "pack"))]
+    compare_with(onnx, reference, backend)
+}
+
+/// [`compare`], packing with `pack` for [`Backend::Packed`].
+pub fn compare_with(
+    onnx: &[u8],
+    reference: &Reference,
+    backend: Backend,
+    #[cfg(feature = "pack")] pack: &PackInputs,
+) -> edge_llm::Result<Agreement> {
+    #[cfg(feature = "pack")]
+    let model = Loaded::new(onnx, backend, pack)?;
+    #[cfg(not(feature = "pack"))]
+    let model = Loaded::new(onnx, backend)?;
     let mut out = Agreement::default();
     for run in &reference.runs {
         // Free-running greedy decode: how many tokens before the first departure.
