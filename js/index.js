@@ -16,12 +16,15 @@ const inNode = typeof process === "object" && typeof process.versions?.node === 
  * Load the wasm module: `init()` fetches the `.wasm` next to this file (read from disk in
  * Node); `init({ module_or_path })` takes a URL, a Response, bytes or a WebAssembly.Module.
  */
-export default async function init(input) {
+export default async function init(input, ...rest) {
   if (input === undefined && inNode) {
     // Not a static import: bundlers for the web must not try to resolve a Node module.
     const fs = "node:fs/promises";
     const { readFile } = await import(/* @vite-ignore */ /* webpackIgnore: true */ fs);
     input = { module_or_path: await readFile(new URL("./edge_llm_bg.wasm", import.meta.url)) };
   }
-  return initWasm(input);
+  // `rest`: wasm-bindgen's older `(module, memory)` form, which wasm-bindgen-rayon's thread
+  // Workers call on the module they import (in a bundle, this wrapper is that module's default).
+  // Dropping the shared memory would start each thread on a memory of its own: the pool hangs.
+  return initWasm(input, ...rest);
 }

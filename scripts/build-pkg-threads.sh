@@ -24,6 +24,15 @@ cargo "+$toolchain" rustc --lib --crate-type cdylib --target wasm32-unknown-unkn
   -Z build-std=panic_abort,std --target-dir "$target_dir" -- "${link[@]}"
 rm -rf pkg/threads
 wasm-bindgen --target web --out-dir pkg/threads --out-name edge_llm "$target_dir/wasm32-unknown-unknown/$profile/edge_llm.wasm"
+# wasm-bindgen-rayon starts each thread's Worker from a blob holding its helper module's fetched
+# source (so a helper hosted on a CDN works). A dev server that rewrites modules (Vite adds
+# `import … from "/@vite/client"`) breaks that: a path-absolute import cannot resolve from a
+# blob: URL, the Worker dies and the pool never starts. A blob that imports the helper by its
+# absolute URL works both ways (statically, so its message listener is up before messages flow).
+helpers=$(ls pkg/threads/snippets/wasm-bindgen-rayon-*/src/workerHelpers.no-bundler.js)
+blob_from_fetch='let scriptBlob = await fetch(import.meta.url).then(r => r.blob());'
+grep -qF "$blob_from_fetch" "$helpers" || { echo "build-pkg-threads: $helpers changed: re-check its Worker start" >&2; exit 1; }
+sed -i "s|$blob_from_fetch|let scriptBlob = new Blob([\`import \${JSON.stringify(import.meta.url)};\`], { type: 'text/javascript' });|" "$helpers"
 # Its package entry: js/index.js over this build's module, sharing pkg/chat.js and pkg/errors.js.
 for f in index.js index.d.ts; do
   sed -e 's#"\./chat\.js"#"../chat.js"#' -e 's#"\./errors\.js"#"../errors.js"#' "js/$f" > "pkg/threads/$f"
