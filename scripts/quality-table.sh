@@ -55,7 +55,6 @@ variant fp32 --precision fp32
 variant fp16 --precision fp16
 variant int8-dynamic --precision int8 --int8-format dynamic
 variant int8 --precision int8
-variant int4-rtn --precision int4 --rtn
 variant int4-fzp --precision int4 --asymmetric --float-zero-points
 variant int4 --precision int4
 
@@ -64,9 +63,9 @@ variant int4 --precision int4
 set +e
 "$BIN" eval --reference fp32="$D/fp32" \
   fp16="$D/fp16" int8-dynamic="$D/int8-dynamic" int8="$D/int8" \
-  int4-rtn="$D/int4-rtn" int4-fzp="$D/int4-fzp" int4="$D/int4" \
+  int4-fzp="$D/int4-fzp" int4="$D/int4" \
   --accept fp16=0.5:99 --accept int8-dynamic=1:95 --accept int8=1:95 \
-  --accept int4-rtn=2:90 --accept int4-fzp=2:90 --accept int4=2:90 \
+  --accept int4-fzp=2:90 --accept int4=2:90 \
   --max-windows "${WINDOWS:-1}" --long-tokens "${LONG_TOKENS:-1024}" --out "$D/table.md"
 set -e
 
