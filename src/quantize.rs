@@ -147,6 +147,7 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         overrides: Vec::new(),
         int8_activations: true,
         f16_scales: opts.f16_scales,
+        head_int8_activations: true,
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();

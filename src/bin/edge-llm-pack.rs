@@ -233,7 +233,7 @@ struct QuantArgs {
     /// Precision of the linear layers: fp32, fp16, int8 or int4. For `import-gguf`, int4 alone
     /// (none of the int4 flags below, no `--embedding`) is the measured best recipe under the
     /// 100 MB bundle (docs/quality.md): float zero points, f16 scales, the tied embedding/head
-    /// at 8 bits.
+    /// at 8 bits on float activations.
     #[arg(long, default_value = "int4")]
     precision: edge_llm::quant::Precision,
     /// int4 block size along K.
@@ -706,7 +706,7 @@ fn import_gguf(
     let recipe = precision == Precision::Int4 && !(quant.asymmetric || quant.float_zero_points || quant.rtn || quant.f16_scales) && embedding.is_none();
     let embedding = if recipe {
         // The default int4 recipe (measured in docs/quality.md, scripts/quality-table.sh).
-        (opts.q4_min, opts.f16_scales) = (true, true);
+        (opts.q4_min, opts.f16_scales, opts.head_int8_activations) = (true, true, false);
         Some(Precision::Int8)
     } else {
         embedding

@@ -60,6 +60,9 @@ pub struct ExportOptions {
     /// Q8_0 blocks: 2 bytes per block instead of 4 (SmolLM2: 13 MB less at int4 with float
     /// zero points, which is what fits its 8-bit head under the 100 MB bundle).
     pub f16_scales: bool,
+    /// The tied 8-bit head computes with int8 activations (`accuracy_level = 4`). Off: float
+    /// activations; SmolLM2's demo reply flips on the head's input rounding (docs/quality.md).
+    pub head_int8_activations: bool,
 }
 
 /// The two int8 formats.
@@ -102,6 +105,7 @@ impl ExportOptions {
             overrides: Vec::new(),
             int8_activations: true,
             f16_scales: false,
+            head_int8_activations: true,
         }
     }
     /// The same weights in onnxruntime-genai's layout.
@@ -175,7 +179,7 @@ impl<'a> Ctx<'a> {
             Precision::Int8 if self.opts.int8_format == Int8Format::Block32 && k % 32 == 0 => {
                 let q = self.quantize_q8_block(w, n, k);
                 let init = self.q8_block_initializers(name, &q);
-                (self.matmul_nbits8(x, &init, n, k), qref::dequantize_q8_block(&q))
+                (self.matmul_nbits8(x, &init, n, k, true), qref::dequantize_q8_block(&q))
             }
             Precision::Int8 => {
                 let q = qref::quantize_q8(w, n, k);
@@ -254,8 +258,11 @@ impl<'a> Ctx<'a> {
         self.g.node("Cast", &[&h], vec![attr_i("to", OnnxType::Float as i64)])
     }
 
-    pub(crate) fn matmul_nbits8(&mut self, x: &str, init: &(String, String), n: usize, k: usize) -> String {
-        let attrs = vec![attr_i("K", k as i64), attr_i("N", n as i64), attr_i("bits", 8), attr_i("block_size", 32), attr_i("accuracy_level", 4)];
+    pub(crate) fn matmul_nbits8(&mut self, x: &str, init: &(String, String), n: usize, k: usize, int8_activations: bool) -> String {
+        let mut attrs = vec![attr_i("K", k as i64), attr_i("N", n as i64), attr_i("bits", 8), attr_i("block_size", 32)];
+        if int8_activations {
+            attrs.push(attr_i("accuracy_level", 4));
+        }
         self.g.node_multi(MS_DOMAIN, "MatMulNBits", &[x, init.0.as_str(), init.1.as_str()], 1, attrs).remove(0)
     }
 
@@ -516,7 +523,7 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     } else if let (true, Precision::Int8, Some(init)) = (cfg.tie_word_embeddings, opts.lm_head, &shared_q8) {
         eff.lm_head = Some(eff.embed.clone());
         let init = init.clone();
-        cx.matmul_nbits8(&xn, &init, cfg.vocab_size, h)
+        cx.matmul_nbits8(&xn, &init, cfg.vocab_size, h, opts.head_int8_activations)
     } else if tied_fp32 {
         // As optimum exports a tied head: MatMul against the transposed embedding.
         let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);
