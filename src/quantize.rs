@@ -27,6 +27,8 @@ pub struct QuantizeOptions {
     pub q4_search: bool,
     /// int4 with float zero points (see `ExportOptions::q4_min`).
     pub q4_min: bool,
+    /// Scales stored as fp16 (see `ExportOptions::f16_scales`).
+    pub f16_scales: bool,
     /// `(pattern, precision)`: the first pattern contained in a matmul's node or weight name
     /// decides its precision (the seed's mixed precision: e.g. keep `lm_head` at int8).
     pub overrides: Vec<(String, Precision)>,
@@ -35,7 +37,7 @@ pub struct QuantizeOptions {
 impl Default for QuantizeOptions {
     /// int4, symmetric blocks of 32 by round-to-nearest, int8 in blocks of 32, no overrides.
     fn default() -> Self {
-        QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, int8_format: Int8Format::Block32, q4_search: false, q4_min: false, overrides: vec![] }
+        QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, int8_format: Int8Format::Block32, q4_search: false, q4_min: false, f16_scales: false, overrides: vec![] }
     }
 }
 
@@ -144,6 +146,8 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         // `pick` applies the overrides here, by node and weight name.
         overrides: Vec::new(),
         int8_activations: true,
+        f16_scales: opts.f16_scales,
+        head_int8_activations: true,
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();

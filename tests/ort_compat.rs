@@ -47,6 +47,12 @@ fn onnxruntime_runs_every_tiny_variant_and_agrees_with_the_reference() {
         // onnxruntime-genai's layout: GroupQueryAttention, (Skip)SimplifiedLayerNormalization.
         ("genai-fp32", ExportOptions::fp32().genai(), ActivationQuant::None, 1e-4),
         ("genai-int4", float_act(ExportOptions::int4(32, true)).genai(), ActivationQuant::None, 1e-3),
+        // fp16 scales and float zero points behind a Cast (the packer's int4 recipe's layers;
+        // the tied int4 embedding/head's scales too).
+        ("int4-float-zp-f16", float_act(ExportOptions { q4_min: true, f16_scales: true, ..ExportOptions::int4(32, false) }), ActivationQuant::None, 1e-3),
+        // accuracy_level 4 on float zero points: onnxruntime still computes on float activations.
+        ("int4-float-zp-f16-acc4", ExportOptions { q4_min: true, f16_scales: true, embedding: Precision::F32, lm_head: Precision::F32, ..ExportOptions::int4(32, false) }, ActivationQuant::None, 1e-3),
+        ("int8-block-f16", ExportOptions { f16_scales: true, ..ExportOptions::int8_block() }, ActivationQuant::Int8Block32, 1e-3),
     ];
     for (name, opts, act, tol) in variants {
         let e = export(&cfg, &tiny::weights(), &opts);

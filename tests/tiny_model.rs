@@ -105,14 +105,21 @@ fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
     use edge_llm::cpu::CpuOptions;
     use edge_llm::llama::reference::ActivationQuant;
     let cfg = tiny::config();
+    let float_zp = ExportOptions { q4_min: true, ..ExportOptions::int4(32, false) };
     let variants = [
         ("int8-block", ExportOptions::int8_block(), "EdgeLlmQ8BlockMatMul"),
-        ("int4-float-zp", ExportOptions { q4_min: true, ..ExportOptions::int4(32, false) }, "EdgeLlmQ4MinMatMul"),
+        ("int4-float-zp", float_zp.clone(), "EdgeLlmQ4MinMatMul"),
+        // The same with fp16 scales and zero points behind a Cast (the int4 recipe's layers).
+        ("int4-float-zp-f16", ExportOptions { f16_scales: true, ..float_zp }, "EdgeLlmQ4MinMatMul"),
     ];
     for (name, opts, op) in variants {
         let exported = export(&cfg, &tiny::weights(), &opts);
         let graph = exported.model.graph.as_ref().unwrap();
-        let float = |t: &str| graph.initializer.iter().any(|i| i.name == t && i.data_type == 1);
+        // A float initializer, or the Cast to float of an fp16 one.
+        let float = |t: &str| {
+            graph.initializer.iter().any(|i| i.name == t && i.data_type == 1)
+                || graph.node.iter().any(|n| n.op_type == "Cast" && n.output[0] == t && graph.initializer.iter().any(|i| i.name == n.input[0] && i.data_type == 10))
+        };
         // The nodes in edge-llm's format: 8-bit ones, or 4-bit ones with float zero points (every
         // linear; the tied embedding/head keeps integer zero points).
         let ours = |n: &&edge_llm::onnx::NodeProto| {
@@ -132,9 +139,7 @@ fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
             let (act, tol) = match (name, q4_int8_activations) {
                 ("int8-block", _) => (ActivationQuant::Int8Block32, 1e-3),
                 (_, false) => (ActivationQuant::None, 1e-3),
-                // The tied int4 head (integer zero points) rounds activations to int8 here while the
-                // float-zero-point linears compute on floats (q8_block_matmul): the reference rounds none.
-                (_, true) => (ActivationQuant::None, 1e-1),
+                (_, true) => (ActivationQuant::Int8Block32, 1e-3),
             };
             let got = model.session().forward_all(&PROMPT).unwrap();
             let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();

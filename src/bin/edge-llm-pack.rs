@@ -231,7 +231,10 @@ enum Cmd {
 /// How weights are stored, shared by `import-gguf` and `quantize`.
 #[derive(clap::Args)]
 struct QuantArgs {
-    /// Precision of the linear layers: fp32, fp16, int8 or int4.
+    /// Precision of the linear layers: fp32, fp16, int8 or int4. For `import-gguf`, int4 alone
+    /// (none of the int4 flags below, no `--embedding`) is the measured best recipe under the
+    /// 100 MB bundle (docs/quality.md): float zero points, f16 scales, the tied embedding/head
+    /// at 8 bits on float activations.
     #[arg(long, default_value = "int4")]
     precision: edge_llm::quant::Precision,
     /// int4 block size along K.
@@ -248,6 +251,10 @@ struct QuantArgs {
     /// block's scale (and zero point) for the least error.
     #[arg(long)]
     rtn: bool,
+    /// Scales and float zero points stored as fp16 (cast to float in the graph), as GGUF
+    /// stores its blocks: 2 bytes less per block.
+    #[arg(long)]
+    f16_scales: bool,
     /// int8 storage: `block` (MatMulNBits 8-bit, scales per 32 for weights and activations) or
     /// `dynamic` (onnxruntime quantize_dynamic's MatMulInteger, one scale per activation tensor).
     #[arg(long, default_value = "block")]
@@ -447,6 +454,7 @@ fn main() -> anyhow::Result<()> {
                 int8_format: quant.int8_format()?,
                 q4_search: !quant.rtn,
                 q4_min: quant.float_zero_points,
+                f16_scales: quant.f16_scales,
                 overrides,
             };
             let (model, report) = edge_llm::quantize::quantize(edge_llm::onnx::decode(&bytes)?, &opts)?;
@@ -702,7 +710,15 @@ fn import_gguf(
         Precision::Int8 => ExportOptions::int8(),
         Precision::Int4 => ExportOptions::int4(block_size, symmetric),
     };
-    let mut opts = ExportOptions { int8_format: quant.int8_format()?, q4_search: !quant.rtn, q4_min: quant.float_zero_points, overrides, ..opts };
+    let mut opts = ExportOptions { int8_format: quant.int8_format()?, q4_search: !quant.rtn, q4_min: quant.float_zero_points, f16_scales: quant.f16_scales, overrides, ..opts };
+    let recipe = precision == Precision::Int4 && !(quant.asymmetric || quant.float_zero_points || quant.rtn || quant.f16_scales) && embedding.is_none();
+    let embedding = if recipe {
+        // The default int4 recipe (measured in docs/quality.md, scripts/quality-table.sh).
+        (opts.q4_min, opts.f16_scales, opts.head_int8_activations) = (true, true, false);
+        Some(Precision::Int8)
+    } else {
+        embedding
+    };
     if let Some(e) = embedding {
         (opts.embedding, opts.lm_head) = (e, e);
     }

@@ -28,6 +28,27 @@ fn inference_err(e: impl std::fmt::Display) -> Error {
     Error::Inference(format!("{e:#}"))
 }
 
+/// The value of `outlet` when it is a constant, or a stateless op over constants: the `Cast`
+/// of fp16 scales (`ExportOptions::f16_scales`), which tract folds at load only under 4 MiB,
+/// while the weight kernels need their scales when they are wired.
+pub(crate) fn const_value(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Arc<Tensor>>> {
+    if let Some(k) = &model.outlet_fact(outlet)?.konst {
+        return Ok(Some(k.clone()));
+    }
+    let node = model.node(outlet.node);
+    if node.inputs.is_empty() {
+        return Ok(None);
+    }
+    let mut inputs = tvec![];
+    for i in &node.inputs {
+        match const_value(model, *i)? {
+            Some(t) => inputs.push(t.into_tvalue()),
+            None => return Ok(None),
+        }
+    }
+    Ok(node.op.eval_out_of_plan(inputs)?.map(|mut out| out.swap_remove(outlet.slot).into_arc_tensor()))
+}
+
 /// What a graph input or output is, by its HF/optimum name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Port {

@@ -750,7 +750,7 @@ impl Expansion for MatMulNBitsQ4 {
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
+            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
         };
         let b = konst(1, "B")?;
         let scales = konst(2, "scales")?;

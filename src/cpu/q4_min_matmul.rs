@@ -4,8 +4,9 @@
 //!
 //! Computed as the symmetric int4 kernel ([`Q4Matrix`], zero point 8) plus a per-block term:
 //! `(q - zf) * s = (q - 8) * s + (8 - zf) * s`, so `y = y8 + sum_b c[n][b] * X[m][b]` with
-//! `c = (8 - zf) * s` and `X` the block sums of the (unrounded) activations. The packed nibbles
-//! stay the graph's tensor (shared with a tied embedding's `Gather`).
+//! `c = (8 - zf) * s` and `X` the block sums of the activations (rounded to int8 when the
+//! product rounds them). The packed nibbles stay the graph's tensor (shared with a tied
+//! embedding's `Gather`).
 
 use std::sync::Arc;
 
@@ -37,12 +38,16 @@ impl Q4MinMatrix {
 
     pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
         let (k, n, nb) = (self.q4.k, self.q4.n, self.q4.k / BLOCK);
-        if int8_activations {
+        // The zero-point term takes the block sums of the activations the product used: with
+        // int8 activations those of the rounded ones (`scale * sum(q)`), as onnxruntime's int8
+        // compute and the reference do; unrounded sums there were the 0.24 logit error.
+        let sums: Vec<f32> = if int8_activations {
             self.q4.matmul_q8(x, out)?;
+            super::q4_matmul::quantize_activations(x, k).scaled_sums
         } else {
             self.q4.matmul(x, out)?;
-        }
-        let sums: Vec<f32> = x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect();
+            x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
+        };
         for (r, row) in out.chunks_exact_mut(n).enumerate() {
             let xs = &sums[r * nb..(r + 1) * nb];
             for (y, c) in row.iter_mut().zip(self.correction.chunks_exact(nb)) {
@@ -164,7 +169,7 @@ impl Expansion for MatMulNBitsQ4Min {
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
+            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
         };
         let zero_points: Arc<Tensor> = konst(3, "zero_points")?;
         let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &zero_points)?;
@@ -195,17 +200,11 @@ mod tests {
         for int8 in [false, true] {
             let mut out = vec![0f32; m * n];
             mat.matmul(&x, &mut out, int8).unwrap();
-            // With int8 activations the nibble part sees rounded x, the zero-point term exact x.
+            // With int8 activations both terms see the rounded x (the reference's int8 compute).
             let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
             for r in 0..m {
                 for c in 0..n {
-                    let want: f32 = (0..k)
-                        .map(|i| {
-                            let (b, s) = (c * (k / 32) + i / 32, q.scales[c * (k / 32) + i / 32]);
-                            let nib = deq[c * k + i] + q.zero_points[b] * s - 8.0 * s; // (q - 8) * s
-                            xr[r * k + i] * nib + x[r * k + i] * (8.0 - q.zero_points[b]) * s
-                        })
-                        .sum();
+                    let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
                     assert!((out[r * n + c] - want).abs() < 1e-3, "int8={int8} [{r}][{c}] {} vs {want}", out[r * n + c]);
                 }
             }

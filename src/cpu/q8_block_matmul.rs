@@ -323,7 +323,7 @@ impl Expansion for MatMulNBitsQ8 {
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            model.outlet_fact(inputs[i])?.konst.clone().with_context(|| format!("MatMulNBits: {what} must be a constant"))
+            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
         };
         let b = konst(1, "B")?;
         let scales = konst(2, "scales")?;
@@ -368,6 +368,10 @@ fn elem_type(ctx: &ParsingContext, name: &str) -> Option<i32> {
     if let Some(t) = g.initializer.iter().find(|t| t.name == name) {
         return Some(t.data_type);
     }
+    // fp16 scales / zero points cast to float (`ExportOptions::f16_scales`).
+    if let Some(cast) = g.node.iter().find(|n| n.op_type == "Cast" && n.output.first().is_some_and(|o| o == name)) {
+        return cast.attribute.iter().find(|a| a.name == "to").map(|a| a.i as i32);
+    }
     let vi = g.input.iter().find(|i| i.name == name)?;
     match vi.r#type.as_ref()?.value.as_ref()? {
         tract_onnx::pb::type_proto::Value::TensorType(t) => Some(t.elem_type),
@@ -392,11 +396,9 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
     }
     if bits == 4 && float_zp {
         ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 4-bit with float zero points: only block_size {BLOCK}, K a multiple of it, no g_idx or bias");
-        // As the q4 kernel does: forced by mode 1 / 2, else onnxruntime's `accuracy_level` 4.
-        // Float activations always: the int8-activation variant of this kernel was off by 0.24
-        // on the tiny model (tests/tiny_model.rs), an open bug; `mode` is not consulted.
-        let _ = mode;
-        let int8_activations = false;
+        // Int8 activations only when forced (mode 2): onnxruntime 1.32 computes float zero
+        // points on float activations whatever `accuracy_level` says (tests/ort_compat.rs).
+        let int8_activations = mode == 2;
         return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations }), vec![]));
     }
     let next = NEXT[mode].get().context("the previous MatMulNBits builder was not registered")?;

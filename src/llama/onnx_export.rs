@@ -55,6 +55,14 @@ pub struct ExportOptions {
     /// rounded to int8 blocks (onnxruntime's int8 compute, edge-llm's fast wasm kernel). Off:
     /// float activations, onnxruntime's default.
     pub int8_activations: bool,
+    /// Store the scales (and float zero points) of every `MatMulNBits` weight and quantized
+    /// embedding table as fp16 initializers behind a `Cast` to float, as GGUF stores Q4_1 and
+    /// Q8_0 blocks: 2 bytes per block instead of 4 (SmolLM2: 13 MB less at int4 with float
+    /// zero points, which is what fits its 8-bit head under the 100 MB bundle).
+    pub f16_scales: bool,
+    /// The tied 8-bit head computes with int8 activations (`accuracy_level = 4`). Off: float
+    /// activations; SmolLM2's demo reply flips on the head's input rounding (docs/quality.md).
+    pub head_int8_activations: bool,
 }
 
 /// The two int8 formats.
@@ -96,6 +104,8 @@ impl ExportOptions {
             importance: None,
             overrides: Vec::new(),
             int8_activations: true,
+            f16_scales: false,
+            head_int8_activations: true,
         }
     }
     /// The same weights in onnxruntime-genai's layout.
@@ -167,9 +177,9 @@ impl<'a> Ctx<'a> {
                 (g.node("MatMul", &[x, &wf], vec![]), eff)
             }
             Precision::Int8 if self.opts.int8_format == Int8Format::Block32 && k % 32 == 0 => {
-                let q = qref::quantize_q8_block(w, n, k);
+                let q = self.quantize_q8_block(w, n, k);
                 let init = self.q8_block_initializers(name, &q);
-                (self.matmul_nbits8(x, &init, n, k), qref::dequantize_q8_block(&q))
+                (self.matmul_nbits8(x, &init, n, k, true), qref::dequantize_q8_block(&q))
             }
             Precision::Int8 => {
                 let q = qref::quantize_q8(w, n, k);
@@ -202,11 +212,14 @@ impl<'a> Ctx<'a> {
             return (self.q4_initializers(name, &q), qref::dequantize_q4(&q));
         }
         let imp = self.opts.importance.as_ref().and_then(|m| m.get(name)).filter(|v| v.len() == k);
-        let q = qref::quantize_q4_min(w, n, k, self.opts.block_size, imp.map(|v| v.as_slice()));
+        let mut q = qref::quantize_q4_min(w, n, k, self.opts.block_size, imp.map(|v| v.as_slice()));
+        if self.opts.f16_scales {
+            q = qref::q4_min_f16(w, &q);
+        }
         let nb = q.k.div_ceil(q.block_size);
-        let zp = self.g.init_f32(&format!("{name}.weight_zero_points"), &[q.n * nb], &q.zero_points);
+        let zp = self.init_scales(&format!("{name}.weight_zero_points"), &q.zero_points);
         let b = self.g.init_u8(&format!("{name}.weight_Q4"), &[q.n, nb, q.block_size / 2], q.packed.clone());
-        let s = self.g.init_f32(&format!("{name}.weight_scales"), &[q.n * nb], &q.scales);
+        let s = self.init_scales(&format!("{name}.weight_scales"), &q.scales);
         ((b, s, Some(zp)), qref::dequantize_q4_min(&q))
     }
 
@@ -224,12 +237,32 @@ impl<'a> Ctx<'a> {
     pub(crate) fn q8_block_initializers(&mut self, name: &str, q: &crate::quant::Q8BlockWeight) -> (String, String) {
         let nb = q.k / q.block_size;
         let b = self.g.init_u8(&format!("{name}.weight_Q8"), &[q.n, nb, q.block_size], q.q.clone());
-        let s = self.g.init_f32(&format!("{name}.weight_scales"), &[q.n * nb], &q.scales);
+        let s = self.init_scales(&format!("{name}.weight_scales"), &q.scales);
         (b, s)
     }
 
-    pub(crate) fn matmul_nbits8(&mut self, x: &str, init: &(String, String), n: usize, k: usize) -> String {
-        let attrs = vec![attr_i("K", k as i64), attr_i("N", n as i64), attr_i("bits", 8), attr_i("block_size", 32), attr_i("accuracy_level", 4)];
+    /// `w[n][k]` as 8-bit blocks (scales rounded to f16 with `f16_scales`) and its dequantized values.
+    pub(crate) fn quantize_q8_block(&self, w: &[f32], n: usize, k: usize) -> crate::quant::Q8BlockWeight {
+        let q = qref::quantize_q8_block(w, n, k);
+        if self.opts.f16_scales { qref::q8_block_f16(w, &q) } else { q }
+    }
+
+    /// A flat f32 parameter tensor (scales, float zero points): an f32 initializer, or with
+    /// `f16_scales` an f16 one cast to float (values must be f16-exact: the quantizers round them).
+    fn init_scales(&mut self, name: &str, v: &[f32]) -> String {
+        if !self.opts.f16_scales {
+            return self.g.init_f32(name, &[v.len()], v);
+        }
+        debug_assert!(v.iter().all(|x| half::f16::from_f32(*x).to_f32() == *x), "{name}: not f16-exact");
+        let h = self.g.init_f16(&format!("{name}_f16"), &[v.len()], v);
+        self.g.node("Cast", &[&h], vec![attr_i("to", OnnxType::Float as i64)])
+    }
+
+    pub(crate) fn matmul_nbits8(&mut self, x: &str, init: &(String, String), n: usize, k: usize, int8_activations: bool) -> String {
+        let mut attrs = vec![attr_i("K", k as i64), attr_i("N", n as i64), attr_i("bits", 8), attr_i("block_size", 32)];
+        if int8_activations {
+            attrs.push(attr_i("accuracy_level", 4));
+        }
         self.g.node_multi(MS_DOMAIN, "MatMulNBits", &[x, init.0.as_str(), init.1.as_str()], 1, attrs).remove(0)
     }
 
@@ -263,7 +296,8 @@ impl<'a> Ctx<'a> {
             self.g.init_u8(&format!("{name}.weight_zero_points"), &[len], zp)
         });
         let b = self.g.init_u8(&format!("{name}.weight_Q4"), &[q.n, nb, q.block_size / 2], q.packed.clone());
-        let s = self.g.init_f32(&format!("{name}.weight_scales"), &[q.n * nb], &q.scales);
+        // The int4 quantizers round scales to f16 already (tract's kernels compute with f16 scales).
+        let s = self.init_scales(&format!("{name}.weight_scales"), &q.scales);
         (b, s, zp)
     }
 
@@ -454,7 +488,7 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
             x
         }
         Precision::Int8 if opts.int8_format == Int8Format::Block32 && h % 32 == 0 => {
-            let q = qref::quantize_q8_block(&w.embed, cfg.vocab_size, h);
+            let q = cx.quantize_q8_block(&w.embed, cfg.vocab_size, h);
             eff.embed = qref::dequantize_q8_block(&q);
             let init = cx.q8_block_initializers("model.embed_tokens", &q);
             let x = cx.gather_q8_block(&ids, &init, h);
@@ -489,7 +523,7 @@ pub fn export(cfg: &LlamaConfig, w: &LlamaWeights, opts: &ExportOptions) -> Expo
     } else if let (true, Precision::Int8, Some(init)) = (cfg.tie_word_embeddings, opts.lm_head, &shared_q8) {
         eff.lm_head = Some(eff.embed.clone());
         let init = init.clone();
-        cx.matmul_nbits8(&xn, &init, cfg.vocab_size, h)
+        cx.matmul_nbits8(&xn, &init, cfg.vocab_size, h, opts.head_int8_activations)
     } else if tied_fp32 {
         // As optimum exports a tied head: MatMul against the transposed embedding.
         let et = cx.g.node("Transpose", &["model.embed_tokens.weight"], vec![attr_ints("perm", &[1, 0])]);

@@ -286,6 +286,32 @@ fn fit_min_block(vals: &[f32], imp: &[f32]) -> (f32, f32) {
     best
 }
 
+/// `q` (quantized from `w`) with its scales and zero points rounded to f16, as a compact file
+/// stores them (GGUF's Q4_1 keeps its scale and min in f16 too), every code re-chosen for the
+/// rounded values.
+pub fn q4_min_f16(w: &[f32], q: &Q4MinWeight) -> Q4MinWeight {
+    let f16 = |v: f32| half::f16::from_f32(v).to_f32();
+    let nb = q.k.div_ceil(q.block_size);
+    let (scales, zero_points): (Vec<f32>, Vec<f32>) = q.scales.iter().zip(&q.zero_points).map(|(s, z)| (f16(*s), f16(*z))).unzip();
+    let mut packed = vec![0u8; q.packed.len()];
+    for row in 0..q.n {
+        for i in 0..q.k {
+            let (b, j) = (row * nb + i / q.block_size, i % q.block_size);
+            let c = (w[row * q.k + i] / scales[b] + zero_points[b]).round().clamp(0.0, 15.0) as u8;
+            packed[b * q.block_size / 2 + j / 2] |= if j % 2 == 0 { c } else { c << 4 };
+        }
+    }
+    Q4MinWeight { packed, scales, zero_points, ..q.clone() }
+}
+
+/// `q` (quantized from `w`) with its scales rounded to f16 (GGUF's Q8_0 form), every code
+/// re-chosen for the rounded scale.
+pub fn q8_block_f16(w: &[f32], q: &Q8BlockWeight) -> Q8BlockWeight {
+    let scales: Vec<f32> = q.scales.iter().map(|s| half::f16::from_f32(*s).to_f32()).collect();
+    let codes = w.chunks_exact(q.block_size).zip(&scales).flat_map(|(b, s)| b.iter().map(move |v| ((v / s).round().clamp(-127.0, 127.0) + 128.0) as u8));
+    Q8BlockWeight { q: codes.collect(), scales, ..q.clone() }
+}
+
 pub fn dequantize_q4_min(w: &Q4MinWeight) -> Vec<f32> {
     let nb = w.k.div_ceil(w.block_size);
     let mut out = Vec::with_capacity(w.n * w.k);
@@ -378,6 +404,29 @@ mod tests {
             let searched = err(&dequantize_q4(&quantize_q4_search(&w, 4, 128, 32, sym, None)));
             assert!(searched <= rtn * 1.0001, "sym={sym}: {searched} > {rtn}");
             assert!(searched < rtn * 0.95, "sym={sym}: the search found nothing better ({searched} vs {rtn})");
+        }
+    }
+
+    #[test]
+    fn f16_parameters_keep_a_gguf_block_and_stay_within_half_a_step() {
+        // A Q4_1 block (f16 scale and min) keeps its values within a rounding of f16 zero points.
+        let (d, m) = (half::f16::from_f32(0.0123).to_f32(), half::f16::from_f32(-0.0871).to_f32());
+        let w: Vec<f32> = (0..2 * 64).map(|i| ((i * 7) % 16) as f32 * d + m * (1 + i / 64) as f32).collect();
+        let q = q4_min_f16(&w, &quantize_q4_min(&w, 2, 64, 32, None));
+        assert!(q.scales.iter().chain(&q.zero_points).all(|v| half::f16::from_f32(*v).to_f32() == *v));
+        for (a, b) in w.iter().zip(dequantize_q4_min(&q)) {
+            assert!((a - b).abs() <= d * 0.01, "{a} vs {b}");
+        }
+        // Arbitrary weights: the f16 parameters cost next to nothing over f32 ones.
+        let w: Vec<f32> = (0..4 * 128).map(|i| (((i * 7919) % 263) as f32 / 131.0 - 1.0).powi(3) + 0.3).collect();
+        let err = |d: &[f32]| w.iter().zip(d).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>();
+        let q32 = quantize_q4_min(&w, 4, 128, 32, None);
+        let (e32, e16) = (err(&dequantize_q4_min(&q32)), err(&dequantize_q4_min(&q4_min_f16(&w, &q32))));
+        assert!(e16 <= e32 * 1.02, "{e16} vs {e32}");
+        let q8 = q8_block_f16(&w, &quantize_q8_block(&w, 4, 128));
+        assert!(q8.scales.iter().all(|v| half::f16::from_f32(*v).to_f32() == *v));
+        for (i, (a, b)) in w.iter().zip(dequantize_q8_block(&q8)).enumerate() {
+            assert!((a - b).abs() <= q8.scales[i / 32] * 0.5 + 1e-6, "i={i} {a} vs {b}");
         }
     }
 
