@@ -177,6 +177,22 @@ test("a second visit reads every file from the IndexedDB cache (no shard request
   await page.close();
 });
 
+// The threaded build where the page is isolated (the test server sends COOP/COEP): with
+// EDGE_LLM_REQUIRE_THREADS=1 (scripts/test.sh, once pkg/threads/ is built) a quick run at 2
+// threads must run on it; without the threaded build the page says it has only one.
+const threadsBuilt = existsSync(new URL("../../pkg/threads/edge_llm.js", import.meta.url));
+test("threads=2 on an isolated page: the quick run uses the threaded build in the Worker", { skip, timeout: 300_000 }, async () => {
+  const { page } = await run({ model, auto: "quick", threads: "2" });
+  const r = await page.evaluate(() => window.benchResult);
+  if (threadsBuilt || process.env.EDGE_LLM_REQUIRE_THREADS === "1") {
+    assert.deepEqual([r.engine.variant, r.engine.threads], ["threads", 2], JSON.stringify(r.engine));
+  } else {
+    assert.deepEqual([r.engine.variant, r.engine.threads], ["single", 1], JSON.stringify(r.engine));
+  }
+  assert.ok(r.quick.latency.p50 > 0 && r.quick.latency.p50 <= r.quick.latency.p95, JSON.stringify(r.quick.latency));
+  await page.close();
+});
+
 test("backend webgpu: runs on the GPU or says plainly that it is not available", { skip, timeout: 120_000 }, async () => {
   const { page, reports } = await run({ model, backend: "webgpu", auto: "quick" }, { until: ["DONE", "ERROR"] });
   const err = reports.find((x) => x.kind === "ERROR");
