@@ -7,10 +7,7 @@
 #[path = "common/ort_files.rs"]
 mod ort_files;
 
-use ort_files::{check, Backend};
-
-/// Last-step logit tolerance for files computed with int8 activations (see `check`).
-const INT8_ACT_LAST: f32 = 0.25;
+use ort_files::{check, Backend, INT8_ACT_LAST};
 
 /// `name: file, backend, tolerance` → one test. Tolerance: max |logit diff| against
 /// onnxruntime (logits of magnitude ~10). fp32, int8 and int4 (float or int8 activations)

@@ -6,10 +6,7 @@
 #[path = "common/ort_files.rs"]
 mod ort_files;
 
-use ort_files::{check, Backend};
-
-/// Last-step logit tolerance for files computed with int8 activations (see `check`).
-const INT8_ACT_LAST: f32 = 0.25;
+use ort_files::{check, Backend, INT8_ACT_LAST};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);
