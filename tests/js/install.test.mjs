@@ -205,14 +205,19 @@ test("Vite: the example app from the installed tarball, dev server and build, in
 
   await t.test("dev server", async () => {
     const port = await freePort();
-    const server = spawn(vite, ["--port", String(port), "--strictPort", "--host", "127.0.0.1"], { cwd: dir, stdio: ["ignore", "pipe", "pipe"] });
+    // NO_COLOR: vite colours the port (`127.0.0.1:\x1b[1m38167`) when the environment forces colour, as CI's does.
+    const server = spawn(vite, ["--port", String(port), "--strictPort", "--host", "127.0.0.1"], {
+      cwd: dir,
+      stdio: ["ignore", "pipe", "pipe"],
+      env: { ...process.env, NO_COLOR: "1", FORCE_COLOR: "0" },
+    });
     let log = "";
     try {
       await new Promise((ok, fail) => {
         const timer = setTimeout(() => fail(new Error(`vite did not start:\n${log}`)), 60_000);
         const onData = (d) => {
           log += d;
-          if (log.includes(`:${port}`)) {
+          if (log.replace(/\x1b\[[0-9;]*m/g, "").includes(`:${port}`)) {
             clearTimeout(timer);
             ok();
           }
