@@ -55,6 +55,8 @@ else
   rm -rf pkg/threads
 fi
 node --test tests/js/
+echo "== soak: 1,000 chat turns on one engine in Chromium (save/restore each turn, an abort every 7th); wasm memory within 5 % of turn 10"
+node scripts/soak.mjs 1000
 
 echo "== gates: SmolLM2 int4 size budget (bundled, < 100 MB); p95 decode latency vs scripts/bench-baseline.json"
 pack verify "$smollm2_work/packed" --budget bundled
