@@ -26,6 +26,9 @@ logits of the last prompt position and of the last step.
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py            # the fixtures
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --dynamic-quantize
       # only dynamic-quantize.onnx/.json: DynamicQuantizeLinear + MatMulInteger on rounding cases
+  /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --matmulnbits-int8
+      # only matmulnbits-int8.onnx/.json: MatMulNBits accuracy_level 4 (int8 activations) on
+      # rounding cases
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --smollm2 GGUF OUT/
       # the same conversions of SmolLM2 from its GGUF, 6 prompts x 32 tokens (by hand; the
       # files are ~100-500 MB): `cargo test --release --features pack --test ort_files -- --ignored`
@@ -315,12 +318,100 @@ def dynamic_quantize_cases(out):
     print("dynamic-quantize:", {c["name"]: (c["zero_point"], float(np.array(c["scale_bits"], np.uint32).view(np.float32))) for c in doc["cases"]})
 
 
+def matmulnbits_int8_cases(out):
+    """One `MatMulNBits` node (4 bits, block 32, symmetric) with `accuracy_level` 4: onnxruntime
+    quantizes each 32-block of the activations to int8 (MLAS `QuantizeARow_CompInt8`: multiplier
+    127 / amax, ties to even) and computes integer dot products. Inputs chosen to hit its rounding:
+    blocks whose amax is 127 (multiplier exactly 1) with values on halves, amaxes where 127 / amax
+    and 1 / (amax / 127) differ by an ulp with values where that moves the rounding, and seeded
+    random rows; one row (decode) and several (prefill). Weight scales are powers of two, so on
+    the rounding cases every product and sum is exact and the outputs can be pinned bit for bit.
+    Writes matmulnbits-int8.onnx and matmulnbits-int8.json (tests/ort_files.rs)."""
+    k, n, block = 64, 8, 32
+    rng = np.random.default_rng(SEED)
+    h, T = onnx.helper, onnx.TensorProto
+    b = rng.integers(0, 256, size=(n, k // block, block // 2), dtype=np.uint8)
+    scales = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], np.float32), size=n * (k // block))
+    graph = h.make_graph(
+        [h.make_node("MatMulNBits", ["a", "b", "scales"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=4)],
+        "matmulnbits_int8",
+        [h.make_tensor_value_info("a", T.FLOAT, ["m", k])],
+        [h.make_tensor_value_info("y", T.FLOAT, ["m", n])],
+        [onnx.numpy_helper.from_array(b, "b"), onnx.numpy_helper.from_array(scales, "scales")],
+    )
+    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)], ir_version=10)
+    onnx.checker.check_model(model)
+    path = os.path.join(out, "matmulnbits-int8.onnx")
+    onnx.save_model(model, path)
+
+    def halves(rows):
+        x = rng.integers(-100, 100, size=(rows, k)).astype(np.float32) + 0.5
+        x[:, 0], x[:, block] = 127.0, -127.0
+        return x
+
+    def ulp_rows(rows):
+        # amaxes where the one-division multiplier differs from the two-division one, and values
+        # that round differently under them (or under ties-away instead of ties-to-even).
+        x = np.zeros((rows, k), np.float32)
+        f = np.float32
+        for blk in range(rows * k // block):
+            while True:
+                amax = f(rng.uniform(20.0, 100.0))  # scale >= 0.157: a flipped rounding moves y by >= 0.039
+                one, two = f(127) / amax, f(1) / (amax / f(127))
+                if one != two:
+                    break
+            vals = [amax]
+            while len(vals) < block:
+                v = f(rng.uniform(-amax, amax))
+                t = np.round((v * one)) + f(0.5) * rng.choice([-1, 1])
+                v = f(t / one)
+                if abs(v) < amax and (np.round(f(v * one)) != np.round(f(v * two)) or f(v * one) % 1 == 0.5):
+                    vals.append(v)
+            x.reshape(-1, block)[blk] = vals
+        return x
+
+    cases = {
+        "halves_1": halves(1),
+        "halves_3": halves(3),
+        "ulp_1": ulp_rows(1),
+        "ulp_4": ulp_rows(4),
+        "normal_1": rng.standard_normal((1, k)),
+        "normal_5": 10 * rng.standard_normal((5, k)),
+    }
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    w = np.stack([(b >> 0) & 15, (b >> 4) & 15], axis=-1).reshape(n, k).astype(np.float32) - 8
+    w *= np.repeat(scales.reshape(n, k // block), block, axis=1)
+    doc = {"k": k, "n": n, "block_size": block, "cases": []}
+    for name, x in cases.items():
+        x = x.astype(np.float32)
+        (y,) = sess.run(["y"], {"a": x})
+        # onnxruntime really computed on int8 activations: float activations give other numbers.
+        float_diff = float(np.abs(y - x @ w.T).max())
+        doc["cases"].append({
+            "name": name,
+            "shape": list(x.shape),
+            "x_bits": x.view(np.uint32).ravel().tolist(),
+            "y_bits": y.astype(np.float32).view(np.uint32).ravel().tolist(),
+            "exact": name.startswith("halves"),
+            "max_diff_to_float_activations": float_diff,
+        })
+    doc["versions"] = versions()
+    doc["generator"] = "scripts/make-ort-references.py --matmulnbits-int8"
+    with open(os.path.join(out, "matmulnbits-int8.json"), "w") as f:
+        json.dump(doc, f, indent=0)
+    print("matmulnbits-int8:", {c["name"]: c["max_diff_to_float_activations"] for c in doc["cases"]})
+
+
 def main():
     info = {"versions": versions(), "generator": "scripts/make-ort-references.py"}
     print("versions:", info["versions"])
     with tempfile.TemporaryDirectory() as tmp:
         if len(sys.argv) > 1 and sys.argv[1] == "--dynamic-quantize":
             dynamic_quantize_cases(os.path.join(ROOT, "tests/fixtures/ort"))
+        elif len(sys.argv) > 1 and sys.argv[1] == "--matmulnbits-int8":
+            matmulnbits_int8_cases(os.path.join(ROOT, "tests/fixtures/ort"))
         elif len(sys.argv) > 1 and sys.argv[1] == "--smollm2":
             gguf, out = sys.argv[2], sys.argv[3]
             os.makedirs(out, exist_ok=True)
@@ -347,6 +438,7 @@ def main():
             prompts = [[1, 80, 17, 200], [5], [1, 44, 97, 120, 33, 250, 7, 61, 300, 12], [1, 2, 3]]
             references(files, prompts, 12, out, info)
             dynamic_quantize_cases(out)
+            matmulnbits_int8_cases(out)
 
 
 if __name__ == "__main__":

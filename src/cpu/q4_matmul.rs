@@ -200,11 +200,20 @@ pub struct Q8Activations {
     pub scaled_sums: Vec<f32>,
 }
 
-/// One 32-block's int8 quantization: `(scale, 1 / scale)`, both 0 for an all-zero block.
-fn block_scale(src: &[f32]) -> (f32, f32) {
+/// One 32-block's int8 quantization: `(scale, multiplier)`, both 0 for an all-zero block, as
+/// onnxruntime's MLAS quantizes a MatMulNBits row for its int8 compute (`QuantizeARow_CompInt8`):
+/// the multiplier is `127 / amax` in one division, not `1 / (amax / 127)` — the two differ by an
+/// ulp for some amax, enough to move a value that lands on a half to the other integer.
+pub fn q8_block_scale(src: &[f32]) -> (f32, f32) {
     let amax = src.iter().fold(0f32, |a, v| a.max(v.abs()));
-    let scale = amax / 127.0;
-    (scale, if scale > 0.0 { 1.0 / scale } else { 0.0 })
+    (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 })
+}
+
+/// `v * multiplier` to int8 with ties to even, as MLAS (`_mm512_roundscale_ps(_MM_ROUND_NEAREST)`)
+/// and wasm's `f32.nearest` do (`f32::round` rounds ties away from zero and is a libm call on wasm).
+#[inline]
+pub fn round_q8(v: f32) -> i8 {
+    v.round_ties_even() as i8
 }
 
 /// Quantize activations as the int8-activation GEMV sees them; `reference` uses the same
@@ -213,11 +222,11 @@ pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
     let (m, nb) = (x.len() / k, k / BLOCK);
     let mut out = Q8Activations { q: vec![0; m * k], scales: vec![0.0; m * nb], scaled_sums: vec![0.0; m * nb] };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
-        let (scale, inv) = block_scale(src);
+        let (scale, inv) = q8_block_scale(src);
         let dst = &mut out.q[blk * BLOCK..(blk + 1) * BLOCK];
         let mut sum = 0i32;
         for j in 0..BLOCK / 2 {
-            let (e, o) = ((src[2 * j] * inv).round() as i8, (src[2 * j + 1] * inv).round() as i8);
+            let (e, o) = (round_q8(src[2 * j] * inv), round_q8(src[2 * j + 1] * inv));
             dst[j] = e;
             dst[BLOCK / 2 + j] = o;
             sum += e as i32 + o as i32;
@@ -239,9 +248,9 @@ pub fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
     let (m, nb) = (x.len() / k, k / BLOCK);
     let mut out = Q8Rows { q: vec![0; m * k], scales: vec![0.0; m * nb] };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
-        let (scale, inv) = block_scale(src);
+        let (scale, inv) = q8_block_scale(src);
         for (d, v) in out.q[blk * BLOCK..(blk + 1) * BLOCK].iter_mut().zip(src) {
-            *d = (v * inv).round() as i8 as i16;
+            *d = round_q8(v * inv) as i16;
         }
         out.scales[blk] = scale;
     }

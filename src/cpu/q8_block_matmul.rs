@@ -96,15 +96,15 @@ impl Q8BlockMatrix {
 }
 
 /// `x` quantized per 32-block: `(q, scales)` with `x ≈ q * scale`, `scale = amax / 127` (0 for
-/// an all-zero block). The same rounding as `quant::reference::q8_block_round_trip`.
+/// an all-zero block), rounded as onnxruntime's int8 compute rounds
+/// ([`super::q4_matmul::q8_block_scale`]); the same as `quant::reference::q8_block_round_trip`.
 pub fn quantize_blocks(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; x.len()];
     let mut scales = Vec::with_capacity(x.len() / BLOCK);
     for (src, dst) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
-        let s = src.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-        let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+        let (s, inv) = super::q4_matmul::q8_block_scale(src);
         for (d, v) in dst.iter_mut().zip(src) {
-            *d = (v * inv).round() as i8;
+            *d = super::q4_matmul::round_q8(v * inv);
         }
         scales.push(s);
     }

@@ -327,14 +327,13 @@ pub fn dequantize_q4_min(w: &Q4MinWeight) -> Vec<f32> {
 }
 
 /// Activations as the int8-activation q4 kernel sees them: per block of 32 along each row of
-/// length `k`, `round(x / s) * s` with `s = amax / 127`.
+/// length `k`, `round(x · 127 / amax) · amax / 127`, ties to even (onnxruntime's rounding).
 pub fn q8_block_round_trip(x: &[f32], k: usize) -> Vec<f32> {
     assert!(k % 32 == 0 && x.len() % k == 0, "rows of k = {k} in blocks of 32");
     x.chunks_exact(32)
         .flat_map(|b| {
-            let s = b.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
-            b.iter().map(move |v| (v * inv).round() * s).collect::<Vec<_>>()
+            let (s, inv) = crate::cpu::q4_matmul::q8_block_scale(b);
+            b.iter().map(move |v| crate::cpu::q4_matmul::round_q8(v * inv) as f32 * s).collect::<Vec<_>>()
         })
         .collect()
 }
