@@ -327,17 +327,31 @@ def matmulnbits_int8_cases(out):
     random rows; one row (decode) and several (prefill). Weight scales are powers of two, so on
     the rounding cases every product and sum is exact and the outputs can be pinned bit for bit.
     Writes matmulnbits-int8.onnx and matmulnbits-int8.json (tests/ort_files.rs)."""
-    k, n, block = 64, 8, 32
+    # K = 256: MLAS's int8 kernels take 4 blocks (128 values) at a time, then the rest.
+    k, n, block = 288, 8, 32
     rng = np.random.default_rng(SEED)
     h, T = onnx.helper, onnx.TensorProto
     b = rng.integers(0, 256, size=(n, k // block, block // 2), dtype=np.uint8)
     scales = rng.choice(np.array([0.25, 0.5, 1.0, 2.0], np.float32), size=n * (k // block))
+    # The second node has zero points (4-bit, two blocks a byte; odd block count), which
+    # onnxruntime's int8 kernels apply through per-block sums of the activations.
+    blocks = k // block
+    zp = rng.integers(0, 16, size=(n, blocks + 1), dtype=np.uint8)
+    zp_packed = (zp[:, 0::2] | (zp[:, 1::2] << 4)).astype(np.uint8)
+    nbits = dict(domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=4)
     graph = h.make_graph(
-        [h.make_node("MatMulNBits", ["a", "b", "scales"], ["y"], domain="com.microsoft", K=k, N=n, bits=4, block_size=block, accuracy_level=4)],
+        [
+            h.make_node("MatMulNBits", ["a", "b", "scales"], ["y"], **nbits),
+            h.make_node("MatMulNBits", ["a", "b", "scales", "zero_points"], ["y_zp"], **nbits),
+        ],
         "matmulnbits_int8",
         [h.make_tensor_value_info("a", T.FLOAT, ["m", k])],
-        [h.make_tensor_value_info("y", T.FLOAT, ["m", n])],
-        [onnx.numpy_helper.from_array(b, "b"), onnx.numpy_helper.from_array(scales, "scales")],
+        [h.make_tensor_value_info("y", T.FLOAT, ["m", n]), h.make_tensor_value_info("y_zp", T.FLOAT, ["m", n])],
+        [
+            onnx.numpy_helper.from_array(b, "b"),
+            onnx.numpy_helper.from_array(scales, "scales"),
+            onnx.numpy_helper.from_array(zp_packed, "zero_points"),
+        ],
     )
     model = h.make_model(graph, opset_imports=[h.make_opsetid("", 21), h.make_opsetid("com.microsoft", 1)], ir_version=10)
     onnx.checker.check_model(model)
@@ -346,7 +360,8 @@ def matmulnbits_int8_cases(out):
 
     def halves(rows):
         x = rng.integers(-100, 100, size=(rows, k)).astype(np.float32) + 0.5
-        x[:, 0], x[:, block] = 127.0, -127.0
+        x[:, ::block] = 127.0
+        x[:, block::2 * block] = -127.0
         return x
 
     def ulp_rows(rows):
@@ -386,7 +401,7 @@ def matmulnbits_int8_cases(out):
     doc = {"k": k, "n": n, "block_size": block, "cases": []}
     for name, x in cases.items():
         x = x.astype(np.float32)
-        (y,) = sess.run(["y"], {"a": x})
+        y, y_zp = sess.run(["y", "y_zp"], {"a": x})
         # onnxruntime really computed on int8 activations: float activations give other numbers.
         float_diff = float(np.abs(y - x @ w.T).max())
         doc["cases"].append({
@@ -394,6 +409,7 @@ def matmulnbits_int8_cases(out):
             "shape": list(x.shape),
             "x_bits": x.view(np.uint32).ravel().tolist(),
             "y_bits": y.astype(np.float32).view(np.uint32).ravel().tolist(),
+            "y_zp_bits": y_zp.astype(np.float32).view(np.uint32).ravel().tolist(),
             "exact": name.startswith("halves"),
             "max_diff_to_float_activations": float_diff,
         })

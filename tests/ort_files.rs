@@ -143,8 +143,8 @@ fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
 /// `MatMulNBits` with `accuracy_level` 4 rounds its activations to int8 exactly as onnxruntime
 /// does (multiplier 127 / amax, ties to even): on blocks built to land on halves, outputs equal
 /// onnxruntime's bit for bit; where amax makes the multiplier an ulp off the two-division form,
-/// and on random rows, within 4e-3 (a flipped rounding moves an output by ≥ 0.039 there). One
-/// row takes the GEMV, several the GEMM. `make-ort-references.py --matmulnbits-int8` writes the
+/// and on random rows, within 4e-3 (a flipped rounding moves an output by ≥ 0.039 there); with
+/// and without zero points. One row takes the GEMV, several the GEMM. `make-ort-references.py --matmulnbits-int8` writes the
 /// file and onnxruntime's outputs (each case also records how far float activations are).
 #[test]
 fn matmulnbits_int8_activations_round_as_onnxruntime() {
@@ -155,6 +155,7 @@ fn matmulnbits_int8_activations_round_as_onnxruntime() {
         shape: [usize; 2],
         x_bits: Vec<u32>,
         y_bits: Vec<u32>,
+        y_zp_bits: Vec<u32>,
         exact: bool,
     }
     #[derive(serde::Deserialize)]
@@ -175,13 +176,15 @@ fn matmulnbits_int8_activations_round_as_onnxruntime() {
             .unwrap();
         let x: Vec<f32> = c.x_bits.iter().map(|&b| f32::from_bits(b)).collect();
         let out = model.run(tvec!(tract_ndarray::Array2::from_shape_vec(c.shape, x).unwrap().into_tensor().into())).unwrap();
-        let y = out[0].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
-        let want: Vec<f32> = c.y_bits.iter().map(|&b| f32::from_bits(b)).collect();
-        if c.exact {
-            assert_eq!(y, want, "{}: not onnxruntime's outputs bit for bit", c.name);
-        } else {
-            let diff = max_abs_diff(&y, &want);
-            assert!(diff <= 4e-3, "{}: {diff} from onnxruntime", c.name);
+        for (i, (output, bits)) in [("y", &c.y_bits), ("y_zp (zero points)", &c.y_zp_bits)].into_iter().enumerate() {
+            let y = out[i].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
+            let want: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
+            if c.exact {
+                assert_eq!(y, want, "{} {output}: not onnxruntime's outputs bit for bit", c.name);
+            } else {
+                let diff = max_abs_diff(&y, &want);
+                assert!(diff <= 4e-3, "{} {output}: {diff} from onnxruntime", c.name);
+            }
         }
     }
 }
