@@ -29,6 +29,9 @@ logits of the last prompt position and of the last step.
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --matmulnbits-int8
       # only matmulnbits-int8.onnx/.json: MatMulNBits accuracy_level 4 (int8 activations) on
       # rounding cases
+  /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --self-agreement OUT/ NAME...
+      # onnxruntime unoptimized (ORT_DISABLE_ALL) against its recorded default run: how far a
+      # file's tokens depend on summation order
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --smollm2 GGUF OUT/
       # the same conversions of SmolLM2 from its GGUF, 6 prompts x 32 tokens (by hand; the
       # files are ~100-500 MB): `cargo test --release --features pack --test ort_files -- --ignored`
@@ -202,12 +205,14 @@ def np_dtype(ort_type):
     return {"tensor(float)": np.float32, "tensor(float16)": np.float16}[ort_type]
 
 
-def greedy(path, prompt, steps):
+def greedy(path, prompt, steps, optimize=True):
     """onnxruntime's greedy decode: the prompt in one run, then one token per run with the
     previous run's present.* as past_key_values.*. Returns (tokens, logits of the last prompt
-    position, logits of the last step)."""
+    position, logits of the last step). `optimize=False`: ORT_DISABLE_ALL (no fusions)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
     inputs = {i.name: i for i in sess.get_inputs()}
     outputs = [o.name for o in sess.get_outputs()]
@@ -245,6 +250,24 @@ def references(files, prompts, steps, out, info):
         with open(os.path.join(out, f"{name}.json"), "w") as f:
             json.dump(doc, f, indent=0)
         print(f"{name}: {os.path.getsize(path)} bytes, tokens {[r['tokens'][:8] for r in runs]}")
+
+
+def self_agreement(dir, names):
+    """How far onnxruntime agrees with itself on each file of a folder `--smollm2` wrote: its
+    greedy tokens with graph optimizations off (ORT_DISABLE_ALL: no fused norms, no fused
+    quantized matmuls, other summation orders) against the recorded default run. A file where
+    onnxruntime departs from itself is chaotic (one rounding moves the tokens): no
+    implementation can give its tokens exactly without its summation order."""
+    for name in names:
+        doc = json.load(open(os.path.join(dir, f"{name}.json")))
+        same, total, diff = [], 0, 0.0
+        for run in doc["runs"]:
+            tokens, first, _ = greedy(os.path.join(dir, f"{name}.onnx"), run["prompt"], doc["steps"], optimize=False)
+            agree = next((i for i, (a, b) in enumerate(zip(tokens, run["tokens"])) if a != b), len(tokens))
+            same.append(agree)
+            total += len(tokens)
+            diff = max(diff, float(np.abs(first - np.array(run["prefill_logits"], np.float32)).max()))
+        print(f"{name}: onnxruntime unoptimized vs default: {sum(same)}/{total} tokens, per prompt {same}; max |prefill logit diff| {diff:.3g}", flush=True)
 
 
 def dynamic_quantize_cases(out):
@@ -426,6 +449,8 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         if len(sys.argv) > 1 and sys.argv[1] == "--dynamic-quantize":
             dynamic_quantize_cases(os.path.join(ROOT, "tests/fixtures/ort"))
+        elif len(sys.argv) > 1 and sys.argv[1] == "--self-agreement":
+            self_agreement(sys.argv[2], sys.argv[3:])
         elif len(sys.argv) > 1 and sys.argv[1] == "--matmulnbits-int8":
             matmulnbits_int8_cases(os.path.join(ROOT, "tests/fixtures/ort"))
         elif len(sys.argv) > 1 and sys.argv[1] == "--smollm2":
