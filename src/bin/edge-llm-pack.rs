@@ -710,7 +710,10 @@ fn import_gguf(
         Precision::Int8 => ExportOptions::int8(),
         Precision::Int4 => ExportOptions::int4(block_size, symmetric),
     };
-    let mut opts = ExportOptions { int8_format: quant.int8_format()?, q4_search: !quant.rtn, q4_min: quant.float_zero_points, f16_scales: quant.f16_scales, overrides, ..opts };
+    let int8_format = quant.int8_format()?;
+    // The block format's 8-bit head runs on float activations (`ExportOptions::int8_block`).
+    let head_int8_activations = int8_format != edge_llm::llama::onnx_export::Int8Format::Block32;
+    let mut opts = ExportOptions { int8_format, head_int8_activations, q4_search: !quant.rtn, q4_min: quant.float_zero_points, f16_scales: quant.f16_scales, overrides, ..opts };
     let recipe = precision == Precision::Int4 && !(quant.asymmetric || quant.float_zero_points || quant.rtn || quant.f16_scales) && embedding.is_none();
     let embedding = if recipe {
         // The default int4 recipe (measured in docs/quality.md, scripts/quality-table.sh).
