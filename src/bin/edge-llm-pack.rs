@@ -321,7 +321,7 @@ fn eval_encoder(
     kernels: &str,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use edge_llm::eval::{encoder_cosines, sentences, Encoder};
+    use edge_llm::eval::{encoder_cosines, encoder_embeddings, sentences, Encoder};
     let cpu = cpu_options(kernels)?;
     let texts = if texts.is_empty() { vec!["tests/fixtures/eval/prose.txt".into(), "tests/fixtures/eval/long.txt".into()] } else { texts };
     let mut all = String::new();
@@ -334,13 +334,18 @@ fn eval_encoder(
     let tok = edge_llm::tokenizer::Tokenizer::from_json(&std::fs::read(&tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?)?;
     let (cls, sep) = (tok.token_to_id("[CLS]").context("tokenizer has no [CLS]")?, tok.token_to_id("[SEP]").context("tokenizer has no [SEP]")?);
     let reference_bytes = std::fs::read(&reference).with_context(|| format!("reading {}", reference.display()))?;
-    let r = Encoder::load(&reference_bytes, &cpu)?;
+    let wrap = |ids: &[u32]| [&[cls][..], ids, &[sep][..]].concat();
+    let started = std::time::Instant::now();
+    let r = encoder_embeddings(&Encoder::load(&reference_bytes, &cpu)?, &tok, &sents, wrap)?;
+    eprintln!("reference: {} sentences in {:.1?}", sents.len(), started.elapsed());
     let mut table = format!("| model | bytes | mean cosine | min cosine | p5 cosine |\n|---|---:|---:|---:|---:|\n| fp32 (reference) | {} | 1 | 1 | 1 |\n", reference_bytes.len());
     let mut failed = Vec::new();
     for (label, path) in &variants {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let v = Encoder::load(&bytes, &cpu).with_context(|| format!("loading {}", path.display()))?;
-        let mut cos = encoder_cosines(&r, &v, &tok, &sents, |ids| [&[cls][..], ids, &[sep][..]].concat())?;
+        let started = std::time::Instant::now();
+        let mut cos = encoder_cosines(&r, &v, &tok, &sents, wrap)?;
+        eprintln!("{label}: {:.1?}", started.elapsed());
         cos.sort_by(f32::total_cmp);
         let mean = cos.iter().map(|c| *c as f64).sum::<f64>() / cos.len().max(1) as f64;
         table += &format!("| {label} | {} | {mean:.5} | {:.5} | {:.5} |\n", bytes.len(), cos[0], cos[cos.len() / 20]);
