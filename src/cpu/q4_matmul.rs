@@ -567,13 +567,13 @@ mod kernel {
             let mut sum = [0f32; 4];
             for (half, shift) in [(0, 0), (BLOCK / 2, 4)] {
                 for i in 0..4 {
-                    for l in 0..4 {
-                        sum[l] += ((bytes[4 * i + l] >> shift) & 0x0f) as f32 * xb[half + 4 * i + l];
+                    for (l, s) in sum.iter_mut().enumerate() {
+                        *s += ((bytes[4 * i + l] >> shift) & 0x0f) as f32 * xb[half + 4 * i + l];
                     }
                 }
             }
-            for l in 0..4 {
-                acc[l] += sum[l] * scale;
+            for (a, s) in acc.iter_mut().zip(sum) {
+                *a += s * scale;
             }
         }
         acc[0] + acc[1] + acc[2] + acc[3]

@@ -151,12 +151,12 @@ pub mod portable {
             let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &x[b * BLOCK..(b + 1) * BLOCK]);
             let mut sum = [0f32; 4];
             for i in 0..BLOCK / 4 {
-                for l in 0..4 {
-                    sum[l] += ((wb[4 * i + l] ^ 0x80) as i8 as f32) * xb[4 * i + l];
+                for (l, v) in sum.iter_mut().enumerate() {
+                    *v += ((wb[4 * i + l] ^ 0x80) as i8 as f32) * xb[4 * i + l];
                 }
             }
-            for l in 0..4 {
-                acc[l] += sum[l] * s;
+            for (a, v) in acc.iter_mut().zip(sum) {
+                *a += v * s;
             }
         }
         acc[0] + acc[1] + acc[2] + acc[3]
