@@ -88,8 +88,9 @@ def main():
         model.load_state_dict(sd)
         c = (embed() * ref).sum(-1).sort().values
         params = {q: sum(v.numel() for k, v in orig.items() if pick(k, v) is q) for q in (q4_min, q4_sym, q8)}
-        # Bytes as written: int4 4 bits + fp16 scale (+ fp16 min) per 32; int8 8 bits + f32 scale per 32.
-        mb = (params[q4_min] * 5 + params[q4_sym] * 5 + params[q8] * 9) / 8 / 1e6
+        # Bytes as `quantize --f16-scales` writes them: per 32 weights an fp16 scale, plus an
+        # fp16 min for float zero points (int4 5 bits a weight, symmetric 4.5, int8 8.5).
+        mb = (params[q4_min] * 5 + params[q4_sym] * 4.5 + params[q8] * 8.5) / 8 / 1e6
         print(f"| {name} | {c.mean():.5f} | {c[0]:.5f} | {mb:.2f} |", flush=True)
         model.load_state_dict(orig)
 
