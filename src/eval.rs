@@ -373,17 +373,17 @@ impl Encoder {
     }
 }
 
-/// Cosine similarity of each sentence's embedding by `variant` to its embedding by `reference`.
-/// `wrap` adds what the encoder expects around a sentence's ids (BERT: `[CLS]` … `[SEP]`).
-pub fn encoder_cosines(reference: &Encoder, variant: &Encoder, tokenizer: &Tokenizer, sentences: &[String], wrap: impl Fn(&[u32]) -> Vec<u32>) -> Result<Vec<f32>> {
-    sentences
-        .iter()
-        .map(|s| {
-            let ids = wrap(&tokenizer.encode(s)?);
-            let (a, b) = (reference.embed(&ids)?, variant.embed(&ids)?);
-            Ok(a.iter().zip(&b).map(|(x, y)| x * y).sum())
-        })
-        .collect()
+/// Each sentence's embedding by `encoder`. `wrap` adds what the encoder expects around a
+/// sentence's ids (BERT: `[CLS]` … `[SEP]`).
+pub fn encoder_embeddings(encoder: &Encoder, tokenizer: &Tokenizer, sentences: &[String], wrap: impl Fn(&[u32]) -> Vec<u32>) -> Result<Vec<Vec<f32>>> {
+    sentences.iter().map(|s| encoder.embed(&wrap(&tokenizer.encode(s)?))).collect()
+}
+
+/// Cosine similarity of each sentence's embedding by `variant` to the reference's (from
+/// [`encoder_embeddings`], computed once for every variant).
+pub fn encoder_cosines(reference: &[Vec<f32>], variant: &Encoder, tokenizer: &Tokenizer, sentences: &[String], wrap: impl Fn(&[u32]) -> Vec<u32>) -> Result<Vec<f32>> {
+    let got = encoder_embeddings(variant, tokenizer, sentences, wrap)?;
+    Ok(reference.iter().zip(&got).map(|(a, b)| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect())
 }
 
 #[cfg(test)]

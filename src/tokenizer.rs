@@ -39,19 +39,20 @@ impl Tokenizer {
 
     /// `tokenizers`' own parse (the reference for [`Tokenizer::from_json`]).
     pub fn from_json_generic(bytes: &[u8]) -> Result<Self> {
-        Ok(Tokenizer { inner: tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)? })
+        let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
+        inner.with_padding(None);
+        Ok(Tokenizer { inner })
     }
 
     fn from_json_bpe(bytes: &[u8]) -> Result<Option<tokenizers::Tokenizer>> {
         use serde_json::value::RawValue;
-        use tokenizers::{DecoderWrapper, NormalizerWrapper, PaddingParams, PostProcessorWrapper, TokenizerBuilder, TruncationParams};
+        use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder, TruncationParams};
         #[derive(serde::Deserialize)]
         struct File<'a> {
             version: Option<String>,
             #[serde(borrow)]
             model: Option<&'a RawValue>,
             truncation: Option<TruncationParams>,
-            padding: Option<PaddingParams>,
             #[serde(default)]
             added_tokens: Vec<AddedToken>,
             normalizer: Option<NormalizerWrapper>,
@@ -79,7 +80,9 @@ impl Tokenizer {
             .with_post_processor(f.post_processor)
             .with_decoder(f.decoder)
             .with_truncation(f.truncation)
-            .with_padding(f.padding)
+            // One sequence at a time: a file's padding (sentence-transformers ship `Fixed: 128`)
+            // would append [PAD] ids the model then attends to.
+            .with_padding(None)
             .build()
             .map_err(tok_err)?
             .into();
@@ -415,6 +418,9 @@ mod tests {
           "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "hi": 1, "there": 2}, "unk_token": "[UNK]"}}"#;
         assert_same_as_generic(json.as_bytes());
         assert_eq!(Tokenizer::from_json(json.as_bytes()).unwrap().encode("hi there you").unwrap(), vec![1, 2, 0]);
+        // A file's padding is ignored (MiniLM's tokenizer.json pads to 128): ids are the text's.
+        let padded = json.replace(r#""padding": null"#, r#""padding": {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[UNK]"}"#);
+        assert_eq!(Tokenizer::from_json(padded.as_bytes()).unwrap().encode("hi there").unwrap(), vec![1, 2]);
         // Malformed files are named tokenizer errors on either path.
         for bad in ["{", r#"{"model": {"type": "BPE", "vocab": 3, "merges": []}}"#, r#"{"version": "2.0"}"#] {
             assert!(matches!(Tokenizer::from_json(bad.as_bytes()), Err(Error::Tokenizer(_))), "{bad}");

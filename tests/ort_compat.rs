@@ -52,12 +52,15 @@ fn onnxruntime_runs_every_tiny_variant_and_agrees_with_the_reference() {
         ("int4-float-zp-f16", float_act(ExportOptions { q4_min: true, f16_scales: true, ..ExportOptions::int4(32, false) }), ActivationQuant::None, 1e-3),
         // accuracy_level 4 on float zero points: onnxruntime still computes on float activations.
         ("int4-float-zp-f16-acc4", ExportOptions { q4_min: true, f16_scales: true, embedding: Precision::F32, lm_head: Precision::F32, ..ExportOptions::int4(32, false) }, ActivationQuant::None, 1e-3),
-        ("int8-block-f16", ExportOptions { f16_scales: true, ..ExportOptions::int8_block() }, ActivationQuant::Int8Block32, 1e-3),
+        ("int8-block-f16", ExportOptions { f16_scales: true, ..ExportOptions::int8_block() }, ActivationQuant::None, 1e-3),
+        ("int8-block-f16-acc4", ExportOptions { f16_scales: true, int8_activations: true, head_int8_activations: true, ..ExportOptions::int8_block() }, ActivationQuant::Int8Block32, 1e-3),
     ];
     for (name, opts, act, tol) in variants {
         let e = export(&cfg, &tiny::weights(), &opts);
         let got = ort_logits(&edge_llm::onnx::encode(&e.model), &format!("{name}.onnx"), &ids).unwrap();
-        let want = reference::forward_with(&cfg, &e.effective, &ids, &mut RefKvCache::default(), act).concat();
+        // An 8-bit head with `head_int8_activations` off has no `accuracy_level`: float activations.
+        let head = if opts.lm_head == Precision::Int8 && !opts.head_int8_activations { ActivationQuant::None } else { act };
+        let want = reference::forward_with_head(&cfg, &e.effective, &ids, &mut RefKvCache::default(), act, head).concat();
         let d = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
         eprintln!("onnxruntime {name}: max |diff| vs reference = {d:e}");
         assert!(d < tol, "{name}: max |diff| = {d}");

@@ -96,7 +96,7 @@ fn int8_logits_match_reference_with_quantized_activations() {
     assert!(d < 0.5, "int8 vs fp32: max |diff| = {d}");
 }
 
-/// edge-llm's own formats — 8-bit `MatMulNBits` blocks (int8 activations, `accuracy_level`
+/// edge-llm's own formats — 8-bit `MatMulNBits` blocks (float activations, or int8 ones with `accuracy_level`
 /// 4) and 4-bit with float zero points — are claimed by edge-llm's ops in every kernel mode, in
 /// memory and packed, and their logits match the reference on the dequantized weights with the
 /// activation rounding each mode applies.
@@ -108,6 +108,8 @@ fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
     let float_zp = ExportOptions { q4_min: true, ..ExportOptions::int4(32, false) };
     let variants = [
         ("int8-block", ExportOptions::int8_block(), "EdgeLlmQ8BlockMatMul"),
+        // The same computing on int8 activations per block (`--int8-activations`).
+        ("int8-block-acc4", ExportOptions { int8_activations: true, head_int8_activations: true, ..ExportOptions::int8_block() }, "EdgeLlmQ8BlockMatMul"),
         ("int4-float-zp", float_zp.clone(), "EdgeLlmQ4MinMatMul"),
         // The same with fp16 scales and zero points behind a Cast (the int4 recipe's layers).
         ("int4-float-zp-f16", ExportOptions { f16_scales: true, ..float_zp }, "EdgeLlmQ4MinMatMul"),
@@ -126,23 +128,26 @@ fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
             n.op_type == "MatMulNBits" && (n.attribute.iter().any(|a| a.name == "bits" && a.i == 8) || n.input.get(3).is_some_and(|z| float(z)))
         };
         let nodes = graph.node.iter().filter(ours).count();
-        let expected = if name == "int8-block" { 7 * cfg.num_layers + 1 } else { 7 * cfg.num_layers };
+        let expected = if name.starts_with("int8-block") { 7 * cfg.num_layers + 1 } else { 7 * cfg.num_layers };
         assert_eq!(nodes, expected, "{name}: every linear (and the tied int8 head)");
         for (q4_kernel, q4_int8_activations) in [(false, false), (true, false), (true, true)] {
             let q4_activations = if q4_int8_activations { edge_llm::cpu::q4_matmul::Q4Activations::Int8 } else { edge_llm::cpu::q4_matmul::Q4Activations::Float };
             let copts = CpuOptions { q4_kernel, q4_activations, ..Default::default() };
             let model = Arc::new(CpuModel::from_proto(exported.model.clone(), &copts).unwrap());
             assert_eq!(model.plan_ops().get(op).copied(), Some(nodes), "{name} q4_kernel={q4_kernel}");
-            // The int8 format rounds activations per block of 32 always; float zero points follow
+            // The int8 format computes on the activations its nodes ask for; float zero points follow
             // the q4 kernel's mode, their zero-point term on unrounded activations (hence the
             // looser bound: the reference rounds all of x).
             let (act, tol) = match (name, q4_int8_activations) {
-                ("int8-block", _) => (ActivationQuant::Int8Block32, 1e-3),
+                ("int8-block", _) => (ActivationQuant::None, 1e-3),
+                ("int8-block-acc4", _) => (ActivationQuant::Int8Block32, 1e-3),
                 (_, false) => (ActivationQuant::None, 1e-3),
                 (_, true) => (ActivationQuant::Int8Block32, 1e-3),
             };
+            // The int8 format's head runs on float activations (`head_int8_activations` off).
+            let head = if opts.lm_head == edge_llm::quant::Precision::Int8 && !opts.head_int8_activations { ActivationQuant::None } else { act };
             let got = model.session().forward_all(&PROMPT).unwrap();
-            let want = reference::forward_with(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act).concat();
+            let want = reference::forward_with_head(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default(), act, head).concat();
             let d = max_abs_diff(&got, &want);
             assert!(d < tol, "{name} q4_kernel={q4_kernel} int8={q4_int8_activations}: max |diff| = {d}");
         }

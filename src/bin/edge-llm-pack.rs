@@ -259,6 +259,12 @@ struct QuantArgs {
     /// `dynamic` (onnxruntime quantize_dynamic's MatMulInteger, one scale per activation tensor).
     #[arg(long, default_value = "block")]
     int8_format: String,
+    /// `import-gguf --precision int8` (block format): compute every 8-bit layer and the head on
+    /// activations rounded to int8 per block of 32 (`accuracy_level = 4`, llama.cpp's q8_0 ×
+    /// q8_0) instead of float ones: less arithmetic in wasm, but SmolLM2's demo reply then
+    /// differs from FP32's (docs/quality.md).
+    #[arg(long)]
+    int8_activations: bool,
 }
 
 /// Calibration of int4 (activation-weighted scale search).
@@ -321,7 +327,7 @@ fn eval_encoder(
     kernels: &str,
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
-    use edge_llm::eval::{encoder_cosines, sentences, Encoder};
+    use edge_llm::eval::{encoder_cosines, encoder_embeddings, sentences, Encoder};
     let cpu = cpu_options(kernels)?;
     let texts = if texts.is_empty() { vec!["tests/fixtures/eval/prose.txt".into(), "tests/fixtures/eval/long.txt".into()] } else { texts };
     let mut all = String::new();
@@ -334,13 +340,18 @@ fn eval_encoder(
     let tok = edge_llm::tokenizer::Tokenizer::from_json(&std::fs::read(&tokenizer).with_context(|| format!("reading {}", tokenizer.display()))?)?;
     let (cls, sep) = (tok.token_to_id("[CLS]").context("tokenizer has no [CLS]")?, tok.token_to_id("[SEP]").context("tokenizer has no [SEP]")?);
     let reference_bytes = std::fs::read(&reference).with_context(|| format!("reading {}", reference.display()))?;
-    let r = Encoder::load(&reference_bytes, &cpu)?;
+    let wrap = |ids: &[u32]| [&[cls][..], ids, &[sep][..]].concat();
+    let started = std::time::Instant::now();
+    let r = encoder_embeddings(&Encoder::load(&reference_bytes, &cpu)?, &tok, &sents, wrap)?;
+    eprintln!("reference: {} sentences in {:.1?}", sents.len(), started.elapsed());
     let mut table = format!("| model | bytes | mean cosine | min cosine | p5 cosine |\n|---|---:|---:|---:|---:|\n| fp32 (reference) | {} | 1 | 1 | 1 |\n", reference_bytes.len());
     let mut failed = Vec::new();
     for (label, path) in &variants {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let v = Encoder::load(&bytes, &cpu).with_context(|| format!("loading {}", path.display()))?;
-        let mut cos = encoder_cosines(&r, &v, &tok, &sents, |ids| [&[cls][..], ids, &[sep][..]].concat())?;
+        let started = std::time::Instant::now();
+        let mut cos = encoder_cosines(&r, &v, &tok, &sents, wrap)?;
+        eprintln!("{label}: {:.1?}", started.elapsed());
         cos.sort_by(f32::total_cmp);
         let mean = cos.iter().map(|c| *c as f64).sum::<f64>() / cos.len().max(1) as f64;
         table += &format!("| {label} | {} | {mean:.5} | {:.5} | {:.5} |\n", bytes.len(), cos[0], cos[cos.len() / 20]);
@@ -710,7 +721,13 @@ fn import_gguf(
         Precision::Int8 => ExportOptions::int8(),
         Precision::Int4 => ExportOptions::int4(block_size, symmetric),
     };
-    let mut opts = ExportOptions { int8_format: quant.int8_format()?, q4_search: !quant.rtn, q4_min: quant.float_zero_points, f16_scales: quant.f16_scales, overrides, ..opts };
+    let int8_format = quant.int8_format()?;
+    // The block format's 8-bit layers and head run on float activations (`ExportOptions::int8_block`)
+    // unless `--int8-activations`; int4 layers keep their own default.
+    let int8_block = int8_format == edge_llm::llama::onnx_export::Int8Format::Block32;
+    let head_int8_activations = !int8_block || quant.int8_activations;
+    let int8_activations = if precision == Precision::Int8 && int8_block { quant.int8_activations } else { opts.int8_activations };
+    let mut opts = ExportOptions { int8_format, int8_activations, head_int8_activations, q4_search: !quant.rtn, q4_min: quant.float_zero_points, f16_scales: quant.f16_scales, overrides, ..opts };
     let recipe = precision == Precision::Int4 && !(quant.asymmetric || quant.float_zero_points || quant.rtn || quant.f16_scales) && embedding.is_none();
     let embedding = if recipe {
         // The default int4 recipe (measured in docs/quality.md, scripts/quality-table.sh).

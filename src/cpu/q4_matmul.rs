@@ -564,19 +564,28 @@ mod kernel {
 mod kernel {
     use super::BLOCK;
 
-    /// Portable twin of the wasm SIMD kernel.
+    /// Portable twin of the wasm SIMD kernel, summing in its order (four lanes, lane `l` taking
+    /// elements `4i + l` of each half-block): the same float result as the browser, and four
+    /// independent chains that LLVM vectorizes natively (one serial sum made eval-encoder's
+    /// int4 MiniLM ~20x slower than fp32).
     pub fn dot_row(w: &[u8], s: &[f32], x: &[f32]) -> f32 {
-        let mut total = 0f32;
+        let mut acc = [0f32; 4];
         for (b, scale) in s.iter().enumerate() {
             let bytes = &w[b * 16..(b + 1) * 16];
             let xb = &x[b * BLOCK..(b + 1) * BLOCK];
-            let mut sum = 0f32;
-            for (j, byte) in bytes.iter().enumerate() {
-                sum += (byte & 0x0f) as f32 * xb[j] + (byte >> 4) as f32 * xb[BLOCK / 2 + j];
+            let mut sum = [0f32; 4];
+            for (half, shift) in [(0, 0), (BLOCK / 2, 4)] {
+                for i in 0..4 {
+                    for (l, s) in sum.iter_mut().enumerate() {
+                        *s += ((bytes[4 * i + l] >> shift) & 0x0f) as f32 * xb[half + 4 * i + l];
+                    }
+                }
             }
-            total += sum * scale;
+            for (a, s) in acc.iter_mut().zip(sum) {
+                *a += s * scale;
+            }
         }
-        total
+        acc[0] + acc[1] + acc[2] + acc[3]
     }
 
     pub fn dot_rows4(w: &[u8], s: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
@@ -620,10 +629,13 @@ mod kernel {
             for r in 0..R {
                 let xb = &x[r][b * BLOCK..(b + 1) * BLOCK];
                 let mut d = [0i32; 4];
-                for (j, w) in blk.iter().enumerate() {
-                    // j = (p * 4 + i) * 2 + e: column i, element 2p + e.
-                    let (p, i, e) = (j / 8, j / 2 % 4, j % 2);
-                    d[i] += *w as i32 * xb[2 * p + e] as i32;
+                // Panel index (p * 4 + i) * 2 + e: column i, element 2p + e. Fixed-trip loops
+                // (not j / 8, j / 2 % 4 per element) so LLVM unrolls and vectorizes them:
+                // with the div/mod form eval-encoder ran int4 MiniLM 50x slower than fp32.
+                for p in 0..BLOCK / 2 {
+                    for (i, di) in d.iter_mut().enumerate() {
+                        *di += blk[(p * 4 + i) * 2] as i32 * xb[2 * p] as i32 + blk[(p * 4 + i) * 2 + 1] as i32 * xb[2 * p + 1] as i32;
+                    }
                 }
                 for i in 0..4 {
                     out[r][i] += d[i] as f32 * (sw[b * 4 + i] * sx[r][b]);

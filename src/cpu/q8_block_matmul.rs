@@ -143,14 +143,23 @@ pub mod portable {
         acc
     }
 
+    /// Sums in the SIMD128 kernel's order (four lanes, lane `l` taking elements `4i + l`): the
+    /// browser's float result, and independent chains LLVM vectorizes (a serial sum does not).
     pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
-        let mut acc = 0f32;
+        let mut acc = [0f32; 4];
         for (b, s) in sw.iter().enumerate() {
             let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &x[b * BLOCK..(b + 1) * BLOCK]);
-            let d: f32 = wb.iter().zip(xb).map(|(w, x)| ((*w ^ 0x80) as i8 as f32) * x).sum();
-            acc += d * s;
+            let mut sum = [0f32; 4];
+            for i in 0..BLOCK / 4 {
+                for (l, v) in sum.iter_mut().enumerate() {
+                    *v += ((wb[4 * i + l] ^ 0x80) as i8 as f32) * xb[4 * i + l];
+                }
+            }
+            for (a, v) in acc.iter_mut().zip(sum) {
+                *a += v * s;
+            }
         }
-        acc
+        acc[0] + acc[1] + acc[2] + acc[3]
     }
 }
 

@@ -51,17 +51,19 @@ pub struct ExportOptions {
     /// Mixed precision: `(pattern, precision)`; the first pattern contained in a linear's name
     /// (e.g. `model.layers.0.`, `mlp.down_proj`) decides its precision instead of `linear`.
     pub overrides: Vec<(String, Precision)>,
-    /// int4: mark each `MatMulNBits` `accuracy_level = 4`, i.e. compute with activations
-    /// rounded to int8 blocks (onnxruntime's int8 compute, edge-llm's fast wasm kernel). Off:
-    /// float activations, onnxruntime's default.
+    /// int4 and 8-bit linears: mark each `MatMulNBits` `accuracy_level = 4`, i.e. compute with
+    /// activations rounded to int8 blocks (onnxruntime's int8 compute, edge-llm's fast wasm
+    /// kernel). Off: float activations, onnxruntime's default.
     pub int8_activations: bool,
     /// Store the scales (and float zero points) of every `MatMulNBits` weight and quantized
     /// embedding table as fp16 initializers behind a `Cast` to float, as GGUF stores Q4_1 and
     /// Q8_0 blocks: 2 bytes per block instead of 4 (SmolLM2: 13 MB less at int4 with float
     /// zero points, which is what fits its 8-bit head under the 100 MB bundle).
     pub f16_scales: bool,
-    /// The tied 8-bit head computes with int8 activations (`accuracy_level = 4`). Off: float
-    /// activations; SmolLM2's demo reply flips on the head's input rounding (docs/quality.md).
+    /// The 8-bit head (tied or not) computes with int8 activations (`accuracy_level = 4`). Off:
+    /// float activations; SmolLM2's demo reply flips on the head's input rounding
+    /// (docs/quality.md), so both packer formats that use an 8-bit head (int8, the int4 recipe)
+    /// turn it off.
     pub head_int8_activations: bool,
 }
 
@@ -119,9 +121,11 @@ impl ExportOptions {
     pub fn int8() -> Self {
         ExportOptions { linear: Precision::Int8, lm_head: Precision::Int8, embedding: Precision::Int8, int8_format: Int8Format::DynamicPerTensor, ..Self::fp32() }
     }
-    /// int8 in blocks of 32 ([`Int8Format::Block32`]), edge-llm's format (the packer's default).
+    /// int8 weights in blocks of 32 ([`Int8Format::Block32`]) on float activations, edge-llm's
+    /// format (the packer's default): with every layer's input rounded to int8 blocks as well
+    /// (`int8_activations`, `--int8-activations`) SmolLM2 loses its demo answer (docs/quality.md).
     pub fn int8_block() -> Self {
-        ExportOptions { int8_format: Int8Format::Block32, ..Self::int8() }
+        ExportOptions { int8_format: Int8Format::Block32, int8_activations: false, head_int8_activations: false, ..Self::int8() }
     }
     pub fn int4(block_size: usize, symmetric: bool) -> Self {
         ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric, ..Self::fp32() }
@@ -179,7 +183,8 @@ impl<'a> Ctx<'a> {
             Precision::Int8 if self.opts.int8_format == Int8Format::Block32 && k % 32 == 0 => {
                 let q = self.quantize_q8_block(w, n, k);
                 let init = self.q8_block_initializers(name, &q);
-                (self.matmul_nbits8(x, &init, n, k, true), qref::dequantize_q8_block(&q))
+                let int8_activations = if name == "lm_head" { self.opts.head_int8_activations } else { self.opts.int8_activations };
+                (self.matmul_nbits8(x, &init, n, k, int8_activations), qref::dequantize_q8_block(&q))
             }
             Precision::Int8 => {
                 let q = qref::quantize_q8(w, n, k);

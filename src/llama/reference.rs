@@ -82,21 +82,27 @@ fn rope(x: &mut [f32], pos: usize, theta: f32) {
 
 /// Run `tokens` through the model after what `cache` holds; returns `[tokens.len()][vocab]` logits.
 pub fn forward(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
-    forward_impl(cfg, w, tokens, cache, ActivationQuant::None)
+    forward_impl(cfg, w, tokens, cache, ActivationQuant::None, ActivationQuant::None)
 }
 
 /// [`forward`] with every linear layer's input rounded as `act` says.
 pub fn forward_with(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, act: ActivationQuant) -> Vec<Vec<f32>> {
-    forward_impl(cfg, w, tokens, cache, act)
+    forward_impl(cfg, w, tokens, cache, act, act)
+}
+
+/// [`forward_with`] with the head's input rounded as `head` says instead: formats whose 8-bit
+/// head runs on float activations (`ExportOptions::head_int8_activations` off).
+pub fn forward_with_head(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, act: ActivationQuant, head: ActivationQuant) -> Vec<Vec<f32>> {
+    forward_impl(cfg, w, tokens, cache, act, head)
 }
 
 /// [`forward`] with every linear layer's input quantized per token as `DynamicQuantizeLinear`
 /// does: the exact computation of an int8 graph run one token at a time.
 pub fn forward_int8_activations(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache) -> Vec<Vec<f32>> {
-    forward_impl(cfg, w, tokens, cache, ActivationQuant::DynamicUint8)
+    forward_impl(cfg, w, tokens, cache, ActivationQuant::DynamicUint8, ActivationQuant::DynamicUint8)
 }
 
-fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, int8: ActivationQuant) -> Vec<Vec<f32>> {
+fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut RefKvCache, int8: ActivationQuant, head: ActivationQuant) -> Vec<Vec<f32>> {
     let (h, hd) = (cfg.hidden_size, cfg.head_dim);
     if cache.keys.is_empty() {
         cache.keys = vec![vec![Vec::new(); cfg.num_kv_heads]; cfg.num_layers];
@@ -149,7 +155,7 @@ fn forward_impl(cfg: &LlamaConfig, w: &LlamaWeights, tokens: &[u32], cache: &mut
         }
         cache.len += 1;
         let xn = rms_norm(&x, &w.final_norm, cfg.rms_norm_eps);
-        out.push(linear(&xn, w.lm_head(), cfg.vocab_size, int8));
+        out.push(linear(&xn, w.lm_head(), cfg.vocab_size, head));
     }
     out
 }
