@@ -21,6 +21,9 @@ echo "== native: cargo test"
 # setup.sh installed Mesa's Vulkan (llvmpipe): tests/gpu.rs must find an adapter here, not skip.
 export EDGE_LLM_REQUIRE_GPU=${EDGE_LLM_REQUIRE_GPU:-1}
 cargo test --features pack
+echo "== fuzz targets compile (running them is by hand: README, Fuzzing); the crate's lockfile pins their dependencies"
+cp Cargo.lock fuzz/Cargo.lock
+cargo check -q --manifest-path fuzz/Cargo.toml --bins
 
 echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \

@@ -15,7 +15,7 @@ thread_local! {
     /// The engine, and a state it saved mid-generation (without its checksum).
     static ENGINE: (Engine, Vec<u8>) = {
         let f = |n: &str| std::fs::read(format!("{FIXTURES}/{n}")).unwrap();
-        let opts = CpuOptions { q4_kernel: false, q4_int8_activations: false, ..CpuOptions::default() };
+        let opts = CpuOptions { q4_kernel: false, ..CpuOptions::default() };
         let e = Engine::load_with(&f("model-int4.onnx"), &f("tokenizer.json"), tiny::model_config(), &opts).unwrap();
         let mut g = e.generate_ids(vec![1, 2, 3, 4], &GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() }).unwrap();
         for _ in 0..3 {
