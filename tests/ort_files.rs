@@ -92,6 +92,23 @@ fn matmul_nbits_with_act_order_g_idx_is_refused() {
     }
 }
 
+/// One-input graph `proto` optimized for an f32 input of `shape` (edge-llm's kernels as
+/// `options` and `q4_kernel` say) and run on the f32 values whose bit patterns are `x_bits`.
+fn run_f32_bits(proto: &edge_llm::onnx::ModelProto, options: &edge_llm::cpu::CpuOptions, q4_kernel: bool, shape: [usize; 2], x_bits: &[u32]) -> tract_onnx::prelude::TVec<tract_onnx::prelude::TValue> {
+    use tract_onnx::prelude::*;
+    let model = edge_llm::cpu::onnx_with_kernels(options, q4_kernel)
+        .model_for_proto_model(proto)
+        .unwrap()
+        .with_input_fact(0, f32::fact(shape).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let x: Vec<f32> = x_bits.iter().map(|&b| f32::from_bits(b)).collect();
+    model.run(tvec!(tract_ndarray::Array2::from_shape_vec(shape, x).unwrap().into_tensor().into())).unwrap()
+}
+
 /// `DynamicQuantizeLinear` → `MatMulInteger` (uint8 × int8, the pair `quantize_dynamic` puts
 /// before every MatMul) computes onnxruntime's numbers bit for bit on both backends: ties of
 /// `x / scale` and of the zero point to even, zero points clamped to 0 / 255, scale 1 for an
@@ -99,7 +116,6 @@ fn matmul_nbits_with_act_order_g_idx_is_refused() {
 /// `scripts/make-ort-references.py --dynamic-quantize`).
 #[test]
 fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
-    use tract_onnx::prelude::*;
     #[derive(serde::Deserialize)]
     struct Case {
         name: String,
@@ -119,17 +135,7 @@ fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
     for backend in [Backend::Tract, Backend::Kernels] {
         let proto = edge_llm::onnx::decode(onnx).unwrap();
         for c in &cases.cases {
-            let model = edge_llm::cpu::onnx_with_kernels(&backend.options(), false)
-                .model_for_proto_model(&proto)
-                .unwrap()
-                .with_input_fact(0, f32::fact(c.shape).into())
-                .unwrap()
-                .into_optimized()
-                .unwrap()
-                .into_runnable()
-                .unwrap();
-            let x: Vec<f32> = c.x_bits.iter().map(|&b| f32::from_bits(b)).collect();
-            let out = model.run(tvec!(tract_ndarray::Array2::from_shape_vec(c.shape, x).unwrap().into_tensor().into())).unwrap();
+            let out = run_f32_bits(&proto, &backend.options(), false, c.shape, &c.x_bits);
             let what = format!("{} on {backend:?}", c.name);
             let view = |i: usize| out[i].try_as_plain_ram().unwrap();
             assert_eq!(view(0).as_slice::<u8>().unwrap(), c.y.as_slice(), "{what}: y");
@@ -148,7 +154,6 @@ fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
 /// file and onnxruntime's outputs (each case also records how far float activations are).
 #[test]
 fn matmulnbits_int8_activations_round_as_onnxruntime() {
-    use tract_onnx::prelude::*;
     #[derive(serde::Deserialize)]
     struct Case {
         name: String,
@@ -165,17 +170,7 @@ fn matmulnbits_int8_activations_round_as_onnxruntime() {
     let cases: Cases = serde_json::from_str(include_str!("fixtures/ort/matmulnbits-int8.json")).unwrap();
     let proto = edge_llm::onnx::decode(include_bytes!("fixtures/ort/matmulnbits-int8.onnx")).unwrap();
     for c in &cases.cases {
-        let model = edge_llm::cpu::onnx_with_kernels(&Backend::Kernels.options(), true)
-            .model_for_proto_model(&proto)
-            .unwrap()
-            .with_input_fact(0, f32::fact(c.shape).into())
-            .unwrap()
-            .into_optimized()
-            .unwrap()
-            .into_runnable()
-            .unwrap();
-        let x: Vec<f32> = c.x_bits.iter().map(|&b| f32::from_bits(b)).collect();
-        let out = model.run(tvec!(tract_ndarray::Array2::from_shape_vec(c.shape, x).unwrap().into_tensor().into())).unwrap();
+        let out = run_f32_bits(&proto, &Backend::Kernels.options(), true, c.shape, &c.x_bits);
         for (i, (output, bits)) in [("y", &c.y_bits), ("y_zp (zero points)", &c.y_zp_bits)].into_iter().enumerate() {
             let y = out[i].try_as_plain_ram().unwrap().as_slice::<f32>().unwrap().to_vec();
             let want: Vec<f32> = bits.iter().map(|&b| f32::from_bits(b)).collect();
