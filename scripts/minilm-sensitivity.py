@@ -46,20 +46,21 @@ def q4_min(w, bs=32):
     return (((b - lo) / s).round().clamp(0, 15) * s + lo).reshape(n, k)
 
 
-def q4_sym(w, bs=32):
+def symmetric(w, qmax, qmin, bs=32):
+    """Blocks of `bs` round-tripped through symmetric codes: scale amax / qmax, codes clamped to [qmin, qmax]."""
     n, k = w.shape
     b = w.reshape(n, k // bs, bs)
-    s = b.abs().max(-1, keepdim=True).values / 7
+    s = b.abs().max(-1, keepdim=True).values / qmax
     s[s == 0] = 1
-    return ((b / s).round().clamp(-8, 7) * s).reshape(n, k)
+    return ((b / s).round().clamp(qmin, qmax) * s).reshape(n, k)
+
+
+def q4_sym(w, bs=32):
+    return symmetric(w, 7, -8, bs)
 
 
 def q8(w, bs=32):
-    n, k = w.shape
-    b = w.reshape(n, k // bs, bs)
-    s = b.abs().max(-1, keepdim=True).values / 127
-    s[s == 0] = 1
-    return ((b / s).round().clamp(-127, 127) * s).reshape(n, k)
+    return symmetric(w, 127, -127, bs)
 
 
 def main():
