@@ -27,7 +27,7 @@ cargo check -q --manifest-path fuzz/Cargo.toml --bins
 
 echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
-  cargo test --target wasm32-unknown-unknown --tests -- --nocapture
+  cargo test --target wasm32-unknown-unknown --features tools --tests -- --nocapture
 
 echo "== package: wasm-pack build; node --test (Node, headless Chromium for the Worker proxy, and"
 echo "   tests/js/install.test.mjs: npm pack, installed into temp projects: Node, tsc, examples/vite-app dev + build)"

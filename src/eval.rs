@@ -21,7 +21,8 @@ use std::time::Instant;
 use tract_onnx::prelude::*;
 
 use crate::cpu::{CpuModel, CpuOptions};
-use crate::manifest::{FileRole, Manifest};
+use crate::generate::argmax;
+use crate::package::manifest::{FileRole, Manifest};
 use crate::model::ModelConfig;
 use crate::tokenizer::{render_chat_template, ChatMessage, Tokenizer};
 use crate::{Error, Result};
@@ -152,9 +153,6 @@ fn log_softmax(logits: &[f32]) -> Vec<f64> {
     logits.iter().map(|v| *v as f64 - lse).collect()
 }
 
-fn argmax(v: &[f32]) -> usize {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |(bi, bv), (i, x)| if *x > bv { (i, *x) } else { (bi, bv) }).0
-}
 
 /// Token windows of one text: `(ids, first scored position)`.
 fn windows(ids: &[u32], text: &EvalText, opts: &EvalOptions) -> Vec<(Vec<u32>, usize)> {
@@ -197,12 +195,12 @@ fn reply(s: &Subject, opts: &EvalOptions) -> Result<(String, f64)> {
         None => opts.prompt.clone(),
     };
     let mut session = s.model.session();
-    let mut next = argmax(&session.forward(&s.tokenizer.encode(&prompt)?)?) as u32;
+    let mut next = argmax(&session.forward(&s.tokenizer.encode(&prompt)?)?);
     let (mut out, mut lat) = (Vec::new(), Vec::new());
     while out.len() < opts.reply_tokens && !s.config.eos_token_ids.contains(&next) {
         out.push(next);
         let t0 = Instant::now();
-        next = argmax(&session.forward(&[next])?) as u32;
+        next = argmax(&session.forward(&[next])?);
         lat.push(t0.elapsed().as_secs_f64());
     }
     lat.sort_by(f64::total_cmp);

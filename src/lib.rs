@@ -1,11 +1,10 @@
 //! edge-llm: quantized LLM inference for browsers and edge runtimes.
 //!
-//! Module map (a module may use those listed after it, never those before):
-//! `eval`, `calibrate` (packer only) → `generate`, `cpu`, `onnx`;
-//! `web` → `generate` → `cpu`, `gguf` → `tokenizer`, `model`, `tiny` → `llama` → `onnx`, `quant` → `error`;
-//! `web` → `loader` → `store`, `manifest`; `web` → `ota` → `error`.
+//! Module map: the README's `## Module map` table, which `tests/module_map.rs` enforces. The
+//! authoring tools are behind the `tools` feature (the `.wasm` is built without them).
 //! Only `web` touches browser APIs, so everything else builds and tests natively.
 
+pub mod backend;
 #[cfg(feature = "pack")]
 pub mod calibrate;
 pub mod cpu;
@@ -13,18 +12,23 @@ pub mod error;
 #[cfg(feature = "pack")]
 pub mod eval;
 pub mod generate;
+#[cfg(feature = "tools")]
 pub mod gguf;
 pub mod gpu;
+#[cfg(feature = "tools")]
 pub mod llama;
 pub mod loader;
-pub mod manifest;
 pub mod model;
 pub mod onnx;
 pub mod ota;
+pub mod package;
+#[cfg(feature = "tools")]
 pub mod pack;
 pub mod quant;
+#[cfg(feature = "tools")]
 pub mod quantize;
 pub mod store;
+#[cfg(feature = "tools")]
 pub mod tiny;
 pub mod tokenizer;
 #[cfg(target_arch = "wasm32")]

@@ -22,8 +22,9 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
-use crate::manifest::{sha256_hex, Manifest, ManifestLimits};
-use crate::store::{self, Blob, ModelRecord, ShardStore, StoreError};
+use crate::package::manifest::{sha256_hex, Manifest, ManifestLimits};
+use crate::package::Blob;
+use crate::store::{self, ModelRecord, ShardStore, StoreError};
 use crate::{Error, Result};
 
 /// Why a fetch failed.
@@ -140,7 +141,7 @@ pub fn parse_integrity(s: &str) -> Result<String> {
     let bad = || Error::InvalidOption { option: "integrity", reason: "must be `sha256-<base64>` or 64 hex digits".into() };
     if let Some(b64) = s.strip_prefix("sha256-") {
         let bytes = base64_decode(b64).filter(|b| b.len() == 32).ok_or_else(bad)?;
-        return Ok(crate::manifest::hex(&bytes));
+        return Ok(crate::package::manifest::hex(&bytes));
     }
     if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(s.to_ascii_lowercase());
@@ -350,6 +351,11 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         let manifest = Manifest::from_json_with(&bytes, &self.options.limits)?;
         let json = String::from_utf8(bytes).map_err(|e| Error::InvalidManifest(e.to_string()))?;
         Ok(ManifestSource { manifest, json, source })
+    }
+
+    /// A manifest the app handed over: checked like a fetched one (integrity, limits), announced.
+    pub fn given_manifest(&self, bytes: Vec<u8>) -> Result<ManifestSource> {
+        self.parse_manifest(bytes, Source::Network).map(|m| self.announce(m))
     }
 
     fn announce(&self, m: ManifestSource) -> ManifestSource {

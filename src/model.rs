@@ -4,7 +4,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::llama::LlamaConfig;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelConfig {
@@ -23,5 +22,49 @@ pub struct ModelConfig {
 impl ModelConfig {
     pub fn from_json(bytes: &[u8]) -> crate::Result<Self> {
         serde_json::from_slice(bytes).map_err(|e| crate::Error::InvalidModel(format!("model config: {e}")))
+    }
+}
+
+/// Architecture facts of a Llama-style decoder (Llama, SmolLM2, Qwen2 without biases, ...).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rope_theta: f32,
+    pub rms_norm_eps: f32,
+    pub max_position_embeddings: usize,
+    /// lm_head shares the token embedding matrix.
+    pub tie_word_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// The generated test model: small enough that every variant is well under 1 MB.
+    pub fn tiny(vocab_size: usize) -> Self {
+        LlamaConfig {
+            vocab_size,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10000.0,
+            rms_norm_eps: 1e-5,
+            max_position_embeddings: 256,
+            tie_word_embeddings: true,
+        }
+    }
+
+    pub fn q_dim(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
     }
 }

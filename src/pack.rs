@@ -6,11 +6,12 @@ use std::collections::BTreeMap;
 
 use tract_onnx::pb::{tensor_shape_proto::dimension, type_proto, NodeProto, ValueInfoProto};
 
-use crate::manifest::{
-    model_hash_v2, sha256_hex, shard_weights, FileEntry, FileRole, GenerationDefaults, Manifest, QuantizationConfig,
+use crate::package::manifest::{
+    model_hash_v2, sha256_hex, FileEntry, FileRole, GenerationDefaults, Manifest, QuantizationConfig,
     TensorSpec, FORMAT_VERSION,
 };
 use crate::model::ModelConfig;
+use crate::package::shards::shard_weights;
 use crate::onnx::{ModelProto, OnnxType};
 use crate::{Error, Result};
 
@@ -23,7 +24,7 @@ pub struct PackOptions {
 impl Default for PackOptions {
     fn default() -> Self {
         PackOptions {
-            shard_bytes: crate::manifest::DEFAULT_SHARD_BYTES,
+            shard_bytes: crate::package::manifest::DEFAULT_SHARD_BYTES,
             model_version: "1.0.0".into(),
             generation: GenerationDefaults::default(),
         }
@@ -108,11 +109,11 @@ pub fn pack(onnx: &[u8], tokenizer_json: &[u8], config: &ModelConfig, opts: &Pac
     // Version 2: the hash binds config and generation, and a tensor may span shards.
     let format_version = FORMAT_VERSION;
     let graph_bytes = crate::onnx::encode(&graph_proto);
-    if graph_bytes.len() as u64 > crate::manifest::MAX_SHARD_BYTES {
+    if graph_bytes.len() as u64 > crate::package::manifest::MAX_SHARD_BYTES {
         return Err(Error::InvalidModel(format!(
             "the graph alone is {} bytes, over the {} bytes a file may hold",
             graph_bytes.len(),
-            crate::manifest::MAX_SHARD_BYTES
+            crate::package::manifest::MAX_SHARD_BYTES
         )));
     }
     let mut files: Vec<(String, FileRole, Vec<u8>)> = vec![("model.onnx".into(), FileRole::Graph, graph_bytes)];

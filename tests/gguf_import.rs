@@ -123,7 +123,7 @@ fn tokenizer_and_special_tokens_come_from_the_gguf() {
     }
     // The imported files drive the engine end to end: greedy, the reference's tokens.
     let exported = export(&c.architecture, &im.weights, &ExportOptions::int4(32, true));
-    let engine = Engine::load(&edge_llm::onnx::encode(&exported.model), im.tokenizer_json.as_bytes(), c.clone()).unwrap();
+    let engine = Engine::open(edge_llm::package::Package::loose(&edge_llm::onnx::encode(&exported.model), im.tokenizer_json.as_bytes(), c.clone()), &Default::default()).unwrap();
     let mut g = engine.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() }).unwrap();
     while g.step().unwrap().is_some() {}
     assert_eq!(g.generated(), reference::greedy(&c.architecture, &exported.effective, &PROMPT, 8));
@@ -269,7 +269,7 @@ fn smollm2_logits_match_transformers() {
             worst = worst.max((logits[id as usize] - want).abs());
         }
         // The same most likely token, and every reference top-k logit above the rest of ours.
-        assert_eq!(reference::argmax(&logits), top[0].0, "{text:?}");
+        assert_eq!(edge_llm::generate::argmax(&logits), top[0].0, "{text:?}");
         let kth = top.iter().map(|t| logits[t.0 as usize]).fold(f32::INFINITY, f32::min);
         let above = logits.iter().filter(|&&l| l > kth).count();
         assert!(above < top.len(), "{text:?}: {above} of our logits beat the reference's top {}", top.len());
@@ -336,7 +336,7 @@ fn smollm2_gguf_imports_and_answers() {
         let onnx = edge_llm::onnx::encode(&export(a, &im.weights, &opts).model);
         let exported = t.elapsed();
         let t = Instant::now();
-        let engine = Engine::load_with(&onnx, im.tokenizer_json.as_bytes(), c.clone(), cpu).unwrap();
+        let engine = Engine::open(edge_llm::package::Package::loose(&onnx, im.tokenizer_json.as_bytes(), c.clone()), &edge_llm::generate::EngineOptions { cpu: cpu.clone(), ..Default::default() }).unwrap();
         let loaded = t.elapsed();
         let msgs = [ChatMessage { role: "user".into(), content: "What is the capital of France?".into() }];
         // Smoke test: five inferences on one loaded engine (int4), each answering with Paris

@@ -16,7 +16,10 @@ use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, Q4Llama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::quant::reference as qref;
-use edge_llm::{tiny, Error};
+use edge_llm::backend::BackendKind;
+use edge_llm::generate::EngineOptions;
+use edge_llm::package::Package;
+use edge_llm::{tiny, Engine, Error, GenerateOptions};
 
 mod common;
 use common::{max_abs_diff, PROMPT};
@@ -232,7 +235,7 @@ fn argmax_matches_reference_lowest_index_on_ties() {
             let d = kernels::argmax(&ctx, &mut pipes, n, &vb, &st);
             kernels::run(&ctx, &pipes, &[d]);
             let got = download(&ctx, &st, 1)[0].to_bits();
-            assert_eq!(got, reference::argmax(&v), "n={n} ties={ties}");
+            assert_eq!(got, edge_llm::generate::argmax(&v), "n={n} ties={ties}");
         }
     }
 }
@@ -359,4 +362,89 @@ fn smollm2_int4_greedy_tokens_match_reference() {
     let want = reference::greedy(&cfg, &q.dequantized(), &prompt, 32);
     println!("GPU: {:?}", tok.decode(&got, false).unwrap());
     assert_eq!(got, want, "GPU vs reference greedy tokens");
+}
+
+/// The tiny int4 model as a web app has it: ONNX bytes, or packed into shards.
+fn tiny_int4_files(symmetric: bool) -> (Vec<u8>, edge_llm::package::manifest::Manifest, Vec<(String, Vec<u8>)>) {
+    use prost::Message;
+    let onnx = export(&tiny::config(), &tiny::weights(), &ExportOptions::int4(32, symmetric)).model.encode_to_vec();
+    let opts = edge_llm::pack::PackOptions { shard_bytes: 64 << 10, ..Default::default() };
+    let (manifest, files) = edge_llm::pack::pack(&onnx, tiny::tokenizer_json().as_bytes(), &tiny::model_config(), &opts).unwrap();
+    (onnx, manifest, files)
+}
+
+fn open(package: Package<'_, Vec<u8>>, backend: BackendKind) -> edge_llm::Result<Engine> {
+    Engine::open(package, &EngineOptions { backend, ..Default::default() })
+}
+
+/// 24 greedy tokens after the prompt, then a second turn that continues the first (the engine
+/// moves the cache between its sessions), and the state saved at the end.
+fn two_turns(engine: &Engine) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
+    let opts = GenerateOptions { max_tokens: 24, ignore_eos: true, ..Default::default() };
+    let run = |prompt: Vec<u32>| {
+        let mut g = engine.generate_ids(prompt, &opts).unwrap();
+        while g.step().unwrap().is_some() {}
+        g.generated().to_vec()
+    };
+    let first = run(PROMPT.to_vec());
+    let mut again = PROMPT.to_vec();
+    again.extend(&first);
+    again.extend([7, 8]);
+    let second = run(again);
+    (first, second, engine.save_state().unwrap())
+}
+
+#[test]
+fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
+    let Some(_) = gpu() else { return };
+    for symmetric in [true, false] {
+        let (onnx, manifest, files) = tiny_int4_files(symmetric);
+        let tok = tiny::tokenizer_json();
+        let loose = || Package::loose(&onnx, tok.as_bytes(), tiny::model_config());
+        let cpu = open(loose(), BackendKind::Wasm).unwrap();
+        let want = two_turns(&cpu);
+        for (what, package) in [("onnx", loose()), ("packed", Package::packed(&manifest, files.clone().into_iter().collect()))] {
+            let gpu = open(package, BackendKind::Webgpu).unwrap();
+            assert_eq!(gpu.backend_info().name, "webgpu");
+            let got = two_turns(&gpu);
+            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} symmetric={symmetric}");
+            // The saved state (the GPU's cache read back) continues on the CPU engine as on the GPU.
+            cpu.restore_state(&got.2).unwrap();
+            let next = |e: &Engine| {
+                let mut prompt = e.state().unwrap().tokens().to_vec();
+                prompt.push(11);
+                let opts = GenerateOptions { max_tokens: 8, ignore_eos: true, reuse_prefix: Some(true), ..Default::default() };
+                let mut g = e.generate_ids(prompt, &opts).unwrap();
+                while g.step().unwrap().is_some() {}
+                (g.stats().reused_prompt_tokens, g.generated().to_vec())
+            };
+            let (on_cpu, on_gpu) = (next(&cpu), next(&gpu));
+            assert!(on_cpu.0 > 50, "the restored cache is reused: {on_cpu:?}");
+            assert_eq!(on_cpu, on_gpu, "{what}: the GPU's saved cache continues on the CPU as on the GPU");
+        }
+    }
+}
+
+#[test]
+fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
+    let Some(ctx) = gpu() else { return };
+    let tok = tiny::tokenizer_json();
+    use prost::Message;
+    let fp32 = export(&tiny::config(), &tiny::weights(), &ExportOptions::fp32()).model.encode_to_vec();
+    let e = open(Package::loose(&fp32, tok.as_bytes(), tiny::model_config()), BackendKind::Webgpu).err().expect("fp32 is not on the GPU");
+    assert!(matches!(&e, Error::UnsupportedBackend(m) if m.contains("weight_Q4")), "{e}");
+    let auto = open(Package::loose(&fp32, tok.as_bytes(), tiny::model_config()), BackendKind::Auto).unwrap();
+    let info = auto.backend_info();
+    assert_eq!(info.name, "wasm");
+    assert!(info.reason.as_deref().is_some_and(|r| r.contains("weight_Q4")), "{info:?}");
+    // int4 on a software adapter (llvmpipe here): the CPU, and the reason names the adapter.
+    let (onnx, _, _) = tiny_int4_files(true);
+    let auto = open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), BackendKind::Auto).unwrap();
+    let info = auto.backend_info();
+    if ctx.is_software() {
+        assert_eq!(info.name, "wasm", "{info:?}");
+        assert!(info.reason.as_deref().is_some_and(|r| r.contains("software")), "{info:?}");
+    } else {
+        assert_eq!(info.name, "webgpu", "{info:?}");
+    }
 }

@@ -10,7 +10,7 @@ use std::pin::pin;
 use std::task::{Context, Poll, Waker};
 
 use edge_llm::loader::{resolve_url, FetchError, Fetcher, LoadEvent, LoadOptions, Loaded, Loader, Progress, RetryPolicy, Source};
-use edge_llm::manifest::{sha256_hex, FileRole, GenerationDefaults, Manifest};
+use edge_llm::package::manifest::{sha256_hex, FileRole, GenerationDefaults, Manifest};
 use edge_llm::store::{self, MemoryStore, ShardStore};
 use edge_llm::{tiny, Engine, Error};
 
@@ -244,8 +244,8 @@ fn first_load_fetches_verifies_and_caches_then_the_next_load_uses_only_the_cache
     assert!(listed[0].complete && listed[0].model_version == "1.0.0");
 
     // The engine built from what the loader returned generates like the unpacked model.
-    let direct = Engine::load(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
-    assert_eq!(greedy(&Engine::load_verified(&m, loaded.files).unwrap()), greedy(&direct));
+    let direct = Engine::open(edge_llm::package::Package::loose(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
+    assert_eq!(greedy(&Engine::open(edge_llm::package::Package::verified(&m, loaded.files), &Default::default()).unwrap()), greedy(&direct));
 
     let again = ScriptedFetcher::new(&json, &files);
     let run = load(&again, Some(&store), fast());

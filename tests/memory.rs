@@ -70,7 +70,7 @@ fn packed_model(shard_bytes: u64) -> (edge_llm::onnx::ModelProto, Vec<(String, V
     let weights = LlamaWeights::random(&cfg, 7);
     let model = export(&cfg, &weights, &ExportOptions::int4(32, true)).model;
     drop(weights);
-    edge_llm::manifest::shard_weights(model, shard_bytes, "model").unwrap()
+    edge_llm::package::shards::shard_weights(model, shard_bytes, "model").unwrap()
 }
 
 #[test]
@@ -141,7 +141,7 @@ impl Drop for Outside {
     }
 }
 
-impl edge_llm::store::Blob for Outside {
+impl edge_llm::package::Blob for Outside {
     fn len(&self) -> u64 {
         self.len as u64
     }

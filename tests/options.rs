@@ -3,7 +3,7 @@
 //! apps' option objects through `GenerateOptions::overlay`).
 #![cfg(not(target_arch = "wasm32"))]
 
-use edge_llm::manifest::GenerationDefaults;
+use edge_llm::package::manifest::GenerationDefaults;
 use edge_llm::pack::{pack, PackOptions};
 use edge_llm::{tiny, Engine, GenerateOptions};
 
@@ -16,7 +16,7 @@ fn fixture(name: &str) -> Vec<u8> {
 fn packed_with(generation: GenerationDefaults) -> Engine {
     let opts = PackOptions { generation, ..Default::default() };
     let (m, files) = pack(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), &tiny::model_config(), &opts).unwrap();
-    Engine::load_packed(&m, files.into_iter().collect()).unwrap()
+    Engine::open(edge_llm::package::Package::packed(&m, files.into_iter().collect()), &Default::default()).unwrap()
 }
 
 fn generated(e: &Engine, given: &str) -> usize {
@@ -34,7 +34,7 @@ fn the_manifest_generation_defaults_apply_when_the_app_gives_none() {
     assert_eq!(generated(&e, r#"{"ignoreEos": true}"#), 5);
     assert_eq!(generated(&e, r#"{"ignoreEos": true, "maxTokens": 3}"#), 3);
     // Models loaded from loose files have no manifest: the built-in defaults.
-    let loose = Engine::load(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+    let loose = Engine::open(edge_llm::package::Package::loose(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
     assert_eq!(loose.default_options(), &GenerateOptions::default());
 }
 

@@ -209,7 +209,7 @@ fn smollm2_files_give_onnxruntime_tokens() {
     let pack = ort_files::PackInputs {
         tokenizer: read("tokenizer.json"),
         config: edge_llm::ModelConfig::from_json(&read("model_config.json")).unwrap(),
-        shard_bytes: edge_llm::manifest::DEFAULT_SHARD_BYTES,
+        shard_bytes: edge_llm::package::manifest::DEFAULT_SHARD_BYTES,
     };
     let only = std::env::var("EDGE_LLM_ORT_ONLY").ok();
     let mut failures = Vec::new();

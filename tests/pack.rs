@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use edge_llm::manifest::{FileRole, Manifest, CONTINUED_KEY};
+use edge_llm::package::manifest::{FileRole, Manifest, CONTINUED_KEY};
 use edge_llm::pack::{pack, PackOptions};
 use edge_llm::{tiny, Engine, Error, GenerateOptions};
 
@@ -34,8 +34,8 @@ fn shards_respect_the_limit_and_load_back_to_the_same_tokens() {
     assert_eq!(m.total_bytes, files.values().map(|b| b.len() as u64).sum::<u64>());
     assert_eq!(m.config.architecture, tiny::config());
     assert!(m.inputs.iter().any(|i| i.name == "past_key_values.0.key"));
-    let direct = Engine::load(&fixture("model-fp32.onnx"), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
-    let from_pack = Engine::load_packed(&m, files).unwrap();
+    let direct = Engine::open(edge_llm::package::Package::loose(&fixture("model-fp32.onnx"), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
+    let from_pack = Engine::open(edge_llm::package::Package::packed(&m, files), &Default::default()).unwrap();
     assert_eq!(greedy(&direct), greedy(&from_pack));
 }
 
@@ -76,15 +76,15 @@ fn a_tensor_bigger_than_a_shard_spans_consecutive_shards_and_loads_back() {
                 assert_eq!(sharing, 1, "{variant}: {name}'s last shard {} holds other tensors", locs.last().unwrap());
             }
         }
-        let direct = Engine::load(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+        let direct = Engine::open(edge_llm::package::Package::loose(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
         let tokens = greedy(&direct);
         assert_eq!(tokens.len(), 8);
-        assert_eq!(tokens, greedy(&Engine::load_packed(&m, files).unwrap()), "{variant}");
+        assert_eq!(tokens, greedy(&Engine::open(edge_llm::package::Package::packed(&m, files), &Default::default()).unwrap()), "{variant}");
         // Shards that hold every tensor whole: each tensor in one part.
         let (m1, files1) = packed(variant, largest_tensor(variant) as u64);
-        assert_eq!(m1.format_version, edge_llm::manifest::FORMAT_VERSION, "{variant}");
+        assert_eq!(m1.format_version, edge_llm::package::manifest::FORMAT_VERSION, "{variant}");
         assert!(parts(&edge_llm::onnx::decode(&files1["model.onnx"]).unwrap()).iter().all(|(_, l)| l.len() == 1));
-        assert_eq!(tokens, greedy(&Engine::load_packed(&m1, files1).unwrap()), "{variant}");
+        assert_eq!(tokens, greedy(&Engine::open(edge_llm::package::Package::packed(&m1, files1), &Default::default()).unwrap()), "{variant}");
     }
 }
 
@@ -122,11 +122,11 @@ fn a_tensor_over_50_mb_is_split_into_shards_under_the_limit() {
     use tract_onnx::pb::{GraphProto, TensorProto};
     let big = TensorProto { name: "huge".into(), dims: vec![50_000_001], data_type: 2, raw_data: vec![7; 50_000_001], ..Default::default() };
     let model = ModelProto { graph: Some(GraphProto { initializer: vec![big], ..Default::default() }), ..Default::default() };
-    let (graph, shards) = edge_llm::manifest::shard_weights(model.clone(), 16 << 20, "model").unwrap();
+    let (graph, shards) = edge_llm::package::shards::shard_weights(model.clone(), 16 << 20, "model").unwrap();
     assert_eq!(shards.iter().map(|(_, b)| b.len()).collect::<Vec<_>>(), [16 << 20, 16 << 20, 50_000_001 - 2 * (16 << 20)]);
     assert_eq!(parts(&graph), [("huge".to_string(), shards.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>())]);
     // No shard may be bigger than the seed's 50 MB.
-    let err = edge_llm::manifest::shard_weights(model, 50_000_001, "model").unwrap_err();
+    let err = edge_llm::package::shards::shard_weights(model, 50_000_001, "model").unwrap_err();
     assert!(matches!(&err, Error::InvalidOption { option: "shard_bytes", .. }), "{err}");
 }
 
@@ -147,7 +147,7 @@ fn a_corrupted_shard_is_an_integrity_error_naming_it() {
     let (m, mut files) = packed("model-fp32.onnx", 100_000);
     let shard = m.files.iter().find(|f| f.role == FileRole::Weights).unwrap().path.clone();
     files.get_mut(&shard).unwrap()[10] ^= 1;
-    match Engine::load_packed(&m, files) {
+    match Engine::open(edge_llm::package::Package::packed(&m, files), &Default::default()) {
         Err(Error::ShardHashMismatch { shard: s, expected, actual }) => {
             assert_eq!(s, shard);
             assert_ne!(expected, actual);
@@ -162,9 +162,9 @@ fn truncated_or_missing_files_are_named_errors() {
     let (m, mut files) = packed("model-fp32.onnx", 100_000);
     let shard = m.files.iter().find(|f| f.role == FileRole::Weights).unwrap().path.clone();
     files.get_mut(&shard).unwrap().truncate(50);
-    assert!(matches!(Engine::load_packed(&m, files.clone()), Err(Error::ShardHashMismatch { .. })));
+    assert!(matches!(Engine::open(edge_llm::package::Package::packed(&m, files.clone()), &Default::default()), Err(Error::ShardHashMismatch { .. })));
     files.remove(&shard);
-    assert!(matches!(Engine::load_packed(&m, files), Err(Error::InvalidModel(e)) if e.contains(&shard)));
+    assert!(matches!(Engine::open(edge_llm::package::Package::packed(&m, files), &Default::default()), Err(Error::InvalidModel(e)) if e.contains(&shard)));
 }
 
 #[test]
@@ -178,7 +178,7 @@ fn bad_manifests_are_rejected_with_reasons() {
     newer.min_runtime_version = "99.0.0".into();
     assert!(matches!(Manifest::from_json(newer.to_json().as_bytes()), Err(Error::IncompatibleManifest(_))));
     let mut future = m.clone();
-    future.format_version = edge_llm::manifest::FORMAT_VERSION + 1;
+    future.format_version = edge_llm::package::manifest::FORMAT_VERSION + 1;
     assert!(matches!(future.validate(), Err(Error::IncompatibleManifest(_))));
     let mut evil = m.clone();
     evil.files[0].path = "../../etc/passwd".into();
@@ -251,7 +251,7 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
 /// caps (or whose sum overflows) are refused before anything is fetched or allocated.
 #[test]
 fn hostile_manifests_are_bounded() {
-    use edge_llm::manifest::{model_hash_v2, FileEntry, ManifestLimits, MAX_FILES, MAX_SHARD_BYTES};
+    use edge_llm::package::manifest::{model_hash_v2, FileEntry, ManifestLimits, MAX_FILES, MAX_SHARD_BYTES};
     let (m, _) = packed("model-int4.onnx", 1 << 20);
     let rehash = |mut m: Manifest| {
         m.total_bytes = m.files.iter().fold(0u64, |s, f| s.wrapping_add(f.bytes));
@@ -291,7 +291,7 @@ fn hostile_manifests_are_bounded() {
 /// manifest with another template is another model; format 1 manifests still load.
 #[test]
 fn the_model_hash_covers_the_config() {
-    use edge_llm::manifest::model_hash;
+    use edge_llm::package::manifest::model_hash;
     let (m, files) = packed("model-int4.onnx", 1 << 20);
     assert_eq!(m.format_version, 2);
     let mut templated = m.clone();
@@ -305,6 +305,6 @@ fn the_model_hash_covers_the_config() {
     v1.format_version = 1;
     v1.model_sha256 = model_hash(&v1.files);
     let v1 = Manifest::from_json(v1.to_json().as_bytes()).unwrap();
-    let engine = Engine::load_packed(&v1, files).unwrap();
+    let engine = Engine::open(edge_llm::package::Package::packed(&v1, files), &Default::default()).unwrap();
     assert!(!greedy(&engine).is_empty());
 }

@@ -16,7 +16,7 @@ fn fixture(name: &str) -> Vec<u8> {
 
 fn load(variant: &str, fold_kv_cache: bool) -> Engine {
     let opts = CpuOptions { fold_kv_cache, q4_kernel: false, q4_activations: Q4Activations::Float, ..CpuOptions::default() };
-    Engine::load_with(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config(), &opts).unwrap()
+    Engine::open(edge_llm::package::Package::loose(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()), &edge_llm::generate::EngineOptions { cpu: opts.clone(), ..Default::default() }).unwrap()
 }
 
 #[test]

@@ -83,7 +83,7 @@ fn int8_logits_match_reference_with_quantized_activations() {
         }
     }
     // Packed (weights in external-data shards), the kernel claims them all too.
-    let (graph, shards) = edge_llm::manifest::shard_weights(exported.model.clone(), 64 << 10, "model").unwrap();
+    let (graph, shards) = edge_llm::package::shards::shard_weights(exported.model.clone(), 64 << 10, "model").unwrap();
     let opts = edge_llm::cpu::CpuOptions { q8_kernel: true, ..Default::default() };
     let shard = |loc: &str| Ok(shards.iter().find(|(n, _)| n == loc).unwrap().1.clone());
     let packed = CpuModel::from_packed(graph, shard, &opts).unwrap();
@@ -151,7 +151,7 @@ fn edge_llm_formats_match_the_reference_in_every_kernel_mode() {
             let d = max_abs_diff(&got, &want);
             assert!(d < tol, "{name} q4_kernel={q4_kernel} int8={q4_int8_activations}: max |diff| = {d}");
         }
-        let (graph, shards) = edge_llm::manifest::shard_weights(exported.model.clone(), 64 << 10, "model").unwrap();
+        let (graph, shards) = edge_llm::package::shards::shard_weights(exported.model.clone(), 64 << 10, "model").unwrap();
         let shard = |loc: &str| Ok(shards.iter().find(|(n, _)| n == loc).unwrap().1.clone());
         let packed = CpuModel::from_packed(graph, shard, &CpuOptions::default()).unwrap();
         assert_eq!(packed.plan_ops().get(op).copied(), Some(nodes), "{name} packed");
@@ -172,7 +172,7 @@ fn kv_cache_decode_equals_full_recompute() {
 }
 
 fn engine(variant: &str) -> Engine {
-    Engine::load(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()).unwrap()
+    Engine::open(edge_llm::package::Package::loose(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap()
 }
 
 #[test]
@@ -326,7 +326,7 @@ fn onnxruntime_genai_layout_runs_with_prefill_and_decode_plans() {
     }
     // Greedy generation through the engine equals the reference's tokens.
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::fp32().genai());
-    let e = Engine::load(&edge_llm::onnx::encode(&exported.model), &fixture("tokenizer.json"), tiny::model_config()).unwrap();
+    let e = Engine::open(edge_llm::package::Package::loose(&edge_llm::onnx::encode(&exported.model), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
     let want = reference::greedy(&cfg, &tiny::weights(), &PROMPT, 12);
     let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 12, ignore_eos: true, ..Default::default() }).unwrap();
     while g.step().unwrap().is_some() {}

@@ -20,7 +20,7 @@ use common::{max_abs_diff, PROMPT};
 /// loads, one that needs the next patch release is refused by name.
 #[wasm_bindgen_test]
 fn version_gates_manifests() {
-    use edge_llm::manifest::Manifest;
+    use edge_llm::package::manifest::Manifest;
     let v = edge_llm::web::version();
     let parts: Vec<u64> = v.split('.').map(|p| p.parse().expect("numeric semver")).collect();
     assert_eq!(parts.len(), 3, "{v}");
@@ -46,7 +46,7 @@ fn tract_fp32_logits_match_reference_in_browser() {
 
 #[wasm_bindgen_test]
 fn int4_greedy_generation_matches_reference_tokens_in_browser() {
-    let e = Engine::load(INT4, TOKENIZER, tiny::model_config()).unwrap();
+    let e = Engine::open(edge_llm::package::Package::loose(INT4, TOKENIZER, tiny::model_config()), &Default::default()).unwrap();
     let eff = edge_llm::llama::onnx_export::export(&tiny::config(), &tiny::weights(), &edge_llm::llama::onnx_export::ExportOptions::int4(32, true)).effective;
     // The browser default runs int4 with int8 block activations: the reference models that.
     let act = edge_llm::llama::reference::ActivationQuant::Int8Block32;
@@ -75,7 +75,7 @@ fn int4_simd_kernel_logits_match_reference_in_browser() {
 
 #[wasm_bindgen_test]
 fn restored_state_continues_bit_identically_in_browser() {
-    let load = || Engine::load(INT4, TOKENIZER, tiny::model_config()).unwrap();
+    let load = || Engine::open(edge_llm::package::Package::loose(INT4, TOKENIZER, tiny::model_config()), &Default::default()).unwrap();
     let bytes = common::state::resume_is_bit_identical(&load, &common::state::greedy(), 5);
     common::state::resume_is_bit_identical(&load, &common::state::seeded(), 5);
     common::state::chat_after_restore_reuses_prefix(&load);

@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let Ok(model) = edge_llm::onnx::decode(&graph) else { return };
     let Some(graph) = model.graph.as_ref() else { return };
-    if let Ok(taken) = edge_llm::manifest::consume_external_in_memory(graph, &shards) {
+    if let Ok(taken) = edge_llm::package::shards::consume_external_in_memory(graph, &shards) {
         let held: u64 = shards.values().map(|s| s.len() as u64).sum();
         assert!(taken <= held, "tensors of one shard cannot overlap: {taken} bytes taken from {held}");
     }

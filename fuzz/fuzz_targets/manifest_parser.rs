@@ -4,8 +4,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(m) = edge_llm::manifest::Manifest::from_json(data) {
-        let again = edge_llm::manifest::Manifest::from_json(m.to_json().as_bytes()).expect("round trip");
+    if let Ok(m) = edge_llm::package::manifest::Manifest::from_json(data) {
+        let again = edge_llm::package::manifest::Manifest::from_json(m.to_json().as_bytes()).expect("round trip");
         assert_eq!(again, m);
     }
 });

@@ -8,7 +8,7 @@
 #![no_main]
 use std::collections::BTreeMap;
 
-use edge_llm::manifest::{model_hash, sha256_hex, FileEntry, Manifest};
+use edge_llm::package::manifest::{model_hash, sha256_hex, FileEntry, Manifest};
 use libfuzzer_sys::fuzz_target;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tiny-packed");
@@ -70,6 +70,6 @@ fuzz_target!(|data: &[u8]| {
         .collect();
     let m = Manifest { format_version: 1, model_sha256: model_hash(&entries), total_bytes: entries.iter().map(|e| e.bytes).sum(), files: entries, ..fx.manifest.clone() };
     if m.validate().is_ok() {
-        let _ = edge_llm::Engine::load_packed(&m, files);
+        let _ = edge_llm::Engine::open(edge_llm::package::Package::packed(&m, files), &Default::default());
     }
 });

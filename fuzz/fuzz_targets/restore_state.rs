@@ -16,7 +16,7 @@ thread_local! {
     static ENGINE: (Engine, Vec<u8>) = {
         let f = |n: &str| std::fs::read(format!("{FIXTURES}/{n}")).unwrap();
         let opts = CpuOptions { q4_kernel: false, ..CpuOptions::default() };
-        let e = Engine::load_with(&f("model-int4.onnx"), &f("tokenizer.json"), tiny::model_config(), &opts).unwrap();
+        let e = Engine::open(edge_llm::package::Package::loose(&f("model-int4.onnx"), &f("tokenizer.json"), tiny::model_config()), &edge_llm::generate::EngineOptions { cpu: opts.clone(), ..Default::default() }).unwrap();
         let mut g = e.generate_ids(vec![1, 2, 3, 4], &GenerateOptions { max_tokens: 8, ignore_eos: true, ..Default::default() }).unwrap();
         for _ in 0..3 {
             g.step().unwrap();

@@ -84,7 +84,7 @@ enum Cmd {
         input: PathBuf,
         out: PathBuf,
         /// Shard size in bytes (at most 50 MB); a bigger tensor continues across the next shards.
-        #[arg(long, default_value_t = edge_llm::manifest::DEFAULT_SHARD_BYTES)]
+        #[arg(long, default_value_t = edge_llm::package::manifest::DEFAULT_SHARD_BYTES)]
         shard_bytes: u64,
         #[arg(long, default_value = "1.0.0")]
         model_version: String,
@@ -481,7 +481,7 @@ fn main() -> anyhow::Result<()> {
             // The folder's generation_config.json (Hugging Face's), if any, gives the manifest's
             // generation defaults.
             let generation = match std::fs::read(input.join("generation_config.json")) {
-                Ok(json) => edge_llm::manifest::GenerationDefaults::from_generation_config(&json)?,
+                Ok(json) => edge_llm::package::manifest::GenerationDefaults::from_generation_config(&json)?,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
                 Err(e) => return Err(e).context("reading generation_config.json"),
             };
@@ -497,14 +497,14 @@ fn main() -> anyhow::Result<()> {
             println!("{:>11} bytes  total; model sha256 {}", manifest.total_bytes, manifest.model_sha256);
         }
         Cmd::Verify { dir, budget } => {
-            let manifest = edge_llm::manifest::Manifest::from_json(&read(&dir, "manifest.json")?)?;
+            let manifest = edge_llm::package::manifest::Manifest::from_json(&read(&dir, "manifest.json")?)?;
             for f in &manifest.files {
                 manifest.verify_file(&f.path, &read(&dir, &f.path)?)?;
                 println!("ok  {:>11} bytes  {}  {}", f.bytes, f.sha256, f.path);
             }
             let (name, limit) = match budget {
-                Budget::Bundled => ("bundled", edge_llm::manifest::BUNDLED_BUDGET_BYTES),
-                Budget::OnDemand => ("on-demand", edge_llm::manifest::ON_DEMAND_BUDGET_BYTES),
+                Budget::Bundled => ("bundled", edge_llm::package::manifest::BUNDLED_BUDGET_BYTES),
+                Budget::OnDemand => ("on-demand", edge_llm::package::manifest::ON_DEMAND_BUDGET_BYTES),
             };
             anyhow::ensure!(
                 manifest.total_bytes < limit,
@@ -571,14 +571,14 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     use edge_llm::tokenizer::ChatMessage;
     use std::sync::atomic::Ordering::Relaxed;
     let manifest = match dir.join("manifest.json").exists() {
-        true => Some(edge_llm::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?),
+        true => Some(edge_llm::package::manifest::Manifest::from_json(&read(dir, "manifest.json")?)?),
         false => None,
     };
     let packed = manifest.is_some();
     // The tokenizer alone first (its cost is reported separately): load time, peak heap while
     // parsing, heap it keeps.
     let tokenizer_path = match &manifest {
-        Some(m) => m.file(edge_llm::manifest::FileRole::Tokenizer).context("manifest lists no tokenizer")?.path.clone(),
+        Some(m) => m.file(edge_llm::package::manifest::FileRole::Tokenizer).context("manifest lists no tokenizer")?.path.clone(),
         None => "tokenizer.json".into(),
     };
     let tokenizer_json = read(dir, &tokenizer_path)?;
@@ -592,9 +592,9 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
         // Files are read as the engine asks for them, as the browser hands over fetched shards.
         let heap_before = PeakAlloc::reset_peak();
         let t0 = Instant::now();
-        let engine = edge_llm::Engine::load_packed_with(manifest, |path| {
+        let engine = edge_llm::Engine::open(edge_llm::package::Package::packed_with(manifest, |path| {
             std::fs::read(dir.join(path)).map_err(|e| edge_llm::Error::InvalidModel(format!("reading {path}: {e}")))
-        })?;
+        }), &Default::default())?;
         (engine, manifest.total_bytes, t0.elapsed().as_secs_f64() * 1e3, heap_before)
     } else {
         // Every byte is read first, then the load alone is timed.
@@ -603,7 +603,7 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
         let heap_before = PeakAlloc::reset_peak();
         let t0 = Instant::now();
         let config = edge_llm::ModelConfig::from_json(&config)?;
-        let engine = edge_llm::Engine::load(&onnx, &tokenizer, config)?;
+        let engine = edge_llm::Engine::open(edge_llm::package::Package::loose(&onnx, &tokenizer, config), &Default::default())?;
         let load_ms = t0.elapsed().as_secs_f64() * 1e3;
         drop(onnx);
         (engine, 0, load_ms, heap_before)
@@ -763,7 +763,15 @@ fn import_gguf(
 
 /// `bench-gpu`: see `edge_llm::gpu::bench::report`.
 fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> anyhow::Result<()> {
-    for line in edge_llm::gpu::bench::report(gguf, warmup, steps)? {
+    // The GGUF's weights, requantized to the int4 block-32 layout the GPU kernels read.
+    let model = match gguf {
+        Some(path) => {
+            let imported = edge_llm::gguf::import(&std::fs::read(path)?)?;
+            Some((path.display().to_string(), edge_llm::gpu::Q4Llama::quantize(&imported.config.architecture, &imported.weights, 32, true)))
+        }
+        None => None,
+    };
+    for line in edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps)? {
         println!("{line}");
     }
     Ok(())

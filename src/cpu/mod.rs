@@ -11,9 +11,12 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
 use tract_onnx::tract_hir::internal::DimLike;
 
+pub use crate::backend::KvSnapshot;
+pub use backend::CpuBackend;
 use crate::{Error, Result};
 
 pub mod attention;
+mod backend;
 pub mod dynamic_quantize;
 pub(crate) mod import;
 pub mod q4_matmul;
@@ -238,7 +241,7 @@ impl CpuModel {
     /// Load a packed model: the graph (its weights as external data) and `shards`, which gives
     /// each verified weight shard by name when it is needed; shards are consumed as their
     /// weights become tensors (see [`detach_weights`]).
-    pub fn from_packed<B: crate::store::Blob>(
+    pub fn from_packed<B: crate::package::Blob>(
         mut proto: tract_onnx::pb::ModelProto,
         shards: impl FnMut(&str) -> Result<B>,
         options: &CpuOptions,
@@ -247,7 +250,7 @@ impl CpuModel {
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
         let transpose = q8_transposes(Some(graph), options);
         let mut external = Vec::new();
-        crate::manifest::consume_external(graph, shards, |i, length, read| {
+        crate::package::shards::consume_external(graph, shards, |i, length, read| {
             let init = &graph.initializer[i];
             external.push((i, weight_tensor(init, length, transpose.get(&init.name), read)?));
             Ok(())
@@ -487,48 +490,6 @@ fn folded_kv_nodes(plan: &Plan, num_layers: usize) -> Result<Vec<FoldedKv>> {
         return Err(Error::InvalidModel(format!("folded plan holds {tensors} KV caches, expected {}", 2 * num_layers)));
     }
     Ok(found)
-}
-
-/// A session's KV cache: for each layer, key then value, `[1, kv_heads, len, head_dim]` f32.
-/// Cloning shares the tensors.
-#[derive(Debug, Clone, Default)]
-pub struct KvSnapshot {
-    pub len: usize,
-    /// Indexed `2 * layer + is_value`.
-    pub tensors: Vec<TValue>,
-}
-
-impl KvSnapshot {
-    /// Build from raw f32 values in the layout above (`data[i]` is tensor `i`).
-    pub fn from_f32(len: usize, kv_heads: usize, head_dim: usize, data: Vec<Vec<f32>>) -> Result<Self> {
-        let tensors = data
-            .into_iter()
-            .map(|v| {
-                Tensor::from_shape(&[1, kv_heads, len, head_dim], &v)
-                    .map(TValue::from)
-                    .map_err(|e| Error::InvalidState(format!("KV tensor: {e:#}")))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvSnapshot { len, tensors })
-    }
-
-    /// The first `len` positions.
-    pub fn truncated(&self, len: usize) -> Result<Self> {
-        if len >= self.len {
-            return Ok(self.clone());
-        }
-        let tensors = self
-            .tensors
-            .iter()
-            .map(|t| t.slice(2, 0, len).map(TValue::from).map_err(inference_err))
-            .collect::<Result<Vec<_>>>()?;
-        Ok(KvSnapshot { len, tensors })
-    }
-
-    /// Tensor `i`'s values, contiguous.
-    pub fn values(&self, i: usize) -> Result<&[f32]> {
-        self.tensors[i].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(inference_err)
-    }
 }
 
 /// Initializers at least this big are turned into tensors before tract parses the graph.

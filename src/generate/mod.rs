@@ -9,19 +9,17 @@
 mod sampler;
 pub mod state;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use sampler::{GenerateOptions, Sampler};
+pub use sampler::{argmax, GenerateOptions, Sampler};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 pub use state::SessionState;
 
-use crate::cpu::{CpuModel, CpuOptions, CpuSession};
-use crate::manifest::{FileRole, Manifest};
+use crate::backend::{ready, Backend, BackendInfo, BackendKind, Session};
+use crate::cpu::{CpuBackend, CpuModel, CpuOptions};
+use crate::package::{Blob, Package};
 use crate::model::ModelConfig;
-use crate::store::Blob;
 use crate::tokenizer::{render_chat_template, ChatMessage, IncrementalDecoder, Tokenizer};
 use crate::{Error, Result};
 
@@ -40,25 +38,6 @@ fn default_clock() -> f64 {
     0.0
 }
 
-/// SHA-256 identifying a graph for saved states: all of it up to 1 MiB, beyond that its length
-/// and 256 evenly spaced 4 KiB windows. Hashing all of SmolLM2's 86 MB would add about half a
-/// second to every `fromBytes` on wasm; two different models' weights differ in every window.
-/// (Packed models are identified by their manifest's `model_sha256` instead.)
-fn graph_sample(onnx: &[u8]) -> [u8; 32] {
-    const WINDOW: usize = 4096;
-    const WINDOWS: usize = 256;
-    if onnx.len() <= WINDOW * WINDOWS {
-        return Sha256::digest(onnx).into();
-    }
-    let mut h = Sha256::new();
-    h.update((onnx.len() as u64).to_le_bytes());
-    let stride = (onnx.len() - WINDOW) / (WINDOWS - 1);
-    for i in 0..WINDOWS {
-        h.update(&onnx[i * stride..i * stride + WINDOW]);
-    }
-    h.finalize().into()
-}
-
 /// What an engine shares with its generations.
 #[derive(Default)]
 struct Shared {
@@ -71,7 +50,9 @@ struct Shared {
 
 /// A model ready to generate: graph, tokenizer and config.
 pub struct Engine {
-    model: Arc<CpuModel>,
+    backend: Box<dyn Backend>,
+    /// Why `auto` chose this backend.
+    backend_reason: Option<String>,
     tokenizer: Arc<Tokenizer>,
     config: ModelConfig,
     /// Identifies the model a saved state belongs to.
@@ -106,87 +87,62 @@ pub enum FinishReason {
     MaxTokens,
 }
 
+/// How to open an engine.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    pub backend: BackendKind,
+    /// The CPU backend's plan options (the engine always samples from the last position).
+    pub cpu: CpuOptions,
+}
+
 impl Engine {
-    pub fn load(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig) -> Result<Self> {
-        Self::load_with(onnx, tokenizer_json, config, &Self::cpu_options())
+    /// The one way in: a model package, on the backend `options` choose. For the CPU backend
+    /// (and natively, where GPU calls complete when polled) this runs synchronously; in a
+    /// browser the WebGPU backend needs [`Engine::open_async`].
+    pub fn open<'a, B: Blob + 'a>(package: Package<'a, B>, options: &EngineOptions) -> Result<Self> {
+        ready(Self::open_async(package, options))
+            .unwrap_or_else(|| Err(Error::UnsupportedBackend("opening a WebGPU engine waits for the event loop: use the asynchronous load".into())))
     }
 
-    /// [`Engine::load`] with explicit CPU plan options (e.g. the folded KV cache).
-    pub fn load_with(onnx: &[u8], tokenizer_json: &[u8], config: ModelConfig, options: &CpuOptions) -> Result<Self> {
-        let model = CpuModel::from_proto(crate::onnx::decode(onnx)?, options)?;
-        let mut h = Sha256::new();
-        h.update(graph_sample(onnx));
-        h.update(Sha256::digest(tokenizer_json));
-        h.update(serde_json::to_vec(&config).map_err(|e| Error::InvalidModel(e.to_string()))?);
-        Self::from_parts(model, tokenizer_json, config, h.finalize().into())
-    }
-
-    /// Load a packed model: `files` maps every manifest path to its bytes (see
-    /// [`Engine::load_packed_with`]); each is consumed as it is used.
-    pub fn load_packed(manifest: &Manifest, mut files: BTreeMap<String, Vec<u8>>) -> Result<Self> {
-        Self::load_packed_with(manifest, |path| {
-            files.remove(path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` was not provided")))
-        })
-    }
-
-    /// Load a packed model, asking `file` for each file's bytes when it is needed: the graph,
-    /// the weight shards one at a time, then the tokenizer. Each is checked against its
-    /// size and SHA-256 before use (`ShardHashMismatch` names the file). Each tensor is copied
-    /// straight out of its shard ([`Blob::copy_range`]) and each shard dropped before the next
-    /// is asked for, so the weights are never held twice: a shard outside Rust memory (a JS
-    /// `Uint8Array`) is never copied in whole, and one in Rust memory is shrunk as it is cut.
-    pub fn load_packed_with<B: Blob>(manifest: &Manifest, file: impl FnMut(&str) -> Result<B>) -> Result<Self> {
-        Self::load_files(manifest, file, true)
-    }
-
-    /// [`Engine::load_packed`] for files already checked against the manifest's SHA-256s (the
-    /// loader verifies each one as it arrives): skips hashing the whole model a second time.
-    pub fn load_verified<B: Blob>(manifest: &Manifest, mut files: BTreeMap<String, B>) -> Result<Self> {
-        let file = |path: &str| files.remove(path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` was not provided")));
-        Self::load_files(manifest, file, false)
-    }
-
-    fn load_files<B: Blob>(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<B>, verify: bool) -> Result<Self> {
-        let mut get = |path: &str| -> Result<B> {
-            let blob = file(path)?;
-            if verify {
-                manifest.verify_blob(path, &blob)?;
+    /// [`Engine::open`] on every platform. Weights first, while the heap is empty, so they lie
+    /// packed with no holes between; the tokenizer last: its many small allocations (and its
+    /// parse's transient) fit in the holes tract's graph rewriting leaves (wasm's heap never
+    /// shrinks).
+    pub async fn open_async<'a, B: Blob + 'a>(mut package: Package<'a, B>, options: &EngineOptions) -> Result<Self> {
+        let graph = package.graph()?;
+        let (gpu, reason) = choose_backend(options.backend, &package.config().architecture, &graph).await?;
+        let backend: Box<dyn Backend> = match gpu {
+            Some(ctx) => Box::new(crate::gpu::GpuBackend::open(ctx, &mut package, &graph).await?),
+            None => {
+                let cpu = CpuOptions { last_logits_only: true, ..options.cpu.clone() };
+                let model = if package.is_packed() {
+                    CpuModel::from_packed(graph, |path| package.file(path), &cpu)?
+                } else {
+                    CpuModel::from_proto(graph, &cpu)?
+                };
+                Box::new(CpuBackend(Arc::new(model)))
             }
-            Ok(blob)
         };
-        let path = |role| manifest.file(role).map(|f| f.path.clone()).expect("validated manifest has this role");
-        // Weights first, while the heap is empty, so they lie packed with no holes between;
-        // the tokenizer last: its many small allocations (and its parse's transient) fit in
-        // the holes tract's graph rewriting leaves (wasm's heap never shrinks).
-        let graph = crate::onnx::decode(&get(&path(FileRole::Graph))?.into_vec())?;
-        let model = CpuModel::from_packed(graph, &mut get, &Self::cpu_options())?;
-        let tokenizer = Tokenizer::from_json(&get(&path(FileRole::Tokenizer))?.into_vec())?;
-        // Every file is covered by `model_sha256`, which the manifest parser checked.
-        let fingerprint = Sha256::digest(format!("edge-llm packed model {}", manifest.model_sha256)).into();
-        let mut engine = Self::from_model(model, tokenizer, manifest.config.clone(), fingerprint)?;
-        engine.defaults = GenerateOptions::with_defaults(&manifest.generation);
+        let tokenizer = package.tokenizer()?;
+        let mut engine = Self::from_backend(backend, tokenizer, package.config().clone(), package.fingerprint()?)?;
+        engine.backend_reason = reason;
+        if let Some(g) = package.generation() {
+            engine.defaults = GenerateOptions::with_defaults(g);
+        }
         Ok(engine)
     }
 
-    /// The engine samples from the last position only.
-    fn cpu_options() -> CpuOptions {
-        CpuOptions { last_logits_only: true, ..Default::default() }
-    }
-
-    fn from_parts(model: CpuModel, tokenizer_json: &[u8], config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {
-        Self::from_model(model, Tokenizer::from_json(tokenizer_json)?, config, fingerprint)
-    }
-
-    fn from_model(model: CpuModel, tokenizer: Tokenizer, config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {
-        if tokenizer.vocab_size() > model.vocab_size() {
+    fn from_backend(backend: Box<dyn Backend>, tokenizer: Tokenizer, config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {
+        if tokenizer.vocab_size() > backend.vocab_size() {
             return Err(Error::InvalidModel(format!(
                 "tokenizer has {} tokens but the model's logits cover {}",
                 tokenizer.vocab_size(),
-                model.vocab_size()
+                backend.vocab_size()
             )));
         }
         Ok(Engine {
-            model: Arc::new(model),
+            backend,
+            backend_reason: None,
             tokenizer: Arc::new(tokenizer),
             config,
             fingerprint,
@@ -213,15 +169,20 @@ impl Engine {
         &self.fingerprint
     }
 
-    /// Whether the KV cache lives in the plan's state (tract-transformers) rather than in
-    /// explicit past/present tensors.
-    pub fn kv_cache_folded(&self) -> bool {
-        self.model.kv_cache_folded()
+    /// Which backend computes the model, and where its KV cache lives.
+    pub fn backend_info(&self) -> BackendInfo {
+        BackendInfo { reason: self.backend_reason.clone(), ..self.backend.info() }
     }
 
-    /// How many nodes of each op kind the CPU plan runs (see [`CpuModel::plan_ops`]).
+    /// Whether the KV cache lives in the CPU plan's state rather than in explicit past/present
+    /// tensors.
+    pub fn kv_cache_folded(&self) -> bool {
+        self.backend.info().kv_cache == "folded"
+    }
+
+    /// How many nodes of each op kind the backend runs (see [`CpuModel::plan_ops`]).
     pub fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
-        self.model.plan_ops()
+        self.backend.plan_ops()
     }
 
     /// Statistics of the latest generation.
@@ -239,17 +200,17 @@ impl Engine {
     /// checksummed; see [`state`] for the layout.
     pub fn save_state(&self) -> Result<Vec<u8>> {
         let s = self.state().unwrap_or_else(|| SessionState { kv: Default::default(), tokens: Vec::new(), resume: None });
-        let s = if s.tokens.is_empty() { SessionState { kv: state::KvSource::Saved(self.model.session().snapshot()?), ..s } } else { s };
-        state::encode(&s, &self.fingerprint, self.model.kv_layout())
+        let s = if s.tokens.is_empty() { SessionState { kv: state::KvSource::Saved(self.backend.session().snapshot()?), ..s } } else { s };
+        state::encode(&s, &self.fingerprint, self.backend.kv_layout())
     }
 
     /// Replace the current conversation with one saved by [`Engine::save_state`] (of this model).
     /// Bad bytes give [`Error::InvalidState`] and leave the current conversation as it was.
     pub fn restore_state(&self, bytes: &[u8]) -> Result<()> {
         let limits = state::Limits {
-            layout: self.model.kv_layout(),
+            layout: self.backend.kv_layout(),
             context: self.config.architecture.max_position_embeddings,
-            vocab: self.model.vocab_size(),
+            vocab: self.backend.vocab_size(),
         };
         let s = state::decode(bytes, &self.fingerprint, limits)?;
         *self.shared.last.lock().expect("not poisoned") = Some(s);
@@ -267,7 +228,7 @@ impl Engine {
     pub fn resume(&self) -> Result<Generation> {
         let s = self.state().ok_or_else(|| Error::InvalidState("there is no conversation to resume".into()))?;
         let r = s.resume.clone().ok_or_else(|| Error::InvalidState("the conversation has no unfinished generation".into()))?;
-        let session = self.model.session_from(&s.kv.snapshot(s.tokens.len())?)?;
+        let session = self.backend.session_from(&s.kv.snapshot(s.tokens.len())?)?;
         let mut history = s.tokens.clone();
         history.push(r.next_token);
         let mut g = self.new_generation(session, Vec::new(), &r.options, (self.clock)());
@@ -296,8 +257,8 @@ impl Engine {
     }
 
     /// A fresh KV-cache session over this engine's model.
-    pub fn session(&self) -> CpuSession {
-        self.model.session()
+    pub fn session(&self) -> Box<dyn Session> {
+        self.backend.session()
     }
 
     /// Render `messages` with the model's chat template, ready to generate the assistant turn.
@@ -358,7 +319,7 @@ impl Engine {
         if prompt.len() > max {
             return Err(Error::ContextOverflow { needed: prompt.len(), max });
         }
-        let (session, reused) = if opts.reuse_prefix == Some(true) { self.session_for(&prompt)? } else { (self.model.session(), 0) };
+        let (session, reused) = if opts.reuse_prefix == Some(true) { self.session_for(&prompt)? } else { (self.backend.session(), 0) };
         let mut g = self.new_generation(session, prompt, opts, t0);
         g.stats.reused_prompt_tokens = reused;
         Ok(g)
@@ -366,24 +327,24 @@ impl Engine {
 
     /// A session holding the longest prefix of `prompt` found in the current conversation's
     /// cache (at most all but the last prompt token, whose logits the prefill must produce).
-    fn session_for(&self, prompt: &[u32]) -> Result<(CpuSession, usize)> {
+    fn session_for(&self, prompt: &[u32]) -> Result<(Box<dyn Session>, usize)> {
         let guard = self.shared.last.lock().expect("not poisoned");
         if let Some(s) = guard.as_ref() {
             let common = s.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
             if common > 0 {
                 let kv = s.kv.snapshot(common)?;
                 drop(guard);
-                return Ok((self.model.session_from(&kv)?, common));
+                return Ok((self.backend.session_from(&kv)?, common));
             }
         }
-        Ok((self.model.session(), 0))
+        Ok((self.backend.session(), 0))
     }
 
-    fn new_generation(&self, session: CpuSession, prompt: Vec<u32>, opts: &GenerateOptions, t0: f64) -> Generation {
+    fn new_generation(&self, session: Box<dyn Session>, prompt: Vec<u32>, opts: &GenerateOptions, t0: f64) -> Generation {
         let mut stop_ids = if opts.ignore_eos { Vec::new() } else { self.config.eos_token_ids.clone() };
         stop_ids.extend(&opts.stop_token_ids);
         Generation {
-            session: Arc::new(Mutex::new(session)),
+            session: Arc::new(Mutex::new(Some(session))),
             tokenizer: self.tokenizer.clone(),
             sampler: Sampler::new(opts),
             opts: opts.clone(),
@@ -400,6 +361,35 @@ impl Engine {
             started_at: t0,
             resumed: false,
             decode_steps: 0,
+        }
+    }
+}
+
+/// Which backend runs `graph`: a GPU context, or `None` for the CPU, and for `auto` why.
+/// `webgpu` fails when there is no adapter or the GPU backend lacks what the graph needs;
+/// `auto` then uses the CPU, as it does on a software adapter (SwiftShader, llvmpipe), where
+/// the CPU backend is faster.
+async fn choose_backend(kind: BackendKind, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<(Option<crate::gpu::GpuContext>, Option<String>)> {
+    use crate::gpu::{GpuBackend, GpuContext};
+    match kind {
+        BackendKind::Wasm => Ok((None, None)),
+        BackendKind::Webgpu => {
+            GpuBackend::supports(cfg, graph)?;
+            Ok((Some(GpuContext::new().await?), None))
+        }
+        BackendKind::Auto => {
+            if let Err(e) = GpuBackend::supports(cfg, graph) {
+                return Ok((None, Some(format!("the CPU: {e}"))));
+            }
+            let ctx = match GpuContext::new().await {
+                Ok(ctx) => ctx,
+                Err(e) => return Ok((None, Some(format!("the CPU: no GPU ({e})")))),
+            };
+            let name = ctx.adapter_info().name.clone();
+            if ctx.is_software() {
+                return Ok((None, Some(format!("the CPU: the GPU adapter `{name}` is a software rasterizer, slower than the CPU backend"))));
+            }
+            Ok((Some(ctx), Some(format!("the GPU: hardware adapter `{name}` and an int4 model it runs"))))
         }
     }
 }
@@ -426,7 +416,7 @@ pub struct GenerationStats {
 /// An in-progress generation. Call [`Generation::step`] until it returns `None`.
 pub struct Generation {
     /// Shared with the engine's published state (see [`state::KvSource`]).
-    session: Arc<Mutex<CpuSession>>,
+    session: state::LiveSession,
     tokenizer: Arc<Tokenizer>,
     sampler: Sampler,
     opts: GenerateOptions,
@@ -450,7 +440,16 @@ pub struct Generation {
 
 impl Generation {
     /// Produce the next token, or `None` once finished. The first call runs the prefill.
+    /// For backends whose steps complete synchronously (the CPU's); a step that has to wait
+    /// for an event loop (a GPU readback in a browser) fails here: use [`Generation::step_async`].
     pub fn step(&mut self) -> Result<Option<TokenEvent>> {
+        ready(self.step_async()).unwrap_or_else(|| {
+            Err(Error::UnsupportedBackend("this backend's steps wait for the event loop: use the asynchronous step".into()))
+        })
+    }
+
+    /// [`Generation::step`] for every backend.
+    pub async fn step_async(&mut self) -> Result<Option<TokenEvent>> {
         if self.shared.disposed.load(Ordering::Acquire) {
             return Err(Error::Disposed);
         }
@@ -464,19 +463,18 @@ impl Generation {
         let prefill = self.history.is_empty();
         let mut logits = if prefill {
             let prompt = std::mem::take(&mut self.prompt);
-            let mut session = self.session.lock().expect("not poisoned");
-            let cached = session.len();
-            let l = session.forward(&prompt[cached..])?;
+            let cached = self.cached()?;
+            let l = self.forward(&prompt[cached..]).await?;
             self.stats.prompt_tokens = prompt.len();
             self.history = prompt;
             l
         } else {
-            let mut session = self.session.lock().expect("not poisoned");
-            if session.len() >= self.max_context {
-                return Err(Error::ContextOverflow { needed: session.len() + 1, max: self.max_context });
+            let cached = self.cached()?;
+            if cached >= self.max_context {
+                return Err(Error::ContextOverflow { needed: cached + 1, max: self.max_context });
             }
             let last = *self.history.last().expect("history holds the prompt");
-            session.forward(&[last])?
+            self.forward(&[last]).await?
         };
         let t1 = (self.clock)();
         if prefill {
@@ -502,6 +500,20 @@ impl Generation {
         Ok(Some(event))
     }
 
+    /// Tokens in the session's cache.
+    fn cached(&self) -> Result<usize> {
+        state::with_live(&self.session, |s| s.len())
+    }
+
+    /// Run `tokens` on the session. It is out of its lock while the step is pending, so no lock
+    /// is held across an await; a snapshot taken meanwhile finds the session busy.
+    async fn forward(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+        let mut session = state::take_live(&self.session)?;
+        let logits = session.forward(tokens).await;
+        *self.session.lock().expect("not poisoned") = Some(session);
+        logits
+    }
+
     /// Stop rules and text for the sampled token `id`.
     fn emit(&mut self, id: u32) -> Result<TokenEvent> {
         if self.stop_ids.contains(&id) {
@@ -521,7 +533,7 @@ impl Generation {
 
     /// Hand the engine this generation's conversation (cache shared, not copied) and stats.
     fn publish(&mut self) -> Result<()> {
-        let cached = self.session.lock().expect("not poisoned").len();
+        let cached = self.cached()?;
         let resume = self.finished.is_none().then(|| state::Resume {
             options: self.opts.clone(),
             rng_state: self.sampler.rng_state(),

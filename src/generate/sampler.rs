@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::manifest::GenerationDefaults;
+use crate::package::manifest::GenerationDefaults;
 use crate::{Error, Result};
 
 /// Sampling and stopping options. `temperature == 0` is greedy.
@@ -162,7 +162,7 @@ impl Sampler {
             }
         }
         if self.opts.temperature == 0.0 {
-            return crate::llama::reference::argmax(logits);
+            return argmax(logits);
         }
         let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, l)| (i as u32, *l / self.opts.temperature)).collect();
         // Highest first; equal logits keep id order so a seed fully determines the result.
@@ -197,6 +197,17 @@ impl Sampler {
         }
         cand[probs.len() - 1].0
     }
+}
+
+/// Index of the largest value; the lowest index wins ties.
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 #[cfg(test)]

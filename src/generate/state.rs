@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use std::sync::{Arc, Mutex};
 
 use super::GenerateOptions;
-use crate::cpu::{CpuSession, KvSnapshot};
+use crate::backend::{KvSnapshot, Session};
 use crate::tokenizer::IncrementalDecoder;
 use crate::{Error, Result};
 
@@ -59,7 +59,7 @@ impl SessionState {
 #[derive(Clone)]
 pub(crate) enum KvSource {
     Saved(KvSnapshot),
-    Live(Arc<Mutex<CpuSession>>),
+    Live(LiveSession),
 }
 
 impl Default for KvSource {
@@ -82,9 +82,27 @@ impl KvSource {
     pub(crate) fn snapshot(&self, len: usize) -> Result<KvSnapshot> {
         match self {
             KvSource::Saved(s) => s.truncated(len),
-            KvSource::Live(session) => session.lock().expect("not poisoned").snapshot()?.truncated(len),
+            KvSource::Live(session) => with_live(session, |s| s.snapshot())??.truncated(len),
         }
     }
+}
+
+/// A generation's session, shared with the state it publishes. `None` while a step that
+/// waits for an event loop (a GPU readback) has it.
+pub(crate) type LiveSession = Arc<Mutex<Option<Box<dyn Session>>>>;
+
+fn busy() -> Error {
+    Error::InvalidState("the conversation is in the middle of a step".into())
+}
+
+/// `f` of the live session, or `InvalidState` while a step has it.
+pub(crate) fn with_live<T>(s: &LiveSession, f: impl FnOnce(&dyn Session) -> T) -> Result<T> {
+    s.lock().expect("not poisoned").as_deref().map(f).ok_or_else(busy)
+}
+
+/// Take the live session for a step (put it back after).
+pub(crate) fn take_live(s: &LiveSession) -> Result<Box<dyn Session>> {
+    s.lock().expect("not poisoned").take().ok_or_else(busy)
 }
 
 /// An unfinished generation, beyond the cache: its options, sampler and stream position.

@@ -49,11 +49,11 @@ impl GemvBench {
 }
 
 /// Run the benchmark and return its report lines: GEMV bandwidth at SmolLM2-135M's shapes and,
-/// with a GGUF, a greedy int4 decode. Medians and percentiles of `steps` passes after `warmup`.
+/// with a model (`(name, weights)`), a greedy int4 decode. Medians and percentiles of `steps` passes after `warmup`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn report(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> Result<Vec<String>> {
+pub fn report(model: Option<(&str, &super::Q4Llama)>, warmup: usize, steps: usize) -> Result<Vec<String>> {
     use super::context::block_on;
-    use super::decode::{GpuLlama, Q4Llama};
+    use super::decode::GpuLlama;
     use crate::Error;
     use std::time::Instant;
     if steps == 0 {
@@ -87,16 +87,11 @@ pub fn report(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> Re
         let gbs = b.bytes_per_call as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: {:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call));
     }
-    let Some(path) = gguf else { return Ok(out) };
-    let bytes = std::fs::read(path)?;
-    let imported = crate::gguf::import(&bytes)?;
-    drop(bytes);
-    let cfg = imported.config.architecture.clone();
-    let q = Q4Llama::quantize(&cfg, &imported.weights, 32, true);
-    drop(imported);
+    let Some((name, q)) = model else { return Ok(out) };
+    let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
     let t = Instant::now();
-    let mut model = GpuLlama::load(ctx, &q, max_ctx)?;
+    let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     // A fixed prompt of ids: the tokenizer is not what is measured.
     let prompt: Vec<u32> = (0..16u32).map(|i| 100 + i * 37).collect();
@@ -115,7 +110,7 @@ pub fn report(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> Re
     }
     let total: f64 = lat.iter().sum();
     let (p50, p95, p99) = stats(lat);
-    out.push(format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", path.display(), cfg.num_layers));
+    out.push(format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", name, cfg.num_layers));
     out.push(format!("  load (upload, pipelines, bind groups) ms: {load_ms:.1}"));
     out.push(format!("  prefill {} tokens, one decode step each: {:.1} tok/s", prompt.len(), prompt.len() as f64 / prefill_ms * 1e3));
     out.push(format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));

@@ -6,8 +6,13 @@
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, GpuQ4, Pipelines};
 use super::twin::{self, AttnShape};
-use crate::llama::{LayerWeights, LlamaConfig, LlamaWeights};
-use crate::quant::{reference as qref, Q4Weight};
+use crate::backend::KvSnapshot;
+#[cfg(feature = "tools")]
+use crate::llama::{LayerWeights, LlamaWeights};
+use crate::model::LlamaConfig;
+#[cfg(feature = "tools")]
+use crate::quant::reference as qref;
+use crate::quant::Q4Weight;
 use crate::{Error, Result};
 
 /// One decoder layer with int4 linear weights (`[out][in]`, blocks along `in`).
@@ -36,6 +41,7 @@ pub struct Q4Llama {
     pub lm_head: Option<Q4Weight>,
 }
 
+#[cfg(feature = "tools")]
 impl Q4Llama {
     /// Quantize fp32 weights exactly as `llama::onnx_export` does for `ExportOptions::int4`.
     pub fn quantize(cfg: &LlamaConfig, w: &LlamaWeights, block_size: usize, symmetric: bool) -> Self {
@@ -101,6 +107,8 @@ pub struct GpuLlama {
     token_readback: wgpu::Buffer,
     logits: wgpu::Buffer,
     dispatches: Vec<Dispatch>,
+    /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
+    kv_cache: Vec<[wgpu::Buffer; 2]>,
     /// Everything the bind groups refer to, owned for the model's lifetime.
     _weights: Vec<GpuQ4>,
     _buffers: Vec<wgpu::Buffer>,
@@ -131,6 +139,7 @@ impl GpuLlama {
         let mut bufs: Vec<wgpu::Buffer> = Vec::new();
         let mut weights: Vec<GpuQ4> = Vec::new();
         let mut dispatches = Vec::new();
+        let mut kv_cache = Vec::new();
 
         let state = ctx.storage("state", 8)?;
         let x = ctx.storage("x", f(h))?;
@@ -180,7 +189,8 @@ impl GpuLlama {
                 kernels::add(&ctx, &mut pipes, h, &x, &tmp),
             ]);
             weights.extend([wq, wk, wv, wo, wg, wu, wd]);
-            bufs.extend([attn_norm, ffn_norm, kc, vc]);
+            bufs.extend([attn_norm, ffn_norm]);
+            kv_cache.push([kc, vc]);
         }
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&w.final_norm))?;
         dispatches.push(kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, 1, &x, &final_norm, &xn));
@@ -194,7 +204,11 @@ impl GpuLlama {
         weights.extend(head);
         bufs.extend([x, xn, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm]);
         let token_readback = ctx.readback("token", 4);
-        Ok(GpuLlama { ctx, pipes, cfg, max_ctx, state, token_readback, logits, dispatches, _weights: weights, _buffers: bufs, pos: 0 })
+        Ok(GpuLlama { ctx, pipes, cfg, max_ctx, state, token_readback, logits, dispatches, kv_cache, _weights: weights, _buffers: bufs, pos: 0 })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -213,6 +227,46 @@ impl GpuLlama {
     /// Forget the context (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Most tokens the cache holds.
+    pub fn max_context(&self) -> usize {
+        self.max_ctx
+    }
+
+    /// The first `self.pos()` positions of the cache, as the engine's host tensors (one
+    /// readback per layer and kind).
+    pub async fn download_kv(&self) -> Result<KvSnapshot> {
+        let (kvh, hd, len) = (self.cfg.num_kv_heads, self.cfg.head_dim, self.pos);
+        let mut data = Vec::with_capacity(2 * self.kv_cache.len());
+        for buf in self.kv_cache.iter().flatten() {
+            let all = kernels::download_f32(&self.ctx, buf, kvh * self.max_ctx * hd).await?;
+            data.push((0..kvh).flat_map(|h| all[h * self.max_ctx * hd..][..len * hd].iter().copied()).collect());
+        }
+        KvSnapshot::from_f32(len, kvh, hd, data)
+    }
+
+    /// Replace the cache with `kv` (a snapshot of this layout); the next step continues after it.
+    pub fn upload_kv(&mut self, kv: &KvSnapshot) -> Result<()> {
+        let (kvh, hd) = (self.cfg.num_kv_heads, self.cfg.head_dim);
+        if kv.len > self.max_ctx {
+            return Err(Error::ContextOverflow { needed: kv.len, max: self.max_ctx });
+        }
+        if kv.tensors.len() != 2 * self.kv_cache.len() {
+            return Err(Error::InvalidState("KV cache shape does not match this model".into()));
+        }
+        for (i, buf) in self.kv_cache.iter().flatten().enumerate() {
+            let v = kv.values(i)?;
+            if v.len() != kvh * kv.len * hd {
+                return Err(Error::InvalidState("KV cache shape does not match this model".into()));
+            }
+            for h in 0..kvh {
+                let at = (h * self.max_ctx * hd * 4) as u64;
+                self.ctx.write(buf, at, &f32_bytes(&v[h * kv.len * hd..][..kv.len * hd]));
+            }
+        }
+        self.pos = kv.len;
+        Ok(())
     }
 
     /// Run one token through every layer and return the greedy next token. `Some(id)` feeds a

@@ -7,12 +7,15 @@
 //!   dispatch builders. Each kernel has a plain-Rust twin in [`twin`] that tests compare with.
 //! - [`decode`]: a Llama decode step with int4 weights resident on the GPU.
 
+#[cfg(feature = "tools")]
 pub mod bench;
+pub mod backend;
 pub mod context;
 pub mod decode;
 pub mod kernels;
 pub mod twin;
 
+pub use backend::GpuBackend;
 pub use context::{GpuContext, GpuCounters};
 pub use decode::{GpuLlama, Q4Llama};
 

@@ -171,20 +171,10 @@ pub fn greedy_with(cfg: &LlamaConfig, w: &LlamaWeights, prompt: &[u32], max_new:
     let mut logits = forward_with(cfg, w, prompt, &mut cache, act).pop().unwrap_or_default();
     let mut out = Vec::with_capacity(max_new);
     for _ in 0..max_new {
-        let next = argmax(&logits);
+        let next = crate::generate::argmax(&logits);
         out.push(next);
         logits = forward_with(cfg, w, &[next], &mut cache, act).pop().unwrap_or_default();
     }
     out
 }
 
-/// Index of the largest value; the lowest index wins ties.
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}

@@ -6,6 +6,7 @@
 //! - [`Q4MinWeight`]: 4-bit blocks with float zero points (Q4_1's `q * scale + min`).
 //! - [`Q4Weight`]: block-wise 4-bit in the `com.microsoft::MatMulNBits` layout.
 
+#[cfg(feature = "tools")]
 pub mod reference;
 
 /// Precision a linear layer's weight is stored in.

@@ -4,7 +4,8 @@
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 
-use super::{Blob, ModelRecord, ShardStore, StorageEstimate, StoreError};
+use super::{ModelRecord, ShardStore, StorageEstimate, StoreError};
+use crate::package::Blob;
 
 #[derive(Default)]
 pub struct MemoryStore<B> {

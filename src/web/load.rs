@@ -9,8 +9,11 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 use super::{js_error, ota, to_js, Engine};
-use crate::loader::{FetchError, Fetcher, LoadEvent, LoadOptions, Loader, ManifestSource, RetryPolicy, Source};
-use crate::store::{self, Blob, ModelRecord, ShardStore, StorageEstimate, StoreError};
+use crate::loader::{FetchError, Fetcher, LoadEvent, LoadOptions, Loader, RetryPolicy};
+use crate::backend::BackendKind;
+use crate::generate::EngineOptions;
+use crate::package::{Blob, Package};
+use crate::store::{self, ModelRecord, ShardStore, StorageEstimate, StoreError};
 use crate::{generate, Error};
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -434,6 +437,7 @@ pub(crate) struct Options {
     pub base_url: Option<String>,
     pub threads: Option<u32>,
     pub load: LoadOptions,
+    pub engine: EngineOptions,
 }
 
 /// Every `LoadOptions` name (the TS interface above): any other is an `InvalidOptionError`.
@@ -444,17 +448,13 @@ pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
         return Err(invalid("options", "must be an object"));
     }
     super::check_option_names(o, LOAD_OPTIONS)?;
+    // Which backend runs is the engine's choice (`Engine::open`); here only the name is read.
     let backend = get(o, "backend");
-    match backend.as_string().as_deref() {
-        None if backend.is_undefined() => {}
-        Some("auto") | Some("wasm") => {}
-        Some("webgpu") => {
-            return Err(js_error(Error::UnsupportedBackend(
-                "the WebGPU backend is not built yet: use backend \"wasm\" or \"auto\" (which picks wasm)".into(),
-            )))
-        }
-        _ => return Err(invalid("backend", "must be \"auto\", \"webgpu\" or \"wasm\"")),
-    }
+    let backend = match backend.as_string() {
+        None if backend.is_undefined() => BackendKind::Auto,
+        Some(name) => BackendKind::parse(&name).map_err(js_error)?,
+        None => return Err(invalid("backend", "must be \"auto\", \"webgpu\" or \"wasm\"")),
+    };
     let signal = get(o, "signal");
     if !(signal.is_undefined() || signal.is_null()) && get(&signal, "aborted").as_bool().is_none() {
         return Err(invalid("signal", "must be an AbortSignal"));
@@ -493,6 +493,7 @@ pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
         base_url: base_url.as_string(),
         threads: opt_count(o, "threads", 1.0, 1024.0)?,
         load,
+        engine: EngineOptions { backend, ..Default::default() },
     })
 }
 
@@ -598,6 +599,7 @@ pub(crate) async fn load_version(
     store: Option<&JsShardStore>,
     signal: JsValue,
     options: &LoadOptions,
+    engine_options: &EngineOptions,
     emit: &dyn Fn(LoadEvent),
     unless: Option<(&str, &str)>,
 ) -> Result<Result<LoadedVersion, Skip>, JsValue> {
@@ -605,18 +607,7 @@ pub(crate) async fn load_version(
     let loader = Loader { fetcher: &fetcher, store, options: options.clone(), on_event: emit };
     let (m, manifest_url) = match arg {
         ManifestArg::Url(url) => (loader.manifest(&url).await.map_err(|e| js_error(fetcher.error(e)))?, Some(url)),
-        ManifestArg::Json { bytes, url } => {
-            // A handed-over manifest is checked like a fetched one (integrity, limits).
-            let ManifestSource { manifest, json, .. } = loader.parse_manifest(bytes, Source::Network).map_err(js_error)?;
-            emit(LoadEvent::Manifest {
-                model_id: manifest.model_id.clone(),
-                model_version: manifest.model_version.clone(),
-                total: manifest.total_bytes,
-                files: manifest.files.len(),
-                source: Source::Network,
-            });
-            (ManifestSource { manifest, json, source: Source::Network }, url)
-        }
+        ManifestArg::Json { bytes, url } => (loader.given_manifest(bytes).map_err(js_error)?, url),
     };
     if unless == Some((m.manifest.model_sha256.as_str(), m.manifest.model_version.as_str())) {
         return Ok(Err(Skip::Same));
@@ -630,7 +621,8 @@ pub(crate) async fn load_version(
     let base = base_url.or_else(|| manifest_url.clone());
     let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(|e| quota_error(fetcher.error(e)))?;
     let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
-    let engine = super::with_clock(generate::Engine::load_verified(&m.manifest, loaded.files).map_err(js_error)?);
+    let package = Package::verified(&m.manifest, loaded.files);
+    let engine = super::with_clock(generate::Engine::open(package, engine_options).map_err(js_error)?);
     emit(LoadEvent::Ready { loaded: m.manifest.total_bytes, total: m.manifest.total_bytes, from_cache, from_network });
     let version = ota::VersionInfo {
         model_id: m.manifest.model_id.clone(),
@@ -656,10 +648,10 @@ impl Engine {
         let o = parse_options(&or_undefined(options))?;
         let emit = progress_sink(o.on_progress.clone());
         apply_threads(o.threads, &emit).await;
-        let v = load_version(arg, o.base_url.clone(), o.store.as_ref(), o.signal.clone(), &o.load, &emit, None)
+        let v = load_version(arg, o.base_url.clone(), o.store.as_ref(), o.signal.clone(), &o.load, &o.engine, &emit, None)
             .await?
             .expect("loads unless it is the `unless` version, and there is none");
-        let source = ota::Source { store: o.store, options: o.load };
+        let source = ota::Source { store: o.store, options: o.load, engine: o.engine };
         let bytes = v.bytes as f64;
         Ok(Engine::with_slot(Rc::new(ota::Slot::new(v.engine, Some((v.version, source)), o.on_event)), t0, bytes))
     }

@@ -51,6 +51,8 @@ export interface GenerationStats {
 export interface EngineStats extends GenerationStats {
   /** Where inference runs, e.g. `"cpu-wasm-simd128"`. */
   backend: string;
+  /** Why `backend: "auto"` chose this backend (absent when the app named one). */
+  backendReason?: string;
   /** `"explicit"` (past/present tensors carried between steps) or `"folded"` (in the plan's state). */
   kvCache: string;
   /** Time to build the engine from bytes (verification, graph, plan, tokenizer). */
@@ -260,6 +262,8 @@ pub struct Engine {
 #[serde(rename_all = "camelCase")]
 struct EngineStats {
     backend: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    backend_reason: Option<String>,
     kv_cache: &'static str,
     load_ms: f64,
     model_bytes: f64,
@@ -297,7 +301,7 @@ impl Engine {
     pub fn from_bytes(onnx: &[u8], tokenizer_json: &[u8], config_json: &[u8]) -> Result<Engine, JsValue> {
         let t0 = now_ms();
         let config = crate::ModelConfig::from_json(config_json).map_err(js_error)?;
-        let inner = generate::Engine::load(onnx, tokenizer_json, config).map_err(js_error)?;
+        let inner = generate::Engine::open(crate::package::Package::loose(onnx, tokenizer_json, config), &Default::default()).map_err(js_error)?;
         Ok(Engine::new(inner, t0, onnx.len() + tokenizer_json.len() + config_json.len()))
     }
 
@@ -309,11 +313,11 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "Map<string, Uint8Array>")] files: js_sys::Map,
     ) -> Result<Engine, JsValue> {
         let t0 = now_ms();
-        let manifest = crate::manifest::Manifest::from_json(manifest_json).map_err(js_error)?;
+        let manifest = crate::package::manifest::Manifest::from_json(manifest_json).map_err(js_error)?;
         // Each file is taken out of the map when the engine needs it (hashed in pieces, its
         // tensors copied straight into wasm memory) and dropped after: the weights are never
         // held twice on either side.
-        let inner = generate::Engine::load_packed_with(&manifest, |path| {
+        let package = crate::package::Package::packed_with(&manifest, |path| {
             let key = JsValue::from_str(path);
             let bytes = files
                 .get(&key)
@@ -321,8 +325,8 @@ impl Engine {
                 .map_err(|_| crate::Error::InvalidModel(format!("file `{path}` was not provided")))?;
             files.delete(&key);
             Ok(bytes)
-        })
-        .map_err(js_error)?;
+        });
+        let inner = generate::Engine::open(package, &Default::default()).map_err(js_error)?;
         Ok(Engine::new(inner, t0, manifest.total_bytes as usize))
     }
 
@@ -379,9 +383,11 @@ impl Engine {
     #[wasm_bindgen(unchecked_return_type = "EngineStats")]
     pub fn stats(&self) -> Result<JsValue, JsValue> {
         let e = self.inner()?;
+        let info = e.backend_info();
         Ok(to_js(&EngineStats {
-            backend: "cpu-wasm-simd128",
-            kv_cache: if e.kv_cache_folded() { "folded" } else { "explicit" },
+            backend: if info.name == "wasm" { "cpu-wasm-simd128" } else { info.name },
+            backend_reason: info.reason,
+            kv_cache: info.kv_cache,
             load_ms: self.load_ms,
             model_bytes: self.model_bytes,
             wasm_memory_bytes: wasm_memory_bytes(),

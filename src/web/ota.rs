@@ -10,7 +10,7 @@ use wasm_bindgen::prelude::*;
 
 use super::load::{self, JsShardStore, ManifestArg};
 use super::{js_error, to_js, Engine};
-use crate::generate;
+use crate::generate::{self, EngineOptions};
 use crate::loader::LoadOptions;
 use crate::ota::{ErrorWindow, RollbackPolicy, UpdateMonitor, Verdict};
 use crate::Error;
@@ -72,6 +72,7 @@ pub(crate) struct VersionInfo {
 pub(crate) struct Source {
     pub store: Option<JsShardStore>,
     pub options: LoadOptions,
+    pub engine: EngineOptions,
 }
 
 #[derive(Serialize)]
@@ -209,7 +210,7 @@ impl Slot {
         let arg = ManifestArg::Json { bytes: prev.manifest_json.clone().into_bytes(), url: prev.manifest_url.clone() };
         // The manifest was verified when that version was loaded; `integrity` pinned the first one.
         let options = LoadOptions { integrity: None, ..source.options.clone() };
-        let r = load::load_version(arg, prev.base_url.clone(), source.store.as_ref(), JsValue::UNDEFINED, &options, &|_| {}, None).await;
+        let r = load::load_version(arg, prev.base_url.clone(), source.store.as_ref(), JsValue::UNDEFINED, &options, &source.engine, &|_| {}, None).await;
         self.busy.set(false);
         if self.disposed.get() {
             return;
@@ -256,7 +257,7 @@ impl Slot {
         let emit = load::progress_sink(on_progress);
         let current = self.current.borrow().as_ref().map(|c| (c.model_sha256.clone(), c.model_version.clone()));
         let unless = current.as_ref().map(|(sha, v)| (sha.as_str(), v.as_str()));
-        let r = load::load_version(arg, base_url, source.store.as_ref(), signal, &load_options, &emit, unless).await;
+        let r = load::load_version(arg, base_url, source.store.as_ref(), signal, &load_options, &source.engine, &emit, unless).await;
         self.busy.set(false);
         if self.disposed.get() {
             return Err(js_error(Error::Disposed));

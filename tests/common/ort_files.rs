@@ -151,19 +151,24 @@ impl Loaded {
             let (manifest, files) = edge_llm::pack::pack(onnx, &pack.tokenizer, &pack.config, &opts)?;
             assert!(files.len() > 3, "a packed file has several weight shards");
             // Through its JSON, as the loader reads it.
-            let manifest = edge_llm::manifest::Manifest::from_json(&serde_json::to_vec(&manifest).expect("manifest serializes"))?;
-            return Ok(Loaded::Engine(edge_llm::Engine::load_packed(&manifest, files.into_iter().collect())?));
+            let manifest = edge_llm::package::manifest::Manifest::from_json(&serde_json::to_vec(&manifest).expect("manifest serializes"))?;
+            return Ok(Loaded::Engine(edge_llm::Engine::open(edge_llm::package::Package::packed(&manifest, files.into_iter().collect()), &Default::default())?));
         }
         Ok(Loaded::Model(Arc::new(CpuModel::from_proto(edge_llm::onnx::decode(onnx)?, &backend.options())?)))
     }
 
-    fn session(&self) -> edge_llm::cpu::CpuSession {
+    fn session(&self) -> Box<dyn edge_llm::backend::Session> {
         match self {
-            Loaded::Model(m) => m.session(),
+            Loaded::Model(m) => Box::new(m.session()),
             #[cfg(feature = "pack")]
             Loaded::Engine(e) => e.session(),
         }
     }
+}
+
+/// One step of a session whose backend computes synchronously (the CPU's).
+fn forward(s: &mut dyn edge_llm::backend::Session, tokens: &[u32]) -> edge_llm::Result<Vec<f32>> {
+    edge_llm::backend::ready(s.forward(tokens)).expect("the CPU backend's step is ready at once")
 }
 
 /// Load `onnx` unchanged with `backend` and run every prompt of `reference` against it.
@@ -189,7 +194,7 @@ pub fn compare_with(
     for run in &reference.runs {
         // Free-running greedy decode: how many tokens before the first departure.
         let mut s = model.session();
-        let mut logits = s.forward(&run.prompt)?;
+        let mut logits = forward(&mut *s, &run.prompt)?;
         out.max_prefill_diff = out.max_prefill_diff.max(max_abs_diff(&logits, &run.prefill_logits));
         let mut same = 0;
         let mut departed = false;
@@ -198,7 +203,7 @@ pub fn compare_with(
             departed |= got != want;
             same += usize::from(!departed);
             if i + 1 < run.tokens.len() {
-                logits = s.forward(&[if departed { want } else { got }])?;
+                logits = forward(&mut *s, &[if departed { want } else { got }])?;
             }
         }
         out.same_tokens.push(same);

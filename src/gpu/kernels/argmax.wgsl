@@ -1,7 +1,7 @@
 // Greedy pick on the GPU: state.token = index of the largest logit, the lowest index on
-// ties (as llama::reference::argmax). A decode step then reads back only these 4 bytes, and
+// ties (as generate::argmax). A decode step then reads back only these 4 bytes, and
 // the next step's embedding gather reads the token without a CPU round trip.
-// One workgroup of 256. Twin: llama::reference::argmax.
+// One workgroup of 256. Twin: generate::argmax.
 
 struct Params {
     n: u32,

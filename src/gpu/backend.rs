@@ -1,0 +1,294 @@
+//! The GPU model behind the [`Backend`] seam.
+//!
+//! [`GpuLlama`] holds one KV cache on the GPU. Sessions take turns on it: the session that
+//! steps owns it; when another one steps, the owner's cache is read back to the host first
+//! (kept until that session steps again or is dropped) and the stepping session's own cache
+//! uploaded. The engine switches sessions only between turns (a chat turn that reuses a
+//! prefix, a restored state), so decode steps never move the cache.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use super::decode::{GpuLlama, Q4Layer, Q4Llama};
+use super::GpuContext;
+use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
+use crate::model::LlamaConfig;
+use crate::onnx::ModelProto;
+use crate::package::{shards, Blob, Package};
+use crate::quant::Q4Weight;
+use crate::{Error, Result};
+
+/// Most tokens a GPU session holds: the KV cache is allocated for this many at load (SmolLM2:
+/// 30 layers × 2 × 192 × 2048 × 4 B = 94 MB).
+pub const GPU_MAX_CONTEXT: usize = 2048;
+
+struct Shared {
+    model: RefCell<GpuLlama>,
+    /// The session whose cache is on the GPU.
+    owner: Cell<Option<u64>>,
+    /// Caches of sessions that are not the owner, read back when they lost the GPU.
+    parked: RefCell<HashMap<u64, KvSnapshot>>,
+    next_id: Cell<u64>,
+    layout: (usize, usize, usize),
+    vocab: usize,
+}
+
+/// A [`GpuLlama`] as a [`Backend`].
+pub struct GpuBackend(Rc<Shared>);
+
+impl GpuBackend {
+    pub fn new(model: GpuLlama) -> Self {
+        let cfg = model.config().clone();
+        GpuBackend(Rc::new(Shared {
+            model: RefCell::new(model),
+            owner: Cell::new(None),
+            parked: RefCell::default(),
+            next_id: Cell::new(0),
+            layout: (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
+            vocab: cfg.vocab_size,
+        }))
+    }
+
+    /// Whether the GPU backend runs `graph`, from its initializers' names alone (no weights are
+    /// read, so the CPU backend can still load the package when it does not). `Err` names
+    /// what it lacks.
+    pub fn supports(cfg: &LlamaConfig, graph: &ModelProto) -> Result<()> {
+        let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+        let names: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+        let mut needed = vec!["model.embed_tokens.weight_Q4".to_string(), "model.norm.weight".to_string()];
+        for l in 0..cfg.num_layers {
+            let pre = format!("model.layers.{l}");
+            needed.extend(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map(|p| format!("{pre}.{p}.weight_Q4")));
+            needed.extend(["input_layernorm", "post_attention_layernorm"].map(|p| format!("{pre}.{p}.weight")));
+        }
+        if !cfg.tie_word_embeddings {
+            needed.push("lm_head.weight_Q4".into());
+        }
+        match needed.iter().find(|n| !names.contains(n.as_str())) {
+            Some(n) => Err(Error::UnsupportedBackend(format!("webgpu: the graph has no `{n}`: the GPU backend runs int4 models in edge-llm's layout"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Load `package`'s graph on the GPU: int4 `MatMulNBits` linears and embedding in edge-llm's
+    /// exporter layout (`ExportOptions::int4`); any other format is `UnsupportedBackend`,
+    /// naming what the GPU backend lacks.
+    pub async fn open<'a, B: Blob + 'a>(ctx: GpuContext, package: &mut Package<'a, B>, graph: &ModelProto) -> Result<Self> {
+        let weights = q4_llama(&package.config().architecture.clone(), graph, package)?;
+        let max_ctx = weights.cfg.max_position_embeddings.min(GPU_MAX_CONTEXT);
+        Ok(Self::new(GpuLlama::load(ctx, &weights, max_ctx)?))
+    }
+
+    fn session_with(&self, kv: KvSnapshot) -> GpuSession {
+        let id = self.0.next_id.get();
+        self.0.next_id.set(id + 1);
+        let len = kv.len;
+        self.0.parked.borrow_mut().insert(id, kv);
+        GpuSession { shared: self.0.clone(), id, len }
+    }
+}
+
+impl Backend for GpuBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo { name: "webgpu", kv_cache: "gpu", reason: None }
+    }
+
+    fn vocab_size(&self) -> usize {
+        self.0.vocab
+    }
+
+    fn kv_layout(&self) -> (usize, usize, usize) {
+        self.0.layout
+    }
+
+    fn session(&self) -> Box<dyn Session> {
+        Box::new(self.session_with(KvSnapshot::default()))
+    }
+
+    fn session_from(&self, kv: &KvSnapshot) -> Result<Box<dyn Session>> {
+        let (layers, _, _) = self.0.layout;
+        if kv.len > 0 && kv.tensors.len() != 2 * layers {
+            return Err(Error::InvalidState("KV cache shape does not match this model".into()));
+        }
+        Ok(Box::new(self.session_with(kv.clone())))
+    }
+}
+
+/// One conversation on a [`GpuBackend`].
+pub struct GpuSession {
+    shared: Rc<Shared>,
+    id: u64,
+    len: usize,
+}
+
+impl Drop for GpuSession {
+    fn drop(&mut self) {
+        self.shared.parked.borrow_mut().remove(&self.id);
+        if self.shared.owner.get() == Some(self.id) {
+            self.shared.owner.set(None);
+        }
+    }
+}
+
+impl GpuSession {
+    /// Put this session's cache on the GPU, parking the owner's.
+    async fn own(&self) -> Result<()> {
+        let s = &self.shared;
+        if s.owner.get() == Some(self.id) {
+            return Ok(());
+        }
+        if let Some(other) = s.owner.get() {
+            let kv = s.model.borrow().download_kv().await?;
+            s.parked.borrow_mut().insert(other, kv);
+            s.owner.set(None);
+        }
+        let kv = s.parked.borrow_mut().remove(&self.id).unwrap_or_default();
+        let mut model = s.model.borrow_mut();
+        if kv.len == 0 {
+            model.reset();
+        } else {
+            model.upload_kv(&kv)?;
+        }
+        s.owner.set(Some(self.id));
+        Ok(())
+    }
+
+    async fn run(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Inference("forward needs at least one token".into()));
+        }
+        self.own().await?;
+        let mut model = self.shared.model.borrow_mut();
+        for &t in tokens {
+            model.step(Some(t)).await?;
+            self.len += 1;
+        }
+        model.logits().await
+    }
+}
+
+impl Session for GpuSession {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn snapshot(&self) -> Result<KvSnapshot> {
+        if self.shared.owner.get() != Some(self.id) {
+            return Ok(self.shared.parked.borrow().get(&self.id).cloned().unwrap_or_default());
+        }
+        // Natively the readback completes when polled; in a browser it waits for the event loop.
+        crate::backend::ready(self.shared.model.borrow().download_kv()).unwrap_or_else(|| {
+            Err(Error::UnsupportedBackend("webgpu: reading the KV cache back needs the event loop".into()))
+        })
+    }
+
+    fn forward<'a>(&'a mut self, tokens: &'a [u32]) -> StepFuture<'a, Result<Vec<f32>>> {
+        Box::pin(self.run(tokens))
+    }
+}
+
+/// An initializer's bytes and ONNX data type.
+struct Raw {
+    data_type: i32,
+    bytes: Vec<u8>,
+}
+
+/// Every initializer of `graph` by name: inline ones as they are, external ones read from
+/// `package`'s shards.
+fn initializers<'a, B: Blob + 'a>(graph: &ModelProto, package: &mut Package<'a, B>) -> Result<HashMap<String, Raw>> {
+    let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+    let mut out: HashMap<String, Raw> =
+        g.initializer.iter().filter(|t| !t.raw_data.is_empty()).map(|t| (t.name.clone(), Raw { data_type: t.data_type, bytes: t.raw_data.clone() })).collect();
+    if package.is_packed() {
+        shards::consume_external(g, |path| package.file(path), |i, length, read| {
+            let mut bytes = vec![0; length];
+            read(0, &mut bytes);
+            out.insert(g.initializer[i].name.clone(), Raw { data_type: g.initializer[i].data_type, bytes });
+            Ok(())
+        })?;
+    }
+    Ok(out)
+}
+
+const FLOAT: i32 = 1;
+const FLOAT16: i32 = 10;
+const UINT8: i32 = 2;
+
+fn floats(t: &Raw, name: &str) -> Result<Vec<f32>> {
+    let le = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
+    match t.data_type {
+        FLOAT => Ok(t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
+        FLOAT16 => Ok(t.bytes.chunks_exact(2).map(|c| half::f16::from_bits(le(c)).to_f32()).collect()),
+        other => Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has ONNX data type {other}, not float or float16"))),
+    }
+}
+
+/// A graph's initializers, taken by name as the GPU layout needs them.
+struct Initializers(HashMap<String, Raw>);
+
+impl Initializers {
+    fn take(&mut self, name: &str) -> Result<Raw> {
+        self.0.remove(name).ok_or_else(|| {
+            Error::UnsupportedBackend(format!("webgpu: the graph has no `{name}`: the GPU backend runs int4 models in edge-llm's layout"))
+        })
+    }
+
+    fn norm(&mut self, name: &str) -> Result<Vec<f32>> {
+        let name = format!("{name}.weight");
+        floats(&self.take(&name)?, &name)
+    }
+
+    /// The int4 `MatMulNBits` weight `name` (`[n][k]`): B `[n][blocks][block/2]` as is, scales,
+    /// and the packed uint8 zero points unpacked to one per block.
+    fn q4(&mut self, name: &str, n: usize, k: usize) -> Result<Q4Weight> {
+        let packed = self.take(&format!("{name}.weight_Q4"))?.bytes;
+        let scales = floats(&self.take(&format!("{name}.weight_scales"))?, name)?;
+        let blocks = scales.len() / n.max(1);
+        let bad = || Error::UnsupportedBackend(format!("webgpu: `{name}` is not an int4 [{n}][{k}] MatMulNBits weight"));
+        if blocks == 0 || scales.len() != n * blocks || packed.len() % (n * blocks) != 0 {
+            return Err(bad());
+        }
+        let block_size = packed.len() / (n * blocks) * 2;
+        if k.div_ceil(block_size) != blocks {
+            return Err(bad());
+        }
+        let zero_points = match self.0.remove(&format!("{name}.weight_zero_points")) {
+            None => None,
+            Some(z) if z.data_type == UINT8 && z.bytes.len() == n * blocks.div_ceil(2) => {
+                let per_row = blocks.div_ceil(2);
+                Some((0..n * blocks).map(|i| (z.bytes[i / blocks * per_row + i % blocks / 2] >> (4 * (i % blocks % 2))) & 0x0f).collect())
+            }
+            Some(_) => return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has float zero points; the GPU kernels take uint8 ones"))),
+        };
+        Ok(Q4Weight { n, k, block_size, packed, scales, zero_points })
+    }
+}
+
+/// The int4 Llama in `graph`, by edge-llm's exporter's initializer names.
+fn q4_llama<'a, B: Blob + 'a>(cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<Q4Llama> {
+    let mut w = Initializers(initializers(graph, package)?);
+    let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let pre = format!("model.layers.{l}");
+        layers.push(Q4Layer {
+            attn_norm: w.norm(&format!("{pre}.input_layernorm"))?,
+            wq: w.q4(&format!("{pre}.self_attn.q_proj"), q, h)?,
+            wk: w.q4(&format!("{pre}.self_attn.k_proj"), kv, h)?,
+            wv: w.q4(&format!("{pre}.self_attn.v_proj"), kv, h)?,
+            wo: w.q4(&format!("{pre}.self_attn.o_proj"), h, q)?,
+            ffn_norm: w.norm(&format!("{pre}.post_attention_layernorm"))?,
+            w_gate: w.q4(&format!("{pre}.mlp.gate_proj"), i, h)?,
+            w_up: w.q4(&format!("{pre}.mlp.up_proj"), i, h)?,
+            w_down: w.q4(&format!("{pre}.mlp.down_proj"), h, i)?,
+        });
+    }
+    Ok(Q4Llama {
+        cfg: cfg.clone(),
+        embed: w.q4("model.embed_tokens", cfg.vocab_size, h)?,
+        layers,
+        final_norm: w.norm("model.norm")?,
+        lm_head: if cfg.tie_word_embeddings { None } else { Some(w.q4("lm_head", cfg.vocab_size, h)?) },
+    })
+}
