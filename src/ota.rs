@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::Error;
 
 mod slot;
-pub use slot::{Dispose, Event, LoadError, Outcome, Skip, Slot, UpdateResult, VersionInfo, VersionLoader};
+pub use slot::{Dispose, Event, Listener, LoadError, Loaded, Outcome, Skip, Slot, UpdateResult, VersionInfo, VersionLoader};
 
 /// Does this error count against the model version (vs. a caller's mistake)?
 pub fn is_model_error(e: &Error) -> bool {

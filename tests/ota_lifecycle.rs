@@ -8,7 +8,7 @@ use std::pin::{pin, Pin};
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
 
-use edge_llm::ota::{Dispose, Event, RollbackPolicy, Skip, Slot, UpdateResult, VersionInfo, VersionLoader};
+use edge_llm::ota::{Dispose, Event, Loaded, RollbackPolicy, Skip, Slot, UpdateResult, VersionInfo, VersionLoader};
 use edge_llm::Error;
 
 /// An engine that only knows its version; disposals go to the shared log.
@@ -49,12 +49,12 @@ fn version(v: &str) -> VersionInfo {
 }
 
 impl FakeLoader {
-    async fn fetch(&self, v: &str) -> Result<(FakeEngine, VersionInfo), Error> {
+    async fn fetch(&self, v: &str) -> Result<Loaded<FakeEngine>, Error> {
         Held(&self.0).await;
         if self.0.broken.borrow().iter().any(|b| b == v) {
             return Err(Error::Network { file: format!("{v}/manifest.json"), reason: "404".into() });
         }
-        Ok((FakeEngine { version: v.into(), log: self.0.clone() }, version(v)))
+        Ok(Loaded { engine: FakeEngine { version: v.into(), log: self.0.clone() }, version: version(v) })
     }
 }
 
@@ -63,7 +63,7 @@ impl VersionLoader for FakeLoader {
     type Request = &'static str;
     type Error = Error;
 
-    async fn load(&self, v: &'static str, running: &VersionInfo) -> Result<Result<(FakeEngine, VersionInfo), Skip>, Error> {
+    async fn load(&self, v: &'static str, running: &VersionInfo) -> Result<Result<Loaded<FakeEngine>, Skip>, Error> {
         if v == running.model_version {
             return Ok(Err(Skip::Same));
         }
@@ -73,7 +73,7 @@ impl VersionLoader for FakeLoader {
         self.fetch(v).await.map(Ok)
     }
 
-    async fn reload(&self, v: &VersionInfo) -> Result<(FakeEngine, VersionInfo), Error> {
+    async fn reload(&self, v: &VersionInfo) -> Result<Loaded<FakeEngine>, Error> {
         self.fetch(&v.model_version).await
     }
 

@@ -23,6 +23,12 @@ pub struct VersionInfo {
     pub base_url: Option<String>,
 }
 
+/// A version a [`VersionLoader`] loaded.
+pub struct Loaded<E> {
+    pub engine: E,
+    pub version: VersionInfo,
+}
+
 /// Why an update loaded nothing.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Skip {
@@ -62,9 +68,9 @@ pub trait VersionLoader {
 
     /// Load the version `request` names, or nothing ([`Skip`]) when it is `running` or a
     /// version rolled back before.
-    fn load(&self, request: Self::Request, running: &VersionInfo) -> impl Future<Output = Result<Result<(Self::Engine, VersionInfo), Skip>, Self::Error>>;
+    fn load(&self, request: Self::Request, running: &VersionInfo) -> impl Future<Output = Result<Result<Loaded<Self::Engine>, Skip>, Self::Error>>;
     /// Load `version` again: a rollback's target, still in the store.
-    fn reload(&self, version: &VersionInfo) -> impl Future<Output = Result<(Self::Engine, VersionInfo), Self::Error>>;
+    fn reload(&self, version: &VersionInfo) -> impl Future<Output = Result<Loaded<Self::Engine>, Self::Error>>;
     /// Remember that `version` was rolled back, so `load` skips it from now on.
     fn mark_rolled_back(&self, version: &VersionInfo) -> impl Future<Output = ()>;
 }
@@ -91,6 +97,9 @@ pub enum UpdateResult {
     RolledBack { from: String, to: String },
 }
 
+/// Receives the slot's events.
+pub type Listener = Rc<dyn Fn(Event)>;
+
 /// An update under probation: its monitor, and the version to return to.
 struct Watch {
     monitor: UpdateMonitor,
@@ -112,7 +121,7 @@ pub struct Slot<L: VersionLoader> {
     busy: Cell<bool>,
     /// Set by `dispose()`: an update or rollback finishing later must not bring an engine back.
     disposed: Cell<bool>,
-    listener: RefCell<Option<Rc<dyn Fn(Event)>>>,
+    listener: RefCell<Option<Listener>>,
 }
 
 /// Reports one generation's outcome to the slot it started from.
@@ -157,7 +166,7 @@ impl<L: VersionLoader> Slot<L> {
         self.current.borrow().clone()
     }
 
-    pub fn set_listener(&self, listener: Option<Rc<dyn Fn(Event)>>) {
+    pub fn set_listener(&self, listener: Option<Listener>) {
         *self.listener.borrow_mut() = listener;
     }
 
@@ -224,13 +233,13 @@ impl<L: VersionLoader> Slot<L> {
         let r = loader.reload(&previous).await;
         self.busy.set(false);
         if self.disposed.get() {
-            if let Ok((engine, _)) = r {
-                engine.dispose();
+            if let Ok(loaded) = r {
+                loaded.engine.dispose();
             }
             return;
         }
         match r {
-            Ok((engine, version)) => {
+            Ok(Loaded { engine, version }) => {
                 let to = version.model_version.clone();
                 if let Some(failed) = self.swap(engine, version) {
                     loader.mark_rolled_back(&failed).await;
@@ -253,13 +262,13 @@ impl<L: VersionLoader> Slot<L> {
         let r = loader.load(request, &running).await;
         self.busy.set(false);
         if self.disposed.get() {
-            if let Ok(Ok((engine, _))) = r {
-                engine.dispose();
+            if let Ok(Ok(loaded)) = r {
+                loaded.engine.dispose();
             }
             return Err(Error::Disposed.into());
         }
         let from = self.model_version();
-        let (engine, version) = match r {
+        let Loaded { engine, version } = match r {
             Ok(Ok(loaded)) => loaded,
             Ok(Err(Skip::Same)) => return Ok(UpdateResult::Same { version: from }),
             Ok(Err(Skip::RolledBack(to))) => return Ok(UpdateResult::RolledBack { from, to }),

@@ -10,7 +10,7 @@ use super::load::{self, JsShardStore, ManifestArg};
 use super::{js_error, to_js, Engine};
 use crate::generate;
 use crate::loader::LoadOptions;
-use crate::ota::{self, LoadError, RollbackPolicy, Skip, UpdateResult, VersionLoader};
+use crate::ota::{self, LoadError, Loaded, RollbackPolicy, Skip, UpdateResult, VersionLoader};
 use crate::Error;
 
 pub(crate) use crate::ota::VersionInfo;
@@ -68,8 +68,13 @@ pub(crate) fn new_slot(engine: generate::Engine, version: Option<(VersionInfo, S
     slot
 }
 
+/// Hand the slot's events to `f` as `EngineEvent` objects (a listener that throws stops nothing).
 fn set_listener(slot: &Slot, f: Option<Function>) {
-    slot.set_listener(f.map(|f| Rc::new(move |e: ota::Event| drop(f.call1(&JsValue::NULL, &to_js(&e)))) as Rc<dyn Fn(ota::Event)>));
+    slot.set_listener(f.map(|f| -> ota::Listener {
+        Rc::new(move |e| {
+            let _ = f.call1(&JsValue::NULL, &to_js(&e));
+        })
+    }));
 }
 
 /// Report a generation's outcome; a rollback it decides runs in the background.
@@ -122,20 +127,20 @@ impl VersionLoader for Source {
     type Request = Request;
     type Error = JsValue;
 
-    async fn load(&self, r: Request, running: &VersionInfo) -> Result<Result<(generate::Engine, VersionInfo), Skip>, JsValue> {
+    async fn load(&self, r: Request, running: &VersionInfo) -> Result<Result<Loaded<generate::Engine>, Skip>, JsValue> {
         let options = LoadOptions { integrity: r.integrity, ..self.options.clone() };
         let emit = load::progress_sink(r.on_progress);
         let unless = (running.model_sha256.as_str(), running.model_version.as_str());
         let loaded = load::load_version(r.arg, r.base_url, self.store.as_ref(), r.signal, &options, &emit, Some(unless)).await?;
-        Ok(loaded.map(|v| (v.engine, v.version)))
+        Ok(loaded.map(|v| Loaded { engine: v.engine, version: v.version }))
     }
 
-    async fn reload(&self, v: &VersionInfo) -> Result<(generate::Engine, VersionInfo), JsValue> {
+    async fn reload(&self, v: &VersionInfo) -> Result<Loaded<generate::Engine>, JsValue> {
         let arg = ManifestArg::Json { bytes: v.manifest_json.clone().into_bytes(), url: v.manifest_url.clone() };
         // The manifest was verified when that version was loaded; `integrity` pinned the first one.
         let options = LoadOptions { integrity: None, ..self.options.clone() };
         match load::load_version(arg, v.base_url.clone(), self.store.as_ref(), JsValue::UNDEFINED, &options, &|_| {}, None).await? {
-            Ok(v) => Ok((v.engine, v.version)),
+            Ok(v) => Ok(Loaded { engine: v.engine, version: v.version }),
             Err(_) => unreachable!("no `unless` version given"),
         }
     }
