@@ -142,7 +142,7 @@ fn a_healthy_update_is_confirmed_after_probation() {
     let held_by_a_generation = slot.engine().expect("an engine");
     let r = run(slot.clone().update(STRICT, "2.0.0")).unwrap();
     assert_eq!(r, UpdateResult::Updated { from: "1.0.0".into(), to: "2.0.0".into(), baseline: 0.0 });
-    assert_eq!((running(&slot), slot.version().unwrap().model_version), ("2.0.0".into(), "2.0.0".into()));
+    assert_eq!((running(&slot), slot.version().unwrap().model_version.clone()), ("2.0.0".into(), "2.0.0".into()));
     assert!(shared.disposed.borrow().is_empty(), "a swap leaves the old engine to the generations holding it");
     drop(held_by_a_generation);
     // One error in five stays within the margin; the fifth outcome confirms.

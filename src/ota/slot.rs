@@ -103,7 +103,7 @@ pub type Listener = Rc<dyn Fn(Event)>;
 /// An update under probation: its monitor, and the version to return to.
 struct Watch {
     monitor: UpdateMonitor,
-    previous: VersionInfo,
+    previous: Rc<VersionInfo>,
 }
 
 /// The engine in use, swappable while generations hold the old one.
@@ -112,7 +112,7 @@ pub struct Slot<L: VersionLoader> {
     engine: RefCell<Option<Rc<L::Engine>>>,
     /// `None` for an engine that no loader made: it cannot update.
     loader: Option<L>,
-    current: RefCell<Option<VersionInfo>>,
+    current: RefCell<Option<Rc<VersionInfo>>>,
     /// Outcomes of the current version (its rate is the next update's baseline).
     window: RefCell<ErrorWindow>,
     watch: RefCell<Option<Watch>>,
@@ -146,7 +146,7 @@ impl<L: VersionLoader> Slot<L> {
         Slot {
             engine: RefCell::new(Some(Rc::new(engine))),
             loader,
-            current: RefCell::new(current),
+            current: RefCell::new(current.map(Rc::new)),
             window: RefCell::new(ErrorWindow::new(RollbackPolicy::default().window)),
             watch: RefCell::new(None),
             epoch: Cell::new(0),
@@ -162,7 +162,7 @@ impl<L: VersionLoader> Slot<L> {
     }
 
     /// The running version (`None` for an engine no loader made).
-    pub fn version(&self) -> Option<VersionInfo> {
+    pub fn version(&self) -> Option<Rc<VersionInfo>> {
         self.current.borrow().clone()
     }
 
@@ -198,11 +198,11 @@ impl<L: VersionLoader> Slot<L> {
     }
 
     /// Install `engine`; returns the version it replaces.
-    fn swap(&self, engine: L::Engine, version: VersionInfo) -> Option<VersionInfo> {
+    fn swap(&self, engine: L::Engine, version: VersionInfo) -> Option<Rc<VersionInfo>> {
         *self.engine.borrow_mut() = Some(Rc::new(engine));
         self.epoch.set(self.epoch.get() + 1);
         *self.window.borrow_mut() = ErrorWindow::new(RollbackPolicy::default().window);
-        self.current.borrow_mut().replace(version)
+        self.current.borrow_mut().replace(Rc::new(version))
     }
 
     fn record(self: &Rc<Self>, epoch: u64, ok: bool) -> Option<impl Future<Output = ()>> {
@@ -226,7 +226,7 @@ impl<L: VersionLoader> Slot<L> {
         }
     }
 
-    async fn rollback(self: Rc<Self>, previous: VersionInfo, why: impl FnOnce(String, String) -> Event) {
+    async fn rollback(self: Rc<Self>, previous: Rc<VersionInfo>, why: impl FnOnce(String, String) -> Event) {
         let Some(loader) = self.loader.as_ref() else { return };
         let from = self.model_version();
         self.busy.set(true);

@@ -231,11 +231,11 @@ impl Engine {
     /// The running model version (`undefined` for engines not made by `Engine.load`).
     #[wasm_bindgen(getter = modelVersion)]
     pub fn model_version(&self) -> Option<String> {
-        self.slot.version().map(|v| v.model_version)
+        self.slot.version().map(|v| v.model_version.clone())
     }
 
     #[wasm_bindgen(getter = modelId)]
     pub fn model_id(&self) -> Option<String> {
-        self.slot.version().map(|v| v.model_id)
+        self.slot.version().map(|v| v.model_id.clone())
     }
 }
