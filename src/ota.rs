@@ -1,5 +1,6 @@
 //! OTA model updates with automatic rollback (seed: "roll back if inference error rate >
-//! baseline + 5 %"). Plain counting and decisions; `web/` swaps the engines.
+//! baseline + 5 %"): the counting and decisions here, the engine swaps in [`Slot`] (slot.rs);
+//! `web/ota.rs` only turns JS options into requests and events into JS objects.
 //!
 //! Every finished inference (a generation that ran to its end, or failed) is an outcome. The
 //! running version keeps a sliding [`ErrorWindow`]; at an update its rate is the baseline. The
@@ -16,6 +17,9 @@ use std::collections::VecDeque;
 use serde::Serialize;
 
 use crate::Error;
+
+mod slot;
+pub use slot::{Dispose, Event, Listener, LoadError, Loaded, Outcome, Skip, Slot, UpdateResult, VersionInfo, VersionLoader};
 
 /// Does this error count against the model version (vs. a caller's mistake)?
 pub fn is_model_error(e: &Error) -> bool {

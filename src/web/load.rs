@@ -581,14 +581,7 @@ fn quota_error(e: Error) -> JsValue {
     js
 }
 
-/// Why [`load_version`] loaded nothing.
-#[derive(Debug)]
-pub(crate) enum Skip {
-    /// The manifest is the `unless` version.
-    Same,
-    /// The manifest is a version an OTA rollback left (remembered in the store).
-    RolledBack(String),
-}
+use crate::ota::Skip;
 
 /// Load a model version: manifest (fetched, or given), files (cache, then network), engine.
 /// With `unless` (`(model_sha256, model_version)`, an update): `Err(Skip)` when the manifest is
@@ -653,7 +646,7 @@ impl Engine {
             .expect("loads unless it is the `unless` version, and there is none");
         let source = ota::Source { store: o.store, options: o.load, engine: o.engine };
         let bytes = v.bytes as f64;
-        Ok(Engine::with_slot(Rc::new(ota::Slot::new(v.engine, Some((v.version, source)), o.on_event)), t0, bytes))
+        Ok(Engine::with_slot(Rc::new(ota::new_slot(v.engine, Some((v.version, source)), o.on_event)), t0, bytes))
     }
 }
 

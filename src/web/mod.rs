@@ -275,7 +275,7 @@ struct EngineStats {
 
 impl Engine {
     fn new(inner: generate::Engine, t0: f64, model_bytes: usize) -> Engine {
-        Engine::with_slot(Rc::new(ota::Slot::new(with_clock(inner), None, None)), t0, model_bytes as f64)
+        Engine::with_slot(Rc::new(ota::new_slot(with_clock(inner), None, None)), t0, model_bytes as f64)
     }
 
     pub(crate) fn with_slot(slot: Rc<ota::Slot>, t0: f64, model_bytes: f64) -> Engine {
@@ -485,7 +485,7 @@ impl Generation {
             Ok(Some(_)) => self.inner.finish_reason().map(|_| true),
         };
         if let Some(outcome) = ok.and_then(|_| self.outcome.take()) {
-            outcome.report(ok == Some(true));
+            ota::report(outcome, ok == Some(true));
         }
         match step.map_err(js_error)? {
             Some(ev) => Ok(to_js(&ev)),

@@ -223,8 +223,12 @@ test("integrity pins the manifest, online and offline", async () => {
   const digest = createHash("sha256").update(tiny["manifest.json"]).digest();
   const sri = `sha256-${digest.toString("base64")}`;
   const e = await Engine.load(srv.url("v1"), { cache: "none", integrity: sri });
-  e.free();
   const other = `sha256-${createHash("sha256").update("another manifest").digest("base64")}`;
+  // An update pins its own manifest (or none): the first load's pin was for v1's.
+  await assert.rejects(e.update(srv.url("v2"), { integrity: other }), { name: "IntegrityError" });
+  const v2 = Buffer.from(await (await fetch(srv.url("v2"))).arrayBuffer());
+  assert.equal((await e.update(srv.url("v2"), { integrity: `sha256-${createHash("sha256").update(v2).digest("base64")}` })).to, "2.0.0");
+  e.free();
   const before = srv.shardRequests("v1");
   await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", integrity: other }), { name: "IntegrityError" });
   assert.equal(srv.shardRequests("v1"), before, "refused before any shard");
