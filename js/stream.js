@@ -1,5 +1,6 @@
-// Turns a wasm `Generation` (a synchronous `step()` per token) into an async iterator that
-// yields to the event loop between tokens, so pages stay responsive while a model generates.
+// Turns a wasm `Generation` (`stepAsync()` per token: on the CPU backend it is ready at once, on
+// WebGPU it waits for the GPU) into an async iterator that yields to the event loop between
+// tokens, so pages stay responsive while a model generates.
 const yieldNow = () =>
   globalThis.scheduler && typeof globalThis.scheduler.yield === "function"
     ? globalThis.scheduler.yield()
@@ -33,7 +34,7 @@ export function toAsyncIterator(generation, signal) {
       }
       let value;
       try {
-        value = generation.step();
+        value = await generation.stepAsync();
       } catch (e) {
         finish();
         throw e;

@@ -111,7 +111,7 @@ async function handle({ id, op, args = [], progress }) {
     }
     if (op === "generationFinishReason") return g ? g.finishReason() : finished.get(args[0]);
     if (!g) return undefined; // finished (and freed) already
-    const t = g.step();
+    const t = await g.stepAsync();
     if (t === undefined) {
       // Freed at its end; its finish reason is kept until `free`.
       finished.set(args[0], g.finishReason());

@@ -33,6 +33,8 @@ export type WorkerLoadOptions = LoadOptions;
 export declare class WorkerGeneration {
   /** The next token, or `undefined` when finished (then freed in the worker). */
   step(): Promise<GeneratedToken | undefined>;
+  /** The same as `step()`. */
+  stepAsync(): Promise<GeneratedToken | undefined>;
   finishReason(): Promise<FinishReason | undefined>;
   free(): Promise<void>;
 }

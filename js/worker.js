@@ -281,6 +281,10 @@ export class WorkerGeneration {
   step() {
     return this.#call(["generationStep", this.#id]);
   }
+  /** The same as `step()` (every step through the worker is a promise). */
+  stepAsync() {
+    return this.step();
+  }
   /** Why the generation ended, or `undefined`. */
   finishReason() {
     return this.#call(["generationFinishReason", this.#id]);

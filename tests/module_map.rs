@@ -38,7 +38,7 @@ fn sources(m: &str) -> Vec<(String, String)> {
     while let Some(p) = stack.pop() {
         if p.is_dir() {
             stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
-        } else if p.extension().is_some_and(|e| e == "rs") {
+        } else if p.is_file() && p.extension().is_some_and(|e| e == "rs") {
             let text = std::fs::read_to_string(&p).unwrap();
             let code = text.split("#[cfg(test)]\nmod tests").next().unwrap();
             let code: String = code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n");

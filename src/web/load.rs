@@ -20,7 +20,9 @@ use crate::{generate, Error};
 const TS_LOAD: &'static str = r#"
 /** Options of `Engine.load`. Every field is optional. */
 export interface LoadOptions {
-  /** `"auto"` (default) picks `"wasm"`; `"webgpu"` fails with `UnsupportedBackendError` until the GPU backend lands. */
+  /** `"webgpu"`: the GPU backend (int4 models in edge-llm's layout; otherwise, or without an adapter,
+   *  `UnsupportedBackendError` says what is missing). `"auto"` (default): the GPU on a hardware
+   *  adapter that runs the model, else `"wasm"`; `stats().backendReason` says why. */
   backend?: "auto" | "webgpu" | "wasm";
   /** Worker threads for the CPU backend (integer >= 1). This build is single-threaded: more gives a warning event. */
   threads?: number;
@@ -615,7 +617,7 @@ pub(crate) async fn load_version(
     let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(|e| quota_error(fetcher.error(e)))?;
     let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
     let package = Package::verified(&m.manifest, loaded.files);
-    let engine = super::with_clock(generate::Engine::open(package, engine_options).map_err(js_error)?);
+    let engine = super::with_clock(generate::Engine::open_async(package, engine_options).await.map_err(js_error)?);
     emit(LoadEvent::Ready { loaded: m.manifest.total_bytes, total: m.manifest.total_bytes, from_cache, from_network });
     let version = ota::VersionInfo {
         model_id: m.manifest.model_id.clone(),

@@ -3,6 +3,7 @@
 mod load;
 mod ota;
 
+use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
@@ -284,7 +285,8 @@ impl Engine {
 
     /// `inner`, started on `engine`, reporting its outcome to this engine's OTA slot.
     fn generation(&self, engine: Rc<generate::Engine>, inner: generate::Generation) -> Generation {
-        Generation { inner, outcome: Some(self.slot.outcome()), _engine: engine }
+        let state = GenerationState { inner, outcome: Some(self.slot.outcome()) };
+        Generation { state: Rc::new(RefCell::new(state)), _engine: engine }
     }
 
     /// The engine now in use (a running generation keeps the one it started on), or
@@ -465,19 +467,21 @@ impl Engine {
 /// An in-progress generation.
 #[wasm_bindgen]
 pub struct Generation {
-    inner: generate::Generation,
-    /// Reported once, when the generation ends or fails (OTA error-rate accounting).
-    outcome: Option<ota::Outcome>,
+    /// Shared with a running `stepAsync`, whose future outlives the call.
+    state: Rc<RefCell<GenerationState>>,
     /// The engine it started on: an OTA swap does not end it (`dispose()` does).
     _engine: Rc<generate::Engine>,
 }
 
-#[wasm_bindgen]
-impl Generation {
-    /// The next token, or `undefined` when finished.
-    #[wasm_bindgen(unchecked_return_type = "GeneratedToken | undefined")]
-    pub fn step(&mut self) -> Result<JsValue, JsValue> {
-        let step = self.inner.step();
+struct GenerationState {
+    inner: generate::Generation,
+    /// Reported once, when the generation ends or fails (OTA error-rate accounting).
+    outcome: Option<ota::Outcome>,
+}
+
+impl GenerationState {
+    /// Report the outcome once the step ended the generation, and turn the step into JS.
+    fn settle(&mut self, step: crate::Result<Option<generate::TokenEvent>>) -> Result<JsValue, JsValue> {
         let ok = match &step {
             Err(e) if crate::ota::is_model_error(e) => Some(false),
             Err(_) => None,
@@ -492,10 +496,41 @@ impl Generation {
             None => Ok(JsValue::UNDEFINED),
         }
     }
+}
+
+fn step_running() -> JsValue {
+    js_error(crate::Error::InvalidState("a step of this generation is still running".into()))
+}
+
+#[wasm_bindgen]
+impl Generation {
+    /// The next token, or `undefined` when finished. On the WebGPU backend a step waits for
+    /// the GPU: use `stepAsync` (this throws `UnsupportedBackendError` there).
+    #[wasm_bindgen(unchecked_return_type = "GeneratedToken | undefined")]
+    pub fn step(&mut self) -> Result<JsValue, JsValue> {
+        let mut state = self.state.try_borrow_mut().map_err(|_| step_running())?;
+        let step = state.inner.step();
+        state.settle(step)
+    }
+
+    /// The next token, or `undefined` when finished, on every backend (the streams use it).
+    #[wasm_bindgen(js_name = stepAsync, unchecked_return_type = "Promise<GeneratedToken | undefined>")]
+    pub fn step_async(&mut self) -> js_sys::Promise {
+        let state = self.state.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            // Held across the GPU's await: a second step meanwhile gets `step_running`.
+            let mut state = state.try_borrow_mut().map_err(|_| step_running())?;
+            let step = state.inner.step_async().await;
+            state.settle(step)
+        })
+    }
 
     /// Why generation ended (`"eos"`, `"stopString"`, `"maxTokens"`), or `undefined`.
     #[wasm_bindgen(js_name = finishReason, unchecked_return_type = "FinishReason | undefined")]
     pub fn finish_reason(&self) -> JsValue {
-        self.inner.finish_reason().map(|r| to_js(&r)).unwrap_or(JsValue::UNDEFINED)
+        match self.state.try_borrow() {
+            Ok(s) => s.inner.finish_reason().map(|r| to_js(&r)).unwrap_or(JsValue::UNDEFINED),
+            Err(_) => JsValue::UNDEFINED,
+        }
     }
 }
