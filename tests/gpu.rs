@@ -452,3 +452,27 @@ fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
         assert_eq!(info.name, "webgpu", "{info:?}");
     }
 }
+
+#[test]
+fn through_the_seam_a_greedy_step_reads_back_the_token_only() {
+    use edge_llm::backend::{ready, Backend};
+    let Some(ctx) = gpu() else { return };
+    let (q, _) = tiny_q4(true);
+    let backend = edge_llm::gpu::GpuBackend::new(GpuLlama::load(ctx, &q, 64).unwrap());
+    let mut s = backend.session();
+    let logits = ready(s.forward(&PROMPT)).unwrap().unwrap();
+    let mut next = edge_llm::generate::argmax(&logits);
+    for _ in 0..8 {
+        let before = backend.counters();
+        let picked = ready(s.forward_argmax(&[next]).expect("the GPU picks tokens")).unwrap().unwrap();
+        let c = backend.counters().since(&before);
+        assert_eq!(c.buffers + c.bind_groups + c.pipelines + c.shader_modules, 0, "objects created in a step: {c:?}");
+        assert_eq!((c.submits, c.readbacks, c.readback_bytes), (1, 1, 4), "{c:?}");
+        next = picked;
+    }
+    // Asking for the logits reads them back too.
+    let before = backend.counters();
+    let logits = ready(s.forward(&[next])).unwrap().unwrap();
+    assert_eq!(backend.counters().since(&before).readback_bytes, 4 + 4 * logits.len() as u64);
+    assert_eq!(s.len(), PROMPT.len() + 9);
+}

@@ -84,6 +84,18 @@ pub trait Session {
     fn snapshot(&self) -> Result<KvSnapshot>;
     /// Run `tokens` after the cached ones; resolves to the logits of the last position.
     fn forward<'a>(&'a mut self, tokens: &'a [u32]) -> StepFuture<'a, Result<Vec<f32>>>;
+    /// [`Session::forward`] that picks the greedy next token on the device (lowest id on
+    /// ties, as [`crate::generate::argmax`]) and reads back only that id; `None` where the
+    /// backend has no such path (the engine then takes the logits).
+    fn forward_argmax<'a>(&'a mut self, _tokens: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
+        None
+    }
+}
+
+/// What a step produced: the last position's logits, or the token the device picked.
+pub enum Next {
+    Logits(Vec<f32>),
+    Token(u32),
 }
 
 /// The value of a future that needs no event loop (the CPU backend's), or `None` when it

@@ -16,7 +16,7 @@ pub use sampler::{argmax, GenerateOptions, Sampler};
 use serde::Serialize;
 pub use state::SessionState;
 
-use crate::backend::{ready, Backend, BackendInfo, BackendKind, Session};
+use crate::backend::{ready, Backend, BackendInfo, BackendKind, Next, Session};
 use crate::cpu::{CpuBackend, CpuModel, CpuOptions};
 use crate::package::{Blob, Package};
 use crate::model::ModelConfig;
@@ -461,10 +461,11 @@ impl Generation {
         }
         let t0 = (self.clock)();
         let prefill = self.history.is_empty();
-        let mut logits = if prefill {
+        let greedy = self.sampler.is_greedy();
+        let next = if prefill {
             let prompt = std::mem::take(&mut self.prompt);
             let cached = self.cached()?;
-            let l = self.forward(&prompt[cached..]).await?;
+            let l = self.forward(&prompt[cached..], greedy).await?;
             self.stats.prompt_tokens = prompt.len();
             self.history = prompt;
             l
@@ -474,7 +475,7 @@ impl Generation {
                 return Err(Error::ContextOverflow { needed: cached + 1, max: self.max_context });
             }
             let last = *self.history.last().expect("history holds the prompt");
-            self.forward(&[last]).await?
+            self.forward(&[last], greedy).await?
         };
         let t1 = (self.clock)();
         if prefill {
@@ -489,10 +490,15 @@ impl Generation {
             self.stats.decode_ms += t1 - t0;
             self.decode_steps += 1;
         }
-        if logits.iter().any(|l| !l.is_finite()) {
-            return Err(Error::Inference("model produced NaN or infinite logits".into()));
-        }
-        let id = self.sampler.sample(&mut logits, &self.history);
+        let id = match next {
+            Next::Token(id) => id,
+            Next::Logits(mut logits) => {
+                if logits.iter().any(|l| !l.is_finite()) {
+                    return Err(Error::Inference("model produced NaN or infinite logits".into()));
+                }
+                self.sampler.sample(&mut logits, &self.history)
+            }
+        };
         self.history.push(id);
         self.stats.generated_tokens += 1;
         let event = self.emit(id)?;
@@ -505,13 +511,22 @@ impl Generation {
         state::with_live(&self.session, |s| s.len())
     }
 
-    /// Run `tokens` on the session. It is out of its lock while the step is pending, so no lock
-    /// is held across an await; a snapshot taken meanwhile finds the session busy.
-    async fn forward(&self, tokens: &[u32]) -> Result<Vec<f32>> {
+    /// Run `tokens` on the session; with `greedy`, let the backend pick the token where it can
+    /// (a GPU then reads back 4 bytes, not the logits). The session is out of its lock while the
+    /// step is pending, so no lock is held across an await; a snapshot taken meanwhile finds
+    /// the session busy.
+    async fn forward(&self, tokens: &[u32], greedy: bool) -> Result<Next> {
         let mut session = state::take_live(&self.session)?;
-        let logits = session.forward(tokens).await;
+        let on_device = match if greedy { session.forward_argmax(tokens) } else { None } {
+            Some(step) => Some(step.await),
+            None => None,
+        };
+        let next = match on_device {
+            Some(token) => token.map(Next::Token),
+            None => session.forward(tokens).await.map(Next::Logits),
+        };
         *self.session.lock().expect("not poisoned") = Some(session);
-        logits
+        next
     }
 
     /// Stop rules and text for the sampled token `id`.

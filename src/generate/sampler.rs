@@ -148,6 +148,12 @@ impl Sampler {
         Sampler { opts: opts.clone(), rng: Rng(rng_state) }
     }
 
+    /// Whether [`Sampler::sample`] is the argmax of the logits as they are (no temperature, no
+    /// repetition penalty): a backend may then pick the token itself.
+    pub fn is_greedy(&self) -> bool {
+        self.opts.temperature == 0.0 && self.opts.repetition_penalty == 1.0
+    }
+
     /// Choose a token given `logits` and the ids seen so far (for the repetition penalty).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let rp = self.opts.repetition_penalty;

@@ -80,6 +80,11 @@ impl GpuBackend {
         Ok(Self::new(GpuLlama::load(ctx, &weights, max_ctx)?))
     }
 
+    /// Everything created, submitted, written and read back so far.
+    pub fn counters(&self) -> super::GpuCounters {
+        self.0.model.borrow().counters()
+    }
+
     fn session_with(&self, kv: KvSnapshot) -> GpuSession {
         let id = self.0.next_id.get();
         self.0.next_id.set(id + 1);
@@ -154,17 +159,19 @@ impl GpuSession {
         Ok(())
     }
 
-    async fn run(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+    /// Run `tokens`; returns the token the GPU's argmax picked after the last.
+    async fn run(&mut self, tokens: &[u32]) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::Inference("forward needs at least one token".into()));
         }
         self.own().await?;
         let mut model = self.shared.model.borrow_mut();
+        let mut next = 0;
         for &t in tokens {
-            model.step(Some(t)).await?;
+            next = model.step(Some(t)).await?;
             self.len += 1;
         }
-        model.logits().await
+        Ok(next)
     }
 }
 
@@ -184,7 +191,14 @@ impl Session for GpuSession {
     }
 
     fn forward<'a>(&'a mut self, tokens: &'a [u32]) -> StepFuture<'a, Result<Vec<f32>>> {
-        Box::pin(self.run(tokens))
+        Box::pin(async move {
+            self.run(tokens).await?;
+            self.shared.model.borrow().logits().await
+        })
+    }
+
+    fn forward_argmax<'a>(&'a mut self, tokens: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
+        Some(Box::pin(self.run(tokens)))
     }
 }
 
