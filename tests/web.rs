@@ -63,6 +63,52 @@ async fn webgpu_adapter_is_found() {
     assert!(!info.backend.is_empty());
 }
 
+/// The WebGPU backend in the browser (SwiftShader here): the tiny int4 model, opened with
+/// `backend: webgpu` and stepped asynchronously, gives the CPU engine's greedy tokens; the sync
+/// step, which cannot wait for the GPU's readback here, is a named error; `auto` picks the CPU on
+/// this software adapter and says so.
+#[wasm_bindgen_test]
+async fn webgpu_engine_gives_the_cpu_engines_tokens_in_browser() {
+    use edge_llm::backend::BackendKind;
+    use edge_llm::generate::EngineOptions;
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    use edge_llm::package::Package;
+    use prost::Message;
+    let onnx = export(&tiny::config(), &tiny::weights(), &ExportOptions::int4(32, true)).model.encode_to_vec();
+    let tok = tiny::tokenizer_json();
+    async fn open(onnx: &[u8], tok: &str, backend: BackendKind) -> Engine {
+        Engine::open_async(Package::loose(onnx, tok.as_bytes(), tiny::model_config()), &EngineOptions { backend, ..Default::default() }).await.unwrap()
+    }
+    let (cpu, gpu) = (open(&onnx, &tok, BackendKind::Wasm).await, open(&onnx, &tok, BackendKind::Webgpu).await);
+    assert_eq!(gpu.backend_info().name, "webgpu");
+    let opts = GenerateOptions { max_tokens: 16, ignore_eos: true, ..Default::default() };
+    // Two turns: the second continues the first (on the GPU here its prompt is computed again:
+    // the cache cannot be read back synchronously in a browser).
+    let mut tokens = Vec::new();
+    for e in [&cpu, &gpu] {
+        let mut turns = Vec::new();
+        let mut prompt = PROMPT.to_vec();
+        for _ in 0..2 {
+            let mut g = e.generate_ids(prompt.clone(), &GenerateOptions { reuse_prefix: Some(true), ..opts.clone() }).unwrap();
+            while g.step_async().await.unwrap().is_some() {}
+            prompt.extend(g.generated());
+            prompt.push(7);
+            turns.push(g.generated().to_vec());
+        }
+        tokens.push(turns);
+    }
+    console_log!("WebGPU tokens {:?}", tokens[1]);
+    assert_eq!(tokens[0], tokens[1]);
+    let e = gpu.save_state().unwrap_err();
+    assert_eq!(e.name(), "UnsupportedBackendError", "saving reads the GPU's cache back: {e}");
+    let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+    let e = g.step().unwrap_err();
+    assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
+    let auto = open(&onnx, &tok, BackendKind::Auto).await.backend_info();
+    assert_eq!(auto.name, "wasm", "{auto:?}");
+    assert!(auto.reason.as_deref().is_some_and(|r| r.contains("software")), "{auto:?}");
+}
+
 #[wasm_bindgen_test]
 fn int4_simd_kernel_logits_match_reference_in_browser() {
     for (sym, int8) in common::Q4_KERNEL_VARIANTS {

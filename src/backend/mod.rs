@@ -67,6 +67,11 @@ pub trait Backend {
     fn session(&self) -> Box<dyn Session>;
     /// A conversation continuing from `kv` (a snapshot of a session with the same layout).
     fn session_from(&self, kv: &KvSnapshot) -> Result<Box<dyn Session>>;
+    /// Whether a step's future is ready when first polled (the CPU; wgpu natively), so the
+    /// synchronous [`crate::Generation::step`] can run it. A browser's GPU readback is not.
+    fn steps_are_sync(&self) -> bool {
+        true
+    }
     /// How many nodes of each op kind the backend runs (diagnostics; empty where not a graph).
     fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
         Default::default()

@@ -332,9 +332,16 @@ impl Engine {
         if let Some(s) = guard.as_ref() {
             let common = s.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
             if common > 0 {
-                let kv = s.kv.snapshot(common)?;
-                drop(guard);
-                return Ok((self.backend.session_from(&kv)?, common));
+                match s.kv.snapshot(common) {
+                    Ok(kv) => {
+                        drop(guard);
+                        return Ok((self.backend.session_from(&kv)?, common));
+                    }
+                    // A browser's GPU cannot read its cache back synchronously: the prompt is
+                    // computed again instead (the same tokens, without the reuse).
+                    Err(Error::UnsupportedBackend(_)) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         Ok((self.backend.session(), 0))
@@ -361,6 +368,7 @@ impl Engine {
             started_at: t0,
             resumed: false,
             decode_steps: 0,
+            sync_steps: self.backend.steps_are_sync(),
         }
     }
 }
@@ -436,6 +444,8 @@ pub struct Generation {
     /// Continues a saved generation: its first step is a decode step, not a prefill.
     resumed: bool,
     decode_steps: usize,
+    /// See [`Backend::steps_are_sync`].
+    sync_steps: bool,
 }
 
 impl Generation {
@@ -443,6 +453,10 @@ impl Generation {
     /// For backends whose steps complete synchronously (the CPU's); a step that has to wait
     /// for an event loop (a GPU readback in a browser) fails here: use [`Generation::step_async`].
     pub fn step(&mut self) -> Result<Option<TokenEvent>> {
+        // Refused before any work: a GPU step abandoned mid-readback would leave its buffer mapped.
+        if !self.sync_steps {
+            return Err(Error::UnsupportedBackend("this backend's steps wait for the event loop: use the asynchronous step".into()));
+        }
         ready(self.step_async()).unwrap_or_else(|| {
             Err(Error::UnsupportedBackend("this backend's steps wait for the event loop: use the asynchronous step".into()))
         })

@@ -103,6 +103,10 @@ impl Backend for GpuBackend {
         self.0.vocab
     }
 
+    fn steps_are_sync(&self) -> bool {
+        !cfg!(target_arch = "wasm32")
+    }
+
     fn kv_layout(&self) -> (usize, usize, usize) {
         self.0.layout
     }
