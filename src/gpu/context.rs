@@ -82,9 +82,7 @@ impl GpuContext {
     /// Open the best adapter (WebGPU in browsers, Vulkan/Metal natively). Errors with
     /// [`Error::UnsupportedBackend`] when there is none or it refuses a device.
     pub async fn new() -> Result<Self> {
-        let adapter = super::request_adapter()
-            .await
-            .map_err(|e| Error::UnsupportedBackend(format!("webgpu: no GPU adapter ({e})")))?;
+        let adapter = super::request_adapter().await?;
         // Ask for what the adapter offers (the defaults cap storage bindings at 128 MiB, too
         // small for a 1B model's head); kernels and loaders check sizes against these.
         let limits = adapter.limits();

@@ -39,12 +39,19 @@ pub struct GpuInfo {
 
 /// The best adapter on any backend (WebGPU in browsers, Vulkan/Metal natively): what both
 /// [`probe`] and [`GpuContext::new`] open.
-pub(crate) async fn request_adapter() -> std::result::Result<wgpu::Adapter, wgpu::RequestAdapterError> {
+/// In JS, only where WebGPU is exposed: wgpu panics making an instance outside a window or a
+/// dedicated worker (Node, Deno, shared workers), and `auto` asks everywhere.
+pub(crate) async fn request_adapter() -> crate::Result<wgpu::Adapter> {
+    #[cfg(target_arch = "wasm32")]
+    if !wgpu::util::is_browser_webgpu_supported().await {
+        return Err(crate::Error::UnsupportedBackend("webgpu: this runtime exposes no WebGPU (navigator.gpu in a window or dedicated worker)".into()));
+    }
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = wgpu::Backends::all();
     wgpu::Instance::new(desc)
         .request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() })
         .await
+        .map_err(|e| crate::Error::UnsupportedBackend(format!("webgpu: no GPU adapter ({e})")))
 }
 
 /// Find a GPU adapter and describe it; `None` when the platform offers none.
