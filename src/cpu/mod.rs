@@ -14,6 +14,7 @@ use tract_onnx::tract_hir::internal::DimLike;
 use crate::{Error, Result};
 
 pub mod attention;
+pub mod kernels;
 pub mod dynamic_quantize;
 pub(crate) mod import;
 pub mod q4_matmul;

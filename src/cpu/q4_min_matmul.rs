@@ -187,7 +187,9 @@ mod tests {
     use super::*;
     use crate::quant::reference::{dequantize_q4_min, q8_block_round_trip, quantize_q4_min};
 
-    #[test]
+    /// Every variant of the int4 kernels it runs on (`cpu::kernels::q4`), f32 and int8 activations.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         let (n, k, m) = (5, 96, 3);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 0.7).collect();
@@ -196,8 +198,9 @@ mod tests {
         let deq = dequantize_q4_min(&q);
         let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());
         let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-        let mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
-        for int8 in [false, true] {
+        let mut mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
+        for (v, int8) in crate::cpu::kernels::q4::VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
+            mat.q4.kernels = &v.kernels;
             let mut out = vec![0f32; m * n];
             mat.matmul(&x, &mut out, int8).unwrap();
             // With int8 activations both terms see the rounded x (the reference's int8 compute).
@@ -205,7 +208,7 @@ mod tests {
             for r in 0..m {
                 for c in 0..n {
                     let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                    assert!((out[r * n + c] - want).abs() < 1e-3, "int8={int8} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                    assert!((out[r * n + c] - want).abs() < 1e-3, "{} int8={int8} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
                 }
             }
         }

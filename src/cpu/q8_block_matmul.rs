@@ -23,8 +23,10 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
+use super::kernels::q8_block::Q8Block;
+
 /// The block size the kernel handles (and the exporter writes).
-pub const BLOCK: usize = 32;
+pub use super::kernels::q8_block::BLOCK;
 
 /// Weights of one 8-bit `MatMulNBits` node.
 #[derive(Debug)]
@@ -37,6 +39,8 @@ pub struct Q8BlockMatrix {
     pub scales: Vec<f32>,
     /// `(128 - zp) * scale` per block, when some zero point is not 128.
     pub zero_terms: Option<Vec<f32>>,
+    /// The kernel variant ([`super::kernels::q8_block::best`] unless a test picks another).
+    pub kernels: &'static Q8Block,
 }
 
 impl Q8BlockMatrix {
@@ -55,7 +59,7 @@ impl Q8BlockMatrix {
             }
             None => None,
         };
-        Ok(Q8BlockMatrix { n, k, packed, scales, zero_terms })
+        Ok(Q8BlockMatrix { n, k, packed, scales, zero_terms, kernels: super::kernels::q8_block::best() })
     }
 
     fn bytes(&self) -> TractResult<&[u8]> {
@@ -81,8 +85,8 @@ impl Q8BlockMatrix {
                 let (wr, sw) = (&w[col * k..(col + 1) * k], &self.scales[col * nb..(col + 1) * nb]);
                 for r in 0..m {
                     let mut y = match &acts {
-                        Some((q, s)) => dot_q8(wr, sw, &q[r * k..(r + 1) * k], &s[r * nb..(r + 1) * nb]),
-                        None => dot_f32(wr, sw, &x[r * k..(r + 1) * k]),
+                        Some((q, s)) => (self.kernels.dot_q8)(wr, sw, &q[r * k..(r + 1) * k], &s[r * nb..(r + 1) * nb]),
+                        None => (self.kernels.dot_f32)(wr, sw, &x[r * k..(r + 1) * k]),
                     };
                     if let Some(z) = &self.zero_terms {
                         y += z[col * nb..(col + 1) * nb].iter().zip(&sums[r * nb..(r + 1) * nb]).map(|(a, b)| a * b).sum::<f32>();
@@ -109,116 +113,6 @@ pub fn quantize_blocks(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
         scales.push(s);
     }
     (q, scales)
-}
-
-/// `sum_b sw[b] * sx[b] * sum_j (w[b][j] - 128) * xq[b][j]`: the SIMD128 kernel where the
-/// build has it, else the portable one.
-pub fn dot_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    return simd::dot_q8(w, sw, xq, sx);
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    portable::dot_q8(w, sw, xq, sx)
-}
-
-/// `sum_b sw[b] * sum_j (w[b][j] - 128) * x[b][j]`.
-pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    return simd::dot_f32(w, sw, x);
-    #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-    portable::dot_f32(w, sw, x)
-}
-
-/// Plain loops (LLVM vectorizes them natively); compiled on every target so tests can compare
-/// them with the SIMD128 kernel in the same wasm build.
-pub mod portable {
-    use super::BLOCK;
-
-    pub fn dot_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
-        let mut acc = 0f32;
-        for (b, (s, t)) in sw.iter().zip(sx).enumerate() {
-            let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &xq[b * BLOCK..(b + 1) * BLOCK]);
-            let d: i32 = wb.iter().zip(xb).map(|(w, x)| ((*w ^ 0x80) as i8 as i32) * (*x as i32)).sum();
-            acc += d as f32 * (s * t);
-        }
-        acc
-    }
-
-    /// Sums in the SIMD128 kernel's order (four lanes, lane `l` taking elements `4i + l`): the
-    /// browser's float result, and independent chains LLVM vectorizes (a serial sum does not).
-    pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
-        let mut acc = [0f32; 4];
-        for (b, s) in sw.iter().enumerate() {
-            let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &x[b * BLOCK..(b + 1) * BLOCK]);
-            let mut sum = [0f32; 4];
-            for i in 0..BLOCK / 4 {
-                for (l, v) in sum.iter_mut().enumerate() {
-                    *v += ((wb[4 * i + l] ^ 0x80) as i8 as f32) * xb[4 * i + l];
-                }
-            }
-            for (a, v) in acc.iter_mut().zip(sum) {
-                *a += v * s;
-            }
-        }
-        acc[0] + acc[1] + acc[2] + acc[3]
-    }
-}
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-pub mod simd {
-    use core::arch::wasm32::*;
-
-    use super::BLOCK;
-
-    fn hsum(v: v128) -> f32 {
-        f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
-    }
-
-    pub fn dot_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
-        let nb = sw.len();
-        assert!(w.len() >= nb * BLOCK && xq.len() >= nb * BLOCK && sx.len() >= nb);
-        let flip = u8x16_splat(0x80);
-        let mut acc = f32x4_splat(0.0);
-        // SAFETY: every load reads inside `w` / `xq`, whose lengths are asserted above.
-        unsafe {
-            for b in 0..nb {
-                let mut d = i32x4_splat(0);
-                for h in [0, 16] {
-                    let wv = v128_xor(v128_load(w.as_ptr().add(b * BLOCK + h) as *const v128), flip);
-                    let xv = v128_load(xq.as_ptr().add(b * BLOCK + h) as *const v128);
-                    // |w * x| <= 128 * 127: each i16 product fits; pairs are summed in i32.
-                    d = i32x4_add(d, i32x4_extadd_pairwise_i16x8(i16x8_extmul_low_i8x16(wv, xv)));
-                    d = i32x4_add(d, i32x4_extadd_pairwise_i16x8(i16x8_extmul_high_i8x16(wv, xv)));
-                }
-                let s = f32x4_splat(*sw.get_unchecked(b) * *sx.get_unchecked(b));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(d), s));
-            }
-        }
-        hsum(acc)
-    }
-
-    pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
-        let nb = sw.len();
-        assert!(w.len() >= nb * BLOCK && x.len() >= nb * BLOCK);
-        let flip = u8x16_splat(0x80);
-        let mut acc = f32x4_splat(0.0);
-        // SAFETY: every load reads inside `w` / `x`, whose lengths are asserted above.
-        unsafe {
-            for b in 0..nb {
-                let mut sum = f32x4_splat(0.0);
-                for h in [0, 16] {
-                    let wv = v128_xor(v128_load(w.as_ptr().add(b * BLOCK + h) as *const v128), flip);
-                    let (lo, hi) = (i16x8_extend_low_i8x16(wv), i16x8_extend_high_i8x16(wv));
-                    let parts = [i32x4_extend_low_i16x8(lo), i32x4_extend_high_i16x8(lo), i32x4_extend_low_i16x8(hi), i32x4_extend_high_i16x8(hi)];
-                    for (i, p) in parts.into_iter().enumerate() {
-                        let xv = v128_load(x.as_ptr().add(b * BLOCK + h + 4 * i) as *const v128);
-                        sum = f32x4_add(sum, f32x4_mul(f32x4_convert_i32x4(p), xv));
-                    }
-                }
-                acc = f32x4_add(acc, f32x4_mul(sum, f32x4_splat(*sw.get_unchecked(b))));
-            }
-        }
-        hsum(acc)
-    }
 }
 
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
@@ -429,9 +323,12 @@ pub fn register(onnx: &mut tract_onnx::Onnx, mode: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::kernels::q8_block::VARIANTS;
     use crate::quant::reference::{dequantize_q8_block, q8_block_round_trip, quantize_q8_block};
 
-    #[test]
+    /// Every kernel variant, f32 and int8 activations.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         let (n, k, m) = (5, 96, 3);
         let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
@@ -439,33 +336,38 @@ mod tests {
         let q = quantize_q8_block(&w, n, k);
         let deq = dequantize_q8_block(&q);
         let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
-        let mat = Q8BlockMatrix::new(n, k, packed, &tract_ndarray::arr1(&q.scales).into_tensor(), None).unwrap();
-        for int8 in [false, true] {
+        let mut mat = Q8BlockMatrix::new(n, k, packed, &tract_ndarray::arr1(&q.scales).into_tensor(), None).unwrap();
+        for (v, int8) in VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
+            mat.kernels = &v.kernels;
             let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
             let mut out = vec![0f32; m * n];
             mat.matmul(&x, &mut out, int8).unwrap();
             for r in 0..m {
                 for c in 0..n {
                     let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                    assert!((out[r * n + c] - want).abs() < 1e-3, "int8={int8} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                    assert!((out[r * n + c] - want).abs() < 1e-3, "{} int8={int8} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
                 }
             }
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn zero_points_other_than_128_are_honoured() {
         let (n, k) = (2, 64);
         let q: Vec<u8> = (0..n * k).map(|i| (i * 37 % 256) as u8).collect();
         let zp = [100u8, 128, 140, 7];
         let scales = [0.5f32, 0.25, 0.125, 1.0];
         let x: Vec<f32> = (0..k).map(|i| i as f32 / 10.0 - 3.0).collect();
-        let mat = Q8BlockMatrix::new(n, k, Arc::new(Tensor::from_shape(&[n * k], &q).unwrap()), &tract_ndarray::arr1(&scales).into_tensor(), Some(&zp)).unwrap();
-        let mut out = vec![0f32; n];
-        mat.matmul(&x, &mut out, false).unwrap();
-        for c in 0..n {
-            let want: f32 = (0..k).map(|i| (q[c * k + i] as f32 - zp[c * 2 + i / 32] as f32) * scales[c * 2 + i / 32] * x[i]).sum();
-            assert!((out[c] - want).abs() < 1e-3, "{} vs {want}", out[c]);
+        let mut mat = Q8BlockMatrix::new(n, k, Arc::new(Tensor::from_shape(&[n * k], &q).unwrap()), &tract_ndarray::arr1(&scales).into_tensor(), Some(&zp)).unwrap();
+        for v in VARIANTS {
+            mat.kernels = &v.kernels;
+            let mut out = vec![0f32; n];
+            mat.matmul(&x, &mut out, false).unwrap();
+            for c in 0..n {
+                let want: f32 = (0..k).map(|i| (q[c * k + i] as f32 - zp[c * 2 + i / 32] as f32) * scales[c * 2 + i / 32] * x[i]).sum();
+                assert!((out[c] - want).abs() < 1e-3, "{}: {} vs {want}", v.name, out[c]);
+            }
         }
     }
 }
