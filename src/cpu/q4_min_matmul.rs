@@ -87,57 +87,12 @@ impl EvalOp for Q4MinMatMul {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
-        let x = x.cast_to::<f32>()?;
-        let xs = x.to_plain_array_view::<f32>()?;
-        let mut shape: TVec<usize> = x.shape().into();
-        let last = shape.len() - 1;
-        ensure!(shape[last] == self.w.q4.k, "input has {} features, the weight expects {}", shape[last], self.w.q4.k);
-        shape[last] = self.w.q4.n;
-        let flat: Vec<f32>;
-        let xv = match xs.as_slice() {
-            Some(s) => s,
-            None => {
-                flat = xs.iter().copied().collect();
-                &flat
-            }
-        };
-        let mut out = vec![0f32; shape.iter().product()];
-        self.w.matmul(xv, &mut out, self.int8_activations)?;
-        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
+        let w = &self.w;
+        super::rows::eval_f32(args_1!(inputs), w.q4.k, w.q4.n, |x, out| w.matmul(x, out, self.int8_activations))
     }
 }
 
-impl TypedOp for Q4MinMatMul {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(super::rows_output_shape(inputs[0], self.w.q4.n))))
-    }
-
-    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        super::rows_axes_mapping(inputs, outputs)
-    }
-
-    /// A slice of the rows (the last position's logits) slices the input instead.
-    #[allow(clippy::too_many_arguments)]
-    fn slice(
-        &self,
-        patch: &mut TypedModelPatch,
-        _model: &TypedModel,
-        node: &TypedNode,
-        _prefix: &str,
-        inputs: &[OutletId],
-        output_axis: usize,
-        _start: &TDim,
-        _end: &TDim,
-    ) -> TractResult<Option<TVec<OutletId>>> {
-        if output_axis + 1 >= node.outputs[0].fact.rank() {
-            return Ok(None);
-        }
-        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
-    }
-
-    as_op!();
-}
+super::rows::typed_op!(Q4MinMatMul, f32, |op| op.w.q4.n);
 
 /// ONNX-side expansion: reads the constant weights and wires [`Q4MinMatMul`].
 #[derive(Debug, Clone)]
@@ -155,16 +110,7 @@ impl Expansion for MatMulNBitsQ4Min {
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        let n = self.n.to_dim();
-        s.given(&inputs[0].rank, move |s, rank| {
-            let rank = rank as usize;
-            s.equals(&outputs[0].rank, rank as i64)?;
-            for ax in 0..rank - 1 {
-                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
-            }
-            s.equals(&outputs[0].shape[rank - 1], n.clone())
-        })?;
-        Ok(())
+        super::rows::rules(s, inputs, outputs, self.n.to_dim())
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {

@@ -114,11 +114,6 @@ impl Q8Matrix {
     }
 }
 
-/// The `doc_string` of a detached weight ([`super::DETACHED_WEIGHT`]) stored transposed for
-/// this op ([`transposed_weight`]) from u8 / from i8.
-pub(crate) const TRANSPOSED_FROM_U8: &str = "edge-llm: constant weight, detached for loading; [n][k] i8, was [k][n] u8";
-pub(crate) const TRANSPOSED_FROM_I8: &str = "edge-llm: constant weight, detached for loading; [n][k] i8, was [k][n] i8";
-
 /// The `MatMulInteger` weights this op will claim, by initializer name: `(k, n, is_u8)`. Each
 /// is stored transposed as it is loaded ([`transposed_weight`]), so the graph's constant is the
 /// kernel's matrix: the weights are never held twice, not even while the graph is optimized.
@@ -220,11 +215,11 @@ impl EvalOp for Q8MatMul {
 
 impl TypedOp for Q8MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(i32::fact(super::rows_output_shape(inputs[0], self.w.n))))
+        Ok(tvec!(i32::fact(super::rows::output_shape(inputs[0], self.w.n))))
     }
 
     fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        super::rows_axes_mapping(inputs, outputs)
+        super::rows::axes_mapping(inputs, outputs)
     }
 
     as_op!();
@@ -253,15 +248,7 @@ impl Expansion for MatMulIntegerConst {
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, i32::datum_type())?;
         let n_axis = if self.b_transposed.is_some() { 0 } else { 1 };
-        s.given_2(&inputs[0].rank, &inputs[1].shape, move |s, rank, b| {
-            let rank = rank as usize;
-            s.equals(&outputs[0].rank, rank as i64)?;
-            for ax in 0..rank - 1 {
-                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
-            }
-            s.equals(&outputs[0].shape[rank - 1], b[n_axis].clone())
-        })?;
-        Ok(())
+        s.given(&inputs[1].shape, move |s, b| super::rows::rules(s, inputs, outputs, b[n_axis].clone()))
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
@@ -298,10 +285,9 @@ fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Inferen
         let fallback = FALLBACK.get().context("tract's MatMulInteger builder was not registered")?;
         return fallback(ctx, node);
     }
-    let doc = present(1).and_then(|b| super::detached_weight(ctx.model.graph.as_ref(), b)).map(|i| i.doc_string.as_str());
-    let b_transposed = match doc {
-        Some(TRANSPOSED_FROM_U8) => Some(128),
-        Some(TRANSPOSED_FROM_I8) => Some(0),
+    let b_transposed = match present(1).and_then(|b| super::detached::get(b)).map(|w| w.layout) {
+        Some(super::detached::Layout::TransposedFromU8) => Some(128),
+        Some(super::detached::Layout::TransposedFromI8) => Some(0),
         _ => None,
     };
     let op = MatMulIntegerConst {
