@@ -33,3 +33,26 @@ pub struct Variant<K: 'static> {
 pub fn pick<K>(variants: &'static [Variant<K>]) -> &'static K {
     &variants[variants.len() - 1].kernels
 }
+
+#[cfg(test)]
+mod tests {
+    fn names<K>(variants: &[super::Variant<K>]) -> Vec<&'static str> {
+        variants.iter().map(|v| v.name).collect()
+    }
+
+    /// The variants each build must hold, so the tests over `VARIANTS` cover the SIMD code the
+    /// build runs (a wrong `cfg` would otherwise leave only the reference, silently).
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn every_build_registers_its_simd_variants() {
+        let simd128 = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
+        let ints = if simd128 { vec!["portable", "simd128"] } else { vec!["portable"] };
+        assert_eq!((names(super::q4::VARIANTS), names(super::q8::VARIANTS), names(super::q8_block::VARIANTS)), (ints.clone(), ints.clone(), ints));
+        let f4 = match (simd128, cfg!(target_arch = "x86_64")) {
+            (true, _) => vec!["portable", "simd128"],
+            (false, true) => vec!["portable", "sse2"],
+            _ => vec!["portable"],
+        };
+        assert_eq!(names(super::attention::VARIANTS), f4);
+    }
+}
