@@ -347,40 +347,21 @@ impl Q4Matrix {
 }
 
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
-#[derive(Debug, Clone)]
-pub struct Q4MatMul {
-    pub w: Arc<Q4Matrix>,
-    /// Quantize activations to int8 per block ([`Q4Matrix::matmul_q8`]).
-    pub int8_activations: bool,
-}
+pub type Q4MatMul = super::rows::FloatRowsOp<Q4Matrix>;
 
-impl PartialEq for Q4MatMul {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+impl super::rows::FloatRows for Q4Matrix {
+    const OP: &'static str = "EdgeLlmQ4MatMul";
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        if int8_activations {
+            self.matmul_q8(x, out)
+        } else {
+            self.matmul(x, out)
+        }
     }
 }
-impl Eq for Q4MatMul {}
-
-impl Op for Q4MatMul {
-    fn name(&self) -> StaticName {
-        "EdgeLlmQ4MatMul".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("N={} K={} block={BLOCK}", self.w.n, self.w.k)])
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for Q4MatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let w = &self.w;
-        super::rows::eval_f32(args_1!(inputs), w.k, w.n, |x, out| if self.int8_activations { w.matmul_q8(x, out) } else { w.matmul(x, out) })
-    }
-}
-
-super::rows::typed_op!(Q4MatMul, f32, |op| op.w.n);
 
 /// ONNX-side expansion: reads the constant weights and wires [`Q4MatMul`] (+ the bias).
 #[derive(Debug, Clone)]
@@ -405,15 +386,11 @@ impl Expansion for MatMulNBitsQ4 {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        super::rows::rules(s, inputs, outputs, self.n.to_dim())
+        super::rows::float_rules(s, inputs, outputs, self.n)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
-        };
+        let konst = |i: usize, what: &str| super::rows::weight(model, inputs, i, what);
         let b = konst(1, "B")?;
         let scales = konst(2, "scales")?;
         let zp = match self.zp_input {
@@ -537,8 +514,7 @@ mod tests {
     /// Deterministic weights `[n][k]` quantized to int4, their dequantization, the kernel's
     /// matrix, and activations `[m][k]`.
     fn fixture(n: usize, k: usize, m: usize, sym: bool) -> (Vec<f32>, Vec<f32>, Q4Matrix) {
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.0);
         let q = quantize_q4(&w, n, k, 32, sym);
         let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
         let mat = Q4Matrix::new(n, k, packed, Arc::new(tract_ndarray::arr1(&q.scales).into_tensor()), q.packed_zero_points().as_deref()).unwrap();

@@ -60,39 +60,17 @@ impl Q4MinMatrix {
 }
 
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
-#[derive(Debug, Clone)]
-pub struct Q4MinMatMul {
-    pub w: Arc<Q4MinMatrix>,
-    pub int8_activations: bool,
-}
+pub type Q4MinMatMul = super::rows::FloatRowsOp<Q4MinMatrix>;
 
-impl PartialEq for Q4MinMatMul {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+impl super::rows::FloatRows for Q4MinMatrix {
+    const OP: &'static str = "EdgeLlmQ4MinMatMul";
+    fn dims(&self) -> (usize, usize) {
+        (self.q4.k, self.q4.n)
+    }
+    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        self.matmul(x, out, int8_activations)
     }
 }
-impl Eq for Q4MinMatMul {}
-
-impl Op for Q4MinMatMul {
-    fn name(&self) -> StaticName {
-        "EdgeLlmQ4MinMatMul".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("N={} K={} block={BLOCK} float zero points, int8 activations: {}", self.w.q4.n, self.w.q4.k, self.int8_activations)])
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for Q4MinMatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let w = &self.w;
-        super::rows::eval_f32(args_1!(inputs), w.q4.k, w.q4.n, |x, out| w.matmul(x, out, self.int8_activations))
-    }
-}
-
-super::rows::typed_op!(Q4MinMatMul, f32, |op| op.w.q4.n);
 
 /// ONNX-side expansion: reads the constant weights and wires [`Q4MinMatMul`].
 #[derive(Debug, Clone)]
@@ -108,15 +86,11 @@ impl Expansion for MatMulNBitsQ4Min {
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        super::rows::rules(s, inputs, outputs, self.n.to_dim())
+        super::rows::float_rules(s, inputs, outputs, self.n)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
-        };
+        let konst = |i: usize, what: &str| super::rows::weight(model, inputs, i, what);
         let zero_points: Arc<Tensor> = konst(3, "zero_points")?;
         let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &zero_points)?;
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
@@ -138,8 +112,7 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         let (n, k, m) = (5, 96, 3);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 0.7).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
         let q = quantize_q4_min(&w, n, k, 32, None);
         let deq = dequantize_q4_min(&q);
         let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());

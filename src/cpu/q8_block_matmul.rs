@@ -116,39 +116,17 @@ pub fn quantize_blocks(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
 }
 
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
-#[derive(Debug, Clone)]
-pub struct Q8BlockMatMul {
-    pub w: Arc<Q8BlockMatrix>,
-    pub int8_activations: bool,
-}
+pub type Q8BlockMatMul = super::rows::FloatRowsOp<Q8BlockMatrix>;
 
-impl PartialEq for Q8BlockMatMul {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+impl super::rows::FloatRows for Q8BlockMatrix {
+    const OP: &'static str = "EdgeLlmQ8BlockMatMul";
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        self.matmul(x, out, int8_activations)
     }
 }
-impl Eq for Q8BlockMatMul {}
-
-impl Op for Q8BlockMatMul {
-    fn name(&self) -> StaticName {
-        "EdgeLlmQ8BlockMatMul".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("N={} K={} block={BLOCK} int8 activations: {}", self.w.n, self.w.k, self.int8_activations)])
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for Q8BlockMatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let w = &self.w;
-        super::rows::eval_f32(args_1!(inputs), w.k, w.n, |x, out| w.matmul(x, out, self.int8_activations))
-    }
-}
-
-super::rows::typed_op!(Q8BlockMatMul, f32, |op| op.w.n);
 
 /// ONNX-side expansion: reads the constant weights and wires [`Q8BlockMatMul`].
 #[derive(Debug, Clone)]
@@ -165,15 +143,11 @@ impl Expansion for MatMulNBitsQ8 {
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        super::rows::rules(s, inputs, outputs, self.n.to_dim())
+        super::rows::float_rules(s, inputs, outputs, self.n)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
-        };
+        let konst = |i: usize, what: &str| super::rows::weight(model, inputs, i, what);
         let b = konst(1, "B")?;
         let scales = konst(2, "scales")?;
         let zp = if self.has_zp { Some(konst(3, "zero_points")?) } else { None };
@@ -277,8 +251,7 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         let (n, k, m) = (5, 96, 3);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.0);
         let q = quantize_q8_block(&w, n, k);
         let deq = dequantize_q8_block(&q);
         let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
