@@ -40,31 +40,25 @@ macro_rules! by_rows {
     };
 }
 
+/// The table of module `$m`'s kernels (every variant names them alike).
+macro_rules! table {
+    ($m:ident) => {
+        Q4 {
+            dot_row: $m::dot_row,
+            dot_rows4: $m::dot_rows4,
+            dot_row_q8: $m::dot_row_q8,
+            dot_rows4_q8: $m::dot_rows4_q8,
+            unpack_panel: $m::unpack_panel,
+            gemm_tile: by_rows!($m),
+        }
+    };
+}
+
 /// The compiled variants, slowest first.
 pub static VARIANTS: &[super::Variant<Q4>] = &[
-    super::Variant {
-        name: "portable",
-        kernels: Q4 {
-            dot_row: portable::dot_row,
-            dot_rows4: portable::dot_rows4,
-            dot_row_q8: portable::dot_row_q8,
-            dot_rows4_q8: portable::dot_rows4_q8,
-            unpack_panel: portable::unpack_panel,
-            gemm_tile: by_rows!(portable),
-        },
-    },
+    super::Variant { name: "portable", kernels: table!(portable) },
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    super::Variant {
-        name: "simd128",
-        kernels: Q4 {
-            dot_row: simd128::dot_row,
-            dot_rows4: simd128::dot_rows4,
-            dot_row_q8: simd128::dot_row_q8,
-            dot_rows4_q8: simd128::dot_rows4_q8,
-            unpack_panel: simd128::unpack_panel,
-            gemm_tile: by_rows!(simd128),
-        },
-    },
+    super::Variant { name: "simd128", kernels: table!(simd128) },
 ];
 
 /// The fastest compiled variant.
@@ -72,6 +66,7 @@ pub fn best() -> &'static Q4 {
     super::pick(VARIANTS)
 }
 
+/// The reference.
 pub mod portable {
     use super::BLOCK;
 
@@ -157,6 +152,7 @@ pub mod portable {
     }
 }
 
+/// wasm SIMD128.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod simd128 {
     use core::arch::wasm32::*;

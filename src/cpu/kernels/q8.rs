@@ -33,6 +33,7 @@ pub mod portable {
     }
 }
 
+/// wasm SIMD128.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod simd128 {
     use core::arch::wasm32::*;
