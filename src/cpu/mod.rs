@@ -609,6 +609,7 @@ fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumTyp
 /// The weights named in `transposed` ([`q8_matmul::weights_to_transpose`]) are stored as the
 /// int8 kernel's `[n][k]` matrix (those in `external` already are): their declared type and
 /// shape change with them. Returns the tensors and their side table ([`detached`]).
+#[allow(clippy::type_complexity)]
 fn detach_weights(
     proto: &mut tract_onnx::pb::ModelProto,
     external: Vec<(usize, Tensor)>,

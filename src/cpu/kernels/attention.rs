@@ -6,6 +6,7 @@ use super::f4::{self, F4};
 
 /// One variant's kernels: the tile shapes `KvCache::attend` uses.
 #[derive(Debug)]
+#[allow(clippy::type_complexity)] // kernel signatures, each written once, here
 pub struct Attention {
     /// [`qk_scores`] for four query rows, two keys at a time.
     pub qk_rows4: fn([&[f32]; 4], &[f32], usize, usize, &mut [f32], usize),

@@ -6,6 +6,7 @@ pub const BLOCK: usize = 32;
 
 /// One variant's int4 kernels.
 #[derive(Debug)]
+#[allow(clippy::type_complexity)] // kernel signatures, each written once, here
 pub struct Q4 {
     /// `sum_b s[b] * sum_j q[b][j] * x[b][j]`, `x` de-interleaved per block.
     pub dot_row: fn(&[u8], &[f32], &[f32]) -> f32,

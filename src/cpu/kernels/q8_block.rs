@@ -6,6 +6,7 @@ pub const BLOCK: usize = 32;
 
 /// One variant's kernels.
 #[derive(Debug)]
+#[allow(clippy::type_complexity)] // kernel signatures, each written once, here
 pub struct Q8Block {
     /// `sum_b sw[b] * sx[b] * sum_j (w[b][j] - 128) * xq[b][j]`.
     pub dot_q8: fn(&[u8], &[f32], &[i8], &[f32]) -> f32,
