@@ -22,6 +22,8 @@ use tract_onnx::tract_hir::internal::*;
 use tract_transformers::ops::dyn_kv_cache::{DynKeyValueCache, DynKeyValueCacheState};
 use tract_transformers::ops::scaled_masked_softmax::ScaledMaskedSoftmax;
 
+use super::kernels::{self, attention::Attention};
+
 /// Fused KV-cache append + scaled masked grouped-query attention of one layer.
 ///
 /// Inputs: `q` `[1, kv_heads, group, S, D]`, `k_new` and `v_new` `[1, kv_heads, S, D]`, and the
@@ -98,6 +100,8 @@ pub struct KvCache {
     head_dim: usize,
     len: usize,
     pages: Vec<Page>,
+    /// The kernel variant ([`kernels::attention::best`] unless a test picks another).
+    kernels: &'static Attention,
 }
 
 #[derive(Clone, Debug)]
@@ -108,7 +112,7 @@ struct Page {
 
 impl KvCache {
     pub fn new(kv_heads: usize, head_dim: usize) -> Self {
-        KvCache { kv_heads, head_dim, len: 0, pages: Vec::new() }
+        KvCache { kv_heads, head_dim, len: 0, pages: Vec::new(), kernels: kernels::attention::best() }
     }
 
     pub fn len(&self) -> usize {
@@ -210,178 +214,6 @@ enum Mask<'a> {
     Causal(usize),
 }
 
-/// Four f32 lanes: wasm SIMD128 where built with it, else a plain array LLVM vectorizes.
-mod f4 {
-    #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    mod imp {
-        use core::arch::wasm32::*;
-        #[derive(Clone, Copy)]
-        pub struct F4(v128);
-        impl F4 {
-            #[inline(always)]
-            pub fn zero() -> Self {
-                F4(f32x4_splat(0.0))
-            }
-            #[inline(always)]
-            pub fn splat(x: f32) -> Self {
-                F4(f32x4_splat(x))
-            }
-            #[inline(always)]
-            pub fn load(s: &[f32]) -> Self {
-                assert!(s.len() >= 4);
-                // Safety: four f32 are in bounds (checked above); v128_load allows unaligned.
-                F4(unsafe { v128_load(s.as_ptr() as *const v128) })
-            }
-            #[inline(always)]
-            pub fn store(self, s: &mut [f32]) {
-                assert!(s.len() >= 4);
-                // Safety: as in `load`.
-                unsafe { v128_store(s.as_mut_ptr() as *mut v128, self.0) }
-            }
-            #[inline(always)]
-            pub fn mul_add(self, a: F4, b: F4) -> Self {
-                F4(f32x4_add(self.0, f32x4_mul(a.0, b.0)))
-            }
-            #[inline(always)]
-            pub fn sum(self) -> f32 {
-                let v = self.0;
-                (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v))
-                    + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
-            }
-        }
-    }
-    #[cfg(target_arch = "x86_64")]
-    mod imp {
-        // SSE2 is part of the x86_64 baseline: no runtime detection needed.
-        use core::arch::x86_64::*;
-        #[derive(Clone, Copy)]
-        pub struct F4(__m128);
-        impl F4 {
-            #[inline(always)]
-            pub fn zero() -> Self {
-                // Safety (all below): SSE2 is always present on x86_64; loads and stores are
-                // bounds-checked and unaligned.
-                F4(unsafe { _mm_setzero_ps() })
-            }
-            #[inline(always)]
-            pub fn splat(x: f32) -> Self {
-                F4(unsafe { _mm_set1_ps(x) })
-            }
-            #[inline(always)]
-            pub fn load(s: &[f32]) -> Self {
-                assert!(s.len() >= 4);
-                F4(unsafe { _mm_loadu_ps(s.as_ptr()) })
-            }
-            #[inline(always)]
-            pub fn store(self, s: &mut [f32]) {
-                assert!(s.len() >= 4);
-                unsafe { _mm_storeu_ps(s.as_mut_ptr(), self.0) }
-            }
-            #[inline(always)]
-            pub fn mul_add(self, a: F4, b: F4) -> Self {
-                F4(unsafe { _mm_add_ps(self.0, _mm_mul_ps(a.0, b.0)) })
-            }
-            #[inline(always)]
-            pub fn sum(self) -> f32 {
-                let mut v = [0f32; 4];
-                self.store(&mut v);
-                (v[0] + v[1]) + (v[2] + v[3])
-            }
-        }
-    }
-    #[cfg(not(any(
-        all(target_arch = "wasm32", target_feature = "simd128"),
-        target_arch = "x86_64"
-    )))]
-    mod imp {
-        #[derive(Clone, Copy)]
-        pub struct F4([f32; 4]);
-        impl F4 {
-            #[inline(always)]
-            pub fn zero() -> Self {
-                F4([0.0; 4])
-            }
-            #[inline(always)]
-            pub fn splat(x: f32) -> Self {
-                F4([x; 4])
-            }
-            #[inline(always)]
-            pub fn load(s: &[f32]) -> Self {
-                F4([s[0], s[1], s[2], s[3]])
-            }
-            #[inline(always)]
-            pub fn store(self, s: &mut [f32]) {
-                s[..4].copy_from_slice(&self.0);
-            }
-            #[inline(always)]
-            pub fn mul_add(self, a: F4, b: F4) -> Self {
-                F4(std::array::from_fn(|i| self.0[i] + a.0[i] * b.0[i]))
-            }
-            #[inline(always)]
-            pub fn sum(self) -> f32 {
-                (self.0[0] + self.0[1]) + (self.0[2] + self.0[3])
-            }
-        }
-    }
-    pub use imp::F4;
-}
-use f4::F4;
-
-/// Raw scores `x[r] · keys[t]` of `R` query rows against `T` keys at a time, for every key;
-/// `out[r * stride + t]`. `d` (the head size) must be a multiple of 4.
-fn qk_scores<const R: usize, const T: usize>(x: [&[f32]; R], keys: &[f32], d: usize, n_keys: usize, out: &mut [f32], stride: usize) {
-    let full = n_keys / T * T;
-    for t0 in (0..full).step_by(T) {
-        let mut acc = [[F4::zero(); T]; R];
-        for c in (0..d).step_by(4) {
-            let k: [F4; T] = std::array::from_fn(|j| F4::load(&keys[(t0 + j) * d + c..]));
-            for r in 0..R {
-                let q = F4::load(&x[r][c..]);
-                for j in 0..T {
-                    acc[r][j] = acc[r][j].mul_add(q, k[j]);
-                }
-            }
-        }
-        for r in 0..R {
-            for j in 0..T {
-                out[r * stride + t0 + j] = acc[r][j].sum();
-            }
-        }
-    }
-    for t in full..n_keys {
-        for r in 0..R {
-            let mut acc = F4::zero();
-            for c in (0..d).step_by(4) {
-                acc = acc.mul_add(F4::load(&x[r][c..]), F4::load(&keys[t * d + c..]));
-            }
-            out[r * stride + t] = acc.sum();
-        }
-    }
-}
-
-/// `out[r] += sum_t p[r * stride + t] · values[t]` for `R` rows, `C` lanes of four at a time;
-/// `d` must be a multiple of `4 C`.
-fn pv<const R: usize, const C: usize>(p: &[f32], stride: usize, values: &[f32], d: usize, n_keys: usize, out: &mut [f32]) {
-    for c0 in (0..d).step_by(4 * C) {
-        let mut acc: [[F4; C]; R] = std::array::from_fn(|r| std::array::from_fn(|j| F4::load(&out[r * d + c0 + 4 * j..])));
-        for t in 0..n_keys {
-            let row = &values[t * d + c0..][..4 * C];
-            let v: [F4; C] = std::array::from_fn(|j| F4::load(&row[4 * j..]));
-            for r in 0..R {
-                let w = F4::splat(p[r * stride + t]);
-                for j in 0..C {
-                    acc[r][j] = acc[r][j].mul_add(w, v[j]);
-                }
-            }
-        }
-        for r in 0..R {
-            for j in 0..C {
-                acc[r][j].store(&mut out[r * d + c0 + 4 * j..]);
-            }
-        }
-    }
-}
-
 /// `e^x` for `x <= 0`, written so that LLVM vectorizes a loop over it (no libm call): Cody-Waite
 /// reduction to `2^n · e^r` with `|r| <= ln2/2` and a degree-6 Taylor polynomial (relative
 /// error ~2e-7). Below -87 (where f32 `e^x` is denormal or 0) it is exactly 0, as `exp(-inf)` is.
@@ -459,7 +291,7 @@ impl KvCache {
         scale: f32,
         out: &mut [f32],
     ) {
-        let (d, t_len) = (self.head_dim, self.len);
+        let (d, t_len, kernels) = (self.head_dim, self.len, self.kernels);
         let n_rows = rows.len();
         let mut scores = vec![0f32; 4 * t_len];
         let mut acc = vec![0f32; 4 * d];
@@ -483,9 +315,9 @@ impl KvCache {
                         let keys = self.page_rows(page, head, false);
                         let (at, n) = (page * PAGE_ROWS, keys.len() / d);
                         if block == 4 {
-                            qk_scores::<4, 2>(std::array::from_fn(|i| q_of(row + i)), keys, d, n, &mut scores[at..], t_len);
+                            (kernels.qk_rows4)(std::array::from_fn(|i| q_of(row + i)), keys, d, n, &mut scores[at..], t_len);
                         } else {
-                            qk_scores::<1, 4>([q_of(row)], keys, d, n, &mut scores[at..], t_len);
+                            (kernels.qk_row)([q_of(row)], keys, d, n, &mut scores[at..], t_len);
                         }
                     }
                     for i in 0..block {
@@ -497,9 +329,9 @@ impl KvCache {
                         let values = self.page_rows(page, head, true);
                         let (at, n) = (page * PAGE_ROWS, values.len() / d);
                         match (block, d % 16) {
-                            (4, _) => pv::<4, 2>(&scores[at..], t_len, values, d, n, &mut acc),
-                            (_, 0) => pv::<1, 4>(&scores[at..], t_len, values, d, n, &mut acc),
-                            _ => pv::<1, 1>(&scores[at..], t_len, values, d, n, &mut acc),
+                            (4, _) => (kernels.pv_rows4)(&scores[at..], t_len, values, d, n, &mut acc),
+                            (_, 0) => (kernels.pv_row16)(&scores[at..], t_len, values, d, n, &mut acc),
+                            _ => (kernels.pv_row4)(&scores[at..], t_len, values, d, n, &mut acc),
                         }
                     }
                     let at = ((head * group + g) * n_rows + first) * d;
@@ -1108,11 +940,17 @@ mod tests {
     /// cross pages, with a
     /// causal additive mask (f32's floor), a bool mask hiding every third key, and the
     /// last-row-only form — against plain f64 attention.
-    #[test]
+    /// Every kernel variant; the variants' outputs must also be equal bit for bit (they round
+    /// the same operations in the same order).
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn attention_matches_plain_attention() {
         let (h, g, d, scale) = (2usize, 3usize, 16usize, 0.25f32);
-        for (keep_mask, last_only) in [(false, false), (true, false), (false, true)] {
+        let mut first: Vec<Vec<f32>> = Vec::new();
+        let runs = kernels::attention::VARIANTS.iter().flat_map(|v| [(v, false, false), (v, true, false), (v, false, true)]);
+        for (run, (variant, keep_mask, last_only)) in runs.enumerate() {
             let mut cache = KvCache::new(h, d);
+            cache.kernels = &variant.kernels;
             let (mut ks, mut vs) = (vec![Vec::new(); h], vec![Vec::new(); h]);
             for (step, s) in [7usize, 1, 1, 4, 1, 60, 1, 70, 1].into_iter().enumerate() {
                 let past = cache.len();
@@ -1139,6 +977,11 @@ mod tests {
                 let rows = if last_only { s - 1..s } else { 0..s };
                 let mut out = vec![f32::NAN; h * g * rows.len() * d];
                 cache.attend(&q, g, s, rows.clone(), mask, s, scale, &mut out);
+                if run < 3 {
+                    first.push(out.clone());
+                } else {
+                    assert!(first[run % 3 * 9 + step] == out, "{} differs from the portable reference at step {step}", variant.name);
+                }
                 for head in 0..h {
                     for gi in 0..g {
                         for (r, row) in rows.clone().enumerate() {
@@ -1151,7 +994,7 @@ mod tests {
                             for (a, b) in got.iter().zip(&want) {
                                 assert!(
                                     (a - b).abs() < 1e-5,
-                                    "step {step} head {head} group {gi} row {row}: {a} vs {b}"
+                                    "{} step {step} head {head} group {gi} row {row}: {a} vs {b}", variant.name
                                 );
                             }
                         }
@@ -1161,23 +1004,18 @@ mod tests {
         }
     }
 
-    #[test]
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn a_row_with_every_key_hidden_is_zero() {
         let (h, g, d) = (1, 2, 8);
-        let mut cache = KvCache::new(h, d);
-        cache.push(&values(3 * d, 1), &values(3 * d, 2), 3).unwrap();
-        let mask = vec![f32::MIN; 3];
-        let mut out = vec![f32::NAN; g * d];
-        cache.attend(
-            &values(g * d, 3),
-            g,
-            1,
-            0..1,
-            Mask::Additive(&mask),
-            1,
-            1.0,
-            &mut out,
-        );
-        assert!(out.iter().all(|x| *x == 0.0));
+        for v in kernels::attention::VARIANTS {
+            let mut cache = KvCache::new(h, d);
+            cache.kernels = &v.kernels;
+            cache.push(&values(3 * d, 1), &values(3 * d, 2), 3).unwrap();
+            let mask = vec![f32::MIN; 3];
+            let mut out = vec![f32::NAN; g * d];
+            cache.attend(&values(g * d, 3), g, 1, 0..1, Mask::Additive(&mask), 1, 1.0, &mut out);
+            assert!(out.iter().all(|x| *x == 0.0), "{}", v.name);
+        }
     }
 }

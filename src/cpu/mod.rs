@@ -17,12 +17,15 @@ use crate::{Error, Result};
 
 pub mod attention;
 mod backend;
+pub mod kernels;
+pub(crate) mod detached;
 pub mod dynamic_quantize;
 pub(crate) mod import;
 pub mod q4_matmul;
 pub mod q4_min_matmul;
 pub mod q8_block_matmul;
 pub mod q8_matmul;
+mod rows;
 pub mod threads;
 
 type Plan = Arc<TypedSimplePlan>;
@@ -255,27 +258,31 @@ impl CpuModel {
             external.push((i, weight_tensor(init, length, transpose.get(&init.name), read)?));
             Ok(())
         })?;
-        let weights = detach_weights(&mut proto, external, &transpose)?;
-        Self::build(proto, weights, options)
+        let (weights, table) = detach_weights(&mut proto, external, &transpose)?;
+        Self::build(proto, weights, table, options)
     }
 
     /// Load a decoded ONNX model whose weights are all in memory.
     pub fn from_proto(mut proto: tract_onnx::pb::ModelProto, options: &CpuOptions) -> Result<Self> {
         import::prepare(&mut proto)?;
         let transpose = q8_transposes(proto.graph.as_ref(), options);
-        let weights = detach_weights(&mut proto, Vec::new(), &transpose)?;
-        Self::build(proto, weights, options)
+        let (weights, table) = detach_weights(&mut proto, Vec::new(), &transpose)?;
+        Self::build(proto, weights, table, options)
     }
 
-    fn build(proto: tract_onnx::pb::ModelProto, weights: Vec<(String, Arc<Tensor>)>, options: &CpuOptions) -> Result<Self> {
+    fn build(
+        proto: tract_onnx::pb::ModelProto,
+        weights: Vec<(String, Arc<Tensor>)>,
+        table: detached::DetachedWeights,
+        options: &CpuOptions,
+    ) -> Result<Self> {
         check_ops(&proto)?;
         if let Some(n) = options.threads {
             threads::configure(n);
         }
         let q4_kernel = options.q4_kernel || q4_matmul::scales_need_f32(&proto, &weights);
-        let mut model = onnx_with_kernels(options, q4_kernel)
-            .model_for_proto_model(&proto)
-            .map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
+        let onnx = onnx_with_kernels(options, q4_kernel);
+        let mut model = detached::while_parsing(table, || onnx.model_for_proto_model(&proto)).map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);
         // The detached weights were graph inputs for the parser; make them constants again.
         for (name, tensor) in weights {
@@ -495,27 +502,13 @@ fn folded_kv_nodes(plan: &Plan, num_layers: usize) -> Result<Vec<FoldedKv>> {
 /// Initializers at least this big are turned into tensors before tract parses the graph.
 const DETACH_BYTES: usize = 1024;
 
-/// The `doc_string` of a graph input that is a detached weight ([`detach_weights`]): op
-/// builders that claim nodes with constant weights (`q8_matmul`) look for it, since such a
-/// weight is no longer among the graph's initializers while it is parsed.
-pub(crate) const DETACHED_WEIGHT: &str = "edge-llm: constant weight, detached for loading";
-
 /// The rank of `name` if it is a constant of the graph being parsed: an initializer, or a
-/// weight [`detach_weights`] turned into an input until the parse is done.
+/// weight [`detach_weights`] turned into an input until the parse is done ([`detached`]).
 pub(crate) fn constant_rank(graph: Option<&tract_onnx::pb::GraphProto>, name: &str) -> Option<usize> {
-    use tract_onnx::pb::type_proto;
-    let graph = graph?;
-    if let Some(t) = graph.initializer.iter().find(|t| t.name == name) {
-        return Some(t.dims.len());
+    match graph?.initializer.iter().find(|t| t.name == name) {
+        Some(t) => Some(t.dims.len()),
+        None => detached::get(name).map(|w| w.rank),
     }
-    let type_proto::Value::TensorType(t) = detached_weight(Some(graph), name)?.r#type.as_ref()?.value.as_ref()?;
-    Some(t.shape.as_ref()?.dim.len())
-}
-
-/// The graph input that stands for weight `name` while the graph is parsed ([`detach_weights`]);
-/// its `doc_string` starts with [`DETACHED_WEIGHT`].
-pub(crate) fn detached_weight<'g>(graph: Option<&'g tract_onnx::pb::GraphProto>, name: &str) -> Option<&'g tract_onnx::pb::ValueInfoProto> {
-    graph?.input.iter().find(|i| i.name == name && i.doc_string.starts_with(DETACHED_WEIGHT))
 }
 
 /// The numeric (non-bool) tract type of ONNX `data_type`, whose raw bytes are a tensor as is.
@@ -576,12 +569,13 @@ fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumTyp
 ///
 /// The weights named in `transposed` ([`q8_matmul::weights_to_transpose`]) are stored as the
 /// int8 kernel's `[n][k]` matrix (those in `external` already are): their declared type and
-/// shape change with them, and their input's `doc_string` says so.
+/// shape change with them. Returns the tensors and their side table ([`detached`]).
+#[allow(clippy::type_complexity)]
 fn detach_weights(
     proto: &mut tract_onnx::pb::ModelProto,
     external: Vec<(usize, Tensor)>,
     transposed: &HashMap<String, (usize, usize, bool)>,
-) -> Result<Vec<(String, Arc<Tensor>)>> {
+) -> Result<(Vec<(String, Arc<Tensor>)>, detached::DetachedWeights)> {
     use tract_onnx::pb::{tensor_proto::DataType, tensor_shape_proto, type_proto, TensorShapeProto, TypeProto, ValueInfoProto};
     let graph = proto.graph.as_mut().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
     let mut tensors: Vec<Option<Tensor>> = (0..graph.initializer.len()).map(|_| None).collect();
@@ -596,21 +590,24 @@ fn detach_weights(
         }
     }
     // Detached weights are (re)declared as typed inputs, as the tensors they now are (a
-    // transposed weight is `[n][k]` int8), marked as weights.
+    // transposed weight is `[n][k]` int8), and listed in the side table.
     let detached: std::collections::HashSet<String> =
         graph.initializer.iter().zip(&tensors).filter(|(_, t)| t.is_some()).map(|(i, _)| i.name.clone()).collect();
     graph.input.retain(|i| !detached.contains(&i.name));
     let mut weights = Vec::new();
+    let mut table = detached::DetachedWeights::new();
     let mut kept = Vec::new();
     for (init, tensor) in std::mem::take(&mut graph.initializer).into_iter().zip(tensors) {
         let Some(tensor) = tensor else {
             kept.push(init);
             continue;
         };
-        let (elem_type, doc) = match transposed.get(&init.name) {
-            Some(&(_, _, is_u8)) => (DataType::Int8 as i32, if is_u8 { q8_matmul::TRANSPOSED_FROM_U8 } else { q8_matmul::TRANSPOSED_FROM_I8 }),
-            None => (init.data_type, DETACHED_WEIGHT),
+        let (elem_type, layout) = match transposed.get(&init.name) {
+            Some(&(_, _, true)) => (DataType::Int8 as i32, detached::Layout::TransposedFromU8),
+            Some(&(_, _, false)) => (DataType::Int8 as i32, detached::Layout::TransposedFromI8),
+            None => (init.data_type, detached::Layout::Declared),
         };
+        table.insert(init.name.clone(), detached::DetachedWeight { rank: tensor.rank(), layout });
         let dims = tensor
             .shape()
             .iter()
@@ -618,16 +615,16 @@ fn detach_weights(
             .collect();
         graph.input.push(ValueInfoProto {
             name: init.name.clone(),
-            doc_string: doc.into(),
             r#type: Some(TypeProto {
                 value: Some(type_proto::Value::TensorType(type_proto::Tensor { elem_type, shape: Some(TensorShapeProto { dim: dims }) })),
                 ..Default::default()
             }),
+            ..Default::default()
         });
         weights.push((init.name, Arc::new(tensor)));
     }
     graph.initializer = kept;
-    Ok(weights)
+    Ok((weights, table))
 }
 
 /// Make the `logits` output `[1, S, V]` its last position `[1, 1, V]`; decluttering pushes the
@@ -647,29 +644,6 @@ fn slice_last_position(model: &mut TypedModel) -> TractResult<()> {
         model.outputs[ix] = last;
     }
     Ok(())
-}
-
-/// Output shape of the row-wise matmul ops ([`q4_matmul`], [`q8_matmul`]): input 0's
-/// `[.., K]` becomes `[.., n]`.
-fn rows_output_shape(input: &TypedFact, n: usize) -> TVec<TDim> {
-    let mut shape: TVec<TDim> = input.shape.to_tvec();
-    let last = shape.len() - 1;
-    shape[last] = n.to_dim();
-    shape
-}
-
-/// Axes of the row-wise matmul ops: input 0's leading axes pass through (rows are independent),
-/// K in, N out; other inputs are disconnected.
-fn rows_axes_mapping(
-    inputs: &[&TypedFact],
-    outputs: &[&TypedFact],
-) -> TractResult<tract_onnx::tract_hir::internal::AxesMapping> {
-    use tract_onnx::tract_hir::internal::{AxesMapping, InOut};
-    let mut mapping = AxesMapping::disconnected(inputs, outputs)?;
-    for (axis, repr) in (0..inputs[0].rank() - 1).zip('A'..) {
-        mapping = mapping.renaming((InOut::In(0), axis), repr)?.linking(repr, (InOut::Out(0), axis))?;
-    }
-    Ok(mapping)
 }
 
 /// Names of ONNX operators tract cannot load, checked before loading so the error can name

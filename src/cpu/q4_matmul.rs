@@ -22,8 +22,10 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
+use super::kernels::q4::Q4;
+
 /// The only block size the kernel handles; others fall back to tract's implementation.
-pub const BLOCK: usize = 32;
+pub use super::kernels::q4::BLOCK;
 
 /// Weights of one `MatMulNBits` node, kept in their ONNX byte layout (block of 16 bytes: byte
 /// `j` holds element `2j` low, `2j + 1` high).
@@ -38,6 +40,8 @@ pub struct Q4Matrix {
     pub scales: Arc<Tensor>,
     /// Zero point per block, `[n][k / 32]`; `None`: 8 everywhere (the `MatMulNBits` default).
     pub zero_points: Option<Vec<u8>>,
+    /// The kernel variant ([`super::kernels::q4::best`] unless a test picks another).
+    pub kernels: &'static Q4,
 }
 
 /// Activation rows from which [`Q4Matrix::matmul_q8`] runs the int8 GEMM ([`Q4Matrix::gemm_q8`]):
@@ -66,7 +70,7 @@ impl Q4Matrix {
         }
         let zero_points: Option<Vec<u8>> =
             zero_points.map(|z| (0..n * nb).map(|i| (z[(i / nb) * zb + (i % nb) / 2] >> (4 * (i % nb % 2))) & 0x0f).collect());
-        Ok(Q4Matrix { n, k, packed, scales, zero_points })
+        Ok(Q4Matrix { n, k, packed, scales, zero_points, kernels: super::kernels::q4::best() })
     }
 
     /// [`Q4Matrix::new`] for `MatMulNBits` tensors of any block size that is a multiple of 32
@@ -148,9 +152,9 @@ impl Q4Matrix {
         super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
             self.drive(m, &xs, cols, out, ld, |w, s, r, tile| {
                 if tile == 4 {
-                    kernel::dot_rows4(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
+                    (self.kernels.dot_rows4)(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
                 } else {
-                    [kernel::dot_row(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
+                    [(self.kernels.dot_row)(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
                 }
             })
         })
@@ -287,9 +291,9 @@ impl Q4Matrix {
             let q = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
             let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
             if tile == 4 {
-                kernel::dot_rows4_q8(w, s, [0, 1, 2, 3].map(q), [0, 1, 2, 3].map(sx))
+                (self.kernels.dot_rows4_q8)(w, s, [0, 1, 2, 3].map(q), [0, 1, 2, 3].map(sx))
             } else {
-                [kernel::dot_row_q8(w, s, q(0), sx(0)), 0.0, 0.0, 0.0]
+                [(self.kernels.dot_row_q8)(w, s, q(0), sx(0)), 0.0, 0.0, 0.0]
             }
         })
     }
@@ -318,7 +322,7 @@ impl Q4Matrix {
             // A partial last group repeats its last column; only `width` lanes are stored.
             let col = [0, 1, 2, 3].map(|i| c + i.min(width - 1));
             let zps = self.zero_points.as_ref().map(|z| col.map(|j| &z[j * nb..(j + 1) * nb]));
-            kernel::unpack_panel(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), zps, &mut panel);
+            (self.kernels.unpack_panel)(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), zps, &mut panel);
             for b in 0..nb {
                 for (i, j) in col.iter().enumerate() {
                     sw[b * 4 + i] = scales[j * nb + b];
@@ -328,20 +332,12 @@ impl Q4Matrix {
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(GEMM_TILE_ROWS);
-                let mut store = |tile: &[[f32; 4]]| {
-                    for (i, t) in tile.iter().enumerate() {
-                        out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
-                    }
-                };
-                let x = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
-                let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
-                match rows {
-                    6 => store(&kernel::gemm_tile::<6>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
-                    5 => store(&kernel::gemm_tile::<5>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
-                    4 => store(&kernel::gemm_tile::<4>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
-                    3 => store(&kernel::gemm_tile::<3>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
-                    2 => store(&kernel::gemm_tile::<2>(&panel, &sw, std::array::from_fn(x), std::array::from_fn(sx))),
-                    _ => store(&kernel::gemm_tile::<1>(&panel, &sw, [x(0)], [sx(0)])),
+                let x: [&[i16]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.q[(r + i.min(rows - 1)) * k..][..k]);
+                let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[(r + i.min(rows - 1)) * nb..][..nb]);
+                let mut tile = [[0f32; 4]; GEMM_TILE_ROWS];
+                (self.kernels.gemm_tile)(&panel, &sw, &x[..rows], &sx[..rows], &mut tile[..rows]);
+                for (i, t) in tile[..rows].iter().enumerate() {
+                    out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
                 }
                 r += rows;
             }
@@ -350,386 +346,21 @@ impl Q4Matrix {
     }
 }
 
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod kernel {
-    use core::arch::wasm32::*;
-
-    use super::BLOCK;
-
-    /// `sum_b s[b] * sum_j q[b][j] * x[b][j]`, x de-interleaved per block.
-    pub fn dot_row(w: &[u8], s: &[f32], x: &[f32]) -> f32 {
-        let nb = s.len();
-        assert!(w.len() >= nb * BLOCK / 2 && x.len() >= nb * BLOCK);
-        let mask = u8x16_splat(0x0f);
-        let mut acc = f32x4_splat(0.0);
-        // SAFETY: every load reads inside `w` / `x`, whose lengths are asserted above.
-        unsafe {
-            let (wp, xp) = (w.as_ptr(), x.as_ptr());
-            for b in 0..nb {
-                let bytes = v128_load(wp.add(b * 16) as *const v128);
-                let lo = v128_and(bytes, mask);
-                let hi = u8x16_shr(bytes, 4);
-                let xb = xp.add(b * BLOCK);
-                let mut sum = f32x4_splat(0.0);
-                for (half, q) in [(0usize, lo), (16, hi)] {
-                    let a = u16x8_extend_low_u8x16(q);
-                    let c = u16x8_extend_high_u8x16(q);
-                    let parts = [
-                        u32x4_extend_low_u16x8(a),
-                        u32x4_extend_high_u16x8(a),
-                        u32x4_extend_low_u16x8(c),
-                        u32x4_extend_high_u16x8(c),
-                    ];
-                    for (i, p) in parts.into_iter().enumerate() {
-                        let xv = v128_load(xb.add(half + 4 * i) as *const v128);
-                        sum = f32x4_add(sum, f32x4_mul(f32x4_convert_u32x4(p), xv));
-                    }
-                }
-                acc = f32x4_add(acc, f32x4_mul(sum, f32x4_splat(*s.get_unchecked(b))));
-            }
-        }
-        hsum(acc)
-    }
-
-    fn hsum(v: v128) -> f32 {
-        f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
-    }
-
-    /// One block's integer dot product `sum q * x` as i32x4 partial sums. Products are at most
-    /// 15 * 127, four summed per i16 lane before widening: no overflow.
-    #[inline(always)]
-    unsafe fn block_dot_q8(lo: v128, hi: v128, xp: *const i8) -> v128 {
-        let xe = v128_load(xp as *const v128);
-        let xo = v128_load(xp.add(16) as *const v128);
-        let a = i16x8_add(i16x8_extmul_low_i8x16(lo, xe), i16x8_extmul_high_i8x16(lo, xe));
-        let b = i16x8_add(i16x8_extmul_low_i8x16(hi, xo), i16x8_extmul_high_i8x16(hi, xo));
-        i32x4_extadd_pairwise_i16x8(i16x8_add(a, b))
-    }
-
-    /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]`.
-    pub fn dot_row_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
-        let nb = sw.len();
-        assert!(w.len() >= nb * BLOCK / 2 && xq.len() >= nb * BLOCK && sx.len() >= nb);
-        let mask = u8x16_splat(0x0f);
-        let mut acc = f32x4_splat(0.0);
-        // SAFETY: loads stay inside `w` and `xq`, whose lengths are asserted above.
-        unsafe {
-            for b in 0..nb {
-                let bytes = v128_load(w.as_ptr().add(b * 16) as *const v128);
-                let d = block_dot_q8(v128_and(bytes, mask), u8x16_shr(bytes, 4), xq.as_ptr().add(b * BLOCK));
-                let scale = f32x4_splat(*sw.get_unchecked(b) * *sx.get_unchecked(b));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(d), scale));
-            }
-        }
-        hsum(acc)
-    }
-
-    pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
-        let nb = sw.len();
-        assert!(w.len() >= nb * BLOCK / 2 && xq.iter().all(|r| r.len() >= nb * BLOCK) && sx.iter().all(|r| r.len() >= nb));
-        let mask = u8x16_splat(0x0f);
-        let mut acc = [f32x4_splat(0.0); 4];
-        // SAFETY: loads stay inside `w` and `xq[i]`, whose lengths are asserted above.
-        unsafe {
-            for b in 0..nb {
-                let bytes = v128_load(w.as_ptr().add(b * 16) as *const v128);
-                let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
-                let swb = *sw.get_unchecked(b);
-                for r in 0..4 {
-                    let d = block_dot_q8(lo, hi, xq[r].as_ptr().add(b * BLOCK));
-                    let scale = f32x4_splat(swb * *sx[r].get_unchecked(b));
-                    acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(d), scale));
-                }
-            }
-        }
-        acc.map(hsum)
-    }
-
-    /// [`dot_row`] for four activation rows at once: each weight block is unpacked once.
-    pub fn dot_rows4(w: &[u8], s: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-        let nb = s.len();
-        assert!(w.len() >= nb * BLOCK / 2 && x.iter().all(|r| r.len() >= nb * BLOCK));
-        let mask = u8x16_splat(0x0f);
-        let mut acc = [f32x4_splat(0.0); 4];
-        // SAFETY: every load reads inside `w` / `x[i]`, whose lengths are asserted above.
-        unsafe {
-            let wp = w.as_ptr();
-            let xp = x.map(|r| r.as_ptr());
-            for b in 0..nb {
-                let bytes = v128_load(wp.add(b * 16) as *const v128);
-                let mut q = [f32x4_splat(0.0); 8];
-                for (h, nib) in [v128_and(bytes, mask), u8x16_shr(bytes, 4)].into_iter().enumerate() {
-                    let a = u16x8_extend_low_u8x16(nib);
-                    let c = u16x8_extend_high_u8x16(nib);
-                    q[4 * h] = f32x4_convert_u32x4(u32x4_extend_low_u16x8(a));
-                    q[4 * h + 1] = f32x4_convert_u32x4(u32x4_extend_high_u16x8(a));
-                    q[4 * h + 2] = f32x4_convert_u32x4(u32x4_extend_low_u16x8(c));
-                    q[4 * h + 3] = f32x4_convert_u32x4(u32x4_extend_high_u16x8(c));
-                }
-                let scale = f32x4_splat(*s.get_unchecked(b));
-                for r in 0..4 {
-                    let xb = xp[r].add(b * BLOCK);
-                    let mut sum = f32x4_mul(q[0], v128_load(xb as *const v128));
-                    for (i, qi) in q.iter().enumerate().skip(1) {
-                        sum = f32x4_add(sum, f32x4_mul(*qi, v128_load(xb.add(4 * i) as *const v128)));
-                    }
-                    acc[r] = f32x4_add(acc[r], f32x4_mul(sum, scale));
-                }
-            }
-        }
-        acc.map(hsum)
-    }
-
-    /// Four weight rows (`w[i]`: `nb` blocks of 16 bytes) into the GEMM panel (layout in
-    /// [`super::Q4Matrix::gemm_q8`]), zero points subtracted.
-    pub fn unpack_panel(w: [&[u8]; 4], zps: Option<[&[u8]; 4]>, panel: &mut [i16]) {
-        let nb = w[0].len() / 16;
-        assert!(w.iter().all(|r| r.len() >= nb * 16) && panel.len() >= nb * 128);
-        assert!(zps.is_none_or(|z| z.iter().all(|r| r.len() >= nb)));
-        let mask = u8x16_splat(0x0f);
-        // SAFETY: loads stay inside `w[i]` (asserted), stores inside `panel` (asserted).
-        unsafe {
-            let out = panel.as_mut_ptr() as *mut v128;
-            for b in 0..nb {
-                let z = match zps {
-                    None => i16x8_splat(8),
-                    Some(z) => {
-                        let [z0, z1, z2, z3] = [0, 1, 2, 3].map(|i| *z[i].get_unchecked(b) as i16);
-                        i16x8(z0, z0, z1, z1, z2, z2, z3, z3)
-                    }
-                };
-                // Per column: the block's 32 nibbles as bytes in element order, pairs 0..7 and 8..15.
-                let mut first = [u8x16_splat(0); 4];
-                let mut second = [u8x16_splat(0); 4];
-                for i in 0..4 {
-                    let bytes = v128_load(w[i].as_ptr().add(b * 16) as *const v128);
-                    let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
-                    first[i] = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi);
-                    second[i] = i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi);
-                }
-                for (h, e) in [first, second].into_iter().enumerate() {
-                    // 16-bit lanes are element pairs: interleave columns 0/1 and 2/3, then the two.
-                    let a = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(e[0], e[1]);
-                    let a2 = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(e[0], e[1]);
-                    let c = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(e[2], e[3]);
-                    let c2 = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(e[2], e[3]);
-                    let quads = [
-                        i32x4_shuffle::<0, 4, 1, 5>(a, c),
-                        i32x4_shuffle::<2, 6, 3, 7>(a, c),
-                        i32x4_shuffle::<0, 4, 1, 5>(a2, c2),
-                        i32x4_shuffle::<2, 6, 3, 7>(a2, c2),
-                    ];
-                    for (j, u) in quads.into_iter().enumerate() {
-                        let p = b * 16 + h * 8 + 2 * j;
-                        v128_store(out.add(p), i16x8_sub(u16x8_extend_low_u8x16(u), z));
-                        v128_store(out.add(p + 1), i16x8_sub(u16x8_extend_high_u8x16(u), z));
-                    }
-                }
-            }
-        }
-    }
-
-    /// `R` activation rows (i16, natural order) against a four-column panel:
-    /// `out[r][i] = sum_b sw[4b + i] * sx[r][b] * sum_j panel(b, j, i) * x[r][32b + j]`.
-    /// Products are at most 15 * 127 and a block sums 32: exact in i32.
-    #[inline(always)]
-    pub fn gemm_tile<const R: usize>(panel: &[i16], sw: &[f32], x: [&[i16]; R], sx: [&[f32]; R]) -> [[f32; 4]; R] {
-        let nb = sw.len() / 4;
-        assert!(panel.len() >= nb * 128 && x.iter().all(|r| r.len() >= nb * BLOCK) && sx.iter().all(|r| r.len() >= nb));
-        let mut acc = [f32x4_splat(0.0); R];
-        // SAFETY: loads stay inside `panel`, `sw`, `x[r]` and `sx[r]`, whose lengths are asserted above.
-        unsafe {
-            let pp = panel.as_ptr() as *const v128;
-            for b in 0..nb {
-                let mut d = [i32x4_splat(0); R];
-                for p in 0..BLOCK / 2 {
-                    let w = v128_load(pp.add(b * 16 + p));
-                    for r in 0..R {
-                        let pair = v128_load32_splat(x[r].as_ptr().add(b * BLOCK + 2 * p) as *const u32);
-                        d[r] = i32x4_add(d[r], i32x4_dot_i16x8(w, pair));
-                    }
-                }
-                let s = v128_load(sw.as_ptr().add(4 * b) as *const v128);
-                for r in 0..R {
-                    let scale = f32x4_mul(s, f32x4_splat(*sx[r].get_unchecked(b)));
-                    acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(d[r]), scale));
-                }
-            }
-        }
-        acc.map(|v| [f32x4_extract_lane::<0>(v), f32x4_extract_lane::<1>(v), f32x4_extract_lane::<2>(v), f32x4_extract_lane::<3>(v)])
-    }
-}
-
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-mod kernel {
-    use super::BLOCK;
-
-    /// Portable twin of the wasm SIMD kernel, summing in its order (four lanes, lane `l` taking
-    /// elements `4i + l` of each half-block): the same float result as the browser, and four
-    /// independent chains that LLVM vectorizes natively (one serial sum made eval-encoder's
-    /// int4 MiniLM ~20x slower than fp32).
-    pub fn dot_row(w: &[u8], s: &[f32], x: &[f32]) -> f32 {
-        let mut acc = [0f32; 4];
-        for (b, scale) in s.iter().enumerate() {
-            let bytes = &w[b * 16..(b + 1) * 16];
-            let xb = &x[b * BLOCK..(b + 1) * BLOCK];
-            let mut sum = [0f32; 4];
-            for (half, shift) in [(0, 0), (BLOCK / 2, 4)] {
-                for i in 0..4 {
-                    for (l, s) in sum.iter_mut().enumerate() {
-                        *s += ((bytes[4 * i + l] >> shift) & 0x0f) as f32 * xb[half + 4 * i + l];
-                    }
-                }
-            }
-            for (a, s) in acc.iter_mut().zip(sum) {
-                *a += s * scale;
-            }
-        }
-        acc[0] + acc[1] + acc[2] + acc[3]
-    }
-
-    pub fn dot_rows4(w: &[u8], s: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-        x.map(|r| dot_row(w, s, r))
-    }
-
-    pub fn dot_row_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
-        let mut total = 0f32;
-        for b in 0..sw.len() {
-            let bytes = &w[b * 16..(b + 1) * 16];
-            let xb = &xq[b * BLOCK..(b + 1) * BLOCK];
-            let d: i32 = bytes
-                .iter()
-                .enumerate()
-                .map(|(j, byte)| (byte & 0x0f) as i32 * xb[j] as i32 + (byte >> 4) as i32 * xb[BLOCK / 2 + j] as i32)
-                .sum();
-            total += d as f32 * (sw[b] * sx[b]);
-        }
-        total
-    }
-
-    pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
-        [0, 1, 2, 3].map(|r| dot_row_q8(w, sw, xq[r], sx[r]))
-    }
-
-    pub fn unpack_panel(w: [&[u8]; 4], zps: Option<[&[u8]; 4]>, panel: &mut [i16]) {
-        for (i, row) in w.iter().enumerate() {
-            for (b, bytes) in row.chunks_exact(16).enumerate() {
-                let z = zps.map_or(8, |z| z[i][b] as i16);
-                for (p, byte) in bytes.iter().enumerate() {
-                    panel[((b * 16 + p) * 4 + i) * 2] = (byte & 0x0f) as i16 - z;
-                    panel[((b * 16 + p) * 4 + i) * 2 + 1] = (byte >> 4) as i16 - z;
-                }
-            }
-        }
-    }
-
-    pub fn gemm_tile<const R: usize>(panel: &[i16], sw: &[f32], x: [&[i16]; R], sx: [&[f32]; R]) -> [[f32; 4]; R] {
-        let mut out = [[0f32; 4]; R];
-        for (b, blk) in panel.chunks_exact(128).take(sw.len() / 4).enumerate() {
-            for r in 0..R {
-                let xb = &x[r][b * BLOCK..(b + 1) * BLOCK];
-                let mut d = [0i32; 4];
-                // Panel index (p * 4 + i) * 2 + e: column i, element 2p + e. Fixed-trip loops
-                // (not j / 8, j / 2 % 4 per element) so LLVM unrolls and vectorizes them:
-                // with the div/mod form eval-encoder ran int4 MiniLM 50x slower than fp32.
-                for p in 0..BLOCK / 2 {
-                    for (i, di) in d.iter_mut().enumerate() {
-                        *di += blk[(p * 4 + i) * 2] as i32 * xb[2 * p] as i32 + blk[(p * 4 + i) * 2 + 1] as i32 * xb[2 * p + 1] as i32;
-                    }
-                }
-                for i in 0..4 {
-                    out[r][i] += d[i] as f32 * (sw[b * 4 + i] * sx[r][b]);
-                }
-            }
-        }
-        out
-    }
-}
-
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
-#[derive(Debug, Clone)]
-pub struct Q4MatMul {
-    pub w: Arc<Q4Matrix>,
-    /// Quantize activations to int8 per block ([`Q4Matrix::matmul_q8`]).
-    pub int8_activations: bool,
-}
+pub type Q4MatMul = super::rows::FloatRowsOp<Q4Matrix>;
 
-impl PartialEq for Q4MatMul {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+impl super::rows::FloatRows for Q4Matrix {
+    const OP: &'static str = "EdgeLlmQ4MatMul";
+    fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
     }
-}
-impl Eq for Q4MatMul {}
-
-impl Op for Q4MatMul {
-    fn name(&self) -> StaticName {
-        "EdgeLlmQ4MatMul".into()
-    }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("N={} K={} block={BLOCK}", self.w.n, self.w.k)])
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for Q4MatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
-        let x = x.cast_to::<f32>()?;
-        let xs = x.to_plain_array_view::<f32>()?;
-        let mut shape: TVec<usize> = x.shape().into();
-        let last = shape.len() - 1;
-        ensure!(shape[last] == self.w.k, "input has {} features, the weight expects {}", shape[last], self.w.k);
-        shape[last] = self.w.n;
-        let flat: Vec<f32>;
-        let xv = match xs.as_slice() {
-            Some(s) => s,
-            None => {
-                flat = xs.iter().copied().collect();
-                &flat
-            }
-        };
-        let mut out = vec![0f32; shape.iter().product()];
-        if self.int8_activations {
-            self.w.matmul_q8(xv, &mut out)?;
+    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        if int8_activations {
+            self.matmul_q8(x, out)
         } else {
-            self.w.matmul(xv, &mut out)?;
+            self.matmul(x, out)
         }
-        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
     }
-}
-
-impl TypedOp for Q4MatMul {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(super::rows_output_shape(inputs[0], self.w.n))))
-    }
-
-    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        super::rows_axes_mapping(inputs, outputs)
-    }
-
-    /// A slice of the rows (e.g. only the last position's logits) slices the input instead:
-    /// tract's `PushSliceUp` then computes only the rows that are used.
-    #[allow(clippy::too_many_arguments)]
-    fn slice(
-        &self,
-        patch: &mut TypedModelPatch,
-        _model: &TypedModel,
-        node: &TypedNode,
-        _prefix: &str,
-        inputs: &[OutletId],
-        output_axis: usize,
-        _start: &TDim,
-        _end: &TDim,
-    ) -> TractResult<Option<TVec<OutletId>>> {
-        if output_axis + 1 >= node.outputs[0].fact.rank() {
-            return Ok(None);
-        }
-        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
-    }
-
-    as_op!();
 }
 
 /// ONNX-side expansion: reads the constant weights and wires [`Q4MatMul`] (+ the bias).
@@ -755,24 +386,11 @@ impl Expansion for MatMulNBitsQ4 {
         inputs: &'p [TensorProxy],
         outputs: &'p [TensorProxy],
     ) -> InferenceResult {
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        let n = self.n.to_dim();
-        s.given(&inputs[0].rank, move |s, rank| {
-            let rank = rank as usize;
-            s.equals(&outputs[0].rank, rank as i64)?;
-            for ax in 0..rank - 1 {
-                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
-            }
-            s.equals(&outputs[0].shape[rank - 1], n.clone())
-        })?;
-        Ok(())
+        super::rows::float_rules(s, inputs, outputs, self.n)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
-        };
+        let konst = |i: usize, what: &str| super::rows::weight(model, inputs, i, what);
         let b = konst(1, "B")?;
         let scales = konst(2, "scales")?;
         let zp = match self.zp_input {
@@ -890,13 +508,13 @@ pub fn register(onnx: &mut tract_onnx::Onnx, activations: Q4Activations) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::kernels::q4::VARIANTS;
     use crate::quant::reference::{dequantize_q4, quantize_q4};
 
     /// Deterministic weights `[n][k]` quantized to int4, their dequantization, the kernel's
     /// matrix, and activations `[m][k]`.
     fn fixture(n: usize, k: usize, m: usize, sym: bool) -> (Vec<f32>, Vec<f32>, Q4Matrix) {
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.0);
         let q = quantize_q4(&w, n, k, 32, sym);
         let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
         let mat = Q4Matrix::new(n, k, packed, Arc::new(tract_ndarray::arr1(&q.scales).into_tensor()), q.packed_zero_points().as_deref()).unwrap();
@@ -908,22 +526,30 @@ mod tests {
         (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum()
     }
 
+    /// Every kernel variant: the GEMV on one row (plus a 4-row tile and a remainder), the
+    /// GEMM on six, against the dequantized weights on the int8-rounded activations.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn int8_activation_path_matches_its_reference() {
-        // One row: the GEMV; six: the GEMM.
-        for (sym, m) in [(true, 1), (false, 1), (true, 6), (false, 6)] {
-            let (n, k) = (5, 64);
-            let (x, deq, mat) = fixture(n, k, m, sym);
-            let mut out = vec![0f32; m * n];
-            mat.matmul_q8(&x, &mut out).unwrap();
-            let xr = crate::quant::reference::q8_block_round_trip(&x, k);
-            for r in 0..m {
-                for c in 0..n {
-                    let (want, exact) = (dot(&xr, &deq, k, r, c), dot(&x, &deq, k, r, c));
-                    assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
-                    assert!((out[r * n + c] - exact).abs() < 0.05, "activation rounding too large");
+        for v in VARIANTS {
+            for (sym, m) in [(true, 1), (false, 1), (true, 6), (false, 6)] {
+                let (n, k) = (5, 64);
+                let (x, deq, mut mat) = fixture(n, k, m, sym);
+                mat.kernels = &v.kernels;
+                let mut out = vec![0f32; m * n];
+                mat.matmul_q8(&x, &mut out).unwrap();
+                let xr = crate::quant::reference::q8_block_round_trip(&x, k);
+                for r in 0..m {
+                    for c in 0..n {
+                        let (want, exact) = (dot(&xr, &deq, k, r, c), dot(&x, &deq, k, r, c));
+                        assert!((out[r * n + c] - want).abs() < 1e-4, "{} sym={sym} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+                        assert!((out[r * n + c] - exact).abs() < 0.05, "{}: activation rounding too large", v.name);
+                    }
                 }
+                // The GEMV's 4-row tile and its single-row remainder.
+                let mut gemv = vec![0f32; m * n];
+                mat.gemv_q8(&quantize_activations(&x, k), 0..n, &mut gemv, n).unwrap();
+                assert!(gemv.iter().zip(&out).all(|(a, b)| (a - b).abs() < 1e-4), "{}: GEMV and GEMM disagree", v.name);
             }
         }
     }
@@ -933,40 +559,46 @@ mod tests {
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn int8_gemm_matches_its_reference_on_column_ranges() {
-        for (n, k, m) in [(4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9)] {
-            for sym in [true, false] {
-                let (x, deq, mat) = fixture(n, k, m, sym);
-                let xr = crate::quant::reference::q8_block_round_trip(&x, k);
-                let a = quantize_rows(&x, k);
-                for cols in [0..n, 1..n, 0..n - 1, 3..n.min(6)] {
-                    let ld = cols.len() + 2;
-                    let mut out = vec![f32::NAN; m * ld];
-                    mat.gemm_q8(&a, cols.clone(), &mut out, ld).unwrap();
-                    for r in 0..m {
-                        for (j, c) in cols.clone().enumerate() {
-                            let want = dot(&xr, &deq, k, r, c);
-                            let got = out[r * ld + j];
-                            assert!((got - want).abs() < 1e-4, "n={n} k={k} m={m} sym={sym} cols={cols:?} [{r}][{c}] {got} vs {want}");
+        for v in VARIANTS {
+            for (n, k, m) in [(4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9)] {
+                for sym in [true, false] {
+                    let (x, deq, mut mat) = fixture(n, k, m, sym);
+                    mat.kernels = &v.kernels;
+                    let xr = crate::quant::reference::q8_block_round_trip(&x, k);
+                    let a = quantize_rows(&x, k);
+                    for cols in [0..n, 1..n, 0..n - 1, 3..n.min(6)] {
+                        let ld = cols.len() + 2;
+                        let mut out = vec![f32::NAN; m * ld];
+                        mat.gemm_q8(&a, cols.clone(), &mut out, ld).unwrap();
+                        for r in 0..m {
+                            for (j, c) in cols.clone().enumerate() {
+                                let (want, got) = (dot(&xr, &deq, k, r, c), out[r * ld + j]);
+                                assert!((got - want).abs() < 1e-4, "{} n={n} k={k} m={m} sym={sym} cols={cols:?} [{r}][{c}] {got} vs {want}", v.name);
+                            }
+                            assert!(out[r * ld + cols.len()..(r + 1) * ld].iter().all(|v| v.is_nan()), "{}: wrote past the range", v.name);
                         }
-                        assert!(out[r * ld + cols.len()..(r + 1) * ld].iter().all(|v| v.is_nan()), "wrote past the range");
                     }
                 }
             }
         }
     }
 
+    /// Float activations, every variant: four-row tiles and the single-row remainder.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn matches_dequantize_then_matmul() {
         let (n, k, m) = (7, 96, 6);
-        for sym in [true, false] {
-            let (x, deq, mat) = fixture(n, k, m, sym);
-            let mut out = vec![0f32; m * n];
-            mat.matmul(&x, &mut out).unwrap();
-            for r in 0..m {
-                for c in 0..n {
-                    let want = dot(&x, &deq, k, r, c);
-                    assert!((out[r * n + c] - want).abs() < 1e-4, "sym={sym} [{r}][{c}] {} vs {want}", out[r * n + c]);
+        for v in VARIANTS {
+            for sym in [true, false] {
+                let (x, deq, mut mat) = fixture(n, k, m, sym);
+                mat.kernels = &v.kernels;
+                let mut out = vec![0f32; m * n];
+                mat.matmul(&x, &mut out).unwrap();
+                for r in 0..m {
+                    for c in 0..n {
+                        let want = dot(&x, &deq, k, r, c);
+                        assert!((out[r * n + c] - want).abs() < 1e-4, "{} sym={sym} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+                    }
                 }
             }
         }

@@ -60,83 +60,16 @@ impl Q4MinMatrix {
 }
 
 /// The typed op: `[.., K] f32 -> [.., N] f32`.
-#[derive(Debug, Clone)]
-pub struct Q4MinMatMul {
-    pub w: Arc<Q4MinMatrix>,
-    pub int8_activations: bool,
-}
+pub type Q4MinMatMul = super::rows::FloatRowsOp<Q4MinMatrix>;
 
-impl PartialEq for Q4MinMatMul {
-    fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+impl super::rows::FloatRows for Q4MinMatrix {
+    const OP: &'static str = "EdgeLlmQ4MinMatMul";
+    fn dims(&self) -> (usize, usize) {
+        (self.q4.k, self.q4.n)
     }
-}
-impl Eq for Q4MinMatMul {}
-
-impl Op for Q4MinMatMul {
-    fn name(&self) -> StaticName {
-        "EdgeLlmQ4MinMatMul".into()
+    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+        self.matmul(x, out, int8_activations)
     }
-    fn info(&self) -> TractResult<Vec<String>> {
-        Ok(vec![format!("N={} K={} block={BLOCK} float zero points, int8 activations: {}", self.w.q4.n, self.w.q4.k, self.int8_activations)])
-    }
-    op_as_typed_op!();
-}
-
-impl EvalOp for Q4MinMatMul {
-    op_out_of_plan!();
-
-    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
-        let x = x.cast_to::<f32>()?;
-        let xs = x.to_plain_array_view::<f32>()?;
-        let mut shape: TVec<usize> = x.shape().into();
-        let last = shape.len() - 1;
-        ensure!(shape[last] == self.w.q4.k, "input has {} features, the weight expects {}", shape[last], self.w.q4.k);
-        shape[last] = self.w.q4.n;
-        let flat: Vec<f32>;
-        let xv = match xs.as_slice() {
-            Some(s) => s,
-            None => {
-                flat = xs.iter().copied().collect();
-                &flat
-            }
-        };
-        let mut out = vec![0f32; shape.iter().product()];
-        self.w.matmul(xv, &mut out, self.int8_activations)?;
-        Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
-    }
-}
-
-impl TypedOp for Q4MinMatMul {
-    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(f32::fact(super::rows_output_shape(inputs[0], self.w.q4.n))))
-    }
-
-    fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        super::rows_axes_mapping(inputs, outputs)
-    }
-
-    /// A slice of the rows (the last position's logits) slices the input instead.
-    #[allow(clippy::too_many_arguments)]
-    fn slice(
-        &self,
-        patch: &mut TypedModelPatch,
-        _model: &TypedModel,
-        node: &TypedNode,
-        _prefix: &str,
-        inputs: &[OutletId],
-        output_axis: usize,
-        _start: &TDim,
-        _end: &TDim,
-    ) -> TractResult<Option<TVec<OutletId>>> {
-        if output_axis + 1 >= node.outputs[0].fact.rank() {
-            return Ok(None);
-        }
-        patch.wire_node(&node.name, self.clone(), inputs).map(Some)
-    }
-
-    as_op!();
 }
 
 /// ONNX-side expansion: reads the constant weights and wires [`Q4MinMatMul`].
@@ -153,24 +86,11 @@ impl Expansion for MatMulNBitsQ4Min {
     }
 
     fn rules<'r, 'p: 'r, 's: 'r>(&'s self, s: &mut Solver<'r>, inputs: &'p [TensorProxy], outputs: &'p [TensorProxy]) -> InferenceResult {
-        check_output_arity(outputs, 1)?;
-        s.equals(&outputs[0].datum_type, &inputs[0].datum_type)?;
-        let n = self.n.to_dim();
-        s.given(&inputs[0].rank, move |s, rank| {
-            let rank = rank as usize;
-            s.equals(&outputs[0].rank, rank as i64)?;
-            for ax in 0..rank - 1 {
-                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
-            }
-            s.equals(&outputs[0].shape[rank - 1], n.clone())
-        })?;
-        Ok(())
+        super::rows::float_rules(s, inputs, outputs, self.n)
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
-        let konst = |i: usize, what: &str| -> TractResult<Arc<Tensor>> {
-            super::const_value(model, inputs[i])?.with_context(|| format!("MatMulNBits: {what} must be a constant"))
-        };
+        let konst = |i: usize, what: &str| super::rows::weight(model, inputs, i, what);
         let zero_points: Arc<Tensor> = konst(3, "zero_points")?;
         let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &zero_points)?;
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
@@ -187,17 +107,19 @@ mod tests {
     use super::*;
     use crate::quant::reference::{dequantize_q4_min, q8_block_round_trip, quantize_q4_min};
 
-    #[test]
+    /// Every variant of the int4 kernels it runs on (`cpu::kernels::q4`), f32 and int8 activations.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         let (n, k, m) = (5, 96, 3);
-        let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 0.7).collect();
-        let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
+        let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
         let q = quantize_q4_min(&w, n, k, 32, None);
         let deq = dequantize_q4_min(&q);
         let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());
         let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-        let mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
-        for int8 in [false, true] {
+        let mut mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
+        for (v, int8) in crate::cpu::kernels::q4::VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
+            mat.q4.kernels = &v.kernels;
             let mut out = vec![0f32; m * n];
             mat.matmul(&x, &mut out, int8).unwrap();
             // With int8 activations both terms see the rounded x (the reference's int8 compute).
@@ -205,7 +127,7 @@ mod tests {
             for r in 0..m {
                 for c in 0..n {
                     let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                    assert!((out[r * n + c] - want).abs() < 1e-3, "int8={int8} [{r}][{c}] {} vs {want}", out[r * n + c]);
+                    assert!((out[r * n + c] - want).abs() < 1e-3, "{} int8={int8} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
                 }
             }
         }

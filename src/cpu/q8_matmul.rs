@@ -18,6 +18,8 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
+use super::kernels::q8::Q8;
+
 /// A constant `MatMulInteger` weight, transposed and offset to i8.
 #[derive(Debug)]
 pub struct Q8Matrix {
@@ -28,6 +30,8 @@ pub struct Q8Matrix {
     w: Arc<Tensor>,
     /// `offset - zb[n]` per output column.
     pub correction: Vec<i32>,
+    /// The kernel variant ([`super::kernels::q8::best`] unless a test picks another).
+    pub kernels: &'static Q8,
 }
 
 /// `B` (`[k][n]`, read a row at a time by `row(kk, dst)`) as the `[n][k]` i8 matrix the kernel
@@ -62,7 +66,7 @@ impl Q8Matrix {
         let (n, k) = (w.shape()[0], w.shape()[1]);
         ensure!(k < 1 << 15, "K={k} too large for i32 accumulation");
         let zb = zero_points(zero_point, if offset == 128 { DatumType::U8 } else { DatumType::I8 }, n)?;
-        Ok(Q8Matrix { n, k, w, correction: zb.iter().map(|z| offset - z).collect() })
+        Ok(Q8Matrix { n, k, w, correction: zb.iter().map(|z| offset - z).collect(), kernels: super::kernels::q8::best() })
     }
 
     /// From `MatMulInteger`'s `B` (`[k][n]`, i8 or u8) and its zero point (scalar or `[n]`).
@@ -95,13 +99,13 @@ impl Q8Matrix {
             while r < m {
                 let x = |i: usize| &a[(r + i) * k..(r + i + 1) * k];
                 if r + 4 <= m {
-                    let dots = kernel::dot_rows4(w, [x(0), x(1), x(2), x(3)]);
+                    let dots = (self.kernels.dot_rows4)(w, [x(0), x(1), x(2), x(3)]);
                     for (i, d) in dots.iter().enumerate() {
                         out[(r + i) * ld + col - cols.start] = d + corr * sums[r + i];
                     }
                     r += 4;
                 } else {
-                    out[r * ld + col - cols.start] = kernel::dot_row(w, x(0)) + corr * sums[r];
+                    out[r * ld + col - cols.start] = (self.kernels.dot_row)(w, x(0)) + corr * sums[r];
                     r += 1;
                 }
             }
@@ -109,72 +113,6 @@ impl Q8Matrix {
         Ok(())
     }
 }
-
-#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-mod kernel {
-    use core::arch::wasm32::*;
-
-    /// Four rows' `sum_k x[r][k] * w[k]`; 16 weights widened once per four rows.
-    pub fn dot_rows4(w: &[i8], x: [&[i16]; 4]) -> [i32; 4] {
-        let k = w.len();
-        assert!(x.iter().all(|r| r.len() >= k));
-        let body = k - k % 16;
-        let mut acc = [i32x4_splat(0); 4];
-        // SAFETY: loads stay below `body` <= len of `w` and of every `x[r]` (asserted).
-        unsafe {
-            for j in (0..body).step_by(16) {
-                let wv = v128_load(w.as_ptr().add(j) as *const v128);
-                let (lo, hi) = (i16x8_extend_low_i8x16(wv), i16x8_extend_high_i8x16(wv));
-                for r in 0..4 {
-                    let xp = x[r].as_ptr().add(j);
-                    let d = i32x4_add(i32x4_dot_i16x8(lo, v128_load(xp as *const v128)), i32x4_dot_i16x8(hi, v128_load(xp.add(8) as *const v128)));
-                    acc[r] = i32x4_add(acc[r], d);
-                }
-            }
-        }
-        let mut out = acc.map(|v| i32x4_extract_lane::<0>(v) + i32x4_extract_lane::<1>(v) + i32x4_extract_lane::<2>(v) + i32x4_extract_lane::<3>(v));
-        for (o, xr) in out.iter_mut().zip(x) {
-            *o += (body..k).map(|j| w[j] as i32 * xr[j] as i32).sum::<i32>();
-        }
-        out
-    }
-
-    /// One row's `sum_k x[k] * w[k]`.
-    pub fn dot_row(w: &[i8], x: &[i16]) -> i32 {
-        let k = w.len();
-        assert!(x.len() >= k);
-        let body = k - k % 16;
-        let mut acc = i32x4_splat(0);
-        // SAFETY: loads stay below `body` <= len of `w` and `x` (asserted).
-        unsafe {
-            for j in (0..body).step_by(16) {
-                let wv = v128_load(w.as_ptr().add(j) as *const v128);
-                let xp = x.as_ptr().add(j);
-                acc = i32x4_add(acc, i32x4_dot_i16x8(i16x8_extend_low_i8x16(wv), v128_load(xp as *const v128)));
-                acc = i32x4_add(acc, i32x4_dot_i16x8(i16x8_extend_high_i8x16(wv), v128_load(xp.add(8) as *const v128)));
-            }
-        }
-        let tail: i32 = (body..k).map(|j| w[j] as i32 * x[j] as i32).sum();
-        i32x4_extract_lane::<0>(acc) + i32x4_extract_lane::<1>(acc) + i32x4_extract_lane::<2>(acc) + i32x4_extract_lane::<3>(acc) + tail
-    }
-}
-
-#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-mod kernel {
-    /// Portable twin of the wasm SIMD kernel.
-    pub fn dot_rows4(w: &[i8], x: [&[i16]; 4]) -> [i32; 4] {
-        x.map(|r| dot_row(w, r))
-    }
-
-    pub fn dot_row(w: &[i8], x: &[i16]) -> i32 {
-        w.iter().zip(x).map(|(a, b)| *a as i32 * *b as i32).sum()
-    }
-}
-
-/// The `doc_string` of a detached weight ([`super::DETACHED_WEIGHT`]) stored transposed for
-/// this op ([`transposed_weight`]) from u8 / from i8.
-pub(crate) const TRANSPOSED_FROM_U8: &str = "edge-llm: constant weight, detached for loading; [n][k] i8, was [k][n] u8";
-pub(crate) const TRANSPOSED_FROM_I8: &str = "edge-llm: constant weight, detached for loading; [n][k] i8, was [k][n] i8";
 
 /// The `MatMulInteger` weights this op will claim, by initializer name: `(k, n, is_u8)`. Each
 /// is stored transposed as it is loaded ([`transposed_weight`]), so the graph's constant is the
@@ -277,11 +215,11 @@ impl EvalOp for Q8MatMul {
 
 impl TypedOp for Q8MatMul {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        Ok(tvec!(i32::fact(super::rows_output_shape(inputs[0], self.w.n))))
+        Ok(tvec!(i32::fact(super::rows::output_shape(inputs[0], self.w.n))))
     }
 
     fn axes_mapping(&self, inputs: &[&TypedFact], outputs: &[&TypedFact]) -> TractResult<AxesMapping> {
-        super::rows_axes_mapping(inputs, outputs)
+        super::rows::axes_mapping(inputs, outputs)
     }
 
     as_op!();
@@ -310,15 +248,7 @@ impl Expansion for MatMulIntegerConst {
         check_output_arity(outputs, 1)?;
         s.equals(&outputs[0].datum_type, i32::datum_type())?;
         let n_axis = if self.b_transposed.is_some() { 0 } else { 1 };
-        s.given_2(&inputs[0].rank, &inputs[1].shape, move |s, rank, b| {
-            let rank = rank as usize;
-            s.equals(&outputs[0].rank, rank as i64)?;
-            for ax in 0..rank - 1 {
-                s.equals(&outputs[0].shape[ax], &inputs[0].shape[ax])?;
-            }
-            s.equals(&outputs[0].shape[rank - 1], b[n_axis].clone())
-        })?;
-        Ok(())
+        s.given(&inputs[1].shape, move |s, b| super::rows::rules(s, inputs, outputs, b[n_axis].clone()))
     }
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
@@ -355,10 +285,9 @@ fn build(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Inferen
         let fallback = FALLBACK.get().context("tract's MatMulInteger builder was not registered")?;
         return fallback(ctx, node);
     }
-    let doc = present(1).and_then(|b| super::detached_weight(ctx.model.graph.as_ref(), b)).map(|i| i.doc_string.as_str());
-    let b_transposed = match doc {
-        Some(TRANSPOSED_FROM_U8) => Some(128),
-        Some(TRANSPOSED_FROM_I8) => Some(0),
+    let b_transposed = match present(1).and_then(|b| super::detached::get(b)).map(|w| w.layout) {
+        Some(super::detached::Layout::TransposedFromU8) => Some(128),
+        Some(super::detached::Layout::TransposedFromI8) => Some(0),
         _ => None,
     };
     let op = MatMulIntegerConst {

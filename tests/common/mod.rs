@@ -52,21 +52,33 @@ pub fn run_q4_kernel(symmetric: bool, int8_activations: bool) -> Q4KernelRun {
 /// partial last column group.
 pub const Q4_MATMUL_SHAPES: [(usize, usize, usize); 6] = [(9, 64, 1), (4, 32, 2), (9, 64, 5), (13, 96, 7), (8, 32, 9), (64, 576, 40)];
 
-/// Max |diff| of edge-llm's int8-activation q4 matmul (all columns, then columns `1..n - 1`
-/// alone) against dequantize-then-matmul on the int8-rounded activations.
+/// Max |diff|, over every compiled kernel variant (`cpu::kernels::q4`), of edge-llm's
+/// int8-activation q4 matmul (all columns, then columns `1..n - 1` alone) against
+/// dequantize-then-matmul on the int8-rounded activations.
 pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 {
-    use edge_llm::cpu::q4_matmul::{quantize_rows, Q4Matrix};
+    use edge_llm::cpu::q4_matmul::Q4Matrix;
     use edge_llm::quant::reference::{dequantize_q4, q8_block_round_trip, quantize_q4};
     use tract_onnx::prelude::Tensor;
     let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
     let x: Vec<f32> = (0..m * k).map(|i| ((i * 104729 % 199) as f32 / 99.0) - 1.0).collect();
     let q = quantize_q4(&w, n, k, 32, symmetric);
     let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-    let mat = Q4Matrix::new(n, k, packed, Arc::new(Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap()), q.packed_zero_points().as_deref()).unwrap();
+    let mut mat = Q4Matrix::new(n, k, packed, Arc::new(Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap()), q.packed_zero_points().as_deref()).unwrap();
     let (deq, xr) = (dequantize_q4(&q), q8_block_round_trip(&x, k));
     let want = |r: usize, c: usize| -> f32 { (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum() };
+    let mut d = 0f32;
+    for v in edge_llm::cpu::kernels::q4::VARIANTS {
+        mat.kernels = &v.kernels;
+        d = d.max(q4_variant_max_diff(&mat, &x, &want));
+    }
+    d
+}
+
+fn q4_variant_max_diff(mat: &edge_llm::cpu::q4_matmul::Q4Matrix, x: &[f32], want: &dyn Fn(usize, usize) -> f32) -> f32 {
+    use edge_llm::cpu::q4_matmul::quantize_rows;
+    let (n, k, m) = (mat.n, mat.k, x.len() / mat.k);
     let mut all = vec![0f32; m * n];
-    mat.matmul_q8(&x, &mut all).unwrap();
+    mat.matmul_q8(x, &mut all).unwrap();
     let mut d = 0f32;
     for r in 0..m {
         for c in 0..n {
@@ -75,7 +87,7 @@ pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 
     }
     let cols = 1..n - 1;
     let mut part = vec![0f32; m * cols.len()];
-    mat.gemm_q8(&quantize_rows(&x, k), cols.clone(), &mut part, cols.len()).unwrap();
+    mat.gemm_q8(&quantize_rows(x, k), cols.clone(), &mut part, cols.len()).unwrap();
     for r in 0..m {
         for (j, c) in cols.clone().enumerate() {
             d = d.max((part[r * cols.len() + j] - want(r, c)).abs());
@@ -87,12 +99,11 @@ pub fn q4_matmul_max_diff(n: usize, k: usize, m: usize, symmetric: bool) -> f32 
 /// `(n, k, m)` of the 8-bit block `MatMulNBits` problems: one row, several, a long K.
 pub const Q8_BLOCK_SHAPES: [(usize, usize, usize); 3] = [(5, 32, 1), (9, 96, 6), (7, 576, 3)];
 
-/// Max |diff| of edge-llm's 8-bit block matmul (SIMD128 in a wasm SIMD build, portable
-/// otherwise), with f32 and with int8 activations, against dequantize-then-matmul on the
-/// activations rounded as the kernel rounds them; plus the SIMD-vs-portable difference of
-/// each block dot product where both exist.
+/// Max |diff|, over every compiled kernel variant (`cpu::kernels::q8_block`), of edge-llm's
+/// 8-bit block matmul with f32 and with int8 activations against dequantize-then-matmul on
+/// the activations rounded as the kernel rounds them.
 pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
-    use edge_llm::cpu::q8_block_matmul::{portable, quantize_blocks, Q8BlockMatrix};
+    use edge_llm::cpu::q8_block_matmul::Q8BlockMatrix;
     use edge_llm::quant::reference::{dequantize_q8_block, q8_block_round_trip, quantize_q8_block};
     use tract_onnx::prelude::Tensor;
     let w: Vec<f32> = (0..n * k).map(|i| ((i * 7919 % 263) as f32 / 131.0) - 1.0).collect();
@@ -100,9 +111,10 @@ pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
     let q = quantize_q8_block(&w, n, k);
     let deq = dequantize_q8_block(&q);
     let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
-    let mat = Q8BlockMatrix::new(n, k, packed, &Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap(), None).unwrap();
+    let mut mat = Q8BlockMatrix::new(n, k, packed, &Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap(), None).unwrap();
     let mut d = 0f32;
-    for int8 in [false, true] {
+    for (v, int8) in edge_llm::cpu::kernels::q8_block::VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
+        mat.kernels = &v.kernels;
         let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
         let mut out = vec![0f32; m * n];
         mat.matmul(&x, &mut out, int8).unwrap();
@@ -113,17 +125,15 @@ pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
             }
         }
     }
-    let (xq, sx) = quantize_blocks(&x[..k]);
-    let (row, sw) = (&q.q[..k], &q.scales[..k / 32]);
-    d = d.max((edge_llm::cpu::q8_block_matmul::dot_q8(row, sw, &xq, &sx) - portable::dot_q8(row, sw, &xq, &sx)).abs());
-    d.max((edge_llm::cpu::q8_block_matmul::dot_f32(row, sw, &x[..k]) - portable::dot_f32(row, sw, &x[..k])).abs())
+    d
 }
 
 /// `(m, k, n)` of the int8 `MatMulInteger` problems: one row, a 4-row tile plus remainder, a K
 /// that is not a multiple of 16.
 pub const Q8_MATMUL_SHAPES: [(usize, usize, usize); 3] = [(1, 64, 5), (6, 40, 3), (9, 576, 7)];
 
-/// edge-llm's `MatMulInteger` kernel against `sum_k (a - za)(b - zb)` computed the long way,
+/// edge-llm's `MatMulInteger` kernel, every compiled variant (`cpu::kernels::q8`), against
+/// `sum_k (a - za)(b - zb)` computed the long way,
 /// for u8 weights with per-column zero points, i8 weights with a scalar one and i8 weights with
 /// none; all columns, then columns `1..n` alone: must be equal.
 pub fn q8_matmul_matches(m: usize, k: usize, n: usize) -> bool {
@@ -143,8 +153,10 @@ pub fn q8_matmul_matches(m: usize, k: usize, n: usize) -> bool {
         (Tensor::from_shape(&[k, n], &i8s(&bi)).unwrap(), None, &bi, vec![0; n]),
     ];
     // Bound to a local: the iterator borrows `bu` / `bi`, which a tail expression would outlive.
-    let exact = cases.into_iter().all(|(b, zb, bv, zv)| {
-        let w = Q8Matrix::new(&b, zb.as_ref()).unwrap();
+    let runs = edge_llm::cpu::kernels::q8::VARIANTS.iter().flat_map(|v| cases.iter().map(move |c| (v, c)));
+    let exact = runs.into_iter().all(|(v, (b, zb, bv, zv))| {
+        let mut w = Q8Matrix::new(b, zb.as_ref()).unwrap();
+        w.kernels = &v.kernels;
         let want: Vec<i32> = (0..m * n).map(|i| (0..k).map(|j| (a[i / n * k + j] - za) * (bv[j * n + i % n] - zv[i % n])).sum()).collect();
         let mut got = vec![0i32; m * n];
         w.matmul(&x, 0..n, &mut got, n).unwrap();
