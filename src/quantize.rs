@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use tract_onnx::pb::{tensor_proto::DataType, GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
+use tract_onnx::pb::{GraphProto, NodeProto, OperatorSetIdProto, TensorProto};
 
 use crate::llama::onnx_export::{Ctx, ExportOptions, Int8Format, KvLayout};
 use crate::onnx::{GraphBuilder, ModelProto, MS_DOMAIN};
@@ -54,17 +54,7 @@ fn float_data(t: &TensorProto) -> Option<Vec<f32>> {
     if t.data_location == Some(1) || !t.external_data.is_empty() {
         return None;
     }
-    match DataType::try_from(t.data_type).ok()? {
-        DataType::Float if !t.raw_data.is_empty() => {
-            Some(t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
-        }
-        DataType::Float => Some(t.float_data.clone()),
-        DataType::Float16 if !t.raw_data.is_empty() => {
-            Some(t.raw_data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect())
-        }
-        DataType::Float16 => Some(t.int32_data.iter().map(|v| half::f16::from_bits(*v as u16).to_f32()).collect()),
-        _ => None,
-    }
+    crate::onnx::float_values(t)
 }
 
 /// The weight behind a MatMul's B as `([n][k] values, n, k, name)`.

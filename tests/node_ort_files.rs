@@ -4,6 +4,7 @@
 //! the Chromium run in `tests/web_ort_files.rs`).
 #![cfg(target_arch = "wasm32")]
 
+#[macro_use]
 #[path = "common/ort_files.rs"]
 mod ort_files;
 

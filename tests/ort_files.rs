@@ -4,25 +4,14 @@
 //! results are committed (`scripts/make-ort-references.py`), so this needs no Python.
 #![cfg(not(target_arch = "wasm32"))]
 
+#[macro_use]
 #[path = "common/ort_files.rs"]
 mod ort_files;
 
 use ort_files::{check, max_abs_diff, Backend, INT8_ACT_LAST};
 
-/// `name: file, backend, tolerance` → one test. Tolerance: max |logit diff| against
-/// onnxruntime (logits of magnitude ~10). fp32, int8 and int4 (float or int8 activations)
-/// compute the same numbers in another summation order: measured ≤ 3e-5, bound 1e-4. fp16
-/// rounds intermediates to f16 on both sides, not always at the same ops: measured ≤ 2.3e-2.
-macro_rules! ort_tests {
-    ($($test:ident: $file:literal, $backend:ident, $tol:expr $(, $last:expr)?;)*) => {$(
-        #[test]
-        fn $test() {
-            check($file, Backend::$backend, $tol, None$(.or(Some($last)))?);
-        }
-    )*};
-}
-
 ort_tests! {
+    #[test]
     fp32_tract: "fp32", Tract, 1e-4;
     fp32_kernels: "fp32", Kernels, 1e-4;
     fp16_tract: "fp16", Tract, 3e-2;
@@ -54,6 +43,7 @@ ort_tests! {
 // Every file packed by `edge-llm-pack` and loaded from its shards as `Engine.load` does.
 #[cfg(feature = "pack")]
 ort_tests! {
+    #[test]
     fp32_packed: "fp32", Packed, 1e-4;
     fp16_packed: "fp16", Packed, 3e-2;
     fp16_io_packed: "fp16-io", Packed, 3e-2;

@@ -3,6 +3,7 @@
 //! tract's ops, against onnxruntime's committed results.
 #![cfg(target_arch = "wasm32")]
 
+#[macro_use]
 #[path = "common/ort_files.rs"]
 mod ort_files;
 

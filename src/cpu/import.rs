@@ -5,7 +5,7 @@
 
 use tract_onnx::pb::{self, tensor_proto::DataType, tensor_shape_proto::dimension, ModelProto, NodeProto, TensorProto};
 
-use crate::onnx::{attr_i, ACCURACY_LEVEL_INT8, MS_DOMAIN};
+use crate::onnx::{attr_i, float_values, ACCURACY_LEVEL_INT8, MS_DOMAIN};
 use crate::{Error, Result};
 
 /// Every fix below, in order. Call before the weights are detached (the int4 rewrite reads
@@ -316,20 +316,6 @@ fn unpack_nibbles(t: &TensorProto, len: usize, signed: bool) -> Option<Vec<i8>> 
     )
 }
 
-/// Values of a float or float16 tensor as f32 (raw data or the typed fields).
-fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
-    match DataType::try_from(t.data_type).ok()? {
-        DataType::Float if !t.raw_data.is_empty() => {
-            Some(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
-        }
-        DataType::Float => Some(t.float_data.clone()),
-        DataType::Float16 if !t.raw_data.is_empty() => {
-            Some(t.raw_data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
-        }
-        DataType::Float16 => Some(t.int32_data.iter().map(|&b| half::f16::from_bits(b as u16).to_f32()).collect()),
-        _ => None,
-    }
-}
 
 /// Values of an integer tensor (int32 or int64, raw data or the typed fields).
 fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
@@ -419,10 +405,7 @@ mod tests {
             assert_eq!((mm.op_type.as_str(), mm.domain.as_str()), ("MatMulNBits", MS_DOMAIN));
             let get = |name: &str| g.initializer.iter().find(|t| t.name == name).unwrap();
             let nb = k.div_ceil(bs);
-            let zero_points = mm.input.get(3).map(|z| {
-                let z = &get(z).raw_data;
-                (0..n * nb).map(|i| (z[(i / nb) * nb.div_ceil(2) + (i % nb) / 2] >> (4 * (i % nb % 2))) & 0x0f).collect()
-            });
+            let zero_points = mm.input.get(3).map(|z| Q4Weight::unpack_zero_points(&get(z).raw_data, n, nb));
             let w = Q4Weight {
                 n,
                 k,

@@ -389,15 +389,13 @@ async fn choose_backend(kind: BackendKind, cfg: &crate::model::LlamaConfig, grap
             if let Err(e) = GpuBackend::supports(cfg, graph) {
                 return Ok((None, Some(format!("the CPU: {e}"))));
             }
-            let ctx = match GpuContext::new().await {
-                Ok(ctx) => ctx,
-                Err(e) => return Ok((None, Some(format!("the CPU: no GPU ({e})")))),
-            };
-            let name = ctx.adapter_info().name.clone();
-            if ctx.is_software() {
-                return Ok((None, Some(format!("the CPU: the GPU adapter `{name}` is a software rasterizer, slower than the CPU backend"))));
+            match crate::gpu::hardware_context().await {
+                Ok(ctx) => {
+                    let reason = format!("the GPU: hardware adapter `{}` and an int4 model it runs", ctx.adapter_info().name);
+                    Ok((Some(ctx), Some(reason)))
+                }
+                Err(why) => Ok((None, Some(format!("the CPU: {why}")))),
             }
-            Ok((Some(ctx), Some(format!("the GPU: hardware adapter `{name}` and an int4 model it runs"))))
         }
     }
 }

@@ -6,6 +6,7 @@
 //! uploaded. The engine switches sessions only between turns (a chat turn that reuses a
 //! prefix, a restored state), so decode steps never move the cache.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -14,7 +15,7 @@ use super::decode::{GpuLlama, Q4Layer, Q4Llama};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
 use crate::model::LlamaConfig;
-use crate::onnx::ModelProto;
+use crate::onnx::{ModelProto, OnnxType, TensorProto};
 use crate::package::{shards, Blob, Package};
 use crate::quant::Q4Weight;
 use crate::{Error, Result};
@@ -58,15 +59,14 @@ impl GpuBackend {
         let names: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
         let mut needed = vec!["model.embed_tokens.weight_Q4".to_string(), "model.norm.weight".to_string()];
         for l in 0..cfg.num_layers {
-            let pre = format!("model.layers.{l}");
-            needed.extend(["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"].map(|p| format!("{pre}.{p}.weight_Q4")));
-            needed.extend(["input_layernorm", "post_attention_layernorm"].map(|p| format!("{pre}.{p}.weight")));
+            needed.extend(LINEARS.map(|p| format!("model.layers.{l}.{p}.weight_Q4")));
+            needed.extend(NORMS.map(|p| format!("model.layers.{l}.{p}.weight")));
         }
         if !cfg.tie_word_embeddings {
             needed.push("lm_head.weight_Q4".into());
         }
         match needed.iter().find(|n| !names.contains(n.as_str())) {
-            Some(n) => Err(Error::UnsupportedBackend(format!("webgpu: the graph has no `{n}`: the GPU backend runs int4 models in edge-llm's layout"))),
+            Some(n) => Err(missing_weight(n)),
             None => Ok(()),
         }
     }
@@ -206,62 +206,45 @@ impl Session for GpuSession {
     }
 }
 
-/// An initializer's bytes and ONNX data type.
-struct Raw {
-    data_type: i32,
-    bytes: Vec<u8>,
-}
-
-/// Every initializer of `graph` by name: inline ones as they are, external ones read from
-/// `package`'s shards.
-fn initializers<'a, B: Blob + 'a>(graph: &ModelProto, package: &mut Package<'a, B>) -> Result<HashMap<String, Raw>> {
+/// Every initializer of `graph` by name: inline ones borrowed, external ones read from
+/// `package`'s shards into their `raw_data`.
+fn initializers<'g, 'a, B: Blob + 'a>(graph: &'g ModelProto, package: &mut Package<'a, B>) -> Result<HashMap<String, Cow<'g, TensorProto>>> {
     let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-    let mut out: HashMap<String, Raw> =
-        g.initializer.iter().filter(|t| !t.raw_data.is_empty()).map(|t| (t.name.clone(), Raw { data_type: t.data_type, bytes: t.raw_data.clone() })).collect();
+    let mut out: HashMap<String, Cow<'g, TensorProto>> = g.initializer.iter().map(|t| (t.name.clone(), Cow::Borrowed(t))).collect();
     if package.is_packed() {
         shards::consume_external(g, |path| package.file(path), |i, length, read| {
-            let mut bytes = vec![0; length];
-            read(0, &mut bytes);
-            out.insert(g.initializer[i].name.clone(), Raw { data_type: g.initializer[i].data_type, bytes });
+            let mut raw_data = vec![0; length];
+            read(0, &mut raw_data);
+            let t = &g.initializer[i];
+            out.insert(t.name.clone(), Cow::Owned(TensorProto { name: t.name.clone(), data_type: t.data_type, dims: t.dims.clone(), raw_data, ..Default::default() }));
             Ok(())
         })?;
     }
     Ok(out)
 }
 
-const FLOAT: i32 = 1;
-const FLOAT16: i32 = 10;
-const UINT8: i32 = 2;
-
-fn floats(t: &Raw, name: &str) -> Result<Vec<f32>> {
-    let le = |c: &[u8]| u16::from_le_bytes([c[0], c[1]]);
-    match t.data_type {
-        FLOAT => Ok(t.bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()),
-        FLOAT16 => Ok(t.bytes.chunks_exact(2).map(|c| half::f16::from_bits(le(c)).to_f32()).collect()),
-        other => Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has ONNX data type {other}, not float or float16"))),
-    }
+fn floats(t: &TensorProto) -> Result<Vec<f32>> {
+    crate::onnx::float_values(t)
+        .ok_or_else(|| Error::UnsupportedBackend(format!("webgpu: `{}` has ONNX data type {}, not float or float16", t.name, t.data_type)))
 }
 
 /// A graph's initializers, taken by name as the GPU layout needs them.
-struct Initializers(HashMap<String, Raw>);
+struct Initializers<'g>(HashMap<String, Cow<'g, TensorProto>>);
 
-impl Initializers {
-    fn take(&mut self, name: &str) -> Result<Raw> {
-        self.0.remove(name).ok_or_else(|| {
-            Error::UnsupportedBackend(format!("webgpu: the graph has no `{name}`: the GPU backend runs int4 models in edge-llm's layout"))
-        })
+impl Initializers<'_> {
+    fn take(&mut self, name: &str) -> Result<TensorProto> {
+        self.0.remove(name).map(Cow::into_owned).ok_or_else(|| missing_weight(name))
     }
 
     fn norm(&mut self, name: &str) -> Result<Vec<f32>> {
-        let name = format!("{name}.weight");
-        floats(&self.take(&name)?, &name)
+        floats(&self.take(&format!("{name}.weight"))?)
     }
 
     /// The int4 `MatMulNBits` weight `name` (`[n][k]`): B `[n][blocks][block/2]` as is, scales,
     /// and the packed uint8 zero points unpacked to one per block.
     fn q4(&mut self, name: &str, n: usize, k: usize) -> Result<Q4Weight> {
-        let packed = self.take(&format!("{name}.weight_Q4"))?.bytes;
-        let scales = floats(&self.take(&format!("{name}.weight_scales"))?, name)?;
+        let packed = self.take(&format!("{name}.weight_Q4"))?.raw_data;
+        let scales = floats(&self.take(&format!("{name}.weight_scales"))?)?;
         let blocks = scales.len() / n.max(1);
         let bad = || Error::UnsupportedBackend(format!("webgpu: `{name}` is not an int4 [{n}][{k}] MatMulNBits weight"));
         if blocks == 0 || scales.len() != n * blocks || packed.len() % (n * blocks) != 0 {
@@ -273,9 +256,8 @@ impl Initializers {
         }
         let zero_points = match self.0.remove(&format!("{name}.weight_zero_points")) {
             None => None,
-            Some(z) if z.data_type == UINT8 && z.bytes.len() == n * blocks.div_ceil(2) => {
-                let per_row = blocks.div_ceil(2);
-                Some((0..n * blocks).map(|i| (z.bytes[i / blocks * per_row + i % blocks / 2] >> (4 * (i % blocks % 2))) & 0x0f).collect())
+            Some(z) if z.data_type == OnnxType::Uint8 as i32 && z.raw_data.len() == n * blocks.div_ceil(2) => {
+                Some(Q4Weight::unpack_zero_points(&z.raw_data, n, blocks))
             }
             Some(_) => return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has float zero points; the GPU kernels take uint8 ones"))),
         };
@@ -283,24 +265,29 @@ impl Initializers {
     }
 }
 
+/// A decoder layer's int4 linears, in [`Q4Layer`]'s order, and its norms, by edge-llm's
+/// exporter's names (`model.layers.{l}.{name}`): what [`GpuBackend::supports`] looks for and
+/// [`q4_llama`] reads.
+const LINEARS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+const NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
+
+fn missing_weight(name: &str) -> Error {
+    Error::UnsupportedBackend(format!("webgpu: the graph has no `{name}`: the GPU backend runs int4 models in edge-llm's layout"))
+}
+
 /// The int4 Llama in `graph`, by edge-llm's exporter's initializer names.
 fn q4_llama<'a, B: Blob + 'a>(cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<Q4Llama> {
     let mut w = Initializers(initializers(graph, package)?);
     let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     let mut layers = Vec::with_capacity(cfg.num_layers);
+    // `[n][k]` of each of `LINEARS`.
+    let shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)];
     for l in 0..cfg.num_layers {
         let pre = format!("model.layers.{l}");
-        layers.push(Q4Layer {
-            attn_norm: w.norm(&format!("{pre}.input_layernorm"))?,
-            wq: w.q4(&format!("{pre}.self_attn.q_proj"), q, h)?,
-            wk: w.q4(&format!("{pre}.self_attn.k_proj"), kv, h)?,
-            wv: w.q4(&format!("{pre}.self_attn.v_proj"), kv, h)?,
-            wo: w.q4(&format!("{pre}.self_attn.o_proj"), h, q)?,
-            ffn_norm: w.norm(&format!("{pre}.post_attention_layernorm"))?,
-            w_gate: w.q4(&format!("{pre}.mlp.gate_proj"), i, h)?,
-            w_up: w.q4(&format!("{pre}.mlp.up_proj"), i, h)?,
-            w_down: w.q4(&format!("{pre}.mlp.down_proj"), h, i)?,
-        });
+        let linears: Vec<Q4Weight> = LINEARS.iter().zip(shapes).map(|(p, (n, k))| w.q4(&format!("{pre}.{p}"), n, k)).collect::<Result<_>>()?;
+        let Ok([wq, wk, wv, wo, w_gate, w_up, w_down]) = <[Q4Weight; 7]>::try_from(linears) else { unreachable!("seven linears") };
+        let [attn_norm, ffn_norm] = NORMS.map(|p| w.norm(&format!("{pre}.{p}")));
+        layers.push(Q4Layer { attn_norm: attn_norm?, wq, wk, wv, wo, ffn_norm: ffn_norm?, w_gate, w_up, w_down });
     }
     Ok(Q4Llama {
         cfg: cfg.clone(),

@@ -78,11 +78,20 @@ pub struct GpuContext {
     counters: Counters,
 }
 
+/// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
+pub(crate) fn is_software(info: &wgpu::AdapterInfo) -> bool {
+    info.device_type == wgpu::DeviceType::Cpu
+}
+
 impl GpuContext {
     /// Open the best adapter (WebGPU in browsers, Vulkan/Metal natively). Errors with
     /// [`Error::UnsupportedBackend`] when there is none or it refuses a device.
     pub async fn new() -> Result<Self> {
-        let adapter = super::request_adapter().await?;
+        Self::on(super::request_adapter().await?).await
+    }
+
+    /// A device and queue on `adapter`.
+    pub(crate) async fn on(adapter: wgpu::Adapter) -> Result<Self> {
         // Ask for what the adapter offers (the defaults cap storage bindings at 128 MiB, too
         // small for a 1B model's head); kernels and loaders check sizes against these.
         let limits = adapter.limits();
@@ -108,7 +117,7 @@ impl GpuContext {
 
     /// A software rasterizer (llvmpipe, SwiftShader): numbers from it say nothing about GPUs.
     pub fn is_software(&self) -> bool {
-        self.info.device_type == wgpu::DeviceType::Cpu
+        is_software(&self.info)
     }
 
     pub fn counters(&self) -> GpuCounters {

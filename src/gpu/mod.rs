@@ -54,6 +54,17 @@ pub(crate) async fn request_adapter() -> crate::Result<wgpu::Adapter> {
         .map_err(|e| crate::Error::UnsupportedBackend(format!("webgpu: no GPU adapter ({e})")))
 }
 
+/// For `backend: "auto"`: a context on a hardware adapter, or why the CPU is used instead (no
+/// adapter, or a software one, slower than the CPU backend, which gets no device).
+pub async fn hardware_context() -> std::result::Result<GpuContext, String> {
+    let adapter = request_adapter().await.map_err(|e| format!("no GPU ({e})"))?;
+    let info = adapter.get_info();
+    if context::is_software(&info) {
+        return Err(format!("the GPU adapter `{}` is a software rasterizer, slower than the CPU backend", info.name));
+    }
+    GpuContext::on(adapter).await.map_err(|e| format!("no GPU ({e})"))
+}
+
 /// Find a GPU adapter and describe it; `None` when the platform offers none.
 pub async fn probe() -> Option<GpuInfo> {
     let adapter = request_adapter().await.ok()?;

@@ -273,6 +273,21 @@ impl GraphBuilder {
 }
 
 /// Serialize a model to ONNX protobuf bytes.
+/// Values of a float or float16 tensor as f32 (raw data or the typed fields).
+pub fn float_values(t: &TensorProto) -> Option<Vec<f32>> {
+    match DataType::try_from(t.data_type).ok()? {
+        DataType::Float if !t.raw_data.is_empty() => {
+            Some(t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        }
+        DataType::Float => Some(t.float_data.clone()),
+        DataType::Float16 if !t.raw_data.is_empty() => {
+            Some(t.raw_data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+        }
+        DataType::Float16 => Some(t.int32_data.iter().map(|&b| half::f16::from_bits(b as u16).to_f32()).collect()),
+        _ => None,
+    }
+}
+
 pub fn encode(model: &ModelProto) -> Vec<u8> {
     prost::Message::encode_to_vec(model)
 }

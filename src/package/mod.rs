@@ -76,9 +76,12 @@ impl<'a, B: Blob + 'a> Package<'a, B> {
 
     /// [`Package::packed`] for files the loader already checked against the manifest, each as
     /// it arrived: the model is not hashed a second time.
-    pub fn verified(manifest: &Manifest, mut files: BTreeMap<String, B>) -> Self {
-        let file = move |path: &str| files.remove(path).ok_or_else(|| missing(path));
-        Package { inner: Inner::Packed { manifest: manifest.clone(), files: Box::new(file), verify: false } }
+    pub fn verified(manifest: &Manifest, files: BTreeMap<String, B>) -> Self {
+        let mut package = Self::packed(manifest, files);
+        if let Inner::Packed { verify, .. } = &mut package.inner {
+            *verify = false;
+        }
+        package
     }
 
     pub fn config(&self) -> &ModelConfig {

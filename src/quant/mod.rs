@@ -101,4 +101,11 @@ impl Q4Weight {
         }
         Some(out)
     }
+
+    /// [`Q4Weight::packed_zero_points`] undone: `MatMulNBits`' `[n][ceil(blocks / 2)]` packed
+    /// zero points to one per block, `[n][blocks]`.
+    pub fn unpack_zero_points(packed: &[u8], n: usize, blocks: usize) -> Vec<u8> {
+        let per_row = blocks.div_ceil(2);
+        (0..n * blocks).map(|i| (packed[i / blocks * per_row + i % blocks / 2] >> (4 * (i % blocks % 2))) & 0x0f).collect()
+    }
 }

@@ -166,6 +166,21 @@ impl Loaded {
     }
 }
 
+/// `name: file, backend, tolerance [, int8-activation layers]` → one `#[$attr]` test of
+/// `check`: the native (`tests/ort_files.rs`) and wasm (`common/ort_files_wasm.rs`) tables.
+/// Tolerance: max |logit diff| against onnxruntime (logits of magnitude ~10). fp32, int8 and
+/// int4 (float or int8 activations) compute the same numbers in another summation order:
+/// measured ≤ 3e-5, bound 1e-4. fp16 rounds intermediates to f16 on both sides, not always at
+/// the same ops: measured ≤ 2.3e-2.
+macro_rules! ort_tests {
+    (#[$attr:meta] $($test:ident: $file:literal, $backend:ident, $tol:expr $(, $last:expr)?;)*) => {$(
+        #[$attr]
+        fn $test() {
+            check($file, Backend::$backend, $tol, None$(.or(Some($last)))?);
+        }
+    )*};
+}
+
 /// One step of a session whose backend computes synchronously (the CPU's).
 fn forward(s: &mut dyn edge_llm::backend::Session, tokens: &[u32]) -> edge_llm::Result<Vec<f32>> {
     edge_llm::backend::ready(s.forward(tokens)).expect("the CPU backend's step is ready at once")

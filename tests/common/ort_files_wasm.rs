@@ -2,17 +2,8 @@
 // tests/node_ort_files.rs (Node): same files, backends and tolerances as the native `ort_tests!`
 // in tests/ort_files.rs. The includer imports `check`, `Backend`, `INT8_ACT_LAST` and wasm_bindgen_test.
 
-/// Same files, backends and tolerances as the native `ort_tests!` in `tests/ort_files.rs`.
-macro_rules! wasm_ort_tests {
-    ($($test:ident: $file:literal, $backend:ident, $tol:expr $(, $last:expr)?;)*) => {$(
-        #[wasm_bindgen_test]
-        fn $test() {
-            check($file, Backend::$backend, $tol, None$(.or(Some($last)))?);
-        }
-    )*};
-}
-
-wasm_ort_tests! {
+ort_tests! {
+    #[wasm_bindgen_test]
     fp32_kernels: "fp32", Kernels, 1e-4;
     fp16_kernels: "fp16", Kernels, 3e-2;
     fp16_io_kernels: "fp16-io", Kernels, 3e-2;
