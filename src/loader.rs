@@ -16,14 +16,19 @@
 //! - when the store is out of quota the load goes on from memory: a `QuotaError` warning,
 //!   this model's partial entries dropped, nothing else written (or an error with
 //!   `strict_quota`).
+//!
+//! [`Loader::load_version`] is the whole sequence `Engine.load`, `engine.update()` and a
+//! rollback run: manifest, the skip checks of an update, files, engine.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::Serialize;
 
+use crate::generate::{Engine, EngineOptions};
+use crate::ota::{Skip, VersionInfo};
 use crate::package::manifest::{sha256_hex, Manifest, ManifestLimits};
-use crate::package::Blob;
+use crate::package::{Blob, Package};
 use crate::store::{self, ModelRecord, ShardStore, StoreError};
 use crate::{Error, Result};
 
@@ -569,3 +574,64 @@ pub const LOAD_OPTION_NAMES: &[&str] = &[
     "backend", "threads", "cache", "cacheDir", "baseUrl", "onProgress", "onEvent", "signal", "strictQuota", "concurrency", "retries", "timeoutMs",
     "idleTimeoutMs", "integrity", "maxModelBytes",
 ];
+
+/// The manifest of a version to load.
+#[derive(Debug, Clone)]
+pub enum ManifestArg {
+    Url(String),
+    /// The manifest's JSON, and the URL it first came from (kept in the cache record).
+    Json { bytes: Vec<u8>, url: Option<String> },
+}
+
+/// What [`Loader::load_version`] produces: a built engine and the version it runs.
+pub struct LoadedVersion {
+    pub engine: Engine,
+    pub version: VersionInfo,
+    /// The manifest's total bytes.
+    pub bytes: u64,
+}
+
+impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
+    /// Load a model version: the manifest (fetched, or given), then its files (cache, then
+    /// network, each verified), then the engine `engine` asks for. With `unless` (the running
+    /// version's `(model_sha256, model_version)`: an update), `Ok(Err(Skip))` when the manifest
+    /// is that version, or one rolled back before; then nothing else is fetched. Files resolve
+    /// against `base_url`, else the manifest's URL.
+    pub async fn load_version(
+        &self,
+        arg: ManifestArg,
+        base_url: Option<String>,
+        engine: &EngineOptions,
+        unless: Option<(&str, &str)>,
+    ) -> Result<std::result::Result<LoadedVersion, Skip>> {
+        let (m, manifest_url) = match arg {
+            ManifestArg::Url(url) => (self.manifest(&url).await?, Some(url)),
+            ManifestArg::Json { bytes, url } => (self.given_manifest(bytes)?, url),
+        };
+        let manifest = &m.manifest;
+        if unless == Some((manifest.model_sha256.as_str(), manifest.model_version.as_str())) {
+            return Ok(Err(Skip::Same));
+        }
+        if let (Some(_), Some(store)) = (unless, self.store) {
+            let key = store::record_key(&manifest.model_id, &manifest.model_version);
+            // A store that cannot answer does not block the update: the version is loaded.
+            if store::was_rolled_back(store, &key, &manifest.model_sha256).await.unwrap_or(false) {
+                return Ok(Err(Skip::RolledBack(manifest.model_version.clone())));
+            }
+        }
+        let base = base_url.or_else(|| manifest_url.clone());
+        let loaded = self.files(manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await?;
+        let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
+        let built = Engine::open_async(Package::verified(manifest, loaded.files), engine).await?;
+        self.emit(LoadEvent::Ready { loaded: manifest.total_bytes, total: manifest.total_bytes, from_cache, from_network });
+        let version = VersionInfo {
+            model_id: manifest.model_id.clone(),
+            model_version: manifest.model_version.clone(),
+            model_sha256: manifest.model_sha256.clone(),
+            manifest_json: m.json.clone(),
+            manifest_url,
+            base_url: base,
+        };
+        Ok(Ok(LoadedVersion { engine: built, version, bytes: manifest.total_bytes }))
+    }
+}

@@ -569,3 +569,51 @@ fn orphaned_shards_are_collected_and_planted_names_never_reach_the_store() {
     assert_eq!(block_on(store::collect_garbage(&store)).unwrap(), 0);
     assert!(m.files.iter().all(|f| store.contains(&f.sha256)), "still named by 1.0.0's record");
 }
+
+/// `Loader::load_version`, the sequence `Engine.load`, `update()` and a rollback run: a URL
+/// gives a working engine and its version; as an update, the running version and a version
+/// rolled back before are skipped after the manifest alone; a manifest handed over as JSON
+/// loads from the cache only.
+#[test]
+fn load_version_builds_the_engine_and_skips_what_an_update_must_not_load() {
+    use edge_llm::loader::{LoadedVersion, ManifestArg};
+    use edge_llm::ota::Skip;
+    let (m, json, files) = packed("2.0.0");
+    let store = Store::new();
+    let events = RefCell::new(Vec::new());
+    let on_event = |e: LoadEvent| events.borrow_mut().push(e);
+    let version_of = |net: &ScriptedFetcher, arg: ManifestArg, unless: Option<(&str, &str)>| {
+        let loader = Loader { fetcher: net, store: Some(&store), options: fast(), on_event: &on_event };
+        block_on(loader.load_version(arg, None, &Default::default(), unless))
+    };
+
+    let net = ScriptedFetcher::new(&json, &files);
+    let LoadedVersion { engine, version, bytes } = version_of(&net, ManifestArg::Url(BASE.into()), None).unwrap().unwrap();
+    let direct = Engine::open(edge_llm::package::Package::loose(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
+    assert_eq!(greedy(&engine), greedy(&direct));
+    assert_eq!((version.model_version.as_str(), version.model_sha256.as_str(), bytes), ("2.0.0", m.model_sha256.as_str(), m.total_bytes));
+    assert_eq!((version.manifest_url.as_deref(), version.base_url.as_deref(), version.manifest_json.as_str()), (Some(BASE), Some(BASE), json.as_str()));
+    assert!(matches!(events.borrow().last(), Some(LoadEvent::Ready { from_network, .. }) if *from_network == files.len()));
+
+    // As an update from the version the manifest names: nothing but the manifest is fetched.
+    let net = ScriptedFetcher::new(&json, &files);
+    let same = version_of(&net, ManifestArg::Url(BASE.into()), Some((&m.model_sha256, "2.0.0"))).unwrap();
+    assert!(matches!(same, Err(Skip::Same)));
+    assert_eq!(net.shard_requests(), 0);
+
+    // Rolled back before (its cache record says so): skipped, from any running version.
+    let key = store::record_key(&m.model_id, "2.0.0");
+    assert!(block_on(store::mark_rolled_back(&store, &key, &m.model_sha256, 1.0)).unwrap());
+    let net = ScriptedFetcher::new(&json, &files);
+    let rolled = version_of(&net, ManifestArg::Url(BASE.into()), Some(("sha-of-1", "1.0.0"))).unwrap();
+    assert!(matches!(rolled, Err(Skip::RolledBack(v)) if v == "2.0.0"));
+    assert_eq!(net.shard_requests(), 0);
+
+    // Not an update: loaded all the same. The manifest given as JSON, with no URL to fetch
+    // from, is served by the cache.
+    let offline = ScriptedFetcher::new(&json, &BTreeMap::new());
+    let arg = ManifestArg::Json { bytes: json.clone().into_bytes(), url: None };
+    let v = version_of(&offline, arg, None).unwrap().unwrap();
+    assert_eq!(greedy(&v.engine), greedy(&direct));
+    assert_eq!((v.version.manifest_url, offline.shard_requests()), (None, 0));
+}

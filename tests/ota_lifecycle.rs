@@ -206,6 +206,66 @@ fn an_update_while_one_runs_is_refused() {
     assert!(matches!(run(slot.clone().update(STRICT, "3.0.0")), Ok(UpdateResult::Updated { .. })), "free again once done");
 }
 
+/// An update in flight when outcomes start a rollback, the rollback finishing first: the slot
+/// stays busy until the update too is done, then the update's version runs, watched against
+/// the version the rollback brought back.
+#[test]
+fn a_rollback_finishing_during_an_update_leaves_the_slot_busy_until_the_update_is_done() {
+    let (slot, shared) = slot();
+    run(slot.clone().update(STRICT, "2.0.0")).unwrap();
+    shared.hold.set(true);
+    let mut update = pin!(slot.clone().update(STRICT, "3.0.0"));
+    assert!(poll(update.as_mut()).is_pending());
+    assert!(slot.outcome().report(false).is_none());
+    let mut rollback = pin!(slot.outcome().report(false).expect("2.0.0 fails: a rollback"));
+    assert!(poll(rollback.as_mut()).is_pending());
+    shared.hold.set(false);
+    assert!(poll(rollback.as_mut()).is_ready());
+    assert_eq!((running(&slot), shared.rolled_back.borrow().clone()), ("1.0.0".into(), vec!["2.0.0".to_string()]));
+    let refused = run(slot.clone().update(STRICT, "4.0.0")).unwrap_err();
+    assert!(refused.to_string().contains("already running"), "the update to 3.0.0 still runs: {refused}");
+    assert_eq!(run(update).unwrap(), UpdateResult::Updated { from: "1.0.0".into(), to: "3.0.0".into(), baseline: 0.0 });
+    assert!(slot.outcome().report(false).is_none());
+    run(slot.outcome().report(false).expect("3.0.0 fails too"));
+    assert_eq!(running(&slot), "1.0.0");
+    assert_eq!(kinds(&shared), ["updated", "rollback", "updated", "rollback"]);
+}
+
+/// The same race the other way round: the update lands first, so the rollback (decided against
+/// 2.0.0) must not replace 3.0.0, which never failed, nor mark it rolled back.
+#[test]
+fn a_rollback_finishing_after_an_update_landed_gives_way_to_it() {
+    let (slot, shared) = slot();
+    run(slot.clone().update(STRICT, "2.0.0")).unwrap();
+    shared.hold.set(true);
+    let mut update = pin!(slot.clone().update(STRICT, "3.0.0"));
+    assert!(poll(update.as_mut()).is_pending());
+    assert!(slot.outcome().report(false).is_none());
+    let mut rollback = pin!(slot.outcome().report(false).expect("2.0.0 fails: a rollback"));
+    assert!(poll(rollback.as_mut()).is_pending());
+    shared.hold.set(false);
+    assert!(matches!(poll(update.as_mut()), Poll::Ready(Ok(UpdateResult::Updated { .. }))));
+    assert!(poll(rollback.as_mut()).is_ready());
+    assert_eq!(running(&slot), "3.0.0");
+    assert!(shared.rolled_back.borrow().is_empty(), "3.0.0 never failed");
+    assert_eq!(*shared.disposed.borrow(), ["1.0.0"], "the reloaded 1.0.0 is let go");
+    assert_eq!(kinds(&shared), ["updated", "updated"]);
+    assert!(matches!(run(slot.clone().update(STRICT, "4.0.0")), Ok(UpdateResult::Updated { .. })), "free again");
+}
+
+/// An update whose future is dropped mid-load (its caller went away) frees the slot.
+#[test]
+fn an_abandoned_update_frees_the_slot() {
+    let (slot, shared) = slot();
+    shared.hold.set(true);
+    let mut update = Box::pin(slot.clone().update(STRICT, "2.0.0"));
+    assert!(poll(update.as_mut()).is_pending());
+    drop(update);
+    shared.hold.set(false);
+    assert!(matches!(run(slot.clone().update(STRICT, "3.0.0")), Ok(UpdateResult::Updated { .. })));
+    assert_eq!(running(&slot), "3.0.0");
+}
+
 #[test]
 fn dispose_during_an_update_keeps_the_engine_gone_and_disposes_the_new_one() {
     let (slot, shared) = slot();

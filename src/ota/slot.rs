@@ -118,7 +118,9 @@ pub struct Slot<L: VersionLoader> {
     watch: RefCell<Option<Watch>>,
     /// Bumped at every swap: outcomes of generations started before it are not counted.
     epoch: Cell<u64>,
-    busy: Cell<bool>,
+    /// Loads in flight (an update, and a rollback that outcomes started meanwhile): a counter,
+    /// so the first to finish does not free the slot while the other still runs.
+    busy: Cell<u32>,
     /// Set by `dispose()`: an update or rollback finishing later must not bring an engine back.
     disposed: Cell<bool>,
     listener: RefCell<Option<Listener>>,
@@ -150,7 +152,7 @@ impl<L: VersionLoader> Slot<L> {
             window: RefCell::new(ErrorWindow::new(RollbackPolicy::default().window)),
             watch: RefCell::new(None),
             epoch: Cell::new(0),
-            busy: Cell::new(false),
+            busy: Cell::new(0),
             disposed: Cell::new(false),
             listener: RefCell::new(None),
         }
@@ -229,10 +231,14 @@ impl<L: VersionLoader> Slot<L> {
     async fn rollback(self: Rc<Self>, previous: Rc<VersionInfo>, why: impl FnOnce(String, String) -> Event) {
         let Some(loader) = self.loader.as_ref() else { return };
         let from = self.model_version();
-        self.busy.set(true);
-        let r = loader.reload(&previous).await;
-        self.busy.set(false);
-        if self.disposed.get() {
+        let epoch = self.epoch.get();
+        let r = {
+            let _busy = Busy::new(&self.busy);
+            loader.reload(&previous).await
+        };
+        // Disposed meanwhile, or an update that was in flight swapped in a newer version: that
+        // one is not the version that failed, so it stays (and is watched); the reload goes.
+        if self.disposed.get() || epoch != self.epoch.get() {
             if let Ok(loaded) = r {
                 loaded.engine.dispose();
             }
@@ -256,11 +262,13 @@ impl<L: VersionLoader> Slot<L> {
         let (Some(loader), Some(running)) = (self.loader.as_ref(), self.version()) else {
             return Err(Error::InvalidOption { option: "update", reason: "only an engine made by Engine.load can update".into() }.into());
         };
-        if self.busy.replace(true) {
+        if self.busy.get() > 0 {
             return Err(Error::InvalidOption { option: "update", reason: "an update or rollback is already running".into() }.into());
         }
-        let r = loader.load(request, &running).await;
-        self.busy.set(false);
+        let r = {
+            let _busy = Busy::new(&self.busy);
+            loader.load(request, &running).await
+        };
         if self.disposed.get() {
             if let Ok(Ok(loaded)) = r {
                 loaded.engine.dispose();
@@ -285,5 +293,21 @@ impl<L: VersionLoader> Slot<L> {
         }
         self.emit(Event::Updated { from: from.clone(), to: to.clone(), baseline });
         Ok(UpdateResult::Updated { from, to, baseline })
+    }
+}
+
+/// Counts one load in flight for as long as it lives (also when the load's future is dropped).
+struct Busy<'a>(&'a Cell<u32>);
+
+impl<'a> Busy<'a> {
+    fn new(count: &'a Cell<u32>) -> Self {
+        count.set(count.get() + 1);
+        Busy(count)
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.set(self.0.get() - 1);
     }
 }

@@ -9,12 +9,13 @@ use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 
 use super::{js_error, ota, to_js, Engine};
-use crate::loader::{FetchError, Fetcher, LoadEvent, LoadOptions, Loader, RetryPolicy};
+use crate::ota::Skip;
+use crate::loader::{FetchError, Fetcher, LoadEvent, LoadOptions, LoadedVersion, Loader, ManifestArg, RetryPolicy};
 use crate::backend::BackendKind;
 use crate::generate::EngineOptions;
-use crate::package::{Blob, Package};
+use crate::package::Blob;
 use crate::store::{self, ModelRecord, ShardStore, StorageEstimate, StoreError};
-use crate::{generate, Error};
+use crate::Error;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TS_LOAD: &'static str = r#"
@@ -539,12 +540,6 @@ async fn apply_threads(threads: Option<u32>, emit: &dyn Fn(LoadEvent)) {
 }
 
 /// The manifest argument: a URL (string or `URL`), a parsed manifest object, or its JSON bytes.
-pub(crate) enum ManifestArg {
-    Url(String),
-    /// The manifest's JSON, and the URL it first came from (kept in the cache record).
-    Json { bytes: Vec<u8>, url: Option<String> },
-}
-
 pub(crate) fn manifest_arg(v: &JsValue) -> Result<ManifestArg, JsValue> {
     if let Some(s) = v.as_string() {
         return Ok(ManifestArg::Url(s));
@@ -562,14 +557,6 @@ pub(crate) fn manifest_arg(v: &JsValue) -> Result<ManifestArg, JsValue> {
     Err(invalid("manifest", "pass a manifest URL, a manifest object or its JSON bytes"))
 }
 
-/// What `Engine.load` / `engine.update` / a rollback produce: a built engine and its version.
-pub(crate) struct LoadedVersion {
-    pub engine: generate::Engine,
-    pub version: ota::VersionInfo,
-    /// The manifest's total bytes.
-    pub bytes: u64,
-}
-
 fn quota_error(e: Error) -> JsValue {
     let needed_available = match &e {
         Error::Quota { needed, available } => Some((*needed, *available)),
@@ -583,11 +570,11 @@ fn quota_error(e: Error) -> JsValue {
     js
 }
 
-use crate::ota::Skip;
 
-/// Load a model version: manifest (fetched, or given), files (cache, then network), engine.
-/// With `unless` (`(model_sha256, model_version)`, an update): `Err(Skip)` when the manifest is
-/// that version, or one rolled back before; nothing else is loaded.
+/// [`Loader::load_version`] over the web fetcher: errors become named JS errors (a deadline
+/// that stopped the load, `TimeoutError`; a full store, `QuotaError` with its byte counts), and
+/// the engine reads the page's clock.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn load_version(
     arg: ManifestArg,
     base_url: Option<String>,
@@ -600,34 +587,11 @@ pub(crate) async fn load_version(
 ) -> Result<Result<LoadedVersion, Skip>, JsValue> {
     let fetcher = WebFetcher::new(&signal, options);
     let loader = Loader { fetcher: &fetcher, store, options: options.clone(), on_event: emit };
-    let (m, manifest_url) = match arg {
-        ManifestArg::Url(url) => (loader.manifest(&url).await.map_err(|e| js_error(fetcher.error(e)))?, Some(url)),
-        ManifestArg::Json { bytes, url } => (loader.given_manifest(bytes).map_err(js_error)?, url),
-    };
-    if unless == Some((m.manifest.model_sha256.as_str(), m.manifest.model_version.as_str())) {
-        return Ok(Err(Skip::Same));
+    match loader.load_version(arg, base_url, engine_options, unless).await {
+        Ok(Ok(LoadedVersion { engine, version, bytes })) => Ok(Ok(LoadedVersion { engine: super::with_clock(engine), version, bytes })),
+        Ok(Err(skip)) => Ok(Err(skip)),
+        Err(e) => Err(quota_error(fetcher.error(e))),
     }
-    if let (Some(_), Some(store)) = (unless, store) {
-        let key = store::record_key(&m.manifest.model_id, &m.manifest.model_version);
-        if store::was_rolled_back(store, &key, &m.manifest.model_sha256).await.unwrap_or(false) {
-            return Ok(Err(Skip::RolledBack(m.manifest.model_version.clone())));
-        }
-    }
-    let base = base_url.or_else(|| manifest_url.clone());
-    let loaded = loader.files(&m.manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await.map_err(|e| quota_error(fetcher.error(e)))?;
-    let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
-    let package = Package::verified(&m.manifest, loaded.files);
-    let engine = super::with_clock(generate::Engine::open_async(package, engine_options).await.map_err(js_error)?);
-    emit(LoadEvent::Ready { loaded: m.manifest.total_bytes, total: m.manifest.total_bytes, from_cache, from_network });
-    let version = ota::VersionInfo {
-        model_id: m.manifest.model_id.clone(),
-        model_version: m.manifest.model_version.clone(),
-        model_sha256: m.manifest.model_sha256.clone(),
-        manifest_json: m.json,
-        manifest_url,
-        base_url: base,
-    };
-    Ok(Ok(LoadedVersion { engine, version, bytes: m.manifest.total_bytes }))
 }
 
 #[wasm_bindgen]

@@ -6,7 +6,8 @@ use std::rc::Rc;
 use js_sys::{Function, Promise};
 use wasm_bindgen::prelude::*;
 
-use super::load::{self, JsShardStore, ManifestArg};
+use super::load::{self, JsShardStore};
+use crate::loader::ManifestArg;
 use super::{js_error, to_js, Engine};
 use crate::generate::{self, EngineOptions};
 use crate::loader::LoadOptions;
