@@ -48,11 +48,11 @@ export declare class WorkerEngine {
   static fromPacked(manifestBytes: Uint8Array, files: Map<string, Uint8Array>, options?: WorkerOptions): Promise<WorkerEngine>;
   /** `Engine.load` in the worker; `onProgress` / `onEvent` are called on this thread. */
   static load(source: string | URL | object | Uint8Array, opts?: WorkerLoadOptions, options?: WorkerOptions): Promise<WorkerEngine>;
-  generate(prompt: string, opts?: GenerateOptions, signal?: AbortSignal): TokenStream;
+  generate(prompt: string | Uint32Array | number[], opts?: GenerateOptions, signal?: AbortSignal): TokenStream;
   /** `chat(messages, opts, signal)` streams tokens; `chat.completions.create` is the OpenAI-style API. */
   readonly chat: Chat;
   resume(signal?: AbortSignal): TokenStream;
-  startGeneration(prompt: string, opts?: GenerateOptions): Promise<WorkerGeneration>;
+  startGeneration(prompt: string | Uint32Array | number[], opts?: GenerateOptions): Promise<WorkerGeneration>;
   resumeGeneration(): Promise<WorkerGeneration>;
   update(manifest: string | URL | object | Uint8Array, options?: UpdateOptions): Promise<UpdateResult>;
   setEventListener(listener: ((event: EngineEvent) => void) | undefined): void;

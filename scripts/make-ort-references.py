@@ -31,7 +31,7 @@ logits of the last prompt position and of the last step.
       # rounding cases
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --self-agreement OUT/ NAME...
       # onnxruntime unoptimized (ORT_DISABLE_ALL) against its recorded default run: how far a
-      # file's tokens depend on summation order
+      # file's tokens depend on summation order; written into NAME.json (unoptimized_tokens)
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --smollm2 GGUF OUT/
       # the same conversions of SmolLM2 from its GGUF, 6 prompts x 32 tokens (by hand; the
       # files are ~100-500 MB): `cargo test --release --features pack --test ort_files -- --ignored`
@@ -257,7 +257,9 @@ def self_agreement(dir, names):
     greedy tokens with graph optimizations off (ORT_DISABLE_ALL: no fused norms, no fused
     quantized matmuls, other summation orders) against the recorded default run. A file where
     onnxruntime departs from itself is chaotic (one rounding moves the tokens): no
-    implementation can give its tokens exactly without its summation order."""
+    implementation can give its tokens exactly without its summation order. The tokens are
+    written into NAME.json (`unoptimized_tokens` of each run), where tests/ort_files.rs's
+    SmolLM2 check reads them to judge a departure against onnxruntime's own spread."""
     for name in names:
         doc = json.load(open(os.path.join(dir, f"{name}.json")))
         same, total, diff = [], 0, 0.0
@@ -267,6 +269,9 @@ def self_agreement(dir, names):
             same.append(agree)
             total += len(tokens)
             diff = max(diff, float(np.abs(first - np.array(run["prefill_logits"], np.float32)).max()))
+            run["unoptimized_tokens"] = [int(t) for t in tokens]
+        with open(os.path.join(dir, f"{name}.json"), "w") as f:
+            json.dump(doc, f, indent=0)
         print(f"{name}: onnxruntime unoptimized vs default: {sum(same)}/{total} tokens, per prompt {same}; max |prefill logit diff| {diff:.3g}", flush=True)
 
 

@@ -45,3 +45,25 @@ fn an_unknown_option_fails_by_name_before_anything_runs() {
     assert_eq!((err.name(), err.option()), ("InvalidOptionError", Some("max_tokens")));
     assert_eq!(err.to_string(), "unknown option `max_tokens`: did you mean `maxTokens`?");
 }
+
+/// A prompt given as token ids runs as given, the text's ids giving the text's tokens; an id
+/// outside the vocabulary (it would index past the embedding table) is refused by name before
+/// anything runs, and the engine goes on working.
+#[test]
+fn prompt_ids_run_as_given_and_an_id_outside_the_vocabulary_is_refused() {
+    let e = packed_with(GenerationDefaults::default());
+    let opts = GenerateOptions { max_tokens: 6, ignore_eos: true, ..Default::default() };
+    let run = |g: &mut edge_llm::Generation| {
+        while g.step().unwrap().is_some() {}
+        g.generated().to_vec()
+    };
+    let text = "The capital of France";
+    let from_text = run(&mut e.generate(text, &opts).unwrap());
+    let ids = e.tokenizer().encode(text).unwrap();
+    assert_eq!(run(&mut e.generate_ids(ids.clone(), &opts).unwrap()), from_text);
+    let vocab = e.config().architecture.vocab_size as u32;
+    let err = e.generate_ids(vec![ids[0], vocab], &opts).err().expect("refused");
+    assert_eq!((err.name(), err.option()), ("InvalidOptionError", Some("prompt")));
+    assert!(err.to_string().contains(&format!("token id {vocab} is outside the vocabulary")), "{err}");
+    assert_eq!(run(&mut e.generate_ids(ids, &opts).unwrap()), from_text);
+}

@@ -306,6 +306,8 @@ impl Engine {
         self.tokenizer.encode(prompt)
     }
 
+    /// Start generating after the token ids `prompt`, run as given (each must be in the
+    /// vocabulary: `InvalidOption` names the first that is not).
     pub fn generate_ids(&self, prompt: Vec<u32>, opts: &GenerateOptions) -> Result<Generation> {
         self.generate_ids_at(prompt, opts, (self.clock)())
     }
@@ -314,6 +316,11 @@ impl Engine {
         opts.validate()?;
         if prompt.is_empty() {
             return Err(Error::InvalidOption { option: "prompt", reason: "encodes to no tokens".into() });
+        }
+        // Ids given by the caller reach the embedding gather: refuse any outside the vocabulary.
+        let vocab = self.backend.vocab_size();
+        if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::InvalidOption { option: "prompt", reason: format!("token id {id} is outside the vocabulary ({vocab} tokens)") });
         }
         let max = self.config.architecture.max_position_embeddings;
         if prompt.len() > max {

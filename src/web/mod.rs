@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
 
 use crate::generate::{self, GenerateOptions};
 use crate::tokenizer::ChatMessage;
@@ -141,6 +142,19 @@ fn js_error(e: crate::Error) -> JsValue {
 
 /// The app's generation options (`undefined` or an object) over `engine`'s defaults (a packed
 /// model's manifest `generation`); an unknown option is an `InvalidOptionError` naming it.
+/// Token ids from a `Uint32Array` or an array of integers in `0..2^32`.
+fn prompt_ids(v: &JsValue) -> Result<Vec<u32>, JsValue> {
+    if let Some(a) = v.dyn_ref::<js_sys::Uint32Array>() {
+        return Ok(a.to_vec());
+    }
+    let bad = || js_error(crate::Error::InvalidOption { option: "prompt", reason: "pass a string, a Uint32Array or an array of token ids".into() });
+    let array = v.dyn_ref::<js_sys::Array>().ok_or_else(bad)?;
+    array
+        .iter()
+        .map(|x| x.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=u32::MAX as f64).contains(f)).map(|f| f as u32).ok_or_else(bad))
+        .collect()
+}
+
 fn generate_options(engine: &generate::Engine, v: JsValue) -> Result<GenerateOptions, JsValue> {
     if v.is_undefined() || v.is_null() {
         return Ok(engine.default_options().clone());
@@ -420,11 +434,11 @@ impl Engine {
         self.inner()?.apply_chat_template(&messages).map_err(js_error)
     }
 
-    /// Stream the continuation of `prompt` (raw text).
+    /// Stream the continuation of `prompt`: raw text, or token ids (see `startGeneration`).
     #[wasm_bindgen(unchecked_return_type = "TokenStream")]
     pub fn generate(
         &self,
-        prompt: &str,
+        #[wasm_bindgen(unchecked_param_type = "string | Uint32Array | number[]")] prompt: JsValue,
         opts: Option<GenerateOptionsArg>,
         signal: Option<AbortSignalArg>,
     ) -> Result<JsValue, JsValue> {
@@ -451,15 +465,22 @@ impl Engine {
     }
 
     /// Step-by-step generation, for callers that drive the loop themselves.
+    /// `prompt`: raw text (not templated), or the prompt's token ids (`Uint32Array` or an
+    /// array of numbers), run as given: what a caller with its own tokenization, or a test
+    /// replaying another runtime's ids, needs.
     #[wasm_bindgen(js_name = startGeneration)]
     pub fn start(
         &self,
-        prompt: &str,
+        #[wasm_bindgen(unchecked_param_type = "string | Uint32Array | number[]")] prompt: JsValue,
         opts: Option<GenerateOptionsArg>,
     ) -> Result<Generation, JsValue> {
         let engine = self.inner()?;
         let opts = generate_options(&engine, load::or_undefined(opts))?;
-        let inner = engine.generate(prompt, &opts).map_err(js_error)?;
+        let inner = match prompt.as_string() {
+            Some(text) => engine.generate(&text, &opts),
+            None => engine.generate_ids(prompt_ids(&prompt)?, &opts),
+        }
+        .map_err(js_error)?;
         Ok(self.generation(engine, inner))
     }
 }

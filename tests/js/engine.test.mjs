@@ -72,6 +72,33 @@ test("bad input gives named errors", () => {
   engine.free();
 });
 
+test("a prompt given as token ids runs as given: the text's tokens, from a Uint32Array or an array", async () => {
+  const engine = load("model-int4.onnx");
+  const greedy = (prompt) => {
+    const g = engine.startGeneration(prompt, { maxTokens: 8, ignoreEos: true });
+    const out = [];
+    for (let t = g.step(); t !== undefined; t = g.step()) out.push(t.tokenId);
+    return out;
+  };
+  const text = "The capital of France is";
+  const ids = engine.tokenize(text);
+  assert.ok(ids.length > 3);
+  const fromText = greedy(text);
+  assert.equal(fromText.length, 8);
+  assert.deepEqual(greedy(ids), fromText);
+  assert.deepEqual(greedy(Array.from(ids)), fromText);
+  const streamed = [];
+  for await (const t of engine.generate(Array.from(ids), { maxTokens: 8, ignoreEos: true })) streamed.push(t.tokenId);
+  assert.deepEqual(streamed, fromText);
+  // Ids the model has no embedding for, and values that are no ids, are refused by name.
+  const vocab = JSON.parse(fixture("model_config.json")).architecture.vocab_size;
+  assert.throws(() => engine.startGeneration([1, vocab]), { name: "InvalidOptionError", message: new RegExp(`token id ${vocab} is outside the vocabulary`) });
+  for (const bad of [[1, -1], [1, 2.5], [1, "2"], [], {}, 7]) {
+    assert.throws(() => engine.startGeneration(bad), { name: "InvalidOptionError" }, JSON.stringify(bad));
+  }
+  engine.free();
+});
+
 test("chat template renders ChatML", () => {
   const engine = load();
   const s = engine.applyChatTemplate([{ role: "user", content: "Hi" }]);

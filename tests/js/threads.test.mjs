@@ -5,7 +5,7 @@
 // Skipped when pkg/threads/ was not built, unless EDGE_LLM_REQUIRE_THREADS=1 (scripts/test.sh).
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -90,6 +90,70 @@ test("threaded build: same tokens as the single-thread build at 1 and 3 threads"
     assert.equal(m.splitsAt1, 0, `${model}: split at 1 thread`);
     // int8 (MatMulInteger) runs through tract, not the q4 kernel.
     if (model.includes("int4")) assert.ok(m.splitsAt3 > 0, `${model}: no matmul split at 3 threads`);
+  }
+});
+
+// The runtime column "threaded" of the onnxruntime-file matrix (the native, Node and Chromium
+// columns: tests/ort_files.rs, tests/common/ort_files_wasm.rs): every model file under
+// tests/fixtures/ort with a token reference, on 3 threads with every matmul split, gives
+// onnxruntime's greedy tokens on onnxruntime's prompt ids.
+const ortFiles = readdirSync(new URL("tests/fixtures/ort/", root))
+  .filter((f) => f.endsWith(".json") && f !== "model_config.json")
+  .filter((f) => "runs" in JSON.parse(readFileSync(new URL(`tests/fixtures/ort/${f}`, root), "utf8")))
+  .map((f) => f.slice(0, -".json".length));
+
+// fp16 graphs do not load on the threaded build (found by this test, 2026-12-02): tract's
+// kernel selection finds no f16 matmul kernel for the attention MatMul there, while the
+// single-thread build (same tract, stable toolchain, no `multithread-mm`) runs them with
+// onnxruntime's tokens (tests/web_ort_files.rs). Cause not yet found; README "Correctness".
+const threadedKnownFailures = {
+  fp16: /IncompatibleModelError: .*EinSumMatMul.*suitable/,
+  "fp16-io": /IncompatibleModelError: .*EinSumMatMul.*suitable/,
+};
+
+test("threaded build at 3 threads: onnxruntime-made files give onnxruntime's greedy tokens", { skip, timeout: 300_000 }, async () => {
+  assert.ok(ortFiles.length >= 13, `onnxruntime files found: ${ortFiles}`);
+  const r = await withPage(true, (page) =>
+    page.evaluate(async (names) => {
+      const get = async (path) => new Uint8Array(await (await fetch(path)).arrayBuffer());
+      const [tok, cfg] = [await get("/tests/fixtures/tiny/tokenizer.json"), await get("/tests/fixtures/ort/model_config.json")];
+      const threaded = await import("/pkg/threads/edge_llm.js");
+      await threaded.default();
+      const threads = await threaded.initThreads(3);
+      threaded.setCpuSplitMinWork(1);
+      const splitsBefore = threaded.cpuSplitCalls();
+      const files = {};
+      for (const name of names) {
+        const reference = await (await fetch(`/tests/fixtures/ort/${name}.json`)).json();
+        let engine;
+        try {
+          engine = threaded.Engine.fromBytes(await get(`/tests/fixtures/ort/${name}.onnx`), tok, cfg);
+        } catch (e) {
+          files[name] = `${e.name}: ${e.message}`;
+          continue;
+        }
+        files[name] = reference.runs.map((run) => {
+          const g = engine.startGeneration(Uint32Array.from(run.prompt), { maxTokens: run.tokens.length, ignoreEos: true });
+          const ids = [];
+          for (let t = g.step(); t !== undefined; t = g.step()) ids.push(t.tokenId);
+          return { want: run.tokens, got: ids };
+        });
+        engine.free();
+      }
+      return { threads, splits: threaded.cpuSplitCalls() - splitsBefore, files };
+    }, ortFiles),
+  );
+  assert.equal(r.threads, 3);
+  assert.ok(r.splits > 0, "no matmul was split across threads");
+  for (const [name, runs] of Object.entries(r.files)) {
+    if (name in threadedKnownFailures) {
+      // Pinned, not skipped: when the cause is fixed this fails, and the entry goes.
+      assert.match(String(runs), threadedKnownFailures[name], `${name}: the known threaded-build failure changed`);
+      console.log(`# known failure on the threaded build: ${name}: ${runs}`);
+      continue;
+    }
+    assert.ok(Array.isArray(runs), `${name} does not load on the threaded build: ${runs}`);
+    runs.forEach(({ want, got }, i) => assert.deepEqual(got, want, `${name}, prompt ${i}: threaded build vs onnxruntime`));
   }
 });
 
