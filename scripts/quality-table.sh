@@ -14,7 +14,7 @@
 # Env: GGUF (default target/models/SmolLM2-135M-Instruct.Q4_1.gguf, scripts/fetch-smollm2.sh),
 # PROFILE (cargo profile, default native), REBUILD=1 (re-import every variant), WINDOWS
 # (256-token windows per text, default 1), LONG_TOKENS (default 1024): the defaults keep a run
-# to about an hour on a shared 2-core VM.
+# to about 40 min on a shared 2-core VM (2026-12-02, REBUILD=1, native build warm: 36 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 GGUF=${GGUF:-target/models/SmolLM2-135M-Instruct.Q4_1.gguf}
