@@ -29,15 +29,29 @@ pub struct QuantizeOptions {
     pub q4_min: bool,
     /// Scales stored as fp16 (see `ExportOptions::f16_scales`).
     pub f16_scales: bool,
+    /// 8-bit block layers compute on activations rounded to int8 blocks (`accuracy_level = 4`)
+    /// instead of float ones (see [`ExportOptions::packer_activations`]).
+    pub int8_activations: bool,
     /// `(pattern, precision)`: the first pattern contained in a matmul's node or weight name
     /// decides its precision (the seed's mixed precision: e.g. keep `lm_head` at int8).
     pub overrides: Vec<(String, Precision)>,
 }
 
 impl Default for QuantizeOptions {
-    /// int4, symmetric blocks of 32 by round-to-nearest, int8 in blocks of 32, no overrides.
+    /// int4, symmetric blocks of 32 by round-to-nearest, int8 in blocks of 32 on float
+    /// activations, no overrides.
     fn default() -> Self {
-        QuantizeOptions { precision: Precision::Int4, block_size: 32, symmetric: true, int8_format: Int8Format::Block32, q4_search: false, q4_min: false, f16_scales: false, overrides: vec![] }
+        QuantizeOptions {
+            precision: Precision::Int4,
+            block_size: 32,
+            symmetric: true,
+            int8_format: Int8Format::Block32,
+            q4_search: false,
+            q4_min: false,
+            f16_scales: false,
+            int8_activations: false,
+            overrides: vec![],
+        }
     }
 }
 
@@ -122,6 +136,7 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         graph.node.iter().flat_map(|n| n.output.iter().map(move |o| (o.clone(), n.clone()))).collect();
     let source = graph.clone();
     let (g, nodes) = GraphBuilder::from_graph(graph);
+    let (int8_activations, head_int8_activations) = ExportOptions::packer_activations(opts.precision, opts.int8_format, opts.int8_activations);
     let export_opts = ExportOptions {
         linear: opts.precision,
         lm_head: opts.precision,
@@ -135,9 +150,9 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         importance: None,
         // `pick` applies the overrides here, by node and weight name.
         overrides: Vec::new(),
-        int8_activations: true,
+        int8_activations,
         f16_scales: opts.f16_scales,
-        head_int8_activations: true,
+        head_int8_activations,
     };
     let mut cx = Ctx::new(g, &export_opts);
     let mut report = QuantizeReport::default();

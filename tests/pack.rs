@@ -247,6 +247,41 @@ fn quantize_rewrites_an_fp32_graph_to_int4_with_the_exporters_weights() {
     assert!(d_mixed < d_int4, "mixed {d_mixed} vs int4 {d_int4} from fp32");
 }
 
+/// `quantize --precision int8` writes its 8-bit blocks on float activations (no
+/// `accuracy_level`), as `import-gguf` does; `--int8-activations` asks for int8 ones
+/// (`accuracy_level = 4`), which round every layer's input and so land further from fp32.
+#[test]
+fn quantize_int8_computes_on_float_activations_unless_asked() {
+    use edge_llm::cpu::CpuModel;
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    use edge_llm::llama::reference::{self, RefKvCache};
+    use edge_llm::quant::Precision;
+    use edge_llm::quantize::{quantize, QuantizeOptions};
+    use std::sync::Arc;
+
+    let cfg = tiny::config();
+    let fp32 = export(&cfg, &tiny::weights(), &ExportOptions::fp32()).model;
+    let prompt = [3u32, 30, 60, 90];
+    let want = reference::forward(&cfg, &tiny::weights(), &prompt, &mut RefKvCache::default()).concat();
+    let run = |int8_activations: bool| {
+        let opts = QuantizeOptions { precision: Precision::Int8, int8_activations, ..Default::default() };
+        let (q, report) = quantize(fp32.clone(), &opts).unwrap();
+        // 7 per layer + the tied head (the table stays fp32: `quantize` writes no int8 gathers).
+        assert_eq!(report.rewritten.len(), 7 * cfg.num_layers + 1, "{report:?}");
+        let nodes: Vec<_> = q.graph.as_ref().unwrap().node.iter().filter(|n| n.op_type == "MatMulNBits").cloned().collect();
+        assert_eq!(nodes.len(), report.rewritten.len());
+        for n in &nodes {
+            assert!(n.attribute.iter().any(|a| a.name == "bits" && a.i == 8), "{}", n.name);
+            let level = n.attribute.iter().find(|a| a.name == "accuracy_level").map(|a| a.i);
+            assert_eq!(level, int8_activations.then_some(edge_llm::onnx::ACCURACY_LEVEL_INT8), "{}", n.name);
+        }
+        let got = Arc::new(CpuModel::load(&edge_llm::onnx::encode(&q)).unwrap()).session().forward_all(&prompt).unwrap();
+        got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+    };
+    let (float_acts, int8_acts) = (run(false), run(true));
+    assert!(float_acts < int8_acts, "float activations {float_acts} vs int8 activations {int8_acts} from fp32");
+}
+
 /// A manifest is input from the network: paths that could name another place, sizes past the
 /// caps (or whose sum overflows) are refused before anything is fetched or allocated.
 #[test]

@@ -259,10 +259,10 @@ struct QuantArgs {
     /// `dynamic` (onnxruntime quantize_dynamic's MatMulInteger, one scale per activation tensor).
     #[arg(long, default_value = "block")]
     int8_format: String,
-    /// `import-gguf --precision int8` (block format): compute every 8-bit layer and the head on
-    /// activations rounded to int8 per block of 32 (`accuracy_level = 4`, llama.cpp's q8_0 ×
-    /// q8_0) instead of float ones: less arithmetic in wasm, but SmolLM2's demo reply then
-    /// differs from FP32's (docs/quality.md).
+    /// `--precision int8` (block format): compute every 8-bit layer and the head on activations
+    /// rounded to int8 per block of 32 (`accuracy_level = 4`, llama.cpp's q8_0 × q8_0) instead
+    /// of float ones: less arithmetic in wasm, but SmolLM2's demo reply then differs from
+    /// FP32's (docs/quality.md).
     #[arg(long)]
     int8_activations: bool,
 }
@@ -466,6 +466,7 @@ fn main() -> anyhow::Result<()> {
                 q4_search: !quant.rtn,
                 q4_min: quant.float_zero_points,
                 f16_scales: quant.f16_scales,
+                int8_activations: quant.int8_activations,
                 overrides,
             };
             let (model, report) = edge_llm::quantize::quantize(edge_llm::onnx::decode(&bytes)?, &opts)?;
@@ -722,11 +723,7 @@ fn import_gguf(
         Precision::Int4 => ExportOptions::int4(block_size, symmetric),
     };
     let int8_format = quant.int8_format()?;
-    // The block format's 8-bit layers and head run on float activations (`ExportOptions::int8_block`)
-    // unless `--int8-activations`; int4 layers keep their own default.
-    let int8_block = int8_format == edge_llm::llama::onnx_export::Int8Format::Block32;
-    let head_int8_activations = !int8_block || quant.int8_activations;
-    let int8_activations = if precision == Precision::Int8 && int8_block { quant.int8_activations } else { opts.int8_activations };
+    let (int8_activations, head_int8_activations) = ExportOptions::packer_activations(precision, int8_format, quant.int8_activations);
     let mut opts = ExportOptions { int8_format, int8_activations, head_int8_activations, q4_search: !quant.rtn, q4_min: quant.float_zero_points, f16_scales: quant.f16_scales, overrides, ..opts };
     let recipe = precision == Precision::Int4 && !(quant.asymmetric || quant.float_zero_points || quant.rtn || quant.f16_scales) && embedding.is_none();
     let embedding = if recipe {

@@ -130,6 +130,16 @@ impl ExportOptions {
     pub fn int4(block_size: usize, symmetric: bool) -> Self {
         ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric, ..Self::fp32() }
     }
+    /// `(int8_activations, head_int8_activations)` for the packer's `--int8-activations`, the
+    /// same for `import-gguf` and `quantize`: with the block int8 format, an int8 model's 8-bit
+    /// layers and any 8-bit head compute on float activations unless `int8_activations` asks
+    /// for int8 ones (SmolLM2's demo reply flips on that rounding, docs/quality.md); int4 layers,
+    /// and 8-bit overrides in an int4 model, keep int8 activations (`accuracy_level = 4`).
+    pub fn packer_activations(precision: Precision, format: Int8Format, int8_activations: bool) -> (bool, bool) {
+        let block = format == Int8Format::Block32;
+        let layers = if precision == Precision::Int8 && block { int8_activations } else { true };
+        (layers, !block || int8_activations)
+    }
 }
 
 /// The graph plus the fp32 weights it effectively computes with (quantize-dequantize round
