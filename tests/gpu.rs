@@ -61,8 +61,12 @@ fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
     ctx.storage_init("test", &f32_bytes(v)).unwrap()
 }
 
-fn state(ctx: &GpuContext, token: u32, pos: u32) -> wgpu::Buffer {
-    ctx.storage_init("state", &[token.to_le_bytes(), pos.to_le_bytes()].concat()).unwrap()
+/// The step state the kernels read, `{ pos, rows, tokens[] }` (at least one token slot).
+fn state(ctx: &GpuContext, pos: usize, rows: usize, tokens: &[u32]) -> wgpu::Buffer {
+    let mut words = vec![pos as u32, rows as u32];
+    words.extend(tokens);
+    words.resize(words.len().max(3), 0);
+    ctx.storage_init("state", &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap()
 }
 
 fn download(ctx: &GpuContext, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
@@ -102,11 +106,11 @@ fn int4_matmul_kernels_match_twin() {
                 (0..k).map(|t| (deq[j * k + t] * x[r * k + t]).abs()).sum()
             };
             let gw = GpuQ4::upload(&ctx, "w", &w).unwrap();
-            let xb = upload(&ctx, &x);
+            let (xb, st) = (upload(&ctx, &x), state(&ctx, 0, rows, &[]));
             for gemm in [false, true] {
                 let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
-                let d = if gemm { gw.gemm(&ctx, &mut pipes, &xb, &yb, rows as u32) } else { gw.gemv(&ctx, &mut pipes, &xb, &yb, rows as u32) };
-                kernels::run(&ctx, &pipes, &[d]);
+                let d = if gemm { gw.gemm(&ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(&ctx, &mut pipes, &xb, &yb) };
+                kernels::run(&ctx, &pipes, &[d], rows as u32);
                 let got = download(&ctx, &yb, rows * n);
                 let what = format!("{} n={n} k={k} bs={bs} rows={rows} sym={symmetric}", if gemm { "gemm_q4" } else { "gemv_q4" });
                 assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
@@ -124,13 +128,17 @@ fn embed_q4_matches_twin() {
         for symmetric in [true, false] {
             let table = qref::quantize_q4(&rng.f32s(vocab * hidden), vocab, hidden, bs, symmetric);
             let gt = GpuQ4::upload(&ctx, "table", &table).unwrap();
-            for token in [0, vocab - 1, rng.range(0, vocab)] {
-                let st = state(&ctx, token as u32, 0);
-                let out = ctx.storage("out", (hidden * 4) as u64).unwrap();
+            // One row (decode), then several gathered at once (a prefill chunk).
+            let mut batches = vec![vec![rng.range(0, vocab) as u32], vec![0, vocab as u32 - 1]];
+            batches.push((0..rng.range(2, 70)).map(|_| rng.range(0, vocab) as u32).collect());
+            for tokens in batches {
+                let (st, rows) = (state(&ctx, 0, tokens.len(), &tokens), tokens.len());
+                let out = ctx.storage("out", (rows * hidden * 4) as u64).unwrap();
                 let d = gt.embed(&ctx, &mut pipes, &st, &out);
-                kernels::run(&ctx, &pipes, &[d]);
+                kernels::run(&ctx, &pipes, &[d], rows as u32);
+                let want: Vec<f32> = tokens.iter().flat_map(|t| twin::embed_q4(&table, *t as usize)).collect();
                 // Exactly one product per element: bit-identical.
-                assert_eq!(download(&ctx, &out, hidden), twin::embed_q4(&table, token), "vocab={vocab} hidden={hidden} bs={bs} token={token}");
+                assert_eq!(download(&ctx, &out, rows * hidden), want, "vocab={vocab} hidden={hidden} bs={bs} tokens={tokens:?}");
             }
         }
     }
@@ -144,8 +152,8 @@ fn rms_norm_matches_twin() {
     for (n, rows) in [(1, 1), (64, 1), (576, 2), (1000, 3), (rng.range(1, 3000), 1)] {
         let (x, g) = (rng.f32s(rows * n), rng.f32s(n));
         let (xb, gb, yb) = (upload(&ctx, &x), upload(&ctx, &g), ctx.storage("y", (rows * n * 4) as u64).unwrap());
-        let d = kernels::rms_norm(&ctx, &mut pipes, n, 1e-5, rows as u32, &xb, &gb, &yb);
-        kernels::run(&ctx, &pipes, &[d]);
+        let d = kernels::rms_norm(&ctx, &mut pipes, n, 1e-5, &xb, &gb, &yb);
+        kernels::run(&ctx, &pipes, &[d], rows as u32);
         assert_close(&format!("rms_norm n={n} rows={rows}"), &download(&ctx, &yb, rows * n), &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
     }
 }
@@ -158,14 +166,16 @@ fn rope_matches_twin() {
     for (heads, hd, max_ctx) in [(1, 2, 1), (4, 16, 256), (9, 64, 300), (3, 128, 2048)] {
         let (cos, sin) = twin::rope_tables(hd, max_ctx, 10000.0);
         let (cb, sb) = (upload(&ctx, &cos), upload(&ctx, &sin));
-        for pos in [0, max_ctx - 1, rng.range(0, max_ctx)] {
-            let x = rng.f32s(heads * hd);
-            let (st, xb) = (state(&ctx, 0, pos as u32), upload(&ctx, &x));
+        // Rows at positions pos..pos + rows: one (decode) or a prefill chunk's.
+        let rows = rng.range(1, max_ctx.min(70) + 1);
+        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
+            let x = rng.f32s(rows * heads * hd);
+            let (st, xb) = (state(&ctx, pos, rows, &[]), upload(&ctx, &x));
             let d = kernels::rope(&ctx, &mut pipes, heads, hd, &st, &cb, &sb, &xb);
-            kernels::run(&ctx, &pipes, &[d]);
+            kernels::run(&ctx, &pipes, &[d], rows as u32);
             let mut want = x.clone();
-            twin::rope(&mut want, hd, pos, 10000.0);
-            assert_close(&format!("rope heads={heads} hd={hd} pos={pos}"), &download(&ctx, &xb, heads * hd), &want, |_| 1e-6);
+            twin::rope(&mut want, heads, hd, pos, 10000.0);
+            assert_close(&format!("rope heads={heads} hd={hd} pos={pos} rows={rows}"), &download(&ctx, &xb, rows * heads * hd), &want, |_| 1e-6);
         }
     }
 }
@@ -183,22 +193,27 @@ fn kv_append_and_attention_match_twins() {
     for (heads, kv_heads, hd, max_ctx) in shapes {
         let s = AttnShape { heads, kv_heads, head_dim: hd, max_ctx };
         let kvd = kv_heads * hd;
-        for pos in [0, max_ctx - 1, rng.range(0, max_ctx)] {
+        // Decode (one query row) at the ends and in the middle of the cache, then a prefill
+        // chunk of rows (causal: row r at pos + r sees positions 0..=pos + r), from an empty
+        // cache, ending at its last position, and after a random prefix.
+        let rows = rng.range(2, max_ctx.clamp(2, 70) + 1).min(max_ctx);
+        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
             let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
-            let (k, v, q) = (rng.f32s(kvd), rng.f32s(kvd), rng.f32s(heads * hd));
-            let st = state(&ctx, 0, pos as u32);
+            let (k, v, q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
+            let st = state(&ctx, pos, rows, &[]);
             let (kcb, vcb, kb, vb, qb) = (upload(&ctx, &kc), upload(&ctx, &vc), upload(&ctx, &k), upload(&ctx, &v), upload(&ctx, &q));
-            let scores = ctx.storage("scores", (heads * max_ctx * 4) as u64).unwrap();
-            let out = ctx.storage("out", (heads * hd * 4) as u64).unwrap();
+            let scores = ctx.storage("scores", (rows * heads * max_ctx * 4) as u64).unwrap();
+            let out = ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap();
             let append = kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &st, &kb, &vb, &kcb, &vcb);
             let attend = kernels::attention(&ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
-            kernels::run(&ctx, &pipes, &[append, attend]);
-            twin::kv_append(&k, &v, &mut kc, &mut vc, hd, max_ctx, pos);
-            let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos}");
+            kernels::run(&ctx, &pipes, &[append, attend], rows as u32);
+            twin::kv_append(s, &k, &v, &mut kc, &mut vc, pos);
+            let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos} rows={rows}");
             assert_eq!(download(&ctx, &kcb, kvd * max_ctx), kc, "kv_append keys {what}");
             assert_eq!(download(&ctx, &vcb, kvd * max_ctx), vc, "kv_append values {what}");
-            let want = twin::attention_decode(s, &q, &kc, &vc, pos);
-            assert_close(&format!("attention {what}"), &download(&ctx, &out, heads * hd), &want, |_| 2e-5);
+            // The cache past pos + rows holds random values: a row that looked ahead would differ.
+            let want = twin::attention(s, &q, &kc, &vc, pos);
+            assert_close(&format!("attention {what}"), &download(&ctx, &out, rows * heads * hd), &want, |_| 2e-5);
         }
     }
 }
@@ -208,17 +223,17 @@ fn elementwise_kernels_match_twins() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng(6);
     let mut pipes = Pipelines::default();
-    for n in [1, 63, 64, 65, 1536, rng.range(1, 10_000)] {
-        let (a, b) = (rng.f32s(n), rng.f32s(n));
-        let (ab, bb, out) = (upload(&ctx, &a), upload(&ctx, &b), ctx.storage("out", (n * 4) as u64).unwrap());
+    for (n, rows) in [(1, 1), (63, 1), (64, 2), (65, 3), (1536, 1), (576, 64), (rng.range(1, 10_000), rng.range(1, 9))] {
+        let (a, b) = (rng.f32s(rows * n), rng.f32s(rows * n));
+        let (ab, bb, out) = (upload(&ctx, &a), upload(&ctx, &b), ctx.storage("out", (rows * n * 4) as u64).unwrap());
         let d = kernels::silu_mul(&ctx, &mut pipes, n, &ab, &bb, &out);
-        kernels::run(&ctx, &pipes, &[d]);
-        assert_close(&format!("silu_mul n={n}"), &download(&ctx, &out, n), &twin::silu_mul(&a, &b), |_| 1e-6);
+        kernels::run(&ctx, &pipes, &[d], rows as u32);
+        assert_close(&format!("silu_mul n={n} rows={rows}"), &download(&ctx, &out, rows * n), &twin::silu_mul(&a, &b), |_| 1e-6);
         let d = kernels::add(&ctx, &mut pipes, n, &ab, &bb);
-        kernels::run(&ctx, &pipes, &[d]);
+        kernels::run(&ctx, &pipes, &[d], rows as u32);
         let mut want = a.clone();
         twin::add(&mut want, &b);
-        assert_eq!(download(&ctx, &ab, n), want, "add n={n}");
+        assert_eq!(download(&ctx, &ab, rows * n), want, "add n={n} rows={rows}");
     }
 }
 
@@ -231,10 +246,11 @@ fn argmax_matches_reference_lowest_index_on_ties() {
         for ties in [false, true] {
             // With ties, values from a set of 3 so the maximum repeats many times.
             let v: Vec<f32> = if ties { (0..n).map(|_| rng.range(0, 3) as f32).collect() } else { rng.f32s(n) };
-            let (vb, st) = (upload(&ctx, &v), state(&ctx, u32::MAX, 0));
+            let (vb, st) = (upload(&ctx, &v), state(&ctx, 0, 1, &[u32::MAX]));
             let d = kernels::argmax(&ctx, &mut pipes, n, &vb, &st);
-            kernels::run(&ctx, &pipes, &[d]);
-            let got = download(&ctx, &st, 1)[0].to_bits();
+            kernels::run(&ctx, &pipes, &[d], 1);
+            // The pick lands in tokens[0], the word after pos and rows.
+            let got = download(&ctx, &st, 3)[2].to_bits();
             assert_eq!(got, edge_llm::generate::argmax(&v), "n={n} ties={ties}");
         }
     }
@@ -296,30 +312,73 @@ fn tiny_greedy_tokens_match_reference_over_32_steps() {
     }
 }
 
+/// A prompt of `len` ids within the tiny vocabulary.
+fn prompt_of(len: usize, vocab: usize) -> Vec<u32> {
+    (0..len).map(|i| ((i * 37 + 5) % vocab) as u32).collect()
+}
+
+/// Prompts through the chunked prefill (one submit per chunk of up to `PREFILL_CHUNK` rows:
+/// GEMM linears, causal attention over the chunk's rows) give the reference's last logits and
+/// greedy tokens: one row, the 6-token prompt, exactly one chunk, and three chunks (64 + 64 +
+/// 22). Then the same long prompt fed in two uneven calls (the second starts mid-cache).
 #[test]
-fn decode_step_creates_nothing_submits_once_reads_back_one_token() {
+fn tiny_prefill_in_chunks_matches_reference() {
+    for symmetric in [true, false] {
+        let Some(ctx) = gpu() else { return };
+        let (q, exported) = tiny_q4(symmetric);
+        let (cfg, w) = (q.cfg.clone(), &exported.effective);
+        let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
+        let chunk = model.prefill_chunk();
+        assert_eq!(chunk, edge_llm::gpu::decode::PREFILL_CHUNK);
+        let long = prompt_of(2 * chunk + 22, cfg.vocab_size);
+        for prompt in [vec![42], PROMPT.to_vec(), prompt_of(chunk, cfg.vocab_size), long.clone()] {
+            let what = format!("symmetric={symmetric} prompt of {}", prompt.len());
+            model.reset();
+            let next = block_on(model.prefill(&prompt)).unwrap();
+            assert_eq!(model.pos(), prompt.len());
+            let want = reference::forward(&cfg, w, &prompt, &mut RefKvCache::default()).pop().unwrap();
+            let d = max_abs_diff(&block_on(model.logits()).unwrap(), &want);
+            assert!(d < LOGITS_TOL, "{what}: GPU prefill vs reference last logits max |diff| = {d}");
+            assert_eq!(next, edge_llm::generate::argmax(&want), "{what}");
+            assert_eq!(block_on(model.greedy(&prompt, 16)).unwrap(), reference::greedy(&cfg, w, &prompt, 16), "{what}");
+        }
+        model.reset();
+        block_on(model.prefill(&long[..chunk + 6])).unwrap();
+        block_on(model.prefill(&long[chunk + 6..])).unwrap();
+        let want = reference::forward(&cfg, w, &long, &mut RefKvCache::default()).pop().unwrap();
+        let d = max_abs_diff(&block_on(model.logits()).unwrap(), &want);
+        assert!(d < LOGITS_TOL, "symmetric={symmetric}: prefill in two calls vs reference max |diff| = {d}");
+    }
+}
+
+#[test]
+fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token() {
     let Some(ctx) = gpu() else { return };
     let (q, _) = tiny_q4(true);
-    let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
-    let budget = |c: GpuCounters, prompt: bool| {
+    let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
+    let chunk = model.prefill_chunk();
+    let check = |c: GpuCounters, tokens: usize| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");
-        assert_eq!(c.submits, 1, "{c:?}");
-        assert_eq!(c.writes, 1, "{c:?}");
-        // A prompt step writes token and position; a decode step only the position.
-        assert!(c.write_bytes <= if prompt { 8 } else { 4 }, "{c:?}");
-        assert_eq!((c.readbacks, c.readback_bytes), (1, 4), "{c:?}");
+        // One write and one submit per chunk; the write is position, rows and the chunk's
+        // tokens (a decode step: position and rows; its token is already on the GPU).
+        let chunks = tokens.div_ceil(chunk).max(1) as u64;
+        assert_eq!((c.submits, c.writes), (chunks, chunks), "{tokens} tokens: {c:?}");
+        assert_eq!(c.write_bytes, 8 * chunks + 4 * tokens as u64, "{tokens} tokens: {c:?}");
+        // Only the last chunk runs the head; only its token comes back.
+        assert_eq!((c.readbacks, c.readback_bytes), (1, 4), "{tokens} tokens: {c:?}");
     };
-    for (i, t) in PROMPT.iter().enumerate() {
+    for prompt in [PROMPT.to_vec(), prompt_of(2 * chunk + 22, q.cfg.vocab_size)] {
+        model.reset();
         let before = model.counters();
-        block_on(model.step(Some(*t))).unwrap();
-        budget(model.counters().since(&before), true);
-        assert_eq!(model.pos(), i + 1);
-    }
-    for _ in 0..20 {
-        let before = model.counters();
-        block_on(model.step(None)).unwrap();
-        budget(model.counters().since(&before), false);
+        block_on(model.prefill(&prompt)).unwrap();
+        check(model.counters().since(&before), prompt.len());
+        assert_eq!(model.pos(), prompt.len());
+        for _ in 0..20 {
+            let before = model.counters();
+            block_on(model.step(None)).unwrap();
+            check(model.counters().since(&before), 0);
+        }
     }
 }
 
@@ -331,6 +390,11 @@ fn bad_steps_are_named_errors() {
     let mut model = GpuLlama::load(ctx, &q, 3).unwrap();
     assert!(matches!(block_on(model.step(None)), Err(Error::InvalidOption { option: "token", .. })));
     assert!(matches!(block_on(model.step(Some(vocab))), Err(Error::InvalidOption { option: "token", .. })));
+    assert!(matches!(block_on(model.prefill(&[])), Err(Error::InvalidOption { option: "prompt", .. })));
+    assert!(matches!(block_on(model.prefill(&[1, vocab, 2])), Err(Error::InvalidOption { option: "token", .. })));
+    assert!(matches!(block_on(model.prefill(&[1, 2, 3, 4])), Err(Error::ContextOverflow { needed: 4, max: 3 })));
+    // A refused prompt leaves the cache as it was.
+    assert_eq!(model.pos(), 0);
     for t in [1, 2, 3] {
         block_on(model.step(Some(t))).unwrap();
     }

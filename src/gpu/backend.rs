@@ -163,18 +163,15 @@ impl GpuSession {
         Ok(())
     }
 
-    /// Run `tokens`; returns the token the GPU's argmax picked after the last.
+    /// Run `tokens` (a chunk of them per submit); returns the token the GPU's argmax picked
+    /// after the last.
     async fn run(&mut self, tokens: &[u32]) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::Inference("forward needs at least one token".into()));
         }
         self.own().await?;
-        let mut model = self.shared.model.borrow_mut();
-        let mut next = 0;
-        for &t in tokens {
-            next = model.step(Some(t)).await?;
-            self.len += 1;
-        }
+        let next = self.shared.model.borrow_mut().prefill(tokens).await?;
+        self.len += tokens.len();
         Ok(next)
     }
 }

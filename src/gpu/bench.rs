@@ -30,7 +30,7 @@ impl GemvBench {
         let xb = ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?;
         let y = ctx.storage("bench_y", (n * 4) as u64)?;
         let mut pipes = Pipelines::default();
-        let dispatches = (0..reps).map(|_| gw.gemv(ctx, &mut pipes, &xb, &y, 1)).collect();
+        let dispatches = (0..reps).map(|_| gw.gemv(ctx, &mut pipes, &xb, &y)).collect();
         let zp_bytes = q.packed_zero_points().map_or(0, |z| z.len());
         let bytes_per_call = (q.packed.len() + q.scales.len() * 4 + zp_bytes + k * 4) as u64;
         let readback = ctx.readback("bench_y", 4);
@@ -40,7 +40,7 @@ impl GemvBench {
     /// Submit the `reps` GEMVs and wait until the GPU has finished them.
     pub async fn run(&self, ctx: &GpuContext) -> Result<()> {
         let mut enc = ctx.encoder();
-        self.pipes.record(&mut enc, &self.dispatches);
+        self.pipes.record(&mut enc, &self.dispatches, 1);
         enc.copy_buffer_to_buffer(&self.y, 0, &self.readback, 0, 4);
         ctx.submit(enc);
         ctx.read(&self.readback, 4).await?;
@@ -88,18 +88,33 @@ pub fn report(model: Option<(&str, &super::Q4Llama)>, warmup: usize, steps: usiz
         out.push(format!("  n={n:6} k={k:5}: {:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call));
     }
     let Some((name, q)) = model else { return Ok(out) };
+    const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
     let t = Instant::now();
     let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    // A fixed prompt of ids: the tokenizer is not what is measured.
-    let prompt: Vec<u32> = (0..16u32).map(|i| 100 + i * 37).collect();
-    let t = Instant::now();
-    for id in &prompt {
-        block_on(model.step(Some(*id)))?;
+    // A fixed prompt of ids (the tokenizer is not what is measured), the length of a short
+    // chat turn; median of 3 prefills from an empty cache.
+    let prompt: Vec<u32> = (0..PREFILL_TOKENS as u32).map(|i| 100 + i * 37).collect();
+    // Chunked (what the backend runs), then one submit per token (the GEMV path, as before
+    // prefill was chunked).
+    let mut prefill_ms = [Vec::with_capacity(3), Vec::with_capacity(3)];
+    for _ in 0..3 {
+        for (chunked, times) in [true, false].into_iter().zip(&mut prefill_ms) {
+            model.reset();
+            let t = Instant::now();
+            if chunked {
+                block_on(model.prefill(&prompt))?;
+            } else {
+                for id in &prompt {
+                    block_on(model.step(Some(*id)))?;
+                }
+            }
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
     }
-    let prefill_ms = t.elapsed().as_secs_f64() * 1e3;
+    let [chunked_ms, per_token_ms] = prefill_ms.map(|v| stats(v).0);
     let mut lat = Vec::with_capacity(steps);
     for i in 0..warmup + steps {
         let t = Instant::now();
@@ -112,7 +127,9 @@ pub fn report(model: Option<(&str, &super::Q4Llama)>, warmup: usize, steps: usiz
     let (p50, p95, p99) = stats(lat);
     out.push(format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", name, cfg.num_layers));
     out.push(format!("  load (upload, pipelines, bind groups) ms: {load_ms:.1}"));
-    out.push(format!("  prefill {} tokens, one decode step each: {:.1} tok/s", prompt.len(), prompt.len() as f64 / prefill_ms * 1e3));
+    let tok_s = |ms: f64| prompt.len() as f64 / ms * 1e3;
+    out.push(format!("  prefill {} tokens, chunks of {} per submit: {chunked_ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), model.prefill_chunk(), tok_s(chunked_ms)));
+    out.push(format!("  prefill {} tokens, one submit per token: {per_token_ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(per_token_ms)));
     out.push(format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
     out.push(format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
     Ok(out)

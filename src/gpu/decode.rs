@@ -1,7 +1,9 @@
-//! A Llama decode step on the GPU: int4 weights (MatMulNBits layout) and the KV cache stay
-//! resident; buffers, pipelines and bind groups are made once in [`GpuLlama::load`]; a step
-//! writes at most 8 bytes (token and position), submits one command buffer and reads back
-//! only the 4-byte token the GPU's argmax picked.
+//! The Llama forward pass on the GPU: int4 weights (MatMulNBits layout) and the KV cache stay
+//! resident; buffers, pipelines and bind groups are made once in [`GpuLlama::load`], sized for
+//! steps of up to [`PREFILL_CHUNK`] tokens. A decode step writes 8 bytes (position and row
+//! count), submits one command buffer and reads back only the 4-byte token the GPU's argmax
+//! picked; a prompt runs a chunk of tokens per submit (GEMM linears, causal attention over the
+//! chunk's rows) and reads back only the last chunk's token.
 
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, GpuQ4, Pipelines};
@@ -96,17 +98,52 @@ impl Q4Llama {
     }
 }
 
-/// The resident model and its per-step command list.
+/// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several). The
+/// activation buffers are sized for it at load, the attention scratch too (`[chunk][heads]
+/// [max_ctx]` f32: SmolLM2 at 2048 positions, 4.7 MB). The CPU path's `cpu::PREFILL_CHUNK`.
+pub const PREFILL_CHUNK: usize = 64;
+
+/// Byte offset of `tokens` in the step state `{ pos: u32, rows: u32, tokens: [u32; chunk] }`
+/// every kernel reads: the CPU writes `pos` and `rows` each step (and a prompt chunk's
+/// tokens); argmax.wgsl writes its pick to `tokens[0]`, which the next decode step embeds.
+const TOKENS_AT: u64 = 8;
+
+/// One kernel of the forward pass, bound once at load.
+enum Op {
+    Run(Dispatch),
+    /// A linear layer bound both ways: the GEMV for one row (decode), the tiled GEMM (each
+    /// weight read once per 32 rows) for a prefill chunk.
+    Linear { gemv: Dispatch, gemm: Dispatch },
+}
+
+impl Op {
+    fn for_rows(&self, rows: usize) -> &Dispatch {
+        match self {
+            Op::Run(d) => d,
+            Op::Linear { gemv, .. } if rows == 1 => gemv,
+            Op::Linear { gemm, .. } => gemm,
+        }
+    }
+}
+
+/// The resident model and its command lists.
 pub struct GpuLlama {
     ctx: GpuContext,
     pipes: Pipelines,
     cfg: LlamaConfig,
     max_ctx: usize,
-    /// `{ token: u32, pos: u32 }`, read by embed/rope/kv_append/attention, token written by argmax.
+    chunk: usize,
+    /// The step state (see [`TOKENS_AT`]).
     state: wgpu::Buffer,
     token_readback: wgpu::Buffer,
+    /// The residual stream `[chunk][hidden]`, and its last row, copied out for the head.
+    x: wgpu::Buffer,
+    x_last: wgpu::Buffer,
     logits: wgpu::Buffer,
-    dispatches: Vec<Dispatch>,
+    /// Embedding and every layer, for a step's rows.
+    body: Vec<Op>,
+    /// Final norm, head and argmax, on the last row only.
+    head: Vec<Dispatch>,
     /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
     kv_cache: Vec<[wgpu::Buffer; 2]>,
     /// Everything the bind groups refer to, owned for the model's lifetime.
@@ -117,7 +154,7 @@ pub struct GpuLlama {
 
 impl GpuLlama {
     /// Upload `w` and build every buffer, pipeline and bind group a step needs, for contexts
-    /// of up to `max_ctx` tokens.
+    /// of up to `max_ctx` tokens and steps of up to [`PREFILL_CHUNK`] tokens.
     pub fn load(ctx: GpuContext, w: &Q4Llama, max_ctx: usize) -> Result<Self> {
         let cfg = w.cfg.clone();
         if max_ctx == 0 || max_ctx > cfg.max_position_embeddings {
@@ -134,77 +171,89 @@ impl GpuLlama {
         }
         let (h, qd, kvd, inter, vocab, hd) =
             (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
-        let f = |n: usize| (n * 4) as u64;
+        let chunk = PREFILL_CHUNK.min(max_ctx);
+        // `n` f32 per row, for a chunk's rows.
+        let rows = |n: usize| (chunk * n * 4) as u64;
         let mut pipes = Pipelines::default();
         let mut bufs: Vec<wgpu::Buffer> = Vec::new();
         let mut weights: Vec<GpuQ4> = Vec::new();
-        let mut dispatches = Vec::new();
+        let mut body = Vec::new();
         let mut kv_cache = Vec::new();
 
-        let state = ctx.storage("state", 8)?;
-        let x = ctx.storage("x", f(h))?;
-        let xn = ctx.storage("x_norm", f(h))?;
-        let q = ctx.storage("q", f(qd))?;
-        let k = ctx.storage("k", f(kvd))?;
-        let v = ctx.storage("v", f(kvd))?;
-        let attn = ctx.storage("attn", f(qd))?;
-        let tmp = ctx.storage("proj", f(h))?;
-        let gate = ctx.storage("gate", f(inter))?;
-        let up = ctx.storage("up", f(inter))?;
-        let act = ctx.storage("act", f(inter))?;
-        let logits = ctx.storage("logits", f(vocab))?;
-        let scores = ctx.storage("scores", f(cfg.num_heads * max_ctx))?;
+        let state = ctx.storage("state", TOKENS_AT + 4 * chunk as u64)?;
+        let x = ctx.storage("x", rows(h))?;
+        let xn = ctx.storage("x_norm", rows(h))?;
+        let q = ctx.storage("q", rows(qd))?;
+        let k = ctx.storage("k", rows(kvd))?;
+        let v = ctx.storage("v", rows(kvd))?;
+        let attn = ctx.storage("attn", rows(qd))?;
+        let tmp = ctx.storage("proj", rows(h))?;
+        let gate = ctx.storage("gate", rows(inter))?;
+        let up = ctx.storage("up", rows(inter))?;
+        let act = ctx.storage("act", rows(inter))?;
+        let scores = ctx.storage("scores", rows(cfg.num_heads * max_ctx))?;
+        let x_last = ctx.storage("x_last", (h * 4) as u64)?;
+        let logits = ctx.storage("logits", (vocab * 4) as u64)?;
         let (cos, sin) = twin::rope_tables(hd, max_ctx, cfg.rope_theta);
         let cos = ctx.storage_init("rope_cos", &f32_bytes(&cos))?;
         let sin = ctx.storage_init("rope_sin", &f32_bytes(&sin))?;
         let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hd, max_ctx };
 
         let embed = GpuQ4::upload(&ctx, "embed_tokens", &w.embed)?;
-        dispatches.push(embed.embed(&ctx, &mut pipes, &state, &x));
+        body.push(Op::Run(embed.embed(&ctx, &mut pipes, &state, &x)));
         for (l, lw) in w.layers.iter().enumerate() {
             let up4 = |name: &str, m: &Q4Weight| GpuQ4::upload(&ctx, &format!("layers.{l}.{name}"), m);
             let (wq, wk, wv, wo) = (up4("q_proj", &lw.wq)?, up4("k_proj", &lw.wk)?, up4("v_proj", &lw.wv)?, up4("o_proj", &lw.wo)?);
             let (wg, wu, wd) = (up4("gate_proj", &lw.w_gate)?, up4("up_proj", &lw.w_up)?, up4("down_proj", &lw.w_down)?);
             let attn_norm = ctx.storage_init("attn_norm", &f32_bytes(&lw.attn_norm))?;
             let ffn_norm = ctx.storage_init("ffn_norm", &f32_bytes(&lw.ffn_norm))?;
-            let kc = ctx.storage("k_cache", f(kvd * max_ctx))?;
-            let vc = ctx.storage("v_cache", f(kvd * max_ctx))?;
+            let kc = ctx.storage("k_cache", (kvd * max_ctx * 4) as u64)?;
+            let vc = ctx.storage("v_cache", (kvd * max_ctx * 4) as u64)?;
             let eps = cfg.rms_norm_eps;
-            dispatches.extend([
-                kernels::rms_norm(&ctx, &mut pipes, h, eps, 1, &x, &attn_norm, &xn),
-                wq.gemv(&ctx, &mut pipes, &xn, &q, 1),
-                wk.gemv(&ctx, &mut pipes, &xn, &k, 1),
-                wv.gemv(&ctx, &mut pipes, &xn, &v, 1),
-                kernels::rope(&ctx, &mut pipes, cfg.num_heads, hd, &state, &cos, &sin, &q),
-                kernels::rope(&ctx, &mut pipes, cfg.num_kv_heads, hd, &state, &cos, &sin, &k),
-                kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &state, &k, &v, &kc, &vc),
-                kernels::attention(&ctx, &mut pipes, shape, AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scores: &scores, out: &attn }),
-                wo.gemv(&ctx, &mut pipes, &attn, &tmp, 1),
-                kernels::add(&ctx, &mut pipes, h, &x, &tmp),
-                kernels::rms_norm(&ctx, &mut pipes, h, eps, 1, &x, &ffn_norm, &xn),
-                wg.gemv(&ctx, &mut pipes, &xn, &gate, 1),
-                wu.gemv(&ctx, &mut pipes, &xn, &up, 1),
-                kernels::silu_mul(&ctx, &mut pipes, inter, &gate, &up, &act),
-                wd.gemv(&ctx, &mut pipes, &act, &tmp, 1),
-                kernels::add(&ctx, &mut pipes, h, &x, &tmp),
+            let mut linear = |w: &GpuQ4, x: &wgpu::Buffer, y: &wgpu::Buffer| Op::Linear {
+                gemv: w.gemv(&ctx, &mut pipes, x, y),
+                gemm: w.gemm(&ctx, &mut pipes, &state, x, y),
+            };
+            let (lq, lk, lv, lo) = (linear(&wq, &xn, &q), linear(&wk, &xn, &k), linear(&wv, &xn, &v), linear(&wo, &attn, &tmp));
+            let (lg, lu, ld) = (linear(&wg, &xn, &gate), linear(&wu, &xn, &up), linear(&wd, &act, &tmp));
+            let attn_bufs = AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scores: &scores, out: &attn };
+            body.extend([
+                Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &attn_norm, &xn)),
+                lq,
+                lk,
+                lv,
+                Op::Run(kernels::rope(&ctx, &mut pipes, cfg.num_heads, hd, &state, &cos, &sin, &q)),
+                Op::Run(kernels::rope(&ctx, &mut pipes, cfg.num_kv_heads, hd, &state, &cos, &sin, &k)),
+                Op::Run(kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &state, &k, &v, &kc, &vc)),
+                Op::Run(kernels::attention(&ctx, &mut pipes, shape, attn_bufs)),
+                lo,
+                Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)),
+                Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &ffn_norm, &xn)),
+                lg,
+                lu,
+                Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate, &up, &act)),
+                ld,
+                Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)),
             ]);
             weights.extend([wq, wk, wv, wo, wg, wu, wd]);
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
         }
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&w.final_norm))?;
-        dispatches.push(kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, 1, &x, &final_norm, &xn));
-        let head = match &w.lm_head {
+        let head_w = match &w.lm_head {
             Some(m) => Some(GpuQ4::upload(&ctx, "lm_head", m)?),
             None => None,
         };
-        dispatches.push(head.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits, 1));
-        dispatches.push(kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state));
+        let head = vec![
+            kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn),
+            head_w.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits),
+            kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state),
+        ];
         weights.push(embed);
-        weights.extend(head);
-        bufs.extend([x, xn, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm]);
+        weights.extend(head_w);
+        bufs.extend([xn, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm]);
         let token_readback = ctx.readback("token", 4);
-        Ok(GpuLlama { ctx, pipes, cfg, max_ctx, state, token_readback, logits, dispatches, kv_cache, _weights: weights, _buffers: bufs, pos: 0 })
+        Ok(GpuLlama { ctx, pipes, cfg, max_ctx, chunk, state, token_readback, x, x_last, logits, body, head, kv_cache, _weights: weights, _buffers: bufs, pos: 0 })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -232,6 +281,31 @@ impl GpuLlama {
     /// Most tokens the cache holds.
     pub fn max_context(&self) -> usize {
         self.max_ctx
+    }
+
+    /// Most tokens one prefill submit runs.
+    pub fn prefill_chunk(&self) -> usize {
+        self.chunk
+    }
+
+    /// Record the forward pass for `rows` tokens (the state already written) into one submit;
+    /// with `head`, then the final norm, head and argmax on the last row and the copy of the
+    /// picked token to the readback buffer.
+    fn submit(&self, rows: usize, head: bool) {
+        let mut enc = self.ctx.encoder();
+        self.pipes.record(&mut enc, self.body.iter().map(|op| op.for_rows(rows)), rows as u32);
+        if head {
+            let row = (self.cfg.hidden_size * 4) as u64;
+            enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
+            self.pipes.record(&mut enc, &self.head, 1);
+            enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 0, 4);
+        }
+        self.ctx.submit(enc);
+    }
+
+    async fn read_token(&self) -> Result<u32> {
+        let raw = self.ctx.read(&self.token_readback, 4).await?;
+        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
     }
 
     /// The first `self.pos()` positions of the cache, as the engine's host tensors (one
@@ -269,30 +343,47 @@ impl GpuLlama {
         Ok(())
     }
 
+    /// Run `tokens` after the cached ones and return the greedy next token: chunks of up to
+    /// [`GpuLlama::prefill_chunk`] tokens, each one write (position, rows, token ids) and one
+    /// submit; only the last chunk runs the head, and only its 4-byte token is read back.
+    pub async fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
+        if tokens.is_empty() {
+            return Err(Error::InvalidOption { option: "prompt", reason: "empty".into() });
+        }
+        if let Some(t) = tokens.iter().find(|t| **t as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidOption { option: "token", reason: format!("id {t} is outside the vocabulary of {}", self.cfg.vocab_size) });
+        }
+        let end = self.pos + tokens.len();
+        if end > self.max_ctx {
+            return Err(Error::ContextOverflow { needed: end, max: self.max_ctx });
+        }
+        let last = (tokens.len() - 1) / self.chunk;
+        for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
+            let words = [self.pos as u32, chunk.len() as u32].into_iter().chain(chunk.iter().copied());
+            self.ctx.write(&self.state, 0, &words.flat_map(u32::to_le_bytes).collect::<Vec<u8>>());
+            // Queue writes land before the next submit, so chunks need no wait in between.
+            self.submit(chunk.len(), i == last);
+            self.pos += chunk.len();
+        }
+        self.read_token().await
+    }
+
     /// Run one token through every layer and return the greedy next token. `Some(id)` feeds a
     /// prompt token; `None` feeds the token the previous step picked, without it leaving the GPU.
     pub async fn step(&mut self, token: Option<u32>) -> Result<u32> {
+        if let Some(t) = token {
+            return self.prefill(&[t]).await;
+        }
+        if self.pos == 0 {
+            return Err(Error::InvalidOption { option: "token", reason: "the first step needs a prompt token".into() });
+        }
         if self.pos >= self.max_ctx {
             return Err(Error::ContextOverflow { needed: self.pos + 1, max: self.max_ctx });
         }
-        let pos = self.pos as u32;
-        match token {
-            Some(t) if t as usize >= self.cfg.vocab_size => {
-                return Err(Error::InvalidOption { option: "token", reason: format!("id {t} is outside the vocabulary of {}", self.cfg.vocab_size) })
-            }
-            Some(t) => self.ctx.write(&self.state, 0, &[t.to_le_bytes(), pos.to_le_bytes()].concat()),
-            None if self.pos == 0 => {
-                return Err(Error::InvalidOption { option: "token", reason: "the first step needs a prompt token".into() })
-            }
-            None => self.ctx.write(&self.state, 4, &pos.to_le_bytes()),
-        }
-        let mut enc = self.ctx.encoder();
-        self.pipes.record(&mut enc, &self.dispatches);
-        enc.copy_buffer_to_buffer(&self.state, 0, &self.token_readback, 0, 4);
-        self.ctx.submit(enc);
-        let raw = self.ctx.read(&self.token_readback, 4).await?;
+        self.ctx.write(&self.state, 0, &[(self.pos as u32).to_le_bytes(), 1u32.to_le_bytes()].concat());
+        self.submit(1, true);
         self.pos += 1;
-        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+        self.read_token().await
     }
 
     /// The last step's logits (tests and callers that ask; allocates a readback buffer).
@@ -303,13 +394,7 @@ impl GpuLlama {
     /// Greedy decoding from a fresh context, as `llama::reference::greedy`.
     pub async fn greedy(&mut self, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
         self.reset();
-        let mut next = None;
-        for t in prompt {
-            next = Some(self.step(Some(*t)).await?);
-        }
-        let Some(mut next) = next else {
-            return Err(Error::InvalidOption { option: "prompt", reason: "empty".into() });
-        };
+        let mut next = self.prefill(prompt).await?;
         let mut out = Vec::with_capacity(max_new);
         for i in 0..max_new {
             out.push(next);

@@ -71,28 +71,57 @@ impl Pipelines {
     }
 
     /// Bind `buffers` to `k`'s bindings 0.. and remember the workgroup grid.
-    pub fn bind(&mut self, ctx: &GpuContext, k: Kernel, buffers: &[&wgpu::Buffer], groups: [u32; 3]) -> Dispatch {
+    pub fn bind(&mut self, ctx: &GpuContext, k: Kernel, buffers: &[&wgpu::Buffer], grid: Grid) -> Dispatch {
         let bind_group = ctx.bind_group(k.name(), self.get(ctx, k), buffers);
-        Dispatch { kernel: k, bind_group, groups }
+        Dispatch { kernel: k, bind_group, grid }
     }
 
-    /// Record `dispatches` in order into one compute pass (WebGPU orders their storage
-    /// accesses, so each sees the previous one's writes).
-    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, dispatches: &[Dispatch]) {
+    /// Record `dispatches` in order into one compute pass for a step of `rows` activation rows
+    /// (WebGPU orders their storage accesses, so each sees the previous one's writes).
+    pub fn record<'d>(&self, encoder: &mut wgpu::CommandEncoder, dispatches: impl IntoIterator<Item = &'d Dispatch>, rows: u32) {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
         for d in dispatches {
+            let [x, y, z] = d.grid.at(rows);
             pass.set_pipeline(self.pipeline(d.kernel));
             pass.set_bind_group(0, &d.bind_group, &[]);
-            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            pass.dispatch_workgroups(x, y, z);
         }
     }
 }
 
-/// A kernel bound to its buffers: recorded as is on every step.
+/// A kernel bound to its buffers: recorded as is on every step, its grid sized for the
+/// step's rows.
 pub struct Dispatch {
     kernel: Kernel,
     bind_group: wgpu::BindGroup,
-    groups: [u32; 3],
+    grid: Grid,
+}
+
+/// A dispatch's workgroup grid: the same every step, or following the step's row count (one
+/// token per row: 1 while decoding, up to a prefill chunk), so buffers sized for the largest
+/// chunk serve every step and nothing is rebound.
+#[derive(Debug, Clone, Copy)]
+pub enum Grid {
+    Fixed([u32; 3]),
+    /// `groups` with `groups[axis] = ceil(rows / rows_per_group)`.
+    Rows { groups: [u32; 3], axis: usize, rows_per_group: u32 },
+}
+
+impl Grid {
+    /// `[x, y, 1]` with `y` = one group row per activation row (most row-wise kernels).
+    fn per_row(x: u32) -> Grid {
+        Grid::Rows { groups: [x, 1, 1], axis: 1, rows_per_group: 1 }
+    }
+
+    pub fn at(self, rows: u32) -> [u32; 3] {
+        match self {
+            Grid::Fixed(g) => g,
+            Grid::Rows { mut groups, axis, rows_per_group } => {
+                groups[axis] = rows.div_ceil(rows_per_group).max(1);
+                groups
+            }
+        }
+    }
 }
 
 /// `count` workgroups as an `x × y` grid within the per-dimension limit (`x * y >= count`).
@@ -140,49 +169,50 @@ impl GpuQ4 {
         })
     }
 
-    /// `y[r] = W x[r]` for `rows` rows of `x`.
-    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer, rows: u32) -> Dispatch {
+    /// `y[r] = W x[r]` for each of the step's rows (decode: one), weights read once per row.
+    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
         let [gx, gy] = grid(ctx, self.n as u32);
-        pipes.bind(ctx, Kernel::GemvQ4, &[&self.params, x, &self.packed, &self.scales, &self.zps, y], [gx, gy, rows])
+        let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
+        pipes.bind(ctx, Kernel::GemvQ4, &[&self.params, x, &self.packed, &self.scales, &self.zps, y], grid)
     }
 
-    /// `y = x W^T` for `m` rows of `x` with the tiled GEMM (prefill).
-    pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer, m: u32) -> Dispatch {
-        let params = ctx.uniform("gemm", &[self.n as u32, self.k as u32, self.block_size as u32, self.has_zp as u32, m]);
-        let groups = [(self.n as u32).div_ceil(32), m.div_ceil(32), 1];
-        pipes.bind(ctx, Kernel::GemmQ4, &[&params, x, &self.packed, &self.scales, &self.zps, y], groups)
+    /// `y = x W^T` for the `state.rows` rows of `x` with the tiled GEMM (prefill).
+    pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+        let grid = Grid::Rows { groups: [(self.n as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
+        pipes.bind(ctx, Kernel::GemmQ4, &[&self.params, x, &self.packed, &self.scales, &self.zps, y, state], grid)
     }
 
-    /// `out = row state.token` of this table.
+    /// `out[r] = row state.tokens[r]` of this table, for each of the step's rows.
     pub fn embed(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
-        let params = ctx.uniform("embed", &[self.n as u32, self.k as u32, self.block_size as u32, self.has_zp as u32]);
-        pipes.bind(ctx, Kernel::EmbedQ4, &[&params, state, &self.packed, &self.scales, &self.zps, out], [(self.k as u32).div_ceil(64), 1, 1])
+        pipes.bind(ctx, Kernel::EmbedQ4, &[&self.params, state, &self.packed, &self.scales, &self.zps, out], Grid::per_row((self.k as u32).div_ceil(64)))
     }
 }
 
-/// Workgroups of 64 covering `n` elements, as a 2-D grid when needed.
-fn elementwise(ctx: &GpuContext, n: usize) -> [u32; 3] {
-    let [x, y] = grid(ctx, (n as u32).div_ceil(64));
-    [x, y, 1]
+/// Workgroups of 64 covering a row of `n` elements, one group row per activation row
+/// (`n` up to 64 × 65535, far above any hidden or intermediate size).
+fn elementwise(n: usize) -> Grid {
+    Grid::per_row((n as u32).div_ceil(64))
 }
 
-pub fn rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, rows: u32, x: &wgpu::Buffer, g: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+/// RMSNorm of each of the step's rows (`x` and `y` `[rows][n]`), one workgroup per row.
+pub fn rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, x: &wgpu::Buffer, g: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("rms_norm", &[n as u32, eps.to_bits()]);
-    pipes.bind(ctx, Kernel::RmsNorm, &[&params, x, g, y], [rows, 1, 1])
+    pipes.bind(ctx, Kernel::RmsNorm, &[&params, x, g, y], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
 pub fn rope(ctx: &GpuContext, pipes: &mut Pipelines, heads: usize, head_dim: usize, state: &wgpu::Buffer, cos: &wgpu::Buffer, sin: &wgpu::Buffer, x: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("rope", &[heads as u32, head_dim as u32]);
-    pipes.bind(ctx, Kernel::Rope, &[&params, state, cos, sin, x], [((heads * head_dim / 2) as u32).div_ceil(64), 1, 1])
+    pipes.bind(ctx, Kernel::Rope, &[&params, state, cos, sin, x], Grid::per_row(((heads * head_dim / 2) as u32).div_ceil(64)))
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn kv_append(ctx: &GpuContext, pipes: &mut Pipelines, kv_dim: usize, head_dim: usize, max_ctx: usize, state: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("kv_append", &[kv_dim as u32, head_dim as u32, max_ctx as u32]);
-    pipes.bind(ctx, Kernel::KvAppend, &[&params, state, k, v, kc, vc], [(kv_dim as u32).div_ceil(64), 1, 1])
+    pipes.bind(ctx, Kernel::KvAppend, &[&params, state, k, v, kc, vc], Grid::per_row((kv_dim as u32).div_ceil(64)))
 }
 
-/// Buffers of one decode attention: `scores` is `[heads][max_ctx]` f32 scratch.
+/// Buffers of one attention: `q`/`out` `[rows][heads][head_dim]`, `scores` `[rows][heads][max_ctx]`
+/// f32 scratch for the most rows a step runs.
 pub struct AttnBuffers<'a> {
     pub state: &'a wgpu::Buffer,
     pub q: &'a wgpu::Buffer,
@@ -195,22 +225,22 @@ pub struct AttnBuffers<'a> {
 pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits()]);
-    pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scores, b.out], [s.heads as u32, 1, 1])
+    pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scores, b.out], Grid::per_row(s.heads as u32))
 }
 
 pub fn silu_mul(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("silu_mul", &[n as u32]);
-    pipes.bind(ctx, Kernel::SiluMul, &[&params, gate, up, out], elementwise(ctx, n))
+    pipes.bind(ctx, Kernel::SiluMul, &[&params, gate, up, out], elementwise(n))
 }
 
 pub fn add(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("add", &[n as u32]);
-    pipes.bind(ctx, Kernel::Add, &[&params, x, y], elementwise(ctx, n))
+    pipes.bind(ctx, Kernel::Add, &[&params, x, y], elementwise(n))
 }
 
 pub fn argmax(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, logits: &wgpu::Buffer, state: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("argmax", &[n as u32]);
-    pipes.bind(ctx, Kernel::Argmax, &[&params, logits, state], [1, 1, 1])
+    pipes.bind(ctx, Kernel::Argmax, &[&params, logits, state], Grid::Fixed([1, 1, 1]))
 }
 
 /// Copy `len` f32 values of a storage buffer back to the CPU (tests and logits on request;
@@ -225,9 +255,9 @@ pub async fn download_f32(ctx: &GpuContext, buffer: &wgpu::Buffer, len: usize) -
     Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
 }
 
-/// Run `dispatches` in one submit (kernel tests).
-pub fn run(ctx: &GpuContext, pipes: &Pipelines, dispatches: &[Dispatch]) {
+/// Run `dispatches` for `rows` activation rows in one submit (kernel tests).
+pub fn run(ctx: &GpuContext, pipes: &Pipelines, dispatches: &[Dispatch], rows: u32) {
     let mut enc = ctx.encoder();
-    pipes.record(&mut enc, dispatches);
+    pipes.record(&mut enc, dispatches, rows);
     ctx.submit(enc);
 }

@@ -75,8 +75,15 @@ pub fn rope_tables(head_dim: usize, max_ctx: usize, theta: f32) -> (Vec<f32>, Ve
     (cos, sin)
 }
 
-/// `rope.wgsl`: rotate-half RoPE on every head of `x` (`[heads][head_dim]`) at `pos`.
-pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
+/// `rope.wgsl`: rotate-half RoPE on every head of each row of `x` (`[rows][heads][head_dim]`),
+/// row `r` at position `pos + r`.
+pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, theta: f32) {
+    for (r, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+        rope_row(row, head_dim, pos + r, theta);
+    }
+}
+
+fn rope_row(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
     let half = head_dim / 2;
     for head in x.chunks_exact_mut(head_dim) {
         for i in 0..half {
@@ -89,17 +96,19 @@ pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
     }
 }
 
-/// `kv_append.wgsl`: write `k` and `v` (`[kv_heads][head_dim]`) at `pos` of caches laid out
-/// `[kv_heads][max_ctx][head_dim]`.
-pub fn kv_append(k: &[f32], v: &[f32], kcache: &mut [f32], vcache: &mut [f32], head_dim: usize, max_ctx: usize, pos: usize) {
+/// `kv_append.wgsl`: write each row of `k` and `v` (`[rows][kv_heads][head_dim]`), row `r` at
+/// position `pos + r` of caches laid out `[kv_heads][max_ctx][head_dim]`.
+pub fn kv_append(s: AttnShape, k: &[f32], v: &[f32], kcache: &mut [f32], vcache: &mut [f32], pos: usize) {
+    let (hd, kvd) = (s.head_dim, s.kv_heads * s.head_dim);
     for (i, (kk, vv)) in k.iter().zip(v).enumerate() {
-        let at = ((i / head_dim) * max_ctx + pos) * head_dim + i % head_dim;
+        let (r, e) = (i / kvd, i % kvd);
+        let at = ((e / hd) * s.max_ctx + pos + r) * hd + e % hd;
         kcache[at] = *kk;
         vcache[at] = *vv;
     }
 }
 
-/// Shapes of one decode attention.
+/// Shapes of one attention.
 #[derive(Debug, Clone, Copy)]
 pub struct AttnShape {
     pub heads: usize,
@@ -108,9 +117,14 @@ pub struct AttnShape {
     pub max_ctx: usize,
 }
 
-/// `attention.wgsl`: query row `q` (`[heads][head_dim]`) at position `pos` against cache
-/// entries `0..=pos`; query head `h` uses kv head `h / (heads / kv_heads)`.
-pub fn attention_decode(s: AttnShape, q: &[f32], kcache: &[f32], vcache: &[f32], pos: usize) -> Vec<f32> {
+/// `attention.wgsl`: each query row of `q` (`[rows][heads][head_dim]`), row `r` at position
+/// `pos + r`, against cache entries `0..=pos + r` (causal); query head `h` uses kv head
+/// `h / (heads / kv_heads)`.
+pub fn attention(s: AttnShape, q: &[f32], kcache: &[f32], vcache: &[f32], pos: usize) -> Vec<f32> {
+    q.chunks_exact(s.heads * s.head_dim).enumerate().flat_map(|(r, qr)| attention_row(s, qr, kcache, vcache, pos + r)).collect()
+}
+
+fn attention_row(s: AttnShape, q: &[f32], kcache: &[f32], vcache: &[f32], pos: usize) -> Vec<f32> {
     let hd = s.head_dim;
     let scale = 1.0 / (hd as f32).sqrt();
     let group = s.heads / s.kv_heads;

@@ -1,4 +1,5 @@
-// Residual add in place: x[i] += y[i]. Twin: gpu::twin::add.
+// Residual add in place over a step's rows: x[r][i] += y[r][i], rows of length n.
+// Grid: (ceil(n / 64), rows). Twin: gpu::twin::add.
 
 struct Params {
     n: u32,
@@ -9,10 +10,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> y: array<f32>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
-    if (i >= p.n) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x >= p.n) {
         return;
     }
+    let i = gid.y * p.n + gid.x;
     x[i] += y[i];
 }

@@ -1,4 +1,4 @@
-// Greedy pick on the GPU: state.token = index of the largest logit, the lowest index on
+// Greedy pick on the GPU: state.tokens[0] = index of the largest logit, the lowest index on
 // ties (as generate::argmax). A decode step then reads back only these 4 bytes, and
 // the next step's embedding gather reads the token without a CPU round trip.
 // One workgroup of 256. Twin: generate::argmax.
@@ -7,9 +7,11 @@ struct Params {
     n: u32,
 }
 
+// gpu::decode's step state, { pos, rows, tokens[] }, up to tokens[0].
 struct State {
-    token: u32,
     pos: u32,
+    rows: u32,
+    token: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

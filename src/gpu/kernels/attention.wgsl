@@ -1,11 +1,13 @@
-// Decode attention, grouped-query heads, over the GPU-resident KV cache: one query row at
-// position state.pos attends to positions 0..=pos.
-//   q       [heads][head_dim]
+// Causal attention, grouped-query heads, over the GPU-resident KV cache, for a step's query
+// rows: row r sits at position state.pos + r and attends to positions 0..=pos+r (the cache
+// already holds the step's own keys and values: kv_append.wgsl runs first). Decode is the
+// one-row case; a prefill chunk runs all its rows in one dispatch.
+//   q       [rows][heads][head_dim]
 //   kcache, vcache  [kv_heads][max_ctx][head_dim];  query head h reads kv head h / (heads / kv_heads)
-//   scores  [heads][max_ctx] scratch (a workgroup only touches its own head's row)
-//   out     [heads][head_dim]
+//   scores  [rows][heads][max_ctx] scratch (a workgroup only touches its own row and head)
+//   out     [rows][heads][head_dim]
 // Softmax inside: scores, max, exp and sum, then the weighted sum of values.
-// One workgroup per query head. Twin: gpu::twin::attention_decode.
+// Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention.
 
 struct Params {
     heads: u32,
@@ -16,8 +18,8 @@ struct Params {
 }
 
 struct State {
-    token: u32,
     pos: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -34,11 +36,13 @@ var<workgroup> red: array<f32, 64>;
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wid.x;
+    let r = wid.y;
     let kvh = h / (p.heads / p.kv_heads);
-    let len = state.pos + 1u;
-    let qo = h * p.head_dim;
+    // Causal: this row sees itself and everything before it, nothing after.
+    let len = state.pos + r + 1u;
+    let qo = (r * p.heads + h) * p.head_dim;
     let kv_base = kvh * p.max_ctx * p.head_dim;
-    let so = h * p.max_ctx;
+    let so = (r * p.heads + h) * p.max_ctx;
 
     var m = -3.4e38;
     for (var t = lid; t < len; t += WG) {

@@ -1,7 +1,9 @@
-// Embedding gather from the int4 table: out[i] = (q[token][i] - zp) * scale, the table in
-// the same MatMulNBits layout as gemv_q4.wgsl ([vocab][blocks][block/2] bytes, f32 scales,
-// optional packed zero points). Token from state.token (written by the CPU for prompt
-// tokens, by argmax.wgsl while decoding). One invocation per element. Twin: gpu::twin::embed_q4.
+// Embedding gather from the int4 table for a step's rows: out[r][i] = (q[tokens[r]][i] - zp) * scale,
+// the table in the same MatMulNBits layout as gemv_q4.wgsl ([vocab][blocks][block/2] bytes, f32
+// scales, optional packed zero points). tokens are state.tokens (written by the CPU for prompt
+// tokens; tokens[0] by argmax.wgsl while decoding, so the picked token never leaves the GPU).
+//   out     [rows][hidden]
+// Grid: (ceil(hidden / 64), rows), one invocation per element. Twin: gpu::twin::embed_q4.
 
 struct Params {
     vocab: u32,
@@ -11,8 +13,9 @@ struct Params {
 }
 
 struct State {
-    token: u32,
     pos: u32,
+    rows: u32,
+    tokens: array<u32>,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -25,11 +28,12 @@ struct State {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
+    let r = gid.y;
     if (i >= p.hidden) {
         return;
     }
     // The CPU checks prompt ids against the vocabulary; the clamp only keeps reads in bounds.
-    let row = min(state.token, p.vocab - 1u);
+    let row = min(state.tokens[r], p.vocab - 1u);
     let blocks = (p.hidden + p.block_size - 1u) / p.block_size;
     let b = i / p.block_size;
     let word = packed[row * blocks * (p.block_size / 8u) + i / 8u];
@@ -40,5 +44,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let bits = (zps[byte_index / 4u] >> ((byte_index % 4u) * 8u)) & 0xffu;
         zp = f32((bits >> ((b % 2u) * 4u)) & 0xfu);
     }
-    out[i] = (q - zp) * scales[row * blocks + b];
+    out[r * p.hidden + i] = (q - zp) * scales[row * blocks + b];
 }

@@ -1,5 +1,7 @@
 // int4 block GEMM (prefill): y[r][j] = sum_i x[r][i] * (q[j][i] - zp[j][b]) * scale[j][b] for
-// m rows of x at once; same MatMulNBits layout and bindings as gemv_q4.wgsl, plus p.m.
+// the m = state.rows rows of a prefill chunk at once:
+//   x  [m][k],  y  [m][n];  weights in the MatMulNBits layout and bindings 0..5 of gemv_q4.wgsl,
+//   plus the step state at binding 6 for m (the grid is sized for m when the step is recorded).
 // Tiled: a workgroup of 64 computes a 32 (rows) x 32 (outputs) tile, staging 32-wide k slices
 // of x and of the dequantized weights in workgroup memory so each weight nibble is read once
 // per 32 rows instead of once per row; each invocation accumulates a 4 x 4 sub-tile.
@@ -10,7 +12,11 @@ struct Params {
     k: u32,
     block_size: u32,
     has_zp: u32,
-    m: u32,
+}
+
+struct State {
+    pos: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -19,6 +25,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> scales: array<f32>;
 @group(0) @binding(4) var<storage, read> zps: array<u32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> state: State;
 
 const T: u32 = 32u;
 var<workgroup> xs: array<f32, 1024>; // [row][kk]
@@ -35,6 +42,7 @@ fn zero_point(j: u32, b: u32, blocks: u32) -> f32 {
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let m = state.rows;
     let j0 = wid.x * T;
     let r0 = wid.y * T;
     let blocks = (p.k + p.block_size - 1u) / p.block_size;
@@ -51,7 +59,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let r = r0 + e / T;
             let i = k0 + e % T;
             var v = 0.0;
-            if (r < p.m && i < p.k) {
+            if (r < m && i < p.k) {
                 v = x[r * p.k + i];
             }
             xs[e] = v;
@@ -96,7 +104,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var jx = 0u; jx < 4u; jx++) {
             let r = r0 + tr + i;
             let j = j0 + tj + jx;
-            if (r < p.m && j < p.n) {
+            if (r < m && j < p.n) {
                 y[r * p.n + j] = acc[i * 4u + jx];
             }
         }

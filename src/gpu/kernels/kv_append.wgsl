@@ -1,7 +1,8 @@
-// Append this step's keys and values to the layer's GPU-resident cache at state.pos:
-//   k, v    [kv_heads][head_dim]
+// Append a step's keys and values to the layer's GPU-resident cache, row r at position
+// state.pos + r:
+//   k, v    [rows][kv_heads][head_dim]
 //   kcache, vcache  [kv_heads][max_ctx][head_dim]
-// One invocation per element of k. Twin: gpu::twin::kv_append.
+// Grid: (ceil(kv_dim / 64), rows), one invocation per element of k. Twin: gpu::twin::kv_append.
 
 struct Params {
     kv_dim: u32,
@@ -10,8 +11,8 @@ struct Params {
 }
 
 struct State {
-    token: u32,
     pos: u32,
+    rows: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -24,12 +25,13 @@ struct State {
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
+    let r = gid.y;
     if (i >= p.kv_dim) {
         return;
     }
     let h = i / p.head_dim;
     let d = i % p.head_dim;
-    let at = (h * p.max_ctx + state.pos) * p.head_dim + d;
-    kcache[at] = k[i];
-    vcache[at] = v[i];
+    let at = (h * p.max_ctx + state.pos + r) * p.head_dim + d;
+    kcache[at] = k[r * p.kv_dim + i];
+    vcache[at] = v[r * p.kv_dim + i];
 }

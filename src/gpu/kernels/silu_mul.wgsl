@@ -1,5 +1,6 @@
-// SwiGLU activation: out[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + exp(-g)).
-// Twin: gpu::twin::silu_mul.
+// SwiGLU activation over a step's rows: out[r][i] = silu(gate[r][i]) * up[r][i],
+// silu(g) = g / (1 + exp(-g)), rows of length n.
+// Grid: (ceil(n / 64), rows). Twin: gpu::twin::silu_mul.
 
 struct Params {
     n: u32,
@@ -11,11 +12,11 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 @compute @workgroup_size(64)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = gid.x + gid.y * nwg.x * 64u;
-    if (i >= p.n) {
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x >= p.n) {
         return;
     }
+    let i = gid.y * p.n + gid.x;
     let g = gate[i];
     out[i] = g / (1.0 + exp(-g)) * up[i];
 }
