@@ -104,6 +104,20 @@ async fn webgpu_engine_gives_the_cpu_engines_tokens_in_browser() {
     let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
     let e = g.step().unwrap_err();
     assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
+    // Two generations stepping at once on one GPU engine (two streams in a page): while the
+    // first waits for its readback the second is refused by name, loses nothing, and runs
+    // once the first is done.
+    let (mut g1, mut g2) = (gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap(), gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap());
+    use std::future::Future as _;
+    let mut first = Box::pin(g1.step_async());
+    let waker = std::task::Waker::noop();
+    assert!(first.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_pending(), "a GPU step waits for its readback");
+    let e = g2.step_async().await.unwrap_err();
+    assert_eq!(e.name(), "InvalidStateError", "{e}");
+    first.await.unwrap().expect("the first step's token");
+    drop(g1);
+    while g2.step_async().await.unwrap().is_some() {}
+    assert_eq!(g2.generated(), &tokens[1][0][..], "the refused generation, retried, gives the tokens of an undisturbed one");
     let auto = open(&onnx, &tok, BackendKind::Auto).await.backend_info();
     assert_eq!(auto.name, "wasm", "{auto:?}");
     assert!(auto.reason.as_deref().is_some_and(|r| r.contains("software")), "{auto:?}");

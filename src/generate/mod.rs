@@ -482,11 +482,12 @@ impl Generation {
         let prefill = self.history.is_empty();
         let greedy = self.sampler.is_greedy();
         let next = if prefill {
-            let prompt = std::mem::take(&mut self.prompt);
+            // The prompt stays until the prefill succeeded: a step refused (a GPU busy with
+            // another generation's step) can be retried.
             let cached = self.cached()?;
-            let l = self.forward(&prompt[cached..], greedy).await?;
-            self.stats.prompt_tokens = prompt.len();
-            self.history = prompt;
+            let l = self.forward(&self.prompt[cached..], greedy).await?;
+            self.stats.prompt_tokens = self.prompt.len();
+            self.history = std::mem::take(&mut self.prompt);
             l
         } else {
             let cached = self.cached()?;

@@ -31,6 +31,8 @@ struct Shared {
     /// Caches of sessions that are not the owner, read back when they lost the GPU.
     parked: RefCell<HashMap<u64, KvSnapshot>>,
     next_id: Cell<u64>,
+    /// A step is in flight (see [`Stepping`]).
+    stepping: Cell<bool>,
     layout: (usize, usize, usize),
     vocab: usize,
 }
@@ -46,6 +48,7 @@ impl GpuBackend {
             owner: Cell::new(None),
             parked: RefCell::default(),
             next_id: Cell::new(0),
+            stepping: Cell::new(false),
             layout: (cfg.num_layers, cfg.num_kv_heads, cfg.head_dim),
             vocab: cfg.vocab_size,
         }))
@@ -141,7 +144,9 @@ impl Drop for GpuSession {
 }
 
 impl GpuSession {
-    /// Put this session's cache on the GPU, parking the owner's.
+    /// Put this session's cache on the GPU, parking the owner's. The caller holds [`Stepping`],
+    /// so the model's borrows across the readback's `await` cannot meet another.
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn own(&self) -> Result<()> {
         let s = &self.shared;
         if s.owner.get() == Some(self.id) {
@@ -165,6 +170,8 @@ impl GpuSession {
 
     /// Run `tokens` (a chunk of them per submit); returns the token the GPU's argmax picked
     /// after the last.
+    /// The caller holds [`Stepping`] (see [`GpuSession::own`]).
+    #[allow(clippy::await_holding_refcell_ref)]
     async fn run(&mut self, tokens: &[u32]) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::Inference("forward needs at least one token".into()));
@@ -185,21 +192,53 @@ impl Session for GpuSession {
         if self.shared.owner.get() != Some(self.id) {
             return Ok(self.shared.parked.borrow().get(&self.id).cloned().unwrap_or_default());
         }
+        let model = self.shared.model.try_borrow().map_err(|_| another_step())?;
         // Natively the readback completes when polled; in a browser it waits for the event loop.
-        crate::backend::ready(self.shared.model.borrow().download_kv()).unwrap_or_else(|| {
+        crate::backend::ready(model.download_kv()).unwrap_or_else(|| {
             Err(Error::UnsupportedBackend("webgpu: reading the KV cache back needs the event loop".into()))
         })
     }
 
+    #[allow(clippy::await_holding_refcell_ref)] // under `Stepping`
     fn forward<'a>(&'a mut self, tokens: &'a [u32]) -> StepFuture<'a, Result<Vec<f32>>> {
         Box::pin(async move {
+            let shared = self.shared.clone();
+            let _step = Stepping::enter(&shared.stepping)?;
             self.run(tokens).await?;
             self.shared.model.borrow().logits().await
         })
     }
 
     fn forward_argmax<'a>(&'a mut self, tokens: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
-        Some(Box::pin(self.run(tokens)))
+        Some(Box::pin(async move {
+            let shared = self.shared.clone();
+            let _step = Stepping::enter(&shared.stepping)?;
+            self.run(tokens).await
+        }))
+    }
+}
+
+fn another_step() -> Error {
+    Error::InvalidState("webgpu: another generation's step is running on this engine; await it first".into())
+}
+
+/// Holds the GPU for one step. A step keeps the model's buffers borrowed while it waits for
+/// its readback, which in a browser spans event-loop turns: a second generation stepping
+/// meanwhile (two streams on one engine) is refused by name instead of meeting that borrow.
+struct Stepping<'a>(&'a Cell<bool>);
+
+impl<'a> Stepping<'a> {
+    fn enter(flag: &'a Cell<bool>) -> Result<Self> {
+        if flag.replace(true) {
+            return Err(another_step());
+        }
+        Ok(Stepping(flag))
+    }
+}
+
+impl Drop for Stepping<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
     }
 }
 

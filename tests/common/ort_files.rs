@@ -62,12 +62,14 @@ pub struct Run {
     /// (`ORT_DISABLE_ALL`), where `make-ort-references.py --self-agreement` recorded them: how
     /// far onnxruntime agrees with itself once its summation order changes.
     #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // read by the native SmolLM2 check
     pub unoptimized_tokens: Option<Vec<u32>>,
 }
 
 impl Run {
     /// Tokens onnxruntime's default and unoptimized runs share before they first differ
     /// (`None` when the unoptimized run was not recorded).
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn self_agreement(&self) -> Option<usize> {
         let u = self.unoptimized_tokens.as_ref()?;
         Some(self.tokens.iter().zip(u).take_while(|(a, b)| a == b).count())
@@ -120,6 +122,7 @@ impl Agreement {
     /// default run at the same step or earlier (the file is chaotic: one rounding moves the
     /// tokens, so no other summation order can follow it further), or when it is a near-tie:
     /// onnxruntime's token was within `near_tie` of ours in our logits.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn unexplained_departures(&self, reference: &Reference, near_tie: f32) -> Vec<String> {
         let mut out = Vec::new();
         for (p, run) in reference.runs.iter().enumerate() {
