@@ -61,6 +61,10 @@ Deno.test("Engine.load from file URLs with the fs store, directly and through th
     const events = [];
     const engine = await Engine.load(manifest, { cache: "fs", cacheDir, onProgress: (e) => events.push(e) });
     assertEquals(events.at(-1).type, "ready", "last progress event");
+    // `auto` (the default) keeps Deno on the CPU without asking its WebGPU for an adapter (that
+    // crashed Deno at exit, src/web/load.rs): no adapter was judged, so no reason is given.
+    const stats = engine.stats();
+    assertEquals([stats.backend, stats.backendReason ?? null], ["cpu-wasm-simd128", null], "auto in Deno");
     const opts = { maxTokens: 8, ignoreEos: true };
     const want = await collect(Engine.fromBytes(...(await files())).generate("Once upon", opts));
     // The packed fixture is the int4 tiny model: same tokens as the unpacked one.
