@@ -46,9 +46,13 @@ q int4-all --precision int4 --float-zero-points --f16-scales
 # Mixed precision: the linears scripts/minilm-sensitivity.py ranks most sensitive (attention
 # value, FFN intermediate) at int8, the rest int4.
 q int4 --precision int4 --float-zero-points --f16-scales --override self/value=int8 --override intermediate=int8
+# Calibrated (activation-weighted scale search, 512 sentences of the calibration text).
+q int4-all-cal --precision int4 --float-zero-points --f16-scales --calibrate "$D/calibration.txt"
+q int4-cal --precision int4 --float-zero-points --f16-scales --override self/value=int8 --override intermediate=int8 --calibrate "$D/calibration.txt"
 set +e
 "$BIN" eval-encoder --reference "$MINILM_DIR/model.onnx" --tokenizer "$MINILM_DIR/tokenizer.json" \
   fp16="$M/fp16.onnx" int8="$M/int8.onnx" int8-acc4="$M/int8-acc4.onnx" int8-dynamic="$M/int8-dynamic.onnx" int4-rtn="$M/int4-rtn.onnx" int4-sym="$M/int4-sym.onnx" int4-all="$M/int4-all.onnx" int4="$M/int4.onnx" \
+  int4-all-cal="$M/int4-all-cal.onnx" int4-cal="$M/int4-cal.onnx" \
   --accept fp16=0.999 --accept int8=0.995 --accept int8-acc4=0.995 --accept int4=0.98 --out "$M/table.md"
 encoder_rc=$?
 set -e

@@ -1,7 +1,7 @@
 //! Activation statistics for calibrated quantization (packer only).
 //!
-//! Runs an fp32 decoder graph (the exporter's HF/optimum layout) over samples of a calibration
-//! text with tract and records, for every weight matmul, the mean square of each input channel
+//! Runs an fp32 graph (a decoder in the exporter's HF/optimum layout, or a BERT-style encoder)
+//! over samples of a calibration text with tract and records, for every weight matmul, the mean square of each input channel
 //! over all sample tokens: llama.cpp's "importance matrix", the statistic AWQ ranks channels by.
 //! [`crate::quant::reference::quantize_q4_search`] weights each block's error by it, so the
 //! channels that carry large activations get the finer rounding.
@@ -50,8 +50,8 @@ fn weight_matmuls(model: &ModelProto) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Run `samples` (token windows, each from an empty cache) through the fp32 graph `model`
-/// and return the importance of every weight matmul's input channels.
+/// Run `samples` (token windows, each from an empty cache, or an encoder's sentences) through
+/// the fp32 graph `model` and return the importance of every weight matmul's input channels.
 pub fn importance(model: &ModelProto, samples: &[Vec<u32>], mut progress: impl FnMut(usize)) -> Result<Importance> {
     let matmuls = weight_matmuls(model);
     if matmuls.is_empty() {
@@ -96,11 +96,14 @@ pub fn importance(model: &ModelProto, samples: &[Vec<u32>], mut progress: impl F
                 "input_ids" => Tensor::from_shape(&[1, n], &ids.iter().map(|t| *t as i64).collect::<Vec<_>>()).map_err(err)?,
                 "attention_mask" => Tensor::from_shape(&[1, n], &vec![1i64; n]).map_err(err)?,
                 "position_ids" => Tensor::from_shape(&[1, n], &(0..n as i64).collect::<Vec<_>>()).map_err(err)?,
-                _ => {
+                // An encoder's single segment (BERT: every token in sentence A).
+                "token_type_ids" => Tensor::from_shape(&[1, n], &vec![0i64; n]).map_err(err)?,
+                _ if name.starts_with("past_key_values.") => {
                     let fact = plan.model().input_fact(inputs.len()).map_err(err)?;
                     let shape: Vec<usize> = fact.shape.iter().map(|d| d.to_usize().unwrap_or(0)).collect();
                     Tensor::zero::<f32>(&shape).map_err(err)?
                 }
+                _ => return Err(Error::InvalidModel(format!("calibration: no value to feed the graph input `{name}`"))),
             };
             inputs.push(t.into());
         }
@@ -122,7 +125,36 @@ pub fn importance(model: &ModelProto, samples: &[Vec<u32>], mut progress: impl F
     }
     let mean: HashMap<&str, Vec<f32>> =
         tapped.iter().zip(&sums).map(|(x, s)| (x.as_str(), s.iter().map(|v| (v / count.max(1) as f64) as f32).collect())).collect();
-    Ok(matmuls.into_iter().map(|(x, name)| (name, mean[x.as_str()].clone())).collect())
+    // A weight read by several matmuls (with different inputs) weighs its channels by the
+    // mean of their statistics, as one matmul over all those rows would.
+    let mut out: BTreeMap<String, (Vec<f32>, usize)> = BTreeMap::new();
+    for (x, name) in matmuls {
+        let m = &mean[x.as_str()];
+        let e = out.entry(name).or_insert_with(|| (vec![0.0; m.len()], 0));
+        if e.0.len() == m.len() {
+            e.0.iter_mut().zip(m).for_each(|(a, b)| *a += b);
+            e.1 += 1;
+        }
+    }
+    Ok(out.into_iter().map(|(name, (s, c))| (name, s.into_iter().map(|v| v / c.max(1) as f32).collect())).collect())
+}
+
+/// An encoder's calibration samples: the first `count` sentences of `text` (20 to 300
+/// characters, as `eval-encoder` takes them), each tokenized and wrapped as `[CLS] … [SEP]`
+/// when the tokenizer has those tokens. Fewer than `count` sentences is an error naming both.
+pub fn sentence_samples(tok: &crate::tokenizer::Tokenizer, text: &str, count: usize) -> Result<Vec<Vec<u32>>> {
+    let sents = crate::eval::sentences(text, count);
+    if sents.len() < count || count == 0 {
+        return Err(Error::InvalidOption {
+            option: "calibration text",
+            reason: format!("{} sentences of 20 to 300 characters, need {count}", sents.len()),
+        });
+    }
+    let (cls, sep) = (tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]"));
+    sents
+        .iter()
+        .map(|s| Ok(cls.into_iter().chain(tok.encode(s)?).chain(sep).collect()))
+        .collect()
 }
 
 /// `count` windows of `len` tokens spread evenly over `ids` (disjoint when the text is long

@@ -32,6 +32,11 @@ pub struct QuantizeOptions {
     /// 8-bit block layers compute on activations rounded to int8 blocks (`accuracy_level = 4`)
     /// instead of float ones (see [`ExportOptions::packer_activations`]).
     pub int8_activations: bool,
+    /// int4 (searched scales or float zero points): mean squared activation per input channel
+    /// by linear name (the weight's name without `.weight`), from
+    /// `calibrate::importance` (feature `pack`), weighting each block's error; a linear without an
+    /// entry is unweighted.
+    pub importance: Option<std::sync::Arc<std::collections::BTreeMap<String, Vec<f32>>>>,
     /// `(pattern, precision)`: the first pattern contained in a matmul's node or weight name
     /// decides its precision (the seed's mixed precision: e.g. keep `lm_head` at int8).
     pub overrides: Vec<(String, Precision)>,
@@ -50,6 +55,7 @@ impl Default for QuantizeOptions {
             q4_min: false,
             f16_scales: false,
             int8_activations: false,
+            importance: None,
             overrides: vec![],
         }
     }
@@ -147,7 +153,7 @@ pub fn quantize(mut model: ModelProto, opts: &QuantizeOptions) -> Result<(ModelP
         int8_format: opts.int8_format,
         q4_search: opts.q4_search,
         q4_min: opts.q4_min,
-        importance: None,
+        importance: opts.importance.clone(),
         // `pick` applies the overrides here, by node and weight name.
         overrides: Vec::new(),
         int8_activations,

@@ -76,6 +76,11 @@ enum Cmd {
         /// match wins (e.g. `--override lm_head=int8 --override layers.0.=fp32`).
         #[arg(long = "override", value_parser = parse_override)]
         overrides: Vec<(String, edge_llm::quant::Precision)>,
+        #[command(flatten)]
+        calib: CalibArgs,
+        /// With `--calibrate`: the model's tokenizer.json (default: tokenizer.json beside INPUT).
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
     },
     /// Shard a model folder (model.onnx, tokenizer.json, model_config.json; optional
     /// generation_config.json for the generation defaults) into OUT with a manifest.json listing
@@ -274,7 +279,8 @@ struct CalibArgs {
     /// calibration text of scripts/eval-texts.py (disjoint from eval's texts).
     #[arg(long)]
     calibrate: Option<PathBuf>,
-    /// Calibration samples (token windows, each from an empty cache).
+    /// Calibration samples (a decoder: token windows, each from an empty cache; an encoder,
+    /// i.e. a graph without `past_key_values` inputs: sentences, `[CLS] … [SEP]`).
     #[arg(long, default_value_t = 512)]
     calibration_samples: usize,
     /// Tokens per calibration sample.
@@ -456,9 +462,19 @@ fn main() -> anyhow::Result<()> {
                 println!("{:>9} bytes  {}", bytes.len(), path.display());
             }
         }
-        Cmd::Quantize { input, output, quant, overrides } => {
+        Cmd::Quantize { input, output, quant, overrides, calib, tokenizer } => {
             let bytes = std::fs::read(&input).with_context(|| format!("reading {}", input.display()))?;
+            let model = edge_llm::onnx::decode(&bytes)?;
+            let importance = match &calib.calibrate {
+                Some(_) => {
+                    anyhow::ensure!(!quant.rtn, "--calibrate weights the scale search, which --rtn turns off");
+                    let tokenizer = tokenizer.unwrap_or_else(|| input.with_file_name("tokenizer.json"));
+                    Some(std::sync::Arc::new(onnx_importance(&model, &tokenizer, &calib)?))
+                }
+                None => None,
+            };
             let opts = edge_llm::quantize::QuantizeOptions {
+                importance,
                 precision: quant.precision,
                 block_size: quant.block_size,
                 symmetric: !quant.asymmetric,
@@ -469,7 +485,7 @@ fn main() -> anyhow::Result<()> {
                 int8_activations: quant.int8_activations,
                 overrides,
             };
-            let (model, report) = edge_llm::quantize::quantize(edge_llm::onnx::decode(&bytes)?, &opts)?;
+            let (model, report) = edge_llm::quantize::quantize(model, &opts)?;
             let out = edge_llm::onnx::encode(&model);
             std::fs::write(&output, &out).with_context(|| format!("writing {}", output.display()))?;
             for (name, p) in &report.rewritten {
@@ -682,6 +698,33 @@ fn importance(imported: &edge_llm::gguf::Imported, calib: &CalibArgs) -> anyhow:
         }
     })?;
     println!("calibrated on {} samples x {} tokens of {} in {:.1?}", samples.len(), calib.calibration_tokens, path.display(), t0.elapsed());
+    Ok(imp)
+}
+
+/// Activation statistics of an fp32 ONNX graph over the calibration text of `calib`: token
+/// windows for a decoder (it has `past_key_values` inputs), sentences for an encoder.
+fn onnx_importance(
+    model: &edge_llm::onnx::ModelProto,
+    tokenizer: &std::path::Path,
+    calib: &CalibArgs,
+) -> anyhow::Result<edge_llm::calibrate::Importance> {
+    let path = calib.calibrate.as_ref().context("no --calibrate text")?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let tok = edge_llm::tokenizer::Tokenizer::from_json(&std::fs::read(tokenizer).with_context(|| format!("reading the tokenizer {}", tokenizer.display()))?)?;
+    let decoder = model.graph.iter().flat_map(|g| &g.input).any(|i| i.name.starts_with("past_key_values."));
+    let samples = if decoder {
+        edge_llm::calibrate::samples(&tok.encode(&text)?, calib.calibration_samples, calib.calibration_tokens)?
+    } else {
+        edge_llm::calibrate::sentence_samples(&tok, &text, calib.calibration_samples)?
+    };
+    let t0 = std::time::Instant::now();
+    let imp = edge_llm::calibrate::importance(model, &samples, |i| {
+        if i % 128 == 0 {
+            eprintln!("calibration: {i}/{} samples", samples.len());
+        }
+    })?;
+    let tokens: usize = samples.iter().map(Vec::len).sum();
+    println!("calibrated {} linears on {} samples ({tokens} tokens) of {} in {:.1?}", imp.len(), samples.len(), path.display(), t0.elapsed());
     Ok(imp)
 }
 
