@@ -206,20 +206,33 @@ fn an_update_while_one_runs_is_refused() {
     assert!(matches!(run(slot.clone().update(STRICT, "3.0.0")), Ok(UpdateResult::Updated { .. })), "free again once done");
 }
 
+/// The race of the next two tests: 2.0.0 runs; an update to 3.0.0 starts loading; meanwhile
+/// 2.0.0's errors start a rollback to 1.0.0. Both loads are pending, then released.
+#[allow(clippy::type_complexity)]
+fn update_and_rollback_in_flight() -> (
+    Rc<Slot<FakeLoader>>,
+    Rc<Shared>,
+    Pin<Box<impl Future<Output = Result<UpdateResult, Error>>>>,
+    Pin<Box<impl Future<Output = ()>>>,
+) {
+    let (slot, shared) = slot();
+    run(slot.clone().update(STRICT, "2.0.0")).unwrap();
+    shared.hold.set(true);
+    let mut update = Box::pin(slot.clone().update(STRICT, "3.0.0"));
+    assert!(poll(update.as_mut()).is_pending());
+    assert!(slot.outcome().report(false).is_none());
+    let mut rollback = Box::pin(slot.outcome().report(false).expect("2.0.0 fails: a rollback"));
+    assert!(poll(rollback.as_mut()).is_pending());
+    shared.hold.set(false);
+    (slot, shared, update, rollback)
+}
+
 /// An update in flight when outcomes start a rollback, the rollback finishing first: the slot
 /// stays busy until the update too is done, then the update's version runs, watched against
 /// the version the rollback brought back.
 #[test]
 fn a_rollback_finishing_during_an_update_leaves_the_slot_busy_until_the_update_is_done() {
-    let (slot, shared) = slot();
-    run(slot.clone().update(STRICT, "2.0.0")).unwrap();
-    shared.hold.set(true);
-    let mut update = pin!(slot.clone().update(STRICT, "3.0.0"));
-    assert!(poll(update.as_mut()).is_pending());
-    assert!(slot.outcome().report(false).is_none());
-    let mut rollback = pin!(slot.outcome().report(false).expect("2.0.0 fails: a rollback"));
-    assert!(poll(rollback.as_mut()).is_pending());
-    shared.hold.set(false);
+    let (slot, shared, update, mut rollback) = update_and_rollback_in_flight();
     assert!(poll(rollback.as_mut()).is_ready());
     assert_eq!((running(&slot), shared.rolled_back.borrow().clone()), ("1.0.0".into(), vec!["2.0.0".to_string()]));
     let refused = run(slot.clone().update(STRICT, "4.0.0")).unwrap_err();
@@ -235,15 +248,7 @@ fn a_rollback_finishing_during_an_update_leaves_the_slot_busy_until_the_update_i
 /// 2.0.0) must not replace 3.0.0, which never failed, nor mark it rolled back.
 #[test]
 fn a_rollback_finishing_after_an_update_landed_gives_way_to_it() {
-    let (slot, shared) = slot();
-    run(slot.clone().update(STRICT, "2.0.0")).unwrap();
-    shared.hold.set(true);
-    let mut update = pin!(slot.clone().update(STRICT, "3.0.0"));
-    assert!(poll(update.as_mut()).is_pending());
-    assert!(slot.outcome().report(false).is_none());
-    let mut rollback = pin!(slot.outcome().report(false).expect("2.0.0 fails: a rollback"));
-    assert!(poll(rollback.as_mut()).is_pending());
-    shared.hold.set(false);
+    let (slot, shared, mut update, mut rollback) = update_and_rollback_in_flight();
     assert!(matches!(poll(update.as_mut()), Poll::Ready(Ok(UpdateResult::Updated { .. }))));
     assert!(poll(rollback.as_mut()).is_ready());
     assert_eq!(running(&slot), "3.0.0");

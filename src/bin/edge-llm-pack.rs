@@ -468,8 +468,9 @@ fn main() -> anyhow::Result<()> {
             let importance = match &calib.calibrate {
                 Some(_) => {
                     anyhow::ensure!(!quant.rtn, "--calibrate weights the scale search, which --rtn turns off");
-                    let tokenizer = tokenizer.unwrap_or_else(|| input.with_file_name("tokenizer.json"));
-                    Some(std::sync::Arc::new(onnx_importance(&model, &tokenizer, &calib)?))
+                    let path = tokenizer.unwrap_or_else(|| input.with_file_name("tokenizer.json"));
+                    let json = std::fs::read(&path).with_context(|| format!("reading the tokenizer {}", path.display()))?;
+                    Some(std::sync::Arc::new(onnx_importance(&model, &edge_llm::tokenizer::Tokenizer::from_json(&json)?, &calib)?))
                 }
                 None => None,
             };
@@ -683,43 +684,33 @@ fn bench(dir: &std::path::Path, prompt: &str, warmup: usize, steps: usize) -> an
     Ok(())
 }
 
-/// Activation statistics of `imported` (as fp32) over the calibration text of `calib`.
+/// Activation statistics of `imported` (as fp32, the exporter's decoder graph) over the
+/// calibration text of `calib`.
 fn importance(imported: &edge_llm::gguf::Imported, calib: &CalibArgs) -> anyhow::Result<edge_llm::calibrate::Importance> {
     use edge_llm::llama::onnx_export::{export, ExportOptions};
-    let path = calib.calibrate.as_ref().context("no --calibrate text")?;
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let tokenizer = edge_llm::tokenizer::Tokenizer::from_json(imported.tokenizer_json.as_bytes())?;
-    let samples = edge_llm::calibrate::samples(&tokenizer.encode(&text)?, calib.calibration_samples, calib.calibration_tokens)?;
     let fp32 = export(&imported.config.architecture, &imported.weights, &ExportOptions::fp32()).model;
-    let t0 = std::time::Instant::now();
-    let imp = edge_llm::calibrate::importance(&fp32, &samples, |i| {
-        if i % 64 == 0 {
-            eprintln!("calibration: {i}/{} samples", samples.len());
-        }
-    })?;
-    println!("calibrated on {} samples x {} tokens of {} in {:.1?}", samples.len(), calib.calibration_tokens, path.display(), t0.elapsed());
-    Ok(imp)
+    onnx_importance(&fp32, &tokenizer, calib)
 }
 
 /// Activation statistics of an fp32 ONNX graph over the calibration text of `calib`: token
 /// windows for a decoder (it has `past_key_values` inputs), sentences for an encoder.
 fn onnx_importance(
     model: &edge_llm::onnx::ModelProto,
-    tokenizer: &std::path::Path,
+    tok: &edge_llm::tokenizer::Tokenizer,
     calib: &CalibArgs,
 ) -> anyhow::Result<edge_llm::calibrate::Importance> {
     let path = calib.calibrate.as_ref().context("no --calibrate text")?;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let tok = edge_llm::tokenizer::Tokenizer::from_json(&std::fs::read(tokenizer).with_context(|| format!("reading the tokenizer {}", tokenizer.display()))?)?;
     let decoder = model.graph.iter().flat_map(|g| &g.input).any(|i| i.name.starts_with("past_key_values."));
     let samples = if decoder {
         edge_llm::calibrate::samples(&tok.encode(&text)?, calib.calibration_samples, calib.calibration_tokens)?
     } else {
-        edge_llm::calibrate::sentence_samples(&tok, &text, calib.calibration_samples)?
+        edge_llm::calibrate::sentence_samples(tok, &text, calib.calibration_samples)?
     };
     let t0 = std::time::Instant::now();
     let imp = edge_llm::calibrate::importance(model, &samples, |i| {
-        if i % 128 == 0 {
+        if i % 64 == 0 {
             eprintln!("calibration: {i}/{} samples", samples.len());
         }
     })?;

@@ -458,13 +458,12 @@ impl Generation {
     /// For backends whose steps complete synchronously (the CPU's); a step that has to wait
     /// for an event loop (a GPU readback in a browser) fails here: use [`Generation::step_async`].
     pub fn step(&mut self) -> Result<Option<TokenEvent>> {
+        let waits = || Error::UnsupportedBackend("this backend's steps wait for the event loop: use the asynchronous step".into());
         // Refused before any work: a GPU step abandoned mid-readback would leave its buffer mapped.
         if !self.sync_steps {
-            return Err(Error::UnsupportedBackend("this backend's steps wait for the event loop: use the asynchronous step".into()));
+            return Err(waits());
         }
-        ready(self.step_async()).unwrap_or_else(|| {
-            Err(Error::UnsupportedBackend("this backend's steps wait for the event loop: use the asynchronous step".into()))
-        })
+        ready(self.step_async()).unwrap_or_else(|| Err(waits()))
     }
 
     /// [`Generation::step`] for every backend.
