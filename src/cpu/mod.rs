@@ -151,9 +151,20 @@ impl Variant {
     }
 }
 
+/// tract-linalg registers its portable (`generic`) matmul kernels through `inventory`
+/// constructors, and a linker keeps a constructor only when something else in its object file
+/// is used. Built without LTO in several codegen units (the threaded package's test profile),
+/// nothing used `generic::mmm`: its kernels, the only f16 ones on wasm, were never registered,
+/// and fp16 files failed to load (`EinSumMatMul: suitable.len() > 0`). Reading one of those
+/// kernels links the file, and with it every kernel it registers.
+fn link_generic_kernels() {
+    std::hint::black_box(tract_linalg::generic::mmm::generic_f16_4x4.name.len());
+}
+
 /// tract's ONNX loader with edge-llm's kernels registered as `options` asks (the 8-bit
 /// `MatMulNBits` one always: tract has none).
 pub fn onnx_with_kernels(options: &CpuOptions, q4_kernel: bool) -> tract_onnx::Onnx {
+    link_generic_kernels();
     let mut onnx = tract_onnx::onnx();
     dynamic_quantize::register(&mut onnx);
     if q4_kernel {

@@ -102,15 +102,6 @@ const ortFiles = readdirSync(new URL("tests/fixtures/ort/", root))
   .filter((f) => "runs" in JSON.parse(readFileSync(new URL(`tests/fixtures/ort/${f}`, root), "utf8")))
   .map((f) => f.slice(0, -".json".length));
 
-// fp16 graphs do not load on the threaded build (found by this test, 2026-12-02): tract's
-// kernel selection finds no f16 matmul kernel for the attention MatMul there, while the
-// single-thread build (same tract, stable toolchain, no `multithread-mm`) runs them with
-// onnxruntime's tokens (tests/web_ort_files.rs). Cause not yet found; README "Correctness".
-const threadedKnownFailures = {
-  fp16: /IncompatibleModelError: .*EinSumMatMul.*suitable/,
-  "fp16-io": /IncompatibleModelError: .*EinSumMatMul.*suitable/,
-};
-
 test("threaded build at 3 threads: onnxruntime-made files give onnxruntime's greedy tokens", { skip, timeout: 300_000 }, async () => {
   assert.ok(ortFiles.length >= 13, `onnxruntime files found: ${ortFiles}`);
   const r = await withPage(true, (page) =>
@@ -146,12 +137,6 @@ test("threaded build at 3 threads: onnxruntime-made files give onnxruntime's gre
   assert.equal(r.threads, 3);
   assert.ok(r.splits > 0, "no matmul was split across threads");
   for (const [name, runs] of Object.entries(r.files)) {
-    if (name in threadedKnownFailures) {
-      // Pinned, not skipped: when the cause is fixed this fails, and the entry goes.
-      assert.match(String(runs), threadedKnownFailures[name], `${name}: the known threaded-build failure changed`);
-      console.log(`# known failure on the threaded build: ${name}: ${runs}`);
-      continue;
-    }
     assert.ok(Array.isArray(runs), `${name} does not load on the threaded build: ${runs}`);
     runs.forEach(({ want, got }, i) => assert.deepEqual(got, want, `${name}, prompt ${i}: threaded build vs onnxruntime`));
   }
