@@ -13,7 +13,6 @@ use edge_llm::quant::Precision;
 use edge_llm::quantize::{quantize, QuantizeOptions};
 use edge_llm::{calibrate, tiny, Error};
 use tract_onnx::prelude::*;
-use tract_onnx::tract_hir::internal::DimLike;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 const K: usize = 64;

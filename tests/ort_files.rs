@@ -14,10 +14,10 @@ ort_tests! {
     #[test]
     fp32_tract: "fp32", Tract, 1e-4;
     fp32_kernels: "fp32", Kernels, 1e-4;
-    fp16_tract: "fp16", Tract, 3e-2;
-    fp16_kernels: "fp16", Kernels, 3e-2;
-    fp16_io_tract: "fp16-io", Tract, 3e-2;
-    fp16_io_kernels: "fp16-io", Kernels, 3e-2;
+    fp16_tract: "fp16", Tract, 1.5e-2;
+    fp16_kernels: "fp16", Kernels, 1.5e-2;
+    fp16_io_tract: "fp16-io", Tract, 1.5e-2;
+    fp16_io_kernels: "fp16-io", Kernels, 1.5e-2;
     int8_tract: "int8", Tract, 1e-4;
     int8_kernels: "int8", Kernels, 1e-4;
     int4_b32_sym_tract: "int4-b32-sym", Tract, 1e-4;
@@ -45,8 +45,8 @@ ort_tests! {
 ort_tests! {
     #[test]
     fp32_packed: "fp32", Packed, 1e-4;
-    fp16_packed: "fp16", Packed, 3e-2;
-    fp16_io_packed: "fp16-io", Packed, 3e-2;
+    fp16_packed: "fp16", Packed, 1.5e-2;
+    fp16_io_packed: "fp16-io", Packed, 1.5e-2;
     int8_packed: "int8", Packed, 1e-4;
     int4_b32_sym_packed: "int4-b32-sym", Packed, 1e-4;
     int4_b32_asym_packed: "int4-b32-asym", Packed, 1e-4;

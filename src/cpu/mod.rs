@@ -109,6 +109,16 @@ impl Variant {
     fn build(model: InferenceModel, fold: Fold, last_logits_only: bool, num_layers: usize) -> Result<Self> {
         let invalid = |e: TractError| Error::InvalidModel(format!("{e:#}"));
         let mut typed = model.into_typed().map_err(invalid)?;
+        if activations_in_f16(&typed) {
+            // onnxruntime's CPU provider computes an fp16 graph's arithmetic in f32 and gives
+            // the tokens of the same graph converted to f32 (192 of 192 on SmolLM2's fp16 files,
+            // README "Files from other tools"); tract's f16 kernels accumulate in f16 (emulated
+            // on wasm, slower too). f16 weights are widened once at load: twice their bytes.
+            use tract_onnx::tract_core::transform::ModelTransform;
+            tract_onnx::tract_core::floats::FloatPrecisionTranslator::new(f16::datum_type(), f32::datum_type())
+                .transform(&mut typed)
+                .map_err(invalid)?;
+        }
         if last_logits_only {
             slice_last_position(&mut typed).map_err(invalid)?;
         }
@@ -149,6 +159,21 @@ impl Variant {
         let folded_kv = if stateful && num_layers > 0 { folded_kv_nodes(&plan, num_layers)? } else { Vec::new() };
         Ok(Variant { plan, inputs, outputs, folded_kv })
     }
+}
+
+/// Whether values computed from the model's inputs are f16 anywhere: an fp16 graph. f16
+/// constants alone (fp16 quantization scales) do not count.
+fn activations_in_f16(model: &TypedModel) -> bool {
+    let Ok(order) = model.eval_order() else { return false };
+    let mut from_inputs = vec![false; model.nodes.len()];
+    for id in order {
+        let node = &model.nodes[id];
+        from_inputs[id] = model.inputs.iter().any(|i| i.node == id) || node.inputs.iter().any(|i| from_inputs[i.node]);
+        if from_inputs[id] && node.outputs.iter().any(|o| o.fact.datum_type == f16::datum_type()) {
+            return true;
+        }
+    }
+    false
 }
 
 /// tract-linalg registers its portable (`generic`) matmul kernels through `inventory`

@@ -5,8 +5,8 @@
 ort_tests! {
     #[wasm_bindgen_test]
     fp32_kernels: "fp32", Kernels, 1e-4;
-    fp16_kernels: "fp16", Kernels, 3e-2;
-    fp16_io_kernels: "fp16-io", Kernels, 3e-2;
+    fp16_kernels: "fp16", Kernels, 1.5e-2;
+    fp16_io_kernels: "fp16-io", Kernels, 1.5e-2;
     int8_kernels: "int8", Kernels, 1e-4;
     int8_tract: "int8", Tract, 1e-4;
     int4_b32_sym_kernels: "int4-b32-sym", Kernels, 1e-4;
