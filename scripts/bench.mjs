@@ -12,7 +12,7 @@
 // to --out (default $CARGO_TARGET_DIR/bench or target/bench); the page's "Compare" loads them.
 // The CI latency gate (scripts/bench-gate.mjs) runs through `benchChromium` below.
 import { chromium } from "playwright-core";
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -43,6 +43,81 @@ function modelSource(model) {
   return { mounts: {}, pagePath: model };
 }
 
+/**
+ * The browser's memory as the OS counts it (Linux /proc): every process of the Chromium
+ * started on `profileDir` (found by its --user-data-dir) and their descendants, sampled every
+ * `everyMs`. RSS sums count pages shared between the processes once per process; PSS shares
+ * them out, so its sum is the tree's real footprint. `null` where /proc is not readable.
+ */
+export function processTreeSampler(profileDir, everyMs = 50) {
+  if (!existsSync("/proc/self/smaps_rollup")) return null;
+  const ids = () => readdirSync("/proc").filter((d) => /^\d+$/.test(d));
+  const read = (pid, file) => {
+    try {
+      return readFileSync(`/proc/${pid}/${file}`, "utf8");
+    } catch {
+      return ""; // the process ended between listing and reading
+    }
+  };
+  const kb = (text, key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(text)?.[1] ?? 0) * 1024;
+  const sample = () => {
+    const parent = new Map();
+    const roots = [];
+    for (const pid of ids()) {
+      const stat = read(pid, "stat");
+      parent.set(pid, stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      if (read(pid, "cmdline").includes(`--user-data-dir=${profileDir}\0`)) roots.push(pid);
+    }
+    const tree = new Set(roots);
+    for (let grew = true; grew; ) {
+      grew = false;
+      for (const [pid, ppid] of parent) if (!tree.has(pid) && tree.has(ppid)) (tree.add(pid), (grew = true));
+    }
+    let rss = 0, pss = 0;
+    const byKind = {};
+    for (const pid of tree) {
+      const r = read(pid, "smaps_rollup");
+      rss += kb(r, "Rss");
+      pss += kb(r, "Pss");
+      byKind[kind(read(pid, "cmdline"))] = (byKind[kind(read(pid, "cmdline"))] ?? 0) + kb(r, "Pss");
+    }
+    return { processes: tree.size, rss, pss, byKind };
+  };
+  // Which Chromium process: the browser, a renderer (the page and its Workers), the GPU
+  // process, or a utility service (network, storage…). Chromium rewrites its children's
+  // command lines into one space-separated title.
+  const kind = (cmdline) => {
+    const type = /--type=([^\s\0]+)/.exec(cmdline)?.[1];
+    const sub = /--utility-sub-type=([^\s\0]+)/.exec(cmdline)?.[1];
+    return type ? (sub ? `${type}:${sub}` : type) : "browser";
+  };
+  let baseline = null, peak = { rss: 0, pss: 0, processes: 0 }, timer = null;
+  const series = [];
+  const t0 = performance.now();
+  const take = () => {
+    const s = sample();
+    series.push([Math.round(performance.now() - t0), Math.round((s.pss - baseline.pss) / 1e6), Math.round(((s.byKind.renderer ?? 0) - (baseline.byKind.renderer ?? 0)) / 1e6)]);
+    if (s.rss > peak.rss) peak = { ...peak, rss: s.rss, processes: s.processes };
+    if (s.pss > peak.pss) peak = { ...peak, pss: s.pss, byKind: s.byKind };
+    return s;
+  };
+  return {
+    /** The footprint before the page loads anything (about:blank). */
+    baseline() {
+      baseline = sample();
+    },
+    start() {
+      timer = setInterval(take, everyMs);
+    },
+    stop() {
+      clearInterval(timer);
+      take();
+      const pssGrowthByKind = Object.fromEntries(Object.entries(peak.byKind ?? {}).map(([k, v]) => [k, v - (baseline.byKind[k] ?? 0)]));
+      return { baseline, peak, rssGrowth: peak.rss - baseline.rss, pssGrowth: peak.pss - baseline.pss, pssGrowthByKind, series };
+    },
+  };
+}
+
 /** One page run in headless Chromium; resolves to the page's result. `profile` keeps its cache between calls. */
 export async function benchChromium(o, { profile, log = (s) => console.log(s), onRequest } = {}) {
   const { mounts, pagePath } = modelSource(o.model);
@@ -58,6 +133,9 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
     for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat"]) if (o[k] !== undefined) q.set(k, o[k]);
     if (o.calibrate) q.set("calibrate", "1");
     const page = ctx.pages()[0] ?? (await ctx.newPage());
+    const tree = processTreeSampler(dir);
+    tree?.baseline();
+    tree?.start();
     const done = new Promise((ok, fail) => {
       page.on("pageerror", (e) => fail(new Error(`page error: ${e.message}`)));
       page.on("console", (msg) => {
@@ -72,8 +150,19 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
       });
     });
     await page.goto(`http://127.0.0.1:${server.address().port}/www/bench.html?${q}`);
-    await done;
+    let treeMemory;
+    try {
+      await done;
+    } finally {
+      treeMemory = tree?.stop();
+    }
     const r = await page.evaluate(() => window.benchResult);
+    if (treeMemory) {
+      // What a phone counts: the browser's processes together, grown from an empty tab.
+      r.memory.peakRssBytes = treeMemory.rssGrowth;
+      r.memory.peakRssNote = `Chromium process tree (${treeMemory.peak.processes} processes), peak RSS sum minus about:blank's; PSS growth ${core.fmt(treeMemory.pssGrowth / 1e6)} MB`;
+      r.memory.processTree = treeMemory;
+    }
     r.runtime = `headless Chromium ${ctx.browser()?.version() ?? ""}, engine in a Worker`.replace("  ", " ");
     return r;
   } finally {
