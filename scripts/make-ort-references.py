@@ -239,6 +239,33 @@ def greedy(path, prompt, steps, optimize=True):
     return tokens, first, last
 
 
+def forced_logits(path, prompt, tokens, optimize=True):
+    """onnxruntime's logits at every step of a recorded greedy run, fed that run's tokens (the
+    prompt in one run, then one token per run): row 0 after the prompt, row i after tokens[i-1]."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    inputs = {i.name: i for i in sess.get_inputs()}
+    outputs = [o.name for o in sess.get_outputs()]
+    past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np_dtype(i.type)) for n, i in inputs.items() if n.startswith("past_key_values.")}
+    rows, ids, done = [], list(prompt), 0
+    for step in range(len(tokens)):
+        n = len(ids)
+        feeds = dict(past)
+        feeds["input_ids"] = np.array([ids], dtype=np.int64)
+        feeds["attention_mask"] = np.ones((1, done + n), dtype=np.int64)
+        if "position_ids" in inputs:
+            feeds["position_ids"] = np.arange(done, done + n, dtype=np.int64)[None, :]
+        res = dict(zip(outputs, sess.run(outputs, feeds)))
+        rows.append(res["logits"][0, -1].astype(np.float32))
+        past = {"past_key_values." + k[len("present."):]: v for k, v in res.items() if k.startswith("present.")}
+        done += n
+        ids = [tokens[step]]
+    return rows
+
+
 def references(files, prompts, steps, out, info):
     for name, path in files.items():
         runs = []
@@ -258,8 +285,10 @@ def self_agreement(dir, names):
     quantized matmuls, other summation orders) against the recorded default run. A file where
     onnxruntime departs from itself is chaotic (one rounding moves the tokens): no
     implementation can give its tokens exactly without its summation order. The tokens are
-    written into NAME.json (`unoptimized_tokens` of each run), where tests/ort_files.rs's
-    SmolLM2 check reads them to judge a departure against onnxruntime's own spread."""
+    written into NAME.json (`unoptimized_tokens` of each run), with `self_spread`: at each step
+    of the recorded run, fed its tokens, the max |logit diff| between the two runs — how far
+    onnxruntime's own logits move with its summation order there. tests/ort_files.rs's SmolLM2
+    check reads both to judge a departure against onnxruntime's own spread."""
     for name in names:
         doc = json.load(open(os.path.join(dir, f"{name}.json")))
         same, total, diff = [], 0, 0.0
@@ -270,6 +299,10 @@ def self_agreement(dir, names):
             total += len(tokens)
             diff = max(diff, float(np.abs(first - np.array(run["prefill_logits"], np.float32)).max()))
             run["unoptimized_tokens"] = [int(t) for t in tokens]
+            path = os.path.join(dir, f"{name}.onnx")
+            default = forced_logits(path, run["prompt"], run["tokens"])
+            unoptimized = forced_logits(path, run["prompt"], run["tokens"], optimize=False)
+            run["self_spread"] = [float(np.abs(a - b).max()) for a, b in zip(default, unoptimized)]
         with open(os.path.join(dir, f"{name}.json"), "w") as f:
             json.dump(doc, f, indent=0)
         print(f"{name}: onnxruntime unoptimized vs default: {sum(same)}/{total} tokens, per prompt {same}; max |prefill logit diff| {diff:.3g}", flush=True)

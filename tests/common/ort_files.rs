@@ -64,6 +64,11 @@ pub struct Run {
     #[serde(default)]
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))] // read by the native SmolLM2 check
     pub unoptimized_tokens: Option<Vec<u32>>,
+    /// At each step of `tokens`, both runs fed them: max |logit diff| between onnxruntime's
+    /// default and unoptimized runs (`--self-agreement`), its own spread at that step.
+    #[serde(default)]
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub self_spread: Option<Vec<f32>>,
 }
 
 impl Run {
@@ -118,22 +123,26 @@ impl Agreement {
     }
 
     /// The departures from onnxruntime's tokens that its own spread does not explain, one line
-    /// each. A departure at prompt `p` is explained when onnxruntime's unoptimized run left its
-    /// default run at the same step or earlier (the file is chaotic: one rounding moves the
-    /// tokens, so no other summation order can follow it further), or when it is a near-tie:
-    /// onnxruntime's token was within `near_tie` of ours in our logits.
+    /// each. A departure at prompt `p`, step `k` is explained when onnxruntime's unoptimized
+    /// run left its default run at step `k` or earlier (the file is chaotic: one rounding moves
+    /// the tokens, so no other summation order can follow it further), or when it is a
+    /// near-tie: onnxruntime's token is below ours in our logits by less than onnxruntime's own
+    /// logits move at step `k` between its two runs (`Run::self_spread`). Both are measured on
+    /// onnxruntime alone; a file without them recorded explains nothing.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
-    pub fn unexplained_departures(&self, reference: &Reference, near_tie: f32) -> Vec<String> {
+    pub fn unexplained_departures(&self, reference: &Reference) -> Vec<String> {
         let mut out = Vec::new();
         for (p, run) in reference.runs.iter().enumerate() {
             let (same, margin) = (self.same_tokens[p], self.departure_margins[p]);
             let Some(margin) = margin else { continue };
             let ort_itself = run.self_agreement();
-            if ort_itself.is_some_and(|k| k <= same) || margin <= near_tie {
+            let spread = run.self_spread.as_ref().and_then(|s| s.get(same).copied());
+            if ort_itself.is_some_and(|k| k <= same) || spread.is_some_and(|s| margin < s) {
                 continue;
             }
             out.push(format!(
-                "prompt {p}: departs at token {same} (onnxruntime's token {margin:.3} below ours; onnxruntime unoptimized agrees with itself for {})",
+                "prompt {p}: departs at token {same} (onnxruntime's token {margin:.3} below ours; onnxruntime's own spread there {}; unoptimized agrees with itself for {})",
+                spread.map_or("? (not recorded)".to_string(), |s| format!("{s:.3}")),
                 ort_itself.map_or("? (not recorded)".to_string(), |k| format!("{k} tokens"))
             ));
         }
