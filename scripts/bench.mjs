@@ -5,11 +5,13 @@
 //
 //   node scripts/bench.mjs [--model DIR|URL] [--runtime chromium|node|both] [--run quick|sustained|all]
 //        [--minutes N] [--threads N] [--build auto|threads|single] [--backend auto|wasm|webgpu]
-//        [--label TEXT] [--out DIR] [--calibrate]
+//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS]
 //
 // --model: a packed model folder on disk (served under /bench-model/) or a URL / folder under
 // www/ (default www/models/default, where scripts/demo.sh packs SmolLM2 int4). The JSON files go
 // to --out (default $CARGO_TARGET_DIR/bench or target/bench); the page's "Compare" loads them.
+// --js-flags: V8 flags for Chromium (diagnostics, e.g. "--no-wasm-tier-up" to see what
+// optimized code costs in time and memory).
 // The CI latency gate (scripts/bench-gate.mjs) runs through `benchChromium` below.
 import { chromium } from "playwright-core";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -126,7 +128,7 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   const ctx = await chromium.launchPersistentContext(dir, {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info"],
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info", ...(o["js-flags"] ? [`--js-flags=${o["js-flags"]}`] : [])],
   });
   try {
     const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });
