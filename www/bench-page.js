@@ -121,7 +121,7 @@ async function load() {
     }
   };
   try {
-    engine = await WorkerEngine.load(url, { backend, cache: "indexeddb", onProgress }, { worker, threads, build: params.get("build") ?? "auto" });
+    engine = await WorkerEngine.load(url, { backend, cache: params.get("cache") ?? "indexeddb", onProgress }, { worker, threads, build: params.get("build") ?? "auto" });
   } catch (e) {
     worker.terminate();
     bar.hidden = true;
