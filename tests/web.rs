@@ -123,6 +123,22 @@ async fn webgpu_engine_gives_the_cpu_engines_tokens_in_browser() {
     assert!(auto.reason.as_deref().is_some_and(|r| r.contains("software")), "{auto:?}");
 }
 
+/// common::sampling's body on the WebGPU engine in the browser (SwiftShader: `sample.wgsl`
+/// through Tint), and every variant's tokens equal the CPU engine's for the same seed.
+#[wasm_bindgen_test]
+async fn webgpu_engine_samples_as_the_cpu_engine_in_browser() {
+    use edge_llm::backend::BackendKind;
+    use edge_llm::generate::EngineOptions;
+    use edge_llm::package::Package;
+    let mut tokens = Vec::new();
+    for backend in [BackendKind::Wasm, BackendKind::Webgpu] {
+        let e = Engine::open_async(Package::loose(INT4, TOKENIZER, tiny::model_config()), &EngineOptions { backend, ..Default::default() }).await.unwrap();
+        tokens.push(common::sampling::sampling_options_hold(&e).await);
+    }
+    console_log!("WebGPU sampled tokens {:?}", tokens[1]);
+    assert_eq!(tokens[0], tokens[1]);
+}
+
 #[wasm_bindgen_test]
 fn int4_simd_kernel_logits_match_reference_in_browser() {
     for (sym, int8) in common::Q4_KERNEL_VARIANTS {

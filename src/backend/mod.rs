@@ -17,6 +17,7 @@ use std::task::{Context, Poll, Waker};
 use serde::Serialize;
 use tract_onnx::prelude::{TValue, Tensor};
 
+use crate::generate::SampleParams;
 use crate::{Error, Result};
 
 /// A boxed future that may hold borrowed data and need not be `Send` (WebGPU's are not).
@@ -95,12 +96,12 @@ pub trait Session {
     fn forward_argmax<'a>(&'a mut self, _tokens: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
         None
     }
-}
-
-/// What a step produced: the last position's logits, or the token the device picked.
-pub enum Next {
-    Logits(Vec<f32>),
-    Token(u32),
+    /// [`Session::forward`] that samples the next token on the device as
+    /// [`crate::generate::sample_with`] does with `params` (the repetition penalty over
+    /// `history`), reading back only its id; `None` where the backend has no such path.
+    fn forward_sample<'a>(&'a mut self, _tokens: &'a [u32], _params: SampleParams, _history: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
+        None
+    }
 }
 
 /// The value of a future that needs no event loop (the CPU backend's), or `None` when it

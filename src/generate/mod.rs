@@ -12,11 +12,11 @@ pub mod state;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-pub use sampler::{argmax, GenerateOptions, Sampler};
+pub use sampler::{argmax, sample_with, GenerateOptions, SampleParams, Sampler};
 use serde::Serialize;
 pub use state::SessionState;
 
-use crate::backend::{ready, Backend, BackendInfo, BackendKind, Next, Session};
+use crate::backend::{ready, Backend, BackendInfo, BackendKind, Session};
 use crate::cpu::{CpuBackend, CpuModel, CpuOptions};
 use crate::package::{Blob, Package};
 use crate::model::ModelConfig;
@@ -426,6 +426,13 @@ pub struct GenerationStats {
     pub decode_tokens_per_s: f64,
 }
 
+/// What a step produced: the last position's logits, or the token the device picked and the
+/// sampler after that pick.
+enum Next {
+    Logits(Vec<f32>),
+    Token(u32, Sampler),
+}
+
 /// An in-progress generation. Call [`Generation::step`] until it returns `None`.
 pub struct Generation {
     /// Shared with the engine's published state (see [`state::KvSource`]).
@@ -479,12 +486,11 @@ impl Generation {
         }
         let t0 = (self.clock)();
         let prefill = self.history.is_empty();
-        let greedy = self.sampler.is_greedy();
         let next = if prefill {
             // The prompt stays until the prefill succeeded: a step refused (a GPU busy with
             // another generation's step) can be retried.
             let cached = self.cached()?;
-            let l = self.forward(&self.prompt[cached..], greedy).await?;
+            let l = self.forward(&self.prompt[cached..], &self.prompt).await?;
             self.stats.prompt_tokens = self.prompt.len();
             self.history = std::mem::take(&mut self.prompt);
             l
@@ -494,7 +500,7 @@ impl Generation {
                 return Err(Error::ContextOverflow { needed: cached + 1, max: self.max_context });
             }
             let last = *self.history.last().expect("history holds the prompt");
-            self.forward(&[last], greedy).await?
+            self.forward(&[last], &self.history).await?
         };
         let t1 = (self.clock)();
         if prefill {
@@ -510,7 +516,10 @@ impl Generation {
             self.decode_steps += 1;
         }
         let id = match next {
-            Next::Token(id) => id,
+            Next::Token(id, after) => {
+                self.sampler = after;
+                id
+            }
             Next::Logits(mut logits) => {
                 if logits.iter().any(|l| !l.is_finite()) {
                     return Err(Error::Inference("model produced NaN or infinite logits".into()));
@@ -530,18 +539,21 @@ impl Generation {
         state::with_live(&self.session, |s| s.len())
     }
 
-    /// Run `tokens` on the session; with `greedy`, let the backend pick the token where it can
-    /// (a GPU then reads back 4 bytes, not the logits). The session is out of its lock while the
-    /// step is pending, so no lock is held across an await; a snapshot taken meanwhile finds
-    /// the session busy.
-    async fn forward(&self, tokens: &[u32], greedy: bool) -> Result<Next> {
+    /// Run `tokens` on the session and let the backend pick the token where it can (a GPU then
+    /// reads back 4 bytes, not the logits): its argmax when greedy, else its sampler with this
+    /// step's number from the seeded generator, the repetition penalty over `history`. The
+    /// sampler as it is after the step comes with the token (a failed step draws nothing). The
+    /// session is out of its lock while the step is pending, so no lock is held across an
+    /// await; a snapshot taken meanwhile finds the session busy.
+    async fn forward(&self, tokens: &[u32], history: &[u32]) -> Result<Next> {
         let mut session = state::take_live(&self.session)?;
-        let on_device = match if greedy { session.forward_argmax(tokens) } else { None } {
+        let (params, after) = self.sampler.device_step();
+        let on_device = match if self.sampler.is_greedy() { session.forward_argmax(tokens) } else { session.forward_sample(tokens, params, history) } {
             Some(step) => Some(step.await),
             None => None,
         };
         let next = match on_device {
-            Some(token) => token.map(Next::Token),
+            Some(token) => token.map(|t| Next::Token(t, after)),
             None => session.forward(tokens).await.map(Next::Logits),
         };
         *self.session.lock().expect("not poisoned") = Some(session);
