@@ -742,3 +742,60 @@ fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
         }
     }
 }
+
+/// Device loss mid-generation (the device destroyed between two steps): that step fails with
+/// `GpuDeviceLostError`; with a CPU fallback set, the engine opens the model on the CPU, the
+/// generation's next step goes on there (recomputing its tokens so far), its tokens are the
+/// CPU engine's, `backend_info` says `wasm` and why, and the next generation runs on the CPU.
+/// Without a fallback every later call fails by name. Greedy and seeded sampling.
+#[test]
+fn device_loss_is_named_and_the_engine_continues_on_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let (onnx, _, _) = tiny_int4_files(true);
+    let tok = tiny::tokenizer_json();
+    let onnx = Arc::new(onnx);
+    let load = |backend| open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), backend).unwrap();
+    let cpu = load(BackendKind::Wasm);
+    assert!(cpu.gpu_device().is_none());
+    for opts in [common::state::greedy(), common::state::seeded()] {
+        let run = |e: &Engine| {
+            let mut g = e.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+            while g.step().unwrap().is_some() {}
+            g.generated().to_vec()
+        };
+        let want = run(&cpu);
+        // No fallback: named errors, on this call and the next.
+        let gpu = load(BackendKind::Webgpu);
+        let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        g.step().unwrap().unwrap();
+        gpu.gpu_device().expect("on the GPU").destroy();
+        assert_eq!(g.step().unwrap_err().name(), "GpuDeviceLostError");
+        assert_eq!(g.step().unwrap_err().name(), "GpuDeviceLostError");
+        let mut again = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        assert_eq!(again.step().unwrap_err().name(), "GpuDeviceLostError");
+        // With one: the failing call is named, then the CPU takes over.
+        let gpu = load(BackendKind::Webgpu);
+        let (bytes, tok) = (onnx.clone(), tok.clone());
+        gpu.set_cpu_fallback(Box::new(move || {
+            let (bytes, tok) = (bytes.clone(), tok.clone());
+            Box::pin(async move { Engine::open(Package::loose(&bytes, tok.as_bytes(), tiny::model_config()), &EngineOptions::default()) })
+        }));
+        let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(g.step().unwrap().unwrap().token_id);
+        }
+        gpu.gpu_device().expect("on the GPU").destroy();
+        let e = g.step().unwrap_err();
+        assert_eq!(e.name(), "GpuDeviceLostError", "{e}");
+        let info = gpu.backend_info();
+        assert_eq!(info.name, "wasm", "{info:?}");
+        assert!(info.reason.as_deref().is_some_and(|r| r.contains("device was lost")), "{info:?}");
+        assert!(gpu.gpu_device().is_none());
+        while let Some(ev) = g.step().unwrap() {
+            got.push(ev.token_id);
+        }
+        assert_eq!(got, want, "the generation, continued on the CPU, gives the CPU engine's tokens: {opts:?}");
+        assert_eq!(run(&gpu), want, "the next generation runs on the CPU");
+    }
+}

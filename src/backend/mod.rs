@@ -73,6 +73,10 @@ pub trait Backend {
     fn steps_are_sync(&self) -> bool {
         true
     }
+    /// The GPU device the backend runs on, if any (apps may watch it; tests destroy it).
+    fn gpu_device(&self) -> Option<wgpu::Device> {
+        None
+    }
     /// How many nodes of each op kind the backend runs (diagnostics; empty where not a graph).
     fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
         Default::default()

@@ -107,6 +107,10 @@ impl Backend for GpuBackend {
         self.0.vocab
     }
 
+    fn gpu_device(&self) -> Option<wgpu::Device> {
+        Some(self.0.model.borrow().context().device().clone())
+    }
+
     fn steps_are_sync(&self) -> bool {
         !cfg!(target_arch = "wasm32")
     }
@@ -177,6 +181,8 @@ impl GpuSession {
         if tokens.is_empty() {
             return Err(Error::Inference("forward needs at least one token".into()));
         }
+        // A lost device fails every call: say so before touching it.
+        self.shared.model.borrow().context().check_device()?;
         self.own().await?;
         let next = self.shared.model.borrow_mut().prefill_with(tokens, pick).await?;
         self.len += tokens.len();

@@ -1,9 +1,11 @@
 //! The Llama forward pass on the GPU: int4 weights (MatMulNBits layout) and the KV cache stay
 //! resident; buffers, pipelines and bind groups are made once in [`GpuLlama::load`], sized for
 //! steps of up to [`PREFILL_CHUNK`] tokens. A decode step writes 8 bytes (position and row
-//! count), submits one command buffer and reads back only the 4-byte token the GPU's argmax
-//! picked; a prompt runs a chunk of tokens per submit (GEMM linears, causal attention over the
-//! chunk's rows) and reads back only the last chunk's token.
+//! count), submits one command buffer and reads back only the 4-byte token the GPU picked
+//! (argmax, or `sample.wgsl` with the step's 32 bytes of sampling options and, with a
+//! repetition penalty, the history bitmap's changed words); a prompt runs a chunk of tokens per
+//! submit (GEMM linears, causal attention over the chunk's rows) and reads back only the last
+//! chunk's token.
 
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, GpuQ4, Pipelines};
