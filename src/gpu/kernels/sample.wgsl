@@ -138,7 +138,12 @@ fn shortest(lid: u32, lv: u32, lb: u32, goal: f32, count: bool, strict: bool) ->
         }
     }
     // The keys above v fall short: add v's candidates in id order, the fewest that reach it.
-    // The answer b is the id of the last one added.
+    // The answer b is the id of the last one added: v's only candidate, usually (one sweep
+    // instead of log2(n)).
+    let only = only_id(lid, v, lv, lb);
+    if (only != ALL) {
+        return Prefix(v, only, true);
+    }
     var lo = 0u;
     var hi = o.n - 1u;
     while (lo < hi) {
@@ -150,6 +155,22 @@ fn shortest(lid: u32, lv: u32, lb: u32, goal: f32, count: bool, strict: bool) ->
         }
     }
     return Prefix(v, lo, true);
+}
+
+// The id of the one candidate of key v within the kept prefix (lv, lb), or ALL when there are
+// several.
+fn only_id(lid: u32, v: u32, lv: u32, lb: u32) -> u32 {
+    var count = 0.0;
+    var first = ALL;
+    for (var i = lid; i < o.n; i += WG) {
+        if (keys[i] == v && within(v, i, lv, lb)) {
+            count += 1.0;
+            first = min(first, i);
+        }
+    }
+    let total = sum_all(lid, count);
+    first = reduce_u(lid, first, false);
+    return select(ALL, first, total == 1.0);
 }
 
 // The lowest (with `last`: highest) id of key v within the kept prefix (lv, lb).
