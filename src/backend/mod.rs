@@ -17,7 +17,6 @@ use std::task::{Context, Poll, Waker};
 use serde::Serialize;
 use tract_onnx::prelude::{TValue, Tensor};
 
-use crate::generate::SampleParams;
 use crate::{Error, Result};
 
 /// A boxed future that may hold borrowed data and need not be `Send` (WebGPU's are not).
@@ -55,6 +54,18 @@ pub struct BackendInfo {
     pub kv_cache: &'static str,
     /// Why this backend was chosen, when the caller asked for `auto`.
     pub reason: Option<String>,
+}
+
+/// One step's sampling: the options and the uniform number in `[0, 1)` the step draws (0 at
+/// temperature 0, which draws none). `generate::sample_with` picks the token on the CPU; a backend that
+/// samples on its device (the GPU's `sample.wgsl`) takes the same parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleParams {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub uniform: f32,
 }
 
 /// A model loaded on one device.

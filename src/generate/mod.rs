@@ -14,7 +14,8 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-pub use sampler::{argmax, sample_with, GenerateOptions, SampleParams, Sampler};
+pub use crate::backend::SampleParams;
+pub use sampler::{argmax, sample_with, GenerateOptions, Sampler};
 use serde::Serialize;
 pub use state::SessionState;
 

@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::SampleParams;
 use crate::package::manifest::GenerationDefaults;
 use crate::{Error, Result};
 
@@ -124,18 +125,6 @@ impl Rng {
         let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
         (v >> 40) as f32 / (1u64 << 24) as f32
     }
-}
-
-/// One step's sampling: the options and the uniform number in `[0, 1)` the step draws (0 at
-/// temperature 0, which draws none). [`sample_with`] picks the token on the CPU; a backend that
-/// samples on its device (the GPU's `sample.wgsl`) takes the same parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct SampleParams {
-    pub temperature: f32,
-    pub top_k: usize,
-    pub top_p: f32,
-    pub repetition_penalty: f32,
-    pub uniform: f32,
 }
 
 /// Picks the next token from logits.

@@ -14,7 +14,7 @@ use std::rc::Rc;
 use super::decode::{GpuLlama, Pick, Q4Layer, Q4Llama};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
-use crate::generate::SampleParams;
+use crate::backend::SampleParams;
 use crate::model::LlamaConfig;
 use crate::onnx::{ModelProto, OnnxType, TensorProto};
 use crate::package::{shards, Blob, Package};

@@ -93,7 +93,7 @@ pub fn report(model: Option<(&str, &super::Q4Llama)>, warmup: usize, steps: usiz
         use super::kernels::{self, Pipelines, SampleBuffers};
         const VOCAB: usize = 49152;
         let logits: Vec<f32> = (0..VOCAB).map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0).collect();
-        let params = crate::generate::SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.1, uniform: 0.37 };
+        let params = crate::backend::SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.1, uniform: 0.37 };
         let words: Vec<u8> = super::twin::sample_opts(VOCAB, &params).iter().flat_map(|w| w.to_le_bytes()).collect();
         let seen: Vec<u8> = kernels::seen_bitmap(VOCAB, &[1, 50, 700]).iter().flat_map(|w| w.to_le_bytes()).collect();
         let (lb, opts, seen) = (ctx.storage_init("logits", &kernels::f32_bytes(&logits))?, ctx.storage_init("opts", &words)?, ctx.storage_init("seen", &seen)?);

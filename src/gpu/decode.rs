@@ -11,7 +11,7 @@ use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, GpuQ4, Pipelines};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
-use crate::generate::SampleParams;
+use crate::backend::SampleParams;
 #[cfg(feature = "tools")]
 use crate::llama::{LayerWeights, LlamaWeights};
 use crate::model::LlamaConfig;
@@ -134,7 +134,7 @@ impl Op {
 pub enum Pick<'a> {
     /// `argmax.wgsl`: the largest logit, lowest id on ties.
     Argmax,
-    /// `sample.wgsl`: [`crate::generate::sample_with`]'s choice with `params` (its uniform
+    /// `sample.wgsl`: `generate::sample_with`'s choice with `params` (its uniform
     /// number drawn on the CPU), the repetition penalty over `history`.
     Sample { params: SampleParams, history: &'a [u32] },
 }

@@ -1,7 +1,7 @@
 //! Plain-Rust twins of the WGSL kernels in `kernels/`: the same computation, slow and
 //! obviously right. Kernel tests run both on random shapes and compare.
 
-use crate::generate::SampleParams;
+use crate::backend::SampleParams;
 use crate::quant::Q4Weight;
 
 /// `gemv_q4.wgsl`: `y[r][j] = sum_i x[r][i] * (q[j][i] - zp) * scale`, rows of `x` of length `w.k`.
