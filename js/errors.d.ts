@@ -5,6 +5,7 @@ export type ErrorName =
   | "ChatTemplateError"
   | "ContextOverflowError"
   | "EngineDisposedError"
+  | "GpuDeviceLostError"
   | "IncompatibleModelError"
   | "InferenceError"
   | "IntegrityError"
@@ -30,6 +31,7 @@ export class AbortError extends EdgeLlmError { name: "AbortError" }
 export class ChatTemplateError extends EdgeLlmError { name: "ChatTemplateError" }
 export class ContextOverflowError extends EdgeLlmError { name: "ContextOverflowError" }
 export class EngineDisposedError extends EdgeLlmError { name: "EngineDisposedError" }
+export class GpuDeviceLostError extends EdgeLlmError { name: "GpuDeviceLostError" }
 export class IncompatibleModelError extends EdgeLlmError { name: "IncompatibleModelError" }
 export class InferenceError extends EdgeLlmError { name: "InferenceError" }
 export class IntegrityError extends EdgeLlmError { name: "IntegrityError" }

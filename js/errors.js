@@ -9,6 +9,7 @@ export const ERROR_NAMES = Object.freeze([
   "ChatTemplateError",
   "ContextOverflowError",
   "EngineDisposedError",
+  "GpuDeviceLostError",
   "IncompatibleModelError",
   "InferenceError",
   "IntegrityError",
@@ -56,6 +57,7 @@ export const AbortError = named("AbortError");
 export const ChatTemplateError = named("ChatTemplateError");
 export const ContextOverflowError = named("ContextOverflowError");
 export const EngineDisposedError = named("EngineDisposedError");
+export const GpuDeviceLostError = named("GpuDeviceLostError");
 export const IncompatibleModelError = named("IncompatibleModelError");
 export const InferenceError = named("InferenceError");
 export const IntegrityError = named("IntegrityError");

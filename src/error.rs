@@ -49,6 +49,10 @@ pub enum Error {
     Aborted(String),
     #[error("unsupported backend: {0}")]
     UnsupportedBackend(String),
+    /// The GPU device was lost (a driver reset, the browser reclaiming it, `destroy()`) during
+    /// the call. The engine continues on the CPU backend from the next call where it can.
+    #[error("the GPU device was lost: {0}")]
+    GpuDeviceLost(String),
     #[error("model store error: {0}")]
     Store(String),
     /// The load's `timeoutMs` passed.
@@ -76,6 +80,7 @@ impl Error {
             Error::Quota { .. } => "QuotaError",
             Error::Aborted(_) => "AbortError",
             Error::UnsupportedBackend(_) => "UnsupportedBackendError",
+            Error::GpuDeviceLost(_) => "GpuDeviceLostError",
             Error::Store(_) => "StoreError",
             Error::Timeout(_) => "TimeoutError",
         }

@@ -27,6 +27,7 @@ fn every_variant() -> Vec<Error> {
         Error::Quota { needed: 0, available: 0 },
         Error::Aborted(s()),
         Error::UnsupportedBackend(s()),
+        Error::GpuDeviceLost(s()),
         Error::Store(s()),
         Error::Timeout(s()),
     ];
@@ -52,6 +53,7 @@ fn every_variant() -> Vec<Error> {
             | Error::Quota { .. }
             | Error::Aborted(_)
             | Error::UnsupportedBackend(_)
+            | Error::GpuDeviceLost(_)
             | Error::Timeout(_)
             | Error::Store(_) => {}
         }

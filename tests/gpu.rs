@@ -12,13 +12,14 @@ use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gpu::context::block_on;
 use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, GpuQ4, Pipelines};
 use edge_llm::gpu::twin::{self, AttnShape};
-use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, Q4Llama};
+use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, Pick, Q4Llama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::quant::reference as qref;
 use edge_llm::backend::BackendKind;
 use edge_llm::generate::EngineOptions;
 use edge_llm::package::Package;
+use edge_llm::generate::SampleParams;
 use edge_llm::{tiny, Engine, Error, GenerateOptions};
 
 mod common;
@@ -256,6 +257,140 @@ fn argmax_matches_reference_lowest_index_on_ties() {
     }
 }
 
+/// Random sampling options: temperatures around 1 and 0 (greedy), top-k off, small, at and
+/// past the vocabulary, top-p off to tiny, penalties above and below 1, the uniform number at
+/// its ends too.
+fn sample_params(rng: &mut Rng, n: usize) -> SampleParams {
+    let pick = |rng: &mut Rng, xs: &[f32]| xs[rng.range(0, xs.len())];
+    let temperature = pick(rng, &[0.0, 0.3, 0.7, 1.0, 1.0, 1.6]);
+    let top_k = [0, 0, 1, 2, 5, 40, n, n + 3][rng.range(0, 8)];
+    let top_p = pick(rng, &[1.0, 1.0, 0.95, 0.9, 0.5, 0.01]);
+    let repetition_penalty = pick(rng, &[1.0, 1.0, 1.3, 0.8]);
+    let uniform = match rng.range(0, 10) {
+        0 => 0.0,
+        1 => 1.0 - 1.0 / (1 << 24) as f32,
+        _ => (rng.next() >> 40) as f32 / (1u64 << 24) as f32,
+    };
+    SampleParams { temperature, top_k, top_p, repetition_penalty, uniform }
+}
+
+/// Logits of `n` candidates: spread, or from a few values (many exact ties, signed zeros).
+fn sample_logits(rng: &mut Rng, n: usize) -> Vec<f32> {
+    match rng.range(0, 3) {
+        0 => rng.f32s(n).iter().map(|v| v * 8.0).collect(),
+        1 => (0..n).map(|_| [-0.0, 0.0, 1.5, -2.0, 3.0][rng.range(0, 5)]).collect(),
+        _ => rng.f32s(n).iter().map(|v| v * 0.5).collect(),
+    }
+}
+
+/// Whether `token` is a pick of the twin for some number within `d` of `p.uniform` and top-p
+/// within `d` of `p.top_p`: between, in the candidates' order, the picks at `uniform - d` and
+/// `uniform + d` (picks are monotonic in the number).
+fn near_boundary_pick(logits: &[f32], history: &[u32], p: &SampleParams, token: u32, d: f32) -> bool {
+    let keys = twin::sample_keys(logits, history, p).unwrap();
+    // Position in the order: higher keys first, then lower ids.
+    let rank = |t: u32| keys.iter().enumerate().filter(|&(i, k)| (*k, std::cmp::Reverse(i as u32)) > (keys[t as usize], std::cmp::Reverse(t))).count();
+    let top_ps = if p.top_p < 1.0 { vec![p.top_p, (p.top_p - d).max(1e-7), (p.top_p + d).min(1.0 - 1e-7)] } else { vec![1.0] };
+    top_ps.into_iter().any(|top_p| {
+        let at = |u: f32| twin::sample(logits, history, &SampleParams { uniform: u.clamp(0.0, 0.99999994), top_p, ..*p }).unwrap();
+        (rank(at(p.uniform - d))..=rank(at(p.uniform + d))).contains(&rank(token))
+    })
+}
+
+/// How far the CPU sampler's cumulative probabilities may be from the twin's: it adds `n`
+/// normalised probabilities one after another in f32 (each add rounding by up to half an ULP
+/// of the running sum, < 2^-24 below 1), the twin in 256 strided lanes and a tree.
+fn cpu_sum_error(n: usize) -> f32 {
+    (2 * n) as f32 / (1 << 24) as f32 + 1e-6
+}
+
+/// `sample.wgsl` against its twin on random logits and options: the keys (penalized, scaled
+/// logits) are bit-identical; the weights `exp(z - max)` agree to a few ULPs (the GPU's `exp`
+/// is not the CPU's); from the GPU's own keys and weights the twin picks the GPU's token
+/// exactly (same sums in the same order); and from its own, the same token but where the
+/// number drawn lies within 1e-5 of a cumulative boundary (counted: rare).
+#[test]
+fn sample_kernel_matches_twin() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(8);
+    let mut pipes = Pipelines::default();
+    let (mut cases, mut near_boundary) = (0, 0);
+    for n in [1, 2, 3, 255, 256, 257, 1000, 4099, 49152, rng.range(1, 70_000)] {
+        for _ in 0..6 {
+            let (logits, p) = (sample_logits(&mut rng, n), sample_params(&mut rng, n));
+            let history: Vec<u32> = (0..rng.range(0, 20)).map(|_| rng.range(0, n) as u32).collect();
+            let opts = ctx.storage_init("opts", &twin::sample_opts(n, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+            let seen = kernels::seen_bitmap(n, &history);
+            let seen = ctx.storage_init("seen", &seen.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+            let (lb, st) = (upload(&ctx, &logits), state(&ctx, 0, 1, &[7]));
+            let (kb, wb) = (ctx.storage("keys", (n * 4) as u64).unwrap(), ctx.storage("weights", (n * 4) as u64).unwrap());
+            let d = kernels::sample(&ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
+            kernels::run(&ctx, &pipes, &[d], 1);
+            let got = download(&ctx, &st, 3)[2].to_bits();
+            let what = format!("n={n} {p:?} history={history:?}");
+            let keys: Vec<u32> = download(&ctx, &kb, n).iter().map(|v| v.to_bits()).collect();
+            assert_eq!(keys, twin::sample_keys(&logits, &history, &p).unwrap(), "keys {what}");
+            cases += 1;
+            if p.temperature == 0.0 {
+                let mut penalized = logits.clone();
+                assert_eq!(got, edge_llm::generate::sample_with(&p, &mut penalized, &history), "greedy {what}");
+                continue;
+            }
+            let weights = download(&ctx, &wb, n);
+            assert_close(&format!("weights {what}"), &weights, &twin::sample_weights(&keys), |_| 1e-30 + 4e-7);
+            assert_eq!(got, twin::sample_pick(&keys, &weights, &p), "pick from the GPU's weights {what}");
+            let want = twin::sample(&logits, &history, &p).unwrap();
+            if got != want {
+                assert!(near_boundary_pick(&logits, &history, &p, got, 1e-5), "{what}: GPU {got}, twin {want}");
+                near_boundary += 1;
+            }
+        }
+    }
+    eprintln!("sample.wgsl vs twin: {near_boundary} of {cases} picks differ, each within 1e-5 of a boundary");
+    assert!(near_boundary * 20 <= cases, "{near_boundary} of {cases} near a boundary");
+    // A logit that is not finite: the mark the engine turns into the CPU path's error.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut logits = rng.f32s(300);
+        logits[123] = bad;
+        let p = SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, uniform: 0.5 };
+        let opts = ctx.storage_init("opts", &twin::sample_opts(300, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let (lb, st, seen) = (upload(&ctx, &logits), state(&ctx, 0, 1, &[7]), ctx.storage("seen", 40).unwrap());
+        let (kb, wb) = (ctx.storage("keys", 1200).unwrap(), ctx.storage("weights", 1200).unwrap());
+        let d = kernels::sample(&ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
+        kernels::run(&ctx, &pipes, &[d], 1);
+        assert_eq!(download(&ctx, &st, 3)[2].to_bits(), u32::MAX, "{bad}");
+        assert_eq!(twin::sample(&logits, &[], &p), None);
+    }
+}
+
+/// The twin (sums in strided lanes then a tree) against the CPU sampler `sample_with` (sums in
+/// sorted order, normalised probabilities), given the same logits and number: the keys, the
+/// candidates' order and top-k are exact, so they pick the same token except where the number
+/// or top-p lies within the CPU's summation error ([`cpu_sum_error`], 2n ULPs of 1) of a
+/// cumulative boundary, where float order decides. Each difference must be such a case (the
+/// twin, with r and top-p nudged by that much, reaches the CPU's token), and they must be rare
+/// (measured: 13 of 400, all on thousands of candidates). No GPU needed.
+#[test]
+fn sample_twin_matches_cpu_sampler_but_at_float_boundaries() {
+    let mut rng = Rng(9);
+    let (mut cases, mut near_boundary) = (0, 0);
+    for _ in 0..400 {
+        let n = [1, 2, 7, 100, 1000, 5000, 49152][rng.range(0, 7)];
+        let (logits, p) = (sample_logits(&mut rng, n), sample_params(&mut rng, n));
+        let history: Vec<u32> = (0..rng.range(0, 30)).map(|_| rng.range(0, n) as u32).collect();
+        let want = edge_llm::generate::sample_with(&p, &mut logits.clone(), &history);
+        let got = twin::sample(&logits, &history, &p).unwrap();
+        cases += 1;
+        if got != want {
+            let d = cpu_sum_error(n);
+            assert!(near_boundary_pick(&logits, &history, &p, want, d), "n={n} {p:?}: CPU {want}, twin {got} (d = {d:e})");
+            near_boundary += 1;
+        }
+    }
+    eprintln!("twin vs CPU sampler: {near_boundary} of {cases} picks differ, each within the CPU's summation error of a boundary");
+    assert!(near_boundary * 20 <= cases, "{near_boundary} of {cases} near a boundary");
+}
+
 /// The tiny model quantized as the int4 exporter does it, and the exporter's own effective
 /// weights (so the GPU runs the very tensors the ONNX file holds).
 fn tiny_q4(symmetric: bool) -> (Q4Llama, edge_llm::llama::onnx_export::Exported) {
@@ -351,33 +486,56 @@ fn tiny_prefill_in_chunks_matches_reference() {
     }
 }
 
+fn pick(params: Option<SampleParams>, history: &[u32]) -> Pick<'_> {
+    params.map_or(Pick::Argmax, |params| Pick::Sample { params, history })
+}
+
+/// Greedy, sampled, and sampled with a repetition penalty: a step creates nothing, submits once
+/// per chunk and reads back only the 4-byte token. Writes: per chunk the position, rows and its
+/// tokens (a decode step: position and rows; its token is already on the GPU); sampling adds
+/// its 32 bytes of options, the penalty the history bitmap's words that changed (a decode
+/// step: the one word of a token not seen before, else nothing).
 #[test]
 fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token() {
     let Some(ctx) = gpu() else { return };
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    let check = |c: GpuCounters, tokens: usize| {
+    let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");
-        // One write and one submit per chunk; the write is position, rows and the chunk's
-        // tokens (a decode step: position and rows; its token is already on the GPU).
         let chunks = tokens.div_ceil(chunk).max(1) as u64;
-        assert_eq!((c.submits, c.writes), (chunks, chunks), "{tokens} tokens: {c:?}");
-        assert_eq!(c.write_bytes, 8 * chunks + 4 * tokens as u64, "{tokens} tokens: {c:?}");
+        assert_eq!((c.submits, c.writes), (chunks, chunks + extra.0), "{tokens} tokens: {c:?}");
+        assert_eq!(c.write_bytes, 8 * chunks + 4 * tokens as u64 + extra.1, "{tokens} tokens: {c:?}");
         // Only the last chunk runs the head; only its token comes back.
         assert_eq!((c.readbacks, c.readback_bytes), (1, 4), "{tokens} tokens: {c:?}");
     };
-    for prompt in [PROMPT.to_vec(), prompt_of(2 * chunk + 22, q.cfg.vocab_size)] {
-        model.reset();
-        let before = model.counters();
-        block_on(model.prefill(&prompt)).unwrap();
-        check(model.counters().since(&before), prompt.len());
-        assert_eq!(model.pos(), prompt.len());
-        for _ in 0..20 {
+    let sampled = SampleParams { temperature: 0.8, top_k: 40, top_p: 0.9, repetition_penalty: 1.0, uniform: 0.5 };
+    let penalized = SampleParams { repetition_penalty: 1.2, ..sampled };
+    for params in [None, Some(sampled), Some(penalized)] {
+        for prompt in [PROMPT.to_vec(), prompt_of(2 * chunk + 22, q.cfg.vocab_size)] {
+            model.reset();
+            let mut history = prompt.clone();
             let before = model.counters();
-            block_on(model.step(None)).unwrap();
-            check(model.counters().since(&before), 0);
+            let mut next = block_on(model.prefill_with(&prompt, pick(params, &history))).unwrap();
+            let c = model.counters().since(&before);
+            // The first penalized step writes the bitmap's span of the prompt's ids.
+            let bitmap = if params == Some(penalized) { (1, c.write_bytes - 8 * prompt.len().div_ceil(chunk) as u64 - 4 * prompt.len() as u64 - 32) } else { (0, 0) };
+            assert!(bitmap.1 <= 4 * q.cfg.vocab_size.div_ceil(32) as u64, "{c:?}");
+            check(c, prompt.len(), if params.is_some() { (1 + bitmap.0, 32 + bitmap.1) } else { (0, 0) });
+            assert_eq!(model.pos(), prompt.len());
+            for _ in 0..20 {
+                let new_word = !history.contains(&next);
+                history.push(next);
+                let before = model.counters();
+                next = block_on(model.step_with(None, pick(params, &history))).unwrap();
+                let extra = match params {
+                    None => (0, 0),
+                    Some(p) if p == penalized && new_word => (2, 36),
+                    Some(_) => (1, 32),
+                };
+                check(model.counters().since(&before), 0, extra);
+            }
         }
     }
 }
@@ -518,7 +676,7 @@ fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
 }
 
 #[test]
-fn through_the_seam_a_greedy_step_reads_back_the_token_only() {
+fn through_the_seam_a_greedy_or_sampled_step_reads_back_the_token_only() {
     use edge_llm::backend::{ready, Backend};
     let Some(ctx) = gpu() else { return };
     let (q, _) = tiny_q4(true);
@@ -526,7 +684,10 @@ fn through_the_seam_a_greedy_step_reads_back_the_token_only() {
     let mut s = backend.session();
     let logits = ready(s.forward(&PROMPT)).unwrap().unwrap();
     let mut next = edge_llm::generate::argmax(&logits);
+    // The context so far (the sampled steps' penalty history).
+    let mut history = PROMPT.to_vec();
     for _ in 0..8 {
+        history.push(next);
         let before = backend.counters();
         let picked = ready(s.forward_argmax(&[next]).expect("the GPU picks tokens")).unwrap().unwrap();
         let c = backend.counters().since(&before);
@@ -534,9 +695,107 @@ fn through_the_seam_a_greedy_step_reads_back_the_token_only() {
         assert_eq!((c.submits, c.readbacks, c.readback_bytes), (1, 1, 4), "{c:?}");
         next = picked;
     }
+    // Sampled on the GPU as the CPU samples those logits: still one submit and 4 bytes back.
+    let mut picks = Vec::new();
+    for i in 0..8 {
+        let params = SampleParams { temperature: 0.9, top_k: 20, top_p: 0.95, repetition_penalty: 1.1, uniform: i as f32 / 8.0 };
+        history.push(next);
+        let before = backend.counters();
+        let picked = ready(s.forward_sample(&[next], params, &history).expect("the GPU samples")).unwrap().unwrap();
+        let c = backend.counters().since(&before);
+        assert_eq!(c.buffers + c.bind_groups + c.pipelines + c.shader_modules, 0, "objects created in a step: {c:?}");
+        assert_eq!((c.submits, c.readbacks, c.readback_bytes), (1, 1, 4), "{c:?}");
+        picks.push((history.clone(), params, picked));
+        next = picked;
+    }
     // Asking for the logits reads them back too.
     let before = backend.counters();
     let logits = ready(s.forward(&[next])).unwrap().unwrap();
     assert_eq!(backend.counters().since(&before).readback_bytes, 4 + 4 * logits.len() as u64);
-    assert_eq!(s.len(), PROMPT.len() + 9);
+    assert_eq!(s.len(), PROMPT.len() + 17);
+    // Each pick is the twin's over that step's logits (another session's prefill of the context).
+    for (history, params, picked) in picks {
+        let logits = ready(backend.session().forward(&history)).unwrap().unwrap();
+        let want = twin::sample(&logits, &history, &params).unwrap();
+        assert!(picked == want || near_boundary_pick(&logits, &history, &params, picked, 1e-5), "GPU {picked}, twin {want}");
+    }
+}
+
+/// common::sampling's body on the GPU engine (the device samples: no logits come back), and
+/// every variant's tokens equal the CPU engine's for the same seed; a seeded generation saved
+/// mid-way and resumed continues bit-identically (tests/state.rs's body).
+#[test]
+fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
+    let Some(_) = gpu() else { return };
+    for symmetric in [true, false] {
+        let (onnx, _, _) = tiny_int4_files(symmetric);
+        let tok = tiny::tokenizer_json();
+        let load = |backend| open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), backend).unwrap();
+        let (cpu, gpu) = (load(BackendKind::Wasm), load(BackendKind::Webgpu));
+        let want = block_on(common::sampling::sampling_options_hold(&cpu));
+        let got = block_on(common::sampling::sampling_options_hold(&gpu));
+        for ((g, w), opts) in got.iter().zip(&want).zip(common::sampling::variants()) {
+            assert_eq!(g, w, "symmetric={symmetric} {opts:?}");
+        }
+        for opts in [common::state::greedy(), common::state::seeded()] {
+            common::state::resume_is_bit_identical(&|| load(BackendKind::Webgpu), &opts, 5);
+        }
+    }
+}
+
+/// Device loss mid-generation (the device destroyed between two steps): that step fails with
+/// `GpuDeviceLostError`; with a CPU fallback set, the engine opens the model on the CPU, the
+/// generation's next step goes on there (recomputing its tokens so far), its tokens are the
+/// CPU engine's, `backend_info` says `wasm` and why, and the next generation runs on the CPU.
+/// Without a fallback every later call fails by name. Greedy and seeded sampling.
+#[test]
+fn device_loss_is_named_and_the_engine_continues_on_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let (onnx, _, _) = tiny_int4_files(true);
+    let tok = tiny::tokenizer_json();
+    let onnx = Arc::new(onnx);
+    let load = |backend| open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), backend).unwrap();
+    let cpu = load(BackendKind::Wasm);
+    assert!(cpu.gpu_device().is_none());
+    for opts in [common::state::greedy(), common::state::seeded()] {
+        let run = |e: &Engine| {
+            let mut g = e.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+            while g.step().unwrap().is_some() {}
+            g.generated().to_vec()
+        };
+        let want = run(&cpu);
+        // No fallback: named errors, on this call and the next.
+        let gpu = load(BackendKind::Webgpu);
+        let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        g.step().unwrap().unwrap();
+        gpu.gpu_device().expect("on the GPU").destroy();
+        assert_eq!(g.step().unwrap_err().name(), "GpuDeviceLostError");
+        assert_eq!(g.step().unwrap_err().name(), "GpuDeviceLostError");
+        let mut again = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        assert_eq!(again.step().unwrap_err().name(), "GpuDeviceLostError");
+        // With one: the failing call is named, then the CPU takes over.
+        let gpu = load(BackendKind::Webgpu);
+        let (bytes, tok) = (onnx.clone(), tok.clone());
+        gpu.set_cpu_fallback(Box::new(move || {
+            let (bytes, tok) = (bytes.clone(), tok.clone());
+            Box::pin(async move { Engine::open(Package::loose(&bytes, tok.as_bytes(), tiny::model_config()), &EngineOptions::default()) })
+        }));
+        let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(g.step().unwrap().unwrap().token_id);
+        }
+        gpu.gpu_device().expect("on the GPU").destroy();
+        let e = g.step().unwrap_err();
+        assert_eq!(e.name(), "GpuDeviceLostError", "{e}");
+        let info = gpu.backend_info();
+        assert_eq!(info.name, "wasm", "{info:?}");
+        assert!(info.reason.as_deref().is_some_and(|r| r.contains("device was lost")), "{info:?}");
+        assert!(gpu.gpu_device().is_none());
+        while let Some(ev) = g.step().unwrap() {
+            got.push(ev.token_id);
+        }
+        assert_eq!(got, want, "the generation, continued on the CPU, gives the CPU engine's tokens: {opts:?}");
+        assert_eq!(run(&gpu), want, "the next generation runs on the CPU");
+    }
 }

@@ -123,6 +123,61 @@ async fn webgpu_engine_gives_the_cpu_engines_tokens_in_browser() {
     assert!(auto.reason.as_deref().is_some_and(|r| r.contains("software")), "{auto:?}");
 }
 
+/// common::sampling's body on the WebGPU engine in the browser (SwiftShader: `sample.wgsl`
+/// through Tint), and every variant's tokens equal the CPU engine's for the same seed. The CPU
+/// engine with float activations, as the GPU computes: the browser's default int8 block
+/// activations move the logits enough to change picks at temperature 4.
+#[wasm_bindgen_test]
+async fn webgpu_engine_samples_as_the_cpu_engine_in_browser() {
+    use edge_llm::backend::BackendKind;
+    use edge_llm::cpu::CpuOptions;
+    use edge_llm::generate::EngineOptions;
+    use edge_llm::package::Package;
+    let mut tokens = Vec::new();
+    for backend in [BackendKind::Wasm, BackendKind::Webgpu] {
+        let cpu = CpuOptions { q4_activations: common::q4_activations(false), ..Default::default() };
+        let e = Engine::open_async(Package::loose(INT4, TOKENIZER, tiny::model_config()), &EngineOptions { backend, cpu }).await.unwrap();
+        tokens.push(common::sampling::sampling_options_hold(&e).await);
+    }
+    console_log!("WebGPU sampled tokens {:?}", tokens[1]);
+    assert_eq!(tokens[0], tokens[1]);
+}
+
+/// Device loss in the browser (`GPUDevice.destroy()` between two steps): that step fails with
+/// `GpuDeviceLostError`, the CPU fallback takes over, the generation goes on there with the CPU
+/// engine's tokens, and `backend_info` says why.
+#[wasm_bindgen_test]
+async fn webgpu_device_loss_falls_back_to_the_cpu_in_browser() {
+    use edge_llm::backend::BackendKind;
+    use edge_llm::generate::EngineOptions;
+    use edge_llm::package::Package;
+    async fn open(backend: BackendKind) -> edge_llm::Result<Engine> {
+        Engine::open_async(Package::loose(INT4, TOKENIZER, tiny::model_config()), &EngineOptions { backend, ..Default::default() }).await
+    }
+    let opts = GenerateOptions { max_tokens: 10, ignore_eos: true, ..Default::default() };
+    let cpu = open(BackendKind::Wasm).await.unwrap();
+    let mut g = cpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+    while g.step_async().await.unwrap().is_some() {}
+    let want = g.generated().to_vec();
+    let gpu = open(BackendKind::Webgpu).await.unwrap();
+    gpu.set_cpu_fallback(Box::new(|| Box::pin(async { Engine::open_async(Package::loose(INT4, TOKENIZER, tiny::model_config()), &Default::default()).await })));
+    let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(g.step_async().await.unwrap().unwrap().token_id);
+    }
+    gpu.gpu_device().expect("on the GPU").destroy();
+    let e = g.step_async().await.unwrap_err();
+    assert_eq!(e.name(), "GpuDeviceLostError", "{e}");
+    let info = gpu.backend_info();
+    console_log!("after the device was lost: {info:?}");
+    assert_eq!(info.name, "wasm", "{info:?}");
+    while let Some(ev) = g.step_async().await.unwrap() {
+        got.push(ev.token_id);
+    }
+    assert_eq!(got, want);
+}
+
 #[wasm_bindgen_test]
 fn int4_simd_kernel_logits_match_reference_in_browser() {
     for (sym, int8) in common::Q4_KERNEL_VARIANTS {

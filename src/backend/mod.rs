@@ -56,6 +56,18 @@ pub struct BackendInfo {
     pub reason: Option<String>,
 }
 
+/// One step's sampling: the options and the uniform number in `[0, 1)` the step draws (0 at
+/// temperature 0, which draws none). `generate::sample_with` picks the token on the CPU; a backend that
+/// samples on its device (the GPU's `sample.wgsl`) takes the same parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleParams {
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub repetition_penalty: f32,
+    pub uniform: f32,
+}
+
 /// A model loaded on one device.
 pub trait Backend {
     fn info(&self) -> BackendInfo;
@@ -71,6 +83,10 @@ pub trait Backend {
     /// synchronous [`crate::Generation::step`] can run it. A browser's GPU readback is not.
     fn steps_are_sync(&self) -> bool {
         true
+    }
+    /// The GPU device the backend runs on, if any (apps may watch it; tests destroy it).
+    fn gpu_device(&self) -> Option<wgpu::Device> {
+        None
     }
     /// How many nodes of each op kind the backend runs (diagnostics; empty where not a graph).
     fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
@@ -95,12 +111,12 @@ pub trait Session {
     fn forward_argmax<'a>(&'a mut self, _tokens: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
         None
     }
-}
-
-/// What a step produced: the last position's logits, or the token the device picked.
-pub enum Next {
-    Logits(Vec<f32>),
-    Token(u32),
+    /// [`Session::forward`] that samples the next token on the device as
+    /// [`crate::generate::sample_with`] does with `params` (the repetition penalty over
+    /// `history`), reading back only its id; `None` where the backend has no such path.
+    fn forward_sample<'a>(&'a mut self, _tokens: &'a [u32], _params: SampleParams, _history: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
+        None
+    }
 }
 
 /// The value of a future that needs no event loop (the CPU backend's), or `None` when it

@@ -10,13 +10,16 @@ mod sampler;
 pub mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-pub use sampler::{argmax, GenerateOptions, Sampler};
+pub use crate::backend::SampleParams;
+pub use sampler::{argmax, sample_with, GenerateOptions, Sampler};
 use serde::Serialize;
 pub use state::SessionState;
 
-use crate::backend::{ready, Backend, BackendInfo, BackendKind, Next, Session};
+use crate::backend::{ready, Backend, BackendInfo, BackendKind, Session, StepFuture};
 use crate::cpu::{CpuBackend, CpuModel, CpuOptions};
 use crate::package::{Blob, Package};
 use crate::model::ModelConfig;
@@ -48,11 +51,49 @@ struct Shared {
     disposed: AtomicBool,
 }
 
+/// Opens the engine's model again on the CPU backend (`BackendKind::Wasm`), from where its
+/// verified files are kept (a folder, the model store): what a GPU engine falls back to when
+/// its device is lost. See [`Engine::set_cpu_fallback`].
+pub type CpuFallback = Box<dyn FnMut() -> StepFuture<'static, Result<Engine>>>;
+
+/// The backend an engine runs on, shared with its generations: the generation whose step meets
+/// a lost GPU device swaps the CPU backend in here.
+struct BackendSlot {
+    backend: RefCell<Rc<dyn Backend>>,
+    /// Why this backend: `auto`'s choice, or the fallback's.
+    reason: RefCell<Option<String>>,
+    fallback: RefCell<Option<CpuFallback>>,
+    fingerprint: [u8; 32],
+}
+
+impl BackendSlot {
+    fn get(&self) -> Rc<dyn Backend> {
+        self.backend.borrow().clone()
+    }
+
+    /// After `why` (the device's loss) failed a step: open the CPU engine and take its backend.
+    /// Returns the CPU backend, or `None` when there is no fallback or it failed (the next
+    /// failing step tries it again).
+    async fn fall_back(&self, why: &str) -> Option<Rc<dyn Backend>> {
+        let mut open = self.fallback.borrow_mut().take()?;
+        match open().await {
+            Ok(cpu) if cpu.slot.fingerprint == self.fingerprint && cpu.slot.get().info().name == "wasm" => {
+                let backend = cpu.slot.get();
+                *self.backend.borrow_mut() = backend.clone();
+                *self.reason.borrow_mut() = Some(format!("the CPU: the GPU device was lost ({why})"));
+                Some(backend)
+            }
+            _ => {
+                *self.fallback.borrow_mut() = Some(open);
+                None
+            }
+        }
+    }
+}
+
 /// A model ready to generate: graph, tokenizer and config.
 pub struct Engine {
-    backend: Box<dyn Backend>,
-    /// Why `auto` chose this backend.
-    backend_reason: Option<String>,
+    slot: Rc<BackendSlot>,
     tokenizer: Arc<Tokenizer>,
     config: ModelConfig,
     /// Identifies the model a saved state belongs to.
@@ -125,7 +166,7 @@ impl Engine {
         };
         let tokenizer = package.tokenizer()?;
         let mut engine = Self::from_backend(backend, tokenizer, package.config().clone(), package.fingerprint()?)?;
-        engine.backend_reason = reason;
+        *engine.slot.reason.borrow_mut() = reason;
         if let Some(g) = package.generation() {
             engine.defaults = GenerateOptions::with_defaults(g);
         }
@@ -140,9 +181,9 @@ impl Engine {
                 backend.vocab_size()
             )));
         }
+        let slot = BackendSlot { backend: RefCell::new(Rc::from(backend)), reason: RefCell::default(), fallback: RefCell::default(), fingerprint };
         Ok(Engine {
-            backend,
-            backend_reason: None,
+            slot: Rc::new(slot),
             tokenizer: Arc::new(tokenizer),
             config,
             fingerprint,
@@ -171,18 +212,36 @@ impl Engine {
 
     /// Which backend computes the model, and where its KV cache lives.
     pub fn backend_info(&self) -> BackendInfo {
-        BackendInfo { reason: self.backend_reason.clone(), ..self.backend.info() }
+        BackendInfo { reason: self.slot.reason.borrow().clone(), ..self.backend().info() }
+    }
+
+    /// The GPU device the engine runs on, if it runs on one.
+    pub fn gpu_device(&self) -> Option<wgpu::Device> {
+        self.backend().gpu_device()
+    }
+
+    fn backend(&self) -> Rc<dyn Backend> {
+        self.slot.get()
+    }
+
+    /// How to open this model on the CPU if the GPU device is lost: the step that meets the
+    /// loss fails with [`Error::GpuDeviceLost`], opens it, and the engine runs on the CPU from
+    /// then on (that generation's next step too, recomputing its tokens so far; the
+    /// conversation cached on the GPU is gone). Nothing is kept meanwhile: `open` reads the
+    /// model again from where its files are. Without it, calls keep failing by name.
+    pub fn set_cpu_fallback(&self, open: CpuFallback) {
+        *self.slot.fallback.borrow_mut() = Some(open);
     }
 
     /// Whether the KV cache lives in the CPU plan's state rather than in explicit past/present
     /// tensors.
     pub fn kv_cache_folded(&self) -> bool {
-        self.backend.info().kv_cache == "folded"
+        self.backend().info().kv_cache == "folded"
     }
 
     /// How many nodes of each op kind the backend runs (see [`CpuModel::plan_ops`]).
     pub fn plan_ops(&self) -> std::collections::BTreeMap<String, usize> {
-        self.backend.plan_ops()
+        self.backend().plan_ops()
     }
 
     /// Statistics of the latest generation.
@@ -200,17 +259,17 @@ impl Engine {
     /// checksummed; see [`state`] for the layout.
     pub fn save_state(&self) -> Result<Vec<u8>> {
         let s = self.state().unwrap_or_else(|| SessionState { kv: Default::default(), tokens: Vec::new(), resume: None });
-        let s = if s.tokens.is_empty() { SessionState { kv: state::KvSource::Saved(self.backend.session().snapshot()?), ..s } } else { s };
-        state::encode(&s, &self.fingerprint, self.backend.kv_layout())
+        let s = if s.tokens.is_empty() { SessionState { kv: state::KvSource::Saved(self.backend().session().snapshot()?), ..s } } else { s };
+        state::encode(&s, &self.fingerprint, self.backend().kv_layout())
     }
 
     /// Replace the current conversation with one saved by [`Engine::save_state`] (of this model).
     /// Bad bytes give [`Error::InvalidState`] and leave the current conversation as it was.
     pub fn restore_state(&self, bytes: &[u8]) -> Result<()> {
         let limits = state::Limits {
-            layout: self.backend.kv_layout(),
+            layout: self.backend().kv_layout(),
             context: self.config.architecture.max_position_embeddings,
-            vocab: self.backend.vocab_size(),
+            vocab: self.backend().vocab_size(),
         };
         let s = state::decode(bytes, &self.fingerprint, limits)?;
         *self.shared.last.lock().expect("not poisoned") = Some(s);
@@ -228,7 +287,7 @@ impl Engine {
     pub fn resume(&self) -> Result<Generation> {
         let s = self.state().ok_or_else(|| Error::InvalidState("there is no conversation to resume".into()))?;
         let r = s.resume.clone().ok_or_else(|| Error::InvalidState("the conversation has no unfinished generation".into()))?;
-        let session = self.backend.session_from(&s.kv.snapshot(s.tokens.len())?)?;
+        let session = self.backend().session_from(&s.kv.snapshot(s.tokens.len())?)?;
         let mut history = s.tokens.clone();
         history.push(r.next_token);
         let mut g = self.new_generation(session, Vec::new(), &r.options, (self.clock)());
@@ -258,7 +317,7 @@ impl Engine {
 
     /// A fresh KV-cache session over this engine's model.
     pub fn session(&self) -> Box<dyn Session> {
-        self.backend.session()
+        self.backend().session()
     }
 
     /// Render `messages` with the model's chat template, ready to generate the assistant turn.
@@ -318,7 +377,7 @@ impl Engine {
             return Err(Error::InvalidOption { option: "prompt", reason: "encodes to no tokens".into() });
         }
         // Ids given by the caller reach the embedding gather: refuse any outside the vocabulary.
-        let vocab = self.backend.vocab_size();
+        let vocab = self.backend().vocab_size();
         if let Some(id) = prompt.iter().find(|&&id| id as usize >= vocab) {
             return Err(Error::InvalidOption { option: "prompt", reason: format!("token id {id} is outside the vocabulary ({vocab} tokens)") });
         }
@@ -326,7 +385,7 @@ impl Engine {
         if prompt.len() > max {
             return Err(Error::ContextOverflow { needed: prompt.len(), max });
         }
-        let (session, reused) = if opts.reuse_prefix == Some(true) { self.session_for(&prompt)? } else { (self.backend.session(), 0) };
+        let (session, reused) = if opts.reuse_prefix == Some(true) { self.session_for(&prompt)? } else { (self.backend().session(), 0) };
         let mut g = self.new_generation(session, prompt, opts, t0);
         g.stats.reused_prompt_tokens = reused;
         Ok(g)
@@ -342,7 +401,7 @@ impl Engine {
                 match s.kv.snapshot(common) {
                     Ok(kv) => {
                         drop(guard);
-                        return Ok((self.backend.session_from(&kv)?, common));
+                        return Ok((self.backend().session_from(&kv)?, common));
                     }
                     // A browser's GPU cannot read its cache back synchronously: the prompt is
                     // computed again instead (the same tokens, without the reuse).
@@ -351,10 +410,11 @@ impl Engine {
                 }
             }
         }
-        Ok((self.backend.session(), 0))
+        Ok((self.backend().session(), 0))
     }
 
     fn new_generation(&self, session: Box<dyn Session>, prompt: Vec<u32>, opts: &GenerateOptions, t0: f64) -> Generation {
+        let sync_steps = self.backend().steps_are_sync();
         let mut stop_ids = if opts.ignore_eos { Vec::new() } else { self.config.eos_token_ids.clone() };
         stop_ids.extend(&opts.stop_token_ids);
         Generation {
@@ -375,7 +435,8 @@ impl Engine {
             started_at: t0,
             resumed: false,
             decode_steps: 0,
-            sync_steps: self.backend.steps_are_sync(),
+            sync_steps,
+            slot: self.slot.clone(),
         }
     }
 }
@@ -426,6 +487,13 @@ pub struct GenerationStats {
     pub decode_tokens_per_s: f64,
 }
 
+/// What a step produced: the last position's logits, or the token the device picked and the
+/// sampler after that pick.
+enum Next {
+    Logits(Vec<f32>),
+    Token(u32, Sampler),
+}
+
 /// An in-progress generation. Call [`Generation::step`] until it returns `None`.
 pub struct Generation {
     /// Shared with the engine's published state (see [`state::KvSource`]).
@@ -451,6 +519,7 @@ pub struct Generation {
     decode_steps: usize,
     /// See [`Backend::steps_are_sync`].
     sync_steps: bool,
+    slot: Rc<BackendSlot>,
 }
 
 impl Generation {
@@ -479,12 +548,12 @@ impl Generation {
         }
         let t0 = (self.clock)();
         let prefill = self.history.is_empty();
-        let greedy = self.sampler.is_greedy();
         let next = if prefill {
             // The prompt stays until the prefill succeeded: a step refused (a GPU busy with
             // another generation's step) can be retried.
             let cached = self.cached()?;
-            let l = self.forward(&self.prompt[cached..], greedy).await?;
+            let l = self.forward(&self.prompt[cached..], &self.prompt).await;
+            let l = self.or_fall_back(l).await?;
             self.stats.prompt_tokens = self.prompt.len();
             self.history = std::mem::take(&mut self.prompt);
             l
@@ -493,8 +562,9 @@ impl Generation {
             if cached >= self.max_context {
                 return Err(Error::ContextOverflow { needed: cached + 1, max: self.max_context });
             }
-            let last = *self.history.last().expect("history holds the prompt");
-            self.forward(&[last], greedy).await?
+            // The last token; after a fallback to the CPU, every token so far.
+            let l = self.forward(&self.history[cached.min(self.history.len() - 1)..], &self.history).await;
+            self.or_fall_back(l).await?
         };
         let t1 = (self.clock)();
         if prefill {
@@ -510,7 +580,10 @@ impl Generation {
             self.decode_steps += 1;
         }
         let id = match next {
-            Next::Token(id) => id,
+            Next::Token(id, after) => {
+                self.sampler = after;
+                id
+            }
             Next::Logits(mut logits) => {
                 if logits.iter().any(|l| !l.is_finite()) {
                     return Err(Error::Inference("model produced NaN or infinite logits".into()));
@@ -525,23 +598,40 @@ impl Generation {
         Ok(Some(event))
     }
 
+    /// `r`, and after a step failed on a lost GPU device, the CPU backend swapped in (see
+    /// [`Engine::set_cpu_fallback`]) with a fresh session: the next step recomputes this
+    /// generation's tokens there and goes on.
+    async fn or_fall_back<T>(&mut self, r: Result<T>) -> Result<T> {
+        let Err(Error::GpuDeviceLost(why)) = &r else { return r };
+        if let Some(cpu) = self.slot.fall_back(why).await {
+            *self.session.lock().expect("not poisoned") = Some(cpu.session());
+            self.sync_steps = cpu.steps_are_sync();
+            // The conversation's cache was on the GPU.
+            *self.shared.last.lock().expect("not poisoned") = None;
+        }
+        r
+    }
+
     /// Tokens in the session's cache.
     fn cached(&self) -> Result<usize> {
         state::with_live(&self.session, |s| s.len())
     }
 
-    /// Run `tokens` on the session; with `greedy`, let the backend pick the token where it can
-    /// (a GPU then reads back 4 bytes, not the logits). The session is out of its lock while the
-    /// step is pending, so no lock is held across an await; a snapshot taken meanwhile finds
-    /// the session busy.
-    async fn forward(&self, tokens: &[u32], greedy: bool) -> Result<Next> {
+    /// Run `tokens` on the session and let the backend pick the token where it can (a GPU then
+    /// reads back 4 bytes, not the logits): its argmax when greedy, else its sampler with this
+    /// step's number from the seeded generator, the repetition penalty over `history`. The
+    /// sampler as it is after the step comes with the token (a failed step draws nothing). The
+    /// session is out of its lock while the step is pending, so no lock is held across an
+    /// await; a snapshot taken meanwhile finds the session busy.
+    async fn forward(&self, tokens: &[u32], history: &[u32]) -> Result<Next> {
         let mut session = state::take_live(&self.session)?;
-        let on_device = match if greedy { session.forward_argmax(tokens) } else { None } {
+        let (params, after) = self.sampler.device_step();
+        let on_device = match if self.sampler.is_greedy() { session.forward_argmax(tokens) } else { session.forward_sample(tokens, params, history) } {
             Some(step) => Some(step.await),
             None => None,
         };
         let next = match on_device {
-            Some(token) => token.map(Next::Token),
+            Some(token) => token.map(|t| Next::Token(t, after)),
             None => session.forward(tokens).await.map(Next::Logits),
         };
         *self.session.lock().expect("not poisoned") = Some(session);

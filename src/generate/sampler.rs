@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::backend::SampleParams;
 use crate::package::manifest::GenerationDefaults;
 use crate::{Error, Result};
 
@@ -154,55 +155,77 @@ impl Sampler {
         self.opts.temperature == 0.0 && self.opts.repetition_penalty == 1.0
     }
 
+    /// The next step's parameters for a backend that samples on its device, and this sampler
+    /// as it is after that step: the caller keeps it once the step succeeded, so a step that
+    /// failed (and is retried) draws the same number.
+    pub fn device_step(&self) -> (SampleParams, Sampler) {
+        let mut after = self.clone();
+        let uniform = if self.opts.temperature == 0.0 { 0.0 } else { after.rng.next_f32() };
+        let o = &self.opts;
+        (SampleParams { temperature: o.temperature, top_k: o.top_k, top_p: o.top_p, repetition_penalty: o.repetition_penalty, uniform }, after)
+    }
+
     /// Choose a token given `logits` and the ids seen so far (for the repetition penalty).
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
-        let rp = self.opts.repetition_penalty;
-        if rp != 1.0 {
-            let mut seen = history.to_vec();
-            seen.sort_unstable();
-            seen.dedup();
-            for &t in &seen {
-                if let Some(l) = logits.get_mut(t as usize) {
-                    *l = if *l > 0.0 { *l / rp } else { *l * rp };
-                }
-            }
-        }
-        if self.opts.temperature == 0.0 {
-            return argmax(logits);
-        }
-        let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, l)| (i as u32, *l / self.opts.temperature)).collect();
-        // Highest first; equal logits keep id order so a seed fully determines the result.
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        if self.opts.top_k > 0 {
-            cand.truncate(self.opts.top_k);
-        }
-        let max = cand[0].1;
-        let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
-        let sum: f32 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= sum);
-        if self.opts.top_p < 1.0 {
-            let mut acc = 0.0;
-            let keep = probs
-                .iter()
-                .position(|p| {
-                    acc += p;
-                    acc >= self.opts.top_p
-                })
-                .map_or(probs.len(), |i| i + 1);
-            probs.truncate(keep);
-            let s: f32 = probs.iter().sum();
-            probs.iter_mut().for_each(|p| *p /= s);
-        }
-        let r = self.rng.next_f32();
-        let mut acc = 0.0;
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
-            if r < acc {
-                return cand[i].0;
-            }
-        }
-        cand[probs.len() - 1].0
+        let (params, after) = self.device_step();
+        *self = after;
+        sample_with(&params, logits, history)
     }
+}
+
+/// The token [`Sampler::sample`] picks with the uniform number `p.uniform`.
+///
+/// The penalty and the temperature multiply by reciprocals (`l * (1 / t)`, not `l / t`): WGSL's
+/// multiplication is correctly rounded, its division only within 2.5 ULP, so the GPU's
+/// `sample.wgsl` computes these very values and orders the candidates as here, ties included.
+pub fn sample_with(p: &SampleParams, logits: &mut [f32], history: &[u32]) -> u32 {
+    let rp = p.repetition_penalty;
+    if rp != 1.0 {
+        let inv_rp = 1.0 / rp;
+        let mut seen = history.to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        for &t in &seen {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = if *l > 0.0 { *l * inv_rp } else { *l * rp };
+            }
+        }
+    }
+    if p.temperature == 0.0 {
+        return argmax(logits);
+    }
+    let inv_t = 1.0 / p.temperature;
+    let mut cand: Vec<(u32, f32)> = logits.iter().enumerate().map(|(i, l)| (i as u32, *l * inv_t)).collect();
+    // Highest first; equal logits keep id order so a seed fully determines the result.
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if p.top_k > 0 {
+        cand.truncate(p.top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f32> = cand.iter().map(|(_, l)| (l - max).exp()).collect();
+    let sum: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= sum);
+    if p.top_p < 1.0 {
+        let mut acc = 0.0;
+        let keep = probs
+            .iter()
+            .position(|q| {
+                acc += q;
+                acc >= p.top_p
+            })
+            .map_or(probs.len(), |i| i + 1);
+        probs.truncate(keep);
+        let s: f32 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= s);
+    }
+    let mut acc = 0.0;
+    for (i, q) in probs.iter().enumerate() {
+        acc += q;
+        if p.uniform < acc {
+            return cand[i].0;
+        }
+    }
+    cand[probs.len() - 1].0
 }
 
 /// Index of the largest value; the lowest index wins ties.

@@ -11,9 +11,10 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use super::decode::{GpuLlama, Q4Layer, Q4Llama};
+use super::decode::{GpuLlama, Pick, Q4Layer, Q4Llama};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
+use crate::backend::SampleParams;
 use crate::model::LlamaConfig;
 use crate::onnx::{ModelProto, OnnxType, TensorProto};
 use crate::package::{shards, Blob, Package};
@@ -106,6 +107,10 @@ impl Backend for GpuBackend {
         self.0.vocab
     }
 
+    fn gpu_device(&self) -> Option<wgpu::Device> {
+        Some(self.0.model.borrow().context().device().clone())
+    }
+
     fn steps_are_sync(&self) -> bool {
         !cfg!(target_arch = "wasm32")
     }
@@ -168,16 +173,18 @@ impl GpuSession {
         Ok(())
     }
 
-    /// Run `tokens` (a chunk of them per submit); returns the token the GPU's argmax picked
-    /// after the last.
+    /// Run `tokens` (a chunk of them per submit); returns the token the GPU picked after the
+    /// last.
     /// The caller holds [`Stepping`] (see [`GpuSession::own`]).
     #[allow(clippy::await_holding_refcell_ref)]
-    async fn run(&mut self, tokens: &[u32]) -> Result<u32> {
+    async fn run(&mut self, tokens: &[u32], pick: Pick<'_>) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::Inference("forward needs at least one token".into()));
         }
+        // A lost device fails every call: say so before touching it.
+        self.shared.model.borrow().context().check_device()?;
         self.own().await?;
-        let next = self.shared.model.borrow_mut().prefill(tokens).await?;
+        let next = self.shared.model.borrow_mut().prefill_with(tokens, pick).await?;
         self.len += tokens.len();
         Ok(next)
     }
@@ -204,7 +211,7 @@ impl Session for GpuSession {
         Box::pin(async move {
             let shared = self.shared.clone();
             let _step = Stepping::enter(&shared.stepping)?;
-            self.run(tokens).await?;
+            self.run(tokens, Pick::Argmax).await?;
             self.shared.model.borrow().logits().await
         })
     }
@@ -213,7 +220,15 @@ impl Session for GpuSession {
         Some(Box::pin(async move {
             let shared = self.shared.clone();
             let _step = Stepping::enter(&shared.stepping)?;
-            self.run(tokens).await
+            self.run(tokens, Pick::Argmax).await
+        }))
+    }
+
+    fn forward_sample<'a>(&'a mut self, tokens: &'a [u32], params: SampleParams, history: &'a [u32]) -> Option<StepFuture<'a, Result<u32>>> {
+        Some(Box::pin(async move {
+            let shared = self.shared.clone();
+            let _step = Stepping::enter(&shared.stepping)?;
+            self.run(tokens, Pick::Sample { params, history }).await
         }))
     }
 }

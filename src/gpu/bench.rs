@@ -87,6 +87,38 @@ pub fn report(model: Option<(&str, &super::Q4Llama)>, warmup: usize, steps: usiz
         let gbs = b.bytes_per_call as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: {:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call));
     }
+    // The token pick over SmolLM2's 49152 logits: argmax, and sampling (temperature 0.8, top-k
+    // 40, top-p 0.95, repetition penalty 1.1: every stage of sample.wgsl) with its readback.
+    {
+        use super::kernels::{self, Pipelines, SampleBuffers};
+        const VOCAB: usize = 49152;
+        let logits: Vec<f32> = (0..VOCAB).map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0).collect();
+        let params = crate::backend::SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.1, uniform: 0.37 };
+        let words: Vec<u8> = super::twin::sample_opts(VOCAB, &params).iter().flat_map(|w| w.to_le_bytes()).collect();
+        let seen: Vec<u8> = kernels::seen_bitmap(VOCAB, &[1, 50, 700]).iter().flat_map(|w| w.to_le_bytes()).collect();
+        let (lb, opts, seen) = (ctx.storage_init("logits", &kernels::f32_bytes(&logits))?, ctx.storage_init("opts", &words)?, ctx.storage_init("seen", &seen)?);
+        let (keys, weights, state, rb) = (ctx.storage("keys", 4 * VOCAB as u64)?, ctx.storage("weights", 4 * VOCAB as u64)?, ctx.storage("state", 12)?, ctx.readback("token", 4));
+        let mut pipes = Pipelines::default();
+        let argmax = kernels::argmax(&ctx, &mut pipes, VOCAB, &lb, &state);
+        let sample = kernels::sample(&ctx, &mut pipes, SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
+        out.push(format!("token pick over {VOCAB} logits (one submit, 4 bytes read back), {steps} passes after {warmup}:"));
+        for (what, d) in [("argmax.wgsl", &argmax), ("sample.wgsl (temperature, top-k 40, top-p 0.95, penalty)", &sample)] {
+            let mut ms = Vec::with_capacity(steps);
+            for i in 0..warmup + steps {
+                let t = Instant::now();
+                let mut enc = ctx.encoder();
+                pipes.record(&mut enc, [d], 1);
+                enc.copy_buffer_to_buffer(&state, 8, &rb, 0, 4);
+                ctx.submit(enc);
+                block_on(ctx.read(&rb, 4))?;
+                if i >= warmup {
+                    ms.push(t.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            let (p50, p95, p99) = stats(ms);
+            out.push(format!("  {what}: ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
+        }
+    }
     let Some((name, q)) = model else { return Ok(out) };
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();

@@ -76,6 +76,8 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     info: wgpu::AdapterInfo,
     counters: Counters,
+    /// Why the device was lost, once it was (set by wgpu's device-lost callback).
+    lost: Arc<Mutex<Option<String>>>,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -104,7 +106,44 @@ impl GpuContext {
             })
             .await
             .map_err(|e| Error::UnsupportedBackend(format!("webgpu: the adapter refused a device ({e})")))?;
-        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default() })
+        let lost: Arc<Mutex<Option<String>>> = Arc::default();
+        let on_lost = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut lost = on_lost.lock().unwrap_or_else(|e| e.into_inner());
+            lost.get_or_insert_with(|| format!("{reason:?}: {message}"));
+        });
+        // Calls on a lost device fail as validation errors, which wgpu's default handler turns
+        // into panics: those are expected now (the step reports `GpuDeviceLost`). Any other
+        // error is a bug and still panics.
+        let on_error = lost.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if on_error.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                panic!("wgpu error: {e}");
+            }
+        }));
+        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default(), lost })
+    }
+
+    /// Why the device was lost, if it was: every later call on it fails.
+    pub fn lost(&self) -> Option<String> {
+        self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// `Err(GpuDeviceLost)` once the device is lost.
+    pub fn check_device(&self) -> Result<()> {
+        self.lost().map_or(Ok(()), |why| Err(Error::GpuDeviceLost(why)))
+    }
+
+    pub fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    /// A failed wait or map: the device's loss when that is the cause.
+    fn failed(&self, what: String) -> Error {
+        match self.lost() {
+            Some(why) => Error::GpuDeviceLost(why),
+            None => Error::Inference(what),
+        }
     }
 
     pub fn limits(&self) -> &wgpu::Limits {
@@ -263,16 +302,13 @@ impl GpuContext {
             }
         });
         // Natively this drives the map callback; on WebGPU it is a no-op and the browser does.
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| Error::Inference(format!("webgpu: waiting for the GPU failed ({e})")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| self.failed(format!("webgpu: waiting for the GPU failed ({e})")))?;
         if !(MapFuture { slot }).await {
-            return Err(Error::Inference("webgpu: mapping a readback buffer failed".into()));
+            return Err(self.failed("webgpu: mapping a readback buffer failed".into()));
         }
-        let out = slice
-            .get_mapped_range()
-            .map_err(|e| Error::Inference(format!("webgpu: mapped range: {e}")))?
-            .to_vec();
+        // The device may be lost with the map done (the result would be stale).
+        self.check_device()?;
+        let out = slice.get_mapped_range().map_err(|e| self.failed(format!("webgpu: mapped range: {e}")))?.to_vec();
         buffer.unmap();
         self.counters.add(READBACKS, 1);
         self.counters.add(READBACK_BYTES, bytes);

@@ -1,14 +1,17 @@
 //! The Llama forward pass on the GPU: int4 weights (MatMulNBits layout) and the KV cache stay
 //! resident; buffers, pipelines and bind groups are made once in [`GpuLlama::load`], sized for
 //! steps of up to [`PREFILL_CHUNK`] tokens. A decode step writes 8 bytes (position and row
-//! count), submits one command buffer and reads back only the 4-byte token the GPU's argmax
-//! picked; a prompt runs a chunk of tokens per submit (GEMM linears, causal attention over the
-//! chunk's rows) and reads back only the last chunk's token.
+//! count), submits one command buffer and reads back only the 4-byte token the GPU picked
+//! (argmax, or `sample.wgsl` with the step's 32 bytes of sampling options and, with a
+//! repetition penalty, the history bitmap's changed words); a prompt runs a chunk of tokens per
+//! submit (GEMM linears, causal attention over the chunk's rows) and reads back only the last
+//! chunk's token.
 
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, GpuQ4, Pipelines};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
+use crate::backend::SampleParams;
 #[cfg(feature = "tools")]
 use crate::llama::{LayerWeights, LlamaWeights};
 use crate::model::LlamaConfig;
@@ -126,6 +129,16 @@ impl Op {
     }
 }
 
+/// How a step chooses the next token on the GPU.
+#[derive(Debug, Clone, Copy)]
+pub enum Pick<'a> {
+    /// `argmax.wgsl`: the largest logit, lowest id on ties.
+    Argmax,
+    /// `sample.wgsl`: `generate::sample_with`'s choice with `params` (its uniform
+    /// number drawn on the CPU), the repetition penalty over `history`.
+    Sample { params: SampleParams, history: &'a [u32] },
+}
+
 /// The resident model and its command lists.
 pub struct GpuLlama {
     ctx: GpuContext,
@@ -142,8 +155,15 @@ pub struct GpuLlama {
     logits: wgpu::Buffer,
     /// Embedding and every layer, for a step's rows.
     body: Vec<Op>,
-    /// Final norm, head and argmax, on the last row only.
+    /// Final norm and head, on the last row only; then one of the picks.
     head: Vec<Dispatch>,
+    argmax: Dispatch,
+    sample: Dispatch,
+    /// `sample.wgsl`'s options (written each sampled step) and the penalty's history bitmap,
+    /// with the host's copy of what the GPU holds (a step writes only the words that changed).
+    sample_opts: wgpu::Buffer,
+    seen: wgpu::Buffer,
+    seen_host: Vec<u32>,
     /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
     kv_cache: Vec<[wgpu::Buffer; 2]>,
     /// Everything the bind groups refer to, owned for the model's lifetime.
@@ -247,13 +267,41 @@ impl GpuLlama {
         let head = vec![
             kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn),
             head_w.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits),
-            kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state),
         ];
+        let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);
+        let sample_opts = ctx.storage("sample_opts", 32)?;
+        let seen_host = kernels::seen_bitmap(vocab, &[]);
+        let seen = ctx.storage("seen", (seen_host.len() * 4) as u64)?;
+        let (keys, sample_weights) = (ctx.storage("sample_keys", (vocab * 4) as u64)?, ctx.storage("sample_weights", (vocab * 4) as u64)?);
+        let sb = kernels::SampleBuffers { opts: &sample_opts, logits: &logits, seen: &seen, keys: &keys, weights: &sample_weights, state: &state };
+        let sample = kernels::sample(&ctx, &mut pipes, sb);
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([xn, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm]);
+        bufs.extend([xn, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights]);
         let token_readback = ctx.readback("token", 4);
-        Ok(GpuLlama { ctx, pipes, cfg, max_ctx, chunk, state, token_readback, x, x_last, logits, body, head, kv_cache, _weights: weights, _buffers: bufs, pos: 0 })
+        Ok(GpuLlama {
+            ctx,
+            pipes,
+            cfg,
+            max_ctx,
+            chunk,
+            state,
+            token_readback,
+            x,
+            x_last,
+            logits,
+            body,
+            head,
+            argmax,
+            sample,
+            sample_opts,
+            seen,
+            seen_host,
+            kv_cache,
+            _weights: weights,
+            _buffers: bufs,
+            pos: 0,
+        })
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -289,15 +337,19 @@ impl GpuLlama {
     }
 
     /// Record the forward pass for `rows` tokens (the state already written) into one submit;
-    /// with `head`, then the final norm, head and argmax on the last row and the copy of the
+    /// with `head`, then the final norm, head and the pick on the last row and the copy of the
     /// picked token to the readback buffer.
-    fn submit(&self, rows: usize, head: bool) {
+    fn submit(&self, rows: usize, head: Option<&Pick>) {
         let mut enc = self.ctx.encoder();
         self.pipes.record(&mut enc, self.body.iter().map(|op| op.for_rows(rows)), rows as u32);
-        if head {
+        if let Some(pick) = head {
             let row = (self.cfg.hidden_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
-            self.pipes.record(&mut enc, &self.head, 1);
+            let pick = match pick {
+                Pick::Argmax => &self.argmax,
+                Pick::Sample { .. } => &self.sample,
+            };
+            self.pipes.record(&mut enc, self.head.iter().chain([pick]), 1);
             enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 0, 4);
         }
         self.ctx.submit(enc);
@@ -305,7 +357,30 @@ impl GpuLlama {
 
     async fn read_token(&self) -> Result<u32> {
         let raw = self.ctx.read(&self.token_readback, 4).await?;
-        Ok(u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]))
+        match u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) {
+            // sample.wgsl's mark for a logit that is not finite (the CPU path's check).
+            u32::MAX => Err(Error::Inference("model produced NaN or infinite logits".into())),
+            t => Ok(t),
+        }
+    }
+
+    /// Write what `pick` reads: for sampling, its 8 option words, and with a repetition penalty
+    /// the words of the history bitmap that changed since the last sampled step (a decode step:
+    /// at most the one word of the previous token).
+    fn prepare(&mut self, pick: &Pick) {
+        let Pick::Sample { params, history } = pick else { return };
+        let words = super::twin::sample_opts(self.cfg.vocab_size, params);
+        self.ctx.write(&self.sample_opts, 0, &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
+        if params.repetition_penalty == 1.0 {
+            return;
+        }
+        let seen = kernels::seen_bitmap(self.cfg.vocab_size, history);
+        let changed = |i: &usize| seen[*i] != self.seen_host[*i];
+        if let (Some(first), Some(last)) = ((0..seen.len()).find(changed), (0..seen.len()).rev().find(changed)) {
+            let bytes: Vec<u8> = seen[first..=last].iter().flat_map(|w| w.to_le_bytes()).collect();
+            self.ctx.write(&self.seen, (first * 4) as u64, &bytes);
+        }
+        self.seen_host = seen;
     }
 
     /// The first `self.pos()` positions of the cache, as the engine's host tensors (one
@@ -347,6 +422,11 @@ impl GpuLlama {
     /// [`GpuLlama::prefill_chunk`] tokens, each one write (position, rows, token ids) and one
     /// submit; only the last chunk runs the head, and only its 4-byte token is read back.
     pub async fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.prefill_with(tokens, Pick::Argmax).await
+    }
+
+    /// [`GpuLlama::prefill`] with the next token chosen by `pick`.
+    pub async fn prefill_with(&mut self, tokens: &[u32], pick: Pick<'_>) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::InvalidOption { option: "prompt", reason: "empty".into() });
         }
@@ -361,8 +441,11 @@ impl GpuLlama {
         for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
             let words = [self.pos as u32, chunk.len() as u32].into_iter().chain(chunk.iter().copied());
             self.ctx.write(&self.state, 0, &words.flat_map(u32::to_le_bytes).collect::<Vec<u8>>());
+            if i == last {
+                self.prepare(&pick);
+            }
             // Queue writes land before the next submit, so chunks need no wait in between.
-            self.submit(chunk.len(), i == last);
+            self.submit(chunk.len(), (i == last).then_some(&pick));
             self.pos += chunk.len();
         }
         self.read_token().await
@@ -371,8 +454,13 @@ impl GpuLlama {
     /// Run one token through every layer and return the greedy next token. `Some(id)` feeds a
     /// prompt token; `None` feeds the token the previous step picked, without it leaving the GPU.
     pub async fn step(&mut self, token: Option<u32>) -> Result<u32> {
+        self.step_with(token, Pick::Argmax).await
+    }
+
+    /// [`GpuLlama::step`] with the next token chosen by `pick`.
+    pub async fn step_with(&mut self, token: Option<u32>, pick: Pick<'_>) -> Result<u32> {
         if let Some(t) = token {
-            return self.prefill(&[t]).await;
+            return self.prefill_with(&[t], pick).await;
         }
         if self.pos == 0 {
             return Err(Error::InvalidOption { option: "token", reason: "the first step needs a prompt token".into() });
@@ -381,7 +469,8 @@ impl GpuLlama {
             return Err(Error::ContextOverflow { needed: self.pos + 1, max: self.max_ctx });
         }
         self.ctx.write(&self.state, 0, &[(self.pos as u32).to_le_bytes(), 1u32.to_le_bytes()].concat());
-        self.submit(1, true);
+        self.prepare(&pick);
+        self.submit(1, Some(&pick));
         self.pos += 1;
         self.read_token().await
     }

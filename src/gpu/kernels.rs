@@ -20,6 +20,7 @@ pub enum Kernel {
     SiluMul,
     Add,
     Argmax,
+    Sample,
 }
 
 impl Kernel {
@@ -35,6 +36,7 @@ impl Kernel {
             Kernel::SiluMul => "silu_mul",
             Kernel::Add => "add",
             Kernel::Argmax => "argmax",
+            Kernel::Sample => "sample",
         }
     }
 
@@ -50,6 +52,7 @@ impl Kernel {
             Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
             Kernel::Add => include_str!("kernels/add.wgsl"),
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
+            Kernel::Sample => include_str!("kernels/sample.wgsl"),
         }
     }
 }
@@ -241,6 +244,33 @@ pub fn add(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, x: &wgpu::Buffer, 
 pub fn argmax(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, logits: &wgpu::Buffer, state: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("argmax", &[n as u32]);
     pipes.bind(ctx, Kernel::Argmax, &[&params, logits, state], Grid::Fixed([1, 1, 1]))
+}
+
+/// Buffers of one sampling: `opts` the 8 words of [`super::twin::sample_opts`] (written each
+/// step), `seen` the penalty's history as a bitmap of `n` bits, `keys` and `weights` `[n]`
+/// scratch, `state` the step state whose `tokens[0]` gets the pick.
+pub struct SampleBuffers<'a> {
+    pub opts: &'a wgpu::Buffer,
+    pub logits: &'a wgpu::Buffer,
+    pub seen: &'a wgpu::Buffer,
+    pub keys: &'a wgpu::Buffer,
+    pub weights: &'a wgpu::Buffer,
+    pub state: &'a wgpu::Buffer,
+}
+
+/// Temperature, top-k, top-p and repetition penalty over the logits, in one workgroup.
+pub fn sample(ctx: &GpuContext, pipes: &mut Pipelines, b: SampleBuffers) -> Dispatch {
+    pipes.bind(ctx, Kernel::Sample, &[b.opts, b.logits, b.seen, b.keys, b.weights, b.state], Grid::Fixed([1, 1, 1]))
+}
+
+/// The bitmap of `history`'s ids below `n` (`n.div_ceil(32)` words) that `sample.wgsl`
+/// applies the repetition penalty to.
+pub fn seen_bitmap(n: usize, history: &[u32]) -> Vec<u32> {
+    let mut words = vec![0u32; n.div_ceil(32).max(1)];
+    for &t in history.iter().filter(|t| (**t as usize) < n) {
+        words[t as usize / 32] |= 1 << (t % 32);
+    }
+    words
 }
 
 /// Copy `len` f32 values of a storage buffer back to the CPU (tests and logits on request;

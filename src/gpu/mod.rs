@@ -17,7 +17,7 @@ pub mod twin;
 
 pub use backend::GpuBackend;
 pub use context::{GpuContext, GpuCounters};
-pub use decode::{GpuLlama, Q4Llama};
+pub use decode::{GpuLlama, Pick, Q4Llama};
 
 use serde::Serialize;
 

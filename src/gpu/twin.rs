@@ -1,6 +1,7 @@
 //! Plain-Rust twins of the WGSL kernels in `kernels/`: the same computation, slow and
 //! obviously right. Kernel tests run both on random shapes and compare.
 
+use crate::backend::SampleParams;
 use crate::quant::Q4Weight;
 
 /// `gemv_q4.wgsl`: `y[r][j] = sum_i x[r][i] * (q[j][i] - zp) * scale`, rows of `x` of length `w.k`.
@@ -154,4 +155,140 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
 /// `add.wgsl`
 pub fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// Lanes of `sample.wgsl`'s workgroup: its sums run in this many strided partial sums, then a
+/// tree, and the twin adds in that order.
+pub const SAMPLE_LANES: usize = 256;
+
+/// `sample.wgsl`'s parameters from a step's [`SampleParams`] over `n` logits: what the CPU
+/// writes before the step (8 words).
+pub fn sample_opts(n: usize, p: &SampleParams) -> [u32; 8] {
+    let greedy = p.temperature == 0.0;
+    let inv_t = if greedy { 1.0 } else { 1.0 / p.temperature };
+    let top_k = p.top_k.min(u32::MAX as usize) as u32;
+    [n as u32, greedy as u32, top_k, p.top_p.to_bits(), inv_t.to_bits(), p.repetition_penalty.to_bits(), (1.0 / p.repetition_penalty).to_bits(), p.uniform.to_bits()]
+}
+
+/// Unsigned order of keys = `f32::total_cmp` order of values.
+fn key_of(z: f32) -> u32 {
+    let b = z.to_bits();
+    if b & 0x8000_0000 != 0 { !b } else { b | 0x8000_0000 }
+}
+
+fn value_of(k: u32) -> f32 {
+    f32::from_bits(if k & 0x8000_0000 != 0 { k & 0x7fff_ffff } else { !k })
+}
+
+/// `sample.wgsl`'s first sweep: each candidate's key (its penalized, scaled logit), or `None`
+/// when a logit is not finite. `seen`: the ids the penalty applies to.
+pub fn sample_keys(logits: &[f32], history: &[u32], p: &SampleParams) -> Option<Vec<u32>> {
+    if logits.iter().any(|l| !l.is_finite()) {
+        return None;
+    }
+    let o = sample_opts(logits.len(), p);
+    let (greedy, inv_t, rp, inv_rp) = (o[1] != 0, f32::from_bits(o[4]), p.repetition_penalty, f32::from_bits(o[6]));
+    let mut seen = vec![false; logits.len()];
+    history.iter().filter(|t| (**t as usize) < logits.len()).for_each(|t| seen[*t as usize] = true);
+    Some(
+        logits
+            .iter()
+            .zip(&seen)
+            .map(|(&l, &s)| {
+                let l = if rp != 1.0 && s { if l > 0.0 { l * inv_rp } else { l * rp } } else { l };
+                let k = key_of(l * inv_t);
+                if greedy && k == 0x7fff_ffff { 0x8000_0000 } else { k }
+            })
+            .collect(),
+    )
+}
+
+/// `sample.wgsl`'s weights, `exp(z - max)` (with the CPU's `exp`; the GPU's differs by ULPs).
+pub fn sample_weights(keys: &[u32]) -> Vec<f32> {
+    let zmax = value_of(keys.iter().copied().max().unwrap_or(0));
+    keys.iter().map(|k| (value_of(*k) - zmax).exp()).collect()
+}
+
+/// `sample.wgsl`'s selection from its keys and weights (which a test may take from the GPU,
+/// making the comparison exact).
+pub fn sample_pick(keys: &[u32], weights: &[f32], p: &SampleParams) -> u32 {
+    const ALL: u32 = u32::MAX;
+    let n = keys.len();
+    let o = sample_opts(n, p);
+    let within = |k: u32, i: usize, v: u32, b: u32| k > v || (k == v && i as u32 <= b);
+    let id_of = |v: u32, last: bool| {
+        let ids = (0..n).filter(|&i| keys[i] == v).map(|i| i as u32);
+        if last { ids.max() } else { ids.min() }.unwrap_or(0)
+    };
+    let kmax = keys.iter().copied().max().unwrap_or(0);
+    if o[1] != 0 {
+        return id_of(kmax, false);
+    }
+    // Strided lane sums, then the tree, as `sum_all`.
+    let mass = |v: u32, b: u32, lv: u32, lb: u32, count: bool| -> f32 {
+        let mut red: Vec<f32> = (0..SAMPLE_LANES)
+            .map(|lane| {
+                let mut s = 0f32;
+                for i in (lane..n).step_by(SAMPLE_LANES) {
+                    if within(keys[i], i, v, b) && within(keys[i], i, lv, lb) {
+                        s += if count { 1.0 } else { weights[i] };
+                    }
+                }
+                s
+            })
+            .collect();
+        let mut s = SAMPLE_LANES / 2;
+        while s > 0 {
+            for l in 0..s {
+                red[l] += red[l + s];
+            }
+            s /= 2;
+        }
+        red[0]
+    };
+    let reaches = |m: f32, target: f32, strict: bool| if strict { m > target } else { m >= target };
+    let shortest = |lv: u32, lb: u32, target: f32, count: bool, strict: bool| -> Option<(u32, u32)> {
+        if !reaches(mass(0, ALL, lv, lb, count), target, strict) {
+            return None;
+        }
+        let mut v = 0u32;
+        for bit in (0..32).rev() {
+            let c = v | (1 << bit);
+            if reaches(mass(c, ALL, lv, lb, count), target, strict) {
+                v = c;
+            }
+        }
+        let (mut lo, mut hi) = (0u32, n as u32 - 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if reaches(mass(v, mid, lv, lb, count), target, strict) {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Some((v, lo))
+    };
+    let (top_k, top_p, r) = (o[2], f32::from_bits(o[3]), f32::from_bits(o[7]));
+    let (mut lv, mut lb) = (0, ALL);
+    if top_k > 0 && (top_k as usize) < n {
+        (lv, lb) = shortest(lv, lb, top_k as f32, true, false).expect("n >= k candidates count k");
+    }
+    if top_p < 1.0 {
+        let total = mass(0, ALL, lv, lb, false);
+        (lv, lb) = shortest(lv, lb, top_p * total, false, false).unwrap_or((lv, lb));
+    }
+    let kept = mass(0, ALL, lv, lb, false);
+    match shortest(lv, lb, r * kept, false, true) {
+        Some((_, b)) => b,
+        None if lb != ALL => lb,
+        None => id_of(keys.iter().copied().min().unwrap_or(0), true),
+    }
+}
+
+/// `sample.wgsl`: the token, or `None` when a logit is not finite.
+pub fn sample(logits: &[f32], history: &[u32], p: &SampleParams) -> Option<u32> {
+    let keys = sample_keys(logits, history, p)?;
+    let weights = if p.temperature == 0.0 { vec![0.0; keys.len()] } else { sample_weights(&keys) };
+    Some(sample_pick(&keys, &weights, p))
 }

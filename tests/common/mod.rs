@@ -10,6 +10,7 @@ use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, ActivationQuant, RefKvCache};
 use edge_llm::tiny;
 
+pub mod sampling;
 pub mod state;
 
 /// Six tokens: through the q4 kernel's GEMM, one 4-row tile and one 2-row tile.
