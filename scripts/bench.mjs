@@ -5,7 +5,7 @@
 //
 //   node scripts/bench.mjs [--model DIR|URL] [--runtime chromium|node|both] [--run quick|sustained|all]
 //        [--minutes N] [--threads N] [--build auto|threads|single] [--backend auto|wasm|webgpu]
-//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS]
+//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS] [--cache none|memory|indexeddb]
 //
 // --model: a packed model folder on disk (served under /bench-model/) or a URL / folder under
 // www/ (default www/models/default, where scripts/demo.sh packs SmolLM2 int4). The JSON files go
