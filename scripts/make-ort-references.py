@@ -205,43 +205,11 @@ def np_dtype(ort_type):
     return {"tensor(float)": np.float32, "tensor(float16)": np.float16}[ort_type]
 
 
-def greedy(path, prompt, steps, optimize=True):
-    """onnxruntime's greedy decode: the prompt in one run, then one token per run with the
-    previous run's present.* as past_key_values.*. Returns (tokens, logits of the last prompt
-    position, logits of the last step). `optimize=False`: ORT_DISABLE_ALL (no fusions)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    if not optimize:
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-    inputs = {i.name: i for i in sess.get_inputs()}
-    outputs = [o.name for o in sess.get_outputs()]
-    past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np_dtype(i.type)) for n, i in inputs.items() if n.startswith("past_key_values.")}
-    tokens, ids, done = [], list(prompt), 0
-    first = last = None
-    for step in range(steps):
-        n = len(ids)
-        feeds = dict(past)
-        feeds["input_ids"] = np.array([ids], dtype=np.int64)
-        feeds["attention_mask"] = np.ones((1, done + n), dtype=np.int64)
-        if "position_ids" in inputs:
-            feeds["position_ids"] = np.arange(done, done + n, dtype=np.int64)[None, :]
-        res = dict(zip(outputs, sess.run(outputs, feeds)))
-        logits = res["logits"][0, -1].astype(np.float32)
-        if step == 0:
-            first = logits
-        last = logits
-        nxt = int(np.argmax(logits))
-        tokens.append(nxt)
-        past = {"past_key_values." + k[len("present."):]: v for k, v in res.items() if k.startswith("present.")}
-        done += n
-        ids = [nxt]
-    return tokens, first, last
-
-
-def forced_logits(path, prompt, tokens, optimize=True):
-    """onnxruntime's logits at every step of a recorded greedy run, fed that run's tokens (the
-    prompt in one run, then one token per run): row 0 after the prompt, row i after tokens[i-1]."""
+def run_steps(path, prompt, steps, choose, optimize=True):
+    """onnxruntime decoding `steps` tokens: the prompt in one run, then one token per run with
+    the previous run's present.* as past_key_values.*; `choose(step, logits)` picks each next
+    token. Returns the logits of every step (row 0: the last prompt position).
+    `optimize=False`: ORT_DISABLE_ALL (no fusions)."""
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     if not optimize:
@@ -251,7 +219,7 @@ def forced_logits(path, prompt, tokens, optimize=True):
     outputs = [o.name for o in sess.get_outputs()]
     past = {n: np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np_dtype(i.type)) for n, i in inputs.items() if n.startswith("past_key_values.")}
     rows, ids, done = [], list(prompt), 0
-    for step in range(len(tokens)):
+    for step in range(steps):
         n = len(ids)
         feeds = dict(past)
         feeds["input_ids"] = np.array([ids], dtype=np.int64)
@@ -262,8 +230,21 @@ def forced_logits(path, prompt, tokens, optimize=True):
         rows.append(res["logits"][0, -1].astype(np.float32))
         past = {"past_key_values." + k[len("present."):]: v for k, v in res.items() if k.startswith("present.")}
         done += n
-        ids = [tokens[step]]
+        ids = [choose(step, rows[-1])]
     return rows
+
+
+def greedy(path, prompt, steps, optimize=True):
+    """onnxruntime's greedy decode. Returns (tokens, logits of the last prompt position, logits
+    of the last step)."""
+    rows = run_steps(path, prompt, steps, lambda _, logits: int(np.argmax(logits)), optimize)
+    return [int(np.argmax(r)) for r in rows], rows[0], rows[-1]
+
+
+def forced_logits(path, prompt, tokens, optimize=True):
+    """onnxruntime's logits at every step of a recorded greedy run, fed that run's tokens: row 0
+    after the prompt, row i after tokens[i-1]."""
+    return run_steps(path, prompt, len(tokens), lambda step, _: tokens[step], optimize)
 
 
 def references(files, prompts, steps, out, info):
