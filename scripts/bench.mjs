@@ -62,29 +62,6 @@ export function processTreeSampler(profileDir, everyMs = 50) {
     }
   };
   const kb = (text, key) => Number(new RegExp(`^${key}:\\s+(\\d+) kB`, "m").exec(text)?.[1] ?? 0) * 1024;
-  const sample = () => {
-    const parent = new Map();
-    const roots = [];
-    for (const pid of ids()) {
-      const stat = read(pid, "stat");
-      parent.set(pid, stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
-      if (read(pid, "cmdline").includes(`--user-data-dir=${profileDir}\0`)) roots.push(pid);
-    }
-    const tree = new Set(roots);
-    for (let grew = true; grew; ) {
-      grew = false;
-      for (const [pid, ppid] of parent) if (!tree.has(pid) && tree.has(ppid)) (tree.add(pid), (grew = true));
-    }
-    let rss = 0, pss = 0;
-    const byKind = {};
-    for (const pid of tree) {
-      const r = read(pid, "smaps_rollup");
-      rss += kb(r, "Rss");
-      pss += kb(r, "Pss");
-      byKind[kind(read(pid, "cmdline"))] = (byKind[kind(read(pid, "cmdline"))] ?? 0) + kb(r, "Pss");
-    }
-    return { processes: tree.size, rss, pss, byKind };
-  };
   // Which Chromium process: the browser, a renderer (the page and its Workers), the GPU
   // process, or a utility service (network, storage…). Chromium rewrites its children's
   // command lines into one space-separated title.
@@ -92,6 +69,42 @@ export function processTreeSampler(profileDir, everyMs = 50) {
     const type = /--type=([^\s\0]+)/.exec(cmdline)?.[1];
     const sub = /--utility-sub-type=([^\s\0]+)/.exec(cmdline)?.[1];
     return type ? (sub ? `${type}:${sub}` : type) : "browser";
+  };
+  // The tree's processes and their kinds. Finding them reads every process's stat and command
+  // line, so it is redone once a second, not at every sample: the sampler shares the machine
+  // with the browser it measures.
+  let tree = new Map();
+  const findTree = () => {
+    const parent = new Map();
+    const cmdlines = new Map();
+    const roots = [];
+    for (const pid of ids()) {
+      const stat = read(pid, "stat");
+      parent.set(pid, stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+      cmdlines.set(pid, read(pid, "cmdline"));
+      if (cmdlines.get(pid).includes(`--user-data-dir=${profileDir}\0`)) roots.push(pid);
+    }
+    const found = new Set(roots);
+    for (let grew = true; grew; ) {
+      grew = false;
+      for (const [pid, ppid] of parent) if (!found.has(pid) && found.has(ppid)) (found.add(pid), (grew = true));
+    }
+    tree = new Map([...found].map((pid) => [pid, kind(cmdlines.get(pid))]));
+  };
+  const findEvery = Math.max(1, Math.round(1000 / everyMs));
+  let samples = 0;
+  const sample = () => {
+    if (samples++ % findEvery === 0) findTree();
+    let rss = 0, pss = 0;
+    const byKind = {};
+    for (const [pid, k] of tree) {
+      const r = read(pid, "smaps_rollup");
+      const p = kb(r, "Pss");
+      rss += kb(r, "Rss");
+      pss += p;
+      byKind[k] = (byKind[k] ?? 0) + p;
+    }
+    return { processes: tree.size, rss, pss, byKind };
   };
   let baseline = null, peak = { rss: 0, pss: 0, processes: 0 }, timer = null;
   const series = [];
