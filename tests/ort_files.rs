@@ -228,16 +228,11 @@ fn smollm2_files_give_onnxruntime_tokens() {
                     // Judged against onnxruntime's own spread: near-ties within how far its
                     // logits move between its two runs there, and files it leaves itself.
                     let unexplained = a.unexplained_departures(&reference);
-                    let explained = a.departure_margins.iter().flatten().count() - unexplained.len();
+                    let departures = a.departures(&reference);
+                    let explained = departures.len() - unexplained.len();
                     let self_agreement: Option<usize> = reference.runs.iter().map(|r| r.self_agreement()).sum();
                     // Per departing prompt: (step, our margin, onnxruntime's own spread there).
-                    let at: Vec<_> = reference
-                        .runs
-                        .iter()
-                        .zip(&a.same_tokens)
-                        .zip(&a.departure_margins)
-                        .filter_map(|((run, &k), m)| Some((k, (*m)?, run.self_spread.as_ref().and_then(|s| s.get(k).copied()))))
-                        .collect();
+                    let at: Vec<_> = departures.iter().map(|d| (d.step, d.margin, d.spread)).collect();
                     eprintln!(
                         "  departures {explained} explained, {} not; onnxruntime unoptimized vs default: {}; (step, margin, onnxruntime's spread) at each: {at:?}",
                         unexplained.len(),

@@ -122,31 +122,73 @@ impl Agreement {
         self.same_tokens.iter().sum::<usize>() == self.tokens
     }
 
-    /// The departures from onnxruntime's tokens that its own spread does not explain, one line
-    /// each. A departure at prompt `p`, step `k` is explained when onnxruntime's unoptimized
-    /// run left its default run at step `k` or earlier (the file is chaotic: one rounding moves
-    /// the tokens, so no other summation order can follow it further), or when it is a
-    /// near-tie: onnxruntime's token is below ours in our logits by less than onnxruntime's own
-    /// logits move at step `k` between its two runs (`Run::self_spread`). Both are measured on
-    /// onnxruntime alone; a file without them recorded explains nothing.
+    /// Each prompt's first departure from onnxruntime's tokens, with what onnxruntime's own
+    /// runs say there.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn departures(&self, reference: &Reference) -> Vec<Departure> {
+        reference
+            .runs
+            .iter()
+            .enumerate()
+            .filter_map(|(prompt, run)| {
+                let step = self.same_tokens[prompt];
+                Some(Departure {
+                    prompt,
+                    step,
+                    margin: self.departure_margins[prompt]?,
+                    spread: run.self_spread.as_ref().and_then(|s| s.get(step).copied()),
+                    ort_itself: run.self_agreement(),
+                })
+            })
+            .collect()
+    }
+
+    /// The departures from onnxruntime's tokens that its own spread does not explain
+    /// ([`Departure::explained`]), one line each.
     #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
     pub fn unexplained_departures(&self, reference: &Reference) -> Vec<String> {
-        let mut out = Vec::new();
-        for (p, run) in reference.runs.iter().enumerate() {
-            let (same, margin) = (self.same_tokens[p], self.departure_margins[p]);
-            let Some(margin) = margin else { continue };
-            let ort_itself = run.self_agreement();
-            let spread = run.self_spread.as_ref().and_then(|s| s.get(same).copied());
-            if ort_itself.is_some_and(|k| k <= same) || spread.is_some_and(|s| margin < s) {
-                continue;
-            }
-            out.push(format!(
-                "prompt {p}: departs at token {same} (onnxruntime's token {margin:.3} below ours; onnxruntime's own spread there {}; unoptimized agrees with itself for {})",
-                spread.map_or("? (not recorded)".to_string(), |s| format!("{s:.3}")),
-                ort_itself.map_or("? (not recorded)".to_string(), |k| format!("{k} tokens"))
-            ));
-        }
-        out
+        self.departures(reference)
+            .into_iter()
+            .filter(|d| !d.explained())
+            .map(|d| {
+                format!(
+                    "prompt {}: departs at token {} (onnxruntime's token {:.3} below ours; onnxruntime's own spread there {}; unoptimized agrees with itself for {})",
+                    d.prompt,
+                    d.step,
+                    d.margin,
+                    d.spread.map_or("? (not recorded)".to_string(), |s| format!("{s:.3}")),
+                    d.ort_itself.map_or("? (not recorded)".to_string(), |k| format!("{k} tokens"))
+                )
+            })
+            .collect()
+    }
+}
+
+/// Where a prompt's greedy tokens first leave onnxruntime's.
+#[derive(Debug)]
+#[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+pub struct Departure {
+    pub prompt: usize,
+    /// Tokens equal to onnxruntime's before it.
+    pub step: usize,
+    /// How far onnxruntime's token was below ours, in our logits.
+    pub margin: f32,
+    /// onnxruntime's own logit spread at that step (`Run::self_spread`), where recorded.
+    pub spread: Option<f32>,
+    /// Tokens onnxruntime's unoptimized run shares with its default run, where recorded.
+    pub ort_itself: Option<usize>,
+}
+
+impl Departure {
+    /// Explained when onnxruntime's unoptimized run left its default run at this step or
+    /// earlier (the file is chaotic: one rounding moves the tokens, so no other summation
+    /// order can follow it further), or when it is a near-tie: onnxruntime's token is below
+    /// ours in our logits by less than onnxruntime's own logits move at this step between its
+    /// two runs. Both are measured on onnxruntime alone; a file without them recorded explains
+    /// nothing.
+    #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+    pub fn explained(&self) -> bool {
+        self.ort_itself.is_some_and(|k| k <= self.step) || self.spread.is_some_and(|s| self.margin < s)
     }
 }
 
