@@ -1,25 +1,32 @@
 #!/usr/bin/env bash
-# Builds the npm package into pkg/ (wasm-pack --target web, release) and optimizes the .wasm
-# with binaryen from npm (package-lock.json); wasm-pack's own wasm-opt download is disabled in
-# Cargo.toml. Debian's binaryen 108 is too old: it rewrites wasm-bindgen's externref table.
+# Builds the npm package into pkg/: cargo builds the .wasm (release), wasm-bindgen writes its JS
+# glue (--target web), then binaryen from npm (package-lock.json) optimizes the .wasm. Debian's
+# binaryen 108 is too old: it rewrites wasm-bindgen's externref table. (wasm-pack did the first
+# two steps; it is no longer needed: what it added, package.json and the README, is written
+# below, and installing it cost minutes of a first run, issue #16.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# PROFILE=dev builds with wasm-pack --dev (no LTO; dependencies still at opt-level 2): quicker
-# to build, for tests on a cold target directory.
-case "${PROFILE:-release}" in
-  release) profile=(--release) ;;
-  dev) profile=(--dev) ;;
-  *) profile=(--profile "$PROFILE") ;;
+# PROFILE=dev: no LTO, dependencies still at opt-level 2: quicker to build, for tests on a cold
+# target directory. Any other name is a Cargo.toml profile.
+profile=${PROFILE:-release}
+case "$profile" in
+  dev) out_dir=debug; bindgen=(--debug) ;;
+  *) out_dir=$profile; bindgen=() ;;
 esac
-wasm-pack build --target web "${profile[@]}" --out-name edge_llm --mode no-install "$@"
+cargo build --lib --target wasm32-unknown-unknown --profile "$profile" "$@"
+# Only wasm-bindgen's outputs are replaced: pkg/threads/ (scripts/build-pkg-threads.sh) stays.
+mkdir -p pkg
+rm -rf pkg/snippets pkg/edge_llm.js pkg/edge_llm.d.ts pkg/edge_llm_bg.wasm pkg/edge_llm_bg.wasm.d.ts
+wasm-bindgen --target web --out-dir pkg --out-name edge_llm "${bindgen[@]}" \
+  "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/$out_dir/edge_llm.wasm"
 # The modules wasm-bindgen does not import (the package entry, the OpenAI-style chat, errors,
-# the Worker proxy, the build picker) ship beside its output; package.json, the npm README and
-# the licenses are written over what wasm-pack put there.
+# the Worker proxy, the build picker) ship beside its output, with package.json, the npm README
+# and the licenses.
 cp js/index.js js/index.d.ts js/chat.js js/chat.d.ts js/errors.js js/errors.d.ts \
   js/worker.js js/worker-entry.js js/worker.d.ts js/auto.js js/auto.d.ts pkg/
 cp js/npm-README.md pkg/README.md
 cp LICENSE-MIT LICENSE-APACHE pkg/
-node scripts/pkg-json.mjs pkg/package.json
+node scripts/pkg-json.mjs pkg/package.json Cargo.toml
 # auto.js imports pkg/threads/index.js, which scripts/build-pkg-threads.sh builds (nightly). Until
 # it has, that module says so (auto.js and the Worker then run this single-thread build).
 if [ ! -e pkg/threads/edge_llm.js ]; then

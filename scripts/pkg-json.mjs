@@ -1,19 +1,21 @@
-// Writes the npm package's package.json over the one wasm-pack generated in pkg/: the package
-// name (`edge-llm-wasm`: `edge-llm` on npm is an unrelated package), `files` covering every
-// module the entries import (wasm-pack leaves `snippets/` out: wasm-pack issue #1206) and an
+// Writes the npm package's package.json into pkg/ (usage: pkg-json.mjs pkg/package.json
+// Cargo.toml; the version is the crate's): the package name (`edge-llm-wasm`: `edge-llm` on npm is an unrelated package), `files` covering every
+// module the entries import (wasm-pack left `snippets/` out: wasm-pack issue #1206) and an
 // `exports` map for every documented entry. tests/js/install.test.mjs packs pkg/ and checks that
 // each relative import in the tarball resolves inside it.
 import { readFileSync, writeFileSync } from "node:fs";
 
 const PACKAGE_NAME = "edge-llm-wasm";
 
-const path = process.argv[2];
-const generated = JSON.parse(readFileSync(path, "utf8"));
+const [path, cargoToml] = process.argv.slice(2);
+// The first `version = "…"` line of Cargo.toml is [package]'s (it comes first in the file).
+const version = readFileSync(cargoToml, "utf8").match(/^version\s*=\s*"([^"]+)"/m)?.[1];
+if (!version) throw new Error(`${cargoToml}: no version line`);
 const entry = (name) => ({ types: `./${name}.d.ts`, default: `./${name}.js` });
 const pkg = {
   name: PACKAGE_NAME,
   type: "module",
-  version: generated.version,
+  version,
   description: "Run small quantized LLMs in the browser, in Web Workers and in Node/Deno: wasm SIMD (and threads), streaming, OpenAI-style chat, verified cached model shards.",
   license: "MIT OR Apache-2.0",
   keywords: ["llm", "wasm", "webassembly", "inference", "browser", "onnx", "chat", "openai", "worker"],

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Installs what building and testing edge-llm needs, idempotently, on Debian as root:
-# the wasm32 target, a pinned nightly with rust-src (threaded build), wasm-bindgen-cli pinned to Cargo.lock, wasm-pack, binaryen (wasm-opt, from npm),
-# Chromium + ChromeDriver, Mesa's software Vulkan, Node.js and the npm packages in package-lock.json.
+# the wasm32 target, a pinned nightly with rust-src (threaded build), wasm-bindgen-cli pinned to
+# Cargo.lock, binaryen (wasm-opt, from npm), Chromium + ChromeDriver, Mesa's software Vulkan,
+# Node.js, the npm packages in package-lock.json and onnxruntime (tests).
+# `setup.sh demo` (README command 1) leaves out what only the tests use (onnxruntime) and, unless
+# NIGHTLY=1 (the threaded build: `demo.sh serve`, THREADS>1), the nightly toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+mode=${1:-all}
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
@@ -20,19 +24,20 @@ rustup target list --installed | grep -q wasm32-unknown-unknown || rustup target
 # The threaded wasm build (scripts/build-pkg-threads.sh) rebuilds std with atomics: a pinned
 # nightly with its sources.
 nightly=$(cat scripts/nightly-toolchain)
-rustup component list --toolchain "$nightly" --installed 2>/dev/null | grep -q '^rust-src' \
-  || rustup toolchain install "$nightly" --profile minimal -c rust-src \
-  || echo "setup: WARNING: could not install $nightly: the threaded wasm build (pkg/threads/) cannot be built" >&2
+if [ "$mode" != demo ] || [ "${NIGHTLY:-0}" = 1 ]; then
+  rustup component list --toolchain "$nightly" --installed 2>/dev/null | grep -q '^rust-src' \
+    || rustup toolchain install "$nightly" --profile minimal -c rust-src \
+    || echo "setup: WARNING: could not install $nightly: the threaded wasm build (pkg/threads/) cannot be built" >&2
+fi
 
 wbg_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
 if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version" ]; then
   echo "setup: cargo install wasm-bindgen-cli $wbg_version"
   cargo install -q wasm-bindgen-cli --version "$wbg_version" --force
 fi
-command -v wasm-pack >/dev/null || { echo "setup: cargo install wasm-pack"; cargo install -q wasm-pack; }
 
 # onnxruntime: tests/ort_compat.rs checks that our graphs run unchanged in the ONNX reference runtime.
-python3 -c 'import onnxruntime, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnxruntime numpy
+[ "$mode" = demo ] || python3 -c 'import onnxruntime, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnxruntime numpy
 
 # Every devDependency installed (a checkout older than node_modules may predate one), else npm ci.
 if ! node -e 'const d = require("./package.json").devDependencies; process.exit(Object.keys(d).every((n) => require("fs").existsSync(`node_modules/${n}/package.json`)) ? 0 : 1)' \

@@ -29,7 +29,7 @@ echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Nod
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
   cargo test --target wasm32-unknown-unknown --features tools --tests -- --nocapture
 
-echo "== package: wasm-pack build; node --test (Node, headless Chromium for the Worker proxy, and"
+echo "== package: scripts/build-pkg.sh; node --test (Node, headless Chromium for the Worker proxy, and"
 echo "   tests/js/install.test.mjs: npm pack, installed into temp projects: Node, tsc, examples/vite-app dev + build)"
 WASM_OPT=0 scripts/build-pkg.sh
 # The www/ demo's test runs on the tiny int4 model, packed like a real one.
