@@ -5,7 +5,7 @@
 //
 //   node scripts/bench.mjs [--model DIR|URL] [--runtime chromium|node|both] [--run quick|sustained|all]
 //        [--minutes N] [--threads N] [--build auto|threads|single] [--backend auto|wasm|webgpu]
-//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS] [--cache none|memory|indexeddb]
+//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS] [--cache none|memory|indexeddb] [--warmUp 0]
 //
 // --model: a packed model folder on disk (served under /bench-model/) or a URL / folder under
 // www/ (default www/models/default, where scripts/demo.sh packs SmolLM2 int4). The JSON files go
@@ -145,7 +145,7 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   });
   try {
     const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });
-    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache"]) if (o[k] !== undefined) q.set(k, o[k]);
+    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache", "warmUp"]) if (o[k] !== undefined) q.set(k, o[k]);
     if (o.calibrate) q.set("calibrate", "1");
     const page = ctx.pages()[0] ?? (await ctx.newPage());
     const tree = processTreeSampler(dir);

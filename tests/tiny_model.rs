@@ -184,6 +184,28 @@ fn greedy_tokens_equal_reference_tokens() {
     assert_eq!(g.generated(), want);
 }
 
+/// The warm-up `Engine.load` runs leaves nothing behind: the first generation's tokens, its
+/// stats' prompt count and the saved (empty) conversation are those of an engine opened without
+/// it, on every format.
+#[test]
+fn warm_up_leaves_no_trace() {
+    for variant in ["model-fp32.onnx", "model-int4.onnx", "model-int8.onnx"] {
+        let open = |warm_up| {
+            let options = edge_llm::generate::EngineOptions { warm_up, ..Default::default() };
+            Engine::open(edge_llm::package::Package::loose(&fixture(variant), &fixture("tokenizer.json"), tiny::model_config()), &options).unwrap()
+        };
+        let (cold, warm) = (open(false), open(true));
+        assert!(warm.state().is_none(), "{variant}: the warm-up left a conversation");
+        assert_eq!(warm.save_state().unwrap(), cold.save_state().unwrap(), "{variant}: saved empty state");
+        let run = |e: &Engine| {
+            let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 12, ignore_eos: true, ..Default::default() }).unwrap();
+            while g.step().unwrap().is_some() {}
+            (g.generated().to_vec(), g.stats().prompt_tokens)
+        };
+        assert_eq!(run(&warm), run(&cold), "{variant}");
+    }
+}
+
 /// common::sampling's body on the CPU backend (tests/gpu.rs runs it on the GPU backend): int4
 /// and int8.
 #[test]

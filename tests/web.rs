@@ -136,7 +136,7 @@ async fn webgpu_engine_samples_as_the_cpu_engine_in_browser() {
     let mut tokens = Vec::new();
     for backend in [BackendKind::Wasm, BackendKind::Webgpu] {
         let cpu = CpuOptions { q4_activations: common::q4_activations(false), ..Default::default() };
-        let e = Engine::open_async(Package::loose(INT4, TOKENIZER, tiny::model_config()), &EngineOptions { backend, cpu }).await.unwrap();
+        let e = Engine::open_async(Package::loose(INT4, TOKENIZER, tiny::model_config()), &EngineOptions { backend, cpu, ..Default::default() }).await.unwrap();
         tokens.push(common::sampling::sampling_options_hold(&e).await);
     }
     console_log!("WebGPU sampled tokens {:?}", tokens[1]);

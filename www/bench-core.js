@@ -230,7 +230,7 @@ export function coldStartParts(t, { manifestSource = "network", fromCache = 0, f
     { name: "manifest", ms: d("init", "manifest"), note: `from ${manifestSource}` },
     { name: `files: ${shards}`, ms: d("manifest", "filesDone"), note: `${fromCache} from cache, ${fromNetwork} from network; each hashed as it arrives` },
     { name: "verification alone", ms: null, note: "not exposed: SHA-256 runs inside the load, interleaved with reads" },
-    { name: "graph + plan build", ms: d("filesDone", "ready"), note: "ONNX graph, tract plan, kernels, tokenizer" },
+    { name: "graph + plan build", ms: d("filesDone", "ready"), note: "ONNX graph, tract plan, kernels, tokenizer, warm-up pass (warmUp)" },
     { name: "engine handed over", ms: d("ready", "loaded"), note: "" },
     { name: "Engine.load (engine's clock)", ms: engineLoadMs ?? null, note: "manifest + files + build" },
     { name: "first token (first generation)", ms: t.firstToken ?? null, note: "prefill + one step, right after load" },

@@ -4,7 +4,7 @@
 //   model=<manifest URL or folder>  (default models/default/manifest.json: `scripts/demo.sh` packs SmolLM2 int4 there)
 //   backend=auto|wasm|webgpu  threads=<n>  build=auto|threads|single  measured=<steps, >= 100>
 //   minutes=<sustained run>  label=<text>  prompt=<text>  calibrate=1 (time the CI gate's yardstick)
-//   repeat=<n> (quick runs with auto)
+//   repeat=<n> (quick runs with auto)  warmUp=0 (Engine.load without its warm-up pass)
 //   auto=quick|sustained|all (load and run without clicks; scripts/bench.mjs)
 // The page reports to scripts/bench.mjs through `EDGE_LLM_BENCH_<KIND> <json>` console lines and
 // leaves the whole result in `window.benchResult`.
@@ -121,7 +121,7 @@ async function load() {
     }
   };
   try {
-    engine = await WorkerEngine.load(url, { backend, cache: params.get("cache") ?? "indexeddb", onProgress }, { worker, threads, build: params.get("build") ?? "auto" });
+    engine = await WorkerEngine.load(url, { backend, cache: params.get("cache") ?? "indexeddb", warmUp: params.get("warmUp") !== "0", onProgress }, { worker, threads, build: params.get("build") ?? "auto" });
   } catch (e) {
     worker.terminate();
     bar.hidden = true;

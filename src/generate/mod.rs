@@ -134,6 +134,9 @@ pub struct EngineOptions {
     pub backend: BackendKind,
     /// The CPU backend's plan options (the engine always samples from the last position).
     pub cpu: CpuOptions,
+    /// Run [`Engine::warm_up`] once the engine is built (`Engine.load` sets it unless the app
+    /// says `warmUp: false`).
+    pub warm_up: bool,
 }
 
 impl Engine {
@@ -170,7 +173,39 @@ impl Engine {
         if let Some(g) = package.generation() {
             engine.defaults = GenerateOptions::with_defaults(g);
         }
+        if options.warm_up {
+            engine.warm_up().await?;
+        }
         Ok(engine)
+    }
+
+    /// Prompt tokens of [`Engine::warm_up`]'s prefill: more than one GEMM register tile
+    /// (6 rows), so the prefill kernels' full and partial tiles both run.
+    pub const WARM_UP_TOKENS: usize = 8;
+
+    /// Runs the CPU model once, on a short prefill and one decode step, in a session of its
+    /// own that is then dropped: the conversation, stats and sampler are untouched. Why: a
+    /// browser runs new wasm code in its baseline compiler first and optimizes a function only
+    /// once it has run enough, so without this the user's first request pays for the slow tier
+    /// (issue #16: TTFT 743 ms on the first request after load, 502 ms on the next). The GPU
+    /// backend's pipelines are built at load; it is not run here.
+    pub async fn warm_up(&self) -> Result<()> {
+        let backend = self.backend();
+        if !backend.steps_are_sync() {
+            return Ok(());
+        }
+        let context = self.config.architecture.max_position_embeddings;
+        let n = Self::WARM_UP_TOKENS.min(context.saturating_sub(1));
+        if n == 0 {
+            return Ok(());
+        }
+        // Any ids the model embeds: the arithmetic does not depend on which.
+        let vocab = backend.vocab_size() as u32;
+        let prompt: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 1) % vocab).collect();
+        let mut session = backend.session();
+        session.forward(&prompt).await?;
+        session.forward(&prompt[..1]).await?;
+        Ok(())
     }
 
     fn from_backend(backend: Box<dyn Backend>, tokenizer: Tokenizer, config: ModelConfig, fingerprint: [u8; 32]) -> Result<Self> {

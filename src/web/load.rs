@@ -54,6 +54,9 @@ export interface LoadOptions {
   timeoutMs?: number;
   /** Largest model accepted, in bytes (default 500 MB, the on-demand budget). */
   maxModelBytes?: number;
+  /** Run the CPU model once on a short prompt at the end of the load (default `true`), so that the
+   *  first request does not run in the browser's baseline wasm tier; the conversation is untouched. */
+  warmUp?: boolean;
 }
 /** Progress of `Engine.load` / `engine.update`, a tagged union on `type`. `loaded` never decreases,
  *  `total` never changes, a file's last byte counts once it is verified and stored; it ends with `ready`. */
@@ -502,8 +505,16 @@ pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
         base_url: base_url.as_string(),
         threads: opt_count(o, "threads", 1.0, 1024.0)?,
         load,
-        engine: EngineOptions { backend, ..Default::default() },
+        engine: EngineOptions { backend, warm_up: opt_bool(o, "warmUp")?.unwrap_or(true), ..Default::default() },
     })
+}
+
+fn opt_bool(obj: &JsValue, key: &'static str) -> Result<Option<bool>, JsValue> {
+    let v = get(obj, key);
+    if v.is_undefined() || v.is_null() {
+        return Ok(None);
+    }
+    v.as_bool().map(Some).ok_or_else(|| invalid(key, "must be a boolean"))
 }
 
 /// A progress event as JS sees it; warnings carry a named `Error` too.

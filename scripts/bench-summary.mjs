@@ -1,0 +1,150 @@
+// Issue #16's numbers in one command: the benchmark page's quick run (scripts/bench.mjs, headless
+// Chromium, Engine.load with the engine in its Worker) at each thread count, round after round
+// with the configurations alternated (a noisy 2-core machine drifts between runs), then medians
+// and ranges of what users feel: decode and prefill tok/s, time to first token on the first
+// request after load and on a warm engine, load time, the browser process tree's peak memory
+// growth and wasm memory, each against the model's bytes. `--save` writes the summary;
+// `--against` prints each median beside a summary saved before (the previous commit's run).
+//
+//   node scripts/bench-summary.mjs [--model DIR] [--rounds 3] [--threads 1,2] [--cache indexeddb]
+//        [--save FILE.json] [--against FILE.json] [--label TEXT]
+//
+// Thread counts above 1 run the threaded build (scripts/build-pkg-threads.sh), 1 the single one.
+import { execFileSync } from "node:child_process";
+import { readFileSync, writeFileSync } from "node:fs";
+import { loadavg } from "node:os";
+import { fileURLToPath } from "node:url";
+import { benchChromium, outDir, parseArgs, writeResult } from "./bench.mjs";
+
+const METRICS = [
+  // [key, label, unit, higher is better]
+  ["decodeTokPerS", "decode", "tok/s", true],
+  ["prefillTokPerS", "prefill (warm)", "tok/s", true],
+  ["firstRequestTtftMs", "TTFT, first request after load", "ms", false],
+  ["warmTtftMs", "TTFT, warm engine", "ms", false],
+  ["loadMs", "Engine.load", "ms", false],
+  ["treePssGrowthOverModel", "process tree PSS growth / model", "×", false],
+  ["treeRssGrowthOverModel", "process tree RSS growth / model", "×", false],
+  ["wasmOverModel", "wasm memory / model", "×", false],
+];
+
+/** The numbers this summary keeps from one bench.mjs result. */
+export function pick(r) {
+  const model = r.engine?.modelBytes;
+  const tree = r.memory?.processTree;
+  return {
+    decodeTokPerS: r.quick?.engine?.decodeTokensPerS ?? r.quick?.decodeTokPerS,
+    prefillTokPerS: r.quick?.prefillTokPerS,
+    firstRequestTtftMs: r.load?.timeline?.firstToken,
+    warmTtftMs: r.quick?.ttftMs,
+    loadMs: r.load?.timeline?.loaded,
+    treePssGrowthOverModel: tree && model ? tree.pssGrowth / model : undefined,
+    treeRssGrowthOverModel: tree && model ? tree.rssGrowth / model : undefined,
+    wasmOverModel: model ? r.memory?.wasmBytes / model : undefined,
+    threads: r.engine?.threads,
+    variant: r.engine?.variant,
+  };
+}
+
+export function median(xs) {
+  const s = xs.filter((x) => typeof x === "number" && Number.isFinite(x)).sort((a, b) => a - b);
+  if (!s.length) return undefined;
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+/** Per configuration: every run's numbers and, per metric, median / min / max. */
+export function summarize(runs) {
+  const out = {};
+  for (const [config, rs] of Object.entries(runs)) {
+    const stats = {};
+    for (const [k] of METRICS) {
+      const xs = rs.map((r) => r[k]).filter((x) => typeof x === "number" && Number.isFinite(x));
+      stats[k] = xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length } : undefined;
+    }
+    out[config] = { runs: rs, stats };
+  }
+  return out;
+}
+
+const fmt = (x) => (x === undefined ? "–" : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2));
+
+export function table(summary, against) {
+  const configs = Object.keys(summary.configs);
+  const lines = [`| metric | ${configs.map((c) => `${c}: median (min–max)`).join(" | ")}${against ? " | against: median, ratio" : ""} |`];
+  lines.push(`|---|${configs.map(() => "---:").join("|")}${against ? "|---" : ""}|`);
+  for (const [k, label, unit, higher] of METRICS) {
+    const cells = configs.map((c) => {
+      const s = summary.configs[c].stats[k];
+      return s ? `${fmt(s.median)} ${unit} (${fmt(s.min)}–${fmt(s.max)})` : "–";
+    });
+    let vs = "";
+    if (against) {
+      vs = configs
+        .map((c) => {
+          const old = against.configs?.[c]?.stats?.[k]?.median;
+          const now = summary.configs[c].stats[k]?.median;
+          if (old === undefined || now === undefined) return `${c}: –`;
+          const better = higher ? now >= old : now <= old;
+          return `${c}: ${fmt(old)} → ×${(now / old).toFixed(2)}${better ? "" : " (worse)"}`;
+        })
+        .join("; ");
+    }
+    lines.push(`| ${label} | ${cells.join(" | ")}${against ? ` | ${vs}` : ""} |`);
+  }
+  const one = summary.configs["1 thread"]?.stats.decodeTokPerS?.median;
+  for (const c of configs.filter((c) => c !== "1 thread")) {
+    const d = summary.configs[c].stats.decodeTokPerS?.median;
+    const p1 = summary.configs["1 thread"]?.stats.prefillTokPerS?.median;
+    const p = summary.configs[c].stats.prefillTokPerS?.median;
+    if (one && d) lines.push(`\n${c} / 1 thread: decode ×${(d / one).toFixed(2)}, prefill ×${p1 && p ? (p / p1).toFixed(2) : "–"} (medians; target decode ≥ 1.6 at 2 threads)`);
+  }
+  return lines.join("\n");
+}
+
+function gitRev() {
+  try {
+    const rev = execFileSync("git", ["rev-parse", "--short", "HEAD"], { encoding: "utf8" }).trim();
+    const dirty = execFileSync("git", ["status", "--porcelain", "--untracked-files=no"], { encoding: "utf8" }).trim() ? "+dirty" : "";
+    return rev + dirty;
+  } catch {
+    return undefined;
+  }
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  const o = parseArgs(process.argv.slice(2));
+  const rounds = Number(o.rounds ?? 3);
+  if (!(rounds >= 1)) throw new Error("--rounds must be >= 1");
+  const counts = String(o.threads ?? "1,2").split(",").map(Number);
+  if (counts.some((n) => !(n >= 1 && Number.isInteger(n)))) throw new Error("--threads: a comma-separated list of integers >= 1");
+  const dir = outDir(o);
+  const runs = {};
+  const load = [];
+  for (let round = 1; round <= rounds; round++) {
+    for (const t of counts) {
+      const config = t === 1 ? "1 thread" : `${t} threads`;
+      load.push(loadavg()[0]);
+      console.log(`== round ${round}/${rounds}, ${config} (load average ${loadavg()[0].toFixed(2)})`);
+      const r = await benchChromium({ ...o, run: "quick", threads: String(t), build: t === 1 ? "single" : "threads", label: `${o.label ?? "summary"} ${config} round ${round}` }, { log: () => {} });
+      writeResult(dir, "summary-run", r);
+      const p = pick(r);
+      if (t > 1 && p.threads !== t) throw new Error(`asked for ${t} threads, the page ran ${p.threads} (${p.variant} build): build pkg/threads/ (scripts/build-pkg-threads.sh) and serve cross-origin isolated`);
+      (runs[config] ??= []).push(p);
+      console.log(`   decode ${fmt(p.decodeTokPerS)} tok/s, prefill ${fmt(p.prefillTokPerS)} tok/s, first-request TTFT ${fmt(p.firstRequestTtftMs)} ms, warm TTFT ${fmt(p.warmTtftMs)} ms, PSS growth ${fmt(p.treePssGrowthOverModel)}× model`);
+    }
+  }
+  const summary = {
+    label: o.label,
+    rev: gitRev(),
+    date: new Date().toISOString(),
+    conditions: { rounds, model: o.model ?? "models/default", cache: o.cache ?? "indexeddb", loadAverage: { min: Math.min(...load), max: Math.max(...load) }, runtime: "headless Chromium, bench.html quick run, engine in a Worker" },
+    configs: summarize(runs),
+  };
+  const against = o.against ? JSON.parse(readFileSync(o.against, "utf8")) : undefined;
+  console.log(`\n${summary.rev ?? ""} ${summary.date}, ${rounds} rounds, load average ${summary.conditions.loadAverage.min.toFixed(1)}–${summary.conditions.loadAverage.max.toFixed(1)}${against ? `; against ${against.rev ?? o.against} (${against.date})` : ""}\n`);
+  console.log(table(summary, against));
+  if (o.save) {
+    writeFileSync(o.save, JSON.stringify(summary, null, 1));
+    console.log(`\nsaved: ${o.save}`);
+  }
+}
