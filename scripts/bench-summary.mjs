@@ -22,7 +22,7 @@ const METRICS = [
   ["prefillTokPerS", "prefill (warm)", "tok/s", true],
   ["firstRequestTtftMs", "TTFT, first request after load", "ms", false],
   ["warmTtftMs", "TTFT, warm engine", "ms", false],
-  ["loadMs", "Engine.load", "ms", false],
+  ["loadMs", "page start → engine loaded", "ms", false],
   ["treePssGrowthOverModel", "process tree PSS growth / model", "×", false],
   ["treeRssGrowthOverModel", "process tree RSS growth / model", "×", false],
   ["wasmOverModel", "wasm memory / model", "×", false],
