@@ -15,6 +15,7 @@ import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { fileURLToPath } from "node:url";
 import { benchChromium, outDir, parseArgs, writeResult } from "./bench.mjs";
+import { fmt, summarize as spread } from "../www/bench-core.js";
 
 const METRICS = [
   // [key, label, unit, higher is better]
@@ -46,12 +47,6 @@ export function pick(r) {
   };
 }
 
-export function median(xs) {
-  const s = xs.filter((x) => typeof x === "number" && Number.isFinite(x)).sort((a, b) => a - b);
-  if (!s.length) return undefined;
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-}
-
 /** Per configuration: every run's numbers and, per metric, median / min / max. */
 export function summarize(runs) {
   const out = {};
@@ -59,14 +54,14 @@ export function summarize(runs) {
     const stats = {};
     for (const [k] of METRICS) {
       const xs = rs.map((r) => r[k]).filter((x) => typeof x === "number" && Number.isFinite(x));
-      stats[k] = xs.length ? { median: median(xs), min: Math.min(...xs), max: Math.max(...xs), n: xs.length } : undefined;
+      // The median is the bench's nearest-rank p50 (www/bench-core.js), as in every other report.
+      const d = xs.length ? spread(xs) : undefined;
+      stats[k] = d && { median: d.p50, min: d.min, max: d.max, n: d.n };
     }
     out[config] = { runs: rs, stats };
   }
   return out;
 }
-
-const fmt = (x) => (x === undefined ? "–" : Math.abs(x) >= 100 ? x.toFixed(0) : Math.abs(x) >= 10 ? x.toFixed(1) : x.toFixed(2));
 
 export function table(summary, against) {
   const configs = Object.keys(summary.configs);
