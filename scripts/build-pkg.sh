@@ -51,7 +51,12 @@ if [ "${WASM_OPT:-1}" = 0 ]; then
   printf 'pkg/edge_llm_bg.wasm: %s bytes raw (wasm-opt skipped: WASM_OPT=0; the %s-byte gzipped size gate was not checked)\n' "$raw" "$max_gz"
   exit 0
 fi
-node_modules/.bin/wasm-opt -O3 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
+# -O1, not -O3: on the 2-core machine (2026-12-02, fresh run of README command 1) binaryen.js
+# took 49 s at -O1 against 5 min 57 s at -O3 (142 s at -O2), and -O1's output is smaller
+# (3,745,408 B gzipped against 3,932,769: -O3 inlines more). Decode in headless Chromium, 3
+# alternated runs each: 18.8 tok/s at -O1, 19.4 at -O3 (ranges 18.7-19.6 and 18.1-19.7: within
+# noise); prefill 69.1 and 68.5 tok/s. V8 optimizes the code again; -O1 is what keeps the size.
+node_modules/.bin/wasm-opt -O1 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
 opt=$(stat -c %s "$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
 printf 'pkg/edge_llm_bg.wasm: %s bytes raw from cargo, %s after wasm-opt, %s gzipped\n' "$raw" "$opt" "$gz"

@@ -3,11 +3,27 @@
 # the wasm32 target, a pinned nightly with rust-src (threaded build), wasm-bindgen-cli pinned to
 # Cargo.lock, binaryen (wasm-opt, from npm), Chromium + ChromeDriver, Mesa's software Vulkan,
 # Node.js, the npm packages in package-lock.json and onnxruntime (tests).
-# `setup.sh demo` (README command 1) leaves out what only the tests use (onnxruntime) and, unless
-# NIGHTLY=1 (the threaded build: `demo.sh serve`, THREADS>1), the nightly toolchain.
+# `setup.sh demo` (README command 1) leaves out what only the tests use (onnxruntime), the
+# nightly toolchain unless NIGHTLY=1 (the threaded build: `demo.sh serve`, THREADS>1), and
+# wasm-bindgen-cli, which demo.sh installs with `setup.sh wasm-bindgen` beside its cargo build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-all}
+
+wasm_bindgen() {
+  local wbg_version
+  wbg_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
+  if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version" ]; then
+    echo "setup: cargo install wasm-bindgen-cli $wbg_version"
+    cargo install -q wasm-bindgen-cli --version "$wbg_version" --force
+  fi
+}
+# `setup.sh wasm-bindgen`: that alone (demo.sh runs it beside the package's cargo build, which
+# does not need it yet).
+if [ "$mode" = wasm-bindgen ]; then
+  wasm_bindgen
+  exit 0
+fi
 
 need_apt=()
 command -v chromium >/dev/null || need_apt+=(chromium)
@@ -30,11 +46,8 @@ if [ "$mode" != demo ] || [ "${NIGHTLY:-0}" = 1 ]; then
     || echo "setup: WARNING: could not install $nightly: the threaded wasm build (pkg/threads/) cannot be built" >&2
 fi
 
-wbg_version=$(awk '/^name = "wasm-bindgen"$/ { getline; gsub(/"/, "", $3); print $3 }' Cargo.lock)
-if [ "$(wasm-bindgen --version 2>/dev/null | awk '{print $2}')" != "$wbg_version" ]; then
-  echo "setup: cargo install wasm-bindgen-cli $wbg_version"
-  cargo install -q wasm-bindgen-cli --version "$wbg_version" --force
-fi
+
+[ "$mode" = demo ] || wasm_bindgen
 
 # onnxruntime: tests/ort_compat.rs checks that our graphs run unchanged in the ONNX reference runtime.
 [ "$mode" = demo ] || python3 -c 'import onnxruntime, numpy' 2>/dev/null || python3 -m pip install -q --disable-pip-version-check onnxruntime numpy

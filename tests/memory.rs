@@ -202,3 +202,51 @@ fn outside_shards_copied_by_tensor(shard_bytes: u64) {
     let mut s = std::sync::Arc::new(model).session();
     assert!(s.forward(&[1, 2, 3]).unwrap().iter().all(|l| l.is_finite()));
 }
+
+/// The packer's int4 recipe stores its scales and float zero points as f16 behind `Cast`s to
+/// float (`ExportOptions::f16_scales`). The loader widens each one as it reads it, so the f16
+/// and f32 copies never coexist and the load peaks no higher than the same model's with f32
+/// scales. Left to tract, every `Cast` is evaluated while all the f16 tensors are held: one more
+/// copy of them at the peak (SmolLM2 int4: 160.1 MB, 145.2 MB widened as read; issue #16).
+#[test]
+fn f16_scales_are_widened_as_they_load() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (f32_bytes, _, f32_peak) = recipe_load_peak(false);
+    let (model_bytes, f16_bytes, peak) = recipe_load_peak(true);
+    println!("f16 scales: model {model_bytes} B ({f16_bytes} B of them), heap peak {peak} B; f32 scales: model {f32_bytes} B, heap peak {f32_peak} B");
+    assert!(f16_bytes * 10 > model_bytes, "the test wants f16 scales to matter: {f16_bytes} of {model_bytes} B");
+    // Measured: +0.26 MB widened as read, +1.31 MB (the f16 bytes and more) when tract widened them.
+    assert!(peak <= f32_peak + f16_bytes / 2, "heap peak {peak} B with f16 scales, {f32_peak} B with f32 ones: the f16 copies were held");
+}
+
+/// `(model bytes, bytes of f16 initializers, heap peak of the load)` of the packer's int4 recipe
+/// (float zero points, an int8 tied embedding and head) with f16 or f32 scales, its shards held
+/// outside the heap as on the web.
+fn recipe_load_peak(f16_scales: bool) -> (usize, usize, usize) {
+    use edge_llm::quant::Precision;
+    let cfg = LlamaConfig { hidden_size: 512, intermediate_size: 1536, num_heads: 8, num_kv_heads: 4, head_dim: 64, ..LlamaConfig::tiny(8192) };
+    let weights = LlamaWeights::random(&cfg, 7);
+    let opts = ExportOptions { q4_min: true, f16_scales, embedding: Precision::Int8, lm_head: Precision::Int8, head_int8_activations: false, ..ExportOptions::int4(32, false) };
+    let model = export(&cfg, &weights, &opts).model;
+    drop(weights);
+    let f16_bytes: usize = model.graph.as_ref().unwrap().initializer.iter().filter(|t| t.data_type == 10).map(|t| t.raw_data.len()).sum();
+    let (graph, shards) = edge_llm::package::shards::shard_weights(model, 3 << 20, "model").unwrap();
+    let model_bytes: usize = shards.iter().map(|(_, b)| b.len()).sum();
+    let mut outside: Vec<(String, Outside)> = shards.iter().map(|(n, b)| (n.clone(), Outside::new(b))).collect();
+    drop(shards);
+    let before = LIVE.load(Relaxed);
+    PEAK.store(before, Relaxed);
+    let model = CpuModel::from_packed(
+        graph,
+        |loc| {
+            let i = outside.iter().position(|(n, _)| n == loc).expect("known shard");
+            Ok(outside.remove(i).1)
+        },
+        &CpuOptions { q4_kernel: true, q8_kernel: true, ..CpuOptions::default() },
+    )
+    .unwrap();
+    let peak = PEAK.load(Relaxed) - before;
+    let mut s = std::sync::Arc::new(model).session();
+    assert!(s.forward(&[1, 2, 3]).unwrap().iter().all(|l| l.is_finite()));
+    (model_bytes, f16_bytes, peak)
+}

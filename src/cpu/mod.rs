@@ -618,11 +618,28 @@ fn detach_weights(
     for (i, t) in external {
         tensors[i] = Some(t);
     }
+    let read_as_f32 = f16_read_as_f32(graph);
+    let mut widened = std::collections::HashSet::new();
     for (i, init) in graph.initializer.iter_mut().enumerate() {
         if tensors[i].is_none() && init.raw_data.len() >= DETACH_BYTES && raw_numeric(init.data_type).is_some() {
             let raw = std::mem::take(&mut init.raw_data);
             let read = |at: usize, dst: &mut [u8]| dst.copy_from_slice(&raw[at..at + dst.len()]);
             tensors[i] = Some(weight_tensor(init, raw.len(), transposed.get(&init.name), read)?);
+        }
+        // Widened one at a time, each f16 copy dropped at once: left to the graph, tract's
+        // analysis evaluates every `Cast` while all the f16 tensors are still held (SmolLM2
+        // int4's f16 scales and zero points: 15 MB of f16 beside 30 MB of f32 at the load's
+        // peak, issue #16).
+        if let Some(t) = tensors[i].as_mut().filter(|t| t.datum_type() == DatumType::F16 && read_as_f32.contains(&init.name)) {
+            *t = t.cast_to_dt(DatumType::F32).map_err(inference_err)?.into_owned();
+            init.data_type = DataType::Float as i32;
+            widened.insert(init.name.clone());
+        }
+    }
+    for node in &mut graph.node {
+        if node.op_type == "Cast" && node.input.first().is_some_and(|i| widened.contains(i)) {
+            node.op_type = "Identity".into();
+            node.attribute.clear();
         }
     }
     // Detached weights are (re)declared as typed inputs, as the tensors they now are (a
@@ -661,6 +678,39 @@ fn detach_weights(
     }
     graph.initializer = kept;
     Ok((weights, table))
+}
+
+/// f16 initializers that every node reads through `Cast(to = FLOAT)` and that are not graph
+/// outputs: a compact file's scales and zero points (`ExportOptions::f16_scales`, as GGUF stores
+/// its blocks), which [`detach_weights`] widens as it reads them.
+fn f16_read_as_f32(graph: &tract_onnx::pb::GraphProto) -> std::collections::HashSet<String> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let mut names: std::collections::HashSet<String> =
+        graph.initializer.iter().filter(|i| i.data_type == DataType::Float16 as i32).map(|i| i.name.clone()).collect();
+    let to_f32 = |n: &tract_onnx::pb::NodeProto| {
+        n.op_type == "Cast" && n.domain.is_empty() && n.attribute.iter().any(|a| a.name == "to" && a.i == DataType::Float as i64)
+    };
+    let mut read = std::collections::HashSet::new();
+    // A subgraph (If, Loop, Scan) may read an outer initializer without naming it as an input.
+    if graph.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
+        return read;
+    }
+    for node in &graph.node {
+        for (ix, input) in node.input.iter().enumerate() {
+            if names.contains(input) {
+                if ix == 0 && to_f32(node) {
+                    read.insert(input.clone());
+                } else {
+                    names.remove(input);
+                }
+            }
+        }
+    }
+    for output in &graph.output {
+        names.remove(&output.name);
+    }
+    names.retain(|n| read.contains(n));
+    names
 }
 
 /// Make the `logits` output `[1, S, V]` its last position `[1, 1, V]`; decluttering pushes the

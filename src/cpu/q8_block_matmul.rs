@@ -35,8 +35,9 @@ pub struct Q8BlockMatrix {
     pub k: usize,
     /// `[n][k / 32][32]` u8, the graph's constant (shared, not copied).
     pub packed: Arc<Tensor>,
-    /// `[n][k / 32]` f32.
-    pub scales: Vec<f32>,
+    /// `[n][k / 32]` f32: the graph's constant, shared (no copy) when it is already f32 (the
+    /// SmolLM2 head's 3.5 MB were held twice).
+    pub scales: Arc<Tensor>,
     /// `(128 - zp) * scale` per block, when some zero point is not 128.
     pub zero_terms: Option<Vec<f32>>,
     /// The kernel variant ([`super::kernels::q8_block::best`] unless a test picks another).
@@ -44,18 +45,20 @@ pub struct Q8BlockMatrix {
 }
 
 impl Q8BlockMatrix {
-    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: &Tensor, zero_points: Option<&[u8]>) -> TractResult<Self> {
+    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: Option<&[u8]>) -> TractResult<Self> {
         ensure!(k % BLOCK == 0, "K={k} is not a multiple of {BLOCK}");
         ensure!(packed.datum_type() == u8::datum_type(), "B must be uint8, got {:?}", packed.datum_type());
         ensure!(packed.len() == n * k, "B has {} bytes, expected {}", packed.len(), n * k);
         ensure!(packed.to_plain_array_view::<u8>()?.as_slice().is_some(), "B must be contiguous");
         let nb = k / BLOCK;
-        let scales: Vec<f32> = scales.cast_to::<f32>()?.to_plain_array_view::<f32>()?.iter().copied().collect();
+        let scales = if scales.datum_type() == f32::datum_type() { scales } else { Arc::new(scales.cast_to::<f32>()?.into_owned()) };
         ensure!(scales.len() == n * nb, "scales has {} values, expected {}", scales.len(), n * nb);
+        ensure!(scales.to_plain_array_view::<f32>()?.as_slice().is_some(), "scales must be contiguous");
         let zero_terms = match zero_points {
             Some(z) => {
                 ensure!(z.len() == n * nb, "zero_points has {} bytes, expected {}", z.len(), n * nb);
-                z.iter().any(|z| *z != 128).then(|| z.iter().zip(&scales).map(|(z, s)| (128.0 - *z as f32) * s).collect())
+                let s = scales.to_plain_array_view::<f32>()?;
+                z.iter().any(|z| *z != 128).then(|| z.iter().zip(s.iter()).map(|(z, s)| (128.0 - *z as f32) * s).collect())
             }
             None => None,
         };
@@ -73,6 +76,8 @@ impl Q8BlockMatrix {
         let m = x.len() / k;
         ensure!(x.len() == m * k && out.len() == m * self.n, "shapes: x {} values, out {} for K={k} N={}", x.len(), out.len(), self.n);
         let w = self.bytes()?;
+        let scales = self.scales.to_plain_array_view::<f32>()?;
+        let scales = scales.as_slice().context("scales must be contiguous")?;
         let acts = int8_activations.then(|| quantize_blocks(x));
         // Block sums of x, for the zero-point term (of the rounded x when it is rounded).
         let sums: Vec<f32> = match (&self.zero_terms, &acts) {
@@ -82,7 +87,7 @@ impl Q8BlockMatrix {
         };
         super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
             for (c, col) in cols.clone().enumerate() {
-                let (wr, sw) = (&w[col * k..(col + 1) * k], &self.scales[col * nb..(col + 1) * nb]);
+                let (wr, sw) = (&w[col * k..(col + 1) * k], &scales[col * nb..(col + 1) * nb]);
                 for r in 0..m {
                     let mut y = match &acts {
                         Some((q, s)) => (self.kernels.dot_q8)(wr, sw, &q[r * k..(r + 1) * k], &s[r * nb..(r + 1) * nb]),
@@ -153,7 +158,7 @@ impl Expansion for MatMulNBitsQ8 {
         let zp = if self.has_zp { Some(konst(3, "zero_points")?) } else { None };
         ensure!(zp.as_ref().is_none_or(|z| z.datum_type() == u8::datum_type()), "MatMulNBits 8-bit: zero_points must be uint8");
         let zp_bytes = zp.as_ref().map(|t| t.to_plain_array_view::<u8>().map(|v| v.iter().copied().collect::<Vec<u8>>())).transpose()?;
-        let w = Q8BlockMatrix::new(self.n, self.k, b, &scales, zp_bytes.as_deref())?;
+        let w = Q8BlockMatrix::new(self.n, self.k, b, scales, zp_bytes.as_deref())?;
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
             inputs[0]
         } else {
@@ -184,8 +189,8 @@ fn build_3(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infer
     build(ctx, node, 3)
 }
 
-/// Element type of graph tensor `name` (an initializer, or a weight the loader declared as a
-/// typed input).
+/// Element type of graph tensor `name` (an initializer, a weight the loader declared as a
+/// typed input, or either through a `Cast` or `Identity`).
 fn elem_type(ctx: &ParsingContext, name: &str) -> Option<i32> {
     let g = ctx.model.graph.as_ref()?;
     if let Some(t) = g.initializer.iter().find(|t| t.name == name) {
@@ -194,6 +199,10 @@ fn elem_type(ctx: &ParsingContext, name: &str) -> Option<i32> {
     // fp16 scales / zero points cast to float (`ExportOptions::f16_scales`).
     if let Some(cast) = g.node.iter().find(|n| n.op_type == "Cast" && n.output.first().is_some_and(|o| o == name)) {
         return cast.attribute.iter().find(|a| a.name == "to").map(|a| a.i as i32);
+    }
+    // Such a Cast the loader widened (its f16 weight read as f32, `cpu::detach_weights`).
+    if let Some(id) = g.node.iter().find(|n| n.op_type == "Identity" && n.output.first().is_some_and(|o| o == name)) {
+        return elem_type(ctx, id.input.first()?);
     }
     let vi = g.input.iter().find(|i| i.name == name)?;
     match vi.r#type.as_ref()?.value.as_ref()? {
@@ -255,7 +264,7 @@ mod tests {
         let q = quantize_q8_block(&w, n, k);
         let deq = dequantize_q8_block(&q);
         let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
-        let mut mat = Q8BlockMatrix::new(n, k, packed, &tract_ndarray::arr1(&q.scales).into_tensor(), None).unwrap();
+        let mut mat = Q8BlockMatrix::new(n, k, packed, Arc::new(tract_ndarray::arr1(&q.scales).into_tensor()), None).unwrap();
         for (v, int8) in VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
             mat.kernels = &v.kernels;
             let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
@@ -278,7 +287,7 @@ mod tests {
         let zp = [100u8, 128, 140, 7];
         let scales = [0.5f32, 0.25, 0.125, 1.0];
         let x: Vec<f32> = (0..k).map(|i| i as f32 / 10.0 - 3.0).collect();
-        let mut mat = Q8BlockMatrix::new(n, k, Arc::new(Tensor::from_shape(&[n * k], &q).unwrap()), &tract_ndarray::arr1(&scales).into_tensor(), Some(&zp)).unwrap();
+        let mut mat = Q8BlockMatrix::new(n, k, Arc::new(Tensor::from_shape(&[n * k], &q).unwrap()), Arc::new(tract_ndarray::arr1(&scales).into_tensor()), Some(&zp)).unwrap();
         for v in VARIANTS {
             mat.kernels = &v.kernels;
             let mut out = vec![0f32; n];

@@ -102,28 +102,67 @@ pub fn quantize_q4_search(w: &[f32], n: usize, k: usize, block_size: usize, symm
     if let Some(imp) = importance {
         assert_eq!(imp.len(), k, "importance must have k values");
     }
+    let (packed, scales, zps) = quantize_q4_blocks(w, n, k, block_size, importance, |vals, imp, codes| {
+        let (scale, zp) = search_block(vals, imp, symmetric);
+        for (c, v) in codes.iter_mut().zip(vals) {
+            *c = code(*v, scale, zp);
+        }
+        (scale, zp)
+    });
+    Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
+}
+
+/// The 4-bit blocks of `w[n][k]` along k, packed two codes per byte (padding past k at code 0):
+/// `fit(vals, importance, codes)` fits one block, writes one code per value and returns the
+/// block's stored scale and zero point. Rows are shared out across the machine's cores (one
+/// thread on wasm32, where std has none): a row's blocks depend on that row alone, so the
+/// result is the same for any split (the packer's import spent ~95 s of a 2-core machine's first
+/// run here on one core; issue #16).
+fn quantize_q4_blocks<Z: Send>(w: &[f32], n: usize, k: usize, block_size: usize, importance: Option<&[f32]>, fit: impl Fn(&[f32], &[f32], &mut [u8]) -> (f32, Z) + Sync) -> (Vec<u8>, Vec<f32>, Vec<Z>) {
     let nb = k.div_ceil(block_size);
-    let mut packed = vec![0u8; n * nb * block_size / 2];
-    let mut scales = Vec::with_capacity(n * nb);
-    let mut zps = Vec::with_capacity(n * nb);
-    let ones = vec![1f32; block_size];
-    for row in 0..n {
-        for b in 0..nb {
-            let start = b * block_size;
-            let end = (start + block_size).min(k);
-            let vals = &w[row * k + start..row * k + end];
-            let imp = importance.map_or(&ones[..vals.len()], |i| &i[start..end]);
-            let (scale, zp) = search_block(vals, imp, symmetric);
-            scales.push(scale);
-            zps.push(zp);
-            let base = (row * nb + b) * block_size / 2;
-            for (i, v) in vals.iter().enumerate() {
-                let q = code(*v, scale, zp);
-                packed[base + i / 2] |= if i % 2 == 0 { q } else { q << 4 };
+    let rows = |range: std::ops::Range<usize>| {
+        let mut packed = vec![0u8; range.len() * nb * block_size / 2];
+        let mut scales = Vec::with_capacity(range.len() * nb);
+        let mut zps = Vec::with_capacity(range.len() * nb);
+        let ones = vec![1f32; block_size];
+        let mut codes = vec![0u8; block_size];
+        for (r, row) in range.enumerate() {
+            for b in 0..nb {
+                let start = b * block_size;
+                let end = (start + block_size).min(k);
+                let vals = &w[row * k + start..row * k + end];
+                let imp = importance.map_or(&ones[..vals.len()], |i| &i[start..end]);
+                let (scale, zp) = fit(vals, imp, &mut codes[..vals.len()]);
+                scales.push(scale);
+                zps.push(zp);
+                let base = (r * nb + b) * block_size / 2;
+                for (i, q) in codes[..vals.len()].iter().enumerate() {
+                    packed[base + i / 2] |= if i % 2 == 0 { *q } else { *q << 4 };
+                }
             }
         }
+        (packed, scales, zps)
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get()).min(n);
+    #[cfg(target_arch = "wasm32")]
+    let threads = 1;
+    if threads <= 1 {
+        return rows(0..n);
     }
-    Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
+    let per = n.div_ceil(threads);
+    let parts: Vec<_> = std::thread::scope(|s| {
+        let rows = &rows;
+        let handles: Vec<_> = (0..n).step_by(per).map(|r0| s.spawn(move || rows(r0..(r0 + per).min(n)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+    });
+    let mut out = (Vec::with_capacity(n * nb * block_size / 2), Vec::with_capacity(n * nb), Vec::with_capacity(n * nb));
+    for (p, s, z) in parts {
+        out.0.extend(p);
+        out.1.extend(s);
+        out.2.extend(z);
+    }
+    out
 }
 
 fn code(v: f32, scale: f32, zp: u8) -> u8 {
@@ -197,28 +236,13 @@ fn search_block(vals: &[f32], imp: &[f32], symmetric: bool) -> (f32, u8) {
 pub fn quantize_q4_min(w: &[f32], n: usize, k: usize, block_size: usize, importance: Option<&[f32]>) -> Q4MinWeight {
     assert_eq!(w.len(), n * k, "weight length must be n * k");
     assert!(block_size >= 16 && block_size.is_power_of_two(), "block size must be a power of two >= 16");
-    let nb = k.div_ceil(block_size);
-    let mut packed = vec![0u8; n * nb * block_size / 2];
-    let mut scales = Vec::with_capacity(n * nb);
-    let mut zero_points = Vec::with_capacity(n * nb);
-    let ones = vec![1f32; block_size];
-    for row in 0..n {
-        for b in 0..nb {
-            let start = b * block_size;
-            let end = (start + block_size).min(k);
-            let vals = &w[row * k + start..row * k + end];
-            let imp = importance.map_or(&ones[..vals.len()], |i| &i[start..end]);
-            let (scale, min) = fit_min_block(vals, imp);
-            let zp = if scale > 0.0 { -min / scale } else { 0.0 };
-            scales.push(if scale > 0.0 { scale } else { 1.0 });
-            zero_points.push(if scale > 0.0 { zp } else { -min });
-            let base = (row * nb + b) * block_size / 2;
-            for (i, v) in vals.iter().enumerate() {
-                let q = min_code(*v, scale, min);
-                packed[base + i / 2] |= if i % 2 == 0 { q } else { q << 4 };
-            }
+    let (packed, scales, zero_points) = quantize_q4_blocks(w, n, k, block_size, importance, |vals, imp, codes| {
+        let (scale, min) = fit_min_block(vals, imp);
+        for (c, v) in codes.iter_mut().zip(vals) {
+            *c = min_code(*v, scale, min);
         }
-    }
+        if scale > 0.0 { (scale, -min / scale) } else { (1.0, -min) }
+    });
     Q4MinWeight { n, k, block_size, packed, scales, zero_points }
 }
 

@@ -112,7 +112,7 @@ pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
     let q = quantize_q8_block(&w, n, k);
     let deq = dequantize_q8_block(&q);
     let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
-    let mut mat = Q8BlockMatrix::new(n, k, packed, &Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap(), None).unwrap();
+    let mut mat = Q8BlockMatrix::new(n, k, packed, std::sync::Arc::new(Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap()), None).unwrap();
     let mut d = 0f32;
     for (v, int8) in edge_llm::cpu::kernels::q8_block::VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
         mat.kernels = &v.kernels;
