@@ -642,6 +642,7 @@ fn detach_weights(
             node.attribute.clear();
         }
     }
+    q4_min_matmul::zero_point_terms_in_place(graph, &mut tensors)?;
     // Detached weights are (re)declared as typed inputs, as the tensors they now are (a
     // transposed weight is `[n][k]` int8), and listed in the side table.
     let detached: std::collections::HashSet<String> =

@@ -19,21 +19,35 @@ use super::q4_matmul::{Q4Matrix, BLOCK};
 #[derive(Debug)]
 pub struct Q4MinMatrix {
     pub q4: Q4Matrix,
-    /// `[n][k / 32]`: `(8 - zf) * s`.
-    pub correction: Vec<f32>,
+    /// `[n][k / 32]` f32: `(8 - zf) * s`; the graph's tensor when the loader computed it in place
+    /// of the zero points ([`zero_point_terms_in_place`]).
+    pub correction: Arc<Tensor>,
 }
+
+/// The node attribute that says a 4-bit float-zero-point `MatMulNBits`' input 3 already holds
+/// `(8 - zf) * s` (set by [`zero_point_terms_in_place`] on the loader's own copy of the graph,
+/// never in a file).
+pub const ZERO_POINT_TERM_ATTR: &str = "edge_llm_zero_point_term";
 
 impl Q4MinMatrix {
     pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: &Tensor) -> TractResult<Self> {
-        let zf = zero_points.cast_to::<f32>()?;
-        let zf: Vec<f32> = zf.to_plain_array_view::<f32>()?.iter().copied().collect();
         let q4 = Q4Matrix::new(n, k, packed, scales, None)?;
-        let nb = k / BLOCK;
-        ensure!(zf.len() == n * nb, "zero_points has {} values, expected {}", zf.len(), n * nb);
-        let s = q4.scales.cast_to::<f32>()?;
-        let s = s.to_plain_array_view::<f32>()?;
-        let correction = zf.iter().zip(s.iter()).map(|(z, s)| (8.0 - z) * s).collect();
+        let zf = zero_points.cast_to::<f32>()?;
+        let zf = zf.to_plain_array_view::<f32>()?;
+        let s = q4.scales.to_plain_array_view::<f32>()?;
+        ensure!(zf.len() == s.len(), "zero_points has {} values, expected {}", zf.len(), s.len());
+        let correction: Vec<f32> = zf.iter().zip(s.iter()).map(|(z, s)| (8.0 - z) * s).collect();
+        let correction = Arc::new(Tensor::from_shape(&[correction.len()], &correction)?);
         Ok(Q4MinMatrix { q4, correction })
+    }
+
+    /// From the zero-point term `(8 - zf) * s` itself (f32, `[n][k / 32]` values), shared.
+    pub fn from_term(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, term: Arc<Tensor>) -> TractResult<Self> {
+        let q4 = Q4Matrix::new(n, k, packed, scales, None)?;
+        ensure!(term.datum_type() == f32::datum_type(), "the zero-point term must be f32, got {:?}", term.datum_type());
+        ensure!(term.len() == q4.scales.len(), "the zero-point term has {} values, expected {}", term.len(), q4.scales.len());
+        ensure!(term.to_plain_array_view::<f32>()?.as_slice().is_some(), "the zero-point term must be contiguous");
+        Ok(Q4MinMatrix { q4, correction: term })
     }
 
     pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
@@ -48,9 +62,11 @@ impl Q4MinMatrix {
             self.q4.matmul(x, out)?;
             x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
         };
+        let correction = self.correction.to_plain_array_view::<f32>()?;
+        let correction = correction.as_slice().context("the zero-point term must be contiguous")?;
         for (r, row) in out.chunks_exact_mut(n).enumerate() {
             let xs = &sums[r * nb..(r + 1) * nb];
-            for (y, c) in row.iter_mut().zip(self.correction.chunks_exact(nb)) {
+            for (y, c) in row.iter_mut().zip(correction.chunks_exact(nb)) {
                 *y += c.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
             }
         }
@@ -78,6 +94,8 @@ pub(super) struct MatMulNBitsQ4Min {
     pub k: usize,
     pub n: usize,
     pub int8_activations: bool,
+    /// Input 3 holds `(8 - zf) * s`, not the zero points ([`ZERO_POINT_TERM_ATTR`]).
+    pub zero_point_term: bool,
 }
 
 impl Expansion for MatMulNBitsQ4Min {
@@ -91,8 +109,11 @@ impl Expansion for MatMulNBitsQ4Min {
 
     fn wire(&self, prefix: &str, model: &mut TypedModel, inputs: &[OutletId]) -> TractResult<TVec<OutletId>> {
         let konst = |i: usize, what: &str| super::rows::weight(model, inputs, i, what);
-        let zero_points: Arc<Tensor> = konst(3, "zero_points")?;
-        let w = Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &zero_points)?;
+        let w = if self.zero_point_term {
+            Q4MinMatrix::from_term(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, konst(3, "zero_points")?)?
+        } else {
+            Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &*konst(3, "zero_points")?)?
+        };
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
             inputs[0]
         } else {
@@ -100,6 +121,74 @@ impl Expansion for MatMulNBitsQ4Min {
         };
         model.wire_node(prefix, Q4MinMatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
     }
+}
+
+/// For each 4-bit `MatMulNBits` with float zero points whose scales and zero points are
+/// detached f32 weights (through an `Identity` the loader left of a widening `Cast`) read by that
+/// node alone: overwrite the zero points with the kernel's term `(8 - zf) * s` and mark the node
+/// ([`ZERO_POINT_TERM_ATTR`]). [`Q4MinMatrix`] then shares that tensor instead of computing a
+/// second one beside it (SmolLM2 int4: 13.3 MB less at the load's peak, issue #16). Same f32
+/// arithmetic as [`Q4MinMatrix::new`], so the same values. `tensors[i]` is initializer `i`'s.
+pub(super) fn zero_point_terms_in_place(graph: &mut tract_onnx::pb::GraphProto, tensors: &mut [Option<Tensor>]) -> crate::Result<()> {
+    use std::collections::HashMap;
+    let index: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for node in &graph.node {
+        for input in &node.input {
+            *readers.entry(input.as_str()).or_default() += 1;
+        }
+    }
+    for output in &graph.output {
+        *readers.entry(output.name.as_str()).or_default() += 1;
+    }
+    let identity_of: HashMap<&str, &str> = graph
+        .node
+        .iter()
+        .filter(|n| n.op_type == "Identity" && n.input.len() == 1 && n.output.len() == 1)
+        .map(|n| (n.output[0].as_str(), n.input[0].as_str()))
+        .collect();
+    // The initializer behind `name` (directly or through one Identity), if `name` is all that
+    // reads it and this node all that reads `name`.
+    let sole_source = |name: &str| -> Option<usize> {
+        if readers.get(name) != Some(&1) {
+            return None;
+        }
+        match identity_of.get(name) {
+            Some(src) if readers.get(src) == Some(&1) => index.get(src).copied(),
+            Some(_) => None,
+            None => index.get(name).copied(),
+        }
+    };
+    let attr_i = |n: &tract_onnx::pb::NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+    let mut marked = Vec::new();
+    for (ix, node) in graph.node.iter().enumerate() {
+        let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
+        if node.op_type != "MatMulNBits" || attr_i(node, "bits", 4) != 4 || attr_i(node, "block_size", 0) != BLOCK as i64 || !present(3) || present(4) || present(5) {
+            continue;
+        }
+        let (Some(zi), Some(si)) = (sole_source(&node.input[3]), index.get(node.input[2].as_str()).copied().or_else(|| identity_of.get(node.input[2].as_str()).and_then(|s| index.get(s).copied()))) else {
+            continue;
+        };
+        let f32_len = |t: &Option<Tensor>| t.as_ref().filter(|t| t.datum_type() == DatumType::F32).map(|t| t.len());
+        if zi == si || f32_len(&tensors[zi]).is_none() || f32_len(&tensors[zi]) != f32_len(&tensors[si]) {
+            continue;
+        }
+        let mut zp = tensors[zi].take().expect("checked above");
+        {
+            let err = |e: TractError| crate::Error::InvalidModel(format!("{e:#}"));
+            let s = tensors[si].as_ref().expect("checked above").to_plain_array_view::<f32>().map_err(err)?;
+            let mut z = zp.to_plain_array_view_mut::<f32>().map_err(err)?;
+            for (z, s) in z.iter_mut().zip(s.iter()) {
+                *z = (8.0 - *z) * s;
+            }
+        }
+        tensors[zi] = Some(zp);
+        marked.push(ix);
+    }
+    for ix in marked {
+        graph.node[ix].attribute.push(tract_onnx::pb::AttributeProto { name: ZERO_POINT_TERM_ATTR.into(), i: 1, r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32, ..Default::default() });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -231,7 +231,8 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
         // Int8 activations only when forced (mode 2): onnxruntime 1.32 computes float zero
         // points on float activations whatever `accuracy_level` says (tests/ort_compat.rs).
         let int8_activations = mode == 2;
-        return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations }), vec![]));
+        let zero_point_term = node.get_attr_opt::<i64>(super::q4_min_matmul::ZERO_POINT_TERM_ATTR)?.unwrap_or(0) == 1;
+        return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations, zero_point_term }), vec![]));
     }
     let next = NEXT[mode].get().context("the previous MatMulNBits builder was not registered")?;
     next(ctx, node)
