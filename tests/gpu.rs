@@ -12,7 +12,7 @@ use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gpu::context::block_on;
 use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, GpuQ4, Pipelines};
 use edge_llm::gpu::twin::{self, AttnShape};
-use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, Pick, Q4Llama};
+use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, Q4Llama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::quant::reference as qref;
@@ -111,7 +111,7 @@ fn int4_matmul_kernels_match_twin() {
             for gemm in [false, true] {
                 let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
                 let d = if gemm { gw.gemm(&ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(&ctx, &mut pipes, &xb, &yb) };
-                kernels::run(&ctx, &pipes, &[d], rows as u32);
+                kernels::run(&ctx, &pipes, &d, rows as u32);
                 let got = download(&ctx, &yb, rows * n);
                 let what = format!("{} n={n} k={k} bs={bs} rows={rows} sym={symmetric}", if gemm { "gemm_q4" } else { "gemv_q4" });
                 assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
@@ -136,12 +136,97 @@ fn embed_q4_matches_twin() {
                 let (st, rows) = (state(&ctx, 0, tokens.len(), &tokens), tokens.len());
                 let out = ctx.storage("out", (rows * hidden * 4) as u64).unwrap();
                 let d = gt.embed(&ctx, &mut pipes, &st, &out);
-                kernels::run(&ctx, &pipes, &[d], rows as u32);
+                kernels::run(&ctx, &pipes, &d, rows as u32);
                 let want: Vec<f32> = tokens.iter().flat_map(|t| twin::embed_q4(&table, *t as usize)).collect();
                 // Exactly one product per element: bit-identical.
                 assert_eq!(download(&ctx, &out, rows * hidden), want, "vocab={vocab} hidden={hidden} bs={bs} tokens={tokens:?}");
             }
         }
+    }
+}
+
+/// A context whose device binds at most `cap` bytes per storage buffer (and per buffer), as a
+/// small adapter would: wgpu enforces the limit natively, so a weight not split to fit it
+/// would fail validation (an uncaptured error: a panic).
+fn capped_gpu(cap: u64) -> Option<GpuContext> {
+    gpu()?;
+    Some(block_on(GpuContext::with_options(&GpuOptions { max_binding_bytes: Some(cap) })).unwrap())
+}
+
+/// Weights split by rows over a small binding limit: the GEMV, the GEMM and the embedding
+/// gather give bit-identical outputs to the unsplit weight's on the same driver (each output
+/// row is computed by the same code in the same order; only the buffer it reads differs), and
+/// the twin's within the matmul tolerance. Shapes from one row per part to a SmolLM2-sized
+/// head (49152 × 576, block 32: 14.2 MB of nibbles) split into 4 parts of 12,288 rows under a
+/// 4 MiB limit.
+#[test]
+fn weights_split_by_rows_give_the_unsplit_outputs() {
+    let Some(full) = gpu() else { return };
+    let mut rng = Rng(11);
+    let mut pipes = Pipelines::default();
+    // (n, k, block, rows, cap): caps that leave one row, a few and many per part.
+    // x and y must fit too: `rows * k * 4` and `rows * n * 4` bytes.
+    let shapes = [(7, 40, 32, 1, 160), (9, 48, 16, 1, 192), (33, 576, 32, 3, 6912), (300, 200, 64, 2, 2400), (600, 576, 32, 33, 79200), (49152, 576, 32, 1, 4 << 20)];
+    let mut split_into = Vec::new();
+    for (n, k, bs, rows, cap) in shapes {
+        // Pipelines belong to their device.
+        let (small, mut small_pipes) = (capped_gpu(cap).unwrap(), Pipelines::default());
+        for symmetric in [true, false] {
+            let w = qref::quantize_q4(&rng.f32s(n * k), n, k, bs, symmetric);
+            let x = rng.f32s(rows * k);
+            let ranges = kernels::q4_row_ranges("w", n, k, bs, cap).unwrap();
+            let (gw, sw) = (GpuQ4::upload(&full, "w", &w).unwrap(), GpuQ4::upload(&small, "w", &w).unwrap());
+            assert_eq!(gw.parts.len(), 1);
+            assert_eq!(sw.parts.iter().map(|p| p.rows.clone()).collect::<Vec<_>>(), ranges, "n={n} k={k} cap={cap}");
+            assert!(ranges.len() > 1, "n={n} k={k} cap={cap}: not split");
+            let want = twin::gemv_q4(&w, &x);
+            let what = format!("n={n} k={k} bs={bs} rows={rows} sym={symmetric} in {} parts", ranges.len());
+            for gemm in [false, true] {
+                let mut outs = Vec::new();
+                for (ctx, w, pipes) in [(&full, &gw, &mut pipes), (&small, &sw, &mut small_pipes)] {
+                    let (xb, st, yb) = (upload(ctx, &x), state(ctx, 0, rows, &[]), ctx.storage("y", (rows * n * 4) as u64).unwrap());
+                    let d = if gemm { w.gemm(ctx, pipes, &st, &xb, &yb) } else { w.gemv(ctx, pipes, &xb, &yb) };
+                    assert_eq!(d.len(), w.parts.len());
+                    kernels::run(ctx, pipes, &d, rows as u32);
+                    outs.push(download(ctx, &yb, rows * n));
+                }
+                let kind = if gemm { "gemm_q4" } else { "gemv_q4" };
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert!(bits(&outs[0]) == bits(&outs[1]), "{kind} {what}: split differs from unsplit");
+                let deq = qref::dequantize_q4(&w);
+                let mag = |i: usize| -> f32 { (0..k).map(|t| (deq[(i % n) * k + t] * x[(i / n) * k + t]).abs()).sum() };
+                assert_close(&format!("{kind} {what}"), &outs[1], &want, |i| 1e-6 + 4e-6 * mag(i));
+            }
+            // The gather: the tokens at both ends of every part, and a random one, each a step's
+            // row (a chunk's rows would not fit the small limit).
+            let mut tokens: Vec<u32> = ranges.iter().flat_map(|r| [r.start as u32, r.end as u32 - 1]).collect();
+            tokens.push(rng.range(0, n) as u32);
+            for t in tokens {
+                let (st, out) = (state(&small, 0, 1, &[t]), small.storage("out", (k * 4) as u64).unwrap());
+                let d = sw.embed(&small, &mut small_pipes, &st, &out);
+                kernels::run(&small, &small_pipes, &d, 1);
+                assert_eq!(download(&small, &out, k), twin::embed_q4(&w, t as usize), "embed_q4 {what} token {t}");
+            }
+        }
+        split_into.push((n, k, kernels::q4_row_ranges("w", n, k, bs, cap).unwrap().len()));
+    }
+    eprintln!("weights split by rows, bit-identical to unsplit: {split_into:?} ((n, k, parts))");
+}
+
+/// What a weight's binding needs, if even one row is more than the limit: a named error.
+#[test]
+fn a_weight_row_over_the_binding_limit_is_a_named_error() {
+    let e = kernels::q4_row_ranges("lm_head", 128256, 8192, 32, 2048).unwrap_err();
+    assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
+    assert!(e.to_string().contains("one row of `lm_head`") && e.to_string().contains("maxStorageBufferBindingSize"), "{e}");
+    // A Llama-3.2-1B head (128256 × 2048 int4, block 32: 1 KiB a row, 125.25 MiB of nibbles)
+    // fits WebGPU's default 128 MiB whole and takes 2 parts under 64 MiB; a 3B head (× 3072,
+    // 187.9 MiB) takes 2 under 128 MiB. Every row lands in exactly one part.
+    for (k, cap, parts) in [(2048, 128 << 20, 1), (2048, 64 << 20, 2), (3072, 128 << 20, 2)] {
+        let ranges = kernels::q4_row_ranges("lm_head", 128256, k, 32, cap).unwrap();
+        assert_eq!(ranges.len(), parts, "k={k} cap={cap}");
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start) && ranges[0].start == 0 && ranges[parts - 1].end == 128256, "{ranges:?}");
+        assert!(ranges.iter().all(|r| (r.len() * k / 2) as u64 <= cap), "{ranges:?}");
     }
 }
 
@@ -445,6 +530,76 @@ fn tiny_greedy_tokens_match_reference_over_32_steps() {
         // A second run from reset reuses the cache from position 0.
         assert_eq!(block_on(model.greedy(&PROMPT, 32)).unwrap(), want, "after reset");
     }
+}
+
+/// The tiny model on a device that binds at most 2 KiB per buffer, for 16 positions (its
+/// activations then fit in prefill chunks of 4 rows): gate, up and down of both layers and the
+/// embedding (also the tied head) are split by rows as `q4_row_ranges` plans. Token by token,
+/// its logits are bit-identical to the unsplit model's; a prompt prefilled in chunks of 4
+/// gives the reference's last logits (LOGITS_TOL), and greedy tokens are the reference's.
+#[test]
+fn tiny_model_split_over_a_small_binding_limit_gives_the_unsplit_logits() {
+    const CAP: u64 = 2048;
+    const MAX_CTX: usize = 16;
+    for symmetric in [true, false] {
+        let (Some(full), Some(small)) = (gpu(), capped_gpu(CAP)) else { return };
+        let (q, exported) = tiny_q4(symmetric);
+        let (cfg, w) = (q.cfg.clone(), &exported.effective);
+        let mut unsplit = GpuLlama::load(full, &q, MAX_CTX).unwrap();
+        let mut split = GpuLlama::load(small, &q, MAX_CTX).unwrap();
+        let mut weights: Vec<&edge_llm::quant::Q4Weight> = q.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]).collect();
+        weights.push(&q.embed);
+        weights.extend(&q.lm_head);
+        let planned: Vec<usize> = weights.iter().map(|w| kernels::q4_row_ranges("w", w.n, w.k, w.block_size, CAP).unwrap().len()).collect();
+        assert_eq!(split.weight_parts(), planned);
+        assert!(unsplit.weight_parts().iter().all(|p| *p == 1), "{:?}", unsplit.weight_parts());
+        assert_eq!(planned.iter().filter(|p| **p > 1).count(), 2 * 3 + 1, "gate, up, down of both layers and the embedding: {planned:?}");
+        assert_eq!(split.prefill_chunk(), edge_llm::gpu::decode::plan_chunk(&cfg, MAX_CTX, CAP).unwrap());
+        assert!(split.prefill_chunk() < unsplit.prefill_chunk(), "{} vs {}", split.prefill_chunk(), unsplit.prefill_chunk());
+        eprintln!("symmetric={symmetric}: parts per weight under {CAP} B: {planned:?}, prefill chunk {}", split.prefill_chunk());
+        let bits = |m: &GpuLlama| block_on(m.logits()).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for t in PROMPT {
+            let (a, b) = (block_on(unsplit.step(Some(t))).unwrap(), block_on(split.step(Some(t))).unwrap());
+            assert_eq!(a, b, "symmetric={symmetric} token {t}");
+            assert!(bits(&unsplit) == bits(&split), "symmetric={symmetric} token {t}: the split model's logits differ");
+        }
+        split.reset();
+        let next = block_on(split.prefill(&PROMPT)).unwrap();
+        let want = reference::forward(&cfg, w, &PROMPT, &mut RefKvCache::default()).pop().unwrap();
+        let d = max_abs_diff(&block_on(split.logits()).unwrap(), &want);
+        assert!(d < LOGITS_TOL, "symmetric={symmetric}: split prefill vs reference max |diff| = {d}");
+        assert_eq!(next, edge_llm::generate::argmax(&want));
+        let n = MAX_CTX - PROMPT.len();
+        assert_eq!(block_on(split.greedy(&PROMPT, n)).unwrap(), reference::greedy(&cfg, w, &PROMPT, n), "symmetric={symmetric}");
+    }
+}
+
+/// A model whose weight rows (or KV cache) do not fit the adapter's binding limit even split:
+/// `webgpu` is an `UnsupportedBackendError` naming the tensor and the limit; `auto` loads it on
+/// the CPU and says why (checked before the adapter's kind, so llvmpipe shows it too).
+#[test]
+fn a_model_over_the_binding_limit_is_refused_by_name_and_auto_says_why() {
+    let Some(_) = gpu() else { return };
+    let (onnx, _, _) = tiny_int4_files(true);
+    let tok = tiny::tokenizer_json();
+    let open_capped = |backend, cap| {
+        let options = EngineOptions { backend, gpu: GpuOptions { max_binding_bytes: Some(cap) }, ..Default::default() };
+        Engine::open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &options)
+    };
+    // A row of the tiny model's int4 weights takes 32 bytes or more.
+    let e = open_capped(BackendKind::Webgpu, 16).err().expect("no weight row fits 16 bytes");
+    assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
+    assert!(e.to_string().contains("one row of `model.") && e.to_string().contains("16 bytes"), "{e}");
+    // Rows fit 4 KiB, a layer's key cache for 256 positions (32 KiB) does not.
+    let e = open_capped(BackendKind::Webgpu, 4096).err().expect("the KV cache does not fit 4 KiB");
+    assert!(matches!(&e, Error::UnsupportedBackend(m) if m.contains("key or value cache")), "{e}");
+    let auto = open_capped(BackendKind::Auto, 16).unwrap();
+    let info = auto.backend_info();
+    assert_eq!(info.name, "wasm", "{info:?}");
+    assert!(info.reason.as_deref().is_some_and(|r| r.contains("does not fit") && r.contains("one row of")), "{info:?}");
+    let mut g = auto.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 4, ..Default::default() }).unwrap();
+    while g.step().unwrap().is_some() {}
+    assert_eq!(g.generated().len(), 4);
 }
 
 /// A prompt of `len` ids within the tiny vocabulary.

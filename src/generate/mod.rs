@@ -137,6 +137,8 @@ pub struct EngineOptions {
     /// Run [`Engine::warm_up`] once the engine is built (`Engine.load` sets it unless the app
     /// says `warmUp: false`).
     pub warm_up: bool,
+    /// The GPU backend's (a lower binding limit).
+    pub gpu: crate::gpu::GpuOptions,
 }
 
 impl Engine {
@@ -154,7 +156,7 @@ impl Engine {
     /// shrinks).
     pub async fn open_async<'a, B: Blob + 'a>(mut package: Package<'a, B>, options: &EngineOptions) -> Result<Self> {
         let graph = package.graph()?;
-        let (gpu, reason) = choose_backend(options.backend, &package.config().architecture, &graph).await?;
+        let (gpu, reason) = choose_backend(options, &package.config().architecture, &graph).await?;
         let backend: Box<dyn Backend> = match gpu {
             Some(ctx) => Box::new(crate::gpu::GpuBackend::open(ctx, &mut package, &graph).await?),
             None => {
@@ -477,22 +479,24 @@ impl Engine {
 }
 
 /// Which backend runs `graph`: a GPU context, or `None` for the CPU, and for `auto` why.
-/// `webgpu` fails when there is no adapter or the GPU backend lacks what the graph needs;
-/// `auto` then uses the CPU, as it does on a software adapter (SwiftShader, llvmpipe), where
-/// the CPU backend is faster.
-async fn choose_backend(kind: BackendKind, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<(Option<crate::gpu::GpuContext>, Option<String>)> {
+/// `webgpu` fails when there is no adapter, the GPU backend lacks what the graph needs, or the
+/// model does not fit the adapter's limits even split; `auto` then uses the CPU, as it does on
+/// a software adapter (SwiftShader, llvmpipe), where the CPU backend is faster.
+async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<(Option<crate::gpu::GpuContext>, Option<String>)> {
     use crate::gpu::{GpuBackend, GpuContext};
-    match kind {
+    match options.backend {
         BackendKind::Wasm => Ok((None, None)),
         BackendKind::Webgpu => {
             GpuBackend::supports(cfg, graph)?;
-            Ok((Some(GpuContext::new().await?), None))
+            let ctx = GpuContext::with_options(&options.gpu).await?;
+            GpuBackend::fits(cfg, graph, ctx.limits())?;
+            Ok((Some(ctx), None))
         }
         BackendKind::Auto => {
             if let Err(e) = GpuBackend::supports(cfg, graph) {
                 return Ok((None, Some(format!("the CPU: {e}"))));
             }
-            match crate::gpu::hardware_context().await {
+            match crate::gpu::auto_context(&options.gpu, |limits| GpuBackend::fits(cfg, graph, limits)).await {
                 Ok(ctx) => {
                     let reason = format!("the GPU: hardware adapter `{}` and an int4 model it runs", ctx.adapter_info().name);
                     Ok((Some(ctx), Some(reason)))

@@ -25,6 +25,11 @@ use crate::{Error, Result};
 /// 30 layers × 2 × 192 × 2048 × 4 B = 94 MB).
 pub const GPU_MAX_CONTEXT: usize = 2048;
 
+/// Positions the GPU backend allocates a model's cache for.
+pub fn context_len(cfg: &LlamaConfig) -> usize {
+    cfg.max_position_embeddings.min(GPU_MAX_CONTEXT)
+}
+
 struct Shared {
     model: RefCell<GpuLlama>,
     /// The session whose cache is on the GPU.
@@ -75,13 +80,29 @@ impl GpuBackend {
         }
     }
 
+    /// Whether `graph`'s model fits an adapter with `limits`, from its initializers' shapes
+    /// alone (no weights read): every int4 weight split by rows into buffers the adapter binds,
+    /// and the activations and KV cache for [`context_len`] positions. `Err` names what does
+    /// not fit, and the limit.
+    pub fn fits(cfg: &LlamaConfig, graph: &ModelProto, limits: &wgpu::Limits) -> Result<()> {
+        let max = super::kernels::max_binding(limits);
+        let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+        for t in &g.initializer {
+            // MatMulNBits B, `[n][blocks][block / 2]` bytes.
+            if let (Some(name), &[n, blocks, half]) = (t.name.strip_suffix(".weight_Q4"), &t.dims[..]) {
+                let (n, blocks, block) = (n.max(0) as usize, blocks.max(0) as usize, 2 * half.max(0) as usize);
+                super::kernels::q4_row_ranges(name, n, blocks * block, block, max)?;
+            }
+        }
+        super::decode::plan_chunk(cfg, context_len(cfg), max).map(|_| ())
+    }
+
     /// Load `package`'s graph on the GPU: int4 `MatMulNBits` linears and embedding in edge-llm's
     /// exporter layout (`ExportOptions::int4`); any other format is `UnsupportedBackend`,
     /// naming what the GPU backend lacks.
     pub async fn open<'a, B: Blob + 'a>(ctx: GpuContext, package: &mut Package<'a, B>, graph: &ModelProto) -> Result<Self> {
         let weights = q4_llama(&package.config().architecture.clone(), graph, package)?;
-        let max_ctx = weights.cfg.max_position_embeddings.min(GPU_MAX_CONTEXT);
-        Ok(Self::new(GpuLlama::load(ctx, &weights, max_ctx)?))
+        Ok(Self::new(GpuLlama::load(ctx, &weights, context_len(&weights.cfg))?))
     }
 
     /// Everything created, submitted, written and read back so far.

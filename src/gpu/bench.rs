@@ -30,7 +30,7 @@ impl GemvBench {
         let xb = ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?;
         let y = ctx.storage("bench_y", (n * 4) as u64)?;
         let mut pipes = Pipelines::default();
-        let dispatches = (0..reps).map(|_| gw.gemv(ctx, &mut pipes, &xb, &y)).collect();
+        let dispatches = (0..reps).flat_map(|_| gw.gemv(ctx, &mut pipes, &xb, &y)).collect();
         let zp_bytes = q.packed_zero_points().map_or(0, |z| z.len());
         let bytes_per_call = (q.packed.len() + q.scales.len() * 4 + zp_bytes + k * 4) as u64;
         let readback = ctx.readback("bench_y", 4);

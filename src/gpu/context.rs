@@ -89,14 +89,21 @@ impl GpuContext {
     /// Open the best adapter (WebGPU in browsers, Vulkan/Metal natively). Errors with
     /// [`Error::UnsupportedBackend`] when there is none or it refuses a device.
     pub async fn new() -> Result<Self> {
-        Self::on(super::request_adapter().await?).await
+        Self::with_options(&Default::default()).await
+    }
+
+    /// [`GpuContext::new`] with `options` (a lower binding limit).
+    pub async fn with_options(options: &super::GpuOptions) -> Result<Self> {
+        Self::on(super::request_adapter().await?, options).await
     }
 
     /// A device and queue on `adapter`.
-    pub(crate) async fn on(adapter: wgpu::Adapter) -> Result<Self> {
+    pub(crate) async fn on(adapter: wgpu::Adapter, options: &super::GpuOptions) -> Result<Self> {
         // Ask for what the adapter offers (the defaults cap storage bindings at 128 MiB, too
-        // small for a 1B model's head); kernels and loaders check sizes against these.
-        let limits = adapter.limits();
+        // small for a 1B model's head unsplit), or less where `options` say; kernels and
+        // loaders size buffers by these. (A browser raises limits requested below WebGPU's
+        // defaults to them: there only these bookkept ones are lower.)
+        let limits = options.limits(adapter.limits());
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("edge-llm"),
@@ -174,11 +181,11 @@ impl GpuContext {
         }
     }
 
-    /// Check a buffer size against the adapter's binding and buffer limits.
+    /// Check a buffer size against the adapter's binding and buffer limits (weights are split
+    /// and chunks sized to fit them before they get here: this catches what is not).
     pub fn check_size(&self, what: &str, bytes: u64) -> Result<()> {
-        let max = self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size);
+        let max = super::kernels::max_binding(&self.limits);
         if bytes > max {
-            // TODO(#15): split large weights over several bindings instead.
             return Err(Error::UnsupportedBackend(format!(
                 "webgpu: `{what}` needs a {bytes}-byte storage binding, the adapter allows {max}"
             )));

@@ -101,8 +101,9 @@ impl Q4Llama {
     }
 }
 
-/// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several). The
-/// activation buffers are sized for it at load, the attention scratch too (`[chunk][heads]
+/// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
+/// where the adapter's binding limit requires, see [`plan_chunk`]). The activation buffers are
+/// sized for it at load, the attention scratch too (`[chunk][heads]
 /// [max_ctx]` f32: SmolLM2 at 2048 positions, 4.7 MB). The CPU path's `cpu::PREFILL_CHUNK`.
 pub const PREFILL_CHUNK: usize = 64;
 
@@ -114,19 +115,50 @@ const TOKENS_AT: u64 = 8;
 /// One kernel of the forward pass, bound once at load.
 enum Op {
     Run(Dispatch),
+    /// One dispatch per part of a weight split by rows (the embedding gather).
+    Parts(Vec<Dispatch>),
     /// A linear layer bound both ways: the GEMV for one row (decode), the tiled GEMM (each
-    /// weight read once per 32 rows) for a prefill chunk.
-    Linear { gemv: Dispatch, gemm: Dispatch },
+    /// weight read once per 32 rows) for a prefill chunk; a dispatch per part of the weight.
+    Linear { gemv: Vec<Dispatch>, gemm: Vec<Dispatch> },
 }
 
 impl Op {
-    fn for_rows(&self, rows: usize) -> &Dispatch {
+    fn for_rows(&self, rows: usize) -> &[Dispatch] {
         match self {
-            Op::Run(d) => d,
+            Op::Run(d) => std::slice::from_ref(d),
+            Op::Parts(d) => d,
             Op::Linear { gemv, .. } if rows == 1 => gemv,
             Op::Linear { gemm, .. } => gemm,
         }
     }
+}
+
+/// Rows of a prefill chunk the adapter's binding limit `max` allows (at most [`PREFILL_CHUNK`]
+/// and `max_ctx`): every activation buffer holds a chunk's rows. Checks the buffers sized by
+/// the context too (a layer's KV cache, the logits); what does not fit even for one row is
+/// `UnsupportedBackend`, naming the buffer and the limit.
+pub fn plan_chunk(cfg: &LlamaConfig, max_ctx: usize, max: u64) -> Result<usize> {
+    let too_big = |what: &str, bytes: u64| {
+        Error::UnsupportedBackend(format!(
+            "webgpu: {what} takes {bytes} bytes, more than the adapter binds as one storage buffer ({max} bytes: maxStorageBufferBindingSize / maxBufferSize)"
+        ))
+    };
+    let fixed = [
+        ("a layer's key or value cache", cfg.kv_dim() * max_ctx),
+        ("the logits", cfg.vocab_size),
+        ("the RoPE table", max_ctx * cfg.head_dim / 2),
+    ];
+    for (what, floats) in fixed {
+        if floats as u64 * 4 > max {
+            return Err(too_big(what, floats as u64 * 4));
+        }
+    }
+    // f32 values per row of the widest chunk buffer: activations, or attention's scores.
+    let row = [cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size, cfg.num_heads * max_ctx].into_iter().max().unwrap_or(1) as u64 * 4;
+    if row > max {
+        return Err(too_big("one row of the activations", row));
+    }
+    Ok(PREFILL_CHUNK.min(max_ctx).min((max / row) as usize))
 }
 
 /// How a step chooses the next token on the GPU.
@@ -167,7 +199,7 @@ pub struct GpuLlama {
     /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
     kv_cache: Vec<[wgpu::Buffer; 2]>,
     /// Everything the bind groups refer to, owned for the model's lifetime.
-    _weights: Vec<GpuQ4>,
+    weights: Vec<GpuQ4>,
     _buffers: Vec<wgpu::Buffer>,
     pos: usize,
 }
@@ -191,7 +223,7 @@ impl GpuLlama {
         }
         let (h, qd, kvd, inter, vocab, hd) =
             (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
-        let chunk = PREFILL_CHUNK.min(max_ctx);
+        let chunk = plan_chunk(&cfg, max_ctx, kernels::max_binding(ctx.limits()))?;
         // `n` f32 per row, for a chunk's rows.
         let rows = |n: usize| (chunk * n * 4) as u64;
         let mut pipes = Pipelines::default();
@@ -220,7 +252,7 @@ impl GpuLlama {
         let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hd, max_ctx };
 
         let embed = GpuQ4::upload(&ctx, "embed_tokens", &w.embed)?;
-        body.push(Op::Run(embed.embed(&ctx, &mut pipes, &state, &x)));
+        body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &x)));
         for (l, lw) in w.layers.iter().enumerate() {
             let up4 = |name: &str, m: &Q4Weight| GpuQ4::upload(&ctx, &format!("layers.{l}.{name}"), m);
             let (wq, wk, wv, wo) = (up4("q_proj", &lw.wq)?, up4("k_proj", &lw.wk)?, up4("v_proj", &lw.wv)?, up4("o_proj", &lw.wo)?);
@@ -264,10 +296,8 @@ impl GpuLlama {
             Some(m) => Some(GpuQ4::upload(&ctx, "lm_head", m)?),
             None => None,
         };
-        let head = vec![
-            kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn),
-            head_w.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits),
-        ];
+        let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
+        head.extend(head_w.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits));
         let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);
         let sample_opts = ctx.storage("sample_opts", 32)?;
         let seen_host = kernels::seen_bitmap(vocab, &[]);
@@ -298,7 +328,7 @@ impl GpuLlama {
             seen,
             seen_host,
             kv_cache,
-            _weights: weights,
+            weights,
             _buffers: bufs,
             pos: 0,
         })
@@ -336,12 +366,18 @@ impl GpuLlama {
         self.chunk
     }
 
+    /// The buffers (row ranges) each int4 weight is split into to fit the adapter's binding
+    /// limit, in load order: each layer's seven linears, the embedding, the untied head.
+    pub fn weight_parts(&self) -> Vec<usize> {
+        self.weights.iter().map(|w| w.parts.len()).collect()
+    }
+
     /// Record the forward pass for `rows` tokens (the state already written) into one submit;
     /// with `head`, then the final norm, head and the pick on the last row and the copy of the
     /// picked token to the readback buffer.
     fn submit(&self, rows: usize, head: Option<&Pick>) {
         let mut enc = self.ctx.encoder();
-        self.pipes.record(&mut enc, self.body.iter().map(|op| op.for_rows(rows)), rows as u32);
+        self.pipes.record(&mut enc, self.body.iter().flat_map(|op| op.for_rows(rows)), rows as u32);
         if let Some(pick) = head {
             let row = (self.cfg.hidden_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);

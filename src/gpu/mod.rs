@@ -54,15 +54,41 @@ pub(crate) async fn request_adapter() -> crate::Result<wgpu::Adapter> {
         .map_err(|e| crate::Error::UnsupportedBackend(format!("webgpu: no GPU adapter ({e})")))
 }
 
-/// For `backend: "auto"`: a context on a hardware adapter, or why the CPU is used instead (no
-/// adapter, or a software one, slower than the CPU backend, which gets no device).
-pub async fn hardware_context() -> std::result::Result<GpuContext, String> {
+/// How to open the GPU backend.
+#[derive(Debug, Clone, Default)]
+pub struct GpuOptions {
+    /// Use at most this many bytes per storage binding and per buffer, below the adapter's
+    /// `maxStorageBufferBindingSize` / `maxBufferSize` (as a phone's adapter would offer):
+    /// weights larger are split by rows, the prefill chunk shrinks to fit. Natively the device
+    /// is requested with these limits, so wgpu enforces them. `None`: the adapter's own.
+    pub max_binding_bytes: Option<u64>,
+}
+
+impl GpuOptions {
+    /// `adapter`'s limits as the backend uses them.
+    pub fn limits(&self, mut adapter: wgpu::Limits) -> wgpu::Limits {
+        if let Some(cap) = self.max_binding_bytes {
+            adapter.max_storage_buffer_binding_size = adapter.max_storage_buffer_binding_size.min(cap);
+            adapter.max_buffer_size = adapter.max_buffer_size.min(cap);
+        }
+        adapter
+    }
+}
+
+/// For `backend: "auto"`: a context on a hardware adapter the model fits (`fits` judges the
+/// limits the backend would use), or why the CPU is used instead: no adapter, a model that
+/// does not fit, or a software adapter (slower than the CPU backend, which gets no device).
+pub async fn auto_context(options: &GpuOptions, fits: impl FnOnce(&wgpu::Limits) -> crate::Result<()>) -> std::result::Result<GpuContext, String> {
     let adapter = request_adapter().await.map_err(|e| format!("no GPU ({e})"))?;
+    fits(&options.limits(adapter.limits())).map_err(|e| match e {
+        crate::Error::UnsupportedBackend(why) => format!("the model does not fit the GPU adapter's limits ({why})"),
+        e => e.to_string(),
+    })?;
     let info = adapter.get_info();
     if context::is_software(&info) {
         return Err(format!("the GPU adapter `{}` is a software rasterizer, slower than the CPU backend", info.name));
     }
-    GpuContext::on(adapter).await.map_err(|e| format!("no GPU ({e})"))
+    GpuContext::on(adapter, options).await.map_err(|e| format!("no GPU ({e})"))
 }
 
 /// Find a GPU adapter and describe it; `None` when the platform offers none.

@@ -3,13 +3,17 @@
 // scales, optional packed zero points). tokens are state.tokens (written by the CPU for prompt
 // tokens; tokens[0] by argmax.wgsl while decoding, so the picked token never leaves the GPU).
 //   out     [rows][hidden]
+// A table larger than the adapter's storage binding limit is split by rows (see gemv_q4.wgsl):
+// each part is dispatched on its own and writes the rows whose token lies in its range.
 // Grid: (ceil(hidden / 64), rows), one invocation per element. Twin: gpu::twin::embed_q4.
 
 struct Params {
-    vocab: u32,
+    n: u32, // this part's rows
     hidden: u32,
     block_size: u32,
     has_zp: u32,
+    row0: u32, // its first row in the table
+    vocab: u32, // the table's rows
 }
 
 struct State {
@@ -33,7 +37,11 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     // The CPU checks prompt ids against the vocabulary; the clamp only keeps reads in bounds.
-    let row = min(state.tokens[r], p.vocab - 1u);
+    let token = min(state.tokens[r], p.vocab - 1u);
+    if (token < p.row0 || token >= p.row0 + p.n) {
+        return; // another part's row
+    }
+    let row = token - p.row0;
     let blocks = (p.hidden + p.block_size - 1u) / p.block_size;
     let b = i / p.block_size;
     let word = packed[row * blocks * (p.block_size / 8u) + i / 8u];

@@ -2,16 +2,19 @@
 // the m = state.rows rows of a prefill chunk at once:
 //   x  [m][k],  y  [m][n];  weights in the MatMulNBits layout and bindings 0..5 of gemv_q4.wgsl,
 //   plus the step state at binding 6 for m (the grid is sized for m when the step is recorded).
+// A part of a weight split by rows (see gemv_q4.wgsl) writes y[r][row0 + j], y rows `total` wide.
 // Tiled: a workgroup of 64 computes a 32 (rows) x 32 (outputs) tile, staging 32-wide k slices
 // of x and of the dequantized weights in workgroup memory so each weight nibble is read once
 // per 32 rows instead of once per row; each invocation accumulates a 4 x 4 sub-tile.
 // Grid: (ceil(n / 32), ceil(m / 32)). Twin: gpu::twin::gemv_q4 (it takes any number of rows).
 
 struct Params {
-    n: u32,
+    n: u32, // this part's rows
     k: u32,
     block_size: u32,
     has_zp: u32,
+    row0: u32, // its first row in the weight
+    total: u32, // the weight's rows (y's row length)
 }
 
 struct State {
@@ -105,7 +108,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let r = r0 + tr + i;
             let j = j0 + tj + jx;
             if (r < m && j < p.n) {
-                y[r * p.n + j] = acc[i * 4u + jx];
+                y[r * p.total + p.row0 + j] = acc[i * 4u + jx];
             }
         }
     }

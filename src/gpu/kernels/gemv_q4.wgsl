@@ -4,14 +4,19 @@
 //   scales  [n][blocks] f32
 //   zps     [n][ceil(blocks/2)] bytes, two 4-bit zero points per byte, low nibble first
 //           (read only when has_zp = 1; otherwise zp = 8, symmetric)
+// A weight larger than the adapter's storage binding limit is split by rows: each part is
+// dispatched on its own, its buffers holding rows row0 .. row0 + n of the weight's `total`, and
+// writes y[r][row0 + j] (y rows stay `total` wide).
 // One workgroup per output j (2-D grid: j = wid.x + wid.y * nwg.x), one x row per wid.z.
-// Twin: gpu::twin::gemv_q4.
+// Twin: gpu::twin::gemv_q4 (over the whole weight).
 
 struct Params {
-    n: u32,
+    n: u32, // this part's rows
     k: u32,
     block_size: u32,
     has_zp: u32,
+    row0: u32, // its first row in the weight
+    total: u32, // the weight's rows (y's row length)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -75,6 +80,6 @@ fn main(
         workgroupBarrier();
     }
     if (lid == 0u) {
-        y[r * p.n + j] = partial[0];
+        y[r * p.total + p.row0 + j] = partial[0];
     }
 }
