@@ -88,6 +88,25 @@ impl Error {
 }
 
 impl Error {
+    /// The same error (same name) with `what` led it, as "`what`: message", where its message
+    /// is free text.
+    pub fn context(self, what: &str) -> Error {
+        let at = |m: String| format!("{what}: {m}");
+        match self {
+            Error::InvalidModel(m) => Error::InvalidModel(at(m)),
+            Error::Inference(m) => Error::Inference(at(m)),
+            Error::InvalidManifest(m) => Error::InvalidManifest(at(m)),
+            Error::IncompatibleManifest(m) => Error::IncompatibleManifest(at(m)),
+            Error::Aborted(m) => Error::Aborted(at(m)),
+            Error::UnsupportedBackend(m) => Error::UnsupportedBackend(at(m)),
+            Error::GpuDeviceLost(m) => Error::GpuDeviceLost(at(m)),
+            Error::Store(m) => Error::Store(at(m)),
+            Error::Timeout(m) => Error::Timeout(at(m)),
+            Error::Network { file, reason } => Error::Network { file, reason: at(reason) },
+            e => e,
+        }
+    }
+
     /// `option` is not one of `known`: names the closest known spelling (same letters, case and
     /// `_`/`-` aside: `max_tokens` -> `maxTokens`), else lists them all.
     pub fn unknown_option(option: &str, known: &[&str]) -> Error {

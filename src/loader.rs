@@ -635,3 +635,42 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         Ok(Ok(LoadedVersion { engine: built, version, bytes: manifest.total_bytes }))
     }
 }
+
+/// Every file of `manifest` from `store` alone (no network), each checked against its SHA-256
+/// again (a store need not be trusted): what a GPU engine's CPU fallback re-reads. A file no
+/// longer stored is a `StoreError` naming it; one that fails its hash, an `IntegrityError`.
+pub async fn read_stored<F: Fetcher, S: ShardStore<Blob = F::Blob>>(fetcher: &F, store: &S, manifest: &Manifest) -> Result<BTreeMap<String, F::Blob>> {
+    let mut files = BTreeMap::new();
+    for f in &manifest.files {
+        let blob = store.get(&f.sha256).await.map_err(|e| Error::Store(format!("reading `{}` from the model cache: {e}", f.path)))?;
+        let blob = blob.ok_or_else(|| Error::Store(format!("`{}` is no longer in the model cache", f.path)))?;
+        let actual = fetcher.sha256(&blob).await;
+        if blob.len() != f.bytes || actual != f.sha256 {
+            return Err(Error::ShardHashMismatch { shard: f.path.clone(), expected: f.sha256.clone(), actual });
+        }
+        files.insert(f.path.clone(), blob);
+    }
+    Ok(files)
+}
+
+/// The CPU fallback of a GPU engine a load built ([`Engine::set_cpu_fallback`]): `manifest`'s
+/// model re-read from `store` ([`read_stored`]: the verified shards that load kept,
+/// nothing downloaded while the app waits on a failed step) and opened with `options` (the CPU
+/// backend's). Nothing is held meanwhile. Without a store (`cache: "none"`) there is nothing to re-read:
+/// a `StoreError` that says so.
+pub fn stored_cpu_fallback<F, S>(fetcher: std::rc::Rc<F>, store: Option<std::rc::Rc<S>>, manifest: Manifest, options: EngineOptions) -> crate::generate::CpuFallback
+where
+    F: Fetcher + 'static,
+    S: ShardStore<Blob = F::Blob> + 'static,
+{
+    Box::new(move || {
+        let (fetcher, store, manifest, options) = (fetcher.clone(), store.clone(), manifest.clone(), options.clone());
+        Box::pin(async move {
+            let Some(store) = store else {
+                return Err(Error::Store("the model was loaded with cache \"none\": no copy of it is kept to re-read; load it again (or load with a cache)".into()));
+            };
+            let files = read_stored(&*fetcher, &*store, &manifest).await?;
+            Engine::open_async(Package::verified(&manifest, files), &options).await
+        })
+    })
+}

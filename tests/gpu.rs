@@ -898,6 +898,101 @@ fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
     }
 }
 
+/// A fetcher for [`edge_llm::loader::read_stored`]: it hashes and never downloads.
+struct HashOnly;
+
+impl edge_llm::loader::Fetcher for HashOnly {
+    type Blob = Vec<u8>;
+    async fn fetch(&self, url: &str, _: Option<u64>, _: &dyn Fn(u64)) -> Result<Vec<u8>, edge_llm::loader::FetchError> {
+        panic!("the CPU fallback downloaded {url}")
+    }
+    async fn sha256(&self, blob: &Vec<u8>) -> String {
+        edge_llm::package::manifest::sha256_hex(blob)
+    }
+    async fn sleep(&self, _: u32) -> Result<(), edge_llm::loader::FetchError> {
+        Ok(())
+    }
+    fn aborted(&self) -> bool {
+        false
+    }
+    fn cancel(&self) {}
+    fn now_ms(&self) -> f64 {
+        0.0
+    }
+}
+
+/// The fallback `Engine.load` installs (`loader::stored_cpu_fallback`): after the device is
+/// lost, the model is re-read from the load's store, each shard re-verified, and opened on the
+/// CPU; the generation goes on with the CPU engine's tokens. When it cannot (no store, as with
+/// `cache: "none"`; a shard gone from the store; a corrupted one), the step fails with the
+/// fallback's own error, named (`StoreError`, `IntegrityError`), saying the device was lost;
+/// once the store is whole again, the next step falls back and goes on.
+#[test]
+fn a_loaded_gpu_engine_falls_back_to_the_model_in_its_store() {
+    use edge_llm::store::{MemoryStore, ShardStore};
+    use std::rc::Rc;
+    let Some(_) = gpu() else { return };
+    let (_, manifest, files) = tiny_int4_files(true);
+    let opts = GenerateOptions { max_tokens: 10, ignore_eos: true, ..Default::default() };
+    let run = |e: &Engine| {
+        let mut g = e.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        while g.step().unwrap().is_some() {}
+        g.generated().to_vec()
+    };
+    let package = || Package::packed(&manifest, files.clone().into_iter().collect());
+    let want = run(&open(package(), BackendKind::Wasm).unwrap());
+    let store = Rc::new(MemoryStore::<Vec<u8>>::default());
+    for (path, bytes) in &files {
+        let sha = &manifest.files.iter().find(|f| f.path == *path).unwrap().sha256;
+        block_on(store.put(sha, bytes)).unwrap();
+    }
+    let cpu = EngineOptions { backend: BackendKind::Wasm, ..Default::default() };
+    let fallback = |store: Option<Rc<MemoryStore<Vec<u8>>>>| edge_llm::loader::stored_cpu_fallback(Rc::new(HashOnly), store, manifest.clone(), cpu.clone());
+    // The step that meets the loss, on an engine with `fallback`: its error.
+    let lose = |fallback| {
+        let gpu = open(package(), BackendKind::Webgpu).unwrap();
+        gpu.set_cpu_fallback(fallback);
+        let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
+        let first = g.step().unwrap().unwrap().token_id;
+        gpu.gpu_device().expect("on the GPU").destroy();
+        let e = g.step().unwrap_err();
+        (gpu, g, first, e)
+    };
+    let (gpu, mut g, first, e) = lose(fallback(Some(store.clone())));
+    assert_eq!(e.name(), "GpuDeviceLostError", "{e}");
+    assert_eq!(gpu.backend_info().name, "wasm");
+    let mut got = vec![first];
+    while let Some(ev) = g.step().unwrap() {
+        got.push(ev.token_id);
+    }
+    assert_eq!(got, want, "continued on the CPU from the store");
+    assert_eq!(run(&gpu), want);
+
+    let (_, _, _, e) = lose(fallback(None));
+    assert_eq!(e.name(), "StoreError", "{e}");
+    assert!(e.to_string().contains("device was lost") && e.to_string().contains("cache \"none\""), "{e}");
+
+    let shard = &manifest.files[0];
+    let kept = block_on(store.get(&shard.sha256)).unwrap().unwrap();
+    block_on(store.delete(&shard.sha256)).unwrap();
+    let (gpu, mut g, _, e) = lose(fallback(Some(store.clone())));
+    assert_eq!(e.name(), "StoreError", "{e}");
+    assert!(e.to_string().contains("device was lost") && e.to_string().contains(&shard.path), "{e}");
+    // Each later step tries again: still missing, the same error.
+    assert_eq!(g.step().unwrap_err().name(), "StoreError");
+    let mut corrupt = kept.clone();
+    corrupt[0] ^= 1;
+    block_on(store.put(&shard.sha256, &corrupt)).unwrap();
+    let e = g.step().unwrap_err();
+    assert_eq!(e.name(), "IntegrityError", "{e}");
+    // Whole again: this step falls back (failing as the loss's step does), the next goes on.
+    block_on(store.put(&shard.sha256, &kept)).unwrap();
+    assert_eq!(g.step().unwrap_err().name(), "GpuDeviceLostError");
+    assert_eq!(gpu.backend_info().name, "wasm");
+    while g.step().unwrap().is_some() {}
+    assert_eq!(g.generated(), &want[..], "after a failed fallback, the generation goes on once it succeeds");
+}
+
 /// Device loss mid-generation (the device destroyed between two steps): that step fails with
 /// `GpuDeviceLostError`; with a CPU fallback set, the engine opens the model on the CPU, the
 /// generation's next step goes on there (recomputing its tokens so far), its tokens are the

@@ -178,6 +178,85 @@ async fn webgpu_device_loss_falls_back_to_the_cpu_in_browser() {
     assert_eq!(got, want);
 }
 
+/// `Engine.load` (the JS API) of the packed tiny int4 model on WebGPU installs the CPU
+/// fallback: with the device destroyed mid-generation, that step throws `GpuDeviceLostError`,
+/// the model is re-read from the load's cache (`cache: "memory"`) and the generation goes on
+/// there with the CPU engine's tokens; `stats()` says so. With a shard gone from the cache, the
+/// step throws the fallback's own `StoreError`, naming the shard and the loss.
+#[wasm_bindgen_test]
+async fn engine_load_falls_back_to_the_cached_model_when_the_device_is_lost_in_browser() {
+    use edge_llm::web::Engine as JsEngine;
+    use js_sys::{Function, Object, Promise, Reflect, Uint8Array};
+    use wasm_bindgen::{JsCast, JsValue};
+    use wasm_bindgen_futures::JsFuture;
+    let opts = edge_llm::pack::PackOptions { shard_bytes: 5_000, ..Default::default() };
+    let (manifest, files) = edge_llm::pack::pack(INT4, TOKENIZER, &tiny::model_config(), &opts).unwrap();
+    let store = edge_llm::web::memory_store();
+    let call = |method: &str, args: &[JsValue]| -> JsFuture {
+        let f: Function = Reflect::get(&store, &method.into()).unwrap().unchecked_into();
+        let args: js_sys::Array = args.iter().collect();
+        JsFuture::from(f.apply(&store, &args).unwrap().unchecked_into::<Promise>())
+    };
+    let sha = |path: &str| manifest.files.iter().find(|f| f.path == path).unwrap().sha256.clone();
+    for (path, bytes) in &files {
+        call("put", &[sha(path).into(), Uint8Array::from(&bytes[..]).into()]).await.unwrap();
+    }
+    let obj = |pairs: &[(&str, JsValue)]| {
+        let o = Object::new();
+        for (k, v) in pairs {
+            Reflect::set(&o, &(*k).into(), v).unwrap();
+        }
+        JsValue::from(o)
+    };
+    let json = Uint8Array::from(manifest.to_json().as_bytes());
+    let load = |backend: &'static str| {
+        let options = obj(&[("backend", backend.into()), ("cache", "memory".into())]);
+        JsEngine::load(json.clone().into(), Some(options.unchecked_into()))
+    };
+    let prompt: JsValue = js_sys::Uint32Array::from(&PROMPT[..]).into();
+    let gen_opts = || -> Option<edge_llm::web::GenerateOptionsArg> { Some(obj(&[("maxTokens", 10.into()), ("ignoreEos", true.into())]).unchecked_into()) };
+    let token = |v: JsValue| Reflect::get(&v, &"tokenId".into()).unwrap().as_f64().unwrap() as u32;
+    let stat = |e: &JsEngine, k: &str| Reflect::get(&e.stats().unwrap(), &k.into()).unwrap();
+
+    let cpu = load("wasm").await.unwrap();
+    let mut g = cpu.start(prompt.clone(), gen_opts()).unwrap();
+    let mut want = Vec::new();
+    while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
+        want.push(token(t));
+    }
+    assert_eq!(want.len(), 10);
+
+    let gpu = load("webgpu").await.unwrap();
+    assert_eq!(stat(&gpu, "backend").as_string().as_deref(), Some("webgpu"));
+    let mut g = gpu.start(prompt.clone(), gen_opts()).unwrap();
+    let mut got = vec![token(JsFuture::from(g.step_async()).await.unwrap())];
+    gpu.gpu_device().expect("on the GPU").destroy();
+    let e = JsFuture::from(g.step_async()).await.unwrap_err();
+    let name = |e: &JsValue| Reflect::get(e, &"name".into()).unwrap().as_string().unwrap_or_default();
+    let message = |e: &JsValue| Reflect::get(e, &"message".into()).unwrap().as_string().unwrap_or_default();
+    assert_eq!(name(&e), "GpuDeviceLostError", "{}", message(&e));
+    let reason = stat(&gpu, "backendReason").as_string().unwrap_or_default();
+    console_log!("after the device was lost: backend {:?}, {reason}", stat(&gpu, "backend"));
+    assert_eq!(stat(&gpu, "backend").as_string().as_deref(), Some("cpu-wasm-simd128"));
+    assert!(reason.contains("device was lost"), "{reason}");
+    while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
+        got.push(token(t));
+    }
+    assert_eq!(got, want);
+
+    // A shard the cache no longer has: the fallback's error, by its own name.
+    let gpu = load("webgpu").await.unwrap();
+    let mut g = gpu.start(prompt.clone(), gen_opts()).unwrap();
+    JsFuture::from(g.step_async()).await.unwrap();
+    let gone = &manifest.files[1].path;
+    call("delete", &[sha(gone).into()]).await.unwrap();
+    gpu.gpu_device().expect("on the GPU").destroy();
+    let e = JsFuture::from(g.step_async()).await.unwrap_err();
+    console_log!("fallback without a cached shard: {}: {}", name(&e), message(&e));
+    assert_eq!(name(&e), "StoreError", "{}", message(&e));
+    assert!(message(&e).contains(gone.as_str()) && message(&e).contains("device was lost"), "{}", message(&e));
+}
+
 #[wasm_bindgen_test]
 fn int4_simd_kernel_logits_match_reference_in_browser() {
     for (sym, int8) in common::Q4_KERNEL_VARIANTS {

@@ -72,20 +72,25 @@ impl BackendSlot {
     }
 
     /// After `why` (the device's loss) failed a step: open the CPU engine and take its backend.
-    /// Returns the CPU backend, or `None` when there is no fallback or it failed (the next
+    /// `Ok(None)` when there is no fallback; its own error when it failed (then the next
     /// failing step tries it again).
-    async fn fall_back(&self, why: &str) -> Option<Rc<dyn Backend>> {
-        let mut open = self.fallback.borrow_mut().take()?;
-        match open().await {
-            Ok(cpu) if cpu.slot.fingerprint == self.fingerprint && cpu.slot.get().info().name == "wasm" => {
-                let backend = cpu.slot.get();
+    async fn fall_back(&self, why: &str) -> Result<Option<Rc<dyn Backend>>> {
+        let Some(mut open) = self.fallback.borrow_mut().take() else { return Ok(None) };
+        let opened = open().await.and_then(|cpu| {
+            if cpu.slot.fingerprint != self.fingerprint || cpu.slot.get().info().name != "wasm" {
+                return Err(Error::InvalidModel("the fallback opened another model, or not on the CPU backend".into()));
+            }
+            Ok(cpu.slot.get())
+        });
+        match opened {
+            Ok(backend) => {
                 *self.backend.borrow_mut() = backend.clone();
                 *self.reason.borrow_mut() = Some(format!("the CPU: the GPU device was lost ({why})"));
-                Some(backend)
+                Ok(Some(backend))
             }
-            _ => {
+            Err(e) => {
                 *self.fallback.borrow_mut() = Some(open);
-                None
+                Err(e.context(&format!("the GPU device was lost ({why}) and opening the model on the CPU failed")))
             }
         }
     }
@@ -265,7 +270,9 @@ impl Engine {
     /// loss fails with [`Error::GpuDeviceLost`], opens it, and the engine runs on the CPU from
     /// then on (that generation's next step too, recomputing its tokens so far; the
     /// conversation cached on the GPU is gone). Nothing is kept meanwhile: `open` reads the
-    /// model again from where its files are. Without it, calls keep failing by name.
+    /// model again from where its files are. Without it, calls keep failing by name; when it
+    /// fails, the step fails with its error (its own name, the loss in the message), and the
+    /// next step that meets the loss tries it again.
     pub fn set_cpu_fallback(&self, open: CpuFallback) {
         *self.slot.fallback.borrow_mut() = Some(open);
     }
@@ -642,7 +649,7 @@ impl Generation {
     /// generation's tokens there and goes on.
     async fn or_fall_back<T>(&mut self, r: Result<T>) -> Result<T> {
         let Err(Error::GpuDeviceLost(why)) = &r else { return r };
-        if let Some(cpu) = self.slot.fall_back(why).await {
+        if let Some(cpu) = self.slot.fall_back(why).await? {
             *self.session.lock().expect("not poisoned") = Some(cpu.session());
             self.sync_steps = cpu.steps_are_sync();
             // The conversation's cache was on the GPU.

@@ -21,9 +21,12 @@ use crate::Error;
 const TS_LOAD: &'static str = r#"
 /** Options of `Engine.load`. Every field is optional. */
 export interface LoadOptions {
-  /** `"webgpu"`: the GPU backend (int4 models in edge-llm's layout; otherwise, or without an adapter,
-   *  `UnsupportedBackendError` says what is missing). `"auto"` (default): the GPU on a hardware
-   *  adapter that runs the model, else `"wasm"`; `stats().backendReason` says why. */
+  /** `"webgpu"`: the GPU backend (int4 models in edge-llm's layout; otherwise, without an adapter, or
+   *  when the model does not fit its limits even split, `UnsupportedBackendError` says what is
+   *  missing). `"auto"` (default): the GPU on a hardware adapter that runs the model, else `"wasm"`;
+   *  `stats().backendReason` says why. If the GPU device is lost, the step that meets it throws
+   *  `GpuDeviceLostError` and the engine re-reads the model from `cache` and goes on on the CPU
+   *  (with `cache: "none"` it cannot: that step throws `StoreError` saying so). */
   backend?: "auto" | "webgpu" | "wasm";
   /** Worker threads for the CPU backend (integer >= 1). This build is single-threaded: more gives a warning event. */
   threads?: number;
@@ -605,10 +608,28 @@ pub(crate) async fn load_version(
     let fetcher = WebFetcher::new(&signal, options);
     let loader = Loader { fetcher: &fetcher, store, options: options.clone(), on_event: emit };
     match loader.load_version(arg, base_url, engine_options, unless).await {
-        Ok(Ok(LoadedVersion { engine, version, bytes })) => Ok(Ok(LoadedVersion { engine: super::with_clock(engine), version, bytes })),
+        Ok(Ok(LoadedVersion { engine, version, bytes })) => {
+            if engine.backend_info().name == "webgpu" {
+                install_cpu_fallback(&engine, store, &version.manifest_json, options, engine_options);
+            }
+            Ok(Ok(LoadedVersion { engine: super::with_clock(engine), version, bytes }))
+        }
         Ok(Err(skip)) => Ok(Err(skip)),
         Err(e) => Err(quota_error(fetcher.error(e))),
     }
+}
+
+/// Where a GPU engine goes when its device is lost: the model re-read from the load's store
+/// (IndexedDB, fs, memory, the app's; with `cache: "none"` the fallback fails saying there is
+/// nothing to re-read) and opened on the CPU backend ([`crate::loader::stored_cpu_fallback`]).
+fn install_cpu_fallback(engine: &crate::generate::Engine, store: Option<&JsShardStore>, manifest_json: &str, options: &LoadOptions, engine_options: &EngineOptions) {
+    // The manifest was verified by the load that built the engine.
+    let Ok(manifest) = crate::package::manifest::Manifest::from_json_with(manifest_json.as_bytes(), &options.limits) else { return };
+    // Only its hashing (WebCrypto) is used; no deadline applies to the fallback.
+    let fetcher = Rc::new(WebFetcher::new(&JsValue::UNDEFINED, &LoadOptions::default()));
+    let store = store.map(|s| Rc::new(s.clone()));
+    let cpu = EngineOptions { backend: BackendKind::Wasm, cpu: engine_options.cpu.clone(), ..Default::default() };
+    engine.set_cpu_fallback(crate::loader::stored_cpu_fallback(fetcher, store, manifest, cpu));
 }
 
 #[wasm_bindgen]

@@ -3,6 +3,9 @@
 mod load;
 mod ota;
 
+#[doc(hidden)]
+pub use load::memory_store;
+
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -301,6 +304,12 @@ impl Engine {
     fn generation(&self, engine: Rc<generate::Engine>, inner: generate::Generation) -> Generation {
         let state = GenerationState { inner, outcome: Some(self.slot.outcome()) };
         Generation { state: Rc::new(RefCell::new(state)), _engine: engine }
+    }
+
+    /// The GPU device the engine runs on, if it does (tests destroy it to lose it).
+    #[doc(hidden)]
+    pub fn gpu_device(&self) -> Option<wgpu::Device> {
+        self.slot.engine()?.gpu_device()
     }
 
     /// The engine now in use (a running generation keeps the one it started on), or
