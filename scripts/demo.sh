@@ -22,8 +22,10 @@ dest=www/models/default
 src=target/models/smollm2-int4
 model_job() {
   scripts/fetch-smollm2.sh
-  cargo build -q --profile native --features pack --bin edge-llm-pack
-  local pack=${CARGO_TARGET_DIR:-target}/native/edge-llm-pack
+  # Cargo.toml's `packer` profile: dependencies at opt-level 1 (less CPU to build; this job
+  # runs edge-llm's own quantizers, at 3).
+  cargo build -q --profile packer --features pack --bin edge-llm-pack
+  local pack=${CARGO_TARGET_DIR:-target}/packer/edge-llm-pack
   "$pack" import-gguf "${EDGE_LLM_MODELS:-target/models}/SmolLM2-135M-Instruct.Q4_1.gguf" "$src" --precision int4
   rm -rf "$dest"
   "$pack" pack "$src" "$dest"
