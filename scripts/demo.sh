@@ -36,11 +36,12 @@ model_job >"$model_log" 2>&1 &
 model_pid=$!
 NIGHTLY=$threads scripts/setup.sh demo
 # wasm-bindgen-cli (a cargo install) builds beside the package's cargo build, which needs it
-# only afterwards; build-pkg.sh's own cargo build then finds the .wasm up to date.
+# only afterwards; build-pkg.sh's own cargo build (the same command: its PROFILE, default
+# release) then finds the .wasm up to date.
 bindgen_log=$(mktemp)
 scripts/setup.sh wasm-bindgen >"$bindgen_log" 2>&1 &
 bindgen_pid=$!
-cargo build --lib --target wasm32-unknown-unknown --release
+cargo build --lib --target wasm32-unknown-unknown --profile "${PROFILE:-release}"
 if ! wait "$bindgen_pid"; then
   cat "$bindgen_log" >&2
   echo "demo: installing wasm-bindgen-cli failed (above)" >&2

@@ -36,8 +36,8 @@ impl Q4MinMatrix {
         let zf = zf.to_plain_array_view::<f32>()?;
         let s = q4.scales.to_plain_array_view::<f32>()?;
         ensure!(zf.len() == s.len(), "zero_points has {} values, expected {}", zf.len(), s.len());
-        let correction: Vec<f32> = zf.iter().zip(s.iter()).map(|(z, s)| (8.0 - z) * s).collect();
-        let correction = Arc::new(Tensor::from_shape(&[correction.len()], &correction)?);
+        let correction: tract_ndarray::Array1<f32> = zf.iter().zip(s.iter()).map(|(z, s)| (8.0 - z) * s).collect();
+        let correction = Arc::new(correction.into_tensor());
         Ok(Q4MinMatrix { q4, correction })
     }
 
@@ -147,17 +147,14 @@ pub(super) fn zero_point_terms_in_place(graph: &mut tract_onnx::pb::GraphProto, 
         .filter(|n| n.op_type == "Identity" && n.input.len() == 1 && n.output.len() == 1)
         .map(|n| (n.output[0].as_str(), n.input[0].as_str()))
         .collect();
-    // The initializer behind `name` (directly or through one Identity), if `name` is all that
-    // reads it and this node all that reads `name`.
+    // The initializer behind `name`: itself, or the input of the Identity that outputs it.
+    fn source<'a>(identity_of: &HashMap<&'a str, &'a str>, name: &'a str) -> &'a str {
+        identity_of.get(name).copied().unwrap_or(name)
+    }
+    // That initializer, if `name` is all that reads it and one node all that reads `name`.
     let sole_source = |name: &str| -> Option<usize> {
-        if readers.get(name) != Some(&1) {
-            return None;
-        }
-        match identity_of.get(name) {
-            Some(src) if readers.get(src) == Some(&1) => index.get(src).copied(),
-            Some(_) => None,
-            None => index.get(name).copied(),
-        }
+        let src = source(&identity_of, name);
+        (readers.get(name) == Some(&1) && readers.get(src) == Some(&1)).then(|| index.get(src).copied()).flatten()
     };
     let attr_i = |n: &tract_onnx::pb::NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
     let mut marked = Vec::new();
@@ -166,7 +163,7 @@ pub(super) fn zero_point_terms_in_place(graph: &mut tract_onnx::pb::GraphProto, 
         if node.op_type != "MatMulNBits" || attr_i(node, "bits", 4) != 4 || attr_i(node, "block_size", 0) != BLOCK as i64 || !present(3) || present(4) || present(5) {
             continue;
         }
-        let (Some(zi), Some(si)) = (sole_source(&node.input[3]), index.get(node.input[2].as_str()).copied().or_else(|| identity_of.get(node.input[2].as_str()).and_then(|s| index.get(s).copied()))) else {
+        let (Some(zi), Some(&si)) = (sole_source(&node.input[3]), index.get(source(&identity_of, &node.input[2]))) else {
             continue;
         };
         let f32_len = |t: &Option<Tensor>| t.as_ref().filter(|t| t.datum_type() == DatumType::F32).map(|t| t.len());

@@ -49,43 +49,31 @@ pub fn dequantize_q8(w: &Q8Weight) -> Vec<f32> {
 pub fn quantize_q4(w: &[f32], n: usize, k: usize, block_size: usize, symmetric: bool) -> Q4Weight {
     assert_eq!(w.len(), n * k, "weight length must be n * k");
     assert!(block_size >= 16 && block_size.is_power_of_two(), "block size must be a power of two >= 16");
-    let nb = k.div_ceil(block_size);
-    let mut packed = vec![0u8; n * nb * block_size / 2];
-    let mut scales = Vec::with_capacity(n * nb);
-    let mut zps = Vec::with_capacity(n * nb);
-    for row in 0..n {
-        for b in 0..nb {
-            let start = b * block_size;
-            let end = (start + block_size).min(k);
-            let vals = &w[row * k + start..row * k + end];
-            let raw_scale = if symmetric {
-                let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
-                if amax == 0.0 { 1.0 } else { amax / 7.0 }
-            } else {
-                let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
-                let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
-                if hi > lo { (hi - lo) / 15.0 } else { 1.0 }
-            };
-            // tract's Q4_0 kernels keep scales in f16: store exactly what will be used, rounded
-            // up so the block's extremes still fit in 0..=15.
-            let scale = round_up_to_f16(raw_scale);
-            let zp = if symmetric {
-                8u8
-            } else {
-                let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
-                (-lo / scale).round().clamp(0.0, 15.0) as u8
-            };
-            scales.push(scale);
-            zps.push(zp);
-            let base = (row * nb + b) * block_size / 2;
-            for (i, v) in vals.iter().enumerate() {
-                let q = ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8;
-                packed[base + i / 2] |= if i % 2 == 0 { q } else { q << 4 };
-            }
-            // Padding past k stays at q = 0; with zp it dequantizes to a finite value that
-            // multiplies nothing, since activations are only k long.
+    let (packed, scales, zps) = quantize_q4_blocks(w, n, k, block_size, None, |vals, _, codes| {
+        let raw_scale = if symmetric {
+            let amax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+            if amax == 0.0 { 1.0 } else { amax / 7.0 }
+        } else {
+            let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
+            let hi = vals.iter().fold(0f32, |m, v| m.max(*v));
+            if hi > lo { (hi - lo) / 15.0 } else { 1.0 }
+        };
+        // tract's Q4_0 kernels keep scales in f16: store exactly what will be used, rounded
+        // up so the block's extremes still fit in 0..=15.
+        let scale = round_up_to_f16(raw_scale);
+        let zp = if symmetric {
+            8u8
+        } else {
+            let lo = vals.iter().fold(0f32, |m, v| m.min(*v));
+            (-lo / scale).round().clamp(0.0, 15.0) as u8
+        };
+        for (c, v) in codes.iter_mut().zip(vals) {
+            *c = ((v / scale).round() + zp as f32).clamp(0.0, 15.0) as u8;
         }
-    }
+        // Padding past k stays at q = 0; with zp it dequantizes to a finite value that
+        // multiplies nothing, since activations are only k long.
+        (scale, zp)
+    });
     Q4Weight { n, k, block_size, packed, scales, zero_points: if symmetric { None } else { Some(zps) } }
 }
 
