@@ -5,7 +5,10 @@
 // Why Node, not the page: there the engine runs in its Worker and the calibration on the page's
 // thread, and their ratio moved by 20 % between two invocations at load ~12 on 2 cores; in one
 // thread, alternating, it stayed within a few % (README "Benchmark page and gates").
-//  - fails (exit 1) when the ratio is > 10 % above the committed baseline (--baseline);
+//  - fails (exit 1) when the ratio is > 10 % above the committed baseline (--baseline) in two
+//    measurements, each on a fresh engine: a result above the gate is measured again, and the
+//    lower ratio counts (a regression in the code shows in both; a host that slowed one of them,
+//    as seen on 2026-12-02 when the same package read 1.579 and then 1.306, does not fail CI);
 //  - appends each result to --history (keep it in the CI cache dir, not the repo) and warns when
 //    the last 3 recorded runs were each > 5 % above the baseline (a slow drift under the gate).
 // --write-baseline writes the measured ratio as the new baseline (after an intended change).
@@ -20,6 +23,14 @@ import { fmt } from "../www/bench-core.js";
 export const FAIL_OVER = 0.1;
 export const WARN_OVER = 0.05;
 export const WARN_RUNS = 3;
+
+/**
+ * Of measurements of the same package (`{ ratio }` each), the one that counts: the lowest ratio.
+ * Noise from other jobs only ever slows the decode against its calibration in one of them.
+ */
+export function confirmed(measurements) {
+  return measurements.reduce((a, b) => (b.ratio < a.ratio ? b : a));
+}
 
 /**
  * The gate's verdict on `history` (oldest first, the current run last; each `{ change }`, the
@@ -41,18 +52,25 @@ async function main() {
   const runs = Number(o.runs ?? 5);
   const modelSha = existsSync(join(o.model, "manifest.json")) ? JSON.parse(readFileSync(join(o.model, "manifest.json"), "utf8")).model_sha256 : undefined;
 
-  // One engine, --runs quick runs on it.
-  const samples = [];
-  const r = await benchNode({ model: o.model, run: "quick", calibrate: true, repeat: String(runs) });
-  for (const [i, x] of r.repeats.entries()) {
-    const s = { p95: x.latency.p95, p50: x.latency.p50, calib: x.calibration.p95, ratio: x.latency.p95 / x.calibration.p95 };
-    samples.push(s);
-    console.log(`  run ${i + 1}: decode p95 ${fmt(s.p95)} ms (p50 ${fmt(s.p50)}), calibration p95 ${fmt(s.calib)} ms, ratio ${s.ratio.toFixed(3)}`);
+  // One engine, --runs quick runs on it; the medians of the runs.
+  const measure = async () => {
+    const samples = [];
+    const r = await benchNode({ model: o.model, run: "quick", calibrate: true, repeat: String(runs) });
+    for (const [i, x] of r.repeats.entries()) {
+      const s = { p95: x.latency.p95, p50: x.latency.p50, calib: x.calibration.p95, ratio: x.latency.p95 / x.calibration.p95 };
+      samples.push(s);
+      console.log(`  run ${i + 1}: decode p95 ${fmt(s.p95)} ms (p50 ${fmt(s.p50)}), calibration p95 ${fmt(s.calib)} ms, ratio ${s.ratio.toFixed(3)}`);
+    }
+    const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
+    return { ratio: median(samples.map((s) => s.ratio)), p95: median(samples.map((s) => s.p95)), calib: median(samples.map((s) => s.calib)) };
+  };
+  const measurements = [await measure()];
+  const base = bless ? undefined : JSON.parse(readFileSync(o.baseline, "utf8"));
+  if (base && measurements[0].ratio / base.ratio - 1 > FAIL_OVER) {
+    console.log(`  ratio ${measurements[0].ratio.toFixed(3)} is above the gate: measuring again on a fresh engine to confirm`);
+    measurements.push(await measure());
   }
-  const median = (xs) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
-  const ratio = median(samples.map((s) => s.ratio));
-  const p95 = median(samples.map((s) => s.p95));
-  const calib = median(samples.map((s) => s.calib));
+  const { ratio, p95, calib } = confirmed(measurements);
 
   if (bless) {
     const b = {
@@ -70,16 +88,16 @@ async function main() {
     return;
   }
 
-  const base = JSON.parse(readFileSync(o.baseline, "utf8"));
   const change = ratio / base.ratio - 1;
   mkdirSync(dirname(o.history), { recursive: true });
   const history = existsSync(o.history) ? readFileSync(o.history, "utf8").trim().split("\n").filter(Boolean).map((l) => JSON.parse(l)) : [];
-  const entry = { at: new Date().toISOString(), ratio, change, p95Ms: p95, calibrationMs: calib, modelSha256: modelSha, baselineRatio: base.ratio };
+  const entry = { at: new Date().toISOString(), ratio, change, measured: measurements.map((m) => m.ratio), p95Ms: p95, calibrationMs: calib, modelSha256: modelSha, baselineRatio: base.ratio };
   history.push(entry);
   appendFileSync(o.history, JSON.stringify(entry) + "\n");
 
   const pct = (x) => `${x >= 0 ? "+" : ""}${(x * 100).toFixed(1)} %`;
-  console.log(`latency gate: ratio ${ratio.toFixed(3)} vs baseline ${base.ratio.toFixed(3)} (${pct(change)}; fails above +${FAIL_OVER * 100} %); decode p95 ${fmt(p95)} ms, calibration ${fmt(calib)} ms`);
+  const tries = measurements.length > 1 ? ` (lower of ${measurements.map((m) => m.ratio.toFixed(3)).join(" and ")})` : "";
+  console.log(`latency gate: ratio ${ratio.toFixed(3)}${tries} vs baseline ${base.ratio.toFixed(3)} (${pct(change)}; fails above +${FAIL_OVER * 100} %); decode p95 ${fmt(p95)} ms, calibration ${fmt(calib)} ms`);
   if (modelSha && base.modelSha256 && modelSha !== base.modelSha256) {
     console.log("  note: the model differs from the baseline's (its sha256): re-bless with --write-baseline if the change is intended");
   }
