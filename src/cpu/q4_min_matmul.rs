@@ -71,36 +71,19 @@ impl Q4MinMatrix {
 }
 
 /// `out[r][j] += sum_b term[j][b] * sums[r][b]`, each sum in block order from -0.0 (as
-/// `Iterator::sum` does, so every output is the same float as [`add_zero_point_term_rows`]'s).
-/// Four activation rows at a time run in four lanes: the sums are transposed to `[b][r]`, so a
-/// lane's operands are contiguous and each lane adds its products in the same order as the
-/// one-row loop. The one-row loop was 9 % of a 42-token prefill of SmolLM2 int4 in Node.
+/// `Iterator::sum` does, so every output is the same float as [`add_zero_point_term_rows`]'s),
+/// four activation rows at a time in SIMD lanes ([`super::q4_matmul::dot4_in_lanes`]).
 fn add_zero_point_term(out: &mut [f32], n: usize, term: &[f32], sums: &[f32], nb: usize) {
     let m = out.len() / n;
-    let quads = m / 4;
-    if quads > 0 {
-        let mut t = vec![0f32; nb * quads * 4];
-        for r in 0..quads * 4 {
-            for b in 0..nb {
-                t[b * quads * 4 + r] = sums[r * nb + b];
-            }
-        }
-        for q in 0..quads {
-            for (j, c) in term.chunks_exact(nb).enumerate() {
-                let mut acc = [-0.0f32; 4];
-                for (b, cb) in c.iter().enumerate() {
-                    let xs = &t[b * quads * 4 + q * 4..][..4];
-                    for i in 0..4 {
-                        acc[i] += cb * xs[i];
-                    }
-                }
-                for (i, a) in acc.iter().enumerate() {
-                    out[(q * 4 + i) * n + j] += a;
-                }
+    let quads = super::q4_matmul::sums_in_quads(sums, m, nb);
+    for (q, quad) in quads.chunks_exact((nb * 4).max(1)).enumerate() {
+        for (j, c) in term.chunks_exact(nb).enumerate() {
+            for (i, a) in super::q4_matmul::dot4_in_lanes(c, quad).iter().enumerate() {
+                out[(q * 4 + i) * n + j] += a;
             }
         }
     }
-    let r0 = quads * 4;
+    let r0 = m / 4 * 4;
     add_zero_point_term_rows(&mut out[r0 * n..], n, term, &sums[r0 * nb..], nb);
 }
 
