@@ -212,7 +212,7 @@ export async function benchNode(o) {
       },
     });
     t.loaded = performance.now() - t0;
-    const prompt = engine.applyChatTemplate([{ role: "user", content: "What is the capital of France? Answer in one sentence." }]);
+    const prompt = engine.applyChatTemplate([{ role: "user", content: core.PROMPT }]);
     const t1 = performance.now();
     const g = engine.startGeneration(prompt, { maxTokens: 1, ignoreEos: true, reusePrefix: false });
     g.step();

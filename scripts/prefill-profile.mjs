@@ -10,7 +10,7 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { parseArgs } from "./bench.mjs";
 import { serve } from "./serve.mjs";
-import { summarize, fmt } from "../www/bench-core.js";
+import { PROMPT, summarize, fmt } from "../www/bench-core.js";
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const o = parseArgs(process.argv.slice(2).filter((a) => a !== "--profile"));
@@ -25,7 +25,7 @@ try {
   const pkg = await import(pathToFileURL(join(root, "pkg/index.js")).href);
   await pkg.default();
   const engine = await pkg.Engine.load(`http://127.0.0.1:${server.address().port}/m/manifest.json`, { cache: "none", backend: "wasm" });
-  const prompt = engine.applyChatTemplate([{ role: "user", content: "What is the capital of France? Answer in one sentence." }]);
+  const prompt = engine.applyChatTemplate([{ role: "user", content: PROMPT }]);
   const session = new Session();
   if (o.profile) {
     session.connect();

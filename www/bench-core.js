@@ -32,6 +32,9 @@ async function timeCalls(n, f) {
   return { firstMs: ms[0], ...summarize(ms) };
 }
 
+// The user message of every quick run (the page's default `?prompt=`, bench.mjs, prefill-profile.mjs).
+export const PROMPT = "What is the capital of France? Answer in one sentence.";
+
 // ~1 KB of ordinary English: a request-sized text for the tokenizer, beside the short prompt.
 export const LONG_TEXT = (
   "The quick brown fox jumps over the lazy dog while the farmer watches from the porch. " +

@@ -10,14 +10,14 @@
 // leaves the whole result in `window.benchResult`.
 import { WorkerEngine } from "../pkg/worker.js";
 import { defaultThreads, threadsAvailable } from "../pkg/auto.js";
-import { SCHEMA, quickRun, sustainedRun, tokenizerTimes, coldStartParts, metricRows, toCSV, fmt, calibration } from "./bench-core.js";
+import { SCHEMA, PROMPT as DEFAULT_PROMPT, quickRun, sustainedRun, tokenizerTimes, coldStartParts, metricRows, toCSV, fmt, calibration } from "./bench-core.js";
 import { linePlot, histogram } from "./bench-plot.js";
 import { deviceFacts, battery, memory, watchResponsiveness } from "./bench-device.js";
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
 const report = (kind, value) => console.log(`EDGE_LLM_BENCH_${kind} ${JSON.stringify(value ?? null)}`);
-const PROMPT = params.get("prompt") ?? "What is the capital of France? Answer in one sentence.";
+const PROMPT = params.get("prompt") ?? DEFAULT_PROMPT;
 // The IndexedDB database of the package's shard cache (js/store.js DB_NAME).
 const CACHE_DB = "edge-llm";
 
