@@ -6,7 +6,8 @@
 //! thread count `n` means the calling thread plus `n - 1` pool workers, all claiming chunks of
 //! the work; the caller then waits only for chunks already under way (on the browser's main
 //! thread that wait spins, as it may not block), so `n = 2` on two cores keeps both busy
-//! without a third.
+//! without a third. The workers a split uses stay awake between splits for a few milliseconds
+//! (`pool::team`), so a decode step's ~200 splits do not each pay a wake-up.
 //! Without the feature, or with `n = 1`, everything runs on the calling thread. Each output
 //! column is computed exactly as on one thread, so results are bit-identical at any count.
 
@@ -51,9 +52,12 @@ pub fn configure(n: usize) -> usize {
 }
 
 /// Splitting finer than this many multiply-accumulates per thread costs more in hand-off
-/// (waking a worker, waiting for it) than it saves: a decode step's small projections
-/// (576 × 576 in SmolLM2-135M) then stay on one thread.
-pub const MIN_MACS_PER_THREAD: usize = 1 << 18;
+/// (publishing the job to the team, waiting for the last chunk) than it saves. With the
+/// team's members awake between splits every projection of a SmolLM2-135M decode step is
+/// split, down to the 576 × 192 key/value ones. Measured in headless Chromium, 2 threads,
+/// 2-core Xeon, decode tok/s (two alternated runs): 2^12 41.6 / 38.8, 2^14 41.8 / 43.1,
+/// 2^16 40.5 / 40.8, 2^18 38.2 / 35.1.
+pub const MIN_MACS_PER_THREAD: usize = 1 << 14;
 
 static MIN_MACS: AtomicUsize = AtomicUsize::new(MIN_MACS_PER_THREAD);
 
@@ -77,22 +81,33 @@ pub fn split_calls() -> usize {
     SPLITS.load(Ordering::Relaxed)
 }
 
-/// Chunks per thread: work is claimed chunk by chunk, so a thread that starts late (a worker
-/// still waking, or descheduled on a busy machine) leaves its share to the others instead of
-/// holding up the caller.
-const CHUNKS_PER_THREAD: usize = 4;
+/// The smallest chunk worth claiming, in multiply-accumulates: a claim costs an atomic add and
+/// a kernel call's setup.
+const MIN_CHUNK_MACS: usize = 1 << 13;
 
-/// `f` over `0..total` cut into contiguous ranges, run on [`parts`] threads (the calling one
-/// included); the results in range order. Each thread claims the next unclaimed range until
-/// none is left, so the caller only ever waits for ranges already under way.
-pub fn map_ranges<T: Send + Sync>(total: usize, macs_per_item: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<(Range<usize>, T)> {
-    let t = parts(total, macs_per_item);
-    if t == 1 {
-        return vec![(0..total, f(0..total))];
+/// Where `0..total` is cut for `t` threads: guided self-scheduling, each chunk a `1 / (2t)`
+/// share of what is left (at least `grain` items, a multiple of 4 so the kernels' four-column
+/// groups stay whole). Work is claimed chunk by chunk, so a thread that starts late (a worker
+/// still waking, or descheduled on a busy machine) leaves its share to the others, and the
+/// last chunks are small, so the caller waits little for the one another thread is finishing.
+fn chunk_bounds(total: usize, t: usize, macs_per_item: usize) -> Vec<usize> {
+    let grain = MIN_CHUNK_MACS.div_ceil(macs_per_item.max(1)).next_multiple_of(4);
+    let mut bounds = vec![0];
+    let mut at = 0;
+    while at < total {
+        let left = total - at;
+        at += (left / (2 * t)).max(grain).next_multiple_of(4).min(left);
+        bounds.push(at);
     }
+    bounds
+}
+
+/// `f(i, range)` for every chunk `i` of `bounds` on `t` threads (the calling one included), each
+/// thread claiming the next unclaimed chunk until none is left, so the caller only ever waits
+/// for chunks already under way; the results in chunk order.
+fn run_chunks<T: Send + Sync>(t: usize, bounds: &[usize], f: impl Fn(usize, Range<usize>) -> T + Sync) -> Vec<T> {
     SPLITS.fetch_add(1, Ordering::Relaxed);
-    let chunks = (t * CHUNKS_PER_THREAD).min(total);
-    let range = |i: usize| total * i / chunks..total * (i + 1) / chunks;
+    let chunks = bounds.len() - 1;
     let slots: Vec<std::sync::OnceLock<T>> = (0..chunks).map(|_| std::sync::OnceLock::new()).collect();
     let next = AtomicUsize::new(0);
     let work = || loop {
@@ -100,16 +115,29 @@ pub fn map_ranges<T: Send + Sync>(total: usize, macs_per_item: usize, f: impl Fn
         if i >= chunks {
             break;
         }
-        let _ = slots[i].set(f(range(i)));
+        let _ = slots[i].set(f(i, bounds[i]..bounds[i + 1]));
     };
     pool::run_on(t, &work);
-    slots.into_iter().enumerate().map(|(i, v)| (range(i), v.into_inner().expect("every chunk ran"))).collect()
+    slots.into_iter().map(|v| v.into_inner().expect("every chunk ran")).collect()
+}
+
+/// `f` over `0..total` cut into contiguous ranges ([`chunk_bounds`]), run on [`parts`]
+/// threads (the calling one included); the results in range order.
+pub fn map_ranges<T: Send + Sync>(total: usize, macs_per_item: usize, f: impl Fn(Range<usize>) -> T + Sync) -> Vec<(Range<usize>, T)> {
+    let t = parts(total, macs_per_item);
+    if t == 1 {
+        return vec![(0..total, f(0..total))];
+    }
+    let bounds = chunk_bounds(total, t, macs_per_item);
+    let results = run_chunks(t, &bounds, |_, r| f(r));
+    bounds.windows(2).map(|w| w[0]..w[1]).zip(results).collect()
 }
 
 /// Fill `out` (`[m][n]`, row-major) through `f(cols, local, ld)`, which writes output columns
 /// `cols` of every row to `local[r * ld + (col - cols.start)]` (the kernels' column-range entry
-/// points). On one thread `f` writes `out` directly; split, each range fills its own
-/// `[m][cols.len()]` block, copied into place after (a decode step's row is a few KB).
+/// points). On one thread `f` writes `out` directly. Split, a single row (a decode step) is
+/// cut into disjoint slices of `out` that each chunk writes in place; several rows (prefill)
+/// fill one `[m][cols.len()]` block per chunk, copied into place after.
 pub fn split_columns<T: Copy + Default + Send + Sync>(
     n: usize,
     m: usize,
@@ -117,17 +145,30 @@ pub fn split_columns<T: Copy + Default + Send + Sync>(
     out: &mut [T],
     f: impl Fn(Range<usize>, &mut [T], usize) -> tract_onnx::prelude::TractResult<()> + Sync,
 ) -> tract_onnx::prelude::TractResult<()> {
-    if parts(n, macs_per_col) == 1 {
+    let t = parts(n, macs_per_col);
+    if t == 1 {
         return f(0..n, out, n);
     }
-    let blocks = map_ranges(n, macs_per_col, |cols| {
+    let bounds = chunk_bounds(n, t, macs_per_col);
+    if m == 1 {
+        let mut rest = &mut out[..n];
+        let mut slices = Vec::with_capacity(bounds.len() - 1);
+        for w in bounds.windows(2) {
+            let (head, tail) = rest.split_at_mut(w[1] - w[0]);
+            slices.push(std::sync::Mutex::new(head));
+            rest = tail;
+        }
+        let slice = |i: usize| slices[i].lock().unwrap_or_else(|e| e.into_inner());
+        return run_chunks(t, &bounds, |i, cols| f(cols.clone(), &mut slice(i), cols.len())).into_iter().collect();
+    }
+    let blocks = run_chunks(t, &bounds, |_, cols| {
         let mut local = vec![T::default(); m * cols.len()];
         f(cols.clone(), &mut local, cols.len()).map(|()| local)
     });
-    for (cols, local) in blocks {
-        let (local, w) = (local?, cols.len());
+    for (w, local) in bounds.windows(2).zip(blocks) {
+        let (local, cols) = (local?, w[0]..w[1]);
         for r in 0..m {
-            out[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * w..(r + 1) * w]);
+            out[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * cols.len()..(r + 1) * cols.len()]);
         }
     }
     Ok(())
@@ -136,11 +177,113 @@ pub fn split_columns<T: Copy + Default + Send + Sync>(
 #[cfg(feature = "threads")]
 mod pool {
     /// Runs `work` on `t - 1` pool workers and on the calling thread, returning when all are done.
+    /// The path when the [`team`] is taken (another caller's split is under way).
     fn scope_body<'a>(s: &rayon::Scope<'a>, t: usize, work: &'a (dyn Fn() + Sync)) {
         for _ in 1..t {
             s.spawn(move |_| work());
         }
         work();
+    }
+
+    /// Workers that stay awake between splits. A rayon worker with nothing to do goes to sleep
+    /// within microseconds, and waking it (a futex, `Atomics.notify` in a browser) costs tens to
+    /// hundreds of microseconds: a decode step makes ~90 splits of 50–300 µs each, so with
+    /// rayon's hand-off the second thread gained 6 % on 2 cores. Team members are rayon jobs
+    /// that spin on a generation counter for [`SPIN_MS`] after their last job, so the next
+    /// split reaches them in well under a microsecond; idle longer, they return to rayon (no core
+    /// stays busy after a generation ends) and the next split starts them again, joining late:
+    /// work is claimed chunk by chunk, so the caller never waits for a member that has not
+    /// started. One split at a time uses the team; a concurrent caller (native tests) falls back
+    /// to rayon's scope.
+    pub(super) mod team {
+        use std::ptr::null_mut;
+        use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicUsize, Ordering::SeqCst};
+
+        /// How long a member spins without work before it returns its thread to rayon.
+        pub const SPIN_MS: f64 = 10.0;
+
+        /// Bumped once per split; members run the job when it changes.
+        static GENERATION: AtomicUsize = AtomicUsize::new(0);
+        /// The current split's job: a pointer to the caller's `&dyn Fn`, null between splits.
+        static JOB: AtomicPtr<()> = AtomicPtr::new(null_mut());
+        /// Members inside the job (or about to look at [`JOB`]).
+        static RUNNING: AtomicUsize = AtomicUsize::new(0);
+        /// Members started and not yet returned to rayon.
+        static ALIVE: AtomicUsize = AtomicUsize::new(0);
+        /// A split is using the team.
+        static BUSY: AtomicBool = AtomicBool::new(false);
+
+        /// Runs `work` on the calling thread and on the team's members (started with `spawn`
+        /// until `t - 1` are alive), returning once no member is inside it. `false`: the team was
+        /// busy and nothing ran.
+        pub fn run(t: usize, work: &(dyn Fn() + Sync), spawn: impl Fn(fn())) -> bool {
+            if BUSY.compare_exchange(false, true, SeqCst, SeqCst).is_err() {
+                return false;
+            }
+            for _ in ALIVE.load(SeqCst)..t - 1 {
+                ALIVE.fetch_add(1, SeqCst);
+                spawn(member);
+            }
+            let job: &(dyn Fn() + Sync) = work;
+            JOB.store(&job as *const &(dyn Fn() + Sync) as *mut (), SeqCst);
+            GENERATION.fetch_add(1, SeqCst);
+            work();
+            // After this store no member can start the job; wait for those inside it.
+            JOB.store(null_mut(), SeqCst);
+            while RUNNING.load(SeqCst) != 0 {
+                std::hint::spin_loop();
+            }
+            BUSY.store(false, SeqCst);
+            true
+        }
+
+        /// A member: runs each new generation's job, until idle for [`SPIN_MS`].
+        fn member() {
+            let mut seen = GENERATION.load(SeqCst);
+            let mut idle_since = now_ms();
+            let mut spins = 0u32;
+            loop {
+                let g = GENERATION.load(SeqCst);
+                if g != seen {
+                    seen = g;
+                    // Counted before looking at the job: a caller that saw `RUNNING == 0` after
+                    // clearing `JOB` is gone, and this member then reads null (or the next
+                    // split's job, whose caller waits for this count).
+                    RUNNING.fetch_add(1, SeqCst);
+                    let job = JOB.load(SeqCst) as *const &(dyn Fn() + Sync);
+                    if !job.is_null() {
+                        // SAFETY: non-null `JOB` points at the `&dyn Fn` on the stack of a
+                        // caller inside `run`, which does not return while `RUNNING > 0`.
+                        unsafe { (*job)() };
+                    }
+                    RUNNING.fetch_sub(1, SeqCst);
+                    idle_since = now_ms();
+                    spins = 0;
+                    continue;
+                }
+                spins = spins.wrapping_add(1);
+                if spins % 4096 == 0 {
+                    if now_ms() - idle_since > SPIN_MS {
+                        break;
+                    }
+                    // Other rayon work (tract's own parallel matmuls) queued meanwhile runs here.
+                    rayon::yield_now();
+                }
+                std::hint::spin_loop();
+            }
+            ALIVE.fetch_sub(1, SeqCst);
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        fn now_ms() -> f64 {
+            js_sys::Date::now()
+        }
+
+        #[cfg(not(target_arch = "wasm32"))]
+        fn now_ms() -> f64 {
+            static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+            START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+        }
     }
 
     #[cfg(not(target_arch = "wasm32"))]
@@ -181,7 +324,12 @@ mod pool {
 
         pub fn run_on(t: usize, work: &(dyn Fn() + Sync)) {
             match current() {
-                Some(pool) => pool.in_place_scope(|s| super::scope_body(s, t, work)),
+                Some(pool) => {
+                    let spawn = |member: fn()| pool.spawn(member);
+                    if !super::team::run(t, work, spawn) {
+                        pool.in_place_scope(|s| super::scope_body(s, t, work))
+                    }
+                }
                 None => work(),
             }
         }
@@ -213,7 +361,7 @@ mod pool {
         pub fn run_on(t: usize, work: &(dyn Fn() + Sync)) {
             if WORKERS.load(Ordering::Relaxed) == 0 {
                 work();
-            } else {
+            } else if !super::team::run(t, work, |member| rayon::spawn(member)) {
                 rayon::in_place_scope(|s| super::scope_body(s, t, work));
             }
         }
@@ -255,6 +403,65 @@ mod tests {
                 next = r.end;
             }
             assert_eq!(next, total);
+        }
+    }
+
+    #[test]
+    fn chunks_shrink_toward_the_end_and_stay_in_four_column_groups() {
+        for (total, t, macs) in [(576, 2, 576), (1536, 2, 576), (49152, 4, 576), (192, 3, 1536), (5, 2, 1), (1, 2, 1 << 20)] {
+            let b = chunk_bounds(total, t, macs);
+            assert_eq!((b[0], *b.last().unwrap()), (0, total));
+            let sizes: Vec<usize> = b.windows(2).map(|w| w[1] - w[0]).collect();
+            assert!(sizes.iter().all(|&s| s > 0), "{sizes:?}");
+            assert!(sizes[..sizes.len() - 1].iter().all(|s| s % 4 == 0), "{sizes:?}");
+            assert!(sizes.windows(2).all(|w| w[1] <= w[0]), "not shrinking: {sizes:?}");
+            let grain = MIN_CHUNK_MACS.div_ceil(macs).next_multiple_of(4);
+            assert!(sizes[0] <= (total / (2 * t)).max(grain).next_multiple_of(4), "{sizes:?}");
+        }
+        // A decode step's 576 × 576 projection on two threads: the last chunk is four columns.
+        let b = chunk_bounds(576, 2, 576);
+        assert_eq!((b[1], b.len() - 1, b[b.len() - 1] - b[b.len() - 2]), (144, 12, 4));
+    }
+
+    #[test]
+    fn concurrent_splits_each_run_every_chunk_once() {
+        configure(3);
+        std::thread::scope(|s| {
+            for caller in 0..4 {
+                s.spawn(move || {
+                    for round in 0..200 {
+                        let total = 100 + 37 * caller + round;
+                        let seen: Vec<AtomicUsize> = (0..total).map(|_| AtomicUsize::new(0)).collect();
+                        let parts = map_ranges(total, MIN_MACS_PER_THREAD / 8, |r| {
+                            r.clone().for_each(|i| _ = seen[i].fetch_add(1, Ordering::Relaxed));
+                            r.len()
+                        });
+                        assert_eq!(parts.iter().map(|(_, n)| n).sum::<usize>(), total);
+                        assert!(seen.iter().all(|c| c.load(Ordering::Relaxed) == 1));
+                    }
+                });
+            }
+        });
+    }
+
+    #[test]
+    fn split_columns_fills_what_one_thread_fills() {
+        configure(3);
+        let (n, k) = (1000, 64);
+        let f = |cols: Range<usize>, out: &mut [f32], ld: usize, m: usize| {
+            for r in 0..m {
+                for c in cols.clone() {
+                    out[r * ld + c - cols.start] = (r * k + c) as f32;
+                }
+            }
+            Ok(())
+        };
+        for m in [1, 3] {
+            let mut split = vec![0f32; m * n];
+            split_columns(n, m, 1 << 14, &mut split, |c, o, ld| f(c, o, ld, m)).unwrap();
+            let mut whole = vec![0f32; m * n];
+            f(0..n, &mut whole, n, m).unwrap();
+            assert_eq!(split, whole, "m = {m}");
         }
     }
 }
