@@ -128,8 +128,8 @@ export function processTreeSampler(profileDir, everyMs = 50) {
      * 10 ms of kernel time for the whole tree on the 2-core Xeon: every 50 ms that is a fifth of
      * a core, taken from the engine's second thread on a 2-core machine (2-thread decode read
      * 29 tok/s with it, 42 without). benchChromium slows it to 500 ms once the page reports
-     * LOADED: load is where the transient peaks are (shard buffers, compilation); what the
-     * runs add stays allocated.
+     * READY (the engine loaded, before the first request): load is where the transient peaks
+     * are (shard buffers, compilation); what the requests add stays allocated.
      */
     pace(ms) {
       clearInterval(timer);
@@ -170,10 +170,8 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
         const v = JSON.parse(m[2]);
         if (m[1] === "ERROR") fail(Object.assign(new Error(`${v.name}: ${v.message}`), { name: v.name }));
         else if (m[1] === "DONE") ok();
-        else if (m[1] === "LOADED") {
-          tree?.pace(500);
-          log(`  loaded: ${v.fromCache} file(s) from cache, ${v.fromNetwork} from network`);
-        }
+        else if (m[1] === "READY") tree?.pace(500);
+        else if (m[1] === "LOADED") log(`  loaded: ${v.fromCache} file(s) from cache, ${v.fromNetwork} from network`);
         else if (m[1] === "QUICK") log(`  quick run: ${core.fmt(v.decodeTokPerS)} tok/s`);
         else if (m[1] === "SUSTAINED") log(`  sustained run: ${core.fmt(v.tokPerS)} tok/s, sustained/burst ${core.fmt(v.sustainedOverBurst)}`);
       });

@@ -132,6 +132,14 @@ impl Q4Matrix {
 
     /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        self.matmul_then(x, out, |_, _, _, _| {})
+    }
+
+    /// [`Q4Matrix::matmul`], then `then(sums, cols, out, ld)` on each share of output columns
+    /// `cols` (`out[r * ld + (col - cols.start)]`) on the thread that computed it, `sums` the
+    /// activation rows' block sums (`[m][k / 32]`): a term added per output column
+    /// ([`super::q4_min_matmul`]'s zero points) is split across the threads like the product.
+    pub fn matmul_then(&self, x: &[f32], out: &mut [f32], then: impl Fn(&[f32], Range<usize>, &mut [f32], usize) + Sync) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         let m = x.len() / k;
         // Per activation row: even/odd de-interleaved blocks (so the unpacked low and high
@@ -150,13 +158,15 @@ impl Q4Matrix {
             }
         }
         super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
-            self.drive(m, &xs, cols, out, ld, |w, s, r, tile| {
+            self.drive(m, &xs, cols.clone(), out, ld, |w, s, r, tile| {
                 if tile == 4 {
                     (self.kernels.dot_rows4)(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
                 } else {
                     [(self.kernels.dot_row)(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
                 }
-            })
+            })?;
+            then(&xs, cols, out, ld);
+            Ok(())
         })
     }
 
@@ -284,6 +294,13 @@ pub struct Q8Rows {
     pub scales: Vec<f32>,
 }
 
+impl Q8Rows {
+    /// Each block's `scale * sum(q)`, as [`quantize_activations`]' `scaled_sums`.
+    pub fn scaled_sums(&self) -> Vec<f32> {
+        self.q.chunks_exact(BLOCK).zip(&self.scales).map(|(q, s)| s * q.iter().map(|&v| v as i32).sum::<i32>() as f32).collect()
+    }
+}
+
 pub fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
     let (m, nb) = (x.len() / k, k / BLOCK);
     let mut out = Q8Rows { q: vec![0; m * k], scales: vec![0.0; m * nb] };
@@ -336,15 +353,30 @@ impl Q4Matrix {
     /// the cost of activation rounding (relative error ~0.4 % per element). One row (decode)
     /// takes the GEMV, several (prefill) the GEMM; both compute the same integers.
     pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        self.matmul_q8_then(x, out, |_, _, _, _| {})
+    }
+
+    /// [`Q4Matrix::matmul_q8`], then `then` as in [`Q4Matrix::matmul_then`], `sums` being the
+    /// rounded activations' block sums (`scale * sum(q)`).
+    pub fn matmul_q8_then(&self, x: &[f32], out: &mut [f32], then: impl Fn(&[f32], Range<usize>, &mut [f32], usize) + Sync) -> TractResult<()> {
         let (k, m) = (self.k, x.len() / self.k);
         // Output columns are split across the CPU threads ([`super::threads`]); each column is
         // computed the same whichever thread owns it.
         if m >= GEMM_MIN_ROWS {
             let rows = quantize_rows(x, k);
-            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| self.gemm_q8(&rows, cols, out, ld))
+            let sums = rows.scaled_sums();
+            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
+                self.gemm_q8(&rows, cols.clone(), out, ld)?;
+                then(&sums, cols, out, ld);
+                Ok(())
+            })
         } else {
             let acts = quantize_activations(x, k);
-            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| self.gemv_q8(&acts, cols, out, ld))
+            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
+                self.gemv_q8(&acts, cols.clone(), out, ld)?;
+                then(&acts.scaled_sums, cols, out, ld);
+                Ok(())
+            })
         }
     }
 

@@ -8,6 +8,7 @@
 //! product rounds them). The packed nibbles stay the graph's tensor (shared with a tied
 //! embedding's `Gather`).
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use tract_onnx::prelude::*;
@@ -51,47 +52,47 @@ impl Q4MinMatrix {
     }
 
     pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
-        let (k, n, nb) = (self.q4.k, self.q4.n, self.q4.k / BLOCK);
-        // The zero-point term takes the block sums of the activations the product used: with
-        // int8 activations those of the rounded ones (`scale * sum(q)`), as onnxruntime's int8
-        // compute and the reference do; unrounded sums there were the 0.24 logit error.
-        let sums: Vec<f32> = if int8_activations {
-            self.q4.matmul_q8(x, out)?;
-            super::q4_matmul::quantize_activations(x, k).scaled_sums
-        } else {
-            self.q4.matmul(x, out)?;
-            x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect()
-        };
+        let (k, nb) = (self.q4.k, self.q4.k / BLOCK);
         let correction = self.correction.to_plain_array_view::<f32>()?;
         let correction = correction.as_slice().context("the zero-point term must be contiguous")?;
-        add_zero_point_term(out, n, correction, &sums, nb);
+        // The zero-point term takes the block sums of the activations the product used: with
+        // int8 activations those of the rounded ones (`scale * sum(q)`), as onnxruntime's int8
+        // compute and the reference do; unrounded sums there were the 0.24 logit error. It is
+        // added to each share of columns on the thread that computed it.
+        let term = |sums: &[f32], cols: Range<usize>, out: &mut [f32], ld: usize| add_zero_point_term(out, ld, cols, correction, sums, nb);
         debug_assert_eq!(x.len() % k, 0);
-        Ok(())
+        if int8_activations {
+            self.q4.matmul_q8_then(x, out, term)
+        } else {
+            self.q4.matmul_then(x, out, term)
+        }
     }
 }
 
-/// `out[r][j] += sum_b term[j][b] * sums[r][b]`, each sum in block order from -0.0 (as
-/// `Iterator::sum` does, so every output is the same float as [`add_zero_point_term_rows`]'s),
-/// four activation rows at a time in SIMD lanes ([`super::q4_matmul::dot4_in_lanes`]).
-fn add_zero_point_term(out: &mut [f32], n: usize, term: &[f32], sums: &[f32], nb: usize) {
-    let m = out.len() / n;
+/// `out[r * ld + (j - cols.start)] += sum_b term[j][b] * sums[r][b]` for the columns `j` in
+/// `cols`, each sum in block order from -0.0 (as `Iterator::sum` does, so every output is the same
+/// float as [`add_zero_point_term_rows`]'s), four activation rows at a time in SIMD lanes
+/// ([`super::q4_matmul::dot4_in_lanes`]).
+fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], nb: usize) {
+    let m = sums.len() / nb.max(1);
     let quads = super::q4_matmul::sums_in_quads(sums, m, nb);
     for (q, quad) in quads.chunks_exact((nb * 4).max(1)).enumerate() {
-        for (j, c) in term.chunks_exact(nb).enumerate() {
-            for (i, a) in super::q4_matmul::dot4_in_lanes(c, quad).iter().enumerate() {
-                out[(q * 4 + i) * n + j] += a;
+        for j in cols.clone() {
+            for (i, a) in super::q4_matmul::dot4_in_lanes(&term[j * nb..(j + 1) * nb], quad).iter().enumerate() {
+                out[(q * 4 + i) * ld + j - cols.start] += a;
             }
         }
     }
     let r0 = m / 4 * 4;
-    add_zero_point_term_rows(&mut out[r0 * n..], n, term, &sums[r0 * nb..], nb);
+    let at = (r0 * ld).min(out.len());
+    add_zero_point_term_rows(&mut out[at..], ld, cols, term, &sums[r0 * nb..], nb);
 }
 
 /// [`add_zero_point_term`] one activation row at a time.
-fn add_zero_point_term_rows(out: &mut [f32], n: usize, term: &[f32], sums: &[f32], nb: usize) {
-    for (row, xs) in out.chunks_exact_mut(n).zip(sums.chunks_exact(nb)) {
-        for (y, c) in row.iter_mut().zip(term.chunks_exact(nb)) {
-            *y += c.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
+fn add_zero_point_term_rows(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], nb: usize) {
+    for (r, xs) in sums.chunks_exact(nb).enumerate() {
+        for j in cols.clone() {
+            out[r * ld + j - cols.start] += term[j * nb..(j + 1) * nb].iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
         }
     }
 }
@@ -226,9 +227,20 @@ mod tests {
             sums[0] = -0.0; // a -0.0 product in a row's sum
             let base: Vec<f32> = (0..m * n).map(|i| if i % 5 == 0 { -0.0 } else { i as f32 * 0.37 - 3.0 }).collect();
             let (mut lanes, mut rows) = (base.clone(), base.clone());
-            add_zero_point_term(&mut lanes, n, &term, &sums, nb);
-            add_zero_point_term_rows(&mut rows, n, &term, &sums, nb);
+            add_zero_point_term(&mut lanes, n, 0..n, &term, &sums, nb);
+            add_zero_point_term_rows(&mut rows, n, 0..n, &term, &sums, nb);
             assert_eq!(lanes.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m}");
+            // Shares of columns, each in its own `[m][cols.len()]` block (a thread's), give the same.
+            let mut shares = base.clone();
+            for cols in [0..3, 3..n] {
+                let w = cols.len();
+                let mut local: Vec<f32> = (0..m).flat_map(|r| base[r * n + cols.start..r * n + cols.end].to_vec()).collect();
+                add_zero_point_term(&mut local, w, cols.clone(), &term, &sums, nb);
+                for r in 0..m {
+                    shares[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * w..(r + 1) * w]);
+                }
+            }
+            assert_eq!(shares.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m}, shares");
         }
     }
 
