@@ -4,7 +4,10 @@
 // node:inspector; wasm functions by their Rust names when the package kept its name section, as
 // `WASM_OPT=0 scripts/build-pkg.sh` does).
 //
-//   node scripts/prefill-profile.mjs --model DIR [--n 10] [--profile] [--top 15]
+// With --decode N, each prefill is followed by N decode steps and what is timed (and profiled)
+// is those steps: ms per decode step instead of TTFT.
+//
+//   node scripts/prefill-profile.mjs --model DIR [--n 10] [--decode N] [--profile] [--top 15]
 import { Session } from "node:inspector/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -16,10 +19,11 @@ const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const o = parseArgs(process.argv.slice(2).filter((a) => a !== "--profile"));
 o.profile = process.argv.includes("--profile");
 if (!process.argv.includes("--model")) {
-  console.error("usage: node scripts/prefill-profile.mjs --model DIR [--n 10] [--profile] [--top 15]");
+  console.error("usage: node scripts/prefill-profile.mjs --model DIR [--n 10] [--decode N] [--profile] [--top 15]");
   process.exit(2);
 }
 const n = Number(o.n ?? 10);
+const decode = Number(o.decode ?? 0);
 const server = await serve(0, "127.0.0.1", { mounts: { "/m/": resolve(o.model) } });
 try {
   const pkg = await import(pathToFileURL(join(root, "pkg/index.js")).href);
@@ -30,20 +34,29 @@ try {
   if (o.profile) {
     session.connect();
     await session.post("Profiler.enable");
-    await session.post("Profiler.start");
   }
+  // The profiler samples what is timed: the prefills, or with --decode the last run's decode steps.
+  const profiling = async (on) => o.profile && (await session.post(on ? "Profiler.start" : "Profiler.stop"));
+  if (!decode) await profiling(true);
   const ms = [];
+  let profile;
   for (let i = 0; i < n; i++) {
     const t = performance.now();
-    const g = engine.startGeneration(prompt, { maxTokens: 1, ignoreEos: true, reusePrefix: false });
+    const g = engine.startGeneration(prompt, { maxTokens: 1 + decode, ignoreEos: true, reusePrefix: false });
     g.step();
+    if (decode) {
+      if (i === n - 1) await profiling(true);
+      const t1 = performance.now();
+      for (let j = 0; j < decode; j++) g.step();
+      ms.push((performance.now() - t1) / decode);
+    } else ms.push(performance.now() - t);
     g.free();
-    ms.push(performance.now() - t);
   }
+  if (o.profile) profile = (await session.post("Profiler.stop")).profile;
   const s = summarize(ms.slice(1));
-  console.log(`prompt ${engine.stats().promptTokens ?? "?"} tokens; TTFT ms: first ${fmt(ms[0])} (after the load), then ${ms.slice(1).map(fmt).join(" ")}; median of the rest ${fmt(s.p50)}`);
+  const what = decode ? `ms per decode step (${decode} steps after each prefill)` : "TTFT ms";
+  console.log(`prompt ${engine.stats().promptTokens ?? "?"} tokens; ${what}: first ${fmt(ms[0])} (after the load), then ${ms.slice(1).map(fmt).join(" ")}; median of the rest ${fmt(s.p50)}`);
   if (o.profile) {
-    const { profile } = await session.post("Profiler.stop");
     const self = new Map();
     const byId = new Map(profile.nodes.map((x) => [x.id, x]));
     profile.samples.forEach((id, i) => {
@@ -52,7 +65,7 @@ try {
       self.set(name, (self.get(name) ?? 0) + profile.timeDeltas[i] / 1000);
     });
     const total = [...self.values()].reduce((a, b) => a + b, 0);
-    console.log(`self time over the ${n} prefills (${fmt(total)} ms sampled):`);
+    console.log(`self time over ${decode ? "the last run's decode steps" : `the ${n} prefills`} (${fmt(total)} ms sampled):`);
     for (const [name, t] of [...self].sort((a, b) => b[1] - a[1]).slice(0, Number(o.top ?? 15))) {
       console.log(`${fmt(t).padStart(9)} ms ${((100 * t) / total).toFixed(1).padStart(5)} %  ${name.slice(0, 140)}`);
     }
