@@ -572,7 +572,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
 /// tests/ts_types.rs keeps the two equal): any other is an `InvalidOptionError`.
 pub const LOAD_OPTION_NAMES: &[&str] = &[
     "backend", "threads", "cache", "cacheDir", "baseUrl", "onProgress", "onEvent", "signal", "strictQuota", "concurrency", "retries", "timeoutMs",
-    "idleTimeoutMs", "integrity", "maxModelBytes", "warmUp",
+    "idleTimeoutMs", "integrity", "maxModelBytes", "warmUp", "exactActivations",
 ];
 
 /// The manifest of a version to load.

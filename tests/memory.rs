@@ -245,12 +245,12 @@ fn recipe_load_peak(f16_scales: bool) -> (usize, usize, usize) {
             let i = outside.iter().position(|(n, _)| n == loc).expect("known shard");
             Ok(outside.remove(i).1)
         },
-        &CpuOptions { q4_kernel: true, q8_kernel: true, ..CpuOptions::default() },
+        &CpuOptions { q4_kernel: true, q8_kernel: true, q4_activations: Q4Activations::AsModelExact, ..CpuOptions::default() },
     )
     .unwrap();
     let peak = PEAK.load(Relaxed) - before;
     // Widened as read, with the zero points' term computed in their place: still the reference
-    // on the dequantized weights (float activations, as the recipe's nodes ask).
+    // on the dequantized weights (float activations in f32, as the recipe's nodes ask).
     use edge_llm::llama::reference::{self, ActivationQuant, RefKvCache};
     let prompt = [1, 2, 3, 500, 8000];
     let got = std::sync::Arc::new(model).session().forward_all(&prompt).unwrap();

@@ -8,7 +8,7 @@
 #[path = "common/ort_files.rs"]
 mod ort_files;
 
-use ort_files::{check, max_abs_diff, Backend, INT8_ACT_LAST};
+use ort_files::{check, max_abs_diff, Backend, INT16_ACT, INT8_ACT_LAST};
 
 ort_tests! {
     #[test]
@@ -20,24 +20,30 @@ ort_tests! {
     fp16_io_kernels: "fp16-io", Kernels, 1.5e-2;
     int8_tract: "int8", Tract, 1e-4;
     int8_kernels: "int8", Kernels, 1e-4;
-    int4_b32_sym_tract: "int4-b32-sym", Tract, 1e-4;
-    int4_b32_sym_kernels: "int4-b32-sym", Kernels, 1e-4;
-    int4_b32_asym_tract: "int4-b32-asym", Tract, 1e-4;
-    int4_b32_asym_kernels: "int4-b32-asym", Kernels, 1e-4;
+    int4_b32_sym_tract: "int4-b32-sym", Tract, INT16_ACT;
+    int4_b32_sym_kernels: "int4-b32-sym", Kernels, INT16_ACT;
+    int4_b32_sym_exact: "int4-b32-sym", KernelsExact, 1e-4;
+    int4_b32_asym_tract: "int4-b32-asym", Tract, INT16_ACT;
+    int4_b32_asym_kernels: "int4-b32-asym", Kernels, INT16_ACT;
+    int4_b32_asym_exact: "int4-b32-asym", KernelsExact, 1e-4;
     int4_b128_sym_tract: "int4-b128-sym", Tract, 1e-4;
-    int4_b128_sym_kernels: "int4-b128-sym", Kernels, 1e-4;
+    int4_b128_sym_kernels: "int4-b128-sym", Kernels, INT16_ACT;
+    int4_b128_sym_exact: "int4-b128-sym", KernelsExact, 1e-4;
     int4_b128_asym_tract: "int4-b128-asym", Tract, 1e-4;
-    int4_b128_asym_kernels: "int4-b128-asym", Kernels, 1e-4;
+    int4_b128_asym_kernels: "int4-b128-asym", Kernels, INT16_ACT;
+    int4_b128_asym_exact: "int4-b128-asym", KernelsExact, 1e-4;
     int4_acc4_tract: "int4-b32-acc4", Tract, 1e-4, INT8_ACT_LAST;
     int4_acc4_kernels: "int4-b32-acc4", Kernels, 1e-4, INT8_ACT_LAST;
     int4_qdq_tract: "int4-qdq", Tract, 1e-4, INT8_ACT_LAST;
     int4_qdq_kernels: "int4-qdq", Kernels, 1e-4, INT8_ACT_LAST;
     int4_qdq_asym_tract: "int4-qdq-asym", Tract, 1e-4, INT8_ACT_LAST;
     int4_qdq_asym_kernels: "int4-qdq-asym", Kernels, 1e-4, INT8_ACT_LAST;
-    int4_bias_tract: "int4-bias", Tract, 1e-4;
-    int4_bias_kernels: "int4-bias", Kernels, 1e-4;
-    int4_gidx_tract: "int4-gidx", Tract, 1e-4;
-    int4_gidx_kernels: "int4-gidx", Kernels, 1e-4;
+    int4_bias_tract: "int4-bias", Tract, INT16_ACT;
+    int4_bias_kernels: "int4-bias", Kernels, INT16_ACT;
+    int4_bias_exact: "int4-bias", KernelsExact, 1e-4;
+    int4_gidx_tract: "int4-gidx", Tract, INT16_ACT;
+    int4_gidx_kernels: "int4-gidx", Kernels, INT16_ACT;
+    int4_gidx_exact: "int4-gidx", KernelsExact, 1e-4;
 }
 
 // Every file packed by `edge-llm-pack` and loaded from its shards as `Engine.load` does.
@@ -48,15 +54,15 @@ ort_tests! {
     fp16_packed: "fp16", Packed, 1.5e-2;
     fp16_io_packed: "fp16-io", Packed, 1.5e-2;
     int8_packed: "int8", Packed, 1e-4;
-    int4_b32_sym_packed: "int4-b32-sym", Packed, 1e-4;
-    int4_b32_asym_packed: "int4-b32-asym", Packed, 1e-4;
+    int4_b32_sym_packed: "int4-b32-sym", Packed, INT16_ACT;
+    int4_b32_asym_packed: "int4-b32-asym", Packed, INT16_ACT;
     int4_b128_sym_packed: "int4-b128-sym", Packed, 1e-4;
     int4_b128_asym_packed: "int4-b128-asym", Packed, 1e-4;
     int4_acc4_packed: "int4-b32-acc4", Packed, 1e-4, INT8_ACT_LAST;
     int4_qdq_packed: "int4-qdq", Packed, 1e-4, INT8_ACT_LAST;
     int4_qdq_asym_packed: "int4-qdq-asym", Packed, 1e-4, INT8_ACT_LAST;
-    int4_bias_packed: "int4-bias", Packed, 1e-4;
-    int4_gidx_packed: "int4-gidx", Packed, 1e-4;
+    int4_bias_packed: "int4-bias", Packed, INT16_ACT;
+    int4_gidx_packed: "int4-gidx", Packed, INT16_ACT;
 }
 
 /// A `g_idx` that reorders rows across blocks (act-order GPTQ) is refused by name, not
@@ -210,7 +216,7 @@ fn smollm2_files_give_onnxruntime_tokens() {
     for name in names.iter().filter(|n| only.as_ref().is_none_or(|o| o.split(',').any(|x| x == n.as_str()))) {
         let reference: ort_files::Reference = serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap()).unwrap();
         let onnx = std::fs::read(dir.join(format!("{name}.onnx"))).unwrap();
-        let backends = [Backend::Tract, Backend::Kernels, Backend::Packed];
+        let backends = [Backend::Tract, Backend::Kernels, Backend::KernelsExact, Backend::Packed];
         let chosen = std::env::var("EDGE_LLM_ORT_BACKEND").ok();
         for backend in backends.into_iter().filter(|b| chosen.as_ref().is_none_or(|c| format!("{b:?}") == *c)) {
             let start = std::time::Instant::now();

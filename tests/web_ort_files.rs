@@ -7,7 +7,7 @@
 #[path = "common/ort_files.rs"]
 mod ort_files;
 
-use ort_files::{check, Backend, INT8_ACT_LAST};
+use ort_files::{check, Backend, INT16_ACT, INT8_ACT_LAST};
 use wasm_bindgen_test::*;
 
 wasm_bindgen_test_configure!(run_in_browser);

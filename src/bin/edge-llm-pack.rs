@@ -150,11 +150,16 @@ enum Cmd {
         /// least top-1 agreement, in percent (e.g. `int8=1:95`).
         #[arg(long = "accept", value_parser = parse_accept)]
         accept: Vec<(String, edge_llm::eval::Acceptance)>,
-        /// Kernels: `browser` (edge-llm's int4/int8 kernels with int8 activations, as the wasm
-        /// build runs them; natively their portable twins) or `native` (tract's, the native
-        /// default).
+        /// Kernels: `browser` (edge-llm's int4/int8 kernels as the wasm build runs them, natively
+        /// their portable twins: int8 activations where a node's `accuracy_level` is 4, float
+        /// ones rounded to 16 bits per block elsewhere), `browser-exact` (the same with the float
+        /// ones in f32, the `exactActivations` load option) or `native` (tract's, the native default).
         #[arg(long, default_value = "browser")]
         kernels: String,
+        /// Kernels for the reference alone (default: `--kernels`): e.g. `browser-exact` to score
+        /// `browser` against the same model computed in f32.
+        #[arg(long)]
+        reference_kernels: Option<String>,
         /// Also write the table here.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -317,8 +322,9 @@ fn parse_min(s: &str) -> Result<(String, f64), String> {
 fn cpu_options(kernels: &str) -> anyhow::Result<edge_llm::cpu::CpuOptions> {
     match kernels {
         "browser" => Ok(edge_llm::cpu::CpuOptions { q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::AsModel, q8_kernel: true, ..Default::default() }),
+        "browser-exact" => Ok(edge_llm::cpu::CpuOptions { q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::AsModelExact, q8_kernel: true, ..Default::default() }),
         "native" => Ok(edge_llm::cpu::CpuOptions::default()),
-        other => anyhow::bail!("--kernels must be browser or native, got `{other}`"),
+        other => anyhow::bail!("--kernels must be browser, browser-exact or native, got `{other}`"),
     }
 }
 
@@ -394,11 +400,12 @@ fn eval(
     long_text: Option<PathBuf>,
     opts: edge_llm::eval::EvalOptions,
     accept: Vec<(String, edge_llm::eval::Acceptance)>,
-    kernels: &str,
+    (kernels, reference_kernels): (&str, Option<&str>),
     out: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     use edge_llm::eval::{check, evaluate, markdown, EvalText, Subject};
     let cpu = cpu_options(kernels)?;
+    let reference_cpu = cpu_options(reference_kernels.unwrap_or(kernels))?;
     let fixtures = PathBuf::from("tests/fixtures/eval");
     let texts = if texts.is_empty() {
         ["prose", "code", "multilingual"].map(|n| (n.to_string(), fixtures.join(format!("{n}.txt")))).to_vec()
@@ -411,14 +418,18 @@ fn eval(
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         all.push(EvalText { name, text, long });
     }
-    let load = |(label, dir): &(String, PathBuf)| -> anyhow::Result<Subject> {
+    let load_with = |(label, dir): &(String, PathBuf), cpu: &edge_llm::cpu::CpuOptions| -> anyhow::Result<Subject> {
         let t0 = std::time::Instant::now();
-        let s = Subject::load(label, dir, &cpu).with_context(|| format!("loading {}", dir.display()))?;
+        let s = Subject::load(label, dir, cpu).with_context(|| format!("loading {}", dir.display()))?;
         eprintln!("loaded {label} ({}) in {:.1?}", dir.display(), t0.elapsed());
         Ok(s)
     };
-    let reference = load(&reference)?;
-    let variants = variants.iter().map(load).collect::<anyhow::Result<Vec<_>>>()?;
+    let reference = load_with(&reference, &reference_cpu)?;
+    let variants = variants.iter().map(|v| load_with(v, &cpu)).collect::<anyhow::Result<Vec<_>>>()?;
+    let kernels = match reference_kernels {
+        Some(r) if r != kernels => format!("{kernels} (reference: {r})"),
+        _ => kernels.to_string(),
+    };
     let t0 = std::time::Instant::now();
     let reports = evaluate(&reference, &variants, &all, &opts, |m| eprintln!("[{:>6.1?}] {m}", t0.elapsed()))?;
     let mut table = markdown(&reports, &all);
@@ -537,9 +548,9 @@ fn main() -> anyhow::Result<()> {
             }
             bench(&dir, &prompt, warmup, steps)?
         }
-        Cmd::Eval { reference, variants, texts, long_text, window, max_windows, long_tokens, rare_from, accept, kernels, out } => {
+        Cmd::Eval { reference, variants, texts, long_text, window, max_windows, long_tokens, rare_from, accept, kernels, reference_kernels, out } => {
             let opts = edge_llm::eval::EvalOptions { window, max_windows, long_tokens, rare_from, ..Default::default() };
-            eval(reference, variants, texts, long_text, opts, accept, &kernels, out)?
+            eval(reference, variants, texts, long_text, opts, accept, (&kernels, reference_kernels.as_deref()), out)?
         }
         Cmd::EvalEncoder { reference, variants, tokenizer, texts, max_sentences, accept, kernels, out } => {
             eval_encoder(reference, variants, tokenizer, texts, max_sentences, accept, &kernels, out)?

@@ -196,12 +196,7 @@ pub fn onnx_with_kernels(options: &CpuOptions, q4_kernel: bool) -> tract_onnx::O
         q4_matmul::register(&mut onnx, options.q4_activations);
     }
     // After the q4 kernel: it takes the formats no other builder has, then hands on the rest.
-    let mode = match (q4_kernel, options.q4_activations) {
-        (false, _) => 0,
-        (true, q4_matmul::Q4Activations::Float) => 1,
-        (true, q4_matmul::Q4Activations::Int8) => 2,
-        (true, q4_matmul::Q4Activations::AsModel) => 3,
-    };
+    let mode = if q4_kernel { 1 + options.q4_activations.index() } else { 0 };
     q8_block_matmul::register(&mut onnx, mode);
     if options.q8_kernel {
         q8_matmul::register(&mut onnx);
@@ -238,8 +233,10 @@ pub struct CpuOptions {
     /// ([`q4_matmul::scales_need_f32`]).
     pub q4_kernel: bool,
     /// With `q4_kernel`: which nodes quantize activations to int8 per 32-block and use integer
-    /// dot products (~2x faster on wasm, activation rounding ~0.4 %). Default: those whose
-    /// `accuracy_level` is 4, as onnxruntime does (`EDGE_LLM_Q4_INT8_ACT=1`: all of them).
+    /// dot products (~2x faster on wasm, activation rounding ~0.4 %), and how the others compute.
+    /// Default [`q4_matmul::Q4Activations::AsModel`]: int8 where `accuracy_level` is 4, as
+    /// onnxruntime does, 16-bit blocks elsewhere (`EDGE_LLM_Q4_INT8_ACT=1`: int8 on all of them;
+    /// `EDGE_LLM_Q4_EXACT=1`: f32 elsewhere, [`q4_matmul::Q4Activations::AsModelExact`]).
     pub q4_activations: q4_matmul::Q4Activations,
     /// Compute the logits of the last new position only (all a generator samples from): the
     /// head, the final norm and as much of the last layer as depends on that row alone run on
@@ -261,6 +258,8 @@ impl Default for CpuOptions {
             q4_kernel: cfg!(target_arch = "wasm32") || std::env::var("EDGE_LLM_Q4_KERNEL").is_ok_and(|v| v == "1"),
             q4_activations: if std::env::var("EDGE_LLM_Q4_INT8_ACT").is_ok_and(|v| v == "1") {
                 q4_matmul::Q4Activations::Int8
+            } else if std::env::var("EDGE_LLM_Q4_EXACT").is_ok_and(|v| v == "1") {
+                q4_matmul::Q4Activations::AsModelExact
             } else {
                 q4_matmul::Q4Activations::AsModel
             },

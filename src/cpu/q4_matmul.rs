@@ -23,6 +23,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::kernels::q4::Q4;
+pub use super::rows::Activations;
 
 /// The only block size the kernel handles; others fall back to tract's implementation.
 pub use super::kernels::q4::BLOCK;
@@ -245,26 +246,75 @@ pub(super) fn dot4_in_lanes(c: &[f32], quad: &[f32]) -> [f32; 4] {
     acc
 }
 
-/// Activations of `m` rows quantized per 32-block to int8 (`x ≈ q * scale`, scale = amax / 127),
-/// de-interleaved like the weights' nibbles, with `scale * sum(q)` per block (the GEMV's form).
-pub struct Q8Activations {
-    pub q: Vec<i8>,
+/// An integer type activations are rounded to per 32-block (`x ≈ q * scale`, scale =
+/// amax / [`BlockInt::LEVELS`]): `i8` (onnxruntime's int8 compute, llama.cpp's q8_0; relative
+/// error ~0.4 % of the block's largest value) or `i16` (2^-16 of it: float activations for the
+/// int4 kernels at integer speed, [`Activations::Int16`]).
+pub trait BlockInt: Copy + Default + Send + Sync + 'static {
+    /// Largest magnitude.
+    const LEVELS: f32;
+    /// `v` (already scaled) to the nearest integer, ties to even.
+    fn round(v: f32) -> Self;
+    fn to_i32(self) -> i32;
+    /// The GEMV kernels of `k` on this type: one activation row, four.
+    #[allow(clippy::type_complexity)]
+    fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[Self], &[f32]) -> f32, fn(&[u8], &[f32], [&[Self]; 4], [&[f32]; 4]) -> [f32; 4]);
+}
+
+impl BlockInt for i8 {
+    const LEVELS: f32 = 127.0;
+    fn round(v: f32) -> Self {
+        round_q8(v)
+    }
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+    fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[i8], &[f32]) -> f32, fn(&[u8], &[f32], [&[i8]; 4], [&[f32]; 4]) -> [f32; 4]) {
+        (k.dot_row_q8, k.dot_rows4_q8)
+    }
+}
+
+impl BlockInt for i16 {
+    const LEVELS: f32 = 32767.0;
+    fn round(v: f32) -> Self {
+        v.round_ties_even() as i16
+    }
+    fn to_i32(self) -> i32 {
+        self as i32
+    }
+    fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[i16], &[f32]) -> f32, fn(&[u8], &[f32], [&[i16]; 4], [&[f32]; 4]) -> [f32; 4]) {
+        (k.dot_row_q16, k.dot_rows4_q16)
+    }
+}
+
+/// Activations of `m` rows rounded per 32-block to `T` ([`BlockInt`]), de-interleaved like the
+/// weights' nibbles, with `scale * sum(q)` per block (the GEMV's form).
+pub struct BlockActivations<T> {
+    pub q: Vec<T>,
     pub scales: Vec<f32>,
     pub scaled_sums: Vec<f32>,
 }
+
+/// Int8 activations ([`quantize_activations`]).
+pub type Q8Activations = BlockActivations<i8>;
 
 /// One 32-block's int8 quantization: `(scale, multiplier)`, both 0 for an all-zero block, as
 /// onnxruntime's MLAS quantizes a MatMulNBits row for its int8 compute (`QuantizeARow_CompInt8`):
 /// the multiplier is `127 / amax` in one division, not `1 / (amax / 127)` — the two differ by an
 /// ulp for some amax, enough to move a value that lands on a half to the other integer.
+pub fn q8_block_scale(src: &[f32]) -> (f32, f32) {
+    block_scale(src, i8::LEVELS)
+}
+
+/// [`q8_block_scale`] for `levels` each side of zero.
 ///
 /// The maximum is a compare, not `f32::max`: on wasm32 that is a call to libm's `fmaxf` per
 /// element (wasm's `f32.max` propagates NaN, Rust's ignores it), and the call was 1/3 of
 /// `quantize_rows`' time in a Node profile of prefill. A NaN compares false and is skipped, as
 /// `max` skips it: the same value for every input.
-pub fn q8_block_scale(src: &[f32]) -> (f32, f32) {
+pub fn block_scale(src: &[f32], levels: f32) -> (f32, f32) {
     let amax = src.iter().fold(0f32, |a, v| if v.abs() > a { v.abs() } else { a });
-    (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 })
+    (amax / levels, if amax > 0.0 { levels / amax } else { 0.0 })
 }
 
 /// `v * multiplier` to int8 with ties to even, as MLAS (`_mm512_roundscale_ps(_MM_ROUND_NEAREST)`)
@@ -277,17 +327,22 @@ pub fn round_q8(v: f32) -> i8 {
 /// Quantize activations as the int8-activation GEMV sees them; `reference` uses the same
 /// rounding (`quant::reference::q8_block_round_trip`) to model it.
 pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
+    quantize_activations_to(x, k)
+}
+
+/// [`quantize_activations`] to any [`BlockInt`].
+pub fn quantize_activations_to<T: BlockInt>(x: &[f32], k: usize) -> BlockActivations<T> {
     let (m, nb) = (x.len() / k, k / BLOCK);
-    let mut out = Q8Activations { q: vec![0; m * k], scales: vec![0.0; m * nb], scaled_sums: vec![0.0; m * nb] };
+    let mut out = BlockActivations { q: vec![T::default(); m * k], scales: vec![0.0; m * nb], scaled_sums: vec![0.0; m * nb] };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
-        let (scale, inv) = q8_block_scale(src);
+        let (scale, inv) = block_scale(src, T::LEVELS);
         let dst = &mut out.q[blk * BLOCK..(blk + 1) * BLOCK];
         let mut sum = 0i32;
         for j in 0..BLOCK / 2 {
-            let (e, o) = (round_q8(src[2 * j] * inv), round_q8(src[2 * j + 1] * inv));
+            let (e, o) = (T::round(src[2 * j] * inv), T::round(src[2 * j + 1] * inv));
             dst[j] = e;
             dst[BLOCK / 2 + j] = o;
-            sum += e as i32 + o as i32;
+            sum += e.to_i32() + o.to_i32();
         }
         out.scales[blk] = scale;
         out.scaled_sums[blk] = scale * sum as f32;
@@ -295,46 +350,53 @@ pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
     out
 }
 
-/// Activation rows for the int8 GEMM: the same int8 values as [`quantize_activations`], in
-/// natural order and widened to i16 (the kernel multiplies i16 pairs), `[m][k]`; scales `[m][k / 32]`.
-pub struct Q8Rows {
+/// Activation rows for the integer GEMM: the same values as [`quantize_activations_to`] (int8
+/// or int16), in natural order and as i16 (the kernel multiplies i16 pairs), `[m][k]`; scales
+/// `[m][k / 32]`.
+pub struct IntRows {
     pub q: Vec<i16>,
     pub scales: Vec<f32>,
 }
 
-impl Q8Rows {
-    /// Each block's `scale * sum(q)`, as [`quantize_activations`]' `scaled_sums`.
+impl IntRows {
+    /// Each block's `scale * sum(q)`, as [`BlockActivations`]' `scaled_sums`.
     pub fn scaled_sums(&self) -> Vec<f32> {
         self.q.chunks_exact(BLOCK).zip(&self.scales).map(|(q, s)| s * q.iter().map(|&v| v as i32).sum::<i32>() as f32).collect()
     }
 }
 
-pub fn quantize_rows(x: &[f32], k: usize) -> Q8Rows {
+/// Int8 rows for the GEMM.
+pub fn quantize_rows(x: &[f32], k: usize) -> IntRows {
+    quantize_rows_to::<i8>(x, k)
+}
+
+/// [`quantize_rows`] to `T`'s levels.
+pub fn quantize_rows_to<T: BlockInt>(x: &[f32], k: usize) -> IntRows {
     let (m, nb) = (x.len() / k, k / BLOCK);
-    let mut out = Q8Rows { q: vec![0; m * k], scales: vec![0.0; m * nb] };
+    let mut out = IntRows { q: vec![0; m * k], scales: vec![0.0; m * nb] };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
-        out.scales[blk] = quantize_block_i16(src, &mut out.q[blk * BLOCK..(blk + 1) * BLOCK]);
+        out.scales[blk] = quantize_block_i16(src, &mut out.q[blk * BLOCK..(blk + 1) * BLOCK], T::LEVELS);
     }
     out
 }
 
-/// One 32-block of [`quantize_rows`]: `dst[j] = round_q8(src[j] * inv)`; returns the scale.
+/// One 32-block of [`quantize_rows_to`]: `dst[j] = round(src[j] * inv)`; returns the scale.
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn quantize_block_i16(src: &[f32], dst: &mut [i16]) -> f32 {
-    let (scale, inv) = q8_block_scale(src);
+fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
+    let (scale, inv) = block_scale(src, levels);
     for (d, v) in dst.iter_mut().zip(src) {
-        *d = round_q8(v * inv) as i16;
+        *d = (v * inv).round_ties_even() as i16;
     }
     scale
 }
 
 /// [`quantize_block_i16`] in wasm SIMD128, the same values: the scalar loop was 11 % of a
 /// 42-token prefill in Node (5 ns per element). `f32x4.pmax` skips a NaN as the compare in
-/// [`q8_block_scale`] does; `f32x4.nearest` rounds ties to even as `round_q8`; the products are
-/// within ±127 (or NaN, which `trunc_sat` makes 0 as `as i8` does), so the saturating narrows
-/// change nothing.
+/// [`block_scale`] does; `f32x4.nearest` rounds ties to even as `round_ties_even`; the products
+/// are within ±levels (at most 32767) or NaN, which `trunc_sat` makes 0 as `as i16` does, so the
+/// saturating narrow changes nothing.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn quantize_block_i16(src: &[f32], dst: &mut [i16]) -> f32 {
+fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
     use core::arch::wasm32::*;
     assert!(src.len() == BLOCK && dst.len() == BLOCK);
     // SAFETY: eight 4-lane loads of the 32 `src` values and four 8-lane stores into the 32 `dst`
@@ -344,7 +406,7 @@ fn quantize_block_i16(src: &[f32], dst: &mut [i16]) -> f32 {
         let v: [v128; 8] = std::array::from_fn(|i| v128_load(sp.add(i)));
         let m = v.iter().fold(f32x4_splat(0.0), |a, x| f32x4_pmax(a, f32x4_abs(*x)));
         let lanes = [f32x4_extract_lane::<0>(m), f32x4_extract_lane::<1>(m), f32x4_extract_lane::<2>(m), f32x4_extract_lane::<3>(m)];
-        let (scale, inv) = q8_block_scale(&lanes);
+        let (scale, inv) = block_scale(&lanes, levels);
         let inv = f32x4_splat(inv);
         let q = v.map(|x| i32x4_trunc_sat_f32x4(f32x4_nearest(f32x4_mul(x, inv))));
         let dp = dst.as_mut_ptr() as *mut v128;
@@ -361,17 +423,24 @@ impl Q4Matrix {
     /// the cost of activation rounding (relative error ~0.4 % per element). One row (decode)
     /// takes the GEMV, several (prefill) the GEMM; both compute the same integers.
     pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
-        self.matmul_q8_then(x, out, |_, _, _, _| {})
+        self.matmul_int_then::<i8>(x, out, |_, _, _, _| {})
     }
 
-    /// [`Q4Matrix::matmul_q8`], then `then` as in [`Q4Matrix::matmul_then`], `sums` being the
-    /// rounded activations' block sums (`scale * sum(q)`).
-    pub fn matmul_q8_then(&self, x: &[f32], out: &mut [f32], then: impl Fn(&[f32], Range<usize>, &mut [f32], usize) + Sync) -> TractResult<()> {
+    /// [`Q4Matrix::matmul_q8`] on activations rounded to 16 bits per 32-block instead: the
+    /// integer kernels' speed (prefill ~1.9x the f32 kernel on wasm), within 2^-16 of each
+    /// block's largest activation of the float product.
+    pub fn matmul_q16(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
+        self.matmul_int_then::<i16>(x, out, |_, _, _, _| {})
+    }
+
+    /// [`Q4Matrix::matmul_q8`] / [`Q4Matrix::matmul_q16`] (`T`), then `then` as in
+    /// [`Q4Matrix::matmul_then`], `sums` being the rounded activations' block sums (`scale * sum(q)`).
+    pub fn matmul_int_then<T: BlockInt>(&self, x: &[f32], out: &mut [f32], then: impl Fn(&[f32], Range<usize>, &mut [f32], usize) + Sync) -> TractResult<()> {
         let (k, m) = (self.k, x.len() / self.k);
         // Output columns are split across the CPU threads ([`super::threads`]); each column is
         // computed the same whichever thread owns it.
         if m >= GEMM_MIN_ROWS {
-            let rows = quantize_rows(x, k);
+            let rows = quantize_rows_to::<T>(x, k);
             let sums = rows.scaled_sums();
             super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
                 self.gemm_q8(&rows, cols.clone(), out, ld)?;
@@ -379,9 +448,9 @@ impl Q4Matrix {
                 Ok(())
             })
         } else {
-            let acts = quantize_activations(x, k);
+            let acts = quantize_activations_to::<T>(x, k);
             super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
-                self.gemv_q8(&acts, cols.clone(), out, ld)?;
+                self.gemv_int(&acts, cols.clone(), out, ld)?;
                 then(&acts.scaled_sums, cols, out, ld);
                 Ok(())
             })
@@ -391,23 +460,31 @@ impl Q4Matrix {
     /// Output columns `cols` of the int8 GEMV (each weight block unpacked in registers for up
     /// to four activation rows), written to `out[r * ld + (col - cols.start)]`.
     pub fn gemv_q8(&self, a: &Q8Activations, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
+        self.gemv_int(a, cols, out, ld)
+    }
+
+    /// [`Q4Matrix::gemv_q8`] on any [`BlockInt`] activations.
+    pub fn gemv_int<T: BlockInt>(&self, a: &BlockActivations<T>, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         ensure!(a.q.len() % k == 0 && a.scales.len() * BLOCK == a.q.len(), "activations are not rows of K={k}");
         ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
         let m = a.q.len() / k;
         ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
+        let (dot_row, dot_rows4) = T::gemv(self.kernels);
         self.drive(m, &a.scaled_sums, cols, out, ld, |w, s, r, tile| {
             let q = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
             let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
             if tile == 4 {
-                (self.kernels.dot_rows4_q8)(w, s, [0, 1, 2, 3].map(q), [0, 1, 2, 3].map(sx))
+                dot_rows4(w, s, [0, 1, 2, 3].map(q), [0, 1, 2, 3].map(sx))
             } else {
-                [(self.kernels.dot_row_q8)(w, s, q(0), sx(0)), 0.0, 0.0, 0.0]
+                [dot_row(w, s, q(0), sx(0)), 0.0, 0.0, 0.0]
             }
         })
     }
 
-    /// Output columns `cols` of the int8 GEMM, written to `out[r * ld + (col - cols.start)]`.
+    /// Output columns `cols` of the integer GEMM (int8 or int16 activations), written to
+    /// `out[r * ld + (col - cols.start)]`. A block's integer sum is at most 32 * 15 * 32767
+    /// (< 2^24): exact in i32 and in f32.
     ///
     /// Four weight rows at a time are unpacked once into a panel of i16 (`q - zero_point`, so
     /// the block's dot product is exact in integers) that stays in L1 while every activation
@@ -415,7 +492,7 @@ impl Q4Matrix {
     /// pair `p` (elements `2p`, `2p + 1`), column `i`: `panel[((16b + p) * 4 + i) * 2 + e]`, so one
     /// `i32x4.dot_i16x8_s` of a panel vector with a broadcast activation pair gives the four
     /// columns' partial sums in its four lanes.
-    pub fn gemm_q8(&self, a: &Q8Rows, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
+    pub fn gemm_q8(&self, a: &IntRows, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         ensure!(a.q.len() % k == 0 && a.scales.len() * BLOCK == a.q.len(), "activations are not rows of K={k}");
         ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
@@ -463,11 +540,11 @@ impl super::rows::FloatRows for Q4Matrix {
     fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
     }
-    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
-        if int8_activations {
-            self.matmul_q8(x, out)
-        } else {
-            self.matmul(x, out)
+    fn run(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()> {
+        match activations {
+            Activations::Int8 => self.matmul_q8(x, out),
+            Activations::Int16 => self.matmul_q16(x, out),
+            Activations::Float => self.matmul(x, out),
         }
     }
 }
@@ -481,7 +558,7 @@ struct MatMulNBitsQ4 {
     /// Positions of the optional inputs among the node's non-empty ones.
     zp_input: Option<usize>,
     bias_input: Option<usize>,
-    int8_activations: bool,
+    activations: Activations,
 }
 
 impl Expansion for MatMulNBitsQ4 {
@@ -516,7 +593,7 @@ impl Expansion for MatMulNBitsQ4 {
         } else {
             model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
         };
-        let y = model.wire_node(prefix, Q4MatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])?;
+        let y = model.wire_node(prefix, Q4MatMul { w: Arc::new(w), activations: self.activations }, &[x])?;
         match self.bias_input {
             None => Ok(y),
             Some(i) => {
@@ -541,29 +618,61 @@ static FALLBACK: std::sync::OnceLock<Builder> = std::sync::OnceLock::new();
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Q4Activations {
     /// As the node asks: int8 blocks where its `accuracy_level` is 4 (onnxruntime's int8
-    /// compute), float elsewhere — so a file gives the numbers onnxruntime gives for it.
+    /// compute); elsewhere the float product, computed on activations rounded to 16 bits per
+    /// 32-block ([`Activations::Int16`]: the integer kernels' speed, within 2^-16 of each block's
+    /// largest activation; `tests/ort_files.rs` holds onnxruntime's tokens on it).
     #[default]
     AsModel,
+    /// [`Q4Activations::AsModel`] with the float nodes computed in f32 (the float kernel,
+    /// about half the speed): the numbers onnxruntime computes, up to summation order.
+    AsModelExact,
     /// Int8 blocks on every node (faster; activation rounding ~0.4 %).
     Int8,
-    /// Float on every node.
+    /// Float on every node, in f32.
     Float,
 }
 
+impl Q4Activations {
+    /// Every mode, in [`Q4Activations::index`] order.
+    pub const ALL: [Q4Activations; 4] = [Q4Activations::AsModel, Q4Activations::AsModelExact, Q4Activations::Int8, Q4Activations::Float];
+
+    pub fn index(self) -> usize {
+        Self::ALL.iter().position(|&m| m == self).unwrap_or(0)
+    }
+
+    /// What a node runs on: `int8_level` when its `accuracy_level` asks for int8 compute
+    /// (onnxruntime honours it for integer zero points only: float zero points pass false).
+    pub fn for_node(self, int8_level: bool) -> Activations {
+        match (self, int8_level) {
+            (Q4Activations::Int8, _) | (Q4Activations::AsModel | Q4Activations::AsModelExact, true) => Activations::Int8,
+            (Q4Activations::AsModel, false) => Activations::Int16,
+            (Q4Activations::AsModelExact | Q4Activations::Float, false) | (Q4Activations::Float, true) => Activations::Float,
+        }
+    }
+}
+
+/// `node`'s `accuracy_level` asks for int8 compute.
+pub(super) fn int8_level(node: &NodeProto) -> TractResult<bool> {
+    Ok(node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == crate::onnx::ACCURACY_LEVEL_INT8)
+}
+
 fn build_as_model(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    let level: i64 = node.get_attr_opt("accuracy_level")?.unwrap_or(0);
-    build(ctx, node, level == crate::onnx::ACCURACY_LEVEL_INT8)
+    build(ctx, node, Q4Activations::AsModel.for_node(int8_level(node)?))
+}
+
+fn build_as_model_exact(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, Q4Activations::AsModelExact.for_node(int8_level(node)?))
 }
 
 fn build_f32(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    build(ctx, node, false)
+    build(ctx, node, Activations::Float)
 }
 
 fn build_int8(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
-    build(ctx, node, true)
+    build(ctx, node, Activations::Int8)
 }
 
-fn build(ctx: &ParsingContext, node: &NodeProto, int8_activations: bool) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+fn build(ctx: &ParsingContext, node: &NodeProto, activations: Activations) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     let k: usize = node.get_attr("K")?;
     let n: usize = node.get_attr("N")?;
     let bits: usize = node.get_attr_opt("bits")?.unwrap_or(4);
@@ -575,7 +684,7 @@ fn build(ctx: &ParsingContext, node: &NodeProto, int8_activations: bool) -> Trac
         let fallback = FALLBACK.get().context("tract's MatMulNBits builder was not registered")?;
         return fallback(ctx, node);
     }
-    let op = MatMulNBitsQ4 { k, n, block, zp_input: position(3), bias_input: position(5), int8_activations };
+    let op = MatMulNBitsQ4 { k, n, block, zp_input: position(3), bias_input: position(5), activations };
     Ok((expand(op), vec![]))
 }
 
@@ -607,6 +716,7 @@ pub fn register(onnx: &mut tract_onnx::Onnx, activations: Q4Activations) {
         FALLBACK.get_or_init(|| *original);
         let builder: Builder = match activations {
             Q4Activations::AsModel => build_as_model,
+            Q4Activations::AsModelExact => build_as_model_exact,
             Q4Activations::Int8 => build_int8,
             Q4Activations::Float => build_f32,
         };
@@ -689,6 +799,58 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// 16-bit activations, every variant: the GEMV (one row; four-row tiles and a remainder)
+    /// and the GEMM (several rows) against the dequantized weights on the 16-bit-rounded
+    /// activations, and within 2^-15 of each block's largest activation of the float product;
+    /// the portable GEMV and the SIMD one give the same floats.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn int16_activation_path_matches_its_reference() {
+        let (n, k) = (9, 96);
+        let mut gemvs: Vec<Vec<f32>> = vec![];
+        for v in VARIANTS {
+            for (sym, m) in [(true, 1), (false, 1), (true, 7), (false, 7)] {
+                let (x, deq, mut mat) = fixture(n, k, m, sym);
+                mat.kernels = &v.kernels;
+                let mut out = vec![0f32; m * n];
+                mat.matmul_q16(&x, &mut out).unwrap();
+                let xr = crate::quant::reference::block_round_trip(&x, k, i16::LEVELS);
+                for r in 0..m {
+                    for c in 0..n {
+                        let (want, exact) = (dot(&xr, &deq, k, r, c), dot(&x, &deq, k, r, c));
+                        assert!((out[r * n + c] - want).abs() < 1e-4, "{} sym={sym} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+                        // |x| <= 1 and |w| <= 1 here: rounding moves each product by <= 2^-16.
+                        assert!((out[r * n + c] - exact).abs() < k as f32 / 65536.0 + 1e-5, "{}: activation rounding too large", v.name);
+                    }
+                }
+                let mut gemv = vec![0f32; m * n];
+                mat.gemv_int(&quantize_activations_to::<i16>(&x, k), 0..n, &mut gemv, n).unwrap();
+                assert!(gemv.iter().zip(&out).all(|(a, b)| (a - b).abs() < 1e-4), "{}: GEMV and GEMM disagree", v.name);
+                if m == 7 && sym {
+                    gemvs.push(gemv);
+                }
+            }
+        }
+        assert!(gemvs.windows(2).all(|w| w[0] == w[1]), "the GEMV variants give different floats");
+    }
+
+    /// The largest 16-bit products a block can hold (activations at ±32767, nibbles 0 and 15)
+    /// stay exact: against the same sums in f64.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn int16_blocks_at_full_scale_are_exact() {
+        let k = 64;
+        let w = vec![0xffu8; k / 2];
+        let s = [1.0f32, 1.0];
+        let x: Vec<i16> = (0..k).map(|i| if i % 3 == 0 { -32767 } else { 32767 }).collect();
+        let want: f64 = x.iter().map(|&v| 15.0 * v as f64).sum();
+        for v in VARIANTS {
+            assert_eq!((v.kernels.dot_row_q16)(&w, &s, &x, &[1.0, 1.0]) as f64, want, "{}", v.name);
+            let got = (v.kernels.dot_rows4_q16)(&w, &s, [&x, &x, &x, &x], [&[1.0, 1.0]; 4]);
+            assert!(got.iter().all(|&g| g as f64 == want), "{}: {got:?}", v.name);
         }
     }
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::q4_matmul::{Q4Matrix, BLOCK};
+use super::q4_matmul::{Activations, Q4Matrix, BLOCK};
 
 /// The weights: the nibbles as a symmetric [`Q4Matrix`] and the zero-point term per block.
 #[derive(Debug)]
@@ -51,7 +51,7 @@ impl Q4MinMatrix {
         Ok(Q4MinMatrix { q4, correction: term })
     }
 
-    pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+    pub fn matmul(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()> {
         let (k, nb) = (self.q4.k, self.q4.k / BLOCK);
         let correction = self.correction.to_plain_array_view::<f32>()?;
         let correction = correction.as_slice().context("the zero-point term must be contiguous")?;
@@ -61,10 +61,10 @@ impl Q4MinMatrix {
         // added to each share of columns on the thread that computed it.
         let term = |sums: &[f32], cols: Range<usize>, out: &mut [f32], ld: usize| add_zero_point_term(out, ld, cols, correction, sums, nb);
         debug_assert_eq!(x.len() % k, 0);
-        if int8_activations {
-            self.q4.matmul_q8_then(x, out, term)
-        } else {
-            self.q4.matmul_then(x, out, term)
+        match activations {
+            Activations::Int8 => self.q4.matmul_int_then::<i8>(x, out, term),
+            Activations::Int16 => self.q4.matmul_int_then::<i16>(x, out, term),
+            Activations::Float => self.q4.matmul_then(x, out, term),
         }
     }
 }
@@ -105,8 +105,8 @@ impl super::rows::FloatRows for Q4MinMatrix {
     fn dims(&self) -> (usize, usize) {
         (self.q4.k, self.q4.n)
     }
-    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
-        self.matmul(x, out, int8_activations)
+    fn run(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()> {
+        self.matmul(x, out, activations)
     }
 }
 
@@ -115,7 +115,7 @@ impl super::rows::FloatRows for Q4MinMatrix {
 pub(super) struct MatMulNBitsQ4Min {
     pub k: usize,
     pub n: usize,
-    pub int8_activations: bool,
+    pub activations: Activations,
     /// Input 3 holds `(8 - zf) * s`, not the zero points ([`ZERO_POINT_TERM_ATTR`]).
     pub zero_point_term: bool,
 }
@@ -141,7 +141,7 @@ impl Expansion for MatMulNBitsQ4Min {
         } else {
             model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
         };
-        model.wire_node(prefix, Q4MinMatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
+        model.wire_node(prefix, Q4MinMatMul { w: Arc::new(w), activations: self.activations }, &[x])
     }
 }
 
@@ -244,27 +244,37 @@ mod tests {
         }
     }
 
-    /// Every variant of the int4 kernels it runs on (`cpu::kernels::q4`), f32 and int8 activations.
+    /// Every variant of the int4 kernels it runs on (`cpu::kernels::q4`), f32, 16-bit and int8
+    /// activations, on one row (the GEMV) and three (the GEMM).
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
-        let (n, k, m) = (5, 96, 3);
-        let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
-        let q = quantize_q4_min(&w, n, k, 32, None);
-        let deq = dequantize_q4_min(&q);
-        let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());
-        let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-        let mut mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
-        for (v, int8) in crate::cpu::kernels::q4::VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
-            mat.q4.kernels = &v.kernels;
-            let mut out = vec![0f32; m * n];
-            mat.matmul(&x, &mut out, int8).unwrap();
-            // With int8 activations both terms see the rounded x (the reference's int8 compute).
-            let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
-            for r in 0..m {
-                for c in 0..n {
-                    let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                    assert!((out[r * n + c] - want).abs() < 1e-3, "{} int8={int8} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+        use crate::quant::reference::block_round_trip;
+        for m in [1, 3] {
+            let (n, k) = (5, 96);
+            let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
+            let q = quantize_q4_min(&w, n, k, 32, None);
+            let deq = dequantize_q4_min(&q);
+            let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());
+            let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
+            let mut mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
+            for v in crate::cpu::kernels::q4::VARIANTS {
+                for acts in [Activations::Float, Activations::Int16, Activations::Int8] {
+                    mat.q4.kernels = &v.kernels;
+                    let mut out = vec![0f32; m * n];
+                    mat.matmul(&x, &mut out, acts).unwrap();
+                    // With rounded activations both terms see the rounded x (onnxruntime's int8 compute).
+                    let xr = match acts {
+                        Activations::Float => x.clone(),
+                        Activations::Int16 => block_round_trip(&x, k, 32767.0),
+                        Activations::Int8 => q8_block_round_trip(&x, k),
+                    };
+                    for r in 0..m {
+                        for c in 0..n {
+                            let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
+                            assert!((out[r * n + c] - want).abs() < 1e-3, "{} {acts:?} m={m} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+                        }
+                    }
                 }
             }
         }

@@ -24,6 +24,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
 use super::kernels::q8_block::Q8Block;
+use super::q4_matmul::{Activations, Q4Activations};
 
 /// The block size the kernel handles (and the exporter writes).
 pub use super::kernels::q8_block::BLOCK;
@@ -69,29 +70,32 @@ impl Q8BlockMatrix {
         self.packed.to_plain_array_view::<u8>()?.to_slice().context("B must be contiguous")
     }
 
-    /// `out[m][n] = x[m] · w[n]` for the rows of `x` (`[m][k]`); `int8_activations` quantizes
-    /// `x` per 32-block first.
-    pub fn matmul(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
+    /// `out[m][n] = x[m] · w[n]` for the rows of `x` (`[m][k]`) on `activations` (rounded per
+    /// 32-block first unless `Float`).
+    pub fn matmul(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         let m = x.len() / k;
         ensure!(x.len() == m * k && out.len() == m * self.n, "shapes: x {} values, out {} for K={k} N={}", x.len(), out.len(), self.n);
         let w = self.bytes()?;
         let scales = self.scales.to_plain_array_view::<f32>()?;
         let scales = scales.as_slice().context("scales must be contiguous")?;
-        let acts = int8_activations.then(|| quantize_blocks(x));
+        let acts = (activations == Activations::Int8).then(|| quantize_blocks(x));
+        let acts16 = (activations == Activations::Int16).then(|| super::q4_matmul::quantize_rows_to::<i16>(x, k));
         // Block sums of x, for the zero-point term (of the rounded x when it is rounded).
-        let sums: Vec<f32> = match (&self.zero_terms, &acts) {
-            (None, _) => Vec::new(),
-            (Some(_), Some((q, s))) => q.chunks_exact(BLOCK).zip(s).map(|(b, s)| s * b.iter().map(|v| *v as i32).sum::<i32>() as f32).collect(),
-            (Some(_), None) => x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect(),
+        let sums: Vec<f32> = match (&self.zero_terms, &acts, &acts16) {
+            (None, _, _) => Vec::new(),
+            (Some(_), Some((q, s)), _) => q.chunks_exact(BLOCK).zip(s).map(|(b, s)| s * b.iter().map(|v| *v as i32).sum::<i32>() as f32).collect(),
+            (Some(_), None, Some(rows)) => rows.scaled_sums(),
+            (Some(_), None, None) => x.chunks_exact(BLOCK).map(|b| b.iter().sum()).collect(),
         };
         super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
             for (c, col) in cols.clone().enumerate() {
                 let (wr, sw) = (&w[col * k..(col + 1) * k], &scales[col * nb..(col + 1) * nb]);
                 for r in 0..m {
-                    let mut y = match &acts {
-                        Some((q, s)) => (self.kernels.dot_q8)(wr, sw, &q[r * k..(r + 1) * k], &s[r * nb..(r + 1) * nb]),
-                        None => (self.kernels.dot_f32)(wr, sw, &x[r * k..(r + 1) * k]),
+                    let mut y = match (&acts, &acts16) {
+                        (Some((q, s)), _) => (self.kernels.dot_q8)(wr, sw, &q[r * k..(r + 1) * k], &s[r * nb..(r + 1) * nb]),
+                        (None, Some(a)) => (self.kernels.dot_q16)(wr, sw, &a.q[r * k..(r + 1) * k], &a.scales[r * nb..(r + 1) * nb]),
+                        (None, None) => (self.kernels.dot_f32)(wr, sw, &x[r * k..(r + 1) * k]),
                     };
                     if let Some(z) = &self.zero_terms {
                         y += z[col * nb..(col + 1) * nb].iter().zip(&sums[r * nb..(r + 1) * nb]).map(|(a, b)| a * b).sum::<f32>();
@@ -128,8 +132,8 @@ impl super::rows::FloatRows for Q8BlockMatrix {
     fn dims(&self) -> (usize, usize) {
         (self.k, self.n)
     }
-    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()> {
-        self.matmul(x, out, int8_activations)
+    fn run(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()> {
+        self.matmul(x, out, activations)
     }
 }
 
@@ -139,7 +143,7 @@ struct MatMulNBitsQ8 {
     k: usize,
     n: usize,
     has_zp: bool,
-    int8_activations: bool,
+    activations: Activations,
 }
 
 impl Expansion for MatMulNBitsQ8 {
@@ -164,17 +168,16 @@ impl Expansion for MatMulNBitsQ8 {
         } else {
             model.wire_node(format!("{prefix}.cast"), tract_onnx::tract_core::ops::cast::cast(f32::datum_type()), &[inputs[0]])?[0]
         };
-        model.wire_node(prefix, Q8BlockMatMul { w: Arc::new(w), int8_activations: self.int8_activations }, &[x])
+        model.wire_node(prefix, Q8BlockMatMul { w: Arc::new(w), activations: self.activations }, &[x])
     }
 }
 
 type Builder = fn(&ParsingContext, &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)>;
 
-/// The `MatMulNBits` builder each [`register`] found in place, by `activation mode` (0: tract's
-/// own; 1, 2, 3: the q4 kernel's with f32 / int8 / the node's `accuracy_level` activations). A fn
-/// pointer carries no state, so there is one entry point per mode; each mode always finds the
-/// same builder before it.
-static NEXT: [std::sync::OnceLock<Builder>; 4] = [const { std::sync::OnceLock::new() }; 4];
+/// The `MatMulNBits` builder each [`register`] found in place, by mode (0: tract's own; `1 + i`:
+/// the q4 kernel's with [`Q4Activations::ALL`]`[i]`). A fn pointer carries no state, so there
+/// is one entry point per mode; each mode always finds the same builder before it.
+static NEXT: [std::sync::OnceLock<Builder>; 5] = [const { std::sync::OnceLock::new() }; 5];
 
 fn build_0(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     build(ctx, node, 0)
@@ -187,6 +190,9 @@ fn build_2(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn Infer
 }
 fn build_3(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
     build(ctx, node, 3)
+}
+fn build_4(ctx: &ParsingContext, node: &NodeProto) -> TractResult<(Box<dyn InferenceOp>, Vec<String>)> {
+    build(ctx, node, 4)
 }
 
 /// Element type of graph tensor `name` (an initializer, a weight the loader declared as a
@@ -223,16 +229,26 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
     if bits == 8 {
         ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 8-bit: only block_size {BLOCK}, K a multiple of it, no g_idx or bias (got block_size {block}, K {k})");
         // onnxruntime: accuracy_level 4 computes with int8 activations.
-        let int8_activations = node.get_attr_opt::<i64>("accuracy_level")?.unwrap_or(0) == crate::onnx::ACCURACY_LEVEL_INT8;
-        return Ok((expand(MatMulNBitsQ8 { k, n, has_zp: present(3), int8_activations }), vec![]));
+        // As the node's `accuracy_level` asks whatever the mode (int8 or float); the float ones
+        // on 16-bit blocks under the default mode, as the int4 nodes.
+        let activations = match (super::q4_matmul::int8_level(node)?, mode) {
+            (true, _) => Activations::Int8,
+            (false, m) if m == 1 + Q4Activations::AsModel.index() => Activations::Int16,
+            (false, _) => Activations::Float,
+        };
+        return Ok((expand(MatMulNBitsQ8 { k, n, has_zp: present(3), activations }), vec![]));
     }
     if bits == 4 && float_zp {
         ensure!(block == BLOCK && k % BLOCK == 0 && !present(4) && !present(5), "MatMulNBits 4-bit with float zero points: only block_size {BLOCK}, K a multiple of it, no g_idx or bias");
-        // Int8 activations only when forced (mode 2): onnxruntime 1.32 computes float zero
-        // points on float activations whatever `accuracy_level` says (tests/ort_compat.rs).
-        let int8_activations = mode == 2;
+        // Int8 activations only when forced: onnxruntime 1.32 computes float zero points on
+        // float activations whatever `accuracy_level` says (tests/ort_compat.rs). Mode 0 (no q4
+        // kernel) computes in f32.
+        let activations = match mode.checked_sub(1) {
+            Some(i) => Q4Activations::ALL[i].for_node(false),
+            None => super::rows::Activations::Float,
+        };
         let zero_point_term = node.get_attr_opt::<i64>(super::q4_min_matmul::ZERO_POINT_TERM_ATTR)?.unwrap_or(0) == 1;
-        return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, int8_activations, zero_point_term }), vec![]));
+        return Ok((expand(super::q4_min_matmul::MatMulNBitsQ4Min { k, n, activations, zero_point_term }), vec![]));
     }
     let next = NEXT[mode].get().context("the previous MatMulNBits builder was not registered")?;
     next(ctx, node)
@@ -241,12 +257,11 @@ fn build(ctx: &ParsingContext, node: &NodeProto, mode: usize) -> TractResult<(Bo
 /// Route 8-bit `MatMulNBits` nodes to [`Q8BlockMatMul`] and 4-bit ones with float zero points
 /// to [`super::q4_min_matmul::Q4MinMatMul`]; every other node goes to the builder registered
 /// before (tract's, or the q4 kernel's: call this after `q4_matmul::register`). `mode`: 0
-/// without the q4 kernel, 1 with it and f32 activations, 2 with int8 activations, 3 with the
-/// activations each node's `accuracy_level` asks for.
+/// without the q4 kernel, `1 + Q4Activations::index()` with it.
 pub fn register(onnx: &mut tract_onnx::Onnx, mode: usize) {
     if let Some(previous) = onnx.op_register.0.get("MatMulNBits") {
         NEXT[mode].get_or_init(|| *previous);
-        onnx.op_register.insert("MatMulNBits", [build_0, build_1, build_2, build_3][mode]);
+        onnx.op_register.insert("MatMulNBits", [build_0, build_1, build_2, build_3, build_4][mode]);
     }
 }
 
@@ -256,7 +271,7 @@ mod tests {
     use crate::cpu::kernels::q8_block::VARIANTS;
     use crate::quant::reference::{dequantize_q8_block, q8_block_round_trip, quantize_q8_block};
 
-    /// Every kernel variant, f32 and int8 activations.
+    /// Every kernel variant, f32, 16-bit and int8 activations.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
@@ -266,18 +281,27 @@ mod tests {
         let deq = dequantize_q8_block(&q);
         let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
         let mut mat = Q8BlockMatrix::new(n, k, packed, Arc::new(tract_ndarray::arr1(&q.scales).into_tensor()), None).unwrap();
-        for (v, int8) in VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
+        let mut q16s: Vec<Vec<f32>> = vec![];
+        for (v, acts) in VARIANTS.iter().flat_map(|v| [Activations::Float, Activations::Int16, Activations::Int8].map(|a| (v, a))) {
             mat.kernels = &v.kernels;
-            let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
+            let xr = match acts {
+                Activations::Float => x.clone(),
+                Activations::Int16 => crate::quant::reference::block_round_trip(&x, k, 32767.0),
+                Activations::Int8 => q8_block_round_trip(&x, k),
+            };
             let mut out = vec![0f32; m * n];
-            mat.matmul(&x, &mut out, int8).unwrap();
+            mat.matmul(&x, &mut out, acts).unwrap();
+            if acts == Activations::Int16 {
+                q16s.push(out.clone());
+            }
             for r in 0..m {
                 for c in 0..n {
                     let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                    assert!((out[r * n + c] - want).abs() < 1e-3, "{} int8={int8} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+                    assert!((out[r * n + c] - want).abs() < 1e-3, "{} {acts:?} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
                 }
             }
         }
+        assert!(q16s.windows(2).all(|w| w[0] == w[1]), "the 16-bit variants give different floats");
     }
 
     #[cfg_attr(not(target_arch = "wasm32"), test)]
@@ -292,7 +316,7 @@ mod tests {
         for v in VARIANTS {
             mat.kernels = &v.kernels;
             let mut out = vec![0f32; n];
-            mat.matmul(&x, &mut out, false).unwrap();
+            mat.matmul(&x, &mut out, Activations::Float).unwrap();
             for c in 0..n {
                 let want: f32 = (0..k).map(|i| (q[c * k + i] as f32 - zp[c * 2 + i / 32] as f32) * scales[c * 2 + i / 32] * x[i]).sum();
                 assert!((out[c] - want).abs() < 1e-3, "{}: {} vs {want}", v.name, out[c]);

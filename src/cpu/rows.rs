@@ -71,34 +71,44 @@ fn eval_f32(x: TValue, k: usize, n: usize, matmul: impl FnOnce(&[f32], &mut [f32
     Ok(tvec!(Tensor::from_shape(&shape, &out)?.into_tvalue()))
 }
 
+/// What a float row-wise op multiplies its weights with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activations {
+    /// The f32 activations.
+    Float,
+    /// Activations rounded per 32-block to 16 bits (relative error 2^-16 of each block's
+    /// largest value): integer kernels on float inputs. Kernels without such a path compute in f32.
+    Int16,
+    /// Rounded per 32-block to int8 (onnxruntime's `accuracy_level` 4, llama.cpp's q8_0).
+    Int8,
+}
+
 /// A weight matrix of a float row-wise op ([`FloatRowsOp`]).
 pub trait FloatRows: std::fmt::Debug + Send + Sync + 'static {
     /// The op's name in tract's plan.
     const OP: &'static str;
     /// `(k, n)`.
     fn dims(&self) -> (usize, usize);
-    /// `out[m][n] = x[m] · w[n]` for the rows of `x` (`[m][k]`), activations rounded to int8
-    /// blocks first when `int8_activations`.
-    fn run(&self, x: &[f32], out: &mut [f32], int8_activations: bool) -> TractResult<()>;
+    /// `out[m][n] = x[m] · w[n]` for the rows of `x` (`[m][k]`) on `activations`.
+    fn run(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()>;
 }
 
 /// The typed op of a float row-wise matmul, `[.., K] f32 -> [.., N] f32`, over weights `M`.
 #[derive(Debug)]
 pub struct FloatRowsOp<M> {
     pub w: Arc<M>,
-    /// Quantize activations to int8 per 32-block.
-    pub int8_activations: bool,
+    pub activations: Activations,
 }
 
 impl<M> Clone for FloatRowsOp<M> {
     fn clone(&self) -> Self {
-        FloatRowsOp { w: self.w.clone(), int8_activations: self.int8_activations }
+        FloatRowsOp { w: self.w.clone(), activations: self.activations }
     }
 }
 
 impl<M> PartialEq for FloatRowsOp<M> {
     fn eq(&self, other: &Self) -> bool {
-        Arc::ptr_eq(&self.w, &other.w) && self.int8_activations == other.int8_activations
+        Arc::ptr_eq(&self.w, &other.w) && self.activations == other.activations
     }
 }
 impl<M> Eq for FloatRowsOp<M> {}
@@ -109,7 +119,7 @@ impl<M: FloatRows> Op for FloatRowsOp<M> {
     }
     fn info(&self) -> TractResult<Vec<String>> {
         let (k, n) = self.w.dims();
-        Ok(vec![format!("N={n} K={k} int8 activations: {}", self.int8_activations)])
+        Ok(vec![format!("N={n} K={k} activations: {:?}", self.activations)])
     }
     op_as_typed_op!();
 }
@@ -119,7 +129,7 @@ impl<M: FloatRows> EvalOp for FloatRowsOp<M> {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (k, n) = self.w.dims();
-        eval_f32(args_1!(inputs), k, n, |x, out| self.w.run(x, out, self.int8_activations))
+        eval_f32(args_1!(inputs), k, n, |x, out| self.w.run(x, out, self.activations))
     }
 }
 

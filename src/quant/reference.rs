@@ -350,6 +350,18 @@ pub fn q8_block_round_trip(x: &[f32], k: usize) -> Vec<f32> {
         .collect()
 }
 
+/// [`q8_block_round_trip`] for `levels` each side of zero (32767: the kernels' 16-bit
+/// activations, `cpu::q4_matmul::BlockInt`).
+pub fn block_round_trip(x: &[f32], k: usize, levels: f32) -> Vec<f32> {
+    assert!(k % 32 == 0 && x.len() % k == 0, "rows of k = {k} in blocks of 32");
+    x.chunks_exact(32)
+        .flat_map(|b| {
+            let (s, inv) = crate::cpu::q4_matmul::block_scale(b, levels);
+            b.iter().map(move |v| (v * inv).round_ties_even() * s).collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 /// The smallest f16 value >= `v` (for positive, finite `v`), as f32.
 fn round_up_to_f16(v: f32) -> f32 {
     let h = half::f16::from_f32(v);

@@ -101,7 +101,7 @@ fn q4_variant_max_diff(mat: &edge_llm::cpu::q4_matmul::Q4Matrix, x: &[f32], want
 pub const Q8_BLOCK_SHAPES: [(usize, usize, usize); 3] = [(5, 32, 1), (9, 96, 6), (7, 576, 3)];
 
 /// Max |diff|, over every compiled kernel variant (`cpu::kernels::q8_block`), of edge-llm's
-/// 8-bit block matmul with f32 and with int8 activations against dequantize-then-matmul on
+/// 8-bit block matmul with f32, 16-bit and int8 activations against dequantize-then-matmul on
 /// the activations rounded as the kernel rounds them.
 pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
     use edge_llm::cpu::q8_block_matmul::Q8BlockMatrix;
@@ -114,11 +114,16 @@ pub fn q8_block_matmul_max_diff(n: usize, k: usize, m: usize) -> f32 {
     let packed = Arc::new(Tensor::from_shape(&[q.q.len()], &q.q).unwrap());
     let mut mat = Q8BlockMatrix::new(n, k, packed, std::sync::Arc::new(Tensor::from_shape(&[q.scales.len()], &q.scales).unwrap()), None).unwrap();
     let mut d = 0f32;
-    for (v, int8) in edge_llm::cpu::kernels::q8_block::VARIANTS.iter().flat_map(|v| [(v, false), (v, true)]) {
+    use edge_llm::cpu::q4_matmul::Activations;
+    for (v, acts) in edge_llm::cpu::kernels::q8_block::VARIANTS.iter().flat_map(|v| [Activations::Float, Activations::Int16, Activations::Int8].map(|a| (v, a))) {
         mat.kernels = &v.kernels;
-        let xr = if int8 { q8_block_round_trip(&x, k) } else { x.clone() };
+        let xr = match acts {
+            Activations::Float => x.clone(),
+            Activations::Int16 => edge_llm::quant::reference::block_round_trip(&x, k, 32767.0),
+            Activations::Int8 => q8_block_round_trip(&x, k),
+        };
         let mut out = vec![0f32; m * n];
-        mat.matmul(&x, &mut out, int8).unwrap();
+        mat.matmul(&x, &mut out, acts).unwrap();
         for r in 0..m {
             for c in 0..n {
                 let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();

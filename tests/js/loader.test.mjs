@@ -62,6 +62,13 @@ test("Engine.load fetches, verifies and runs the packed model; progress keeps it
   engine.free();
 });
 
+test("exactActivations: the float layers in f32 give the default's greedy tokens; a non-boolean is refused", async () => {
+  const exact = await Engine.load(srv.url("v1"), { cache: "none", exactActivations: true });
+  assert.deepEqual(await greedy(exact), wantTokens);
+  exact.free();
+  await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", exactActivations: "yes" }), { name: "InvalidOptionError", message: /exactActivations/ });
+});
+
 test("the fs store: cached shards are not fetched again, offline loads work, a corrupt entry is refetched", async () => {
   const dir = mkdtempSync(join(tmpdir(), "edge-llm-fs-"));
   try {

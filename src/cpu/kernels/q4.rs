@@ -15,6 +15,9 @@ pub struct Q4 {
     /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]` on int8 activations.
     pub dot_row_q8: fn(&[u8], &[f32], &[i8], &[f32]) -> f32,
     pub dot_rows4_q8: fn(&[u8], &[f32], [&[i8]; 4], [&[f32]; 4]) -> [f32; 4],
+    /// [`Q4::dot_row_q8`] on activations rounded to 16 bits per block (`xq` de-interleaved).
+    pub dot_row_q16: fn(&[u8], &[f32], &[i16], &[f32]) -> f32,
+    pub dot_rows4_q16: fn(&[u8], &[f32], [&[i16]; 4], [&[f32]; 4]) -> [f32; 4],
     /// Four weight rows into the GEMM's i16 panel, zero points (default 8) subtracted.
     pub unpack_panel: fn([&[u8]; 4], Option<[&[u8]; 4]>, &mut [i16]),
     /// One GEMM register tile of `x.len()` (1 to 6) activation rows against a panel.
@@ -49,6 +52,8 @@ macro_rules! table {
             dot_rows4: $m::dot_rows4,
             dot_row_q8: $m::dot_row_q8,
             dot_rows4_q8: $m::dot_rows4_q8,
+            dot_row_q16: $m::dot_row_q16,
+            dot_rows4_q16: $m::dot_rows4_q16,
             unpack_panel: $m::unpack_panel,
             gemm_tile: by_rows!($m),
         }
@@ -116,6 +121,37 @@ pub mod portable {
 
     pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
         [0, 1, 2, 3].map(|r| dot_row_q8(w, sw, xq[r], sx[r]))
+    }
+
+    /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]` on 16-bit activations (`xq`
+    /// de-interleaved per block), the same floats as the SIMD twin: four lanes, lane `l` taking
+    /// elements `8g + 2l` and `8g + 2l + 1` of each block (`i32x4.dot_i16x8_s`'s grouping). A
+    /// lane's integer sum is at most 8 * 15 * 32767, exact in i32 and in f32 (< 2^24).
+    pub fn dot_row_q16(w: &[u8], sw: &[f32], xq: &[i16], sx: &[f32]) -> f32 {
+        let mut acc = [0f32; 4];
+        for b in 0..sw.len() {
+            let bytes = &w[b * 16..(b + 1) * 16];
+            let xb = &xq[b * BLOCK..(b + 1) * BLOCK];
+            let scale = sw[b] * sx[b];
+            // Lane l of the SIMD dot products holds elements 2l, 2l + 1 of each group of 8.
+            for (l, a) in acc.iter_mut().enumerate() {
+                let mut d = 0i32;
+                for g in 0..4 {
+                    for e in 0..2 {
+                        let j = 8 * g + 2 * l + e;
+                        let byte = bytes[j % 16];
+                        let q = if j < 16 { byte & 0x0f } else { byte >> 4 };
+                        d += q as i32 * xb[j] as i32;
+                    }
+                }
+                *a += d as f32 * scale;
+            }
+        }
+        (acc[0] + acc[1]) + (acc[2] + acc[3])
+    }
+
+    pub fn dot_rows4_q16(w: &[u8], sw: &[f32], xq: [&[i16]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
+        [0, 1, 2, 3].map(|r| dot_row_q16(w, sw, xq[r], sx[r]))
     }
 
     pub fn unpack_panel(w: [&[u8]; 4], zps: Option<[&[u8]; 4]>, panel: &mut [i16]) {
@@ -212,41 +248,70 @@ pub mod simd128 {
 
     /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]`.
     pub fn dot_row_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
-        let nb = sw.len();
-        assert!(w.len() >= nb * BLOCK / 2 && xq.len() >= nb * BLOCK && sx.len() >= nb);
-        let mask = u8x16_splat(0x0f);
-        let mut acc = f32x4_splat(0.0);
-        // SAFETY: loads stay inside `w` and `xq`, whose lengths are asserted above.
-        unsafe {
-            for b in 0..nb {
-                let bytes = v128_load(w.as_ptr().add(b * 16) as *const v128);
-                let d = block_dot_q8(v128_and(bytes, mask), u8x16_shr(bytes, 4), xq.as_ptr().add(b * BLOCK));
-                let scale = f32x4_splat(*sw.get_unchecked(b) * *sx.get_unchecked(b));
-                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(d), scale));
-            }
-        }
-        hsum(acc)
+        // SAFETY: `block_dot_q8` reads one block of 32 int8 at the pointer it is given.
+        hsum(unsafe { int_rows::<i8, 1>(w, sw, [xq], [sx], |lo, hi, xp| block_dot_q8(lo, hi, xp)) }[0])
     }
 
     pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: as in `dot_row_q8`.
+        unsafe { int_rows::<i8, 4>(w, sw, xq, sx, |lo, hi, xp| block_dot_q8(lo, hi, xp)) }.map(hsum)
+    }
+
+    /// The integer-activation GEMV loop over `R` activation rows: each weight block's nibbles
+    /// (`lo`, `hi`) unpacked once, `block(lo, hi, x)` giving one row's integer partial sums for
+    /// the block at `x`, scaled by `sw[b] * sx[r][b]` and added per lane. Returns the lanes.
+    ///
+    /// # Safety
+    /// `block` must read at most one block (32 values) at the pointer it is given.
+    #[inline(always)]
+    unsafe fn int_rows<X, const R: usize>(w: &[u8], sw: &[f32], xq: [&[X]; R], sx: [&[f32]; R], block: impl Fn(v128, v128, *const X) -> v128) -> [v128; R] {
         let nb = sw.len();
         assert!(w.len() >= nb * BLOCK / 2 && xq.iter().all(|r| r.len() >= nb * BLOCK) && sx.iter().all(|r| r.len() >= nb));
         let mask = u8x16_splat(0x0f);
-        let mut acc = [f32x4_splat(0.0); 4];
-        // SAFETY: loads stay inside `w` and `xq[i]`, whose lengths are asserted above.
+        let mut acc = [f32x4_splat(0.0); R];
+        // SAFETY: loads stay inside `w` and `xq[r]` (one block each), whose lengths are asserted above.
         unsafe {
             for b in 0..nb {
                 let bytes = v128_load(w.as_ptr().add(b * 16) as *const v128);
                 let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
                 let swb = *sw.get_unchecked(b);
-                for r in 0..4 {
-                    let d = block_dot_q8(lo, hi, xq[r].as_ptr().add(b * BLOCK));
+                for r in 0..R {
+                    let d = block(lo, hi, xq[r].as_ptr().add(b * BLOCK));
                     let scale = f32x4_splat(swb * *sx[r].get_unchecked(b));
                     acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(d), scale));
                 }
             }
         }
-        acc.map(hsum)
+        acc
+    }
+
+    /// One block's integer dot product on 16-bit activations as i32x4 partial sums (lane `l`:
+    /// elements `8g + 2l`, `8g + 2l + 1` of the de-interleaved block, `g` in 0..4). Products are
+    /// at most 15 * 32767, eight per lane: no overflow, and exact in f32 (< 2^24).
+    #[inline(always)]
+    unsafe fn block_dot_q16(lo: v128, hi: v128, xp: *const i16) -> v128 {
+        let x = |i: usize| v128_load(xp.add(8 * i) as *const v128);
+        let a = i32x4_dot_i16x8(u16x8_extend_low_u8x16(lo), x(0));
+        let b = i32x4_dot_i16x8(u16x8_extend_high_u8x16(lo), x(1));
+        let c = i32x4_dot_i16x8(u16x8_extend_low_u8x16(hi), x(2));
+        let d = i32x4_dot_i16x8(u16x8_extend_high_u8x16(hi), x(3));
+        i32x4_add(i32x4_add(a, b), i32x4_add(c, d))
+    }
+
+    /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]` on 16-bit activations.
+    pub fn dot_row_q16(w: &[u8], sw: &[f32], xq: &[i16], sx: &[f32]) -> f32 {
+        // SAFETY: `block_dot_q16` reads one block of 32 i16 at the pointer it is given.
+        hsum2(unsafe { int_rows::<i16, 1>(w, sw, [xq], [sx], |lo, hi, xp| block_dot_q16(lo, hi, xp)) }[0])
+    }
+
+    pub fn dot_rows4_q16(w: &[u8], sw: &[f32], xq: [&[i16]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: as in `dot_row_q16`.
+        unsafe { int_rows::<i16, 4>(w, sw, xq, sx, |lo, hi, xp| block_dot_q16(lo, hi, xp)) }.map(hsum2)
+    }
+
+    /// `(l0 + l1) + (l2 + l3)`, the portable twin's order.
+    fn hsum2(v: v128) -> f32 {
+        (f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v)) + (f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v))
     }
 
     /// [`dot_row`] for four activation rows at once: each weight block is unpacked once.

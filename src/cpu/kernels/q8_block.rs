@@ -12,13 +12,15 @@ pub struct Q8Block {
     pub dot_q8: fn(&[u8], &[f32], &[i8], &[f32]) -> f32,
     /// `sum_b sw[b] * sum_j (w[b][j] - 128) * x[b][j]`.
     pub dot_f32: fn(&[u8], &[f32], &[f32]) -> f32,
+    /// [`Q8Block::dot_q8`] on activations rounded to 16 bits per block (natural order).
+    pub dot_q16: fn(&[u8], &[f32], &[i16], &[f32]) -> f32,
 }
 
 /// The compiled variants, slowest first.
 pub static VARIANTS: &[super::Variant<Q8Block>] = &[
-    super::Variant { name: "portable", kernels: Q8Block { dot_q8: portable::dot_q8, dot_f32: portable::dot_f32 } },
+    super::Variant { name: "portable", kernels: Q8Block { dot_q8: portable::dot_q8, dot_f32: portable::dot_f32, dot_q16: portable::dot_q16 } },
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-    super::Variant { name: "simd128", kernels: Q8Block { dot_q8: simd128::dot_q8, dot_f32: simd128::dot_f32 } },
+    super::Variant { name: "simd128", kernels: Q8Block { dot_q8: simd128::dot_q8, dot_f32: simd128::dot_f32, dot_q16: simd128::dot_q16 } },
 ];
 
 /// The fastest compiled variant.
@@ -38,6 +40,21 @@ pub mod portable {
             acc += d as f32 * (s * t);
         }
         acc
+    }
+
+    /// The SIMD twin's floats: four lanes, lane `l` taking elements `8g + 2l` and `8g + 2l + 1`
+    /// of each block (`i32x4.dot_i16x8_s`'s grouping), each lane's integer sum (at most
+    /// 8 * 128 * 32767, within i32) converted to f32, scaled and added per lane.
+    pub fn dot_q16(w: &[u8], sw: &[f32], xq: &[i16], sx: &[f32]) -> f32 {
+        let mut acc = [0f32; 4];
+        for (b, (s, t)) in sw.iter().zip(sx).enumerate() {
+            let (wb, xb) = (&w[b * BLOCK..(b + 1) * BLOCK], &xq[b * BLOCK..(b + 1) * BLOCK]);
+            for (l, a) in acc.iter_mut().enumerate() {
+                let d: i32 = (0..4).flat_map(|g| [8 * g + 2 * l, 8 * g + 2 * l + 1]).map(|j| ((wb[j] ^ 0x80) as i8 as i32) * xb[j] as i32).sum();
+                *a += d as f32 * (s * t);
+            }
+        }
+        (acc[0] + acc[1]) + (acc[2] + acc[3])
     }
 
     /// Sums in the SIMD128 kernel's order (four lanes, lane `l` taking elements `4i + l`): the
@@ -92,6 +109,28 @@ pub mod simd128 {
             }
         }
         hsum(acc)
+    }
+
+    pub fn dot_q16(w: &[u8], sw: &[f32], xq: &[i16], sx: &[f32]) -> f32 {
+        let nb = sw.len();
+        assert!(w.len() >= nb * BLOCK && xq.len() >= nb * BLOCK && sx.len() >= nb);
+        let flip = u8x16_splat(0x80);
+        let mut acc = f32x4_splat(0.0);
+        // SAFETY: every load reads inside `w` / `xq`, whose lengths are asserted above.
+        unsafe {
+            for b in 0..nb {
+                let mut d = i32x4_splat(0);
+                for h in [0, 16] {
+                    let wv = v128_xor(v128_load(w.as_ptr().add(b * BLOCK + h) as *const v128), flip);
+                    let xp = xq.as_ptr().add(b * BLOCK + h);
+                    d = i32x4_add(d, i32x4_dot_i16x8(i16x8_extend_low_i8x16(wv), v128_load(xp as *const v128)));
+                    d = i32x4_add(d, i32x4_dot_i16x8(i16x8_extend_high_i8x16(wv), v128_load(xp.add(8) as *const v128)));
+                }
+                let s = f32x4_splat(*sw.get_unchecked(b) * *sx.get_unchecked(b));
+                acc = f32x4_add(acc, f32x4_mul(f32x4_convert_i32x4(d), s));
+            }
+        }
+        (f32x4_extract_lane::<0>(acc) + f32x4_extract_lane::<1>(acc)) + (f32x4_extract_lane::<2>(acc) + f32x4_extract_lane::<3>(acc))
     }
 
     pub fn dot_f32(w: &[u8], sw: &[f32], x: &[f32]) -> f32 {
