@@ -133,14 +133,14 @@ impl Q4Matrix {
 
     /// `out[m][n] = x[m] · w[n]` for `m` rows of `x` (`[m][k]`).
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
-        self.matmul_then(x, out, |_, _, _, _| {})
+        self.matmul_with_term(x, out, None)
     }
 
-    /// [`Q4Matrix::matmul`], then `then(sums, cols, out, ld)` on each share of output columns
-    /// `cols` (`out[r * ld + (col - cols.start)]`) on the thread that computed it, `sums` the
-    /// activation rows' block sums (`[m][k / 32]`): a term added per output column
-    /// ([`super::q4_min_matmul`]'s zero points) is split across the threads like the product.
-    pub fn matmul_then(&self, x: &[f32], out: &mut [f32], then: impl Fn(&[f32], Range<usize>, &mut [f32], usize) + Sync) -> TractResult<()> {
+    /// [`Q4Matrix::matmul`] plus `sum_b term[n][b] * X[m][b]` (`term` `[n][k / 32]`, `X` the
+    /// activation rows' block sums): [`super::q4_min_matmul`]'s float zero points. The GEMV
+    /// driver folds it into its own zero-point correction, column by column on the thread that
+    /// computes the column.
+    pub fn matmul_with_term(&self, x: &[f32], out: &mut [f32], term: Option<&[f32]>) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         let m = x.len() / k;
         // Per activation row: even/odd de-interleaved blocks (so the unpacked low and high
@@ -159,22 +159,22 @@ impl Q4Matrix {
             }
         }
         super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
-            self.drive(m, &xs, cols.clone(), out, ld, |w, s, r, tile| {
+            self.drive(m, &xs, cols, out, ld, term, |w, s, r, tile| {
                 if tile == 4 {
                     (self.kernels.dot_rows4)(w, s, [0, 1, 2, 3].map(|i| &xd[(r + i) * k..(r + i + 1) * k]))
                 } else {
                     [(self.kernels.dot_row)(w, s, &xd[r * k..(r + 1) * k]), 0.0, 0.0, 0.0]
                 }
-            })?;
-            then(&xs, cols, out, ld);
-            Ok(())
+            })
         })
     }
 
     /// The GEMV loop: weight rows `cols` against the activation rows, four at a time while four
     /// remain (each unpacked weight block then serves four rows), minus the zero-point term
-    /// `sum_b scale * zp * sums[r][b]`. `dot(w_row, scales_row, r, tile)` returns `tile` (4 or 1)
-    /// dot products starting at activation row `r`. Writes `out[r * ld + (col - cols.start)]`.
+    /// `sum_b (scale * zp - term[col][b]) * sums[r][b]` (`term`: see [`Q4Matrix::matmul_with_term`]).
+    /// `dot(w_row, scales_row, r, tile)` returns `tile` (4 or 1) dot products starting at
+    /// activation row `r`. Writes `out[r * ld + (col - cols.start)]`.
+    #[allow(clippy::too_many_arguments)]
     fn drive(
         &self,
         m: usize,
@@ -182,6 +182,7 @@ impl Q4Matrix {
         cols: Range<usize>,
         out: &mut [f32],
         ld: usize,
+        term: Option<&[f32]>,
         dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4],
     ) -> TractResult<()> {
         let nb = self.k / BLOCK;
@@ -201,6 +202,11 @@ impl Q4Matrix {
             let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
             let s = &scales[row * nb..(row + 1) * nb];
             self.scaled_zeros(row, s, z);
+            if let Some(t) = term {
+                for (zb, tb) in z.iter_mut().zip(&t[row * nb..(row + 1) * nb]) {
+                    *zb -= tb;
+                }
+            }
             let mut r = 0;
             while r < m {
                 let tile = if r + 4 <= m { 4 } else { 1 };
@@ -208,7 +214,7 @@ impl Q4Matrix {
                 let corr = if tile == 4 {
                     dot4_in_lanes(z, &quads[r / 4 * nb * 4..][..nb * 4])
                 } else {
-                    [z.iter().zip(&sums[r * nb..(r + 1) * nb]).map(|(a, b)| a * b).sum(), 0.0, 0.0, 0.0]
+                    [dot_in_lanes(z, &sums[r * nb..(r + 1) * nb]), 0.0, 0.0, 0.0]
                 };
                 for (i, d) in dots.iter().take(tile).enumerate() {
                     out[(r + i) * ld + row - cols.start] = d - corr[i];
@@ -285,6 +291,17 @@ impl BlockInt for i16 {
     fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[i16], &[f32]) -> f32, fn(&[u8], &[f32], [&[i16]; 4], [&[f32]; 4]) -> [f32; 4]) {
         (k.dot_row_q16, k.dot_rows4_q16)
     }
+}
+
+/// `a · b` summed in four independent lanes (lane `l`: elements `4i + l`), then `(l0 + l1) +
+/// (l2 + l3)`: one serial chain of adds was latency-bound (a decode step makes ~155,000 of these
+/// sums of 18–48 products).
+fn dot_in_lanes(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 4];
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        acc[i % 4] += x * y;
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// Activations of `m` rows rounded per 32-block to `T` ([`BlockInt`]), de-interleaved like the
@@ -423,19 +440,22 @@ impl Q4Matrix {
     /// the cost of activation rounding (relative error ~0.4 % per element). One row (decode)
     /// takes the GEMV, several (prefill) the GEMM; both compute the same integers.
     pub fn matmul_q8(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
-        self.matmul_int_then::<i8>(x, out, |_, _, _, _| {})
+        self.matmul_int_with_term::<i8>(x, out, None)
     }
 
     /// [`Q4Matrix::matmul_q8`] on activations rounded to 16 bits per 32-block instead: the
     /// integer kernels' speed (prefill ~1.9x the f32 kernel on wasm), within 2^-16 of each
     /// block's largest activation of the float product.
     pub fn matmul_q16(&self, x: &[f32], out: &mut [f32]) -> TractResult<()> {
-        self.matmul_int_then::<i16>(x, out, |_, _, _, _| {})
+        self.matmul_int_with_term::<i16>(x, out, None)
     }
 
-    /// [`Q4Matrix::matmul_q8`] / [`Q4Matrix::matmul_q16`] (`T`), then `then` as in
-    /// [`Q4Matrix::matmul_then`], `sums` being the rounded activations' block sums (`scale * sum(q)`).
-    pub fn matmul_int_then<T: BlockInt>(&self, x: &[f32], out: &mut [f32], then: impl Fn(&[f32], Range<usize>, &mut [f32], usize) + Sync) -> TractResult<()> {
+    /// [`Q4Matrix::matmul_q8`] / [`Q4Matrix::matmul_q16`] (`T`) plus `term` as in
+    /// [`Q4Matrix::matmul_with_term`], on the rounded activations' block sums (`scale * sum(q)`:
+    /// the zero-point term sees the activations the product used, as onnxruntime's int8 compute
+    /// and the reference do; unrounded sums there were a 0.24 logit error). The GEMM adds it to
+    /// each share of columns on the thread that computed it.
+    pub fn matmul_int_with_term<T: BlockInt>(&self, x: &[f32], out: &mut [f32], term: Option<&[f32]>) -> TractResult<()> {
         let (k, m) = (self.k, x.len() / self.k);
         // Output columns are split across the CPU threads ([`super::threads`]); each column is
         // computed the same whichever thread owns it.
@@ -444,34 +464,33 @@ impl Q4Matrix {
             let sums = rows.scaled_sums();
             super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
                 self.gemm_q8(&rows, cols.clone(), out, ld)?;
-                then(&sums, cols, out, ld);
+                if let Some(t) = term {
+                    super::q4_min_matmul::add_zero_point_term(out, ld, cols, t, &sums, k / BLOCK);
+                }
                 Ok(())
             })
         } else {
             let acts = quantize_activations_to::<T>(x, k);
-            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
-                self.gemv_int(&acts, cols.clone(), out, ld)?;
-                then(&acts.scaled_sums, cols, out, ld);
-                Ok(())
-            })
+            super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| self.gemv_int(&acts, cols, out, ld, term))
         }
     }
 
     /// Output columns `cols` of the int8 GEMV (each weight block unpacked in registers for up
     /// to four activation rows), written to `out[r * ld + (col - cols.start)]`.
     pub fn gemv_q8(&self, a: &Q8Activations, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
-        self.gemv_int(a, cols, out, ld)
+        self.gemv_int(a, cols, out, ld, None)
     }
 
-    /// [`Q4Matrix::gemv_q8`] on any [`BlockInt`] activations.
-    pub fn gemv_int<T: BlockInt>(&self, a: &BlockActivations<T>, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
+    /// [`Q4Matrix::gemv_q8`] on any [`BlockInt`] activations, plus `term` as in
+    /// [`Q4Matrix::matmul_with_term`].
+    pub fn gemv_int<T: BlockInt>(&self, a: &BlockActivations<T>, cols: Range<usize>, out: &mut [f32], ld: usize, term: Option<&[f32]>) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         ensure!(a.q.len() % k == 0 && a.scales.len() * BLOCK == a.q.len(), "activations are not rows of K={k}");
         ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
         let m = a.q.len() / k;
         ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
         let (dot_row, dot_rows4) = T::gemv(self.kernels);
-        self.drive(m, &a.scaled_sums, cols, out, ld, |w, s, r, tile| {
+        self.drive(m, &a.scaled_sums, cols, out, ld, term, |w, s, r, tile| {
             let q = |i: usize| &a.q[(r + i) * k..(r + i + 1) * k];
             let sx = |i: usize| &a.scales[(r + i) * nb..(r + i + 1) * nb];
             if tile == 4 {
@@ -827,7 +846,7 @@ mod tests {
                     }
                 }
                 let mut gemv = vec![0f32; m * n];
-                mat.gemv_int(&quantize_activations_to::<i16>(&x, k), 0..n, &mut gemv, n).unwrap();
+                mat.gemv_int(&quantize_activations_to::<i16>(&x, k), 0..n, &mut gemv, n, None).unwrap();
                 assert!(gemv.iter().zip(&out).all(|(a, b)| (a - b).abs() < 1e-4), "{}: GEMV and GEMM disagree", v.name);
                 if m == 7 && sym {
                     gemvs.push(gemv);

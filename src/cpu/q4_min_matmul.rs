@@ -55,16 +55,13 @@ impl Q4MinMatrix {
         let (k, nb) = (self.q4.k, self.q4.k / BLOCK);
         let correction = self.correction.to_plain_array_view::<f32>()?;
         let correction = correction.as_slice().context("the zero-point term must be contiguous")?;
-        // The zero-point term takes the block sums of the activations the product used: with
-        // int8 activations those of the rounded ones (`scale * sum(q)`), as onnxruntime's int8
-        // compute and the reference do; unrounded sums there were the 0.24 logit error. It is
-        // added to each share of columns on the thread that computed it.
-        let term = |sums: &[f32], cols: Range<usize>, out: &mut [f32], ld: usize| add_zero_point_term(out, ld, cols, correction, sums, nb);
         debug_assert_eq!(x.len() % k, 0);
+        debug_assert_eq!(correction.len(), self.q4.n * nb);
+        let term = Some(correction);
         match activations {
-            Activations::Int8 => self.q4.matmul_int_then::<i8>(x, out, term),
-            Activations::Int16 => self.q4.matmul_int_then::<i16>(x, out, term),
-            Activations::Float => self.q4.matmul_then(x, out, term),
+            Activations::Int8 => self.q4.matmul_int_with_term::<i8>(x, out, term),
+            Activations::Int16 => self.q4.matmul_int_with_term::<i16>(x, out, term),
+            Activations::Float => self.q4.matmul_with_term(x, out, term),
         }
     }
 }
@@ -73,7 +70,7 @@ impl Q4MinMatrix {
 /// `cols`, each sum in block order from -0.0 (as `Iterator::sum` does, so every output is the same
 /// float as [`add_zero_point_term_rows`]'s), four activation rows at a time in SIMD lanes
 /// ([`super::q4_matmul::dot4_in_lanes`]).
-fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], nb: usize) {
+pub(super) fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], nb: usize) {
     let m = sums.len() / nb.max(1);
     let quads = super::q4_matmul::sums_in_quads(sums, m, nb);
     for (q, quad) in quads.chunks_exact((nb * 4).max(1)).enumerate() {
@@ -250,7 +247,7 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         use crate::quant::reference::block_round_trip;
-        for m in [1, 3] {
+        for m in [1, 3, 6] {
             let (n, k) = (5, 96);
             let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
             let q = quantize_q4_min(&w, n, k, 32, None);
