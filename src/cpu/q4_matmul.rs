@@ -461,11 +461,17 @@ impl Q4Matrix {
         // computed the same whichever thread owns it.
         if m >= GEMM_MIN_ROWS {
             let rows = quantize_rows_to::<T>(x, k);
-            let sums = rows.scaled_sums();
+            // Only the float zero points' term reads the block sums (the panel holds `q - zp`),
+            // regrouped once for every share of columns.
+            let sums = term.map(|_| {
+                let sums = rows.scaled_sums();
+                let quads = sums_in_quads(&sums, m, k / BLOCK);
+                (sums, quads)
+            });
             super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
                 self.gemm_q8(&rows, cols.clone(), out, ld)?;
-                if let Some(t) = term {
-                    super::q4_min_matmul::add_zero_point_term(out, ld, cols, t, &sums, k / BLOCK);
+                if let (Some(t), Some((sums, quads))) = (term, &sums) {
+                    super::q4_min_matmul::add_zero_point_term(out, ld, cols, t, sums, quads, k / BLOCK);
                 }
                 Ok(())
             })

@@ -70,9 +70,10 @@ impl Q4MinMatrix {
 /// `cols`, each sum in block order from -0.0 (as `Iterator::sum` does, so every output is the same
 /// float as [`add_zero_point_term_rows`]'s), four activation rows at a time in SIMD lanes
 /// ([`super::q4_matmul::dot4_in_lanes`]).
-pub(super) fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], nb: usize) {
+///
+/// `quads`: `sums` regrouped ([`super::q4_matmul::sums_in_quads`]).
+pub(super) fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], quads: &[f32], nb: usize) {
     let m = sums.len() / nb.max(1);
-    let quads = super::q4_matmul::sums_in_quads(sums, m, nb);
     for (q, quad) in quads.chunks_exact((nb * 4).max(1)).enumerate() {
         for j in cols.clone() {
             for (i, a) in super::q4_matmul::dot4_in_lanes(&term[j * nb..(j + 1) * nb], quad).iter().enumerate() {
@@ -224,7 +225,8 @@ mod tests {
             sums[0] = -0.0; // a -0.0 product in a row's sum
             let base: Vec<f32> = (0..m * n).map(|i| if i % 5 == 0 { -0.0 } else { i as f32 * 0.37 - 3.0 }).collect();
             let (mut lanes, mut rows) = (base.clone(), base.clone());
-            add_zero_point_term(&mut lanes, n, 0..n, &term, &sums, nb);
+            let quads = crate::cpu::q4_matmul::sums_in_quads(&sums, m, nb);
+            add_zero_point_term(&mut lanes, n, 0..n, &term, &sums, &quads, nb);
             add_zero_point_term_rows(&mut rows, n, 0..n, &term, &sums, nb);
             assert_eq!(lanes.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m}");
             // Shares of columns, each in its own `[m][cols.len()]` block (a thread's), give the same.
@@ -232,7 +234,7 @@ mod tests {
             for cols in [0..3, 3..n] {
                 let w = cols.len();
                 let mut local: Vec<f32> = (0..m).flat_map(|r| base[r * n + cols.start..r * n + cols.end].to_vec()).collect();
-                add_zero_point_term(&mut local, w, cols.clone(), &term, &sums, nb);
+                add_zero_point_term(&mut local, w, cols.clone(), &term, &sums, &quads, nb);
                 for r in 0..m {
                     shares[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * w..(r + 1) * w]);
                 }
