@@ -617,6 +617,8 @@ fn detach_weights(
     for (i, t) in external {
         tensors[i] = Some(t);
     }
+    // Before the widening below: these f16 scales and zero points stay f16.
+    q4_min_matmul::read_f16_params_directly(graph);
     let read_as_f32 = f16_read_as_f32(graph);
     let mut widened = std::collections::HashSet::new();
     for (i, init) in graph.initializer.iter_mut().enumerate() {

@@ -37,7 +37,7 @@ pub struct Q4Matrix {
     /// `[n][k / 32][16]`: the graph's own constant, shared rather than copied (the tied
     /// embedding gathers rows from the same tensor).
     pub packed: Arc<Tensor>,
-    /// `[n][k / 32]` f32: the graph's constant, shared (no copy) when it is already f32.
+    /// `[n][k / 32]` f32 or f16 ([`BlockFloats`]): the graph's constant, shared (no copy).
     pub scales: Arc<Tensor>,
     /// Zero point per block, `[n][k / 32]`; `None`: 8 everywhere (the `MatMulNBits` default).
     pub zero_points: Option<Vec<u8>>,
@@ -62,9 +62,10 @@ impl Q4Matrix {
         let nb = k / BLOCK;
         ensure!(packed.len() == n * nb * BLOCK / 2, "B has {} bytes, expected {}", packed.len(), n * nb * BLOCK / 2);
         ensure!(packed.to_plain_array_view::<u8>()?.as_slice().is_some(), "B must be contiguous");
-        let scales = if scales.datum_type() == f32::datum_type() { scales } else { Arc::new(scales.cast_to::<f32>()?.into_owned()) };
+        let kept = [f32::datum_type(), f16::datum_type()].contains(&scales.datum_type());
+        let scales = if kept { scales } else { Arc::new(scales.cast_to::<f32>()?.into_owned()) };
         ensure!(scales.len() == n * nb, "scales has {} values, expected {}", scales.len(), n * nb);
-        ensure!(scales.to_plain_array_view::<f32>()?.as_slice().is_some(), "scales must be contiguous");
+        BlockFloats::of(&scales)?;
         let zb = nb.div_ceil(2);
         if let Some(z) = zero_points {
             ensure!(z.len() == n * zb, "zero_points has {} bytes, expected {}", z.len(), n * zb);
@@ -114,8 +115,8 @@ impl Q4Matrix {
         Self::new(n, k, packed, scales, z32.as_deref())
     }
 
-    fn scales(&self) -> TractResult<&[f32]> {
-        self.scales.to_plain_array_view::<f32>()?.to_slice().context("scales must be contiguous")
+    pub fn scales(&self) -> TractResult<BlockFloats<'_>> {
+        BlockFloats::of(&self.scales)
     }
 
     /// `scale * zero_point` of each block of weight row `row` into `out` (`k / 32` values):
@@ -140,7 +141,7 @@ impl Q4Matrix {
     /// activation rows' block sums): [`super::q4_min_matmul`]'s float zero points. The GEMV
     /// driver folds it into its own zero-point correction, column by column on the thread that
     /// computes the column.
-    pub fn matmul_with_term(&self, x: &[f32], out: &mut [f32], term: Option<&[f32]>) -> TractResult<()> {
+    pub fn matmul_with_term(&self, x: &[f32], out: &mut [f32], term: Option<ZeroPointTerm<'_>>) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         let m = x.len() / k;
         // Per activation row: even/odd de-interleaved blocks (so the unpacked low and high
@@ -182,31 +183,44 @@ impl Q4Matrix {
         cols: Range<usize>,
         out: &mut [f32],
         ld: usize,
-        term: Option<&[f32]>,
+        term: Option<ZeroPointTerm<'_>>,
         dot: impl Fn(&[u8], &[f32], usize, usize) -> [f32; 4],
     ) -> TractResult<()> {
         let nb = self.k / BLOCK;
         let packed = self.packed_bytes()?;
         let scales = self.scales()?;
+        // Per row: its scales as f32 (widened when f16), its zero-point correction, its term.
         // On the stack up to K = 8192: a decode step calls this ~2,500 times (every share of
         // every split), and on the threaded build every allocation takes the allocator's lock.
-        let (mut stack, mut heap) = ([0f32; 256], Vec::new());
-        let z: &mut [f32] = if nb <= stack.len() {
-            &mut stack[..nb]
+        let (mut stack, mut heap) = ([0f32; 3 * 256], Vec::new());
+        let scratch: &mut [f32] = if nb <= 256 {
+            &mut stack[..3 * nb]
         } else {
-            heap.resize(nb, 0.0);
+            heap.resize(3 * nb, 0.0);
             &mut heap
         };
+        let (z, rest) = scratch.split_at_mut(nb);
+        let (s_row, t_row) = rest.split_at_mut(nb);
         let quads = sums_in_quads(sums, m, nb);
         for row in cols.clone() {
             let w = &packed[row * nb * BLOCK / 2..(row + 1) * nb * BLOCK / 2];
-            let s = &scales[row * nb..(row + 1) * nb];
-            self.scaled_zeros(row, s, z);
-            if let Some(t) = term {
-                for (zb, tb) in z.iter_mut().zip(&t[row * nb..(row + 1) * nb]) {
-                    *zb -= tb;
+            let s = match (scales, term) {
+                // f16 scales and zero points, widened and combined in one pass.
+                (BlockFloats::F16(sh), Some(ZeroPointTerm::ZeroPoints(zh))) if self.zero_points.is_none() => {
+                    half_row(&sh[row * nb..(row + 1) * nb], &zh[row * nb..(row + 1) * nb], s_row, z);
+                    &*s_row
                 }
-            }
+                _ => {
+                    let s = scales.row(row, nb, s_row);
+                    self.scaled_zeros(row, s, z);
+                    if let Some(t) = term {
+                        for (zb, tb) in z.iter_mut().zip(t.row(row, s, t_row)) {
+                            *zb -= tb;
+                        }
+                    }
+                    s
+                }
+            };
             let mut r = 0;
             while r < m {
                 let tile = if r + 4 <= m { 4 } else { 1 };
@@ -223,6 +237,152 @@ impl Q4Matrix {
             }
         }
         Ok(())
+    }
+}
+
+/// Per-block floats `[n][k / 32]` (scales, float zero points) as the graph holds them: f32, or
+/// f16 as a compact file stores them (edge-llm's int4 recipe, GGUF imports), kept so: half the
+/// bytes (SmolLM2 int4: 13 MB less, issue #16), widened a row at a time where the kernels read
+/// them ([`f16_to_f32`], exact).
+#[derive(Debug, Clone, Copy)]
+pub enum BlockFloats<'a> {
+    F32(&'a [f32]),
+    /// f16 bits.
+    F16(&'a [u16]),
+}
+
+impl<'a> BlockFloats<'a> {
+    /// A contiguous f32 or f16 tensor's values.
+    pub fn of(t: &'a Tensor) -> TractResult<Self> {
+        if t.datum_type() == f16::datum_type() {
+            let v = t.to_plain_array_view::<f16>()?;
+            let v = v.to_slice().context("per-block values must be contiguous")?;
+            Ok(BlockFloats::F16(half::slice::HalfFloatSliceExt::reinterpret_cast(v)))
+        } else {
+            let v = t.to_plain_array_view::<f32>()?;
+            Ok(BlockFloats::F32(v.to_slice().context("per-block values must be contiguous")?))
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            BlockFloats::F32(v) => v.len(),
+            BlockFloats::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Value `i`.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            BlockFloats::F32(v) => v[i],
+            BlockFloats::F16(v) => f16_to_f32(v[i]),
+        }
+    }
+
+    /// Row `row` of `[..][nb]`: the f32 values themselves, or the f16 ones widened into
+    /// `scratch` (`nb` long).
+    pub fn row<'b>(self, row: usize, nb: usize, scratch: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        match self {
+            BlockFloats::F32(v) => &v[row * nb..(row + 1) * nb],
+            BlockFloats::F16(v) => {
+                for (d, &h) in scratch.iter_mut().zip(&v[row * nb..(row + 1) * nb]) {
+                    *d = f16_to_f32(h);
+                }
+                scratch
+            }
+        }
+    }
+}
+
+/// f16 bits to the same value in f32, for every input (subnormals, infinities and NaNs too; a
+/// unit test checks all 65,536 against `half`), without a branch so that a row's loop
+/// vectorizes: exponent and mantissa moved to f32's places, rebiased by a multiplication by
+/// 2^112 (exact, and a subnormal f16 comes out normal), infinities and NaNs given f32's
+/// all-ones exponent, the sign put back.
+#[inline]
+pub fn f16_to_f32(h: u16) -> f32 {
+    let h = h as u32;
+    let mag = h & 0x7fff;
+    let v = (f32::from_bits(mag << 13) * f32::from_bits(0x7780_0000)).to_bits();
+    let special = if mag >= 0x7c00 { 0x7f80_0000 } else { 0 };
+    f32::from_bits(v | special | ((h & 0x8000) << 16))
+}
+
+/// One weight row of f16 scales `sh` and f16 float zero points `zh`: `s` the scales widened,
+/// `z = 8 * s - (8 - zf) * s`, the drive's zero-point correction; the same floats as widening
+/// ([`BlockFloats::row`]), `scaled_zeros` and subtracting [`ZeroPointTerm::row`] in turn.
+#[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
+fn half_row(sh: &[u16], zh: &[u16], s: &mut [f32], z: &mut [f32]) {
+    half_row_scalar(sh, zh, s, z)
+}
+
+fn half_row_scalar(sh: &[u16], zh: &[u16], s: &mut [f32], z: &mut [f32]) {
+    for (((s, z), &sh), &zh) in s.iter_mut().zip(z.iter_mut()).zip(sh).zip(zh) {
+        *s = f16_to_f32(sh);
+        *z = 8.0 * *s - (8.0 - f16_to_f32(zh)) * *s;
+    }
+}
+
+/// [`half_row`] in wasm SIMD128, four blocks at a time ([`f16_to_f32`]'s steps in lanes): the
+/// scalar loop cost 8 % of command 1's decode in Chromium.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn half_row(sh: &[u16], zh: &[u16], s: &mut [f32], z: &mut [f32]) {
+    use core::arch::wasm32::*;
+    let n = sh.len().min(zh.len()).min(s.len()).min(z.len());
+    let widen = |h: v128| {
+        let mag = v128_and(h, u32x4_splat(0x7fff));
+        let v = f32x4_mul(i32x4_shl(mag, 13), f32x4_splat(f32::from_bits(0x7780_0000)));
+        let special = v128_and(u32x4_ge(mag, u32x4_splat(0x7c00)), u32x4_splat(0x7f80_0000));
+        v128_or(v128_or(v, special), i32x4_shl(v128_and(h, u32x4_splat(0x8000)), 16))
+    };
+    let (eight, mut i) = (f32x4_splat(8.0), 0);
+    // SAFETY: every 8-byte load reads `sh` / `zh` at `i..i + 4` and every 16-byte store writes
+    // `s` / `z` at `i..i + 4`, with `i + 4 <= n`, no longer than any of them.
+    unsafe {
+        while i + 4 <= n {
+            let sv = widen(u32x4_extend_low_u16x8(v128_load64_zero(sh.as_ptr().add(i) as *const u64)));
+            let zf = widen(u32x4_extend_low_u16x8(v128_load64_zero(zh.as_ptr().add(i) as *const u64)));
+            v128_store(s.as_mut_ptr().add(i) as *mut v128, sv);
+            v128_store(z.as_mut_ptr().add(i) as *mut v128, f32x4_sub(f32x4_mul(eight, sv), f32x4_mul(f32x4_sub(eight, zf), sv)));
+            i += 4;
+        }
+    }
+    half_row_scalar(&sh[i..n], &zh[i..n], &mut s[i..n], &mut z[i..n]);
+}
+
+/// The float zero points' per-block term `(8 - zf) * s` ([`super::q4_min_matmul`]), `[n][k / 32]`.
+#[derive(Debug, Clone, Copy)]
+pub enum ZeroPointTerm<'a> {
+    /// Computed at load (f32).
+    Term(&'a [f32]),
+    /// The zero points themselves (f16 bits), the term computed a row at a time from them and
+    /// the row's scales: the same f32 arithmetic, so the same values as [`ZeroPointTerm::Term`].
+    ZeroPoints(&'a [u16]),
+}
+
+impl<'a> ZeroPointTerm<'a> {
+    /// Row `row`'s term for that row's scales `s` (computed into `scratch`, `s.len()` long).
+    pub fn row<'b>(self, row: usize, s: &[f32], scratch: &'b mut [f32]) -> &'b [f32]
+    where
+        'a: 'b,
+    {
+        let nb = s.len();
+        match self {
+            ZeroPointTerm::Term(t) => &t[row * nb..(row + 1) * nb],
+            ZeroPointTerm::ZeroPoints(z) => {
+                for ((d, &zf), s) in scratch.iter_mut().zip(&z[row * nb..(row + 1) * nb]).zip(s) {
+                    *d = (8.0 - f16_to_f32(zf)) * s;
+                }
+                &scratch[..nb]
+            }
+        }
     }
 }
 
@@ -455,7 +615,7 @@ impl Q4Matrix {
     /// the zero-point term sees the activations the product used, as onnxruntime's int8 compute
     /// and the reference do; unrounded sums there were a 0.24 logit error). The GEMM adds it to
     /// each share of columns on the thread that computed it.
-    pub fn matmul_int_with_term<T: BlockInt>(&self, x: &[f32], out: &mut [f32], term: Option<&[f32]>) -> TractResult<()> {
+    pub fn matmul_int_with_term<T: BlockInt>(&self, x: &[f32], out: &mut [f32], term: Option<ZeroPointTerm<'_>>) -> TractResult<()> {
         let (k, m) = (self.k, x.len() / self.k);
         // Output columns are split across the CPU threads ([`super::threads`]); each column is
         // computed the same whichever thread owns it.
@@ -471,7 +631,7 @@ impl Q4Matrix {
             super::threads::split_columns(self.n, m, m * k, out, |cols, out, ld| {
                 self.gemm_q8(&rows, cols.clone(), out, ld)?;
                 if let (Some(t), Some((sums, quads))) = (term, &sums) {
-                    super::q4_min_matmul::add_zero_point_term(out, ld, cols, t, sums, quads, k / BLOCK);
+                    super::q4_min_matmul::add_zero_point_term(out, ld, cols, t, self.scales()?, sums, quads, k / BLOCK);
                 }
                 Ok(())
             })
@@ -489,7 +649,7 @@ impl Q4Matrix {
 
     /// [`Q4Matrix::gemv_q8`] on any [`BlockInt`] activations, plus `term` as in
     /// [`Q4Matrix::matmul_with_term`].
-    pub fn gemv_int<T: BlockInt>(&self, a: &BlockActivations<T>, cols: Range<usize>, out: &mut [f32], ld: usize, term: Option<&[f32]>) -> TractResult<()> {
+    pub fn gemv_int<T: BlockInt>(&self, a: &BlockActivations<T>, cols: Range<usize>, out: &mut [f32], ld: usize, term: Option<ZeroPointTerm<'_>>) -> TractResult<()> {
         let (k, nb) = (self.k, self.k / BLOCK);
         ensure!(a.q.len() % k == 0 && a.scales.len() * BLOCK == a.q.len(), "activations are not rows of K={k}");
         ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
@@ -536,7 +696,7 @@ impl Q4Matrix {
             (self.kernels.unpack_panel)(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), zps, &mut panel);
             for b in 0..nb {
                 for (i, j) in col.iter().enumerate() {
-                    sw[b * 4 + i] = scales[j * nb + b];
+                    sw[b * 4 + i] = scales.get(j * nb + b);
                 }
             }
             let oc = c - cols.start;
@@ -754,6 +914,44 @@ mod tests {
     use super::*;
     use crate::cpu::kernels::q4::VARIANTS;
     use crate::quant::reference::{dequantize_q4, quantize_q4};
+
+    /// The one-pass f16 row (SIMD128 on wasm) gives the floats of the three-pass one, for row
+    /// lengths with and without a tail.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn half_row_is_the_widened_row_bit_for_bit() {
+        for nb in [1, 4, 7, 18, 48] {
+            let sh: Vec<u16> = (0..nb as u32).map(|i| (i * 7919 % 65536) as u16 & 0xbfff).collect();
+            let zh: Vec<u16> = (0..nb as u32).map(|i| half::f16::from_f32((i * 37 % 29) as f32 * 0.55 - 0.3).to_bits()).collect();
+            let (mut s, mut z) = (vec![0f32; nb], vec![0f32; nb]);
+            half_row(&sh, &zh, &mut s, &mut z);
+            let (mut s2, mut t2) = (vec![0f32; nb], vec![0f32; nb]);
+            let s2 = BlockFloats::F16(&sh).row(0, nb, &mut s2).to_vec();
+            let t2 = ZeroPointTerm::ZeroPoints(&zh).row(0, &s2, &mut t2);
+            let z2: Vec<f32> = s2.iter().zip(t2).map(|(s, t)| 8.0 * s - t).collect();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!((bits(&s), bits(&z)), (bits(&s2), bits(&z2)), "nb={nb}");
+        }
+    }
+
+    /// Every f16 widens to the value `half` gives (NaNs to NaNs of the same sign).
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn f16_widening_is_exact_for_every_value() {
+        for h in 0..=u16::MAX {
+            let (got, want) = (f16_to_f32(h), half::f16::from_bits(h).to_f32());
+            if want.is_nan() {
+                assert!(got.is_nan() && got.is_sign_negative() == want.is_sign_negative(), "{h:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{h:#06x}");
+            }
+        }
+        // A row at a time, as the kernels read them.
+        let bits: Vec<u16> = (0..40u16).map(|i| i * 611 ^ if i % 3 == 0 { 0x8000 } else { 0 }).collect();
+        let mut scratch = [0f32; 8];
+        let row = BlockFloats::F16(&bits).row(2, 8, &mut scratch);
+        assert_eq!(row, &bits[16..24].iter().map(|&h| half::f16::from_bits(h).to_f32()).collect::<Vec<_>>()[..]);
+    }
 
     /// Deterministic weights `[n][k]` quantized to int4, their dequantization, the kernel's
     /// matrix, and activations `[m][k]`.

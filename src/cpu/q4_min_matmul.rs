@@ -14,14 +14,16 @@ use std::sync::Arc;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::q4_matmul::{Activations, Q4Matrix, BLOCK};
+use super::q4_matmul::{Activations, BlockFloats, Q4Matrix, ZeroPointTerm, BLOCK};
 
 /// The weights: the nibbles as a symmetric [`Q4Matrix`] and the zero-point term per block.
 #[derive(Debug)]
 pub struct Q4MinMatrix {
     pub q4: Q4Matrix,
-    /// `[n][k / 32]` f32: `(8 - zf) * s`; the graph's tensor when the loader computed it in place
-    /// of the zero points ([`zero_point_terms_in_place`]).
+    /// `[n][k / 32]`: f32 `(8 - zf) * s` (the graph's tensor when the loader computed it in place
+    /// of the zero points, [`zero_point_terms_in_place`]), or, with f16 scales and zero points (a
+    /// compact file's, kept so: issue #16), the f16 zero points themselves, the term computed a
+    /// row at a time from them ([`ZeroPointTerm`]).
     pub correction: Arc<Tensor>,
 }
 
@@ -31,13 +33,18 @@ pub struct Q4MinMatrix {
 pub const ZERO_POINT_TERM_ATTR: &str = "edge_llm_zero_point_term";
 
 impl Q4MinMatrix {
-    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: &Tensor) -> TractResult<Self> {
+    /// From the graph's tensors. f16 zero points beside f16 scales stay as they are; otherwise
+    /// the term is computed here, in f32.
+    pub fn new(n: usize, k: usize, packed: Arc<Tensor>, scales: Arc<Tensor>, zero_points: Arc<Tensor>) -> TractResult<Self> {
         let q4 = Q4Matrix::new(n, k, packed, scales, None)?;
+        ensure!(zero_points.len() == q4.scales.len(), "zero_points has {} values, expected {}", zero_points.len(), q4.scales.len());
+        if zero_points.datum_type() == f16::datum_type() && q4.scales.datum_type() == f16::datum_type() {
+            return Ok(Q4MinMatrix { q4, correction: zero_points });
+        }
         let zf = zero_points.cast_to::<f32>()?;
         let zf = zf.to_plain_array_view::<f32>()?;
-        let s = q4.scales.to_plain_array_view::<f32>()?;
-        ensure!(zf.len() == s.len(), "zero_points has {} values, expected {}", zf.len(), s.len());
-        let correction: tract_ndarray::Array1<f32> = zf.iter().zip(s.iter()).map(|(z, s)| (8.0 - z) * s).collect();
+        let s = q4.scales()?;
+        let correction: tract_ndarray::Array1<f32> = zf.iter().enumerate().map(|(i, z)| (8.0 - z) * s.get(i)).collect();
         let correction = Arc::new(correction.into_tensor());
         Ok(Q4MinMatrix { q4, correction })
     }
@@ -51,13 +58,17 @@ impl Q4MinMatrix {
         Ok(Q4MinMatrix { q4, correction: term })
     }
 
+    /// The term as the kernels take it.
+    pub fn term(&self) -> TractResult<ZeroPointTerm<'_>> {
+        Ok(match BlockFloats::of(&self.correction)? {
+            BlockFloats::F32(t) => ZeroPointTerm::Term(t),
+            BlockFloats::F16(z) => ZeroPointTerm::ZeroPoints(z),
+        })
+    }
+
     pub fn matmul(&self, x: &[f32], out: &mut [f32], activations: Activations) -> TractResult<()> {
-        let (k, nb) = (self.q4.k, self.q4.k / BLOCK);
-        let correction = self.correction.to_plain_array_view::<f32>()?;
-        let correction = correction.as_slice().context("the zero-point term must be contiguous")?;
-        debug_assert_eq!(x.len() % k, 0);
-        debug_assert_eq!(correction.len(), self.q4.n * nb);
-        let term = Some(correction);
+        debug_assert_eq!(x.len() % self.q4.k, 0);
+        let term = Some(self.term()?);
         match activations {
             Activations::Int8 => self.q4.matmul_int_with_term::<i8>(x, out, term),
             Activations::Int16 => self.q4.matmul_int_with_term::<i16>(x, out, term),
@@ -69,29 +80,31 @@ impl Q4MinMatrix {
 /// `out[r * ld + (j - cols.start)] += sum_b term[j][b] * sums[r][b]` for the columns `j` in
 /// `cols`, each sum in block order from -0.0 (as `Iterator::sum` does, so every output is the same
 /// float as [`add_zero_point_term_rows`]'s), four activation rows at a time in SIMD lanes
-/// ([`super::q4_matmul::dot4_in_lanes`]).
+/// ([`super::q4_matmul::dot4_in_lanes`]). `scales`: the weight's, for a term computed per row.
 ///
 /// `quads`: `sums` regrouped ([`super::q4_matmul::sums_in_quads`]).
-pub(super) fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], quads: &[f32], nb: usize) {
+#[allow(clippy::too_many_arguments)]
+pub(super) fn add_zero_point_term(out: &mut [f32], ld: usize, cols: Range<usize>, term: ZeroPointTerm<'_>, scales: BlockFloats<'_>, sums: &[f32], quads: &[f32], nb: usize) {
     let m = sums.len() / nb.max(1);
-    for (q, quad) in quads.chunks_exact((nb * 4).max(1)).enumerate() {
-        for j in cols.clone() {
-            for (i, a) in super::q4_matmul::dot4_in_lanes(&term[j * nb..(j + 1) * nb], quad).iter().enumerate() {
+    let r0 = m / 4 * 4;
+    let (mut s_row, mut t_row) = (vec![0f32; nb], vec![0f32; nb]);
+    for j in cols.clone() {
+        let t = term.row(j, scales.row(j, nb, &mut s_row), &mut t_row);
+        for (q, quad) in quads.chunks_exact((nb * 4).max(1)).enumerate() {
+            for (i, a) in super::q4_matmul::dot4_in_lanes(t, quad).iter().enumerate() {
                 out[(q * 4 + i) * ld + j - cols.start] += a;
             }
         }
+        let at = (r0 * ld).min(out.len());
+        add_zero_point_term_rows(&mut out[at..], ld, j - cols.start, t, &sums[r0 * nb..], nb);
     }
-    let r0 = m / 4 * 4;
-    let at = (r0 * ld).min(out.len());
-    add_zero_point_term_rows(&mut out[at..], ld, cols, term, &sums[r0 * nb..], nb);
 }
 
-/// [`add_zero_point_term`] one activation row at a time.
-fn add_zero_point_term_rows(out: &mut [f32], ld: usize, cols: Range<usize>, term: &[f32], sums: &[f32], nb: usize) {
+/// [`add_zero_point_term`] for one column (`t` its term, `c` its place in `out`'s rows), one
+/// activation row at a time.
+fn add_zero_point_term_rows(out: &mut [f32], ld: usize, c: usize, t: &[f32], sums: &[f32], nb: usize) {
     for (r, xs) in sums.chunks_exact(nb).enumerate() {
-        for j in cols.clone() {
-            out[r * ld + j - cols.start] += term[j * nb..(j + 1) * nb].iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
-        }
+        out[r * ld + c] += t.iter().zip(xs).map(|(a, b)| a * b).sum::<f32>();
     }
 }
 
@@ -132,7 +145,7 @@ impl Expansion for MatMulNBitsQ4Min {
         let w = if self.zero_point_term {
             Q4MinMatrix::from_term(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, konst(3, "zero_points")?)?
         } else {
-            Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, &*konst(3, "zero_points")?)?
+            Q4MinMatrix::new(self.n, self.k, konst(1, "B")?, konst(2, "scales")?, konst(3, "zero_points")?)?
         };
         let x = if model.outlet_fact(inputs[0])?.datum_type == f32::datum_type() {
             inputs[0]
@@ -141,6 +154,70 @@ impl Expansion for MatMulNBitsQ4Min {
         };
         model.wire_node(prefix, Q4MinMatMul { w: Arc::new(w), activations: self.activations }, &[x])
     }
+}
+
+/// For each 4-bit block-32 `MatMulNBits` with float zero points whose scales and zero points
+/// are f16 initializers, each read only through its own widening `Cast` that only this node
+/// reads (edge-llm's compact int4 recipe, GGUF Q4_1 imports): the node reads the f16
+/// initializers themselves and the `Cast`s go, so the loader keeps them f16 and [`Q4MinMatrix`]
+/// widens a row at a time as it computes ([`ZeroPointTerm::ZeroPoints`]): 4 bytes per block
+/// instead of 8 for f32 scales and term (SmolLM2 int4: 13 MB, issue #16), the same values.
+/// Returns how many nodes now read f16.
+pub(super) fn read_f16_params_directly(graph: &mut tract_onnx::pb::GraphProto) -> usize {
+    use std::collections::HashMap;
+    use tract_onnx::pb::tensor_proto::DataType;
+    // A subgraph (If, Loop, Scan) may read an outer value without naming it as an input.
+    if graph.node.iter().any(|n| n.attribute.iter().any(|a| a.g.is_some() || !a.graphs.is_empty())) {
+        return 0;
+    }
+    let f16_inits: std::collections::HashSet<&str> =
+        graph.initializer.iter().filter(|i| i.data_type == DataType::Float16 as i32).map(|i| i.name.as_str()).collect();
+    let mut readers: HashMap<&str, usize> = HashMap::new();
+    for name in graph.node.iter().flat_map(|n| &n.input).chain(graph.output.iter().map(|o| &o.name)) {
+        *readers.entry(name.as_str()).or_default() += 1;
+    }
+    // Widening casts of an f16 initializer read by nothing else: output -> (node index, initializer).
+    let widening: HashMap<&str, (usize, &str)> = graph
+        .node
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            n.op_type == "Cast"
+                && n.domain.is_empty()
+                && n.attribute.iter().any(|a| a.name == "to" && a.i == DataType::Float as i64)
+                && n.input.len() == 1
+                && n.output.len() == 1
+                && f16_inits.contains(n.input[0].as_str())
+                && readers.get(n.input[0].as_str()) == Some(&1)
+                && readers.get(n.output[0].as_str()) == Some(&1)
+        })
+        .map(|(i, n)| (n.output[0].as_str(), (i, n.input[0].as_str())))
+        .collect();
+    let attr_i = |n: &tract_onnx::pb::NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+    let mut rewired = Vec::new();
+    for (ix, node) in graph.node.iter().enumerate() {
+        let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
+        if node.op_type != "MatMulNBits" || attr_i(node, "bits", 4) != 4 || attr_i(node, "block_size", 0) != BLOCK as i64 || !present(3) || present(4) || present(5) {
+            continue;
+        }
+        if let (Some(&(cs, s)), Some(&(cz, z))) = (widening.get(node.input[2].as_str()), widening.get(node.input[3].as_str())) {
+            if cs != cz {
+                rewired.push((ix, cs, s.to_string(), cz, z.to_string()));
+            }
+        }
+    }
+    let mut dropped = std::collections::HashSet::new();
+    for (ix, cs, s, cz, z) in &rewired {
+        graph.node[*ix].input[2] = s.clone();
+        graph.node[*ix].input[3] = z.clone();
+        dropped.extend([*cs, *cz]);
+    }
+    let mut i = 0;
+    graph.node.retain(|_| {
+        i += 1;
+        !dropped.contains(&(i - 1))
+    });
+    rewired.len()
 }
 
 /// For each 4-bit `MatMulNBits` with float zero points whose scales and zero points are
@@ -219,44 +296,78 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn zero_point_term_in_lanes_is_the_row_loop_bit_for_bit() {
         let (n, nb) = (7, 18);
+        // f16 scales and zero points (the term computed per row from them) and the f32 term
+        // computed at load from the same values.
+        let zf: Vec<half::f16> = (0..n * nb).map(|i| half::f16::from_f32((i * 37 % 29) as f32 * 0.55 - 0.3)).collect();
+        let s16: Vec<half::f16> = (0..n * nb).map(|i| half::f16::from_f32(((i * 13 % 17) as f32 - 8.0) * 0.0123)).collect();
+        let term: Vec<f32> = zf.iter().zip(&s16).map(|(z, s)| (8.0 - z.to_f32()) * s.to_f32()).collect();
+        let s32: Vec<f32> = s16.iter().map(|s| s.to_f32()).collect();
+        let bits = |v: &[half::f16]| v.iter().map(|h| h.to_bits()).collect::<Vec<u16>>();
+        let (zf, s16) = (bits(&zf), bits(&s16));
+        let terms = [
+            (ZeroPointTerm::Term(&term), BlockFloats::F32(&s32)),
+            (ZeroPointTerm::ZeroPoints(&zf), BlockFloats::F16(&s16)),
+        ];
         for m in [1, 3, 4, 5, 8, 11] {
-            let (term, sums) = crate::cpu::rows::test_data(n, nb, m, 0.3);
+            let (_, sums) = crate::cpu::rows::test_data(n, nb, m, 0.3);
             let mut sums = sums;
             sums[0] = -0.0; // a -0.0 product in a row's sum
             let base: Vec<f32> = (0..m * n).map(|i| if i % 5 == 0 { -0.0 } else { i as f32 * 0.37 - 3.0 }).collect();
-            let (mut lanes, mut rows) = (base.clone(), base.clone());
-            let quads = crate::cpu::q4_matmul::sums_in_quads(&sums, m, nb);
-            add_zero_point_term(&mut lanes, n, 0..n, &term, &sums, &quads, nb);
-            add_zero_point_term_rows(&mut rows, n, 0..n, &term, &sums, nb);
-            assert_eq!(lanes.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m}");
-            // Shares of columns, each in its own `[m][cols.len()]` block (a thread's), give the same.
-            let mut shares = base.clone();
-            for cols in [0..3, 3..n] {
-                let w = cols.len();
-                let mut local: Vec<f32> = (0..m).flat_map(|r| base[r * n + cols.start..r * n + cols.end].to_vec()).collect();
-                add_zero_point_term(&mut local, w, cols.clone(), &term, &sums, &quads, nb);
-                for r in 0..m {
-                    shares[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * w..(r + 1) * w]);
+            // The plain loop: one row and one column at a time, summed in block order.
+            let mut rows = base.clone();
+            for r in 0..m {
+                for j in 0..n {
+                    rows[r * n + j] += term[j * nb..(j + 1) * nb].iter().zip(&sums[r * nb..(r + 1) * nb]).map(|(a, b)| a * b).sum::<f32>();
                 }
             }
-            assert_eq!(shares.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m}, shares");
+            let quads = crate::cpu::q4_matmul::sums_in_quads(&sums, m, nb);
+            for (t, scales) in terms {
+                let mut lanes = base.clone();
+                add_zero_point_term(&mut lanes, n, 0..n, t, scales, &sums, &quads, nb);
+                assert_eq!(lanes.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m} {t:?}");
+                // Shares of columns, each in its own `[m][cols.len()]` block (a thread's), give the same.
+                let mut shares = base.clone();
+                for cols in [0..3, 3..n] {
+                    let w = cols.len();
+                    let mut local: Vec<f32> = (0..m).flat_map(|r| base[r * n + cols.start..r * n + cols.end].to_vec()).collect();
+                    add_zero_point_term(&mut local, w, cols.clone(), t, scales, &sums, &quads, nb);
+                    for r in 0..m {
+                        shares[r * n + cols.start..r * n + cols.end].copy_from_slice(&local[r * w..(r + 1) * w]);
+                    }
+                }
+                assert_eq!(shares.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), rows.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "m={m}, shares");
+            }
         }
     }
 
     /// Every variant of the int4 kernels it runs on (`cpu::kernels::q4`), f32, 16-bit and int8
-    /// activations, on one row (the GEMV) and three (the GEMM).
+    /// activations, on one row (the GEMV) and three and six (the GEMM), with f32 scales and zero
+    /// points (the term computed at load) and f16 ones (kept, the term computed per row).
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         use crate::quant::reference::block_round_trip;
-        for m in [1, 3, 6] {
+        for (m, f16s) in [1, 3, 6].into_iter().flat_map(|m| [(m, false), (m, true)]) {
             let (n, k) = (5, 96);
             let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
-            let q = quantize_q4_min(&w, n, k, 32, None);
+            let mut q = quantize_q4_min(&w, n, k, 32, None);
+            let t = |v: &[f32]| {
+                if f16s {
+                    let h: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                    Arc::new(Tensor::from_shape(&[v.len()], &h).unwrap())
+                } else {
+                    Arc::new(Tensor::from_shape(&[v.len()], v).unwrap())
+                }
+            };
+            let (scales, zero_points) = (t(&q.scales), t(&q.zero_points));
+            if f16s {
+                let widen = |t: &Tensor| t.cast_to::<f32>().unwrap().to_plain_array_view::<f32>().unwrap().iter().copied().collect();
+                (q.scales, q.zero_points) = (widen(&scales), widen(&zero_points));
+            }
             let deq = dequantize_q4_min(&q);
-            let t = |v: &[f32]| Arc::new(Tensor::from_shape(&[v.len()], v).unwrap());
             let packed = Arc::new(Tensor::from_shape(&[q.packed.len()], &q.packed).unwrap());
-            let mut mat = Q4MinMatrix::new(n, k, packed, t(&q.scales), &t(&q.zero_points)).unwrap();
+            let mut mat = Q4MinMatrix::new(n, k, packed, scales, zero_points).unwrap();
+            assert_eq!(mat.correction.datum_type() == f16::datum_type(), f16s, "f16 zero points are kept");
             for v in crate::cpu::kernels::q4::VARIANTS {
                 for acts in [Activations::Float, Activations::Int16, Activations::Int8] {
                     mat.q4.kernels = &v.kernels;
@@ -271,7 +382,7 @@ mod tests {
                     for r in 0..m {
                         for c in 0..n {
                             let want: f32 = (0..k).map(|i| xr[r * k + i] * deq[c * k + i]).sum();
-                            assert!((out[r * n + c] - want).abs() < 1e-3, "{} {acts:?} m={m} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
+                            assert!((out[r * n + c] - want).abs() < 1e-3, "{} {acts:?} m={m} f16={f16s} [{r}][{c}] {} vs {want}", v.name, out[r * n + c]);
                         }
                     }
                 }
