@@ -7,8 +7,10 @@
 // `--against` prints each median beside a summary saved before (the previous commit's run).
 //
 //   node scripts/bench-summary.mjs [--model DIR] [--rounds 3] [--threads 1,2] [--cache indexeddb]
-//        [--save FILE.json] [--against FILE.json] [--label TEXT]
+//        [--prompt TEXT] [--save FILE.json] [--against FILE.json] [--label TEXT]
 //
+// `--prompt`: the user message (the page's chat template around it; default www/bench-core.js's
+// PROMPT); the summary says how many tokens the templated prompt was.
 // Thread counts above 1 run the threaded build (scripts/build-pkg-threads.sh), 1 the single one.
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
@@ -44,6 +46,7 @@ export function pick(r) {
     wasmOverModel: model ? r.memory?.wasmBytes / model : undefined,
     threads: r.engine?.threads,
     variant: r.engine?.variant,
+    promptTokens: r.quick?.promptTokens,
   };
 }
 
@@ -132,11 +135,11 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     label: o.label,
     rev: gitRev(),
     date: new Date().toISOString(),
-    conditions: { rounds, model: o.model ?? "models/default", cache: o.cache ?? "indexeddb", loadAverage: { min: Math.min(...load), max: Math.max(...load) }, runtime: "headless Chromium, bench.html quick run, engine in a Worker" },
+    conditions: { rounds, model: o.model ?? "models/default", cache: o.cache ?? "indexeddb", promptTokens: [...new Set(Object.values(runs).flat().map((r) => r.promptTokens))].join("/"), loadAverage: { min: Math.min(...load), max: Math.max(...load) }, runtime: "headless Chromium, bench.html quick run, engine in a Worker" },
     configs: summarize(runs),
   };
   const against = o.against ? JSON.parse(readFileSync(o.against, "utf8")) : undefined;
-  console.log(`\n${summary.rev ?? ""} ${summary.date}, ${rounds} rounds, load average ${summary.conditions.loadAverage.min.toFixed(1)}–${summary.conditions.loadAverage.max.toFixed(1)}${against ? `; against ${against.rev ?? o.against} (${against.date})` : ""}\n`);
+  console.log(`\n${summary.rev ?? ""} ${summary.date}, ${rounds} rounds, ${summary.conditions.promptTokens}-token prompt, load average ${summary.conditions.loadAverage.min.toFixed(1)}–${summary.conditions.loadAverage.max.toFixed(1)}${against ? `; against ${against.rev ?? o.against} (${against.date})` : ""}\n`);
   console.log(table(summary, against));
   if (o.save) {
     writeFileSync(o.save, JSON.stringify(summary, null, 1));

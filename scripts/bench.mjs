@@ -156,7 +156,7 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   });
   try {
     const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });
-    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache", "warmUp"]) if (o[k] !== undefined) q.set(k, o[k]);
+    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache", "warmUp", "prompt"]) if (o[k] !== undefined) q.set(k, o[k]);
     if (o.calibrate) q.set("calibrate", "1");
     const page = ctx.pages()[0] ?? (await ctx.newPage());
     const tree = processTreeSampler(dir);
