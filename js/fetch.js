@@ -170,8 +170,31 @@ export class Download {
   bytes() {
     const out = this.n === this.buf.length ? this.buf : this.buf.slice(0, this.n);
     this.buf = null;
-    return out;
+    return ownBytes(out);
   }
+}
+
+/// Shard arrays only the loader holds (a download's, a cache read's): `releaseBytes` frees
+/// their memory at once once the engine has copied them, instead of whenever the garbage
+/// collector runs (a 16 MiB shard per file otherwise lingers beside the engine). An array a
+/// store keeps (the memory cache, an app's store) or an app passed in is never in it.
+const OWNED = new WeakSet();
+
+export function ownBytes(u8) {
+  if (u8 instanceof Uint8Array) OWNED.add(u8);
+  return u8;
+}
+
+export function disownBytes(u8) {
+  OWNED.delete(u8);
+}
+
+/// Detach `u8`'s buffer (`ArrayBuffer.prototype.transfer`, where the runtime has it) if the
+/// loader owns it and it is the whole buffer; otherwise leave it to the garbage collector.
+export function releaseBytes(u8) {
+  if (!OWNED.delete(u8)) return;
+  const b = u8.buffer;
+  if (u8.byteOffset === 0 && u8.byteLength === b.byteLength && typeof b.transfer === "function" && !(b instanceof (globalThis.SharedArrayBuffer ?? class {}))) b.transfer(0);
 }
 
 /// Hex SHA-256 via WebCrypto, or undefined where `crypto.subtle` is missing (insecure

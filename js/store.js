@@ -3,6 +3,8 @@
 // .d.ts: shards keyed by SHA-256 (hex), model records keyed by `key` ("id@version").
 // Each write is atomic: an IndexedDB transaction, or a temporary file renamed into place.
 
+import { disownBytes, ownBytes } from "./fetch.js";
+
 export const DB_NAME = "edge-llm";
 export const DB_VERSION = 1;
 export const SHARDS = "shards"; // key: sha256 hex, value: Uint8Array
@@ -28,6 +30,12 @@ const committed = (tx) =>
   });
 
 const HEX64 = /^[0-9a-f]{64}$/;
+/// After `store.put(sha256, bytes)`: a store other than the built-in IndexedDB and file stores
+/// (which write a copy) may keep `bytes`, so the loader no longer frees it.
+export function afterPut(store, bytes) {
+  if (!(store instanceof IndexedDbStore || store instanceof FsStore || store instanceof MemoryStore)) disownBytes(bytes);
+}
+
 /// Every store takes only SHA-256 hex as a shard name: one from a planted record or a bad
 /// caller never becomes a path or a key elsewhere.
 const shardName = (sha256) => {
@@ -85,7 +93,8 @@ export class IndexedDbStore {
     shardName(sha256);
     const v = await this.tx(SHARDS, "readonly", (tx) => request(tx.objectStore(SHARDS).get(sha256)));
     if (v === undefined) return undefined;
-    return v instanceof Uint8Array ? v : new Uint8Array(v);
+    // A structured clone of the stored value: the loader's own.
+    return ownBytes(v instanceof Uint8Array ? v : new Uint8Array(v));
   }
 
   async put(sha256, bytes) {
@@ -144,6 +153,8 @@ export class MemoryStore {
   }
   async put(sha256, bytes) {
     this.shards.set(shardName(sha256), bytes);
+    // Kept here: the loader must not free it.
+    disownBytes(bytes);
   }
   async delete(sha256) {
     this.shards.delete(shardName(sha256));
@@ -206,7 +217,7 @@ export class FsStore {
     const fs = await this.io();
     try {
       const b = await fs.readFile(`${this.dir}/shards/${sha256}`);
-      return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+      return ownBytes(new Uint8Array(b.buffer, b.byteOffset, b.byteLength));
     } catch (e) {
       if (e && e.code === "ENOENT") return undefined;
       throw e;

@@ -5,6 +5,10 @@
 //! - at most `concurrency` files in flight; each verified file is kept where the backend holds
 //!   it (a JS `Uint8Array` on the web) until the engine copies its tensors out of it, one shard
 //!   at a time, so the weights never sit whole in wasm memory beside the tensors cut from them;
+//! - [`Loader::load_version`] builds the engine while the files arrive: graph, weight shards in
+//!   name order, tokenizer; a file is not started when the files fetched ahead of the engine
+//!   (in flight or waiting) would hold more than [`LOOKAHEAD_BYTES`] with it, unless none is
+//!   ahead or the engine waits for it, so the model is never held whole outside the engine;
 //! - cache first: a hit is re-hashed before use (the store is not trusted); a mismatch evicts
 //!   the entry and falls through to the network;
 //! - network errors and retryable HTTP statuses (408, 425, 429, 5xx) are retried with
@@ -22,6 +26,9 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, VecDeque};
+use std::task::{Poll, Waker};
+
+use futures_util::future::poll_fn;
 
 use serde::Serialize;
 
@@ -124,6 +131,9 @@ pub struct LoadOptions {
     /// The whole load fails (`TimeoutError`) after this long; 0: no limit. Applied by the
     /// platform's [`Fetcher`], which cancels what is in flight.
     pub deadline_ms: u32,
+    /// How far [`Loader::load_version`]'s downloads may get ahead of the engine build, in
+    /// bytes of files in flight or verified and waiting ([`LOOKAHEAD_BYTES`]).
+    pub lookahead_bytes: u64,
 }
 
 impl Default for LoadOptions {
@@ -136,6 +146,7 @@ impl Default for LoadOptions {
             limits: ManifestLimits::default(),
             idle_timeout_ms: 30_000,
             deadline_ms: 0,
+            lookahead_bytes: LOOKAHEAD_BYTES,
         }
     }
 }
@@ -298,6 +309,149 @@ struct State<B> {
     quota: Cell<Option<(u64, u64)>>,
     from_cache: Cell<usize>,
     from_network: Cell<usize>,
+    /// Workers still running; none left and a file not there: it will not come.
+    workers: Cell<usize>,
+    /// `Some(bytes)`: the engine is built while the files arrive, and a file is not started
+    /// when `ahead` would pass this (`LoadOptions::lookahead_bytes`); `None`: every file is
+    /// collected.
+    lookahead: Option<u64>,
+    /// Bytes of the files started and not yet taken by the engine build.
+    ahead: Cell<u64>,
+    /// The file the engine build waits for, and its waker.
+    wanted: Cell<Option<usize>>,
+    build_waker: RefCell<Option<Waker>>,
+    /// Workers waiting to start a file.
+    start_wakers: RefCell<Vec<Waker>>,
+    /// The build is over (built or failed): nothing more is taken, every file may start.
+    build_over: Cell<bool>,
+    /// The build failed before the downloads did: its error is the load's.
+    build_failed: Cell<bool>,
+    /// The whole model is in the store and its record written.
+    cached: Cell<bool>,
+    /// A file failed (`error` says how): the load has failed.
+    fetch_failed: Cell<bool>,
+}
+
+/// How many bytes of files [`Loader::load_version`] lets the downloads get ahead of the engine
+/// build (in flight or verified and waiting), so that a fast network or cache does not hold
+/// the whole model outside the engine's memory: two 16 MiB shards (one always may start).
+pub const LOOKAHEAD_BYTES: u64 = 32 << 20;
+
+impl<B> State<B> {
+    fn new(manifest: &Manifest, has_store: bool, workers: usize, lookahead: Option<u64>) -> Self {
+        State {
+            queue: RefCell::new(consumption_order(manifest).into()),
+            error: RefCell::new(None),
+            progress: RefCell::new(Progress::new(manifest.files.iter().map(|f| f.bytes).collect())),
+            files: RefCell::new(BTreeMap::new()),
+            stored_bytes: Cell::new(0),
+            store_off: Cell::new(!has_store),
+            quota: Cell::new(None),
+            from_cache: Cell::new(0),
+            from_network: Cell::new(0),
+            workers: Cell::new(workers),
+            lookahead,
+            ahead: Cell::new(0),
+            wanted: Cell::new(None),
+            build_waker: RefCell::new(None),
+            start_wakers: RefCell::new(Vec::new()),
+            build_over: Cell::new(false),
+            build_failed: Cell::new(false),
+            cached: Cell::new(false),
+            fetch_failed: Cell::new(false),
+        }
+    }
+
+    fn wake_build(&self) {
+        if let Some(w) = self.build_waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    fn wake_starts(&self) {
+        for w in self.start_wakers.take() {
+            w.wake();
+        }
+    }
+
+    /// The load has failed: stop every worker and the build.
+    fn fail(&self, e: Error) {
+        self.error.borrow_mut().get_or_insert(e);
+        self.fetch_failed.set(true);
+        self.wake_build();
+        self.wake_starts();
+    }
+
+    /// The next file a worker may start, once it may: `None` when there is none or the load
+    /// has failed.
+    async fn next_file(&self, manifest: &Manifest) -> Option<usize> {
+        poll_fn(|cx| {
+            if self.fetch_failed.get() || self.build_failed.get() {
+                return Poll::Ready(None);
+            }
+            let Some(&i) = self.queue.borrow().front() else { return Poll::Ready(None) };
+            let bytes = manifest.files[i].bytes;
+            let ahead = self.ahead.get();
+            // The build waits for a file not started yet: the queue is in the order the build
+            // asks, so it is this one or one behind it (after files the build skips).
+            let build_waits = || self.wanted.get().is_some_and(|w| self.queue.borrow().contains(&w));
+            let may = match self.lookahead {
+                None => true,
+                Some(limit) => self.build_over.get() || ahead == 0 || ahead + bytes <= limit || build_waits(),
+            };
+            if !may {
+                self.start_wakers.borrow_mut().push(cx.waker().clone());
+                return Poll::Pending;
+            }
+            self.queue.borrow_mut().pop_front();
+            self.ahead.set(ahead + bytes);
+            Poll::Ready(Some(i))
+        })
+        .await
+    }
+
+    /// File `path` for the engine build, once it is verified; an error when the load failed
+    /// (the downloads' error is the load's) or the file will not come.
+    async fn take(&self, manifest: &Manifest, path: &str) -> Result<B> {
+        let i = manifest.files.iter().position(|f| f.path == path).ok_or_else(|| Error::InvalidModel(format!("file `{path}` is not in the manifest")))?;
+        poll_fn(|cx| {
+            if let Some(blob) = self.files.borrow_mut().remove(path) {
+                self.ahead.set(self.ahead.get().saturating_sub(manifest.files[i].bytes));
+                self.wanted.set(None);
+                self.wake_starts();
+                return Poll::Ready(Ok(blob));
+            }
+            if self.fetch_failed.get() {
+                return Poll::Ready(Err(Error::Aborted("the model's files did not all load".into())));
+            }
+            if self.workers.get() == 0 {
+                return Poll::Ready(Err(Error::InvalidModel(format!("file `{path}` was not provided"))));
+            }
+            *self.build_waker.borrow_mut() = Some(cx.waker().clone());
+            if self.wanted.replace(Some(i)) != Some(i) {
+                self.wake_starts();
+            }
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// The order an engine asks for a packed model's files: the graph, the weight shards by name,
+/// the tokenizer, then anything else.
+fn consumption_order(manifest: &Manifest) -> Vec<usize> {
+    use crate::package::manifest::FileRole;
+    let rank = |role: &FileRole| match role {
+        FileRole::Graph => 0,
+        FileRole::Weights => 1,
+        FileRole::Tokenizer => 2,
+    };
+    let mut order: Vec<usize> = (0..manifest.files.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (fa, fb) = (&manifest.files[a], &manifest.files[b]);
+        rank(&fa.role).cmp(&rank(&fb.role)).then_with(|| fa.path.cmp(&fb.path))
+    });
+    order
 }
 
 fn store_warning(e: &StoreError) -> LoadEvent {
@@ -390,18 +544,19 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
     /// Every file of `manifest`, verified, from the store or from `base_url` (the manifest's URL;
     /// `None` when the manifest was handed over as an object: then only the cache can serve).
     pub async fn files(&self, manifest: &Manifest, manifest_json: &str, manifest_url: Option<&str>, base_url: Option<&str>) -> Result<Loaded<F::Blob>> {
-        let st = State {
-            queue: RefCell::new((0..manifest.files.len()).collect()),
-            error: RefCell::new(None),
-            progress: RefCell::new(Progress::new(manifest.files.iter().map(|f| f.bytes).collect())),
-            files: RefCell::new(BTreeMap::new()),
-            stored_bytes: Cell::new(0),
-            store_off: Cell::new(self.store.is_none()),
-            quota: Cell::new(None),
-            from_cache: Cell::new(0),
-            from_network: Cell::new(0),
-        };
-        let workers = (0..self.options.concurrency.clamp(1, 64)).map(|_| self.worker(&st, manifest, base_url));
+        let st = self.state(manifest, None);
+        self.fetch_all(&st, manifest, manifest_json, manifest_url, base_url).await?;
+        Ok(Loaded { files: st.files.take(), from_cache: st.from_cache.get(), from_network: st.from_network.get(), cached: st.cached.get(), quota: st.quota.get() })
+    }
+
+    fn state(&self, manifest: &Manifest, lookahead: Option<u64>) -> State<F::Blob> {
+        State::new(manifest, self.store.is_some(), self.options.concurrency.clamp(1, 64), lookahead)
+    }
+
+    /// The files of `manifest` into `st.files` as each is verified (and stored), then the
+    /// model record.
+    async fn fetch_all(&self, st: &State<F::Blob>, manifest: &Manifest, manifest_json: &str, manifest_url: Option<&str>, base_url: Option<&str>) -> Result<()> {
+        let workers = (0..st.workers.get()).map(|_| self.worker(st, manifest, base_url));
         futures_util::future::join_all(workers).await;
 
         let quota = st.quota.get();
@@ -414,7 +569,9 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
         if let Some(e) = st.error.take() {
             return Err(e);
         }
-        let mut cached = false;
+        if st.build_failed.get() {
+            return Ok(());
+        }
         if let (Some(store), false) = (self.store, st.store_off.get()) {
             let record = ModelRecord {
                 key: store::record_key(&manifest.model_id, &manifest.model_version),
@@ -429,33 +586,31 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
                 rolled_back_at: None,
             };
             match store.put_model(&record).await {
-                Ok(()) => cached = true,
+                Ok(()) => st.cached.set(true),
                 Err(e) => self.emit(store_warning(&e)),
             }
             // Every shard of this model is now named by its record: what no record names
             // (aborted loads of other models) only takes space.
-            if cached {
+            if st.cached.get() {
                 if let Err(e) = store::collect_garbage(store).await {
                     self.emit(store_warning(&e));
                 }
             }
         }
-        Ok(Loaded { files: st.files.take(), from_cache: st.from_cache.get(), from_network: st.from_network.get(), cached, quota })
+        Ok(())
     }
 
     async fn worker(&self, st: &State<F::Blob>, manifest: &Manifest, base_url: Option<&str>) {
-        loop {
-            if st.error.borrow().is_some() {
-                return;
-            }
-            let Some(i) = st.queue.borrow_mut().pop_front() else { return };
+        while let Some(i) = st.next_file(manifest).await {
             if let Err(e) = self.file(st, manifest, i, base_url).await {
-                st.error.borrow_mut().get_or_insert(e);
+                st.fail(e);
                 // The load has failed: the other files in flight are not waited for.
                 self.fetcher.cancel();
-                return;
+                break;
             }
         }
+        st.workers.set(st.workers.get() - 1);
+        st.wake_build();
     }
 
     async fn file(&self, st: &State<F::Blob>, manifest: &Manifest, i: usize, base_url: Option<&str>) -> Result<()> {
@@ -533,6 +688,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
     fn accept(&self, st: &State<F::Blob>, manifest: &Manifest, i: usize, blob: F::Blob, source: Source) -> Result<()> {
         let f = &manifest.files[i];
         st.files.borrow_mut().insert(f.path.clone(), blob);
+        st.wake_build();
         let loaded = st.progress.borrow_mut().commit(i);
         self.emit(LoadEvent::Progress { loaded, total: manifest.total_bytes, file: f.path.clone(), source });
         Ok(())
@@ -620,9 +776,31 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
             }
         }
         let base = base_url.or_else(|| manifest_url.clone());
-        let loaded = self.files(manifest, &m.json, manifest_url.as_deref(), base.as_deref()).await?;
-        let (from_cache, from_network) = (loaded.from_cache, loaded.from_network);
-        let built = Engine::open_async(Package::verified(manifest, loaded.files), engine).await?;
+        // The engine is built while the files arrive, each taken as it is verified.
+        let st = self.state(manifest, Some(self.options.lookahead_bytes));
+        let fetch = self.fetch_all(&st, manifest, &m.json, manifest_url.as_deref(), base.as_deref());
+        let build = async {
+            let package = Package::streaming(manifest, |path| {
+                let (st, path) = (&st, path.to_string());
+                Box::pin(async move { st.take(manifest, &path).await })
+            });
+            let built = Engine::open_async(package, engine).await;
+            st.build_over.set(true);
+            if built.is_err() && !st.fetch_failed.get() {
+                // The model cannot be built: the downloads stop, and the build's error is the load's.
+                st.build_failed.set(true);
+                self.fetcher.cancel();
+            }
+            st.wake_starts();
+            built
+        };
+        let (fetched, built) = futures_util::future::join(fetch, build).await;
+        let built = match (fetched, built) {
+            (_, Err(e)) if st.build_failed.get() => return Err(e),
+            (Err(e), _) => return Err(e),
+            (Ok(()), built) => built?,
+        };
+        let (from_cache, from_network) = (st.from_cache.get(), st.from_network.get());
         self.emit(LoadEvent::Ready { loaded: manifest.total_bytes, total: manifest.total_bytes, from_cache, from_network });
         let version = VersionInfo {
             model_id: manifest.model_id.clone(),

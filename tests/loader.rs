@@ -617,3 +617,162 @@ fn load_version_builds_the_engine_and_skips_what_an_update_must_not_load() {
     assert_eq!(greedy(&v.engine), greedy(&direct));
     assert_eq!((v.version.manifest_url, offline.shard_requests()), (None, 0));
 }
+
+/// A shard as the engine build holds it, counted while it lives: what a JS `Uint8Array` costs
+/// the page until the build has cut its tensors out and dropped it.
+struct Counted {
+    bytes: Vec<u8>,
+    live: std::rc::Rc<Cell<u64>>,
+    peak: std::rc::Rc<Cell<u64>>,
+}
+
+impl Counted {
+    fn new(bytes: Vec<u8>, live: &std::rc::Rc<Cell<u64>>, peak: &std::rc::Rc<Cell<u64>>) -> Self {
+        live.set(live.get() + bytes.len() as u64);
+        peak.set(peak.get().max(live.get()));
+        Counted { bytes, live: live.clone(), peak: peak.clone() }
+    }
+}
+
+impl Clone for Counted {
+    fn clone(&self) -> Self {
+        Counted::new(self.bytes.clone(), &self.live, &self.peak)
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.live.set(self.live.get() - self.bytes.len() as u64);
+    }
+}
+
+impl edge_llm::package::Blob for Counted {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn into_vec(self) -> Vec<u8> {
+        self.bytes.clone()
+    }
+    fn copy_range(&self, offset: u64, dst: &mut [u8]) {
+        dst.copy_from_slice(&self.bytes[offset as usize..offset as usize + dst.len()]);
+    }
+}
+
+/// [`ScriptedFetcher`] handing out [`Counted`] blobs, counting the weight shards (`weights`, by URL).
+struct CountingFetcher {
+    net: ScriptedFetcher,
+    weights: Vec<String>,
+    live: std::rc::Rc<Cell<u64>>,
+    peak: std::rc::Rc<Cell<u64>>,
+}
+
+impl Fetcher for CountingFetcher {
+    type Blob = Counted;
+    async fn fetch(&self, url: &str, expected: Option<u64>, on_bytes: &dyn Fn(u64)) -> Result<Counted, FetchError> {
+        let bytes = self.net.fetch(url, expected, on_bytes).await?;
+        if self.weights.iter().any(|w| w == url) {
+            Ok(Counted::new(bytes, &self.live, &self.peak))
+        } else {
+            Ok(Counted::new(bytes, &Default::default(), &Default::default()))
+        }
+    }
+    async fn sha256(&self, blob: &Counted) -> String {
+        sha256_hex(&blob.bytes)
+    }
+    async fn sleep(&self, ms: u32) -> Result<(), FetchError> {
+        self.net.sleep(ms).await
+    }
+    fn aborted(&self) -> bool {
+        self.net.aborted()
+    }
+    fn cancel(&self) {
+        self.net.cancel()
+    }
+    fn now_ms(&self) -> f64 {
+        self.net.now_ms()
+    }
+}
+
+/// `Engine.load` builds the engine while the shards arrive: however many downloads may run
+/// at once, the shards held outside the engine (downloaded and not yet cut into tensors) stay
+/// within the lookahead plus the shards one tensor spans, not the whole model as when every
+/// file is collected first (`Loader::files`), from the network and from the cache alike; the
+/// engine is the same.
+#[test]
+fn the_engine_is_built_while_the_shards_arrive_and_they_are_never_all_held() {
+    use edge_llm::loader::{LoadedVersion, ManifestArg};
+    let (m, json, files) = packed("3.0.0");
+    let shard = |f: &&edge_llm::package::manifest::FileEntry| f.role == FileRole::Weights;
+    let weights: u64 = m.files.iter().filter(shard).map(|f| f.bytes).sum();
+    let largest = m.files.iter().filter(shard).map(|f| f.bytes).max().unwrap();
+    assert!(m.files.iter().filter(shard).count() >= 8, "the fixture has many shards");
+    let direct = Engine::open(edge_llm::package::Package::loose(&fixture("model-int4.onnx"), &fixture("tokenizer.json"), tiny::model_config()), &Default::default()).unwrap();
+    let on_event = |_: LoadEvent| {};
+    let (live, peak) = (std::rc::Rc::new(Cell::new(0)), std::rc::Rc::new(Cell::new(0)));
+    let urls = m.files.iter().filter(shard).map(|f| resolve_url(BASE, &f.path)).collect::<Vec<_>>();
+    let counting = || CountingFetcher { net: ScriptedFetcher::new(&json, &files), weights: urls.clone(), live: live.clone(), peak: peak.clone() };
+    // The cache the last run reads: filled by a load that collects every file.
+    let store = MemoryStore::<Counted>::new();
+    let filler = counting();
+    let loader = Loader { fetcher: &filler, store: Some(&store), options: fast(), on_event: &on_event };
+    block_on(async {
+        let mf = loader.manifest(BASE).await.unwrap();
+        let all = loader.files(&mf.manifest, &mf.json, Some(BASE), Some(BASE)).await.unwrap();
+        // Collecting every file first holds them all.
+        assert_eq!(all.files.values().map(|b| b.bytes.len() as u64).sum::<u64>(), m.total_bytes);
+        // The store's copies and every shard collected.
+        assert_eq!(peak.get(), 2 * weights);
+    });
+    for (source, concurrency) in [("network", 1), ("network", 4), ("cache", 4)] {
+        let fetcher = counting();
+        let options = LoadOptions { concurrency, lookahead_bytes: 2 * largest, ..fast() };
+        let loader = Loader { fetcher: &fetcher, store: (source == "cache").then_some(&store), options, on_event: &on_event };
+        // The cache's own copies are counted too: count from here.
+        let before = live.get();
+        peak.set(before);
+        let LoadedVersion { engine, .. } = block_on(loader.load_version(ManifestArg::Url(BASE.into()), None, &Default::default(), None)).unwrap().unwrap();
+        assert_eq!(greedy(&engine), greedy(&direct), "{source}");
+        assert_eq!(fetcher.net.shard_requests(), if source == "cache" { 0 } else { files.len() }, "{source}");
+        assert_eq!(live.get(), before, "{source}: every file dropped once built");
+        // Weight shards held at most: the lookahead and the shards of the tensor being cut
+        // (the embedding spans three).
+        let held = peak.get() - before;
+        eprintln!("{source}, {concurrency} at once: {held} bytes of shards held at most, of {weights}");
+        assert!(held <= 5 * largest, "{source}, {concurrency} at once: {held} bytes held of {weights}");
+    }
+}
+
+/// A download that fails while the engine is being built is the load's error (not the build's
+/// "file missing"), and a model the engine cannot build stops the downloads: the files after
+/// the graph are not all fetched.
+#[test]
+fn while_building_a_failed_download_is_the_error_and_a_failed_build_stops_the_downloads() {
+    use edge_llm::loader::ManifestArg;
+    let (m, json, files) = packed("3.1.0");
+    let on_event = |_: LoadEvent| {};
+    let last_shard = m.files.iter().filter(|f| f.role == FileRole::Weights).map(|f| f.path.clone()).max().unwrap();
+    let net = ScriptedFetcher::new(&json, &files);
+    net.fault(&last_shard, &[Fault::Status(404)]);
+    let loader = Loader { fetcher: &net, store: None::<&Store>, options: fast(), on_event: &on_event };
+    let e = block_on(loader.load_version(ManifestArg::Url(BASE.into()), None, &Default::default(), None)).err().expect("a 404 fails the load");
+    assert!(matches!(&e, Error::Network { file, .. } if file.ends_with(&last_shard)), "{e}");
+
+    // A graph that is not ONNX, under a manifest that names its bytes: the build fails first.
+    let mut files = files;
+    let graph = m.files.iter().find(|f| f.role == FileRole::Graph).unwrap().path.clone();
+    files.insert(graph.clone(), b"not an onnx graph".to_vec());
+    let mut bad = m.clone();
+    for f in bad.files.iter_mut().filter(|f| f.path == graph) {
+        f.bytes = 17;
+        f.sha256 = sha256_hex(b"not an onnx graph");
+    }
+    bad.total_bytes = bad.files.iter().map(|f| f.bytes).sum();
+    bad.model_sha256 = bad.expected_model_hash();
+    let json = bad.to_json();
+    Manifest::from_json(json.as_bytes()).expect("a valid manifest for the bad graph");
+    let net = ScriptedFetcher::new(&json, &files);
+    let loader = Loader { fetcher: &net, store: None::<&Store>, options: LoadOptions { concurrency: 1, ..fast() }, on_event: &on_event };
+    let e = block_on(loader.load_version(ManifestArg::Url(BASE.into()), None, &Default::default(), None)).err().expect("not a graph");
+    assert!(matches!(&e, Error::InvalidModel(m) if m.contains("not an ONNX protobuf")), "{e}");
+    assert!(net.shard_requests() < files.len(), "{} of {} files fetched after the graph failed", net.shard_requests(), files.len());
+}

@@ -280,19 +280,30 @@ impl CpuModel {
     /// each verified weight shard by name when it is needed; shards are consumed as their
     /// weights become tensors (see [`detach_weights`]).
     pub fn from_packed<B: crate::package::Blob>(
-        mut proto: tract_onnx::pb::ModelProto,
+        proto: tract_onnx::pb::ModelProto,
         shards: impl FnMut(&str) -> Result<B>,
+        options: &CpuOptions,
+    ) -> Result<Self> {
+        crate::backend::ready(Self::from_shards(proto, &mut crate::package::ShardFn(shards), options)).expect("a function's shards are there at once")
+    }
+
+    /// [`CpuModel::from_packed`] with shards that may still be downloading: each is awaited
+    /// when its weights are reached, and dropped once they are tensors.
+    pub(crate) async fn from_shards<B: crate::package::Blob>(
+        mut proto: tract_onnx::pb::ModelProto,
+        shards: &mut impl crate::package::ShardSource<B>,
         options: &CpuOptions,
     ) -> Result<Self> {
         import::prepare(&mut proto)?;
         let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
         let transpose = q8_transposes(Some(graph), options);
         let mut external = Vec::new();
-        crate::package::shards::consume_external(graph, shards, |i, length, read| {
+        crate::package::shards::consume_external_from(graph, shards, |i, length, read| {
             let init = &graph.initializer[i];
             external.push((i, weight_tensor(init, length, transpose.get(&init.name), read)?));
             Ok(())
-        })?;
+        })
+        .await?;
         let (weights, table) = detach_weights(&mut proto, external, &transpose)?;
         Self::build(proto, weights, table, options)
     }

@@ -160,21 +160,21 @@ impl Engine {
     /// parse's transient) fit in the holes tract's graph rewriting leaves (wasm's heap never
     /// shrinks).
     pub async fn open_async<'a, B: Blob + 'a>(mut package: Package<'a, B>, options: &EngineOptions) -> Result<Self> {
-        let graph = package.graph()?;
+        let graph = package.graph().await?;
         let (gpu, reason) = choose_backend(options, &package.config().architecture, &graph).await?;
         let backend: Box<dyn Backend> = match gpu {
             Some(ctx) => Box::new(crate::gpu::GpuBackend::open(ctx, &mut package, &graph).await?),
             None => {
                 let cpu = CpuOptions { last_logits_only: true, ..options.cpu.clone() };
                 let model = if package.is_packed() {
-                    CpuModel::from_packed(graph, |path| package.file(path), &cpu)?
+                    CpuModel::from_shards(graph, &mut package, &cpu).await?
                 } else {
                     CpuModel::from_proto(graph, &cpu)?
                 };
                 Box::new(CpuBackend(Arc::new(model)))
             }
         };
-        let tokenizer = package.tokenizer()?;
+        let tokenizer = package.tokenizer().await?;
         let mut engine = Self::from_backend(backend, tokenizer, package.config().clone(), package.fingerprint()?)?;
         *engine.slot.reason.borrow_mut() = reason;
         if let Some(g) = package.generation() {

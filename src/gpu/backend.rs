@@ -101,7 +101,7 @@ impl GpuBackend {
     /// exporter layout (`ExportOptions::int4`); any other format is `UnsupportedBackend`,
     /// naming what the GPU backend lacks.
     pub async fn open<'a, B: Blob + 'a>(ctx: GpuContext, package: &mut Package<'a, B>, graph: &ModelProto) -> Result<Self> {
-        let weights = q4_llama(&package.config().architecture.clone(), graph, package)?;
+        let weights = q4_llama(&package.config().architecture.clone(), graph, package).await?;
         Ok(Self::new(GpuLlama::load(ctx, &weights, context_len(&weights.cfg))?))
     }
 
@@ -280,17 +280,18 @@ impl Drop for Stepping<'_> {
 
 /// Every initializer of `graph` by name: inline ones borrowed, external ones read from
 /// `package`'s shards into their `raw_data`.
-fn initializers<'g, 'a, B: Blob + 'a>(graph: &'g ModelProto, package: &mut Package<'a, B>) -> Result<HashMap<String, Cow<'g, TensorProto>>> {
+async fn initializers<'g, 'a, B: Blob + 'a>(graph: &'g ModelProto, package: &mut Package<'a, B>) -> Result<HashMap<String, Cow<'g, TensorProto>>> {
     let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
     let mut out: HashMap<String, Cow<'g, TensorProto>> = g.initializer.iter().map(|t| (t.name.clone(), Cow::Borrowed(t))).collect();
     if package.is_packed() {
-        shards::consume_external(g, |path| package.file(path), |i, length, read| {
+        shards::consume_external_from(g, package, |i, length, read| {
             let mut raw_data = vec![0; length];
             read(0, &mut raw_data);
             let t = &g.initializer[i];
             out.insert(t.name.clone(), Cow::Owned(TensorProto { name: t.name.clone(), data_type: t.data_type, dims: t.dims.clone(), raw_data, ..Default::default() }));
             Ok(())
-        })?;
+        })
+        .await?;
     }
     Ok(out)
 }
@@ -348,8 +349,8 @@ fn missing_weight(name: &str) -> Error {
 }
 
 /// The int4 Llama in `graph`, by edge-llm's exporter's initializer names.
-fn q4_llama<'a, B: Blob + 'a>(cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<Q4Llama> {
-    let mut w = Initializers(initializers(graph, package)?);
+async fn q4_llama<'a, B: Blob + 'a>(cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<Q4Llama> {
+    let mut w = Initializers(initializers(graph, package).await?);
     let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     let mut layers = Vec::with_capacity(cfg.num_layers);
     // `[n][k]` of each of `LINEARS`.

@@ -14,6 +14,13 @@ pub trait Blob {
     fn copy_range(&self, offset: u64, dst: &mut [u8]);
     /// The bytes from `len` on will not be read again: a blob in Rust memory gives them back.
     fn release_from(&mut self, _len: u64) {}
+    /// Done with: free it now where its backend would otherwise wait (a JS array the loader
+    /// owns waits for the garbage collector).
+    fn release(self)
+    where
+        Self: Sized,
+    {
+    }
     /// SHA-256 of the whole blob, lower-case hex. Without Rust memory of its own the default
     /// reads it in 1 MiB pieces, so hashing never holds a second copy.
     fn sha256_hex(&self) -> String {

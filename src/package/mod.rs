@@ -16,6 +16,7 @@ pub mod shards;
 
 use std::collections::BTreeMap;
 
+use futures_util::future::LocalBoxFuture;
 use sha2::{Digest, Sha256};
 
 pub use blob::Blob;
@@ -26,8 +27,9 @@ use crate::onnx::ModelProto;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 
-/// A source of files by path, each asked for once, when it is needed.
-type Files<'a, B> = Box<dyn FnMut(&str) -> Result<B> + 'a>;
+/// A source of files by path, each asked for once, when it is needed: at once (a folder, a map
+/// of files) or once it has arrived (the loader's downloads, [`Package::streaming`]).
+type Files<'a, B> = Box<dyn FnMut(&str) -> LocalBoxFuture<'a, Result<B>> + 'a>;
 
 /// One model's files, from one source.
 pub struct Package<'a, B: Blob = Vec<u8>> {
@@ -40,6 +42,27 @@ enum Inner<'a, B> {
     /// A packed model; `verify`: check each file's size and SHA-256 as it is taken (false
     /// when the loader already checked each one as it arrived).
     Packed { manifest: Manifest, files: Files<'a, B>, verify: bool },
+}
+
+/// Where [`shards::consume_external`] gets each weight shard: a [`Package`], or a plain
+/// function of the shard's name.
+pub(crate) trait ShardSource<B> {
+    fn shard(&mut self, path: &str) -> impl std::future::Future<Output = Result<B>>;
+}
+
+impl<'a, B: Blob + 'a> ShardSource<B> for Package<'a, B> {
+    fn shard(&mut self, path: &str) -> impl std::future::Future<Output = Result<B>> {
+        self.file(path)
+    }
+}
+
+/// A function that gives each shard at once.
+pub(crate) struct ShardFn<F>(pub F);
+
+impl<B, F: FnMut(&str) -> Result<B>> ShardSource<B> for ShardFn<F> {
+    fn shard(&mut self, path: &str) -> impl std::future::Future<Output = Result<B>> {
+        std::future::ready((self.0)(path))
+    }
 }
 
 fn missing(path: &str) -> Error {
@@ -70,8 +93,17 @@ impl<'a, B: Blob + 'a> Package<'a, B> {
     /// A packed model whose files `file` gives by path when they are needed: the graph, the
     /// weight shards one at a time, then the tokenizer. A shard outside Rust memory (a JS
     /// `Uint8Array`) is never copied in whole, and each is dropped before the next is asked for.
-    pub fn packed_with(manifest: &Manifest, file: impl FnMut(&str) -> Result<B> + 'a) -> Self {
-        Package { inner: Inner::Packed { manifest: manifest.clone(), files: Box::new(file), verify: true } }
+    pub fn packed_with(manifest: &Manifest, mut file: impl FnMut(&str) -> Result<B> + 'a) -> Self {
+        let files: Files<'a, B> = Box::new(move |path| Box::pin(std::future::ready(file(path))));
+        Package { inner: Inner::Packed { manifest: manifest.clone(), files, verify: true } }
+    }
+
+    /// A packed model whose files arrive while the engine is built from the ones before
+    /// (`Engine.load`): `file` resolves once the loader has verified `path` (and fails if the
+    /// load fails); the package does not hash them again. The weight shards are asked for in
+    /// name order, so the loader need hold only the next few.
+    pub fn streaming(manifest: &Manifest, file: impl FnMut(&str) -> LocalBoxFuture<'a, Result<B>> + 'a) -> Self {
+        Package { inner: Inner::Packed { manifest: manifest.clone(), files: Box::new(file), verify: false } }
     }
 
     /// [`Package::packed`] for files the loader already checked against the manifest, each as
@@ -125,35 +157,35 @@ impl<'a, B: Blob + 'a> Package<'a, B> {
     }
 
     /// A packed model's file `path`, checked against the manifest; it is not kept here.
-    pub fn file(&mut self, path: &str) -> Result<B> {
+    pub async fn file(&mut self, path: &str) -> Result<B> {
         let Inner::Packed { manifest, files, verify } = &mut self.inner else {
             return Err(missing(path));
         };
-        let blob = files(path)?;
+        let blob = files(path).await?;
         if *verify {
             manifest.verify_blob(path, &blob)?;
         }
         Ok(blob)
     }
 
-    fn role(&mut self, role: FileRole) -> Result<Vec<u8>> {
+    async fn role(&mut self, role: FileRole) -> Result<Vec<u8>> {
         let Inner::Packed { manifest, .. } = &self.inner else { unreachable!("only packed models have file roles") };
         let path = manifest.file(role).map(|f| f.path.clone()).expect("a validated manifest has every role");
-        Ok(self.file(&path)?.into_vec())
+        Ok(self.file(&path).await?.into_vec())
     }
 
     /// The decoded ONNX graph. A packed graph's weights are still in the shards.
-    pub fn graph(&mut self) -> Result<ModelProto> {
+    pub async fn graph(&mut self) -> Result<ModelProto> {
         match &self.inner {
             Inner::Loose { onnx, .. } => crate::onnx::decode(onnx),
-            Inner::Packed { .. } => crate::onnx::decode(&self.role(FileRole::Graph)?),
+            Inner::Packed { .. } => crate::onnx::decode(&self.role(FileRole::Graph).await?),
         }
     }
 
-    pub fn tokenizer(&mut self) -> Result<Tokenizer> {
+    pub async fn tokenizer(&mut self) -> Result<Tokenizer> {
         match &self.inner {
             Inner::Loose { tokenizer_json, .. } => Tokenizer::from_json(tokenizer_json),
-            Inner::Packed { .. } => Tokenizer::from_json(&self.role(FileRole::Tokenizer)?),
+            Inner::Packed { .. } => Tokenizer::from_json(&self.role(FileRole::Tokenizer).await?),
         }
     }
 }

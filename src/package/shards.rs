@@ -123,7 +123,17 @@ fn read_parts<B: Blob>(parts: &[(&B, u64, usize)], mut at: usize, mut dst: &mut 
 /// tensors must not overlap.
 pub(crate) fn consume_external<B: Blob>(
     graph: &tract_onnx::pb::GraphProto,
-    mut shard: impl FnMut(&str) -> Result<B>,
+    shard: impl FnMut(&str) -> Result<B>,
+    take: impl FnMut(usize, usize, &dyn Fn(usize, &mut [u8])) -> Result<()>,
+) -> Result<()> {
+    crate::backend::ready(consume_external_from(graph, &mut super::ShardFn(shard), take)).expect("a function's shards are there at once")
+}
+
+/// [`consume_external`] with shards that may still be on their way ([`super::Package::streaming`]):
+/// each is awaited when its tensors are reached.
+pub(crate) async fn consume_external_from<B: Blob>(
+    graph: &tract_onnx::pb::GraphProto,
+    source: &mut impl super::ShardSource<B>,
     mut take: impl FnMut(usize, usize, &dyn Fn(usize, &mut [u8])) -> Result<()>,
 ) -> Result<()> {
     let mut tensors = Vec::new();
@@ -156,20 +166,23 @@ pub(crate) fn consume_external<B: Blob>(
     }
     let mut held: BTreeMap<String, Held<B>> = BTreeMap::new();
     let mut done = vec![false; tensors.len()];
-    let mut fetch = |loc: &str, held: &mut BTreeMap<String, Held<B>>| -> Result<()> {
-        if !held.contains_key(loc) {
-            let blob = shard(loc)?;
-            let list = &refs[loc];
-            if let Some(&(offset, length, t, _)) = list.last().filter(|(o, l, ..)| o.checked_add(*l as u64).is_none_or(|end| end > blob.len())) {
-                let name = &graph.initializer[tensors[t].0].name;
-                return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` ({offset} + {length} bytes)")));
+    // Ask `source` for shard `loc` unless it is held already.
+    macro_rules! fetch {
+        ($loc:expr) => {{
+            let loc: &str = $loc;
+            if !held.contains_key(loc) {
+                let blob = source.shard(loc).await?;
+                let list = &refs[loc];
+                if let Some(&(offset, length, t, _)) = list.last().filter(|(o, l, ..)| o.checked_add(*l as u64).is_none_or(|end| end > blob.len())) {
+                    let name = &graph.initializer[tensors[t].0].name;
+                    return Err(Error::InvalidModel(format!("tensor `{name}` reaches past the end of shard `{loc}` ({offset} + {length} bytes)")));
+                }
+                held.insert(loc.to_string(), Held { blob, next: list.len() });
             }
-            held.insert(loc.to_string(), Held { blob, next: list.len() });
-        }
-        Ok(())
-    };
+        }};
+    }
     for loc in refs.keys() {
-        fetch(loc, &mut held)?;
+        fetch!(loc);
         loop {
             let h = &held[loc];
             let Some(&(_, _, t, part)) = h.next.checked_sub(1).map(|n| &refs[loc][n]) else { break };
@@ -178,7 +191,7 @@ pub(crate) fn consume_external<B: Blob>(
                 debug_assert_eq!(part, 0);
                 let (i, parts) = &tensors[t];
                 for p in &parts[1..] {
-                    fetch(&p.location, &mut held)?;
+                    fetch!(&p.location);
                 }
                 let located: Vec<(&B, u64, usize)> = parts.iter().map(|p| (&held[&p.location].blob, p.offset, p.length)).collect();
                 let length = parts.iter().map(|p| p.length).sum();
@@ -199,7 +212,9 @@ pub(crate) fn consume_external<B: Blob>(
                 }
             }
         }
-        held.remove(loc);
+        if let Some(h) = held.remove(loc) {
+            h.blob.release();
+        }
     }
     Ok(())
 }

@@ -43,7 +43,9 @@ export interface LoadOptions {
   signal?: AbortSignal;
   /** Throw `QuotaError` when the cache is full instead of loading from memory with a warning. */
   strictQuota?: boolean;
-  /** Files downloaded at once (default 4). */
+  /** Files downloaded at once (default 4). The engine is built while they arrive, and no file starts
+   *  while the files ahead of it would hold over 32 MiB, so a fast network or cache never holds the
+   *  whole model in JS memory beside the engine. */
   concurrency?: number;
   /** Retries of a failed download (default 4; backoff 250 ms doubling to 4 s). */
   retries?: number;
@@ -155,6 +157,8 @@ extern "C" {
     fn call_progress(cb: &Function, event: &JsValue);
     #[wasm_bindgen(js_name = hasIndexedDb)]
     fn has_indexed_db() -> bool;
+    #[wasm_bindgen(js_name = releaseBytes)]
+    fn release_bytes(bytes: &Uint8Array);
 }
 
 #[wasm_bindgen(module = "/js/store.js")]
@@ -173,6 +177,8 @@ extern "C" {
     fn storage_estimate_js() -> Promise;
     #[wasm_bindgen(js_name = requestPersist)]
     fn request_persist();
+    #[wasm_bindgen(js_name = afterPut)]
+    fn after_put(store: &JsShardStore, bytes: &Uint8Array);
 }
 
 /// Typed optional arguments (`options?: LoadOptions` in the .d.ts).
@@ -214,9 +220,14 @@ impl Blob for Uint8Array {
     fn len(&self) -> u64 {
         self.length() as u64
     }
-    /// One copy into wasm memory; the JS buffer is released with `self`.
+    /// One copy into wasm memory; the JS buffer is released (at once if the loader owns it).
     fn into_vec(self) -> Vec<u8> {
-        self.to_vec()
+        let v = self.to_vec();
+        release_bytes(&self);
+        v
+    }
+    fn release(self) {
+        release_bytes(&self);
     }
     fn copy_range(&self, offset: u64, dst: &mut [u8]) {
         self.subarray(offset as u32, (offset + dst.len() as u64) as u32).copy_to(dst);
@@ -341,7 +352,9 @@ impl ShardStore for JsShardStore {
     }
 
     async fn put(&self, sha256: &str, blob: &Uint8Array) -> Result<(), StoreError> {
-        wait(JsShardStore::put(self, sha256, blob)).await.map(|_| ()).map_err(store_error)
+        let r = wait(JsShardStore::put(self, sha256, blob)).await.map(|_| ()).map_err(store_error);
+        after_put(self, blob);
+        r
     }
 
     async fn delete(&self, sha256: &str) -> Result<(), StoreError> {
