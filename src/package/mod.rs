@@ -65,6 +65,15 @@ impl<B, F: FnMut(&str) -> Result<B>> ShardSource<B> for ShardFn<F> {
     }
 }
 
+/// The value of a future over a [`ShardFn`] source, which is ready when first polled.
+pub(crate) fn at_once<T>(f: impl std::future::Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("a function's shards are there at once"),
+    }
+}
+
 fn missing(path: &str) -> Error {
     Error::InvalidModel(format!("file `{path}` was not provided"))
 }

@@ -126,7 +126,7 @@ pub(crate) fn consume_external<B: Blob>(
     shard: impl FnMut(&str) -> Result<B>,
     take: impl FnMut(usize, usize, &dyn Fn(usize, &mut [u8])) -> Result<()>,
 ) -> Result<()> {
-    crate::backend::ready(consume_external_from(graph, &mut super::ShardFn(shard), take)).expect("a function's shards are there at once")
+    super::at_once(consume_external_from(graph, &mut super::ShardFn(shard), take))
 }
 
 /// [`consume_external`] with shards that may still be on their way ([`super::Package::streaming`]):
