@@ -31,9 +31,9 @@ const committed = (tx) =>
 
 const HEX64 = /^[0-9a-f]{64}$/;
 /// After `store.put(sha256, bytes)`: a store other than the built-in IndexedDB and file stores
-/// (which write a copy) may keep `bytes`, so the loader no longer frees it.
+/// (which write a copy) may keep `bytes` (the memory store does), so the loader no longer frees it.
 export function afterPut(store, bytes) {
-  if (!(store instanceof IndexedDbStore || store instanceof FsStore || store instanceof MemoryStore)) disownBytes(bytes);
+  if (!(store instanceof IndexedDbStore || store instanceof FsStore)) disownBytes(bytes);
 }
 
 /// Every store takes only SHA-256 hex as a shard name: one from a planted record or a bad
@@ -153,8 +153,6 @@ export class MemoryStore {
   }
   async put(sha256, bytes) {
     this.shards.set(shardName(sha256), bytes);
-    // Kept here: the loader must not free it.
-    disownBytes(bytes);
   }
   async delete(sha256) {
     this.shards.delete(shardName(sha256));

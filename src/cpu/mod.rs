@@ -284,7 +284,7 @@ impl CpuModel {
         shards: impl FnMut(&str) -> Result<B>,
         options: &CpuOptions,
     ) -> Result<Self> {
-        crate::backend::ready(Self::from_shards(proto, &mut crate::package::ShardFn(shards), options)).expect("a function's shards are there at once")
+        crate::package::at_once(Self::from_shards(proto, &mut crate::package::ShardFn(shards), options))
     }
 
     /// [`CpuModel::from_packed`] with shards that may still be downloading: each is awaited

@@ -156,6 +156,23 @@ impl Expansion for MatMulNBitsQ4Min {
     }
 }
 
+/// How many times each value is read: by a node's inputs, or as a graph output.
+fn reader_counts(graph: &tract_onnx::pb::GraphProto) -> std::collections::HashMap<&str, usize> {
+    let mut readers = std::collections::HashMap::new();
+    for name in graph.node.iter().flat_map(|n| &n.input).chain(graph.output.iter().map(|o| &o.name)) {
+        *readers.entry(name.as_str()).or_default() += 1;
+    }
+    readers
+}
+
+/// A 4-bit block-32 `MatMulNBits` with float zero points (input 3, no `g_idx` or bias): the
+/// nodes [`Q4MinMatrix`] runs.
+fn is_float_zero_point_q4(node: &tract_onnx::pb::NodeProto) -> bool {
+    let attr_i = |name: &str, default: i64| node.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
+    let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
+    node.op_type == "MatMulNBits" && attr_i("bits", 4) == 4 && attr_i("block_size", 0) == BLOCK as i64 && present(3) && !present(4) && !present(5)
+}
+
 /// For each 4-bit block-32 `MatMulNBits` with float zero points whose scales and zero points
 /// are f16 initializers, each read only through its own widening `Cast` that only this node
 /// reads (edge-llm's compact int4 recipe, GGUF Q4_1 imports): the node reads the f16
@@ -172,10 +189,7 @@ pub(super) fn read_f16_params_directly(graph: &mut tract_onnx::pb::GraphProto) -
     }
     let f16_inits: std::collections::HashSet<&str> =
         graph.initializer.iter().filter(|i| i.data_type == DataType::Float16 as i32).map(|i| i.name.as_str()).collect();
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for name in graph.node.iter().flat_map(|n| &n.input).chain(graph.output.iter().map(|o| &o.name)) {
-        *readers.entry(name.as_str()).or_default() += 1;
-    }
+    let readers = reader_counts(graph);
     // Widening casts of an f16 initializer read by nothing else: output -> (node index, initializer).
     let widening: HashMap<&str, (usize, &str)> = graph
         .node
@@ -193,11 +207,9 @@ pub(super) fn read_f16_params_directly(graph: &mut tract_onnx::pb::GraphProto) -
         })
         .map(|(i, n)| (n.output[0].as_str(), (i, n.input[0].as_str())))
         .collect();
-    let attr_i = |n: &tract_onnx::pb::NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
     let mut rewired = Vec::new();
     for (ix, node) in graph.node.iter().enumerate() {
-        let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
-        if node.op_type != "MatMulNBits" || attr_i(node, "bits", 4) != 4 || attr_i(node, "block_size", 0) != BLOCK as i64 || !present(3) || present(4) || present(5) {
+        if !is_float_zero_point_q4(node) {
             continue;
         }
         if let (Some(&(cs, s)), Some(&(cz, z))) = (widening.get(node.input[2].as_str()), widening.get(node.input[3].as_str())) {
@@ -229,15 +241,7 @@ pub(super) fn read_f16_params_directly(graph: &mut tract_onnx::pb::GraphProto) -
 pub(super) fn zero_point_terms_in_place(graph: &mut tract_onnx::pb::GraphProto, tensors: &mut [Option<Tensor>]) -> crate::Result<()> {
     use std::collections::HashMap;
     let index: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
-    let mut readers: HashMap<&str, usize> = HashMap::new();
-    for node in &graph.node {
-        for input in &node.input {
-            *readers.entry(input.as_str()).or_default() += 1;
-        }
-    }
-    for output in &graph.output {
-        *readers.entry(output.name.as_str()).or_default() += 1;
-    }
+    let readers = reader_counts(graph);
     let identity_of: HashMap<&str, &str> = graph
         .node
         .iter()
@@ -253,11 +257,9 @@ pub(super) fn zero_point_terms_in_place(graph: &mut tract_onnx::pb::GraphProto, 
         let src = source(&identity_of, name);
         (readers.get(name) == Some(&1) && readers.get(src) == Some(&1)).then(|| index.get(src).copied()).flatten()
     };
-    let attr_i = |n: &tract_onnx::pb::NodeProto, name: &str, default: i64| n.attribute.iter().find(|a| a.name == name).map_or(default, |a| a.i);
     let mut marked = Vec::new();
     for (ix, node) in graph.node.iter().enumerate() {
-        let present = |i: usize| node.input.get(i).is_some_and(|s| !s.is_empty());
-        if node.op_type != "MatMulNBits" || attr_i(node, "bits", 4) != 4 || attr_i(node, "block_size", 0) != BLOCK as i64 || !present(3) || present(4) || present(5) {
+        if !is_float_zero_point_q4(node) {
             continue;
         }
         let (Some(zi), Some(&si)) = (sole_source(&node.input[3]), index.get(source(&identity_of, &node.input[2]))) else {
