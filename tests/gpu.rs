@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gpu::context::block_on;
-use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, GpuQ4, Pipelines};
+use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines};
+use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
-use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, Q4Llama};
+use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
-use edge_llm::quant::reference as qref;
 use edge_llm::backend::BackendKind;
 use edge_llm::generate::EngineOptions;
 use edge_llm::package::Package;
@@ -82,12 +82,33 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f3
     }
 }
 
-/// The int4 matmul problem, run through the decode GEMV and the prefill GEMM (both against
-/// the one twin): fixed edge shapes (one block, a partial last block, odd block counts for the
-/// packed zero points, block 16 with an odd block count, several x rows, partial 32-tiles),
-/// then random ones.
+/// The weight kinds the GPU runs (bits, zero points): int4 without zero points, with integer
+/// ones, with float ones (edge-llm's int4 recipe), int8 blocks without (the recipe's embedding
+/// and head) and with integer ones.
+const KINDS: [(usize, ZeroPointKind); 5] =
+    [(4, ZeroPointKind::Middle), (4, ZeroPointKind::Int), (4, ZeroPointKind::Float), (8, ZeroPointKind::Middle), (8, ZeroPointKind::Int)];
+
+/// A random `[n][k]` weight of `kind`: random stored values (padding included), scales and
+/// zero points.
+fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points): (usize, ZeroPointKind)) -> BlockWeight {
+    let spec = BlockSpec { n, k, bits, block_size, zero_points };
+    let blocks = n * spec.blocks();
+    let data = (0..n * spec.row_bytes(Field::Data)).map(|_| rng.next() as u8).collect();
+    let scales = rng.f32s(blocks).iter().map(|v| v / (1 << (bits - 1)) as f32).collect();
+    let zero_points = match zero_points {
+        ZeroPointKind::Middle => ZeroPoints::Middle,
+        ZeroPointKind::Int => ZeroPoints::Int((0..blocks).map(|_| (rng.next() % (1 << bits)) as u8).collect()),
+        ZeroPointKind::Float => ZeroPoints::Float(rng.f32s(blocks).iter().map(|v| (v + 1.0) * (1 << (bits - 1)) as f32).collect()),
+    };
+    BlockWeight { spec, data, scales, zero_points }
+}
+
+/// The block-quantized matmul, run through the decode GEMV and the prefill GEMM (both against
+/// the one twin) for every kind: fixed edge shapes (one block, a partial last block, odd block
+/// counts for the packed zero points, block 16 with an odd block count, several x rows,
+/// partial 32-tiles), then random ones.
 #[test]
-fn int4_matmul_kernels_match_twin() {
+fn block_matmul_kernels_match_twin() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng(1);
     let mut pipes = Pipelines::default();
@@ -96,24 +117,24 @@ fn int4_matmul_kernels_match_twin() {
         shapes.push((rng.range(1, 200), rng.range(1, 400), [16, 32, 64, 128][rng.range(0, 4)], rng.range(1, 40)));
     }
     for (n, k, bs, rows) in shapes {
-        for symmetric in [true, false] {
-            let w = qref::quantize_q4(&rng.f32s(n * k), n, k, bs, symmetric);
+        for kind in KINDS {
+            let w = random_weight(&mut rng, n, k, bs, kind);
             let x = rng.f32s(rows * k);
-            let want = twin::gemv_q4(&w, &x);
+            let want = twin::gemv_nbits(&w, &x);
             // f32 sums in another order: allow a few ulps of the sum of |terms|.
-            let deq = qref::dequantize_q4(&w);
+            let deq = w.dequantized();
             let mag = |i: usize| -> f32 {
                 let (r, j) = (i / n, i % n);
                 (0..k).map(|t| (deq[j * k + t] * x[r * k + t]).abs()).sum()
             };
-            let gw = GpuQ4::upload(&ctx, "w", &w).unwrap();
+            let gw = GpuNBits::upload(&ctx, "w", &w).unwrap();
             let (xb, st) = (upload(&ctx, &x), state(&ctx, 0, rows, &[]));
             for gemm in [false, true] {
                 let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
                 let d = if gemm { gw.gemm(&ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(&ctx, &mut pipes, &xb, &yb) };
                 kernels::run(&ctx, &pipes, &d, rows as u32);
                 let got = download(&ctx, &yb, rows * n);
-                let what = format!("{} n={n} k={k} bs={bs} rows={rows} sym={symmetric}", if gemm { "gemm_q4" } else { "gemv_q4" });
+                let what = format!("{} n={n} k={k} bs={bs} rows={rows} {kind:?}", if gemm { "gemm_nbits" } else { "gemv_nbits" });
                 assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
             }
         }
@@ -121,14 +142,14 @@ fn int4_matmul_kernels_match_twin() {
 }
 
 #[test]
-fn embed_q4_matches_twin() {
+fn embed_nbits_matches_twin() {
     let Some(ctx) = gpu() else { return };
     let mut rng = Rng(2);
     let mut pipes = Pipelines::default();
     for (vocab, hidden, bs) in [(3, 16, 16), (50, 40, 32), (17, 576, 32), (9, 200, 64)] {
-        for symmetric in [true, false] {
-            let table = qref::quantize_q4(&rng.f32s(vocab * hidden), vocab, hidden, bs, symmetric);
-            let gt = GpuQ4::upload(&ctx, "table", &table).unwrap();
+        for kind in KINDS {
+            let table = random_weight(&mut rng, vocab, hidden, bs, kind);
+            let gt = GpuNBits::upload(&ctx, "table", &table).unwrap();
             // One row (decode), then several gathered at once (a prefill chunk).
             let mut batches = vec![vec![rng.range(0, vocab) as u32], vec![0, vocab as u32 - 1]];
             batches.push((0..rng.range(2, 70)).map(|_| rng.range(0, vocab) as u32).collect());
@@ -137,9 +158,9 @@ fn embed_q4_matches_twin() {
                 let out = ctx.storage("out", (rows * hidden * 4) as u64).unwrap();
                 let d = gt.embed(&ctx, &mut pipes, &st, &out);
                 kernels::run(&ctx, &pipes, &d, rows as u32);
-                let want: Vec<f32> = tokens.iter().flat_map(|t| twin::embed_q4(&table, *t as usize)).collect();
-                // Exactly one product per element: bit-identical.
-                assert_eq!(download(&ctx, &out, rows * hidden), want, "vocab={vocab} hidden={hidden} bs={bs} tokens={tokens:?}");
+                let want: Vec<f32> = tokens.iter().flat_map(|t| twin::embed_nbits(&table, *t as usize)).collect();
+                // One subtraction and one product per element: bit-identical.
+                assert_eq!(download(&ctx, &out, rows * hidden), want, "vocab={vocab} hidden={hidden} bs={bs} {kind:?} tokens={tokens:?}");
             }
         }
     }
@@ -171,16 +192,18 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
     for (n, k, bs, rows, cap) in shapes {
         // Pipelines belong to their device.
         let (small, mut small_pipes) = (capped_gpu(cap).unwrap(), Pipelines::default());
-        for symmetric in [true, false] {
-            let w = qref::quantize_q4(&rng.f32s(n * k), n, k, bs, symmetric);
+        // The SmolLM2-sized head in the recipe's kinds only (each kind is a second on llvmpipe).
+        let kinds = if n > 10_000 { vec![(4, ZeroPointKind::Float), (8, ZeroPointKind::Middle)] } else { KINDS.to_vec() };
+        for kind in kinds {
+            let w = random_weight(&mut rng, n, k, bs, kind);
             let x = rng.f32s(rows * k);
-            let ranges = kernels::q4_row_ranges("w", n, k, bs, cap).unwrap();
-            let (gw, sw) = (GpuQ4::upload(&full, "w", &w).unwrap(), GpuQ4::upload(&small, "w", &w).unwrap());
+            let ranges = w.spec.row_ranges("w", cap).unwrap();
+            let (gw, sw) = (GpuNBits::upload(&full, "w", &w).unwrap(), GpuNBits::upload(&small, "w", &w).unwrap());
             assert_eq!(gw.parts.len(), 1);
             assert_eq!(sw.parts.iter().map(|p| p.rows.clone()).collect::<Vec<_>>(), ranges, "n={n} k={k} cap={cap}");
             assert!(ranges.len() > 1, "n={n} k={k} cap={cap}: not split");
-            let want = twin::gemv_q4(&w, &x);
-            let what = format!("n={n} k={k} bs={bs} rows={rows} sym={symmetric} in {} parts", ranges.len());
+            let want = twin::gemv_nbits(&w, &x);
+            let what = format!("n={n} k={k} bs={bs} rows={rows} {kind:?} in {} parts", ranges.len());
             for gemm in [false, true] {
                 let mut outs = Vec::new();
                 for (ctx, w, pipes) in [(&full, &gw, &mut pipes), (&small, &sw, &mut small_pipes)] {
@@ -190,12 +213,12 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
                     kernels::run(ctx, pipes, &d, rows as u32);
                     outs.push(download(ctx, &yb, rows * n));
                 }
-                let kind = if gemm { "gemm_q4" } else { "gemv_q4" };
+                let op = if gemm { "gemm_nbits" } else { "gemv_nbits" };
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                assert!(bits(&outs[0]) == bits(&outs[1]), "{kind} {what}: split differs from unsplit");
-                let deq = qref::dequantize_q4(&w);
+                assert!(bits(&outs[0]) == bits(&outs[1]), "{op} {what}: split differs from unsplit");
+                let deq = w.dequantized();
                 let mag = |i: usize| -> f32 { (0..k).map(|t| (deq[(i % n) * k + t] * x[(i / n) * k + t]).abs()).sum() };
-                assert_close(&format!("{kind} {what}"), &outs[1], &want, |i| 1e-6 + 4e-6 * mag(i));
+                assert_close(&format!("{op} {what}"), &outs[1], &want, |i| 1e-6 + 4e-6 * mag(i));
             }
             // The gather: the tokens at both ends of every part, and a random one, each a step's
             // row (a chunk's rows would not fit the small limit).
@@ -205,25 +228,26 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
                 let (st, out) = (state(&small, 0, 1, &[t]), small.storage("out", (k * 4) as u64).unwrap());
                 let d = sw.embed(&small, &mut small_pipes, &st, &out);
                 kernels::run(&small, &small_pipes, &d, 1);
-                assert_eq!(download(&small, &out, k), twin::embed_q4(&w, t as usize), "embed_q4 {what} token {t}");
+                assert_eq!(download(&small, &out, k), twin::embed_nbits(&w, t as usize), "embed_nbits {what} token {t}");
             }
+            split_into.push((n, k, kind.0, ranges.len()));
         }
-        split_into.push((n, k, kernels::q4_row_ranges("w", n, k, bs, cap).unwrap().len()));
     }
-    eprintln!("weights split by rows, bit-identical to unsplit: {split_into:?} ((n, k, parts))");
+    eprintln!("weights split by rows, bit-identical to unsplit: {split_into:?} ((n, k, bits, parts))");
 }
 
 /// What a weight's binding needs, if even one row is more than the limit: a named error.
 #[test]
 fn a_weight_row_over_the_binding_limit_is_a_named_error() {
-    let e = kernels::q4_row_ranges("lm_head", 128256, 8192, 32, 2048).unwrap_err();
+    let head = |k: usize| BlockSpec { n: 128256, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle };
+    let e = head(8192).row_ranges("lm_head", 2048).unwrap_err();
     assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
     assert!(e.to_string().contains("one row of `lm_head`") && e.to_string().contains("maxStorageBufferBindingSize"), "{e}");
     // A Llama-3.2-1B head (128256 × 2048 int4, block 32: 1 KiB a row, 125.25 MiB of nibbles)
     // fits WebGPU's default 128 MiB whole and takes 2 parts under 64 MiB; a 3B head (× 3072,
     // 187.9 MiB) takes 2 under 128 MiB. Every row lands in exactly one part.
     for (k, cap, parts) in [(2048, 128 << 20, 1), (2048, 64 << 20, 2), (3072, 128 << 20, 2)] {
-        let ranges = kernels::q4_row_ranges("lm_head", 128256, k, 32, cap).unwrap();
+        let ranges = head(k).row_ranges("lm_head", cap).unwrap();
         assert_eq!(ranges.len(), parts, "k={k} cap={cap}");
         assert!(ranges.windows(2).all(|w| w[0].end == w[1].start) && ranges[0].start == 0 && ranges[parts - 1].end == 128256, "{ranges:?}");
         assert!(ranges.iter().all(|r| (r.len() * k / 2) as u64 <= cap), "{ranges:?}");
@@ -478,9 +502,9 @@ fn sample_twin_matches_cpu_sampler_but_at_float_boundaries() {
 
 /// The tiny model quantized as the int4 exporter does it, and the exporter's own effective
 /// weights (so the GPU runs the very tensors the ONNX file holds).
-fn tiny_q4(symmetric: bool) -> (Q4Llama, edge_llm::llama::onnx_export::Exported) {
+fn tiny_q4(symmetric: bool) -> (QuantLlama, edge_llm::llama::onnx_export::Exported) {
     let cfg = tiny::config();
-    let q = Q4Llama::quantize(&cfg, &tiny::weights(), 32, symmetric);
+    let q = QuantLlama::quantize(&cfg, &tiny::weights(), 32, symmetric);
     let exported = export(&cfg, &tiny::weights(), &ExportOptions::int4(32, symmetric));
     let (mine, theirs) = (q.dequantized(), &exported.effective);
     // The exporter spells a tied int4 head as `Some(embed)`; compare the head's values.
@@ -534,7 +558,7 @@ fn tiny_greedy_tokens_match_reference_over_32_steps() {
 
 /// The tiny model on a device that binds at most 2 KiB per buffer, for 16 positions (its
 /// activations then fit in prefill chunks of 4 rows): gate, up and down of both layers and the
-/// embedding (also the tied head) are split by rows as `q4_row_ranges` plans. Token by token,
+/// embedding (also the tied head) are split by rows as `BlockSpec::row_ranges` plans. Token by token,
 /// its logits are bit-identical to the unsplit model's; a prompt prefilled in chunks of 4
 /// gives the reference's last logits (LOGITS_TOL), and greedy tokens are the reference's.
 #[test]
@@ -547,10 +571,10 @@ fn tiny_model_split_over_a_small_binding_limit_gives_the_unsplit_logits() {
         let (cfg, w) = (q.cfg.clone(), &exported.effective);
         let mut unsplit = GpuLlama::load(full, &q, MAX_CTX).unwrap();
         let mut split = GpuLlama::load(small, &q, MAX_CTX).unwrap();
-        let mut weights: Vec<&edge_llm::quant::Q4Weight> = q.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]).collect();
+        let mut weights: Vec<&BlockWeight> = q.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]).collect();
         weights.push(&q.embed);
         weights.extend(&q.lm_head);
-        let planned: Vec<usize> = weights.iter().map(|w| kernels::q4_row_ranges("w", w.n, w.k, w.block_size, CAP).unwrap().len()).collect();
+        let planned: Vec<usize> = weights.iter().map(|w| w.spec.row_ranges("w", CAP).unwrap().len()).collect();
         assert_eq!(split.weight_parts(), planned);
         assert!(unsplit.weight_parts().iter().all(|p| *p == 1), "{:?}", unsplit.weight_parts());
         assert_eq!(planned.iter().filter(|p| **p > 1).count(), 2 * 3 + 1, "gate, up, down of both layers and the embedding: {planned:?}");
@@ -732,7 +756,7 @@ fn smollm2_int4_greedy_tokens_match_reference() {
     let cfg = im.config.architecture.clone();
     let tok = edge_llm::tokenizer::Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
     let prompt = tok.encode("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n").unwrap();
-    let q = Q4Llama::quantize(&cfg, &im.weights, 32, true);
+    let q = QuantLlama::quantize(&cfg, &im.weights, 32, true);
     drop(im);
     let mut model = GpuLlama::load(ctx, &q, 128).unwrap();
     let got = block_on(model.greedy(&prompt, 32)).unwrap();
@@ -741,13 +765,29 @@ fn smollm2_int4_greedy_tokens_match_reference() {
     assert_eq!(got, want, "GPU vs reference greedy tokens");
 }
 
-/// The tiny int4 model as a web app has it: ONNX bytes, or packed into shards.
-fn tiny_int4_files(symmetric: bool) -> (Vec<u8>, edge_llm::package::manifest::Manifest, Vec<(String, Vec<u8>)>) {
+/// The tiny model as a web app has it: ONNX bytes, or packed into shards.
+fn tiny_files(opts: &ExportOptions) -> (Vec<u8>, edge_llm::package::manifest::Manifest, Vec<(String, Vec<u8>)>) {
     use prost::Message;
-    let onnx = export(&tiny::config(), &tiny::weights(), &ExportOptions::int4(32, symmetric)).model.encode_to_vec();
-    let opts = edge_llm::pack::PackOptions { shard_bytes: 64 << 10, ..Default::default() };
-    let (manifest, files) = edge_llm::pack::pack(&onnx, tiny::tokenizer_json().as_bytes(), &tiny::model_config(), &opts).unwrap();
+    let onnx = export(&tiny::config(), &tiny::weights(), opts).model.encode_to_vec();
+    let pack = edge_llm::pack::PackOptions { shard_bytes: 64 << 10, ..Default::default() };
+    let (manifest, files) = edge_llm::pack::pack(&onnx, tiny::tokenizer_json().as_bytes(), &tiny::model_config(), &pack).unwrap();
     (onnx, manifest, files)
+}
+
+fn tiny_int4_files(symmetric: bool) -> (Vec<u8>, edge_llm::package::manifest::Manifest, Vec<(String, Vec<u8>)>) {
+    tiny_files(&ExportOptions::int4(32, symmetric))
+}
+
+/// Every format the GPU backend runs, as edge-llm's exporter and packer write them: int4 with
+/// and without integer zero points, the packer's default int4 recipe (float zero points, f16
+/// scales, an 8-bit block embedding and head) and 8-bit blocks throughout.
+fn gpu_formats() -> [(&'static str, ExportOptions); 4] {
+    [
+        ("int4 symmetric", ExportOptions::int4(32, true)),
+        ("int4 asymmetric", ExportOptions::int4(32, false)),
+        ("int4 recipe", ExportOptions::int4_recipe(32)),
+        ("int8 block", ExportOptions::int8_block()),
+    ]
 }
 
 fn open(package: Package<'_, Vec<u8>>, backend: BackendKind) -> edge_llm::Result<Engine> {
@@ -774,8 +814,8 @@ fn two_turns(engine: &Engine) -> (Vec<u32>, Vec<u32>, Vec<u8>) {
 #[test]
 fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
     let Some(_) = gpu() else { return };
-    for symmetric in [true, false] {
-        let (onnx, manifest, files) = tiny_int4_files(symmetric);
+    for (format, opts) in gpu_formats() {
+        let (onnx, manifest, files) = tiny_files(&opts);
         let tok = tiny::tokenizer_json();
         let package = |what: &str| match what {
             "onnx" => Package::loose(&onnx, tok.as_bytes(), tiny::model_config()),
@@ -788,7 +828,7 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             let gpu = open(package(what), BackendKind::Webgpu).unwrap();
             assert_eq!(gpu.backend_info().name, "webgpu");
             let got = two_turns(&gpu);
-            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} symmetric={symmetric}");
+            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} {format}");
             // The saved state (the GPU's cache read back) continues on the CPU engine as on the GPU.
             cpu.restore_state(&got.2).unwrap();
             let next = |e: &Engine| {
@@ -801,7 +841,7 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             };
             let (on_cpu, on_gpu) = (next(&cpu), next(&gpu));
             assert!(on_cpu.0 > 50, "the restored cache is reused: {on_cpu:?}");
-            assert_eq!(on_cpu, on_gpu, "{what}: the GPU's saved cache continues on the CPU as on the GPU");
+            assert_eq!(on_cpu, on_gpu, "{what} {format}: the GPU's saved cache continues on the CPU as on the GPU");
         }
     }
 }

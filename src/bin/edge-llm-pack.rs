@@ -773,8 +773,9 @@ fn import_gguf(
     let recipe = precision == Precision::Int4 && !(quant.asymmetric || quant.float_zero_points || quant.rtn || quant.f16_scales) && embedding.is_none();
     let embedding = if recipe {
         // The default int4 recipe (measured in docs/quality.md, scripts/quality-table.sh).
-        (opts.q4_min, opts.f16_scales, opts.head_int8_activations) = (true, true, false);
-        Some(Precision::Int8)
+        let r = ExportOptions::int4_recipe(block_size);
+        (opts.q4_min, opts.f16_scales, opts.head_int8_activations) = (r.q4_min, r.f16_scales, r.head_int8_activations);
+        Some(r.embedding)
     } else {
         embedding
     };
@@ -809,7 +810,7 @@ fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> any
     let model = match gguf {
         Some(path) => {
             let imported = edge_llm::gguf::import(&std::fs::read(path)?)?;
-            Some((path.display().to_string(), edge_llm::gpu::Q4Llama::quantize(&imported.config.architecture, &imported.weights, 32, true)))
+            Some((path.display().to_string(), edge_llm::gpu::QuantLlama::quantize(&imported.config.architecture, &imported.weights, 32, true)))
         }
         None => None,
     };

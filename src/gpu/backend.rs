@@ -8,17 +8,17 @@
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use super::decode::{GpuLlama, Pick, Q4Layer, Q4Llama};
+use super::decode::{GpuLayer, GpuLlama, GpuWeights, Pick};
+use super::nbits::{BlockSpec, Field, GpuNBits, ZeroPointKind};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
 use crate::backend::SampleParams;
 use crate::model::LlamaConfig;
 use crate::onnx::{ModelProto, OnnxType, TensorProto};
 use crate::package::{shards, Blob, Package};
-use crate::quant::Q4Weight;
 use crate::{Error, Result};
 
 /// Most tokens a GPU session holds: the KV cache is allocated for this many at load (SmolLM2:
@@ -60,49 +60,34 @@ impl GpuBackend {
         }))
     }
 
-    /// Whether the GPU backend runs `graph`, from its initializers' names alone (no weights are
-    /// read, so the CPU backend can still load the package when it does not). `Err` names
-    /// what it lacks.
+    /// Whether the GPU backend runs `graph`, from its initializers' names, shapes and types
+    /// alone (no weights are read, so the CPU backend can still load the package when it does
+    /// not). `Err` names what it lacks.
     pub fn supports(cfg: &LlamaConfig, graph: &ModelProto) -> Result<()> {
-        let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-        let names: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
-        let mut needed = vec!["model.embed_tokens.weight_Q4".to_string(), "model.norm.weight".to_string()];
-        for l in 0..cfg.num_layers {
-            needed.extend(LINEARS.map(|p| format!("model.layers.{l}.{p}.weight_Q4")));
-            needed.extend(NORMS.map(|p| format!("model.layers.{l}.{p}.weight")));
-        }
-        if !cfg.tie_word_embeddings {
-            needed.push("lm_head.weight_Q4".into());
-        }
-        match needed.iter().find(|n| !names.contains(n.as_str())) {
-            Some(n) => Err(missing_weight(n)),
-            None => Ok(()),
-        }
+        plan(cfg, graph).map(|_| ())
     }
 
     /// Whether `graph`'s model fits an adapter with `limits`, from its initializers' shapes
-    /// alone (no weights read): every int4 weight split by rows into buffers the adapter binds,
-    /// and the activations and KV cache for [`context_len`] positions. `Err` names what does
-    /// not fit, and the limit.
+    /// alone (no weights read): every weight split by rows into buffers the adapter binds, and
+    /// the activations and KV cache for [`context_len`] positions. `Err` names what does not
+    /// fit, and the limit.
     pub fn fits(cfg: &LlamaConfig, graph: &ModelProto, limits: &wgpu::Limits) -> Result<()> {
         let max = super::kernels::max_binding(limits);
-        let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-        for t in &g.initializer {
-            // MatMulNBits B, `[n][blocks][block / 2]` bytes.
-            if let (Some(name), &[n, blocks, half]) = (t.name.strip_suffix(".weight_Q4"), &t.dims[..]) {
-                let (n, blocks, block) = (n.max(0) as usize, blocks.max(0) as usize, 2 * half.max(0) as usize);
-                super::kernels::q4_row_ranges(name, n, blocks * block, block, max)?;
-            }
+        for w in plan(cfg, graph)?.weights {
+            w.spec.row_ranges(&w.name, max)?;
         }
         super::decode::plan_chunk(cfg, context_len(cfg), max).map(|_| ())
     }
 
-    /// Load `package`'s graph on the GPU: int4 `MatMulNBits` linears and embedding in edge-llm's
-    /// exporter layout (`ExportOptions::int4`); any other format is `UnsupportedBackend`,
-    /// naming what the GPU backend lacks.
+    /// Load `package`'s graph on the GPU: the block-quantized (`MatMulNBits`, 4 or 8 bits)
+    /// linears, embedding and head of edge-llm's exporter layout, each tensor written to its
+    /// GPU buffers as its shard arrives, a bounded number of rows at a time ([`UPLOAD_CHUNK`]),
+    /// so no copy of the weights stays in (wasm) memory. Any other format is
+    /// `UnsupportedBackend`, naming what the GPU backend lacks.
     pub async fn open<'a, B: Blob + 'a>(ctx: GpuContext, package: &mut Package<'a, B>, graph: &ModelProto) -> Result<Self> {
-        let weights = q4_llama(&package.config().architecture.clone(), graph, package).await?;
-        Ok(Self::new(GpuLlama::load(ctx, &weights, context_len(&weights.cfg))?))
+        let cfg = package.config().architecture.clone();
+        let weights = load_weights(&ctx, &cfg, graph, package).await?;
+        Ok(Self::new(GpuLlama::build(ctx, weights, context_len(&cfg))?))
     }
 
     /// Everything created, submitted, written and read back so far.
@@ -278,22 +263,170 @@ impl Drop for Stepping<'_> {
     }
 }
 
-/// Every initializer of `graph` by name: inline ones borrowed, external ones read from
-/// `package`'s shards into their `raw_data`.
-async fn initializers<'g, 'a, B: Blob + 'a>(graph: &'g ModelProto, package: &mut Package<'a, B>) -> Result<HashMap<String, Cow<'g, TensorProto>>> {
+/// Bytes a load holds of a tensor at a time on its way to the GPU (whole rows; at least one).
+pub const UPLOAD_CHUNK: usize = 1 << 20;
+
+/// How a tensor's elements are stored in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    F32,
+    F16,
+    /// Bytes the GPU takes as they are (values; integer zero points, each row padded to words).
+    Bytes,
+}
+
+/// Where an initializer goes: a field of one of [`Plan::weights`].
+#[derive(Debug, Clone, Copy)]
+struct Dest {
+    weight: usize,
+    field: Field,
+    source: Source,
+}
+
+/// A block-quantized weight of the graph.
+struct Planned {
+    name: String,
+    spec: BlockSpec,
+}
+
+/// What the GPU backend reads from a graph, from its initializers' names, shapes and types:
+/// each layer's seven linears (in [`LINEARS`] order), the embedding, the untied head, where
+/// each of their initializers goes, and the norms' names.
+struct Plan {
+    weights: Vec<Planned>,
+    dests: HashMap<String, Dest>,
+    norms: HashSet<String>,
+}
+
+fn elements(t: &TensorProto) -> usize {
+    t.dims.iter().map(|d| (*d).max(0) as usize).product()
+}
+
+fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
     let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-    let mut out: HashMap<String, Cow<'g, TensorProto>> = g.initializer.iter().map(|t| (t.name.clone(), Cow::Borrowed(t))).collect();
-    if package.is_packed() {
-        shards::consume_external_from(g, package, |i, length, read| {
-            let mut raw_data = vec![0; length];
-            read(0, &mut raw_data);
-            let t = &g.initializer[i];
-            out.insert(t.name.clone(), Cow::Owned(TensorProto { name: t.name.clone(), data_type: t.data_type, dims: t.dims.clone(), raw_data, ..Default::default() }));
-            Ok(())
-        })
-        .await?;
+    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    // `[n][k]` of each of `LINEARS`.
+    let shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)];
+    let mut wanted = Vec::new();
+    let mut norms = HashSet::new();
+    for l in 0..cfg.num_layers {
+        let pre = format!("model.layers.{l}");
+        wanted.extend(LINEARS.iter().zip(shapes).map(|(p, (n, k))| (format!("{pre}.{p}"), n, k)));
+        norms.extend(NORMS.map(|p| format!("{pre}.{p}.weight")));
     }
-    Ok(out)
+    wanted.push(("model.embed_tokens".into(), cfg.vocab_size, h));
+    if !cfg.tie_word_embeddings {
+        wanted.push(("lm_head".into(), cfg.vocab_size, h));
+    }
+    norms.insert("model.norm.weight".into());
+    let mut plan = Plan { weights: Vec::with_capacity(wanted.len()), dests: HashMap::new(), norms };
+    for (name, n, k) in wanted {
+        let spec = plan_weight(&inits, &name, n, k, plan.weights.len(), &mut plan.dests)?;
+        plan.weights.push(Planned { name, spec });
+    }
+    if let Some(n) = plan.norms.iter().find(|n| !inits.contains_key(n.as_str())) {
+        return Err(missing_weight(n));
+    }
+    Ok(plan)
+}
+
+/// The MatMulNBits weight `name` (`[n][k]`): B `{name}.weight_Q4` or `_Q8` (`[n][blocks][block
+/// * bits / 8]` uint8), scales `{name}.weight_scales` (f32 or f16) or `_scales_f16`, and zero
+/// points if any, `{name}.weight_zero_points` (uint8, f32 or f16) or `_zero_points_f16`.
+fn plan_weight(inits: &HashMap<&str, &TensorProto>, name: &str, n: usize, k: usize, index: usize, dests: &mut HashMap<String, Dest>) -> Result<BlockSpec> {
+    let find = |suffixes: &[&str]| suffixes.iter().find_map(|s| inits.get(format!("{name}.{s}").as_str()).copied());
+    let (data, bits) = match (find(&["weight_Q4"]), find(&["weight_Q8"])) {
+        (Some(t), _) => (t, 4),
+        (None, Some(t)) => (t, 8),
+        (None, None) => return Err(missing_weight(&format!("{name}.weight_Q4"))),
+    };
+    let bad = |what: String| Error::UnsupportedBackend(format!("webgpu: `{}` is not a [{n}][{k}] MatMulNBits weight ({what})", data.name));
+    let float = |t: &TensorProto| match t.data_type {
+        x if x == OnnxType::Float as i32 => Some(Source::F32),
+        x if x == OnnxType::Float16 as i32 => Some(Source::F16),
+        _ => None,
+    };
+    let &[dn, blocks, block_bytes] = &data.dims[..] else { return Err(bad(format!("dims {:?}", data.dims))) };
+    let (blocks, block_size) = (blocks.max(0) as usize, block_bytes.max(0) as usize * 8 / bits);
+    if dn.max(0) as usize != n || block_size == 0 || k.div_ceil(block_size) != blocks || data.data_type != OnnxType::Uint8 as i32 {
+        return Err(bad(format!("dims {:?}, ONNX data type {}", data.dims, data.data_type)));
+    }
+    let scales = find(&["weight_scales", "weight_scales_f16"]).ok_or_else(|| missing_weight(&format!("{name}.weight_scales")))?;
+    let scale_source = float(scales).filter(|_| elements(scales) == n * blocks).ok_or_else(|| bad(format!("scales `{}` are not {} floats", scales.name, n * blocks)))?;
+    let mut spec = BlockSpec { n, k, bits, block_size, zero_points: ZeroPointKind::Middle };
+    dests.insert(data.name.clone(), Dest { weight: index, field: Field::Data, source: Source::Bytes });
+    dests.insert(scales.name.clone(), Dest { weight: index, field: Field::Scales, source: scale_source });
+    if let Some(z) = find(&["weight_zero_points", "weight_zero_points_f16"]) {
+        let source = match float(z) {
+            Some(s) if elements(z) == n * blocks => {
+                spec.zero_points = ZeroPointKind::Float;
+                s
+            }
+            None if z.data_type == OnnxType::Uint8 as i32 => {
+                spec.zero_points = ZeroPointKind::Int;
+                if elements(z) != n * spec.int_zero_point_row_bytes() {
+                    return Err(bad(format!("zero points `{}` hold {} bytes", z.name, elements(z))));
+                }
+                Source::Bytes
+            }
+            _ => return Err(bad(format!("zero points `{}`: ONNX data type {}, {} values", z.name, z.data_type, elements(z)))),
+        };
+        dests.insert(z.name.clone(), Dest { weight: index, field: Field::ZeroPoints, source });
+    }
+    Ok(spec)
+}
+
+/// An inline initializer's bytes as the file's element type stores them (`raw_data`, or the
+/// typed field: f32 `float_data`, f16 and uint8 in `int32_data`).
+fn inline_bytes(t: &TensorProto) -> Cow<'_, [u8]> {
+    if !t.raw_data.is_empty() {
+        return Cow::Borrowed(&t.raw_data);
+    }
+    Cow::Owned(match t.data_type {
+        x if x == OnnxType::Float as i32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        x if x == OnnxType::Float16 as i32 => t.int32_data.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
+        _ => t.int32_data.iter().map(|v| *v as u8).collect(),
+    })
+}
+
+/// Write one tensor of `length` bytes, read through `read`, into its field of `w`:
+/// [`UPLOAD_CHUNK`] bytes of rows at a time, widened (f16 to f32) or padded (integer zero
+/// points) to the GPU's layout on the way.
+fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usize, read: &dyn Fn(usize, &mut [u8])) -> Result<()> {
+    let spec = w.spec;
+    let file_row = match (d.field, d.source) {
+        (Field::Data, _) => spec.row_bytes(Field::Data),
+        (_, Source::F32) => spec.blocks() * 4,
+        (_, Source::F16) => spec.blocks() * 2,
+        (_, Source::Bytes) => spec.int_zero_point_row_bytes(),
+    };
+    if length != spec.n * file_row {
+        return Err(Error::InvalidModel(format!("`{name}` holds {length} bytes, not the {} its shape says", spec.n * file_row)));
+    }
+    let gpu_row = spec.row_bytes(d.field);
+    let rows_per = (UPLOAD_CHUNK / gpu_row.max(1)).max(1);
+    let (mut file, mut gpu) = (Vec::new(), Vec::new());
+    for r0 in (0..spec.n).step_by(rows_per) {
+        let rows = rows_per.min(spec.n - r0);
+        file.resize(rows * file_row, 0);
+        read(r0 * file_row, &mut file);
+        if d.source == Source::F16 {
+            gpu.clear();
+            gpu.extend(file.chunks_exact(2).flat_map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32().to_le_bytes()));
+        } else if gpu_row != file_row {
+            gpu.clear();
+            for row in file.chunks_exact(file_row) {
+                gpu.extend_from_slice(row);
+                gpu.resize(gpu.len() + gpu_row - file_row, 0);
+            }
+        } else {
+            w.write(ctx, d.field, r0, &file);
+            continue;
+        }
+        w.write(ctx, d.field, r0, &gpu);
+    }
+    Ok(())
 }
 
 fn floats(t: &TensorProto) -> Result<Vec<f32>> {
@@ -301,72 +434,57 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>> {
         .ok_or_else(|| Error::UnsupportedBackend(format!("webgpu: `{}` has ONNX data type {}, not float or float16", t.name, t.data_type)))
 }
 
-/// A graph's initializers, taken by name as the GPU layout needs them.
-struct Initializers<'g>(HashMap<String, Cow<'g, TensorProto>>);
-
-impl Initializers<'_> {
-    fn take(&mut self, name: &str) -> Result<TensorProto> {
-        self.0.remove(name).map(Cow::into_owned).ok_or_else(|| missing_weight(name))
-    }
-
-    fn norm(&mut self, name: &str) -> Result<Vec<f32>> {
-        floats(&self.take(&format!("{name}.weight"))?)
-    }
-
-    /// The int4 `MatMulNBits` weight `name` (`[n][k]`): B `[n][blocks][block/2]` as is, scales,
-    /// and the packed uint8 zero points unpacked to one per block.
-    fn q4(&mut self, name: &str, n: usize, k: usize) -> Result<Q4Weight> {
-        let packed = self.take(&format!("{name}.weight_Q4"))?.raw_data;
-        let scales = floats(&self.take(&format!("{name}.weight_scales"))?)?;
-        let blocks = scales.len() / n.max(1);
-        let bad = || Error::UnsupportedBackend(format!("webgpu: `{name}` is not an int4 [{n}][{k}] MatMulNBits weight"));
-        if blocks == 0 || scales.len() != n * blocks || packed.len() % (n * blocks) != 0 {
-            return Err(bad());
-        }
-        let block_size = packed.len() / (n * blocks) * 2;
-        if k.div_ceil(block_size) != blocks {
-            return Err(bad());
-        }
-        let zero_points = match self.0.remove(&format!("{name}.weight_zero_points")) {
-            None => None,
-            Some(z) if z.data_type == OnnxType::Uint8 as i32 && z.raw_data.len() == n * blocks.div_ceil(2) => {
-                Some(Q4Weight::unpack_zero_points(&z.raw_data, n, blocks))
-            }
-            Some(_) => return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has float zero points; the GPU kernels take uint8 ones"))),
-        };
-        Ok(Q4Weight { n, k, block_size, packed, scales, zero_points })
-    }
-}
-
-/// A decoder layer's int4 linears, in [`Q4Layer`]'s order, and its norms, by edge-llm's
-/// exporter's names (`model.layers.{l}.{name}`): what [`GpuBackend::supports`] looks for and
-/// [`q4_llama`] reads.
+/// A decoder layer's linears, in [`GpuLayer::linears`]' order, and its norms, by edge-llm's
+/// exporter's names (`model.layers.{l}.{name}`): what [`plan`] looks for.
 const LINEARS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 const NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
 
 fn missing_weight(name: &str) -> Error {
-    Error::UnsupportedBackend(format!("webgpu: the graph has no `{name}`: the GPU backend runs int4 models in edge-llm's layout"))
+    Error::UnsupportedBackend(format!(
+        "webgpu: the graph has no `{name}`: the GPU backend runs block-quantized (MatMulNBits int4 / int8) models in edge-llm's layout"
+    ))
 }
 
-/// The int4 Llama in `graph`, by edge-llm's exporter's initializer names.
-async fn q4_llama<'a, B: Blob + 'a>(cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<Q4Llama> {
-    let mut w = Initializers(initializers(graph, package).await?);
-    let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-    let mut layers = Vec::with_capacity(cfg.num_layers);
-    // `[n][k]` of each of `LINEARS`.
-    let shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)];
-    for l in 0..cfg.num_layers {
-        let pre = format!("model.layers.{l}");
-        let linears: Vec<Q4Weight> = LINEARS.iter().zip(shapes).map(|(p, (n, k))| w.q4(&format!("{pre}.{p}"), n, k)).collect::<Result<_>>()?;
-        let Ok([wq, wk, wv, wo, w_gate, w_up, w_down]) = <[Q4Weight; 7]>::try_from(linears) else { unreachable!("seven linears") };
-        let [attn_norm, ffn_norm] = NORMS.map(|p| w.norm(&format!("{pre}.{p}")));
-        layers.push(Q4Layer { attn_norm: attn_norm?, wq, wk, wv, wo, ffn_norm: ffn_norm?, w_gate, w_up, w_down });
+/// The Llama in `graph` on the GPU: buffers for every weight [`plan`] finds, filled as their
+/// tensors are read (inline ones from the graph, external ones from `package`'s shards as they
+/// arrive); the norms kept on the host.
+async fn load_weights<'a, B: Blob + 'a>(ctx: &GpuContext, cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<GpuWeights> {
+    let plan = plan(cfg, graph)?;
+    let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
+    let gpu = plan.weights.iter().map(|w| GpuNBits::allocate(ctx, &w.name, w.spec)).collect::<Result<Vec<_>>>()?;
+    let mut norms: HashMap<String, Vec<f32>> = HashMap::new();
+    for t in g.initializer.iter().filter(|t| t.external_data.is_empty()) {
+        if let Some(d) = plan.dests.get(&t.name) {
+            let bytes = inline_bytes(t);
+            write_tensor(ctx, &t.name, &gpu[d.weight], *d, bytes.len(), &|at, buf: &mut [u8]| buf.copy_from_slice(&bytes[at..at + buf.len()]))?;
+        } else if plan.norms.contains(&t.name) {
+            norms.insert(t.name.clone(), floats(t)?);
+        }
     }
-    Ok(Q4Llama {
-        cfg: cfg.clone(),
-        embed: w.q4("model.embed_tokens", cfg.vocab_size, h)?,
-        layers,
-        final_norm: w.norm("model.norm")?,
-        lm_head: if cfg.tie_word_embeddings { None } else { Some(w.q4("lm_head", cfg.vocab_size, h)?) },
-    })
+    if package.is_packed() {
+        shards::consume_external_from(g, package, |i, length, read| {
+            let t = &g.initializer[i];
+            if let Some(d) = plan.dests.get(&t.name) {
+                write_tensor(ctx, &t.name, &gpu[d.weight], *d, length, read)?;
+            } else if plan.norms.contains(&t.name) {
+                let mut raw_data = vec![0; length];
+                read(0, &mut raw_data);
+                let t = TensorProto { name: t.name.clone(), data_type: t.data_type, dims: t.dims.clone(), raw_data, ..Default::default() };
+                norms.insert(t.name.clone(), floats(&t)?);
+            }
+            Ok(())
+        })
+        .await?;
+    }
+    let mut norm = |name: &str| norms.remove(name).ok_or_else(|| missing_weight(name));
+    let mut gpu = gpu.into_iter();
+    let mut layers = Vec::with_capacity(cfg.num_layers);
+    for l in 0..cfg.num_layers {
+        let linears: Vec<GpuNBits> = gpu.by_ref().take(LINEARS.len()).collect();
+        let Ok(linears) = <[GpuNBits; 7]>::try_from(linears) else { unreachable!("the plan has seven linears per layer") };
+        let pre = format!("model.layers.{l}");
+        layers.push(GpuLayer { attn_norm: norm(&format!("{pre}.input_layernorm.weight"))?, linears, ffn_norm: norm(&format!("{pre}.post_attention_layernorm.weight"))? });
+    }
+    let embed = gpu.next().expect("the plan has the embedding");
+    Ok(GpuWeights { cfg: cfg.clone(), embed, layers, final_norm: norm("model.norm.weight")?, lm_head: gpu.next() })
 }

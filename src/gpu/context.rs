@@ -69,6 +69,9 @@ const WRITE_BYTES: usize = 6;
 const READBACKS: usize = 7;
 const READBACK_BYTES: usize = 8;
 
+/// Most bytes [`GpuContext::write`] lets wgpu stage natively before it submits them.
+const STAGED_MAX: u64 = 16 << 20;
+
 /// A device and queue from the adapter wgpu offers, with the adapter's own limits.
 pub struct GpuContext {
     device: wgpu::Device,
@@ -76,6 +79,8 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     info: wgpu::AdapterInfo,
     counters: Counters,
+    /// Bytes written since the last submit (see [`GpuContext::write`]).
+    staged: AtomicU64,
     /// Why the device was lost, once it was (set by wgpu's device-lost callback).
     lost: Arc<Mutex<Option<String>>>,
 }
@@ -128,7 +133,7 @@ impl GpuContext {
                 panic!("wgpu error: {e}");
             }
         }));
-        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default(), lost })
+        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default(), staged: AtomicU64::new(0), lost })
     }
 
     /// Why the device was lost, if it was: every later call on it fails.
@@ -284,6 +289,16 @@ impl GpuContext {
         self.counters.add(WRITES, 1);
         self.counters.add(WRITE_BYTES, bytes.len() as u64);
         self.queue.write_buffer(buffer, offset, bytes);
+        // Natively wgpu stages each write in host memory until the next submit: a load writing
+        // a model's weights submits every `STAGED_MAX` bytes (an empty submit) so it never
+        // stages more. WebGPU's `writeBuffer` copies at once.
+        if !cfg!(target_arch = "wasm32") && self.staged.fetch_add(bytes.len() as u64, Ordering::Relaxed) + bytes.len() as u64 > STAGED_MAX {
+            self.counters.add(SUBMITS, 1);
+            self.staged.store(0, Ordering::Relaxed);
+            self.queue.submit([]);
+            // Lets wgpu free the staging memory of what the GPU has finished.
+            let _ = self.device.poll(wgpu::PollType::Poll);
+        }
     }
 
     pub fn encoder(&self) -> wgpu::CommandEncoder {
@@ -292,6 +307,7 @@ impl GpuContext {
 
     pub fn submit(&self, encoder: wgpu::CommandEncoder) {
         self.counters.add(SUBMITS, 1);
+        self.staged.store(0, Ordering::Relaxed);
         self.queue.submit([encoder.finish()]);
     }
 

@@ -8,7 +8,8 @@
 //! chunk's token.
 
 use super::context::{GpuContext, GpuCounters};
-use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, GpuQ4, Pipelines};
+use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines};
+use super::nbits::{BlockWeight, GpuNBits};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
 use crate::backend::SampleParams;
@@ -17,48 +18,99 @@ use crate::llama::{LayerWeights, LlamaWeights};
 use crate::model::LlamaConfig;
 #[cfg(feature = "tools")]
 use crate::quant::reference as qref;
-use crate::quant::Q4Weight;
 use crate::{Error, Result};
 
-/// One decoder layer with int4 linear weights (`[out][in]`, blocks along `in`).
+/// One decoder layer with block-quantized linear weights (`[out][in]`, blocks along `in`).
 #[derive(Debug, Clone)]
-pub struct Q4Layer {
+pub struct QuantLayer {
     pub attn_norm: Vec<f32>,
-    pub wq: Q4Weight,
-    pub wk: Q4Weight,
-    pub wv: Q4Weight,
-    pub wo: Q4Weight,
+    pub wq: BlockWeight,
+    pub wk: BlockWeight,
+    pub wv: BlockWeight,
+    pub wo: BlockWeight,
     pub ffn_norm: Vec<f32>,
-    pub w_gate: Q4Weight,
-    pub w_up: Q4Weight,
-    pub w_down: Q4Weight,
+    pub w_gate: BlockWeight,
+    pub w_up: BlockWeight,
+    pub w_down: BlockWeight,
 }
 
-/// A Llama decoder with int4 linears and an int4 embedding table (the head too when tied):
-/// what the exporter's `ExportOptions::int4` writes into MatMulNBits initializers.
+impl QuantLayer {
+    /// The seven linears, in [`GpuLayer::linears`]' order.
+    fn linears(&self) -> [&BlockWeight; 7] {
+        [&self.wq, &self.wk, &self.wv, &self.wo, &self.w_gate, &self.w_up, &self.w_down]
+    }
+}
+
+/// A Llama decoder on the host with block-quantized linears and embedding table (the head too
+/// when tied): what the exporter writes into MatMulNBits initializers.
 #[derive(Debug, Clone)]
-pub struct Q4Llama {
+pub struct QuantLlama {
     pub cfg: LlamaConfig,
-    pub embed: Q4Weight,
-    pub layers: Vec<Q4Layer>,
+    pub embed: BlockWeight,
+    pub layers: Vec<QuantLayer>,
     pub final_norm: Vec<f32>,
     /// `None` when tied to `embed`.
-    pub lm_head: Option<Q4Weight>,
+    pub lm_head: Option<BlockWeight>,
+}
+
+impl QuantLlama {
+    /// Every weight on the GPU.
+    pub fn upload(&self, ctx: &GpuContext) -> Result<GpuWeights> {
+        let layers = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, lw)| {
+                let linears = lw.linears().iter().zip(LINEAR_NAMES).map(|(w, name)| GpuNBits::upload(ctx, &format!("layers.{l}.{name}"), w)).collect::<Result<Vec<_>>>()?;
+                let Ok(linears) = <[GpuNBits; 7]>::try_from(linears) else { unreachable!("seven linears") };
+                Ok(GpuLayer { attn_norm: lw.attn_norm.clone(), linears, ffn_norm: lw.ffn_norm.clone() })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GpuWeights {
+            cfg: self.cfg.clone(),
+            embed: GpuNBits::upload(ctx, "embed_tokens", &self.embed)?,
+            layers,
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.as_ref().map(|w| GpuNBits::upload(ctx, "lm_head", w)).transpose()?,
+        })
+    }
+}
+
+/// Short names of a layer's linears, in [`GpuLayer::linears`]' order.
+const LINEAR_NAMES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+
+/// A decoder layer's weights on the GPU, its norms on the host (they are uploaded with the
+/// step's buffers).
+pub struct GpuLayer {
+    pub attn_norm: Vec<f32>,
+    /// q, k, v, o, gate, up, down.
+    pub linears: [GpuNBits; 7],
+    pub ffn_norm: Vec<f32>,
+}
+
+/// A Llama's weights on the GPU: what [`GpuLlama::build`] runs.
+pub struct GpuWeights {
+    pub cfg: LlamaConfig,
+    pub embed: GpuNBits,
+    pub layers: Vec<GpuLayer>,
+    pub final_norm: Vec<f32>,
+    /// `None` when tied to `embed`.
+    pub lm_head: Option<GpuNBits>,
 }
 
 #[cfg(feature = "tools")]
-impl Q4Llama {
-    /// Quantize fp32 weights exactly as `llama::onnx_export` does for `ExportOptions::int4`.
+impl QuantLlama {
+    /// Quantize fp32 weights to int4 exactly as `llama::onnx_export` does for `ExportOptions::int4`.
     pub fn quantize(cfg: &LlamaConfig, w: &LlamaWeights, block_size: usize, symmetric: bool) -> Self {
         let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
-        let q4 = |m: &[f32], n: usize, k: usize| qref::quantize_q4(m, n, k, block_size, symmetric);
-        Q4Llama {
+        let q4 = |m: &[f32], n: usize, k: usize| BlockWeight::from(qref::quantize_q4(m, n, k, block_size, symmetric));
+        QuantLlama {
             cfg: cfg.clone(),
             embed: q4(&w.embed, cfg.vocab_size, h),
             layers: w
                 .layers
                 .iter()
-                .map(|l| Q4Layer {
+                .map(|l| QuantLayer {
                     attn_norm: l.attn_norm.clone(),
                     wq: q4(&l.wq, q, h),
                     wk: q4(&l.wk, kv, h),
@@ -75,9 +127,9 @@ impl Q4Llama {
         }
     }
 
-    /// The fp32 weights these int4 tensors stand for (the reference forward pass's input).
+    /// The fp32 weights these tensors stand for (the reference forward pass's input).
     pub fn dequantized(&self) -> LlamaWeights {
-        let d = qref::dequantize_q4;
+        let d = BlockWeight::dequantized;
         LlamaWeights {
             embed: d(&self.embed),
             layers: self
@@ -199,15 +251,21 @@ pub struct GpuLlama {
     /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
     kv_cache: Vec<[wgpu::Buffer; 2]>,
     /// Everything the bind groups refer to, owned for the model's lifetime.
-    weights: Vec<GpuQ4>,
+    weights: Vec<GpuNBits>,
     _buffers: Vec<wgpu::Buffer>,
     pos: usize,
 }
 
 impl GpuLlama {
-    /// Upload `w` and build every buffer, pipeline and bind group a step needs, for contexts
-    /// of up to `max_ctx` tokens and steps of up to [`PREFILL_CHUNK`] tokens.
-    pub fn load(ctx: GpuContext, w: &Q4Llama, max_ctx: usize) -> Result<Self> {
+    /// Upload `w` and [`GpuLlama::build`] on it.
+    pub fn load(ctx: GpuContext, w: &QuantLlama, max_ctx: usize) -> Result<Self> {
+        let uploaded = w.upload(&ctx)?;
+        Self::build(ctx, uploaded, max_ctx)
+    }
+
+    /// Build every buffer, pipeline and bind group a step needs over weights already on the
+    /// GPU, for contexts of up to `max_ctx` tokens and steps of up to [`PREFILL_CHUNK`] tokens.
+    pub fn build(ctx: GpuContext, w: GpuWeights, max_ctx: usize) -> Result<Self> {
         let cfg = w.cfg.clone();
         if max_ctx == 0 || max_ctx > cfg.max_position_embeddings {
             return Err(Error::InvalidOption {
@@ -228,7 +286,7 @@ impl GpuLlama {
         let rows = |n: usize| (chunk * n * 4) as u64;
         let mut pipes = Pipelines::default();
         let mut bufs: Vec<wgpu::Buffer> = Vec::new();
-        let mut weights: Vec<GpuQ4> = Vec::new();
+        let mut weights: Vec<GpuNBits> = Vec::new();
         let mut body = Vec::new();
         let mut kv_cache = Vec::new();
 
@@ -251,18 +309,16 @@ impl GpuLlama {
         let sin = ctx.storage_init("rope_sin", &f32_bytes(&sin))?;
         let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hd, max_ctx };
 
-        let embed = GpuQ4::upload(&ctx, "embed_tokens", &w.embed)?;
+        let GpuWeights { embed, layers, final_norm, lm_head: head_w, .. } = w;
         body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &x)));
-        for (l, lw) in w.layers.iter().enumerate() {
-            let up4 = |name: &str, m: &Q4Weight| GpuQ4::upload(&ctx, &format!("layers.{l}.{name}"), m);
-            let (wq, wk, wv, wo) = (up4("q_proj", &lw.wq)?, up4("k_proj", &lw.wk)?, up4("v_proj", &lw.wv)?, up4("o_proj", &lw.wo)?);
-            let (wg, wu, wd) = (up4("gate_proj", &lw.w_gate)?, up4("up_proj", &lw.w_up)?, up4("down_proj", &lw.w_down)?);
+        for lw in layers {
+            let [wq, wk, wv, wo, wg, wu, wd] = lw.linears;
             let attn_norm = ctx.storage_init("attn_norm", &f32_bytes(&lw.attn_norm))?;
             let ffn_norm = ctx.storage_init("ffn_norm", &f32_bytes(&lw.ffn_norm))?;
             let kc = ctx.storage("k_cache", (kvd * max_ctx * 4) as u64)?;
             let vc = ctx.storage("v_cache", (kvd * max_ctx * 4) as u64)?;
             let eps = cfg.rms_norm_eps;
-            let mut linear = |w: &GpuQ4, x: &wgpu::Buffer, y: &wgpu::Buffer| Op::Linear {
+            let mut linear = |w: &GpuNBits, x: &wgpu::Buffer, y: &wgpu::Buffer| Op::Linear {
                 gemv: w.gemv(&ctx, &mut pipes, x, y),
                 gemm: w.gemm(&ctx, &mut pipes, &state, x, y),
             };
@@ -291,11 +347,7 @@ impl GpuLlama {
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
         }
-        let final_norm = ctx.storage_init("final_norm", &f32_bytes(&w.final_norm))?;
-        let head_w = match &w.lm_head {
-            Some(m) => Some(GpuQ4::upload(&ctx, "lm_head", m)?),
-            None => None,
-        };
+        let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
         let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
         head.extend(head_w.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits));
         let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);

@@ -4,15 +4,14 @@
 use std::collections::HashMap;
 
 use super::context::GpuContext;
-use crate::quant::Q4Weight;
-use crate::{Error, Result};
+use crate::Result;
 
 /// One compute kernel; its source is `kernels/<name>.wgsl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    GemvQ4,
-    GemmQ4,
-    EmbedQ4,
+    GemvNBits,
+    GemmNBits,
+    EmbedNBits,
     RmsNorm,
     Rope,
     KvAppend,
@@ -26,9 +25,9 @@ pub enum Kernel {
 impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::GemvQ4 => "gemv_q4",
-            Kernel::GemmQ4 => "gemm_q4",
-            Kernel::EmbedQ4 => "embed_q4",
+            Kernel::GemvNBits => "gemv_nbits",
+            Kernel::GemmNBits => "gemm_nbits",
+            Kernel::EmbedNBits => "embed_nbits",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Rope => "rope",
             Kernel::KvAppend => "kv_append",
@@ -42,9 +41,10 @@ impl Kernel {
 
     pub fn source(self) -> &'static str {
         match self {
-            Kernel::GemvQ4 => include_str!("kernels/gemv_q4.wgsl"),
-            Kernel::GemmQ4 => include_str!("kernels/gemm_q4.wgsl"),
-            Kernel::EmbedQ4 => include_str!("kernels/embed_q4.wgsl"),
+            // The three over block-quantized weights share how they read one (`nbits.wgsl`).
+            Kernel::GemvNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_nbits.wgsl")),
+            Kernel::GemmNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
+            Kernel::EmbedNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::RmsNorm => include_str!("kernels/rms_norm.wgsl"),
             Kernel::Rope => include_str!("kernels/rope.wgsl"),
             Kernel::KvAppend => include_str!("kernels/kv_append.wgsl"),
@@ -112,7 +112,7 @@ pub enum Grid {
 
 impl Grid {
     /// `[x, y, 1]` with `y` = one group row per activation row (most row-wise kernels).
-    fn per_row(x: u32) -> Grid {
+    pub(crate) fn per_row(x: u32) -> Grid {
         Grid::Rows { groups: [x, 1, 1], axis: 1, rows_per_group: 1 }
     }
 
@@ -145,106 +145,6 @@ pub fn f32_bytes(v: &[f32]) -> Vec<u8> {
 /// and no buffer may exceed `maxBufferSize` either.
 pub fn max_binding(limits: &wgpu::Limits) -> u64 {
     limits.max_storage_buffer_binding_size.min(limits.max_buffer_size)
-}
-
-/// The row ranges an int4 weight `[n][k]` (blocks of `block_size` along `k`) is split into so
-/// each range's packed nibbles, scales and zero points fit in `max` bytes (see [`max_binding`]):
-/// one range when the whole weight fits, else as few as fit, of nearly equal size. A row that
-/// alone does not fit is `UnsupportedBackend`, naming the weight and the limit.
-pub fn q4_row_ranges(name: &str, n: usize, k: usize, block_size: usize, max: u64) -> Result<Vec<std::ops::Range<usize>>> {
-    let blocks = k.div_ceil(block_size.max(1)) as u64;
-    // Packed nibbles dominate (block_size >= 16: 8+ bytes per block against 4 of scale and
-    // half a byte of zero point), but every buffer is checked.
-    let row = (blocks * block_size as u64 / 2).max(blocks * 4).max(blocks.div_ceil(2)).max(1);
-    if row > max {
-        return Err(Error::UnsupportedBackend(format!(
-            "webgpu: one row of `{name}` ([{n}][{k}] int4) takes {row} bytes, more than the adapter binds as one storage buffer ({max} bytes: maxStorageBufferBindingSize / maxBufferSize)"
-        )));
-    }
-    // Whole rows per part; zero points pad to 4 bytes but stay below the packed part's bytes.
-    let per_part = (max / row) as usize;
-    let parts = n.div_ceil(per_part).max(1);
-    let rows = n.div_ceil(parts);
-    Ok((0..parts).map(|p| p * rows..((p + 1) * rows).min(n)).filter(|r| !r.is_empty()).collect())
-}
-
-/// A row range of an int4 weight on the GPU: its rows of the MatMulNBits layout, byte for
-/// byte, each in its own buffer so that none exceeds the adapter's binding limit.
-pub struct Q4Part {
-    /// The weight's rows this part holds.
-    pub rows: std::ops::Range<usize>,
-    pub packed: wgpu::Buffer,
-    pub scales: wgpu::Buffer,
-    /// Packed zero points, or a 4-byte placeholder when symmetric.
-    pub zps: wgpu::Buffer,
-    /// `[part rows, k, block_size, has_zp, first row, all rows]`: the kernels index the part's
-    /// buffers from its first row and write outputs (or gather tokens) at the weight's rows.
-    pub params: wgpu::Buffer,
-}
-
-/// An int4 weight on the GPU in its MatMulNBits layout, in one part or split by rows into
-/// several (a large head or embedding table over a small `maxStorageBufferBindingSize`):
-/// the kernels run once per part, each writing its rows of the output.
-pub struct GpuQ4 {
-    pub n: usize,
-    pub k: usize,
-    pub block_size: usize,
-    pub has_zp: bool,
-    pub parts: Vec<Q4Part>,
-}
-
-impl GpuQ4 {
-    pub fn upload(ctx: &GpuContext, name: &str, w: &Q4Weight) -> Result<Self> {
-        if w.block_size % 8 != 0 || w.block_size < 16 {
-            return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` has int4 block size {}, kernels need a multiple of 8 >= 16", w.block_size)));
-        }
-        let zps = w.packed_zero_points().unwrap_or_default();
-        let blocks = w.blocks_per_row();
-        let (row_bytes, zp_row) = (blocks * w.block_size / 2, blocks.div_ceil(2));
-        let has_zp = w.zero_points.is_some();
-        let ranges = q4_row_ranges(name, w.n, w.k, w.block_size, max_binding(ctx.limits()))?;
-        let mut parts = Vec::with_capacity(ranges.len());
-        for rows in ranges {
-            let (r0, r1) = (rows.start, rows.end);
-            let zps = if has_zp { &zps[r0 * zp_row..r1 * zp_row] } else { &[][..] };
-            let params = [(r1 - r0) as u32, w.k as u32, w.block_size as u32, has_zp as u32, r0 as u32, w.n as u32];
-            parts.push(Q4Part {
-                packed: ctx.storage_init(name, &w.packed[r0 * row_bytes..r1 * row_bytes])?,
-                scales: ctx.storage_init(name, &f32_bytes(&w.scales[r0 * blocks..r1 * blocks]))?,
-                zps: ctx.storage_init(name, zps)?,
-                params: ctx.uniform(name, &params),
-                rows,
-            });
-        }
-        Ok(GpuQ4 { n: w.n, k: w.k, block_size: w.block_size, has_zp, parts })
-    }
-
-    /// `y[r] = W x[r]` for each of the step's rows (decode: one), weights read once per row:
-    /// one dispatch per part.
-    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
-        let bind = |p: &Q4Part, pipes: &mut Pipelines| {
-            let [gx, gy] = grid(ctx, p.rows.len() as u32);
-            let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
-            pipes.bind(ctx, Kernel::GemvQ4, &[&p.params, x, &p.packed, &p.scales, &p.zps, y], grid)
-        };
-        self.parts.iter().map(|p| bind(p, pipes)).collect()
-    }
-
-    /// `y = x W^T` for the `state.rows` rows of `x` with the tiled GEMM (prefill).
-    pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
-        let bind = |p: &Q4Part, pipes: &mut Pipelines| {
-            let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
-            pipes.bind(ctx, Kernel::GemmQ4, &[&p.params, x, &p.packed, &p.scales, &p.zps, y, state], grid)
-        };
-        self.parts.iter().map(|p| bind(p, pipes)).collect()
-    }
-
-    /// `out[r] = row state.tokens[r]` of this table, for each of the step's rows: each part
-    /// writes the rows whose token it holds.
-    pub fn embed(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, out: &wgpu::Buffer) -> Vec<Dispatch> {
-        let grid = Grid::per_row((self.k as u32).div_ceil(64));
-        self.parts.iter().map(|p| pipes.bind(ctx, Kernel::EmbedQ4, &[&p.params, state, &p.packed, &p.scales, &p.zps, out], grid)).collect()
-    }
 }
 
 /// Workgroups of 64 covering a row of `n` elements, one group row per activation row

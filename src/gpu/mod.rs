@@ -5,7 +5,9 @@
 //!   and transfer goes through it and is counted.
 //! - [`kernels`]: one WGSL file per kernel (`kernels/*.wgsl`), a pipeline cache, bind-once
 //!   dispatch builders. Each kernel has a plain-Rust twin in [`twin`] that tests compare with.
-//! - [`decode`]: a Llama decode step with int4 weights resident on the GPU.
+//! - [`nbits`]: block-quantized weights (MatMulNBits layout, 4 or 8 bits) on the GPU, filled
+//!   row by row as their tensors are read.
+//! - [`decode`]: the Llama forward pass with its weights resident on the GPU.
 
 #[cfg(feature = "tools")]
 pub mod bench;
@@ -13,11 +15,12 @@ pub mod backend;
 pub mod context;
 pub mod decode;
 pub mod kernels;
+pub mod nbits;
 pub mod twin;
 
 pub use backend::GpuBackend;
 pub use context::{GpuContext, GpuCounters};
-pub use decode::{GpuLlama, Pick, Q4Llama};
+pub use decode::{GpuLlama, GpuWeights, Pick, QuantLlama};
 
 use serde::Serialize;
 

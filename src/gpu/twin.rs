@@ -2,27 +2,21 @@
 //! obviously right. Kernel tests run both on random shapes and compare.
 
 use crate::backend::SampleParams;
-use crate::quant::Q4Weight;
+use super::nbits::BlockWeight;
 
-/// `gemv_q4.wgsl`: `y[r][j] = sum_i x[r][i] * (q[j][i] - zp) * scale`, rows of `x` of length `w.k`.
-pub fn gemv_q4(w: &Q4Weight, x: &[f32]) -> Vec<f32> {
-    assert_eq!(x.len() % w.k, 0, "x holds whole rows of k");
-    let nb = w.blocks_per_row();
-    let mut y = Vec::with_capacity(x.len() / w.k * w.n);
-    for xr in x.chunks_exact(w.k) {
-        for j in 0..w.n {
+/// `gemv_nbits.wgsl`: `y[r][j] = sum_i x[r][i] * (q[j][i] - zp) * scale`, rows of `x` of
+/// length `k`, summed per block and scaled as the kernel does.
+pub fn gemv_nbits(w: &BlockWeight, x: &[f32]) -> Vec<f32> {
+    let s = &w.spec;
+    assert_eq!(x.len() % s.k, 0, "x holds whole rows of k");
+    let mut y = Vec::with_capacity(x.len() / s.k * s.n);
+    for xr in x.chunks_exact(s.k) {
+        for j in 0..s.n {
             let mut acc = 0f32;
-            for b in 0..nb {
-                let scale = w.scales[j * nb + b];
-                let zp = w.zero_points.as_ref().map_or(8.0, |z| z[j * nb + b] as f32);
-                let mut s = 0f32;
-                for t in 0..w.block_size {
-                    let i = b * w.block_size + t;
-                    if i < w.k {
-                        s += (nibble(w, j, b, t) as f32 - zp) * xr[i];
-                    }
-                }
-                acc += s * scale;
+            for b in 0..s.blocks() {
+                let zp = w.zero_point(j, b);
+                let sum: f32 = (b * s.block_size..((b + 1) * s.block_size).min(s.k)).map(|i| (w.quant(j, i) as f32 - zp) * xr[i]).sum();
+                acc += sum * w.scale(j, b);
             }
             y.push(acc);
         }
@@ -30,22 +24,9 @@ pub fn gemv_q4(w: &Q4Weight, x: &[f32]) -> Vec<f32> {
     y
 }
 
-/// Element `t` of block `b` of row `j` (MatMulNBits: low nibble first).
-fn nibble(w: &Q4Weight, j: usize, b: usize, t: usize) -> u8 {
-    let byte = w.packed[(j * w.blocks_per_row() + b) * w.block_size / 2 + t / 2];
-    if t % 2 == 0 { byte & 0x0f } else { byte >> 4 }
-}
-
-/// `embed_q4.wgsl`: row `token` of the int4 table, dequantized.
-pub fn embed_q4(table: &Q4Weight, token: usize) -> Vec<f32> {
-    let nb = table.blocks_per_row();
-    (0..table.k)
-        .map(|i| {
-            let (b, t) = (i / table.block_size, i % table.block_size);
-            let zp = table.zero_points.as_ref().map_or(8.0, |z| z[token * nb + b] as f32);
-            (nibble(table, token, b, t) as f32 - zp) * table.scales[token * nb + b]
-        })
-        .collect()
+/// `embed_nbits.wgsl`: row `token` of the table, dequantized.
+pub fn embed_nbits(table: &BlockWeight, token: usize) -> Vec<f32> {
+    (0..table.spec.k).map(|i| table.value(token, i)).collect()
 }
 
 /// `rms_norm.wgsl` over each row of `x` of length `g.len()`.

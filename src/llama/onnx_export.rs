@@ -130,6 +130,21 @@ impl ExportOptions {
     pub fn int4(block_size: usize, symmetric: bool) -> Self {
         ExportOptions { linear: Precision::Int4, lm_head: Precision::Int4, embedding: Precision::Int4, block_size, symmetric, ..Self::fp32() }
     }
+    /// The packer's default int4 recipe (measured in docs/quality.md, scripts/quality-table.sh):
+    /// int4 linears with float zero points and f16 scales and zero points (`q4_min`,
+    /// `f16_scales`), the scale search on, and an 8-bit block embedding and head (one tensor
+    /// when tied) on float activations.
+    pub fn int4_recipe(block_size: usize) -> Self {
+        ExportOptions {
+            embedding: Precision::Int8,
+            lm_head: Precision::Int8,
+            q4_search: true,
+            q4_min: true,
+            f16_scales: true,
+            head_int8_activations: false,
+            ..Self::int4(block_size, false)
+        }
+    }
     /// `(int8_activations, head_int8_activations)` for the packer's `--int8-activations`, the
     /// same for `import-gguf` and `quantize`: with the block int8 format, an int8 model's 8-bit
     /// layers and any 8-bit head compute on float activations unless `int8_activations` asks

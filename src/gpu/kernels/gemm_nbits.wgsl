@@ -1,21 +1,13 @@
-// int4 block GEMM (prefill): y[r][j] = sum_i x[r][i] * (q[j][i] - zp[j][b]) * scale[j][b] for
-// the m = state.rows rows of a prefill chunk at once:
-//   x  [m][k],  y  [m][n];  weights in the MatMulNBits layout and bindings 0..5 of gemv_q4.wgsl,
-//   plus the step state at binding 6 for m (the grid is sized for m when the step is recorded).
-// A part of a weight split by rows (see gemv_q4.wgsl) writes y[r][row0 + j], y rows `total` wide.
+// Block-quantized GEMM (prefill): y[r][j] = sum_i x[r][i] * (q[j][i] - zp[j][b]) * scale[j][b]
+// for the m = state.rows rows of a prefill chunk at once:
+//   x  [m][k],  y  [m][n];  the weight read as nbits.wgsl says, bindings 0..5 of
+//   gemv_nbits.wgsl, plus the step state at binding 6 for m (the grid is sized for m when the
+//   step is recorded).
+// A part of a weight split by rows (see gemv_nbits.wgsl) writes y[r][row0 + j], y rows `total` wide.
 // Tiled: a workgroup of 64 computes a 32 (rows) x 32 (outputs) tile, staging 32-wide k slices
-// of x and of the dequantized weights in workgroup memory so each weight nibble is read once
+// of x and of the dequantized weights in workgroup memory so each weight value is read once
 // per 32 rows instead of once per row; each invocation accumulates a 4 x 4 sub-tile.
-// Grid: (ceil(n / 32), ceil(m / 32)). Twin: gpu::twin::gemv_q4 (it takes any number of rows).
-
-struct Params {
-    n: u32, // this part's rows
-    k: u32,
-    block_size: u32,
-    has_zp: u32,
-    row0: u32, // its first row in the weight
-    total: u32, // the weight's rows (y's row length)
-}
+// Grid: (ceil(n / 32), ceil(m / 32)). Twin: gpu::twin::gemv_nbits (it takes any number of rows).
 
 struct State {
     pos: u32,
@@ -24,7 +16,7 @@ struct State {
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
-@group(0) @binding(2) var<storage, read> packed: array<u32>;
+@group(0) @binding(2) var<storage, read> data: array<u32>;
 @group(0) @binding(3) var<storage, read> scales: array<f32>;
 @group(0) @binding(4) var<storage, read> zps: array<u32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
@@ -34,22 +26,14 @@ const T: u32 = 32u;
 var<workgroup> xs: array<f32, 1024>; // [row][kk]
 var<workgroup> ws: array<f32, 1024>; // [out][kk]
 
-fn zero_point(j: u32, b: u32, blocks: u32) -> f32 {
-    if (p.has_zp == 0u) {
-        return 8.0;
-    }
-    let byte_index = j * ((blocks + 1u) / 2u) + b / 2u;
-    let bits = (zps[byte_index / 4u] >> ((byte_index % 4u) * 8u)) & 0xffu;
-    return f32((bits >> ((b % 2u) * 4u)) & 0xfu);
-}
-
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let m = state.rows;
     let j0 = wid.x * T;
     let r0 = wid.y * T;
-    let blocks = (p.k + p.block_size - 1u) / p.block_size;
-    let words_per_row = blocks * (p.block_size / 8u);
+    let nb = blocks();
+    let pw = per_word();
+    let wpr = words_per_row();
     let tr = (lid / 8u) * 4u; // this invocation's 4 rows within the tile
     let tj = (lid % 8u) * 4u; // and 4 outputs
     var acc: array<f32, 16>;
@@ -67,22 +51,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
             xs[e] = v;
         }
-        // Weight tile: 32 outputs x 4 words (8 nibbles each), 2 words per invocation.
-        for (var e = lid; e < 128u; e += 64u) {
-            let jj = e / 4u;
+        // Weight tile: 32 outputs x a 32-wide k slice (`bits` words each: 4 of 8 int4 values,
+        // 8 of 4 int8 ones).
+        for (var e = lid; e < T * p.bits; e += 64u) {
+            let jj = e / p.bits;
             let j = j0 + jj;
-            let wword = k0 / 8u + e % 4u; // word within the row
-            let kk = (e % 4u) * 8u;
-            if (j < p.n && wword < words_per_row) {
-                let word = packed[j * words_per_row + wword];
-                let b = (wword * 8u) / p.block_size;
-                let scale = scales[j * blocks + b];
-                let zp = zero_point(j, b, blocks);
-                for (var t = 0u; t < 8u; t++) {
-                    ws[jj * T + kk + t] = (f32((word >> (4u * t)) & 0xfu) - zp) * scale;
+            let wword = k0 / pw + e % p.bits; // word within the row
+            let kk = (e % p.bits) * pw;
+            if (j < p.n && wword < wpr) {
+                let word = data[j * wpr + wword];
+                let b = (wword * pw) / p.block_size;
+                let scale = scales[j * nb + b];
+                let zp = zero_point(j, b);
+                for (var t = 0u; t < pw; t++) {
+                    ws[jj * T + kk + t] = (quant(word, t) - zp) * scale;
                 }
             } else {
-                for (var t = 0u; t < 8u; t++) {
+                for (var t = 0u; t < pw; t++) {
                     ws[jj * T + kk + t] = 0.0;
                 }
             }

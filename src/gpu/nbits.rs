@@ -1,0 +1,331 @@
+//! Block-quantized weights on the GPU: com.microsoft::MatMulNBits's layout, 4 or 8 bits, with
+//! no zero points (the middle of the range), integer ones or float ones (`w = (q - zp) *
+//! scale`, llama.cpp Q4_1's form: edge-llm's int4 recipe). [`BlockSpec`] is a weight's shape
+//! and storage, [`BlockWeight`] its host form (tests, the twins), [`GpuNBits`] its GPU form:
+//! buffers made before any byte arrives and filled row by row as the weight's tensors are read
+//! ([`GpuNBits::write`]), so a load never needs a whole weight in memory, split by rows where
+//! the adapter binds less than the weight.
+
+use std::ops::Range;
+
+use super::context::GpuContext;
+use super::kernels::{f32_bytes, grid, max_binding, Dispatch, Grid, Kernel, Pipelines};
+use crate::quant::{Q4MinWeight, Q4Weight, Q8BlockWeight};
+use crate::{Error, Result};
+
+/// How a block's zero point is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZeroPointKind {
+    /// None stored: the middle of the range, 2^(bits-1) (8 for int4, 128 for int8).
+    Middle,
+    /// An unsigned `bits`-wide integer per block (MatMulNBits' uint8 `zero_points`).
+    Int,
+    /// A float per block (MatMulNBits' `zero_points` of the scales' type).
+    Float,
+}
+
+impl ZeroPointKind {
+    /// The kernels' `zp_mode`.
+    fn mode(self) -> u32 {
+        match self {
+            ZeroPointKind::Middle => 0,
+            ZeroPointKind::Int => 1,
+            ZeroPointKind::Float => 2,
+        }
+    }
+}
+
+/// A block-quantized weight `[n][k]` (blocks of `block_size` along `k`, `bits` per value): its
+/// shape and how its zero points are stored. On the GPU each row holds its values as the file
+/// does (`[blocks][block_size * bits / 8]` bytes), f32 scales `[blocks]`, and zero points as
+/// f32 `[blocks]` (float ones) or the file's packed integers padded to whole u32 words per row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockSpec {
+    pub n: usize,
+    pub k: usize,
+    pub bits: usize,
+    pub block_size: usize,
+    pub zero_points: ZeroPointKind,
+}
+
+/// The parts of a [`GpuNBits`] that [`GpuNBits::write`] fills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    Data,
+    Scales,
+    ZeroPoints,
+}
+
+impl BlockSpec {
+    pub fn blocks(&self) -> usize {
+        self.k.div_ceil(self.block_size.max(1))
+    }
+
+    /// Bytes of one row of `field` on the GPU.
+    pub fn row_bytes(&self, field: Field) -> usize {
+        match (field, self.zero_points) {
+            (Field::Data, _) => self.blocks() * self.block_size * self.bits / 8,
+            (Field::Scales, _) | (Field::ZeroPoints, ZeroPointKind::Float) => self.blocks() * 4,
+            (Field::ZeroPoints, ZeroPointKind::Int) => self.int_zero_point_row_bytes().div_ceil(4) * 4,
+            (Field::ZeroPoints, ZeroPointKind::Middle) => 0,
+        }
+    }
+
+    /// Bytes of one row of integer zero points as MatMulNBits stores them: `bits` per block,
+    /// low bits first, each row starting on a byte.
+    pub fn int_zero_point_row_bytes(&self) -> usize {
+        (self.blocks() * self.bits).div_ceil(8)
+    }
+
+    /// Bytes the weight takes on the GPU.
+    pub fn gpu_bytes(&self) -> usize {
+        self.n * [Field::Data, Field::Scales, Field::ZeroPoints].iter().map(|f| self.row_bytes(*f)).sum::<usize>()
+    }
+
+    fn check(&self, name: &str) -> Result<()> {
+        if !matches!(self.bits, 4 | 8) || self.block_size % 8 != 0 || self.block_size < 16 || self.n == 0 || self.k == 0 {
+            return Err(Error::UnsupportedBackend(format!(
+                "webgpu: `{name}` is a [{}][{}] {}-bit weight in blocks of {}; the kernels take 4 or 8 bits in blocks of a multiple of 8 >= 16",
+                self.n, self.k, self.bits, self.block_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// The row ranges the weight is split into so each range's buffers fit in `max` bytes (see
+    /// [`max_binding`]): one range when the whole weight fits, else as few as fit, of nearly
+    /// equal size. A row that alone does not fit is `UnsupportedBackend`, naming the weight and
+    /// the limit.
+    pub fn row_ranges(&self, name: &str, max: u64) -> Result<Vec<Range<usize>>> {
+        let row = [Field::Data, Field::Scales, Field::ZeroPoints].iter().map(|f| self.row_bytes(*f)).max().unwrap_or(0).max(1) as u64;
+        if row > max {
+            return Err(Error::UnsupportedBackend(format!(
+                "webgpu: one row of `{name}` ([{}][{}] {}-bit) takes {row} bytes, more than the adapter binds as one storage buffer ({max} bytes: maxStorageBufferBindingSize / maxBufferSize)",
+                self.n, self.k, self.bits
+            )));
+        }
+        let n = self.n;
+        let per_part = (max / row) as usize;
+        let parts = n.div_ceil(per_part).max(1);
+        let rows = n.div_ceil(parts);
+        Ok((0..parts).map(|p| p * rows..((p + 1) * rows).min(n)).filter(|r| !r.is_empty()).collect())
+    }
+}
+
+/// Zero points of a [`BlockWeight`], one per block (row-major `[n][blocks]`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ZeroPoints {
+    Middle,
+    Int(Vec<u8>),
+    Float(Vec<f32>),
+}
+
+/// A block-quantized weight on the host: what the twins compute with and tests upload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockWeight {
+    pub spec: BlockSpec,
+    /// `[n][blocks][block_size * bits / 8]` bytes, values low bits first.
+    pub data: Vec<u8>,
+    /// `[n][blocks]`.
+    pub scales: Vec<f32>,
+    pub zero_points: ZeroPoints,
+}
+
+impl BlockWeight {
+    /// Value `i` of row `j` as stored.
+    pub fn quant(&self, j: usize, i: usize) -> u32 {
+        let s = &self.spec;
+        let bit = i * s.bits;
+        let byte = self.data[j * s.row_bytes(Field::Data) + bit / 8];
+        (byte as u32 >> (bit % 8)) & ((1 << s.bits) - 1)
+    }
+
+    pub fn zero_point(&self, j: usize, b: usize) -> f32 {
+        let at = j * self.spec.blocks() + b;
+        match &self.zero_points {
+            ZeroPoints::Middle => (1u32 << (self.spec.bits - 1)) as f32,
+            ZeroPoints::Int(z) => z[at] as f32,
+            ZeroPoints::Float(z) => z[at],
+        }
+    }
+
+    pub fn scale(&self, j: usize, b: usize) -> f32 {
+        self.scales[j * self.spec.blocks() + b]
+    }
+
+    /// `(q - zp) * scale` of value `i` of row `j`.
+    pub fn value(&self, j: usize, i: usize) -> f32 {
+        let b = i / self.spec.block_size;
+        (self.quant(j, i) as f32 - self.zero_point(j, b)) * self.scale(j, b)
+    }
+
+    /// The weight's values, `[n][k]`.
+    pub fn dequantized(&self) -> Vec<f32> {
+        (0..self.spec.n).flat_map(|j| (0..self.spec.k).map(move |i| self.value(j, i))).collect()
+    }
+
+    /// Row `j`'s zero points in the GPU's layout ([`BlockSpec::row_bytes`]).
+    fn gpu_zero_points(&self) -> Vec<u8> {
+        let s = &self.spec;
+        match &self.zero_points {
+            ZeroPoints::Middle => Vec::new(),
+            ZeroPoints::Float(z) => f32_bytes(z),
+            ZeroPoints::Int(z) => {
+                let row = s.row_bytes(Field::ZeroPoints);
+                let mut out = vec![0u8; s.n * row];
+                for (j, zr) in z.chunks_exact(s.blocks()).enumerate() {
+                    for (b, v) in zr.iter().enumerate() {
+                        let bit = b * s.bits;
+                        out[j * row + bit / 8] |= (v & ((1u16 << s.bits) - 1) as u8) << (bit % 8);
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+impl From<Q4Weight> for BlockWeight {
+    fn from(w: Q4Weight) -> Self {
+        let zero_points = match w.zero_points {
+            Some(z) => ZeroPoints::Int(z),
+            None => ZeroPoints::Middle,
+        };
+        let kind = if zero_points == ZeroPoints::Middle { ZeroPointKind::Middle } else { ZeroPointKind::Int };
+        BlockWeight {
+            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: kind },
+            data: w.packed,
+            scales: w.scales,
+            zero_points,
+        }
+    }
+}
+
+impl From<Q4MinWeight> for BlockWeight {
+    fn from(w: Q4MinWeight) -> Self {
+        BlockWeight {
+            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: ZeroPointKind::Float },
+            data: w.packed,
+            scales: w.scales,
+            zero_points: ZeroPoints::Float(w.zero_points),
+        }
+    }
+}
+
+impl From<Q8BlockWeight> for BlockWeight {
+    /// `(q - 128) * scale`.
+    fn from(w: Q8BlockWeight) -> Self {
+        BlockWeight {
+            spec: BlockSpec { n: w.n, k: w.k, bits: 8, block_size: w.block_size, zero_points: ZeroPointKind::Middle },
+            data: w.q,
+            scales: w.scales,
+            zero_points: ZeroPoints::Middle,
+        }
+    }
+}
+
+/// A row range of a weight on the GPU, each field in a buffer of its own.
+pub struct Part {
+    /// The weight's rows this part holds.
+    pub rows: Range<usize>,
+    pub data: wgpu::Buffer,
+    pub scales: wgpu::Buffer,
+    /// Zero points, or a 4-byte placeholder without them.
+    pub zps: wgpu::Buffer,
+    /// `[part rows, k, block_size, zp_mode, first row, all rows, bits]`: the kernels index the
+    /// part's buffers from its first row and write outputs (or gather tokens) at the weight's rows.
+    pub params: wgpu::Buffer,
+}
+
+impl Part {
+    fn buffer(&self, field: Field) -> &wgpu::Buffer {
+        match field {
+            Field::Data => &self.data,
+            Field::Scales => &self.scales,
+            Field::ZeroPoints => &self.zps,
+        }
+    }
+}
+
+/// A block-quantized weight on the GPU, in one part or split by rows into several (a large
+/// head or embedding table over a small `maxStorageBufferBindingSize`): the kernels run once
+/// per part, each writing its rows of the output.
+pub struct GpuNBits {
+    pub spec: BlockSpec,
+    pub parts: Vec<Part>,
+}
+
+impl GpuNBits {
+    /// Buffers for a `spec` weight, zeroed; [`GpuNBits::write`] fills them.
+    pub fn allocate(ctx: &GpuContext, name: &str, spec: BlockSpec) -> Result<Self> {
+        spec.check(name)?;
+        let ranges = spec.row_ranges(name, max_binding(ctx.limits()))?;
+        let mut parts = Vec::with_capacity(ranges.len());
+        for rows in ranges {
+            let n = rows.len();
+            let bytes = |f: Field| (n * spec.row_bytes(f)) as u64;
+            let params = [n as u32, spec.k as u32, spec.block_size as u32, spec.zero_points.mode(), rows.start as u32, spec.n as u32, spec.bits as u32];
+            parts.push(Part {
+                data: ctx.storage(name, bytes(Field::Data))?,
+                scales: ctx.storage(name, bytes(Field::Scales))?,
+                zps: ctx.storage(name, bytes(Field::ZeroPoints))?,
+                params: ctx.uniform(name, &params),
+                rows,
+            });
+        }
+        Ok(GpuNBits { spec, parts })
+    }
+
+    /// Write `bytes`, whole rows `first..` of `field` in the GPU's layout
+    /// ([`BlockSpec::row_bytes`]), into the parts that hold them.
+    pub fn write(&self, ctx: &GpuContext, field: Field, first: usize, bytes: &[u8]) {
+        let row = self.spec.row_bytes(field);
+        if row == 0 || bytes.is_empty() {
+            return;
+        }
+        debug_assert_eq!(bytes.len() % row, 0, "whole rows");
+        let end = first + bytes.len() / row;
+        for p in &self.parts {
+            let (a, b) = (p.rows.start.max(first), p.rows.end.min(end));
+            if a < b {
+                ctx.write(p.buffer(field), ((a - p.rows.start) * row) as u64, &bytes[(a - first) * row..(b - first) * row]);
+            }
+        }
+    }
+
+    /// `w` on the GPU.
+    pub fn upload(ctx: &GpuContext, name: &str, w: &BlockWeight) -> Result<Self> {
+        let g = Self::allocate(ctx, name, w.spec)?;
+        g.write(ctx, Field::Data, 0, &w.data);
+        g.write(ctx, Field::Scales, 0, &f32_bytes(&w.scales));
+        g.write(ctx, Field::ZeroPoints, 0, &w.gpu_zero_points());
+        Ok(g)
+    }
+
+    /// `y[r] = W x[r]` for each of the step's rows (decode: one), weights read once per row:
+    /// one dispatch per part.
+    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        let bind = |p: &Part, pipes: &mut Pipelines| {
+            let [gx, gy] = grid(ctx, p.rows.len() as u32);
+            let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
+            pipes.bind(ctx, Kernel::GemvNBits, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid)
+        };
+        self.parts.iter().map(|p| bind(p, pipes)).collect()
+    }
+
+    /// `y = x W^T` for the `state.rows` rows of `x` with the tiled GEMM (prefill).
+    pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        let bind = |p: &Part, pipes: &mut Pipelines| {
+            let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
+            pipes.bind(ctx, Kernel::GemmNBits, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
+        };
+        self.parts.iter().map(|p| bind(p, pipes)).collect()
+    }
+
+    /// `out[r] = row state.tokens[r]` of this table, for each of the step's rows: each part
+    /// writes the rows whose token it holds.
+    pub fn embed(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, out: &wgpu::Buffer) -> Vec<Dispatch> {
+        let grid = Grid::per_row((self.spec.k as u32).div_ceil(64));
+        self.parts.iter().map(|p| pipes.bind(ctx, Kernel::EmbedNBits, &[&p.params, state, &p.data, &p.scales, &p.zps, out], grid)).collect()
+    }
+}
