@@ -152,7 +152,10 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   const ctx = await chromium.launchPersistentContext(dir, {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info", ...(o["js-flags"] ? [`--js-flags=${o["js-flags"]}`] : [])],
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info",
+      // WebGPU when asked for: headless Chromium exposes SwiftShader's (a software adapter).
+      ...(o.backend === "webgpu" ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : []),
+      ...(o["js-flags"] ? [`--js-flags=${o["js-flags"]}`] : [])],
   });
   try {
     const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });

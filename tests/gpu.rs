@@ -19,6 +19,7 @@ use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::backend::BackendKind;
 use edge_llm::generate::EngineOptions;
 use edge_llm::package::Package;
+use edge_llm::quant::reference as qref;
 use edge_llm::generate::SampleParams;
 use edge_llm::{tiny, Engine, Error, GenerateOptions};
 
@@ -163,6 +164,37 @@ fn embed_nbits_matches_twin() {
                 assert_eq!(download(&ctx, &out, rows * hidden), want, "vocab={vocab} hidden={hidden} bs={bs} {kind:?} tokens={tokens:?}");
             }
         }
+    }
+}
+
+/// `round_q8.wgsl` (a linear's input rounded to int8 blocks where its node has
+/// `accuracy_level = 4`) against its twin, and the twin against the CPU kernels' own rounding
+/// (`quant::reference::q8_block_round_trip`): rows with an all-zero block, a block of one
+/// repeated value, and random ones.
+#[test]
+fn round_q8_matches_twin_and_the_cpu_kernels_rounding() {
+    let Some(ctx) = gpu() else { return };
+    let mut rng = Rng(12);
+    let mut pipes = Pipelines::default();
+    for (k, rows) in [(32, 1), (576, 1), (576, 7), (1536, 64), (96, 3)] {
+        let mut x: Vec<f32> = rng.f32s(rows * k).iter().map(|v| v * 3.0).collect();
+        x[..32].fill(0.0);
+        if x.len() >= 64 {
+            x[32..64].fill(-0.7);
+        }
+        let want = twin::round_q8(&x);
+        assert_eq!(want, qref::q8_block_round_trip(&x, k), "twin vs the CPU's rounding, k={k}");
+        let (xb, yb) = (upload(&ctx, &x), ctx.storage("y", (rows * k * 4) as u64).unwrap());
+        let d = kernels::round_q8(&ctx, &mut pipes, k, &xb, &yb);
+        kernels::run(&ctx, &pipes, &[d], rows as u32);
+        let got = download(&ctx, &yb, rows * k);
+        // WGSL's division is within 2.5 ulp: a value at a rounding boundary may land one step
+        // (its block's amax / 127) away. None did on llvmpipe.
+        let off = got.iter().zip(&want).enumerate().filter(|(_, (g, w))| g != w).map(|(i, (g, w))| {
+            let amax = x[i / 32 * 32..i / 32 * 32 + 32].iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!((g - w).abs() <= amax / 127.0 * 1.0001, "k={k} [{i}]: gpu {g} vs twin {w}");
+        });
+        assert!(off.count() * 1000 <= rows * k, "k={k}: more than 1 in 1000 values a step off");
     }
 }
 
@@ -874,6 +906,39 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             assert!(on_cpu.0 > 50, "the restored cache is reused: {on_cpu:?}");
             assert_eq!(on_cpu, on_gpu, "{what} {format}: the GPU's saved cache continues on the CPU as on the GPU");
         }
+    }
+}
+
+/// The GPU computes as each `MatMulNBits` node asks: where a node has `accuracy_level = 4`
+/// (the int4 exporter's, and 8-bit blocks with `--int8-activations`) its input is rounded to
+/// int8 blocks, as the CPU backend's int8 kernels (and onnxruntime) compute it. Token by token,
+/// the GPU's logits are within LOGITS_TOL of the CPU backend's; the same weights with float
+/// activations (the nodes without `accuracy_level`) give the GPU measurably other logits.
+#[test]
+fn gpu_computes_on_int8_activations_where_the_graph_asks() {
+    use edge_llm::backend::{ready, Backend};
+    use edge_llm::cpu::q4_matmul::Q4Activations;
+    let int8_block = ExportOptions { int8_activations: true, head_int8_activations: true, ..ExportOptions::int8_block() };
+    for (format, opts) in [("int4 symmetric", ExportOptions::int4(32, true)), ("int8 block", int8_block)] {
+        let Some(_) = gpu() else { return };
+        let on_gpu = |opts: &ExportOptions| {
+            let (onnx, _, _) = tiny_files(opts);
+            let graph = edge_llm::onnx::decode(&onnx).unwrap();
+            let tok = tiny::tokenizer_json();
+            let mut package = Package::loose(&onnx, tok.as_bytes(), tiny::model_config());
+            let backend = block_on(edge_llm::gpu::GpuBackend::open(gpu().unwrap(), &mut package, &graph)).unwrap();
+            let mut s = backend.session();
+            let logits: Vec<f32> = PROMPT.iter().flat_map(|t| ready(s.forward(&[*t])).unwrap().unwrap()).collect();
+            (graph, logits)
+        };
+        let (graph, got) = on_gpu(&opts);
+        let cpu_opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_activations: Q4Activations::AsModelExact, last_logits_only: false, q8_kernel: true, threads: None };
+        let cpu = Arc::new(CpuModel::from_proto(graph, &cpu_opts).unwrap()).session().forward_all(&PROMPT).unwrap();
+        let (_, float) = on_gpu(&ExportOptions { int8_activations: false, head_int8_activations: false, ..opts });
+        let (d, d_float) = (max_abs_diff(&got, &cpu), max_abs_diff(&float, &cpu));
+        eprintln!("{format}: GPU vs CPU logits max |diff| {d:e}; the GPU on float activations {d_float:e}");
+        assert!(d < LOGITS_TOL, "{format}: GPU vs CPU (int8 activations) max |diff| = {d}");
+        assert!(d_float > 10.0 * LOGITS_TOL, "{format}: the rounding does not show ({d_float})");
     }
 }
 

@@ -287,6 +287,8 @@ struct Dest {
 struct Planned {
     name: String,
     spec: BlockSpec,
+    /// Its `MatMulNBits` node computes on int8 activations (see [`GpuNBits::int8_activations`]).
+    int8_activations: bool,
 }
 
 /// What the GPU backend reads from a graph, from its initializers' names, shapes and types:
@@ -320,10 +322,23 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
         wanted.push(("lm_head".into(), cfg.vocab_size, h));
     }
     norms.insert("model.norm.weight".into());
+    // `accuracy_level` of the MatMulNBits node reading each B tensor (a tied table's: the head's).
+    let levels: HashMap<&str, i64> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MatMulNBits" && n.domain == crate::onnx::MS_DOMAIN)
+        .filter_map(|n| Some((n.input.get(1)?.as_str(), n.attribute.iter().find(|a| a.name == "accuracy_level").map_or(0, |a| a.i))))
+        .collect();
     let mut plan = Plan { weights: Vec::with_capacity(wanted.len()), dests: HashMap::new(), norms };
     for (name, n, k) in wanted {
-        let spec = plan_weight(&inits, &name, n, k, plan.weights.len(), &mut plan.dests)?;
-        plan.weights.push(Planned { name, spec });
+        let (spec, data) = plan_weight(&inits, &name, n, k, plan.weights.len(), &mut plan.dests)?;
+        // onnxruntime computes int8 only with integer (or no) zero points: float ones run on
+        // float activations whatever the node asks (as the CPU backend, `cpu::q8_block_matmul`).
+        let int8_activations = levels.get(data).copied() == Some(crate::onnx::ACCURACY_LEVEL_INT8) && spec.zero_points != ZeroPointKind::Float;
+        if int8_activations && k % 32 != 0 {
+            return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` asks for int8 activations over k = {k}, not a multiple of 32")));
+        }
+        plan.weights.push(Planned { name, spec, int8_activations });
     }
     if let Some(n) = plan.norms.iter().find(|n| !inits.contains_key(n.as_str())) {
         return Err(missing_weight(n));
@@ -334,7 +349,8 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
 /// The MatMulNBits weight `name` (`[n][k]`): B `{name}.weight_Q4` or `_Q8` (`[n][blocks][block
 /// * bits / 8]` uint8), scales `{name}.weight_scales` (f32 or f16) or `_scales_f16`, and zero
 /// points if any, `{name}.weight_zero_points` (uint8, f32 or f16) or `_zero_points_f16`.
-fn plan_weight(inits: &HashMap<&str, &TensorProto>, name: &str, n: usize, k: usize, index: usize, dests: &mut HashMap<String, Dest>) -> Result<BlockSpec> {
+/// Returns the spec and B's name.
+fn plan_weight<'g>(inits: &HashMap<&str, &'g TensorProto>, name: &str, n: usize, k: usize, index: usize, dests: &mut HashMap<String, Dest>) -> Result<(BlockSpec, &'g str)> {
     let find = |suffixes: &[&str]| suffixes.iter().find_map(|s| inits.get(format!("{name}.{s}").as_str()).copied());
     let (data, bits) = match (find(&["weight_Q4"]), find(&["weight_Q8"])) {
         (Some(t), _) => (t, 4),
@@ -374,7 +390,7 @@ fn plan_weight(inits: &HashMap<&str, &TensorProto>, name: &str, n: usize, k: usi
         };
         dests.insert(z.name.clone(), Dest { weight: index, field: Field::ZeroPoints, source });
     }
-    Ok(spec)
+    Ok((spec, data.name.as_str()))
 }
 
 /// An inline initializer's bytes as the file's element type stores them (`raw_data`, or the
@@ -451,7 +467,11 @@ fn missing_weight(name: &str) -> Error {
 async fn load_weights<'a, B: Blob + 'a>(ctx: &GpuContext, cfg: &LlamaConfig, graph: &ModelProto, package: &mut Package<'a, B>) -> Result<GpuWeights> {
     let plan = plan(cfg, graph)?;
     let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-    let gpu = plan.weights.iter().map(|w| GpuNBits::allocate(ctx, &w.name, w.spec)).collect::<Result<Vec<_>>>()?;
+    let gpu = plan
+        .weights
+        .iter()
+        .map(|w| GpuNBits::allocate(ctx, &w.name, w.spec).map(|g| GpuNBits { int8_activations: w.int8_activations, ..g }))
+        .collect::<Result<Vec<_>>>()?;
     let mut norms: HashMap<String, Vec<f32>> = HashMap::new();
     for t in g.initializer.iter().filter(|t| t.external_data.is_empty()) {
         if let Some(d) = plan.dests.get(&t.name) {

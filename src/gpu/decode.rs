@@ -298,6 +298,8 @@ impl GpuLlama {
         let v = ctx.storage("v", rows(kvd))?;
         let attn = ctx.storage("attn", rows(qd))?;
         let tmp = ctx.storage("proj", rows(h))?;
+        // Inputs rounded to int8 blocks, for linears that compute on them.
+        let (xn_q, attn_q, act_q) = (ctx.storage("x_norm_q8", rows(h))?, ctx.storage("attn_q8", rows(qd))?, ctx.storage("act_q8", rows(inter))?);
         let gate = ctx.storage("gate", rows(inter))?;
         let up = ctx.storage("up", rows(inter))?;
         let act = ctx.storage("act", rows(inter))?;
@@ -318,15 +320,24 @@ impl GpuLlama {
             let kc = ctx.storage("k_cache", (kvd * max_ctx * 4) as u64)?;
             let vc = ctx.storage("v_cache", (kvd * max_ctx * 4) as u64)?;
             let eps = cfg.rms_norm_eps;
-            let mut linear = |w: &GpuNBits, x: &wgpu::Buffer, y: &wgpu::Buffer| Op::Linear {
-                gemv: w.gemv(&ctx, &mut pipes, x, y),
-                gemm: w.gemm(&ctx, &mut pipes, &state, x, y),
+            // Where a linear's node asks for int8 activations, its input is rounded first (once
+            // for the linears sharing it) and it reads the rounded copy.
+            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer| {
+                users.iter().any(|w| w.int8_activations).then(|| Op::Run(kernels::round_q8(&ctx, &mut pipes, k, from, to)))
             };
-            let (lq, lk, lv, lo) = (linear(&wq, &xn, &q), linear(&wk, &xn, &k), linear(&wv, &xn, &v), linear(&wo, &attn, &tmp));
-            let (lg, lu, ld) = (linear(&wg, &xn, &gate), linear(&wu, &xn, &up), linear(&wd, &act, &tmp));
+            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q), round(&[&wo], qd, &attn, &attn_q));
+            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q), round(&[&wd], inter, &act, &act_q));
+            let mut linear = |w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
+                let x = if w.int8_activations { rounded } else { x };
+                Op::Linear { gemv: w.gemv(&ctx, &mut pipes, x, y), gemm: w.gemm(&ctx, &mut pipes, &state, x, y) }
+            };
+            let (lq, lk, lv) = (linear(&wq, &xn, &xn_q, &q), linear(&wk, &xn, &xn_q, &k), linear(&wv, &xn, &xn_q, &v));
+            let lo = linear(&wo, &attn, &attn_q, &tmp);
+            let (lg, lu, ld) = (linear(&wg, &xn, &xn_q, &gate), linear(&wu, &xn, &xn_q, &up), linear(&wd, &act, &act_q, &tmp));
             let attn_bufs = AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scores: &scores, out: &attn };
+            body.push(Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &attn_norm, &xn)));
+            body.extend(round_qkv);
             body.extend([
-                Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &attn_norm, &xn)),
                 lq,
                 lk,
                 lv,
@@ -334,22 +345,27 @@ impl GpuLlama {
                 Op::Run(kernels::rope(&ctx, &mut pipes, cfg.num_kv_heads, hd, &state, &cos, &sin, &k)),
                 Op::Run(kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &state, &k, &v, &kc, &vc)),
                 Op::Run(kernels::attention(&ctx, &mut pipes, shape, attn_bufs)),
-                lo,
-                Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)),
-                Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &ffn_norm, &xn)),
-                lg,
-                lu,
-                Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate, &up, &act)),
-                ld,
-                Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)),
             ]);
+            body.extend(round_o);
+            body.extend([lo, Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)), Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &ffn_norm, &xn))]);
+            body.extend(round_gate_up);
+            body.extend([lg, lu, Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate, &up, &act))]);
+            body.extend(round_down);
+            body.extend([ld, Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp))]);
             weights.extend([wq, wk, wv, wo, wg, wu, wd]);
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
         }
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
         let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
-        head.extend(head_w.as_ref().unwrap_or(&embed).gemv(&ctx, &mut pipes, &xn, &logits));
+        let head_weight = head_w.as_ref().unwrap_or(&embed);
+        let head_in = if head_weight.int8_activations {
+            head.push(kernels::round_q8(&ctx, &mut pipes, h, &xn, &xn_q));
+            &xn_q
+        } else {
+            &xn
+        };
+        head.extend(head_weight.gemv(&ctx, &mut pipes, head_in, &logits));
         let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);
         let sample_opts = ctx.storage("sample_opts", 32)?;
         let seen_host = kernels::seen_bitmap(vocab, &[]);
@@ -359,7 +375,7 @@ impl GpuLlama {
         let sample = kernels::sample(&ctx, &mut pipes, sb);
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([xn, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights]);
+        bufs.extend([xn, xn_q, attn_q, act_q, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights]);
         let token_readback = ctx.readback("token", 4);
         Ok(GpuLlama {
             ctx,

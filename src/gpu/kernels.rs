@@ -20,6 +20,7 @@ pub enum Kernel {
     Add,
     Argmax,
     Sample,
+    RoundQ8,
 }
 
 impl Kernel {
@@ -36,6 +37,7 @@ impl Kernel {
             Kernel::Add => "add",
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
+            Kernel::RoundQ8 => "round_q8",
         }
     }
 
@@ -53,6 +55,7 @@ impl Kernel {
             Kernel::Add => include_str!("kernels/add.wgsl"),
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
             Kernel::Sample => include_str!("kernels/sample.wgsl"),
+            Kernel::RoundQ8 => include_str!("kernels/round_q8.wgsl"),
         }
     }
 }
@@ -151,6 +154,13 @@ pub fn max_binding(limits: &wgpu::Limits) -> u64 {
 /// (`n` up to 64 × 65535, far above any hidden or intermediate size).
 fn elementwise(n: usize) -> Grid {
     Grid::per_row((n as u32).div_ceil(64))
+}
+
+/// `x` rounded to int8 per block of 32 into `y` (`[rows][k]`), for linears whose node asks for
+/// int8 activations: one invocation per block.
+pub fn round_q8(ctx: &GpuContext, pipes: &mut Pipelines, k: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("round_q8", &[k as u32]);
+    pipes.bind(ctx, Kernel::RoundQ8, &[&params, x, y], Grid::per_row((k as u32 / 32).div_ceil(64)))
 }
 
 /// RMSNorm of each of the step's rows (`x` and `y` `[rows][n]`), one workgroup per row.

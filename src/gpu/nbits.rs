@@ -253,6 +253,10 @@ impl Part {
 pub struct GpuNBits {
     pub spec: BlockSpec,
     pub parts: Vec<Part>,
+    /// Its inputs are rounded to int8 per block of 32 first (`round_q8.wgsl`), as its
+    /// `MatMulNBits` node's `accuracy_level = 4` asks (onnxruntime's int8 compute; the CPU
+    /// backend's int8 kernels compute the same products exactly in integers).
+    pub int8_activations: bool,
 }
 
 impl GpuNBits {
@@ -273,7 +277,7 @@ impl GpuNBits {
                 rows,
             });
         }
-        Ok(GpuNBits { spec, parts })
+        Ok(GpuNBits { spec, parts, int8_activations: false })
     }
 
     /// Write `bytes`, whole rows `first..` of `field` in the GPU's layout

@@ -29,6 +29,17 @@ pub fn embed_nbits(table: &BlockWeight, token: usize) -> Vec<f32> {
     (0..table.spec.k).map(|i| table.value(token, i)).collect()
 }
 
+/// `round_q8.wgsl`: each block of 32 of `x` rounded to int8 with its own scale `amax / 127`.
+pub fn round_q8(x: &[f32]) -> Vec<f32> {
+    x.chunks_exact(32)
+        .flat_map(|b| {
+            let amax = b.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let (s, inv) = (amax / 127.0, if amax > 0.0 { 127.0 / amax } else { 0.0 });
+            b.iter().map(move |v| (v * inv).round_ties_even() * s)
+        })
+        .collect()
+}
+
 /// `rms_norm.wgsl` over each row of `x` of length `g.len()`.
 pub fn rms_norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     x.chunks_exact(g.len())
