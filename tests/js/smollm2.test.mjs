@@ -117,3 +117,43 @@ test("SmolLM2 in headless Chromium: Engine.load, five chats that answer Paris, t
     await ctx.close();
   }
 });
+
+test("SmolLM2 on WebGPU in headless Chromium (SwiftShader): the weights go straight to the GPU (wasm memory after load <= 0.3 x the model) and the first tokens are the native engine's", { skip, timeout: 600_000 }, async () => {
+  assert.ok(present, `no packed SmolLM2 at ${dir}`);
+  const ctx = await chromium.launchPersistentContext("", {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"],
+  });
+  try {
+    const p = await ctx.newPage();
+    p.on("pageerror", (e) => console.error("page error:", e.message));
+    await p.goto(`${srv.base}/test.html`);
+    await p.waitForFunction(() => window.edgeReady === true, null, { timeout: 120_000 });
+    const r = await p.evaluate(
+      async ({ url, question }) => {
+        const t0 = performance.now();
+        const engine = await edge.Engine.load(url, { cache: "none", backend: "webgpu" });
+        const loadMs = performance.now() - t0;
+        const s = engine.stats();
+        const t1 = performance.now();
+        const ids = [];
+        // SwiftShader runs a step in seconds: four tokens.
+        for await (const t of engine.chat(question, { maxTokens: 4 })) ids.push(t.tokenId);
+        const chatMs = performance.now() - t1;
+        engine.free();
+        return { backend: s.backend, wasmBytes: s.wasmMemoryBytes, modelBytes: s.modelBytes, ids, loadMs, chatMs };
+      },
+      { url: srv.url("smollm2"), question },
+    );
+    const ratio = r.wasmBytes / r.modelBytes;
+    console.log(`chromium webgpu: load ${r.loadMs.toFixed(0)} ms, wasm memory after load ${(r.wasmBytes / 1e6).toFixed(1)} MB = ${ratio.toFixed(3)} x the model's ${(r.modelBytes / 1e6).toFixed(1)} MB; ${r.ids.length} tokens in ${r.chatMs.toFixed(0)} ms`);
+    assert.equal(r.backend, "webgpu");
+    assert.ok(ratio <= 0.3, `wasm memory after a GPU load is ${ratio.toFixed(3)} x the model`);
+    const native = nativeTokens();
+    assert.equal(r.ids.length, 4);
+    if (native) assert.deepEqual(r.ids, native.slice(0, 4), "not the native engine's first tokens");
+  } finally {
+    await ctx.close();
+  }
+});
