@@ -853,8 +853,18 @@ fn gpu_formats() -> [(&'static str, ExportOptions); 4] {
     ]
 }
 
+/// An engine on `backend`; its CPU backend computes as the wasm build's does (the int4 kernel:
+/// int8 activations where a node has `accuracy_level = 4`, as onnxruntime and the GPU backend
+/// compute; tract's own MatMulNBits, the native default, computes those in float).
 fn open(package: Package<'_, Vec<u8>>, backend: BackendKind) -> edge_llm::Result<Engine> {
-    Engine::open(package, &EngineOptions { backend, ..Default::default() })
+    Engine::open(package, &EngineOptions { backend, ..cpu_engine_options() })
+}
+
+/// [`open`]'s options on the CPU (what a fallback opens): float nodes in f32 (`AsModelExact`),
+/// int8 ones in int8.
+fn cpu_engine_options() -> EngineOptions {
+    let cpu = CpuOptions { q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::AsModelExact, ..Default::default() };
+    EngineOptions { cpu, ..Default::default() }
 }
 
 /// 24 greedy tokens after the prompt, then a second turn that continues the first (the engine
@@ -919,7 +929,7 @@ fn gpu_computes_on_int8_activations_where_the_graph_asks() {
     use edge_llm::backend::{ready, Backend};
     use edge_llm::cpu::q4_matmul::Q4Activations;
     let int8_block = ExportOptions { int8_activations: true, head_int8_activations: true, ..ExportOptions::int8_block() };
-    for (format, opts) in [("int4 symmetric", ExportOptions::int4(32, true)), ("int8 block", int8_block)] {
+    for (format, opts) in [("int4 symmetric", ExportOptions::int4(32, true)), ("int4 asymmetric", ExportOptions::int4(32, false)), ("int8 block", int8_block)] {
         let Some(_) = gpu() else { return };
         let on_gpu = |opts: &ExportOptions| {
             let (onnx, _, _) = tiny_files(opts);
@@ -928,12 +938,15 @@ fn gpu_computes_on_int8_activations_where_the_graph_asks() {
             let mut package = Package::loose(&onnx, tok.as_bytes(), tiny::model_config());
             let backend = block_on(edge_llm::gpu::GpuBackend::open(gpu().unwrap(), &mut package, &graph)).unwrap();
             let mut s = backend.session();
-            let logits: Vec<f32> = PROMPT.iter().flat_map(|t| ready(s.forward(&[*t])).unwrap().unwrap()).collect();
+            let mut logits: Vec<f32> = PROMPT.iter().flat_map(|t| ready(s.forward(&[*t])).unwrap().unwrap()).collect();
+            // And the whole prompt in one prefill chunk (the GEMM): its last row.
+            logits.extend(ready(backend.session().forward(&PROMPT)).unwrap().unwrap());
             (graph, logits)
         };
         let (graph, got) = on_gpu(&opts);
         let cpu_opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_activations: Q4Activations::AsModelExact, last_logits_only: false, q8_kernel: true, threads: None };
-        let cpu = Arc::new(CpuModel::from_proto(graph, &cpu_opts).unwrap()).session().forward_all(&PROMPT).unwrap();
+        let mut cpu = Arc::new(CpuModel::from_proto(graph, &cpu_opts).unwrap()).session().forward_all(&PROMPT).unwrap();
+        cpu.extend_from_within(cpu.len() - tiny::config().vocab_size..);
         let (_, float) = on_gpu(&ExportOptions { int8_activations: false, head_int8_activations: false, ..opts });
         let (d, d_float) = (max_abs_diff(&got, &cpu), max_abs_diff(&float, &cpu));
         eprintln!("{format}: GPU vs CPU logits max |diff| {d:e}; the GPU on float activations {d_float:e}");
@@ -1019,7 +1032,12 @@ fn through_the_seam_a_greedy_or_sampled_step_reads_back_the_token_only() {
 fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
     let Some(_) = gpu() else { return };
     for symmetric in [true, false] {
-        let (onnx, _, _) = tiny_int4_files(symmetric);
+        // On float activations: at temperature 4 over 332 near-equal probabilities, a pick moves
+        // across a boundary on logit differences far smaller than the int8-rounded path's 3e-6
+        // (each backend sums in its own order; `sample_twin_matches_cpu_sampler_but_at_float_boundaries`
+        // explains those), which diverged 1 of 4 seeded runs here; float nodes agree closer.
+        let float = ExportOptions { int8_activations: false, head_int8_activations: false, ..ExportOptions::int4(32, symmetric) };
+        let (onnx, _, _) = tiny_files(&float);
         let tok = tiny::tokenizer_json();
         let load = |backend| open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), backend).unwrap();
         let (cpu, gpu) = (load(BackendKind::Wasm), load(BackendKind::Webgpu));
@@ -1082,7 +1100,7 @@ fn a_loaded_gpu_engine_falls_back_to_the_model_in_its_store() {
         let sha = &manifest.files.iter().find(|f| f.path == *path).unwrap().sha256;
         block_on(store.put(sha, bytes)).unwrap();
     }
-    let cpu = EngineOptions { backend: BackendKind::Wasm, ..Default::default() };
+    let cpu = EngineOptions { backend: BackendKind::Wasm, ..cpu_engine_options() };
     let fallback = |store: Option<Rc<MemoryStore<Vec<u8>>>>| edge_llm::loader::stored_cpu_fallback(Rc::new(HashOnly), store, manifest.clone(), cpu.clone());
     // The step that meets the loss, on an engine with `fallback`: its error.
     let lose = |fallback| {
@@ -1164,7 +1182,7 @@ fn device_loss_is_named_and_the_engine_continues_on_the_cpu() {
         let (bytes, tok) = (onnx.clone(), tok.clone());
         gpu.set_cpu_fallback(Box::new(move || {
             let (bytes, tok) = (bytes.clone(), tok.clone());
-            Box::pin(async move { Engine::open(Package::loose(&bytes, tok.as_bytes(), tiny::model_config()), &EngineOptions::default()) })
+            Box::pin(async move { Engine::open(Package::loose(&bytes, tok.as_bytes(), tiny::model_config()), &cpu_engine_options()) })
         }));
         let mut g = gpu.generate_ids(PROMPT.to_vec(), &opts).unwrap();
         let mut got = Vec::new();

@@ -6,12 +6,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { serve } from "../../scripts/serve.mjs";
 
-export async function openBrowser(root) {
+/// `webgpu`: expose SwiftShader's WebGPU adapter (a software one) to pages and workers.
+export async function openBrowser(root, { webgpu = false } = {}) {
   const server = await serve(0, "127.0.0.1", { dir: root });
   const context = await chromium.launchPersistentContext(mkdtempSync(join(tmpdir(), "edge-llm-test-")), {
     executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
     headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", ...(webgpu ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : [])],
   });
   const base = `http://127.0.0.1:${server.address().port}`;
   return {

@@ -1,6 +1,7 @@
 // The Worker proxy (pkg/worker.js, `edge-llm/worker`) in headless Chromium: same tokens as the
 // engine on the main thread, the main thread keeps running while the worker loads and
-// generates, and aborts, errors and saved state cross the boundary.
+// generates, and aborts, errors and saved state cross the boundary; the GPU engine runs in the
+// worker too (WebGPU exists in dedicated workers; SwiftShader's here).
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { openBrowser } from "./chromium.mjs";
@@ -8,7 +9,7 @@ import { openBrowser } from "./chromium.mjs";
 let browser;
 let page;
 before(async () => {
-  browser = await openBrowser();
+  browser = await openBrowser(undefined, { webgpu: true });
   page = await browser.page("/tests/js/blank.html");
   await page.evaluate(async () => {
     const pkg = await import("/pkg/edge_llm.js");
@@ -215,4 +216,25 @@ test("WorkerEngine has every Engine method and getter; startGeneration steps in 
   assert.equal(r.modelVersion, undefined);
   assert.equal(r.update, "InvalidOptionError");
   assert.ok(["single", "threads"].includes(r.variant) && r.threads >= 1);
+});
+
+test("backend webgpu in the worker: the GPU engine loads there and gives the CPU engine's tokens", async () => {
+  const r = await page.evaluate(async () => {
+    const url = "/tests/fixtures/tiny-packed/manifest.json";
+    const opts = { maxTokens: 16, ignoreEos: true };
+    const cpu = await pkg.Engine.load(url, { backend: "wasm", cache: "none" });
+    const gpu = await WorkerEngine.load(url, { backend: "webgpu", cache: "none" });
+    const messages = [{ role: "user", content: "Hi!" }];
+    const out = {
+      greedy: [await collect(cpu.generate("Once upon", opts)), await collect(gpu.generate("Once upon", opts))],
+      chat: [await collect(cpu.chat(messages, opts)), await collect(gpu.chat(messages, opts))],
+      stats: await gpu.stats(),
+    };
+    cpu.dispose();
+    await gpu.dispose();
+    return out;
+  });
+  assert.equal(r.stats.backend, "webgpu", JSON.stringify(r.stats));
+  for (const k of ["greedy", "chat"]) assert.deepEqual(r[k][1], r[k][0], k);
+  assert.equal(r.greedy[0].length, 16);
 });
