@@ -203,7 +203,7 @@ fn round_q8_matches_twin_and_the_cpu_kernels_rounding() {
 /// would fail validation (an uncaptured error: a panic).
 fn capped_gpu(cap: u64) -> Option<GpuContext> {
     gpu()?;
-    Some(block_on(GpuContext::with_options(&GpuOptions { max_binding_bytes: Some(cap) })).unwrap())
+    Some(block_on(GpuContext::with_options(&GpuOptions { max_binding_bytes: Some(cap), ..Default::default() })).unwrap())
 }
 
 /// Weights split by rows over a small binding limit: the GEMV, the GEMM and the embedding
@@ -639,7 +639,7 @@ fn a_model_over_the_binding_limit_is_refused_by_name_and_auto_says_why() {
     let (onnx, _, _) = tiny_int4_files(true);
     let tok = tiny::tokenizer_json();
     let open_capped = |backend, cap| {
-        let options = EngineOptions { backend, gpu: GpuOptions { max_binding_bytes: Some(cap) }, ..Default::default() };
+        let options = EngineOptions { backend, gpu: GpuOptions { max_binding_bytes: Some(cap), ..Default::default() }, ..Default::default() };
         Engine::open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &options)
     };
     // A row of the tiny model's int4 weights takes 32 bytes or more.
@@ -977,6 +977,37 @@ fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
     } else {
         assert_eq!(info.name, "webgpu", "{info:?}");
     }
+}
+
+/// `auto`'s probe, on this software adapter when asked to (`probe_software`): it times the
+/// GPU and the CPU, keeps the faster (the CPU here, by far) and says both estimates; the
+/// probe's step size is the bytes a step reads.
+#[test]
+fn auto_probes_the_adapter_and_keeps_the_faster_engine() {
+    let Some(ctx) = gpu() else { return };
+    let tok = tiny::tokenizer_json();
+    let (onnx, _, _) = tiny_int4_files(true);
+    let options = EngineOptions { backend: BackendKind::Auto, gpu: GpuOptions { probe_software: true, ..Default::default() }, ..cpu_engine_options() };
+    let auto = Engine::open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &options).unwrap();
+    let info = auto.backend_info();
+    eprintln!("auto: {info:?}");
+    let reason = info.reason.clone().unwrap_or_default();
+    assert!(reason.contains("timed a decode step at") && reason.contains("on one CPU thread"), "{info:?}");
+    let ms = |before: &str| reason.split(before).nth(1).and_then(|r| r.trim_start().split(' ').next()).and_then(|v| v.parse::<f64>().ok()).unwrap();
+    let (gpu_ms, cpu_ms) = (ms("decode step at"), ms("ms on the GPU against"));
+    assert!(gpu_ms > 0.0 && cpu_ms > 0.0, "{reason}");
+    assert_eq!(info.name, if gpu_ms < cpu_ms { "webgpu" } else { "wasm" }, "{reason}");
+    if ctx.is_software() {
+        assert_eq!(info.name, "wasm", "{reason}");
+        assert!(reason.contains("software"), "{reason}");
+    }
+    // Every linear and the tied head: what the probe scales by.
+    let graph = edge_llm::onnx::decode(&onnx).unwrap();
+    let cfg = tiny::config();
+    let bytes = edge_llm::gpu::GpuBackend::decode_bytes(&cfg, &graph).unwrap();
+    let (h, i, q, kv) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim(), cfg.kv_dim());
+    let weights = cfg.num_layers * (h * (q + 2 * kv) + q * h + 3 * h * i) + cfg.vocab_size * h;
+    assert_eq!(bytes, (weights / 2 + weights / 32 * 4) as u64, "int4 nibbles and f32 scales of every linear and the head");
 }
 
 #[test]

@@ -35,10 +35,23 @@ fn default_clock() -> f64 {
     START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
 }
 
-/// `std::time::Instant` panics on wasm32-unknown-unknown: no timings until `web/` sets a clock.
+/// `std::time::Instant` panics on wasm32-unknown-unknown: no timings until `web/` installs a
+/// clock ([`install_clock`]; an engine's own is [`Engine::set_clock`]).
 #[cfg(target_arch = "wasm32")]
 fn default_clock() -> f64 {
-    0.0
+    INSTALLED_CLOCK.get().map_or(0.0, |c| c())
+}
+
+#[cfg(target_arch = "wasm32")]
+static INSTALLED_CLOCK: std::sync::OnceLock<Clock> = std::sync::OnceLock::new();
+
+/// The clock engines time with before [`Engine::set_clock`] (the `auto` probe at load): `web/`
+/// installs `performance.now` at start. Natively `std::time::Instant` serves.
+pub fn install_clock(clock: Clock) {
+    #[cfg(target_arch = "wasm32")]
+    let _ = INSTALLED_CLOCK.set(clock);
+    #[cfg(not(target_arch = "wasm32"))]
+    let _ = clock;
 }
 
 /// What an engine shares with its generations.
@@ -503,13 +516,74 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             if let Err(e) = GpuBackend::supports(cfg, graph) {
                 return Ok((None, Some(format!("the CPU: {e}"))));
             }
-            match crate::gpu::auto_context(&options.gpu, |limits| GpuBackend::fits(cfg, graph, limits)).await {
-                Ok(ctx) => {
-                    let reason = format!("the GPU: hardware adapter `{}` and an int4 model it runs", ctx.adapter_info().name);
-                    Ok((Some(ctx), Some(reason)))
-                }
-                Err(why) => Ok((None, Some(format!("the CPU: {why}")))),
+            let ctx = match crate::gpu::auto_context(&options.gpu, |limits| GpuBackend::fits(cfg, graph, limits)).await {
+                Ok(ctx) => ctx,
+                Err(why) => return Ok((None, Some(format!("the CPU: {why}")))),
+            };
+            let adapter = format!("adapter `{}`{}", ctx.adapter_info().name, if ctx.is_software() { " (a software rasterizer)" } else { "" });
+            match probe(&ctx, cfg, graph).await {
+                Ok(Some(p)) if p.gpu_ms < p.cpu_ms => Ok((Some(ctx), Some(format!("the GPU: {adapter} {}", p.says())))),
+                Ok(Some(p)) => Ok((None, Some(format!("the CPU: {adapter} {}", p.says())))),
+                Ok(None) => Ok((Some(ctx), Some(format!("the GPU: {adapter}, a model it runs (no clock to probe with)")))),
+                Err(e) => Ok((None, Some(format!("the CPU: the probe on {adapter} failed ({e})")))),
             }
+        }
+    }
+}
+
+/// `auto`'s estimate of a decode step on each backend, in milliseconds (see [`probe`]).
+#[derive(Debug, Clone, Copy)]
+struct Probe {
+    gpu_ms: f64,
+    cpu_ms: f64,
+    step_bytes: u64,
+}
+
+impl Probe {
+    fn says(&self) -> String {
+        format!(
+            "timed a decode step at {:.2} ms on the GPU against {:.2} ms on one CPU thread (int4 GEMVs at the model's feed-forward shape, scaled to the {:.1} MB a step reads)",
+            self.gpu_ms,
+            self.cpu_ms,
+            self.step_bytes as f64 / 1e6
+        )
+    }
+}
+
+/// Time int4 GEMVs `[intermediate][hidden]` on the GPU (a warm-up, then one and several per
+/// submit: the per-GEMV time and a submit's fixed cost, readback included) and with the CPU
+/// backend's int4 kernel on 16-bit activations (the default decode path, one thread), each
+/// scaled to the bytes a decode step reads. `None` without a clock (wasm before `web/`
+/// installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few submits).
+async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<Option<Probe>> {
+    let now: Clock = default_clock;
+    if now() == 0.0 && now() == 0.0 {
+        return Ok(None);
+    }
+    let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
+    let step_bytes = crate::gpu::GpuBackend::decode_bytes(cfg, graph)?;
+    let gpu = crate::gpu::probe::time_gemv(ctx, n, k, now).await?;
+    let scale = step_bytes as f64 / gpu.bytes as f64;
+    Ok(Some(Probe { gpu_ms: gpu.latency_ms + gpu.gemv_ms * scale, cpu_ms: cpu_gemv_ms(n, k, now) * scale, step_bytes }))
+}
+
+/// One int4 GEMV `[n][k]` (`k` a multiple of 32) with the CPU backend's kernel on 16-bit
+/// activations, in milliseconds: repeated until 20 ms have passed.
+fn cpu_gemv_ms(n: usize, k: usize, now: Clock) -> f64 {
+    let q4 = crate::cpu::kernels::q4::best();
+    let (row, blocks) = (k / 2, k / 32);
+    let (w, sw) = (vec![0x5au8; n * row], vec![0.01f32; n * blocks]);
+    let (xq, sx) = (vec![3i16; k], vec![0.02f32; blocks]);
+    let (t0, mut calls, mut acc) = (now(), 0usize, 0f32);
+    loop {
+        for j in 0..n {
+            acc += (q4.dot_row_q16)(&w[j * row..(j + 1) * row], &sw[j * blocks..(j + 1) * blocks], &xq, &sx);
+        }
+        calls += 1;
+        let t = now() - t0;
+        if t >= 20.0 || calls >= 10_000 {
+            std::hint::black_box(acc);
+            return t / calls as f64;
         }
     }
 }

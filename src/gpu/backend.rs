@@ -79,6 +79,16 @@ impl GpuBackend {
         super::decode::plan_chunk(cfg, context_len(cfg), max).map(|_| ())
     }
 
+    /// Bytes of weights a decode step reads (every linear and the head; the embedding gather
+    /// reads one row), from the graph's initializers alone: what the auto probe scales its
+    /// GEMV timings by.
+    pub fn decode_bytes(cfg: &LlamaConfig, graph: &ModelProto) -> Result<u64> {
+        let plan = plan(cfg, graph)?;
+        let embed = cfg.num_layers * LINEARS.len();
+        let tied = cfg.tie_word_embeddings;
+        Ok(plan.weights.iter().enumerate().filter(|(i, _)| *i != embed || tied).map(|(_, w)| w.spec.gpu_bytes() as u64).sum())
+    }
+
     /// Load `package`'s graph on the GPU: the block-quantized (`MatMulNBits`, 4 or 8 bits)
     /// linears, embedding and head of edge-llm's exporter layout, each tensor written to its
     /// GPU buffers as its shard arrives, a bounded number of rows at a time ([`UPLOAD_CHUNK`]),

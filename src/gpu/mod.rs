@@ -16,6 +16,7 @@ pub mod context;
 pub mod decode;
 pub mod kernels;
 pub mod nbits;
+pub mod probe;
 pub mod twin;
 
 pub use backend::GpuBackend;
@@ -65,6 +66,9 @@ pub struct GpuOptions {
     /// weights larger are split by rows, the prefill chunk shrinks to fit. Natively the device
     /// is requested with these limits, so wgpu enforces them. `None`: the adapter's own.
     pub max_binding_bytes: Option<u64>,
+    /// `backend: "auto"` probes a software adapter too (tests: the probe's own path on
+    /// llvmpipe / SwiftShader) instead of taking the CPU without timing it.
+    pub probe_software: bool,
 }
 
 impl GpuOptions {
@@ -78,9 +82,10 @@ impl GpuOptions {
     }
 }
 
-/// For `backend: "auto"`: a context on a hardware adapter the model fits (`fits` judges the
-/// limits the backend would use), or why the CPU is used instead: no adapter, a model that
-/// does not fit, or a software adapter (slower than the CPU backend, which gets no device).
+/// For `backend: "auto"`: a context on an adapter the model fits (`fits` judges the limits the
+/// backend would use), for the probe to time, or why the CPU is used instead: no adapter, a
+/// model that does not fit, or a software adapter (slower than the CPU backend, which gets no
+/// device) unless `options.probe_software`.
 pub async fn auto_context(options: &GpuOptions, fits: impl FnOnce(&wgpu::Limits) -> crate::Result<()>) -> std::result::Result<GpuContext, String> {
     let adapter = request_adapter().await.map_err(|e| format!("no GPU ({e})"))?;
     fits(&options.limits(adapter.limits())).map_err(|e| match e {
@@ -88,7 +93,7 @@ pub async fn auto_context(options: &GpuOptions, fits: impl FnOnce(&wgpu::Limits)
         e => e.to_string(),
     })?;
     let info = adapter.get_info();
-    if context::is_software(&info) {
+    if context::is_software(&info) && !options.probe_software {
         return Err(format!("the GPU adapter `{}` is a software rasterizer, slower than the CPU backend", info.name));
     }
     GpuContext::on(adapter, options).await.map_err(|e| format!("no GPU ({e})"))

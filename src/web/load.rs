@@ -21,9 +21,10 @@ use crate::Error;
 const TS_LOAD: &'static str = r#"
 /** Options of `Engine.load`. Every field is optional. */
 export interface LoadOptions {
-  /** `"webgpu"`: the GPU backend (int4 models in edge-llm's layout; otherwise, without an adapter, or
-   *  when the model does not fit its limits even split, `UnsupportedBackendError` says what is
-   *  missing). `"auto"` (default): the GPU on a hardware adapter that runs the model, else `"wasm"`;
+  /** `"webgpu"`: the GPU backend (int4 / int8 block models in edge-llm's layout; otherwise, without
+   *  an adapter, or when the model does not fit its limits even split, `UnsupportedBackendError`
+   *  says what is missing). `"auto"` (default): the GPU on a hardware adapter that runs the model
+   *  when a probe at load (an int4 GEMV at the model's shape on both) times it faster, else `"wasm"`;
    *  `stats().backendReason` says why. If the GPU device is lost, the step that meets it throws
    *  `GpuDeviceLostError` and the engine re-reads the model from `cache` and goes on on the CPU
    *  (with `cache: "none"` it cannot: that step throws `StoreError` saying so). */

@@ -130,6 +130,7 @@ pub(crate) fn with_clock(mut engine: generate::Engine) -> generate::Engine {
 #[wasm_bindgen(start)]
 fn start() {
     console_error_panic_hook::set_once();
+    generate::install_clock(clock);
 }
 
 /// A JS `Error` whose `name` is the variant's stable name (`IntegrityError`, ...); an

@@ -1,0 +1,83 @@
+//! `backend: "auto"`'s probe and the GPU benchmark's GEMV: `reps` block-quantized GEMVs in one
+//! submit, timed from submit to readback.
+
+use super::context::GpuContext;
+use super::kernels::{self, Dispatch, Pipelines};
+use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
+use crate::Result;
+
+/// `reps` int4 GEMVs `y = W x` with `W` `[n][k]` recorded into one command buffer.
+pub struct GemvBench {
+    pipes: Pipelines,
+    dispatches: Vec<Dispatch>,
+    y: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    _w: GpuNBits,
+    _x: wgpu::Buffer,
+    /// Bytes one GEMV reads: packed nibbles, scales, zero points and x.
+    pub bytes_per_call: u64,
+    pub reps: usize,
+}
+
+impl GemvBench {
+    pub fn new(ctx: &GpuContext, n: usize, k: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
+        // Deterministic weights; their values do not change the time.
+        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int } };
+        let blocks = n * spec.blocks();
+        let q = BlockWeight {
+            spec,
+            data: (0..n * spec.row_bytes(Field::Data)).map(|i| (i * 2_654_435_761 >> 7) as u8).collect(),
+            scales: (0..blocks).map(|i| ((i * 7919) % 1000) as f32 / 1e5 + 1e-3).collect(),
+            zero_points: if symmetric { ZeroPoints::Middle } else { ZeroPoints::Int((0..blocks).map(|i| (i % 16) as u8).collect()) },
+        };
+        let x: Vec<f32> = (0..k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let gw = GpuNBits::upload(ctx, "bench_w", &q)?;
+        let xb = ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?;
+        let y = ctx.storage("bench_y", (n * 4) as u64)?;
+        let mut pipes = Pipelines::default();
+        let dispatches = (0..reps).flat_map(|_| gw.gemv(ctx, &mut pipes, &xb, &y)).collect();
+        let rows = |f: Field| (n * q.spec.row_bytes(f)) as u64;
+        let bytes_per_call = rows(Field::Data) + rows(Field::Scales) + rows(Field::ZeroPoints) + (k * 4) as u64;
+        let readback = ctx.readback("bench_y", 4);
+        Ok(GemvBench { pipes, dispatches, y, readback, _w: gw, _x: xb, bytes_per_call, reps })
+    }
+
+    /// Submit the `reps` GEMVs and wait until the GPU has finished them.
+    pub async fn run(&self, ctx: &GpuContext) -> Result<()> {
+        let mut enc = ctx.encoder();
+        self.pipes.record(&mut enc, &self.dispatches, 1);
+        enc.copy_buffer_to_buffer(&self.y, 0, &self.readback, 0, 4);
+        ctx.submit(enc);
+        ctx.read(&self.readback, 4).await?;
+        Ok(())
+    }
+}
+
+/// What the probe measured on the GPU: a submit's fixed cost (submit, readback) and one
+/// int4 GEMV of `bytes` (weights, scales and input).
+#[derive(Debug, Clone, Copy)]
+pub struct GpuProbe {
+    pub latency_ms: f64,
+    pub gemv_ms: f64,
+    pub bytes: u64,
+}
+
+/// GEMVs repeated in the probe's long submit.
+const PROBE_REPS: usize = 8;
+
+/// Time int4 GEMVs of `[n][k]` (block 32) on `ctx` with `now` (milliseconds): a warm-up
+/// submit (pipeline compilation), one GEMV, then [`PROBE_REPS`] in one submit; the GEMV is their
+/// difference per call, the latency what one submit costs beyond its GEMV.
+pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<GpuProbe> {
+    let one = GemvBench::new(ctx, n, k, 32, true, 1)?;
+    let many = GemvBench::new(ctx, n, k, 32, true, PROBE_REPS)?;
+    one.run(ctx).await?;
+    many.run(ctx).await?;
+    let t0 = now();
+    one.run(ctx).await?;
+    let t1 = now();
+    many.run(ctx).await?;
+    let t2 = now();
+    let gemv_ms = ((t2 - t1) - (t1 - t0)).max(0.0) / (PROBE_REPS - 1) as f64;
+    Ok(GpuProbe { latency_ms: ((t1 - t0) - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
+}
