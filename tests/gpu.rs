@@ -83,23 +83,32 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f3
     }
 }
 
-/// The weight kinds the GPU runs (bits, zero points): int4 without zero points, with integer
-/// ones, with float ones (edge-llm's int4 recipe), int8 blocks without (the recipe's embedding
-/// and head) and with integer ones.
-const KINDS: [(usize, ZeroPointKind); 5] =
-    [(4, ZeroPointKind::Middle), (4, ZeroPointKind::Int), (4, ZeroPointKind::Float), (8, ZeroPointKind::Middle), (8, ZeroPointKind::Int)];
+/// The weight kinds the GPU runs (bits, zero points, f16 scales and float zero points): int4
+/// without zero points, with integer ones, with float ones in f32 and in f16 (edge-llm's int4
+/// recipe), int8 blocks without (with f16 scales: the recipe's embedding and head) and with
+/// integer ones.
+const KINDS: [(usize, ZeroPointKind, bool); 7] = [
+    (4, ZeroPointKind::Middle, false),
+    (4, ZeroPointKind::Int, false),
+    (4, ZeroPointKind::Float, false),
+    (4, ZeroPointKind::Float, true),
+    (8, ZeroPointKind::Middle, false),
+    (8, ZeroPointKind::Middle, true),
+    (8, ZeroPointKind::Int, false),
+];
 
 /// A random `[n][k]` weight of `kind`: random stored values (padding included), scales and
-/// zero points.
-fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points): (usize, ZeroPointKind)) -> BlockWeight {
-    let spec = BlockSpec { n, k, bits, block_size, zero_points };
+/// zero points (f16-exact with `f16_params`).
+fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points, f16_params): (usize, ZeroPointKind, bool)) -> BlockWeight {
+    let spec = BlockSpec { n, k, bits, block_size, zero_points, f16_params };
     let blocks = n * spec.blocks();
+    let round = |v: f32| if f16_params { half::f16::from_f32(v).to_f32() } else { v };
     let data = (0..n * spec.row_bytes(Field::Data)).map(|_| rng.next() as u8).collect();
-    let scales = rng.f32s(blocks).iter().map(|v| v / (1 << (bits - 1)) as f32).collect();
+    let scales = rng.f32s(blocks).iter().map(|v| round(v / (1 << (bits - 1)) as f32)).collect();
     let zero_points = match zero_points {
         ZeroPointKind::Middle => ZeroPoints::Middle,
         ZeroPointKind::Int => ZeroPoints::Int((0..blocks).map(|_| (rng.next() % (1 << bits)) as u8).collect()),
-        ZeroPointKind::Float => ZeroPoints::Float(rng.f32s(blocks).iter().map(|v| (v + 1.0) * (1 << (bits - 1)) as f32).collect()),
+        ZeroPointKind::Float => ZeroPoints::Float(rng.f32s(blocks).iter().map(|v| round((v + 1.0) * (1 << (bits - 1)) as f32)).collect()),
     };
     BlockWeight { spec, data, scales, zero_points }
 }
@@ -225,7 +234,7 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
         // Pipelines belong to their device.
         let (small, mut small_pipes) = (capped_gpu(cap).unwrap(), Pipelines::default());
         // The SmolLM2-sized head in the recipe's kinds only (each kind is a second on llvmpipe).
-        let kinds = if n > 10_000 { vec![(4, ZeroPointKind::Float), (8, ZeroPointKind::Middle)] } else { KINDS.to_vec() };
+        let kinds = if n > 10_000 { vec![(4, ZeroPointKind::Float, true), (8, ZeroPointKind::Middle, true)] } else { KINDS.to_vec() };
         for kind in kinds {
             let w = random_weight(&mut rng, n, k, bs, kind);
             let x = rng.f32s(rows * k);
@@ -271,7 +280,7 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
 /// What a weight's binding needs, if even one row is more than the limit: a named error.
 #[test]
 fn a_weight_row_over_the_binding_limit_is_a_named_error() {
-    let head = |k: usize| BlockSpec { n: 128256, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle };
+    let head = |k: usize| BlockSpec { n: 128256, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false };
     let e = head(8192).row_ranges("lm_head", 2048).unwrap_err();
     assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
     assert!(e.to_string().contains("one row of `lm_head`") && e.to_string().contains("maxStorageBufferBindingSize"), "{e}");

@@ -380,13 +380,15 @@ fn plan_weight<'g>(inits: &HashMap<&str, &'g TensorProto>, name: &str, n: usize,
     }
     let scales = find(&["weight_scales", "weight_scales_f16"]).ok_or_else(|| missing_weight(&format!("{name}.weight_scales")))?;
     let scale_source = float(scales).filter(|_| elements(scales) == n * blocks).ok_or_else(|| bad(format!("scales `{}` are not {} floats", scales.name, n * blocks)))?;
-    let mut spec = BlockSpec { n, k, bits, block_size, zero_points: ZeroPointKind::Middle };
+    let mut spec = BlockSpec { n, k, bits, block_size, zero_points: ZeroPointKind::Middle, f16_params: scale_source == Source::F16 };
     dests.insert(data.name.clone(), Dest { weight: index, field: Field::Data, source: Source::Bytes });
     dests.insert(scales.name.clone(), Dest { weight: index, field: Field::Scales, source: scale_source });
     if let Some(z) = find(&["weight_zero_points", "weight_zero_points_f16"]) {
         let source = match float(z) {
             Some(s) if elements(z) == n * blocks => {
                 spec.zero_points = ZeroPointKind::Float;
+                // f16 on the GPU only when both are f16 in the file (exact).
+                spec.f16_params &= s == Source::F16;
                 s
             }
             None if z.data_type == OnnxType::Uint8 as i32 => {
@@ -417,8 +419,8 @@ fn inline_bytes(t: &TensorProto) -> Cow<'_, [u8]> {
 }
 
 /// Write one tensor of `length` bytes, read through `read`, into its field of `w`:
-/// [`UPLOAD_CHUNK`] bytes of rows at a time, widened (f16 to f32) or padded (integer zero
-/// points) to the GPU's layout on the way.
+/// [`UPLOAD_CHUNK`] bytes of rows at a time, widened (f16 to f32 where the GPU holds f32) or
+/// padded (integer zero points, f16 rows) to the GPU's layout on the way.
 fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usize, read: &dyn Fn(usize, &mut [u8])) -> Result<()> {
     let spec = w.spec;
     let file_row = match (d.field, d.source) {
@@ -437,7 +439,7 @@ fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usi
         let rows = rows_per.min(spec.n - r0);
         file.resize(rows * file_row, 0);
         read(r0 * file_row, &mut file);
-        if d.source == Source::F16 {
+        if d.source == Source::F16 && !spec.f16_params {
             gpu.clear();
             gpu.extend(file.chunks_exact(2).flat_map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32().to_le_bytes()));
         } else if gpu_row != file_row {

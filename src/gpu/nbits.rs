@@ -46,6 +46,10 @@ pub struct BlockSpec {
     pub bits: usize,
     pub block_size: usize,
     pub zero_points: ZeroPointKind,
+    /// Scales (and float zero points) are held as f16, two per u32 word, each row padded to a
+    /// whole word: as a file with f16 scales stores them (edge-llm's recipe; 2 bytes a block
+    /// where f32 takes 4). Values must be f16-exact.
+    pub f16_params: bool,
 }
 
 /// The parts of a [`GpuNBits`] that [`GpuNBits::write`] fills.
@@ -65,10 +69,15 @@ impl BlockSpec {
     pub fn row_bytes(&self, field: Field) -> usize {
         match (field, self.zero_points) {
             (Field::Data, _) => self.blocks() * self.block_size * self.bits / 8,
-            (Field::Scales, _) | (Field::ZeroPoints, ZeroPointKind::Float) => self.blocks() * 4,
+            (Field::Scales, _) | (Field::ZeroPoints, ZeroPointKind::Float) => self.param_row_bytes(),
             (Field::ZeroPoints, ZeroPointKind::Int) => self.int_zero_point_row_bytes().div_ceil(4) * 4,
             (Field::ZeroPoints, ZeroPointKind::Middle) => 0,
         }
+    }
+
+    /// Bytes of one row of scales (or float zero points) on the GPU.
+    fn param_row_bytes(&self) -> usize {
+        if self.f16_params { (self.blocks() * 2).div_ceil(4) * 4 } else { self.blocks() * 4 }
     }
 
     /// Bytes of one row of integer zero points as MatMulNBits stores them: `bits` per block,
@@ -164,12 +173,28 @@ impl BlockWeight {
         (0..self.spec.n).flat_map(|j| (0..self.spec.k).map(move |i| self.value(j, i))).collect()
     }
 
-    /// Row `j`'s zero points in the GPU's layout ([`BlockSpec::row_bytes`]).
+    /// `[n][blocks]` floats in the GPU's layout for scales and float zero points: f32, or f16
+    /// pairs with each row padded to a word.
+    fn gpu_params(&self, v: &[f32]) -> Vec<u8> {
+        if !self.spec.f16_params {
+            return f32_bytes(v);
+        }
+        let row = self.spec.row_bytes(Field::Scales);
+        v.chunks_exact(self.spec.blocks())
+            .flat_map(|r| {
+                let mut b: Vec<u8> = r.iter().flat_map(|x| half::f16::from_f32(*x).to_le_bytes()).collect();
+                b.resize(row, 0);
+                b
+            })
+            .collect()
+    }
+
+    /// The zero points in the GPU's layout ([`BlockSpec::row_bytes`]).
     fn gpu_zero_points(&self) -> Vec<u8> {
         let s = &self.spec;
         match &self.zero_points {
             ZeroPoints::Middle => Vec::new(),
-            ZeroPoints::Float(z) => f32_bytes(z),
+            ZeroPoints::Float(z) => self.gpu_params(z),
             ZeroPoints::Int(z) => {
                 let row = s.row_bytes(Field::ZeroPoints);
                 let mut out = vec![0u8; s.n * row];
@@ -193,7 +218,7 @@ impl From<Q4Weight> for BlockWeight {
         };
         let kind = if zero_points == ZeroPoints::Middle { ZeroPointKind::Middle } else { ZeroPointKind::Int };
         BlockWeight {
-            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: kind },
+            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: kind, f16_params: false },
             data: w.packed,
             scales: w.scales,
             zero_points,
@@ -204,7 +229,7 @@ impl From<Q4Weight> for BlockWeight {
 impl From<Q4MinWeight> for BlockWeight {
     fn from(w: Q4MinWeight) -> Self {
         BlockWeight {
-            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: ZeroPointKind::Float },
+            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: ZeroPointKind::Float, f16_params: false },
             data: w.packed,
             scales: w.scales,
             zero_points: ZeroPoints::Float(w.zero_points),
@@ -216,7 +241,7 @@ impl From<Q8BlockWeight> for BlockWeight {
     /// `(q - 128) * scale`.
     fn from(w: Q8BlockWeight) -> Self {
         BlockWeight {
-            spec: BlockSpec { n: w.n, k: w.k, bits: 8, block_size: w.block_size, zero_points: ZeroPointKind::Middle },
+            spec: BlockSpec { n: w.n, k: w.k, bits: 8, block_size: w.block_size, zero_points: ZeroPointKind::Middle, f16_params: false },
             data: w.q,
             scales: w.scales,
             zero_points: ZeroPoints::Middle,
@@ -232,7 +257,7 @@ pub struct Part {
     pub scales: wgpu::Buffer,
     /// Zero points, or a 4-byte placeholder without them.
     pub zps: wgpu::Buffer,
-    /// `[part rows, k, block_size, zp_mode, first row, all rows, bits]`: the kernels index the
+    /// `[part rows, k, block_size, zp_mode, first row, all rows, bits, f16_params]`: the kernels index the
     /// part's buffers from its first row and write outputs (or gather tokens) at the weight's rows.
     pub params: wgpu::Buffer,
 }
@@ -268,7 +293,7 @@ impl GpuNBits {
         for rows in ranges {
             let n = rows.len();
             let bytes = |f: Field| (n * spec.row_bytes(f)) as u64;
-            let params = [n as u32, spec.k as u32, spec.block_size as u32, spec.zero_points.mode(), rows.start as u32, spec.n as u32, spec.bits as u32];
+            let params = [n as u32, spec.k as u32, spec.block_size as u32, spec.zero_points.mode(), rows.start as u32, spec.n as u32, spec.bits as u32, spec.f16_params as u32];
             parts.push(Part {
                 data: ctx.storage(name, bytes(Field::Data))?,
                 scales: ctx.storage(name, bytes(Field::Scales))?,
@@ -301,7 +326,7 @@ impl GpuNBits {
     pub fn upload(ctx: &GpuContext, name: &str, w: &BlockWeight) -> Result<Self> {
         let g = Self::allocate(ctx, name, w.spec)?;
         g.write(ctx, Field::Data, 0, &w.data);
-        g.write(ctx, Field::Scales, 0, &f32_bytes(&w.scales));
+        g.write(ctx, Field::Scales, 0, &w.gpu_params(&w.scales));
         g.write(ctx, Field::ZeroPoints, 0, &w.gpu_zero_points());
         Ok(g)
     }

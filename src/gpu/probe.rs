@@ -22,7 +22,7 @@ pub struct GemvBench {
 impl GemvBench {
     pub fn new(ctx: &GpuContext, n: usize, k: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
         // Deterministic weights; their values do not change the time.
-        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int } };
+        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false };
         let blocks = n * spec.blocks();
         let q = BlockWeight {
             spec,

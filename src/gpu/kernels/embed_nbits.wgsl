@@ -18,7 +18,7 @@ struct State {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> state: State;
 @group(0) @binding(2) var<storage, read> data: array<u32>;
-@group(0) @binding(3) var<storage, read> scales: array<f32>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> zps: array<u32>;
 @group(0) @binding(5) var<storage, read_write> out: array<f32>;
 
@@ -38,5 +38,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = i / p.block_size;
     let pw = per_word();
     let word = data[row * words_per_row() + i / pw];
-    out[r * p.k + i] = (quant(word, i % pw) - zero_point(row, b)) * scales[row * blocks() + b];
+    out[r * p.k + i] = (quant(word, i % pw) - zero_point(row, b)) * block_scale(row, b);
 }

@@ -17,7 +17,7 @@ struct State {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> data: array<u32>;
-@group(0) @binding(3) var<storage, read> scales: array<f32>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> zps: array<u32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 @group(0) @binding(6) var<storage, read> state: State;
@@ -31,7 +31,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let m = state.rows;
     let j0 = wid.x * T;
     let r0 = wid.y * T;
-    let nb = blocks();
     let pw = per_word();
     let wpr = words_per_row();
     let tr = (lid / 8u) * 4u; // this invocation's 4 rows within the tile
@@ -61,7 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (j < p.n && wword < wpr) {
                 let word = data[j * wpr + wword];
                 let b = (wword * pw) / p.block_size;
-                let scale = scales[j * nb + b];
+                let scale = block_scale(j, b);
                 let zp = zero_point(j, b);
                 for (var t = 0u; t < pw; t++) {
                     ws[jj * T + kk + t] = (quant(word, t) - zp) * scale;

@@ -10,7 +10,7 @@
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> data: array<u32>;
-@group(0) @binding(3) var<storage, read> scales: array<f32>;
+@group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> zps: array<u32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
@@ -48,7 +48,7 @@ fn main(
                 s += (quant(word, t) - zp) * x[xo + e];
             }
         }
-        acc += s * scales[j * nb + b];
+        acc += s * block_scale(j, b);
     }
     partial[lid] = acc;
     workgroupBarrier();

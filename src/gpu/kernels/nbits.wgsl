@@ -1,13 +1,13 @@
 // Reading a block-quantized weight in com.microsoft::MatMulNBits layout, shared by
 // gemv_nbits.wgsl, gemm_nbits.wgsl and embed_nbits.wgsl (each is this file followed by its own;
-// they bind `p`, `data`, `scales` and `zps`). Per row of the weight (or of the part of it a
+// they bind `p`, `data`, `scales` and `zps`, all u32 words but the uniform). Per row of the weight (or of the part of it a
 // dispatch holds, see gemv_nbits.wgsl):
 //   data    [blocks][block * bits / 8] bytes, values low bits first (int4: element 2t in the
 //           low nibble of byte t of a block, 2t+1 in the high one)
-//   scales  [blocks] f32
+//   scales  [blocks] f32, or with f16_params two f16 per word, padded to a whole word
 //   zps     zp_mode 0: none (the middle, 2^(bits-1): 8 for int4, 128 for int8)
 //           zp_mode 1: bits-wide unsigned integers, [blocks], padded to whole u32 words
-//           zp_mode 2: [blocks] f32 (`w = (q - zp) * scale` with a float zp)
+//           zp_mode 2: [blocks] floats, as the scales (`w = (q - zp) * scale`, a float zp)
 // A value is (q - zp) * scale. Twin: gpu::nbits::BlockWeight::value.
 
 struct Params {
@@ -18,6 +18,7 @@ struct Params {
     row0: u32, // the part's first row in the weight
     total: u32, // the weight's rows (y's row length; embedding: the vocabulary)
     bits: u32, // 4 or 8
+    f16_params: u32, // scales and float zero points as f16 pairs
 }
 
 // Values per u32 word.
@@ -47,7 +48,28 @@ fn zero_point(j: u32, b: u32) -> f32 {
         return f32((zps[j * row_words + bit / 32u] >> (bit % 32u)) & ((1u << p.bits) - 1u));
     }
     if (p.zp_mode == 2u) {
-        return bitcast<f32>(zps[j * blocks() + b]);
+        return param(zps[param_word(j, b)], b);
     }
     return f32(1u << (p.bits - 1u));
+}
+
+// Word of block b of row j in a scales (or float zero points) buffer.
+fn param_word(j: u32, b: u32) -> u32 {
+    if (p.f16_params == 1u) {
+        return j * ((blocks() + 1u) / 2u) + b / 2u;
+    }
+    return j * blocks() + b;
+}
+
+// Block b's value in its word.
+fn param(word: u32, b: u32) -> f32 {
+    if (p.f16_params == 1u) {
+        return unpack2x16float(word)[b % 2u];
+    }
+    return bitcast<f32>(word);
+}
+
+// Scale of block b of the part's row j.
+fn block_scale(j: u32, b: u32) -> f32 {
+    return param(scales[param_word(j, b)], b);
 }
