@@ -123,6 +123,32 @@ async fn webgpu_engine_gives_the_cpu_engines_tokens_in_browser() {
     assert!(auto.reason.as_deref().is_some_and(|r| r.contains("software")), "{auto:?}");
 }
 
+/// Every format edge-llm's packer writes runs on the WebGPU backend in the browser (SwiftShader:
+/// the kernels through Tint, f16 scales and zero points read with `unpack2x16float`): the tiny
+/// model in the int4 recipe (round to nearest) and in 8-bit blocks gives the CPU engine's
+/// greedy tokens.
+#[wasm_bindgen_test]
+async fn webgpu_runs_every_packer_format_in_browser() {
+    use edge_llm::backend::BackendKind;
+    use edge_llm::generate::EngineOptions;
+    use edge_llm::llama::onnx_export::{export, ExportOptions};
+    use edge_llm::package::Package;
+    use prost::Message;
+    for (format, opts) in [("int4 recipe", ExportOptions { q4_search: false, ..ExportOptions::int4_recipe(32) }), ("int8 block", ExportOptions::int8_block())] {
+        let onnx = export(&tiny::config(), &tiny::weights(), &opts).model.encode_to_vec();
+        let mut tokens = Vec::new();
+        for backend in [BackendKind::Wasm, BackendKind::Webgpu] {
+            let e = Engine::open_async(Package::loose(&onnx, TOKENIZER, tiny::model_config()), &EngineOptions { backend, ..Default::default() }).await.unwrap();
+            assert_eq!(e.backend_info().name, if backend == BackendKind::Wasm { "wasm" } else { "webgpu" });
+            let mut g = e.generate_ids(PROMPT.to_vec(), &GenerateOptions { max_tokens: 16, ignore_eos: true, ..Default::default() }).unwrap();
+            while g.step_async().await.unwrap().is_some() {}
+            tokens.push(g.generated().to_vec());
+        }
+        console_log!("{format} on WebGPU: {:?}", tokens[1]);
+        assert_eq!(tokens[0], tokens[1], "{format}");
+    }
+}
+
 /// common::sampling's body on the WebGPU engine in the browser (SwiftShader: `sample.wgsl`
 /// through Tint), and every variant's tokens equal the CPU engine's for the same seed. The model
 /// on float activations (no `accuracy_level = 4`), the CPU computing those in f32

@@ -419,9 +419,8 @@ pub(super) fn dot4_in_lanes(c: &[f32], quad: &[f32]) -> [f32; 4] {
 pub trait BlockInt: Copy + Default + Send + Sync + 'static {
     /// Largest magnitude.
     const LEVELS: f32;
-    /// `v` (already scaled) to the nearest integer, ties to even.
-    fn round(v: f32) -> Self;
-    fn to_i32(self) -> i32;
+    /// A value [`quantize_block_i16`] rounded within this type's levels.
+    fn from_i16(v: i16) -> Self;
     /// The GEMV kernels of `k` on this type: one activation row, four.
     #[allow(clippy::type_complexity)]
     fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[Self], &[f32]) -> f32, fn(&[u8], &[f32], [&[Self]; 4], [&[f32]; 4]) -> [f32; 4]);
@@ -429,11 +428,8 @@ pub trait BlockInt: Copy + Default + Send + Sync + 'static {
 
 impl BlockInt for i8 {
     const LEVELS: f32 = 127.0;
-    fn round(v: f32) -> Self {
-        round_q8(v)
-    }
-    fn to_i32(self) -> i32 {
-        self as i32
+    fn from_i16(v: i16) -> Self {
+        v as i8
     }
     fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[i8], &[f32]) -> f32, fn(&[u8], &[f32], [&[i8]; 4], [&[f32]; 4]) -> [f32; 4]) {
         (k.dot_row_q8, k.dot_rows4_q8)
@@ -442,11 +438,8 @@ impl BlockInt for i8 {
 
 impl BlockInt for i16 {
     const LEVELS: f32 = 32767.0;
-    fn round(v: f32) -> Self {
-        v.round_ties_even() as i16
-    }
-    fn to_i32(self) -> i32 {
-        self as i32
+    fn from_i16(v: i16) -> Self {
+        v
     }
     fn gemv(k: &Q4) -> (fn(&[u8], &[f32], &[i16], &[f32]) -> f32, fn(&[u8], &[f32], [&[i16]; 4], [&[f32]; 4]) -> [f32; 4]) {
         (k.dot_row_q16, k.dot_rows4_q16)
@@ -507,19 +500,21 @@ pub fn quantize_activations(x: &[f32], k: usize) -> Q8Activations {
     quantize_activations_to(x, k)
 }
 
-/// [`quantize_activations`] to any [`BlockInt`].
+/// [`quantize_activations`] to any [`BlockInt`]: each block rounded by the GEMM's
+/// [`quantize_block_i16`] (one rounding for both, SIMD128 in wasm), then de-interleaved.
 pub fn quantize_activations_to<T: BlockInt>(x: &[f32], k: usize) -> BlockActivations<T> {
     let (m, nb) = (x.len() / k, k / BLOCK);
     let mut out = BlockActivations { q: vec![T::default(); m * k], scales: vec![0.0; m * nb], scaled_sums: vec![0.0; m * nb] };
+    let mut block = [0i16; BLOCK];
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
-        let (scale, inv) = block_scale(src, T::LEVELS);
+        let scale = quantize_block_i16(src, &mut block, T::LEVELS);
         let dst = &mut out.q[blk * BLOCK..(blk + 1) * BLOCK];
         let mut sum = 0i32;
         for j in 0..BLOCK / 2 {
-            let (e, o) = (T::round(src[2 * j] * inv), T::round(src[2 * j + 1] * inv));
-            dst[j] = e;
-            dst[BLOCK / 2 + j] = o;
-            sum += e.to_i32() + o.to_i32();
+            let (e, o) = (block[2 * j], block[2 * j + 1]);
+            dst[j] = T::from_i16(e);
+            dst[BLOCK / 2 + j] = T::from_i16(o);
+            sum += e as i32 + o as i32;
         }
         out.scales[blk] = scale;
         out.scaled_sums[blk] = scale * sum as f32;
@@ -557,9 +552,12 @@ pub fn quantize_rows_to<T: BlockInt>(x: &[f32], k: usize) -> IntRows {
     out
 }
 
-/// One 32-block of [`quantize_rows_to`]: `dst[j] = round(src[j] * inv)`; returns the scale.
+/// One 32-block rounded to `levels` (127: int8, 32767: int16): `dst[j] = round(src[j] * inv)`
+/// with [`block_scale`]'s multiplier, ties to even; returns the scale. Every activation
+/// quantizer of the CPU kernels rounds through it ([`quantize_rows_to`],
+/// [`quantize_activations_to`], `q8_block_matmul::quantize_blocks`).
 #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
+pub(super) fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
     let (scale, inv) = block_scale(src, levels);
     for (d, v) in dst.iter_mut().zip(src) {
         *d = (v * inv).round_ties_even() as i16;
@@ -573,7 +571,7 @@ fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
 /// are within ±levels (at most 32767) or NaN, which `trunc_sat` makes 0 as `as i16` does, so the
 /// saturating narrow changes nothing.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
+pub(super) fn quantize_block_i16(src: &[f32], dst: &mut [i16], levels: f32) -> f32 {
     use core::arch::wasm32::*;
     assert!(src.len() == BLOCK && dst.len() == BLOCK);
     // SAFETY: eight 4-lane loads of the 32 `src` values and four 8-lane stores into the 32 `dst`

@@ -114,12 +114,12 @@ impl Q8BlockMatrix {
 pub fn quantize_blocks(x: &[f32]) -> (Vec<i8>, Vec<f32>) {
     let mut q = vec![0i8; x.len()];
     let mut scales = Vec::with_capacity(x.len() / BLOCK);
+    let mut block = [0i16; BLOCK];
     for (src, dst) in x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK)) {
-        let (s, inv) = super::q4_matmul::q8_block_scale(src);
-        for (d, v) in dst.iter_mut().zip(src) {
-            *d = super::q4_matmul::round_q8(v * inv);
+        scales.push(super::q4_matmul::quantize_block_i16(src, &mut block, <i8 as super::q4_matmul::BlockInt>::LEVELS));
+        for (d, v) in dst.iter_mut().zip(block) {
+            *d = v as i8;
         }
-        scales.push(s);
     }
     (q, scales)
 }
