@@ -202,8 +202,9 @@ enum Cmd {
         top: usize,
     },
     /// The GPU backend through wgpu (natively Vulkan/Metal; Mesa llvmpipe is a software GPU,
-    /// so its numbers say nothing about real GPUs): int4 GEMV GB/s at SmolLM2-135M's shapes,
-    /// and with `--gguf` a greedy int4 decode's tok/s.
+    /// so its numbers say nothing about real GPUs): int4 GEMV GB/s and the prefill GEMM's
+    /// GFLOP/s (64 rows) at SmolLM2-135M's shapes, the token pick, and with `--gguf` a greedy
+    /// int4 decode's tok/s.
     BenchGpu {
         /// A Llama GGUF to decode, quantized to int4 (block 32, symmetric) as `import-gguf` does.
         #[arg(long)]

@@ -1,5 +1,5 @@
-//! The GPU benchmark behind `edge-llm-pack bench-gpu`: an int4 GEMV repeated in one submit
-//! (time per call excludes submit and readback), and a greedy decode's tok/s. Timing is
+//! The GPU benchmark behind `edge-llm-pack bench-gpu`: an int4 GEMV (GB/s) and the prefill's
+//! GEMM over 64 rows (GFLOP/s), each repeated in one submit, and a greedy decode's tok/s. Timing is
 //! native-only ([`report`]); [`GemvBench`] itself builds for wasm32 too.
 
 use super::context::GpuContext;
@@ -44,6 +44,24 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         let (p50, p95, p99) = stats(per_call);
         let gbs = b.bytes_per_call as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: {:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call));
+    }
+    // The prefill's tiled GEMM over a 64-row chunk (each weight read once per 32 rows).
+    const ROWS: usize = 64;
+    out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup}:"));
+    for (n, k) in [(576, 576), (1536, 576), (576, 1536)] {
+        let b = GemvBench::with_rows(&ctx, n, k, ROWS, 32, true, REPS)?;
+        for _ in 0..warmup {
+            block_on(b.run(&ctx))?;
+        }
+        let mut per_call = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let t = Instant::now();
+            block_on(b.run(&ctx))?;
+            per_call.push(t.elapsed().as_secs_f64() * 1e3 / REPS as f64);
+        }
+        let (p50, p95, p99) = stats(per_call);
+        let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
+        out.push(format!("  n={n:6} k={k:5}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
     }
     // The token pick over SmolLM2's 49152 logits: argmax, and sampling (temperature 0.8, top-k
     // 40, top-p 0.95, repetition penalty 1.1: every stage of sample.wgsl) with its readback.

@@ -6,14 +6,16 @@ use super::kernels::{self, Dispatch, Pipelines};
 use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
 use crate::Result;
 
-/// `reps` int4 GEMVs `y = W x` with `W` `[n][k]` recorded into one command buffer.
+/// `reps` int4 GEMVs `y = W x` with `W` `[n][k]` (or GEMMs over `rows` rows of `x`: the
+/// prefill's tiled kernel) recorded into one command buffer.
 pub struct GemvBench {
+    rows: usize,
     pipes: Pipelines,
     dispatches: Vec<Dispatch>,
     y: wgpu::Buffer,
     readback: wgpu::Buffer,
     _w: GpuNBits,
-    _x: wgpu::Buffer,
+    _x: (wgpu::Buffer, wgpu::Buffer),
     /// Bytes one GEMV reads: packed nibbles, scales, zero points and x.
     pub bytes_per_call: u64,
     pub reps: usize,
@@ -21,6 +23,11 @@ pub struct GemvBench {
 
 impl GemvBench {
     pub fn new(ctx: &GpuContext, n: usize, k: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
+        Self::with_rows(ctx, n, k, 1, block_size, symmetric, reps)
+    }
+
+    /// `reps` GEMMs `y = x W^T` over `rows` rows of `x` (one row: the GEMV).
+    pub fn with_rows(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
         // Deterministic weights; their values do not change the time.
         let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false };
         let blocks = n * spec.blocks();
@@ -30,22 +37,25 @@ impl GemvBench {
             scales: (0..blocks).map(|i| ((i * 7919) % 1000) as f32 / 1e5 + 1e-3).collect(),
             zero_points: if symmetric { ZeroPoints::Middle } else { ZeroPoints::Int((0..blocks).map(|i| (i % 16) as u8).collect()) },
         };
-        let x: Vec<f32> = (0..k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let x: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 - 3.0).collect();
         let gw = GpuNBits::upload(ctx, "bench_w", &q)?;
         let xb = ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?;
-        let y = ctx.storage("bench_y", (n * 4) as u64)?;
+        let y = ctx.storage("bench_y", (rows * n * 4) as u64)?;
+        // The step state the GEMM reads its row count from: `{ pos: 0, rows }`.
+        let state = ctx.storage_init("bench_state", &[0u32, rows as u32].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?;
         let mut pipes = Pipelines::default();
-        let dispatches = (0..reps).flat_map(|_| gw.gemv(ctx, &mut pipes, &xb, &y)).collect();
-        let rows = |f: Field| (n * q.spec.row_bytes(f)) as u64;
-        let bytes_per_call = rows(Field::Data) + rows(Field::Scales) + rows(Field::ZeroPoints) + (k * 4) as u64;
+        let dispatches =
+            (0..reps).flat_map(|_| if rows == 1 { gw.gemv(ctx, &mut pipes, &xb, &y) } else { gw.gemm(ctx, &mut pipes, &state, &xb, &y) }).collect();
+        let weight = |f: Field| (n * q.spec.row_bytes(f)) as u64;
+        let bytes_per_call = weight(Field::Data) + weight(Field::Scales) + weight(Field::ZeroPoints) + (rows * k * 4) as u64;
         let readback = ctx.readback("bench_y", 4);
-        Ok(GemvBench { pipes, dispatches, y, readback, _w: gw, _x: xb, bytes_per_call, reps })
+        Ok(GemvBench { rows, pipes, dispatches, y, readback, _w: gw, _x: (xb, state), bytes_per_call, reps })
     }
 
     /// Submit the `reps` GEMVs and wait until the GPU has finished them.
     pub async fn run(&self, ctx: &GpuContext) -> Result<()> {
         let mut enc = ctx.encoder();
-        self.pipes.record(&mut enc, &self.dispatches, 1);
+        self.pipes.record(&mut enc, &self.dispatches, self.rows as u32);
         enc.copy_buffer_to_buffer(&self.y, 0, &self.readback, 0, 4);
         ctx.submit(enc);
         ctx.read(&self.readback, 4).await?;
