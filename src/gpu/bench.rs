@@ -2,8 +2,10 @@
 //! GEMM over 64 rows (GFLOP/s), each repeated in one submit, and a greedy decode's tok/s. Timing is
 //! native-only ([`report`]); [`GemvBench`] itself builds for wasm32 too.
 
+#[cfg(not(target_arch = "wasm32"))]
 use super::context::GpuContext;
 pub use super::probe::GemvBench;
+#[cfg(not(target_arch = "wasm32"))]
 use crate::Result;
 
 /// Run the benchmark and return its report lines: GEMV bandwidth at SmolLM2-135M's shapes and,
