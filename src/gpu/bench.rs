@@ -31,37 +31,31 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     };
     // SmolLM2-135M: q/o 576x576, gate/up 1536x576, down 576x1536, tied head 49152x576.
     const REPS: usize = 10;
-    out.push(format!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:"));
-    for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
-        let b = GemvBench::new(&ctx, n, k, 32, true, REPS)?;
+    // ms per call of `rows`-row products `[n][k]` (p50, p95, p99), `REPS` per submit.
+    let per_call = |n: usize, k: usize, rows: usize| -> Result<((f64, f64, f64), u64)> {
+        let b = GemvBench::with_rows(&ctx, n, k, rows, 32, true, REPS)?;
         for _ in 0..warmup {
             block_on(b.run(&ctx))?;
         }
-        let mut per_call = Vec::with_capacity(steps);
+        let mut ms = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t = Instant::now();
             block_on(b.run(&ctx))?;
-            per_call.push(t.elapsed().as_secs_f64() * 1e3 / REPS as f64);
+            ms.push(t.elapsed().as_secs_f64() * 1e3 / REPS as f64);
         }
-        let (p50, p95, p99) = stats(per_call);
-        let gbs = b.bytes_per_call as f64 / (p50 * 1e-3) / 1e9;
-        out.push(format!("  n={n:6} k={k:5}: {:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)", b.bytes_per_call));
+        Ok((stats(ms), b.bytes_per_call))
+    };
+    out.push(format!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:"));
+    for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
+        let ((p50, p95, p99), bytes) = per_call(n, k, 1)?;
+        let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
+        out.push(format!("  n={n:6} k={k:5}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
     }
     // The prefill's tiled GEMM over a 64-row chunk (each weight read once per 32 rows).
     const ROWS: usize = 64;
     out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup}:"));
     for (n, k) in [(576, 576), (1536, 576), (576, 1536)] {
-        let b = GemvBench::with_rows(&ctx, n, k, ROWS, 32, true, REPS)?;
-        for _ in 0..warmup {
-            block_on(b.run(&ctx))?;
-        }
-        let mut per_call = Vec::with_capacity(steps);
-        for _ in 0..steps {
-            let t = Instant::now();
-            block_on(b.run(&ctx))?;
-            per_call.push(t.elapsed().as_secs_f64() * 1e3 / REPS as f64);
-        }
-        let (p50, p95, p99) = stats(per_call);
+        let ((p50, p95, p99), _) = per_call(n, k, ROWS)?;
         let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
     }

@@ -55,6 +55,26 @@ function check(runtime, answers) {
   console.log(`${runtime}: ${answers[0].ids.length} tokens ${JSON.stringify(answers[0].text)}`);
 }
 
+/// Headless Chromium on the model server's test page, the package ready; `webgpu` exposes
+/// SwiftShader's adapter.
+async function testPage({ webgpu = false } = {}) {
+  const ctx = await chromium.launchPersistentContext("", {
+    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+    headless: true,
+    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", ...(webgpu ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : [])],
+  });
+  try {
+    const p = await ctx.newPage();
+    p.on("pageerror", (e) => console.error("page error:", e.message));
+    await p.goto(`${srv.base}/test.html`);
+    await p.waitForFunction(() => window.edgeReady === true, null, { timeout: 120_000 });
+    return { ctx, p };
+  } catch (e) {
+    await ctx.close();
+    throw e;
+  }
+}
+
 let srv;
 before(async () => {
   if (!present) return;
@@ -79,16 +99,8 @@ test("SmolLM2 in Node: Engine.load, five chats that answer Paris, the native tok
 
 test("SmolLM2 in headless Chromium: Engine.load, five chats that answer Paris, the native tokens", { skip, timeout: 600_000 }, async () => {
   assert.ok(present, `no packed SmolLM2 at ${dir}`);
-  const ctx = await chromium.launchPersistentContext("", {
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"],
-  });
+  const { ctx, p } = await testPage();
   try {
-    const p = await ctx.newPage();
-    p.on("pageerror", (e) => console.error("page error:", e.message));
-    await p.goto(`${srv.base}/test.html`);
-    await p.waitForFunction(() => window.edgeReady === true, null, { timeout: 120_000 });
     const r = await p.evaluate(
       async ({ url, question, opts, runs }) => {
         const t0 = performance.now();
@@ -120,16 +132,8 @@ test("SmolLM2 in headless Chromium: Engine.load, five chats that answer Paris, t
 
 test("SmolLM2 on WebGPU in headless Chromium (SwiftShader): the weights go straight to the GPU (wasm memory after load <= 0.3 x the model) and the first tokens are the native engine's", { skip, timeout: 600_000 }, async () => {
   assert.ok(present, `no packed SmolLM2 at ${dir}`);
-  const ctx = await chromium.launchPersistentContext("", {
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"],
-  });
+  const { ctx, p } = await testPage({ webgpu: true });
   try {
-    const p = await ctx.newPage();
-    p.on("pageerror", (e) => console.error("page error:", e.message));
-    await p.goto(`${srv.base}/test.html`);
-    await p.waitForFunction(() => window.edgeReady === true, null, { timeout: 120_000 });
     const r = await p.evaluate(
       async ({ url, question }) => {
         const t0 = performance.now();
