@@ -11,7 +11,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use super::decode::{GpuLayer, GpuLlama, GpuWeights, Pick};
+use super::decode::{GpuLayer, GpuLlama, GpuWeights, Pick, LINEARS};
 use super::nbits::{BlockSpec, Field, GpuNBits, ZeroPointKind};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
@@ -83,10 +83,8 @@ impl GpuBackend {
     /// reads one row), from the graph's initializers alone: what the auto probe scales its
     /// GEMV timings by.
     pub fn decode_bytes(cfg: &LlamaConfig, graph: &ModelProto) -> Result<u64> {
-        let plan = plan(cfg, graph)?;
-        let embed = cfg.num_layers * LINEARS.len();
-        let tied = cfg.tie_word_embeddings;
-        Ok(plan.weights.iter().enumerate().filter(|(i, _)| *i != embed || tied).map(|(_, w)| w.spec.gpu_bytes() as u64).sum())
+        let reads = |w: &&Planned| w.name != EMBEDDING || cfg.tie_word_embeddings;
+        Ok(plan(cfg, graph)?.weights.iter().filter(reads).map(|w| w.spec.gpu_bytes() as u64).sum())
     }
 
     /// Load `package`'s graph on the GPU: the block-quantized (`MatMulNBits`, 4 or 8 bits)
@@ -327,7 +325,7 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
         wanted.extend(LINEARS.iter().zip(shapes).map(|(p, (n, k))| (format!("{pre}.{p}"), n, k)));
         norms.extend(NORMS.map(|p| format!("{pre}.{p}.weight")));
     }
-    wanted.push(("model.embed_tokens".into(), cfg.vocab_size, h));
+    wanted.push((EMBEDDING.into(), cfg.vocab_size, h));
     if !cfg.tie_word_embeddings {
         wanted.push(("lm_head".into(), cfg.vocab_size, h));
     }
@@ -462,9 +460,11 @@ fn floats(t: &TensorProto) -> Result<Vec<f32>> {
         .ok_or_else(|| Error::UnsupportedBackend(format!("webgpu: `{}` has ONNX data type {}, not float or float16", t.name, t.data_type)))
 }
 
-/// A decoder layer's linears, in [`GpuLayer::linears`]' order, and its norms, by edge-llm's
-/// exporter's names (`model.layers.{l}.{name}`): what [`plan`] looks for.
-const LINEARS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
+/// The embedding table's name (also the head when tied).
+const EMBEDDING: &str = "model.embed_tokens";
+
+/// A decoder layer's norms by edge-llm's exporter's names (`model.layers.{l}.{name}`): what
+/// [`plan`] looks for beside [`LINEARS`].
 const NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
 
 fn missing_weight(name: &str) -> Error {

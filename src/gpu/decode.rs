@@ -61,7 +61,7 @@ impl QuantLlama {
             .iter()
             .enumerate()
             .map(|(l, lw)| {
-                let linears = lw.linears().iter().zip(LINEAR_NAMES).map(|(w, name)| GpuNBits::upload(ctx, &format!("layers.{l}.{name}"), w)).collect::<Result<Vec<_>>>()?;
+                let linears = lw.linears().iter().zip(LINEARS).map(|(w, name)| GpuNBits::upload(ctx, &format!("layers.{l}.{name}"), w)).collect::<Result<Vec<_>>>()?;
                 let Ok(linears) = <[GpuNBits; 7]>::try_from(linears) else { unreachable!("seven linears") };
                 Ok(GpuLayer { attn_norm: lw.attn_norm.clone(), linears, ffn_norm: lw.ffn_norm.clone() })
             })
@@ -76,8 +76,9 @@ impl QuantLlama {
     }
 }
 
-/// Short names of a layer's linears, in [`GpuLayer::linears`]' order.
-const LINEAR_NAMES: [&str; 7] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"];
+/// A decoder layer's linears by edge-llm's exporter's names (`model.layers.{l}.{name}`), in
+/// [`GpuLayer::linears`]' order: what the GPU loader looks for, and the buffers' labels.
+pub(super) const LINEARS: [&str; 7] = ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"];
 
 /// A decoder layer's weights on the GPU, its norms on the host (they are uploaded with the
 /// step's buffers).
