@@ -87,30 +87,44 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f3
 /// without zero points, with integer ones, with float ones in f32 and in f16 (edge-llm's int4
 /// recipe), int8 blocks without (with f16 scales: the recipe's embedding and head) and with
 /// integer ones.
-const KINDS: [(usize, ZeroPointKind, bool); 7] = [
-    (4, ZeroPointKind::Middle, false),
-    (4, ZeroPointKind::Int, false),
-    (4, ZeroPointKind::Float, false),
-    (4, ZeroPointKind::Float, true),
-    (8, ZeroPointKind::Middle, false),
-    (8, ZeroPointKind::Middle, true),
-    (8, ZeroPointKind::Int, false),
+const KINDS: [(usize, ZeroPointKind, bool, bool); 10] = [
+    (4, ZeroPointKind::Middle, false, false),
+    (4, ZeroPointKind::Int, false, false),
+    (4, ZeroPointKind::Int, false, true),
+    (4, ZeroPointKind::Float, false, false),
+    (4, ZeroPointKind::Float, true, false),
+    (8, ZeroPointKind::Middle, false, false),
+    (8, ZeroPointKind::Middle, true, false),
+    (8, ZeroPointKind::Int, false, false),
+    // Float weights (a plain MatMul's): f32, and f16 with a bias.
+    (32, ZeroPointKind::Middle, false, false),
+    (16, ZeroPointKind::Middle, false, true),
 ];
 
-/// A random `[n][k]` weight of `kind`: random stored values (padding included), scales and
-/// zero points (f16-exact with `f16_params`).
-fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points, f16_params): (usize, ZeroPointKind, bool)) -> BlockWeight {
-    let spec = BlockSpec { n, k, bits, block_size, zero_points, f16_params };
-    let blocks = n * spec.blocks();
-    let round = |v: f32| if f16_params { half::f16::from_f32(v).to_f32() } else { v };
-    let data = (0..n * spec.row_bytes(Field::Data)).map(|_| rng.next() as u8).collect();
-    let scales = rng.f32s(blocks).iter().map(|v| round(v / (1 << (bits - 1)) as f32)).collect();
-    let zero_points = match zero_points {
-        ZeroPointKind::Middle => ZeroPoints::Middle,
-        ZeroPointKind::Int => ZeroPoints::Int((0..blocks).map(|_| (rng.next() % (1 << bits)) as u8).collect()),
-        ZeroPointKind::Float => ZeroPoints::Float(rng.f32s(blocks).iter().map(|v| round((v + 1.0) * (1 << (bits - 1)) as f32)).collect()),
+/// A random `[n][k]` weight of `kind` (bits, zero points, f16 scales, bias): random stored
+/// values (padding included), scales and zero points (f16-exact with `f16_params`); a float
+/// kind's values random floats (f16-rounded for 16 bits).
+fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points, f16_params, bias): (usize, ZeroPointKind, bool, bool)) -> BlockWeight {
+    let mut w = if bits >= 16 {
+        BlockWeight::float(n, k, bits, &rng.f32s(n * k))
+    } else {
+        let spec = BlockSpec { n, k, bits, block_size, zero_points, f16_params, bias: false };
+        let blocks = n * spec.blocks();
+        let round = |v: f32| if f16_params { half::f16::from_f32(v).to_f32() } else { v };
+        let data = (0..n * spec.row_bytes(Field::Data)).map(|_| rng.next() as u8).collect();
+        let scales = rng.f32s(blocks).iter().map(|v| round(v / (1 << (bits - 1)) as f32)).collect();
+        let zero_points = match zero_points {
+            ZeroPointKind::Middle => ZeroPoints::Middle,
+            ZeroPointKind::Int => ZeroPoints::Int((0..blocks).map(|_| (rng.next() % (1 << bits)) as u8).collect()),
+            ZeroPointKind::Float => ZeroPoints::Float(rng.f32s(blocks).iter().map(|v| round((v + 1.0) * (1 << (bits - 1)) as f32)).collect()),
+        };
+        BlockWeight { spec, data, scales, zero_points, bias: Vec::new() }
     };
-    BlockWeight { spec, data, scales, zero_points }
+    if bias {
+        w.spec.bias = true;
+        w.bias = rng.f32s(n);
+    }
+    w
 }
 
 /// The block-quantized matmul, run through the decode GEMV and the prefill GEMM (both against
@@ -234,7 +248,7 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
         // Pipelines belong to their device.
         let (small, mut small_pipes) = (capped_gpu(cap).unwrap(), Pipelines::default());
         // The SmolLM2-sized head in the recipe's kinds only (each kind is a second on llvmpipe).
-        let kinds = if n > 10_000 { vec![(4, ZeroPointKind::Float, true), (8, ZeroPointKind::Middle, true)] } else { KINDS.to_vec() };
+        let kinds = if n > 10_000 { vec![(4, ZeroPointKind::Float, true, false), (8, ZeroPointKind::Middle, true, false)] } else { KINDS.to_vec() };
         for kind in kinds {
             let w = random_weight(&mut rng, n, k, bs, kind);
             let x = rng.f32s(rows * k);
@@ -250,7 +264,8 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
                 for (ctx, w, pipes) in [(&full, &gw, &mut pipes), (&small, &sw, &mut small_pipes)] {
                     let (xb, st, yb) = (upload(ctx, &x), state(ctx, 0, rows, &[]), ctx.storage("y", (rows * n * 4) as u64).unwrap());
                     let d = if gemm { w.gemm(ctx, pipes, &st, &xb, &yb) } else { w.gemv(ctx, pipes, &xb, &yb) };
-                    assert_eq!(d.len(), w.parts.len());
+                    // One product per part, and one bias add per part after them.
+                    assert_eq!(d.len(), w.parts.len() * (1 + usize::from(w.spec.bias)));
                     kernels::run(ctx, pipes, &d, rows as u32);
                     outs.push(download(ctx, &yb, rows * n));
                 }
@@ -280,7 +295,7 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
 /// What a weight's binding needs, if even one row is more than the limit: a named error.
 #[test]
 fn a_weight_row_over_the_binding_limit_is_a_named_error() {
-    let head = |k: usize| BlockSpec { n: 128256, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false };
+    let head = |k: usize| BlockSpec { n: 128256, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
     let e = head(8192).row_ranges("lm_head", 2048).unwrap_err();
     assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
     assert!(e.to_string().contains("one row of `lm_head`") && e.to_string().contains("maxStorageBufferBindingSize"), "{e}");
@@ -853,8 +868,11 @@ fn tiny_int4_files(symmetric: bool) -> (Vec<u8>, edge_llm::package::manifest::Ma
 /// Every format the GPU backend runs, as edge-llm's exporter and packer write them: int4 with
 /// and without integer zero points, the packer's default int4 recipe (float zero points, f16
 /// scales, an 8-bit block embedding and head) and 8-bit blocks throughout.
-fn gpu_formats() -> [(&'static str, ExportOptions); 4] {
+fn gpu_formats() -> [(&'static str, ExportOptions); 7] {
     [
+        ("fp32", ExportOptions::fp32()),
+        ("fp16", ExportOptions::fp16()),
+        ("int4 symmetric, onnxruntime-genai layout", ExportOptions::int4(32, true).genai()),
         ("int4 symmetric", ExportOptions::int4(32, true)),
         ("int4 asymmetric", ExportOptions::int4(32, false)),
         ("int4 recipe", ExportOptions::int4_recipe(32)),
@@ -969,13 +987,14 @@ fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
     let Some(ctx) = gpu() else { return };
     let tok = tiny::tokenizer_json();
     use prost::Message;
-    let fp32 = export(&tiny::config(), &tiny::weights(), &ExportOptions::fp32()).model.encode_to_vec();
-    let e = open(Package::loose(&fp32, tok.as_bytes(), tiny::model_config()), BackendKind::Webgpu).err().expect("fp32 is not on the GPU");
-    assert!(matches!(&e, Error::UnsupportedBackend(m) if m.contains("weight_Q4")), "{e}");
-    let auto = open(Package::loose(&fp32, tok.as_bytes(), tiny::model_config()), BackendKind::Auto).unwrap();
+    // int8 as quantize_dynamic writes it (MatMulInteger on per-tensor dynamic activations).
+    let int8 = export(&tiny::config(), &tiny::weights(), &ExportOptions::int8()).model.encode_to_vec();
+    let e = open(Package::loose(&int8, tok.as_bytes(), tiny::model_config()), BackendKind::Webgpu).err().expect("MatMulInteger is not on the GPU");
+    assert!(matches!(&e, Error::UnsupportedBackend(m) if m.contains("MatMulInteger")), "{e}");
+    let auto = open(Package::loose(&int8, tok.as_bytes(), tiny::model_config()), BackendKind::Auto).unwrap();
     let info = auto.backend_info();
     assert_eq!(info.name, "wasm");
-    assert!(info.reason.as_deref().is_some_and(|r| r.contains("weight_Q4")), "{info:?}");
+    assert!(info.reason.as_deref().is_some_and(|r| r.contains("MatMulInteger")), "{info:?}");
     // int4 on a software adapter (llvmpipe here): the CPU, and the reason names the adapter.
     let (onnx, _, _) = tiny_int4_files(true);
     let auto = open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), BackendKind::Auto).unwrap();
@@ -1242,4 +1261,81 @@ fn device_loss_is_named_and_the_engine_continues_on_the_cpu() {
         assert_eq!(got, want, "the generation, continued on the CPU, gives the CPU engine's tokens: {opts:?}");
         assert_eq!(run(&gpu), want, "the next generation runs on the CPU");
     }
+}
+
+#[cfg(feature = "pack")]
+#[allow(dead_code, unused_macros)]
+#[path = "common/ort_files.rs"]
+mod ort_files;
+
+/// Files users make with onnxruntime's tools (optimum's fp32 export, the float16 converter,
+/// `MatMulNBitsQuantizer` in every mode: block 32 / 128, sym / asym, accuracy level 4, QDQ,
+/// with a bias, with a trivial `g_idx`) run on the GPU backend unchanged (packed by
+/// `edge-llm-pack`, opened with `backend: "webgpu"`) and give onnxruntime's greedy tokens, the
+/// logits within the CPU backend's bounds for the same arithmetic (`tests/ort_files.rs`):
+/// float activations in f32, int8 where the node asks (`INT8_ACT_LAST` on the last step), fp16
+/// computed in f32 as the CPU backend does. The one format left to the CPU is named:
+/// `quantize_dynamic`'s MatMulInteger (`webgpu` refuses it by name; `auto` says why).
+#[cfg(feature = "pack")]
+#[test]
+fn onnxruntime_made_files_give_onnxruntimes_tokens_on_the_gpu() {
+    use ort_files::{check, Backend, INT8_ACT_LAST};
+    if gpu().is_none() {
+        return;
+    }
+    let files: [(&str, f32, Option<f32>); 12] = [
+        ("fp32", 1e-4, None),
+        ("fp16", 1.5e-2, None),
+        ("fp16-io", 1.5e-2, None),
+        ("int4-b32-sym", 1e-4, None),
+        ("int4-b32-asym", 1e-4, None),
+        ("int4-b128-sym", 1e-4, None),
+        ("int4-b128-asym", 1e-4, None),
+        ("int4-b32-acc4", 1e-4, Some(INT8_ACT_LAST)),
+        ("int4-qdq", 1e-4, Some(INT8_ACT_LAST)),
+        ("int4-qdq-asym", 1e-4, Some(INT8_ACT_LAST)),
+        ("int4-bias", 1e-4, None),
+        ("int4-gidx", 1e-4, None),
+    ];
+    for (name, tol, last) in files {
+        check(name, Backend::Gpu, tol, last);
+    }
+    // quantize_dynamic's int8: refused on `webgpu` by name, the CPU's on `auto`, with the reason.
+    let f = ort_files::file("int8");
+    let inputs = ort_files::PackInputs::tiny();
+    let (manifest, files) = edge_llm::pack::pack(f.onnx, &inputs.tokenizer, &inputs.config, &Default::default()).unwrap();
+    let open = |backend| {
+        let options = EngineOptions { backend, gpu: GpuOptions { probe_software: true, ..Default::default() }, ..Default::default() };
+        Engine::open(Package::packed(&manifest, files.iter().map(|(k, v)| (k.clone(), v.clone())).collect()), &options)
+    };
+    let e = open(BackendKind::Webgpu).err().expect("int8 MatMulInteger is not on the GPU");
+    assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
+    assert!(e.to_string().contains("MatMulInteger"), "{e}");
+    let auto = open(BackendKind::Auto).unwrap();
+    let info = auto.backend_info();
+    assert_eq!(info.name, "wasm", "{info:?}");
+    assert!(info.reason.as_deref().is_some_and(|r| r.contains("MatMulInteger")), "{info:?}");
+    // A g_idx that reorders rows (act-order) is refused as the CPU backend refuses it, not
+    // computed wrongly; a graph with an operator the GPU's Llama lacks (GELU's Erf) is left to
+    // the CPU by name.
+    let mut proto = edge_llm::onnx::decode(ort_files::file("int4-gidx").onnx).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let g = graph.initializer.iter_mut().find(|t| t.name.ends_with(".g_idx")).expect("a g_idx initializer");
+    let mut idx: Vec<[u8; 4]> = g.raw_data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    idx.reverse();
+    g.raw_data = idx.concat();
+    let loose = |proto: &edge_llm::onnx::ModelProto| {
+        let bytes = edge_llm::onnx::encode(proto);
+        Engine::open(Package::loose(&bytes, &inputs.tokenizer, inputs.config.clone()), &EngineOptions { backend: BackendKind::Webgpu, ..Default::default() })
+    };
+    let e = loose(&proto).err().expect("an act-order g_idx is refused");
+    assert_eq!(e.name(), "IncompatibleModelError", "{e}");
+    assert!(e.to_string().contains("g_idx"), "{e}");
+    let mut proto = edge_llm::onnx::decode(ort_files::file("fp32").onnx).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let sigmoid = graph.node.iter_mut().find(|n| n.op_type == "Sigmoid").expect("SiLU's Sigmoid");
+    sigmoid.op_type = "Erf".into();
+    let e = loose(&proto).err().expect("a graph with Erf is not the GPU's Llama");
+    assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
+    assert!(e.to_string().contains("Erf"), "{e}");
 }

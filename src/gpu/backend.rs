@@ -17,7 +17,7 @@ use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
 use crate::backend::SampleParams;
 use crate::model::LlamaConfig;
-use crate::onnx::{ModelProto, OnnxType, TensorProto};
+use crate::onnx::{ModelProto, NodeProto, OnnxType, TensorProto};
 use crate::package::{shards, Blob, Package};
 use crate::{Error, Result};
 
@@ -87,11 +87,11 @@ impl GpuBackend {
         Ok(plan(cfg, graph)?.weights.iter().filter(reads).map(|w| w.spec.gpu_bytes() as u64).sum())
     }
 
-    /// Load `package`'s graph on the GPU: the block-quantized (`MatMulNBits`, 4 or 8 bits)
-    /// linears, embedding and head of edge-llm's exporter layout, each tensor written to its
-    /// GPU buffers as its shard arrives, a bounded number of rows at a time ([`UPLOAD_CHUNK`]),
-    /// so no copy of the weights stays in (wasm) memory. Any other format is
-    /// `UnsupportedBackend`, naming what the GPU backend lacks.
+    /// Load `package`'s graph on the GPU: the linears, embedding and head [`plan`] finds
+    /// (`MatMulNBits` 4 / 8 bits, f32 / f16 `MatMul`; edge-llm's, optimum's and onnxruntime's
+    /// layouts), each tensor written to its GPU buffers as its shard arrives, a bounded number
+    /// of rows at a time ([`UPLOAD_CHUNK`]), so no copy of the weights stays in (wasm) memory.
+    /// Any other format is `UnsupportedBackend`, naming what the GPU backend lacks.
     pub async fn open<'a, B: Blob + 'a>(ctx: GpuContext, package: &mut Package<'a, B>, graph: &ModelProto) -> Result<Self> {
         let cfg = package.config().architecture.clone();
         let weights = load_weights(&ctx, &cfg, graph, package).await?;
@@ -283,15 +283,46 @@ enum Source {
     Bytes,
 }
 
+impl Source {
+    fn of_float(t: &TensorProto) -> Option<Source> {
+        match t.data_type {
+            x if x == OnnxType::Float as i32 => Some(Source::F32),
+            x if x == OnnxType::Float16 as i32 => Some(Source::F16),
+            _ => None,
+        }
+    }
+
+    /// Bytes of one element in the file.
+    fn size(self) -> usize {
+        match self {
+            Source::F32 => 4,
+            Source::F16 => 2,
+            Source::Bytes => 1,
+        }
+    }
+}
+
+/// What an initializer becomes on the GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A field of the weight.
+    Field(Field),
+    /// A `MatMulNBits` `g_idx`: checked to be the trivial one (row `i` in block `i / block`),
+    /// nothing written.
+    TrivialGIdx,
+}
+
 /// Where an initializer goes: a field of one of [`Plan::weights`].
 #[derive(Debug, Clone, Copy)]
 struct Dest {
     weight: usize,
-    field: Field,
+    target: Target,
     source: Source,
+    /// A MatMul's float weight stored `[k][n]`, transposed to the kernels' rows on the way.
+    transposed: bool,
 }
 
-/// A block-quantized weight of the graph.
+/// A weight of the graph, as the GPU holds it.
 struct Planned {
     name: String,
     spec: BlockSpec,
@@ -299,9 +330,9 @@ struct Planned {
     int8_activations: bool,
 }
 
-/// What the GPU backend reads from a graph, from its initializers' names, shapes and types:
-/// each layer's seven linears (in [`LINEARS`] order), the embedding, the untied head, where
-/// each of their initializers goes, and the norms' names.
+/// What the GPU backend reads from a graph, from its nodes and its initializers' names, shapes
+/// and types: each layer's seven linears (in [`LINEARS`] order), the embedding, the untied
+/// head, where each of their initializers goes, and the norms' names.
 struct Plan {
     weights: Vec<Planned>,
     dests: HashMap<String, Dest>,
@@ -312,52 +343,274 @@ fn elements(t: &TensorProto) -> usize {
     t.dims.iter().map(|d| (*d).max(0) as usize).product()
 }
 
+/// Operators whose arithmetic the GPU's Llama forward pass does not have (GELU, LayerNorm...):
+/// a graph with one is another architecture, left to the CPU backend.
+const FOREIGN_OPS: [&str; 9] = ["Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Tanh", "LayerNormalization", "SkipLayerNormalization", "Relu"];
+
+/// The graph seen by what the GPU plan asks of it.
+struct Graph<'g> {
+    inits: HashMap<&'g str, &'g TensorProto>,
+    producers: HashMap<&'g str, &'g NodeProto>,
+    consumers: HashMap<&'g str, Vec<&'g NodeProto>>,
+}
+
+/// A float weight a `MatMul` (or `Gather`) reads: its initializer, whether it is stored
+/// `[k][n]` (a MatMul's B as is) rather than `[n][k]` (an embedding table, or a B that is
+/// `Transpose(table)`).
+struct FloatSource<'g> {
+    init: &'g TensorProto,
+    transposed: bool,
+}
+
+impl<'g> Graph<'g> {
+    fn new(g: &'g crate::onnx::GraphProto) -> Self {
+        let mut graph = Graph { inits: g.initializer.iter().map(|t| (t.name.as_str(), t)).collect(), producers: HashMap::new(), consumers: HashMap::new() };
+        for n in &g.node {
+            for o in &n.output {
+                graph.producers.insert(o.as_str(), n);
+            }
+            for i in n.input.iter().filter(|i| !i.is_empty()) {
+                graph.consumers.entry(i.as_str()).or_default().push(n);
+            }
+        }
+        graph
+    }
+
+    /// The float initializer behind `value`, through `Cast`s to float and a 2-D `Transpose`
+    /// (`transposed` says how a MatMul's B stores it: `[k][n]` as is).
+    fn float_source(&self, value: &str, transposed: bool) -> std::result::Result<FloatSource<'g>, String> {
+        if let Some(t) = self.inits.get(value) {
+            return match Source::of_float(t) {
+                Some(_) if t.dims.len() == 2 => Ok(FloatSource { init: t, transposed }),
+                _ => Err(format!("`{value}` is a {:?} tensor of ONNX data type {}", t.dims, t.data_type)),
+            };
+        }
+        let Some(n) = self.producers.get(value) else { return Err(format!("`{value}` is not a constant")) };
+        match n.op_type.as_str() {
+            "Cast" if attr(n, "to") == Some(OnnxType::Float as i64) => self.float_source(&n.input[0], transposed),
+            "Transpose" if matches!(ints_attr(n, "perm").as_deref(), None | Some([1, 0])) => self.float_source(&n.input[0], !transposed),
+            op => Err(format!("`{value}` is computed by {op} (`{}`)", n.name)),
+        }
+    }
+
+    /// A float initializer `[n]` added to `node`'s output by the only node reading it (a
+    /// linear's bias, as exporters write it after a MatMul).
+    fn bias_after(&self, node: &NodeProto, n: usize) -> Option<&'g TensorProto> {
+        let users = self.consumers.get(node.output.first()?.as_str())?;
+        let [add] = users.as_slice() else { return None };
+        if add.op_type != "Add" {
+            return None;
+        }
+        let other = add.input.iter().find(|i| **i != node.output[0])?;
+        self.inits.get(other.as_str()).copied().filter(|t| Source::of_float(t).is_some() && elements(t) == n && t.dims.len() == 1)
+    }
+}
+
+fn attr(n: &NodeProto, name: &str) -> Option<i64> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.i)
+}
+
+fn ints_attr(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
+    n.attribute.iter().find(|a| a.name == name).map(|a| a.ints.clone())
+}
+
+/// The linear a node computes by its names: `model.layers.{l}.{LINEARS entry}` from its
+/// weight's initializer (edge-llm's exporter: `….weight_Q4`, `….weight`), or from the node's
+/// own name (optimum's export and onnxruntime's tools keep torch's module path:
+/// `/model/layers.0/self_attn/q_proj/MatMul`, `…/MatMul_Q4`).
+fn linear_keys(gr: &Graph<'_>, n: &NodeProto) -> Vec<String> {
+    let mut keys = Vec::new();
+    if let Some(mut b) = n.input.get(1).map(String::as_str) {
+        // The constant behind B (edge-llm's f16 weights are `Cast(init)`).
+        while let Some(p) = gr.producers.get(b).filter(|p| matches!(p.op_type.as_str(), "Cast" | "Transpose")) {
+            b = &p.input[0];
+        }
+        let b = b.trim_end_matches("_Q4").trim_end_matches("_Q8").trim_end_matches("_quantized");
+        keys.push(b.strip_suffix(".weight").unwrap_or(b).to_string());
+    }
+    let parts: Vec<&str> = n.name.trim_start_matches('/').split('/').collect();
+    if let [path @ .., last] = parts.as_slice() {
+        if last.starts_with("MatMul") && !path.is_empty() {
+            keys.push(path.join("."));
+        }
+    }
+    keys
+}
+
+/// The graph's Llama as the GPU holds it, from its nodes and initializers alone (no weights
+/// read): each linear found by name ([`linear_keys`]) and read through its node — `MatMulNBits`
+/// (4 or 8 bits, any zero points, a bias, a trivial `g_idx`) or a float `MatMul` (f32 / f16
+/// weights, `Cast` and `Transpose` followed, a bias `Add` after it); the embedding `Gather`'s
+/// table, block-quantized by edge-llm's names or float; the head (the linear writing
+/// `logits`), tied when it reads the embedding's table.
 fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
     let g = graph.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;
-    let inits: HashMap<&str, &TensorProto> = g.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+    if let Some(n) = g.node.iter().find(|n| FOREIGN_OPS.contains(&n.op_type.as_str())) {
+        return Err(Error::UnsupportedBackend(format!("webgpu: the graph computes {} (`{}`), which the GPU backend's Llama does not", n.op_type, n.name)));
+    }
+    let gr = Graph::new(g);
+    let linear_ops = ["MatMul", "MatMulNBits", "MatMulInteger"];
+    let mut linears: HashMap<String, &NodeProto> = HashMap::new();
+    for n in g.node.iter().filter(|n| linear_ops.contains(&n.op_type.as_str())) {
+        for key in linear_keys(&gr, n) {
+            linears.entry(key).or_insert(n);
+        }
+    }
     let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
     // `[n][k]` of each of `LINEARS`.
     let shapes = [(q, h), (kv, h), (kv, h), (h, q), (i, h), (i, h), (h, i)];
-    let mut wanted = Vec::new();
-    let mut norms = HashSet::new();
+    let mut plan = Plan { weights: Vec::new(), dests: HashMap::new(), norms: HashSet::new() };
     for l in 0..cfg.num_layers {
         let pre = format!("model.layers.{l}");
-        wanted.extend(LINEARS.iter().zip(shapes).map(|(p, (n, k))| (format!("{pre}.{p}"), n, k)));
-        norms.extend(NORMS.map(|p| format!("{pre}.{p}.weight")));
-    }
-    wanted.push((EMBEDDING.into(), cfg.vocab_size, h));
-    if !cfg.tie_word_embeddings {
-        wanted.push(("lm_head".into(), cfg.vocab_size, h));
-    }
-    norms.insert("model.norm.weight".into());
-    // `accuracy_level` of the MatMulNBits node reading each B tensor (a tied table's: the head's).
-    let levels: HashMap<&str, i64> = g
-        .node
-        .iter()
-        .filter(|n| n.op_type == "MatMulNBits" && n.domain == crate::onnx::MS_DOMAIN)
-        .filter_map(|n| Some((n.input.get(1)?.as_str(), n.attribute.iter().find(|a| a.name == "accuracy_level").map_or(0, |a| a.i))))
-        .collect();
-    let mut plan = Plan { weights: Vec::with_capacity(wanted.len()), dests: HashMap::new(), norms };
-    for (name, n, k) in wanted {
-        let (spec, data) = plan_weight(&inits, &name, n, k, plan.weights.len(), &mut plan.dests)?;
-        // onnxruntime computes int8 only with integer (or no) zero points: float ones run on
-        // float activations whatever the node asks (as the CPU backend, `cpu::q8_block_matmul`).
-        let int8_activations = levels.get(data).copied() == Some(crate::onnx::ACCURACY_LEVEL_INT8) && spec.zero_points != ZeroPointKind::Float;
-        if int8_activations && k % 32 != 0 {
-            return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` asks for int8 activations over k = {k}, not a multiple of 32")));
+        for (p, (n, k)) in LINEARS.iter().zip(shapes) {
+            let name = format!("{pre}.{p}");
+            let node = linears.get(&name).ok_or_else(|| missing_weight(&format!("{name} (a MatMul / MatMulNBits)")))?;
+            plan_linear(&gr, &mut plan, node, name, n, k)?;
         }
-        plan.weights.push(Planned { name, spec, int8_activations });
+        plan.norms.extend(NORMS.map(|p| format!("{pre}.{p}.weight")));
     }
-    if let Some(n) = plan.norms.iter().find(|n| !inits.contains_key(n.as_str())) {
+    plan.norms.insert("model.norm.weight".into());
+    // The embedding: block-quantized by edge-llm's names, or the float table a Gather of the
+    // token ids reads.
+    let embed_at = plan.weights.len();
+    if let Ok((spec, _)) = plan_weight(&gr.inits, EMBEDDING, cfg.vocab_size, h, embed_at, &mut plan.dests) {
+        plan.weights.push(Planned { name: EMBEDDING.into(), spec, int8_activations: false });
+    } else {
+        let gather = g
+            .node
+            .iter()
+            .find(|n| n.op_type == "Gather" && n.input.get(1).is_some_and(|i| i == "input_ids"))
+            .ok_or_else(|| missing_weight(&format!("{EMBEDDING} (a Gather of `input_ids`)")))?;
+        let table = gr.float_source(&gather.input[0], false).map_err(|why| unsupported_node(gather, &why))?;
+        plan_float(&mut plan, EMBEDDING.into(), table, cfg.vocab_size, h, None)?;
+    }
+    // The head: the linear that writes the logits (through `Identity` / `Cast`), else by its
+    // name, else the linear reading the embedding's table.
+    let mut value = "logits";
+    let mut writer = None;
+    while let Some(n) = gr.producers.get(value) {
+        if linear_ops.contains(&n.op_type.as_str()) {
+            writer = Some(*n);
+        }
+        match n.op_type.as_str() {
+            "Identity" | "Cast" => value = &n.input[0],
+            _ => break,
+        }
+    }
+    let head = writer
+        .or_else(|| linears.get("lm_head").or_else(|| linears.get(EMBEDDING)).copied())
+        .ok_or_else(|| missing_weight("lm_head (the MatMul writing `logits`)"))?;
+    let before = plan.weights.len();
+    plan_linear(&gr, &mut plan, head, "lm_head".into(), cfg.vocab_size, h)?;
+    if plan.weights.len() == before {
+        // Tied: it read the embedding's table (`plan_linear` added nothing); the table's
+        // kernels compute as the head's node asks.
+        plan.weights[embed_at].int8_activations = int8_activations(head, &plan.weights[embed_at].spec);
+    }
+    if let Some(n) = plan.norms.iter().find(|n| !gr.inits.contains_key(n.as_str())) {
         return Err(missing_weight(n));
     }
     Ok(plan)
 }
 
-/// The MatMulNBits weight `name` (`[n][k]`): B `{name}.weight_Q4` or `_Q8` (`[n][blocks][block
-/// * bits / 8]` uint8), scales `{name}.weight_scales` (f32 or f16) or `_scales_f16`, and zero
-/// points if any, `{name}.weight_zero_points` (uint8, f32 or f16) or `_zero_points_f16`.
-/// Returns the spec and B's name.
+/// Whether `node` (a `MatMulNBits`) computes on int8 activations: `accuracy_level` 4 with
+/// integer or no zero points. onnxruntime computes int8 only then; float zero points run on
+/// float activations whatever the node asks (as the CPU backend, `cpu::q8_block_matmul`).
+fn int8_activations(node: &NodeProto, spec: &BlockSpec) -> bool {
+    node.op_type == "MatMulNBits" && attr(node, "accuracy_level") == Some(crate::onnx::ACCURACY_LEVEL_INT8) && !spec.is_float() && spec.zero_points != ZeroPointKind::Float
+}
+
+fn unsupported_node(n: &NodeProto, why: &str) -> Error {
+    Error::UnsupportedBackend(format!("webgpu: {} `{}` reads a weight the GPU backend cannot hold ({why})", n.op_type, n.name))
+}
+
+/// Add the weight `node` computes `name` with (`[n][k]`) to `plan`; nothing when it is a table
+/// the plan already holds (a head tied to the embedding).
+fn plan_linear(gr: &Graph<'_>, plan: &mut Plan, node: &NodeProto, name: String, n: usize, k: usize) -> Result<()> {
+    let index = plan.weights.len();
+    // Input `i`'s constant, through `Cast`s (edge-llm's recipe stores f16 scales and zero
+    // points and casts them to float in the graph).
+    let input = |i: usize| {
+        node.input.get(i).filter(|s| !s.is_empty()).map(|s| {
+            let mut v = s.as_str();
+            while let Some(p) = gr.producers.get(v).filter(|p| p.op_type == "Cast") {
+                v = &p.input[0];
+            }
+            gr.inits.get(v).copied().ok_or_else(|| unsupported_node(node, &format!("input {i} `{s}` is not a constant")))
+        })
+    };
+    match node.op_type.as_str() {
+        "MatMulNBits" if node.domain == crate::onnx::MS_DOMAIN => {
+            let data = input(1).ok_or_else(|| unsupported_node(node, "no B"))??;
+            if plan.dests.get(&data.name).is_some_and(|d| d.target == Target::Field(Field::Data)) {
+                return Ok(()); // tied
+            }
+            let scales = input(2).ok_or_else(|| unsupported_node(node, "no scales"))??;
+            let zero_points = input(3).transpose()?;
+            let bits = attr(node, "bits").unwrap_or(4).max(0) as usize;
+            let mut spec = plan_nbits(NBitsTensors { data, scales, zero_points }, bits, n, k, index, &mut plan.dests)?;
+            if let Some(g_idx) = input(4).transpose()? {
+                if elements(g_idx) != k {
+                    return Err(unsupported_node(node, &format!("g_idx `{}` holds {} values, not k = {k}", g_idx.name, elements(g_idx))));
+                }
+                plan.dests.insert(g_idx.name.clone(), Dest { weight: index, target: Target::TrivialGIdx, source: Source::Bytes, transposed: false });
+            }
+            if let Some(bias) = input(5).transpose()? {
+                add_bias(plan, &mut spec, bias, index)?;
+            }
+            let int8_activations = int8_activations(node, &spec);
+            if int8_activations && k % 32 != 0 {
+                return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` asks for int8 activations over k = {k}, not a multiple of 32")));
+            }
+            plan.weights.push(Planned { name, spec, int8_activations });
+            Ok(())
+        }
+        "MatMul" => {
+            let b = node.input.get(1).ok_or_else(|| unsupported_node(node, "no B"))?;
+            let w = gr.float_source(b, true).map_err(|why| unsupported_node(node, &why))?;
+            if plan.dests.contains_key(&w.init.name) {
+                return Ok(()); // tied
+            }
+            plan_float(plan, name, w, n, k, gr.bias_after(node, n))
+        }
+        "MatMulInteger" => Err(Error::UnsupportedBackend(format!(
+            "webgpu: `{}` is MatMulInteger (onnxruntime's quantize_dynamic: int8 with per-tensor dynamic activations), which runs on the CPU backend only",
+            node.name
+        ))),
+        op => Err(unsupported_node(node, &format!("{op} is not a linear the GPU backend computes"))),
+    }
+}
+
+/// A float weight `[n][k]` (stored so, or `[k][n]` where `w.transposed`), and its bias.
+fn plan_float(plan: &mut Plan, name: String, w: FloatSource<'_>, n: usize, k: usize, bias: Option<&TensorProto>) -> Result<()> {
+    let dims = if w.transposed { [k, n] } else { [n, k] };
+    let source = Source::of_float(w.init).expect("a float source");
+    if w.init.dims.iter().map(|d| (*d).max(0) as usize).ne(dims) {
+        return Err(Error::UnsupportedBackend(format!("webgpu: `{}` is {:?}, not the {dims:?} `{name}` takes", w.init.name, w.init.dims)));
+    }
+    let index = plan.weights.len();
+    let mut spec = BlockSpec::float(n, k, if source == Source::F16 { 16 } else { 32 });
+    plan.dests.insert(w.init.name.clone(), Dest { weight: index, target: Target::Field(Field::Data), source, transposed: w.transposed });
+    if let Some(b) = bias {
+        add_bias(plan, &mut spec, b, index)?;
+    }
+    plan.weights.push(Planned { name, spec, int8_activations: false });
+    Ok(())
+}
+
+fn add_bias(plan: &mut Plan, spec: &mut BlockSpec, bias: &TensorProto, index: usize) -> Result<()> {
+    let source = Source::of_float(bias).filter(|_| elements(bias) == spec.n).ok_or_else(|| {
+        Error::UnsupportedBackend(format!("webgpu: bias `{}` is not {} floats ({:?}, ONNX data type {})", bias.name, spec.n, bias.dims, bias.data_type))
+    })?;
+    spec.bias = true;
+    plan.dests.insert(bias.name.clone(), Dest { weight: index, target: Target::Field(Field::Bias), source, transposed: false });
+    Ok(())
+}
+
+/// The block-quantized weight `name` (`[n][k]`) by edge-llm's exporter's initializer names
+/// (`{name}.weight_Q4` / `_Q8`, `weight_scales[_f16]`, `weight_zero_points[_f16]`): its spec,
+/// its initializers' destinations recorded in `dests` as weight `index`, and the name of its
+/// data initializer.
 fn plan_weight<'g>(inits: &HashMap<&str, &'g TensorProto>, name: &str, n: usize, k: usize, index: usize, dests: &mut HashMap<String, Dest>) -> Result<(BlockSpec, &'g str)> {
     let find = |suffixes: &[&str]| suffixes.iter().find_map(|s| inits.get(format!("{name}.{s}").as_str()).copied());
     let (data, bits) = match (find(&["weight_Q4"]), find(&["weight_Q8"])) {
@@ -365,24 +618,39 @@ fn plan_weight<'g>(inits: &HashMap<&str, &'g TensorProto>, name: &str, n: usize,
         (None, Some(t)) => (t, 8),
         (None, None) => return Err(missing_weight(&format!("{name}.weight_Q4"))),
     };
+    let scales = find(&["weight_scales", "weight_scales_f16"]).ok_or_else(|| missing_weight(&format!("{name}.weight_scales")))?;
+    let spec = plan_nbits(NBitsTensors { data, scales, zero_points: find(&["weight_zero_points", "weight_zero_points_f16"]) }, bits, n, k, index, dests)?;
+    Ok((spec, data.name.as_str()))
+}
+
+/// A MatMulNBits weight's initializers.
+struct NBitsTensors<'g> {
+    data: &'g TensorProto,
+    scales: &'g TensorProto,
+    zero_points: Option<&'g TensorProto>,
+}
+
+/// A MatMulNBits weight `[n][k]` of `bits` from its B (`data`, uint8 `[n][blocks][block
+/// bytes]`), scales and zero points: its spec, and where each tensor goes.
+fn plan_nbits(t: NBitsTensors<'_>, bits: usize, n: usize, k: usize, index: usize, dests: &mut HashMap<String, Dest>) -> Result<BlockSpec> {
+    let NBitsTensors { data, scales, zero_points } = t;
     let bad = |what: String| Error::UnsupportedBackend(format!("webgpu: `{}` is not a [{n}][{k}] MatMulNBits weight ({what})", data.name));
-    let float = |t: &TensorProto| match t.data_type {
-        x if x == OnnxType::Float as i32 => Some(Source::F32),
-        x if x == OnnxType::Float16 as i32 => Some(Source::F16),
-        _ => None,
-    };
     let &[dn, blocks, block_bytes] = &data.dims[..] else { return Err(bad(format!("dims {:?}", data.dims))) };
-    let (blocks, block_size) = (blocks.max(0) as usize, block_bytes.max(0) as usize * 8 / bits);
-    if dn.max(0) as usize != n || block_size == 0 || k.div_ceil(block_size) != blocks || data.data_type != OnnxType::Uint8 as i32 {
+    let (dn, blocks, block_bytes) = (dn.max(0) as usize, blocks.max(0) as usize, block_bytes.max(0) as usize);
+    if !matches!(bits, 4 | 8) {
+        return Err(bad(format!("{bits} bits; the kernels take 4 or 8")));
+    }
+    let block_size = block_bytes * 8 / bits;
+    if dn != n || block_size == 0 || k.div_ceil(block_size) != blocks || data.data_type != OnnxType::Uint8 as i32 {
         return Err(bad(format!("dims {:?}, ONNX data type {}", data.dims, data.data_type)));
     }
-    let scales = find(&["weight_scales", "weight_scales_f16"]).ok_or_else(|| missing_weight(&format!("{name}.weight_scales")))?;
-    let scale_source = float(scales).filter(|_| elements(scales) == n * blocks).ok_or_else(|| bad(format!("scales `{}` are not {} floats", scales.name, n * blocks)))?;
-    let mut spec = BlockSpec { n, k, bits, block_size, zero_points: ZeroPointKind::Middle, f16_params: scale_source == Source::F16 };
-    dests.insert(data.name.clone(), Dest { weight: index, field: Field::Data, source: Source::Bytes });
-    dests.insert(scales.name.clone(), Dest { weight: index, field: Field::Scales, source: scale_source });
-    if let Some(z) = find(&["weight_zero_points", "weight_zero_points_f16"]) {
-        let source = match float(z) {
+    let scale_source = Source::of_float(scales).filter(|_| elements(scales) == n * blocks).ok_or_else(|| bad(format!("scales `{}` are not {} floats", scales.name, n * blocks)))?;
+    let mut spec = BlockSpec { n, k, bits, block_size, zero_points: ZeroPointKind::Middle, f16_params: scale_source == Source::F16, bias: false };
+    let dest = |field, source| Dest { weight: index, target: Target::Field(field), source, transposed: false };
+    dests.insert(data.name.clone(), dest(Field::Data, Source::Bytes));
+    dests.insert(scales.name.clone(), dest(Field::Scales, scale_source));
+    if let Some(z) = zero_points {
+        let source = match Source::of_float(z) {
             Some(s) if elements(z) == n * blocks => {
                 spec.zero_points = ZeroPointKind::Float;
                 // f16 on the GPU only when both are f16 in the file (exact).
@@ -398,13 +666,13 @@ fn plan_weight<'g>(inits: &HashMap<&str, &'g TensorProto>, name: &str, n: usize,
             }
             _ => return Err(bad(format!("zero points `{}`: ONNX data type {}, {} values", z.name, z.data_type, elements(z)))),
         };
-        dests.insert(z.name.clone(), Dest { weight: index, field: Field::ZeroPoints, source });
+        dests.insert(z.name.clone(), dest(Field::ZeroPoints, source));
     }
-    Ok((spec, data.name.as_str()))
+    Ok(spec)
 }
 
 /// An inline initializer's bytes as the file's element type stores them (`raw_data`, or the
-/// typed field: f32 `float_data`, f16 and uint8 in `int32_data`).
+/// typed field: f32 `float_data`, f16 and uint8 in `int32_data`, int32 / int64 little-endian).
 fn inline_bytes(t: &TensorProto) -> Cow<'_, [u8]> {
     if !t.raw_data.is_empty() {
         return Cow::Borrowed(&t.raw_data);
@@ -412,17 +680,44 @@ fn inline_bytes(t: &TensorProto) -> Cow<'_, [u8]> {
     Cow::Owned(match t.data_type {
         x if x == OnnxType::Float as i32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         x if x == OnnxType::Float16 as i32 => t.int32_data.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
+        x if x == OnnxType::Int32 as i32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        x if x == OnnxType::Int64 as i32 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         _ => t.int32_data.iter().map(|v| *v as u8).collect(),
     })
 }
 
+/// Check a `g_idx` of `length` bytes (int32 or int64 by its size) is the trivial one for `w`:
+/// row `i` in block `i / block_size`. Any other order (act-order GPTQ) is refused by name.
+fn check_g_idx(name: &str, w: &GpuNBits, length: usize, read: &dyn Fn(usize, &mut [u8])) -> Result<()> {
+    let k = w.spec.k;
+    let width = if length == k * 8 { 8 } else { 4 };
+    let mut bytes = vec![0; length];
+    read(0, &mut bytes);
+    for (i, v) in bytes.chunks_exact(width).enumerate() {
+        let g = if width == 8 { i64::from_le_bytes(v.try_into().expect("8 bytes")) } else { i32::from_le_bytes(v.try_into().expect("4 bytes")) as i64 };
+        if g != (i / w.spec.block_size) as i64 {
+            // As the CPU backend names it (`cpu::import`): the kernels keep each block's rows.
+            return Err(Error::UnsupportedOp { op: "MatMulNBits with g_idx (act-order row permutation)".into(), node: format!("g_idx `{name}`: row {i} in block {g}") });
+        }
+    }
+    Ok(())
+}
+
 /// Write one tensor of `length` bytes, read through `read`, into its field of `w`:
-/// [`UPLOAD_CHUNK`] bytes of rows at a time, widened (f16 to f32 where the GPU holds f32) or
-/// padded (integer zero points, f16 rows) to the GPU's layout on the way.
+/// [`UPLOAD_CHUNK`] bytes of rows at a time, transposed (a MatMul's `[k][n]` float weight),
+/// widened (f16 to f32 where the GPU holds f32) or padded (integer zero points, f16 rows) to
+/// the GPU's layout on the way.
 fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usize, read: &dyn Fn(usize, &mut [u8])) -> Result<()> {
+    let field = match d.target {
+        Target::Field(f) => f,
+        Target::TrivialGIdx => return check_g_idx(name, w, length, read),
+    };
     let spec = w.spec;
-    let file_row = match (d.field, d.source) {
+    let es = d.source.size();
+    let file_row = match (field, d.source) {
+        (Field::Data, _) if spec.is_float() => spec.k * es,
         (Field::Data, _) => spec.row_bytes(Field::Data),
+        (Field::Bias, _) => es,
         (_, Source::F32) => spec.blocks() * 4,
         (_, Source::F16) => spec.blocks() * 2,
         (_, Source::Bytes) => spec.int_zero_point_row_bytes(),
@@ -430,14 +725,27 @@ fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usi
     if length != spec.n * file_row {
         return Err(Error::InvalidModel(format!("`{name}` holds {length} bytes, not the {} its shape says", spec.n * file_row)));
     }
-    let gpu_row = spec.row_bytes(d.field);
+    // f16 stays f16 where the GPU holds it so: a float weight's values, f16 scales.
+    let widen = d.source == Source::F16 && !(field == Field::Data || spec.f16_params && field != Field::Bias);
+    let gpu_row = spec.row_bytes(field);
     let rows_per = (UPLOAD_CHUNK / gpu_row.max(1)).max(1);
-    let (mut file, mut gpu) = (Vec::new(), Vec::new());
+    let (mut file, mut gpu, mut column) = (Vec::new(), Vec::new(), Vec::new());
     for r0 in (0..spec.n).step_by(rows_per) {
         let rows = rows_per.min(spec.n - r0);
         file.resize(rows * file_row, 0);
-        read(r0 * file_row, &mut file);
-        if d.source == Source::F16 && !spec.f16_params {
+        if d.transposed {
+            // Row i of the file holds element i of every output row.
+            column.resize(rows * es, 0);
+            for i in 0..spec.k {
+                read((i * spec.n + r0) * es, &mut column);
+                for (r, v) in column.chunks_exact(es).enumerate() {
+                    file[r * file_row + i * es..][..es].copy_from_slice(v);
+                }
+            }
+        } else {
+            read(r0 * file_row, &mut file);
+        }
+        if widen {
             gpu.clear();
             gpu.extend(file.chunks_exact(2).flat_map(|h| half::f16::from_le_bytes([h[0], h[1]]).to_f32().to_le_bytes()));
         } else if gpu_row != file_row {
@@ -447,10 +755,10 @@ fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usi
                 gpu.resize(gpu.len() + gpu_row - file_row, 0);
             }
         } else {
-            w.write(ctx, d.field, r0, &file);
+            w.write(ctx, field, r0, &file);
             continue;
         }
-        w.write(ctx, d.field, r0, &gpu);
+        w.write(ctx, field, r0, &gpu);
     }
     Ok(())
 }
@@ -469,7 +777,7 @@ const NORMS: [&str; 2] = ["input_layernorm", "post_attention_layernorm"];
 
 fn missing_weight(name: &str) -> Error {
     Error::UnsupportedBackend(format!(
-        "webgpu: the graph has no `{name}`: the GPU backend runs block-quantized (MatMulNBits int4 / int8) models in edge-llm's layout"
+        "webgpu: the graph has no `{name}`: the GPU backend runs Llama decoders in edge-llm's, optimum's and onnxruntime's layouts (MatMulNBits int4 / int8, f32 / f16 MatMul)"
     ))
 }
 

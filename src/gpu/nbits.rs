@@ -1,6 +1,7 @@
 //! Block-quantized weights on the GPU: com.microsoft::MatMulNBits's layout, 4 or 8 bits, with
 //! no zero points (the middle of the range), integer ones or float ones (`w = (q - zp) *
-//! scale`, llama.cpp Q4_1's form: edge-llm's int4 recipe). [`BlockSpec`] is a weight's shape
+//! scale`, llama.cpp Q4_1's form: edge-llm's int4 recipe); also a plain MatMul's float weight
+//! (f32, or f16 pairs) in the same row layout, one block per row. [`BlockSpec`] is a weight's shape
 //! and storage, [`BlockWeight`] its host form (tests, the twins), [`GpuNBits`] its GPU form:
 //! buffers made before any byte arrives and filled row by row as the weight's tensors are read
 //! ([`GpuNBits::write`]), so a load never needs a whole weight in memory, split by rows where
@@ -50,6 +51,8 @@ pub struct BlockSpec {
     /// whole word: as a file with f16 scales stores them (edge-llm's recipe; 2 bytes a block
     /// where f32 takes 4). Values must be f16-exact.
     pub f16_params: bool,
+    /// A float `[n]` added to the outputs (MatMulNBits' `bias` input, or a MatMul's `Add`).
+    pub bias: bool,
 }
 
 /// The parts of a [`GpuNBits`] that [`GpuNBits::write`] fills.
@@ -58,9 +61,28 @@ pub enum Field {
     Data,
     Scales,
     ZeroPoints,
+    /// One f32 per row.
+    Bias,
 }
 
 impl BlockSpec {
+    /// A float weight `[n][k]`: `bits` 32 (f32) or 16 (f16, two per word), each row padded to
+    /// a whole word, no scales or zero points (one block per row).
+    pub fn float(n: usize, k: usize, bits: usize) -> Self {
+        let per_word = 32 / bits.max(1);
+        BlockSpec { n, k, bits, block_size: k.div_ceil(per_word).max(1) * per_word, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false }
+    }
+
+    /// Values are floats ([`BlockSpec::float`]).
+    pub fn is_float(&self) -> bool {
+        self.bits >= 16
+    }
+
+    /// The kernels' `zp_mode` (3: float values).
+    fn zp_mode(&self) -> u32 {
+        if self.is_float() { 3 } else { self.zero_points.mode() }
+    }
+
     pub fn blocks(&self) -> usize {
         self.k.div_ceil(self.block_size.max(1))
     }
@@ -69,6 +91,8 @@ impl BlockSpec {
     pub fn row_bytes(&self, field: Field) -> usize {
         match (field, self.zero_points) {
             (Field::Data, _) => self.blocks() * self.block_size * self.bits / 8,
+            (Field::Bias, _) => if self.bias { 4 } else { 0 },
+            (Field::Scales | Field::ZeroPoints, _) if self.is_float() => 0,
             (Field::Scales, _) | (Field::ZeroPoints, ZeroPointKind::Float) => self.param_row_bytes(),
             (Field::ZeroPoints, ZeroPointKind::Int) => self.int_zero_point_row_bytes().div_ceil(4) * 4,
             (Field::ZeroPoints, ZeroPointKind::Middle) => 0,
@@ -88,10 +112,16 @@ impl BlockSpec {
 
     /// Bytes the weight takes on the GPU.
     pub fn gpu_bytes(&self) -> usize {
-        self.n * [Field::Data, Field::Scales, Field::ZeroPoints].iter().map(|f| self.row_bytes(*f)).sum::<usize>()
+        self.n * FIELDS.iter().map(|f| self.row_bytes(*f)).sum::<usize>()
     }
 
     fn check(&self, name: &str) -> Result<()> {
+        if self.is_float() {
+            if !matches!(self.bits, 16 | 32) || self.n == 0 || self.k == 0 {
+                return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` is a [{}][{}] float weight of {} bits; the kernels take f32 or f16", self.n, self.k, self.bits)));
+            }
+            return Ok(());
+        }
         if !matches!(self.bits, 4 | 8) || self.block_size % 8 != 0 || self.block_size < 16 || self.n == 0 || self.k == 0 {
             return Err(Error::UnsupportedBackend(format!(
                 "webgpu: `{name}` is a [{}][{}] {}-bit weight in blocks of {}; the kernels take 4 or 8 bits in blocks of a multiple of 8 >= 16",
@@ -106,7 +136,7 @@ impl BlockSpec {
     /// equal size. A row that alone does not fit is `UnsupportedBackend`, naming the weight and
     /// the limit.
     pub fn row_ranges(&self, name: &str, max: u64) -> Result<Vec<Range<usize>>> {
-        let row = [Field::Data, Field::Scales, Field::ZeroPoints].iter().map(|f| self.row_bytes(*f)).max().unwrap_or(0).max(1) as u64;
+        let row = FIELDS.iter().map(|f| self.row_bytes(*f)).max().unwrap_or(0).max(1) as u64;
         if row > max {
             return Err(Error::UnsupportedBackend(format!(
                 "webgpu: one row of `{name}` ([{}][{}] {}-bit) takes {row} bytes, more than the adapter binds as one storage buffer ({max} bytes: maxStorageBufferBindingSize / maxBufferSize)",
@@ -120,6 +150,9 @@ impl BlockSpec {
         Ok((0..parts).map(|p| p * rows..((p + 1) * rows).min(n)).filter(|r| !r.is_empty()).collect())
     }
 }
+
+/// Every [`Field`].
+const FIELDS: [Field; 4] = [Field::Data, Field::Scales, Field::ZeroPoints, Field::Bias];
 
 /// Zero points of a [`BlockWeight`], one per block (row-major `[n][blocks]`).
 #[derive(Debug, Clone, PartialEq)]
@@ -138,10 +171,42 @@ pub struct BlockWeight {
     /// `[n][blocks]`.
     pub scales: Vec<f32>,
     pub zero_points: ZeroPoints,
+    /// `[n]` where `spec.bias`.
+    pub bias: Vec<f32>,
 }
 
 impl BlockWeight {
-    /// Value `i` of row `j` as stored.
+    /// A float weight ([`BlockSpec::float`]) holding `values` (`[n][k]`; rounded to f16 when
+    /// `bits` is 16).
+    pub fn float(n: usize, k: usize, bits: usize, values: &[f32]) -> Self {
+        let spec = BlockSpec::float(n, k, bits);
+        assert_eq!(values.len(), n * k, "[n][k] values");
+        let row = spec.row_bytes(Field::Data);
+        let mut data = Vec::with_capacity(n * row);
+        for r in values.chunks_exact(k) {
+            if bits == 32 {
+                data.extend(r.iter().flat_map(|v| v.to_le_bytes()));
+            } else {
+                data.extend(r.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()));
+            }
+            data.resize(data.len().next_multiple_of(row), 0);
+        }
+        BlockWeight { spec, data, scales: Vec::new(), zero_points: ZeroPoints::Middle, bias: Vec::new() }
+    }
+
+    /// Value `i` of row `j` as stored: the integer of a quantized weight, a float weight's
+    /// value.
+    pub fn stored(&self, j: usize, i: usize) -> f32 {
+        let s = &self.spec;
+        let at = j * s.row_bytes(Field::Data) + i * s.bits / 8;
+        match s.bits {
+            32 => f32::from_le_bytes(self.data[at..at + 4].try_into().expect("4 bytes")),
+            16 => half::f16::from_le_bytes([self.data[at], self.data[at + 1]]).to_f32(),
+            _ => self.quant(j, i) as f32,
+        }
+    }
+
+    /// Value `i` of row `j` as stored (a quantized weight's).
     pub fn quant(&self, j: usize, i: usize) -> u32 {
         let s = &self.spec;
         let bit = i * s.bits;
@@ -152,6 +217,7 @@ impl BlockWeight {
     pub fn zero_point(&self, j: usize, b: usize) -> f32 {
         let at = j * self.spec.blocks() + b;
         match &self.zero_points {
+            _ if self.spec.is_float() => 0.0,
             ZeroPoints::Middle => (1u32 << (self.spec.bits - 1)) as f32,
             ZeroPoints::Int(z) => z[at] as f32,
             ZeroPoints::Float(z) => z[at],
@@ -159,13 +225,16 @@ impl BlockWeight {
     }
 
     pub fn scale(&self, j: usize, b: usize) -> f32 {
+        if self.spec.is_float() {
+            return 1.0;
+        }
         self.scales[j * self.spec.blocks() + b]
     }
 
     /// `(q - zp) * scale` of value `i` of row `j`.
     pub fn value(&self, j: usize, i: usize) -> f32 {
         let b = i / self.spec.block_size;
-        (self.quant(j, i) as f32 - self.zero_point(j, b)) * self.scale(j, b)
+        (self.stored(j, i) - self.zero_point(j, b)) * self.scale(j, b)
     }
 
     /// The weight's values, `[n][k]`.
@@ -218,10 +287,11 @@ impl From<Q4Weight> for BlockWeight {
         };
         let kind = if zero_points == ZeroPoints::Middle { ZeroPointKind::Middle } else { ZeroPointKind::Int };
         BlockWeight {
-            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: kind, f16_params: false },
+            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: kind, f16_params: false, bias: false },
             data: w.packed,
             scales: w.scales,
             zero_points,
+            bias: Vec::new(),
         }
     }
 }
@@ -229,10 +299,11 @@ impl From<Q4Weight> for BlockWeight {
 impl From<Q4MinWeight> for BlockWeight {
     fn from(w: Q4MinWeight) -> Self {
         BlockWeight {
-            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: ZeroPointKind::Float, f16_params: false },
+            spec: BlockSpec { n: w.n, k: w.k, bits: 4, block_size: w.block_size, zero_points: ZeroPointKind::Float, f16_params: false, bias: false },
             data: w.packed,
             scales: w.scales,
             zero_points: ZeroPoints::Float(w.zero_points),
+            bias: Vec::new(),
         }
     }
 }
@@ -241,10 +312,11 @@ impl From<Q8BlockWeight> for BlockWeight {
     /// `(q - 128) * scale`.
     fn from(w: Q8BlockWeight) -> Self {
         BlockWeight {
-            spec: BlockSpec { n: w.n, k: w.k, bits: 8, block_size: w.block_size, zero_points: ZeroPointKind::Middle, f16_params: false },
+            spec: BlockSpec { n: w.n, k: w.k, bits: 8, block_size: w.block_size, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false },
             data: w.q,
             scales: w.scales,
             zero_points: ZeroPoints::Middle,
+            bias: Vec::new(),
         }
     }
 }
@@ -257,6 +329,8 @@ pub struct Part {
     pub scales: wgpu::Buffer,
     /// Zero points, or a 4-byte placeholder without them.
     pub zps: wgpu::Buffer,
+    /// The part's rows' bias, or a placeholder without one.
+    pub bias: wgpu::Buffer,
     /// `[part rows, k, block_size, zp_mode, first row, all rows, bits, f16_params]`: the kernels index the
     /// part's buffers from its first row and write outputs (or gather tokens) at the weight's rows.
     pub params: wgpu::Buffer,
@@ -268,6 +342,7 @@ impl Part {
             Field::Data => &self.data,
             Field::Scales => &self.scales,
             Field::ZeroPoints => &self.zps,
+            Field::Bias => &self.bias,
         }
     }
 }
@@ -293,11 +368,12 @@ impl GpuNBits {
         for rows in ranges {
             let n = rows.len();
             let bytes = |f: Field| (n * spec.row_bytes(f)) as u64;
-            let params = [n as u32, spec.k as u32, spec.block_size as u32, spec.zero_points.mode(), rows.start as u32, spec.n as u32, spec.bits as u32, spec.f16_params as u32];
+            let params = [n as u32, spec.k as u32, spec.block_size as u32, spec.zp_mode(), rows.start as u32, spec.n as u32, spec.bits as u32, spec.f16_params as u32];
             parts.push(Part {
                 data: ctx.storage(name, bytes(Field::Data))?,
                 scales: ctx.storage(name, bytes(Field::Scales))?,
                 zps: ctx.storage(name, bytes(Field::ZeroPoints))?,
+                bias: ctx.storage(name, bytes(Field::Bias))?,
                 params: ctx.uniform(name, &params),
                 rows,
             });
@@ -328,6 +404,7 @@ impl GpuNBits {
         g.write(ctx, Field::Data, 0, &w.data);
         g.write(ctx, Field::Scales, 0, &w.gpu_params(&w.scales));
         g.write(ctx, Field::ZeroPoints, 0, &w.gpu_zero_points());
+        g.write(ctx, Field::Bias, 0, &f32_bytes(&w.bias));
         Ok(g)
     }
 
@@ -339,6 +416,17 @@ impl GpuNBits {
             let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
             pipes.bind(ctx, Kernel::GemvNBits, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid)
         };
+        let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
+        d.extend(self.add_bias(ctx, pipes, y));
+        d
+    }
+
+    /// `y[r] += bias` for the step's rows, after the product (nothing without a bias).
+    fn add_bias(&self, ctx: &GpuContext, pipes: &mut Pipelines, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        if !self.spec.bias {
+            return Vec::new();
+        }
+        let bind = |p: &Part, pipes: &mut Pipelines| pipes.bind(ctx, Kernel::BiasNBits, &[&p.params, &p.bias, y], Grid::per_row((p.rows.len() as u32).div_ceil(64)));
         self.parts.iter().map(|p| bind(p, pipes)).collect()
     }
 
@@ -348,7 +436,9 @@ impl GpuNBits {
             let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
             pipes.bind(ctx, Kernel::GemmNBits, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
         };
-        self.parts.iter().map(|p| bind(p, pipes)).collect()
+        let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
+        d.extend(self.add_bias(ctx, pipes, y));
+        d
     }
 
     /// `out[r] = row state.tokens[r]` of this table, for each of the step's rows: each part

@@ -29,13 +29,14 @@ impl GemvBench {
     /// `reps` GEMMs `y = x W^T` over `rows` rows of `x` (one row: the GEMV).
     pub fn with_rows(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
         // Deterministic weights; their values do not change the time.
-        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false };
+        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false, bias: false };
         let blocks = n * spec.blocks();
         let q = BlockWeight {
             spec,
             data: (0..n * spec.row_bytes(Field::Data)).map(|i| (i * 2_654_435_761 >> 7) as u8).collect(),
             scales: (0..blocks).map(|i| ((i * 7919) % 1000) as f32 / 1e5 + 1e-3).collect(),
             zero_points: if symmetric { ZeroPoints::Middle } else { ZeroPoints::Int((0..blocks).map(|i| (i % 16) as u8).collect()) },
+            bias: Vec::new(),
         };
         let x: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 - 3.0).collect();
         let gw = GpuNBits::upload(ctx, "bench_w", &q)?;

@@ -5,7 +5,8 @@ use crate::backend::SampleParams;
 use super::nbits::BlockWeight;
 
 /// `gemv_nbits.wgsl`: `y[r][j] = sum_i x[r][i] * (q[j][i] - zp) * scale`, rows of `x` of
-/// length `k`, summed per block and scaled as the kernel does.
+/// length `k`, summed per block and scaled as the kernel does (a float weight: one block, scale
+/// 1, zero point 0); then `bias_nbits.wgsl`'s `+ bias[j]` where the weight has one.
 pub fn gemv_nbits(w: &BlockWeight, x: &[f32]) -> Vec<f32> {
     let s = &w.spec;
     assert_eq!(x.len() % s.k, 0, "x holds whole rows of k");
@@ -15,8 +16,11 @@ pub fn gemv_nbits(w: &BlockWeight, x: &[f32]) -> Vec<f32> {
             let mut acc = 0f32;
             for b in 0..s.blocks() {
                 let zp = w.zero_point(j, b);
-                let sum: f32 = (b * s.block_size..((b + 1) * s.block_size).min(s.k)).map(|i| (w.quant(j, i) as f32 - zp) * xr[i]).sum();
+                let sum: f32 = (b * s.block_size..((b + 1) * s.block_size).min(s.k)).map(|i| (w.stored(j, i) - zp) * xr[i]).sum();
                 acc += sum * w.scale(j, b);
+            }
+            if s.bias {
+                acc += w.bias[j];
             }
             y.push(acc);
         }

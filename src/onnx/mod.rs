@@ -7,7 +7,7 @@ use tract_onnx::pb::{
     type_proto,
 };
 
-pub use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
+pub use tract_onnx::pb::{GraphProto, ModelProto, NodeProto, TensorProto};
 
 /// Default-domain opset the writer targets.
 pub const OPSET: i64 = 17;

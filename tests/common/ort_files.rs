@@ -98,9 +98,33 @@ pub enum Backend {
     /// the packed files the way `Engine.load` does ([`Engine::load_packed`], default options).
     #[cfg(feature = "pack")]
     Packed,
+    /// Packed as [`Backend::Packed`], then opened on the GPU backend (`backend: "webgpu"`:
+    /// natively wgpu over Vulkan; `tests/gpu.rs`).
+    #[cfg(all(feature = "pack", not(target_arch = "wasm32")))]
+    Gpu,
 }
 
 impl Backend {
+    /// Loaded from `edge-llm-pack pack`'s files through the engine.
+    #[cfg(feature = "pack")]
+    fn is_packed(self) -> bool {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self == Backend::Gpu {
+            return true;
+        }
+        self == Backend::Packed
+    }
+
+    /// The engine's backend for a packed file.
+    #[cfg(feature = "pack")]
+    fn engine_backend(self) -> edge_llm::backend::BackendKind {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self == Backend::Gpu {
+            return edge_llm::backend::BackendKind::Webgpu;
+        }
+        edge_llm::backend::BackendKind::Wasm
+    }
+
     pub fn options(self) -> CpuOptions {
         let kernels = matches!(self, Backend::Kernels | Backend::KernelsExact);
         let q4_activations = if self == Backend::KernelsExact { Q4Activations::AsModelExact } else { Q4Activations::AsModel };
@@ -241,13 +265,17 @@ impl PackInputs {
 impl Loaded {
     fn new(onnx: &[u8], backend: Backend, #[cfg(feature = "pack")] pack: &PackInputs) -> edge_llm::Result<Self> {
         #[cfg(feature = "pack")]
-        if backend == Backend::Packed {
+        if backend.is_packed() {
             let opts = edge_llm::pack::PackOptions { shard_bytes: pack.shard_bytes, ..Default::default() };
             let (manifest, files) = edge_llm::pack::pack(onnx, &pack.tokenizer, &pack.config, &opts)?;
             assert!(files.len() > 3, "a packed file has several weight shards");
             // Through its JSON, as the loader reads it.
             let manifest = edge_llm::package::manifest::Manifest::from_json(&serde_json::to_vec(&manifest).expect("manifest serializes"))?;
-            return Ok(Loaded::Engine(edge_llm::Engine::open(edge_llm::package::Package::packed(&manifest, files.into_iter().collect()), &Default::default())?));
+            let options = edge_llm::generate::EngineOptions { backend: backend.engine_backend(), ..Default::default() };
+            let engine = edge_llm::Engine::open(edge_llm::package::Package::packed(&manifest, files.into_iter().collect()), &options)?;
+            let want = if options.backend == edge_llm::backend::BackendKind::Webgpu { "webgpu" } else { "wasm" };
+            assert_eq!(engine.backend_info().name, want, "opened on the backend asked for");
+            return Ok(Loaded::Engine(engine));
         }
         Ok(Loaded::Model(Arc::new(CpuModel::from_proto(edge_llm::onnx::decode(onnx)?, &backend.options())?)))
     }

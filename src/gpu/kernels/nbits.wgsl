@@ -8,6 +8,9 @@
 //   zps     zp_mode 0: none (the middle, 2^(bits-1): 8 for int4, 128 for int8)
 //           zp_mode 1: bits-wide unsigned integers, [blocks], padded to whole u32 words
 //           zp_mode 2: [blocks] floats, as the scales (`w = (q - zp) * scale`, a float zp)
+//           zp_mode 3: float values (bits 32: f32; bits 16: two f16 per word, low half first),
+//           one block per row (block = k padded to a whole word), no zero points or scales
+//           (their buffers are placeholders): a plain MatMul's weight (fp32 / fp16 files)
 // A value is (q - zp) * scale. Twin: gpu::nbits::BlockWeight::value.
 
 struct Params {
@@ -17,7 +20,7 @@ struct Params {
     zp_mode: u32,
     row0: u32, // the part's first row in the weight
     total: u32, // the weight's rows (y's row length; embedding: the vocabulary)
-    bits: u32, // 4 or 8
+    bits: u32, // 4 or 8; float values: 16 or 32
     f16_params: u32, // scales and float zero points as f16 pairs
 }
 
@@ -37,6 +40,12 @@ fn words_per_row() -> u32 {
 
 // Value t of a data word.
 fn quant(word: u32, t: u32) -> f32 {
+    if (p.bits == 32u) {
+        return bitcast<f32>(word);
+    }
+    if (p.bits == 16u) {
+        return unpack2x16float(word)[t];
+    }
     return f32((word >> (p.bits * t)) & ((1u << p.bits) - 1u));
 }
 
@@ -49,6 +58,9 @@ fn zero_point(j: u32, b: u32) -> f32 {
     }
     if (p.zp_mode == 2u) {
         return param(zps[param_word(j, b)], b);
+    }
+    if (p.zp_mode == 3u) {
+        return 0.0;
     }
     return f32(1u << (p.bits - 1u));
 }
@@ -71,5 +83,8 @@ fn param(word: u32, b: u32) -> f32 {
 
 // Scale of block b of the part's row j.
 fn block_scale(j: u32, b: u32) -> f32 {
+    if (p.zp_mode == 3u) {
+        return 1.0;
+    }
     return param(scales[param_word(j, b)], b);
 }
