@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
 use super::decode::{GpuLayer, GpuLlama, GpuWeights, Pick, LINEARS};
-use super::nbits::{BlockSpec, Field, GpuNBits, ZeroPointKind};
+use super::nbits::{Activations, BlockSpec, Field, GpuNBits, ZeroPointKind};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
 use crate::backend::SampleParams;
@@ -281,6 +281,9 @@ enum Source {
     F16,
     /// Bytes the GPU takes as they are (values; integer zero points, each row padded to words).
     Bytes,
+    /// int8 values (and zero points), held as uint8 `v + 128` (the sign bit flipped on the way):
+    /// the kernels read unsigned bytes.
+    I8,
 }
 
 impl Source {
@@ -297,7 +300,7 @@ impl Source {
         match self {
             Source::F32 => 4,
             Source::F16 => 2,
-            Source::Bytes => 1,
+            Source::Bytes | Source::I8 => 1,
         }
     }
 }
@@ -318,16 +321,27 @@ struct Dest {
     weight: usize,
     target: Target,
     source: Source,
-    /// A MatMul's float weight stored `[k][n]`, transposed to the kernels' rows on the way.
+    /// A MatMul's weight stored `[k][n]`, transposed to the kernels' rows on the way.
     transposed: bool,
+    /// One value in the file for every row (a per-tensor scale or zero point).
+    broadcast: bool,
+    /// The file holds the values densely, `k` a row (a MatMul's or Gather's tensor), not in
+    /// MatMulNBits' blocks.
+    dense: bool,
+}
+
+impl Dest {
+    fn new(weight: usize, field: Field, source: Source) -> Self {
+        Dest { weight, target: Target::Field(field), source, transposed: false, broadcast: false, dense: false }
+    }
 }
 
 /// A weight of the graph, as the GPU holds it.
 struct Planned {
     name: String,
     spec: BlockSpec,
-    /// Its `MatMulNBits` node computes on int8 activations (see [`GpuNBits::int8_activations`]).
-    int8_activations: bool,
+    /// How its node rounds its input first (see [`GpuNBits::activations`]).
+    activations: Activations,
 }
 
 /// What the GPU backend reads from a graph, from its nodes and its initializers' names, shapes
@@ -391,6 +405,63 @@ impl<'g> Graph<'g> {
             "Transpose" if matches!(ints_attr(n, "perm").as_deref(), None | Some([1, 0])) => self.float_source(&n.input[0], !transposed),
             op => Err(format!("`{value}` is computed by {op} (`{}`)", n.name)),
         }
+    }
+
+    /// The constant behind `value` through `Cast`, `Transpose` and `DequantizeLinear`.
+    fn constant_behind(&self, mut value: &'g str) -> Option<&'g str> {
+        loop {
+            if self.inits.contains_key(value) {
+                return Some(value);
+            }
+            let n = self.producers.get(value).filter(|n| matches!(n.op_type.as_str(), "Cast" | "Transpose" | "DequantizeLinear"))?;
+            value = n.input.first()?;
+        }
+    }
+
+    /// The only node reading `value`, if it is a `op`.
+    fn sole_user(&self, value: &str, op: &str) -> Option<&'g NodeProto> {
+        match self.consumers.get(value).map(Vec::as_slice) {
+            Some([n]) if n.op_type == op => Some(*n),
+            _ => None,
+        }
+    }
+
+    /// A `MatMulInteger`'s weight scale (a float constant, one or `n` values), as
+    /// `quantize_dynamic` and edge-llm's int8 export write it: `Cast` of the product to float,
+    /// then `Mul` by `Mul(x_scale, w_scale)`. Also the final `Mul` (a bias `Add` may follow).
+    fn integer_scale(&self, node: &NodeProto, n: usize) -> std::result::Result<(&'g TensorProto, &'g NodeProto), String> {
+        let shape = "not Cast → Mul(·, Mul(x_scale, w_scale)) after it";
+        let cast = self.sole_user(&node.output[0], "Cast").ok_or(shape)?;
+        let mul = self.sole_user(&cast.output[0], "Mul").ok_or(shape)?;
+        let other = mul.input.iter().find(|i| **i != cast.output[0]).ok_or(shape)?;
+        let scales = self.producers.get(other.as_str()).filter(|p| p.op_type == "Mul").ok_or(shape)?;
+        let w_scale = scales.input.iter().find_map(|i| self.inits.get(i.as_str()).copied()).ok_or(shape)?;
+        if Source::of_float(w_scale).is_none() || !matches!(elements(w_scale), 1) && elements(w_scale) != n {
+            return Err(format!("weight scale `{}` is not 1 or {n} floats", w_scale.name));
+        }
+        Ok((w_scale, mul))
+    }
+
+    /// How an int8 / uint8 embedding table is dequantized after its `Gather`: a
+    /// `DequantizeLinear` with one scale and zero point (onnxruntime's `quantize_dynamic`), or
+    /// `Cast` then `Mul` by the gathered row scales (edge-llm's int8 export).
+    fn table_dequantization(&self, gather: &NodeProto) -> std::result::Result<(&'g TensorProto, Option<&'g TensorProto>), String> {
+        let out = &gather.output[0];
+        if let Some(dq) = self.sole_user(out, "DequantizeLinear") {
+            let scale = dq.input.get(1).and_then(|i| self.inits.get(i.as_str()).copied()).ok_or("DequantizeLinear's scale is not a constant")?;
+            let zero_point = dq.input.get(2).filter(|i| !i.is_empty()).map(|i| self.inits.get(i.as_str()).copied().ok_or("DequantizeLinear's zero point is not a constant")).transpose()?;
+            return Ok((scale, zero_point));
+        }
+        let shape = "not DequantizeLinear, nor Cast → Mul by Gather(row scales) after it";
+        let cast = self.sole_user(out, "Cast").ok_or(shape)?;
+        let mul = self.sole_user(&cast.output[0], "Mul").ok_or(shape)?;
+        let mut v = mul.input.iter().find(|i| **i != cast.output[0]).ok_or(shape)?.as_str();
+        while let Some(p) = self.producers.get(v).filter(|p| matches!(p.op_type.as_str(), "Unsqueeze" | "Reshape")) {
+            v = &p.input[0];
+        }
+        let g = self.producers.get(v).filter(|p| p.op_type == "Gather" && p.input.get(1) == gather.input.get(1)).ok_or(shape)?;
+        let scale = self.inits.get(g.input[0].as_str()).copied().ok_or(shape)?;
+        Ok((scale, None))
     }
 
     /// A float initializer `[n]` added to `node`'s output by the only node reading it (a
@@ -474,15 +545,24 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
     // token ids reads.
     let embed_at = plan.weights.len();
     if let Ok((spec, _)) = plan_weight(&gr.inits, EMBEDDING, cfg.vocab_size, h, embed_at, &mut plan.dests) {
-        plan.weights.push(Planned { name: EMBEDDING.into(), spec, int8_activations: false });
+        plan.weights.push(Planned { name: EMBEDDING.into(), spec, activations: Activations::Float });
     } else {
         let gather = g
             .node
             .iter()
             .find(|n| n.op_type == "Gather" && n.input.get(1).is_some_and(|i| i == "input_ids"))
             .ok_or_else(|| missing_weight(&format!("{EMBEDDING} (a Gather of `input_ids`)")))?;
-        let table = gr.float_source(&gather.input[0], false).map_err(|why| unsupported_node(gather, &why))?;
-        plan_float(&mut plan, EMBEDDING.into(), table, cfg.vocab_size, h, None)?;
+        match gr.inits.get(gather.input[0].as_str()).filter(|t| is_int8(t)) {
+            Some(table) => {
+                let (scale, zero_point) = gr.table_dequantization(gather).map_err(|why| unsupported_node(gather, &why))?;
+                let w = Q8Rows { data: table, scale, zero_point, transposed: false };
+                plan_q8_rows(&mut plan, EMBEDDING.into(), w, cfg.vocab_size, h, None, Activations::Float)?;
+            }
+            None => {
+                let table = gr.float_source(&gather.input[0], false).map_err(|why| unsupported_node(gather, &why))?;
+                plan_float(&mut plan, EMBEDDING.into(), table, cfg.vocab_size, h, None)?;
+            }
+        }
     }
     // The head: the linear that writes the logits (through `Identity` / `Cast`), else by its
     // name, else the linear reading the embedding's table.
@@ -505,7 +585,7 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
     if plan.weights.len() == before {
         // Tied: it read the embedding's table (`plan_linear` added nothing); the table's
         // kernels compute as the head's node asks.
-        plan.weights[embed_at].int8_activations = int8_activations(head, &plan.weights[embed_at].spec);
+        plan.weights[embed_at].activations = activations(&gr, head, &plan.weights[embed_at].spec);
     }
     if let Some(n) = plan.norms.iter().find(|n| !gr.inits.contains_key(n.as_str())) {
         return Err(missing_weight(n));
@@ -513,11 +593,18 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
     Ok(plan)
 }
 
-/// Whether `node` (a `MatMulNBits`) computes on int8 activations: `accuracy_level` 4 with
-/// integer or no zero points. onnxruntime computes int8 only then; float zero points run on
-/// float activations whatever the node asks (as the CPU backend, `cpu::q8_block_matmul`).
-fn int8_activations(node: &NodeProto, spec: &BlockSpec) -> bool {
-    node.op_type == "MatMulNBits" && attr(node, "accuracy_level") == Some(crate::onnx::ACCURACY_LEVEL_INT8) && !spec.is_float() && spec.zero_points != ZeroPointKind::Float
+/// How `node` rounds its input: a `MatMulNBits` to int8 blocks where `accuracy_level` is 4
+/// with integer or no zero points (onnxruntime computes int8 only then; float zero points run
+/// on float activations whatever the node asks, as the CPU backend, `cpu::q8_block_matmul`);
+/// a `MatMulInteger` to uint8 over the tensor, as the `DynamicQuantizeLinear` feeding it.
+fn activations(gr: &Graph<'_>, node: &NodeProto, spec: &BlockSpec) -> Activations {
+    let int8_blocks = node.op_type == "MatMulNBits" && attr(node, "accuracy_level") == Some(crate::onnx::ACCURACY_LEVEL_INT8) && !spec.is_float() && spec.zero_points != ZeroPointKind::Float;
+    let dynamic = node.op_type == "MatMulInteger" && node.input.first().and_then(|a| gr.producers.get(a.as_str())).is_some_and(|p| p.op_type == "DynamicQuantizeLinear");
+    match (int8_blocks, dynamic) {
+        (true, _) => Activations::Int8Blocks,
+        (_, true) => Activations::Uint8Tensor,
+        _ => Activations::Float,
+    }
 }
 
 fn unsupported_node(n: &NodeProto, why: &str) -> Error {
@@ -553,30 +640,38 @@ fn plan_linear(gr: &Graph<'_>, plan: &mut Plan, node: &NodeProto, name: String, 
                 if elements(g_idx) != k {
                     return Err(unsupported_node(node, &format!("g_idx `{}` holds {} values, not k = {k}", g_idx.name, elements(g_idx))));
                 }
-                plan.dests.insert(g_idx.name.clone(), Dest { weight: index, target: Target::TrivialGIdx, source: Source::Bytes, transposed: false });
+                plan.dests.insert(g_idx.name.clone(), Dest { target: Target::TrivialGIdx, ..Dest::new(index, Field::Data, Source::Bytes) });
             }
             if let Some(bias) = input(5).transpose()? {
                 add_bias(plan, &mut spec, bias, index)?;
             }
-            let int8_activations = int8_activations(node, &spec);
-            if int8_activations && k % 32 != 0 {
+            let activations = activations(gr, node, &spec);
+            if activations == Activations::Int8Blocks && k % 32 != 0 {
                 return Err(Error::UnsupportedBackend(format!("webgpu: `{name}` asks for int8 activations over k = {k}, not a multiple of 32")));
             }
-            plan.weights.push(Planned { name, spec, int8_activations });
+            plan.weights.push(Planned { name, spec, activations });
             Ok(())
         }
         "MatMul" => {
             let b = node.input.get(1).ok_or_else(|| unsupported_node(node, "no B"))?;
+            if gr.constant_behind(b).is_some_and(|c| plan.dests.contains_key(c)) {
+                return Ok(()); // tied (a table dequantized in the graph, onnxruntime's int8)
+            }
             let w = gr.float_source(b, true).map_err(|why| unsupported_node(node, &why))?;
             if plan.dests.contains_key(&w.init.name) {
                 return Ok(()); // tied
             }
             plan_float(plan, name, w, n, k, gr.bias_after(node, n))
         }
-        "MatMulInteger" => Err(Error::UnsupportedBackend(format!(
-            "webgpu: `{}` is MatMulInteger (onnxruntime's quantize_dynamic: int8 with per-tensor dynamic activations), which runs on the CPU backend only",
-            node.name
-        ))),
+        "MatMulInteger" => {
+            if activations(gr, node, &BlockSpec::float(1, 1, 32)) != Activations::Uint8Tensor {
+                return Err(unsupported_node(node, "its input is not a DynamicQuantizeLinear's"));
+            }
+            let data = input(1).ok_or_else(|| unsupported_node(node, "no B"))??;
+            let (scale, scaled) = gr.integer_scale(node, n).map_err(|why| unsupported_node(node, &why))?;
+            let w = Q8Rows { data, scale, zero_point: input(3).transpose()?, transposed: true };
+            plan_q8_rows(plan, name, w, n, k, gr.bias_after(scaled, n), Activations::Uint8Tensor)
+        }
         op => Err(unsupported_node(node, &format!("{op} is not a linear the GPU backend computes"))),
     }
 }
@@ -590,11 +685,60 @@ fn plan_float(plan: &mut Plan, name: String, w: FloatSource<'_>, n: usize, k: us
     }
     let index = plan.weights.len();
     let mut spec = BlockSpec::float(n, k, if source == Source::F16 { 16 } else { 32 });
-    plan.dests.insert(w.init.name.clone(), Dest { weight: index, target: Target::Field(Field::Data), source, transposed: w.transposed });
+    plan.dests.insert(w.init.name.clone(), Dest { transposed: w.transposed, dense: true, ..Dest::new(index, Field::Data, source) });
     if let Some(b) = bias {
         add_bias(plan, &mut spec, b, index)?;
     }
-    plan.weights.push(Planned { name, spec, int8_activations: false });
+    plan.weights.push(Planned { name, spec, activations: Activations::Float });
+    Ok(())
+}
+
+fn is_int8(t: &TensorProto) -> bool {
+    t.data_type == OnnxType::Int8 as i32 || t.data_type == OnnxType::Uint8 as i32
+}
+
+/// An 8-bit weight quantized per tensor or per output (one scale, and zero point, for all rows
+/// or one per row): `MatMulInteger`'s B, a quantized embedding table.
+struct Q8Rows<'g> {
+    data: &'g TensorProto,
+    scale: &'g TensorProto,
+    zero_point: Option<&'g TensorProto>,
+    /// Stored `[k][n]` (a MatMul's B), not `[n][k]`.
+    transposed: bool,
+}
+
+/// `w` (`[n][k]`) as a MatMulNBits-layout 8-bit weight with one block per row: the values
+/// transposed to rows as they stream, int8 ones held as `v + 128`, a per-tensor scale and
+/// zero point repeated for every row; uint8 values without a zero point have 0, int8 ones 0
+/// (held as 128, the 8-bit middle).
+fn plan_q8_rows(plan: &mut Plan, name: String, w: Q8Rows<'_>, n: usize, k: usize, bias: Option<&TensorProto>, activations: Activations) -> Result<()> {
+    let bad = |what: String| Error::UnsupportedBackend(format!("webgpu: `{}` is not an 8-bit [{n}][{k}] weight ({what})", w.data.name));
+    let dims = if w.transposed { [k, n] } else { [n, k] };
+    if !is_int8(w.data) || w.data.dims.iter().map(|d| (*d).max(0) as usize).ne(dims) {
+        return Err(bad(format!("{:?}, ONNX data type {}", w.data.dims, w.data.data_type)));
+    }
+    let values = if w.data.data_type == OnnxType::Int8 as i32 { Source::I8 } else { Source::Bytes };
+    let count = |t: &TensorProto| match elements(t) {
+        1 => Ok(true),
+        c if c == n => Ok(false),
+        c => Err(bad(format!("`{}` holds {c} values, not 1 or {n}", t.name))),
+    };
+    let scale_source = Source::of_float(w.scale).ok_or_else(|| bad(format!("scale `{}` has ONNX data type {}", w.scale.name, w.scale.data_type)))?;
+    let index = plan.weights.len();
+    let zero_points = if w.zero_point.is_some() || values == Source::Bytes { ZeroPointKind::Int } else { ZeroPointKind::Middle };
+    let mut spec = BlockSpec { n, k, bits: 8, block_size: k.div_ceil(8).max(2) * 8, zero_points, f16_params: false, bias: false };
+    plan.dests.insert(w.data.name.clone(), Dest { transposed: w.transposed, dense: true, ..Dest::new(index, Field::Data, values) });
+    plan.dests.insert(w.scale.name.clone(), Dest { broadcast: count(w.scale)?, ..Dest::new(index, Field::Scales, scale_source) });
+    if let Some(z) = w.zero_point {
+        if z.data_type != w.data.data_type {
+            return Err(bad(format!("zero point `{}` has ONNX data type {}", z.name, z.data_type)));
+        }
+        plan.dests.insert(z.name.clone(), Dest { broadcast: count(z)?, ..Dest::new(index, Field::ZeroPoints, values) });
+    }
+    if let Some(b) = bias {
+        add_bias(plan, &mut spec, b, index)?;
+    }
+    plan.weights.push(Planned { name, spec, activations });
     Ok(())
 }
 
@@ -603,7 +747,7 @@ fn add_bias(plan: &mut Plan, spec: &mut BlockSpec, bias: &TensorProto, index: us
         Error::UnsupportedBackend(format!("webgpu: bias `{}` is not {} floats ({:?}, ONNX data type {})", bias.name, spec.n, bias.dims, bias.data_type))
     })?;
     spec.bias = true;
-    plan.dests.insert(bias.name.clone(), Dest { weight: index, target: Target::Field(Field::Bias), source, transposed: false });
+    plan.dests.insert(bias.name.clone(), Dest::new(index, Field::Bias, source));
     Ok(())
 }
 
@@ -646,9 +790,8 @@ fn plan_nbits(t: NBitsTensors<'_>, bits: usize, n: usize, k: usize, index: usize
     }
     let scale_source = Source::of_float(scales).filter(|_| elements(scales) == n * blocks).ok_or_else(|| bad(format!("scales `{}` are not {} floats", scales.name, n * blocks)))?;
     let mut spec = BlockSpec { n, k, bits, block_size, zero_points: ZeroPointKind::Middle, f16_params: scale_source == Source::F16, bias: false };
-    let dest = |field, source| Dest { weight: index, target: Target::Field(field), source, transposed: false };
-    dests.insert(data.name.clone(), dest(Field::Data, Source::Bytes));
-    dests.insert(scales.name.clone(), dest(Field::Scales, scale_source));
+    dests.insert(data.name.clone(), Dest::new(index, Field::Data, Source::Bytes));
+    dests.insert(scales.name.clone(), Dest::new(index, Field::Scales, scale_source));
     if let Some(z) = zero_points {
         let source = match Source::of_float(z) {
             Some(s) if elements(z) == n * blocks => {
@@ -666,7 +809,7 @@ fn plan_nbits(t: NBitsTensors<'_>, bits: usize, n: usize, k: usize, index: usize
             }
             _ => return Err(bad(format!("zero points `{}`: ONNX data type {}, {} values", z.name, z.data_type, elements(z)))),
         };
-        dests.insert(z.name.clone(), dest(Field::ZeroPoints, source));
+        dests.insert(z.name.clone(), Dest::new(index, Field::ZeroPoints, source));
     }
     Ok(spec)
 }
@@ -715,15 +858,16 @@ fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usi
     let spec = w.spec;
     let es = d.source.size();
     let file_row = match (field, d.source) {
-        (Field::Data, _) if spec.is_float() => spec.k * es,
+        (Field::Data, _) if d.dense => spec.k * es,
         (Field::Data, _) => spec.row_bytes(Field::Data),
         (Field::Bias, _) => es,
         (_, Source::F32) => spec.blocks() * 4,
         (_, Source::F16) => spec.blocks() * 2,
-        (_, Source::Bytes) => spec.int_zero_point_row_bytes(),
+        (_, Source::Bytes | Source::I8) => spec.int_zero_point_row_bytes(),
     };
-    if length != spec.n * file_row {
-        return Err(Error::InvalidModel(format!("`{name}` holds {length} bytes, not the {} its shape says", spec.n * file_row)));
+    let file_rows = if d.broadcast { 1 } else { spec.n };
+    if length != file_rows * file_row {
+        return Err(Error::InvalidModel(format!("`{name}` holds {length} bytes, not the {} its shape says", file_rows * file_row)));
     }
     // f16 stays f16 where the GPU holds it so: a float weight's values, f16 scales.
     let widen = d.source == Source::F16 && !(field == Field::Data || spec.f16_params && field != Field::Bias);
@@ -733,7 +877,11 @@ fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usi
     for r0 in (0..spec.n).step_by(rows_per) {
         let rows = rows_per.min(spec.n - r0);
         file.resize(rows * file_row, 0);
-        if d.transposed {
+        if d.broadcast {
+            let mut one = vec![0; file_row];
+            read(0, &mut one);
+            file = one.repeat(rows);
+        } else if d.transposed {
             // Row i of the file holds element i of every output row.
             column.resize(rows * es, 0);
             for i in 0..spec.k {
@@ -744,6 +892,9 @@ fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usi
             }
         } else {
             read(r0 * file_row, &mut file);
+        }
+        if d.source == Source::I8 {
+            file.iter_mut().for_each(|b| *b ^= 0x80);
         }
         if widen {
             gpu.clear();
@@ -790,7 +941,7 @@ async fn load_weights<'a, B: Blob + 'a>(ctx: &GpuContext, cfg: &LlamaConfig, gra
     let gpu = plan
         .weights
         .iter()
-        .map(|w| GpuNBits::allocate(ctx, &w.name, w.spec).map(|g| GpuNBits { int8_activations: w.int8_activations, ..g }))
+        .map(|w| GpuNBits::allocate(ctx, &w.name, w.spec).map(|g| GpuNBits { activations: w.activations, ..g }))
         .collect::<Result<Vec<_>>>()?;
     let mut norms: HashMap<String, Vec<f32>> = HashMap::new();
     for t in g.initializer.iter().filter(|t| t.external_data.is_empty()) {

@@ -9,7 +9,7 @@
 
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines};
-use super::nbits::{BlockWeight, GpuNBits};
+use super::nbits::{Activations, BlockWeight, GpuNBits};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
 use crate::backend::SampleParams;
@@ -306,6 +306,8 @@ impl GpuLlama {
         let act = ctx.storage("act", rows(inter))?;
         let scores = ctx.storage("scores", rows(cfg.num_heads * max_ctx))?;
         let x_last = ctx.storage("x_last", (h * 4) as u64)?;
+        // The head's one row, for a kernel that reads the row count from a step state.
+        let head_state = ctx.storage_init("head_state", &[0u32, 1].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?;
         let logits = ctx.storage("logits", (vocab * 4) as u64)?;
         let (cos, sin) = twin::rope_tables(hd, max_ctx, cfg.rope_theta);
         let cos = ctx.storage_init("rope_cos", &f32_bytes(&cos))?;
@@ -321,15 +323,23 @@ impl GpuLlama {
             let kc = ctx.storage("k_cache", (kvd * max_ctx * 4) as u64)?;
             let vc = ctx.storage("v_cache", (kvd * max_ctx * 4) as u64)?;
             let eps = cfg.rms_norm_eps;
-            // Where a linear's node asks for int8 activations, its input is rounded first (once
-            // for the linears sharing it) and it reads the rounded copy.
-            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer| {
-                users.iter().any(|w| w.int8_activations).then(|| Op::Run(kernels::round_q8(&ctx, &mut pipes, k, from, to)))
+            // Where a linear's node asks for rounded activations, its input is rounded first
+            // (once for the linears sharing it) and it reads the rounded copy.
+            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer| -> Result<Option<Op>> {
+                let mut kinds = users.iter().map(|w| w.activations).filter(|a| *a != Activations::Float);
+                let Some(kind) = kinds.next() else { return Ok(None) };
+                if kinds.any(|a| a != kind) {
+                    return Err(Error::UnsupportedBackend("webgpu: linears reading one input round it differently".into()));
+                }
+                Ok(Some(Op::Run(match kind {
+                    Activations::Uint8Tensor => kernels::quantize_tensor(&ctx, &mut pipes, k, &state, from, to),
+                    _ => kernels::round_q8(&ctx, &mut pipes, k, from, to),
+                })))
             };
-            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q), round(&[&wo], qd, &attn, &attn_q));
-            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q), round(&[&wd], inter, &act, &act_q));
+            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q)?, round(&[&wo], qd, &attn, &attn_q)?);
+            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q)?, round(&[&wd], inter, &act, &act_q)?);
             let mut linear = |w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
-                let x = if w.int8_activations { rounded } else { x };
+                let x = if w.activations != Activations::Float { rounded } else { x };
                 Op::Linear { gemv: w.gemv(&ctx, &mut pipes, x, y), gemm: w.gemm(&ctx, &mut pipes, &state, x, y) }
             };
             let (lq, lk, lv) = (linear(&wq, &xn, &xn_q, &q), linear(&wk, &xn, &xn_q, &k), linear(&wv, &xn, &xn_q, &v));
@@ -360,11 +370,17 @@ impl GpuLlama {
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
         let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
         let head_weight = head_w.as_ref().unwrap_or(&embed);
-        let head_in = if head_weight.int8_activations {
-            head.push(kernels::round_q8(&ctx, &mut pipes, h, &xn, &xn_q));
-            &xn_q
-        } else {
-            &xn
+        // The head runs on the last row only (`x_last`): a per-tensor rounding sees that row.
+        let head_in = match head_weight.activations {
+            Activations::Float => &xn,
+            Activations::Int8Blocks => {
+                head.push(kernels::round_q8(&ctx, &mut pipes, h, &xn, &xn_q));
+                &xn_q
+            }
+            Activations::Uint8Tensor => {
+                head.push(kernels::quantize_tensor(&ctx, &mut pipes, h, &head_state, &xn, &xn_q));
+                &xn_q
+            }
         };
         head.extend(head_weight.gemv(&ctx, &mut pipes, head_in, &logits));
         let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);
@@ -376,7 +392,7 @@ impl GpuLlama {
         let sample = kernels::sample(&ctx, &mut pipes, sb);
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([xn, xn_q, attn_q, act_q, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights]);
+        bufs.extend([head_state, xn, xn_q, attn_q, act_q, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights]);
         let token_readback = ctx.readback("token", 4);
         Ok(GpuLlama {
             ctx,

@@ -22,6 +22,7 @@ pub enum Kernel {
     Argmax,
     Sample,
     RoundQ8,
+    QuantizeTensor,
 }
 
 impl Kernel {
@@ -40,6 +41,7 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
             Kernel::RoundQ8 => "round_q8",
+            Kernel::QuantizeTensor => "quantize_tensor",
         }
     }
 
@@ -59,6 +61,7 @@ impl Kernel {
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
             Kernel::Sample => include_str!("kernels/sample.wgsl"),
             Kernel::RoundQ8 => include_str!("kernels/round_q8.wgsl"),
+            Kernel::QuantizeTensor => include_str!("kernels/quantize_tensor.wgsl"),
         }
     }
 }
@@ -164,6 +167,14 @@ fn elementwise(n: usize) -> Grid {
 pub fn round_q8(ctx: &GpuContext, pipes: &mut Pipelines, k: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("round_q8", &[k as u32]);
     pipes.bind(ctx, Kernel::RoundQ8, &[&params, x, y], Grid::per_row((k as u32 / 32).div_ceil(64)))
+}
+
+/// `x` (`[rows][k]`, the step's rows) quantized to uint8 with one scale and zero point over
+/// all of it and dequantized into `y`, for linears after a `DynamicQuantizeLinear`: one
+/// workgroup.
+pub fn quantize_tensor(ctx: &GpuContext, pipes: &mut Pipelines, k: usize, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("quantize_tensor", &[k as u32]);
+    pipes.bind(ctx, Kernel::QuantizeTensor, &[&params, state, x, y], Grid::Fixed([1, 1, 1]))
 }
 
 /// RMSNorm of each of the step's rows (`x` and `y` `[rows][n]`), one workgroup per row.

@@ -353,10 +353,23 @@ impl Part {
 pub struct GpuNBits {
     pub spec: BlockSpec,
     pub parts: Vec<Part>,
-    /// Its inputs are rounded to int8 per block of 32 first (`round_q8.wgsl`), as its
-    /// `MatMulNBits` node's `accuracy_level = 4` asks (onnxruntime's int8 compute; the CPU
-    /// backend's int8 kernels compute the same products exactly in integers).
-    pub int8_activations: bool,
+    /// How its inputs are rounded first, as its node asks.
+    pub activations: Activations,
+}
+
+/// How a linear's input is rounded before its product, as its node computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Activations {
+    /// As they are.
+    #[default]
+    Float,
+    /// To int8 per block of 32 (`round_q8.wgsl`), as a `MatMulNBits` node's `accuracy_level =
+    /// 4` asks (onnxruntime's int8 compute; the CPU backend's int8 kernels compute the same
+    /// products exactly in integers).
+    Int8Blocks,
+    /// To uint8 with one scale and zero point over the step's rows (`quantize_tensor.wgsl`):
+    /// the `DynamicQuantizeLinear` before a `MatMulInteger` (onnxruntime's `quantize_dynamic`).
+    Uint8Tensor,
 }
 
 impl GpuNBits {
@@ -378,7 +391,7 @@ impl GpuNBits {
                 rows,
             });
         }
-        Ok(GpuNBits { spec, parts, int8_activations: false })
+        Ok(GpuNBits { spec, parts, activations: Activations::Float })
     }
 
     /// Write `bytes`, whole rows `first..` of `field` in the GPU's layout

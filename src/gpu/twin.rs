@@ -44,6 +44,15 @@ pub fn round_q8(x: &[f32]) -> Vec<f32> {
         .collect()
 }
 
+/// `quantize_tensor.wgsl`: `x` quantized to uint8 with one scale and zero point over all of it
+/// (ONNX `DynamicQuantizeLinear`, onnxruntime's scale 1 for an all-zero input), dequantized.
+pub fn quantize_tensor(x: &[f32]) -> Vec<f32> {
+    let (min, max) = x.iter().fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+    let scale = if max == min { 1.0 } else { (max - min) / 255.0 };
+    let zp = (-min / scale).round_ties_even().clamp(0.0, 255.0);
+    x.iter().map(|v| (((v / scale).round_ties_even() + zp).clamp(0.0, 255.0) - zp) * scale).collect()
+}
+
 /// `rms_norm.wgsl` over each row of `x` of length `g.len()`.
 pub fn rms_norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
     x.chunks_exact(g.len())
