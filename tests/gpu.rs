@@ -1341,26 +1341,11 @@ mod ort_files;
 #[cfg(feature = "pack")]
 #[test]
 fn onnxruntime_made_files_give_onnxruntimes_tokens_on_the_gpu() {
-    use ort_files::{check, Backend, INT8_ACT_LAST};
+    use ort_files::{check, Backend, GPU_FILES};
     if gpu().is_none() {
         return;
     }
-    let files: [(&str, f32, Option<f32>); 13] = [
-        ("fp32", 1e-4, None),
-        ("int8", 1e-4, Some(INT8_ACT_LAST)),
-        ("fp16", 1.5e-2, None),
-        ("fp16-io", 1.5e-2, None),
-        ("int4-b32-sym", 1e-4, None),
-        ("int4-b32-asym", 1e-4, None),
-        ("int4-b128-sym", 1e-4, None),
-        ("int4-b128-asym", 1e-4, None),
-        ("int4-b32-acc4", 1e-4, Some(INT8_ACT_LAST)),
-        ("int4-qdq", 1e-4, Some(INT8_ACT_LAST)),
-        ("int4-qdq-asym", 1e-4, Some(INT8_ACT_LAST)),
-        ("int4-bias", 1e-4, None),
-        ("int4-gidx", 1e-4, None),
-    ];
-    for (name, tol, last) in files {
+    for (name, tol, last) in GPU_FILES {
         check(name, Backend::Gpu, tol, last);
     }
     let inputs = ort_files::PackInputs::tiny();

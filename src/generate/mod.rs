@@ -173,7 +173,11 @@ impl Engine {
     /// parse's transient) fit in the holes tract's graph rewriting leaves (wasm's heap never
     /// shrinks).
     pub async fn open_async<'a, B: Blob + 'a>(mut package: Package<'a, B>, options: &EngineOptions) -> Result<Self> {
-        let graph = package.graph().await?;
+        let mut graph = package.graph().await?;
+        // Files as third-party tools write them, made loadable (`cpu::import`) before either
+        // backend reads the graph: the GPU's plan sees what the CPU backend computes (a QDQ
+        // int4 weight as MatMulNBits). The packer ran the same fixes on packed files.
+        crate::cpu::import::prepare(&mut graph)?;
         let (gpu, reason) = choose_backend(options, &package.config().architecture, &graph).await?;
         let backend: Box<dyn Backend> = match gpu {
             Some(ctx) => Box::new(crate::gpu::GpuBackend::open(ctx, &mut package, &graph).await?),

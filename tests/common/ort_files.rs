@@ -234,7 +234,6 @@ fn argmax(v: &[f32]) -> u32 {
 /// The tiny files' model config, as a user packing them writes it (`model_config.json`, also
 /// read by the threaded build's run of these files, tests/js/threads.test.mjs): the tiny
 /// tokenizer's special tokens, the architecture `scripts/make-ort-references.py` builds.
-#[cfg(feature = "pack")]
 pub fn model_config() -> edge_llm::ModelConfig {
     edge_llm::ModelConfig::from_json(include_bytes!("../fixtures/ort/model_config.json")).expect("tests/fixtures/ort/model_config.json parses")
 }
@@ -305,11 +304,6 @@ macro_rules! ort_tests {
     )*};
 }
 
-/// One step of a session whose backend computes synchronously (the CPU's).
-fn forward(s: &mut dyn edge_llm::backend::Session, tokens: &[u32]) -> edge_llm::Result<Vec<f32>> {
-    edge_llm::backend::ready(s.forward(tokens)).expect("the CPU backend's step is ready at once")
-}
-
 /// Load `onnx` unchanged with `backend` and run every prompt of `reference` against it.
 pub fn compare(onnx: &[u8], reference: &Reference, backend: Backend) -> edge_llm::Result<Agreement> {
     #[cfg(feature = "pack")]
@@ -329,11 +323,18 @@ pub fn compare_with(
     let model = Loaded::new(onnx, backend, pack)?;
     #[cfg(not(feature = "pack"))]
     let model = Loaded::new(onnx, backend)?;
+    // Natively every backend's steps are ready when polled, and the CPU's everywhere.
+    edge_llm::backend::ready(agreement(&|| model.session(), reference)).expect("the backend's steps are ready at once")
+}
+
+/// Run every prompt of `reference` on fresh sessions from `session`: free-running greedy
+/// tokens until the first departure from onnxruntime's (then fed onnxruntime's), the logits at
+/// the last prompt position and at the last step.
+pub async fn agreement(session: &dyn Fn() -> Box<dyn edge_llm::backend::Session>, reference: &Reference) -> edge_llm::Result<Agreement> {
     let mut out = Agreement::default();
     for run in &reference.runs {
-        // Free-running greedy decode: how many tokens before the first departure.
-        let mut s = model.session();
-        let mut logits = forward(&mut *s, &run.prompt)?;
+        let mut s = session();
+        let mut logits = s.forward(&run.prompt).await?;
         out.max_prefill_diff = out.max_prefill_diff.max(max_abs_diff(&logits, &run.prefill_logits));
         let mut same = 0;
         let mut departed = false;
@@ -346,7 +347,7 @@ pub fn compare_with(
             departed |= got != want;
             same += usize::from(!departed);
             if i + 1 < run.tokens.len() {
-                logits = forward(&mut *s, &[if departed { want } else { got }])?;
+                logits = s.forward(&[if departed { want } else { got }]).await?;
             }
         }
         out.same_tokens.push(same);
@@ -357,6 +358,26 @@ pub fn compare_with(
     }
     Ok(out)
 }
+
+/// Every file on the GPU backend, with its tolerance and last-step tolerance (natively in
+/// `tests/gpu.rs`, in Chromium in `tests/web_ort_files.rs`): the CPU backend's bounds for the
+/// same arithmetic (float activations in f32, int8 where the file asks, fp16 computed in f32).
+#[allow(dead_code)] // not every includer runs the GPU backend
+pub const GPU_FILES: [(&str, f32, Option<f32>); 13] = [
+    ("fp32", 1e-4, None),
+    ("int8", 1e-4, Some(INT8_ACT_LAST)),
+    ("fp16", 1.5e-2, None),
+    ("fp16-io", 1.5e-2, None),
+    ("int4-b32-sym", 1e-4, None),
+    ("int4-b32-asym", 1e-4, None),
+    ("int4-b128-sym", 1e-4, None),
+    ("int4-b128-asym", 1e-4, None),
+    ("int4-b32-acc4", 1e-4, Some(INT8_ACT_LAST)),
+    ("int4-qdq", 1e-4, Some(INT8_ACT_LAST)),
+    ("int4-qdq-asym", 1e-4, Some(INT8_ACT_LAST)),
+    ("int4-bias", 1e-4, None),
+    ("int4-gidx", 1e-4, None),
+];
 
 /// Last-step logit tolerance for files computed with int8 activations (see [`check`]); native
 /// and Chromium tables both use it.
@@ -381,8 +402,30 @@ pub fn check(name: &str, backend: Backend, tol: f32, last_tol: Option<f32>) -> A
     let f = file(name);
     let reference: Reference = serde_json::from_str(f.reference).expect("reference JSON parses");
     let a = compare(f.onnx, &reference, backend).unwrap_or_else(|e| panic!("{name} on {backend:?} fails to load or run: {e}"));
+    judge(&format!("{name} on {backend:?}"), a, tol, last_tol)
+}
+
+/// [`check`]'s body on the WebGPU backend in the browser (steps wait for the GPU's readback):
+/// the file loaded as is (`Package::loose`, the fixes `Engine::open_async` applies) with
+/// `backend: "webgpu"`.
+#[cfg(target_arch = "wasm32")]
+pub async fn check_webgpu(name: &str, tol: f32, last_tol: Option<f32>) -> Agreement {
+    use edge_llm::backend::BackendKind;
+    let f = file(name);
+    let reference: Reference = serde_json::from_str(f.reference).expect("reference JSON parses");
+    let options = edge_llm::generate::EngineOptions { backend: BackendKind::Webgpu, ..Default::default() };
+    let package = edge_llm::package::Package::loose(f.onnx, include_bytes!("../fixtures/tiny/tokenizer.json"), model_config());
+    let engine = edge_llm::Engine::open_async(package, &options).await.unwrap_or_else(|e| panic!("{name} on WebGPU fails to load: {e}"));
+    assert_eq!(engine.backend_info().name, "webgpu");
+    let a = agreement(&|| engine.session(), &reference).await.unwrap_or_else(|e| panic!("{name} on WebGPU fails to run: {e}"));
+    judge(&format!("{name} on WebGPU"), a, tol, last_tol)
+}
+
+/// Report `a` and assert its tokens are onnxruntime's and its logits within `tol` (`last_tol`
+/// at the last step where given).
+fn judge(what: &str, a: Agreement, tol: f32, last_tol: Option<f32>) -> Agreement {
     let line = format!(
-        "{name} on {backend:?}: {}/{} greedy tokens as onnxruntime (per prompt {:?}), max |logit diff| prefill {:e}, last step {:e}",
+        "{what}: {}/{} greedy tokens as onnxruntime (per prompt {:?}), max |logit diff| prefill {:e}, last step {:e}",
         a.same_tokens.iter().sum::<usize>(),
         a.tokens,
         a.same_tokens,
