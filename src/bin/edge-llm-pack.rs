@@ -215,6 +215,9 @@ enum Cmd {
         /// Passes measured (GEMV passes per shape; decode steps).
         #[arg(long, default_value_t = 100)]
         steps: usize,
+        /// Leave the adapter's subgroups unused (the GEMV's barrier-tree reduction), to compare.
+        #[arg(long)]
+        no_subgroups: bool,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -574,7 +577,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps } => bench_gpu(gguf.as_deref(), warmup, steps)?,
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups } => bench_gpu(gguf.as_deref(), warmup, steps, no_subgroups)?,
     }
     Ok(())
 }
@@ -806,7 +809,7 @@ fn import_gguf(
 }
 
 /// `bench-gpu`: see `edge_llm::gpu::bench::report`.
-fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> anyhow::Result<()> {
+fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize, no_subgroups: bool) -> anyhow::Result<()> {
     // The GGUF's weights, requantized to the int4 block-32 layout the GPU kernels read.
     let model = match gguf {
         Some(path) => {
@@ -815,7 +818,8 @@ fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize) -> any
         }
         None => None,
     };
-    for line in edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps)? {
+    let options = edge_llm::gpu::GpuOptions { no_subgroups, ..Default::default() };
+    for line in edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options)? {
         println!("{line}");
     }
     Ok(())

@@ -11,7 +11,7 @@ use crate::Result;
 /// Run the benchmark and return its report lines: GEMV bandwidth at SmolLM2-135M's shapes and,
 /// with a model (`(name, weights)`), a greedy int4 decode. Medians and percentiles of `steps` passes after `warmup`.
 #[cfg(not(target_arch = "wasm32"))]
-pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize) -> Result<Vec<String>> {
+pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions) -> Result<Vec<String>> {
     use super::context::block_on;
     use super::decode::GpuLlama;
     use crate::Error;
@@ -20,10 +20,11 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         return Err(Error::InvalidOption { option: "steps", reason: "must be at least 1".into() });
     }
     let mut out = Vec::new();
-    let ctx = block_on(GpuContext::new())?;
+    let ctx = block_on(GpuContext::with_options(options))?;
     let info = ctx.adapter_info();
     let kind = if ctx.is_software() { "SOFTWARE GPU (a CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
     out.push(format!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info));
+    out.push(format!("GEMV reduction: {}", if ctx.has_subgroups() { "subgroupAdd (the device has subgroups)" } else { "barrier tree (no subgroups)" }));
     let pct = |v: &[f64], p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
     let stats = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);

@@ -109,10 +109,14 @@ impl GpuContext {
         // loaders size buffers by these. (A browser raises limits requested below WebGPU's
         // defaults to them: there only these bookkept ones are lower.)
         let limits = options.limits(adapter.limits());
+        // Subgroups where the adapter has them (natively; wgpu 30's WebGPU backend does not map
+        // the browser's `subgroups` feature), for the GEMV's reduction.
+        let features = adapter.features() & wgpu::Features::SUBGROUP;
+        let features = if options.no_subgroups { wgpu::Features::empty() } else { features };
         let (device, queue) = adapter
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("edge-llm"),
-                required_features: wgpu::Features::empty(),
+                required_features: features,
                 required_limits: limits.clone(),
                 ..Default::default()
             })
@@ -167,6 +171,11 @@ impl GpuContext {
     }
 
     /// A software rasterizer (llvmpipe, SwiftShader): numbers from it say nothing about GPUs.
+    /// The device has subgroup operations (WGSL `enable subgroups`).
+    pub fn has_subgroups(&self) -> bool {
+        self.device.features().contains(wgpu::Features::SUBGROUP)
+    }
+
     pub fn is_software(&self) -> bool {
         is_software(&self.info)
     }

@@ -10,6 +10,8 @@ use crate::Result;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
     GemvNBits,
+    /// [`Kernel::GemvNBits`] reduced with subgroup operations (adapters with `subgroups`).
+    GemvNBitsSubgroups,
     GemmNBits,
     EmbedNBits,
     BiasNBits,
@@ -29,6 +31,7 @@ impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
             Kernel::GemvNBits => "gemv_nbits",
+            Kernel::GemvNBitsSubgroups => "gemv_nbits_subgroups",
             Kernel::GemmNBits => "gemm_nbits",
             Kernel::EmbedNBits => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
@@ -48,7 +51,15 @@ impl Kernel {
     pub fn source(self) -> &'static str {
         match self {
             // The three over block-quantized weights share how they read one (`nbits.wgsl`).
-            Kernel::GemvNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_nbits.wgsl")),
+            Kernel::GemvNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_nbits.wgsl"), include_str!("kernels/gemv_reduce_workgroup.wgsl")),
+            // Without `enable subgroups;`: naga (wgpu 30) rejects the directive and takes the
+            // builtins when the device has the SUBGROUP feature; Tint would need it, but wgpu's
+            // WebGPU backend never requests subgroups (see `GpuContext::on`).
+            Kernel::GemvNBitsSubgroups => concat!(
+                include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_nbits.wgsl"),
+                include_str!("kernels/gemv_reduce_subgroups.wgsl")
+            ),
             Kernel::GemmNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
             Kernel::EmbedNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),

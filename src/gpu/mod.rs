@@ -69,6 +69,8 @@ pub struct GpuOptions {
     /// `backend: "auto"` probes a software adapter too (tests: the probe's own path on
     /// llvmpipe / SwiftShader) instead of taking the CPU without timing it.
     pub probe_software: bool,
+    /// Leave the adapter's `subgroups` unused (tests: the kernels' path for adapters without).
+    pub no_subgroups: bool,
 }
 
 impl GpuOptions {

@@ -427,7 +427,8 @@ impl GpuNBits {
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let [gx, gy] = grid(ctx, p.rows.len() as u32);
             let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
-            pipes.bind(ctx, Kernel::GemvNBits, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid)
+            let kernel = if ctx.has_subgroups() { Kernel::GemvNBitsSubgroups } else { Kernel::GemvNBits };
+            pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid)
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
         d.extend(self.add_bias(ctx, pipes, y));

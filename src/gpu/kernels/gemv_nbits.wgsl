@@ -4,7 +4,10 @@
 // A weight larger than the adapter's storage binding limit is split by rows: each part is
 // dispatched on its own, its buffers holding rows row0 .. row0 + n of the weight's `total`, and
 // writes y[r][row0 + j] (y rows stay `total` wide).
-// One workgroup per output j (2-D grid: j = wid.x + wid.y * nwg.x), one x row per wid.z.
+// One workgroup per output j (2-D grid: j = wid.x + wid.y * nwg.x), one x row per wid.z; each
+// invocation sums a strided share of the row (`row_partial`), then the workgroup adds the 64
+// shares: a barrier tree (gemv_reduce_workgroup.wgsl) or, where the adapter has subgroups,
+// subgroupAdd (gemv_reduce_subgroups.wgsl).
 // Twin: gpu::twin::gemv_nbits (over the whole weight).
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -17,17 +20,8 @@
 const WG: u32 = 64u;
 var<workgroup> partial: array<f32, 64>;
 
-@compute @workgroup_size(64)
-fn main(
-    @builtin(workgroup_id) wid: vec3<u32>,
-    @builtin(num_workgroups) nwg: vec3<u32>,
-    @builtin(local_invocation_index) lid: u32,
-) {
-    let j = wid.x + wid.y * nwg.x;
-    if (j >= p.n) {
-        return; // whole workgroup: j is uniform
-    }
-    let r = wid.z;
+// Invocation lid's share of output j for x row r: words lid, lid + 64, ... of the row.
+fn row_partial(j: u32, r: u32, lid: u32) -> f32 {
     let nb = blocks();
     let pw = per_word();
     // Blocks are whole words, so word w holds elements pw * w .. pw * w + pw - 1.
@@ -50,15 +44,5 @@ fn main(
         }
         acc += s * block_scale(j, b);
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    if (lid == 0u) {
-        y[r * p.total + p.row0 + j] = partial[0];
-    }
+    return acc;
 }
