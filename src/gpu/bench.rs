@@ -1,54 +1,50 @@
-//! The GPU benchmark behind `edge-llm-pack bench-gpu`: an int4 GEMV (GB/s) and the prefill's
-//! GEMM over 64 rows (GFLOP/s), each repeated in one submit, and a greedy decode's tok/s. Timing is
-//! native-only ([`report`]); [`GemvBench`] itself builds for wasm32 too.
+//! The GPU benchmark: [`kernels`] (an int4 GEMV's GB/s and the prefill's GEMM over 64 rows in
+//! GFLOP/s, each repeated in one submit; the token pick), natively in `edge-llm-pack bench-gpu`
+//! and in browsers through `benchGpuKernels` (`scripts/bench-gpu-browser.mjs`), and natively
+//! [`report`]'s greedy decode tok/s on top.
 
-#[cfg(not(target_arch = "wasm32"))]
 use super::context::GpuContext;
 pub use super::probe::GemvBench;
-#[cfg(not(target_arch = "wasm32"))]
 use crate::Result;
 
-/// Run the benchmark and return its report lines: GEMV bandwidth at SmolLM2-135M's shapes and,
-/// with a model (`(name, weights)`), a greedy int4 decode. Medians and percentiles of `steps` passes after `warmup`.
-#[cfg(not(target_arch = "wasm32"))]
-pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions) -> Result<Vec<String>> {
-    use super::context::block_on;
-    use super::decode::GpuLlama;
-    use crate::Error;
-    use std::time::Instant;
+/// The kernel benchmark, on every platform (in browsers through `benchGpuKernels`, timed with
+/// `performance.now`): the adapter, int4 GEMV GB/s and the prefill GEMM's GFLOP/s at
+/// SmolLM2-135M's shapes, the token pick over its vocabulary; each pass one submit and its
+/// readback, timed with `now` (milliseconds). Medians and percentiles of `steps` passes after
+/// `warmup`.
+pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() -> f64) -> Result<Vec<String>> {
     if steps == 0 {
-        return Err(Error::InvalidOption { option: "steps", reason: "must be at least 1".into() });
+        return Err(crate::Error::InvalidOption { option: "steps", reason: "must be at least 1".into() });
     }
     let mut out = Vec::new();
-    let ctx = block_on(GpuContext::with_options(options))?;
     let info = ctx.adapter_info();
     let kind = if ctx.is_software() { "SOFTWARE GPU (a CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
     out.push(format!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info));
     out.push(format!("GEMV reduction: {}", if ctx.has_subgroups() { "subgroupAdd (the device has subgroups)" } else { "barrier tree (no subgroups)" }));
-    let pct = |v: &[f64], p: f64| v[((p / 100.0 * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
     let stats = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
-        (pct(&v, 50.0), pct(&v, 95.0), pct(&v, 99.0))
+        (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
     };
     // SmolLM2-135M: q/o 576x576, gate/up 1536x576, down 576x1536, tied head 49152x576.
     const REPS: usize = 10;
     // ms per call of `rows`-row products `[n][k]` (p50, p95, p99), `REPS` per submit.
-    let per_call = |n: usize, k: usize, rows: usize| -> Result<((f64, f64, f64), u64)> {
-        let b = GemvBench::with_rows(&ctx, n, k, rows, 32, true, REPS)?;
+    let per_call = async |n: usize, k: usize, rows: usize| -> Result<(Vec<f64>, u64)> {
+        let b = GemvBench::with_rows(ctx, n, k, rows, 32, true, REPS)?;
         for _ in 0..warmup {
-            block_on(b.run(&ctx))?;
+            b.run(ctx).await?;
         }
         let mut ms = Vec::with_capacity(steps);
         for _ in 0..steps {
-            let t = Instant::now();
-            block_on(b.run(&ctx))?;
-            ms.push(t.elapsed().as_secs_f64() * 1e3 / REPS as f64);
+            let t = now();
+            b.run(ctx).await?;
+            ms.push((now() - t) / REPS as f64);
         }
-        Ok((stats(ms), b.bytes_per_call))
+        Ok((ms, b.bytes_per_call))
     };
     out.push(format!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:"));
     for (n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)] {
-        let ((p50, p95, p99), bytes) = per_call(n, k, 1)?;
+        let (ms, bytes) = per_call(n, k, 1).await?;
+        let (p50, p95, p99) = stats(ms);
         let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
     }
@@ -56,7 +52,8 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     const ROWS: usize = 64;
     out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup}:"));
     for (n, k) in [(576, 576), (1536, 576), (576, 1536)] {
-        let ((p50, p95, p99), _) = per_call(n, k, ROWS)?;
+        let (ms, _) = per_call(n, k, ROWS).await?;
+        let (p50, p95, p99) = stats(ms);
         let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
     }
@@ -72,26 +69,55 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         let (lb, opts, seen) = (ctx.storage_init("logits", &kernels::f32_bytes(&logits))?, ctx.storage_init("opts", &words)?, ctx.storage_init("seen", &seen)?);
         let (keys, weights, state, rb) = (ctx.storage("keys", 4 * VOCAB as u64)?, ctx.storage("weights", 4 * VOCAB as u64)?, ctx.storage("state", 12)?, ctx.readback("token", 4));
         let mut pipes = Pipelines::default();
-        let argmax = kernels::argmax(&ctx, &mut pipes, VOCAB, &lb, &state);
-        let sample = kernels::sample(&ctx, &mut pipes, SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
+        let argmax = kernels::argmax(ctx, &mut pipes, VOCAB, &lb, &state);
+        let sample = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
         out.push(format!("token pick over {VOCAB} logits (one submit, 4 bytes read back), {steps} passes after {warmup}:"));
         for (what, d) in [("argmax.wgsl", &argmax), ("sample.wgsl (temperature, top-k 40, top-p 0.95, penalty)", &sample)] {
             let mut ms = Vec::with_capacity(steps);
             for i in 0..warmup + steps {
-                let t = Instant::now();
+                let t = now();
                 let mut enc = ctx.encoder();
                 pipes.record(&mut enc, [d], 1);
                 enc.copy_buffer_to_buffer(&state, 8, &rb, 0, 4);
                 ctx.submit(enc);
-                block_on(ctx.read(&rb, 4))?;
+                ctx.read(&rb, 4).await?;
                 if i >= warmup {
-                    ms.push(t.elapsed().as_secs_f64() * 1e3);
+                    ms.push(now() - t);
                 }
             }
             let (p50, p95, p99) = stats(ms);
             out.push(format!("  {what}: ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
         }
     }
+    Ok(out)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// Run the benchmark natively and return its report lines: [`kernels`] and, with a model
+/// (`(name, weights)`), a greedy int4 decode. Medians and percentiles of `steps` passes after
+/// `warmup`.
+#[cfg(all(feature = "tools", not(target_arch = "wasm32")))]
+pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions) -> Result<Vec<String>> {
+    use super::context::block_on;
+    use super::decode::GpuLlama;
+    use crate::Error;
+    use std::time::Instant;
+    if steps == 0 {
+        return Err(Error::InvalidOption { option: "steps", reason: "must be at least 1".into() });
+    }
+    let ctx = block_on(GpuContext::with_options(options))?;
+    fn now() -> f64 {
+        static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+    let mut out = block_on(kernels(&ctx, warmup, steps, now))?;
+    let stats = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
+    };
     let Some((name, q)) = model else { return Ok(out) };
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();

@@ -9,7 +9,6 @@
 //!   row by row as their tensors are read.
 //! - [`decode`]: the Llama forward pass with its weights resident on the GPU.
 
-#[cfg(feature = "tools")]
 pub mod bench;
 pub mod backend;
 pub mod context;
