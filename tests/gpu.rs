@@ -265,21 +265,7 @@ fn quantize_tensor_matches_twin_the_cpu_and_onnxruntime() {
         let off = got.iter().zip(&want).filter(|(g, w)| g != w).inspect(|(g, w)| assert!((*g - *w).abs() <= scale * 1.0001, "{what}: gpu {g} vs twin {w}")).count();
         assert!(off * 1000 <= x.len(), "{what}: {off} values a step off");
     }
-    #[derive(serde::Deserialize)]
-    struct Case {
-        name: String,
-        shape: [usize; 2],
-        x_bits: Vec<u32>,
-        y: Vec<u8>,
-        scale_bits: u32,
-        zero_point: u8,
-    }
-    #[derive(serde::Deserialize)]
-    struct Cases {
-        cases: Vec<Case>,
-    }
-    let ort: Cases = serde_json::from_str(include_str!("fixtures/ort/dynamic-quantize.json")).unwrap();
-    for c in &ort.cases {
+    for c in &ort_files::dynamic_quantize_cases() {
         let x: Vec<f32> = c.x_bits.iter().map(|b| f32::from_bits(*b)).collect();
         let scale = f32::from_bits(c.scale_bits);
         let want: Vec<f32> = c.y.iter().map(|&q| (q as f32 - c.zero_point as f32) * scale).collect();
@@ -1333,7 +1319,6 @@ fn device_loss_is_named_and_the_engine_continues_on_the_cpu() {
     }
 }
 
-#[cfg(feature = "pack")]
 #[allow(dead_code, unused_macros)]
 #[path = "common/ort_files.rs"]
 mod ort_files;

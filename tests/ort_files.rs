@@ -112,25 +112,11 @@ fn run_f32_bits(proto: &edge_llm::onnx::ModelProto, options: &edge_llm::cpu::Cpu
 /// `scripts/make-ort-references.py --dynamic-quantize`).
 #[test]
 fn dynamic_quantize_and_matmul_integer_round_as_onnxruntime() {
-    #[derive(serde::Deserialize)]
-    struct Case {
-        name: String,
-        shape: [usize; 2],
-        x_bits: Vec<u32>,
-        y: Vec<u8>,
-        scale_bits: u32,
-        zero_point: u8,
-        acc: Vec<i32>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Cases {
-        cases: Vec<Case>,
-    }
     let onnx = include_bytes!("fixtures/ort/dynamic-quantize.onnx");
-    let cases: Cases = serde_json::from_str(include_str!("fixtures/ort/dynamic-quantize.json")).unwrap();
+    let cases = ort_files::dynamic_quantize_cases();
     for backend in [Backend::Tract, Backend::Kernels] {
         let proto = edge_llm::onnx::decode(onnx).unwrap();
-        for c in &cases.cases {
+        for c in &cases {
             let out = run_f32_bits(&proto, &backend.options(), false, c.shape, &c.x_bits);
             let what = format!("{} on {backend:?}", c.name);
             let view = |i: usize| out[i].try_as_plain_ram().unwrap();

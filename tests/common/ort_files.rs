@@ -45,6 +45,32 @@ pub fn file(name: &str) -> OrtFile {
     all.into_iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no reference file `{name}`"))
 }
 
+/// One of onnxruntime's `DynamicQuantizeLinear` → `MatMulInteger` rounding cases (ties of
+/// `x / scale` and of the zero point, zero points clamped to 0 / 255, all zeros, an outlier):
+/// the input's f32 bits, onnxruntime's quantized values, scale, zero point and int32 products
+/// (`tests/fixtures/ort/dynamic-quantize.json`, `make-ort-references.py --dynamic-quantize`).
+#[derive(serde::Deserialize)]
+#[allow(dead_code)] // each includer reads its part
+pub struct DynamicQuantizeCase {
+    pub name: String,
+    pub shape: [usize; 2],
+    pub x_bits: Vec<u32>,
+    pub y: Vec<u8>,
+    pub scale_bits: u32,
+    pub zero_point: u8,
+    pub acc: Vec<i32>,
+}
+
+#[allow(dead_code)] // not every includer reads them
+pub fn dynamic_quantize_cases() -> Vec<DynamicQuantizeCase> {
+    #[derive(serde::Deserialize)]
+    struct Cases {
+        cases: Vec<DynamicQuantizeCase>,
+    }
+    let c: Cases = serde_json::from_str(include_str!("../fixtures/ort/dynamic-quantize.json")).expect("dynamic-quantize.json parses");
+    c.cases
+}
+
 #[derive(serde::Deserialize)]
 pub struct Reference {
     pub runs: Vec<Run>,
