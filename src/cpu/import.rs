@@ -98,14 +98,16 @@ fn rewrite_int4_dequantize(graph: &mut pb::GraphProto) -> Result<bool> {
         let node = &graph.node[i];
         let is_int4 = node.op_type == "DequantizeLinear"
             && node.domain.is_empty()
-            && init(graph, &node.input[0]).is_some_and(|t| int4_kind(t.data_type).is_some());
+            && node.input.first().and_then(|x| init(graph, x)).is_some_and(|t| int4_kind(t.data_type).is_some());
         if !is_int4 {
             i += 1;
             continue;
         }
         let dq = graph.node.remove(i);
         let q = Int4Const::read(graph, &dq)?;
-        let out = &dq.output[0];
+        let Some(out) = dq.output.first() else {
+            return Err(Error::InvalidModel(format!("DequantizeLinear `{}` has no output", dq.name)));
+        };
         let consumers: Vec<usize> = (0..graph.node.len()).filter(|&j| graph.node[j].input.iter().any(|s| s == out)).collect();
         let only_matmul_weight = !consumers.is_empty()
             && consumers.iter().all(|&j| {

@@ -361,6 +361,10 @@ fn elements(t: &TensorProto) -> usize {
 /// a graph with one is another architecture, left to the CPU backend.
 const FOREIGN_OPS: [&str; 9] = ["Erf", "Gelu", "FastGelu", "BiasGelu", "QuickGelu", "Tanh", "LayerNormalization", "SkipLayerNormalization", "Relu"];
 
+/// Most nodes the plan follows back from a value to its constant (a malformed graph with a
+/// cycle ends there).
+const MAX_HOPS: usize = 16;
+
 /// The graph seen by what the GPU plan asks of it.
 struct Graph<'g> {
     inits: HashMap<&'g str, &'g TensorProto>,
@@ -380,7 +384,7 @@ impl<'g> Graph<'g> {
     fn new(g: &'g crate::onnx::GraphProto) -> Self {
         let mut graph = Graph { inits: g.initializer.iter().map(|t| (t.name.as_str(), t)).collect(), producers: HashMap::new(), consumers: HashMap::new() };
         for n in &g.node {
-            for o in &n.output {
+            for o in n.output.iter().filter(|o| !o.is_empty()) {
                 graph.producers.insert(o.as_str(), n);
             }
             for i in n.input.iter().filter(|i| !i.is_empty()) {
@@ -392,30 +396,39 @@ impl<'g> Graph<'g> {
 
     /// The float initializer behind `value`, through `Cast`s to float and a 2-D `Transpose`
     /// (`transposed` says how a MatMul's B stores it: `[k][n]` as is).
-    fn float_source(&self, value: &str, transposed: bool) -> std::result::Result<FloatSource<'g>, String> {
-        if let Some(t) = self.inits.get(value) {
-            return match Source::of_float(t) {
-                Some(_) if t.dims.len() == 2 => Ok(FloatSource { init: t, transposed }),
-                _ => Err(format!("`{value}` is a {:?} tensor of ONNX data type {}", t.dims, t.data_type)),
-            };
+    fn float_source(&self, mut value: &'g str, mut transposed: bool) -> std::result::Result<FloatSource<'g>, String> {
+        for _ in 0..MAX_HOPS {
+            if let Some(t) = self.inits.get(value) {
+                return match Source::of_float(t) {
+                    Some(_) if t.dims.len() == 2 => Ok(FloatSource { init: t, transposed }),
+                    _ => Err(format!("`{value}` is a {:?} tensor of ONNX data type {}", t.dims, t.data_type)),
+                };
+            }
+            let Some(n) = self.producers.get(value) else { return Err(format!("`{value}` is not a constant")) };
+            match n.op_type.as_str() {
+                "Cast" if attr(n, "to") == Some(OnnxType::Float as i64) => {}
+                "Transpose" if matches!(ints_attr(n, "perm").as_deref(), None | Some([1, 0])) => transposed = !transposed,
+                op => return Err(format!("`{value}` is computed by {op} (`{}`)", n.name)),
+            }
+            value = first(&n.input);
         }
-        let Some(n) = self.producers.get(value) else { return Err(format!("`{value}` is not a constant")) };
-        match n.op_type.as_str() {
-            "Cast" if attr(n, "to") == Some(OnnxType::Float as i64) => self.float_source(&n.input[0], transposed),
-            "Transpose" if matches!(ints_attr(n, "perm").as_deref(), None | Some([1, 0])) => self.float_source(&n.input[0], !transposed),
-            op => Err(format!("`{value}` is computed by {op} (`{}`)", n.name)),
+        Err(format!("`{value}` is more than {MAX_HOPS} Casts / Transposes from a constant"))
+    }
+
+    /// `value`, or the value behind it through producers of `ops` (at most [`MAX_HOPS`]).
+    fn through(&self, mut value: &'g str, ops: &[&str]) -> &'g str {
+        for _ in 0..MAX_HOPS {
+            match self.producers.get(value).filter(|p| ops.contains(&p.op_type.as_str())) {
+                Some(p) => value = first(&p.input),
+                None => break,
+            }
         }
+        value
     }
 
     /// The constant behind `value` through `Cast`, `Transpose` and `DequantizeLinear`.
-    fn constant_behind(&self, mut value: &'g str) -> Option<&'g str> {
-        loop {
-            if self.inits.contains_key(value) {
-                return Some(value);
-            }
-            let n = self.producers.get(value).filter(|n| matches!(n.op_type.as_str(), "Cast" | "Transpose" | "DequantizeLinear"))?;
-            value = n.input.first()?;
-        }
+    fn constant_behind(&self, value: &'g str) -> Option<&'g str> {
+        Some(self.through(value, &["Cast", "Transpose", "DequantizeLinear"])).filter(|v| self.inits.contains_key(v))
     }
 
     /// The only node reading `value`, if it is a `op`.
@@ -431,9 +444,9 @@ impl<'g> Graph<'g> {
     /// then `Mul` by `Mul(x_scale, w_scale)`. Also the final `Mul` (a bias `Add` may follow).
     fn integer_scale(&self, node: &NodeProto, n: usize) -> std::result::Result<(&'g TensorProto, &'g NodeProto), String> {
         let shape = "not Cast → Mul(·, Mul(x_scale, w_scale)) after it";
-        let cast = self.sole_user(&node.output[0], "Cast").ok_or(shape)?;
-        let mul = self.sole_user(&cast.output[0], "Mul").ok_or(shape)?;
-        let other = mul.input.iter().find(|i| **i != cast.output[0]).ok_or(shape)?;
+        let cast = self.sole_user(first(&node.output), "Cast").ok_or(shape)?;
+        let mul = self.sole_user(first(&cast.output), "Mul").ok_or(shape)?;
+        let other = mul.input.iter().find(|i| *i != first(&cast.output)).ok_or(shape)?;
         let scales = self.producers.get(other.as_str()).filter(|p| p.op_type == "Mul").ok_or(shape)?;
         let w_scale = scales.input.iter().find_map(|i| self.inits.get(i.as_str()).copied()).ok_or(shape)?;
         if Source::of_float(w_scale).is_none() || !matches!(elements(w_scale), 1) && elements(w_scale) != n {
@@ -446,7 +459,7 @@ impl<'g> Graph<'g> {
     /// `DequantizeLinear` with one scale and zero point (onnxruntime's `quantize_dynamic`), or
     /// `Cast` then `Mul` by the gathered row scales (edge-llm's int8 export).
     fn table_dequantization(&self, gather: &NodeProto) -> std::result::Result<(&'g TensorProto, Option<&'g TensorProto>), String> {
-        let out = &gather.output[0];
+        let out = first(&gather.output);
         if let Some(dq) = self.sole_user(out, "DequantizeLinear") {
             let scale = dq.input.get(1).and_then(|i| self.inits.get(i.as_str()).copied()).ok_or("DequantizeLinear's scale is not a constant")?;
             let zero_point = dq.input.get(2).filter(|i| !i.is_empty()).map(|i| self.inits.get(i.as_str()).copied().ok_or("DequantizeLinear's zero point is not a constant")).transpose()?;
@@ -454,11 +467,8 @@ impl<'g> Graph<'g> {
         }
         let shape = "not DequantizeLinear, nor Cast → Mul by Gather(row scales) after it";
         let cast = self.sole_user(out, "Cast").ok_or(shape)?;
-        let mul = self.sole_user(&cast.output[0], "Mul").ok_or(shape)?;
-        let mut v = mul.input.iter().find(|i| **i != cast.output[0]).ok_or(shape)?.as_str();
-        while let Some(p) = self.producers.get(v).filter(|p| matches!(p.op_type.as_str(), "Unsqueeze" | "Reshape")) {
-            v = &p.input[0];
-        }
+        let mul = self.sole_user(first(&cast.output), "Mul").ok_or(shape)?;
+        let v = self.through(mul.input.iter().find(|i| *i != first(&cast.output)).ok_or(shape)?, &["Unsqueeze", "Reshape"]);
         let g = self.producers.get(v).filter(|p| p.op_type == "Gather" && p.input.get(1) == gather.input.get(1)).ok_or(shape)?;
         let scale = self.inits.get(g.input[0].as_str()).copied().ok_or(shape)?;
         Ok((scale, None))
@@ -472,9 +482,14 @@ impl<'g> Graph<'g> {
         if add.op_type != "Add" {
             return None;
         }
-        let other = add.input.iter().find(|i| **i != node.output[0])?;
+        let other = add.input.iter().find(|i| *i != first(&node.output))?;
         self.inits.get(other.as_str()).copied().filter(|t| Source::of_float(t).is_some() && elements(t) == n && t.dims.len() == 1)
     }
+}
+
+/// A node's first input or output name, "" (no value) when it has none.
+fn first(names: &[String]) -> &str {
+    names.first().map_or("", String::as_str)
 }
 
 fn attr(n: &NodeProto, name: &str) -> Option<i64> {
@@ -491,11 +506,9 @@ fn ints_attr(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
 /// `/model/layers.0/self_attn/q_proj/MatMul`, `…/MatMul_Q4`).
 fn linear_keys(gr: &Graph<'_>, n: &NodeProto) -> Vec<String> {
     let mut keys = Vec::new();
-    if let Some(mut b) = n.input.get(1).map(String::as_str) {
+    if let Some(b) = n.input.get(1) {
         // The constant behind B (edge-llm's f16 weights are `Cast(init)`).
-        while let Some(p) = gr.producers.get(b).filter(|p| matches!(p.op_type.as_str(), "Cast" | "Transpose")) {
-            b = &p.input[0];
-        }
+        let b = gr.through(b, &["Cast", "Transpose"]);
         let b = b.trim_end_matches("_Q4").trim_end_matches("_Q8").trim_end_matches("_quantized");
         keys.push(b.strip_suffix(".weight").unwrap_or(b).to_string());
     }
@@ -566,17 +579,7 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
     }
     // The head: the linear that writes the logits (through `Identity` / `Cast`), else by its
     // name, else the linear reading the embedding's table.
-    let mut value = "logits";
-    let mut writer = None;
-    while let Some(n) = gr.producers.get(value) {
-        if linear_ops.contains(&n.op_type.as_str()) {
-            writer = Some(*n);
-        }
-        match n.op_type.as_str() {
-            "Identity" | "Cast" => value = &n.input[0],
-            _ => break,
-        }
-    }
+    let writer = gr.producers.get(gr.through("logits", &["Identity", "Cast"])).filter(|n| linear_ops.contains(&n.op_type.as_str())).copied();
     let head = writer
         .or_else(|| linears.get("lm_head").or_else(|| linears.get(EMBEDDING)).copied())
         .ok_or_else(|| missing_weight("lm_head (the MatMul writing `logits`)"))?;
@@ -619,10 +622,7 @@ fn plan_linear(gr: &Graph<'_>, plan: &mut Plan, node: &NodeProto, name: String, 
     // points and casts them to float in the graph).
     let input = |i: usize| {
         node.input.get(i).filter(|s| !s.is_empty()).map(|s| {
-            let mut v = s.as_str();
-            while let Some(p) = gr.producers.get(v).filter(|p| p.op_type == "Cast") {
-                v = &p.input[0];
-            }
+            let v = gr.through(s, &["Cast"]);
             gr.inits.get(v).copied().ok_or_else(|| unsupported_node(node, &format!("input {i} `{s}` is not a constant")))
         })
     };
