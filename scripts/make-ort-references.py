@@ -32,6 +32,10 @@ logits of the last prompt position and of the last step.
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --self-agreement OUT/ NAME...
       # onnxruntime unoptimized (ORT_DISABLE_ALL) against its recorded default run: how far a
       # file's tokens depend on summation order; written into NAME.json (unoptimized_tokens)
+  python scripts/make-ort-references.py --long-prompts
+      # tests/fixtures/ort/long/<name>.json: onnxruntime on each committed file with one
+      # 150-token prompt (longer than both backends' 64-token prefill chunk) x 12 steps; needs
+      # only onnxruntime and onnx (pinned as below) and numpy
   /var/tmp/ortvenv/bin/python scripts/make-ort-references.py --smollm2 GGUF OUT/
       # the same conversions of SmolLM2 from its GGUF, 6 prompts x 32 tokens (by hand; the
       # files are ~100-500 MB): `cargo test --release --features pack --test ort_files -- --ignored`
@@ -56,12 +60,16 @@ if os.environ.get("PYTHONHASHSEED") != "0":
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
-import transformers
-from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-from onnxruntime.transformers.float16 import convert_float_to_float16
-from optimum.exporters.onnx import main_export
+
+# --long-prompts reads the committed files: onnxruntime and onnx only.
+LIGHT = sys.argv[1:2] == ["--long-prompts"]
+if not LIGHT:
+    import torch
+    import transformers
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from optimum.exporters.onnx import main_export
 
 PINNED = {
     "torch": "2.15.0",
@@ -76,6 +84,12 @@ SEED = 20261201
 
 
 def versions():
+    if LIGHT:
+        got = {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
+        for k, v in got.items():
+            if PINNED[k] != v:
+                sys.exit(f"{k} {v} is not the pinned {PINNED[k]}")
+        return got
     got = {
         "torch": torch.__version__.split("+")[0],
         "transformers": transformers.__version__,
@@ -462,11 +476,28 @@ def matmulnbits_int8_cases(out):
     print("matmulnbits-int8:", {c["name"]: c["max_diff_to_float_activations"] for c in doc["cases"]})
 
 
+FIXTURES = ["fp32", "fp16", "fp16-io", "int8", "int4-b32-sym", "int4-b32-asym", "int4-b128-sym", "int4-b128-asym", "int4-b32-acc4", "int4-qdq", "int4-qdq-asym", "int4-bias", "int4-gidx"]
+
+
+def long_prompts(info):
+    """onnxruntime on every committed tiny file with one seeded 150-token prompt (the prompt in
+    one run, as users run it: longer than the 64-token chunks edge-llm's backends prefill in,
+    where a per-tensor dynamic quantization must still see the whole prompt) x 12 steps."""
+    src = os.path.join(ROOT, "tests/fixtures/ort")
+    out = os.path.join(src, "long")
+    os.makedirs(out, exist_ok=True)
+    rng = np.random.default_rng(SEED + 150)
+    prompt = [1] + [int(t) for t in rng.integers(3, 332, 149)]
+    references({name: os.path.join(src, f"{name}.onnx") for name in FIXTURES}, [prompt], 12, out, {**info, "generator": "scripts/make-ort-references.py --long-prompts"})
+
+
 def main():
     info = {"versions": versions(), "generator": "scripts/make-ort-references.py"}
     print("versions:", info["versions"])
     with tempfile.TemporaryDirectory() as tmp:
-        if len(sys.argv) > 1 and sys.argv[1] == "--dynamic-quantize":
+        if LIGHT:
+            long_prompts(info)
+        elif len(sys.argv) > 1 and sys.argv[1] == "--dynamic-quantize":
             dynamic_quantize_cases(os.path.join(ROOT, "tests/fixtures/ort"))
         elif len(sys.argv) > 1 and sys.argv[1] == "--self-agreement":
             self_agreement(sys.argv[2], sys.argv[3:])

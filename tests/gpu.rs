@@ -687,7 +687,7 @@ fn tiny_model_split_over_a_small_binding_limit_gives_the_unsplit_logits() {
         assert_eq!(split.weight_parts(), planned);
         assert!(unsplit.weight_parts().iter().all(|p| *p == 1), "{:?}", unsplit.weight_parts());
         assert_eq!(planned.iter().filter(|p| **p > 1).count(), 2 * 3 + 1, "gate, up, down of both layers and the embedding: {planned:?}");
-        assert_eq!(split.prefill_chunk(), edge_llm::gpu::decode::plan_chunk(&cfg, MAX_CTX, CAP).unwrap());
+        assert_eq!(split.prefill_chunk(), edge_llm::gpu::decode::plan_chunk(&cfg, MAX_CTX, CAP, edge_llm::gpu::decode::PREFILL_CHUNK).unwrap());
         assert!(split.prefill_chunk() < unsplit.prefill_chunk(), "{} vs {}", split.prefill_chunk(), unsplit.prefill_chunk());
         eprintln!("symmetric={symmetric}: parts per weight under {CAP} B: {planned:?}, prefill chunk {}", split.prefill_chunk());
         let bits = |m: &GpuLlama| block_on(m.logits()).unwrap().iter().map(|v| v.to_bits()).collect::<Vec<u32>>();

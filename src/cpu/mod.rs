@@ -218,6 +218,10 @@ pub struct CpuModel {
     stateful: bool,
     /// See [`CpuOptions::last_logits_only`].
     last_logits_only: bool,
+    /// The graph quantizes activations with one scale over the whole input
+    /// (`DynamicQuantizeLinear`, onnxruntime's `quantize_dynamic`): a prompt runs in one piece,
+    /// as onnxruntime runs it, since a scale over a chunk of it is another computation.
+    whole_prompt: bool,
 }
 
 /// How to build the CPU plan.
@@ -323,6 +327,7 @@ impl CpuModel {
         options: &CpuOptions,
     ) -> Result<Self> {
         check_ops(&proto)?;
+        let whole_prompt = proto.graph.as_ref().is_some_and(|g| g.node.iter().any(|n| n.op_type == "DynamicQuantizeLinear"));
         if let Some(n) = options.threads {
             threads::configure(n);
         }
@@ -430,6 +435,7 @@ impl CpuModel {
             vocab_size,
             stateful,
             last_logits_only: options.last_logits_only,
+            whole_prompt,
         })
     }
 
@@ -831,11 +837,13 @@ impl CpuSession {
     }
 
     /// How `tokens` are fed, at most [`PREFILL_CHUNK`] per run; with the onnxruntime-genai
-    /// layout a prompt goes in whole into an empty cache, then one token per run.
+    /// layout a prompt goes in whole into an empty cache, then one token per run; a graph that
+    /// quantizes activations per tensor takes them in one run (see `CpuModel::whole_prompt`).
     fn steps<'t>(&self, tokens: &'t [u32]) -> Vec<&'t [u32]> {
         match (&self.model.decode, self.len) {
             (Some(_), 0) => vec![tokens],
             (Some(_), _) => tokens.chunks(1).collect(),
+            (None, _) if self.model.whole_prompt => vec![tokens],
             (None, _) => tokens.chunks(PREFILL_CHUNK).collect(),
         }
     }

@@ -76,7 +76,7 @@ impl GpuBackend {
         for w in plan(cfg, graph)?.weights {
             w.spec.row_ranges(&w.name, max)?;
         }
-        super::decode::plan_chunk(cfg, context_len(cfg), max).map(|_| ())
+        super::decode::plan_chunk(cfg, context_len(cfg), max, super::decode::PREFILL_CHUNK).map(|_| ())
     }
 
     /// Bytes of weights a decode step reads (every linear and the head; the embedding gather

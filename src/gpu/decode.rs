@@ -160,6 +160,13 @@ impl QuantLlama {
 /// [max_ctx]` f32: SmolLM2 at 2048 positions, 4.7 MB). The CPU path's `cpu::PREFILL_CHUNK`.
 pub const PREFILL_CHUNK: usize = 64;
 
+/// Most prompt tokens one step takes for a model that quantizes activations per tensor
+/// (`DynamicQuantizeLinear` before `MatMulInteger`): its scale must see the whole prompt, as
+/// onnxruntime's run (and the CPU backend's) does, so prompts up to this long run in one step;
+/// longer ones get a scale per chunk of this many. Bounded for attention's scores buffer
+/// (`[rows][heads][max_ctx]` f32: SmolLM2 at 2048 positions, 37.7 MB).
+pub const WHOLE_PROMPT_CHUNK: usize = 512;
+
 /// Byte offset of `tokens` in the step state `{ pos: u32, rows: u32, tokens: [u32; chunk] }`
 /// every kernel reads: the CPU writes `pos` and `rows` each step (and a prompt chunk's
 /// tokens); argmax.wgsl writes its pick to `tokens[0]`, which the next decode step embeds.
@@ -186,11 +193,11 @@ impl Op {
     }
 }
 
-/// Rows of a prefill chunk the adapter's binding limit `max` allows (at most [`PREFILL_CHUNK`]
-/// and `max_ctx`): every activation buffer holds a chunk's rows. Checks the buffers sized by
+/// Rows of a prefill chunk the adapter's binding limit `max` allows (at most `most` and
+/// `max_ctx`): every activation buffer holds a chunk's rows. Checks the buffers sized by
 /// the context too (a layer's KV cache, the logits); what does not fit even for one row is
 /// `UnsupportedBackend`, naming the buffer and the limit.
-pub fn plan_chunk(cfg: &LlamaConfig, max_ctx: usize, max: u64) -> Result<usize> {
+pub fn plan_chunk(cfg: &LlamaConfig, max_ctx: usize, max: u64, most: usize) -> Result<usize> {
     let too_big = |what: &str, bytes: u64| {
         Error::UnsupportedBackend(format!(
             "webgpu: {what} takes {bytes} bytes, more than the adapter binds as one storage buffer ({max} bytes: maxStorageBufferBindingSize / maxBufferSize)"
@@ -211,7 +218,7 @@ pub fn plan_chunk(cfg: &LlamaConfig, max_ctx: usize, max: u64) -> Result<usize> 
     if row > max {
         return Err(too_big("one row of the activations", row));
     }
-    Ok(PREFILL_CHUNK.min(max_ctx).min((max / row) as usize))
+    Ok(most.min(max_ctx).min((max / row) as usize))
 }
 
 /// How a step chooses the next token on the GPU.
@@ -282,7 +289,9 @@ impl GpuLlama {
         }
         let (h, qd, kvd, inter, vocab, hd) =
             (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size, cfg.vocab_size, cfg.head_dim);
-        let chunk = plan_chunk(&cfg, max_ctx, kernels::max_binding(ctx.limits()))?;
+        let per_tensor = w.layers.iter().flat_map(|l| &l.linears).chain(w.lm_head.iter()).any(|l| l.activations == Activations::Uint8Tensor);
+        let most = if per_tensor { WHOLE_PROMPT_CHUNK } else { PREFILL_CHUNK };
+        let chunk = plan_chunk(&cfg, max_ctx, kernels::max_binding(ctx.limits()), most)?;
         // `n` f32 per row, for a chunk's rows.
         let rows = |n: usize| (chunk * n * 4) as u64;
         let mut pipes = Pipelines::default();

@@ -13,6 +13,9 @@ pub struct OrtFile {
     pub name: &'static str,
     pub onnx: &'static [u8],
     pub reference: &'static str,
+    /// onnxruntime on one 150-token prompt (`tests/fixtures/ort/long/`,
+    /// `make-ort-references.py --long-prompts`): longer than the backends' prefill chunks.
+    pub long: &'static str,
 }
 
 macro_rules! ort_file {
@@ -21,6 +24,7 @@ macro_rules! ort_file {
             name: $name,
             onnx: include_bytes!(concat!("../fixtures/ort/", $name, ".onnx")),
             reference: include_str!(concat!("../fixtures/ort/", $name, ".json")),
+            long: include_str!(concat!("../fixtures/ort/long/", $name, ".json")),
         }
     };
 }
@@ -426,9 +430,30 @@ pub const INT16_ACT: f32 = 4e-3;
 /// decode steps). The prefill logits (the first forward pass) keep the strict `tol`.
 pub fn check(name: &str, backend: Backend, tol: f32, last_tol: Option<f32>) -> Agreement {
     let f = file(name);
-    let reference: Reference = serde_json::from_str(f.reference).expect("reference JSON parses");
-    let a = compare(f.onnx, &reference, backend).unwrap_or_else(|e| panic!("{name} on {backend:?} fails to load or run: {e}"));
-    judge(&format!("{name} on {backend:?}"), a, tol, last_tol)
+    let mut out = None;
+    for (what, json, (tol, last_tol)) in [("", f.reference, (tol, last_tol)), (", 150-token prompt", f.long, long_tolerance(name, tol, last_tol))] {
+        let reference: Reference = serde_json::from_str(json).expect("reference JSON parses");
+        let a = compare(f.onnx, &reference, backend).unwrap_or_else(|e| panic!("{name} on {backend:?} fails to load or run: {e}"));
+        out.get_or_insert(judge(&format!("{name} on {backend:?}{what}"), a, tol, last_tol));
+    }
+    out.expect("the short prompts ran")
+}
+
+/// onnxruntime's own fp16 run is this far from its fp32 run on the 150-token prompt (0.187 at
+/// the prompt's last position, 0.182 at the last step; 0.015 on the short prompts): computed in
+/// f32, edge-llm lands between them.
+pub const F16_LONG: f32 = 0.25;
+
+/// The bounds on the 150-token prompt: fp16 files within [`F16_LONG`]; files computed on int8
+/// activations (those with a last-step bound) within it at the prompt's last position too —
+/// over 150 rows more activations sit next to a rounding step (measured 3.5e-2, QDQ asym
+/// 6.9e-2); the rest as on the short prompts.
+fn long_tolerance(name: &str, tol: f32, last_tol: Option<f32>) -> (f32, Option<f32>) {
+    match last_tol {
+        _ if name.starts_with("fp16") => (F16_LONG, None),
+        Some(last) => (last, Some(last)),
+        None => (tol, None),
+    }
 }
 
 /// [`check`]'s body on the WebGPU backend in the browser (steps wait for the GPU's readback):
@@ -438,13 +463,17 @@ pub fn check(name: &str, backend: Backend, tol: f32, last_tol: Option<f32>) -> A
 pub async fn check_webgpu(name: &str, tol: f32, last_tol: Option<f32>) -> Agreement {
     use edge_llm::backend::BackendKind;
     let f = file(name);
-    let reference: Reference = serde_json::from_str(f.reference).expect("reference JSON parses");
     let options = edge_llm::generate::EngineOptions { backend: BackendKind::Webgpu, ..Default::default() };
     let package = edge_llm::package::Package::loose(f.onnx, include_bytes!("../fixtures/tiny/tokenizer.json"), model_config());
     let engine = edge_llm::Engine::open_async(package, &options).await.unwrap_or_else(|e| panic!("{name} on WebGPU fails to load: {e}"));
     assert_eq!(engine.backend_info().name, "webgpu");
-    let a = agreement(&|| engine.session(), &reference).await.unwrap_or_else(|e| panic!("{name} on WebGPU fails to run: {e}"));
-    judge(&format!("{name} on WebGPU"), a, tol, last_tol)
+    let mut out = None;
+    for (what, json, (tol, last_tol)) in [("", f.reference, (tol, last_tol)), (", 150-token prompt", f.long, long_tolerance(name, tol, last_tol))] {
+        let reference: Reference = serde_json::from_str(json).expect("reference JSON parses");
+        let a = agreement(&|| engine.session(), &reference).await.unwrap_or_else(|e| panic!("{name} on WebGPU fails to run: {e}"));
+        out.get_or_insert(judge(&format!("{name} on WebGPU{what}"), a, tol, last_tol));
+    }
+    out.expect("the short prompts ran")
 }
 
 /// Report `a` and assert its tokens are onnxruntime's and its logits within `tol` (`last_tol`
