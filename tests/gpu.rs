@@ -10,8 +10,8 @@ use std::sync::Arc;
 
 use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gpu::context::block_on;
-use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines};
-use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
+use edge_llm::gpu::kernels::{self, AttnBuffers, Pipelines};
+use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, ZeroPointKind};
 use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
@@ -39,92 +39,12 @@ fn gpu() -> Option<GpuContext> {
     }
 }
 
-/// splitmix64: seeded, identical everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    /// Uniform in `lo..hi`.
-    fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next() % (hi - lo) as u64) as usize
-    }
-    fn f32s(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0).collect()
-    }
-}
-
-fn upload(ctx: &GpuContext, v: &[f32]) -> wgpu::Buffer {
-    ctx.storage_init("test", &f32_bytes(v)).unwrap()
-}
-
-/// The step state the kernels read, `{ pos, rows, tokens[] }` (at least one token slot).
-fn state(ctx: &GpuContext, pos: usize, rows: usize, tokens: &[u32]) -> wgpu::Buffer {
-    let mut words = vec![pos as u32, rows as u32];
-    words.extend(tokens);
-    words.resize(words.len().max(3), 0);
-    ctx.storage_init("state", &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap()
-}
+#[path = "common/gpu_kernels.rs"]
+mod gpu_kernels;
+use gpu_kernels::{assert_close, random_weight, state, upload, Rng, KINDS};
 
 fn download(ctx: &GpuContext, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
-    block_on(kernels::download_f32(ctx, b, len)).unwrap()
-}
-
-/// `|got - want| <= tol[i]` everywhere, with the first offender in the message.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -> f32) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert!((g - w).abs() <= tol(i), "{what}: [{i}] gpu {g} vs twin {w} (tol {})", tol(i));
-    }
-}
-
-/// The weight kinds the GPU runs (bits, zero points, f16 scales and float zero points): int4
-/// without zero points, with integer ones, with float ones in f32 and in f16 (edge-llm's int4
-/// recipe), int8 blocks without (with f16 scales: the recipe's embedding and head) and with
-/// integer ones.
-const KINDS: [(usize, ZeroPointKind, bool, bool); 10] = [
-    (4, ZeroPointKind::Middle, false, false),
-    (4, ZeroPointKind::Int, false, false),
-    (4, ZeroPointKind::Int, false, true),
-    (4, ZeroPointKind::Float, false, false),
-    (4, ZeroPointKind::Float, true, false),
-    (8, ZeroPointKind::Middle, false, false),
-    (8, ZeroPointKind::Middle, true, false),
-    (8, ZeroPointKind::Int, false, false),
-    // Float weights (a plain MatMul's): f32, and f16 with a bias.
-    (32, ZeroPointKind::Middle, false, false),
-    (16, ZeroPointKind::Middle, false, true),
-];
-
-/// A random `[n][k]` weight of `kind` (bits, zero points, f16 scales, bias): random stored
-/// values (padding included), scales and zero points (f16-exact with `f16_params`); a float
-/// kind's values random floats (f16-rounded for 16 bits).
-fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points, f16_params, bias): (usize, ZeroPointKind, bool, bool)) -> BlockWeight {
-    let mut w = if bits >= 16 {
-        BlockWeight::float(n, k, bits, &rng.f32s(n * k))
-    } else {
-        let spec = BlockSpec { n, k, bits, block_size, zero_points, f16_params, bias: false };
-        let blocks = n * spec.blocks();
-        let round = |v: f32| if f16_params { half::f16::from_f32(v).to_f32() } else { v };
-        let data = (0..n * spec.row_bytes(Field::Data)).map(|_| rng.next() as u8).collect();
-        let scales = rng.f32s(blocks).iter().map(|v| round(v / (1 << (bits - 1)) as f32)).collect();
-        let zero_points = match zero_points {
-            ZeroPointKind::Middle => ZeroPoints::Middle,
-            ZeroPointKind::Int => ZeroPoints::Int((0..blocks).map(|_| (rng.next() % (1 << bits)) as u8).collect()),
-            ZeroPointKind::Float => ZeroPoints::Float(rng.f32s(blocks).iter().map(|v| round((v + 1.0) * (1 << (bits - 1)) as f32)).collect()),
-        };
-        BlockWeight { spec, data, scales, zero_points, bias: Vec::new() }
-    };
-    if bias {
-        w.spec.bias = true;
-        w.bias = rng.f32s(n);
-    }
-    w
+    block_on(gpu_kernels::download(ctx, b, len))
 }
 
 /// The block-quantized matmul, run through the decode GEMV and the prefill GEMM (both against
@@ -140,62 +60,16 @@ fn block_matmul_kernels_match_twin() {
     assert!(!plain.has_subgroups());
     eprintln!("GEMV paths: subgroups {}, barrier tree", if default.has_subgroups() { "yes" } else { "no (the adapter lacks them)" });
     for ctx in [default, plain] {
-    let mut rng = Rng(1);
-    let mut pipes = Pipelines::default();
-    let mut shapes = vec![(1, 16, 16, 1), (7, 40, 32, 1), (5, 96, 32, 3), (33, 576, 32, 1), (300, 200, 64, 2), (4, 128, 128, 1), (9, 48, 16, 40), (64, 576, 32, 33)];
-    for _ in 0..12 {
-        shapes.push((rng.range(1, 200), rng.range(1, 400), [16, 32, 64, 128][rng.range(0, 4)], rng.range(1, 40)));
-    }
-    for (n, k, bs, rows) in shapes {
-        for kind in KINDS {
-            let w = random_weight(&mut rng, n, k, bs, kind);
-            let x = rng.f32s(rows * k);
-            let want = twin::gemv_nbits(&w, &x);
-            // f32 sums in another order: allow a few ulps of the sum of |terms|.
-            let deq = w.dequantized();
-            let mag = |i: usize| -> f32 {
-                let (r, j) = (i / n, i % n);
-                (0..k).map(|t| (deq[j * k + t] * x[r * k + t]).abs()).sum()
-            };
-            let gw = GpuNBits::upload(&ctx, "w", &w).unwrap();
-            let (xb, st) = (upload(&ctx, &x), state(&ctx, 0, rows, &[]));
-            for gemm in [false, true] {
-                let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
-                let d = if gemm { gw.gemm(&ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(&ctx, &mut pipes, &xb, &yb) };
-                kernels::run(&ctx, &pipes, &d, rows as u32);
-                let got = download(&ctx, &yb, rows * n);
-                let what = format!("{} n={n} k={k} bs={bs} rows={rows} {kind:?}", if gemm { "gemm_nbits" } else { "gemv_nbits" });
-                let what = format!("{what} subgroups={}", ctx.has_subgroups());
-                assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
-            }
-        }
-    }
+        let mut rng = Rng(1);
+        let shapes = gpu_kernels::matmul_shapes(&mut rng, 12);
+        block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes));
     }
 }
 
 #[test]
 fn embed_nbits_matches_twin() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(2);
-    let mut pipes = Pipelines::default();
-    for (vocab, hidden, bs) in [(3, 16, 16), (50, 40, 32), (17, 576, 32), (9, 200, 64)] {
-        for kind in KINDS {
-            let table = random_weight(&mut rng, vocab, hidden, bs, kind);
-            let gt = GpuNBits::upload(&ctx, "table", &table).unwrap();
-            // One row (decode), then several gathered at once (a prefill chunk).
-            let mut batches = vec![vec![rng.range(0, vocab) as u32], vec![0, vocab as u32 - 1]];
-            batches.push((0..rng.range(2, 70)).map(|_| rng.range(0, vocab) as u32).collect());
-            for tokens in batches {
-                let (st, rows) = (state(&ctx, 0, tokens.len(), &tokens), tokens.len());
-                let out = ctx.storage("out", (rows * hidden * 4) as u64).unwrap();
-                let d = gt.embed(&ctx, &mut pipes, &st, &out);
-                kernels::run(&ctx, &pipes, &d, rows as u32);
-                let want: Vec<f32> = tokens.iter().flat_map(|t| twin::embed_nbits(&table, *t as usize)).collect();
-                // One subtraction and one product per element: bit-identical.
-                assert_eq!(download(&ctx, &out, rows * hidden), want, "vocab={vocab} hidden={hidden} bs={bs} {kind:?} tokens={tokens:?}");
-            }
-        }
-    }
+    block_on(gpu_kernels::embed_matches_twin(&ctx, &mut Rng(2)));
 }
 
 /// `round_q8.wgsl` (a linear's input rounded to int8 blocks where its node has
@@ -236,40 +110,14 @@ fn round_q8_matches_twin_and_the_cpu_kernels_rounding() {
 /// the dequantized values `(q - zp) * scale` equal onnxruntime's `y`, scale and zero point.
 #[test]
 fn quantize_tensor_matches_twin_the_cpu_and_onnxruntime() {
-    use edge_llm::cpu::dynamic_quantize::{quantize, scale_and_zero_point};
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(13);
+    block_on(gpu_kernels::quantize_tensor_matches_twin(&ctx, &mut Rng(13)));
     let mut pipes = Pipelines::default();
-    let run = |pipes: &mut Pipelines, x: &[f32], rows: usize, k: usize| {
-        let (xb, yb, st) = (upload(&ctx, x), ctx.storage("y", (rows * k * 4) as u64).unwrap(), state(&ctx, 0, rows, &[]));
-        let d = kernels::quantize_tensor(&ctx, pipes, k, &st, &xb, &yb);
-        kernels::run(&ctx, pipes, &[d], rows as u32);
-        download(&ctx, &yb, rows * k)
-    };
-    let mut cases: Vec<(String, usize, usize, Vec<f32>)> = Vec::new();
-    for (k, rows) in [(96, 1), (576, 1), (576, 7), (1536, 64), (160, 3)] {
-        cases.push((format!("random k={k} rows={rows}"), rows, k, rng.f32s(rows * k).iter().map(|v| v * 3.0).collect()));
-    }
-    cases.push(("all zeros".into(), 2, 64, vec![0.0; 128]));
-    cases.push(("all positive".into(), 1, 64, rng.f32s(64).iter().map(|v| v.abs() + 0.5).collect()));
-    for (what, rows, k, x) in &cases {
-        let want = twin::quantize_tensor(x);
-        let (scale, zp) = scale_and_zero_point(x);
-        let mut q = vec![0u8; x.len()];
-        quantize(x, scale, zp, &mut q);
-        let cpu: Vec<f32> = q.iter().map(|&v| (v as f32 - zp as f32) * scale).collect();
-        assert_eq!(want, cpu, "{what}: twin vs the CPU backend's op");
-        let got = run(&mut pipes, x, *rows, *k);
-        // WGSL's division is within 2.5 ulp: a quotient at a half may round one step (scale)
-        // the other way. None did on llvmpipe.
-        let off = got.iter().zip(&want).filter(|(g, w)| g != w).inspect(|(g, w)| assert!((*g - *w).abs() <= scale * 1.0001, "{what}: gpu {g} vs twin {w}")).count();
-        assert!(off * 1000 <= x.len(), "{what}: {off} values a step off");
-    }
     for c in &ort_files::dynamic_quantize_cases() {
         let x: Vec<f32> = c.x_bits.iter().map(|b| f32::from_bits(*b)).collect();
         let scale = f32::from_bits(c.scale_bits);
         let want: Vec<f32> = c.y.iter().map(|&q| (q as f32 - c.zero_point as f32) * scale).collect();
-        let got = run(&mut pipes, &x, c.shape[0], c.shape[1]);
+        let got = block_on(gpu_kernels::quantize_tensor(&ctx, &mut pipes, &x, c.shape[0], c.shape[1]));
         assert_eq!(got, want, "{}: the GPU's (q - zp) * scale vs onnxruntime's", c.name);
     }
 }

@@ -63,6 +63,23 @@ async fn webgpu_adapter_is_found() {
     assert!(!info.backend.is_empty());
 }
 
+#[path = "common/gpu_kernels.rs"]
+mod gpu_kernels;
+
+/// The GPU kernels against their plain-Rust twins in Chromium (SwiftShader's WebGPU, the WGSL
+/// through Tint): the bodies `tests/gpu.rs` runs natively, on the fixed edge shapes and 2 random
+/// ones (SwiftShader is slow) — the block-quantized and float GEMV and GEMM over every weight
+/// kind (bias included), the embedding gather, `quantize_tensor`.
+#[wasm_bindgen_test]
+async fn webgpu_kernels_match_their_twins_in_browser() {
+    let ctx = edge_llm::gpu::GpuContext::new().await.expect("headless Chromium offers a WebGPU adapter (swiftshader)");
+    let mut rng = gpu_kernels::Rng(1);
+    let shapes = gpu_kernels::matmul_shapes(&mut rng, 2);
+    gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes).await;
+    gpu_kernels::embed_matches_twin(&ctx, &mut gpu_kernels::Rng(2)).await;
+    gpu_kernels::quantize_tensor_matches_twin(&ctx, &mut gpu_kernels::Rng(13)).await;
+}
+
 /// The WebGPU backend in the browser (SwiftShader here): the tiny int4 model, opened with
 /// `backend: webgpu` and stepped asynchronously, gives the CPU engine's greedy tokens; the sync
 /// step, which cannot wait for the GPU's readback here, is a named error; `auto` picks the CPU on
