@@ -1193,12 +1193,7 @@ fn onnxruntime_made_files_give_onnxruntimes_tokens_on_the_gpu() {
     // A g_idx that reorders rows (act-order) is refused as the CPU backend refuses it, not
     // computed wrongly; a graph with an operator the GPU's Llama lacks (GELU's Erf) is left to
     // the CPU by name.
-    let mut proto = edge_llm::onnx::decode(ort_files::file("int4-gidx").onnx).unwrap();
-    let graph = proto.graph.as_mut().unwrap();
-    let g = graph.initializer.iter_mut().find(|t| t.name.ends_with(".g_idx")).expect("a g_idx initializer");
-    let mut idx: Vec<[u8; 4]> = g.raw_data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
-    idx.reverse();
-    g.raw_data = idx.concat();
+    let proto = ort_files::act_order_g_idx_file();
     let loose = |proto: &edge_llm::onnx::ModelProto| {
         let bytes = edge_llm::onnx::encode(proto);
         Engine::open(Package::loose(&bytes, &inputs.tokenizer, inputs.config.clone()), &EngineOptions { backend: BackendKind::Webgpu, ..Default::default() })

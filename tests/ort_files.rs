@@ -69,13 +69,7 @@ ort_tests! {
 /// computed wrongly: the int4 kernels keep each block's rows contiguous.
 #[test]
 fn matmul_nbits_with_act_order_g_idx_is_refused() {
-    let mut proto = edge_llm::onnx::decode(ort_files::file("int4-gidx").onnx).unwrap();
-    let graph = proto.graph.as_mut().unwrap();
-    let g = graph.initializer.iter_mut().find(|t| t.name.ends_with(".g_idx")).expect("a g_idx initializer");
-    // Reverse the rows' block assignment: still one valid block index per row.
-    let mut idx: Vec<[u8; 4]> = g.raw_data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
-    idx.reverse();
-    g.raw_data = idx.concat();
+    let proto = ort_files::act_order_g_idx_file();
     for backend in [Backend::Tract, Backend::Kernels] {
         match edge_llm::cpu::CpuModel::from_proto(proto.clone(), &backend.options()) {
             Err(e @ edge_llm::Error::UnsupportedOp { .. }) => {

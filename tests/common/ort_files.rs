@@ -75,6 +75,19 @@ pub fn dynamic_quantize_cases() -> Vec<DynamicQuantizeCase> {
     c.cases
 }
 
+/// The int4-gidx file with its `g_idx` reversed: still one valid block per row, but rows
+/// reordered across blocks (act-order GPTQ), which every backend must refuse by name.
+#[allow(dead_code)] // not every includer reads it
+pub fn act_order_g_idx_file() -> edge_llm::onnx::ModelProto {
+    let mut proto = edge_llm::onnx::decode(file("int4-gidx").onnx).unwrap();
+    let graph = proto.graph.as_mut().unwrap();
+    let g = graph.initializer.iter_mut().find(|t| t.name.ends_with(".g_idx")).expect("a g_idx initializer");
+    let mut idx: Vec<[u8; 4]> = g.raw_data.chunks_exact(4).map(|c| [c[0], c[1], c[2], c[3]]).collect();
+    idx.reverse();
+    g.raw_data = idx.concat();
+    proto
+}
+
 #[derive(serde::Deserialize)]
 pub struct Reference {
     pub runs: Vec<Run>,
