@@ -4,8 +4,10 @@
 // y = (q - zp) * scale:
 //   range [min(0, min x), max(0, max x)]; scale = range / 255 (1 for an all-zero input, as
 //   onnxruntime); zp = clamp(round(-min / scale), 0, 255); q = clamp(round(x / scale) + zp, 0, 255)
-// round() ties to even, as ONNX says. WGSL's division is within 2.5 ulp (the CPU's is exact):
-// a quotient that close to a half may round the other way.
+// round() ties to even, as ONNX says. WGSL's division may be 2.5 ulp off (SwiftShader's is a
+// product with the reciprocal), so every quotient takes one fma correction (`div`), giving the
+// correctly rounded quotient the CPU computes (natively and on SwiftShader: onnxruntime's
+// rounding cases bit for bit).
 // Scope: the step's rows (a decode step: the one row onnxruntime sees; a prefill chunk: its
 // rows, where onnxruntime's run covers the whole prompt).
 //   x, y  [rows][k]
@@ -26,6 +28,12 @@ struct State {
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 256u;
+
+// a / b as IEEE division rounds it: the quotient corrected by its fma residual.
+fn div(a: f32, b: f32) -> f32 {
+    let q = a / b;
+    return fma(fma(-q, b, a), 1.0 / b, q);
+}
 var<workgroup> lo: array<f32, 256>;
 var<workgroup> hi: array<f32, 256>;
 
@@ -52,11 +60,11 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let mx = hi[0];
     var scale = 1.0;
     if (mx != mn) {
-        scale = (mx - mn) / 255.0;
+        scale = div(mx - mn, 255.0);
     }
-    let zp = clamp(round(-mn / scale), 0.0, 255.0);
+    let zp = clamp(round(div(-mn, scale)), 0.0, 255.0);
     for (var i = lid; i < total; i += WG) {
-        let q = clamp(round(x[i] / scale) + zp, 0.0, 255.0);
+        let q = clamp(round(div(x[i], scale)) + zp, 0.0, 255.0);
         y[i] = (q - zp) * scale;
     }
 }

@@ -13,6 +13,13 @@ struct Params {
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> y: array<f32>;
 
+// a / b as IEEE division rounds it (WGSL's `/` may be 2.5 ulp off; SwiftShader's is a product
+// with the reciprocal): the quotient corrected by its fma residual, as the CPU computes it.
+fn div(a: f32, b: f32) -> f32 {
+    let q = a / b;
+    return fma(fma(-q, b, a), 1.0 / b, q);
+}
+
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = gid.x;
@@ -24,10 +31,10 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var i = 0u; i < 32u; i++) {
         amax = max(amax, abs(x[o + i]));
     }
-    let s = amax / 127.0;
+    let s = div(amax, 127.0);
     var inv = 0.0;
     if (amax > 0.0) {
-        inv = 127.0 / amax;
+        inv = div(127.0, amax);
     }
     for (var i = 0u; i < 32u; i++) {
         y[o + i] = round(x[o + i] * inv) * s;
