@@ -10,9 +10,9 @@ use std::sync::Arc;
 
 use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gpu::context::block_on;
-use edge_llm::gpu::kernels::{self, AttnBuffers, Pipelines};
+use edge_llm::gpu::kernels::{self, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, ZeroPointKind};
-use edge_llm::gpu::twin::{self, AttnShape};
+use edge_llm::gpu::twin;
 use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
@@ -214,94 +214,25 @@ fn a_weight_row_over_the_binding_limit_is_a_named_error() {
 #[test]
 fn rms_norm_matches_twin() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(3);
-    let mut pipes = Pipelines::default();
-    for (n, rows) in [(1, 1), (64, 1), (576, 2), (1000, 3), (rng.range(1, 3000), 1)] {
-        let (x, g) = (rng.f32s(rows * n), rng.f32s(n));
-        let (xb, gb, yb) = (upload(&ctx, &x), upload(&ctx, &g), ctx.storage("y", (rows * n * 4) as u64).unwrap());
-        let d = kernels::rms_norm(&ctx, &mut pipes, n, 1e-5, &xb, &gb, &yb);
-        kernels::run(&ctx, &pipes, &[d], rows as u32);
-        assert_close(&format!("rms_norm n={n} rows={rows}"), &download(&ctx, &yb, rows * n), &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
-    }
+    block_on(gpu_kernels::rms_norm_matches_twin(&ctx, &mut Rng(3)));
 }
 
 #[test]
 fn rope_matches_twin() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(4);
-    let mut pipes = Pipelines::default();
-    for (heads, hd, max_ctx) in [(1, 2, 1), (4, 16, 256), (9, 64, 300), (3, 128, 2048)] {
-        let (cos, sin) = twin::rope_tables(hd, max_ctx, 10000.0);
-        let (cb, sb) = (upload(&ctx, &cos), upload(&ctx, &sin));
-        // Rows at positions pos..pos + rows: one (decode) or a prefill chunk's.
-        let rows = rng.range(1, max_ctx.min(70) + 1);
-        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
-            let x = rng.f32s(rows * heads * hd);
-            let (st, xb) = (state(&ctx, pos, rows, &[]), upload(&ctx, &x));
-            let d = kernels::rope(&ctx, &mut pipes, heads, hd, &st, &cb, &sb, &xb);
-            kernels::run(&ctx, &pipes, &[d], rows as u32);
-            let mut want = x.clone();
-            twin::rope(&mut want, heads, hd, pos, 10000.0);
-            assert_close(&format!("rope heads={heads} hd={hd} pos={pos} rows={rows}"), &download(&ctx, &xb, rows * heads * hd), &want, |_| 1e-6);
-        }
-    }
+    block_on(gpu_kernels::rope_matches_twin(&ctx, &mut Rng(4)));
 }
 
 #[test]
 fn kv_append_and_attention_match_twins() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(5);
-    let mut pipes = Pipelines::default();
-    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70)];
-    for _ in 0..4 {
-        let kv = rng.range(1, 5);
-        shapes.push((kv * rng.range(1, 5), kv, 2 * rng.range(1, 40), rng.range(1, 200)));
-    }
-    for (heads, kv_heads, hd, max_ctx) in shapes {
-        let s = AttnShape { heads, kv_heads, head_dim: hd, max_ctx };
-        let kvd = kv_heads * hd;
-        // Decode (one query row) at the ends and in the middle of the cache, then a prefill
-        // chunk of rows (causal: row r at pos + r sees positions 0..=pos + r), from an empty
-        // cache, ending at its last position, and after a random prefix.
-        let rows = rng.range(2, max_ctx.clamp(2, 70) + 1).min(max_ctx);
-        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
-            let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
-            let (k, v, q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
-            let st = state(&ctx, pos, rows, &[]);
-            let (kcb, vcb, kb, vb, qb) = (upload(&ctx, &kc), upload(&ctx, &vc), upload(&ctx, &k), upload(&ctx, &v), upload(&ctx, &q));
-            let scores = ctx.storage("scores", (rows * heads * max_ctx * 4) as u64).unwrap();
-            let out = ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap();
-            let append = kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &st, &kb, &vb, &kcb, &vcb);
-            let attend = kernels::attention(&ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
-            kernels::run(&ctx, &pipes, &[append, attend], rows as u32);
-            twin::kv_append(s, &k, &v, &mut kc, &mut vc, pos);
-            let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos} rows={rows}");
-            assert_eq!(download(&ctx, &kcb, kvd * max_ctx), kc, "kv_append keys {what}");
-            assert_eq!(download(&ctx, &vcb, kvd * max_ctx), vc, "kv_append values {what}");
-            // The cache past pos + rows holds random values: a row that looked ahead would differ.
-            let want = twin::attention(s, &q, &kc, &vc, pos);
-            assert_close(&format!("attention {what}"), &download(&ctx, &out, rows * heads * hd), &want, |_| 2e-5);
-        }
-    }
+    block_on(gpu_kernels::kv_append_and_attention_match_twins(&ctx, &mut Rng(5)));
 }
 
 #[test]
 fn elementwise_kernels_match_twins() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(6);
-    let mut pipes = Pipelines::default();
-    for (n, rows) in [(1, 1), (63, 1), (64, 2), (65, 3), (1536, 1), (576, 64), (rng.range(1, 10_000), rng.range(1, 9))] {
-        let (a, b) = (rng.f32s(rows * n), rng.f32s(rows * n));
-        let (ab, bb, out) = (upload(&ctx, &a), upload(&ctx, &b), ctx.storage("out", (rows * n * 4) as u64).unwrap());
-        let d = kernels::silu_mul(&ctx, &mut pipes, n, &ab, &bb, &out);
-        kernels::run(&ctx, &pipes, &[d], rows as u32);
-        assert_close(&format!("silu_mul n={n} rows={rows}"), &download(&ctx, &out, rows * n), &twin::silu_mul(&a, &b), |_| 1e-6);
-        let d = kernels::add(&ctx, &mut pipes, n, &ab, &bb);
-        kernels::run(&ctx, &pipes, &[d], rows as u32);
-        let mut want = a.clone();
-        twin::add(&mut want, &b);
-        assert_eq!(download(&ctx, &ab, rows * n), want, "add n={n} rows={rows}");
-    }
+    block_on(gpu_kernels::elementwise_kernels_match_twins(&ctx, &mut Rng(6)));
 }
 
 #[test]

@@ -69,7 +69,9 @@ mod gpu_kernels;
 /// The GPU kernels against their plain-Rust twins in Chromium (SwiftShader's WebGPU, the WGSL
 /// through Tint): the bodies `tests/gpu.rs` runs natively, on the fixed edge shapes and 2 random
 /// ones (SwiftShader is slow) — the block-quantized and float GEMV and GEMM over every weight
-/// kind (bias included), the embedding gather, `quantize_tensor`.
+/// kind (bias included), the embedding gather, `quantize_tensor`, RMSNorm, RoPE, KV append and
+/// attention, SiLU·mul and the residual add (argmax and sampling are checked in the browser
+/// through the engines' tokens).
 #[wasm_bindgen_test]
 async fn webgpu_kernels_match_their_twins_in_browser() {
     let ctx = edge_llm::gpu::GpuContext::new().await.expect("headless Chromium offers a WebGPU adapter (swiftshader)");
@@ -78,6 +80,10 @@ async fn webgpu_kernels_match_their_twins_in_browser() {
     gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes).await;
     gpu_kernels::embed_matches_twin(&ctx, &mut gpu_kernels::Rng(2)).await;
     gpu_kernels::quantize_tensor_matches_twin(&ctx, &mut gpu_kernels::Rng(13)).await;
+    gpu_kernels::rms_norm_matches_twin(&ctx, &mut gpu_kernels::Rng(3)).await;
+    gpu_kernels::rope_matches_twin(&ctx, &mut gpu_kernels::Rng(4)).await;
+    gpu_kernels::kv_append_and_attention_match_twins(&ctx, &mut gpu_kernels::Rng(5)).await;
+    gpu_kernels::elementwise_kernels_match_twins(&ctx, &mut gpu_kernels::Rng(6)).await;
 }
 
 /// The WebGPU backend in the browser (SwiftShader here): the tiny int4 model, opened with

@@ -3,9 +3,9 @@
 //! Chromium on SwiftShader's WebGPU (`tests/web.rs`, through Tint), on the same seeded shapes.
 #![allow(dead_code)] // each includer runs its part
 
-use edge_llm::gpu::kernels::{self, f32_bytes, Pipelines};
+use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
-use edge_llm::gpu::twin;
+use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::gpu::GpuContext;
 
 /// splitmix64: seeded, identical everywhere.
@@ -190,4 +190,90 @@ pub async fn quantize_tensor(ctx: &GpuContext, pipes: &mut Pipelines, x: &[f32],
     let d = kernels::quantize_tensor(ctx, pipes, k, &st, &xb, &yb);
     kernels::run(ctx, pipes, &[d], rows as u32);
     download(ctx, &yb, rows * k).await
+}
+
+/// RMSNorm over rows of several widths.
+pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    for (n, rows) in [(1, 1), (64, 1), (576, 2), (1000, 3), (rng.range(1, 3000), 1)] {
+        let (x, g) = (rng.f32s(rows * n), rng.f32s(n));
+        let (xb, gb, yb) = (upload(ctx, &x), upload(ctx, &g), ctx.storage("y", (rows * n * 4) as u64).unwrap());
+        let d = kernels::rms_norm(ctx, &mut pipes, n, 1e-5, &xb, &gb, &yb);
+        kernels::run(ctx, &pipes, &[d], rows as u32);
+        assert_close(&format!("rms_norm n={n} rows={rows}"), &download(ctx, &yb, rows * n).await, &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
+    }
+}
+
+/// Rotate-half RoPE at the cache's ends and in its middle, one row (decode) or a chunk's.
+pub async fn rope_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    for (heads, hd, max_ctx) in [(1, 2, 1), (4, 16, 256), (9, 64, 300), (3, 128, 2048)] {
+        let (cos, sin) = twin::rope_tables(hd, max_ctx, 10000.0);
+        let (cb, sb) = (upload(ctx, &cos), upload(ctx, &sin));
+        // Rows at positions pos..pos + rows: one (decode) or a prefill chunk's.
+        let rows = rng.range(1, max_ctx.min(70) + 1);
+        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
+            let x = rng.f32s(rows * heads * hd);
+            let (st, xb) = (state(ctx, pos, rows, &[]), upload(ctx, &x));
+            let d = kernels::rope(ctx, &mut pipes, heads, hd, &st, &cb, &sb, &xb);
+            kernels::run(ctx, &pipes, &[d], rows as u32);
+            let mut want = x.clone();
+            twin::rope(&mut want, heads, hd, pos, 10000.0);
+            assert_close(&format!("rope heads={heads} hd={hd} pos={pos} rows={rows}"), &download(ctx, &xb, rows * heads * hd).await, &want, |_| 1e-6);
+        }
+    }
+}
+
+/// KV append and grouped-query causal attention: decode at the ends and the middle of the cache,
+/// prefill chunks from an empty cache, ending at its last position and after a random prefix.
+pub async fn kv_append_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70)];
+    for _ in 0..4 {
+        let kv = rng.range(1, 5);
+        shapes.push((kv * rng.range(1, 5), kv, 2 * rng.range(1, 40), rng.range(1, 200)));
+    }
+    for (heads, kv_heads, hd, max_ctx) in shapes {
+        let s = AttnShape { heads, kv_heads, head_dim: hd, max_ctx };
+        let kvd = kv_heads * hd;
+        // Decode (one query row) at the ends and in the middle of the cache, then a prefill
+        // chunk of rows (causal: row r at pos + r sees positions 0..=pos + r), from an empty
+        // cache, ending at its last position, and after a random prefix.
+        let rows = rng.range(2, max_ctx.clamp(2, 70) + 1).min(max_ctx);
+        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
+            let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
+            let (k, v, q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
+            let st = state(ctx, pos, rows, &[]);
+            let (kcb, vcb, kb, vb, qb) = (upload(ctx, &kc), upload(ctx, &vc), upload(ctx, &k), upload(ctx, &v), upload(ctx, &q));
+            let scores = ctx.storage("scores", (rows * heads * max_ctx * 4) as u64).unwrap();
+            let out = ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap();
+            let append = kernels::kv_append(ctx, &mut pipes, kvd, hd, max_ctx, &st, &kb, &vb, &kcb, &vcb);
+            let attend = kernels::attention(ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
+            kernels::run(ctx, &pipes, &[append, attend], rows as u32);
+            twin::kv_append(s, &k, &v, &mut kc, &mut vc, pos);
+            let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos} rows={rows}");
+            assert_eq!(download(ctx, &kcb, kvd * max_ctx).await, kc, "kv_append keys {what}");
+            assert_eq!(download(ctx, &vcb, kvd * max_ctx).await, vc, "kv_append values {what}");
+            // The cache past pos + rows holds random values: a row that looked ahead would differ.
+            let want = twin::attention(s, &q, &kc, &vc, pos);
+            assert_close(&format!("attention {what}"), &download(ctx, &out, rows * heads * hd).await, &want, |_| 2e-5);
+        }
+    }
+}
+
+/// SiLU·mul and the residual add.
+pub async fn elementwise_kernels_match_twins(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    for (n, rows) in [(1, 1), (63, 1), (64, 2), (65, 3), (1536, 1), (576, 64), (rng.range(1, 10_000), rng.range(1, 9))] {
+        let (a, b) = (rng.f32s(rows * n), rng.f32s(rows * n));
+        let (ab, bb, out) = (upload(ctx, &a), upload(ctx, &b), ctx.storage("out", (rows * n * 4) as u64).unwrap());
+        let d = kernels::silu_mul(ctx, &mut pipes, n, &ab, &bb, &out);
+        kernels::run(ctx, &pipes, &[d], rows as u32);
+        assert_close(&format!("silu_mul n={n} rows={rows}"), &download(ctx, &out, rows * n).await, &twin::silu_mul(&a, &b), |_| 1e-6);
+        let d = kernels::add(ctx, &mut pipes, n, &ab, &bb);
+        kernels::run(ctx, &pipes, &[d], rows as u32);
+        let mut want = a.clone();
+        twin::add(&mut want, &b);
+        assert_eq!(download(ctx, &ab, rows * n).await, want, "add n={n} rows={rows}");
+    }
 }
