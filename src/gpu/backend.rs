@@ -305,21 +305,11 @@ impl Source {
     }
 }
 
-/// What an initializer becomes on the GPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Target {
-    /// A field of the weight.
-    Field(Field),
-    /// A `MatMulNBits` `g_idx`: checked to be the trivial one (row `i` in block `i / block`),
-    /// nothing written.
-    TrivialGIdx,
-}
-
 /// Where an initializer goes: a field of one of [`Plan::weights`].
 #[derive(Debug, Clone, Copy)]
 struct Dest {
     weight: usize,
-    target: Target,
+    field: Field,
     source: Source,
     /// A MatMul's weight stored `[k][n]`, transposed to the kernels' rows on the way.
     transposed: bool,
@@ -332,7 +322,7 @@ struct Dest {
 
 impl Dest {
     fn new(weight: usize, field: Field, source: Source) -> Self {
-        Dest { weight, target: Target::Field(field), source, transposed: false, broadcast: false, dense: false }
+        Dest { weight, field, source, transposed: false, broadcast: false, dense: false }
     }
 }
 
@@ -523,7 +513,7 @@ fn linear_keys(gr: &Graph<'_>, n: &NodeProto) -> Vec<String> {
 
 /// The graph's Llama as the GPU holds it, from its nodes and initializers alone (no weights
 /// read): each linear found by name ([`linear_keys`]) and read through its node — `MatMulNBits`
-/// (4 or 8 bits, any zero points, a bias, a trivial `g_idx`) or a float `MatMul` (f32 / f16
+/// (4 or 8 bits, any zero points, a bias) or a float `MatMul` (f32 / f16
 /// weights, `Cast` and `Transpose` followed, a bias `Add` after it); the embedding `Gather`'s
 /// table, block-quantized by edge-llm's names or float; the head (the linear writing
 /// `logits`), tied when it reads the embedding's table.
@@ -629,18 +619,17 @@ fn plan_linear(gr: &Graph<'_>, plan: &mut Plan, node: &NodeProto, name: String, 
     match node.op_type.as_str() {
         "MatMulNBits" if node.domain == crate::onnx::MS_DOMAIN => {
             let data = input(1).ok_or_else(|| unsupported_node(node, "no B"))??;
-            if plan.dests.get(&data.name).is_some_and(|d| d.target == Target::Field(Field::Data)) {
+            if plan.dests.get(&data.name).is_some_and(|d| d.field == Field::Data) {
                 return Ok(()); // tied
             }
             let scales = input(2).ok_or_else(|| unsupported_node(node, "no scales"))??;
             let zero_points = input(3).transpose()?;
             let bits = attr(node, "bits").unwrap_or(4).max(0) as usize;
             let mut spec = plan_nbits(NBitsTensors { data, scales, zero_points }, bits, n, k, index, &mut plan.dests)?;
-            if let Some(g_idx) = input(4).transpose()? {
-                if elements(g_idx) != k {
-                    return Err(unsupported_node(node, &format!("g_idx `{}` holds {} values, not k = {k}", g_idx.name, elements(g_idx))));
-                }
-                plan.dests.insert(g_idx.name.clone(), Dest { target: Target::TrivialGIdx, ..Dest::new(index, Field::Data, Source::Bytes) });
+            // `cpu::import::prepare` (run by the packer and by `Engine::open_async` before any
+            // backend reads the graph) drops a trivial `g_idx` and refuses any other.
+            if node.input.get(4).is_some_and(|g| !g.is_empty()) {
+                return Err(unsupported_node(node, "a g_idx input: the graph was not prepared (`cpu::import::prepare` drops a trivial one, refuses others)"));
             }
             if let Some(bias) = input(5).transpose()? {
                 add_bias(plan, &mut spec, bias, index)?;
@@ -815,7 +804,7 @@ fn plan_nbits(t: NBitsTensors<'_>, bits: usize, n: usize, k: usize, index: usize
 }
 
 /// An inline initializer's bytes as the file's element type stores them (`raw_data`, or the
-/// typed field: f32 `float_data`, f16 and uint8 in `int32_data`, int32 / int64 little-endian).
+/// typed field: f32 `float_data`, f16 and uint8 in `int32_data`).
 fn inline_bytes(t: &TensorProto) -> Cow<'_, [u8]> {
     if !t.raw_data.is_empty() {
         return Cow::Borrowed(&t.raw_data);
@@ -823,27 +812,8 @@ fn inline_bytes(t: &TensorProto) -> Cow<'_, [u8]> {
     Cow::Owned(match t.data_type {
         x if x == OnnxType::Float as i32 => t.float_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         x if x == OnnxType::Float16 as i32 => t.int32_data.iter().flat_map(|v| (*v as u16).to_le_bytes()).collect(),
-        x if x == OnnxType::Int32 as i32 => t.int32_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        x if x == OnnxType::Int64 as i32 => t.int64_data.iter().flat_map(|v| v.to_le_bytes()).collect(),
         _ => t.int32_data.iter().map(|v| *v as u8).collect(),
     })
-}
-
-/// Check a `g_idx` of `length` bytes (int32 or int64 by its size) is the trivial one for `w`:
-/// row `i` in block `i / block_size`. Any other order (act-order GPTQ) is refused by name.
-fn check_g_idx(name: &str, w: &GpuNBits, length: usize, read: &dyn Fn(usize, &mut [u8])) -> Result<()> {
-    let k = w.spec.k;
-    let width = if length == k * 8 { 8 } else { 4 };
-    let mut bytes = vec![0; length];
-    read(0, &mut bytes);
-    for (i, v) in bytes.chunks_exact(width).enumerate() {
-        let g = if width == 8 { i64::from_le_bytes(v.try_into().expect("8 bytes")) } else { i32::from_le_bytes(v.try_into().expect("4 bytes")) as i64 };
-        if g != (i / w.spec.block_size) as i64 {
-            // As the CPU backend names it (`cpu::import`): the kernels keep each block's rows.
-            return Err(Error::UnsupportedOp { op: "MatMulNBits with g_idx (act-order row permutation)".into(), node: format!("g_idx `{name}`: row {i} in block {g}") });
-        }
-    }
-    Ok(())
 }
 
 /// Write one tensor of `length` bytes, read through `read`, into its field of `w`:
@@ -851,10 +821,7 @@ fn check_g_idx(name: &str, w: &GpuNBits, length: usize, read: &dyn Fn(usize, &mu
 /// widened (f16 to f32 where the GPU holds f32) or padded (integer zero points, f16 rows) to
 /// the GPU's layout on the way.
 fn write_tensor(ctx: &GpuContext, name: &str, w: &GpuNBits, d: Dest, length: usize, read: &dyn Fn(usize, &mut [u8])) -> Result<()> {
-    let field = match d.target {
-        Target::Field(f) => f,
-        Target::TrivialGIdx => return check_g_idx(name, w, length, read),
-    };
+    let field = d.field;
     let spec = w.spec;
     let es = d.source.size();
     let file_row = match (field, d.source) {
