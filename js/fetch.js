@@ -11,6 +11,18 @@ const abortError = () => {
 // "memory" (a buffer could not be allocated: not retried).
 const failure = (kind, message, status) => Object.assign(new Error(message), { kind, status });
 
+/// A BYOB read asks for at most this many bytes (the progress events' granularity).
+const BYOB_READ_BYTES = 1 << 20;
+
+/// `body`'s BYOB reader, or undefined where the runtime's fetch bodies are not byte streams.
+function byobReader(body) {
+  try {
+    return body.getReader({ mode: "byob" });
+  } catch {
+    return undefined;
+  }
+}
+
 /// A body without a size from the manifest (the manifest itself) may be at most this long.
 const MAX_UNSIZED_BYTES = 8 << 20;
 
@@ -120,12 +132,16 @@ export class Download {
           this.reader = { read: async () => ({ done: true }), cancel: async () => {} };
           return this.n;
         }
-        this.reader = res.body.getReader();
         this.buf = new Uint8Array(this.expected ?? 1 << 16);
+        // With the size known, the body is read straight into the buffer (a BYOB reader): no
+        // chunk arrays, which lingered as garbage until the collector ran.
+        this.byob = this.expected !== undefined && byobReader(res.body);
+        this.reader = this.byob || res.body.getReader();
       } catch (e) {
         throw this.fail(e);
       }
     }
+    if (this.byob) return this.nextInto();
     let step;
     try {
       step = await this.idle(this.reader.read());
@@ -140,11 +156,13 @@ export class Download {
     const cap = this.expected ?? MAX_UNSIZED_BYTES;
     if (this.n + value.length > cap) {
       // More than the manifest says (or than a manifest may be): keep what fits and stop;
-      // the size and hash checks reject it. The buffer never grows past `cap`.
+      // `bytes()` then says the body was longer, and the size check rejects it. The buffer
+      // never grows past `cap`.
       const fits = value.subarray(0, Math.max(0, cap - this.n));
       if (this.n + fits.length > this.buf.length) this.grow(this.n + fits.length);
       this.buf.set(fits, this.n);
       this.n += fits.length;
+      this.longer = true;
       this.done();
       await this.reader.cancel().catch(() => {});
       return -1;
@@ -161,14 +179,45 @@ export class Download {
     return this.n;
   }
 
+  /// `next()` through the BYOB reader: each read fills the buffer from `n` on (a read moves
+  /// the buffer into the stream and back, so `buf` is re-wrapped after each). Bytes beyond
+  /// `expected` are read into a one-byte probe and dropped (`bytes()` says there were more).
+  async nextInto() {
+    const room = this.buf.length - this.n;
+    let step;
+    try {
+      step = await this.idle(this.reader.read(room > 0 ? new Uint8Array(this.buf.buffer, this.n, Math.min(room, BYOB_READ_BYTES)) : new Uint8Array(1)));
+    } catch (e) {
+      throw this.fail(e);
+    }
+    if (room > 0 && step.value) this.buf = new Uint8Array(step.value.buffer);
+    if (!step.done && room > 0) {
+      this.n += step.value.length;
+      return this.n;
+    }
+    this.done();
+    if (!step.done) {
+      this.longer = true;
+      await this.reader.cancel().catch(() => {});
+    }
+    return -1;
+  }
+
   grow(size) {
     const bigger = new Uint8Array(size);
     bigger.set(this.buf.subarray(0, this.n));
     this.buf = bigger;
   }
 
+  /// The body. One that went on past the expected size comes back one byte longer than that
+  /// (its first bytes and a zero), so the loader's size check refuses it: the server's file is
+  /// not the manifest's.
   bytes() {
-    const out = this.n === this.buf.length ? this.buf : this.buf.slice(0, this.n);
+    let out = this.n === this.buf.length ? this.buf : this.buf.slice(0, this.n);
+    if (this.longer) {
+      out = new Uint8Array(this.n + 1);
+      out.set(this.buf.subarray(0, this.n));
+    }
     this.buf = null;
     return ownBytes(out);
   }
@@ -189,12 +238,30 @@ export function disownBytes(u8) {
   OWNED.delete(u8);
 }
 
-/// Detach `u8`'s buffer (`ArrayBuffer.prototype.transfer`, where the runtime has it) if the
-/// loader owns it and it is the whole buffer; otherwise leave it to the garbage collector.
+/// Free `u8`'s memory now if the loader owns it and it is its whole buffer; otherwise leave it
+/// to the garbage collector. The buffer is transferred into a message that is dropped (posted
+/// on a port whose other end is closed), which detaches it the way the browser's own APIs do.
+/// `ArrayBuffer.prototype.transfer(0)` detaches only the JS object: in Chromium a buffer that
+/// went through a Web API (WebCrypto's digest, an IndexedDB put or read, a BYOB read) stays
+/// allocated through the API's wrapper until the garbage collector collects that, and nothing
+/// urges it once the buffer looks detached (measured in a Worker: a 100 MB buffer digested, then
+/// `transfer(0)`: still resident after a forced collection; posted this way: freed at once).
+/// Every shard went through WebCrypto, so each lingered beside the engine. `transfer(0)` where
+/// there is no MessageChannel.
 export function releaseBytes(u8) {
   if (!OWNED.delete(u8)) return;
   const b = u8.buffer;
-  if (u8.byteOffset === 0 && u8.byteLength === b.byteLength && typeof b.transfer === "function" && !(b instanceof (globalThis.SharedArrayBuffer ?? class {}))) b.transfer(0);
+  if (u8.byteOffset !== 0 || u8.byteLength !== b.byteLength || b instanceof (globalThis.SharedArrayBuffer ?? class {})) return;
+  try {
+    if (typeof MessageChannel === "function") {
+      const { port1, port2 } = new MessageChannel();
+      port2.close();
+      port1.postMessage(null, [b]);
+      port1.close();
+    } else if (typeof b.transfer === "function") b.transfer(0);
+  } catch {
+    // A buffer the runtime will not detach (DataCloneError): the collector frees it.
+  }
 }
 
 /// Hex SHA-256 via WebCrypto, or undefined where `crypto.subtle` is missing (insecure

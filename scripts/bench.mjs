@@ -13,7 +13,7 @@
 // --js-flags: V8 flags for Chromium (diagnostics, e.g. "--no-wasm-tier-up" to see what
 // optimized code costs in time and memory).
 // The CI latency gate (scripts/bench-gate.mjs) runs through `benchChromium` below.
-import { chromium } from "playwright-core";
+import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -92,8 +92,8 @@ export function processTreeSampler(profileDir, everyMs = 50) {
     tree = new Map([...found].map((pid) => [pid, kind(cmdlines.get(pid))]));
   };
   let found = -Infinity;
-  const sample = () => {
-    if (performance.now() - found >= 1000) (findTree(), (found = performance.now()));
+  const sample = (fresh = false) => {
+    if (fresh || performance.now() - found >= 1000) (findTree(), (found = performance.now()));
     let rss = 0, pss = 0;
     const byKind = {};
     for (const [pid, k] of tree) {
@@ -116,9 +116,21 @@ export function processTreeSampler(profileDir, everyMs = 50) {
     return s;
   };
   return {
-    /** The footprint before the page loads anything (about:blank). */
-    baseline() {
-      baseline = sample();
+    /**
+     * The baseline: the tree sampled every 250 ms until two samples in a row agree within
+     * 1 MB (at most 5 s): a browser just started is still starting processes (its spare
+     * renderer) and those are not the page's.
+     */
+    async settle() {
+      let last = sample(true);
+      for (let i = 0; i < 20; i++) {
+        await new Promise((ok) => setTimeout(ok, 250));
+        const now = sample(true);
+        const still = Math.abs(now.pss - last.pss) < 1e6 && now.processes === last.processes;
+        last = now;
+        if (still) break;
+      }
+      baseline = last;
     },
     start() {
       timer = setInterval(take, everyMs);
@@ -144,61 +156,104 @@ export function processTreeSampler(profileDir, everyMs = 50) {
   };
 }
 
-/** One page run in headless Chromium; resolves to the page's result. `profile` keeps its cache between calls. */
+/** Chromium's version line (`chromium --version`), once. */
+let chromiumVersion;
+function versionOf(exe) {
+  try {
+    chromiumVersion ??= execFileSync(exe, ["--version"], { encoding: "utf8" }).trim();
+  } catch {
+    chromiumVersion = "Chromium";
+  }
+  return chromiumVersion;
+}
+
+/**
+ * One page run in headless Chromium; resolves to the page's result. `profile` keeps its cache
+ * between calls. Chromium is started on the page's URL with no DevTools attached: a phone has
+ * none, and DevTools' network agent keeps copies of the responses it sees (with Playwright
+ * attached the page's renderer held 16.8 MB after the module loaded and 18 + 4.2 MB more after
+ * the shards, none of it the engine's). The page talks back over HTTP (bench.html `report=`),
+ * and waits (`hold=`) while the memory baseline is taken: the page open, its Worker not yet
+ * started, so the growth is what edge-llm adds to a page.
+ */
 export async function benchChromium(o, { profile, log = (s) => console.log(s), onRequest } = {}) {
   const { mounts, pagePath } = modelSource(o.model);
-  const server = await serve(0, "127.0.0.1", { mounts, onRequest });
   const dir = profile ?? mkdtempSync(join(tmpdir(), "edge-llm-bench-"));
-  const ctx = await chromium.launchPersistentContext(dir, {
-    executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
-    headless: true,
-    args: ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic", "--enable-precise-memory-info",
-      // WebGPU when asked for: headless Chromium exposes SwiftShader's (a software adapter).
-      ...(o.backend === "webgpu" ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : []),
-      ...(o["js-flags"] ? [`--js-flags=${o["js-flags"]}`] : [])],
-  });
-  try {
-    const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath });
-    for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache", "warmUp", "prompt"]) if (o[k] !== undefined) q.set(k, o[k]);
-    if (o.calibrate) q.set("calibrate", "1");
-    const page = ctx.pages()[0] ?? (await ctx.newPage());
-    const tree = processTreeSampler(dir);
-    tree?.baseline();
-    tree?.start();
-    const done = new Promise((ok, fail) => {
-      page.on("pageerror", (e) => fail(new Error(`page error: ${e.message}`)));
-      page.on("console", (msg) => {
-        const m = /^EDGE_LLM_BENCH_(\w+) (.*)$/s.exec(msg.text());
-        if (!m) return;
-        const v = JSON.parse(m[2]);
-        if (m[1] === "ERROR") fail(Object.assign(new Error(`${v.name}: ${v.message}`), { name: v.name }));
-        else if (m[1] === "DONE") ok();
-        else if (m[1] === "READY") tree?.pace(500);
-        else if (m[1] === "LOADED") log(`  loaded: ${v.fromCache} file(s) from cache, ${v.fromNetwork} from network`);
-        else if (m[1] === "QUICK") log(`  quick run: ${core.fmt(v.decodeTokPerS)} tok/s`);
-        else if (m[1] === "SUSTAINED") log(`  sustained run: ${core.fmt(v.tokPerS)} tok/s, sustained/burst ${core.fmt(v.sustainedOverBurst)}`);
-      });
+  let tree = null;
+  let settle;
+  const outcome = new Promise((ok, fail) => (settle = { ok, fail }));
+  const body = (req) =>
+    new Promise((ok) => {
+      const parts = [];
+      req.on("data", (c) => parts.push(c));
+      req.on("end", () => ok(Buffer.concat(parts).toString("utf8")));
     });
-    await page.goto(`http://127.0.0.1:${server.address().port}/www/bench.html?${q}`);
-    let treeMemory;
-    try {
-      await done;
-    } finally {
-      treeMemory = tree?.stop();
-    }
-    const r = await page.evaluate(() => window.benchResult);
+  const routes = {
+    "/__bench/hold": async (req, res) => {
+      await body(req);
+      // The page is open and has not started its Worker: let the tree settle, then sample it.
+      tree = processTreeSampler(dir);
+      await tree?.settle();
+      tree?.start();
+      res.writeHead(204).end();
+    },
+    "/__bench/report": async (req, res) => {
+      const text = await body(req);
+      res.writeHead(204).end();
+      const m = /^(\w+) (.*)$/s.exec(text);
+      if (!m) return;
+      const v = JSON.parse(m[2]);
+      if (m[1] === "ERROR") settle.fail(Object.assign(new Error(`${v.name}: ${v.message}`), { name: v.name }));
+      else if (m[1] === "RESULT") settle.ok(v);
+      else if (m[1] === "READY") tree?.pace(500);
+      else if (m[1] === "LOADED") log(`  loaded: ${v.fromCache} file(s) from cache, ${v.fromNetwork} from network`);
+      else if (m[1] === "QUICK") log(`  quick run: ${core.fmt(v.decodeTokPerS)} tok/s`);
+      else if (m[1] === "SUSTAINED") log(`  sustained run: ${core.fmt(v.tokPerS)} tok/s, sustained/burst ${core.fmt(v.sustainedOverBurst)}`);
+    },
+  };
+  const server = await serve(0, "127.0.0.1", { mounts, onRequest, routes });
+  const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath, report: "/__bench/report", hold: "/__bench/hold" });
+  for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache", "warmUp", "prompt"]) if (o[k] !== undefined) q.set(k, o[k]);
+  if (o.calibrate) q.set("calibrate", "1");
+  const exe = process.env.CHROMIUM ?? "/usr/bin/chromium";
+  const args = ["--headless", "--no-sandbox", `--user-data-dir=${dir}`, "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-quic", "--enable-precise-memory-info", "--mute-audio",
+    // WebGPU when asked for: headless Chromium exposes SwiftShader's (a software adapter).
+    ...(o.backend === "webgpu" ? ["--enable-unsafe-webgpu", "--use-webgpu-adapter=swiftshader"] : []),
+    ...(o["js-flags"] ? [`--js-flags=${o["js-flags"]}`] : []),
+    `http://127.0.0.1:${server.address().port}/www/bench.html?${q}`];
+  // Its own process group, so the whole tree (renderers, GPU and utility processes) is stopped.
+  const browser = spawn(exe, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
+  let stderr = "";
+  browser.stderr.on("data", (c) => (stderr = (stderr + c).slice(-4000)));
+  const exited = new Promise((ok) => browser.on("exit", ok));
+  exited.then((code) => settle.fail(new Error(`Chromium exited (${code}) before the page finished: ${stderr.trim().split("\n").slice(-3).join(" | ")}`)));
+  let treeMemory;
+  try {
+    const r = await outcome;
+    treeMemory = tree?.stop();
     if (treeMemory) {
-      // What a phone counts: the browser's processes together, grown from an empty tab.
+      // What a phone counts: the browser's processes together, grown from the page open.
       r.memory.peakRssBytes = treeMemory.rssGrowth;
-      r.memory.peakRssNote = `Chromium process tree (${treeMemory.peak.processes} processes), peak RSS sum minus about:blank's; PSS growth ${core.fmt(treeMemory.pssGrowth / 1e6)} MB`;
+      r.memory.peakRssNote = `Chromium process tree (${treeMemory.peak.processes} processes), peak RSS sum minus the page's before its Worker started; PSS growth ${core.fmt(treeMemory.pssGrowth / 1e6)} MB; no DevTools attached`;
       r.memory.processTree = treeMemory;
     }
-    r.runtime = `headless Chromium ${ctx.browser()?.version() ?? ""}, engine in a Worker`.replace("  ", " ");
+    r.runtime = `headless Chromium ${versionOf(exe).replace(/^\D*/, "")}, engine in a Worker, no DevTools attached`;
     return r;
   } finally {
-    await ctx.close();
+    if (!treeMemory) tree?.stop();
+    const group = (signal) => {
+      try {
+        process.kill(-browser.pid, signal);
+      } catch {
+        // already gone
+      }
+    };
+    group("SIGTERM");
+    await Promise.race([exited, new Promise((ok) => setTimeout(ok, 5000))]);
+    group("SIGKILL");
     server.close();
-    if (!profile) rmSync(dir, { recursive: true, force: true });
+    // Chromium's last child processes may still be writing the profile as it exits.
+    if (!profile) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });
   }
 }
 

@@ -24,12 +24,14 @@ const types = {
 // `dir`: the folder served (default the repo root); `isolated: false` leaves COOP/COEP out
 // (tests of pages that are not cross-origin isolated); `mounts`: { "/url-prefix/": "/a/dir" }
 // served besides it (a packed model outside the repo); `onRequest(path)` sees every request
-// path (tests count shard downloads); `tls`: { key, cert } serves HTTPS.
-export function serve(port = 0, host = "127.0.0.1", { dir = root, isolated = true, mounts = {}, onRequest, tls } = {}) {
+// path (tests count shard downloads); `tls`: { key, cert } serves HTTPS; `routes`:
+// { "/exact/path": (req, res) => … } answered by the caller (scripts/bench.mjs hears the page).
+export function serve(port = 0, host = "127.0.0.1", { dir = root, isolated = true, mounts = {}, onRequest, tls, routes = {} } = {}) {
   const base = resolve(dir);
   const handler = (req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
     onRequest?.(path);
+    if (Object.hasOwn(routes, path)) return routes[path](req, res);
     const mount = Object.keys(mounts).find((p) => path.startsWith(p));
     const from = mount ? resolve(mounts[mount]) : base;
     const rel = mount ? path.slice(mount.length) : path;

@@ -6,8 +6,12 @@
 //   minutes=<sustained run>  label=<text>  prompt=<text>  calibrate=1 (time the CI gate's yardstick)
 //   repeat=<n> (quick runs with auto)  warmUp=0 (Engine.load without its warm-up pass)
 //   auto=quick|sustained|all (load and run without clicks; scripts/bench.mjs)
-// The page reports to scripts/bench.mjs through `EDGE_LLM_BENCH_<KIND> <json>` console lines and
-// leaves the whole result in `window.benchResult`.
+//   report=<path> (POST every report, and the whole result, to this same-origin path)
+//   hold=<path> (with auto: POST it and wait for the answer before loading: scripts/bench.mjs
+//   samples the browser's memory with the page open and the engine not yet started)
+// The page reports to scripts/bench.mjs through `EDGE_LLM_BENCH_<KIND> <json>` console lines
+// (and `report=` POSTs, for a browser with no DevTools attached) and leaves the whole result in
+// `window.benchResult`.
 import { WorkerEngine } from "../pkg/worker.js";
 import { defaultThreads, threadsAvailable } from "../pkg/auto.js";
 import { SCHEMA, PROMPT as DEFAULT_PROMPT, quickRun, sustainedRun, tokenizerTimes, coldStartParts, metricRows, toCSV, fmt, calibration } from "./bench-core.js";
@@ -16,7 +20,17 @@ import { deviceFacts, battery, memory, watchResponsiveness } from "./bench-devic
 
 const params = new URLSearchParams(location.search);
 const $ = (id) => document.getElementById(id);
-const report = (kind, value) => console.log(`EDGE_LLM_BENCH_${kind} ${JSON.stringify(value ?? null)}`);
+const reportTo = params.get("report");
+const report = (kind, value) => {
+  const json = JSON.stringify(value ?? null);
+  console.log(`EDGE_LLM_BENCH_${kind} ${json}`);
+  if (reportTo) fetch(reportTo, { method: "POST", body: `${kind} ${json}` }).catch(() => {});
+};
+if (reportTo) {
+  // No DevTools to see an uncaught error: say it the way `fail` does.
+  addEventListener("error", (ev) => report("ERROR", { name: ev.error?.name ?? "Error", message: ev.message }));
+  addEventListener("unhandledrejection", (ev) => report("ERROR", { name: ev.reason?.name ?? "Error", message: String(ev.reason?.message ?? ev.reason) }));
+}
 const PROMPT = params.get("prompt") ?? DEFAULT_PROMPT;
 // The IndexedDB database of the package's shard cache (js/store.js DB_NAME).
 const CACHE_DB = "edge-llm";
@@ -410,12 +424,14 @@ showBattery();
 const auto = params.get("auto");
 if (auto) {
   (async () => {
+    if (params.get("hold")) await fetch(params.get("hold"), { method: "POST" });
     if (!(await load())) return;
     // repeat=<n>: n quick runs on the loaded engine (the CI gate takes their median).
     const repeat = Math.max(1, Number(params.get("repeat") ?? 1));
     if (auto === "quick" || auto === "all") for (let i = 0; i < repeat; i++) await runQuick({ last: i === repeat - 1 });
     if (auto === "sustained" || auto === "all") await runSustained();
     window.benchResult = result;
+    if (reportTo) report("RESULT", result);
     report("DONE", true);
   })().catch(fail);
 }

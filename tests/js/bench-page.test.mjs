@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { serve, certificate } from "../../scripts/serve.mjs";
 import { confirmed, judge } from "../../scripts/bench-gate.mjs";
-import { summarize, sustainedRun } from "../../www/bench-core.js";
+import { SCHEMA, summarize, sustainedRun } from "../../www/bench-core.js";
 
 const model = "models/tiny-int4";
 const manifestPath = new URL(`../../www/${model}/manifest.json`, import.meta.url);
@@ -279,4 +279,24 @@ test("served over HTTPS with the self-signed certificate (a phone past the warni
     https.close();
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test("scripts/bench.mjs runs the page with no DevTools attached: the page reports over HTTP, the memory baseline is the open page, a page error is the run's error", { skip, timeout: 300_000 }, async () => {
+  const { benchChromium } = await import("../../scripts/bench.mjs");
+  const shards = [];
+  const r = await benchChromium({ model, run: "quick", measured: "100", cache: "none", threads: "1", build: "single" }, { log: () => {}, onRequest: (p) => /model\.data/.test(p) && shards.push(p) });
+  assert.equal(r.schema, SCHEMA);
+  assert.ok(r.quick.decodeTokPerS > 0 && r.quick.latency.n >= 100, `${r.quick.decodeTokPerS} tok/s over ${r.quick.latency.n} steps`);
+  assert.match(r.runtime, /no DevTools attached/);
+  assert.ok(shards.length >= 1, "the model came from the harness's server");
+  // Linux /proc: the tree was sampled from the open page (its Worker not started) to the end.
+  const tree = r.memory.processTree;
+  assert.ok(tree && tree.baseline.processes >= 2 && tree.peak.pss >= tree.baseline.pss, JSON.stringify(tree?.baseline));
+  assert.ok(tree.pssGrowth > 0 && tree.series.length >= 3, `growth ${tree.pssGrowth}`);
+  assert.ok(tree.pssGrowthByKind.renderer > 0, "the engine's memory is the renderer's");
+  // The page's own error (a manifest that does not exist) ends the run with it, by name.
+  await assert.rejects(benchChromium({ model: "models/no-such-model", run: "quick", cache: "none" }, { log: () => {} }), (e) => {
+    assert.equal(e.name, "NetworkError", e.message);
+    return true;
+  });
 });

@@ -117,14 +117,14 @@ test("first load caches every shard in IndexedDB; offline, the next page loads f
   }
 });
 
-test("a corrupt or truncated shard is fetched once more, then fails with IntegrityError; a 404 is a NetworkError", async () => {
+test("a corrupt, truncated or too long shard is fetched once more, then fails with IntegrityError; a 404 is a NetworkError", async () => {
   const p = await page();
   srv.fault("v1", shard.path, { mode: "corrupt" });
   const healed = await load(p, srv.url("v1"), { cache: "indexeddb" });
   assert.ok(healed.ok, healed.message);
   assert.ok(healed.events.some((e) => e.type === "retry" && e.file === shard.path && /SHA-256/.test(e.reason)));
 
-  for (const mode of ["corrupt", "truncate"]) {
+  for (const mode of ["corrupt", "truncate", "extend"]) {
     const q = await page();
     srv.fault("v1", shard.path, { mode }, { mode });
     const r = await load(q, srv.url("v1"), { cache: "indexeddb" });

@@ -114,12 +114,14 @@ test("named errors: 404, integrity, incompatible model, backend, options", async
   await assert.rejects(Engine.load(srv.url("missing"), { cache: "none", ...quick }), { name: "NetworkError", message: /HTTP 404/ });
 
   const shard = JSON.parse(tiny["manifest.json"]).files.find((f) => f.role === "weights");
-  srv.fault("v1", shard.path, { mode: "corrupt" }, { mode: "corrupt" });
-  await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", ...quick }), (e) => {
-    assert.equal(e.name, "IntegrityError");
-    assert.ok(e.message.includes(shard.path) && e.message.includes(shard.sha256), e.message);
-    return true;
-  });
+  for (const mode of ["corrupt", "extend"]) {
+    srv.fault("v1", shard.path, { mode }, { mode });
+    await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", ...quick }), (e) => {
+      assert.equal(e.name, "IntegrityError", mode);
+      assert.ok(e.message.includes(shard.path) && e.message.includes(shard.sha256), e.message);
+      return true;
+    });
+  }
   srv.fault("v1", shard.path, { mode: "drop" }, { mode: "status", status: 503 });
   const retries = [];
   const e = await Engine.load(srv.url("v1"), { cache: "none", onProgress: (p) => p.type === "retry" && retries.push(p) });

@@ -1,5 +1,5 @@
 // Test HTTP server for the loader tests (Node and Playwright): serves the repo (pkg/, a test
-// page) and packed models from memory under /models/<name>/, and can corrupt, truncate, delay,
+// page) and packed models from memory under /models/<name>/, and can corrupt, truncate, extend, delay,
 // stall, drop or 404 any model file, or go offline. Every model request is logged.
 import { createServer } from "node:http";
 import { createHash } from "node:crypto";
@@ -72,6 +72,8 @@ export async function startModelServer() {
       let bytes = Buffer.from(body);
       if (fault?.mode === "corrupt") bytes[bytes.length >> 1] ^= 0x40;
       if (fault?.mode === "truncate") bytes = bytes.subarray(0, bytes.length >> 1);
+      // More bytes than the manifest says: the loader reads what fits and stops.
+      if (fault?.mode === "extend") bytes = Buffer.concat([bytes, Buffer.alloc(4096, 0x5a)]);
       res.writeHead(200, { "content-type": "application/octet-stream", "content-length": bytes.length, "cache-control": "no-store" });
       if (fault?.mode === "drop") {
         // Headers promise the whole file; the connection dies halfway.
