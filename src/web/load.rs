@@ -45,7 +45,7 @@ export interface LoadOptions {
   /** Throw `QuotaError` when the cache is full instead of loading from memory with a warning. */
   strictQuota?: boolean;
   /** Files downloaded at once (default 4). The engine is built while they arrive, and no file starts
-   *  while the files ahead of it would hold over 32 MiB, so a fast network or cache never holds the
+   *  while the files ahead of it would hold over 16 MiB, so a fast network or cache never holds the
    *  whole model in JS memory beside the engine. */
   concurrency?: number;
   /** Retries of a failed download (default 4; backoff 250 ms doubling to 4 s). */
