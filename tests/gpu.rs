@@ -41,7 +41,7 @@ fn gpu() -> Option<GpuContext> {
 
 #[path = "common/gpu_kernels.rs"]
 mod gpu_kernels;
-use gpu_kernels::{assert_close, random_weight, state, upload, Rng, KINDS};
+use gpu_kernels::{assert_close, near_boundary_pick, random_weight, sample_logits, sample_params, state, upload, Rng, KINDS};
 
 fn download(ctx: &GpuContext, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
     block_on(gpu_kernels::download(ctx, b, len))
@@ -238,60 +238,7 @@ fn elementwise_kernels_match_twins() {
 #[test]
 fn argmax_matches_reference_lowest_index_on_ties() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(7);
-    let mut pipes = Pipelines::default();
-    for n in [1, 2, 255, 256, 257, 49152, rng.range(1, 100_000)] {
-        for ties in [false, true] {
-            // With ties, values from a set of 3 so the maximum repeats many times.
-            let v: Vec<f32> = if ties { (0..n).map(|_| rng.range(0, 3) as f32).collect() } else { rng.f32s(n) };
-            let (vb, st) = (upload(&ctx, &v), state(&ctx, 0, 1, &[u32::MAX]));
-            let d = kernels::argmax(&ctx, &mut pipes, n, &vb, &st);
-            kernels::run(&ctx, &pipes, &[d], 1);
-            // The pick lands in tokens[0], the word after pos and rows.
-            let got = download(&ctx, &st, 3)[2].to_bits();
-            assert_eq!(got, edge_llm::generate::argmax(&v), "n={n} ties={ties}");
-        }
-    }
-}
-
-/// Random sampling options: temperatures around 1 and 0 (greedy), top-k off, small, at and
-/// past the vocabulary, top-p off to tiny, penalties above and below 1, the uniform number at
-/// its ends too.
-fn sample_params(rng: &mut Rng, n: usize) -> SampleParams {
-    let pick = |rng: &mut Rng, xs: &[f32]| xs[rng.range(0, xs.len())];
-    let temperature = pick(rng, &[0.0, 0.3, 0.7, 1.0, 1.0, 1.6]);
-    let top_k = [0, 0, 1, 2, 5, 40, n, n + 3][rng.range(0, 8)];
-    let top_p = pick(rng, &[1.0, 1.0, 0.95, 0.9, 0.5, 0.01]);
-    let repetition_penalty = pick(rng, &[1.0, 1.0, 1.3, 0.8]);
-    let uniform = match rng.range(0, 10) {
-        0 => 0.0,
-        1 => 1.0 - 1.0 / (1 << 24) as f32,
-        _ => (rng.next() >> 40) as f32 / (1u64 << 24) as f32,
-    };
-    SampleParams { temperature, top_k, top_p, repetition_penalty, uniform }
-}
-
-/// Logits of `n` candidates: spread, or from a few values (many exact ties, signed zeros).
-fn sample_logits(rng: &mut Rng, n: usize) -> Vec<f32> {
-    match rng.range(0, 3) {
-        0 => rng.f32s(n).iter().map(|v| v * 8.0).collect(),
-        1 => (0..n).map(|_| [-0.0, 0.0, 1.5, -2.0, 3.0][rng.range(0, 5)]).collect(),
-        _ => rng.f32s(n).iter().map(|v| v * 0.5).collect(),
-    }
-}
-
-/// Whether `token` is a pick of the twin for some number within `d` of `p.uniform` and top-p
-/// within `d` of `p.top_p`: between, in the candidates' order, the picks at `uniform - d` and
-/// `uniform + d` (picks are monotonic in the number).
-fn near_boundary_pick(logits: &[f32], history: &[u32], p: &SampleParams, token: u32, d: f32) -> bool {
-    let keys = twin::sample_keys(logits, history, p).unwrap();
-    // Position in the order: higher keys first, then lower ids.
-    let rank = |t: u32| keys.iter().enumerate().filter(|&(i, k)| (*k, std::cmp::Reverse(i as u32)) > (keys[t as usize], std::cmp::Reverse(t))).count();
-    let top_ps = if p.top_p < 1.0 { vec![p.top_p, (p.top_p - d).max(1e-7), (p.top_p + d).min(1.0 - 1e-7)] } else { vec![1.0] };
-    top_ps.into_iter().any(|top_p| {
-        let at = |u: f32| twin::sample(logits, history, &SampleParams { uniform: u.clamp(0.0, 0.99999994), top_p, ..*p }).unwrap();
-        (rank(at(p.uniform - d))..=rank(at(p.uniform + d))).contains(&rank(token))
-    })
+    block_on(gpu_kernels::argmax_matches_reference(&ctx, &mut Rng(7)));
 }
 
 /// How far the CPU sampler's cumulative probabilities may be from the twin's: it adds `n`
@@ -301,63 +248,11 @@ fn cpu_sum_error(n: usize) -> f32 {
     (2 * n) as f32 / (1 << 24) as f32 + 1e-6
 }
 
-/// `sample.wgsl` against its twin on random logits and options: the keys (penalized, scaled
-/// logits) are bit-identical; the weights `exp(z - max)` agree to a few ULPs (the GPU's `exp`
-/// is not the CPU's); from the GPU's own keys and weights the twin picks the GPU's token
-/// exactly (same sums in the same order); and from its own, the same token but where the
-/// number drawn lies within 1e-5 of a cumulative boundary (counted: rare).
+/// `sample.wgsl` against its twin ([`gpu_kernels::sample_kernel_matches_twin`]).
 #[test]
 fn sample_kernel_matches_twin() {
     let Some(ctx) = gpu() else { return };
-    let mut rng = Rng(8);
-    let mut pipes = Pipelines::default();
-    let (mut cases, mut near_boundary) = (0, 0);
-    for n in [1, 2, 3, 255, 256, 257, 1000, 4099, 49152, rng.range(1, 70_000)] {
-        for _ in 0..6 {
-            let (logits, p) = (sample_logits(&mut rng, n), sample_params(&mut rng, n));
-            let history: Vec<u32> = (0..rng.range(0, 20)).map(|_| rng.range(0, n) as u32).collect();
-            let opts = ctx.storage_init("opts", &twin::sample_opts(n, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-            let seen = kernels::seen_bitmap(n, &history);
-            let seen = ctx.storage_init("seen", &seen.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-            let (lb, st) = (upload(&ctx, &logits), state(&ctx, 0, 1, &[7]));
-            let (kb, wb) = (ctx.storage("keys", (n * 4) as u64).unwrap(), ctx.storage("weights", (n * 4) as u64).unwrap());
-            let d = kernels::sample(&ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
-            kernels::run(&ctx, &pipes, &[d], 1);
-            let got = download(&ctx, &st, 3)[2].to_bits();
-            let what = format!("n={n} {p:?} history={history:?}");
-            let keys: Vec<u32> = download(&ctx, &kb, n).iter().map(|v| v.to_bits()).collect();
-            assert_eq!(keys, twin::sample_keys(&logits, &history, &p).unwrap(), "keys {what}");
-            cases += 1;
-            if p.temperature == 0.0 {
-                let mut penalized = logits.clone();
-                assert_eq!(got, edge_llm::generate::sample_with(&p, &mut penalized, &history), "greedy {what}");
-                continue;
-            }
-            let weights = download(&ctx, &wb, n);
-            assert_close(&format!("weights {what}"), &weights, &twin::sample_weights(&keys), |_| 1e-30 + 4e-7);
-            assert_eq!(got, twin::sample_pick(&keys, &weights, &p), "pick from the GPU's weights {what}");
-            let want = twin::sample(&logits, &history, &p).unwrap();
-            if got != want {
-                assert!(near_boundary_pick(&logits, &history, &p, got, 1e-5), "{what}: GPU {got}, twin {want}");
-                near_boundary += 1;
-            }
-        }
-    }
-    eprintln!("sample.wgsl vs twin: {near_boundary} of {cases} picks differ, each within 1e-5 of a boundary");
-    assert!(near_boundary * 20 <= cases, "{near_boundary} of {cases} near a boundary");
-    // A logit that is not finite: the mark the engine turns into the CPU path's error.
-    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let mut logits = rng.f32s(300);
-        logits[123] = bad;
-        let p = SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, uniform: 0.5 };
-        let opts = ctx.storage_init("opts", &twin::sample_opts(300, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
-        let (lb, st, seen) = (upload(&ctx, &logits), state(&ctx, 0, 1, &[7]), ctx.storage("seen", 40).unwrap());
-        let (kb, wb) = (ctx.storage("keys", 1200).unwrap(), ctx.storage("weights", 1200).unwrap());
-        let d = kernels::sample(&ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
-        kernels::run(&ctx, &pipes, &[d], 1);
-        assert_eq!(download(&ctx, &st, 3)[2].to_bits(), u32::MAX, "{bad}");
-        assert_eq!(twin::sample(&logits, &[], &p), None);
-    }
+    block_on(gpu_kernels::sample_kernel_matches_twin(&ctx, &mut Rng(8)));
 }
 
 /// The twin (sums in strided lanes then a tree) against the CPU sampler `sample_with` (sums in

@@ -70,8 +70,9 @@ mod gpu_kernels;
 /// through Tint): the bodies `tests/gpu.rs` runs natively, on the fixed edge shapes and 2 random
 /// ones (SwiftShader is slow) — the block-quantized and float GEMV and GEMM over every weight
 /// kind (bias included), the embedding gather, `quantize_tensor`, RMSNorm, RoPE, KV append and
-/// attention, SiLU·mul and the residual add (argmax and sampling are checked in the browser
-/// through the engines' tokens).
+/// attention, SiLU·mul, the residual add, argmax (lowest index on ties) and the top-k / top-p /
+/// temperature / repetition-penalty sampler (keys bit for bit, the pick from the GPU's own
+/// weights exact).
 #[wasm_bindgen_test]
 async fn webgpu_kernels_match_their_twins_in_browser() {
     let ctx = edge_llm::gpu::GpuContext::new().await.expect("headless Chromium offers a WebGPU adapter (swiftshader)");
@@ -84,6 +85,8 @@ async fn webgpu_kernels_match_their_twins_in_browser() {
     gpu_kernels::rope_matches_twin(&ctx, &mut gpu_kernels::Rng(4)).await;
     gpu_kernels::kv_append_and_attention_match_twins(&ctx, &mut gpu_kernels::Rng(5)).await;
     gpu_kernels::elementwise_kernels_match_twins(&ctx, &mut gpu_kernels::Rng(6)).await;
+    gpu_kernels::argmax_matches_reference(&ctx, &mut gpu_kernels::Rng(7)).await;
+    gpu_kernels::sample_kernel_matches_twin(&ctx, &mut gpu_kernels::Rng(8)).await;
 }
 
 /// The WebGPU backend in the browser (SwiftShader here): the tiny int4 model, opened with

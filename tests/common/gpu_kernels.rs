@@ -6,6 +6,7 @@
 use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
+use edge_llm::generate::SampleParams;
 use edge_llm::gpu::GpuContext;
 
 /// splitmix64: seeded, identical everywhere.
@@ -38,6 +39,14 @@ pub fn state(ctx: &GpuContext, pos: usize, rows: usize, tokens: &[u32]) -> wgpu:
     words.extend(tokens);
     words.resize(words.len().max(3), 0);
     ctx.storage_init("state", &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap()
+}
+
+/// A line for the test's output: stderr natively, the console in a browser.
+pub fn log(line: &str) {
+    #[cfg(target_arch = "wasm32")]
+    web_sys::console::log_1(&line.into());
+    #[cfg(not(target_arch = "wasm32"))]
+    eprintln!("{line}");
 }
 
 pub async fn download(ctx: &GpuContext, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
@@ -277,3 +286,118 @@ pub async fn elementwise_kernels_match_twins(ctx: &GpuContext, rng: &mut Rng) {
         assert_eq!(download(ctx, &ab, rows * n).await, want, "add n={n} rows={rows}");
     }
 }
+
+/// `argmax.wgsl` against the CPU's `generate::argmax` (the lowest index among equal maxima),
+/// with and without ties, one to 100,000 candidates.
+pub async fn argmax_matches_reference(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    for n in [1, 2, 255, 256, 257, 49152, rng.range(1, 100_000)] {
+        for ties in [false, true] {
+            // With ties, values from a set of 3 so the maximum repeats many times.
+            let v: Vec<f32> = if ties { (0..n).map(|_| rng.range(0, 3) as f32).collect() } else { rng.f32s(n) };
+            let (vb, st) = (upload(ctx, &v), state(ctx, 0, 1, &[u32::MAX]));
+            let d = kernels::argmax(ctx, &mut pipes, n, &vb, &st);
+            kernels::run(ctx, &pipes, &[d], 1);
+            // The pick lands in tokens[0], the word after pos and rows.
+            let got = download(ctx, &st, 3).await[2].to_bits();
+            assert_eq!(got, edge_llm::generate::argmax(&v), "n={n} ties={ties}");
+        }
+    }
+}
+
+/// Random sampling options: temperatures around 1 and 0 (greedy), top-k off, small, at and
+/// past the vocabulary, top-p off to tiny, penalties above and below 1, the uniform number at
+/// its ends too.
+pub fn sample_params(rng: &mut Rng, n: usize) -> SampleParams {
+    let pick = |rng: &mut Rng, xs: &[f32]| xs[rng.range(0, xs.len())];
+    let temperature = pick(rng, &[0.0, 0.3, 0.7, 1.0, 1.0, 1.6]);
+    let top_k = [0, 0, 1, 2, 5, 40, n, n + 3][rng.range(0, 8)];
+    let top_p = pick(rng, &[1.0, 1.0, 0.95, 0.9, 0.5, 0.01]);
+    let repetition_penalty = pick(rng, &[1.0, 1.0, 1.3, 0.8]);
+    let uniform = match rng.range(0, 10) {
+        0 => 0.0,
+        1 => 1.0 - 1.0 / (1 << 24) as f32,
+        _ => (rng.next() >> 40) as f32 / (1u64 << 24) as f32,
+    };
+    SampleParams { temperature, top_k, top_p, repetition_penalty, uniform }
+}
+
+/// Logits of `n` candidates: spread, or from a few values (many exact ties, signed zeros).
+pub fn sample_logits(rng: &mut Rng, n: usize) -> Vec<f32> {
+    match rng.range(0, 3) {
+        0 => rng.f32s(n).iter().map(|v| v * 8.0).collect(),
+        1 => (0..n).map(|_| [-0.0, 0.0, 1.5, -2.0, 3.0][rng.range(0, 5)]).collect(),
+        _ => rng.f32s(n).iter().map(|v| v * 0.5).collect(),
+    }
+}
+
+/// Whether `token` is a pick of the twin for some number within `d` of `p.uniform` and top-p
+/// within `d` of `p.top_p`: between, in the candidates' order, the picks at `uniform - d` and
+/// `uniform + d` (picks are monotonic in the number).
+pub fn near_boundary_pick(logits: &[f32], history: &[u32], p: &SampleParams, token: u32, d: f32) -> bool {
+    let keys = twin::sample_keys(logits, history, p).unwrap();
+    // Position in the order: higher keys first, then lower ids.
+    let rank = |t: u32| keys.iter().enumerate().filter(|&(i, k)| (*k, std::cmp::Reverse(i as u32)) > (keys[t as usize], std::cmp::Reverse(t))).count();
+    let top_ps = if p.top_p < 1.0 { vec![p.top_p, (p.top_p - d).max(1e-7), (p.top_p + d).min(1.0 - 1e-7)] } else { vec![1.0] };
+    top_ps.into_iter().any(|top_p| {
+        let at = |u: f32| twin::sample(logits, history, &SampleParams { uniform: u.clamp(0.0, 0.99999994), top_p, ..*p }).unwrap();
+        (rank(at(p.uniform - d))..=rank(at(p.uniform + d))).contains(&rank(token))
+    })
+}
+
+/// `sample.wgsl` against its twin on random logits and options: the keys (penalized, scaled
+/// logits) are bit-identical; the weights `exp(z - max)` agree to a few ULPs (the GPU's `exp`
+/// is not the CPU's); from the GPU's own keys and weights the twin picks the GPU's token
+/// exactly (same sums in the same order); and from its own, the same token but where the
+/// number drawn lies within 1e-5 of a cumulative boundary (counted: rare).
+pub async fn sample_kernel_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    let (mut cases, mut near_boundary) = (0, 0);
+    for n in [1, 2, 3, 255, 256, 257, 1000, 4099, 49152, rng.range(1, 70_000)] {
+        for _ in 0..6 {
+            let (logits, p) = (sample_logits(rng, n), sample_params(rng, n));
+            let history: Vec<u32> = (0..rng.range(0, 20)).map(|_| rng.range(0, n) as u32).collect();
+            let opts = ctx.storage_init("opts", &twin::sample_opts(n, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+            let seen = kernels::seen_bitmap(n, &history);
+            let seen = ctx.storage_init("seen", &seen.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+            let (lb, st) = (upload(ctx, &logits), state(ctx, 0, 1, &[7]));
+            let (kb, wb) = (ctx.storage("keys", (n * 4) as u64).unwrap(), ctx.storage("weights", (n * 4) as u64).unwrap());
+            let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
+            kernels::run(ctx, &pipes, &[d], 1);
+            let got = download(ctx, &st, 3).await[2].to_bits();
+            let what = format!("n={n} {p:?} history={history:?}");
+            let keys: Vec<u32> = download(ctx, &kb, n).await.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(keys, twin::sample_keys(&logits, &history, &p).unwrap(), "keys {what}");
+            cases += 1;
+            if p.temperature == 0.0 {
+                let mut penalized = logits.clone();
+                assert_eq!(got, edge_llm::generate::sample_with(&p, &mut penalized, &history), "greedy {what}");
+                continue;
+            }
+            let weights = download(ctx, &wb, n).await;
+            assert_close(&format!("weights {what}"), &weights, &twin::sample_weights(&keys), |_| 1e-30 + 4e-7);
+            assert_eq!(got, twin::sample_pick(&keys, &weights, &p), "pick from the GPU's weights {what}");
+            let want = twin::sample(&logits, &history, &p).unwrap();
+            if got != want {
+                assert!(near_boundary_pick(&logits, &history, &p, got, 1e-5), "{what}: GPU {got}, twin {want}");
+                near_boundary += 1;
+            }
+        }
+    }
+    log(&format!("sample.wgsl vs twin: {near_boundary} of {cases} picks differ, each within 1e-5 of a boundary"));
+    assert!(near_boundary * 20 <= cases, "{near_boundary} of {cases} near a boundary");
+    // A logit that is not finite: the mark the engine turns into the CPU path's error.
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut logits = rng.f32s(300);
+        logits[123] = bad;
+        let p = SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, uniform: 0.5 };
+        let opts = ctx.storage_init("opts", &twin::sample_opts(300, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
+        let (lb, st, seen) = (upload(ctx, &logits), state(ctx, 0, 1, &[7]), ctx.storage("seen", 40).unwrap());
+        let (kb, wb) = (ctx.storage("keys", 1200).unwrap(), ctx.storage("weights", 1200).unwrap());
+        let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
+        kernels::run(ctx, &pipes, &[d], 1);
+        assert_eq!(download(ctx, &st, 3).await[2].to_bits(), u32::MAX, "{bad}");
+        assert_eq!(twin::sample(&logits, &[], &p), None);
+    }
+}
+
