@@ -350,16 +350,11 @@ mod pool {
         /// Workers of the rayon global pool, once `web::init_threads` has started it.
         static WORKERS: AtomicUsize = AtomicUsize::new(0);
 
-        /// Called by the web layer once the Web Worker pool runs. tract's own matmuls use the
-        /// pool only from two workers on: the main thread waits (spinning) while they run.
+        /// Called by the web layer once the Web Worker pool runs. tract's own matmuls stay on
+        /// the calling thread in the browser (`tract-linalg/multithread-mm` is native only,
+        /// Cargo.toml): the split kernels are ours.
         pub fn set_workers(n: usize) {
             WORKERS.store(n, Ordering::Relaxed);
-            let executor = if n > 1 {
-                tract_linalg::multithread::Executor::RayonGlobal
-            } else {
-                tract_linalg::multithread::Executor::SingleThread
-            };
-            tract_linalg::multithread::set_default_executor(executor);
         }
 
         pub fn resize(n: usize) -> usize {
