@@ -592,12 +592,17 @@ fn plan(cfg: &LlamaConfig, graph: &ModelProto) -> Result<Plan> {
 /// a `MatMulInteger` to uint8 over the tensor, as the `DynamicQuantizeLinear` feeding it.
 fn activations(gr: &Graph<'_>, node: &NodeProto, spec: &BlockSpec) -> Activations {
     let int8_blocks = node.op_type == "MatMulNBits" && attr(node, "accuracy_level") == Some(crate::onnx::ACCURACY_LEVEL_INT8) && !spec.is_float() && spec.zero_points != ZeroPointKind::Float;
-    let dynamic = node.op_type == "MatMulInteger" && node.input.first().and_then(|a| gr.producers.get(a.as_str())).is_some_and(|p| p.op_type == "DynamicQuantizeLinear");
-    match (int8_blocks, dynamic) {
+    match (int8_blocks, dynamically_quantized(gr, node)) {
         (true, _) => Activations::Int8Blocks,
         (_, true) => Activations::Uint8Tensor,
         _ => Activations::Float,
     }
+}
+
+/// Whether `node` is a `MatMulInteger` whose input a `DynamicQuantizeLinear` rounds
+/// (onnxruntime's `quantize_dynamic`): uint8 over the whole tensor.
+fn dynamically_quantized(gr: &Graph<'_>, node: &NodeProto) -> bool {
+    node.op_type == "MatMulInteger" && node.input.first().and_then(|a| gr.producers.get(a.as_str())).is_some_and(|p| p.op_type == "DynamicQuantizeLinear")
 }
 
 fn unsupported_node(n: &NodeProto, why: &str) -> Error {
@@ -653,7 +658,7 @@ fn plan_linear(gr: &Graph<'_>, plan: &mut Plan, node: &NodeProto, name: String, 
             plan_float(plan, name, w, n, k, gr.bias_after(node, n))
         }
         "MatMulInteger" => {
-            if activations(gr, node, &BlockSpec::float(1, 1, 32)) != Activations::Uint8Tensor {
+            if !dynamically_quantized(gr, node) {
                 return Err(unsupported_node(node, "its input is not a DynamicQuantizeLinear's"));
             }
             let data = input(1).ok_or_else(|| unsupported_node(node, "no B"))??;
