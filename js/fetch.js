@@ -213,11 +213,11 @@ export class Download {
   /// (its first bytes and a zero), so the loader's size check refuses it: the server's file is
   /// not the manifest's.
   bytes() {
-    let out = this.n === this.buf.length ? this.buf : this.buf.slice(0, this.n);
+    let out;
     if (this.longer) {
       out = new Uint8Array(this.n + 1);
       out.set(this.buf.subarray(0, this.n));
-    }
+    } else out = this.n === this.buf.length ? this.buf : this.buf.slice(0, this.n);
     this.buf = null;
     return ownBytes(out);
   }

@@ -12,7 +12,7 @@
 // to --out (default $CARGO_TARGET_DIR/bench or target/bench); the page's "Compare" loads them.
 // --js-flags: V8 flags for Chromium (diagnostics, e.g. "--no-wasm-tier-up" to see what
 // optimized code costs in time and memory).
-// The CI latency gate (scripts/bench-gate.mjs) runs through `benchChromium` below.
+// The CI latency gate (scripts/bench-gate.mjs) runs through `benchNode` below.
 import { execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";

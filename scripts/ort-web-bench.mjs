@@ -72,10 +72,11 @@ async function round(url) {
         const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
         const loadMs = performance.now() - t0;
         const pastNames = session.inputNames.filter((n) => n.startsWith("past_key_values."));
-        const meta = Object.fromEntries(pastNames.map((n) => [n, session.inputMetadata?.find?.((m) => m.name === n)]));
+        // An empty past for the prefill: [1, kv heads, 0, head dim], the dims from the file.
         const headsDim = (n) => {
-          const shape = meta[n]?.shape;
-          return shape && typeof shape[1] === "number" && typeof shape[3] === "number" ? [shape[1], shape[3]] : [3, 64];
+          const shape = session.inputMetadata.find((m) => m.name === n)?.shape;
+          if (typeof shape?.[1] !== "number" || typeof shape?.[3] !== "number") throw new Error(`${n}: no fixed [kv heads, head dim] in the file (shape ${JSON.stringify(shape)})`);
+          return [shape[1], shape[3]];
         };
         const i64 = (xs) => new ort.Tensor("int64", BigInt64Array.from(xs.map(BigInt)), [1, xs.length]);
         const feeds = (tokens, past, pastLen) => {
