@@ -13,7 +13,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 import { serve, certificate } from "../../scripts/serve.mjs";
 import { confirmed, judge } from "../../scripts/bench-gate.mjs";
-import { SCHEMA, summarize, sustainedRun } from "../../www/bench-core.js";
+import { SCHEMA, fmt, summarize, sustainedRun } from "../../www/bench-core.js";
 
 const model = "models/tiny-int4";
 const manifestPath = new URL(`../../www/${model}/manifest.json`, import.meta.url);
@@ -235,6 +235,11 @@ test("the latency gate fails above +10 % and warns after 3 runs each above +5 %"
   assert.deepEqual(confirmed([{ ratio: 1.579 }, { ratio: 1.306 }]), { ratio: 1.306 });
   assert.deepEqual(confirmed([{ ratio: 1.6 }, { ratio: 1.65 }]), { ratio: 1.6 }, "a regression shows in both");
   assert.deepEqual(confirmed([{ ratio: 1.4 }]), { ratio: 1.4 });
+});
+
+test("fmt groups an integer's digits in threes without Intl, and keeps two to three significant figures of a fraction", () => {
+  assert.deepEqual([0, 999, 1000, -1234, 86098524].map(fmt), ["0", "999", "1,000", "-1,234", "86,098,524"]);
+  assert.deepEqual([3.14159, 12.345, 335.4, null, NaN, "x"].map(fmt), ["3.14", "12.3", "335", "–", "NaN", "x"]);
 });
 
 test("percentiles are nearest-rank; the sustained run's burst and sustained rates come from its windows", async () => {
