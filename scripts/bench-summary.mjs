@@ -129,6 +129,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       if (t > 1 && p.threads !== t) throw new Error(`asked for ${t} threads, the page ran ${p.threads} (${p.variant} build): build pkg/threads/ (scripts/build-pkg-threads.sh) and serve cross-origin isolated`);
       (runs[config] ??= []).push(p);
       console.log(`   decode ${fmt(p.decodeTokPerS)} tok/s, prefill ${fmt(p.prefillTokPerS)} tok/s, first-request TTFT ${fmt(p.firstRequestTtftMs)} ms, warm TTFT ${fmt(p.warmTtftMs)} ms, PSS growth ${fmt(p.treePssGrowthOverModel)}× model`);
+      const parts = r.memory?.processTree?.rendererRssGrowthByPart;
+      if (parts) console.log(`   renderer RSS growth at the end, MB: ${Object.entries(parts).map(([k, v]) => `${k} ${fmt(v / 1e6)}`).join(", ")}`);
     }
   }
   const summary = {

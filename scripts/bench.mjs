@@ -91,6 +91,29 @@ export function processTreeSampler(profileDir, everyMs = 50) {
     }
     tree = new Map([...found].map((pid) => [pid, kind(cmdlines.get(pid))]));
   };
+  // Where the renderers' resident bytes are, by mapping (their smaps, read at the baseline and
+  // at the end: a few ms each): the wasm memory (the one anonymous mapping of 64 MiB and more),
+  // compiled code (anonymous and executable: wasm and JS), Chromium's own binary (file-backed,
+  // shared with its other processes: RSS counts it whole), other files and shared memory, and the
+  // rest of the anonymous memory (V8 and Blink heaps, PartitionAlloc, the module's bytes V8 keeps).
+  const partOf = (size, perm, name) => {
+    if (name === "" || name.startsWith("[anon")) return perm.includes("x") ? "code" : size >= 64 * 2 ** 20 ? "wasmMemory" : "otherAnonymous";
+    return name.endsWith("/chromium") ? "chromiumBinary" : "filesAndShared";
+  };
+  const rendererParts = () => {
+    const parts = { wasmMemory: 0, code: 0, chromiumBinary: 0, filesAndShared: 0, otherAnonymous: 0 };
+    for (const [pid, k] of tree) {
+      if (k !== "renderer") continue;
+      let part;
+      for (const line of read(pid, "smaps").split("\n")) {
+        const m = /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/.exec(line);
+        if (m) part = partOf(parseInt(m[2], 16) - parseInt(m[1], 16), m[3], m[4]);
+        else if (part && line.startsWith("Rss:")) parts[part] += kb(line, "Rss");
+      }
+    }
+    return parts;
+  };
+  let partsBefore;
   let found = -Infinity;
   const sample = (fresh = false) => {
     if (fresh || performance.now() - found >= 1000) (findTree(), (found = performance.now()));
@@ -131,6 +154,7 @@ export function processTreeSampler(profileDir, everyMs = 50) {
         if (still) break;
       }
       baseline = last;
+      partsBefore = rendererParts();
     },
     start() {
       timer = setInterval(take, everyMs);
@@ -151,7 +175,10 @@ export function processTreeSampler(profileDir, everyMs = 50) {
       clearInterval(timer);
       take();
       const pssGrowthByKind = Object.fromEntries(Object.entries(peak.byKind ?? {}).map(([k, v]) => [k, v - (baseline.byKind[k] ?? 0)]));
-      return { baseline, peak, rssGrowth: peak.rss - baseline.rss, pssGrowth: peak.pss - baseline.pss, pssGrowthByKind, series };
+      const partsAfter = rendererParts();
+      // RSS growth of the renderers at the end of the run (not at the peak), by part.
+      const rendererRssGrowthByPart = Object.fromEntries(Object.entries(partsAfter).map(([k, v]) => [k, v - (partsBefore?.[k] ?? 0)]));
+      return { baseline, peak, rssGrowth: peak.rss - baseline.rss, pssGrowth: peak.pss - baseline.pss, pssGrowthByKind, rendererRssGrowthByPart, series };
     },
   };
 }
