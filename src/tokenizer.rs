@@ -18,18 +18,82 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(e.to_string())
 }
 
+mod lean_bpe;
+
 /// A loaded tokenizer.
 pub struct Tokenizer {
-    inner: tokenizers::Tokenizer,
+    inner: Inner,
+}
+
+type LeanTokenizer = tokenizers::TokenizerImpl<
+    lean_bpe::LeanBpe,
+    tokenizers::NormalizerWrapper,
+    PreTokenizerWrapper,
+    tokenizers::PostProcessorWrapper,
+    tokenizers::DecoderWrapper,
+>;
+
+/// Byte-level BPE files (every GPT-2 / Llama-3 style model) get [`lean_bpe::LeanBpe`], the rest
+/// `tokenizers`' own models.
+enum Inner {
+    Lean(LeanTokenizer),
+    Generic(tokenizers::Tokenizer),
+}
+
+/// The same call on either kind of tokenizer.
+macro_rules! with_inner {
+    ($self:expr, $t:ident => $e:expr) => {
+        match &$self.inner {
+            Inner::Lean($t) => $e,
+            Inner::Generic($t) => $e,
+        }
+    };
+}
+
+/// A tokenizer.json's parts other than its model.
+struct Parts {
+    truncation: Option<tokenizers::TruncationParams>,
+    added_tokens: Vec<AddedToken>,
+    normalizer: Option<tokenizers::NormalizerWrapper>,
+    pre_tokenizer: Option<PreTokenizerWrapper>,
+    post_processor: Option<tokenizers::PostProcessorWrapper>,
+    decoder: Option<tokenizers::DecoderWrapper>,
+}
+
+impl Parts {
+    /// Assembled as `tokenizers` assembles a file.
+    fn assemble<M: tokenizers::Model>(
+        self,
+        model: M,
+    ) -> Result<
+        tokenizers::TokenizerImpl<M, tokenizers::NormalizerWrapper, PreTokenizerWrapper, tokenizers::PostProcessorWrapper, tokenizers::DecoderWrapper>,
+    > {
+        let mut t = tokenizers::TokenizerBuilder::new()
+            .with_model(model)
+            .with_normalizer(self.normalizer)
+            .with_pre_tokenizer(self.pre_tokenizer)
+            .with_post_processor(self.post_processor)
+            .with_decoder(self.decoder)
+            .with_truncation(self.truncation)
+            // One sequence at a time: a file's padding (sentence-transformers ship `Fixed: 128`)
+            // would append [PAD] ids the model then attends to.
+            .with_padding(None)
+            .build()
+            .map_err(tok_err)?;
+        t.add_tokens(self.added_tokens).map_err(tok_err)?;
+        Ok(t)
+    }
 }
 
 impl Tokenizer {
-    /// Parse a `tokenizer.json`. A BPE model (every GPT-2 / Llama-3 style tokenizer) is
-    /// deserialised straight from its slice of the file: `tokenizers`' own path buffers the
-    /// whole model twice more first (serde's untagged-enum `Content`, then a
-    /// `serde_json::Value`), a transient of 14× the file (21 MB on wasm for SmolLM2's 1.5 MB)
-    /// that leaves wasm's never-shrinking heap fragmented before the weights arrive. The rest
-    /// of the file is assembled as `tokenizers` does it; other models take its own path.
+    /// Parse a `tokenizer.json`. A BPE model (every GPT-2 / Llama-3 style tokenizer) is read
+    /// straight from its slice of the file into [`lean_bpe::LeanBpe`], which gives `tokenizers`'
+    /// ids in well under half its memory (SmolLM2: 1.55 MB against 4.1 MB in wasm); `tokenizers`' own
+    /// parse would also buffer the whole model twice more first (serde's untagged-enum `Content`,
+    /// then a `serde_json::Value`), a transient of 14× the file (21 MB on wasm for SmolLM2's
+    /// 1.5 MB) that leaves wasm's never-shrinking heap fragmented before the weights arrive.
+    /// The rest of the file is assembled as `tokenizers` does it; other models, and BPE options
+    /// the lean model does not take (dropout, subword prefix/suffix), take `tokenizers`' path.
     pub fn from_json(bytes: &[u8]) -> Result<Self> {
         match Self::from_json_bpe(bytes)? {
             Some(inner) => Ok(Tokenizer { inner }),
@@ -41,24 +105,28 @@ impl Tokenizer {
     pub fn from_json_generic(bytes: &[u8]) -> Result<Self> {
         let mut inner = tokenizers::Tokenizer::from_bytes(bytes).map_err(tok_err)?;
         inner.with_padding(None);
-        Ok(Tokenizer { inner })
+        Ok(Tokenizer { inner: Inner::Generic(inner) })
     }
 
-    fn from_json_bpe(bytes: &[u8]) -> Result<Option<tokenizers::Tokenizer>> {
+    /// Whether the lean BPE model was taken (tests).
+    pub fn is_lean(&self) -> bool {
+        matches!(self.inner, Inner::Lean(_))
+    }
+
+    fn from_json_bpe(bytes: &[u8]) -> Result<Option<Inner>> {
         use serde_json::value::RawValue;
-        use tokenizers::{DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, TokenizerBuilder, TruncationParams};
         #[derive(serde::Deserialize)]
         struct File<'a> {
             version: Option<String>,
             #[serde(borrow)]
             model: Option<&'a RawValue>,
-            truncation: Option<TruncationParams>,
+            truncation: Option<tokenizers::TruncationParams>,
             #[serde(default)]
             added_tokens: Vec<AddedToken>,
-            normalizer: Option<NormalizerWrapper>,
+            normalizer: Option<tokenizers::NormalizerWrapper>,
             pre_tokenizer: Option<PreTokenizerWrapper>,
-            post_processor: Option<PostProcessorWrapper>,
-            decoder: Option<DecoderWrapper>,
+            post_processor: Option<tokenizers::PostProcessorWrapper>,
+            decoder: Option<tokenizers::DecoderWrapper>,
         }
         #[derive(serde::Deserialize)]
         struct Tag {
@@ -72,40 +140,37 @@ impl Tokenizer {
         if tag.kind.as_deref() != Some("BPE") || f.version.as_deref().is_some_and(|v| v != "1.0") {
             return Ok(None);
         }
+        let parts = Parts {
+            truncation: f.truncation,
+            added_tokens: f.added_tokens,
+            normalizer: f.normalizer,
+            pre_tokenizer: f.pre_tokenizer,
+            post_processor: f.post_processor,
+            decoder: f.decoder,
+        };
+        if let Some(lean) = lean_bpe::LeanBpe::from_model_json(model.get()).map_err(tok_err)? {
+            return Ok(Some(Inner::Lean(parts.assemble(lean)?)));
+        }
         let bpe: BPE = serde_json::from_str(model.get()).map_err(tok_err)?;
-        let mut inner: tokenizers::Tokenizer = TokenizerBuilder::new()
-            .with_model(tokenizers::ModelWrapper::from(bpe))
-            .with_normalizer(f.normalizer)
-            .with_pre_tokenizer(f.pre_tokenizer)
-            .with_post_processor(f.post_processor)
-            .with_decoder(f.decoder)
-            .with_truncation(f.truncation)
-            // One sequence at a time: a file's padding (sentence-transformers ship `Fixed: 128`)
-            // would append [PAD] ids the model then attends to.
-            .with_padding(None)
-            .build()
-            .map_err(tok_err)?
-            .into();
-        inner.add_tokens(f.added_tokens).map_err(tok_err)?;
-        Ok(Some(inner))
+        Ok(Some(Inner::Generic(parts.assemble(tokenizers::ModelWrapper::from(bpe))?.into())))
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) are matched;
     /// nothing is prepended: BOS, if a model wants one, comes from its chat template.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        Ok(self.inner.encode(text, false).map_err(tok_err)?.get_ids().to_vec())
+        Ok(with_inner!(self, t => t.encode(text, false)).map_err(tok_err)?.get_ids().to_vec())
     }
 
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
-        self.inner.decode(ids, skip_special).map_err(tok_err)
+        with_inner!(self, t => t.decode(ids, skip_special)).map_err(tok_err)
     }
 
     pub fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.inner.token_to_id(token)
+        with_inner!(self, t => t.token_to_id(token))
     }
 
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        with_inner!(self, t => t.get_vocab_size(true))
     }
 }
 
@@ -364,20 +429,54 @@ mod tests {
         "",
     ];
 
-    /// [`Tokenizer::from_json`] must build exactly what `tokenizers`' own parse builds.
-    fn assert_same_as_generic(json: &[u8]) {
+    /// Everything an encoding holds: ids, token strings, offsets.
+    fn encoding(t: &Tokenizer, text: &str) -> (Vec<u32>, Vec<String>, Vec<(usize, usize)>) {
+        let e = with_inner!(t, i => i.encode(text, false)).unwrap();
+        (e.get_ids().to_vec(), e.get_tokens().to_vec(), e.get_offsets().to_vec())
+    }
+
+    /// Texts from a fixed generator over `alphabet`: runs of 1–40 pieces.
+    fn random_texts(alphabet: &[&str], n: usize) -> Vec<String> {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |m: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % m as u64) as usize
+        };
+        (0..n).map(|_| (0..1 + next(40)).map(|_| alphabet[next(alphabet.len())]).collect()).collect()
+    }
+
+    /// Pieces of text that stress byte-level BPE: words, spaces and newlines, digits, accents,
+    /// CJK, emoji (4-byte UTF-8), punctuation, special tokens written in the text.
+    const PIECES: &[&str] = &[
+        "the", " the", "The", " capital", " of", " France", "?", "!", ".", ",", " ", "  ", "\n", "\n\n", "\t", "0", "7", "2024",
+        "é", "ç", "ü", "ß", "東", "京", "は", "🙂", "🚀", "👍🏽", "hello", "world", "ing", "tion", "'s", "'ll", "--", "()", "{}",
+        "x=3.14", "<|im_start|>", "<|im_end|>", "Ġ", "\u{0}", "\u{7f}", "\u{200b}", "a", "b", "ab", "aaa",
+    ];
+
+    /// [`Tokenizer::from_json`] must behave exactly as `tokenizers`' own parse.
+    fn assert_same_as_generic(json: &[u8], lean_expected: bool) {
         let lean = Tokenizer::from_json(json).unwrap();
         let generic = Tokenizer::from_json_generic(json).unwrap();
-        assert_eq!(lean.inner.get_vocab(true), generic.inner.get_vocab(true));
+        assert_eq!(lean.is_lean(), lean_expected);
+        assert!(!generic.is_lean());
+        assert_eq!(with_inner!(lean, t => t.get_vocab(true)), with_inner!(generic, t => t.get_vocab(true)));
         assert_eq!(lean.vocab_size(), generic.vocab_size());
-        assert_eq!(lean.inner.get_added_tokens_decoder(), generic.inner.get_added_tokens_decoder());
-        // The whole tokenizer, every option included, serialises to the same JSON.
-        assert_eq!(lean.inner.to_string(false).unwrap(), generic.inner.to_string(false).unwrap());
-        for text in SAMPLES {
-            let ids = generic.encode(text).unwrap();
-            assert_eq!(lean.encode(text).unwrap(), ids, "{text:?}");
+        assert_eq!(with_inner!(lean, t => t.get_added_tokens_decoder()), with_inner!(generic, t => t.get_added_tokens_decoder()));
+        let texts = SAMPLES.iter().map(|s| s.to_string()).chain(random_texts(PIECES, 300));
+        for text in texts {
+            let expected = encoding(&generic, &text);
+            assert_eq!(encoding(&lean, &text), expected, "{text:?}");
             for skip in [false, true] {
-                assert_eq!(lean.decode(&ids, skip).unwrap(), generic.decode(&ids, skip).unwrap());
+                assert_eq!(lean.decode(&expected.0, skip).unwrap(), generic.decode(&expected.0, skip).unwrap());
+            }
+        }
+        for id in 0..generic.vocab_size() as u32 + 2 {
+            let token = with_inner!(generic, t => t.id_to_token(id));
+            assert_eq!(with_inner!(lean, t => t.id_to_token(id)), token);
+            if let Some(token) = token {
+                assert_eq!(lean.token_to_id(&token), generic.token_to_id(&token));
             }
         }
     }
@@ -385,7 +484,7 @@ mod tests {
     #[test]
     fn lean_bpe_parse_builds_the_same_tokenizer() {
         // The project's tiny byte-level BPE (GPT-2 style, ChatML specials in the vocabulary).
-        assert_same_as_generic(include_bytes!("../tests/fixtures/tiny/tokenizer.json"));
+        assert_same_as_generic(include_bytes!("../tests/fixtures/tiny/tokenizer.json"), true);
         // Added tokens outside the vocabulary, a normalizer, unk / byte fallback, legacy
         // "a b" merges, truncation and padding.
         let json = r#"{
@@ -405,10 +504,87 @@ mod tests {
                     "vocab": {"<unk>": 0, "h": 1, "e": 2, "l": 3, "o": 4, "he": 5, "hel": 6, "<eos>": 7},
                     "merges": ["h e", "he l"]}
         }"#;
-        assert_same_as_generic(json.as_bytes());
+        assert_same_as_generic(json.as_bytes(), true);
         let t = Tokenizer::from_json(json.as_bytes()).unwrap();
         assert_eq!(t.token_to_id("[NEW]"), Some(8));
         assert_eq!(t.encode("Hello<eos>").unwrap(), vec![6, 3, 4, 7]);
+    }
+
+    /// Every BPE option the lean model takes gives `tokenizers`' results; the ones it does not
+    /// take fall back to `tokenizers`' model.
+    #[test]
+    fn lean_bpe_options_match_tokenizers() {
+        // Characters a–e, bytes for byte fallback, and merges whose ranks compete.
+        let mut vocab: Vec<String> = ["<unk>", "a", "b", "c", "d", "e", "ab", "bc", "abc", "cd", "abcd", "aa", "aaa", "é"].map(String::from).to_vec();
+        vocab.extend((0..=255u8).map(|b| format!("<{b:#04X}>")));
+        let merges = [("b", "c"), ("a", "b"), ("ab", "c"), ("c", "d"), ("abc", "d"), ("a", "a"), ("aa", "a"), ("a", "b")];
+        let model = |opts: &str, merges_json: &str, ids: &dyn Fn(usize) -> usize| -> String {
+            let v: Vec<String> = vocab.iter().enumerate().map(|(i, t)| format!("{}: {}", serde_json::to_string(t).unwrap(), ids(i))).collect();
+            format!(
+                r#"{{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [], "normalizer": null,
+                  "pre_tokenizer": {{"type": "Whitespace"}}, "post_processor": null, "decoder": {{"type": "Fuse"}},
+                  "model": {{"type": "BPE", {opts} "merges": {merges_json}, "vocab": {{{}}}}}}}"#,
+                v.join(", ")
+            )
+        };
+        let pairs = serde_json::to_string(&merges.map(|(a, b)| [a, b])).unwrap();
+        let lines = serde_json::to_string(&["#version: 0.2".to_string()].into_iter().chain(merges.map(|(a, b)| format!("{a} {b}"))).collect::<Vec<_>>()).unwrap();
+        let same = |i: usize| i;
+        let pieces = ["a", "b", "c", "d", "e", "aa", "abcd", "x", "yz", "é", "ö", "🙂", " ", "abc", "bcd"];
+        for opts in [
+            r#""unk_token": "<unk>", "fuse_unk": true,"#,
+            r#""unk_token": "<unk>", "fuse_unk": false,"#,
+            r#""unk_token": "<unk>", "byte_fallback": true,"#,
+            r#""unk_token": "<unk>", "byte_fallback": true, "fuse_unk": true,"#,
+            r#""unk_token": null,"#,
+            r#""unk_token": "<unk>", "ignore_merges": true,"#,
+            r#""dropout": 0.0,"#,
+        ] {
+            for merges_json in [&pairs, &lines] {
+                let json = model(opts, merges_json, &same);
+                let lean = Tokenizer::from_json(json.as_bytes()).unwrap();
+                let generic = Tokenizer::from_json_generic(json.as_bytes()).unwrap();
+                assert!(lean.is_lean(), "{opts}");
+                for text in random_texts(&pieces, 300) {
+                    assert_eq!(encoding(&lean, &text), encoding(&generic, &text), "{opts} {text:?}");
+                }
+            }
+        }
+        // An unknown token missing from the vocabulary fails on both, when it is needed.
+        let json = model(r#""unk_token": "<nope>","#, &pairs, &same);
+        let (lean, generic) = (Tokenizer::from_json(json.as_bytes()).unwrap(), Tokenizer::from_json_generic(json.as_bytes()).unwrap());
+        assert_eq!(lean.encode("abc").unwrap(), generic.encode("abc").unwrap());
+        assert!(lean.encode("x").is_err() && generic.encode("x").is_err());
+        // What the lean model does not take: `tokenizers`' model, same results.
+        let gaps = |i: usize| i * 2;
+        for (opts, ids) in [
+            (r#""dropout": 0.5,"#, &same as &dyn Fn(usize) -> usize),
+            (r#""end_of_word_suffix": "</w>","#, &same),
+            (r#""unk_token": "<unk>","#, &gaps),
+        ] {
+            let json = model(opts, &pairs, ids);
+            let t = Tokenizer::from_json(json.as_bytes());
+            let g = Tokenizer::from_json_generic(json.as_bytes());
+            match (t, g) {
+                (Ok(t), Ok(g)) => {
+                    assert!(!t.is_lean(), "{opts}");
+                    if !opts.contains("dropout") {
+                        assert_eq!(t.encode("abcd e").unwrap(), g.encode("abcd e").unwrap(), "{opts}");
+                    }
+                }
+                (t, g) => assert_eq!(t.is_err(), g.is_err(), "{opts}"),
+            }
+        }
+        // A subword prefix is declined before the vocabulary is read (`tokenizers` itself
+        // underflows on this file's merges with one).
+        let prefixed = r###"{"type": "BPE", "continuing_subword_prefix": "##", "vocab": {"a": 0}, "merges": []}"###;
+        assert!(lean_bpe::LeanBpe::from_model_json(prefixed).unwrap().is_none());
+        // Bad merges are named errors, as in `tokenizers`.
+        for bad in [r#"["a b c"]"#, r#"[["a", "zz"]]"#, r#"[["a", "b"], "b c"]"#] {
+            let json = model("", bad, &same);
+            assert!(matches!(Tokenizer::from_json(json.as_bytes()), Err(Error::Tokenizer(_))), "{bad}");
+            assert!(Tokenizer::from_json_generic(json.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]
@@ -416,7 +592,7 @@ mod tests {
         let json = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
           "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
           "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "hi": 1, "there": 2}, "unk_token": "[UNK]"}}"#;
-        assert_same_as_generic(json.as_bytes());
+        assert_same_as_generic(json.as_bytes(), false);
         assert_eq!(Tokenizer::from_json(json.as_bytes()).unwrap().encode("hi there you").unwrap(), vec![1, 2, 0]);
         // A file's padding is ignored (MiniLM's tokenizer.json pads to 128): ids are the text's.
         let padded = json.replace(r#""padding": null"#, r#""padding": {"strategy": {"Fixed": 8}, "direction": "Right", "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[UNK]"}"#);

