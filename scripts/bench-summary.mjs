@@ -131,6 +131,13 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
       console.log(`   decode ${fmt(p.decodeTokPerS)} tok/s, prefill ${fmt(p.prefillTokPerS)} tok/s, first-request TTFT ${fmt(p.firstRequestTtftMs)} ms, warm TTFT ${fmt(p.warmTtftMs)} ms, PSS growth ${fmt(p.treePssGrowthOverModel)}× model`);
       const parts = r.memory?.processTree?.rendererRssGrowthByPart;
       if (parts) console.log(`   renderer RSS growth at the end, MB: ${Object.entries(parts).map(([k, v]) => `${k} ${fmt(v / 1e6)}`).join(", ")}`);
+      const after = r.memory?.processTree?.rssAfterReady;
+      const model = r.engine?.modelBytes;
+      if (after && model)
+        console.log(
+          `   tree RSS growth from READY on: median ${(after.median / model).toFixed(3)}× model, max ${(after.max / model).toFixed(3)}× (${after.samples} samples); ` +
+            `the run's peak at ${fmt(after.peakAtMs)} ms, READY at ${fmt(after.readyAtMs)} ms`,
+        );
     }
   }
   const summary = {

@@ -130,11 +130,18 @@ export function processTreeSampler(profileDir, everyMs = 50) {
   };
   let baseline = null, peak = { rss: 0, pss: 0, processes: 0 }, timer = null;
   const series = [];
+  // RSS growth of every sample from the page's READY on (the engine loaded), for the level the
+  // requests run at, apart from the peak (a transient: V8 optimizing hot functions as they run
+  // allocates for tens of ms).
+  let readyAt;
+  const afterReady = [];
   const t0 = performance.now();
   const take = () => {
     const s = sample();
-    series.push([Math.round(performance.now() - t0), Math.round((s.pss - baseline.pss) / 1e6), Math.round(((s.byKind.renderer ?? 0) - (baseline.byKind.renderer ?? 0)) / 1e6)]);
-    if (s.rss > peak.rss) peak = { ...peak, rss: s.rss, processes: s.processes };
+    const at = Math.round(performance.now() - t0);
+    series.push([at, Math.round((s.pss - baseline.pss) / 1e6), Math.round(((s.byKind.renderer ?? 0) - (baseline.byKind.renderer ?? 0)) / 1e6)]);
+    if (readyAt !== undefined) afterReady.push(s.rss - baseline.rss);
+    if (s.rss > peak.rss) peak = { ...peak, rss: s.rss, processes: s.processes, rssAtMs: at };
     if (s.pss > peak.pss) peak = { ...peak, pss: s.pss, byKind: s.byKind };
     return s;
   };
@@ -168,6 +175,7 @@ export function processTreeSampler(profileDir, everyMs = 50) {
      * are (shard buffers, compilation); what the requests add stays allocated.
      */
     pace(ms) {
+      readyAt ??= Math.round(performance.now() - t0);
       clearInterval(timer);
       timer = setInterval(take, ms);
     },
@@ -178,7 +186,11 @@ export function processTreeSampler(profileDir, everyMs = 50) {
       const partsAfter = rendererParts();
       // RSS growth of the renderers at the end of the run (not at the peak), by part.
       const rendererRssGrowthByPart = Object.fromEntries(Object.entries(partsAfter).map(([k, v]) => [k, v - (partsBefore?.[k] ?? 0)]));
-      return { baseline, peak, rssGrowth: peak.rss - baseline.rss, pssGrowth: peak.pss - baseline.pss, pssGrowthByKind, rendererRssGrowthByPart, series };
+      const sorted = afterReady.toSorted((a, b) => a - b);
+      // Median and peak of the RSS growth after READY, and when the run's RSS peak was (ms from
+      // the start of sampling; READY's time beside it).
+      const rssAfterReady = sorted.length ? { samples: sorted.length, median: sorted[Math.floor((sorted.length - 1) / 2)], max: sorted.at(-1), readyAtMs: readyAt, peakAtMs: peak.rssAtMs } : undefined;
+      return { baseline, peak, rssGrowth: peak.rss - baseline.rss, pssGrowth: peak.pss - baseline.pss, pssGrowthByKind, rendererRssGrowthByPart, rssAfterReady, series };
     },
   };
 }
