@@ -75,7 +75,8 @@ impl LeanBpe {
         if opts.dropout.is_some_and(|p| p != 0.0) || opts.continuing_subword_prefix.is_some() || opts.end_of_word_suffix.is_some() {
             return Ok(None);
         }
-        // Two passes over the object, so that the merges can be resolved whichever comes first.
+        // The vocabulary and then the merges in passes of their own (after the options' above),
+        // so that the merges can be resolved whichever comes first in the file.
         let Some(vocab) = field(json, "vocab", VocabSeed)? else {
             return Err(error("Missing vocab/merges".into()));
         };
@@ -103,10 +104,7 @@ impl LeanBpe {
     }
 
     fn token(&self, id: u32) -> Option<&str> {
-        let id = id as usize;
-        let end = *self.ends.get(id)? as usize;
-        let start = if id == 0 { 0 } else { self.ends[id - 1] as usize };
-        Some(&self.text[start..end])
+        span(&self.ends, id).map(|r| &self.text[r])
     }
 
     fn merge(&self, a: u32, b: u32) -> Option<&Merge> {
@@ -117,7 +115,7 @@ impl LeanBpe {
         self.token_to_id(unk).ok_or_else(|| error(format!("Unk token `{unk}` not found in the vocabulary")))
     }
 
-    /// The word's characters as ids, then merged; `(id, byte length)` per token.
+    /// The word's characters as ids, then merged: one symbol (id, byte length) per token.
     fn merge_word(&self, w: &str) -> TokResult<Vec<Symbol>> {
         let mut word = Word::default();
         let mut unk: Option<(u32, usize)> = None;
@@ -157,6 +155,14 @@ impl LeanBpe {
         word.merge_all(self);
         Ok(word.symbols.into_iter().filter(|s| s.len != 0).collect())
     }
+}
+
+/// Where token `id` lies in the joined text, from the tokens' end offsets; `None` past the end.
+fn span(ends: &[u32], id: u32) -> Option<std::ops::Range<usize>> {
+    let id = id as usize;
+    let end = *ends.get(id)? as usize;
+    let start = if id == 0 { 0 } else { ends[id - 1] as usize };
+    Some(start..end)
 }
 
 /// Deserialize only the field `name` of a JSON object, with `seed`.
@@ -234,11 +240,8 @@ impl<'de> Visitor<'de> for VocabSeed {
             ends.push(text.len() as u32);
         }
         drop((raw, entries));
-        let token = |id: u32| {
-            let end = ends[id as usize] as usize;
-            let start = if id == 0 { 0 } else { ends[id as usize - 1] as usize };
-            &text.as_bytes()[start..end]
-        };
+        // Every id below `ends.len()` has a span.
+        let token = |id: u32| span(&ends, id).map_or(&[][..], |r| &text.as_bytes()[r]);
         let mut by_text: Vec<u32> = (0..ends.len() as u32).collect();
         by_text.sort_unstable_by(|a, b| token(*a).cmp(token(*b)));
         if by_text.windows(2).any(|w| token(w[0]) == token(w[1])) {
