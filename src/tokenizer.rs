@@ -133,7 +133,12 @@ impl Tokenizer {
             #[serde(rename = "type")]
             kind: Option<String>,
         }
-        let f: File = serde_json::from_slice(bytes).map_err(tok_err)?;
+        // Out of line: scanning the file is the loop V8 optimizes (see `cpu::restore_constants`).
+        #[inline(never)]
+        fn parse<'a>(bytes: &'a [u8]) -> Result<File<'a>> {
+            serde_json::from_slice(bytes).map_err(tok_err)
+        }
+        let f = parse(bytes)?;
         let Some(model) = f.model else { return Ok(None) };
         // The generic path also takes untagged legacy BPE files; only tagged ones come here.
         let tag: Tag = serde_json::from_str(model.get()).map_err(tok_err)?;

@@ -29,6 +29,7 @@ pub(crate) fn prepare(proto: &mut ModelProto) -> Result<()> {
 /// the two facts cannot be unified ("Impossible to unify Sym(batch_size) with Val(1)"). Such
 /// dimensions become unknown (tract infers them from the graph); fixed sizes and element
 /// types stay as the file declares them.
+#[inline(never)]
 fn forget_symbolic_value_info(graph: &mut pb::GraphProto) {
     for info in &mut graph.value_info {
         let Some(pb::TypeProto { value: Some(pb::type_proto::Value::TensorType(t)), .. }) = &mut info.r#type else { continue };
@@ -45,6 +46,7 @@ fn forget_symbolic_value_info(graph: &mut pb::GraphProto) {
 /// `keep_io_types`: fp16 logits, fp16 `past_key_values` / `present`) become float32 ones with a
 /// `Cast` inside, since the engine feeds and keeps its cache in f32. f16 → f32 → f16 is exact,
 /// so the graph still computes in f16 and its cache still holds f16 values.
+#[inline(never)]
 fn widen_f16_interface(graph: &mut pb::GraphProto) {
     use pb::type_proto::Value;
     let f16 = |v: &pb::ValueInfoProto| matches!(&v.r#type, Some(pb::TypeProto { value: Some(Value::TensorType(t)), .. }) if t.elem_type == DataType::Float16 as i32);
@@ -91,6 +93,7 @@ fn widen_f16_interface(graph: &mut pb::GraphProto) {
 /// - anything else: the constant is dequantized here, exactly as the op defines it.
 ///
 /// Returns whether a `MatMulNBits` node was written.
+#[inline(never)]
 fn rewrite_int4_dequantize(graph: &mut pb::GraphProto) -> Result<bool> {
     let mut wrote_nbits = false;
     let mut i = 0;
@@ -337,6 +340,7 @@ fn int_values(t: &TensorProto) -> Option<Vec<i64>> {
 /// `MatMulNBits`' optional `g_idx` (input 4) maps each of the K rows to its scale block
 /// (act-order GPTQ exports). Where it is the plain `k / block_size` it says nothing and is
 /// dropped; any other order is refused by name (the kernels keep blocks contiguous).
+#[inline(never)]
 fn check_g_idx(graph: &mut pb::GraphProto) -> Result<()> {
     for i in 0..graph.node.len() {
         let node = &graph.node[i];

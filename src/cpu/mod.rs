@@ -163,6 +163,7 @@ impl Variant {
 
 /// Whether values computed from the model's inputs are f16 anywhere: an fp16 graph. f16
 /// constants alone (fp16 quantization scales) do not count.
+#[inline(never)]
 fn activations_in_f16(model: &TypedModel) -> bool {
     let Ok(order) = model.eval_order() else { return false };
     let mut from_inputs = vec![false; model.nodes.len()];
@@ -335,16 +336,7 @@ impl CpuModel {
         let onnx = onnx_with_kernels(options, q4_kernel);
         let mut model = detached::while_parsing(table, || onnx.model_for_proto_model(&proto)).map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
         drop(proto);
-        // The detached weights were graph inputs for the parser; make them constants again.
-        for (name, tensor) in weights {
-            let id = model.node_id_by_name(&name).map_err(|e| Error::InvalidModel(format!("{e:#}")))?;
-            let fact = TypedFact::try_from(tensor.clone()).map_err(inference_err)?;
-            let konst = tract_onnx::tract_hir::ops::konst::Const::new(tensor).map_err(inference_err)?;
-            let node = model.node_mut(id);
-            node.op = konst.into();
-            node.outputs[0].fact = fact.into();
-            model.inputs.retain(|o| o.node != id);
-        }
+        restore_constants(&mut model, weights)?;
         let s = model.symbols.sym("S");
         let p = model.symbols.sym("P");
         let mut inputs = Vec::new();
@@ -532,6 +524,7 @@ impl FoldedKv {
 }
 
 /// The plan nodes of a folded-KV plan whose state is KV cache.
+#[inline(never)]
 fn folded_kv_nodes(plan: &Plan, num_layers: usize) -> Result<Vec<FoldedKv>> {
     let state = plan.spawn().map_err(inference_err)?;
     let mut found = Vec::new();
@@ -571,6 +564,7 @@ fn raw_numeric(data_type: i32) -> Option<DatumType> {
 
 /// The `MatMulInteger` weights to store as the int8 kernel's matrix as they load (none
 /// without the kernel): see [`q8_matmul::weights_to_transpose`].
+#[inline(never)]
 fn q8_transposes(graph: Option<&tract_onnx::pb::GraphProto>, options: &CpuOptions) -> HashMap<String, (usize, usize, bool)> {
     match graph {
         Some(g) if options.q8_kernel => q8_matmul::weights_to_transpose(g),
@@ -581,6 +575,7 @@ fn q8_transposes(graph: Option<&tract_onnx::pb::GraphProto>, options: &CpuOption
 /// A tract tensor of initializer `t`, whose `length` raw little-endian bytes `read(at, dst)`
 /// copies out from `at`: as declared, or, when `transposed` gives its `(k, n, is_u8)`, as the
 /// int8 kernel's `[n][k]` matrix ([`q8_matmul::transposed_weight`]).
+#[inline(never)]
 fn weight_tensor(
     t: &tract_onnx::pb::TensorProto,
     length: usize,
@@ -613,6 +608,37 @@ fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumTyp
     Ok((dt, shape))
 }
 
+/// The detached weights were graph inputs for the parser ([`detach_weights`]); make them
+/// constants again. Nodes are found through one name map (a search per weight was quadratic).
+///
+/// Why the load's passes here and in `import` are `#[inline(never)]`: V8 optimizes (TurboFan)
+/// any wasm function whose loops run long, even one that never runs again, and with its
+/// callees inlined each one-shot load function was a 17–37 KB body whose compile allocated
+/// 12–29 MB for 50–100 ms while the load ended (`--js-flags=--trace-wasm-compilation-times`,
+/// issue #16's process-tree peak). Kept apart, only the pass that loops is optimized, and it is
+/// small.
+#[inline(never)]
+fn restore_constants(model: &mut InferenceModel, weights: Vec<(String, Arc<Tensor>)>) -> Result<()> {
+    let mut ids: HashMap<&str, usize> = HashMap::new();
+    for n in model.nodes() {
+        ids.entry(n.name.as_str()).or_insert(n.id);
+    }
+    let ids: Vec<usize> = weights
+        .iter()
+        .map(|(name, _)| ids.get(name.as_str()).copied().ok_or_else(|| Error::InvalidModel(format!("No node found for name: \"{name}\""))))
+        .collect::<Result<_>>()?;
+    for (id, (_, tensor)) in ids.iter().copied().zip(weights) {
+        let fact = TypedFact::try_from(tensor.clone()).map_err(inference_err)?;
+        let konst = tract_onnx::tract_hir::ops::konst::Const::new(tensor).map_err(inference_err)?;
+        let node = model.node_mut(id);
+        node.op = konst.into();
+        node.outputs[0].fact = fact.into();
+    }
+    let constants: std::collections::HashSet<usize> = ids.into_iter().collect();
+    model.inputs.retain(|o| !constants.contains(&o.node));
+    Ok(())
+}
+
 /// tract's ONNX parser turns every initializer into a tensor while the protobuf still holds
 /// its bytes, so at its peak a model is in memory twice. Instead, each large weight becomes a
 /// tract tensor here, one at a time (its protobuf bytes or shard slice released right after),
@@ -623,6 +649,7 @@ fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumTyp
 /// int8 kernel's `[n][k]` matrix (those in `external` already are): their declared type and
 /// shape change with them. Returns the tensors and their side table ([`detached`]).
 #[allow(clippy::type_complexity)]
+#[inline(never)]
 fn detach_weights(
     proto: &mut tract_onnx::pb::ModelProto,
     external: Vec<(usize, Tensor)>,
@@ -702,6 +729,7 @@ fn detach_weights(
 /// f16 initializers that every node reads through `Cast(to = FLOAT)` and that are not graph
 /// outputs: a compact file's scales and zero points (`ExportOptions::f16_scales`, as GGUF stores
 /// its blocks), which [`detach_weights`] widens as it reads them.
+#[inline(never)]
 fn f16_read_as_f32(graph: &tract_onnx::pb::GraphProto) -> std::collections::HashSet<String> {
     use tract_onnx::pb::tensor_proto::DataType;
     let mut names: std::collections::HashSet<String> =
@@ -734,6 +762,7 @@ fn f16_read_as_f32(graph: &tract_onnx::pb::GraphProto) -> std::collections::Hash
 
 /// Make the `logits` output `[1, S, V]` its last position `[1, 1, V]`; decluttering pushes the
 /// slice up through every op that treats positions independently (tract's `PushSliceUp`).
+#[inline(never)]
 fn slice_last_position(model: &mut TypedModel) -> TractResult<()> {
     for ix in 0..model.outputs.len() {
         let outlet = model.outputs[ix];
@@ -753,6 +782,7 @@ fn slice_last_position(model: &mut TypedModel) -> TractResult<()> {
 
 /// Names of ONNX operators tract cannot load, checked before loading so the error can name
 /// the node instead of failing deep inside type inference.
+#[inline(never)]
 fn check_ops(proto: &tract_onnx::pb::ModelProto) -> Result<()> {
     let onnx = tract_onnx::onnx();
     let graph = proto.graph.as_ref().ok_or_else(|| Error::InvalidModel("ONNX file has no graph".into()))?;

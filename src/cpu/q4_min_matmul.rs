@@ -180,6 +180,7 @@ fn is_float_zero_point_q4(node: &tract_onnx::pb::NodeProto) -> bool {
 /// widens a row at a time as it computes ([`ZeroPointTerm::ZeroPoints`]): 4 bytes per block
 /// instead of 8 for f32 scales and term (SmolLM2 int4: 13 MB, issue #16), the same values.
 /// Returns how many nodes now read f16.
+#[inline(never)]
 pub(super) fn read_f16_params_directly(graph: &mut tract_onnx::pb::GraphProto) -> usize {
     use std::collections::HashMap;
     use tract_onnx::pb::tensor_proto::DataType;
@@ -238,6 +239,7 @@ pub(super) fn read_f16_params_directly(graph: &mut tract_onnx::pb::GraphProto) -
 /// ([`ZERO_POINT_TERM_ATTR`]). [`Q4MinMatrix`] then shares that tensor instead of computing a
 /// second one beside it (SmolLM2 int4: 13.3 MB less at the load's peak, issue #16). Same f32
 /// arithmetic as [`Q4MinMatrix::new`], so the same values. `tensors[i]` is initializer `i`'s.
+#[inline(never)]
 pub(super) fn zero_point_terms_in_place(graph: &mut tract_onnx::pb::GraphProto, tensors: &mut [Option<Tensor>]) -> crate::Result<()> {
     use std::collections::HashMap;
     let index: HashMap<&str, usize> = graph.initializer.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();

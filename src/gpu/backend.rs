@@ -371,6 +371,7 @@ struct FloatSource<'g> {
 }
 
 impl<'g> Graph<'g> {
+    #[inline(never)]
     fn new(g: &'g crate::onnx::GraphProto) -> Self {
         let mut graph = Graph { inits: g.initializer.iter().map(|t| (t.name.as_str(), t)).collect(), producers: HashMap::new(), consumers: HashMap::new() };
         for n in &g.node {
@@ -494,6 +495,8 @@ fn ints_attr(n: &NodeProto, name: &str) -> Option<Vec<i64>> {
 /// weight's initializer (edge-llm's exporter: `….weight_Q4`, `….weight`), or from the node's
 /// own name (optimum's export and onnxruntime's tools keep torch's module path:
 /// `/model/layers.0/self_attn/q_proj/MatMul`, `…/MatMul_Q4`).
+// Out of line, as the CPU load's passes are (`cpu::restore_constants` says why).
+#[inline(never)]
 fn linear_keys(gr: &Graph<'_>, n: &NodeProto) -> Vec<String> {
     let mut keys = Vec::new();
     if let Some(b) = n.input.get(1) {
@@ -611,6 +614,7 @@ fn unsupported_node(n: &NodeProto, why: &str) -> Error {
 
 /// Add the weight `node` computes `name` with (`[n][k]`) to `plan`; nothing when it is a table
 /// the plan already holds (a head tied to the embedding).
+#[inline(never)]
 fn plan_linear(gr: &Graph<'_>, plan: &mut Plan, node: &NodeProto, name: String, n: usize, k: usize) -> Result<()> {
     let index = plan.weights.len();
     // Input `i`'s constant, through `Cast`s (edge-llm's recipe stores f16 scales and zero

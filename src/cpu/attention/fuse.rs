@@ -226,6 +226,7 @@ fn match_block(model: &TypedModel, sms_id: usize) -> TractResult<Option<Block>> 
 
 /// Replace every matching attention block of a model folded by tract-transformers with
 /// [`KvAttention`]; returns how many were fused.
+#[inline(never)]
 pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
     let candidates: Vec<usize> = model
         .nodes()
@@ -295,6 +296,7 @@ struct GenaiSide {
 /// plan), or `Sdpa(q, k, v)` with `k` and `v` the outputs (the first-prompt plan, whose past is
 /// empty). Each becomes a [`KvAttention`], and the layer's past inputs and present outputs go:
 /// the cache lives in the plan's state. All layers or none: returns how many were fused.
+#[inline(never)]
 pub fn fuse_genai(model: &mut TypedModel) -> TractResult<usize> {
     use tract_onnx::tract_core::ops::array::TypedConcat;
     use tract_transformers::ops::sdpa::Sdpa;
