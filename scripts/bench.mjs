@@ -5,16 +5,18 @@
 //
 //   node scripts/bench.mjs [--model DIR|URL] [--runtime chromium|node|both] [--run quick|sustained|all]
 //        [--minutes N] [--threads N] [--build auto|threads|single] [--backend auto|wasm|webgpu]
-//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS] [--cache none|memory|indexeddb] [--warmUp 0]
+//        [--label TEXT] [--out DIR] [--calibrate] [--js-flags V8FLAGS] [--stdout FILE] [--cache none|memory|indexeddb] [--warmUp 0]
 //
 // --model: a packed model folder on disk (served under /bench-model/) or a URL / folder under
 // www/ (default www/models/default, where scripts/demo.sh packs SmolLM2 int4). The JSON files go
 // to --out (default $CARGO_TARGET_DIR/bench or target/bench); the page's "Compare" loads them.
 // --js-flags: V8 flags for Chromium (diagnostics, e.g. "--no-wasm-tier-up" to see what
-// optimized code costs in time and memory).
+// optimized code costs in time and memory). --stdout FILE keeps what they print, e.g.
+// `--js-flags --trace-wasm-compilation-times --stdout v8.txt`: every function V8 compiles, its
+// tier, time and compile memory (README, "Where issue #16 stands").
 // The CI latency gate (scripts/bench-gate.mjs) runs through `benchNode` below.
 import { execFileSync, spawn } from "node:child_process";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createWriteStream, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { cpus, release, tmpdir, totalmem } from "node:os";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -261,7 +263,18 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
     ...(o["js-flags"] ? [`--js-flags=${o["js-flags"]}`] : []),
     `http://127.0.0.1:${server.address().port}/www/bench.html?${q}`];
   // Its own process group, so the whole tree (renderers, GPU and utility processes) is stopped.
-  const browser = spawn(exe, args, { stdio: ["ignore", "ignore", "pipe"], detached: true });
+  // --stdout FILE: Chromium's standard output (where V8's --js-flags traces print), each line
+  // prefixed with this process's performance.now() in ms, the clock of the memory samples.
+  const browser = spawn(exe, args, { stdio: ["ignore", o.stdout ? "pipe" : "ignore", "pipe"], detached: true });
+  if (o.stdout) {
+    const out = createWriteStream(o.stdout);
+    let rest = "";
+    browser.stdout.on("data", (c) => {
+      const lines = (rest + c).split("\n");
+      rest = lines.pop();
+      for (const l of lines) out.write(`${Math.round(performance.now())} ${l}\n`);
+    });
+  }
   let stderr = "";
   browser.stderr.on("data", (c) => (stderr = (stderr + c).slice(-4000)));
   const exited = new Promise((ok) => browser.on("exit", ok));
