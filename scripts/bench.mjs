@@ -266,14 +266,19 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   // --stdout FILE: Chromium's standard output (where V8's --js-flags traces print), each line
   // prefixed with this process's performance.now() in ms, the clock of the memory samples.
   const browser = spawn(exe, args, { stdio: ["ignore", o.stdout ? "pipe" : "ignore", "pipe"], detached: true });
+  // Written out (its last line too) before this returns: the CLI ends with process.exit.
+  let stdoutWritten = Promise.resolve();
   if (o.stdout) {
     const out = createWriteStream(o.stdout);
+    stdoutWritten = new Promise((ok) => out.on("close", ok));
     let rest = "";
+    const line = (l) => `${Math.round(performance.now())} ${l}\n`;
     browser.stdout.on("data", (c) => {
       const lines = (rest + c).split("\n");
       rest = lines.pop();
-      for (const l of lines) out.write(`${Math.round(performance.now())} ${l}\n`);
+      for (const l of lines) out.write(line(l));
     });
+    browser.stdout.on("end", () => out.end(rest ? line(rest) : undefined));
   }
   let stderr = "";
   browser.stderr.on("data", (c) => (stderr = (stderr + c).slice(-4000)));
@@ -303,6 +308,7 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
     group("SIGTERM");
     await Promise.race([exited, new Promise((ok) => setTimeout(ok, 5000))]);
     group("SIGKILL");
+    await Promise.race([stdoutWritten, new Promise((ok) => setTimeout(ok, 5000))]);
     server.close();
     // Chromium's last child processes may still be writing the profile as it exits.
     if (!profile) rmSync(dir, { recursive: true, force: true, maxRetries: 10, retryDelay: 200 });

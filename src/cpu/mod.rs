@@ -611,9 +611,10 @@ fn raw_layout(t: &tract_onnx::pb::TensorProto, bytes: usize) -> Result<(DatumTyp
 /// The detached weights were graph inputs for the parser ([`detach_weights`]); make them
 /// constants again. Nodes are found through one name map (a search per weight was quadratic).
 ///
-/// Why the load's passes here and in `import` are `#[inline(never)]`: V8 optimizes (TurboFan)
-/// any wasm function whose loops run long, even one that never runs again, and with its
-/// callees inlined each one-shot load function was a 17–37 KB body whose compile allocated
+/// Why the load's passes are `#[inline(never)]` (here, in `import`, `q4_min_matmul`, the
+/// attention fusions, the GPU backend's planner and the tokenizer's file scan): V8 optimizes
+/// (TurboFan) any wasm function whose loops run long, even one that never runs again, and with
+/// its callees inlined each one-shot load function was a 17–37 KB body whose compile allocated
 /// 12–29 MB for 50–100 ms while the load ended (`--js-flags=--trace-wasm-compilation-times`,
 /// issue #16's process-tree peak). Kept apart, only the pass that loops is optimized, and it is
 /// small.
