@@ -154,7 +154,8 @@ impl Variant {
                 port_of(&label, "output")
             })
             .collect::<Result<Vec<_>>>()?;
-        let plan = typed.into_runnable().map_err(inference_err)?;
+        // Instantiated in crates/tract-once (compiled for size): it runs once per load.
+        let plan = edge_llm_tract_once::into_runnable(typed).map_err(inference_err)?;
         let stateful = !inputs.iter().any(|p| matches!(p, Port::Kv(..)));
         let folded_kv = if stateful && num_layers > 0 { folded_kv_nodes(&plan, num_layers)? } else { Vec::new() };
         Ok(Variant { plan, inputs, outputs, folded_kv })

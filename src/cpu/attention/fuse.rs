@@ -272,11 +272,11 @@ pub fn fuse(model: &mut TypedModel) -> TractResult<usize> {
             }
         }
         patch.shunt_outside(model, OutletId::new(block.pv, 0), out)?;
-        patch.apply(model)?;
+        edge_llm_tract_once::apply(patch, model)?;
         fused += 1;
     }
     if fused > 0 {
-        *model = std::mem::take(model).into_compact()?;
+        *model = edge_llm_tract_once::into_compact(std::mem::take(model))?;
     }
     Ok(fused)
 }
@@ -371,7 +371,7 @@ pub fn fuse_genai(model: &mut TypedModel) -> TractResult<usize> {
         let out = patch.wire_node(format!("{name}.kv_attention"), fused, &inputs)?[0];
         let out = patch.wire_node(format!("{name}.heads"), AxisOp::Reshape(1, tvec![kv_heads.to_dim(), group.to_dim()], tvec![heads.to_dim()]), &[out])?[0];
         patch.shunt_outside(model, OutletId::new(id, 0), out)?;
-        patch.apply(model)?;
+        edge_llm_tract_once::apply(patch, model)?;
         drop_inputs.extend([k.past, v.past]);
         drop_outputs.extend([model.outputs[k.present], model.outputs[v.present]]);
     }
@@ -387,7 +387,7 @@ pub fn fuse_genai(model: &mut TypedModel) -> TractResult<usize> {
         node.op = dummy;
     }
     if count > 0 {
-        *model = std::mem::take(model).into_compact()?;
+        *model = edge_llm_tract_once::into_compact(std::mem::take(model))?;
     }
     Ok(count)
 }
