@@ -263,6 +263,9 @@ fn folded_kv_cache_decode_matches_reference_for_every_format() {
         let ops = model.plan_ops();
         assert_eq!(ops.get("KvAttention"), Some(&cfg.num_layers), "{ops:?}");
         assert!(!ops.contains_key("DynamicKeyValueCache"), "{ops:?}");
+        // The embedding's lookups are edge-llm's byte-copy gather (src/cpu/row_gather.rs), not
+        // tract's `Gather`, whose one large function V8 would optimize mid-request.
+        assert!(ops.contains_key("EdgeLlmRowGather") && !ops.contains_key("Gather"), "{ops:?}");
         let mut session = model.session();
         let mut cache = RefKvCache::default();
         let mut got = session.forward_all(&PROMPT[..4]).unwrap();

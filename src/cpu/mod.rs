@@ -25,6 +25,7 @@ pub mod q4_matmul;
 pub mod q4_min_matmul;
 pub mod q8_block_matmul;
 pub mod q8_matmul;
+mod row_gather;
 mod rows;
 pub mod threads;
 
@@ -140,7 +141,8 @@ impl Variant {
         if fold == Fold::Genai {
             attention::fuse_genai(&mut typed).map_err(invalid)?;
         }
-        let typed = typed.into_optimized().map_err(invalid)?;
+        let mut typed = typed.into_optimized().map_err(invalid)?;
+        row_gather::lean_gathers(&mut typed).map_err(invalid)?;
         // Ports of the final graph: folding removes the KV inputs and outputs.
         let port_of = |name: &str, what: &str| {
             classify(name).ok_or_else(|| Error::InvalidModel(format!("unexpected model {what} `{name}`")))
