@@ -37,3 +37,15 @@ pub mod web;
 pub use error::{Error, Result};
 pub use generate::{Engine, GenerateOptions, Generation, TokenEvent};
 pub use model::ModelConfig;
+
+/// Tests' fixed pseudo-random numbers (xorshift64): the returned `next(n)` gives a value in
+/// `0..n`, the same sequence for the same seed on every platform.
+#[cfg(test)]
+pub(crate) fn test_rng(mut state: u64) -> impl FnMut(usize) -> usize {
+    move |n| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    }
+}

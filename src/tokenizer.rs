@@ -442,13 +442,7 @@ mod tests {
 
     /// Texts from a fixed generator over `alphabet`: runs of 1–40 pieces.
     fn random_texts(alphabet: &[&str], n: usize) -> Vec<String> {
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move |m: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % m as u64) as usize
-        };
+        let mut next = crate::test_rng(0x9e37_79b9_7f4a_7c15);
         (0..n).map(|_| (0..1 + next(40)).map(|_| alphabet[next(alphabet.len())]).collect()).collect()
     }
 

@@ -6,10 +6,10 @@
 //! points): that one compile took 35 MB of compiler memory (14 MB at once) for 130 ms while the
 //! KV cache and the rest of the engine were already resident, and it was where a 2-thread run's
 //! process-tree RSS peaked (`--js-flags=--trace-wasm-compilation-times`; issue #16). With this op
-//! no compile of a run needs more than 6 MB at once. Gathering rows of a plain tensor is the same copy for every type with a
-//! fixed size, so one small loop over bytes does it. [`lean_gathers`] swaps it in after tract's
-//! optimizer has finished, where the data is plain and its type a fixed-size number; tract's op
-//! stays everywhere else (block-quantized data, strings, `TDim`s).
+//! no compile of a run needs more than 6 MB at once. Gathering rows of a plain tensor is the same
+//! copy for every type with a fixed size, so one small loop over bytes does it. [`lean_gathers`]
+//! swaps it in after tract's optimizer has finished, where the data is plain and its type a
+//! fixed-size number; tract's op stays everywhere else (block-quantized data, strings, `TDim`s).
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::Gather;
@@ -112,13 +112,7 @@ mod tests {
     /// The same outputs as tract's `Gather` for every axis, index rank and sign, on several types.
     #[test]
     fn row_gather_matches_tracts_gather() {
-        let mut seed = 0x2545_f491_u64;
-        let mut next = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut next = crate::test_rng(0x2545_f491);
         let shapes: [&[usize]; 4] = [&[5], &[4, 3], &[3, 5, 2], &[2, 3, 4, 2]];
         let index_shapes: [&[usize]; 4] = [&[], &[1], &[3], &[2, 2]];
         for shape in shapes {
