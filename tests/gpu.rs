@@ -13,7 +13,7 @@ use edge_llm::gpu::context::block_on;
 use edge_llm::gpu::kernels::{self, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, ZeroPointKind};
 use edge_llm::gpu::twin;
-use edge_llm::gpu::{GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, QuantLlama};
+use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::backend::BackendKind;
@@ -54,15 +54,27 @@ fn download(ctx: &GpuContext, b: &wgpu::Buffer, len: usize) -> Vec<f32> {
 #[test]
 fn block_matmul_kernels_match_twin() {
     let Some(default) = gpu() else { return };
-    // The GEMV reduces with subgroups where the device has them (llvmpipe does), else with a
-    // barrier tree: both paths, on the same weights.
-    let plain = block_on(GpuContext::with_options(&GpuOptions { no_subgroups: true, ..Default::default() })).unwrap();
+    // The GEMV: the rows kernel where a weight's layout allows it, else the per-row one, which
+    // reduces with subgroups where the device has them (llvmpipe does); then the per-row one
+    // everywhere with its barrier tree: every path, on the same weights.
+    let plain = block_on(GpuContext::with_options(&GpuOptions { no_subgroups: true, gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     assert!(!plain.has_subgroups());
-    eprintln!("GEMV paths: subgroups {}, barrier tree", if default.has_subgroups() { "yes" } else { "no (the adapter lacks them)" });
+    eprintln!("GEMV paths: rows kernel, per-row with subgroups {}, per-row with a barrier tree", if default.has_subgroups() { "yes" } else { "no (the adapter lacks them)" });
     for ctx in [default, plain] {
         let mut rng = Rng(1);
         let shapes = gpu_kernels::matmul_shapes(&mut rng, 12);
         block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes));
+    }
+}
+
+/// `gemv_rows.wgsl` at each lane count it takes, every weight kind, on whole-block shapes
+/// (`block_matmul_kernels_match_twin` runs its default lanes).
+#[test]
+fn gemv_rows_kernel_matches_twin_at_every_width() {
+    let Some(_) = gpu() else { return };
+    for lanes in edge_llm::gpu::ROWS_KERNEL_LANES {
+        let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows(lanes), ..Default::default() })).unwrap();
+        block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut Rng(lanes as u64), &gpu_kernels::rows_kernel_shapes()));
     }
 }
 

@@ -215,9 +215,19 @@ enum Cmd {
         /// Passes measured (GEMV passes per shape; decode steps).
         #[arg(long, default_value_t = 100)]
         steps: usize,
-        /// Leave the adapter's subgroups unused (the GEMV's barrier-tree reduction), to compare.
+        /// Leave the adapter's subgroups unused (the per-row GEMV's barrier-tree reduction), to
+        /// compare.
         #[arg(long)]
         no_subgroups: bool,
+        /// The decode GEMV kernels to time, comma-separated: `auto` (the engine's choice),
+        /// `per-row`, `rows:N` (N lanes per row: 4, 8, 16, 32, 64). The model's decode runs
+        /// the first. Default: auto and per-row, and every `rows:N` on a hardware GPU.
+        #[arg(long, value_delimiter = ',')]
+        gemv: Vec<edge_llm::gpu::GemvKernel>,
+        /// Also decode a model of these shapes with seeded random int4 weights (no file):
+        /// smollm2-135m, llama-3.2-1b or llama-3.1-8b.
+        #[arg(long, conflicts_with = "gguf")]
+        synthetic: Option<String>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -577,7 +587,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups } => bench_gpu(gguf.as_deref(), warmup, steps, no_subgroups)?,
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, synthetic } => bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, no_subgroups, &gemv)?,
     }
     Ok(())
 }
@@ -809,17 +819,22 @@ fn import_gguf(
 }
 
 /// `bench-gpu`: see `edge_llm::gpu::bench::report`.
-fn bench_gpu(gguf: Option<&std::path::Path>, warmup: usize, steps: usize, no_subgroups: bool) -> anyhow::Result<()> {
-    // The GGUF's weights, requantized to the int4 block-32 layout the GPU kernels read.
-    let model = match gguf {
-        Some(path) => {
+fn bench_gpu(gguf: Option<&std::path::Path>, synthetic: Option<&str>, warmup: usize, steps: usize, no_subgroups: bool, gemv: &[edge_llm::gpu::GemvKernel]) -> anyhow::Result<()> {
+    // The GGUF's weights, requantized to the int4 block-32 layout the GPU kernels read; or a
+    // synthetic model's.
+    let model = match (gguf, synthetic) {
+        (Some(path), _) => {
             let imported = edge_llm::gguf::import(&std::fs::read(path)?)?;
             Some((path.display().to_string(), edge_llm::gpu::QuantLlama::quantize(&imported.config.architecture, &imported.weights, 32, true)))
         }
-        None => None,
+        (None, Some(name)) => {
+            let cfg = edge_llm::gpu::bench::synthetic_config(name)?;
+            Some((format!("{name} (synthetic: random int4 weights of its shapes)"), edge_llm::gpu::QuantLlama::synthetic(&cfg, 1)))
+        }
+        (None, None) => None,
     };
-    let options = edge_llm::gpu::GpuOptions { no_subgroups, ..Default::default() };
-    for line in edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options)? {
+    let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), ..Default::default() };
+    for line in edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options, gemv)? {
         println!("{line}");
     }
     Ok(())

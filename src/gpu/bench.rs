@@ -4,7 +4,9 @@
 //! [`report`]'s greedy decode tok/s on top.
 
 use super::context::GpuContext;
+use super::nbits::{BlockSpec, ZeroPointKind};
 pub use super::probe::GemvBench;
+use super::GemvKernel;
 use crate::Result;
 
 /// The kernel benchmark, on every platform (in browsers through `benchGpuKernels`, timed with
@@ -12,7 +14,9 @@ use crate::Result;
 /// SmolLM2-135M's shapes, the token pick over its vocabulary; each pass one submit and its
 /// readback, timed with `now` (milliseconds). Medians and percentiles of `steps` passes after
 /// `warmup`.
-pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() -> f64) -> Result<Vec<String>> {
+/// Each GEMV shape runs with each kernel of `gemv` (`GemvKernel::Auto`: the one the engine
+/// uses on this adapter).
+pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() -> f64, gemv: &[GemvKernel]) -> Result<Vec<String>> {
     if steps == 0 {
         return Err(crate::Error::InvalidOption { option: "steps", reason: "must be at least 1".into() });
     }
@@ -20,7 +24,7 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     let info = ctx.adapter_info();
     let kind = if ctx.is_software() { "SOFTWARE GPU (a CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
     out.push(format!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info));
-    out.push(format!("GEMV reduction: {}", if ctx.has_subgroups() { "subgroupAdd (the device has subgroups)" } else { "barrier tree (no subgroups)" }));
+    out.push(format!("per-row GEMV's reduction: {}", if ctx.has_subgroups() { "subgroupAdd (the device has subgroups)" } else { "barrier tree (no subgroups)" }));
     let stats = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
@@ -28,8 +32,8 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     // SmolLM2-135M: q/o 576x576, gate/up 1536x576, down 576x1536, tied head 49152x576.
     const REPS: usize = 10;
     // ms per call of `rows`-row products `[n][k]` (p50, p95, p99), `REPS` per submit.
-    let per_call = async |n: usize, k: usize, rows: usize| -> Result<(Vec<f64>, u64)> {
-        let b = GemvBench::with_rows(ctx, n, k, rows, 32, true, REPS)?;
+    let per_call = async |n: usize, k: usize, rows: usize, kernel: GemvKernel| -> Result<(Vec<f64>, u64)> {
+        let b = GemvBench::with_kernel(ctx, n, k, rows, 32, true, REPS, kernel)?;
         for _ in 0..warmup {
             b.run(ctx).await?;
         }
@@ -47,16 +51,19 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     // the device's bandwidth (issue #15). SmolLM2's are too small to say it on a big GPU.
     let big: &[(usize, usize)] = if ctx.is_software() { &[] } else { &[(32768, 4096)] };
     for &(n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)].iter().chain(big) {
-        let (ms, bytes) = per_call(n, k, 1).await?;
-        let (p50, p95, p99) = stats(ms);
-        let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
-        out.push(format!("  n={n:6} k={k:5}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
+        for &kernel in gemv {
+            let (ms, bytes) = per_call(n, k, 1, kernel).await?;
+            let (p50, p95, p99) = stats(ms);
+            let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
+            let name = gemv_name(ctx, kernel, n, k);
+            out.push(format!("  n={n:6} k={k:5} {name:14}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
+        }
     }
     // The prefill's tiled GEMM over a 64-row chunk (each weight read once per 32 rows).
     const ROWS: usize = 64;
     out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup}:"));
     for (n, k) in [(576, 576), (1536, 576), (576, 1536)] {
-        let (ms, _) = per_call(n, k, ROWS).await?;
+        let (ms, _) = per_call(n, k, ROWS, GemvKernel::Auto).await?;
         let (p50, p95, p99) = stats(ms);
         let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
@@ -96,15 +103,61 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     Ok(out)
 }
 
+/// The kernel `choice` runs on an int4 block-32 `[n][k]` weight, by name: `rows:L` (L lanes per
+/// row) or `per-row`.
+fn gemv_name(ctx: &GpuContext, choice: GemvKernel, n: usize, k: usize) -> String {
+    let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
+    match choice {
+        GemvKernel::Rows(lanes) if spec.rows_kernel_fits() => format!("rows:{lanes}"),
+        GemvKernel::Auto if spec.rows_kernel_fits() => format!("rows:{} (auto)", spec.rows_kernel_lanes(ctx.is_software())),
+        _ => "per-row".into(),
+    }
+}
+
+/// The shapes `bench-gpu --synthetic NAME` builds ([`super::QuantLlama::synthetic`]):
+/// `smollm2-135m`, `llama-3.2-1b`, `llama-3.1-8b` (their published configurations).
+pub fn synthetic_config(name: &str) -> Result<crate::model::LlamaConfig> {
+    use crate::model::LlamaConfig;
+    let llama = |vocab_size, hidden_size, intermediate_size, num_layers, num_heads, num_kv_heads, head_dim, rope_theta, tie_word_embeddings| LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size,
+        num_layers,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        rope_theta,
+        rms_norm_eps: 1e-5,
+        max_position_embeddings: 8192,
+        tie_word_embeddings,
+    };
+    match name {
+        "smollm2-135m" => Ok(llama(49152, 576, 1536, 30, 9, 3, 64, 100000.0, true)),
+        "llama-3.2-1b" => Ok(llama(128256, 2048, 8192, 16, 32, 8, 64, 500000.0, true)),
+        "llama-3.1-8b" => Ok(llama(128256, 4096, 14336, 32, 32, 8, 128, 500000.0, false)),
+        _ => Err(crate::Error::InvalidOption { option: "synthetic", reason: format!("`{name}`: expected smollm2-135m, llama-3.2-1b or llama-3.1-8b") }),
+    }
+}
+
+/// The GEMV kernels `bench-gpu` compares by default: the engine's choice and the per-row
+/// kernel, and on a hardware GPU every lane count of the rows kernel too.
+pub fn default_gemv_kernels(ctx: &GpuContext) -> Vec<GemvKernel> {
+    let mut v = vec![GemvKernel::Auto, GemvKernel::PerRow];
+    if !ctx.is_software() {
+        v.extend(super::ROWS_KERNEL_LANES.map(GemvKernel::Rows));
+    }
+    v
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Run the benchmark natively and return its report lines: [`kernels`] and, with a model
-/// (`(name, weights)`), a greedy int4 decode. Medians and percentiles of `steps` passes after
-/// `warmup`.
+/// Run the benchmark natively and return its report lines: [`kernels`] (over the GEMV kernels
+/// `gemv`; none: [`default_gemv_kernels`]) and, with a model (`(name, weights)`), a greedy int4
+/// decode with `options`' GEMV. Medians and percentiles of `steps` passes after `warmup`.
 #[cfg(all(feature = "tools", not(target_arch = "wasm32")))]
-pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions) -> Result<Vec<String>> {
+pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions, gemv: &[GemvKernel]) -> Result<Vec<String>> {
     use super::context::block_on;
     use super::decode::GpuLlama;
     use crate::Error;
@@ -117,7 +170,8 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
     }
-    let mut out = block_on(kernels(&ctx, warmup, steps, now))?;
+    let gemv = if gemv.is_empty() { default_gemv_kernels(&ctx) } else { gemv.to_vec() };
+    let mut out = block_on(kernels(&ctx, warmup, steps, now, &gemv))?;
     let stats = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
@@ -167,5 +221,11 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     out.push(format!("  prefill {} tokens, one submit per token: {per_token_ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(per_token_ms)));
     out.push(format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
     out.push(format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
+    let bytes = q.decode_bytes();
+    out.push(format!(
+        "  weights read per step {:.1} MB: {:.1} GB/s at the p50 latency (the whole step: every kernel, the submit and the 4-byte readback)",
+        bytes as f64 / 1e6,
+        bytes as f64 / (p50 * 1e-3) / 1e9
+    ));
     Ok(out)
 }

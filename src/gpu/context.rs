@@ -83,6 +83,8 @@ pub struct GpuContext {
     staged: AtomicU64,
     /// Why the device was lost, once it was (set by wgpu's device-lost callback).
     lost: Arc<Mutex<Option<String>>>,
+    /// Which decode GEMV runs the weights ([`super::GpuOptions::gemv`]).
+    gemv: super::GemvKernel,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -137,7 +139,7 @@ impl GpuContext {
                 panic!("wgpu error: {e}");
             }
         }));
-        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default(), staged: AtomicU64::new(0), lost })
+        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default(), staged: AtomicU64::new(0), lost, gemv: options.gemv })
     }
 
     /// Why the device was lost, if it was: every later call on it fails.
@@ -178,6 +180,11 @@ impl GpuContext {
 
     pub fn is_software(&self) -> bool {
         is_software(&self.info)
+    }
+
+    /// Which decode GEMV runs the weights.
+    pub fn gemv_kernel(&self) -> super::GemvKernel {
+        self.gemv
     }
 
     pub fn counters(&self) -> GpuCounters {
@@ -261,8 +268,9 @@ impl GpuContext {
         })
     }
 
-    /// Compile `source` and make a compute pipeline with the layout WGSL implies.
-    pub fn pipeline(&self, label: &str, source: &str) -> wgpu::ComputePipeline {
+    /// Compile `source` and make a compute pipeline with the layout WGSL implies, its
+    /// overridable constants set to `constants`.
+    pub fn pipeline(&self, label: &str, source: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
         self.counters.add(SHADERS, 1);
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
@@ -274,7 +282,7 @@ impl GpuContext {
             layout: None,
             module: &module,
             entry_point: Some("main"),
-            compilation_options: Default::default(),
+            compilation_options: wgpu::PipelineCompilationOptions { constants, ..Default::default() },
             cache: None,
         })
     }

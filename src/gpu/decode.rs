@@ -101,6 +101,54 @@ pub struct GpuWeights {
 
 #[cfg(feature = "tools")]
 impl QuantLlama {
+    /// A model of `cfg`'s shapes with int4 block-32 symmetric weights of seeded random values
+    /// (scales small enough that activations stay finite): what `bench-gpu --synthetic`
+    /// times, since a decode step's time does not depend on the weights' values and no file
+    /// has to reach the machine.
+    pub fn synthetic(cfg: &LlamaConfig, seed: u64) -> Self {
+        use super::nbits::{BlockSpec, ZeroPointKind, ZeroPoints};
+        let mut state = seed;
+        let mut weight = |n: usize, k: usize| {
+            let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
+            let mut data = vec![0u8; n * spec.row_bytes(super::nbits::Field::Data)];
+            for chunk in data.chunks_mut(8) {
+                // splitmix64
+                state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                let mut z = state;
+                z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                let bytes = (z ^ (z >> 31)).to_le_bytes();
+                chunk.copy_from_slice(&bytes[..chunk.len()]);
+            }
+            let scale = 0.5 / (8.0 * (k as f32).sqrt());
+            BlockWeight { spec, data, scales: vec![scale; n * spec.blocks()], zero_points: ZeroPoints::Middle, bias: Vec::new() }
+        };
+        let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let embed = weight(cfg.vocab_size, h);
+        let layers = (0..cfg.num_layers)
+            .map(|_| QuantLayer {
+                attn_norm: vec![1.0; h],
+                wq: weight(q, h),
+                wk: weight(kv, h),
+                wv: weight(kv, h),
+                wo: weight(h, q),
+                ffn_norm: vec![1.0; h],
+                w_gate: weight(i, h),
+                w_up: weight(i, h),
+                w_down: weight(h, i),
+            })
+            .collect();
+        let lm_head = (!cfg.tie_word_embeddings).then(|| weight(cfg.vocab_size, h));
+        QuantLlama { cfg: cfg.clone(), embed, layers, final_norm: vec![1.0; h], lm_head }
+    }
+
+    /// Bytes of weights a decode step reads: every linear and the head (the embedding only
+    /// where it is the head: its gather reads one row).
+    pub fn decode_bytes(&self) -> u64 {
+        let linears: usize = self.layers.iter().flat_map(|l| l.linears()).map(|w| w.spec.gpu_bytes()).sum();
+        (linears + self.lm_head.as_ref().unwrap_or(&self.embed).spec.gpu_bytes()) as u64
+    }
+
     /// Quantize fp32 weights to int4 exactly as `llama::onnx_export` does for `ExportOptions::int4`.
     pub fn quantize(cfg: &LlamaConfig, w: &LlamaWeights, block_size: usize, symmetric: bool) -> Self {
         let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);

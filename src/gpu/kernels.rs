@@ -6,14 +6,33 @@ use std::collections::HashMap;
 use super::context::GpuContext;
 use crate::Result;
 
+/// A block-quantized (or float) weight's kind as `nbits.wgsl`'s pipeline constants: a kernel
+/// over such weights is compiled once per kind it meets, its reads specialized to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NBitsKind {
+    pub bits: u32,
+    pub block: u32,
+    pub zp_mode: u32,
+    pub f16_params: bool,
+}
+
+impl NBitsKind {
+    fn constants(self) -> [(&'static str, f64); 4] {
+        [("BITS", self.bits as f64), ("BLOCK", self.block as f64), ("ZP_MODE", self.zp_mode as f64), ("F16_PARAMS", self.f16_params as u32 as f64)]
+    }
+}
+
 /// One compute kernel; its source is `kernels/<name>.wgsl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    GemvNBits,
+    /// One workgroup per output row, 4-byte reads (every layout).
+    GemvNBits(NBitsKind),
     /// [`Kernel::GemvNBits`] reduced with subgroup operations (adapters with `subgroups`).
-    GemvNBitsSubgroups,
-    GemmNBits,
-    EmbedNBits,
+    GemvNBitsSubgroups(NBitsKind),
+    /// `lanes` invocations per output row, 16-byte reads (rows of whole 16-byte chunks).
+    GemvRows(NBitsKind, u32),
+    GemmNBits(NBitsKind),
+    EmbedNBits(NBitsKind),
     BiasNBits,
     RmsNorm,
     Rope,
@@ -30,10 +49,11 @@ pub enum Kernel {
 impl Kernel {
     pub fn name(self) -> &'static str {
         match self {
-            Kernel::GemvNBits => "gemv_nbits",
-            Kernel::GemvNBitsSubgroups => "gemv_nbits_subgroups",
-            Kernel::GemmNBits => "gemm_nbits",
-            Kernel::EmbedNBits => "embed_nbits",
+            Kernel::GemvNBits(_) => "gemv_nbits",
+            Kernel::GemvNBitsSubgroups(_) => "gemv_nbits_subgroups",
+            Kernel::GemvRows(..) => "gemv_rows",
+            Kernel::GemmNBits(_) => "gemm_nbits",
+            Kernel::EmbedNBits(_) => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Rope => "rope",
@@ -50,18 +70,19 @@ impl Kernel {
 
     pub fn source(self) -> &'static str {
         match self {
-            // The three over block-quantized weights share how they read one (`nbits.wgsl`).
-            Kernel::GemvNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_nbits.wgsl"), include_str!("kernels/gemv_reduce_workgroup.wgsl")),
+            // The kernels over block-quantized weights share how they read one (`nbits.wgsl`).
+            Kernel::GemvNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_nbits.wgsl"), include_str!("kernels/gemv_reduce_workgroup.wgsl")),
             // Without `enable subgroups;`: naga (wgpu 30) rejects the directive and takes the
             // builtins when the device has the SUBGROUP feature; Tint would need it, but wgpu's
             // WebGPU backend never requests subgroups (see `GpuContext::on`).
-            Kernel::GemvNBitsSubgroups => concat!(
+            Kernel::GemvNBitsSubgroups(_) => concat!(
                 include_str!("kernels/nbits.wgsl"),
                 include_str!("kernels/gemv_nbits.wgsl"),
                 include_str!("kernels/gemv_reduce_subgroups.wgsl")
             ),
-            Kernel::GemmNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
-            Kernel::EmbedNBits => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
+            Kernel::GemvRows(..) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_rows.wgsl")),
+            Kernel::GemmNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
+            Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
             Kernel::RmsNorm => include_str!("kernels/rms_norm.wgsl"),
             Kernel::Rope => include_str!("kernels/rope.wgsl"),
@@ -75,6 +96,15 @@ impl Kernel {
             Kernel::QuantizeTensor => include_str!("kernels/quantize_tensor.wgsl"),
         }
     }
+
+    /// The pipeline's overridable constants (the weight's kind; the GEMV's lanes per row).
+    fn constants(self) -> Vec<(&'static str, f64)> {
+        match self {
+            Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
+            Kernel::GemvRows(w, lanes) => w.constants().into_iter().chain([("LANES", lanes as f64)]).collect(),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// Compiled pipelines, one per kernel, made on first use and shared by every dispatch.
@@ -85,7 +115,7 @@ pub struct Pipelines {
 
 impl Pipelines {
     pub fn get(&mut self, ctx: &GpuContext, k: Kernel) -> &wgpu::ComputePipeline {
-        self.map.entry(k).or_insert_with(|| ctx.pipeline(k.name(), k.source()))
+        self.map.entry(k).or_insert_with(|| ctx.pipeline(k.name(), k.source(), &k.constants()))
     }
 
     fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {

@@ -70,7 +70,44 @@ pub struct GpuOptions {
     pub probe_software: bool,
     /// Leave the adapter's `subgroups` unused (tests: the kernels' path for adapters without).
     pub no_subgroups: bool,
+    /// Which decode GEMV kernel runs the weights (tests and `bench-gpu` compare them).
+    pub gemv: GemvKernel,
 }
+
+/// The decode GEMV's kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GemvKernel {
+    /// `gemv_rows.wgsl` (several rows per workgroup, 16-byte loads) where a weight's rows are
+    /// whole 16-byte chunks, its lanes per row from the row's length
+    /// ([`nbits::BlockSpec::rows_kernel_lanes`]); `gemv_nbits.wgsl` for the other weights.
+    #[default]
+    Auto,
+    /// `gemv_nbits.wgsl` for every weight: one 64-invocation workgroup per output row, 4-byte
+    /// loads.
+    PerRow,
+    /// `gemv_rows.wgsl` with this many invocations per row (4, 8, 16, 32 or 64) where it fits.
+    Rows(u32),
+}
+
+impl std::str::FromStr for GemvKernel {
+    type Err = String;
+
+    /// `auto`, `per-row`, or `rows:N` (N = 4, 8, 16, 32 or 64).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(GemvKernel::Auto),
+            "per-row" => Ok(GemvKernel::PerRow),
+            _ => match s.strip_prefix("rows:").and_then(|n| n.parse::<u32>().ok()) {
+                Some(n) if ROWS_KERNEL_LANES.contains(&n) => Ok(GemvKernel::Rows(n)),
+                _ => Err(format!("`{s}`: expected auto, per-row or rows:N with N in {ROWS_KERNEL_LANES:?}")),
+            },
+        }
+    }
+}
+
+/// The lanes per row `gemv_rows.wgsl` takes (powers of two dividing its 64-wide workgroup,
+/// at least 4).
+pub const ROWS_KERNEL_LANES: [u32; 5] = [4, 8, 16, 32, 64];
 
 impl GpuOptions {
     /// `adapter`'s limits as the backend uses them.

@@ -10,7 +10,8 @@
 use std::ops::Range;
 
 use super::context::GpuContext;
-use super::kernels::{f32_bytes, grid, max_binding, Dispatch, Grid, Kernel, Pipelines};
+use super::kernels::{f32_bytes, grid, max_binding, Dispatch, Grid, Kernel, NBitsKind, Pipelines};
+use super::GemvKernel;
 use crate::quant::{Q4MinWeight, Q4Weight, Q8BlockWeight};
 use crate::{Error, Result};
 
@@ -108,6 +109,34 @@ impl BlockSpec {
     /// low bits first, each row starting on a byte.
     pub fn int_zero_point_row_bytes(&self) -> usize {
         (self.blocks() * self.bits).div_ceil(8)
+    }
+
+    /// The kind the kernels are compiled for (`nbits.wgsl`'s constants).
+    pub fn kind(&self) -> NBitsKind {
+        NBitsKind { bits: self.bits as u32, block: self.block_size as u32, zp_mode: self.zp_mode(), f16_params: self.f16_params }
+    }
+
+    /// `gemv_rows.wgsl` reads rows as whole 16-byte chunks with their x as vec4s: rows must
+    /// hold no padding (`k` a multiple of the block; float rows are one block of `k` padded to
+    /// a word), `k` a multiple of 4, and row bytes a multiple of 16. True for the int4 and
+    /// int8 weights of blocks of 32 or more and for float ones with `k` a multiple of 8 (f16)
+    /// or 4 (f32); not for int4 blocks of 16 over an odd number of blocks.
+    pub fn rows_kernel_fits(&self) -> bool {
+        self.k % self.block_size == 0 && self.k % 4 == 0 && self.row_bytes(Field::Data) % 16 == 0
+    }
+
+    /// `gemv_rows.wgsl`'s lanes per row by default: on a GPU about 4 chunks of 16 bytes per
+    /// lane, 4 to 64 lanes (SmolLM2's int4 576-wide rows: 18 chunks, 8 lanes, 8 rows per
+    /// workgroup; a 4096-wide row: 128 chunks, 32 lanes). On a CPU rasterizer (`software`),
+    /// which runs a workgroup's invocations as one thread's SIMD lanes, 4: the fewest waste
+    /// least on the reduction (llvmpipe: SmolLM2's head 15 ms a call at 4 lanes, 19 at 8, 83
+    /// at 64).
+    pub fn rows_kernel_lanes(&self, software: bool) -> u32 {
+        if software {
+            return 4;
+        }
+        let chunks = (self.row_bytes(Field::Data) / 16) as u32;
+        chunks.div_ceil(4).next_power_of_two().clamp(4, 64)
     }
 
     /// Bytes the weight takes on the GPU.
@@ -423,11 +452,28 @@ impl GpuNBits {
 
     /// `y[r] = W x[r]` for each of the step's rows (decode: one), weights read once per row:
     /// one dispatch per part.
+    /// The kernel is `ctx`'s choice ([`GemvKernel`]): `gemv_rows.wgsl` where the rows allow it
+    /// ([`BlockSpec::rows_kernel_fits`]), else `gemv_nbits.wgsl`.
     pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        self.gemv_with(ctx, pipes, ctx.gemv_kernel(), x, y)
+    }
+
+    /// [`GpuNBits::gemv`] with the kernel `choice` (the benchmark compares them).
+    pub fn gemv_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: GemvKernel, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        let kind = self.spec.kind();
+        let kernel = match choice {
+            GemvKernel::Auto if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, self.spec.rows_kernel_lanes(ctx.is_software())),
+            GemvKernel::Rows(lanes) if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes),
+            _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
+            _ => Kernel::GemvNBits(kind),
+        };
+        let rows_per_group = match kernel {
+            Kernel::GemvRows(_, lanes) => 64 / lanes,
+            _ => 1,
+        };
         let bind = |p: &Part, pipes: &mut Pipelines| {
-            let [gx, gy] = grid(ctx, p.rows.len() as u32);
+            let [gx, gy] = grid(ctx, (p.rows.len() as u32).div_ceil(rows_per_group));
             let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
-            let kernel = if ctx.has_subgroups() { Kernel::GemvNBitsSubgroups } else { Kernel::GemvNBits };
             pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid)
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
@@ -448,7 +494,7 @@ impl GpuNBits {
     pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
-            pipes.bind(ctx, Kernel::GemmNBits, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
+            pipes.bind(ctx, Kernel::GemmNBits(self.spec.kind()), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
         d.extend(self.add_bias(ctx, pipes, y));
@@ -459,6 +505,6 @@ impl GpuNBits {
     /// writes the rows whose token it holds.
     pub fn embed(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, out: &wgpu::Buffer) -> Vec<Dispatch> {
         let grid = Grid::per_row((self.spec.k as u32).div_ceil(64));
-        self.parts.iter().map(|p| pipes.bind(ctx, Kernel::EmbedNBits, &[&p.params, state, &p.data, &p.scales, &p.zps, out], grid)).collect()
+        self.parts.iter().map(|p| pipes.bind(ctx, Kernel::EmbedNBits(self.spec.kind()), &[&p.params, state, &p.data, &p.scales, &p.zps, out], grid)).collect()
     }
 }

@@ -4,6 +4,7 @@
 use super::context::GpuContext;
 use super::kernels::{self, Dispatch, Pipelines};
 use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
+use super::GemvKernel;
 use crate::Result;
 
 /// `reps` int4 GEMVs `y = W x` with `W` `[n][k]` (or GEMMs over `rows` rows of `x`: the
@@ -28,6 +29,12 @@ impl GemvBench {
 
     /// `reps` GEMMs `y = x W^T` over `rows` rows of `x` (one row: the GEMV).
     pub fn with_rows(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize) -> Result<Self> {
+        Self::with_kernel(ctx, n, k, rows, block_size, symmetric, reps, ctx.gemv_kernel())
+    }
+
+    /// [`GemvBench::with_rows`] with the GEMV kernel `gemv` (one row).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_kernel(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize, gemv: GemvKernel) -> Result<Self> {
         // Deterministic weights; their values do not change the time.
         let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false, bias: false };
         let blocks = n * spec.blocks();
@@ -46,7 +53,7 @@ impl GemvBench {
         let state = ctx.storage_init("bench_state", &[0u32, rows as u32].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?;
         let mut pipes = Pipelines::default();
         let dispatches =
-            (0..reps).flat_map(|_| if rows == 1 { gw.gemv(ctx, &mut pipes, &xb, &y) } else { gw.gemm(ctx, &mut pipes, &state, &xb, &y) }).collect();
+            (0..reps).flat_map(|_| if rows == 1 { gw.gemv_with(ctx, &mut pipes, gemv, &xb, &y) } else { gw.gemm(ctx, &mut pipes, &state, &xb, &y) }).collect();
         let weight = |f: Field| (n * q.spec.row_bytes(f)) as u64;
         let bytes_per_call = weight(Field::Data) + weight(Field::Scales) + weight(Field::ZeroPoints) + (rows * k * 4) as u64;
         let readback = ctx.readback("bench_y", 4);

@@ -109,10 +109,21 @@ pub fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits
 /// 32-tiles), then `random` seeded ones.
 pub fn matmul_shapes(rng: &mut Rng, random: usize) -> Vec<(usize, usize, usize, usize)> {
     let mut shapes = vec![(1, 16, 16, 1), (7, 40, 32, 1), (5, 96, 32, 3), (33, 576, 32, 1), (300, 200, 64, 2), (4, 128, 128, 1), (9, 48, 16, 40), (64, 576, 32, 33)];
-    for _ in 0..random {
-        shapes.push((rng.range(1, 200), rng.range(1, 400), [16, 32, 64, 128][rng.range(0, 4)], rng.range(1, 40)));
+    for i in 0..random {
+        let bs = [16, 32, 64, 128][rng.range(0, 4)];
+        // Every other one whole blocks (the rows GEMV's layouts, gemv_rows.wgsl), the others
+        // any k.
+        let k = if i % 2 == 0 { bs * rng.range(1, 12) } else { rng.range(1, 400) };
+        shapes.push((rng.range(1, 200), k, bs, rng.range(1, 40)));
     }
     shapes
+}
+
+/// Whole-block shapes for `gemv_rows.wgsl` at every lane count: one row, fewer rows than a
+/// workgroup holds, row counts not a multiple of it, rows shorter than the lanes (4 chunks
+/// over up to 64 lanes), several x rows, SmolLM2's 576 and 1536-wide rows.
+pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
+    vec![(1, 32, 32, 1), (3, 128, 32, 1), (17, 64, 16, 2), (61, 576, 32, 1), (40, 1536, 32, 3), (9, 1024, 128, 1), (130, 256, 64, 1)]
 }
 
 /// The block-quantized (and float) matmul through the decode GEMV and the prefill GEMM, both
@@ -137,7 +148,8 @@ pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: 
                 let d = if gemm { gw.gemm(ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(ctx, &mut pipes, &xb, &yb) };
                 kernels::run(ctx, &pipes, &d, rows as u32);
                 let got = download(ctx, &yb, rows * n).await;
-                let what = format!("{} n={n} k={k} bs={bs} rows={rows} {kind:?} subgroups={}", if gemm { "gemm_nbits" } else { "gemv_nbits" }, ctx.has_subgroups());
+                let op = if gemm { "gemm_nbits".to_string() } else { format!("gemv {:?} (rows kernel fits: {})", ctx.gemv_kernel(), gw.spec.rows_kernel_fits()) };
+                let what = format!("{op} n={n} k={k} bs={bs} rows={rows} {kind:?} subgroups={}", ctx.has_subgroups());
                 assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
             }
         }

@@ -35,7 +35,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         return; // another part's row
     }
     let row = token - p.row0;
-    let b = i / p.block_size;
+    let b = i / BLOCK;
     let pw = per_word();
     let word = data[row * words_per_row() + i / pw];
     out[r * p.k + i] = (quant(word, i % pw) - zero_point(row, b)) * block_scale(row, b);

@@ -52,14 +52,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         // Weight tile: 32 outputs x a 32-wide k slice (`bits` words each: 4 of 8 int4 values,
         // 8 of 4 int8 ones).
-        for (var e = lid; e < T * p.bits; e += 64u) {
-            let jj = e / p.bits;
+        for (var e = lid; e < T * BITS; e += 64u) {
+            let jj = e / BITS;
             let j = j0 + jj;
-            let wword = k0 / pw + e % p.bits; // word within the row
-            let kk = (e % p.bits) * pw;
+            let wword = k0 / pw + e % BITS; // word within the row
+            let kk = (e % BITS) * pw;
             if (j < p.n && wword < wpr) {
                 let word = data[j * wpr + wword];
-                let b = (wword * pw) / p.block_size;
+                let b = (wword * pw) / BLOCK;
                 let scale = block_scale(j, b);
                 let zp = zero_point(j, b);
                 for (var t = 0u; t < pw; t++) {

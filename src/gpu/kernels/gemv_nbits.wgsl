@@ -25,7 +25,7 @@ fn row_partial(j: u32, r: u32, lid: u32) -> f32 {
     let nb = blocks();
     let pw = per_word();
     // Blocks are whole words, so word w holds elements pw * w .. pw * w + pw - 1.
-    let words_per_block = p.block_size / pw;
+    let words_per_block = BLOCK / pw;
     let words = nb * words_per_block;
     let row_word = j * words;
     let xo = r * p.k;

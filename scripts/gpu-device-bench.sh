@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The GPU benchmark on a machine with a hardware GPU and no network (issue #15's numbers):
+#
+#   scripts/gpu-device-bench.sh prepare   here, with the network: builds the native, stripped
+#                                         `edge-llm-pack` and downloads the Vulkan loader and
+#                                         libglvnd's Debian packages into `.gl/` (git-ignored)
+#   scripts/gpu-device-bench.sh run       there, from the repository root with `.gl/` carried
+#                                         (the device tool: carry [".gl"]): unpacks them,
+#                                         points the loader at the NVIDIA driver's ICD, and runs
+#                                         `bench-gpu` three times over every GEMV kernel, then
+#                                         the decode of synthetic SmolLM2-135M, Llama-3.2-1B and
+#                                         Llama-3.1-8B shapes (random int4 weights: no model
+#                                         file has to reach the machine), writing to $OUT.
+#
+# The NVIDIA driver there ships its Vulkan ICD (libGLX_nvidia needs libglvnd; with libvulkan1
+# alone the loader finds no driver). Nothing here runs in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+case "${1:-}" in
+prepare)
+    target=${CARGO_TARGET_DIR:-/var/tmp/edge-llm-target}
+    CARGO_TARGET_DIR=$target cargo build --profile native --features pack --bin edge-llm-pack
+    mkdir -p .gl
+    cp "$target/native/edge-llm-pack" .gl/edge-llm-pack
+    strip .gl/edge-llm-pack
+    (cd .gl && rm -f ./*.deb && apt-get download libvulkan1 libglvnd0 libegl1 libgl1 libglx0 libgles2 libopengl0)
+    du -sh .gl
+    ;;
+run)
+    out=${OUT:-/tmp/gpu-bench}
+    mkdir -p "$out"
+    for f in .gl/*.deb; do dpkg -x "$f" /; done
+    ldconfig
+    export VK_DRIVER_FILES=${VK_DRIVER_FILES:-/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json}
+    (nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.memory --format=csv || true) > "$out/gpu.txt" 2>&1
+    bin=./.gl/edge-llm-pack
+    # Each run bounded, so one slow case cannot take the call's whole time.
+    bench() { timeout "$1" "$bin" bench-gpu "${@:3}" > "$out/$2.txt" 2>&1 || echo "exit $?" >> "$out/$2.txt"; }
+    for i in 1 2 3; do
+        bench 90 "kernels-$i" --warmup 10 --steps 50
+    done
+    bench 60 kernels-per-row-tree --warmup 10 --steps 50 --no-subgroups --gemv per-row
+    for model in smollm2-135m llama-3.2-1b llama-3.1-8b; do
+        for gemv in auto per-row; do
+            bench 120 "decode-$model-$gemv" --warmup 10 --steps 100 --synthetic "$model" --gemv "$gemv"
+        done
+    done
+    tail -n 8 "$out"/decode-*.txt
+    grep -h "n= 32768" "$out"/kernels-*.txt || true
+    ;;
+*)
+    echo "usage: $0 prepare|run" >&2
+    exit 2
+    ;;
+esac
