@@ -6,7 +6,11 @@
 // A part of a weight split by rows (see gemv_nbits.wgsl) writes y[r][row0 + j], y rows `total` wide.
 // Tiled: a workgroup of 64 computes a 32 (rows) x 32 (outputs) tile, staging 32-wide k slices
 // of x and of the dequantized weights in workgroup memory so each weight value is read once
-// per 32 rows instead of once per row; each invocation accumulates a 4 x 4 sub-tile.
+// per 32 rows instead of once per row; each invocation accumulates a 4 x 4 sub-tile. The
+// slices are stored k-major with rows padded to 33 ([kk][row], [kk][out]): the inner loop's
+// reads at one kk are then consecutive words across invocations and the stores' stride 33
+// words, so neither lands many invocations on one memory bank (row-major, every read of a
+// kk was 32 words apart: one bank).
 // Grid: (ceil(n / 32), ceil(m / 32)). Twin: gpu::twin::gemv_nbits (it takes any number of rows).
 
 struct State {
@@ -23,8 +27,9 @@ struct State {
 @group(0) @binding(6) var<storage, read> state: State;
 
 const T: u32 = 32u;
-var<workgroup> xs: array<f32, 1024>; // [row][kk]
-var<workgroup> ws: array<f32, 1024>; // [out][kk]
+const S: u32 = 33u; // a slice's row stride: T padded
+var<workgroup> xs: array<f32, 1056>; // [kk][row], rows S apart
+var<workgroup> ws: array<f32, 1056>; // [kk][out]
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -48,7 +53,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (r < m && i < p.k) {
                 v = x[r * p.k + i];
             }
-            xs[e] = v;
+            xs[(e % T) * S + e / T] = v;
         }
         // Weight tile: 32 outputs x a 32-wide k slice (`bits` words each: 4 of 8 int4 values,
         // 8 of 4 int8 ones).
@@ -63,11 +68,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let scale = block_scale(j, b);
                 let zp = zero_point(j, b);
                 for (var t = 0u; t < pw; t++) {
-                    ws[jj * T + kk + t] = (quant(word, t) - zp) * scale;
+                    ws[(kk + t) * S + jj] = (quant(word, t) - zp) * scale;
                 }
             } else {
                 for (var t = 0u; t < pw; t++) {
-                    ws[jj * T + kk + t] = 0.0;
+                    ws[(kk + t) * S + jj] = 0.0;
                 }
             }
         }
@@ -76,8 +81,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             var a: array<f32, 4>;
             var w: array<f32, 4>;
             for (var i = 0u; i < 4u; i++) {
-                a[i] = xs[(tr + i) * T + kk];
-                w[i] = ws[(tj + i) * T + kk];
+                a[i] = xs[kk * S + tr + i];
+                w[i] = ws[kk * S + tj + i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var jx = 0u; jx < 4u; jx++) {
