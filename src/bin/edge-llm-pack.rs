@@ -834,8 +834,6 @@ fn bench_gpu(gguf: Option<&std::path::Path>, synthetic: Option<&str>, warmup: us
         (None, None) => None,
     };
     let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), ..Default::default() };
-    for line in edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options, gemv)? {
-        println!("{line}");
-    }
+    edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options, gemv, &mut |line| println!("{line}"))?;
     Ok(())
 }

@@ -156,11 +156,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
-/// Run the benchmark natively and return its report lines: [`kernels`] (over the GEMV kernels
-/// `gemv`; none: [`default_gemv_kernels`]) and, with a model (`(name, weights)`), a greedy int4
-/// decode with `options`' GEMV. Medians and percentiles of `steps` passes after `warmup`.
+/// Run the benchmark natively, handing each report line to `emit` as soon as it is known (a
+/// run cut short keeps what it measured): [`kernels`] (over the GEMV kernels `gemv`; none:
+/// [`default_gemv_kernels`]) and, with a model (`(name, weights)`), a greedy int4 decode with
+/// `options`' GEMV, then its prefill. Medians and percentiles of `steps` passes after `warmup`.
 #[cfg(all(feature = "tools", not(target_arch = "wasm32")))]
-pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions, gemv: &[GemvKernel]) -> Result<Vec<String>> {
+pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions, gemv: &[GemvKernel], emit: &mut dyn FnMut(&str)) -> Result<()> {
     use super::context::block_on;
     use super::decode::GpuLlama;
     use crate::Error;
@@ -174,26 +175,51 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         START.get_or_init(Instant::now).elapsed().as_secs_f64() * 1e3
     }
     let gemv = if gemv.is_empty() { default_gemv_kernels(&ctx) } else { gemv.to_vec() };
-    let mut out = block_on(kernels(&ctx, warmup, steps, now, &gemv))?;
+    for line in block_on(kernels(&ctx, warmup, steps, now, &gemv))? {
+        emit(&line);
+    }
     let stats = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
     };
-    let Some((name, q)) = model else { return Ok(out) };
+    let Some((name, q)) = model else { return Ok(()) };
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
     let t = Instant::now();
     let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
+    emit(&format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", name, cfg.num_layers));
+    emit(&format!("  load (upload, pipelines, bind groups) ms: {load_ms:.1}"));
     // A fixed prompt of ids (the tokenizer is not what is measured), the length of a short
-    // chat turn; median of 3 prefills from an empty cache.
+    // chat turn.
     let prompt: Vec<u32> = (0..PREFILL_TOKENS as u32).map(|i| 100 + i * 37).collect();
-    // Chunked (what the backend runs), then one submit per token (the GEMV path, as before
-    // prefill was chunked).
-    let mut prefill_ms = [Vec::with_capacity(3), Vec::with_capacity(3)];
-    for _ in 0..3 {
-        for (chunked, times) in [true, false].into_iter().zip(&mut prefill_ms) {
+    // Greedy decode after the prompt.
+    block_on(model.prefill(&prompt))?;
+    let mut lat = Vec::with_capacity(steps);
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        block_on(model.step(None))?;
+        if i >= warmup {
+            lat.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let total: f64 = lat.iter().sum();
+    let (p50, p95, p99) = stats(lat);
+    emit(&format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
+    emit(&format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
+    let bytes = q.decode_bytes();
+    emit(&format!(
+        "  weights read per step {:.1} MB: {:.1} GB/s at the p50 latency (the whole step: every kernel, the submit and the 4-byte readback)",
+        bytes as f64 / 1e6,
+        bytes as f64 / (p50 * 1e-3) / 1e9
+    ));
+    // Prefill from an empty cache, median of 3: chunked (what the backend runs), then one
+    // submit per token (the GEMV path, as before prefill was chunked).
+    let tok_s = |ms: f64| prompt.len() as f64 / ms * 1e3;
+    for chunked in [true, false] {
+        let mut times = Vec::with_capacity(3);
+        for _ in 0..3 {
             model.reset();
             let t = Instant::now();
             if chunked {
@@ -205,30 +231,9 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
             }
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
+        let ms = stats(times).0;
+        let how = if chunked { format!("chunks of {} per submit", model.prefill_chunk()) } else { "one submit per token".into() };
+        emit(&format!("  prefill {} tokens, {how}: {ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(ms)));
     }
-    let [chunked_ms, per_token_ms] = prefill_ms.map(|v| stats(v).0);
-    let mut lat = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
-        let t = Instant::now();
-        block_on(model.step(None))?;
-        if i >= warmup {
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
-        }
-    }
-    let total: f64 = lat.iter().sum();
-    let (p50, p95, p99) = stats(lat);
-    out.push(format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", name, cfg.num_layers));
-    out.push(format!("  load (upload, pipelines, bind groups) ms: {load_ms:.1}"));
-    let tok_s = |ms: f64| prompt.len() as f64 / ms * 1e3;
-    out.push(format!("  prefill {} tokens, chunks of {} per submit: {chunked_ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), model.prefill_chunk(), tok_s(chunked_ms)));
-    out.push(format!("  prefill {} tokens, one submit per token: {per_token_ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(per_token_ms)));
-    out.push(format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
-    out.push(format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
-    let bytes = q.decode_bytes();
-    out.push(format!(
-        "  weights read per step {:.1} MB: {:.1} GB/s at the p50 latency (the whole step: every kernel, the submit and the 4-byte readback)",
-        bytes as f64 / 1e6,
-        bytes as f64 / (p50 * 1e-3) / 1e9
-    ));
-    Ok(out)
+    Ok(())
 }
