@@ -7,7 +7,8 @@
 #   scripts/gpu-device-bench.sh run       there, from the repository root with `.gl/` carried
 #                                         (the device tool: carry [".gl"]): unpacks them,
 #                                         points the loader at the NVIDIA driver's ICD, and runs
-#                                         `bench-gpu` three times over every GEMV kernel, then
+#                                         `bench-gpu` three times over every GEMV kernel
+#                                         (each lanes x rows shape of gemv_rows), then
 #                                         the decode of synthetic SmolLM2-135M, Llama-3.2-1B and
 #                                         Llama-3.1-8B shapes (random int4 weights: no model
 #                                         file has to reach the machine), writing to $OUT.

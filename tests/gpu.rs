@@ -67,16 +67,19 @@ fn block_matmul_kernels_match_twin() {
     }
 }
 
-/// `gemv_rows.wgsl` at each lane count it takes, every weight kind, on whole-block shapes
-/// (`block_matmul_kernels_match_twin` runs its default lanes).
+/// `gemv_rows.wgsl` at each lane count and rows per lane group it takes, every weight kind,
+/// on whole-block shapes (`block_matmul_kernels_match_twin` runs its default shape).
 #[test]
 fn gemv_rows_kernel_matches_twin_at_every_width() {
     let Some(_) = gpu() else { return };
     for lanes in edge_llm::gpu::ROWS_KERNEL_LANES {
-        let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows(lanes), ..Default::default() })).unwrap();
-        block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut Rng(lanes as u64), &gpu_kernels::rows_kernel_shapes()));
+        for rows in edge_llm::gpu::ROWS_KERNEL_ROWS {
+            let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows { lanes, rows }, ..Default::default() })).unwrap();
+            block_on(gpu_kernels::gemv_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &gpu_kernels::rows_kernel_shapes()));
+        }
     }
 }
+
 
 #[test]
 fn embed_nbits_matches_twin() {

@@ -220,8 +220,9 @@ enum Cmd {
         #[arg(long)]
         no_subgroups: bool,
         /// The decode GEMV kernels to time, comma-separated: `auto` (the engine's choice),
-        /// `per-row`, `rows:N` (N lanes per row: 4, 8, 16, 32, 64). The model's decode runs
-        /// the first. Default: auto and per-row, and every `rows:N` on a hardware GPU.
+        /// `per-row`, `rows:N` or `rows:NxR` (N lanes per row: 4, 8, 16, 32, 64; R rows per
+        /// lane group: 1, 2, 4). The model's decode runs the first. Default: auto and per-row,
+        /// and every `rows:NxR` on a hardware GPU.
         #[arg(long, value_delimiter = ',')]
         gemv: Vec<edge_llm::gpu::GemvKernel>,
         /// Also decode a model of these shapes with seeded random int4 weights (no file):

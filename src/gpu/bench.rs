@@ -56,7 +56,7 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
             let (p50, p95, p99) = stats(ms);
             let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
             let name = gemv_name(ctx, kernel, n, k);
-            out.push(format!("  n={n:6} k={k:5} {name:14}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
+            out.push(format!("  n={n:6} k={k:5} {name:17}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
         }
     }
     // The prefill's tiled GEMM over a 64-row chunk (each weight read once per 32 rows).
@@ -106,15 +106,30 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     Ok(out)
 }
 
-/// The kernel `choice` runs on an int4 block-32 `[n][k]` weight, by name: `rows:L` (L lanes per
-/// row) or `per-row`.
+/// The kernel `choice` runs on an int4 block-32 `[n][k]` weight, by name: `rows:LxR` (L
+/// lanes, R rows per lane group) or `per-row`.
 fn gemv_name(ctx: &GpuContext, choice: GemvKernel, n: usize, k: usize) -> String {
     let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
     match choice {
-        GemvKernel::Rows(lanes) if spec.rows_kernel_fits() => format!("rows:{lanes}"),
-        GemvKernel::Auto if spec.rows_kernel_fits() => format!("rows:{} (auto)", spec.rows_kernel_lanes(ctx.is_software())),
+        GemvKernel::Rows { .. } if spec.rows_kernel_fits() => choice.to_string(),
+        GemvKernel::Auto if spec.rows_kernel_fits() => {
+            let (lanes, rows) = spec.rows_kernel_shape(ctx.is_software());
+            format!("{} (auto)", GemvKernel::Rows { lanes, rows })
+        }
         _ => "per-row".into(),
     }
+}
+
+/// The GEMV kernels `bench-gpu` compares by default: the engine's choice and the per-row
+/// kernel, and on a hardware GPU every shape of the rows kernel too.
+pub fn default_gemv_kernels(ctx: &GpuContext) -> Vec<GemvKernel> {
+    let mut v = vec![GemvKernel::Auto, GemvKernel::PerRow];
+    if !ctx.is_software() {
+        for lanes in super::ROWS_KERNEL_LANES {
+            v.extend(super::ROWS_KERNEL_ROWS.map(|rows| GemvKernel::Rows { lanes, rows }));
+        }
+    }
+    v
 }
 
 /// The shapes `bench-gpu --synthetic NAME` builds ([`super::QuantLlama::synthetic`]):
@@ -140,16 +155,6 @@ pub fn synthetic_config(name: &str) -> Result<crate::model::LlamaConfig> {
         "llama-3.1-8b" => Ok(llama(128256, 4096, 14336, 32, 32, 8, 128, 500000.0, false)),
         _ => Err(crate::Error::InvalidOption { option: "synthetic", reason: format!("`{name}`: expected smollm2-135m, llama-3.2-1b or llama-3.1-8b") }),
     }
-}
-
-/// The GEMV kernels `bench-gpu` compares by default: the engine's choice and the per-row
-/// kernel, and on a hardware GPU every lane count of the rows kernel too.
-pub fn default_gemv_kernels(ctx: &GpuContext) -> Vec<GemvKernel> {
-    let mut v = vec![GemvKernel::Auto, GemvKernel::PerRow];
-    if !ctx.is_software() {
-        v.extend(super::ROWS_KERNEL_LANES.map(GemvKernel::Rows));
-    }
-    v
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

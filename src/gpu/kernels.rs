@@ -29,8 +29,9 @@ pub enum Kernel {
     GemvNBits(NBitsKind),
     /// [`Kernel::GemvNBits`] reduced with subgroup operations (adapters with `subgroups`).
     GemvNBitsSubgroups(NBitsKind),
-    /// `lanes` invocations per output row, 16-byte reads (rows of whole 16-byte chunks).
-    GemvRows(NBitsKind, u32),
+    /// Lane groups of `.1` invocations computing `.2` output rows each, 16-byte reads (rows of
+    /// whole 16-byte chunks).
+    GemvRows(NBitsKind, u32, u32),
     GemmNBits(NBitsKind),
     EmbedNBits(NBitsKind),
     BiasNBits,
@@ -101,7 +102,7 @@ impl Kernel {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
-            Kernel::GemvRows(w, lanes) => w.constants().into_iter().chain([("LANES", lanes as f64)]).collect(),
+            Kernel::GemvRows(w, lanes, rows) => w.constants().into_iter().chain([("LANES", lanes as f64), ("ROWS", rows as f64)]).collect(),
             _ => Vec::new(),
         }
     }

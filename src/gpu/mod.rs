@@ -85,29 +85,48 @@ pub enum GemvKernel {
     /// `gemv_nbits.wgsl` for every weight: one 64-invocation workgroup per output row, 4-byte
     /// loads.
     PerRow,
-    /// `gemv_rows.wgsl` with this many invocations per row (4, 8, 16, 32 or 64) where it fits.
-    Rows(u32),
+    /// `gemv_rows.wgsl` where it fits, with `lanes` invocations per lane group (4, 8, 16, 32 or
+    /// 64) each computing `rows` output rows (1, 2 or 4: each x value loaded once for them).
+    Rows { lanes: u32, rows: u32 },
 }
 
 impl std::str::FromStr for GemvKernel {
     type Err = String;
 
-    /// `auto`, `per-row`, or `rows:N` (N = 4, 8, 16, 32 or 64).
+    /// `auto`, `per-row`, or `rows:N` / `rows:NxR` (N lanes in 4, 8, 16, 32, 64; R rows per
+    /// lane group in 1, 2, 4; default 1).
     fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let rows = |spec: &str| -> Option<GemvKernel> {
+            let (lanes, rows) = spec.split_once('x').unwrap_or((spec, "1"));
+            let (lanes, rows) = (lanes.parse().ok()?, rows.parse().ok()?);
+            (ROWS_KERNEL_LANES.contains(&lanes) && ROWS_KERNEL_ROWS.contains(&rows)).then_some(GemvKernel::Rows { lanes, rows })
+        };
         match s {
             "auto" => Ok(GemvKernel::Auto),
             "per-row" => Ok(GemvKernel::PerRow),
-            _ => match s.strip_prefix("rows:").and_then(|n| n.parse::<u32>().ok()) {
-                Some(n) if ROWS_KERNEL_LANES.contains(&n) => Ok(GemvKernel::Rows(n)),
-                _ => Err(format!("`{s}`: expected auto, per-row or rows:N with N in {ROWS_KERNEL_LANES:?}")),
-            },
+            _ => s.strip_prefix("rows:").and_then(rows).ok_or_else(|| {
+                format!("`{s}`: expected auto, per-row, rows:N or rows:NxR with N in {ROWS_KERNEL_LANES:?} and R in {ROWS_KERNEL_ROWS:?}")
+            }),
         }
     }
 }
 
-/// The lanes per row `gemv_rows.wgsl` takes (powers of two dividing its 64-wide workgroup,
-/// at least 4).
+impl std::fmt::Display for GemvKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GemvKernel::Auto => write!(f, "auto"),
+            GemvKernel::PerRow => write!(f, "per-row"),
+            GemvKernel::Rows { lanes, rows } => write!(f, "rows:{lanes}x{rows}"),
+        }
+    }
+}
+
+/// The lanes per lane group `gemv_rows.wgsl` takes (powers of two dividing its 64-wide
+/// workgroup, at least 4).
 pub const ROWS_KERNEL_LANES: [u32; 5] = [4, 8, 16, 32, 64];
+
+/// The output rows per lane group `gemv_rows.wgsl` takes.
+pub const ROWS_KERNEL_ROWS: [u32; 3] = [1, 2, 4];
 
 impl GpuOptions {
     /// `adapter`'s limits as the backend uses them.
@@ -154,4 +173,20 @@ pub async fn probe() -> Option<GpuInfo> {
         max_storage_buffer_binding_size: limits.max_storage_buffer_binding_size as u64,
         max_compute_workgroup_size_x: limits.max_compute_workgroup_size_x,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::GemvKernel;
+
+    #[test]
+    fn gemv_kernel_names_parse() {
+        for s in ["auto", "per-row", "rows:4x1", "rows:64x4", "rows:8x2"] {
+            assert_eq!(s.parse::<GemvKernel>().unwrap().to_string(), s);
+        }
+        assert_eq!("rows:16".parse::<GemvKernel>(), Ok(GemvKernel::Rows { lanes: 16, rows: 1 }));
+        for bad in ["rows:3", "rows:16x3", "rows:", "rows", "fast"] {
+            assert!(bad.parse::<GemvKernel>().is_err(), "{bad}");
+        }
+    }
 }

@@ -15,6 +15,9 @@ use super::GemvKernel;
 use crate::quant::{Q4MinWeight, Q4Weight, Q8BlockWeight};
 use crate::{Error, Result};
 
+/// `gemv_rows.wgsl`'s rows per lane group on a CPU rasterizer ([`BlockSpec::rows_kernel_shape`]).
+const SOFTWARE_ROWS: u32 = 4;
+
 /// How a block's zero point is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZeroPointKind {
@@ -125,18 +128,20 @@ impl BlockSpec {
         self.k % self.block_size == 0 && self.k % 4 == 0 && self.row_bytes(Field::Data) % 16 == 0
     }
 
-    /// `gemv_rows.wgsl`'s lanes per row by default: on a GPU about 4 chunks of 16 bytes per
-    /// lane, 4 to 64 lanes (SmolLM2's int4 576-wide rows: 18 chunks, 8 lanes, 8 rows per
-    /// workgroup; a 4096-wide row: 128 chunks, 32 lanes). On a CPU rasterizer (`software`),
-    /// which runs a workgroup's invocations as one thread's SIMD lanes, 4: the fewest waste
-    /// least on the reduction (llvmpipe: SmolLM2's head 15 ms a call at 4 lanes, 19 at 8, 83
-    /// at 64).
-    pub fn rows_kernel_lanes(&self, software: bool) -> u32 {
+    /// `gemv_rows.wgsl`'s lanes per group and rows per group by default. On a GPU about 4
+    /// chunks of 16 bytes per lane, 4 to 64 lanes (SmolLM2's int4 576-wide rows: 18 chunks, 8
+    /// lanes; a 4096-wide row: 128 chunks, 32 lanes), 2 rows per group (each x vector loaded
+    /// once for two rows: x is read from cache at 8 times the weights' bytes for int4; not yet
+    /// measured on a GPU against 1 and 4, `bench-gpu` sweeps them). On a CPU rasterizer
+    /// (`software`), which runs a workgroup's invocations as one thread's SIMD lanes, 4 lanes
+    /// (the fewest waste least on the reduction: llvmpipe, SmolLM2's head 15 ms a call at 4
+    /// lanes, 19 at 8, 83 at 64) and 4 rows (the head 18.0 ms at 1 row, 12.9 at 2, 9.7 at 4).
+    pub fn rows_kernel_shape(&self, software: bool) -> (u32, u32) {
         if software {
-            return 4;
+            return (4, SOFTWARE_ROWS);
         }
         let chunks = (self.row_bytes(Field::Data) / 16) as u32;
-        chunks.div_ceil(4).next_power_of_two().clamp(4, 64)
+        (chunks.div_ceil(4).next_power_of_two().clamp(4, 64), 2)
     }
 
     /// Bytes the weight takes on the GPU.
@@ -462,13 +467,16 @@ impl GpuNBits {
     pub fn gemv_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: GemvKernel, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
         let kind = self.spec.kind();
         let kernel = match choice {
-            GemvKernel::Auto if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, self.spec.rows_kernel_lanes(ctx.is_software())),
-            GemvKernel::Rows(lanes) if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes),
+            GemvKernel::Auto if self.spec.rows_kernel_fits() => {
+                let (lanes, rows) = self.spec.rows_kernel_shape(ctx.is_software());
+                Kernel::GemvRows(kind, lanes, rows)
+            }
+            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes, rows),
             _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
             _ => Kernel::GemvNBits(kind),
         };
         let rows_per_group = match kernel {
-            Kernel::GemvRows(_, lanes) => 64 / lanes,
+            Kernel::GemvRows(_, lanes, rows) => 64 / lanes * rows,
             _ => 1,
         };
         let bind = |p: &Part, pipes: &mut Pipelines| {

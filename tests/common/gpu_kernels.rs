@@ -130,6 +130,16 @@ pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
 /// against the one twin, for every kind on every shape: f32 sums in another order, so within a
 /// few ulps of the sum of |terms|.
 pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
+    matmul_matches_twin(ctx, rng, shapes, &[false, true]).await
+}
+
+/// [`block_matmul_matches_twin`] for the decode GEMV only.
+pub async fn gemv_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
+    matmul_matches_twin(ctx, rng, shapes, &[false]).await
+}
+
+/// The matmul through the GEMV (`false`) and / or the GEMM (`true`) against the twin.
+async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)], gemms: &[bool]) {
     let mut pipes = Pipelines::default();
     for &(n, k, bs, rows) in shapes {
         for kind in KINDS {
@@ -143,7 +153,7 @@ pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: 
             };
             let gw = GpuNBits::upload(ctx, "w", &w).unwrap();
             let (xb, st) = (upload(ctx, &x), state(ctx, 0, rows, &[]));
-            for gemm in [false, true] {
+            for &gemm in gemms {
                 let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
                 let d = if gemm { gw.gemm(ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(ctx, &mut pipes, &xb, &yb) };
                 kernels::run(ctx, &pipes, &d, rows as u32);

@@ -1,16 +1,19 @@
 // Block-quantized GEMV (decode) for big GPUs: y[r][j] = sum_i x[r][i] * (q[j][i] - zp) * scale,
 // the weight read as nbits.wgsl says, as gemv_nbits.wgsl computes it, but laid out for memory
-// throughput: LANES invocations per output row, 64 / LANES rows per workgroup, and each
-// invocation reads its row 16 bytes at a time (a vec4<u32> of values: 32 int4, 16 int8, 8 f16
-// or 4 f32 ones) with the matching x as vec4<f32>, so many wide loads are in flight per
-// invocation instead of one 4-byte word. For weights whose rows are whole 16-byte chunks with
+// throughput: a group of LANES invocations computes ROWS output rows (64 / LANES groups per
+// workgroup), each invocation reading the rows 16 bytes at a time (a vec4<u32> of values: 32
+// int4, 16 int8, 8 f16 or 4 f32 ones) against the matching x, loaded once as vec4<f32>s for
+// the ROWS rows (x is read from cache 8 times as many bytes as int4 weights are from memory:
+// ROWS divides that), so many wide loads are in flight per invocation instead of one 4-byte
+// word. For weights whose rows are whole 16-byte chunks with
 // no padding (k a multiple of the block and of 4, row bytes a multiple of 16:
 // gpu::nbits::BlockSpec::rows_kernel_fits); gemv_nbits.wgsl takes the rest.
-// Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES))
+// Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES * ROWS))
 // workgroups as x + y * nwg.x, one x row per wid.z.
 // Twin: gpu::twin::gemv_nbits.
 
 override LANES: u32 = 16u; // 4, 8, 16, 32 or 64
+override ROWS: u32 = 1u; // output rows per lane group: 1, 2 or 4
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -20,48 +23,55 @@ override LANES: u32 = 16u; // 4, 8, 16, 32 or 64
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
+var<workgroup> partial: array<f32, 256>; // [row of the group][invocation]: 4 x 64
 
-// Word w of a row, at x's vec4 index xv (its first value's): sum of (q - zp) * x over the
-// word's values.
-fn word_dot(w: u32, xv: u32, zp: f32) -> f32 {
+// The x values of one chunk: 32 / BITS vec4s (8 for int4, 4 int8, 2 f16, 1 f32), loaded once
+// for the ROWS rows that use them.
+fn load_x(first: u32) -> array<vec4<f32>, 8> {
+    var a: array<vec4<f32>, 8>;
+    for (var i = 0u; i < 32u / BITS; i++) {
+        a[i] = x[first + i];
+    }
+    return a;
+}
+
+// Word t of a chunk against the chunk's x (`xa`): sum of (q - zp) * x over its values.
+fn word_dot(w: u32, xa: array<vec4<f32>, 8>, t: u32, zp: f32) -> f32 {
     let z = vec4<f32>(zp);
     if (BITS == 4u) {
         let lo = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
         let hi = vec4<f32>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-        return dot(lo - z, x[xv]) + dot(hi - z, x[xv + 1u]);
+        return dot(lo - z, xa[2u * t]) + dot(hi - z, xa[2u * t + 1u]);
     }
     // 8 bits: four values, one vec4 of x.
     let q = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
-    return dot(q - z, x[xv]);
+    return dot(q - z, xa[t]);
 }
 
-// Chunk c (16 bytes) of the part's row j against x row r (vec4 index xo of its start).
-fn chunk_dot(j: u32, c: u32, xo: u32) -> f32 {
+// Chunk c (16 bytes) of the part's row j against its x (`xa`).
+fn chunk_dot(j: u32, c: u32, xa: array<vec4<f32>, 8>) -> f32 {
     let ch = data[j * (words_per_row() / 4u) + c];
     if (BITS == 32u) {
-        return dot(bitcast<vec4<f32>>(ch), x[xo + c]);
+        return dot(bitcast<vec4<f32>>(ch), xa[0]);
     }
     if (BITS == 16u) {
         let a = vec4<f32>(unpack2x16float(ch.x), unpack2x16float(ch.y));
         let b = vec4<f32>(unpack2x16float(ch.z), unpack2x16float(ch.w));
-        return dot(a, x[xo + 2u * c]) + dot(b, x[xo + 2u * c + 1u]);
+        return dot(a, xa[0]) + dot(b, xa[1]);
     }
     let pw = per_word();
-    let xv = xo + c * pw; // vec4 index of the chunk's first value: c * 4 * pw / 4
-    let step = pw / 4u; // x vec4s per word
     if (BLOCK >= 4u * pw) {
         // The chunk lies in one block (BLOCK is a multiple of 4 words then).
         let b = c * 4u * pw / BLOCK;
         let zp = zero_point(j, b);
-        let s = word_dot(ch.x, xv, zp) + word_dot(ch.y, xv + step, zp) + word_dot(ch.z, xv + 2u * step, zp) + word_dot(ch.w, xv + 3u * step, zp);
+        let s = word_dot(ch.x, xa, 0u, zp) + word_dot(ch.y, xa, 1u, zp) + word_dot(ch.z, xa, 2u, zp) + word_dot(ch.w, xa, 3u, zp);
         return s * block_scale(j, b);
     }
     // Blocks shorter than a chunk (int4 blocks of 16: two per chunk): word by word.
     var acc = 0.0;
     for (var t = 0u; t < 4u; t++) {
         let b = (c * 4u + t) * pw / BLOCK;
-        acc += word_dot(ch[t], xv + t * step, zero_point(j, b)) * block_scale(j, b);
+        acc += word_dot(ch[t], xa, t, zero_point(j, b)) * block_scale(j, b);
     }
     return acc;
 }
@@ -72,26 +82,40 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let j = (wid.x + wid.y * nwg.x) * (WG / LANES) + lid / LANES;
+    // Lane group g of the workgroup computes rows j0 .. j0 + ROWS.
+    let j0 = ((wid.x + wid.y * nwg.x) * (WG / LANES) + lid / LANES) * ROWS;
     let lane = lid % LANES;
     let r = wid.z;
-    var s = 0.0;
-    if (j < p.n) {
-        let chunks = words_per_row() / 4u;
-        let xo = r * p.k / 4u;
+    var s: array<f32, 4>;
+    let chunks = words_per_row() / 4u;
+    let xo = r * p.k / 4u;
+    if (j0 < p.n) {
         for (var c = lane; c < chunks; c += LANES) {
-            s += chunk_dot(j, c, xo);
+            let xa = load_x(xo + c * (32u / BITS));
+            for (var q = 0u; q < ROWS; q++) {
+                if (j0 + q < p.n) {
+                    s[q] += chunk_dot(j0 + q, c, xa);
+                }
+            }
         }
     }
-    partial[lid] = s;
+    for (var q = 0u; q < ROWS; q++) {
+        partial[q * WG + lid] = s[q];
+    }
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
-        if (lane < stride) {
-            partial[lid] += partial[lid + stride];
+        if (lid % LANES < stride) {
+            for (var q = 0u; q < ROWS; q++) {
+                partial[q * WG + lid] += partial[q * WG + lid + stride];
+            }
         }
         workgroupBarrier();
     }
-    if (lane == 0u && j < p.n) {
-        y[r * p.total + p.row0 + j] = partial[lid];
+    if (lane == 0u) {
+        for (var q = 0u; q < ROWS; q++) {
+            if (j0 + q < p.n) {
+                y[r * p.total + p.row0 + j0 + q] = partial[q * WG + lid];
+            }
+        }
     }
 }
