@@ -71,22 +71,33 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
         out.push(format!("  n={n:6} k={k:5}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
     }
-    // The token pick over SmolLM2's 49152 logits: argmax, and sampling (temperature 0.8, top-k
-    // 40, top-p 0.95, repetition penalty 1.1: every stage of sample.wgsl) with its readback.
+    // The token pick over SmolLM2's 49152 logits (distinct values spread over [-5, 5), as a
+    // model's): argmax, and sampling (temperature 0.8, repetition penalty 1.1, with top-k 40
+    // and top-p 0.95: every stage of sample.wgsl; and with top-p 0.9 alone) with its readback.
     {
         use super::kernels::{self, Pipelines, SampleBuffers};
         const VOCAB: usize = 49152;
-        let logits: Vec<f32> = (0..VOCAB).map(|i| ((i * 7919 % 1000) as f32 / 100.0) - 5.0).collect();
-        let params = crate::backend::SampleParams { temperature: 0.8, top_k: 40, top_p: 0.95, repetition_penalty: 1.1, uniform: 0.37 };
-        let words: Vec<u8> = super::twin::sample_opts(VOCAB, &params).iter().flat_map(|w| w.to_le_bytes()).collect();
+        let logits: Vec<f32> = (0..VOCAB).map(|i| ((i as u64 * 2_654_435_761) % 1_000_003) as f32 / 1e5 - 5.0).collect();
+        let opts_for = |top_k: usize, top_p: f32| {
+            let params = crate::backend::SampleParams { temperature: 0.8, top_k, top_p, repetition_penalty: 1.1, uniform: 0.37 };
+            super::twin::sample_opts(VOCAB, &params).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()
+        };
         let seen: Vec<u8> = kernels::seen_bitmap(VOCAB, &[1, 50, 700]).iter().flat_map(|w| w.to_le_bytes()).collect();
-        let (lb, opts, seen) = (ctx.storage_init("logits", &kernels::f32_bytes(&logits))?, ctx.storage_init("opts", &words)?, ctx.storage_init("seen", &seen)?);
-        let (keys, weights, state, rb) = (ctx.storage("keys", 4 * VOCAB as u64)?, ctx.storage("weights", 4 * VOCAB as u64)?, ctx.storage("state", 12)?, ctx.readback("token", 4));
+        let (lb, seen) = (ctx.storage_init("logits", &kernels::f32_bytes(&logits))?, ctx.storage_init("seen", &seen)?);
+        let (opts_k, opts_p) = (ctx.storage_init("opts", &opts_for(40, 0.95))?, ctx.storage_init("opts", &opts_for(0, 0.9))?);
+        let (keys_bytes, weights_bytes) = kernels::sample_scratch_bytes(VOCAB);
+        let (keys, weights, state, rb) = (ctx.storage("keys", keys_bytes)?, ctx.storage("weights", weights_bytes)?, ctx.storage("state", 12)?, ctx.readback("token", 4));
         let mut pipes = Pipelines::default();
         let argmax = kernels::argmax(ctx, &mut pipes, VOCAB, &lb, &state);
-        let sample = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
+        let sample_k = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts_k, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
+        let sample_p = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts_p, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
         out.push(format!("token pick over {VOCAB} logits (one submit, 4 bytes read back), {steps} passes after {warmup}:"));
-        for (what, d) in [("argmax.wgsl", &argmax), ("sample.wgsl (temperature, top-k 40, top-p 0.95, penalty)", &sample)] {
+        let picks = [
+            ("argmax.wgsl", &argmax),
+            ("sample.wgsl (temperature, top-k 40, top-p 0.95, penalty)", &sample_k),
+            ("sample.wgsl (temperature, top-p 0.9, penalty)", &sample_p),
+        ];
+        for (what, d) in picks {
             let mut ms = Vec::with_capacity(steps);
             for i in 0..warmup + steps {
                 let t = now();

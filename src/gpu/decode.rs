@@ -444,7 +444,8 @@ impl GpuLlama {
         let sample_opts = ctx.storage("sample_opts", 32)?;
         let seen_host = kernels::seen_bitmap(vocab, &[]);
         let seen = ctx.storage("seen", (seen_host.len() * 4) as u64)?;
-        let (keys, sample_weights) = (ctx.storage("sample_keys", (vocab * 4) as u64)?, ctx.storage("sample_weights", (vocab * 4) as u64)?);
+        let (keys_bytes, weights_bytes) = kernels::sample_scratch_bytes(vocab);
+        let (keys, sample_weights) = (ctx.storage("sample_keys", keys_bytes)?, ctx.storage("sample_weights", weights_bytes)?);
         let sb = kernels::SampleBuffers { opts: &sample_opts, logits: &logits, seen: &seen, keys: &keys, weights: &sample_weights, state: &state };
         let sample = kernels::sample(&ctx, &mut pipes, sb);
         weights.push(embed);

@@ -220,7 +220,7 @@ pub fn sample_pick(keys: &[u32], weights: &[f32], p: &SampleParams) -> u32 {
     const ALL: u32 = u32::MAX;
     let n = keys.len();
     let o = sample_opts(n, p);
-    let within = |k: u32, i: usize, v: u32, b: u32| k > v || (k == v && i as u32 <= b);
+    let within = |k: u32, i: u32, v: u32, b: u32| k > v || (k == v && i <= b);
     let id_of = |v: u32, last: bool| {
         let ids = (0..n).filter(|&i| keys[i] == v).map(|i| i as u32);
         if last { ids.max() } else { ids.min() }.unwrap_or(0)
@@ -229,14 +229,17 @@ pub fn sample_pick(keys: &[u32], weights: &[f32], p: &SampleParams) -> u32 {
     if o[1] != 0 {
         return id_of(kmax, false);
     }
-    // Strided lane sums, then the tree, as `sum_all`.
-    let mass = |v: u32, b: u32, lv: u32, lb: u32, count: bool| -> f32 {
+    // The candidates the sums run over, (key, weight, id): all of them, then after the first
+    // narrowing (top-k's, or top-p's without top-k) the kept ones in id order.
+    let mut list: Vec<(u32, f32, u32)> = (0..n).map(|i| (keys[i], weights[i], i as u32)).collect();
+    // Strided lane sums over the list's positions, then the tree, as `sum_all`.
+    let mass = |list: &[(u32, f32, u32)], v: u32, b: u32, lv: u32, lb: u32, count: bool| -> f32 {
         let mut red: Vec<f32> = (0..SAMPLE_LANES)
             .map(|lane| {
                 let mut s = 0f32;
-                for i in (lane..n).step_by(SAMPLE_LANES) {
-                    if within(keys[i], i, v, b) && within(keys[i], i, lv, lb) {
-                        s += if count { 1.0 } else { weights[i] };
+                for &(k, w, i) in list.iter().skip(lane).step_by(SAMPLE_LANES) {
+                    if within(k, i, v, b) && within(k, i, lv, lb) {
+                        s += if count { 1.0 } else { w };
                     }
                 }
                 s
@@ -252,21 +255,69 @@ pub fn sample_pick(keys: &[u32], weights: &[f32], p: &SampleParams) -> u32 {
         red[0]
     };
     let reaches = |m: f32, target: f32, strict: bool| if strict { m > target } else { m >= target };
-    let shortest = |lv: u32, lb: u32, target: f32, count: bool, strict: bool| -> Option<(u32, u32)> {
-        if !reaches(mass(0, ALL, lv, lb, count), target, strict) {
+    // `weighed_key`: 3 bits of v a round from the top, each from 8 buckets' weight sums (lane
+    // sums in position order, then a tree per bucket) added from the top bucket down to the
+    // weight above them.
+    let weighed_key = |list: &[(u32, f32, u32)], lv: u32, lb: u32, target: f32, strict: bool| -> u32 {
+        let (mut prefix, mut above) = (0u32, 0f32);
+        for round in 0..11u32 {
+            let shift = 30 - 3 * round;
+            let mut red = vec![[0f32; 8]; SAMPLE_LANES];
+            let mut held = 0u32;
+            for (j, &(k, w, i)) in list.iter().enumerate() {
+                if within(k, i, lv, lb) && (round == 0 || k >> (shift + 3) == prefix >> (shift + 3)) {
+                    red[j % SAMPLE_LANES][((k >> shift) & 7) as usize] += w;
+                    held |= 1 << ((k >> shift) & 7);
+                }
+            }
+            let mut s = SAMPLE_LANES / 2;
+            while s > 0 {
+                for l in 0..s {
+                    for d in 0..8 {
+                        red[l][d] += red[l + s][d];
+                    }
+                }
+                s /= 2;
+            }
+            // The highest bucket reaching the goal, else the lowest holding a candidate.
+            let (mut sum, mut pick, mut pick_above) = (above, 8u32, above);
+            for d in (0..8u32).rev().filter(|d| held >> d & 1 != 0) {
+                let next = sum + red[0][d as usize];
+                (pick, pick_above) = (d, sum);
+                if reaches(next, target, strict) {
+                    break;
+                }
+                sum = next;
+            }
+            prefix |= pick << shift;
+            above = pick_above;
+        }
+        prefix
+    };
+    // Top-k's v by bisection over counts: exact in any order, so the kernel's radix selection
+    // of the k-th highest key finds this same v.
+    let shortest = |list: &[(u32, f32, u32)], lv: u32, lb: u32, target: f32, count: bool, strict: bool| -> Option<(u32, u32)> {
+        if !reaches(mass(list, 0, ALL, lv, lb, count), target, strict) {
             return None;
         }
-        let mut v = 0u32;
-        for bit in (0..32).rev() {
-            let c = v | (1 << bit);
-            if reaches(mass(c, ALL, lv, lb, count), target, strict) {
-                v = c;
+        let v = if count {
+            let mut v = 0u32;
+            for bit in (0..32).rev() {
+                let c = v | (1 << bit);
+                if reaches(mass(list, c, ALL, lv, lb, count), target, strict) {
+                    v = c;
+                }
             }
-        }
-        let (mut lo, mut hi) = (0u32, n as u32 - 1);
+            v
+        } else {
+            weighed_key(list, lv, lb, target, strict)
+        };
+        // Between v's first and last candidates.
+        let ids = || list.iter().filter(|&&(k, _, i)| k == v && within(k, i, lv, lb)).map(|t| t.2);
+        let (mut lo, mut hi) = (ids().min().unwrap_or(0), ids().max().unwrap_or(0));
         while lo < hi {
             let mid = lo + (hi - lo) / 2;
-            if reaches(mass(v, mid, lv, lb, count), target, strict) {
+            if reaches(mass(list, v, mid, lv, lb, count), target, strict) {
                 hi = mid;
             } else {
                 lo = mid + 1;
@@ -274,17 +325,23 @@ pub fn sample_pick(keys: &[u32], weights: &[f32], p: &SampleParams) -> u32 {
         }
         Some((v, lo))
     };
+    let keep = |list: &mut Vec<(u32, f32, u32)>, lv: u32, lb: u32| list.retain(|&(k, _, i)| within(k, i, lv, lb));
     let (top_k, top_p, r) = (o[2], f32::from_bits(o[3]), f32::from_bits(o[7]));
     let (mut lv, mut lb) = (0, ALL);
-    if top_k > 0 && (top_k as usize) < n {
-        (lv, lb) = shortest(lv, lb, top_k as f32, true, false).expect("n >= k candidates count k");
+    let top_k_on = top_k > 0 && (top_k as usize) < n;
+    if top_k_on {
+        (lv, lb) = shortest(&list, lv, lb, top_k as f32, true, false).expect("n >= k candidates count k");
+        keep(&mut list, lv, lb);
     }
     if top_p < 1.0 {
-        let total = mass(0, ALL, lv, lb, false);
-        (lv, lb) = shortest(lv, lb, top_p * total, false, false).unwrap_or((lv, lb));
+        let total = mass(&list, 0, ALL, lv, lb, false);
+        (lv, lb) = shortest(&list, lv, lb, top_p * total, false, false).unwrap_or((lv, lb));
+        if !top_k_on {
+            keep(&mut list, lv, lb);
+        }
     }
-    let kept = mass(0, ALL, lv, lb, false);
-    match shortest(lv, lb, r * kept, false, true) {
+    let kept = mass(&list, 0, ALL, lv, lb, false);
+    match shortest(&list, lv, lb, r * kept, false, true) {
         Some((_, b)) => b,
         None if lb != ALL => lb,
         None => id_of(keys.iter().copied().min().unwrap_or(0), true),

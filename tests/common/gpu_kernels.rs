@@ -383,7 +383,8 @@ pub async fn sample_kernel_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
             let seen = kernels::seen_bitmap(n, &history);
             let seen = ctx.storage_init("seen", &seen.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
             let (lb, st) = (upload(ctx, &logits), state(ctx, 0, 1, &[7]));
-            let (kb, wb) = (ctx.storage("keys", (n * 4) as u64).unwrap(), ctx.storage("weights", (n * 4) as u64).unwrap());
+            let (kbytes, wbytes) = kernels::sample_scratch_bytes(n);
+            let (kb, wb) = (ctx.storage("keys", kbytes).unwrap(), ctx.storage("weights", wbytes).unwrap());
             let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
             kernels::run(ctx, &pipes, &[d], 1);
             let got = download(ctx, &st, 3).await[2].to_bits();
@@ -415,7 +416,8 @@ pub async fn sample_kernel_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
         let p = SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, uniform: 0.5 };
         let opts = ctx.storage_init("opts", &twin::sample_opts(300, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         let (lb, st, seen) = (upload(ctx, &logits), state(ctx, 0, 1, &[7]), ctx.storage("seen", 40).unwrap());
-        let (kb, wb) = (ctx.storage("keys", 1200).unwrap(), ctx.storage("weights", 1200).unwrap());
+        let (kbytes, wbytes) = kernels::sample_scratch_bytes(300);
+        let (kb, wb) = (ctx.storage("keys", kbytes).unwrap(), ctx.storage("weights", wbytes).unwrap());
         let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
         kernels::run(ctx, &pipes, &[d], 1);
         assert_eq!(download(ctx, &st, 3).await[2].to_bits(), u32::MAX, "{bad}");

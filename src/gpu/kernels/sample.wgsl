@@ -5,12 +5,18 @@
 //
 // The CPU sorts the candidates by scaled logit, highest first, equal ones by id. Here each gets
 // a key: its scaled logit's bits mapped so that unsigned order is f32::total_cmp's. A prefix of
-// the sorted order is then "keys above v, and keys equal to v with ids up to b", a pair (v, b)
-// found by bisection over the counts or probability weights of such prefixes (32 steps over v,
-// then log2(n) over b among v's ties): top-k is the shortest prefix counting k, top-p the
-// shortest whose weight reaches top_p of the kept weight, the pick the shortest whose weight
-// exceeds r times it (its last candidate). No sort and no candidate list: each step is one
-// strided sweep over the vocabulary and a tree reduction. One workgroup of 256.
+// the sorted order is then "keys above v, and keys equal to v with ids up to b", a pair (v, b).
+// Top-k's is found by radix selection (the k-th highest key: four sweeps, each a 256-bucket
+// histogram of the next 8 bits among the keys that share the bits found so far; counts are
+// exact, so this is a bisection's answer), top-p's and the pick's by the same radix walk over
+// the probability weights of such prefixes (weighed_key: 3 bits a round from 8 buckets' weight
+// sums; then log2(n) bisection steps over b among v's ties, rarely needed): top-k is the
+// shortest prefix counting k, top-p the shortest whose weight reaches top_p of the kept weight,
+// the pick the shortest whose weight exceeds r times it (its last candidate).
+// After the first of top-k and top-p, the kept candidates are compacted in id order (keys,
+// ids, weights in the scratch buffers' second parts), and every later sweep runs over them
+// alone: top-k 40 leaves 40 of SmolLM2's 49152. No sort: each step is one strided sweep over
+// the candidates and a tree reduction. One workgroup of 256.
 // Twin: gpu::twin::sample (these sums in this order); generate::sample_with sums in sorted order.
 
 struct Opts {
@@ -41,7 +47,8 @@ struct State {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 // Bit i: id i is in the history the penalty applies to.
 @group(0) @binding(2) var<storage, read> seen: array<u32>;
-// Scratch, [n] each: the candidates' keys and weights exp(z - max).
+// Scratch (kernels::sample_scratch_words): keys [3n] = every candidate's key, then the kept
+// ones' keys, then their ids; weights [2n] = every candidate's exp(z - max), then the kept ones'.
 @group(0) @binding(3) var<storage, read_write> keys: array<u32>;
 @group(0) @binding(4) var<storage, read_write> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> state: State;
@@ -50,6 +57,40 @@ const WG: u32 = 256u;
 const ALL: u32 = 0xffffffffu;
 var<workgroup> red_f: array<f32, 256>;
 var<workgroup> red_u: array<u32, 256>;
+var<workgroup> hist: array<atomic<u32>, 256>;
+// Radix selection's (bits found, count still needed), written by lane 0.
+var<workgroup> found: vec2<u32>;
+// weighed_key's: 8 buckets' lane sums, [bucket][lane]; the weight above the bucket found.
+var<workgroup> buckets: array<f32, 2048>;
+var<workgroup> found_above: f32;
+// Bit d: bucket d holds a candidate (this round).
+var<workgroup> nonempty: atomic<u32>;
+
+// The candidates the sweeps run over (the same in every lane): all n, ids implicit, until the
+// first narrowing compacts the kept ones.
+var<private> m: u32;
+var<private> compacted: bool;
+
+fn key_at(j: u32) -> u32 {
+    if (compacted) {
+        return keys[o.n + j];
+    }
+    return keys[j];
+}
+
+fn id_at(j: u32) -> u32 {
+    if (compacted) {
+        return keys[2u * o.n + j];
+    }
+    return j;
+}
+
+fn weight_at(j: u32) -> f32 {
+    if (compacted) {
+        return weights[o.n + j];
+    }
+    return weights[j];
+}
 
 // Unsigned order of keys = f32::total_cmp order of values (-0 below +0).
 fn key_of(z: f32) -> u32 {
@@ -103,10 +144,11 @@ fn reduce_u(lid: u32, x: u32, take_max: bool) -> u32 {
 // prefix (lv, lb).
 fn mass(lid: u32, v: u32, b: u32, lv: u32, lb: u32, count: bool) -> f32 {
     var s = 0.0;
-    for (var i = lid; i < o.n; i += WG) {
-        let k = keys[i];
+    for (var j = lid; j < m; j += WG) {
+        let k = key_at(j);
+        let i = id_at(j);
         if (within(k, i, v, b) && within(k, i, lv, lb)) {
-            s += select(weights[i], 1.0, count);
+            s += select(weight_at(j), 1.0, count);
         }
     }
     return sum_all(lid, s);
@@ -125,27 +167,93 @@ struct Prefix {
 // The shortest prefix, within the kept prefix (lv, lb), whose weight (count) reaches `goal`
 // (exceeds it, with `strict`); not found when all the kept candidates do not. Sums over
 // candidates >= 0 in a fixed order grow with the set (rounding is monotonic), so bisection holds.
-fn shortest(lid: u32, lv: u32, lb: u32, goal: f32, count: bool, strict: bool) -> Prefix {
-    if (!reaches(mass(lid, 0u, ALL, lv, lb, count), goal, strict)) {
+fn shortest(lid: u32, lv: u32, lb: u32, goal: f32, strict: bool) -> Prefix {
+    if (!reaches(mass(lid, 0u, ALL, lv, lb, false), goal, strict)) {
         return Prefix(lv, lb, false);
     }
-    // The largest v whose prefix "keys >= v" reaches it, bit by bit from the top.
-    var v = 0u;
-    for (var bit = 32u; bit > 0u; bit--) {
-        let c = v | (1u << (bit - 1u));
-        if (reaches(mass(lid, c, ALL, lv, lb, count), goal, strict)) {
-            v = c;
+    return ties(lid, weighed_key(lid, lv, lb, goal, strict), lv, lb, goal, false, strict);
+}
+
+// The largest v whose prefix "keys >= v" (within the kept prefix) weighs enough, found 3 bits a
+// round from the top (11 rounds; the bisection took 32): each lane sums its candidates' weights
+// into 8 buckets by the next 3 bits of their keys (among the keys that share the bits found so
+// far), the buckets' lane sums are added in a tree, and lane 0 adds the buckets from the top
+// to what lies above them until the sum reaches the goal: that bucket's bits are found, and
+// what lay above it is carried to the next round. Sums of weights >= 0 in a fixed order grow
+// with the set, so the bucket is the bisection's (up to the rounding of these sums).
+fn weighed_key(lid: u32, lv: u32, lb: u32, goal: f32, strict: bool) -> u32 {
+    var prefix = 0u;
+    var above = 0.0;
+    for (var round = 0u; round < 11u; round++) {
+        let shift = 30u - 3u * round;
+        var acc: array<f32, 8>;
+        var seen_here = 0u;
+        for (var j = lid; j < m; j += WG) {
+            let k = key_at(j);
+            // Round 0 takes every key (a shift by 33 is not WGSL).
+            if (within(k, id_at(j), lv, lb) && (round == 0u || (k >> (shift + 3u)) == (prefix >> (shift + 3u)))) {
+                let d = (k >> shift) & 7u;
+                acc[d] += weight_at(j);
+                seen_here |= 1u << d;
+            }
         }
+        atomicOr(&nonempty, seen_here);
+        for (var d = 0u; d < 8u; d++) {
+            buckets[d * WG + lid] = acc[d];
+        }
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s /= 2u) {
+            if (lid < s) {
+                for (var d = 0u; d < 8u; d++) {
+                    buckets[d * WG + lid] += buckets[d * WG + lid + s];
+                }
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            // The highest bucket whose sum with those above reaches the goal; where rounding
+            // (these sums are not the last round's) leaves none, the lowest holding a
+            // candidate, so that v is always a candidate's key.
+            let held = atomicLoad(&nonempty);
+            atomicStore(&nonempty, 0u);
+            var sum = above;
+            var pick = 8u;
+            var pick_above = above;
+            for (var d = 7i; d >= 0; d--) {
+                if (((held >> u32(d)) & 1u) == 0u) {
+                    continue;
+                }
+                let next = sum + buckets[u32(d) * WG];
+                pick = u32(d);
+                pick_above = sum;
+                if (reaches(next, goal, strict)) {
+                    break;
+                }
+                sum = next;
+            }
+            found = vec2<u32>(prefix | (pick << shift), 0u);
+            found_above = pick_above;
+        }
+        prefix = workgroupUniformLoad(&found).x;
+        above = workgroupUniformLoad(&found_above);
+        // Lane 0 writes them and every lane the buckets only after all have read.
+        workgroupBarrier();
     }
-    // The keys above v fall short: add v's candidates in id order, the fewest that reach it.
-    // The answer b is the id of the last one added: v's only candidate, usually (one sweep
-    // instead of log2(n)).
+    return prefix;
+}
+
+// The keys above v fall short of `goal` and the keys from v on reach it: add v's candidates in
+// id order, the fewest that reach it. The answer b is the id of the last one added: v's only
+// candidate, usually (one sweep instead of log2(n)).
+fn ties(lid: u32, v: u32, lv: u32, lb: u32, goal: f32, count: bool, strict: bool) -> Prefix {
     let only = only_id(lid, v, lv, lb);
     if (only != ALL) {
         return Prefix(v, only, true);
     }
-    var lo = 0u;
-    var hi = o.n - 1u;
+    // Between v's first and last candidates (where the sums' rounding leaves none reaching it,
+    // the last: b is always a candidate of v).
+    var lo = id_of(lid, v, lv, lb, false);
+    var hi = id_of(lid, v, lv, lb, true);
     while (lo < hi) {
         let mid = lo + (hi - lo) / 2u;
         if (reaches(mass(lid, v, mid, lv, lb, count), goal, strict)) {
@@ -162,8 +270,9 @@ fn shortest(lid: u32, lv: u32, lb: u32, goal: f32, count: bool, strict: bool) ->
 fn only_id(lid: u32, v: u32, lv: u32, lb: u32) -> u32 {
     var count = 0.0;
     var first = ALL;
-    for (var i = lid; i < o.n; i += WG) {
-        if (keys[i] == v && within(v, i, lv, lb)) {
+    for (var j = lid; j < m; j += WG) {
+        let i = id_at(j);
+        if (key_at(j) == v && within(v, i, lv, lb)) {
             count += 1.0;
             first = min(first, i);
         }
@@ -176,16 +285,101 @@ fn only_id(lid: u32, v: u32, lv: u32, lb: u32) -> u32 {
 // The lowest (with `last`: highest) id of key v within the kept prefix (lv, lb).
 fn id_of(lid: u32, v: u32, lv: u32, lb: u32, last: bool) -> u32 {
     var best = select(ALL, 0u, last);
-    for (var i = lid; i < o.n; i += WG) {
-        if (keys[i] == v && within(v, i, lv, lb)) {
+    for (var j = lid; j < m; j += WG) {
+        let i = id_at(j);
+        if (key_at(j) == v && within(v, i, lv, lb)) {
             best = select(min(best, i), max(best, i), last);
         }
     }
     return reduce_u(lid, best, last);
 }
 
+// The k-th highest key among the candidates (k >= 1, counting equal keys each): the largest v
+// with k keys >= v, which the bisection over counts would find. Radix selection from the top
+// byte: a histogram of the next 8 bits of the keys that share the bits found so far, then lane
+// 0 walks it down from 255 to the bucket where the count reaches what is still needed.
+fn kth_key(lid: u32, k: u32) -> u32 {
+    var prefix = 0u;
+    var need = k;
+    for (var round = 0u; round < 4u; round++) {
+        let shift = 24u - 8u * round;
+        atomicStore(&hist[lid], 0u);
+        workgroupBarrier();
+        for (var j = lid; j < m; j += WG) {
+            let key = key_at(j);
+            // Round 0 takes every key (a shift by 32 is not WGSL).
+            if (round == 0u || (key >> (shift + 8u)) == (prefix >> (shift + 8u))) {
+                atomicAdd(&hist[(key >> shift) & 255u], 1u);
+            }
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            var above = 0u;
+            var d = 255u;
+            loop {
+                let c = atomicLoad(&hist[d]);
+                if (above + c >= need || d == 0u) {
+                    break;
+                }
+                above += c;
+                d -= 1u;
+            }
+            found = vec2<u32>(prefix | (d << shift), need - above);
+        }
+        let f = workgroupUniformLoad(&found);
+        // Lane 0 writes `found` and every lane clears `hist` only after all have read.
+        workgroupBarrier();
+        prefix = f.x;
+        need = f.y;
+    }
+    return prefix;
+}
+
+// Compact the candidates within the kept prefix (lv, lb) in id order into the scratch buffers'
+// second parts: each lane takes a contiguous run of the candidates, counts its kept ones, and
+// writes them from its offset (a scan of the counts). Afterwards the sweeps run over them.
+fn compact(lid: u32, lv: u32, lb: u32) {
+    let per = (m + WG - 1u) / WG;
+    let lo = min(lid * per, m);
+    let hi = min(lo + per, m);
+    var count = 0u;
+    for (var j = lo; j < hi; j++) {
+        count += u32(within(keys[j], j, lv, lb));
+    }
+    // Inclusive scan of the counts (Hillis-Steele).
+    red_u[lid] = count;
+    workgroupBarrier();
+    for (var s = 1u; s < WG; s *= 2u) {
+        var add = 0u;
+        if (lid >= s) {
+            add = red_u[lid - s];
+        }
+        workgroupBarrier();
+        red_u[lid] += add;
+        workgroupBarrier();
+    }
+    var at = red_u[lid] - count;
+    let total = workgroupUniformLoad(&red_u[WG - 1u]);
+    workgroupBarrier();
+    for (var j = lo; j < hi; j++) {
+        let k = keys[j];
+        if (within(k, j, lv, lb)) {
+            keys[o.n + at] = k;
+            keys[2u * o.n + at] = j;
+            weights[o.n + at] = weights[j];
+            at++;
+        }
+    }
+    // The writes seen by every lane before any reads them.
+    storageBarrier();
+    m = total;
+    compacted = true;
+}
+
 @compute @workgroup_size(256)
 fn main(@builtin(local_invocation_index) lid: u32) {
+    m = o.n;
+    compacted = false;
     var kmax = 0u;
     var bad = 0u;
     for (var i = lid; i < o.n; i += WG) {
@@ -218,19 +412,25 @@ fn main(@builtin(local_invocation_index) lid: u32) {
         // The kept prefix: everything, then top-k's, then top-p's.
         var lv = 0u;
         var lb = ALL;
-        if (o.top_k > 0u && o.top_k < o.n) {
-            let p = shortest(lid, lv, lb, f32(o.top_k), true, false);
+        // (A uniform local: `compacted`, a private variable, may not steer barriers.)
+        let top_k_on = o.top_k > 0u && o.top_k < o.n;
+        if (top_k_on) {
+            let p = ties(lid, kth_key(lid, o.top_k), lv, lb, f32(o.top_k), true, false);
             lv = p.v;
             lb = p.b;
+            compact(lid, lv, lb);
         }
         if (o.top_p < 1.0) {
             let total = mass(lid, 0u, ALL, lv, lb, false);
-            let p = shortest(lid, lv, lb, o.top_p * total, false, false);
+            let p = shortest(lid, lv, lb, o.top_p * total, false);
             lv = p.v;
             lb = p.b;
+            if (!top_k_on) {
+                compact(lid, lv, lb);
+            }
         }
         let kept = mass(lid, 0u, ALL, lv, lb, false);
-        let p = shortest(lid, lv, lb, o.r * kept, false, true);
+        let p = shortest(lid, lv, lb, o.r * kept, true);
         if (p.found) {
             token = p.b;
         } else if (lb != ALL) {
