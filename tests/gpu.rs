@@ -752,6 +752,45 @@ fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
     }
 }
 
+/// A load's tuning of `gemv_rows.wgsl` (`gpu::probe::tune_rows`, which `auto` and `webgpu` run
+/// on a GPU): every distinct shape timed once, fastest first; the GEMV under a shape set on the
+/// context matches its twin; and an engine tuned so (on this software adapter when asked,
+/// `probe_software`) says what it chose and gives the CPU engine's tokens.
+#[test]
+fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens() {
+    use std::collections::BTreeSet;
+    let Some(ctx) = gpu() else { return };
+    fn now() -> f64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+    // int4 rows of 576: 18 chunks of 16 bytes, so 1, 2, 4, 8 chunks a lane give 32, 16, 8, 4 lanes.
+    let tuning = block_on(edge_llm::gpu::probe::tune_rows(&ctx, 256, 576, now)).unwrap();
+    eprintln!("{}", tuning.says());
+    let timed: BTreeSet<(u32, u32)> = tuning.timings.iter().map(|t| t.1).collect();
+    let want: BTreeSet<(u32, u32)> = [32, 16, 8, 4].into_iter().flat_map(|l| edge_llm::gpu::ROWS_KERNEL_ROWS.map(|r| (l, r))).collect();
+    assert_eq!((timed, tuning.timings.len()), (want, 12), "{tuning:?}");
+    assert!(tuning.timings.iter().all(|t| t.2.is_finite() && t.2 > 0.0), "{tuning:?}");
+    assert!(tuning.timings.windows(2).all(|w| w[0].2 <= w[1].2), "fastest first: {tuning:?}");
+    assert_eq!(tuning.best(), tuning.timings[0].0);
+    // The slowest, so that it is not the context's default.
+    ctx.set_rows_shape(tuning.timings[11].0);
+    assert_eq!(ctx.rows_shape(), tuning.timings[11].0);
+    block_on(gpu_kernels::gemv_matches_twin(&ctx, &mut Rng(11), &gpu_kernels::rows_kernel_shapes()));
+    let tok = tiny::tokenizer_json();
+    let (onnx, _, _) = tiny_int4_files(true);
+    let open = |backend, probe_software| {
+        let options = EngineOptions { backend, gpu: GpuOptions { probe_software, ..Default::default() }, ..cpu_engine_options() };
+        Engine::open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &options).unwrap()
+    };
+    let (cpu, gpu) = (open(BackendKind::Wasm, false), open(BackendKind::Webgpu, true));
+    let info = gpu.backend_info();
+    assert_eq!(info.name, "webgpu");
+    assert!(info.reason.as_deref().is_some_and(|r| r.contains("as asked") && r.contains("decode GEMV tuned to")), "{info:?}");
+    let (want, got) = (two_turns(&cpu), two_turns(&gpu));
+    assert_eq!((&got.0, &got.1), (&want.0, &want.1), "tuned GPU vs CPU engine");
+}
+
 /// `auto`'s probe, on this software adapter when asked to (`probe_software`): it times the
 /// GPU and the CPU, keeps the faster (the CPU here, by far) and says both estimates; the
 /// probe's step size is the bytes a step reads.
@@ -766,6 +805,8 @@ fn auto_probes_the_adapter_and_keeps_the_faster_engine() {
     eprintln!("auto: {info:?}");
     let reason = info.reason.clone().unwrap_or_default();
     assert!(reason.contains("timed a decode step at") && reason.contains("on one CPU thread"), "{info:?}");
+    // The GEMV's shape tuned before the probe times it.
+    assert!(reason.contains("decode GEMV tuned to"), "{info:?}");
     let ms = |before: &str| reason.split(before).nth(1).and_then(|r| r.trim_start().split(' ').next()).and_then(|v| v.parse::<f64>().ok()).unwrap();
     let (gpu_ms, cpu_ms) = (ms("decode step at"), ms("ms on the GPU against"));
     assert!(gpu_ms > 0.0 && cpu_ms > 0.0, "{reason}");

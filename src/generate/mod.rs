@@ -520,7 +520,8 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             GpuBackend::supports(cfg, graph)?;
             let ctx = GpuContext::with_options(&options.gpu).await?;
             GpuBackend::fits(cfg, graph, ctx.limits())?;
-            Ok((Some(ctx), None))
+            let tuned = tune_gemv(&ctx, cfg, &options.gpu).await?;
+            Ok((Some(ctx), tuned.map(|t| format!("the GPU, as asked: {t}"))))
         }
         BackendKind::Auto => {
             if let Err(e) = GpuBackend::supports(cfg, graph) {
@@ -531,14 +532,35 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
                 Err(why) => return Ok((None, Some(format!("the CPU: {why}")))),
             };
             let adapter = format!("adapter `{}`{}", ctx.adapter_info().name, if ctx.is_software() { " (a software rasterizer)" } else { "" });
+            // The GEMV's shape first, so the probe times the kernel the GPU would run.
+            let tuned = match tune_gemv(&ctx, cfg, &options.gpu).await {
+                Ok(t) => t.map(|t| format!("; {t}")).unwrap_or_default(),
+                Err(e) => return Ok((None, Some(format!("the CPU: tuning the GEMV on {adapter} failed ({e})")))),
+            };
             match probe(&ctx, cfg, graph).await {
-                Ok(Some(p)) if p.gpu_ms < p.cpu_ms => Ok((Some(ctx), Some(format!("the GPU: {adapter} {}", p.says())))),
-                Ok(Some(p)) => Ok((None, Some(format!("the CPU: {adapter} {}", p.says())))),
+                Ok(Some(p)) if p.gpu_ms < p.cpu_ms => Ok((Some(ctx), Some(format!("the GPU: {adapter} {}{tuned}", p.says())))),
+                Ok(Some(p)) => Ok((None, Some(format!("the CPU: {adapter} {}{tuned}", p.says())))),
                 Ok(None) => Ok((Some(ctx), Some(format!("the GPU: {adapter}, a model it runs (no clock to probe with)")))),
                 Err(e) => Ok((None, Some(format!("the CPU: the probe on {adapter} failed ({e})")))),
             }
         }
     }
+}
+
+/// On a GPU (or a software adapter with `probe_software`) and with the default GEMV choice:
+/// time `gemv_rows.wgsl`'s shapes on the model's feed-forward weight shape
+/// `[intermediate][hidden]` and keep the fastest for the weights the load then binds
+/// ([`crate::gpu::probe::tune_rows`]); says what it chose. `None`: not tuned (a CPU
+/// rasterizer, a kernel chosen in the options, or no clock).
+async fn tune_gemv(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
+    let now: Clock = default_clock;
+    if (ctx.is_software() && !options.probe_software) || options.gemv != crate::gpu::GemvKernel::Auto || (now() == 0.0 && now() == 0.0) {
+        return Ok(None);
+    }
+    let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
+    let tuning = crate::gpu::probe::tune_rows(ctx, n, k, now).await?;
+    ctx.set_rows_shape(tuning.best());
+    Ok(Some(tuning.says()))
 }
 
 /// `auto`'s estimate of a decode step on each backend, in milliseconds (see [`probe`]).

@@ -59,6 +59,14 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
             out.push(format!("  n={n:6} k={k:5} {name:17}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
         }
     }
+    // What a load's tuning (`auto` and `webgpu` on a GPU) would choose at SmolLM2's
+    // feed-forward shape, and every shape it timed (the GEMVs above use the untuned default).
+    {
+        let tuning = super::probe::tune_rows(ctx, 1536, 576, now).await?;
+        out.push(format!("load-time tuning: {}", tuning.says()));
+        let all: Vec<String> = tuning.timings.iter().map(|(_, (l, r), ms)| format!("rows:{l}x{r} {ms:.3}")).collect();
+        out.push(format!("  ms per GEMV, fastest first: {}", all.join(", ")));
+    }
     // The prefill's tiled GEMM over a 64-row chunk (each weight read once per 32 rows).
     const ROWS: usize = 64;
     out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup}:"));
@@ -85,12 +93,12 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         let seen: Vec<u8> = kernels::seen_bitmap(VOCAB, &[1, 50, 700]).iter().flat_map(|w| w.to_le_bytes()).collect();
         let (lb, seen) = (ctx.storage_init("logits", &kernels::f32_bytes(&logits))?, ctx.storage_init("seen", &seen)?);
         let (opts_k, opts_p) = (ctx.storage_init("opts", &opts_for(40, 0.95))?, ctx.storage_init("opts", &opts_for(0, 0.9))?);
-        let (keys_bytes, weights_bytes) = kernels::sample_scratch_bytes(VOCAB);
-        let (keys, weights, state, rb) = (ctx.storage("keys", keys_bytes)?, ctx.storage("weights", weights_bytes)?, ctx.storage("state", 12)?, ctx.readback("token", 4));
+        let (keys, weights, state, rb) = (ctx.storage("keys", 4 * VOCAB as u64)?, ctx.storage("weights", 4 * VOCAB as u64)?, ctx.storage("state", 12)?, ctx.readback("token", 4));
+        let kept_ids = ctx.storage("kept_ids", 4 * VOCAB as u64)?;
         let mut pipes = Pipelines::default();
         let argmax = kernels::argmax(ctx, &mut pipes, VOCAB, &lb, &state);
-        let sample_k = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts_k, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
-        let sample_p = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts_p, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state });
+        let sample_k = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts_k, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state, kept_ids: &kept_ids });
+        let sample_p = kernels::sample(ctx, &mut pipes, SampleBuffers { opts: &opts_p, logits: &lb, seen: &seen, keys: &keys, weights: &weights, state: &state, kept_ids: &kept_ids });
         out.push(format!("token pick over {VOCAB} logits (one submit, 4 bytes read back), {steps} passes after {warmup}:"));
         let picks = [
             ("argmax.wgsl", &argmax),
@@ -124,7 +132,7 @@ fn gemv_name(ctx: &GpuContext, choice: GemvKernel, n: usize, k: usize) -> String
     match choice {
         GemvKernel::Rows { .. } if spec.rows_kernel_fits() => choice.to_string(),
         GemvKernel::Auto if spec.rows_kernel_fits() => {
-            let (lanes, rows) = spec.rows_kernel_shape(ctx.is_software());
+            let (lanes, rows) = spec.rows_kernel_shape(ctx.rows_shape());
             format!("{} (auto)", GemvKernel::Rows { lanes, rows })
         }
         _ => "per-row".into(),
@@ -202,6 +210,13 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
+    // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
+    if options.gemv == GemvKernel::Auto && !ctx.is_software() {
+        let (n, k) = (cfg.intermediate_size, cfg.hidden_size.div_ceil(32) * 32);
+        let tuning = block_on(super::probe::tune_rows(&ctx, n, k, now))?;
+        ctx.set_rows_shape(tuning.best());
+        emit(&format!("load-time tuning for {name}: {}", tuning.says()));
+    }
     let t = Instant::now();
     let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;

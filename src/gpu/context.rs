@@ -85,6 +85,8 @@ pub struct GpuContext {
     lost: Arc<Mutex<Option<String>>>,
     /// Which decode GEMV runs the weights ([`super::GpuOptions::gemv`]).
     gemv: super::GemvKernel,
+    /// `gemv_rows.wgsl`'s shape under [`super::GemvKernel::Auto`] (a load may tune it).
+    rows_shape: Mutex<super::nbits::RowsShape>,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -139,7 +141,9 @@ impl GpuContext {
                 panic!("wgpu error: {e}");
             }
         }));
-        Ok(GpuContext { device, queue, limits, info: adapter.get_info(), counters: Counters::default(), staged: AtomicU64::new(0), lost, gemv: options.gemv })
+        let info = adapter.get_info();
+        let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
+        Ok(GpuContext { device, queue, limits, info, counters: Counters::default(), staged: AtomicU64::new(0), lost, gemv: options.gemv, rows_shape })
     }
 
     /// Why the device was lost, if it was: every later call on it fails.
@@ -185,6 +189,17 @@ impl GpuContext {
     /// Which decode GEMV runs the weights.
     pub fn gemv_kernel(&self) -> super::GemvKernel {
         self.gemv
+    }
+
+    /// `gemv_rows.wgsl`'s shape for the weights under [`super::GemvKernel::Auto`]: fixed on a
+    /// CPU rasterizer, on a GPU the default until [`GpuContext::set_rows_shape`] (a load's
+    /// tuning). Kernels bound before a change keep the shape they were bound with.
+    pub fn rows_shape(&self) -> super::nbits::RowsShape {
+        *self.rows_shape.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn set_rows_shape(&self, shape: super::nbits::RowsShape) {
+        *self.rows_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
     }
 
     pub fn counters(&self) -> GpuCounters {

@@ -444,13 +444,13 @@ impl GpuLlama {
         let sample_opts = ctx.storage("sample_opts", 32)?;
         let seen_host = kernels::seen_bitmap(vocab, &[]);
         let seen = ctx.storage("seen", (seen_host.len() * 4) as u64)?;
-        let (keys_bytes, weights_bytes) = kernels::sample_scratch_bytes(vocab);
-        let (keys, sample_weights) = (ctx.storage("sample_keys", keys_bytes)?, ctx.storage("sample_weights", weights_bytes)?);
-        let sb = kernels::SampleBuffers { opts: &sample_opts, logits: &logits, seen: &seen, keys: &keys, weights: &sample_weights, state: &state };
+        let (keys, sample_weights) = (ctx.storage("sample_keys", (vocab * 4) as u64)?, ctx.storage("sample_weights", (vocab * 4) as u64)?);
+        let kept_ids = ctx.storage("sample_kept_ids", (vocab * 4) as u64)?;
+        let sb = kernels::SampleBuffers { opts: &sample_opts, logits: &logits, seen: &seen, keys: &keys, weights: &sample_weights, state: &state, kept_ids: &kept_ids };
         let sample = kernels::sample(&ctx, &mut pipes, sb);
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([head_state, xn, xn_q, attn_q, act_q, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights]);
+        bufs.extend([head_state, xn, xn_q, attn_q, act_q, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
         let token_readback = ctx.readback("token", 4);
         Ok(GpuLlama {
             ctx,

@@ -278,17 +278,13 @@ pub struct SampleBuffers<'a> {
     pub keys: &'a wgpu::Buffer,
     pub weights: &'a wgpu::Buffer,
     pub state: &'a wgpu::Buffer,
-}
-
-/// Bytes of `sample.wgsl`'s scratch over `n` candidates, `(keys, weights)`: every candidate's
-/// key and weight, then the kept ones' keys, ids and weights after the first narrowing.
-pub fn sample_scratch_bytes(n: usize) -> (u64, u64) {
-    (3 * 4 * n as u64, 2 * 4 * n as u64)
+    /// Scratch, `[n]` u32: the kept candidates' ids.
+    pub kept_ids: &'a wgpu::Buffer,
 }
 
 /// Temperature, top-k, top-p and repetition penalty over the logits, in one workgroup.
 pub fn sample(ctx: &GpuContext, pipes: &mut Pipelines, b: SampleBuffers) -> Dispatch {
-    pipes.bind(ctx, Kernel::Sample, &[b.opts, b.logits, b.seen, b.keys, b.weights, b.state], Grid::Fixed([1, 1, 1]))
+    pipes.bind(ctx, Kernel::Sample, &[b.opts, b.logits, b.seen, b.keys, b.weights, b.state, b.kept_ids], Grid::Fixed([1, 1, 1]))
 }
 
 /// The bitmap of `history`'s ids below `n` (`n.div_ceil(32)` words) that `sample.wgsl`

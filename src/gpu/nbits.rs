@@ -15,8 +15,44 @@ use super::GemvKernel;
 use crate::quant::{Q4MinWeight, Q4Weight, Q8BlockWeight};
 use crate::{Error, Result};
 
-/// `gemv_rows.wgsl`'s rows per lane group on a CPU rasterizer ([`BlockSpec::rows_kernel_shape`]).
-const SOFTWARE_ROWS: u32 = 4;
+/// How `gemv_rows.wgsl` is shaped for a weight ([`BlockSpec::rows_kernel_shape`]): about
+/// `chunks_per_lane` 16-byte chunks of a row per lane (4 to 64 lanes), `rows` output rows per
+/// lane group. The engine's is [`RowsShape::SOFTWARE`] on a CPU rasterizer and on a GPU
+/// [`RowsShape::GPU`] until a load tunes it ([`super::probe::tune_rows`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowsShape {
+    pub chunks_per_lane: u32,
+    pub rows: u32,
+}
+
+impl RowsShape {
+    /// On a CPU rasterizer, which runs a workgroup's invocations as one thread's SIMD lanes: 4
+    /// lanes whatever the row (the fewest waste least on the reduction: llvmpipe, SmolLM2's
+    /// head 15 ms a call at 4 lanes, 19 at 8, 83 at 64) and 4 rows (the head 18.0 ms at 1 row,
+    /// 12.9 at 2, 9.7 at 4).
+    pub const SOFTWARE: RowsShape = RowsShape { chunks_per_lane: u32::MAX, rows: 4 };
+    /// On a GPU before tuning: about 4 chunks per lane (SmolLM2's int4 576-wide rows: 18
+    /// chunks, 8 lanes; a 4096-wide row: 128 chunks, 32 lanes), 2 rows per group (each x vector
+    /// loaded once for two rows: x is read from cache at 8 times the weights' bytes for int4).
+    /// A reasoned default, not yet measured on a GPU against the others (`bench-gpu` sweeps
+    /// them).
+    pub const GPU: RowsShape = RowsShape { chunks_per_lane: 4, rows: 2 };
+    /// What a load's tuning times: 1, 2, 4, 8 chunks per lane x 1, 2, 4 rows.
+    pub fn candidates() -> Vec<RowsShape> {
+        [1, 2, 4, 8].into_iter().flat_map(|c| super::ROWS_KERNEL_ROWS.map(|rows| RowsShape { chunks_per_lane: c, rows })).collect()
+    }
+}
+
+impl std::fmt::Display for RowsShape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == RowsShape::SOFTWARE {
+            write!(f, "4 lanes x {} rows", self.rows)
+        } else {
+            let s = if self.chunks_per_lane == 1 { "" } else { "s" };
+            write!(f, "{} chunk{s} a lane x {} rows", self.chunks_per_lane, self.rows)
+        }
+    }
+}
 
 /// How a block's zero point is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,20 +164,11 @@ impl BlockSpec {
         self.k % self.block_size == 0 && self.k % 4 == 0 && self.row_bytes(Field::Data) % 16 == 0
     }
 
-    /// `gemv_rows.wgsl`'s lanes per group and rows per group by default. On a GPU about 4
-    /// chunks of 16 bytes per lane, 4 to 64 lanes (SmolLM2's int4 576-wide rows: 18 chunks, 8
-    /// lanes; a 4096-wide row: 128 chunks, 32 lanes), 2 rows per group (each x vector loaded
-    /// once for two rows: x is read from cache at 8 times the weights' bytes for int4; not yet
-    /// measured on a GPU against 1 and 4, `bench-gpu` sweeps them). On a CPU rasterizer
-    /// (`software`), which runs a workgroup's invocations as one thread's SIMD lanes, 4 lanes
-    /// (the fewest waste least on the reduction: llvmpipe, SmolLM2's head 15 ms a call at 4
-    /// lanes, 19 at 8, 83 at 64) and 4 rows (the head 18.0 ms at 1 row, 12.9 at 2, 9.7 at 4).
-    pub fn rows_kernel_shape(&self, software: bool) -> (u32, u32) {
-        if software {
-            return (4, SOFTWARE_ROWS);
-        }
+    /// `gemv_rows.wgsl`'s lanes per group and rows per group for this weight under `shape`:
+    /// the row's 16-byte chunks over `shape.chunks_per_lane`, to a power of two in 4..=64.
+    pub fn rows_kernel_shape(&self, shape: RowsShape) -> (u32, u32) {
         let chunks = (self.row_bytes(Field::Data) / 16) as u32;
-        (chunks.div_ceil(4).next_power_of_two().clamp(4, 64), 2)
+        (chunks.div_ceil(shape.chunks_per_lane.max(1)).next_power_of_two().clamp(4, 64), shape.rows)
     }
 
     /// Bytes the weight takes on the GPU.
@@ -468,7 +495,7 @@ impl GpuNBits {
         let kind = self.spec.kind();
         let kernel = match choice {
             GemvKernel::Auto if self.spec.rows_kernel_fits() => {
-                let (lanes, rows) = self.spec.rows_kernel_shape(ctx.is_software());
+                let (lanes, rows) = self.spec.rows_kernel_shape(ctx.rows_shape());
                 Kernel::GemvRows(kind, lanes, rows)
             }
             GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes, rows),

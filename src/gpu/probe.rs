@@ -3,7 +3,7 @@
 
 use super::context::GpuContext;
 use super::kernels::{self, Dispatch, Pipelines};
-use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
+use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
 use super::GemvKernel;
 use crate::Result;
 
@@ -98,4 +98,65 @@ pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     let t2 = now();
     let gemv_ms = ((t2 - t1) - (t1 - t0)).max(0.0) / (PROBE_REPS - 1) as f64;
     Ok(GpuProbe { latency_ms: ((t1 - t0) - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
+}
+
+/// What [`tune_rows`] measured: each candidate [`RowsShape`] with the `gemv_rows.wgsl` shape it
+/// gives the timed weight (lanes, rows) and its milliseconds per GEMV, fastest first.
+#[derive(Debug, Clone)]
+pub struct RowsTuning {
+    pub n: usize,
+    pub k: usize,
+    pub timings: Vec<(RowsShape, (u32, u32), f64)>,
+}
+
+impl RowsTuning {
+    /// The fastest candidate.
+    pub fn best(&self) -> RowsShape {
+        self.timings[0].0
+    }
+
+    pub fn says(&self) -> String {
+        let (shape, (lanes, rows), ms) = self.timings[0];
+        let slowest = self.timings.last().map_or(ms, |t| t.2);
+        format!(
+            "decode GEMV tuned to {shape} (rows:{lanes}x{rows} at [{}][{}]: {:.3} ms, the slowest of {} shapes {:.3} ms)",
+            self.n,
+            self.k,
+            ms,
+            self.timings.len(),
+            slowest
+        )
+    }
+}
+
+/// Time `gemv_rows.wgsl` at every [`RowsShape::candidates`] shape on an int4 `[n][k]` weight
+/// (block 32; `k` a multiple of 32, rows of whole 16-byte chunks) and order them by time: each
+/// after a warm-up submit (pipeline compilation), the best of three submits of
+/// [`PROBE_REPS`] GEMVs. Candidates giving this weight the same (lanes, rows) are timed once
+/// (the first stands for them). A load sets the context's shape to the fastest
+/// ([`GpuContext::set_rows_shape`]); on a GPU a few milliseconds plus up to 12 pipelines.
+pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<RowsTuning> {
+    let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
+    if !spec.rows_kernel_fits() {
+        return Err(crate::Error::Inference(format!("tune_rows: [{n}][{k}] int4 rows are not whole 16-byte chunks")));
+    }
+    let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::new();
+    for shape in RowsShape::candidates() {
+        let (lanes, rows) = spec.rows_kernel_shape(shape);
+        if timings.iter().any(|t| t.1 == (lanes, rows)) {
+            continue;
+        }
+        let bench = GemvBench::with_kernel(ctx, n, k, 1, 32, true, PROBE_REPS, GemvKernel::Rows { lanes, rows })?;
+        bench.run(ctx).await?;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t0 = now();
+            bench.run(ctx).await?;
+            best = best.min(now() - t0);
+        }
+        timings.push((shape, (lanes, rows), best / PROBE_REPS as f64));
+    }
+    // Stable: equal times keep the candidates' order.
+    timings.sort_by(|a, b| a.2.total_cmp(&b.2));
+    Ok(RowsTuning { n, k, timings })
 }

@@ -383,9 +383,9 @@ pub async fn sample_kernel_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
             let seen = kernels::seen_bitmap(n, &history);
             let seen = ctx.storage_init("seen", &seen.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
             let (lb, st) = (upload(ctx, &logits), state(ctx, 0, 1, &[7]));
-            let (kbytes, wbytes) = kernels::sample_scratch_bytes(n);
-            let (kb, wb) = (ctx.storage("keys", kbytes).unwrap(), ctx.storage("weights", wbytes).unwrap());
-            let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
+            let (kb, wb) = (ctx.storage("keys", (n * 4) as u64).unwrap(), ctx.storage("weights", (n * 4) as u64).unwrap());
+            let ids = ctx.storage("kept_ids", (n * 4) as u64).unwrap();
+            let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st, kept_ids: &ids });
             kernels::run(ctx, &pipes, &[d], 1);
             let got = download(ctx, &st, 3).await[2].to_bits();
             let what = format!("n={n} {p:?} history={history:?}");
@@ -416,9 +416,9 @@ pub async fn sample_kernel_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
         let p = SampleParams { temperature: 1.0, top_k: 0, top_p: 1.0, repetition_penalty: 1.0, uniform: 0.5 };
         let opts = ctx.storage_init("opts", &twin::sample_opts(300, &p).iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>()).unwrap();
         let (lb, st, seen) = (upload(ctx, &logits), state(ctx, 0, 1, &[7]), ctx.storage("seen", 40).unwrap());
-        let (kbytes, wbytes) = kernels::sample_scratch_bytes(300);
-        let (kb, wb) = (ctx.storage("keys", kbytes).unwrap(), ctx.storage("weights", wbytes).unwrap());
-        let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st });
+        let (kb, wb) = (ctx.storage("keys", 1200).unwrap(), ctx.storage("weights", 1200).unwrap());
+        let ids = ctx.storage("kept_ids", 1200).unwrap();
+        let d = kernels::sample(ctx, &mut pipes, kernels::SampleBuffers { opts: &opts, logits: &lb, seen: &seen, keys: &kb, weights: &wb, state: &st, kept_ids: &ids });
         kernels::run(ctx, &pipes, &[d], 1);
         assert_eq!(download(ctx, &st, 3).await[2].to_bits(), u32::MAX, "{bad}");
         assert_eq!(twin::sample(&logits, &[], &p), None);

@@ -13,10 +13,10 @@
 // sums; then log2(n) bisection steps over b among v's ties, rarely needed): top-k is the
 // shortest prefix counting k, top-p the shortest whose weight reaches top_p of the kept weight,
 // the pick the shortest whose weight exceeds r times it (its last candidate).
-// After the first of top-k and top-p, the kept candidates are compacted in id order (keys,
-// ids, weights in the scratch buffers' second parts), and every later sweep runs over them
-// alone: top-k 40 leaves 40 of SmolLM2's 49152. No sort: each step is one strided sweep over
-// the candidates and a tree reduction. One workgroup of 256.
+// After the first of top-k and top-p, the kept candidates' ids are compacted in order
+// (kept_ids), and every later sweep runs over them alone: top-k 40 leaves 40 of SmolLM2's
+// 49152. No sort: each step is one strided sweep over the candidates and a tree reduction.
+// One workgroup of 256.
 // Twin: gpu::twin::sample (these sums in this order); generate::sample_with sums in sorted order.
 
 struct Opts {
@@ -47,11 +47,12 @@ struct State {
 @group(0) @binding(1) var<storage, read> logits: array<f32>;
 // Bit i: id i is in the history the penalty applies to.
 @group(0) @binding(2) var<storage, read> seen: array<u32>;
-// Scratch (kernels::sample_scratch_words): keys [3n] = every candidate's key, then the kept
-// ones' keys, then their ids; weights [2n] = every candidate's exp(z - max), then the kept ones'.
+// Scratch, [n] each: every candidate's key and weight exp(z - max); after the first narrowing,
+// the kept candidates' ids in order (their keys and weights read through them).
 @group(0) @binding(3) var<storage, read_write> keys: array<u32>;
 @group(0) @binding(4) var<storage, read_write> weights: array<f32>;
 @group(0) @binding(5) var<storage, read_write> state: State;
+@group(0) @binding(6) var<storage, read_write> kept_ids: array<u32>;
 
 const WG: u32 = 256u;
 const ALL: u32 = 0xffffffffu;
@@ -71,25 +72,19 @@ var<workgroup> nonempty: atomic<u32>;
 var<private> m: u32;
 var<private> compacted: bool;
 
-fn key_at(j: u32) -> u32 {
-    if (compacted) {
-        return keys[o.n + j];
-    }
-    return keys[j];
-}
-
 fn id_at(j: u32) -> u32 {
     if (compacted) {
-        return keys[2u * o.n + j];
+        return kept_ids[j];
     }
     return j;
 }
 
+fn key_at(j: u32) -> u32 {
+    return keys[id_at(j)];
+}
+
 fn weight_at(j: u32) -> f32 {
-    if (compacted) {
-        return weights[o.n + j];
-    }
-    return weights[j];
+    return weights[id_at(j)];
 }
 
 // Unsigned order of keys = f32::total_cmp order of values (-0 below +0).
@@ -335,9 +330,9 @@ fn kth_key(lid: u32, k: u32) -> u32 {
     return prefix;
 }
 
-// Compact the candidates within the kept prefix (lv, lb) in id order into the scratch buffers'
-// second parts: each lane takes a contiguous run of the candidates, counts its kept ones, and
-// writes them from its offset (a scan of the counts). Afterwards the sweeps run over them.
+// Compact the ids of the candidates within the kept prefix (lv, lb), in order, into kept_ids:
+// each lane takes a contiguous run of the candidates, counts its kept ones, and writes them
+// from its offset (a scan of the counts). Afterwards the sweeps run over them.
 fn compact(lid: u32, lv: u32, lb: u32) {
     let per = (m + WG - 1u) / WG;
     let lo = min(lid * per, m);
@@ -362,11 +357,8 @@ fn compact(lid: u32, lv: u32, lb: u32) {
     let total = workgroupUniformLoad(&red_u[WG - 1u]);
     workgroupBarrier();
     for (var j = lo; j < hi; j++) {
-        let k = keys[j];
-        if (within(k, j, lv, lb)) {
-            keys[o.n + at] = k;
-            keys[2u * o.n + at] = j;
-            weights[o.n + at] = weights[j];
+        if (within(keys[j], j, lv, lb)) {
+            kept_ids[at] = j;
             at++;
         }
     }
