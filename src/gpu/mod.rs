@@ -78,8 +78,9 @@ pub struct GpuOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GemvKernel {
     /// `gemv_rows.wgsl` (several rows per workgroup, 16-byte loads) where a weight's rows are
-    /// whole 16-byte chunks, its lanes per row from the row's length
-    /// ([`nbits::BlockSpec::rows_kernel_lanes`]); `gemv_nbits.wgsl` for the other weights.
+    /// whole 16-byte chunks, its lanes and rows per lane group from the row's length and the
+    /// context's [`nbits::RowsShape`] (tuned at load on a GPU:
+    /// [`nbits::BlockSpec::rows_kernel_shape`]); `gemv_nbits.wgsl` for the other weights.
     #[default]
     Auto,
     /// `gemv_nbits.wgsl` for every weight: one 64-invocation workgroup per output row, 4-byte
