@@ -181,21 +181,23 @@ fn weighed_key(lid: u32, lv: u32, lb: u32, goal: f32, strict: bool) -> u32 {
     var above = 0.0;
     for (var round = 0u; round < 11u; round++) {
         let shift = 30u - 3u * round;
-        var acc: array<f32, 8>;
+        // Each lane sums into its own column of the buckets. (The first form, a private array
+        // indexed by the bucket and a signed countdown loop with `continue` below, gave wrong
+        // picks on SwiftShader, right ones on llvmpipe; which of the two was not isolated.)
+        for (var d = 0u; d < 8u; d++) {
+            buckets[d * WG + lid] = 0.0;
+        }
         var seen_here = 0u;
         for (var j = lid; j < m; j += WG) {
             let k = key_at(j);
             // Round 0 takes every key (a shift by 33 is not WGSL).
             if (within(k, id_at(j), lv, lb) && (round == 0u || (k >> (shift + 3u)) == (prefix >> (shift + 3u)))) {
                 let d = (k >> shift) & 7u;
-                acc[d] += weight_at(j);
+                buckets[d * WG + lid] += weight_at(j);
                 seen_here |= 1u << d;
             }
         }
         atomicOr(&nonempty, seen_here);
-        for (var d = 0u; d < 8u; d++) {
-            buckets[d * WG + lid] = acc[d];
-        }
         workgroupBarrier();
         for (var s = WG / 2u; s > 0u; s /= 2u) {
             if (lid < s) {
@@ -214,17 +216,17 @@ fn weighed_key(lid: u32, lv: u32, lb: u32, goal: f32, strict: bool) -> u32 {
             var sum = above;
             var pick = 8u;
             var pick_above = above;
-            for (var d = 7i; d >= 0; d--) {
-                if (((held >> u32(d)) & 1u) == 0u) {
-                    continue;
+            for (var e = 0u; e < 8u; e++) {
+                let d = 7u - e;
+                if (((held >> d) & 1u) != 0u) {
+                    let next = sum + buckets[d * WG];
+                    pick = d;
+                    pick_above = sum;
+                    if (reaches(next, goal, strict)) {
+                        break;
+                    }
+                    sum = next;
                 }
-                let next = sum + buckets[u32(d) * WG];
-                pick = u32(d);
-                pick_above = sum;
-                if (reaches(next, goal, strict)) {
-                    break;
-                }
-                sum = next;
             }
             found = vec2<u32>(prefix | (pick << shift), 0u);
             found_above = pick_above;
