@@ -547,6 +547,11 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
     }
 }
 
+/// Whether `now` is a clock that runs (wasm before `web/` installs one reads 0).
+fn ticks(now: Clock) -> bool {
+    !(now() == 0.0 && now() == 0.0)
+}
+
 /// On a GPU (or a software adapter with `probe_software`) and with the default GEMV choice:
 /// time `gemv_rows.wgsl`'s shapes on the model's feed-forward weight shape
 /// `[intermediate][hidden]` and keep the fastest for the weights the load then binds
@@ -554,7 +559,7 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
 /// rasterizer, a kernel chosen in the options, or no clock).
 async fn tune_gemv(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
     let now: Clock = default_clock;
-    if (ctx.is_software() && !options.probe_software) || options.gemv != crate::gpu::GemvKernel::Auto || (now() == 0.0 && now() == 0.0) {
+    if (ctx.is_software() && !options.probe_software) || options.gemv != crate::gpu::GemvKernel::Auto || !ticks(now) {
         return Ok(None);
     }
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
@@ -589,7 +594,7 @@ impl Probe {
 /// installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few submits).
 async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<Option<Probe>> {
     let now: Clock = default_clock;
-    if now() == 0.0 && now() == 0.0 {
+    if !ticks(now) {
         return Ok(None);
     }
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
