@@ -765,8 +765,15 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
         START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
     }
     // int4 rows of 576: 18 chunks of 16 bytes, so 1, 2, 4, 8 chunks a lane give 32, 16, 8, 4 lanes.
+    let before = ctx.counters();
+    let one = edge_llm::gpu::probe::GemvBench::new(&ctx, 256, 576, 32, true, 1).unwrap();
+    let one_bench = ctx.counters().since(&before).buffers;
+    drop(one);
+    let before = ctx.counters();
     let tuning = block_on(edge_llm::gpu::probe::tune_rows(&ctx, 256, 576, now)).unwrap();
     eprintln!("{}", tuning.says());
+    // Every shape timed over one uploaded weight: the buffers of one bench, not one set per shape.
+    assert_eq!(ctx.counters().since(&before).buffers, one_bench, "{tuning:?}");
     let timed: BTreeSet<(u32, u32)> = tuning.timings.iter().map(|t| t.1).collect();
     let want: BTreeSet<(u32, u32)> = [32, 16, 8, 4].into_iter().flat_map(|l| edge_llm::gpu::ROWS_KERNEL_ROWS.map(|r| (l, r))).collect();
     assert_eq!((timed, tuning.timings.len()), (want, 12), "{tuning:?}");

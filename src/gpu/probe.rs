@@ -6,20 +6,61 @@ use super::kernels::{self, Dispatch, Pipelines};
 use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
 use super::GemvKernel;
 use crate::Result;
+use std::sync::Arc;
 
 /// `reps` int4 GEMVs `y = W x` with `W` `[n][k]` (or GEMMs over `rows` rows of `x`: the
-/// prefill's tiled kernel) recorded into one command buffer.
+/// prefill's tiled kernel) recorded into one command buffer. Several benches can share one
+/// uploaded weight ([`GemvBench::per_kernel`]).
 pub struct GemvBench {
-    rows: usize,
+    ops: Arc<Operands>,
     pipes: Pipelines,
     dispatches: Vec<Dispatch>,
-    y: wgpu::Buffer,
-    readback: wgpu::Buffer,
-    _w: GpuNBits,
-    _x: (wgpu::Buffer, wgpu::Buffer),
     /// Bytes one GEMV reads: packed nibbles, scales, zero points and x.
     pub bytes_per_call: u64,
     pub reps: usize,
+}
+
+/// A bench's buffers: the deterministic weight, x, y, the GEMM's step state and y's readback.
+struct Operands {
+    n: usize,
+    k: usize,
+    rows: usize,
+    w: GpuNBits,
+    x: wgpu::Buffer,
+    y: wgpu::Buffer,
+    state: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    bytes_per_call: u64,
+}
+
+impl Operands {
+    fn upload(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool) -> Result<Arc<Self>> {
+        // Deterministic weights; their values do not change the time.
+        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false, bias: false };
+        let blocks = n * spec.blocks();
+        let q = BlockWeight {
+            spec,
+            data: (0..n * spec.row_bytes(Field::Data)).map(|i| (i * 2_654_435_761 >> 7) as u8).collect(),
+            scales: (0..blocks).map(|i| ((i * 7919) % 1000) as f32 / 1e5 + 1e-3).collect(),
+            zero_points: if symmetric { ZeroPoints::Middle } else { ZeroPoints::Int((0..blocks).map(|i| (i % 16) as u8).collect()) },
+            bias: Vec::new(),
+        };
+        let x: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 - 3.0).collect();
+        let w = GpuNBits::upload(ctx, "bench_w", &q)?;
+        let weight = |f: Field| (n * q.spec.row_bytes(f)) as u64;
+        Ok(Arc::new(Operands {
+            n,
+            k,
+            rows,
+            w,
+            x: ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?,
+            y: ctx.storage("bench_y", (rows * n * 4) as u64)?,
+            // The step state the GEMM reads its row count from: `{ pos: 0, rows }`.
+            state: ctx.storage_init("bench_state", &[0u32, rows as u32].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?,
+            readback: ctx.readback("bench_y", 4),
+            bytes_per_call: weight(Field::Data) + weight(Field::Scales) + weight(Field::ZeroPoints) + (rows * k * 4) as u64,
+        }))
+    }
 }
 
 impl GemvBench {
@@ -35,38 +76,43 @@ impl GemvBench {
     /// [`GemvBench::with_rows`] with the GEMV kernel `gemv` (one row).
     #[allow(clippy::too_many_arguments)]
     pub fn with_kernel(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize, gemv: GemvKernel) -> Result<Self> {
-        // Deterministic weights; their values do not change the time.
-        let spec = BlockSpec { n, k, bits: 4, block_size, zero_points: if symmetric { ZeroPointKind::Middle } else { ZeroPointKind::Int }, f16_params: false, bias: false };
-        let blocks = n * spec.blocks();
-        let q = BlockWeight {
-            spec,
-            data: (0..n * spec.row_bytes(Field::Data)).map(|i| (i * 2_654_435_761 >> 7) as u8).collect(),
-            scales: (0..blocks).map(|i| ((i * 7919) % 1000) as f32 / 1e5 + 1e-3).collect(),
-            zero_points: if symmetric { ZeroPoints::Middle } else { ZeroPoints::Int((0..blocks).map(|i| (i % 16) as u8).collect()) },
-            bias: Vec::new(),
-        };
-        let x: Vec<f32> = (0..rows * k).map(|i| (i % 7) as f32 - 3.0).collect();
-        let gw = GpuNBits::upload(ctx, "bench_w", &q)?;
-        let xb = ctx.storage_init("bench_x", &kernels::f32_bytes(&x))?;
-        let y = ctx.storage("bench_y", (rows * n * 4) as u64)?;
-        // The step state the GEMM reads its row count from: `{ pos: 0, rows }`.
-        let state = ctx.storage_init("bench_state", &[0u32, rows as u32].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?;
+        Ok(Self::over(ctx, Operands::upload(ctx, n, k, rows, block_size, symmetric)?, reps, gemv))
+    }
+
+    /// One GEMV bench (block 32, symmetric) of `reps` calls per kernel of `gemvs`, all over one
+    /// uploaded `[n][k]` weight.
+    pub fn per_kernel(ctx: &GpuContext, n: usize, k: usize, reps: usize, gemvs: &[GemvKernel]) -> Result<Vec<Self>> {
+        let ops = Operands::upload(ctx, n, k, 1, 32, true)?;
+        Ok(gemvs.iter().map(|&g| Self::over(ctx, ops.clone(), reps, g)).collect())
+    }
+
+    /// This bench's weight and buffers, `reps` calls of `gemv` (one row).
+    pub fn again(&self, ctx: &GpuContext, reps: usize, gemv: GemvKernel) -> Self {
+        Self::over(ctx, self.ops.clone(), reps, gemv)
+    }
+
+    fn over(ctx: &GpuContext, ops: Arc<Operands>, reps: usize, gemv: GemvKernel) -> Self {
         let mut pipes = Pipelines::default();
+        let o = &*ops;
         let dispatches =
-            (0..reps).flat_map(|_| if rows == 1 { gw.gemv_with(ctx, &mut pipes, gemv, &xb, &y) } else { gw.gemm(ctx, &mut pipes, &state, &xb, &y) }).collect();
-        let weight = |f: Field| (n * q.spec.row_bytes(f)) as u64;
-        let bytes_per_call = weight(Field::Data) + weight(Field::Scales) + weight(Field::ZeroPoints) + (rows * k * 4) as u64;
-        let readback = ctx.readback("bench_y", 4);
-        Ok(GemvBench { rows, pipes, dispatches, y, readback, _w: gw, _x: (xb, state), bytes_per_call, reps })
+            (0..reps).flat_map(|_| if o.rows == 1 { o.w.gemv_with(ctx, &mut pipes, gemv, &o.x, &o.y) } else { o.w.gemm(ctx, &mut pipes, &o.state, &o.x, &o.y) }).collect();
+        let bytes_per_call = o.bytes_per_call;
+        GemvBench { ops, pipes, dispatches, bytes_per_call, reps }
+    }
+
+    /// The weight's shape `(n, k)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.ops.n, self.ops.k)
     }
 
     /// Submit the `reps` GEMVs and wait until the GPU has finished them.
     pub async fn run(&self, ctx: &GpuContext) -> Result<()> {
+        let o = &*self.ops;
         let mut enc = ctx.encoder();
-        self.pipes.record(&mut enc, &self.dispatches, self.rows as u32);
-        enc.copy_buffer_to_buffer(&self.y, 0, &self.readback, 0, 4);
+        self.pipes.record(&mut enc, &self.dispatches, o.rows as u32);
+        enc.copy_buffer_to_buffer(&o.y, 0, &o.readback, 0, 4);
         ctx.submit(enc);
-        ctx.read(&self.readback, 4).await?;
+        ctx.read(&o.readback, 4).await?;
         Ok(())
     }
 }
@@ -88,7 +134,7 @@ const PROBE_REPS: usize = 8;
 /// difference per call, the latency what one submit costs beyond its GEMV.
 pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<GpuProbe> {
     let one = GemvBench::new(ctx, n, k, 32, true, 1)?;
-    let many = GemvBench::new(ctx, n, k, 32, true, PROBE_REPS)?;
+    let many = one.again(ctx, PROBE_REPS, ctx.gemv_kernel());
     one.run(ctx).await?;
     many.run(ctx).await?;
     let t0 = now();
@@ -133,20 +179,26 @@ impl RowsTuning {
 /// (block 32; `k` a multiple of 32, rows of whole 16-byte chunks) and order them by time: each
 /// after a warm-up submit (pipeline compilation), the best of three submits of
 /// [`PROBE_REPS`] GEMVs. Candidates giving this weight the same (lanes, rows) are timed once
-/// (the first stands for them). A load sets the context's shape to the fastest
+/// (the first stands for them), all over one uploaded weight. A load sets the context's shape to the fastest
 /// ([`GpuContext::set_rows_shape`]); on a GPU a few milliseconds plus up to 12 pipelines.
 pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<RowsTuning> {
     let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
     if !spec.rows_kernel_fits() {
         return Err(crate::Error::Inference(format!("tune_rows: [{n}][{k}] int4 rows are not whole 16-byte chunks")));
     }
-    let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::new();
+    // Each distinct (lanes, rows) once, the first candidate giving it standing for the others.
+    let mut shapes: Vec<(RowsShape, (u32, u32))> = Vec::new();
     for shape in RowsShape::candidates() {
-        let (lanes, rows) = spec.rows_kernel_shape(shape);
-        if timings.iter().any(|t| t.1 == (lanes, rows)) {
-            continue;
+        let lr = spec.rows_kernel_shape(shape);
+        if !shapes.iter().any(|s| s.1 == lr) {
+            shapes.push((shape, lr));
         }
-        let bench = GemvBench::with_kernel(ctx, n, k, 1, 32, true, PROBE_REPS, GemvKernel::Rows { lanes, rows })?;
+    }
+    let kernels: Vec<GemvKernel> = shapes.iter().map(|&(_, (lanes, rows))| GemvKernel::Rows { lanes, rows }).collect();
+    // One uploaded weight for all of them (an 8B model's feed-forward is ~30 MB).
+    let benches = GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels)?;
+    let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::with_capacity(shapes.len());
+    for (&(shape, lr), bench) in shapes.iter().zip(&benches) {
         bench.run(ctx).await?;
         let mut best = f64::INFINITY;
         for _ in 0..3 {
@@ -154,7 +206,7 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
             bench.run(ctx).await?;
             best = best.min(now() - t0);
         }
-        timings.push((shape, (lanes, rows), best / PROBE_REPS as f64));
+        timings.push((shape, lr, best / PROBE_REPS as f64));
     }
     // Stable: equal times keep the candidates' order.
     timings.sort_by(|a, b| a.2.total_cmp(&b.2));
