@@ -7,11 +7,12 @@
 #   scripts/gpu-device-bench.sh run       there, from the repository root with `.gl/` carried
 #                                         (the device tool: carry [".gl"]): unpacks them,
 #                                         points the loader at the NVIDIA driver's ICD, and runs
-#                                         `bench-gpu` three times over every GEMV kernel
-#                                         (each lanes x rows shape of gemv_rows), then
-#                                         the decode of synthetic SmolLM2-135M, Llama-3.2-1B and
-#                                         Llama-3.1-8B shapes (random int4 weights: no model
-#                                         file has to reach the machine), writing to $OUT.
+#                                         `bench-gpu`'s kernel sweep (every GEMV kernel: each
+#                                         lanes x rows shape of gemv_rows; every prefill kernel)
+#                                         and the tuned decode and prefill of synthetic
+#                                         SmolLM2-135M, Llama-3.2-1B and Llama-3.1-8B shapes
+#                                         (random int4 weights: no model file has to reach the
+#                                         machine), then repeats and comparisons, writing to $OUT.
 #
 # The NVIDIA driver there ships its Vulkan ICD (libGLX_nvidia needs libglvnd; with libvulkan1
 # alone the loader finds no driver). Nothing here runs in CI.
@@ -38,15 +39,21 @@ run)
     bin=./.gl/edge-llm-pack
     # Each run bounded, so one slow case cannot take the call's whole time.
     bench() { timeout "$1" "$bin" bench-gpu "${@:3}" > "$out/$2.txt" 2>&1 || echo "exit $?" >> "$out/$2.txt"; }
-    for i in 1 2 3; do
+    # What matters most first (a call cut short by the device's time keeps what ran): one
+    # kernel sweep (GEMV GB/s, each prefill kernel's GFLOP/s, the token pick), the engine's
+    # tuned decode and prefill on each model's shapes, then repeats and the comparisons.
+    bench 90 kernels-1 --warmup 10 --steps 50
+    for model in smollm2-135m llama-3.2-1b llama-3.1-8b; do
+        bench 120 "decode-$model-auto" --warmup 10 --steps 100 --synthetic "$model" --gemv auto
+    done
+    for i in 2 3; do
         bench 90 "kernels-$i" --warmup 10 --steps 50
     done
-    bench 60 kernels-per-row-tree --warmup 10 --steps 50 --no-subgroups --gemv per-row
+    bench 120 decode-smollm2-135m-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled
     for model in smollm2-135m llama-3.2-1b llama-3.1-8b; do
-        for gemv in auto per-row; do
-            bench 120 "decode-$model-$gemv" --warmup 10 --steps 100 --synthetic "$model" --gemv "$gemv"
-        done
+        bench 120 "decode-$model-per-row" --warmup 10 --steps 100 --synthetic "$model" --gemv per-row
     done
+    bench 60 kernels-per-row-tree --warmup 10 --steps 50 --no-subgroups --gemv per-row
     tail -n 8 "$out"/decode-*.txt
     grep -h "n= 32768" "$out"/kernels-*.txt || true
     ;;

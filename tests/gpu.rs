@@ -13,7 +13,7 @@ use edge_llm::gpu::context::block_on;
 use edge_llm::gpu::kernels::{self, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, ZeroPointKind};
 use edge_llm::gpu::twin;
-use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, QuantLlama};
+use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, PrefillKernel, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::backend::BackendKind;
@@ -68,14 +68,15 @@ fn block_matmul_kernels_match_twin() {
 }
 
 /// `gemv_rows.wgsl` at each lane count and rows per lane group it takes, every weight kind,
-/// on whole-block shapes (`block_matmul_kernels_match_twin` runs its default shape).
+/// on whole-block shapes (`block_matmul_kernels_match_twin` runs its default shape): as the
+/// decode GEMV and over a prefill's rows at each x row count per workgroup.
 #[test]
 fn gemv_rows_kernel_matches_twin_at_every_width() {
     let Some(_) = gpu() else { return };
     for lanes in edge_llm::gpu::ROWS_KERNEL_LANES {
         for rows in edge_llm::gpu::ROWS_KERNEL_ROWS {
             let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows { lanes, rows }, ..Default::default() })).unwrap();
-            block_on(gpu_kernels::gemv_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &gpu_kernels::rows_kernel_shapes()));
+            block_on(gpu_kernels::rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &gpu_kernels::rows_kernel_shapes()));
         }
     }
 }
@@ -175,17 +176,22 @@ fn weights_split_by_rows_give_the_unsplit_outputs() {
             assert!(ranges.len() > 1, "n={n} k={k} cap={cap}: not split");
             let want = twin::gemv_nbits(&w, &x);
             let what = format!("n={n} k={k} bs={bs} rows={rows} {kind:?} in {} parts", ranges.len());
-            for gemm in [false, true] {
+            // The GEMV, and the prefill by each kernel.
+            let products = std::iter::once(None).chain(PrefillKernel::candidates().into_iter().map(Some));
+            for gemm in products {
                 let mut outs = Vec::new();
                 for (ctx, w, pipes) in [(&full, &gw, &mut pipes), (&small, &sw, &mut small_pipes)] {
                     let (xb, st, yb) = (upload(ctx, &x), state(ctx, 0, rows, &[]), ctx.storage("y", (rows * n * 4) as u64).unwrap());
-                    let d = if gemm { w.gemm(ctx, pipes, &st, &xb, &yb) } else { w.gemv(ctx, pipes, &xb, &yb) };
+                    let d = match gemm {
+                        Some(kernel) => w.gemm_with(ctx, pipes, kernel, &st, &xb, &yb),
+                        None => w.gemv(ctx, pipes, &st, &xb, &yb),
+                    };
                     // One product per part, and one bias add per part after them.
                     assert_eq!(d.len(), w.parts.len() * (1 + usize::from(w.spec.bias)));
                     kernels::run(ctx, pipes, &d, rows as u32);
                     outs.push(download(ctx, &yb, rows * n));
                 }
-                let op = if gemm { "gemm_nbits" } else { "gemv_nbits" };
+                let op = gemm.map_or("gemv".to_string(), |k| format!("prefill {k}"));
                 let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
                 assert!(bits(&outs[0]) == bits(&outs[1]), "{op} {what}: split differs from unsplit");
                 let deq = w.dequantized();
@@ -793,9 +799,48 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
     let (cpu, gpu) = (open(BackendKind::Wasm, false), open(BackendKind::Webgpu, true));
     let info = gpu.backend_info();
     assert_eq!(info.name, "webgpu");
-    assert!(info.reason.as_deref().is_some_and(|r| r.contains("as asked") && r.contains("decode GEMV tuned to")), "{info:?}");
-    let (want, got) = (two_turns(&cpu), two_turns(&gpu));
+    assert!(info.reason.as_deref().is_some_and(|r| r.contains("as asked") && r.contains("decode GEMV tuned to") && r.contains("prefill tuned to")), "{info:?}");
+    let want = two_turns(&cpu);
+    let got = two_turns(&gpu);
     assert_eq!((&got.0, &got.1), (&want.0, &want.1), "tuned GPU vs CPU engine");
+    // Every prefill kernel chosen in the options gives the same tokens (a kernel asked for is
+    // not tuned away).
+    for prefill in PrefillKernel::candidates() {
+        let options = EngineOptions { backend: BackendKind::Webgpu, gpu: GpuOptions { probe_software: true, prefill, ..Default::default() }, ..cpu_engine_options() };
+        let gpu = Engine::open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &options).unwrap();
+        let reason = gpu.backend_info().reason.unwrap_or_default();
+        assert!(reason.contains("decode GEMV tuned to") && !reason.contains("prefill tuned"), "{prefill}: {reason}");
+        let got = two_turns(&gpu);
+        assert_eq!((&got.0, &got.1), (&want.0, &want.1), "prefill {prefill} vs CPU engine");
+    }
+}
+
+/// `tune_prefill` times every prefill kernel over one uploaded weight, fastest first, and sets
+/// nothing itself; a context told a kernel keeps it whatever is set for `auto`.
+#[test]
+fn prefill_tuning_times_every_kernel_over_one_weight() {
+    let Some(ctx) = gpu() else { return };
+    fn now() -> f64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+    }
+    let before = ctx.counters();
+    let chosen = ctx.prefill_kernel();
+    let tuning = block_on(edge_llm::gpu::probe::tune_prefill(&ctx, 96, 256, now)).unwrap();
+    eprintln!("{}", tuning.says());
+    let timed: Vec<PrefillKernel> = tuning.timings.iter().map(|t| t.0).collect();
+    assert_eq!(timed.len(), PrefillKernel::candidates().len(), "{tuning:?}");
+    assert!(PrefillKernel::candidates().iter().all(|k| timed.contains(k)), "{tuning:?}");
+    assert!(tuning.timings.iter().all(|t| t.1.is_finite() && t.1 > 0.0) && tuning.timings.windows(2).all(|w| w[0].1 <= w[1].1), "{tuning:?}");
+    assert_eq!(tuning.best(), tuning.timings[0].0);
+    assert_eq!(ctx.prefill_kernel(), chosen, "tuning alone changes nothing");
+    // One weight, x, y, state and readback (the weight: data, scales, zero points, bias, params).
+    assert_eq!(ctx.counters().since(&before).buffers, 9, "{tuning:?}");
+    ctx.set_prefill_kernel(PrefillKernel::Tiled);
+    assert_eq!(ctx.prefill_kernel(), PrefillKernel::Tiled);
+    let told = block_on(GpuContext::with_options(&GpuOptions { prefill: PrefillKernel::Rows { xrows: 2 }, ..Default::default() })).unwrap();
+    told.set_prefill_kernel(PrefillKernel::Tiled);
+    assert_eq!(told.prefill_kernel(), PrefillKernel::Rows { xrows: 2 });
 }
 
 /// `auto`'s probe, on this software adapter when asked to (`probe_software`): it times the

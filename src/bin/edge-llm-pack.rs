@@ -225,6 +225,11 @@ enum Cmd {
         /// and every `rows:NxR` on a hardware GPU.
         #[arg(long, value_delimiter = ',')]
         gemv: Vec<edge_llm::gpu::GemvKernel>,
+        /// The prefill kernel the model's prompt runs with: `auto` (the engine's choice, tuned
+        /// at load on a hardware GPU), `tiled` or `rows:X` (X rows of x per workgroup: 1, 2, 4).
+        /// The kernel sweep times every one.
+        #[arg(long, default_value = "auto")]
+        prefill: edge_llm::gpu::PrefillKernel,
         /// Also decode a model of these shapes with seeded random int4 weights (no file):
         /// smollm2-135m, llama-3.2-1b or llama-3.1-8b.
         #[arg(long, conflicts_with = "gguf")]
@@ -588,7 +593,7 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, synthetic } => bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, no_subgroups, &gemv)?,
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic } => bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, no_subgroups, &gemv, prefill)?,
     }
     Ok(())
 }
@@ -820,7 +825,16 @@ fn import_gguf(
 }
 
 /// `bench-gpu`: see `edge_llm::gpu::bench::report`.
-fn bench_gpu(gguf: Option<&std::path::Path>, synthetic: Option<&str>, warmup: usize, steps: usize, no_subgroups: bool, gemv: &[edge_llm::gpu::GemvKernel]) -> anyhow::Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn bench_gpu(
+    gguf: Option<&std::path::Path>,
+    synthetic: Option<&str>,
+    warmup: usize,
+    steps: usize,
+    no_subgroups: bool,
+    gemv: &[edge_llm::gpu::GemvKernel],
+    prefill: edge_llm::gpu::PrefillKernel,
+) -> anyhow::Result<()> {
     // The GGUF's weights, requantized to the int4 block-32 layout the GPU kernels read; or a
     // synthetic model's.
     let model = match (gguf, synthetic) {
@@ -834,7 +848,7 @@ fn bench_gpu(gguf: Option<&std::path::Path>, synthetic: Option<&str>, warmup: us
         }
         (None, None) => None,
     };
-    let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), ..Default::default() };
+    let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, ..Default::default() };
     edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options, gemv, &mut |line| println!("{line}"))?;
     Ok(())
 }

@@ -520,7 +520,7 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             GpuBackend::supports(cfg, graph)?;
             let ctx = GpuContext::with_options(&options.gpu).await?;
             GpuBackend::fits(cfg, graph, ctx.limits())?;
-            let tuned = tune_gemv(&ctx, cfg, &options.gpu).await?;
+            let tuned = tune_kernels(&ctx, cfg, &options.gpu).await?;
             Ok((Some(ctx), tuned.map(|t| format!("the GPU, as asked: {t}"))))
         }
         BackendKind::Auto => {
@@ -533,7 +533,7 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             };
             let adapter = format!("adapter `{}`{}", ctx.adapter_info().name, if ctx.is_software() { " (a software rasterizer)" } else { "" });
             // The GEMV's shape first, so the probe times the kernel the GPU would run.
-            let tuned = match tune_gemv(&ctx, cfg, &options.gpu).await {
+            let tuned = match tune_kernels(&ctx, cfg, &options.gpu).await {
                 Ok(t) => t.map(|t| format!("; {t}")).unwrap_or_default(),
                 Err(e) => return Ok((None, Some(format!("the CPU: tuning the GEMV on {adapter} failed ({e})")))),
             };
@@ -552,20 +552,30 @@ fn ticks(now: Clock) -> bool {
     !(now() == 0.0 && now() == 0.0)
 }
 
-/// On a GPU (or a software adapter with `probe_software`) and with the default GEMV choice:
-/// time `gemv_rows.wgsl`'s shapes on the model's feed-forward weight shape
+/// On a GPU (or a software adapter with `probe_software`), for each kernel left to the engine
+/// in the options: time `gemv_rows.wgsl`'s shapes on the model's feed-forward weight shape
 /// `[intermediate][hidden]` and keep the fastest for the weights the load then binds
-/// ([`crate::gpu::probe::tune_rows`]); says what it chose. `None`: not tuned (a CPU
-/// rasterizer, a kernel chosen in the options, or no clock).
-async fn tune_gemv(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
+/// ([`crate::gpu::probe::tune_rows`]), then the prefill's kernels over a chunk's rows at that
+/// shape ([`crate::gpu::probe::tune_prefill`]); says what it chose. `None`: not tuned (a CPU
+/// rasterizer, kernels chosen in the options, or no clock).
+async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
     let now: Clock = default_clock;
-    if (ctx.is_software() && !options.probe_software) || options.gemv != crate::gpu::GemvKernel::Auto || !ticks(now) {
+    if (ctx.is_software() && !options.probe_software) || !ticks(now) {
         return Ok(None);
     }
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
-    let tuning = crate::gpu::probe::tune_rows(ctx, n, k, now).await?;
-    ctx.set_rows_shape(tuning.best());
-    Ok(Some(tuning.says()))
+    let mut said = Vec::new();
+    if options.gemv == crate::gpu::GemvKernel::Auto {
+        let tuning = crate::gpu::probe::tune_rows(ctx, n, k, now).await?;
+        ctx.set_rows_shape(tuning.best());
+        said.push(tuning.says());
+    }
+    if options.prefill == crate::gpu::PrefillKernel::Auto {
+        let tuning = crate::gpu::probe::tune_prefill(ctx, n, k, now).await?;
+        ctx.set_prefill_kernel(tuning.best());
+        said.push(tuning.says());
+    }
+    Ok((!said.is_empty()).then(|| said.join("; ")))
 }
 
 /// `auto`'s estimate of a decode step on each backend, in milliseconds (see [`probe`]).

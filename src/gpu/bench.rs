@@ -6,7 +6,7 @@
 use super::context::GpuContext;
 use super::nbits::{BlockSpec, ZeroPointKind};
 pub use super::probe::GemvBench;
-use super::GemvKernel;
+use super::{GemvKernel, PrefillKernel};
 use crate::Result;
 
 /// The kernel benchmark, on every platform (in browsers through `benchGpuKernels`, timed with
@@ -67,17 +67,27 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         let all: Vec<String> = tuning.timings.iter().map(|(_, (l, r), ms)| format!("rows:{l}x{r} {ms:.3}")).collect();
         out.push(format!("  ms per GEMV, fastest first: {}", all.join(", ")));
     }
-    // The prefill's tiled GEMM over a 64-row chunk (each weight read once per 32 rows).
+    // The prefill's product over a 64-row chunk, by each kernel: the tiled GEMM (each weight
+    // read once per 32 rows) and gemv_rows.wgsl at 1, 2, 4 rows of x per workgroup.
     const ROWS: usize = 64;
-    out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup}:"));
+    out.push(format!("int4 GEMM (block 32, symmetric) over {ROWS} rows, {REPS} calls per submit, {steps} passes after {warmup} (engine's choice here: {}):", ctx.prefill_kernel()));
     // On a hardware GPU also a 7B-class 4096 x 4096 projection: SmolLM2's give a big GPU
     // a few dozen workgroups.
     let big: &[(usize, usize)] = if ctx.is_software() { &[] } else { &[(4096, 4096)] };
     for &(n, k) in [(576, 576), (1536, 576), (576, 1536)].iter().chain(big) {
-        let (ms, _) = timed(&GemvBench::with_kernel(ctx, n, k, ROWS, 32, true, REPS, GemvKernel::Auto)?).await?;
-        let (p50, p95, p99) = stats(ms);
-        let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
-        out.push(format!("  n={n:6} k={k:5}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
+        let kernels = PrefillKernel::candidates();
+        for (&kernel, b) in kernels.iter().zip(&GemvBench::per_prefill(ctx, n, k, ROWS, REPS, &kernels)?) {
+            let (ms, _) = timed(b).await?;
+            let (p50, p95, p99) = stats(ms);
+            let gflops = 2.0 * (ROWS * n * k) as f64 / (p50 * 1e-3) / 1e9;
+            let name = prefill_name(ctx, kernel, n, k);
+            out.push(format!("  n={n:6} k={k:5} {name:15}: ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gflops:.2} GFLOP/s (p50)"));
+        }
+    }
+    // What a load's tuning would choose for the prefill at SmolLM2's feed-forward shape.
+    {
+        let tuning = super::probe::tune_prefill(ctx, 1536, 576, now).await?;
+        out.push(format!("load-time tuning: {}", tuning.says()));
     }
     // The token pick over SmolLM2's 49152 logits (distinct values spread over [-5, 5), as a
     // model's): argmax, and sampling (temperature 0.8, repetition penalty 1.1, with top-k 40
@@ -123,6 +133,22 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         }
     }
     Ok(out)
+}
+
+/// The prefill kernel `choice` runs on an int4 block-32 `[n][k]` weight, by name: `tiled`, or
+/// `rows:LxRxX` (L lanes, R rows per lane group, X rows of x per workgroup).
+fn prefill_name(ctx: &GpuContext, choice: PrefillKernel, n: usize, k: usize) -> String {
+    match choice {
+        PrefillKernel::Rows { xrows } => {
+            let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
+            let (lanes, rows) = match ctx.gemv_kernel() {
+                GemvKernel::Rows { lanes, rows } => (lanes, rows),
+                _ => spec.rows_kernel_shape(ctx.rows_shape()),
+            };
+            format!("rows:{lanes}x{rows}x{xrows}")
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The kernel `choice` runs on an int4 block-32 `[n][k]` weight, by name: `rows:LxR` (L
@@ -217,6 +243,13 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         ctx.set_rows_shape(tuning.best());
         emit(&format!("load-time tuning for {name}: {}", tuning.says()));
     }
+    if options.prefill == PrefillKernel::Auto && !ctx.is_software() {
+        let (n, k) = (cfg.intermediate_size, cfg.hidden_size.div_ceil(32) * 32);
+        let tuning = block_on(super::probe::tune_prefill(&ctx, n, k, now))?;
+        ctx.set_prefill_kernel(tuning.best());
+        emit(&format!("load-time tuning for {name}: {}", tuning.says()));
+    }
+    emit(&format!("prefill kernel: {}", ctx.prefill_kernel()));
     let t = Instant::now();
     let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;

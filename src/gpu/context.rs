@@ -87,6 +87,10 @@ pub struct GpuContext {
     gemv: super::GemvKernel,
     /// `gemv_rows.wgsl`'s shape under [`super::GemvKernel::Auto`] (a load may tune it).
     rows_shape: Mutex<super::nbits::RowsShape>,
+    /// Which prefill kernel runs the weights ([`super::GpuOptions::prefill`]).
+    prefill: super::PrefillKernel,
+    /// The prefill kernel under [`super::PrefillKernel::Auto`] (a load may tune it).
+    prefill_auto: Mutex<super::PrefillKernel>,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -143,7 +147,20 @@ impl GpuContext {
         }));
         let info = adapter.get_info();
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
-        Ok(GpuContext { device, queue, limits, info, counters: Counters::default(), staged: AtomicU64::new(0), lost, gemv: options.gemv, rows_shape })
+        let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
+        Ok(GpuContext {
+            device,
+            queue,
+            limits,
+            info,
+            counters: Counters::default(),
+            staged: AtomicU64::new(0),
+            lost,
+            gemv: options.gemv,
+            rows_shape,
+            prefill: options.prefill,
+            prefill_auto,
+        })
     }
 
     /// Why the device was lost, if it was: every later call on it fails.
@@ -200,6 +217,24 @@ impl GpuContext {
 
     pub fn set_rows_shape(&self, shape: super::nbits::RowsShape) {
         *self.rows_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
+    }
+
+    /// Which prefill kernel runs the weights: the option, or under
+    /// [`super::PrefillKernel::Auto`] the context's choice (fixed on a CPU rasterizer, on a GPU
+    /// the default until [`GpuContext::set_prefill_kernel`], a load's tuning). Never `Auto`.
+    pub fn prefill_kernel(&self) -> super::PrefillKernel {
+        match self.prefill {
+            super::PrefillKernel::Auto => *self.prefill_auto.lock().unwrap_or_else(|e| e.into_inner()),
+            chosen => chosen,
+        }
+    }
+
+    /// Set the prefill kernel [`super::PrefillKernel::Auto`] stands for (a load's tuning; an
+    /// explicit option stays as asked). Kernels bound before keep theirs.
+    pub fn set_prefill_kernel(&self, kernel: super::PrefillKernel) {
+        if kernel != super::PrefillKernel::Auto {
+            *self.prefill_auto.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
+        }
     }
 
     pub fn counters(&self) -> GpuCounters {

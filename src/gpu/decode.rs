@@ -397,7 +397,7 @@ impl GpuLlama {
             let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q)?, round(&[&wd], inter, &act, &act_q)?);
             let mut linear = |w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
                 let x = if w.activations != Activations::Float { rounded } else { x };
-                Op::Linear { gemv: w.gemv(&ctx, &mut pipes, x, y), gemm: w.gemm(&ctx, &mut pipes, &state, x, y) }
+                Op::Linear { gemv: w.gemv(&ctx, &mut pipes, &state, x, y), gemm: w.gemm(&ctx, &mut pipes, &state, x, y) }
             };
             let (lq, lk, lv) = (linear(&wq, &xn, &xn_q, &q), linear(&wk, &xn, &xn_q, &k), linear(&wv, &xn, &xn_q, &v));
             let lo = linear(&wo, &attn, &attn_q, &tmp);
@@ -439,7 +439,7 @@ impl GpuLlama {
                 &xn_q
             }
         };
-        head.extend(head_weight.gemv(&ctx, &mut pipes, head_in, &logits));
+        head.extend(head_weight.gemv(&ctx, &mut pipes, &head_state, head_in, &logits));
         let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);
         let sample_opts = ctx.storage("sample_opts", 32)?;
         let seen_host = kernels::seen_bitmap(vocab, &[]);

@@ -31,7 +31,8 @@ pub enum Kernel {
     GemvNBitsSubgroups(NBitsKind),
     /// Lane groups of `.1` invocations computing `.2` output rows each, 16-byte reads (rows of
     /// whole 16-byte chunks).
-    GemvRows(NBitsKind, u32, u32),
+    /// Lanes per group, rows per group, x rows per workgroup.
+    GemvRows(NBitsKind, u32, u32, u32),
     GemmNBits(NBitsKind),
     EmbedNBits(NBitsKind),
     BiasNBits,
@@ -102,7 +103,9 @@ impl Kernel {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
-            Kernel::GemvRows(w, lanes, rows) => w.constants().into_iter().chain([("LANES", lanes as f64), ("ROWS", rows as f64)]).collect(),
+            Kernel::GemvRows(w, lanes, rows, xrows) => {
+                w.constants().into_iter().chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64)]).collect()
+            }
             _ => Vec::new(),
         }
     }

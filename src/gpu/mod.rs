@@ -72,6 +72,66 @@ pub struct GpuOptions {
     pub no_subgroups: bool,
     /// Which decode GEMV kernel runs the weights (tests and `bench-gpu` compare them).
     pub gemv: GemvKernel,
+    /// Which kernel runs the weights over a prefill chunk's rows.
+    pub prefill: PrefillKernel,
+}
+
+/// The prefill's product over a chunk's rows of x.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PrefillKernel {
+    /// The context's choice ([`context::GpuContext::prefill_kernel`]): measured on a CPU
+    /// rasterizer, tuned at load on a GPU.
+    #[default]
+    Auto,
+    /// `gemm_nbits.wgsl`: 32 x 32 output tiles, the weight dequantized into workgroup memory
+    /// once per 32 rows.
+    Tiled,
+    /// `gemv_rows.wgsl` over the rows, `xrows` (1, 2 or 4) per workgroup: each 16-byte chunk
+    /// of the weight loaded once into registers for them (the decode GEMV's lanes and rows per
+    /// group). Weights whose rows it cannot read take the tiled kernel.
+    Rows { xrows: u32 },
+}
+
+/// The x rows per workgroup `gemv_rows.wgsl` takes ([`PrefillKernel::Rows`]).
+pub const ROWS_KERNEL_XROWS: [u32; 3] = [1, 2, 4];
+
+impl PrefillKernel {
+    /// On a CPU rasterizer (measured on llvmpipe: README, "prefill kernel").
+    pub const SOFTWARE: PrefillKernel = PrefillKernel::Rows { xrows: 4 };
+    /// On a GPU before tuning.
+    pub const GPU: PrefillKernel = PrefillKernel::Rows { xrows: 4 };
+    /// What a load's tuning times: the tiled kernel and the rows kernel at each x row count.
+    pub fn candidates() -> Vec<PrefillKernel> {
+        std::iter::once(PrefillKernel::Tiled).chain(ROWS_KERNEL_XROWS.map(|xrows| PrefillKernel::Rows { xrows })).collect()
+    }
+}
+
+impl std::str::FromStr for PrefillKernel {
+    type Err = String;
+
+    /// `auto`, `tiled`, or `rows:X` (X x rows per workgroup in 1, 2, 4).
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(PrefillKernel::Auto),
+            "tiled" => Ok(PrefillKernel::Tiled),
+            _ => s
+                .strip_prefix("rows:")
+                .and_then(|x| x.parse().ok())
+                .filter(|x| ROWS_KERNEL_XROWS.contains(x))
+                .map(|xrows| PrefillKernel::Rows { xrows })
+                .ok_or_else(|| format!("`{s}`: expected auto, tiled or rows:X with X in {ROWS_KERNEL_XROWS:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for PrefillKernel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PrefillKernel::Auto => write!(f, "auto"),
+            PrefillKernel::Tiled => write!(f, "tiled"),
+            PrefillKernel::Rows { xrows } => write!(f, "rows:{xrows}"),
+        }
+    }
 }
 
 /// The decode GEMV's kernel.
@@ -189,5 +249,16 @@ mod tests {
         for bad in ["rows:3", "rows:16x3", "rows:", "rows", "fast"] {
             assert!(bad.parse::<GemvKernel>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn prefill_kernel_names_parse() {
+        for s in ["auto", "tiled", "rows:1", "rows:2", "rows:4"] {
+            assert_eq!(s.parse::<PrefillKernel>().unwrap().to_string(), s);
+        }
+        for bad in ["rows:3", "rows:8", "rows:", "rows", "gemm"] {
+            assert!(bad.parse::<PrefillKernel>().is_err(), "{bad}");
+        }
+        assert!(!PrefillKernel::candidates().contains(&PrefillKernel::Auto));
     }
 }

@@ -11,7 +11,7 @@ use std::ops::Range;
 
 use super::context::GpuContext;
 use super::kernels::{f32_bytes, grid, max_binding, Dispatch, Grid, Kernel, NBitsKind, Pipelines};
-use super::GemvKernel;
+use super::{GemvKernel, PrefillKernel};
 use crate::quant::{Q4MinWeight, Q4Weight, Q8BlockWeight};
 use crate::{Error, Result};
 
@@ -482,34 +482,43 @@ impl GpuNBits {
         Ok(g)
     }
 
-    /// `y[r] = W x[r]` for each of the step's rows (decode: one), weights read once per row:
-    /// one dispatch per part.
+    /// `y[r] = W x[r]` for each of the step's rows (decode: one; `state` holds the count),
+    /// weights read once per row: one dispatch per part.
     /// The kernel is `ctx`'s choice ([`GemvKernel`]): `gemv_rows.wgsl` where the rows allow it
     /// ([`BlockSpec::rows_kernel_fits`]), else `gemv_nbits.wgsl`.
-    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
-        self.gemv_with(ctx, pipes, ctx.gemv_kernel(), x, y)
+    pub fn gemv(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        self.gemv_with(ctx, pipes, ctx.gemv_kernel(), state, x, y)
     }
 
     /// [`GpuNBits::gemv`] with the kernel `choice` (the benchmark compares them).
-    pub fn gemv_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: GemvKernel, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+    pub fn gemv_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: GemvKernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
         let kind = self.spec.kind();
         let kernel = match choice {
             GemvKernel::Auto if self.spec.rows_kernel_fits() => {
                 let (lanes, rows) = self.spec.rows_kernel_shape(ctx.rows_shape());
-                Kernel::GemvRows(kind, lanes, rows)
+                Kernel::GemvRows(kind, lanes, rows, 1)
             }
-            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes, rows),
+            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes, rows, 1),
             _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
             _ => Kernel::GemvNBits(kind),
         };
-        let rows_per_group = match kernel {
-            Kernel::GemvRows(_, lanes, rows) => 64 / lanes * rows,
-            _ => 1,
+        self.bind_rows_kernel(ctx, pipes, kernel, state, x, y)
+    }
+
+    /// Bind `kernel` (a GEMV) over every part, a workgroup per group of output rows and of x
+    /// rows, and the bias after.
+    fn bind_rows_kernel(&self, ctx: &GpuContext, pipes: &mut Pipelines, kernel: Kernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        let (rows_per_group, xrows) = match kernel {
+            Kernel::GemvRows(_, lanes, rows, xrows) => (64 / lanes * rows, xrows),
+            _ => (1, 1),
         };
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let [gx, gy] = grid(ctx, (p.rows.len() as u32).div_ceil(rows_per_group));
-            let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: 1 };
-            pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid)
+            let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: xrows };
+            match kernel {
+                Kernel::GemvRows(..) => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid),
+                _ => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid),
+            }
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
         d.extend(self.add_bias(ctx, pipes, y));
@@ -525,8 +534,25 @@ impl GpuNBits {
         self.parts.iter().map(|p| bind(p, pipes)).collect()
     }
 
-    /// `y = x W^T` for the `state.rows` rows of `x` with the tiled GEMM (prefill).
+    /// `y = x W^T` for the `state.rows` rows of `x` (prefill) with `ctx`'s prefill kernel
+    /// ([`PrefillKernel`]).
     pub fn gemm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        self.gemm_with(ctx, pipes, ctx.prefill_kernel(), state, x, y)
+    }
+
+    /// [`GpuNBits::gemm`] with the kernel `choice`: the tiled GEMM, or `gemv_rows.wgsl` over
+    /// the rows where this weight's rows allow it (the decode GEMV's lanes and rows per group).
+    pub fn gemm_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: PrefillKernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        let choice = if choice == PrefillKernel::Auto { ctx.prefill_kernel() } else { choice };
+        if let PrefillKernel::Rows { xrows } = choice {
+            if self.spec.rows_kernel_fits() {
+                let (lanes, rows) = match ctx.gemv_kernel() {
+                    GemvKernel::Rows { lanes, rows } => (lanes, rows),
+                    _ => self.spec.rows_kernel_shape(ctx.rows_shape()),
+                };
+                return self.bind_rows_kernel(ctx, pipes, Kernel::GemvRows(self.spec.kind(), lanes, rows, xrows), state, x, y);
+            }
+        }
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
             pipes.bind(ctx, Kernel::GemmNBits(self.spec.kind()), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)

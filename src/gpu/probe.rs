@@ -4,7 +4,7 @@
 use super::context::GpuContext;
 use super::kernels::{self, Dispatch, Pipelines};
 use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
-use super::GemvKernel;
+use super::{GemvKernel, PrefillKernel};
 use crate::Result;
 use std::sync::Arc;
 
@@ -76,26 +76,39 @@ impl GemvBench {
     /// [`GemvBench::with_rows`] with the GEMV kernel `gemv` (one row).
     #[allow(clippy::too_many_arguments)]
     pub fn with_kernel(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize, gemv: GemvKernel) -> Result<Self> {
-        Ok(Self::over(ctx, Operands::upload(ctx, n, k, rows, block_size, symmetric)?, reps, gemv))
+        Ok(Self::over(ctx, Operands::upload(ctx, n, k, rows, block_size, symmetric)?, reps, gemv, PrefillKernel::Auto))
     }
 
     /// One GEMV bench (block 32, symmetric) of `reps` calls per kernel of `gemvs`, all over one
     /// uploaded `[n][k]` weight.
     pub fn per_kernel(ctx: &GpuContext, n: usize, k: usize, reps: usize, gemvs: &[GemvKernel]) -> Result<Vec<Self>> {
         let ops = Operands::upload(ctx, n, k, 1, 32, true)?;
-        Ok(gemvs.iter().map(|&g| Self::over(ctx, ops.clone(), reps, g)).collect())
+        Ok(gemvs.iter().map(|&g| Self::over(ctx, ops.clone(), reps, g, PrefillKernel::Auto)).collect())
+    }
+
+    /// One bench (block 32, symmetric) of `reps` products over `rows` rows of x per prefill
+    /// kernel of `prefills`, all over one uploaded `[n][k]` weight.
+    pub fn per_prefill(ctx: &GpuContext, n: usize, k: usize, rows: usize, reps: usize, prefills: &[PrefillKernel]) -> Result<Vec<Self>> {
+        let ops = Operands::upload(ctx, n, k, rows, 32, true)?;
+        Ok(prefills.iter().map(|&f| Self::over(ctx, ops.clone(), reps, ctx.gemv_kernel(), f)).collect())
     }
 
     /// This bench's weight and buffers, `reps` calls of `gemv` (one row).
     pub fn again(&self, ctx: &GpuContext, reps: usize, gemv: GemvKernel) -> Self {
-        Self::over(ctx, self.ops.clone(), reps, gemv)
+        Self::over(ctx, self.ops.clone(), reps, gemv, PrefillKernel::Auto)
     }
 
-    fn over(ctx: &GpuContext, ops: Arc<Operands>, reps: usize, gemv: GemvKernel) -> Self {
+    fn over(ctx: &GpuContext, ops: Arc<Operands>, reps: usize, gemv: GemvKernel, prefill: PrefillKernel) -> Self {
         let mut pipes = Pipelines::default();
         let o = &*ops;
-        let dispatches =
-            (0..reps).flat_map(|_| if o.rows == 1 { o.w.gemv_with(ctx, &mut pipes, gemv, &o.x, &o.y) } else { o.w.gemm(ctx, &mut pipes, &o.state, &o.x, &o.y) }).collect();
+        let product = |pipes: &mut Pipelines| {
+            if o.rows == 1 {
+                o.w.gemv_with(ctx, pipes, gemv, &o.state, &o.x, &o.y)
+            } else {
+                o.w.gemm_with(ctx, pipes, prefill, &o.state, &o.x, &o.y)
+            }
+        };
+        let dispatches = (0..reps).flat_map(|_| product(&mut pipes)).collect();
         let bytes_per_call = o.bytes_per_call;
         GemvBench { ops, pipes, dispatches, bytes_per_call, reps }
     }
@@ -212,3 +225,53 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     timings.sort_by(|a, b| a.2.total_cmp(&b.2));
     Ok(RowsTuning { n, k, timings })
 }
+
+/// What [`tune_prefill`] measured: each candidate [`PrefillKernel`] and its milliseconds per
+/// product over `rows` rows, fastest first.
+#[derive(Debug, Clone)]
+pub struct PrefillTuning {
+    pub n: usize,
+    pub k: usize,
+    pub rows: usize,
+    pub timings: Vec<(PrefillKernel, f64)>,
+}
+
+impl PrefillTuning {
+    /// The fastest candidate.
+    pub fn best(&self) -> PrefillKernel {
+        self.timings[0].0
+    }
+
+    pub fn says(&self) -> String {
+        let (kernel, ms) = self.timings[0];
+        let all: Vec<String> = self.timings.iter().map(|(k, ms)| format!("{k} {ms:.3}")).collect();
+        format!("prefill tuned to {kernel} ({ms:.3} ms over {} rows at [{}][{}]; ms of each: {})", self.rows, self.n, self.k, all.join(", "))
+    }
+}
+
+/// Time the prefill's product over a chunk of [`PREFILL_TUNING_ROWS`] rows of x with every
+/// [`PrefillKernel::candidates`] kernel on one uploaded int4 `[n][k]` weight (block 32), each
+/// after a warm-up submit, the best of three submits of two products; fastest first. The rows
+/// kernel runs with the context's decode shape, so tune the decode GEMV first.
+pub async fn tune_prefill(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<PrefillTuning> {
+    const REPS: usize = 2;
+    let rows = PREFILL_TUNING_ROWS;
+    let kernels = PrefillKernel::candidates();
+    let benches = GemvBench::per_prefill(ctx, n, k, rows, REPS, &kernels)?;
+    let mut timings = Vec::with_capacity(kernels.len());
+    for (&kernel, bench) in kernels.iter().zip(&benches) {
+        bench.run(ctx).await?;
+        let mut best = f64::INFINITY;
+        for _ in 0..3 {
+            let t0 = now();
+            bench.run(ctx).await?;
+            best = best.min(now() - t0);
+        }
+        timings.push((kernel, best / REPS as f64));
+    }
+    timings.sort_by(|a, b| a.1.total_cmp(&b.1));
+    Ok(PrefillTuning { n, k, rows, timings })
+}
+
+/// Rows of x [`tune_prefill`] times: a full prefill chunk ([`super::decode::PREFILL_CHUNK`]).
+pub const PREFILL_TUNING_ROWS: usize = super::decode::PREFILL_CHUNK;

@@ -7,7 +7,7 @@ use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::generate::SampleParams;
-use edge_llm::gpu::GpuContext;
+use edge_llm::gpu::{GpuContext, PrefillKernel, ROWS_KERNEL_XROWS};
 
 /// splitmix64: seeded, identical everywhere.
 pub struct Rng(pub u64);
@@ -121,25 +121,42 @@ pub fn matmul_shapes(rng: &mut Rng, random: usize) -> Vec<(usize, usize, usize, 
 
 /// Whole-block shapes for `gemv_rows.wgsl` at every lane count: one row, fewer rows than a
 /// workgroup holds, row counts not a multiple of it, rows shorter than the lanes (4 chunks
-/// over up to 64 lanes), several x rows, SmolLM2's 576 and 1536-wide rows.
+/// over up to 64 lanes), several x rows (counts not a multiple of 2 or 4), SmolLM2's 576 and
+/// 1536-wide rows.
 pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
-    vec![(1, 32, 32, 1), (3, 128, 32, 1), (17, 64, 16, 2), (61, 576, 32, 1), (40, 1536, 32, 3), (9, 1024, 128, 1), (130, 256, 64, 1)]
+    vec![(1, 32, 32, 1), (3, 128, 32, 5), (17, 64, 16, 2), (61, 576, 32, 7), (40, 1536, 32, 3), (9, 1024, 128, 1), (130, 256, 64, 9)]
 }
 
-/// The block-quantized (and float) matmul through the decode GEMV and the prefill GEMM, both
-/// against the one twin, for every kind on every shape: f32 sums in another order, so within a
-/// few ulps of the sum of |terms|.
+/// A product a test runs: the decode GEMV (over any number of rows), or the prefill's with a
+/// given kernel.
+#[derive(Debug, Clone, Copy)]
+pub enum Product {
+    Gemv,
+    Gemm(PrefillKernel),
+}
+
+/// The block-quantized (and float) matmul through the decode GEMV and every prefill kernel,
+/// all against the one twin, for every kind on every shape: f32 sums in another order, so
+/// within a few ulps of the sum of |terms|.
 pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    matmul_matches_twin(ctx, rng, shapes, &[false, true]).await
+    let products: Vec<Product> = std::iter::once(Product::Gemv).chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
+    matmul_matches_twin(ctx, rng, shapes, &products).await
 }
 
 /// [`block_matmul_matches_twin`] for the decode GEMV only.
 pub async fn gemv_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    matmul_matches_twin(ctx, rng, shapes, &[false]).await
+    matmul_matches_twin(ctx, rng, shapes, &[Product::Gemv]).await
 }
 
-/// The matmul through the GEMV (`false`) and / or the GEMM (`true`) against the twin.
-async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)], gemms: &[bool]) {
+/// [`block_matmul_matches_twin`] for the decode GEMV and the prefill through `gemv_rows.wgsl`
+/// at each x row count (with the context's lanes and rows per group).
+pub async fn rows_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
+    let products: Vec<Product> = std::iter::once(Product::Gemv).chain(ROWS_KERNEL_XROWS.map(|xrows| Product::Gemm(PrefillKernel::Rows { xrows }))).collect();
+    matmul_matches_twin(ctx, rng, shapes, &products).await
+}
+
+/// The matmul through each of `products` against the twin.
+pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)], products: &[Product]) {
     let mut pipes = Pipelines::default();
     for &(n, k, bs, rows) in shapes {
         for kind in KINDS {
@@ -153,12 +170,18 @@ async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, 
             };
             let gw = GpuNBits::upload(ctx, "w", &w).unwrap();
             let (xb, st) = (upload(ctx, &x), state(ctx, 0, rows, &[]));
-            for &gemm in gemms {
+            for &product in products {
                 let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
-                let d = if gemm { gw.gemm(ctx, &mut pipes, &st, &xb, &yb) } else { gw.gemv(ctx, &mut pipes, &xb, &yb) };
+                let d = match product {
+                    Product::Gemv => gw.gemv(ctx, &mut pipes, &st, &xb, &yb),
+                    Product::Gemm(kernel) => gw.gemm_with(ctx, &mut pipes, kernel, &st, &xb, &yb),
+                };
                 kernels::run(ctx, &pipes, &d, rows as u32);
                 let got = download(ctx, &yb, rows * n).await;
-                let op = if gemm { "gemm_nbits".to_string() } else { format!("gemv {:?} (rows kernel fits: {})", ctx.gemv_kernel(), gw.spec.rows_kernel_fits()) };
+                let op = match product {
+                    Product::Gemv => format!("gemv {:?} (rows kernel fits: {})", ctx.gemv_kernel(), gw.spec.rows_kernel_fits()),
+                    Product::Gemm(kernel) => format!("prefill {kernel} (rows kernel fits: {}, gemv {:?})", gw.spec.rows_kernel_fits(), ctx.gemv_kernel()),
+                };
                 let what = format!("{op} n={n} k={k} bs={bs} rows={rows} {kind:?} subgroups={}", ctx.has_subgroups());
                 assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
             }

@@ -8,12 +8,21 @@
 // word. For weights whose rows are whole 16-byte chunks with
 // no padding (k a multiple of the block and of 4, row bytes a multiple of 16:
 // gpu::nbits::BlockSpec::rows_kernel_fits); gemv_nbits.wgsl takes the rest.
+// Also the prefill's product over a chunk's state.rows rows of x: a workgroup takes XROWS of
+// them (wid.z), each 16-byte chunk of the weight loaded once into registers for all XROWS
+// (the weight read once per XROWS rows; ROWS * XROWS <= 16 sums per invocation).
 // Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES * ROWS))
-// workgroups as x + y * nwg.x, one x row per wid.z.
+// workgroups as x + y * nwg.x, ceil(rows / XROWS) as z.
 // Twin: gpu::twin::gemv_nbits.
 
 override LANES: u32 = 16u; // 4, 8, 16, 32 or 64
 override ROWS: u32 = 1u; // output rows per lane group: 1, 2 or 4
+override XROWS: u32 = 1u; // x rows per workgroup: 1, 2 or 4
+
+struct State {
+    pos: u32,
+    rows: u32,
+}
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -21,9 +30,10 @@ override ROWS: u32 = 1u; // output rows per lane group: 1, 2 or 4
 @group(0) @binding(3) var<storage, read> scales: array<u32>;
 @group(0) @binding(4) var<storage, read> zps: array<u32>;
 @group(0) @binding(5) var<storage, read_write> y: array<f32>;
+@group(0) @binding(6) var<storage, read> state: State;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 256>; // [row of the group][invocation]: 4 x 64
+var<workgroup> partial: array<f32, 1024>; // [x row][row of the group][invocation]: 16 x 64
 
 // The x values of one chunk: 32 / BITS vec4s (8 for int4, 4 int8, 2 f16, 1 f32), loaded once
 // for the ROWS rows that use them.
@@ -48,9 +58,8 @@ fn word_dot(w: u32, xa: array<vec4<f32>, 8>, t: u32, zp: f32) -> f32 {
     return dot(q - z, xa[t]);
 }
 
-// Chunk c (16 bytes) of the part's row j against its x (`xa`).
-fn chunk_dot(j: u32, c: u32, xa: array<vec4<f32>, 8>) -> f32 {
-    let ch = data[j * (words_per_row() / 4u) + c];
+// Chunk c (`ch`, 16 bytes) of the part's row j against its x (`xa`).
+fn chunk_dot(ch: vec4<u32>, j: u32, c: u32, xa: array<vec4<f32>, 8>) -> f32 {
     if (BITS == 32u) {
         return dot(bitcast<vec4<f32>>(ch), xa[0]);
     }
@@ -82,39 +91,53 @@ fn main(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    // Lane group g of the workgroup computes rows j0 .. j0 + ROWS.
+    // Lane group g of the workgroup computes rows j0 .. j0 + ROWS, for x rows r0 .. r0 + nx.
     let j0 = ((wid.x + wid.y * nwg.x) * (WG / LANES) + lid / LANES) * ROWS;
     let lane = lid % LANES;
-    let r = wid.z;
-    var s: array<f32, 4>;
+    let r0 = wid.z * XROWS;
+    let nx = min(XROWS, state.rows - min(r0, state.rows));
+    var s: array<f32, 16>; // [x row][row]
     let chunks = words_per_row() / 4u;
-    let xo = r * p.k / 4u;
     if (j0 < p.n) {
         for (var c = lane; c < chunks; c += LANES) {
-            let xa = load_x(xo + c * (32u / BITS));
+            var ch: array<vec4<u32>, 4>;
             for (var q = 0u; q < ROWS; q++) {
                 if (j0 + q < p.n) {
-                    s[q] += chunk_dot(j0 + q, c, xa);
+                    ch[q] = data[(j0 + q) * chunks + c];
+                }
+            }
+            // Constant bounds and guards, not `t < nx`: the loops unroll and s stays in registers.
+            for (var t = 0u; t < XROWS; t++) {
+                if (t >= nx) {
+                    break;
+                }
+                let xa = load_x((r0 + t) * p.k / 4u + c * (32u / BITS));
+                for (var q = 0u; q < ROWS; q++) {
+                    if (j0 + q < p.n) {
+                        s[t * ROWS + q] += chunk_dot(ch[q], j0 + q, c, xa);
+                    }
                 }
             }
         }
     }
-    for (var q = 0u; q < ROWS; q++) {
-        partial[q * WG + lid] = s[q];
+    for (var i = 0u; i < ROWS * XROWS; i++) {
+        partial[i * WG + lid] = s[i];
     }
     workgroupBarrier();
     for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
         if (lid % LANES < stride) {
-            for (var q = 0u; q < ROWS; q++) {
-                partial[q * WG + lid] += partial[q * WG + lid + stride];
+            for (var i = 0u; i < ROWS * XROWS; i++) {
+                partial[i * WG + lid] += partial[i * WG + lid + stride];
             }
         }
         workgroupBarrier();
     }
     if (lane == 0u) {
-        for (var q = 0u; q < ROWS; q++) {
-            if (j0 + q < p.n) {
-                y[r * p.total + p.row0 + j0 + q] = partial[q * WG + lid];
+        for (var t = 0u; t < XROWS; t++) {
+            for (var q = 0u; q < ROWS; q++) {
+                if (t < nx && j0 + q < p.n) {
+                    y[(r0 + t) * p.total + p.row0 + j0 + q] = partial[(t * ROWS + q) * WG + lid];
+                }
             }
         }
     }
