@@ -758,25 +758,28 @@ fn gpu_backend_refuses_what_it_cannot_run_and_auto_says_why() {
     }
 }
 
+/// Milliseconds since the first call: the clock the tuning tests time with.
+fn clock_ms() -> f64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
+}
+
 /// A load's tuning of `gemv_rows.wgsl` (`gpu::probe::tune_rows`, which `auto` and `webgpu` run
 /// on a GPU): every distinct shape timed once, fastest first; the GEMV under a shape set on the
 /// context matches its twin; and an engine tuned so (on this software adapter when asked,
-/// `probe_software`) says what it chose and gives the CPU engine's tokens.
+/// `probe_software`; its prefill kernel tuned too) says what it chose and gives the CPU
+/// engine's tokens, as does one told each prefill kernel.
 #[test]
 fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens() {
     use std::collections::BTreeSet;
     let Some(ctx) = gpu() else { return };
-    fn now() -> f64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
-    }
     // int4 rows of 576: 18 chunks of 16 bytes, so 1, 2, 4, 8 chunks a lane give 32, 16, 8, 4 lanes.
     let before = ctx.counters();
     let one = edge_llm::gpu::probe::GemvBench::new(&ctx, 256, 576, 32, true, 1).unwrap();
     let one_bench = ctx.counters().since(&before).buffers;
     drop(one);
     let before = ctx.counters();
-    let tuning = block_on(edge_llm::gpu::probe::tune_rows(&ctx, 256, 576, now)).unwrap();
+    let tuning = block_on(edge_llm::gpu::probe::tune_rows(&ctx, 256, 576, clock_ms)).unwrap();
     eprintln!("{}", tuning.says());
     // Every shape timed over one uploaded weight: the buffers of one bench, not one set per shape.
     assert_eq!(ctx.counters().since(&before).buffers, one_bench, "{tuning:?}");
@@ -820,13 +823,9 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
 #[test]
 fn prefill_tuning_times_every_kernel_over_one_weight() {
     let Some(ctx) = gpu() else { return };
-    fn now() -> f64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START.get_or_init(std::time::Instant::now).elapsed().as_secs_f64() * 1e3
-    }
     let before = ctx.counters();
     let chosen = ctx.prefill_kernel();
-    let tuning = block_on(edge_llm::gpu::probe::tune_prefill(&ctx, 96, 256, now)).unwrap();
+    let tuning = block_on(edge_llm::gpu::probe::tune_prefill(&ctx, 96, 256, clock_ms)).unwrap();
     eprintln!("{}", tuning.says());
     let timed: Vec<PrefillKernel> = tuning.timings.iter().map(|t| t.0).collect();
     assert_eq!(timed.len(), PrefillKernel::candidates().len(), "{tuning:?}");

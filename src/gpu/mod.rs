@@ -238,7 +238,7 @@ pub async fn probe() -> Option<GpuInfo> {
 
 #[cfg(test)]
 mod tests {
-    use super::GemvKernel;
+    use super::{GemvKernel, PrefillKernel};
 
     #[test]
     fn gemv_kernel_names_parse() {

@@ -159,6 +159,19 @@ pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     Ok(GpuProbe { latency_ms: ((t1 - t0) - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
 }
 
+/// A tuning's time of `bench`: after a warm-up submit (pipeline compilation), the fastest of
+/// three submits, in milliseconds.
+async fn best_of_three(ctx: &GpuContext, bench: &GemvBench, now: fn() -> f64) -> Result<f64> {
+    bench.run(ctx).await?;
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let t0 = now();
+        bench.run(ctx).await?;
+        best = best.min(now() - t0);
+    }
+    Ok(best)
+}
+
 /// What [`tune_rows`] measured: each candidate [`RowsShape`] with the `gemv_rows.wgsl` shape it
 /// gives the timed weight (lanes, rows) and its milliseconds per GEMV, fastest first.
 #[derive(Debug, Clone)]
@@ -212,14 +225,7 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     let benches = GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels)?;
     let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::with_capacity(shapes.len());
     for (&(shape, lr), bench) in shapes.iter().zip(&benches) {
-        bench.run(ctx).await?;
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let t0 = now();
-            bench.run(ctx).await?;
-            best = best.min(now() - t0);
-        }
-        timings.push((shape, lr, best / PROBE_REPS as f64));
+        timings.push((shape, lr, best_of_three(ctx, bench, now).await? / PROBE_REPS as f64));
     }
     // Stable: equal times keep the candidates' order.
     timings.sort_by(|a, b| a.2.total_cmp(&b.2));
@@ -260,14 +266,7 @@ pub async fn tune_prefill(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64
     let benches = GemvBench::per_prefill(ctx, n, k, rows, REPS, &kernels)?;
     let mut timings = Vec::with_capacity(kernels.len());
     for (&kernel, bench) in kernels.iter().zip(&benches) {
-        bench.run(ctx).await?;
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let t0 = now();
-            bench.run(ctx).await?;
-            best = best.min(now() - t0);
-        }
-        timings.push((kernel, best / REPS as f64));
+        timings.push((kernel, best_of_three(ctx, bench, now).await? / REPS as f64));
     }
     timings.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok(PrefillTuning { n, k, rows, timings })
