@@ -8,7 +8,7 @@
 //! chunk's token.
 
 use super::context::{GpuContext, GpuCounters};
-use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines};
+use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines, RopeKvBuffers};
 use super::nbits::{Activations, BlockWeight, GpuNBits};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
@@ -373,6 +373,7 @@ impl GpuLlama {
 
         let GpuWeights { embed, layers, final_norm, lm_head: head_w, .. } = w;
         body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &x)));
+        let mut first = true;
         for lw in layers {
             let [wq, wk, wv, wo, wg, wu, wd] = lw.linears;
             let attn_norm = ctx.storage_init("attn_norm", &f32_bytes(&lw.attn_norm))?;
@@ -403,26 +404,30 @@ impl GpuLlama {
             let lo = linear(&wo, &attn, &attn_q, &tmp);
             let (lg, lu, ld) = (linear(&wg, &xn, &xn_q, &gate), linear(&wu, &xn, &xn_q, &up), linear(&wd, &act, &act_q, &tmp));
             let attn_bufs = AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scores: &scores, out: &attn };
-            body.push(Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &attn_norm, &xn)));
+            let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, q: &q, k: &k, v: &v, kcache: &kc, vcache: &vc };
+            // The attention norm: of the embedding, or fused with the previous layer's last
+            // residual add (one dispatch for both).
+            body.push(Op::Run(if first {
+                kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &attn_norm, &xn)
+            } else {
+                kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &attn_norm, &xn)
+            }));
+            first = false;
             body.extend(round_qkv);
-            body.extend([
-                lq,
-                lk,
-                lv,
-                Op::Run(kernels::rope(&ctx, &mut pipes, cfg.num_heads, hd, &state, &cos, &sin, &q)),
-                Op::Run(kernels::rope(&ctx, &mut pipes, cfg.num_kv_heads, hd, &state, &cos, &sin, &k)),
-                Op::Run(kernels::kv_append(&ctx, &mut pipes, kvd, hd, max_ctx, &state, &k, &v, &kc, &vc)),
-                Op::Run(kernels::attention(&ctx, &mut pipes, shape, attn_bufs)),
-            ]);
+            body.extend([lq, lk, lv, Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs)), Op::Run(kernels::attention(&ctx, &mut pipes, shape, attn_bufs))]);
             body.extend(round_o);
-            body.extend([lo, Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)), Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &ffn_norm, &xn))]);
+            body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
             body.extend(round_gate_up);
             body.extend([lg, lu, Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate, &up, &act))]);
             body.extend(round_down);
-            body.extend([ld, Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp))]);
+            // Its residual add runs in the next layer's norm, the last layer's below.
+            body.push(ld);
             weights.extend([wq, wk, wv, wo, wg, wu, wd]);
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
+        }
+        if !first {
+            body.push(Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)));
         }
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
         let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
@@ -507,6 +512,12 @@ impl GpuLlama {
     /// Most tokens one prefill submit runs.
     pub fn prefill_chunk(&self) -> usize {
         self.chunk
+    }
+
+    /// Compute dispatches a step of `rows` tokens records (with the head and the greedy pick):
+    /// on a GPU each is a launch and a barrier, the fixed cost a small model's decode step pays.
+    pub fn dispatches(&self, rows: usize) -> usize {
+        self.body.iter().map(|op| op.for_rows(rows).len()).sum::<usize>() + self.head.len() + 1
     }
 
     /// The buffers (row ranges) each int4 weight is split into to fit the adapter's binding

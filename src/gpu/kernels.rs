@@ -37,8 +37,8 @@ pub enum Kernel {
     EmbedNBits(NBitsKind),
     BiasNBits,
     RmsNorm,
-    Rope,
-    KvAppend,
+    AddRmsNorm,
+    RopeKv,
     Attention,
     SiluMul,
     Add,
@@ -58,8 +58,8 @@ impl Kernel {
             Kernel::EmbedNBits(_) => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
             Kernel::RmsNorm => "rms_norm",
-            Kernel::Rope => "rope",
-            Kernel::KvAppend => "kv_append",
+            Kernel::AddRmsNorm => "add_rms_norm",
+            Kernel::RopeKv => "rope_kv",
             Kernel::Attention => "attention",
             Kernel::SiluMul => "silu_mul",
             Kernel::Add => "add",
@@ -87,8 +87,8 @@ impl Kernel {
             Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
             Kernel::RmsNorm => include_str!("kernels/rms_norm.wgsl"),
-            Kernel::Rope => include_str!("kernels/rope.wgsl"),
-            Kernel::KvAppend => include_str!("kernels/kv_append.wgsl"),
+            Kernel::AddRmsNorm => include_str!("kernels/add_rms_norm.wgsl"),
+            Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
             Kernel::Attention => include_str!("kernels/attention.wgsl"),
             Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
             Kernel::Add => include_str!("kernels/add.wgsl"),
@@ -228,15 +228,33 @@ pub fn rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, x: 
     pipes.bind(ctx, Kernel::RmsNorm, &[&params, x, g, y], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
-pub fn rope(ctx: &GpuContext, pipes: &mut Pipelines, heads: usize, head_dim: usize, state: &wgpu::Buffer, cos: &wgpu::Buffer, sin: &wgpu::Buffer, x: &wgpu::Buffer) -> Dispatch {
-    let params = ctx.uniform("rope", &[heads as u32, head_dim as u32]);
-    pipes.bind(ctx, Kernel::Rope, &[&params, state, cos, sin, x], Grid::per_row(((heads * head_dim / 2) as u32).div_ceil(64)))
+/// `x += t` over the step's rows, then RMSNorm of the sums into `y` (all `[rows][n]`): the
+/// residual add and the next norm in one dispatch, one workgroup per row.
+#[allow(clippy::too_many_arguments)]
+pub fn add_rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, x: &wgpu::Buffer, t: &wgpu::Buffer, g: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("add_rms_norm", &[n as u32, eps.to_bits()]);
+    pipes.bind(ctx, Kernel::AddRmsNorm, &[&params, x, t, g, y], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
-#[allow(clippy::too_many_arguments)]
-pub fn kv_append(ctx: &GpuContext, pipes: &mut Pipelines, kv_dim: usize, head_dim: usize, max_ctx: usize, state: &wgpu::Buffer, k: &wgpu::Buffer, v: &wgpu::Buffer, kc: &wgpu::Buffer, vc: &wgpu::Buffer) -> Dispatch {
-    let params = ctx.uniform("kv_append", &[kv_dim as u32, head_dim as u32, max_ctx as u32]);
-    pipes.bind(ctx, Kernel::KvAppend, &[&params, state, k, v, kc, vc], Grid::per_row((kv_dim as u32).div_ceil(64)))
+/// Buffers of one [`rope_kv`]: the step state, the CPU's cos and sin tables, `q` and `k`
+/// (rotated in place), `v`, and the layer's caches.
+pub struct RopeKvBuffers<'a> {
+    pub state: &'a wgpu::Buffer,
+    pub cos: &'a wgpu::Buffer,
+    pub sin: &'a wgpu::Buffer,
+    pub q: &'a wgpu::Buffer,
+    pub k: &'a wgpu::Buffer,
+    pub v: &'a wgpu::Buffer,
+    pub kcache: &'a wgpu::Buffer,
+    pub vcache: &'a wgpu::Buffer,
+}
+
+/// RoPE on the step's queries and keys and the keys and values appended to the cache, in one
+/// dispatch (`rope_kv.wgsl`).
+pub fn rope_kv(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: RopeKvBuffers) -> Dispatch {
+    let params = ctx.uniform("rope_kv", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32]);
+    let pairs = ((s.heads + s.kv_heads) * s.head_dim / 2) as u32;
+    pipes.bind(ctx, Kernel::RopeKv, &[&params, b.state, b.cos, b.sin, b.q, b.k, b.v, b.kcache, b.vcache], Grid::per_row(pairs.div_ceil(64)))
 }
 
 /// Buffers of one attention: `q`/`out` `[rows][heads][head_dim]`, `scores` `[rows][heads][max_ctx]`

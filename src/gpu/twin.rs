@@ -64,7 +64,7 @@ pub fn rms_norm(x: &[f32], g: &[f32], eps: f32) -> Vec<f32> {
         .collect()
 }
 
-/// The cos and sin tables `rope.wgsl` reads, `[max_ctx][head_dim / 2]` each, with the
+/// The cos and sin tables `rope_kv.wgsl` reads, `[max_ctx][head_dim / 2]` each, with the
 /// reference's angle `pos / theta^(2i / head_dim)`.
 pub fn rope_tables(head_dim: usize, max_ctx: usize, theta: f32) -> (Vec<f32>, Vec<f32>) {
     let half = head_dim / 2;
@@ -81,7 +81,7 @@ pub fn rope_tables(head_dim: usize, max_ctx: usize, theta: f32) -> (Vec<f32>, Ve
     (cos, sin)
 }
 
-/// `rope.wgsl`: rotate-half RoPE on every head of each row of `x` (`[rows][heads][head_dim]`),
+/// `rope_kv.wgsl`'s RoPE: rotate-half RoPE on every head of each row of `x` (`[rows][heads][head_dim]`),
 /// row `r` at position `pos + r`.
 pub fn rope(x: &mut [f32], heads: usize, head_dim: usize, pos: usize, theta: f32) {
     for (r, row) in x.chunks_exact_mut(heads * head_dim).enumerate() {
@@ -102,7 +102,7 @@ fn rope_row(x: &mut [f32], head_dim: usize, pos: usize, theta: f32) {
     }
 }
 
-/// `kv_append.wgsl`: write each row of `k` and `v` (`[rows][kv_heads][head_dim]`), row `r` at
+/// `rope_kv.wgsl`'s append (after its RoPE): write each row of `k` and `v` (`[rows][kv_heads][head_dim]`), row `r` at
 /// position `pos + r` of caches laid out `[kv_heads][max_ctx][head_dim]`.
 pub fn kv_append(s: AttnShape, k: &[f32], v: &[f32], kcache: &mut [f32], vcache: &mut [f32], pos: usize) {
     let (hd, kvd) = (s.head_dim, s.kv_heads * s.head_dim);

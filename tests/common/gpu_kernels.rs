@@ -3,7 +3,7 @@
 //! Chromium on SwiftShader's WebGPU (`tests/web.rs`, through Tint), on the same seeded shapes.
 #![allow(dead_code)] // each includer runs its part
 
-use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines};
+use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines, RopeKvBuffers};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::generate::SampleParams;
@@ -246,43 +246,41 @@ pub async fn quantize_tensor(ctx: &GpuContext, pipes: &mut Pipelines, x: &[f32],
     download(ctx, &yb, rows * k).await
 }
 
-/// RMSNorm over rows of several widths.
+/// RMSNorm over rows of several widths, alone and fused with the residual add before it.
 pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
     for (n, rows) in [(1, 1), (64, 1), (576, 2), (1000, 3), (rng.range(1, 3000), 1)] {
-        let (x, g) = (rng.f32s(rows * n), rng.f32s(n));
+        let (x, g, t) = (rng.f32s(rows * n), rng.f32s(n), rng.f32s(rows * n));
         let (xb, gb, yb) = (upload(ctx, &x), upload(ctx, &g), ctx.storage("y", (rows * n * 4) as u64).unwrap());
         let d = kernels::rms_norm(ctx, &mut pipes, n, 1e-5, &xb, &gb, &yb);
         kernels::run(ctx, &pipes, &[d], rows as u32);
-        assert_close(&format!("rms_norm n={n} rows={rows}"), &download(ctx, &yb, rows * n).await, &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
+        let plain = download(ctx, &yb, rows * n).await;
+        assert_close(&format!("rms_norm n={n} rows={rows}"), &plain, &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
+        // The residual add and the norm in one dispatch: the sum exactly the twin's, the norm
+        // bit-identical to rms_norm.wgsl's of that sum.
+        let (tb, yb2) = (upload(ctx, &t), ctx.storage("y", (rows * n * 4) as u64).unwrap());
+        let d = kernels::add_rms_norm(ctx, &mut pipes, n, 1e-5, &xb, &tb, &gb, &yb2);
+        kernels::run(ctx, &pipes, &[d], rows as u32);
+        let mut sum = x.clone();
+        twin::add(&mut sum, &t);
+        assert_eq!(download(ctx, &xb, rows * n).await, sum, "add_rms_norm's sum n={n} rows={rows}");
+        let fused = download(ctx, &yb2, rows * n).await;
+        let d = kernels::rms_norm(ctx, &mut pipes, n, 1e-5, &xb, &gb, &yb);
+        kernels::run(ctx, &pipes, &[d], rows as u32);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(&fused) == bits(&download(ctx, &yb, rows * n).await), "add_rms_norm vs rms_norm of the sum n={n} rows={rows}");
+        assert_close(&format!("add_rms_norm n={n} rows={rows}"), &fused, &twin::rms_norm(&sum, &g, 1e-5), |_| 1e-5);
     }
 }
 
-/// Rotate-half RoPE at the cache's ends and in its middle, one row (decode) or a chunk's.
-pub async fn rope_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
+/// `rope_kv.wgsl` (RoPE on the queries and keys, the keys and values appended to the cache)
+/// and attention over that cache, against the twins: grouped-query shapes, decode (one query
+/// row) at the ends and in the middle of the cache, then a prefill chunk of rows (causal: row r
+/// at pos + r sees positions 0..=pos + r), from an empty cache, ending at its last position, and
+/// after a random prefix; RoPE's tables up to 2048 positions.
+pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
-    for (heads, hd, max_ctx) in [(1, 2, 1), (4, 16, 256), (9, 64, 300), (3, 128, 2048)] {
-        let (cos, sin) = twin::rope_tables(hd, max_ctx, 10000.0);
-        let (cb, sb) = (upload(ctx, &cos), upload(ctx, &sin));
-        // Rows at positions pos..pos + rows: one (decode) or a prefill chunk's.
-        let rows = rng.range(1, max_ctx.min(70) + 1);
-        for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
-            let x = rng.f32s(rows * heads * hd);
-            let (st, xb) = (state(ctx, pos, rows, &[]), upload(ctx, &x));
-            let d = kernels::rope(ctx, &mut pipes, heads, hd, &st, &cb, &sb, &xb);
-            kernels::run(ctx, &pipes, &[d], rows as u32);
-            let mut want = x.clone();
-            twin::rope(&mut want, heads, hd, pos, 10000.0);
-            assert_close(&format!("rope heads={heads} hd={hd} pos={pos} rows={rows}"), &download(ctx, &xb, rows * heads * hd).await, &want, |_| 1e-6);
-        }
-    }
-}
-
-/// KV append and grouped-query causal attention: decode at the ends and the middle of the cache,
-/// prefill chunks from an empty cache, ending at its last position and after a random prefix.
-pub async fn kv_append_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) {
-    let mut pipes = Pipelines::default();
-    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70)];
+    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70), (3, 1, 128, 2048)];
     for _ in 0..4 {
         let kv = rng.range(1, 5);
         shapes.push((kv * rng.range(1, 5), kv, 2 * rng.range(1, 40), rng.range(1, 200)));
@@ -290,26 +288,31 @@ pub async fn kv_append_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng
     for (heads, kv_heads, hd, max_ctx) in shapes {
         let s = AttnShape { heads, kv_heads, head_dim: hd, max_ctx };
         let kvd = kv_heads * hd;
-        // Decode (one query row) at the ends and in the middle of the cache, then a prefill
-        // chunk of rows (causal: row r at pos + r sees positions 0..=pos + r), from an empty
-        // cache, ending at its last position, and after a random prefix.
+        let (cos, sin) = twin::rope_tables(hd, max_ctx, 10000.0);
+        let (cb, sb) = (upload(ctx, &cos), upload(ctx, &sin));
         let rows = rng.range(2, max_ctx.clamp(2, 70) + 1).min(max_ctx);
         for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
             let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
-            let (k, v, q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
+            let (mut k, v, mut q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
             let st = state(ctx, pos, rows, &[]);
             let (kcb, vcb, kb, vb, qb) = (upload(ctx, &kc), upload(ctx, &vc), upload(ctx, &k), upload(ctx, &v), upload(ctx, &q));
             let scores = ctx.storage("scores", (rows * heads * max_ctx * 4) as u64).unwrap();
             let out = ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap();
-            let append = kernels::kv_append(ctx, &mut pipes, kvd, hd, max_ctx, &st, &kb, &vb, &kcb, &vcb);
+            let rope = kernels::rope_kv(ctx, &mut pipes, s, RopeKvBuffers { state: &st, cos: &cb, sin: &sb, q: &qb, k: &kb, v: &vb, kcache: &kcb, vcache: &vcb });
             let attend = kernels::attention(ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
-            kernels::run(ctx, &pipes, &[append, attend], rows as u32);
-            twin::kv_append(s, &k, &v, &mut kc, &mut vc, pos);
+            kernels::run(ctx, &pipes, &[rope, attend], rows as u32);
+            twin::rope(&mut q, heads, hd, pos, 10000.0);
+            twin::rope(&mut k, kv_heads, hd, pos, 10000.0);
             let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos} rows={rows}");
-            assert_eq!(download(ctx, &kcb, kvd * max_ctx).await, kc, "kv_append keys {what}");
-            assert_eq!(download(ctx, &vcb, kvd * max_ctx).await, vc, "kv_append values {what}");
+            let (got_q, got_k) = (download(ctx, &qb, rows * heads * hd).await, download(ctx, &kb, rows * kvd).await);
+            assert_close(&format!("rope_kv queries {what}"), &got_q, &q, |_| 1e-6);
+            assert_close(&format!("rope_kv keys {what}"), &got_k, &k, |_| 1e-6);
+            // The cache gets exactly the rotated keys the kernel wrote back, and the values.
+            twin::kv_append(s, &got_k, &v, &mut kc, &mut vc, pos);
+            assert_eq!(download(ctx, &kcb, kvd * max_ctx).await, kc, "rope_kv's cached keys {what}");
+            assert_eq!(download(ctx, &vcb, kvd * max_ctx).await, vc, "rope_kv's cached values {what}");
             // The cache past pos + rows holds random values: a row that looked ahead would differ.
-            let want = twin::attention(s, &q, &kc, &vc, pos);
+            let want = twin::attention(s, &got_q, &kc, &vc, pos);
             assert_close(&format!("attention {what}"), &download(ctx, &out, rows * heads * hd).await, &want, |_| 2e-5);
         }
     }

@@ -1,6 +1,6 @@
 // Causal attention, grouped-query heads, over the GPU-resident KV cache, for a step's query
 // rows: row r sits at position state.pos + r and attends to positions 0..=pos+r (the cache
-// already holds the step's own keys and values: kv_append.wgsl runs first). Decode is the
+// already holds the step's own keys and values: rope_kv.wgsl runs first). Decode is the
 // one-row case; a prefill chunk runs all its rows in one dispatch.
 //   q       [rows][heads][head_dim]
 //   kcache, vcache  [kv_heads][max_ctx][head_dim];  query head h reads kv head h / (heads / kv_heads)
