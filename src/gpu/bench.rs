@@ -255,6 +255,7 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
     emit(&format!("decode {} ({} layers, int4 block 32 symmetric), max context {max_ctx}:", name, cfg.num_layers));
     emit(&format!("  load (upload, pipelines, bind groups) ms: {load_ms:.1}"));
+    emit(&format!("  compute dispatches a decode step records: {}", model.dispatches(1)));
     // A fixed prompt of ids (the tokenizer is not what is measured), the length of a short
     // chat turn.
     let prompt: Vec<u32> = (0..PREFILL_TOKENS as u32).map(|i| 100 + i * 37).collect();
