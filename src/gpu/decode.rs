@@ -202,6 +202,15 @@ impl QuantLlama {
     }
 }
 
+/// Compute dispatches a greedy decode step of a Llama of `layers` layers records at least
+/// (biases and rounded activations add theirs): per layer the norm (fused with the previous
+/// layer's residual add), three linears, RoPE with the cache append, attention, the output
+/// linear, its add fused with the next norm, gate and up, SiLU·mul, down: 12; then the last
+/// add, the embedding gather before and the head's norm, product and pick after.
+pub fn decode_dispatches(layers: usize) -> usize {
+    12 * layers + 5
+}
+
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
 /// where the adapter's binding limit requires, see [`plan_chunk`]). The activation buffers are
 /// sized for it at load, the attention scratch too (`[chunk][heads]
