@@ -603,14 +603,11 @@ impl Probe {
     }
 }
 
-/// Time int4 GEMVs `[intermediate][hidden]` on the GPU (a warm-up, then one and several per
-/// submit: the per-GEMV time and a submit's fixed cost, readback included) and with the CPU
-/// backend's int4 kernel on 16-bit activations (the default decode path, one thread), each
-/// scaled to the bytes a decode step reads. On the GPU a step also records more dispatches than
-/// those GEMVs (small linears, norms, RoPE, attention: [`crate::gpu::decode::decode_dispatches`]),
-/// each a launch and a barrier whatever its bytes: each beyond the scaled GEMVs' count is
-/// charged the time of a GEMV of [`PROBE_TINY_ROWS`] rows. `None` without a clock (wasm before
-/// `web/` installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few submits).
+/// `auto`'s probe: a GPU decode step as [`crate::gpu::probe::estimate_step`] estimates it,
+/// against the CPU backend's int4 kernel on 16-bit activations (the default decode path, one
+/// thread) at the same feed-forward shape scaled to the same bytes. `None` without a clock
+/// (wasm before `web/` installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few
+/// submits).
 async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<Option<Probe>> {
     let now: Clock = default_clock;
     if !ticks(now) {
@@ -618,17 +615,10 @@ async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, gr
     }
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let step_bytes = crate::gpu::GpuBackend::decode_bytes(cfg, graph)?;
-    let gpu = crate::gpu::probe::time_gemv(ctx, n, k, now).await?;
-    let tiny = crate::gpu::probe::time_gemv(ctx, PROBE_TINY_ROWS, k, now).await?;
-    let scale = step_bytes as f64 / gpu.bytes as f64;
-    let extra_dispatches = crate::gpu::decode::decode_dispatches(cfg.num_layers).saturating_sub(scale.ceil() as usize);
-    let gpu_ms = gpu.latency_ms + gpu.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
-    Ok(Some(Probe { gpu_ms, cpu_ms: cpu_gemv_ms(n, k, now) * scale, step_bytes, extra_dispatches, dispatch_ms: tiny.gemv_ms }))
+    let gpu = crate::gpu::probe::estimate_step(ctx, cfg, step_bytes, now).await?;
+    let cpu_ms = cpu_gemv_ms(n, k, now) * gpu.scale;
+    Ok(Some(Probe { gpu_ms: gpu.ms, cpu_ms, step_bytes, extra_dispatches: gpu.extra_dispatches, dispatch_ms: gpu.dispatch_ms }))
 }
-
-/// Rows of the GEMV whose time [`probe`] charges a dispatch: a few workgroups, so its time is
-/// the launch and barrier rather than bytes.
-const PROBE_TINY_ROWS: usize = 64;
 
 /// One int4 GEMV `[n][k]` (`k` a multiple of 32) with the CPU backend's kernel on 16-bit
 /// activations, in milliseconds: repeated until 20 ms have passed.

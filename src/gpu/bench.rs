@@ -273,6 +273,20 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     let (p50, p95, p99) = stats(lat);
     emit(&format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
     emit(&format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
+    // What `auto`'s probe would have estimated for this step (it weighs that against the CPU).
+    let est = block_on(super::probe::estimate_step(model.context(), &cfg, q.decode_bytes(), now))?;
+    emit(&format!(
+        "  auto's probe estimates a step at {:.2} ms ({:.1} GEMVs of [{}][{}] at {:.3} ms, a submit {:.2} ms, {} more dispatches at {:.4} ms): {:.2}x the measured p50",
+        est.ms,
+        est.scale,
+        cfg.intermediate_size,
+        cfg.hidden_size,
+        est.gemv.gemv_ms,
+        est.gemv.latency_ms,
+        est.extra_dispatches,
+        est.dispatch_ms,
+        est.ms / p50
+    ));
     let bytes = q.decode_bytes();
     emit(&format!(
         "  weights read per step {:.1} MB: {:.1} GB/s at the p50 latency (the whole step: every kernel, the submit and the 4-byte readback)",

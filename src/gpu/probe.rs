@@ -172,6 +172,38 @@ async fn best_of_three(ctx: &GpuContext, bench: &GemvBench, now: fn() -> f64) ->
     Ok(best)
 }
 
+/// `auto`'s estimate of a GPU decode step ([`estimate_step`]), in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct StepEstimate {
+    pub ms: f64,
+    /// The probe-shaped GEMV it scaled, and how many of them the step's bytes amount to.
+    pub gemv: GpuProbe,
+    pub scale: f64,
+    /// Dispatches the step records beyond those GEMVs, and what each is charged.
+    pub extra_dispatches: usize,
+    pub dispatch_ms: f64,
+}
+
+/// Rows of the GEMV whose time [`estimate_step`] charges a dispatch: a few workgroups, so its
+/// time is the launch and barrier rather than bytes.
+pub const TINY_ROWS: usize = 64;
+
+/// Estimate a GPU decode step of a Llama of `cfg`'s shapes reading `step_bytes` of weights:
+/// an int4 GEMV at the feed-forward shape `[intermediate][hidden]` timed ([`time_gemv`]: its
+/// time and a submit's fixed cost with the readback) and scaled to the step's bytes, plus the
+/// step's dispatches beyond those GEMVs ([`super::decode::decode_dispatches`]: small linears,
+/// norms, RoPE, attention; each a launch and a barrier whatever its bytes) at a
+/// [`TINY_ROWS`]-row GEMV's time each.
+pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<StepEstimate> {
+    let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
+    let gemv = time_gemv(ctx, n, k, now).await?;
+    let tiny = time_gemv(ctx, TINY_ROWS, k, now).await?;
+    let scale = step_bytes as f64 / gemv.bytes as f64;
+    let extra_dispatches = super::decode::decode_dispatches(cfg.num_layers).saturating_sub(scale.ceil() as usize);
+    let ms = gemv.latency_ms + gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
+    Ok(StepEstimate { ms, gemv, scale, extra_dispatches, dispatch_ms: tiny.gemv_ms })
+}
+
 /// What [`tune_rows`] measured: each candidate [`RowsShape`] with the `gemv_rows.wgsl` shape it
 /// gives the timed weight (lanes, rows) and its milliseconds per GEMV, fastest first.
 #[derive(Debug, Clone)]
