@@ -239,6 +239,12 @@ fn rms_norm_matches_twin() {
 }
 
 #[test]
+fn stacked_and_placed_weights_match_twin() {
+    let Some(ctx) = gpu() else { return };
+    block_on(gpu_kernels::stacked_and_placed_weights_match_twin(&ctx, &mut Rng(14)));
+}
+
+#[test]
 fn rope_kv_and_attention_match_twins() {
     let Some(ctx) = gpu() else { return };
     block_on(gpu_kernels::rope_kv_and_attention_match_twins(&ctx, &mut Rng(5)));
@@ -478,11 +484,11 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a step records (12 a layer, and 5: `decode_dispatches`, what `auto`'s probe
-    // counts), as many for a prefill chunk.
+    // Dispatches a step records (9 a layer, q, k and v stacked into one product, gate and up
+    // too; and 5: `decode_dispatches`, what `auto`'s probe counts), as many for a prefill chunk.
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 12 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (12 * layers + 5, 12 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 9 * layers + 5);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (9 * layers + 5, 9 * layers + 5), "{layers} layers");
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");

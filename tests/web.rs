@@ -83,6 +83,7 @@ async fn webgpu_kernels_match_their_twins_in_browser() {
     gpu_kernels::quantize_tensor_matches_twin(&ctx, &mut gpu_kernels::Rng(13)).await;
     gpu_kernels::rms_norm_matches_twin(&ctx, &mut gpu_kernels::Rng(3)).await;
     gpu_kernels::rope_kv_and_attention_match_twins(&ctx, &mut gpu_kernels::Rng(5)).await;
+    gpu_kernels::stacked_and_placed_weights_match_twin(&ctx, &mut gpu_kernels::Rng(14)).await;
     gpu_kernels::elementwise_kernels_match_twins(&ctx, &mut gpu_kernels::Rng(6)).await;
     gpu_kernels::argmax_matches_reference(&ctx, &mut gpu_kernels::Rng(7)).await;
     gpu_kernels::sample_kernel_matches_twin(&ctx, &mut gpu_kernels::Rng(8)).await;

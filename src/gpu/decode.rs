@@ -203,12 +203,13 @@ impl QuantLlama {
 }
 
 /// Compute dispatches a greedy decode step of a Llama of `layers` layers records at least
-/// (biases and rounded activations add theirs): per layer the norm (fused with the previous
-/// layer's residual add), three linears, RoPE with the cache append, attention, the output
-/// linear, its add fused with the next norm, gate and up, SiLU·mul, down: 12; then the last
-/// add, the embedding gather before and the head's norm, product and pick after.
+/// (biases, rounded activations and weights that do not stack add theirs): per layer the norm
+/// (fused with the previous layer's residual add), q, k and v as one product, RoPE with the
+/// cache append, attention, the output linear, its add fused with the next norm, gate and up
+/// as one product, SiLU·mul, down: 9; then the last add, the embedding gather before and the
+/// head's norm, product and pick after.
 pub fn decode_dispatches(layers: usize) -> usize {
-    12 * layers + 5
+    9 * layers + 5
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
@@ -271,7 +272,8 @@ pub fn plan_chunk(cfg: &LlamaConfig, max_ctx: usize, max: u64, most: usize) -> R
         }
     }
     // f32 values per row of the widest chunk buffer: activations, or attention's scores.
-    let row = [cfg.hidden_size, cfg.q_dim(), cfg.intermediate_size, cfg.num_heads * max_ctx].into_iter().max().unwrap_or(1) as u64 * 4;
+    // (q, k and v side by side; gate and up side by side.)
+    let row = [cfg.hidden_size, cfg.q_dim() + 2 * cfg.kv_dim(), 2 * cfg.intermediate_size, cfg.num_heads * max_ctx].into_iter().max().unwrap_or(1) as u64 * 4;
     if row > max {
         return Err(too_big("one row of the activations", row));
     }
@@ -316,7 +318,11 @@ pub struct GpuLlama {
     /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
     kv_cache: Vec<[wgpu::Buffer; 2]>,
     /// Everything the bind groups refer to, owned for the model's lifetime.
-    weights: Vec<GpuNBits>,
+    /// The weights the steps bind, kept with them (q, k and v stacked into one where they can
+    /// be; gate and up).
+    _weights: Vec<GpuNBits>,
+    /// Each loaded weight's parts, in load order (see [`GpuLlama::weight_parts`]).
+    parts: Vec<usize>,
     _buffers: Vec<wgpu::Buffer>,
     pos: usize,
 }
@@ -354,21 +360,23 @@ impl GpuLlama {
         let mut pipes = Pipelines::default();
         let mut bufs: Vec<wgpu::Buffer> = Vec::new();
         let mut weights: Vec<GpuNBits> = Vec::new();
+        // Each loaded weight's parts (before stacking), in load order.
+        let mut parts: Vec<usize> = Vec::new();
         let mut body = Vec::new();
         let mut kv_cache = Vec::new();
 
         let state = ctx.storage("state", TOKENS_AT + 4 * chunk as u64)?;
         let x = ctx.storage("x", rows(h))?;
         let xn = ctx.storage("x_norm", rows(h))?;
-        let q = ctx.storage("q", rows(qd))?;
-        let k = ctx.storage("k", rows(kvd))?;
-        let v = ctx.storage("v", rows(kvd))?;
+        // A row's q, k and v side by side (one product where their weights stack).
+        let qkv_row = qd + 2 * kvd;
+        let qkv = ctx.storage("qkv", rows(qkv_row))?;
         let attn = ctx.storage("attn", rows(qd))?;
         let tmp = ctx.storage("proj", rows(h))?;
         // Inputs rounded to int8 blocks, for linears that compute on them.
         let (xn_q, attn_q, act_q) = (ctx.storage("x_norm_q8", rows(h))?, ctx.storage("attn_q8", rows(qd))?, ctx.storage("act_q8", rows(inter))?);
-        let gate = ctx.storage("gate", rows(inter))?;
-        let up = ctx.storage("up", rows(inter))?;
+        // A row's gate and up side by side.
+        let gate_up = ctx.storage("gate_up", rows(2 * inter))?;
         let act = ctx.storage("act", rows(inter))?;
         let scores = ctx.storage("scores", rows(cfg.num_heads * max_ctx))?;
         let x_last = ctx.storage("x_last", (h * 4) as u64)?;
@@ -409,11 +417,24 @@ impl GpuLlama {
                 let x = if w.activations != Activations::Float { rounded } else { x };
                 Op::Linear { gemv: w.gemv(&ctx, &mut pipes, &state, x, y), gemm: w.gemm(&ctx, &mut pipes, &state, x, y) }
             };
-            let (lq, lk, lv) = (linear(&wq, &xn, &xn_q, &q), linear(&wk, &xn, &xn_q, &k), linear(&wv, &xn, &xn_q, &v));
+            parts.extend([&wq, &wk, &wv, &wo, &wg, &wu, &wd].map(|w| w.parts.len()));
+            // q, k and v as one weight where they stack (one product), else each writing its
+            // columns of the row; gate and up alike.
+            let qkv_w = match GpuNBits::stacked(&ctx, "qkv", &[&wq, &wk, &wv])? {
+                Some(w) => vec![w],
+                None => vec![wq.placed(&ctx, 0, qkv_row), wk.placed(&ctx, qd, qkv_row), wv.placed(&ctx, qd + kvd, qkv_row)],
+            };
+            let gate_up_w = match GpuNBits::stacked(&ctx, "gate_up", &[&wg, &wu])? {
+                Some(w) => vec![w],
+                None => vec![wg.placed(&ctx, 0, 2 * inter), wu.placed(&ctx, inter, 2 * inter)],
+            };
+            drop((wq, wk, wv, wg, wu));
+            let lqkv: Vec<Op> = qkv_w.iter().map(|w| linear(w, &xn, &xn_q, &qkv)).collect();
             let lo = linear(&wo, &attn, &attn_q, &tmp);
-            let (lg, lu, ld) = (linear(&wg, &xn, &xn_q, &gate), linear(&wu, &xn, &xn_q, &up), linear(&wd, &act, &act_q, &tmp));
-            let attn_bufs = AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scores: &scores, out: &attn };
-            let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, q: &q, k: &k, v: &v, kcache: &kc, vcache: &vc };
+            let lgu: Vec<Op> = gate_up_w.iter().map(|w| linear(w, &xn, &xn_q, &gate_up)).collect();
+            let ld = linear(&wd, &act, &act_q, &tmp);
+            let attn_bufs = AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scores: &scores, out: &attn };
+            let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
             // The attention norm: of the embedding, or fused with the previous layer's last
             // residual add (one dispatch for both).
             body.push(Op::Run(if first {
@@ -423,15 +444,17 @@ impl GpuLlama {
             }));
             first = false;
             body.extend(round_qkv);
-            body.extend([lq, lk, lv, Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs)), Op::Run(kernels::attention(&ctx, &mut pipes, shape, attn_bufs))]);
+            body.extend(lqkv);
+            body.extend([Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs)), Op::Run(kernels::attention(&ctx, &mut pipes, shape, attn_bufs))]);
             body.extend(round_o);
             body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
             body.extend(round_gate_up);
-            body.extend([lg, lu, Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate, &up, &act))]);
+            body.extend(lgu);
+            body.push(Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate_up, &act)));
             body.extend(round_down);
             // Its residual add runs in the next layer's norm, the last layer's below.
             body.push(ld);
-            weights.extend([wq, wk, wv, wo, wg, wu, wd]);
+            weights.extend(qkv_w.into_iter().chain([wo]).chain(gate_up_w).chain([wd]));
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
         }
@@ -462,9 +485,10 @@ impl GpuLlama {
         let kept_ids = ctx.storage("sample_kept_ids", (vocab * 4) as u64)?;
         let sb = kernels::SampleBuffers { opts: &sample_opts, logits: &logits, seen: &seen, keys: &keys, weights: &sample_weights, state: &state, kept_ids: &kept_ids };
         let sample = kernels::sample(&ctx, &mut pipes, sb);
+        parts.extend(std::iter::once(&embed).chain(head_w.iter()).map(|w| w.parts.len()));
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([head_state, xn, xn_q, attn_q, act_q, q, k, v, attn, tmp, gate, up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
+        bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
         let token_readback = ctx.readback("token", 4);
         Ok(GpuLlama {
             ctx,
@@ -485,7 +509,8 @@ impl GpuLlama {
             seen,
             seen_host,
             kv_cache,
-            weights,
+            _weights: weights,
+            parts,
             _buffers: bufs,
             pos: 0,
         })
@@ -532,7 +557,7 @@ impl GpuLlama {
     /// The buffers (row ranges) each int4 weight is split into to fit the adapter's binding
     /// limit, in load order: each layer's seven linears, the embedding, the untied head.
     pub fn weight_parts(&self) -> Vec<usize> {
-        self.weights.iter().map(|w| w.parts.len()).collect()
+        self.parts.clone()
     }
 
     /// Record the forward pass for `rows` tokens (the state already written) into one submit;

@@ -236,15 +236,14 @@ pub fn add_rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32,
     pipes.bind(ctx, Kernel::AddRmsNorm, &[&params, x, t, g, y], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
-/// Buffers of one [`rope_kv`]: the step state, the CPU's cos and sin tables, `q` and `k`
-/// (rotated in place), `v`, and the layer's caches.
+/// Buffers of one [`rope_kv`]: the step state, the CPU's cos and sin tables, the step's rows of
+/// q, k and v side by side (`[rows][(heads + 2 kv_heads) head_dim]`; q and k rotated in
+/// place), and the layer's caches.
 pub struct RopeKvBuffers<'a> {
     pub state: &'a wgpu::Buffer,
     pub cos: &'a wgpu::Buffer,
     pub sin: &'a wgpu::Buffer,
-    pub q: &'a wgpu::Buffer,
-    pub k: &'a wgpu::Buffer,
-    pub v: &'a wgpu::Buffer,
+    pub qkv: &'a wgpu::Buffer,
     pub kcache: &'a wgpu::Buffer,
     pub vcache: &'a wgpu::Buffer,
 }
@@ -254,11 +253,12 @@ pub struct RopeKvBuffers<'a> {
 pub fn rope_kv(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: RopeKvBuffers) -> Dispatch {
     let params = ctx.uniform("rope_kv", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32]);
     let pairs = ((s.heads + s.kv_heads) * s.head_dim / 2) as u32;
-    pipes.bind(ctx, Kernel::RopeKv, &[&params, b.state, b.cos, b.sin, b.q, b.k, b.v, b.kcache, b.vcache], Grid::per_row(pairs.div_ceil(64)))
+    pipes.bind(ctx, Kernel::RopeKv, &[&params, b.state, b.cos, b.sin, b.qkv, b.kcache, b.vcache], Grid::per_row(pairs.div_ceil(64)))
 }
 
-/// Buffers of one attention: `q`/`out` `[rows][heads][head_dim]`, `scores` `[rows][heads][max_ctx]`
-/// f32 scratch for the most rows a step runs.
+/// Buffers of one attention: `q` the step's rows of q, k and v side by side (as
+/// [`RopeKvBuffers::qkv`]; attention reads the queries), `out` `[rows][heads][head_dim]`,
+/// `scores` `[rows][heads][max_ctx]` f32 scratch for the most rows a step runs.
 pub struct AttnBuffers<'a> {
     pub state: &'a wgpu::Buffer,
     pub q: &'a wgpu::Buffer,
@@ -270,13 +270,17 @@ pub struct AttnBuffers<'a> {
 
 pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits()]);
+    // The queries' row: q, k and v side by side.
+    let q_row = (s.heads + 2 * s.kv_heads) * s.head_dim;
+    let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32]);
     pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scores, b.out], Grid::per_row(s.heads as u32))
 }
 
-pub fn silu_mul(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, gate: &wgpu::Buffer, up: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
+/// SiLU(gate) · up of the step's rows, gate and up side by side in `gate_up` (`[rows][2n]`),
+/// into `out` (`[rows][n]`).
+pub fn silu_mul(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, gate_up: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("silu_mul", &[n as u32]);
-    pipes.bind(ctx, Kernel::SiluMul, &[&params, gate, up, out], elementwise(n))
+    pipes.bind(ctx, Kernel::SiluMul, &[&params, gate_up, out], elementwise(n))
 }
 
 pub fn add(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {

@@ -383,6 +383,7 @@ impl From<Q8BlockWeight> for BlockWeight {
 }
 
 /// A row range of a weight on the GPU, each field in a buffer of its own.
+#[derive(Clone)]
 pub struct Part {
     /// The weight's rows this part holds.
     pub rows: Range<usize>,
@@ -453,6 +454,53 @@ impl GpuNBits {
             });
         }
         Ok(GpuNBits { spec, parts, activations: Activations::Float })
+    }
+
+    /// Its products written at columns `offset..offset + n` of output rows `total` wide (a
+    /// linear writing into a wider activation, e.g. q, k and v side by side): the parts'
+    /// parameters made again, the weight's buffers shared.
+    pub fn placed(&self, ctx: &GpuContext, offset: usize, total: usize) -> Self {
+        let spec = self.spec;
+        let parts = self
+            .parts
+            .iter()
+            .map(|p| {
+                let params = [p.rows.len() as u32, spec.k as u32, spec.block_size as u32, spec.zp_mode(), (offset + p.rows.start) as u32, total as u32, spec.bits as u32, spec.f16_params as u32];
+                Part { params: ctx.uniform("placed", &params), ..p.clone() }
+            })
+            .collect();
+        GpuNBits { spec, parts, activations: self.activations }
+    }
+
+    /// `weights` stacked by rows into one weight (q, k and v; gate and up: one product instead
+    /// of several), its buffers filled by GPU copies of theirs (queued now; the caller drops
+    /// the originals). `None` where they differ in anything but their row count (kind, k, block,
+    /// zero points, bias, rounding), one is split by rows, or the stack would need splitting.
+    pub fn stacked(ctx: &GpuContext, name: &str, weights: &[&GpuNBits]) -> Result<Option<Self>> {
+        let Some(first) = weights.first() else { return Ok(None) };
+        let same = |w: &&GpuNBits| BlockSpec { n: first.spec.n, ..w.spec } == first.spec && w.activations == first.activations && w.parts.len() == 1;
+        if !weights.iter().all(same) {
+            return Ok(None);
+        }
+        let spec = BlockSpec { n: weights.iter().map(|w| w.spec.n).sum(), ..first.spec };
+        // Whole 4-byte words per row in every field, for the copies' offsets and sizes.
+        if FIELDS.iter().any(|f| spec.row_bytes(*f) % 4 != 0) || spec.row_ranges(name, max_binding(ctx.limits()))?.len() != 1 {
+            return Ok(None);
+        }
+        let stack = GpuNBits { activations: first.activations, ..Self::allocate(ctx, name, spec)? };
+        let mut enc = ctx.encoder();
+        let mut row = 0;
+        for w in weights {
+            for field in FIELDS {
+                let bytes = (w.spec.n * spec.row_bytes(field)) as u64;
+                if bytes > 0 {
+                    enc.copy_buffer_to_buffer(w.parts[0].buffer(field), 0, stack.parts[0].buffer(field), (row * spec.row_bytes(field)) as u64, bytes);
+                }
+            }
+            row += w.spec.n;
+        }
+        ctx.submit(enc);
+        Ok(Some(stack))
     }
 
     /// Write `bytes`, whole rows `first..` of `field` in the GPU's layout

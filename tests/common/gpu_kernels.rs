@@ -189,6 +189,51 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
     }
 }
 
+/// Weights stacked by rows (`GpuNBits::stacked`: q, k and v; gate and up) give, in one
+/// product, each weight's outputs side by side in a row, as the weights placed at their columns
+/// (`GpuNBits::placed`, the fallback) do in three: both against the twins' outputs, through the
+/// decode GEMV and the prefill's kernel, on every kind; weights that differ do not stack.
+pub async fn stacked_and_placed_weights_match_twin(ctx: &GpuContext, rng: &mut Rng) {
+    let mut pipes = Pipelines::default();
+    for (ns, k, bs, rows) in [([8, 4, 4], 64, 32, 1), ([576, 192, 192], 576, 32, 5), ([33, 7, 7], 96, 16, 3)] {
+        for kind in KINDS {
+            let ws: Vec<BlockWeight> = ns.iter().map(|&n| random_weight(rng, n, k, bs, kind)).collect();
+            let x = rng.f32s(rows * k);
+            let total: usize = ns.iter().sum();
+            let outs: Vec<Vec<f32>> = ws.iter().map(|w| twin::gemv_nbits(w, &x)).collect();
+            // Row r: each weight's outputs in turn.
+            let want: Vec<f32> = (0..rows).flat_map(|r| ws.iter().zip(&outs).flat_map(move |(w, o)| o[r * w.spec.n..][..w.spec.n].to_vec())).collect();
+            let gws: Vec<GpuNBits> = ws.iter().map(|w| GpuNBits::upload(ctx, "w", w).unwrap()).collect();
+            let refs: Vec<&GpuNBits> = gws.iter().collect();
+            let stack = GpuNBits::stacked(ctx, "stack", &refs).unwrap().expect("same kind and k: they stack");
+            assert_eq!((stack.spec.n, stack.parts.len()), (total, 1));
+            let mut at = 0;
+            let placed: Vec<GpuNBits> = gws.iter().map(|w| {
+                let p = w.placed(ctx, at, total);
+                at += w.spec.n;
+                p
+            }).collect();
+            let (xb, st) = (upload(ctx, &x), state(ctx, 0, rows, &[]));
+            for gemm in [false, true] {
+                for (how, set) in [("stacked", std::slice::from_ref(&stack)), ("placed", &placed[..])] {
+                    let yb = ctx.storage("y", (rows * total * 4) as u64).unwrap();
+                    let d: Vec<_> = set.iter().flat_map(|w| if gemm { w.gemm(ctx, &mut pipes, &st, &xb, &yb) } else { w.gemv(ctx, &mut pipes, &st, &xb, &yb) }).collect();
+                    kernels::run(ctx, &pipes, &d, rows as u32);
+                    let got = download(ctx, &yb, rows * total).await;
+                    let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+                    assert_close(&format!("{how} gemm={gemm} ns={ns:?} k={k} rows={rows} {kind:?}"), &got, &want, |_| 1e-5 * scale);
+                }
+            }
+        }
+    }
+    // Another block size, or another kind, does not stack.
+    let a = GpuNBits::upload(ctx, "a", &random_weight(rng, 4, 64, 32, KINDS[0])).unwrap();
+    let b = GpuNBits::upload(ctx, "b", &random_weight(rng, 4, 64, 16, KINDS[0])).unwrap();
+    let c = GpuNBits::upload(ctx, "c", &random_weight(rng, 4, 64, 32, KINDS[5])).unwrap();
+    assert!(GpuNBits::stacked(ctx, "ab", &[&a, &b]).unwrap().is_none());
+    assert!(GpuNBits::stacked(ctx, "ac", &[&a, &c]).unwrap().is_none());
+}
+
 /// The embedding gather from every kind of table: one row (decode), a table's first and last
 /// rows, several at once (a prefill chunk). One subtraction and one product per element:
 /// bit-identical to the twin.
@@ -294,17 +339,27 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
         for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
             let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
             let (mut k, v, mut q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
+            // A row's q, k and v side by side, as the products write them.
+            let qd = heads * hd;
+            let side_by_side = |q: &[f32], k: &[f32], v: &[f32]| -> Vec<f32> {
+                (0..rows).flat_map(|r| [&q[r * qd..][..qd], &k[r * kvd..][..kvd], &v[r * kvd..][..kvd]].concat()).collect()
+            };
             let st = state(ctx, pos, rows, &[]);
-            let (kcb, vcb, kb, vb, qb) = (upload(ctx, &kc), upload(ctx, &vc), upload(ctx, &k), upload(ctx, &v), upload(ctx, &q));
+            let (kcb, vcb, qkvb) = (upload(ctx, &kc), upload(ctx, &vc), upload(ctx, &side_by_side(&q, &k, &v)));
             let scores = ctx.storage("scores", (rows * heads * max_ctx * 4) as u64).unwrap();
             let out = ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap();
-            let rope = kernels::rope_kv(ctx, &mut pipes, s, RopeKvBuffers { state: &st, cos: &cb, sin: &sb, q: &qb, k: &kb, v: &vb, kcache: &kcb, vcache: &vcb });
-            let attend = kernels::attention(ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
+            let rope = kernels::rope_kv(ctx, &mut pipes, s, RopeKvBuffers { state: &st, cos: &cb, sin: &sb, qkv: &qkvb, kcache: &kcb, vcache: &vcb });
+            let attend = kernels::attention(ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qkvb, kcache: &kcb, vcache: &vcb, scores: &scores, out: &out });
             kernels::run(ctx, &pipes, &[rope, attend], rows as u32);
             twin::rope(&mut q, heads, hd, pos, 10000.0);
             twin::rope(&mut k, kv_heads, hd, pos, 10000.0);
             let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos} rows={rows}");
-            let (got_q, got_k) = (download(ctx, &qb, rows * heads * hd).await, download(ctx, &kb, rows * kvd).await);
+            let got = download(ctx, &qkvb, rows * (qd + 2 * kvd)).await;
+            let col = |r: usize, from: usize, len: usize| got[r * (qd + 2 * kvd) + from..][..len].to_vec();
+            let got_q: Vec<f32> = (0..rows).flat_map(|r| col(r, 0, qd)).collect();
+            let got_k: Vec<f32> = (0..rows).flat_map(|r| col(r, qd, kvd)).collect();
+            let got_v: Vec<f32> = (0..rows).flat_map(|r| col(r, qd + kvd, kvd)).collect();
+            assert_eq!(got_v, v, "rope_kv leaves the values {what}");
             assert_close(&format!("rope_kv queries {what}"), &got_q, &q, |_| 1e-6);
             assert_close(&format!("rope_kv keys {what}"), &got_k, &k, |_| 1e-6);
             // The cache gets exactly the rotated keys the kernel wrote back, and the values.
@@ -324,7 +379,9 @@ pub async fn elementwise_kernels_match_twins(ctx: &GpuContext, rng: &mut Rng) {
     for (n, rows) in [(1, 1), (63, 1), (64, 2), (65, 3), (1536, 1), (576, 64), (rng.range(1, 10_000), rng.range(1, 9))] {
         let (a, b) = (rng.f32s(rows * n), rng.f32s(rows * n));
         let (ab, bb, out) = (upload(ctx, &a), upload(ctx, &b), ctx.storage("out", (rows * n * 4) as u64).unwrap());
-        let d = kernels::silu_mul(ctx, &mut pipes, n, &ab, &bb, &out);
+        // Gate and up side by side in a row, as their products write them.
+        let gate_up: Vec<f32> = (0..rows).flat_map(|r| [&a[r * n..][..n], &b[r * n..][..n]].concat()).collect();
+        let d = kernels::silu_mul(ctx, &mut pipes, n, &upload(ctx, &gate_up), &out);
         kernels::run(ctx, &pipes, &[d], rows as u32);
         assert_close(&format!("silu_mul n={n} rows={rows}"), &download(ctx, &out, rows * n).await, &twin::silu_mul(&a, &b), |_| 1e-6);
         let d = kernels::add(ctx, &mut pipes, n, &ab, &bb);

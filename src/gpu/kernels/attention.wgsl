@@ -2,7 +2,8 @@
 // rows: row r sits at position state.pos + r and attends to positions 0..=pos+r (the cache
 // already holds the step's own keys and values: rope_kv.wgsl runs first). Decode is the
 // one-row case; a prefill chunk runs all its rows in one dispatch.
-//   q       [rows][heads][head_dim]
+//   q       [rows][q_row]: a row's queries [heads][head_dim] first (the q, k, v products
+//           side by side: q_row = (heads + 2 kv_heads) head_dim)
 //   kcache, vcache  [kv_heads][max_ctx][head_dim];  query head h reads kv head h / (heads / kv_heads)
 //   scores  [rows][heads][max_ctx] scratch (a workgroup only touches its own row and head)
 //   out     [rows][heads][head_dim]
@@ -15,6 +16,7 @@ struct Params {
     head_dim: u32,
     max_ctx: u32,
     scale: f32,
+    q_row: u32,
 }
 
 struct State {
@@ -40,7 +42,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kvh = h / (p.heads / p.kv_heads);
     // Causal: this row sees itself and everything before it, nothing after.
     let len = state.pos + r + 1u;
-    let qo = (r * p.heads + h) * p.head_dim;
+    let qo = r * p.q_row + h * p.head_dim;
     let kv_base = kvh * p.max_ctx * p.head_dim;
     let so = (r * p.heads + h) * p.max_ctx;
 
@@ -89,6 +91,6 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var t = 0u; t < len; t++) {
             acc += scores[so + t] * vcache[kv_base + t * p.head_dim + d];
         }
-        out[qo + d] = acc * inv;
+        out[(r * p.heads + h) * p.head_dim + d] = acc * inv;
     }
 }

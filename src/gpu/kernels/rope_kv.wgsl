@@ -1,8 +1,8 @@
 // Rotate-half RoPE of a step's queries and keys, and the keys and values appended to the
 // layer's GPU-resident cache, in one dispatch (the decode step's were three: RoPE on q, on k,
 // then the append), row r at position state.pos + r:
-//   q       [rows][heads][head_dim]      rotated in place
-//   k, v    [rows][kv_heads][head_dim]   k rotated in place
+//   qkv     [rows][q | k | v]: a row's q [heads][head_dim], then k and v [kv_heads][head_dim]
+//           (the q, k, v products side by side); q and k rotated in place
 //   kcache, vcache  [kv_heads][max_ctx][head_dim]   the rotated k and v at the row's position
 // a = x[i], b = x[i + half]:  x[i] = a*cos - b*sin,  x[i + half] = b*cos + a*sin, cos/sin from
 // the CPU's table ([max_ctx][half] each), because WGSL sin/cos lose precision far from 0.
@@ -16,6 +16,11 @@ struct Params {
     max_ctx: u32,
 }
 
+// q, k and v of a row: (heads + 2 kv_heads) head_dim values.
+fn row_len() -> u32 {
+    return (p.heads + 2u * p.kv_heads) * p.head_dim;
+}
+
 struct State {
     pos: u32,
     rows: u32,
@@ -25,11 +30,9 @@ struct State {
 @group(0) @binding(1) var<storage, read> state: State;
 @group(0) @binding(2) var<storage, read> cos_t: array<f32>;
 @group(0) @binding(3) var<storage, read> sin_t: array<f32>;
-@group(0) @binding(4) var<storage, read_write> q: array<f32>;
-@group(0) @binding(5) var<storage, read_write> k: array<f32>;
-@group(0) @binding(6) var<storage, read> v: array<f32>;
-@group(0) @binding(7) var<storage, read_write> kcache: array<f32>;
-@group(0) @binding(8) var<storage, read_write> vcache: array<f32>;
+@group(0) @binding(4) var<storage, read_write> qkv: array<f32>;
+@group(0) @binding(5) var<storage, read_write> kcache: array<f32>;
+@group(0) @binding(6) var<storage, read_write> vcache: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
@@ -46,24 +49,26 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = t % half;
     let c = cos_t[pos * half + i];
     let s = sin_t[pos * half + i];
+    let row = r * row_len();
     if (on_q) {
-        let ia = (r * p.heads + h) * p.head_dim + i;
-        let a = q[ia];
-        let b = q[ia + half];
-        q[ia] = a * c - b * s;
-        q[ia + half] = b * c + a * s;
+        let ia = row + h * p.head_dim + i;
+        let a = qkv[ia];
+        let b = qkv[ia + half];
+        qkv[ia] = a * c - b * s;
+        qkv[ia + half] = b * c + a * s;
         return;
     }
-    let ia = (r * p.kv_heads + h) * p.head_dim + i;
-    let a = k[ia];
-    let b = k[ia + half];
+    let kv_dim = p.kv_heads * p.head_dim;
+    let ia = row + p.heads * p.head_dim + h * p.head_dim + i;
+    let a = qkv[ia];
+    let b = qkv[ia + half];
     let ra = a * c - b * s;
     let rb = b * c + a * s;
-    k[ia] = ra;
-    k[ia + half] = rb;
+    qkv[ia] = ra;
+    qkv[ia + half] = rb;
     let at = (h * p.max_ctx + pos) * p.head_dim + i;
     kcache[at] = ra;
     kcache[at + half] = rb;
-    vcache[at] = v[ia];
-    vcache[at + half] = v[ia + half];
+    vcache[at] = qkv[ia + kv_dim];
+    vcache[at + half] = qkv[ia + kv_dim + half];
 }
