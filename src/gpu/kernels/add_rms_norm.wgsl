@@ -1,22 +1,13 @@
-// Residual add, then RMSNorm of the sum, over a step's rows (add.wgsl then rms_norm.wgsl in one
-// dispatch): x[r][i] += t[r][i]; y[r][i] = x[r][i] / sqrt(mean(x[r]^2) + eps) * g[i]. One
-// workgroup per row r; each invocation normalizes the elements it summed, so no invocation reads
-// another's writes to x. The same arithmetic in the same order as the two kernels: bit-identical.
-// Twin: gpu::twin::add, then gpu::twin::rms_norm.
+// Residual add, then RMSNorm of the sum, over a step's rows (one dispatch for the two):
+// x[r][i] += t[r][i]; y[r][i] = x[r][i] / sqrt(mean(x[r]^2) + eps) * g[i]. One workgroup per
+// row r (norm.wgsl's reduction); each invocation normalizes the elements it summed, so no
+// invocation reads another's writes to x. The same arithmetic in the same order as the add and
+// rms_norm.wgsl: bit-identical. Twin: gpu::twin::add, then gpu::twin::rms_norm.
 
-struct Params {
-    n: u32,
-    eps: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> x: array<f32>;
 @group(0) @binding(2) var<storage, read> t: array<f32>;
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
-
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -27,15 +18,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         x[base + i] = v;
         acc += v * v;
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+    let inv = inv_rms(acc, lid);
     for (var i = lid; i < p.n; i += WG) {
         y[base + i] = x[base + i] * inv * g[i];
     }

@@ -1,18 +1,9 @@
-// RMSNorm: y[r][i] = x[r][i] / sqrt(mean(x[r]^2) + eps) * g[i]. One workgroup per row r.
-// Twin: gpu::twin::rms_norm.
+// RMSNorm: y[r][i] = x[r][i] / sqrt(mean(x[r]^2) + eps) * g[i]. One workgroup per row r
+// (norm.wgsl's reduction). Twin: gpu::twin::rms_norm.
 
-struct Params {
-    n: u32,
-    eps: f32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
-
-const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -22,15 +13,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         let v = x[base + i];
         acc += v * v;
     }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
-        if (lid < stride) {
-            partial[lid] += partial[lid + stride];
-        }
-        workgroupBarrier();
-    }
-    let inv = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+    let inv = inv_rms(acc, lid);
     for (var i = lid; i < p.n; i += WG) {
         y[base + i] = x[base + i] * inv * g[i];
     }
