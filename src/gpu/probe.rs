@@ -160,16 +160,27 @@ pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
 }
 
 /// A tuning's time of `bench`: after a warm-up submit (pipeline compilation), the fastest of
-/// three submits, in milliseconds.
-async fn best_of_three(ctx: &GpuContext, bench: &GemvBench, now: fn() -> f64) -> Result<f64> {
+/// three submits, in milliseconds; or the first, when it is already over `cut` (twice the
+/// fastest candidate so far: this one has lost, and a slow kernel is not run three more times
+/// during a load).
+async fn best_of_three(ctx: &GpuContext, bench: &GemvBench, now: fn() -> f64, cut: f64) -> Result<f64> {
     bench.run(ctx).await?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t0 = now();
         bench.run(ctx).await?;
         best = best.min(now() - t0);
+        if best > cut {
+            break;
+        }
     }
     Ok(best)
+}
+
+/// [`best_of_three`]'s `cut` after `timings` (milliseconds per call of the candidates timed so
+/// far) for a bench of `reps` calls.
+fn cut_after(timings: impl Iterator<Item = f64>, reps: usize) -> f64 {
+    2.0 * timings.fold(f64::INFINITY, f64::min) * reps as f64
 }
 
 /// `auto`'s estimate of a GPU decode step ([`estimate_step`]), in milliseconds.
@@ -235,10 +246,11 @@ impl RowsTuning {
 
 /// Time `gemv_rows.wgsl` at every [`RowsShape::candidates`] shape on an int4 `[n][k]` weight
 /// (block 32; `k` a multiple of 32, rows of whole 16-byte chunks) and order them by time: each
-/// after a warm-up submit (pipeline compilation), the best of three submits of
-/// [`PROBE_REPS`] GEMVs. Candidates giving this weight the same (lanes, rows) are timed once
-/// (the first stands for them), all over one uploaded weight. A load sets the context's shape to the fastest
-/// ([`GpuContext::set_rows_shape`]); on a GPU a few milliseconds plus up to 12 pipelines.
+/// after a warm-up submit (pipeline compilation), the best of three submits of [`PROBE_REPS`]
+/// GEMVs (one, for a shape already twice as slow as the best). Candidates giving this weight
+/// the same (lanes, rows) are timed once (the first stands for them), all over one uploaded
+/// weight. A load sets the context's shape to the fastest ([`GpuContext::set_rows_shape`]); on
+/// a GPU a few milliseconds plus up to 12 pipelines.
 pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<RowsTuning> {
     let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
     if !spec.rows_kernel_fits() {
@@ -257,7 +269,8 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     let benches = GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels)?;
     let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::with_capacity(shapes.len());
     for (&(shape, lr), bench) in shapes.iter().zip(&benches) {
-        timings.push((shape, lr, best_of_three(ctx, bench, now).await? / PROBE_REPS as f64));
+        let cut = cut_after(timings.iter().map(|t| t.2), PROBE_REPS);
+        timings.push((shape, lr, best_of_three(ctx, bench, now, cut).await? / PROBE_REPS as f64));
     }
     // Stable: equal times keep the candidates' order.
     timings.sort_by(|a, b| a.2.total_cmp(&b.2));
@@ -289,16 +302,21 @@ impl PrefillTuning {
 
 /// Time the prefill's product over a chunk of [`PREFILL_TUNING_ROWS`] rows of x with every
 /// [`PrefillKernel::candidates`] kernel on one uploaded int4 `[n][k]` weight (block 32), each
-/// after a warm-up submit, the best of three submits of two products; fastest first. The rows
-/// kernel runs with the context's decode shape, so tune the decode GEMV first.
+/// after a warm-up submit, the best of three submits of two products (one, for a candidate
+/// already twice as slow as the best); fastest first. The rows kernel runs with the context's
+/// decode shape, so tune the decode GEMV first.
 pub async fn tune_prefill(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<PrefillTuning> {
     const REPS: usize = 2;
     let rows = PREFILL_TUNING_ROWS;
-    let kernels = PrefillKernel::candidates();
+    // The rows kernel first, most x rows first (likeliest fastest), the tiled GEMM last: a
+    // candidate twice as slow as the best so far is timed once.
+    let mut kernels = PrefillKernel::candidates();
+    kernels.reverse();
     let benches = GemvBench::per_prefill(ctx, n, k, rows, REPS, &kernels)?;
-    let mut timings = Vec::with_capacity(kernels.len());
+    let mut timings: Vec<(PrefillKernel, f64)> = Vec::with_capacity(kernels.len());
     for (&kernel, bench) in kernels.iter().zip(&benches) {
-        timings.push((kernel, best_of_three(ctx, bench, now).await? / REPS as f64));
+        let cut = cut_after(timings.iter().map(|t| t.1), REPS);
+        timings.push((kernel, best_of_three(ctx, bench, now, cut).await? / REPS as f64));
     }
     timings.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok(PrefillTuning { n, k, rows, timings })
