@@ -317,9 +317,8 @@ pub struct GpuLlama {
     seen_host: Vec<u32>,
     /// Each layer's key and value cache, `[kv_heads][max_ctx][head_dim]` f32.
     kv_cache: Vec<[wgpu::Buffer; 2]>,
-    /// Everything the bind groups refer to, owned for the model's lifetime.
-    /// The weights the steps bind, kept with them (q, k and v stacked into one where they can
-    /// be; gate and up).
+    /// The weights the bind groups refer to, owned for the model's lifetime (q, k and v stacked
+    /// into one where they can be; gate and up).
     _weights: Vec<GpuNBits>,
     /// Each loaded weight's parts, in load order (see [`GpuLlama::weight_parts`]).
     parts: Vec<usize>,
