@@ -11,7 +11,7 @@ use std::sync::Arc;
 use edge_llm::cpu::{CpuModel, CpuOptions};
 use edge_llm::gpu::context::block_on;
 use edge_llm::gpu::kernels::{self, Pipelines};
-use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, ZeroPointKind};
+use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, RowsShape, ZeroPointKind};
 use edge_llm::gpu::twin;
 use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, PrefillKernel, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
@@ -69,14 +69,27 @@ fn block_matmul_kernels_match_twin() {
 
 /// `gemv_rows.wgsl` at each lane count and rows per lane group it takes, every weight kind,
 /// on whole-block shapes (`block_matmul_kernels_match_twin` runs its default shape): as the
-/// decode GEMV and over a prefill's rows at each x row count per workgroup.
+/// decode GEMV and over a prefill's rows at each x row count per workgroup; groups the device
+/// reduces by subgroup shuffles run with those and with the barrier tree.
 #[test]
 fn gemv_rows_kernel_matches_twin_at_every_width() {
-    let Some(_) = gpu() else { return };
+    let Some(default) = gpu() else { return };
+    // llvmpipe has subgroups of 8 laid over consecutive invocations: the shuffles run here.
+    if default.has_subgroups() {
+        assert!(default.shuffle_lanes() >= 4, "the device has subgroups but its layout test refused shuffles: the shuffle reduction would go untested");
+    }
+    eprintln!("rows kernel: shuffles up to {} lanes", default.shuffle_lanes());
     for lanes in edge_llm::gpu::ROWS_KERNEL_LANES {
         for rows in edge_llm::gpu::ROWS_KERNEL_ROWS {
-            let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows { lanes, rows }, ..Default::default() })).unwrap();
-            block_on(gpu_kernels::rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &gpu_kernels::rows_kernel_shapes()));
+            for shuffles in [false, true] {
+                if shuffles && lanes > default.shuffle_lanes() {
+                    continue; // more lanes than the device's smallest subgroup: the tree only
+                }
+                let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows { lanes, rows }, ..Default::default() })).unwrap();
+                ctx.set_rows_shape(RowsShape { shuffles, ..ctx.rows_shape() });
+                assert_eq!(ctx.shuffles(lanes), shuffles);
+                block_on(gpu_kernels::rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &gpu_kernels::rows_kernel_shapes()));
+            }
         }
     }
 }
@@ -788,15 +801,26 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
     eprintln!("{}", tuning.says());
     // Every shape timed over one uploaded weight: the buffers of one bench, not one set per shape.
     assert_eq!(ctx.counters().since(&before).buffers, one_bench, "{tuning:?}");
-    let timed: BTreeSet<(u32, u32)> = tuning.timings.iter().map(|t| t.1).collect();
-    let want: BTreeSet<(u32, u32)> = [32, 16, 8, 4].into_iter().flat_map(|l| edge_llm::gpu::ROWS_KERNEL_ROWS.map(|r| (l, r))).collect();
-    assert_eq!((timed, tuning.timings.len()), (want, 12), "{tuning:?}");
+    // Each (lanes, rows) with the barrier tree, and with shuffles where the device's subgroups
+    // hold the lanes (llvmpipe: 8 and 4 lanes).
+    let timed: BTreeSet<(u32, u32, bool)> = tuning.timings.iter().map(|t| (t.1 .0, t.1 .1, t.0.shuffles)).collect();
+    let want: BTreeSet<(u32, u32, bool)> = [32, 16, 8, 4]
+        .into_iter()
+        .flat_map(|l| edge_llm::gpu::ROWS_KERNEL_ROWS.map(|r| (l, r)))
+        .flat_map(|(l, r)| [(l, r, false), (l, r, true)])
+        .filter(|&(l, _, s)| !s || l <= ctx.shuffle_lanes())
+        .collect();
+    assert_eq!(tuning.timings.len(), want.len(), "{tuning:?}");
+    assert_eq!(timed, want, "{tuning:?}");
+    assert!(!ctx.has_subgroups() || timed.iter().any(|t| t.2), "a device with subgroups times the shuffles: {tuning:?}");
     assert!(tuning.timings.iter().all(|t| t.2.is_finite() && t.2 > 0.0), "{tuning:?}");
     assert!(tuning.timings.windows(2).all(|w| w[0].2 <= w[1].2), "fastest first: {tuning:?}");
     assert_eq!(tuning.best(), tuning.timings[0].0);
-    // The slowest, so that it is not the context's default.
-    ctx.set_rows_shape(tuning.timings[11].0);
-    assert_eq!(ctx.rows_shape(), tuning.timings[11].0);
+    // The context's shape is as it was, then the slowest, so that it is not the default.
+    assert_eq!(ctx.rows_shape(), RowsShape::SOFTWARE);
+    let slowest = tuning.timings.last().unwrap().0;
+    ctx.set_rows_shape(slowest);
+    assert_eq!(ctx.rows_shape(), slowest);
     block_on(gpu_kernels::gemv_matches_twin(&ctx, &mut Rng(11), &gpu_kernels::rows_kernel_shapes()));
     let tok = tiny::tokenizer_json();
     let (onnx, _, _) = tiny_int4_files(true);

@@ -25,6 +25,11 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     let kind = if ctx.is_software() { "SOFTWARE GPU (a CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
     out.push(format!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info));
     out.push(format!("per-row GEMV's reduction: {}", if ctx.has_subgroups() { "subgroupAdd (the device has subgroups)" } else { "barrier tree (no subgroups)" }));
+    out.push(match ctx.shuffle_lanes() {
+        0 if ctx.has_subgroups() => "rows kernel's reduction: barrier tree (the device's subgroups are not laid over consecutive invocations)".to_string(),
+        0 => "rows kernel's reduction: barrier tree (no subgroups)".to_string(),
+        n => format!("rows kernel's reduction: subgroup shuffles for groups of up to {n} lanes, a barrier tree above"),
+    });
     let stats = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
         (percentile(&v, 50.0), percentile(&v, 95.0), percentile(&v, 99.0))
@@ -64,7 +69,7 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     {
         let tuning = super::probe::tune_rows(ctx, 1536, 576, now).await?;
         out.push(format!("load-time tuning: {}", tuning.says()));
-        let all: Vec<String> = tuning.timings.iter().map(|(_, (l, r), ms)| format!("rows:{l}x{r} {ms:.3}")).collect();
+        let all: Vec<String> = tuning.timings.iter().map(|(s, (l, r), ms)| format!("rows:{l}x{r}{} {ms:.3}", if s.shuffles { " shuffles" } else { "" })).collect();
         out.push(format!("  ms per GEMV, fastest first: {}", all.join(", ")));
     }
     // The prefill's product over a 64-row chunk, by each kernel: the tiled GEMM (each weight

@@ -91,6 +91,10 @@ pub struct GpuContext {
     prefill: super::PrefillKernel,
     /// The prefill kernel under [`super::PrefillKernel::Auto`] (a load may tune it).
     prefill_auto: Mutex<super::PrefillKernel>,
+    /// Most lanes a `gemv_rows.wgsl` group may add by subgroup shuffles: the adapter's
+    /// smallest subgroup where the probe saw subgroups laid over consecutive invocations; 0
+    /// without subgroups or where it did not.
+    shuffle_lanes: u32,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -148,7 +152,7 @@ impl GpuContext {
         let info = adapter.get_info();
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
         let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
-        Ok(GpuContext {
+        let mut ctx = GpuContext {
             device,
             queue,
             limits,
@@ -160,7 +164,44 @@ impl GpuContext {
             rows_shape,
             prefill: options.prefill,
             prefill_auto,
-        })
+            shuffle_lanes: 0,
+        };
+        // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
+        // on every device.
+        if ctx.has_subgroups() {
+            ctx.shuffle_lanes = ctx.subgroup_layout().await.unwrap_or(0);
+        }
+        Ok(ctx)
+    }
+
+    /// Run `subgroup_layout.wgsl` once: the adapter's smallest subgroup size (at most 64) when
+    /// every invocation of a 64-wide workgroup is lane `lid % size` of the subgroup starting at
+    /// `lid - lid % size`, else 0 (no shuffles then; the barrier tree is right everywhere).
+    async fn subgroup_layout(&self) -> Result<u32> {
+        let out = self.storage("subgroup layout", 256)?;
+        let back = self.readback("subgroup layout back", 256);
+        let mut pipes = super::kernels::Pipelines::default();
+        let d = pipes.bind(self, super::kernels::Kernel::SubgroupLayout, &[&out], super::kernels::Grid::Fixed([1, 1, 1]));
+        let mut encoder = self.encoder();
+        pipes.record(&mut encoder, [&d], 1);
+        encoder.copy_buffer_to_buffer(&out, 0, &back, 0, 256);
+        self.submit(encoder);
+        let bytes = self.read(&back, 256).await?;
+        let sizes: Vec<u32> = bytes.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().unwrap())).collect();
+        let laid = sizes.iter().all(|&s| s >= 4);
+        Ok(if laid { self.info.subgroup_min_size.clamp(4, 64).min(*sizes.iter().min().unwrap_or(&0)) } else { 0 })
+    }
+
+    /// Whether a `gemv_rows.wgsl` group of `lanes` lanes adds its shares by subgroup
+    /// shuffles: the context's shape asks for them ([`super::nbits::RowsShape::shuffles`]) and
+    /// the device allows them for that many lanes.
+    pub fn shuffles(&self, lanes: u32) -> bool {
+        self.rows_shape().shuffles && lanes <= self.shuffle_lanes
+    }
+
+    /// The most lanes a group adds by shuffles (0: none; every group uses the barrier tree).
+    pub fn shuffle_lanes(&self) -> u32 {
+        self.shuffle_lanes
     }
 
     /// Why the device was lost, if it was: every later call on it fails.

@@ -31,8 +31,9 @@ pub enum Kernel {
     GemvNBitsSubgroups(NBitsKind),
     /// Lane groups of `.1` invocations computing `.2` output rows each, 16-byte reads (rows of
     /// whole 16-byte chunks).
-    /// Lanes per group, rows per group, x rows per workgroup.
-    GemvRows(NBitsKind, u32, u32, u32),
+    /// Lanes per group, rows per group, x rows per workgroup; whether the lanes' shares are
+    /// added by subgroup shuffles (see [`GpuContext::shuffles`]) rather than a barrier tree.
+    GemvRows(NBitsKind, u32, u32, u32, bool),
     GemmNBits(NBitsKind),
     EmbedNBits(NBitsKind),
     BiasNBits,
@@ -46,14 +47,23 @@ pub enum Kernel {
     Sample,
     RoundQ8,
     QuantizeTensor,
+    /// The device's subgroup layout ([`GpuContext`]'s probe).
+    SubgroupLayout,
 }
 
 impl Kernel {
+    /// `gemv_rows.wgsl` at `lanes` lanes and `rows` rows a group over `xrows` rows of x,
+    /// reduced by shuffles where `ctx` allows it for that many lanes.
+    pub fn gemv_rows(ctx: &GpuContext, kind: NBitsKind, lanes: u32, rows: u32, xrows: u32) -> Kernel {
+        Kernel::GemvRows(kind, lanes, rows, xrows, ctx.shuffles(lanes))
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Kernel::GemvNBits(_) => "gemv_nbits",
             Kernel::GemvNBitsSubgroups(_) => "gemv_nbits_subgroups",
-            Kernel::GemvRows(..) => "gemv_rows",
+            Kernel::GemvRows(.., false) => "gemv_rows",
+            Kernel::GemvRows(.., true) => "gemv_rows_subgroups",
             Kernel::GemmNBits(_) => "gemm_nbits",
             Kernel::EmbedNBits(_) => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
@@ -67,6 +77,7 @@ impl Kernel {
             Kernel::Sample => "sample",
             Kernel::RoundQ8 => "round_q8",
             Kernel::QuantizeTensor => "quantize_tensor",
+            Kernel::SubgroupLayout => "subgroup_layout",
         }
     }
 
@@ -82,7 +93,16 @@ impl Kernel {
                 include_str!("kernels/gemv_nbits.wgsl"),
                 include_str!("kernels/gemv_reduce_subgroups.wgsl")
             ),
-            Kernel::GemvRows(..) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_rows.wgsl")),
+            Kernel::GemvRows(.., false) => concat!(
+                include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_rows.wgsl"),
+                include_str!("kernels/gemv_rows_reduce_workgroup.wgsl")
+            ),
+            Kernel::GemvRows(.., true) => concat!(
+                include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_rows.wgsl"),
+                include_str!("kernels/gemv_rows_reduce_subgroups.wgsl")
+            ),
             Kernel::GemmNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
             Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
@@ -96,6 +116,7 @@ impl Kernel {
             Kernel::Sample => include_str!("kernels/sample.wgsl"),
             Kernel::RoundQ8 => include_str!("kernels/round_q8.wgsl"),
             Kernel::QuantizeTensor => include_str!("kernels/quantize_tensor.wgsl"),
+            Kernel::SubgroupLayout => include_str!("kernels/subgroup_layout.wgsl"),
         }
     }
 
@@ -103,7 +124,7 @@ impl Kernel {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
-            Kernel::GemvRows(w, lanes, rows, xrows) => {
+            Kernel::GemvRows(w, lanes, rows, xrows, _) => {
                 w.constants().into_iter().chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64)]).collect()
             }
             _ => Vec::new(),

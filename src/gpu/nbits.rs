@@ -23,34 +23,47 @@ use crate::{Error, Result};
 pub struct RowsShape {
     pub chunks_per_lane: u32,
     pub rows: u32,
+    /// A lane group adds its shares by subgroup shuffles (`gemv_rows_reduce_subgroups.wgsl`)
+    /// where the device allows it for its lanes ([`GpuContext::shuffles`]), else by the
+    /// barrier tree.
+    pub shuffles: bool,
 }
+
+/// Whether a CPU rasterizer's groups add their shares by shuffles (llvmpipe: subgroups of 8).
+const SOFTWARE_SHUFFLES: bool = true;
 
 impl RowsShape {
     /// On a CPU rasterizer, which runs a workgroup's invocations as one thread's SIMD lanes: 4
     /// lanes whatever the row (the fewest waste least on the reduction: llvmpipe, SmolLM2's
     /// head 15 ms a call at 4 lanes, 19 at 8, 83 at 64) and 4 rows (the head 18.0 ms at 1 row,
     /// 12.9 at 2, 9.7 at 4).
-    pub const SOFTWARE: RowsShape = RowsShape { chunks_per_lane: u32::MAX, rows: 4 };
+    pub const SOFTWARE: RowsShape = RowsShape { chunks_per_lane: u32::MAX, rows: 4, shuffles: SOFTWARE_SHUFFLES };
     /// On a GPU before tuning: about 4 chunks per lane (SmolLM2's int4 576-wide rows: 18
     /// chunks, 8 lanes; a 4096-wide row: 128 chunks, 32 lanes), 2 rows per group (each x vector
     /// loaded once for two rows: x is read from cache at 8 times the weights' bytes for int4).
     /// A reasoned default, not yet measured on a GPU against the others (`bench-gpu` sweeps
-    /// them).
-    pub const GPU: RowsShape = RowsShape { chunks_per_lane: 4, rows: 2 };
-    /// What a load's tuning times: 1, 2, 4, 8 chunks per lane x 1, 2, 4 rows.
+    /// them). The barrier tree: on the H200 the per-row GEMV's tree beat its `subgroupAdd`
+    /// (README, "On a hardware GPU"); a load's tuning times the shuffles.
+    pub const GPU: RowsShape = RowsShape { chunks_per_lane: 4, rows: 2, shuffles: false };
+    /// What a load's tuning times: 1, 2, 4, 8 chunks per lane x 1, 2, 4 rows, barrier tree
+    /// (it adds the shuffles where the device allows them: [`super::probe::tune_rows`]).
     pub fn candidates() -> Vec<RowsShape> {
-        [1, 2, 4, 8].into_iter().flat_map(|c| super::ROWS_KERNEL_ROWS.map(|rows| RowsShape { chunks_per_lane: c, rows })).collect()
+        [1, 2, 4, 8].into_iter().flat_map(|c| super::ROWS_KERNEL_ROWS.map(|rows| RowsShape { chunks_per_lane: c, rows, shuffles: false })).collect()
     }
 }
 
 impl std::fmt::Display for RowsShape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if *self == RowsShape::SOFTWARE {
-            write!(f, "4 lanes x {} rows", self.rows)
+        if self.chunks_per_lane == u32::MAX {
+            write!(f, "4 lanes x {} rows", self.rows)?;
         } else {
             let s = if self.chunks_per_lane == 1 { "" } else { "s" };
-            write!(f, "{} chunk{s} a lane x {} rows", self.chunks_per_lane, self.rows)
+            write!(f, "{} chunk{s} a lane x {} rows", self.chunks_per_lane, self.rows)?;
         }
+        if self.shuffles {
+            write!(f, ", shuffles")?;
+        }
+        Ok(())
     }
 }
 
@@ -544,9 +557,9 @@ impl GpuNBits {
         let kernel = match choice {
             GemvKernel::Auto if self.spec.rows_kernel_fits() => {
                 let (lanes, rows) = self.spec.rows_kernel_shape(ctx.rows_shape());
-                Kernel::GemvRows(kind, lanes, rows, 1)
+                Kernel::gemv_rows(ctx, kind, lanes, rows, 1)
             }
-            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::GemvRows(kind, lanes, rows, 1),
+            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::gemv_rows(ctx, kind, lanes, rows, 1),
             _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
             _ => Kernel::GemvNBits(kind),
         };
@@ -557,7 +570,7 @@ impl GpuNBits {
     /// rows, and the bias after.
     fn bind_rows_kernel(&self, ctx: &GpuContext, pipes: &mut Pipelines, kernel: Kernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
         let (rows_per_group, xrows) = match kernel {
-            Kernel::GemvRows(_, lanes, rows, xrows) => (64 / lanes * rows, xrows),
+            Kernel::GemvRows(_, lanes, rows, xrows, _) => (64 / lanes * rows, xrows),
             _ => (1, 1),
         };
         let bind = |p: &Part, pipes: &mut Pipelines| {
@@ -598,7 +611,7 @@ impl GpuNBits {
                     GemvKernel::Rows { lanes, rows } => (lanes, rows),
                     _ => self.spec.rows_kernel_shape(ctx.rows_shape()),
                 };
-                return self.bind_rows_kernel(ctx, pipes, Kernel::GemvRows(self.spec.kind(), lanes, rows, xrows), state, x, y);
+                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows), state, x, y);
             }
         }
         let bind = |p: &Part, pipes: &mut Pipelines| {

@@ -233,8 +233,12 @@ impl RowsTuning {
     pub fn says(&self) -> String {
         let (shape, (lanes, rows), ms) = self.timings[0];
         let slowest = self.timings.last().map_or(ms, |t| t.2);
+        // The fastest with the other reduction, where one was timed.
+        let other = self.timings.iter().find(|t| t.0.shuffles != shape.shuffles).map_or(String::new(), |(o, (l, r), ms)| {
+            format!("; fastest {}: rows:{l}x{r} {ms:.3} ms", if o.shuffles { "by shuffles" } else { "by the barrier tree" })
+        });
         format!(
-            "decode GEMV tuned to {shape} (rows:{lanes}x{rows} at [{}][{}]: {:.3} ms, the slowest of {} shapes {:.3} ms)",
+            "decode GEMV tuned to {shape} (rows:{lanes}x{rows} at [{}][{}]: {:.3} ms, the slowest of {} shapes {:.3} ms{other})",
             self.n,
             self.k,
             ms,
@@ -249,8 +253,9 @@ impl RowsTuning {
 /// after a warm-up submit (pipeline compilation), the best of three submits of [`PROBE_REPS`]
 /// GEMVs (one, for a shape already twice as slow as the best). Candidates giving this weight
 /// the same (lanes, rows) are timed once (the first stands for them), all over one uploaded
-/// weight. A load sets the context's shape to the fastest ([`GpuContext::set_rows_shape`]); on
-/// a GPU a few milliseconds plus up to 12 pipelines.
+/// weight; where the device's subgroups hold a shape's lanes ([`GpuContext::shuffles`]) that
+/// shape again with the shuffle reduction. A load sets the context's shape to the fastest
+/// ([`GpuContext::set_rows_shape`]); on a GPU a few milliseconds plus up to 24 pipelines.
 pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<RowsTuning> {
     let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
     if !spec.rows_kernel_fits() {
@@ -265,8 +270,31 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
         }
     }
     let kernels: Vec<GemvKernel> = shapes.iter().map(|&(_, (lanes, rows))| GemvKernel::Rows { lanes, rows }).collect();
-    // One uploaded weight for all of them (an 8B model's feed-forward is ~30 MB).
-    let benches = GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels)?;
+    // One uploaded weight for all of them (an 8B model's feed-forward is ~30 MB). A kernel
+    // takes its reduction from the context's shape when bound: the tree first, then the
+    // shuffles for the shapes whose lanes the device's subgroups hold; the context's shape
+    // is put back after.
+    let was = ctx.rows_shape();
+    ctx.set_rows_shape(RowsShape { shuffles: false, ..was });
+    let mut benches = match GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels) {
+        Ok(b) => b,
+        Err(e) => {
+            ctx.set_rows_shape(was);
+            return Err(e);
+        }
+    };
+    ctx.set_rows_shape(RowsShape { shuffles: true, ..was });
+    let shuffled: Vec<(RowsShape, (u32, u32), GemvBench)> = shapes
+        .iter()
+        .zip(&kernels)
+        .filter(|(&(_, (lanes, _)), _)| ctx.shuffles(lanes))
+        .map(|(&(shape, lr), &kernel)| (RowsShape { shuffles: true, ..shape }, lr, benches[0].again(ctx, PROBE_REPS, kernel)))
+        .collect();
+    ctx.set_rows_shape(was);
+    for (shape, lr, bench) in shuffled {
+        shapes.push((shape, lr));
+        benches.push(bench);
+    }
     let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::with_capacity(shapes.len());
     for (&(shape, lr), bench) in shapes.iter().zip(&benches) {
         let cut = cut_after(timings.iter().map(|t| t.2), PROBE_REPS);

@@ -11,6 +11,9 @@
 // Also the prefill's product over a chunk's state.rows rows of x: a workgroup takes XROWS of
 // them (wid.z), each 16-byte chunk of the weight loaded once into registers for all XROWS
 // (the weight read once per XROWS rows; ROWS * XROWS <= 16 sums per invocation).
+// The lanes' shares are added by a barrier tree (gemv_rows_reduce_workgroup.wgsl) or, where
+// the device has subgroups laid out over consecutive invocations, by shuffles
+// (gemv_rows_reduce_subgroups.wgsl).
 // Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES * ROWS))
 // workgroups as x + y * nwg.x, ceil(rows / XROWS) as z.
 // Twin: gpu::twin::gemv_nbits.
@@ -33,7 +36,6 @@ struct State {
 @group(0) @binding(6) var<storage, read> state: State;
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, 1024>; // [x row][row of the group][invocation]: 16 x 64
 
 // The x values of one chunk: 32 / BITS vec4s (8 for int4, 4 int8, 2 f16, 1 f32), loaded once
 // for the ROWS rows that use them.
@@ -120,23 +122,13 @@ fn main(
             }
         }
     }
-    for (var i = 0u; i < ROWS * XROWS; i++) {
-        partial[i * WG + lid] = s[i];
-    }
-    workgroupBarrier();
-    for (var stride = LANES / 2u; stride > 0u; stride /= 2u) {
-        if (lid % LANES < stride) {
-            for (var i = 0u; i < ROWS * XROWS; i++) {
-                partial[i * WG + lid] += partial[i * WG + lid + stride];
-            }
-        }
-        workgroupBarrier();
-    }
+    // The lane group's shares added (gemv_rows_reduce_*.wgsl), the sums in its first lane.
+    let sums = reduce_lanes(s, lid);
     if (lane == 0u) {
         for (var t = 0u; t < XROWS; t++) {
             for (var q = 0u; q < ROWS; q++) {
                 if (t < nx && j0 + q < p.n) {
-                    y[(r0 + t) * p.total + p.row0 + j0 + q] = partial[(t * ROWS + q) * WG + lid];
+                    y[(r0 + t) * p.total + p.row0 + j0 + q] = sums[t * ROWS + q];
                 }
             }
         }
