@@ -8,7 +8,9 @@
 #                                         (the device tool: carry [".gl"]): unpacks them,
 #                                         points the loader at the NVIDIA driver's ICD, and runs
 #                                         `bench-gpu`'s kernel sweep (every GEMV kernel: each
-#                                         lanes x rows shape of gemv_rows; every prefill kernel)
+#                                         lanes x rows shape of gemv_rows, by the barrier tree
+#                                         and, where the lanes fit a subgroup, by shuffles
+#                                         ("shfl"); every prefill kernel)
 #                                         and the tuned decode and prefill of synthetic
 #                                         SmolLM2-135M, Llama-3.2-1B and Llama-3.1-8B shapes
 #                                         (random int4 weights: no model file has to reach the

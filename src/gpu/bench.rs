@@ -55,12 +55,34 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     // the device's bandwidth (issue #15). SmolLM2's are too small to say it on a big GPU.
     let big: &[(usize, usize)] = if ctx.is_software() { &[] } else { &[(32768, 4096)] };
     for &(n, k) in [(576, 576), (1536, 576), (576, 1536), (49152, 576)].iter().chain(big) {
-        // Every kernel over one uploaded weight (the big shape's is 64 MiB).
-        for (&kernel, b) in gemv.iter().zip(&GemvBench::per_kernel(ctx, n, k, REPS, gemv)?) {
+        // Every kernel over one uploaded weight (the big shape's is 64 MiB), with the
+        // context's reduction; then, where the context does not use them, the rows kernels
+        // whose lanes the device's subgroups hold by shuffles (a kernel takes its reduction
+        // from the context's shape when bound).
+        let mut benches: Vec<(String, GemvBench)> = Vec::new();
+        for (&kernel, b) in gemv.iter().zip(GemvBench::per_kernel(ctx, n, k, REPS, gemv)?) {
+            benches.push((gemv_name(ctx, kernel, n, k), b));
+        }
+        let was = ctx.rows_shape();
+        if !was.shuffles && ctx.shuffle_lanes() > 0 {
+            ctx.set_rows_shape(super::nbits::RowsShape { shuffles: true, ..was });
+            let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
+            let extra: Vec<(String, GemvBench)> = gemv
+                .iter()
+                .filter(|g| match g {
+                    GemvKernel::Rows { lanes, .. } => spec.rows_kernel_fits() && ctx.shuffles(*lanes),
+                    GemvKernel::Auto => spec.rows_kernel_fits() && ctx.shuffles(spec.rows_kernel_shape(was).0),
+                    GemvKernel::PerRow => false,
+                })
+                .map(|&g| (format!("{} shfl", gemv_name(ctx, g, n, k)), benches[0].1.again(ctx, REPS, g)))
+                .collect();
+            ctx.set_rows_shape(was);
+            benches.extend(extra);
+        }
+        for (name, b) in &benches {
             let (ms, bytes) = timed(b).await?;
             let (p50, p95, p99) = stats(ms);
             let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
-            let name = gemv_name(ctx, kernel, n, k);
             out.push(format!("  n={n:6} k={k:5} {name:17}: {bytes:9} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"));
         }
     }
