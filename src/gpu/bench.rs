@@ -63,20 +63,18 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         for (&kernel, b) in gemv.iter().zip(GemvBench::per_kernel(ctx, n, k, REPS, gemv)?) {
             benches.push((gemv_name(ctx, kernel, n, k), b));
         }
-        let was = ctx.rows_shape();
-        if !was.shuffles && ctx.shuffle_lanes() > 0 {
-            ctx.set_rows_shape(super::nbits::RowsShape { shuffles: true, ..was });
+        if !ctx.rows_shape().shuffles && ctx.shuffle_lanes() > 0 {
             let spec = BlockSpec { n, k, bits: 4, block_size: 32, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false };
-            let extra: Vec<(String, GemvBench)> = gemv
-                .iter()
-                .filter(|g| match g {
-                    GemvKernel::Rows { lanes, .. } => spec.rows_kernel_fits() && ctx.shuffles(*lanes),
-                    GemvKernel::Auto => spec.rows_kernel_fits() && ctx.shuffles(spec.rows_kernel_shape(was).0),
-                    GemvKernel::PerRow => false,
-                })
-                .map(|&g| (format!("{} shfl", gemv_name(ctx, g, n, k)), benches[0].1.again(ctx, REPS, g)))
-                .collect();
-            ctx.set_rows_shape(was);
+            let extra: Vec<(String, GemvBench)> = ctx.with_rows_shuffles(true, || {
+                gemv.iter()
+                    .filter(|g| match g {
+                        GemvKernel::Rows { lanes, .. } => spec.rows_kernel_fits() && ctx.shuffles(*lanes),
+                        GemvKernel::Auto => spec.rows_kernel_fits() && ctx.shuffles(spec.rows_kernel_shape(ctx.rows_shape()).0),
+                        GemvKernel::PerRow => false,
+                    })
+                    .map(|&g| (format!("{} shfl", gemv_name(ctx, g, n, k)), benches[0].1.again(ctx, REPS, g)))
+                    .collect()
+            });
             benches.extend(extra);
         }
         for (name, b) in &benches {

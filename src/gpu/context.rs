@@ -260,6 +260,17 @@ impl GpuContext {
         *self.rows_shape.lock().unwrap_or_else(|e| e.into_inner()) = shape;
     }
 
+    /// Run `f` with the rows kernel's reduction set to shuffles or the tree, then put the
+    /// context's shape back: the kernels `f` binds take that reduction (tunings and benchmarks
+    /// binding both over one weight).
+    pub fn with_rows_shuffles<T>(&self, shuffles: bool, f: impl FnOnce() -> T) -> T {
+        let was = self.rows_shape();
+        self.set_rows_shape(super::nbits::RowsShape { shuffles, ..was });
+        let out = f();
+        self.set_rows_shape(was);
+        out
+    }
+
     /// Which prefill kernel runs the weights: the option, or under
     /// [`super::PrefillKernel::Auto`] the context's choice (fixed on a CPU rasterizer, on a GPU
     /// the default until [`GpuContext::set_prefill_kernel`], a load's tuning). Never `Auto`.

@@ -272,25 +272,16 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     let kernels: Vec<GemvKernel> = shapes.iter().map(|&(_, (lanes, rows))| GemvKernel::Rows { lanes, rows }).collect();
     // One uploaded weight for all of them (an 8B model's feed-forward is ~30 MB). A kernel
     // takes its reduction from the context's shape when bound: the tree first, then the
-    // shuffles for the shapes whose lanes the device's subgroups hold; the context's shape
-    // is put back after.
-    let was = ctx.rows_shape();
-    ctx.set_rows_shape(RowsShape { shuffles: false, ..was });
-    let mut benches = match GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels) {
-        Ok(b) => b,
-        Err(e) => {
-            ctx.set_rows_shape(was);
-            return Err(e);
-        }
-    };
-    ctx.set_rows_shape(RowsShape { shuffles: true, ..was });
-    let shuffled: Vec<(RowsShape, (u32, u32), GemvBench)> = shapes
-        .iter()
-        .zip(&kernels)
-        .filter(|(&(_, (lanes, _)), _)| ctx.shuffles(lanes))
-        .map(|(&(shape, lr), &kernel)| (RowsShape { shuffles: true, ..shape }, lr, benches[0].again(ctx, PROBE_REPS, kernel)))
-        .collect();
-    ctx.set_rows_shape(was);
+    // shuffles for the shapes whose lanes the device's subgroups hold.
+    let mut benches = ctx.with_rows_shuffles(false, || GemvBench::per_kernel(ctx, n, k, PROBE_REPS, &kernels))?;
+    let shuffled: Vec<(RowsShape, (u32, u32), GemvBench)> = ctx.with_rows_shuffles(true, || {
+        shapes
+            .iter()
+            .zip(&kernels)
+            .filter(|(&(_, (lanes, _)), _)| ctx.shuffles(lanes))
+            .map(|(&(shape, lr), &kernel)| (RowsShape { shuffles: true, ..shape }, lr, benches[0].again(ctx, PROBE_REPS, kernel)))
+            .collect()
+    });
     for (shape, lr, bench) in shuffled {
         shapes.push((shape, lr));
         benches.push(bench);
