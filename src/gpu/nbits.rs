@@ -131,6 +131,12 @@ impl BlockSpec {
         self.bits >= 16
     }
 
+    /// `nbits.wgsl`'s `Params` of a part holding `n` rows of this weight, written to output
+    /// columns `row0..row0 + n` of rows `total` wide.
+    fn part_params(&self, n: usize, row0: usize, total: usize) -> [u32; 8] {
+        [n as u32, self.k as u32, self.block_size as u32, self.zp_mode(), row0 as u32, total as u32, self.bits as u32, self.f16_params as u32]
+    }
+
     /// The kernels' `zp_mode` (3: float values).
     fn zp_mode(&self) -> u32 {
         if self.is_float() { 3 } else { self.zero_points.mode() }
@@ -456,7 +462,7 @@ impl GpuNBits {
         for rows in ranges {
             let n = rows.len();
             let bytes = |f: Field| (n * spec.row_bytes(f)) as u64;
-            let params = [n as u32, spec.k as u32, spec.block_size as u32, spec.zp_mode(), rows.start as u32, spec.n as u32, spec.bits as u32, spec.f16_params as u32];
+            let params = spec.part_params(n, rows.start, spec.n);
             parts.push(Part {
                 data: ctx.storage(name, bytes(Field::Data))?,
                 scales: ctx.storage(name, bytes(Field::Scales))?,
@@ -478,7 +484,7 @@ impl GpuNBits {
             .parts
             .iter()
             .map(|p| {
-                let params = [p.rows.len() as u32, spec.k as u32, spec.block_size as u32, spec.zp_mode(), (offset + p.rows.start) as u32, total as u32, spec.bits as u32, spec.f16_params as u32];
+                let params = spec.part_params(p.rows.len(), offset + p.rows.start, total);
                 Part { params: ctx.uniform("placed", &params), ..p.clone() }
             })
             .collect();
