@@ -552,29 +552,16 @@ fn ticks(now: Clock) -> bool {
     !(now() == 0.0 && now() == 0.0)
 }
 
-/// On a GPU (or a software adapter with `probe_software`), for each kernel left to the engine
-/// in the options: time `gemv_rows.wgsl`'s shapes on the model's feed-forward weight shape
-/// `[intermediate][hidden]` and keep the fastest for the weights the load then binds
-/// ([`crate::gpu::probe::tune_rows`]), then the prefill's kernels over a chunk's rows at that
-/// shape ([`crate::gpu::probe::tune_prefill`]); says what it chose. `None`: not tuned (a CPU
+/// On a GPU (or a software adapter with `probe_software`), the kernels left to the engine in
+/// the options tuned for the weights the load then binds ([`crate::gpu::probe::tune_model`]:
+/// `gemv_rows.wgsl`'s shape, then the prefill kernel); says what it chose. `None`: not tuned (a CPU
 /// rasterizer, kernels chosen in the options, or no clock).
 async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
     let now: Clock = default_clock;
     if (ctx.is_software() && !options.probe_software) || !ticks(now) {
         return Ok(None);
     }
-    let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
-    let mut said = Vec::new();
-    if options.gemv == crate::gpu::GemvKernel::Auto {
-        let tuning = crate::gpu::probe::tune_rows(ctx, n, k, now).await?;
-        ctx.set_rows_shape(tuning.best());
-        said.push(tuning.says());
-    }
-    if options.prefill == crate::gpu::PrefillKernel::Auto {
-        let tuning = crate::gpu::probe::tune_prefill(ctx, n, k, now).await?;
-        ctx.set_prefill_kernel(tuning.best());
-        said.push(tuning.says());
-    }
+    let said = crate::gpu::probe::tune_model(ctx, cfg, options, now).await?;
     Ok((!said.is_empty()).then(|| said.join("; ")))
 }
 

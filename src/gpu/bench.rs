@@ -262,17 +262,10 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
     // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
-    if options.gemv == GemvKernel::Auto && !ctx.is_software() {
-        let (n, k) = (cfg.intermediate_size, cfg.hidden_size.div_ceil(32) * 32);
-        let tuning = block_on(super::probe::tune_rows(&ctx, n, k, now))?;
-        ctx.set_rows_shape(tuning.best());
-        emit(&format!("load-time tuning for {name}: {}", tuning.says()));
-    }
-    if options.prefill == PrefillKernel::Auto && !ctx.is_software() {
-        let (n, k) = (cfg.intermediate_size, cfg.hidden_size.div_ceil(32) * 32);
-        let tuning = block_on(super::probe::tune_prefill(&ctx, n, k, now))?;
-        ctx.set_prefill_kernel(tuning.best());
-        emit(&format!("load-time tuning for {name}: {}", tuning.says()));
+    if !ctx.is_software() {
+        for said in block_on(super::probe::tune_model(&ctx, &cfg, options, now))? {
+            emit(&format!("load-time tuning for {name}: {said}"));
+        }
     }
     emit(&format!("prefill kernel: {}", ctx.prefill_kernel()));
     let t = Instant::now();

@@ -296,6 +296,25 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     Ok(RowsTuning { n, k, timings })
 }
 
+/// The kernels `options` leave to the engine, tuned at `cfg`'s feed-forward shape
+/// `[intermediate][hidden]` as a load does on a GPU: the decode GEMV's shape ([`tune_rows`]),
+/// then the prefill kernel ([`tune_prefill`]), each set on the context; what each tuning says.
+pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, options: &super::GpuOptions, now: fn() -> f64) -> Result<Vec<String>> {
+    let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
+    let mut said = Vec::new();
+    if options.gemv == GemvKernel::Auto {
+        let tuning = tune_rows(ctx, n, k, now).await?;
+        ctx.set_rows_shape(tuning.best());
+        said.push(tuning.says());
+    }
+    if options.prefill == PrefillKernel::Auto {
+        let tuning = tune_prefill(ctx, n, k, now).await?;
+        ctx.set_prefill_kernel(tuning.best());
+        said.push(tuning.says());
+    }
+    Ok(said)
+}
+
 /// What [`tune_prefill`] measured: each candidate [`PrefillKernel`] and its milliseconds per
 /// product over `rows` rows, fastest first.
 #[derive(Debug, Clone)]
