@@ -56,7 +56,13 @@ fi
 # (3,745,408 B gzipped against 3,932,769: -O3 inlines more). Decode in headless Chromium, 3
 # alternated runs each: 18.8 tok/s at -O1, 19.4 at -O3 (ranges 18.7-19.6 and 18.1-19.7: within
 # noise); prefill 69.1 and 68.5 tok/s. V8 optimizes the code again; -O1 is what keeps the size.
-node_modules/.bin/wasm-opt -O1 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
+if [ ! -x node_modules/.bin/wasm-opt ]; then
+  # (As `a && b` the missing tool failed quietly: set -e spares a list's first command.)
+  echo "build-pkg: node_modules/.bin/wasm-opt is missing: run npm ci (binaryen from package-lock.json)" >&2
+  exit 1
+fi
+node_modules/.bin/wasm-opt -O1 --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$wasm" -o "$wasm.opt"
+mv "$wasm.opt" "$wasm"
 opt=$(stat -c %s "$wasm")
 gz=$(gzip -9 -c "$wasm" | wc -c)
 printf 'pkg/edge_llm_bg.wasm: %s bytes raw from cargo, %s after wasm-opt, %s gzipped\n' "$raw" "$opt" "$gz"

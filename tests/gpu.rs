@@ -74,24 +74,8 @@ fn block_matmul_kernels_match_twin() {
 #[test]
 fn gemv_rows_kernel_matches_twin_at_every_width() {
     let Some(default) = gpu() else { return };
-    // llvmpipe has subgroups of 8 laid over consecutive invocations: the shuffles run here.
-    if default.has_subgroups() {
-        assert!(default.shuffle_lanes() >= 4, "the device has subgroups but its layout test refused shuffles: the shuffle reduction would go untested");
-    }
     eprintln!("rows kernel: shuffles up to {} lanes", default.shuffle_lanes());
-    for lanes in edge_llm::gpu::ROWS_KERNEL_LANES {
-        for rows in edge_llm::gpu::ROWS_KERNEL_ROWS {
-            for shuffles in [false, true] {
-                if shuffles && lanes > default.shuffle_lanes() {
-                    continue; // more lanes than the device's smallest subgroup: the tree only
-                }
-                let ctx = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::Rows { lanes, rows }, ..Default::default() })).unwrap();
-                ctx.set_rows_shape(RowsShape { shuffles, ..ctx.rows_shape() });
-                assert_eq!(ctx.shuffles(lanes), shuffles);
-                block_on(gpu_kernels::rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &gpu_kernels::rows_kernel_shapes()));
-            }
-        }
-    }
+    block_on(gpu_kernels::rows_kernel_matches_twin_at_every_width(&default, &[false, true]));
 }
 
 

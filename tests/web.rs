@@ -89,6 +89,19 @@ async fn webgpu_kernels_match_their_twins_in_browser() {
     gpu_kernels::sample_kernel_matches_twin(&ctx, &mut gpu_kernels::Rng(8)).await;
 }
 
+/// `gemv_rows.wgsl` by subgroup shuffles at every width they fit, through Tint. Chromium's
+/// SwiftShader offers WebGPU's `subgroups`, which wgpu 30 cannot ask for: the context asks for it
+/// itself (js/gpu.js), so the subgroup kernels run in browsers too. (The barrier tree at every
+/// width runs natively; here the engine's own shape in `webgpu_kernels_match_their_twins_in_browser`:
+/// both at every width took 9 minutes in SwiftShader.)
+#[wasm_bindgen_test]
+async fn webgpu_rows_kernel_by_shuffles_matches_twin_at_every_width_in_browser() {
+    let ctx = edge_llm::gpu::GpuContext::new().await.expect("headless Chromium offers a WebGPU adapter (swiftshader)");
+    assert!(ctx.has_subgroups(), "Chromium's SwiftShader offers subgroups: the device should have them");
+    console_log!("rows kernel: shuffles up to {} lanes", ctx.shuffle_lanes());
+    gpu_kernels::rows_kernel_matches_twin_at_every_width(&ctx, &[true]).await;
+}
+
 /// The WebGPU backend in the browser (SwiftShader here): the tiny int4 model, opened with
 /// `backend: webgpu` and stepped asynchronously, gives the CPU engine's greedy tokens; the sync
 /// step, which cannot wait for the GPU's readback here, is a named error; `auto` picks the CPU on

@@ -95,6 +95,8 @@ pub struct GpuContext {
     /// smallest subgroup where the probe saw subgroups laid over consecutive invocations; 0
     /// without subgroups or where it did not.
     shuffle_lanes: u32,
+    /// The device has WGSL's subgroup operations (see [`GpuContext::has_subgroups`]).
+    subgroups: bool,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -121,19 +123,28 @@ impl GpuContext {
         // loaders size buffers by these. (A browser raises limits requested below WebGPU's
         // defaults to them: there only these bookkept ones are lower.)
         let limits = options.limits(adapter.limits());
-        // Subgroups where the adapter has them (natively; wgpu 30's WebGPU backend does not map
-        // the browser's `subgroups` feature), for the GEMV's reduction.
+        // Subgroups where the adapter has them, for the GEMV's reductions: natively wgpu's
+        // SUBGROUP feature; in browsers WebGPU's `subgroups`, which wgpu 30's WebGPU backend
+        // does not map, asked for by js/gpu.js around wgpu's request.
         let features = adapter.features() & wgpu::Features::SUBGROUP;
         let features = if options.no_subgroups { wgpu::Features::empty() } else { features };
-        let (device, queue) = adapter
-            .request_device(&wgpu::DeviceDescriptor {
-                label: Some("edge-llm"),
-                required_features: features,
-                required_limits: limits.clone(),
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::UnsupportedBackend(format!("webgpu: the adapter refused a device ({e})")))?;
+        #[cfg(target_arch = "wasm32")]
+        if !options.no_subgroups {
+            web::ask_subgroups();
+        }
+        let request = adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("edge-llm"),
+            required_features: features,
+            required_limits: limits.clone(),
+            ..Default::default()
+        });
+        #[cfg(target_arch = "wasm32")]
+        let web_subgroups = web::subgroups_asked();
+        let (device, queue) = request.await.map_err(|e| Error::UnsupportedBackend(format!("webgpu: the adapter refused a device ({e})")))?;
+        #[cfg(target_arch = "wasm32")]
+        let subgroups = web_subgroups;
+        #[cfg(not(target_arch = "wasm32"))]
+        let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         let on_lost = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -165,6 +176,7 @@ impl GpuContext {
             prefill: options.prefill,
             prefill_auto,
             shuffle_lanes: 0,
+            subgroups,
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -234,12 +246,13 @@ impl GpuContext {
         &self.info
     }
 
-    /// A software rasterizer (llvmpipe, SwiftShader): numbers from it say nothing about GPUs.
-    /// The device has subgroup operations (WGSL `enable subgroups`).
+    /// The device has subgroup operations (WGSL `enable subgroups`): natively wgpu's SUBGROUP
+    /// feature, in browsers WebGPU's `subgroups` (shaders then begin with the directive).
     pub fn has_subgroups(&self) -> bool {
-        self.device.features().contains(wgpu::Features::SUBGROUP)
+        self.subgroups
     }
 
+    /// A software rasterizer (llvmpipe, SwiftShader): numbers from it say nothing about GPUs.
     pub fn is_software(&self) -> bool {
         is_software(&self.info)
     }
@@ -374,6 +387,11 @@ impl GpuContext {
     /// overridable constants set to `constants`.
     pub fn pipeline(&self, label: &str, source: &str, constants: &[(&str, f64)]) -> wgpu::ComputePipeline {
         self.counters.add(SHADERS, 1);
+        // Browsers (Tint) take subgroup builtins only under WGSL's `enable subgroups;`, which
+        // naga rejects (wgpu issue #5555; it takes them without): wgpu's WebGPU backend passes
+        // the source to the browser unparsed.
+        #[cfg(target_arch = "wasm32")]
+        let source = &if self.subgroups { format!("enable subgroups;\n{source}") } else { source.to_string() };
         let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
             label: Some(label),
             source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -493,5 +511,21 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
             return v;
         }
         std::thread::sleep(std::time::Duration::from_micros(50));
+    }
+}
+
+/// js/gpu.js: WebGPU's `subgroups` feature for the device wgpu requests.
+#[cfg(target_arch = "wasm32")]
+mod web {
+    use wasm_bindgen::prelude::wasm_bindgen;
+
+    #[wasm_bindgen(module = "/js/gpu.js")]
+    extern "C" {
+        /// Add "subgroups" to the next `requestDevice` where the adapter offers it.
+        #[wasm_bindgen(js_name = askSubgroups)]
+        pub fn ask_subgroups();
+        /// Whether that request asked for them (and undo the wrap if no request came).
+        #[wasm_bindgen(js_name = subgroupsAsked)]
+        pub fn subgroups_asked() -> bool;
     }
 }

@@ -208,11 +208,13 @@ pub fn version() -> String {
 /// GEMV GB/s (the engine's kernel and the per-row one; on a hardware adapter every width of the
 /// rows kernel too) and the prefill GEMM's GFLOP/s at SmolLM2-135M's shapes, the token pick over its
 /// vocabulary, timed with `performance.now` (each pass one submit and its readback; medians and
-/// percentiles of `steps` passes after `warmup`, defaults 3 and 20). Resolves to the report's
-/// lines; rejects with `UnsupportedBackendError` without WebGPU.
+/// percentiles of `steps` passes after `warmup`, defaults 3 and 20; `noSubgroups` leaves the
+/// adapter's `subgroups` unused). Resolves to the report's lines; rejects with
+/// `UnsupportedBackendError` without WebGPU.
 #[wasm_bindgen(js_name = benchGpuKernels, unchecked_return_type = "string[]")]
-pub async fn bench_gpu_kernels(warmup: Option<u32>, steps: Option<u32>) -> Result<JsValue, JsValue> {
-    let ctx = crate::gpu::GpuContext::new().await.map_err(js_error)?;
+pub async fn bench_gpu_kernels(warmup: Option<u32>, steps: Option<u32>, no_subgroups: Option<bool>) -> Result<JsValue, JsValue> {
+    let options = crate::gpu::GpuOptions { no_subgroups: no_subgroups.unwrap_or(false), ..Default::default() };
+    let ctx = crate::gpu::GpuContext::with_options(&options).await.map_err(js_error)?;
     let gemv = crate::gpu::bench::default_gemv_kernels(&ctx);
     let lines = crate::gpu::bench::kernels(&ctx, warmup.unwrap_or(3) as usize, steps.unwrap_or(20) as usize, clock, &gemv).await.map_err(js_error)?;
     Ok(lines.into_iter().map(JsValue::from).collect::<js_sys::Array>().into())

@@ -4,10 +4,10 @@
 #![allow(dead_code)] // each includer runs its part
 
 use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines, RopeKvBuffers};
-use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, ZeroPointKind, ZeroPoints};
+use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::generate::SampleParams;
-use edge_llm::gpu::{GpuContext, PrefillKernel, ROWS_KERNEL_XROWS};
+use edge_llm::gpu::{GemvKernel, GpuContext, GpuOptions, PrefillKernel, ROWS_KERNEL_LANES, ROWS_KERNEL_ROWS, ROWS_KERNEL_XROWS};
 
 /// splitmix64: seeded, identical everywhere.
 pub struct Rng(pub u64);
@@ -125,6 +125,31 @@ pub fn matmul_shapes(rng: &mut Rng, random: usize) -> Vec<(usize, usize, usize, 
 /// 1536-wide rows.
 pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
     vec![(1, 32, 32, 1), (3, 128, 32, 5), (17, 64, 16, 2), (61, 576, 32, 7), (40, 1536, 32, 3), (9, 1024, 128, 1), (130, 256, 64, 9)]
+}
+
+/// `gemv_rows.wgsl` at every lanes x rows shape, by each of `reductions` (false: the barrier
+/// tree; true: subgroup shuffles, at the widths the device allows them), each through
+/// [`rows_matmul_matches_twin`]. A device with subgroups must allow shuffles (llvmpipe lays
+/// subgroups of 8 over consecutive invocations, Chromium's SwiftShader too), so the shuffle
+/// reduction cannot go untested.
+pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reductions: &[bool]) {
+    if default.has_subgroups() {
+        assert!(default.shuffle_lanes() >= 4, "the device has subgroups but its layout test refused shuffles: the shuffle reduction would go untested");
+    }
+    for lanes in ROWS_KERNEL_LANES {
+        for rows in ROWS_KERNEL_ROWS {
+            for &shuffles in reductions {
+                if shuffles && lanes > default.shuffle_lanes() {
+                    continue; // more lanes than the device's smallest subgroup: the tree only
+                }
+                let options = GpuOptions { gemv: GemvKernel::Rows { lanes, rows }, ..Default::default() };
+                let ctx = GpuContext::with_options(&options).await.unwrap();
+                ctx.set_rows_shape(RowsShape { shuffles, ..ctx.rows_shape() });
+                assert_eq!(ctx.shuffles(lanes), shuffles);
+                rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &rows_kernel_shapes()).await;
+            }
+        }
+    }
 }
 
 /// A product a test runs: the decode GEMV (over any number of rows), or the prefill's with a
