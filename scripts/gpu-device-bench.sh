@@ -14,7 +14,9 @@
 #                                         and the tuned decode and prefill of synthetic
 #                                         SmolLM2-135M, Llama-3.2-1B and Llama-3.1-8B shapes
 #                                         (random int4 weights: no model file has to reach the
-#                                         machine), then repeats and comparisons, writing to $OUT.
+#                                         machine), each also at position 900 (the attention's
+#                                         cost in a long chat), then repeats and comparisons,
+#                                         writing to $OUT.
 #
 # The NVIDIA driver there ships its Vulkan ICD (libGLX_nvidia needs libglvnd; with libvulkan1
 # alone the loader finds no driver). Nothing here runs in CI.
@@ -46,7 +48,7 @@ run)
     # tuned decode and prefill on each model's shapes, then repeats and the comparisons.
     bench 90 kernels-1 --warmup 10 --steps 50
     for model in smollm2-135m llama-3.2-1b llama-3.1-8b; do
-        bench 120 "decode-$model-auto" --warmup 10 --steps 100 --synthetic "$model" --gemv auto
+        bench 120 "decode-$model-auto" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --at-position 900
     done
     for i in 2 3; do
         bench 90 "kernels-$i" --warmup 10 --steps 50

@@ -234,6 +234,10 @@ enum Cmd {
         /// smollm2-135m, llama-3.2-1b or llama-3.1-8b.
         #[arg(long, conflicts_with = "gguf")]
         synthetic: Option<String>,
+        /// Also time the decode deep in the context: prefill this many tokens, then decode
+        /// there (the attention's cost at a long chat; the context is at most 1024 tokens).
+        #[arg(long)]
+        at_position: Option<usize>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -593,7 +597,9 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic } => bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, no_subgroups, &gemv, prefill)?,
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position } => {
+            bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, at_position, no_subgroups, &gemv, prefill)?
+        }
     }
     Ok(())
 }
@@ -831,6 +837,7 @@ fn bench_gpu(
     synthetic: Option<&str>,
     warmup: usize,
     steps: usize,
+    at_position: Option<usize>,
     no_subgroups: bool,
     gemv: &[edge_llm::gpu::GemvKernel],
     prefill: edge_llm::gpu::PrefillKernel,
@@ -849,6 +856,6 @@ fn bench_gpu(
         (None, None) => None,
     };
     let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, ..Default::default() };
-    edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, &options, gemv, &mut |line| println!("{line}"))?;
+    edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, at_position, &options, gemv, &mut |line| println!("{line}"))?;
     Ok(())
 }

@@ -236,7 +236,16 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 /// [`default_gemv_kernels`]) and, with a model (`(name, weights)`), a greedy int4 decode with
 /// `options`' GEMV, then its prefill. Medians and percentiles of `steps` passes after `warmup`.
 #[cfg(all(feature = "tools", not(target_arch = "wasm32")))]
-pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: usize, options: &super::GpuOptions, gemv: &[GemvKernel], emit: &mut dyn FnMut(&str)) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn report(
+    model: Option<(&str, &super::QuantLlama)>,
+    warmup: usize,
+    steps: usize,
+    at_position: Option<usize>,
+    options: &super::GpuOptions,
+    gemv: &[GemvKernel],
+    emit: &mut dyn FnMut(&str),
+) -> Result<()> {
     use super::context::block_on;
     use super::decode::GpuLlama;
     use crate::Error;
@@ -261,6 +270,16 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
+    // A deep position must leave the steps room in the cache; said before anything is timed.
+    if let Some(pos) = at_position {
+        let room = max_ctx.saturating_sub(warmup + steps + 1);
+        if pos > room || pos < PREFILL_TOKENS {
+            return Err(Error::InvalidOption {
+                option: "at-position",
+                reason: format!("{pos} must be at least the {PREFILL_TOKENS}-token prompt and leave {warmup} + {steps} steps room in the {max_ctx}-token context (at most {room})"),
+            });
+        }
+    }
     // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
     if !ctx.is_software() {
         for said in block_on(super::probe::tune_model(&ctx, &cfg, options, now))? {
@@ -276,17 +295,22 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
     emit(&format!("  compute dispatches a decode step records: {}", model.dispatches(1)));
     // A fixed prompt of ids (the tokenizer is not what is measured), the length of a short
     // chat turn.
-    let prompt: Vec<u32> = (0..PREFILL_TOKENS as u32).map(|i| 100 + i * 37).collect();
-    // Greedy decode after the prompt.
-    block_on(model.prefill(&prompt))?;
-    let mut lat = Vec::with_capacity(steps);
-    for i in 0..warmup + steps {
-        let t = Instant::now();
-        block_on(model.step(None))?;
-        if i >= warmup {
-            lat.push(t.elapsed().as_secs_f64() * 1e3);
+    let ids = |len: usize| -> Vec<u32> { (0..len).map(|i| ((100 + i * 37) % cfg.vocab_size) as u32).collect() };
+    let prompt = ids(PREFILL_TOKENS);
+    // Greedy decode after a prompt: each step's latency once `warmup` steps have run.
+    let decode = |model: &mut GpuLlama| -> Result<Vec<f64>> {
+        let mut lat = Vec::with_capacity(steps);
+        for i in 0..warmup + steps {
+            let t = Instant::now();
+            block_on(model.step(None))?;
+            if i >= warmup {
+                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            }
         }
-    }
+        Ok(lat)
+    };
+    block_on(model.prefill(&prompt))?;
+    let lat = decode(&mut model)?;
     let total: f64 = lat.iter().sum();
     let (p50, p95, p99) = stats(lat);
     emit(&format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
@@ -331,6 +355,24 @@ pub fn report(model: Option<(&str, &super::QuantLlama)>, warmup: usize, steps: u
         let ms = stats(times).0;
         let how = if chunked { format!("chunks of {} per submit", model.prefill_chunk()) } else { "one submit per token".into() };
         emit(&format!("  prefill {} tokens, {how}: {ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(ms)));
+    }
+    // Deep in the context the attention reads the cache's keys and values for every query head
+    // (its kv head's), layer by layer: the step's cost beside the weights' at long chats.
+    if let Some(pos) = at_position {
+        model.reset();
+        block_on(model.prefill(&ids(pos)))?;
+        let deep = decode(&mut model)?;
+        let deep_total: f64 = deep.iter().sum();
+        let (d50, d95, d99) = stats(deep);
+        let mid = pos + warmup + steps / 2;
+        let kv_bytes = 2 * 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * mid;
+        emit(&format!(
+            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, each query head its kv head's)",
+            pos + warmup + steps,
+            steps as f64 / deep_total * 1e3,
+            d50 / p50,
+            kv_bytes as f64 / 1e6
+        ));
     }
     Ok(())
 }

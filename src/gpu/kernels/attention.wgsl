@@ -8,7 +8,8 @@
 //   scores  [rows][heads][max_ctx] scratch (a workgroup only touches its own row and head)
 //   out     [rows][heads][head_dim]
 // Softmax inside: scores, max, exp and sum, then the weighted sum of values.
-// Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention.
+// Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention
+// (the sums run in another order: within a few ulps of the sum of |terms|).
 
 struct Params {
     heads: u32,
@@ -46,11 +47,20 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let kv_base = kvh * p.max_ctx * p.head_dim;
     let so = (r * p.heads + h) * p.max_ctx;
 
+    // Each invocation's positions' dot products, four dimensions an iteration into four sums
+    // (independent loads in flight together, as in the values' sum below).
+    let hd4 = p.head_dim - p.head_dim % 4u;
     var m = -3.4e38;
     for (var t = lid; t < len; t += WG) {
         let ko = kv_base + t * p.head_dim;
-        var s = 0.0;
-        for (var d = 0u; d < p.head_dim; d++) {
+        var acc = vec4<f32>(0.0);
+        for (var d = 0u; d < hd4; d += 4u) {
+            let qv = vec4<f32>(q[qo + d], q[qo + d + 1u], q[qo + d + 2u], q[qo + d + 3u]);
+            let kv = vec4<f32>(kcache[ko + d], kcache[ko + d + 1u], kcache[ko + d + 2u], kcache[ko + d + 3u]);
+            acc = fma(qv, kv, acc);
+        }
+        var s = (acc.x + acc.y) + (acc.z + acc.w);
+        for (var d = hd4; d < p.head_dim; d++) {
             s += q[qo + d] * kcache[ko + d];
         }
         s *= p.scale;
@@ -86,11 +96,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     }
     let inv = 1.0 / red[0];
 
-    for (var d = lid; d < p.head_dim; d += WG) {
-        var acc = 0.0;
-        for (var t = 0u; t < len; t++) {
-            acc += scores[so + t] * vcache[kv_base + t * p.head_dim + d];
+    // Four positions an iteration into four sums: their loads are independent, so they can be
+    // in flight together (one sum's chain would wait on each load in turn).
+    let hd = p.head_dim;
+    let len4 = len - len % 4u;
+    for (var d = lid; d < hd; d += WG) {
+        var acc = vec4<f32>(0.0);
+        var vo = kv_base + d;
+        for (var t = 0u; t < len4; t += 4u) {
+            let sc = vec4<f32>(scores[so + t], scores[so + t + 1u], scores[so + t + 2u], scores[so + t + 3u]);
+            let v = vec4<f32>(vcache[vo], vcache[vo + hd], vcache[vo + 2u * hd], vcache[vo + 3u * hd]);
+            acc = fma(sc, v, acc);
+            vo += 4u * hd;
         }
-        out[(r * p.heads + h) * p.head_dim + d] = acc * inv;
+        var tail = 0.0;
+        for (var t = len4; t < len; t++) {
+            tail += scores[so + t] * vcache[kv_base + t * hd + d];
+        }
+        out[(r * p.heads + h) * hd + d] = ((acc.x + acc.y) + (acc.z + acc.w) + tail) * inv;
     }
 }
