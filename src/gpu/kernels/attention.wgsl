@@ -9,7 +9,7 @@
 //   out     [rows][heads][head_dim]
 // Softmax inside: scores, max, exp and sum, then the weighted sum of values.
 // Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention
-// (the sums run in another order: within a few ulps of the sum of |terms|).
+// (the sums run in another order: the test allows 2e-5).
 
 struct Params {
     heads: u32,
