@@ -481,11 +481,11 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a step records (9 a layer, q, k and v stacked into one product, gate and up
-    // too; and 5: `decode_dispatches`, what `auto`'s probe counts), as many for a prefill chunk.
+    // Dispatches a step records (10 a layer, q, k and v stacked into one product, gate and up
+    // too, attention in two; and 5: `decode_dispatches`, what `auto`'s probe counts), as many for a prefill chunk.
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 9 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (9 * layers + 5, 9 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 10 * layers + 5);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (10 * layers + 5, 10 * layers + 5), "{layers} layers");
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");

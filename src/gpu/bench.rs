@@ -356,8 +356,9 @@ pub fn report(
         let how = if chunked { format!("chunks of {} per submit", model.prefill_chunk()) } else { "one submit per token".into() };
         emit(&format!("  prefill {} tokens, {how}: {ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(ms)));
     }
-    // Deep in the context the attention reads the cache's keys and values for every query head
-    // (its kv head's), layer by layer: the step's cost beside the weights' at long chats.
+    // Deep in the context the attention reads the cache's keys and values, each kv head's once
+    // for up to 8 of its query heads, layer by layer: the step's cost beside the weights' at
+    // long chats.
     if let Some(pos) = at_position {
         model.reset();
         block_on(model.prefill(&ids(pos)))?;
@@ -365,9 +366,10 @@ pub fn report(
         let deep_total: f64 = deep.iter().sum();
         let (d50, d95, d99) = stats(deep);
         let mid = pos + warmup + steps / 2;
-        let kv_bytes = 2 * 4 * cfg.num_layers * cfg.num_heads * cfg.head_dim * mid;
+        let kv_reads = cfg.num_kv_heads * (cfg.num_heads / cfg.num_kv_heads).div_ceil(super::kernels::ATTENTION_HEADS);
+        let kv_bytes = 2 * 4 * cfg.num_layers * kv_reads * cfg.head_dim * mid;
         emit(&format!(
-            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, each query head its kv head's)",
+            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, each kv head's once for up to 8 query heads)",
             pos + warmup + steps,
             steps as f64 / deep_total * 1e3,
             d50 / p50,

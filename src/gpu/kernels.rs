@@ -41,6 +41,7 @@ pub enum Kernel {
     AddRmsNorm,
     RopeKv,
     Attention,
+    AttentionCombine,
     SiluMul,
     Add,
     Argmax,
@@ -71,6 +72,7 @@ impl Kernel {
             Kernel::AddRmsNorm => "add_rms_norm",
             Kernel::RopeKv => "rope_kv",
             Kernel::Attention => "attention",
+            Kernel::AttentionCombine => "attention_combine",
             Kernel::SiluMul => "silu_mul",
             Kernel::Add => "add",
             Kernel::Argmax => "argmax",
@@ -110,6 +112,7 @@ impl Kernel {
             Kernel::AddRmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
             Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
             Kernel::Attention => include_str!("kernels/attention.wgsl"),
+            Kernel::AttentionCombine => include_str!("kernels/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
             Kernel::Add => include_str!("kernels/add.wgsl"),
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
@@ -277,24 +280,47 @@ pub fn rope_kv(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShap
     pipes.bind(ctx, Kernel::RopeKv, &[&params, b.state, b.cos, b.sin, b.qkv, b.kcache, b.vcache], Grid::per_row(pairs.div_ceil(64)))
 }
 
+/// Positions one attention workgroup takes (`attention.wgsl`'s `SPLIT`).
+pub const ATTENTION_SPLIT: usize = 64;
+/// Query heads one attention workgroup serves and the widest head it takes (`GMAX`, `HDMAX`).
+pub const ATTENTION_HEADS: usize = 8;
+pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
+
+/// f32 values of attention's per-split scratch for one query row: `[heads][splits][head_dim +
+/// 2]` (each split's sum of values, its largest score and its sum of exponentials).
+pub fn attention_part_floats(s: super::twin::AttnShape) -> usize {
+    s.heads * s.max_ctx.div_ceil(ATTENTION_SPLIT) * (s.head_dim + 2)
+}
+
 /// Buffers of one attention: `q` the step's rows of q, k and v side by side (as
 /// [`RopeKvBuffers::qkv`]; attention reads the queries), `out` `[rows][heads][head_dim]`,
-/// `scores` `[rows][heads][max_ctx]` f32 scratch for the most rows a step runs.
+/// `part` f32 scratch of [`attention_part_floats`] per row for the most rows a step runs.
 pub struct AttnBuffers<'a> {
     pub state: &'a wgpu::Buffer,
     pub q: &'a wgpu::Buffer,
     pub kcache: &'a wgpu::Buffer,
     pub vcache: &'a wgpu::Buffer,
-    pub scores: &'a wgpu::Buffer,
+    pub part: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
 }
 
-pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
+/// Causal grouped-query attention as two dispatches: `attention.wgsl` over splits of
+/// [`ATTENTION_SPLIT`] positions (each key and value loaded once for a kv head's query heads),
+/// then `attention_combine.wgsl` adding the splits. `s.head_dim` is at most
+/// [`ATTENTION_MAX_HEAD_DIM`] (the caller checks).
+pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> [Dispatch; 2] {
+    assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.heads % s.kv_heads == 0, "attention shape {s:?}");
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     // The queries' row: q, k and v side by side.
     let q_row = (s.heads + 2 * s.kv_heads) * s.head_dim;
-    let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32]);
-    pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scores, b.out], Grid::per_row(s.heads as u32))
+    let splits = s.max_ctx.div_ceil(ATTENTION_SPLIT) as u32;
+    let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32, splits]);
+    let groups = (s.kv_heads * (s.heads / s.kv_heads).div_ceil(ATTENTION_HEADS)) as u32;
+    let grid = Grid::Rows { groups: [groups, 1, splits], axis: 1, rows_per_group: 1 };
+    let split = pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.part], grid);
+    let params = ctx.uniform("attention_combine", &[s.heads as u32, s.head_dim as u32, splits, ATTENTION_SPLIT as u32]);
+    let combine = pipes.bind(ctx, Kernel::AttentionCombine, &[&params, b.state, b.part, b.out], Grid::per_row(s.heads as u32));
+    [split, combine]
 }
 
 /// SiLU(gate) · up of the step's rows, gate and up side by side in `gate_up` (`[rows][2n]`),
