@@ -15,7 +15,9 @@
 #                                         SmolLM2-135M, Llama-3.2-1B and Llama-3.1-8B shapes
 #                                         (random int4 weights: no model file has to reach the
 #                                         machine), each also at position 900 (the attention's
-#                                         cost in a long chat), then repeats and comparisons,
+#                                         cost in a long chat; the kernel sweep times both
+#                                         attention kernels at 128 to 4096 positions), then
+#                                         repeats and comparisons,
 #                                         writing to $OUT.
 #
 # The NVIDIA driver there ships its Vulkan ICD (libGLX_nvidia needs libglvnd; with libvulkan1
@@ -54,12 +56,18 @@ run)
         bench 90 "kernels-$i" --warmup 10 --steps 50
     done
     bench 120 decode-smollm2-135m-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled
+    # The attention deep in the chat by one workgroup per query head at every step (the auto
+    # runs split it from 256 positions): the split's gain at position 900.
+    for model in smollm2-135m llama-3.1-8b; do
+        bench 120 "decode-$model-whole-attention" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --at-position 900 --attention-split-from 100000
+    done
     for model in smollm2-135m llama-3.2-1b llama-3.1-8b; do
         bench 120 "decode-$model-per-row" --warmup 10 --steps 100 --synthetic "$model" --gemv per-row
     done
     bench 60 kernels-per-row-tree --warmup 10 --steps 50 --no-subgroups --gemv per-row
     tail -n 8 "$out"/decode-*.txt
     grep -h "n= 32768" "$out"/kernels-*.txt || true
+    grep -h "at position" "$out"/kernels-1.txt || true
     ;;
 *)
     echo "usage: $0 prepare|run" >&2

@@ -357,6 +357,29 @@ fn tiny_greedy_tokens_match_reference_over_32_steps() {
     }
 }
 
+/// The split attention in the engine (`GpuOptions::attention_split_from`): decode steps split
+/// from the first, or from the middle of the 32 tokens on (the steps before run the whole
+/// kernel), give the reference's greedy tokens and the whole kernel's last logits (LOGITS_TOL).
+#[test]
+fn tiny_greedy_tokens_hold_with_the_split_attention() {
+    let Some(ctx) = gpu() else { return };
+    let (q, exported) = tiny_q4(true);
+    let want = reference::greedy(&q.cfg, &exported.effective, &PROMPT, 32);
+    let mut whole = GpuLlama::load(ctx, &q, 64).unwrap();
+    assert_eq!(block_on(whole.greedy(&PROMPT, 32)).unwrap(), want);
+    let whole_logits = block_on(whole.logits()).unwrap();
+    for split_from in [0, PROMPT.len() + 16] {
+        let ctx = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: Some(split_from), ..Default::default() })).unwrap();
+        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+        // The split adds a dispatch a layer (the splits' sum) where a step at position 0 runs it.
+        let extra = if split_from == 0 { q.cfg.num_layers } else { 0 };
+        assert_eq!(model.dispatches(1), whole.dispatches(1) + extra, "split from {split_from}");
+        assert_eq!(block_on(model.greedy(&PROMPT, 32)).unwrap(), want, "split from {split_from}");
+        let d = max_abs_diff(&block_on(model.logits()).unwrap(), &whole_logits);
+        assert!(d < LOGITS_TOL, "split from {split_from}: last logits {d} from the whole kernel's");
+    }
+}
+
 /// The tiny model on a device that binds at most 2 KiB per buffer, for 16 positions (its
 /// activations then fit in prefill chunks of 4 rows): gate, up and down of both layers and the
 /// embedding (also the tied head) are split by rows as `BlockSpec::row_ranges` plans. Token by token,
@@ -481,11 +504,11 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a step records (10 a layer, q, k and v stacked into one product, gate and up
-    // too, attention in two; and 5: `decode_dispatches`, what `auto`'s probe counts), as many for a prefill chunk.
+    // Dispatches a step records (9 a layer, q, k and v stacked into one product, gate and up
+    // too; and 5: `decode_dispatches`, what `auto`'s probe counts), as many for a prefill chunk.
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 10 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (10 * layers + 5, 10 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 9 * layers + 5);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (9 * layers + 5, 9 * layers + 5), "{layers} layers");
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");

@@ -238,6 +238,11 @@ enum Cmd {
         /// there (the attention's cost at a long chat; the context is at most 1024 tokens).
         #[arg(long)]
         at_position: Option<usize>,
+        /// Decode steps whose context reaches this many positions run the attention split over
+        /// positions (0: every step; default: the engine's, 256 on a hardware GPU, never on a
+        /// CPU rasterizer).
+        #[arg(long)]
+        attention_split_from: Option<usize>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -597,8 +602,9 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position } => {
-            bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, at_position, no_subgroups, &gemv, prefill)?
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from } => {
+            let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, attention_split_from, ..Default::default() };
+            bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, at_position, &options, &gemv)?
         }
     }
     Ok(())
@@ -831,16 +837,14 @@ fn import_gguf(
 }
 
 /// `bench-gpu`: see `edge_llm::gpu::bench::report`.
-#[allow(clippy::too_many_arguments)]
 fn bench_gpu(
     gguf: Option<&std::path::Path>,
     synthetic: Option<&str>,
     warmup: usize,
     steps: usize,
     at_position: Option<usize>,
-    no_subgroups: bool,
+    options: &edge_llm::gpu::GpuOptions,
     gemv: &[edge_llm::gpu::GemvKernel],
-    prefill: edge_llm::gpu::PrefillKernel,
 ) -> anyhow::Result<()> {
     // The GGUF's weights, requantized to the int4 block-32 layout the GPU kernels read; or a
     // synthetic model's.
@@ -855,7 +859,6 @@ fn bench_gpu(
         }
         (None, None) => None,
     };
-    let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, ..Default::default() };
-    edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, at_position, &options, gemv, &mut |line| println!("{line}"))?;
+    edge_llm::gpu::bench::report(model.as_ref().map(|(n, q)| (n.as_str(), q)), warmup, steps, at_position, options, gemv, &mut |line| println!("{line}"))?;
     Ok(())
 }

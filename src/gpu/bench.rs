@@ -114,6 +114,66 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         let tuning = super::probe::tune_prefill(ctx, 1536, 576, now).await?;
         out.push(format!("load-time tuning: {}", tuning.says()));
     }
+    // Decode attention deep in a context: one query row at `pos` over a resident cache
+    // (deterministic keys and values), by each kernel, `REPS` per submit; GB/s of cached keys
+    // and values read (f32: the whole kernel reads its kv head's for every query head, the
+    // split one once per workgroup of `attention_heads`).
+    {
+        use super::kernels::{self, AttnBuffers, Pipelines};
+        use super::twin::AttnShape;
+        out.push(format!(
+            "decode attention (one query row: one workgroup per query head, or split over {} positions and added; the engine splits from {}), {REPS} calls per submit, {steps} passes after {warmup}:",
+            kernels::ATTENTION_SPLIT,
+            match ctx.attention_split_from() {
+                usize::MAX => "never".to_string(),
+                n => format!("{n} positions"),
+            }
+        ));
+        // SmolLM2-135M (9 heads over 3 kv heads of 64); on a hardware GPU also a Llama-3-8B
+        // layer (32 over 8 of 128) at 4096 positions.
+        let shapes: &[(&str, usize, usize, usize, usize)] =
+            if ctx.is_software() { &[("smollm2-135m", 9, 3, 64, 1024)] } else { &[("smollm2-135m", 9, 3, 64, 1024), ("llama-3-8b", 32, 8, 128, 4096)] };
+        for &(name, heads, kv_heads, head_dim, max_ctx) in shapes {
+            let s = AttnShape { heads, kv_heads, head_dim, max_ctx };
+            let kv = kv_heads * max_ctx * head_dim;
+            let noise = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 2_654_435_761 + seed) % 1_000_003) as f32 / 1_000_003.0 - 0.5).collect() };
+            let q = ctx.storage_init("q", &kernels::f32_bytes(&noise((heads + 2 * kv_heads) * head_dim, 1)))?;
+            let (kc, vc) = (ctx.storage_init("kcache", &kernels::f32_bytes(&noise(kv, 2)))?, ctx.storage_init("vcache", &kernels::f32_bytes(&noise(kv, 3)))?);
+            let scores = ctx.storage("scores", (4 * heads * max_ctx) as u64)?;
+            let part = ctx.storage("part", 4 * kernels::attention_part_floats(s) as u64)?;
+            let attn_out = ctx.storage("out", (4 * heads * head_dim) as u64)?;
+            let state = ctx.storage("state", 8)?;
+            let rb = ctx.readback("attention", 4);
+            let mut pipes = Pipelines::default();
+            let bufs = |scratch| AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scratch, out: &attn_out };
+            let whole = vec![kernels::attention(ctx, &mut pipes, s, bufs(&scores))];
+            let split = Vec::from(kernels::attention_split(ctx, &mut pipes, s, bufs(&part)));
+            let group = heads / kv_heads;
+            for pos in [127, 255, 511, 1023, 4095].into_iter().filter(|p| *p < max_ctx) {
+                ctx.write(&state, 0, &[pos as u32, 1].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
+                for (kernel, dispatches, heads_per_read) in [("whole", &whole, 1), ("split", &split, kernels::attention_heads(group))] {
+                    let mut ms = Vec::with_capacity(steps);
+                    for i in 0..warmup + steps {
+                        let t = now();
+                        let mut enc = ctx.encoder();
+                        pipes.record(&mut enc, std::iter::repeat_n(dispatches, REPS).flatten(), 1);
+                        enc.copy_buffer_to_buffer(&attn_out, 0, &rb, 0, 4);
+                        ctx.submit(enc);
+                        ctx.read(&rb, 4).await?;
+                        if i >= warmup {
+                            ms.push((now() - t) / REPS as f64);
+                        }
+                    }
+                    let (p50, p95, p99) = stats(ms);
+                    let bytes = 2 * 4 * (heads / heads_per_read) * head_dim * (pos + 1);
+                    let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
+                    out.push(format!(
+                        "  {name} ({heads} heads over {kv_heads}, dim {head_dim}) at position {pos:4} {kernel}: {bytes:8} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"
+                    ));
+                }
+            }
+        }
+    }
     // The token pick over SmolLM2's 49152 logits (distinct values spread over [-5, 5), as a
     // model's): argmax, and sampling (temperature 0.8, repetition penalty 1.1, with top-k 40
     // and top-p 0.95: every stage of sample.wgsl; and with top-p 0.9 alone) with its readback.
@@ -357,8 +417,8 @@ pub fn report(
         emit(&format!("  prefill {} tokens, {how}: {ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(ms)));
     }
     // Deep in the context the attention reads the cache's keys and values, each kv head's once
-    // for up to 8 of its query heads, layer by layer: the step's cost beside the weights' at
-    // long chats.
+    // for up to 8 of its query heads (`kernels::attention_heads`), layer by layer: the step's
+    // cost beside the weights' at long chats.
     if let Some(pos) = at_position {
         model.reset();
         block_on(model.prefill(&ids(pos)))?;
@@ -366,10 +426,10 @@ pub fn report(
         let deep_total: f64 = deep.iter().sum();
         let (d50, d95, d99) = stats(deep);
         let mid = pos + warmup + steps / 2;
-        let kv_reads = cfg.num_kv_heads * (cfg.num_heads / cfg.num_kv_heads).div_ceil(super::kernels::ATTENTION_HEADS);
+        let kv_reads = cfg.num_heads / super::kernels::attention_heads(cfg.num_heads / cfg.num_kv_heads);
         let kv_bytes = 2 * 4 * cfg.num_layers * kv_reads * cfg.head_dim * mid;
         emit(&format!(
-            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, each kv head's once for up to 8 query heads)",
+            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, each kv head's once for up to 8 of its query heads)",
             pos + warmup + steps,
             steps as f64 / deep_total * 1e3,
             d50 / p50,

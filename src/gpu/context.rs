@@ -97,6 +97,8 @@ pub struct GpuContext {
     shuffle_lanes: u32,
     /// The device has WGSL's subgroup operations (see [`GpuContext::has_subgroups`]).
     subgroups: bool,
+    /// See [`GpuContext::attention_split_from`].
+    attention_split_from: usize,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -163,6 +165,7 @@ impl GpuContext {
         let info = adapter.get_info();
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
         let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
+        let attention_split_from = options.attention_split_from.unwrap_or(if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU });
         let mut ctx = GpuContext {
             device,
             queue,
@@ -177,6 +180,7 @@ impl GpuContext {
             prefill_auto,
             shuffle_lanes: 0,
             subgroups,
+            attention_split_from,
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -300,6 +304,12 @@ impl GpuContext {
         if kernel != super::PrefillKernel::Auto {
             *self.prefill_auto.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
         }
+    }
+
+    /// From how many positions a decode step's attention runs split
+    /// ([`super::GpuOptions::attention_split_from`]; `usize::MAX`: never).
+    pub fn attention_split_from(&self) -> usize {
+        self.attention_split_from
     }
 
     pub fn counters(&self) -> GpuCounters {

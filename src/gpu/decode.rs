@@ -205,29 +205,24 @@ impl QuantLlama {
 /// Compute dispatches a greedy decode step of a Llama of `layers` layers records at least
 /// (biases, rounded activations and weights that do not stack add theirs): per layer the norm
 /// (fused with the previous layer's residual add), q, k and v as one product, RoPE with the
-/// cache append, attention (its splits, then their sum), the output linear, its add fused with
-/// the next norm, gate and up as one product, SiLU·mul, down: 10; then the last add, the
-/// embedding gather before and the head's norm, product and pick after.
+/// cache append, attention, the output linear, its add fused with the next norm, gate and up
+/// as one product, SiLU·mul, down: 9; then the last add, the embedding gather before and the
+/// head's norm, product and pick after.
 pub fn decode_dispatches(layers: usize) -> usize {
-    10 * layers + 5
+    9 * layers + 5
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
 /// where the adapter's binding limit requires, see [`plan_chunk`]). The activation buffers are
-/// sized for it at load, the attention scratch too (`[chunk][heads][max_ctx / 64][head_dim +
-/// 2]` f32: SmolLM2 at 2048 positions, 4.9 MB). The CPU path's `cpu::PREFILL_CHUNK`.
+/// sized for it at load, the attention scratch too (`[chunk][heads]
+/// [max_ctx]` f32: SmolLM2 at 2048 positions, 4.7 MB). The CPU path's `cpu::PREFILL_CHUNK`.
 pub const PREFILL_CHUNK: usize = 64;
-
-/// The attention's shape at contexts of up to `max_ctx` tokens.
-fn attn_shape(cfg: &LlamaConfig, max_ctx: usize) -> AttnShape {
-    AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_ctx }
-}
 
 /// Most prompt tokens one step takes for a model that quantizes activations per tensor
 /// (`DynamicQuantizeLinear` before `MatMulInteger`): its scale must see the whole prompt, as
 /// onnxruntime's run (and the CPU backend's) does, so prompts up to this long run in one step;
-/// longer ones get a scale per chunk of this many. Bounded for attention's scratch
-/// (SmolLM2 at 2048 positions, 38.9 MB).
+/// longer ones get a scale per chunk of this many. Bounded for attention's scores buffer
+/// (`[rows][heads][max_ctx]` f32: SmolLM2 at 2048 positions, 37.7 MB).
 pub const WHOLE_PROMPT_CHUNK: usize = 512;
 
 /// Byte offset of `tokens` in the step state `{ pos: u32, rows: u32, tokens: [u32; chunk] }`
@@ -243,15 +238,22 @@ enum Op {
     /// A linear layer bound both ways: the GEMV for one row (decode), the tiled GEMM (each
     /// weight read once per 32 rows) for a prefill chunk; a dispatch per part of the weight.
     Linear { gemv: Vec<Dispatch>, gemm: Vec<Dispatch> },
+    /// The attention bound both ways: one workgroup per query head and row (`whole`), or, for
+    /// a decode step whose context reaches `split_from` positions, split over positions and
+    /// added (`split`: [`kernels::attention_split`]).
+    Attention { whole: Dispatch, split: Option<[Dispatch; 2]>, split_from: usize },
 }
 
 impl Op {
-    fn for_rows(&self, rows: usize) -> &[Dispatch] {
+    /// The dispatches of a step of `rows` tokens from position `pos`.
+    fn for_step(&self, rows: usize, pos: usize) -> &[Dispatch] {
         match self {
             Op::Run(d) => std::slice::from_ref(d),
             Op::Parts(d) => d,
             Op::Linear { gemv, .. } if rows == 1 => gemv,
             Op::Linear { gemm, .. } => gemm,
+            Op::Attention { split: Some(split), split_from, .. } if rows == 1 && pos + 1 >= *split_from => split,
+            Op::Attention { whole, .. } => std::slice::from_ref(whole),
         }
     }
 }
@@ -276,17 +278,9 @@ pub fn plan_chunk(cfg: &LlamaConfig, max_ctx: usize, max: u64, most: usize) -> R
             return Err(too_big(what, floats as u64 * 4));
         }
     }
-    if cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM {
-        return Err(Error::UnsupportedBackend(format!(
-            "webgpu: attention heads of dim {} (attention.wgsl takes up to {})",
-            cfg.head_dim,
-            kernels::ATTENTION_MAX_HEAD_DIM
-        )));
-    }
-    // f32 values per row of the widest chunk buffer: activations, or attention's per-split
-    // scratch. (q, k and v side by side; gate and up side by side.)
-    let part = kernels::attention_part_floats(attn_shape(cfg, max_ctx));
-    let row = [cfg.hidden_size, cfg.q_dim() + 2 * cfg.kv_dim(), 2 * cfg.intermediate_size, part].into_iter().max().unwrap_or(1) as u64 * 4;
+    // f32 values per row of the widest chunk buffer: activations, or attention's scores.
+    // (q, k and v side by side; gate and up side by side.)
+    let row = [cfg.hidden_size, cfg.q_dim() + 2 * cfg.kv_dim(), 2 * cfg.intermediate_size, cfg.num_heads * max_ctx].into_iter().max().unwrap_or(1) as u64 * 4;
     if row > max {
         return Err(too_big("one row of the activations", row));
     }
@@ -390,8 +384,7 @@ impl GpuLlama {
         // A row's gate and up side by side.
         let gate_up = ctx.storage("gate_up", rows(2 * inter))?;
         let act = ctx.storage("act", rows(inter))?;
-        let shape = attn_shape(&cfg, max_ctx);
-        let part = ctx.storage("attention_part", rows(kernels::attention_part_floats(shape)))?;
+        let scores = ctx.storage("scores", rows(cfg.num_heads * max_ctx))?;
         let x_last = ctx.storage("x_last", (h * 4) as u64)?;
         // The head's one row, for a kernel that reads the row count from a step state.
         let head_state = ctx.storage_init("head_state", &[0u32, 1].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?;
@@ -399,6 +392,11 @@ impl GpuLlama {
         let (cos, sin) = twin::rope_tables(hd, max_ctx, cfg.rope_theta);
         let cos = ctx.storage_init("rope_cos", &f32_bytes(&cos))?;
         let sin = ctx.storage_init("rope_sin", &f32_bytes(&sin))?;
+        let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hd, max_ctx };
+        // The split attention's scratch, for a decode step's one row; heads wider than it takes
+        // run the whole kernel at every position.
+        let split_attention = hd <= kernels::ATTENTION_MAX_HEAD_DIM;
+        let part = ctx.storage("attention_part", (kernels::attention_part_floats(shape).max(1) * 4) as u64)?;
 
         let GpuWeights { embed, layers, final_norm, lm_head: head_w, .. } = w;
         body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &x)));
@@ -445,7 +443,7 @@ impl GpuLlama {
             let lo = linear(&wo, &attn, &attn_q, &tmp);
             let lgu: Vec<Op> = gate_up_w.iter().map(|w| linear(w, &xn, &xn_q, &gate_up)).collect();
             let ld = linear(&wd, &act, &act_q, &tmp);
-            let attn_bufs = AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, part: &part, out: &attn };
+            let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn };
             let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
             // The attention norm: of the embedding, or fused with the previous layer's last
             // residual add (one dispatch for both).
@@ -458,7 +456,11 @@ impl GpuLlama {
             body.extend(round_qkv);
             body.extend(lqkv);
             body.extend([Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs))]);
-            body.extend(kernels::attention(&ctx, &mut pipes, shape, attn_bufs).map(Op::Run));
+            body.push(Op::Attention {
+                whole: kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores)),
+                split: split_attention.then(|| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(&part))),
+                split_from: ctx.attention_split_from(),
+            });
             body.extend(round_o);
             body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
             body.extend(round_gate_up);
@@ -501,7 +503,7 @@ impl GpuLlama {
         parts.extend(std::iter::once(&embed).chain(head_w.iter()).map(|w| w.parts.len()));
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, part, cos, sin, final_norm, keys, sample_weights, kept_ids]);
+        bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, part, cos, sin, final_norm, keys, sample_weights, kept_ids]);
         let token_readback = ctx.readback("token", 4);
         Ok(GpuLlama {
             ctx,
@@ -564,7 +566,7 @@ impl GpuLlama {
     /// Compute dispatches a step of `rows` tokens records (with the head and the greedy pick):
     /// on a GPU each is a launch and a barrier, the fixed cost a small model's decode step pays.
     pub fn dispatches(&self, rows: usize) -> usize {
-        self.body.iter().map(|op| op.for_rows(rows).len()).sum::<usize>() + self.head.len() + 1
+        self.body.iter().map(|op| op.for_step(rows, 0).len()).sum::<usize>() + self.head.len() + 1
     }
 
     /// The buffers (row ranges) each int4 weight is split into to fit the adapter's binding
@@ -578,7 +580,7 @@ impl GpuLlama {
     /// picked token to the readback buffer.
     fn submit(&self, rows: usize, head: Option<&Pick>) {
         let mut enc = self.ctx.encoder();
-        self.pipes.record(&mut enc, self.body.iter().flat_map(|op| op.for_rows(rows)), rows as u32);
+        self.pipes.record(&mut enc, self.body.iter().flat_map(|op| op.for_step(rows, self.pos)), rows as u32);
         if let Some(pick) = head {
             let row = (self.cfg.hidden_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);

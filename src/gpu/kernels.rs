@@ -40,7 +40,11 @@ pub enum Kernel {
     RmsNorm,
     AddRmsNorm,
     RopeKv,
+    /// One workgroup per query head and row.
     Attention,
+    /// Over splits of positions, for the query heads a workgroup serves (a divisor of the
+    /// group, at most 8); [`Kernel::AttentionCombine`] adds the splits.
+    AttentionSplit(u32),
     AttentionCombine,
     SiluMul,
     Add,
@@ -72,6 +76,7 @@ impl Kernel {
             Kernel::AddRmsNorm => "add_rms_norm",
             Kernel::RopeKv => "rope_kv",
             Kernel::Attention => "attention",
+            Kernel::AttentionSplit(_) => "attention_split",
             Kernel::AttentionCombine => "attention_combine",
             Kernel::SiluMul => "silu_mul",
             Kernel::Add => "add",
@@ -112,6 +117,7 @@ impl Kernel {
             Kernel::AddRmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
             Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
             Kernel::Attention => include_str!("kernels/attention.wgsl"),
+            Kernel::AttentionSplit(_) => include_str!("kernels/attention_split.wgsl"),
             Kernel::AttentionCombine => include_str!("kernels/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
             Kernel::Add => include_str!("kernels/add.wgsl"),
@@ -130,6 +136,7 @@ impl Kernel {
             Kernel::GemvRows(w, lanes, rows, xrows, _) => {
                 w.constants().into_iter().chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64)]).collect()
             }
+            Kernel::AttentionSplit(heads) => vec![("GN", heads as f64)],
             _ => Vec::new(),
         }
     }
@@ -280,46 +287,66 @@ pub fn rope_kv(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShap
     pipes.bind(ctx, Kernel::RopeKv, &[&params, b.state, b.cos, b.sin, b.qkv, b.kcache, b.vcache], Grid::per_row(pairs.div_ceil(64)))
 }
 
-/// Positions one attention workgroup takes (`attention.wgsl`'s `SPLIT`).
-pub const ATTENTION_SPLIT: usize = 64;
-/// Query heads one attention workgroup serves and the widest head it takes (`GMAX`, `HDMAX`).
-pub const ATTENTION_HEADS: usize = 8;
-pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
-
-/// f32 values of attention's per-split scratch for one query row: `[heads][splits][head_dim +
-/// 2]` (each split's sum of values, its largest score and its sum of exponentials).
-pub fn attention_part_floats(s: super::twin::AttnShape) -> usize {
-    s.heads * s.max_ctx.div_ceil(ATTENTION_SPLIT) * (s.head_dim + 2)
-}
-
 /// Buffers of one attention: `q` the step's rows of q, k and v side by side (as
 /// [`RopeKvBuffers::qkv`]; attention reads the queries), `out` `[rows][heads][head_dim]`,
-/// `part` f32 scratch of [`attention_part_floats`] per row for the most rows a step runs.
+/// `scratch` f32 for the most rows a step runs: [`attention`]'s scores `[rows][heads][max_ctx]`,
+/// [`attention_split`]'s [`attention_part_floats`] per row.
 pub struct AttnBuffers<'a> {
     pub state: &'a wgpu::Buffer,
     pub q: &'a wgpu::Buffer,
     pub kcache: &'a wgpu::Buffer,
     pub vcache: &'a wgpu::Buffer,
-    pub part: &'a wgpu::Buffer,
+    pub scratch: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
 }
 
-/// Causal grouped-query attention as two dispatches: `attention.wgsl` over splits of
-/// [`ATTENTION_SPLIT`] positions (each key and value loaded once for a kv head's query heads),
-/// then `attention_combine.wgsl` adding the splits. `s.head_dim` is at most
-/// [`ATTENTION_MAX_HEAD_DIM`] (the caller checks).
-pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> [Dispatch; 2] {
-    assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.heads % s.kv_heads == 0, "attention shape {s:?}");
+/// The attention's uniform: its shape, the score scale, the queries' row (q, k and v side by
+/// side), and `extra` words.
+fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, extra: &[u32]) -> wgpu::Buffer {
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    // The queries' row: q, k and v side by side.
     let q_row = (s.heads + 2 * s.kv_heads) * s.head_dim;
+    let words: Vec<u32> = [s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32].into_iter().chain(extra.iter().copied()).collect();
+    ctx.uniform(label, &words)
+}
+
+/// Causal grouped-query attention, one workgroup per (query head, row): `attention.wgsl`.
+pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
+    let params = attention_params(ctx, "attention", s, &[]);
+    pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out], Grid::per_row(s.heads as u32))
+}
+
+/// Positions one [`attention_split`] workgroup takes (`attention_split.wgsl`'s `SPLIT`).
+pub const ATTENTION_SPLIT: usize = 64;
+/// Most query heads one [`attention_split`] workgroup serves, and the widest head it takes.
+pub const ATTENTION_HEADS: usize = 8;
+pub const ATTENTION_MAX_HEAD_DIM: usize = 256;
+
+/// Query heads one [`attention_split`] workgroup serves for `group` query heads a kv head:
+/// the largest divisor of `group` up to [`ATTENTION_HEADS`].
+pub fn attention_heads(group: usize) -> usize {
+    (1..=ATTENTION_HEADS.min(group)).rev().find(|d| group % d == 0).unwrap_or(1)
+}
+
+/// f32 values of [`attention_split`]'s scratch for one query row: `[heads][splits][head_dim +
+/// 2]` (each split's sum of values, its largest score and its sum of exponentials).
+pub fn attention_part_floats(s: super::twin::AttnShape) -> usize {
+    s.heads * s.max_ctx.div_ceil(ATTENTION_SPLIT) * (s.head_dim + 2)
+}
+
+/// The same attention as two dispatches: `attention_split.wgsl` over splits of
+/// [`ATTENTION_SPLIT`] positions (each key and value loaded once for [`attention_heads`] of a
+/// kv head's query heads; a long context spread over many workgroups), then
+/// `attention_combine.wgsl` adding the splits. `s.head_dim` is at most
+/// [`ATTENTION_MAX_HEAD_DIM`] (the caller checks).
+pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> [Dispatch; 2] {
+    assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.heads % s.kv_heads == 0, "attention shape {s:?}");
     let splits = s.max_ctx.div_ceil(ATTENTION_SPLIT) as u32;
-    let params = ctx.uniform("attention", &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32, splits]);
-    let groups = (s.kv_heads * (s.heads / s.kv_heads).div_ceil(ATTENTION_HEADS)) as u32;
-    let grid = Grid::Rows { groups: [groups, 1, splits], axis: 1, rows_per_group: 1 };
-    let split = pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.part], grid);
+    let params = attention_params(ctx, "attention_split", s, &[splits]);
+    let gn = attention_heads(s.heads / s.kv_heads);
+    let grid = Grid::Rows { groups: [(s.heads / gn) as u32, 1, splits], axis: 1, rows_per_group: 1 };
+    let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch], grid);
     let params = ctx.uniform("attention_combine", &[s.heads as u32, s.head_dim as u32, splits, ATTENTION_SPLIT as u32]);
-    let combine = pipes.bind(ctx, Kernel::AttentionCombine, &[&params, b.state, b.part, b.out], Grid::per_row(s.heads as u32));
+    let combine = pipes.bind(ctx, Kernel::AttentionCombine, &[&params, b.state, b.scratch, b.out], Grid::per_row(s.heads as u32));
     [split, combine]
 }
 

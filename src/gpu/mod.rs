@@ -74,7 +74,17 @@ pub struct GpuOptions {
     pub gemv: GemvKernel,
     /// Which kernel runs the weights over a prefill chunk's rows.
     pub prefill: PrefillKernel,
+    /// Decode steps whose context reaches this many positions run the attention split over
+    /// positions (`kernels::attention_split`); shorter ones, and prefill chunks, one workgroup
+    /// per query head. `None`: [`ATTENTION_SPLIT_FROM_GPU`] on a GPU, never on a CPU
+    /// rasterizer (measured slower there: README, "The attention deep in a chat").
+    pub attention_split_from: Option<usize>,
 }
+
+/// [`GpuOptions::attention_split_from`]'s default on a GPU: from this many positions a decode
+/// step's attention is split (one workgroup per query head reads 256 positions of keys and
+/// values, 128 KB at SmolLM2's heads, in one chain of loads; unmeasured on a GPU here).
+pub const ATTENTION_SPLIT_FROM_GPU: usize = 256;
 
 /// The prefill's product over a chunk's rows of x.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

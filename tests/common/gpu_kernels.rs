@@ -344,16 +344,16 @@ pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
 }
 
 /// `rope_kv.wgsl` (RoPE on the queries and keys, the keys and values appended to the cache)
-/// and attention over that cache (split over positions and added), against the twins:
-/// grouped-query shapes, decode (one query row) at the ends and in the middle of the cache,
-/// then a prefill chunk of rows (causal: row r at pos + r sees positions 0..=pos + r), from an
-/// empty cache, ending at its last position, and after a random prefix; RoPE's tables up to
-/// 2048 positions.
+/// and attention over that cache by both kernels (one workgroup per query head and row; split
+/// over positions and added), against the twins: grouped-query shapes, decode (one query row)
+/// at the ends and in the middle of the cache, then a prefill chunk of rows (causal: row r at
+/// pos + r sees positions 0..=pos + r), from an empty cache, ending at its last position, and
+/// after a random prefix; RoPE's tables up to 2048 positions.
 pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
-    // Groups of more query heads than a workgroup serves (8: 18 = 8 + 8 + 2), the widest head
-    // (256), contexts over many 64-position splits.
-    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70), (3, 1, 128, 2048), (18, 1, 6, 130), (8, 2, 256, 200)];
+    // Groups of more query heads than a workgroup serves (18: three workgroups of 6; 11: eleven
+    // of 1), the widest head (256), contexts over many 64-position splits.
+    let mut shapes = vec![(1, 1, 2, 1), (4, 2, 16, 256), (9, 3, 64, 100), (15, 5, 128, 70), (3, 1, 128, 2048), (18, 1, 6, 130), (22, 2, 8, 70), (8, 2, 256, 200)];
     for _ in 0..4 {
         let kv = rng.range(1, 5);
         shapes.push((kv * rng.range(1, 5), kv, 2 * rng.range(1, 40), rng.range(1, 200)));
@@ -374,11 +374,14 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
             };
             let st = state(ctx, pos, rows, &[]);
             let (kcb, vcb, qkvb) = (upload(ctx, &kc), upload(ctx, &vc), upload(ctx, &side_by_side(&q, &k, &v)));
+            let scores = ctx.storage("scores", (rows * heads * max_ctx * 4) as u64).unwrap();
             let part = ctx.storage("part", (rows * kernels::attention_part_floats(s) * 4) as u64).unwrap();
-            let out = ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap();
+            let (out, out_split) = (ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap(), ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap());
             let rope = kernels::rope_kv(ctx, &mut pipes, s, RopeKvBuffers { state: &st, cos: &cb, sin: &sb, qkv: &qkvb, kcache: &kcb, vcache: &vcb });
-            let [split, combine] = kernels::attention(ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qkvb, kcache: &kcb, vcache: &vcb, part: &part, out: &out });
-            kernels::run(ctx, &pipes, &[rope, split, combine], rows as u32);
+            let bufs = |scratch, out| AttnBuffers { state: &st, q: &qkvb, kcache: &kcb, vcache: &vcb, scratch, out };
+            let whole = kernels::attention(ctx, &mut pipes, s, bufs(&scores, &out));
+            let [split, combine] = kernels::attention_split(ctx, &mut pipes, s, bufs(&part, &out_split));
+            kernels::run(ctx, &pipes, &[rope, whole, split, combine], rows as u32);
             twin::rope(&mut q, heads, hd, pos, 10000.0);
             twin::rope(&mut k, kv_heads, hd, pos, 10000.0);
             let what = format!("heads={heads} kv_heads={kv_heads} hd={hd} max_ctx={max_ctx} pos={pos} rows={rows}");
@@ -397,6 +400,7 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
             // The cache past pos + rows holds random values: a row that looked ahead would differ.
             let want = twin::attention(s, &got_q, &kc, &vc, pos);
             assert_close(&format!("attention {what}"), &download(ctx, &out, rows * heads * hd).await, &want, |_| 2e-5);
+            assert_close(&format!("attention split {what}"), &download(ctx, &out_split, rows * heads * hd).await, &want, |_| 2e-5);
         }
     }
 }

@@ -1,20 +1,15 @@
 // Causal attention, grouped-query heads, over the GPU-resident KV cache, for a step's query
-// rows: row r sits at position state.pos + r and attends to positions 0..=pos + r (the cache
+// rows: row r sits at position state.pos + r and attends to positions 0..=pos+r (the cache
 // already holds the step's own keys and values: rope_kv.wgsl runs first). Decode is the
 // one-row case; a prefill chunk runs all its rows in one dispatch.
 //   q       [rows][q_row]: a row's queries [heads][head_dim] first (the q, k, v products
 //           side by side: q_row = (heads + 2 kv_heads) head_dim)
-//   kcache, vcache  [kv_heads][max_ctx][head_dim];  query head h reads kv head h / group
-//   part    [rows][heads][splits][head_dim + 2] f32: each split's unnormalized sum of values,
-//           then its largest score and its sum of exponentials (attention_combine.wgsl adds
-//           the splits into the output)
-// Split-K ("flash decoding"): a workgroup takes SPLIT positions of one row for up to GMAX
-// query heads of one kv head, so each key and value it loads serves all of them (a decode
-// step reads the cache once per kv head, not once per query head), and a long context spreads
-// over many workgroups (decode has one row: one workgroup per head would leave a GPU idle).
-// Grid: (kv_heads * subgroups of GMAX heads, rows, splits = ceil(max_ctx / SPLIT)); splits
-// past a row's length return at once. Twin: gpu::twin::attention (the sums run in another
-// order: the test allows 2e-5).
+//   kcache, vcache  [kv_heads][max_ctx][head_dim];  query head h reads kv head h / (heads / kv_heads)
+//   scores  [rows][heads][max_ctx] scratch (a workgroup only touches its own row and head)
+//   out     [rows][heads][head_dim]
+// Softmax inside: scores, max, exp and sum, then the weighted sum of values.
+// Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention
+// (the sums run in another order: the test allows 2e-5).
 
 struct Params {
     heads: u32,
@@ -23,7 +18,6 @@ struct Params {
     max_ctx: u32,
     scale: f32,
     q_row: u32,
-    splits: u32,
 }
 
 struct State {
@@ -36,117 +30,89 @@ struct State {
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 @group(0) @binding(3) var<storage, read> kcache: array<f32>;
 @group(0) @binding(4) var<storage, read> vcache: array<f32>;
-@group(0) @binding(5) var<storage, read_write> part: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scores: array<f32>;
+@group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
 const WG: u32 = 64u;
-// Positions a workgroup takes (one an invocation for the scores).
-const SPLIT: u32 = 64u;
-// Query heads a workgroup serves, and the widest head (kernels.rs checks both).
-const GMAX: u32 = 8u;
-const HDMAX: u32 = 256u;
-
-// The queries, scaled; then each head's scores, exponentials once the split's max is known.
-var<workgroup> qs: array<f32, 2048>;
-var<workgroup> sc: array<f32, 512>;
-var<workgroup> wmax: array<f32, 8>;
+var<workgroup> red: array<f32, 64>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let group = p.heads / p.kv_heads;
-    let subs = (group + GMAX - 1u) / GMAX;
-    let kvh = wid.x / subs;
-    let g0 = (wid.x % subs) * GMAX;
-    let gn = min(GMAX, group - g0);
-    let h0 = kvh * group + g0;
+    let h = wid.x;
     let r = wid.y;
-    let s = wid.z;
+    let kvh = h / (p.heads / p.kv_heads);
     // Causal: this row sees itself and everything before it, nothing after.
     let len = state.pos + r + 1u;
-    let t0 = s * SPLIT;
-    if (t0 >= len) {
-        return;
-    }
-    let n = min(SPLIT, len - t0);
-    let hd = p.head_dim;
-    let kv_base = (kvh * p.max_ctx + t0) * hd;
+    let qo = r * p.q_row + h * p.head_dim;
+    let kv_base = kvh * p.max_ctx * p.head_dim;
+    let so = (r * p.heads + h) * p.max_ctx;
 
-    let qo = r * p.q_row + h0 * hd;
-    for (var i = lid; i < gn * hd; i += WG) {
-        qs[i] = q[qo + i] * p.scale;
-    }
-    workgroupBarrier();
-
-    // One position an invocation: its key against every query head, four dimensions an
-    // iteration into four sums (independent loads in flight together).
-    let hd4 = hd - hd % 4u;
-    if (lid < n) {
-        let ko = kv_base + lid * hd;
-        var acc: array<vec4<f32>, 8>;
+    // Each invocation's positions' dot products, four dimensions an iteration into four sums
+    // (independent loads in flight together, as in the values' sum below).
+    let hd4 = p.head_dim - p.head_dim % 4u;
+    var m = -3.4e38;
+    for (var t = lid; t < len; t += WG) {
+        let ko = kv_base + t * p.head_dim;
+        var acc = vec4<f32>(0.0);
         for (var d = 0u; d < hd4; d += 4u) {
+            let qv = vec4<f32>(q[qo + d], q[qo + d + 1u], q[qo + d + 2u], q[qo + d + 3u]);
             let kv = vec4<f32>(kcache[ko + d], kcache[ko + d + 1u], kcache[ko + d + 2u], kcache[ko + d + 3u]);
-            for (var g = 0u; g < gn; g++) {
-                let qa = g * hd + d;
-                acc[g] = fma(vec4<f32>(qs[qa], qs[qa + 1u], qs[qa + 2u], qs[qa + 3u]), kv, acc[g]);
-            }
+            acc = fma(qv, kv, acc);
         }
-        for (var g = 0u; g < gn; g++) {
-            var v = (acc[g].x + acc[g].y) + (acc[g].z + acc[g].w);
-            for (var d = hd4; d < hd; d++) {
-                v += qs[g * hd + d] * kcache[ko + d];
-            }
-            sc[g * SPLIT + lid] = v;
+        var s = (acc.x + acc.y) + (acc.z + acc.w);
+        for (var d = hd4; d < p.head_dim; d++) {
+            s += q[qo + d] * kcache[ko + d];
         }
+        s *= p.scale;
+        scores[so + t] = s;
+        m = max(m, s);
     }
+    red[lid] = m;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            red[lid] = max(red[lid], red[lid + stride]);
+        }
+        workgroupBarrier();
+    }
+    let mx = red[0];
     workgroupBarrier();
 
-    // Each head's largest score in the split, then its exponentials and their sum.
-    if (lid < gn) {
-        var m = -3.4e38;
-        for (var j = 0u; j < n; j++) {
-            m = max(m, sc[lid * SPLIT + j]);
-        }
-        wmax[lid] = m;
+    var sum = 0.0;
+    for (var t = lid; t < len; t += WG) {
+        let e = exp(scores[so + t] - mx);
+        scores[so + t] = e;
+        sum += e;
     }
+    red[lid] = sum;
+    // The exp'd scores written above are read by other invocations below.
+    storageBarrier();
     workgroupBarrier();
-    for (var i = lid; i < gn * SPLIT; i += WG) {
-        let j = i % SPLIT;
-        if (j < n) {
-            sc[i] = exp(sc[i] - wmax[i / SPLIT]);
+    for (var stride = WG / 2u; stride > 0u; stride /= 2u) {
+        if (lid < stride) {
+            red[lid] += red[lid + stride];
         }
+        workgroupBarrier();
     }
-    workgroupBarrier();
-    let pw = hd + 2u;
-    let po = ((r * p.heads + h0) * p.splits + s) * pw;
-    if (lid < gn) {
-        var l = 0.0;
-        for (var j = 0u; j < n; j++) {
-            l += sc[lid * SPLIT + j];
-        }
-        let at = po + lid * p.splits * pw + hd;
-        part[at] = wmax[lid];
-        part[at + 1u] = l;
-    }
+    let inv = 1.0 / red[0];
 
-    // The values: one dimension an invocation, four positions an iteration into four sums per
-    // head; each value loaded once for every head.
-    let n4 = n - n % 4u;
+    // Four positions an iteration into four sums: their loads are independent, so they can be
+    // in flight together (one sum's chain would wait on each load in turn).
+    let hd = p.head_dim;
+    let len4 = len - len % 4u;
     for (var d = lid; d < hd; d += WG) {
-        var acc: array<vec4<f32>, 8>;
+        var acc = vec4<f32>(0.0);
         var vo = kv_base + d;
-        for (var j = 0u; j < n4; j += 4u) {
+        for (var t = 0u; t < len4; t += 4u) {
+            let sc = vec4<f32>(scores[so + t], scores[so + t + 1u], scores[so + t + 2u], scores[so + t + 3u]);
             let v = vec4<f32>(vcache[vo], vcache[vo + hd], vcache[vo + 2u * hd], vcache[vo + 3u * hd]);
-            for (var g = 0u; g < gn; g++) {
-                let a = g * SPLIT + j;
-                acc[g] = fma(vec4<f32>(sc[a], sc[a + 1u], sc[a + 2u], sc[a + 3u]), v, acc[g]);
-            }
+            acc = fma(sc, v, acc);
             vo += 4u * hd;
         }
-        for (var g = 0u; g < gn; g++) {
-            var tail = 0.0;
-            for (var j = n4; j < n; j++) {
-                tail += sc[g * SPLIT + j] * vcache[kv_base + j * hd + d];
-            }
-            part[po + g * p.splits * pw + d] = (acc[g].x + acc[g].y) + (acc[g].z + acc[g].w) + tail;
+        var tail = 0.0;
+        for (var t = len4; t < len; t++) {
+            tail += scores[so + t] * vcache[kv_base + t * hd + d];
         }
+        out[(r * p.heads + h) * hd + d] = ((acc.x + acc.y) + (acc.z + acc.w) + tail) * inv;
     }
 }
