@@ -347,6 +347,14 @@ pub fn report(
         }
     }
     emit(&format!("prefill kernel: {}", ctx.prefill_kernel()));
+    let split_from = ctx.attention_split_from();
+    emit(&format!(
+        "decode attention: {}",
+        match split_from {
+            usize::MAX => "one workgroup per query head at every position".to_string(),
+            n => format!("split over positions from {n} positions on, one workgroup per query head before"),
+        }
+    ));
     let t = Instant::now();
     let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -416,9 +424,9 @@ pub fn report(
         let how = if chunked { format!("chunks of {} per submit", model.prefill_chunk()) } else { "one submit per token".into() };
         emit(&format!("  prefill {} tokens, {how}: {ms:.0} ms (median of 3) = {:.1} tok/s", prompt.len(), tok_s(ms)));
     }
-    // Deep in the context the attention reads the cache's keys and values, each kv head's once
-    // for up to 8 of its query heads (`kernels::attention_heads`), layer by layer: the step's
-    // cost beside the weights' at long chats.
+    // Deep in the context the attention reads the cache's keys and values layer by layer, each
+    // query head its kv head's, or split, each kv head's once for up to 8 of its query heads
+    // (`kernels::attention_heads`): the step's cost beside the weights' at long chats.
     if let Some(pos) = at_position {
         model.reset();
         block_on(model.prefill(&ids(pos)))?;
@@ -426,14 +434,16 @@ pub fn report(
         let deep_total: f64 = deep.iter().sum();
         let (d50, d95, d99) = stats(deep);
         let mid = pos + warmup + steps / 2;
-        let kv_reads = cfg.num_heads / super::kernels::attention_heads(cfg.num_heads / cfg.num_kv_heads);
+        let split = pos + 1 >= split_from;
+        let kv_reads = if split { cfg.num_heads / super::kernels::attention_heads(cfg.num_heads / cfg.num_kv_heads) } else { cfg.num_heads };
         let kv_bytes = 2 * 4 * cfg.num_layers * kv_reads * cfg.head_dim * mid;
         emit(&format!(
-            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, each kv head's once for up to 8 of its query heads)",
+            "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, {})",
             pos + warmup + steps,
             steps as f64 / deep_total * 1e3,
             d50 / p50,
-            kv_bytes as f64 / 1e6
+            kv_bytes as f64 / 1e6,
+            if split { "split: each kv head's once for up to 8 of its query heads" } else { "each query head its kv head's" }
         ));
     }
     Ok(())
