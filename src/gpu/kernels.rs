@@ -116,8 +116,8 @@ impl Kernel {
             Kernel::RmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/rms_norm.wgsl")),
             Kernel::AddRmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
             Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
-            Kernel::Attention => include_str!("kernels/attention.wgsl"),
-            Kernel::AttentionSplit(_) => include_str!("kernels/attention_split.wgsl"),
+            Kernel::Attention => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention.wgsl")),
+            Kernel::AttentionSplit(_) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention_split.wgsl")),
             Kernel::AttentionCombine => include_str!("kernels/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
             Kernel::Add => include_str!("kernels/add.wgsl"),
@@ -300,18 +300,17 @@ pub struct AttnBuffers<'a> {
     pub out: &'a wgpu::Buffer,
 }
 
-/// The attention's uniform: its shape, the score scale, the queries' row (q, k and v side by
-/// side), and `extra` words.
-fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, extra: &[u32]) -> wgpu::Buffer {
+/// Both attention kernels' uniform (`attention_bindings.wgsl`): the shape, the score scale,
+/// the queries' row (q, k and v side by side), and the split kernel's `splits` a row.
+fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, splits: u32) -> wgpu::Buffer {
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let q_row = (s.heads + 2 * s.kv_heads) * s.head_dim;
-    let words: Vec<u32> = [s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32].into_iter().chain(extra.iter().copied()).collect();
-    ctx.uniform(label, &words)
+    ctx.uniform(label, &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32, splits])
 }
 
 /// Causal grouped-query attention, one workgroup per (query head, row): `attention.wgsl`.
 pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
-    let params = attention_params(ctx, "attention", s, &[]);
+    let params = attention_params(ctx, "attention", s, 0);
     pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out], Grid::per_row(s.heads as u32))
 }
 
@@ -341,7 +340,7 @@ pub fn attention_part_floats(s: super::twin::AttnShape) -> usize {
 pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> [Dispatch; 2] {
     assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.heads % s.kv_heads == 0, "attention shape {s:?}");
     let splits = s.max_ctx.div_ceil(ATTENTION_SPLIT) as u32;
-    let params = attention_params(ctx, "attention_split", s, &[splits]);
+    let params = attention_params(ctx, "attention_split", s, splits);
     let gn = attention_heads(s.heads / s.kv_heads);
     let grid = Grid::Rows { groups: [(s.heads / gn) as u32, 1, splits], axis: 1, rows_per_group: 1 };
     let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch], grid);

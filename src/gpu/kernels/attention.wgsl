@@ -11,25 +11,7 @@
 // Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention
 // (the sums run in another order: the test allows 2e-5).
 
-struct Params {
-    heads: u32,
-    kv_heads: u32,
-    head_dim: u32,
-    max_ctx: u32,
-    scale: f32,
-    q_row: u32,
-}
-
-struct State {
-    pos: u32,
-    rows: u32,
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read> state: State;
-@group(0) @binding(2) var<storage, read> q: array<f32>;
-@group(0) @binding(3) var<storage, read> kcache: array<f32>;
-@group(0) @binding(4) var<storage, read> vcache: array<f32>;
+// Params, State and bindings 0-4: attention_bindings.wgsl.
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
 @group(0) @binding(6) var<storage, read_write> out: array<f32>;
 
