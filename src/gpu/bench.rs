@@ -434,7 +434,7 @@ pub fn report(
         let deep_total: f64 = deep.iter().sum();
         let (d50, d95, d99) = stats(deep);
         let mid = pos + warmup + steps / 2;
-        let split = pos + 1 >= split_from;
+        let split = model.splits_attention(pos);
         let kv_reads = if split { cfg.num_heads / super::kernels::attention_heads(cfg.num_heads / cfg.num_kv_heads) } else { cfg.num_heads };
         let kv_bytes = 2 * 4 * cfg.num_layers * kv_reads * cfg.head_dim * mid;
         emit(&format!(

@@ -245,14 +245,25 @@ enum Op {
 }
 
 impl Op {
+    /// The split attention's dispatches, where a step of `rows` tokens from position `pos` runs
+    /// them.
+    fn split_at(&self, rows: usize, pos: usize) -> Option<&[Dispatch; 2]> {
+        match self {
+            Op::Attention { split: Some(split), split_from, .. } if rows == 1 && pos + 1 >= *split_from => Some(split),
+            _ => None,
+        }
+    }
+
     /// The dispatches of a step of `rows` tokens from position `pos`.
     fn for_step(&self, rows: usize, pos: usize) -> &[Dispatch] {
+        if let Some(split) = self.split_at(rows, pos) {
+            return split;
+        }
         match self {
             Op::Run(d) => std::slice::from_ref(d),
             Op::Parts(d) => d,
             Op::Linear { gemv, .. } if rows == 1 => gemv,
             Op::Linear { gemm, .. } => gemm,
-            Op::Attention { split: Some(split), split_from, .. } if rows == 1 && pos + 1 >= *split_from => split,
             Op::Attention { whole, .. } => std::slice::from_ref(whole),
         }
     }
@@ -393,10 +404,14 @@ impl GpuLlama {
         let cos = ctx.storage_init("rope_cos", &f32_bytes(&cos))?;
         let sin = ctx.storage_init("rope_sin", &f32_bytes(&sin))?;
         let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hd, max_ctx };
-        // The split attention's scratch, for a decode step's one row; heads wider than it takes
-        // run the whole kernel at every position.
-        let split_attention = hd <= kernels::ATTENTION_MAX_HEAD_DIM;
-        let part = ctx.storage("attention_part", (kernels::attention_part_floats(shape).max(1) * 4) as u64)?;
+        // The split attention's scratch, for a decode step's one row, where a step can reach
+        // the split (none on a CPU rasterizer, whose default never splits: nothing made for it);
+        // heads wider than it takes run the whole kernel at every position.
+        let split_from = ctx.attention_split_from();
+        let part = match hd <= kernels::ATTENTION_MAX_HEAD_DIM && split_from <= max_ctx {
+            true => Some(ctx.storage("attention_part", (kernels::attention_part_floats(shape) * 4) as u64)?),
+            false => None,
+        };
 
         let GpuWeights { embed, layers, final_norm, lm_head: head_w, .. } = w;
         body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &x)));
@@ -455,11 +470,11 @@ impl GpuLlama {
             first = false;
             body.extend(round_qkv);
             body.extend(lqkv);
-            body.extend([Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs))]);
+            body.push(Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs)));
             body.push(Op::Attention {
                 whole: kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores)),
-                split: split_attention.then(|| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(&part))),
-                split_from: ctx.attention_split_from(),
+                split: part.as_ref().map(|part| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(part))),
+                split_from,
             });
             body.extend(round_o);
             body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
@@ -503,7 +518,8 @@ impl GpuLlama {
         parts.extend(std::iter::once(&embed).chain(head_w.iter()).map(|w| w.parts.len()));
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, part, cos, sin, final_norm, keys, sample_weights, kept_ids]);
+        bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
+        bufs.extend(part);
         let token_readback = ctx.readback("token", 4);
         Ok(GpuLlama {
             ctx,
@@ -567,6 +583,11 @@ impl GpuLlama {
     /// on a GPU each is a launch and a barrier, the fixed cost a small model's decode step pays.
     pub fn dispatches(&self, rows: usize) -> usize {
         self.body.iter().map(|op| op.for_step(rows, 0).len()).sum::<usize>() + self.head.len() + 1
+    }
+
+    /// Whether a decode step from position `pos` runs the attention split over positions.
+    pub fn splits_attention(&self, pos: usize) -> bool {
+        self.body.iter().any(|op| op.split_at(1, pos).is_some())
     }
 
     /// The buffers (row ranges) each int4 weight is split into to fit the adapter's binding
