@@ -57,7 +57,7 @@ run)
     done
     bench 120 decode-smollm2-135m-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled
     # The attention deep in the chat by one workgroup per query head at every step (the auto
-    # runs split it from 256 positions): the split's gain at position 900.
+    # runs split it where the load's tuning chose): the split's gain at position 900.
     for model in smollm2-135m llama-3.1-8b; do
         bench 120 "decode-$model-whole-attention" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --at-position 900 --attention-split-from 100000
     done
@@ -66,8 +66,9 @@ run)
     done
     bench 60 kernels-per-row-tree --warmup 10 --steps 50 --no-subgroups --gemv per-row
     tail -n 8 "$out"/decode-*.txt
+    grep -H "load-time tuning" "$out"/decode-*-auto.txt || true
     grep -h "n= 32768" "$out"/kernels-*.txt || true
-    grep -h "at position" "$out"/kernels-1.txt || true
+    grep -h "at position\|decode attention tuned" "$out"/kernels-1.txt || true
     ;;
 *)
     echo "usage: $0 prepare|run" >&2

@@ -792,7 +792,7 @@ fn clock_ms() -> f64 {
 /// A load's tuning of `gemv_rows.wgsl` (`gpu::probe::tune_rows`, which `auto` and `webgpu` run
 /// on a GPU): every distinct shape timed once, fastest first; the GEMV under a shape set on the
 /// context matches its twin; and an engine tuned so (on this software adapter when asked,
-/// `probe_software`; its prefill kernel tuned too) says what it chose and gives the CPU
+/// `probe_software`; its prefill kernel and attention split tuned too) says what it chose and gives the CPU
 /// engine's tokens, as does one told each prefill kernel.
 #[test]
 fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens() {
@@ -838,7 +838,8 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
     let (cpu, gpu) = (open(BackendKind::Wasm, false), open(BackendKind::Webgpu, true));
     let info = gpu.backend_info();
     assert_eq!(info.name, "webgpu");
-    assert!(info.reason.as_deref().is_some_and(|r| r.contains("as asked") && r.contains("decode GEMV tuned to") && r.contains("prefill tuned to")), "{info:?}");
+    let said = |r: &str| r.contains("as asked") && r.contains("decode GEMV tuned to") && r.contains("prefill tuned to") && r.contains("decode attention tuned to");
+    assert!(info.reason.as_deref().is_some_and(said), "{info:?}");
     let want = two_turns(&cpu);
     let got = two_turns(&gpu);
     assert_eq!((&got.0, &got.1), (&want.0, &want.1), "tuned GPU vs CPU engine");
@@ -852,6 +853,54 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
         let got = two_turns(&gpu);
         assert_eq!((&got.0, &got.1), (&want.0, &want.1), "prefill {prefill} vs CPU engine");
     }
+}
+
+/// `tune_attention` (where a load on a GPU has decode steps split their attention) times both
+/// kernels at every context length 64, 128, ... up to the cache over one uploaded cache, and
+/// splits from the shortest length from which the split was faster at every length timed
+/// (never, where it lost at the longest); it sets nothing itself; a context takes what a load
+/// sets unless its options chose a position.
+#[test]
+fn attention_tuning_times_both_kernels_and_splits_where_the_split_wins() {
+    use edge_llm::gpu::probe::{attention_tuning_lengths, tune_attention};
+    let Some(ctx) = gpu() else { return };
+    assert_eq!(attention_tuning_lengths(300), [64, 128, 256]);
+    assert_eq!(attention_tuning_lengths(20_000).last(), Some(&4096));
+    assert!(attention_tuning_lengths(63).is_empty());
+    let chosen = ctx.attention_split_from();
+    let before = ctx.counters();
+    let shape = twin::AttnShape { heads: 9, kv_heads: 3, head_dim: 64, max_ctx: 300 };
+    let tuning = block_on(tune_attention(&ctx, shape, clock_ms)).unwrap();
+    eprintln!("{}", tuning.says());
+    // q, the key and value caches, the whole kernel's scores, the split's parts, the output,
+    // the step state, its readback and the three kernels' parameters: once for every length
+    // and both kernels.
+    assert_eq!(ctx.counters().since(&before).buffers, 11, "{tuning:?}");
+    assert_eq!(tuning.timings.iter().map(|t| t.0).collect::<Vec<_>>(), [64, 128, 256], "{tuning:?}");
+    assert!(tuning.timings.iter().all(|t| t.1.is_finite() && t.1 > 0.0 && t.2.is_finite() && t.2 > 0.0), "{tuning:?}");
+    // The split won at every length from where it runs, and lost just before it.
+    for &(len, whole, split) in &tuning.timings {
+        if len >= tuning.split_from {
+            assert!(split < whole, "split from {} but it lost at {len}: {tuning:?}", tuning.split_from);
+        }
+    }
+    match tuning.timings.iter().position(|t| t.0 == tuning.split_from) {
+        Some(0) => {}
+        Some(i) => assert!(tuning.timings[i - 1].2 >= tuning.timings[i - 1].1, "{tuning:?}"),
+        None => {
+            assert_eq!(tuning.split_from, usize::MAX, "{tuning:?}");
+            let last = tuning.timings.last().unwrap();
+            assert!(last.2 >= last.1, "never split, yet the split won at the longest length: {tuning:?}");
+        }
+    }
+    assert!(tuning.says().starts_with("decode attention tuned to"), "{}", tuning.says());
+    assert_eq!(ctx.attention_split_from(), chosen, "tuning alone changes nothing");
+    ctx.set_attention_split_from(128);
+    assert_eq!(ctx.attention_split_from(), 128);
+    ctx.set_attention_split_from(chosen);
+    let told = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: Some(512), ..Default::default() })).unwrap();
+    told.set_attention_split_from(64);
+    assert_eq!(told.attention_split_from(), 512);
 }
 
 /// `tune_prefill` times every prefill kernel over one uploaded weight, fastest first, and sets

@@ -554,14 +554,14 @@ fn ticks(now: Clock) -> bool {
 
 /// On a GPU (or a software adapter with `probe_software`), the kernels left to the engine in
 /// the options tuned for the weights the load then binds ([`crate::gpu::probe::tune_model`]:
-/// `gemv_rows.wgsl`'s shape, then the prefill kernel); says what it chose. `None`: not tuned (a CPU
-/// rasterizer, kernels chosen in the options, or no clock).
+/// `gemv_rows.wgsl`'s shape, the prefill kernel, where the decode attention splits); says what
+/// it chose. `None`: not tuned (a CPU rasterizer, kernels chosen in the options, or no clock).
 async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
     let now: Clock = default_clock;
     if (ctx.is_software() && !options.probe_software) || !ticks(now) {
         return Ok(None);
     }
-    let said = crate::gpu::probe::tune_model(ctx, cfg, options, now).await?;
+    let said = crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), options, now).await?;
     Ok((!said.is_empty()).then(|| said.join("; ")))
 }
 

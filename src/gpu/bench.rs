@@ -38,16 +38,8 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     const REPS: usize = 10;
     // ms per call of `rows`-row products `[n][k]` (p50, p95, p99), `REPS` per submit.
     let timed = async |b: &GemvBench| -> Result<(Vec<f64>, u64)> {
-        for _ in 0..warmup {
-            b.run(ctx).await?;
-        }
-        let mut ms = Vec::with_capacity(steps);
-        for _ in 0..steps {
-            let t = now();
-            b.run(ctx).await?;
-            ms.push((now() - t) / REPS as f64);
-        }
-        Ok((ms, b.bytes_per_call))
+        let ms = passes(warmup, steps, now, async || b.run(ctx).await).await?;
+        Ok((ms.into_iter().map(|m| m / REPS as f64).collect(), b.bytes_per_call))
     };
     out.push(format!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:"));
     // On a hardware GPU also a 7B-class projection (32768 x 4096: 64 MiB of nibbles), large
@@ -114,12 +106,12 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         let tuning = super::probe::tune_prefill(ctx, 1536, 576, now).await?;
         out.push(format!("load-time tuning: {}", tuning.says()));
     }
-    // Decode attention deep in a context: one query row at `pos` over a resident cache
-    // (deterministic keys and values), by each kernel, `REPS` per submit; GB/s of cached keys
-    // and values read (f32: the whole kernel reads its kv head's for every query head, the
-    // split one once per workgroup of `attention_heads`).
+    // Decode attention deep in a context: one query row at `pos` over a resident cache, by
+    // each kernel ([`super::probe::AttentionBench`]), `REPS` per submit; GB/s of cached keys
+    // and values read.
     {
-        use super::kernels::{self, AttnBuffers, Pipelines};
+        use super::kernels;
+        use super::probe::AttentionBench;
         use super::twin::AttnShape;
         out.push(format!(
             "decode attention (one query row: one workgroup per query head, or split over {} positions and added; the engine splits from {}), {REPS} calls per submit, {steps} passes after {warmup}:",
@@ -131,47 +123,26 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         ));
         // SmolLM2-135M (9 heads over 3 kv heads of 64); on a hardware GPU also a Llama-3-8B
         // layer (32 over 8 of 128) at 4096 positions.
-        let shapes: &[(&str, usize, usize, usize, usize)] =
-            if ctx.is_software() { &[("smollm2-135m", 9, 3, 64, 1024)] } else { &[("smollm2-135m", 9, 3, 64, 1024), ("llama-3-8b", 32, 8, 128, 4096)] };
-        for &(name, heads, kv_heads, head_dim, max_ctx) in shapes {
-            let s = AttnShape { heads, kv_heads, head_dim, max_ctx };
-            let kv = kv_heads * max_ctx * head_dim;
-            let noise = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 2_654_435_761 + seed) % 1_000_003) as f32 / 1_000_003.0 - 0.5).collect() };
-            let q = ctx.storage_init("q", &kernels::f32_bytes(&noise((heads + 2 * kv_heads) * head_dim, 1)))?;
-            let (kc, vc) = (ctx.storage_init("kcache", &kernels::f32_bytes(&noise(kv, 2)))?, ctx.storage_init("vcache", &kernels::f32_bytes(&noise(kv, 3)))?);
-            let scores = ctx.storage("scores", (4 * heads * max_ctx) as u64)?;
-            let part = ctx.storage("part", 4 * kernels::attention_part_floats(s) as u64)?;
-            let attn_out = ctx.storage("out", (4 * heads * head_dim) as u64)?;
-            let state = ctx.storage("state", 8)?;
-            let rb = ctx.readback("attention", 4);
-            let mut pipes = Pipelines::default();
-            let bufs = |scratch| AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scratch, out: &attn_out };
-            let whole = vec![kernels::attention(ctx, &mut pipes, s, bufs(&scores))];
-            let split = Vec::from(kernels::attention_split(ctx, &mut pipes, s, bufs(&part)));
-            let group = heads / kv_heads;
-            for pos in [127, 255, 511, 1023, 4095].into_iter().filter(|p| *p < max_ctx) {
-                ctx.write(&state, 0, &[pos as u32, 1].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
-                for (kernel, dispatches, heads_per_read) in [("whole", &whole, 1), ("split", &split, kernels::attention_heads(group))] {
-                    let mut ms = Vec::with_capacity(steps);
-                    for i in 0..warmup + steps {
-                        let t = now();
-                        let mut enc = ctx.encoder();
-                        pipes.record(&mut enc, std::iter::repeat_n(dispatches, REPS).flatten(), 1);
-                        enc.copy_buffer_to_buffer(&attn_out, 0, &rb, 0, 4);
-                        ctx.submit(enc);
-                        ctx.read(&rb, 4).await?;
-                        if i >= warmup {
-                            ms.push((now() - t) / REPS as f64);
-                        }
-                    }
-                    let (p50, p95, p99) = stats(ms);
-                    let bytes = 2 * 4 * (heads / heads_per_read) * head_dim * (pos + 1);
+        let smollm2 = ("smollm2-135m", AttnShape { heads: 9, kv_heads: 3, head_dim: 64, max_ctx: 1024 });
+        let llama = ("llama-3-8b", AttnShape { heads: 32, kv_heads: 8, head_dim: 128, max_ctx: 4096 });
+        let shapes = if ctx.is_software() { vec![smollm2] } else { vec![smollm2, llama] };
+        for &(name, s) in &shapes {
+            let bench = AttentionBench::new(ctx, s, REPS)?;
+            for pos in [127, 255, 511, 1023, 4095].into_iter().filter(|p| *p < s.max_ctx) {
+                for (kernel, split) in [("whole", false), ("split", true)] {
+                    let ms = passes(warmup, steps, now, async || bench.run(ctx, split, pos).await).await?;
+                    let (p50, p95, p99) = stats(ms.into_iter().map(|m| m / REPS as f64).collect());
+                    let bytes = bench.bytes(split, pos);
                     let gbs = bytes as f64 / (p50 * 1e-3) / 1e9;
+                    let AttnShape { heads, kv_heads, head_dim, .. } = s;
                     out.push(format!(
                         "  {name} ({heads} heads over {kv_heads}, dim {head_dim}) at position {pos:4} {kernel}: {bytes:8} bytes/call  ms/call p50 {p50:.3} p95 {p95:.3} p99 {p99:.3}  => {gbs:.2} GB/s (p50)"
                     ));
                 }
             }
+            // What a load's tuning would choose for this model's attention.
+            let tuning = super::probe::tune_attention(ctx, s, now).await?;
+            out.push(format!("  load-time tuning for {name}: {}", tuning.says()));
         }
     }
     // The token pick over SmolLM2's 49152 logits (distinct values spread over [-5, 5), as a
@@ -201,23 +172,33 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
             ("sample.wgsl (temperature, top-p 0.9, penalty)", &sample_p),
         ];
         for (what, d) in picks {
-            let mut ms = Vec::with_capacity(steps);
-            for i in 0..warmup + steps {
-                let t = now();
+            let pick = async || {
                 let mut enc = ctx.encoder();
                 pipes.record(&mut enc, [d], 1);
                 enc.copy_buffer_to_buffer(&state, 8, &rb, 0, 4);
                 ctx.submit(enc);
-                ctx.read(&rb, 4).await?;
-                if i >= warmup {
-                    ms.push(now() - t);
-                }
-            }
-            let (p50, p95, p99) = stats(ms);
+                ctx.read(&rb, 4).await.map(drop)
+            };
+            let (p50, p95, p99) = stats(passes(warmup, steps, now, pick).await?);
             out.push(format!("  {what}: ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
         }
     }
     Ok(out)
+}
+
+/// Milliseconds of each of `steps` runs of `run` (a submit and its readback) after `warmup`
+/// untimed ones, by `now`.
+async fn passes(warmup: usize, steps: usize, now: fn() -> f64, run: impl AsyncFn() -> Result<()>) -> Result<Vec<f64>> {
+    for _ in 0..warmup {
+        run().await?;
+    }
+    let mut ms = Vec::with_capacity(steps);
+    for _ in 0..steps {
+        let t = now();
+        run().await?;
+        ms.push(now() - t);
+    }
+    Ok(ms)
 }
 
 /// The prefill kernel `choice` runs on an int4 block-32 `[n][k]` weight, by name: `tiled`, or
@@ -342,7 +323,7 @@ pub fn report(
     }
     // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
     if !ctx.is_software() {
-        for said in block_on(super::probe::tune_model(&ctx, &cfg, options, now))? {
+        for said in block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, options, now))? {
             emit(&format!("load-time tuning for {name}: {said}"));
         }
     }

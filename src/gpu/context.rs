@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -97,8 +97,9 @@ pub struct GpuContext {
     shuffle_lanes: u32,
     /// The device has WGSL's subgroup operations (see [`GpuContext::has_subgroups`]).
     subgroups: bool,
-    /// See [`GpuContext::attention_split_from`].
-    attention_split_from: usize,
+    /// See [`GpuContext::attention_split_from`]; whether the options chose it.
+    attention_split_from: AtomicUsize,
+    attention_split_told: bool,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -165,7 +166,7 @@ impl GpuContext {
         let info = adapter.get_info();
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
         let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
-        let attention_split_from = options.attention_split_from.unwrap_or(if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU });
+        let attention_split_from = AtomicUsize::new(options.attention_split_from.unwrap_or(if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU }));
         let mut ctx = GpuContext {
             device,
             queue,
@@ -181,6 +182,7 @@ impl GpuContext {
             shuffle_lanes: 0,
             subgroups,
             attention_split_from,
+            attention_split_told: options.attention_split_from.is_some(),
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -309,7 +311,15 @@ impl GpuContext {
     /// From how many positions a decode step's attention runs split
     /// ([`super::GpuOptions::attention_split_from`]; `usize::MAX`: never).
     pub fn attention_split_from(&self) -> usize {
-        self.attention_split_from
+        self.attention_split_from.load(Ordering::Relaxed)
+    }
+
+    /// Set where a decode step's attention splits (a load's tuning; a position chosen in the
+    /// options stays as asked). Models loaded before keep theirs.
+    pub fn set_attention_split_from(&self, positions: usize) {
+        if !self.attention_split_told {
+            self.attention_split_from.store(positions, Ordering::Relaxed);
+        }
     }
 
     pub fn counters(&self) -> GpuCounters {

@@ -3,6 +3,7 @@
 
 use super::context::GpuContext;
 use super::kernels::{self, Dispatch, Pipelines};
+use super::twin::AttnShape;
 use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
 use super::{GemvKernel, PrefillKernel};
 use crate::Result;
@@ -130,6 +131,123 @@ impl GemvBench {
     }
 }
 
+/// A decode step's attention (one query row) over a resident cache of deterministic keys and
+/// values, by the whole kernel (one workgroup per query head) and the split one
+/// ([`kernels::attention_split`]), `reps` calls per submit: what the kernel benchmark times
+/// and [`tune_attention`] chooses between.
+pub struct AttentionBench {
+    pub shape: AttnShape,
+    pub reps: usize,
+    pipes: Pipelines,
+    whole: Dispatch,
+    split: [Dispatch; 2],
+    /// The step state (its position written before each run), the output and its readback;
+    /// the other buffers are held by the bind groups.
+    state: wgpu::Buffer,
+    out: wgpu::Buffer,
+    readback: wgpu::Buffer,
+}
+
+impl AttentionBench {
+    /// Upload a cache of `shape.max_ctx` positions; heads wider than
+    /// [`kernels::ATTENTION_MAX_HEAD_DIM`] have no split kernel.
+    pub fn new(ctx: &GpuContext, shape: AttnShape, reps: usize) -> Result<Self> {
+        let AttnShape { heads, kv_heads, head_dim, max_ctx } = shape;
+        if head_dim > kernels::ATTENTION_MAX_HEAD_DIM {
+            return Err(crate::Error::Inference(format!("attention bench: heads of {head_dim} are wider than the split kernel's {}", kernels::ATTENTION_MAX_HEAD_DIM)));
+        }
+        let kv = kv_heads * max_ctx * head_dim;
+        let noise = |n: usize, seed: usize| -> Vec<f32> { (0..n).map(|i| ((i * 2_654_435_761 + seed) % 1_000_003) as f32 / 1_000_003.0 - 0.5).collect() };
+        let q = ctx.storage_init("bench_q", &kernels::f32_bytes(&noise((heads + 2 * kv_heads) * head_dim, 1)))?;
+        let (kc, vc) = (ctx.storage_init("bench_kcache", &kernels::f32_bytes(&noise(kv, 2)))?, ctx.storage_init("bench_vcache", &kernels::f32_bytes(&noise(kv, 3)))?);
+        let scores = ctx.storage("bench_scores", (4 * heads * max_ctx) as u64)?;
+        let part = ctx.storage("bench_part", 4 * kernels::attention_part_floats(shape) as u64)?;
+        let out = ctx.storage("bench_out", (4 * heads * head_dim) as u64)?;
+        let state = ctx.storage("bench_state", 8)?;
+        let mut pipes = Pipelines::default();
+        let bufs = |scratch| kernels::AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scratch, out: &out };
+        let whole = kernels::attention(ctx, &mut pipes, shape, bufs(&scores));
+        let split = kernels::attention_split(ctx, &mut pipes, shape, bufs(&part));
+        let readback = ctx.readback("bench_out", 4);
+        Ok(AttentionBench { shape, reps, pipes, whole, split, state, out, readback })
+    }
+
+    /// Bytes of cached keys and values one call at `pos` reads (f32): the whole kernel its kv
+    /// head's for every query head, the split one once per workgroup of
+    /// [`kernels::attention_heads`].
+    pub fn bytes(&self, split: bool, pos: usize) -> u64 {
+        let AttnShape { heads, kv_heads, head_dim, .. } = self.shape;
+        let per_read = if split { kernels::attention_heads(heads / kv_heads) } else { 1 };
+        (2 * 4 * (heads / per_read) * head_dim * (pos + 1)) as u64
+    }
+
+    /// Submit `reps` calls of one kernel for a row at `pos` (below `max_ctx`) and wait until
+    /// the GPU has finished them.
+    pub async fn run(&self, ctx: &GpuContext, split: bool, pos: usize) -> Result<()> {
+        ctx.write(&self.state, 0, &[pos as u32, 1].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
+        let mut enc = ctx.encoder();
+        let one: &[Dispatch] = if split { &self.split } else { std::slice::from_ref(&self.whole) };
+        self.pipes.record(&mut enc, std::iter::repeat_n(one, self.reps).flatten(), 1);
+        enc.copy_buffer_to_buffer(&self.out, 0, &self.readback, 0, 4);
+        ctx.submit(enc);
+        ctx.read(&self.readback, 4).await?;
+        Ok(())
+    }
+}
+
+/// What [`tune_attention`] measured: at each context length (a decode step at position
+/// `len - 1`), milliseconds per call of the whole kernel and of the split one; and the length
+/// from which the split runs (`usize::MAX`: never).
+#[derive(Debug, Clone)]
+pub struct AttentionTuning {
+    pub shape: AttnShape,
+    pub timings: Vec<(usize, f64, f64)>,
+    pub split_from: usize,
+}
+
+impl AttentionTuning {
+    pub fn says(&self) -> String {
+        let all: Vec<String> = self.timings.iter().map(|(len, whole, split)| format!("{len}: {whole:.3}/{split:.3}")).collect();
+        let chosen = match self.split_from {
+            usize::MAX => "never split".to_string(),
+            n => format!("split from {n} positions"),
+        };
+        format!("decode attention tuned to {chosen} (ms whole/split by context length: {})", all.join(", "))
+    }
+}
+
+/// Context lengths [`tune_attention`] times: 64, 128, ... up to the cache's and 4096.
+pub fn attention_tuning_lengths(max_ctx: usize) -> Vec<usize> {
+    std::iter::successors(Some(64), |l| Some(l * 2)).take_while(|&l| l <= max_ctx.min(4096)).collect()
+}
+
+/// Time a decode step's attention at `shape` by both kernels at each of
+/// [`attention_tuning_lengths`] (each the best of three submits of [`ATTENTION_TUNING_REPS`]
+/// calls after a warm-up), over one uploaded cache; the split runs from the shortest length
+/// from which it was faster at every length timed (never, if it lost at the longest). Sets
+/// nothing itself. On a GPU a few milliseconds plus three pipelines.
+pub async fn tune_attention(ctx: &GpuContext, shape: AttnShape, now: fn() -> f64) -> Result<AttentionTuning> {
+    let lengths = attention_tuning_lengths(shape.max_ctx);
+    let mut timings = Vec::with_capacity(lengths.len());
+    // A cache shorter than the first length: nothing timed, never split.
+    let Some(&longest) = lengths.last() else { return Ok(AttentionTuning { shape, timings, split_from: usize::MAX }) };
+    let bench = AttentionBench::new(ctx, AttnShape { max_ctx: longest, ..shape }, ATTENTION_TUNING_REPS)?;
+    for &len in &lengths {
+        let whole = best_of_three(async || bench.run(ctx, false, len - 1).await, now, f64::INFINITY).await?;
+        let split = best_of_three(async || bench.run(ctx, true, len - 1).await, now, f64::INFINITY).await?;
+        timings.push((len, whole / ATTENTION_TUNING_REPS as f64, split / ATTENTION_TUNING_REPS as f64));
+    }
+    let losing = timings.iter().rposition(|t| t.2 >= t.1);
+    let split_from = match losing {
+        None => timings.first().map_or(usize::MAX, |t| t.0),
+        Some(i) => timings.get(i + 1).map_or(usize::MAX, |t| t.0),
+    };
+    Ok(AttentionTuning { shape, timings, split_from })
+}
+
+/// Calls per submit [`tune_attention`] times.
+pub const ATTENTION_TUNING_REPS: usize = 8;
+
 /// What the probe measured on the GPU: a submit's fixed cost (submit, readback) and one
 /// int4 GEMV of `bytes` (weights, scales and input).
 #[derive(Debug, Clone, Copy)]
@@ -159,16 +277,16 @@ pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     Ok(GpuProbe { latency_ms: ((t1 - t0) - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
 }
 
-/// A tuning's time of `bench`: after a warm-up submit (pipeline compilation), the fastest of
+/// A tuning's time of `run` (one submit and its readback): after a warm-up submit (pipeline compilation), the fastest of
 /// three submits, in milliseconds; or the first, when it is already over `cut` (twice the
 /// fastest candidate so far: this one has lost, and a slow kernel is not run three more times
 /// during a load).
-async fn best_of_three(ctx: &GpuContext, bench: &GemvBench, now: fn() -> f64, cut: f64) -> Result<f64> {
-    bench.run(ctx).await?;
+async fn best_of_three(run: impl AsyncFn() -> Result<()>, now: fn() -> f64, cut: f64) -> Result<f64> {
+    run().await?;
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let t0 = now();
-        bench.run(ctx).await?;
+        run().await?;
         best = best.min(now() - t0);
         if best > cut {
             break;
@@ -289,17 +407,19 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     let mut timings: Vec<(RowsShape, (u32, u32), f64)> = Vec::with_capacity(shapes.len());
     for (&(shape, lr), bench) in shapes.iter().zip(&benches) {
         let cut = cut_after(timings.iter().map(|t| t.2), PROBE_REPS);
-        timings.push((shape, lr, best_of_three(ctx, bench, now, cut).await? / PROBE_REPS as f64));
+        timings.push((shape, lr, best_of_three(async || bench.run(ctx).await, now, cut).await? / PROBE_REPS as f64));
     }
     // Stable: equal times keep the candidates' order.
     timings.sort_by(|a, b| a.2.total_cmp(&b.2));
     Ok(RowsTuning { n, k, timings })
 }
 
-/// The kernels `options` leave to the engine, tuned at `cfg`'s feed-forward shape
-/// `[intermediate][hidden]` as a load does on a GPU: the decode GEMV's shape ([`tune_rows`]),
-/// then the prefill kernel ([`tune_prefill`]), each set on the context; what each tuning says.
-pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, options: &super::GpuOptions, now: fn() -> f64) -> Result<Vec<String>> {
+/// The kernels `options` leave to the engine, tuned as a load does on a GPU: at `cfg`'s
+/// feed-forward shape `[intermediate][hidden]` the decode GEMV's shape ([`tune_rows`]), then
+/// the prefill kernel ([`tune_prefill`]); at its attention's heads over a cache of `max_ctx`
+/// positions, where a decode step's attention splits ([`tune_attention`]); each set on the
+/// context; what each tuning says.
+pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, options: &super::GpuOptions, now: fn() -> f64) -> Result<Vec<String>> {
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let mut said = Vec::new();
     if options.gemv == GemvKernel::Auto {
@@ -310,6 +430,13 @@ pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, optio
     if options.prefill == PrefillKernel::Auto {
         let tuning = tune_prefill(ctx, n, k, now).await?;
         ctx.set_prefill_kernel(tuning.best());
+        said.push(tuning.says());
+    }
+    // Heads wider than the split kernel takes run the whole one at every position.
+    if options.attention_split_from.is_none() && cfg.head_dim <= kernels::ATTENTION_MAX_HEAD_DIM {
+        let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: cfg.head_dim, max_ctx };
+        let tuning = tune_attention(ctx, shape, now).await?;
+        ctx.set_attention_split_from(tuning.split_from);
         said.push(tuning.says());
     }
     Ok(said)
@@ -354,7 +481,7 @@ pub async fn tune_prefill(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64
     let mut timings: Vec<(PrefillKernel, f64)> = Vec::with_capacity(kernels.len());
     for (&kernel, bench) in kernels.iter().zip(&benches) {
         let cut = cut_after(timings.iter().map(|t| t.1), REPS);
-        timings.push((kernel, best_of_three(ctx, bench, now, cut).await? / REPS as f64));
+        timings.push((kernel, best_of_three(async || bench.run(ctx).await, now, cut).await? / REPS as f64));
     }
     timings.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok(PrefillTuning { n, k, rows, timings })
