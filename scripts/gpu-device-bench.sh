@@ -17,7 +17,9 @@
 #                                         machine), each also at position 900 (the attention's
 #                                         cost in a long chat; the kernel sweep times both
 #                                         attention kernels at 128 to 4096 positions), then
-#                                         repeats and comparisons,
+#                                         repeats and comparisons (one greedy step a submit
+#                                         against the tuned chain, whole attention
+#                                         against split, per-row GEMV, tiled prefill),
 #                                         writing to $OUT.
 #
 # The NVIDIA driver there ships its Vulkan ICD (libGLX_nvidia needs libglvnd; with libvulkan1
@@ -54,6 +56,10 @@ run)
     done
     for i in 2 3; do
         bench 90 "kernels-$i" --warmup 10 --steps 50
+    done
+    # One greedy step a submit (the auto runs chain as the load tuned): what chaining saves a token.
+    for model in smollm2-135m llama-3.2-1b; do
+        bench 120 "decode-$model-one-step-a-submit" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --decode-ahead 0
     done
     bench 120 decode-smollm2-135m-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled
     # The attention deep in the chat by one workgroup per query head at every step (the auto

@@ -380,6 +380,73 @@ fn tiny_greedy_tokens_hold_with_the_split_attention() {
     }
 }
 
+/// Greedy decode steps chained ahead in one submit (`GpuOptions::decode_ahead`), with 1, 3 and
+/// 15 ahead: the reference's tokens up to a full cache (the chain shortens near its end, then
+/// the named overflow); each submit runs up to 1 + ahead steps and reads back their 4-byte
+/// picks together (two writes: the first step's position, the chained ones'), creating
+/// nothing, and the steps it ran ahead are taken without a submit. Feeding another token than
+/// the chain's drops it (the tokens then a one-step-a-submit model's), as does a reset; the
+/// cache read back mid-chain holds the positions taken, and continues elsewhere.
+#[test]
+fn greedy_steps_chained_ahead_give_the_reference_tokens_one_submit_per_chain() {
+    const MAX_CTX: usize = 64;
+    let Some(one) = gpu() else { return };
+    let (q, exported) = tiny_q4(true);
+    // Every token until the cache is full: the prefill's pick, then one a step.
+    let n = MAX_CTX - PROMPT.len() + 1;
+    let want = reference::greedy(&q.cfg, &exported.effective, &PROMPT, n);
+    let mut single = GpuLlama::load(one, &q, MAX_CTX).unwrap();
+    assert_eq!(single.context().decode_ahead(), 0, "a CPU rasterizer's default");
+    for ahead in [1, 3, 15] {
+        let ctx = block_on(GpuContext::with_options(&GpuOptions { decode_ahead: Some(ahead), ..Default::default() })).unwrap();
+        let mut model = GpuLlama::load(ctx, &q, MAX_CTX).unwrap();
+        let mut got = vec![block_on(model.prefill(&PROMPT)).unwrap()];
+        assert_eq!(model.chained(), 0, "a prefill runs nothing ahead");
+        let before = model.counters();
+        while got.len() < n {
+            got.push(block_on(model.step(None)).unwrap());
+            assert_eq!(model.pos(), PROMPT.len() + got.len() - 1);
+        }
+        assert_eq!(got, want, "{ahead} ahead");
+        let c = model.counters().since(&before);
+        // Each submit's chain is as long as the cache leaves room for.
+        let (mut submits, mut bytes, mut pos) = (0, 0, PROMPT.len());
+        while pos < MAX_CTX {
+            let run = 1 + ahead.min(MAX_CTX - pos - 1);
+            (submits, bytes, pos) = (submits + 1, bytes + 4 * run as u64, pos + run);
+        }
+        assert_eq!((c.submits, c.readbacks, c.readback_bytes), (submits, submits, bytes), "{ahead} ahead: {c:?}");
+        assert_eq!(c.buffers + c.bind_groups + c.pipelines + c.shader_modules, 0, "{ahead} ahead: {c:?}");
+        assert!(c.writes <= 2 * submits, "{ahead} ahead: {c:?}");
+        assert!(matches!(block_on(model.step(None)), Err(Error::ContextOverflow { .. })), "{ahead} ahead");
+        // Another token than the chain's: dropped, the step runs from the position taken.
+        let other = |t: u32| (t + 1) % q.cfg.vocab_size as u32;
+        let steps = |m: &mut GpuLlama| {
+            m.reset();
+            let mut out = vec![block_on(m.prefill(&PROMPT)).unwrap()];
+            out.push(block_on(m.step(None)).unwrap());
+            let fed = other(out[1]);
+            out.push(block_on(m.step_greedy(Some(fed))).unwrap());
+            for _ in 0..5 {
+                out.push(block_on(m.step(None)).unwrap());
+            }
+            (out, m.pos())
+        };
+        assert_eq!(steps(&mut model), steps(&mut single), "{ahead} ahead: another token fed mid-chain");
+        // A reset mid-chain, then greedy decoding again.
+        assert!(model.chained() > 0 || ahead == 1, "{ahead} ahead");
+        assert_eq!(block_on(model.greedy(&PROMPT, 16)).unwrap(), want[..16], "{ahead} ahead, after a reset");
+        // The cache read back with chained steps pending holds the positions taken; another
+        // model continues from it as this one does.
+        let kv = block_on(model.download_kv()).unwrap();
+        assert_eq!(kv.len, model.pos());
+        single.upload_kv(&kv).unwrap();
+        let last = want[15];
+        assert_eq!(block_on(single.step(Some(last))).unwrap(), want[16], "{ahead} ahead");
+        assert_eq!(block_on(model.step(None)).unwrap(), want[16], "{ahead} ahead");
+    }
+}
+
 /// The tiny model on a device that binds at most 2 KiB per buffer, for 16 positions (its
 /// activations then fit in prefill chunks of 4 rows): gate, up and down of both layers and the
 /// embedding (also the tied head) are split by rows as `BlockSpec::row_ranges` plans. Token by token,
@@ -661,6 +728,16 @@ fn open(package: Package<'_, Vec<u8>>, backend: BackendKind) -> edge_llm::Result
     Engine::open(package, &EngineOptions { backend, ..cpu_engine_options() })
 }
 
+/// [`open`] on the GPU with `decode_ahead` greedy steps chained in a decode submit (`None`:
+/// this adapter's default, none on a CPU rasterizer).
+fn open_gpu(package: Package<'_, Vec<u8>>, decode_ahead: Option<usize>) -> edge_llm::Result<Engine> {
+    Engine::open(package, &EngineOptions { backend: BackendKind::Webgpu, gpu: GpuOptions { decode_ahead, ..Default::default() }, ..cpu_engine_options() })
+}
+
+/// The GPU engine's variants the engine tests run: one decode step a submit (this adapter's
+/// default), and greedy steps chained three ahead.
+const DECODE_AHEAD: [Option<usize>; 2] = [None, Some(3)];
+
 /// [`open`]'s options on the CPU (what a fallback opens): float nodes in f32 (`AsModelExact`),
 /// int8 ones in int8.
 fn cpu_engine_options() -> EngineOptions {
@@ -695,14 +772,14 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             "onnx" => Package::loose(&onnx, tok.as_bytes(), tiny::model_config()),
             _ => Package::packed(&manifest, files.clone().into_iter().collect()),
         };
-        for what in ["onnx", "packed"] {
+        for (what, ahead) in ["onnx", "packed"].into_iter().flat_map(|w| DECODE_AHEAD.map(|a| (w, a))) {
             // Saved states name the model by its package (a packed model by its manifest).
             let cpu = open(package(what), BackendKind::Wasm).unwrap();
             let want = two_turns(&cpu);
-            let gpu = open(package(what), BackendKind::Webgpu).unwrap();
+            let gpu = open_gpu(package(what), ahead).unwrap();
             assert_eq!(gpu.backend_info().name, "webgpu");
             let got = two_turns(&gpu);
-            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} {format}");
+            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} {format} decode ahead {ahead:?}");
             // The saved state (the GPU's cache read back) continues on the CPU engine as on the GPU.
             cpu.restore_state(&got.2).unwrap();
             let next = |e: &Engine| {
@@ -715,7 +792,7 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             };
             let (on_cpu, on_gpu) = (next(&cpu), next(&gpu));
             assert!(on_cpu.0 > 50, "the restored cache is reused: {on_cpu:?}");
-            assert_eq!(on_cpu, on_gpu, "{what} {format}: the GPU's saved cache continues on the CPU as on the GPU");
+            assert_eq!(on_cpu, on_gpu, "{what} {format} decode ahead {ahead:?}: the GPU's saved cache continues on the CPU as on the GPU");
         }
     }
 }
@@ -792,7 +869,8 @@ fn clock_ms() -> f64 {
 /// A load's tuning of `gemv_rows.wgsl` (`gpu::probe::tune_rows`, which `auto` and `webgpu` run
 /// on a GPU): every distinct shape timed once, fastest first; the GEMV under a shape set on the
 /// context matches its twin; and an engine tuned so (on this software adapter when asked,
-/// `probe_software`; its prefill kernel and attention split tuned too) says what it chose and gives the CPU
+/// `probe_software`; its prefill kernel, attention split and greedy steps a submit tuned too)
+/// says what it chose and gives the CPU
 /// engine's tokens, as does one told each prefill kernel.
 #[test]
 fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens() {
@@ -838,7 +916,9 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
     let (cpu, gpu) = (open(BackendKind::Wasm, false), open(BackendKind::Webgpu, true));
     let info = gpu.backend_info();
     assert_eq!(info.name, "webgpu");
-    let said = |r: &str| r.contains("as asked") && r.contains("decode GEMV tuned to") && r.contains("prefill tuned to") && r.contains("decode attention tuned to");
+    let said = |r: &str| {
+        ["as asked", "decode GEMV tuned to", "prefill tuned to", "decode attention tuned to", "greedy decode tuned to"].iter().all(|s| r.contains(s))
+    };
     assert!(info.reason.as_deref().is_some_and(said), "{info:?}");
     let want = two_turns(&cpu);
     let got = two_turns(&gpu);
@@ -901,6 +981,44 @@ fn attention_tuning_times_both_kernels_and_splits_where_the_split_wins() {
     let told = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: Some(512), ..Default::default() })).unwrap();
     told.set_attention_split_from(64);
     assert_eq!(told.attention_split_from(), 512);
+}
+
+/// `tune_decode_ahead` chains greedy steps until a token's share of its submit (and readback)
+/// is at most a tenth of its step's kernels, at most 7 beyond the first: none where the
+/// kernels dwarf the submit, more where the submit is most of a token; it sets nothing itself,
+/// and a context takes what a load sets unless its options chose.
+#[test]
+fn decode_ahead_tuning_chains_until_a_token_pays_a_tenth_of_its_submit() {
+    use edge_llm::gpu::probe::{decode_ahead_for, tune_decode_ahead, DECODE_AHEAD_TUNED_MAX, SUBMIT_SHARE};
+    assert_eq!(SUBMIT_SHARE, 0.1);
+    // A submit of 0.1 ms against kernels of 5 ms (a big model): no chain.
+    assert_eq!(decode_ahead_for(0.1, 5.0), 0);
+    // Under a tenth: none; more: one more step shares it.
+    assert_eq!(decode_ahead_for(0.09, 1.0), 0);
+    assert_eq!(decode_ahead_for(0.15, 1.0), 1);
+    // 0.35 ms against 1 ms: four steps a submit pay under 0.09 ms each, three 0.117.
+    assert_eq!(decode_ahead_for(0.35, 1.0), 3);
+    // A browser's readback of 2 ms against 0.5 ms of kernels, or kernels too fast to time: the most.
+    assert_eq!(decode_ahead_for(2.0, 0.5), DECODE_AHEAD_TUNED_MAX);
+    assert_eq!(decode_ahead_for(0.2, 0.0), DECODE_AHEAD_TUNED_MAX);
+    let Some(ctx) = gpu() else { return };
+    let chosen = ctx.decode_ahead();
+    // SmolLM2-135M's shapes and the 84 MB its int4 step reads.
+    let cfg = edge_llm::gpu::bench::synthetic_config("smollm2-135m").unwrap();
+    let tuning = block_on(tune_decode_ahead(&ctx, &cfg, 84_000_000, clock_ms)).unwrap();
+    eprintln!("{}", tuning.says());
+    assert!(tuning.step.gemv.latency_ms.is_finite() && tuning.kernels_ms > 0.0, "{tuning:?}");
+    assert_eq!(tuning.ahead, decode_ahead_for(tuning.step.gemv.latency_ms, tuning.kernels_ms), "{tuning:?}");
+    let steps = if tuning.ahead == 0 { "1 step".to_string() } else { format!("{} steps", 1 + tuning.ahead) };
+    assert!(tuning.says().starts_with(&format!("greedy decode tuned to {steps} a submit")), "{}", tuning.says());
+    assert_eq!(ctx.decode_ahead(), chosen, "tuning alone changes nothing");
+    ctx.set_decode_ahead(5);
+    assert_eq!(ctx.decode_ahead(), 5);
+    let told = block_on(GpuContext::with_options(&GpuOptions { decode_ahead: Some(2), ..Default::default() })).unwrap();
+    told.set_decode_ahead(5);
+    assert_eq!(told.decode_ahead(), 2);
+    let e = block_on(GpuContext::with_options(&GpuOptions { decode_ahead: Some(16), ..Default::default() })).err().expect("more than 15");
+    assert!(matches!(e, Error::InvalidOption { option: "decodeAhead", .. }), "{e}");
 }
 
 /// `tune_prefill` times every prefill kernel over one uploaded weight, fastest first, and sets
@@ -1023,14 +1141,23 @@ fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
         let (onnx, _, _) = tiny_files(&float);
         let tok = tiny::tokenizer_json();
         let load = |backend| open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), backend).unwrap();
-        let (cpu, gpu) = (load(BackendKind::Wasm), load(BackendKind::Webgpu));
+        let cpu = load(BackendKind::Wasm);
         let want = block_on(common::sampling::sampling_options_hold(&cpu));
-        let got = block_on(common::sampling::sampling_options_hold(&gpu));
-        for ((g, w), opts) in got.iter().zip(&want).zip(common::sampling::variants()) {
-            assert_eq!(g, w, "symmetric={symmetric} {opts:?}");
+        for ahead in DECODE_AHEAD {
+            let gpu = open_gpu(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), ahead).unwrap();
+            let got = block_on(common::sampling::sampling_options_hold(&gpu));
+            for ((g, w), opts) in got.iter().zip(&want).zip(common::sampling::variants()) {
+                assert_eq!(g, w, "symmetric={symmetric} decode ahead {ahead:?} {opts:?}");
+            }
         }
         for opts in [common::state::greedy(), common::state::seeded()] {
             common::state::resume_is_bit_identical(&|| load(BackendKind::Webgpu), &opts, 5);
+        }
+        // Greedy steps chained ahead: saved with chained tokens not yet taken (after 3 tokens:
+        // the second computed three ahead) and with none left (after 5).
+        let ahead = || open_gpu(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), Some(3)).unwrap();
+        for k in [3, 5] {
+            common::state::resume_is_bit_identical(&ahead, &common::state::greedy(), k);
         }
     }
 }

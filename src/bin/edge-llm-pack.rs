@@ -239,10 +239,15 @@ enum Cmd {
         #[arg(long)]
         at_position: Option<usize>,
         /// Decode steps whose context reaches this many positions run the attention split over
-        /// positions (0: every step; default: the engine's, 256 on a hardware GPU, never on a
-        /// CPU rasterizer).
+        /// positions (0: every step; default: the engine's, tuned at load on a hardware GPU,
+        /// never on a CPU rasterizer).
         #[arg(long)]
         attention_split_from: Option<usize>,
+        /// Greedy decode steps a submit chains beyond the first, all read back together (0:
+        /// one step a submit; default: the engine's, tuned at load on a hardware GPU, 0 on a CPU
+        /// rasterizer).
+        #[arg(long)]
+        decode_ahead: Option<usize>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -602,8 +607,9 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from } => {
-            let options = edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, attention_split_from, ..Default::default() };
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from, decode_ahead } => {
+            let options =
+                edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, attention_split_from, decode_ahead, ..Default::default() };
             bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, at_position, &options, &gemv)?
         }
     }

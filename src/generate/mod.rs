@@ -520,7 +520,7 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             GpuBackend::supports(cfg, graph)?;
             let ctx = GpuContext::with_options(&options.gpu).await?;
             GpuBackend::fits(cfg, graph, ctx.limits())?;
-            let tuned = tune_kernels(&ctx, cfg, &options.gpu).await?;
+            let tuned = tune_kernels(&ctx, cfg, graph, &options.gpu).await?;
             Ok((Some(ctx), tuned.map(|t| format!("the GPU, as asked: {t}"))))
         }
         BackendKind::Auto => {
@@ -533,7 +533,7 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             };
             let adapter = format!("adapter `{}`{}", ctx.adapter_info().name, if ctx.is_software() { " (a software rasterizer)" } else { "" });
             // The GEMV's shape first, so the probe times the kernel the GPU would run.
-            let tuned = match tune_kernels(&ctx, cfg, &options.gpu).await {
+            let tuned = match tune_kernels(&ctx, cfg, graph, &options.gpu).await {
                 Ok(t) => t.map(|t| format!("; {t}")).unwrap_or_default(),
                 Err(e) => return Ok((None, Some(format!("the CPU: tuning the GEMV on {adapter} failed ({e})")))),
             };
@@ -554,14 +554,15 @@ fn ticks(now: Clock) -> bool {
 
 /// On a GPU (or a software adapter with `probe_software`), the kernels left to the engine in
 /// the options tuned for the weights the load then binds ([`crate::gpu::probe::tune_model`]:
-/// `gemv_rows.wgsl`'s shape, the prefill kernel, where the decode attention splits); says what
-/// it chose. `None`: not tuned (a CPU rasterizer, kernels chosen in the options, or no clock).
-async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
+/// `gemv_rows.wgsl`'s shape, the prefill kernel, where the decode attention splits, how many
+/// greedy steps a decode submit chains); says what it chose. `None`: not tuned (a CPU rasterizer, kernels chosen in the options, or no clock).
+async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
     let now: Clock = default_clock;
     if (ctx.is_software() && !options.probe_software) || !ticks(now) {
         return Ok(None);
     }
-    let said = crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), options, now).await?;
+    let step_bytes = crate::gpu::GpuBackend::decode_bytes(cfg, graph)?;
+    let said = crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), step_bytes, options, now).await?;
     Ok((!said.is_empty()).then(|| said.join("; ")))
 }
 

@@ -188,17 +188,23 @@ impl GpuSession {
     }
 
     /// Run `tokens` (a chunk of them per submit); returns the token the GPU picked after the
-    /// last.
+    /// last. With `chain`, a greedy one-token step runs through [`GpuLlama::step_greedy`].
     /// The caller holds [`Stepping`] (see [`GpuSession::own`]).
     #[allow(clippy::await_holding_refcell_ref)]
-    async fn run(&mut self, tokens: &[u32], pick: Pick<'_>) -> Result<u32> {
+    async fn run(&mut self, tokens: &[u32], pick: Pick<'_>, chain: bool) -> Result<u32> {
         if tokens.is_empty() {
             return Err(Error::Inference("forward needs at least one token".into()));
         }
         // A lost device fails every call: say so before touching it.
         self.shared.model.borrow().context().check_device()?;
         self.own().await?;
-        let next = self.shared.model.borrow_mut().prefill_with(tokens, pick).await?;
+        let mut model = self.shared.model.borrow_mut();
+        // A greedy decode step may run the next few ahead in its submit, and take them later
+        // (not one whose logits are read: they would be the last chained step's).
+        let next = match (tokens, pick) {
+            (&[t], Pick::Argmax) if chain => model.step_greedy(Some(t)).await?,
+            (tokens, pick) => model.prefill_with(tokens, pick).await?,
+        };
         self.len += tokens.len();
         Ok(next)
     }
@@ -225,7 +231,7 @@ impl Session for GpuSession {
         Box::pin(async move {
             let shared = self.shared.clone();
             let _step = Stepping::enter(&shared.stepping)?;
-            self.run(tokens, Pick::Argmax).await?;
+            self.run(tokens, Pick::Argmax, false).await?;
             self.shared.model.borrow().logits().await
         })
     }
@@ -234,7 +240,7 @@ impl Session for GpuSession {
         Some(Box::pin(async move {
             let shared = self.shared.clone();
             let _step = Stepping::enter(&shared.stepping)?;
-            self.run(tokens, Pick::Argmax).await
+            self.run(tokens, Pick::Argmax, true).await
         }))
     }
 
@@ -242,7 +248,7 @@ impl Session for GpuSession {
         Some(Box::pin(async move {
             let shared = self.shared.clone();
             let _step = Stepping::enter(&shared.stepping)?;
-            self.run(tokens, Pick::Sample { params, history }).await
+            self.run(tokens, Pick::Sample { params, history }, false).await
         }))
     }
 }

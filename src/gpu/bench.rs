@@ -311,20 +311,21 @@ pub fn report(
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
-    // A deep position must leave the steps room in the cache; said before anything is timed.
+    // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
+    if !ctx.is_software() {
+        for said in block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, q.decode_bytes(), options, now))? {
+            emit(&format!("load-time tuning for {name}: {said}"));
+        }
+    }
+    // A deep position must leave the steps room in the cache; said before the model is timed.
     if let Some(pos) = at_position {
-        let room = max_ctx.saturating_sub(warmup + steps + 1);
+        // Decode times whole submits: its last submit may start up to `decode_ahead` steps on.
+        let room = max_ctx.saturating_sub(warmup + steps + 1 + ctx.decode_ahead());
         if pos > room || pos < PREFILL_TOKENS {
             return Err(Error::InvalidOption {
                 option: "at-position",
-                reason: format!("{pos} must be at least the {PREFILL_TOKENS}-token prompt and leave {warmup} + {steps} steps room in the {max_ctx}-token context (at most {room})"),
+                reason: format!("{pos} must be at least the {PREFILL_TOKENS}-token prompt and leave {warmup} + {steps} steps (and the decode-ahead) room in the {max_ctx}-token context (at most {room})"),
             });
-        }
-    }
-    // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
-    if !ctx.is_software() {
-        for said in block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, options, now))? {
-            emit(&format!("load-time tuning for {name}: {said}"));
         }
     }
     emit(&format!("prefill kernel: {}", ctx.prefill_kernel()));
@@ -346,34 +347,54 @@ pub fn report(
     // chat turn.
     let ids = |len: usize| -> Vec<u32> { (0..len).map(|i| ((100 + i * 37) % cfg.vocab_size) as u32).collect() };
     let prompt = ids(PREFILL_TOKENS);
-    // Greedy decode after a prompt: each step's latency once `warmup` steps have run.
+    // Greedy decode after a prompt: each token's latency once `warmup` steps have run. Steps
+    // chained ahead in one submit (`decode_ahead`) come back together: a submit's time, and the
+    // calls that take its chained tokens, spread evenly over its tokens.
+    let ahead = model.context().decode_ahead();
+    emit(&format!("  greedy decode steps per submit: up to {}", 1 + ahead));
     let decode = |model: &mut GpuLlama| -> Result<Vec<f64>> {
         let mut lat = Vec::with_capacity(steps);
-        for i in 0..warmup + steps {
+        let mut chain: Vec<f64> = Vec::new();
+        let spread = |chain: &mut Vec<f64>, lat: &mut Vec<f64>| {
+            let each = chain.iter().sum::<f64>() / chain.len().max(1) as f64;
+            lat.extend(chain.drain(..).map(|_| each));
+        };
+        // Whole submits only: timing starts at the first submit after `warmup` steps and ends
+        // with the submit that reaches `steps` tokens, once its chain is taken.
+        let (mut i, mut timing) = (0, false);
+        while lat.len() + chain.len() < steps || model.chained() > 0 {
+            // A call with nothing chained submits; the calls after it take its chain.
+            if model.chained() == 0 {
+                spread(&mut chain, &mut lat);
+                timing |= i >= warmup;
+            }
             let t = Instant::now();
             block_on(model.step(None))?;
-            if i >= warmup {
-                lat.push(t.elapsed().as_secs_f64() * 1e3);
+            if timing {
+                chain.push(t.elapsed().as_secs_f64() * 1e3);
             }
+            i += 1;
         }
+        spread(&mut chain, &mut lat);
         Ok(lat)
     };
     block_on(model.prefill(&prompt))?;
     let lat = decode(&mut model)?;
-    let total: f64 = lat.iter().sum();
+    let (total, timed): (f64, usize) = (lat.iter().sum(), lat.len());
     let (p50, p95, p99) = stats(lat);
-    emit(&format!("  decode tok/s: {:.2} over {steps} steps after {warmup}", steps as f64 / total * 1e3));
+    emit(&format!("  decode tok/s: {:.2} over {timed} steps after {warmup}", timed as f64 / total * 1e3));
     emit(&format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
     // What `auto`'s probe would have estimated for this step (it weighs that against the CPU).
     let est = block_on(super::probe::estimate_step(model.context(), &cfg, q.decode_bytes(), now))?;
     emit(&format!(
-        "  auto's probe estimates a step at {:.2} ms ({:.1} GEMVs of [{}][{}] at {:.3} ms, a submit {:.2} ms, {} more dispatches at {:.4} ms): {:.2}x the measured p50",
+        "  auto's probe estimates a step at {:.2} ms ({:.1} GEMVs of [{}][{}] at {:.3} ms, a submit {:.2} ms shared by {} steps, {} more dispatches at {:.4} ms): {:.2}x the measured p50",
         est.ms,
         est.scale,
         cfg.intermediate_size,
         cfg.hidden_size,
         est.gemv.gemv_ms,
         est.gemv.latency_ms,
+        1 + ahead,
         est.extra_dispatches,
         est.dispatch_ms,
         est.ms / p50
@@ -412,16 +433,16 @@ pub fn report(
         model.reset();
         block_on(model.prefill(&ids(pos)))?;
         let deep = decode(&mut model)?;
-        let deep_total: f64 = deep.iter().sum();
+        let (deep_total, deep_steps): (f64, usize) = (deep.iter().sum(), deep.len());
         let (d50, d95, d99) = stats(deep);
-        let mid = pos + warmup + steps / 2;
+        let mid = pos + warmup + deep_steps / 2;
         let split = model.splits_attention(pos);
         let kv_reads = if split { cfg.num_heads / super::kernels::attention_heads(cfg.num_heads / cfg.num_kv_heads) } else { cfg.num_heads };
         let kv_bytes = 2 * 4 * cfg.num_layers * kv_reads * cfg.head_dim * mid;
         emit(&format!(
             "  decode at positions {pos}..{}: {:.2} tok/s; token latency ms p50 {d50:.2} p95 {d95:.2} p99 {d99:.2} ({:.2}x the p50 after {PREFILL_TOKENS}); the attention reads {:.1} MB of cached keys and values a step at position {mid} (f32, {})",
-            pos + warmup + steps,
-            steps as f64 / deep_total * 1e3,
+            pos + warmup + deep_steps,
+            deep_steps as f64 / deep_total * 1e3,
             d50 / p50,
             kv_bytes as f64 / 1e6,
             if split { "split: each kv head's once for up to 8 of its query heads" } else { "each query head its kv head's" }

@@ -100,6 +100,9 @@ pub struct GpuContext {
     /// See [`GpuContext::attention_split_from`]; whether the options chose it.
     attention_split_from: AtomicUsize,
     attention_split_told: bool,
+    /// See [`super::GpuOptions::decode_ahead`]; whether the options chose it.
+    decode_ahead: AtomicUsize,
+    decode_ahead_told: bool,
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -125,6 +128,9 @@ impl GpuContext {
         // small for a 1B model's head unsplit), or less where `options` say; kernels and
         // loaders size buffers by these. (A browser raises limits requested below WebGPU's
         // defaults to them: there only these bookkept ones are lower.)
+        if let Some(n) = options.decode_ahead.filter(|n| *n > super::DECODE_AHEAD_MAX) {
+            return Err(Error::InvalidOption { option: "decodeAhead", reason: format!("{n} is more than {}", super::DECODE_AHEAD_MAX) });
+        }
         let limits = options.limits(adapter.limits());
         // Subgroups where the adapter has them, for the GEMV's reductions: natively wgpu's
         // SUBGROUP feature; in browsers WebGPU's `subgroups`, which wgpu 30's WebGPU backend
@@ -167,6 +173,7 @@ impl GpuContext {
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
         let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
         let attention_split_from = AtomicUsize::new(options.attention_split_from.unwrap_or(if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU }));
+        let decode_ahead = AtomicUsize::new(options.decode_ahead.unwrap_or(if is_software(&info) { 0 } else { super::DECODE_AHEAD_GPU }));
         let mut ctx = GpuContext {
             device,
             queue,
@@ -183,6 +190,8 @@ impl GpuContext {
             subgroups,
             attention_split_from,
             attention_split_told: options.attention_split_from.is_some(),
+            decode_ahead,
+            decode_ahead_told: options.decode_ahead.is_some(),
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -312,6 +321,21 @@ impl GpuContext {
     /// ([`super::GpuOptions::attention_split_from`]; `usize::MAX`: never).
     pub fn attention_split_from(&self) -> usize {
         self.attention_split_from.load(Ordering::Relaxed)
+    }
+
+    /// Greedy decode steps a submit runs beyond the one asked for
+    /// ([`super::GpuOptions::decode_ahead`]).
+    pub fn decode_ahead(&self) -> usize {
+        self.decode_ahead.load(Ordering::Relaxed)
+    }
+
+    /// Set how many greedy steps a decode submit chains beyond the first (a load's tuning, at
+    /// most [`super::DECODE_AHEAD_MAX`]; a number chosen in the options stays as asked).
+    /// Models loaded before keep theirs.
+    pub fn set_decode_ahead(&self, steps: usize) {
+        if !self.decode_ahead_told {
+            self.decode_ahead.store(steps.min(super::DECODE_AHEAD_MAX), Ordering::Relaxed);
+        }
     }
 
     /// Set where a decode step's attention splits (a load's tuning; a position chosen in the

@@ -342,6 +342,15 @@ pub struct GpuLlama {
     parts: Vec<usize>,
     _buffers: Vec<wgpu::Buffer>,
     pos: usize,
+    /// Greedy steps a decode submit chains beyond the one asked for
+    /// ([`super::GpuOptions::decode_ahead`]), and the `(position, rows)` words each copies into
+    /// the step state.
+    ahead: usize,
+    ahead_state: Option<wgpu::Buffer>,
+    /// Greedy steps run ahead of the caller, in order: the token each fed and the token picked
+    /// after it; their cache entries follow `pos`. Anything but the step feeding the first
+    /// one's token drops them.
+    chain: std::collections::VecDeque<(u32, u32)>,
 }
 
 impl GpuLlama {
@@ -520,7 +529,12 @@ impl GpuLlama {
         weights.extend(head_w);
         bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
         bufs.extend(part);
-        let token_readback = ctx.readback("token", 4);
+        let ahead = ctx.decode_ahead();
+        let token_readback = ctx.readback("token", 4 * (1 + ahead) as u64);
+        let ahead_state = match ahead {
+            0 => None,
+            n => Some(ctx.storage("ahead_state", 8 * n as u64)?),
+        };
         Ok(GpuLlama {
             ctx,
             pipes,
@@ -544,6 +558,9 @@ impl GpuLlama {
             parts,
             _buffers: bufs,
             pos: 0,
+            ahead,
+            ahead_state,
+            chain: Default::default(),
         })
     }
 
@@ -567,6 +584,7 @@ impl GpuLlama {
     /// Forget the context (the cache is overwritten from position 0).
     pub fn reset(&mut self) {
         self.pos = 0;
+        self.chain.clear();
     }
 
     /// Most tokens the cache holds.
@@ -596,32 +614,44 @@ impl GpuLlama {
         self.parts.clone()
     }
 
-    /// Record the forward pass for `rows` tokens (the state already written) into one submit;
-    /// with `head`, then the final norm, head and the pick on the last row and the copy of the
-    /// picked token to the readback buffer.
-    fn submit(&self, rows: usize, head: Option<&Pick>) {
-        let mut enc = self.ctx.encoder();
-        self.pipes.record(&mut enc, self.body.iter().flat_map(|op| op.for_step(rows, self.pos)), rows as u32);
-        if let Some(pick) = head {
+    /// Record the forward pass for `rows` tokens from `pos` (the state already written); with
+    /// `head`, then the final norm, head and the pick on the last row and the copy of the
+    /// picked token to the readback buffer's `slot`th word.
+    fn record(&self, enc: &mut wgpu::CommandEncoder, rows: usize, pos: usize, head: Option<(&Pick, u64)>) {
+        self.pipes.record(enc, self.body.iter().flat_map(|op| op.for_step(rows, pos)), rows as u32);
+        if let Some((pick, slot)) = head {
             let row = (self.cfg.hidden_size * 4) as u64;
             enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
             let pick = match pick {
                 Pick::Argmax => &self.argmax,
                 Pick::Sample { .. } => &self.sample,
             };
-            self.pipes.record(&mut enc, self.head.iter().chain([pick]), 1);
-            enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 0, 4);
+            self.pipes.record(enc, self.head.iter().chain([pick]), 1);
+            enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 4 * slot, 4);
         }
+    }
+
+    /// [`GpuLlama::record`] from the cache's position, as one submit.
+    fn submit(&self, rows: usize, head: Option<&Pick>) {
+        let mut enc = self.ctx.encoder();
+        self.record(&mut enc, rows, self.pos, head.map(|p| (p, 0)));
         self.ctx.submit(enc);
     }
 
+    /// The first `n` picked tokens the readback holds.
+    async fn read_tokens(&self, n: usize) -> Result<Vec<u32>> {
+        let raw = self.ctx.read(&self.token_readback, 4 * n as u64).await?;
+        raw.chunks_exact(4)
+            .map(|w| match u32::from_le_bytes([w[0], w[1], w[2], w[3]]) {
+                // sample.wgsl's mark for a logit that is not finite (the CPU path's check).
+                u32::MAX => Err(Error::Inference("model produced NaN or infinite logits".into())),
+                t => Ok(t),
+            })
+            .collect()
+    }
+
     async fn read_token(&self) -> Result<u32> {
-        let raw = self.ctx.read(&self.token_readback, 4).await?;
-        match u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]) {
-            // sample.wgsl's mark for a logit that is not finite (the CPU path's check).
-            u32::MAX => Err(Error::Inference("model produced NaN or infinite logits".into())),
-            t => Ok(t),
-        }
+        Ok(self.read_tokens(1).await?[0])
     }
 
     /// Write what `pick` reads: for sampling, its 8 option words, and with a repetition penalty
@@ -675,6 +705,7 @@ impl GpuLlama {
             }
         }
         self.pos = kv.len;
+        self.chain.clear();
         Ok(())
     }
 
@@ -697,6 +728,8 @@ impl GpuLlama {
         if end > self.max_ctx {
             return Err(Error::ContextOverflow { needed: end, max: self.max_ctx });
         }
+        // This step overwrites the cache entries of any steps run ahead.
+        self.chain.clear();
         let last = (tokens.len() - 1) / self.chunk;
         for (i, chunk) in tokens.chunks(self.chunk).enumerate() {
             let words = [self.pos as u32, chunk.len() as u32].into_iter().chain(chunk.iter().copied());
@@ -712,30 +745,89 @@ impl GpuLlama {
     }
 
     /// Run one token through every layer and return the greedy next token. `Some(id)` feeds a
-    /// prompt token; `None` feeds the token the previous step picked, without it leaving the GPU.
+    /// prompt token; `None` feeds the token the previous step picked, without it leaving the GPU
+    /// (with [`super::GpuOptions::decode_ahead`], chained: [`GpuLlama::step_greedy`]).
     pub async fn step(&mut self, token: Option<u32>) -> Result<u32> {
         self.step_with(token, Pick::Argmax).await
     }
 
     /// [`GpuLlama::step`] with the next token chosen by `pick`.
     pub async fn step_with(&mut self, token: Option<u32>, pick: Pick<'_>) -> Result<u32> {
-        if let Some(t) = token {
-            return self.prefill_with(&[t], pick).await;
+        match (token, pick) {
+            (Some(t), pick) => self.prefill_with(&[t], pick).await,
+            (None, Pick::Argmax) => self.step_greedy(None).await,
+            // After steps run ahead the state holds the last one's pick: feed the one returned.
+            (None, pick) => match self.chain.front() {
+                Some(&(fed, _)) => self.prefill_with(&[fed], pick).await,
+                None => self.step_on_device(None, pick, 0).await.map(|picks| picks[0]),
+            },
         }
-        if self.pos == 0 {
-            return Err(Error::InvalidOption { option: "token", reason: "the first step needs a prompt token".into() });
-        }
-        if self.pos >= self.max_ctx {
-            return Err(Error::ContextOverflow { needed: self.pos + 1, max: self.max_ctx });
-        }
-        self.ctx.write(&self.state, 0, &[(self.pos as u32).to_le_bytes(), 1u32.to_le_bytes()].concat());
-        self.prepare(&pick);
-        self.submit(1, Some(&pick));
-        self.pos += 1;
-        self.read_token().await
     }
 
-    /// The last step's logits (tests and callers that ask; allocates a readback buffer).
+    /// A decode step feeding `token` (`None`: the token the previous step left in the step
+    /// state), and `ahead` greedy steps chained after it in the same submit (each embeds the
+    /// token the one before picked: per chained step a copy of its 8-byte position into the
+    /// step state, its dispatches and a 4-byte copy of its pick); every pick, read back
+    /// together.
+    async fn step_on_device(&mut self, token: Option<u32>, pick: Pick<'_>, ahead: usize) -> Result<Vec<u32>> {
+        if self.pos == 0 && token.is_none() {
+            return Err(Error::InvalidOption { option: "token", reason: "the first step needs a prompt token".into() });
+        }
+        if let Some(t) = token.filter(|t| *t as usize >= self.cfg.vocab_size) {
+            return Err(Error::InvalidOption { option: "token", reason: format!("id {t} is outside the vocabulary of {}", self.cfg.vocab_size) });
+        }
+        if self.pos + ahead >= self.max_ctx {
+            return Err(Error::ContextOverflow { needed: self.pos + ahead + 1, max: self.max_ctx });
+        }
+        self.chain.clear();
+        let pos = self.pos;
+        let words: Vec<u32> = [pos as u32, 1].into_iter().chain(token).collect();
+        self.ctx.write(&self.state, 0, &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>());
+        self.prepare(&pick);
+        let mut enc = self.ctx.encoder();
+        self.record(&mut enc, 1, pos, Some((&pick, 0)));
+        if let Some(ahead_state) = self.ahead_state.as_ref().filter(|_| ahead > 0) {
+            let words: Vec<u8> = (1..=ahead).flat_map(|j| [(pos + j) as u32, 1]).flat_map(u32::to_le_bytes).collect();
+            self.ctx.write(ahead_state, 0, &words);
+            for j in 1..=ahead {
+                enc.copy_buffer_to_buffer(ahead_state, 8 * (j as u64 - 1), &self.state, 0, 8);
+                self.record(&mut enc, 1, pos + j, Some((&Pick::Argmax, j as u64)));
+            }
+        }
+        self.ctx.submit(enc);
+        self.pos += 1;
+        self.read_tokens(1 + ahead).await
+    }
+
+    /// A greedy decode step at the next position, feeding `token` (`None`: the token the
+    /// previous step picked, left on the GPU), with up to [`super::GpuOptions::decode_ahead`]
+    /// more chained in its submit ([`GpuLlama::step_on_device`]: one readback for all). Returns
+    /// the pick after the token fed; a following call feeding that pick (or `None`) returns the
+    /// next chained one without touching the GPU (its cache entry is already written), as long
+    /// as nothing else ran: any other step, a reset or an upload drops what is left of the
+    /// chain, and [`GpuLlama::logits`] are the last chained step's. Without `decode_ahead` (a
+    /// CPU rasterizer's default) one step a submit, as [`GpuLlama::step`].
+    pub async fn step_greedy(&mut self, token: Option<u32>) -> Result<u32> {
+        if let Some(&(fed, next)) = self.chain.front() {
+            if token.is_none_or(|t| t == fed) {
+                self.chain.pop_front();
+                self.pos += 1;
+                return Ok(next);
+            }
+        }
+        let ahead = self.ahead.min(self.max_ctx.saturating_sub(self.pos + 1));
+        let picks = self.step_on_device(token, Pick::Argmax, ahead).await?;
+        self.chain = picks.windows(2).map(|w| (w[0], w[1])).collect();
+        Ok(picks[0])
+    }
+
+    /// Greedy steps run ahead of the caller and not yet taken ([`GpuLlama::step_greedy`]).
+    pub fn chained(&self) -> usize {
+        self.chain.len()
+    }
+
+    /// The last step's logits (tests and callers that ask; allocates a readback buffer): after
+    /// chained greedy steps ([`GpuLlama::step_greedy`]), the last chained one's.
     pub async fn logits(&self) -> Result<Vec<f32>> {
         kernels::download_f32(&self.ctx, &self.logits, self.cfg.vocab_size).await
     }

@@ -79,7 +79,23 @@ pub struct GpuOptions {
     /// per query head. `None`: [`ATTENTION_SPLIT_FROM_GPU`] on a GPU, never on a CPU
     /// rasterizer (measured slower there: README, "The attention deep in a chat").
     pub attention_split_from: Option<usize>,
+    /// Greedy decode steps a submit runs beyond the one asked for, each fed the token the GPU
+    /// picked before it, all their picks read back at once: a submit's and a readback's fixed
+    /// cost (in a browser, an event-loop round trip) is paid once per `1 + decode_ahead`
+    /// tokens ([`decode::GpuLlama::step_greedy`]). Tokens computed ahead that the caller does
+    /// not take (a stop rule ended the generation, another token was fed) are dropped, their
+    /// steps wasted. `None`: tuned at load on a GPU ([`probe::tune_decode_ahead`]: chained
+    /// until a token's share of a submit is a tenth of its step's kernels), 0 on a CPU
+    /// rasterizer (its steps are tens of milliseconds, a readback a fraction of one).
+    pub decode_ahead: Option<usize>,
 }
+
+/// [`GpuOptions::decode_ahead`] on a GPU where a load cannot tune it (no clock): 4 greedy
+/// tokens per submit (a guess; at most 3 steps wasted where a generation stops).
+pub const DECODE_AHEAD_GPU: usize = 3;
+
+/// The most [`GpuOptions::decode_ahead`] takes.
+pub const DECODE_AHEAD_MAX: usize = 15;
 
 /// [`GpuOptions::attention_split_from`]'s default on a GPU: from this many positions a decode
 /// step's attention is split (one workgroup per query head reads 256 positions of keys and

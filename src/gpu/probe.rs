@@ -260,21 +260,17 @@ pub struct GpuProbe {
 /// GEMVs repeated in the probe's long submit.
 const PROBE_REPS: usize = 8;
 
-/// Time int4 GEMVs of `[n][k]` (block 32) on `ctx` with `now` (milliseconds): a warm-up
-/// submit (pipeline compilation), one GEMV, then [`PROBE_REPS`] in one submit; the GEMV is their
+/// Time int4 GEMVs of `[n][k]` (block 32) on `ctx` with `now` (milliseconds): one GEMV a
+/// submit, and [`PROBE_REPS`] in one submit, each the fastest of three after a warm-up
+/// (pipeline compilation; the fastest: a busy machine's stalls only add); the GEMV is their
 /// difference per call, the latency what one submit costs beyond its GEMV.
 pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<GpuProbe> {
     let one = GemvBench::new(ctx, n, k, 32, true, 1)?;
     let many = one.again(ctx, PROBE_REPS, ctx.gemv_kernel());
-    one.run(ctx).await?;
-    many.run(ctx).await?;
-    let t0 = now();
-    one.run(ctx).await?;
-    let t1 = now();
-    many.run(ctx).await?;
-    let t2 = now();
-    let gemv_ms = ((t2 - t1) - (t1 - t0)).max(0.0) / (PROBE_REPS - 1) as f64;
-    Ok(GpuProbe { latency_ms: ((t1 - t0) - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
+    let t_one = best_of_three(async || one.run(ctx).await, now, f64::INFINITY).await?;
+    let t_many = best_of_three(async || many.run(ctx).await, now, f64::INFINITY).await?;
+    let gemv_ms = (t_many - t_one).max(0.0) / (PROBE_REPS - 1) as f64;
+    Ok(GpuProbe { latency_ms: (t_one - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
 }
 
 /// A tuning's time of `run` (one submit and its readback): after a warm-up submit (pipeline compilation), the fastest of
@@ -322,14 +318,15 @@ pub const TINY_ROWS: usize = 64;
 /// time and a submit's fixed cost with the readback) and scaled to the step's bytes, plus the
 /// step's dispatches beyond those GEMVs ([`super::decode::decode_dispatches`]: small linears,
 /// norms, RoPE, attention; each a launch and a barrier whatever its bytes) at a
-/// [`TINY_ROWS`]-row GEMV's time each.
+/// [`TINY_ROWS`]-row GEMV's time each. A submit's fixed cost is shared by the greedy steps
+/// chained in it ([`super::GpuOptions::decode_ahead`]): a token pays its share.
 pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<StepEstimate> {
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let gemv = time_gemv(ctx, n, k, now).await?;
     let tiny = time_gemv(ctx, TINY_ROWS, k, now).await?;
     let scale = step_bytes as f64 / gemv.bytes as f64;
     let extra_dispatches = super::decode::decode_dispatches(cfg.num_layers).saturating_sub(scale.ceil() as usize);
-    let ms = gemv.latency_ms + gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
+    let ms = gemv.latency_ms / (1 + ctx.decode_ahead()) as f64 + gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
     Ok(StepEstimate { ms, gemv, scale, extra_dispatches, dispatch_ms: tiny.gemv_ms })
 }
 
@@ -418,8 +415,9 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
 /// feed-forward shape `[intermediate][hidden]` the decode GEMV's shape ([`tune_rows`]), then
 /// the prefill kernel ([`tune_prefill`]); at its attention's heads over a cache of `max_ctx`
 /// positions, where a decode step's attention splits ([`tune_attention`]); each set on the
-/// context; what each tuning says.
-pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, options: &super::GpuOptions, now: fn() -> f64) -> Result<Vec<String>> {
+/// context; and how many greedy steps a decode submit chains ([`tune_decode_ahead`], for a
+/// step reading `step_bytes` of weights); what each tuning says.
+pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, step_bytes: u64, options: &super::GpuOptions, now: fn() -> f64) -> Result<Vec<String>> {
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let mut said = Vec::new();
     if options.gemv == GemvKernel::Auto {
@@ -439,7 +437,63 @@ pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_c
         ctx.set_attention_split_from(tuning.split_from);
         said.push(tuning.says());
     }
+    if options.decode_ahead.is_none() {
+        let tuning = tune_decode_ahead(ctx, cfg, step_bytes, now).await?;
+        ctx.set_decode_ahead(tuning.ahead);
+        said.push(tuning.says());
+    }
     Ok(said)
+}
+
+/// What [`tune_decode_ahead`] measured: a decode step's estimate, its submit's fixed cost
+/// (`step.gemv.latency_ms`) apart from its kernels' time, and the greedy steps a submit chains.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeAheadTuning {
+    pub step: StepEstimate,
+    pub kernels_ms: f64,
+    pub ahead: usize,
+}
+
+impl DecodeAheadTuning {
+    pub fn says(&self) -> String {
+        format!(
+            "greedy decode tuned to {} a submit (a submit and its readback {:.3} ms against a step's kernels {:.3} ms)",
+            match self.ahead {
+                0 => "1 step".to_string(),
+                n => format!("{} steps", 1 + n),
+            },
+            self.step.gemv.latency_ms,
+            self.kernels_ms
+        )
+    }
+}
+
+/// A submit's fixed cost a token may pay, as a share of its step's kernels: greedy steps are
+/// chained until a token's share of its submit is at most this.
+pub const SUBMIT_SHARE: f64 = 0.1;
+
+/// Most steps [`tune_decode_ahead`] chains beyond the first (tokens then arrive in bursts of
+/// at most 8; a generation that stops wastes at most 7 steps).
+pub const DECODE_AHEAD_TUNED_MAX: usize = 7;
+
+/// How many greedy steps a decode submit chains beyond the first
+/// ([`super::GpuOptions::decode_ahead`]): a step of `cfg`'s shapes reading `step_bytes`,
+/// estimated as `auto`'s probe does ([`estimate_step`]: its kernels, and a submit with its
+/// readback), chained until a token's share of the submit is at most [`SUBMIT_SHARE`] of the
+/// kernels' time (none where the kernels dwarf the submit: a big model's step; more where the
+/// submit is most of a token: a small model, a browser's readback), at most
+/// [`DECODE_AHEAD_TUNED_MAX`]. Sets nothing itself.
+pub async fn tune_decode_ahead(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<DecodeAheadTuning> {
+    let step = estimate_step(ctx, cfg, step_bytes, now).await?;
+    let kernels_ms = step.ms - step.gemv.latency_ms / (1 + ctx.decode_ahead()) as f64;
+    Ok(DecodeAheadTuning { step, kernels_ms, ahead: decode_ahead_for(step.gemv.latency_ms, kernels_ms) })
+}
+
+/// [`tune_decode_ahead`]'s rule: the fewest steps chained beyond the first for which a token's
+/// share of a `submit_ms` submit is at most [`SUBMIT_SHARE`] of `kernels_ms`.
+pub fn decode_ahead_for(submit_ms: f64, kernels_ms: f64) -> usize {
+    let steps = (submit_ms / (SUBMIT_SHARE * kernels_ms)).ceil();
+    if steps.is_finite() { (steps.max(1.0) as usize - 1).min(DECODE_AHEAD_TUNED_MAX) } else { DECODE_AHEAD_TUNED_MAX }
 }
 
 /// What [`tune_prefill`] measured: each candidate [`PrefillKernel`] and its milliseconds per
