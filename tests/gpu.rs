@@ -1007,8 +1007,12 @@ fn decode_ahead_tuning_chains_until_a_token_pays_a_tenth_of_its_submit() {
     let cfg = edge_llm::gpu::bench::synthetic_config("smollm2-135m").unwrap();
     let tuning = block_on(tune_decode_ahead(&ctx, &cfg, 84_000_000, clock_ms)).unwrap();
     eprintln!("{}", tuning.says());
-    assert!(tuning.step.gemv.latency_ms.is_finite() && tuning.kernels_ms > 0.0, "{tuning:?}");
-    assert_eq!(tuning.ahead, decode_ahead_for(tuning.step.gemv.latency_ms, tuning.kernels_ms), "{tuning:?}");
+    let step = tuning.step;
+    assert!(step.submit_ms().is_finite() && step.kernels_ms > 0.0, "{tuning:?}");
+    assert_eq!(tuning.ahead, decode_ahead_for(step.submit_ms(), step.kernels_ms), "{tuning:?}");
+    // A token pays its share of the submit: all of it alone, a fourth of it in a chain of four.
+    assert_eq!(step.ms(0), step.submit_ms() + step.kernels_ms);
+    assert!((step.ms(3) - (step.submit_ms() / 4.0 + step.kernels_ms)).abs() < 1e-12, "{tuning:?}");
     let steps = if tuning.ahead == 0 { "1 step".to_string() } else { format!("{} steps", 1 + tuning.ahead) };
     assert!(tuning.says().starts_with(&format!("greedy decode tuned to {steps} a submit")), "{}", tuning.says());
     assert_eq!(ctx.decode_ahead(), chosen, "tuning alone changes nothing");
@@ -1047,7 +1051,8 @@ fn prefill_tuning_times_every_kernel_over_one_weight() {
 
 /// `auto`'s probe, on this software adapter when asked to (`probe_software`): it times the
 /// GPU and the CPU, keeps the faster (the CPU here, by far) and says both estimates; the
-/// probe's step size is the bytes a step reads.
+/// GPU's is the load's tuning's, not timed twice; the probe's step size is the bytes a step
+/// reads.
 #[test]
 fn auto_probes_the_adapter_and_keeps_the_faster_engine() {
     let Some(ctx) = gpu() else { return };
@@ -1066,6 +1071,11 @@ fn auto_probes_the_adapter_and_keeps_the_faster_engine() {
     let ms = |before: &str| reason.split(before).nth(1).and_then(|r| r.trim_start().split(' ').next()).and_then(|v| v.parse::<f64>().ok()).unwrap();
     let (gpu_ms, cpu_ms) = (ms("decode step at"), ms("ms on the GPU against"));
     assert!(gpu_ms > 0.0 && cpu_ms > 0.0, "{reason}");
+    // The GPU's estimate is the one the chain's tuning made (not a second timing): a token's
+    // share of the tuned chain's submit and the step's kernels.
+    let chain: f64 = reason.split("greedy decode tuned to ").nth(1).and_then(|r| r.split(' ').next()).and_then(|v| v.parse().ok()).unwrap();
+    let (submit_ms, kernels_ms) = (ms("a submit and its readback"), ms("a step's kernels"));
+    assert!((gpu_ms - (submit_ms / chain + kernels_ms)).abs() <= 0.006, "{reason}");
     assert_eq!(info.name, if gpu_ms < cpu_ms { "webgpu" } else { "wasm" }, "{reason}");
     if ctx.is_software() {
         assert_eq!(info.name, "wasm", "{reason}");

@@ -520,8 +520,9 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             GpuBackend::supports(cfg, graph)?;
             let ctx = GpuContext::with_options(&options.gpu).await?;
             GpuBackend::fits(cfg, graph, ctx.limits())?;
-            let tuned = tune_kernels(&ctx, cfg, graph, &options.gpu).await?;
-            Ok((Some(ctx), tuned.map(|t| format!("the GPU, as asked: {t}"))))
+            let step_bytes = GpuBackend::decode_bytes(cfg, graph)?;
+            let tuned = tune_kernels(&ctx, cfg, step_bytes, &options.gpu).await?;
+            Ok((Some(ctx), tuned.and_then(|t| t.said()).map(|t| format!("the GPU, as asked: {t}"))))
         }
         BackendKind::Auto => {
             if let Err(e) = GpuBackend::supports(cfg, graph) {
@@ -532,12 +533,17 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
                 Err(why) => return Ok((None, Some(format!("the CPU: {why}")))),
             };
             let adapter = format!("adapter `{}`{}", ctx.adapter_info().name, if ctx.is_software() { " (a software rasterizer)" } else { "" });
+            let step_bytes = match GpuBackend::decode_bytes(cfg, graph) {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok((None, Some(format!("the CPU: {e}")))),
+            };
             // The GEMV's shape first, so the probe times the kernel the GPU would run.
-            let tuned = match tune_kernels(&ctx, cfg, graph, &options.gpu).await {
-                Ok(t) => t.map(|t| format!("; {t}")).unwrap_or_default(),
+            let tuning = match tune_kernels(&ctx, cfg, step_bytes, &options.gpu).await {
+                Ok(t) => t,
                 Err(e) => return Ok((None, Some(format!("the CPU: tuning the GEMV on {adapter} failed ({e})")))),
             };
-            match probe(&ctx, cfg, graph).await {
+            let tuned = tuning.as_ref().and_then(|t| t.said()).map(|t| format!("; {t}")).unwrap_or_default();
+            match probe(&ctx, cfg, step_bytes, tuning.and_then(|t| t.step)).await {
                 Ok(Some(p)) if p.gpu_ms < p.cpu_ms => Ok((Some(ctx), Some(format!("the GPU: {adapter} {}{tuned}", p.says())))),
                 Ok(Some(p)) => Ok((None, Some(format!("the CPU: {adapter} {}{tuned}", p.says())))),
                 Ok(None) => Ok((Some(ctx), Some(format!("the GPU: {adapter}, a model it runs (no clock to probe with)")))),
@@ -555,15 +561,14 @@ fn ticks(now: Clock) -> bool {
 /// On a GPU (or a software adapter with `probe_software`), the kernels left to the engine in
 /// the options tuned for the weights the load then binds ([`crate::gpu::probe::tune_model`]:
 /// `gemv_rows.wgsl`'s shape, the prefill kernel, where the decode attention splits, how many
-/// greedy steps a decode submit chains); says what it chose. `None`: not tuned (a CPU rasterizer, kernels chosen in the options, or no clock).
-async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto, options: &crate::gpu::GpuOptions) -> Result<Option<String>> {
+/// greedy steps a decode submit chains, for a step reading `step_bytes`). `None`: not tuned
+/// (a CPU rasterizer, or no clock).
+async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, options: &crate::gpu::GpuOptions) -> Result<Option<crate::gpu::probe::ModelTuning>> {
     let now: Clock = default_clock;
     if (ctx.is_software() && !options.probe_software) || !ticks(now) {
         return Ok(None);
     }
-    let step_bytes = crate::gpu::GpuBackend::decode_bytes(cfg, graph)?;
-    let said = crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), step_bytes, options, now).await?;
-    Ok((!said.is_empty()).then(|| said.join("; ")))
+    Ok(Some(crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), step_bytes, options, now).await?))
 }
 
 /// `auto`'s estimate of a decode step on each backend, in milliseconds (see [`probe`]).
@@ -591,21 +596,24 @@ impl Probe {
     }
 }
 
-/// `auto`'s probe: a GPU decode step as [`crate::gpu::probe::estimate_step`] estimates it,
-/// against the CPU backend's int4 kernel on 16-bit activations (the default decode path, one
-/// thread) at the same feed-forward shape scaled to the same bytes. `None` without a clock
-/// (wasm before `web/` installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few
-/// submits).
-async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, graph: &crate::onnx::ModelProto) -> Result<Option<Probe>> {
+/// `auto`'s probe: a GPU decode step of `step_bytes` as [`crate::gpu::probe::estimate_step`]
+/// estimates it (`tuned`: the estimate the load's tuning made, else timed now), a token paying
+/// its share of a submit of the greedy steps the context chains, against the CPU backend's
+/// int4 kernel on 16-bit activations (the default decode path, one thread) at the same
+/// feed-forward shape scaled to the same bytes. `None` without a clock (wasm before `web/`
+/// installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few submits).
+async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, tuned: Option<crate::gpu::probe::StepEstimate>) -> Result<Option<Probe>> {
     let now: Clock = default_clock;
     if !ticks(now) {
         return Ok(None);
     }
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
-    let step_bytes = crate::gpu::GpuBackend::decode_bytes(cfg, graph)?;
-    let gpu = crate::gpu::probe::estimate_step(ctx, cfg, step_bytes, now).await?;
+    let gpu = match tuned {
+        Some(step) => step,
+        None => crate::gpu::probe::estimate_step(ctx, cfg, step_bytes, now).await?,
+    };
     let cpu_ms = cpu_gemv_ms(n, k, now) * gpu.scale;
-    Ok(Some(Probe { gpu_ms: gpu.ms, cpu_ms, step_bytes, extra_dispatches: gpu.extra_dispatches, dispatch_ms: gpu.dispatch_ms }))
+    Ok(Some(Probe { gpu_ms: gpu.ms(ctx.decode_ahead()), cpu_ms, step_bytes, extra_dispatches: gpu.extra_dispatches, dispatch_ms: gpu.dispatch_ms }))
 }
 
 /// One int4 GEMV `[n][k]` (`k` a multiple of 32) with the CPU backend's kernel on 16-bit

@@ -312,10 +312,13 @@ pub fn report(
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
     // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
+    let mut tuned_step = None;
     if !ctx.is_software() {
-        for said in block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, q.decode_bytes(), options, now))? {
+        let tuning = block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, q.decode_bytes(), options, now))?;
+        for said in &tuning.said {
             emit(&format!("load-time tuning for {name}: {said}"));
         }
+        tuned_step = tuning.step;
     }
     // A deep position must leave the steps room in the cache; said before the model is timed.
     if let Some(pos) = at_position {
@@ -384,20 +387,25 @@ pub fn report(
     let (p50, p95, p99) = stats(lat);
     emit(&format!("  decode tok/s: {:.2} over {timed} steps after {warmup}", timed as f64 / total * 1e3));
     emit(&format!("  token latency ms p50 {p50:.2} p95 {p95:.2} p99 {p99:.2}"));
-    // What `auto`'s probe would have estimated for this step (it weighs that against the CPU).
-    let est = block_on(super::probe::estimate_step(model.context(), &cfg, q.decode_bytes(), now))?;
+    // What `auto`'s probe would have estimated for this step (it weighs that against the CPU):
+    // the tuning's estimate where the load tuned the chain, as `auto` takes it.
+    let est = match tuned_step {
+        Some(step) => step,
+        None => block_on(super::probe::estimate_step(model.context(), &cfg, q.decode_bytes(), now))?,
+    };
+    let est_ms = est.ms(ahead);
     emit(&format!(
         "  auto's probe estimates a step at {:.2} ms ({:.1} GEMVs of [{}][{}] at {:.3} ms, a submit {:.2} ms shared by {} steps, {} more dispatches at {:.4} ms): {:.2}x the measured p50",
-        est.ms,
+        est_ms,
         est.scale,
         cfg.intermediate_size,
         cfg.hidden_size,
         est.gemv.gemv_ms,
-        est.gemv.latency_ms,
+        est.submit_ms(),
         1 + ahead,
         est.extra_dispatches,
         est.dispatch_ms,
-        est.ms / p50
+        est_ms / p50
     ));
     let bytes = q.decode_bytes();
     emit(&format!(

@@ -97,12 +97,36 @@ pub struct GpuContext {
     shuffle_lanes: u32,
     /// The device has WGSL's subgroup operations (see [`GpuContext::has_subgroups`]).
     subgroups: bool,
-    /// See [`GpuContext::attention_split_from`]; whether the options chose it.
-    attention_split_from: AtomicUsize,
-    attention_split_told: bool,
-    /// See [`super::GpuOptions::decode_ahead`]; whether the options chose it.
-    decode_ahead: AtomicUsize,
-    decode_ahead_told: bool,
+    /// See [`GpuContext::attention_split_from`].
+    attention_split_from: Tunable,
+    /// See [`super::GpuOptions::decode_ahead`].
+    decode_ahead: Tunable,
+}
+
+/// A number the options may choose and a load otherwise tunes: its value now, and whether the
+/// options chose it (a tuning then leaves it as asked).
+#[derive(Debug)]
+struct Tunable {
+    value: AtomicUsize,
+    told: bool,
+}
+
+impl Tunable {
+    /// `chosen` where the options chose, else `default` until a tuning sets it.
+    fn new(chosen: Option<usize>, default: usize) -> Self {
+        Tunable { value: AtomicUsize::new(chosen.unwrap_or(default)), told: chosen.is_some() }
+    }
+
+    fn get(&self) -> usize {
+        self.value.load(Ordering::Relaxed)
+    }
+
+    /// A tuning's value, unless the options chose one.
+    fn tune(&self, value: usize) {
+        if !self.told {
+            self.value.store(value, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A CPU rasterizer (SwiftShader, llvmpipe) rather than a GPU.
@@ -172,8 +196,8 @@ impl GpuContext {
         let info = adapter.get_info();
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
         let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
-        let attention_split_from = AtomicUsize::new(options.attention_split_from.unwrap_or(if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU }));
-        let decode_ahead = AtomicUsize::new(options.decode_ahead.unwrap_or(if is_software(&info) { 0 } else { super::DECODE_AHEAD_GPU }));
+        let attention_split_from = Tunable::new(options.attention_split_from, if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU });
+        let decode_ahead = Tunable::new(options.decode_ahead, if is_software(&info) { 0 } else { super::DECODE_AHEAD_GPU });
         let mut ctx = GpuContext {
             device,
             queue,
@@ -189,9 +213,7 @@ impl GpuContext {
             shuffle_lanes: 0,
             subgroups,
             attention_split_from,
-            attention_split_told: options.attention_split_from.is_some(),
             decode_ahead,
-            decode_ahead_told: options.decode_ahead.is_some(),
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -320,30 +342,26 @@ impl GpuContext {
     /// From how many positions a decode step's attention runs split
     /// ([`super::GpuOptions::attention_split_from`]; `usize::MAX`: never).
     pub fn attention_split_from(&self) -> usize {
-        self.attention_split_from.load(Ordering::Relaxed)
+        self.attention_split_from.get()
     }
 
     /// Greedy decode steps a submit runs beyond the one asked for
     /// ([`super::GpuOptions::decode_ahead`]).
     pub fn decode_ahead(&self) -> usize {
-        self.decode_ahead.load(Ordering::Relaxed)
+        self.decode_ahead.get()
     }
 
     /// Set how many greedy steps a decode submit chains beyond the first (a load's tuning, at
     /// most [`super::DECODE_AHEAD_MAX`]; a number chosen in the options stays as asked).
     /// Models loaded before keep theirs.
     pub fn set_decode_ahead(&self, steps: usize) {
-        if !self.decode_ahead_told {
-            self.decode_ahead.store(steps.min(super::DECODE_AHEAD_MAX), Ordering::Relaxed);
-        }
+        self.decode_ahead.tune(steps.min(super::DECODE_AHEAD_MAX));
     }
 
     /// Set where a decode step's attention splits (a load's tuning; a position chosen in the
     /// options stays as asked). Models loaded before keep theirs.
     pub fn set_attention_split_from(&self, positions: usize) {
-        if !self.attention_split_told {
-            self.attention_split_from.store(positions, Ordering::Relaxed);
-        }
+        self.attention_split_from.tune(positions);
     }
 
     pub fn counters(&self) -> GpuCounters {

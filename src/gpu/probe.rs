@@ -297,16 +297,31 @@ fn cut_after(timings: impl Iterator<Item = f64>, reps: usize) -> f64 {
     2.0 * timings.fold(f64::INFINITY, f64::min) * reps as f64
 }
 
-/// `auto`'s estimate of a GPU decode step ([`estimate_step`]), in milliseconds.
+/// `auto`'s estimate of a GPU decode step ([`estimate_step`]), in milliseconds: its kernels,
+/// and a submit's fixed cost with its readback (`gemv.latency_ms`) that the greedy steps
+/// chained in one submit share ([`StepEstimate::ms`]).
 #[derive(Debug, Clone, Copy)]
 pub struct StepEstimate {
-    pub ms: f64,
+    pub kernels_ms: f64,
     /// The probe-shaped GEMV it scaled, and how many of them the step's bytes amount to.
     pub gemv: GpuProbe,
     pub scale: f64,
     /// Dispatches the step records beyond those GEMVs, and what each is charged.
     pub extra_dispatches: usize,
     pub dispatch_ms: f64,
+}
+
+impl StepEstimate {
+    /// A submit's fixed cost and its readback.
+    pub fn submit_ms(&self) -> f64 {
+        self.gemv.latency_ms
+    }
+
+    /// A token's time where a submit chains `ahead` greedy steps beyond the first
+    /// ([`super::GpuOptions::decode_ahead`]): its kernels and its share of the submit.
+    pub fn ms(&self, ahead: usize) -> f64 {
+        self.submit_ms() / (1 + ahead) as f64 + self.kernels_ms
+    }
 }
 
 /// Rows of the GEMV whose time [`estimate_step`] charges a dispatch: a few workgroups, so its
@@ -318,16 +333,16 @@ pub const TINY_ROWS: usize = 64;
 /// time and a submit's fixed cost with the readback) and scaled to the step's bytes, plus the
 /// step's dispatches beyond those GEMVs ([`super::decode::decode_dispatches`]: small linears,
 /// norms, RoPE, attention; each a launch and a barrier whatever its bytes) at a
-/// [`TINY_ROWS`]-row GEMV's time each. A submit's fixed cost is shared by the greedy steps
-/// chained in it ([`super::GpuOptions::decode_ahead`]): a token pays its share.
+/// [`TINY_ROWS`]-row GEMV's time each; and the submit's fixed cost apart, which the greedy
+/// steps chained in it share ([`StepEstimate::ms`]).
 pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<StepEstimate> {
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let gemv = time_gemv(ctx, n, k, now).await?;
     let tiny = time_gemv(ctx, TINY_ROWS, k, now).await?;
     let scale = step_bytes as f64 / gemv.bytes as f64;
     let extra_dispatches = super::decode::decode_dispatches(cfg.num_layers).saturating_sub(scale.ceil() as usize);
-    let ms = gemv.latency_ms / (1 + ctx.decode_ahead()) as f64 + gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
-    Ok(StepEstimate { ms, gemv, scale, extra_dispatches, dispatch_ms: tiny.gemv_ms })
+    let kernels_ms = gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
+    Ok(StepEstimate { kernels_ms, gemv, scale, extra_dispatches, dispatch_ms: tiny.gemv_ms })
 }
 
 /// What [`tune_rows`] measured: each candidate [`RowsShape`] with the `gemv_rows.wgsl` shape it
@@ -416,8 +431,8 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
 /// the prefill kernel ([`tune_prefill`]); at its attention's heads over a cache of `max_ctx`
 /// positions, where a decode step's attention splits ([`tune_attention`]); each set on the
 /// context; and how many greedy steps a decode submit chains ([`tune_decode_ahead`], for a
-/// step reading `step_bytes` of weights); what each tuning says.
-pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, step_bytes: u64, options: &super::GpuOptions, now: fn() -> f64) -> Result<Vec<String>> {
+/// step reading `step_bytes` of weights).
+pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, step_bytes: u64, options: &super::GpuOptions, now: fn() -> f64) -> Result<ModelTuning> {
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let mut said = Vec::new();
     if options.gemv == GemvKernel::Auto {
@@ -437,20 +452,37 @@ pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_c
         ctx.set_attention_split_from(tuning.split_from);
         said.push(tuning.says());
     }
+    let mut step = None;
     if options.decode_ahead.is_none() {
         let tuning = tune_decode_ahead(ctx, cfg, step_bytes, now).await?;
         ctx.set_decode_ahead(tuning.ahead);
         said.push(tuning.says());
+        step = Some(tuning.step);
     }
-    Ok(said)
+    Ok(ModelTuning { said, step })
 }
 
-/// What [`tune_decode_ahead`] measured: a decode step's estimate, its submit's fixed cost
-/// (`step.gemv.latency_ms`) apart from its kernels' time, and the greedy steps a submit chains.
+/// What [`tune_model`] did: what each tuning says, and the decode step it estimated (where it
+/// tuned the chain; `auto`'s probe weighs that estimate against the CPU rather than timing the
+/// step again).
+#[derive(Debug, Clone)]
+pub struct ModelTuning {
+    pub said: Vec<String>,
+    pub step: Option<StepEstimate>,
+}
+
+impl ModelTuning {
+    /// What the tunings say, one after another; `None` where nothing was tuned.
+    pub fn said(&self) -> Option<String> {
+        (!self.said.is_empty()).then(|| self.said.join("; "))
+    }
+}
+
+/// What [`tune_decode_ahead`] measured: a decode step's estimate (its kernels, and its
+/// submit's fixed cost apart) and the greedy steps a submit chains.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodeAheadTuning {
     pub step: StepEstimate,
-    pub kernels_ms: f64,
     pub ahead: usize,
 }
 
@@ -462,8 +494,8 @@ impl DecodeAheadTuning {
                 0 => "1 step".to_string(),
                 n => format!("{} steps", 1 + n),
             },
-            self.step.gemv.latency_ms,
-            self.kernels_ms
+            self.step.submit_ms(),
+            self.step.kernels_ms
         )
     }
 }
@@ -485,8 +517,7 @@ pub const DECODE_AHEAD_TUNED_MAX: usize = 7;
 /// [`DECODE_AHEAD_TUNED_MAX`]. Sets nothing itself.
 pub async fn tune_decode_ahead(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<DecodeAheadTuning> {
     let step = estimate_step(ctx, cfg, step_bytes, now).await?;
-    let kernels_ms = step.ms - step.gemv.latency_ms / (1 + ctx.decode_ahead()) as f64;
-    Ok(DecodeAheadTuning { step, kernels_ms, ahead: decode_ahead_for(step.gemv.latency_ms, kernels_ms) })
+    Ok(DecodeAheadTuning { step, ahead: decode_ahead_for(step.submit_ms(), step.kernels_ms) })
 }
 
 /// [`tune_decode_ahead`]'s rule: the fewest steps chained beyond the first for which a token's
