@@ -571,11 +571,15 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a step records (9 a layer, q, k and v stacked into one product, gate and up
-    // too; and 5: `decode_dispatches`, what `auto`'s probe counts), as many for a prefill chunk.
+    // Dispatches a decode step records (8 a layer, q, k and v stacked into one product, gate
+    // and up too, SiLU·mul fused into the down GEMV's input; and 5: `decode_dispatches`, what
+    // `auto`'s probe counts); a prefill chunk runs SiLU·mul on its own (9 a layer), as a decode
+    // step does where the GEMV is the per-row kernel.
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 9 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (9 * layers + 5, 9 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 8 * layers + 5);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (8 * layers + 5, 9 * layers + 5), "{layers} layers");
+    let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
+    assert_eq!(GpuLlama::load(per_row, &q, 256).unwrap().dispatches(1), 9 * layers + 5, "the per-row GEMV takes SiLU·mul's output");
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");

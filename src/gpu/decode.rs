@@ -206,10 +206,11 @@ impl QuantLlama {
 /// (biases, rounded activations and weights that do not stack add theirs): per layer the norm
 /// (fused with the previous layer's residual add), q, k and v as one product, RoPE with the
 /// cache append, attention, the output linear, its add fused with the next norm, gate and up
-/// as one product, SiLU·mul, down: 9; then the last add, the embedding gather before and the
-/// head's norm, product and pick after.
+/// as one product, down with SiLU·mul fused into its input: 8 (a prefill chunk runs SiLU·mul
+/// on its own: 9); then the last add, the embedding gather before and the head's norm, product
+/// and pick after.
 pub fn decode_dispatches(layers: usize) -> usize {
-    9 * layers + 5
+    8 * layers + 5
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
@@ -447,9 +448,9 @@ impl GpuLlama {
             };
             let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q)?, round(&[&wo], qd, &attn, &attn_q)?);
             let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q)?, round(&[&wd], inter, &act, &act_q)?);
-            let mut linear = |w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
+            let linear = |pipes: &mut Pipelines, w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
                 let x = if w.activations != Activations::Float { rounded } else { x };
-                Op::Linear { gemv: w.gemv(&ctx, &mut pipes, &state, x, y), gemm: w.gemm(&ctx, &mut pipes, &state, x, y) }
+                Op::Linear { gemv: w.gemv(&ctx, pipes, &state, x, y), gemm: w.gemm(&ctx, pipes, &state, x, y) }
             };
             parts.extend([&wq, &wk, &wv, &wo, &wg, &wu, &wd].map(|w| w.parts.len()));
             // q, k and v as one weight where they stack (one product), else each writing its
@@ -463,10 +464,18 @@ impl GpuLlama {
                 None => vec![wg.placed(&ctx, 0, 2 * inter), wu.placed(&ctx, inter, 2 * inter)],
             };
             drop((wq, wk, wv, wg, wu));
-            let lqkv: Vec<Op> = qkv_w.iter().map(|w| linear(w, &xn, &xn_q, &qkv)).collect();
-            let lo = linear(&wo, &attn, &attn_q, &tmp);
-            let lgu: Vec<Op> = gate_up_w.iter().map(|w| linear(w, &xn, &xn_q, &gate_up)).collect();
-            let ld = linear(&wd, &act, &act_q, &tmp);
+            let lqkv: Vec<Op> = qkv_w.iter().map(|w| linear(&mut pipes, w, &xn, &xn_q, &qkv)).collect();
+            let lo = linear(&mut pipes, &wo, &attn, &attn_q, &tmp);
+            let lgu: Vec<Op> = gate_up_w.iter().map(|w| linear(&mut pipes, w, &xn, &xn_q, &gate_up)).collect();
+            // The down projection: its GEMV reads SiLU(gate)·up straight from the gate and up
+            // products where it can (a float-input rows GEMV: one dispatch less a decode step);
+            // a prefill chunk, and any other GEMV, runs silu_mul.wgsl first.
+            let silu = kernels::silu_mul(&ctx, &mut pipes, inter, &gate_up, &act);
+            let glu = if wd.activations == Activations::Float { wd.gemv_glu(&ctx, &mut pipes, &state, &gate_up, &tmp) } else { None };
+            let down: Vec<Op> = match glu {
+                Some(gemv) => vec![Op::Linear { gemv, gemm: std::iter::once(silu).chain(wd.gemm(&ctx, &mut pipes, &state, &act, &tmp)).collect() }],
+                None => std::iter::once(Op::Run(silu)).chain(round_down).chain([linear(&mut pipes, &wd, &act, &act_q, &tmp)]).collect(),
+            };
             let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn };
             let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
             // The attention norm: of the embedding, or fused with the previous layer's last
@@ -489,10 +498,8 @@ impl GpuLlama {
             body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
             body.extend(round_gate_up);
             body.extend(lgu);
-            body.push(Op::Run(kernels::silu_mul(&ctx, &mut pipes, inter, &gate_up, &act)));
-            body.extend(round_down);
             // Its residual add runs in the next layer's norm, the last layer's below.
-            body.push(ld);
+            body.extend(down);
             weights.extend(qkv_w.into_iter().chain([wo]).chain(gate_up_w).chain([wd]));
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);

@@ -29,11 +29,12 @@ pub enum Kernel {
     GemvNBits(NBitsKind),
     /// [`Kernel::GemvNBits`] reduced with subgroup operations (adapters with `subgroups`).
     GemvNBitsSubgroups(NBitsKind),
-    /// Lane groups of `.1` invocations computing `.2` output rows each, 16-byte reads (rows of
-    /// whole 16-byte chunks).
-    /// Lanes per group, rows per group, x rows per workgroup; whether the lanes' shares are
-    /// added by subgroup shuffles (see [`GpuContext::shuffles`]) rather than a barrier tree.
-    GemvRows(NBitsKind, u32, u32, u32, bool),
+    /// Lane groups of `lanes` invocations computing `rows` output rows each, 16-byte reads
+    /// (rows of whole 16-byte chunks), over `xrows` rows of x a workgroup; whether the lanes'
+    /// shares are added by subgroup shuffles (see [`GpuContext::shuffles`]) rather than a
+    /// barrier tree; whether x is SiLU(gate)·up of a `[gate | up]` row (`glu`: the feed-forward's
+    /// activation fused into the down projection).
+    GemvRows { kind: NBitsKind, lanes: u32, rows: u32, xrows: u32, shuffles: bool, glu: bool },
     GemmNBits(NBitsKind),
     EmbedNBits(NBitsKind),
     BiasNBits,
@@ -60,15 +61,24 @@ impl Kernel {
     /// `gemv_rows.wgsl` at `lanes` lanes and `rows` rows a group over `xrows` rows of x,
     /// reduced by shuffles where `ctx` allows it for that many lanes.
     pub fn gemv_rows(ctx: &GpuContext, kind: NBitsKind, lanes: u32, rows: u32, xrows: u32) -> Kernel {
-        Kernel::GemvRows(kind, lanes, rows, xrows, ctx.shuffles(lanes))
+        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false }
+    }
+
+    /// This kernel reading SiLU(gate)·up of `[gate | up]` rows as its x, where it can (the
+    /// rows GEMV); `None` for any other kernel.
+    pub fn with_glu(self) -> Option<Kernel> {
+        match self {
+            Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, .. } => Some(Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, glu: true }),
+            _ => None,
+        }
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Kernel::GemvNBits(_) => "gemv_nbits",
             Kernel::GemvNBitsSubgroups(_) => "gemv_nbits_subgroups",
-            Kernel::GemvRows(.., false) => "gemv_rows",
-            Kernel::GemvRows(.., true) => "gemv_rows_subgroups",
+            Kernel::GemvRows { shuffles: false, .. } => "gemv_rows",
+            Kernel::GemvRows { shuffles: true, .. } => "gemv_rows_subgroups",
             Kernel::GemmNBits(_) => "gemm_nbits",
             Kernel::EmbedNBits(_) => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
@@ -100,12 +110,12 @@ impl Kernel {
                 include_str!("kernels/gemv_nbits.wgsl"),
                 include_str!("kernels/gemv_reduce_subgroups.wgsl")
             ),
-            Kernel::GemvRows(.., false) => concat!(
+            Kernel::GemvRows { shuffles: false, .. } => concat!(
                 include_str!("kernels/nbits.wgsl"),
                 include_str!("kernels/gemv_rows.wgsl"),
                 include_str!("kernels/gemv_rows_reduce_workgroup.wgsl")
             ),
-            Kernel::GemvRows(.., true) => concat!(
+            Kernel::GemvRows { shuffles: true, .. } => concat!(
                 include_str!("kernels/nbits.wgsl"),
                 include_str!("kernels/gemv_rows.wgsl"),
                 include_str!("kernels/gemv_rows_reduce_subgroups.wgsl")
@@ -133,9 +143,11 @@ impl Kernel {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
-            Kernel::GemvRows(w, lanes, rows, xrows, _) => {
-                w.constants().into_iter().chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64)]).collect()
-            }
+            Kernel::GemvRows { kind, lanes, rows, xrows, glu, .. } => kind
+                .constants()
+                .into_iter()
+                .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
+                .collect(),
             Kernel::AttentionSplit(heads) => vec![("GN", heads as f64)],
             _ => Vec::new(),
         }

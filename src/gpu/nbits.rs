@@ -559,8 +559,23 @@ impl GpuNBits {
 
     /// [`GpuNBits::gemv`] with the kernel `choice` (the benchmark compares them).
     pub fn gemv_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: GemvKernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+        self.bind_rows_kernel(ctx, pipes, self.gemv_kernel(ctx, choice), state, x, y)
+    }
+
+    /// `y[r] = W silu(gate[r]) * up[r]` for each of the step's rows, `gate_up` holding rows
+    /// `[gate | up]` each `k` wide (the feed-forward's down projection with its activation,
+    /// `silu_mul.wgsl`, fused: one dispatch less a step), where `ctx`'s GEMV is the rows kernel
+    /// for this weight; `None` where it is not (the caller runs `silu_mul.wgsl`, then
+    /// [`GpuNBits::gemv`]).
+    pub fn gemv_glu(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, gate_up: &wgpu::Buffer, y: &wgpu::Buffer) -> Option<Vec<Dispatch>> {
+        let kernel = self.gemv_kernel(ctx, ctx.gemv_kernel()).with_glu()?;
+        Some(self.bind_rows_kernel(ctx, pipes, kernel, state, gate_up, y))
+    }
+
+    /// The decode GEMV's kernel for this weight under `choice`.
+    fn gemv_kernel(&self, ctx: &GpuContext, choice: GemvKernel) -> Kernel {
         let kind = self.spec.kind();
-        let kernel = match choice {
+        match choice {
             GemvKernel::Auto if self.spec.rows_kernel_fits() => {
                 let (lanes, rows) = self.spec.rows_kernel_shape(ctx.rows_shape());
                 Kernel::gemv_rows(ctx, kind, lanes, rows, 1)
@@ -568,22 +583,21 @@ impl GpuNBits {
             GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::gemv_rows(ctx, kind, lanes, rows, 1),
             _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
             _ => Kernel::GemvNBits(kind),
-        };
-        self.bind_rows_kernel(ctx, pipes, kernel, state, x, y)
+        }
     }
 
     /// Bind `kernel` (a GEMV) over every part, a workgroup per group of output rows and of x
     /// rows, and the bias after.
     fn bind_rows_kernel(&self, ctx: &GpuContext, pipes: &mut Pipelines, kernel: Kernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
         let (rows_per_group, xrows) = match kernel {
-            Kernel::GemvRows(_, lanes, rows, xrows, _) => (64 / lanes * rows, xrows),
+            Kernel::GemvRows { lanes, rows, xrows, .. } => (64 / lanes * rows, xrows),
             _ => (1, 1),
         };
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let [gx, gy] = grid(ctx, (p.rows.len() as u32).div_ceil(rows_per_group));
             let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: xrows };
             match kernel {
-                Kernel::GemvRows(..) => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid),
+                Kernel::GemvRows { .. } => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid),
                 _ => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid),
             }
         };

@@ -152,19 +152,21 @@ pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reduc
     }
 }
 
-/// A product a test runs: the decode GEMV (over any number of rows), or the prefill's with a
-/// given kernel.
+/// A product a test runs: the decode GEMV (over any number of rows), the decode GEMV reading
+/// SiLU(gate)·up of `[gate | up]` rows (the down projection with its activation fused, where
+/// the weight takes the rows kernel), or the prefill's with a given kernel.
 #[derive(Debug, Clone, Copy)]
 pub enum Product {
     Gemv,
+    GemvGlu,
     Gemm(PrefillKernel),
 }
 
-/// The block-quantized (and float) matmul through the decode GEMV and every prefill kernel,
-/// all against the one twin, for every kind on every shape: f32 sums in another order, so
-/// within a few ulps of the sum of |terms|.
+/// The block-quantized (and float) matmul through the decode GEMV (also with SiLU·mul fused
+/// into its input) and every prefill kernel, all against the one twin, for every kind on every
+/// shape: f32 sums in another order, so within a few ulps of the sum of |terms|.
 pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    let products: Vec<Product> = std::iter::once(Product::Gemv).chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
+    let products: Vec<Product> = [Product::Gemv, Product::GemvGlu].into_iter().chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
     matmul_matches_twin(ctx, rng, shapes, &products).await
 }
 
@@ -173,10 +175,11 @@ pub async fn gemv_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize
     matmul_matches_twin(ctx, rng, shapes, &[Product::Gemv]).await
 }
 
-/// [`block_matmul_matches_twin`] for the decode GEMV and the prefill through `gemv_rows.wgsl`
-/// at each x row count (with the context's lanes and rows per group).
+/// [`block_matmul_matches_twin`] for the decode GEMV (also with SiLU·mul fused) and the
+/// prefill through `gemv_rows.wgsl` at each x row count (with the context's lanes and rows per
+/// group).
 pub async fn rows_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    let products: Vec<Product> = std::iter::once(Product::Gemv).chain(ROWS_KERNEL_XROWS.map(|xrows| Product::Gemm(PrefillKernel::Rows { xrows }))).collect();
+    let products: Vec<Product> = [Product::Gemv, Product::GemvGlu].into_iter().chain(ROWS_KERNEL_XROWS.map(|xrows| Product::Gemm(PrefillKernel::Rows { xrows }))).collect();
     matmul_matches_twin(ctx, rng, shapes, &products).await
 }
 
@@ -187,28 +190,42 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
         for kind in KINDS {
             let w = random_weight(rng, n, k, bs, kind);
             let x = rng.f32s(rows * k);
-            let want = twin::gemv_nbits(&w, &x);
+            // The fused product's input: [gate | up] rows, and the activation they stand for.
+            let gate_up = rng.f32s(rows * 2 * k);
+            let (gate, up): (Vec<f32>, Vec<f32>) = (gate_up.chunks(2 * k).flat_map(|r| r[..k].to_vec()).collect(), gate_up.chunks(2 * k).flat_map(|r| r[k..].to_vec()).collect());
+            let act = twin::silu_mul(&gate, &up);
             let deq = w.dequantized();
-            let mag = |i: usize| -> f32 {
+            let mag = |x: &[f32], i: usize| -> f32 {
                 let (r, j) = (i / n, i % n);
                 (0..k).map(|t| (deq[j * k + t] * x[r * k + t]).abs()).sum()
             };
             let gw = GpuNBits::upload(ctx, "w", &w).unwrap();
-            let (xb, st) = (upload(ctx, &x), state(ctx, 0, rows, &[]));
+            let (xb, gub, st) = (upload(ctx, &x), upload(ctx, &gate_up), state(ctx, 0, rows, &[]));
+            // The rows kernel is the decode GEMV (which alone takes SiLU·mul fused).
+            let rows_gemv = gw.spec.rows_kernel_fits() && ctx.gemv_kernel() != GemvKernel::PerRow;
             for &product in products {
                 let yb = ctx.storage("y", (rows * n * 4) as u64).unwrap();
-                let d = match product {
-                    Product::Gemv => gw.gemv(ctx, &mut pipes, &st, &xb, &yb),
-                    Product::Gemm(kernel) => gw.gemm_with(ctx, &mut pipes, kernel, &st, &xb, &yb),
+                let (d, input) = match product {
+                    Product::Gemv => (gw.gemv(ctx, &mut pipes, &st, &xb, &yb), &x),
+                    Product::GemvGlu => match gw.gemv_glu(ctx, &mut pipes, &st, &gub, &yb) {
+                        Some(d) => (d, &act),
+                        None => {
+                            assert!(!rows_gemv, "the rows GEMV takes SiLU·mul fused: n={n} k={k} bs={bs} {kind:?}");
+                            continue;
+                        }
+                    },
+                    Product::Gemm(kernel) => (gw.gemm_with(ctx, &mut pipes, kernel, &st, &xb, &yb), &x),
                 };
                 kernels::run(ctx, &pipes, &d, rows as u32);
                 let got = download(ctx, &yb, rows * n).await;
                 let op = match product {
                     Product::Gemv => format!("gemv {:?} (rows kernel fits: {})", ctx.gemv_kernel(), gw.spec.rows_kernel_fits()),
+                    Product::GemvGlu => format!("gemv {:?} of silu(gate)*up", ctx.gemv_kernel()),
                     Product::Gemm(kernel) => format!("prefill {kernel} (rows kernel fits: {}, gemv {:?})", gw.spec.rows_kernel_fits(), ctx.gemv_kernel()),
                 };
                 let what = format!("{op} n={n} k={k} bs={bs} rows={rows} {kind:?} subgroups={}", ctx.has_subgroups());
-                assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(i));
+                let want = twin::gemv_nbits(&w, input);
+                assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(input, i));
             }
         }
     }

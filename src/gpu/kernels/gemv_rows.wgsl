@@ -14,13 +14,17 @@
 // The lanes' shares are added by a barrier tree (gemv_rows_reduce_workgroup.wgsl) or, where
 // the device has subgroups laid out over consecutive invocations, by shuffles
 // (gemv_rows_reduce_subgroups.wgsl).
+// With GLU, x is the feed-forward's activation of [gate | up] rows (each k wide; silu_mul.wgsl
+// fused into the down projection): x[r][i] = silu(gate[r][i]) * up[r][i], computed as that
+// kernel does where the chunk's x is loaded.
 // Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES * ROWS))
 // workgroups as x + y * nwg.x, ceil(rows / XROWS) as z.
-// Twin: gpu::twin::gemv_nbits.
+// Twin: gpu::twin::gemv_nbits (with GLU: of gpu::twin::silu_mul).
 
 override LANES: u32 = 16u; // 4, 8, 16, 32 or 64
 override ROWS: u32 = 1u; // output rows per lane group: 1, 2 or 4
 override XROWS: u32 = 1u; // x rows per workgroup: 1, 2 or 4
+override GLU: u32 = 0u; // 1: x is silu(gate) * up of [gate | up] rows
 
 struct State {
     pos: u32,
@@ -37,12 +41,22 @@ struct State {
 
 const WG: u32 = 64u;
 
-// The x values of one chunk: 32 / BITS vec4s (8 for int4, 4 int8, 2 f16, 1 f32), loaded once
-// for the ROWS rows that use them.
-fn load_x(first: u32) -> array<vec4<f32>, 8> {
+// The x values of one chunk of row r from its vec4 `first`: 32 / BITS vec4s (8 for int4, 4
+// int8, 2 f16, 1 f32), loaded once for the ROWS rows that use them.
+fn load_x(r: u32, first: u32) -> array<vec4<f32>, 8> {
     var a: array<vec4<f32>, 8>;
+    if (GLU == 1u) {
+        // Rows of 2k: the gate's vec4s, then the up's k / 4 on.
+        let g0 = r * p.k / 2u + first;
+        for (var i = 0u; i < 32u / BITS; i++) {
+            let g = x[g0 + i];
+            a[i] = g / (vec4<f32>(1.0) + exp(-g)) * x[g0 + p.k / 4u + i];
+        }
+        return a;
+    }
+    let x0 = r * p.k / 4u + first;
     for (var i = 0u; i < 32u / BITS; i++) {
-        a[i] = x[first + i];
+        a[i] = x[x0 + i];
     }
     return a;
 }
@@ -113,7 +127,7 @@ fn main(
                 if (t >= nx) {
                     break;
                 }
-                let xa = load_x((r0 + t) * p.k / 4u + c * (32u / BITS));
+                let xa = load_x(r0 + t, c * (32u / BITS));
                 for (var q = 0u; q < ROWS; q++) {
                     if (j0 + q < p.n) {
                         s[t * ROWS + q] += chunk_dot(ch[q], j0 + q, c, xa);
