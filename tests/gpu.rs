@@ -571,15 +571,15 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a decode step records (8 a layer, q, k and v stacked into one product, gate
-    // and up too, SiLU·mul fused into the down GEMV's input; and 5: `decode_dispatches`, what
-    // `auto`'s probe counts); a prefill chunk runs SiLU·mul on its own (9 a layer), as a decode
-    // step does where the GEMV is the per-row kernel.
+    // Dispatches a decode step records (7 a layer, q, k and v stacked into one product, gate
+    // and up too, RoPE with the cache append fused into the attention, SiLU·mul into the down
+    // GEMV's input; and 5: `decode_dispatches`, what `auto`'s probe counts); a prefill chunk
+    // runs RoPE and SiLU·mul on their own (9 a layer); a per-row GEMV takes SiLU·mul's output.
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 8 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (8 * layers + 5, 9 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 7 * layers + 5);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 5, 9 * layers + 5), "{layers} layers");
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
-    assert_eq!(GpuLlama::load(per_row, &q, 256).unwrap().dispatches(1), 9 * layers + 5, "the per-row GEMV takes SiLU·mul's output");
+    assert_eq!(GpuLlama::load(per_row, &q, 256).unwrap().dispatches(1), 8 * layers + 5, "the per-row GEMV takes SiLU·mul's output");
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");
@@ -957,9 +957,9 @@ fn attention_tuning_times_both_kernels_and_splits_where_the_split_wins() {
     let tuning = block_on(tune_attention(&ctx, shape, clock_ms)).unwrap();
     eprintln!("{}", tuning.says());
     // q, the key and value caches, the whole kernel's scores, the split's parts, the output,
-    // the step state, its readback and the three kernels' parameters: once for every length
-    // and both kernels.
-    assert_eq!(ctx.counters().since(&before).buffers, 11, "{tuning:?}");
+    // the step state, its readback, RoPE's two tables (fused in, as a decode step runs them)
+    // and the three kernels' parameters: once for every length and both kernels.
+    assert_eq!(ctx.counters().since(&before).buffers, 13, "{tuning:?}");
     assert_eq!(tuning.timings.iter().map(|t| t.0).collect::<Vec<_>>(), [64, 128, 256], "{tuning:?}");
     assert!(tuning.timings.iter().all(|t| t.1.is_finite() && t.1 > 0.0 && t.2.is_finite() && t.2 > 0.0), "{tuning:?}");
     // The split won at every length from where it runs, and lost just before it.

@@ -8,7 +8,7 @@
 //! chunk's token.
 
 use super::context::{GpuContext, GpuCounters};
-use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines, RopeKvBuffers};
+use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines, Rope, RopeKvBuffers};
 use super::nbits::{Activations, BlockWeight, GpuNBits};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
@@ -204,13 +204,13 @@ impl QuantLlama {
 
 /// Compute dispatches a greedy decode step of a Llama of `layers` layers records at least
 /// (biases, rounded activations and weights that do not stack add theirs): per layer the norm
-/// (fused with the previous layer's residual add), q, k and v as one product, RoPE with the
-/// cache append, attention, the output linear, its add fused with the next norm, gate and up
-/// as one product, down with SiLU·mul fused into its input: 8 (a prefill chunk runs SiLU·mul
-/// on its own: 9); then the last add, the embedding gather before and the head's norm, product
-/// and pick after.
+/// (fused with the previous layer's residual add), q, k and v as one product, the attention
+/// with RoPE and the cache append fused in, the output linear, its add fused with the next
+/// norm, gate and up as one product, down with SiLU·mul fused into its input: 7 (a prefill
+/// chunk runs RoPE with the append and SiLU·mul on their own: 9); then the last add, the
+/// embedding gather before and the head's norm, product and pick after.
 pub fn decode_dispatches(layers: usize) -> usize {
-    8 * layers + 5
+    7 * layers + 5
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
@@ -239,10 +239,13 @@ enum Op {
     /// A linear layer bound both ways: the GEMV for one row (decode), the tiled GEMM (each
     /// weight read once per 32 rows) for a prefill chunk; a dispatch per part of the weight.
     Linear { gemv: Vec<Dispatch>, gemm: Vec<Dispatch> },
-    /// The attention bound both ways: one workgroup per query head and row (`whole`), or, for
-    /// a decode step whose context reaches `split_from` positions, split over positions and
-    /// added (`split`: [`kernels::attention_split`]).
-    Attention { whole: Dispatch, split: Option<[Dispatch; 2]>, split_from: usize },
+    /// RoPE with the cache append, and the attention, bound three ways: for a prefill chunk
+    /// `rope_kv.wgsl` then one workgroup per query head and row; for a decode step one
+    /// workgroup per query head with RoPE and the append fused in (`decode`; heads wider than
+    /// [`kernels::ATTENTION_MAX_HEAD_DIM`]: the prefill's two), or, where its context reaches
+    /// `split_from` positions, split over positions (RoPE fused) and added (`split`:
+    /// [`kernels::attention_split`]).
+    Attention { prefill: [Dispatch; 2], decode: Vec<Dispatch>, split: Option<[Dispatch; 2]>, split_from: usize },
 }
 
 impl Op {
@@ -265,7 +268,8 @@ impl Op {
             Op::Parts(d) => d,
             Op::Linear { gemv, .. } if rows == 1 => gemv,
             Op::Linear { gemm, .. } => gemm,
-            Op::Attention { whole, .. } => std::slice::from_ref(whole),
+            Op::Attention { decode, .. } if rows == 1 => decode,
+            Op::Attention { prefill, .. } => prefill,
         }
     }
 }
@@ -476,8 +480,7 @@ impl GpuLlama {
                 Some(gemv) => vec![Op::Linear { gemv, gemm: std::iter::once(silu).chain(wd.gemm(&ctx, &mut pipes, &state, &act, &tmp)).collect() }],
                 None => std::iter::once(Op::Run(silu)).chain(round_down).chain([linear(&mut pipes, &wd, &act, &act_q, &tmp)]).collect(),
             };
-            let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn };
-            let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
+            let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn, cos: &cos, sin: &sin };
             // The attention norm: of the embedding, or fused with the previous layer's last
             // residual add (one dispatch for both).
             body.push(Op::Run(if first {
@@ -488,12 +491,14 @@ impl GpuLlama {
             first = false;
             body.extend(round_qkv);
             body.extend(lqkv);
-            body.push(Op::Run(kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs)));
-            body.push(Op::Attention {
-                whole: kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores)),
-                split: part.as_ref().map(|part| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(part))),
-                split_from,
-            });
+            let rope_kv = |pipes: &mut Pipelines| kernels::rope_kv(&ctx, pipes, shape, RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc });
+            let prefill = [rope_kv(&mut pipes), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)];
+            let decode = match hd <= kernels::ATTENTION_MAX_HEAD_DIM {
+                true => vec![kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Fused)],
+                false => vec![rope_kv(&mut pipes), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)],
+            };
+            let split = part.as_ref().map(|part| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(part), Rope::Fused));
+            body.push(Op::Attention { prefill, decode, split, split_from });
             body.extend(round_o);
             body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
             body.extend(round_gate_up);

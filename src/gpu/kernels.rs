@@ -41,11 +41,12 @@ pub enum Kernel {
     RmsNorm,
     AddRmsNorm,
     RopeKv,
-    /// One workgroup per query head and row.
-    Attention,
+    /// One workgroup per query head and row; whether RoPE and the cache append are fused in
+    /// ([`Rope::Fused`]).
+    Attention(bool),
     /// Over splits of positions, for the query heads a workgroup serves (a divisor of the
-    /// group, at most 8); [`Kernel::AttentionCombine`] adds the splits.
-    AttentionSplit(u32),
+    /// group, at most 8); [`Kernel::AttentionCombine`] adds the splits. RoPE fused in or not.
+    AttentionSplit(u32, bool),
     AttentionCombine,
     SiluMul,
     Add,
@@ -85,8 +86,8 @@ impl Kernel {
             Kernel::RmsNorm => "rms_norm",
             Kernel::AddRmsNorm => "add_rms_norm",
             Kernel::RopeKv => "rope_kv",
-            Kernel::Attention => "attention",
-            Kernel::AttentionSplit(_) => "attention_split",
+            Kernel::Attention(_) => "attention",
+            Kernel::AttentionSplit(..) => "attention_split",
             Kernel::AttentionCombine => "attention_combine",
             Kernel::SiluMul => "silu_mul",
             Kernel::Add => "add",
@@ -126,8 +127,8 @@ impl Kernel {
             Kernel::RmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/rms_norm.wgsl")),
             Kernel::AddRmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
             Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
-            Kernel::Attention => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention.wgsl")),
-            Kernel::AttentionSplit(_) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention_split.wgsl")),
+            Kernel::Attention(_) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention.wgsl")),
+            Kernel::AttentionSplit(..) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention_split.wgsl")),
             Kernel::AttentionCombine => include_str!("kernels/attention_combine.wgsl"),
             Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
             Kernel::Add => include_str!("kernels/add.wgsl"),
@@ -148,7 +149,8 @@ impl Kernel {
                 .into_iter()
                 .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
                 .collect(),
-            Kernel::AttentionSplit(heads) => vec![("GN", heads as f64)],
+            Kernel::Attention(rope) => vec![("ROPE", rope as u32 as f64)],
+            Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), ("ROPE", rope as u32 as f64)],
             _ => Vec::new(),
         }
     }
@@ -300,9 +302,11 @@ pub fn rope_kv(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShap
 }
 
 /// Buffers of one attention: `q` the step's rows of q, k and v side by side (as
-/// [`RopeKvBuffers::qkv`]; attention reads the queries), `out` `[rows][heads][head_dim]`,
-/// `scratch` f32 for the most rows a step runs: [`attention`]'s scores `[rows][heads][max_ctx]`,
-/// [`attention_split`]'s [`attention_part_floats`] per row.
+/// [`RopeKvBuffers::qkv`]; attention reads the queries, and with RoPE fused in the new keys and
+/// values), `out` `[rows][heads][head_dim]`, `scratch` f32 for the most rows a step runs:
+/// [`attention`]'s scores `[rows][heads][max_ctx]`, [`attention_split`]'s
+/// [`attention_part_floats`] per row; `cos` and `sin` RoPE's tables (as
+/// [`RopeKvBuffers`]'s), read where RoPE is fused in.
 pub struct AttnBuffers<'a> {
     pub state: &'a wgpu::Buffer,
     pub q: &'a wgpu::Buffer,
@@ -310,20 +314,35 @@ pub struct AttnBuffers<'a> {
     pub vcache: &'a wgpu::Buffer,
     pub scratch: &'a wgpu::Buffer,
     pub out: &'a wgpu::Buffer,
+    pub cos: &'a wgpu::Buffer,
+    pub sin: &'a wgpu::Buffer,
+}
+
+/// Whether an attention does [`rope_kv`]'s work itself (`attention_bindings.wgsl`'s `ROPE`,
+/// a pipeline constant): a decode step's, one row, heads of an even width up to
+/// [`ATTENTION_MAX_HEAD_DIM`]; else the cache already holds the step's keys and values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rope {
+    Fused,
+    Before,
 }
 
 /// Both attention kernels' uniform (`attention_bindings.wgsl`): the shape, the score scale,
-/// the queries' row (q, k and v side by side), and the split kernel's `splits` a row.
-fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, splits: u32) -> wgpu::Buffer {
+/// the queries' row (q, k and v side by side), the split kernel's `splits` a row; checks that
+/// heads take RoPE fused in where asked.
+fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, splits: u32, rope: Rope) -> wgpu::Buffer {
+    if rope == Rope::Fused {
+        assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.head_dim % 2 == 0, "RoPE fused into attention of heads {s:?}");
+    }
     let scale = 1.0 / (s.head_dim as f32).sqrt();
     let q_row = (s.heads + 2 * s.kv_heads) * s.head_dim;
     ctx.uniform(label, &[s.heads as u32, s.kv_heads as u32, s.head_dim as u32, s.max_ctx as u32, scale.to_bits(), q_row as u32, splits])
 }
 
 /// Causal grouped-query attention, one workgroup per (query head, row): `attention.wgsl`.
-pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> Dispatch {
-    let params = attention_params(ctx, "attention", s, 0);
-    pipes.bind(ctx, Kernel::Attention, &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out], Grid::per_row(s.heads as u32))
+pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope) -> Dispatch {
+    let params = attention_params(ctx, "attention", s, 0, rope);
+    pipes.bind(ctx, Kernel::Attention(rope == Rope::Fused), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out, b.cos, b.sin], Grid::per_row(s.heads as u32))
 }
 
 /// Positions one [`attention_split`] workgroup takes (`attention_split.wgsl`'s `SPLIT`).
@@ -349,13 +368,13 @@ pub fn attention_part_floats(s: super::twin::AttnShape) -> usize {
 /// kv head's query heads; a long context spread over many workgroups), then
 /// `attention_combine.wgsl` adding the splits. `s.head_dim` is at most
 /// [`ATTENTION_MAX_HEAD_DIM`] (the caller checks).
-pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers) -> [Dispatch; 2] {
+pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope) -> [Dispatch; 2] {
     assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.heads % s.kv_heads == 0, "attention shape {s:?}");
     let splits = s.max_ctx.div_ceil(ATTENTION_SPLIT) as u32;
-    let params = attention_params(ctx, "attention_split", s, splits);
+    let params = attention_params(ctx, "attention_split", s, splits, rope);
     let gn = attention_heads(s.heads / s.kv_heads);
     let grid = Grid::Rows { groups: [(s.heads / gn) as u32, 1, splits], axis: 1, rows_per_group: 1 };
-    let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch], grid);
+    let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32, rope == Rope::Fused), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.cos, b.sin], grid);
     let params = ctx.uniform("attention_combine", &[s.heads as u32, s.head_dim as u32, splits, ATTENTION_SPLIT as u32]);
     let combine = pipes.bind(ctx, Kernel::AttentionCombine, &[&params, b.state, b.scratch, b.out], Grid::per_row(s.heads as u32));
     [split, combine]

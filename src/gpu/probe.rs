@@ -133,8 +133,9 @@ impl GemvBench {
 
 /// A decode step's attention (one query row) over a resident cache of deterministic keys and
 /// values, by the whole kernel (one workgroup per query head) and the split one
-/// ([`kernels::attention_split`]), `reps` calls per submit: what the kernel benchmark times
-/// and [`tune_attention`] chooses between.
+/// ([`kernels::attention_split`]), each with RoPE and the cache append fused in as a decode
+/// step runs them, `reps` calls per submit: what the kernel benchmark times and
+/// [`tune_attention`] chooses between.
 pub struct AttentionBench {
     pub shape: AttnShape,
     pub reps: usize,
@@ -165,9 +166,12 @@ impl AttentionBench {
         let out = ctx.storage("bench_out", (4 * heads * head_dim) as u64)?;
         let state = ctx.storage("bench_state", 8)?;
         let mut pipes = Pipelines::default();
-        let bufs = |scratch| kernels::AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scratch, out: &out };
-        let whole = kernels::attention(ctx, &mut pipes, shape, bufs(&scores));
-        let split = kernels::attention_split(ctx, &mut pipes, shape, bufs(&part));
+        // As a decode step runs them: RoPE and the cache append fused in.
+        let (cos, sin) = super::twin::rope_tables(head_dim, max_ctx, 10000.0);
+        let (cos, sin) = (ctx.storage_init("bench_cos", &kernels::f32_bytes(&cos))?, ctx.storage_init("bench_sin", &kernels::f32_bytes(&sin))?);
+        let bufs = |scratch| kernels::AttnBuffers { state: &state, q: &q, kcache: &kc, vcache: &vc, scratch, out: &out, cos: &cos, sin: &sin };
+        let whole = kernels::attention(ctx, &mut pipes, shape, bufs(&scores), kernels::Rope::Fused);
+        let split = kernels::attention_split(ctx, &mut pipes, shape, bufs(&part), kernels::Rope::Fused);
         let readback = ctx.readback("bench_out", 4);
         Ok(AttentionBench { shape, reps, pipes, whole, split, state, out, readback })
     }

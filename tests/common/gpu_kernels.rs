@@ -3,7 +3,7 @@
 //! Chromium on SwiftShader's WebGPU (`tests/web.rs`, through Tint), on the same seeded shapes.
 #![allow(dead_code)] // each includer runs its part
 
-use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines, RopeKvBuffers};
+use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines, Rope, RopeKvBuffers};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::generate::SampleParams;
@@ -365,7 +365,8 @@ pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
 /// over positions and added), against the twins: grouped-query shapes, decode (one query row)
 /// at the ends and in the middle of the cache, then a prefill chunk of rows (causal: row r at
 /// pos + r sees positions 0..=pos + r), from an empty cache, ending at its last position, and
-/// after a random prefix; RoPE's tables up to 2048 positions.
+/// after a random prefix; RoPE's tables up to 2048 positions. Decode rows also through both
+/// kernels with RoPE and the append fused in (what a decode step runs).
 pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
     // Groups of more query heads than a workgroup serves (18: three workgroups of 6; 11: eleven
@@ -384,6 +385,7 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
         for (pos, rows) in [(0, 1), (max_ctx - 1, 1), (rng.range(0, max_ctx), 1), (0, rows), (max_ctx - rows, rows), (rng.range(0, max_ctx - rows + 1), rows)] {
             let (mut kc, mut vc) = (rng.f32s(kvd * max_ctx), rng.f32s(kvd * max_ctx));
             let (mut k, v, mut q) = (rng.f32s(rows * kvd), rng.f32s(rows * kvd), rng.f32s(rows * heads * hd));
+            let (kc0, vc0, q0, k0) = (kc.clone(), vc.clone(), q.clone(), k.clone());
             // A row's q, k and v side by side, as the products write them.
             let qd = heads * hd;
             let side_by_side = |q: &[f32], k: &[f32], v: &[f32]| -> Vec<f32> {
@@ -395,9 +397,9 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
             let part = ctx.storage("part", (rows * kernels::attention_part_floats(s) * 4) as u64).unwrap();
             let (out, out_split) = (ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap(), ctx.storage("out", (rows * heads * hd * 4) as u64).unwrap());
             let rope = kernels::rope_kv(ctx, &mut pipes, s, RopeKvBuffers { state: &st, cos: &cb, sin: &sb, qkv: &qkvb, kcache: &kcb, vcache: &vcb });
-            let bufs = |scratch, out| AttnBuffers { state: &st, q: &qkvb, kcache: &kcb, vcache: &vcb, scratch, out };
-            let whole = kernels::attention(ctx, &mut pipes, s, bufs(&scores, &out));
-            let [split, combine] = kernels::attention_split(ctx, &mut pipes, s, bufs(&part, &out_split));
+            let bufs = |scratch, out| AttnBuffers { state: &st, q: &qkvb, kcache: &kcb, vcache: &vcb, scratch, out, cos: &cb, sin: &sb };
+            let whole = kernels::attention(ctx, &mut pipes, s, bufs(&scores, &out), Rope::Before);
+            let [split, combine] = kernels::attention_split(ctx, &mut pipes, s, bufs(&part, &out_split), Rope::Before);
             kernels::run(ctx, &pipes, &[rope, whole, split, combine], rows as u32);
             twin::rope(&mut q, heads, hd, pos, 10000.0);
             twin::rope(&mut k, kv_heads, hd, pos, 10000.0);
@@ -418,6 +420,27 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
             let want = twin::attention(s, &got_q, &kc, &vc, pos);
             assert_close(&format!("attention {what}"), &download(ctx, &out, rows * heads * hd).await, &want, |_| 2e-5);
             assert_close(&format!("attention split {what}"), &download(ctx, &out_split, rows * heads * hd).await, &want, |_| 2e-5);
+            if rows > 1 {
+                continue;
+            }
+            // A decode step's: RoPE and the append fused into each kernel, from the row as the
+            // products wrote it and the cache before the append (each kernel its own copy): the
+            // same attention, the same cache after, the row untouched.
+            let row = side_by_side(&q0, &k0, &v);
+            let qkv_fused = upload(ctx, &row);
+            let caches: Vec<(wgpu::Buffer, wgpu::Buffer, wgpu::Buffer)> = (0..2).map(|_| (upload(ctx, &kc0), upload(ctx, &vc0), ctx.storage("out", (heads * hd * 4) as u64).unwrap())).collect();
+            let ((kw, vw, ow), (ks, vs, os)) = (&caches[0], &caches[1]);
+            let whole = kernels::attention(ctx, &mut pipes, s, AttnBuffers { state: &st, q: &qkv_fused, kcache: kw, vcache: vw, scratch: &scores, out: ow, cos: &cb, sin: &sb }, Rope::Fused);
+            let split = AttnBuffers { state: &st, q: &qkv_fused, kcache: ks, vcache: vs, scratch: &part, out: os, cos: &cb, sin: &sb };
+            let [split, combine] = kernels::attention_split(ctx, &mut pipes, s, split, Rope::Fused);
+            kernels::run(ctx, &pipes, &[whole, split, combine], 1);
+            for ((kcache, vcache, out), kernel) in caches.iter().zip(["attention", "attention split"]) {
+                let what = format!("{kernel} with RoPE fused {what}");
+                assert_close(&what, &download(ctx, out, heads * hd).await, &want, |_| 2e-5);
+                assert_close(&format!("{what}: cached keys"), &download(ctx, kcache, kvd * max_ctx).await, &kc, |_| 1e-6);
+                assert_eq!(download(ctx, vcache, kvd * max_ctx).await, vc, "{what}: cached values");
+            }
+            assert_eq!(download(ctx, &qkv_fused, row.len()).await, row, "the fused kernels leave the row as it was");
         }
     }
 }
