@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -87,10 +87,9 @@ pub struct GpuContext {
     gemv: super::GemvKernel,
     /// `gemv_rows.wgsl`'s shape under [`super::GemvKernel::Auto`] (a load may tune it).
     rows_shape: Mutex<super::nbits::RowsShape>,
-    /// Which prefill kernel runs the weights ([`super::GpuOptions::prefill`]).
-    prefill: super::PrefillKernel,
-    /// The prefill kernel under [`super::PrefillKernel::Auto`] (a load may tune it).
-    prefill_auto: Mutex<super::PrefillKernel>,
+    /// Which prefill kernel runs the weights: [`super::GpuOptions::prefill`] where it names
+    /// one, else a load may tune it.
+    prefill: Tunable<super::PrefillKernel>,
     /// Most lanes a `gemv_rows.wgsl` group may add by subgroup shuffles: the adapter's
     /// smallest subgroup where the probe saw subgroups laid over consecutive invocations; 0
     /// without subgroups or where it did not.
@@ -98,33 +97,32 @@ pub struct GpuContext {
     /// The device has WGSL's subgroup operations (see [`GpuContext::has_subgroups`]).
     subgroups: bool,
     /// See [`GpuContext::attention_split_from`].
-    attention_split_from: Tunable,
+    attention_split_from: Tunable<usize>,
     /// See [`super::GpuOptions::decode_ahead`].
-    decode_ahead: Tunable,
+    decode_ahead: Tunable<usize>,
 }
 
-/// A number the options may choose and a load otherwise tunes: its value now, and whether the
+/// A setting the options may choose and a load otherwise tunes: its value now, and whether the
 /// options chose it (a tuning then leaves it as asked).
-#[derive(Debug)]
-struct Tunable {
-    value: AtomicUsize,
+struct Tunable<T> {
+    value: Mutex<T>,
     told: bool,
 }
 
-impl Tunable {
+impl<T: Copy> Tunable<T> {
     /// `chosen` where the options chose, else `default` until a tuning sets it.
-    fn new(chosen: Option<usize>, default: usize) -> Self {
-        Tunable { value: AtomicUsize::new(chosen.unwrap_or(default)), told: chosen.is_some() }
+    fn new(chosen: Option<T>, default: T) -> Self {
+        Tunable { value: Mutex::new(chosen.unwrap_or(default)), told: chosen.is_some() }
     }
 
-    fn get(&self) -> usize {
-        self.value.load(Ordering::Relaxed)
+    fn get(&self) -> T {
+        *self.value.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// A tuning's value, unless the options chose one.
-    fn tune(&self, value: usize) {
+    fn tune(&self, value: T) {
         if !self.told {
-            self.value.store(value, Ordering::Relaxed);
+            *self.value.lock().unwrap_or_else(|e| e.into_inner()) = value;
         }
     }
 }
@@ -195,7 +193,8 @@ impl GpuContext {
         }));
         let info = adapter.get_info();
         let rows_shape = Mutex::new(if is_software(&info) { super::nbits::RowsShape::SOFTWARE } else { super::nbits::RowsShape::GPU });
-        let prefill_auto = Mutex::new(if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
+        let chosen_prefill = (options.prefill != super::PrefillKernel::Auto).then_some(options.prefill);
+        let prefill = Tunable::new(chosen_prefill, if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
         let attention_split_from = Tunable::new(options.attention_split_from, if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU });
         let decode_ahead = Tunable::new(options.decode_ahead, if is_software(&info) { 0 } else { super::DECODE_AHEAD_GPU });
         let mut ctx = GpuContext {
@@ -208,8 +207,7 @@ impl GpuContext {
             lost,
             gemv: options.gemv,
             rows_shape,
-            prefill: options.prefill,
-            prefill_auto,
+            prefill,
             shuffle_lanes: 0,
             subgroups,
             attention_split_from,
@@ -325,17 +323,14 @@ impl GpuContext {
     /// [`super::PrefillKernel::Auto`] the context's choice (fixed on a CPU rasterizer, on a GPU
     /// the default until [`GpuContext::set_prefill_kernel`], a load's tuning). Never `Auto`.
     pub fn prefill_kernel(&self) -> super::PrefillKernel {
-        match self.prefill {
-            super::PrefillKernel::Auto => *self.prefill_auto.lock().unwrap_or_else(|e| e.into_inner()),
-            chosen => chosen,
-        }
+        self.prefill.get()
     }
 
     /// Set the prefill kernel [`super::PrefillKernel::Auto`] stands for (a load's tuning; an
     /// explicit option stays as asked). Kernels bound before keep theirs.
     pub fn set_prefill_kernel(&self, kernel: super::PrefillKernel) {
         if kernel != super::PrefillKernel::Auto {
-            *self.prefill_auto.lock().unwrap_or_else(|e| e.into_inner()) = kernel;
+            self.prefill.tune(kernel);
         }
     }
 
