@@ -311,10 +311,12 @@ pub fn report(
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
+    // Bytes of weights a decode step reads: what the tuning and the estimate scale to.
+    let bytes = q.decode_bytes();
     // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
     let mut tuned_step = None;
     if !ctx.is_software() {
-        let tuning = block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, q.decode_bytes(), options, now))?;
+        let tuning = block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, bytes, options, now))?;
         for said in &tuning.said {
             emit(&format!("load-time tuning for {name}: {said}"));
         }
@@ -391,7 +393,7 @@ pub fn report(
     // the tuning's estimate where the load tuned the chain, as `auto` takes it.
     let est = match tuned_step {
         Some(step) => step,
-        None => block_on(super::probe::estimate_step(model.context(), &cfg, q.decode_bytes(), now))?,
+        None => block_on(super::probe::estimate_step(model.context(), &cfg, bytes, now))?,
     };
     let est_ms = est.ms(ahead);
     emit(&format!(
@@ -407,7 +409,6 @@ pub fn report(
         est.dispatch_ms,
         est_ms / p50
     ));
-    let bytes = q.decode_bytes();
     emit(&format!(
         "  weights read per step {:.1} MB: {:.1} GB/s at the p50 latency (the whole step: every kernel, the submit and the 4-byte readback)",
         bytes as f64 / 1e6,

@@ -240,12 +240,12 @@ enum Op {
     /// weight read once per 32 rows) for a prefill chunk; a dispatch per part of the weight.
     Linear { gemv: Vec<Dispatch>, gemm: Vec<Dispatch> },
     /// RoPE with the cache append, and the attention, bound three ways: for a prefill chunk
-    /// `rope_kv.wgsl` then one workgroup per query head and row; for a decode step one
-    /// workgroup per query head with RoPE and the append fused in (`decode`; heads wider than
-    /// [`kernels::ATTENTION_MAX_HEAD_DIM`]: the prefill's two), or, where its context reaches
-    /// `split_from` positions, split over positions (RoPE fused) and added (`split`:
-    /// [`kernels::attention_split`]).
-    Attention { prefill: [Dispatch; 2], decode: Vec<Dispatch>, split: Option<[Dispatch; 2]>, split_from: usize },
+    /// `rope_kv.wgsl` then one workgroup per query head and row (`prefill`); for a decode step
+    /// one workgroup per query head with RoPE and the append fused in (`fused`; heads wider
+    /// than [`kernels::ATTENTION_MAX_HEAD_DIM`] have none and run the prefill's two), or, where
+    /// its context reaches `split_from` positions, split over positions (RoPE fused) and added
+    /// (`split`: [`kernels::attention_split`]).
+    Attention { prefill: [Dispatch; 2], fused: Option<Dispatch>, split: Option<[Dispatch; 2]>, split_from: usize },
 }
 
 impl Op {
@@ -268,7 +268,7 @@ impl Op {
             Op::Parts(d) => d,
             Op::Linear { gemv, .. } if rows == 1 => gemv,
             Op::Linear { gemm, .. } => gemm,
-            Op::Attention { decode, .. } if rows == 1 => decode,
+            Op::Attention { fused: Some(fused), .. } if rows == 1 => std::slice::from_ref(fused),
             Op::Attention { prefill, .. } => prefill,
         }
     }
@@ -418,11 +418,13 @@ impl GpuLlama {
         let cos = ctx.storage_init("rope_cos", &f32_bytes(&cos))?;
         let sin = ctx.storage_init("rope_sin", &f32_bytes(&sin))?;
         let shape = AttnShape { heads: cfg.num_heads, kv_heads: cfg.num_kv_heads, head_dim: hd, max_ctx };
+        // Heads up to ATTENTION_MAX_HEAD_DIM wide: a decode step's attention does RoPE and the
+        // cache append itself, and may split; wider ones run rope_kv and the whole kernel.
+        let fuses_rope = hd <= kernels::ATTENTION_MAX_HEAD_DIM;
         // The split attention's scratch, for a decode step's one row, where a step can reach
-        // the split (none on a CPU rasterizer, whose default never splits: nothing made for it);
-        // heads wider than it takes run the whole kernel at every position.
+        // the split (none on a CPU rasterizer, whose default never splits: nothing made for it).
         let split_from = ctx.attention_split_from();
-        let part = match hd <= kernels::ATTENTION_MAX_HEAD_DIM && split_from <= max_ctx {
+        let part = match fuses_rope && split_from <= max_ctx {
             true => Some(ctx.storage("attention_part", (kernels::attention_part_floats(shape) * 4) as u64)?),
             false => None,
         };
@@ -491,14 +493,11 @@ impl GpuLlama {
             first = false;
             body.extend(round_qkv);
             body.extend(lqkv);
-            let rope_kv = |pipes: &mut Pipelines| kernels::rope_kv(&ctx, pipes, shape, RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc });
-            let prefill = [rope_kv(&mut pipes), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)];
-            let decode = match hd <= kernels::ATTENTION_MAX_HEAD_DIM {
-                true => vec![kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Fused)],
-                false => vec![rope_kv(&mut pipes), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)],
-            };
+            let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
+            let prefill = [kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)];
+            let fused = fuses_rope.then(|| kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Fused));
             let split = part.as_ref().map(|part| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(part), Rope::Fused));
-            body.push(Op::Attention { prefill, decode, split, split_from });
+            body.push(Op::Attention { prefill, fused, split, split_from });
             body.extend(round_o);
             body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
             body.extend(round_gate_up);

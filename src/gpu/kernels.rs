@@ -41,12 +41,11 @@ pub enum Kernel {
     RmsNorm,
     AddRmsNorm,
     RopeKv,
-    /// One workgroup per query head and row; whether RoPE and the cache append are fused in
-    /// ([`Rope::Fused`]).
-    Attention(bool),
+    /// One workgroup per query head and row; RoPE and the cache append fused in or not.
+    Attention(Rope),
     /// Over splits of positions, for the query heads a workgroup serves (a divisor of the
     /// group, at most 8); [`Kernel::AttentionCombine`] adds the splits. RoPE fused in or not.
-    AttentionSplit(u32, bool),
+    AttentionSplit(u32, Rope),
     AttentionCombine,
     SiluMul,
     Add,
@@ -149,8 +148,8 @@ impl Kernel {
                 .into_iter()
                 .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
                 .collect(),
-            Kernel::Attention(rope) => vec![("ROPE", rope as u32 as f64)],
-            Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), ("ROPE", rope as u32 as f64)],
+            Kernel::Attention(rope) => vec![rope.constant()],
+            Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), rope.constant()],
             _ => Vec::new(),
         }
     }
@@ -321,10 +320,17 @@ pub struct AttnBuffers<'a> {
 /// Whether an attention does [`rope_kv`]'s work itself (`attention_bindings.wgsl`'s `ROPE`,
 /// a pipeline constant): a decode step's, one row, heads of an even width up to
 /// [`ATTENTION_MAX_HEAD_DIM`]; else the cache already holds the step's keys and values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Rope {
     Fused,
     Before,
+}
+
+impl Rope {
+    /// The attention kernels' `ROPE` pipeline constant.
+    fn constant(self) -> (&'static str, f64) {
+        ("ROPE", (self == Rope::Fused) as u32 as f64)
+    }
 }
 
 /// Both attention kernels' uniform (`attention_bindings.wgsl`): the shape, the score scale,
@@ -342,7 +348,7 @@ fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, sp
 /// Causal grouped-query attention, one workgroup per (query head, row): `attention.wgsl`.
 pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope) -> Dispatch {
     let params = attention_params(ctx, "attention", s, 0, rope);
-    pipes.bind(ctx, Kernel::Attention(rope == Rope::Fused), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out, b.cos, b.sin], Grid::per_row(s.heads as u32))
+    pipes.bind(ctx, Kernel::Attention(rope), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out, b.cos, b.sin], Grid::per_row(s.heads as u32))
 }
 
 /// Positions one [`attention_split`] workgroup takes (`attention_split.wgsl`'s `SPLIT`).
@@ -374,7 +380,7 @@ pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::
     let params = attention_params(ctx, "attention_split", s, splits, rope);
     let gn = attention_heads(s.heads / s.kv_heads);
     let grid = Grid::Rows { groups: [(s.heads / gn) as u32, 1, splits], axis: 1, rows_per_group: 1 };
-    let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32, rope == Rope::Fused), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.cos, b.sin], grid);
+    let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32, rope), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.cos, b.sin], grid);
     let params = ctx.uniform("attention_combine", &[s.heads as u32, s.head_dim as u32, splits, ATTENTION_SPLIT as u32]);
     let combine = pipes.bind(ctx, Kernel::AttentionCombine, &[&params, b.state, b.scratch, b.out], Grid::per_row(s.heads as u32));
     [split, combine]

@@ -336,7 +336,7 @@ pub const TINY_ROWS: usize = 64;
 /// an int4 GEMV at the feed-forward shape `[intermediate][hidden]` timed ([`time_gemv`]: its
 /// time and a submit's fixed cost with the readback) and scaled to the step's bytes, plus the
 /// step's dispatches beyond those GEMVs ([`super::decode::decode_dispatches`]: small linears,
-/// norms, RoPE, attention; each a launch and a barrier whatever its bytes) at a
+/// norms, attention with RoPE; each a launch and a barrier whatever its bytes) at a
 /// [`TINY_ROWS`]-row GEMV's time each; and the submit's fixed cost apart, which the greedy
 /// steps chained in it share ([`StepEstimate::ms`]).
 pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<StepEstimate> {

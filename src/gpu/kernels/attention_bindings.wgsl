@@ -64,7 +64,7 @@ fn fresh_kv(r: u32, kvh: u32, lid: u32, append: bool) {
     let ko = r * p.q_row + (p.heads + kvh) * p.head_dim;
     let vo = ko + p.kv_heads * p.head_dim;
     let at = (kvh * p.max_ctx + pos) * p.head_dim;
-    for (var i = lid; i < p.head_dim; i += 64u) {
+    for (var i = lid; i < p.head_dim; i += WG) {
         let k = rotated(ko, i, pos);
         let v = q[vo + i];
         kn[i] = k;
