@@ -16,6 +16,8 @@ use edge_llm::gpu::twin;
 use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, PrefillKernel, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
+use edge_llm::llama::LlamaWeights;
+use edge_llm::model::LlamaConfig;
 use edge_llm::backend::BackendKind;
 use edge_llm::generate::EngineOptions;
 use edge_llm::package::Package;
@@ -319,6 +321,16 @@ fn tiny_q4(symmetric: bool) -> (QuantLlama, edge_llm::llama::onnx_export::Export
 /// on logits of magnitude O(1..10); 1e-4 leaves a 5x margin for other drivers' summation order.
 const LOGITS_TOL: f32 = 1e-4;
 
+/// The logits after each of `tokens`, fed one decode step each from the model's position.
+fn logits_of_each_step(model: &mut GpuLlama, tokens: &[u32]) -> Vec<f32> {
+    let mut got = Vec::new();
+    for &t in tokens {
+        block_on(model.step(Some(t))).unwrap();
+        got.extend(block_on(model.logits()).unwrap());
+    }
+    got
+}
+
 #[test]
 fn tiny_decode_logits_match_reference_and_cpu() {
     for symmetric in [true, false] {
@@ -326,11 +338,7 @@ fn tiny_decode_logits_match_reference_and_cpu() {
         let (q, exported) = tiny_q4(symmetric);
         let cfg = q.cfg.clone();
         let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
-        let mut got = Vec::new();
-        for t in PROMPT {
-            block_on(model.step(Some(t))).unwrap();
-            got.extend(block_on(model.logits()).unwrap());
-        }
+        let got = logits_of_each_step(&mut model, &PROMPT);
         let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
         let d = max_abs_diff(&got, &want);
         eprintln!("symmetric={symmetric}: GPU vs reference logits max |diff| = {d:e}");
@@ -377,6 +385,38 @@ fn tiny_greedy_tokens_hold_with_the_split_attention() {
         assert_eq!(block_on(model.greedy(&PROMPT, 32)).unwrap(), want, "split from {split_from}");
         let d = max_abs_diff(&block_on(model.logits()).unwrap(), &whole_logits);
         assert!(d < LOGITS_TOL, "split from {split_from}: last logits {d} from the whole kernel's");
+    }
+}
+
+/// Heads wider than the fused and split attention kernels take
+/// (`kernels::ATTENTION_MAX_HEAD_DIM`, 256; no model we load has them): every step runs
+/// `rope_kv.wgsl` then the whole kernel, one dispatch a layer more than a fused step (and
+/// `decode_dispatches` counts it), never the split even where the context asks for it from
+/// position 0, and the logits of every prompt position are the reference's (LOGITS_TOL), and
+/// so are 32 greedy tokens.
+#[test]
+fn heads_wider_than_the_fused_attention_run_rope_kv_and_the_whole_kernel() {
+    if gpu().is_none() {
+        return;
+    }
+    for head_dim in [320, 512] {
+        let cfg = LlamaConfig { num_heads: 4, num_kv_heads: 2, head_dim, ..tiny::config() };
+        let q = QuantLlama::quantize(&cfg, &LlamaWeights::random(&cfg, 11), 32, true);
+        let w = q.dequantized();
+        for split_from in [None, Some(0)] {
+            let ctx = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: split_from, ..Default::default() })).unwrap();
+            let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+            let layers = cfg.num_layers;
+            assert_eq!(model.dispatches(1), 8 * layers + 5, "heads of {head_dim}");
+            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 8 * layers + 5);
+            assert!((0..64).all(|pos| !model.splits_attention(pos)), "heads of {head_dim} split");
+            let got = logits_of_each_step(&mut model, &PROMPT);
+            let want = reference::forward(&cfg, &w, &PROMPT, &mut RefKvCache::default()).concat();
+            let d = max_abs_diff(&got, &want);
+            assert!(d < LOGITS_TOL, "heads of {head_dim}: GPU vs reference max |diff| = {d}");
+            // greedy runs from position 0.
+            assert_eq!(block_on(model.greedy(&PROMPT, 32)).unwrap(), reference::greedy(&cfg, &w, &PROMPT, 32), "heads of {head_dim}");
+        }
     }
 }
 
@@ -576,10 +616,12 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     // GEMV's input; and 5: `decode_dispatches`, what `auto`'s probe counts); a prefill chunk
     // runs RoPE and SiLU·mul on their own (9 a layer); a per-row GEMV takes SiLU·mul's output.
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(layers), 7 * layers + 5);
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 5);
     assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 5, 9 * layers + 5), "{layers} layers");
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
-    assert_eq!(GpuLlama::load(per_row, &q, 256).unwrap().dispatches(1), 8 * layers + 5, "the per-row GEMV takes SiLU·mul's output");
+    let per_row = GpuLlama::load(per_row, &q, 256).unwrap();
+    assert_eq!(per_row.dispatches(1), 8 * layers + 5, "the per-row GEMV takes SiLU·mul's output");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, per_row.context()), 8 * layers + 5);
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");

@@ -202,15 +202,20 @@ impl QuantLlama {
     }
 }
 
-/// Compute dispatches a greedy decode step of a Llama of `layers` layers records at least
-/// (biases, rounded activations and weights that do not stack add theirs): per layer the norm
-/// (fused with the previous layer's residual add), q, k and v as one product, the attention
-/// with RoPE and the cache append fused in, the output linear, its add fused with the next
-/// norm, gate and up as one product, down with SiLU·mul fused into its input: 7 (a prefill
+/// Compute dispatches a greedy decode step of a Llama of `cfg`'s shapes records on `ctx` at
+/// least (biases, rounded activations and weights that do not stack add theirs): per layer the
+/// norm (fused with the previous layer's residual add), q, k and v as one product, the
+/// attention with RoPE and the cache append fused in, the output linear, its add fused with the
+/// next norm, gate and up as one product, down with SiLU·mul fused into its input: 7 (a prefill
 /// chunk runs RoPE with the append and SiLU·mul on their own: 9); then the last add, the
-/// embedding gather before and the head's norm, product and pick after.
-pub fn decode_dispatches(layers: usize) -> usize {
-    7 * layers + 5
+/// embedding gather before and the head's norm, product and pick after. One more a layer where
+/// the context's GEMV is the per-row kernel ([`super::GemvKernel::PerRow`]: SiLU·mul on its
+/// own) and one more for heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] (RoPE with the
+/// append on its own).
+pub fn decode_dispatches(cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
+    let per_row = ctx.gemv_kernel() == super::GemvKernel::PerRow;
+    let wide = cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM;
+    (7 + per_row as usize + wide as usize) * cfg.num_layers + 5
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer

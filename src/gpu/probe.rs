@@ -344,7 +344,7 @@ pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, st
     let gemv = time_gemv(ctx, n, k, now).await?;
     let tiny = time_gemv(ctx, TINY_ROWS, k, now).await?;
     let scale = step_bytes as f64 / gemv.bytes as f64;
-    let extra_dispatches = super::decode::decode_dispatches(cfg.num_layers).saturating_sub(scale.ceil() as usize);
+    let extra_dispatches = super::decode::decode_dispatches(cfg, ctx).saturating_sub(scale.ceil() as usize);
     let kernels_ms = gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
     Ok(StepEstimate { kernels_ms, gemv, scale, extra_dispatches, dispatch_ms: tiny.gemv_ms })
 }
