@@ -407,8 +407,8 @@ fn heads_wider_than_the_fused_attention_run_rope_kv_and_the_whole_kernel() {
             let ctx = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: split_from, ..Default::default() })).unwrap();
             let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
             let layers = cfg.num_layers;
-            assert_eq!(model.dispatches(1), 8 * layers + 5, "heads of {head_dim}");
-            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 8 * layers + 5);
+            assert_eq!(model.dispatches(1), 6 * layers + 6, "heads of {head_dim}");
+            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 6 * layers + 6);
             assert!((0..64).all(|pos| !model.splits_attention(pos)), "heads of {head_dim} split");
             let got = logits_of_each_step(&mut model, &PROMPT);
             let want = reference::forward(&cfg, &w, &PROMPT, &mut RefKvCache::default()).concat();
@@ -611,16 +611,18 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a decode step records (7 a layer, q, k and v stacked into one product, gate
-    // and up too, RoPE with the cache append fused into the attention, SiLU·mul into the down
-    // GEMV's input; and 5: `decode_dispatches`, what `auto`'s probe counts); a prefill chunk
-    // runs RoPE and SiLU·mul on their own (9 a layer); a per-row GEMV takes SiLU·mul's output.
+    // Dispatches a decode step records (5 a layer: q, k and v stacked into one product, gate
+    // and up too, each with the residual add and the norm before it fused into its GEMV, RoPE
+    // with the cache append fused into the attention, SiLU·mul into the down GEMV's input; and
+    // 6: the first layer's norm, the embedding, the last add and the head's three:
+    // `decode_dispatches`, what `auto`'s probe counts); a prefill chunk runs the adds with the
+    // norms, RoPE and SiLU·mul on their own (9 a layer); so does a per-row GEMV but RoPE (8).
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 5, 9 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 5 * layers + 6);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (5 * layers + 6, 9 * layers + 5), "{layers} layers");
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     let per_row = GpuLlama::load(per_row, &q, 256).unwrap();
-    assert_eq!(per_row.dispatches(1), 8 * layers + 5, "the per-row GEMV takes SiLU·mul's output");
+    assert_eq!(per_row.dispatches(1), 8 * layers + 5, "the per-row GEMV takes the norms' and SiLU·mul's outputs");
     assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, per_row.context()), 8 * layers + 5);
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;

@@ -9,7 +9,7 @@
 
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines, Rope, RopeKvBuffers};
-use super::nbits::{Activations, BlockWeight, GpuNBits};
+use super::nbits::{Activations, BlockWeight, GpuNBits, NormInput};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
 use crate::backend::SampleParams;
@@ -203,19 +203,25 @@ impl QuantLlama {
 }
 
 /// Compute dispatches a greedy decode step of a Llama of `cfg`'s shapes records on `ctx` at
-/// least (biases, rounded activations and weights that do not stack add theirs): per layer the
-/// norm (fused with the previous layer's residual add), q, k and v as one product, the
-/// attention with RoPE and the cache append fused in, the output linear, its add fused with the
-/// next norm, gate and up as one product, down with SiLU·mul fused into its input: 7 (a prefill
-/// chunk runs RoPE with the append and SiLU·mul on their own: 9); then the last add, the
-/// embedding gather before and the head's norm, product and pick after. One more a layer where
-/// the context's GEMV is the per-row kernel ([`super::GemvKernel::PerRow`]: SiLU·mul on its
-/// own) and one more for heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] (RoPE with the
-/// append on its own).
+/// least (biases, rounded activations and weights that do not stack add theirs): per layer q,
+/// k and v as one product with the residual add and the attention norm fused into its GEMV,
+/// the attention with RoPE and the cache append fused in, the output linear, gate and up as one
+/// product with the add and the feed-forward norm fused in, down with SiLU·mul fused into its
+/// input: 5 (a prefill chunk runs the add with the norm, RoPE with the append and SiLU·mul on
+/// their own: 9); then the first layer's norm (of the embedding, on its own), the last add, the
+/// embedding gather before and the head's norm, product and pick after: 6. Where the context's
+/// GEMV is the per-row kernel ([`super::GemvKernel::PerRow`]) 3 more a layer (the two norms and
+/// SiLU·mul on their own), and one more for heads wider than
+/// [`kernels::ATTENTION_MAX_HEAD_DIM`] (RoPE with the append on its own).
 pub fn decode_dispatches(cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
     let per_row = ctx.gemv_kernel() == super::GemvKernel::PerRow;
     let wide = cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM;
-    (7 + per_row as usize + wide as usize) * cfg.num_layers + 5
+    let per_layer = if per_row { 8 } else { 5 } + wide as usize;
+    match cfg.num_layers {
+        0 => 4,
+        // With the fused GEMVs the first layer's norm is one more (per-row: counted in its 8).
+        layers => per_layer * layers + 5 + !per_row as usize,
+    }
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
@@ -402,7 +408,11 @@ impl GpuLlama {
         let mut kv_cache = Vec::new();
 
         let state = ctx.storage("state", TOKENS_AT + 4 * chunk as u64)?;
-        let x = ctx.storage("x", rows(h))?;
+        // The residual stream: the embedding lands in the first; each residual add writes its
+        // sum to the other (the product after it reads one while a workgroup writes the
+        // other: `gemv_rows_x_norm.wgsl`), so the stream alternates between the two.
+        let stream = [ctx.storage("x", rows(h))?, ctx.storage("x_alt", rows(h))?];
+        let mut cur = 0;
         let xn = ctx.storage("x_norm", rows(h))?;
         // A row's q, k and v side by side (one product where their weights stack).
         let qkv_row = qd + 2 * kvd;
@@ -435,7 +445,7 @@ impl GpuLlama {
         };
 
         let GpuWeights { embed, layers, final_norm, lm_head: head_w, .. } = w;
-        body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &x)));
+        body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &stream[0])));
         let mut first = true;
         for lw in layers {
             let [wq, wk, wv, wo, wg, wu, wd] = lw.linears;
@@ -463,6 +473,22 @@ impl GpuLlama {
                 let x = if w.activations != Activations::Float { rounded } else { x };
                 Op::Linear { gemv: w.gemv(&ctx, pipes, &state, x, y), gemm: w.gemm(&ctx, pipes, &state, x, y) }
             };
+            // Linears reading the norm of the residual stream plus `tmp` (the sum written to
+            // the stream's other buffer): a decode step's GEMVs with the add and norm fused in
+            // where every one of them can (one dispatch less), else `add_rms_norm.wgsl` first
+            // (a prefill chunk always), then the rounding where they ask for it.
+            let normed = |pipes: &mut Pipelines, ws: &[GpuNBits], norm: NormInput, rounding: Option<Op>, y: &wgpu::Buffer| -> Vec<Op> {
+                let separate = kernels::add_rms_norm(&ctx, pipes, h, norm, &xn);
+                let fused: Option<Vec<Vec<Dispatch>>> = ws.iter().map(|w| w.gemv_norm(&ctx, pipes, &state, norm, y)).collect();
+                match fused {
+                    Some(fused) => {
+                        let mut before = Some(separate);
+                        let gemm = |w: &GpuNBits, pipes: &mut Pipelines, before: Option<Dispatch>| before.into_iter().chain(w.gemm(&ctx, pipes, &state, &xn, y)).collect();
+                        ws.iter().zip(fused).map(|(w, gemv)| Op::Linear { gemv, gemm: gemm(w, pipes, before.take()) }).collect()
+                    }
+                    None => std::iter::once(Op::Run(separate)).chain(rounding).chain(ws.iter().map(|w| linear(pipes, w, &xn, &xn_q, y))).collect(),
+                }
+            };
             parts.extend([&wq, &wk, &wv, &wo, &wg, &wu, &wd].map(|w| w.parts.len()));
             // q, k and v as one weight where they stack (one product), else each writing its
             // columns of the row; gate and up alike.
@@ -475,9 +501,7 @@ impl GpuLlama {
                 None => vec![wg.placed(&ctx, 0, 2 * inter), wu.placed(&ctx, inter, 2 * inter)],
             };
             drop((wq, wk, wv, wg, wu));
-            let lqkv: Vec<Op> = qkv_w.iter().map(|w| linear(&mut pipes, w, &xn, &xn_q, &qkv)).collect();
             let lo = linear(&mut pipes, &wo, &attn, &attn_q, &tmp);
-            let lgu: Vec<Op> = gate_up_w.iter().map(|w| linear(&mut pipes, w, &xn, &xn_q, &gate_up)).collect();
             // The down projection: its GEMV reads SiLU(gate)·up straight from the gate and up
             // products where it can (a float-input rows GEMV: one dispatch less a decode step);
             // a prefill chunk, and any other GEMV, runs silu_mul.wgsl first.
@@ -488,25 +512,28 @@ impl GpuLlama {
                 None => std::iter::once(Op::Run(silu)).chain(round_down).chain([linear(&mut pipes, &wd, &act, &act_q, &tmp)]).collect(),
             };
             let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn, cos: &cos, sin: &sin };
-            // The attention norm: of the embedding, or fused with the previous layer's last
-            // residual add (one dispatch for both).
-            body.push(Op::Run(if first {
-                kernels::rms_norm(&ctx, &mut pipes, h, eps, &x, &attn_norm, &xn)
+            // The attention norm: of the embedding, or with the previous layer's last residual
+            // add, then q, k and v.
+            if first {
+                body.push(Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &stream[cur], &attn_norm, &xn)));
+                body.extend(round_qkv);
+                body.extend(qkv_w.iter().map(|w| linear(&mut pipes, w, &xn, &xn_q, &qkv)));
             } else {
-                kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &attn_norm, &xn)
-            }));
+                let norm = NormInput { x: &stream[cur], resid: &tmp, gain: &attn_norm, x_sum: &stream[1 - cur], eps };
+                body.extend(normed(&mut pipes, &qkv_w, norm, round_qkv, &qkv));
+                cur = 1 - cur;
+            }
             first = false;
-            body.extend(round_qkv);
-            body.extend(lqkv);
             let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
             let prefill = [kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)];
             let fused = fuses_rope.then(|| kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Fused));
             let split = part.as_ref().map(|part| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(part), Rope::Fused));
             body.push(Op::Attention { prefill, fused, split, split_from });
             body.extend(round_o);
-            body.extend([lo, Op::Run(kernels::add_rms_norm(&ctx, &mut pipes, h, eps, &x, &tmp, &ffn_norm, &xn))]);
-            body.extend(round_gate_up);
-            body.extend(lgu);
+            body.push(lo);
+            let norm = NormInput { x: &stream[cur], resid: &tmp, gain: &ffn_norm, x_sum: &stream[1 - cur], eps };
+            body.extend(normed(&mut pipes, &gate_up_w, norm, round_gate_up, &gate_up));
+            cur = 1 - cur;
             // Its residual add runs in the next layer's norm, the last layer's below.
             body.extend(down);
             weights.extend(qkv_w.into_iter().chain([wo]).chain(gate_up_w).chain([wd]));
@@ -514,7 +541,7 @@ impl GpuLlama {
             kv_cache.push([kc, vc]);
         }
         if !first {
-            body.push(Op::Run(kernels::add(&ctx, &mut pipes, h, &x, &tmp)));
+            body.push(Op::Run(kernels::add(&ctx, &mut pipes, h, &stream[cur], &tmp)));
         }
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
         let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
@@ -545,6 +572,10 @@ impl GpuLlama {
         weights.extend(head_w);
         bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
         bufs.extend(part);
+        // The stream's buffer the last layer's add ends in: the head reads its last row.
+        let [x, other] = stream;
+        let (x, other) = if cur == 0 { (x, other) } else { (other, x) };
+        bufs.push(other);
         let ahead = ctx.decode_ahead();
         let token_readback = ctx.readback("token", 4 * (1 + ahead) as u64);
         let ahead_state = match ahead {

@@ -33,8 +33,10 @@ pub enum Kernel {
     /// (rows of whole 16-byte chunks), over `xrows` rows of x a workgroup; whether the lanes'
     /// shares are added by subgroup shuffles (see [`GpuContext::shuffles`]) rather than a
     /// barrier tree; whether x is SiLU(gate)·up of a `[gate | up]` row (`glu`: the feed-forward's
-    /// activation fused into the down projection).
-    GemvRows { kind: NBitsKind, lanes: u32, rows: u32, xrows: u32, shuffles: bool, glu: bool },
+    /// activation fused into the down projection); whether x is the residual stream plus a
+    /// projection, RMS-normalized with this epsilon (`norm`, the f32's bits: the add and the
+    /// norm before q/k/v or gate/up fused in, `gemv_rows_x_norm.wgsl`).
+    GemvRows { kind: NBitsKind, lanes: u32, rows: u32, xrows: u32, shuffles: bool, glu: bool, norm: Option<u32> },
     GemmNBits(NBitsKind),
     EmbedNBits(NBitsKind),
     BiasNBits,
@@ -61,14 +63,25 @@ impl Kernel {
     /// `gemv_rows.wgsl` at `lanes` lanes and `rows` rows a group over `xrows` rows of x,
     /// reduced by shuffles where `ctx` allows it for that many lanes.
     pub fn gemv_rows(ctx: &GpuContext, kind: NBitsKind, lanes: u32, rows: u32, xrows: u32) -> Kernel {
-        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false }
+        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false, norm: None }
     }
 
     /// This kernel reading SiLU(gate)·up of `[gate | up]` rows as its x, where it can (the
     /// rows GEMV); `None` for any other kernel.
     pub fn with_glu(self) -> Option<Kernel> {
         match self {
-            Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, .. } => Some(Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, glu: true }),
+            Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, norm: None, .. } => Some(Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, glu: true, norm: None }),
+            _ => None,
+        }
+    }
+
+    /// This kernel reading RMSNorm(x + resid) with `eps` as its x (and writing x + resid), where
+    /// it can: the rows GEMV over one row of x; `None` for any other kernel.
+    pub fn with_norm(self, eps: f32) -> Option<Kernel> {
+        match self {
+            Kernel::GemvRows { kind, lanes, rows, xrows: 1, shuffles, glu: false, .. } => {
+                Some(Kernel::GemvRows { kind, lanes, rows, xrows: 1, shuffles, glu: false, norm: Some(eps.to_bits()) })
+            }
             _ => None,
         }
     }
@@ -110,13 +123,27 @@ impl Kernel {
                 include_str!("kernels/gemv_nbits.wgsl"),
                 include_str!("kernels/gemv_reduce_subgroups.wgsl")
             ),
-            Kernel::GemvRows { shuffles: false, .. } => concat!(
+            Kernel::GemvRows { shuffles: false, norm: None, .. } => concat!(
                 include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_rows_x.wgsl"),
                 include_str!("kernels/gemv_rows.wgsl"),
                 include_str!("kernels/gemv_rows_reduce_workgroup.wgsl")
             ),
-            Kernel::GemvRows { shuffles: true, .. } => concat!(
+            Kernel::GemvRows { shuffles: true, norm: None, .. } => concat!(
                 include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_rows_x.wgsl"),
+                include_str!("kernels/gemv_rows.wgsl"),
+                include_str!("kernels/gemv_rows_reduce_subgroups.wgsl")
+            ),
+            Kernel::GemvRows { shuffles: false, norm: Some(_), .. } => concat!(
+                include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_rows_x_norm.wgsl"),
+                include_str!("kernels/gemv_rows.wgsl"),
+                include_str!("kernels/gemv_rows_reduce_workgroup.wgsl")
+            ),
+            Kernel::GemvRows { shuffles: true, norm: Some(_), .. } => concat!(
+                include_str!("kernels/nbits.wgsl"),
+                include_str!("kernels/gemv_rows_x_norm.wgsl"),
                 include_str!("kernels/gemv_rows.wgsl"),
                 include_str!("kernels/gemv_rows_reduce_subgroups.wgsl")
             ),
@@ -143,10 +170,11 @@ impl Kernel {
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
-            Kernel::GemvRows { kind, lanes, rows, xrows, glu, .. } => kind
+            Kernel::GemvRows { kind, lanes, rows, xrows, glu, norm, .. } => kind
                 .constants()
                 .into_iter()
                 .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
+                .chain(norm.map(|eps| ("EPS", f32::from_bits(eps) as f64)))
                 .collect(),
             Kernel::Attention(rope) => vec![rope.constant()],
             Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), rope.constant()],
@@ -272,12 +300,12 @@ pub fn rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, x: 
     pipes.bind(ctx, Kernel::RmsNorm, &[&params, x, g, y], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
-/// `x += t` over the step's rows, then RMSNorm of the sums into `y` (all `[rows][n]`): the
-/// residual add and the next norm in one dispatch, one workgroup per row.
-#[allow(clippy::too_many_arguments)]
-pub fn add_rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, x: &wgpu::Buffer, t: &wgpu::Buffer, g: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {
-    let params = ctx.uniform("add_rms_norm", &[n as u32, eps.to_bits()]);
-    pipes.bind(ctx, Kernel::AddRmsNorm, &[&params, x, t, g, y], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
+/// `sum = x + t` over the step's rows, then RMSNorm of the sums into `y` (all `[rows][n]`):
+/// the residual add and the next norm in one dispatch, one workgroup per row. The same as
+/// `norm`'s fused GEMV ([`super::nbits::GpuNBits::gemv_norm`]) gives its product and writes.
+pub fn add_rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, norm: super::nbits::NormInput, y: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("add_rms_norm", &[n as u32, norm.eps.to_bits()]);
+    pipes.bind(ctx, Kernel::AddRmsNorm, &[&params, norm.x, norm.resid, norm.gain, y, norm.x_sum], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
 /// Buffers of one [`rope_kv`]: the step state, the CPU's cos and sin tables, the step's rows of

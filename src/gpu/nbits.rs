@@ -428,6 +428,18 @@ impl Part {
     }
 }
 
+/// The input of a GEMV with the residual add and RMSNorm before it fused in
+/// ([`GpuNBits::gemv_norm`]): the residual stream `x`, the projection `resid` added to it, the
+/// norm's `gain` and `eps`, and the buffer `x + resid` goes to.
+#[derive(Clone, Copy)]
+pub struct NormInput<'a> {
+    pub x: &'a wgpu::Buffer,
+    pub resid: &'a wgpu::Buffer,
+    pub gain: &'a wgpu::Buffer,
+    pub x_sum: &'a wgpu::Buffer,
+    pub eps: f32,
+}
+
 /// A block-quantized weight on the GPU, in one part or split by rows into several (a large
 /// head or embedding table over a small `maxStorageBufferBindingSize`): the kernels run once
 /// per part, each writing its rows of the output.
@@ -559,7 +571,7 @@ impl GpuNBits {
 
     /// [`GpuNBits::gemv`] with the kernel `choice` (the benchmark compares them).
     pub fn gemv_with(&self, ctx: &GpuContext, pipes: &mut Pipelines, choice: GemvKernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
-        self.bind_rows_kernel(ctx, pipes, self.gemv_kernel(ctx, choice), state, x, y)
+        self.bind_rows_kernel(ctx, pipes, self.gemv_kernel(ctx, choice), state, x, y, &[])
     }
 
     /// `y[r] = W silu(gate[r]) * up[r]` for each of the step's rows, `gate_up` holding rows
@@ -569,7 +581,22 @@ impl GpuNBits {
     /// [`GpuNBits::gemv`]).
     pub fn gemv_glu(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, gate_up: &wgpu::Buffer, y: &wgpu::Buffer) -> Option<Vec<Dispatch>> {
         let kernel = self.gemv_kernel(ctx, ctx.gemv_kernel()).with_glu()?;
-        Some(self.bind_rows_kernel(ctx, pipes, kernel, state, gate_up, y))
+        Some(self.bind_rows_kernel(ctx, pipes, kernel, state, gate_up, y, &[]))
+    }
+
+    /// `y[r] = W RMSNorm(x[r] + resid[r])` (gain `gain`, epsilon `eps`) for each of the step's
+    /// rows (the engine's decode step: one), `x + resid` also
+    /// written to `x_sum`: the residual add and the norm before a decode step's product fused
+    /// into it (one dispatch less), where `ctx`'s GEMV is the rows kernel for this weight and it
+    /// computes on float activations; `None` where not (the caller runs `add_rms_norm.wgsl`,
+    /// then [`GpuNBits::gemv`]). Every workgroup reads the same `x` and `resid`, so binding the
+    /// same three to several weights (q, k and v unstacked) writes the same `x_sum`.
+    pub fn gemv_norm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, norm: NormInput, y: &wgpu::Buffer) -> Option<Vec<Dispatch>> {
+        if self.activations != Activations::Float {
+            return None;
+        }
+        let kernel = self.gemv_kernel(ctx, ctx.gemv_kernel()).with_norm(norm.eps)?;
+        Some(self.bind_rows_kernel(ctx, pipes, kernel, state, norm.x, y, &[norm.resid, norm.gain, norm.x_sum]))
     }
 
     /// The decode GEMV's kernel for this weight under `choice`.
@@ -588,7 +615,8 @@ impl GpuNBits {
 
     /// Bind `kernel` (a GEMV) over every part, a workgroup per group of output rows and of x
     /// rows, and the bias after.
-    fn bind_rows_kernel(&self, ctx: &GpuContext, pipes: &mut Pipelines, kernel: Kernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Vec<Dispatch> {
+    #[allow(clippy::too_many_arguments)]
+    fn bind_rows_kernel(&self, ctx: &GpuContext, pipes: &mut Pipelines, kernel: Kernel, state: &wgpu::Buffer, x: &wgpu::Buffer, y: &wgpu::Buffer, extra: &[&wgpu::Buffer]) -> Vec<Dispatch> {
         let (rows_per_group, xrows) = match kernel {
             Kernel::GemvRows { lanes, rows, xrows, .. } => (64 / lanes * rows, xrows),
             _ => (1, 1),
@@ -597,7 +625,7 @@ impl GpuNBits {
             let [gx, gy] = grid(ctx, (p.rows.len() as u32).div_ceil(rows_per_group));
             let grid = Grid::Rows { groups: [gx, gy, 1], axis: 2, rows_per_group: xrows };
             match kernel {
-                Kernel::GemvRows { .. } => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid),
+                Kernel::GemvRows { .. } => pipes.bind(ctx, kernel, &[&[&p.params, x, &p.data, &p.scales, &p.zps, y, state], extra].concat(), grid),
                 _ => pipes.bind(ctx, kernel, &[&p.params, x, &p.data, &p.scales, &p.zps, y], grid),
             }
         };
@@ -631,7 +659,7 @@ impl GpuNBits {
                     GemvKernel::Rows { lanes, rows } => (lanes, rows),
                     _ => self.spec.rows_kernel_shape(ctx.rows_shape()),
                 };
-                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows), state, x, y);
+                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows), state, x, y, &[]);
             }
         }
         let bind = |p: &Part, pipes: &mut Pipelines| {

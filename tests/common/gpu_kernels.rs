@@ -4,7 +4,7 @@
 #![allow(dead_code)] // each includer runs its part
 
 use edge_llm::gpu::kernels::{self, f32_bytes, AttnBuffers, Pipelines, Rope, RopeKvBuffers};
-use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
+use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, NormInput, RowsShape, ZeroPointKind, ZeroPoints};
 use edge_llm::gpu::twin::{self, AttnShape};
 use edge_llm::generate::SampleParams;
 use edge_llm::gpu::{GemvKernel, GpuContext, GpuOptions, PrefillKernel, ROWS_KERNEL_LANES, ROWS_KERNEL_ROWS, ROWS_KERNEL_XROWS};
@@ -154,19 +154,22 @@ pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reduc
 
 /// A product a test runs: the decode GEMV (over any number of rows), the decode GEMV reading
 /// SiLU(gate)·up of `[gate | up]` rows (the down projection with its activation fused, where
-/// the weight takes the rows kernel), or the prefill's with a given kernel.
+/// the weight takes the rows kernel), the decode GEMV reading RMSNorm(x + t) and writing
+/// x + t (the residual add and the norm before q/k/v or gate/up fused, where the weight takes
+/// the rows kernel), or the prefill's with a given kernel.
 #[derive(Debug, Clone, Copy)]
 pub enum Product {
     Gemv,
     GemvGlu,
+    GemvNorm,
     Gemm(PrefillKernel),
 }
 
-/// The block-quantized (and float) matmul through the decode GEMV (also with SiLU·mul fused
-/// into its input) and every prefill kernel, all against the one twin, for every kind on every
+/// The block-quantized (and float) matmul through the decode GEMV (also with SiLU·mul, and
+/// the residual add with RMSNorm, fused into its input) and every prefill kernel, all against the one twin, for every kind on every
 /// shape: f32 sums in another order, so within a few ulps of the sum of |terms|.
 pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    let products: Vec<Product> = [Product::Gemv, Product::GemvGlu].into_iter().chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
+    let products: Vec<Product> = [Product::Gemv, Product::GemvGlu, Product::GemvNorm].into_iter().chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
     matmul_matches_twin(ctx, rng, shapes, &products).await
 }
 
@@ -175,11 +178,11 @@ pub async fn gemv_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize
     matmul_matches_twin(ctx, rng, shapes, &[Product::Gemv]).await
 }
 
-/// [`block_matmul_matches_twin`] for the decode GEMV (also with SiLU·mul fused) and the
+/// [`block_matmul_matches_twin`] for the decode GEMV (also with each fusion) and the
 /// prefill through `gemv_rows.wgsl` at each x row count (with the context's lanes and rows per
 /// group).
 pub async fn rows_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    let products: Vec<Product> = [Product::Gemv, Product::GemvGlu].into_iter().chain(ROWS_KERNEL_XROWS.map(|xrows| Product::Gemm(PrefillKernel::Rows { xrows }))).collect();
+    let products: Vec<Product> = [Product::Gemv, Product::GemvGlu, Product::GemvNorm].into_iter().chain(ROWS_KERNEL_XROWS.map(|xrows| Product::Gemm(PrefillKernel::Rows { xrows }))).collect();
     matmul_matches_twin(ctx, rng, shapes, &products).await
 }
 
@@ -194,6 +197,11 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
             let gate_up = rng.f32s(rows * 2 * k);
             let (gate, up): (Vec<f32>, Vec<f32>) = (gate_up.chunks(2 * k).flat_map(|r| r[..k].to_vec()).collect(), gate_up.chunks(2 * k).flat_map(|r| r[k..].to_vec()).collect());
             let act = twin::silu_mul(&gate, &up);
+            // The normed product's input: the residual stream x plus t, and its norm.
+            let (t, gain) = (rng.f32s(rows * k), rng.f32s(k));
+            let mut sum = x.clone();
+            twin::add(&mut sum, &t);
+            let normed = twin::rms_norm(&sum, &gain, 1e-5);
             let deq = w.dequantized();
             let mag = |x: &[f32], i: usize| -> f32 {
                 let (r, j) = (i / n, i % n);
@@ -201,6 +209,8 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
             };
             let gw = GpuNBits::upload(ctx, "w", &w).unwrap();
             let (xb, gub, st) = (upload(ctx, &x), upload(ctx, &gate_up), state(ctx, 0, rows, &[]));
+            let (tb, gainb, sumb) = (upload(ctx, &t), upload(ctx, &gain), ctx.storage("x_sum", (rows * k * 4) as u64).unwrap());
+            let norm = NormInput { x: &xb, resid: &tb, gain: &gainb, x_sum: &sumb, eps: 1e-5 };
             // The rows kernel is the decode GEMV (which alone takes SiLU·mul fused).
             let rows_gemv = gw.spec.rows_kernel_fits() && ctx.gemv_kernel() != GemvKernel::PerRow;
             for &product in products {
@@ -214,6 +224,13 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
                             continue;
                         }
                     },
+                    Product::GemvNorm => match gw.gemv_norm(ctx, &mut pipes, &st, norm, &yb) {
+                        Some(d) => (d, &normed),
+                        None => {
+                            assert!(!rows_gemv, "the rows GEMV takes the add and norm fused: n={n} k={k} bs={bs} {kind:?}");
+                            continue;
+                        }
+                    },
                     Product::Gemm(kernel) => (gw.gemm_with(ctx, &mut pipes, kernel, &st, &xb, &yb), &x),
                 };
                 kernels::run(ctx, &pipes, &d, rows as u32);
@@ -221,11 +238,17 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
                 let op = match product {
                     Product::Gemv => format!("gemv {:?} (rows kernel fits: {})", ctx.gemv_kernel(), gw.spec.rows_kernel_fits()),
                     Product::GemvGlu => format!("gemv {:?} of silu(gate)*up", ctx.gemv_kernel()),
+                    Product::GemvNorm => format!("gemv {:?} of rms_norm(x + t)", ctx.gemv_kernel()),
                     Product::Gemm(kernel) => format!("prefill {kernel} (rows kernel fits: {}, gemv {:?})", gw.spec.rows_kernel_fits(), ctx.gemv_kernel()),
                 };
                 let what = format!("{op} n={n} k={k} bs={bs} rows={rows} {kind:?} subgroups={}", ctx.has_subgroups());
                 let want = twin::gemv_nbits(&w, input);
                 assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(input, i));
+                if let Product::GemvNorm = product {
+                    // Each row's x + t, exactly the twin's; x as it was.
+                    assert_eq!(download(ctx, &sumb, rows * k).await, sum, "{what}: x + t");
+                    assert_eq!(download(ctx, &xb, rows * k).await, x, "{what}: x untouched");
+                }
             }
         }
     }
@@ -345,14 +368,15 @@ pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
         assert_close(&format!("rms_norm n={n} rows={rows}"), &plain, &twin::rms_norm(&x, &g, 1e-5), |_| 1e-5);
         // The residual add and the norm in one dispatch: the sum exactly the twin's, the norm
         // bit-identical to rms_norm.wgsl's of that sum.
-        let (tb, yb2) = (upload(ctx, &t), ctx.storage("y", (rows * n * 4) as u64).unwrap());
-        let d = kernels::add_rms_norm(ctx, &mut pipes, n, 1e-5, &xb, &tb, &gb, &yb2);
+        let (tb, yb2, sb) = (upload(ctx, &t), ctx.storage("y", (rows * n * 4) as u64).unwrap(), ctx.storage("sum", (rows * n * 4) as u64).unwrap());
+        let d = kernels::add_rms_norm(ctx, &mut pipes, n, NormInput { x: &xb, resid: &tb, gain: &gb, x_sum: &sb, eps: 1e-5 }, &yb2);
         kernels::run(ctx, &pipes, &[d], rows as u32);
         let mut sum = x.clone();
         twin::add(&mut sum, &t);
-        assert_eq!(download(ctx, &xb, rows * n).await, sum, "add_rms_norm's sum n={n} rows={rows}");
+        assert_eq!(download(ctx, &sb, rows * n).await, sum, "add_rms_norm's sum n={n} rows={rows}");
+        assert_eq!(download(ctx, &xb, rows * n).await, x, "add_rms_norm leaves x n={n} rows={rows}");
         let fused = download(ctx, &yb2, rows * n).await;
-        let d = kernels::rms_norm(ctx, &mut pipes, n, 1e-5, &xb, &gb, &yb);
+        let d = kernels::rms_norm(ctx, &mut pipes, n, 1e-5, &sb, &gb, &yb);
         kernels::run(ctx, &pipes, &[d], rows as u32);
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert!(bits(&fused) == bits(&download(ctx, &yb, rows * n).await), "add_rms_norm vs rms_norm of the sum n={n} rows={rows}");

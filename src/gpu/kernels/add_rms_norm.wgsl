@@ -1,13 +1,16 @@
 // Residual add, then RMSNorm of the sum, over a step's rows (one dispatch for the two):
-// x[r][i] += t[r][i]; y[r][i] = x[r][i] / sqrt(mean(x[r]^2) + eps) * g[i]. One workgroup per
+// s[r][i] = x[r][i] + t[r][i]; y[r][i] = s[r][i] / sqrt(mean(s[r]^2) + eps) * g[i]. The sum
+// goes to another buffer than x (the residual stream alternates between two, as where the
+// add and norm are fused into the GEMV after them: gemv_rows_x_norm.wgsl). One workgroup per
 // row r (norm.wgsl's reduction); each invocation normalizes the elements it summed, so no
-// invocation reads another's writes to x. The same arithmetic in the same order as the add and
+// invocation reads another's writes to s. The same arithmetic in the same order as the add and
 // rms_norm.wgsl: bit-identical. Twin: gpu::twin::add, then gpu::twin::rms_norm.
 
-@group(0) @binding(1) var<storage, read_write> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> t: array<f32>;
 @group(0) @binding(3) var<storage, read> g: array<f32>;
 @group(0) @binding(4) var<storage, read_write> y: array<f32>;
+@group(0) @binding(5) var<storage, read_write> s: array<f32>;
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -15,11 +18,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc = 0.0;
     for (var i = lid; i < p.n; i += WG) {
         let v = x[base + i] + t[base + i];
-        x[base + i] = v;
+        s[base + i] = v;
         acc += v * v;
     }
     let inv = inv_rms(acc, lid);
     for (var i = lid; i < p.n; i += WG) {
-        y[base + i] = x[base + i] * inv * g[i];
+        y[base + i] = s[base + i] * inv * g[i];
     }
 }

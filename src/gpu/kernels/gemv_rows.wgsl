@@ -17,6 +17,9 @@
 // With GLU, x is the feed-forward's activation of [gate | up] rows (each k wide; silu_mul.wgsl
 // fused into the down projection): x[r][i] = silu(gate[r][i]) * up[r][i], computed as that
 // kernel does where the chunk's x is loaded.
+// With gemv_rows_x_norm.wgsl (NORM 1; gemv_rows_x.wgsl otherwise, NORM 0), x is the residual
+// stream plus a projection, normalized as it is loaded (the add and RMSNorm before a decode
+// step's q/k/v or gate/up product fused in; that file says how).
 // Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES * ROWS))
 // workgroups as x + y * nwg.x, ceil(rows / XROWS) as z.
 // Twin: gpu::twin::gemv_nbits (with GLU: of gpu::twin::silu_mul).
@@ -41,6 +44,15 @@ struct State {
 
 const WG: u32 = 64u;
 
+// With NORM: this invocation's sum of the squares of the x it loaded, and whether it writes
+// the residual sum (gemv_rows_x_norm.wgsl).
+var<private> sumsq: f32;
+var<private> writes_sum: bool;
+// Where a lane group's sum of squares goes among its sums to add (after the rows' sums).
+fn sumsq_slot() -> u32 {
+    return min(ROWS * XROWS, 15u);
+}
+
 // The x values of one chunk of row r from its vec4 `first`: 32 / BITS vec4s (8 for int4, 4
 // int8, 2 f16, 1 f32), loaded once for the ROWS rows that use them.
 fn load_x(r: u32, first: u32) -> array<vec4<f32>, 8> {
@@ -56,7 +68,7 @@ fn load_x(r: u32, first: u32) -> array<vec4<f32>, 8> {
     }
     let x0 = r * p.k / 4u + first;
     for (var i = 0u; i < 32u / BITS; i++) {
-        a[i] = x[x0 + i];
+        a[i] = normed_x(x0 + i, first + i);
     }
     return a;
 }
@@ -111,6 +123,7 @@ fn main(
     let j0 = ((wid.x + wid.y * nwg.x) * (WG / LANES) + lid / LANES) * ROWS;
     let lane = lid % LANES;
     let r0 = wid.z * XROWS;
+    writes_sum = (wid.x + wid.y * nwg.x == 0u) && (lid < LANES);
     let nx = min(XROWS, state.rows - min(r0, state.rows));
     var s: array<f32, 16>; // [x row][row]
     let chunks = words_per_row() / 4u;
@@ -136,13 +149,17 @@ fn main(
             }
         }
     }
+    if (NORM == 1u) {
+        s[sumsq_slot()] = sumsq;
+    }
     // The lane group's shares added (gemv_rows_reduce_*.wgsl), the sums in its first lane.
     let sums = reduce_lanes(s, lid);
+    let scale = row_scale(sums[sumsq_slot()]);
     if (lane == 0u) {
         for (var t = 0u; t < XROWS; t++) {
             for (var q = 0u; q < ROWS; q++) {
                 if (t < nx && j0 + q < p.n) {
-                    y[(r0 + t) * p.total + p.row0 + j0 + q] = sums[t * ROWS + q];
+                    y[(r0 + t) * p.total + p.row0 + j0 + q] = sums[t * ROWS + q] * scale;
                 }
             }
         }
