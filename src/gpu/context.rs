@@ -100,6 +100,8 @@ pub struct GpuContext {
     attention_split_from: Tunable<usize>,
     /// See [`super::GpuOptions::decode_ahead`].
     decode_ahead: Tunable<usize>,
+    /// See [`super::GpuOptions::fuse_norm`].
+    fuse_norm: Tunable<bool>,
 }
 
 /// A setting the options may choose and a load otherwise tunes: its value now, and whether the
@@ -197,6 +199,7 @@ impl GpuContext {
         let prefill = Tunable::new(chosen_prefill, if is_software(&info) { super::PrefillKernel::SOFTWARE } else { super::PrefillKernel::GPU });
         let attention_split_from = Tunable::new(options.attention_split_from, if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU });
         let decode_ahead = Tunable::new(options.decode_ahead, if is_software(&info) { 0 } else { super::DECODE_AHEAD_GPU });
+        let fuse_norm = Tunable::new(options.fuse_norm, !is_software(&info));
         let mut ctx = GpuContext {
             device,
             queue,
@@ -212,6 +215,7 @@ impl GpuContext {
             subgroups,
             attention_split_from,
             decode_ahead,
+            fuse_norm,
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -351,6 +355,18 @@ impl GpuContext {
     /// Models loaded before keep theirs.
     pub fn set_decode_ahead(&self, steps: usize) {
         self.decode_ahead.tune(steps.min(super::DECODE_AHEAD_MAX));
+    }
+
+    /// Whether a decode step's residual adds and norms run inside the GEMVs after them
+    /// ([`super::GpuOptions::fuse_norm`]).
+    pub fn fuses_norm(&self) -> bool {
+        self.fuse_norm.get()
+    }
+
+    /// Set whether a decode step's norms are fused into the GEMVs (a load's tuning; a choice in
+    /// the options stays as asked). Models loaded before keep theirs.
+    pub fn set_fuse_norm(&self, fuse: bool) {
+        self.fuse_norm.tune(fuse);
     }
 
     /// Set where a decode step's attention splits (a load's tuning; a position chosen in the

@@ -203,24 +203,26 @@ impl QuantLlama {
 }
 
 /// Compute dispatches a greedy decode step of a Llama of `cfg`'s shapes records on `ctx` at
-/// least (biases, rounded activations and weights that do not stack add theirs): per layer q,
-/// k and v as one product with the residual add and the attention norm fused into its GEMV,
-/// the attention with RoPE and the cache append fused in, the output linear, gate and up as one
-/// product with the add and the feed-forward norm fused in, down with SiLU·mul fused into its
-/// input: 5 (a prefill chunk runs the add with the norm, RoPE with the append and SiLU·mul on
-/// their own: 9); then the first layer's norm (of the embedding, on its own), the last add, the
-/// embedding gather before and the head's norm, product and pick after: 6. Where the context's
-/// GEMV is the per-row kernel ([`super::GemvKernel::PerRow`]) 3 more a layer (the two norms and
-/// SiLU·mul on their own), and one more for heads wider than
-/// [`kernels::ATTENTION_MAX_HEAD_DIM`] (RoPE with the append on its own).
+/// least (biases, rounded activations and weights that do not stack add theirs). Where the
+/// context fuses norms ([`GpuContext::fuses_norm`]), per layer q, k and v as one product with
+/// the residual add and the attention norm fused into its GEMV, the attention with RoPE and
+/// the cache append fused in, the output linear, gate and up as one product with the add and
+/// the feed-forward norm fused in, down with SiLU·mul fused into its input: 5; then the first
+/// layer's norm (of the embedding, on its own), the last add, the embedding gather before and
+/// the head's norm, product and pick after: 6. Without: each add with its norm on its own, 7 a
+/// layer and 5. The per-row GEMV ([`super::GemvKernel::PerRow`]) fuses neither the norms nor
+/// SiLU·mul: 8 a layer and 5. Heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] one more a
+/// layer (RoPE with the append on its own). A prefill chunk runs all of those on their own (9 a
+/// layer and 5).
 pub fn decode_dispatches(cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
     let per_row = ctx.gemv_kernel() == super::GemvKernel::PerRow;
+    let fused_norms = ctx.fuses_norm() && !per_row;
     let wide = cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM;
-    let per_layer = if per_row { 8 } else { 5 } + wide as usize;
+    let per_layer = 5 + 2 * !fused_norms as usize + per_row as usize + wide as usize;
     match cfg.num_layers {
         0 => 4,
-        // With the fused GEMVs the first layer's norm is one more (per-row: counted in its 8).
-        layers => per_layer * layers + 5 + !per_row as usize,
+        // With the norms fused the first layer's is one more (else counted in the 7 or 8).
+        layers => per_layer * layers + 5 + fused_norms as usize,
     }
 }
 
@@ -474,12 +476,16 @@ impl GpuLlama {
                 Op::Linear { gemv: w.gemv(&ctx, pipes, &state, x, y), gemm: w.gemm(&ctx, pipes, &state, x, y) }
             };
             // Linears reading the norm of the residual stream plus `tmp` (the sum written to
-            // the stream's other buffer): a decode step's GEMVs with the add and norm fused in
-            // where every one of them can (one dispatch less), else `add_rms_norm.wgsl` first
-            // (a prefill chunk always), then the rounding where they ask for it.
+            // the stream's other buffer): where the context fuses norms, a decode step's GEMVs
+            // with the add and norm fused in where every one of them can (one dispatch less),
+            // else `add_rms_norm.wgsl` first (a prefill chunk always), then the rounding where
+            // they ask for it.
             let normed = |pipes: &mut Pipelines, ws: &[GpuNBits], norm: NormInput, rounding: Option<Op>, y: &wgpu::Buffer| -> Vec<Op> {
                 let separate = kernels::add_rms_norm(&ctx, pipes, h, norm, &xn);
-                let fused: Option<Vec<Vec<Dispatch>>> = ws.iter().map(|w| w.gemv_norm(&ctx, pipes, &state, norm, y)).collect();
+                let fused: Option<Vec<Vec<Dispatch>>> = match ctx.fuses_norm() {
+                    true => ws.iter().map(|w| w.gemv_norm(&ctx, pipes, &state, norm, y)).collect(),
+                    false => None,
+                };
                 match fused {
                     Some(fused) => {
                         let mut before = Some(separate);

@@ -88,6 +88,13 @@ pub struct GpuOptions {
     /// until a token's share of a submit is a tenth of its step's kernels), 0 on a CPU
     /// rasterizer (its steps are tens of milliseconds, a readback a fraction of one).
     pub decode_ahead: Option<usize>,
+    /// Whether a decode step's residual adds and the RMSNorms after them run inside the q/k/v
+    /// and gate/up GEMVs (`gemv_rows_x_norm.wgsl`: two dispatches fewer a layer, but every lane
+    /// group of those GEMVs loads the residual, the projection and the gain and sums squares)
+    /// rather than as `add_rms_norm.wgsl` before them. `None`: tuned at load on a GPU
+    /// ([`probe::tune_norm`]: the faster of the two timed), not fused on a CPU rasterizer
+    /// (measured slower there: README, "Dispatches a decode step records").
+    pub fuse_norm: Option<bool>,
 }
 
 /// [`GpuOptions::decode_ahead`] on a GPU where a load cannot tune it (no clock): 4 greedy

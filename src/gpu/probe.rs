@@ -4,7 +4,7 @@
 use super::context::GpuContext;
 use super::kernels::{self, Dispatch, Pipelines};
 use super::twin::AttnShape;
-use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, RowsShape, ZeroPointKind, ZeroPoints};
+use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, NormInput, RowsShape, ZeroPointKind, ZeroPoints};
 use super::{GemvKernel, PrefillKernel};
 use crate::Result;
 use std::sync::Arc;
@@ -92,6 +92,37 @@ impl GemvBench {
     pub fn per_prefill(ctx: &GpuContext, n: usize, k: usize, rows: usize, reps: usize, prefills: &[PrefillKernel]) -> Result<Vec<Self>> {
         let ops = Operands::upload(ctx, n, k, rows, 32, true)?;
         Ok(prefills.iter().map(|&f| Self::over(ctx, ops.clone(), reps, ctx.gemv_kernel(), f)).collect())
+    }
+
+    /// Two benches of `reps` decode GEMVs over one uploaded `[n][k]` weight (block 32), each
+    /// reading the RMSNorm of x plus a projection as a decode step's q/k/v or gate/up product
+    /// does: with the residual add and the norm fused in (`gemv_rows_x_norm.wgsl`), then with
+    /// `add_rms_norm.wgsl` before each GEMV. `None` where the context's decode GEMV for the
+    /// weight is not the rows kernel (nothing to fuse into).
+    pub fn per_norm(ctx: &GpuContext, n: usize, k: usize, reps: usize) -> Result<Option<[Self; 2]>> {
+        let ops = Operands::upload(ctx, n, k, 1, 32, true)?;
+        let o = &*ops;
+        let row: Vec<f32> = (0..k).map(|i| ((i % 5) as f32 - 2.0) * 0.25).collect();
+        let (resid, gain) = (ctx.storage_init("bench_resid", &kernels::f32_bytes(&row))?, ctx.storage_init("bench_gain", &kernels::f32_bytes(&row))?);
+        let (x_sum, xn) = (ctx.storage("bench_x_sum", (k * 4) as u64)?, ctx.storage("bench_xn", (k * 4) as u64)?);
+        let norm = NormInput { x: &o.x, resid: &resid, gain: &gain, x_sum: &x_sum, eps: 1e-5 };
+        let mut fused_pipes = Pipelines::default();
+        let mut fused = Vec::new();
+        for _ in 0..reps {
+            match o.w.gemv_norm(ctx, &mut fused_pipes, &o.state, norm, &o.y) {
+                Some(d) => fused.extend(d),
+                None => return Ok(None),
+            }
+        }
+        let mut pipes = Pipelines::default();
+        let mut separate = Vec::new();
+        for _ in 0..reps {
+            separate.push(kernels::add_rms_norm(ctx, &mut pipes, k, norm, &xn));
+            separate.extend(o.w.gemv(ctx, &mut pipes, &o.state, &xn, &o.y));
+        }
+        // The norm's buffers are held by the bind groups.
+        let bench = |pipes, dispatches| GemvBench { ops: ops.clone(), pipes, dispatches, bytes_per_call: o.bytes_per_call, reps };
+        Ok(Some([bench(fused_pipes, fused), bench(pipes, separate)]))
     }
 
     /// This bench's weight and buffers, `reps` calls of `gemv` (one row).
@@ -432,7 +463,8 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
 
 /// The kernels `options` leave to the engine, tuned as a load does on a GPU: at `cfg`'s
 /// feed-forward shape `[intermediate][hidden]` the decode GEMV's shape ([`tune_rows`]), then
-/// the prefill kernel ([`tune_prefill`]); at its attention's heads over a cache of `max_ctx`
+/// whether a decode step's norms run inside the GEMVs after them ([`tune_norm`]), then the
+/// prefill kernel ([`tune_prefill`]); at its attention's heads over a cache of `max_ctx`
 /// positions, where a decode step's attention splits ([`tune_attention`]); each set on the
 /// context; and how many greedy steps a decode submit chains ([`tune_decode_ahead`], for a
 /// step reading `step_bytes` of weights).
@@ -443,6 +475,12 @@ pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_c
         let tuning = tune_rows(ctx, n, k, now).await?;
         ctx.set_rows_shape(tuning.best());
         said.push(tuning.says());
+    }
+    if options.fuse_norm.is_none() {
+        if let Some(tuning) = tune_norm(ctx, n, k, now).await? {
+            ctx.set_fuse_norm(tuning.best());
+            said.push(tuning.says());
+        }
     }
     if options.prefill == PrefillKernel::Auto {
         let tuning = tune_prefill(ctx, n, k, now).await?;
@@ -575,6 +613,48 @@ pub async fn tune_prefill(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64
     timings.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok(PrefillTuning { n, k, rows, timings })
 }
+
+/// What [`tune_norm`] timed at `[n][k]`, milliseconds a decode GEMV: with the residual add and
+/// RMSNorm before it fused in, and with `add_rms_norm.wgsl` run before it.
+#[derive(Debug, Clone)]
+pub struct NormTuning {
+    pub n: usize,
+    pub k: usize,
+    pub fused_ms: f64,
+    pub separate_ms: f64,
+}
+
+impl NormTuning {
+    /// Whether the fused GEMV was the faster.
+    pub fn best(&self) -> bool {
+        self.fused_ms < self.separate_ms
+    }
+
+    pub fn says(&self) -> String {
+        let chose = if self.best() { "fused into the GEMVs" } else { "kept before the GEMVs" };
+        format!(
+            "decode norms {chose} ({:.3} ms a GEMV of [{}][{}] with the add and norm fused in, {:.3} ms for add_rms_norm then the GEMV)",
+            self.fused_ms, self.n, self.k, self.separate_ms
+        )
+    }
+}
+
+/// Time a decode GEMV of an int4 `[n][k]` weight (block 32) reading the norm of x plus a
+/// projection both ways ([`GemvBench::per_norm`]), [`NORM_TUNING_REPS`] a submit, each the
+/// fastest of three submits after a warm-up: the one dispatch does more (every lane group loads
+/// the residual, the projection and the gain, and sums squares), the two pay a launch and a
+/// barrier more. `None` where the context's GEMV is not the rows kernel there. Run after the
+/// GEMV's shape is tuned.
+pub async fn tune_norm(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<Option<NormTuning>> {
+    let Some([fused, separate]) = GemvBench::per_norm(ctx, n, k, NORM_TUNING_REPS)? else { return Ok(None) };
+    let fused_ms = best_of_three(async || fused.run(ctx).await, now, f64::INFINITY).await? / NORM_TUNING_REPS as f64;
+    let separate_ms = best_of_three(async || separate.run(ctx).await, now, f64::INFINITY).await? / NORM_TUNING_REPS as f64;
+    Ok(Some(NormTuning { n, k, fused_ms, separate_ms }))
+}
+
+/// Products [`tune_norm`] times in one submit: a few, so a submit's fixed cost does not hide
+/// the dispatch it saves.
+pub const NORM_TUNING_REPS: usize = 8;
 
 /// Rows of x [`tune_prefill`] times: a full prefill chunk ([`super::decode::PREFILL_CHUNK`]).
 pub const PREFILL_TUNING_ROWS: usize = super::decode::PREFILL_CHUNK;

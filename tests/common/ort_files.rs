@@ -145,6 +145,11 @@ pub enum Backend {
     /// natively wgpu over Vulkan; `tests/gpu.rs`).
     #[cfg(all(feature = "pack", not(target_arch = "wasm32")))]
     Gpu,
+    /// [`Backend::Gpu`] with a decode step's residual adds and norms fused into the GEMVs
+    /// after them (`GpuOptions::fuse_norm`: what a GPU may tune to; a CPU rasterizer's default
+    /// keeps them apart).
+    #[cfg(all(feature = "pack", not(target_arch = "wasm32")))]
+    GpuFusedNorm,
 }
 
 impl Backend {
@@ -152,7 +157,7 @@ impl Backend {
     #[cfg(feature = "pack")]
     fn is_packed(self) -> bool {
         #[cfg(not(target_arch = "wasm32"))]
-        if self == Backend::Gpu {
+        if self == Backend::Gpu || self == Backend::GpuFusedNorm {
             return true;
         }
         self == Backend::Packed
@@ -162,10 +167,20 @@ impl Backend {
     #[cfg(feature = "pack")]
     fn engine_backend(self) -> edge_llm::backend::BackendKind {
         #[cfg(not(target_arch = "wasm32"))]
-        if self == Backend::Gpu {
+        if self == Backend::Gpu || self == Backend::GpuFusedNorm {
             return edge_llm::backend::BackendKind::Webgpu;
         }
         edge_llm::backend::BackendKind::Wasm
+    }
+
+    /// The GPU backend's options for a packed file.
+    #[cfg(feature = "pack")]
+    fn gpu_options(self) -> edge_llm::gpu::GpuOptions {
+        #[cfg(not(target_arch = "wasm32"))]
+        if self == Backend::GpuFusedNorm {
+            return edge_llm::gpu::GpuOptions { fuse_norm: Some(true), ..Default::default() };
+        }
+        edge_llm::gpu::GpuOptions::default()
     }
 
     pub fn options(self) -> CpuOptions {
@@ -313,7 +328,7 @@ impl Loaded {
             assert!(files.len() > 3, "a packed file has several weight shards");
             // Through its JSON, as the loader reads it.
             let manifest = edge_llm::package::manifest::Manifest::from_json(&serde_json::to_vec(&manifest).expect("manifest serializes"))?;
-            let options = edge_llm::generate::EngineOptions { backend: backend.engine_backend(), ..Default::default() };
+            let options = edge_llm::generate::EngineOptions { backend: backend.engine_backend(), gpu: backend.gpu_options(), ..Default::default() };
             let engine = edge_llm::Engine::open(edge_llm::package::Package::packed(&manifest, files.into_iter().collect()), &options)?;
             let want = if options.backend == edge_llm::backend::BackendKind::Webgpu { "webgpu" } else { "wasm" };
             assert_eq!(engine.backend_info().name, want, "opened on the backend asked for");
