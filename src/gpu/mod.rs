@@ -92,8 +92,9 @@ pub struct GpuOptions {
     /// and gate/up GEMVs (`gemv_rows_x_norm.wgsl`: two dispatches fewer a layer, but every lane
     /// group of those GEMVs loads the residual, the projection and the gain and sums squares)
     /// rather than as `add_rms_norm.wgsl` before them. `None`: tuned at load on a GPU
-    /// ([`probe::tune_norm`]: the faster of the two timed), not fused on a CPU rasterizer
-    /// (measured slower there: README, "Dispatches a decode step records").
+    /// ([`probe::tune_norm`]: the faster of the two timed; fused where a load cannot time, no
+    /// clock), not fused on a CPU rasterizer (measured slower there: README, "The residual adds
+    /// and norms inside the GEMVs after them").
     pub fuse_norm: Option<bool>,
 }
 
