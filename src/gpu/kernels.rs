@@ -111,8 +111,8 @@ impl Kernel {
         }
     }
 
-    pub fn source(self) -> &'static str {
-        match self {
+    pub fn source(self) -> std::borrow::Cow<'static, str> {
+        let source: &'static str = match self {
             // The kernels over block-quantized weights share how they read one (`nbits.wgsl`).
             Kernel::GemvNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemv_nbits.wgsl"), include_str!("kernels/gemv_reduce_workgroup.wgsl")),
             // Without `enable subgroups;`: naga (wgpu 30) rejects the directive and takes the
@@ -123,30 +123,13 @@ impl Kernel {
                 include_str!("kernels/gemv_nbits.wgsl"),
                 include_str!("kernels/gemv_reduce_subgroups.wgsl")
             ),
-            Kernel::GemvRows { shuffles: false, norm: None, .. } => concat!(
-                include_str!("kernels/nbits.wgsl"),
-                include_str!("kernels/gemv_rows_x.wgsl"),
-                include_str!("kernels/gemv_rows.wgsl"),
-                include_str!("kernels/gemv_rows_reduce_workgroup.wgsl")
-            ),
-            Kernel::GemvRows { shuffles: true, norm: None, .. } => concat!(
-                include_str!("kernels/nbits.wgsl"),
-                include_str!("kernels/gemv_rows_x.wgsl"),
-                include_str!("kernels/gemv_rows.wgsl"),
-                include_str!("kernels/gemv_rows_reduce_subgroups.wgsl")
-            ),
-            Kernel::GemvRows { shuffles: false, norm: Some(_), .. } => concat!(
-                include_str!("kernels/nbits.wgsl"),
-                include_str!("kernels/gemv_rows_x_norm.wgsl"),
-                include_str!("kernels/gemv_rows.wgsl"),
-                include_str!("kernels/gemv_rows_reduce_workgroup.wgsl")
-            ),
-            Kernel::GemvRows { shuffles: true, norm: Some(_), .. } => concat!(
-                include_str!("kernels/nbits.wgsl"),
-                include_str!("kernels/gemv_rows_x_norm.wgsl"),
-                include_str!("kernels/gemv_rows.wgsl"),
-                include_str!("kernels/gemv_rows_reduce_subgroups.wgsl")
-            ),
+            // Its x input (as loaded, or normalized: `gemv_rows_x*.wgsl`) and its reduction
+            // (barrier tree or shuffles) are chosen file by file.
+            Kernel::GemvRows { shuffles, norm, .. } => {
+                let x = if norm.is_some() { include_str!("kernels/gemv_rows_x_norm.wgsl") } else { include_str!("kernels/gemv_rows_x.wgsl") };
+                let reduce = if shuffles { include_str!("kernels/gemv_rows_reduce_subgroups.wgsl") } else { include_str!("kernels/gemv_rows_reduce_workgroup.wgsl") };
+                return [include_str!("kernels/nbits.wgsl"), x, include_str!("kernels/gemv_rows.wgsl"), reduce].concat().into();
+            }
             Kernel::GemmNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
             Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
@@ -163,7 +146,8 @@ impl Kernel {
             Kernel::RoundQ8 => include_str!("kernels/round_q8.wgsl"),
             Kernel::QuantizeTensor => include_str!("kernels/quantize_tensor.wgsl"),
             Kernel::SubgroupLayout => include_str!("kernels/subgroup_layout.wgsl"),
-        }
+        };
+        source.into()
     }
 
     /// The pipeline's overridable constants (the weight's kind; the GEMV's lanes per row).
@@ -191,7 +175,7 @@ pub struct Pipelines {
 
 impl Pipelines {
     pub fn get(&mut self, ctx: &GpuContext, k: Kernel) -> &wgpu::ComputePipeline {
-        self.map.entry(k).or_insert_with(|| ctx.pipeline(k.name(), k.source(), &k.constants()))
+        self.map.entry(k).or_insert_with(|| ctx.pipeline(k.name(), &k.source(), &k.constants()))
     }
 
     fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {

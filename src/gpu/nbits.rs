@@ -585,9 +585,8 @@ impl GpuNBits {
     }
 
     /// `y[r] = W RMSNorm(x[r] + resid[r])` (gain `gain`, epsilon `eps`) for each of the step's
-    /// rows (the engine's decode step: one), `x + resid` also
-    /// written to `x_sum`: the residual add and the norm before a decode step's product fused
-    /// into it (one dispatch less), where `ctx`'s GEMV is the rows kernel for this weight and it
+    /// rows (the engine's decode step: one), `x + resid` also written to `x_sum`: the residual
+    /// add and the norm before a decode step's product fused into it (one dispatch less), where `ctx`'s GEMV is the rows kernel for this weight and it
     /// computes on float activations; `None` where not (the caller runs `add_rms_norm.wgsl`,
     /// then [`GpuNBits::gemv`]). Every workgroup reads the same `x` and `resid`, so binding the
     /// same three to several weights (q, k and v unstacked) writes the same `x_sum`.

@@ -153,24 +153,29 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Loaded from `edge-llm-pack pack`'s files through the engine.
+    /// Opened on the GPU backend.
     #[cfg(feature = "pack")]
-    fn is_packed(self) -> bool {
+    fn on_gpu(self) -> bool {
         #[cfg(not(target_arch = "wasm32"))]
         if self == Backend::Gpu || self == Backend::GpuFusedNorm {
             return true;
         }
-        self == Backend::Packed
+        false
+    }
+
+    /// Loaded from `edge-llm-pack pack`'s files through the engine.
+    #[cfg(feature = "pack")]
+    fn is_packed(self) -> bool {
+        self.on_gpu() || self == Backend::Packed
     }
 
     /// The engine's backend for a packed file.
     #[cfg(feature = "pack")]
     fn engine_backend(self) -> edge_llm::backend::BackendKind {
-        #[cfg(not(target_arch = "wasm32"))]
-        if self == Backend::Gpu || self == Backend::GpuFusedNorm {
-            return edge_llm::backend::BackendKind::Webgpu;
+        match self.on_gpu() {
+            true => edge_llm::backend::BackendKind::Webgpu,
+            false => edge_llm::backend::BackendKind::Wasm,
         }
-        edge_llm::backend::BackendKind::Wasm
     }
 
     /// The GPU backend's options for a packed file.
