@@ -63,7 +63,8 @@ run)
         bench 120 "decode-$model-one-step-a-submit" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --decode-ahead 0
     done
     # The residual adds and norms in the GEMVs after them, and before them (the auto runs do
-    # what the load's tuning chose): what two dispatches fewer a layer give a decode step.
+    # what the load's tuning chose): what two dispatches fewer a layer (and three fewer at the
+    # ends) give a decode step.
     for model in smollm2-135m llama-3.2-1b; do
         for fuse in true false; do
             bench 120 "decode-$model-fuse-norm-$fuse" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --fuse-norm "$fuse"

@@ -615,17 +615,19 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     // q, k and v stacked into one product, gate and up too, RoPE with the cache append fused
     // into the attention, SiLU·mul into the down GEMV's input; and 5: the embedding, the last
     // add and the head's three: `decode_dispatches`, what `auto`'s probe counts); with the
-    // adds and norms fused into the q/k/v and gate/up GEMVs, 5 a layer and 6 (the first
-    // layer's norm on its own); a prefill chunk runs the adds with the norms, RoPE and
-    // SiLU·mul on their own (9 a layer); a per-row GEMV fuses neither the norms nor SiLU·mul (8).
+    // adds and norms fused into the q/k/v and gate/up GEMVs (the first layer's adding zeros),
+    // 5 a layer and 3 (the embedding, the head's GEMV with the last add and the final norm in
+    // it, the pick); a prefill chunk runs the adds with the norms, RoPE and SiLU·mul on their
+    // own (9 a layer, and the last add and the head's three); a per-row GEMV fuses neither the
+    // norms nor SiLU·mul (8).
     let layers = q.cfg.num_layers;
     assert!(!model.context().fuses_norm(), "a CPU rasterizer's default");
     assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 5);
     assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 5, 9 * layers + 5), "{layers} layers");
     let fused = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(true), ..Default::default() })).unwrap();
     let fused = GpuLlama::load(fused, &q, 256).unwrap();
-    assert_eq!((fused.dispatches(1), fused.dispatches(chunk)), (5 * layers + 6, 9 * layers + 5), "norms fused, {layers} layers");
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, fused.context()), 5 * layers + 6);
+    assert_eq!((fused.dispatches(1), fused.dispatches(chunk)), (5 * layers + 3, 9 * layers + 5), "norms fused, {layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, fused.context()), 5 * layers + 3);
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     let per_row = GpuLlama::load(per_row, &q, 256).unwrap();
     assert_eq!(per_row.dispatches(1), 8 * layers + 5, "the per-row GEMV takes the norms' and SiLU·mul's outputs");

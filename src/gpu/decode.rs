@@ -205,25 +205,26 @@ impl QuantLlama {
 /// Compute dispatches a greedy decode step of a Llama of `cfg`'s shapes records on `ctx` at
 /// least (biases, rounded activations and weights that do not stack add theirs). Where the
 /// context fuses norms ([`GpuContext::fuses_norm`]), per layer q, k and v as one product with
-/// the residual add and the attention norm fused into its GEMV, the attention with RoPE and
-/// the cache append fused in, the output linear, gate and up as one product with the add and
-/// the feed-forward norm fused in, down with SiLU·mul fused into its input: 5; then the first
-/// layer's norm (of the embedding, on its own), the last add, the embedding gather before and
-/// the head's norm, product and pick after: 6. Without: each add with its norm on its own, 7 a
-/// layer and 5. The per-row GEMV ([`super::GemvKernel::PerRow`]) fuses neither the norms nor
-/// SiLU·mul: 8 a layer and 5. Heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] one more a
-/// layer (RoPE with the append on its own). A prefill chunk runs all of those on their own (9 a
-/// layer and 5).
+/// the residual add and the attention norm fused into its GEMV (the first layer's adds zeros to
+/// the embedding), the attention with RoPE and the cache append fused in, the output linear,
+/// gate and up as one product with the add and the feed-forward norm fused in, down with
+/// SiLU·mul fused into its input: 5; then the embedding gather before and the head's product
+/// (the last add and the final norm fused in) and pick after: 3. Without: each add with its
+/// norm on its own, 7 a layer, and the last add, the final norm, the head and the pick: 5. The
+/// per-row GEMV ([`super::GemvKernel::PerRow`]) fuses neither the norms nor SiLU·mul: 8 a layer
+/// and 5. Heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] one more a layer (RoPE with the
+/// append on its own). A prefill chunk runs all of those on their own (9 a layer and 5).
 pub fn decode_dispatches(cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
     let per_row = ctx.gemv_kernel() == super::GemvKernel::PerRow;
     let fused_norms = ctx.fuses_norm() && !per_row;
     let wide = cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM;
     let per_layer = 5 + 2 * !fused_norms as usize + per_row as usize + wide as usize;
-    match cfg.num_layers {
-        0 => 4,
-        // With the norms fused the first layer's is one more (else counted in the 7 or 8).
-        layers => per_layer * layers + 5 + fused_norms as usize,
-    }
+    // The embedding and the pick; the head's GEMV, and unfused its norm and the last add.
+    let ends = 2 + match fused_norms {
+        true => 1,
+        false => 2 + (cfg.num_layers > 0) as usize,
+    };
+    per_layer * cfg.num_layers + ends
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
@@ -342,8 +343,13 @@ pub struct GpuLlama {
     logits: wgpu::Buffer,
     /// Embedding and every layer, for a step's rows.
     body: Vec<Op>,
-    /// Final norm and head, on the last row only; then one of the picks.
+    /// The last layer's residual add, for every row, before `head` (none without layers).
+    final_add: Option<Dispatch>,
+    /// Final norm and head, on the last row only (copied to `x_last`); then one of the picks.
     head: Vec<Dispatch>,
+    /// Where the context fuses norms and the head's GEMV can: for a step of one row, the head
+    /// GEMV with the final add and norm in it, in place of `final_add`, the copy and `head`.
+    head_fused: Option<Vec<Dispatch>>,
     argmax: Dispatch,
     sample: Dispatch,
     /// `sample.wgsl`'s options (written each sampled step) and the penalty's history bitmap,
@@ -415,6 +421,9 @@ impl GpuLlama {
         // other: `gemv_rows_x_norm.wgsl`), so the stream alternates between the two.
         let stream = [ctx.storage("x", rows(h))?, ctx.storage("x_alt", rows(h))?];
         let mut cur = 0;
+        // What the first layer's attention norm adds to the embedding (no projection before it):
+        // every layer's norm is then the same residual add and norm.
+        let zeros = ctx.storage("zeros", rows(h))?;
         let xn = ctx.storage("x_norm", rows(h))?;
         // A row's q, k and v side by side (one product where their weights stack).
         let qkv_row = qd + 2 * kvd;
@@ -449,6 +458,7 @@ impl GpuLlama {
         let GpuWeights { embed, layers, final_norm, lm_head: head_w, .. } = w;
         body.push(Op::Parts(embed.embed(&ctx, &mut pipes, &state, &stream[0])));
         let mut first = true;
+        let layer_count = layers.len();
         for lw in layers {
             let [wq, wk, wv, wo, wg, wu, wd] = lw.linears;
             let attn_norm = ctx.storage_init("attn_norm", &f32_bytes(&lw.attn_norm))?;
@@ -518,17 +528,12 @@ impl GpuLlama {
                 None => std::iter::once(Op::Run(silu)).chain(round_down).chain([linear(&mut pipes, &wd, &act, &act_q, &tmp)]).collect(),
             };
             let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn, cos: &cos, sin: &sin };
-            // The attention norm: of the embedding, or with the previous layer's last residual
-            // add, then q, k and v.
-            if first {
-                body.push(Op::Run(kernels::rms_norm(&ctx, &mut pipes, h, eps, &stream[cur], &attn_norm, &xn)));
-                body.extend(round_qkv);
-                body.extend(qkv_w.iter().map(|w| linear(&mut pipes, w, &xn, &xn_q, &qkv)));
-            } else {
-                let norm = NormInput { x: &stream[cur], resid: &tmp, gain: &attn_norm, x_sum: &stream[1 - cur], eps };
-                body.extend(normed(&mut pipes, &qkv_w, norm, round_qkv, &qkv));
-                cur = 1 - cur;
-            }
+            // The attention norm with the previous layer's last residual add (the first layer's
+            // adds zeros to the embedding), then q, k and v.
+            let resid = if first { &zeros } else { &tmp };
+            let norm = NormInput { x: &stream[cur], resid, gain: &attn_norm, x_sum: &stream[1 - cur], eps };
+            body.extend(normed(&mut pipes, &qkv_w, norm, round_qkv, &qkv));
+            cur = 1 - cur;
             first = false;
             let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
             let prefill = [kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)];
@@ -546,12 +551,22 @@ impl GpuLlama {
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
         }
-        if !first {
-            body.push(Op::Run(kernels::add(&ctx, &mut pipes, h, &stream[cur], &tmp)));
-        }
+        // The last layer's residual add: for a chunk's rows before the head (which reads the
+        // last), or, where the context fuses norms, inside a decode step's head GEMV.
+        let final_add = (layer_count > 0).then(|| kernels::add(&ctx, &mut pipes, h, &stream[cur], &tmp));
         let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
         let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
         let head_weight = head_w.as_ref().unwrap_or(&embed);
+        // A decode step's row is the chunk's only one: its head GEMV can read the stream and the
+        // last projection and do the add and final norm itself (the sum lands in `x_last`).
+        let head_fused = match ctx.fuses_norm() {
+            true => {
+                let resid = if layer_count > 0 { &tmp } else { &zeros };
+                let norm = NormInput { x: &stream[cur], resid, gain: &final_norm, x_sum: &x_last, eps: cfg.rms_norm_eps };
+                head_weight.gemv_norm(&ctx, &mut pipes, &head_state, norm, &logits)
+            }
+            false => None,
+        };
         // The head runs on the last row only (`x_last`): a per-tensor rounding sees that row.
         let head_in = match head_weight.activations {
             Activations::Float => &xn,
@@ -576,7 +591,7 @@ impl GpuLlama {
         parts.extend(std::iter::once(&embed).chain(head_w.iter()).map(|w| w.parts.len()));
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([head_state, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
+        bufs.extend([head_state, zeros, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
         bufs.extend(part);
         // The stream's buffer the last layer's add ends in: the head reads its last row.
         let [x, other] = stream;
@@ -600,7 +615,9 @@ impl GpuLlama {
             x_last,
             logits,
             body,
+            final_add,
             head,
+            head_fused,
             argmax,
             sample,
             sample_opts,
@@ -653,7 +670,15 @@ impl GpuLlama {
     /// Compute dispatches a step of `rows` tokens records (with the head and the greedy pick):
     /// on a GPU each is a launch and a barrier, the fixed cost a small model's decode step pays.
     pub fn dispatches(&self, rows: usize) -> usize {
-        self.body.iter().map(|op| op.for_step(rows, 0).len()).sum::<usize>() + self.head.len() + 1
+        self.body.iter().map(|op| op.for_step(rows, 0).len()).sum::<usize>() + self.head_for(rows).len() + 1
+    }
+
+    /// The head's dispatches after a step of `rows` rows, without the pick.
+    fn head_for(&self, rows: usize) -> Vec<&Dispatch> {
+        match (&self.head_fused, rows) {
+            (Some(fused), 1) => fused.iter().collect(),
+            _ => self.final_add.iter().chain(&self.head).collect(),
+        }
     }
 
     /// Whether a decode step from position `pos` runs the attention split over positions.
@@ -671,17 +696,25 @@ impl GpuLlama {
     /// `head`, then the final norm, head and the pick on the last row and the copy of the
     /// picked token to the readback buffer's `slot`th word.
     fn record(&self, enc: &mut wgpu::CommandEncoder, rows: usize, pos: usize, head: Option<(&Pick, u64)>) {
-        self.pipes.record(enc, self.body.iter().flat_map(|op| op.for_step(rows, pos)), rows as u32);
-        if let Some((pick, slot)) = head {
-            let row = (self.cfg.hidden_size * 4) as u64;
-            enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
-            let pick = match pick {
-                Pick::Argmax => &self.argmax,
-                Pick::Sample { .. } => &self.sample,
-            };
-            self.pipes.record(enc, self.head.iter().chain([pick]), 1);
-            enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 4 * slot, 4);
+        let body = self.body.iter().flat_map(|op| op.for_step(rows, pos));
+        let Some((pick, slot)) = head else {
+            return self.pipes.record(enc, body, rows as u32);
+        };
+        let pick = match pick {
+            Pick::Argmax => &self.argmax,
+            Pick::Sample { .. } => &self.sample,
+        };
+        match (&self.head_fused, rows) {
+            // One row: the head reads the stream's row, in the same pass.
+            (Some(fused), 1) => self.pipes.record(enc, body.chain(fused).chain([pick]), 1),
+            _ => {
+                self.pipes.record(enc, body.chain(&self.final_add), rows as u32);
+                let row = (self.cfg.hidden_size * 4) as u64;
+                enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
+                self.pipes.record(enc, self.head.iter().chain([pick]), 1);
+            }
         }
+        enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 4 * slot, 4);
     }
 
     /// [`GpuLlama::record`] from the cache's position, as one submit.

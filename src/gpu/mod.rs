@@ -89,9 +89,10 @@ pub struct GpuOptions {
     /// rasterizer (its steps are tens of milliseconds, a readback a fraction of one).
     pub decode_ahead: Option<usize>,
     /// Whether a decode step's residual adds and the RMSNorms after them run inside the q/k/v
-    /// and gate/up GEMVs (`gemv_rows_x_norm.wgsl`: two dispatches fewer a layer, but every lane
-    /// group of those GEMVs loads the residual, the projection and the gain and sums squares)
-    /// rather than as `add_rms_norm.wgsl` before them. `None`: tuned at load on a GPU
+    /// and gate/up GEMVs, the last add and the final norm inside the head's
+    /// (`gemv_rows_x_norm.wgsl`: two dispatches fewer a layer and three at the ends, but every
+    /// lane group of those GEMVs loads the residual, the projection and the gain and sums
+    /// squares) rather than as `add_rms_norm.wgsl` before them. `None`: tuned at load on a GPU
     /// ([`probe::tune_norm`]: the faster of the two timed; fused where a load cannot time, no
     /// clock), not fused on a CPU rasterizer (measured slower there: README, "The residual adds
     /// and norms inside the GEMVs after them").
