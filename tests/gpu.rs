@@ -407,8 +407,8 @@ fn heads_wider_than_the_fused_attention_run_rope_kv_and_the_whole_kernel() {
             let ctx = block_on(GpuContext::with_options(&GpuOptions { attention_split_from: split_from, ..Default::default() })).unwrap();
             let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
             let layers = cfg.num_layers;
-            assert_eq!(model.dispatches(1), 8 * layers + 5, "heads of {head_dim}");
-            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 8 * layers + 5);
+            assert_eq!(model.dispatches(1), 8 * layers + 4, "heads of {head_dim}");
+            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 8 * layers + 4);
             assert!((0..64).all(|pos| !model.splits_attention(pos)), "heads of {head_dim} split");
             let got = logits_of_each_step(&mut model, &PROMPT);
             let want = reference::forward(&cfg, &w, &PROMPT, &mut RefKvCache::default()).concat();
@@ -613,8 +613,9 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     let chunk = model.prefill_chunk();
     // Dispatches a decode step records (7 a layer: each residual add with the norm after it,
     // q, k and v stacked into one product, gate and up too, RoPE with the cache append fused
-    // into the attention, SiLU·mul into the down GEMV's input; and 5: the embedding, the last
-    // add and the head's three: `decode_dispatches`, what `auto`'s probe counts); with the
+    // into the attention, SiLU·mul into the down GEMV's input; and 4: the embedding, the last
+    // add with the final norm, the head and the pick: `decode_dispatches`, what `auto`'s probe
+    // counts); with the
     // adds and norms fused into the q/k/v and gate/up GEMVs (the first layer's adding zeros),
     // 5 a layer and 3 (the embedding, the head's GEMV with the last add and the final norm in
     // it, the pick); a prefill chunk runs the adds with the norms, RoPE and SiLU·mul on their
@@ -622,16 +623,16 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     // norms nor SiLU·mul (8).
     let layers = q.cfg.num_layers;
     assert!(!model.context().fuses_norm(), "a CPU rasterizer's default");
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 5);
-    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 5, 9 * layers + 5), "{layers} layers");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 4);
+    assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 4, 9 * layers + 5), "{layers} layers");
     let fused = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(true), ..Default::default() })).unwrap();
     let fused = GpuLlama::load(fused, &q, 256).unwrap();
     assert_eq!((fused.dispatches(1), fused.dispatches(chunk)), (5 * layers + 3, 9 * layers + 5), "norms fused, {layers} layers");
     assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, fused.context()), 5 * layers + 3);
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     let per_row = GpuLlama::load(per_row, &q, 256).unwrap();
-    assert_eq!(per_row.dispatches(1), 8 * layers + 5, "the per-row GEMV takes the norms' and SiLU·mul's outputs");
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, per_row.context()), 8 * layers + 5);
+    assert_eq!(per_row.dispatches(1), 8 * layers + 4, "the per-row GEMV takes the norms' and SiLU·mul's outputs");
+    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, per_row.context()), 8 * layers + 4);
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");

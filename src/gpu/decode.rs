@@ -210,21 +210,18 @@ impl QuantLlama {
 /// gate and up as one product with the add and the feed-forward norm fused in, down with
 /// SiLU·mul fused into its input: 5; then the embedding gather before and the head's product
 /// (the last add and the final norm fused in) and pick after: 3. Without: each add with its
-/// norm on its own, 7 a layer, and the last add, the final norm, the head and the pick: 5. The
-/// per-row GEMV ([`super::GemvKernel::PerRow`]) fuses neither the norms nor SiLU·mul: 8 a layer
-/// and 5. Heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] one more a layer (RoPE with the
-/// append on its own). A prefill chunk runs all of those on their own (9 a layer and 5).
+/// norm on its own, 7 a layer, and the embedding, the last add with the final norm, the head and
+/// the pick: 4. The per-row GEMV ([`super::GemvKernel::PerRow`]) fuses neither the norms nor
+/// SiLU·mul: 8 a layer and 4. Heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] one more a
+/// layer (RoPE with the append on its own). A prefill chunk runs all of those on their own (9 a
+/// layer; and 5: the last add over its rows and the final norm apart).
 pub fn decode_dispatches(cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
     let per_row = ctx.gemv_kernel() == super::GemvKernel::PerRow;
     let fused_norms = ctx.fuses_norm() && !per_row;
     let wide = cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM;
     let per_layer = 5 + 2 * !fused_norms as usize + per_row as usize + wide as usize;
-    // The embedding and the pick; the head's GEMV, and unfused its norm and the last add.
-    let ends = 2 + match fused_norms {
-        true => 1,
-        false => 2 + (cfg.num_layers > 0) as usize,
-    };
-    per_layer * cfg.num_layers + ends
+    // The embedding, the head's GEMV and the pick; unfused the last add and the final norm.
+    per_layer * cfg.num_layers + 3 + !fused_norms as usize
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer
@@ -337,18 +334,24 @@ pub struct GpuLlama {
     /// The step state (see [`TOKENS_AT`]).
     state: wgpu::Buffer,
     token_readback: wgpu::Buffer,
-    /// The residual stream `[chunk][hidden]`, and its last row, copied out for the head.
+    /// The residual stream `[chunk][hidden]`, and its last row, copied out for a chunk's head
+    /// (a step of one row writes it the sum of the last add).
     x: wgpu::Buffer,
     x_last: wgpu::Buffer,
     logits: wgpu::Buffer,
     /// Embedding and every layer, for a step's rows.
     body: Vec<Op>,
-    /// The last layer's residual add, for every row, before `head` (none without layers).
+    /// After a chunk of rows: the last layer's residual add for every row (none without
+    /// layers), then, on the last row copied to `x_last`, the final norm (`rms_norm`).
     final_add: Option<Dispatch>,
-    /// Final norm and head, on the last row only (copied to `x_last`); then one of the picks.
+    final_norm: Dispatch,
+    /// After a step of one row (a decode step): the last add and the final norm as one
+    /// (`add_rms_norm` of the stream's row, its sum written to `x_last`).
+    final_add_norm: Dispatch,
+    /// The head after either norm, on one row: the rounding where its linear asks, the GEMV.
     head: Vec<Dispatch>,
     /// Where the context fuses norms and the head's GEMV can: for a step of one row, the head
-    /// GEMV with the final add and norm in it, in place of `final_add`, the copy and `head`.
+    /// GEMV with the last add and the final norm in it, in place of `final_add_norm` and `head`.
     head_fused: Option<Vec<Dispatch>>,
     argmax: Dispatch,
     sample: Dispatch,
@@ -551,22 +554,22 @@ impl GpuLlama {
             bufs.extend([attn_norm, ffn_norm]);
             kv_cache.push([kc, vc]);
         }
-        // The last layer's residual add: for a chunk's rows before the head (which reads the
-        // last), or, where the context fuses norms, inside a decode step's head GEMV.
+        // The last layer's residual add and the final norm: for a chunk, the add over its rows,
+        // then the norm of the last (copied to `x_last`); a decode step's row is the chunk's
+        // only one, read in place: the add and norm as one (the sum lands in `x_last`), or,
+        // where the context fuses norms, inside the head's GEMV.
+        let final_gain = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
+        let eps = cfg.rms_norm_eps;
         let final_add = (layer_count > 0).then(|| kernels::add(&ctx, &mut pipes, h, &stream[cur], &tmp));
-        let final_norm = ctx.storage_init("final_norm", &f32_bytes(&final_norm))?;
-        let mut head = vec![kernels::rms_norm(&ctx, &mut pipes, h, cfg.rms_norm_eps, &x_last, &final_norm, &xn)];
+        let final_norm = kernels::rms_norm(&ctx, &mut pipes, h, eps, &x_last, &final_gain, &xn);
+        let row_norm = NormInput { x: &stream[cur], resid: if layer_count > 0 { &tmp } else { &zeros }, gain: &final_gain, x_sum: &x_last, eps };
+        let final_add_norm = kernels::add_rms_norm(&ctx, &mut pipes, h, row_norm, &xn);
         let head_weight = head_w.as_ref().unwrap_or(&embed);
-        // A decode step's row is the chunk's only one: its head GEMV can read the stream and the
-        // last projection and do the add and final norm itself (the sum lands in `x_last`).
         let head_fused = match ctx.fuses_norm() {
-            true => {
-                let resid = if layer_count > 0 { &tmp } else { &zeros };
-                let norm = NormInput { x: &stream[cur], resid, gain: &final_norm, x_sum: &x_last, eps: cfg.rms_norm_eps };
-                head_weight.gemv_norm(&ctx, &mut pipes, &head_state, norm, &logits)
-            }
+            true => head_weight.gemv_norm(&ctx, &mut pipes, &head_state, row_norm, &logits),
             false => None,
         };
+        let mut head = Vec::new();
         // The head runs on the last row only (`x_last`): a per-tensor rounding sees that row.
         let head_in = match head_weight.activations {
             Activations::Float => &xn,
@@ -591,7 +594,7 @@ impl GpuLlama {
         parts.extend(std::iter::once(&embed).chain(head_w.iter()).map(|w| w.parts.len()));
         weights.push(embed);
         weights.extend(head_w);
-        bufs.extend([head_state, zeros, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_norm, keys, sample_weights, kept_ids]);
+        bufs.extend([head_state, zeros, xn, xn_q, attn_q, act_q, qkv, attn, tmp, gate_up, act, scores, cos, sin, final_gain, keys, sample_weights, kept_ids]);
         bufs.extend(part);
         // The stream's buffer the last layer's add ends in: the head reads its last row.
         let [x, other] = stream;
@@ -616,6 +619,8 @@ impl GpuLlama {
             logits,
             body,
             final_add,
+            final_norm,
+            final_add_norm,
             head,
             head_fused,
             argmax,
@@ -673,11 +678,13 @@ impl GpuLlama {
         self.body.iter().map(|op| op.for_step(rows, 0).len()).sum::<usize>() + self.head_for(rows).len() + 1
     }
 
-    /// The head's dispatches after a step of `rows` rows, without the pick.
+    /// The head's dispatches after a step of `rows` rows, without the pick (a chunk's: the add
+    /// over its rows, and after the copy of the last, the norm and the head).
     fn head_for(&self, rows: usize) -> Vec<&Dispatch> {
         match (&self.head_fused, rows) {
             (Some(fused), 1) => fused.iter().collect(),
-            _ => self.final_add.iter().chain(&self.head).collect(),
+            (None, 1) => std::iter::once(&self.final_add_norm).chain(&self.head).collect(),
+            _ => self.final_add.iter().chain([&self.final_norm]).chain(&self.head).collect(),
         }
     }
 
@@ -704,14 +711,14 @@ impl GpuLlama {
             Pick::Argmax => &self.argmax,
             Pick::Sample { .. } => &self.sample,
         };
-        match (&self.head_fused, rows) {
+        match rows {
             // One row: the head reads the stream's row, in the same pass.
-            (Some(fused), 1) => self.pipes.record(enc, body.chain(fused).chain([pick]), 1),
+            1 => self.pipes.record(enc, body.chain(self.head_for(1)).chain([pick]), 1),
             _ => {
                 self.pipes.record(enc, body.chain(&self.final_add), rows as u32);
                 let row = (self.cfg.hidden_size * 4) as u64;
                 enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
-                self.pipes.record(enc, self.head.iter().chain([pick]), 1);
+                self.pipes.record(enc, std::iter::once(&self.final_norm).chain(&self.head).chain([pick]), 1);
             }
         }
         enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 4 * slot, 4);
