@@ -408,7 +408,7 @@ fn heads_wider_than_the_fused_attention_run_rope_kv_and_the_whole_kernel() {
             let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
             let layers = cfg.num_layers;
             assert_eq!(model.dispatches(1), 8 * layers + 4, "heads of {head_dim}");
-            assert_eq!(edge_llm::gpu::decode::decode_dispatches(&cfg, model.context()), 8 * layers + 4);
+            assert_eq!(q.shapes().decode_dispatches(&cfg, model.context()), 8 * layers + 4);
             assert!((0..64).all(|pos| !model.splits_attention(pos)), "heads of {head_dim} split");
             let got = logits_of_each_step(&mut model, &PROMPT);
             let want = reference::forward(&cfg, &w, &PROMPT, &mut RefKvCache::default()).concat();
@@ -489,7 +489,8 @@ fn greedy_steps_chained_ahead_give_the_reference_tokens_one_submit_per_chain() {
 
 /// The tiny model on a device that binds at most 2 KiB per buffer, for 16 positions (its
 /// activations then fit in prefill chunks of 4 rows): gate, up and down of both layers and the
-/// embedding (also the tied head) are split by rows as `BlockSpec::row_ranges` plans. Token by token,
+/// embedding (also the tied head) are split by rows as `BlockSpec::row_ranges` plans, a
+/// dispatch per part (`ModelShapes::decode_dispatches` counts them). Token by token,
 /// its logits are bit-identical to the unsplit model's; a prompt prefilled in chunks of 4
 /// gives the reference's last logits (LOGITS_TOL), and greedy tokens are the reference's.
 #[test]
@@ -502,6 +503,10 @@ fn tiny_model_split_over_a_small_binding_limit_gives_the_unsplit_logits() {
         let (cfg, w) = (q.cfg.clone(), &exported.effective);
         let mut unsplit = GpuLlama::load(full, &q, MAX_CTX).unwrap();
         let mut split = GpuLlama::load(small, &q, MAX_CTX).unwrap();
+        // A product per part, counted before a load as the load binds them (and the q, k and v
+        // that no longer stack each on its own).
+        assert_eq!(split.dispatches(1), q.shapes().decode_dispatches(&cfg, split.context()), "symmetric={symmetric}");
+        assert!(split.dispatches(1) > unsplit.dispatches(1), "symmetric={symmetric}");
         let mut weights: Vec<&BlockWeight> = q.layers.iter().flat_map(|l| [&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down]).collect();
         weights.push(&q.embed);
         weights.extend(&q.lm_head);
@@ -614,8 +619,8 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     // Dispatches a decode step records (7 a layer: each residual add with the norm after it,
     // q, k and v stacked into one product, gate and up too, RoPE with the cache append fused
     // into the attention, SiLU·mul into the down GEMV's input; and 4: the embedding, the last
-    // add with the final norm, the head and the pick: `decode_dispatches`, what `auto`'s probe
-    // counts); with the
+    // add with the final norm, the head and the pick: `ModelShapes::decode_dispatches`, what
+    // `auto`'s probe counts); with the
     // adds and norms fused into the q/k/v and gate/up GEMVs (the first layer's adding zeros),
     // 5 a layer and 3 (the embedding, the head's GEMV with the last add and the final norm in
     // it, the pick); a prefill chunk runs the adds with the norms, RoPE and SiLU·mul on their
@@ -623,16 +628,16 @@ fn prefill_and_decode_create_nothing_submit_once_per_chunk_read_back_one_token()
     // norms nor SiLU·mul (8).
     let layers = q.cfg.num_layers;
     assert!(!model.context().fuses_norm(), "a CPU rasterizer's default");
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, model.context()), 7 * layers + 4);
+    assert_eq!(q.shapes().decode_dispatches(&q.cfg, model.context()), 7 * layers + 4);
     assert_eq!((model.dispatches(1), model.dispatches(chunk)), (7 * layers + 4, 9 * layers + 5), "{layers} layers");
     let fused = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(true), ..Default::default() })).unwrap();
     let fused = GpuLlama::load(fused, &q, 256).unwrap();
     assert_eq!((fused.dispatches(1), fused.dispatches(chunk)), (5 * layers + 3, 9 * layers + 5), "norms fused, {layers} layers");
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, fused.context()), 5 * layers + 3);
+    assert_eq!(q.shapes().decode_dispatches(&q.cfg, fused.context()), 5 * layers + 3);
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     let per_row = GpuLlama::load(per_row, &q, 256).unwrap();
     assert_eq!(per_row.dispatches(1), 8 * layers + 4, "the per-row GEMV takes the norms' and SiLU·mul's outputs");
-    assert_eq!(edge_llm::gpu::decode::decode_dispatches(&q.cfg, per_row.context()), 8 * layers + 4);
+    assert_eq!(q.shapes().decode_dispatches(&q.cfg, per_row.context()), 8 * layers + 4);
     let check = |c: GpuCounters, tokens: usize, extra: (u64, u64)| {
         let created = c.buffers + c.bind_groups + c.pipelines + c.shader_modules;
         assert_eq!(created, 0, "objects created in a step: {c:?}");
@@ -1092,9 +1097,11 @@ fn decode_ahead_tuning_chains_until_a_token_pays_a_tenth_of_its_submit() {
     assert_eq!(decode_ahead_for(0.2, 0.0), DECODE_AHEAD_TUNED_MAX);
     let Some(ctx) = gpu() else { return };
     let chosen = ctx.decode_ahead();
-    // SmolLM2-135M's shapes and the 84 MB its int4 step reads.
+    // SmolLM2-135M's shapes in int4 (the 84 MB its step reads).
     let cfg = edge_llm::gpu::bench::synthetic_config("smollm2-135m").unwrap();
-    let tuning = block_on(tune_decode_ahead(&ctx, &cfg, 84_000_000, clock_ms)).unwrap();
+    let shapes = edge_llm::gpu::decode::ModelShapes::int4(&cfg, 32);
+    assert_eq!(shapes.decode_bytes() / 1_000_000, 84);
+    let tuning = block_on(tune_decode_ahead(&ctx, &cfg, &shapes, clock_ms)).unwrap();
     eprintln!("{}", tuning.says());
     let step = tuning.step;
     assert!(step.submit_ms().is_finite() && step.kernels_ms > 0.0, "{tuning:?}");
@@ -1456,6 +1463,46 @@ fn onnxruntime_made_files_give_onnxruntimes_tokens_on_the_gpu() {
     let e = loose(&proto).err().expect("a graph with Erf is not the GPU's Llama");
     assert_eq!(e.name(), "UnsupportedBackendError", "{e}");
     assert!(e.to_string().contains("Erf"), "{e}");
+}
+
+/// `auto`'s probe and the load-time tuning count a decode step's dispatches from the graph
+/// before anything is bound (`GpuBackend::model_shapes`, `ModelShapes::decode_dispatches`):
+/// the count is what the load then records (`GpuBackend::dispatches(1)`), on every format
+/// edge-llm's exporter writes (int8 activations included) and every onnxruntime-made file
+/// (biases, rounded activations, per-tensor rounding, f16), packed (the graph the engine
+/// prepares), on this adapter's defaults, with the norms fused and with the per-row GEMV.
+#[cfg(feature = "pack")]
+#[test]
+fn decode_dispatches_counted_before_a_load_are_what_the_load_records() {
+    use edge_llm::gpu::GpuBackend;
+    if gpu().is_none() {
+        return;
+    }
+    let int8_act = ExportOptions { int8_activations: true, head_int8_activations: true, ..ExportOptions::int8_block() };
+    let ours = gpu_formats().into_iter().chain([("int8 block, int8 activations", int8_act)]);
+    let tiny_inputs = (tiny::tokenizer_json().into_bytes(), tiny::model_config());
+    let ort = ort_files::PackInputs::tiny();
+    let mut files: Vec<(String, Vec<u8>, &[u8], &edge_llm::ModelConfig)> =
+        ours.map(|(name, opts)| (name.to_string(), tiny_files(&opts).0, &tiny_inputs.0[..], &tiny_inputs.1)).collect();
+    files.extend(ort_files::GPU_FILES.iter().map(|(name, ..)| (format!("onnxruntime's {name}"), ort_files::file(name).onnx.to_vec(), &ort.tokenizer[..], &ort.config)));
+    let contexts = [GpuOptions::default(), GpuOptions { fuse_norm: Some(true), ..Default::default() }, GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() }];
+    let mut seen = std::collections::HashSet::new();
+    for (name, onnx, tokenizer, config) in &files {
+        let pack = edge_llm::pack::PackOptions { shard_bytes: 1 << 16, ..Default::default() };
+        let (manifest, shards) = edge_llm::pack::pack(onnx, tokenizer, config, &pack).unwrap();
+        for options in &contexts {
+            let mut package = Package::packed(&manifest, shards.clone().into_iter().collect());
+            let graph = block_on(package.graph()).unwrap();
+            let cfg = package.config().architecture.clone();
+            let ctx = block_on(GpuContext::with_options(options)).unwrap();
+            let counted = GpuBackend::model_shapes(&cfg, &graph).unwrap().decode_dispatches(&cfg, &ctx);
+            let backend = block_on(GpuBackend::open(ctx, &mut package, &graph)).unwrap();
+            assert_eq!(backend.dispatches(1), counted, "{name}, {options:?}");
+            seen.insert(counted);
+        }
+    }
+    // The files differ in what they add: the count is not one number for all.
+    assert!(seen.len() > 4, "{seen:?}");
 }
 
 /// One seeded change to `g` that a hostile or broken file could have: an initializer removed,

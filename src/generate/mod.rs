@@ -520,8 +520,8 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
             GpuBackend::supports(cfg, graph)?;
             let ctx = GpuContext::with_options(&options.gpu).await?;
             GpuBackend::fits(cfg, graph, ctx.limits())?;
-            let step_bytes = GpuBackend::decode_bytes(cfg, graph)?;
-            let tuned = tune_kernels(&ctx, cfg, step_bytes, &options.gpu).await?;
+            let shapes = GpuBackend::model_shapes(cfg, graph)?;
+            let tuned = tune_kernels(&ctx, cfg, &shapes, &options.gpu).await?;
             Ok((Some(ctx), tuned.and_then(|t| t.said()).map(|t| format!("the GPU, as asked: {t}"))))
         }
         BackendKind::Auto => {
@@ -533,17 +533,17 @@ async fn choose_backend(options: &EngineOptions, cfg: &crate::model::LlamaConfig
                 Err(why) => return Ok((None, Some(format!("the CPU: {why}")))),
             };
             let adapter = format!("adapter `{}`{}", ctx.adapter_info().name, if ctx.is_software() { " (a software rasterizer)" } else { "" });
-            let step_bytes = match GpuBackend::decode_bytes(cfg, graph) {
-                Ok(bytes) => bytes,
+            let shapes = match GpuBackend::model_shapes(cfg, graph) {
+                Ok(shapes) => shapes,
                 Err(e) => return Ok((None, Some(format!("the CPU: {e}")))),
             };
             // The GEMV's shape first, so the probe times the kernel the GPU would run.
-            let tuning = match tune_kernels(&ctx, cfg, step_bytes, &options.gpu).await {
+            let tuning = match tune_kernels(&ctx, cfg, &shapes, &options.gpu).await {
                 Ok(t) => t,
                 Err(e) => return Ok((None, Some(format!("the CPU: tuning the GEMV on {adapter} failed ({e})")))),
             };
             let tuned = tuning.as_ref().and_then(|t| t.said()).map(|t| format!("; {t}")).unwrap_or_default();
-            match probe(&ctx, cfg, step_bytes, tuning.and_then(|t| t.step)).await {
+            match probe(&ctx, cfg, &shapes, tuning.and_then(|t| t.step)).await {
                 Ok(Some(p)) if p.gpu_ms < p.cpu_ms => Ok((Some(ctx), Some(format!("the GPU: {adapter} {}{tuned}", p.says())))),
                 Ok(Some(p)) => Ok((None, Some(format!("the CPU: {adapter} {}{tuned}", p.says())))),
                 Ok(None) => Ok((Some(ctx), Some(format!("the GPU: {adapter}, a model it runs (no clock to probe with)")))),
@@ -561,14 +561,16 @@ fn ticks(now: Clock) -> bool {
 /// On a GPU (or a software adapter with `probe_software`), the kernels left to the engine in
 /// the options tuned for the weights the load then binds ([`crate::gpu::probe::tune_model`]:
 /// `gemv_rows.wgsl`'s shape, the prefill kernel, where the decode attention splits, how many
-/// greedy steps a decode submit chains, for a step reading `step_bytes`). `None`: not tuned
-/// (a CPU rasterizer, or no clock).
-async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, options: &crate::gpu::GpuOptions) -> Result<Option<crate::gpu::probe::ModelTuning>> {
+/// greedy steps a decode submit chains, for a step of the model's `shapes`). `None`: not
+/// tuned (a CPU rasterizer, or no clock).
+use crate::gpu::decode::ModelShapes;
+
+async fn tune_kernels(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, shapes: &ModelShapes, options: &crate::gpu::GpuOptions) -> Result<Option<crate::gpu::probe::ModelTuning>> {
     let now: Clock = default_clock;
     if (ctx.is_software() && !options.probe_software) || !ticks(now) {
         return Ok(None);
     }
-    Ok(Some(crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), step_bytes, options, now).await?))
+    Ok(Some(crate::gpu::probe::tune_model(ctx, cfg, crate::gpu::backend::context_len(cfg), shapes, options, now).await?))
 }
 
 /// `auto`'s estimate of a decode step on each backend, in milliseconds (see [`probe`]).
@@ -596,13 +598,13 @@ impl Probe {
     }
 }
 
-/// `auto`'s probe: a GPU decode step of `step_bytes` as [`crate::gpu::probe::estimate_step`]
+/// `auto`'s probe: a GPU decode step of the model's `shapes` as [`crate::gpu::probe::estimate_step`]
 /// estimates it (`tuned`: the estimate the load's tuning made, else timed now), a token paying
 /// its share of a submit of the greedy steps the context chains, against the CPU backend's
 /// int4 kernel on 16-bit activations (the default decode path, one thread) at the same
 /// feed-forward shape scaled to the same bytes. `None` without a clock (wasm before `web/`
 /// installs one). A few milliseconds on a GPU (the shape's ~0.5 MB, a few submits).
-async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, tuned: Option<crate::gpu::probe::StepEstimate>) -> Result<Option<Probe>> {
+async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, shapes: &ModelShapes, tuned: Option<crate::gpu::probe::StepEstimate>) -> Result<Option<Probe>> {
     let now: Clock = default_clock;
     if !ticks(now) {
         return Ok(None);
@@ -610,8 +612,9 @@ async fn probe(ctx: &crate::gpu::GpuContext, cfg: &crate::model::LlamaConfig, st
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let gpu = match tuned {
         Some(step) => step,
-        None => crate::gpu::probe::estimate_step(ctx, cfg, step_bytes, now).await?,
+        None => crate::gpu::probe::estimate_step(ctx, cfg, shapes, now).await?,
     };
+    let step_bytes = shapes.decode_bytes();
     let cpu_ms = cpu_gemv_ms(n, k, now) * gpu.scale;
     Ok(Some(Probe { gpu_ms: gpu.ms(ctx.decode_ahead()), cpu_ms, step_bytes, extra_dispatches: gpu.extra_dispatches, dispatch_ms: gpu.dispatch_ms }))
 }

@@ -11,8 +11,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 
-use super::decode::{GpuLayer, GpuLlama, GpuWeights, Pick, LINEARS};
-use super::nbits::{Activations, BlockSpec, Field, GpuNBits, ZeroPointKind};
+use super::decode::{GpuLayer, GpuLlama, GpuWeights, ModelShapes, Pick, LINEARS};
+use super::nbits::{Activations, BlockSpec, Field, GpuNBits, WeightShape, ZeroPointKind};
 use super::GpuContext;
 use crate::backend::{Backend, BackendInfo, KvSnapshot, Session, StepFuture};
 use crate::backend::SampleParams;
@@ -83,8 +83,19 @@ impl GpuBackend {
     /// reads one row), from the graph's initializers alone: what the auto probe scales its
     /// GEMV timings by.
     pub fn decode_bytes(cfg: &LlamaConfig, graph: &ModelProto) -> Result<u64> {
-        let reads = |w: &&Planned| w.name != EMBEDDING || cfg.tie_word_embeddings;
-        Ok(plan(cfg, graph)?.weights.iter().filter(reads).map(|w| w.spec.gpu_bytes() as u64).sum())
+        Ok(Self::model_shapes(cfg, graph)?.decode_bytes())
+    }
+
+    /// The [`ModelShapes`] of the weights a load of `graph` binds (what `auto`'s probe and the
+    /// load-time tuning estimate a decode step from: its bytes, its dispatches).
+    pub fn model_shapes(cfg: &LlamaConfig, graph: &ModelProto) -> Result<ModelShapes> {
+        let plan = plan(cfg, graph)?;
+        let mut shapes = plan.weights.iter().map(|w| WeightShape { spec: w.spec, activations: w.activations });
+        let layers = (0..cfg.num_layers)
+            .map(|_| <[WeightShape; 7]>::try_from(shapes.by_ref().take(LINEARS.len()).collect::<Vec<_>>()).expect("the plan has seven linears per layer"))
+            .collect();
+        let embed = shapes.next().expect("the plan has the embedding");
+        Ok(ModelShapes { layers, embed, head: shapes.next() })
     }
 
     /// Load `package`'s graph on the GPU: the linears, embedding and head [`plan`] finds
@@ -101,6 +112,11 @@ impl GpuBackend {
     /// Everything created, submitted, written and read back so far.
     pub fn counters(&self) -> super::GpuCounters {
         self.0.model.borrow().counters()
+    }
+
+    /// Compute dispatches a step of `rows` tokens records ([`GpuLlama::dispatches`]).
+    pub fn dispatches(&self, rows: usize) -> usize {
+        self.0.model.borrow().dispatches(rows)
     }
 
     fn session_with(&self, kv: KvSnapshot) -> GpuSession {

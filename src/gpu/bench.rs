@@ -319,12 +319,13 @@ pub fn report(
     const PREFILL_TOKENS: usize = 56;
     let cfg = q.cfg.clone();
     let max_ctx = cfg.max_position_embeddings.min(1024);
-    // Bytes of weights a decode step reads: what the tuning and the estimate scale to.
-    let bytes = q.decode_bytes();
+    // What a decode step reads and records: what the tuning and the estimate scale to.
+    let shapes = q.shapes();
+    let bytes = shapes.decode_bytes();
     // Tuned at the model's feed-forward shape, as a load through the engine does on a GPU.
     let mut tuned_step = None;
     if !ctx.is_software() {
-        let tuning = block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, bytes, options, now))?;
+        let tuning = block_on(super::probe::tune_model(&ctx, &cfg, max_ctx, &shapes, options, now))?;
         for said in &tuning.said {
             emit(&format!("load-time tuning for {name}: {said}"));
         }
@@ -402,7 +403,7 @@ pub fn report(
     // the tuning's estimate where the load tuned the chain, as `auto` takes it.
     let est = match tuned_step {
         Some(step) => step,
-        None => block_on(super::probe::estimate_step(model.context(), &cfg, bytes, now))?,
+        None => block_on(super::probe::estimate_step(model.context(), &cfg, &shapes, now))?,
     };
     let est_ms = est.ms(ahead);
     emit(&format!(

@@ -9,7 +9,7 @@
 
 use super::context::{GpuContext, GpuCounters};
 use super::kernels::{self, f32_bytes, AttnBuffers, Dispatch, Pipelines, Rope, RopeKvBuffers};
-use super::nbits::{Activations, BlockWeight, GpuNBits, NormInput};
+use super::nbits::{Activations, BlockSpec, BlockWeight, GpuNBits, NormInput, WeightShape, ZeroPointKind};
 use super::twin::{self, AttnShape};
 use crate::backend::KvSnapshot;
 use crate::backend::SampleParams;
@@ -145,8 +145,13 @@ impl QuantLlama {
     /// Bytes of weights a decode step reads: every linear and the head (the embedding only
     /// where it is the head: its gather reads one row).
     pub fn decode_bytes(&self) -> u64 {
-        let linears: usize = self.layers.iter().flat_map(|l| l.linears()).map(|w| w.spec.gpu_bytes()).sum();
-        (linears + self.lm_head.as_ref().unwrap_or(&self.embed).spec.gpu_bytes()) as u64
+        self.shapes().decode_bytes()
+    }
+
+    /// Its weights' [`ModelShapes`] (float activations).
+    pub fn shapes(&self) -> ModelShapes {
+        let shape = |w: &BlockWeight| WeightShape { spec: w.spec, activations: Activations::Float };
+        ModelShapes { layers: self.layers.iter().map(|l| l.linears().map(shape)).collect(), embed: shape(&self.embed), head: self.lm_head.as_ref().map(shape) }
     }
 
     /// Quantize fp32 weights to int4 exactly as `llama::onnx_export` does for `ExportOptions::int4`.
@@ -202,26 +207,75 @@ impl QuantLlama {
     }
 }
 
-/// Compute dispatches a greedy decode step of a Llama of `cfg`'s shapes records on `ctx` at
-/// least (biases, rounded activations and weights that do not stack add theirs). Where the
-/// context fuses norms ([`GpuContext::fuses_norm`]), per layer q, k and v as one product with
-/// the residual add and the attention norm fused into its GEMV (the first layer's adds zeros to
-/// the embedding), the attention with RoPE and the cache append fused in, the output linear,
-/// gate and up as one product with the add and the feed-forward norm fused in, down with
-/// SiLU·mul fused into its input: 5; then the embedding gather before and the head's product
-/// (the last add and the final norm fused in) and pick after: 3. Without: each add with its
-/// norm on its own, 7 a layer, and the embedding, the last add with the final norm, the head and
-/// the pick: 4. The per-row GEMV ([`super::GemvKernel::PerRow`]) fuses neither the norms nor
-/// SiLU·mul: 8 a layer and 4. Heads wider than [`kernels::ATTENTION_MAX_HEAD_DIM`] one more a
-/// layer (RoPE with the append on its own). A prefill chunk runs all of those on their own (9 a
-/// layer; and 5: the last add over its rows and the final norm apart).
-pub fn decode_dispatches(cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
-    let per_row = ctx.gemv_kernel() == super::GemvKernel::PerRow;
-    let fused_norms = ctx.fuses_norm() && !per_row;
-    let wide = cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM;
-    let per_layer = 5 + 2 * !fused_norms as usize + per_row as usize + wide as usize;
-    // The embedding, the head's GEMV and the pick; unfused the last add and the final norm.
-    per_layer * cfg.num_layers + 3 + !fused_norms as usize
+/// What a decode step reads and records, known before a load binds anything: each layer's
+/// linears (q, k, v, o, gate, up, down), the embedding table and the untied head, each as a
+/// [`WeightShape`]. `auto`'s probe and the load-time tuning estimate a step from it.
+#[derive(Debug, Clone)]
+pub struct ModelShapes {
+    pub layers: Vec<[WeightShape; 7]>,
+    pub embed: WeightShape,
+    pub head: Option<WeightShape>,
+}
+
+impl ModelShapes {
+    /// A model of `cfg`'s shapes whose every weight is int4 in symmetric blocks of `block`
+    /// (`QuantLlama::quantize`'s, the synthetic models' of `bench-gpu`).
+    pub fn int4(cfg: &LlamaConfig, block: usize) -> Self {
+        let w = |n: usize, k: usize| WeightShape {
+            spec: BlockSpec { n, k, bits: 4, block_size: block, zero_points: ZeroPointKind::Middle, f16_params: false, bias: false },
+            activations: Activations::Float,
+        };
+        let (h, q, kv, i) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let layer = [w(q, h), w(kv, h), w(kv, h), w(h, q), w(i, h), w(i, h), w(h, i)];
+        ModelShapes { layers: vec![layer; cfg.num_layers], embed: w(cfg.vocab_size, h), head: (!cfg.tie_word_embeddings).then(|| w(cfg.vocab_size, h)) }
+    }
+
+    /// Bytes of weights a decode step reads: every linear's and the head's (the embedding's
+    /// where it is the head; its gather reads one row).
+    pub fn decode_bytes(&self) -> u64 {
+        let linears: usize = self.layers.iter().flatten().map(|w| w.spec.gpu_bytes()).sum();
+        (linears + self.head.unwrap_or(self.embed).spec.gpu_bytes()) as u64
+    }
+
+    /// Compute dispatches a greedy decode step records on `ctx` (`cfg` gives the heads' width),
+    /// as [`GpuLlama::build`] binds them (`GpuLlama::dispatches(1)` after a load; the dispatch
+    /// test checks they agree on every format), short of a context deep enough for the
+    /// attention to split. Per layer: q, k and v as one product where they stack
+    /// ([`WeightShape::stack`]), gate and up too; each residual add with its norm inside the
+    /// products after it where the context fuses norms ([`GpuContext::fuses_norm`]) and every
+    /// one of them can ([`WeightShape::fuses`]), else on its own, then the rounding where their
+    /// nodes ask for it; the attention with RoPE and the cache append fused in (heads wider
+    /// than [`kernels::ATTENTION_MAX_HEAD_DIM`]: RoPE with the append on its own first); the
+    /// output linear after its rounding; down with SiLU·mul fused into its input where it can,
+    /// else after `silu_mul` and its rounding; every product one dispatch per part, and its
+    /// bias one more. Then the embedding gather (a dispatch per part) before, and after, the
+    /// last add with the final norm as one with the head as the layers' products, and the
+    /// pick. An int4 model whose weights stack: 7 a layer and 4 (SmolLM2-135M: 214), 5 a
+    /// layer and 3 with the norms fused (153), 8 and 4 with the per-row GEMV, which fuses
+    /// nothing. A prefill chunk runs all of those on their own (9 a layer and 5).
+    pub fn decode_dispatches(&self, cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
+        let max = kernels::max_binding(ctx.limits());
+        let product = |w: &WeightShape| w.product_dispatches(max);
+        let rounding = |ws: &[WeightShape]| ws.iter().any(|w| w.activations != Activations::Float) as usize;
+        let normed = |ws: &[WeightShape]| {
+            let products: usize = ws.iter().map(product).sum();
+            match ctx.fuses_norm() && ws.iter().all(|w| w.fuses(ctx)) {
+                true => products,
+                false => 1 + rounding(ws) + products,
+            }
+        };
+        let stacked = |ws: &[WeightShape]| {
+            let parts: Vec<(WeightShape, usize)> = ws.iter().map(|w| (*w, w.parts(max))).collect();
+            WeightShape::stack(&parts, max).map_or_else(|| ws.to_vec(), |s| vec![s])
+        };
+        let attention = 1 + (cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM) as usize;
+        let layer = |&[q, k, v, o, gate, up, down]: &[WeightShape; 7]| {
+            let down = if down.fuses(ctx) { product(&down) } else { 1 + rounding(&[down]) + product(&down) };
+            normed(&stacked(&[q, k, v])) + attention + rounding(&[o]) + product(&o) + normed(&stacked(&[gate, up])) + down
+        };
+        let head = self.head.unwrap_or(self.embed);
+        self.embed.parts(max) + self.layers.iter().map(layer).sum::<usize>() + normed(&[head]) + 1
+    }
 }
 
 /// Most prompt tokens one prefill submit runs (a chunk; longer prompts take several; fewer

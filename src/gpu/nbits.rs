@@ -465,7 +465,57 @@ pub enum Activations {
     Uint8Tensor,
 }
 
+/// What a weight's dispatches depend on, known before it is on the GPU: its layout and how its
+/// node rounds its input ([`super::decode::ModelShapes`] counts a step's from these).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WeightShape {
+    pub spec: BlockSpec,
+    pub activations: Activations,
+}
+
+impl WeightShape {
+    /// The buffers (row ranges) an adapter binding at most `max` bytes splits it into.
+    pub fn parts(&self, max: u64) -> usize {
+        self.spec.row_ranges("", max).map_or(1, |r| r.len())
+    }
+
+    /// Dispatches its product records: one per part, and one per part for a bias.
+    pub fn product_dispatches(&self, max: u64) -> usize {
+        self.parts(max) * (1 + self.spec.bias as usize)
+    }
+
+    /// Whether `ctx`'s decode GEMV for it is `gemv_rows.wgsl` on float activations: the GEMV
+    /// the residual add and norm ([`GpuNBits::gemv_norm`]) or SiLU·mul
+    /// ([`GpuNBits::gemv_glu`]) before it fuse into.
+    pub fn fuses(&self, ctx: &GpuContext) -> bool {
+        self.activations == Activations::Float && ctx.gemv_kernel() != GemvKernel::PerRow && self.spec.rows_kernel_fits()
+    }
+
+    /// The weight `shapes` stack into by rows ([`GpuNBits::stacked`]), each in `parts` buffers
+    /// on an adapter binding at most `max` bytes: `None` where they differ in anything but
+    /// their row count (kind, k, block, zero points, bias, rounding), one is split, or the
+    /// stack would need splitting.
+    pub fn stack(shapes: &[(WeightShape, usize)], max: u64) -> Option<WeightShape> {
+        let (first, _) = shapes.first()?;
+        let same = |(w, parts): &(WeightShape, usize)| BlockSpec { n: first.spec.n, ..w.spec } == first.spec && w.activations == first.activations && *parts == 1;
+        if !shapes.iter().all(same) {
+            return None;
+        }
+        let spec = BlockSpec { n: shapes.iter().map(|(w, _)| w.spec.n).sum(), ..first.spec };
+        // Whole 4-byte words per row in every field, for the copies' offsets and sizes.
+        if FIELDS.iter().any(|f| spec.row_bytes(*f) % 4 != 0) || spec.row_ranges("", max).map_or(true, |r| r.len() != 1) {
+            return None;
+        }
+        Some(WeightShape { spec, activations: first.activations })
+    }
+}
+
 impl GpuNBits {
+    /// Its [`WeightShape`].
+    pub fn shape(&self) -> WeightShape {
+        WeightShape { spec: self.spec, activations: self.activations }
+    }
+
     /// Buffers for a `spec` weight, zeroed; [`GpuNBits::write`] fills them.
     pub fn allocate(ctx: &GpuContext, name: &str, spec: BlockSpec) -> Result<Self> {
         spec.check(name)?;
@@ -508,17 +558,10 @@ impl GpuNBits {
     /// the originals). `None` where they differ in anything but their row count (kind, k, block,
     /// zero points, bias, rounding), one is split by rows, or the stack would need splitting.
     pub fn stacked(ctx: &GpuContext, name: &str, weights: &[&GpuNBits]) -> Result<Option<Self>> {
-        let Some(first) = weights.first() else { return Ok(None) };
-        let same = |w: &&GpuNBits| BlockSpec { n: first.spec.n, ..w.spec } == first.spec && w.activations == first.activations && w.parts.len() == 1;
-        if !weights.iter().all(same) {
-            return Ok(None);
-        }
-        let spec = BlockSpec { n: weights.iter().map(|w| w.spec.n).sum(), ..first.spec };
-        // Whole 4-byte words per row in every field, for the copies' offsets and sizes.
-        if FIELDS.iter().any(|f| spec.row_bytes(*f) % 4 != 0) || spec.row_ranges(name, max_binding(ctx.limits()))?.len() != 1 {
-            return Ok(None);
-        }
-        let stack = GpuNBits { activations: first.activations, ..Self::allocate(ctx, name, spec)? };
+        let shapes: Vec<(WeightShape, usize)> = weights.iter().map(|w| (w.shape(), w.parts.len())).collect();
+        let Some(stacked) = WeightShape::stack(&shapes, max_binding(ctx.limits())) else { return Ok(None) };
+        let spec = stacked.spec;
+        let stack = GpuNBits { activations: stacked.activations, ..Self::allocate(ctx, name, spec)? };
         let mut enc = ctx.encoder();
         let mut row = 0;
         for w in weights {

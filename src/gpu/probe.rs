@@ -4,6 +4,7 @@
 use super::context::GpuContext;
 use super::kernels::{self, Dispatch, Pipelines};
 use super::twin::AttnShape;
+use super::decode::ModelShapes;
 use super::nbits::{BlockSpec, BlockWeight, Field, GpuNBits, NormInput, RowsShape, ZeroPointKind, ZeroPoints};
 use super::{GemvKernel, PrefillKernel};
 use crate::Result;
@@ -363,19 +364,21 @@ impl StepEstimate {
 /// time is the launch and barrier rather than bytes.
 pub const TINY_ROWS: usize = 64;
 
-/// Estimate a GPU decode step of a Llama of `cfg`'s shapes reading `step_bytes` of weights:
+/// Estimate a GPU decode step of a Llama of `cfg`'s heads and `shapes`' weights (the bytes it
+/// reads: [`ModelShapes::decode_bytes`]):
 /// an int4 GEMV at the feed-forward shape `[intermediate][hidden]` timed ([`time_gemv`]: its
 /// time and a submit's fixed cost with the readback) and scaled to the step's bytes, plus the
-/// step's dispatches beyond those GEMVs ([`super::decode::decode_dispatches`]: small linears,
+/// step's dispatches beyond those GEMVs ([`ModelShapes::decode_dispatches`]: small linears,
 /// norms, attention with RoPE; each a launch and a barrier whatever its bytes) at a
 /// [`TINY_ROWS`]-row GEMV's time each; and the submit's fixed cost apart, which the greedy
 /// steps chained in it share ([`StepEstimate::ms`]).
-pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<StepEstimate> {
+pub async fn estimate_step(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, shapes: &ModelShapes, now: fn() -> f64) -> Result<StepEstimate> {
+    let step_bytes = shapes.decode_bytes();
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let gemv = time_gemv(ctx, n, k, now).await?;
     let tiny = time_gemv(ctx, TINY_ROWS, k, now).await?;
     let scale = step_bytes as f64 / gemv.bytes as f64;
-    let extra_dispatches = super::decode::decode_dispatches(cfg, ctx).saturating_sub(scale.ceil() as usize);
+    let extra_dispatches = shapes.decode_dispatches(cfg, ctx).saturating_sub(scale.ceil() as usize);
     let kernels_ms = gemv.gemv_ms * scale + tiny.gemv_ms * extra_dispatches as f64;
     Ok(StepEstimate { kernels_ms, gemv, scale, extra_dispatches, dispatch_ms: tiny.gemv_ms })
 }
@@ -467,8 +470,8 @@ pub async fn tune_rows(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
 /// prefill kernel ([`tune_prefill`]); at its attention's heads over a cache of `max_ctx`
 /// positions, where a decode step's attention splits ([`tune_attention`]); each set on the
 /// context; and how many greedy steps a decode submit chains ([`tune_decode_ahead`], for a
-/// step reading `step_bytes` of weights).
-pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, step_bytes: u64, options: &super::GpuOptions, now: fn() -> f64) -> Result<ModelTuning> {
+/// step of the model's `shapes`).
+pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_ctx: usize, shapes: &ModelShapes, options: &super::GpuOptions, now: fn() -> f64) -> Result<ModelTuning> {
     let (n, k) = (cfg.intermediate_size.max(1), cfg.hidden_size.div_ceil(32).max(1) * 32);
     let mut said = Vec::new();
     if options.gemv == GemvKernel::Auto {
@@ -496,7 +499,7 @@ pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_c
     }
     let mut step = None;
     if options.decode_ahead.is_none() {
-        let tuning = tune_decode_ahead(ctx, cfg, step_bytes, now).await?;
+        let tuning = tune_decode_ahead(ctx, cfg, shapes, now).await?;
         ctx.set_decode_ahead(tuning.ahead);
         said.push(tuning.says());
         step = Some(tuning.step);
@@ -551,14 +554,14 @@ pub const SUBMIT_SHARE: f64 = 0.1;
 pub const DECODE_AHEAD_TUNED_MAX: usize = 7;
 
 /// How many greedy steps a decode submit chains beyond the first
-/// ([`super::GpuOptions::decode_ahead`]): a step of `cfg`'s shapes reading `step_bytes`,
+/// ([`super::GpuOptions::decode_ahead`]): a step of the model's `shapes` (`cfg` its heads),
 /// estimated as `auto`'s probe does ([`estimate_step`]: its kernels, and a submit with its
 /// readback), chained until a token's share of the submit is at most [`SUBMIT_SHARE`] of the
 /// kernels' time (none where the kernels dwarf the submit: a big model's step; more where the
 /// submit is most of a token: a small model, a browser's readback), at most
 /// [`DECODE_AHEAD_TUNED_MAX`]. Sets nothing itself.
-pub async fn tune_decode_ahead(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, step_bytes: u64, now: fn() -> f64) -> Result<DecodeAheadTuning> {
-    let step = estimate_step(ctx, cfg, step_bytes, now).await?;
+pub async fn tune_decode_ahead(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, shapes: &ModelShapes, now: fn() -> f64) -> Result<DecodeAheadTuning> {
+    let step = estimate_step(ctx, cfg, shapes, now).await?;
     Ok(DecodeAheadTuning { step, ahead: decode_ahead_for(step.submit_ms(), step.kernels_ms) })
 }
 
