@@ -243,8 +243,8 @@ impl ModelShapes {
     /// attention to split. Per layer: q, k and v as one product where they stack
     /// ([`WeightShape::stack`]), gate and up too; each residual add with its norm inside the
     /// products after it where the context fuses norms ([`GpuContext::fuses_norm`]) and every
-    /// one of them can ([`WeightShape::fuses`]), else on its own, then the rounding where their
-    /// nodes ask for it; the attention with RoPE and the cache append fused in (heads wider
+    /// one of them can ([`WeightShape::fuses`]), else on its own (rounding int8 blocks where
+    /// their nodes ask for them), then a per-tensor rounding where they ask for it; the attention with RoPE and the cache append fused in (heads wider
     /// than [`kernels::ATTENTION_MAX_HEAD_DIM`]: RoPE with the append on its own first); the
     /// output linear after its rounding; down with SiLU·mul fused into its input where it can,
     /// else after `silu_mul` and its rounding; every product one dispatch per part, and its
@@ -257,11 +257,12 @@ impl ModelShapes {
         let max = kernels::max_binding(ctx.limits());
         let product = |w: &WeightShape| w.product_dispatches(max);
         let rounding = |ws: &[WeightShape]| ws.iter().any(|w| w.activations != Activations::Float) as usize;
+        // After a norm, int8 blocks are rounded by the norm's dispatch; per tensor on its own.
         let normed = |ws: &[WeightShape]| {
             let products: usize = ws.iter().map(product).sum();
             match ctx.fuses_norm() && ws.iter().all(|w| w.fuses(ctx)) {
                 true => products,
-                false => 1 + rounding(ws) + products,
+                false => 1 + ws.iter().any(|w| w.activations == Activations::Uint8Tensor) as usize + products,
             }
         };
         let stacked = |ws: &[WeightShape]| {
@@ -400,9 +401,14 @@ pub struct GpuLlama {
     final_add: Option<Dispatch>,
     final_norm: Dispatch,
     /// After a step of one row (a decode step): the last add and the final norm as one
-    /// (`add_rms_norm` of the stream's row, its sum written to `x_last`).
+    /// (`add_rms_norm` of the stream's row, its sum written to `x_last`; for a head on int8
+    /// blocks, rounded by it too).
     final_add_norm: Dispatch,
-    /// The head after either norm, on one row: the rounding where its linear asks, the GEMV.
+    /// The head's rounding where its linear asks: after a chunk's norm, and after a row's
+    /// where that does not round (`row_rounds`: per tensor).
+    head_round: Option<Dispatch>,
+    row_rounds: bool,
+    /// The head's GEMV after either norm, on one row.
     head: Vec<Dispatch>,
     /// Where the context fuses norms and the head's GEMV can: for a step of one row, the head
     /// GEMV with the last add and the final norm in it, in place of `final_add_norm` and `head`.
@@ -524,20 +530,22 @@ impl GpuLlama {
             let vc = ctx.storage("v_cache", (kvd * max_ctx * 4) as u64)?;
             let eps = cfg.rms_norm_eps;
             // Where a linear's node asks for rounded activations, its input is rounded first
-            // (once for the linears sharing it) and it reads the rounded copy.
-            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer| -> Result<Option<Op>> {
+            // (once for the linears sharing it) and it reads the rounded copy; after a norm,
+            // int8 blocks are rounded by the norm's dispatch itself (`normed`).
+            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer, after_norm: bool| -> Result<Option<Op>> {
                 let mut kinds = users.iter().map(|w| w.activations).filter(|a| *a != Activations::Float);
                 let Some(kind) = kinds.next() else { return Ok(None) };
                 if kinds.any(|a| a != kind) {
                     return Err(Error::UnsupportedBackend("webgpu: linears reading one input round it differently".into()));
                 }
-                Ok(Some(Op::Run(match kind {
-                    Activations::Uint8Tensor => kernels::quantize_tensor(&ctx, &mut pipes, k, &state, from, to),
-                    _ => kernels::round_q8(&ctx, &mut pipes, k, from, to),
-                })))
+                Ok(match kind {
+                    Activations::Uint8Tensor => Some(Op::Run(kernels::quantize_tensor(&ctx, &mut pipes, k, &state, from, to))),
+                    _ if after_norm => None,
+                    _ => Some(Op::Run(kernels::round_q8(&ctx, &mut pipes, k, from, to))),
+                })
             };
-            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q)?, round(&[&wo], qd, &attn, &attn_q)?);
-            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q)?, round(&[&wd], inter, &act, &act_q)?);
+            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q, true)?, round(&[&wo], qd, &attn, &attn_q, false)?);
+            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q, true)?, round(&[&wd], inter, &act, &act_q, false)?);
             let linear = |pipes: &mut Pipelines, w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
                 let x = if w.activations != Activations::Float { rounded } else { x };
                 Op::Linear { gemv: w.gemv(&ctx, pipes, &state, x, y), gemm: w.gemm(&ctx, pipes, &state, x, y) }
@@ -546,9 +554,12 @@ impl GpuLlama {
             // the stream's other buffer): where the context fuses norms, a decode step's GEMVs
             // with the add and norm fused in where every one of them can (one dispatch less),
             // else `add_rms_norm.wgsl` first (a prefill chunk always), then the rounding where
-            // they ask for it.
+            // they ask for it: int8 blocks by the norm's dispatch (into the rounded copy).
             let normed = |pipes: &mut Pipelines, ws: &[GpuNBits], norm: NormInput, rounding: Option<Op>, y: &wgpu::Buffer| -> Vec<Op> {
-                let separate = kernels::add_rms_norm(&ctx, pipes, h, norm, &xn);
+                let separate = match ws.iter().any(|w| w.activations == Activations::Int8Blocks) {
+                    true => kernels::add_rms_norm_q8(&ctx, pipes, h, norm, &xn_q),
+                    false => kernels::add_rms_norm(&ctx, pipes, h, norm, &xn),
+                };
                 let fused: Option<Vec<Vec<Dispatch>>> = match ctx.fuses_norm() {
                     true => ws.iter().map(|w| w.gemv_norm(&ctx, pipes, &state, norm, y)).collect(),
                     false => None,
@@ -617,26 +628,25 @@ impl GpuLlama {
         let final_add = (layer_count > 0).then(|| kernels::add(&ctx, &mut pipes, h, &stream[cur], &tmp));
         let final_norm = kernels::rms_norm(&ctx, &mut pipes, h, eps, &x_last, &final_gain, &xn);
         let row_norm = NormInput { x: &stream[cur], resid: if layer_count > 0 { &tmp } else { &zeros }, gain: &final_gain, x_sum: &x_last, eps };
-        let final_add_norm = kernels::add_rms_norm(&ctx, &mut pipes, h, row_norm, &xn);
         let head_weight = head_w.as_ref().unwrap_or(&embed);
+        // A head on int8 blocks: the one-row norm rounds its output itself (a chunk's head
+        // rounds the norm of its last row after it).
+        let final_add_norm = match head_weight.activations {
+            Activations::Int8Blocks => kernels::add_rms_norm_q8(&ctx, &mut pipes, h, row_norm, &xn_q),
+            _ => kernels::add_rms_norm(&ctx, &mut pipes, h, row_norm, &xn),
+        };
         let head_fused = match ctx.fuses_norm() {
             true => head_weight.gemv_norm(&ctx, &mut pipes, &head_state, row_norm, &logits),
             false => None,
         };
-        let mut head = Vec::new();
         // The head runs on the last row only (`x_last`): a per-tensor rounding sees that row.
-        let head_in = match head_weight.activations {
-            Activations::Float => &xn,
-            Activations::Int8Blocks => {
-                head.push(kernels::round_q8(&ctx, &mut pipes, h, &xn, &xn_q));
-                &xn_q
-            }
-            Activations::Uint8Tensor => {
-                head.push(kernels::quantize_tensor(&ctx, &mut pipes, h, &head_state, &xn, &xn_q));
-                &xn_q
-            }
+        let (head_round, head_in) = match head_weight.activations {
+            Activations::Float => (None, &xn),
+            Activations::Int8Blocks => (Some(kernels::round_q8(&ctx, &mut pipes, h, &xn, &xn_q)), &xn_q),
+            Activations::Uint8Tensor => (Some(kernels::quantize_tensor(&ctx, &mut pipes, h, &head_state, &xn, &xn_q)), &xn_q),
         };
-        head.extend(head_weight.gemv(&ctx, &mut pipes, &head_state, head_in, &logits));
+        let row_rounds = head_weight.activations == Activations::Uint8Tensor;
+        let head = head_weight.gemv(&ctx, &mut pipes, &head_state, head_in, &logits);
         let argmax = kernels::argmax(&ctx, &mut pipes, vocab, &logits, &state);
         let sample_opts = ctx.storage("sample_opts", 32)?;
         let seen_host = kernels::seen_bitmap(vocab, &[]);
@@ -675,6 +685,8 @@ impl GpuLlama {
             final_add,
             final_norm,
             final_add_norm,
+            head_round,
+            row_rounds,
             head,
             head_fused,
             argmax,
@@ -737,8 +749,8 @@ impl GpuLlama {
     fn head_for(&self, rows: usize) -> Vec<&Dispatch> {
         match (&self.head_fused, rows) {
             (Some(fused), 1) => fused.iter().collect(),
-            (None, 1) => std::iter::once(&self.final_add_norm).chain(&self.head).collect(),
-            _ => self.final_add.iter().chain([&self.final_norm]).chain(&self.head).collect(),
+            (None, 1) => std::iter::once(&self.final_add_norm).chain(self.head_round.iter().filter(|_| self.row_rounds)).chain(&self.head).collect(),
+            _ => self.final_add.iter().chain([&self.final_norm]).chain(&self.head_round).chain(&self.head).collect(),
         }
     }
 
@@ -772,7 +784,7 @@ impl GpuLlama {
                 self.pipes.record(enc, body.chain(&self.final_add), rows as u32);
                 let row = (self.cfg.hidden_size * 4) as u64;
                 enc.copy_buffer_to_buffer(&self.x, (rows as u64 - 1) * row, &self.x_last, 0, row);
-                self.pipes.record(enc, std::iter::once(&self.final_norm).chain(&self.head).chain([pick]), 1);
+                self.pipes.record(enc, std::iter::once(&self.final_norm).chain(&self.head_round).chain(&self.head).chain([pick]), 1);
             }
         }
         enc.copy_buffer_to_buffer(&self.state, TOKENS_AT, &self.token_readback, 4 * slot, 4);

@@ -41,7 +41,9 @@ pub enum Kernel {
     EmbedNBits(NBitsKind),
     BiasNBits,
     RmsNorm,
-    AddRmsNorm,
+    /// The residual add and RMSNorm; with `round_q8`, the norm then rounded to int8 per block
+    /// of 32 (the rounding of [`Kernel::RoundQ8`], in the same dispatch).
+    AddRmsNorm { round_q8: bool },
     RopeKv,
     /// One workgroup per query head and row; RoPE and the cache append fused in or not.
     Attention(Rope),
@@ -96,7 +98,7 @@ impl Kernel {
             Kernel::EmbedNBits(_) => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
             Kernel::RmsNorm => "rms_norm",
-            Kernel::AddRmsNorm => "add_rms_norm",
+            Kernel::AddRmsNorm { .. } => "add_rms_norm",
             Kernel::RopeKv => "rope_kv",
             Kernel::Attention(_) => "attention",
             Kernel::AttentionSplit(..) => "attention_split",
@@ -134,7 +136,7 @@ impl Kernel {
             Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
             Kernel::RmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/rms_norm.wgsl")),
-            Kernel::AddRmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
+            Kernel::AddRmsNorm { .. } => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/q8_block.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
             Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
             Kernel::Attention(_) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention.wgsl")),
             Kernel::AttentionSplit(..) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention_split.wgsl")),
@@ -143,7 +145,7 @@ impl Kernel {
             Kernel::Add => include_str!("kernels/add.wgsl"),
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
             Kernel::Sample => include_str!("kernels/sample.wgsl"),
-            Kernel::RoundQ8 => include_str!("kernels/round_q8.wgsl"),
+            Kernel::RoundQ8 => concat!(include_str!("kernels/q8_block.wgsl"), include_str!("kernels/round_q8.wgsl")),
             Kernel::QuantizeTensor => include_str!("kernels/quantize_tensor.wgsl"),
             Kernel::SubgroupLayout => include_str!("kernels/subgroup_layout.wgsl"),
         };
@@ -160,6 +162,7 @@ impl Kernel {
                 .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
                 .chain(norm.map(|eps| ("EPS", f32::from_bits(eps) as f64)))
                 .collect(),
+            Kernel::AddRmsNorm { round_q8 } => vec![("ROUND_Q8", round_q8 as u32 as f64)],
             Kernel::Attention(rope) => vec![rope.constant()],
             Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), rope.constant()],
             _ => Vec::new(),
@@ -288,8 +291,19 @@ pub fn rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, eps: f32, x: 
 /// the residual add and the next norm in one dispatch, one workgroup per row. The same as
 /// `norm`'s fused GEMV ([`super::nbits::GpuNBits::gemv_norm`]) gives its product and writes.
 pub fn add_rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, norm: super::nbits::NormInput, y: &wgpu::Buffer) -> Dispatch {
+    bind_add_rms_norm(ctx, pipes, n, norm, y, false)
+}
+
+/// [`add_rms_norm`] with `y` then rounded to int8 per block of 32 as [`round_q8`] rounds it
+/// (`n` a multiple of 32): the norm before linears whose nodes ask for int8 activations
+/// (`accuracy_level = 4`), one dispatch instead of two.
+pub fn add_rms_norm_q8(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, norm: super::nbits::NormInput, y: &wgpu::Buffer) -> Dispatch {
+    bind_add_rms_norm(ctx, pipes, n, norm, y, true)
+}
+
+fn bind_add_rms_norm(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, norm: super::nbits::NormInput, y: &wgpu::Buffer, round_q8: bool) -> Dispatch {
     let params = ctx.uniform("add_rms_norm", &[n as u32, norm.eps.to_bits()]);
-    pipes.bind(ctx, Kernel::AddRmsNorm, &[&params, norm.x, norm.resid, norm.gain, y, norm.x_sum], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
+    pipes.bind(ctx, Kernel::AddRmsNorm { round_q8 }, &[&params, norm.x, norm.resid, norm.gain, y, norm.x_sum], Grid::Rows { groups: [1, 1, 1], axis: 0, rows_per_group: 1 })
 }
 
 /// Buffers of one [`rope_kv`]: the step state, the CPU's cos and sin tables, the step's rows of

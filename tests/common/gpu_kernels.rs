@@ -356,7 +356,8 @@ pub async fn quantize_tensor(ctx: &GpuContext, pipes: &mut Pipelines, x: &[f32],
     download(ctx, &yb, rows * k).await
 }
 
-/// RMSNorm over rows of several widths, alone and fused with the residual add before it.
+/// RMSNorm over rows of several widths, alone and fused with the residual add before it (and
+/// with the rounding to int8 blocks after it).
 pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
     for (n, rows) in [(1, 1), (64, 1), (576, 2), (1000, 3), (rng.range(1, 3000), 1)] {
@@ -381,6 +382,18 @@ pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert!(bits(&fused) == bits(&download(ctx, &yb, rows * n).await), "add_rms_norm vs rms_norm of the sum n={n} rows={rows}");
         assert_close(&format!("add_rms_norm n={n} rows={rows}"), &fused, &twin::rms_norm(&sum, &g, 1e-5), |_| 1e-5);
+        // Rounded to int8 blocks in the same dispatch (rows of whole blocks): bit-identical to
+        // round_q8.wgsl of the norm (which its own test holds to the twin); the sum as before.
+        if n % 32 == 0 {
+            let (yq, sq) = (ctx.storage("yq", (rows * n * 4) as u64).unwrap(), ctx.storage("sum", (rows * n * 4) as u64).unwrap());
+            let d = kernels::add_rms_norm_q8(ctx, &mut pipes, n, NormInput { x: &xb, resid: &tb, gain: &gb, x_sum: &sq, eps: 1e-5 }, &yq);
+            kernels::run(ctx, &pipes, &[d], rows as u32);
+            assert_eq!(download(ctx, &sq, rows * n).await, sum, "add_rms_norm_q8's sum n={n} rows={rows}");
+            let d = kernels::round_q8(ctx, &mut pipes, n, &yb2, &yb);
+            kernels::run(ctx, &pipes, &[d], rows as u32);
+            let rounded = download(ctx, &yq, rows * n).await;
+            assert!(bits(&rounded) == bits(&download(ctx, &yb, rows * n).await), "add_rms_norm_q8 vs round_q8 of add_rms_norm n={n} rows={rows}");
+        }
     }
 }
 
