@@ -247,7 +247,7 @@ impl ModelShapes {
     /// their nodes ask for them), then a per-tensor rounding where they ask for it; the attention with RoPE and the cache append fused in (heads wider
     /// than [`kernels::ATTENTION_MAX_HEAD_DIM`]: RoPE with the append on its own first); the
     /// output linear after its rounding; down with SiLU·mul fused into its input where it can,
-    /// else after `silu_mul` and its rounding; every product one dispatch per part, and its
+    /// else after `silu_mul` (rounding int8 blocks) and a per-tensor rounding; every product one dispatch per part, and its
     /// bias one more. Then the embedding gather (a dispatch per part) before, and after, the
     /// last add with the final norm as one with the head as the layers' products, and the
     /// pick. An int4 model whose weights stack: 7 a layer and 4 (SmolLM2-135M: 214), 5 a
@@ -271,7 +271,7 @@ impl ModelShapes {
         };
         let attention = 1 + (cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM) as usize;
         let layer = |&[q, k, v, o, gate, up, down]: &[WeightShape; 7]| {
-            let down = if down.fuses(ctx) { product(&down) } else { 1 + rounding(&[down]) + product(&down) };
+            let down = if down.fuses(ctx) { product(&down) } else { 1 + (down.activations == Activations::Uint8Tensor) as usize + product(&down) };
             normed(&stacked(&[q, k, v])) + attention + rounding(&[o]) + product(&o) + normed(&stacked(&[gate, up])) + down
         };
         let head = self.head.unwrap_or(self.embed);
@@ -530,9 +530,9 @@ impl GpuLlama {
             let vc = ctx.storage("v_cache", (kvd * max_ctx * 4) as u64)?;
             let eps = cfg.rms_norm_eps;
             // Where a linear's node asks for rounded activations, its input is rounded first
-            // (once for the linears sharing it) and it reads the rounded copy; after a norm,
-            // int8 blocks are rounded by the norm's dispatch itself (`normed`).
-            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer, after_norm: bool| -> Result<Option<Op>> {
+            // (once for the linears sharing it) and it reads the rounded copy; after a norm or
+            // SiLU·mul (`by_producer`), int8 blocks are rounded by that dispatch itself.
+            let mut round = |users: &[&GpuNBits], k: usize, from: &wgpu::Buffer, to: &wgpu::Buffer, by_producer: bool| -> Result<Option<Op>> {
                 let mut kinds = users.iter().map(|w| w.activations).filter(|a| *a != Activations::Float);
                 let Some(kind) = kinds.next() else { return Ok(None) };
                 if kinds.any(|a| a != kind) {
@@ -540,12 +540,12 @@ impl GpuLlama {
                 }
                 Ok(match kind {
                     Activations::Uint8Tensor => Some(Op::Run(kernels::quantize_tensor(&ctx, &mut pipes, k, &state, from, to))),
-                    _ if after_norm => None,
+                    _ if by_producer => None,
                     _ => Some(Op::Run(kernels::round_q8(&ctx, &mut pipes, k, from, to))),
                 })
             };
             let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q, true)?, round(&[&wo], qd, &attn, &attn_q, false)?);
-            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q, true)?, round(&[&wd], inter, &act, &act_q, false)?);
+            let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q, true)?, round(&[&wd], inter, &act, &act_q, true)?);
             let linear = |pipes: &mut Pipelines, w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
                 let x = if w.activations != Activations::Float { rounded } else { x };
                 Op::Linear { gemv: w.gemv(&ctx, pipes, &state, x, y), gemm: w.gemm(&ctx, pipes, &state, x, y) }
@@ -588,8 +588,12 @@ impl GpuLlama {
             let lo = linear(&mut pipes, &wo, &attn, &attn_q, &tmp);
             // The down projection: its GEMV reads SiLU(gate)·up straight from the gate and up
             // products where it can (a float-input rows GEMV: one dispatch less a decode step);
-            // a prefill chunk, and any other GEMV, runs silu_mul.wgsl first.
-            let silu = kernels::silu_mul(&ctx, &mut pipes, inter, &gate_up, &act);
+            // a prefill chunk, and any other GEMV, runs silu_mul.wgsl first (rounding to int8
+            // blocks where down asks for them).
+            let silu = match wd.activations {
+                Activations::Int8Blocks => kernels::silu_mul_q8(&ctx, &mut pipes, inter, &gate_up, &act_q),
+                _ => kernels::silu_mul(&ctx, &mut pipes, inter, &gate_up, &act),
+            };
             let glu = if wd.activations == Activations::Float { wd.gemv_glu(&ctx, &mut pipes, &state, &gate_up, &tmp) } else { None };
             let down: Vec<Op> = match glu {
                 Some(gemv) => vec![Op::Linear { gemv, gemm: std::iter::once(silu).chain(wd.gemm(&ctx, &mut pipes, &state, &act, &tmp)).collect() }],

@@ -51,7 +51,9 @@ pub enum Kernel {
     /// group, at most 8); [`Kernel::AttentionCombine`] adds the splits. RoPE fused in or not.
     AttentionSplit(u32, Rope),
     AttentionCombine,
-    SiluMul,
+    /// SiLU(gate)·up; with `round_q8`, rounded to int8 per block of 32 (the rounding of
+    /// [`Kernel::RoundQ8`], in the same dispatch).
+    SiluMul { round_q8: bool },
     Add,
     Argmax,
     Sample,
@@ -103,7 +105,7 @@ impl Kernel {
             Kernel::Attention(_) => "attention",
             Kernel::AttentionSplit(..) => "attention_split",
             Kernel::AttentionCombine => "attention_combine",
-            Kernel::SiluMul => "silu_mul",
+            Kernel::SiluMul { .. } => "silu_mul",
             Kernel::Add => "add",
             Kernel::Argmax => "argmax",
             Kernel::Sample => "sample",
@@ -141,7 +143,7 @@ impl Kernel {
             Kernel::Attention(_) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention.wgsl")),
             Kernel::AttentionSplit(..) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention_split.wgsl")),
             Kernel::AttentionCombine => include_str!("kernels/attention_combine.wgsl"),
-            Kernel::SiluMul => include_str!("kernels/silu_mul.wgsl"),
+            Kernel::SiluMul { .. } => concat!(include_str!("kernels/q8_block.wgsl"), include_str!("kernels/silu_mul.wgsl")),
             Kernel::Add => include_str!("kernels/add.wgsl"),
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
             Kernel::Sample => include_str!("kernels/sample.wgsl"),
@@ -162,7 +164,7 @@ impl Kernel {
                 .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
                 .chain(norm.map(|eps| ("EPS", f32::from_bits(eps) as f64)))
                 .collect(),
-            Kernel::AddRmsNorm { round_q8 } => vec![("ROUND_Q8", round_q8 as u32 as f64)],
+            Kernel::AddRmsNorm { round_q8 } | Kernel::SiluMul { round_q8 } => vec![("ROUND_Q8", round_q8 as u32 as f64)],
             Kernel::Attention(rope) => vec![rope.constant()],
             Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), rope.constant()],
             _ => Vec::new(),
@@ -416,7 +418,15 @@ pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::
 /// into `out` (`[rows][n]`).
 pub fn silu_mul(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, gate_up: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
     let params = ctx.uniform("silu_mul", &[n as u32]);
-    pipes.bind(ctx, Kernel::SiluMul, &[&params, gate_up, out], elementwise(n))
+    pipes.bind(ctx, Kernel::SiluMul { round_q8: false }, &[&params, gate_up, out], elementwise(n))
+}
+
+/// [`silu_mul`] with `out` rounded to int8 per block of 32 as [`round_q8`] rounds it (`n` a
+/// multiple of 32): the input of a down projection whose node asks for int8 activations, one
+/// dispatch instead of two.
+pub fn silu_mul_q8(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, gate_up: &wgpu::Buffer, out: &wgpu::Buffer) -> Dispatch {
+    let params = ctx.uniform("silu_mul", &[n as u32]);
+    pipes.bind(ctx, Kernel::SiluMul { round_q8: true }, &[&params, gate_up, out], Grid::per_row((n as u32 / 32).div_ceil(64)))
 }
 
 pub fn add(ctx: &GpuContext, pipes: &mut Pipelines, n: usize, x: &wgpu::Buffer, y: &wgpu::Buffer) -> Dispatch {

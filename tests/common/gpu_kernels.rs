@@ -492,7 +492,7 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
     }
 }
 
-/// SiLU·mul and the residual add.
+/// SiLU·mul (and with the rounding to int8 blocks after it) and the residual add.
 pub async fn elementwise_kernels_match_twins(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
     for (n, rows) in [(1, 1), (63, 1), (64, 2), (65, 3), (1536, 1), (576, 64), (rng.range(1, 10_000), rng.range(1, 9))] {
@@ -500,9 +500,21 @@ pub async fn elementwise_kernels_match_twins(ctx: &GpuContext, rng: &mut Rng) {
         let (ab, bb, out) = (upload(ctx, &a), upload(ctx, &b), ctx.storage("out", (rows * n * 4) as u64).unwrap());
         // Gate and up side by side in a row, as their products write them.
         let gate_up: Vec<f32> = (0..rows).flat_map(|r| [&a[r * n..][..n], &b[r * n..][..n]].concat()).collect();
-        let d = kernels::silu_mul(ctx, &mut pipes, n, &upload(ctx, &gate_up), &out);
+        let gate_up = upload(ctx, &gate_up);
+        let d = kernels::silu_mul(ctx, &mut pipes, n, &gate_up, &out);
         kernels::run(ctx, &pipes, &[d], rows as u32);
-        assert_close(&format!("silu_mul n={n} rows={rows}"), &download(ctx, &out, rows * n).await, &twin::silu_mul(&a, &b), |_| 1e-6);
+        let act = download(ctx, &out, rows * n).await;
+        assert_close(&format!("silu_mul n={n} rows={rows}"), &act, &twin::silu_mul(&a, &b), |_| 1e-6);
+        // Rounded to int8 blocks in the same dispatch (rows of whole blocks): bit-identical to
+        // round_q8.wgsl of silu_mul's output (which its own test holds to the twin).
+        if n % 32 == 0 {
+            let (rounded, twice) = (ctx.storage("q8", (rows * n * 4) as u64).unwrap(), ctx.storage("q8", (rows * n * 4) as u64).unwrap());
+            let d = kernels::silu_mul_q8(ctx, &mut pipes, n, &gate_up, &rounded);
+            let r = kernels::round_q8(ctx, &mut pipes, n, &out, &twice);
+            kernels::run(ctx, &pipes, &[d, r], rows as u32);
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            assert!(bits(download(ctx, &rounded, rows * n).await) == bits(download(ctx, &twice, rows * n).await), "silu_mul_q8 vs round_q8 of silu_mul n={n} rows={rows}");
+        }
         let d = kernels::add(ctx, &mut pipes, n, &ab, &bb);
         kernels::run(ctx, &pipes, &[d], rows as u32);
         let mut want = a.clone();
