@@ -245,8 +245,9 @@ impl ModelShapes {
     /// products after it where the context fuses norms ([`GpuContext::fuses_norm`]) and every
     /// one of them can ([`WeightShape::fuses`]), else on its own (rounding int8 blocks where
     /// their nodes ask for them), then a per-tensor rounding where they ask for it; the attention with RoPE and the cache append fused in (heads wider
-    /// than [`kernels::ATTENTION_MAX_HEAD_DIM`]: RoPE with the append on its own first); the
-    /// output linear after its rounding; down with SiLU·mul fused into its input where it can,
+    /// than [`kernels::ATTENTION_MAX_HEAD_DIM`]: RoPE with the append on its own first;
+    /// rounding int8 blocks for the output linear where its heads are whole blocks); the
+    /// output linear after a rounding the attention did not do; down with SiLU·mul fused into its input where it can,
     /// else after `silu_mul` (rounding int8 blocks) and a per-tensor rounding; every product one dispatch per part, and its
     /// bias one more. Then the embedding gather (a dispatch per part) before, and after, the
     /// last add with the final norm as one with the head as the layers' products, and the
@@ -256,7 +257,6 @@ impl ModelShapes {
     pub fn decode_dispatches(&self, cfg: &LlamaConfig, ctx: &GpuContext) -> usize {
         let max = kernels::max_binding(ctx.limits());
         let product = |w: &WeightShape| w.product_dispatches(max);
-        let rounding = |ws: &[WeightShape]| ws.iter().any(|w| w.activations != Activations::Float) as usize;
         // After a norm, int8 blocks are rounded by the norm's dispatch; per tensor on its own.
         let normed = |ws: &[WeightShape]| {
             let products: usize = ws.iter().map(product).sum();
@@ -272,7 +272,9 @@ impl ModelShapes {
         let attention = 1 + (cfg.head_dim > kernels::ATTENTION_MAX_HEAD_DIM) as usize;
         let layer = |&[q, k, v, o, gate, up, down]: &[WeightShape; 7]| {
             let down = if down.fuses(ctx) { product(&down) } else { 1 + (down.activations == Activations::Uint8Tensor) as usize + product(&down) };
-            normed(&stacked(&[q, k, v])) + attention + rounding(&[o]) + product(&o) + normed(&stacked(&[gate, up])) + down
+            // The attention rounds o's int8 blocks where a head is whole blocks.
+            let round_o = o.activations == Activations::Uint8Tensor || (o.activations == Activations::Int8Blocks && cfg.head_dim % 32 != 0);
+            normed(&stacked(&[q, k, v])) + attention + round_o as usize + product(&o) + normed(&stacked(&[gate, up])) + down
         };
         let head = self.head.unwrap_or(self.embed);
         self.embed.parts(max) + self.layers.iter().map(layer).sum::<usize>() + normed(&[head]) + 1
@@ -544,7 +546,9 @@ impl GpuLlama {
                     _ => Some(Op::Run(kernels::round_q8(&ctx, &mut pipes, k, from, to))),
                 })
             };
-            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q, true)?, round(&[&wo], qd, &attn, &attn_q, false)?);
+            // The attention rounds its heads' int8 blocks for o where they are whole blocks.
+            let attention_rounds = wo.activations == Activations::Int8Blocks && hd % 32 == 0;
+            let (round_qkv, round_o) = (round(&[&wq, &wk, &wv], h, &xn, &xn_q, true)?, round(&[&wo], qd, &attn, &attn_q, attention_rounds)?);
             let (round_gate_up, round_down) = (round(&[&wg, &wu], h, &xn, &xn_q, true)?, round(&[&wd], inter, &act, &act_q, true)?);
             let linear = |pipes: &mut Pipelines, w: &GpuNBits, x: &wgpu::Buffer, rounded: &wgpu::Buffer, y: &wgpu::Buffer| {
                 let x = if w.activations != Activations::Float { rounded } else { x };
@@ -599,7 +603,8 @@ impl GpuLlama {
                 Some(gemv) => vec![Op::Linear { gemv, gemm: std::iter::once(silu).chain(wd.gemm(&ctx, &mut pipes, &state, &act, &tmp)).collect() }],
                 None => std::iter::once(Op::Run(silu)).chain(round_down).chain([linear(&mut pipes, &wd, &act, &act_q, &tmp)]).collect(),
             };
-            let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: &attn, cos: &cos, sin: &sin };
+            let attn_out = if attention_rounds { &attn_q } else { &attn };
+            let attn_bufs = |scratch| AttnBuffers { state: &state, q: &qkv, kcache: &kc, vcache: &vc, scratch, out: attn_out, cos: &cos, sin: &sin };
             // The attention norm with the previous layer's last residual add (the first layer's
             // adds zeros to the embedding), then q, k and v.
             let resid = if first { &zeros } else { &tmp };
@@ -608,9 +613,9 @@ impl GpuLlama {
             cur = 1 - cur;
             first = false;
             let rope_bufs = RopeKvBuffers { state: &state, cos: &cos, sin: &sin, qkv: &qkv, kcache: &kc, vcache: &vc };
-            let prefill = [kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs), kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before)];
-            let fused = fuses_rope.then(|| kernels::attention(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Fused));
-            let split = part.as_ref().map(|part| kernels::attention_split(&ctx, &mut pipes, shape, attn_bufs(part), Rope::Fused));
+            let prefill = [kernels::rope_kv(&ctx, &mut pipes, shape, rope_bufs), kernels::attention_with(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Before, attention_rounds)];
+            let fused = fuses_rope.then(|| kernels::attention_with(&ctx, &mut pipes, shape, attn_bufs(&scores), Rope::Fused, attention_rounds));
+            let split = part.as_ref().map(|part| kernels::attention_split_with(&ctx, &mut pipes, shape, attn_bufs(part), Rope::Fused, attention_rounds));
             body.push(Op::Attention { prefill, fused, split, split_from });
             body.extend(round_o);
             body.push(lo);

@@ -45,12 +45,14 @@ pub enum Kernel {
     /// of 32 (the rounding of [`Kernel::RoundQ8`], in the same dispatch).
     AddRmsNorm { round_q8: bool },
     RopeKv,
-    /// One workgroup per query head and row; RoPE and the cache append fused in or not.
-    Attention(Rope),
+    /// One workgroup per query head and row; RoPE and the cache append fused in or not; the
+    /// output rounded to int8 blocks (`round_q8`) or not.
+    Attention(Rope, bool),
     /// Over splits of positions, for the query heads a workgroup serves (a divisor of the
     /// group, at most 8); [`Kernel::AttentionCombine`] adds the splits. RoPE fused in or not.
     AttentionSplit(u32, Rope),
-    AttentionCombine,
+    /// Adds [`Kernel::AttentionSplit`]'s splits; the output rounded to int8 blocks or not.
+    AttentionCombine(bool),
     /// SiLU(gate)·up; with `round_q8`, rounded to int8 per block of 32 (the rounding of
     /// [`Kernel::RoundQ8`], in the same dispatch).
     SiluMul { round_q8: bool },
@@ -102,9 +104,9 @@ impl Kernel {
             Kernel::RmsNorm => "rms_norm",
             Kernel::AddRmsNorm { .. } => "add_rms_norm",
             Kernel::RopeKv => "rope_kv",
-            Kernel::Attention(_) => "attention",
+            Kernel::Attention(..) => "attention",
             Kernel::AttentionSplit(..) => "attention_split",
-            Kernel::AttentionCombine => "attention_combine",
+            Kernel::AttentionCombine(_) => "attention_combine",
             Kernel::SiluMul { .. } => "silu_mul",
             Kernel::Add => "add",
             Kernel::Argmax => "argmax",
@@ -138,11 +140,21 @@ impl Kernel {
             Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
             Kernel::RmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/rms_norm.wgsl")),
-            Kernel::AddRmsNorm { .. } => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/q8_block.wgsl"), include_str!("kernels/add_rms_norm.wgsl")),
+            Kernel::AddRmsNorm { .. } => concat!(
+                include_str!("kernels/norm.wgsl"),
+                include_str!("kernels/q8_block.wgsl"),
+                include_str!("kernels/q8_out.wgsl"),
+                include_str!("kernels/add_rms_norm.wgsl")
+            ),
             Kernel::RopeKv => include_str!("kernels/rope_kv.wgsl"),
-            Kernel::Attention(_) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention.wgsl")),
+            Kernel::Attention(..) => concat!(
+                include_str!("kernels/attention_bindings.wgsl"),
+                include_str!("kernels/q8_block.wgsl"),
+                include_str!("kernels/q8_out.wgsl"),
+                include_str!("kernels/attention.wgsl")
+            ),
             Kernel::AttentionSplit(..) => concat!(include_str!("kernels/attention_bindings.wgsl"), include_str!("kernels/attention_split.wgsl")),
-            Kernel::AttentionCombine => include_str!("kernels/attention_combine.wgsl"),
+            Kernel::AttentionCombine(_) => concat!(include_str!("kernels/q8_block.wgsl"), include_str!("kernels/q8_out.wgsl"), include_str!("kernels/attention_combine.wgsl")),
             Kernel::SiluMul { .. } => concat!(include_str!("kernels/q8_block.wgsl"), include_str!("kernels/silu_mul.wgsl")),
             Kernel::Add => include_str!("kernels/add.wgsl"),
             Kernel::Argmax => include_str!("kernels/argmax.wgsl"),
@@ -164,8 +176,8 @@ impl Kernel {
                 .chain([("LANES", lanes as f64), ("ROWS", rows as f64), ("XROWS", xrows as f64), ("GLU", glu as u32 as f64)])
                 .chain(norm.map(|eps| ("EPS", f32::from_bits(eps) as f64)))
                 .collect(),
-            Kernel::AddRmsNorm { round_q8 } | Kernel::SiluMul { round_q8 } => vec![("ROUND_Q8", round_q8 as u32 as f64)],
-            Kernel::Attention(rope) => vec![rope.constant()],
+            Kernel::AddRmsNorm { round_q8 } | Kernel::SiluMul { round_q8 } | Kernel::AttentionCombine(round_q8) => vec![("ROUND_Q8", round_q8 as u32 as f64)],
+            Kernel::Attention(rope, round_q8) => vec![rope.constant(), ("ROUND_Q8", round_q8 as u32 as f64)],
             Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), rope.constant()],
             _ => Vec::new(),
         }
@@ -375,8 +387,16 @@ fn attention_params(ctx: &GpuContext, label: &str, s: super::twin::AttnShape, sp
 
 /// Causal grouped-query attention, one workgroup per (query head, row): `attention.wgsl`.
 pub fn attention(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope) -> Dispatch {
+    attention_with(ctx, pipes, s, b, rope, false)
+}
+
+/// [`attention`] with its output rounded to int8 per block of 32 as [`round_q8`] rounds it
+/// where `round_q8` (`head_dim` a multiple of 32): the output projection's input where its
+/// node asks for int8 activations, one dispatch instead of two.
+pub fn attention_with(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope, round_q8: bool) -> Dispatch {
+    assert!(!round_q8 || s.head_dim % 32 == 0, "int8 blocks over heads of {}", s.head_dim);
     let params = attention_params(ctx, "attention", s, 0, rope);
-    pipes.bind(ctx, Kernel::Attention(rope), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out, b.cos, b.sin], Grid::per_row(s.heads as u32))
+    pipes.bind(ctx, Kernel::Attention(rope, round_q8), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.out, b.cos, b.sin], Grid::per_row(s.heads as u32))
 }
 
 /// Positions one [`attention_split`] workgroup takes (`attention_split.wgsl`'s `SPLIT`).
@@ -403,14 +423,20 @@ pub fn attention_part_floats(s: super::twin::AttnShape) -> usize {
 /// `attention_combine.wgsl` adding the splits. `s.head_dim` is at most
 /// [`ATTENTION_MAX_HEAD_DIM`] (the caller checks).
 pub fn attention_split(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope) -> [Dispatch; 2] {
+    attention_split_with(ctx, pipes, s, b, rope, false)
+}
+
+/// [`attention_split`] with its output rounded as [`attention_with`]'s (by the combine).
+pub fn attention_split_with(ctx: &GpuContext, pipes: &mut Pipelines, s: super::twin::AttnShape, b: AttnBuffers, rope: Rope, round_q8: bool) -> [Dispatch; 2] {
     assert!(s.head_dim <= ATTENTION_MAX_HEAD_DIM && s.heads % s.kv_heads == 0, "attention shape {s:?}");
+    assert!(!round_q8 || s.head_dim % 32 == 0, "int8 blocks over heads of {}", s.head_dim);
     let splits = s.max_ctx.div_ceil(ATTENTION_SPLIT) as u32;
     let params = attention_params(ctx, "attention_split", s, splits, rope);
     let gn = attention_heads(s.heads / s.kv_heads);
     let grid = Grid::Rows { groups: [(s.heads / gn) as u32, 1, splits], axis: 1, rows_per_group: 1 };
     let split = pipes.bind(ctx, Kernel::AttentionSplit(gn as u32, rope), &[&params, b.state, b.q, b.kcache, b.vcache, b.scratch, b.cos, b.sin], grid);
     let params = ctx.uniform("attention_combine", &[s.heads as u32, s.head_dim as u32, splits, ATTENTION_SPLIT as u32]);
-    let combine = pipes.bind(ctx, Kernel::AttentionCombine, &[&params, b.state, b.scratch, b.out], Grid::per_row(s.heads as u32));
+    let combine = pipes.bind(ctx, Kernel::AttentionCombine(round_q8), &[&params, b.state, b.scratch, b.out], Grid::per_row(s.heads as u32));
     [split, combine]
 }
 

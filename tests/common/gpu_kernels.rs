@@ -405,7 +405,8 @@ pub async fn rms_norm_matches_twin(ctx: &GpuContext, rng: &mut Rng) {
 /// after a random prefix; RoPE's tables up to 2048 positions. Decode rows also through both
 /// kernels with RoPE and the append fused in (what a decode step runs). Heads wider than
 /// [`kernels::ATTENTION_MAX_HEAD_DIM`] (320, 512) have neither the split nor the fused kernels:
-/// `rope_kv.wgsl` and the whole kernel are what every step of theirs runs.
+/// `rope_kv.wgsl` and the whole kernel are what every step of theirs runs. Heads of whole int8
+/// blocks also through both kernels rounding their output (`attention_with`).
 pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) {
     let mut pipes = Pipelines::default();
     // Groups of more query heads than a workgroup serves (18: three workgroups of 6; 11: eleven
@@ -463,6 +464,25 @@ pub async fn rope_kv_and_attention_match_twins(ctx: &GpuContext, rng: &mut Rng) 
             // The cache past pos + rows holds random values: a row that looked ahead would differ.
             let want = twin::attention(s, &got_q, &kc, &vc, pos);
             assert_close(&format!("attention {what}"), &download(ctx, &out, rows * heads * hd).await, &want, |_| 2e-5);
+            // Heads of whole int8 blocks: the attention rounding its output in the same dispatch
+            // (the output projection's input where its node asks for int8 activations), the
+            // split's combine likewise: bit-identical to round_q8.wgsl of the plain output.
+            let rounded = |outs: &[&wgpu::Buffer]| outs.iter().map(|_| ctx.storage("q8", (rows * heads * hd * 4) as u64).unwrap()).collect::<Vec<_>>();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            if hd % 32 == 0 {
+                let plain: Vec<&wgpu::Buffer> = if wide { vec![&out] } else { vec![&out, &out_split] };
+                let (by_kernel, by_round) = (rounded(&plain), rounded(&plain));
+                let mut d = vec![kernels::attention_with(ctx, &mut pipes, s, bufs(&scores, &by_kernel[0]), Rope::Before, true)];
+                if !wide {
+                    d.extend(kernels::attention_split_with(ctx, &mut pipes, s, bufs(&part, &by_kernel[1]), Rope::Before, true));
+                }
+                d.extend(plain.iter().zip(&by_round).map(|(from, to)| kernels::round_q8(ctx, &mut pipes, heads * hd, from, to)));
+                kernels::run(ctx, &pipes, &d, rows as u32);
+                for (i, kernel) in ["attention", "attention split"].iter().enumerate().take(plain.len()) {
+                    let got = bits(download(ctx, &by_kernel[i], rows * heads * hd).await);
+                    assert!(got == bits(download(ctx, &by_round[i], rows * heads * hd).await), "{kernel} rounding its output vs round_q8 of it {what}");
+                }
+            }
             if wide {
                 continue;
             }

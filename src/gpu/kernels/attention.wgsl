@@ -11,6 +11,11 @@
 // Softmax inside: scores, max, exp and sum, then the weighted sum of values.
 // Grid: (heads, rows), one workgroup of 64 per (query head, row). Twin: gpu::twin::attention
 // (the sums run in another order: the test allows 2e-5).
+// With ROUND_Q8 (head_dim a multiple of 32), the head's output is then rounded to int8 per
+// block of 32 as round_q8.wgsl rounds it (q8_out.wgsl, before this file): the output
+// projection's input where its node asks for int8 activations, in the same dispatch.
+
+override ROUND_Q8: u32 = 0u;
 
 // Params, State and bindings 0-4: attention_bindings.wgsl.
 @group(0) @binding(5) var<storage, read_write> scores: array<f32>;
@@ -130,5 +135,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             tail += scores[so + len - 1u] * vn[d];
         }
         out[(r * p.heads + h) * hd + d] = ((acc.x + acc.y) + (acc.z + acc.w) + tail) * inv;
+    }
+    if (ROUND_Q8 == 1u) {
+        round_out((r * p.heads + h) * hd, hd, lid);
     }
 }

@@ -4,6 +4,10 @@
 // over the splits that hold positions of the row (ceil(len / SPLIT), len = pos + r + 1).
 //   part  [rows][heads][splits][head_dim + 2];  out  [rows][heads][head_dim]
 // Grid: (heads, rows), one workgroup of 64 per (query head, row), an invocation per dimension.
+// With ROUND_Q8 (head_dim a multiple of 32), the head's output is then rounded to int8 per
+// block of 32 as round_q8.wgsl rounds it (q8_out.wgsl, before this file), as attention.wgsl's.
+
+override ROUND_Q8: u32 = 0u;
 
 struct Params {
     heads: u32,
@@ -46,5 +50,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             acc += exp(part[base + s * pw + hd] - mx) * part[base + s * pw + d];
         }
         out[(r * p.heads + h) * hd + d] = acc * inv;
+    }
+    if (ROUND_Q8 == 1u) {
+        round_out((r * p.heads + h) * hd, hd, lid);
     }
 }
