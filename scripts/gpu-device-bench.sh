@@ -19,8 +19,9 @@
 #                                         attention kernels at 128 to 4096 positions), then
 #                                         repeats and comparisons (one greedy step a submit
 #                                         against the tuned chain, norms fused into the
-#                                         GEMVs against before them, whole attention
-#                                         against split, per-row GEMV, tiled prefill),
+#                                         GEMVs against before them, f16 products against
+#                                         f32, whole attention against split, per-row GEMV,
+#                                         tiled prefill),
 #                                         writing to $OUT.
 #
 # The NVIDIA driver there ships its Vulkan ICD (libGLX_nvidia needs libglvnd; with libvulkan1
@@ -71,6 +72,14 @@ run)
         done
     done
     bench 120 decode-smollm2-135m-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled
+    # Products in f16 (shader-f16; H100/H200 have it) against the auto runs' f32, the tiled
+    # prefill too; then as `gpuPrecision: "f16"` loads do (kept only where the load's tuning
+    # times both faster: its line says the four times).
+    for model in smollm2-135m llama-3.2-1b; do
+        bench 120 "decode-$model-f16" --warmup 10 --steps 100 --synthetic "$model" --gemv auto --precision f16
+    done
+    bench 120 decode-smollm2-135m-f16-tiled-prefill --warmup 10 --steps 100 --synthetic smollm2-135m --gemv auto --prefill tiled --precision f16
+    bench 120 decode-llama-3.2-1b-f16-where-faster --warmup 10 --steps 100 --synthetic llama-3.2-1b --gemv auto --precision f16-where-faster
     # The attention deep in the chat by one workgroup per query head at every step (the auto
     # runs split it where the load's tuning chose): the split's gain at position 900.
     for model in smollm2-135m llama-3.1-8b; do
@@ -83,6 +92,7 @@ run)
     tail -n 8 "$out"/decode-*.txt
     grep -H "load-time tuning" "$out"/decode-*-auto.txt || true
     grep -H "decode tok/s" "$out"/decode-*-fuse-norm-*.txt || true
+    grep -H "decode tok/s\|prefill 56\|products" "$out"/decode-*-f16*.txt || true
     grep -h "n= 32768" "$out"/kernels-*.txt || true
     grep -h "at position\|decode attention tuned\|decode norms" "$out"/kernels-1.txt || true
     ;;

@@ -732,6 +732,7 @@ impl<F: Fetcher, S: ShardStore<Blob = F::Blob>> Loader<'_, F, S> {
 pub const LOAD_OPTION_NAMES: &[&str] = &[
     "backend", "threads", "cache", "cacheDir", "baseUrl", "onProgress", "onEvent", "signal", "strictQuota", "concurrency", "retries", "timeoutMs",
     "idleTimeoutMs", "integrity", "maxModelBytes", "warmUp", "exactActivations",
+    "gpuPrecision",
 ];
 
 /// The manifest of a version to load.

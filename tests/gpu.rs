@@ -13,7 +13,7 @@ use edge_llm::gpu::context::block_on;
 use edge_llm::gpu::kernels::{self, Pipelines};
 use edge_llm::gpu::nbits::{BlockSpec, BlockWeight, GpuNBits, RowsShape, ZeroPointKind};
 use edge_llm::gpu::twin;
-use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, PrefillKernel, QuantLlama};
+use edge_llm::gpu::{GemvKernel, GpuContext, GpuCounters, GpuLlama, GpuOptions, Pick, Precision, PrefillKernel, QuantLlama};
 use edge_llm::llama::onnx_export::{export, ExportOptions};
 use edge_llm::llama::reference::{self, RefKvCache};
 use edge_llm::llama::LlamaWeights;
@@ -67,6 +67,27 @@ fn block_matmul_kernels_match_twin() {
         let shapes = gpu_kernels::matmul_shapes(&mut rng, 12);
         block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes));
     }
+}
+
+/// Products in f16 (`GpuOptions::f16`, where the adapter has `shader-f16`: llvmpipe does):
+/// the rows kernel (decode, with SiLU·mul fused, and over a prefill's rows) and the tiled GEMM
+/// over every 4- and 8-bit kind, within f16's rounding of the f32 twin and visibly not f32
+/// (`gpu_kernels::f16_tolerance`); float weights, the per-row GEMV and the GEMV with the norm
+/// fused stay f32 in the same context. The context computes in f16 exactly where the adapter
+/// offers `shader-f16`.
+#[test]
+fn f16_products_match_twin_within_f16s_rounding() {
+    let Some(default) = gpu() else { return };
+    assert!(!default.f16(), "f32 unless the options ask");
+    let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap();
+    let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+    desc.backends = wgpu::Backends::all();
+    let adapter = block_on(wgpu::Instance::new(desc).request_adapter(&wgpu::RequestAdapterOptions { power_preference: wgpu::PowerPreference::HighPerformance, ..Default::default() })).unwrap();
+    assert_eq!(ctx.f16(), adapter.features().contains(wgpu::Features::SHADER_F16), "f16 exactly where the adapter has shader-f16");
+    eprintln!("f16 products: {}", if ctx.f16() { "yes" } else { "no: the adapter lacks shader-f16 (products f32, checked as such)" });
+    let mut rng = Rng(21);
+    let shapes = gpu_kernels::matmul_shapes(&mut rng, 6);
+    block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes));
 }
 
 /// `gemv_rows.wgsl` at each lane count and rows per lane group it takes, every weight kind,
@@ -348,6 +369,40 @@ fn tiny_decode_logits_match_reference_and_cpu() {
         let d = max_abs_diff(&got, &cpu);
         eprintln!("symmetric={symmetric}: GPU vs CPU backend logits max |diff| = {d:e}");
         assert!(d < LOGITS_TOL, "symmetric={symmetric}: GPU vs CPU backend max |diff| = {d}");
+    }
+}
+
+/// Logits tolerance vs the reference with the products in f16 (`GpuOptions::f16`): x and the
+/// weights' values rounded to f16, sums of up to 32 products in f16, over 2 layers. Measured on
+/// llvmpipe: 3.3e-2 and 3.6e-2 (asymmetric, symmetric) on logits up to 27; SmolLM2-135M's
+/// 30 layers 0.07–0.11 (`smollm2_int4_greedy_tokens_match_reference` holds its tokens).
+const F16_LOGITS_TOL: f32 = 0.1;
+
+/// With the products in f16 where the adapter has `shader-f16` (llvmpipe has): the tiny
+/// model's decode logits within [`F16_LOGITS_TOL`] of the f32 reference, but further than f32's
+/// [`LOGITS_TOL`] (f16 did run), and its 32 greedy tokens the reference's.
+#[test]
+fn f16_products_keep_the_tiny_models_logits_near_and_its_tokens() {
+    for symmetric in [true, false] {
+        let Some(_) = gpu() else { return };
+        let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap();
+        let f16 = ctx.f16();
+        let (q, exported) = tiny_q4(symmetric);
+        let cfg = q.cfg.clone();
+        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+        let got = logits_of_each_step(&mut model, &PROMPT);
+        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+        let d = max_abs_diff(&got, &want);
+        eprintln!("symmetric={symmetric} f16={f16}: GPU vs reference logits max |diff| = {d:e}");
+        if f16 {
+            assert!(d < F16_LOGITS_TOL && d > LOGITS_TOL, "symmetric={symmetric}: f16 GPU vs reference max |diff| = {d}");
+        } else {
+            assert!(d < LOGITS_TOL, "symmetric={symmetric}: f32 (no shader-f16) GPU vs reference max |diff| = {d}");
+        }
+        let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap();
+        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+        let got = block_on(model.greedy(&PROMPT[..4], 32)).unwrap();
+        assert_eq!(got, reference::greedy(&cfg, &exported.effective, &PROMPT[..4], 32), "symmetric={symmetric} f16={f16}");
     }
 }
 
@@ -727,6 +782,15 @@ fn smollm2_int4_greedy_tokens_match_reference() {
     let fused = block_on(GpuContext::with_options(&GpuOptions { fuse_norm: Some(true), ..Default::default() })).unwrap();
     let mut model = GpuLlama::load(fused, &q, 128).unwrap();
     assert_eq!(block_on(model.greedy(&prompt, 32)).unwrap(), want, "GPU with the norms fused vs reference greedy tokens");
+    // With the products in f16 (where the adapter has shader-f16; llvmpipe has), norms apart
+    // and fused, prefill by the tiled GEMM too: the same 32 tokens (measured: logits 0.07–0.11
+    // from the reference's, README "f16 products").
+    for (fuse_norm, prefill) in [(false, PrefillKernel::Auto), (true, PrefillKernel::Tiled)] {
+        let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, fuse_norm: Some(fuse_norm), prefill, ..Default::default() })).unwrap();
+        let f16 = ctx.f16();
+        let mut model = GpuLlama::load(ctx, &q, 128).unwrap();
+        assert_eq!(block_on(model.greedy(&prompt, 32)).unwrap(), want, "GPU f16={f16} fuse_norm={fuse_norm} {prefill:?} vs reference greedy tokens");
+    }
 }
 
 /// SmolLM2-135M in the packer's default int4 recipe (float zero points, f16 scales, the 8-bit
@@ -864,6 +928,30 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
             assert!(on_cpu.0 > 50, "the restored cache is reused: {on_cpu:?}");
             assert_eq!(on_cpu, on_gpu, "{what} {format} {variant:?}: the GPU's saved cache continues on the CPU as on the GPU");
         }
+    }
+}
+
+/// `GpuOptions::f16` through the engine (the `gpuPrecision: "f16"` load option): on the
+/// formats with 4- and 8-bit weights, packed, the GPU engine says what its products compute in
+/// (`"f16"` exactly where the adapter has `shader-f16`) and gives the CPU engine's tokens over
+/// two turns, one decode step a submit and chained with the norms fused.
+#[test]
+fn f16_products_through_the_engine_give_the_cpu_engines_tokens() {
+    let Some(_) = gpu() else { return };
+    for (format, opts) in gpu_formats().into_iter().filter(|(f, _)| f.starts_with("int4") || *f == "int8 block") {
+        let (_, manifest, files) = tiny_files(&opts);
+        let package = || Package::packed(&manifest, files.clone().into_iter().collect());
+        let want = two_turns(&open(package(), BackendKind::Wasm).unwrap());
+        for variant in gpu_variants() {
+            let variant = GpuOptions { precision: Precision::F16, ..variant };
+            let gpu = open_gpu(package(), &variant).unwrap();
+            let f16 = gpu.backend_info().gpu_precision == Some("f16");
+            assert_eq!(gpu.backend_info().gpu_precision, Some(if block_on(GpuContext::with_options(&variant)).unwrap().f16() { "f16" } else { "f32" }), "{format}");
+            let got = two_turns(&gpu);
+            assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{format} f16={f16} {variant:?}");
+        }
+        assert_eq!(open_gpu(package(), &GpuOptions::default()).unwrap().backend_info().gpu_precision, Some("f32"));
+        assert_eq!(open(package(), BackendKind::Wasm).unwrap().backend_info().gpu_precision, None);
     }
 }
 
@@ -1037,6 +1125,44 @@ fn norm_tuning_times_the_fused_and_the_separate_norm_and_keeps_the_faster() {
     assert!(!told.fuses_norm(), "a choice in the options stays");
     let per_row = block_on(GpuContext::with_options(&GpuOptions { gemv: GemvKernel::PerRow, ..Default::default() })).unwrap();
     assert!(block_on(tune_norm(&per_row, 1536, 576, clock_ms)).unwrap().is_none(), "the per-row GEMV takes no norm");
+}
+
+/// `tune_precision` (`Precision::F16WhereFaster`, the `gpuPrecision: "f16"` load option, on a
+/// device with `shader-f16`) times a decode GEMV and a prefill chunk's product with f32 and with
+/// f16 products and keeps f16 only where both were faster, saying the four times; it leaves the
+/// context as it found it; a context takes what a load sets unless its options chose. A CPU
+/// rasterizer computes in f32 until a load times f16 (llvmpipe emulates f16: README, "f16
+/// products"); a hardware GPU starts in f16.
+#[test]
+fn precision_tuning_times_f32_and_f16_products_and_keeps_f16_only_where_both_are_faster() {
+    use edge_llm::gpu::probe::tune_precision;
+    let Some(_) = gpu() else { return };
+    let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16WhereFaster, ..Default::default() })).unwrap();
+    let forced = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap();
+    assert_eq!(ctx.tunes_f16(), forced.f16(), "tuned exactly where the device has shader-f16");
+    if !ctx.tunes_f16() {
+        // No shader-f16 (not llvmpipe, which has it): f32 whatever is set.
+        ctx.set_f16(true);
+        assert!(!ctx.f16());
+        eprintln!("the adapter lacks shader-f16: products f32, nothing to tune");
+        return;
+    }
+    assert_eq!(ctx.f16(), !ctx.is_software());
+    let before = ctx.f16();
+    let tuning = block_on(tune_precision(&ctx, 1536, 576, clock_ms)).unwrap();
+    eprintln!("{}", tuning.says());
+    assert!(tuning.gemv_ms.iter().chain(&tuning.prefill_ms).all(|ms| ms.is_finite() && *ms > 0.0), "{tuning:?}");
+    assert_eq!(tuning.best(), tuning.gemv_ms[1] < tuning.gemv_ms[0] && tuning.prefill_ms[1] < tuning.prefill_ms[0]);
+    assert!(tuning.says().contains(if tuning.best() { "products in f16" } else { "products in f32" }), "{}", tuning.says());
+    assert_eq!(ctx.f16(), before, "tuning alone changes nothing");
+    ctx.set_f16(!before);
+    assert_eq!(ctx.f16(), !before);
+    forced.set_f16(false);
+    assert!(forced.f16(), "a precision the options chose stays");
+    assert!(!forced.tunes_f16());
+    let f32 = block_on(GpuContext::with_options(&GpuOptions::default())).unwrap();
+    f32.set_f16(true);
+    assert!(!f32.f16() && !f32.tunes_f16(), "f32 unless asked");
 }
 
 /// `tune_attention` (where a load on a GPU has decode steps split their attention) times both
@@ -1617,3 +1743,4 @@ fn mutated_graphs_give_named_errors_on_the_gpu_never_a_panic() {
     eprintln!("{MUTATIONS} mutated graphs: {refused} refused by the plan, {refused_at_load} at load or in a step, {loaded} ran");
     assert!(refused > 0 && loaded > 0);
 }
+

@@ -262,7 +262,9 @@ async fn webgpu_device_loss_falls_back_to_the_cpu_in_browser() {
 /// fallback: with the device destroyed mid-generation, that step throws `GpuDeviceLostError`,
 /// the model is re-read from the load's cache (`cache: "memory"`) and the generation goes on
 /// there with the CPU engine's tokens; `stats()` says so. With a shard gone from the cache, the
-/// step throws the fallback's own `StoreError`, naming the shard and the loss.
+/// step throws the fallback's own `StoreError`, naming the shard and the loss. (Also
+/// `gpuPrecision`: `stats()` reports it on the GPU only; `"f16"` on an adapter without
+/// `shader-f16`, as SwiftShader is, runs f32 and gives the CPU's tokens.)
 #[wasm_bindgen_test]
 async fn engine_load_falls_back_to_the_cached_model_when_the_device_is_lost_in_browser() {
     use edge_llm::web::Engine as JsEngine;
@@ -306,8 +308,21 @@ async fn engine_load_falls_back_to_the_cached_model_when_the_device_is_lost_in_b
     }
     assert_eq!(want.len(), 10);
 
+    assert!(stat(&cpu, "gpuPrecision").is_undefined(), "no GPU precision on the CPU");
+    // `gpuPrecision: "f16"` where the adapter lacks shader-f16 (Chromium's SwiftShader): the
+    // products stay f32, stats say so, the tokens are the CPU's.
+    let f16 = JsEngine::load(json.clone().into(), Some(obj(&[("backend", "webgpu".into()), ("cache", "memory".into()), ("gpuPrecision", "f16".into())]).unchecked_into())).await.unwrap();
+    assert_eq!(stat(&f16, "gpuPrecision").as_string().as_deref(), Some("f32"), "SwiftShader has no shader-f16");
+    let mut g = f16.start(prompt.clone(), gen_opts()).unwrap();
+    let mut got = Vec::new();
+    while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
+        got.push(token(t));
+    }
+    assert_eq!(got, want, "f16 asked without shader-f16: the CPU's tokens");
+
     let gpu = load("webgpu").await.unwrap();
     assert_eq!(stat(&gpu, "backend").as_string().as_deref(), Some("webgpu"));
+    assert_eq!(stat(&gpu, "gpuPrecision").as_string().as_deref(), Some("f32"));
     let mut g = gpu.start(prompt.clone(), gen_opts()).unwrap();
     let mut got = vec![token(JsFuture::from(g.step_async()).await.unwrap())];
     gpu.gpu_device().expect("on the GPU").destroy();

@@ -54,6 +54,10 @@ pub struct BackendInfo {
     pub kv_cache: &'static str,
     /// Why this backend was chosen, when the caller asked for `auto`.
     pub reason: Option<String>,
+    /// The GPU's products over 4- and 8-bit weights: `"f32"`, or `"f16"` where the options
+    /// asked and the device has `shader-f16` ([`crate::gpu::GpuOptions::f16`]); `None` on the
+    /// CPU.
+    pub gpu_precision: Option<&'static str>,
 }
 
 /// One step's sampling: the options and the uniform number in `[0, 1)` the step draws (0 at

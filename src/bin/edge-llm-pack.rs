@@ -253,6 +253,11 @@ enum Cmd {
         /// GPU, not fused on a CPU rasterizer).
         #[arg(long)]
         fuse_norm: Option<bool>,
+        /// What the int4 and int8 products compute in: `f32`, `f16` (where the adapter has
+        /// `shader-f16`: the products line says whether they ran so) or `f16-where-faster` (the
+        /// `gpuPrecision: "f16"` load option: a hardware GPU's load times both).
+        #[arg(long, default_value = "f32")]
+        precision: edge_llm::gpu::Precision,
     },
     /// Convert a Llama-architecture GGUF (llama.cpp) file into model.onnx, tokenizer.json and
     /// model_config.json.
@@ -612,9 +617,17 @@ fn main() -> anyhow::Result<()> {
             }
             println!("{}", edge_llm::calibrate::sensitivity_markdown(&rows));
         }
-        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from, decode_ahead, fuse_norm } => {
-            let options =
-                edge_llm::gpu::GpuOptions { no_subgroups, gemv: gemv.first().copied().unwrap_or_default(), prefill, attention_split_from, decode_ahead, fuse_norm, ..Default::default() };
+        Cmd::BenchGpu { gguf, warmup, steps, no_subgroups, gemv, prefill, synthetic, at_position, attention_split_from, decode_ahead, fuse_norm, precision } => {
+            let options = edge_llm::gpu::GpuOptions {
+                no_subgroups,
+                gemv: gemv.first().copied().unwrap_or_default(),
+                prefill,
+                attention_split_from,
+                decode_ahead,
+                fuse_norm,
+                precision,
+                ..Default::default()
+            };
             bench_gpu(gguf.as_deref(), synthetic.as_deref(), warmup, steps, at_position, &options, &gemv)?
         }
     }

@@ -12,7 +12,7 @@ pub struct CpuBackend(pub Arc<CpuModel>);
 
 impl Backend for CpuBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo { name: "wasm", kv_cache: if self.0.kv_cache_folded() { "folded" } else { "explicit" }, reason: None }
+        BackendInfo { name: "wasm", kv_cache: if self.0.kv_cache_folded() { "folded" } else { "explicit" }, reason: None, gpu_precision: None }
     }
 
     fn vocab_size(&self) -> usize {

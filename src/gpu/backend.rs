@@ -130,7 +130,8 @@ impl GpuBackend {
 
 impl Backend for GpuBackend {
     fn info(&self) -> BackendInfo {
-        BackendInfo { name: "webgpu", kv_cache: "gpu", reason: None }
+        let f16 = self.0.model.borrow().context().f16();
+        BackendInfo { name: "webgpu", kv_cache: "gpu", reason: None, gpu_precision: Some(if f16 { "f16" } else { "f32" }) }
     }
 
     fn vocab_size(&self) -> usize {

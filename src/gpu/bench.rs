@@ -25,6 +25,7 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     let kind = if ctx.is_software() { "SOFTWARE GPU (a CPU rasterizer): not a GPU measurement" } else { "hardware GPU" };
     out.push(format!("adapter: {} ({:?}, {:?}, driver {} {}) - {kind}", info.name, info.backend, info.device_type, info.driver, info.driver_info));
     out.push(format!("per-row GEMV's reduction: {}", if ctx.has_subgroups() { "subgroupAdd (the device has subgroups)" } else { "barrier tree (no subgroups)" }));
+    out.push(format!("int4 / int8 products (rows GEMV, tiled GEMM): {}", if ctx.f16() { "f16 (shader-f16)" } else { "f32" }));
     out.push(match ctx.shuffle_lanes() {
         0 if ctx.has_subgroups() => "rows kernel's reduction: barrier tree (the device's subgroups are not laid over consecutive invocations)".to_string(),
         0 => "rows kernel's reduction: barrier tree (no subgroups)".to_string(),

@@ -102,6 +102,11 @@ pub struct GpuContext {
     decode_ahead: Tunable<usize>,
     /// See [`super::GpuOptions::fuse_norm`].
     fuse_norm: Tunable<bool>,
+    /// The device has `shader-f16` and the options ask for f16 products (see
+    /// [`GpuContext::f16`]).
+    has_f16: bool,
+    /// Whether the products are f16 where the device can (a load may tune it).
+    f16: Tunable<bool>,
 }
 
 /// A setting the options may choose and a load otherwise tunes: its value now, and whether the
@@ -161,6 +166,10 @@ impl GpuContext {
         // does not map, asked for by js/gpu.js around wgpu's request.
         let features = adapter.features() & wgpu::Features::SUBGROUP;
         let features = if options.no_subgroups { wgpu::Features::empty() } else { features };
+        // `shader-f16` where the options ask for f16 products and the adapter has it (wgpu's
+        // WebGPU backend maps it in browsers too); without it they stay f32.
+        let asks_f16 = options.precision != super::Precision::F32;
+        let features = if asks_f16 { features | (adapter.features() & wgpu::Features::SHADER_F16) } else { features };
         #[cfg(target_arch = "wasm32")]
         if !options.no_subgroups {
             web::ask_subgroups();
@@ -178,6 +187,7 @@ impl GpuContext {
         let subgroups = web_subgroups;
         #[cfg(not(target_arch = "wasm32"))]
         let subgroups = device.features().contains(wgpu::Features::SUBGROUP);
+        let has_f16 = asks_f16 && device.features().contains(wgpu::Features::SHADER_F16);
         let lost: Arc<Mutex<Option<String>>> = Arc::default();
         let on_lost = lost.clone();
         device.set_device_lost_callback(move |reason, message| {
@@ -200,6 +210,10 @@ impl GpuContext {
         let attention_split_from = Tunable::new(options.attention_split_from, if is_software(&info) { usize::MAX } else { super::ATTENTION_SPLIT_FROM_GPU });
         let decode_ahead = Tunable::new(options.decode_ahead, if is_software(&info) { 0 } else { super::DECODE_AHEAD_GPU });
         let fuse_norm = Tunable::new(options.fuse_norm, !is_software(&info));
+        let f16 = match options.precision {
+            super::Precision::F16WhereFaster => Tunable::new(None, !is_software(&info)),
+            chosen => Tunable::new(Some(chosen == super::Precision::F16), false),
+        };
         let mut ctx = GpuContext {
             device,
             queue,
@@ -216,6 +230,8 @@ impl GpuContext {
             attention_split_from,
             decode_ahead,
             fuse_norm,
+            has_f16,
+            f16,
         };
         // A probe that cannot run (a binding limit under its 256 bytes) leaves the tree, right
         // on every device.
@@ -289,6 +305,24 @@ impl GpuContext {
     /// feature, in browsers WebGPU's `subgroups` (shaders then begin with the directive).
     pub fn has_subgroups(&self) -> bool {
         self.subgroups
+    }
+
+    /// The int4 and int8 GEMVs and GEMMs multiply in f16 (`arith_f16.wgsl`): the options asked
+    /// for it ([`super::GpuOptions::precision`]), the device has `shader-f16`, and where the
+    /// options left it to a load, its tuning kept it. Pipelines made before a change keep theirs.
+    pub fn f16(&self) -> bool {
+        self.has_f16 && self.f16.get()
+    }
+
+    /// Whether a load may choose the products' precision: f16 asked where faster, and the
+    /// device has `shader-f16`.
+    pub fn tunes_f16(&self) -> bool {
+        self.has_f16 && !self.f16.told
+    }
+
+    /// Set whether the products are f16 (a load's tuning; a precision the options chose stays).
+    pub fn set_f16(&self, f16: bool) {
+        self.f16.tune(f16);
     }
 
     /// A software rasterizer (llvmpipe, SwiftShader): numbers from it say nothing about GPUs.

@@ -35,9 +35,11 @@ pub enum Kernel {
     /// barrier tree; whether x is SiLU(gate)·up of a `[gate | up]` row (`glu`: the feed-forward's
     /// activation fused into the down projection); whether x is the residual stream plus a
     /// projection, RMS-normalized with this epsilon (`norm`, the f32's bits: the add and the
-    /// norm before q/k/v or gate/up fused in, `gemv_rows_x_norm.wgsl`).
-    GemvRows { kind: NBitsKind, lanes: u32, rows: u32, xrows: u32, shuffles: bool, glu: bool, norm: Option<u32> },
-    GemmNBits(NBitsKind),
+    /// norm before q/k/v or gate/up fused in, `gemv_rows_x_norm.wgsl`); whether its products
+    /// are f16 (`f16`: `arith_f16.wgsl`, see [`Kernel::f16_on`]).
+    GemvRows { kind: NBitsKind, lanes: u32, rows: u32, xrows: u32, shuffles: bool, glu: bool, norm: Option<u32>, f16: bool },
+    /// The tiled GEMM; whether its products are f16 (see [`Kernel::f16_on`]).
+    GemmNBits(NBitsKind, bool),
     EmbedNBits(NBitsKind),
     BiasNBits,
     RmsNorm,
@@ -69,24 +71,38 @@ impl Kernel {
     /// `gemv_rows.wgsl` at `lanes` lanes and `rows` rows a group over `xrows` rows of x,
     /// reduced by shuffles where `ctx` allows it for that many lanes.
     pub fn gemv_rows(ctx: &GpuContext, kind: NBitsKind, lanes: u32, rows: u32, xrows: u32) -> Kernel {
-        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false, norm: None }
+        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false, norm: None, f16: Kernel::f16_on(ctx, kind) }
+    }
+
+    /// `gemm_nbits.wgsl` over weights of `kind`.
+    pub fn gemm(ctx: &GpuContext, kind: NBitsKind) -> Kernel {
+        Kernel::GemmNBits(kind, Kernel::f16_on(ctx, kind))
+    }
+
+    /// Whether the GEMV's and GEMM's products over weights of `kind` are f16: where the
+    /// context computes in f16 ([`GpuContext::f16`]) and the weight is 4- or 8-bit (float
+    /// weights, fp16 files' included, are multiplied in f32 as the CPU backend does).
+    pub fn f16_on(ctx: &GpuContext, kind: NBitsKind) -> bool {
+        ctx.f16() && matches!(kind.bits, 4 | 8)
     }
 
     /// This kernel reading SiLU(gate)·up of `[gate | up]` rows as its x, where it can (the
     /// rows GEMV); `None` for any other kernel.
     pub fn with_glu(self) -> Option<Kernel> {
         match self {
-            Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, norm: None, .. } => Some(Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, glu: true, norm: None }),
+            Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, norm: None, f16, .. } => Some(Kernel::GemvRows { kind, lanes, rows, xrows, shuffles, glu: true, norm: None, f16 }),
             _ => None,
         }
     }
 
     /// This kernel reading RMSNorm(x + resid) with `eps` as its x (and writing x + resid), where
-    /// it can: the rows GEMV over one row of x; `None` for any other kernel.
+    /// it can: the rows GEMV over one row of x; `None` for any other kernel. Its products are
+    /// f32 whatever the context computes in: the norm's factor is applied after the sums, so
+    /// their x is the residual stream times the gain, which can be far beyond f16's range.
     pub fn with_norm(self, eps: f32) -> Option<Kernel> {
         match self {
             Kernel::GemvRows { kind, lanes, rows, xrows: 1, shuffles, glu: false, .. } => {
-                Some(Kernel::GemvRows { kind, lanes, rows, xrows: 1, shuffles, glu: false, norm: Some(eps.to_bits()) })
+                Some(Kernel::GemvRows { kind, lanes, rows, xrows: 1, shuffles, glu: false, norm: Some(eps.to_bits()), f16: false })
             }
             _ => None,
         }
@@ -98,7 +114,7 @@ impl Kernel {
             Kernel::GemvNBitsSubgroups(_) => "gemv_nbits_subgroups",
             Kernel::GemvRows { shuffles: false, .. } => "gemv_rows",
             Kernel::GemvRows { shuffles: true, .. } => "gemv_rows_subgroups",
-            Kernel::GemmNBits(_) => "gemm_nbits",
+            Kernel::GemmNBits(..) => "gemm_nbits",
             Kernel::EmbedNBits(_) => "embed_nbits",
             Kernel::BiasNBits => "bias_nbits",
             Kernel::RmsNorm => "rms_norm",
@@ -131,12 +147,12 @@ impl Kernel {
             ),
             // Its x input (as loaded, or normalized: `gemv_rows_x*.wgsl`) and its reduction
             // (barrier tree or shuffles) are chosen file by file.
-            Kernel::GemvRows { shuffles, norm, .. } => {
+            Kernel::GemvRows { shuffles, norm, f16, .. } => {
                 let x = if norm.is_some() { include_str!("kernels/gemv_rows_x_norm.wgsl") } else { include_str!("kernels/gemv_rows_x.wgsl") };
                 let reduce = if shuffles { include_str!("kernels/gemv_rows_reduce_subgroups.wgsl") } else { include_str!("kernels/gemv_rows_reduce_workgroup.wgsl") };
-                return [include_str!("kernels/nbits.wgsl"), x, include_str!("kernels/gemv_rows.wgsl"), reduce].concat().into();
+                return [arith(f16), include_str!("kernels/nbits.wgsl"), x, include_str!("kernels/gemv_rows.wgsl"), reduce].concat().into();
             }
-            Kernel::GemmNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")),
+            Kernel::GemmNBits(_, f16) => return [arith(f16), include_str!("kernels/nbits.wgsl"), include_str!("kernels/gemm_nbits.wgsl")].concat().into(),
             Kernel::EmbedNBits(_) => concat!(include_str!("kernels/nbits.wgsl"), include_str!("kernels/embed_nbits.wgsl")),
             Kernel::BiasNBits => include_str!("kernels/bias_nbits.wgsl"),
             Kernel::RmsNorm => concat!(include_str!("kernels/norm.wgsl"), include_str!("kernels/rms_norm.wgsl")),
@@ -169,7 +185,7 @@ impl Kernel {
     /// The pipeline's overridable constants (the weight's kind; the GEMV's lanes per row).
     fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
-            Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
+            Kernel::GemvNBits(w) | Kernel::GemvNBitsSubgroups(w) | Kernel::GemmNBits(w, _) | Kernel::EmbedNBits(w) => w.constants().to_vec(),
             Kernel::GemvRows { kind, lanes, rows, xrows, glu, norm, .. } => kind
                 .constants()
                 .into_iter()
@@ -181,6 +197,15 @@ impl Kernel {
             Kernel::AttentionSplit(heads, rope) => vec![("GN", heads as f64), rope.constant()],
             _ => Vec::new(),
         }
+    }
+}
+
+/// The arithmetic type's prelude (`hf`): it comes first, as `enable f16;` must.
+fn arith(f16: bool) -> &'static str {
+    if f16 {
+        include_str!("kernels/arith_f16.wgsl")
+    } else {
+        include_str!("kernels/arith_f32.wgsl")
     }
 }
 

@@ -97,6 +97,44 @@ pub struct GpuOptions {
     /// clock), not fused on a CPU rasterizer (measured slower there: README, "The residual adds
     /// and norms inside the GEMVs after them").
     pub fuse_norm: Option<bool>,
+    /// What the int4 and int8 products compute in ([`Precision`]).
+    pub precision: Precision,
+}
+
+/// What [`GpuOptions::precision`] asks of the products over 4- and 8-bit weights. In f16
+/// (`arith_f16.wgsl`: x and the weight's values in f16, the products over a 16-byte chunk of
+/// the decode GEMV or a 32-wide slice of the tiled GEMM summed in f16, those sums scaled and
+/// added in f32): twice the arithmetic rate on GPUs that pack two f16 lanes (most phones'), at
+/// the cost of logits further from onnxruntime's f32 arithmetic (README, "f16 products"). Only
+/// where the device has `shader-f16` ([`context::GpuContext::f16`] says whether the products
+/// run in f16). Float weights, a norm fused into a GEMV and every other kernel stay f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    /// f32 (onnxruntime's and the CPU backend's arithmetic).
+    #[default]
+    F32,
+    /// f16 wherever the device has `shader-f16` (tests; `bench-gpu --precision f16`).
+    F16,
+    /// f16 where the device has `shader-f16` and it is faster: on a GPU a load's tuning times
+    /// the decode GEMV and a prefill chunk's product both ways and keeps f16 only where both are
+    /// faster ([`probe::tune_precision`]); f16 where a load cannot time (no clock); f32 on a CPU
+    /// rasterizer (llvmpipe emulates f16: 2.6x slower, README "f16 products"). The
+    /// `gpuPrecision: "f16"` load option.
+    F16WhereFaster,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    /// `f32`, `f16` or `f16-where-faster`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "f16" => Ok(Precision::F16),
+            "f16-where-faster" => Ok(Precision::F16WhereFaster),
+            _ => Err(format!("`{s}`: expected f32, f16 or f16-where-faster")),
+        }
+    }
 }
 
 /// [`GpuOptions::decode_ahead`] on a GPU where a load cannot tune it (no clock): 4 greedy

@@ -706,7 +706,7 @@ impl GpuNBits {
         }
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
-            pipes.bind(ctx, Kernel::GemmNBits(self.spec.kind()), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
+            pipes.bind(ctx, Kernel::gemm(ctx, self.spec.kind()), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
         d.extend(self.add_bias(ctx, pipes, y));

@@ -479,6 +479,11 @@ pub async fn tune_model(ctx: &GpuContext, cfg: &crate::model::LlamaConfig, max_c
         ctx.set_rows_shape(tuning.best());
         said.push(tuning.says());
     }
+    if ctx.tunes_f16() {
+        let tuning = tune_precision(ctx, n, k, now).await?;
+        ctx.set_f16(tuning.best());
+        said.push(tuning.says());
+    }
     if options.fuse_norm.is_none() {
         if let Some(tuning) = tune_norm(ctx, n, k, now).await? {
             ctx.set_fuse_norm(tuning.best());
@@ -616,6 +621,58 @@ pub async fn tune_prefill(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64
     timings.sort_by(|a, b| a.1.total_cmp(&b.1));
     Ok(PrefillTuning { n, k, rows, timings })
 }
+
+/// What [`tune_precision`] timed at `[n][k]`, milliseconds: a decode GEMV and a prefill
+/// chunk's product over `rows` rows of x, each with f32 products then f16 ones.
+#[derive(Debug, Clone)]
+pub struct PrecisionTuning {
+    pub n: usize,
+    pub k: usize,
+    pub rows: usize,
+    pub gemv_ms: [f64; 2],
+    pub prefill_ms: [f64; 2],
+}
+
+impl PrecisionTuning {
+    /// Whether f16 products were faster, both for the decode GEMV and for the prefill (f16
+    /// costs fidelity: it has to pay on both).
+    pub fn best(&self) -> bool {
+        self.gemv_ms[1] < self.gemv_ms[0] && self.prefill_ms[1] < self.prefill_ms[0]
+    }
+
+    pub fn says(&self) -> String {
+        let chose = if self.best() { "f16" } else { "f32" };
+        format!(
+            "int4/int8 products in {chose} (f32 / f16 ms: decode GEMV of [{}][{}] {:.3} / {:.3}, over {} rows {:.3} / {:.3})",
+            self.n, self.k, self.gemv_ms[0], self.gemv_ms[1], self.rows, self.prefill_ms[0], self.prefill_ms[1]
+        )
+    }
+}
+
+/// Time an int4 `[n][k]` weight's (block 32) decode GEMV ([`PRECISION_TUNING_REPS`] a submit)
+/// and its product over a prefill chunk of [`PREFILL_TUNING_ROWS`] rows (two a submit), with
+/// the context's kernels, with f32 products and with f16 ones, each the fastest of three
+/// submits after a warm-up; the context is left computing as it was ([`GpuContext::set_f16`]
+/// sets the choice). Run after the GEMV's shape is tuned, before the prefill kernel is.
+pub async fn tune_precision(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -> Result<PrecisionTuning> {
+    const PREFILL_REPS: usize = 2;
+    let rows = PREFILL_TUNING_ROWS;
+    let (mut gemv_ms, mut prefill_ms) = ([0.0; 2], [0.0; 2]);
+    let before = ctx.f16();
+    for (i, f16) in [false, true].into_iter().enumerate() {
+        // Kernels read the context's precision when they are bound.
+        ctx.set_f16(f16);
+        let gemv = GemvBench::new(ctx, n, k, 32, true, PRECISION_TUNING_REPS)?;
+        gemv_ms[i] = best_of_three(async || gemv.run(ctx).await, now, f64::INFINITY).await? / PRECISION_TUNING_REPS as f64;
+        let prefill = GemvBench::per_prefill(ctx, n, k, rows, PREFILL_REPS, &[ctx.prefill_kernel()])?;
+        prefill_ms[i] = best_of_three(async || prefill[0].run(ctx).await, now, f64::INFINITY).await? / PREFILL_REPS as f64;
+    }
+    ctx.set_f16(before);
+    Ok(PrecisionTuning { n, k, rows, gemv_ms, prefill_ms })
+}
+
+/// Decode GEMVs [`tune_precision`] times in one submit.
+pub const PRECISION_TUNING_REPS: usize = 8;
 
 /// What [`tune_norm`] timed at `[n][k]`, milliseconds a decode GEMV: with the residual add and
 /// RMSNorm before it fused in, and with `add_rms_norm.wgsl` run before it.

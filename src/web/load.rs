@@ -69,6 +69,13 @@ export interface LoadOptions {
    *  whose `accuracy_level` asks for int8 stay int8 either way). `true` gives onnxruntime's
    *  arithmetic up to summation order. */
   exactActivations?: boolean;
+  /** GPU backend: what the int4 / int8 products compute in (default `"f32"`, onnxruntime's arithmetic).
+   *  `"f16"` allows f16 (sums of up to 32 products in f16, added in f32, as q4f16 builds of other
+   *  runtimes compute) where the adapter has `shader-f16` and the load times it faster than f32 on
+   *  this GPU: GPUs that pack two f16 lanes (most phones') have up to twice the arithmetic rate; the
+   *  logits move about 0.1 further from f32's (README, "f16 products"). A software adapter, one
+   *  without `shader-f16`, or one where f16 was slower keeps f32; `stats().gpuPrecision` says which ran. */
+  gpuPrecision?: "f32" | "f16";
 }
 /** Progress of `Engine.load` / `engine.update`, a tagged union on `type`. `loaded` never decreases,
  *  `total` never changes, a file's last byte counts once it is verified and stored; it ends with `ready`. */
@@ -520,6 +527,13 @@ pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
             _ => return Err(invalid("maxModelBytes", "must be a positive integer")),
         }
     }
+    let gpu_precision = get(o, "gpuPrecision");
+    let precision = match gpu_precision.as_string().as_deref() {
+        None if gpu_precision.is_undefined() => crate::gpu::Precision::F32,
+        Some("f32") => crate::gpu::Precision::F32,
+        Some("f16") => crate::gpu::Precision::F16WhereFaster,
+        _ => return Err(invalid("gpuPrecision", "must be \"f32\" or \"f16\"")),
+    };
     Ok(Options {
         store: cache_store(&get(o, "cache"), &get(o, "cacheDir"))?,
         on_progress: opt_function(o, "onProgress")?,
@@ -528,7 +542,7 @@ pub(crate) fn parse_options(o: &JsValue) -> Result<Options, JsValue> {
         base_url: base_url.as_string(),
         threads: opt_count(o, "threads", 1.0, 1024.0)?,
         load,
-        engine: EngineOptions { backend, warm_up: opt_bool(o, "warmUp")?.unwrap_or(true), cpu: cpu_options(opt_bool(o, "exactActivations")?.unwrap_or(false)), ..Default::default() },
+        engine: EngineOptions { backend, warm_up: opt_bool(o, "warmUp")?.unwrap_or(true), cpu: cpu_options(opt_bool(o, "exactActivations")?.unwrap_or(false)), gpu: crate::gpu::GpuOptions { precision, ..Default::default() } },
     })
 }
 

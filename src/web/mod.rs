@@ -58,6 +58,9 @@ export interface EngineStats extends GenerationStats {
   backend: string;
   /** Why `backend: "auto"` chose this backend (absent when the app named one). */
   backendReason?: string;
+  /** On the GPU: what its int4 / int8 products compute in: `"f16"` where `gpuPrecision: "f16"` was asked,
+   *  the adapter has `shader-f16` and the load found it faster, else `"f32"`. Absent on the CPU. */
+  gpuPrecision?: "f32" | "f16";
   /** `"explicit"` (past/present tensors carried between steps) or `"folded"` (in the plan's state). */
   kvCache: string;
   /** Time to build the engine from bytes (verification, graph, plan, tokenizer). */
@@ -299,6 +302,8 @@ struct EngineStats {
     backend: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     backend_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_precision: Option<&'static str>,
     kv_cache: &'static str,
     load_ms: f64,
     model_bytes: f64,
@@ -429,6 +434,7 @@ impl Engine {
         Ok(to_js(&EngineStats {
             backend: if info.name == "wasm" { "cpu-wasm-simd128" } else { info.name },
             backend_reason: info.reason,
+            gpu_precision: info.gpu_precision,
             kv_cache: info.kv_cache,
             load_ms: self.load_ms,
             model_bytes: self.model_bytes,

@@ -167,7 +167,9 @@ pub enum Product {
 
 /// The block-quantized (and float) matmul through the decode GEMV (also with SiLU·mul, and
 /// the residual add with RMSNorm, fused into its input) and every prefill kernel, all against the one twin, for every kind on every
-/// shape: f32 sums in another order, so within a few ulps of the sum of |terms|.
+/// shape: f32 sums in another order, so within a few ulps of the sum of |terms|. Where the
+/// context multiplies in f16 ([`GpuContext::f16`]: the rows kernel and the tiled GEMM over 4-
+/// and 8-bit weights), see [`f16_tolerance`].
 pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
     let products: Vec<Product> = [Product::Gemv, Product::GemvGlu, Product::GemvNorm].into_iter().chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
     matmul_matches_twin(ctx, rng, shapes, &products).await
@@ -207,6 +209,15 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
                 let (r, j) = (i / n, i % n);
                 (0..k).map(|t| (deq[j * k + t] * x[r * k + t]).abs()).sum()
             };
+            // An f32 zero point is rounded to f16 before it is subtracted: an error of its own
+            // size, not the difference's (f16 ones subtract exactly up to rounding).
+            let zp_mag = |x: &[f32], i: usize| -> f32 {
+                let (r, j) = (i / n, i % n);
+                if kind.1 != ZeroPointKind::Float || kind.2 {
+                    return 0.0;
+                }
+                (0..k).map(|t| ((1 << kind.0) as f32 * w.scale(j, t / bs) * x[r * k + t]).abs()).sum()
+            };
             let gw = GpuNBits::upload(ctx, "w", &w).unwrap();
             let (xb, gub, st) = (upload(ctx, &x), upload(ctx, &gate_up), state(ctx, 0, rows, &[]));
             let (tb, gainb, sumb) = (upload(ctx, &t), upload(ctx, &gain), ctx.storage("x_sum", (rows * k * 4) as u64).unwrap());
@@ -243,7 +254,22 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
                 };
                 let what = format!("{op} n={n} k={k} bs={bs} rows={rows} {kind:?} subgroups={}", ctx.has_subgroups());
                 let want = twin::gemv_nbits(&w, input);
-                assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(input, i));
+                let f16 = ctx.f16()
+                    && kind.0 <= 8
+                    && match product {
+                        Product::Gemv | Product::GemvGlu => rows_gemv,
+                        Product::GemvNorm => false,
+                        Product::Gemm(_) => true,
+                    };
+                if f16 {
+                    assert_close(&format!("{what} f16"), &got, &want, |i| f16_tolerance(mag(input, i), zp_mag(input, i)));
+                    // And f16 it was: somewhere beyond what f32 sums could be off.
+                    // (Relative to the sum of |terms| only: small weights' sums sit under the
+                    // absolute 1e-6 whatever their arithmetic.)
+                    assert!(got.iter().zip(&want).enumerate().any(|(i, (g, w))| (g - w).abs() > 4e-6 * mag(input, i)), "{what}: f16 asked but the sums are f32's");
+                } else {
+                    assert_close(&what, &got, &want, |i| 1e-6 + 4e-6 * mag(input, i));
+                }
                 if let Product::GemvNorm = product {
                     // Each row's x + t, exactly the twin's; x as it was.
                     assert_eq!(download(ctx, &sumb, rows * k).await, sum, "{what}: x + t");
@@ -252,6 +278,16 @@ pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usi
             }
         }
     }
+}
+
+/// How far an f16 product may be from the f32 twin: each of x and a weight's value rounded to
+/// f16 (a relative 2^-11 each), their products summed in f16 over at most 32 terms (a 16-byte
+/// chunk of int4 values, a 32-wide k slice) before f32 takes over: at most 34 roundings of
+/// 2^-11 of the sum of |terms| (`mag`), plus an f32 zero point's own rounding (`zp_mag`: the
+/// sum of |2^bits * scale * x| where it applies).
+pub fn f16_tolerance(mag: f32, zp_mag: f32) -> f32 {
+    let u = 2f32.powi(-11);
+    1e-6 + 34.0 * u * mag + u * zp_mag
 }
 
 /// Weights stacked by rows (`GpuNBits::stacked`: q, k and v; gate and up) give, in one

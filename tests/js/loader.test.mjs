@@ -69,6 +69,18 @@ test("exactActivations: the float layers in f32 give the default's greedy tokens
   await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", exactActivations: "yes" }), { name: "InvalidOptionError", message: /exactActivations/ });
 });
 
+test("gpuPrecision: \"f32\" and \"f16\" load (on the CPU, which has no GPU precision to report), anything else is refused", async () => {
+  for (const gpuPrecision of ["f32", "f16"]) {
+    const engine = await Engine.load(srv.url("v1"), { cache: "none", backend: "wasm", gpuPrecision });
+    assert.equal(engine.stats().gpuPrecision, undefined, "no GPU precision on the CPU");
+    assert.deepEqual(await greedy(engine), wantTokens);
+    engine.free();
+  }
+  for (const gpuPrecision of ["f64", "F16", 16, true]) {
+    await assert.rejects(Engine.load(srv.url("v1"), { cache: "none", gpuPrecision }), { name: "InvalidOptionError", message: /gpuPrecision/ });
+  }
+});
+
 test("the fs store: cached shards are not fetched again, offline loads work, a corrupt entry is refetched", async () => {
   const dir = mkdtempSync(join(tmpdir(), "edge-llm-fs-"));
   try {

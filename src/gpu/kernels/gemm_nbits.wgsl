@@ -11,6 +11,9 @@
 // reads at one kk are then consecutive words across invocations and the stores' stride 33
 // words, so neither lands many invocations on one memory bank (row-major, every read of a
 // kk was 32 words apart: one bank).
+// The slices hold values of the arithmetic type (`hf`, arith_*.wgsl: f32, or f16 where the
+// options ask and the device can), and each 32-wide slice's products are summed in it before
+// they are added to the tile's f32 sums.
 // Grid: (ceil(n / 32), ceil(m / 32)). Twin: gpu::twin::gemv_nbits (it takes any number of rows).
 
 struct State {
@@ -28,8 +31,8 @@ struct State {
 
 const T: u32 = 32u;
 const S: u32 = 33u; // a slice's row stride: T padded
-var<workgroup> xs: array<f32, 1056>; // [kk][row], rows S apart
-var<workgroup> ws: array<f32, 1056>; // [kk][out]
+var<workgroup> xs: array<hf, 1056>; // [kk][row], rows S apart
+var<workgroup> ws: array<hf, 1056>; // [kk][out]
 
 @compute @workgroup_size(64)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -53,7 +56,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (r < m && i < p.k) {
                 v = x[r * p.k + i];
             }
-            xs[(e % T) * S + e / T] = v;
+            xs[(e % T) * S + e / T] = hf(v);
         }
         // Weight tile: 32 outputs x a 32-wide k slice (`bits` words each: 4 of 8 int4 values,
         // 8 of 4 int8 ones).
@@ -68,7 +71,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 let scale = block_scale(j, b);
                 let zp = zero_point(j, b);
                 for (var t = 0u; t < pw; t++) {
-                    ws[(kk + t) * S + jj] = (quant(word, t) - zp) * scale;
+                    ws[(kk + t) * S + jj] = hf((quant(word, t) - zp) * scale);
                 }
             } else {
                 for (var t = 0u; t < pw; t++) {
@@ -77,18 +80,25 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             }
         }
         workgroupBarrier();
+        var part: array<hf, 16>;
+        for (var i = 0u; i < 16u; i++) {
+            part[i] = 0.0;
+        }
         for (var kk = 0u; kk < T; kk++) {
-            var a: array<f32, 4>;
-            var w: array<f32, 4>;
+            var a: array<hf, 4>;
+            var w: array<hf, 4>;
             for (var i = 0u; i < 4u; i++) {
                 a[i] = xs[kk * S + tr + i];
                 w[i] = ws[kk * S + tj + i];
             }
             for (var i = 0u; i < 4u; i++) {
                 for (var jx = 0u; jx < 4u; jx++) {
-                    acc[i * 4u + jx] += a[i] * w[jx];
+                    part[i * 4u + jx] += a[i] * w[jx];
                 }
             }
+        }
+        for (var i = 0u; i < 16u; i++) {
+            acc[i] += f32(part[i]);
         }
         workgroupBarrier();
     }

@@ -55,46 +55,48 @@ fn sumsq_slot() -> u32 {
 
 // The x values of one chunk of row r from its vec4 `first`: 32 / BITS vec4s (8 for int4, 4
 // int8, 2 f16, 1 f32), loaded once for the ROWS rows that use them.
-fn load_x(r: u32, first: u32) -> array<vec4<f32>, 8> {
-    var a: array<vec4<f32>, 8>;
+fn load_x(r: u32, first: u32) -> array<vec4<hf>, 8> {
+    var a: array<vec4<hf>, 8>;
     if (GLU == 1u) {
         // Rows of 2k: the gate's vec4s, then the up's k / 4 on.
         let g0 = r * p.k / 2u + first;
         for (var i = 0u; i < 32u / BITS; i++) {
             let g = x[g0 + i];
-            a[i] = g / (vec4<f32>(1.0) + exp(-g)) * x[g0 + p.k / 4u + i];
+            a[i] = vec4<hf>(g / (vec4<f32>(1.0) + exp(-g)) * x[g0 + p.k / 4u + i]);
         }
         return a;
     }
     let x0 = r * p.k / 4u + first;
     for (var i = 0u; i < 32u / BITS; i++) {
-        a[i] = normed_x(x0 + i, first + i);
+        a[i] = vec4<hf>(normed_x(x0 + i, first + i));
     }
     return a;
 }
 
-// Word t of a chunk against the chunk's x (`xa`): sum of (q - zp) * x over its values.
-fn word_dot(w: u32, xa: array<vec4<f32>, 8>, t: u32, zp: f32) -> f32 {
-    let z = vec4<f32>(zp);
+// Word t of a chunk against the chunk's x (`xa`): sum of (q - zp) * x over its values, in
+// the arithmetic type (arith_*.wgsl).
+fn word_dot(w: u32, xa: array<vec4<hf>, 8>, t: u32, zp: f32) -> hf {
+    let z = vec4<hf>(hf(zp));
     if (BITS == 4u) {
-        let lo = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
-        let hi = vec4<f32>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
+        let lo = vec4<hf>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
+        let hi = vec4<hf>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
         return dot(lo - z, xa[2u * t]) + dot(hi - z, xa[2u * t + 1u]);
     }
     // 8 bits: four values, one vec4 of x.
-    let q = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
+    let q = vec4<hf>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
     return dot(q - z, xa[t]);
 }
 
-// Chunk c (`ch`, 16 bytes) of the part's row j against its x (`xa`).
-fn chunk_dot(ch: vec4<u32>, j: u32, c: u32, xa: array<vec4<f32>, 8>) -> f32 {
+// Chunk c (`ch`, 16 bytes) of the part's row j against its x (`xa`). Float weights are always
+// multiplied in f32 (only kernels over 4- and 8-bit weights take arith_f16.wgsl).
+fn chunk_dot(ch: vec4<u32>, j: u32, c: u32, xa: array<vec4<hf>, 8>) -> f32 {
     if (BITS == 32u) {
-        return dot(bitcast<vec4<f32>>(ch), xa[0]);
+        return dot(bitcast<vec4<f32>>(ch), vec4<f32>(xa[0]));
     }
     if (BITS == 16u) {
         let a = vec4<f32>(unpack2x16float(ch.x), unpack2x16float(ch.y));
         let b = vec4<f32>(unpack2x16float(ch.z), unpack2x16float(ch.w));
-        return dot(a, xa[0]) + dot(b, xa[1]);
+        return dot(a, vec4<f32>(xa[0])) + dot(b, vec4<f32>(xa[1]));
     }
     let pw = per_word();
     if (BLOCK >= 4u * pw) {
@@ -102,13 +104,13 @@ fn chunk_dot(ch: vec4<u32>, j: u32, c: u32, xa: array<vec4<f32>, 8>) -> f32 {
         let b = c * 4u * pw / BLOCK;
         let zp = zero_point(j, b);
         let s = word_dot(ch.x, xa, 0u, zp) + word_dot(ch.y, xa, 1u, zp) + word_dot(ch.z, xa, 2u, zp) + word_dot(ch.w, xa, 3u, zp);
-        return s * block_scale(j, b);
+        return f32(s) * block_scale(j, b);
     }
     // Blocks shorter than a chunk (int4 blocks of 16: two per chunk): word by word.
     var acc = 0.0;
     for (var t = 0u; t < 4u; t++) {
         let b = (c * 4u + t) * pw / BLOCK;
-        acc += word_dot(ch[t], xa, t, zero_point(j, b)) * block_scale(j, b);
+        acc += f32(word_dot(ch[t], xa, t, zero_point(j, b))) * block_scale(j, b);
     }
     return acc;
 }
