@@ -70,18 +70,22 @@ pub enum Kernel {
 impl Kernel {
     /// `gemv_rows.wgsl` at `lanes` lanes and `rows` rows a group over `xrows` rows of x,
     /// reduced by shuffles where `ctx` allows it for that many lanes.
-    pub fn gemv_rows(ctx: &GpuContext, kind: NBitsKind, lanes: u32, rows: u32, xrows: u32) -> Kernel {
-        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false, norm: None, f16: Kernel::f16_on(ctx, kind) }
+    /// With `float_x`, f16 products where [`Kernel::f16_on`] says.
+    pub fn gemv_rows(ctx: &GpuContext, kind: NBitsKind, lanes: u32, rows: u32, xrows: u32, float_x: bool) -> Kernel {
+        Kernel::GemvRows { kind, lanes, rows, xrows, shuffles: ctx.shuffles(lanes), glu: false, norm: None, f16: float_x && Kernel::f16_on(ctx, kind) }
     }
 
-    /// `gemm_nbits.wgsl` over weights of `kind`.
-    pub fn gemm(ctx: &GpuContext, kind: NBitsKind) -> Kernel {
-        Kernel::GemmNBits(kind, Kernel::f16_on(ctx, kind))
+    /// `gemm_nbits.wgsl` over weights of `kind`; with `float_x`, f16 products where
+    /// [`Kernel::f16_on`] says.
+    pub fn gemm(ctx: &GpuContext, kind: NBitsKind, float_x: bool) -> Kernel {
+        Kernel::GemmNBits(kind, float_x && Kernel::f16_on(ctx, kind))
     }
 
-    /// Whether the GEMV's and GEMM's products over weights of `kind` are f16: where the
+    /// Whether the GEMV's and GEMM's products over weights of `kind` may be f16: where the
     /// context computes in f16 ([`GpuContext::f16`]) and the weight is 4- or 8-bit (float
-    /// weights, fp16 files' included, are multiplied in f32 as the CPU backend does).
+    /// weights, fp16 files' included, are multiplied in f32 as the CPU backend does). Only for
+    /// a node on float activations (`float_x` above): one whose input is rounded to int8 asks
+    /// for integer products, which f32 computes exactly and f16 would not.
     pub fn f16_on(ctx: &GpuContext, kind: NBitsKind) -> bool {
         ctx.f16() && matches!(kind.bits, 4 | 8)
     }

@@ -647,9 +647,9 @@ impl GpuNBits {
         match choice {
             GemvKernel::Auto if self.spec.rows_kernel_fits() => {
                 let (lanes, rows) = self.spec.rows_kernel_shape(ctx.rows_shape());
-                Kernel::gemv_rows(ctx, kind, lanes, rows, 1)
+                Kernel::gemv_rows(ctx, kind, lanes, rows, 1, self.activations == Activations::Float)
             }
-            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::gemv_rows(ctx, kind, lanes, rows, 1),
+            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::gemv_rows(ctx, kind, lanes, rows, 1, self.activations == Activations::Float),
             _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
             _ => Kernel::GemvNBits(kind),
         }
@@ -701,12 +701,12 @@ impl GpuNBits {
                     GemvKernel::Rows { lanes, rows } => (lanes, rows),
                     _ => self.spec.rows_kernel_shape(ctx.rows_shape()),
                 };
-                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows), state, x, y, &[]);
+                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows, self.activations == Activations::Float), state, x, y, &[]);
             }
         }
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
-            pipes.bind(ctx, Kernel::gemm(ctx, self.spec.kind()), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
+            pipes.bind(ctx, Kernel::gemm(ctx, self.spec.kind(), self.activations == Activations::Float), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
         d.extend(self.add_bias(ctx, pipes, y));

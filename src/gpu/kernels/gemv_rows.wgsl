@@ -75,18 +75,37 @@ fn load_x(r: u32, first: u32) -> array<vec4<hf>, 8> {
     return a;
 }
 
-// Word t of a chunk against the chunk's x (`xa`): sum of (q - zp) * x over its values, in
-// the arithmetic type (arith_*.wgsl).
-fn word_dot(w: u32, xa: array<vec4<hf>, 8>, t: u32, zp: f32) -> hf {
+// (q - zp) of a word's values in the arithmetic type, times the block's scale in f16 (there
+// the scale goes in first, so sums are as large as the f32 ones: (q - zp) alone, up to 255
+// for 8 bits, times x summed over a chunk could leave f16's range); in f32 the chunk's sum is
+// scaled once instead.
+fn dequant(q: vec4<hf>, z: vec4<hf>, s: hf) -> vec4<hf> {
+    if (ARITH_F16) {
+        return (q - z) * s;
+    }
+    return q - z;
+}
+
+// Word t of a chunk against the chunk's x (`xa`): sum of (q - zp) * x over its values (times
+// the scale `s` in f16), in the arithmetic type (arith_*.wgsl).
+fn word_dot(w: u32, xa: array<vec4<hf>, 8>, t: u32, zp: f32, s: hf) -> hf {
     let z = vec4<hf>(hf(zp));
     if (BITS == 4u) {
         let lo = vec4<hf>((vec4<u32>(w) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u));
         let hi = vec4<hf>((vec4<u32>(w) >> vec4<u32>(16u, 20u, 24u, 28u)) & vec4<u32>(15u));
-        return dot(lo - z, xa[2u * t]) + dot(hi - z, xa[2u * t + 1u]);
+        return dot(dequant(lo, z, s), xa[2u * t]) + dot(dequant(hi, z, s), xa[2u * t + 1u]);
     }
     // 8 bits: four values, one vec4 of x.
     let q = vec4<hf>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(255u));
-    return dot(q - z, xa[t]);
+    return dot(dequant(q, z, s), xa[t]);
+}
+
+// What a sum of word_dot's is still multiplied by: the scale in f32, 1 where f16 took it.
+fn sum_scale(scale: f32) -> f32 {
+    if (ARITH_F16) {
+        return 1.0;
+    }
+    return scale;
 }
 
 // Chunk c (`ch`, 16 bytes) of the part's row j against its x (`xa`). Float weights are always
@@ -105,14 +124,17 @@ fn chunk_dot(ch: vec4<u32>, j: u32, c: u32, xa: array<vec4<hf>, 8>) -> f32 {
         // The chunk lies in one block (BLOCK is a multiple of 4 words then).
         let b = c * 4u * pw / BLOCK;
         let zp = zero_point(j, b);
-        let s = word_dot(ch.x, xa, 0u, zp) + word_dot(ch.y, xa, 1u, zp) + word_dot(ch.z, xa, 2u, zp) + word_dot(ch.w, xa, 3u, zp);
-        return f32(s) * block_scale(j, b);
+        let scale = block_scale(j, b);
+        let h = hf(scale);
+        let s = word_dot(ch.x, xa, 0u, zp, h) + word_dot(ch.y, xa, 1u, zp, h) + word_dot(ch.z, xa, 2u, zp, h) + word_dot(ch.w, xa, 3u, zp, h);
+        return f32(s) * sum_scale(scale);
     }
     // Blocks shorter than a chunk (int4 blocks of 16: two per chunk): word by word.
     var acc = 0.0;
     for (var t = 0u; t < 4u; t++) {
         let b = (c * 4u + t) * pw / BLOCK;
-        acc += f32(word_dot(ch[t], xa, t, zero_point(j, b))) * block_scale(j, b);
+        let scale = block_scale(j, b);
+        acc += f32(word_dot(ch[t], xa, t, zero_point(j, b), hf(scale))) * sum_scale(scale);
     }
     return acc;
 }
