@@ -352,16 +352,30 @@ fn logits_of_each_step(model: &mut GpuLlama, tokens: &[u32]) -> Vec<f32> {
     got
 }
 
+/// The tiny model quantized to int4 ([`tiny_q4`]) loaded on `ctx`, its decode logits after
+/// each token of [`PROMPT`] and their max |diff| from the f32 reference's on the exporter's
+/// effective weights.
+struct TinyDecode {
+    model: GpuLlama,
+    exported: edge_llm::llama::onnx_export::Exported,
+    logits: Vec<f32>,
+    from_reference: f32,
+}
+
+fn tiny_decode(ctx: GpuContext, symmetric: bool) -> TinyDecode {
+    let (q, exported) = tiny_q4(symmetric);
+    let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+    let logits = logits_of_each_step(&mut model, &PROMPT);
+    let want = reference::forward(&q.cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
+    let from_reference = max_abs_diff(&logits, &want);
+    TinyDecode { model, exported, logits, from_reference }
+}
+
 #[test]
 fn tiny_decode_logits_match_reference_and_cpu() {
     for symmetric in [true, false] {
         let Some(ctx) = gpu() else { return };
-        let (q, exported) = tiny_q4(symmetric);
-        let cfg = q.cfg.clone();
-        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
-        let got = logits_of_each_step(&mut model, &PROMPT);
-        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
-        let d = max_abs_diff(&got, &want);
+        let TinyDecode { exported, logits: got, from_reference: d, .. } = tiny_decode(ctx, symmetric);
         eprintln!("symmetric={symmetric}: GPU vs reference logits max |diff| = {d:e}");
         assert!(d < LOGITS_TOL, "symmetric={symmetric}: GPU vs reference max |diff| = {d}");
         let opts = CpuOptions { fold_kv_cache: false, q4_kernel: true, q4_activations: edge_llm::cpu::q4_matmul::Q4Activations::Float, last_logits_only: false, q8_kernel: true, threads: None };
@@ -387,22 +401,16 @@ fn f16_products_keep_the_tiny_models_logits_near_and_its_tokens() {
         let Some(_) = gpu() else { return };
         let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap();
         let f16 = ctx.f16();
-        let (q, exported) = tiny_q4(symmetric);
-        let cfg = q.cfg.clone();
-        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
-        let got = logits_of_each_step(&mut model, &PROMPT);
-        let want = reference::forward(&cfg, &exported.effective, &PROMPT, &mut RefKvCache::default()).concat();
-        let d = max_abs_diff(&got, &want);
+        let TinyDecode { mut model, exported, from_reference: d, .. } = tiny_decode(ctx, symmetric);
         eprintln!("symmetric={symmetric} f16={f16}: GPU vs reference logits max |diff| = {d:e}");
         if f16 {
             assert!(d < F16_LOGITS_TOL && d > LOGITS_TOL, "symmetric={symmetric}: f16 GPU vs reference max |diff| = {d}");
         } else {
             assert!(d < LOGITS_TOL, "symmetric={symmetric}: f32 (no shader-f16) GPU vs reference max |diff| = {d}");
         }
-        let ctx = block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap();
-        let mut model = GpuLlama::load(ctx, &q, 64).unwrap();
+        // Greedy decoding starts again from position 0.
         let got = block_on(model.greedy(&PROMPT[..4], 32)).unwrap();
-        assert_eq!(got, reference::greedy(&cfg, &exported.effective, &PROMPT[..4], 32), "symmetric={symmetric} f16={f16}");
+        assert_eq!(got, reference::greedy(&tiny::config(), &exported.effective, &PROMPT[..4], 32), "symmetric={symmetric} f16={f16}");
     }
 }
 
@@ -933,27 +941,42 @@ fn gpu_engine_gives_the_cpu_engines_tokens_from_onnx_and_packed_files() {
 
 /// `Precision::F16` through the engine (what the `gpuPrecision: "f16"` load option allows): on
 /// every exported format, packed, the GPU engine says what its products compute in (`"f16"`
-/// exactly where the adapter has `shader-f16`) and gives the CPU engine's tokens over two
-/// turns, one decode step a submit and chained with the norms fused. (Nodes on int8-rounded
-/// activations keep exact f32 products: with f16 ones the `MatMulInteger` file's tokens left
-/// the CPU's at step 11.)
+/// exactly where the adapter has `shader-f16` and the file has a 4- or 8-bit weight on float
+/// activations) and gives the CPU engine's tokens over two turns, one decode step a submit and
+/// chained with the norms fused. (Nodes on int8-rounded activations keep exact f32 products:
+/// with f16 ones the `MatMulInteger` file's tokens left the CPU's at step 11.)
 #[test]
 fn f16_products_through_the_engine_give_the_cpu_engines_tokens() {
+    use edge_llm::llama::onnx_export::Int8Format;
+    use edge_llm::quant::Precision as Weights;
     let Some(_) = gpu() else { return };
+    let mut ran_f16 = Vec::new();
     for (format, opts) in gpu_formats() {
         let (_, manifest, files) = tiny_files(&opts);
         let package = || Package::packed(&manifest, files.clone().into_iter().collect());
         let want = two_turns(&open(package(), BackendKind::Wasm).unwrap());
+        // What the export wrote: `MatMulNBits` (block int8 or int4) whose input is not rounded
+        // to int8 (`accuracy_level` 0), in the layers or the head.
+        let nbits = |w: Weights| w == Weights::Int4 || (w == Weights::Int8 && opts.int8_format == Int8Format::Block32);
+        let float_nbits = (nbits(opts.linear) && !opts.int8_activations) || (nbits(opts.lm_head) && !opts.head_int8_activations);
         for variant in gpu_variants() {
             let variant = GpuOptions { precision: Precision::F16, ..variant };
             let gpu = open_gpu(package(), &variant).unwrap();
             let f16 = gpu.backend_info().gpu_precision == Some("f16");
-            assert_eq!(gpu.backend_info().gpu_precision, Some(if block_on(GpuContext::with_options(&variant)).unwrap().f16() { "f16" } else { "f32" }), "{format}");
+            let device_f16 = block_on(GpuContext::with_options(&variant)).unwrap().f16();
+            assert_eq!(f16, device_f16 && float_nbits, "{format}: gpu_precision {:?}", gpu.backend_info().gpu_precision);
+            if f16 {
+                ran_f16.push(format);
+            }
             let got = two_turns(&gpu);
             assert_eq!((&got.0, &got.1), (&want.0, &want.1), "{format} f16={f16} {variant:?}");
         }
         assert_eq!(open_gpu(package(), &GpuOptions::default()).unwrap().backend_info().gpu_precision, Some("f32"));
         assert_eq!(open(package(), BackendKind::Wasm).unwrap().backend_info().gpu_precision, None);
+    }
+    // llvmpipe has shader-f16: the block int8 format and the int4 recipe's 8-bit head ran f16.
+    if block_on(GpuContext::with_options(&GpuOptions { precision: Precision::F16, ..Default::default() })).unwrap().f16() {
+        assert!(ran_f16.len() >= 2, "f16 ran on {ran_f16:?}");
     }
 }
 

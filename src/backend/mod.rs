@@ -54,9 +54,10 @@ pub struct BackendInfo {
     pub kv_cache: &'static str,
     /// Why this backend was chosen, when the caller asked for `auto`.
     pub reason: Option<String>,
-    /// The GPU's products over 4- and 8-bit weights: `"f32"`, or `"f16"` where the options
-    /// asked and the device has `shader-f16` ([`crate::gpu::GpuOptions::f16`]); `None` on the
-    /// CPU.
+    /// The GPU's products over 4- and 8-bit weights: `"f16"` where some of them run in f16
+    /// (the options asked, the device has `shader-f16`, a load that timed both found f16 faster,
+    /// and the model has such a weight on float activations: [`crate::gpu::Precision`]), else
+    /// `"f32"`; `None` on the CPU.
     pub gpu_precision: Option<&'static str>,
 }
 

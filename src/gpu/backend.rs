@@ -130,7 +130,7 @@ impl GpuBackend {
 
 impl Backend for GpuBackend {
     fn info(&self) -> BackendInfo {
-        let f16 = self.0.model.borrow().context().f16();
+        let f16 = self.0.model.borrow().computes_f16();
         BackendInfo { name: "webgpu", kv_cache: "gpu", reason: None, gpu_precision: Some(if f16 { "f16" } else { "f32" }) }
     }
 

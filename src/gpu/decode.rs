@@ -726,6 +726,13 @@ impl GpuLlama {
         self.ctx.counters()
     }
 
+    /// Whether any of this model's products runs in f16: the context computes in f16
+    /// ([`GpuContext::f16`]) and some 4- or 8-bit weight is on float activations (a model
+    /// whose every node rounds its input to int8 keeps exact f32 products).
+    pub fn computes_f16(&self) -> bool {
+        self.pipes.computes_f16()
+    }
+
     /// Tokens in the KV cache.
     pub fn pos(&self) -> usize {
         self.pos

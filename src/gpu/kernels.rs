@@ -90,6 +90,11 @@ impl Kernel {
         ctx.f16() && matches!(kind.bits, 4 | 8)
     }
 
+    /// Whether this kernel's products are f16 ([`Kernel::f16_on`]).
+    pub fn computes_f16(&self) -> bool {
+        matches!(self, Kernel::GemvRows { f16: true, .. } | Kernel::GemmNBits(_, true))
+    }
+
     /// This kernel reading SiLU(gate)·up of `[gate | up]` rows as its x, where it can (the
     /// rows GEMV); `None` for any other kernel.
     pub fn with_glu(self) -> Option<Kernel> {
@@ -222,6 +227,11 @@ pub struct Pipelines {
 impl Pipelines {
     pub fn get(&mut self, ctx: &GpuContext, k: Kernel) -> &wgpu::ComputePipeline {
         self.map.entry(k).or_insert_with(|| ctx.pipeline(k.name(), &k.source(), &k.constants()))
+    }
+
+    /// Whether any kernel compiled here computes f16 products ([`Kernel::computes_f16`]).
+    pub fn computes_f16(&self) -> bool {
+        self.map.keys().any(Kernel::computes_f16)
     }
 
     fn pipeline(&self, k: Kernel) -> &wgpu::ComputePipeline {

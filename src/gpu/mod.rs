@@ -102,12 +102,15 @@ pub struct GpuOptions {
 }
 
 /// What [`GpuOptions::precision`] asks of the products over 4- and 8-bit weights. In f16
-/// (`arith_f16.wgsl`: x and the weight's values in f16, the products over a 16-byte chunk of
-/// the decode GEMV or a 32-wide slice of the tiled GEMM summed in f16, those sums scaled and
-/// added in f32): twice the arithmetic rate on GPUs that pack two f16 lanes (most phones'), at
-/// the cost of logits further from onnxruntime's f32 arithmetic (README, "f16 products"). Only
-/// where the device has `shader-f16` ([`context::GpuContext::f16`] says whether the products
-/// run in f16). Float weights, a norm fused into a GEMV and every other kernel stay f32.
+/// (`arith_f16.wgsl`: x and the weight's values, dequantized with their scale, in f16, the
+/// products over a 16-byte chunk of the decode GEMV or a 32-wide slice of the tiled GEMM summed
+/// in f16, those sums added in f32): twice the arithmetic rate on GPUs that pack two f16 lanes
+/// (most phones'), at the cost of logits further from onnxruntime's f32 arithmetic (README, "f16
+/// products"). Only where the device has `shader-f16` ([`context::GpuContext::f16`] says
+/// whether the context computes in f16) and for nodes on float activations (one whose input is
+/// rounded to int8 keeps exact f32 products; [`decode::GpuLlama::computes_f16`] says whether
+/// any of a model's products run in f16). Float weights, a norm fused into a GEMV and every
+/// other kernel stay f32.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// f32 (onnxruntime's and the CPU backend's arithmetic).

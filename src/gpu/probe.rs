@@ -15,6 +15,8 @@ use std::sync::Arc;
 /// uploaded weight ([`GemvBench::per_kernel`]).
 pub struct GemvBench {
     ops: Arc<Operands>,
+    /// Rows of x each product takes (1: the GEMV), at most the operands'.
+    rows: usize,
     pipes: Pipelines,
     dispatches: Vec<Dispatch>,
     /// Bytes one GEMV reads: packed nibbles, scales, zero points and x.
@@ -22,7 +24,8 @@ pub struct GemvBench {
     pub reps: usize,
 }
 
-/// A bench's buffers: the deterministic weight, x, y, the GEMM's step state and y's readback.
+/// A bench's buffers: the deterministic weight, x and y of `rows` rows, the GEMM's step state
+/// and y's readback.
 struct Operands {
     n: usize,
     k: usize,
@@ -32,7 +35,8 @@ struct Operands {
     y: wgpu::Buffer,
     state: wgpu::Buffer,
     readback: wgpu::Buffer,
-    bytes_per_call: u64,
+    /// The weight's packed values, scales and zero points.
+    weight_bytes: u64,
 }
 
 impl Operands {
@@ -60,8 +64,13 @@ impl Operands {
             // The step state the GEMM reads its row count from: `{ pos: 0, rows }`.
             state: ctx.storage_init("bench_state", &[0u32, rows as u32].iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<u8>>())?,
             readback: ctx.readback("bench_y", 4),
-            bytes_per_call: weight(Field::Data) + weight(Field::Scales) + weight(Field::ZeroPoints) + (rows * k * 4) as u64,
+            weight_bytes: weight(Field::Data) + weight(Field::Scales) + weight(Field::ZeroPoints),
         }))
+    }
+
+    /// Bytes a product over `rows` rows of x reads: the weight and x.
+    fn bytes_per_call(&self, rows: usize) -> u64 {
+        self.weight_bytes + (rows * self.k * 4) as u64
     }
 }
 
@@ -78,21 +87,21 @@ impl GemvBench {
     /// [`GemvBench::with_rows`] with the GEMV kernel `gemv` (one row).
     #[allow(clippy::too_many_arguments)]
     pub fn with_kernel(ctx: &GpuContext, n: usize, k: usize, rows: usize, block_size: usize, symmetric: bool, reps: usize, gemv: GemvKernel) -> Result<Self> {
-        Ok(Self::over(ctx, Operands::upload(ctx, n, k, rows, block_size, symmetric)?, reps, gemv, PrefillKernel::Auto))
+        Ok(Self::over(ctx, Operands::upload(ctx, n, k, rows, block_size, symmetric)?, rows, reps, gemv, PrefillKernel::Auto))
     }
 
     /// One GEMV bench (block 32, symmetric) of `reps` calls per kernel of `gemvs`, all over one
     /// uploaded `[n][k]` weight.
     pub fn per_kernel(ctx: &GpuContext, n: usize, k: usize, reps: usize, gemvs: &[GemvKernel]) -> Result<Vec<Self>> {
         let ops = Operands::upload(ctx, n, k, 1, 32, true)?;
-        Ok(gemvs.iter().map(|&g| Self::over(ctx, ops.clone(), reps, g, PrefillKernel::Auto)).collect())
+        Ok(gemvs.iter().map(|&g| Self::over(ctx, ops.clone(), 1, reps, g, PrefillKernel::Auto)).collect())
     }
 
     /// One bench (block 32, symmetric) of `reps` products over `rows` rows of x per prefill
     /// kernel of `prefills`, all over one uploaded `[n][k]` weight.
     pub fn per_prefill(ctx: &GpuContext, n: usize, k: usize, rows: usize, reps: usize, prefills: &[PrefillKernel]) -> Result<Vec<Self>> {
         let ops = Operands::upload(ctx, n, k, rows, 32, true)?;
-        Ok(prefills.iter().map(|&f| Self::over(ctx, ops.clone(), reps, ctx.gemv_kernel(), f)).collect())
+        Ok(prefills.iter().map(|&f| Self::over(ctx, ops.clone(), rows, reps, ctx.gemv_kernel(), f)).collect())
     }
 
     /// Two benches of `reps` decode GEMVs over one uploaded `[n][k]` weight (block 32), each
@@ -122,28 +131,32 @@ impl GemvBench {
             separate.extend(o.w.gemv(ctx, &mut pipes, &o.state, &xn, &o.y));
         }
         // The norm's buffers are held by the bind groups.
-        let bench = |pipes, dispatches| GemvBench { ops: ops.clone(), pipes, dispatches, bytes_per_call: o.bytes_per_call, reps };
+        let bench = |pipes, dispatches| GemvBench { ops: ops.clone(), rows: 1, pipes, dispatches, bytes_per_call: o.bytes_per_call(1), reps };
         Ok(Some([bench(fused_pipes, fused), bench(pipes, separate)]))
     }
 
     /// This bench's weight and buffers, `reps` calls of `gemv` (one row).
     pub fn again(&self, ctx: &GpuContext, reps: usize, gemv: GemvKernel) -> Self {
-        Self::over(ctx, self.ops.clone(), reps, gemv, PrefillKernel::Auto)
+        Self::over(ctx, self.ops.clone(), 1, reps, gemv, PrefillKernel::Auto)
     }
 
-    fn over(ctx: &GpuContext, ops: Arc<Operands>, reps: usize, gemv: GemvKernel, prefill: PrefillKernel) -> Self {
+    /// `reps` products over the first `rows` rows of `ops`'s x: the GEMV `gemv` for one, the
+    /// prefill's product `prefill` for more (the grid is recorded for `rows`; the step state
+    /// says the operands' rows, which a GEMV over one row does not read past).
+    fn over(ctx: &GpuContext, ops: Arc<Operands>, rows: usize, reps: usize, gemv: GemvKernel, prefill: PrefillKernel) -> Self {
+        assert!(rows == 1 || rows == ops.rows, "a bench over {rows} of {} rows", ops.rows);
         let mut pipes = Pipelines::default();
         let o = &*ops;
         let product = |pipes: &mut Pipelines| {
-            if o.rows == 1 {
+            if rows == 1 {
                 o.w.gemv_with(ctx, pipes, gemv, &o.state, &o.x, &o.y)
             } else {
                 o.w.gemm_with(ctx, pipes, prefill, &o.state, &o.x, &o.y)
             }
         };
         let dispatches = (0..reps).flat_map(|_| product(&mut pipes)).collect();
-        let bytes_per_call = o.bytes_per_call;
-        GemvBench { ops, pipes, dispatches, bytes_per_call, reps }
+        let bytes_per_call = o.bytes_per_call(rows);
+        GemvBench { ops, rows, pipes, dispatches, bytes_per_call, reps }
     }
 
     /// The weight's shape `(n, k)`.
@@ -155,7 +168,7 @@ impl GemvBench {
     pub async fn run(&self, ctx: &GpuContext) -> Result<()> {
         let o = &*self.ops;
         let mut enc = ctx.encoder();
-        self.pipes.record(&mut enc, &self.dispatches, o.rows as u32);
+        self.pipes.record(&mut enc, &self.dispatches, self.rows as u32);
         enc.copy_buffer_to_buffer(&o.y, 0, &o.readback, 0, 4);
         ctx.submit(enc);
         ctx.read(&o.readback, 4).await?;
@@ -659,13 +672,15 @@ pub async fn tune_precision(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f
     let rows = PREFILL_TUNING_ROWS;
     let (mut gemv_ms, mut prefill_ms) = ([0.0; 2], [0.0; 2]);
     let before = ctx.f16();
+    // One weight and x of a chunk's rows; the GEMV reads x's first row.
+    let ops = Operands::upload(ctx, n, k, rows, 32, true)?;
     for (i, f16) in [false, true].into_iter().enumerate() {
         // Kernels read the context's precision when they are bound.
         ctx.set_f16(f16);
-        let gemv = GemvBench::new(ctx, n, k, 32, true, PRECISION_TUNING_REPS)?;
+        let gemv = GemvBench::over(ctx, ops.clone(), 1, PRECISION_TUNING_REPS, ctx.gemv_kernel(), PrefillKernel::Auto);
         gemv_ms[i] = best_of_three(async || gemv.run(ctx).await, now, f64::INFINITY).await? / PRECISION_TUNING_REPS as f64;
-        let prefill = GemvBench::per_prefill(ctx, n, k, rows, PREFILL_REPS, &[ctx.prefill_kernel()])?;
-        prefill_ms[i] = best_of_three(async || prefill[0].run(ctx).await, now, f64::INFINITY).await? / PREFILL_REPS as f64;
+        let prefill = GemvBench::over(ctx, ops.clone(), rows, PREFILL_REPS, ctx.gemv_kernel(), ctx.prefill_kernel());
+        prefill_ms[i] = best_of_three(async || prefill.run(ctx).await, now, f64::INFINITY).await? / PREFILL_REPS as f64;
     }
     ctx.set_f16(before);
     Ok(PrecisionTuning { n, k, rows, gemv_ms, prefill_ms })

@@ -59,7 +59,8 @@ export interface EngineStats extends GenerationStats {
   /** Why `backend: "auto"` chose this backend (absent when the app named one). */
   backendReason?: string;
   /** On the GPU: what its int4 / int8 products compute in: `"f16"` where `gpuPrecision: "f16"` was asked,
-   *  the adapter has `shader-f16` and the load found it faster, else `"f32"`. Absent on the CPU. */
+   *  the adapter has `shader-f16`, the load found it faster and the model has such products on float
+   *  activations (nodes that round their input to int8 keep exact f32 ones), else `"f32"`. Absent on the CPU. */
   gpuPrecision?: "f32" | "f16";
   /** `"explicit"` (past/present tensors carried between steps) or `"folded"` (in the plan's state). */
   kvCache: string;
