@@ -121,7 +121,7 @@ pub enum Precision {
     /// f16 where the device has `shader-f16` and it is faster: on a GPU a load's tuning times
     /// the decode GEMV and a prefill chunk's product both ways and keeps f16 only where both are
     /// faster ([`probe::tune_precision`]); f16 where a load cannot time (no clock); f32 on a CPU
-    /// rasterizer (llvmpipe emulates f16: 2.6x slower, README "f16 products"). The
+    /// rasterizer (llvmpipe emulates f16: 2.2x slower decode, 2.6x prefill, README "f16 products"). The
     /// `gpuPrecision: "f16"` load option.
     F16WhereFaster,
 }
