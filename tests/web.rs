@@ -291,33 +291,35 @@ async fn engine_load_falls_back_to_the_cached_model_when_the_device_is_lost_in_b
         JsValue::from(o)
     };
     let json = Uint8Array::from(manifest.to_json().as_bytes());
-    let load = |backend: &'static str| {
-        let options = obj(&[("backend", backend.into()), ("cache", "memory".into())]);
+    // An engine on `backend` from the memory cache, with `extra` load options.
+    let load_with = |backend: &'static str, extra: &[(&str, JsValue)]| {
+        let options = obj(&[&[("backend", backend.into()), ("cache", "memory".into())][..], extra].concat());
         JsEngine::load(json.clone().into(), Some(options.unchecked_into()))
     };
+    let load = |backend: &'static str| load_with(backend, &[]);
     let prompt: JsValue = js_sys::Uint32Array::from(&PROMPT[..]).into();
     let gen_opts = || -> Option<edge_llm::web::GenerateOptionsArg> { Some(obj(&[("maxTokens", 10.into()), ("ignoreEos", true.into())]).unchecked_into()) };
     let token = |v: JsValue| Reflect::get(&v, &"tokenId".into()).unwrap().as_f64().unwrap() as u32;
     let stat = |e: &JsEngine, k: &str| Reflect::get(&e.stats().unwrap(), &k.into()).unwrap();
+    // The generation's tokens from here to its end.
+    let rest = async |g: &mut edge_llm::web::Generation| {
+        let mut got = Vec::new();
+        while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
+            got.push(token(t));
+        }
+        got
+    };
 
     let cpu = load("wasm").await.unwrap();
-    let mut g = cpu.start(prompt.clone(), gen_opts()).unwrap();
-    let mut want = Vec::new();
-    while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
-        want.push(token(t));
-    }
+    let want = rest(&mut cpu.start(prompt.clone(), gen_opts()).unwrap()).await;
     assert_eq!(want.len(), 10);
 
     assert!(stat(&cpu, "gpuPrecision").is_undefined(), "no GPU precision on the CPU");
     // `gpuPrecision: "f16"` where the adapter lacks shader-f16 (Chromium's SwiftShader): the
     // products stay f32, stats say so, the tokens are the CPU's.
-    let f16 = JsEngine::load(json.clone().into(), Some(obj(&[("backend", "webgpu".into()), ("cache", "memory".into()), ("gpuPrecision", "f16".into())]).unchecked_into())).await.unwrap();
+    let f16 = load_with("webgpu", &[("gpuPrecision", "f16".into())]).await.unwrap();
     assert_eq!(stat(&f16, "gpuPrecision").as_string().as_deref(), Some("f32"), "SwiftShader has no shader-f16");
-    let mut g = f16.start(prompt.clone(), gen_opts()).unwrap();
-    let mut got = Vec::new();
-    while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
-        got.push(token(t));
-    }
+    let got = rest(&mut f16.start(prompt.clone(), gen_opts()).unwrap()).await;
     assert_eq!(got, want, "f16 asked without shader-f16: the CPU's tokens");
 
     let gpu = load("webgpu").await.unwrap();
@@ -334,9 +336,7 @@ async fn engine_load_falls_back_to_the_cached_model_when_the_device_is_lost_in_b
     console_log!("after the device was lost: backend {:?}, {reason}", stat(&gpu, "backend"));
     assert_eq!(stat(&gpu, "backend").as_string().as_deref(), Some("cpu-wasm-simd128"));
     assert!(reason.contains("device was lost"), "{reason}");
-    while let Some(t) = Some(JsFuture::from(g.step_async()).await.unwrap()).filter(|v| !v.is_undefined()) {
-        got.push(token(t));
-    }
+    got.extend(rest(&mut g).await);
     assert_eq!(got, want);
 
     // A shard the cache no longer has: the fallback's error, by its own name.

@@ -40,7 +40,7 @@ pub async fn kernels(ctx: &GpuContext, warmup: usize, steps: usize, now: fn() ->
     // ms per call of `rows`-row products `[n][k]` (p50, p95, p99), `REPS` per submit.
     let timed = async |b: &GemvBench| -> Result<(Vec<f64>, u64)> {
         let ms = passes(warmup, steps, now, async || b.run(ctx).await).await?;
-        Ok((ms.into_iter().map(|m| m / REPS as f64).collect(), b.bytes_per_call))
+        Ok((ms.into_iter().map(|m| m / REPS as f64).collect(), b.bytes_per_call()))
     };
     out.push(format!("int4 GEMV (block 32, symmetric), {REPS} calls per submit, {steps} passes after {warmup}:"));
     // On a hardware GPU also a 7B-class projection (32768 x 4096: 64 MiB of nibbles), large

@@ -634,11 +634,17 @@ impl GpuNBits {
     /// then [`GpuNBits::gemv`]). Every workgroup reads the same `x` and `resid`, so binding the
     /// same three to several weights (q, k and v unstacked) writes the same `x_sum`.
     pub fn gemv_norm(&self, ctx: &GpuContext, pipes: &mut Pipelines, state: &wgpu::Buffer, norm: NormInput, y: &wgpu::Buffer) -> Option<Vec<Dispatch>> {
-        if self.activations != Activations::Float {
+        if !self.float_x() {
             return None;
         }
         let kernel = self.gemv_kernel(ctx, ctx.gemv_kernel()).with_norm(norm.eps)?;
         Some(self.bind_rows_kernel(ctx, pipes, kernel, state, norm.x, y, &[norm.resid, norm.gain, norm.x_sum]))
+    }
+
+    /// Whether its products take x as it is (float activations), not rounded to int8: the
+    /// products that may run in f16 ([`Kernel::f16_on`]) and that a norm fuses into.
+    fn float_x(&self) -> bool {
+        self.activations == Activations::Float
     }
 
     /// The decode GEMV's kernel for this weight under `choice`.
@@ -647,9 +653,9 @@ impl GpuNBits {
         match choice {
             GemvKernel::Auto if self.spec.rows_kernel_fits() => {
                 let (lanes, rows) = self.spec.rows_kernel_shape(ctx.rows_shape());
-                Kernel::gemv_rows(ctx, kind, lanes, rows, 1, self.activations == Activations::Float)
+                Kernel::gemv_rows(ctx, kind, lanes, rows, 1, self.float_x())
             }
-            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::gemv_rows(ctx, kind, lanes, rows, 1, self.activations == Activations::Float),
+            GemvKernel::Rows { lanes, rows } if self.spec.rows_kernel_fits() => Kernel::gemv_rows(ctx, kind, lanes, rows, 1, self.float_x()),
             _ if ctx.has_subgroups() => Kernel::GemvNBitsSubgroups(kind),
             _ => Kernel::GemvNBits(kind),
         }
@@ -701,12 +707,12 @@ impl GpuNBits {
                     GemvKernel::Rows { lanes, rows } => (lanes, rows),
                     _ => self.spec.rows_kernel_shape(ctx.rows_shape()),
                 };
-                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows, self.activations == Activations::Float), state, x, y, &[]);
+                return self.bind_rows_kernel(ctx, pipes, Kernel::gemv_rows(ctx, self.spec.kind(), lanes, rows, xrows, self.float_x()), state, x, y, &[]);
             }
         }
         let bind = |p: &Part, pipes: &mut Pipelines| {
             let grid = Grid::Rows { groups: [(p.rows.len() as u32).div_ceil(32), 1, 1], axis: 1, rows_per_group: 32 };
-            pipes.bind(ctx, Kernel::gemm(ctx, self.spec.kind(), self.activations == Activations::Float), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
+            pipes.bind(ctx, Kernel::gemm(ctx, self.spec.kind(), self.float_x()), &[&p.params, x, &p.data, &p.scales, &p.zps, y, state], grid)
         };
         let mut d: Vec<Dispatch> = self.parts.iter().map(|p| bind(p, pipes)).collect();
         d.extend(self.add_bias(ctx, pipes, y));

@@ -19,8 +19,6 @@ pub struct GemvBench {
     rows: usize,
     pipes: Pipelines,
     dispatches: Vec<Dispatch>,
-    /// Bytes one GEMV reads: packed nibbles, scales, zero points and x.
-    pub bytes_per_call: u64,
     pub reps: usize,
 }
 
@@ -131,7 +129,7 @@ impl GemvBench {
             separate.extend(o.w.gemv(ctx, &mut pipes, &o.state, &xn, &o.y));
         }
         // The norm's buffers are held by the bind groups.
-        let bench = |pipes, dispatches| GemvBench { ops: ops.clone(), rows: 1, pipes, dispatches, bytes_per_call: o.bytes_per_call(1), reps };
+        let bench = |pipes, dispatches| GemvBench { ops: ops.clone(), rows: 1, pipes, dispatches, reps };
         Ok(Some([bench(fused_pipes, fused), bench(pipes, separate)]))
     }
 
@@ -155,8 +153,12 @@ impl GemvBench {
             }
         };
         let dispatches = (0..reps).flat_map(|_| product(&mut pipes)).collect();
-        let bytes_per_call = o.bytes_per_call(rows);
-        GemvBench { ops, rows, pipes, dispatches, bytes_per_call, reps }
+        GemvBench { ops, rows, pipes, dispatches, reps }
+    }
+
+    /// Bytes one product reads: packed values, scales, zero points and x's rows.
+    pub fn bytes_per_call(&self) -> u64 {
+        self.ops.bytes_per_call(self.rows)
     }
 
     /// The weight's shape `(n, k)`.
@@ -319,7 +321,7 @@ pub async fn time_gemv(ctx: &GpuContext, n: usize, k: usize, now: fn() -> f64) -
     let t_one = best_of_three(async || one.run(ctx).await, now, f64::INFINITY).await?;
     let t_many = best_of_three(async || many.run(ctx).await, now, f64::INFINITY).await?;
     let gemv_ms = (t_many - t_one).max(0.0) / (PROBE_REPS - 1) as f64;
-    Ok(GpuProbe { latency_ms: (t_one - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call })
+    Ok(GpuProbe { latency_ms: (t_one - gemv_ms).max(0.0), gemv_ms, bytes: one.bytes_per_call() })
 }
 
 /// A tuning's time of `run` (one submit and its readback): after a warm-up submit (pipeline compilation), the fastest of

@@ -23,7 +23,8 @@
 // Split weights as in gemv_nbits.wgsl (`row0`, `total`). Grid: ceil(n / (64 / LANES * ROWS))
 // workgroups as x + y * nwg.x, ceil(rows / XROWS) as z.
 // x and the weight's values are of the arithmetic type `hf` (arith_*.wgsl: f32, or f16 where
-// the options ask and the device can), a chunk's products summed in it, then scaled in f32.
+// the options ask and the device can), a chunk's products summed in it (f16 takes each value
+// times its scale; f32 scales the chunk's sum once), the chunks' sums added in f32.
 // Twin: gpu::twin::gemv_nbits (with GLU: of gpu::twin::silu_mul).
 
 override LANES: u32 = 16u; // 4, 8, 16, 32 or 64
