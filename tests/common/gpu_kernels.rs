@@ -65,7 +65,7 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -
 /// int4 without zero points, with integer ones (also with a bias), with float ones in f32 and in
 /// f16 (edge-llm's int4 recipe), int8 blocks without (with f16 scales: the recipe's embedding and
 /// head) and with integer ones, and float weights (a plain MatMul's): f32, f16 with a bias.
-pub const KINDS: [(usize, ZeroPointKind, bool, bool); 10] = [
+pub const KINDS: [Kind; 10] = [
     (4, ZeroPointKind::Middle, false, false),
     (4, ZeroPointKind::Int, false, false),
     (4, ZeroPointKind::Int, false, true),
@@ -78,10 +78,24 @@ pub const KINDS: [(usize, ZeroPointKind, bool, bool); 10] = [
     (16, ZeroPointKind::Middle, false, true),
 ];
 
+/// The kinds at every lanes x rows shape of `gemv_rows.wgsl`
+/// ([`rows_kernel_matches_twin_at_every_width`]): one per path its loads and decoding take
+/// (int4, with integer zero points packed two a byte, so a row's start depends on the row;
+/// int8 with f16 scales; f32 and f16 floats, one with a bias), on shapes of every block size.
+/// Which zero points and scales a block has is read the same way at every width: the other
+/// kinds run at the default width (`block_matmul_kernels_match_twin`). Each kind and block size
+/// compiles pipelines of its own at each width (they are pipeline constants): all ten kinds at
+/// every width took most of the GPU suite's time on a fresh machine (llvmpipe compiling them
+/// with its shader cache empty).
+pub const WIDTH_KINDS: [Kind; 4] = [KINDS[1], KINDS[6], KINDS[8], KINDS[9]];
+
+/// A weight's kind in a test: bits, zero points, f16 scales (and float zero points), bias.
+pub type Kind = (usize, ZeroPointKind, bool, bool);
+
 /// A random `[n][k]` weight of `kind` (bits, zero points, f16 scales, bias): random stored
 /// values (padding included), scales and zero points (f16-exact with `f16_params`); a float
 /// kind's values random floats (f16-rounded for 16 bits).
-pub fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points, f16_params, bias): (usize, ZeroPointKind, bool, bool)) -> BlockWeight {
+pub fn random_weight(rng: &mut Rng, n: usize, k: usize, block_size: usize, (bits, zero_points, f16_params, bias): Kind) -> BlockWeight {
     let mut w = if bits >= 16 {
         BlockWeight::float(n, k, bits, &rng.f32s(n * k))
     } else {
@@ -129,7 +143,7 @@ pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
 
 /// `gemv_rows.wgsl` at every lanes x rows shape, by each of `reductions` (false: the barrier
 /// tree; true: subgroup shuffles, at the widths the device allows them), each through
-/// [`rows_matmul_matches_twin`]. A device with subgroups must allow shuffles (llvmpipe lays
+/// [`rows_matmul_matches_twin`] on the [`WIDTH_KINDS`]. A device with subgroups must allow shuffles (llvmpipe lays
 /// subgroups of 8 over consecutive invocations, Chromium's SwiftShader too), so the shuffle
 /// reduction cannot go untested.
 pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reductions: &[bool]) {
@@ -146,7 +160,7 @@ pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reduc
                 let ctx = GpuContext::with_options(&options).await.unwrap();
                 ctx.set_rows_shape(RowsShape { shuffles, ..ctx.rows_shape() });
                 assert_eq!(ctx.shuffles(lanes), shuffles);
-                rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &rows_kernel_shapes()).await;
+                rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &rows_kernel_shapes(), &WIDTH_KINDS).await;
             }
         }
     }
@@ -172,27 +186,27 @@ pub enum Product {
 /// and 8-bit weights), see [`f16_tolerance`].
 pub async fn block_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
     let products: Vec<Product> = [Product::Gemv, Product::GemvGlu, Product::GemvNorm].into_iter().chain(PrefillKernel::candidates().into_iter().map(Product::Gemm)).collect();
-    matmul_matches_twin(ctx, rng, shapes, &products).await
+    matmul_matches_twin(ctx, rng, shapes, &KINDS, &products).await
 }
 
 /// [`block_matmul_matches_twin`] for the decode GEMV only.
 pub async fn gemv_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
-    matmul_matches_twin(ctx, rng, shapes, &[Product::Gemv]).await
+    matmul_matches_twin(ctx, rng, shapes, &KINDS, &[Product::Gemv]).await
 }
 
 /// [`block_matmul_matches_twin`] for the decode GEMV (also with each fusion) and the
 /// prefill through `gemv_rows.wgsl` at each x row count (with the context's lanes and rows per
-/// group).
-pub async fn rows_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)]) {
+/// group), on `kinds`.
+pub async fn rows_matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)], kinds: &[Kind]) {
     let products: Vec<Product> = [Product::Gemv, Product::GemvGlu, Product::GemvNorm].into_iter().chain(ROWS_KERNEL_XROWS.map(|xrows| Product::Gemm(PrefillKernel::Rows { xrows }))).collect();
-    matmul_matches_twin(ctx, rng, shapes, &products).await
+    matmul_matches_twin(ctx, rng, shapes, kinds, &products).await
 }
 
-/// The matmul through each of `products` against the twin.
-pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)], products: &[Product]) {
+/// The matmul of each of `kinds` through each of `products` against the twin.
+pub async fn matmul_matches_twin(ctx: &GpuContext, rng: &mut Rng, shapes: &[(usize, usize, usize, usize)], kinds: &[Kind], products: &[Product]) {
     let mut pipes = Pipelines::default();
     for &(n, k, bs, rows) in shapes {
-        for kind in KINDS {
+        for &kind in kinds {
             let w = random_weight(rng, n, k, bs, kind);
             let x = rng.f32s(rows * k);
             // The fused product's input: [gate | up] rows, and the activation they stand for.
