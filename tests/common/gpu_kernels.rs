@@ -61,6 +61,9 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], tol: impl Fn(usize) -
     }
 }
 
+/// A weight's kind in a test: bits, zero points, f16 scales (and float zero points), bias.
+pub type Kind = (usize, ZeroPointKind, bool, bool);
+
 /// The weight kinds the GPU runs (bits, zero points, f16 scales and float zero points, bias):
 /// int4 without zero points, with integer ones (also with a bias), with float ones in f32 and in
 /// f16 (edge-llm's int4 recipe), int8 blocks without (with f16 scales: the recipe's embedding and
@@ -88,9 +91,6 @@ pub const KINDS: [Kind; 10] = [
 /// every width took most of the GPU suite's time on a fresh machine (llvmpipe compiling them
 /// with its shader cache empty).
 pub const WIDTH_KINDS: [Kind; 4] = [KINDS[1], KINDS[6], KINDS[8], KINDS[9]];
-
-/// A weight's kind in a test: bits, zero points, f16 scales (and float zero points), bias.
-pub type Kind = (usize, ZeroPointKind, bool, bool);
 
 /// A random `[n][k]` weight of `kind` (bits, zero points, f16 scales, bias): random stored
 /// values (padding included), scales and zero points (f16-exact with `f16_params`); a float
@@ -143,9 +143,9 @@ pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
 
 /// `gemv_rows.wgsl` at every lanes x rows shape, by each of `reductions` (false: the barrier
 /// tree; true: subgroup shuffles, at the widths the device allows them), each through
-/// [`rows_matmul_matches_twin`] on the [`WIDTH_KINDS`]. A device with subgroups must allow shuffles (llvmpipe lays
-/// subgroups of 8 over consecutive invocations, Chromium's SwiftShader too), so the shuffle
-/// reduction cannot go untested.
+/// [`rows_matmul_matches_twin`] on the [`WIDTH_KINDS`]. A device with subgroups must allow
+/// shuffles (llvmpipe lays subgroups of 8 over consecutive invocations, Chromium's SwiftShader
+/// too), so the shuffle reduction cannot go untested.
 pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reductions: &[bool]) {
     if default.has_subgroups() {
         assert!(default.shuffle_lanes() >= 4, "the device has subgroups but its layout test refused shuffles: the shuffle reduction would go untested");
