@@ -84,9 +84,9 @@ pub const KINDS: [Kind; 10] = [
 /// The kinds at every lanes x rows shape of `gemv_rows.wgsl`
 /// ([`rows_kernel_matches_twin_at_every_width`]): one per path its loads and decoding take
 /// (int4, with integer zero points packed two a byte, so a row's start depends on the row;
-/// int8 with f16 scales; f32 and f16 floats, one with a bias), on shapes of every block size.
-/// Which zero points and scales a block has is read the same way at every width: the other
-/// kinds run at the default width (`block_matmul_kernels_match_twin`). Each kind and block size
+/// int8 with f16 scales; f32 and f16 floats, one with a bias), on [`width_shapes`]. Which zero
+/// points and scales a block has is read the same way at every width: the other kinds run at
+/// the default width (`block_matmul_kernels_match_twin`). Each kind and block size
 /// compiles pipelines of its own at each width (they are pipeline constants): all ten kinds at
 /// every width took most of the GPU suite's time on a fresh machine (llvmpipe compiling them
 /// with its shader cache empty).
@@ -141,11 +141,20 @@ pub fn rows_kernel_shapes() -> Vec<(usize, usize, usize, usize)> {
     vec![(1, 32, 32, 1), (3, 128, 32, 5), (17, 64, 16, 2), (61, 576, 32, 7), (40, 1536, 32, 3), (9, 1024, 128, 1), (130, 256, 64, 9)]
 }
 
+/// [`rows_kernel_shapes`] with blocks of 64 and 128 made 32 (the same rows, reduction lengths
+/// and x rows): the shapes at every width. A 16-byte chunk of the weight lies in one block of
+/// 32 or more values, and spans two blocks of 16 (int4), the only ways a block's size enters
+/// `gemv_rows.wgsl`; blocks 64 and 128 run at the default width and at the slowest tuned one.
+/// Each block size is pipelines of its own at each width.
+pub fn width_shapes() -> Vec<(usize, usize, usize, usize)> {
+    rows_kernel_shapes().into_iter().map(|(n, k, block, rows)| (n, k, block.min(32), rows)).collect()
+}
+
 /// `gemv_rows.wgsl` at every lanes x rows shape, by each of `reductions` (false: the barrier
 /// tree; true: subgroup shuffles, at the widths the device allows them), each through
-/// [`rows_matmul_matches_twin`] on the [`WIDTH_KINDS`]. A device with subgroups must allow
-/// shuffles (llvmpipe lays subgroups of 8 over consecutive invocations, Chromium's SwiftShader
-/// too), so the shuffle reduction cannot go untested.
+/// [`rows_matmul_matches_twin`] on the [`WIDTH_KINDS`] and [`width_shapes`]. A device with
+/// subgroups must allow shuffles (llvmpipe lays subgroups of 8 over consecutive invocations,
+/// Chromium's SwiftShader too), so the shuffle reduction cannot go untested.
 pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reductions: &[bool]) {
     if default.has_subgroups() {
         assert!(default.shuffle_lanes() >= 4, "the device has subgroups but its layout test refused shuffles: the shuffle reduction would go untested");
@@ -160,7 +169,7 @@ pub async fn rows_kernel_matches_twin_at_every_width(default: &GpuContext, reduc
                 let ctx = GpuContext::with_options(&options).await.unwrap();
                 ctx.set_rows_shape(RowsShape { shuffles, ..ctx.rows_shape() });
                 assert_eq!(ctx.shuffles(lanes), shuffles);
-                rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &rows_kernel_shapes(), &WIDTH_KINDS).await;
+                rows_matmul_matches_twin(&ctx, &mut Rng((lanes * rows) as u64), &width_shapes(), &WIDTH_KINDS).await;
             }
         }
     }
