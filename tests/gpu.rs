@@ -90,10 +90,12 @@ fn f16_products_match_twin_within_f16s_rounding() {
     block_on(gpu_kernels::block_matmul_matches_twin(&ctx, &mut rng, &shapes));
 }
 
-/// `gemv_rows.wgsl` at each lane count and rows per lane group it takes, every weight kind,
-/// on whole-block shapes (`block_matmul_kernels_match_twin` runs its default shape): as the
-/// decode GEMV and over a prefill's rows at each x row count per workgroup; groups the device
-/// reduces by subgroup shuffles run with those and with the barrier tree.
+/// `gemv_rows.wgsl` at each lane count and rows per lane group it takes, on the four weight
+/// kinds and whole-block shapes of blocks 16 and 32 that take its different paths
+/// (`gpu_kernels::WIDTH_KINDS`, `gpu_kernels::width_shapes`; `block_matmul_kernels_match_twin`
+/// runs every kind and block size at its default shape): as the decode GEMV and over a
+/// prefill's rows at each x row count per workgroup; groups the device reduces by subgroup
+/// shuffles run with those and with the barrier tree.
 #[test]
 fn gemv_rows_kernel_matches_twin_at_every_width() {
     let Some(default) = gpu() else { return };
