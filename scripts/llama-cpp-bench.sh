@@ -11,7 +11,8 @@
 # run's prompt length from an empty cache, and 100 decode steps after the prompt and the quick
 # run's 10 warm-up steps (`tg100 @ d52` for a 42-token prompt; the page times steps 11–110).
 # With `--against` (a `node scripts/bench-summary.mjs --save` file from the same machine just
-# before), the prompt length is that run's and each of our medians is printed over llama.cpp's.
+# before), the prompt length and thread counts are that run's and each of our medians is printed
+# over llama.cpp's.
 # GGUF defaults to the file README command 1 fetches. Not run in CI (the build takes minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,23 +48,23 @@ if [[ ! -x "$bin" ]]; then
 fi
 
 prompt=42
+threads=1,2
 if [[ -n "$against" ]]; then
-  prompt=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["conditions"]["promptTokens"])' "$against")
+  # The summary's prompt length and thread counts (its configs are named "1 thread", "2 threads").
+  read -r prompt threads < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["conditions"]["promptTokens"], ",".join(c.split()[0] for c in s["configs"]))' "$against")
 fi
-json=$(mktemp)
-trap 'rm -f "$json"' EXIT
+prefill=$(mktemp)
+decode=$(mktemp)
+trap 'rm -f "$prefill" "$decode"' EXIT
 echo "llama.cpp as llama-cpp-python $version vendors it, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load average $(cut -d' ' -f1 /proc/loadavg)"
-"$bin" -m "$gguf" -p "$prompt" -n 100 -d "0,$((prompt + 10))" -t 1,2 -r "${REPS:-3}" -o json > "$json"
-python3 - "$json" "$prompt" "$against" <<'PY'
+"$bin" -m "$gguf" -p "$prompt" -n 0 -t "$threads" -r "${REPS:-3}" -o json > "$prefill"
+"$bin" -m "$gguf" -p 0 -n 100 -d "$((prompt + 10))" -t "$threads" -r "${REPS:-3}" -o json > "$decode"
+python3 - "$prefill" "$decode" "$prompt" "$against" <<'PY'
 import json, sys
-runs, prompt, against = json.load(open(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
-# (threads, "prefill" | "decode") -> mean tok/s: prefill from an empty cache, decode after the prompt.
-got = {}
-for r in runs:
-    if r["n_prompt"] and not r["n_depth"]:
-        got[(r["n_threads"], "prefill")] = r
-    elif r["n_gen"] and r["n_depth"]:
-        got[(r["n_threads"], "decode")] = r
+prefill, decode, prompt, against = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), int(sys.argv[3]), sys.argv[4]
+runs = prefill + decode
+# (threads, "prefill" | "decode") -> the run: prefill from an empty cache, decode after the prompt.
+got = {(r["n_threads"], "prefill"): r for r in prefill} | {(r["n_threads"], "decode"): r for r in decode}
 print(f"| llama.cpp, {runs[0]['model_type']} | threads | tok/s (mean ± sd of {len(runs[0]['samples_ts'])} runs) |")
 print("|---|---:|---:|")
 for (t, what), r in sorted(got.items()):
@@ -72,8 +73,8 @@ for (t, what), r in sorted(got.items()):
 if against:
     s = json.load(open(against))
     print(f"\nedge-llm ({against}: {s['rev']}, {s['conditions']['runtime']}) over llama.cpp, our medians over its means:")
-    for t, name in [(1, "1 thread"), (2, "2 threads")]:
-        stats = s["configs"].get(name, {}).get("stats", {})
+    for name, config in s["configs"].items():
+        t, stats = int(name.split()[0]), config.get("stats", {})
         for what, key, aim in [("decode", "decodeTokPerS", " (aim ≥ 80 % at 1 thread)" if t == 1 else ""), ("prefill", "prefillTokPerS", "")]:
             ours, theirs = stats.get(key, {}).get("median"), got.get((t, what))
             if ours and theirs:
