@@ -157,14 +157,14 @@ async function handle({ id, op, args = [], progress }) {
 self.onmessage = async (ev) => {
   const msg = ev.data;
   if (msg.op === "init") {
-    const { wasm, threads, build } = msg.args[0] ?? {};
-    ready = loadEdgeLlm({ wasm, threads, build }).then((loaded) => {
+    const { wasm, threads, build, simd } = msg.args[0] ?? {};
+    ready = loadEdgeLlm({ wasm, threads, build, simd }).then((loaded) => {
       edge = loaded.edge;
       return loaded;
     });
     try {
-      const { threads: n, variant } = await ready;
-      postMessage({ id: msg.id, ok: true, value: { threads: n, variant } });
+      const { threads: n, variant, simd: s } = await ready;
+      postMessage({ id: msg.id, ok: true, value: { threads: n, variant, simd: s } });
     } catch (e) {
       postMessage({ id: msg.id, ok: false, error: serializeError(e) });
     }

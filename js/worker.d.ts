@@ -24,6 +24,8 @@ export interface WorkerOptions {
   threads?: number;
   /** As `loadEdgeLlm`'s `build` (edge-llm-wasm/auto). */
   build?: "auto" | "threads" | "single";
+  /** As `loadEdgeLlm`'s `simd` (edge-llm-wasm/auto). */
+  simd?: "auto" | "relaxed" | "simd128";
 }
 
 /** `LoadOptions` as the proxy forwards them: the callbacks run here, the rest in the worker. */
@@ -62,6 +64,8 @@ export declare class WorkerEngine {
   readonly threads: number;
   /** Which build the worker runs. */
   readonly variant: "threads" | "single";
+  /** Whether the worker's build runs relaxed SIMD. */
+  readonly simd: "relaxed" | "simd128";
   tokenize(text: string): Promise<Uint32Array>;
   detokenize(ids: Uint32Array): Promise<string>;
   applyChatTemplate(messages: ChatMessage[]): Promise<string>;

@@ -36,6 +36,7 @@ export class WorkerEngine {
   #info = { modelId: undefined, modelVersion: undefined };
   #threads = 1;
   #variant = "single";
+  #simd = "simd128";
   #chat;
 
   /** @param {Worker} worker  a Worker running `worker-entry.js` */
@@ -68,20 +69,22 @@ export class WorkerEngine {
 
   /**
    * Start a worker and initialise the wasm module in it: the threaded build where the page is
-   * cross-origin isolated and `threads` (default `navigator.hardwareConcurrency - 1`) > 1.
-   * @param {{ worker?: Worker, wasm?: string | URL, threads?: number, build?: "auto" | "threads" | "single" }} [options]
+   * cross-origin isolated and `threads` (default `navigator.hardwareConcurrency - 1`) > 1, its
+   * relaxed-SIMD twin where the engine has relaxed SIMD (`simd`, as `loadEdgeLlm`'s).
+   * @param {{ worker?: Worker, wasm?: string | URL, threads?: number, build?: "auto" | "threads" | "single", simd?: "auto" | "relaxed" | "simd128" }} [options]
    */
   static async create(options = {}) {
     for (const k of Object.keys(options)) {
-      if (!["worker", "wasm", "threads", "build"].includes(k)) throw remoteError({ name: "InvalidOptionError", message: `unknown worker option \`${k}\``, option: k });
+      if (!["worker", "wasm", "threads", "build", "simd"].includes(k)) throw remoteError({ name: "InvalidOptionError", message: `unknown worker option \`${k}\``, option: k });
     }
     const worker = options.worker ?? new Worker(new URL("./worker-entry.js", import.meta.url), { type: "module" });
     const engine = new WorkerEngine(worker);
-    const { threads, variant } = await engine.#call("init", [
-      { wasm: options.wasm === undefined ? undefined : String(options.wasm), threads: options.threads, build: options.build },
+    const { threads, variant, simd } = await engine.#call("init", [
+      { wasm: options.wasm === undefined ? undefined : String(options.wasm), threads: options.threads, build: options.build, simd: options.simd },
     ]);
     engine.#threads = threads;
     engine.#variant = variant;
+    engine.#simd = simd;
     return engine;
   }
 
@@ -225,6 +228,11 @@ export class WorkerEngine {
   /** `"threads"` (the multi-threaded build) or `"single"`. */
   get variant() {
     return this.#variant;
+  }
+
+  /** `"relaxed"` (the relaxed-SIMD build) or `"simd128"`. */
+  get simd() {
+    return this.#simd;
   }
 
   tokenize(text) {

@@ -7,11 +7,14 @@
 // `--against` prints each median beside a summary saved before (the previous commit's run).
 //
 //   node scripts/bench-summary.mjs [--model DIR] [--rounds 3] [--threads 1,2] [--cache indexeddb]
-//        [--prompt TEXT] [--save FILE.json] [--against FILE.json] [--label TEXT]
+//        [--prompt TEXT] [--simd auto] [--save FILE.json] [--against FILE.json] [--label TEXT]
 //
 // `--prompt`: the user message (the page's chat template around it; default www/bench-core.js's
 // PROMPT); the summary says how many tokens the templated prompt was.
 // Thread counts above 1 run the threaded build (scripts/build-pkg-threads.sh), 1 the single one.
+// `--simd`: the page's `simd` (pkg/auto.js: `auto` takes the relaxed-SIMD build where the browser
+// has relaxed SIMD); a list (`relaxed,simd128`) alternates the builds within each round, each
+// configuration then named with it ("1 thread, relaxed").
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -46,6 +49,7 @@ export function pick(r) {
     wasmOverModel: model ? r.memory?.wasmBytes / model : undefined,
     threads: r.engine?.threads,
     variant: r.engine?.variant,
+    simd: r.engine?.simd,
     promptTokens: r.quick?.promptTokens,
   };
 }
@@ -89,12 +93,14 @@ export function table(summary, against) {
     }
     lines.push(`| ${label} | ${cells.join(" | ")}${against ? ` | ${vs}` : ""} |`);
   }
-  const one = summary.configs["1 thread"]?.stats.decodeTokPerS?.median;
-  for (const c of configs.filter((c) => c !== "1 thread")) {
+  for (const c of configs.filter((c) => !c.startsWith("1 thread"))) {
+    // Against 1 thread of the same build ("2 threads, relaxed" over "1 thread, relaxed").
+    const base = c.replace(/^\d+ threads/, "1 thread");
+    const one = summary.configs[base]?.stats.decodeTokPerS?.median;
     const d = summary.configs[c].stats.decodeTokPerS?.median;
-    const p1 = summary.configs["1 thread"]?.stats.prefillTokPerS?.median;
+    const p1 = summary.configs[base]?.stats.prefillTokPerS?.median;
     const p = summary.configs[c].stats.prefillTokPerS?.median;
-    if (one && d) lines.push(`\n${c} / 1 thread: decode ×${(d / one).toFixed(2)}, prefill ×${p1 && p ? (p / p1).toFixed(2) : "–"} (medians; target decode ≥ 1.6 at 2 threads)`);
+    if (one && d) lines.push(`\n${c} / ${base}: decode ×${(d / one).toFixed(2)}, prefill ×${p1 && p ? (p / p1).toFixed(2) : "–"} (medians; target decode ≥ 1.6 at 2 threads)`);
   }
   return lines.join("\n");
 }
@@ -115,20 +121,22 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   if (!(rounds >= 1)) throw new Error("--rounds must be >= 1");
   const counts = String(o.threads ?? "1,2").split(",").map(Number);
   if (counts.some((n) => !(n >= 1 && Number.isInteger(n)))) throw new Error("--threads: a comma-separated list of integers >= 1");
+  const simds = String(o.simd ?? "auto").split(",");
+  if (simds.some((s) => !["auto", "relaxed", "simd128"].includes(s))) throw new Error("--simd: a comma-separated list of auto, relaxed, simd128");
   const dir = outDir(o);
   const runs = {};
   const load = [];
   for (let round = 1; round <= rounds; round++) {
-    for (const t of counts) {
-      const config = t === 1 ? "1 thread" : `${t} threads`;
+    for (const [t, simd] of counts.flatMap((t) => simds.map((s) => [t, s]))) {
+      const config = (t === 1 ? "1 thread" : `${t} threads`) + (simds.length > 1 ? `, ${simd}` : "");
       load.push(loadavg()[0]);
       console.log(`== round ${round}/${rounds}, ${config} (load average ${loadavg()[0].toFixed(2)})`);
-      const r = await benchChromium({ ...o, run: "quick", threads: String(t), build: t === 1 ? "single" : "threads", label: `${o.label ?? "summary"} ${config} round ${round}` }, { log: () => {} });
+      const r = await benchChromium({ ...o, run: "quick", threads: String(t), build: t === 1 ? "single" : "threads", simd, label: `${o.label ?? "summary"} ${config} round ${round}` }, { log: () => {} });
       writeResult(dir, "summary-run", r);
       const p = pick(r);
       if (t > 1 && p.threads !== t) throw new Error(`asked for ${t} threads, the page ran ${p.threads} (${p.variant} build): build pkg/threads/ (scripts/build-pkg-threads.sh) and serve cross-origin isolated`);
       (runs[config] ??= []).push(p);
-      console.log(`   decode ${fmt(p.decodeTokPerS)} tok/s, prefill ${fmt(p.prefillTokPerS)} tok/s, first-request TTFT ${fmt(p.firstRequestTtftMs)} ms, warm TTFT ${fmt(p.warmTtftMs)} ms, PSS growth ${fmt(p.treePssGrowthOverModel)}× model`);
+      console.log(`   ${p.variant} build, ${p.simd}: decode ${fmt(p.decodeTokPerS)} tok/s, prefill ${fmt(p.prefillTokPerS)} tok/s, first-request TTFT ${fmt(p.firstRequestTtftMs)} ms, warm TTFT ${fmt(p.warmTtftMs)} ms, PSS growth ${fmt(p.treePssGrowthOverModel)}× model`);
       const parts = r.memory?.processTree?.rendererRssGrowthByPart;
       if (parts) console.log(`   renderer RSS growth at the end, MB: ${Object.entries(parts).map(([k, v]) => `${k} ${fmt(v / 1e6)}`).join(", ")}`);
       const after = r.memory?.processTree?.rssAfterReady;

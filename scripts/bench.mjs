@@ -254,7 +254,7 @@ export async function benchChromium(o, { profile, log = (s) => console.log(s), o
   };
   const server = await serve(0, "127.0.0.1", { mounts, onRequest, routes });
   const q = new URLSearchParams({ auto: o.run ?? "quick", model: pagePath, report: "/__bench/report", hold: "/__bench/hold" });
-  for (const k of ["minutes", "threads", "build", "backend", "label", "measured", "repeat", "cache", "warmUp", "prompt"]) if (o[k] !== undefined) q.set(k, o[k]);
+  for (const k of ["minutes", "threads", "build", "simd", "backend", "label", "measured", "repeat", "cache", "warmUp", "prompt"]) if (o[k] !== undefined) q.set(k, o[k]);
   if (o.calibrate) q.set("calibrate", "1");
   const exe = process.env.CHROMIUM ?? "/usr/bin/chromium";
   const args = ["--headless", "--no-sandbox", `--user-data-dir=${dir}`, "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run", "--no-default-browser-check", "--disable-quic", "--enable-precise-memory-info", "--mute-audio",
@@ -364,7 +364,7 @@ export async function benchNode(o) {
       startedAt: new Date().toISOString(),
       runtime: `Node ${process.versions.node}, in-process Engine (no Worker: latencies have no messaging)`,
       config: { model: manifestUrl, backend: o.backend ?? "auto", threads: 1, build: "single", prompt },
-      engine: { backend: stats.backend, variant: pkg.threadedBuild() ? "threads" : "single", threads: pkg.cpuThreads(), modelId: engine.modelId, modelVersion: engine.modelVersion, modelBytes: stats.modelBytes, kvCache: stats.kvCache, version: pkg.version() },
+      engine: { backend: stats.backend, variant: pkg.threadedBuild() ? "threads" : "single", simd: pkg.relaxedSimdBuild() ? "relaxed" : "simd128", threads: pkg.cpuThreads(), modelId: engine.modelId, modelVersion: engine.modelVersion, modelBytes: stats.modelBytes, kvCache: stats.kvCache, version: pkg.version() },
       load: { manifestSource, fromCache: ready.fromCache, fromNetwork: ready.fromNetwork, timeline: t },
       coldStart: core.coldStartParts(t, { manifestSource, fromCache: ready.fromCache, fromNetwork: ready.fromNetwork, engineLoadMs: stats.loadMs }),
       quick,

@@ -50,8 +50,9 @@ fi
 prompt=42
 threads=1,2
 if [[ -n "$against" ]]; then
-  # The summary's prompt length and thread counts (its configs are named "1 thread", "2 threads").
-  read -r prompt threads < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["conditions"]["promptTokens"], ",".join(c.split()[0] for c in s["configs"]))' "$against")
+  # The summary's prompt length and thread counts (its configs are named "1 thread", "2 threads",
+  # or "1 thread, relaxed" with bench-summary's --simd list).
+  read -r prompt threads < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["conditions"]["promptTokens"], ",".join(sorted({c.split()[0] for c in s["configs"]}, key=int)))' "$against")
 fi
 prefill=$(mktemp)
 decode=$(mktemp)

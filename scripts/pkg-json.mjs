@@ -22,7 +22,7 @@ const pkg = {
   files: [
     "index.js", "index.d.ts", "chat.js", "chat.d.ts", "errors.js", "errors.d.ts",
     "edge_llm.js", "edge_llm.d.ts", "edge_llm_bg.wasm", "edge_llm_bg.wasm.d.ts", "snippets/",
-    "worker.js", "worker.d.ts", "worker-entry.js", "auto.js", "auto.d.ts", "threads/",
+    "worker.js", "worker.d.ts", "worker-entry.js", "auto.js", "auto.d.ts", "threads/", "relaxed/", "threads-relaxed/",
     "LICENSE-MIT", "LICENSE-APACHE", "README.md",
   ],
   main: "./index.js",
@@ -33,15 +33,20 @@ const pkg = {
     "./worker": entry("worker"),
     "./auto": entry("auto"),
     "./threads": { types: "./threads/index.d.ts", default: "./threads/index.js" },
+    // The relaxed-SIMD twins (engines that validate relaxed SIMD only; `./auto` picks them).
+    "./relaxed": { types: "./relaxed/index.d.ts", default: "./relaxed/index.js" },
+    "./threads-relaxed": { types: "./threads-relaxed/index.d.ts", default: "./threads-relaxed/index.js" },
     // Started by worker.js as `new URL("./worker-entry.js", import.meta.url)`; exported for apps
     // that start the Worker themselves (`WorkerEngine.create({ worker })`).
     "./worker-entry.js": "./worker-entry.js",
     // For bundlers and servers that resolve the .wasm by name.
     "./edge_llm_bg.wasm": "./edge_llm_bg.wasm",
     "./threads/edge_llm_bg.wasm": "./threads/edge_llm_bg.wasm",
+    "./relaxed/edge_llm_bg.wasm": "./relaxed/edge_llm_bg.wasm",
+    "./threads-relaxed/edge_llm_bg.wasm": "./threads-relaxed/edge_llm_bg.wasm",
     "./package.json": "./package.json",
   },
   // index.js installs `engine.chat.completions` on Engine: bundlers must not skip it.
-  sideEffects: ["./index.js", "./threads/index.js", "./snippets/*", "./threads/snippets/*"],
+  sideEffects: ["./index.js", "./threads/index.js", "./relaxed/index.js", "./threads-relaxed/index.js", "./snippets/*", "./threads/snippets/*", "./relaxed/snippets/*", "./threads-relaxed/snippets/*"],
 };
 writeFileSync(path, JSON.stringify(pkg, null, 2) + "\n");

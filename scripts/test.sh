@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # README command 2: every test. Native (cargo test), wasm in headless Chromium and in Node
-# (wasm-bindgen-test), then the built package from Node, Chromium (Worker proxy, Vite app), Deno,
-# and its threaded variant in headless Chromium.
+# (wasm-bindgen-test; the relaxed-SIMD kernels in Chromium), then the built package from Node,
+# Chromium (Worker proxy, Vite app), Deno, and its threaded and relaxed-SIMD variants in headless
+# Chromium.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -28,6 +29,12 @@ cargo check -q --manifest-path fuzz/Cargo.toml --bins
 echo "== wasm32: wasm-bindgen-test in headless Chromium (webdriver.json) and Node"
 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
   cargo test --target wasm32-unknown-unknown --features tools --tests -- --nocapture
+echo "== wasm32 with relaxed SIMD (feature relaxed-simd, the pkg/relaxed/ builds): the kernel unit tests in headless Chromium"
+# Every unit test of the library, its kernel-variant loops now including q4's relaxed-simd (which
+# every_build_registers_its_simd_variants requires); in the browser because Node 20 has no
+# standard relaxed SIMD.
+WASM_BINDGEN_USE_BROWSER=1 CHROMEDRIVER=${CHROMEDRIVER:-/usr/bin/chromedriver} WASM_BINDGEN_TEST_TIMEOUT=${WASM_BINDGEN_TEST_TIMEOUT:-300} \
+  cargo test --target wasm32-unknown-unknown --features tools,relaxed-simd --lib
 
 echo "== package: scripts/build-pkg.sh; node --test (Node, headless Chromium for the Worker proxy, and"
 echo "   tests/js/install.test.mjs: npm pack, installed into temp projects: Node, tsc, examples/vite-app dev + build)"

@@ -253,7 +253,7 @@ export function metricRows(r) {
   add("model", "model id", e.modelId ? `${e.modelId} ${e.modelVersion ?? ""}`.trim() : null);
   add("model", "model size", e.modelBytes, "B");
   add("engine", "backend", e.backend, "", r.config?.backend && r.config.backend !== "auto" ? `asked: ${r.config.backend}` : "");
-  add("engine", "wasm build", e.variant);
+  add("engine", "wasm build", e.simd ? `${e.variant}, ${e.simd === "relaxed" ? "relaxed SIMD" : "SIMD128"}` : e.variant);
   add("engine", "threads", e.threads, "", r.config?.threads ? `asked: ${r.config.threads}` : "");
   add("engine", "edge-llm version", e.version);
   for (const p of r.coldStart ?? []) add("cold start", p.name, p.ms, "ms", p.note);

@@ -135,7 +135,7 @@ async function load() {
     }
   };
   try {
-    engine = await WorkerEngine.load(url, { backend, cache: params.get("cache") ?? "indexeddb", warmUp: params.get("warmUp") !== "0", onProgress }, { worker, threads, build: params.get("build") ?? "auto" });
+    engine = await WorkerEngine.load(url, { backend, cache: params.get("cache") ?? "indexeddb", warmUp: params.get("warmUp") !== "0", onProgress }, { worker, threads, build: params.get("build") ?? "auto", simd: params.get("simd") ?? "auto" });
   } catch (e) {
     worker.terminate();
     bar.hidden = true;
@@ -165,10 +165,11 @@ async function load() {
   }
   const gpu = await engine.gpuInfo().catch(() => undefined);
   result = newResult({
-    config: { model: url, backend, threads, build: params.get("build") ?? "auto", prompt: PROMPT },
+    config: { model: url, backend, threads, build: params.get("build") ?? "auto", simd: params.get("simd") ?? "auto", prompt: PROMPT },
     engine: {
       backend: stats.backend,
       variant: engine.variant,
+      simd: engine.simd,
       threads: engine.threads,
       modelId: engine.modelId,
       modelVersion: engine.modelVersion,
@@ -185,7 +186,7 @@ async function load() {
   const threadNote =
     engine.threads < threads ? ` — ${engine.threads} of ${threads} threads: ${threadsAvailable() ? "this package has no threaded build (scripts/build-pkg-threads.sh)" : "the page is not cross-origin isolated"}` : "";
   status(
-    `ready: ${engine.modelId} on ${stats.backend}, ${engine.variant} build, ${engine.threads} thread(s); ${(stats.modelBytes / 1e6).toFixed(1)} MB, ` +
+    `ready: ${engine.modelId} on ${stats.backend}, ${engine.variant} build (${engine.simd === "relaxed" ? "relaxed SIMD" : "SIMD128"}), ${engine.threads} thread(s); ${(stats.modelBytes / 1e6).toFixed(1)} MB, ` +
       `${ready.fromCache} file(s) from cache, ${ready.fromNetwork} from network; first token ${fmt(t.loaded + t.firstToken)} ms after start${threadNote}` +
       (warnings.length ? ` — ${warnings.join("; ")}` : ""),
     threadNote ? "warn" : "",

@@ -1,7 +1,8 @@
 // Demo + benchmark page. Query parameters: model=<folder under www/> (default models/default),
 // prompt=<text>, max=<tokens per reply> (default 96), auto=1 (generate, then benchmark, without
 // clicks; used by scripts/demo.mjs), threads=<n> (CPU threads; default cores - 1: the threaded
-// build where cross-origin isolated), build=auto|threads|single (which wasm build; see pkg/auto.js).
+// build where cross-origin isolated), build=auto|threads|single (which wasm build; see pkg/auto.js),
+// simd=auto|relaxed|simd128 (the relaxed-SIMD build where the browser has relaxed SIMD).
 // The conversation survives the page: its state (KV cache, tokens, an unfinished reply) is
 // saved to IndexedDB when the page is hidden or left, and restored when it loads again.
 import { loadEdgeLlm } from "../pkg/auto.js";
@@ -37,6 +38,7 @@ async function load() {
   const loaded = await loadEdgeLlm({
     threads: params.has("threads") ? Number(params.get("threads")) : undefined,
     build: params.get("build") ?? "auto",
+    simd: params.get("simd") ?? "auto",
   });
   ({ Engine, gpuInfo, version, wasmMemoryBytes, cpuSplitCalls } = loaded.edge);
   const tWasm = performance.now();
@@ -60,6 +62,7 @@ async function load() {
     hardwareConcurrency: navigator.hardwareConcurrency,
     threads: loaded.threads,
     wasmBuild: loaded.variant,
+    wasmSimd: loaded.simd,
   });
   const gpu = await gpuInfo().catch(() => undefined);
   facts.webgpuAdapter = gpu ? `${gpu.name || "unnamed"} (${gpu.backend}, ${gpu.deviceType})` : "none";

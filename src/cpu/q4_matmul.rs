@@ -1058,20 +1058,27 @@ mod tests {
         assert!(gemvs.windows(2).all(|w| w[0] == w[1]), "the GEMV variants give different floats");
     }
 
-    /// The largest 16-bit products a block can hold (activations at ±32767, nibbles 0 and 15)
-    /// stay exact: against the same sums in f64.
+    /// The largest products a block can hold (nibbles 0 and 15; 16-bit activations at ±32767,
+    /// 8-bit ones at -128 and 127) stay exact in every variant: against the same sums in f64.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
-    fn int16_blocks_at_full_scale_are_exact() {
+    fn int_blocks_at_full_scale_are_exact() {
         let k = 64;
-        let w = vec![0xffu8; k / 2];
         let s = [1.0f32, 1.0];
-        let x: Vec<i16> = (0..k).map(|i| if i % 3 == 0 { -32767 } else { 32767 }).collect();
-        let want: f64 = x.iter().map(|&v| 15.0 * v as f64).sum();
-        for v in VARIANTS {
-            assert_eq!((v.kernels.dot_row_q16)(&w, &s, &x, &[1.0, 1.0]) as f64, want, "{}", v.name);
-            let got = (v.kernels.dot_rows4_q16)(&w, &s, [&x, &x, &x, &x], [&[1.0, 1.0]; 4]);
-            assert!(got.iter().all(|&g| g as f64 == want), "{}: {got:?}", v.name);
+        let x16: Vec<i16> = (0..k).map(|i| if i % 3 == 0 { -32767 } else { 32767 }).collect();
+        let x8: Vec<i8> = (0..k).map(|i| if i % 3 == 0 { -128 } else { 127 }).collect();
+        for w in [vec![0xffu8; k / 2], (0..k / 2).map(|i| if i % 2 == 0 { 0x0f } else { 0xf0 }).collect()] {
+            let q = |i: usize| if i % 32 < 16 { w[i / 32 * 16 + i % 16] & 0x0f } else { w[i / 32 * 16 + i % 16] >> 4 } as f64;
+            let want16: f64 = x16.iter().enumerate().map(|(i, &v)| q(i) * v as f64).sum();
+            let want8: f64 = x8.iter().enumerate().map(|(i, &v)| q(i) * v as f64).sum();
+            for v in VARIANTS {
+                assert_eq!((v.kernels.dot_row_q16)(&w, &s, &x16, &[1.0, 1.0]) as f64, want16, "{}", v.name);
+                let got = (v.kernels.dot_rows4_q16)(&w, &s, [&x16, &x16, &x16, &x16], [&[1.0, 1.0]; 4]);
+                assert!(got.iter().all(|&g| g as f64 == want16), "{}: {got:?}", v.name);
+                assert_eq!((v.kernels.dot_row_q8)(&w, &s, &x8, &[1.0, 1.0]) as f64, want8, "{}", v.name);
+                let got = (v.kernels.dot_rows4_q8)(&w, &s, [&x8, &x8, &x8, &x8], [&[1.0, 1.0]; 4]);
+                assert!(got.iter().all(|&g| g as f64 == want8), "{}: {got:?}", v.name);
+            }
         }
     }
 

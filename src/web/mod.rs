@@ -279,6 +279,13 @@ pub fn threaded_build() -> bool {
     cfg!(feature = "threads")
 }
 
+/// Whether this is a relaxed-SIMD build (`pkg/relaxed/`, `pkg/threads-relaxed/`): its int4 GEMV
+/// runs `cpu::kernels::q4::relaxed`.
+#[wasm_bindgen(js_name = relaxedSimdBuild)]
+pub fn relaxed_simd_build() -> bool {
+    cfg!(feature = "relaxed-simd")
+}
+
 /// The WebGPU adapter this browser offers, or `undefined`.
 #[wasm_bindgen(js_name = gpuInfo, unchecked_return_type = "Promise<GpuInfo | undefined>")]
 pub async fn gpu_info() -> JsValue {

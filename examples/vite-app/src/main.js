@@ -53,6 +53,7 @@ async function main() {
     ...(await tokens(worker)),
     completion: await completion(worker),
     variant: worker.variant,
+    simd: worker.simd,
     threads: worker.threads,
     modelVersion: worker.modelVersion,
   };

@@ -11,7 +11,7 @@
 //!
 //! | family | used by | variants |
 //! |---|---|---|
-//! | [`q4`] int4 GEMV / GEMM blocks | `q4_matmul`, `q4_min_matmul` | portable, simd128 |
+//! | [`q4`] int4 GEMV / GEMM blocks | `q4_matmul`, `q4_min_matmul` | portable, simd128, relaxed-simd (feature `relaxed-simd`: its int8-activation GEMV) |
 //! | [`q8_block`] int8 block dot products | `q8_block_matmul` | portable, simd128 |
 //! | [`q8`] i8 × i16 dot products | `q8_matmul` (`MatMulInteger`) | portable, simd128 |
 //! | [`attention`] scores and weighted values over [`f4`] vectors | `attention` | portable, sse2, simd128 |
@@ -47,7 +47,11 @@ mod tests {
     fn every_build_registers_its_simd_variants() {
         let simd128 = cfg!(all(target_arch = "wasm32", target_feature = "simd128"));
         let ints = if simd128 { vec!["portable", "simd128"] } else { vec!["portable"] };
-        assert_eq!((names(super::q4::VARIANTS), names(super::q8::VARIANTS), names(super::q8_block::VARIANTS)), (ints.clone(), ints.clone(), ints));
+        let mut q4 = ints.clone();
+        if simd128 && cfg!(feature = "relaxed-simd") {
+            q4.push("relaxed-simd");
+        }
+        assert_eq!((names(super::q4::VARIANTS), names(super::q8::VARIANTS), names(super::q8_block::VARIANTS)), (q4, ints.clone(), ints));
         let f4 = match (simd128, cfg!(target_arch = "x86_64")) {
             (true, _) => vec!["portable", "simd128"],
             (false, true) => vec!["portable", "sse2"],

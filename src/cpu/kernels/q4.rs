@@ -65,6 +65,8 @@ pub static VARIANTS: &[super::Variant<Q4>] = &[
     super::Variant { name: "portable", kernels: table!(portable) },
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     super::Variant { name: "simd128", kernels: table!(simd128) },
+    #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+    super::Variant { name: "relaxed-simd", kernels: Q4 { dot_row_q8: relaxed::dot_row_q8, dot_rows4_q8: relaxed::dot_rows4_q8, ..table!(simd128) } },
 ];
 
 /// The fastest compiled variant.
@@ -231,7 +233,7 @@ pub mod simd128 {
         hsum(acc)
     }
 
-    fn hsum(v: v128) -> f32 {
+    pub(super) fn hsum(v: v128) -> f32 {
         f32x4_extract_lane::<0>(v) + f32x4_extract_lane::<1>(v) + f32x4_extract_lane::<2>(v) + f32x4_extract_lane::<3>(v)
     }
 
@@ -264,7 +266,7 @@ pub mod simd128 {
     /// # Safety
     /// `block` must read at most one block (32 values) at the pointer it is given.
     #[inline(always)]
-    unsafe fn int_rows<X, const R: usize>(w: &[u8], sw: &[f32], xq: [&[X]; R], sx: [&[f32]; R], block: impl Fn(v128, v128, *const X) -> v128) -> [v128; R] {
+    pub(super) unsafe fn int_rows<X, const R: usize>(w: &[u8], sw: &[f32], xq: [&[X]; R], sx: [&[f32]; R], block: impl Fn(v128, v128, *const X) -> v128) -> [v128; R] {
         let nb = sw.len();
         assert!(w.len() >= nb * BLOCK / 2 && xq.iter().all(|r| r.len() >= nb * BLOCK) && sx.iter().all(|r| r.len() >= nb));
         let mask = u8x16_splat(0x0f);
@@ -426,5 +428,42 @@ pub mod simd128 {
             }
         }
         acc.map(|v| [f32x4_extract_lane::<0>(v), f32x4_extract_lane::<1>(v), f32x4_extract_lane::<2>(v), f32x4_extract_lane::<3>(v)])
+    }
+}
+
+/// wasm relaxed SIMD (the `relaxed-simd` build, `pkg/relaxed/`): the int8-activation GEMV's
+/// block dot product as two `i32x4.relaxed_dot_i8x16_i7x16_add_s`, the rest [`simd128`]'s. The
+/// nibbles (0..15) are the 7-bit operand, where every engine's result is defined and the same;
+/// a lane sums a pair of products per half-block (at most 2 * 15 * 128 before the i32 add, no
+/// i16 saturation on any lowering). Only the lanes' grouping differs from [`simd128`] (lane `l`
+/// takes elements `4l..4l + 3` of each half-block): the block sums are the same integers.
+/// A module using these instructions fails validation where relaxed SIMD is missing, so this is
+/// its own build, which `auto.js` picks after `WebAssembly.validate` of a tiny relaxed module.
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
+pub mod relaxed {
+    use core::arch::wasm32::*;
+
+    use super::simd128::{hsum, int_rows};
+
+    /// [`super::simd128`]'s `block_dot_q8` with relaxed dot products.
+    #[inline]
+    #[target_feature(enable = "relaxed-simd")]
+    unsafe fn block_dot_q8(lo: v128, hi: v128, xp: *const i8) -> v128 {
+        // SAFETY: the caller's pointer holds one block of 32 int8.
+        let (xe, xo) = unsafe { (v128_load(xp as *const v128), v128_load(xp.add(16) as *const v128)) };
+        i32x4_relaxed_dot_i8x16_i7x16_add(xo, hi, i32x4_relaxed_dot_i8x16_i7x16_add(xe, lo, i32x4_splat(0)))
+    }
+
+    /// `sum_b sw[b] * sx[b] * sum_j q[b][j] * xq[b][j]`.
+    #[target_feature(enable = "relaxed-simd")]
+    pub fn dot_row_q8(w: &[u8], sw: &[f32], xq: &[i8], sx: &[f32]) -> f32 {
+        // SAFETY: `block_dot_q8` reads one block of 32 int8 at the pointer it is given.
+        hsum(unsafe { int_rows::<i8, 1>(w, sw, [xq], [sx], |lo, hi, xp| block_dot_q8(lo, hi, xp)) }[0])
+    }
+
+    #[target_feature(enable = "relaxed-simd")]
+    pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
+        // SAFETY: as in `dot_row_q8`.
+        unsafe { int_rows::<i8, 4>(w, sw, xq, sx, |lo, hi, xp| block_dot_q8(lo, hi, xp)) }.map(hsum)
     }
 }
