@@ -181,16 +181,31 @@ test("a second visit reads every file from the IndexedDB cache (no shard request
 // EDGE_LLM_REQUIRE_THREADS=1 (scripts/test.sh, once pkg/threads/ is built) a quick run at 2
 // threads must run on it; without the threaded build the page says it has only one.
 const threadsBuilt = existsSync(new URL("../../pkg/threads/edge_llm.js", import.meta.url));
+const threadsRelaxedBuilt = existsSync(new URL("../../pkg/threads-relaxed/edge_llm.js", import.meta.url));
 test("threads=2 on an isolated page: the quick run uses the threaded build in the Worker", { skip, timeout: 300_000 }, async () => {
   const { page } = await run({ model, auto: "quick", threads: "2" });
   const r = await page.evaluate(() => window.benchResult);
   if (threadsBuilt || process.env.EDGE_LLM_REQUIRE_THREADS === "1") {
-    assert.deepEqual([r.engine.variant, r.engine.threads], ["threads", 2], JSON.stringify(r.engine));
+    // Chromium runs relaxed SIMD: the threaded build's relaxed twin where it was built.
+    assert.deepEqual([r.engine.variant, r.engine.threads, r.engine.simd], ["threads", 2, threadsRelaxedBuilt ? "relaxed" : "simd128"], JSON.stringify(r.engine));
   } else {
     assert.deepEqual([r.engine.variant, r.engine.threads], ["single", 1], JSON.stringify(r.engine));
   }
   assert.ok(r.quick.latency.p50 > 0 && r.quick.latency.p50 <= r.quick.latency.p95, JSON.stringify(r.quick.latency));
   await page.close();
+});
+
+// `simd=` picks the SIMD128 build or its relaxed twin (scripts/build-pkg.sh builds it unless
+// RELAXED=0; without it `simd=relaxed` is a NotSupportedError), and the result says which ran.
+test("simd=simd128 and simd=relaxed: the quick run says which build ran", { skip, timeout: 300_000 }, async () => {
+  for (const simd of ["simd128", "relaxed"]) {
+    const { page } = await run({ model, auto: "quick", threads: "1", simd });
+    const r = await page.evaluate(() => window.benchResult);
+    assert.equal(r.config.simd, simd);
+    assert.deepEqual([r.engine.variant, r.engine.simd], ["single", simd], JSON.stringify(r.engine));
+    assert.match(await page.textContent("body"), simd === "relaxed" ? /relaxed SIMD/ : /SIMD128/);
+    await page.close();
+  }
 });
 
 test("backend webgpu: runs on the GPU or says plainly that it is not available", { skip, timeout: 120_000 }, async () => {
