@@ -7,7 +7,8 @@
 // `--against` prints each median beside a summary saved before (the previous commit's run).
 //
 //   node scripts/bench-summary.mjs [--model DIR] [--rounds 3] [--threads 1,2] [--cache indexeddb]
-//        [--prompt TEXT] [--simd auto] [--save FILE.json] [--against FILE.json] [--label TEXT]
+//        [--prompt TEXT] [--simd auto] [--llama-cpp GGUF] [--save FILE.json] [--against FILE.json]
+//        [--label TEXT]
 //
 // `--prompt`: the user message (the page's chat template around it; default www/bench-core.js's
 // PROMPT); the summary says how many tokens the templated prompt was.
@@ -15,6 +16,12 @@
 // `--simd`: the page's `simd` (pkg/auto.js: `auto` takes the relaxed-SIMD build where the browser
 // has relaxed SIMD); a list (`relaxed,simd128`) alternates the builds within each round, each
 // configuration then named with it ("1 thread, relaxed").
+// `--llama-cpp GGUF`: native llama.cpp's llama-bench (scripts/llama-cpp-bench.sh builds it) on that
+// GGUF in every round, right after ours, at each thread count: prefill of the round's prompt
+// length and 100 decode steps from where the page times its 100 (configurations
+// "llama.cpp, 1 thread", ...); each of our decode and prefill medians is then also given over
+// llama.cpp's in the same round (median and range of the per-round ratios), since this host
+// drifts more between runs minutes apart than within one round.
 import { execFileSync } from "node:child_process";
 import { readFileSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
@@ -93,14 +100,33 @@ export function table(summary, against) {
     }
     lines.push(`| ${label} | ${cells.join(" | ")}${against ? ` | ${vs}` : ""} |`);
   }
-  for (const c of configs.filter((c) => !c.startsWith("1 thread"))) {
-    // Against 1 thread of the same build ("2 threads, relaxed" over "1 thread, relaxed").
-    const base = c.replace(/^\d+ threads/, "1 thread");
+  for (const c of configs.filter((c) => !/(^|, )1 thread/.test(c))) {
+    // Against 1 thread of the same build ("2 threads, relaxed" over "1 thread, relaxed",
+    // "llama.cpp, 2 threads" over "llama.cpp, 1 thread").
+    const base = c.replace(/(^|, )\d+ threads/, "$11 thread");
     const one = summary.configs[base]?.stats.decodeTokPerS?.median;
     const d = summary.configs[c].stats.decodeTokPerS?.median;
     const p1 = summary.configs[base]?.stats.prefillTokPerS?.median;
     const p = summary.configs[c].stats.prefillTokPerS?.median;
     if (one && d) lines.push(`\n${c} / ${base}: decode ×${(d / one).toFixed(2)}, prefill ×${p1 && p ? (p / p1).toFixed(2) : "–"} (medians; target decode ≥ 1.6 at 2 threads)`);
+  }
+  return lines.join("\n");
+}
+
+/** Each of our configurations over llama.cpp's at its thread count, round by round (runs are in
+ * round order): median and range of the ratios. */
+export function sameRoundRatios(runs) {
+  const lines = ["ours / llama.cpp in the same round (median, min–max of the per-round ratios):"];
+  for (const [config, rs] of Object.entries(runs)) {
+    if (config.startsWith("llama.cpp")) continue;
+    const theirs = runs[`llama.cpp, ${config.replace(/, .*$/, "")}`];
+    if (!theirs) continue;
+    for (const [k, what] of [["decodeTokPerS", "decode"], ["prefillTokPerS", "prefill"]]) {
+      const ratios = rs.map((r, i) => r[k] / theirs[i]?.[k]).filter((x) => Number.isFinite(x));
+      if (!ratios.length) continue;
+      const d = spread(ratios);
+      lines.push(`  ${config} ${what}: ${(100 * d.p50).toFixed(0)} % (${(100 * d.min).toFixed(0)}–${(100 * d.max).toFixed(0)} %, ${ratios.length} rounds)${what === "decode" && config.startsWith("1 thread") ? " (aim ≥ 80 %)" : ""}`);
+    }
   }
   return lines.join("\n");
 }
@@ -124,6 +150,10 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const simds = String(o.simd ?? "auto").split(",");
   if (simds.some((s) => !["auto", "relaxed", "simd128"].includes(s))) throw new Error("--simd: a comma-separated list of auto, relaxed, simd128");
   const dir = outDir(o);
+  const llama = o["llama-cpp"] && {
+    gguf: o["llama-cpp"],
+    bin: execFileSync(fileURLToPath(new URL("llama-cpp-bench.sh", import.meta.url)), ["--bin"], { encoding: "utf8", stdio: ["ignore", "pipe", "inherit"] }).trim(),
+  };
   const runs = {};
   const load = [];
   for (let round = 1; round <= rounds; round++) {
@@ -147,6 +177,17 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
             `the run's peak at ${fmt(after.peakAtMs)} ms, READY at ${fmt(after.readyAtMs)} ms`,
         );
     }
+    if (llama) {
+      const prompt = Object.values(runs).flat().at(-1)?.promptTokens;
+      for (const t of counts) {
+        const config = `llama.cpp, ${t === 1 ? "1 thread" : `${t} threads`}`;
+        console.log(`== round ${round}/${rounds}, ${config} (load average ${loadavg()[0].toFixed(2)})`);
+        const bench = (args) => JSON.parse(execFileSync(llama.bin, ["-m", llama.gguf, "-t", String(t), "-r", "1", "-o", "json", ...args], { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] }))[0].avg_ts;
+        const p = { threads: t, promptTokens: prompt, prefillTokPerS: bench(["-p", String(prompt), "-n", "0"]), decodeTokPerS: bench(["-p", "0", "-n", "100", "-d", String(prompt + 10)]) };
+        (runs[config] ??= []).push(p);
+        console.log(`   decode ${fmt(p.decodeTokPerS)} tok/s, prefill ${fmt(p.prefillTokPerS)} tok/s`);
+      }
+    }
   }
   const summary = {
     label: o.label,
@@ -158,6 +199,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const against = o.against ? JSON.parse(readFileSync(o.against, "utf8")) : undefined;
   console.log(`\n${summary.rev ?? ""} ${summary.date}, ${rounds} rounds, ${summary.conditions.promptTokens}-token prompt, load average ${summary.conditions.loadAverage.min.toFixed(1)}–${summary.conditions.loadAverage.max.toFixed(1)}${against ? `; against ${against.rev ?? o.against} (${against.date})` : ""}\n`);
   console.log(table(summary, against));
+  if (llama) console.log(`\n${sameRoundRatios(runs)}`);
   if (o.save) {
     writeFileSync(o.save, JSON.stringify(summary, null, 1));
     console.log(`\nsaved: ${o.save}`);

