@@ -2,6 +2,8 @@
 // --experimental-wasm-relaxed-simd, as a child) and in headless Chromium: pkg/auto.js's
 // relaxed-SIMD pick in whatever engine runs it. `base`: the URL of pkg/; `bytes(path)`: a file
 // under the repository root as a Uint8Array. Returns what it saw; throws on a failed check.
+import { sampledTokens } from "./sampled.mjs";
+
 export async function relaxedChecks(base, bytes) {
   const fail = (m) => {
     throw new Error(m);
@@ -17,17 +19,9 @@ export async function relaxedChecks(base, bytes) {
   if (!WebAssembly.validate(plainWasm)) fail("the SIMD128 build does not validate");
   if (available && !validates) fail("relaxedSimdAvailable() is true, the relaxed build does not validate");
   const [onnx, tok, cfg] = [await bytes("tests/fixtures/tiny/model-int4.onnx"), await bytes("tests/fixtures/tiny/tokenizer.json"), await bytes("tests/fixtures/tiny/model_config.json")];
-  // Sampled (seeded): a difference in the logits would likely change the tokens. The tiny int4
-  // model's MatMulNBits nodes ask for int8 activations (accuracy_level 4): the kernel relaxed
-  // SIMD replaces.
-  const tokens = (edge) => {
-    const engine = edge.Engine.fromBytes(onnx, tok, cfg);
-    const g = engine.startGeneration("The capital of France is", { maxTokens: 16, ignoreEos: true, temperature: 1, seed: 7 });
-    const ids = [];
-    for (let t = g.step(); t !== undefined; t = g.step()) ids.push(t.tokenId);
-    engine.free();
-    return ids;
-  };
+  // The tiny int4 model's MatMulNBits nodes ask for int8 activations (accuracy_level 4): the
+  // kernel relaxed SIMD replaces.
+  const tokens = (edge) => sampledTokens(edge, onnx, tok, cfg);
   const plain = await loadEdgeLlm({ threads: 1, simd: "simd128", wasm: plainWasm });
   if (plain.simd !== "simd128" || plain.edge.relaxedSimdBuild()) fail(`simd: "simd128" loaded ${plain.simd}`);
   // A `wasm` given with simd "auto" is a SIMD128 build's.

@@ -50,15 +50,8 @@ test(`threaded build ${threaded}/: same tokens as ${single}/ at 1 and 3 threads`
       await threaded.default();
       const started = await threaded.initThreads(3);
       threaded.setCpuSplitMinWork(1); // split even the tiny model's matmuls
-      const run = (edge, onnx) => {
-        const engine = edge.Engine.fromBytes(onnx, tok, cfg);
-        // Sampled (seeded): any difference in the logits would likely change the tokens.
-        const g = engine.startGeneration("The capital of France is", { maxTokens: 16, ignoreEos: true, temperature: 1, seed: 7 });
-        const ids = [];
-        for (let t = g.step(); t !== undefined; t = g.step()) ids.push(t.tokenId);
-        engine.free();
-        return ids;
-      };
+      const { sampledTokens } = await import("/tests/js/sampled.mjs");
+      const run = (edge, onnx) => sampledTokens(edge, onnx, tok, cfg);
       const results = {};
       for (const model of ["model-int4.onnx", "model-int4-asym.onnx", "model-int8.onnx"]) {
         const onnx = await bytes(model);
