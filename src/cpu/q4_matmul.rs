@@ -22,7 +22,7 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::kernels::q4::Q4;
+use super::kernels::q4::{Gemm8, Q4};
 pub use super::rows::Activations;
 
 /// The only block size the kernel handles; others fall back to tract's implementation.
@@ -528,6 +528,8 @@ pub fn quantize_activations_to<T: BlockInt>(x: &[f32], k: usize) -> BlockActivat
 pub struct IntRows {
     pub q: Vec<i16>,
     pub scales: Vec<f32>,
+    /// Whether every value fits int8 (rounded to 127 levels): the 8-bit GEMM may run them.
+    pub int8: bool,
 }
 
 impl IntRows {
@@ -545,7 +547,7 @@ pub fn quantize_rows(x: &[f32], k: usize) -> IntRows {
 /// [`quantize_rows`] to `T`'s levels.
 pub fn quantize_rows_to<T: BlockInt>(x: &[f32], k: usize) -> IntRows {
     let (m, nb) = (x.len() / k, k / BLOCK);
-    let mut out = IntRows { q: vec![0; m * k], scales: vec![0.0; m * nb] };
+    let mut out = IntRows { q: vec![0; m * k], scales: vec![0.0; m * nb], int8: T::LEVELS <= 127.0 };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
         out.scales[blk] = quantize_block_i16(src, &mut out.q[blk * BLOCK..(blk + 1) * BLOCK], T::LEVELS);
     }
@@ -681,6 +683,9 @@ impl Q4Matrix {
         ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
         let m = a.q.len() / k;
         ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
+        if let (true, Some(g8)) = (a.int8, self.kernels.gemm8) {
+            return self.gemm8(a, g8, cols, out, ld);
+        }
         let packed = self.packed_bytes()?;
         let scales = self.scales()?;
         let row_bytes = nb * BLOCK / 2;
@@ -705,6 +710,54 @@ impl Q4Matrix {
                 let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[(r + i.min(rows - 1)) * nb..][..nb]);
                 let mut tile = [[0f32; 4]; GEMM_TILE_ROWS];
                 (self.kernels.gemm_tile)(&panel, &sw, &x[..rows], &sx[..rows], &mut tile[..rows]);
+                for (i, t) in tile[..rows].iter().enumerate() {
+                    out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
+                }
+                r += rows;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Q4Matrix {
+    /// [`Q4Matrix::gemm_q8`] on int8 rows with a variant's 8-bit GEMM ([`Gemm8`]): the panel
+    /// holds the nibbles as bytes, the zero points are applied to each block's integer sum
+    /// (`sum q x - z sum x`: the integer the i16 panel gives, so the same floats).
+    fn gemm8(&self, a: &IntRows, g8: Gemm8, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
+        let (k, nb) = (self.k, self.k / BLOCK);
+        let m = a.q.len() / k;
+        let packed = self.packed_bytes()?;
+        let scales = self.scales()?;
+        let row_bytes = nb * BLOCK / 2;
+        let x: Vec<i8> = a.q.iter().map(|&v| v as i8).collect();
+        let xsum: Vec<i32> = a.q.chunks_exact(BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect();
+        let mut panel = vec![0u8; nb * 128];
+        let mut sw = vec![0f32; nb * 4];
+        let mut zp = vec![8i32; nb * 4];
+        for c in cols.clone().step_by(4) {
+            let width = (cols.end - c).min(4);
+            // A partial last group repeats its last column; only `width` lanes are stored.
+            let col = [0, 1, 2, 3].map(|i| c + i.min(width - 1));
+            (g8.unpack)(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), &mut panel);
+            for b in 0..nb {
+                for (i, j) in col.iter().enumerate() {
+                    sw[b * 4 + i] = scales.get(j * nb + b);
+                    if let Some(z) = &self.zero_points {
+                        zp[b * 4 + i] = z[j * nb + b] as i32;
+                    }
+                }
+            }
+            let oc = c - cols.start;
+            let mut r = 0;
+            while r < m {
+                let rows = (m - r).min(GEMM_TILE_ROWS);
+                let row = |i: usize| r + i.min(rows - 1);
+                let xr: [&[i8]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &x[row(i) * k..][..k]);
+                let xs: [&[i32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &xsum[row(i) * nb..][..nb]);
+                let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[row(i) * nb..][..nb]);
+                let mut tile = [[0f32; 4]; GEMM_TILE_ROWS];
+                (g8.tile)(&panel, &zp, &sw, &xr[..rows], &xs[..rows], &sx[..rows], &mut tile[..rows]);
                 for (i, t) in tile[..rows].iter().enumerate() {
                     out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
                 }
@@ -964,6 +1017,34 @@ mod tests {
     /// `x · w[c]` over row `r`.
     fn dot(x: &[f32], deq: &[f32], k: usize, r: usize, c: usize) -> f32 {
         (0..k).map(|i| x[r * k + i] * deq[c * k + i]).sum()
+    }
+
+    /// A variant's 8-bit GEMM (relaxed SIMD's `Gemm8`) gives the i16 panel's floats bit for
+    /// bit: every tile height (1 to 13 rows), symmetric and zero-point weights, column ranges
+    /// that start mid-group and end in a partial group, activations at int8's extremes.
+    #[cfg_attr(not(target_arch = "wasm32"), test)]
+    #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
+    fn gemm8_is_the_i16_panel_bit_for_bit() {
+        let relaxed = cfg!(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"));
+        assert_eq!(VARIANTS.iter().any(|v| v.kernels.gemm8.is_some()), relaxed, "only the relaxed-SIMD build has an 8-bit GEMM");
+        for v in VARIANTS.iter().filter(|v| v.kernels.gemm8.is_some()) {
+            let without: &'static Q4 = Box::leak(Box::new(Q4 { gemm8: None, ..v.kernels }));
+            for (sym, m, cols) in [(true, 2, 0..7), (false, 6, 1..7), (false, 13, 2..5), (true, 7, 0..4), (false, 1, 3..6)] {
+                let (n, k) = (7, 96);
+                let (mut x, _, mut mat) = fixture(n, k, m, sym);
+                x[0] = 1e3; // a block whose other values round to few levels, one at 127
+                *x.last_mut().unwrap() = -1e3;
+                let a = quantize_rows(&x, k);
+                assert!(a.int8 && a.q.contains(&127) && a.q.contains(&-127));
+                let mut got = vec![0f32; m * cols.len()];
+                let mut want = got.clone();
+                mat.kernels = &v.kernels;
+                mat.gemm_q8(&a, cols.clone(), &mut got, cols.len()).unwrap();
+                mat.kernels = without;
+                mat.gemm_q8(&a, cols.clone(), &mut want, cols.len()).unwrap();
+                assert_eq!(got.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), want.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), "{} sym={sym} m={m} cols={cols:?}", v.name);
+            }
+        }
     }
 
     /// Every kernel variant: the GEMV on one row (plus a 4-row tile and a remainder), the

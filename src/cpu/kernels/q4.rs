@@ -5,7 +5,7 @@
 pub const BLOCK: usize = 32;
 
 /// One variant's int4 kernels.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 #[allow(clippy::type_complexity)] // kernel signatures, each written once, here
 pub struct Q4 {
     /// `sum_b s[b] * sum_j q[b][j] * x[b][j]`, `x` de-interleaved per block.
@@ -22,6 +22,25 @@ pub struct Q4 {
     pub unpack_panel: fn([&[u8]; 4], Option<[&[u8]; 4]>, &mut [i16]),
     /// One GEMM register tile of `x.len()` (1 to 6) activation rows against a panel.
     pub gemm_tile: fn(&[i16], &[f32], &[&[i16]], &[&[f32]], &mut [[f32; 4]]),
+    /// The GEMM on int8 activations with 8-bit dot products, where a variant has them
+    /// (relaxed SIMD); else int8 rows take [`Q4::unpack_panel`] and [`Q4::gemm_tile`].
+    pub gemm8: Option<Gemm8>,
+}
+
+/// The int8-activation GEMM on a panel of bytes: the weights' nibbles as they are (0..15, the
+/// 7-bit operand of `i32x4.relaxed_dot_i8x16_i7x16_add_s`), zero points applied to the block's
+/// integer sum as `sum q x - z sum x` (the same integer as the i16 panel's `sum (q - z) x`, so the
+/// same floats as [`Q4::gemm_tile`]).
+#[derive(Debug, Clone, Copy)]
+#[allow(clippy::type_complexity)]
+pub struct Gemm8 {
+    /// Four weight rows' nibbles into the panel: block `b`, group `g` (elements `4g..4g + 3`),
+    /// column `i`, element `e` at `panel[((8b + g) * 4 + i) * 4 + e]` (`nb * 128` bytes).
+    pub unpack: fn([&[u8]; 4], &mut [u8]),
+    /// One register tile of `x.len()` (1 to 6) int8 rows (natural order) against a panel:
+    /// `zp[4b + i]` column `i`'s zero point in block `b`, `sw[4b + i]` its scale, `xsum[r][b]`
+    /// row `r`'s block sums, `sx[r][b]` its block scales.
+    pub tile: fn(&[u8], &[i32], &[f32], &[&[i8]], &[&[i32]], &[&[f32]], &mut [[f32; 4]]),
 }
 
 /// A variant's `gemm_tile::<R>` for the row count it is given: the tile stays a const-generic,
@@ -56,6 +75,7 @@ macro_rules! table {
             dot_rows4_q16: $m::dot_rows4_q16,
             unpack_panel: $m::unpack_panel,
             gemm_tile: by_rows!($m),
+            gemm8: None,
         }
     };
 }
@@ -66,7 +86,15 @@ pub static VARIANTS: &[super::Variant<Q4>] = &[
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
     super::Variant { name: "simd128", kernels: table!(simd128) },
     #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
-    super::Variant { name: "relaxed-simd", kernels: Q4 { dot_row_q8: relaxed::dot_row_q8, dot_rows4_q8: relaxed::dot_rows4_q8, ..table!(simd128) } },
+    super::Variant {
+        name: "relaxed-simd",
+        kernels: Q4 {
+            dot_row_q8: relaxed::dot_row_q8,
+            dot_rows4_q8: relaxed::dot_rows4_q8,
+            gemm8: Some(Gemm8 { unpack: relaxed::unpack_panel8, tile: relaxed::gemm_tile8 }),
+            ..table!(simd128)
+        },
+    },
 ];
 
 /// The fastest compiled variant.
@@ -444,6 +472,7 @@ pub mod relaxed {
     use core::arch::wasm32::*;
 
     use super::simd128::{hsum, int_rows};
+    use super::BLOCK;
 
     /// [`super::simd128`]'s `block_dot_q8` with relaxed dot products.
     #[inline]
@@ -465,5 +494,94 @@ pub mod relaxed {
     pub fn dot_rows4_q8(w: &[u8], sw: &[f32], xq: [&[i8]; 4], sx: [&[f32]; 4]) -> [f32; 4] {
         // SAFETY: as in `dot_row_q8`.
         unsafe { int_rows::<i8, 4>(w, sw, xq, sx, |lo, hi, xp| block_dot_q8(lo, hi, xp)) }.map(hsum)
+    }
+
+    /// Four weight rows' nibbles into [`super::Gemm8`]'s byte panel: per block, each column's
+    /// elements as bytes (as [`super::simd128::unpack_panel`] orders them), read as u32 lanes of
+    /// four elements and transposed so one vector holds a group of four elements of the four
+    /// columns.
+    pub fn unpack_panel8(w: [&[u8]; 4], panel: &mut [u8]) {
+        let nb = w[0].len() / 16;
+        assert!(w.iter().all(|r| r.len() >= nb * 16) && panel.len() >= nb * 128);
+        let mask = u8x16_splat(0x0f);
+        // SAFETY: loads stay inside `w[i]` and stores inside `panel` (both asserted).
+        unsafe {
+            let out = panel.as_mut_ptr() as *mut v128;
+            for b in 0..nb {
+                // Per column: the block's 32 nibbles as bytes in element order (byte p holds
+                // elements 2p, 2p + 1), elements 0..15 and 16..31.
+                let mut first = [u8x16_splat(0); 4];
+                let mut second = [u8x16_splat(0); 4];
+                for i in 0..4 {
+                    let bytes = v128_load(w[i].as_ptr().add(b * 16) as *const v128);
+                    let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
+                    first[i] = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi);
+                    second[i] = i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi);
+                }
+                for (h, q) in [first, second].into_iter().enumerate() {
+                    let t0 = i32x4_shuffle::<0, 4, 1, 5>(q[0], q[1]);
+                    let t1 = i32x4_shuffle::<2, 6, 3, 7>(q[0], q[1]);
+                    let t2 = i32x4_shuffle::<0, 4, 1, 5>(q[2], q[3]);
+                    let t3 = i32x4_shuffle::<2, 6, 3, 7>(q[2], q[3]);
+                    let g = out.add(b * 8 + h * 4);
+                    v128_store(g, i32x4_shuffle::<0, 1, 4, 5>(t0, t2));
+                    v128_store(g.add(1), i32x4_shuffle::<2, 3, 6, 7>(t0, t2));
+                    v128_store(g.add(2), i32x4_shuffle::<0, 1, 4, 5>(t1, t3));
+                    v128_store(g.add(3), i32x4_shuffle::<2, 3, 6, 7>(t1, t3));
+                }
+            }
+        }
+    }
+
+    /// [`super::Gemm8::tile`]: the tile for `x.len()` rows (the match runs once per tile).
+    #[allow(clippy::type_complexity)]
+    #[target_feature(enable = "relaxed-simd")]
+    pub fn gemm_tile8(panel: &[u8], zp: &[i32], sw: &[f32], x: &[&[i8]], xsum: &[&[i32]], sx: &[&[f32]], out: &mut [[f32; 4]]) {
+        macro_rules! rows {
+            ($r:literal) => {
+                out.copy_from_slice(&tile8::<$r>(panel, zp, sw, std::array::from_fn(|i| x[i]), std::array::from_fn(|i| xsum[i]), std::array::from_fn(|i| sx[i])))
+            };
+        }
+        match x.len() {
+            6 => rows!(6),
+            5 => rows!(5),
+            4 => rows!(4),
+            3 => rows!(3),
+            2 => rows!(2),
+            _ => rows!(1),
+        }
+    }
+
+    /// `R` int8 rows against a byte panel. A lane adds four products of at most 127 * 15 per
+    /// relaxed dot product, 32 per block: exact in i32, as is `z * sum x`.
+    #[inline]
+    #[target_feature(enable = "relaxed-simd")]
+    fn tile8<const R: usize>(panel: &[u8], zp: &[i32], sw: &[f32], x: [&[i8]; R], xsum: [&[i32]; R], sx: [&[f32]; R]) -> [[f32; 4]; R] {
+        let nb = sw.len() / 4;
+        assert!(panel.len() >= nb * 128 && zp.len() >= nb * 4 && x.iter().all(|r| r.len() >= nb * BLOCK));
+        assert!(xsum.iter().all(|r| r.len() >= nb) && sx.iter().all(|r| r.len() >= nb));
+        let mut acc = [f32x4_splat(0.0); R];
+        // SAFETY: loads stay inside `panel`, `zp`, `sw`, `x[r]`, `xsum[r]` and `sx[r]` (asserted).
+        unsafe {
+            let pp = panel.as_ptr() as *const v128;
+            for b in 0..nb {
+                let mut d = [i32x4_splat(0); R];
+                for g in 0..8 {
+                    let w = v128_load(pp.add(b * 8 + g));
+                    for r in 0..R {
+                        let xg = v128_load32_splat(x[r].as_ptr().add(b * BLOCK + 4 * g) as *const u32);
+                        d[r] = i32x4_relaxed_dot_i8x16_i7x16_add(xg, w, d[r]);
+                    }
+                }
+                let z = v128_load(zp.as_ptr().add(4 * b) as *const v128);
+                let s = v128_load(sw.as_ptr().add(4 * b) as *const v128);
+                for r in 0..R {
+                    let exact = i32x4_sub(d[r], i32x4_mul(z, i32x4_splat(*xsum[r].get_unchecked(b))));
+                    let scale = f32x4_mul(s, f32x4_splat(*sx[r].get_unchecked(b)));
+                    acc[r] = f32x4_add(acc[r], f32x4_mul(f32x4_convert_i32x4(exact), scale));
+                }
+            }
+        }
+        acc.map(|v| [f32x4_extract_lane::<0>(v), f32x4_extract_lane::<1>(v), f32x4_extract_lane::<2>(v), f32x4_extract_lane::<3>(v)])
     }
 }
