@@ -8,6 +8,12 @@
 // is those steps: ms per decode step instead of TTFT.
 //
 //   node scripts/prefill-profile.mjs --model DIR [--n 10] [--decode N] [--profile] [--top 15]
+//        [--pkg pkg/relaxed]
+//
+// `--pkg`: the build to run (default pkg/, the SIMD128 build). Node 20 has no standard relaxed
+// SIMD: run the relaxed twins under Deno (`node_modules/.bin/deno run -A
+// scripts/prefill-profile.mjs --pkg pkg/relaxed ...`; its V8 has it, and node:inspector's
+// profiler works there too).
 import { Session } from "node:inspector/promises";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -26,7 +32,7 @@ const n = Number(o.n ?? 10);
 const decode = Number(o.decode ?? 0);
 const server = await serve(0, "127.0.0.1", { mounts: { "/m/": resolve(o.model) } });
 try {
-  const pkg = await import(pathToFileURL(join(root, "pkg/index.js")).href);
+  const pkg = await import(pathToFileURL(join(root, o.pkg ?? "pkg", "index.js")).href);
   await pkg.default();
   const engine = await pkg.Engine.load(`http://127.0.0.1:${server.address().port}/m/manifest.json`, { cache: "none", backend: "wasm" });
   const prompt = engine.applyChatTemplate([{ role: "user", content: PROMPT }]);
