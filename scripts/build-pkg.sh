@@ -26,7 +26,8 @@ build() {
     "${CARGO_TARGET_DIR:-target}/wasm32-unknown-unknown/$out_dir/edge_llm.wasm"
 }
 # wasm-opt and the download-size budget (README "Package size"; issue #16) for $1/edge_llm_bg.wasm:
-# gzip -9 of the optimized .wasm, every build the package ships. Cargo.toml's per-crate
+# gzip -9 of the optimized .wasm, both single-thread builds (build-pkg-threads.sh's are not
+# gated; they run about 0.2 MB larger). Cargo.toml's per-crate
 # opt-levels keep it under; scripts/wasm-size.py shows what each crate costs when it is not.
 # $2...: extra wasm-opt feature flags.
 optimize() {
