@@ -22,7 +22,7 @@ use tract_onnx::pb::NodeProto;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::internal::*;
 
-use super::kernels::q4::{Gemm8, Q4};
+use super::kernels::q4::Q4;
 pub use super::rows::Activations;
 
 /// The only block size the kernel handles; others fall back to tract's implementation.
@@ -683,82 +683,80 @@ impl Q4Matrix {
         ensure!(cols.end <= self.n, "columns {cols:?} outside N={}", self.n);
         let m = a.q.len() / k;
         ensure!(m == 0 || out.len() >= (m - 1) * ld + cols.len(), "output too small");
+        let packed = self.packed_bytes()?;
+        let row_bytes = nb * BLOCK / 2;
+        let weights = move |col: [usize; 4]| col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]);
+        let row = |r: usize, rows: usize, i: usize| r + i.min(rows - 1);
         if let (true, Some(g8)) = (a.int8, self.kernels.gemm8) {
-            return self.gemm8(a, g8, cols, out, ld);
-        }
-        let packed = self.packed_bytes()?;
-        let scales = self.scales()?;
-        let row_bytes = nb * BLOCK / 2;
-        let mut panel = vec![0i16; nb * BLOCK * 4];
-        let mut sw = vec![0f32; nb * 4];
-        for c in cols.clone().step_by(4) {
-            let width = (cols.end - c).min(4);
-            // A partial last group repeats its last column; only `width` lanes are stored.
-            let col = [0, 1, 2, 3].map(|i| c + i.min(width - 1));
-            let zps = self.zero_points.as_ref().map(|z| col.map(|j| &z[j * nb..(j + 1) * nb]));
-            (self.kernels.unpack_panel)(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), zps, &mut panel);
-            for b in 0..nb {
-                for (i, j) in col.iter().enumerate() {
-                    sw[b * 4 + i] = scales.get(j * nb + b);
-                }
-            }
-            let oc = c - cols.start;
-            let mut r = 0;
-            while r < m {
-                let rows = (m - r).min(GEMM_TILE_ROWS);
-                let x: [&[i16]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.q[(r + i.min(rows - 1)) * k..][..k]);
-                let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[(r + i.min(rows - 1)) * nb..][..nb]);
-                let mut tile = [[0f32; 4]; GEMM_TILE_ROWS];
-                (self.kernels.gemm_tile)(&panel, &sw, &x[..rows], &sx[..rows], &mut tile[..rows]);
-                for (i, t) in tile[..rows].iter().enumerate() {
-                    out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
-                }
-                r += rows;
-            }
-        }
-        Ok(())
-    }
-}
-
-impl Q4Matrix {
-    /// [`Q4Matrix::gemm_q8`] on int8 rows with a variant's 8-bit GEMM ([`Gemm8`]): the panel
-    /// holds the nibbles as bytes, the zero points are applied to each block's integer sum
-    /// (`sum q x - z sum x`: the integer the i16 panel gives, so the same floats).
-    fn gemm8(&self, a: &IntRows, g8: Gemm8, cols: Range<usize>, out: &mut [f32], ld: usize) -> TractResult<()> {
-        let (k, nb) = (self.k, self.k / BLOCK);
-        let m = a.q.len() / k;
-        let packed = self.packed_bytes()?;
-        let scales = self.scales()?;
-        let row_bytes = nb * BLOCK / 2;
-        let x: Vec<i8> = a.q.iter().map(|&v| v as i8).collect();
-        let xsum: Vec<i32> = a.q.chunks_exact(BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect();
-        let mut panel = vec![0u8; nb * 128];
-        let mut sw = vec![0f32; nb * 4];
-        let mut zp = vec![8i32; nb * 4];
-        for c in cols.clone().step_by(4) {
-            let width = (cols.end - c).min(4);
-            // A partial last group repeats its last column; only `width` lanes are stored.
-            let col = [0, 1, 2, 3].map(|i| c + i.min(width - 1));
-            (g8.unpack)(col.map(|j| &packed[j * row_bytes..(j + 1) * row_bytes]), &mut panel);
-            for b in 0..nb {
-                for (i, j) in col.iter().enumerate() {
-                    sw[b * 4 + i] = scales.get(j * nb + b);
-                    if let Some(z) = &self.zero_points {
-                        zp[b * 4 + i] = z[j * nb + b] as i32;
+            // The 8-bit GEMM: the nibbles as bytes, each block's integer sum corrected by
+            // `z * sum x` (the integer the i16 panel gives, so the same floats).
+            let x: Vec<i8> = a.q.iter().map(|&v| v as i8).collect();
+            let xsum: Vec<i32> = a.q.chunks_exact(BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect();
+            // The panel, and its columns' zero points (`zp[4b + i]`, 8 without).
+            let unpack = |col: [usize; 4], (panel, zp): &mut (Vec<u8>, Vec<i32>)| {
+                (g8.unpack)(weights(col), panel);
+                if let Some(z) = &self.zero_points {
+                    for b in 0..nb {
+                        for (i, j) in col.iter().enumerate() {
+                            zp[b * 4 + i] = z[j * nb + b] as i32;
+                        }
                     }
                 }
+            };
+            let tile = |(panel, zp): &(Vec<u8>, Vec<i32>), sw: &[f32], r: usize, rows: usize, out: &mut [[f32; 4]]| {
+                let xr: [&[i8]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &x[row(r, rows, i) * k..][..k]);
+                let xs: [&[i32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &xsum[row(r, rows, i) * nb..][..nb]);
+                let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[row(r, rows, i) * nb..][..nb]);
+                (g8.tile)(panel, zp, sw, &xr[..rows], &xs[..rows], &sx[..rows], out);
+            };
+            return self.panel_tiles(m, cols, out, ld, (vec![0u8; nb * 128], vec![8i32; nb * 4]), unpack, tile);
+        }
+        let unpack = |col: [usize; 4], panel: &mut Vec<i16>| {
+            let zps = self.zero_points.as_ref().map(|z| col.map(|j| &z[j * nb..(j + 1) * nb]));
+            (self.kernels.unpack_panel)(weights(col), zps, panel);
+        };
+        let tile = |panel: &Vec<i16>, sw: &[f32], r: usize, rows: usize, out: &mut [[f32; 4]]| {
+            let x: [&[i16]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.q[row(r, rows, i) * k..][..k]);
+            let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[row(r, rows, i) * nb..][..nb]);
+            (self.kernels.gemm_tile)(panel, sw, &x[..rows], &sx[..rows], out);
+        };
+        self.panel_tiles(m, cols, out, ld, vec![0i16; nb * BLOCK * 4], unpack, tile)
+    }
+
+    /// The GEMM's loops, whatever the panel: four output columns at a time (a partial last group
+    /// repeats its last column; only `width` lanes are stored), `unpack` fills the panel for
+    /// them, their block scales go to `sw` (`sw[4b + i]`), then `tile(panel, sw, r, rows, out)`
+    /// computes activation rows `r..r + rows` ([`GEMM_TILE_ROWS`] at most) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn panel_tiles<P>(
+        &self,
+        m: usize,
+        cols: Range<usize>,
+        out: &mut [f32],
+        ld: usize,
+        mut panel: P,
+        mut unpack: impl FnMut([usize; 4], &mut P),
+        tile: impl Fn(&P, &[f32], usize, usize, &mut [[f32; 4]]),
+    ) -> TractResult<()> {
+        let nb = self.k / BLOCK;
+        let scales = self.scales()?;
+        let mut sw = vec![0f32; nb * 4];
+        for c in cols.clone().step_by(4) {
+            let width = (cols.end - c).min(4);
+            let col = [0, 1, 2, 3].map(|i| c + i.min(width - 1));
+            unpack(col, &mut panel);
+            for b in 0..nb {
+                for (i, j) in col.iter().enumerate() {
+                    sw[b * 4 + i] = scales.get(j * nb + b);
+                }
             }
             let oc = c - cols.start;
             let mut r = 0;
             while r < m {
                 let rows = (m - r).min(GEMM_TILE_ROWS);
-                let row = |i: usize| r + i.min(rows - 1);
-                let xr: [&[i8]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &x[row(i) * k..][..k]);
-                let xs: [&[i32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &xsum[row(i) * nb..][..nb]);
-                let sx: [&[f32]; GEMM_TILE_ROWS] = std::array::from_fn(|i| &a.scales[row(i) * nb..][..nb]);
-                let mut tile = [[0f32; 4]; GEMM_TILE_ROWS];
-                (g8.tile)(&panel, &zp, &sw, &xr[..rows], &xs[..rows], &sx[..rows], &mut tile[..rows]);
-                for (i, t) in tile[..rows].iter().enumerate() {
+                let mut t = [[0f32; 4]; GEMM_TILE_ROWS];
+                tile(&panel, &sw, r, rows, &mut t[..rows]);
+                for (i, t) in t[..rows].iter().enumerate() {
                     out[(r + i) * ld + oc..(r + i) * ld + oc + width].copy_from_slice(&t[..width]);
                 }
                 r += rows;

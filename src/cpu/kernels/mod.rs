@@ -11,7 +11,7 @@
 //!
 //! | family | used by | variants |
 //! |---|---|---|
-//! | [`q4`] int4 GEMV / GEMM blocks | `q4_matmul`, `q4_min_matmul` | portable, simd128, relaxed-simd (feature `relaxed-simd`: its int8-activation GEMV) |
+//! | [`q4`] int4 GEMV / GEMM blocks | `q4_matmul`, `q4_min_matmul` | portable, simd128, relaxed-simd (feature `relaxed-simd`: its int8-activation GEMV and GEMM) |
 //! | [`q8_block`] int8 block dot products | `q8_block_matmul` | portable, simd128 |
 //! | [`q8`] i8 × i16 dot products | `q8_matmul` (`MatMulInteger`) | portable, simd128 |
 //! | [`attention`] scores and weighted values over [`f4`] vectors | `attention` | portable, sse2, simd128 |

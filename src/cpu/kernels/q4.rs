@@ -385,7 +385,6 @@ pub mod simd128 {
         let nb = w[0].len() / 16;
         assert!(w.iter().all(|r| r.len() >= nb * 16) && panel.len() >= nb * 128);
         assert!(zps.is_none_or(|z| z.iter().all(|r| r.len() >= nb)));
-        let mask = u8x16_splat(0x0f);
         // SAFETY: loads stay inside `w[i]` (asserted), stores inside `panel` (asserted).
         unsafe {
             let out = panel.as_mut_ptr() as *mut v128;
@@ -397,16 +396,7 @@ pub mod simd128 {
                         i16x8(z0, z0, z1, z1, z2, z2, z3, z3)
                     }
                 };
-                // Per column: the block's 32 nibbles as bytes in element order, pairs 0..7 and 8..15.
-                let mut first = [u8x16_splat(0); 4];
-                let mut second = [u8x16_splat(0); 4];
-                for i in 0..4 {
-                    let bytes = v128_load(w[i].as_ptr().add(b * 16) as *const v128);
-                    let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
-                    first[i] = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi);
-                    second[i] = i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi);
-                }
-                for (h, e) in [first, second].into_iter().enumerate() {
+                for (h, e) in element_bytes(w, b).into_iter().enumerate() {
                     // 16-bit lanes are element pairs: interleave columns 0/1 and 2/3, then the two.
                     let a = i16x8_shuffle::<0, 8, 1, 9, 2, 10, 3, 11>(e[0], e[1]);
                     let a2 = i16x8_shuffle::<4, 12, 5, 13, 6, 14, 7, 15>(e[0], e[1]);
@@ -426,6 +416,27 @@ pub mod simd128 {
                 }
             }
         }
+    }
+
+    /// Block `b` of four weight rows (16 bytes each, at `w[i][16b..]`) as each column's 32
+    /// nibbles in element order, one byte each (byte `p` of a row holds elements `2p`, `2p + 1`):
+    /// `[elements 0..15, elements 16..31]` per column.
+    ///
+    /// # Safety
+    /// Every `w[i]` holds at least `16 (b + 1)` bytes.
+    #[inline(always)]
+    pub(super) unsafe fn element_bytes(w: [&[u8]; 4], b: usize) -> [[v128; 4]; 2] {
+        let mask = u8x16_splat(0x0f);
+        let mut first = [u8x16_splat(0); 4];
+        let mut second = [u8x16_splat(0); 4];
+        for i in 0..4 {
+            // SAFETY: the caller's bound.
+            let bytes = unsafe { v128_load(w[i].as_ptr().add(b * 16) as *const v128) };
+            let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
+            first[i] = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi);
+            second[i] = i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi);
+        }
+        [first, second]
     }
 
     /// `R` activation rows (i16, natural order) against a four-column panel:
@@ -459,19 +470,21 @@ pub mod simd128 {
     }
 }
 
-/// wasm relaxed SIMD (the `relaxed-simd` build, `pkg/relaxed/`): the int8-activation GEMV's
-/// block dot product as two `i32x4.relaxed_dot_i8x16_i7x16_add_s`, the rest [`simd128`]'s. The
-/// nibbles (0..15) are the 7-bit operand, where every engine's result is defined and the same;
-/// a lane sums a pair of products per half-block (at most 2 * 15 * 128 before the i32 add, no
-/// i16 saturation on any lowering). Only the lanes' grouping differs from [`simd128`] (lane `l`
-/// takes elements `4l..4l + 3` of each half-block): the block sums are the same integers.
-/// A module using these instructions fails validation where relaxed SIMD is missing, so this is
-/// its own build, which `auto.js` picks after `WebAssembly.validate` of a tiny relaxed module.
+/// wasm relaxed SIMD (the `relaxed-simd` builds, `pkg/relaxed/` and `pkg/threads-relaxed/`):
+/// the int8-activation GEMV's block dot product as two `i32x4.relaxed_dot_i8x16_i7x16_add_s`,
+/// and the int8-activation GEMM ([`super::Gemm8`]) on them; the rest [`simd128`]'s. The nibbles
+/// (0..15) are the 7-bit operand, where every engine's result is defined and the same; a lane
+/// sums a pair of products per half-block (at most 2 * 15 * 128 before the i32 add, no i16
+/// saturation on any lowering). In the GEMV only the lanes' grouping differs from [`simd128`]
+/// (lane `l` takes elements `4l..4l + 3` of each half-block): the block sums are the same
+/// integers. A module using these instructions fails validation where relaxed SIMD is missing,
+/// so this is its own build, which `auto.js` picks after a tiny relaxed module both validates
+/// and computes the standard's result.
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128", feature = "relaxed-simd"))]
 pub mod relaxed {
     use core::arch::wasm32::*;
 
-    use super::simd128::{hsum, int_rows};
+    use super::simd128::{element_bytes, hsum, int_rows};
     use super::BLOCK;
 
     /// [`super::simd128`]'s `block_dot_q8` with relaxed dot products.
@@ -503,22 +516,11 @@ pub mod relaxed {
     pub fn unpack_panel8(w: [&[u8]; 4], panel: &mut [u8]) {
         let nb = w[0].len() / 16;
         assert!(w.iter().all(|r| r.len() >= nb * 16) && panel.len() >= nb * 128);
-        let mask = u8x16_splat(0x0f);
         // SAFETY: loads stay inside `w[i]` and stores inside `panel` (both asserted).
         unsafe {
             let out = panel.as_mut_ptr() as *mut v128;
             for b in 0..nb {
-                // Per column: the block's 32 nibbles as bytes in element order (byte p holds
-                // elements 2p, 2p + 1), elements 0..15 and 16..31.
-                let mut first = [u8x16_splat(0); 4];
-                let mut second = [u8x16_splat(0); 4];
-                for i in 0..4 {
-                    let bytes = v128_load(w[i].as_ptr().add(b * 16) as *const v128);
-                    let (lo, hi) = (v128_and(bytes, mask), u8x16_shr(bytes, 4));
-                    first[i] = i8x16_shuffle::<0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23>(lo, hi);
-                    second[i] = i8x16_shuffle::<8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31>(lo, hi);
-                }
-                for (h, q) in [first, second].into_iter().enumerate() {
+                for (h, q) in element_bytes(w, b).into_iter().enumerate() {
                     let t0 = i32x4_shuffle::<0, 4, 1, 5>(q[0], q[1]);
                     let t1 = i32x4_shuffle::<2, 6, 3, 7>(q[0], q[1]);
                     let t2 = i32x4_shuffle::<0, 4, 1, 5>(q[2], q[3]);
