@@ -22,6 +22,7 @@ for a in --shared-memory --import-memory --export=__wasm_init_tls --export=__tls
 done
 # RELAXED=0: no pkg/threads-relaxed/ (the relaxed-SIMD twin, as scripts/build-pkg.sh's).
 relaxed=${RELAXED:-1}
+source scripts/pkg-common.sh
 # Builds the wasm (features: $2) into $1 with its package entry; $3...: extra wasm-opt flags.
 build() {
   local out=$1 features=$2
@@ -39,34 +40,14 @@ build() {
   helpers=$(ls "$out"/snippets/wasm-bindgen-rayon-*/src/workerHelpers.no-bundler.js)
   grep -qF "$blob_from_fetch" "$helpers" || { echo "build-pkg-threads: $helpers changed: re-check its Worker start" >&2; exit 1; }
   sed -i "s|$blob_from_fetch|let scriptBlob = new Blob([\`import \${JSON.stringify(import.meta.url)};\`], { type: 'text/javascript' });|" "$helpers"
-  # Its package entry: js/index.js over this build's module, sharing pkg/chat.js and pkg/errors.js.
-  for f in index.js index.d.ts; do
-    sed -e 's#"\./chat\.js"#"../chat.js"#' -e 's#"\./errors\.js"#"../errors.js"#' "js/$f" > "$out/$f"
-  done
-  local wasm=$out/edge_llm_bg.wasm raw opt gz
-  raw=$(stat -c %s "$wasm")
-  if [ "${WASM_OPT:-1}" = 0 ]; then
-    printf '%s: %s bytes raw (wasm-opt skipped: WASM_OPT=0)\n' "$wasm" "$raw"
-    return
-  fi
-  # -O1 as in build-pkg.sh (minutes less than -O3 on 2 cores, smaller, no slower: measured there).
-  node_modules/.bin/wasm-opt -O1 --enable-threads --enable-simd --enable-bulk-memory --enable-nontrapping-float-to-int --enable-sign-ext --enable-mutable-globals --enable-reference-types --enable-multivalue "$@" "$wasm" -o "$wasm.opt" && mv "$wasm.opt" "$wasm"
-  opt=$(stat -c %s "$wasm")
-  gz=$(gzip -9 -c "$wasm" | wc -c)
-  printf '%s: %s bytes raw from cargo, %s after wasm-opt, %s gzipped\n' "$wasm" "$raw" "$opt" "$gz"
+  entry "$out"
+  # -O1 as in build-pkg.sh; the threaded builds are not size-gated (about 0.2 MB above the single ones).
+  wasm_opt "$out" --enable-threads "$@"
 }
 blob_from_fetch='let scriptBlob = await fetch(import.meta.url).then(r => r.blob());'
 build pkg/threads threads
 if [ "$relaxed" = 0 ]; then
-  rm -rf pkg/threads-relaxed
-  mkdir -p pkg/threads-relaxed
-  cat > pkg/threads-relaxed/index.js <<'JS'
-// Written by scripts/build-pkg-threads.sh: this package was built without this variant; auto.js falls back.
-const e = new Error("edge-llm-wasm was built without its threaded relaxed-SIMD variant (RELAXED=0 scripts/build-pkg-threads.sh)");
-e.name = "NotSupportedError";
-throw e;
-JS
-  printf 'export {};\n' > pkg/threads-relaxed/index.d.ts
+  stub pkg/threads-relaxed "its threaded relaxed-SIMD variant (RELAXED=0 scripts/build-pkg-threads.sh)" build-pkg-threads.sh
 else
   # Only edge-llm's own crate is rebuilt (std and the dependencies are shared with the build above).
   build pkg/threads-relaxed threads,relaxed-simd --enable-relaxed-simd

@@ -351,8 +351,9 @@ mod tests {
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn kernel_matches_dequantize_then_matmul() {
         use crate::quant::reference::block_round_trip;
-        for (m, f16s) in [1, 3, 6].into_iter().flat_map(|m| [(m, false), (m, true)]) {
-            let (n, k) = (5, 96);
+        // K = 96 and 224 (three blocks, seven).
+        for (m, f16s, k) in [1, 3, 6].into_iter().flat_map(|m| [(m, false, 96), (m, true, 96), (m, true, 224)]) {
+            let n = 5;
             let (w, x) = crate::cpu::rows::test_data(n, k, m, 0.3);
             let mut q = quantize_q4_min(&w, n, k, 32, None);
             let t = |v: &[f32]| {
