@@ -530,9 +530,25 @@ pub struct IntRows {
     pub scales: Vec<f32>,
     /// Whether every value fits int8 (rounded to 127 levels): the 8-bit GEMM may run them.
     pub int8: bool,
+    /// The 8-bit GEMM's operands ([`IntRows::bytes`]), made once before the columns are split
+    /// across threads: made in every chunk's call instead (a prefill's split cuts each matmul
+    /// into ~15 chunks), they held relaxed-SIMD prefill to ×1.11 at 2 threads.
+    pub bytes: Option<IntBytes>,
+}
+
+/// [`IntRows`] in int8 as the 8-bit GEMM reads them: the values as bytes, `[m][k]`, and each
+/// block's integer sum, `[m][k / 32]`.
+pub struct IntBytes {
+    pub q: Vec<i8>,
+    pub sums: Vec<i32>,
 }
 
 impl IntRows {
+    /// The rows as [`IntBytes`] (meaningful when [`IntRows::int8`]).
+    pub fn bytes(&self) -> IntBytes {
+        IntBytes { q: self.q.iter().map(|&v| v as i8).collect(), sums: self.q.chunks_exact(BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect() }
+    }
+
     /// Each block's `scale * sum(q)`, as [`BlockActivations`]' `scaled_sums`.
     pub fn scaled_sums(&self) -> Vec<f32> {
         self.q.chunks_exact(BLOCK).zip(&self.scales).map(|(q, s)| s * q.iter().map(|&v| v as i32).sum::<i32>() as f32).collect()
@@ -547,7 +563,7 @@ pub fn quantize_rows(x: &[f32], k: usize) -> IntRows {
 /// [`quantize_rows`] to `T`'s levels.
 pub fn quantize_rows_to<T: BlockInt>(x: &[f32], k: usize) -> IntRows {
     let (m, nb) = (x.len() / k, k / BLOCK);
-    let mut out = IntRows { q: vec![0; m * k], scales: vec![0.0; m * nb], int8: T::LEVELS <= 127.0 };
+    let mut out = IntRows { q: vec![0; m * k], scales: vec![0.0; m * nb], int8: T::LEVELS <= 127.0, bytes: None };
     for (blk, src) in x.chunks_exact(BLOCK).enumerate() {
         out.scales[blk] = quantize_block_i16(src, &mut out.q[blk * BLOCK..(blk + 1) * BLOCK], T::LEVELS);
     }
@@ -620,7 +636,10 @@ impl Q4Matrix {
         // Output columns are split across the CPU threads ([`super::threads`]); each column is
         // computed the same whichever thread owns it.
         if m >= GEMM_MIN_ROWS {
-            let rows = quantize_rows_to::<T>(x, k);
+            let mut rows = quantize_rows_to::<T>(x, k);
+            if rows.int8 && self.kernels.gemm8.is_some() {
+                rows.bytes = Some(rows.bytes());
+            }
             // Only the float zero points' term reads the block sums (the panel holds `q - zp`),
             // regrouped once for every share of columns.
             let sums = term.map(|_| {
@@ -690,8 +709,15 @@ impl Q4Matrix {
         if let (true, Some(g8)) = (a.int8, self.kernels.gemm8) {
             // The 8-bit GEMM: the nibbles as bytes, each block's integer sum corrected by
             // `z * sum x` (the integer the i16 panel gives, so the same floats).
-            let x: Vec<i8> = a.q.iter().map(|&v| v as i8).collect();
-            let xsum: Vec<i32> = a.q.chunks_exact(BLOCK).map(|b| b.iter().map(|&v| v as i32).sum()).collect();
+            // Made here only when the caller did not ([`IntRows::bytes`]).
+            let made;
+            let IntBytes { q: x, sums: xsum } = match &a.bytes {
+                Some(b) => b,
+                None => {
+                    made = a.bytes();
+                    &made
+                }
+            };
             // The panel, and its columns' zero points (`zp[4b + i]`, 8 without).
             let unpack = |col: [usize; 4], (panel, zp): &mut (Vec<u8>, Vec<i32>)| {
                 (g8.unpack)(weights(col), panel);
@@ -1032,7 +1058,8 @@ mod tests {
 
     /// A variant's 8-bit GEMM (relaxed SIMD's `Gemm8`) gives the i16 panel's floats bit for
     /// bit: every tile height (1 to 13 rows), symmetric and zero-point weights, column ranges
-    /// that start mid-group and end in a partial group, activations at int8's extremes.
+    /// that start mid-group and end in a partial group, activations at int8's extremes; its
+    /// operands made by the call or before it.
     #[cfg_attr(not(target_arch = "wasm32"), test)]
     #[cfg_attr(target_arch = "wasm32", wasm_bindgen_test::wasm_bindgen_test)]
     fn gemm8_is_the_i16_panel_bit_for_bit() {
@@ -1051,9 +1078,14 @@ mod tests {
                 let mut want = got.clone();
                 mat.kernels = &v.kernels;
                 mat.gemm_q8(&a, cols.clone(), &mut got, cols.len()).unwrap();
+                // The operands made once before a split ([`IntRows::bytes`]) give the same.
+                let mut pre = got.clone();
+                let a_pre = IntRows { bytes: Some(a.bytes()), ..quantize_rows(&x, k) };
+                mat.gemm_q8(&a_pre, cols.clone(), &mut pre, cols.len()).unwrap();
                 mat.kernels = without;
                 mat.gemm_q8(&a, cols.clone(), &mut want, cols.len()).unwrap();
-                assert_eq!(got.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), want.iter().map(|f| f.to_bits()).collect::<Vec<_>>(), "{} sym={sym} m={m} cols={cols:?}", v.name);
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!((bits(&got), bits(&pre)), (bits(&want), bits(&want)), "{} sym={sym} m={m} cols={cols:?}", v.name);
             }
         }
     }
