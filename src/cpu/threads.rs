@@ -133,6 +133,32 @@ pub fn map_ranges<T: Send + Sync>(total: usize, macs_per_item: usize, f: impl Fn
     bounds.windows(2).map(|w| w[0]..w[1]).zip(results).collect()
 }
 
+/// Fill `out` (`[n][unit]`) through `f(units, part)`, which writes units `units` into `part`
+/// (`out[units.start * unit..units.end * unit]`): the units cut into chunks across the threads
+/// ([`parts`], [`chunk_bounds`]), each chunk's part of `out` written in place.
+pub fn split_units<T: Send>(
+    n: usize,
+    unit: usize,
+    macs_per_unit: usize,
+    out: &mut [T],
+    f: impl Fn(Range<usize>, &mut [T]) -> tract_onnx::prelude::TractResult<()> + Sync,
+) -> tract_onnx::prelude::TractResult<()> {
+    let t = parts(n, macs_per_unit);
+    if t == 1 {
+        return f(0..n, &mut out[..n * unit]);
+    }
+    let bounds = chunk_bounds(n, t, macs_per_unit);
+    let mut rest = &mut out[..n * unit];
+    let mut slices = Vec::with_capacity(bounds.len() - 1);
+    for w in bounds.windows(2) {
+        let (head, tail) = rest.split_at_mut((w[1] - w[0]) * unit);
+        slices.push(std::sync::Mutex::new(head));
+        rest = tail;
+    }
+    let slice = |i: usize| slices[i].lock().unwrap_or_else(|e| e.into_inner());
+    run_chunks(t, &bounds, |i, units| f(units, &mut slice(i))).into_iter().collect()
+}
+
 /// Fill `out` (`[m][n]`, row-major) through `f(cols, local, ld)`, which writes output columns
 /// `cols` of every row to `local[r * ld + (col - cols.start)]` (the kernels' column-range entry
 /// points). On one thread `f` writes `out` directly. Split, a single row (a decode step) is
@@ -149,18 +175,10 @@ pub fn split_columns<T: Copy + Default + Send + Sync>(
     if t == 1 {
         return f(0..n, out, n);
     }
-    let bounds = chunk_bounds(n, t, macs_per_col);
     if m == 1 {
-        let mut rest = &mut out[..n];
-        let mut slices = Vec::with_capacity(bounds.len() - 1);
-        for w in bounds.windows(2) {
-            let (head, tail) = rest.split_at_mut(w[1] - w[0]);
-            slices.push(std::sync::Mutex::new(head));
-            rest = tail;
-        }
-        let slice = |i: usize| slices[i].lock().unwrap_or_else(|e| e.into_inner());
-        return run_chunks(t, &bounds, |i, cols| f(cols.clone(), &mut slice(i), cols.len())).into_iter().collect();
+        return split_units(n, 1, macs_per_col, out, |cols, out| f(cols.clone(), out, cols.len()));
     }
+    let bounds = chunk_bounds(n, t, macs_per_col);
     let blocks = run_chunks(t, &bounds, |_, cols| {
         let mut local = vec![T::default(); m * cols.len()];
         f(cols.clone(), &mut local, cols.len()).map(|()| local)

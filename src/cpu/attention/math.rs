@@ -92,8 +92,6 @@ impl KvCache {
     ) {
         let (d, t_len, kernels) = (self.head_dim, self.len, self.kernels);
         let n_rows = rows.len();
-        let mut scores = vec![0f32; 4 * t_len];
-        let mut acc = vec![0f32; 4 * d];
         let mask_of = |row: usize| {
             let at = if mask_rows == 1 { 0 } else { row } * t_len;
             match mask {
@@ -103,9 +101,17 @@ impl KvCache {
                 Mask::Causal(_) => Mask::Causal(t_len - s + row + 1),
             }
         };
-        for head in 0..self.kv_heads {
-            for g in 0..group {
-                let q_of = |row: usize| &q[((head * group + g) * s + row) * d..][..d];
+        // Query heads (`head * group + g`) split across the CPU threads, each writing its own
+        // `[rows][head_dim]` of `out` the same whichever thread runs it (a prompt's attention was
+        // a serial part of a 2-thread prefill).
+        let per_head = n_rows * d;
+        let heads = self.kv_heads * group;
+        let split = super::super::threads::split_units(heads, per_head, 2 * n_rows * t_len * d, &mut out[..heads * per_head], |qheads, out| {
+            let mut scores = vec![0f32; 4 * t_len];
+            let mut acc = vec![0f32; 4 * d];
+            for qh in qheads.clone() {
+                let head = qh / group;
+                let q_of = |row: usize| &q[(qh * s + row) * d..][..d];
                 let mut first = 0;
                 while first < n_rows {
                     let block = if n_rows - first >= 4 { 4 } else { 1 };
@@ -133,12 +139,14 @@ impl KvCache {
                             _ => (kernels.pv_row4)(&scores[at..], t_len, values, d, n, &mut acc),
                         }
                     }
-                    let at = ((head * group + g) * n_rows + first) * d;
+                    let at = ((qh - qheads.start) * n_rows + first) * d;
                     out[at..][..block * d].copy_from_slice(&acc[..block * d]);
                     first += block;
                 }
             }
-        }
+            Ok(())
+        });
+        split.expect("attention heads cannot fail");
     }
 }
 
