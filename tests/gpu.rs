@@ -1310,7 +1310,7 @@ fn prefill_tuning_times_every_kernel_over_one_weight() {
 }
 
 /// `auto`'s probe, on this software adapter when asked to (`probe_software`): it times the
-/// GPU and the CPU, keeps the faster (the CPU here, by far) and says both estimates; the
+/// GPU and the CPU, keeps the faster (usually the CPU here) and says both estimates; the
 /// GPU's is the load's tuning's, not timed twice; the probe's step size is the bytes a step
 /// reads.
 #[test]
@@ -1337,8 +1337,11 @@ fn auto_probes_the_adapter_and_keeps_the_faster_engine() {
     let (submit_ms, kernels_ms) = (ms("a submit and its readback"), ms("a step's kernels"));
     assert!((gpu_ms - (submit_ms / chain + kernels_ms)).abs() <= 0.006, "{reason}");
     assert_eq!(info.name, if gpu_ms < cpu_ms { "webgpu" } else { "wasm" }, "{reason}");
+    // On a software adapter the probe says so. Which engine it keeps follows the two timings
+    // (above), not the adapter's kind: llvmpipe and the CPU engine share the same cores, and
+    // with them busy (CI on 2026-12-06 beside a build: 0.84 ms on llvmpipe against 1.00 ms on
+    // one CPU thread) the CPU's usual lead on this tiny model is gone.
     if ctx.is_software() {
-        assert_eq!(info.name, "wasm", "{reason}");
         assert!(reason.contains("software"), "{reason}");
     }
     // Every linear and the tied head: what the probe scales by.
