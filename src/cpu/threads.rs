@@ -171,12 +171,12 @@ pub fn split_columns<T: Copy + Default + Send + Sync>(
     out: &mut [T],
     f: impl Fn(Range<usize>, &mut [T], usize) -> tract_onnx::prelude::TractResult<()> + Sync,
 ) -> tract_onnx::prelude::TractResult<()> {
+    if m == 1 {
+        return split_units(n, 1, macs_per_col, out, |cols, out| f(cols.clone(), out, cols.len()));
+    }
     let t = parts(n, macs_per_col);
     if t == 1 {
         return f(0..n, out, n);
-    }
-    if m == 1 {
-        return split_units(n, 1, macs_per_col, out, |cols, out| f(cols.clone(), out, cols.len()));
     }
     let bounds = chunk_bounds(n, t, macs_per_col);
     let blocks = run_chunks(t, &bounds, |_, cols| {

@@ -106,7 +106,7 @@ impl KvCache {
         // a serial part of a 2-thread prefill).
         let per_head = n_rows * d;
         let heads = self.kv_heads * group;
-        let split = super::super::threads::split_units(heads, per_head, 2 * n_rows * t_len * d, &mut out[..heads * per_head], |qheads, out| {
+        let split = crate::cpu::threads::split_units(heads, per_head, 2 * n_rows * t_len * d, &mut out[..heads * per_head], |qheads, out| {
             let mut scores = vec![0f32; 4 * t_len];
             let mut acc = vec![0f32; 4 * d];
             for qh in qheads.clone() {
